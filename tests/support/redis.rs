@@ -1,0 +1,340 @@
+//! Real `redis-server` processes for tests: free loopback ports, no persistence, killed on drop.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str = "redis-server was not found on PATH. The tests need a real Redis: run \
+     `scripts/test` (it installs it), or install it yourself: Debian/Ubuntu `apt-get install -y redis-server`, \
+     Fedora `dnf install redis`, macOS `brew install redis`.";
+
+/// Panics with the install hint when the Redis binaries are missing: a test never skips silently.
+pub fn require_binary(name: &str) -> PathBuf {
+    let Some(paths) = std::env::var_os("PATH") else {
+        panic!("{INSTALL_HINT}");
+    };
+    for dir in std::env::split_paths(&paths) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("{name}: {INSTALL_HINT}");
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the tiny race is accepted in tests).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A temporary directory for one server, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "trc-redis-{}-{}-{tag}",
+            std::process::id(),
+            n
+        ));
+        std::fs::create_dir_all(&path).expect("create a scratch dir");
+        ScratchDir(path)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One `redis-server` process on a loopback port.
+pub struct RedisServer {
+    port: u16,
+    extra_args: Vec<String>,
+    password: Option<String>,
+    dir: ScratchDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers `PING`.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments (e.g. `["--maxmemory", "1mb"]`).
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let password = extra_args
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| extra_args.get(i + 1).cloned());
+        let mut server = RedisServer {
+            port: free_port(),
+            extra_args,
+            password,
+            dir: ScratchDir::new("single"),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let binary = require_binary("redis-server");
+        let mut command = Command::new(binary);
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = command.spawn().expect("spawn redis-server");
+        self.child = Some(child);
+        wait_for_ping(self.port, self.password.as_deref());
+    }
+
+    /// The port the server listens on (kept across [`restart`](Self::restart)).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>` (with the password when the server requires one).
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Sends one command over a raw RESP connection and returns the raw reply (for test set-up and inspection
+    /// that must not go through the code under test).
+    pub fn command(&self, args: &[&[u8]]) -> Vec<u8> {
+        raw_command(self.port, self.password.as_deref(), args)
+    }
+
+    /// The OS process id, for signals (SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A 3-master Redis Cluster on loopback, created with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them into one cluster covering all 16384 slots.
+    pub fn start() -> Self {
+        let cli = require_binary("redis-cli");
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let dir = ScratchDir::new("cluster");
+            let config = dir.0.join("nodes.conf");
+            let mut server = RedisServer {
+                port: free_port(),
+                extra_args: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    config.display().to_string(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ],
+                password: None,
+                dir,
+                child: None,
+            };
+            server.spawn();
+            nodes.push(server);
+        }
+        let mut command = Command::new(cli);
+        command.args(["--cluster", "create"]);
+        for node in &nodes {
+            command.arg(format!("127.0.0.1:{}", node.port));
+        }
+        command.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let output = command.output().expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let all_ok = self.nodes.iter().all(|node| {
+                let info = node.command(&[b"CLUSTER", b"INFO"]);
+                String::from_utf8_lossy(&info).contains("cluster_state:ok")
+            });
+            if all_ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster never reached cluster_state:ok");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The nodes, in creation order.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// `redis-cluster://127.0.0.1:<p1>?node=127.0.0.1:<p2>&node=...`, the form fred parses.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
+        for (i, node) in self.nodes.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", node.port));
+        }
+        url
+    }
+}
+
+fn wait_for_ping(port: u16, password: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(reply) = try_raw_command(port, password, &[b"PING"]) {
+            if reply.starts_with(b"+PONG") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on port {port} did not answer PING within 10 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn raw_command(port: u16, password: Option<&str>, args: &[&[u8]]) -> Vec<u8> {
+    try_raw_command(port, password, args).unwrap_or_else(|e| panic!("redis command on {port}: {e}"))
+}
+
+fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn try_raw_command(port: u16, password: Option<&str>, args: &[&[u8]]) -> std::io::Result<Vec<u8>> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    if let Some(password) = password {
+        stream.write_all(&encode(&[b"AUTH", password.as_bytes()]))?;
+        read_reply(&mut stream)?;
+    }
+    stream.write_all(&encode(args))?;
+    read_reply(&mut stream)
+}
+
+/// Reads one complete RESP2 reply (enough for the commands the tests send).
+fn read_reply(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut pending = 1usize;
+    while pending > 0 {
+        let line = read_line(stream)?;
+        pending -= 1;
+        match line.first() {
+            Some(b'$') => {
+                let len: i64 = parse_len(&line);
+                out.extend_from_slice(&line);
+                if len >= 0 {
+                    let mut data = vec![0u8; len as usize + 2];
+                    stream.read_exact(&mut data)?;
+                    out.extend_from_slice(&data);
+                }
+            }
+            Some(b'*') => {
+                let len: i64 = parse_len(&line);
+                out.extend_from_slice(&line);
+                if len > 0 {
+                    pending += len as usize;
+                }
+            }
+            _ => out.extend_from_slice(&line),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_len(line: &[u8]) -> i64 {
+    String::from_utf8_lossy(&line[1..])
+        .trim()
+        .parse()
+        .expect("a RESP length")
+}
+
+fn read_line(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        stream.read_exact(&mut byte)?;
+        line.push(byte[0]);
+        if line.ends_with(b"\r\n") {
+            return Ok(line);
+        }
+    }
+}
+
+/// The bulk-string payload of a raw `GET` reply, or `None` for a nil reply.
+pub fn bulk_payload(reply: &[u8]) -> Option<Vec<u8>> {
+    if reply.starts_with(b"$-1") {
+        return None;
+    }
+    let header_end = reply.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = String::from_utf8_lossy(&reply[1..header_end]).parse().ok()?;
+    Some(reply[header_end + 2..header_end + 2 + len].to_vec())
+}
