@@ -1,0 +1,408 @@
+//! The stored envelope: encode/decode, and freshness as a pure function of `(entry, now)`.
+//!
+//! Layout (all integers big-endian):
+//!
+//! ```text
+//! magic "\xffTRC" | version u8 = 1 | digest [32] | stored_at u64 | fresh_until u64 | stale_until u64
+//! | stale_if_error_until u64 | status u16 | header count u16
+//! | per header: name len u16, name, value len u32, value
+//! | body len u32 | body
+//! ```
+//!
+//! Times are unix milliseconds. The body is stored raw (no base64, no JSON wrapping) and decoded as a slice of
+//! the bytes the store returned, so a hit copies nothing.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+
+const MAGIC: &[u8; 4] = b"\xffTRC";
+const VERSION: u8 = 1;
+/// Bytes before the first header: magic, version, digest, four timestamps, status, header count.
+const FIXED_HEAD: usize = 4 + 1 + 32 + 8 * 4 + 2 + 2;
+/// Per-header framing: name length and value length.
+const PER_HEADER: usize = 2 + 4;
+/// Fixed bytes an entry adds around its headers and body.
+pub(crate) const FIXED_OVERHEAD: usize = FIXED_HEAD + 4;
+
+/// A cached response and its freshness windows.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) stored_at: u64,
+    pub(crate) fresh_until: u64,
+    pub(crate) stale_until: u64,
+    pub(crate) stale_if_error_until: u64,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// Where an entry stands at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Serve it; no inner call.
+    Fresh,
+    /// Serve it at once and refresh in the background (stale-while-revalidate).
+    Stale,
+    /// Only usable if the inner service fails (stale-if-error).
+    ErrorOnly,
+    /// Unusable.
+    Expired,
+}
+
+impl Entry {
+    /// The freshness of this entry at `now` (unix ms).
+    pub(crate) fn freshness(&self, now: u64) -> Freshness {
+        if now < self.fresh_until {
+            Freshness::Fresh
+        } else if now < self.stale_until {
+            Freshness::Stale
+        } else if now < self.stale_if_error_until {
+            Freshness::ErrorOnly
+        } else {
+            Freshness::Expired
+        }
+    }
+
+    /// Whether the entry may answer when the inner service fails at `now`.
+    pub(crate) fn usable_on_error(&self, now: u64) -> bool {
+        now < self.stale_if_error_until.max(self.stale_until)
+    }
+
+    /// Remaining freshness in whole seconds (negative once stale), as `Cache-Status` `ttl` reports it.
+    pub(crate) fn ttl_secs(&self, now: u64) -> i64 {
+        (self.fresh_until as i64 - now as i64).div_euclid(1000)
+    }
+
+    /// Seconds since the entry was stored, for the `Age` header.
+    pub(crate) fn age_secs(&self, now: u64) -> u64 {
+        now.saturating_sub(self.stored_at) / 1000
+    }
+
+    /// Milliseconds the store should keep it: until the end of the last window.
+    pub(crate) fn store_ttl_ms(&self, now: u64) -> u64 {
+        self.stale_until
+            .max(self.stale_if_error_until)
+            .max(self.fresh_until)
+            .saturating_sub(now)
+    }
+
+    /// Encodes the entry for `digest`.
+    pub(crate) fn encode(&self, digest: &[u8; 32]) -> Bytes {
+        let header_bytes: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| PER_HEADER + n.as_str().len() + v.len())
+            .sum();
+        let mut out = BytesMut::with_capacity(FIXED_OVERHEAD + header_bytes + self.body.len());
+        out.put_slice(MAGIC);
+        out.put_u8(VERSION);
+        out.put_slice(digest);
+        out.put_u64(self.stored_at);
+        out.put_u64(self.fresh_until);
+        out.put_u64(self.stale_until);
+        out.put_u64(self.stale_if_error_until);
+        out.put_u16(self.status.as_u16());
+        // Header counts and lengths were bounded when the entry was built (see `storable_headers`).
+        out.put_u16(self.headers.len() as u16);
+        for (name, value) in &self.headers {
+            out.put_u16(name.as_str().len() as u16);
+            out.put_slice(name.as_str().as_bytes());
+            out.put_u32(value.len() as u32);
+            out.put_slice(value.as_bytes());
+        }
+        out.put_u32(self.body.len() as u32);
+        out.put_slice(&self.body);
+        out.freeze()
+    }
+
+    /// Decodes bytes from the store. Anything malformed, from another format version, or stored under another
+    /// digest (a collision or a foreign value) is an error, which the cache treats as a miss.
+    pub(crate) fn decode(bytes: &Bytes, digest: &[u8; 32]) -> Result<Entry, DecodeError> {
+        let mut r = Reader { bytes, pos: 0 };
+        if r.take(4)? != MAGIC {
+            return Err(DecodeError::Foreign);
+        }
+        if r.u8()? != VERSION {
+            return Err(DecodeError::Version);
+        }
+        if r.take(32)? != digest {
+            return Err(DecodeError::DigestMismatch);
+        }
+        let stored_at = r.u64()?;
+        let fresh_until = r.u64()?;
+        let stale_until = r.u64()?;
+        let stale_if_error_until = r.u64()?;
+        let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Malformed)?;
+        let count = usize::from(r.u16()?);
+        let mut headers =
+            HeaderMap::try_with_capacity(count.min(64)).map_err(|_| DecodeError::Malformed)?;
+        for _ in 0..count {
+            let name_len = usize::from(r.u16()?);
+            let name =
+                HeaderName::from_bytes(r.take(name_len)?).map_err(|_| DecodeError::Malformed)?;
+            let value_len = r.u32()? as usize;
+            let start = r.pos;
+            r.take(value_len)?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice(start..r.pos))
+                .map_err(|_| DecodeError::Malformed)?;
+            headers
+                .try_append(name, value)
+                .map_err(|_| DecodeError::Malformed)?;
+        }
+        let body_len = r.u32()? as usize;
+        let start = r.pos;
+        r.take(body_len)?;
+        if r.pos != bytes.len() {
+            return Err(DecodeError::Malformed);
+        }
+        Ok(Entry {
+            stored_at,
+            fresh_until,
+            stale_until,
+            stale_if_error_until,
+            status,
+            headers,
+            body: bytes.slice(start..r.pos),
+        })
+    }
+}
+
+/// Why stored bytes could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// Not written by this crate.
+    Foreign,
+    /// Written by another envelope version.
+    Version,
+    /// Written for another request.
+    DigestMismatch,
+    /// Truncated or inconsistent.
+    Malformed,
+}
+
+struct Reader<'a> {
+    bytes: &'a Bytes,
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Malformed)?;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(DecodeError::Malformed)?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+}
+
+/// Headers that describe one connection or one hop, or that must never be replayed to another caller.
+fn never_stored(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "set-cookie"
+            | "authorization"
+            | "age"
+            | "cache-status"
+    )
+}
+
+/// The response headers worth storing: hop-by-hop headers (and any the `Connection` header names),
+/// `set-cookie`, `authorization`, `age` and `cache-status` are dropped. Returns `None` when the headers cannot
+/// be framed (over 65,535 headers), so the response is passed through uncached.
+pub(crate) fn storable_headers(headers: &HeaderMap) -> Option<HeaderMap> {
+    let connection_listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if never_stored(name) || connection_listed.iter().any(|c| c == name.as_str()) {
+            continue;
+        }
+        kept.append(name.clone(), value.clone());
+    }
+    if kept.len() > usize::from(u16::MAX) {
+        return None;
+    }
+    Some(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(body: &'static [u8]) -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.append("x-multi", HeaderValue::from_static("1"));
+        headers.append("x-multi", HeaderValue::from_static("2"));
+        Entry {
+            stored_at: 1_000_000,
+            fresh_until: 1_010_000,
+            stale_until: 1_040_000,
+            stale_if_error_until: 1_100_000,
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_everything_and_slices_the_body() {
+        let e = entry(br#"{"a":1}"#);
+        let digest = [7u8; 32];
+        let bytes = e.encode(&digest);
+        let d = Entry::decode(&bytes, &digest).unwrap();
+        assert_eq!(d.stored_at, e.stored_at);
+        assert_eq!(d.fresh_until, e.fresh_until);
+        assert_eq!(d.stale_until, e.stale_until);
+        assert_eq!(d.stale_if_error_until, e.stale_if_error_until);
+        assert_eq!(d.status, e.status);
+        assert_eq!(d.headers, e.headers);
+        assert_eq!(d.body, e.body);
+        // Zero-copy: the body points into the stored bytes.
+        let range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
+        assert!(range.contains(&(d.body.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn size_is_body_plus_headers_plus_fixed_overhead() {
+        let e = entry(b"0123456789");
+        let headers: usize = e
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER)
+            .sum();
+        assert_eq!(e.encode(&[0; 32]).len(), FIXED_OVERHEAD + headers + 10);
+        assert_eq!(FIXED_OVERHEAD, 77);
+    }
+
+    #[test]
+    fn foreign_versions_digests_and_truncations_are_rejected() {
+        let e = entry(b"body");
+        let digest = [1u8; 32];
+        let bytes = e.encode(&digest);
+        assert_eq!(
+            Entry::decode(&bytes, &[2u8; 32]).unwrap_err(),
+            DecodeError::DigestMismatch
+        );
+        let mut v = bytes.to_vec();
+        v[4] = 2;
+        assert_eq!(
+            Entry::decode(&Bytes::from(v), &digest).unwrap_err(),
+            DecodeError::Version
+        );
+        assert_eq!(
+            Entry::decode(&Bytes::from_static(b"{\"json\":1}"), &digest).unwrap_err(),
+            DecodeError::Foreign
+        );
+        for cut in 0..bytes.len() {
+            assert!(
+                Entry::decode(&bytes.slice(..cut), &digest).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(
+            Entry::decode(&Bytes::from(longer), &digest).unwrap_err(),
+            DecodeError::Malformed
+        );
+    }
+
+    #[test]
+    fn freshness_windows() {
+        let e = entry(b"");
+        assert_eq!(e.freshness(1_000_000), Freshness::Fresh);
+        assert_eq!(e.freshness(1_009_999), Freshness::Fresh);
+        assert_eq!(e.freshness(1_010_000), Freshness::Stale);
+        assert_eq!(e.freshness(1_039_999), Freshness::Stale);
+        assert_eq!(e.freshness(1_040_000), Freshness::ErrorOnly);
+        assert_eq!(e.freshness(1_100_000), Freshness::Expired);
+        assert!(e.usable_on_error(1_099_999));
+        assert!(!e.usable_on_error(1_100_000));
+        assert_eq!(e.ttl_secs(1_000_000), 10);
+        assert_eq!(e.ttl_secs(1_012_500), -3);
+        assert_eq!(e.age_secs(1_012_500), 12);
+        assert_eq!(e.store_ttl_ms(1_000_000), 100_000);
+    }
+
+    #[test]
+    fn hop_by_hop_and_secret_headers_are_not_stored() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(header::SET_COOKIE, HeaderValue::from_static("s=1"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let kept = storable_headers(&h).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(kept.contains_key(header::CONTENT_TYPE));
+    }
+
+    proptest! {
+        #[test]
+        fn decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Entry::decode(&Bytes::from(bytes), &[0; 32]);
+        }
+
+        #[test]
+        fn decoder_survives_mutations_of_valid_entries(
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let digest = [9u8; 32];
+            let mut v = entry(b"hello world").encode(&digest).to_vec();
+            let i = at.index(v.len());
+            v[i] = byte;
+            let _ = Entry::decode(&Bytes::from(v), &digest);
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! Request -> [`CacheKey`]: SHA-256 over length-prefixed request fields, with JSON bodies canonicalised.
+//!
+//! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme,
+//! authority (from the URI, else the `Host` header), path, the query pairs sorted, the configured vary headers,
+//! the partition (tenant identity), and the body. A JSON body (`application/json` or `*/*+json`) is hashed in
+//! canonical form: object members sorted by key at every level, array order kept, no insignificant whitespace,
+//! strings and numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, or any
+//! other content type, hashes the raw bytes.
+
+use http::{HeaderMap, HeaderName, Method, Uri, header};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// The Redis key of one cached request: `<namespace>:v1:{<sha256 hex>}`.
+///
+/// The braces are a Redis Cluster hash tag, so the entry and its refresh lease (`...}:lease`) live in one slot.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    key: String,
+    digest: [u8; 32],
+}
+
+impl CacheKey {
+    /// The full Redis key.
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+
+    /// The SHA-256 digest of the request fields.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// The key of this entry's refresh lease (same hash slot).
+    pub fn lease_key(&self) -> String {
+        let mut lease = String::with_capacity(self.key.len() + 6);
+        lease.push_str(&self.key);
+        lease.push_str(":lease");
+        lease
+    }
+
+    /// The first 8 hex digits of the digest, for logs and traces.
+    pub fn short(&self) -> &str {
+        let start = self.key.len() - 65;
+        &self.key[start..start + 8]
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CacheKey").field(&self.key).finish()
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+/// What goes into a key besides the request itself.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyConfig {
+    pub(crate) namespace: String,
+    pub(crate) partition: Vec<u8>,
+    pub(crate) vary: Vec<HeaderName>,
+}
+
+impl KeyConfig {
+    /// Computes the key of a request from its parts and its complete body.
+    pub(crate) fn key(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> CacheKey {
+        let mut h = Sha256::new();
+        field(&mut h, b"tower-redis-cache/key/v1");
+        field(&mut h, method.as_str().as_bytes());
+        field(&mut h, uri.scheme_str().unwrap_or("").as_bytes());
+        let authority = match uri.authority() {
+            Some(authority) => authority.as_str().as_bytes(),
+            None => headers.get(header::HOST).map_or(&b""[..], |v| v.as_bytes()),
+        };
+        field(&mut h, authority);
+        field(&mut h, uri.path().as_bytes());
+        hash_query(&mut h, uri.query());
+        count(&mut h, self.vary.len());
+        for name in &self.vary {
+            field(&mut h, name.as_str().as_bytes());
+            let values = headers.get_all(name);
+            count(&mut h, values.iter().count());
+            for value in values {
+                field(&mut h, value.as_bytes());
+            }
+        }
+        field(&mut h, &self.partition);
+        hash_body(&mut h, headers, body);
+        let digest: [u8; 32] = h.finalize().into();
+        CacheKey {
+            key: format_key(&self.namespace, &digest),
+            digest,
+        }
+    }
+
+    /// The prefix of every entry (and lease) of this namespace.
+    pub(crate) fn namespace_prefix(&self) -> String {
+        format!("{}:v1:", self.namespace)
+    }
+}
+
+fn format_key(namespace: &str, digest: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut key = String::with_capacity(namespace.len() + 6 + 64);
+    key.push_str(namespace);
+    key.push_str(":v1:{");
+    for byte in digest {
+        key.push(HEX[usize::from(byte >> 4)] as char);
+        key.push(HEX[usize::from(byte & 0x0f)] as char);
+    }
+    key.push('}');
+    key
+}
+
+fn count(h: &mut Sha256, n: usize) {
+    h.update((n as u64).to_be_bytes());
+}
+
+fn field(h: &mut Sha256, bytes: &[u8]) {
+    count(h, bytes.len());
+    h.update(bytes);
+}
+
+fn hash_query(h: &mut Sha256, query: Option<&str>) {
+    let Some(query) = query else {
+        count(h, 0);
+        return;
+    };
+    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    pairs.sort_unstable();
+    count(h, pairs.len());
+    for pair in pairs {
+        field(h, pair.as_bytes());
+    }
+}
+
+fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8]) {
+    if is_json(headers) {
+        let mut canonical = Vec::with_capacity(body.len());
+        if canonicalize_json(body, &mut canonical).is_ok() {
+            h.update([1u8]);
+            field(h, &canonical);
+            return;
+        }
+    }
+    h.update([0u8]);
+    field(h, body);
+}
+
+/// `application/json`, or any `type/subtype+json`, ignoring parameters and case.
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// The input is not JSON this canonicaliser accepts (invalid, or nested deeper than [`MAX_DEPTH`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotJson;
+
+/// Nesting deeper than this is treated as not JSON (and hashed raw), so hostile input cannot exhaust the stack.
+const MAX_DEPTH: usize = 128;
+
+/// Writes the canonical form of the JSON text `input` to `out`: members sorted by key (bytewise on the key as
+/// written), array order kept, no insignificant whitespace, strings and numbers verbatim.
+pub(crate) fn canonicalize_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), NotJson> {
+    if std::str::from_utf8(input).is_err() {
+        return Err(NotJson);
+    }
+    let mut parser = Canonicalizer {
+        input,
+        pos: 0,
+        scratch: Vec::new(),
+    };
+    parser.skip_ws();
+    parser.value(out, 0)?;
+    parser.skip_ws();
+    if parser.pos != input.len() {
+        return Err(NotJson);
+    }
+    Ok(())
+}
+
+struct Canonicalizer<'a> {
+    input: &'a [u8],
+    pos: usize,
+    scratch: Vec<u8>,
+}
+
+impl Canonicalizer<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.input.get(self.pos).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), NotJson> {
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(NotJson)
+        }
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), NotJson> {
+        if depth > MAX_DEPTH {
+            return Err(NotJson);
+        }
+        match self.peek().ok_or(NotJson)? {
+            b'{' => self.object(out, depth),
+            b'[' => self.array(out, depth),
+            b'"' => self.string(out),
+            b't' => self.literal(out, b"true"),
+            b'f' => self.literal(out, b"false"),
+            b'n' => self.literal(out, b"null"),
+            b'-' | b'0'..=b'9' => self.number(out),
+            _ => Err(NotJson),
+        }
+    }
+
+    fn literal(&mut self, out: &mut Vec<u8>, word: &[u8]) -> Result<(), NotJson> {
+        if self.input[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            out.extend_from_slice(word);
+            Ok(())
+        } else {
+            Err(NotJson)
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    fn number(&mut self, out: &mut Vec<u8>) -> Result<(), NotJson> {
+        let start = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(NotJson),
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return Err(NotJson);
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return Err(NotJson);
+            }
+        }
+        out.extend_from_slice(&self.input[start..self.pos]);
+        Ok(())
+    }
+
+    fn string(&mut self, out: &mut Vec<u8>) -> Result<(), NotJson> {
+        let start = self.pos;
+        self.expect(b'"')?;
+        loop {
+            match self.peek().ok_or(NotJson)? {
+                b'"' => {
+                    self.pos += 1;
+                    break;
+                }
+                b'\\' => {
+                    self.pos += 1;
+                    match self.peek().ok_or(NotJson)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 1,
+                        b'u' => {
+                            let hex = self.input.get(self.pos + 1..self.pos + 5).ok_or(NotJson)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return Err(NotJson);
+                            }
+                            self.pos += 5;
+                        }
+                        _ => return Err(NotJson),
+                    }
+                }
+                0x00..=0x1f => return Err(NotJson),
+                _ => self.pos += 1,
+            }
+        }
+        out.extend_from_slice(&self.input[start..self.pos]);
+        Ok(())
+    }
+
+    fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), NotJson> {
+        self.expect(b'[')?;
+        out.push(b'[');
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            out.push(b']');
+            return Ok(());
+        }
+        loop {
+            self.skip_ws();
+            self.value(out, depth + 1)?;
+            self.skip_ws();
+            match self.peek().ok_or(NotJson)? {
+                b',' => {
+                    self.pos += 1;
+                    out.push(b',');
+                }
+                b']' => {
+                    self.pos += 1;
+                    out.push(b']');
+                    return Ok(());
+                }
+                _ => return Err(NotJson),
+            }
+        }
+    }
+
+    fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), NotJson> {
+        self.expect(b'{')?;
+        out.push(b'{');
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            out.push(b'}');
+            return Ok(());
+        }
+        // Members are written one after another (key, then canonical value); `spans` remembers where each
+        // starts, where its key ends and where it ends, and they are reordered once the object closes.
+        let body_start = out.len();
+        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        loop {
+            self.skip_ws();
+            let member_start = out.len();
+            self.string(out)?;
+            let key_end = out.len();
+            self.skip_ws();
+            self.expect(b':')?;
+            out.push(b':');
+            self.skip_ws();
+            self.value(out, depth + 1)?;
+            spans.push((member_start, key_end, out.len()));
+            self.skip_ws();
+            match self.peek().ok_or(NotJson)? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    break;
+                }
+                _ => return Err(NotJson),
+            }
+        }
+        let in_order = spans
+            .windows(2)
+            .all(|w| out[w[0].0..w[0].1] <= out[w[1].0..w[1].1]);
+        if !in_order {
+            // A stable sort keeps duplicate keys in their written order.
+            spans.sort_by(|a, b| out[a.0..a.1].cmp(&out[b.0..b.1]));
+        }
+        // Children are complete, so the scratch buffer is free to hold this object's members while they are
+        // written back in order with their separators.
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&out[body_start..]);
+        out.truncate(body_start);
+        for (i, &(start, _, end)) in spans.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&self.scratch[start - body_start..end - body_start]);
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    fn canon(s: &str) -> Option<String> {
+        let mut out = Vec::new();
+        canonicalize_json(s.as_bytes(), &mut out).ok()?;
+        String::from_utf8(out).ok()
+    }
+
+    fn config() -> KeyConfig {
+        KeyConfig {
+            namespace: "test".into(),
+            partition: b"tenant-a".to_vec(),
+            vary: vec![HeaderName::from_static("accept-language")],
+        }
+    }
+
+    fn json_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers
+    }
+
+    fn post_key(config: &KeyConfig, body: &str) -> CacheKey {
+        let uri: Uri = "https://api.example.com/q?b=2&a=1".parse().unwrap();
+        config.key(&Method::POST, &uri, &json_headers(), body.as_bytes())
+    }
+
+    #[test]
+    fn canonical_form_sorts_keys_at_every_level_and_keeps_arrays() {
+        assert_eq!(
+            canon(r#" { "b" : [3, {"z":1,"a":2}], "a" : {"y": null, "x": true} } "#).unwrap(),
+            r#"{"a":{"x":true,"y":null},"b":[3,{"a":2,"z":1}]}"#
+        );
+        assert_eq!(canon("[]").unwrap(), "[]");
+        assert_eq!(canon("{}").unwrap(), "{}");
+        assert_eq!(canon(r#""a\u00e9\n""#).unwrap(), r#""a\u00e9\n""#);
+        assert_eq!(canon("-0.5e+10").unwrap(), "-0.5e+10");
+    }
+
+    #[test]
+    fn invalid_json_is_rejected() {
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            "{\"a\"}",
+            "01",
+            "1.",
+            "-",
+            "tru",
+            "\"\u{1}\"",
+            "\"\\x\"",
+            "{} x",
+            "[1 2]",
+            "{\"a\":1,}",
+            "\"\\u12g4\"",
+        ] {
+            assert!(canon(bad).is_none(), "{bad:?} accepted");
+        }
+        let deep = "[".repeat(10_000);
+        assert!(canon(&deep).is_none());
+    }
+
+    #[test]
+    fn key_has_the_documented_format() {
+        let key = post_key(&config(), "{}");
+        let s = key.as_str();
+        assert!(s.starts_with("test:v1:{"), "{s}");
+        assert!(s.ends_with('}'));
+        assert_eq!(s.len(), "test:v1:{".len() + 64 + 1);
+        assert_eq!(key.lease_key(), format!("{s}:lease"));
+        assert_eq!(key.short().len(), 8);
+        assert!(s.contains(key.short()));
+    }
+
+    #[test]
+    fn query_order_is_irrelevant_but_values_count() {
+        let c = config();
+        let h = HeaderMap::new();
+        let a = c.key(
+            &Method::GET,
+            &"http://h/p?a=1&b=2".parse().unwrap(),
+            &h,
+            b"",
+        );
+        let b = c.key(
+            &Method::GET,
+            &"http://h/p?b=2&a=1".parse().unwrap(),
+            &h,
+            b"",
+        );
+        let d = c.key(
+            &Method::GET,
+            &"http://h/p?b=3&a=1".parse().unwrap(),
+            &h,
+            b"",
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, d);
+    }
+
+    #[test]
+    fn every_field_changes_the_key() {
+        let c = config();
+        let uri: Uri = "http://h/p?a=1".parse().unwrap();
+        let h = HeaderMap::new();
+        let base = c.key(&Method::GET, &uri, &h, b"");
+        assert_ne!(base, c.key(&Method::HEAD, &uri, &h, b""));
+        assert_ne!(
+            base,
+            c.key(&Method::GET, &"https://h/p?a=1".parse().unwrap(), &h, b"")
+        );
+        assert_ne!(
+            base,
+            c.key(&Method::GET, &"http://g/p?a=1".parse().unwrap(), &h, b"")
+        );
+        assert_ne!(
+            base,
+            c.key(&Method::GET, &"http://h/q?a=1".parse().unwrap(), &h, b"")
+        );
+        assert_ne!(base, c.key(&Method::GET, &uri, &h, b"x"));
+        let mut lang = HeaderMap::new();
+        lang.insert("accept-language", HeaderValue::from_static("de"));
+        assert_ne!(base, c.key(&Method::GET, &uri, &lang, b""));
+        // Headers that are not configured to vary do not change the key.
+        let mut other = HeaderMap::new();
+        other.insert("x-request-id", HeaderValue::from_static("1"));
+        assert_eq!(base, c.key(&Method::GET, &uri, &other, b""));
+        let mut tenant_b = c.clone();
+        tenant_b.partition = b"tenant-b".to_vec();
+        assert_ne!(base, tenant_b.key(&Method::GET, &uri, &h, b""));
+        // Length prefixes keep adjacent fields apart: "/p" + "a=1" is not "/pa" + "=1".
+        assert_ne!(
+            c.key(&Method::GET, &"http://h/p?ab".parse().unwrap(), &h, b""),
+            c.key(&Method::GET, &"http://h/pa?b".parse().unwrap(), &h, b"")
+        );
+    }
+
+    #[test]
+    fn host_header_stands_in_for_a_missing_authority() {
+        let c = config();
+        let uri: Uri = "/p".parse().unwrap();
+        let mut a = HeaderMap::new();
+        a.insert(header::HOST, HeaderValue::from_static("a.example"));
+        let mut b = HeaderMap::new();
+        b.insert(header::HOST, HeaderValue::from_static("b.example"));
+        assert_ne!(
+            c.key(&Method::GET, &uri, &a, b""),
+            c.key(&Method::GET, &uri, &b, b"")
+        );
+    }
+
+    #[test]
+    fn json_detection_follows_the_media_type() {
+        let mut h = HeaderMap::new();
+        for (ct, json) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/vnd.api+json", true),
+            ("text/plain", false),
+            ("application/jsonx", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            assert_eq!(is_json(&h), json, "{ct}");
+        }
+    }
+
+    #[test]
+    fn non_json_bodies_hash_raw_bytes() {
+        let c = config();
+        let uri: Uri = "http://h/p".parse().unwrap();
+        let h = HeaderMap::new();
+        let a = c.key(&Method::POST, &uri, &h, br#"{"a":1,"b":2}"#);
+        let b = c.key(&Method::POST, &uri, &h, br#"{"b":2,"a":1}"#);
+        assert_ne!(a, b, "without a JSON content type the bytes are the body");
+        let invalid = c.key(&Method::POST, &uri, &json_headers(), b"{not json");
+        let invalid_again = c.key(&Method::POST, &uri, &json_headers(), b"{not json");
+        assert_eq!(invalid, invalid_again);
+    }
+
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            "[a-z]{0,6}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("[a-e]{1,3}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Serialises an object's members in a permuted order chosen by `seed`, at every level.
+    fn write_permuted(value: &serde_json::Value, seed: &mut u64, out: &mut String) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut members: Vec<_> = map.iter().collect();
+                // A small LCG drives a Fisher-Yates shuffle.
+                for i in (1..members.len()).rev() {
+                    *seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let j = (*seed >> 33) as usize % (i + 1);
+                    members.swap(i, j);
+                }
+                out.push_str("{ ");
+                for (i, (k, v)) in members.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(" ,\n");
+                    }
+                    out.push_str(&serde_json::to_string(k).unwrap());
+                    out.push_str(" : ");
+                    write_permuted(v, seed, out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    write_permuted(v, seed, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_member_permutation_gives_the_same_key(value in arb_json(), seed in any::<u64>()) {
+            let c = config();
+            let plain = serde_json::to_string(&value).unwrap();
+            let mut permuted = String::new();
+            let mut s = seed;
+            write_permuted(&value, &mut s, &mut permuted);
+            prop_assert_eq!(post_key(&c, &plain), post_key(&c, &permuted));
+        }
+
+        #[test]
+        fn any_value_change_changes_the_key(value in arb_json(), replacement in arb_json()) {
+            prop_assume!(value != replacement);
+            let c = config();
+            let a = serde_json::json!({ "input": value, "k": 1 });
+            let b = serde_json::json!({ "input": replacement, "k": 1 });
+            prop_assert_ne!(post_key(&c, &a.to_string()), post_key(&c, &b.to_string()));
+        }
+
+        #[test]
+        fn canonicaliser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut out = Vec::new();
+            let _ = canonicalize_json(&bytes, &mut out);
+        }
+    }
+}

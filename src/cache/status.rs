@@ -1,0 +1,254 @@
+//! How the cache tells the caller what it did: the RFC 9211 `Cache-Status` header, `Age`, and the
+//! [`CacheOutcome`] response extension.
+//!
+//! | outcome | `Cache-Status` |
+//! |---|---|
+//! | fresh hit | `tower-redis-cache; hit; ttl=12` |
+//! | stale hit, refreshed in the background | `tower-redis-cache; fwd=stale; ttl=-3` |
+//! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
+//! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` |
+//! | request `Cache-Control: no-cache` | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
+//! | bypass | `tower-redis-cache; fwd=bypass; detail=method` |
+//! | stale-if-error | `tower-redis-cache; fwd=uri-miss; fwd-status=503; ttl=-40; detail=stale-if-error` |
+//! | store failed or skipped | `...; detail=store-error` / `...; detail=store-unavailable` |
+//!
+//! # Example
+//!
+//! ```
+//! use tower_redis_cache::CacheOutcome;
+//!
+//! let outcome = CacheOutcome::Stale { refreshing: true };
+//! assert_eq!(outcome.as_str(), "stale");
+//! assert!(outcome.is_cached());
+//! ```
+
+use http::HeaderValue;
+use std::fmt::Write as _;
+
+/// What the cache did for one request, inserted as a response extension.
+///
+/// ```
+/// # fn outcome_of<B>(response: &http::Response<B>) -> Option<tower_redis_cache::CacheOutcome> {
+/// response.extensions().get::<tower_redis_cache::CacheOutcome>().copied()
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheOutcome {
+    /// Answered from a fresh entry; the inner service was not called.
+    Hit,
+    /// Answered at once from a stale entry; `refreshing` is true when this request started the one background
+    /// refresh for the key (false when one was already running here or in another process).
+    Stale {
+        /// Whether this request started the background refresh.
+        refreshing: bool,
+    },
+    /// Answered by the inner service.
+    Miss {
+        /// This request waited for another caller's inner call and shares its response.
+        collapsed: bool,
+        /// The response was written to the store.
+        stored: bool,
+    },
+    /// The cache was not consulted.
+    Bypass(BypassReason),
+    /// The inner service failed and a stored entry inside its stale-if-error window answered instead.
+    StaleIfError,
+}
+
+impl CacheOutcome {
+    /// A short lower-case name: `hit`, `stale`, `miss`, `bypass` or `stale-if-error`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Stale { .. } => "stale",
+            CacheOutcome::Miss { .. } => "miss",
+            CacheOutcome::Bypass(_) => "bypass",
+            CacheOutcome::StaleIfError => "stale-if-error",
+        }
+    }
+
+    /// Whether the response body came from the store.
+    pub fn is_cached(&self) -> bool {
+        matches!(
+            self,
+            CacheOutcome::Hit | CacheOutcome::Stale { .. } | CacheOutcome::StaleIfError
+        )
+    }
+}
+
+/// Why a request bypassed the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BypassReason {
+    /// The method is not configured as cacheable.
+    Method,
+    /// The request carried `Cache-Control: no-store`.
+    NoStore,
+    /// The request body is larger than the configured maximum.
+    RequestTooLarge,
+    /// The request body could not be read.
+    RequestBodyError,
+}
+
+impl BypassReason {
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            BypassReason::Method => "method",
+            BypassReason::NoStore => "no-store",
+            BypassReason::RequestTooLarge => "request-too-large",
+            BypassReason::RequestBodyError => "request-body-error",
+        }
+    }
+}
+
+/// The health of the store as seen by one request, reported as a `detail` when it mattered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum StoreHealth {
+    #[default]
+    Ok,
+    Error,
+    Unavailable,
+}
+
+/// Everything one `Cache-Status` value says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Status {
+    pub(crate) outcome: CacheOutcome,
+    /// The entry's remaining freshness in seconds, when an entry answered.
+    pub(crate) ttl: Option<i64>,
+    /// The inner service's status, when it was called in the foreground.
+    pub(crate) fwd_status: Option<u16>,
+    /// The request asked to skip the read (`no-cache`).
+    pub(crate) revalidate: bool,
+    pub(crate) store: StoreHealth,
+}
+
+pub(crate) const CACHE_NAME: &str = "tower-redis-cache";
+
+impl Status {
+    pub(crate) fn new(outcome: CacheOutcome) -> Self {
+        Status {
+            outcome,
+            ttl: None,
+            fwd_status: None,
+            revalidate: false,
+            store: StoreHealth::Ok,
+        }
+    }
+
+    /// Formats the `Cache-Status` field value.
+    pub(crate) fn header_value(&self) -> HeaderValue {
+        let mut s = String::with_capacity(64);
+        s.push_str(CACHE_NAME);
+        let fwd = if self.revalidate {
+            "request"
+        } else {
+            "uri-miss"
+        };
+        let mut detail = match self.store {
+            StoreHealth::Ok => None,
+            StoreHealth::Error => Some("store-error"),
+            StoreHealth::Unavailable => Some("store-unavailable"),
+        };
+        match self.outcome {
+            CacheOutcome::Hit => s.push_str("; hit"),
+            CacheOutcome::Stale { .. } => s.push_str("; fwd=stale"),
+            CacheOutcome::Miss { .. } | CacheOutcome::StaleIfError => {
+                let _ = write!(s, "; fwd={fwd}");
+            }
+            CacheOutcome::Bypass(reason) => {
+                s.push_str("; fwd=bypass");
+                detail = Some(reason.as_str());
+            }
+        }
+        if let Some(status) = self.fwd_status {
+            let _ = write!(s, "; fwd-status={status}");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(s, "; ttl={ttl}");
+        }
+        match self.outcome {
+            CacheOutcome::Miss {
+                collapsed: true, ..
+            } => s.push_str("; collapsed"),
+            CacheOutcome::Miss { stored: true, .. } => s.push_str("; stored"),
+            CacheOutcome::StaleIfError => detail = Some("stale-if-error"),
+            _ => {}
+        }
+        if let Some(detail) = detail {
+            let _ = write!(s, "; detail={detail}");
+        }
+        // Only ASCII from fixed strings and integers went in.
+        HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(CACHE_NAME))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(status: Status) -> String {
+        status.header_value().to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn cache_status_formats() {
+        let mut hit = Status::new(CacheOutcome::Hit);
+        hit.ttl = Some(12);
+        assert_eq!(fmt(hit), "tower-redis-cache; hit; ttl=12");
+
+        let mut stale = Status::new(CacheOutcome::Stale { refreshing: true });
+        stale.ttl = Some(-3);
+        assert_eq!(fmt(stale), "tower-redis-cache; fwd=stale; ttl=-3");
+
+        let mut miss = Status::new(CacheOutcome::Miss {
+            collapsed: false,
+            stored: true,
+        });
+        miss.fwd_status = Some(200);
+        assert_eq!(
+            fmt(miss),
+            "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored"
+        );
+
+        let mut collapsed = Status::new(CacheOutcome::Miss {
+            collapsed: true,
+            stored: false,
+        });
+        collapsed.fwd_status = Some(200);
+        assert_eq!(
+            fmt(collapsed),
+            "tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed"
+        );
+
+        let mut revalidated = miss;
+        revalidated.revalidate = true;
+        assert_eq!(
+            fmt(revalidated),
+            "tower-redis-cache; fwd=request; fwd-status=200; stored"
+        );
+
+        let bypass = Status::new(CacheOutcome::Bypass(BypassReason::Method));
+        assert_eq!(fmt(bypass), "tower-redis-cache; fwd=bypass; detail=method");
+
+        let mut sie = Status::new(CacheOutcome::StaleIfError);
+        sie.fwd_status = Some(503);
+        sie.ttl = Some(-40);
+        assert_eq!(
+            fmt(sie),
+            "tower-redis-cache; fwd=uri-miss; fwd-status=503; ttl=-40; detail=stale-if-error"
+        );
+
+        let mut down = Status::new(CacheOutcome::Miss {
+            collapsed: false,
+            stored: false,
+        });
+        down.fwd_status = Some(200);
+        down.store = StoreHealth::Unavailable;
+        assert_eq!(
+            fmt(down),
+            "tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=store-unavailable"
+        );
+    }
+}
