@@ -1,0 +1,123 @@
+//! [`MemoryStore`]: an in-process store on moka, for demos, tests and single-process services.
+
+use super::{Store, StoreFuture};
+use bytes::Bytes;
+use moka::sync::Cache;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+struct Stored {
+    value: Bytes,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Stored> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Stored,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Stored,
+        _now: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// An in-process [`Store`] backed by a moka cache, bounded by total bytes, with a TTL per entry.
+///
+/// Entries are shared by every layer built on clones of one `MemoryStore`, but not across processes: use
+/// [`RedisStore`](super::RedisStore) for a fleet.
+///
+/// ```
+/// use tower_redis_cache::MemoryStore;
+///
+/// let store = MemoryStore::new(64 * 1024 * 1024); // at most 64 MiB of keys and values
+/// # let _ = store;
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    cache: Cache<String, Stored>,
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_bytes` of keys and values; the least recently used go first.
+    pub fn new(max_bytes: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, value: &Stored| {
+                u32::try_from(key.len() + value.value.len()).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .build();
+        MemoryStore { cache }
+    }
+
+    /// The number of entries (approximate while maintenance is pending).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.cache.entry_count())
+            .field("weighted_size", &self.cache.weighted_size())
+            .finish()
+    }
+}
+
+impl Store for MemoryStore {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        let value = self.cache.get(key).map(|stored| stored.value);
+        Box::pin(std::future::ready(Ok(value)))
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        self.cache.insert(key.to_owned(), Stored { value, ttl });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        let entry = self.cache.entry(key.to_owned()).or_insert_with(|| Stored {
+            value: Bytes::from_static(b"1"),
+            ttl,
+        });
+        Box::pin(std::future::ready(Ok(entry.is_fresh())))
+    }
+
+    fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
+        let removed = keys
+            .iter()
+            .filter(|k| self.cache.remove(**k).is_some())
+            .count();
+        Box::pin(std::future::ready(Ok(removed as u64)))
+    }
+
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        let doomed: Vec<String> = self
+            .cache
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        let removed = doomed
+            .iter()
+            .filter(|k| self.cache.remove(*k).is_some())
+            .count();
+        Box::pin(std::future::ready(Ok(removed as u64)))
+    }
+}

@@ -1,0 +1,84 @@
+//! Where entries live: the [`Store`] trait, [`RedisStore`] (fred) and [`MemoryStore`] (moka).
+//!
+//! The cache engine only talks to `dyn Store`; it never names fred or moka. Every call it makes goes through a
+//! timeout and a circuit breaker (see [`RedisCacheLayerBuilder::store_timeout`]), so a slow or dead store costs a
+//! request at most one timeout, and nothing once the breaker is open.
+//!
+//! [`RedisCacheLayerBuilder::store_timeout`]: crate::cache::RedisCacheLayerBuilder::store_timeout
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_redis_cache::cache::store::{MemoryStore, Store};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = MemoryStore::new(16 * 1024 * 1024);
+//! store.set("ns:v1:{k}", "v".into(), Duration::from_secs(60)).await.unwrap();
+//! assert_eq!(store.get("ns:v1:{k}").await.unwrap().as_deref(), Some(&b"v"[..]));
+//! assert!(store.try_lease("ns:v1:{k}:lease", Duration::from_secs(5)).await.unwrap());
+//! assert!(!store.try_lease("ns:v1:{k}:lease", Duration::from_secs(5)).await.unwrap());
+//! # }
+//! ```
+
+use crate::error::StoreError;
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+#[cfg(feature = "memory")]
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+#[cfg(feature = "memory")]
+pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
+
+/// The future a [`Store`] method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A key-value store for cache entries.
+///
+/// Keys are the cache's own (`<namespace>:v1:{<hex>}` and `...:lease`); values are opaque bytes.
+pub trait Store: Send + Sync + 'static {
+    /// Reads a value; `Ok(None)` when absent.
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>>;
+
+    /// Writes a value that expires after `ttl`.
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()>;
+
+    /// Takes a lease: writes `key` only if it is absent (`SET NX PX`), returning whether this call took it.
+    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
+
+    /// Removes keys, returning how many existed.
+    fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64>;
+
+    /// Removes every key that starts with `prefix` (incrementally: `SCAN` + `UNLINK` on Redis), returning how
+    /// many were removed.
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64>;
+}
+
+impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        (**self).get(key)
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        (**self).set(key, value, ttl)
+    }
+
+    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        (**self).try_lease(key, ttl)
+    }
+
+    fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
+        (**self).remove(keys)
+    }
+
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        (**self).purge_prefix(prefix)
+    }
+}

@@ -1,0 +1,218 @@
+//! [`RedisStore`]: entries in Redis through fred (standalone, Sentinel or Cluster; a `Client` or a `Pool`).
+
+use super::{Store, StoreFuture};
+use crate::error::StoreError;
+use bytes::Bytes;
+use fred::prelude::{
+    Builder, Client, ClientLike, Config, Expiration, KeysInterface, Options, Pool, ReconnectPolicy,
+    SetOptions, Value,
+};
+use fred::types::Key;
+use futures_util::StreamExt;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// A [`Store`] on Redis through [fred](https://docs.rs/fred).
+///
+/// Commands are sent *fail fast*: while a connection is down they error at once instead of queueing for the
+/// reconnect, so the cache falls back to the inner service without waiting. Keys of one entry and its lease
+/// share a Cluster hash slot, so no command crosses slots; `purge` scans every primary of a cluster.
+///
+/// ```no_run
+/// use tower_redis_cache::RedisStore;
+///
+/// # async fn run() -> Result<(), fred::error::Error> {
+/// // redis://, rediss:// (feature `redis-tls`), redis-cluster://, redis-sentinel:// URLs, with credentials.
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    clients: std::sync::Arc<[fred::clients::WithOptions<Client>]>,
+    next: std::sync::Arc<AtomicUsize>,
+}
+
+impl RedisStore {
+    /// Wraps a connected (or connecting) fred client.
+    pub fn new(client: Client) -> Self {
+        Self::from_clients(vec![client])
+    }
+
+    /// Wraps a fred pool; commands go round-robin over its clients.
+    pub fn from_pool(pool: Pool) -> Self {
+        Self::from_clients(pool.clients().to_vec())
+    }
+
+    fn from_clients(clients: Vec<Client>) -> Self {
+        let options = Options {
+            fail_fast: true,
+            ..Options::default()
+        };
+        let clients: Vec<_> = clients.iter().map(|c| c.with_options(&options)).collect();
+        RedisStore {
+            clients: clients.into(),
+            next: std::sync::Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Connects to the Redis named by `url` with a reconnecting client (constant 100 ms between attempts,
+    /// forever) and waits for the first connection.
+    ///
+    /// # Errors
+    ///
+    /// An invalid URL, or no connection on the first attempt.
+    pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
+        let config = Config::from_url(url)?;
+        let client = Builder::from_config(config)
+            .set_policy(ReconnectPolicy::new_constant(0, 100))
+            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+            .build()?;
+        client.init().await?;
+        Ok(Self::new(client))
+    }
+
+    fn client(&self) -> &fred::clients::WithOptions<Client> {
+        if self.clients.len() == 1 {
+            return &self.clients[0];
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("clients", &self.clients.len())
+            .finish()
+    }
+}
+
+fn backend(error: fred::error::Error) -> StoreError {
+    StoreError::backend(error)
+}
+
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// Escapes the glob characters `SCAN MATCH` interprets.
+fn glob_escape(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('*');
+    out
+}
+
+impl Store for RedisStore {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        Box::pin(async move {
+            let value: Option<Bytes> = self.client().get(key).await.map_err(backend)?;
+            Ok(value)
+        })
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.client()
+                .set::<(), _, _>(
+                    key,
+                    Value::Bytes(value),
+                    Some(Expiration::PX(millis(ttl))),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let reply: Option<String> = self
+                .client()
+                .set(
+                    key,
+                    "1",
+                    Some(Expiration::PX(millis(ttl))),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(backend)?;
+            Ok(reply.is_some())
+        })
+    }
+
+    fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let client = self.client();
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            if client.is_clustered() {
+                // One key per command: keys of different entries live in different slots.
+                let mut removed = 0;
+                for key in keys {
+                    removed += client.unlink::<u64, _>(*key).await.map_err(backend)?;
+                }
+                Ok(removed)
+            } else {
+                let keys: Vec<Key> = keys.iter().map(|k| Key::from(*k)).collect();
+                client.unlink::<u64, _>(keys).await.map_err(backend)
+            }
+        })
+    }
+
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let client = self.client();
+            let pattern = glob_escape(prefix);
+            let clustered = client.is_clustered();
+            let mut keys = if clustered {
+                client
+                    .scan_cluster_buffered(pattern, Some(500), None)
+                    .boxed()
+            } else {
+                client.scan_buffered(pattern, Some(500), None).boxed()
+            };
+            let mut removed = 0u64;
+            let mut batch: Vec<Key> = Vec::with_capacity(500);
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(backend)?;
+                if clustered {
+                    removed += client.unlink::<u64, _>(key).await.map_err(backend)?;
+                    continue;
+                }
+                batch.push(key);
+                if batch.len() == 500 {
+                    removed += client
+                        .unlink::<u64, _>(std::mem::take(&mut batch))
+                        .await
+                        .map_err(backend)?;
+                }
+            }
+            if !batch.is_empty() {
+                removed += client.unlink::<u64, _>(batch).await.map_err(backend)?;
+            }
+            Ok(removed)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_patterns_escape_globs() {
+        assert_eq!(glob_escape("ns:v1:"), "ns:v1:*");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\*");
+    }
+}
