@@ -1,0 +1,156 @@
+//! The in-flight map: one inner call per key; the callers that arrive meanwhile wait and share its result.
+//!
+//! The first caller for a key becomes the *leader* and holds a [`Leader`] guard; later callers get a
+//! [`Waiter`]. The leader publishes its result with [`Leader::complete`]. If the leader is dropped first (its
+//! caller was cancelled), the flight is removed and every waiter is told it was *abandoned*, so one of them
+//! takes over as the new leader instead of waiting forever.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::watch;
+
+/// In-flight calls by key.
+#[derive(Debug)]
+pub(crate) struct Coalescer<T> {
+    flights: Mutex<HashMap<Arc<str>, watch::Receiver<Option<T>>>>,
+}
+
+impl<T> Default for Coalescer<T> {
+    fn default() -> Self {
+        Coalescer {
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// The caller's part in a flight.
+pub(crate) enum Role<'a, T> {
+    Leader(Leader<'a, T>),
+    Waiter(Waiter<T>),
+}
+
+/// The one caller that makes the inner call for a key.
+pub(crate) struct Leader<'a, T> {
+    coalescer: &'a Coalescer<T>,
+    key: Arc<str>,
+    tx: Option<watch::Sender<Option<T>>>,
+}
+
+/// A caller waiting for the leader's result.
+pub(crate) struct Waiter<T> {
+    rx: watch::Receiver<Option<T>>,
+}
+
+impl<T: Clone> Coalescer<T> {
+    /// Joins the flight for `key`, starting it if there is none.
+    pub(crate) fn join(&self, key: &str) -> Role<'_, T> {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(rx) = flights.get(key) {
+            return Role::Waiter(Waiter { rx: rx.clone() });
+        }
+        let (tx, rx) = watch::channel(None);
+        let key: Arc<str> = Arc::from(key);
+        flights.insert(key.clone(), rx);
+        Role::Leader(Leader {
+            coalescer: self,
+            key,
+            tx: Some(tx),
+        })
+    }
+
+    /// Number of flights in progress.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl<T> Leader<'_, T> {
+    /// Publishes the result to every waiter and ends the flight.
+    pub(crate) fn complete(mut self, value: T) {
+        self.remove();
+        if let Some(tx) = self.tx.take() {
+            // No receivers left is fine: nobody was waiting.
+            let _ = tx.send(Some(value));
+        }
+    }
+
+    fn remove(&self) {
+        let Some(tx) = &self.tx else { return };
+        let mut flights = self
+            .coalescer
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Only remove our own flight: after an abandonment a new leader may own the key.
+        if flights
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+impl<T> Drop for Leader<'_, T> {
+    fn drop(&mut self) {
+        // Abandoned: remove the flight; dropping the sender wakes every waiter with "closed".
+        self.remove();
+    }
+}
+
+impl<T: Clone> Waiter<T> {
+    /// The leader's result, or `None` when the leader was dropped without one.
+    pub(crate) async fn wait(mut self) -> Option<T> {
+        match self.rx.wait_for(Option::is_some).await {
+            Ok(value) => value.clone(),
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiters_share_the_leaders_result() {
+        let c = Coalescer::<u32>::default();
+        let Role::Leader(leader) = c.join("k") else {
+            panic!("first is leader")
+        };
+        let Role::Waiter(w1) = c.join("k") else {
+            panic!("second waits")
+        };
+        let Role::Waiter(w2) = c.join("k") else {
+            panic!("third waits")
+        };
+        assert!(matches!(c.join("other"), Role::Leader(_)));
+        leader.complete(7);
+        assert_eq!(w1.wait().await, Some(7));
+        assert_eq!(w2.wait().await, Some(7));
+        assert_eq!(c.len(), 0);
+        assert!(
+            matches!(c.join("k"), Role::Leader(_)),
+            "a finished flight is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_releases_its_waiters() {
+        let c = Coalescer::<u32>::default();
+        let leader = c.join("k");
+        let Role::Waiter(w) = c.join("k") else {
+            panic!("waits")
+        };
+        drop(leader);
+        assert_eq!(w.wait().await, None);
+        assert!(
+            matches!(c.join("k"), Role::Leader(_)),
+            "a waiter can take over"
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! [`RedisCacheLayer`], its builder, and [`CacheHandle`] for stats and invalidation.
+
+use super::RedisCache;
+use super::engine::{Engine, Policy};
+use super::guard::{Breaker, GuardedStore};
+use super::key::KeyConfig;
+use super::stats::{CacheStats, Counters};
+use super::store::Store;
+use crate::error::{ConfigError, StoreError};
+use http::{HeaderName, Method, Request, StatusCode, request};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_layer::Layer;
+
+/// A Tower layer that caches responses in a [`Store`]; see the [module docs](super) for the semantics.
+///
+/// Every service built by one layer (and its clones) shares the store connection, the in-flight map (so
+/// concurrent misses coalesce across clones), the background refreshes and the counters.
+#[derive(Clone)]
+pub struct RedisCacheLayer {
+    engine: Arc<Engine>,
+}
+
+impl RedisCacheLayer {
+    /// Starts a builder over `store` (a [`RedisStore`](super::RedisStore), a
+    /// [`MemoryStore`](super::MemoryStore), or your own [`Store`]).
+    pub fn builder(store: impl Store) -> RedisCacheLayerBuilder {
+        RedisCacheLayerBuilder::new(Arc::new(store))
+    }
+
+    /// A handle for stats, invalidation and purging.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle {
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisCacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheLayer")
+            .field("namespace", &self.engine.keys.namespace)
+            .field("policy", &self.engine.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for RedisCacheLayer {
+    type Service = RedisCache<S>;
+
+    fn layer(&self, inner: S) -> RedisCache<S> {
+        RedisCache::from_parts(inner, self.engine.clone())
+    }
+}
+
+/// Stats, invalidation and purge for the services of one [`RedisCacheLayer`].
+#[derive(Clone)]
+pub struct CacheHandle {
+    pub(crate) engine: Arc<Engine>,
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandle")
+            .field("namespace", &self.engine.keys.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheHandle {
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> CacheStats {
+        self.engine.counters.snapshot()
+    }
+
+    /// The key the cache uses for `request` (its body as bytes).
+    pub fn key_for<T: AsRef<[u8]>>(&self, request: &Request<T>) -> super::CacheKey {
+        self.engine.keys.key(
+            request.method(),
+            request.uri(),
+            request.headers(),
+            request.body().as_ref(),
+        )
+    }
+
+    /// Removes the entry (and any refresh lease) of `request`. Returns whether an entry existed.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; the circuit breaker and store timeout do not apply here.
+    pub async fn invalidate<T: AsRef<[u8]>>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<bool, StoreError> {
+        let key = self.key_for(request);
+        let lease = key.lease_key();
+        let keys = [key.as_str(), lease.as_str()];
+        let removed = self.engine.store.store.remove(&keys[..1]).await?;
+        self.engine.store.store.remove(&keys[1..]).await?;
+        Ok(removed > 0)
+    }
+
+    /// Removes every entry of this layer's namespace (`SCAN` + `UNLINK` on Redis, never `KEYS`). Returns how many
+    /// keys were removed.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; the circuit breaker and store timeout do not apply here.
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        let prefix = self.engine.keys.namespace_prefix();
+        self.engine.store.store.purge_prefix(&prefix).await
+    }
+
+    /// Whether the store circuit breaker is open (the store is being skipped).
+    pub fn store_unavailable(&self) -> bool {
+        self.engine.store.breaker.is_open()
+    }
+}
+
+/// Builds a [`RedisCacheLayer`]; every setter states its default. Validation happens in
+/// [`build`](Self::build).
+#[must_use]
+pub struct RedisCacheLayerBuilder {
+    store: Arc<dyn Store>,
+    namespace: String,
+    partition: Vec<u8>,
+    vary: Vec<HeaderName>,
+    fresh_for: Duration,
+    stale_for: Duration,
+    stale_if_error_for: Duration,
+    methods: Vec<Method>,
+    post_when: Option<Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>>,
+    statuses: Option<Vec<StatusCode>>,
+    max_body: usize,
+    store_timeout: Duration,
+    lease_for: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    respect_response_cache_control: bool,
+}
+
+impl fmt::Debug for RedisCacheLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheLayerBuilder")
+            .field("namespace", &self.namespace)
+            .field("fresh_for", &self.fresh_for)
+            .field("stale_for", &self.stale_for)
+            .field("stale_if_error_for", &self.stale_if_error_for)
+            .field("methods", &self.methods)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `QUERY` method (safe, idempotent, with a body).
+pub(crate) fn query_method() -> Method {
+    Method::from_bytes(b"QUERY").unwrap_or(Method::GET)
+}
+
+impl RedisCacheLayerBuilder {
+    fn new(store: Arc<dyn Store>) -> Self {
+        RedisCacheLayerBuilder {
+            store,
+            namespace: "http-cache".into(),
+            partition: Vec::new(),
+            vary: Vec::new(),
+            fresh_for: Duration::from_secs(60),
+            stale_for: Duration::from_secs(60),
+            stale_if_error_for: Duration::from_secs(300),
+            methods: vec![Method::GET, Method::HEAD, query_method()],
+            post_when: None,
+            statuses: None,
+            max_body: 1024 * 1024,
+            store_timeout: Duration::from_millis(50),
+            lease_for: Duration::from_secs(10),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            respect_response_cache_control: false,
+        }
+    }
+
+    /// The key prefix, so several caches can share one Redis. Default: `http-cache`. It may not contain
+    /// whitespace, braces or glob characters (`{ } * ? [ ] \`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The tenant identity hashed into every key, so two tenants never share an entry: the cache sits outside
+    /// auth and cannot see `Authorization`. For an API client, the API base plus the OAuth client id. Default:
+    /// empty (one tenant).
+    pub fn partition(mut self, partition: impl AsRef<[u8]>) -> Self {
+        self.partition = partition.as_ref().to_vec();
+        self
+    }
+
+    /// Request headers whose values are part of the key (like a response's `Vary`). Default: none.
+    pub fn vary_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.vary = names.into_iter().collect();
+        self
+    }
+
+    /// How long a stored response is fresh (answered with no inner call). Default: 60 s.
+    pub fn fresh_for(mut self, fresh_for: Duration) -> Self {
+        self.fresh_for = fresh_for;
+        self
+    }
+
+    /// How long after freshness ends the entry is still served at once while one background refresh runs
+    /// (stale-while-revalidate). Default: 60 s. Zero turns it off.
+    pub fn stale_for(mut self, stale_for: Duration) -> Self {
+        self.stale_for = stale_for;
+        self
+    }
+
+    /// How long after freshness ends the entry may answer when the inner service fails (transport error, 500,
+    /// 502, 503, 504). Default: 300 s. Zero turns it off.
+    pub fn stale_if_error_for(mut self, stale_if_error_for: Duration) -> Self {
+        self.stale_if_error_for = stale_if_error_for;
+        self
+    }
+
+    /// The cacheable methods, replacing the default `GET`, `HEAD`, `QUERY`. Add `POST` to cache POST queries by
+    /// their body.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Caches the `POST` requests for which `when` returns true (for example one route), keyed by their body.
+    /// Default: no `POST` is cached.
+    pub fn cache_post_when(
+        mut self,
+        when: impl Fn(&request::Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.post_when = Some(Arc::new(when));
+        self
+    }
+
+    /// The response statuses that are stored, replacing the default (every 2xx). Error statuses are never
+    /// stored unless listed here.
+    pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.statuses = Some(statuses.into_iter().collect());
+        self
+    }
+
+    /// The largest request or response body the cache buffers. A larger request bypasses the cache; a larger
+    /// response is streamed through unstored. Default: 1 MiB.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The longest any store call may take before the request goes on without it. Default: 50 ms.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// How long a background refresh holds its lease (`SET NX PX`), which keeps other processes from
+    /// refreshing the same key. A failed refresh keeps the lease until it expires. Default: 10 s.
+    pub fn refresh_lease_for(mut self, lease_for: Duration) -> Self {
+        self.lease_for = lease_for;
+        self
+    }
+
+    /// After `failures` consecutive store failures, skip the store for `cooldown`, then let one call probe.
+    /// Default: 5 failures, 1 s.
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = failures;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Honour `Cache-Control: no-store` and `private` on responses (they are then not stored). Default: false,
+    /// since many APIs send `no-store` on everything and caching them is this layer's purpose.
+    pub fn respect_response_cache_control(mut self, respect: bool) -> Self {
+        self.respect_response_cache_control = respect;
+        self
+    }
+
+    /// Validates the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for an empty or ill-formed namespace, all windows zero, a zero store timeout, a zero
+    /// breaker threshold, or a body cap over 4 GiB.
+    pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
+        if self.namespace.is_empty()
+            || self.namespace.chars().any(|c| {
+                c.is_whitespace()
+                    || c.is_control()
+                    || matches!(c, '{' | '}' | '*' | '?' | '[' | ']' | '\\')
+            })
+        {
+            return Err(ConfigError::new(format!(
+                "namespace {:?} must be non-empty, without whitespace, braces or glob characters",
+                self.namespace
+            )));
+        }
+        if (self.fresh_for + self.stale_for + self.stale_if_error_for).is_zero() {
+            return Err(ConfigError::new(
+                "fresh_for, stale_for and stale_if_error_for are all zero",
+            ));
+        }
+        if self.store_timeout.is_zero() {
+            return Err(ConfigError::new("store_timeout must be greater than zero"));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(ConfigError::new(
+                "the circuit breaker needs at least one failure to open",
+            ));
+        }
+        if u32::try_from(self.max_body).is_err() {
+            return Err(ConfigError::new("max_body_size must fit in 32 bits"));
+        }
+        let counters = Arc::new(Counters::default());
+        let store = GuardedStore {
+            store: self.store,
+            timeout: self.store_timeout,
+            breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
+            counters,
+        };
+        let policy = Policy {
+            fresh_for: self.fresh_for,
+            stale_for: self.stale_for,
+            stale_if_error_for: self.stale_if_error_for,
+            methods: self.methods,
+            post_when: self.post_when,
+            statuses: self.statuses,
+            max_body: self.max_body,
+            respect_response_cache_control: self.respect_response_cache_control,
+            lease_for: self.lease_for,
+        };
+        let keys = KeyConfig {
+            namespace: self.namespace,
+            partition: self.partition,
+            vary: self.vary,
+        };
+        Ok(RedisCacheLayer {
+            engine: Arc::new(Engine::new(policy, keys, store)),
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! [`RedisCache`]: the Tower adapter over the cache engine.
+
+use super::body::{Collected, ResponseBody, collect_capped, collect_rest, content_length};
+use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate, has_directive};
+use super::future::ResponseFuture;
+use super::stats::bump;
+use super::status::{BypassReason, CacheOutcome, Status};
+use crate::error::BoxError;
+use bytes::Bytes;
+use futures_util::future::poll_fn;
+use http::{Request, Response, request};
+use http_body::Body;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+/// A service that answers from the cache when it can and calls `inner` when it must; built by
+/// [`RedisCacheLayer`](super::RedisCacheLayer).
+///
+/// `poll_ready` is always ready: a hit never needs the inner service, so no inner capacity is reserved. A
+/// miss drives a clone of `inner` to readiness and calls it once.
+#[derive(Clone)]
+pub struct RedisCache<S> {
+    inner: S,
+    engine: Arc<Engine>,
+}
+
+impl<S> RedisCache<S> {
+    pub(crate) fn from_parts(inner: S, engine: Arc<Engine>) -> Self {
+        RedisCache { inner, engine }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// A handle for stats, invalidation and purging (shared with the layer that built this service).
+    pub fn handle(&self) -> super::CacheHandle {
+        super::CacheHandle {
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RedisCache<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("inner", &self.inner)
+            .field("namespace", &self.engine.keys.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for RedisCache<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + From<Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    R: Body + Send + 'static,
+    R::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<R>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<R>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let engine = self.engine.clone();
+        ResponseFuture::new(Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let max = engine.policy.max_body;
+            let reason = if !engine.policy.method_cacheable(&parts) {
+                Some(BypassReason::Method)
+            } else if has_directive(&parts.headers, &["no-store"]) {
+                Some(BypassReason::NoStore)
+            } else if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
+                Some(BypassReason::RequestTooLarge)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return bypass(&engine, inner, Request::from_parts(parts, body), reason).await;
+            }
+            let bytes = if body.is_end_stream() {
+                Bytes::new()
+            } else {
+                match collect_capped(body, max).await? {
+                    Collected::Complete(bytes) => bytes,
+                    Collected::TooLarge { prefix, rest } => {
+                        // Length unknown up front: the request must still reach the origin whole.
+                        let all = collect_rest(prefix, rest).await?;
+                        let request = Request::from_parts(parts, B::from(all));
+                        return bypass(&engine, inner, request, BypassReason::RequestTooLarge)
+                            .await;
+                    }
+                }
+            };
+            let key = engine
+                .keys
+                .key(&parts.method, &parts.uri, &parts.headers, &bytes);
+            let revalidate = has_directive(&parts.headers, &["no-cache"]);
+            let fetch = TowerFetch {
+                inner,
+                parts,
+                body: bytes,
+                max_body: max,
+                _body: PhantomData,
+            };
+            engine.respond(key, revalidate, fetch).await
+        }))
+    }
+}
+
+async fn call_inner<S, B, R>(mut inner: S, request: Request<B>) -> Result<Response<R>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Error: Into<BoxError>,
+{
+    poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    inner.call(request).await.map_err(Into::into)
+}
+
+async fn bypass<S, B, R>(
+    engine: &Engine,
+    inner: S,
+    request: Request<B>,
+    reason: BypassReason,
+) -> Result<Response<ResponseBody<R>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Error: Into<BoxError>,
+{
+    bump(&engine.counters.bypasses);
+    tracing::debug!(
+        outcome = "bypass",
+        reason = reason.as_str(),
+        "cache decision"
+    );
+    let response = call_inner(inner, request).await?;
+    let (parts, body) = response.into_parts();
+    let mut response = Response::from_parts(parts, ResponseBody::streaming(None, Box::pin(body)));
+    decorate(&mut response, &Status::new(CacheOutcome::Bypass(reason)));
+    Ok(response)
+}
+
+/// One origin call for a cached request: the inner service, the request head, and its buffered body.
+struct TowerFetch<S, B> {
+    inner: S,
+    parts: request::Parts,
+    body: Bytes,
+    max_body: usize,
+    _body: PhantomData<fn() -> B>,
+}
+
+impl<S: Clone, B> Clone for TowerFetch<S, B> {
+    fn clone(&self) -> Self {
+        TowerFetch {
+            inner: self.inner.clone(),
+            parts: self.parts.clone(),
+            body: self.body.clone(),
+            max_body: self.max_body,
+            _body: PhantomData,
+        }
+    }
+}
+
+impl<S, B, R> Fetch<R> for TowerFetch<S, B>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: From<Bytes> + Send + 'static,
+    R: Body + Send + 'static,
+    R::Error: Into<BoxError>,
+{
+    fn fetch(self) -> FetchFuture<R> {
+        Box::pin(async move {
+            let request = Request::from_parts(self.parts, B::from(self.body));
+            let response = call_inner(self.inner, request).await?;
+            buffer_response(response, self.max_body).await
+        })
+    }
+}
