@@ -1,0 +1,91 @@
+//! An axum server whose expensive `POST /query` sits behind `RedisCacheLayer` (keyed by its JSON body), next
+//! to an uncached `GET /stats`.
+//!
+//! ```sh
+//! cargo run --example axum_server
+//! curl -si localhost:3000/query -H 'content-type: application/json' -d '{"b":2,"a":1}'   # miss, ~200 ms
+//! curl -si localhost:3000/query -H 'content-type: application/json' -d '{"a":1,"b":2}'   # hit
+//! curl -s localhost:3000/stats
+//! ```
+//!
+//! Environment: `BIND` (default `127.0.0.1:3000`), `REDIS_URL` (unset: in-memory store), `FRESH_SECS`
+//! (default 5), `STALE_SECS` (default 30), `ORIGIN_DELAY_MS` (default 200).
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tower::ServiceBuilder;
+use tower_redis_cache::error::BoxError;
+use tower_redis_cache::{MemoryStore, RedisCacheLayer, RedisStore};
+
+#[derive(Clone)]
+struct AppState {
+    calls: Arc<AtomicU64>,
+    delay: Duration,
+}
+
+fn env_u64(name: &str, default: u64) -> Result<u64, BoxError> {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .map_err(|e| format!("{name}={value:?} is not a whole number: {e}").into()),
+        Err(_) => Ok(default),
+    }
+}
+
+async fn query(State(state): State<AppState>, Json(input): Json<Value>) -> Json<Value> {
+    let calls = state.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(state.delay).await;
+    Json(json!({ "calls": calls, "echo": input }))
+}
+
+async fn stats(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "calls": state.calls.load(Ordering::SeqCst) }))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let fresh = Duration::from_secs(env_u64("FRESH_SECS", 5)?);
+    let stale = Duration::from_secs(env_u64("STALE_SECS", 30)?);
+    let delay = Duration::from_millis(env_u64("ORIGIN_DELAY_MS", 200)?);
+
+    let builder = match std::env::var("REDIS_URL") {
+        Ok(url) => RedisCacheLayer::builder(RedisStore::connect(&url).await?),
+        Err(_) => RedisCacheLayer::builder(MemoryStore::new(64 * 1024 * 1024)),
+    };
+    let cache = builder
+        .namespace("axum-example")
+        .methods([Method::POST])
+        .fresh_for(fresh)
+        .stale_for(stale)
+        .build()?;
+
+    let state = AppState {
+        calls: Arc::new(AtomicU64::new(0)),
+        delay,
+    };
+    let app = Router::new()
+        .route("/query", post(query))
+        // The cache's errors (inner failures shared with coalesced waiters) become 502s.
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|error: BoxError| async move {
+                    (StatusCode::BAD_GATEWAY, error.to_string())
+                }))
+                .layer(cache),
+        )
+        .route("/stats", get(stats))
+        .with_state(state);
+
+    let listener = tokio::net::TcpListener::bind(&bind).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
