@@ -44,7 +44,10 @@ async fn main() -> Result<(), BoxError> {
             calls.fetch_add(1, Ordering::SeqCst);
             let query = request.into_body().collect().await?.to_bytes();
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let body = format!(r#"{{"rows":[1,2,3],"query":{}}}"#, String::from_utf8_lossy(&query));
+            let body = format!(
+                r#"{{"rows":[1,2,3],"query":{}}}"#,
+                String::from_utf8_lossy(&query)
+            );
             Ok::<_, Infallible>(
                 Response::builder()
                     .header("content-type", "application/json")

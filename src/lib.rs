@@ -49,7 +49,8 @@ pub use crate::cache::MemoryStore;
 #[cfg(feature = "redis")]
 pub use crate::cache::RedisStore;
 pub use crate::cache::{
-    CacheHandle, CacheKey, CacheOutcome, CacheStats, RedisCache, RedisCacheLayer,
+    CacheHandle, CacheKey, CacheOutcome, CacheStats, ENTRY_OVERHEAD, RedisCache, RedisCacheLayer,
+    Store,
 };
 #[cfg(feature = "redis")]
 pub use fred;

@@ -24,14 +24,22 @@ async fn set_get_kill_error_restart_set() {
     let err = fred::prelude::ClientLike::with_options(&client, &options)
         .get::<Option<String>, _>("k")
         .await;
-    assert!(err.is_err(), "a killed server must fail commands, got {err:?}");
+    assert!(
+        err.is_err(),
+        "a killed server must fail commands, got {err:?}"
+    );
 
     server.restart();
     assert!(server.is_running());
     // The client reconnects by itself; the restarted server is empty (no persistence).
-    let mut reply = Err(fred::error::Error::new(fred::error::ErrorKind::Unknown, "not tried"));
+    let mut reply = Err(fred::error::Error::new(
+        fred::error::ErrorKind::Unknown,
+        "not tried",
+    ));
     for _ in 0..100 {
-        reply = client.set::<Value, _, _>("k", "v2", None, None, false).await;
+        reply = client
+            .set::<Value, _, _>("k", "v2", None, None, false)
+            .await;
         if reply.is_ok() {
             break;
         }
@@ -40,7 +48,10 @@ async fn set_get_kill_error_restart_set() {
     reply.unwrap();
     let got: Option<String> = client.get("k").await.unwrap();
     assert_eq!(got.as_deref(), Some("v2"));
-    assert_eq!(support::bulk_payload(&server.command(&[b"GET", b"k"])).as_deref(), Some(&b"v2"[..]));
+    assert_eq!(
+        support::bulk_payload(&server.command(&[b"GET", b"k"])).as_deref(),
+        Some(&b"v2"[..])
+    );
 }
 
 #[test]

@@ -77,13 +77,16 @@ where
     }
 }
 
+/// Decides per request whether a `POST` is cached.
+pub(crate) type PostPredicate = Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>;
+
 /// What the builder configured about what to cache and for how long.
 pub(crate) struct Policy {
     pub(crate) fresh_for: Duration,
     pub(crate) stale_for: Duration,
     pub(crate) stale_if_error_for: Duration,
     pub(crate) methods: Vec<Method>,
-    pub(crate) post_when: Option<Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>>,
+    pub(crate) post_when: Option<PostPredicate>,
     pub(crate) statuses: Option<Vec<StatusCode>>,
     pub(crate) max_body: usize,
     pub(crate) respect_response_cache_control: bool,
@@ -318,12 +321,12 @@ impl Engine {
             Shared::Error(_) => Some(None),
             _ => None,
         };
-        if let Some(fwd_status) = failure {
-            if let Some(entry) = fallback.filter(|e| e.usable_on_error(now)) {
-                bump(&self.counters.stale_if_error);
-                tracing::debug!(outcome = "stale-if-error", "cache decision");
-                return Ok(cached(entry, now, CacheOutcome::StaleIfError, fwd_status));
-            }
+        if let (Some(fwd_status), Some(entry)) =
+            (failure, fallback.filter(|e| e.usable_on_error(now)))
+        {
+            bump(&self.counters.stale_if_error);
+            tracing::debug!(outcome = "stale-if-error", "cache decision");
+            return Ok(cached(entry, now, CacheOutcome::StaleIfError, fwd_status));
         }
         match shared {
             Shared::Response(response) => {

@@ -1,7 +1,7 @@
 //! [`RedisCacheLayer`], its builder, and [`CacheHandle`] for stats and invalidation.
 
 use super::RedisCache;
-use super::engine::{Engine, Policy};
+use super::engine::{Engine, Policy, PostPredicate};
 use super::guard::{Breaker, GuardedStore};
 use super::key::KeyConfig;
 use super::stats::{CacheStats, Counters};
@@ -130,7 +130,7 @@ pub struct RedisCacheLayerBuilder {
     stale_for: Duration,
     stale_if_error_for: Duration,
     methods: Vec<Method>,
-    post_when: Option<Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>>,
+    post_when: Option<PostPredicate>,
     statuses: Option<Vec<StatusCode>>,
     max_body: usize,
     store_timeout: Duration,

@@ -1,8 +1,10 @@
 //! Shared helpers for the integration tests: real `redis-server` processes and small HTTP fixtures.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
 
+pub mod origin;
 pub mod redis;
 
+pub use self::origin::Origin;
 pub use self::redis::{RedisCluster, RedisServer, bulk_payload};
 
 use fred::prelude::{Builder, Client, ClientLike, Config, ReconnectPolicy};

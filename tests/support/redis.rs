@@ -39,11 +39,8 @@ impl ScratchDir {
     fn new(tag: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "trc-redis-{}-{}-{tag}",
-            std::process::id(),
-            n
-        ));
+        let path =
+            std::env::temp_dir().join(format!("trc-redis-{}-{}-{tag}", std::process::id(), n));
         std::fs::create_dir_all(&path).expect("create a scratch dir");
         ScratchDir(path)
     }
@@ -217,7 +214,10 @@ impl RedisCluster {
             if all_ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "the cluster never reached cluster_state:ok");
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never reached cluster_state:ok"
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -241,10 +241,10 @@ impl RedisCluster {
 fn wait_for_ping(port: u16, password: Option<&str>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(reply) = try_raw_command(port, password, &[b"PING"]) {
-            if reply.starts_with(b"+PONG") {
-                return;
-            }
+        if try_raw_command(port, password, &[b"PING"])
+            .is_ok_and(|reply| reply.starts_with(b"+PONG"))
+        {
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -335,6 +335,8 @@ pub fn bulk_payload(reply: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let header_end = reply.windows(2).position(|w| w == b"\r\n")?;
-    let len: usize = String::from_utf8_lossy(&reply[1..header_end]).parse().ok()?;
+    let len: usize = String::from_utf8_lossy(&reply[1..header_end])
+        .parse()
+        .ok()?;
     Some(reply[header_end + 2..header_end + 2 + len].to_vec())
 }

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 /// A [`Store`] on Redis through [fred](https://docs.rs/fred).
 ///
-/// Commands are sent *fail fast*: while a connection is down they error at once instead of queueing for the
-/// reconnect, so the cache falls back to the inner service without waiting. Keys of one entry and its lease
+/// Commands are sent *fail fast*: while a connection is known to be down they error at once instead of queueing
+/// for the reconnect, so the cache falls back to the inner service without waiting. A command already written
+/// when the connection dies is bounded by the cache's store timeout, and the circuit breaker stops further ones. Keys of one entry and its lease
 /// share a Cluster hash slot, so no command crosses slots; `purge` scans every primary of a cluster.
 ///
 /// ```no_run

@@ -1,0 +1,642 @@
+//! RedisCacheLayer against real redis-server processes.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use std::time::Duration;
+use support::{Origin, RedisServer, bulk_payload, fred_client};
+use tower::{Service, ServiceExt};
+use tower_redis_cache::cache::ResponseBody;
+use tower_redis_cache::error::BoxError;
+use tower_redis_cache::{
+    CacheHandle, CacheOutcome, ENTRY_OVERHEAD, MemoryStore, RedisCacheLayer, RedisStore,
+};
+
+type Reply = Response<ResponseBody<Full<Bytes>>>;
+
+async fn redis_store(server: &RedisServer) -> RedisStore {
+    RedisStore::new(fred_client(&server.url()).await)
+}
+
+fn post(json: &str) -> Request<Full<Bytes>> {
+    Request::post("https://api.example.com/api/v2/query")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_owned())))
+        .unwrap()
+}
+
+/// The same request as `post`, with a byte body (for `CacheHandle::key_for`).
+fn post_bytes(json: &str) -> Request<Bytes> {
+    let (parts, _) = post(json).into_parts();
+    Request::from_parts(parts, Bytes::from(json.to_owned()))
+}
+
+fn outcome(response: &Reply) -> CacheOutcome {
+    *response
+        .extensions()
+        .get::<CacheOutcome>()
+        .expect("every response has an outcome")
+}
+
+fn cache_status(response: &Reply) -> String {
+    response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn body(response: Reply) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+async fn call<S>(service: &S, request: Request<Full<Bytes>>) -> Reply
+where
+    S: Service<Request<Full<Bytes>>, Response = Reply, Error = BoxError> + Clone,
+{
+    service.clone().oneshot(request).await.unwrap()
+}
+
+fn layer_over(
+    store: impl tower_redis_cache::Store,
+) -> tower_redis_cache::cache::RedisCacheLayerBuilder {
+    RedisCacheLayer::builder(store)
+        .namespace("test")
+        .methods([Method::GET, Method::POST])
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("gave up waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_cold_requests_make_one_inner_call() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(redis_store(&server).await).build().unwrap();
+    let service = layer.layer_service(origin.service());
+
+    origin.close();
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = call(&service, post(r#"{"q":"cold"}"#)).await;
+            (outcome(&response), body(response).await)
+        }));
+    }
+    // Every caller has joined the flight before the origin answers.
+    wait_until("the leader reached the origin", || origin.calls() == 1).await;
+    // Give the other 99 time to join the flight (those that come later are hits, also without an inner call).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    origin.open();
+    let mut bodies = Vec::new();
+    let mut leaders = 0;
+    for task in tasks {
+        let (outcome, body) = task.await.unwrap();
+        if outcome
+            == (CacheOutcome::Miss {
+                collapsed: false,
+                stored: true,
+            })
+        {
+            leaders += 1;
+        }
+        bodies.push(body);
+    }
+    assert_eq!(
+        origin.calls(),
+        1,
+        "one inner call for 100 identical cold requests"
+    );
+    assert_eq!(leaders, 1);
+    assert!(
+        bodies.iter().all(|b| b == &bodies[0]),
+        "all 100 got the same body"
+    );
+    assert_eq!(&bodies[0][..], br#"{"n":1,"echo":{"q":"cold"}}"#);
+    let stats = layer.handle().stats();
+    assert_eq!(stats.misses, 1);
+    assert_eq!(stats.coalesced + stats.hits, 99);
+}
+
+#[tokio::test]
+async fn json_key_order_hits_and_a_different_value_misses() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let service = layer_over(redis_store(&server).await)
+        .build()
+        .unwrap()
+        .layer_service(origin.service());
+
+    let first = call(&service, post(r#"{"a":1,"b":{"y":2,"x":[1,2]}}"#)).await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    let reordered = call(&service, post(r#"{ "b": {"x": [1, 2], "y": 2}, "a": 1 }"#)).await;
+    assert_eq!(outcome(&reordered), CacheOutcome::Hit);
+    assert!(cache_status(&reordered).starts_with("tower-redis-cache; hit; ttl="));
+    assert_eq!(reordered.headers()["age"], "0");
+    assert_eq!(
+        &body(reordered).await[..],
+        br#"{"n":1,"echo":{"a":1,"b":{"y":2,"x":[1,2]}}}"#
+    );
+
+    let changed = call(&service, post(r#"{"a":1,"b":{"y":3,"x":[1,2]}}"#)).await;
+    assert!(matches!(outcome(&changed), CacheOutcome::Miss { .. }));
+    let array_order = call(&service, post(r#"{"a":1,"b":{"y":2,"x":[2,1]}}"#)).await;
+    assert!(
+        matches!(outcome(&array_order), CacheOutcome::Miss { .. }),
+        "array order is significant"
+    );
+    assert_eq!(origin.calls(), 3);
+}
+
+/// Extension so tests can wrap a service with a built layer in one expression.
+trait LayerService {
+    fn layer_service<S>(&self, inner: S) -> tower_redis_cache::RedisCache<S>;
+}
+
+impl LayerService for RedisCacheLayer {
+    fn layer_service<S>(&self, inner: S) -> tower_redis_cache::RedisCache<S> {
+        tower::Layer::layer(self, inner)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_hits_answer_at_once_and_start_one_refresh() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // Entries are stale as soon as they are stored, and stay servable for a minute.
+    let layer = layer_over(redis_store(&server).await)
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let first = call(&service, post(r#"{"q":"swr"}"#)).await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+
+    // The origin now holds every call: a stale answer cannot have waited for it.
+    origin.close();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = call(&service, post(r#"{"q":"swr"}"#)).await;
+            let status = cache_status(&response);
+            (outcome(&response), status, body(response).await)
+        }));
+    }
+    let mut started = 0;
+    for task in tasks {
+        let (outcome, status, body) = task.await.unwrap();
+        match outcome {
+            CacheOutcome::Stale { refreshing } => started += usize::from(refreshing),
+            other => panic!("expected a stale answer, got {other:?}"),
+        }
+        assert!(
+            status.starts_with("tower-redis-cache; fwd=stale; ttl=-"),
+            "{status}"
+        );
+        assert_eq!(&body[..], br#"{"n":1,"echo":{"q":"swr"}}"#);
+    }
+    assert_eq!(started, 1, "exactly one request started the refresh");
+    wait_until("the refresh reached the origin", || origin.calls() == 2).await;
+    origin.open();
+    wait_until("the refresh stored", || layer.handle().stats().stores == 2).await;
+    assert_eq!(origin.calls(), 2, "20 stale requests, one refresh");
+    assert_eq!(layer.handle().stats().refreshes_started, 1);
+    let after = call(&service, post(r#"{"q":"swr"}"#)).await;
+    assert_eq!(
+        &body(after).await[..],
+        br#"{"n":2,"echo":{"q":"swr"}}"#,
+        "the refresh replaced the entry"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_refresh_leaves_the_entry_stale() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(redis_store(&server).await)
+        .fresh_for(Duration::from_millis(300))
+        .stale_for(Duration::from_secs(60))
+        .refresh_lease_for(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let handle = layer.handle();
+    call(&service, post(r#"{"q":"fail"}"#)).await;
+    let key = handle.key_for(&post_bytes(r#"{"q":"fail"}"#));
+    let stored = bulk_payload(&server.command(&[b"GET", key.as_str().as_bytes()])).unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+
+    origin.fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    for round in 1..=3u64 {
+        let stale = call(&service, post(r#"{"q":"fail"}"#)).await;
+        assert!(
+            matches!(outcome(&stale), CacheOutcome::Stale { .. }),
+            "round {round}: {:?}",
+            outcome(&stale)
+        );
+        assert_eq!(&body(stale).await[..], br#"{"n":1,"echo":{"q":"fail"}}"#);
+        wait_until("the refresh failed", || {
+            handle.stats().refreshes_failed == round
+        })
+        .await;
+        // The stored bytes are untouched: not rewritten with a new timestamp, so never "fresh again".
+        let now = bulk_payload(&server.command(&[b"GET", key.as_str().as_bytes()])).unwrap();
+        assert_eq!(
+            now, stored,
+            "round {round}: a failed refresh must not rewrite the entry"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        handle.stats().hits,
+        0,
+        "never served as fresh after a failed refresh"
+    );
+}
+
+#[tokio::test]
+async fn two_layers_with_their_own_connections_refresh_a_stale_key_once() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let build = |store| {
+        layer_over(store)
+            .fresh_for(Duration::ZERO)
+            .stale_for(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    };
+    let layer_a = build(redis_store(&server).await);
+    let layer_b = build(redis_store(&server).await);
+    let a = layer_a.layer_service(origin.service());
+    let b = layer_b.layer_service(origin.service());
+    call(&a, post(r#"{"q":"fleet"}"#)).await;
+    assert_eq!(origin.calls(), 1);
+
+    origin.close();
+    let from_a = call(&a, post(r#"{"q":"fleet"}"#)).await;
+    assert_eq!(outcome(&from_a), CacheOutcome::Stale { refreshing: true });
+    wait_until("A's refresh reached the origin", || origin.calls() == 2).await;
+    let from_b = call(&b, post(r#"{"q":"fleet"}"#)).await;
+    assert_eq!(outcome(&from_b), CacheOutcome::Stale { refreshing: true });
+    wait_until("B saw A's lease", || {
+        layer_b.handle().stats().refreshes_skipped == 1
+    })
+    .await;
+    origin.open();
+    wait_until("A stored", || layer_a.handle().stats().stores == 2).await;
+    assert_eq!(origin.calls(), 2, "one refresh across both processes");
+    assert_eq!(layer_b.handle().stats().refreshes_started, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_then_restarted_never_fails_a_request() {
+    let mut server = RedisServer::start();
+    let origin = Origin::new();
+    // Commands already on the wire when Redis dies wait for the store timeout; the breaker (3 failures) then
+    // skips the store, so the rest of the burst pays nothing for the dead Redis.
+    let layer = layer_over(redis_store(&server).await)
+        .store_timeout(Duration::from_millis(50))
+        .circuit_breaker(3, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let handle = layer.handle();
+    call(&service, post(r#"{"q":"warm"}"#)).await;
+    assert_eq!(
+        outcome(&call(&service, post(r#"{"q":"warm"}"#)).await),
+        CacheOutcome::Hit
+    );
+
+    server.kill();
+    let mut latencies = Vec::new();
+    let burst = async {
+        for i in 0..50 {
+            let started = std::time::Instant::now();
+            let response = call(&service, post(&format!(r#"{{"q":"down","i":{i}}}"#))).await;
+            latencies.push(started.elapsed());
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(matches!(
+                outcome(&response),
+                CacheOutcome::Miss { stored: false, .. }
+            ));
+            let status = cache_status(&response);
+            assert!(status.contains("detail=store-"), "{status}");
+        }
+    };
+    // A liveness guard, not a timing claim: 50 requests that each paid two 50 ms timeouts would take 5 s.
+    tokio::time::timeout(Duration::from_secs(30), burst)
+        .await
+        .expect("the burst finished");
+    latencies.sort();
+    eprintln!(
+        "redis down: 50 requests, median {:?}, p90 {:?}, max {:?} (store timeout 50 ms)",
+        latencies[25], latencies[45], latencies[49]
+    );
+    let stats = handle.stats();
+    assert!(stats.store_errors >= 3, "{stats:?}");
+    assert!(stats.store_skipped > 0, "the breaker opened: {stats:?}");
+    // At most a handful of calls paid the timeout before the breaker opened (plus one probe per cooldown).
+    assert!(stats.store_errors <= 30, "{stats:?}");
+    assert_eq!(origin.calls(), 51);
+
+    server.restart();
+    // Caching resumes on the same layer once the client reconnects and the breaker lets a probe through.
+    let mut resumed = false;
+    for _ in 0..200 {
+        let response = call(&service, post(r#"{"q":"back"}"#)).await;
+        if outcome(&response) == CacheOutcome::Hit {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        resumed,
+        "caching resumed after the restart: {:?}",
+        handle.stats()
+    );
+}
+
+#[tokio::test]
+async fn garbage_at_a_key_is_a_miss_and_gets_overwritten() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(redis_store(&server).await).build().unwrap();
+    let service = layer.layer_service(origin.service());
+    let key = layer.handle().key_for(&post_bytes(r#"{"q":"garbage"}"#));
+    server.command(&[b"SET", key.as_str().as_bytes(), b"\x00not an entry at all"]);
+
+    let response = call(&service, post(r#"{"q":"garbage"}"#)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(matches!(
+        outcome(&response),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(layer.handle().stats().decode_errors, 1);
+    let stored = bulk_payload(&server.command(&[b"GET", key.as_str().as_bytes()])).unwrap();
+    assert!(
+        stored.starts_with(b"\xffTRC\x01"),
+        "a valid envelope replaced the garbage"
+    );
+    assert_eq!(
+        outcome(&call(&service, post(r#"{"q":"garbage"}"#)).await),
+        CacheOutcome::Hit
+    );
+}
+
+#[tokio::test]
+async fn stored_size_is_body_plus_headers_plus_fixed_overhead() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(redis_store(&server).await).build().unwrap();
+    let service = layer.layer_service(origin.service());
+    let response = call(&service, post(r#"{"q":"size"}"#)).await;
+    let body = body(response).await;
+    let key = layer.handle().key_for(&post_bytes(r#"{"q":"size"}"#));
+    let stored = bulk_payload(&server.command(&[b"GET", key.as_str().as_bytes()])).unwrap();
+    // The origin sends one header: content-type: application/json.
+    let headers = "content-type".len() + "application/json".len() + 6;
+    assert_eq!(stored.len(), body.len() + headers + ENTRY_OVERHEAD);
+    // The body is stored raw, not base64 or JSON-wrapped.
+    assert!(stored.ends_with(&body));
+    // The Redis TTL covers the last window (60 s fresh + max(60 s stale, 300 s stale-if-error)).
+    let ttl = String::from_utf8(server.command(&[b"PTTL", key.as_str().as_bytes()])).unwrap();
+    let ttl: u64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!(ttl > 355_000 && ttl <= 360_000, "{ttl}");
+}
+
+#[tokio::test]
+async fn two_partitions_never_share_an_entry() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let tenant = |partition: &str, store| layer_over(store).partition(partition).build().unwrap();
+    let a = tenant(
+        "https://api.mypurecloud.ie|client-a",
+        redis_store(&server).await,
+    );
+    let b = tenant(
+        "https://api.mypurecloud.ie|client-b",
+        redis_store(&server).await,
+    );
+    let service_a = a.layer_service(origin.service());
+    let service_b = b.layer_service(origin.service());
+    let from_a = call(&service_a, post(r#"{"q":"tenant"}"#)).await;
+    let from_b = call(&service_b, post(r#"{"q":"tenant"}"#)).await;
+    assert!(matches!(
+        outcome(&from_a),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert!(matches!(
+        outcome(&from_b),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_ne!(body(from_a).await, body(from_b).await);
+    assert_eq!(origin.calls(), 2);
+    let request = post_bytes(r#"{"q":"tenant"}"#);
+    assert_ne!(a.handle().key_for(&request), b.handle().key_for(&request));
+    assert_eq!(
+        outcome(&call(&service_a, post(r#"{"q":"tenant"}"#)).await),
+        CacheOutcome::Hit
+    );
+    assert_eq!(
+        outcome(&call(&service_b, post(r#"{"q":"tenant"}"#)).await),
+        CacheOutcome::Hit
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leader_does_not_strand_its_waiters() {
+    let origin = Origin::new();
+    let layer = layer_over(MemoryStore::new(1 << 20)).build().unwrap();
+    let service = layer.layer_service(origin.service());
+    origin.close();
+    let leader = tokio::spawn({
+        let service = service.clone();
+        async move { call(&service, post(r#"{"q":"cancel"}"#)).await }
+    });
+    wait_until("the leader reached the origin", || origin.calls() == 1).await;
+    let waiter = tokio::spawn({
+        let service = service.clone();
+        async move { call(&service, post(r#"{"q":"cancel"}"#)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    leader.abort();
+    // The waiter takes over: a second origin call, which completes once the origin opens.
+    wait_until("the waiter took over", || origin.calls() == 2).await;
+    origin.open();
+    let response = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter finished")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn coalesced_waiters_share_an_inner_error() {
+    let origin = Origin::new();
+    let layer = layer_over(MemoryStore::new(1 << 20)).build().unwrap();
+    let service = layer.layer_service(origin.service());
+    origin.fail_transport();
+    origin.close();
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { service.oneshot(post(r#"{"q":"err"}"#)).await })
+        })
+        .collect();
+    wait_until("the leader reached the origin", || origin.calls() == 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    origin.open();
+    for task in calls {
+        let error = task.await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("origin unreachable"), "{error}");
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn request_cache_control_no_store_bypasses_and_no_cache_refreshes() {
+    let origin = Origin::new();
+    let layer = layer_over(MemoryStore::new(1 << 20)).build().unwrap();
+    let service = layer.layer_service(origin.service());
+    call(&service, post(r#"{"q":"cc"}"#)).await;
+
+    let mut no_store = post(r#"{"q":"cc"}"#);
+    no_store
+        .headers_mut()
+        .insert("cache-control", "no-store".parse().unwrap());
+    let response = call(&service, no_store).await;
+    assert_eq!(
+        outcome(&response),
+        CacheOutcome::Bypass(tower_redis_cache::cache::BypassReason::NoStore)
+    );
+    assert_eq!(
+        cache_status(&response),
+        "tower-redis-cache; fwd=bypass; detail=no-store"
+    );
+
+    let mut no_cache = post(r#"{"q":"cc"}"#);
+    no_cache
+        .headers_mut()
+        .insert("cache-control", "no-cache".parse().unwrap());
+    let response = call(&service, no_cache).await;
+    assert_eq!(
+        cache_status(&response),
+        "tower-redis-cache; fwd=request; fwd-status=200; stored"
+    );
+    assert_eq!(&body(response).await[..], br#"{"n":3,"echo":{"q":"cc"}}"#);
+    // The refreshed entry answers the next plain request.
+    let response = call(&service, post(r#"{"q":"cc"}"#)).await;
+    assert_eq!(outcome(&response), CacheOutcome::Hit);
+    assert_eq!(&body(response).await[..], br#"{"n":3,"echo":{"q":"cc"}}"#);
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_entry_when_the_origin_fails() {
+    let origin = Origin::new();
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::ZERO)
+        .stale_if_error_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    call(&service, post(r#"{"q":"sie"}"#)).await;
+
+    origin.fail_with(StatusCode::BAD_GATEWAY);
+    let response = call(&service, post(r#"{"q":"sie"}"#)).await;
+    assert_eq!(outcome(&response), CacheOutcome::StaleIfError);
+    assert_eq!(response.status(), StatusCode::OK);
+    let status = cache_status(&response);
+    assert!(
+        status.contains("fwd-status=502") && status.ends_with("detail=stale-if-error"),
+        "{status}"
+    );
+    assert_eq!(&body(response).await[..], br#"{"n":1,"echo":{"q":"sie"}}"#);
+
+    origin.fail_transport();
+    let response = call(&service, post(r#"{"q":"sie"}"#)).await;
+    assert_eq!(outcome(&response), CacheOutcome::StaleIfError);
+
+    // 501 is not an origin failure in this sense: it reaches the caller.
+    origin.fail_with(StatusCode::NOT_IMPLEMENTED);
+    let response = call(&service, post(r#"{"q":"sie"}"#)).await;
+    assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(layer.handle().stats().stale_if_error, 2);
+}
+
+#[tokio::test]
+async fn uncacheable_methods_bypass_and_errors_are_not_stored() {
+    let origin = Origin::new();
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    // POST is not cacheable by default.
+    for _ in 0..2 {
+        let response = call(&service, post(r#"{"q":"post"}"#)).await;
+        assert_eq!(
+            cache_status(&response),
+            "tower-redis-cache; fwd=bypass; detail=method"
+        );
+    }
+    assert_eq!(origin.calls(), 2);
+    origin.fail_with(StatusCode::INTERNAL_SERVER_ERROR);
+    let get = || {
+        Request::get("http://h/report")
+            .body(Full::default())
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let response = call(&service, get()).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(matches!(
+            outcome(&response),
+            CacheOutcome::Miss { stored: false, .. }
+        ));
+    }
+    assert_eq!(origin.calls(), 4, "a 500 is never stored");
+}
+
+#[tokio::test]
+async fn purge_and_invalidate_remove_entries() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(redis_store(&server).await).build().unwrap();
+    let service = layer.layer_service(origin.service());
+    let handle: CacheHandle = layer.handle();
+    for i in 0..25 {
+        call(&service, post(&format!(r#"{{"i":{i}}}"#))).await;
+    }
+    server.command(&[b"SET", b"other:key", b"kept"]);
+    assert!(handle.invalidate(&post_bytes(r#"{"i":0}"#)).await.unwrap());
+    assert!(!handle.invalidate(&post_bytes(r#"{"i":0}"#)).await.unwrap());
+    assert!(matches!(
+        outcome(&call(&service, post(r#"{"i":0}"#)).await),
+        CacheOutcome::Miss { .. }
+    ));
+    assert_eq!(handle.purge().await.unwrap(), 25);
+    assert_eq!(
+        server.command(&[b"DBSIZE"]),
+        b":1\r\n",
+        "only the foreign key is left"
+    );
+}

@@ -1,0 +1,105 @@
+//! A counting origin service for cache tests: numbered answers, an optional gate that holds every call until
+//! opened, and a switch to fail.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use tokio::sync::watch;
+use tower_redis_cache::error::BoxError;
+
+/// Shared state of one origin.
+pub struct Origin {
+    calls: AtomicUsize,
+    /// 0: answer 200; a status: answer that; 1: fail with a transport error.
+    failure: AtomicU16,
+    gate: watch::Sender<bool>,
+}
+
+impl Origin {
+    /// An origin that answers at once.
+    pub fn new() -> Arc<Self> {
+        let (gate, _) = watch::channel(true);
+        Arc::new(Origin {
+            calls: AtomicUsize::new(0),
+            failure: AtomicU16::new(0),
+            gate,
+        })
+    }
+
+    /// How many calls reached the origin.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Holds every call (already waiting or new) until [`open`](Self::open).
+    pub fn close(&self) {
+        self.gate.send_replace(false);
+    }
+
+    /// Releases held calls.
+    pub fn open(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Answers `status` with an error body from now on.
+    pub fn fail_with(&self, status: StatusCode) {
+        self.failure.store(status.as_u16(), Ordering::SeqCst);
+    }
+
+    /// Fails every call with a transport error from now on.
+    pub fn fail_transport(&self) {
+        self.failure.store(1, Ordering::SeqCst);
+    }
+
+    /// Answers 200 again.
+    pub fn heal(&self) {
+        self.failure.store(0, Ordering::SeqCst);
+    }
+
+    /// A service over this origin: `{"n":<call number>,"echo":<request body>}` with `content-type: application/json`.
+    pub fn service(
+        self: &Arc<Self>,
+    ) -> impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = BoxError,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        let origin = self.clone();
+        tower::service_fn(move |request: Request<Full<Bytes>>| {
+            let origin = origin.clone();
+            async move {
+                let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let body = request.into_body().collect().await?.to_bytes();
+                let mut gate = origin.gate.subscribe();
+                gate.wait_for(|open| *open).await?;
+                match origin.failure.load(Ordering::SeqCst) {
+                    0 => {}
+                    1 => {
+                        return Err::<Response<Full<Bytes>>, BoxError>("origin unreachable".into());
+                    }
+                    status => {
+                        return Ok(Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::from_static(b"{\"error\":true}")))?);
+                    }
+                }
+                let echo = if body.is_empty() {
+                    Bytes::from_static(b"null")
+                } else {
+                    body
+                };
+                let mut out = format!("{{\"n\":{n},\"echo\":").into_bytes();
+                out.extend_from_slice(&echo);
+                out.push(b'}');
+                Ok(Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(out)))?)
+            }
+        })
+    }
+}
