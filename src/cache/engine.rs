@@ -18,7 +18,7 @@ use http_body::Body;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The `Cache-Status` header name (RFC 9211).
@@ -129,7 +129,7 @@ impl Policy {
     }
 
     /// Whether an origin response may be stored.
-    fn storable(&self, response: &Buffered) -> bool {
+    pub(super) fn storable(&self, response: &Buffered) -> bool {
         if !self.status_cacheable(response.status) || response.body.len() > self.max_body {
             return false;
         }
@@ -181,7 +181,7 @@ pub(crate) struct Engine {
     pub(crate) store: GuardedStore,
     pub(crate) counters: Arc<Counters>,
     flights: Coalescer<Shared>,
-    refreshing: Mutex<HashSet<String>>,
+    pub(super) refreshing: Mutex<HashSet<String>>,
 }
 
 impl Engine {
@@ -260,7 +260,10 @@ impl Engine {
                     tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
                     match fetch.clone().fetch().await {
                         Ok(Fetched::Buffered(response)) => {
-                            let stored = self.policy.storable(&response)
+                            // A store that just failed this request's read is not asked to write: a
+                            // request pays at most one store timeout.
+                            let stored = health == StoreHealth::Ok
+                                && self.policy.storable(&response)
                                 && self.write(&key, &response).await;
                             let shared = Shared::Response(Arc::new(response));
                             leader.complete(shared.clone());
@@ -385,7 +388,7 @@ impl Engine {
     }
 
     /// Stores an origin response under `key`; returns whether the store took it.
-    async fn write(&self, key: &CacheKey, response: &Buffered) -> bool {
+    pub(super) async fn write(&self, key: &CacheKey, response: &Buffered) -> bool {
         let Some(headers) = storable_headers(&response.headers) else {
             return false;
         };
@@ -415,79 +418,6 @@ impl Engine {
             bump(&self.counters.stores);
         }
         stored
-    }
-
-    /// Starts the one background refresh of `key` in this process, unless one is running. Returns whether this
-    /// call started it. Across processes, a lease in the store (`SET NX PX`) lets one refresh run.
-    fn start_refresh<R, F>(self: &Arc<Self>, key: &CacheKey, fetch: F) -> bool
-    where
-        R: Body + Send + 'static,
-        F: Fetch<R>,
-    {
-        {
-            let mut running = self
-                .refreshing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !running.insert(key.as_str().to_owned()) {
-                return false;
-            }
-        }
-        let engine = Arc::clone(self);
-        let key = key.clone();
-        tokio::spawn(async move {
-            engine.refresh(&key, fetch).await;
-            engine
-                .refreshing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(key.as_str());
-        });
-        true
-    }
-
-    async fn refresh<R, F>(&self, key: &CacheKey, fetch: F)
-    where
-        R: Body + Send + 'static,
-        F: Fetch<R>,
-    {
-        let lease = key.lease_key();
-        match self
-            .store
-            .call("lease", |s| s.try_lease(&lease, self.policy.lease_for))
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                bump(&self.counters.refreshes_skipped);
-                tracing::debug!(
-                    key = key.short(),
-                    "refresh skipped: another process holds the lease"
-                );
-                return;
-            }
-            // The store is failing: whatever the origin says could not be stored.
-            Err(_) => return,
-        }
-        bump(&self.counters.refreshes_started);
-        let refreshed = match fetch.fetch().await {
-            Ok(Fetched::Buffered(response)) => {
-                self.policy.storable(&response) && self.write(key, &response).await
-            }
-            Ok(Fetched::Streaming(_)) => false,
-            Err(error) => {
-                tracing::debug!(key = key.short(), %error, "background refresh failed");
-                false
-            }
-        };
-        if refreshed {
-            let keys = [lease.as_str()];
-            let _ = self.store.call("unlease", |s| s.remove(&keys)).await;
-        } else {
-            // The entry is left exactly as it was: still stale, never made fresh again. The lease stays until
-            // it expires, which spaces out retries against a failing origin.
-            bump(&self.counters.refreshes_failed);
-        }
     }
 }
 

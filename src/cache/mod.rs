@@ -89,6 +89,7 @@ pub mod future;
 mod guard;
 mod key;
 mod layer;
+mod refresh;
 mod service;
 mod stats;
 pub mod status;
