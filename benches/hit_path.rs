@@ -1,3 +1,262 @@
-//! Criterion benchmarks of the cache hit path (filled in by the benchmark issue).
+//! Criterion benchmarks of the cache hit path, each measured against its physical floor in the same run: a bare
+//! fred `GET` of the same bytes on the same kind of client.
+//!
+//! ```sh
+//! cargo bench --bench hit_path                     # starts its own redis-server on a free loopback port
+//! REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench hit_path
+//! ```
+//!
+//! Groups: `hit_path/{bare_fred_get,layer_redis,layer_memory,key}/{256,4096,65536}`,
+//! `concurrent/{bare_fred_get,layer_redis}` (64 callers, 4096 B), and `miss/layer_redis` (a new key every
+//! iteration; the origin's call count is checked outside the timed part).
 
-fn main() {}
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fred::prelude::{Client, KeysInterface};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::runtime::Runtime;
+use tower::{Service, ServiceExt, service_fn};
+use tower_redis_cache::error::BoxError;
+use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, Store};
+
+const SIZES: [usize; 3] = [256, 4096, 65536];
+const QUERY: &[u8] = br#"{"actionId":"order_lookup","input":{"orderId":"A-1029","region":"emea"}}"#;
+
+/// A JSON document of exactly `size` bytes.
+fn json_of(size: usize) -> Bytes {
+    let overhead = r#"{"data":""}"#.len();
+    let filler = "x".repeat(size.saturating_sub(overhead));
+    let json = format!(r#"{{"data":"{filler}"}}"#);
+    assert_eq!(json.len(), size);
+    Bytes::from(json)
+}
+
+fn query() -> Request<Full<Bytes>> {
+    Request::post("https://api.example.com/api/v2/integrations/actions/order_lookup/execute")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(QUERY)))
+        .unwrap()
+}
+
+/// An origin that answers `body` at once, counting calls.
+fn origin(
+    body: Bytes,
+    calls: Arc<AtomicU64>,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_request: Request<Full<Bytes>>| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        let body = body.clone();
+        async move {
+            Ok(Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(body))
+                .unwrap())
+        }
+    })
+}
+
+fn layer(store: impl Store, namespace: &str) -> RedisCacheLayer {
+    RedisCacheLayer::builder(store)
+        .namespace(namespace)
+        .methods([Method::GET, Method::POST])
+        .fresh_for(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+}
+
+struct Redis {
+    // Kept alive for the whole run; `None` when REDIS_URL names an outside server.
+    _server: Option<support::RedisServer>,
+    url: String,
+}
+
+fn redis() -> Redis {
+    match std::env::var("REDIS_URL") {
+        Ok(url) => Redis { _server: None, url },
+        Err(_) => {
+            let server = support::RedisServer::start();
+            let url = server.url();
+            Redis {
+                _server: Some(server),
+                url,
+            }
+        }
+    }
+}
+
+async fn hit<S>(service: &S) -> Bytes
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Error = BoxError,
+            Response = Response<tower_redis_cache::cache::ResponseBody<Full<Bytes>>>,
+        > + Clone,
+{
+    let response = service.clone().oneshot(query()).await.unwrap();
+    debug_assert_eq!(response.extensions().get(), Some(&CacheOutcome::Hit));
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+fn hit_path(c: &mut Criterion) {
+    let rt = Runtime::new().unwrap();
+    let redis = redis();
+    let client: Client = rt.block_on(support::fred_client(&redis.url));
+    let mut group = c.benchmark_group("hit_path");
+    for size in SIZES {
+        let body = json_of(size);
+        group.throughput(Throughput::Bytes(size as u64));
+
+        let floor_key = format!("bench:floor:{size}");
+        rt.block_on(client.set::<(), _, _>(&floor_key, body.clone(), None, None, false))
+            .unwrap();
+        group.bench_with_input(BenchmarkId::new("bare_fred_get", size), &size, |b, _| {
+            b.to_async(&rt).iter(|| async {
+                let value: Bytes = client.get(&floor_key).await.unwrap();
+                black_box(value)
+            })
+        });
+
+        let calls = Arc::new(AtomicU64::new(0));
+        let redis_layer = layer(RedisStore::new(client.clone()), &format!("bench-{size}"));
+        let service = tower::Layer::layer(&redis_layer, origin(body.clone(), calls.clone()));
+        rt.block_on(async {
+            redis_layer.handle().purge().await.unwrap();
+            service.clone().oneshot(query()).await.unwrap();
+            assert_eq!(
+                hit(&service).await,
+                body,
+                "warm-up is a hit with the origin's bytes"
+            );
+        });
+        group.bench_with_input(BenchmarkId::new("layer_redis", size), &size, |b, _| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(hit(&service).await) })
+        });
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            1,
+            "every timed call was a hit"
+        );
+
+        let calls = Arc::new(AtomicU64::new(0));
+        let memory_layer = layer(MemoryStore::new(64 << 20), "bench-memory");
+        let service = tower::Layer::layer(&memory_layer, origin(body.clone(), calls.clone()));
+        rt.block_on(async {
+            service.clone().oneshot(query()).await.unwrap();
+        });
+        group.bench_with_input(BenchmarkId::new("layer_memory", size), &size, |b, _| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(hit(&service).await) })
+        });
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            1,
+            "every timed call was a hit"
+        );
+
+        // The key of a POST whose JSON body has this size.
+        let request = Request::post("https://api.example.com/api/v2/query")
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .unwrap();
+        let handle = memory_layer.handle();
+        group.bench_with_input(BenchmarkId::new("key", size), &size, |b, _| {
+            b.iter(|| black_box(handle.key_for(black_box(&request))))
+        });
+    }
+    group.finish();
+
+    // 64 callers at once, 4096 B: throughput in requests.
+    let mut group = c.benchmark_group("concurrent");
+    const CALLERS: usize = 64;
+    group.throughput(Throughput::Elements(CALLERS as u64));
+    let body = json_of(4096);
+    let floor_key = "bench:floor:4096";
+    group.bench_function("bare_fred_get", |b| {
+        b.to_async(&rt).iter(|| async {
+            let calls = (0..CALLERS).map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.get::<Bytes, _>(floor_key).await.unwrap() })
+            });
+            for call in futures_util::future::join_all(calls).await {
+                black_box(call.unwrap());
+            }
+        })
+    });
+    let calls = Arc::new(AtomicU64::new(0));
+    let redis_layer = layer(RedisStore::new(client.clone()), "bench-concurrent");
+    let service = tower::Layer::layer(&redis_layer, origin(body.clone(), calls.clone()));
+    rt.block_on(async {
+        redis_layer.handle().purge().await.unwrap();
+        service.clone().oneshot(query()).await.unwrap();
+    });
+    group.bench_function("layer_redis", |b| {
+        b.to_async(&rt).iter(|| async {
+            let tasks = (0..CALLERS).map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move { hit(&service).await })
+            });
+            for task in futures_util::future::join_all(tasks).await {
+                black_box(task.unwrap());
+            }
+        })
+    });
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "every timed call was a hit"
+    );
+    group.finish();
+
+    // A miss per iteration: a new key each time, an origin that answers at once.
+    let mut group = c.benchmark_group("miss");
+    let calls = Arc::new(AtomicU64::new(0));
+    let redis_layer = layer(RedisStore::new(client.clone()), "bench-miss");
+    let service = tower::Layer::layer(&redis_layer, origin(json_of(4096), calls.clone()));
+    let sequence = AtomicU64::new(0);
+    let iterations = AtomicU64::new(0);
+    group.bench_function("layer_redis", |b| {
+        b.to_async(&rt).iter(|| async {
+            let n = sequence.fetch_add(1, Ordering::Relaxed);
+            iterations.fetch_add(1, Ordering::Relaxed);
+            let request = Request::post("https://api.example.com/api/v2/query")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(format!(r#"{{"n":{n}}}"#))))
+                .unwrap();
+            let response = service.clone().oneshot(request).await.unwrap();
+            black_box(response.into_body().collect().await.unwrap().to_bytes())
+        })
+    });
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        iterations.load(Ordering::Relaxed),
+        "every timed call of the miss benchmark reached the origin"
+    );
+    rt.block_on(redis_layer.handle().purge()).unwrap();
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = hit_path
+}
+criterion_main!(benches);
