@@ -87,8 +87,6 @@ pub enum BypassReason {
     NoStore,
     /// The request body is larger than the configured maximum.
     RequestTooLarge,
-    /// The request body could not be read.
-    RequestBodyError,
 }
 
 impl BypassReason {
@@ -97,7 +95,6 @@ impl BypassReason {
             BypassReason::Method => "method",
             BypassReason::NoStore => "no-store",
             BypassReason::RequestTooLarge => "request-too-large",
-            BypassReason::RequestBodyError => "request-body-error",
         }
     }
 }
