@@ -139,14 +139,30 @@ impl Policy {
 }
 
 /// Whether any `Cache-Control` value of `headers` carries one of `directives`.
-pub(crate) fn has_directive(headers: &HeaderMap, directives: &[&str]) -> bool {
-    headers
+pub(crate) fn has_directive<const N: usize>(headers: &HeaderMap, directives: &[&str; N]) -> bool {
+    request_directives(headers, directives)
+        .iter()
+        .any(|&found| found)
+}
+
+/// For each of `directives`, whether a `Cache-Control` value of `headers` carries it; one pass over the header.
+pub(crate) fn request_directives<const N: usize>(
+    headers: &HeaderMap,
+    directives: &[&str; N],
+) -> [bool; N] {
+    let mut found = [false; N];
+    let tokens = headers
         .get_all(CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|d| d.split('=').next().unwrap_or("").trim())
-        .any(|d| directives.iter().any(|want| d.eq_ignore_ascii_case(want)))
+        .map(|d| d.split('=').next().unwrap_or("").trim());
+    for token in tokens {
+        for (want, hit) in directives.iter().zip(found.iter_mut()) {
+            *hit |= token.eq_ignore_ascii_case(want);
+        }
+    }
+    found
 }
 
 /// Statuses for which a stored entry inside its stale-if-error window answers instead.

@@ -1,7 +1,7 @@
 //! [`RedisCache`]: the Tower adapter over the cache engine.
 
 use super::body::{Collected, ResponseBody, collect_capped, collect_rest, content_length};
-use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate, has_directive};
+use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate, request_directives};
 use super::future::ResponseFuture;
 use super::stats::bump;
 use super::status::{BypassReason, CacheOutcome, Status};
@@ -89,9 +89,11 @@ where
         ResponseFuture::new(Box::pin(async move {
             let (parts, body) = request.into_parts();
             let max = engine.policy.max_body;
+            let [no_store, no_cache] =
+                request_directives(&parts.headers, &["no-store", "no-cache"]);
             let reason = if !engine.policy.method_cacheable(&parts) {
                 Some(BypassReason::Method)
-            } else if has_directive(&parts.headers, &["no-store"]) {
+            } else if no_store {
                 Some(BypassReason::NoStore)
             } else if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
                 Some(BypassReason::RequestTooLarge)
@@ -118,7 +120,6 @@ where
             let key = engine
                 .keys
                 .key(&parts.method, &parts.uri, &parts.headers, &bytes);
-            let revalidate = has_directive(&parts.headers, &["no-cache"]);
             let fetch = TowerFetch {
                 inner,
                 parts,
@@ -126,7 +127,7 @@ where
                 max_body: max,
                 _body: PhantomData,
             };
-            engine.respond(key, revalidate, fetch).await
+            engine.respond(key, no_cache, fetch).await
         }))
     }
 }
