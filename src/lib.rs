@@ -41,6 +41,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod buffer;
 pub mod cache;
 pub mod error;
 

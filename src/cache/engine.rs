@@ -3,13 +3,14 @@
 //! Adapters (the Tower layer today) turn a request into a [`CacheKey`] plus a [`Fetch`] (how to ask the origin)
 //! and call [`Engine::respond`], the one function that holds the cache decision.
 
-use super::body::{Collected, ResponseBody, collect_capped, content_length};
+use super::body::ResponseBody;
 use super::coalesce::{Coalescer, Role};
 use super::entry::{Entry, Freshness, storable_headers};
 use super::guard::GuardedStore;
 use super::key::{CacheKey, KeyConfig};
 use super::stats::{Counters, bump};
 use super::status::{CacheOutcome, Status, StoreHealth};
+use crate::buffer::{Collected, collect_capped, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::{AGE, CACHE_CONTROL};

@@ -1,13 +1,13 @@
 //! [`RedisCache`]: the Tower adapter over the cache engine.
 
-use super::body::{Collected, ResponseBody, collect_capped, collect_rest, content_length};
+use super::body::ResponseBody;
 use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate, request_directives};
 use super::future::ResponseFuture;
 use super::stats::bump;
 use super::status::{BypassReason, CacheOutcome, Status};
+use crate::buffer::{Buffered, buffer_request, call_ready, content_length};
 use crate::error::BoxError;
 use bytes::Bytes;
-use futures_util::future::poll_fn;
 use http::{Request, Response, request};
 use http_body::Body;
 use std::fmt;
@@ -103,18 +103,12 @@ where
             if let Some(reason) = reason {
                 return bypass(&engine, inner, Request::from_parts(parts, body), reason).await;
             }
-            let bytes = if body.is_end_stream() {
-                Bytes::new()
-            } else {
-                match collect_capped(body, max).await? {
-                    Collected::Complete(bytes) => bytes,
-                    Collected::TooLarge { prefix, rest } => {
-                        // Length unknown up front: the request must still reach the origin whole.
-                        let all = collect_rest(prefix, rest).await?;
-                        let request = Request::from_parts(parts, B::from(all));
-                        return bypass(&engine, inner, request, BypassReason::RequestTooLarge)
-                            .await;
-                    }
+            let (parts, bytes) = match buffer_request(Request::from_parts(parts, body), max).await?
+            {
+                Buffered::Replayable { parts, body } => (parts, body),
+                // Length unknown up front: the request still reaches the origin whole.
+                Buffered::Once(request) => {
+                    return bypass(&engine, inner, request, BypassReason::RequestTooLarge).await;
                 }
             };
             let key = engine
@@ -132,20 +126,9 @@ where
     }
 }
 
-async fn call_inner<S, B, R>(mut inner: S, request: Request<B>) -> Result<Response<R>, BoxError>
-where
-    S: Service<Request<B>, Response = Response<R>>,
-    S::Error: Into<BoxError>,
-{
-    poll_fn(|cx| inner.poll_ready(cx))
-        .await
-        .map_err(Into::into)?;
-    inner.call(request).await.map_err(Into::into)
-}
-
 async fn bypass<S, B, R>(
     engine: &Engine,
-    inner: S,
+    mut inner: S,
     request: Request<B>,
     reason: BypassReason,
 ) -> Result<Response<ResponseBody<R>>, BoxError>
@@ -159,7 +142,7 @@ where
         reason = reason.as_str(),
         "cache decision"
     );
-    let response = call_inner(inner, request).await?;
+    let response = call_ready(&mut inner, request).await?;
     let (parts, body) = response.into_parts();
     let mut response = Response::from_parts(parts, ResponseBody::streaming(None, Box::pin(body)));
     decorate(&mut response, &Status::new(CacheOutcome::Bypass(reason)));
@@ -199,7 +182,8 @@ where
     fn fetch(self) -> FetchFuture<R> {
         Box::pin(async move {
             let request = Request::from_parts(self.parts, B::from(self.body));
-            let response = call_inner(self.inner, request).await?;
+            let mut inner = self.inner;
+            let response = call_ready(&mut inner, request).await?;
             buffer_response(response, self.max_body).await
         })
     }

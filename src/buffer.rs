@@ -1,0 +1,221 @@
+//! Size-capped body buffering shared by the middleware: the cache hashes and replays request bodies, retry and
+//! auth replay them, and the cache stores response bodies.
+
+use crate::error::BoxError;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::poll_fn;
+use http::{HeaderMap, Request, request};
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::pin::Pin;
+use tower_service::Service;
+
+/// A body read up to a cap.
+pub(crate) enum Collected<T> {
+    /// The whole body, within the cap.
+    Complete(Bytes),
+    /// Over the cap: what was read, and the rest still unread.
+    TooLarge { prefix: Bytes, rest: Pin<Box<T>> },
+}
+
+/// The `Content-Length` header, when present and valid.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads `body` until it ends or passes `max` bytes. Trailers are dropped. A single-frame body is not copied.
+pub(crate) async fn collect_capped<T>(body: T, max: usize) -> Result<Collected<T>, BoxError>
+where
+    T: Body,
+    T::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Into::into)?;
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let chunk = data.copy_to_bytes(data.remaining());
+        if chunk.is_empty() {
+            continue;
+        }
+        len += chunk.len();
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(chunk),
+            (Some(head), None) => {
+                let mut buf = BytesMut::with_capacity(head.len() + chunk.len());
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&chunk);
+                rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
+        }
+        if len > max {
+            let prefix = match rest {
+                Some(buf) => buf.freeze(),
+                None => first.unwrap_or_default(),
+            };
+            return Ok(Collected::TooLarge { prefix, rest: body });
+        }
+    }
+    Ok(Collected::Complete(match rest {
+        Some(buf) => buf.freeze(),
+        None => first.unwrap_or_default(),
+    }))
+}
+
+/// Reads the whole of `body` after a prefix (for requests over the cap, which must still reach the inner
+/// service intact).
+pub(crate) async fn collect_rest<T>(prefix: Bytes, mut rest: Pin<Box<T>>) -> Result<Bytes, BoxError>
+where
+    T: Body,
+    T::Error: Into<BoxError>,
+{
+    let mut buf = BytesMut::from(&prefix[..]);
+    while let Some(frame) = rest.frame().await {
+        if let Ok(mut data) = frame.map_err(Into::into)?.into_data() {
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                buf.extend_from_slice(chunk);
+                let n = chunk.len();
+                data.advance(n);
+            }
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// A request whose body was read so that it can be sent more than once, or one that must go out as it is.
+pub(crate) enum Buffered<B> {
+    /// The head and the whole body, within the cap: rebuild the request with [`Buffered::rebuild`].
+    Replayable { parts: request::Parts, body: Bytes },
+    /// Over the cap (by `Content-Length`, or found while reading): the request, body whole, to send once.
+    Once(Request<B>),
+}
+
+impl<B: From<Bytes>> Buffered<B> {
+    /// A copy of a replayable request: the head cloned and the body shared (no byte copy).
+    pub(crate) fn rebuild(parts: &request::Parts, body: &Bytes) -> Request<B> {
+        Request::from_parts(parts.clone(), B::from(body.clone()))
+    }
+}
+
+/// Reads a request body of at most `max` bytes so the request can be replayed. A request announcing more
+/// with `Content-Length` is not read at all; a chunked one found to be larger is read whole and returned to
+/// be sent once, so nothing is lost either way.
+pub(crate) async fn buffer_request<B>(
+    request: Request<B>,
+    max: usize,
+) -> Result<Buffered<B>, BoxError>
+where
+    B: Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if content_length(request.headers()).is_some_and(|n| n > max as u64) {
+        return Ok(Buffered::Once(request));
+    }
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return Ok(Buffered::Replayable {
+            parts,
+            body: Bytes::new(),
+        });
+    }
+    match collect_capped(body, max).await? {
+        Collected::Complete(body) => Ok(Buffered::Replayable { parts, body }),
+        Collected::TooLarge { prefix, rest } => {
+            let all = collect_rest(prefix, rest).await?;
+            Ok(Buffered::Once(Request::from_parts(parts, B::from(all))))
+        }
+    }
+}
+
+/// Drives `inner` to readiness, then calls it once.
+pub(crate) async fn call_ready<S, Req>(inner: &mut S, request: Req) -> Result<S::Response, BoxError>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    inner.call(request).await.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use http_body_util::{Full, StreamBody};
+
+    fn chunks(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn collects_within_the_cap_and_stops_past_it() {
+        let Collected::Complete(all) = collect_capped(chunks(&["ab", "cd", "e"]), 5).await.unwrap()
+        else {
+            panic!("within the cap");
+        };
+        assert_eq!(&all[..], b"abcde");
+        let Collected::TooLarge { prefix, rest } =
+            collect_capped(chunks(&["ab", "cd", "ef", "gh"]), 5)
+                .await
+                .unwrap()
+        else {
+            panic!("over the cap");
+        };
+        assert_eq!(&prefix[..], b"abcdef");
+        assert_eq!(&collect_rest(prefix, rest).await.unwrap()[..], b"abcdefgh");
+    }
+
+    #[tokio::test]
+    async fn buffers_a_request_within_the_cap_and_passes_a_larger_one_once() {
+        let request = Request::post("/q")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let Buffered::Replayable { parts, body } = buffer_request(request, 8).await.unwrap() else {
+            panic!("within the cap");
+        };
+        let again: Request<Full<Bytes>> = Buffered::rebuild(&parts, &body);
+        assert_eq!(again.uri(), "/q");
+        assert_eq!(
+            &again.into_body().collect().await.unwrap().to_bytes()[..],
+            b"{}"
+        );
+
+        let big = Request::post("/q")
+            .header("content-length", "9")
+            .body(Full::new(Bytes::from_static(b"123456789")))
+            .unwrap();
+        assert!(matches!(
+            buffer_request(big, 8).await.unwrap(),
+            Buffered::Once(_)
+        ));
+
+        let stream = futures_util::stream::iter(["12345", "6789"].map(Ok::<_, std::io::Error>));
+        let chunked = Request::post("/q")
+            .body(axum::body::Body::from_stream(stream))
+            .unwrap();
+        let Buffered::Once(request) = buffer_request(chunked, 8).await.unwrap() else {
+            panic!("over the cap");
+        };
+        assert_eq!(
+            &request.into_body().collect().await.unwrap().to_bytes()[..],
+            b"123456789"
+        );
+    }
+}
