@@ -44,6 +44,7 @@
 mod buffer;
 pub mod cache;
 pub mod error;
+pub mod retry;
 
 #[cfg(feature = "memory")]
 pub use crate::cache::MemoryStore;
@@ -53,5 +54,6 @@ pub use crate::cache::{
     CacheHandle, CacheKey, CacheOutcome, CacheStats, ENTRY_OVERHEAD, RedisCache, RedisCacheLayer,
     Store,
 };
+pub use crate::retry::{RetryLayer, RetryOutcome};
 #[cfg(feature = "redis")]
 pub use fred;

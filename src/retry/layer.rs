@@ -1,0 +1,228 @@
+//! [`RetryLayer`] and its builder.
+
+use super::Retry;
+use super::backoff::Backoff;
+use super::budget::RetryBudget;
+use super::policy::{Classify, DefaultClassifier};
+use crate::error::ConfigError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_layer::Layer;
+
+/// A Tower layer that retries transient failures; see the [module docs](super) for the policy.
+///
+/// Every service built by one layer (and its clones) shares the [`RetryBudget`].
+#[derive(Clone)]
+pub struct RetryLayer {
+    config: Arc<Config>,
+}
+
+pub(crate) struct Config {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) deadline: Duration,
+    pub(crate) retry_after_cap: Duration,
+    pub(crate) retry_non_idempotent: bool,
+    pub(crate) max_body: usize,
+    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) classifier: Box<dyn Classify>,
+    pub(crate) jitter_seed: Option<u64>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("max_attempts", &self.max_attempts)
+            .field("base_delay", &self.backoff.base)
+            .field("max_delay", &self.backoff.max)
+            .field("deadline", &self.deadline)
+            .field("retry_after_cap", &self.retry_after_cap)
+            .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("max_body", &self.max_body)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryLayer {
+    /// Starts a builder with the defaults each setter documents.
+    pub fn builder() -> RetryLayerBuilder {
+        RetryLayerBuilder {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            deadline: Duration::from_secs(60),
+            retry_after_cap: Duration::from_secs(180),
+            retry_non_idempotent: false,
+            max_body: 1024 * 1024,
+            budget: Some(RetryBudget::default()),
+            classifier: Box::new(DefaultClassifier),
+            jitter_seed: None,
+        }
+    }
+}
+
+impl Default for RetryLayer {
+    /// The layer with every default (see [`RetryLayerBuilder`]).
+    fn default() -> Self {
+        RetryLayer {
+            config: Arc::new(RetryLayer::builder().into_config()),
+        }
+    }
+}
+
+impl fmt::Debug for RetryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RetryLayer").field(&self.config).finish()
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry::from_parts(inner, self.config.clone())
+    }
+}
+
+/// Builds a [`RetryLayer`]; every setter states its default. Validation happens in [`build`](Self::build).
+#[must_use]
+pub struct RetryLayerBuilder {
+    max_attempts: u32,
+    base_delay: Duration,
+    max_delay: Duration,
+    deadline: Duration,
+    retry_after_cap: Duration,
+    retry_non_idempotent: bool,
+    max_body: usize,
+    budget: Option<RetryBudget>,
+    classifier: Box<dyn Classify>,
+    jitter_seed: Option<u64>,
+}
+
+impl fmt::Debug for RetryLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayerBuilder")
+            .field("max_attempts", &self.max_attempts)
+            .field("base_delay", &self.base_delay)
+            .field("max_delay", &self.max_delay)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryLayerBuilder {
+    /// Attempts in all, the first included. Default: 4 (three retries). `1` disables retrying.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The backoff base: retry `n` (from 0) sleeps a random time in `[0, min(max_delay, base * 2^n)]`.
+    /// Default: 200 ms.
+    pub fn base_delay(mut self, base: Duration) -> Self {
+        self.base_delay = base;
+        self
+    }
+
+    /// The backoff ceiling. Default: 10 s. A longer `Retry-After` still wins (up to
+    /// [`retry_after_cap`](Self::retry_after_cap)).
+    pub fn max_delay(mut self, max: Duration) -> Self {
+        self.max_delay = max;
+        self
+    }
+
+    /// The total time budget of one call, measured from its first attempt: no retry is scheduled whose start
+    /// would fall after it, and the last answer is returned instead. An attempt already in flight is bounded
+    /// by your per-attempt timeout layer, not by this. Default: 60 s.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The longest `Retry-After` worth waiting for; a longer one returns the answer at once. Default: 180 s,
+    /// as the Genesys Cloud SDKs use.
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.retry_after_cap = cap;
+        self
+    }
+
+    /// Also retry non-idempotent requests (`POST`, `PATCH`, ...) on every retryable answer. Default: `false`,
+    /// so they are retried only on `429`, which says the request was not processed. Turn it on for `POST`
+    /// queries that change nothing.
+    pub fn retry_non_idempotent(mut self, retry: bool) -> Self {
+        self.retry_non_idempotent = retry;
+        self
+    }
+
+    /// The largest request body buffered for replay. A larger one is sent once and not retried. Default: 1 MiB.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The retry budget, shared by every service this layer builds. Default: [`RetryBudget::default`] (20 in a
+    /// burst, then one per five completed requests).
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Retries bounded only by attempts and the deadline. Not recommended against shared APIs.
+    pub fn no_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// What is transient. Default: [`DefaultClassifier`] (429, 500, 502, 503, 504 and transport errors).
+    pub fn classifier(mut self, classifier: impl Classify) -> Self {
+        self.classifier = Box::new(classifier);
+        self
+    }
+
+    /// Seeds the jitter so delays repeat from run to run (each call starts from this seed). Default: a fresh
+    /// random seed per call. For tests and simulations.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = Some(seed);
+        self
+    }
+
+    /// Validates the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `max_attempts` is zero or `max_delay` is shorter than `base_delay`.
+    pub fn build(self) -> Result<RetryLayer, ConfigError> {
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "max_attempts must be at least 1 (the first attempt)",
+            ));
+        }
+        if self.max_delay < self.base_delay {
+            return Err(ConfigError::new(
+                "max_delay must not be shorter than base_delay",
+            ));
+        }
+        Ok(RetryLayer {
+            config: Arc::new(self.into_config()),
+        })
+    }
+
+    fn into_config(self) -> Config {
+        Config {
+            max_attempts: self.max_attempts.max(1),
+            backoff: Backoff {
+                base: self.base_delay,
+                max: self.max_delay,
+            },
+            deadline: self.deadline,
+            retry_after_cap: self.retry_after_cap,
+            retry_non_idempotent: self.retry_non_idempotent,
+            max_body: self.max_body,
+            budget: self.budget,
+            classifier: self.classifier,
+            jitter_seed: self.jitter_seed,
+        }
+    }
+}

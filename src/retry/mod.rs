@@ -1,0 +1,323 @@
+//! [`RetryLayer`]: retries transient HTTP failures with exponential backoff and full jitter, honouring
+//! `Retry-After`, bounded by attempts, a deadline and a shared retry budget.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_redis_cache::retry::{RetryLayer, RetryOutcome};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
+//! // An API that is overloaded for its first two calls.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let api = service_fn({
+//!     let calls = calls.clone();
+//!     move |_req: Request<Full<Bytes>>| {
+//!         let n = calls.fetch_add(1, Ordering::SeqCst);
+//!         async move {
+//!             let status = if n < 2 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+//!             let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+//!             *response.status_mut() = status;
+//!             Ok::<_, Infallible>(response)
+//!         }
+//!     }
+//! });
+//! let retry = RetryLayer::builder()
+//!     .max_attempts(5)
+//!     .base_delay(Duration::from_millis(5))
+//!     .build()?;
+//! let client = ServiceBuilder::new().layer(retry).service(api);
+//!
+//! let response = client.oneshot(Request::get("https://api.example/").body(Full::default())?).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(response.extensions().get::<RetryOutcome>().map(|o| o.attempts), Some(3));
+//! # Ok(()) }
+//! ```
+//!
+//! # Policy
+//!
+//! - **What is retried**: decided by a [`Classify`]; by default `429`, `500`, `502`, `503`, `504` and transport
+//!   errors, never `501`.
+//! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on `429` unless
+//!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent) is on: a `503` or a reset connection
+//!   may come after the server acted on the request.
+//! - **Delay**: full jitter, `random(0, min(max_delay, base_delay * 2^n))` before retry `n`; with a
+//!   `Retry-After` (delay-seconds or HTTP-date) the delay is `max(backoff, retry_after)`. A `Retry-After` over
+//!   [`retry_after_cap`](RetryLayerBuilder::retry_after_cap) ends retrying at once; a malformed one is ignored.
+//! - **Bounds**: [`max_attempts`](RetryLayerBuilder::max_attempts), a total
+//!   [`deadline`](RetryLayerBuilder::deadline) (no retry is scheduled past it) and a shared [`RetryBudget`].
+//! - **Bodies**: the request body is buffered once, up to
+//!   [`max_body_size`](RetryLayerBuilder::max_body_size), and replayed byte for byte; a larger body is sent
+//!   once, not retried.
+//! - **Ending**: never a loop. The last response is returned with a [`RetryOutcome`] extension (attempts, and
+//!   why retrying stopped); an inner error comes back as a [`RetryError`](error::RetryError) with the same
+//!   facts. Each retry logs a `tracing` event (attempt, delay, reason).
+//!
+//! Delays use `tokio::time`, so tests can run with paused time. A retry does not poll the inner service for
+//! readiness until its delay has passed.
+
+mod backoff;
+mod budget;
+pub mod error;
+pub mod future;
+mod layer;
+mod policy;
+
+pub use self::budget::RetryBudget;
+pub use self::layer::{RetryLayer, RetryLayerBuilder};
+pub use self::policy::{Class, Classify, ClassifyFn, DefaultClassifier, classify_fn};
+
+use self::backoff::parse_retry_after;
+use self::error::RetryError;
+use self::future::ResponseFuture;
+use self::layer::Config;
+use crate::buffer::{Buffered, buffer_request, call_ready};
+use crate::error::BoxError;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header::RETRY_AFTER};
+use http_body::Body;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// How a call through [`Retry`] ended: a response extension, and the same facts on [`RetryError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryOutcome {
+    /// Attempts made, the first included (at least 1).
+    pub attempts: u32,
+    /// Why no further attempt was made although the answer was retryable; `None` when the answer was final.
+    pub gave_up: Option<GaveUp>,
+}
+
+/// Why a retryable answer was returned without another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GaveUp {
+    /// `max_attempts` were made.
+    MaxAttempts,
+    /// The next attempt would have started after the deadline.
+    Deadline,
+    /// The retry budget is spent.
+    Budget,
+    /// The server asked for a wait longer than `retry_after_cap`.
+    RetryAfterTooLong,
+    /// A non-idempotent request, and the answer was not `429`.
+    NotIdempotent,
+    /// The request body was over `max_body_size`, so it could not be replayed.
+    BodyTooLarge,
+}
+
+impl GaveUp {
+    /// A short lower-case name, as logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GaveUp::MaxAttempts => "max attempts reached",
+            GaveUp::Deadline => "deadline reached",
+            GaveUp::Budget => "retry budget spent",
+            GaveUp::RetryAfterTooLong => "retry-after over the cap",
+            GaveUp::NotIdempotent => "method not idempotent",
+            GaveUp::BodyTooLarge => "body too large to replay",
+        }
+    }
+}
+
+impl fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A service that retries transient failures of `inner`; built by [`RetryLayer`].
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> Retry<S> {
+    pub(crate) fn from_parts(inner: S, config: Arc<Config>) -> Self {
+        Retry { inner, config }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Retry<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("policy", &self.config)
+            .finish()
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + From<Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    R: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = BoxError;
+    type Future = ResponseFuture<R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The first attempt uses the service this `poll_ready` readied; later ones drive it ready again.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(Box::pin(run(inner, self.config.clone(), request)))
+    }
+}
+
+/// One call: buffer the body, then attempt until the answer is final or a bound is reached.
+async fn run<S, B, R>(
+    mut inner: S,
+    config: Arc<Config>,
+    request: Request<B>,
+) -> Result<Response<R>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Error: Into<BoxError>,
+    B: Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let start = Instant::now();
+    let replay_any = config.retry_non_idempotent || policy::is_idempotent(request.method());
+    let (parts, body) = match buffer_request(request, config.max_body).await? {
+        Buffered::Replayable { parts, body } => (parts, body),
+        Buffered::Once(request) => {
+            let result = inner.call(request).await.map_err(Into::into);
+            let gave_up =
+                (judge(&config, &result).0 == Class::Retry).then_some(GaveUp::BodyTooLarge);
+            return finish(&config, result, 1, gave_up);
+        }
+    };
+    let mut rng: Option<SmallRng> = None;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let result = call_ready(&mut inner, Buffered::rebuild(&parts, &body)).await;
+        let (class, status, retry_after) = judge(&config, &result);
+        if class == Class::Done {
+            return finish(&config, result, attempt, None);
+        }
+        let gave_up = if !replay_any && status != Some(StatusCode::TOO_MANY_REQUESTS) {
+            Some(GaveUp::NotIdempotent)
+        } else if attempt >= config.max_attempts {
+            Some(GaveUp::MaxAttempts)
+        } else if retry_after.is_some_and(|wait| wait > config.retry_after_cap) {
+            Some(GaveUp::RetryAfterTooLong)
+        } else {
+            None
+        };
+        if gave_up.is_some() {
+            return finish(&config, result, attempt, gave_up);
+        }
+        let rng = rng.get_or_insert_with(|| match config.jitter_seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_rng(&mut rand::rng()),
+        });
+        let backoff = config.backoff.delay(attempt - 1, rng);
+        let delay = backoff.max(retry_after.unwrap_or(Duration::ZERO));
+        if Instant::now().saturating_duration_since(start) + delay > config.deadline {
+            return finish(&config, result, attempt, Some(GaveUp::Deadline));
+        }
+        if config.budget.as_ref().is_some_and(|b| !b.try_withdraw()) {
+            return finish(&config, result, attempt, Some(GaveUp::Budget));
+        }
+        let reason = match (&result, status) {
+            (_, Some(status)) => status.as_str().to_owned(),
+            (Err(error), None) => error.to_string(),
+            (Ok(_), None) => String::new(),
+        };
+        tracing::info!(
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
+            reason = %reason,
+            "retrying request"
+        );
+        // Drop the failed answer (and its connection) before sleeping.
+        drop(result);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Classifies an attempt, returning its status and any `Retry-After` it carried.
+fn judge<R>(
+    config: &Config,
+    result: &Result<Response<R>, BoxError>,
+) -> (Class, Option<StatusCode>, Option<Duration>) {
+    match result {
+        Ok(response) => {
+            let class = config
+                .classifier
+                .classify_response(response.status(), response.headers());
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            (class, Some(response.status()), retry_after)
+        }
+        Err(error) => (config.classifier.classify_error(&**error), None, None),
+    }
+}
+
+/// Ends a call: the response with its [`RetryOutcome`], or the error wrapped in a [`RetryError`].
+fn finish<R>(
+    config: &Config,
+    result: Result<Response<R>, BoxError>,
+    attempts: u32,
+    gave_up: Option<GaveUp>,
+) -> Result<Response<R>, BoxError> {
+    if gave_up.is_none() {
+        if let Some(budget) = &config.budget {
+            budget.deposit();
+        }
+    } else {
+        tracing::warn!(attempts, reason = %gave_up.map_or("", GaveUp::as_str), "giving up on retries");
+    }
+    match result {
+        Ok(mut response) => {
+            response
+                .extensions_mut()
+                .insert(RetryOutcome { attempts, gave_up });
+            Ok(response)
+        }
+        Err(error) => Err(Box::new(RetryError::new(attempts, gave_up, error))),
+    }
+}

@@ -1,0 +1,131 @@
+//! What is worth retrying: the [`Classify`] trait, the default classifier, and the method rule.
+
+use http::{HeaderMap, Method, StatusCode};
+use std::error::Error;
+use std::fmt;
+
+/// A classifier's verdict on one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A transient failure: try again if the policy allows.
+    Retry,
+    /// Final: hand this answer to the caller.
+    Done,
+}
+
+/// Decides which answers are transient. The retry layer adds the rest of the policy (method rule, attempts,
+/// deadline, budget, `Retry-After`).
+pub trait Classify: Send + Sync + 'static {
+    /// Classifies a response by its status and headers.
+    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Class;
+
+    /// Classifies an error from the inner service. The default retries every error: for an HTTP client, errors
+    /// are transport failures (connect refused, reset, per-attempt timeout).
+    fn classify_error(&self, error: &(dyn Error + 'static)) -> Class {
+        let _ = error;
+        Class::Retry
+    }
+}
+
+/// The default classifier: retries `429`, `500`, `502`, `503`, `504` and every transport error. Never `501`
+/// (the server will not implement the method on a second try) and never other statuses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultClassifier;
+
+impl Classify for DefaultClassifier {
+    fn classify_response(&self, status: StatusCode, _headers: &HeaderMap) -> Class {
+        match status {
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::INTERNAL_SERVER_ERROR
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Class::Retry,
+            _ => Class::Done,
+        }
+    }
+}
+
+/// A classifier from a closure over a response's status and headers; errors are all retried. Built by
+/// [`classify_fn`].
+#[derive(Clone, Copy)]
+pub struct ClassifyFn<F> {
+    f: F,
+}
+
+/// Adapts a closure into a [`Classify`].
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_redis_cache::retry::{Class, RetryLayer, classify_fn};
+///
+/// // Also retry 409 Conflict, which this API uses for "try again".
+/// let layer = RetryLayer::builder()
+///     .classifier(classify_fn(|status, _headers| match status {
+///         StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+///             Class::Retry
+///         }
+///         _ => Class::Done,
+///     }))
+///     .build()?;
+/// # Ok::<(), tower_redis_cache::error::ConfigError>(())
+/// ```
+pub fn classify_fn<F>(f: F) -> ClassifyFn<F>
+where
+    F: Fn(StatusCode, &HeaderMap) -> Class + Send + Sync + 'static,
+{
+    ClassifyFn { f }
+}
+
+impl<F> Classify for ClassifyFn<F>
+where
+    F: Fn(StatusCode, &HeaderMap) -> Class + Send + Sync + 'static,
+{
+    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Class {
+        (self.f)(status, headers)
+    }
+}
+
+impl<F> fmt::Debug for ClassifyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClassifyFn").finish_non_exhaustive()
+    }
+}
+
+/// Whether a method is idempotent (RFC 9110 section 9.2.2, plus `QUERY`): sending it twice has the effect of
+/// sending it once, so a failure after the request may have reached the server can be retried safely.
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || method.as_str() == "QUERY"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_set() {
+        let c = DefaultClassifier;
+        let h = HeaderMap::new();
+        for s in [429, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(s).unwrap();
+            assert_eq!(c.classify_response(status, &h), Class::Retry, "{s}");
+        }
+        for s in [200, 201, 301, 400, 401, 403, 404, 409, 501, 505] {
+            let status = StatusCode::from_u16(s).unwrap();
+            assert_eq!(c.classify_response(status, &h), Class::Done, "{s}");
+        }
+        let io = std::io::Error::other("reset");
+        assert_eq!(c.classify_error(&io), Class::Retry);
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(is_idempotent(&Method::from_bytes(b"QUERY").unwrap()));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}

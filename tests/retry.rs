@@ -1,0 +1,445 @@
+//! RetryLayer behaviour under paused tokio time: Retry-After, jitter bounds, bounds on attempts, deadline and
+//! budget, body replay, and the method rule.
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use proptest::prelude::*;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt, service_fn};
+use tower_layer::Layer;
+use tower_redis_cache::error::BoxError;
+use tower_redis_cache::retry::Retry;
+use tower_redis_cache::retry::error::RetryError;
+use tower_redis_cache::retry::{GaveUp, RetryBudget, RetryLayer, RetryLayerBuilder, RetryOutcome};
+
+/// What the scripted origin answers.
+#[derive(Clone)]
+enum Answer {
+    Status(u16, Option<String>),
+    Transport,
+}
+
+fn status(code: u16) -> Answer {
+    Answer::Status(code, None)
+}
+
+fn retry_after(code: u16, value: impl Into<String>) -> Answer {
+    Answer::Status(code, Some(value.into()))
+}
+
+/// An origin that answers from a script (then `fallback` forever) and records when each request arrived and
+/// the bytes of its body.
+#[derive(Clone)]
+struct Origin {
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    fallback: Arc<Mutex<Answer>>,
+    seen: Arc<Mutex<Vec<(Instant, Bytes)>>>,
+}
+
+impl Origin {
+    fn new(script: impl IntoIterator<Item = Answer>, fallback: Answer) -> Self {
+        Origin {
+            script: Arc::new(Mutex::new(script.into_iter().collect())),
+            fallback: Arc::new(Mutex::new(fallback)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn set_fallback(&self, answer: Answer) {
+        *self.fallback.lock().unwrap() = answer;
+    }
+
+    fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn bodies(&self) -> Vec<Bytes> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// The time between consecutive requests.
+    fn gaps(&self) -> Vec<Duration> {
+        let seen = self.seen.lock().unwrap();
+        seen.windows(2).map(|w| w[1].0 - w[0].0).collect()
+    }
+
+    fn service(
+        &self,
+    ) -> impl Service<
+        Request<Body>,
+        Response = Response<Full<Bytes>>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static {
+        let origin = self.clone();
+        service_fn(move |request: Request<Body>| {
+            let origin = origin.clone();
+            async move {
+                let arrived = Instant::now();
+                let body = request.into_body().collect().await?.to_bytes();
+                origin.seen.lock().unwrap().push((arrived, body));
+                let next = origin.script.lock().unwrap().pop_front();
+                let answer = next.unwrap_or_else(|| origin.fallback.lock().unwrap().clone());
+                match answer {
+                    Answer::Transport => Err::<_, BoxError>("connection reset by peer".into()),
+                    Answer::Status(code, retry_after) => {
+                        let mut response = Response::builder().status(code);
+                        if let Some(value) = retry_after {
+                            response = response.header("retry-after", value);
+                        }
+                        Ok(response.body(Full::new(Bytes::from(format!("answer {code}"))))?)
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn layer() -> RetryLayerBuilder {
+    RetryLayer::builder()
+        .base_delay(Duration::from_millis(100))
+        .max_delay(Duration::from_secs(5))
+        .no_budget()
+}
+
+fn get() -> Request<Body> {
+    Request::get("https://api.example/list")
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn post(body: &'static str) -> Request<Body> {
+    Request::post("https://api.example/execute")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn outcome(response: &Response<Full<Bytes>>) -> (u32, Option<GaveUp>) {
+    let outcome: &RetryOutcome = response
+        .extensions()
+        .get()
+        .expect("a RetryOutcome extension");
+    (outcome.attempts, outcome.gave_up)
+}
+
+fn client(
+    origin: &Origin,
+    layer: RetryLayer,
+) -> Retry<
+    impl Service<Request<Body>, Response = Response<Full<Bytes>>, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static,
+> {
+    layer.layer(origin.service())
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_seconds_is_waited_out() {
+    let origin = Origin::new([retry_after(429, "2")], status(200));
+    let started = Instant::now();
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(outcome(&response).0, 2);
+    let gap = origin.gaps()[0];
+    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
+    // max(backoff, retry_after): the first backoff is at most 100 ms, so Retry-After decides.
+    assert_eq!(gap, Duration::from_secs(2));
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_http_date_is_honoured() {
+    // An HTTP-date has one-second resolution, so "now + 3 s" means a wait of more than 2 s.
+    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+    let origin = Origin::new([retry_after(503, date)], status(200));
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let gap = origin.gaps()[0];
+    assert!(
+        gap > Duration::from_secs(2) && gap <= Duration::from_secs(3),
+        "retried after {gap:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_retry_after_falls_back_to_backoff() {
+    let origin = Origin::new(
+        [retry_after(429, "soon-ish"), retry_after(429, "-5")],
+        status(200),
+    );
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(outcome(&response).0, 3);
+    let gaps = origin.gaps();
+    assert!(gaps[0] <= Duration::from_millis(100), "{gaps:?}");
+    assert!(gaps[1] <= Duration::from_millis(200), "{gaps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_over_the_cap_returns_the_429_at_once() {
+    let origin = Origin::new([retry_after(429, "600")], status(200));
+    let started = Instant::now();
+    let response = client(
+        &origin,
+        layer()
+            .retry_after_cap(Duration::from_secs(180))
+            .build()
+            .unwrap(),
+    )
+    .oneshot(get())
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "600");
+    assert_eq!(outcome(&response), (1, Some(GaveUp::RetryAfterTooLong)));
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+fn five_503s_then_200(seed: u64) -> ((u32, Option<GaveUp>), StatusCode, Vec<Duration>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let origin = Origin::new(std::iter::repeat_n(status(503), 5), status(200));
+        let layer = layer().max_attempts(6).jitter_seed(seed).build().unwrap();
+        let response = client(&origin, layer).oneshot(get()).await.unwrap();
+        (outcome(&response), response.status(), origin.gaps())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn five_failures_then_success_take_six_attempts_within_jitter_bounds(seed: u64) {
+        let (outcome, status, gaps) = five_503s_then_200(seed);
+        prop_assert_eq!(status, StatusCode::OK);
+        prop_assert_eq!(outcome, (6, None));
+        prop_assert_eq!(gaps.len(), 5);
+        for (n, gap) in gaps.iter().enumerate() {
+            // Full jitter: random(0, min(5 s, 100 ms * 2^n)).
+            let ceiling = Duration::from_millis(100 * (1 << n)).min(Duration::from_secs(5));
+            prop_assert!(*gap <= ceiling, "retry {} waited {:?} > {:?}", n, gap, ceiling);
+        }
+    }
+}
+
+#[test]
+fn jitter_differs_between_seeds() {
+    // Full jitter, not a fixed schedule: different seeds give different delays.
+    let a = five_503s_then_200(1).2;
+    let b = five_503s_then_200(2).2;
+    assert_ne!(a, b);
+}
+
+#[tokio::test(start_paused = true)]
+async fn persistent_503_stops_at_max_attempts() {
+    let origin = Origin::new([], status(503));
+    let response = client(&origin, layer().max_attempts(3).build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(outcome(&response), (3, Some(GaveUp::MaxAttempts)));
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn persistent_503_stops_at_the_deadline_when_it_comes_first() {
+    // Every wait is a Retry-After of 1 s; a 3.5 s deadline allows attempts at 0, 1, 2 and 3 s only.
+    let origin = Origin::new([], retry_after(503, "1"));
+    let started = Instant::now();
+    let layer = layer()
+        .max_attempts(100)
+        .deadline(Duration::from_millis(3500))
+        .build()
+        .unwrap();
+    let response = client(&origin, layer).oneshot(get()).await.unwrap();
+    assert_eq!(outcome(&response), (4, Some(GaveUp::Deadline)));
+    assert_eq!(origin.calls(), 4);
+    assert!(started.elapsed() <= Duration::from_millis(3500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn transport_errors_are_retried_then_reported_with_the_attempt_count() {
+    let origin = Origin::new([Answer::Transport], Answer::Transport);
+    let error = client(&origin, layer().max_attempts(3).build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    let error = error.downcast_ref::<RetryError>().expect("a RetryError");
+    assert_eq!(error.attempts(), 3);
+    assert_eq!(error.gave_up(), Some(GaveUp::MaxAttempts));
+    assert!(error.to_string().contains("after 3 attempts"), "{error}");
+    assert!(error.to_string().contains("connection reset"), "{error}");
+
+    let healed = Origin::new([Answer::Transport], status(200));
+    let response = client(&healed, layer().build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(outcome(&response).0, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn json_body_arrives_byte_identical_on_every_attempt() {
+    const BODY: &str = r#"{"query": {"b": [1, 2.50, "\u00e9"], "a": null}}"#;
+    let origin = Origin::new([status(429), status(429), status(429)], status(200));
+    // A streamed body: buffered once, replayed whole.
+    let chunks =
+        [&BODY[..10], &BODY[10..25], &BODY[25..]].map(|c| Ok::<_, std::io::Error>(c.to_owned()));
+    let request = Request::post("https://api.example/execute")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let response = client(&origin, layer().max_attempts(5).build().unwrap())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(outcome(&response).0, 4);
+    assert_eq!(
+        origin.bodies(),
+        vec![Bytes::from_static(BODY.as_bytes()); 4]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_over_the_cap_is_sent_once() {
+    let origin = Origin::new([], status(429));
+    let response = client(&origin, layer().max_body_size(8).build().unwrap())
+        .oneshot(post(r#"{"too":"large"}"#))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&response), (1, Some(GaveUp::BodyTooLarge)));
+    assert_eq!(
+        origin.bodies(),
+        vec![Bytes::from_static(br#"{"too":"large"}"#)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_retried_on_429_but_not_on_503_unless_opted_in() {
+    let origin = Origin::new([status(503)], status(200));
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(post("{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(outcome(&response), (1, Some(GaveUp::NotIdempotent)));
+
+    let origin = Origin::new([Answer::Transport], status(200));
+    let error = client(&origin, layer().build().unwrap())
+        .oneshot(post("{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.downcast_ref::<RetryError>().unwrap().gave_up(),
+        Some(GaveUp::NotIdempotent)
+    );
+
+    let origin = Origin::new([status(429)], status(200));
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(post("{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(outcome(&response).0, 2);
+
+    let origin = Origin::new([status(503)], status(200));
+    let opted_in = layer().retry_non_idempotent(true).build().unwrap();
+    let response = client(&origin, opted_in).oneshot(post("{}")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(outcome(&response).0, 2);
+
+    // 501 is never retried, even for GET.
+    let origin = Origin::new([status(501)], status(200));
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(outcome(&response), (1, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_stops_retries_in_an_outage_and_refills_on_success() {
+    let origin = Origin::new([], status(503));
+    let budget = RetryBudget::new(3, 0.5);
+    let layer = layer()
+        .max_attempts(3)
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    // Clones share the budget.
+    let svc = layer.layer(origin.service());
+    let mut attempts = Vec::new();
+    for _ in 0..4 {
+        let response = svc.clone().oneshot(get()).await.unwrap();
+        attempts.push(outcome(&response));
+    }
+    assert_eq!(
+        attempts,
+        vec![
+            (3, Some(GaveUp::MaxAttempts)),
+            (2, Some(GaveUp::Budget)),
+            (1, Some(GaveUp::Budget)),
+            (1, Some(GaveUp::Budget)),
+        ]
+    );
+    assert_eq!(
+        origin.calls(),
+        7,
+        "four first attempts plus exactly three retries"
+    );
+    assert_eq!(budget.available(), 0.0);
+
+    // Two successes refund one retry's token.
+    origin.set_fallback(status(200));
+    for _ in 0..2 {
+        let response = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(outcome(&response).0, 1);
+    }
+    assert_eq!(budget.available(), 1.0);
+    origin.set_fallback(status(503));
+    let response = svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(
+        outcome(&response),
+        (2, Some(GaveUp::Budget)),
+        "one retry allowed again, then the budget is spent"
+    );
+}
+
+#[test]
+fn invalid_configuration_is_rejected() {
+    let error = RetryLayer::builder().max_attempts(0).build().unwrap_err();
+    assert!(error.to_string().contains("max_attempts"), "{error}");
+    let error = RetryLayer::builder()
+        .base_delay(Duration::from_secs(2))
+        .max_delay(Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("max_delay"), "{error}");
+}
