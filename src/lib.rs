@@ -41,11 +41,13 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod auth;
 mod buffer;
 pub mod cache;
 pub mod error;
 pub mod retry;
 
+pub use crate::auth::AuthLayer;
 #[cfg(feature = "memory")]
 pub use crate::cache::MemoryStore;
 #[cfg(feature = "redis")]

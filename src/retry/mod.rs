@@ -57,7 +57,7 @@
 //!   [`max_body_size`](RetryLayerBuilder::max_body_size), and replayed byte for byte; a larger body is sent
 //!   once, not retried.
 //! - **Ending**: never a loop. The last response is returned with a [`RetryOutcome`] extension (attempts, and
-//!   why retrying stopped); an inner error comes back as a [`RetryError`](error::RetryError) with the same
+//!   why retrying stopped); an inner error comes back as a [`RetryError`] with the same
 //!   facts. Each retry logs a `tracing` event (attempt, delay, reason).
 //!
 //! Delays use `tokio::time`, so tests can run with paused time. A retry does not poll the inner service for

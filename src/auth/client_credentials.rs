@@ -1,0 +1,373 @@
+//! [`ClientCredentials`]: the OAuth2 client-credentials grant (RFC 6749 section 4.4), as Genesys Cloud does it.
+
+use super::error::TokenError;
+use super::token::{Secret, Token, TokenFuture, TokenSource};
+use crate::buffer::{Collected, call_ready, collect_capped};
+use crate::error::{BoxError, ConfigError};
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body::Body;
+use serde::Deserialize;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::time::Duration;
+use tower_service::Service;
+
+/// The largest token response read; a token endpoint has no reason to send more.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+/// Fetches tokens with the client-credentials grant: `POST {token_url}` with
+/// `Authorization: Basic base64(client_id:client_secret)` and the form body `grant_type=client_credentials`.
+///
+/// Requests go through `http`, any Tower HTTP service (the same kind the API calls use). Redirects are not
+/// followed: a 3xx is a [`TokenError::Rejected`], since following one could send the credentials elsewhere.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::service_fn;
+/// use tower_redis_cache::AuthLayer;
+/// use tower_redis_cache::auth::ClientCredentials;
+/// use tower_redis_cache::error::BoxError;
+///
+/// // In a real stack `http` is the same HTTP client the API calls use (hyper-util, reqwest, ...).
+/// let http = service_fn(|_req: Request<Full<Bytes>>| async {
+///     Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(
+///         br#"{"access_token":"t","token_type":"bearer","expires_in":86399}"#,
+///     ))))
+/// });
+/// let source = ClientCredentials::new(http, "https://login.mypurecloud.ie/oauth/token", "my-client-id", "my-secret")?;
+/// assert!(!format!("{source:?}").contains("my-secret"));
+/// let auth = AuthLayer::new(source);
+/// # Ok::<(), tower_redis_cache::error::ConfigError>(())
+/// ```
+pub struct ClientCredentials<S, B> {
+    http: Mutex<S>,
+    token_url: Uri,
+    client_id: String,
+    client_secret: Secret,
+    credentials_in_body: bool,
+    scope: Option<String>,
+    _body: PhantomData<fn() -> B>,
+}
+
+impl<S, B> ClientCredentials<S, B> {
+    /// A source posting to `token_url` (for Genesys Cloud, `{login_base}/oauth/token`).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `token_url` is not an absolute `http` or `https` URL, or the client id is empty.
+    pub fn new(
+        http: S,
+        token_url: &str,
+        client_id: impl Into<String>,
+        client_secret: impl Into<Secret>,
+    ) -> Result<Self, ConfigError> {
+        let token_url: Uri = token_url.parse().map_err(|e| {
+            ConfigError::new(format!(
+                "token url {token_url:?} must be an absolute http or https URL ({e})"
+            ))
+        })?;
+        if !matches!(token_url.scheme_str(), Some("http" | "https")) || token_url.host().is_none() {
+            return Err(ConfigError::new(format!(
+                "token url {token_url} must be an absolute http or https URL"
+            )));
+        }
+        let client_id = client_id.into();
+        if client_id.is_empty() {
+            return Err(ConfigError::new("client id is empty"));
+        }
+        Ok(ClientCredentials {
+            http: Mutex::new(http),
+            token_url,
+            client_id,
+            client_secret: client_secret.into(),
+            credentials_in_body: false,
+            scope: None,
+            _body: PhantomData,
+        })
+    }
+
+    /// Sends `client_id` and `client_secret` as form fields instead of Basic auth, for OAuth servers that
+    /// want them there. Default: `false` (Basic, as Genesys Cloud expects).
+    #[must_use]
+    pub fn credentials_in_body(mut self, in_body: bool) -> Self {
+        self.credentials_in_body = in_body;
+        self
+    }
+
+    /// Adds a `scope` form field. Default: none (Genesys Cloud grants the client's configured roles).
+    #[must_use]
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    fn request(&self) -> Result<Request<Bytes>, TokenError> {
+        let mut form = String::from("grant_type=client_credentials");
+        if let Some(scope) = &self.scope {
+            form.push_str("&scope=");
+            form_encode(scope, &mut form);
+        }
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json");
+        if self.credentials_in_body {
+            form.push_str("&client_id=");
+            form_encode(&self.client_id, &mut form);
+            form.push_str("&client_secret=");
+            form_encode(self.client_secret.expose(), &mut form);
+        } else {
+            let basic =
+                base64(format!("{}:{}", self.client_id, self.client_secret.expose()).as_bytes());
+            let mut value = HeaderValue::try_from(format!("Basic {basic}"))
+                .map_err(|_| TokenError::Malformed("credentials are not a valid header".into()))?;
+            value.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        builder
+            .body(Bytes::from(form))
+            .map_err(|_| TokenError::Malformed("could not build the token request".into()))
+    }
+
+    /// Removes any echo of the secret from server-provided text before it goes into an error.
+    fn scrub(&self, text: &str) -> String {
+        let secret = self.client_secret.expose();
+        let text: String = text.chars().take(200).collect();
+        if secret.len() >= 4 && text.contains(secret) {
+            text.replace(secret, "***")
+        } else {
+            text
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ClientCredentials<S, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("credentials_in_body", &self.credentials_in_body)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct OAuthError {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+impl<S, B, R> TokenSource for ClientCredentials<S, B>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: From<Bytes> + Send + 'static,
+    R: Body + Send + 'static,
+    R::Data: Send,
+    R::Error: Into<BoxError>,
+{
+    fn fetch_token(&self) -> TokenFuture<'_> {
+        Box::pin(async move {
+            let request = self.request()?.map(B::from);
+            let mut http = match self.http.lock() {
+                Ok(http) => http.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            let response = call_ready(&mut http, request)
+                .await
+                .map_err(TokenError::Unreachable)?;
+            let (parts, body) = response.into_parts();
+            let bytes = match collect_capped(body, MAX_TOKEN_RESPONSE)
+                .await
+                .map_err(TokenError::Unreachable)?
+            {
+                Collected::Complete(bytes) => bytes,
+                Collected::TooLarge { .. } => {
+                    return Err(TokenError::Malformed(format!(
+                        "body over {MAX_TOKEN_RESPONSE} bytes"
+                    )));
+                }
+            };
+            if !parts.status.is_success() {
+                let oauth: Option<OAuthError> = serde_json::from_slice(&bytes).ok();
+                let (error, description) =
+                    oauth.map_or((None, None), |o| (o.error, o.error_description));
+                return Err(TokenError::Rejected {
+                    status: parts.status,
+                    error: error.map(|e| self.scrub(&e)),
+                    description: description.map(|d| self.scrub(&d)),
+                });
+            }
+            parse_token(&bytes)
+        })
+    }
+}
+
+/// Parses a token response: `access_token` required, `token_type` bearer (any case) when present,
+/// `expires_in` as a number or numeric string when present.
+fn parse_token(bytes: &[u8]) -> Result<Token, TokenError> {
+    let response: TokenResponse = serde_json::from_slice(bytes).map_err(|e| {
+        TokenError::Malformed(format!(
+            "not a JSON token object (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let access_token = response
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| TokenError::Malformed("missing access_token".into()))?;
+    if let Some(kind) = &response.token_type
+        && !kind.eq_ignore_ascii_case("bearer")
+    {
+        return Err(TokenError::Malformed(format!(
+            "token_type {:?} is not bearer",
+            kind.chars().take(32).collect::<String>()
+        )));
+    }
+    // Outer `None`: absent; inner `None`: present but not a number.
+    let seconds: Option<Option<f64>> = match response.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => Some(n.as_f64()),
+        Some(serde_json::Value::String(s)) => Some(s.trim().parse().ok()),
+        Some(_) => Some(None),
+    };
+    let expires_in = match seconds {
+        None => None,
+        Some(Some(secs)) if secs.is_finite() && secs >= 0.0 => {
+            Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+        }
+        Some(Some(_)) => {
+            return Err(TokenError::Malformed("expires_in is negative".into()));
+        }
+        Some(None) => return Err(TokenError::Malformed("expires_in is not a number".into())),
+    };
+    Ok(Token::new(access_token, expires_in))
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(value: &str, out: &mut String) {
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(byte as char)
+            }
+            b' ' => out.push('+'),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.push('%');
+                out.push(HEX[usize::from(byte >> 4)] as char);
+                out.push(HEX[usize::from(byte & 15)] as char);
+            }
+        }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 section 4).
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+        assert_eq!(base64(b"id:s\xff"), "aWQ6c/8=");
+    }
+
+    #[test]
+    fn form_encoding() {
+        let mut out = String::new();
+        form_encode("a b&c=d/é~", &mut out);
+        assert_eq!(out, "a+b%26c%3Dd%2F%C3%A9%7E");
+    }
+
+    #[test]
+    fn token_responses() {
+        let token =
+            parse_token(br#"{"access_token":"abc","token_type":"BEARER","expires_in":86399}"#)
+                .unwrap();
+        assert_eq!(token.access_token().expose(), "abc");
+        assert_eq!(token.expires_in(), Some(Duration::from_secs(86399)));
+        let token = parse_token(br#"{"access_token":"abc","expires_in":"60"}"#).unwrap();
+        assert_eq!(token.expires_in(), Some(Duration::from_secs(60)));
+        assert_eq!(
+            parse_token(br#"{"access_token":"abc"}"#)
+                .unwrap()
+                .expires_in(),
+            None
+        );
+        for (bad, says) in [
+            (&br#"{"token_type":"bearer"}"#[..], "missing access_token"),
+            (br#"{"access_token":""}"#, "missing access_token"),
+            (br#"{"access_token":"a","token_type":"mac"}"#, "not bearer"),
+            (br#"{"access_token":"a","expires_in":-1}"#, "negative"),
+            (
+                br#"{"access_token":"a","expires_in":"soon"}"#,
+                "not a number",
+            ),
+            (br#"{"access_token":"a","expires_in":[1]}"#, "not a number"),
+            (b"<html>", "not a JSON token object"),
+            (br#"["access_token"]"#, "not a JSON token object"),
+        ] {
+            let error = parse_token(bad).unwrap_err();
+            assert!(
+                error.to_string().contains(says),
+                "{error} for {:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

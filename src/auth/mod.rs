@@ -1,0 +1,277 @@
+//! [`AuthLayer`]: OAuth2 bearer tokens for every request, one token shared by all callers, refreshed ahead of
+//! expiry by one fetch, and a `401` answered by one refresh and one replay.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_redis_cache::auth::{AuthLayer, Token, TokenFuture, TokenSource};
+//!
+//! // A token source; `ClientCredentials` is the OAuth2 one.
+//! struct Fixed;
+//! impl TokenSource for Fixed {
+//!     fn fetch_token(&self) -> TokenFuture<'_> {
+//!         Box::pin(async { Ok(Token::new("t0k3n", Some(Duration::from_secs(3600)))) })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
+//! let api = service_fn(|req: Request<Full<Bytes>>| async move {
+//!     let ok = req.headers().get("authorization").is_some_and(|v| v == "Bearer t0k3n");
+//!     let mut response = Response::new(Full::<Bytes>::default());
+//!     *response.status_mut() = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+//!     Ok::<_, Infallible>(response)
+//! });
+//! let auth = AuthLayer::new(Fixed);
+//! let client = ServiceBuilder::new().layer(auth.clone()).service(api);
+//! let response = client.oneshot(Request::get("https://api.example/").body(Full::default())?).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(auth.token_fetches(), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # Concurrent calls
+//!
+//! All services built by one layer (and their clones) share one token. No token is fetched until a request
+//! needs one. While a token is being fetched, other callers that need one wait for that fetch instead of
+//! starting their own. In the `skew` window before expiry, the first caller refreshes the token and the
+//! others keep using the current one; if the refresh fails, the current token is used until it expires.
+//!
+//! # 401 recovery
+//!
+//! A `401` from the inner service invalidates the token that request carried (not a newer one another
+//! caller already fetched), gets a new token (one fetch, however many requests saw the `401`), and replays
+//! the request once with its buffered body. A second `401` is returned to the caller. A request whose body is
+//! over [`max_body_size`](AuthLayerBuilder::max_body_size) cannot be replayed, and its `401` is returned as is.
+//!
+//! # Errors
+//!
+//! A token that cannot be had fails the request with a [`TokenError`](error::TokenError) (boxed): endpoint
+//! unreachable, a non-2xx answer with its OAuth `error`, or a malformed response. Errors, `Debug` output and
+//! logs never contain the client secret or a token; the `Authorization` header is marked sensitive.
+
+mod client_credentials;
+pub mod error;
+pub mod future;
+mod token;
+
+pub use self::client_credentials::ClientCredentials;
+pub use self::token::{Secret, Token, TokenFuture, TokenSource};
+
+use self::future::ResponseFuture;
+use self::token::TokenCache;
+use crate::buffer::{Buffered, buffer_request, call_ready};
+use crate::error::BoxError;
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// A Tower layer that authenticates requests with tokens from a [`TokenSource`]; see the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct AuthLayer {
+    tokens: Arc<TokenCache>,
+    max_body: usize,
+}
+
+impl AuthLayer {
+    /// A layer over `source` with every default (see [`AuthLayerBuilder`]).
+    pub fn new(source: impl TokenSource) -> Self {
+        AuthLayer::builder(source).build()
+    }
+
+    /// Starts a builder over `source` (a [`ClientCredentials`], or your own [`TokenSource`]).
+    pub fn builder(source: impl TokenSource) -> AuthLayerBuilder {
+        AuthLayerBuilder {
+            source: Box::new(source),
+            skew: Duration::from_secs(60),
+            max_body: 1024 * 1024,
+        }
+    }
+
+    /// How many tokens this layer's services have fetched (a counter for tests and metrics).
+    pub fn token_fetches(&self) -> u64 {
+        self.tokens.fetches()
+    }
+}
+
+/// Builds an [`AuthLayer`]; every setter states its default.
+#[must_use]
+pub struct AuthLayerBuilder {
+    source: Box<dyn TokenSource>,
+    skew: Duration,
+    max_body: usize,
+}
+
+impl fmt::Debug for AuthLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayerBuilder")
+            .field("skew", &self.skew)
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthLayerBuilder {
+    /// How long before expiry the token is refreshed. Default: 60 s. For a token living less than twice
+    /// this, half its lifetime is used instead.
+    pub fn skew(mut self, skew: Duration) -> Self {
+        self.skew = skew;
+        self
+    }
+
+    /// The largest request body buffered so a request can be replayed after a `401`. Default: 1 MiB.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Builds the layer (nothing to validate).
+    pub fn build(self) -> AuthLayer {
+        AuthLayer {
+            tokens: Arc::new(TokenCache::new(self.source, self.skew)),
+            max_body: self.max_body,
+        }
+    }
+}
+
+impl fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("token_fetches", &self.tokens.fetches())
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            tokens: self.tokens.clone(),
+            max_body: self.max_body,
+        }
+    }
+}
+
+/// A service that adds `Authorization: Bearer <token>` to each request; built by [`AuthLayer`].
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    tokens: Arc<TokenCache>,
+    max_body: usize,
+}
+
+impl<S> Auth<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Auth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + From<Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    R: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = BoxError;
+    type Future = ResponseFuture<R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(Box::pin(run(
+            inner,
+            self.tokens.clone(),
+            self.max_body,
+            request,
+        )))
+    }
+}
+
+async fn run<S, B, R>(
+    mut inner: S,
+    tokens: Arc<TokenCache>,
+    max_body: usize,
+    request: Request<B>,
+) -> Result<Response<R>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Error: Into<BoxError>,
+    B: Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let buffered = buffer_request(request, max_body).await?;
+    let token = tokens.get().await?;
+    let (parts, body) = match buffered {
+        Buffered::Once(mut request) => {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, token.header.clone());
+            return inner.call(request).await.map_err(Into::into);
+        }
+        Buffered::Replayable { parts, body } => (parts, body),
+    };
+    let mut request = Buffered::rebuild(&parts, &body);
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, token.header.clone());
+    let response = inner.call(request).await.map_err(Into::into)?;
+    if response.status() != StatusCode::UNAUTHORIZED {
+        return Ok(response);
+    }
+    drop(response);
+    tokens.invalidate(token.generation);
+    let token = tokens.get().await?;
+    tracing::debug!(
+        generation = token.generation,
+        "401 from the API: replaying once with a new token"
+    );
+    let mut request = Buffered::rebuild(&parts, &body);
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, token.header.clone());
+    call_ready(&mut inner, request).await
+}

@@ -1,0 +1,436 @@
+//! AuthLayer and ClientCredentials: single-flight token fetches, early refresh with paused time, 401 recovery,
+//! typed token errors, and secrets kept out of errors and Debug output.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_redis_cache::auth::error::TokenError;
+use tower_redis_cache::auth::{AuthLayer, ClientCredentials, TokenSource};
+use tower_redis_cache::error::BoxError;
+
+const CLIENT_ID: &str = "3f1c-client";
+const SECRET: &str = "s3cr3t-Value-0123456789";
+
+/// How the token endpoint answers.
+#[derive(Clone)]
+enum TokenAnswer {
+    /// A new token `tok-<n>` living this many seconds.
+    Issue(u64),
+    /// This status and body.
+    Fail(u16, &'static str),
+}
+
+/// A token endpoint that records each request and issues numbered tokens after a short (virtual) delay.
+#[derive(Clone)]
+struct TokenEndpoint {
+    answer: Arc<Mutex<TokenAnswer>>,
+    issued: Arc<AtomicU32>,
+    seen: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    /// Tokens the API accepts.
+    valid: Arc<Mutex<HashSet<String>>>,
+}
+
+impl TokenEndpoint {
+    fn new(answer: TokenAnswer) -> Self {
+        TokenEndpoint {
+            answer: Arc::new(Mutex::new(answer)),
+            issued: Arc::new(AtomicU32::new(0)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+            valid: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn revoke_all(&self) {
+        self.valid.lock().unwrap().clear();
+    }
+
+    fn http(
+        &self,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static {
+        let endpoint = self.clone();
+        service_fn(move |request: Request<Full<Bytes>>| {
+            let endpoint = endpoint.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await?.to_bytes();
+                endpoint.seen.lock().unwrap().push((parts.headers, body));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let answer = endpoint.answer.lock().unwrap().clone();
+                let (status, body) = match answer {
+                    TokenAnswer::Issue(expires_in) => {
+                        let n = endpoint.issued.fetch_add(1, Ordering::SeqCst) + 1;
+                        let token = format!("tok-{n}");
+                        endpoint.valid.lock().unwrap().insert(token.clone());
+                        let body = format!(
+                            r#"{{"access_token":"{token}","token_type":"bearer","expires_in":{expires_in}}}"#
+                        );
+                        (200, body)
+                    }
+                    TokenAnswer::Fail(status, body) => (status, body.to_owned()),
+                };
+                Ok::<_, BoxError>(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body)))?,
+                )
+            }
+        })
+    }
+
+    fn source(&self) -> impl TokenSource + std::fmt::Debug {
+        ClientCredentials::new(
+            self.http(),
+            "http://login.test/oauth/token",
+            CLIENT_ID,
+            SECRET,
+        )
+        .unwrap()
+    }
+}
+
+/// An API that accepts the endpoint's valid tokens and records the token and body of each call.
+#[derive(Clone)]
+struct Api {
+    valid: Arc<Mutex<HashSet<String>>>,
+    calls: Arc<Mutex<Vec<(String, Bytes)>>>,
+}
+
+impl Api {
+    fn new(tokens: &TokenEndpoint) -> Self {
+        Api {
+            valid: tokens.valid.clone(),
+            calls: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn calls(&self) -> Vec<(String, Bytes)> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn service(
+        &self,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static {
+        let api = self.clone();
+        service_fn(move |request: Request<Full<Bytes>>| {
+            let api = api.clone();
+            async move {
+                let auth = request
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                assert!(request.headers()["authorization"].is_sensitive());
+                let body = request.into_body().collect().await?.to_bytes();
+                let token = auth.strip_prefix("Bearer ").unwrap_or("").to_owned();
+                api.calls
+                    .lock()
+                    .unwrap()
+                    .push((token.clone(), body.clone()));
+                let ok = api.valid.lock().unwrap().contains(&token);
+                let (status, body) = if ok {
+                    (200, body)
+                } else {
+                    (
+                        401,
+                        Bytes::from_static(br#"{"code":"bad.credentials","status":401}"#),
+                    )
+                };
+                Ok::<_, BoxError>(Response::builder().status(status).body(Full::new(body))?)
+            }
+        })
+    }
+}
+
+fn get() -> Request<Full<Bytes>> {
+    Request::get("http://api.test/api/v2/integrations/actions")
+        .body(Full::default())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn hundred_concurrent_requests_share_one_token_fetch_when_cold_and_when_expired() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(120));
+    let api = Api::new(&tokens);
+    let layer = AuthLayer::new(tokens.source());
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(api.service());
+    assert_eq!(tokens.requests(), 0, "no token before a request needs one");
+
+    for round in 1..=2 {
+        let tasks: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(client.clone().oneshot(get())))
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        assert_eq!(tokens.requests(), round, "round {round}");
+        assert_eq!(layer.token_fetches(), round as u64);
+        // Past expiry (and the refresh window): the next round needs a new token.
+        tokio::time::advance(Duration::from_secs(121)).await;
+    }
+    assert!(
+        api.calls()
+            .iter()
+            .all(|(token, _)| token == "tok-1" || token == "tok-2")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_is_reused_then_refreshed_sixty_seconds_before_expiry() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(120));
+    let api = Api::new(&tokens);
+    let client = ServiceBuilder::new()
+        .layer(
+            AuthLayer::builder(tokens.source())
+                .skew(Duration::from_secs(60))
+                .build(),
+        )
+        .service(api.service());
+    let start = tokio::time::Instant::now();
+
+    client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(tokens.requests(), 1);
+    // The token was requested at 0 s; expires at 120 s; refresh from 60 s.
+    tokio::time::advance(Duration::from_secs(30) - start.elapsed()).await;
+    client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(tokens.requests(), 1, "at 30 s the token is reused");
+
+    tokio::time::advance(Duration::from_secs(61) - start.elapsed()).await;
+    let response = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(tokens.requests(), 2, "at 61 s one refresh");
+    client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(tokens.requests(), 2);
+    let used: Vec<String> = api.calls().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(used, ["tok-1", "tok-1", "tok-2", "tok-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_refreshes_once_and_replays_the_same_request() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(3600));
+    let api = Api::new(&tokens);
+    let layer = AuthLayer::new(tokens.source());
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(api.service());
+    client.clone().oneshot(get()).await.unwrap();
+
+    // The server revokes the token (say, the org rotated credentials); the next call sees a 401.
+    tokens.revoke_all();
+    let body = r#"{"input":{"orderId":"A-17"}}"#;
+    let request = Request::post("http://api.test/api/v2/integrations/actions/x/execute")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let response = client.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        &response.into_body().collect().await.unwrap().to_bytes()[..],
+        body.as_bytes()
+    );
+    assert_eq!(tokens.requests(), 2, "one refresh");
+    let calls = api.calls();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(
+        (calls[1].0.as_str(), &calls[1].1[..]),
+        ("tok-1", body.as_bytes())
+    );
+    assert_eq!(
+        (calls[2].0.as_str(), &calls[2].1[..]),
+        ("tok-2", body.as_bytes())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_persistent_401_makes_two_attempts_and_one_refresh() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(3600));
+    let api = Api::new(&tokens);
+    // An API that accepts no token at all.
+    let api = Api {
+        valid: Arc::new(Mutex::new(HashSet::new())),
+        ..api
+    };
+    let client = ServiceBuilder::new()
+        .layer(AuthLayer::new(tokens.source()))
+        .service(api.service());
+    let response = client.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(api.calls().len(), 2, "two API attempts");
+    assert_eq!(tokens.requests(), 2, "the first token and one refresh");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_401s_on_one_token_cause_one_refresh() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(3600));
+    let api = Api::new(&tokens);
+    let client = ServiceBuilder::new()
+        .layer(AuthLayer::new(tokens.source()))
+        .service(api.service());
+    client.clone().oneshot(get()).await.unwrap();
+    tokens.revoke_all();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(client.clone().oneshot(get())))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    // A 401 seen with tok-1 after tok-2 replaced it must not throw tok-2 away.
+    assert_eq!(tokens.requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_request_is_a_basic_auth_form_post() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(60));
+    let api = Api::new(&tokens);
+    let client = ServiceBuilder::new()
+        .layer(AuthLayer::new(tokens.source()))
+        .service(api.service());
+    client.oneshot(get()).await.unwrap();
+    let (headers, body) = tokens.seen.lock().unwrap()[0].clone();
+    // base64("3f1c-client:s3cr3t-Value-0123456789")
+    assert_eq!(
+        headers["authorization"],
+        "Basic M2YxYy1jbGllbnQ6czNjcjN0LVZhbHVlLTAxMjM0NTY3ODk="
+    );
+    assert!(headers["authorization"].is_sensitive());
+    assert_eq!(headers["content-type"], "application/x-www-form-urlencoded");
+    assert_eq!(&body[..], b"grant_type=client_credentials");
+
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(60));
+    let source = ClientCredentials::new(tokens.http(), "https://idp.test/token", "id 1", "p&ss")
+        .unwrap()
+        .credentials_in_body(true)
+        .scope("read write");
+    let client = ServiceBuilder::new()
+        .layer(AuthLayer::new(source))
+        .service(Api::new(&tokens).service());
+    client.oneshot(get()).await.unwrap();
+    let (headers, body) = tokens.seen.lock().unwrap()[0].clone();
+    assert!(headers.get("authorization").is_none());
+    assert_eq!(
+        &body[..],
+        b"grant_type=client_credentials&scope=read+write&client_id=id+1&client_secret=p%26ss"
+    );
+}
+
+async fn token_error(answer: TokenAnswer) -> (TokenError, String, String) {
+    let tokens = TokenEndpoint::new(answer);
+    let api = Api::new(&tokens);
+    let client = ServiceBuilder::new()
+        .layer(AuthLayer::new(tokens.source()))
+        .service(api.service());
+    let error = client.oneshot(get()).await.unwrap_err();
+    assert!(api.calls().is_empty(), "no API call without a token");
+    let display = error.to_string();
+    let debug = format!("{error:?}");
+    let error = *error.downcast::<TokenError>().expect("a TokenError");
+    (error, display, debug)
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_credentials_name_status_and_oauth_error_without_the_secret() {
+    let (error, display, debug) = token_error(TokenAnswer::Fail(
+        401,
+        r#"{"error":"invalid_client","description":"bad client s3cr3t-Value-0123456789"}"#,
+    ))
+    .await;
+    assert_eq!(error.status(), Some(StatusCode::UNAUTHORIZED));
+    assert_eq!(error.oauth_error(), Some("invalid_client"));
+    assert!(
+        display.contains("401") && display.contains("invalid_client"),
+        "{display}"
+    );
+    for text in [&display, &debug] {
+        assert!(!text.contains(SECRET), "secret leaked: {text}");
+    }
+
+    // Even an endpoint that echoes the secret in its description does not get it into the error.
+    let (_, display, debug) = token_error(TokenAnswer::Fail(
+        400,
+        r#"{"error":"invalid_request","error_description":"secret s3cr3t-Value-0123456789 unknown"}"#,
+    ))
+    .await;
+    assert!(
+        display.contains("invalid_request") && display.contains("***"),
+        "{display}"
+    );
+    assert!(!display.contains(SECRET) && !debug.contains(SECRET));
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_token_responses_are_clear_errors() {
+    for (body, says) in [
+        ("{not json", "not a JSON token object"),
+        (
+            r#"{"token_type":"bearer","expires_in":60}"#,
+            "missing access_token",
+        ),
+        ("", "not a JSON token object"),
+    ] {
+        let (error, display, _) = token_error(TokenAnswer::Fail(200, body)).await;
+        assert!(matches!(error, TokenError::Malformed(_)), "{display}");
+        assert!(display.contains(says), "{display}");
+    }
+    // A redirect is not followed.
+    let (error, display, _) = token_error(TokenAnswer::Fail(302, "")).await;
+    assert_eq!(error.status(), Some(StatusCode::FOUND), "{display}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreachable_token_endpoint_is_a_typed_error() {
+    let down = service_fn(|_req: Request<Full<Bytes>>| async {
+        Err::<Response<Full<Bytes>>, BoxError>("connection refused".into())
+    });
+    let source =
+        ClientCredentials::new(down, "http://login.test/oauth/token", CLIENT_ID, SECRET).unwrap();
+    let client = ServiceBuilder::new()
+        .layer(AuthLayer::new(source))
+        .service(Api::new(&TokenEndpoint::new(TokenAnswer::Issue(1))).service());
+    let error = client.oneshot(get()).await.unwrap_err();
+    let error = error.downcast_ref::<TokenError>().expect("a TokenError");
+    assert!(matches!(error, TokenError::Unreachable(_)));
+    assert!(error.to_string().contains("connection refused"), "{error}");
+}
+
+#[test]
+fn debug_output_redacts_credentials() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(1));
+    let source = tokens.source();
+    let debug = format!("{source:?}");
+    assert!(debug.contains(CLIENT_ID));
+    assert!(!debug.contains(SECRET), "{debug}");
+    let layer = AuthLayer::new(tokens.source());
+    assert!(!format!("{layer:?}").contains(SECRET));
+    let error = ClientCredentials::<_, Full<Bytes>>::new(
+        tokens.http(),
+        "login.test/oauth",
+        CLIENT_ID,
+        SECRET,
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("absolute"), "{error}");
+}
