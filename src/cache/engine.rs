@@ -32,6 +32,9 @@ pub(crate) struct Buffered {
     pub(crate) version: Version,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    /// The inner response's extensions (a retry layer's attempt count, ...), handed on with a fresh answer;
+    /// never stored.
+    pub(crate) extensions: http::Extensions,
 }
 
 /// What one origin call produced.
@@ -70,6 +73,7 @@ where
             version: parts.version,
             headers: parts.headers,
             body,
+            extensions: parts.extensions,
         })),
         Collected::TooLarge { prefix, rest } => {
             let body = ResponseBody::streaming(Some(prefix), rest);
@@ -358,6 +362,7 @@ impl Engine {
                 *out.status_mut() = response.status;
                 *out.version_mut() = response.version;
                 *out.headers_mut() = response.headers.clone();
+                *out.extensions_mut() = response.extensions.clone();
                 decorate(&mut out, &status);
                 Ok(out)
             }
