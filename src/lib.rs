@@ -45,6 +45,8 @@ pub mod auth;
 mod buffer;
 pub mod cache;
 pub mod error;
+#[cfg(feature = "genesys")]
+pub mod genesys;
 pub mod retry;
 
 pub use crate::auth::AuthLayer;

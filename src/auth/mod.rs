@@ -61,6 +61,8 @@ pub mod future;
 mod token;
 
 pub use self::client_credentials::ClientCredentials;
+#[cfg(feature = "emulator")]
+pub(crate) use self::client_credentials::base64;
 pub use self::token::{Secret, Token, TokenFuture, TokenSource};
 
 use self::future::ResponseFuture;

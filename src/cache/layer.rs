@@ -29,6 +29,12 @@ impl RedisCacheLayer {
         RedisCacheLayerBuilder::new(Arc::new(store))
     }
 
+    /// Starts a builder over an already shared store.
+    #[cfg(feature = "genesys")]
+    pub(crate) fn builder_shared(store: Arc<dyn Store>) -> RedisCacheLayerBuilder {
+        RedisCacheLayerBuilder::new(store)
+    }
+
     /// A handle for stats, invalidation and purging.
     pub fn handle(&self) -> CacheHandle {
         CacheHandle {

@@ -1,0 +1,302 @@
+//! Data Actions: list (paged), get, and execute, plus the generic cursor listing.
+
+use super::client::{Fetched, GenesysClient};
+use super::error::GenesysError;
+use super::model::{Action, Page};
+use super::paginate::{CursorPage, CursorQuery, cursors, page_numbers};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use http::Method;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::fmt::Write;
+
+/// The Data Actions listing path.
+pub(crate) const ACTIONS: &str = "/api/v2/integrations/actions";
+
+/// Sort direction of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortOrder {
+    /// `ASC`.
+    Asc,
+    /// `DESC`.
+    Desc,
+}
+
+/// Filters and paging of `GET /api/v2/integrations/actions`. Unset fields are left to the API's defaults
+/// (page size 25).
+///
+/// ```
+/// use tower_redis_cache::genesys::{ActionQuery, SortOrder};
+///
+/// let query = ActionQuery::new().name("order_lookup").sort_by("name").sort_order(SortOrder::Asc).page_size(25);
+/// assert_eq!(query.to_query_string(), "pageSize=25&name=order_lookup&sortBy=name&sortOrder=ASC");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct ActionQuery {
+    name: Option<String>,
+    category: Option<String>,
+    sort_by: Option<String>,
+    sort_order: Option<SortOrder>,
+    page_size: Option<u32>,
+    secure: Option<bool>,
+    include_auth_actions: Option<bool>,
+}
+
+impl ActionQuery {
+    /// No filters.
+    pub fn new() -> Self {
+        ActionQuery::default()
+    }
+
+    /// Actions whose name contains `name` (`name`, a partial match).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Actions in `category` (`category`).
+    pub fn category(mut self, category: impl Into<String>) -> Self {
+        self.category = Some(category.into());
+        self
+    }
+
+    /// The field to sort by (`sortBy`), e.g. `name`.
+    pub fn sort_by(mut self, field: impl Into<String>) -> Self {
+        self.sort_by = Some(field.into());
+        self
+    }
+
+    /// The direction (`sortOrder`).
+    pub fn sort_order(mut self, order: SortOrder) -> Self {
+        self.sort_order = Some(order);
+        self
+    }
+
+    /// Items per page (`pageSize`; the API's default is 25).
+    pub fn page_size(mut self, size: u32) -> Self {
+        self.page_size = Some(size);
+        self
+    }
+
+    /// Only secure (or only non-secure) actions (`secure`).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = Some(secure);
+        self
+    }
+
+    /// Include the auth actions of integrations (`includeAuthActions`).
+    pub fn include_auth_actions(mut self, include: bool) -> Self {
+        self.include_auth_actions = Some(include);
+        self
+    }
+
+    /// The query string, in a fixed order (so equal queries make equal cache keys), without `pageNumber`.
+    pub fn to_query_string(&self) -> String {
+        let mut out = String::new();
+        let mut put = |key: &str, value: &str| {
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(key);
+            out.push('=');
+            out.push_str(&encode(value));
+        };
+        if let Some(size) = self.page_size {
+            put("pageSize", &size.to_string());
+        }
+        if let Some(name) = &self.name {
+            put("name", name);
+        }
+        if let Some(category) = &self.category {
+            put("category", category);
+        }
+        if let Some(field) = &self.sort_by {
+            put("sortBy", field);
+        }
+        if let Some(order) = self.sort_order {
+            put(
+                "sortOrder",
+                if order == SortOrder::Asc {
+                    "ASC"
+                } else {
+                    "DESC"
+                },
+            );
+        }
+        if let Some(secure) = self.secure {
+            put("secure", if secure { "true" } else { "false" });
+        }
+        if let Some(include) = self.include_auth_actions {
+            put("includeAuthActions", if include { "true" } else { "false" });
+        }
+        out
+    }
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+pub(crate) fn encode(value: &str) -> String {
+    percent_encode(value, b"-._~")
+}
+
+/// Percent-encodes a path segment: as a query value, and dots too, so an id of `..` cannot climb the path.
+pub(crate) fn segment(value: &str) -> String {
+    percent_encode(value, b"-_~")
+}
+
+fn percent_encode(value: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || keep.contains(&byte) {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+impl GenesysClient {
+    /// The Data Actions matching `query`, following `pageNumber` page by page as the stream is read.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tower_redis_cache::genesys::GenesysClient) -> Result<(), tower_redis_cache::genesys::GenesysError> {
+    /// use futures_util::TryStreamExt;
+    /// use tower_redis_cache::genesys::ActionQuery;
+    ///
+    /// let mut actions = std::pin::pin!(client.list_actions(&ActionQuery::new().name("order_lookup")));
+    /// while let Some(action) = actions.try_next().await? {
+    ///     println!("{} {}", action.id, action.name);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn list_actions(
+        &self,
+        query: &ActionQuery,
+    ) -> impl Stream<Item = Result<Action, GenesysError>> + Send + 'static {
+        self.list_action_pages(query)
+            .map_ok(|page| futures_util::stream::iter(page.value.entities.into_iter().map(Ok)))
+            .try_flatten()
+    }
+
+    /// The pages of the listing, each with its cache outcome, attempts and correlation id.
+    pub fn list_action_pages(
+        &self,
+        query: &ActionQuery,
+    ) -> impl Stream<Item = Result<Fetched<Page<Action>>, GenesysError>> + Send + 'static {
+        let query = query.to_query_string();
+        let path = if query.is_empty() {
+            ACTIONS.to_owned()
+        } else {
+            format!("{ACTIONS}?{query}")
+        };
+        page_numbers(self.clone(), path)
+    }
+
+    /// Every Data Action matching `query`, all pages read.
+    ///
+    /// # Errors
+    ///
+    /// The first page's [`GenesysError`]; a repeated page or more pages than the limit.
+    pub async fn list_all_actions(&self, query: &ActionQuery) -> Result<Vec<Action>, GenesysError> {
+        self.list_actions(query).try_collect().await
+    }
+
+    /// One Data Action, `GET /api/v2/integrations/actions/{id}`.
+    ///
+    /// # Errors
+    ///
+    /// [`GenesysError::is_not_found`] for an unknown id, and the other failures of any call.
+    pub async fn get_action(&self, id: &str) -> Result<Fetched<Action>, GenesysError> {
+        self.send_json(Method::GET, &format!("{ACTIONS}/{}", segment(id)), None)
+            .await
+    }
+
+    /// Runs a Data Action, `POST /api/v2/integrations/actions/{id}/execute`, and returns its output JSON.
+    ///
+    /// This is the expensive call: it is cached, keyed by the canonical form of `input` (member order and
+    /// whitespace do not matter), so the same input within the freshness window costs no API call.
+    ///
+    /// # Errors
+    ///
+    /// As for any call; a failing action usually answers `400` with the action's error in the message.
+    pub async fn execute_action(
+        &self,
+        id: &str,
+        input: &Value,
+    ) -> Result<Fetched<Value>, GenesysError> {
+        self.send_json(
+            Method::POST,
+            &format!("{ACTIONS}/{}/execute", segment(id)),
+            Some(input),
+        )
+        .await
+    }
+
+    /// The raw output of a Data Action (the bytes, not parsed).
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute_action`](Self::execute_action).
+    pub async fn execute_action_raw(
+        &self,
+        id: &str,
+        input: &Value,
+    ) -> Result<Fetched<bytes::Bytes>, GenesysError> {
+        self.send(
+            Method::POST,
+            &format!("{ACTIONS}/{}/execute", segment(id)),
+            Some(input),
+        )
+        .await
+    }
+
+    /// The pages of a cursor listing (`after` in a `POST` body, or a `cursor` query parameter), until the
+    /// server returns no cursor. A cursor the server already sent fails the listing instead of looping.
+    pub fn cursor_pages<T>(
+        &self,
+        query: CursorQuery,
+    ) -> impl Stream<Item = Result<Fetched<CursorPage<T>>, GenesysError>> + Send + 'static
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        cursors(self.clone(), query)
+    }
+
+    /// The items of a cursor listing, page after page.
+    pub fn cursor_items<T>(
+        &self,
+        query: CursorQuery,
+    ) -> impl Stream<Item = Result<T, GenesysError>> + Send + 'static
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        self.cursor_pages(query)
+            .map_ok(|page| futures_util::stream::iter(page.value.entities.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_string_is_ordered_and_encoded() {
+        let query = ActionQuery::new()
+            .category("Web Services & Co")
+            .name("order lookup/ä")
+            .page_size(25)
+            .secure(false)
+            .include_auth_actions(true)
+            .sort_order(SortOrder::Desc);
+        assert_eq!(
+            query.to_query_string(),
+            "pageSize=25&name=order%20lookup%2F%C3%A4&category=Web%20Services%20%26%20Co&sortOrder=DESC&secure=false&includeAuthActions=true"
+        );
+        assert_eq!(ActionQuery::new().to_query_string(), "");
+        assert_eq!(encode("../x?y#z"), "..%2Fx%3Fy%23z");
+        assert_eq!(segment(".."), "%2E%2E");
+    }
+}

@@ -1,0 +1,469 @@
+//! [`GenesysClient`], its builder, and the assembled service stack.
+
+use super::error::GenesysError;
+use super::region::Region;
+use crate::auth::{AuthLayer, ClientCredentials, Secret};
+use crate::buffer::{Collected, collect_capped};
+use crate::cache::{CacheHandle, CacheOutcome, RedisCache, RedisCacheLayer, ResponseBody, Store};
+use crate::error::ConfigError;
+use crate::retry::{Retry, RetryLayer, RetryOutcome};
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+use tower::timeout::Timeout;
+use tower_layer::Layer;
+
+/// The HTTP client at the bottom of the stack: hyper-util's pooled client over rustls (ring provider, Mozilla
+/// roots), HTTP/1.1 and HTTP/2 by ALPN.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The assembled stack: `RedisCache -> Retry -> Auth -> Timeout -> hyper-util client`. Clone it and add your
+/// own layers on top; [`GenesysClient::service`] hands it out.
+pub type GenesysService = RedisCache<Retry<crate::auth::Auth<Timeout<HttpClient>>>>;
+
+/// The response body the stack returns: cached bytes, or hyper's body streamed through.
+pub type GenesysBody = ResponseBody<Incoming>;
+
+/// The largest API response body the client reads into memory.
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// A value read from the API with the facts of how it was fetched.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Fetched<T> {
+    /// The value.
+    pub value: T,
+    /// How the cache answered (`None` if the response carried no outcome).
+    pub cache: Option<CacheOutcome>,
+    /// Attempts the retry layer made (0 for a cache hit, which never reached it).
+    pub attempts: u32,
+    /// The `ININ-Correlation-Id` of the response that produced the value.
+    pub correlation_id: Option<String>,
+}
+
+impl<T> Fetched<T> {
+    /// The value.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Fetched<U> {
+        Fetched {
+            value: f(self.value),
+            cache: self.cache,
+            attempts: self.attempts,
+            correlation_id: self.correlation_id,
+        }
+    }
+}
+
+impl<T> Deref for Fetched<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// A Genesys Cloud API client: Data Actions, pagination and typed errors over a cached, retried,
+/// authenticated stack. Cheap to clone; clones share the cache, the token and the connection pool.
+///
+/// See the [module docs](super) for an example.
+#[derive(Clone)]
+pub struct GenesysClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) service: GenesysService,
+    pub(crate) cache: CacheHandle,
+    pub(crate) auth: AuthLayer,
+    pub(crate) api_base: String,
+    pub(crate) max_pages: u32,
+    pub(crate) user_agent: HeaderValue,
+}
+
+impl fmt::Debug for GenesysClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenesysClient")
+            .field("api_base", &self.inner.api_base)
+            .field("max_pages", &self.inner.max_pages)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GenesysClient {
+    /// Starts a builder.
+    pub fn builder() -> GenesysClientBuilder {
+        GenesysClientBuilder::default()
+    }
+
+    /// The assembled service, to call directly or wrap in more layers.
+    pub fn service(&self) -> GenesysService {
+        self.inner.service.clone()
+    }
+
+    /// The cache's stats, invalidation and purge.
+    pub fn cache(&self) -> &CacheHandle {
+        &self.inner.cache
+    }
+
+    /// Tokens fetched so far (a cache hit needs none).
+    pub fn token_fetches(&self) -> u64 {
+        self.inner.auth.token_fetches()
+    }
+
+    /// The API base URL.
+    pub fn api_base(&self) -> &str {
+        &self.inner.api_base
+    }
+
+    /// Sends a request for `path_and_query` (which starts with `/api/v2/`) and decodes a 2xx JSON answer.
+    ///
+    /// # Errors
+    ///
+    /// A [`GenesysError`] for a non-2xx status, a transport failure or timeout after retries, a token failure,
+    /// or a body that is not the expected JSON.
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Fetched<T>, GenesysError> {
+        let fetched = self.send(method, path_and_query, body).await?;
+        let value = serde_json::from_slice(&fetched.value).map_err(|e| {
+            GenesysError::decode(
+                format!("{path_and_query}: {e}"),
+                fetched.correlation_id.clone(),
+            )
+        })?;
+        Ok(fetched.map(|_| value))
+    }
+
+    /// Sends a request and returns the raw 2xx body.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Fetched<Bytes>, GenesysError> {
+        let uri: Uri = format!("{}{}", self.inner.api_base, path_and_query)
+            .parse()
+            .map_err(|e| {
+                GenesysError::decode(
+                    format!("invalid request path {path_and_query:?}: {e}"),
+                    None,
+                )
+            })?;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(ACCEPT, "application/json")
+            .header(USER_AGENT, self.inner.user_agent.clone());
+        let bytes = match body {
+            Some(json) => {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+                Bytes::from(
+                    serde_json::to_vec(json)
+                        .map_err(|e| GenesysError::decode(e.to_string(), None))?,
+                )
+            }
+            None => Bytes::new(),
+        };
+        let request = builder
+            .body(Full::new(bytes))
+            .map_err(|e| GenesysError::decode(e.to_string(), None))?;
+        let response: Response<GenesysBody> = self
+            .inner
+            .service
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(GenesysError::from_stack)?;
+        read(response).await
+    }
+}
+
+/// Reads a response: the body (capped), the correlation id, the cache outcome and the attempt count; a
+/// non-2xx status becomes a [`GenesysError`].
+async fn read(response: Response<GenesysBody>) -> Result<Fetched<Bytes>, GenesysError> {
+    let (parts, body) = response.into_parts();
+    let correlation_id = parts
+        .headers
+        .get("inin-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(100).collect::<String>());
+    let cache = parts.extensions.get::<CacheOutcome>().copied();
+    let attempts = parts.extensions.get::<RetryOutcome>().map_or(
+        if matches!(cache, Some(CacheOutcome::Hit)) {
+            0
+        } else {
+            1
+        },
+        |o| o.attempts,
+    );
+    let bytes = match collect_capped(body, MAX_RESPONSE).await {
+        Ok(Collected::Complete(bytes)) => bytes,
+        Ok(Collected::TooLarge { .. }) => {
+            return Err(GenesysError::decode(
+                format!("response body over {MAX_RESPONSE} bytes"),
+                correlation_id,
+            ));
+        }
+        Err(e) => return Err(GenesysError::from_stack(e)),
+    };
+    if !parts.status.is_success() {
+        return Err(GenesysError::from_status(
+            parts.status,
+            &bytes,
+            correlation_id,
+            attempts,
+        ));
+    }
+    Ok(Fetched {
+        value: bytes,
+        cache,
+        attempts,
+        correlation_id,
+    })
+}
+
+/// Builds a [`GenesysClient`]; every setter states its default.
+#[must_use]
+pub struct GenesysClientBuilder {
+    api_base: Option<String>,
+    login_base: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    store: Option<Arc<dyn Store>>,
+    namespace: String,
+    fresh_for: Duration,
+    stale_for: Duration,
+    stale_if_error_for: Duration,
+    retry: Option<RetryLayer>,
+    attempt_timeout: Duration,
+    max_pages: u32,
+}
+
+impl Default for GenesysClientBuilder {
+    fn default() -> Self {
+        GenesysClientBuilder {
+            api_base: None,
+            login_base: None,
+            client_id: None,
+            client_secret: None,
+            store: None,
+            namespace: "genesys".into(),
+            fresh_for: Duration::from_secs(300),
+            stale_for: Duration::from_secs(600),
+            stale_if_error_for: Duration::from_secs(3600),
+            retry: None,
+            attempt_timeout: Duration::from_secs(30),
+            max_pages: 1000,
+        }
+    }
+}
+
+impl fmt::Debug for GenesysClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenesysClientBuilder")
+            .field("api_base", &self.api_base)
+            .field("login_base", &self.login_base)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("fresh_for", &self.fresh_for)
+            .field("stale_for", &self.stale_for)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GenesysClientBuilder {
+    /// The region: sets both bases (`https://api.{domain}`, `https://login.{domain}`). Required unless both
+    /// bases are given.
+    pub fn region(mut self, region: Region) -> Self {
+        self.api_base = Some(region.api_base());
+        self.login_base = Some(region.login_base());
+        self
+    }
+
+    /// Overrides the API base URL (an emulator, a proxy).
+    pub fn api_base(mut self, base: impl Into<String>) -> Self {
+        self.api_base = Some(base.into());
+        self
+    }
+
+    /// Overrides the OAuth base URL; tokens come from `{login_base}/oauth/token`.
+    pub fn login_base(mut self, base: impl Into<String>) -> Self {
+        self.login_base = Some(base.into());
+        self
+    }
+
+    /// The OAuth client (client-credentials grant). Required.
+    pub fn client_credentials(
+        mut self,
+        client_id: impl Into<String>,
+        client_secret: impl Into<Secret>,
+    ) -> Self {
+        self.client_id = Some(client_id.into());
+        self.client_secret = Some(client_secret.into());
+        self
+    }
+
+    /// The cache store: a [`RedisStore`](crate::RedisStore) (from a URL with `RedisStore::connect`, or a fred
+    /// client with `RedisStore::new`) shared by every process, or a [`MemoryStore`](crate::MemoryStore).
+    /// Default: a 64 MiB `MemoryStore` (feature `memory`).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The Redis key namespace. Default: `genesys`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long an answer is fresh. Default: 300 s.
+    pub fn fresh_for(mut self, fresh_for: Duration) -> Self {
+        self.fresh_for = fresh_for;
+        self
+    }
+
+    /// How long after that it is served stale while one refresh runs. Default: 600 s.
+    pub fn stale_for(mut self, stale_for: Duration) -> Self {
+        self.stale_for = stale_for;
+        self
+    }
+
+    /// How long after that it is served if the API fails. Default: 3600 s.
+    pub fn stale_if_error_for(mut self, window: Duration) -> Self {
+        self.stale_if_error_for = window;
+        self
+    }
+
+    /// The retry policy. Default: [`RetryLayer::default`] (4 attempts, 200 ms base, 60 s deadline, a
+    /// `Retry-After` up to 180 s honoured, `POST` retried only on `429`).
+    pub fn retry(mut self, retry: RetryLayer) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// The timeout of each attempt (and of each token request). Default: 30 s.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The most pages one listing may read before it fails. Default: 1000.
+    pub fn max_pages(mut self, pages: u32) -> Self {
+        self.max_pages = pages;
+        self
+    }
+
+    /// Assembles the client. Needs a Tokio runtime (the pool and background refreshes run on it).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when a base or the credentials are missing or invalid, or no store was given and the
+    /// `memory` feature is off.
+    pub fn build(self) -> Result<GenesysClient, ConfigError> {
+        let api_base = self
+            .api_base
+            .ok_or_else(|| ConfigError::new("no region or api base"))?;
+        let api_base = api_base.trim_end_matches('/').to_owned();
+        let login_base = self
+            .login_base
+            .ok_or_else(|| ConfigError::new("no region or login base"))?;
+        let login_base = login_base.trim_end_matches('/');
+        let uri: Uri = api_base
+            .parse()
+            .map_err(|_| ConfigError::new(format!("api base {api_base:?} is not a URL")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(ConfigError::new(format!(
+                "api base {api_base:?} must be an absolute http or https URL"
+            )));
+        }
+        let (client_id, secret) = self
+            .client_id
+            .zip(self.client_secret)
+            .ok_or_else(|| ConfigError::new("no client credentials"))?;
+        let store = match self.store {
+            Some(store) => store,
+            None => default_store()?,
+        };
+
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| ConfigError::new(format!("tls: {e}")))?
+            .https_or_http()
+            .enable_all_versions()
+            .build();
+        let http: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let transport = Timeout::new(http, self.attempt_timeout);
+
+        let source = ClientCredentials::new(
+            transport.clone(),
+            &format!("{login_base}/oauth/token"),
+            client_id.clone(),
+            secret,
+        )?;
+        let auth = AuthLayer::new(source);
+        let retry = self.retry.unwrap_or_default();
+        let cache = RedisCacheLayer::builder_shared(store)
+            .namespace(self.namespace)
+            .partition(format!("{api_base}\n{client_id}"))
+            .fresh_for(self.fresh_for)
+            .stale_for(self.stale_for)
+            .stale_if_error_for(self.stale_if_error_for)
+            .cache_post_when(|parts| is_cached_post(parts.uri.path()))
+            .build()?;
+        let handle = cache.handle();
+        let service = cache.layer(retry.layer(auth.layer(transport)));
+        let user_agent =
+            HeaderValue::from_static(concat!("tower-redis-cache/", env!("CARGO_PKG_VERSION")));
+        Ok(GenesysClient {
+            inner: Arc::new(Inner {
+                service,
+                cache: handle,
+                auth,
+                api_base,
+                max_pages: self.max_pages.max(1),
+                user_agent,
+            }),
+        })
+    }
+}
+
+/// `POST` endpoints that read rather than write, and so are cached: Data Action execution (keyed by its
+/// input) and `.../query` searches.
+pub(crate) fn is_cached_post(path: &str) -> bool {
+    (path.starts_with("/api/v2/integrations/actions/") && path.ends_with("/execute"))
+        || path.ends_with("/query")
+}
+
+#[cfg(feature = "memory")]
+fn default_store() -> Result<Arc<dyn Store>, ConfigError> {
+    Ok(Arc::new(crate::MemoryStore::new(64 * 1024 * 1024)))
+}
+
+#[cfg(not(feature = "memory"))]
+fn default_store() -> Result<Arc<dyn Store>, ConfigError> {
+    Err(ConfigError::new(
+        "no store: pass one with .store(..) (or enable the `memory` feature)",
+    ))
+}

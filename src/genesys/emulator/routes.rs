@@ -1,0 +1,531 @@
+//! The emulator's request handling: token endpoint, bearer check, faults, rate limit, and the API routes.
+
+use super::Shared;
+use super::state::{Endpoint, TokenInfo};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use rand::RngExt;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const ACTIONS: &str = "/api/v2/integrations/actions";
+const WORKITEMS_QUERY: &str = "/api/v2/taskmanagement/workitems/query";
+
+type Reply = Response<Full<Bytes>>;
+
+pub(crate) async fn handle(shared: &Shared, request: http::Request<Incoming>) -> Reply {
+    let correlation = correlation_id();
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, 1024 * 1024).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return with_id(
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body over 1 MiB",
+                    &correlation,
+                ),
+                &correlation,
+            );
+        }
+    };
+    let endpoint = classify(&parts.method, parts.uri.path());
+    shared.counters.bump(endpoint);
+    let response = match endpoint {
+        Endpoint::Token => token(shared, &parts, &body),
+        Endpoint::Other => error(
+            StatusCode::NOT_FOUND,
+            "The requested resource was not found",
+            &correlation,
+        ),
+        _ => api(shared, endpoint, &parts, &body, &correlation).await,
+    };
+    with_id(response, &correlation)
+}
+
+fn with_id(mut response: Reply, correlation: &str) -> Reply {
+    if let Ok(value) = HeaderValue::from_str(correlation) {
+        response.headers_mut().insert("inin-correlation-id", value);
+    }
+    response
+}
+
+fn classify(method: &Method, path: &str) -> Endpoint {
+    let rest = path.strip_prefix(ACTIONS);
+    match (method, path, rest) {
+        (&Method::POST, "/oauth/token", _) => Endpoint::Token,
+        (&Method::GET, _, Some("" | "/")) => Endpoint::ListActions,
+        (&Method::POST, WORKITEMS_QUERY, _) => Endpoint::QueryWorkitems,
+        (_, _, Some(rest)) => {
+            let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+            match (method, segments.as_slice()) {
+                (&Method::GET, [id]) if !id.is_empty() => Endpoint::GetAction,
+                (&Method::POST, [id, "execute"]) if !id.is_empty() => Endpoint::ExecuteAction,
+                _ => Endpoint::Other,
+            }
+        }
+        _ => Endpoint::Other,
+    }
+}
+
+fn json_reply(status: StatusCode, body: &Value) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A Genesys error body: `{message, code, status, contextId, details, errors}`.
+fn error(status: StatusCode, message: &str, correlation: &str) -> Reply {
+    let code = match status.as_u16() {
+        400 => "bad.request",
+        401 => "bad.credentials",
+        404 => "not.found",
+        413 => "request.entity.too.large",
+        429 => "too.many.requests.retry.after",
+        500 => "internal.server.error",
+        503 => "service.unavailable",
+        504 => "gateway.timeout",
+        _ => "error",
+    };
+    json_reply(
+        status,
+        &json!({
+            "message": message,
+            "code": code,
+            "status": status.as_u16(),
+            "contextId": correlation,
+            "details": [],
+            "errors": [],
+        }),
+    )
+}
+
+fn too_many(retry_after: u64, correlation: &str) -> Reply {
+    let message =
+        format!("Rate limit exceeded the maximum. Retry the request in [{retry_after}] seconds");
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, &message, correlation);
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from(retry_after));
+    response
+}
+
+fn oauth_error(status: StatusCode, code: &str, description: &str) -> Reply {
+    json_reply(
+        status,
+        &json!({"error": code, "description": description, "error_description": description}),
+    )
+}
+
+/// `POST /oauth/token`: the client-credentials grant with Basic (or form) client authentication.
+fn token(shared: &Shared, parts: &Parts, body: &[u8]) -> Reply {
+    let form_type = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form_type {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected a form body",
+        );
+    }
+    let form = parse_query(&String::from_utf8_lossy(body));
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        );
+    }
+    let clients = std::iter::once((&shared.client_id, &shared.client_secret))
+        .chain(shared.other_clients.iter().map(|(id, secret)| (id, secret)));
+    let mut known = false;
+    for (id, secret) in clients {
+        let basic = format!(
+            "Basic {}",
+            crate::auth::base64(format!("{id}:{secret}").as_bytes())
+        );
+        known |= parts
+            .headers
+            .get("authorization")
+            .is_some_and(|v| v == basic.as_str());
+        known |= form.get("client_id") == Some(id) && form.get("client_secret") == Some(secret);
+    }
+    if !known {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client not found or secret mismatch",
+        );
+    }
+    let mut data = shared.data();
+    let token: String = {
+        let mut rng = rand::rng();
+        (0..40)
+            .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+            .collect()
+    };
+    let now = Instant::now();
+    let lifetime = data.token_lifetime;
+    data.issued += 1;
+    data.tokens.insert(
+        token.clone(),
+        TokenInfo {
+            expires_at: now + lifetime,
+            window_start: now,
+            window_count: 0,
+        },
+    );
+    json_reply(
+        StatusCode::OK,
+        &json!({"access_token": token, "token_type": "bearer", "expires_in": lifetime.as_secs()}),
+    )
+}
+
+/// An API call: bearer check, injected faults, the per-token rate limit, then the route.
+async fn api(
+    shared: &Shared,
+    endpoint: Endpoint,
+    parts: &Parts,
+    body: &[u8],
+    correlation: &str,
+) -> Reply {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    let bearer = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let latency = {
+        let mut data = shared.data();
+        let now = Instant::now();
+        let valid = data.tokens.get(&bearer).is_some_and(|t| t.expires_at > now);
+        if !valid || data.reject_next_token {
+            if valid {
+                data.reject_next_token = false;
+                data.tokens.remove(&bearer);
+            }
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Invalid login credentials.",
+                correlation,
+            );
+        }
+        if let Some(fault) = data.take_fault(target) {
+            let mut response = error(fault.status, "Injected fault", correlation);
+            if let Some(seconds) = fault.retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(seconds));
+            }
+            return response;
+        }
+        let limit = data.rate_limit;
+        if let Some(info) = data.tokens.get_mut(&bearer) {
+            if now.duration_since(info.window_start) >= Duration::from_secs(60) {
+                info.window_start = now;
+                info.window_count = 0;
+            }
+            info.window_count += 1;
+            if info.window_count > limit {
+                let left =
+                    Duration::from_secs(60).saturating_sub(now.duration_since(info.window_start));
+                return too_many(left.as_secs().max(1), correlation);
+            }
+        }
+        data.execute_latency
+    };
+    match endpoint {
+        Endpoint::ListActions => list_actions(shared, parts, correlation),
+        Endpoint::GetAction => get_action(shared, parts.uri.path(), correlation),
+        Endpoint::ExecuteAction => {
+            execute(shared, parts.uri.path(), body, latency, correlation).await
+        }
+        Endpoint::QueryWorkitems => workitems(shared, body, correlation),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "The requested resource was not found",
+            correlation,
+        ),
+    }
+}
+
+fn list_actions(shared: &Shared, parts: &Parts, correlation: &str) -> Reply {
+    let query = parse_query(parts.uri.query().unwrap_or_default());
+    let number = |key: &str, default: u64| -> Option<u64> {
+        query.get(key).map_or(Some(default), |v| v.parse().ok())
+    };
+    let (Some(page_size), Some(page_number)) = (number("pageSize", 25), number("pageNumber", 1))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "pageSize and pageNumber must be numbers",
+            correlation,
+        );
+    };
+    if !(1..=500).contains(&page_size) || page_number < 1 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "pageSize must be 1 to 500 and pageNumber at least 1",
+            correlation,
+        );
+    }
+    let data = shared.data();
+    let page_number = if data.repeat_pages { 1 } else { page_number };
+    let name = query.get("name").map(|n| n.to_lowercase());
+    let category = query.get("category").map(|c| c.to_lowercase());
+    let secure = query.get("secure").map(|s| s == "true");
+    let mut matching: Vec<&Value> = data
+        .actions
+        .iter()
+        .filter(|a| {
+            name.as_ref()
+                .is_none_or(|n| field(a, "name").to_lowercase().contains(n))
+        })
+        .filter(|a| {
+            category
+                .as_ref()
+                .is_none_or(|c| field(a, "category").to_lowercase() == *c)
+        })
+        .filter(|a| secure.is_none_or(|s| a.get("secure").and_then(Value::as_bool) == Some(s)))
+        .collect();
+    let sort_by = query.get("sortBy").map_or("name", String::as_str);
+    let sort_key = if sort_by == "category" {
+        "category"
+    } else {
+        "name"
+    };
+    matching.sort_by(|a, b| {
+        field(a, sort_key)
+            .cmp(field(b, sort_key))
+            .then(field(a, "name").cmp(field(b, "name")))
+    });
+    if query
+        .get("sortOrder")
+        .is_some_and(|o| o.eq_ignore_ascii_case("desc"))
+    {
+        matching.reverse();
+    }
+    let total = matching.len() as u64;
+    let page_count = total.div_ceil(page_size);
+    let start = usize::try_from((page_number - 1).saturating_mul(page_size)).unwrap_or(usize::MAX);
+    let entities: Vec<Value> = matching
+        .into_iter()
+        .skip(start)
+        .take(page_size as usize)
+        .cloned()
+        .collect();
+    let uri = |n: u64| {
+        let mut rest: Vec<(String, String)> = query
+            .iter()
+            .filter(|(k, _)| k.as_str() != "pageNumber")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rest.sort();
+        let mut out = format!("{ACTIONS}?pageNumber={n}");
+        for (k, v) in rest {
+            out.push_str(&format!("&{k}={}", crate::genesys::actions::encode(&v)));
+        }
+        out
+    };
+    let link = |n: u64, exists: bool| {
+        if exists {
+            Value::String(uri(n))
+        } else {
+            Value::Null
+        }
+    };
+    let mut page = json!({
+        "entities": entities,
+        "pageSize": page_size,
+        "pageNumber": page_number,
+        "total": total,
+        "pageCount": page_count,
+        "firstUri": uri(1),
+        "selfUri": uri(page_number),
+        "lastUri": uri(page_count.max(1)),
+    });
+    if let Value::Object(map) = &mut page {
+        map.insert(
+            "nextUri".into(),
+            link(page_number + 1, page_number < page_count),
+        );
+        map.insert("previousUri".into(), link(page_number - 1, page_number > 1));
+        map.retain(|_, v| !v.is_null());
+    }
+    json_reply(StatusCode::OK, &page)
+}
+
+fn action_id(path: &str) -> String {
+    let rest = path.strip_prefix(ACTIONS).unwrap_or_default();
+    let id = rest
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    percent_decode(id)
+}
+
+fn get_action(shared: &Shared, path: &str, correlation: &str) -> Reply {
+    let id = action_id(path);
+    let data = shared.data();
+    match data.actions.iter().find(|a| field(a, "id") == id) {
+        Some(action) => json_reply(StatusCode::OK, action),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("Action {id} not found"),
+            correlation,
+        ),
+    }
+}
+
+async fn execute(
+    shared: &Shared,
+    path: &str,
+    body: &[u8],
+    latency: Duration,
+    correlation: &str,
+) -> Reply {
+    let id = action_id(path);
+    let name = {
+        let data = shared.data();
+        match data.actions.iter().find(|a| field(a, "id") == id) {
+            Some(action) => field(action, "name").to_owned(),
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Action {id} not found"),
+                    correlation,
+                );
+            }
+        }
+    };
+    let input: Value = match serde_json::from_slice(body) {
+        Ok(Value::Object(input)) => Value::Object(input),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "The action input must be a JSON object",
+                correlation,
+            );
+        }
+    };
+    tokio::time::sleep(latency).await;
+    let fields = input.as_object().map_or(0, |o| o.len());
+    json_reply(
+        StatusCode::OK,
+        &json!({"action": name, "input": input, "result": {"status": "ok", "inputFields": fields}}),
+    )
+}
+
+/// `POST .../workitems/query`: a cursor listing; the cursor is `after`.
+fn workitems(shared: &Shared, body: &[u8], correlation: &str) -> Reply {
+    let Ok(Value::Object(query)) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The query must be a JSON object",
+            correlation,
+        );
+    };
+    let page_size = query
+        .get("pageSize")
+        .and_then(Value::as_u64)
+        .unwrap_or(25)
+        .clamp(1, 200) as usize;
+    let data = shared.data();
+    let offset = match query.get("after").and_then(Value::as_str) {
+        _ if data.repeat_pages => 0,
+        None => 0,
+        Some(after) => match after
+            .strip_prefix("c-")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(offset) => offset,
+            None => return error(StatusCode::BAD_REQUEST, "Invalid cursor", correlation),
+        },
+    };
+    let entities: Vec<Value> = data
+        .workitems
+        .iter()
+        .skip(offset)
+        .take(page_size)
+        .cloned()
+        .collect();
+    let next = offset + entities.len();
+    let mut page = json!({"entities": entities, "count": entities.len()});
+    if next < data.workitems.len()
+        && let Value::Object(map) = &mut page
+    {
+        map.insert("after".into(), Value::String(format!("c-{next}")));
+    }
+    json_reply(StatusCode::OK, &page)
+}
+
+fn field<'a>(value: &'a Value, name: &str) -> &'a str {
+    value.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn parse_query(query: &str) -> HashMap<String, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 3 <= bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A UUID-shaped random id, as Genesys correlation ids look.
+fn correlation_id() -> String {
+    let n: u128 = rand::rng().random();
+    let hex = format!("{n:032x}");
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}

@@ -1,0 +1,313 @@
+//! [`GenesysError`]: what went wrong with a Genesys Cloud call, with the facts support will ask for.
+
+use super::model::ErrorBody;
+use crate::auth::error::TokenError;
+use crate::error::BoxError;
+use crate::retry::error::RetryError;
+use http::StatusCode;
+use std::error::Error as StdError;
+use std::fmt;
+
+/// A failed Genesys Cloud call. Opaque, with predicates, as `reqwest::Error` is: ask what it is
+/// ([`is_rate_limited`](Self::is_rate_limited), [`is_auth`](Self::is_auth), ...) and read the facts
+/// ([`status`](Self::status), [`code`](Self::code), [`correlation_id`](Self::correlation_id),
+/// [`attempts`](Self::attempts)). It never contains the client secret or a token.
+pub struct GenesysError {
+    kind: Kind,
+    attempts: u32,
+    correlation_id: Option<String>,
+}
+
+enum Kind {
+    /// The API answered with a non-2xx status.
+    Status {
+        status: StatusCode,
+        code: Option<String>,
+        message: Option<String>,
+    },
+    /// No token: the token endpoint failed.
+    Token(BoxError, String),
+    /// An attempt took longer than the per-attempt timeout.
+    Timeout(BoxError, String),
+    /// Connect, TLS, reset, or reading the body failed.
+    Transport(BoxError, String),
+    /// A 2xx body that is not the expected JSON.
+    Decode(String),
+    /// Pagination stopped: a repeated page or cursor, or too many pages.
+    Pagination(String),
+}
+
+impl GenesysError {
+    pub(crate) fn from_status(
+        status: StatusCode,
+        body: &[u8],
+        correlation_id: Option<String>,
+        attempts: u32,
+    ) -> Self {
+        let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+        let clip = |s: String| s.chars().take(300).collect::<String>();
+        GenesysError {
+            kind: Kind::Status {
+                status,
+                code: parsed.code.map(clip),
+                message: parsed.message.map(clip),
+            },
+            attempts,
+            correlation_id: correlation_id.or(parsed.context_id.map(clip)),
+        }
+    }
+
+    pub(crate) fn decode(reason: impl Into<String>, correlation_id: Option<String>) -> Self {
+        GenesysError {
+            kind: Kind::Decode(reason.into()),
+            attempts: 1,
+            correlation_id,
+        }
+    }
+
+    pub(crate) fn pagination(reason: impl Into<String>) -> Self {
+        GenesysError {
+            kind: Kind::Pagination(reason.into()),
+            attempts: 1,
+            correlation_id: None,
+        }
+    }
+
+    /// Classifies an error from the service stack by walking its source chain: a [`RetryError`] gives the
+    /// attempt count, a [`TokenError`] makes it an auth failure, tower's `Elapsed` a timeout.
+    pub(crate) fn from_stack(error: BoxError) -> Self {
+        let mut attempts = 1;
+        let mut token = false;
+        let mut timeout = false;
+        // The message starts below the stack's own wrappers (coalescing, retry), at the error that says what
+        // happened, and goes down to the root cause.
+        let mut meaningful: Option<&(dyn StdError + 'static)> = None;
+        let mut current: Option<&(dyn StdError + 'static)> = Some(&*error);
+        while let Some(e) = current {
+            if let Some(retry) = e.downcast_ref::<RetryError>() {
+                attempts = retry.attempts();
+            } else if !e.is::<crate::error::SharedError>() && meaningful.is_none() {
+                meaningful = Some(e);
+            }
+            token |= e.is::<TokenError>();
+            timeout |= e.is::<tower::timeout::error::Elapsed>();
+            current = e.source();
+        }
+        let detail = describe(meaningful.unwrap_or(&*error));
+        let kind = if token {
+            Kind::Token(error, detail)
+        } else if timeout {
+            Kind::Timeout(error, detail)
+        } else {
+            Kind::Transport(error, detail)
+        };
+        GenesysError {
+            kind,
+            attempts,
+            correlation_id: None,
+        }
+    }
+
+    /// The HTTP status, when the API answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match &self.kind {
+            Kind::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The Genesys error `code` (`too.many.requests.retry.after`, `bad.credentials`, `not.found`, ...).
+    pub fn code(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Status { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The Genesys error `message`.
+    pub fn message(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Status { message, .. } => message.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The `ININ-Correlation-Id` header (or the body's `contextId`): quote it to Genesys support.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
+    }
+
+    /// Attempts made by the retry layer (1 when there was no retry).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// `429 Too Many Requests`, after the retries the policy allowed.
+    pub fn is_rate_limited(&self) -> bool {
+        self.status() == Some(StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// Authentication or authorisation: the token endpoint failed, or the API answered 401 or 403.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.kind, Kind::Token(..))
+            || matches!(
+                self.status(),
+                Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+            )
+    }
+
+    /// `404 Not Found`.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
+    }
+
+    /// A `5xx` from the API.
+    pub fn is_server_error(&self) -> bool {
+        self.status().is_some_and(|s| s.is_server_error())
+    }
+
+    /// An attempt exceeded the per-attempt timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, Kind::Timeout(..))
+    }
+
+    /// The connection failed (connect, TLS, reset, body).
+    pub fn is_transport(&self) -> bool {
+        matches!(self.kind, Kind::Transport(..))
+    }
+
+    /// A 2xx body that was not the expected JSON.
+    pub fn is_decode(&self) -> bool {
+        matches!(self.kind, Kind::Decode(_))
+    }
+
+    /// Pagination stopped on a repeated page or cursor, or past the page limit.
+    pub fn is_pagination(&self) -> bool {
+        matches!(self.kind, Kind::Pagination(_))
+    }
+}
+
+impl fmt::Display for GenesysError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Status {
+                status,
+                code,
+                message,
+            } => {
+                write!(f, "genesys api answered {status}")?;
+                if let Some(code) = code {
+                    write!(f, " {code}")?;
+                }
+                if let Some(message) = message {
+                    write!(f, ": {message}")?;
+                }
+            }
+            Kind::Token(_, detail) => write!(f, "genesys authentication failed: {detail}")?,
+            Kind::Timeout(_, detail) => write!(f, "genesys api timed out: {detail}")?,
+            Kind::Transport(_, detail) => write!(f, "genesys api unreachable: {detail}")?,
+            Kind::Decode(reason) => write!(f, "unexpected genesys api response: {reason}")?,
+            Kind::Pagination(reason) => write!(f, "pagination stopped: {reason}")?,
+        }
+        if let Some(id) = &self.correlation_id {
+            write!(f, " (correlation id {id})")?;
+        }
+        if self.attempts > 1 {
+            write!(f, " after {} attempts", self.attempts)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for GenesysError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("GenesysError");
+        match &self.kind {
+            Kind::Status {
+                status,
+                code,
+                message,
+            } => d
+                .field("status", status)
+                .field("code", code)
+                .field("message", message),
+            Kind::Token(e, _) => d.field("token", e),
+            Kind::Timeout(e, _) => d.field("timeout", e),
+            Kind::Transport(e, _) => d.field("transport", e),
+            Kind::Decode(reason) => d.field("decode", reason),
+            Kind::Pagination(reason) => d.field("pagination", reason),
+        };
+        d.field("correlation_id", &self.correlation_id)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
+impl StdError for GenesysError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.kind {
+            Kind::Token(e, _) | Kind::Timeout(e, _) | Kind::Transport(e, _) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause added unless the text already says it.
+fn describe(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let line = e.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_errors_carry_code_message_and_correlation() {
+        let body = br#"{"message":"Rate limit exceeded the maximum. Retry the request in [1] seconds","code":"too.many.requests.retry.after","status":429,"contextId":"ctx-1","details":[],"errors":[]}"#;
+        let error = GenesysError::from_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            body,
+            Some("corr-9".into()),
+            4,
+        );
+        assert!(error.is_rate_limited() && !error.is_auth());
+        assert_eq!(error.code(), Some("too.many.requests.retry.after"));
+        assert_eq!(error.correlation_id(), Some("corr-9"));
+        assert_eq!(error.attempts(), 4);
+        let text = error.to_string();
+        assert!(
+            text.contains("429") && text.contains("corr-9") && text.contains("4 attempts"),
+            "{text}"
+        );
+        // No header: the body's contextId; no JSON: just the status.
+        let error =
+            GenesysError::from_status(StatusCode::NOT_FOUND, br#"{"contextId":"ctx-2"}"#, None, 1);
+        assert!(error.is_not_found());
+        assert_eq!(error.correlation_id(), Some("ctx-2"));
+        let error = GenesysError::from_status(StatusCode::BAD_GATEWAY, b"<html>", None, 1);
+        assert!(error.is_server_error() && error.code().is_none());
+    }
+
+    #[test]
+    fn stack_errors_are_classified_through_the_chain() {
+        let token: BoxError = Box::new(TokenError::Malformed("missing access_token".into()));
+        let wrapped: BoxError = Box::new(RetryError::new(1, None, token));
+        let error = GenesysError::from_stack(wrapped);
+        assert!(error.is_auth());
+        let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        let wrapped: BoxError = Box::new(RetryError::new(3, None, elapsed));
+        let error = GenesysError::from_stack(wrapped);
+        assert!(error.is_timeout());
+        assert_eq!(error.attempts(), 3);
+    }
+}

@@ -1,0 +1,68 @@
+//! A Genesys Cloud client assembled from this crate's layers: Data Actions (list, get, execute), page-number
+//! and cursor pagination, and typed errors, over
+//! `RedisCacheLayer -> RetryLayer -> AuthLayer -> per-attempt timeout -> hyper-util (rustls, HTTP/1.1 + HTTP/2)`.
+//!
+//! The cache sits outermost, so a hit costs no token and no network; its partition is the API base plus the
+//! OAuth client id, so two clients (two orgs) sharing one Redis never share an entry. Retry sits outside auth,
+//! so each attempt carries the current token. [`emulator`] (feature `emulator`) serves the same API locally.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "emulator")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_redis_cache::CacheOutcome;
+//! use tower_redis_cache::genesys::{ActionQuery, GenesysClient};
+//! use tower_redis_cache::genesys::emulator::{Emulator, Endpoint};
+//!
+//! // For the real API: `.region(Region::EuWest1)` and your OAuth client, `.store(RedisStore::connect(url).await?)`.
+//! let emulator = Emulator::start().await?;
+//! let client = GenesysClient::builder()
+//!     .api_base(emulator.base_url())
+//!     .login_base(emulator.base_url())
+//!     .client_credentials(emulator.client_id(), emulator.client_secret())
+//!     .build()?;
+//!
+//! let query = ActionQuery::new().name("order_lookup").page_size(25);
+//! let actions = client.list_all_actions(&query).await?;
+//! assert_eq!(actions.len(), 60);
+//! assert_eq!(emulator.requests(Endpoint::ListActions), 3);
+//!
+//! // The same listing again: three cache hits, no API call.
+//! let again = client.list_all_actions(&query).await?;
+//! assert_eq!(again, actions);
+//! assert_eq!(emulator.requests(Endpoint::ListActions), 3);
+//!
+//! // Execute is cached by its input, whatever the member order.
+//! let id = &actions[0].id;
+//! let first = client.execute_action(id, &serde_json::json!({"orderId": "A-1", "expand": true})).await?;
+//! let second = client.execute_action(id, &serde_json::json!({"expand": true, "orderId": "A-1"})).await?;
+//! assert!(matches!(first.cache, Some(CacheOutcome::Miss { .. })));
+//! assert_eq!(second.cache, Some(CacheOutcome::Hit));
+//! assert_eq!(first.value, second.value);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "emulator"))] fn main() {}
+//! ```
+//!
+//! # Errors
+//!
+//! Every call returns a [`GenesysError`]: the HTTP status with the Genesys `code`, `message` and correlation
+//! id, or a transport, timeout, token, decoding or pagination failure, with the number of attempts made.
+
+mod actions;
+mod client;
+#[cfg(feature = "emulator")]
+pub mod emulator;
+mod error;
+mod model;
+mod paginate;
+mod region;
+
+pub use self::actions::{ActionQuery, SortOrder};
+pub use self::client::{
+    Fetched, GenesysBody, GenesysClient, GenesysClientBuilder, GenesysService, HttpClient,
+};
+pub use self::error::GenesysError;
+pub use self::model::{Action, Page};
+pub use self::paginate::{CursorPage, CursorQuery, CursorStyle};
+pub use self::region::{Region, UnknownRegion};

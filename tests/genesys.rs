@@ -1,0 +1,334 @@
+//! The Genesys client against the emulator over real HTTP, with real redis-server processes.
+
+mod support;
+
+use futures_util::TryStreamExt;
+use http::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::{RedisServer, fred_client};
+use tower_redis_cache::genesys::emulator::{Emulator, Endpoint, Fault};
+use tower_redis_cache::genesys::{
+    ActionQuery, CursorQuery, GenesysClient, GenesysClientBuilder, GenesysError,
+};
+use tower_redis_cache::{CacheOutcome, RedisStore, RetryLayer};
+
+fn builder(emulator: &Emulator) -> GenesysClientBuilder {
+    GenesysClient::builder()
+        .api_base(emulator.base_url())
+        .login_base(emulator.base_url())
+        .client_credentials(emulator.client_id(), emulator.client_secret())
+        .retry(
+            RetryLayer::builder()
+                .base_delay(Duration::from_millis(20))
+                .deadline(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        )
+}
+
+async fn redis_client(emulator: &Emulator, redis: &RedisServer) -> GenesysClient {
+    let store = RedisStore::new(fred_client(&redis.url()).await);
+    builder(emulator).store(store).build().unwrap()
+}
+
+fn order_lookups() -> ActionQuery {
+    ActionQuery::new().name("order_lookup").page_size(25)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_once_then_hits_in_this_and_another_process() {
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let client = redis_client(&emulator, &redis).await;
+
+    let pages: Vec<_> = client
+        .list_action_pages(&order_lookups())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(pages.len(), 3);
+    let names: Vec<String> = pages
+        .iter()
+        .flat_map(|p| p.entities.iter().map(|a| a.name.clone()))
+        .collect();
+    assert_eq!(names.len(), 60);
+    assert_eq!(names[0], "order_lookup_01");
+    assert_eq!(names[59], "order_lookup_60");
+    assert!(
+        pages
+            .iter()
+            .all(|p| matches!(p.cache, Some(CacheOutcome::Miss { .. })))
+    );
+    assert_eq!(emulator.requests(Endpoint::ListActions), 3);
+    assert_eq!(pages[2].page_count, Some(3));
+    assert_eq!(pages[2].total, Some(60));
+
+    let again: Vec<_> = client
+        .list_action_pages(&order_lookups())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(again.iter().all(|p| p.cache == Some(CacheOutcome::Hit)));
+    assert_eq!(
+        emulator.requests(Endpoint::ListActions),
+        3,
+        "no page request on the second call"
+    );
+
+    // Another process: its own fred connection and its own token cache, the same Redis.
+    let tokens_before = emulator.requests(Endpoint::Token);
+    let other = redis_client(&emulator, &redis).await;
+    let actions = other.list_all_actions(&order_lookups()).await.unwrap();
+    assert_eq!(actions.len(), 60);
+    assert_eq!(emulator.requests(Endpoint::ListActions), 3);
+    assert_eq!(
+        emulator.requests(Endpoint::Token),
+        tokens_before,
+        "hits need no token"
+    );
+    assert_eq!(other.token_fetches(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_page_two_is_waited_out() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.inject(
+        Fault::status(StatusCode::TOO_MANY_REQUESTS)
+            .retry_after(1)
+            .matching("pageNumber=2"),
+    );
+    let client = builder(&emulator).build().unwrap();
+    let started = std::time::Instant::now();
+    let pages: Vec<_> = client
+        .list_action_pages(&order_lookups())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(pages.iter().map(|p| p.entities.len()).sum::<usize>(), 60);
+    assert_eq!(pages[1].attempts, 2, "page 2 took a retry");
+    assert_eq!(emulator.requests(Endpoint::ListActions), 4);
+    // Retry-After: 1 was honoured (a lower bound, not a timing assertion on speed).
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_503_ends_in_a_typed_error_within_the_deadline() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.inject(Fault::status(StatusCode::SERVICE_UNAVAILABLE).times(u32::MAX));
+    let retry = RetryLayer::builder()
+        .max_attempts(100)
+        .base_delay(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(400))
+        .deadline(Duration::from_secs(2))
+        .no_budget()
+        .build()
+        .unwrap();
+    let client = builder(&emulator).retry(retry).build().unwrap();
+    let error: GenesysError = client.list_all_actions(&order_lookups()).await.unwrap_err();
+    assert!(error.is_server_error(), "{error}");
+    assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(error.code(), Some("service.unavailable"));
+    assert!(error.attempts() > 1, "{error:?}");
+    assert_eq!(
+        u64::from(error.attempts()),
+        emulator.requests(Endpoint::ListActions)
+    );
+    assert!(error.correlation_id().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeating_page_is_an_error_not_a_loop() {
+    let emulator = Emulator::start().await.unwrap();
+    emulator.set_repeat_pages(true);
+    let client = builder(&emulator).build().unwrap();
+    let error = client.list_all_actions(&order_lookups()).await.unwrap_err();
+    assert!(error.is_pagination(), "{error}");
+    assert!(error.to_string().contains("page 2"), "{error}");
+    assert_eq!(emulator.requests(Endpoint::ListActions), 2);
+
+    // Cursor listings: a cursor handed out twice stops the listing too.
+    let error = client
+        .cursor_items::<Value>(CursorQuery::post_after(
+            "/api/v2/taskmanagement/workitems/query",
+            json!({"pageSize": 25}),
+        ))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(error.is_pagination(), "{error}");
+    assert_eq!(emulator.requests(Endpoint::QueryWorkitems), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_listing_follows_after_to_the_end() {
+    let emulator = Emulator::start().await.unwrap();
+    let client = builder(&emulator).build().unwrap();
+    let query = CursorQuery::post_after(
+        "/api/v2/taskmanagement/workitems/query",
+        json!({"pageSize": 25}),
+    );
+    let items: Vec<Value> = client.cursor_items(query).try_collect().await.unwrap();
+    assert_eq!(items.len(), 57);
+    assert_eq!(items[56]["name"], "workitem 57");
+    assert_eq!(emulator.requests(Endpoint::QueryWorkitems), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_is_keyed_by_canonical_input() {
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let client = redis_client(&emulator, &redis).await;
+    let id = &emulator.action_ids()[0];
+
+    let first = client
+        .execute_action(
+            id,
+            &json!({"orderId": "A-17", "options": {"expand": true, "lines": 3}}),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(first.cache, Some(CacheOutcome::Miss { .. })));
+    let reordered = client
+        .execute_action(
+            id,
+            &json!({"options": {"lines": 3, "expand": true}, "orderId": "A-17"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reordered.cache, Some(CacheOutcome::Hit));
+    assert_eq!(reordered.value, first.value);
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 1);
+
+    let different = client
+        .execute_action(
+            id,
+            &json!({"orderId": "A-18", "options": {"expand": true, "lines": 3}}),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(different.cache, Some(CacheOutcome::Miss { .. })));
+    assert_eq!(different.value["input"]["orderId"], "A-18");
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_client_ids_never_share_entries() {
+    let emulator = Emulator::builder()
+        .also_client("second-org-client", "second-org-secret")
+        .start()
+        .await
+        .unwrap();
+    let redis = RedisServer::start();
+    let first = redis_client(&emulator, &redis).await;
+    let second = builder(&emulator)
+        .client_credentials("second-org-client", "second-org-secret")
+        .store(RedisStore::new(fred_client(&redis.url()).await))
+        .build()
+        .unwrap();
+    let id = &emulator.action_ids()[3];
+    let input = json!({"orderId": "A-1"});
+
+    first.get_action(id).await.unwrap();
+    first.execute_action(id, &input).await.unwrap();
+    let get = second.get_action(id).await.unwrap();
+    let execute = second.execute_action(id, &input).await.unwrap();
+    assert!(
+        matches!(get.cache, Some(CacheOutcome::Miss { .. })),
+        "{:?}",
+        get.cache
+    );
+    assert!(matches!(execute.cache, Some(CacheOutcome::Miss { .. })));
+    assert_eq!(emulator.requests(Endpoint::GetAction), 2);
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 2);
+    // Each client hits its own entries.
+    assert_eq!(
+        first.get_action(id).await.unwrap().cache,
+        Some(CacheOutcome::Hit)
+    );
+    assert_eq!(
+        second.get_action(id).await.unwrap().cache,
+        Some(CacheOutcome::Hit)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_is_refreshed_and_the_call_replayed() {
+    let emulator = Emulator::start().await.unwrap();
+    let client = builder(&emulator).build().unwrap();
+    let ids = emulator.action_ids();
+    client.get_action(&ids[0]).await.unwrap();
+    emulator.reject_next_token();
+    let action = client.get_action(&ids[1]).await.unwrap();
+    assert_eq!(action.id, ids[1]);
+    assert_eq!(emulator.requests(Endpoint::Token), 2);
+    assert_eq!(emulator.requests(Endpoint::GetAction), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_typed_and_never_carry_the_secret() {
+    let emulator = Emulator::start().await.unwrap();
+    let client = builder(&emulator).build().unwrap();
+    let error = client.get_action("no-such-action").await.unwrap_err();
+    assert!(error.is_not_found(), "{error}");
+    assert_eq!(error.code(), Some("not.found"));
+    assert!(
+        error.correlation_id().is_some_and(|id| id.len() == 36),
+        "{error:?}"
+    );
+
+    let wrong = GenesysClient::builder()
+        .api_base(emulator.base_url())
+        .login_base(emulator.base_url())
+        .client_credentials(emulator.client_id(), "wrong-secret-value")
+        .build()
+        .unwrap();
+    let error = wrong.get_action("x").await.unwrap_err();
+    assert!(error.is_auth(), "{error}");
+    let (display, debug) = (error.to_string(), format!("{error:?}"));
+    assert!(
+        display.contains("401") && display.contains("invalid_client"),
+        "{display}"
+    );
+    for text in [display, debug, format!("{wrong:?}")] {
+        assert!(!text.contains("wrong-secret-value"), "{text}");
+    }
+    assert_eq!(
+        emulator.requests(Endpoint::GetAction),
+        1,
+        "no API call without a token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_api_is_a_transport_error() {
+    let emulator = Emulator::start().await.unwrap();
+    let base = emulator.base_url();
+    drop(emulator);
+    let client = GenesysClient::builder()
+        .api_base(base.clone())
+        .login_base(base)
+        .client_credentials("id", "secret")
+        .retry(RetryLayer::builder().max_attempts(1).build().unwrap())
+        .build()
+        .unwrap();
+    let error = client.get_action("x").await.unwrap_err();
+    // The token request is the first to fail.
+    assert!(error.is_auth(), "{error:?}");
+    assert!(error.to_string().contains("unreachable"), "{error}");
+}
+
+#[test]
+fn builder_rejects_missing_pieces() {
+    let error = GenesysClient::builder()
+        .client_credentials("id", "secret")
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("region"), "{error}");
+    let error = GenesysClient::builder()
+        .api_base("https://api.example")
+        .login_base("https://login.example")
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("credentials"), "{error}");
+}
