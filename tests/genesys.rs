@@ -332,3 +332,47 @@ fn builder_rejects_missing_pieces() {
         .unwrap_err();
     assert!(error.to_string().contains("credentials"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_token_rate_limit_answers_the_real_429() {
+    let emulator = Emulator::builder().rate_limit(3).start().await.unwrap();
+    let client = builder(&emulator)
+        .retry(RetryLayer::builder().max_attempts(1).build().unwrap())
+        .build()
+        .unwrap();
+    let ids = emulator.action_ids();
+    for id in &ids[..3] {
+        client.get_action(id).await.unwrap();
+    }
+    let error = client.get_action(&ids[3]).await.unwrap_err();
+    assert!(error.is_rate_limited(), "{error}");
+    assert_eq!(error.code(), Some("too.many.requests.retry.after"));
+    assert!(
+        error
+            .message()
+            .is_some_and(|m| m.contains("Retry the request in")),
+        "{error:?}"
+    );
+
+    // The raw answer carries Retry-After, as Genesys does.
+    let response = tower::ServiceExt::oneshot(
+        client.service(),
+        http::Request::get(format!(
+            "{}/api/v2/integrations/actions/{}",
+            emulator.base_url(),
+            ids[4]
+        ))
+        .body(http_body_util::Full::default())
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(response.headers().contains_key("inin-correlation-id"));
+}
