@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// A secret string (client secret, access token): `Debug` prints `"***"`, and there is no `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -178,13 +179,25 @@ impl TokenCache {
             return Ok(token);
         }
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let token = self.source.fetch_token().await?;
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_redis_cache_token_fetches_total").increment(1);
+        let span = tracing::debug_span!("token_refresh", generation = tracing::field::Empty);
+        let token = match self.source.fetch_token().instrument(span.clone()).await {
+            Ok(token) => token,
+            Err(error) => {
+                #[cfg(feature = "metrics")]
+                metrics::counter!("tower_redis_cache_token_fetch_errors_total").increment(1);
+                tracing::warn!(parent: &span, %error, "token fetch failed");
+                return Err(error);
+            }
+        };
         let mut header = HeaderValue::try_from(format!("Bearer {}", token.access_token.expose()))
             .map_err(|_| {
             TokenError::Malformed("the access token is not a valid header value".into())
         })?;
         header.set_sensitive(true);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        span.record("generation", generation);
         // A token shorter-lived than twice the skew is refreshed at half its life, not on every request. A
         // lifetime past the clock's range means "no known expiry".
         let expires_at = token.expires_in.and_then(|d| requested.checked_add(d));
@@ -198,6 +211,7 @@ impl TokenCache {
             generation,
         });
         tracing::debug!(
+            parent: &span,
             generation,
             expires_in_s = token.expires_in.map(|d| d.as_secs()),
             "access token fetched"

@@ -45,12 +45,35 @@ pub(crate) enum Fetched<R> {
     Streaming(Response<ResponseBody<R>>),
 }
 
-/// The future of one origin call.
-pub(crate) type FetchFuture<R> = Pin<Box<dyn Future<Output = Result<Fetched<R>, BoxError>> + Send>>;
+/// The future of one origin call; `'static` for background refreshes, borrowing for a caller's own call.
+pub(crate) type FetchFuture<'a, R> =
+    Pin<Box<dyn Future<Output = Result<Fetched<R>, BoxError>> + Send + 'a>>;
 
-/// How an adapter asks the origin for the response to one cached request. Cloned for background refreshes.
+/// How an adapter asks the origin for the response to one cached request, from a spawned background
+/// refresh: owned, cloneable, `'static`.
 pub(crate) trait Fetch<R>: Clone + Send + 'static {
-    fn fetch(self) -> FetchFuture<R>;
+    fn fetch(self) -> FetchFuture<'static, R>;
+}
+
+/// How the engine reaches the origin for one request: [`call`](Origin::call) in the caller's own future (it
+/// may borrow, as a reqwest-middleware `Next` does), and [`into_refresh`](Origin::into_refresh) for the
+/// background refresh of a stale entry. Every [`Fetch`] is an `Origin` that refreshes the same way.
+pub(crate) trait Origin<R>: Send {
+    type Refresh: Fetch<R>;
+    fn call(&mut self) -> FetchFuture<'_, R>;
+    fn into_refresh(self) -> Self::Refresh;
+}
+
+impl<R, T: Fetch<R>> Origin<R> for T {
+    type Refresh = T;
+
+    fn call(&mut self) -> FetchFuture<'_, R> {
+        self.clone().fetch()
+    }
+
+    fn into_refresh(self) -> T {
+        self
+    }
 }
 
 /// Reads an origin response into a [`Fetched`], buffering at most `max` body bytes.
@@ -218,15 +241,15 @@ impl Engine {
     }
 
     /// The cache decision for one request. `revalidate` (request `no-cache`) skips the read.
-    pub(crate) async fn respond<R, F>(
+    pub(crate) async fn respond<R, O>(
         self: Arc<Self>,
         key: CacheKey,
         revalidate: bool,
-        fetch: F,
+        mut origin: O,
     ) -> Result<Response<ResponseBody<R>>, BoxError>
     where
         R: Body + Send + 'static,
-        F: Fetch<R>,
+        O: Origin<R>,
     {
         let mut health = StoreHealth::Ok;
         let mut fallback = None;
@@ -242,7 +265,7 @@ impl Engine {
                         }
                         Freshness::Stale => {
                             bump(&self.counters.stale_hits);
-                            let refreshing = self.start_refresh(&key, fetch);
+                            let refreshing = self.start_refresh(&key, origin.into_refresh());
                             tracing::debug!(
                                 key = key.short(),
                                 outcome = "stale",
@@ -279,7 +302,7 @@ impl Engine {
                 Role::Leader(leader) => {
                     bump(&self.counters.misses);
                     tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
-                    match fetch.clone().fetch().await {
+                    match origin.call().await {
                         Ok(Fetched::Buffered(response)) => {
                             // A store that just failed this request's read is not asked to write: a
                             // request pays at most one store timeout.
@@ -305,7 +328,7 @@ impl Engine {
                     Some(Shared::PassThrough) => {
                         // Too large to share: this caller asks the origin itself, uncoalesced.
                         bump(&self.counters.misses);
-                        return match fetch.fetch().await {
+                        return match origin.call().await {
                             Ok(Fetched::Streaming(response)) => {
                                 Ok(self.pass_through(response, revalidate, health))
                             }

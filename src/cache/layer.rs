@@ -35,6 +35,12 @@ impl RedisCacheLayer {
         RedisCacheLayerBuilder::new(store)
     }
 
+    /// The engine, for adapters other than the Tower service.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
+    }
+
     /// A handle for stats, invalidation and purging.
     pub fn handle(&self) -> CacheHandle {
         CacheHandle {
@@ -320,7 +326,7 @@ impl RedisCacheLayerBuilder {
         if u32::try_from(self.max_body).is_err() {
             return Err(ConfigError::new("max_body_size must fit in 32 bits"));
         }
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(&self.namespace));
         let store = GuardedStore {
             store: self.store,
             timeout: self.store_timeout,

@@ -83,7 +83,7 @@
 
 mod body;
 mod coalesce;
-mod engine;
+pub(crate) mod engine;
 mod entry;
 pub mod future;
 mod guard;
@@ -91,7 +91,7 @@ mod key;
 mod layer;
 mod refresh;
 mod service;
-mod stats;
+pub(crate) mod stats;
 pub mod status;
 pub mod store;
 

@@ -15,6 +15,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
+use tracing::Instrument;
 
 /// A service that answers from the cache when it can and calls `inner` when it must; built by
 /// [`RedisCacheLayer`](super::RedisCacheLayer).
@@ -86,44 +87,80 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let engine = self.engine.clone();
-        ResponseFuture::new(Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let max = engine.policy.max_body;
-            let [no_store, no_cache] =
-                request_directives(&parts.headers, &["no-store", "no-cache"]);
-            let reason = if !engine.policy.method_cacheable(&parts) {
-                Some(BypassReason::Method)
-            } else if no_store {
-                Some(BypassReason::NoStore)
-            } else if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
-                Some(BypassReason::RequestTooLarge)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                return bypass(&engine, inner, Request::from_parts(parts, body), reason).await;
-            }
-            let (parts, bytes) = match buffer_request(Request::from_parts(parts, body), max).await?
-            {
-                Buffered::Replayable { parts, body } => (parts, body),
-                // Length unknown up front: the request still reaches the origin whole.
-                Buffered::Once(request) => {
-                    return bypass(&engine, inner, request, BypassReason::RequestTooLarge).await;
+        // One span per request: a subscriber sees the key's digest prefix and what the cache did.
+        let span = tracing::debug_span!(
+            "cache",
+            method = %request.method(),
+            key = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        ResponseFuture::new(Box::pin(
+            async move {
+                let result = serve(inner, engine, request).await;
+                if let Some(outcome) = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.extensions().get::<CacheOutcome>())
+                {
+                    tracing::Span::current().record("outcome", outcome.as_str());
                 }
-            };
-            let key = engine
-                .keys
-                .key(&parts.method, &parts.uri, &parts.headers, &bytes);
-            let fetch = TowerFetch {
-                inner,
-                parts,
-                body: bytes,
-                max_body: max,
-                _body: PhantomData,
-            };
-            engine.respond(key, no_cache, fetch).await
-        }))
+                result
+            }
+            .instrument(span),
+        ))
     }
+}
+
+/// One request through the cache: bypass, or key, then the engine's decision.
+async fn serve<S, B, R>(
+    inner: S,
+    engine: Arc<Engine>,
+    request: Request<B>,
+) -> Result<Response<ResponseBody<R>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Body + From<Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    R: Body + Send + 'static,
+    R::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let max = engine.policy.max_body;
+    let [no_store, no_cache] = request_directives(&parts.headers, &["no-store", "no-cache"]);
+    let reason = if !engine.policy.method_cacheable(&parts) {
+        Some(BypassReason::Method)
+    } else if no_store {
+        Some(BypassReason::NoStore)
+    } else if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
+        Some(BypassReason::RequestTooLarge)
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        return bypass(&engine, inner, Request::from_parts(parts, body), reason).await;
+    }
+    let (parts, bytes) = match buffer_request(Request::from_parts(parts, body), max).await? {
+        Buffered::Replayable { parts, body } => (parts, body),
+        // Length unknown up front: the request still reaches the origin whole.
+        Buffered::Once(request) => {
+            return bypass(&engine, inner, request, BypassReason::RequestTooLarge).await;
+        }
+    };
+    let key = engine
+        .keys
+        .key(&parts.method, &parts.uri, &parts.headers, &bytes);
+    tracing::Span::current().record("key", key.short());
+    let fetch = TowerFetch {
+        inner,
+        parts,
+        body: bytes,
+        max_body: max,
+        _body: PhantomData,
+    };
+    engine.respond(key, no_cache, fetch).await
 }
 
 async fn bypass<S, B, R>(
@@ -179,7 +216,7 @@ where
     R: Body + Send + 'static,
     R::Error: Into<BoxError>,
 {
-    fn fetch(self) -> FetchFuture<R> {
+    fn fetch(self) -> FetchFuture<'static, R> {
         Box::pin(async move {
             let request = Request::from_parts(self.parts, B::from(self.body));
             let mut inner = self.inner;

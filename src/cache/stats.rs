@@ -1,45 +1,102 @@
 //! Counters of what the cache did, readable as a [`CacheStats`] snapshot.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) stale_hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) bypasses: AtomicU64,
-    pub(crate) stale_if_error: AtomicU64,
-    pub(crate) refreshes_started: AtomicU64,
-    pub(crate) refreshes_failed: AtomicU64,
-    pub(crate) refreshes_skipped: AtomicU64,
-    pub(crate) stores: AtomicU64,
-    pub(crate) store_errors: AtomicU64,
-    pub(crate) store_skipped: AtomicU64,
-    pub(crate) decode_errors: AtomicU64,
+/// One counter: an atomic for [`CacheStats`], and with the `metrics` feature a
+/// `tower_redis_cache_<name>_total{namespace}` counter in the `metrics` facade.
+#[derive(Debug)]
+pub(crate) struct Counter {
+    value: AtomicU64,
+    #[cfg(feature = "metrics")]
+    name: &'static str,
+    #[cfg(feature = "metrics")]
+    namespace: Arc<str>,
 }
 
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+impl Counter {
+    fn new(name: &'static str, namespace: &Arc<str>) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = (name, namespace);
+        Counter {
+            value: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            name,
+            #[cfg(feature = "metrics")]
+            namespace: namespace.clone(),
+        }
+    }
+
+    fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one event.
+pub(crate) fn bump(counter: &Counter) {
+    counter.value.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(counter.name, "namespace" => counter.namespace.clone()).increment(1);
+}
+
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) hits: Counter,
+    pub(crate) stale_hits: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) coalesced: Counter,
+    pub(crate) bypasses: Counter,
+    pub(crate) stale_if_error: Counter,
+    pub(crate) refreshes_started: Counter,
+    pub(crate) refreshes_failed: Counter,
+    pub(crate) refreshes_skipped: Counter,
+    pub(crate) stores: Counter,
+    pub(crate) store_errors: Counter,
+    pub(crate) store_skipped: Counter,
+    pub(crate) decode_errors: Counter,
 }
 
 impl Counters {
+    pub(crate) fn new(namespace: &str) -> Self {
+        let namespace: Arc<str> = Arc::from(namespace);
+        Counters {
+            hits: Counter::new("tower_redis_cache_hits_total", &namespace),
+            stale_hits: Counter::new("tower_redis_cache_stale_hits_total", &namespace),
+            misses: Counter::new("tower_redis_cache_misses_total", &namespace),
+            coalesced: Counter::new("tower_redis_cache_coalesced_total", &namespace),
+            bypasses: Counter::new("tower_redis_cache_bypasses_total", &namespace),
+            stale_if_error: Counter::new("tower_redis_cache_stale_if_error_total", &namespace),
+            refreshes_started: Counter::new(
+                "tower_redis_cache_refreshes_started_total",
+                &namespace,
+            ),
+            refreshes_failed: Counter::new("tower_redis_cache_refreshes_failed_total", &namespace),
+            refreshes_skipped: Counter::new(
+                "tower_redis_cache_refreshes_skipped_total",
+                &namespace,
+            ),
+            stores: Counter::new("tower_redis_cache_stores_total", &namespace),
+            store_errors: Counter::new("tower_redis_cache_store_errors_total", &namespace),
+            store_skipped: Counter::new("tower_redis_cache_store_skipped_total", &namespace),
+            decode_errors: Counter::new("tower_redis_cache_decode_errors_total", &namespace),
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> CacheStats {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CacheStats {
-            hits: r(&self.hits),
-            stale_hits: r(&self.stale_hits),
-            misses: r(&self.misses),
-            coalesced: r(&self.coalesced),
-            bypasses: r(&self.bypasses),
-            stale_if_error: r(&self.stale_if_error),
-            refreshes_started: r(&self.refreshes_started),
-            refreshes_failed: r(&self.refreshes_failed),
-            refreshes_skipped: r(&self.refreshes_skipped),
-            stores: r(&self.stores),
-            store_errors: r(&self.store_errors),
-            store_skipped: r(&self.store_skipped),
-            decode_errors: r(&self.decode_errors),
+            hits: self.hits.get(),
+            stale_hits: self.stale_hits.get(),
+            misses: self.misses.get(),
+            coalesced: self.coalesced.get(),
+            bypasses: self.bypasses.get(),
+            stale_if_error: self.stale_if_error.get(),
+            refreshes_started: self.refreshes_started.get(),
+            refreshes_failed: self.refreshes_failed.get(),
+            refreshes_skipped: self.refreshes_skipped.get(),
+            stores: self.stores.get(),
+            store_errors: self.store_errors.get(),
+            store_skipped: self.store_skipped.get(),
+            decode_errors: self.decode_errors.get(),
         }
     }
 }

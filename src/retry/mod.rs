@@ -91,6 +91,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tower_service::Service;
+use tracing::Instrument;
 
 /// How a call through [`Retry`] ended: a response extension, and the same facts on [`RetryError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +200,10 @@ where
         // The first attempt uses the service this `poll_ready` readied; later ones drive it ready again.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(Box::pin(run(inner, self.config.clone(), request)))
+        let span = tracing::debug_span!("retry", attempts = tracing::field::Empty);
+        ResponseFuture::new(Box::pin(
+            run(inner, self.config.clone(), request).instrument(span),
+        ))
     }
 }
 
@@ -230,7 +234,9 @@ where
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let result = call_ready(&mut inner, Buffered::rebuild(&parts, &body)).await;
+        let result = call_ready(&mut inner, Buffered::rebuild(&parts, &body))
+            .instrument(tracing::debug_span!("attempt", attempt))
+            .await;
         let (class, status, retry_after) = judge(&config, &result);
         if class == Class::Done {
             return finish(&config, result, attempt, None);
@@ -264,6 +270,8 @@ where
             (Err(error), None) => error.to_string(),
             (Ok(_), None) => String::new(),
         };
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_redis_cache_retries_total").increment(1);
         tracing::info!(
             attempt,
             delay_ms = delay.as_millis() as u64,
@@ -309,8 +317,13 @@ fn finish<R>(
             budget.deposit();
         }
     } else {
-        tracing::warn!(attempts, reason = %gave_up.map_or("", GaveUp::as_str), "giving up on retries");
+        let reason = gave_up.map_or("", GaveUp::as_str);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tower_redis_cache_retry_give_ups_total", "reason" => reason)
+            .increment(1);
+        tracing::warn!(attempts, reason, "giving up on retries");
     }
+    tracing::Span::current().record("attempts", attempts);
     match result {
         Ok(mut response) => {
             response
