@@ -28,6 +28,44 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # The layers
+//!
+//! Each has a module with its semantics and an offline example:
+//!
+//! - [`cache`]: [`RedisCacheLayer`], fresh / stale-while-revalidate / miss with coalescing, fail-open store.
+//! - [`retry`]: [`RetryLayer`], full-jitter backoff, `Retry-After`, deadline, retry budget.
+//! - [`auth`]: [`AuthLayer`], one shared OAuth2 token, early refresh, `401` recovery.
+//!
+//! They compose in this order: `cache -> retry -> auth -> timeout -> HTTP client`. The cache sits outermost so
+//! a hit costs no token and no network; retry sits outside auth so each attempt carries the current token.
+//!
+//! # The Genesys Cloud stack
+//!
+//! `genesys::GenesysClient` (feature `genesys`) is that stack over hyper-util, for the real API; the
+//! `genesys::emulator` (feature `emulator`) serves the same API on loopback:
+//!
+//! ```
+//! # #[cfg(feature = "emulator")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_redis_cache::genesys::emulator::Emulator;
+//! use tower_redis_cache::genesys::{ActionQuery, GenesysClient};
+//! use tower_redis_cache::{MemoryStore, RetryLayer};
+//!
+//! let emulator = Emulator::start().await?;
+//! let client = GenesysClient::builder()
+//!     .api_base(emulator.base_url()) // or .region(Region::EuWest1) for a real org
+//!     .login_base(emulator.base_url())
+//!     .client_credentials(emulator.client_id(), emulator.client_secret())
+//!     .store(MemoryStore::new(64 << 20)) // or RedisStore::connect(url).await? for a fleet
+//!     .retry(RetryLayer::builder().max_attempts(5).build()?)
+//!     .build()?;
+//! let actions = client.list_all_actions(&ActionQuery::new().name("order_lookup")).await?;
+//! let output = client.execute_action(&actions[0].id, &serde_json::json!({"orderId": "A-17"})).await?;
+//! assert_eq!(output.value["input"]["orderId"], "A-17");
+//! # Ok(()) }
+//! # #[cfg(not(feature = "emulator"))] fn main() {}
+//! ```
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |
@@ -35,7 +73,20 @@
 //! | `redis` | yes | [`RedisStore`] through fred (standalone, Sentinel, Cluster) |
 //! | `memory` | yes | [`MemoryStore`] on moka, for demos and single processes |
 //! | `redis-tls` | no | `rediss://` URLs (rustls with the ring provider) |
+//! | `genesys` | no | `genesys::GenesysClient` over hyper-util (rustls, HTTP/1.1 + HTTP/2) |
+//! | `emulator` | no | `genesys::emulator`, a local Genesys Cloud API server |
+//! | `reqwest` | no | `reqwest::ReqwestService` and `reqwest::CacheMiddleware` (reqwest 0.13, reqwest-middleware 0.5) |
+//! | `metrics` | no | counters through the `metrics` facade |
 //! | `full` | no | everything |
+//!
+//! # Observability
+//!
+//! Each request through the cache runs in a `cache` span with `key` (the digest's first 8 hex digits) and
+//! `outcome`; each retry attempt in an `attempt` span inside a `retry` span (`attempts` recorded at the end);
+//! each token fetch in a `token_refresh` span with its `generation`. With the `metrics` feature the cache
+//! counters are exported as `tower_redis_cache_<counter>_total{namespace}` (the fields of [`CacheStats`]),
+//! plus `tower_redis_cache_retries_total`, `tower_redis_cache_retry_give_ups_total{reason}`,
+//! `tower_redis_cache_token_fetches_total` and `tower_redis_cache_token_fetch_errors_total`.
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -47,6 +98,8 @@ pub mod cache;
 pub mod error;
 #[cfg(feature = "genesys")]
 pub mod genesys;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 pub mod retry;
 
 pub use crate::auth::AuthLayer;

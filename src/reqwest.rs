@@ -1,0 +1,317 @@
+//! reqwest-middleware integration (feature `reqwest`; reqwest 0.13, reqwest-middleware 0.5), both ways:
+//!
+//! - [`ReqwestService`]: a Tower service over a [`ClientWithMiddleware`], so [`RedisCacheLayer`],
+//!   [`RetryLayer`](crate::RetryLayer) and [`AuthLayer`](crate::AuthLayer) wrap a reqwest client;
+//! - [`CacheMiddleware`]: the same cache engine as a [`reqwest_middleware::Middleware`]. Given the same store,
+//!   namespace and partition it computes the same keys and reads and writes the same entries as the Tower
+//!   layer. A miss goes down the rest of the middleware chain; a background refresh of a stale entry goes
+//!   through the middleware's own client (the chain's `Next` cannot outlive the request).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+//! use tower_redis_cache::reqwest::{CacheMiddleware, ReqwestService};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = RedisCacheLayer::builder(MemoryStore::new(64 << 20))
+//!     .namespace("api")
+//!     .fresh_for(Duration::from_secs(60))
+//!     .build()?;
+//! let plain = reqwest::Client::new();
+//!
+//! // reqwest users: the cache as a middleware.
+//! let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+//!     .with(CacheMiddleware::new(&cache, plain.clone()))
+//!     .build();
+//!
+//! // Tower users: the layers over a reqwest-middleware client.
+//! let service = ServiceBuilder::new()
+//!     .layer(cache)
+//!     .service(ReqwestService::new(reqwest_middleware::ClientBuilder::new(plain).build()));
+//! # let _ = (client, service); Ok(()) }
+//! ```
+
+use crate::cache::RedisCacheLayer;
+use crate::cache::ResponseBody;
+use crate::cache::engine::{
+    Engine, Fetch, FetchFuture, Origin, buffer_response, request_directives,
+};
+use crate::cache::stats::bump;
+use crate::cache::status::{BypassReason, CacheOutcome, Status};
+use crate::error::BoxError;
+use ::reqwest::{Body, Request, ResponseBuilderExt, Url};
+use ::reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
+use bytes::Bytes;
+use http::{Extensions, request};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+/// A Tower service that sends `http::Request`s through a reqwest-middleware client and answers
+/// `http::Response<reqwest::Body>`.
+#[derive(Clone, Debug)]
+pub struct ReqwestService {
+    client: ClientWithMiddleware,
+}
+
+impl ReqwestService {
+    /// Wraps a client (a plain `reqwest::Client` converts with `.into()`).
+    pub fn new(client: impl Into<ClientWithMiddleware>) -> Self {
+        ReqwestService {
+            client: client.into(),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &ClientWithMiddleware {
+        &self.client
+    }
+}
+
+/// The future of [`ReqwestService`].
+pub struct ReqwestFuture {
+    inner: Pin<
+        Box<dyn Future<Output = Result<http::Response<Body>, reqwest_middleware::Error>> + Send>,
+    >,
+}
+
+impl fmt::Debug for ReqwestFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReqwestFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ReqwestFuture {
+    type Output = Result<http::Response<Body>, reqwest_middleware::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<B: Into<Body>> Service<http::Request<B>> for ReqwestService {
+    type Response = http::Response<Body>;
+    type Error = reqwest_middleware::Error;
+    type Future = ReqwestFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> ReqwestFuture {
+        let client = self.client.clone();
+        let request = Request::try_from(request);
+        ReqwestFuture {
+            inner: Box::pin(async move {
+                let response = client.execute(request?).await?;
+                Ok(http::Response::from(response))
+            }),
+        }
+    }
+}
+
+/// The cache as a reqwest-middleware [`Middleware`]; see the [module docs](self).
+#[derive(Clone)]
+pub struct CacheMiddleware {
+    engine: Arc<Engine>,
+    refresh_client: ClientWithMiddleware,
+}
+
+impl CacheMiddleware {
+    /// The cache of `layer` (its store, namespace, partition, windows and counters), refreshing stale entries
+    /// in the background through `refresh_client`.
+    pub fn new(layer: &RedisCacheLayer, refresh_client: impl Into<ClientWithMiddleware>) -> Self {
+        CacheMiddleware {
+            engine: layer.engine(),
+            refresh_client: refresh_client.into(),
+        }
+    }
+}
+
+impl fmt::Debug for CacheMiddleware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheMiddleware")
+            .field("namespace", &self.engine.keys.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error of the cache middleware's origin call, or of the coalesced call it waited for.
+#[derive(Debug)]
+struct CacheError(BoxError);
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for CacheError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl Middleware for CacheMiddleware {
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        request: Request,
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = reqwest_middleware::Result<::reqwest::Response>>
+                + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.serve(request, extensions, next))
+    }
+}
+
+impl CacheMiddleware {
+    async fn serve(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<::reqwest::Response> {
+        let engine = &self.engine;
+        let Some(parts) = head(&request) else {
+            return next.run(request, extensions).await;
+        };
+        let max = engine.policy.max_body;
+        let body = match request.body() {
+            None => Some(Bytes::new()),
+            Some(body) => body.as_bytes().map(Bytes::copy_from_slice),
+        };
+        let [no_store, no_cache] = request_directives(&parts.headers, &["no-store", "no-cache"]);
+        let reason = if !engine.policy.method_cacheable(&parts) {
+            Some(BypassReason::Method)
+        } else if no_store {
+            Some(BypassReason::NoStore)
+        } else if body.as_ref().is_none_or(|b| b.len() > max) {
+            // Over the cap, or a streaming body that cannot be read without consuming it.
+            Some(BypassReason::RequestTooLarge)
+        } else {
+            None
+        };
+        let (Some(body), None) = (body, reason) else {
+            bump(&engine.counters.bypasses);
+            let mut response = next.run(request, extensions).await?;
+            let outcome = CacheOutcome::Bypass(reason.unwrap_or(BypassReason::RequestTooLarge));
+            let status = Status::new(outcome);
+            response
+                .headers_mut()
+                .insert(crate::cache::engine::CACHE_STATUS, status.header_value());
+            response.extensions_mut().insert(outcome);
+            return Ok(response);
+        };
+        let url = request.url().clone();
+        let key = engine
+            .keys
+            .key(&parts.method, &parts.uri, &parts.headers, &body);
+        let origin = ChainOrigin {
+            next,
+            extensions: extensions.clone(),
+            request,
+            max,
+            refresh: RefreshFetch {
+                client: self.refresh_client.clone(),
+                parts,
+                body,
+                max,
+            },
+        };
+        let response = engine
+            .clone()
+            .respond(key, no_cache, origin)
+            .await
+            .map_err(|e| reqwest_middleware::Error::middleware(CacheError(e)))?;
+        Ok(into_reqwest(response, url))
+    }
+}
+
+/// The request's head as `http` parts, for the policy and the key; `None` for a URL `http` cannot hold.
+fn head(request: &Request) -> Option<request::Parts> {
+    let uri: http::Uri = request.url().as_str().parse().ok()?;
+    let mut head = http::Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = uri;
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    Some(head.into_parts().0)
+}
+
+fn into_reqwest(response: http::Response<ResponseBody<Body>>, url: Url) -> ::reqwest::Response {
+    let (mut parts, body) = response.into_parts();
+    // Carry the request URL over, as reqwest's own responses do.
+    if let Ok(marker) = http::Response::builder().url(url).body(()) {
+        parts.extensions.extend(marker.into_parts().0.extensions);
+    }
+    ::reqwest::Response::from(http::Response::from_parts(parts, Body::wrap(body)))
+}
+
+/// A miss down the rest of the middleware chain, in the caller's own future.
+struct ChainOrigin<'a> {
+    next: Next<'a>,
+    extensions: Extensions,
+    request: Request,
+    max: usize,
+    refresh: RefreshFetch,
+}
+
+impl Origin<Body> for ChainOrigin<'_> {
+    type Refresh = RefreshFetch;
+
+    fn call(&mut self) -> FetchFuture<'_, Body> {
+        let request = self.request.try_clone();
+        let next = self.next.clone();
+        let mut extensions = self.extensions.clone();
+        let max = self.max;
+        Box::pin(async move {
+            let request = request.ok_or("the request body cannot be cloned")?;
+            let response = next.run(request, &mut extensions).await?;
+            buffer_response(http::Response::from(response), max).await
+        })
+    }
+
+    fn into_refresh(self) -> RefreshFetch {
+        self.refresh
+    }
+}
+
+/// A background refresh through the middleware's own client.
+#[derive(Clone)]
+struct RefreshFetch {
+    client: ClientWithMiddleware,
+    parts: request::Parts,
+    body: Bytes,
+    max: usize,
+}
+
+impl Fetch<Body> for RefreshFetch {
+    fn fetch(self) -> FetchFuture<'static, Body> {
+        Box::pin(async move {
+            let url = Url::parse(&self.parts.uri.to_string())?;
+            let mut request = Request::new(self.parts.method.clone(), url);
+            *request.headers_mut() = self.parts.headers.clone();
+            *request.version_mut() = self.parts.version;
+            *request.body_mut() = Some(Body::from(self.body));
+            let response = self.client.execute(request).await?;
+            buffer_response(http::Response::from(response), self.max).await
+        })
+    }
+}

@@ -1,0 +1,488 @@
+//! The layers in the ecosystem: axum routers, reqwest-middleware (both directions, sharing entries through one
+//! Redis), tracing spans, the metrics facade, and the Send/Sync guarantees of the assembled client.
+
+mod support;
+
+use axum::body::Body as AxumBody;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Extension, Path};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::{RedisServer, fred_client};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_redis_cache::error::BoxError;
+use tower_redis_cache::reqwest::{CacheMiddleware, ReqwestService};
+use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore};
+
+/// A JSON origin on a real loopback port that counts its calls.
+async fn origin() -> (String, Arc<AtomicU64>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let app = Router::new().route(
+        "/query",
+        post(move |Json(input): Json<Value>| {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                Json(json!({"call": n, "echo": input}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/query"), calls)
+}
+
+async fn cache_layer(redis: &RedisServer) -> RedisCacheLayer {
+    RedisCacheLayer::builder(RedisStore::new(fred_client(&redis.url()).await))
+        .namespace("shared")
+        .methods([Method::GET, Method::POST])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tower_layer_and_reqwest_middleware_read_each_others_entries() {
+    let redis = RedisServer::start();
+    let (url, calls) = origin().await;
+    let plain = reqwest::Client::new();
+
+    // Two independent layers (two fred connections) over the same Redis and namespace.
+    let tower_side = ServiceBuilder::new()
+        .layer(cache_layer(&redis).await)
+        .service(ReqwestService::new(plain.clone()));
+    let middleware_layer = cache_layer(&redis).await;
+    let middleware_side = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&middleware_layer, plain.clone()))
+        .build();
+
+    let tower_call = |body: &'static str| {
+        let svc = tower_side.clone();
+        let url = url.clone();
+        async move {
+            let request = Request::post(url)
+                .header("content-type", "application/json")
+                .body(reqwest::Body::from(body))
+                .unwrap();
+            let response = svc.oneshot(request).await.unwrap();
+            let outcome = *response.extensions().get::<CacheOutcome>().unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (outcome, bytes)
+        }
+    };
+    let middleware_call = |body: &'static str| {
+        let client = middleware_side.clone();
+        let url = url.clone();
+        async move {
+            let response = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let header = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let outcome = *response.extensions().get::<CacheOutcome>().unwrap();
+            (outcome, header, response.bytes().await.unwrap())
+        }
+    };
+
+    let (outcome, tower_bytes) = tower_call(r#"{"q":"orders","page":1}"#).await;
+    assert!(
+        matches!(outcome, CacheOutcome::Miss { stored: true, .. }),
+        "{outcome:?}"
+    );
+    let (outcome, header, bytes) = middleware_call(r#"{"page":1,"q":"orders"}"#).await;
+    assert_eq!(outcome, CacheOutcome::Hit, "{header}");
+    assert!(header.contains("hit"), "{header}");
+    assert_eq!(bytes, tower_bytes);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let (outcome, _, middleware_bytes) = middleware_call(r#"{"q":"customers"}"#).await;
+    assert!(matches!(outcome, CacheOutcome::Miss { stored: true, .. }));
+    let (outcome, bytes) = tower_call(r#"{"q":"customers"}"#).await;
+    assert_eq!(outcome, CacheOutcome::Hit);
+    assert_eq!(bytes, middleware_bytes);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(middleware_layer.handle().stats().hits, 1);
+}
+
+#[tokio::test]
+async fn reqwest_middleware_bypasses_what_it_must_not_cache() {
+    let (url, calls) = origin().await;
+    let plain = reqwest::Client::new();
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain))
+        .build();
+    // POST is not cached by default: both calls reach the origin, each marked as a bypass.
+    for _ in 0..2 {
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.extensions().get::<CacheOutcome>(),
+            Some(&CacheOutcome::Bypass(
+                tower_redis_cache::cache::BypassReason::Method
+            ))
+        );
+        assert!(
+            response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .contains("fwd=bypass")
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// An axum app with a cached route reading a path parameter and a request extension.
+fn app(layer: RedisCacheLayer, calls: Arc<AtomicU64>, use_route_layer: bool) -> Router {
+    let handler = move |Path(id): Path<String>, Extension(tenant): Extension<Tenant>| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Json(json!({"id": id, "tenant": tenant.0}))
+        }
+    };
+    let cache = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, error.to_string())
+        }))
+        .layer(layer);
+    let router = Router::new().route("/items/{id}", get(handler));
+    let router = if use_route_layer {
+        router.route_layer(cache)
+    } else {
+        router.layer(cache)
+    };
+    // Outermost: an extension set before the cache sees the request.
+    router.layer(Extension(Tenant("acme".into())))
+}
+
+#[derive(Clone)]
+struct Tenant(String);
+
+#[tokio::test]
+async fn axum_router_layer_and_route_layer_keep_path_params_and_extensions() {
+    for use_route_layer in [false, true] {
+        let calls = Arc::new(AtomicU64::new(0));
+        let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+            .build()
+            .unwrap();
+        let app = app(layer, calls.clone(), use_route_layer);
+        let get = |path: &str| Request::get(path).body(AxumBody::empty()).unwrap();
+
+        for (path, expect_outcome, expect_calls) in [
+            ("/items/7", "miss", 1),
+            ("/items/7", "hit", 1),
+            ("/items/8", "miss", 2),
+        ] {
+            let response = app.clone().oneshot(get(path)).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let status = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                status.contains(expect_outcome)
+                    || expect_outcome == "miss" && status.contains("fwd=miss"),
+                "{status}"
+            );
+            let body: Value =
+                serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                    .unwrap();
+            let id = path.rsplit('/').next().unwrap();
+            assert_eq!(
+                body,
+                json!({"id": id, "tenant": "acme"}),
+                "route_layer={use_route_layer}"
+            );
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                expect_calls,
+                "{path} route_layer={use_route_layer}"
+            );
+        }
+    }
+}
+
+/// Span fields as a subscriber sees them: span name -> every recorded field, in order.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<(String, Fields)>>>);
+
+type Fields = HashMap<String, String>;
+
+struct Recorder<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for Recorder<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for Captured
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = HashMap::new();
+        attrs.record(&mut Recorder(&mut fields));
+        fields.insert("#id".into(), id.into_u64().to_string());
+        self.0
+            .lock()
+            .unwrap()
+            .push((attrs.metadata().name().to_owned(), fields));
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut spans = self.0.lock().unwrap();
+        let id = id.into_u64().to_string();
+        if let Some((_, fields)) = spans
+            .iter_mut()
+            .rev()
+            .find(|(_, f)| f.get("#id") == Some(&id))
+        {
+            values.record(&mut Recorder(fields));
+        }
+    }
+}
+
+impl Captured {
+    fn spans(&self, name: &str) -> Vec<HashMap<String, String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+#[test]
+fn a_tracing_subscriber_sees_outcome_key_attempts_and_token_refresh() {
+    use tower_redis_cache::auth::{AuthLayer, Token, TokenFuture, TokenSource};
+    use tower_redis_cache::retry::RetryLayer;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    struct Fixed;
+    impl TokenSource for Fixed {
+        fn fetch_token(&self) -> TokenFuture<'_> {
+            Box::pin(async { Ok(Token::new("t", Some(Duration::from_secs(3600)))) })
+        }
+    }
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::registry().with(captured.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let failures = Arc::new(AtomicU64::new(0));
+        let api = service_fn(move |_req: Request<Full<Bytes>>| {
+            let n = failures.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                if n == 0 {
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let client = ServiceBuilder::new()
+            .layer(
+                RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+                    .build()
+                    .unwrap(),
+            )
+            .layer(
+                RetryLayer::builder()
+                    .base_delay(Duration::from_millis(10))
+                    .build()
+                    .unwrap(),
+            )
+            .layer(AuthLayer::new(Fixed))
+            .service(api);
+        for _ in 0..2 {
+            let request = Request::get("https://api.example/report")
+                .body(Full::default())
+                .unwrap();
+            client.clone().oneshot(request).await.unwrap();
+        }
+    });
+
+    let cache = captured.spans("cache");
+    assert_eq!(cache.len(), 2);
+    let outcomes: Vec<&str> = cache.iter().map(|f| f["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["miss", "hit"]);
+    assert_eq!(cache[0]["key"].len(), 8, "a digest prefix: {:?}", cache[0]);
+    assert_eq!(cache[0]["key"], cache[1]["key"]);
+    let attempts: Vec<String> = captured
+        .spans("attempt")
+        .iter()
+        .map(|f| f["attempt"].clone())
+        .collect();
+    assert_eq!(attempts, ["1", "2"]);
+    assert_eq!(captured.spans("retry")[0]["attempts"], "2");
+    let refresh = captured.spans("token_refresh");
+    assert_eq!(refresh.len(), 1, "one token fetch for both attempts");
+    assert_eq!(refresh[0]["generation"], "1");
+}
+
+#[test]
+fn the_assembled_client_and_its_futures_are_send_sync_and_clone() {
+    use tower_redis_cache::genesys::{GenesysClient, GenesysError, GenesysService};
+    fn send<T: Send>(_: &T) {}
+    fn send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync_clone::<GenesysClient>();
+    send_sync_clone::<GenesysService>();
+    send_sync_clone::<RedisCacheLayer>();
+    send_sync_clone::<tower_redis_cache::RetryLayer>();
+    send_sync_clone::<tower_redis_cache::AuthLayer>();
+    send_sync_clone::<CacheMiddleware>();
+    send_sync::<GenesysError>();
+    send_sync::<BoxError>();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = runtime.enter();
+    let client = GenesysClient::builder()
+        .api_base("http://127.0.0.1:9")
+        .login_base("http://127.0.0.1:9")
+        .client_credentials("id", "secret")
+        .build()
+        .unwrap();
+    // Futures and streams are built, never polled: only their types are checked.
+    send(&client.get_action("x"));
+    send(&client.execute_action("x", &json!({})));
+    send(&client.list_all_actions(&Default::default()));
+    send(&client.list_actions(&Default::default()));
+    let request = Request::get("http://127.0.0.1:9/")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    send(&client.service().oneshot(request));
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn counters_reach_the_metrics_facade() {
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    #[derive(Default)]
+    struct Totals(Mutex<HashMap<String, u64>>);
+    struct Handle(Arc<Totals>, String);
+    impl CounterFn for Handle {
+        fn increment(&self, value: u64) {
+            *self.0.0.lock().unwrap().entry(self.1.clone()).or_default() += value;
+        }
+        fn absolute(&self, value: u64) {
+            self.0.0.lock().unwrap().insert(self.1.clone(), value);
+        }
+    }
+    struct Local(Arc<Totals>);
+    impl Recorder for Local {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            Counter::from_arc(Arc::new(Handle(
+                self.0.clone(),
+                format!("{}{{{}}}", key.name(), labels.join(",")),
+            )))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    let totals = Arc::new(Totals::default());
+    let recorder = Local(totals.clone());
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let api = service_fn(|_req: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+            });
+            let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+                .namespace("metered")
+                .build()
+                .unwrap();
+            let client = ServiceBuilder::new().layer(cache).service(api);
+            for _ in 0..3 {
+                let request = Request::get("https://api.example/x")
+                    .body(Full::default())
+                    .unwrap();
+                client.clone().oneshot(request).await.unwrap();
+            }
+        });
+    });
+    let totals = totals.0.lock().unwrap();
+    assert_eq!(
+        totals.get("tower_redis_cache_misses_total{namespace=metered}"),
+        Some(&1),
+        "{totals:?}"
+    );
+    assert_eq!(
+        totals.get("tower_redis_cache_hits_total{namespace=metered}"),
+        Some(&2),
+        "{totals:?}"
+    );
+    assert_eq!(
+        totals.get("tower_redis_cache_stores_total{namespace=metered}"),
+        Some(&1),
+        "{totals:?}"
+    );
+}
