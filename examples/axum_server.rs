@@ -6,6 +6,7 @@
 //! curl -si localhost:3000/query -H 'content-type: application/json' -d '{"b":2,"a":1}'   # miss, ~200 ms
 //! curl -si localhost:3000/query -H 'content-type: application/json' -d '{"a":1,"b":2}'   # hit
 //! curl -s localhost:3000/stats
+//! cargo run --example axum_server -- --demo   # the same three calls in-process, then exit
 //! ```
 //!
 //! Environment: `BIND` (default `127.0.0.1:3000`), `REDIS_URL` (unset: in-memory store), `FRESH_SECS`
@@ -84,8 +85,37 @@ async fn main() -> Result<(), BoxError> {
         .route("/stats", get(stats))
         .with_state(state);
 
+    if std::env::args().any(|a| a == "--demo") {
+        return demo(app).await;
+    }
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// `--demo`: sends the README's three calls to the app in-process, prints each outcome, and exits.
+async fn demo(app: Router) -> Result<(), BoxError> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    for (i, body) in [r#"{"b":2,"a":1}"#, r#"{"a":1,"b":2}"#, r#"{"a":1,"b":3}"#]
+        .iter()
+        .enumerate()
+    {
+        let request = axum::http::Request::post("/query")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(*body))?;
+        let started = std::time::Instant::now();
+        let response = app.clone().oneshot(request).await?;
+        let status = response.headers().get("cache-status").cloned();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        println!(
+            "call={} cache-status={:?} body={} ms={:.1}",
+            i + 1,
+            status,
+            String::from_utf8_lossy(&bytes),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     Ok(())
 }
