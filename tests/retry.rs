@@ -233,7 +233,7 @@ fn five_503s_then_200(seed: u64) -> ((u32, Option<GaveUp>), StatusCode, Vec<Dura
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(64) })]
 
     #[test]
     fn five_failures_then_success_take_six_attempts_within_jitter_bounds(seed: u64) {

@@ -1,0 +1,648 @@
+//! Reliability and scale-out against real redis-server processes: Redis Cluster, Redis killed, paused and full,
+//! the origin down, a fleet of clients sharing one cache, hostile input, and tenant isolation.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use proptest::prelude::*;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{Origin, RedisCluster, RedisServer, bulk_payload, fred_client};
+use tower::{Service, ServiceExt};
+use tower_redis_cache::cache::{RedisCacheLayerBuilder, ResponseBody};
+use tower_redis_cache::error::BoxError;
+use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, Store};
+
+type Reply = Response<ResponseBody<Full<Bytes>>>;
+
+fn layer_over(store: impl Store) -> RedisCacheLayerBuilder {
+    RedisCacheLayer::builder(store)
+        .namespace("rel")
+        .methods([Method::GET, Method::POST])
+}
+
+fn post(json: &str) -> Request<Full<Bytes>> {
+    Request::post("https://api.example.com/api/v2/query")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_owned())))
+        .unwrap()
+}
+
+async fn call<S>(service: &S, request: Request<Full<Bytes>>) -> Reply
+where
+    S: Service<Request<Full<Bytes>>, Response = Reply, Error = BoxError> + Clone,
+{
+    service.clone().oneshot(request).await.unwrap()
+}
+
+fn outcome(response: &Reply) -> CacheOutcome {
+    *response.extensions().get::<CacheOutcome>().unwrap()
+}
+
+fn cache_status(response: &Reply) -> String {
+    response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn body(response: Reply) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("gave up waiting for: {what}");
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() - 1) * p / 100]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_hits_refreshes_with_a_lease_and_purges_every_primary() {
+    let cluster = RedisCluster::start();
+    let origin = Origin::new();
+    let store = RedisStore::connect(&cluster.url()).await.unwrap();
+    let layer = layer_over(store)
+        .fresh_for(Duration::from_millis(300))
+        .stale_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let handle = layer.handle();
+
+    // Enough keys to land on every primary.
+    for i in 0..30 {
+        let first = call(&service, post(&format!(r#"{{"q":{i}}}"#))).await;
+        assert!(
+            matches!(outcome(&first), CacheOutcome::Miss { stored: true, .. }),
+            "{}",
+            cache_status(&first)
+        );
+        let second = call(&service, post(&format!(r#"{{"q":{i}}}"#))).await;
+        assert_eq!(outcome(&second), CacheOutcome::Hit);
+    }
+    assert_eq!(origin.calls(), 30);
+    let per_node: Vec<usize> = cluster
+        .nodes()
+        .iter()
+        .map(|n| {
+            let reply = String::from_utf8(n.command(&[b"DBSIZE"])).unwrap();
+            reply.trim_start_matches(':').trim().parse().unwrap()
+        })
+        .collect();
+    assert!(
+        per_node.iter().all(|&n| n > 0),
+        "entries on every primary: {per_node:?}"
+    );
+
+    // A stale entry: answered at once, one refresh, whose lease lives in the entry's slot (no CROSSSLOT).
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let stale = call(&service, post(r#"{"q":0}"#)).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    wait_until("the refresh stored", || handle.stats().stores == 31).await;
+    assert_eq!(origin.calls(), 31);
+    assert_eq!(handle.stats().refreshes_started, 1);
+    assert_eq!(handle.stats().store_errors, 0, "{:?}", handle.stats());
+
+    // Purge scans every primary.
+    let removed = handle.purge().await.unwrap();
+    assert!(removed >= 30, "{removed}");
+    let left: usize = cluster
+        .nodes()
+        .iter()
+        .map(|n| {
+            let keys = String::from_utf8_lossy(&n.command(&[b"KEYS", b"rel:*"])).into_owned();
+            usize::from(!keys.starts_with("*0"))
+        })
+        .sum();
+    assert_eq!(left, 0, "no entry survives a purge");
+    let after = call(&service, post(r#"{"q":1}"#)).await;
+    assert!(matches!(outcome(&after), CacheOutcome::Miss { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_during_a_burst_of_1000_from_32_tasks() {
+    let mut server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        .store_timeout(Duration::from_millis(50))
+        .circuit_breaker(3, Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let handle = layer.handle();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let service = service.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failures = 0;
+                for i in 0..(1000 / 32 + usize::from(t < 1000 % 32)) {
+                    let request = post(&format!(r#"{{"q":{}}}"#, (t * 7 + i) % 40));
+                    let started = Instant::now();
+                    match service.clone().oneshot(request).await {
+                        Ok(response) if response.status() == StatusCode::OK => {}
+                        _ => failures += 1,
+                    }
+                    latencies.push(started.elapsed());
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+
+    let count = || done.load(std::sync::atomic::Ordering::SeqCst);
+    wait_until("a third of the burst", || count() >= 300).await;
+    server.kill();
+    let killed_at = count();
+    wait_until("two thirds of the burst", || count() >= 650).await;
+    server.restart();
+
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (l, f) = task.await.unwrap();
+        latencies.extend(l);
+        failures += f;
+    }
+    assert_eq!(latencies.len(), 1000);
+    assert_eq!(failures, 0, "no request failed because of Redis");
+    latencies.sort();
+    let stats = handle.stats();
+    eprintln!(
+        "1000 requests from 32 tasks, Redis killed after {killed_at} and restarted after ~650: \
+         median {:?}, p90 {:?}, p99 {:?}, max {:?}; store errors {}, skipped by the breaker {}",
+        percentile(&latencies, 50),
+        percentile(&latencies, 90),
+        percentile(&latencies, 99),
+        latencies[999],
+        stats.store_errors,
+        stats.store_skipped
+    );
+    assert!(
+        stats.store_skipped > 0,
+        "the breaker kept requests off the dead Redis: {stats:?}"
+    );
+
+    // Caching resumes after the restart (the restarted Redis is empty: a miss stores, then a hit).
+    let mut resumed = false;
+    for _ in 0..400 {
+        if outcome(&call(&service, post(r#"{"q":"after"}"#)).await) == CacheOutcome::Hit {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(resumed, "caching resumed: {:?}", handle.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_costs_one_store_timeout_then_requests_fall_through() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        .store_timeout(Duration::from_millis(100))
+        .circuit_breaker(2, Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    call(&service, post(r#"{"q":"warm"}"#)).await;
+    assert_eq!(
+        outcome(&call(&service, post(r#"{"q":"warm"}"#)).await),
+        CacheOutcome::Hit
+    );
+
+    let pid = server.pid().expect("a running server").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let response = call(&service, post(&format!(r#"{{"q":"slow-{i}"}}"#))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(matches!(
+            outcome(&response),
+            CacheOutcome::Miss { stored: false, .. }
+        ));
+        statuses.push(cache_status(&response));
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(statuses[0].contains("detail=store-"), "{statuses:?}");
+    let stats = layer.handle().stats();
+    assert_eq!(
+        stats.store_errors, 2,
+        "two timeouts opened the breaker: {stats:?}"
+    );
+    assert!(
+        stats.store_skipped >= 4,
+        "the rest skipped the stopped Redis: {stats:?}"
+    );
+    assert_eq!(origin.calls(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refusing_writes_never_fails_a_request() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    // A limit below what Redis already uses: every write is refused with OOM, reads still work.
+    server.command(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        .circuit_breaker(1000, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    for n in 1..=3 {
+        let response = call(&service, post(r#"{"q":"full"}"#)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(matches!(
+            outcome(&response),
+            CacheOutcome::Miss { stored: false, .. }
+        ));
+        assert!(
+            body(response)
+                .await
+                .starts_with(format!(r#"{{"n":{n},"#).as_bytes())
+        );
+    }
+    let stats = layer.handle().stats();
+    assert_eq!(
+        stats.store_errors, 3,
+        "each refused write is counted: {stats:?}"
+    );
+    assert_eq!(stats.stores, 0);
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_down_inside_and_beyond_the_stale_if_error_window() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::ZERO)
+        .stale_if_error_for(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let stored = body(call(&service, post(r#"{"q":"sie"}"#)).await).await;
+
+    origin.fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    let response = call(&service, post(r#"{"q":"sie"}"#)).await;
+    assert_eq!(outcome(&response), CacheOutcome::StaleIfError);
+    assert!(cache_status(&response).contains("fwd-status=503"));
+    assert_eq!(body(response).await, stored);
+
+    // Past the window the entry is gone from Redis too: the origin's answer reaches the caller.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = call(&service, post(r#"{"q":"sie"}"#)).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(matches!(
+        outcome(&response),
+        CacheOutcome::Miss { stored: false, .. }
+    ));
+    origin.fail_transport();
+    let error = service
+        .clone()
+        .oneshot(post(r#"{"q":"sie"}"#))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("origin unreachable"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_four_clients_shares_one_refresh_and_at_most_one_miss_each() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let mut fleet = Vec::new();
+    for _ in 0..4 {
+        let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+            .fresh_for(Duration::from_millis(400))
+            .stale_for(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        fleet.push((
+            tower::Layer::layer(&layer, origin.service()),
+            layer.handle(),
+        ));
+    }
+
+    // The cold key: 4 clients x 25 concurrent requests, the origin held until all have arrived.
+    origin.close();
+    let mut tasks = Vec::new();
+    for (service, _) in &fleet {
+        for _ in 0..25 {
+            let service = service.clone();
+            tasks.push(tokio::spawn(async move {
+                call(&service, post(r#"{"q":"cold"}"#)).await.status()
+            }));
+        }
+    }
+    wait_until("every client's leader reached the origin", || {
+        origin.calls() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    origin.open();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    // Misses collapse per process, not across processes: at most one origin call per client.
+    let cold_calls = origin.calls();
+    assert!(
+        cold_calls <= 4,
+        "{cold_calls} origin calls for one cold key in a fleet of four"
+    );
+    eprintln!("cold key, 4 clients x 25 concurrent requests: {cold_calls} origin calls");
+
+    // The stale key: every client sees it stale at once; the lease lets one refresh run in the fleet.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    origin.close();
+    let mut tasks = Vec::new();
+    for (service, _) in &fleet {
+        for _ in 0..10 {
+            let service = service.clone();
+            tasks.push(tokio::spawn(async move {
+                outcome(&call(&service, post(r#"{"q":"cold"}"#)).await)
+            }));
+        }
+    }
+    for task in tasks {
+        assert!(matches!(task.await.unwrap(), CacheOutcome::Stale { .. }));
+    }
+    origin.open();
+    wait_until("the refresh stored", || {
+        fleet.iter().map(|(_, h)| h.stats().stores).sum::<u64>() == cold_calls as u64 + 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        origin.calls(),
+        cold_calls + 1,
+        "one refresh for the whole fleet"
+    );
+    let started: u64 = fleet.iter().map(|(_, h)| h.stats().refreshes_started).sum();
+    let skipped: u64 = fleet.iter().map(|(_, h)| h.stats().refreshes_skipped).sum();
+    assert_eq!(started, 1);
+    // Every other client tried and found the lease taken (a client may try again while the entry stays stale).
+    assert!(skipped >= 3, "{skipped}");
+}
+
+#[tokio::test]
+async fn hostile_requests_are_handled_without_loss() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        .max_body_size(1024)
+        .vary_headers([http::HeaderName::from_static("x-tenant-region")])
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+
+    // Invalid UTF-8 and invalid JSON bodies: cached by their raw bytes.
+    for raw in [
+        &b"\xff\xfe\x00not utf8"[..],
+        b"{\"unterminated\": [1, 2",
+        b"[[[[[[[[[[[[[[",
+    ] {
+        let request = || {
+            Request::post("https://api.example.com/q")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::copy_from_slice(raw)))
+                .unwrap()
+        };
+        assert!(matches!(
+            outcome(&call(&service, request()).await),
+            CacheOutcome::Miss { stored: true, .. }
+        ));
+        let hit = call(&service, request()).await;
+        assert_eq!(outcome(&hit), CacheOutcome::Hit);
+        assert!(body(hit).await.ends_with(&[raw, b"}"].concat()));
+    }
+
+    // A body over the cap, announced or not: forwarded whole, not cached.
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(4000));
+    let announced = Request::post("https://api.example.com/q")
+        .header("content-length", big.len())
+        .body(Full::new(Bytes::from(big.clone())))
+        .unwrap();
+    let response = call(&service, announced).await;
+    assert!(matches!(outcome(&response), CacheOutcome::Bypass(_)));
+    assert!(
+        body(response)
+            .await
+            .ends_with(format!("{big}}}").as_bytes())
+    );
+
+    // A thousand headers: keyed by the configured one only, and answered.
+    let mut request = post(r#"{"q":"headers"}"#);
+    for i in 0..1000 {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(format!("x-noise-{i}").as_bytes()).unwrap(),
+            http::HeaderValue::from_static("v"),
+        );
+    }
+    assert_eq!(call(&service, request).await.status(), StatusCode::OK);
+    assert_eq!(
+        outcome(&call(&service, post(r#"{"q":"headers"}"#)).await),
+        CacheOutcome::Hit
+    );
+
+    // A Vary-style header: different values, different entries.
+    let regional = |region: &'static str| {
+        let mut request = post(r#"{"q":"vary"}"#);
+        request
+            .headers_mut()
+            .insert("x-tenant-region", http::HeaderValue::from_static(region));
+        request
+    };
+    call(&service, regional("eu")).await;
+    assert!(matches!(
+        outcome(&call(&service, regional("us")).await),
+        CacheOutcome::Miss { .. }
+    ));
+    assert_eq!(
+        outcome(&call(&service, regional("eu")).await),
+        CacheOutcome::Hit
+    );
+}
+
+#[tokio::test]
+async fn responses_over_the_cap_pass_through_and_are_not_stored() {
+    let origin = Origin::new();
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .max_body_size(64)
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    // A 50-byte request (under the cap) whose 65-byte echo is over it.
+    let query = format!(r#"{{"q":"{}"}}"#, "y".repeat(42));
+    for n in 1..=2 {
+        let response = call(&service, post(&query)).await;
+        assert!(matches!(
+            outcome(&response),
+            CacheOutcome::Miss { stored: false, .. }
+        ));
+        let bytes = body(response).await;
+        assert!(bytes.len() > 64);
+        assert!(bytes.starts_with(format!(r#"{{"n":{n},"#).as_bytes()));
+    }
+    assert_eq!(layer.handle().stats().stores, 0);
+}
+
+#[tokio::test]
+async fn entries_from_another_program_or_format_version_are_misses_then_overwritten() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let key = layer.handle().key_for(
+        &Request::post("https://api.example.com/api/v2/query")
+            .header("content-type", "application/json")
+            .body(Bytes::from_static(br#"{"q":"old"}"#))
+            .unwrap(),
+    );
+    for foreign in [
+        &br#"{"cached_at": 1700000000, "data": {"json": "from the python tutorial"}}"#[..],
+        b"\xffTRC\x00an older envelope version",
+        b"\xffTRC\x09a newer one",
+    ] {
+        server.command(&[b"SET", key.as_str().as_bytes(), foreign]);
+        let response = call(&service, post(r#"{"q":"old"}"#)).await;
+        assert!(
+            matches!(outcome(&response), CacheOutcome::Miss { stored: true, .. }),
+            "{foreign:?}"
+        );
+        let stored = bulk_payload(&server.command(&[b"GET", key.as_str().as_bytes()])).unwrap();
+        assert!(
+            stored.starts_with(b"\xffTRC\x01"),
+            "overwritten with the current format"
+        );
+        assert_eq!(
+            outcome(&call(&service, post(r#"{"q":"old"}"#)).await),
+            CacheOutcome::Hit
+        );
+    }
+    assert_eq!(layer.handle().stats().decode_errors, 3);
+}
+
+#[tokio::test]
+async fn stored_entries_hold_no_authorization_or_token() {
+    use tower_redis_cache::auth::{AuthLayer, Token, TokenFuture, TokenSource};
+    const TOKEN: &str = "tok-6f1b2c-very-secret";
+    struct Fixed;
+    impl TokenSource for Fixed {
+        fn fetch_token(&self) -> TokenFuture<'_> {
+            Box::pin(async { Ok(Token::new(TOKEN, Some(Duration::from_secs(3600)))) })
+        }
+    }
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        .partition("https://api.example.com\nclient-1")
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(layer)
+        .layer(AuthLayer::new(Fixed))
+        .service(origin.service());
+    for i in 0..5 {
+        let mut request = post(&format!(r#"{{"q":{i}}}"#));
+        request
+            .headers_mut()
+            .insert("x-request-id", http::HeaderValue::from_static("r-1"));
+        call(&service, request).await;
+    }
+    let keys = String::from_utf8_lossy(&server.command(&[b"KEYS", b"*"])).into_owned();
+    let mut values = 0;
+    for key in keys.lines().filter(|l| l.starts_with("rel:")) {
+        let value = bulk_payload(&server.command(&[b"GET", key.as_bytes()])).unwrap();
+        let text = String::from_utf8_lossy(&value).to_lowercase();
+        assert!(
+            !text.contains("authorization") && !text.contains("bearer"),
+            "{text}"
+        );
+        assert!(!text.contains(TOKEN), "the token is in a stored entry");
+        values += 1;
+    }
+    assert_eq!(values, 5);
+}
+
+#[tokio::test]
+async fn redis_auth_from_the_url_and_rediss_urls_are_accepted() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+    let origin = Origin::new();
+    // The harness URL carries the password: redis://:s3cret-pw@127.0.0.1:<port>.
+    assert!(server.url().contains(":s3cret-pw@"));
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let layer = layer_over(store).build().unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    call(&service, post(r#"{"q":"auth"}"#)).await;
+    assert_eq!(
+        outcome(&call(&service, post(r#"{"q":"auth"}"#)).await),
+        CacheOutcome::Hit
+    );
+
+    // A wrong password is an error at connect time, not a silent cache that never stores.
+    let wrong = format!("redis://:nope@127.0.0.1:{}", server.port());
+    assert!(RedisStore::connect(&wrong).await.is_err());
+
+    // rediss:// (TLS) is accepted by the configuration (feature `redis-tls`).
+    let config = fred::prelude::Config::from_url("rediss://:pw@cache.example.com:6380").unwrap();
+    assert!(config.tls.is_some(), "TLS configured for rediss://");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(64) })]
+
+    /// Arbitrary bodies and header values through the whole layer: answered, never a panic.
+    #[test]
+    fn arbitrary_requests_never_panic_the_layer(
+        body in prop::collection::vec(any::<u8>(), 0..300),
+        header in prop::collection::vec(32u8..127, 0..40),
+        json in any::<bool>(),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let origin = Origin::new();
+            let layer = layer_over(MemoryStore::new(1 << 20)).max_body_size(256).build().unwrap();
+            let service = tower::Layer::layer(&layer, origin.service());
+            let mut request = Request::post("https://api.example.com/q").body(Full::new(Bytes::from(body))).unwrap();
+            if json {
+                request.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+            }
+            if let Ok(value) = http::HeaderValue::from_bytes(&header) {
+                request.headers_mut().insert("cache-control", value);
+            }
+            let response = service.oneshot(request).await.unwrap();
+            prop_assert_eq!(response.status(), StatusCode::OK);
+            Ok(())
+        })?;
+    }
+}
