@@ -134,8 +134,9 @@ impl Entry {
         let stale_if_error_until = r.u64()?;
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Malformed)?;
         let count = usize::from(r.u16()?);
+        // Room for the two headers every answer from the store adds (`Age`, `Cache-Status`).
         let mut headers =
-            HeaderMap::try_with_capacity(count.min(64)).map_err(|_| DecodeError::Malformed)?;
+            HeaderMap::try_with_capacity(count.min(64) + 2).map_err(|_| DecodeError::Malformed)?;
         for _ in 0..count {
             let name_len = usize::from(r.u16()?);
             let name =

@@ -112,13 +112,16 @@ impl KeyConfig {
 
 fn format_key(namespace: &str, digest: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 64];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
+    }
     let mut key = String::with_capacity(namespace.len() + 6 + 64);
     key.push_str(namespace);
     key.push_str(":v1:{");
-    for byte in digest {
-        key.push(HEX[usize::from(byte >> 4)] as char);
-        key.push(HEX[usize::from(byte & 0x0f)] as char);
-    }
+    // Always ASCII hex digits.
+    key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     key.push('}');
     key
 }
@@ -147,15 +150,40 @@ fn hash_query(h: &mut Sha256, query: Option<&str>) {
 
 fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8]) {
     if is_json(headers) {
-        let mut canonical = Vec::with_capacity(body.len());
-        if canonicalize_json(body, &mut canonical).is_ok() {
-            h.update([1u8]);
-            field(h, &canonical);
+        let canonical = CANONICAL.with(|cell| {
+            // The thread's buffers are reused from request to request; a re-entrant call (there is none
+            // today) would simply allocate its own.
+            let mut buffers = cell.take();
+            buffers.out.clear();
+            let ok = canonicalize_into(body, &mut buffers).is_ok();
+            if ok {
+                h.update([1u8]);
+                field(h, &buffers.out);
+            }
+            // Keep the buffers for the next request unless a huge body inflated them.
+            if buffers.out.capacity() <= 64 * 1024 {
+                cell.set(buffers);
+            }
+            ok
+        });
+        if canonical {
             return;
         }
     }
     h.update([0u8]);
     field(h, body);
+}
+
+/// Per-thread buffers for canonicalising request bodies: the output, member spans, and reorder scratch.
+#[derive(Default)]
+struct Buffers {
+    out: Vec<u8>,
+    spans: Vec<(usize, usize, usize)>,
+    scratch: Vec<u8>,
+}
+
+thread_local! {
+    static CANONICAL: std::cell::Cell<Buffers> = std::cell::Cell::new(Buffers::default());
 }
 
 /// `application/json`, or any `type/subtype+json`, ignoring parameters and case.
@@ -180,18 +208,35 @@ const MAX_DEPTH: usize = 128;
 
 /// Writes the canonical form of the JSON text `input` to `out`: members sorted by key (bytewise on the key as
 /// written), array order kept, no insignificant whitespace, strings and numbers verbatim.
+#[cfg(test)]
 pub(crate) fn canonicalize_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), NotJson> {
+    let mut buffers = Buffers {
+        out: std::mem::take(out),
+        ..Buffers::default()
+    };
+    let result = canonicalize_into(input, &mut buffers);
+    *out = buffers.out;
+    result
+}
+
+/// Writes the canonical form of `input` to `buffers.out`, using the other buffers as working space.
+fn canonicalize_into(input: &[u8], buffers: &mut Buffers) -> Result<(), NotJson> {
     if std::str::from_utf8(input).is_err() {
         return Err(NotJson);
     }
+    buffers.spans.clear();
     let mut parser = Canonicalizer {
         input,
         pos: 0,
-        scratch: Vec::new(),
+        scratch: std::mem::take(&mut buffers.scratch),
+        spans: std::mem::take(&mut buffers.spans),
     };
     parser.skip_ws();
-    parser.value(out, 0)?;
+    let result = parser.value(&mut buffers.out, 0);
     parser.skip_ws();
+    buffers.scratch = parser.scratch;
+    buffers.spans = parser.spans;
+    result?;
     if parser.pos != input.len() {
         return Err(NotJson);
     }
@@ -202,6 +247,9 @@ struct Canonicalizer<'a> {
     input: &'a [u8],
     pos: usize,
     scratch: Vec<u8>,
+    /// Member spans of the objects being parsed, as a stack: each object pushes its own above its parent's
+    /// and pops them when it closes, so one allocation serves every object of the document.
+    spans: Vec<(usize, usize, usize)>,
 }
 
 impl Canonicalizer<'_> {
@@ -357,12 +405,16 @@ impl Canonicalizer<'_> {
             out.push(b'}');
             return Ok(());
         }
-        // Members are written one after another (key, then canonical value); `spans` remembers where each
-        // starts, where its key ends and where it ends, and they are reordered once the object closes.
+        // Members are written in input order, comma-separated; `spans` remembers where each starts, where its
+        // key ends and where it ends. Already sorted (the common case): nothing more to do. Otherwise they are
+        // reordered once the object closes.
         let body_start = out.len();
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        let base = self.spans.len();
         loop {
             self.skip_ws();
+            if self.spans.len() > base {
+                out.push(b',');
+            }
             let member_start = out.len();
             self.string(out)?;
             let key_end = out.len();
@@ -371,7 +423,7 @@ impl Canonicalizer<'_> {
             out.push(b':');
             self.skip_ws();
             self.value(out, depth + 1)?;
-            spans.push((member_start, key_end, out.len()));
+            self.spans.push((member_start, key_end, out.len()));
             self.skip_ws();
             match self.peek().ok_or(NotJson)? {
                 b',' => self.pos += 1,
@@ -382,24 +434,26 @@ impl Canonicalizer<'_> {
                 _ => return Err(NotJson),
             }
         }
+        let spans = &mut self.spans[base..];
         let in_order = spans
             .windows(2)
             .all(|w| out[w[0].0..w[0].1] <= out[w[1].0..w[1].1]);
         if !in_order {
             // A stable sort keeps duplicate keys in their written order.
             spans.sort_by(|a, b| out[a.0..a.1].cmp(&out[b.0..b.1]));
-        }
-        // Children are complete, so the scratch buffer is free to hold this object's members while they are
-        // written back in order with their separators.
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&out[body_start..]);
-        out.truncate(body_start);
-        for (i, &(start, _, end)) in spans.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
+            // Children are complete, so the scratch buffer is free to hold this object's members while they
+            // are written back in order with their separators.
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&out[body_start..]);
+            out.truncate(body_start);
+            for (i, &(start, _, end)) in self.spans[base..].iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&self.scratch[start - body_start..end - body_start]);
             }
-            out.extend_from_slice(&self.scratch[start - body_start..end - body_start]);
         }
+        self.spans.truncate(base);
         out.push(b'}');
         Ok(())
     }
