@@ -58,7 +58,11 @@ impl Breaker {
     }
 
     pub(crate) fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
+        // Read before writing: on the hot path nothing changes, and a write would bounce the cache line
+        // between every core calling the store.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
         if self.open_until.load(Ordering::Relaxed) != 0 {
             self.open_until.store(0, Ordering::Release);
         }
