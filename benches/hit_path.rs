@@ -9,6 +9,15 @@
 //! Groups: `hit_path/{bare_fred_get,layer_redis,layer_memory,key}/{256,4096,65536}`,
 //! `concurrent/{bare_fred_get,layer_redis}` (64 callers, 4096 B), and `miss/layer_redis` (a new key every
 //! iteration; the origin's call count is checked outside the timed part).
+//!
+//! Method. A loopback Redis on a small VM drifts by ±10 % between one criterion measurement and the next, more
+//! than the layer costs, so a ratio of two measurements taken one after the other mostly measures the drift.
+//! The floor and the layer are therefore measured *paired*: every iteration of either id runs one bare `GET`
+//! and one hit through the layer back to back (in alternating order) and times only its own half, so both
+//! ids see the same conditions. The layer's timed half starts when the `http::Request` exists: building the
+//! request is the caller's work with or without a cache, just as the bare `GET`'s key string is built
+//! outside its timed part. Everything the layer does (key hash, store call, envelope decode, response,
+//! collecting the body) is timed.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,7 +33,7 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt, service_fn};
 use tower_redis_cache::error::BoxError;
@@ -102,7 +111,7 @@ fn redis() -> Redis {
     }
 }
 
-async fn hit<S>(service: &S) -> Bytes
+async fn hit<S>(service: &S, request: Request<Full<Bytes>>) -> Bytes
 where
     S: Service<
             Request<Full<Bytes>>,
@@ -110,14 +119,19 @@ where
             Response = Response<tower_redis_cache::cache::ResponseBody<Full<Bytes>>>,
         > + Clone,
 {
-    let response = service.clone().oneshot(query()).await.unwrap();
+    let response = service.clone().oneshot(request).await.unwrap();
     debug_assert_eq!(response.extensions().get(), Some(&CacheOutcome::Hit));
     response.into_body().collect().await.unwrap().to_bytes()
 }
 
 fn hit_path(c: &mut Criterion) {
-    let rt = Runtime::new().unwrap();
     let redis = redis();
+    // One call at a time: a current-thread runtime runs the caller and fred's connection task on one thread,
+    // so the only other runnable thread is redis-server and both ids see the same, stable scheduling.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let client: Client = rt.block_on(support::fred_client(&redis.url));
     let mut group = c.benchmark_group("hit_path");
     for size in SIZES {
@@ -127,13 +141,6 @@ fn hit_path(c: &mut Criterion) {
         let floor_key = format!("bench:floor:{size}");
         rt.block_on(client.set::<(), _, _>(&floor_key, body.clone(), None, None, false))
             .unwrap();
-        group.bench_with_input(BenchmarkId::new("bare_fred_get", size), &size, |b, _| {
-            b.to_async(&rt).iter(|| async {
-                let value: Bytes = client.get(&floor_key).await.unwrap();
-                black_box(value)
-            })
-        });
-
         let calls = Arc::new(AtomicU64::new(0));
         let redis_layer = layer(RedisStore::new(client.clone()), &format!("bench-{size}"));
         let service = tower::Layer::layer(&redis_layer, origin(body.clone(), calls.clone()));
@@ -141,14 +148,49 @@ fn hit_path(c: &mut Criterion) {
             redis_layer.handle().purge().await.unwrap();
             service.clone().oneshot(query()).await.unwrap();
             assert_eq!(
-                hit(&service).await,
+                hit(&service, query()).await,
                 body,
                 "warm-up is a hit with the origin's bytes"
             );
         });
+        let bare = || async { black_box(client.get::<Bytes, _>(&floor_key).await.unwrap()) };
+        let through_layer = |request| async { black_box(hit(&service, request).await) };
+        // Paired: each id times its own half of a (bare, layer) pair; the order alternates.
+        group.bench_with_input(BenchmarkId::new("bare_fred_get", size), &size, |b, _| {
+            b.to_async(&rt).iter_custom(|iters| async move {
+                let mut timed = Duration::ZERO;
+                for i in 0..iters {
+                    let request = query();
+                    if i % 2 == 0 {
+                        through_layer(request).await;
+                    }
+                    let start = Instant::now();
+                    bare().await;
+                    timed += start.elapsed();
+                    if i % 2 == 1 {
+                        through_layer(query()).await;
+                    }
+                }
+                timed
+            })
+        });
         group.bench_with_input(BenchmarkId::new("layer_redis", size), &size, |b, _| {
-            b.to_async(&rt)
-                .iter(|| async { black_box(hit(&service).await) })
+            b.to_async(&rt).iter_custom(|iters| async move {
+                let mut timed = Duration::ZERO;
+                for i in 0..iters {
+                    let request = query();
+                    if i % 2 == 0 {
+                        bare().await;
+                    }
+                    let start = Instant::now();
+                    through_layer(request).await;
+                    timed += start.elapsed();
+                    if i % 2 == 1 {
+                        bare().await;
+                    }
+                }
+                timed
+            })
         });
         assert_eq!(
             calls.load(Ordering::Relaxed),
@@ -162,9 +204,18 @@ fn hit_path(c: &mut Criterion) {
         rt.block_on(async {
             service.clone().oneshot(query()).await.unwrap();
         });
+        let memory_service = &service;
         group.bench_with_input(BenchmarkId::new("layer_memory", size), &size, |b, _| {
-            b.to_async(&rt)
-                .iter(|| async { black_box(hit(&service).await) })
+            b.to_async(&rt).iter_custom(|iters| async move {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let request = query();
+                    let start = Instant::now();
+                    black_box(hit(memory_service, request).await);
+                    timed += start.elapsed();
+                }
+                timed
+            })
         });
         assert_eq!(
             calls.load(Ordering::Relaxed),
@@ -184,23 +235,14 @@ fn hit_path(c: &mut Criterion) {
     }
     group.finish();
 
-    // 64 callers at once, 4096 B: throughput in requests.
+    // 64 callers at once, 4096 B, throughput in requests: on the multi-thread runtime, as a server runs them.
+    let rt = Runtime::new().unwrap();
+    let client: Client = rt.block_on(support::fred_client(&redis.url));
     let mut group = c.benchmark_group("concurrent");
     const CALLERS: usize = 64;
     group.throughput(Throughput::Elements(CALLERS as u64));
     let body = json_of(4096);
     let floor_key = "bench:floor:4096";
-    group.bench_function("bare_fred_get", |b| {
-        b.to_async(&rt).iter(|| async {
-            let calls = (0..CALLERS).map(|_| {
-                let client = client.clone();
-                tokio::spawn(async move { client.get::<Bytes, _>(floor_key).await.unwrap() })
-            });
-            for call in futures_util::future::join_all(calls).await {
-                black_box(call.unwrap());
-            }
-        })
-    });
     let calls = Arc::new(AtomicU64::new(0));
     let redis_layer = layer(RedisStore::new(client.clone()), "bench-concurrent");
     let service = tower::Layer::layer(&redis_layer, origin(body.clone(), calls.clone()));
@@ -208,15 +250,59 @@ fn hit_path(c: &mut Criterion) {
         redis_layer.handle().purge().await.unwrap();
         service.clone().oneshot(query()).await.unwrap();
     });
-    group.bench_function("layer_redis", |b| {
-        b.to_async(&rt).iter(|| async {
-            let tasks = (0..CALLERS).map(|_| {
-                let service = service.clone();
-                tokio::spawn(async move { hit(&service).await })
-            });
-            for task in futures_util::future::join_all(tasks).await {
-                black_box(task.unwrap());
+    let bare_batch = || async {
+        let tasks = (0..CALLERS).map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get::<Bytes, _>(floor_key).await.unwrap() })
+        });
+        for task in futures_util::future::join_all(tasks).await {
+            black_box(task.unwrap());
+        }
+    };
+    let layer_batch = |requests: Vec<Request<Full<Bytes>>>| async {
+        let tasks = requests.into_iter().map(|request| {
+            let service = service.clone();
+            tokio::spawn(async move { hit(&service, request).await })
+        });
+        for task in futures_util::future::join_all(tasks).await {
+            black_box(task.unwrap());
+        }
+    };
+    let requests = || (0..CALLERS).map(|_| query()).collect::<Vec<_>>();
+    // Paired as in `hit_path`: each iteration runs one batch of each, timing its own.
+    group.bench_function("bare_fred_get", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut timed = Duration::ZERO;
+            for i in 0..iters {
+                if i % 2 == 0 {
+                    layer_batch(requests()).await;
+                }
+                let start = Instant::now();
+                bare_batch().await;
+                timed += start.elapsed();
+                if i % 2 == 1 {
+                    layer_batch(requests()).await;
+                }
             }
+            timed
+        })
+    });
+    group.bench_function("layer_redis", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut timed = Duration::ZERO;
+            for i in 0..iters {
+                let batch = requests();
+                if i % 2 == 0 {
+                    bare_batch().await;
+                }
+                let start = Instant::now();
+                layer_batch(batch).await;
+                timed += start.elapsed();
+                if i % 2 == 1 {
+                    bare_batch().await;
+                }
+            }
+            timed
         })
     });
     assert_eq!(
