@@ -38,6 +38,60 @@
 //!
 //! They compose in this order: `cache -> retry -> auth -> timeout -> HTTP client`. The cache sits outermost so
 //! a hit costs no token and no network; retry sits outside auth so each attempt carries the current token.
+//! The three together over one origin, each doing its part:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_redis_cache::auth::{AuthLayer, Token, TokenFuture, TokenSource};
+//! use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RetryLayer, RetryOutcome};
+//!
+//! struct Static; // your TokenSource, or auth::ClientCredentials for OAuth2
+//! impl TokenSource for Static {
+//!     fn fetch_token(&self) -> TokenFuture<'_> {
+//!         Box::pin(async { Ok(Token::new("t0k3n", Some(Duration::from_secs(3600)))) })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
+//! // An API that wants the token and is overloaded on its first call.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let api = service_fn({
+//!     let calls = calls.clone();
+//!     move |req: Request<Full<Bytes>>| {
+//!         let n = calls.fetch_add(1, Ordering::SeqCst);
+//!         let authorized = req.headers().get("authorization").is_some_and(|v| v == "Bearer t0k3n");
+//!         async move {
+//!             let mut response = Response::new(Full::new(Bytes::from_static(b"{\"rows\":3}")));
+//!             *response.status_mut() = match (authorized, n) {
+//!                 (false, _) => StatusCode::UNAUTHORIZED,
+//!                 (true, 0) => StatusCode::SERVICE_UNAVAILABLE,
+//!                 (true, _) => StatusCode::OK,
+//!             };
+//!             Ok::<_, std::convert::Infallible>(response)
+//!         }
+//!     }
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(RedisCacheLayer::builder(MemoryStore::new(1 << 20)).build()?)
+//!     .layer(RetryLayer::builder().base_delay(Duration::from_millis(5)).build()?)
+//!     .layer(AuthLayer::new(Static))
+//!     .service(api);
+//!
+//! let request = || Request::get("https://api.example/report").body(Full::default()).unwrap();
+//! let first = client.clone().oneshot(request()).await?;
+//! assert_eq!(first.status(), StatusCode::OK);
+//! assert_eq!(first.extensions().get::<RetryOutcome>().map(|o| o.attempts), Some(2)); // retried the 503
+//! let second = client.oneshot(request()).await?;
+//! assert_eq!(second.extensions().get(), Some(&CacheOutcome::Hit)); // no token, no call
+//! assert_eq!(calls.load(Ordering::SeqCst), 2);
+//! # Ok(()) }
+//! ```
 //!
 //! # The Genesys Cloud stack
 //!
