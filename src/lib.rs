@@ -152,6 +152,7 @@ pub mod cache;
 pub mod error;
 #[cfg(feature = "genesys")]
 pub mod genesys;
+mod macros;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 pub mod retry;

@@ -3,34 +3,8 @@
 use super::body::ResponseBody;
 use crate::error::BoxError;
 use http::Response;
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-type Inner<R> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send>>;
-
-/// The future [`RedisCache`](super::RedisCache) returns: store look-up, then the inner call on a miss.
-pub struct ResponseFuture<R> {
-    inner: Inner<R>,
-}
-
-impl<R> ResponseFuture<R> {
-    pub(crate) fn new(inner: Inner<R>) -> Self {
-        ResponseFuture { inner }
-    }
-}
-
-impl<R> fmt::Debug for ResponseFuture<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<R> Future for ResponseFuture<R> {
-    type Output = Result<Response<ResponseBody<R>>, BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
+crate::macros::boxed_response_future! {
+    /// The future [`RedisCache`](super::RedisCache) returns: store look-up, then the inner call on a miss.
+    ResponseFuture<R> => Result<Response<ResponseBody<R>>, BoxError>
 }
