@@ -2,60 +2,18 @@
 
 mod support;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
 use std::time::Duration;
+use support::calls::{body, cache_status, call, outcome, post, post_bytes, wait_until};
 use support::{Origin, RedisServer, bulk_payload, fred_client};
-use tower::{Service, ServiceExt};
-use tower_redis_cache::cache::ResponseBody;
-use tower_redis_cache::error::BoxError;
+use tower::ServiceExt;
 use tower_redis_cache::{
     CacheHandle, CacheOutcome, ENTRY_OVERHEAD, MemoryStore, RedisCacheLayer, RedisStore,
 };
 
-type Reply = Response<ResponseBody<Full<Bytes>>>;
-
 async fn redis_store(server: &RedisServer) -> RedisStore {
     RedisStore::new(fred_client(&server.url()).await)
-}
-
-fn post(json: &str) -> Request<Full<Bytes>> {
-    Request::post("https://api.example.com/api/v2/query")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(json.to_owned())))
-        .unwrap()
-}
-
-/// The same request as `post`, with a byte body (for `CacheHandle::key_for`).
-fn post_bytes(json: &str) -> Request<Bytes> {
-    let (parts, _) = post(json).into_parts();
-    Request::from_parts(parts, Bytes::from(json.to_owned()))
-}
-
-fn outcome(response: &Reply) -> CacheOutcome {
-    *response
-        .extensions()
-        .get::<CacheOutcome>()
-        .expect("every response has an outcome")
-}
-
-fn cache_status(response: &Reply) -> String {
-    response.headers()["cache-status"]
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn body(response: Reply) -> Bytes {
-    response.into_body().collect().await.unwrap().to_bytes()
-}
-
-async fn call<S>(service: &S, request: Request<Full<Bytes>>) -> Reply
-where
-    S: Service<Request<Full<Bytes>>, Response = Reply, Error = BoxError> + Clone,
-{
-    service.clone().oneshot(request).await.unwrap()
 }
 
 fn layer_over(
@@ -64,16 +22,6 @@ fn layer_over(
     RedisCacheLayer::builder(store)
         .namespace("test")
         .methods([Method::GET, Method::POST])
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("gave up waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

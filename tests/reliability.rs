@@ -4,63 +4,22 @@
 mod support;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
 use proptest::prelude::*;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::calls::{body, cache_status, call, outcome, post, wait_until};
 use support::{Origin, RedisCluster, RedisServer, bulk_payload, fred_client};
-use tower::{Service, ServiceExt};
-use tower_redis_cache::cache::{RedisCacheLayerBuilder, ResponseBody};
-use tower_redis_cache::error::BoxError;
+use tower::ServiceExt;
+use tower_redis_cache::cache::RedisCacheLayerBuilder;
 use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, Store};
-
-type Reply = Response<ResponseBody<Full<Bytes>>>;
 
 fn layer_over(store: impl Store) -> RedisCacheLayerBuilder {
     RedisCacheLayer::builder(store)
         .namespace("rel")
         .methods([Method::GET, Method::POST])
-}
-
-fn post(json: &str) -> Request<Full<Bytes>> {
-    Request::post("https://api.example.com/api/v2/query")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(json.to_owned())))
-        .unwrap()
-}
-
-async fn call<S>(service: &S, request: Request<Full<Bytes>>) -> Reply
-where
-    S: Service<Request<Full<Bytes>>, Response = Reply, Error = BoxError> + Clone,
-{
-    service.clone().oneshot(request).await.unwrap()
-}
-
-fn outcome(response: &Reply) -> CacheOutcome {
-    *response.extensions().get::<CacheOutcome>().unwrap()
-}
-
-fn cache_status(response: &Reply) -> String {
-    response.headers()["cache-status"]
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn body(response: Reply) -> Bytes {
-    response.into_body().collect().await.unwrap().to_bytes()
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("gave up waiting for: {what}");
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {

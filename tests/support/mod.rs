@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: real `redis-server` processes and small HTTP fixtures.
 #![allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
 
+pub mod calls;
 pub mod origin;
 pub mod redis;
 

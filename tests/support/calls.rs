@@ -1,0 +1,67 @@
+//! Requests and reply accessors shared by the cache tests.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use std::time::Duration;
+use tower::{Service, ServiceExt};
+use tower_redis_cache::CacheOutcome;
+use tower_redis_cache::cache::ResponseBody;
+use tower_redis_cache::error::BoxError;
+
+/// What a cached service over an [`Origin`](super::Origin) answers.
+pub type Reply = Response<ResponseBody<Full<Bytes>>>;
+
+/// A JSON `POST` query to the same URL every time.
+pub fn post(json: &str) -> Request<Full<Bytes>> {
+    Request::post("https://api.example.com/api/v2/query")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_owned())))
+        .unwrap()
+}
+
+/// The same request as `post`, with a byte body (for `CacheHandle::key_for`).
+pub fn post_bytes(json: &str) -> Request<Bytes> {
+    let (parts, _) = post(json).into_parts();
+    Request::from_parts(parts, Bytes::from(json.to_owned()))
+}
+
+/// Calls a clone of `service`, expecting success.
+pub async fn call<S>(service: &S, request: Request<Full<Bytes>>) -> Reply
+where
+    S: Service<Request<Full<Bytes>>, Response = Reply, Error = BoxError> + Clone,
+{
+    service.clone().oneshot(request).await.unwrap()
+}
+
+/// The reply's cache outcome.
+pub fn outcome(response: &Reply) -> CacheOutcome {
+    *response
+        .extensions()
+        .get::<CacheOutcome>()
+        .expect("every response has an outcome")
+}
+
+/// The reply's `Cache-Status` header.
+pub fn cache_status(response: &Reply) -> String {
+    response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The reply's body.
+pub async fn body(response: Reply) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// Polls `done` every 10 ms for up to 10 s (a liveness guard for background work, not a timing claim).
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("gave up waiting for: {what}");
+}
