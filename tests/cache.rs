@@ -8,6 +8,7 @@ use std::time::Duration;
 use support::calls::{body, cache_status, call, outcome, post, post_bytes, wait_until};
 use support::{Origin, RedisServer, bulk_payload, fred_client};
 use tower::ServiceExt;
+use tower_redis_cache::cache::store::StoreFuture;
 use tower_redis_cache::{
     CacheHandle, CacheOutcome, ENTRY_OVERHEAD, MemoryStore, RedisCacheLayer, RedisStore,
 };
@@ -22,6 +23,9 @@ fn layer_over(
     RedisCacheLayer::builder(store)
         .namespace("test")
         .methods([Method::GET, Method::POST])
+        // Generous, so a loaded CI machine never turns a slow store call into a miss; the fault tests that
+        // are about the timeout set their own.
+        .store_timeout(Duration::from_secs(2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,6 +257,74 @@ async fn two_layers_with_their_own_connections_refresh_a_stale_key_once() {
     origin.open();
     wait_until("A stored", || layer_a.handle().stats().stores == 2).await;
     assert_eq!(origin.calls(), 2, "one refresh across both processes");
+    assert_eq!(layer_b.handle().stats().refreshes_started, 0);
+}
+
+/// A real Redis store whose lease requests arrive late, like a process that was descheduled.
+struct SlowLease(RedisStore);
+
+impl tower_redis_cache::Store for SlowLease {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<bytes::Bytes>> {
+        self.0.get(key)
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: bytes::Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        self.0.set(key, value, ttl)
+    }
+
+    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.0.try_lease(key, ttl).await
+        })
+    }
+
+    fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
+        self.0.remove(keys)
+    }
+
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        self.0.purge_prefix(prefix)
+    }
+}
+
+#[tokio::test]
+async fn a_late_lease_after_another_process_refreshed_does_not_refresh_again() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    fn build(store: impl tower_redis_cache::Store) -> RedisCacheLayer {
+        layer_over(store)
+            .fresh_for(Duration::from_secs(1))
+            .stale_for(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+    let layer_a = build(redis_store(&server).await);
+    let layer_b = build(SlowLease(redis_store(&server).await));
+    let a = layer_a.layer_service(origin.service());
+    let b = layer_b.layer_service(origin.service());
+    call(&a, post(r#"{"q":"late"}"#)).await;
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+
+    // B sees the entry stale first, but its lease request is slow; A refreshes and releases the lease meanwhile.
+    assert_eq!(
+        outcome(&call(&b, post(r#"{"q":"late"}"#)).await),
+        CacheOutcome::Stale { refreshing: true }
+    );
+    assert_eq!(
+        outcome(&call(&a, post(r#"{"q":"late"}"#)).await),
+        CacheOutcome::Stale { refreshing: true }
+    );
+    wait_until("A refreshed", || layer_a.handle().stats().stores == 2).await;
+    wait_until("B's late refresh ended", || {
+        layer_b.handle().stats().refreshes_skipped == 1
+    })
+    .await;
+    assert_eq!(
+        origin.calls(),
+        2,
+        "B found the entry fresh again and did not call the origin"
+    );
     assert_eq!(layer_b.handle().stats().refreshes_started, 0);
 }
 

@@ -412,7 +412,7 @@ impl Engine {
     }
 
     /// Reads and decodes the entry for `key`. Undecodable values are misses (the next store overwrites them).
-    async fn read(&self, key: &CacheKey) -> Result<Option<Entry>, StoreHealth> {
+    pub(super) async fn read(&self, key: &CacheKey) -> Result<Option<Entry>, StoreHealth> {
         match self.store.call("get", |s| s.get(key.as_str())).await {
             Ok(Some(bytes)) => match Entry::decode(&bytes, key.digest()) {
                 Ok(entry) => Ok(Some(entry)),

@@ -1,7 +1,8 @@
 //! Background revalidation of stale entries: one refresh per key per process (an in-process set), one per
 //! fleet (a `SET NX PX` lease stored next to the entry, in the same Redis Cluster hash slot).
 
-use super::engine::{Engine, Fetch, Fetched};
+use super::engine::{Engine, Fetch, Fetched, now_ms};
+use super::entry::Freshness;
 use super::key::CacheKey;
 use super::stats::bump;
 use http_body::Body;
@@ -59,6 +60,16 @@ impl Engine {
             }
             // The store is failing: whatever the origin says could not be stored.
             Err(_) => return,
+        }
+        // A refresh elsewhere may have finished (and released its lease) between this process seeing the entry
+        // stale and taking the lease: then the entry is fresh again and there is nothing to do.
+        if let Ok(Some(entry)) = self.read(key).await
+            && entry.freshness(now_ms()) == Freshness::Fresh
+        {
+            bump(&self.counters.refreshes_skipped);
+            let keys = [lease.as_str()];
+            let _ = self.store.call("unlease", |s| s.remove(&keys)).await;
+            return;
         }
         bump(&self.counters.refreshes_started);
         let refreshed = match fetch.fetch().await {
