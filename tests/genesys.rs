@@ -18,6 +18,7 @@ fn builder(emulator: &Emulator) -> GenesysClientBuilder {
         .api_base(emulator.base_url())
         .login_base(emulator.base_url())
         .client_credentials(emulator.client_id(), emulator.client_secret())
+        .store_timeout(Duration::from_secs(2))
         .retry(
             RetryLayer::builder()
                 .base_delay(Duration::from_millis(20))
@@ -129,6 +130,7 @@ async fn second_process_lists_actions() {
         .api_base(var("SECOND_PROCESS_API"))
         .login_base(var("SECOND_PROCESS_API"))
         .client_credentials(id, secret)
+        .store_timeout(Duration::from_secs(2))
         .store(store)
         .build()
         .unwrap();

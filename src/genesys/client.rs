@@ -254,6 +254,7 @@ pub struct GenesysClientBuilder {
     stale_if_error_for: Duration,
     retry: Option<RetryLayer>,
     attempt_timeout: Duration,
+    store_timeout: Duration,
     max_pages: u32,
 }
 
@@ -271,6 +272,7 @@ impl Default for GenesysClientBuilder {
             stale_if_error_for: Duration::from_secs(3600),
             retry: None,
             attempt_timeout: Duration::from_secs(30),
+            store_timeout: Duration::from_millis(50),
             max_pages: 1000,
         }
     }
@@ -366,6 +368,12 @@ impl GenesysClientBuilder {
         self
     }
 
+    /// How long a cache store call may take before the request goes on without it. Default: 50 ms.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
     /// The most pages one listing may read before it fails. Default: 1000.
     pub fn max_pages(mut self, pages: u32) -> Self {
         self.max_pages = pages;
@@ -430,6 +438,7 @@ impl GenesysClientBuilder {
             .fresh_for(self.fresh_for)
             .stale_for(self.stale_for)
             .stale_if_error_for(self.stale_if_error_for)
+            .store_timeout(self.store_timeout)
             .cache_post_when(|parts| is_cached_post(parts.uri.path()))
             .build()?;
         let handle = cache.handle();
