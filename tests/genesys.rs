@@ -29,8 +29,10 @@ fn builder(emulator: &Emulator) -> GenesysClientBuilder {
 }
 
 async fn redis_client(emulator: &Emulator, redis: &RedisServer) -> GenesysClient {
-    let store = RedisStore::new(fred_client(&redis.url()).await);
-    builder(emulator).store(store).build().unwrap()
+    builder(emulator)
+        .redis_client(fred_client(&redis.url()).await)
+        .build()
+        .unwrap()
 }
 
 fn order_lookups() -> ActionQuery {
@@ -436,4 +438,30 @@ async fn the_per_token_rate_limit_answers_the_real_429() {
         .unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
     assert!(response.headers().contains_key("inin-correlation-id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_url_connects_in_the_background_and_then_caches() {
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let client = builder(&emulator).redis_url(redis.url()).build().unwrap();
+    let id = &emulator.action_ids()[2];
+    // Until the connection is up, calls go to the API uncached; soon after, one is stored and hit.
+    let mut hit = false;
+    for _ in 0..200 {
+        if client.get_action(id).await.unwrap().cache == Some(CacheOutcome::Hit) {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(hit, "caching started once Redis was connected");
+    assert!(emulator.requests(Endpoint::GetAction) < 200);
+
+    let error = builder(&emulator)
+        .redis_url("redis://:pw-secret@[not a host")
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("redis url"), "{error}");
+    assert!(!error.to_string().contains("pw-secret"), "{error}");
 }

@@ -248,6 +248,8 @@ pub struct GenesysClientBuilder {
     client_id: Option<String>,
     client_secret: Option<Secret>,
     store: Option<Arc<dyn Store>>,
+    #[cfg(feature = "redis")]
+    redis_url: Option<String>,
     namespace: String,
     fresh_for: Duration,
     stale_for: Duration,
@@ -266,6 +268,8 @@ impl Default for GenesysClientBuilder {
             client_id: None,
             client_secret: None,
             store: None,
+            #[cfg(feature = "redis")]
+            redis_url: None,
             namespace: "genesys".into(),
             fresh_for: Duration::from_secs(300),
             stale_for: Duration::from_secs(600),
@@ -323,12 +327,28 @@ impl GenesysClientBuilder {
         self
     }
 
-    /// The cache store: a [`RedisStore`](crate::RedisStore) (from a URL with `RedisStore::connect`, or a fred
-    /// client with `RedisStore::new`) shared by every process, or a [`MemoryStore`](crate::MemoryStore).
-    /// Default: a 64 MiB `MemoryStore` (feature `memory`).
+    /// The cache store: a [`RedisStore`](crate::RedisStore) shared by every process, a
+    /// [`MemoryStore`](crate::MemoryStore), or your own [`Store`]. Default: a 64 MiB `MemoryStore` (feature
+    /// `memory`). See also [`redis_url`](Self::redis_url) and [`redis_client`](Self::redis_client).
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
         self
+    }
+
+    /// Caches in the Redis at `url` (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`, with
+    /// credentials), connecting in the background when the client is built; until Redis answers, calls go
+    /// to the API uncached. Replaces any [`store`](Self::store).
+    #[cfg(feature = "redis")]
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self.store = None;
+        self
+    }
+
+    /// Caches in Redis through an existing fred client (connected or connecting).
+    #[cfg(feature = "redis")]
+    pub fn redis_client(self, client: fred::clients::Client) -> Self {
+        self.store(crate::RedisStore::new(client))
     }
 
     /// The Redis key namespace. Default: `genesys`.
@@ -384,8 +404,8 @@ impl GenesysClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when a base or the credentials are missing or invalid, or no store was given and the
-    /// `memory` feature is off.
+    /// [`ConfigError`] when a base or the credentials are missing or invalid, a Redis URL is invalid, or no store
+    /// was given and the `memory` feature is off.
     pub fn build(self) -> Result<GenesysClient, ConfigError> {
         let api_base = self
             .api_base
@@ -407,7 +427,20 @@ impl GenesysClientBuilder {
             .client_id
             .zip(self.client_secret)
             .ok_or_else(|| ConfigError::new("no client credentials"))?;
-        let store = match self.store {
+        #[cfg(feature = "redis")]
+        let url_store: Option<Arc<dyn Store>> = match &self.redis_url {
+            Some(url) => Some(Arc::new(
+                crate::RedisStore::connect_lazy(url)
+                    // The message, not the URL: it may hold a password.
+                    .map_err(|e| {
+                        ConfigError::new(format!("redis url rejected: {}", e.details()))
+                    })?,
+            )),
+            None => None,
+        };
+        #[cfg(not(feature = "redis"))]
+        let url_store: Option<Arc<dyn Store>> = None;
+        let store = match url_store.or(self.store) {
             Some(store) => store,
             None => default_store()?,
         };

@@ -73,6 +73,30 @@ impl RedisStore {
         Ok(Self::new(client))
     }
 
+    /// Like [`connect`](Self::connect), but returns at once: the client connects (and reconnects) in the
+    /// background, and until it is connected every store call fails fast, so requests go to the inner service.
+    /// Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// An invalid URL, or no Tokio runtime.
+    pub fn connect_lazy(url: &str) -> Result<Self, fred::error::Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(fred::error::Error::new(
+                fred::error::ErrorKind::Config,
+                "RedisStore::connect_lazy needs a Tokio runtime",
+            ));
+        }
+        let config = Config::from_url(url)?;
+        let client = Builder::from_config(config)
+            .set_policy(ReconnectPolicy::new_constant(0, 100))
+            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+            .build()?;
+        // The connection task runs detached; the client reconnects on its own.
+        drop(client.connect());
+        Ok(Self::new(client))
+    }
+
     fn client(&self) -> &fred::clients::WithOptions<Client> {
         if self.clients.len() == 1 {
             return &self.clients[0];
