@@ -36,11 +36,8 @@
 
 use crate::cache::RedisCacheLayer;
 use crate::cache::ResponseBody;
-use crate::cache::engine::{
-    Engine, Fetch, FetchFuture, Origin, buffer_response, request_directives,
-};
-use crate::cache::stats::bump;
-use crate::cache::status::{BypassReason, CacheOutcome, Status};
+use crate::cache::engine::{Engine, Fetch, FetchFuture, Origin, buffer_response};
+use crate::cache::status::BypassReason;
 use crate::error::BoxError;
 use ::reqwest::{Body, Request, ResponseBuilderExt, Url};
 use ::reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
@@ -193,32 +190,25 @@ impl CacheMiddleware {
             return next.run(request, extensions).await;
         };
         let max = engine.policy.max_body;
-        let body = match request.body() {
-            None => Some(Bytes::new()),
-            Some(body) => body.as_bytes().map(Bytes::copy_from_slice),
+        // `None`: a streaming body, which cannot be read without consuming it.
+        let bytes = match request.body() {
+            None => Some(&[][..]),
+            Some(body) => body.as_bytes(),
         };
-        let [no_store, no_cache] = request_directives(&parts.headers, &["no-store", "no-cache"]);
-        let reason = if !engine.policy.method_cacheable(&parts) {
-            Some(BypassReason::Method)
-        } else if no_store {
-            Some(BypassReason::NoStore)
-        } else if body.as_ref().is_none_or(|b| b.len() > max) {
-            // Over the cap, or a streaming body that cannot be read without consuming it.
-            Some(BypassReason::RequestTooLarge)
-        } else {
-            None
-        };
-        let (Some(body), None) = (body, reason) else {
-            bump(&engine.counters.bypasses);
+        let screen = engine.policy.screen(&parts, bytes.map(|b| b.len() as u64));
+        let reason = screen
+            .bypass
+            .or(bytes.is_none().then_some(BypassReason::RequestTooLarge));
+        if let Some(reason) = reason {
+            let status = engine.bypassed(reason);
             let mut response = next.run(request, extensions).await?;
-            let outcome = CacheOutcome::Bypass(reason.unwrap_or(BypassReason::RequestTooLarge));
-            let status = Status::new(outcome);
             response
                 .headers_mut()
                 .insert(crate::cache::engine::CACHE_STATUS, status.header_value());
-            response.extensions_mut().insert(outcome);
+            response.extensions_mut().insert(status.outcome);
             return Ok(response);
-        };
+        }
+        let body = bytes.map(Bytes::copy_from_slice).unwrap_or_default();
         let url = request.url().clone();
         let key = engine
             .keys
@@ -237,7 +227,7 @@ impl CacheMiddleware {
         };
         let response = engine
             .clone()
-            .respond(key, no_cache, origin)
+            .respond(key, screen.no_cache, origin)
             .await
             .map_err(|e| reqwest_middleware::Error::middleware(CacheError(e)))?;
         Ok(into_reqwest(response, url))

@@ -9,7 +9,7 @@ use super::entry::{Entry, Freshness, storable_headers};
 use super::guard::GuardedStore;
 use super::key::{CacheKey, KeyConfig};
 use super::stats::{Counters, bump};
-use super::status::{CacheOutcome, Status, StoreHealth};
+use super::status::{BypassReason, CacheOutcome, Status, StoreHealth};
 use crate::buffer::{Collected, collect_capped, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
@@ -140,7 +140,31 @@ impl std::fmt::Debug for Policy {
     }
 }
 
+/// What a request's head alone decides, before its body is read.
+pub(crate) struct Screen {
+    /// Why the request goes straight to the origin, if it does.
+    pub(crate) bypass: Option<BypassReason>,
+    /// The request asked for revalidation (`Cache-Control: no-cache`).
+    pub(crate) no_cache: bool,
+}
+
 impl Policy {
+    /// Screens a request for every adapter alike: an uncached method, `no-store`, or a body of `len` bytes
+    /// (when known) over the cap bypasses the cache.
+    pub(crate) fn screen(&self, parts: &request::Parts, len: Option<u64>) -> Screen {
+        let [no_store, no_cache] = request_directives(&parts.headers, &["no-store", "no-cache"]);
+        let bypass = if !self.method_cacheable(parts) {
+            Some(BypassReason::Method)
+        } else if no_store {
+            Some(BypassReason::NoStore)
+        } else if len.is_some_and(|n| n > self.max_body as u64) {
+            Some(BypassReason::RequestTooLarge)
+        } else {
+            None
+        };
+        Screen { bypass, no_cache }
+    }
+
     /// Whether requests like this one may be answered from the cache.
     pub(crate) fn method_cacheable(&self, parts: &request::Parts) -> bool {
         if self.methods.contains(&parts.method) {
@@ -483,6 +507,19 @@ fn cached<R>(
     response.headers_mut().insert(AGE, HeaderValue::from(age));
     decorate(&mut response, &status);
     response
+}
+
+impl Engine {
+    /// Counts and logs a request that bypasses the cache; returns the status its response carries.
+    pub(crate) fn bypassed(&self, reason: BypassReason) -> Status {
+        bump(&self.counters.bypasses);
+        tracing::debug!(
+            outcome = "bypass",
+            reason = reason.as_str(),
+            "cache decision"
+        );
+        Status::new(CacheOutcome::Bypass(reason))
+    }
 }
 
 /// Adds `Cache-Status` and the [`CacheOutcome`] extension.

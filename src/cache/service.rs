@@ -1,10 +1,9 @@
 //! [`RedisCache`]: the Tower adapter over the cache engine.
 
 use super::body::ResponseBody;
-use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate, request_directives};
+use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate};
 use super::future::ResponseFuture;
-use super::stats::bump;
-use super::status::{BypassReason, CacheOutcome, Status};
+use super::status::{BypassReason, CacheOutcome};
 use crate::buffer::{Buffered, buffer_request, call_ready, content_length};
 use crate::error::BoxError;
 use bytes::Bytes;
@@ -129,17 +128,8 @@ where
 {
     let (parts, body) = request.into_parts();
     let max = engine.policy.max_body;
-    let [no_store, no_cache] = request_directives(&parts.headers, &["no-store", "no-cache"]);
-    let reason = if !engine.policy.method_cacheable(&parts) {
-        Some(BypassReason::Method)
-    } else if no_store {
-        Some(BypassReason::NoStore)
-    } else if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
-        Some(BypassReason::RequestTooLarge)
-    } else {
-        None
-    };
-    if let Some(reason) = reason {
+    let screen = engine.policy.screen(&parts, content_length(&parts.headers));
+    if let Some(reason) = screen.bypass {
         return bypass(&engine, inner, Request::from_parts(parts, body), reason).await;
     }
     let (parts, bytes) = match buffer_request(Request::from_parts(parts, body), max).await? {
@@ -160,7 +150,7 @@ where
         max_body: max,
         _body: PhantomData,
     };
-    engine.respond(key, no_cache, fetch).await
+    engine.respond(key, screen.no_cache, fetch).await
 }
 
 async fn bypass<S, B, R>(
@@ -173,16 +163,11 @@ where
     S: Service<Request<B>, Response = Response<R>>,
     S::Error: Into<BoxError>,
 {
-    bump(&engine.counters.bypasses);
-    tracing::debug!(
-        outcome = "bypass",
-        reason = reason.as_str(),
-        "cache decision"
-    );
+    let status = engine.bypassed(reason);
     let response = call_ready(&mut inner, request).await?;
     let (parts, body) = response.into_parts();
     let mut response = Response::from_parts(parts, ResponseBody::streaming(None, Box::pin(body)));
-    decorate(&mut response, &Status::new(CacheOutcome::Bypass(reason)));
+    decorate(&mut response, &status);
     Ok(response)
 }
 
