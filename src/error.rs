@@ -38,6 +38,20 @@ impl ConfigError {
     }
 }
 
+/// Parses `url` as an absolute `http` or `https` URL; `what` names it in the error.
+pub(crate) fn absolute_http_url(what: &str, url: &str) -> Result<http::Uri, ConfigError> {
+    let rejected = || {
+        ConfigError::new(format!(
+            "{what} {url:?} must be an absolute http or https URL"
+        ))
+    };
+    let uri: http::Uri = url.parse().map_err(|_| rejected())?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(rejected());
+    }
+    Ok(uri)
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid configuration: {}", self.message)

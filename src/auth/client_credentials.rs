@@ -3,7 +3,7 @@
 use super::error::TokenError;
 use super::token::{Secret, Token, TokenFuture, TokenSource};
 use crate::buffer::{Collected, call_ready, collect_capped};
-use crate::error::{BoxError, ConfigError};
+use crate::error::{BoxError, ConfigError, absolute_http_url};
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, Uri};
@@ -68,16 +68,7 @@ impl<S, B> ClientCredentials<S, B> {
         client_id: impl Into<String>,
         client_secret: impl Into<Secret>,
     ) -> Result<Self, ConfigError> {
-        let token_url: Uri = token_url.parse().map_err(|e| {
-            ConfigError::new(format!(
-                "token url {token_url:?} must be an absolute http or https URL ({e})"
-            ))
-        })?;
-        if !matches!(token_url.scheme_str(), Some("http" | "https")) || token_url.host().is_none() {
-            return Err(ConfigError::new(format!(
-                "token url {token_url} must be an absolute http or https URL"
-            )));
-        }
+        let token_url = absolute_http_url("token url", token_url)?;
         let client_id = client_id.into();
         if client_id.is_empty() {
             return Err(ConfigError::new("client id is empty"));

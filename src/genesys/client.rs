@@ -5,7 +5,7 @@ use super::region::Region;
 use crate::auth::{AuthLayer, ClientCredentials, Secret};
 use crate::buffer::{Collected, collect_capped};
 use crate::cache::{CacheHandle, CacheOutcome, RedisCache, RedisCacheLayer, ResponseBody, Store};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, absolute_http_url};
 use crate::retry::{Retry, RetryLayer, RetryOutcome};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
@@ -415,14 +415,7 @@ impl GenesysClientBuilder {
             .login_base
             .ok_or_else(|| ConfigError::new("no region or login base"))?;
         let login_base = login_base.trim_end_matches('/');
-        let uri: Uri = api_base
-            .parse()
-            .map_err(|_| ConfigError::new(format!("api base {api_base:?} is not a URL")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(ConfigError::new(format!(
-                "api base {api_base:?} must be an absolute http or https URL"
-            )));
-        }
+        absolute_http_url("api base", &api_base)?;
         let (client_id, secret) = self
             .client_id
             .zip(self.client_secret)
