@@ -38,14 +38,8 @@ where
     };
     futures_util::stream::unfold(state, |mut state| async move {
         let number = state.next.take()?;
-        if number > state.client.inner.max_pages {
-            let max = state.client.inner.max_pages;
-            return Some((
-                Err(GenesysError::pagination(format!(
-                    "listing has more than {max} pages"
-                ))),
-                state,
-            ));
+        if let Err(error) = page_limit(&state.client, number) {
+            return Some((Err(error), state));
         }
         let sep = if state.path_and_query.contains('?') {
             '&'
@@ -88,6 +82,17 @@ where
         state.previous = Some(fetched.value.clone());
         Some((Ok(fetched.map(|_| page)), state))
     })
+}
+
+/// The guard against unbounded listings: page `number` (from 1) may be read only within the client's limit.
+fn page_limit(client: &GenesysClient, number: u32) -> Result<(), GenesysError> {
+    let max = client.inner.max_pages;
+    if number > max {
+        return Err(GenesysError::pagination(format!(
+            "listing has more than {max} pages"
+        )));
+    }
+    Ok(())
 }
 
 /// How a cursor listing passes its cursor.
@@ -175,14 +180,8 @@ where
         }
         state.done = true;
         state.pages += 1;
-        if state.pages > state.client.inner.max_pages {
-            let max = state.client.inner.max_pages;
-            return Some((
-                Err(GenesysError::pagination(format!(
-                    "listing has more than {max} pages"
-                ))),
-                state,
-            ));
+        if let Err(error) = page_limit(&state.client, state.pages) {
+            return Some((Err(error), state));
         }
         let result = match state.query.style {
             CursorStyle::BodyAfter => {
