@@ -8,6 +8,7 @@ use http::{HeaderMap, Request, request};
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use tower_service::Service;
 
 /// A body read up to a cap.
@@ -29,15 +30,34 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Reads `body` until it ends or passes `max` bytes. Trailers are dropped. A single-frame body is not copied.
-pub(crate) async fn collect_capped<T>(body: T, max: usize) -> Result<Collected<T>, BoxError>
+pub(crate) fn collect_capped<T>(
+    body: T,
+    max: usize,
+) -> impl Future<Output = Result<Collected<T>, BoxError>>
 where
     T: Body,
     T::Error: Into<BoxError>,
 {
-    let mut body = Box::pin(body);
-    let mut first: Option<Bytes> = None;
+    collect_capped_after(Bytes::new(), Box::pin(body), max)
+}
+
+/// [`collect_capped`] for a body whose first `prefix` bytes were already read.
+pub(crate) async fn collect_capped_after<T>(
+    prefix: Bytes,
+    mut body: Pin<Box<T>>,
+    max: usize,
+) -> Result<Collected<T>, BoxError>
+where
+    T: Body,
+    T::Error: Into<BoxError>,
+{
+    let mut len = prefix.len();
+    let mut first: Option<Bytes> = (!prefix.is_empty()).then_some(prefix);
     let mut rest: Option<BytesMut> = None;
-    let mut len = 0usize;
+    if len > max {
+        let prefix = first.unwrap_or_default();
+        return Ok(Collected::TooLarge { prefix, rest: body });
+    }
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(Into::into)?;
         let Ok(mut data) = frame.into_data() else {
@@ -70,6 +90,46 @@ where
         Some(buf) => buf.freeze(),
         None => first.unwrap_or_default(),
     }))
+}
+
+/// A body as far as it could be read without waiting.
+pub(crate) enum Ready<T> {
+    /// The whole body, within the cap.
+    Complete(Bytes),
+    /// More may follow (or the cap was passed): `prefix` was read, `rest` is still to read.
+    Partial { prefix: Bytes, rest: Pin<Box<T>> },
+}
+
+/// Reads what `body` holds already, without waiting: a body that is empty or complete in one frame (a `Full`,
+/// a buffered client body, a hyper body whose bytes have arrived) is taken whole, so its request needs no
+/// asynchronous step before the cache key. Anything else comes back [`Ready::Partial`], to be read with
+/// [`collect_capped_after`]; nothing read is lost.
+///
+/// The body is polled with a no-op waker: if it is not ready, the caller's next poll registers the real one.
+pub(crate) fn take_ready<T>(body: T, max: usize) -> Result<Ready<T>, BoxError>
+where
+    T: Body,
+    T::Error: Into<BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok(Ready::Complete(Bytes::new()));
+    }
+    let mut rest = Box::pin(body);
+    let mut cx = Context::from_waker(Waker::noop());
+    let prefix = match rest.as_mut().poll_frame(&mut cx) {
+        Poll::Ready(None) => return Ok(Ready::Complete(Bytes::new())),
+        Poll::Ready(Some(frame)) => match frame.map_err(Into::into)?.into_data() {
+            Ok(mut data) => data.copy_to_bytes(data.remaining()),
+            // Trailers are dropped, as `collect_capped` drops them.
+            Err(_trailers) => Bytes::new(),
+        },
+        Poll::Pending => Bytes::new(),
+    };
+    if rest.is_end_stream() && prefix.len() <= max {
+        Ok(Ready::Complete(prefix))
+    } else {
+        Ok(Ready::Partial { prefix, rest })
+    }
 }
 
 /// Reads the whole of `body` after a prefix (for requests over the cap, which must still reach the inner
@@ -217,5 +277,77 @@ mod tests {
             &request.into_body().collect().await.unwrap().to_bytes()[..],
             b"123456789"
         );
+    }
+
+    #[tokio::test]
+    async fn takes_a_whole_body_at_once_and_leaves_the_rest_to_read() {
+        let Ok(Ready::Complete(whole)) = take_ready(Full::new(Bytes::from_static(b"{}")), 8) else {
+            panic!("a Full body is whole at once");
+        };
+        assert_eq!(&whole[..], b"{}");
+        let Ok(Ready::Complete(empty)) = take_ready(http_body_util::Empty::<Bytes>::new(), 8)
+        else {
+            panic!("an empty body is whole at once");
+        };
+        assert!(empty.is_empty());
+
+        // Several frames: the first is kept, the rest read afterwards, nothing lost.
+        let Ok(Ready::Partial { prefix, rest }) = take_ready(chunks(&["ab", "cd", "e"]), 8) else {
+            panic!("a streamed body is not whole after one frame");
+        };
+        assert_eq!(&prefix[..], b"ab");
+        let Collected::Complete(all) = collect_capped_after(prefix, rest, 8).await.unwrap() else {
+            panic!("within the cap");
+        };
+        assert_eq!(&all[..], b"abcde");
+
+        // One frame over the cap: read, but left for the caller to pass on whole.
+        let Ok(Ready::Partial { prefix, rest }) =
+            take_ready(Full::new(Bytes::from_static(b"123456789")), 8)
+        else {
+            panic!("over the cap");
+        };
+        let Collected::TooLarge { prefix, rest } =
+            collect_capped_after(prefix, rest, 8).await.unwrap()
+        else {
+            panic!("over the cap");
+        };
+        assert_eq!(&collect_rest(prefix, rest).await.unwrap()[..], b"123456789");
+    }
+
+    #[tokio::test]
+    async fn a_body_not_ready_yet_is_read_when_it_arrives() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let body = StreamBody::new(tokio_stream_from(rx));
+        let Ok(Ready::Partial { prefix, rest }) = take_ready(body, 8) else {
+            panic!("nothing has arrived");
+        };
+        assert!(prefix.is_empty());
+        let reader = tokio::spawn(collect_capped_after(prefix, rest, 8));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"late"))))
+            .await
+            .unwrap();
+        drop(tx);
+        let Collected::Complete(all) = reader.await.unwrap().unwrap() else {
+            panic!("within the cap");
+        };
+        assert_eq!(&all[..], b"late");
+    }
+
+    #[test]
+    fn a_failing_body_is_an_error() {
+        let frames = vec![Err::<Frame<Bytes>, _>(std::io::Error::other("reset"))];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let Err(error) = take_ready(body, 8) else {
+            panic!("the body failed");
+        };
+        assert_eq!(error.to_string(), "reset");
+    }
+
+    /// A stream over a channel's receiver (the body's frames arrive when sent).
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Send {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }

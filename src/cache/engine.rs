@@ -49,6 +49,10 @@ pub(crate) enum Fetched<R> {
 pub(crate) type FetchFuture<'a, R> =
     Pin<Box<dyn Future<Output = Result<Fetched<R>, BoxError>> + Send + 'a>>;
 
+/// The engine's answer to one request, boxed (the miss path).
+type AnswerFuture<'a, R> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'a>>;
+
 /// How an adapter asks the origin for the response to one cached request, from a spawned background
 /// refresh: owned, cloneable, `'static`.
 pub(crate) trait Fetch<R>: Clone + Send + 'static {
@@ -265,112 +269,145 @@ impl Engine {
     }
 
     /// The cache decision for one request. `revalidate` (request `no-cache`) skips the read.
-    pub(crate) async fn respond<R, O>(
+    ///
+    /// The future of a hit is kept small, because its size is paid on every request (allocated, moved, and
+    /// brought into cache on whichever core resumes it): this is an async block rather than an `async fn`
+    /// (which would hold every argument twice), and the miss path is boxed apart, in [`Engine::miss`].
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn's future keeps a second copy of its arguments"
+    )]
+    pub(crate) fn respond<R, O>(
         self: Arc<Self>,
         key: CacheKey,
         revalidate: bool,
-        mut origin: O,
-    ) -> Result<Response<ResponseBody<R>>, BoxError>
+        origin: O,
+    ) -> impl Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send
     where
         R: Body + Send + 'static,
         O: Origin<R>,
     {
-        let mut health = StoreHealth::Ok;
-        let mut fallback = None;
-        if !revalidate {
-            match self.read(&key).await {
-                Ok(Some(entry)) => {
-                    let now = now_ms();
-                    match entry.freshness(now) {
-                        Freshness::Fresh => {
-                            bump(&self.counters.hits);
-                            tracing::debug!(key = key.short(), outcome = "hit", "cache decision");
-                            return Ok(cached(entry, now, CacheOutcome::Hit, None));
+        async move {
+            let mut health = StoreHealth::Ok;
+            let mut fallback = None;
+            if !revalidate {
+                match self.read(&key).await {
+                    Ok(Some(entry)) => {
+                        let now = now_ms();
+                        match entry.freshness(now) {
+                            Freshness::Fresh => {
+                                bump(&self.counters.hits);
+                                tracing::debug!(
+                                    key = key.short(),
+                                    outcome = "hit",
+                                    "cache decision"
+                                );
+                                return Ok(cached(entry, now, CacheOutcome::Hit, None));
+                            }
+                            Freshness::Stale => {
+                                bump(&self.counters.stale_hits);
+                                let refreshing = self.start_refresh(&key, origin.into_refresh());
+                                tracing::debug!(
+                                    key = key.short(),
+                                    outcome = "stale",
+                                    refreshing,
+                                    "cache decision"
+                                );
+                                return Ok(cached(
+                                    entry,
+                                    now,
+                                    CacheOutcome::Stale { refreshing },
+                                    None,
+                                ));
+                            }
+                            Freshness::ErrorOnly => fallback = Some(entry),
+                            Freshness::Expired => {}
                         }
-                        Freshness::Stale => {
-                            bump(&self.counters.stale_hits);
-                            let refreshing = self.start_refresh(&key, origin.into_refresh());
-                            tracing::debug!(
-                                key = key.short(),
-                                outcome = "stale",
-                                refreshing,
-                                "cache decision"
-                            );
-                            return Ok(cached(
-                                entry,
-                                now,
-                                CacheOutcome::Stale { refreshing },
-                                None,
-                            ));
-                        }
-                        Freshness::ErrorOnly => fallback = Some(entry),
-                        Freshness::Expired => {}
                     }
+                    Ok(None) => {}
+                    Err(store_health) => health = store_health,
                 }
-                Ok(None) => {}
-                Err(store_health) => health = store_health,
             }
+            self.miss(key, revalidate, origin, fallback, health).await
         }
-        let answer = |shared: Shared, collapsed: bool, stored: bool| {
-            self.answer(
-                shared,
-                fallback.clone(),
-                collapsed,
-                stored,
-                revalidate,
-                health,
-            )
-        };
-        loop {
-            match self.flights.join(key.as_str()) {
-                Role::Leader(leader) => {
-                    bump(&self.counters.misses);
-                    tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
-                    match origin.call().await {
-                        Ok(Fetched::Buffered(response)) => {
-                            // A store that just failed this request's read is not asked to write: a
-                            // request pays at most one store timeout.
-                            let stored = health == StoreHealth::Ok
-                                && self.policy.storable(&response)
-                                && self.write(&key, &response).await;
-                            let shared = Shared::Response(Arc::new(response));
-                            leader.complete(shared.clone());
-                            return answer(shared, false, stored);
-                        }
-                        Ok(Fetched::Streaming(response)) => {
-                            leader.complete(Shared::PassThrough);
-                            return Ok(self.pass_through(response, revalidate, health));
-                        }
-                        Err(error) => {
-                            let shared = Shared::Error(Arc::new(error));
-                            leader.complete(shared.clone());
-                            return answer(shared, false, false);
-                        }
-                    }
-                }
-                Role::Waiter(waiter) => match waiter.wait().await {
-                    Some(Shared::PassThrough) => {
-                        // Too large to share: this caller asks the origin itself, uncoalesced.
+    }
+
+    /// The miss path: coalesce, call the origin, store. Boxed on its own so that the future of a hit, the path
+    /// that must stay cheap, carries none of this state (a smaller future is less to allocate and copy).
+    fn miss<'o, R, O>(
+        self: Arc<Self>,
+        key: CacheKey,
+        revalidate: bool,
+        mut origin: O,
+        fallback: Option<Entry>,
+        health: StoreHealth,
+    ) -> AnswerFuture<'o, R>
+    where
+        R: Body + Send + 'static,
+        O: Origin<R> + 'o,
+    {
+        Box::pin(async move {
+            let answer = |shared: Shared, collapsed: bool, stored: bool| {
+                self.answer(
+                    shared,
+                    fallback.clone(),
+                    collapsed,
+                    stored,
+                    revalidate,
+                    health,
+                )
+            };
+            loop {
+                match self.flights.join(key.as_str()) {
+                    Role::Leader(leader) => {
                         bump(&self.counters.misses);
-                        return match origin.call().await {
-                            Ok(Fetched::Streaming(response)) => {
-                                Ok(self.pass_through(response, revalidate, health))
-                            }
+                        tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
+                        match origin.call().await {
                             Ok(Fetched::Buffered(response)) => {
-                                answer(Shared::Response(Arc::new(response)), false, false)
+                                // A store that just failed this request's read is not asked to write: a
+                                // request pays at most one store timeout.
+                                let stored = health == StoreHealth::Ok
+                                    && self.policy.storable(&response)
+                                    && self.write(&key, &response).await;
+                                let shared = Shared::Response(Arc::new(response));
+                                leader.complete(shared.clone());
+                                return answer(shared, false, stored);
                             }
-                            Err(error) => answer(Shared::Error(Arc::new(error)), false, false),
-                        };
+                            Ok(Fetched::Streaming(response)) => {
+                                leader.complete(Shared::PassThrough);
+                                return Ok(self.pass_through(response, revalidate, health));
+                            }
+                            Err(error) => {
+                                let shared = Shared::Error(Arc::new(error));
+                                leader.complete(shared.clone());
+                                return answer(shared, false, false);
+                            }
+                        }
                     }
-                    Some(shared) => {
-                        bump(&self.counters.coalesced);
-                        return answer(shared, true, false);
-                    }
-                    // The leader was cancelled: join again (one of the waiters becomes the leader).
-                    None => continue,
-                },
+                    Role::Waiter(waiter) => match waiter.wait().await {
+                        Some(Shared::PassThrough) => {
+                            // Too large to share: this caller asks the origin itself, uncoalesced.
+                            bump(&self.counters.misses);
+                            return match origin.call().await {
+                                Ok(Fetched::Streaming(response)) => {
+                                    Ok(self.pass_through(response, revalidate, health))
+                                }
+                                Ok(Fetched::Buffered(response)) => {
+                                    answer(Shared::Response(Arc::new(response)), false, false)
+                                }
+                                Err(error) => answer(Shared::Error(Arc::new(error)), false, false),
+                            };
+                        }
+                        Some(shared) => {
+                            bump(&self.counters.coalesced);
+                            return answer(shared, true, false);
+                        }
+                        // The leader was cancelled: join again (one of the waiters becomes the leader).
+                        None => continue,
+                    },
+                }
             }
-        }
+        })
     }
 
     /// Builds the answer to an origin result, falling back to a stale-if-error entry when the origin failed.
