@@ -9,14 +9,15 @@ use super::entry::{Entry, Freshness, storable_headers};
 use super::guard::GuardedStore;
 use super::key::{CacheKey, KeyConfig};
 use super::stats::{Counters, bump};
-use super::status::{BypassReason, CacheOutcome, Status, StoreHealth};
+use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
 use crate::buffer::{Collected, collect_capped, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::{AGE, CACHE_CONTROL};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, request};
+use http::{HeaderMap, HeaderName, Method, Response, StatusCode, Version, request};
 use http_body::Body;
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -541,7 +542,11 @@ fn cached<R>(
     let mut response = Response::new(ResponseBody::full(entry.body));
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers;
-    response.headers_mut().insert(AGE, HeaderValue::from(age));
+    let mut text = HeaderText::default();
+    let _ = write!(text, "{age}");
+    if let Some(age) = text.value() {
+        response.headers_mut().insert(AGE, age);
+    }
     decorate(&mut response, &status);
     response
 }

@@ -134,9 +134,9 @@ impl Status {
         }
     }
 
-    /// Formats the `Cache-Status` field value.
+    /// Formats the `Cache-Status` field value (on the stack: the value is the one allocation).
     pub(crate) fn header_value(&self) -> HeaderValue {
-        let mut s = String::with_capacity(64);
+        let mut s = HeaderText::default();
         s.push_str(CACHE_NAME);
         let fwd = if self.revalidate {
             "request"
@@ -176,8 +176,58 @@ impl Status {
         if let Some(detail) = detail {
             let _ = write!(s, "; detail={detail}");
         }
-        // Only ASCII from fixed strings and integers went in.
-        HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(CACHE_NAME))
+        // Only ASCII from fixed strings and integers went in, and less than the buffer holds.
+        s.value()
+            .unwrap_or_else(|| HeaderValue::from_static(CACHE_NAME))
+    }
+}
+
+/// A header value formatted in a fixed buffer, so that building it costs only the value's own allocation.
+pub(crate) struct HeaderText {
+    bytes: [u8; 160],
+    len: usize,
+    overflow: bool,
+}
+
+impl Default for HeaderText {
+    fn default() -> Self {
+        HeaderText {
+            bytes: [0; 160],
+            len: 0,
+            overflow: false,
+        }
+    }
+}
+
+impl HeaderText {
+    pub(crate) fn push_str(&mut self, s: &str) {
+        let end = self.len + s.len();
+        match self.bytes.get_mut(self.len..end) {
+            Some(dst) => {
+                dst.copy_from_slice(s.as_bytes());
+                self.len = end;
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    /// The value; `None` if it did not fit or is not a valid field value.
+    pub(crate) fn value(&self) -> Option<HeaderValue> {
+        if self.overflow {
+            return None;
+        }
+        HeaderValue::from_bytes(&self.bytes[..self.len]).ok()
+    }
+}
+
+impl std::fmt::Write for HeaderText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push_str(s);
+        if self.overflow {
+            Err(std::fmt::Error)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -187,6 +237,26 @@ mod tests {
 
     fn fmt(status: Status) -> String {
         status.header_value().to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn header_text_formats_within_its_buffer_and_refuses_past_it() {
+        use std::fmt::Write as _;
+        let mut text = HeaderText::default();
+        write!(text, "{}", 86_400u64).unwrap();
+        assert_eq!(text.value().unwrap(), "86400");
+        let mut long = HeaderText::default();
+        long.push_str(&"x".repeat(160));
+        assert_eq!(long.value().unwrap().len(), 160);
+        assert!(write!(long, "y").is_err());
+        assert_eq!(
+            long.value(),
+            None,
+            "a value that did not fit is not cut short"
+        );
+        let mut invalid = HeaderText::default();
+        invalid.push_str("a\nb");
+        assert_eq!(invalid.value(), None);
     }
 
     #[test]
