@@ -25,6 +25,10 @@ use tracing::Instrument;
 ///
 /// `poll_ready` is always ready: a hit never needs the inner service, so no inner capacity is reserved. A
 /// miss drives a clone of `inner` to readiness and calls it once.
+///
+/// `call` does the synchronous part of the work itself: it screens the request and, when the body is already
+/// whole (a `Full`, a buffered client body, a server body whose bytes have all arrived), takes it and computes
+/// the key, so the returned future holds only the store look-up. A body still streaming is read by the future.
 #[derive(Clone)]
 pub struct RedisCache<S> {
     inner: S,
