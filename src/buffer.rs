@@ -54,11 +54,11 @@ where
     let mut len = prefix.len();
     let mut first: Option<Bytes> = (!prefix.is_empty()).then_some(prefix);
     let mut rest: Option<BytesMut> = None;
-    if len > max {
-        let prefix = first.unwrap_or_default();
-        return Ok(Collected::TooLarge { prefix, rest: body });
-    }
-    while let Some(frame) = body.frame().await {
+    // The cap is checked before each read, so a prefix already over it is not read further either.
+    while len <= max {
+        let Some(frame) = body.frame().await else {
+            return Ok(Collected::Complete(joined(first, rest)));
+        };
         let frame = frame.map_err(Into::into)?;
         let Ok(mut data) = frame.into_data() else {
             continue;
@@ -78,18 +78,17 @@ where
             }
             (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
         }
-        if len > max {
-            let prefix = match rest {
-                Some(buf) => buf.freeze(),
-                None => first.unwrap_or_default(),
-            };
-            return Ok(Collected::TooLarge { prefix, rest: body });
-        }
     }
-    Ok(Collected::Complete(match rest {
+    let prefix = joined(first, rest);
+    Ok(Collected::TooLarge { prefix, rest: body })
+}
+
+/// What [`collect_capped_after`] read: the single chunk uncopied, or the joined ones.
+fn joined(first: Option<Bytes>, rest: Option<BytesMut>) -> Bytes {
+    match rest {
         Some(buf) => buf.freeze(),
         None => first.unwrap_or_default(),
-    }))
+    }
 }
 
 /// A body as far as it could be read without waiting.
