@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Groups: `hit_path/{bare_fred_get,layer_redis,layer_memory,key}/{256,4096,65536}`,
-//! `concurrent/{bare_fred_get,layer_redis}` (64 callers, 4096 B), and `miss/layer_redis` (a new key every
-//! iteration; the origin's call count is checked outside the timed part).
+//! `concurrent/{bare_fred_get,layer_redis,service_floor}` (64 callers, 4096 B; `service_floor` is a Tower
+//! service that does the bare `GET` and nothing else, holding its request until the answer as a cache must),
+//! and `miss/layer_redis` (a new key every iteration; the origin's call count is checked outside the timed part).
 //!
 //! Method. A loopback Redis on a small VM drifts by ±10 % between one criterion measurement and the next, more
 //! than the layer costs, so a ratio of two measurements taken one after the other mostly measures the drift.
@@ -40,6 +41,8 @@ use tower_redis_cache::error::BoxError;
 use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, Store};
 
 const SIZES: [usize; 3] = [256, 4096, 65536];
+/// Concurrent callers in the `concurrent` group.
+const CALLERS: usize = 64;
 const QUERY: &[u8] = br#"{"actionId":"order_lookup","input":{"orderId":"A-1029","region":"emea"}}"#;
 
 /// A JSON document of exactly `size` bytes.
@@ -239,7 +242,6 @@ fn hit_path(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let client: Client = rt.block_on(support::fred_client(&redis.url));
     let mut group = c.benchmark_group("concurrent");
-    const CALLERS: usize = 64;
     group.throughput(Throughput::Elements(CALLERS as u64));
     let body = json_of(4096);
     let floor_key = "bench:floor:4096";
@@ -268,43 +270,60 @@ fn hit_path(c: &mut Criterion) {
             black_box(task.unwrap());
         }
     };
+    // The floor for any cache layer: a Tower service that does the bare `GET` and nothing else, holding its
+    // request until the answer as a cache must (a miss forwards it), answering a response whose body is collected.
+    let floor = {
+        let client = client.clone();
+        service_fn(move |request: Request<Full<Bytes>>| {
+            let client = client.clone();
+            async move {
+                let value: Bytes = client.get(floor_key).await?;
+                drop(request);
+                Ok::<_, fred::error::Error>(Response::new(Full::new(value)))
+            }
+        })
+    };
+    let floor_batch = |requests: Vec<Request<Full<Bytes>>>| async {
+        let tasks = requests.into_iter().map(|request| {
+            let floor = floor.clone();
+            tokio::spawn(async move {
+                let response = floor.oneshot(request).await.unwrap();
+                response.into_body().collect().await.unwrap().to_bytes()
+            })
+        });
+        for task in futures_util::future::join_all(tasks).await {
+            black_box(task.unwrap());
+        }
+    };
     let requests = || (0..CALLERS).map(|_| query()).collect::<Vec<_>>();
-    // Paired as in `hit_path`: each iteration runs one batch of each, timing its own.
-    group.bench_function("bare_fred_get", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut timed = Duration::ZERO;
-            for i in 0..iters {
-                if i % 2 == 0 {
-                    layer_batch(requests()).await;
+    // Paired as in `hit_path`, three ways: each iteration runs one batch of every id, in rotating order, and
+    // each id times its own.
+    for (own, id) in ["bare_fred_get", "layer_redis", "service_floor"]
+        .into_iter()
+        .enumerate()
+    {
+        group.bench_function(id, |b| {
+            b.to_async(&rt).iter_custom(|iters| async move {
+                let mut timed = Duration::ZERO;
+                for i in 0..iters {
+                    for turn in 0..3 {
+                        let arm = (i as usize + turn) % 3;
+                        let batch = requests();
+                        let start = Instant::now();
+                        match arm {
+                            0 => bare_batch().await,
+                            1 => layer_batch(batch).await,
+                            _ => floor_batch(batch).await,
+                        }
+                        if arm == own {
+                            timed += start.elapsed();
+                        }
+                    }
                 }
-                let start = Instant::now();
-                bare_batch().await;
-                timed += start.elapsed();
-                if i % 2 == 1 {
-                    layer_batch(requests()).await;
-                }
-            }
-            timed
-        })
-    });
-    group.bench_function("layer_redis", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut timed = Duration::ZERO;
-            for i in 0..iters {
-                let batch = requests();
-                if i % 2 == 0 {
-                    bare_batch().await;
-                }
-                let start = Instant::now();
-                layer_batch(batch).await;
-                timed += start.elapsed();
-                if i % 2 == 1 {
-                    bare_batch().await;
-                }
-            }
-            timed
-        })
-    });
+                timed
+            })
+        });
+    }
     assert_eq!(
         calls.load(Ordering::Relaxed),
         1,
@@ -345,4 +364,5 @@ criterion_group! {
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
     targets = hit_path
 }
+
 criterion_main!(benches);
