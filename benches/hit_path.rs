@@ -6,6 +6,9 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench hit_path
 //! ```
 //!
+//! When it ends it prints the medians this run measured (from criterion's `estimates.json`) as the README's
+//! tables, with the ratios the targets are set on.
+//!
 //! Groups: `hit_path/{bare_fred_get,layer_redis,layer_memory,key}/{256,4096,65536}`,
 //! `concurrent/{bare_fred_get,layer_redis,service_floor}` (64 callers, 4096 B; `service_floor` is a Tower
 //! service that does the bare `GET` and nothing else, holding its request until the answer as a cache must),
@@ -26,15 +29,17 @@
 mod support;
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use fred::prelude::{Client, KeysInterface};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use std::convert::Infallible;
 use std::hint::black_box;
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt, service_fn};
 use tower_redis_cache::error::BoxError;
@@ -365,4 +370,108 @@ criterion_group! {
     targets = hit_path
 }
 
-criterion_main!(benches);
+fn main() {
+    let started = SystemTime::now();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    report(started);
+}
+
+/// Prints the medians this run wrote (criterion's `estimates.json`) as the README's tables, with the ratios the
+/// targets are set on. Ids the run did not measure (filtered out, or `--test`) print as `-`.
+fn report(started: SystemTime) {
+    let home = criterion_home();
+    // Median in nanoseconds, if this run wrote it.
+    let median = |id: &str| -> Option<f64> {
+        let path = home.join(id).join("new").join("estimates.json");
+        if std::fs::metadata(&path).ok()?.modified().ok()? < started {
+            return None;
+        }
+        let estimates: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        estimates["median"]["point_estimate"].as_f64()
+    };
+    let us = |ns: f64| {
+        let us = ns / 1000.0;
+        if us < 10.0 {
+            format!("{us:.2} µs")
+        } else {
+            format!("{us:.1} µs")
+        }
+    };
+    let cell = |ns: Option<f64>, floor: Option<f64>| match (ns, floor) {
+        (Some(ns), Some(floor)) => format!("{} (**{:.2}x**)", us(ns), ns / floor),
+        (Some(ns), None) => us(ns),
+        (None, _) => "-".to_owned(),
+    };
+    let mut hit_rows = String::new();
+    let mut measured = false;
+    for (id, label, ratio) in [
+        ("bare_fred_get", "`hit_path/bare_fred_get` (floor)", false),
+        ("layer_redis", "`hit_path/layer_redis`", true),
+        ("layer_memory", "`hit_path/layer_memory`", false),
+        (
+            "key",
+            "`hit_path/key` (POST, JSON body of that size)",
+            false,
+        ),
+    ] {
+        hit_rows.push_str(&format!("| {label} |"));
+        for size in SIZES {
+            let ns = median(&format!("hit_path/{id}/{size}"));
+            let floor = median(&format!("hit_path/bare_fred_get/{size}")).filter(|_| ratio);
+            measured |= ns.is_some();
+            hit_rows.push_str(&format!(" {} |", cell(ns, floor)));
+        }
+        hit_rows.push('\n');
+    }
+    let bare = median("concurrent/bare_fred_get");
+    let mut batch_rows = String::new();
+    for (id, ratio) in [
+        ("concurrent/bare_fred_get", false),
+        ("concurrent/layer_redis", true),
+        ("concurrent/service_floor", true),
+        ("miss/layer_redis", false),
+    ] {
+        let ns = median(id);
+        measured |= ns.is_some();
+        let throughput = match (ns, bare.filter(|_| ratio)) {
+            _ if id.starts_with("miss") => String::new(),
+            (Some(ns), Some(bare)) => format!(
+                "{:.1} K calls/s (**{:.2}x**)",
+                CALLERS as f64 / ns * 1e6,
+                bare / ns
+            ),
+            (Some(ns), None) => format!("{:.1} K calls/s", CALLERS as f64 / ns * 1e6),
+            (None, _) => "-".to_owned(),
+        };
+        let time = ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.0} µs", ns / 1000.0));
+        batch_rows.push_str(&format!("| `{id}` | {time} | {throughput} |\n"));
+    }
+    if measured {
+        println!("\nMedians of this run ({}):\n", home.display());
+        println!("| id | 256 B | 4096 B | 65536 B |\n|---|---|---|---|\n{hit_rows}");
+        println!("| id | median per {CALLERS} calls | throughput |\n|---|---|---|\n{batch_rows}");
+    }
+}
+
+/// Where criterion writes its estimates, found the way criterion finds it.
+fn criterion_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return home.into();
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target).join("criterion");
+    }
+    std::env::var_os("CARGO")
+        .and_then(|cargo| {
+            let args = ["metadata", "--format-version", "1", "--no-deps"];
+            Command::new(cargo).args(args).output().ok()
+        })
+        .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+        .and_then(|metadata| metadata["target_directory"].as_str().map(PathBuf::from))
+        .map_or_else(
+            || PathBuf::from("target/criterion"),
+            |target| target.join("criterion"),
+        )
+}
