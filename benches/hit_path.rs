@@ -17,8 +17,10 @@
 //! Method. A loopback Redis on a small VM drifts by ±10 % between one criterion measurement and the next, more
 //! than the layer costs, so a ratio of two measurements taken one after the other mostly measures the drift.
 //! The floor and the layer are therefore measured *paired*: every iteration of either id runs one bare `GET`
-//! and one hit through the layer back to back (in alternating order) and times only its own half, so both
-//! ids see the same conditions. The layer's timed half starts when the `http::Request` exists: building the
+//! and one hit through the layer back to back (in alternating order; in `concurrent`, one batch of each of
+//! the three ids in rotating order) and times only its own part, so every id runs under the same mix of work.
+//! (Drift between the ids' measurement windows remains; compare ratios over several runs.) The layer's timed
+//! half starts when the `http::Request` exists: building the
 //! request is the caller's work with or without a cache, just as the bare `GET`'s key string is built
 //! outside its timed part. Everything the layer does (key hash, store call, envelope decode, response,
 //! collecting the body) is timed.
