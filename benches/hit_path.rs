@@ -165,43 +165,29 @@ fn hit_path(c: &mut Criterion) {
         });
         let bare = || async { black_box(client.get::<Bytes, _>(&floor_key).await.unwrap()) };
         let through_layer = |request| async { black_box(hit(&service, request).await) };
-        // Paired: each id times its own half of a (bare, layer) pair; the order alternates.
-        group.bench_with_input(BenchmarkId::new("bare_fred_get", size), &size, |b, _| {
-            b.to_async(&rt).iter_custom(|iters| async move {
-                let mut timed = Duration::ZERO;
-                for i in 0..iters {
-                    let request = query();
-                    if i % 2 == 0 {
-                        through_layer(request).await;
+        // Paired: each iteration runs one bare `GET` and one hit, in alternating order, and each id times its own.
+        for (own, id) in ["bare_fred_get", "layer_redis"].into_iter().enumerate() {
+            group.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
+                b.to_async(&rt).iter_custom(|iters| async move {
+                    let mut timed = Duration::ZERO;
+                    for i in 0..iters {
+                        for turn in 0..2 {
+                            let arm = (i as usize + turn) % 2;
+                            let request = query();
+                            let start = Instant::now();
+                            match arm {
+                                0 => bare().await,
+                                _ => through_layer(request).await,
+                            };
+                            if arm == own {
+                                timed += start.elapsed();
+                            }
+                        }
                     }
-                    let start = Instant::now();
-                    bare().await;
-                    timed += start.elapsed();
-                    if i % 2 == 1 {
-                        through_layer(query()).await;
-                    }
-                }
-                timed
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("layer_redis", size), &size, |b, _| {
-            b.to_async(&rt).iter_custom(|iters| async move {
-                let mut timed = Duration::ZERO;
-                for i in 0..iters {
-                    let request = query();
-                    if i % 2 == 0 {
-                        bare().await;
-                    }
-                    let start = Instant::now();
-                    through_layer(request).await;
-                    timed += start.elapsed();
-                    if i % 2 == 1 {
-                        bare().await;
-                    }
-                }
-                timed
-            })
-        });
+                    timed
+                })
+            });
+        }
         assert_eq!(
             calls.load(Ordering::Relaxed),
             1,
