@@ -8,9 +8,28 @@ use super::stats::bump;
 use http_body::Body;
 use std::sync::{Arc, PoisonError};
 
+/// A key's place in the set of refreshes running in this process, given back when dropped.
+struct RefreshSlot {
+    engine: Arc<Engine>,
+    key: CacheKey,
+}
+
+impl Drop for RefreshSlot {
+    fn drop(&mut self) {
+        self.engine
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.key.as_str());
+    }
+}
+
 impl Engine {
     /// Starts the one background refresh of `key` in this process, unless one is running. Returns whether this
     /// call started it. Across processes, a lease in the store (`SET NX PX`) lets one refresh run.
+    ///
+    /// The key's slot is freed however the refresh ends (done, panicked in the inner service, or dropped with
+    /// the runtime), so the key is never left unrefreshable.
     pub(super) fn start_refresh<R, F>(self: &Arc<Self>, key: &CacheKey, fetch: F) -> bool
     where
         R: Body + Send + 'static,
@@ -25,15 +44,13 @@ impl Engine {
                 return false;
             }
         }
-        let engine = Arc::clone(self);
-        let key = key.clone();
+        let slot = RefreshSlot {
+            engine: Arc::clone(self),
+            key: key.clone(),
+        };
         tokio::spawn(async move {
-            engine.refresh(&key, fetch).await;
-            engine
-                .refreshing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(key.as_str());
+            slot.engine.refresh(&slot.key, fetch).await;
+            drop(slot);
         });
         true
     }
@@ -90,5 +107,81 @@ impl Engine {
             // it expires, which spaces out retries against a failing origin.
             bump(&self.counters.refreshes_failed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{CacheOutcome, MemoryStore, RedisCacheLayer};
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tower::{Layer, ServiceExt};
+
+    /// A refresh whose inner service panics ends its task without reaching the end of the refresh; the key's
+    /// slot must still be given back, or no stale hit of that key would ever refresh it again.
+    #[tokio::test]
+    async fn a_refresh_whose_inner_service_panics_frees_the_key_for_the_next_one() {
+        let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+            .fresh_for(Duration::ZERO)
+            .stale_for(Duration::from_secs(60))
+            .refresh_lease_for(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let service = layer.layer(tower::service_fn(move |_: Request<Full<Bytes>>| {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                // The first refresh (the second call) panics; its panic message in the test output is expected.
+                assert_ne!(n, 2, "the inner service panics on its second call");
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(n.to_string()))))
+            }
+        }));
+        let get = || {
+            Request::get("http://api.test/items")
+                .body(Full::default())
+                .unwrap()
+        };
+        let outcome = |response: &Response<_>| response.extensions().get::<CacheOutcome>().copied();
+
+        let first = service.clone().oneshot(get()).await.unwrap();
+        assert!(matches!(
+            outcome(&first),
+            Some(CacheOutcome::Miss { stored: true, .. })
+        ));
+        let stale = service.clone().oneshot(get()).await.unwrap();
+        assert_eq!(
+            outcome(&stale),
+            Some(CacheOutcome::Stale { refreshing: true })
+        );
+
+        // Once the panicked refresh's task is gone, a stale hit starts the next refresh.
+        let mut restarted = false;
+        for _ in 0..500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let response = service.clone().oneshot(get()).await.unwrap();
+            if outcome(&response) == Some(CacheOutcome::Stale { refreshing: true }) {
+                restarted = true;
+                break;
+            }
+        }
+        assert!(restarted, "no stale hit started a refresh after the panic");
+        for _ in 0..500 {
+            if layer.handle().stats().stores == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            layer.handle().stats().stores,
+            2,
+            "the second refresh stored"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }
