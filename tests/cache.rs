@@ -227,6 +227,44 @@ async fn a_failed_refresh_leaves_the_entry_stale() {
 }
 
 #[tokio::test]
+async fn a_refresh_that_never_answers_is_abandoned_and_the_next_stale_hit_refreshes() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(redis_store(&server).await)
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::from_secs(60))
+        // Short, so that the abandoned refresh's lease does not hold back the next one.
+        .refresh_lease_for(Duration::from_millis(1))
+        .refresh_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let handle = layer.handle();
+    let query = r#"{"q":"hung"}"#;
+    call(&service, post(query)).await;
+
+    // From now on the origin never answers, like an inner stack with no timeout of its own behind a dead link.
+    origin.close();
+    let stale = call(&service, post(query)).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    wait_until("the refresh reached the origin", || origin.calls() == 2).await;
+    wait_until("the refresh was abandoned", || {
+        handle.stats().refreshes_failed == 1
+    })
+    .await;
+
+    // The key is free to refresh again: the next stale hit starts a refresh, which gets an answer this time.
+    origin.open();
+    let next = call(&service, post(query)).await;
+    assert_eq!(outcome(&next), CacheOutcome::Stale { refreshing: true });
+    assert_eq!(&body(next).await[..], br#"{"n":1,"echo":{"q":"hung"}}"#);
+    wait_until("the second refresh stored", || handle.stats().stores == 2).await;
+    assert_eq!(origin.calls(), 3, "the abandoned call and one more");
+    let after = call(&service, post(query)).await;
+    assert_eq!(&body(after).await[..], br#"{"n":3,"echo":{"q":"hung"}}"#);
+}
+
+#[tokio::test]
 async fn two_layers_with_their_own_connections_refresh_a_stale_key_once() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -124,6 +124,7 @@ pub(crate) struct Policy {
     pub(crate) max_body: usize,
     pub(crate) respect_response_cache_control: bool,
     pub(crate) lease_for: Duration,
+    pub(crate) refresh_timeout: Duration,
 }
 
 impl std::fmt::Debug for Policy {
@@ -141,6 +142,7 @@ impl std::fmt::Debug for Policy {
                 &self.respect_response_cache_control,
             )
             .field("lease_for", &self.lease_for)
+            .field("refresh_timeout", &self.refresh_timeout)
             .finish()
     }
 }

@@ -147,6 +147,7 @@ pub struct RedisCacheLayerBuilder {
     max_body: usize,
     store_timeout: Duration,
     lease_for: Duration,
+    refresh_timeout: Duration,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     respect_response_cache_control: bool,
@@ -185,6 +186,7 @@ impl RedisCacheLayerBuilder {
             max_body: 1024 * 1024,
             store_timeout: Duration::from_millis(50),
             lease_for: Duration::from_secs(10),
+            refresh_timeout: Duration::from_secs(300),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             respect_response_cache_control: false,
@@ -276,6 +278,16 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// The longest a background refresh may run, its lease and store calls included. A refresh still running
+    /// then is abandoned and counted as failed (the entry stays as it was, the lease until it expires), so an
+    /// inner service that never answers cannot hold the key's refresh for good: the next stale hit starts
+    /// another. Set it above the longest time the inner service may legitimately take, retries included.
+    /// Default: 5 min.
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.refresh_timeout = timeout;
+        self
+    }
+
     /// After `failures` consecutive store failures, skip the store for `cooldown`, then let one call probe.
     /// Default: 5 failures, 1 s.
     pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
@@ -295,8 +307,8 @@ impl RedisCacheLayerBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for an empty or ill-formed namespace, all windows zero, a zero store timeout, a zero
-    /// breaker threshold, or a body cap over 4 GiB.
+    /// [`ConfigError`] for an empty or ill-formed namespace, all windows zero, a zero store or refresh timeout,
+    /// a zero breaker threshold, or a body cap over 4 GiB.
     pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
         if self.namespace.is_empty()
             || self.namespace.chars().any(|c| {
@@ -317,6 +329,11 @@ impl RedisCacheLayerBuilder {
         }
         if self.store_timeout.is_zero() {
             return Err(ConfigError::new("store_timeout must be greater than zero"));
+        }
+        if self.refresh_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "refresh_timeout must be greater than zero",
+            ));
         }
         if self.breaker_threshold == 0 {
             return Err(ConfigError::new(
@@ -343,6 +360,7 @@ impl RedisCacheLayerBuilder {
             max_body: self.max_body,
             respect_response_cache_control: self.respect_response_cache_control,
             lease_for: self.lease_for,
+            refresh_timeout: self.refresh_timeout,
         };
         let keys = KeyConfig {
             namespace: self.namespace,

@@ -28,8 +28,8 @@ impl Engine {
     /// Starts the one background refresh of `key` in this process, unless one is running. Returns whether this
     /// call started it. Across processes, a lease in the store (`SET NX PX`) lets one refresh run.
     ///
-    /// The key's slot is freed however the refresh ends (done, panicked in the inner service, or dropped with
-    /// the runtime), so the key is never left unrefreshable.
+    /// The refresh is bounded by `refresh_timeout`, and its slot is freed however it ends (done, abandoned,
+    /// panicked in the inner service, or dropped with the runtime), so the key is never left unrefreshable.
     pub(super) fn start_refresh<R, F>(self: &Arc<Self>, key: &CacheKey, fetch: F) -> bool
     where
         R: Body + Send + 'static,
@@ -49,7 +49,20 @@ impl Engine {
             key: key.clone(),
         };
         tokio::spawn(async move {
-            slot.engine.refresh(&slot.key, fetch).await;
+            let RefreshSlot { engine, key } = &slot;
+            let limit = engine.policy.refresh_timeout;
+            if tokio::time::timeout(limit, engine.refresh(key, fetch))
+                .await
+                .is_err()
+            {
+                // Like a failed refresh: the entry is untouched and the lease stays until it expires.
+                bump(&engine.counters.refreshes_failed);
+                tracing::warn!(
+                    key = key.short(),
+                    timeout = ?limit,
+                    "background refresh abandoned: still running after refresh_timeout"
+                );
+            }
             drop(slot);
         });
         true
