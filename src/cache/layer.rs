@@ -372,3 +372,40 @@ impl RedisCacheLayerBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    fn builder() -> RedisCacheLayerBuilder {
+        RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    }
+
+    /// Every setting `build` rejects, each with an error that names it.
+    #[test]
+    fn build_rejects_each_unusable_setting_by_name() {
+        let cases: [(RedisCacheLayerBuilder, &str); 6] = [
+            (builder().namespace("has space"), "namespace"),
+            (builder().namespace("{tag}"), "namespace"),
+            (
+                builder()
+                    .fresh_for(Duration::ZERO)
+                    .stale_for(Duration::ZERO)
+                    .stale_if_error_for(Duration::ZERO),
+                "all zero",
+            ),
+            (builder().store_timeout(Duration::ZERO), "store_timeout"),
+            (builder().refresh_timeout(Duration::ZERO), "refresh_timeout"),
+            (
+                builder().circuit_breaker(0, Duration::from_secs(1)),
+                "circuit breaker",
+            ),
+        ];
+        for (builder, named) in cases {
+            let error = builder.build().unwrap_err().to_string();
+            assert!(error.contains(named), "{error:?} should name {named:?}");
+        }
+        assert!(builder().build().is_ok(), "the defaults build");
+    }
+}
