@@ -121,6 +121,35 @@ fn redis() -> Redis {
     }
 }
 
+/// The paired measurement shared by the groups: `iters` rounds, each running every one of `arms` ids once in
+/// rotating order on an input `prepare` builds before the clock starts; returns the time spent running id `own`.
+/// An id that does not use its input hands it back, so that it is dropped outside the timing as well.
+async fn rotate<T, F>(
+    iters: u64,
+    arms: usize,
+    own: usize,
+    prepare: impl Fn() -> T,
+    run: impl Fn(usize, T) -> F,
+) -> Duration
+where
+    F: Future<Output = Option<T>>,
+{
+    let mut timed = Duration::ZERO;
+    for i in 0..iters {
+        for turn in 0..arms {
+            let arm = (i as usize + turn) % arms;
+            let input = prepare();
+            let start = Instant::now();
+            let unused = run(arm, input).await;
+            if arm == own {
+                timed += start.elapsed();
+            }
+            drop(unused);
+        }
+    }
+    timed
+}
+
 async fn hit<S>(service: &S, request: Request<Full<Bytes>>) -> Bytes
 where
     S: Service<
@@ -168,23 +197,19 @@ fn hit_path(c: &mut Criterion) {
         // Paired: each iteration runs one bare `GET` and one hit, in alternating order, and each id times its own.
         for (own, id) in ["bare_fred_get", "layer_redis"].into_iter().enumerate() {
             group.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
-                b.to_async(&rt).iter_custom(|iters| async move {
-                    let mut timed = Duration::ZERO;
-                    for i in 0..iters {
-                        for turn in 0..2 {
-                            let arm = (i as usize + turn) % 2;
-                            let request = query();
-                            let start = Instant::now();
-                            match arm {
-                                0 => bare().await,
-                                _ => through_layer(request).await,
-                            };
-                            if arm == own {
-                                timed += start.elapsed();
+                b.to_async(&rt).iter_custom(|iters| {
+                    rotate(iters, 2, own, query, |arm, request| async move {
+                        match arm {
+                            0 => {
+                                bare().await;
+                                Some(request)
+                            }
+                            _ => {
+                                through_layer(request).await;
+                                None
                             }
                         }
-                    }
-                    timed
+                    })
                 })
             });
         }
@@ -296,24 +321,23 @@ fn hit_path(c: &mut Criterion) {
         .enumerate()
     {
         group.bench_function(id, |b| {
-            b.to_async(&rt).iter_custom(|iters| async move {
-                let mut timed = Duration::ZERO;
-                for i in 0..iters {
-                    for turn in 0..3 {
-                        let arm = (i as usize + turn) % 3;
-                        let batch = requests();
-                        let start = Instant::now();
-                        match arm {
-                            0 => bare_batch().await,
-                            1 => layer_batch(batch).await,
-                            _ => floor_batch(batch).await,
+            b.to_async(&rt).iter_custom(|iters| {
+                rotate(iters, 3, own, requests, |arm, batch| async move {
+                    match arm {
+                        0 => {
+                            bare_batch().await;
+                            Some(batch)
                         }
-                        if arm == own {
-                            timed += start.elapsed();
+                        1 => {
+                            layer_batch(batch).await;
+                            None
+                        }
+                        _ => {
+                            floor_batch(batch).await;
+                            None
                         }
                     }
-                }
-                timed
+                })
             })
         });
     }
