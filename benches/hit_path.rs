@@ -17,8 +17,8 @@
 //! Method. A loopback Redis on a small VM drifts by ±10 % between one criterion measurement and the next, more
 //! than the layer costs, so a ratio of two measurements taken one after the other mostly measures the drift.
 //! The floor and the layer are therefore measured *paired*: every iteration of either id runs one bare `GET`
-//! and one hit through the layer back to back (in alternating order; in `concurrent`, one batch of each of
-//! the three ids in rotating order) and times only its own part, so every id runs under the same mix of work.
+//! and one hit through the layer back to back (in `concurrent`, one batch of each of the three ids), in an
+//! order shuffled every round, and times only its own part, so every id runs under the same mix of work.
 //! (Drift between the ids' measurement windows remains; compare ratios over several runs.) The layer's timed
 //! half starts when the `http::Request` exists: building the
 //! request is the caller's work with or without a cache, just as the bare `GET`'s key string is built
@@ -121,9 +121,14 @@ fn redis() -> Redis {
     }
 }
 
-/// The paired measurement shared by the groups: `iters` rounds, each running every one of `arms` ids once in
-/// rotating order on an input `prepare` builds before the clock starts; returns the time spent running id `own`.
-/// An id that does not use its input hands it back, so that it is dropped outside the timing as well.
+/// The paired measurement shared by the groups: `iters` rounds, each running every one of `arms` ids once on an
+/// input `prepare` builds before the clock starts; returns the time spent running id `own`. An id that does not
+/// use its input hands it back, so that it is dropped outside the timing as well.
+///
+/// The order of the ids is shuffled afresh every round, so that each id runs after every other equally often:
+/// what ran just before (allocator free lists, caches, the timer wheel, fred's buffers) changes a batch's
+/// time, and with a fixed rotation one id always ran after the same other. The shuffle is a fixed-seed
+/// xorshift, the same sequence every run.
 async fn rotate<T, F>(
     iters: u64,
     arms: usize,
@@ -135,9 +140,16 @@ where
     F: Future<Output = Option<T>>,
 {
     let mut timed = Duration::ZERO;
-    for i in 0..iters {
-        for turn in 0..arms {
-            let arm = (i as usize + turn) % arms;
+    let mut order: Vec<usize> = (0..arms).collect();
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    for _ in 0..iters {
+        for i in (1..arms).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            order.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        for &arm in &order {
             let input = prepare();
             let start = Instant::now();
             let unused = run(arm, input).await;
@@ -194,7 +206,7 @@ fn hit_path(c: &mut Criterion) {
         });
         let bare = || async { black_box(client.get::<Bytes, _>(&floor_key).await.unwrap()) };
         let through_layer = |request| async { black_box(hit(&service, request).await) };
-        // Paired: each iteration runs one bare `GET` and one hit, in alternating order, and each id times its own.
+        // Paired: each iteration runs one bare `GET` and one hit, in shuffled order, and each id times its own.
         for (own, id) in ["bare_fred_get", "layer_redis"].into_iter().enumerate() {
             group.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
                 b.to_async(&rt).iter_custom(|iters| {
@@ -314,7 +326,7 @@ fn hit_path(c: &mut Criterion) {
         }
     };
     let requests = || (0..CALLERS).map(|_| query()).collect::<Vec<_>>();
-    // Paired as in `hit_path`, three ways: each iteration runs one batch of every id, in rotating order, and
+    // Paired as in `hit_path`, three ways: each iteration runs one batch of every id, in shuffled order, and
     // each id times its own.
     for (own, id) in ["bare_fred_get", "layer_redis", "service_floor"]
         .into_iter()
