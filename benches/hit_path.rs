@@ -10,8 +10,9 @@
 //! tables, with the ratios the targets are set on.
 //!
 //! Groups: `hit_path/{bare_fred_get,layer_redis,layer_memory,key}/{256,4096,65536}`,
-//! `concurrent/{bare_fred_get,layer_redis,service_floor}` (64 callers, 4096 B; `service_floor` is a Tower
-//! service that does the bare `GET` and nothing else, holding its request until the answer as a cache must),
+//! `concurrent/{bare_fred_get,layer_redis,service_floor,minimal_cache}` (64 callers, 4096 B; `service_floor` is a
+//! Tower service that does the bare `GET` and nothing else, holding its request until the answer as a cache must;
+//! `minimal_cache` is the least any Redis cache hit must do: hash the request, `GET`, check an expiry, answer),
 //! and `miss/layer_redis` (a new key every iteration; the origin's call count is checked outside the timed part).
 //!
 //! Method. A loopback Redis on a small VM drifts by ±10 % between one criterion measurement and the next, more
@@ -33,8 +34,10 @@ mod support;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use fred::prelude::{Client, KeysInterface};
-use http::{Method, Request, Response};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, request};
 use http_body_util::{BodyExt, Full};
+use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -175,6 +178,57 @@ where
     response.into_body().collect().await.unwrap().to_bytes()
 }
 
+/// One batch through a plain Tower service: every request on its own task, every body collected.
+async fn service_batch<S, B>(service: &S, requests: Vec<Request<Full<Bytes>>>)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Debug,
+{
+    let tasks = requests.into_iter().map(|request| {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let response = service.oneshot(request).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        })
+    });
+    for task in futures_util::future::join_all(tasks).await {
+        black_box(task.unwrap());
+    }
+}
+
+/// The minimal cache's key: SHA-256 of method, URI and body, in hex, under its own prefix.
+fn minimal_key(parts: &request::Parts, body: &[u8]) -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hash = Sha256::new();
+    let uri = &parts.uri;
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    for field in [
+        parts.method.as_str(),
+        uri.scheme_str().unwrap_or(""),
+        authority,
+        path,
+    ] {
+        hash.update(field.as_bytes());
+        hash.update([0]);
+    }
+    hash.update(body);
+    let mut key = b"bench-minimal:".to_vec();
+    for byte in hash.finalize() {
+        key.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+    }
+    Bytes::from(key)
+}
+
+/// Now in milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn hit_path(c: &mut Criterion) {
     let redis = redis();
     // One call at a time: a current-thread runtime runs the caller and fred's connection task on one thread,
@@ -313,28 +367,46 @@ fn hit_path(c: &mut Criterion) {
             }
         })
     };
-    let floor_batch = |requests: Vec<Request<Full<Bytes>>>| async {
-        let tasks = requests.into_iter().map(|request| {
-            let floor = floor.clone();
-            tokio::spawn(async move {
-                let response = floor.oneshot(request).await.unwrap();
-                response.into_body().collect().await.unwrap().to_bytes()
-            })
-        });
-        for task in futures_util::future::join_all(tasks).await {
-            black_box(task.unwrap());
-        }
+    // The least any Redis cache hit must do, as a Tower service: read the body, hash method, URI and body into
+    // a key, `GET` it, check the expiry stored in front of the bytes, answer them with a content type. No
+    // tenant, no chosen headers, no JSON canonicalisation, no stored headers, no stale state, no store timeout,
+    // no `Age` or `Cache-Status`: what the layer costs beyond this is what its features cost.
+    let minimal = {
+        let client = client.clone();
+        service_fn(move |request: Request<Full<Bytes>>| {
+            let client = client.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await?.to_bytes();
+                let value: Bytes = client.get(minimal_key(&parts, &body)).await?;
+                let expires = u64::from_be_bytes(value[..8].try_into()?);
+                assert!(expires > now_ms(), "the minimal cache's entry is fresh");
+                drop((parts, body));
+                let mut response = Response::new(Full::new(value.slice(8..)));
+                let json = HeaderValue::from_static("application/json");
+                response.headers_mut().insert(CONTENT_TYPE, json);
+                Ok::<_, BoxError>(response)
+            }
+        })
     };
+    let (parts, _) = query().into_parts();
+    let entry = Bytes::from([&u64::MAX.to_be_bytes()[..], &body].concat());
+    rt.block_on(client.set::<(), _, _>(minimal_key(&parts, QUERY), entry, None, None, false))
+        .unwrap();
     let requests = || (0..CALLERS).map(|_| query()).collect::<Vec<_>>();
-    // Paired as in `hit_path`, three ways: each iteration runs one batch of every id, in shuffled order, and
+    // Paired as in `hit_path`, four ways: each iteration runs one batch of every id, in shuffled order, and
     // each id times its own.
-    for (own, id) in ["bare_fred_get", "layer_redis", "service_floor"]
-        .into_iter()
-        .enumerate()
-    {
+    let ids = [
+        "bare_fred_get",
+        "layer_redis",
+        "service_floor",
+        "minimal_cache",
+    ];
+    let (floor, minimal) = (&floor, &minimal);
+    for (own, id) in ids.into_iter().enumerate() {
         group.bench_function(id, |b| {
             b.to_async(&rt).iter_custom(|iters| {
-                rotate(iters, 3, own, requests, |arm, batch| async move {
+                rotate(iters, ids.len(), own, requests, |arm, batch| async move {
                     match arm {
                         0 => {
                             bare_batch().await;
@@ -344,8 +416,12 @@ fn hit_path(c: &mut Criterion) {
                             layer_batch(batch).await;
                             None
                         }
+                        2 => {
+                            service_batch(floor, batch).await;
+                            None
+                        }
                         _ => {
-                            floor_batch(batch).await;
+                            service_batch(minimal, batch).await;
                             None
                         }
                     }
@@ -455,6 +531,7 @@ fn report(started: SystemTime) {
         ("concurrent/bare_fred_get", false),
         ("concurrent/layer_redis", true),
         ("concurrent/service_floor", true),
+        ("concurrent/minimal_cache", true),
         ("miss/layer_redis", false),
     ] {
         let ns = median(id);
