@@ -33,7 +33,7 @@ mod support;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use fred::prelude::{Client, KeysInterface};
+use fred::prelude::{Client, Expiration, KeysInterface};
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, request};
 use http_body_util::{BodyExt, Full};
@@ -51,6 +51,8 @@ use tower_redis_cache::error::BoxError;
 use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, Store};
 
 const SIZES: [usize; 3] = [256, 4096, 65536];
+/// How long the bench's own keys outlive it, so that a run against an outside `REDIS_URL` leaves nothing for long.
+const LITTER: Option<Expiration> = Some(Expiration::EX(3600));
 /// Concurrent callers in the `concurrent` group.
 const CALLERS: usize = 64;
 const QUERY: &[u8] = br#"{"actionId":"order_lookup","input":{"orderId":"A-1029","region":"emea"}}"#;
@@ -244,7 +246,7 @@ fn hit_path(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
 
         let floor_key = format!("bench:floor:{size}");
-        rt.block_on(client.set::<(), _, _>(&floor_key, body.clone(), None, None, false))
+        rt.block_on(client.set::<(), _, _>(&floor_key, body.clone(), LITTER, None, false))
             .unwrap();
         let calls = Arc::new(AtomicU64::new(0));
         let redis_layer = layer(RedisStore::new(client.clone()), &format!("bench-{size}"));
@@ -391,7 +393,7 @@ fn hit_path(c: &mut Criterion) {
     };
     let (parts, _) = query().into_parts();
     let entry = Bytes::from([&u64::MAX.to_be_bytes()[..], &body].concat());
-    rt.block_on(client.set::<(), _, _>(minimal_key(&parts, QUERY), entry, None, None, false))
+    rt.block_on(client.set::<(), _, _>(minimal_key(&parts, QUERY), entry, LITTER, None, false))
         .unwrap();
     let requests = || (0..CALLERS).map(|_| query()).collect::<Vec<_>>();
     // Paired as in `hit_path`, four ways: each iteration runs one batch of every id, in shuffled order, and
