@@ -18,13 +18,14 @@
 //! Method. A loopback Redis on a small VM drifts by ±10 % between one criterion measurement and the next, more
 //! than the layer costs, so a ratio of two measurements taken one after the other mostly measures the drift.
 //! The floor and the layer are therefore measured *paired*: every iteration of either id runs one bare `GET`
-//! and one hit through the layer back to back (in `concurrent`, one batch of each of the three ids), in an
+//! and one hit through the layer back to back (in `concurrent`, one batch of each of the four ids), in an
 //! order shuffled every round, and times only its own part, so every id runs under the same mix of work.
-//! (Drift between the ids' measurement windows remains; compare ratios over several runs.) The layer's timed
-//! half starts when the `http::Request` exists: building the
-//! request is the caller's work with or without a cache, just as the bare `GET`'s key string is built
-//! outside its timed part. Everything the layer does (key hash, store call, envelope decode, response,
-//! collecting the body) is timed.
+//! Drift between the ids' measurement windows still lands in the ratio of their medians, so the report also
+//! gives the *same-round* ratio: every round's times of all ids are kept, and the median over all rounds of
+//! one id's time over the bare `GET`'s in the same round is free of it. The layer's timed half starts when the
+//! `http::Request` exists: building the request is the caller's work with or without a cache, just as the bare
+//! `GET`'s key string is built outside its timed part. Everything the layer does (key hash, store call,
+//! envelope decode, response, collecting the body) is timed.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,12 +39,13 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, request};
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceExt, service_fn};
@@ -126,15 +128,25 @@ fn redis() -> Redis {
     }
 }
 
+/// Every paired round's times, per group (`hit_path/<size>`, `concurrent`): one entry an id, in id order, a round,
+/// from every id's measurement (warm-up included). A ratio taken within one round is free of the drift between
+/// criterion's measurement windows that a ratio of two ids' medians carries.
+static ROUNDS: Mutex<BTreeMap<String, Vec<Duration>>> = Mutex::new(BTreeMap::new());
+
+/// The most ids a paired group has.
+const MAX_ARMS: usize = 4;
+
 /// The paired measurement shared by the groups: `iters` rounds, each running every one of `arms` ids once on an
-/// input `prepare` builds before the clock starts; returns the time spent running id `own`. An id that does not
-/// use its input hands it back, so that it is dropped outside the timing as well.
+/// input `prepare` builds before the clock starts; returns the time spent running id `own`, and adds every id's
+/// time of every round to [`ROUNDS`] under `group`. An id that does not use its input hands it back, so that it
+/// is dropped outside the timing as well.
 ///
 /// The order of the ids is shuffled afresh every round, so that each id runs after every other equally often:
 /// what ran just before (allocator free lists, caches, the timer wheel, fred's buffers) changes a batch's
 /// time, and with a fixed rotation one id always ran after the same other. The shuffle is a fixed-seed
 /// xorshift, the same sequence every run.
 async fn rotate<T, F>(
+    group: &str,
     iters: u64,
     arms: usize,
     own: usize,
@@ -144,7 +156,10 @@ async fn rotate<T, F>(
 where
     F: Future<Output = Option<T>>,
 {
+    assert!(arms <= MAX_ARMS);
     let mut timed = Duration::ZERO;
+    // Allocated before the first round, so that recording allocates nothing between two timed parts.
+    let mut times = Vec::with_capacity(usize::try_from(iters).unwrap() * arms);
     let mut order: Vec<usize> = (0..arms).collect();
     let mut state = 0x9E37_79B9_7F4A_7C15_u64;
     for _ in 0..iters {
@@ -154,17 +169,41 @@ where
             state ^= state << 17;
             order.swap(i, (state % (i as u64 + 1)) as usize);
         }
+        let mut round = [Duration::ZERO; MAX_ARMS];
         for &arm in &order {
             let input = prepare();
             let start = Instant::now();
             let unused = run(arm, input).await;
-            if arm == own {
-                timed += start.elapsed();
-            }
+            round[arm] = start.elapsed();
             drop(unused);
         }
+        timed += round[own];
+        times.extend_from_slice(&round[..arms]);
     }
+    let mut rounds = ROUNDS.lock().unwrap();
+    rounds.entry(group.to_owned()).or_default().extend(times);
     timed
+}
+
+/// The median over the rounds recorded under `group` (of `arms` ids) of `ratio(time of id, time of the bare GET)`
+/// for id `arm`, and how many rounds there were.
+fn same_round(
+    group: &str,
+    arms: usize,
+    arm: usize,
+    ratio: fn(f64, f64) -> f64,
+) -> Option<(f64, usize)> {
+    if arm >= arms {
+        return None;
+    }
+    let rounds = ROUNDS.lock().unwrap();
+    let times = rounds.get(group)?;
+    let mut ratios: Vec<f64> = times
+        .chunks_exact(arms)
+        .map(|round| ratio(round[arm].as_secs_f64(), round[0].as_secs_f64()))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Some((*ratios.get(ratios.len() / 2)?, ratios.len()))
 }
 
 async fn hit<S>(service: &S, request: Request<Full<Bytes>>) -> Bytes
@@ -263,10 +302,12 @@ fn hit_path(c: &mut Criterion) {
         let bare = || async { black_box(client.get::<Bytes, _>(&floor_key).await.unwrap()) };
         let through_layer = |request| async { black_box(hit(&service, request).await) };
         // Paired: each iteration runs one bare `GET` and one hit, in shuffled order, and each id times its own.
+        let group_key = format!("hit_path/{size}");
+        let group_key = &group_key;
         for (own, id) in ["bare_fred_get", "layer_redis"].into_iter().enumerate() {
             group.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
                 b.to_async(&rt).iter_custom(|iters| {
-                    rotate(iters, 2, own, query, |arm, request| async move {
+                    rotate(group_key, iters, 2, own, query, |arm, request| async move {
                         match arm {
                             0 => {
                                 bare().await;
@@ -408,26 +449,33 @@ fn hit_path(c: &mut Criterion) {
     for (own, id) in ids.into_iter().enumerate() {
         group.bench_function(id, |b| {
             b.to_async(&rt).iter_custom(|iters| {
-                rotate(iters, ids.len(), own, requests, |arm, batch| async move {
-                    match arm {
-                        0 => {
-                            bare_batch().await;
-                            Some(batch)
+                rotate(
+                    "concurrent",
+                    iters,
+                    ids.len(),
+                    own,
+                    requests,
+                    |arm, batch| async move {
+                        match arm {
+                            0 => {
+                                bare_batch().await;
+                                Some(batch)
+                            }
+                            1 => {
+                                layer_batch(batch).await;
+                                None
+                            }
+                            2 => {
+                                service_batch(floor, batch).await;
+                                None
+                            }
+                            _ => {
+                                service_batch(minimal, batch).await;
+                                None
+                            }
                         }
-                        1 => {
-                            layer_batch(batch).await;
-                            None
-                        }
-                        2 => {
-                            service_batch(floor, batch).await;
-                            None
-                        }
-                        _ => {
-                            service_batch(minimal, batch).await;
-                            None
-                        }
-                    }
-                })
+                    },
+                )
             })
         });
     }
@@ -527,15 +575,27 @@ fn report(started: SystemTime) {
         }
         hit_rows.push('\n');
     }
+    hit_rows.push_str("| `layer_redis` / `bare_fred_get`, same round |");
+    for size in SIZES {
+        let ratio = same_round(&format!("hit_path/{size}"), 2, 1, |id, bare| id / bare);
+        hit_rows.push_str(&match ratio {
+            Some((ratio, rounds)) => format!(" **{ratio:.2}x** ({rounds} rounds) |"),
+            None => " - |".to_owned(),
+        });
+    }
+    hit_rows.push('\n');
     let bare = median("concurrent/bare_fred_get");
     let mut batch_rows = String::new();
-    for (id, ratio) in [
+    for (arm, (id, ratio)) in [
         ("concurrent/bare_fred_get", false),
         ("concurrent/layer_redis", true),
         ("concurrent/service_floor", true),
         ("concurrent/minimal_cache", true),
         ("miss/layer_redis", false),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let ns = median(id);
         measured |= ns.is_some();
         let throughput = match (ns, bare.filter(|_| ratio)) {
@@ -549,12 +609,19 @@ fn report(started: SystemTime) {
             (None, _) => "-".to_owned(),
         };
         let time = ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.0} µs", ns / 1000.0));
-        batch_rows.push_str(&format!("| `{id}` | {time} | {throughput} |\n"));
+        // Throughput over the bare GET's, batch by batch within a round.
+        let same = match same_round("concurrent", 4, arm, |id, bare| bare / id) {
+            Some((same, rounds)) if ratio => format!("**{same:.2}x** ({rounds} rounds)"),
+            _ => String::new(),
+        };
+        batch_rows.push_str(&format!("| `{id}` | {time} | {throughput} | {same} |\n"));
     }
     if measured {
         println!("\nMedians of this run ({}):\n", home.display());
         println!("| id | 256 B | 4096 B | 65536 B |\n|---|---|---|---|\n{hit_rows}");
-        println!("| id | median per {CALLERS} calls | throughput |\n|---|---|---|\n{batch_rows}");
+        println!(
+            "| id | median per {CALLERS} calls | throughput | same round |\n|---|---|---|---|\n{batch_rows}"
+        );
     }
 }
 
