@@ -133,6 +133,9 @@ fn redis() -> Redis {
 /// criterion's measurement windows that a ratio of two ids' medians carries.
 static ROUNDS: Mutex<BTreeMap<String, Vec<Duration>>> = Mutex::new(BTreeMap::new());
 
+/// The state of the xorshift that orders the ids of a round (any non-zero seed).
+static SHUFFLE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+
 /// The most ids a paired group has.
 const MAX_ARMS: usize = 4;
 
@@ -161,7 +164,8 @@ where
     // Allocated before the first round, so that recording allocates nothing between two timed parts.
     let mut times = Vec::with_capacity(usize::try_from(iters).unwrap() * arms);
     let mut order: Vec<usize> = (0..arms).collect();
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    // Carried from call to call, so that criterion's samples do not all replay the same first orders.
+    let mut state = SHUFFLE.load(Ordering::Relaxed);
     for _ in 0..iters {
         for i in (1..arms).rev() {
             state ^= state << 13;
@@ -180,6 +184,7 @@ where
         timed += round[own];
         times.extend_from_slice(&round[..arms]);
     }
+    SHUFFLE.store(state, Ordering::Relaxed);
     let mut rounds = ROUNDS.lock().unwrap();
     rounds.entry(group.to_owned()).or_default().extend(times);
     timed
