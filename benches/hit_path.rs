@@ -224,7 +224,7 @@ where
     response.into_body().collect().await.unwrap().to_bytes()
 }
 
-/// One batch through a plain Tower service: every request on its own task, every body collected.
+/// One batch through a Tower service: every request on its own task, every body collected.
 async fn service_batch<S, B>(service: &S, requests: Vec<Request<Full<Bytes>>>)
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
@@ -393,15 +393,6 @@ fn hit_path(c: &mut Criterion) {
             black_box(task.unwrap());
         }
     };
-    let layer_batch = |requests: Vec<Request<Full<Bytes>>>| async {
-        let tasks = requests.into_iter().map(|request| {
-            let service = service.clone();
-            tokio::spawn(async move { hit(&service, request).await })
-        });
-        for task in futures_util::future::join_all(tasks).await {
-            black_box(task.unwrap());
-        }
-    };
     // The floor for any cache layer: a Tower service that does the bare `GET` and nothing else, holding its
     // request until the answer as a cache must (a miss forwards it), answering a response whose body is collected.
     let floor = {
@@ -450,7 +441,7 @@ fn hit_path(c: &mut Criterion) {
         "service_floor",
         "minimal_cache",
     ];
-    let (floor, minimal) = (&floor, &minimal);
+    let (cached, floor, minimal) = (&service, &floor, &minimal);
     for (own, id) in ids.into_iter().enumerate() {
         group.bench_function(id, |b| {
             b.to_async(&rt).iter_custom(|iters| {
@@ -467,7 +458,7 @@ fn hit_path(c: &mut Criterion) {
                                 Some(batch)
                             }
                             1 => {
-                                layer_batch(batch).await;
+                                service_batch(cached, batch).await;
                                 None
                             }
                             2 => {
