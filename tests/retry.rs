@@ -443,3 +443,24 @@ fn invalid_configuration_is_rejected() {
         .unwrap_err();
     assert!(error.to_string().contains("max_delay"), "{error}");
 }
+
+/// A `Retry-After` of `u64::MAX` seconds, with or without a cap, and `Duration::MAX` settings: no arithmetic
+/// overflows, and the call ends with a reason.
+#[tokio::test(start_paused = true)]
+async fn absurd_retry_after_values_and_unbounded_settings_end_without_panicking() {
+    let forever = u64::MAX.to_string();
+    let origin = Origin::new([], retry_after(503, forever.clone()));
+    let capped = client(&origin, layer().build().unwrap());
+    let response = capped.oneshot(get()).await.unwrap();
+    assert_eq!(outcome(&response), (1, Some(GaveUp::RetryAfterTooLong)));
+
+    let uncapped = layer()
+        .retry_after_cap(Duration::MAX)
+        .max_delay(Duration::MAX)
+        .base_delay(Duration::MAX)
+        .build()
+        .unwrap();
+    let response = client(&origin, uncapped).oneshot(get()).await.unwrap();
+    assert_eq!(outcome(&response), (1, Some(GaveUp::Deadline)));
+    assert_eq!(origin.calls(), 2);
+}

@@ -259,7 +259,11 @@ where
         });
         let backoff = config.backoff.delay(attempt - 1, rng);
         let delay = backoff.max(retry_after.unwrap_or(Duration::ZERO));
-        if Instant::now().saturating_duration_since(start) + delay > config.deadline {
+        if Instant::now()
+            .saturating_duration_since(start)
+            .saturating_add(delay)
+            > config.deadline
+        {
             return finish(&config, result, attempt, Some(GaveUp::Deadline));
         }
         if config.budget.as_ref().is_some_and(|b| !b.try_withdraw()) {
