@@ -1,11 +1,14 @@
 //! Request -> [`CacheKey`]: SHA-256 over length-prefixed request fields, with JSON bodies canonicalised.
 //!
 //! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme,
-//! authority (from the URI, else the `Host` header), path, the query pairs sorted, the configured vary headers,
-//! the partition (tenant identity), and the body. A JSON body (`application/json` or `*/*+json`) is hashed in
-//! canonical form: object members sorted by key at every level, array order kept, no insignificant whitespace,
-//! strings and numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, or any
-//! other content type, hashes the raw bytes.
+//! authority (from the URI, else the `Host` header), path, the query pairs sorted by name (pairs of one name keep
+//! their order: `?sort=name&sort=date` is not `?sort=date&sort=name`), the configured vary headers, the
+//! partition (tenant identity), and the body with its `Content-Type`. A JSON body (`application/json` or
+//! `*/*+json`) is hashed in canonical form: object members sorted by key at every level, array order kept, no
+//! insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept exactly
+//! as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice (after escapes
+//! are decoded: such a body means what its parser makes of it), or any other content type hashes the raw
+//! bytes.
 
 use http::{HeaderMap, HeaderName, Method, Uri, header};
 use sha2::{Digest, Sha256};
@@ -76,7 +79,7 @@ impl KeyConfig {
         body: &[u8],
     ) -> CacheKey {
         let mut h = Sha256::new();
-        field(&mut h, b"tower-redis-cache/key/v1");
+        field(&mut h, b"tower-redis-cache/key/v2");
         field(&mut h, method.as_str().as_bytes());
         field(&mut h, uri.scheme_str().unwrap_or("").as_bytes());
         let authority = match uri.authority() {
@@ -141,14 +144,31 @@ fn hash_query(h: &mut Sha256, query: Option<&str>) {
         return;
     };
     let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-    pairs.sort_unstable();
+    // Stable, by name only: the order of one name's values may carry meaning (`sort=a&sort=b`).
+    pairs.sort_by(|a, b| query_name(a).cmp(query_name(b)));
     count(h, pairs.len());
     for pair in pairs {
         field(h, pair.as_bytes());
     }
 }
 
+/// The name of a `name=value` query pair (the whole pair when it has no `=`).
+fn query_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(name, _)| name)
+}
+
 fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8]) {
+    if body.is_empty() {
+        h.update([2u8]);
+        return;
+    }
+    // The same bytes sent as another media type may mean something else to the origin.
+    field(
+        h,
+        headers
+            .get(header::CONTENT_TYPE)
+            .map_or(&b""[..], |v| v.as_bytes()),
+    );
     if is_json(headers) {
         let canonical = CANONICAL.with(|cell| {
             // The thread's buffers are reused from request to request; a re-entrant call (there is none
@@ -340,6 +360,7 @@ impl Canonicalizer<'_> {
     fn string(&mut self, out: &mut Vec<u8>) -> Result<(), NotJson> {
         let start = self.pos;
         self.expect(b'"')?;
+        let mut escaped = false;
         loop {
             match self.peek().ok_or(NotJson)? {
                 b'"' => {
@@ -347,6 +368,7 @@ impl Canonicalizer<'_> {
                     break;
                 }
                 b'\\' => {
+                    escaped = true;
                     self.pos += 1;
                     match self.peek().ok_or(NotJson)? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.pos += 1,
@@ -364,8 +386,15 @@ impl Canonicalizer<'_> {
                 _ => self.pos += 1,
             }
         }
-        out.extend_from_slice(&self.input[start..self.pos]);
-        Ok(())
+        let raw = &self.input[start..self.pos];
+        if escaped {
+            write_canonical_string(&raw[1..raw.len() - 1], out)
+        } else {
+            // Without escapes a string is already in canonical form: it cannot hold a quote or a control
+            // character unescaped.
+            out.extend_from_slice(raw);
+            Ok(())
+        }
     }
 
     fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), NotJson> {
@@ -435,12 +464,18 @@ impl Canonicalizer<'_> {
             }
         }
         let spans = &mut self.spans[base..];
-        let in_order = spans
-            .windows(2)
-            .all(|w| out[w[0].0..w[0].1] <= out[w[1].0..w[1].1]);
+        let key = |span: &(usize, usize, usize)| &out[span.0..span.1];
+        let in_order = spans.windows(2).all(|w| key(&w[0]) < key(&w[1]));
         if !in_order {
-            // A stable sort keeps duplicate keys in their written order.
-            spans.sort_by(|a, b| out[a.0..a.1].cmp(&out[b.0..b.1]));
+            spans.sort_unstable_by(|a, b| out[a.0..a.1].cmp(&out[b.0..b.1]));
+            // Keys are canonical, so equal keys are the same key, however each was escaped: such a document
+            // means what its parser makes of it (often the last value), so it is not canonicalised at all.
+            if spans
+                .windows(2)
+                .any(|w| out[w[0].0..w[0].1] == out[w[1].0..w[1].1])
+            {
+                return Err(NotJson);
+            }
             // Children are complete, so the scratch buffer is free to hold this object's members while they
             // are written back in order with their separators.
             self.scratch.clear();
@@ -457,6 +492,78 @@ impl Canonicalizer<'_> {
         out.push(b'}');
         Ok(())
     }
+}
+
+/// Writes the canonical form of a JSON string's contents `raw` (between its quotes, escapes already checked
+/// well-formed): the decoded characters, with only `"`, `\` and control characters escaped (the short forms
+/// where JSON has them, else `\u00xx`). A lone surrogate cannot be decoded, and is not JSON this canonicaliser
+/// accepts.
+fn write_canonical_string(raw: &[u8], out: &mut Vec<u8>) -> Result<(), NotJson> {
+    out.push(b'"');
+    let mut i = 0;
+    while let Some(&byte) = raw.get(i) {
+        if byte != b'\\' {
+            out.push(byte);
+            i += 1;
+            continue;
+        }
+        let (c, used) = match raw.get(i + 1).ok_or(NotJson)? {
+            b'"' => ('"', 2),
+            b'\\' => ('\\', 2),
+            b'/' => ('/', 2),
+            b'b' => ('\u{8}', 2),
+            b'f' => ('\u{c}', 2),
+            b'n' => ('\n', 2),
+            b'r' => ('\r', 2),
+            b't' => ('\t', 2),
+            b'u' => {
+                let high = hex4(raw.get(i + 2..i + 6))?;
+                if (0xD800..0xDC00).contains(&high) {
+                    if raw.get(i + 6..i + 8) != Some(&b"\\u"[..]) {
+                        return Err(NotJson);
+                    }
+                    let low = hex4(raw.get(i + 8..i + 12))?;
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return Err(NotJson);
+                    }
+                    let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                    (char::from_u32(code).ok_or(NotJson)?, 12)
+                } else {
+                    (char::from_u32(high).ok_or(NotJson)?, 6)
+                }
+            }
+            _ => return Err(NotJson),
+        };
+        i += used;
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            c if u32::from(c) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let n = u32::from(c) as usize;
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[n >> 4]);
+                out.push(HEX[n & 0xf]);
+            }
+            c => {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+    Ok(())
+}
+
+/// Four hex digits as a number.
+fn hex4(digits: Option<&[u8]>) -> Result<u32, NotJson> {
+    let digits = std::str::from_utf8(digits.ok_or(NotJson)?).map_err(|_| NotJson)?;
+    u32::from_str_radix(digits, 16).map_err(|_| NotJson)
 }
 
 #[cfg(test)]
@@ -501,7 +608,7 @@ mod tests {
         );
         assert_eq!(canon("[]").unwrap(), "[]");
         assert_eq!(canon("{}").unwrap(), "{}");
-        assert_eq!(canon(r#""a\u00e9\n""#).unwrap(), r#""a\u00e9\n""#);
+        assert_eq!(canon(r#""a\u00e9\n""#).unwrap(), "\"a\u{e9}\\n\"");
         assert_eq!(canon("-0.5e+10").unwrap(), "-0.5e+10");
     }
 
@@ -565,6 +672,78 @@ mod tests {
         );
         assert_eq!(a, b);
         assert_ne!(a, d);
+    }
+
+    #[test]
+    fn repeated_query_names_keep_their_order() {
+        let c = config();
+        let h = HeaderMap::new();
+        let key = |uri: &str| c.key(&Method::GET, &uri.parse().unwrap(), &h, b"");
+        assert_ne!(
+            key("http://h/p?sort=name&sort=date"),
+            key("http://h/p?sort=date&sort=name")
+        );
+        assert_eq!(
+            key("http://h/p?sort=name&x=1&sort=date"),
+            key("http://h/p?x=1&sort=name&sort=date"),
+            "other names may move around them"
+        );
+        assert_ne!(key("http://h/p?a"), key("http://h/p?a="));
+    }
+
+    #[test]
+    fn escaped_and_literal_json_mean_the_same_and_duplicate_keys_hash_raw() {
+        assert_eq!(canon(r#"{"\u0061":1}"#).unwrap(), r#"{"a":1}"#);
+        assert_eq!(
+            canon(r#""\u00e9\/\u0022\n\u0001""#).unwrap(),
+            "\"\u{e9}/\\\"\\n\\u0001\""
+        );
+        assert_eq!(canon(r#""\ud83d\ude00""#).unwrap(), "\"\u{1F600}\"");
+        assert!(canon(r#""\ud83d""#).is_none(), "a lone surrogate");
+        assert!(canon(r#""\ude00x""#).is_none(), "a lone low surrogate");
+        // Escaped keys sort by what they decode to.
+        assert_eq!(canon(r#"{"b":1,"\u0061":2}"#).unwrap(), r#"{"a":2,"b":1}"#);
+        let c = config();
+        assert_eq!(
+            post_key(&c, r#"{"a":"x"}"#),
+            post_key(&c, r#"{"\u0061":"\u0078"}"#)
+        );
+        // A key twice, once escaped: the two orders mean a=2 and a=1 to a last-wins parser.
+        for dup in [
+            r#"{"a":1,"\u0061":2}"#,
+            r#"{"\u0061":2,"a":1}"#,
+            r#"{"a":1,"a":2}"#,
+        ] {
+            assert!(canon(dup).is_none(), "{dup}");
+        }
+        assert_ne!(
+            post_key(&c, r#"{"a":1,"\u0061":2}"#),
+            post_key(&c, r#"{"\u0061":2,"a":1}"#)
+        );
+        assert_ne!(
+            post_key(&c, r#"{"a":{"b":1,"b":1}}"#),
+            post_key(&c, r#"{"a":{"b":1}}"#)
+        );
+    }
+
+    #[test]
+    fn the_content_type_of_a_body_is_part_of_its_key() {
+        let c = config();
+        let uri: Uri = "http://h/p".parse().unwrap();
+        let typed = |ct: &'static str, body: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            c.key(&Method::POST, &uri, &h, body)
+        };
+        assert_ne!(
+            typed("text/plain", b"a=1"),
+            typed("application/x-www-form-urlencoded", b"a=1")
+        );
+        assert_eq!(
+            typed("text/plain", b""),
+            typed("text/csv", b""),
+            "no body, no type"
+        );
     }
 
     #[test]
