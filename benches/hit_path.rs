@@ -80,14 +80,14 @@ fn origin(
     body: Bytes,
     calls: Arc<AtomicU64>,
 ) -> impl Service<
-    Request<Full<Bytes>>,
+    Request<tower_redis_cache::RequestBody>,
     Response = Response<Full<Bytes>>,
     Error = Infallible,
     Future = impl Send,
 > + Clone
 + Send
 + 'static {
-    service_fn(move |_request: Request<Full<Bytes>>| {
+    service_fn(move |_request: Request<tower_redis_cache::RequestBody>| {
         calls.fetch_add(1, Ordering::Relaxed);
         let body = body.clone();
         async move {

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redis_cache::error::BoxError;
-use tower_redis_cache::{MemoryStore, RedisCacheLayer, RedisStore, RetryLayer};
+use tower_redis_cache::{MemoryStore, RedisCacheLayer, RedisStore, RequestBody, RetryLayer};
 
 /// The expensive API: 150 ms per query.
 async fn start_api() -> Result<String, BoxError> {
@@ -53,7 +53,7 @@ async fn main() -> Result<(), BoxError> {
         // This POST only reads, so 5xx and transport errors may be retried too.
         .retry_non_idempotent(true)
         .build()?;
-    let hyper = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let hyper = Client::builder(TokioExecutor::new()).build_http::<RequestBody>();
     let client = ServiceBuilder::new()
         .layer(cache)
         .layer(retry)

@@ -11,13 +11,12 @@
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_redis_cache::error::BoxError;
-use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore};
+use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, RequestBody};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -38,7 +37,7 @@ async fn main() -> Result<(), BoxError> {
     // The "expensive" API: 300 ms per query.
     let origin_calls = Arc::new(AtomicUsize::new(0));
     let calls = origin_calls.clone();
-    let origin = service_fn(move |request: Request<Full<Bytes>>| {
+    let origin = service_fn(move |request: Request<RequestBody>| {
         let calls = calls.clone();
         async move {
             calls.fetch_add(1, Ordering::SeqCst);
@@ -48,7 +47,7 @@ async fn main() -> Result<(), BoxError> {
                 r#"{{"rows":[1,2,3],"query":{}}}"#,
                 String::from_utf8_lossy(&query)
             );
-            Ok::<_, Infallible>(
+            Ok::<_, BoxError>(
                 Response::builder()
                     .header("content-type", "application/json")
                     .body(Full::new(Bytes::from(body)))

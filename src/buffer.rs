@@ -1,6 +1,11 @@
-//! Size-capped body buffering shared by the middleware: the cache hashes and replays request bodies, retry and
-//! auth replay them, and the cache stores response bodies.
+//! Size-capped body reading, the one mechanism every layer uses: the cache hashes and replays request bodies,
+//! retry and auth replay them, and the cache stores response bodies.
+//!
+//! A request body is read up to the layer's cap and never further: within the cap it is kept whole (and can be
+//! replayed); past it, what was read goes on as the prefix of a [`RequestBody`] chained with the rest of the
+//! stream, so the request reaches the origin intact while at most `cap` bytes of it were ever held.
 
+use crate::body::{RequestBody, try_downcast};
 use crate::error::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::poll_fn;
@@ -91,110 +96,123 @@ fn joined(first: Option<Bytes>, rest: Option<BytesMut>) -> Bytes {
     }
 }
 
-/// A body as far as it could be read without waiting.
-pub(crate) enum Ready<T> {
+/// A request body as far as it could be read without waiting.
+pub(crate) enum Ready {
     /// The whole body, within the cap.
     Complete(Bytes),
-    /// More may follow (or the cap was passed): `prefix` was read, `rest` is still to read.
-    Partial { prefix: Bytes, rest: Pin<Box<T>> },
+    /// More may follow (or the cap was passed): `prefix` was read, `rest` is still to read (with [`finish`]).
+    Partial { prefix: Bytes, rest: RequestBody },
 }
 
 /// Reads what `body` holds already, without waiting: a body that is empty or complete in one frame (a `Full`,
-/// a buffered client body, a hyper body whose bytes have arrived) is taken whole, so its request needs no
-/// asynchronous step before the cache key. Anything else comes back [`Ready::Partial`], to be read with
-/// [`collect_capped_after`]; nothing read is lost.
+/// a [`RequestBody`] of bytes, a buffered client body, a hyper body whose bytes have arrived) is taken whole, so
+/// its request needs no asynchronous step before the cache key. Anything else comes back [`Ready::Partial`], to
+/// be read with [`finish`]; nothing read is lost.
 ///
 /// The body is polled with a no-op waker: if it is not ready, the caller's next poll registers the real one.
-pub(crate) fn take_ready<T>(body: T, max: usize) -> Result<Ready<T>, BoxError>
+pub(crate) fn take_ready<B>(body: B, max: usize) -> Result<Ready, BoxError>
 where
-    T: Body,
-    T::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
 {
-    if body.is_end_stream() {
-        return Ok(Ready::Complete(Bytes::new()));
-    }
-    let mut rest = Box::pin(body);
+    let mut body = match try_downcast::<RequestBody, B>(body) {
+        Ok(mut body) => match body.take_full() {
+            Some(bytes) if bytes.len() <= max => return Ok(Ready::Complete(bytes)),
+            Some(bytes) => {
+                return Ok(Ready::Partial {
+                    prefix: bytes,
+                    rest: RequestBody::empty(),
+                });
+            }
+            None => body,
+        },
+        Err(body) => {
+            if body.is_end_stream() {
+                return Ok(Ready::Complete(Bytes::new()));
+            }
+            RequestBody::new(body)
+        }
+    };
     let mut cx = Context::from_waker(Waker::noop());
-    let prefix = match rest.as_mut().poll_frame(&mut cx) {
+    let prefix = match Pin::new(&mut body).poll_frame(&mut cx) {
         Poll::Ready(None) => return Ok(Ready::Complete(Bytes::new())),
-        Poll::Ready(Some(frame)) => match frame.map_err(Into::into)?.into_data() {
-            Ok(mut data) => data.copy_to_bytes(data.remaining()),
+        Poll::Ready(Some(frame)) => match frame?.into_data() {
+            Ok(data) => data,
             // Trailers are dropped, as `collect_capped` drops them.
             Err(_trailers) => Bytes::new(),
         },
         Poll::Pending => Bytes::new(),
     };
-    if rest.is_end_stream() && prefix.len() <= max {
+    if body.is_end_stream() && prefix.len() <= max {
         Ok(Ready::Complete(prefix))
     } else {
-        Ok(Ready::Partial { prefix, rest })
+        Ok(Ready::Partial { prefix, rest: body })
     }
 }
 
-/// Reads the whole of `body` after a prefix (for requests over the cap, which must still reach the inner
-/// service intact).
-pub(crate) async fn collect_rest<T>(prefix: Bytes, mut rest: Pin<Box<T>>) -> Result<Bytes, BoxError>
-where
-    T: Body,
-    T::Error: Into<BoxError>,
-{
-    let mut buf = BytesMut::from(&prefix[..]);
-    while let Some(frame) = rest.frame().await {
-        if let Ok(mut data) = frame.map_err(Into::into)?.into_data() {
-            while data.has_remaining() {
-                let chunk = data.chunk();
-                buf.extend_from_slice(chunk);
-                let n = chunk.len();
-                data.advance(n);
-            }
+/// A request body read up to a cap.
+pub(crate) enum Capped {
+    /// The whole body, within the cap: the request can be replayed.
+    Whole(Bytes),
+    /// Over the cap: the prefix read so far chained with the unread rest, to be sent once.
+    TooLarge(RequestBody),
+}
+
+/// Reads the rest of a [`Ready::Partial`] body, up to `max` bytes in all.
+pub(crate) async fn finish(
+    prefix: Bytes,
+    rest: RequestBody,
+    max: usize,
+) -> Result<Capped, BoxError> {
+    match collect_capped_after(prefix, Box::pin(rest), max).await? {
+        Collected::Complete(bytes) => Ok(Capped::Whole(bytes)),
+        Collected::TooLarge { prefix, rest } => {
+            Ok(Capped::TooLarge(Pin::into_inner(rest).prepend(prefix)))
         }
     }
-    Ok(buf.freeze())
 }
 
 /// A request whose body was read so that it can be sent more than once, or one that must go out as it is.
-pub(crate) enum Buffered<B> {
+pub(crate) enum Buffered {
     /// The head and the whole body, within the cap: rebuild the request with [`Buffered::rebuild`].
     Replayable { parts: request::Parts, body: Bytes },
-    /// Over the cap (by `Content-Length`, or found while reading): the request, body whole, to send once.
-    Once(Request<B>),
+    /// Over the cap (by `Content-Length`, or found while reading): the request, its body streamed on, to send
+    /// once.
+    Once(Request<RequestBody>),
 }
 
-impl<B: From<Bytes>> Buffered<B> {
+impl Buffered {
     /// A copy of a replayable request: the head cloned and the body shared (no byte copy).
-    pub(crate) fn rebuild(parts: &request::Parts, body: &Bytes) -> Request<B> {
-        Request::from_parts(parts.clone(), B::from(body.clone()))
+    pub(crate) fn rebuild(parts: &request::Parts, body: &Bytes) -> Request<RequestBody> {
+        Request::from_parts(parts.clone(), RequestBody::from(body.clone()))
     }
 }
 
-/// Reads a request body of at most `max` bytes so the request can be replayed. A request announcing more
-/// with `Content-Length` is not read at all; a chunked one found to be larger is read whole and returned to
-/// be sent once, so nothing is lost either way.
-pub(crate) async fn buffer_request<B>(
-    request: Request<B>,
-    max: usize,
-) -> Result<Buffered<B>, BoxError>
+/// Reads a request body of at most `max` bytes so the request can be replayed. A request announcing more with
+/// `Content-Length` is not read at all; one found to be larger while reading goes on as the prefix read so far
+/// chained with the rest of its stream. Either way nothing is lost, and at most `max` bytes are held.
+pub(crate) async fn buffer_request<B>(request: Request<B>, max: usize) -> Result<Buffered, BoxError>
 where
-    B: Body + From<Bytes>,
+    B: Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    if content_length(request.headers()).is_some_and(|n| n > max as u64) {
-        return Ok(Buffered::Once(request));
-    }
     let (parts, body) = request.into_parts();
-    if body.is_end_stream() {
-        return Ok(Buffered::Replayable {
+    if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
+        return Ok(Buffered::Once(Request::from_parts(
             parts,
-            body: Bytes::new(),
-        });
+            RequestBody::new(body),
+        )));
     }
-    match collect_capped(body, max).await? {
-        Collected::Complete(body) => Ok(Buffered::Replayable { parts, body }),
-        Collected::TooLarge { prefix, rest } => {
-            let all = collect_rest(prefix, rest).await?;
-            Ok(Buffered::Once(Request::from_parts(parts, B::from(all))))
-        }
-    }
+    let capped = match take_ready(body, max)? {
+        Ready::Complete(bytes) => Capped::Whole(bytes),
+        Ready::Partial { prefix, rest } => finish(prefix, rest, max).await?,
+    };
+    Ok(match capped {
+        Capped::Whole(body) => Buffered::Replayable { parts, body },
+        Capped::TooLarge(body) => Buffered::Once(Request::from_parts(parts, body)),
+    })
 }
 
 /// Drives `inner` to readiness, then calls it once.
@@ -215,7 +233,9 @@ mod tests {
     use http_body::Frame;
     use http_body_util::{Full, StreamBody};
 
-    fn chunks(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+    fn chunks(
+        parts: &[&'static str],
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static {
         let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = parts
             .iter()
             .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
@@ -223,59 +243,79 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
+    async fn all(body: RequestBody) -> Bytes {
+        body.collect().await.unwrap().to_bytes()
+    }
+
     #[tokio::test]
     async fn collects_within_the_cap_and_stops_past_it() {
-        let Collected::Complete(all) = collect_capped(chunks(&["ab", "cd", "e"]), 5).await.unwrap()
+        let Collected::Complete(whole) =
+            collect_capped(chunks(&["ab", "cd", "e"]), 5).await.unwrap()
         else {
             panic!("within the cap");
         };
-        assert_eq!(&all[..], b"abcde");
-        let Collected::TooLarge { prefix, rest } =
+        assert_eq!(&whole[..], b"abcde");
+        let Collected::TooLarge { prefix, .. } =
             collect_capped(chunks(&["ab", "cd", "ef", "gh"]), 5)
                 .await
                 .unwrap()
         else {
             panic!("over the cap");
         };
-        assert_eq!(&prefix[..], b"abcdef");
-        assert_eq!(&collect_rest(prefix, rest).await.unwrap()[..], b"abcdefgh");
+        assert_eq!(
+            &prefix[..],
+            b"abcdef",
+            "reading stops at the first chunk past the cap"
+        );
     }
 
     #[tokio::test]
-    async fn buffers_a_request_within_the_cap_and_passes_a_larger_one_once() {
+    async fn buffers_a_request_within_the_cap_and_streams_a_larger_one_once() {
         let request = Request::post("/q")
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap();
         let Buffered::Replayable { parts, body } = buffer_request(request, 8).await.unwrap() else {
             panic!("within the cap");
         };
-        let again: Request<Full<Bytes>> = Buffered::rebuild(&parts, &body);
+        let again = Buffered::rebuild(&parts, &body);
         assert_eq!(again.uri(), "/q");
-        assert_eq!(
-            &again.into_body().collect().await.unwrap().to_bytes()[..],
-            b"{}"
-        );
+        assert_eq!(&all(again.into_body()).await[..], b"{}");
 
-        let big = Request::post("/q")
+        let announced = Request::post("/q")
             .header("content-length", "9")
             .body(Full::new(Bytes::from_static(b"123456789")))
             .unwrap();
-        assert!(matches!(
-            buffer_request(big, 8).await.unwrap(),
-            Buffered::Once(_)
-        ));
+        let Buffered::Once(request) = buffer_request(announced, 8).await.unwrap() else {
+            panic!("over the cap by content-length");
+        };
+        assert_eq!(&all(request.into_body()).await[..], b"123456789");
 
-        let stream = futures_util::stream::iter(["12345", "6789"].map(Ok::<_, std::io::Error>));
         let chunked = Request::post("/q")
-            .body(axum::body::Body::from_stream(stream))
+            .body(chunks(&["12345", "6789", "abc"]))
             .unwrap();
         let Buffered::Once(request) = buffer_request(chunked, 8).await.unwrap() else {
+            panic!("over the cap while reading");
+        };
+        assert_eq!(&all(request.into_body()).await[..], b"123456789abc");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_cap_is_chained_not_read_to_its_end() {
+        // A stream that would never end: if anything read it whole, this test would not finish.
+        let endless = StreamBody::new(futures_util::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(&[7u8; 1024])))
+        }));
+        let request = Request::post("/upload").body(endless).unwrap();
+        let Buffered::Once(request) = buffer_request(request, 4096).await.unwrap() else {
             panic!("over the cap");
         };
-        assert_eq!(
-            &request.into_body().collect().await.unwrap().to_bytes()[..],
-            b"123456789"
-        );
+        let mut body = request.into_body();
+        let mut read = 0usize;
+        while read < 64 * 1024 {
+            let frame = body.frame().await.unwrap().unwrap();
+            read += frame.into_data().unwrap().len();
+        }
+        assert!(read >= 64 * 1024);
     }
 
     #[tokio::test]
@@ -284,6 +324,10 @@ mod tests {
             panic!("a Full body is whole at once");
         };
         assert_eq!(&whole[..], b"{}");
+        let Ok(Ready::Complete(bytes)) = take_ready(RequestBody::from("{}"), 8) else {
+            panic!("a RequestBody of bytes is whole at once");
+        };
+        assert_eq!(&bytes[..], b"{}");
         let Ok(Ready::Complete(empty)) = take_ready(http_body_util::Empty::<Bytes>::new(), 8)
         else {
             panic!("an empty body is whole at once");
@@ -295,42 +339,43 @@ mod tests {
             panic!("a streamed body is not whole after one frame");
         };
         assert_eq!(&prefix[..], b"ab");
-        let Collected::Complete(all) = collect_capped_after(prefix, rest, 8).await.unwrap() else {
+        let Capped::Whole(bytes) = finish(prefix, rest, 8).await.unwrap() else {
             panic!("within the cap");
         };
-        assert_eq!(&all[..], b"abcde");
+        assert_eq!(&bytes[..], b"abcde");
 
-        // One frame over the cap: read, but left for the caller to pass on whole.
-        let Ok(Ready::Partial { prefix, rest }) =
-            take_ready(Full::new(Bytes::from_static(b"123456789")), 8)
-        else {
-            panic!("over the cap");
-        };
-        let Collected::TooLarge { prefix, rest } =
-            collect_capped_after(prefix, rest, 8).await.unwrap()
-        else {
-            panic!("over the cap");
-        };
-        assert_eq!(&collect_rest(prefix, rest).await.unwrap()[..], b"123456789");
+        // One frame over the cap: read, but passed on whole, as one body.
+        for body in [
+            RequestBody::new(Full::new(Bytes::from_static(b"123456789"))),
+            RequestBody::from("123456789"),
+        ] {
+            let Ok(Ready::Partial { prefix, rest }) = take_ready(body, 8) else {
+                panic!("over the cap");
+            };
+            let Capped::TooLarge(body) = finish(prefix, rest, 8).await.unwrap() else {
+                panic!("over the cap");
+            };
+            assert_eq!(&all(body).await[..], b"123456789");
+        }
     }
 
     #[tokio::test]
     async fn a_body_not_ready_yet_is_read_when_it_arrives() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
-        let body = StreamBody::new(tokio_stream_from(rx));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         let Ok(Ready::Partial { prefix, rest }) = take_ready(body, 8) else {
             panic!("nothing has arrived");
         };
         assert!(prefix.is_empty());
-        let reader = tokio::spawn(collect_capped_after(prefix, rest, 8));
+        let reader = tokio::spawn(finish(prefix, rest, 8));
         tx.send(Ok(Frame::data(Bytes::from_static(b"late"))))
             .await
             .unwrap();
         drop(tx);
-        let Collected::Complete(all) = reader.await.unwrap().unwrap() else {
+        let Capped::Whole(bytes) = reader.await.unwrap().unwrap() else {
             panic!("within the cap");
         };
-        assert_eq!(&all[..], b"late");
+        assert_eq!(&bytes[..], b"late");
     }
 
     #[test]
@@ -341,12 +386,5 @@ mod tests {
             panic!("the body failed");
         };
         assert_eq!(error.to_string(), "reset");
-    }
-
-    /// A stream over a channel's receiver (the body's frames arrive when sent).
-    fn tokio_stream_from<T: Send + 'static>(
-        mut rx: tokio::sync::mpsc::Receiver<T>,
-    ) -> impl futures_util::Stream<Item = T> + Send {
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }

@@ -8,19 +8,20 @@
 //! use http_body_util::Full;
 //! use std::convert::Infallible;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer};
+//! use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
 //! // `RedisStore::connect("redis://127.0.0.1:6379").await?` for a shared cache.
 //! let cache = RedisCacheLayer::builder(MemoryStore::new(64 * 1024 * 1024))
 //!     .namespace("example")
 //!     .build()?;
-//! let api = service_fn(|_req: Request<Full<Bytes>>| async {
+//! // The wrapped service takes a `RequestBody`; callers send any body type.
+//! let api = service_fn(|_req: Request<RequestBody>| async {
 //!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(br#"{"expensive":true}"#))))
 //! });
 //! let client = ServiceBuilder::new().layer(cache).service(api);
 //!
-//! let request = || Request::get("https://api.example/report").body(Full::default()).unwrap();
+//! let request = || Request::get("https://api.example/report").body(RequestBody::empty()).unwrap();
 //! let first = client.clone().oneshot(request()).await?;
 //! let second = client.clone().oneshot(request()).await?;
 //! assert!(matches!(first.extensions().get(), Some(CacheOutcome::Miss { .. })));
@@ -49,7 +50,7 @@
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_redis_cache::auth::{AuthLayer, Token, TokenFuture, TokenSource};
-//! use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RetryLayer, RetryOutcome};
+//! use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody, RetryLayer, RetryOutcome};
 //!
 //! struct Static; // your TokenSource, or auth::ClientCredentials for OAuth2
 //! impl TokenSource for Static {
@@ -63,7 +64,7 @@
 //! let calls = Arc::new(AtomicU32::new(0));
 //! let api = service_fn({
 //!     let calls = calls.clone();
-//!     move |req: Request<Full<Bytes>>| {
+//!     move |req: Request<RequestBody>| {
 //!         let n = calls.fetch_add(1, Ordering::SeqCst);
 //!         let authorized = req.headers().get("authorization").is_some_and(|v| v == "Bearer t0k3n");
 //!         async move {
@@ -83,7 +84,7 @@
 //!     .layer(AuthLayer::new(Static))
 //!     .service(api);
 //!
-//! let request = || Request::get("https://api.example/report").body(Full::default()).unwrap();
+//! let request = || Request::get("https://api.example/report").body(RequestBody::empty()).unwrap();
 //! let first = client.clone().oneshot(request()).await?;
 //! assert_eq!(first.status(), StatusCode::OK);
 //! assert_eq!(first.extensions().get::<RetryOutcome>().map(|o| o.attempts), Some(2)); // retried the 503
@@ -147,6 +148,7 @@
 )]
 
 pub mod auth;
+pub mod body;
 mod buffer;
 pub mod cache;
 pub mod error;
@@ -158,6 +160,7 @@ pub mod reqwest;
 pub mod retry;
 
 pub use crate::auth::AuthLayer;
+pub use crate::body::RequestBody;
 #[cfg(feature = "memory")]
 pub use crate::cache::MemoryStore;
 #[cfg(feature = "redis")]

@@ -34,6 +34,7 @@
 //! # let _ = (client, service); Ok(()) }
 //! ```
 
+use crate::body::RequestBody;
 use crate::cache::RedisCacheLayer;
 use crate::cache::ResponseBody;
 use crate::cache::engine::{Engine, Fetch, FetchFuture, Origin, buffer_response};
@@ -303,5 +304,50 @@ impl Fetch<Body> for RefreshFetch {
             let response = self.client.execute(request).await?;
             buffer_response(http::Response::from(response), self.max).await
         })
+    }
+}
+
+impl From<RequestBody> for Body {
+    /// Bytes stay bytes (so reqwest can clone the request); a body streamed on is wrapped as it is.
+    fn from(mut body: RequestBody) -> Self {
+        match body.take_full() {
+            Some(bytes) => Body::from(bytes),
+            None => Body::wrap(SyncBody(std::sync::Mutex::new(body))),
+        }
+    }
+}
+
+/// A [`RequestBody`] that is `Sync`, as `reqwest::Body::wrap` asks: polling goes through `Mutex::get_mut`,
+/// which takes no lock (only `&self` methods lock, and nothing calls them concurrently).
+struct SyncBody(std::sync::Mutex<RequestBody>);
+
+impl http_body::Body for SyncBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let body = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Pin::new(body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .size_hint()
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_redis_cache::RequestBody;
 use tower_redis_cache::auth::error::TokenError;
 use tower_redis_cache::auth::{AuthLayer, ClientCredentials, TokenSource};
 use tower_redis_cache::error::BoxError;
@@ -127,7 +128,7 @@ impl Api {
     fn service(
         &self,
     ) -> impl Service<
-        Request<Full<Bytes>>,
+        Request<RequestBody>,
         Response = Response<Full<Bytes>>,
         Error = BoxError,
         Future: Send,
@@ -135,7 +136,7 @@ impl Api {
     + Send
     + 'static {
         let api = self.clone();
-        service_fn(move |request: Request<Full<Bytes>>| {
+        service_fn(move |request: Request<RequestBody>| {
             let api = api.clone();
             async move {
                 let auth = request

@@ -425,7 +425,7 @@ async fn the_per_token_rate_limit_answers_the_real_429() {
             emulator.base_url(),
             ids[4]
         ))
-        .body(http_body_util::Full::default())
+        .body(http_body_util::Full::<bytes::Bytes>::default())
         .unwrap(),
     )
     .await

@@ -20,7 +20,7 @@ use support::{RedisServer, fred_client};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_redis_cache::error::BoxError;
 use tower_redis_cache::reqwest::{CacheMiddleware, ReqwestService};
-use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore};
+use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, RequestBody};
 
 /// A JSON origin on a real loopback port that counts its calls.
 async fn origin() -> (String, Arc<AtomicU64>) {
@@ -313,7 +313,7 @@ fn counters_reach_the_metrics_facade() {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let api = service_fn(|_req: Request<Full<Bytes>>| async {
+            let api = service_fn(|_req: Request<RequestBody>| async {
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
             });
             let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
@@ -323,7 +323,7 @@ fn counters_reach_the_metrics_facade() {
             let client = ServiceBuilder::new().layer(cache).service(api);
             for _ in 0..3 {
                 let request = Request::get("https://api.example/x")
-                    .body(Full::default())
+                    .body(Full::<Bytes>::default())
                     .unwrap();
                 client.clone().oneshot(request).await.unwrap();
             }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt, service_fn};
 use tower_layer::Layer;
+use tower_redis_cache::RequestBody;
 use tower_redis_cache::error::BoxError;
 use tower_redis_cache::retry::Retry;
 use tower_redis_cache::retry::error::RetryError;
@@ -76,7 +77,7 @@ impl Origin {
     fn service(
         &self,
     ) -> impl Service<
-        Request<Body>,
+        Request<RequestBody>,
         Response = Response<Full<Bytes>>,
         Error = BoxError,
         Future: Send,
@@ -84,7 +85,7 @@ impl Origin {
     + Send
     + 'static {
         let origin = self.clone();
-        service_fn(move |request: Request<Body>| {
+        service_fn(move |request: Request<RequestBody>| {
             let origin = origin.clone();
             async move {
                 let arrived = Instant::now();
@@ -139,7 +140,7 @@ fn client(
     origin: &Origin,
     layer: RetryLayer,
 ) -> Retry<
-    impl Service<Request<Body>, Response = Response<Full<Bytes>>, Error = BoxError, Future: Send>
+    impl Service<Request<RequestBody>, Response = Response<Full<Bytes>>, Error = BoxError, Future: Send>
     + Clone
     + Send
     + 'static,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
-use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+use tower_redis_cache::{MemoryStore, RedisCacheLayer, RequestBody};
 
 /// Span fields as a subscriber sees them: span name -> every recorded field, in order.
 #[derive(Clone, Default)]
@@ -103,7 +103,7 @@ fn a_tracing_subscriber_sees_outcome_key_attempts_and_token_refresh() {
         .unwrap();
     runtime.block_on(async {
         let failures = Arc::new(AtomicU64::new(0));
-        let api = service_fn(move |_req: Request<Full<Bytes>>| {
+        let api = service_fn(move |_req: Request<RequestBody>| {
             let n = failures.fetch_add(1, Ordering::SeqCst);
             async move {
                 let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
@@ -129,7 +129,7 @@ fn a_tracing_subscriber_sees_outcome_key_attempts_and_token_refresh() {
             .service(api);
         for _ in 0..2 {
             let request = Request::get("https://api.example/report")
-                .body(Full::default())
+                .body(Full::<Bytes>::default())
                 .unwrap();
             client.clone().oneshot(request).await.unwrap();
         }

@@ -10,6 +10,7 @@
 //! use std::convert::Infallible;
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_redis_cache::RequestBody;
 //! use tower_redis_cache::auth::{AuthLayer, Token, TokenFuture, TokenSource};
 //!
 //! // A token source; `ClientCredentials` is the OAuth2 one.
@@ -21,7 +22,7 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
-//! let api = service_fn(|req: Request<Full<Bytes>>| async move {
+//! let api = service_fn(|req: Request<RequestBody>| async move {
 //!     let ok = req.headers().get("authorization").is_some_and(|v| v == "Bearer t0k3n");
 //!     let mut response = Response::new(Full::<Bytes>::default());
 //!     *response.status_mut() = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
@@ -29,7 +30,7 @@
 //! });
 //! let auth = AuthLayer::new(Fixed);
 //! let client = ServiceBuilder::new().layer(auth.clone()).service(api);
-//! let response = client.oneshot(Request::get("https://api.example/").body(Full::default())?).await?;
+//! let response = client.oneshot(Request::get("https://api.example/").body(RequestBody::empty())?).await?;
 //! assert_eq!(response.status(), StatusCode::OK);
 //! assert_eq!(auth.token_fetches(), 1);
 //! # Ok(()) }
@@ -67,9 +68,9 @@ pub use self::token::{Secret, Token, TokenFuture, TokenSource};
 
 use self::future::ResponseFuture;
 use self::token::TokenCache;
+use crate::body::RequestBody;
 use crate::buffer::{Buffered, buffer_request, call_ready};
 use crate::error::BoxError;
-use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -134,7 +135,8 @@ impl AuthLayerBuilder {
         self
     }
 
-    /// The largest request body buffered so a request can be replayed after a `401`. Default: 1 MiB.
+    /// The largest request body buffered so a request can be replayed after a `401`. A larger one is sent once,
+    /// streamed on as it is read, never held whole. Default: 1 MiB.
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -205,10 +207,10 @@ impl<S: fmt::Debug> fmt::Debug for Auth<S> {
 
 impl<S, B, R> Service<Request<B>> for Auth<S>
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<R>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: Body + From<Bytes> + Send + 'static,
+    B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
     R: Send + 'static,
@@ -240,9 +242,10 @@ async fn run<S, B, R>(
     request: Request<B>,
 ) -> Result<Response<R>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<R>>,
+    S: Service<Request<RequestBody>, Response = Response<R>>,
     S::Error: Into<BoxError>,
-    B: Body + From<Bytes>,
+    B: Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<BoxError>,
 {
     let buffered = buffer_request(request, max_body).await?;

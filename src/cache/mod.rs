@@ -7,10 +7,10 @@
 //! use bytes::Bytes;
 //! use http::{Method, Request, Response};
 //! use http_body_util::{BodyExt, Full};
-//! use std::convert::Infallible;
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer};
+//! use tower_redis_cache::error::BoxError;
+//! use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
 //! let layer = RedisCacheLayer::builder(MemoryStore::new(16 * 1024 * 1024))
@@ -18,9 +18,9 @@
 //!     .methods([Method::GET, Method::POST]) // POST queries are keyed by their (canonical JSON) body
 //!     .fresh_for(Duration::from_secs(30))
 //!     .build()?;
-//! let origin = service_fn(|req: Request<Full<Bytes>>| async move {
+//! let origin = service_fn(|req: Request<RequestBody>| async move {
 //!     let body = req.into_body().collect().await?.to_bytes();
-//!     Ok::<_, Infallible>(Response::new(Full::new(body)))
+//!     Ok::<_, BoxError>(Response::new(Full::new(body)))
 //! });
 //! let service = ServiceBuilder::new().layer(layer).service(origin);
 //!

@@ -125,7 +125,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use crate::{CacheOutcome, MemoryStore, RedisCacheLayer};
+    use crate::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
     use bytes::Bytes;
     use http::{Request, Response};
     use http_body_util::Full;
@@ -147,7 +147,7 @@ mod tests {
             .unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let service = layer.layer(tower::service_fn(move |_: Request<Full<Bytes>>| {
+        let service = layer.layer(tower::service_fn(move |_: Request<RequestBody>| {
             let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
             async move {
                 // The first refresh (the second call) panics; its panic message in the test output is expected.
@@ -157,7 +157,7 @@ mod tests {
         }));
         let get = || {
             Request::get("http://api.test/items")
-                .body(Full::default())
+                .body(Full::<Bytes>::default())
                 .unwrap()
         };
         let outcome = |response: &Response<_>| response.extensions().get::<CacheOutcome>().copied();

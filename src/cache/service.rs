@@ -4,9 +4,8 @@ use super::body::ResponseBody;
 use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate};
 use super::future::ResponseFuture;
 use super::status::{BypassReason, CacheOutcome};
-use crate::buffer::{
-    Collected, Ready, call_ready, collect_capped_after, collect_rest, content_length, take_ready,
-};
+use crate::body::RequestBody;
+use crate::buffer::{Capped, Ready, call_ready, content_length, finish, take_ready};
 use crate::error::BoxError;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -14,7 +13,6 @@ use http::{Request, Response, request};
 use http_body::Body;
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
@@ -74,10 +72,10 @@ impl<S: fmt::Debug> fmt::Debug for RedisCache<S> {
 
 impl<S, B, R> Service<Request<B>> for RedisCache<S>
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<R>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: Body + From<Bytes> + Send + 'static,
+    B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
     R: Body + Send + 'static,
@@ -104,7 +102,7 @@ where
         let (parts, body) = request.into_parts();
         let screen = engine.policy.screen(&parts, content_length(&parts.headers));
         if let Some(reason) = screen.bypass {
-            let request = Request::from_parts(parts, body);
+            let request = Request::from_parts(parts, RequestBody::new(body));
             return respond_in(span, bypass(engine, inner, request, reason));
         }
         let max = engine.policy.max_body;
@@ -117,11 +115,11 @@ where
             }
             Ok(Ready::Partial { prefix, rest }) => {
                 let buffered = async move {
-                    let bytes = match collect_capped_after(prefix, rest, max).await? {
-                        Collected::Complete(bytes) => bytes,
-                        // Found to be larger while reading: the request still reaches the origin whole.
-                        Collected::TooLarge { prefix, rest } => {
-                            let body = B::from(collect_rest(prefix, rest).await?);
+                    let bytes = match finish(prefix, rest, max).await? {
+                        Capped::Whole(bytes) => bytes,
+                        // Found to be larger while reading: the request goes on with what was read chained
+                        // with the rest of its stream, never held whole.
+                        Capped::TooLarge(body) => {
                             let request = Request::from_parts(parts, body);
                             let reason = BypassReason::RequestTooLarge;
                             return bypass(engine, inner, request, reason).await;
@@ -155,7 +153,7 @@ where
 }
 
 /// Keys a request whose body is read, and hands it to the engine.
-fn keyed<S, B, R>(
+fn keyed<S, R>(
     engine: Arc<Engine>,
     inner: S,
     parts: request::Parts,
@@ -164,10 +162,9 @@ fn keyed<S, B, R>(
     span: &tracing::Span,
 ) -> impl Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'static
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<R>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: Body + From<Bytes> + Send + 'static,
     R: Body + Send + 'static,
     R::Error: Into<BoxError>,
 {
@@ -181,19 +178,18 @@ where
         parts,
         body,
         max_body,
-        _body: PhantomData,
     };
     engine.respond(key, no_cache, fetch)
 }
 
-async fn bypass<S, B, R>(
+async fn bypass<S, R>(
     engine: Arc<Engine>,
     mut inner: S,
-    request: Request<B>,
+    request: Request<RequestBody>,
     reason: BypassReason,
 ) -> Result<Response<ResponseBody<R>>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<R>>,
+    S: Service<Request<RequestBody>, Response = Response<R>>,
     S::Error: Into<BoxError>,
 {
     let status = engine.bypassed(reason);
@@ -205,38 +201,25 @@ where
 }
 
 /// One origin call for a cached request: the inner service, the request head, and its buffered body.
-struct TowerFetch<S, B> {
+#[derive(Clone)]
+struct TowerFetch<S> {
     inner: S,
     parts: request::Parts,
     body: Bytes,
     max_body: usize,
-    _body: PhantomData<fn() -> B>,
 }
 
-impl<S: Clone, B> Clone for TowerFetch<S, B> {
-    fn clone(&self) -> Self {
-        TowerFetch {
-            inner: self.inner.clone(),
-            parts: self.parts.clone(),
-            body: self.body.clone(),
-            max_body: self.max_body,
-            _body: PhantomData,
-        }
-    }
-}
-
-impl<S, B, R> Fetch<R> for TowerFetch<S, B>
+impl<S, R> Fetch<R> for TowerFetch<S>
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<R>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: From<Bytes> + Send + 'static,
     R: Body + Send + 'static,
     R::Error: Into<BoxError>,
 {
     fn fetch(self) -> FetchFuture<'static, R> {
         Box::pin(async move {
-            let request = Request::from_parts(self.parts, B::from(self.body));
+            let request = Request::from_parts(self.parts, RequestBody::from(self.body));
             let mut inner = self.inner;
             let response = call_ready(&mut inner, request).await?;
             buffer_response(response, self.max_body).await
@@ -262,7 +245,7 @@ mod tests {
             .methods([Method::GET, Method::POST])
             .build()
             .unwrap();
-        let mut service = layer.layer(tower::service_fn(|_: Request<Full<Bytes>>| async {
+        let mut service = layer.layer(tower::service_fn(|_: Request<RequestBody>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
         }));
         let request = Request::post("https://api.example.com/q")

@@ -3,6 +3,7 @@
 use super::error::GenesysError;
 use super::region::Region;
 use crate::auth::{AuthLayer, ClientCredentials, Secret};
+use crate::body::RequestBody;
 use crate::buffer::{Collected, collect_capped};
 use crate::cache::{CacheHandle, CacheOutcome, RedisCache, RedisCacheLayer, ResponseBody, Store};
 use crate::error::{ConfigError, absolute_http_url};
@@ -10,7 +11,6 @@ use crate::retry::{Retry, RetryLayer, RetryOutcome};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Method, Request, Response, Uri};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -27,7 +27,7 @@ use tower_layer::Layer;
 
 /// The HTTP client at the bottom of the stack: hyper-util's pooled client over rustls (ring provider, Mozilla
 /// roots), HTTP/1.1 and HTTP/2 by ALPN.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// The assembled stack: `RedisCache -> Retry -> Auth -> Timeout -> hyper-util client`. Clone it and add your
 /// own layers on top; [`GenesysClient::service`] hands it out.
@@ -183,7 +183,7 @@ impl GenesysClient {
             None => Bytes::new(),
         };
         let request = builder
-            .body(Full::new(bytes))
+            .body(RequestBody::from(bytes))
             .map_err(|e| GenesysError::decode(e.to_string(), None))?;
         let response: Response<GenesysBody> = self
             .inner

@@ -156,7 +156,8 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// The largest request body buffered for replay. A larger one is sent once and not retried. Default: 1 MiB.
+    /// The largest request body buffered for replay. A larger one is sent once and not retried, streamed on as it
+    /// is read (what was read, then the rest), never held whole. Default: 1 MiB.
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self

@@ -12,6 +12,7 @@
 //! use std::sync::atomic::{AtomicU32, Ordering};
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_redis_cache::RequestBody;
 //! use tower_redis_cache::retry::{RetryLayer, RetryOutcome};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
@@ -19,7 +20,7 @@
 //! let calls = Arc::new(AtomicU32::new(0));
 //! let api = service_fn({
 //!     let calls = calls.clone();
-//!     move |_req: Request<Full<Bytes>>| {
+//!     move |_req: Request<RequestBody>| {
 //!         let n = calls.fetch_add(1, Ordering::SeqCst);
 //!         async move {
 //!             let status = if n < 2 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
@@ -35,7 +36,7 @@
 //!     .build()?;
 //! let client = ServiceBuilder::new().layer(retry).service(api);
 //!
-//! let response = client.oneshot(Request::get("https://api.example/").body(Full::default())?).await?;
+//! let response = client.oneshot(Request::get("https://api.example/").body(RequestBody::empty())?).await?;
 //! assert_eq!(response.status(), StatusCode::OK);
 //! assert_eq!(response.extensions().get::<RetryOutcome>().map(|o| o.attempts), Some(3));
 //! # Ok(()) }
@@ -55,7 +56,8 @@
 //!   [`deadline`](RetryLayerBuilder::deadline) (no retry is scheduled past it) and a shared [`RetryBudget`].
 //! - **Bodies**: the request body is buffered once, up to
 //!   [`max_body_size`](RetryLayerBuilder::max_body_size), and replayed byte for byte; a larger body is sent
-//!   once, not retried.
+//!   once, not retried: what was read goes on chained with the rest of its stream, never held whole. The
+//!   wrapped service receives a [`RequestBody`] either way.
 //! - **Ending**: never a loop. The last response is returned with a [`RetryOutcome`] extension (attempts, and
 //!   why retrying stopped); an inner error comes back as a [`RetryError`] with the same
 //!   facts. Each retry logs a `tracing` event (attempt, delay, reason).
@@ -78,9 +80,9 @@ use self::backoff::parse_retry_after;
 use self::error::RetryError;
 use self::future::ResponseFuture;
 use self::layer::Config;
+use crate::body::RequestBody;
 use crate::buffer::{Buffered, buffer_request, call_ready};
 use crate::error::BoxError;
-use bytes::Bytes;
 use http::{Request, Response, StatusCode, header::RETRY_AFTER};
 use http_body::Body;
 use rand::SeedableRng;
@@ -180,10 +182,10 @@ impl<S: fmt::Debug> fmt::Debug for Retry<S> {
 
 impl<S, B, R> Service<Request<B>> for Retry<S>
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<R>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    B: Body + From<Bytes> + Send + 'static,
+    B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
     R: Send + 'static,
@@ -214,9 +216,10 @@ async fn run<S, B, R>(
     request: Request<B>,
 ) -> Result<Response<R>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<R>>,
+    S: Service<Request<RequestBody>, Response = Response<R>>,
     S::Error: Into<BoxError>,
-    B: Body + From<Bytes>,
+    B: Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<BoxError>,
 {
     let start = Instant::now();

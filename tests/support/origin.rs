@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use tokio::sync::watch;
+use tower_redis_cache::RequestBody;
 use tower_redis_cache::error::BoxError;
 
 /// Shared state of one origin.
@@ -62,7 +63,7 @@ impl Origin {
     pub fn service(
         self: &Arc<Self>,
     ) -> impl tower::Service<
-        Request<Full<Bytes>>,
+        Request<RequestBody>,
         Response = Response<Full<Bytes>>,
         Error = BoxError,
         Future = impl Send,
@@ -70,7 +71,7 @@ impl Origin {
     + Send
     + 'static {
         let origin = self.clone();
-        tower::service_fn(move |request: Request<Full<Bytes>>| {
+        tower::service_fn(move |request: Request<RequestBody>| {
             let origin = origin.clone();
             async move {
                 let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
