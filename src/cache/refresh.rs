@@ -137,7 +137,7 @@ mod tests {
 
     /// A refresh whose inner service panics ends its task without reaching the end of the refresh; the key's
     /// slot must still be given back, or no stale hit of that key would ever refresh it again.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_refresh_whose_inner_service_panics_frees_the_key_for_the_next_one() {
         let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
             .fresh_for(Duration::ZERO)

@@ -2,15 +2,37 @@
 
 use super::{Store, StoreFuture};
 use bytes::Bytes;
+use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone)]
 struct Stored {
     value: Bytes,
     ttl: Duration,
+    /// When the value expires by Tokio's clock (paused and advanced in tests); moka's own expiry, by the wall
+    /// clock, reclaims the memory.
+    expires_at: tokio::time::Instant,
 }
+
+impl Stored {
+    fn new(value: Bytes, ttl: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Stored {
+            value,
+            ttl,
+            expires_at: now.checked_add(ttl).unwrap_or(now + FAR_FUTURE),
+        }
+    }
+
+    fn live(&self) -> bool {
+        tokio::time::Instant::now() < self.expires_at
+    }
+}
+
+/// A stand-in for "never" that `Instant` arithmetic cannot overflow (about 30 years, as Tokio's own).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 struct PerEntryTtl;
 
@@ -19,7 +41,7 @@ impl moka::Expiry<String, Stored> for PerEntryTtl {
         &self,
         _key: &String,
         value: &Stored,
-        _now: Instant,
+        _now: std::time::Instant,
     ) -> Option<Duration> {
         Some(value.ttl)
     }
@@ -28,7 +50,7 @@ impl moka::Expiry<String, Stored> for PerEntryTtl {
         &self,
         _key: &String,
         value: &Stored,
-        _now: Instant,
+        _now: std::time::Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
         Some(value.ttl)
@@ -82,21 +104,32 @@ impl fmt::Debug for MemoryStore {
 
 impl Store for MemoryStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        let value = self.cache.get(key).map(|stored| stored.value);
+        let value = self
+            .cache
+            .get(key)
+            .filter(Stored::live)
+            .map(|stored| stored.value);
         Box::pin(std::future::ready(Ok(value)))
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
-        self.cache.insert(key.to_owned(), Stored { value, ttl });
+        self.cache.insert(key.to_owned(), Stored::new(value, ttl));
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
-        let entry = self.cache.entry(key.to_owned()).or_insert_with(|| Stored {
-            value: Bytes::from_static(b"1"),
-            ttl,
-        });
-        Box::pin(std::future::ready(Ok(entry.is_fresh())))
+        let result = self
+            .cache
+            .entry(key.to_owned())
+            .and_compute_with(|current| match current {
+                Some(held) if held.value().live() => Op::Nop,
+                _ => Op::Put(Stored::new(Bytes::from_static(b"1"), ttl)),
+            });
+        let took = matches!(
+            result,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        );
+        Box::pin(std::future::ready(Ok(took)))
     }
 
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
