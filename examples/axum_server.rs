@@ -5,9 +5,15 @@
 //! cargo run --example axum_server
 //! curl -si localhost:3000/query -H 'content-type: application/json' -d '{"b":2,"a":1}'   # miss, ~200 ms
 //! curl -si localhost:3000/query -H 'content-type: application/json' -d '{"a":1,"b":2}'   # hit
+//! curl -si localhost:3000/query -H 'content-type: application/json' -H 'authorization: Bearer me' \
+//!   -d '{"a":1,"b":2}'                                                                     # bypass: per-user
 //! curl -s localhost:3000/stats
-//! cargo run --example axum_server -- --demo   # the same three calls in-process, then exit
+//! cargo run --example axum_server -- --demo   # the same calls in-process, then exit
 //! ```
+//!
+//! A request with `Authorization` or `Cookie` may be answered differently for each user, so with the default
+//! settings it goes to the handler and is never answered from another request's entry
+//! (`Cache-Status: ...; fwd=bypass; detail=authorization`).
 //!
 //! Environment: `BIND` (default `127.0.0.1:3000`), `REDIS_URL` (unset: in-memory store), `FRESH_SECS`
 //! (default 5), `STALE_SECS` (default 30), `ORIGIN_DELAY_MS` (default 200).
@@ -94,17 +100,25 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `--demo`: sends the README's three calls to the app in-process, prints each outcome, and exits.
+/// `--demo`: sends the calls above to the app in-process, prints each outcome, and exits.
 async fn demo(app: Router) -> Result<(), BoxError> {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    for (i, body) in [r#"{"b":2,"a":1}"#, r#"{"a":1,"b":2}"#, r#"{"a":1,"b":3}"#]
-        .iter()
-        .enumerate()
-    {
-        let request = axum::http::Request::post("/query")
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(*body))?;
+    let calls: [(&str, Option<(&str, &str)>); 5] = [
+        (r#"{"b":2,"a":1}"#, None),
+        (r#"{"a":1,"b":2}"#, None),
+        (r#"{"a":1,"b":3}"#, None),
+        // The first query again, for a signed-in user and for a session: never another request's answer.
+        (r#"{"a":1,"b":2}"#, Some(("authorization", "Bearer me"))),
+        (r#"{"a":1,"b":2}"#, Some(("cookie", "session=me"))),
+    ];
+    for (i, (body, credential)) in calls.iter().enumerate() {
+        let mut request =
+            axum::http::Request::post("/query").header("content-type", "application/json");
+        if let Some((name, value)) = credential {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(axum::body::Body::from(*body))?;
         let started = std::time::Instant::now();
         let response = app.clone().oneshot(request).await?;
         let status = response.headers().get("cache-status").cloned();

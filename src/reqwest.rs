@@ -37,13 +37,13 @@
 use crate::body::RequestBody;
 use crate::cache::RedisCacheLayer;
 use crate::cache::ResponseBody;
+use crate::cache::decision::Action;
 use crate::cache::engine::{Engine, Fetch, FetchFuture, Origin, buffer_response};
-use crate::cache::status::BypassReason;
 use crate::error::BoxError;
 use ::reqwest::{Body, Request, ResponseBuilderExt, Url};
 use ::reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
 use bytes::Bytes;
-use http::{Extensions, request};
+use http::{Extensions, HeaderMap, request};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -191,15 +191,17 @@ impl CacheMiddleware {
             return next.run(request, extensions).await;
         };
         let max = engine.policy.max_body;
-        // `None`: a streaming body, which cannot be read without consuming it.
+        // `None`: a streaming body, which cannot be read without consuming it (and may be of any size).
         let bytes = match request.body() {
             None => Some(&[][..]),
             Some(body) => body.as_bytes(),
         };
-        let screen = engine.policy.screen(&parts, bytes.map(|b| b.len() as u64));
-        let reason = screen
-            .bypass
-            .or(bytes.is_none().then_some(BypassReason::RequestTooLarge));
+        let mut facts = engine.policy.facts(&parts);
+        facts.too_large |= bytes.is_none_or(|b| b.len() > max);
+        let reason = match engine.policy.screen(&facts) {
+            Action::Bypass(reason) => Some(reason),
+            _ => None,
+        };
         if let Some(reason) = reason {
             let status = engine.bypassed(reason);
             let mut response = next.run(request, extensions).await?;
@@ -228,7 +230,7 @@ impl CacheMiddleware {
         };
         let response = engine
             .clone()
-            .respond(key, screen.no_cache, origin)
+            .respond(key, facts, origin)
             .await
             .map_err(|e| reqwest_middleware::Error::middleware(CacheError(e)))?;
         Ok(into_reqwest(response, url))
@@ -267,6 +269,10 @@ struct ChainOrigin<'a> {
 impl Origin<Body> for ChainOrigin<'_> {
     type Refresh = RefreshFetch;
 
+    fn headers(&self) -> &HeaderMap {
+        &self.refresh.parts.headers
+    }
+
     fn call(&mut self) -> FetchFuture<'_, Body> {
         let request = self.request.try_clone();
         let next = self.next.clone();
@@ -304,6 +310,10 @@ impl Fetch<Body> for RefreshFetch {
             let response = self.client.execute(request).await?;
             buffer_response(http::Response::from(response), self.max).await
         })
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        &self.parts.headers
     }
 }
 

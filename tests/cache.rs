@@ -158,9 +158,10 @@ async fn stale_hits_answer_at_once_and_start_one_refresh() {
             CacheOutcome::Stale { refreshing } => started += usize::from(refreshing),
             other => panic!("expected a stale answer, got {other:?}"),
         }
-        // A stale entry reports no freshness left: ttl=0 in its first second past freshness, then negative.
+        // A stale answer is a hit (RFC 9211) with no freshness left: ttl=0 in its first second past freshness,
+        // then negative.
         let ttl: i64 = status
-            .strip_prefix("tower-redis-cache; fwd=stale; ttl=")
+            .strip_prefix("tower-redis-cache; hit; ttl=")
             .unwrap_or_else(|| panic!("{status}"))
             .parse()
             .unwrap();
@@ -186,7 +187,7 @@ async fn a_failed_refresh_leaves_the_entry_stale() {
     let server = RedisServer::start();
     let origin = Origin::new();
     let layer = layer_over(redis_store(&server).await)
-        .fresh_for(Duration::from_millis(300))
+        .fresh_for(Duration::ZERO)
         .stale_for(Duration::from_secs(60))
         .refresh_lease_for(Duration::from_millis(1))
         .build()
@@ -195,8 +196,8 @@ async fn a_failed_refresh_leaves_the_entry_stale() {
     let handle = layer.handle();
     call(&service, post(r#"{"q":"fail"}"#)).await;
     let key = handle.key_for(&post_bytes(r#"{"q":"fail"}"#));
+    let lease = key.lease_key();
     let stored = bulk_payload(&server.command(&[b"GET", key.as_str().as_bytes()])).unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
 
     origin.fail_with(StatusCode::SERVICE_UNAVAILABLE);
     for round in 1..=3u64 {
@@ -217,7 +218,11 @@ async fn a_failed_refresh_leaves_the_entry_stale() {
             now, stored,
             "round {round}: a failed refresh must not rewrite the entry"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The failed refresh keeps its lease until it expires; the next round starts once it has.
+        wait_until("the lease expired", || {
+            server.command(&[b"EXISTS", lease.as_bytes()]) == b":0\r\n"
+        })
+        .await;
     }
     assert_eq!(
         handle.stats().hits,
@@ -226,11 +231,10 @@ async fn a_failed_refresh_leaves_the_entry_stale() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_refresh_that_never_answers_is_abandoned_and_the_next_stale_hit_refreshes() {
-    let server = RedisServer::start();
     let origin = Origin::new();
-    let layer = layer_over(redis_store(&server).await)
+    let layer = layer_over(MemoryStore::new(1 << 20))
         .fresh_for(Duration::ZERO)
         .stale_for(Duration::from_secs(60))
         // Short, so that the abandoned refresh's lease does not hold back the next one.
@@ -298,8 +302,8 @@ async fn two_layers_with_their_own_connections_refresh_a_stale_key_once() {
     assert_eq!(layer_b.handle().stats().refreshes_started, 0);
 }
 
-/// A real Redis store whose lease requests arrive late, like a process that was descheduled.
-struct SlowLease(RedisStore);
+/// A store whose lease requests arrive late, like a process that was descheduled.
+struct SlowLease(MemoryStore);
 
 impl tower_redis_cache::Store for SlowLease {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<bytes::Bytes>> {
@@ -326,9 +330,11 @@ impl tower_redis_cache::Store for SlowLease {
     }
 }
 
-#[tokio::test]
+/// Two layers over clones of one `MemoryStore` stand for two processes over one Redis, so paused time can move
+/// both past freshness.
+#[tokio::test(start_paused = true)]
 async fn a_late_lease_after_another_process_refreshed_does_not_refresh_again() {
-    let server = RedisServer::start();
+    let shared = MemoryStore::new(1 << 20);
     let origin = Origin::new();
     fn build(store: impl tower_redis_cache::Store) -> RedisCacheLayer {
         layer_over(store)
@@ -337,12 +343,12 @@ async fn a_late_lease_after_another_process_refreshed_does_not_refresh_again() {
             .build()
             .unwrap()
     }
-    let layer_a = build(redis_store(&server).await);
-    let layer_b = build(SlowLease(redis_store(&server).await));
+    let layer_a = build(shared.clone());
+    let layer_b = build(SlowLease(shared));
     let a = layer_a.layer_service(origin.service());
     let b = layer_b.layer_service(origin.service());
     call(&a, post(r#"{"q":"late"}"#)).await;
-    tokio::time::sleep(Duration::from_millis(1050)).await;
+    tokio::time::advance(Duration::from_millis(1050)).await;
 
     // B sees the entry stale first, but its lease request is slow; A refreshes and releases the lease meanwhile.
     assert_eq!(
@@ -453,7 +459,7 @@ async fn garbage_at_a_key_is_a_miss_and_gets_overwritten() {
     assert_eq!(layer.handle().stats().decode_errors, 1);
     let stored = bulk_payload(&server.command(&[b"GET", key.as_str().as_bytes()])).unwrap();
     assert!(
-        stored.starts_with(b"\xffTRC\x01"),
+        stored.starts_with(b"\xffTRC\x02"),
         "a valid envelope replaced the garbage"
     );
     assert_eq!(
@@ -522,7 +528,14 @@ async fn two_partitions_never_share_an_entry() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Yields until every other task on this current-thread runtime has run as far as it can.
+async fn let_others_run() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cancelled_leader_does_not_strand_its_waiters() {
     let origin = Origin::new();
     let layer = layer_over(MemoryStore::new(1 << 20)).build().unwrap();
@@ -537,7 +550,8 @@ async fn a_cancelled_leader_does_not_strand_its_waiters() {
         let service = service.clone();
         async move { call(&service, post(r#"{"q":"cancel"}"#)).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let_others_run().await;
+    assert_eq!(origin.calls(), 1, "the second caller waits on the first");
     leader.abort();
     // The waiter takes over: a second origin call, which completes once the origin opens.
     wait_until("the waiter took over", || origin.calls() == 2).await;
@@ -549,7 +563,7 @@ async fn a_cancelled_leader_does_not_strand_its_waiters() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn coalesced_waiters_share_an_inner_error() {
     let origin = Origin::new();
     let layer = layer_over(MemoryStore::new(1 << 20)).build().unwrap();
@@ -562,8 +576,8 @@ async fn coalesced_waiters_share_an_inner_error() {
             tokio::spawn(async move { service.oneshot(post(r#"{"q":"err"}"#)).await })
         })
         .collect();
-    wait_until("the leader reached the origin", || origin.calls() == 1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let_others_run().await;
+    assert_eq!(origin.calls(), 1, "the other four wait on the first");
     origin.open();
     for task in calls {
         let error = task.await.unwrap().unwrap_err();
@@ -590,7 +604,7 @@ async fn request_cache_control_no_store_bypasses_and_no_cache_refreshes() {
     );
     assert_eq!(
         cache_status(&response),
-        "tower-redis-cache; fwd=bypass; detail=no-store"
+        "tower-redis-cache; fwd=request; detail=no-store"
     );
 
     let mut no_cache = post(r#"{"q":"cc"}"#);
@@ -622,26 +636,35 @@ async fn stale_if_error_serves_the_entry_when_the_origin_fails() {
     let service = layer.layer_service(origin.service());
     call(&service, post(r#"{"q":"sie"}"#)).await;
 
-    origin.fail_with(StatusCode::BAD_GATEWAY);
-    let response = call(&service, post(r#"{"q":"sie"}"#)).await;
-    assert_eq!(outcome(&response), CacheOutcome::StaleIfError);
-    assert_eq!(response.status(), StatusCode::OK);
-    let status = cache_status(&response);
-    assert!(
-        status.contains("fwd-status=502") && status.ends_with("detail=stale-if-error"),
-        "{status}"
-    );
-    assert_eq!(&body(response).await[..], br#"{"n":1,"echo":{"q":"sie"}}"#);
+    for failure in [StatusCode::BAD_GATEWAY, StatusCode::TOO_MANY_REQUESTS] {
+        origin.fail_with(failure);
+        let response = call(&service, post(r#"{"q":"sie"}"#)).await;
+        assert_eq!(outcome(&response), CacheOutcome::StaleIfError);
+        assert_eq!(response.status(), StatusCode::OK);
+        let status = cache_status(&response);
+        let expected = format!(
+            "tower-redis-cache; fwd=stale; fwd-status={}; ttl=",
+            failure.as_u16()
+        );
+        assert!(status.starts_with(&expected), "{status}");
+        assert_eq!(&body(response).await[..], br#"{"n":1,"echo":{"q":"sie"}}"#);
+    }
 
     origin.fail_transport();
     let response = call(&service, post(r#"{"q":"sie"}"#)).await;
     assert_eq!(outcome(&response), CacheOutcome::StaleIfError);
+    let status = cache_status(&response);
+    assert!(
+        status.starts_with("tower-redis-cache; fwd=stale; ttl=")
+            && status.ends_with("; detail=transport-error"),
+        "{status}"
+    );
 
     // 501 is not an origin failure in this sense: it reaches the caller.
     origin.fail_with(StatusCode::NOT_IMPLEMENTED);
     let response = call(&service, post(r#"{"q":"sie"}"#)).await;
     assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(layer.handle().stats().stale_if_error, 2);
+    assert_eq!(layer.handle().stats().stale_if_error, 3);
 }
 
 #[tokio::test]
@@ -656,7 +679,7 @@ async fn uncacheable_methods_bypass_and_errors_are_not_stored() {
         let response = call(&service, post(r#"{"q":"post"}"#)).await;
         assert_eq!(
             cache_status(&response),
-            "tower-redis-cache; fwd=bypass; detail=method"
+            "tower-redis-cache; fwd=method; detail=method"
         );
     }
     assert_eq!(origin.calls(), 2);
@@ -700,4 +723,60 @@ async fn purge_and_invalidate_remove_entries() {
         b":1\r\n",
         "only the foreign key is left"
     );
+}
+
+/// The windows of one entry, walked through with paused time: fresh, stale (served while a refresh runs),
+/// stale-if-error only, gone.
+#[tokio::test(start_paused = true)]
+async fn freshness_windows_follow_paused_time() {
+    let origin = Origin::new();
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .fresh_for(Duration::from_secs(60))
+        .stale_for(Duration::from_secs(60))
+        .stale_if_error_for(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let query = || post(r#"{"q":"clock"}"#);
+    assert!(matches!(
+        outcome(&call(&service, query()).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+
+    tokio::time::advance(Duration::from_secs(59)).await;
+    let fresh = call(&service, query()).await;
+    assert_eq!(cache_status(&fresh), "tower-redis-cache; hit; ttl=1");
+    assert_eq!(fresh.headers()["age"], "59");
+
+    // From here on the origin fails, so no refresh replaces the entry.
+    origin.fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let stale = call(&service, query()).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    assert_eq!(cache_status(&stale), "tower-redis-cache; hit; ttl=-1");
+    wait_until("the refresh failed", || {
+        layer.handle().stats().refreshes_failed == 1
+    })
+    .await;
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let on_error = call(&service, query()).await;
+    assert_eq!(outcome(&on_error), CacheOutcome::StaleIfError);
+    // 121 s and the few virtual milliseconds the wait for the refresh took: ttl=-62.
+    assert_eq!(
+        cache_status(&on_error),
+        "tower-redis-cache; fwd=stale; fwd-status=503; ttl=-62"
+    );
+    assert_eq!(
+        &body(on_error).await[..],
+        br#"{"n":1,"echo":{"q":"clock"}}"#
+    );
+
+    tokio::time::advance(Duration::from_secs(300)).await;
+    let gone = call(&service, query()).await;
+    assert_eq!(gone.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(matches!(
+        outcome(&gone),
+        CacheOutcome::Miss { stored: false, .. }
+    ));
 }

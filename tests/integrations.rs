@@ -150,7 +150,7 @@ async fn reqwest_middleware_bypasses_what_it_must_not_cache() {
             response.headers()["cache-status"]
                 .to_str()
                 .unwrap()
-                .contains("fwd=bypass")
+                .contains("fwd=method; detail=method")
         );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);

@@ -493,6 +493,7 @@ async fn entries_from_another_program_or_format_version_are_misses_then_overwrit
     for foreign in [
         &br#"{"cached_at": 1700000000, "data": {"json": "from the python tutorial"}}"#[..],
         b"\xffTRC\x00an older envelope version",
+        b"\xffTRC\x01the envelope before vary digests",
         b"\xffTRC\x09a newer one",
     ] {
         server.command(&[b"SET", key.as_str().as_bytes(), foreign]);
@@ -503,7 +504,7 @@ async fn entries_from_another_program_or_format_version_are_misses_then_overwrit
         );
         let stored = bulk_payload(&server.command(&[b"GET", key.as_str().as_bytes()])).unwrap();
         assert!(
-            stored.starts_with(b"\xffTRC\x01"),
+            stored.starts_with(b"\xffTRC\x02"),
             "overwritten with the current format"
         );
         assert_eq!(
@@ -511,7 +512,7 @@ async fn entries_from_another_program_or_format_version_are_misses_then_overwrit
             CacheOutcome::Hit
         );
     }
-    assert_eq!(layer.handle().stats().decode_errors, 3);
+    assert_eq!(layer.handle().stats().decode_errors, 4);
 }
 
 #[tokio::test]

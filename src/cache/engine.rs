@@ -1,19 +1,26 @@
-//! The transport-agnostic cache engine: look up, decide fresh / stale / miss, coalesce, refresh, store.
+//! The transport-agnostic cache engine: it carries out what [`decide`] says (look up, serve, coalesce, refresh,
+//! store); the decision itself lives in [`decision`](super::decision).
 //!
-//! Adapters (the Tower layer today) turn a request into a [`CacheKey`] plus a [`Fetch`] (how to ask the origin)
-//! and call [`Engine::respond`], the one function that holds the cache decision.
+//! Adapters (the Tower layer, the reqwest-middleware one) read a request's [`RequestFacts`], bypass what the
+//! decision bypasses, and hand the rest to [`Engine::respond`] as a [`CacheKey`] plus an [`Origin`] (how to ask
+//! the origin).
 
 use super::body::ResponseBody;
+use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
-use super::entry::{Entry, Freshness, storable_headers};
+use super::decision::{
+    Action, Forward, Lookup, RequestFacts, ResponseFacts, Rules, decide, judge,
+    serve_stale_on_error,
+};
+use super::entry::{Entry, storable_headers};
 use super::guard::GuardedStore;
-use super::key::{CacheKey, KeyConfig};
+use super::key::{CacheKey, KeyConfig, vary_digest};
 use super::stats::{Counters, bump};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
 use crate::buffer::{Collected, collect_capped, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
-use http::header::{AGE, CACHE_CONTROL};
+use http::header::AGE;
 use http::{HeaderMap, HeaderName, Method, Response, StatusCode, Version, request};
 use http_body::Body;
 use std::collections::HashSet;
@@ -21,13 +28,13 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The `Cache-Status` header name (RFC 9211).
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// A complete response from the origin, small enough to store and share.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Buffered {
     pub(crate) status: StatusCode,
     pub(crate) version: Version,
@@ -58,6 +65,8 @@ type AnswerFuture<'a, R> =
 /// refresh: owned, cloneable, `'static`.
 pub(crate) trait Fetch<R>: Clone + Send + 'static {
     fn fetch(self) -> FetchFuture<'static, R>;
+    /// The request's headers (for the variant a response is stored under).
+    fn headers(&self) -> &HeaderMap;
 }
 
 /// How the engine reaches the origin for one request: [`call`](Origin::call) in the caller's own future (it
@@ -66,6 +75,8 @@ pub(crate) trait Fetch<R>: Clone + Send + 'static {
 pub(crate) trait Origin<R>: Send {
     type Refresh: Fetch<R>;
     fn call(&mut self) -> FetchFuture<'_, R>;
+    /// The request's headers (for the variant a response is stored under, and which stored variant answers).
+    fn headers(&self) -> &HeaderMap;
     fn into_refresh(self) -> Self::Refresh;
 }
 
@@ -74,6 +85,10 @@ impl<R, T: Fetch<R>> Origin<R> for T {
 
     fn call(&mut self) -> FetchFuture<'_, R> {
         self.clone().fetch()
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        Fetch::headers(self)
     }
 
     fn into_refresh(self) -> T {
@@ -120,9 +135,8 @@ pub(crate) struct Policy {
     pub(crate) stale_if_error_for: Duration,
     pub(crate) methods: Vec<Method>,
     pub(crate) post_when: Option<PostPredicate>,
-    pub(crate) statuses: Option<Vec<StatusCode>>,
     pub(crate) max_body: usize,
-    pub(crate) respect_response_cache_control: bool,
+    pub(crate) rules: Rules,
     pub(crate) lease_for: Duration,
     pub(crate) refresh_timeout: Duration,
 }
@@ -135,113 +149,46 @@ impl std::fmt::Debug for Policy {
             .field("stale_if_error_for", &self.stale_if_error_for)
             .field("methods", &self.methods)
             .field("post_when", &self.post_when.is_some())
-            .field("statuses", &self.statuses)
             .field("max_body", &self.max_body)
-            .field(
-                "respect_response_cache_control",
-                &self.respect_response_cache_control,
-            )
+            .field("rules", &self.rules)
             .field("lease_for", &self.lease_for)
             .field("refresh_timeout", &self.refresh_timeout)
             .finish()
     }
 }
 
-/// What a request's head alone decides, before its body is read.
-pub(crate) struct Screen {
-    /// Why the request goes straight to the origin, if it does.
-    pub(crate) bypass: Option<BypassReason>,
-    /// The request asked for revalidation (`Cache-Control: no-cache`).
-    pub(crate) no_cache: bool,
-}
-
 impl Policy {
-    /// Screens a request for every adapter alike: an uncached method, `no-store`, or a body of `len` bytes
-    /// (when known) over the cap bypasses the cache.
-    pub(crate) fn screen(&self, parts: &request::Parts, len: Option<u64>) -> Screen {
-        let [no_store, no_cache] = request_directives(&parts.headers, &["no-store", "no-cache"]);
-        let bypass = if !self.method_cacheable(parts) {
-            Some(BypassReason::Method)
-        } else if no_store {
-            Some(BypassReason::NoStore)
-        } else if len.is_some_and(|n| n > self.max_body as u64) {
-            Some(BypassReason::RequestTooLarge)
-        } else {
-            None
-        };
-        Screen { bypass, no_cache }
+    /// The facts of a request head, for [`decide`].
+    pub(crate) fn facts(&self, parts: &request::Parts) -> RequestFacts {
+        RequestFacts::read(&parts.headers, self.method_cacheable(parts), self.max_body)
+    }
+
+    /// The decision for a request whose entry was not read yet: a bypass, [`Action::Read`], or a forward.
+    pub(crate) fn screen(&self, facts: &RequestFacts) -> Action {
+        decide(&self.rules, facts, Lookup::NotRead, 0)
     }
 
     /// Whether requests like this one may be answered from the cache.
-    pub(crate) fn method_cacheable(&self, parts: &request::Parts) -> bool {
+    fn method_cacheable(&self, parts: &request::Parts) -> bool {
         if self.methods.contains(&parts.method) {
             return true;
         }
         parts.method == Method::POST && self.post_when.as_ref().is_some_and(|when| when(parts))
     }
-
-    fn status_cacheable(&self, status: StatusCode) -> bool {
-        match &self.statuses {
-            Some(list) => list.contains(&status),
-            None => status.is_success(),
-        }
-    }
-
-    /// Whether an origin response may be stored.
-    pub(super) fn storable(&self, response: &Buffered) -> bool {
-        if !self.status_cacheable(response.status) || response.body.len() > self.max_body {
-            return false;
-        }
-        !(self.respect_response_cache_control
-            && has_directive(&response.headers, &["no-store", "private"]))
-    }
-}
-
-/// Whether any `Cache-Control` value of `headers` carries one of `directives`.
-pub(crate) fn has_directive<const N: usize>(headers: &HeaderMap, directives: &[&str; N]) -> bool {
-    request_directives(headers, directives)
-        .iter()
-        .any(|&found| found)
-}
-
-/// For each of `directives`, whether a `Cache-Control` value of `headers` carries it; one pass over the header.
-pub(crate) fn request_directives<const N: usize>(
-    headers: &HeaderMap,
-    directives: &[&str; N],
-) -> [bool; N] {
-    let mut found = [false; N];
-    let tokens = headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| d.split('=').next().unwrap_or("").trim());
-    for token in tokens {
-        for (want, hit) in directives.iter().zip(found.iter_mut()) {
-            *hit |= token.eq_ignore_ascii_case(want);
-        }
-    }
-    found
-}
-
-/// Statuses for which a stored entry inside its stale-if-error window answers instead.
-fn is_origin_failure(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
 /// What a coalesced inner call leaves for its waiters.
 #[derive(Clone, Debug)]
 pub(crate) enum Shared {
-    Response(Arc<Buffered>),
+    /// The response, and the digest of the leader's varied headers (a waiter shares it only if its own match).
+    Response {
+        response: Arc<Buffered>,
+        vary: Option<[u8; 32]>,
+    },
     Error(Arc<BoxError>),
-    /// The response was too large to share: each waiter calls the origin itself.
-    PassThrough,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    /// Each waiter calls the origin itself: the response was too large to hold, or meant for its requester
+    /// alone (`Set-Cookie`, `private`, `no-store`, `Vary: *`).
+    Uncoalesced,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -255,6 +202,7 @@ pub(crate) struct Engine {
     pub(crate) keys: KeyConfig,
     pub(crate) store: GuardedStore,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) clock: Clock,
     flights: Coalescer<Shared>,
     pub(super) refreshing: Mutex<HashSet<String>>,
 }
@@ -266,16 +214,18 @@ impl Engine {
             policy,
             keys,
             store,
+            clock: Clock::new(),
             flights: Coalescer::default(),
             refreshing: Mutex::new(HashSet::new()),
         }
     }
 
-    /// The cache decision for one request. `revalidate` (request `no-cache`) skips the read.
+    /// Answers one request that the adapter did not bypass: reads its entry when the decision asks for it,
+    /// then serves, serves stale and refreshes, or forwards, as [`decide`] says.
     ///
     /// The future of a hit is kept small, because its size is paid on every request (allocated, moved, and
     /// brought into cache on whichever core resumes it): this is an async block rather than an `async fn`
-    /// (which would hold every argument twice), and the miss path is boxed apart, in [`Engine::miss`].
+    /// (which would hold every argument twice), and the forward path is boxed apart, in [`Engine::forward`].
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn's future keeps a second copy of its arguments"
@@ -283,7 +233,7 @@ impl Engine {
     pub(crate) fn respond<R, O>(
         self: Arc<Self>,
         key: CacheKey,
-        revalidate: bool,
+        facts: RequestFacts,
         origin: O,
     ) -> impl Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send
     where
@@ -291,58 +241,64 @@ impl Engine {
         O: Origin<R>,
     {
         async move {
+            let action = self.policy.screen(&facts);
+            if action != Action::Read {
+                return self
+                    .forward(key, facts, origin, action, None, StoreHealth::Ok)
+                    .await;
+            }
+            let read = self.read(&key).await;
             let mut health = StoreHealth::Ok;
-            let mut fallback = None;
-            if !revalidate {
-                match self.read(&key).await {
-                    Ok(Some(entry)) => {
-                        let now = now_ms();
-                        match entry.freshness(now) {
-                            Freshness::Fresh => {
-                                bump(&self.counters.hits);
-                                tracing::debug!(
-                                    key = key.short(),
-                                    outcome = "hit",
-                                    "cache decision"
-                                );
-                                return Ok(cached(entry, now, CacheOutcome::Hit, None));
-                            }
-                            Freshness::Stale => {
-                                bump(&self.counters.stale_hits);
-                                let refreshing = self.start_refresh(&key, origin.into_refresh());
-                                tracing::debug!(
-                                    key = key.short(),
-                                    outcome = "stale",
-                                    refreshing,
-                                    "cache decision"
-                                );
-                                return Ok(cached(
-                                    entry,
-                                    now,
-                                    CacheOutcome::Stale { refreshing },
-                                    None,
-                                ));
-                            }
-                            Freshness::ErrorOnly => fallback = Some(entry),
-                            Freshness::Expired => {}
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(store_health) => health = store_health,
+            let (entry, lookup) = match read {
+                Ok(Some(found)) => {
+                    let vary_matches = vary_digest(&found.headers, origin.headers()) == found.vary;
+                    let stored = found.stored(vary_matches);
+                    (Some(found), Lookup::Found(stored))
+                }
+                Ok(None) => (None, Lookup::Absent),
+                Err(store_health) => {
+                    health = store_health;
+                    (None, Lookup::Failed)
+                }
+            };
+            let now = self.clock.now_ms();
+            match (decide(&self.policy.rules, &facts, lookup, now), entry) {
+                (Action::ServeFresh, Some(entry)) => {
+                    bump(&self.counters.hits);
+                    tracing::debug!(key = key.short(), outcome = "hit", "cache decision");
+                    Ok(cached(entry, now, CacheOutcome::Hit, None))
+                }
+                (Action::ServeStale, Some(entry)) => {
+                    bump(&self.counters.stale_hits);
+                    let refreshing = self.start_refresh(&key, facts, origin.into_refresh());
+                    tracing::debug!(
+                        key = key.short(),
+                        outcome = "stale",
+                        refreshing,
+                        "cache decision"
+                    );
+                    Ok(cached(entry, now, CacheOutcome::Stale { refreshing }, None))
+                }
+                (action, entry) => {
+                    self.forward(key, facts, origin, action, entry, health)
+                        .await
                 }
             }
-            self.miss(key, revalidate, origin, fallback, health).await
         }
     }
 
-    /// The miss path: coalesce, call the origin, store. Boxed on its own so that the future of a hit, the path
-    /// that must stay cheap, carries none of this state (a smaller future is less to allocate and copy).
-    fn miss<'o, R, O>(
+    /// The forward path: coalesce, call the origin, store. Boxed on its own so that the future of a hit, the
+    /// path that must stay cheap, carries none of this state (a smaller future is less to allocate and copy).
+    ///
+    /// `action` is a [`Forward`]; anything else (a bypass the adapter did not take, an answer without its
+    /// entry, neither of which its callers produce) goes to the origin uncached.
+    fn forward<'o, R, O>(
         self: Arc<Self>,
         key: CacheKey,
-        revalidate: bool,
+        facts: RequestFacts,
         mut origin: O,
-        fallback: Option<Entry>,
+        action: Action,
+        entry: Option<Entry>,
         health: StoreHealth,
     ) -> AnswerFuture<'o, R>
     where
@@ -350,15 +306,14 @@ impl Engine {
         O: Origin<R> + 'o,
     {
         Box::pin(async move {
-            let answer = |shared: Shared, collapsed: bool, stored: bool| {
-                self.answer(
-                    shared,
-                    fallback.clone(),
-                    collapsed,
-                    stored,
-                    revalidate,
-                    health,
-                )
+            let forward = match action {
+                Action::Forward(forward) => forward,
+                Action::Bypass(reason) => return self.bypass(origin, reason).await,
+                _ => return self.bypass(origin, BypassReason::Method).await,
+            };
+            let fallback = entry.filter(|_| forward.fallback);
+            let answer = |result, collapsed: bool, stored: bool| {
+                self.answer(result, fallback.clone(), forward, collapsed, stored, health)
             };
             loop {
                 match self.flights.join(key.as_str()) {
@@ -367,43 +322,64 @@ impl Engine {
                         tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
                         match origin.call().await {
                             Ok(Fetched::Buffered(response)) => {
+                                let verdict = judge(
+                                    &self.policy.rules,
+                                    &facts,
+                                    &ResponseFacts::read(response.status, &response.headers),
+                                );
+                                let vary = vary_digest(&response.headers, origin.headers());
                                 // A store that just failed this request's read is not asked to write: a
                                 // request pays at most one store timeout.
-                                let stored = health == StoreHealth::Ok
-                                    && self.policy.storable(&response)
-                                    && self.write(&key, &response).await;
-                                let shared = Shared::Response(Arc::new(response));
-                                leader.complete(shared.clone());
-                                return answer(shared, false, stored);
+                                let stored = forward.store
+                                    && health == StoreHealth::Ok
+                                    && verdict.store
+                                    && self.write(&key, &response, vary).await;
+                                let response = Arc::new(response);
+                                leader.complete(if verdict.share {
+                                    Shared::Response {
+                                        response: response.clone(),
+                                        vary,
+                                    }
+                                } else {
+                                    Shared::Uncoalesced
+                                });
+                                return answer(Ok(response), false, stored);
                             }
                             Ok(Fetched::Streaming(response)) => {
-                                leader.complete(Shared::PassThrough);
-                                return Ok(self.pass_through(response, revalidate, health));
+                                leader.complete(Shared::Uncoalesced);
+                                return Ok(self.pass_through(response, forward, health));
                             }
                             Err(error) => {
-                                let shared = Shared::Error(Arc::new(error));
-                                leader.complete(shared.clone());
-                                return answer(shared, false, false);
+                                let error = Arc::new(error);
+                                leader.complete(Shared::Error(error.clone()));
+                                return answer(Err(error), false, false);
                             }
                         }
                     }
                     Role::Waiter(waiter) => match waiter.wait().await {
-                        Some(Shared::PassThrough) => {
-                            // Too large to share: this caller asks the origin itself, uncoalesced.
+                        Some(Shared::Response { response, vary })
+                            if vary_digest(&response.headers, origin.headers()) == vary =>
+                        {
+                            bump(&self.counters.coalesced);
+                            return answer(Ok(response), true, false);
+                        }
+                        Some(Shared::Error(error)) => {
+                            bump(&self.counters.coalesced);
+                            return answer(Err(error), true, false);
+                        }
+                        // Not for this caller (too large, for the leader alone, another variant): it asks the
+                        // origin itself, uncoalesced and unstored.
+                        Some(_) => {
                             bump(&self.counters.misses);
                             return match origin.call().await {
                                 Ok(Fetched::Streaming(response)) => {
-                                    Ok(self.pass_through(response, revalidate, health))
+                                    Ok(self.pass_through(response, forward, health))
                                 }
                                 Ok(Fetched::Buffered(response)) => {
-                                    answer(Shared::Response(Arc::new(response)), false, false)
+                                    answer(Ok(Arc::new(response)), false, false)
                                 }
-                                Err(error) => answer(Shared::Error(Arc::new(error)), false, false),
+                                Err(error) => answer(Err(Arc::new(error)), false, false),
                             };
-                        }
-                        Some(shared) => {
-                            bump(&self.counters.coalesced);
-                            return answer(shared, true, false);
                         }
                         // The leader was cancelled: join again (one of the waiters becomes the leader).
                         None => continue,
@@ -416,52 +392,41 @@ impl Engine {
     /// Builds the answer to an origin result, falling back to a stale-if-error entry when the origin failed.
     fn answer<R>(
         &self,
-        shared: Shared,
+        result: Result<Arc<Buffered>, Arc<BoxError>>,
         fallback: Option<Entry>,
+        forward: Forward,
         collapsed: bool,
         stored: bool,
-        revalidate: bool,
         health: StoreHealth,
     ) -> Result<Response<ResponseBody<R>>, BoxError> {
-        let now = now_ms();
-        // `Some(fwd_status)` when the origin failed: a transport error (no status) or a 500/502/503/504.
-        let failure = match &shared {
-            Shared::Response(response) if is_origin_failure(response.status) => {
-                Some(Some(response.status.as_u16()))
+        if let Some(entry) = fallback {
+            let now = self.clock.now_ms();
+            let status = result.as_ref().ok().map(|r| r.status);
+            if serve_stale_on_error(status, Some(&entry.stored(true)), now) {
+                bump(&self.counters.stale_if_error);
+                tracing::debug!(outcome = "stale-if-error", "cache decision");
+                let fwd_status = status.map(|s| s.as_u16());
+                return Ok(cached(entry, now, CacheOutcome::StaleIfError, fwd_status));
             }
-            Shared::Error(_) => Some(None),
-            _ => None,
-        };
-        if let (Some(fwd_status), Some(entry)) =
-            (failure, fallback.filter(|e| e.usable_on_error(now)))
-        {
-            bump(&self.counters.stale_if_error);
-            tracing::debug!(outcome = "stale-if-error", "cache decision");
-            return Ok(cached(entry, now, CacheOutcome::StaleIfError, fwd_status));
         }
-        match shared {
-            Shared::Response(response) => {
-                let mut status = Status::new(CacheOutcome::Miss { collapsed, stored });
-                status.fwd_status = Some(response.status.as_u16());
-                status.revalidate = revalidate;
-                status.store = health;
-                let mut out = Response::new(ResponseBody::full(response.body.clone()));
-                *out.status_mut() = response.status;
-                *out.version_mut() = response.version;
-                *out.headers_mut() = response.headers.clone();
-                *out.extensions_mut() = response.extensions.clone();
-                decorate(&mut out, &status);
-                Ok(out)
-            }
-            Shared::Error(error) => Err(Box::new(SharedError::new(error))),
-            Shared::PassThrough => Err("internal: pass-through result has no body to share".into()),
-        }
+        let response = result.map_err(|error| Box::new(SharedError::new(error)) as BoxError)?;
+        let mut status = Status::new(CacheOutcome::Miss { collapsed, stored });
+        status.fwd_status = Some(response.status.as_u16());
+        status.fwd = forward.why;
+        status.store = health;
+        let mut out = Response::new(ResponseBody::full(response.body.clone()));
+        *out.status_mut() = response.status;
+        *out.version_mut() = response.version;
+        *out.headers_mut() = response.headers.clone();
+        *out.extensions_mut() = response.extensions.clone();
+        decorate(&mut out, &status);
+        Ok(out)
     }
 
     fn pass_through<R>(
         &self,
         mut response: Response<ResponseBody<R>>,
-        revalidate: bool,
+        forward: Forward,
         health: StoreHealth,
     ) -> Response<ResponseBody<R>> {
         let mut status = Status::new(CacheOutcome::Miss {
@@ -469,10 +434,35 @@ impl Engine {
             stored: false,
         });
         status.fwd_status = Some(response.status().as_u16());
-        status.revalidate = revalidate;
+        status.fwd = forward.why;
         status.store = health;
         decorate(&mut response, &status);
         response
+    }
+
+    /// Calls the origin for a request the cache takes no part in.
+    async fn bypass<R, O>(
+        &self,
+        mut origin: O,
+        reason: BypassReason,
+    ) -> Result<Response<ResponseBody<R>>, BoxError>
+    where
+        O: Origin<R>,
+    {
+        let status = self.bypassed(reason);
+        let mut response = match origin.call().await? {
+            Fetched::Streaming(response) => response,
+            Fetched::Buffered(response) => {
+                let mut out = Response::new(ResponseBody::full(response.body));
+                *out.status_mut() = response.status;
+                *out.version_mut() = response.version;
+                *out.headers_mut() = response.headers;
+                *out.extensions_mut() = response.extensions;
+                out
+            }
+        };
+        decorate(&mut response, &status);
+        Ok(response)
     }
 
     /// Reads and decodes the entry for `key`. Undecodable values are misses (the next store overwrites them).
@@ -496,12 +486,20 @@ impl Engine {
         }
     }
 
-    /// Stores an origin response under `key`; returns whether the store took it.
-    pub(super) async fn write(&self, key: &CacheKey, response: &Buffered) -> bool {
+    /// Stores an origin response under `key`, for the variant `vary`; returns whether the store took it.
+    pub(super) async fn write(
+        &self,
+        key: &CacheKey,
+        response: &Buffered,
+        vary: Option<[u8; 32]>,
+    ) -> bool {
+        if response.body.len() > self.policy.max_body {
+            return false;
+        }
         let Some(headers) = storable_headers(&response.headers) else {
             return false;
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let fresh_until = now.saturating_add(millis(self.policy.fresh_for));
         let entry = Entry {
             stored_at: now,
@@ -509,6 +507,7 @@ impl Engine {
             stale_until: fresh_until.saturating_add(millis(self.policy.stale_for)),
             stale_if_error_until: fresh_until
                 .saturating_add(millis(self.policy.stale_if_error_for)),
+            vary,
             status: response.status,
             headers,
             body: response.body.clone(),
@@ -527,6 +526,17 @@ impl Engine {
             bump(&self.counters.stores);
         }
         stored
+    }
+
+    /// Counts and logs a request that bypasses the cache; returns the status its response carries.
+    pub(crate) fn bypassed(&self, reason: BypassReason) -> Status {
+        bump(&self.counters.bypasses);
+        tracing::debug!(
+            outcome = "bypass",
+            reason = reason.as_str(),
+            "cache decision"
+        );
+        Status::new(CacheOutcome::Bypass(reason))
     }
 }
 
@@ -551,19 +561,6 @@ fn cached<R>(
     }
     decorate(&mut response, &status);
     response
-}
-
-impl Engine {
-    /// Counts and logs a request that bypasses the cache; returns the status its response carries.
-    pub(crate) fn bypassed(&self, reason: BypassReason) -> Status {
-        bump(&self.counters.bypasses);
-        tracing::debug!(
-            outcome = "bypass",
-            reason = reason.as_str(),
-            "cache decision"
-        );
-        Status::new(CacheOutcome::Bypass(reason))
-    }
 }
 
 /// Adds `Cache-Status` and the [`CacheOutcome`] extension.

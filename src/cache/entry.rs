@@ -1,24 +1,28 @@
-//! The stored envelope: encode/decode, and freshness as a pure function of `(entry, now)`.
+//! The stored envelope: encode and decode.
 //!
 //! Layout (all integers big-endian):
 //!
 //! ```text
-//! magic "\xffTRC" | version u8 = 1 | digest [32] | stored_at u64 | fresh_until u64 | stale_until u64
-//! | stale_if_error_until u64 | status u16 | header count u16
+//! magic "\xffTRC" | version u8 = 2 | digest [32] | stored_at u64 | fresh_until u64 | stale_until u64
+//! | stale_if_error_until u64 | vary flag u8 | (flag 1: vary digest [32]) | status u16 | header count u16
 //! | per header: name len u16, name, value len u32, value
 //! | body len u32 | body
 //! ```
 //!
-//! Times are unix milliseconds. The body is stored raw (no base64, no JSON wrapping) and decoded as a slice of
+//! Times are unix milliseconds. The vary digest is a SHA-256 of the request's values of the headers the
+//! response's `Vary` names (never the values themselves: `Vary: Authorization` must not put tokens in Redis). The body is stored raw (no base64, no JSON wrapping) and decoded as a slice of
 //! the bytes the store returned, so a hit copies nothing.
 
+use super::decision::Stored;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 const MAGIC: &[u8; 4] = b"\xffTRC";
-const VERSION: u8 = 1;
-/// Bytes before the first header: magic, version, digest, four timestamps, status, header count.
-const FIXED_HEAD: usize = 4 + 1 + 32 + 8 * 4 + 2 + 2;
+const VERSION: u8 = 2;
+/// Bytes before the first header: magic, version, digest, four timestamps, vary flag, status, header count.
+const FIXED_HEAD: usize = 4 + 1 + 32 + 8 * 4 + 1 + 2 + 2;
+/// The bytes a vary digest adds to an entry whose response has `Vary`.
+pub(crate) const VARY_DIGEST: usize = 32;
 /// Per-header framing: name length and value length.
 const PER_HEADER: usize = 2 + 4;
 /// Fixed bytes an entry adds around its headers and body.
@@ -31,46 +35,29 @@ pub(crate) struct Entry {
     pub(crate) fresh_until: u64,
     pub(crate) stale_until: u64,
     pub(crate) stale_if_error_until: u64,
+    /// The digest of the varied request headers, when the response has `Vary`.
+    pub(crate) vary: Option<[u8; 32]>,
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
 }
 
-/// Where an entry stands at a given time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Freshness {
-    /// Serve it; no inner call.
-    Fresh,
-    /// Serve it at once and refresh in the background (stale-while-revalidate).
-    Stale,
-    /// Only usable if the inner service fails (stale-if-error).
-    ErrorOnly,
-    /// Unusable.
-    Expired,
-}
-
 impl Entry {
-    /// The freshness of this entry at `now` (unix ms).
-    pub(crate) fn freshness(&self, now: u64) -> Freshness {
-        if now < self.fresh_until {
-            Freshness::Fresh
-        } else if now < self.stale_until {
-            Freshness::Stale
-        } else if now < self.stale_if_error_until {
-            Freshness::ErrorOnly
-        } else {
-            Freshness::Expired
+    /// The entry's windows, and whether it was stored for the variant of the request at hand.
+    pub(crate) fn stored(&self, vary_matches: bool) -> Stored {
+        Stored {
+            fresh_until: self.fresh_until,
+            stale_until: self.stale_until,
+            stale_if_error_until: self.stale_if_error_until,
+            vary_matches,
         }
-    }
-
-    /// Whether the entry may answer when the inner service fails at `now`.
-    pub(crate) fn usable_on_error(&self, now: u64) -> bool {
-        now < self.stale_if_error_until.max(self.stale_until)
     }
 
     /// Remaining freshness in whole seconds (negative once stale), as `Cache-Status` `ttl` reports it.
     pub(crate) fn ttl_secs(&self, now: u64) -> i64 {
-        (self.fresh_until as i64 - now as i64).div_euclid(1000)
+        // In i128: neither a forged timestamp nor a far clock can overflow.
+        let ms = i128::from(self.fresh_until) - i128::from(now);
+        i64::try_from(ms.div_euclid(1000)).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX })
     }
 
     /// Seconds since the entry was stored, for the `Age` header.
@@ -93,7 +80,9 @@ impl Entry {
             .iter()
             .map(|(n, v)| PER_HEADER + n.as_str().len() + v.len())
             .sum();
-        let mut out = BytesMut::with_capacity(FIXED_OVERHEAD + header_bytes + self.body.len());
+        let vary_bytes = if self.vary.is_some() { VARY_DIGEST } else { 0 };
+        let mut out =
+            BytesMut::with_capacity(FIXED_OVERHEAD + vary_bytes + header_bytes + self.body.len());
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
         out.put_slice(digest);
@@ -101,6 +90,13 @@ impl Entry {
         out.put_u64(self.fresh_until);
         out.put_u64(self.stale_until);
         out.put_u64(self.stale_if_error_until);
+        match &self.vary {
+            Some(digest) => {
+                out.put_u8(1);
+                out.put_slice(digest);
+            }
+            None => out.put_u8(0),
+        }
         out.put_u16(self.status.as_u16());
         // Header counts and lengths were bounded when the entry was built (see `storable_headers`).
         out.put_u16(self.headers.len() as u16);
@@ -132,6 +128,11 @@ impl Entry {
         let fresh_until = r.u64()?;
         let stale_until = r.u64()?;
         let stale_if_error_until = r.u64()?;
+        let vary = match r.u8()? {
+            0 => None,
+            1 => Some(r.array::<32>()?),
+            _ => return Err(DecodeError::Malformed),
+        };
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| DecodeError::Malformed)?;
         let count = usize::from(r.u16()?);
         // Room for the two headers every answer from the store adds (`Age`, `Cache-Status`).
@@ -161,6 +162,7 @@ impl Entry {
             fresh_until,
             stale_until,
             stale_if_error_until,
+            vary,
             status,
             headers,
             body: bytes.slice(start..r.pos),
@@ -282,6 +284,7 @@ mod tests {
             fresh_until: 1_010_000,
             stale_until: 1_040_000,
             stale_if_error_until: 1_100_000,
+            vary: None,
             status: StatusCode::OK,
             headers,
             body: Bytes::from_static(body),
@@ -298,6 +301,7 @@ mod tests {
         assert_eq!(d.fresh_until, e.fresh_until);
         assert_eq!(d.stale_until, e.stale_until);
         assert_eq!(d.stale_if_error_until, e.stale_if_error_until);
+        assert_eq!(d.vary, None);
         assert_eq!(d.status, e.status);
         assert_eq!(d.headers, e.headers);
         assert_eq!(d.body, e.body);
@@ -315,7 +319,14 @@ mod tests {
             .map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER)
             .sum();
         assert_eq!(e.encode(&[0; 32]).len(), FIXED_OVERHEAD + headers + 10);
-        assert_eq!(FIXED_OVERHEAD, 77);
+        assert_eq!(FIXED_OVERHEAD, 78);
+        let varied = Entry {
+            vary: Some([3; 32]),
+            ..e
+        };
+        let bytes = varied.encode(&[0; 32]);
+        assert_eq!(bytes.len(), FIXED_OVERHEAD + VARY_DIGEST + headers + 10);
+        assert_eq!(Entry::decode(&bytes, &[0; 32]).unwrap().vary, Some([3; 32]));
     }
 
     #[test]
@@ -328,7 +339,7 @@ mod tests {
             DecodeError::DigestMismatch
         );
         let mut v = bytes.to_vec();
-        v[4] = 2;
+        v[4] = 1;
         assert_eq!(
             Entry::decode(&Bytes::from(v), &digest).unwrap_err(),
             DecodeError::Version
@@ -352,20 +363,31 @@ mod tests {
     }
 
     #[test]
-    fn freshness_windows() {
+    fn times_are_reported_without_overflow() {
         let e = entry(b"");
-        assert_eq!(e.freshness(1_000_000), Freshness::Fresh);
-        assert_eq!(e.freshness(1_009_999), Freshness::Fresh);
-        assert_eq!(e.freshness(1_010_000), Freshness::Stale);
-        assert_eq!(e.freshness(1_039_999), Freshness::Stale);
-        assert_eq!(e.freshness(1_040_000), Freshness::ErrorOnly);
-        assert_eq!(e.freshness(1_100_000), Freshness::Expired);
-        assert!(e.usable_on_error(1_099_999));
-        assert!(!e.usable_on_error(1_100_000));
         assert_eq!(e.ttl_secs(1_000_000), 10);
         assert_eq!(e.ttl_secs(1_012_500), -3);
         assert_eq!(e.age_secs(1_012_500), 12);
         assert_eq!(e.store_ttl_ms(1_000_000), 100_000);
+        // Timestamps forged near the ends of the range, read at either end of time.
+        let forged = Entry {
+            stored_at: u64::MAX,
+            fresh_until: u64::MAX,
+            stale_until: u64::MAX,
+            stale_if_error_until: u64::MAX,
+            ..e
+        };
+        assert_eq!(forged.ttl_secs(0), (u64::MAX / 1000) as i64);
+        assert_eq!(forged.ttl_secs(u64::MAX), 0);
+        assert_eq!(forged.age_secs(0), 0);
+        assert_eq!(forged.store_ttl_ms(0), u64::MAX);
+        let past = Entry {
+            stored_at: 0,
+            fresh_until: 0,
+            ..forged
+        };
+        assert_eq!(past.ttl_secs(u64::MAX), -((u64::MAX / 1000) as i64) - 1);
+        assert_eq!(past.age_secs(u64::MAX), u64::MAX / 1000);
     }
 
     #[test]

@@ -566,6 +566,44 @@ fn hex4(digits: Option<&[u8]>) -> Result<u32, NotJson> {
     u32::from_str_radix(digits, 16).map_err(|_| NotJson)
 }
 
+/// The digest of `request`'s values for the headers `response`'s `Vary` names; `None` when the response has
+/// no `Vary`. Names are compared case-insensitively and in any order; a header's values are compared as its
+/// comma-separated elements, whitespace around them dropped, however they were split over field lines (RFC 9110
+/// §5.3, RFC 9111 §4.1).
+pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[u8; 32]> {
+    let mut values = response.get_all(header::VARY).iter().peekable();
+    values.peek()?;
+    let mut names: Vec<HeaderName> = values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    let mut h = Sha256::new();
+    field(&mut h, b"tower-redis-cache/vary/v1");
+    count(&mut h, names.len());
+    for name in &names {
+        field(&mut h, name.as_str().as_bytes());
+        let mut fields = request.get_all(name).iter().peekable();
+        if fields.peek().is_none() {
+            h.update([0u8]);
+            continue;
+        }
+        h.update([1u8]);
+        let mut joined = Vec::new();
+        let elements = fields.flat_map(|v| v.as_bytes().split(|b| *b == b','));
+        for (i, element) in elements.enumerate() {
+            if i > 0 {
+                joined.push(b',');
+            }
+            joined.extend_from_slice(element.trim_ascii());
+        }
+        field(&mut h, &joined);
+    }
+    Some(h.finalize().into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,6 +781,49 @@ mod tests {
             typed("text/plain", b""),
             typed("text/csv", b""),
             "no body, no type"
+        );
+    }
+
+    #[test]
+    fn vary_digest_follows_the_named_headers_only() {
+        let response = |vary: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::VARY, HeaderValue::from_static(vary));
+            h
+        };
+        let request = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert_eq!(vary_digest(&HeaderMap::new(), &request(&[])), None);
+        let de = request(&[("accept-language", "de"), ("x-other", "1")]);
+        let fr = request(&[("accept-language", "fr")]);
+        let v = response("Accept-Language");
+        assert_ne!(vary_digest(&v, &de), vary_digest(&v, &fr));
+        assert_eq!(
+            vary_digest(&v, &de),
+            vary_digest(
+                &response("accept-language, accept-language"),
+                &request(&[("accept-language", "de")])
+            )
+        );
+        assert_ne!(
+            vary_digest(&v, &request(&[])),
+            vary_digest(&v, &request(&[("accept-language", "")]))
+        );
+        assert_eq!(
+            vary_digest(&response("a, b"), &request(&[("a", "1"), ("b", "2")])),
+            vary_digest(&response("B,A"), &request(&[("b", "2"), ("a", "1")]))
+        );
+        assert_eq!(
+            vary_digest(
+                &v,
+                &request(&[("accept-language", "de"), ("accept-language", "fr")])
+            ),
+            vary_digest(&v, &request(&[("accept-language", "de, fr")]))
         );
     }
 

@@ -1,12 +1,14 @@
 //! [`RedisCacheLayer`], its builder, and [`CacheHandle`] for stats and invalidation.
 
 use super::RedisCache;
+use super::decision::{Credentials, Rules, default_statuses};
 use super::engine::{Engine, Policy, PostPredicate};
 use super::guard::{Breaker, GuardedStore};
 use super::key::KeyConfig;
 use super::stats::{CacheStats, Counters};
 use super::store::Store;
 use crate::error::{ConfigError, StoreError};
+use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderName, Method, Request, StatusCode, request};
 use std::fmt;
 use std::sync::Arc;
@@ -143,7 +145,8 @@ pub struct RedisCacheLayerBuilder {
     stale_if_error_for: Duration,
     methods: Vec<Method>,
     post_when: Option<PostPredicate>,
-    statuses: Option<Vec<StatusCode>>,
+    statuses: Vec<StatusCode>,
+    credentials: Credentials,
     max_body: usize,
     store_timeout: Duration,
     lease_for: Duration,
@@ -165,6 +168,10 @@ impl fmt::Debug for RedisCacheLayerBuilder {
     }
 }
 
+/// The longest window or lease a layer accepts: 10 years (longer is a mistake, and Redis refuses expiry times
+/// far enough out).
+const MAX_WINDOW: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// The `QUERY` method (safe, idempotent, with a body).
 pub(crate) fn query_method() -> Method {
     Method::from_bytes(b"QUERY").unwrap_or(Method::GET)
@@ -182,14 +189,15 @@ impl RedisCacheLayerBuilder {
             stale_if_error_for: Duration::from_secs(300),
             methods: vec![Method::GET, Method::HEAD, query_method()],
             post_when: None,
-            statuses: None,
+            statuses: default_statuses(),
+            credentials: Credentials::Bypass,
             max_body: 1024 * 1024,
             store_timeout: Duration::from_millis(50),
             lease_for: Duration::from_secs(10),
             refresh_timeout: Duration::from_secs(300),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
-            respect_response_cache_control: false,
+            respect_response_cache_control: true,
         }
     }
 
@@ -200,15 +208,16 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// The tenant identity hashed into every key, so two tenants never share an entry: the cache sits outside
-    /// auth and cannot see `Authorization`. For an API client, the API base plus the OAuth client id. Default:
-    /// empty (one tenant).
+    /// The tenant identity hashed into every key, so two tenants never share an entry: in a client stack the
+    /// cache sits outside auth and cannot see `Authorization`. For an API client, the API base plus the OAuth
+    /// client id. Default: empty (one tenant).
     pub fn partition(mut self, partition: impl AsRef<[u8]>) -> Self {
         self.partition = partition.as_ref().to_vec();
         self
     }
 
-    /// Request headers whose values are part of the key (like a response's `Vary`). Default: none.
+    /// Request headers whose values are part of the key, so each value gets entries of its own (a response's
+    /// own `Vary` is honoured as well, without this). Default: none.
     pub fn vary_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.vary = names.into_iter().collect();
         self
@@ -227,8 +236,8 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// How long after freshness ends the entry may answer when the inner service fails (transport error, 500,
-    /// 502, 503, 504). Default: 300 s. Zero turns it off.
+    /// How long after freshness ends the entry may answer when the inner service fails (transport error, 429,
+    /// 500, 502, 503, 504). Default: 300 s. Zero turns it off.
     pub fn stale_if_error_for(mut self, stale_if_error_for: Duration) -> Self {
         self.stale_if_error_for = stale_if_error_for;
         self
@@ -251,15 +260,25 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// The response statuses that are stored, replacing the default (every 2xx). Error statuses are never
-    /// stored unless listed here.
+    /// The response statuses that are stored, replacing the default `200`, `203`, `204`. `206` and `304` are
+    /// never stored (`build` refuses them).
     pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        self.statuses = Some(statuses.into_iter().collect());
+        self.statuses = statuses.into_iter().collect();
         self
     }
 
-    /// The largest request or response body the cache buffers. A larger request bypasses the cache; a larger
-    /// response is streamed through unstored. Default: 1 MiB.
+    /// How requests carrying `Authorization` or `Cookie` are cached. Default: [`Credentials::Bypass`], they go
+    /// to the inner service uncached, so no user is ever answered with another's response.
+    /// [`Credentials::InKey`] gives each credential entries of its own; [`Credentials::Partition`] declares
+    /// that the layer acts for the one user its [`partition`](Self::partition) names.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// The largest request or response body the cache buffers. A larger request bypasses the cache (a body
+    /// found larger while being read goes on as what was read chained with the rest of its stream, never held
+    /// whole); a larger response is streamed through unstored. Default: 1 MiB.
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -296,8 +315,11 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// Honour `Cache-Control: no-store` and `private` on responses (they are then not stored). Default: false,
-    /// since many APIs send `no-store` on everything and caching them is this layer's purpose.
+    /// Honour `Cache-Control: no-store` and `private` on responses: they are then neither stored nor shared
+    /// with coalesced callers. Default: true. Turning it off stores such responses anyway (an API that marks
+    /// everything `no-store` while its answers are the same for every caller of one client); `build` then
+    /// requires a [`partition`](Self::partition) naming whose responses these are. `Set-Cookie` responses are
+    /// never stored either way.
     pub fn respect_response_cache_control(mut self, respect: bool) -> Self {
         self.respect_response_cache_control = respect;
         self
@@ -307,8 +329,10 @@ impl RedisCacheLayerBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for an empty or ill-formed namespace, all windows zero, a zero store or refresh timeout,
-    /// a zero breaker threshold, or a body cap over 4 GiB.
+    /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a window or
+    /// lease over 10 years, a zero store or refresh timeout, a zero breaker threshold, a body cap over 4 GiB,
+    /// `206` or `304` among the cacheable statuses, or [`Credentials::Partition`] or
+    /// `respect_response_cache_control(false)` without a partition.
     pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
         if self.namespace.is_empty()
             || self.namespace.chars().any(|c| {
@@ -321,6 +345,18 @@ impl RedisCacheLayerBuilder {
                 "namespace {:?} must be non-empty, without whitespace, braces or glob characters",
                 self.namespace
             )));
+        }
+        for (name, window) in [
+            ("fresh_for", self.fresh_for),
+            ("stale_for", self.stale_for),
+            ("stale_if_error_for", self.stale_if_error_for),
+            ("refresh_lease_for", self.lease_for),
+        ] {
+            if window > MAX_WINDOW {
+                return Err(ConfigError::new(format!(
+                    "{name} of {window:?} is over the 10-year maximum"
+                )));
+            }
         }
         if (self.fresh_for + self.stale_for + self.stale_if_error_for).is_zero() {
             return Err(ConfigError::new(
@@ -343,6 +379,27 @@ impl RedisCacheLayerBuilder {
         if u32::try_from(self.max_body).is_err() {
             return Err(ConfigError::new("max_body_size must fit in 32 bits"));
         }
+        if let Some(status) = self
+            .statuses
+            .iter()
+            .find(|s| **s == StatusCode::PARTIAL_CONTENT || **s == StatusCode::NOT_MODIFIED)
+        {
+            return Err(ConfigError::new(format!(
+                "cacheable_statuses may not include {status}: partial and not-modified answers are never stored"
+            )));
+        }
+        if self.partition.is_empty() {
+            if self.credentials == Credentials::Partition {
+                return Err(ConfigError::new(
+                    "credentials(Credentials::Partition) needs a partition naming the one user",
+                ));
+            }
+            if !self.respect_response_cache_control {
+                return Err(ConfigError::new(
+                    "respect_response_cache_control(false) needs a partition naming whose responses are stored",
+                ));
+            }
+        }
         let counters = Arc::new(Counters::new(&self.namespace));
         let store = GuardedStore {
             store: self.store,
@@ -356,16 +413,27 @@ impl RedisCacheLayerBuilder {
             stale_if_error_for: self.stale_if_error_for,
             methods: self.methods,
             post_when: self.post_when,
-            statuses: self.statuses,
             max_body: self.max_body,
-            respect_response_cache_control: self.respect_response_cache_control,
+            rules: Rules {
+                credentials: self.credentials,
+                statuses: self.statuses,
+                respect_response_cache_control: self.respect_response_cache_control,
+            },
             lease_for: self.lease_for,
             refresh_timeout: self.refresh_timeout,
         };
+        let mut vary = self.vary;
+        if self.credentials == Credentials::InKey {
+            for name in [AUTHORIZATION, COOKIE] {
+                if !vary.contains(&name) {
+                    vary.push(name);
+                }
+            }
+        }
         let keys = KeyConfig {
             namespace: self.namespace,
             partition: self.partition,
-            vary: self.vary,
+            vary,
         };
         Ok(RedisCacheLayer {
             engine: Arc::new(Engine::new(policy, keys, store)),
@@ -385,7 +453,7 @@ mod tests {
     /// Every setting `build` rejects, each with an error that names it.
     #[test]
     fn build_rejects_each_unusable_setting_by_name() {
-        let cases: [(RedisCacheLayerBuilder, &str); 6] = [
+        let cases: Vec<(RedisCacheLayerBuilder, &str)> = vec![
             (builder().namespace("has space"), "namespace"),
             (builder().namespace("{tag}"), "namespace"),
             (
@@ -395,17 +463,54 @@ mod tests {
                     .stale_if_error_for(Duration::ZERO),
                 "all zero",
             ),
+            (builder().fresh_for(Duration::MAX), "fresh_for"),
+            (builder().stale_for(Duration::MAX), "stale_for"),
+            (
+                builder().stale_if_error_for(Duration::MAX),
+                "stale_if_error_for",
+            ),
+            (
+                builder().refresh_lease_for(Duration::MAX),
+                "refresh_lease_for",
+            ),
             (builder().store_timeout(Duration::ZERO), "store_timeout"),
             (builder().refresh_timeout(Duration::ZERO), "refresh_timeout"),
             (
                 builder().circuit_breaker(0, Duration::from_secs(1)),
                 "circuit breaker",
             ),
+            (
+                builder().cacheable_statuses([StatusCode::OK, StatusCode::PARTIAL_CONTENT]),
+                "206",
+            ),
+            (
+                builder().cacheable_statuses([StatusCode::NOT_MODIFIED]),
+                "304",
+            ),
+            (builder().credentials(Credentials::Partition), "partition"),
+            (builder().respect_response_cache_control(false), "partition"),
         ];
         for (builder, named) in cases {
             let error = builder.build().unwrap_err().to_string();
             assert!(error.contains(named), "{error:?} should name {named:?}");
         }
         assert!(builder().build().is_ok(), "the defaults build");
+        // Durations that mean "no limit" are fine where there is no arithmetic on them.
+        assert!(
+            builder()
+                .store_timeout(Duration::MAX)
+                .refresh_timeout(Duration::MAX)
+                .circuit_breaker(1, Duration::MAX)
+                .build()
+                .is_ok()
+        );
+        assert!(
+            builder()
+                .partition("client-a")
+                .credentials(Credentials::Partition)
+                .respect_response_cache_control(false)
+                .build()
+                .is_ok()
+        );
     }
 }

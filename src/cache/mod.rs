@@ -42,20 +42,38 @@
 //!
 //! # The decision
 //!
-//! For a cacheable request (method `GET`, `HEAD`, `QUERY`, or as configured; no `Cache-Control: no-store`;
-//! body within the cap) the layer reads the entry for the request's key and, with `now` the wall clock:
+//! The layer behaves as a *shared* cache (RFC 9111): one user is never answered with a response made for
+//! another. A request goes straight to the inner service (`Cache-Status: ...; fwd=bypass`, `fwd=method` or
+//! `fwd=request`, with a `detail` naming why) when
+//!
+//! - its method is not cached (`GET`, `HEAD` and `QUERY` by default; `POST` by opt-in, keyed by its body);
+//! - it carries `Cache-Control: no-store`;
+//! - it carries `Authorization` or `Cookie`, unless the layer says how users are told apart
+//!   ([`Credentials`]: each credential in the key, or the one user the partition names);
+//! - it asks for part of a response (`Range`, `If-Range`) or is conditional (`If-None-Match`,
+//!   `If-Modified-Since`, `If-Match`, `If-Unmodified-Since`);
+//! - its body is over the cap (by `Content-Length`, or found while reading it: what was read then goes on
+//!   chained with the rest of the stream, never held whole).
+//!
+//! Otherwise the layer reads the entry for the request's key and, with `now` the cache's clock:
 //!
 //! - **fresh** (younger than `fresh_for`): answered from the store; the inner service is not called.
 //! - **stale** (within `stale_for` after that): answered from the store at once, and one background refresh
 //!   runs for the key: one per process (an in-process set), one per fleet (a `SET NX PX` lease next to the
 //!   entry). A failed refresh leaves the entry exactly as it was, so it keeps being served *as stale*.
-//! - **missing or expired**: one inner call per key, however many callers arrive together; the others wait
-//!   and share its response (or error). The response is stored when its status is cacheable (2xx by default)
-//!   and its body within the cap. Larger responses stream through to their caller unstored.
-//! - **stale-if-error**: when that inner call fails (transport error, 500, 502, 503, 504) and an entry within
-//!   `stale_if_error_for` after its freshness exists, the entry answers instead.
+//! - **missing or expired**, or stored for another variant (the stored response's `Vary` names a request
+//!   header whose value differs: `fwd=vary-miss`): one inner call per key, however many callers arrive
+//!   together. The response is stored when its status is cacheable (`200`, `203`, `204` by default; never
+//!   `206` or `304`), its body within the cap, and it is not meant for its requester alone (`Set-Cookie`,
+//!   `Cache-Control: private` or `no-store`, `Vary: *`). Larger responses stream through to their caller
+//!   unstored.
+//! - **stale-if-error**: when that inner call fails (transport error, 429, 500, 502, 503, 504) and an entry
+//!   within `stale_if_error_for` after its freshness exists, the entry answers instead (`fwd=stale`).
 //!
-//! Request `Cache-Control: no-cache` skips the read and refreshes the entry; `no-store` bypasses the cache.
+//! Request `Cache-Control: no-cache` skips the read and refreshes the entry (`fwd=request`).
+//!
+//! The whole decision is one pure function of the request's facts, the stored entry and the time; see the
+//! table in its tests.
 //!
 //! # Concurrent calls on the same key
 //!
@@ -63,7 +81,9 @@
 //! in-flight map. The first caller's future drives the inner call; if it is dropped before finishing, the
 //! waiters are released and one of them makes the call, so no caller waits forever. Waiters receive the same
 //! status, headers and body bytes; an error reaches each of them as a [`SharedError`](crate::error::SharedError)
-//! whose `source()` is the inner error. Across processes misses are not collapsed (each process makes at most one
+//! whose `source()` is the inner error. A response meant for its requester alone (`Set-Cookie`, `private`,
+//! `no-store`, `Vary: *`), one too large to hold, or one that varies on a header whose value a waiter does not
+//! share, is not handed to waiters: each of them calls the inner service itself. Across processes misses are not collapsed (each process makes at most one
 //! call per key); refreshes are (the lease).
 //!
 //! # Fail-open
@@ -82,7 +102,9 @@
 //! Background refreshes are spawned with `tokio::spawn`, so the services must be called inside a Tokio runtime.
 
 mod body;
+mod clock;
 mod coalesce;
+pub(crate) mod decision;
 pub(crate) mod engine;
 mod entry;
 pub mod future;
@@ -96,6 +118,7 @@ pub mod status;
 pub mod store;
 
 pub use self::body::ResponseBody;
+pub use self::decision::Credentials;
 pub use self::key::CacheKey;
 pub use self::layer::{CacheHandle, RedisCacheLayer, RedisCacheLayerBuilder};
 pub use self::service::RedisCache;
@@ -108,5 +131,5 @@ pub use self::store::RedisStore;
 pub use self::store::Store;
 
 /// The fixed number of bytes an entry adds to its body and headers (each header adds its name, its value, and 6
-/// bytes of framing).
+/// bytes of framing; a response with `Vary` adds 32 more, the digest of the request headers it names).
 pub const ENTRY_OVERHEAD: usize = entry::FIXED_OVERHEAD;

@@ -1,9 +1,9 @@
 //! Background revalidation of stale entries: one refresh per key per process (an in-process set), one per
 //! fleet (a `SET NX PX` lease stored next to the entry, in the same Redis Cluster hash slot).
 
-use super::engine::{Engine, Fetch, Fetched, now_ms};
-use super::entry::Freshness;
-use super::key::CacheKey;
+use super::decision::{RequestFacts, ResponseFacts, judge};
+use super::engine::{Engine, Fetch, Fetched};
+use super::key::{CacheKey, vary_digest};
 use super::stats::bump;
 use http_body::Body;
 use std::sync::{Arc, PoisonError};
@@ -30,7 +30,12 @@ impl Engine {
     ///
     /// The refresh is bounded by `refresh_timeout`, and its slot is freed however it ends (done, abandoned,
     /// panicked in the inner service, or dropped with the runtime), so the key is never left unrefreshable.
-    pub(super) fn start_refresh<R, F>(self: &Arc<Self>, key: &CacheKey, fetch: F) -> bool
+    pub(super) fn start_refresh<R, F>(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        facts: RequestFacts,
+        fetch: F,
+    ) -> bool
     where
         R: Body + Send + 'static,
         F: Fetch<R>,
@@ -51,7 +56,7 @@ impl Engine {
         tokio::spawn(async move {
             let RefreshSlot { engine, key } = &slot;
             let limit = engine.policy.refresh_timeout;
-            if tokio::time::timeout(limit, engine.refresh(key, fetch))
+            if tokio::time::timeout(limit, engine.refresh(key, facts, fetch))
                 .await
                 .is_err()
             {
@@ -68,7 +73,7 @@ impl Engine {
         true
     }
 
-    async fn refresh<R, F>(&self, key: &CacheKey, fetch: F)
+    async fn refresh<R, F>(&self, key: &CacheKey, facts: RequestFacts, fetch: F)
     where
         R: Body + Send + 'static,
         F: Fetch<R>,
@@ -94,7 +99,8 @@ impl Engine {
         // A refresh elsewhere may have finished (and released its lease) between this process seeing the entry
         // stale and taking the lease: then the entry is fresh again and there is nothing to do.
         if let Ok(Some(entry)) = self.read(key).await
-            && entry.freshness(now_ms()) == Freshness::Fresh
+            && self.clock.now_ms() < entry.fresh_until
+            && vary_digest(&entry.headers, fetch.headers()) == entry.vary
         {
             bump(&self.counters.refreshes_skipped);
             let keys = [lease.as_str()];
@@ -102,9 +108,16 @@ impl Engine {
             return;
         }
         bump(&self.counters.refreshes_started);
+        let headers = fetch.headers().clone();
         let refreshed = match fetch.fetch().await {
             Ok(Fetched::Buffered(response)) => {
-                self.policy.storable(&response) && self.write(key, &response).await
+                let verdict = judge(
+                    &self.policy.rules,
+                    &facts,
+                    &ResponseFacts::read(response.status, &response.headers),
+                );
+                let vary = vary_digest(&response.headers, &headers);
+                verdict.store && self.write(key, &response, vary).await
             }
             Ok(Fetched::Streaming(_)) => false,
             Err(error) => {

@@ -1,15 +1,16 @@
 //! [`RedisCache`]: the Tower adapter over the cache engine.
 
 use super::body::ResponseBody;
+use super::decision::{Action, RequestFacts};
 use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate};
 use super::future::ResponseFuture;
 use super::status::{BypassReason, CacheOutcome};
 use crate::body::RequestBody;
-use crate::buffer::{Capped, Ready, call_ready, content_length, finish, take_ready};
+use crate::buffer::{Capped, Ready, call_ready, finish, take_ready};
 use crate::error::BoxError;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{Request, Response, request};
+use http::{HeaderMap, Request, Response, request};
 use http_body::Body;
 use std::fmt;
 use std::future::Future;
@@ -100,8 +101,8 @@ where
         let inner = self.inner.clone();
         let engine = self.engine.clone();
         let (parts, body) = request.into_parts();
-        let screen = engine.policy.screen(&parts, content_length(&parts.headers));
-        if let Some(reason) = screen.bypass {
+        let mut facts = engine.policy.facts(&parts);
+        if let Action::Bypass(reason) = engine.policy.screen(&facts) {
             let request = Request::from_parts(parts, RequestBody::new(body));
             return respond_in(span, bypass(engine, inner, request, reason));
         }
@@ -110,7 +111,7 @@ where
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
         match take_ready(body, max) {
             Ok(Ready::Complete(bytes)) => {
-                let lookup = keyed(engine, inner, parts, bytes, screen.no_cache, &span);
+                let lookup = keyed(engine, inner, parts, bytes, facts, &span);
                 respond_in(span, lookup)
             }
             Ok(Ready::Partial { prefix, rest }) => {
@@ -120,13 +121,17 @@ where
                         // Found to be larger while reading: the request goes on with what was read chained
                         // with the rest of its stream, never held whole.
                         Capped::TooLarge(body) => {
+                            facts.too_large = true;
+                            let reason = match engine.policy.screen(&facts) {
+                                Action::Bypass(reason) => reason,
+                                _ => BypassReason::RequestTooLarge,
+                            };
                             let request = Request::from_parts(parts, body);
-                            let reason = BypassReason::RequestTooLarge;
                             return bypass(engine, inner, request, reason).await;
                         }
                     };
                     let span = tracing::Span::current();
-                    keyed(engine, inner, parts, bytes, screen.no_cache, &span).await
+                    keyed(engine, inner, parts, bytes, facts, &span).await
                 };
                 respond_in(span, buffered)
             }
@@ -158,7 +163,7 @@ fn keyed<S, R>(
     inner: S,
     parts: request::Parts,
     body: Bytes,
-    no_cache: bool,
+    facts: RequestFacts,
     span: &tracing::Span,
 ) -> impl Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'static
 where
@@ -179,7 +184,7 @@ where
         body,
         max_body,
     };
-    engine.respond(key, no_cache, fetch)
+    engine.respond(key, facts, fetch)
 }
 
 async fn bypass<S, R>(
@@ -224,6 +229,10 @@ where
             let response = call_ready(&mut inner, request).await?;
             buffer_response(response, self.max_body).await
         })
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        &self.parts.headers
     }
 }
 

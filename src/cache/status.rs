@@ -4,13 +4,19 @@
 //! | outcome | `Cache-Status` |
 //! |---|---|
 //! | fresh hit | `tower-redis-cache; hit; ttl=12` |
-//! | stale hit, refreshed in the background | `tower-redis-cache; fwd=stale; ttl=-3` |
+//! | stale hit, refreshed in the background | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
+//! | another variant stored (the response's `Vary`) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` |
 //! | request `Cache-Control: no-cache` | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
-//! | bypass | `tower-redis-cache; fwd=bypass; detail=method` |
-//! | stale-if-error | `tower-redis-cache; fwd=uri-miss; fwd-status=503; ttl=-40; detail=stale-if-error` |
+//! | stale-if-error | `tower-redis-cache; fwd=stale; fwd-status=503; ttl=-40` |
+//! | stale-if-error after a transport error | `tower-redis-cache; fwd=stale; ttl=-40; detail=transport-error` |
+//! | method not cached | `tower-redis-cache; fwd=method; detail=method` |
+//! | request `Cache-Control: no-store` | `tower-redis-cache; fwd=request; detail=no-store` |
+//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`) |
 //! | store failed or skipped | `...; detail=store-error` / `...; detail=store-unavailable` |
+//!
+//! A negative `ttl` says the answer came from the cache after its freshness ended (RFC 9211 §2.3).
 //!
 //! # Example
 //!
@@ -22,6 +28,7 @@
 //! assert!(outcome.is_cached());
 //! ```
 
+use super::decision::Fwd;
 use http::HeaderValue;
 use std::fmt::Write as _;
 
@@ -85,16 +92,40 @@ pub enum BypassReason {
     Method,
     /// The request carried `Cache-Control: no-store`.
     NoStore,
+    /// The request carried `Authorization`, and the layer does not say how users are told apart (see
+    /// [`Credentials`](super::Credentials)).
+    Authorization,
+    /// The request carried `Cookie`, and the layer does not say how users are told apart.
+    Cookie,
+    /// The request asked for part of a response (`Range` or `If-Range`).
+    Range,
+    /// A conditional request (`If-None-Match`, `If-Modified-Since`, `If-Match`, `If-Unmodified-Since`): its
+    /// answer depends on what the caller holds.
+    Conditional,
     /// The request body is larger than the configured maximum.
     RequestTooLarge,
 }
 
 impl BypassReason {
-    pub(crate) fn as_str(&self) -> &'static str {
+    /// A short lower-case name, as `Cache-Status` reports it in `detail`.
+    pub fn as_str(&self) -> &'static str {
         match self {
             BypassReason::Method => "method",
             BypassReason::NoStore => "no-store",
+            BypassReason::Authorization => "authorization",
+            BypassReason::Cookie => "cookie",
+            BypassReason::Range => "range",
+            BypassReason::Conditional => "conditional",
             BypassReason::RequestTooLarge => "request-too-large",
+        }
+    }
+
+    /// RFC 9211's `fwd` for the bypass: `method`, `request` (the request's own directives), or `bypass`.
+    fn fwd(&self) -> &'static str {
+        match self {
+            BypassReason::Method => "method",
+            BypassReason::NoStore => "request",
+            _ => "bypass",
         }
     }
 }
@@ -116,8 +147,8 @@ pub(crate) struct Status {
     pub(crate) ttl: Option<i64>,
     /// The inner service's status, when it was called in the foreground.
     pub(crate) fwd_status: Option<u16>,
-    /// The request asked to skip the read (`no-cache`).
-    pub(crate) revalidate: bool,
+    /// Why a miss was forwarded.
+    pub(crate) fwd: Fwd,
     pub(crate) store: StoreHealth,
 }
 
@@ -129,7 +160,7 @@ impl Status {
             outcome,
             ttl: None,
             fwd_status: None,
-            revalidate: false,
+            fwd: Fwd::UriMiss,
             store: StoreHealth::Ok,
         }
     }
@@ -138,24 +169,24 @@ impl Status {
     pub(crate) fn header_value(&self) -> HeaderValue {
         let mut s = HeaderText::default();
         s.push_str(CACHE_NAME);
-        let fwd = if self.revalidate {
-            "request"
-        } else {
-            "uri-miss"
-        };
         let mut detail = match self.store {
             StoreHealth::Ok => None,
             StoreHealth::Error => Some("store-error"),
             StoreHealth::Unavailable => Some("store-unavailable"),
         };
         match self.outcome {
-            CacheOutcome::Hit => s.push_str("; hit"),
-            CacheOutcome::Stale { .. } => s.push_str("; fwd=stale"),
-            CacheOutcome::Miss { .. } | CacheOutcome::StaleIfError => {
-                let _ = write!(s, "; fwd={fwd}");
+            CacheOutcome::Hit | CacheOutcome::Stale { .. } => s.push_str("; hit"),
+            CacheOutcome::Miss { .. } => {
+                let _ = write!(s, "; fwd={}", self.fwd.as_str());
+            }
+            CacheOutcome::StaleIfError => {
+                s.push_str("; fwd=stale");
+                if self.fwd_status.is_none() {
+                    detail = Some("transport-error");
+                }
             }
             CacheOutcome::Bypass(reason) => {
-                s.push_str("; fwd=bypass");
+                let _ = write!(s, "; fwd={}", reason.fwd());
                 detail = Some(reason.as_str());
             }
         }
@@ -170,7 +201,6 @@ impl Status {
                 collapsed: true, ..
             } => s.push_str("; collapsed"),
             CacheOutcome::Miss { stored: true, .. } => s.push_str("; stored"),
-            CacheOutcome::StaleIfError => detail = Some("stale-if-error"),
             _ => {}
         }
         if let Some(detail) = detail {
@@ -267,7 +297,7 @@ mod tests {
 
         let mut stale = Status::new(CacheOutcome::Stale { refreshing: true });
         stale.ttl = Some(-3);
-        assert_eq!(fmt(stale), "tower-redis-cache; fwd=stale; ttl=-3");
+        assert_eq!(fmt(stale), "tower-redis-cache; hit; ttl=-3");
 
         let mut miss = Status::new(CacheOutcome::Miss {
             collapsed: false,
@@ -277,6 +307,13 @@ mod tests {
         assert_eq!(
             fmt(miss),
             "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored"
+        );
+
+        let mut vary = miss;
+        vary.fwd = Fwd::VaryMiss;
+        assert_eq!(
+            fmt(vary),
+            "tower-redis-cache; fwd=vary-miss; fwd-status=200; stored"
         );
 
         let mut collapsed = Status::new(CacheOutcome::Miss {
@@ -290,21 +327,42 @@ mod tests {
         );
 
         let mut revalidated = miss;
-        revalidated.revalidate = true;
+        revalidated.fwd = Fwd::Request;
         assert_eq!(
             fmt(revalidated),
             "tower-redis-cache; fwd=request; fwd-status=200; stored"
         );
 
-        let bypass = Status::new(CacheOutcome::Bypass(BypassReason::Method));
-        assert_eq!(fmt(bypass), "tower-redis-cache; fwd=bypass; detail=method");
+        for (reason, expected) in [
+            (BypassReason::Method, "fwd=method; detail=method"),
+            (BypassReason::NoStore, "fwd=request; detail=no-store"),
+            (
+                BypassReason::Authorization,
+                "fwd=bypass; detail=authorization",
+            ),
+            (BypassReason::Cookie, "fwd=bypass; detail=cookie"),
+            (BypassReason::Range, "fwd=bypass; detail=range"),
+            (BypassReason::Conditional, "fwd=bypass; detail=conditional"),
+            (
+                BypassReason::RequestTooLarge,
+                "fwd=bypass; detail=request-too-large",
+            ),
+        ] {
+            let bypass = Status::new(CacheOutcome::Bypass(reason));
+            assert_eq!(fmt(bypass), format!("tower-redis-cache; {expected}"));
+        }
 
         let mut sie = Status::new(CacheOutcome::StaleIfError);
         sie.fwd_status = Some(503);
         sie.ttl = Some(-40);
         assert_eq!(
             fmt(sie),
-            "tower-redis-cache; fwd=uri-miss; fwd-status=503; ttl=-40; detail=stale-if-error"
+            "tower-redis-cache; fwd=stale; fwd-status=503; ttl=-40"
+        );
+        sie.fwd_status = None;
+        assert_eq!(
+            fmt(sie),
+            "tower-redis-cache; fwd=stale; ttl=-40; detail=transport-error"
         );
 
         let mut down = Status::new(CacheOutcome::Miss {

@@ -4,6 +4,7 @@
 pub mod calls;
 pub mod origin;
 pub mod redis;
+pub mod store;
 
 pub use self::origin::Origin;
 pub use self::redis::{RedisCluster, RedisServer, bulk_payload};

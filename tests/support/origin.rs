@@ -1,11 +1,12 @@
 //! A counting origin service for cache tests: numbered answers, an optional gate that holds every call until
-//! opened, and a switch to fail.
+//! opened, a switch to fail, headers to add to every answer, and the parts of HTTP a shared cache must not
+//! mix up (it names the `Authorization` it saw, and answers a `Range` with `206`).
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tower_redis_cache::RequestBody;
 use tower_redis_cache::error::BoxError;
@@ -16,6 +17,8 @@ pub struct Origin {
     /// 0: answer 200; a status: answer that; 1: fail with a transport error.
     failure: AtomicU16,
     gate: watch::Sender<bool>,
+    headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
+    echo_user: AtomicBool,
 }
 
 impl Origin {
@@ -26,7 +29,23 @@ impl Origin {
             calls: AtomicUsize::new(0),
             failure: AtomicU16::new(0),
             gate,
+            headers: Mutex::new(Vec::new()),
+            echo_user: AtomicBool::new(false),
         })
+    }
+
+    /// Names the request's `Authorization` in every answer from now on (`"user":"<value>"`), as an API whose
+    /// answers are per user does.
+    pub fn echo_user(&self) {
+        self.echo_user.store(true, Ordering::SeqCst);
+    }
+
+    /// Adds `name: value` to every answer from now on (`set-cookie`, `cache-control`, `vary`, ...).
+    pub fn add_header(&self, name: &'static str, value: &'static str) {
+        self.headers.lock().unwrap().push((
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
     }
 
     /// How many calls reached the origin.
@@ -59,7 +78,9 @@ impl Origin {
         self.failure.store(0, Ordering::SeqCst);
     }
 
-    /// A service over this origin: `{"n":<call number>,"echo":<request body>}` with `content-type: application/json`.
+    /// A service over this origin: `{"n":<call number>,"echo":<request body>}` with `content-type:
+    /// application/json`, plus `"user":"<authorization>"` when asked to ([`echo_user`](Self::echo_user)). A request
+    /// with `Range` gets `206` and the first byte of that.
     pub fn service(
         self: &Arc<Self>,
     ) -> impl tower::Service<
@@ -75,6 +96,12 @@ impl Origin {
             let origin = origin.clone();
             async move {
                 let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let user = request
+                    .headers()
+                    .get("authorization")
+                    .filter(|_| origin.echo_user.load(Ordering::SeqCst))
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let range = request.headers().contains_key("range");
                 let body = request.into_body().collect().await?.to_bytes();
                 let mut gate = origin.gate.subscribe();
                 gate.wait_for(|open| *open).await?;
@@ -96,10 +123,22 @@ impl Origin {
                 };
                 let mut out = format!("{{\"n\":{n},\"echo\":").into_bytes();
                 out.extend_from_slice(&echo);
+                if let Some(user) = user {
+                    out.extend_from_slice(format!(",\"user\":{user:?}").as_bytes());
+                }
                 out.push(b'}');
-                Ok(Response::builder()
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(out)))?)
+                let mut response = Response::builder().header("content-type", "application/json");
+                for (name, value) in origin.headers.lock().unwrap().iter() {
+                    response = response.header(name, value);
+                }
+                if range {
+                    out.truncate(1);
+                    let total = out.len();
+                    response = response
+                        .status(StatusCode::PARTIAL_CONTENT)
+                        .header("content-range", format!("bytes 0-0/{total}"));
+                }
+                Ok(response.body(Full::new(Bytes::from(out)))?)
             }
         })
     }

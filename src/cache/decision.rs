@@ -1,0 +1,706 @@
+//! The cache decision, as pure functions of plain data: [`decide`] takes what a request says, what the store
+//! holds for it (or that it was not read yet) and the time, and returns the [`Action`] the engine carries out;
+//! [`judge`] says whether an origin response may be stored and shared; [`serve_stale_on_error`] whether a
+//! stored entry answers for a failed origin.
+//!
+//! The rules are those of a *shared* cache (RFC 9111 §3, §3.5, §4.1), so one user is never answered with
+//! another's response:
+//!
+//! - requests carrying `Authorization` or `Cookie` bypass the cache unless the layer says how users are told
+//!   apart ([`Credentials`]);
+//! - `Range`, `If-Range` and conditional requests (`If-None-Match`, `If-Modified-Since`, `If-Match`,
+//!   `If-Unmodified-Since`) go to the origin, and their responses are not stored;
+//! - `206` and `304` are never stored; by default only `200`, `203` and `204` are;
+//! - a response with `Set-Cookie`, `Vary: *`, or `Cache-Control: private` / `no-store` is neither stored nor
+//!   shared with coalesced callers;
+//! - the response's `Vary` is honoured: an entry answers only a request with the same values of the headers it
+//!   names.
+
+use super::status::BypassReason;
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, PRAGMA, RANGE, SET_COOKIE, VARY,
+};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+/// How the cache treats requests that carry credentials (`Authorization` or `Cookie`).
+///
+/// A shared cache must never answer one user with a response made for another (RFC 9111 §3.5), so by default
+/// such requests bypass it. To cache them, say how users are told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Credentials {
+    /// Requests with `Authorization` or `Cookie` go to the inner service uncached. The default.
+    #[default]
+    Bypass,
+    /// The values of `Authorization` and `Cookie` are part of the key: each credential gets entries of its own.
+    /// Responses marked `Cache-Control: private` may then be stored for requests that carry credentials.
+    InKey,
+    /// Every request through the layer acts for one user, named by the layer's
+    /// [`partition`](super::RedisCacheLayerBuilder::partition) (which must then be set): credentials do not
+    /// split entries, and `private` responses may be stored.
+    Partition,
+}
+
+/// What the decision needs to know about the layer's configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Rules {
+    pub(crate) credentials: Credentials,
+    /// Statuses that may be stored; `206` and `304` never are, listed or not.
+    pub(crate) statuses: Vec<StatusCode>,
+    /// Whether response `Cache-Control: no-store` and `private` are honoured.
+    pub(crate) respect_response_cache_control: bool,
+}
+
+/// What a request's head says, read in one pass over its headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RequestFacts {
+    /// The method is one the layer caches (configured methods, or a `POST` its predicate accepts).
+    pub(crate) method_cacheable: bool,
+    /// `Cache-Control: no-store`.
+    pub(crate) no_store: bool,
+    /// `Cache-Control: no-cache` (or `Pragma: no-cache` without `Cache-Control`): revalidate.
+    pub(crate) no_cache: bool,
+    pub(crate) authorization: bool,
+    pub(crate) cookie: bool,
+    /// `Range` or `If-Range`.
+    pub(crate) range: bool,
+    /// `If-None-Match`, `If-Modified-Since`, `If-Match` or `If-Unmodified-Since`.
+    pub(crate) conditional: bool,
+    /// The body is over the layer's cap (by `Content-Length`, or found while reading it).
+    pub(crate) too_large: bool,
+}
+
+impl RequestFacts {
+    /// Reads the facts of a request head; `max_body` is the layer's body cap.
+    pub(crate) fn read(headers: &HeaderMap, method_cacheable: bool, max_body: usize) -> Self {
+        let mut facts = RequestFacts {
+            method_cacheable,
+            ..RequestFacts::default()
+        };
+        let mut cache_control = false;
+        let mut pragma_no_cache = false;
+        for (name, value) in headers {
+            if name == CACHE_CONTROL {
+                cache_control = true;
+                for directive in directives(value) {
+                    facts.no_store |= directive.eq_ignore_ascii_case("no-store");
+                    facts.no_cache |= directive.eq_ignore_ascii_case("no-cache");
+                }
+            } else if name == AUTHORIZATION {
+                facts.authorization = true;
+            } else if name == COOKIE {
+                facts.cookie = true;
+            } else if name == RANGE || name == IF_RANGE {
+                facts.range = true;
+            } else if name == IF_NONE_MATCH
+                || name == IF_MODIFIED_SINCE
+                || name == IF_MATCH
+                || name == IF_UNMODIFIED_SINCE
+            {
+                facts.conditional = true;
+            } else if name == CONTENT_LENGTH {
+                facts.too_large |= value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > max_body as u64);
+            } else if name == PRAGMA {
+                pragma_no_cache |= directives(value).any(|d| d.eq_ignore_ascii_case("no-cache"));
+            }
+        }
+        // RFC 9111 §5.4: `Pragma` counts only when the request has no `Cache-Control`.
+        facts.no_cache |= pragma_no_cache && !cache_control;
+        facts
+    }
+}
+
+/// The directive names of one `Cache-Control` (or `Pragma`) field value.
+fn directives(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(|d| d.split('=').next().unwrap_or("").trim())
+}
+
+/// What the store holds for the request, as far as the decision is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// The store was not read yet.
+    NotRead,
+    /// No entry (or one that could not be decoded).
+    Absent,
+    /// The read failed or timed out, or the breaker skipped it.
+    Failed,
+    /// An entry, with its windows.
+    Found(Stored),
+}
+
+/// A stored entry's windows (unix ms) and whether it was stored for this request's variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) fresh_until: u64,
+    pub(crate) stale_until: u64,
+    pub(crate) stale_if_error_until: u64,
+    /// The request has the same values as the stored response's request for the headers its `Vary` names.
+    pub(crate) vary_matches: bool,
+}
+
+impl Stored {
+    /// Whether the entry may answer at `now` for an origin that failed (stale-if-error).
+    pub(crate) fn usable_on_error(&self, now: u64) -> bool {
+        self.vary_matches && now < self.stale_if_error_until.max(self.stale_until)
+    }
+}
+
+/// What the engine does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Send the request to the inner service as it is; the cache takes no part.
+    Bypass(BypassReason),
+    /// Read the request's entry (computing its key needs the body), then decide again.
+    Read,
+    /// Answer from the fresh entry; no inner call.
+    ServeFresh,
+    /// Answer from the stale entry at once and start one background refresh.
+    ServeStale,
+    /// Call the inner service (coalesced with concurrent callers of the same key).
+    Forward(Forward),
+}
+
+/// How a request goes to the inner service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Forward {
+    /// Why: no usable entry (`uri-miss`), another variant stored (`vary-miss`), or the request asked to
+    /// revalidate (`request`).
+    pub(crate) why: Fwd,
+    /// Write the response if it is storable (false when the store just failed this request's read: a request
+    /// pays at most one store timeout).
+    pub(crate) store: bool,
+    /// The entry read may answer instead if the inner service fails (stale-if-error).
+    pub(crate) fallback: bool,
+}
+
+/// Why a request was forwarded, as RFC 9211's `fwd` parameter names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fwd {
+    UriMiss,
+    VaryMiss,
+    Request,
+}
+
+impl Fwd {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Fwd::UriMiss => "uri-miss",
+            Fwd::VaryMiss => "vary-miss",
+            Fwd::Request => "request",
+        }
+    }
+}
+
+/// The cache decision for one request at `now` (unix ms).
+pub(crate) fn decide(rules: &Rules, request: &RequestFacts, lookup: Lookup, now: u64) -> Action {
+    let unshared_credentials = rules.credentials == Credentials::Bypass;
+    let bypass = if !request.method_cacheable {
+        Some(BypassReason::Method)
+    } else if request.no_store {
+        Some(BypassReason::NoStore)
+    } else if request.authorization && unshared_credentials {
+        Some(BypassReason::Authorization)
+    } else if request.cookie && unshared_credentials {
+        Some(BypassReason::Cookie)
+    } else if request.range {
+        Some(BypassReason::Range)
+    } else if request.conditional {
+        Some(BypassReason::Conditional)
+    } else if request.too_large {
+        Some(BypassReason::RequestTooLarge)
+    } else {
+        None
+    };
+    if let Some(reason) = bypass {
+        return Action::Bypass(reason);
+    }
+    let forward = |why, store, fallback| {
+        Action::Forward(Forward {
+            why,
+            store,
+            fallback,
+        })
+    };
+    if request.no_cache {
+        // Revalidate: no stored answer, the response replaces the entry.
+        return forward(Fwd::Request, true, false);
+    }
+    match lookup {
+        Lookup::NotRead => Action::Read,
+        Lookup::Absent => forward(Fwd::UriMiss, true, false),
+        Lookup::Failed => forward(Fwd::UriMiss, false, false),
+        // Another variant's entry answers nothing for this request, not even on error.
+        Lookup::Found(stored) if !stored.vary_matches => forward(Fwd::VaryMiss, true, false),
+        Lookup::Found(stored) if now < stored.fresh_until => Action::ServeFresh,
+        Lookup::Found(stored) if now < stored.stale_until => Action::ServeStale,
+        Lookup::Found(stored) => forward(Fwd::UriMiss, true, stored.usable_on_error(now)),
+    }
+}
+
+/// What an origin response's head says, for [`judge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResponseFacts {
+    pub(crate) status: StatusCode,
+    pub(crate) no_store: bool,
+    pub(crate) private: bool,
+    pub(crate) set_cookie: bool,
+    /// `Vary: *`: the response depends on more than the request's headers.
+    pub(crate) vary_any: bool,
+}
+
+impl ResponseFacts {
+    pub(crate) fn read(status: StatusCode, headers: &HeaderMap) -> Self {
+        let mut facts = ResponseFacts {
+            status,
+            no_store: false,
+            private: false,
+            set_cookie: false,
+            vary_any: false,
+        };
+        for (name, value) in headers {
+            if name == CACHE_CONTROL {
+                for directive in directives(value) {
+                    facts.no_store |= directive.eq_ignore_ascii_case("no-store");
+                    facts.private |= directive.eq_ignore_ascii_case("private");
+                }
+            } else if name == SET_COOKIE {
+                facts.set_cookie = true;
+            } else if name == VARY {
+                facts.vary_any |= directives(value).any(|d| d == "*");
+            }
+        }
+        facts
+    }
+}
+
+/// Whether an origin response may be stored, and whether callers coalesced onto its request may share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Written to the store (when the forward allows it).
+    pub(crate) store: bool,
+    /// Handed to coalesced callers; when false, each of them calls the inner service itself.
+    pub(crate) share: bool,
+}
+
+/// Judges an origin response to `request`.
+///
+/// A response meant for its requester alone (`Set-Cookie`, `Vary: *`, `private` or `no-store`) is neither
+/// stored nor shared. Any other response is shared with coalesced callers, whatever its status (they asked the
+/// same thing, and an origin in trouble is not asked again by each of them); it is stored when its status is
+/// configured as cacheable, and never when it is `206` or `304`.
+pub(crate) fn judge(rules: &Rules, request: &RequestFacts, response: &ResponseFacts) -> Verdict {
+    // `private` is for one user: storable only where the key tells users apart.
+    let one_user = match rules.credentials {
+        Credentials::Bypass => false,
+        Credentials::InKey => request.authorization || request.cookie,
+        Credentials::Partition => true,
+    };
+    let refused = rules.respect_response_cache_control
+        && (response.no_store || (response.private && !one_user));
+    let share = !(response.set_cookie || response.vary_any || refused);
+    let status = response.status;
+    let status_storable = status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+        && rules.statuses.contains(&status);
+    Verdict {
+        store: share && status_storable,
+        share,
+    }
+}
+
+/// Statuses for which a stored entry inside its stale-if-error window answers instead: `429`, `500`, `502`,
+/// `503`, `504` (a transport error counts too).
+pub(crate) fn is_origin_failure(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+}
+
+/// Whether `fallback` answers for an origin that failed with `status` (`None`: a transport error) at `now`.
+pub(crate) fn serve_stale_on_error(
+    status: Option<StatusCode>,
+    fallback: Option<&Stored>,
+    now: u64,
+) -> bool {
+    status.is_none_or(is_origin_failure) && fallback.is_some_and(|f| f.usable_on_error(now))
+}
+
+/// The default cacheable statuses: `200`, `203`, `204` (RFC 9110 §15.1 lists them among the heuristically
+/// cacheable ones; the others carry errors or redirects worth asking about again).
+pub(crate) fn default_statuses() -> Vec<StatusCode> {
+    vec![
+        StatusCode::OK,
+        StatusCode::NON_AUTHORITATIVE_INFORMATION,
+        StatusCode::NO_CONTENT,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rules(credentials: Credentials) -> Rules {
+        Rules {
+            credentials,
+            statuses: default_statuses(),
+            respect_response_cache_control: true,
+        }
+    }
+
+    fn plain() -> RequestFacts {
+        RequestFacts {
+            method_cacheable: true,
+            ..RequestFacts::default()
+        }
+    }
+
+    fn entry(fresh_until: u64, stale_until: u64, stale_if_error_until: u64) -> Lookup {
+        Lookup::Found(Stored {
+            fresh_until,
+            stale_until,
+            stale_if_error_until,
+            vary_matches: true,
+        })
+    }
+
+    fn forward(why: Fwd, store: bool, fallback: bool) -> Action {
+        Action::Forward(Forward {
+            why,
+            store,
+            fallback,
+        })
+    }
+
+    fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn request_facts_come_from_one_pass_over_the_head() {
+        let facts = RequestFacts::read(
+            &head(&[
+                ("cache-control", "max-age=0, No-Cache"),
+                ("authorization", "Bearer a"),
+                ("cookie", "s=1"),
+                ("if-range", "\"e\""),
+                ("if-none-match", "\"e\""),
+                ("content-length", "11"),
+            ]),
+            true,
+            10,
+        );
+        assert_eq!(
+            facts,
+            RequestFacts {
+                method_cacheable: true,
+                no_store: false,
+                no_cache: true,
+                authorization: true,
+                cookie: true,
+                range: true,
+                conditional: true,
+                too_large: true,
+            }
+        );
+        let pragma = RequestFacts::read(&head(&[("pragma", "no-cache")]), true, 10);
+        assert!(pragma.no_cache);
+        let both = RequestFacts::read(
+            &head(&[("pragma", "no-cache"), ("cache-control", "max-age=5")]),
+            true,
+            10,
+        );
+        assert!(!both.no_cache, "Cache-Control overrides Pragma");
+        assert_eq!(
+            RequestFacts::read(&head(&[("content-length", "10")]), true, 10),
+            plain()
+        );
+    }
+
+    /// One row per rule: the facts, what the store holds, the time, the action.
+    #[test]
+    fn the_decision_table() {
+        let fresh = entry(2_000, 3_000, 5_000);
+        let other_variant = Lookup::Found(Stored {
+            vary_matches: false,
+            ..match fresh {
+                Lookup::Found(s) => s,
+                _ => unreachable!(),
+            }
+        });
+        let with = |f: fn(&mut RequestFacts)| {
+            let mut facts = plain();
+            f(&mut facts);
+            facts
+        };
+        let shared = rules(Credentials::Bypass);
+        let in_key = rules(Credentials::InKey);
+        let partition = rules(Credentials::Partition);
+        #[rustfmt::skip]
+        let rows: Vec<(&str, &Rules, RequestFacts, Lookup, u64, Action)> = vec![
+            ("uncached method", &shared, RequestFacts::default(), fresh, 1_000, Action::Bypass(BypassReason::Method)),
+            ("no-store", &shared, with(|f| f.no_store = true), fresh, 1_000, Action::Bypass(BypassReason::NoStore)),
+            ("authorization", &shared, with(|f| f.authorization = true), fresh, 1_000, Action::Bypass(BypassReason::Authorization)),
+            ("cookie", &shared, with(|f| f.cookie = true), fresh, 1_000, Action::Bypass(BypassReason::Cookie)),
+            ("authorization, keyed", &in_key, with(|f| f.authorization = true), fresh, 1_000, Action::ServeFresh),
+            ("cookie, partitioned", &partition, with(|f| f.cookie = true), fresh, 1_000, Action::ServeFresh),
+            ("range", &in_key, with(|f| f.range = true), fresh, 1_000, Action::Bypass(BypassReason::Range)),
+            ("conditional", &shared, with(|f| f.conditional = true), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
+            ("too large", &shared, with(|f| f.too_large = true), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
+            ("not read yet", &shared, plain(), Lookup::NotRead, 1_000, Action::Read),
+            ("no-cache skips the read", &shared, with(|f| f.no_cache = true), Lookup::NotRead, 1_000, forward(Fwd::Request, true, false)),
+            ("no-cache ignores a fresh entry", &shared, with(|f| f.no_cache = true), fresh, 1_000, forward(Fwd::Request, true, false)),
+            ("absent", &shared, plain(), Lookup::Absent, 1_000, forward(Fwd::UriMiss, true, false)),
+            ("store failed", &shared, plain(), Lookup::Failed, 1_000, forward(Fwd::UriMiss, false, false)),
+            ("fresh", &shared, plain(), fresh, 1_999, Action::ServeFresh),
+            ("stale from fresh_until", &shared, plain(), fresh, 2_000, Action::ServeStale),
+            ("stale to stale_until", &shared, plain(), fresh, 2_999, Action::ServeStale),
+            ("stale-if-error only", &shared, plain(), fresh, 3_000, forward(Fwd::UriMiss, true, true)),
+            ("expired", &shared, plain(), fresh, 5_000, forward(Fwd::UriMiss, true, false)),
+            ("another variant", &shared, plain(), other_variant, 1_000, forward(Fwd::VaryMiss, true, false)),
+        ];
+        for (name, rules, facts, lookup, now, expected) in rows {
+            assert_eq!(decide(rules, &facts, lookup, now), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn responses_for_one_requester_are_neither_stored_nor_shared() {
+        let ok = |pairs: &[(&'static str, &'static str)]| {
+            ResponseFacts::read(StatusCode::OK, &head(pairs))
+        };
+        let shared = rules(Credentials::Bypass);
+        let both = Verdict {
+            store: true,
+            share: true,
+        };
+        let neither = Verdict {
+            store: false,
+            share: false,
+        };
+        let share_only = Verdict {
+            store: false,
+            share: true,
+        };
+        #[rustfmt::skip]
+        let rows: Vec<(&str, &Rules, RequestFacts, ResponseFacts, Verdict)> = vec![
+            ("plain 200", &shared, plain(), ok(&[]), both),
+            ("set-cookie", &shared, plain(), ok(&[("set-cookie", "s=1")]), neither),
+            ("no-store", &shared, plain(), ok(&[("cache-control", "max-age=60, no-store")]), neither),
+            ("private", &shared, plain(), ok(&[("cache-control", "private")]), neither),
+            ("private=\"x\"", &shared, plain(), ok(&[("cache-control", "private=\"set-cookie\"")]), neither),
+            ("vary *", &shared, plain(), ok(&[("vary", "accept, *")]), neither),
+            ("vary accept", &shared, plain(), ok(&[("vary", "accept")]), both),
+            ("500 shared, not stored", &shared, plain(), ResponseFacts::read(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new()), share_only),
+            ("206", &shared, plain(), ResponseFacts::read(StatusCode::PARTIAL_CONTENT, &HeaderMap::new()), share_only),
+            ("201 not by default", &shared, plain(), ResponseFacts::read(StatusCode::CREATED, &HeaderMap::new()), share_only),
+            ("203", &shared, plain(), ResponseFacts::read(StatusCode::NON_AUTHORITATIVE_INFORMATION, &HeaderMap::new()), both),
+            ("204", &shared, plain(), ResponseFacts::read(StatusCode::NO_CONTENT, &HeaderMap::new()), both),
+        ];
+        for (name, rules, request, response, expected) in rows {
+            assert_eq!(judge(rules, &request, &response), expected, "{name}");
+        }
+
+        // `private` is stored only where the key tells users apart.
+        let private = ok(&[("cache-control", "private")]);
+        let credentialed = RequestFacts {
+            authorization: true,
+            ..plain()
+        };
+        assert_eq!(
+            judge(&rules(Credentials::InKey), &credentialed, &private),
+            both
+        );
+        assert_eq!(
+            judge(&rules(Credentials::InKey), &plain(), &private),
+            neither
+        );
+        assert_eq!(
+            judge(&rules(Credentials::Partition), &plain(), &private),
+            both
+        );
+        // Listing 206 or 304 does not make them storable.
+        let mut listed = rules(Credentials::Bypass);
+        listed.statuses = vec![StatusCode::PARTIAL_CONTENT, StatusCode::NOT_MODIFIED];
+        for status in [StatusCode::PARTIAL_CONTENT, StatusCode::NOT_MODIFIED] {
+            let response = ResponseFacts::read(status, &HeaderMap::new());
+            assert!(!judge(&listed, &plain(), &response).store, "{status}");
+        }
+        // Opting out of response Cache-Control stores `no-store` and `private`, never `Set-Cookie`.
+        let mut lax = rules(Credentials::Partition);
+        lax.respect_response_cache_control = false;
+        assert_eq!(
+            judge(&lax, &plain(), &ok(&[("cache-control", "no-store")])),
+            both
+        );
+        assert_eq!(
+            judge(&lax, &plain(), &ok(&[("set-cookie", "s=1")])),
+            neither
+        );
+    }
+
+    #[test]
+    fn stale_if_error_covers_429_5xx_and_transport_errors_inside_the_window() {
+        let stored = Stored {
+            fresh_until: 1_000,
+            stale_until: 2_000,
+            stale_if_error_until: 9_000,
+            vary_matches: true,
+        };
+        for status in [429, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert!(
+                serve_stale_on_error(Some(status), Some(&stored), 8_999),
+                "{status}"
+            );
+            assert!(
+                !serve_stale_on_error(Some(status), Some(&stored), 9_000),
+                "{status}"
+            );
+        }
+        assert!(
+            serve_stale_on_error(None, Some(&stored), 5_000),
+            "transport error"
+        );
+        for status in [200, 404, 501, 505] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert!(
+                !serve_stale_on_error(Some(status), Some(&stored), 5_000),
+                "{status}"
+            );
+        }
+        assert!(!serve_stale_on_error(None, None, 5_000));
+        let other_variant = Stored {
+            vary_matches: false,
+            ..stored
+        };
+        assert!(!serve_stale_on_error(None, Some(&other_variant), 5_000));
+    }
+
+    /// A reference model of the decision, written as the rules read in prose, one question at a time.
+    fn model(rules: &Rules, r: &RequestFacts, lookup: Lookup, now: u64) -> Action {
+        // Would answering from the cache be wrong whatever it holds?
+        let credentials_allowed = !matches!(rules.credentials, Credentials::Bypass);
+        let reasons = [
+            (!r.method_cacheable, BypassReason::Method),
+            (r.no_store, BypassReason::NoStore),
+            (
+                r.authorization && !credentials_allowed,
+                BypassReason::Authorization,
+            ),
+            (r.cookie && !credentials_allowed, BypassReason::Cookie),
+            (r.range, BypassReason::Range),
+            (r.conditional, BypassReason::Conditional),
+            (r.too_large, BypassReason::RequestTooLarge),
+        ];
+        if let Some((_, reason)) = reasons.iter().find(|(applies, _)| *applies) {
+            return Action::Bypass(*reason);
+        }
+        if r.no_cache {
+            return forward(Fwd::Request, true, false);
+        }
+        let stored = match lookup {
+            Lookup::NotRead => return Action::Read,
+            Lookup::Failed => return forward(Fwd::UriMiss, false, false),
+            Lookup::Absent => return forward(Fwd::UriMiss, true, false),
+            Lookup::Found(stored) => stored,
+        };
+        if !stored.vary_matches {
+            return forward(Fwd::VaryMiss, true, false);
+        }
+        let age_state = [
+            (stored.fresh_until, Action::ServeFresh),
+            (stored.stale_until, Action::ServeStale),
+        ];
+        for (until, action) in age_state {
+            if now < until {
+                return action;
+            }
+        }
+        let on_error = now < stored.stale_until || now < stored.stale_if_error_until;
+        forward(Fwd::UriMiss, true, on_error)
+    }
+
+    fn arb_facts() -> impl Strategy<Value = RequestFacts> {
+        prop::array::uniform8(any::<bool>()).prop_map(|b| RequestFacts {
+            method_cacheable: b[0],
+            no_store: b[1],
+            no_cache: b[2],
+            authorization: b[3],
+            cookie: b[4],
+            range: b[5],
+            conditional: b[6],
+            too_large: b[7],
+        })
+    }
+
+    fn arb_time() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0..10_000u64,
+            Just(u64::MAX),
+            Just(u64::MAX - 1),
+            any::<u64>()
+        ]
+    }
+
+    fn arb_lookup() -> impl Strategy<Value = Lookup> {
+        prop_oneof![
+            Just(Lookup::NotRead),
+            Just(Lookup::Absent),
+            Just(Lookup::Failed),
+            (arb_time(), arb_time(), arb_time(), any::<bool>()).prop_map(|(f, s, e, v)| {
+                Lookup::Found(Stored {
+                    fresh_until: f,
+                    stale_until: s,
+                    stale_if_error_until: e,
+                    vary_matches: v,
+                })
+            }),
+        ]
+    }
+
+    fn arb_credentials() -> impl Strategy<Value = Credentials> {
+        prop_oneof![
+            Just(Credentials::Bypass),
+            Just(Credentials::InKey),
+            Just(Credentials::Partition),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn decide_agrees_with_the_reference_model(
+            credentials in arb_credentials(),
+            facts in arb_facts(),
+            lookup in arb_lookup(),
+            now in arb_time(),
+        ) {
+            let rules = rules(credentials);
+            prop_assert_eq!(decide(&rules, &facts, lookup, now), model(&rules, &facts, lookup, now));
+        }
+
+        #[test]
+        fn nothing_stored_ever_answers_a_request_the_shared_rules_exclude(
+            facts in arb_facts(),
+            lookup in arb_lookup(),
+            now in arb_time(),
+        ) {
+            let action = decide(&rules(Credentials::Bypass), &facts, lookup, now);
+            let served = matches!(action, Action::ServeFresh | Action::ServeStale);
+            if facts.authorization || facts.cookie || facts.range || facts.conditional || facts.no_cache {
+                prop_assert!(!served, "{:?} answered from the store for {:?}", action, facts);
+            }
+        }
+    }
+}

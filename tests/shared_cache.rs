@@ -1,0 +1,515 @@
+//! The shared-cache rules against real redis-server processes: no user is answered with another's response,
+//! partial and conditional answers are never stored, `Vary` is honoured, keys keep meaning apart, and bodies
+//! over the cap are never held whole.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use support::calls::{Reply, body, cache_status, call, outcome, post, wait_until};
+use support::store::CountingStore;
+use support::{Origin, RedisServer, fred_client};
+use tower::ServiceExt;
+use tower_redis_cache::cache::{BypassReason, Credentials, RedisCacheLayerBuilder};
+use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
+
+async fn layer(server: &RedisServer) -> RedisCacheLayerBuilder {
+    RedisCacheLayer::builder(RedisStore::new(fred_client(&server.url()).await))
+        .namespace("shared")
+        // Generous, so a loaded CI machine never turns a slow store call into a miss.
+        .store_timeout(Duration::from_secs(2))
+}
+
+fn cached<S>(layer: &RedisCacheLayer, inner: S) -> RedisCache<S> {
+    tower::Layer::layer(layer, inner)
+}
+
+fn get(uri: &str, headers: &[(&'static str, &'static str)]) -> Request<Full<Bytes>> {
+    let mut request = Request::get(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Full::default()).unwrap()
+}
+
+/// Every key the cache wrote to `server`.
+fn stored_keys(server: &RedisServer) -> usize {
+    let reply = String::from_utf8(server.command(&[b"KEYS", b"shared:*"])).unwrap();
+    reply
+        .trim_start_matches('*')
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn requests_with_credentials_bypass_by_default() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.echo_user();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+
+    let alice = call(
+        &service,
+        get("http://api.test/me", &[("authorization", "Bearer alice")]),
+    )
+    .await;
+    let bob = call(
+        &service,
+        get("http://api.test/me", &[("authorization", "Bearer bob")]),
+    )
+    .await;
+    assert_eq!(
+        outcome(&bob),
+        CacheOutcome::Bypass(BypassReason::Authorization)
+    );
+    assert_eq!(
+        cache_status(&bob),
+        "tower-redis-cache; fwd=bypass; detail=authorization"
+    );
+    assert_eq!(
+        &body(alice).await[..],
+        br#"{"n":1,"echo":null,"user":"Bearer alice"}"#
+    );
+    assert_eq!(
+        &body(bob).await[..],
+        br#"{"n":2,"echo":null,"user":"Bearer bob"}"#
+    );
+
+    let with_cookie = call(
+        &service,
+        get("http://api.test/me", &[("cookie", "session=alice")]),
+    )
+    .await;
+    assert_eq!(
+        cache_status(&with_cookie),
+        "tower-redis-cache; fwd=bypass; detail=cookie"
+    );
+    assert_eq!(origin.calls(), 3);
+    assert_eq!(
+        stored_keys(&server),
+        0,
+        "nothing stored for a credentialed request"
+    );
+}
+
+#[tokio::test]
+async fn credentials_in_the_key_give_each_user_their_own_entries() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.echo_user();
+    let layer = layer(&server)
+        .await
+        .credentials(Credentials::InKey)
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let me = |user: &'static str| get("http://api.test/me", &[("authorization", user)]);
+
+    assert!(matches!(
+        outcome(&call(&service, me("Bearer alice")).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    let bob = call(&service, me("Bearer bob")).await;
+    assert!(matches!(
+        outcome(&bob),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(
+        &body(bob).await[..],
+        br#"{"n":2,"echo":null,"user":"Bearer bob"}"#
+    );
+    let alice = call(&service, me("Bearer alice")).await;
+    assert_eq!(outcome(&alice), CacheOutcome::Hit);
+    assert_eq!(
+        &body(alice).await[..],
+        br#"{"n":1,"echo":null,"user":"Bearer alice"}"#
+    );
+    let cookie = call(
+        &service,
+        get("http://api.test/me", &[("cookie", "s=carol")]),
+    )
+    .await;
+    assert!(
+        matches!(outcome(&cookie), CacheOutcome::Miss { .. }),
+        "another cookie, another user"
+    );
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test]
+async fn range_and_conditional_requests_go_to_the_origin_and_206_is_never_stored() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+
+    let partial = call(
+        &service,
+        get("http://api.test/file", &[("range", "bytes=0-0")]),
+    )
+    .await;
+    assert_eq!(partial.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        cache_status(&partial),
+        "tower-redis-cache; fwd=bypass; detail=range"
+    );
+    let whole = call(&service, get("http://api.test/file", &[])).await;
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert!(matches!(
+        outcome(&whole),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(&body(whole).await[..], br#"{"n":2,"echo":null}"#);
+    let hit = call(&service, get("http://api.test/file", &[])).await;
+    assert_eq!(
+        (hit.status(), outcome(&hit)),
+        (StatusCode::OK, CacheOutcome::Hit)
+    );
+
+    for conditional in [
+        ("if-none-match", "\"v1\""),
+        ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("if-range", "\"v1\""),
+    ] {
+        let response = call(&service, get("http://api.test/file", &[conditional])).await;
+        let status = cache_status(&response);
+        assert!(
+            status.starts_with("tower-redis-cache; fwd=bypass; detail="),
+            "{conditional:?}: {status}"
+        );
+    }
+    assert_eq!(origin.calls(), 5);
+
+    // A 206 the origin sends unasked is not stored, even when 206 could be listed.
+    let store = RedisStore::new(fred_client(&server.url()).await);
+    let listed = RedisCacheLayer::builder(store)
+        .cacheable_statuses([StatusCode::OK, StatusCode::PARTIAL_CONTENT])
+        .build();
+    assert!(listed.unwrap_err().to_string().contains("206"));
+}
+
+#[tokio::test]
+async fn responses_with_set_cookie_are_neither_stored_nor_shared_with_waiters() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("set-cookie", "session=for-the-first-caller");
+    let (store, reads) = CountingStore::new(RedisStore::new(fred_client(&server.url()).await));
+    let layer = RedisCacheLayer::builder(store)
+        .namespace("shared")
+        .store_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+
+    origin.close();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = call(&service, get("http://api.test/profile", &[])).await;
+                (outcome(&response), body(response).await)
+            })
+        })
+        .collect();
+    // Past its look-up, each caller has joined the in-flight call: two of them wait on the first.
+    wait_until("all three looked up", || reads.load(Ordering::SeqCst) == 3).await;
+    assert_eq!(origin.calls(), 1);
+    origin.open();
+    let mut bodies = Vec::new();
+    for task in tasks {
+        let (outcome, body) = task.await.unwrap();
+        assert_eq!(
+            outcome,
+            CacheOutcome::Miss {
+                collapsed: false,
+                stored: false
+            }
+        );
+        bodies.push(body);
+    }
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 3, "each caller got an answer of its own");
+    assert_eq!(origin.calls(), 3);
+    assert_eq!(stored_keys(&server), 0);
+}
+
+#[tokio::test]
+async fn private_and_no_store_responses_are_not_stored() {
+    let server = RedisServer::start();
+    for directive in ["private, max-age=60", "no-store"] {
+        let origin = Origin::new();
+        origin.add_header("cache-control", directive);
+        let layer = layer(&server).await.build().unwrap();
+        let service = cached(&layer, origin.service());
+        for n in 1..=2 {
+            let response = call(&service, get("http://api.test/account", &[])).await;
+            assert_eq!(
+                outcome(&response),
+                CacheOutcome::Miss {
+                    collapsed: false,
+                    stored: false
+                },
+                "{directive}"
+            );
+            assert_eq!(body(response).await, format!(r#"{{"n":{n},"echo":null}}"#));
+        }
+    }
+    assert_eq!(stored_keys(&server), 0);
+}
+
+#[tokio::test]
+async fn the_response_vary_is_honoured_per_variant() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("vary", "Accept-Language");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let greet = |lang: &'static str| get("http://api.test/greeting", &[("accept-language", lang)]);
+
+    assert!(matches!(
+        outcome(&call(&service, greet("de")).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    let de = call(&service, greet("de")).await;
+    assert_eq!(outcome(&de), CacheOutcome::Hit);
+    let fr = call(&service, greet("fr")).await;
+    assert_eq!(
+        cache_status(&fr),
+        "tower-redis-cache; fwd=vary-miss; fwd-status=200; stored"
+    );
+    assert_eq!(&body(fr).await[..], br#"{"n":2,"echo":null}"#);
+    assert_eq!(
+        outcome(&call(&service, greet("fr")).await),
+        CacheOutcome::Hit
+    );
+    // One variant is stored per key: the French answer replaced the German one.
+    let de_again = call(&service, greet("de")).await;
+    assert!(cache_status(&de_again).contains("fwd=vary-miss"));
+    assert_eq!(&body(de_again).await[..], br#"{"n":3,"echo":null}"#);
+    assert_eq!(origin.calls(), 3);
+
+    // Coalesced callers share an answer only with those of the same variant.
+    origin.close();
+    let spawn = |lang: &'static str| {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut request = greet(lang);
+            request
+                .headers_mut()
+                .insert("cache-control", "no-cache".parse().unwrap());
+            let response = call(&service, request).await;
+            (outcome(&response), body(response).await)
+        })
+    };
+    let leader = spawn("en");
+    wait_until("the leader reached the origin", || origin.calls() == 4).await;
+    let same = spawn("en");
+    let other = spawn("it");
+    // No-cache requests read nothing: once they have run, both wait on the leader.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(origin.calls(), 4);
+    origin.open();
+    let (_, leader_body) = leader.await.unwrap();
+    let (same_outcome, same_body) = same.await.unwrap();
+    let (other_outcome, other_body) = other.await.unwrap();
+    assert_eq!(same_body, leader_body);
+    assert_eq!(
+        same_outcome,
+        CacheOutcome::Miss {
+            collapsed: true,
+            stored: false
+        }
+    );
+    assert_ne!(
+        other_body, leader_body,
+        "another language never gets the leader's answer"
+    );
+    assert_eq!(
+        other_outcome,
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: false
+        }
+    );
+    assert_eq!(origin.calls(), 5);
+}
+
+#[tokio::test]
+async fn vary_star_is_never_stored() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("vary", "*");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    for _ in 0..2 {
+        let response = call(&service, get("http://api.test/random", &[])).await;
+        assert_eq!(
+            outcome(&response),
+            CacheOutcome::Miss {
+                collapsed: false,
+                stored: false
+            }
+        );
+    }
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(stored_keys(&server), 0);
+}
+
+#[tokio::test]
+async fn keys_keep_repeated_query_parameters_and_escaped_json_keys_apart() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server)
+        .await
+        .methods([Method::GET, Method::POST])
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+
+    let by_name = call(
+        &service,
+        get("http://api.test/items?sort=name&sort=date", &[]),
+    )
+    .await;
+    let by_date = call(
+        &service,
+        get("http://api.test/items?sort=date&sort=name", &[]),
+    )
+    .await;
+    assert!(matches!(outcome(&by_date), CacheOutcome::Miss { .. }));
+    assert_ne!(body(by_name).await, body(by_date).await);
+
+    // Last-wins parsers read these as a=2 and a=1.
+    let two = call(&service, post(r#"{"a":1,"\u0061":2}"#)).await;
+    let one = call(&service, post(r#"{"\u0061":2,"a":1}"#)).await;
+    assert!(matches!(outcome(&one), CacheOutcome::Miss { .. }));
+    assert_eq!(
+        &body(two).await[..],
+        br#"{"n":3,"echo":{"a":1,"\u0061":2}}"#
+    );
+    assert_eq!(
+        &body(one).await[..],
+        br#"{"n":4,"echo":{"\u0061":2,"a":1}}"#
+    );
+    // Escapes that mean the same letters are the same query.
+    let escaped = call(&service, post(r#"{"\u0071":"x"}"#)).await;
+    let plain = call(&service, post(r#"{"q":"x"}"#)).await;
+    assert!(matches!(outcome(&escaped), CacheOutcome::Miss { .. }));
+    assert_eq!(outcome(&plain), CacheOutcome::Hit);
+    assert_eq!(origin.calls(), 5);
+}
+
+#[tokio::test]
+async fn concurrent_no_cache_requests_still_make_one_origin_call() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    call(&service, get("http://api.test/report", &[])).await;
+
+    origin.close();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = call(
+                    &service,
+                    get("http://api.test/report", &[("cache-control", "no-cache")]),
+                )
+                .await;
+                (cache_status(&response), body(response).await)
+            })
+        })
+        .collect();
+    wait_until("the revalidation reached the origin", || {
+        origin.calls() == 2
+    })
+    .await;
+    // No-cache requests read nothing: once they have run, all four others wait on the first.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    origin.open();
+    let mut collapsed = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert!(
+            status.starts_with("tower-redis-cache; fwd=request; fwd-status=200"),
+            "{status}"
+        );
+        collapsed += usize::from(status.ends_with("collapsed"));
+        assert_eq!(&body[..], br#"{"n":2,"echo":null}"#);
+    }
+    assert_eq!(origin.calls(), 2, "one revalidation for five callers");
+    assert_eq!(collapsed, 4, "the others shared it");
+    let after = call(&service, get("http://api.test/report", &[])).await;
+    assert_eq!(outcome(&after), CacheOutcome::Hit);
+    assert_eq!(&body(after).await[..], br#"{"n":2,"echo":null}"#);
+}
+
+/// A chunked body of `chunks` chunks of `size` bytes each, made as it is read.
+fn chunked(
+    chunks: usize,
+    size: usize,
+) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>>> {
+    let chunk = Bytes::from(vec![b'x'; size]);
+    StreamBody::new(futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok(Frame::data(chunk.clone()))),
+    ))
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_cap_reaches_the_origin_whole_and_uncached() {
+    let server = RedisServer::start();
+    let layer = layer(&server)
+        .await
+        .methods([Method::POST])
+        .max_body_size(4096)
+        .build()
+        .unwrap();
+    // An origin that counts what it receives.
+    let origin = tower::service_fn(
+        |request: Request<tower_redis_cache::RequestBody>| async move {
+            let received = request.into_body().collect().await?.to_bytes();
+            Ok::<_, tower_redis_cache::error::BoxError>(http::Response::new(Full::new(
+                Bytes::from(received.len().to_string()),
+            )))
+        },
+    );
+    let service = cached(&layer, origin);
+    let request = Request::post("http://api.test/upload")
+        .body(chunked(64, 1024))
+        .unwrap();
+    let response: Reply = service.clone().oneshot(request).await.unwrap();
+    assert_eq!(
+        cache_status(&response),
+        "tower-redis-cache; fwd=bypass; detail=request-too-large"
+    );
+    assert_eq!(&body(response).await[..], b"65536");
+
+    // Within the cap, a chunked body is keyed like any other.
+    for expected in [
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true,
+        },
+        CacheOutcome::Hit,
+    ] {
+        let request = Request::post("http://api.test/upload")
+            .body(chunked(4, 1024))
+            .unwrap();
+        let response: Reply = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(outcome(&response), expected);
+    }
+}
