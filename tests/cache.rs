@@ -44,10 +44,9 @@ async fn hundred_concurrent_cold_requests_make_one_inner_call() {
             (outcome(&response), body(response).await)
         }));
     }
-    // Every caller has joined the flight before the origin answers.
+    // Callers that joined the flight share its answer; those that arrive after it are hits: either way no
+    // second inner call.
     wait_until("the leader reached the origin", || origin.calls() == 1).await;
-    // Give the other 99 time to join the flight (those that come later are hits, also without an inner call).
-    tokio::time::sleep(Duration::from_millis(100)).await;
     origin.open();
     let mut bodies = Vec::new();
     let mut leaders = 0;

@@ -6,6 +6,7 @@
 //! takes over as the new leader instead of waiting forever.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
@@ -13,13 +14,24 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub(crate) struct Coalescer<T> {
     flights: Mutex<HashMap<Arc<str>, watch::Receiver<Option<T>>>>,
+    /// Flights completed so far, of any key: a caller that read the store before a flight for its key finished
+    /// (and stored) and joins after it sees this move, and looks again instead of calling the origin twice.
+    completed: AtomicU64,
 }
 
 impl<T> Default for Coalescer<T> {
     fn default() -> Self {
         Coalescer {
             flights: Mutex::new(HashMap::new()),
+            completed: AtomicU64::new(0),
         }
+    }
+}
+
+impl<T> Coalescer<T> {
+    /// How many flights have completed; read before a store look-up, compared after joining.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.completed.load(Ordering::Acquire)
     }
 }
 
@@ -71,6 +83,8 @@ impl<T: Clone> Coalescer<T> {
 impl<T> Leader<'_, T> {
     /// Publishes the result to every waiter and ends the flight.
     pub(crate) fn complete(mut self, value: T) {
+        // Counted before the flight leaves the map: whoever joins after it is gone sees the count moved.
+        self.coalescer.completed.fetch_add(1, Ordering::AcqRel);
         self.remove();
         if let Some(tx) = self.tx.take() {
             // No receivers left is fine: nobody was waiting.

@@ -9,7 +9,7 @@ use super::body::ResponseBody;
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
-    Action, Forward, Lookup, RequestFacts, ResponseFacts, Rules, decide, judge,
+    Action, Forward, Fwd, Lookup, RequestFacts, ResponseFacts, Rules, decide, judge,
     serve_stale_on_error,
 };
 use super::entry::{Entry, storable_headers};
@@ -43,6 +43,19 @@ pub(crate) struct Buffered {
     /// The inner response's extensions (a retry layer's attempt count, ...), handed on with a fresh answer;
     /// never stored.
     pub(crate) extensions: http::Extensions,
+}
+
+impl Buffered {
+    /// A stored entry as a response to share with coalesced callers.
+    fn from_entry(entry: &Entry) -> Self {
+        Buffered {
+            status: entry.status,
+            version: Version::HTTP_11,
+            headers: entry.headers.clone(),
+            body: entry.body.clone(),
+            extensions: http::Extensions::new(),
+        }
+    }
 }
 
 /// What one origin call produced.
@@ -244,9 +257,10 @@ impl Engine {
             let action = self.policy.screen(&facts);
             if action != Action::Read {
                 return self
-                    .forward(key, facts, origin, action, None, StoreHealth::Ok)
+                    .forward(key, facts, origin, action, None, StoreHealth::Ok, None)
                     .await;
             }
+            let epoch = self.flights.epoch();
             let read = self.read(&key).await;
             let mut health = StoreHealth::Ok;
             let (entry, lookup) = match read {
@@ -280,7 +294,7 @@ impl Engine {
                     Ok(cached(entry, now, CacheOutcome::Stale { refreshing }, None))
                 }
                 (action, entry) => {
-                    self.forward(key, facts, origin, action, entry, health)
+                    self.forward(key, facts, origin, action, entry, health, Some(epoch))
                         .await
                 }
             }
@@ -291,7 +305,12 @@ impl Engine {
     /// path that must stay cheap, carries none of this state (a smaller future is less to allocate and copy).
     ///
     /// `action` is a [`Forward`]; anything else (a bypass the adapter did not take, an answer without its
-    /// entry, neither of which its callers produce) goes to the origin uncached.
+    /// entry, neither of which its callers produce) goes to the origin uncached. `epoch` is the in-flight map's
+    /// count of finished calls when the entry was read (`None`: not read).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request's state, passed on once from the hit path"
+    )]
     fn forward<'o, R, O>(
         self: Arc<Self>,
         key: CacheKey,
@@ -300,6 +319,7 @@ impl Engine {
         action: Action,
         entry: Option<Entry>,
         health: StoreHealth,
+        epoch: Option<u64>,
     ) -> AnswerFuture<'o, R>
     where
         R: Body + Send + 'static,
@@ -318,6 +338,21 @@ impl Engine {
             loop {
                 match self.flights.join(key.as_str()) {
                     Role::Leader(leader) => {
+                        // A call for this key may have finished and stored between this request's read and its
+                        // joining: then that entry answers, and the origin is not asked twice.
+                        if forward.why == Fwd::UriMiss
+                            && epoch.is_some_and(|e| e != self.flights.epoch())
+                            && let Some(entry) =
+                                self.fresh_entry(&key, &facts, origin.headers()).await
+                        {
+                            let now = self.clock.now_ms();
+                            leader.complete(Shared::Response {
+                                response: Arc::new(Buffered::from_entry(&entry)),
+                                vary: entry.vary,
+                            });
+                            bump(&self.counters.hits);
+                            return Ok(cached(entry, now, CacheOutcome::Hit, None));
+                        }
                         bump(&self.counters.misses);
                         tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
                         match origin.call().await {
@@ -463,6 +498,20 @@ impl Engine {
         };
         decorate(&mut response, &status);
         Ok(response)
+    }
+
+    /// The entry for `key` if the decision would serve it fresh to this request.
+    async fn fresh_entry(
+        &self,
+        key: &CacheKey,
+        facts: &RequestFacts,
+        headers: &HeaderMap,
+    ) -> Option<Entry> {
+        let entry = self.read(key).await.ok()??;
+        let stored = entry.stored(vary_digest(&entry.headers, headers) == entry.vary);
+        let now = self.clock.now_ms();
+        let fresh = decide(&self.policy.rules, facts, Lookup::Found(stored), now);
+        (fresh == Action::ServeFresh).then_some(entry)
     }
 
     /// Reads and decodes the entry for `key`. Undecodable values are misses (the next store overwrites them).
