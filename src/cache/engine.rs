@@ -339,8 +339,10 @@ impl Engine {
                 match self.flights.join(key.as_str()) {
                     Role::Leader(leader) => {
                         // A call for this key may have finished and stored between this request's read and its
-                        // joining: then that entry answers, and the origin is not asked twice.
+                        // joining: then that entry answers, and the origin is not asked twice. (Not after a failed
+                        // read: a request pays at most one store timeout.)
                         if forward.why == Fwd::UriMiss
+                            && forward.store
                             && epoch.is_some_and(|e| e != self.flights.epoch())
                             && let Some(entry) =
                                 self.fresh_entry(&key, &facts, origin.headers()).await
