@@ -15,6 +15,7 @@ use super::decision::{
 use super::entry::{Entry, storable_headers};
 use super::guard::GuardedStore;
 use super::key::{CacheKey, KeyConfig, vary_digest};
+use super::near::{Fill, FlushCause, Near, Tracking};
 use super::stats::{Counters, bump};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
 use crate::buffer::{Collected, collect_capped, content_length};
@@ -56,6 +57,12 @@ impl Buffered {
             extensions: http::Extensions::new(),
         }
     }
+}
+
+/// Where [`Engine::conclude`] leaves a request: answered, or to forward (with what the forward needs back).
+enum Next<R, O> {
+    Answer(Response<ResponseBody<R>>),
+    Forward(O, Action, Option<Entry>, StoreHealth),
 }
 
 /// What one origin call produced.
@@ -138,6 +145,13 @@ where
     }
 }
 
+/// What the builder configured about the near cache.
+pub(crate) struct NearConfig {
+    pub(crate) max_bytes: u64,
+    pub(crate) max_ttl: Duration,
+    pub(crate) tracking: Arc<dyn Tracking>,
+}
+
 /// Decides per request whether a `POST` is cached.
 pub(crate) type PostPredicate = Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>;
 
@@ -215,19 +229,39 @@ pub(crate) struct Engine {
     pub(crate) keys: KeyConfig,
     pub(crate) store: GuardedStore,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) clock: Clock,
+    pub(crate) clock: Arc<Clock>,
+    /// The near cache, when the layer has one.
+    pub(crate) near: Option<Arc<Near>>,
     flights: Coalescer<Shared>,
     pub(super) refreshing: Mutex<HashSet<String>>,
 }
 
 impl Engine {
-    pub(crate) fn new(policy: Policy, keys: KeyConfig, store: GuardedStore) -> Self {
+    pub(crate) fn new(
+        policy: Policy,
+        keys: KeyConfig,
+        store: GuardedStore,
+        near: Option<NearConfig>,
+    ) -> Self {
+        let clock = Arc::new(Clock::new());
+        let counters = store.counters.clone();
+        let near = near.map(|config| {
+            Arc::new(Near::new(
+                keys.namespace_prefix(),
+                config.max_bytes,
+                config.max_ttl,
+                config.tracking,
+                counters.clone(),
+                clock.clone(),
+            ))
+        });
         Engine {
-            counters: store.counters.clone(),
+            counters,
             policy,
             keys,
             store,
-            clock: Clock::new(),
+            clock,
+            near,
             flights: Coalescer::default(),
             refreshing: Mutex::new(HashSet::new()),
         }
@@ -260,45 +294,146 @@ impl Engine {
                     .forward(key, facts, origin, action, None, StoreHealth::Ok, None)
                     .await;
             }
+            if self.near.is_some() {
+                let fill = match self.near_lookup(&key, &facts, origin.headers()) {
+                    Ok(response) => return Ok(response),
+                    Err(fill) => fill,
+                };
+                return self.respond_through(key, facts, origin, fill).await;
+            }
             let epoch = self.flights.epoch();
             let read = self.read(&key).await;
-            let mut health = StoreHealth::Ok;
-            let (entry, lookup) = match read {
-                Ok(Some(found)) => {
-                    let vary_matches = vary_digest(&found.headers, origin.headers()) == found.vary;
-                    let stored = found.stored(vary_matches);
-                    (Some(found), Lookup::Found(stored))
-                }
-                Ok(None) => (None, Lookup::Absent),
-                Err(store_health) => {
-                    health = store_health;
-                    (None, Lookup::Failed)
-                }
-            };
-            let now = self.clock.now_ms();
-            match (decide(&self.policy.rules, &facts, lookup, now), entry) {
-                (Action::ServeFresh, Some(entry)) => {
-                    bump(&self.counters.hits);
-                    tracing::debug!(key = key.short(), outcome = "hit", "cache decision");
-                    Ok(cached(entry, now, CacheOutcome::Hit, None))
-                }
-                (Action::ServeStale, Some(entry)) => {
-                    bump(&self.counters.stale_hits);
-                    let refreshing = self.start_refresh(&key, facts, origin.into_refresh());
-                    tracing::debug!(
-                        key = key.short(),
-                        outcome = "stale",
-                        refreshing,
-                        "cache decision"
-                    );
-                    Ok(cached(entry, now, CacheOutcome::Stale { refreshing }, None))
-                }
-                (action, entry) => {
+            match self.conclude(&key, facts, origin, read, None) {
+                Next::Answer(response) => Ok(response),
+                Next::Forward(origin, action, entry, health) => {
                     self.forward(key, facts, origin, action, entry, health, Some(epoch))
                         .await
                 }
             }
         }
+    }
+
+    /// [`respond`](Self::respond) past a near-cache miss: the store read, with a near-cache placeholder in
+    /// flight. Boxed apart, so that the future of a hit without a near cache does not carry it.
+    fn respond_through<'o, R, O>(
+        self: Arc<Self>,
+        key: CacheKey,
+        facts: RequestFacts,
+        origin: O,
+        fill: Option<Fill>,
+    ) -> AnswerFuture<'o, R>
+    where
+        R: Body + Send + 'static,
+        O: Origin<R> + 'o,
+    {
+        Box::pin(async move {
+            let epoch = self.flights.epoch();
+            let read = self.read(&key).await;
+            match self.conclude(&key, facts, origin, read, fill) {
+                Next::Answer(response) => Ok(response),
+                Next::Forward(origin, action, entry, health) => {
+                    self.forward(key, facts, origin, action, entry, health, Some(epoch))
+                        .await
+                }
+            }
+        })
+    }
+
+    /// What a store read leads to: an answer from the entry (fresh, or stale with a refresh started), or a
+    /// forward. Settles the near-cache placeholder `fill`, if any.
+    fn conclude<R, O>(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        facts: RequestFacts,
+        origin: O,
+        read: Result<Option<Entry>, StoreHealth>,
+        fill: Option<Fill>,
+    ) -> Next<R, O>
+    where
+        R: Body + Send + 'static,
+        O: Origin<R>,
+    {
+        let mut health = StoreHealth::Ok;
+        let (entry, lookup) = match read {
+            Ok(Some(found)) => {
+                let vary_matches = vary_digest(&found.headers, origin.headers()) == found.vary;
+                let stored = found.stored(vary_matches);
+                (Some(found), Lookup::Found(stored))
+            }
+            Ok(None) => (None, Lookup::Absent),
+            Err(store_health) => {
+                health = store_health;
+                (None, Lookup::Failed)
+            }
+        };
+        let now = self.clock.now_ms();
+        let action = decide(&self.policy.rules, &facts, lookup, now);
+        if let (Some(near), Some(fill)) = (&self.near, fill) {
+            match (action, &entry) {
+                (Action::ServeFresh, Some(entry)) => {
+                    near.complete_fill(key.as_str(), fill, entry, now);
+                }
+                _ => near.abandon_fill(key.as_str(), fill),
+            }
+        }
+        match (action, entry) {
+            (Action::ServeFresh, Some(entry)) => {
+                bump(&self.counters.hits);
+                tracing::debug!(key = key.short(), outcome = "hit", "cache decision");
+                Next::Answer(cached(entry, now, CacheOutcome::Hit, None, false))
+            }
+            (Action::ServeStale, Some(entry)) => {
+                bump(&self.counters.stale_hits);
+                let refreshing = self.start_refresh(key, facts, origin.into_refresh());
+                tracing::debug!(
+                    key = key.short(),
+                    outcome = "stale",
+                    refreshing,
+                    "cache decision"
+                );
+                let outcome = CacheOutcome::Stale { refreshing };
+                Next::Answer(cached(entry, now, outcome, None, false))
+            }
+            (action, entry) => Next::Forward(origin, action, entry, health),
+        }
+    }
+
+    /// Answers from the near cache when it holds a fresh entry for this request; otherwise returns the
+    /// placeholder a read from the store may fill (`None` without a near cache, or while it may not answer).
+    /// Synchronous, so that none of it weighs on the future of a hit.
+    fn near_lookup<R>(
+        &self,
+        key: &CacheKey,
+        facts: &RequestFacts,
+        headers: &HeaderMap,
+    ) -> Result<Response<ResponseBody<R>>, Option<Fill>> {
+        let Some(near) = &self.near else {
+            return Err(None);
+        };
+        near.start();
+        let now = self.clock.now_ms();
+        if let Some(entry) = near.get(key.as_str(), now) {
+            let vary_matches = vary_digest(&entry.headers, headers) == entry.vary;
+            let stored = Lookup::Found(entry.stored(vary_matches));
+            if decide(&self.policy.rules, facts, stored, now) == Action::ServeFresh {
+                bump(&self.counters.hits);
+                bump(&self.counters.near_hits);
+                tracing::debug!(
+                    key = key.short(),
+                    outcome = "hit",
+                    near = true,
+                    "cache decision"
+                );
+                return Ok(cached(
+                    Entry::clone(&entry),
+                    now,
+                    CacheOutcome::Hit,
+                    None,
+                    true,
+                ));
+            }
+        }
+        Err(near.begin_fill(key.as_str(), now))
     }
 
     /// The forward path: coalesce, call the origin, store. Boxed on its own so that the future of a hit, the
@@ -353,7 +488,7 @@ impl Engine {
                                 vary: entry.vary,
                             });
                             bump(&self.counters.hits);
-                            return Ok(cached(entry, now, CacheOutcome::Hit, None));
+                            return Ok(cached(entry, now, CacheOutcome::Hit, None, false));
                         }
                         bump(&self.counters.misses);
                         tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
@@ -443,7 +578,13 @@ impl Engine {
                 bump(&self.counters.stale_if_error);
                 tracing::debug!(outcome = "stale-if-error", "cache decision");
                 let fwd_status = status.map(|s| s.as_u16());
-                return Ok(cached(entry, now, CacheOutcome::StaleIfError, fwd_status));
+                return Ok(cached(
+                    entry,
+                    now,
+                    CacheOutcome::StaleIfError,
+                    fwd_status,
+                    false,
+                ));
             }
         }
         let response = result.map_err(|error| Box::new(SharedError::new(error)) as BoxError)?;
@@ -573,10 +714,26 @@ impl Engine {
             .call("set", |s| s.set(key.as_str(), value, ttl))
             .await
             .is_ok();
+        // The entry changed (or may have): the near copy goes; the next read fills it again.
+        self.forget(key);
         if stored {
             bump(&self.counters.stores);
         }
         stored
+    }
+
+    /// Drops this process's near copy of `key`, if it has a near cache.
+    pub(crate) fn forget(&self, key: &CacheKey) {
+        if let Some(near) = &self.near {
+            near.remove(key.as_str());
+        }
+    }
+
+    /// Empties this process's near cache, if it has one.
+    pub(crate) fn forget_all(&self) {
+        if let Some(near) = &self.near {
+            near.flush(FlushCause::Local);
+        }
     }
 
     /// Counts and logs a request that bypasses the cache; returns the status its response carries.
@@ -591,16 +748,18 @@ impl Engine {
     }
 }
 
-/// A response built from a stored entry.
+/// A response built from a stored entry (`near`: from the near cache).
 fn cached<R>(
     entry: Entry,
     now: u64,
     outcome: CacheOutcome,
     fwd_status: Option<u16>,
+    near: bool,
 ) -> Response<ResponseBody<R>> {
     let mut status = Status::new(outcome);
     status.ttl = Some(entry.ttl_secs(now));
     status.fwd_status = fwd_status;
+    status.near = near;
     let age = entry.age_secs(now);
     let mut response = Response::new(ResponseBody::full(entry.body));
     *response.status_mut() = entry.status;

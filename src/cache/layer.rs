@@ -2,9 +2,10 @@
 
 use super::RedisCache;
 use super::decision::{Credentials, Rules, default_statuses};
-use super::engine::{Engine, Policy, PostPredicate};
+use super::engine::{Engine, NearConfig, Policy, PostPredicate};
 use super::guard::{Breaker, GuardedStore};
 use super::key::KeyConfig;
+use super::near::Tracking;
 use super::stats::{CacheStats, Counters};
 use super::store::Store;
 use crate::error::{ConfigError, StoreError};
@@ -28,7 +29,16 @@ impl RedisCacheLayer {
     /// Starts a builder over `store` (a [`RedisStore`](super::RedisStore), a
     /// [`MemoryStore`](super::MemoryStore), or your own [`Store`]).
     pub fn builder(store: impl Store) -> RedisCacheLayerBuilder {
-        RedisCacheLayerBuilder::new(Arc::new(store))
+        // A Redis store can keep a near cache coherent (client tracking); any other store cannot.
+        #[cfg(feature = "redis")]
+        let tracking = (&store as &dyn std::any::Any)
+            .downcast_ref::<super::RedisStore>()
+            .map(super::RedisStore::tracking);
+        #[cfg(not(feature = "redis"))]
+        let tracking = None;
+        let mut builder = RedisCacheLayerBuilder::new(Arc::new(store));
+        builder.tracking = tracking;
+        builder
     }
 
     /// Starts a builder over an already shared store.
@@ -108,6 +118,7 @@ impl CacheHandle {
         request: &Request<T>,
     ) -> Result<bool, StoreError> {
         let key = self.key_for(request);
+        self.engine.forget(&key);
         let lease = key.lease_key();
         let keys = [key.as_str(), lease.as_str()];
         let removed = self.engine.store.store.remove(&keys[..1]).await?;
@@ -123,6 +134,7 @@ impl CacheHandle {
     /// The store's error; the circuit breaker and store timeout do not apply here.
     pub async fn purge(&self) -> Result<u64, StoreError> {
         let prefix = self.engine.keys.namespace_prefix();
+        self.engine.forget_all();
         self.engine.store.store.purge_prefix(&prefix).await
     }
 
@@ -154,6 +166,9 @@ pub struct RedisCacheLayerBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     respect_response_cache_control: bool,
+    near_bytes: u64,
+    near_max_ttl: Duration,
+    tracking: Option<Arc<dyn Tracking>>,
 }
 
 impl fmt::Debug for RedisCacheLayerBuilder {
@@ -198,6 +213,9 @@ impl RedisCacheLayerBuilder {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             respect_response_cache_control: true,
+            near_bytes: 0,
+            near_max_ttl: Duration::from_secs(60),
+            tracking: None,
         }
     }
 
@@ -325,14 +343,38 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// Keeps fresh entries in the process too, in a near cache of at most `max_bytes`, so that a hit on a hot
+    /// key costs no network call (`Cache-Status: ...; hit; ttl=N; detail=near`). Default: 0, off.
+    ///
+    /// The near cache is kept coherent by Redis client tracking: a connection of its own (one per primary in
+    /// a Cluster) has Redis push an invalidation for every change to a key of the namespace, by any process, and
+    /// each one drops the key here. While tracking is not confirmed (not started yet, reconnecting, or no probe
+    /// answered for a second) the near cache does not answer, and every doubt (a lost connection, missed
+    /// invalidations, a topology change, a `FLUSHALL`) empties it. Only fresh entries are kept, for at most
+    /// their freshness and [`near_cache_max_ttl`](Self::near_cache_max_ttl); stale ones are read from Redis so
+    /// that their refresh stays one per fleet.
+    ///
+    /// Needs a [`RedisStore`](super::RedisStore) (`build` refuses another store) on Redis 6 or newer.
+    pub fn near_cache(mut self, max_bytes: u64) -> Self {
+        self.near_bytes = max_bytes;
+        self
+    }
+
+    /// The longest an entry is answered from the near cache, whatever its freshness. Default: 60 s.
+    pub fn near_cache_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.near_max_ttl = max_ttl;
+        self
+    }
+
     /// Validates the configuration and builds the layer.
     ///
     /// # Errors
     ///
     /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a window or
     /// lease over 10 years, a zero store or refresh timeout, a zero breaker threshold, a body cap over 4 GiB,
-    /// `206` or `304` among the cacheable statuses, or [`Credentials::Partition`] or
-    /// `respect_response_cache_control(false)` without a partition.
+    /// `206` or `304` among the cacheable statuses, [`Credentials::Partition`] or
+    /// `respect_response_cache_control(false)` without a partition, or a near cache over a store other than
+    /// [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
     pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
         if self.namespace.is_empty()
             || self.namespace.chars().any(|c| {
@@ -351,6 +393,7 @@ impl RedisCacheLayerBuilder {
             ("stale_for", self.stale_for),
             ("stale_if_error_for", self.stale_if_error_for),
             ("refresh_lease_for", self.lease_for),
+            ("near_cache_max_ttl", self.near_max_ttl),
         ] {
             if window > MAX_WINDOW {
                 return Err(ConfigError::new(format!(
@@ -400,6 +443,25 @@ impl RedisCacheLayerBuilder {
                 ));
             }
         }
+        let near = if self.near_bytes == 0 {
+            None
+        } else {
+            let tracking = self.tracking.ok_or_else(|| {
+                ConfigError::new(
+                    "near_cache needs a RedisStore: its invalidations keep the near cache coherent",
+                )
+            })?;
+            if self.near_max_ttl.is_zero() {
+                return Err(ConfigError::new(
+                    "near_cache_max_ttl must be greater than zero",
+                ));
+            }
+            Some(NearConfig {
+                max_bytes: self.near_bytes,
+                max_ttl: self.near_max_ttl,
+                tracking,
+            })
+        };
         let counters = Arc::new(Counters::new(&self.namespace));
         let store = GuardedStore {
             store: self.store,
@@ -436,7 +498,7 @@ impl RedisCacheLayerBuilder {
             vary,
         };
         Ok(RedisCacheLayer {
-            engine: Arc::new(Engine::new(policy, keys, store)),
+            engine: Arc::new(Engine::new(policy, keys, store, near)),
         })
     }
 }
@@ -489,6 +551,7 @@ mod tests {
             ),
             (builder().credentials(Credentials::Partition), "partition"),
             (builder().respect_response_cache_control(false), "partition"),
+            (builder().near_cache(1 << 20), "RedisStore"),
         ];
         for (builder, named) in cases {
             let error = builder.build().unwrap_err().to_string();

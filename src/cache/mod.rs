@@ -111,6 +111,7 @@ pub mod future;
 mod guard;
 mod key;
 mod layer;
+pub(crate) mod near;
 mod refresh;
 mod service;
 pub(crate) mod stats;

@@ -54,6 +54,13 @@ pub(crate) struct Counters {
     pub(crate) store_errors: Counter,
     pub(crate) store_skipped: Counter,
     pub(crate) decode_errors: Counter,
+    pub(crate) near_hits: Counter,
+    pub(crate) near_fills: Counter,
+    pub(crate) near_fills_discarded: Counter,
+    pub(crate) near_invalidations: Counter,
+    pub(crate) near_flushes_server: Counter,
+    pub(crate) near_flushes_connection: Counter,
+    pub(crate) near_flushes_local: Counter,
 }
 
 impl Counters {
@@ -79,6 +86,28 @@ impl Counters {
             store_errors: Counter::new("tower_redis_cache_store_errors_total", &namespace),
             store_skipped: Counter::new("tower_redis_cache_store_skipped_total", &namespace),
             decode_errors: Counter::new("tower_redis_cache_decode_errors_total", &namespace),
+            near_hits: Counter::new("tower_redis_cache_near_hits_total", &namespace),
+            near_fills: Counter::new("tower_redis_cache_near_fills_total", &namespace),
+            near_fills_discarded: Counter::new(
+                "tower_redis_cache_near_fills_discarded_total",
+                &namespace,
+            ),
+            near_invalidations: Counter::new(
+                "tower_redis_cache_near_invalidations_total",
+                &namespace,
+            ),
+            near_flushes_server: Counter::new(
+                "tower_redis_cache_near_flushes_server_total",
+                &namespace,
+            ),
+            near_flushes_connection: Counter::new(
+                "tower_redis_cache_near_flushes_connection_total",
+                &namespace,
+            ),
+            near_flushes_local: Counter::new(
+                "tower_redis_cache_near_flushes_local_total",
+                &namespace,
+            ),
         }
     }
 
@@ -97,6 +126,13 @@ impl Counters {
             store_errors: self.store_errors.get(),
             store_skipped: self.store_skipped.get(),
             decode_errors: self.decode_errors.get(),
+            near_hits: self.near_hits.get(),
+            near_fills: self.near_fills.get(),
+            near_fills_discarded: self.near_fills_discarded.get(),
+            near_invalidations: self.near_invalidations.get(),
+            near_flushes_server: self.near_flushes_server.get(),
+            near_flushes_connection: self.near_flushes_connection.get(),
+            near_flushes_local: self.near_flushes_local.get(),
         }
     }
 }
@@ -131,4 +167,20 @@ pub struct CacheStats {
     pub store_skipped: u64,
     /// Stored values that could not be decoded (treated as misses and overwritten).
     pub decode_errors: u64,
+    /// Fresh hits answered by the near cache, without a store call (also counted in `hits`).
+    pub near_hits: u64,
+    /// Entries read from the store and kept in the near cache.
+    pub near_fills: u64,
+    /// Entries read from the store but not kept, because the key was invalidated (or the near cache emptied)
+    /// while the read was in flight.
+    pub near_fills_discarded: u64,
+    /// Keys the store said changed, dropped from the near cache.
+    pub near_invalidations: u64,
+    /// Times the near cache was emptied because the store was flushed (`FLUSHALL`, `FLUSHDB`).
+    pub near_flushes_server: u64,
+    /// Times the near cache was emptied because tracking was lost or in doubt (connection loss, reconnect, a
+    /// lagging invalidation channel, a missed probe, a topology change), and once each time tracking starts.
+    pub near_flushes_connection: u64,
+    /// Times the near cache was emptied by this process's own purge.
+    pub near_flushes_local: u64,
 }

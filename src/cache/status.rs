@@ -4,6 +4,7 @@
 //! | outcome | `Cache-Status` |
 //! |---|---|
 //! | fresh hit | `tower-redis-cache; hit; ttl=12` |
+//! | fresh hit from the near cache (no store call) | `tower-redis-cache; hit; ttl=12; detail=near` |
 //! | stale hit, refreshed in the background | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
 //! | another variant stored (the response's `Vary`) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
@@ -150,6 +151,8 @@ pub(crate) struct Status {
     /// Why a miss was forwarded.
     pub(crate) fwd: Fwd,
     pub(crate) store: StoreHealth,
+    /// The answer came from the near cache.
+    pub(crate) near: bool,
 }
 
 pub(crate) const CACHE_NAME: &str = "tower-redis-cache";
@@ -162,6 +165,7 @@ impl Status {
             fwd_status: None,
             fwd: Fwd::UriMiss,
             store: StoreHealth::Ok,
+            near: false,
         }
     }
 
@@ -175,7 +179,12 @@ impl Status {
             StoreHealth::Unavailable => Some("store-unavailable"),
         };
         match self.outcome {
-            CacheOutcome::Hit | CacheOutcome::Stale { .. } => s.push_str("; hit"),
+            CacheOutcome::Hit | CacheOutcome::Stale { .. } => {
+                s.push_str("; hit");
+                if self.near {
+                    detail = Some("near");
+                }
+            }
             CacheOutcome::Miss { .. } => {
                 let _ = write!(s, "; fwd={}", self.fwd.as_str());
             }
@@ -294,6 +303,8 @@ mod tests {
         let mut hit = Status::new(CacheOutcome::Hit);
         hit.ttl = Some(12);
         assert_eq!(fmt(hit), "tower-redis-cache; hit; ttl=12");
+        hit.near = true;
+        assert_eq!(fmt(hit), "tower-redis-cache; hit; ttl=12; detail=near");
 
         let mut stale = Status::new(CacheOutcome::Stale { refreshing: true });
         stale.ttl = Some(-3);

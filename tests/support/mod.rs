@@ -3,6 +3,7 @@
 
 pub mod calls;
 pub mod origin;
+pub mod proxy;
 pub mod redis;
 pub mod store;
 

@@ -31,6 +31,8 @@ use std::time::Duration;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod tracking;
 
 #[cfg(feature = "memory")]
 pub use self::memory::MemoryStore;

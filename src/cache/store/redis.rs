@@ -97,6 +97,11 @@ impl RedisStore {
         Ok(Self::new(client))
     }
 
+    /// The configuration of the store's (first) client: where Redis is and how to reach it.
+    pub(crate) fn config(&self) -> Config {
+        self.clients[0].client_config()
+    }
+
     fn client(&self) -> &fred::clients::WithOptions<Client> {
         if self.clients.len() == 1 {
             return &self.clients[0];

@@ -1,0 +1,252 @@
+//! The near cache against real redis-server processes: two layers with clients of their own stand for two
+//! processes, and every way a key can change elsewhere must reach the other's near cache.
+
+mod support;
+
+use http::{Method, Request};
+use http_body_util::Full;
+use std::time::Duration;
+use support::calls::{Reply, body, cache_status, call, outcome, post, post_bytes, wait_until};
+use support::proxy::Proxy;
+use support::{Origin, RedisCluster, RedisServer, fred_client};
+use tower_redis_cache::cache::RedisCacheLayerBuilder;
+use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
+
+async fn near_layer(url: &str) -> RedisCacheLayerBuilder {
+    RedisCacheLayer::builder(RedisStore::new(fred_client(url).await))
+        .namespace("near")
+        .methods([Method::GET, Method::POST])
+        .store_timeout(Duration::from_secs(2))
+        .near_cache(16 << 20)
+}
+
+fn cached<S>(layer: &RedisCacheLayer, inner: S) -> RedisCache<S> {
+    tower::Layer::layer(layer, inner)
+}
+
+fn is_near(response: &Reply) -> bool {
+    cache_status(response).ends_with("; detail=near")
+}
+
+fn revalidate(json: &str) -> Request<Full<bytes::Bytes>> {
+    let mut request = post(json);
+    request
+        .headers_mut()
+        .insert("cache-control", "no-cache".parse().unwrap());
+    request
+}
+
+/// Calls `query` until the near cache answers it (tracking armed, entry filled): a bounded poll.
+async fn until_near<S>(service: &S, query: &str) -> Reply
+where
+    S: tower::Service<
+            Request<Full<bytes::Bytes>>,
+            Response = Reply,
+            Error = tower_redis_cache::error::BoxError,
+        > + Clone,
+{
+    for _ in 0..500 {
+        let response = call(service, post(query)).await;
+        if is_near(&response) {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the near cache never answered {query}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_by_one_process_is_never_answered_by_the_others_near_cache() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let a = near_layer(&server.url()).await.build().unwrap();
+    let b = near_layer(&server.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let query = r#"{"q":"shared"}"#;
+
+    assert!(matches!(
+        outcome(&call(&service_a, post(query)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    let near = until_near(&service_b, query).await;
+    assert_eq!(outcome(&near), CacheOutcome::Hit);
+    assert!(cache_status(&near).starts_with("tower-redis-cache; hit; ttl="));
+    assert_eq!(&body(near).await[..], br#"{"n":1,"echo":{"q":"shared"}}"#);
+    assert!(b.handle().stats().near_hits >= 1);
+
+    // A writes a new answer; once B has heard of it, B never answers the old one.
+    let before = b.handle().stats().near_invalidations;
+    call(&service_a, revalidate(query)).await;
+    wait_until("B heard of A's write", || {
+        b.handle().stats().near_invalidations > before
+    })
+    .await;
+    for _ in 0..20 {
+        let response = call(&service_b, post(query)).await;
+        assert_eq!(
+            &body(response).await[..],
+            br#"{"n":2,"echo":{"q":"shared"}}"#
+        );
+    }
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn del_and_flushall_from_outside_empty_the_near_cache() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = near_layer(&server.url()).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let handle = layer.handle();
+    let query = r#"{"q":"operator"}"#;
+    let key = handle.key_for(&post_bytes(query));
+
+    call(&service, post(query)).await;
+    until_near(&service, query).await;
+    let before = handle.stats().near_invalidations;
+    server.command(&[b"DEL", key.as_str().as_bytes()]);
+    wait_until("the DEL reached the near cache", || {
+        handle.stats().near_invalidations > before
+    })
+    .await;
+    let after_del = call(&service, post(query)).await;
+    assert!(
+        matches!(outcome(&after_del), CacheOutcome::Miss { .. }),
+        "{}",
+        cache_status(&after_del)
+    );
+    assert_eq!(
+        &body(after_del).await[..],
+        br#"{"n":2,"echo":{"q":"operator"}}"#
+    );
+
+    until_near(&service, query).await;
+    server.command(&[b"FLUSHALL"]);
+    wait_until("the flush reached the near cache", || {
+        handle.stats().near_flushes_server >= 1
+    })
+    .await;
+    let after_flush = call(&service, post(query)).await;
+    assert!(matches!(outcome(&after_flush), CacheOutcome::Miss { .. }));
+    assert_eq!(
+        &body(after_flush).await[..],
+        br#"{"n":3,"echo":{"q":"operator"}}"#
+    );
+}
+
+/// The read of a key is held in flight (its reply waits in a proxy) while another process writes the key:
+/// the invalidation arrives first, so the value the read brings back must not be kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_the_read_wins_over_the_fill() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let origin = Origin::new();
+    // A's data connection is the proxy's first; its tracking connection (opened on A's first request) is the
+    // second, and is never held.
+    let a = near_layer(&proxy.url()).await.build().unwrap();
+    assert_eq!(proxy.connections(), 1);
+    let b = near_layer(&server.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    call(&service_a, post(r#"{"q":"warm"}"#)).await;
+    until_near(&service_a, r#"{"q":"warm"}"#).await;
+
+    let query = r#"{"q":"raced"}"#;
+    call(&service_b, post(query)).await;
+    let gets = |server: &RedisServer| -> u64 {
+        let info = String::from_utf8(server.command(&[b"INFO", b"commandstats"])).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+            .and_then(|l| l.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let gets_before = gets(&server);
+    proxy.hold_replies(0);
+    let reader = tokio::spawn({
+        let service_a = service_a.clone();
+        async move { body(call(&service_a, post(query)).await).await }
+    });
+    // Redis has answered A's read (the old value); the answer waits in the proxy.
+    wait_until("Redis served A's read", || gets(&server) > gets_before).await;
+    let invalidations = a.handle().stats().near_invalidations;
+    call(&service_b, revalidate(query)).await;
+    wait_until("A heard of B's write while its read was in flight", || {
+        a.handle().stats().near_invalidations > invalidations
+    })
+    .await;
+    proxy.release();
+    assert_eq!(
+        &reader.await.unwrap()[..],
+        br#"{"n":2,"echo":{"q":"raced"}}"#
+    );
+    assert_eq!(a.handle().stats().near_fills_discarded, 1);
+    for _ in 0..10 {
+        let response = call(&service_a, post(query)).await;
+        assert_eq!(
+            &body(response).await[..],
+            br#"{"n":3,"echo":{"q":"raced"}}"#
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_empties_the_near_cache_and_caching_resumes() {
+    let mut server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = near_layer(&server.url()).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let handle = layer.handle();
+    let query = r#"{"q":"restart"}"#;
+    call(&service, post(query)).await;
+    until_near(&service, query).await;
+    let flushes = handle.stats().near_flushes_connection;
+
+    server.kill();
+    wait_until("the lost connection emptied the near cache", || {
+        handle.stats().near_flushes_connection > flushes
+    })
+    .await;
+    let down = call(&service, post(query)).await;
+    assert!(!is_near(&down), "no near answer while tracking is down");
+    assert!(matches!(outcome(&down), CacheOutcome::Miss { .. }));
+
+    server.restart();
+    let back = until_near(&service, query).await;
+    assert_eq!(outcome(&back), CacheOutcome::Hit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shard_of_a_cluster_keeps_the_near_caches_coherent() {
+    let cluster = RedisCluster::start();
+    let origin = Origin::new();
+    let a = near_layer(&cluster.url()).await.build().unwrap();
+    let b = near_layer(&cluster.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let queries: Vec<String> = (0..24).map(|i| format!(r#"{{"shard":{i}}}"#)).collect();
+    for query in &queries {
+        call(&service_a, post(query)).await;
+    }
+    for node in cluster.nodes() {
+        let keys = node.command(&[b"KEYS", b"near:v1:{*"]);
+        assert!(
+            !keys.starts_with(b"*0"),
+            "every primary holds some of the entries"
+        );
+    }
+    for query in &queries {
+        until_near(&service_b, query).await;
+    }
+
+    let before = b.handle().stats().near_invalidations;
+    for query in &queries {
+        call(&service_a, revalidate(query)).await;
+    }
+    wait_until("B heard of every write", || {
+        b.handle().stats().near_invalidations >= before + queries.len() as u64
+    })
+    .await;
+    for (i, query) in queries.iter().enumerate() {
+        let response = call(&service_b, post(query)).await;
+        let expected = format!(r#"{{"n":{},"echo":{query}}}"#, queries.len() + i + 1);
+        assert_eq!(body(response).await, expected, "{query}");
+    }
+}
