@@ -9,11 +9,14 @@
 //! When it ends it prints the medians this run measured (from criterion's `estimates.json`) as the README's
 //! tables, with the ratios the targets are set on.
 //!
-//! Groups: `hit_path/{bare_fred_get,layer_redis,layer_memory,key}/{256,4096,65536}`,
-//! `concurrent/{bare_fred_get,layer_redis,service_floor,minimal_cache}` (64 callers, 4096 B; `service_floor` is a
-//! Tower service that does the bare `GET` and nothing else, holding its request until the answer as a cache must;
-//! `minimal_cache` is the least any Redis cache hit must do: hash the request, `GET`, check an expiry, answer),
-//! and `miss/layer_redis` (a new key every iteration; the origin's call count is checked outside the timed part).
+//! Groups: `hit_path/{bare_fred_get,layer_redis,layer_near,layer_memory,key}/{256,4096,65536}`,
+//! `concurrent/{bare_fred_get,layer_redis,service_floor,minimal_cache,layer_near}` (64 callers, 4096 B;
+//! `service_floor` is a Tower service that does the bare `GET` and nothing else, holding its request until the
+//! answer as a cache must; `minimal_cache` is the least any Redis cache hit must do: hash the request, `GET`,
+//! check an expiry, answer; `layer_near` answers from the near cache, checked afterwards by its counters), and
+//! `miss/layer_redis` (a new key every iteration; the origin's call count is checked outside the timed part).
+//! After the groups it measures how long a write by another connection takes to drop a near-cache entry
+//! (p50 and p99 over 500 writes).
 //!
 //! Method. A loopback Redis on a small VM drifts by ±10 % between one criterion measurement and the next, more
 //! than the layer costs, so a ratio of two measurements taken one after the other mostly measures the drift.
@@ -108,6 +111,56 @@ fn layer(store: impl Store, namespace: &str) -> RedisCacheLayer {
         .unwrap()
 }
 
+fn near_layer(client: &Client, namespace: &str) -> RedisCacheLayer {
+    RedisCacheLayer::builder(RedisStore::new(client.clone()))
+        .namespace(namespace)
+        .methods([Method::GET, Method::POST])
+        .fresh_for(Duration::from_secs(3600))
+        .near_cache_max_ttl(Duration::from_secs(3600))
+        .near_cache(64 << 20)
+        .build()
+        .unwrap()
+}
+
+/// Starts the near cache's tracking on `background` (the runtime its client runs on) and waits until the near
+/// cache answers: a bounded poll.
+fn warm_near<S>(background: &Runtime, service: &S)
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Error = BoxError,
+            Response = Response<tower_redis_cache::cache::ResponseBody<Full<Bytes>>>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    background.block_on(async {
+        for _ in 0..1000 {
+            let response = service.clone().oneshot(query()).await.unwrap();
+            let near = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .ends_with("detail=near");
+            if near {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the near cache never answered");
+    });
+}
+
+/// Asserts that every hit through `layer` since `before` came from the near cache.
+fn assert_near_only(layer: &RedisCacheLayer, before: tower_redis_cache::CacheStats) {
+    let stats = layer.handle().stats();
+    assert_eq!(
+        stats.hits - before.hits,
+        stats.near_hits - before.near_hits,
+        "every timed call of layer_near was a near hit: {stats:?}"
+    );
+}
+
 struct Redis {
     // Kept alive for the whole run; `None` when REDIS_URL names an outside server.
     _server: Option<support::RedisServer>,
@@ -137,7 +190,7 @@ static ROUNDS: Mutex<BTreeMap<String, Vec<Duration>>> = Mutex::new(BTreeMap::new
 static SHUFFLE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
 
 /// The most ids a paired group has.
-const MAX_ARMS: usize = 4;
+const MAX_ARMS: usize = 5;
 
 /// The paired measurement shared by the groups: `iters` rounds, each running every one of `arms` ids once on an
 /// input `prepare` builds before the clock starts; returns the time spent running id `own`, and adds every id's
@@ -277,6 +330,14 @@ fn now_ms() -> u64 {
 
 fn hit_path(c: &mut Criterion) {
     let redis = redis();
+    // Where the near caches' connections and tracking run: a runtime that keeps running between criterion's
+    // phases, as a server's does (the timed near hits touch no connection).
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let near_client: Client = background.block_on(support::fred_client(&redis.url));
     // One call at a time: a current-thread runtime runs the caller and fred's connection task on one thread,
     // so the only other runnable thread is redis-server and both ids see the same, stable scheduling.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -304,33 +365,53 @@ fn hit_path(c: &mut Criterion) {
                 "warm-up is a hit with the origin's bytes"
             );
         });
+        let near = near_layer(&near_client, &format!("bench-near-{size}"));
+        let near_service = tower::Layer::layer(&near, origin(body.clone(), calls.clone()));
+        rt.block_on(near.handle().purge()).unwrap();
+        warm_near(&background, &near_service);
+        let near_before = near.handle().stats();
         let bare = || async { black_box(client.get::<Bytes, _>(&floor_key).await.unwrap()) };
         let through_layer = |request| async { black_box(hit(&service, request).await) };
-        // Paired: each iteration runs one bare `GET` and one hit, in shuffled order, and each id times its own.
+        let through_near = |request| async { black_box(hit(&near_service, request).await) };
+        // Paired: each iteration runs one bare `GET` and one hit through each layer, in shuffled order, and each
+        // id times its own.
         let group_key = format!("hit_path/{size}");
         let group_key = &group_key;
-        for (own, id) in ["bare_fred_get", "layer_redis"].into_iter().enumerate() {
+        let ids = ["bare_fred_get", "layer_redis", "layer_near"];
+        for (own, id) in ids.into_iter().enumerate() {
             group.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
                 b.to_async(&rt).iter_custom(|iters| {
-                    rotate(group_key, iters, 2, own, query, |arm, request| async move {
-                        match arm {
-                            0 => {
-                                bare().await;
-                                Some(request)
+                    rotate(
+                        group_key,
+                        iters,
+                        ids.len(),
+                        own,
+                        query,
+                        |arm, request| async move {
+                            match arm {
+                                0 => {
+                                    bare().await;
+                                    Some(request)
+                                }
+                                1 => {
+                                    through_layer(request).await;
+                                    None
+                                }
+                                _ => {
+                                    through_near(request).await;
+                                    None
+                                }
                             }
-                            _ => {
-                                through_layer(request).await;
-                                None
-                            }
-                        }
-                    })
+                        },
+                    )
                 })
             });
         }
+        assert_near_only(&near, near_before);
         assert_eq!(
             calls.load(Ordering::Relaxed),
-            1,
-            "every timed call was a hit"
+            2,
+            "every timed call was a hit (one miss for each layer's warm-up)"
         );
 
         let calls = Arc::new(AtomicU64::new(0));
@@ -432,16 +513,22 @@ fn hit_path(c: &mut Criterion) {
     let entry = Bytes::from([&u64::MAX.to_be_bytes()[..], &body].concat());
     rt.block_on(client.set::<(), _, _>(minimal_key(&parts, QUERY), entry, LITTER, None, false))
         .unwrap();
+    let near = near_layer(&near_client, "bench-near-concurrent");
+    let near_service = tower::Layer::layer(&near, origin(body.clone(), calls.clone()));
+    rt.block_on(near.handle().purge()).unwrap();
+    warm_near(&background, &near_service);
+    let near_before = near.handle().stats();
     let requests = || (0..CALLERS).map(|_| query()).collect::<Vec<_>>();
-    // Paired as in `hit_path`, four ways: each iteration runs one batch of every id, in shuffled order, and
+    // Paired as in `hit_path`, five ways: each iteration runs one batch of every id, in shuffled order, and
     // each id times its own.
     let ids = [
         "bare_fred_get",
         "layer_redis",
         "service_floor",
         "minimal_cache",
+        "layer_near",
     ];
-    let (cached, floor, minimal) = (&service, &floor, &minimal);
+    let (cached, floor, minimal, near_cached) = (&service, &floor, &minimal, &near_service);
     for (own, id) in ids.into_iter().enumerate() {
         group.bench_function(id, |b| {
             b.to_async(&rt).iter_custom(|iters| {
@@ -465,8 +552,12 @@ fn hit_path(c: &mut Criterion) {
                                 service_batch(floor, batch).await;
                                 None
                             }
-                            _ => {
+                            3 => {
                                 service_batch(minimal, batch).await;
+                                None
+                            }
+                            _ => {
+                                service_batch(near_cached, batch).await;
                                 None
                             }
                         }
@@ -477,9 +568,10 @@ fn hit_path(c: &mut Criterion) {
     }
     assert_eq!(
         calls.load(Ordering::Relaxed),
-        1,
-        "every timed call was a hit"
+        2,
+        "every timed call was a hit (one miss for each layer's warm-up)"
     );
+    assert_near_only(&near, near_before);
     group.finish();
 
     // A miss per iteration: a new key each time, an origin that answers at once.
@@ -521,6 +613,62 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     report(started);
+    // Not with `--test` (one pass of every bench, as CI would run it) or `--list`.
+    if !std::env::args().any(|a| a == "--test" || a == "--list") {
+        let (p50, p99, writes) = invalidation_latency();
+        println!(
+            "\nNear-cache invalidation, from another connection's `SET` sent to the entry dropped here: \
+             p50 {:.0} µs, p99 {:.0} µs ({writes} writes)",
+            p50.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6
+        );
+    }
+}
+
+/// How long a write by another connection takes to drop a near-cache entry: from just before the writer sends
+/// `SET` to the moment this process's near cache has counted the invalidation. Returns p50, p99 and the count.
+fn invalidation_latency() -> (Duration, Duration, usize) {
+    const WRITES: usize = 500;
+    let redis = redis();
+    let rt = Runtime::new().unwrap();
+    rt.block_on(async {
+        let writer = support::fred_client(&redis.url).await;
+        let reader = support::fred_client(&redis.url).await;
+        let near = near_layer(&reader, "bench-near-latency");
+        let service = tower::Layer::layer(&near, origin(json_of(256), Arc::new(AtomicU64::new(0))));
+        near.handle().purge().await.unwrap();
+        for _ in 0..1000 {
+            let response = service.clone().oneshot(query()).await.unwrap();
+            if response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .ends_with("detail=near")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (parts, _) = query().into_parts();
+        let key = near
+            .handle()
+            .key_for(&Request::from_parts(parts, Bytes::from_static(QUERY)));
+        let mut samples = Vec::with_capacity(WRITES);
+        for i in 0..WRITES {
+            let before = near.handle().stats().near_invalidations;
+            let start = Instant::now();
+            writer
+                .set::<(), _, _>(key.as_str(), format!("v{i}"), LITTER, None, false)
+                .await
+                .unwrap();
+            while near.handle().stats().near_invalidations == before {
+                tokio::task::yield_now().await;
+            }
+            samples.push(start.elapsed());
+        }
+        near.handle().purge().await.unwrap();
+        samples.sort();
+        (samples[WRITES / 2], samples[WRITES * 99 / 100], WRITES)
+    })
 }
 
 /// Prints the medians this run wrote (criterion's `estimates.json`) as the README's tables, with the ratios the
@@ -555,6 +703,7 @@ fn report(started: SystemTime) {
     for (id, label, ratio) in [
         ("bare_fred_get", "`hit_path/bare_fred_get` (floor)", false),
         ("layer_redis", "`hit_path/layer_redis`", true),
+        ("layer_near", "`hit_path/layer_near`", true),
         ("layer_memory", "`hit_path/layer_memory`", false),
         (
             "key",
@@ -571,15 +720,17 @@ fn report(started: SystemTime) {
         }
         hit_rows.push('\n');
     }
-    hit_rows.push_str("| `layer_redis` / `bare_fred_get`, same round |");
-    for size in SIZES {
-        let ratio = same_round(&format!("hit_path/{size}"), 2, 1, |id, bare| id / bare);
-        hit_rows.push_str(&match ratio {
-            Some((ratio, rounds)) => format!(" **{ratio:.2}x** ({rounds} rounds) |"),
-            None => " - |".to_owned(),
-        });
+    for (arm, id) in [(1, "layer_redis"), (2, "layer_near")] {
+        hit_rows.push_str(&format!("| `{id}` / `bare_fred_get`, same round |"));
+        for size in SIZES {
+            let ratio = same_round(&format!("hit_path/{size}"), 3, arm, |id, bare| id / bare);
+            hit_rows.push_str(&match ratio {
+                Some((ratio, rounds)) => format!(" **{ratio:.2}x** ({rounds} rounds) |"),
+                None => " - |".to_owned(),
+            });
+        }
+        hit_rows.push('\n');
     }
-    hit_rows.push('\n');
     let bare = median("concurrent/bare_fred_get");
     let mut batch_rows = String::new();
     for (arm, (id, ratio)) in [
@@ -587,6 +738,7 @@ fn report(started: SystemTime) {
         ("concurrent/layer_redis", true),
         ("concurrent/service_floor", true),
         ("concurrent/minimal_cache", true),
+        ("concurrent/layer_near", true),
         ("miss/layer_redis", false),
     ]
     .into_iter()
@@ -606,7 +758,7 @@ fn report(started: SystemTime) {
         };
         let time = ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.0} µs", ns / 1000.0));
         // Throughput over the bare GET's, batch by batch within a round.
-        let same = match same_round("concurrent", 4, arm, |id, bare| bare / id) {
+        let same = match same_round("concurrent", 5, arm, |id, bare| bare / id) {
             Some((same, rounds)) if ratio => format!("**{same:.2}x** ({rounds} rounds)"),
             _ => String::new(),
         };
