@@ -16,7 +16,9 @@
 //! (`Cache-Status: ...; fwd=bypass; detail=authorization`).
 //!
 //! Environment: `BIND` (default `127.0.0.1:3000`), `REDIS_URL` (unset: in-memory store), `FRESH_SECS`
-//! (default 5), `STALE_SECS` (default 30), `ORIGIN_DELAY_MS` (default 200).
+//! (default 5), `STALE_SECS` (default 30), `ORIGIN_DELAY_MS` (default 200), `NEAR_CACHE_MB` (unset or 0: off;
+//! otherwise a near cache of that many MiB in front of Redis, kept coherent by Redis client tracking: needs
+//! `REDIS_URL`).
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
@@ -72,6 +74,7 @@ async fn main() -> Result<(), BoxError> {
         .methods([Method::POST])
         .fresh_for(fresh)
         .stale_for(stale)
+        .near_cache(env_u64("NEAR_CACHE_MB", 0)? << 20)
         .build()?;
 
     let state = AppState {
