@@ -313,11 +313,29 @@ impl tower_redis_cache::Store for SlowLease {
         self.0.set(key, value, ttl)
     }
 
-    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            self.0.try_lease(key, ttl).await
+            self.0.try_lease(key, token, ttl).await
         })
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.0.extend_lease(key, token, ttl)
+    }
+
+    fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        self.0.release_lease(key, token)
     }
 
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {

@@ -107,6 +107,7 @@ mod coalesce;
 pub(crate) mod decision;
 pub(crate) mod engine;
 mod entry;
+mod fleet;
 pub mod future;
 mod guard;
 mod key;

@@ -60,7 +60,8 @@ impl Engine {
                 .await
                 .is_err()
             {
-                // Like a failed refresh: the entry is untouched and the lease stays until it expires.
+                // Like a failed refresh, the entry is untouched; the abandoned origin call was cancelled with the
+                // refresh, so its lease is released.
                 bump(&engine.counters.refreshes_failed);
                 tracing::warn!(
                     key = key.short(),
@@ -73,19 +74,14 @@ impl Engine {
         true
     }
 
-    async fn refresh<R, F>(&self, key: &CacheKey, facts: RequestFacts, fetch: F)
+    async fn refresh<R, F>(self: &Arc<Self>, key: &CacheKey, facts: RequestFacts, fetch: F)
     where
         R: Body + Send + 'static,
         F: Fetch<R>,
     {
-        let lease = key.lease_key();
-        match self
-            .store
-            .call("lease", |s| s.try_lease(&lease, self.policy.lease_for))
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
+        let lease = match self.take_lease(key).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
                 bump(&self.counters.refreshes_skipped);
                 tracing::debug!(
                     key = key.short(),
@@ -94,8 +90,8 @@ impl Engine {
                 return;
             }
             // The store is failing: whatever the origin says could not be stored.
-            Err(_) => return,
-        }
+            Err(()) => return,
+        };
         // A refresh elsewhere may have finished (and released its lease) between this process seeing the entry
         // stale and taking the lease: then the entry is fresh again and there is nothing to do.
         if let Ok(Some(entry)) = self.read(key).await
@@ -103,13 +99,15 @@ impl Engine {
             && vary_digest(&entry.headers, fetch.headers()) == entry.vary
         {
             bump(&self.counters.refreshes_skipped);
-            let keys = [lease.as_str()];
-            let _ = self.store.call("unlease", |s| s.remove(&keys)).await;
+            lease.release().await;
             return;
         }
         bump(&self.counters.refreshes_started);
         let headers = fetch.headers().clone();
-        let refreshed = match fetch.fetch().await {
+        // The lease is renewed while the origin works, so no other process starts a second refresh however long
+        // this one takes (up to `refresh_timeout`).
+        let fetched = self.renewing(lease.lease(), fetch.fetch()).await;
+        let refreshed = match fetched {
             Ok(Fetched::Buffered(response)) => {
                 let verdict = judge(
                     &self.policy.rules,
@@ -126,12 +124,12 @@ impl Engine {
             }
         };
         if refreshed {
-            let keys = [lease.as_str()];
-            let _ = self.store.call("unlease", |s| s.remove(&keys)).await;
+            lease.release().await;
         } else {
-            // The entry is left exactly as it was: still stale, never made fresh again. The lease stays until
-            // it expires, which spaces out retries against a failing origin.
+            // The entry is left exactly as it was: still stale, never made fresh again. The lease is no longer
+            // renewed and expires after `refresh_lease_for`, which spaces out retries against a failing origin.
             bump(&self.counters.refreshes_failed);
+            lease.keep();
         }
     }
 }

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tower_redis_cache::RequestBody;
@@ -19,6 +19,7 @@ pub struct Origin {
     gate: watch::Sender<bool>,
     headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
     echo_user: AtomicBool,
+    delay_ms: AtomicU64,
 }
 
 impl Origin {
@@ -31,7 +32,14 @@ impl Origin {
             gate,
             headers: Mutex::new(Vec::new()),
             echo_user: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Takes `delay` over every call from now on (after counting it), like a slow API.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Names the request's `Authorization` in every answer from now on (`"user":"<value>"`), as an API whose
@@ -105,6 +113,10 @@ impl Origin {
                 let body = request.into_body().collect().await?.to_bytes();
                 let mut gate = origin.gate.subscribe();
                 gate.wait_for(|open| *open).await?;
+                let delay = origin.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
                 match origin.failure.load(Ordering::SeqCst) {
                     0 => {}
                     1 => {

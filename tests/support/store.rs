@@ -41,8 +41,26 @@ impl<S: Store> Store for CountingStore<S> {
         self.inner.set(key, value, ttl)
     }
 
-    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
-        self.inner.try_lease(key, ttl)
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.try_lease(key, token, ttl)
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.extend_lease(key, token, ttl)
+    }
+
+    fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.release_lease(key, token)
     }
 
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {

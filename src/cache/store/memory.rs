@@ -117,19 +117,57 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
         let result = self
             .cache
             .entry(key.to_owned())
             .and_compute_with(|current| match current {
                 Some(held) if held.value().live() => Op::Nop,
-                _ => Op::Put(Stored::new(Bytes::from_static(b"1"), ttl)),
+                _ => Op::Put(Stored::new(Bytes::copy_from_slice(token.as_bytes()), ttl)),
             });
         let took = matches!(
             result,
             CompResult::Inserted(_) | CompResult::ReplacedWith(_)
         );
         Box::pin(std::future::ready(Ok(took)))
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let result = self
+            .cache
+            .entry(key.to_owned())
+            .and_compute_with(|current| match current {
+                Some(held) if held.value().live() && held.value().value == token.as_bytes() => {
+                    Op::Put(Stored::new(held.into_value().value, ttl))
+                }
+                _ => Op::Nop,
+            });
+        let extended = matches!(result, CompResult::ReplacedWith(_));
+        Box::pin(std::future::ready(Ok(extended)))
+    }
+
+    fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        let result = self
+            .cache
+            .entry(key.to_owned())
+            .and_compute_with(|current| match current {
+                Some(held) if held.value().live() && held.value().value == token.as_bytes() => {
+                    Op::Remove
+                }
+                _ => Op::Nop,
+            });
+        let released = matches!(result, CompResult::Removed(_));
+        Box::pin(std::future::ready(Ok(released)))
     }
 
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {

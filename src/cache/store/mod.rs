@@ -16,8 +16,13 @@
 //! let store = MemoryStore::new(16 * 1024 * 1024);
 //! store.set("ns:v1:{k}", "v".into(), Duration::from_secs(60)).await.unwrap();
 //! assert_eq!(store.get("ns:v1:{k}").await.unwrap().as_deref(), Some(&b"v"[..]));
-//! assert!(store.try_lease("ns:v1:{k}:lease", Duration::from_secs(5)).await.unwrap());
-//! assert!(!store.try_lease("ns:v1:{k}:lease", Duration::from_secs(5)).await.unwrap());
+//! let lease = Duration::from_secs(5);
+//! assert!(store.try_lease("ns:v1:{k}:lease", "token-a", lease).await.unwrap());
+//! assert!(!store.try_lease("ns:v1:{k}:lease", "token-b", lease).await.unwrap());
+//! // Only the holder extends or releases it.
+//! assert!(!store.release_lease("ns:v1:{k}:lease", "token-b").await.unwrap());
+//! assert!(store.extend_lease("ns:v1:{k}:lease", "token-a", lease).await.unwrap());
+//! assert!(store.release_lease("ns:v1:{k}:lease", "token-a").await.unwrap());
 //! # }
 //! ```
 
@@ -52,8 +57,27 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a value that expires after `ttl`.
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()>;
 
-    /// Takes a lease: writes `key` only if it is absent (`SET NX PX`), returning whether this call took it.
-    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool>;
+    /// Takes a lease: writes `token` at `key` only if `key` is absent (`SET NX PX`), returning whether this call
+    /// took it. The lease expires after `ttl` unless extended.
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Extends the lease at `key` to `ttl` from now, only if it still holds `token` (compare and act, in one
+    /// step); returns whether it did.
+    fn extend_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Removes the lease at `key` only if it still holds `token` (compare and act, in one step), so a holder
+    /// whose lease expired never removes the next holder's; returns whether it did.
+    fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool>;
 
     /// Removes keys, returning how many existed.
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64>;
@@ -72,8 +96,26 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
         (**self).set(key, value, ttl)
     }
 
-    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
-        (**self).try_lease(key, ttl)
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        (**self).try_lease(key, token, ttl)
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        (**self).extend_lease(key, token, ttl)
+    }
+
+    fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        (**self).release_lease(key, token)
     }
 
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {

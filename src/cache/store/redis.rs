@@ -4,8 +4,8 @@ use super::{Store, StoreFuture};
 use crate::error::StoreError;
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Expiration, KeysInterface, Options, Pool, ReconnectPolicy,
-    SetOptions, Value,
+    Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Options, Pool,
+    ReconnectPolicy, SetOptions, Value,
 };
 use fred::types::Key;
 use futures_util::StreamExt;
@@ -127,6 +127,45 @@ fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+/// A Lua script, called by its SHA-1 (`EVALSHA`), sent whole (`EVAL`, which also caches it again) when the
+/// server's script cache does not hold it: after a restart, a `SCRIPT FLUSH`, or on a new Cluster node.
+pub(crate) struct Script {
+    pub(crate) lua: &'static str,
+    /// The SHA-1 of `lua`, as `SCRIPT LOAD` reports it (a test checks it against a real server).
+    pub(crate) sha1: &'static str,
+}
+
+/// Deletes the lease only if it still holds the caller's token.
+pub(crate) const RELEASE_LEASE: Script = Script {
+    lua: "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+    sha1: "d02e481a9c91ceec59c5822a58a49d5d5d7ac80b",
+};
+
+/// Extends the lease (`PEXPIRE`, milliseconds) only if it still holds the caller's token.
+pub(crate) const EXTEND_LEASE: Script = Script {
+    lua: "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+    sha1: "3c47f94dc28d90f47ce03eabe2ebe59e85e54bf1",
+};
+
+/// Runs `script` on `key` with `args`: by SHA, and whole if the server does not know it.
+async fn run_script(
+    client: &fred::clients::WithOptions<Client>,
+    script: &Script,
+    key: &str,
+    args: Vec<Value>,
+) -> Result<i64, StoreError> {
+    match client
+        .evalsha::<i64, _, _, _>(script.sha1, key, args.clone())
+        .await
+    {
+        Err(error) if error.details().starts_with("NOSCRIPT") => client
+            .eval::<i64, _, _, _>(script.lua, key, args)
+            .await
+            .map_err(backend),
+        result => result.map_err(backend),
+    }
+}
+
 /// Escapes the glob characters `SCAN MATCH` interprets.
 fn glob_escape(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 1);
@@ -163,13 +202,18 @@ impl Store for RedisStore {
         })
     }
 
-    fn try_lease<'a>(&'a self, key: &'a str, ttl: Duration) -> StoreFuture<'a, bool> {
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let reply: Option<String> = self
                 .client()
                 .set(
                     key,
-                    "1",
+                    token,
                     Some(Expiration::PX(millis(ttl))),
                     Some(SetOptions::NX),
                     false,
@@ -177,6 +221,27 @@ impl Store for RedisStore {
                 .await
                 .map_err(backend)?;
             Ok(reply.is_some())
+        })
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let args = vec![Value::from(token), Value::from(millis(ttl))];
+            let done: i64 = run_script(self.client(), &EXTEND_LEASE, key, args).await?;
+            Ok(done == 1)
+        })
+    }
+
+    fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let args = vec![Value::from(token)];
+            let done: i64 = run_script(self.client(), &RELEASE_LEASE, key, args).await?;
+            Ok(done == 1)
         })
     }
 
