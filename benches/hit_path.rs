@@ -16,7 +16,8 @@
 //! check an expiry, answer; `layer_near` answers from the near cache, checked afterwards by its counters), and
 //! `miss/layer_redis` (a new key every iteration; the origin's call count is checked outside the timed part).
 //! After the groups it measures how long a write by another connection takes to drop a near-cache entry
-//! (p50 and p99 over 500 writes).
+//! (p50 and p99 over 500 writes), and how soon a process waiting on another's fill answers after it (polling,
+//! and woken by the near cache's push).
 //!
 //! Method. A loopback Redis on a small VM drifts by ±10 % between one criterion measurement and the next, more
 //! than the layer costs, so a ratio of two measurements taken one after the other mostly measures the drift.
@@ -622,7 +623,116 @@ fn main() {
             p50.as_secs_f64() * 1e6,
             p99.as_secs_f64() * 1e6
         );
+        for near in [false, true] {
+            let (p50, p99, trials) = fleet_wake_up(near);
+            println!(
+                "Fleet wait, from the filling process's answer to the waiting process's ({}): p50 {:.2} ms, \
+                 p99 {:.2} ms ({trials} cold keys)",
+                if near {
+                    "woken by the near cache's push"
+                } else {
+                    "polling"
+                },
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            );
+        }
     }
+}
+
+/// How soon a process waiting on another's fill answers: for each of 100 cold keys, process A fetches it
+/// (its origin held until B waits), B misses it and waits on A's lease; the sample is the time from A's answer
+/// (just after its write) to B's. `near`: both processes have a near cache, so B is woken by its push.
+fn fleet_wake_up(near: bool) -> (Duration, Duration, usize) {
+    const TRIALS: usize = 100;
+    let redis = redis();
+    let rt = Runtime::new().unwrap();
+    rt.block_on(async {
+        let gate = Arc::new(tokio::sync::watch::channel(false).0);
+        let reached = Arc::new(AtomicU64::new(0));
+        let origin = {
+            let (gate, reached) = (gate.clone(), reached.clone());
+            service_fn(move |_: Request<tower_redis_cache::RequestBody>| {
+                let mut open = gate.subscribe();
+                reached.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    open.wait_for(|open| *open).await.unwrap();
+                    Ok::<_, Infallible>(Response::new(Full::new(json_of(256))))
+                }
+            })
+        };
+        let mut processes = Vec::new();
+        for _ in 0..2 {
+            let client = support::fred_client(&redis.url).await;
+            let builder = RedisCacheLayer::builder(RedisStore::new(client))
+                .namespace("bench-fleet")
+                .methods([Method::POST])
+                .fresh_for(Duration::from_secs(3600));
+            let builder = if near {
+                builder.near_cache(16 << 20)
+            } else {
+                builder
+            };
+            let layer = builder.build().unwrap();
+            let service = tower::Layer::layer(&layer, origin.clone());
+            processes.push((layer, service));
+        }
+        processes[0].0.handle().purge().await.unwrap();
+        if near {
+            // Let both processes' tracking arm before the first trial.
+            gate.send_replace(true);
+            for (_, service) in &processes {
+                let _ = service.clone().oneshot(query()).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let warm_up_calls = reached.load(Ordering::SeqCst);
+        let mut samples = Vec::with_capacity(TRIALS);
+        for trial in 0..TRIALS {
+            let request = || {
+                Request::post("https://api.example.com/api/v2/query")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(format!(
+                        r#"{{"trial":{trial},"near":{near}}}"#
+                    ))))
+                    .unwrap()
+            };
+            gate.send_replace(false);
+            let before = reached.load(Ordering::SeqCst);
+            let a = tokio::spawn(processes[0].1.clone().oneshot(request()));
+            while reached.load(Ordering::SeqCst) == before {
+                tokio::task::yield_now().await;
+            }
+            let waits = processes[1].0.handle().stats().fleet_waits;
+            let b = tokio::spawn(processes[1].1.clone().oneshot(request()));
+            while processes[1].0.handle().stats().fleet_waits == waits {
+                tokio::task::yield_now().await;
+            }
+            gate.send_replace(true);
+            let a_done = {
+                a.await.unwrap().unwrap();
+                Instant::now()
+            };
+            let answered = b.await.unwrap().unwrap();
+            let b_done = Instant::now();
+            assert!(
+                answered.headers()["cache-status"]
+                    .to_str()
+                    .unwrap()
+                    .ends_with("detail=fleet"),
+                "B waited on A's fill"
+            );
+            samples.push(b_done.saturating_duration_since(a_done));
+        }
+        assert_eq!(
+            reached.load(Ordering::SeqCst) - warm_up_calls,
+            TRIALS as u64,
+            "one origin call a key, for the two processes"
+        );
+        processes[0].0.handle().purge().await.unwrap();
+        samples.sort();
+        (samples[TRIALS / 2], samples[TRIALS * 99 / 100], TRIALS)
+    })
 }
 
 /// How long a write by another connection takes to drop a near-cache entry: from just before the writer sends

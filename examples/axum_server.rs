@@ -15,6 +15,10 @@
 //! settings it goes to the handler and is never answered from another request's entry
 //! (`Cache-Status: ...; fwd=bypass; detail=authorization`).
 //!
+//! Several of these servers sharing one Redis (`REDIS_URL`) collapse misses across processes with the default
+//! settings: while one server computes a query, the others wait for its entry instead of running the handler
+//! (`Cache-Status: ...; collapsed; detail=fleet`).
+//!
 //! Environment: `BIND` (default `127.0.0.1:3000`), `REDIS_URL` (unset: in-memory store), `FRESH_SECS`
 //! (default 5), `STALE_SECS` (default 30), `ORIGIN_DELAY_MS` (default 200), `NEAR_CACHE_MB` (unset or 0: off;
 //! otherwise a near cache of that many MiB in front of Redis, kept coherent by Redis client tracking: needs

@@ -1,5 +1,5 @@
 //! One origin call per key for the whole fleet, against a real redis-server: layers with clients of their own
-//! stand for processes; fenced leases keep one refresh per key among them.
+//! stand for processes; fenced leases keep one fill and one refresh per key among them.
 
 mod support;
 
@@ -7,8 +7,9 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
 use std::time::Duration;
-use support::calls::{call, outcome, post, wait_until};
+use support::calls::{Reply, body, cache_status, call, outcome, post, wait_until};
 use support::{Origin, RedisServer, fred_client};
+use tower::ServiceExt;
 use tower_redis_cache::cache::RedisCacheLayerBuilder;
 use tower_redis_cache::{CacheOutcome, CacheStats, RedisCache, RedisCacheLayer, RedisStore, Store};
 
@@ -51,6 +52,157 @@ fn total(processes: &[(RedisCacheLayer, impl Sized)], of: fn(&CacheStats) -> u64
         .iter()
         .map(|(layer, _)| of(&layer.handle().stats()))
         .sum()
+}
+
+fn revalidate(json: &str) -> Request<Full<Bytes>> {
+    let mut request = post(json);
+    request
+        .headers_mut()
+        .insert("cache-control", "no-cache".parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_cold_requests_over_four_processes_make_one_origin_call() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let processes = four(&server, &origin, |b| b).await;
+    origin.close();
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let service = processes[i % 4].1.clone();
+            tokio::spawn(async move {
+                let response = call(&service, post(r#"{"q":"cold"}"#)).await;
+                (cache_status(&response), body(response).await)
+            })
+        })
+        .collect();
+    wait_until("the first process reached the origin", || {
+        origin.calls() == 1
+    })
+    .await;
+    // Each other process's first caller waits on the lease (the rest of its callers wait on it in-process).
+    wait_until("the other three processes wait on the first", || {
+        total(&processes, |s| s.fleet_waits) == 3
+    })
+    .await;
+    origin.open();
+    let mut fleet = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(&body[..], br#"{"n":1,"echo":{"q":"cold"}}"#);
+        fleet += usize::from(status.ends_with("; collapsed; detail=fleet"));
+    }
+    assert_eq!(
+        origin.calls(),
+        1,
+        "one origin call for 60 requests in four processes"
+    );
+    assert_eq!(
+        fleet, 3,
+        "one answer per waiting process came from another's fill"
+    );
+    assert_eq!(total(&processes, |s| s.fleet_takeovers), 0);
+    assert_eq!(total(&processes, |s| s.fleet_timeouts), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_staggered_requests_make_one_origin_call() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let processes = four(&server, &origin, |b| b).await;
+    // The origin works for the whole half second over which the requests arrive.
+    origin.close();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let service = processes[i % 4].1.clone();
+        tasks.push(tokio::spawn(async move {
+            body(call(&service, post(r#"{"q":"staggered"}"#)).await).await
+        }));
+        tokio::time::sleep(Duration::from_millis(12)).await;
+    }
+    origin.open();
+    for task in tasks {
+        assert_eq!(
+            &task.await.unwrap()[..],
+            br#"{"n":1,"echo":{"q":"staggered"}}"#
+        );
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_process_answers_once_the_entry_is_written_and_without_waiting_out_its_deadline()
+{
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let configure = |b: RedisCacheLayerBuilder| b.fleet_wait(Duration::from_secs(60));
+    let processes = four(&server, &origin, configure).await;
+    let (a, b) = (&processes[0], &processes[1]);
+    origin.close();
+    let leader = tokio::spawn({
+        let service = a.1.clone();
+        async move { body(call(&service, post(r#"{"q":"wake"}"#)).await).await }
+    });
+    wait_until("A reached the origin", || origin.calls() == 1).await;
+    let waiter = tokio::spawn({
+        let service = b.1.clone();
+        async move { call(&service, post(r#"{"q":"wake"}"#)).await }
+    });
+    wait_until("B waits on A", || b.0.handle().stats().fleet_waits == 1).await;
+    origin.open();
+    // Far inside B's 60 s deadline: a liveness guard, not a timing claim (the bench measures the wake-up).
+    let answered: Reply = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("B answered long before its deadline")
+        .unwrap();
+    assert_eq!(
+        cache_status(&answered),
+        "tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet"
+    );
+    assert_eq!(
+        outcome(&answered),
+        CacheOutcome::Miss {
+            collapsed: true,
+            stored: false
+        }
+    );
+    assert_eq!(&body(answered).await[..], &leader.await.unwrap()[..]);
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cancelled_mid_fetch_lets_a_waiting_process_take_over() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let configure = |b: RedisCacheLayerBuilder| b.fleet_wait(Duration::from_secs(60));
+    let processes = four(&server, &origin, configure).await;
+    let (a, b) = (&processes[0], &processes[1]);
+    origin.close();
+    let leader = tokio::spawn({
+        let service = a.1.clone();
+        async move { call(&service, post(r#"{"q":"orphan"}"#)).await }
+    });
+    wait_until("A reached the origin", || origin.calls() == 1).await;
+    let waiter = tokio::spawn({
+        let service = b.1.clone();
+        async move { body(call(&service, post(r#"{"q":"orphan"}"#)).await).await }
+    });
+    wait_until("B waits on A", || b.0.handle().stats().fleet_waits == 1).await;
+    // A's request is dropped mid-fetch: its lease goes with it, and B takes over well inside its deadline.
+    leader.abort();
+    wait_until("B took the lease over", || {
+        b.0.handle().stats().fleet_takeovers == 1
+    })
+    .await;
+    wait_until("B reached the origin", || origin.calls() == 2).await;
+    origin.open();
+    let answered = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("B answered long before its deadline")
+        .unwrap();
+    assert_eq!(&answered[..], br#"{"n":2,"echo":{"q":"orphan"}}"#);
+    assert_eq!(b.0.handle().stats().fleet_timeouts, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,4 +299,63 @@ async fn a_lease_taken_by_another_holder_is_never_touched_by_the_old_one() {
         known, b"*2\r\n:1\r\n:0\r\n",
         "the release script is cached again under its SHA"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revalidations_collapse_across_processes_too() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let processes = four(&server, &origin, |b| b).await;
+    call(&processes[0].1, post(r#"{"q":"again"}"#)).await;
+    origin.close();
+    let tasks: Vec<_> = processes
+        .iter()
+        .map(|(_, service)| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = call(&service, revalidate(r#"{"q":"again"}"#)).await;
+                (cache_status(&response), body(response).await)
+            })
+        })
+        .collect();
+    wait_until("one revalidation reached the origin", || {
+        origin.calls() == 2
+    })
+    .await;
+    wait_until("the other three wait on it", || {
+        total(&processes, |s| s.fleet_waits) == 3
+    })
+    .await;
+    origin.open();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert!(
+            status.starts_with("tower-redis-cache; fwd=request; fwd-status=200"),
+            "{status}"
+        );
+        assert_eq!(&body[..], br#"{"n":2,"echo":{"q":"again"}}"#, "{status}");
+    }
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn fleet_wait_zero_turns_collapsing_off() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let configure = |b: RedisCacheLayerBuilder| b.fleet_wait(Duration::ZERO);
+    let processes = four(&server, &origin, configure).await;
+    origin.close();
+    let tasks: Vec<_> = processes
+        .iter()
+        .map(|(_, service)| {
+            let service = service.clone();
+            tokio::spawn(async move { service.oneshot(post(r#"{"q":"solo"}"#)).await.unwrap() })
+        })
+        .collect();
+    wait_until("each process called the origin", || origin.calls() == 4).await;
+    origin.open();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(total(&processes, |s| s.fleet_waits), 0);
 }

@@ -13,6 +13,7 @@ use super::decision::{
     serve_stale_on_error,
 };
 use super::entry::{Entry, storable_headers};
+use super::fleet::{LeaseGuard, Turn};
 use super::guard::GuardedStore;
 use super::key::{CacheKey, KeyConfig, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
@@ -48,7 +49,7 @@ pub(crate) struct Buffered {
 
 impl Buffered {
     /// A stored entry as a response to share with coalesced callers.
-    fn from_entry(entry: &Entry) -> Self {
+    pub(crate) fn from_entry(entry: &Entry) -> Self {
         Buffered {
             status: entry.status,
             version: Version::HTTP_11,
@@ -166,6 +167,8 @@ pub(crate) struct Policy {
     pub(crate) rules: Rules,
     pub(crate) lease_for: Duration,
     pub(crate) refresh_timeout: Duration,
+    /// How long a miss waits for another process's fill; zero: misses are not collapsed across processes.
+    pub(crate) fleet_wait: Duration,
 }
 
 impl std::fmt::Debug for Policy {
@@ -180,6 +183,7 @@ impl std::fmt::Debug for Policy {
             .field("rules", &self.rules)
             .field("lease_for", &self.lease_for)
             .field("refresh_timeout", &self.refresh_timeout)
+            .field("fleet_wait", &self.fleet_wait)
             .finish()
     }
 }
@@ -466,6 +470,7 @@ impl Engine {
                 Action::Bypass(reason) => return self.bypass(origin, reason).await,
                 _ => return self.bypass(origin, BypassReason::Method).await,
             };
+            let baseline = entry.as_ref().map(|e| e.stored_at);
             let fallback = entry.filter(|_| forward.fallback);
             let answer = |result, collapsed: bool, stored: bool| {
                 self.answer(result, fallback.clone(), forward, collapsed, stored, health)
@@ -490,9 +495,29 @@ impl Engine {
                             bump(&self.counters.hits);
                             return Ok(cached(entry, now, CacheOutcome::Hit, None, false));
                         }
+                        // One origin call per key for the fleet: lead with the key's lease, or wait for the
+                        // process that holds it.
+                        let (lease, health) = match self
+                            .fleet_turn(&key, &facts, origin.headers(), forward, baseline)
+                            .await
+                        {
+                            Turn::Answered(entry) => {
+                                leader.complete(Shared::Response {
+                                    response: Arc::new(Buffered::from_entry(&entry)),
+                                    vary: entry.vary,
+                                });
+                                return Ok(fleet_answer(entry, forward));
+                            }
+                            Turn::Lead(lease) => (lease, health),
+                            // A request pays for at most one store failure: no write after this one.
+                            Turn::StoreFailed => (None, StoreHealth::Error),
+                        };
                         bump(&self.counters.misses);
                         tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
-                        match origin.call().await {
+                        let called = self
+                            .renewing(lease.as_ref().and_then(LeaseGuard::lease), origin.call())
+                            .await;
+                        let answered = match called {
                             Ok(Fetched::Buffered(response)) => {
                                 let verdict = judge(
                                     &self.policy.rules,
@@ -515,18 +540,38 @@ impl Engine {
                                 } else {
                                     Shared::Uncoalesced
                                 });
-                                return answer(Ok(response), false, stored);
+                                self.answer(
+                                    Ok(response),
+                                    fallback.clone(),
+                                    forward,
+                                    false,
+                                    stored,
+                                    health,
+                                )
                             }
                             Ok(Fetched::Streaming(response)) => {
                                 leader.complete(Shared::Uncoalesced);
-                                return Ok(self.pass_through(response, forward, health));
+                                Ok(self.pass_through(response, forward, health))
                             }
                             Err(error) => {
                                 let error = Arc::new(error);
                                 leader.complete(Shared::Error(error.clone()));
-                                return answer(Err(error), false, false);
+                                self.answer(
+                                    Err(error),
+                                    fallback.clone(),
+                                    forward,
+                                    false,
+                                    false,
+                                    health,
+                                )
                             }
+                        };
+                        // After the write: a process waiting on the lease finds the entry, or (the call failed)
+                        // takes the lease and tries itself.
+                        if let Some(lease) = lease {
+                            lease.release().await;
                         }
+                        return answered;
                     }
                     Role::Waiter(waiter) => match waiter.wait().await {
                         Some(Shared::Response { response, vary })
@@ -746,6 +791,22 @@ impl Engine {
         );
         Status::new(CacheOutcome::Bypass(reason))
     }
+}
+
+/// The answer to a request that waited for another process to fill its key: a collapsed miss, fleet-wide.
+fn fleet_answer<R>(entry: Entry, forward: Forward) -> Response<ResponseBody<R>> {
+    let mut status = Status::new(CacheOutcome::Miss {
+        collapsed: true,
+        stored: false,
+    });
+    status.fwd_status = Some(entry.status.as_u16());
+    status.fwd = forward.why;
+    status.fleet = true;
+    let mut response = Response::new(ResponseBody::full(entry.body));
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers;
+    decorate(&mut response, &status);
+    response
 }
 
 /// A response built from a stored entry (`near`: from the near cache).

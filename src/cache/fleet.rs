@@ -1,17 +1,33 @@
-//! Fenced leases: one refresh per key for the whole fleet, however long the refresh takes.
+//! One origin call per key for the whole fleet: fenced leases, and waiting for another process's fill.
 //!
 //! A lease (`<key>:lease`, in the entry's hash slot) holds a token unique to its holder. Taking it is
 //! `SET NX PX`; extending and releasing it are compare-and-act (Lua, by SHA), so a holder whose lease expired
 //! can never extend or remove the next holder's. A holder renews its lease while its origin call runs (every
 //! third of the lease), so the lease cannot expire under a live call and still expires soon after the holder
-//! dies; a holder whose future is dropped releases it at once.
+//! dies; a holder whose future is dropped (a cancelled request) releases it at once.
+//!
+//! The first process to miss a key takes the lease and fills the entry; another process that misses while the
+//! lease is held waits for that entry instead of calling the origin: woken by the near cache's invalidation push
+//! when it has one, else by a short poll with backoff. It stops waiting when the entry arrives, takes the lease
+//! over when it disappears without an entry, and gives up after [`fleet_wait`] to call the origin itself.
+//!
+//! [`fleet_wait`]: crate::cache::RedisCacheLayerBuilder::fleet_wait
 
+use super::decision::{Action, Forward, Fwd, Lookup, RequestFacts, decide};
 use super::engine::Engine;
-use super::key::CacheKey;
+use super::entry::Entry;
+use super::key::{CacheKey, vary_digest};
+use super::stats::{add, bump};
+use http::HeaderMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The first poll of a waiter comes this soon; each next one twice as late, up to [`MAX_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(5);
+/// The longest gap between two looks at the entry while waiting.
+const MAX_POLL: Duration = Duration::from_millis(50);
 
 /// A lease this process holds.
 #[derive(Debug)]
@@ -68,6 +84,29 @@ impl Drop for LeaseGuard {
     }
 }
 
+/// How a wait for another process's fill ended.
+pub(crate) enum Waited {
+    /// The entry arrived.
+    Entry(Entry),
+    /// The lease went away without an entry, and this process took it: it fills the key itself.
+    Took(LeaseGuard),
+    /// The deadline passed: call the origin without the lease.
+    GaveUp,
+    /// The store failed: call the origin without it.
+    StoreFailed,
+}
+
+/// Where a miss stands in the fleet.
+pub(crate) enum Turn {
+    /// Another process filled the key while this one waited: its entry answers.
+    Answered(Entry),
+    /// This process calls the origin: holding the key's lease, or without it (collapsing is off, or the wait
+    /// gave up).
+    Lead(Option<LeaseGuard>),
+    /// The store failed on the lease: call the origin, and do not ask the store again for this request.
+    StoreFailed,
+}
+
 /// A random token, unique to one holder of one lease.
 fn token() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -95,6 +134,41 @@ impl Engine {
             })),
             Ok(false) => Ok(None),
             Err(_) => Err(()),
+        }
+    }
+
+    /// Takes this process's turn at a key it is about to fetch for a `forward`: the lease, or a wait for the
+    /// process that holds it. `baseline` is the `stored_at` of the entry the request read (`None`: none, or
+    /// not read).
+    pub(crate) async fn fleet_turn(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        facts: &RequestFacts,
+        headers: &HeaderMap,
+        forward: Forward,
+        baseline: Option<u64>,
+    ) -> Turn {
+        // A store that just failed this request is not asked again; collapsing may be off.
+        if !forward.store || self.policy.fleet_wait.is_zero() {
+            return Turn::Lead(None);
+        }
+        match self.take_lease(key).await {
+            Ok(Some(lease)) => Turn::Lead(Some(lease)),
+            Err(()) => Turn::StoreFailed,
+            Ok(None) => {
+                // A revalidation read nothing: the entry there now is the one it must not take.
+                let baseline = if forward.why == Fwd::Request {
+                    self.read(key).await.ok().flatten().map(|e| e.stored_at)
+                } else {
+                    baseline
+                };
+                match self.wait_for_fleet(key, facts, headers, baseline).await {
+                    Waited::Entry(entry) => Turn::Answered(entry),
+                    Waited::Took(lease) => Turn::Lead(Some(lease)),
+                    Waited::GaveUp => Turn::Lead(None),
+                    Waited::StoreFailed => Turn::StoreFailed,
+                }
+            }
         }
     }
 
@@ -126,5 +200,86 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Waits for the entry another process is filling for `key`: one that was not there as `baseline`
+    /// (`stored_at`, or `None` for none) and that would answer this request fresh.
+    pub(crate) async fn wait_for_fleet(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        facts: &RequestFacts,
+        headers: &HeaderMap,
+        baseline: Option<u64>,
+    ) -> Waited {
+        let started = Instant::now();
+        let deadline = started + self.policy.fleet_wait;
+        let mut poll = FIRST_POLL;
+        bump(&self.counters.fleet_waits);
+        let waited = loop {
+            // Registered before looking, so that a push between the look and the sleep still wakes it.
+            let pushed = self.near.as_ref().map(|near| near.changed());
+            tokio::pin!(pushed);
+            if let Some(pushed) = pushed.as_mut().as_pin_mut() {
+                pushed.enable();
+            }
+            if let Some(entry) = self.new_fresh_entry(key, facts, headers, baseline).await {
+                break Waited::Entry(entry);
+            }
+            match self.take_lease(key).await {
+                Ok(Some(lease)) => {
+                    // The holder may have stored and let go between the look and the lease.
+                    if let Some(entry) = self.new_fresh_entry(key, facts, headers, baseline).await {
+                        lease.release().await;
+                        break Waited::Entry(entry);
+                    }
+                    bump(&self.counters.fleet_takeovers);
+                    break Waited::Took(lease);
+                }
+                Ok(None) => {}
+                Err(()) => break Waited::StoreFailed,
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bump(&self.counters.fleet_timeouts);
+                break Waited::GaveUp;
+            }
+            let nap = tokio::time::sleep(poll.min(deadline - now));
+            match pushed.as_mut().as_pin_mut() {
+                Some(pushed) => {
+                    tokio::select! {
+                        _ = nap => {}
+                        _ = pushed => {}
+                    }
+                }
+                None => nap.await,
+            }
+            poll = (poll * 2).min(MAX_POLL);
+        };
+        let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        add(&self.counters.fleet_wait_ms, waited_ms);
+        waited
+    }
+
+    /// The entry of `key` if it is not the one of `baseline` and answers this request fresh.
+    async fn new_fresh_entry(
+        &self,
+        key: &CacheKey,
+        facts: &RequestFacts,
+        headers: &HeaderMap,
+        baseline: Option<u64>,
+    ) -> Option<Entry> {
+        let entry = self.read(key).await.ok()??;
+        if Some(entry.stored_at) == baseline {
+            return None;
+        }
+        let stored = entry.stored(vary_digest(&entry.headers, headers) == entry.vary);
+        let now = self.clock.now_ms();
+        // The request's own `no-cache` asked for a new answer, which this is.
+        let facts = RequestFacts {
+            no_cache: false,
+            ..*facts
+        };
+        let fresh = decide(&self.policy.rules, &facts, Lookup::Found(stored), now);
+        (fresh == Action::ServeFresh).then_some(entry)
     }
 }

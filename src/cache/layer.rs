@@ -169,6 +169,7 @@ pub struct RedisCacheLayerBuilder {
     near_bytes: u64,
     near_max_ttl: Duration,
     tracking: Option<Arc<dyn Tracking>>,
+    fleet_wait: Duration,
 }
 
 impl fmt::Debug for RedisCacheLayerBuilder {
@@ -216,6 +217,7 @@ impl RedisCacheLayerBuilder {
             near_bytes: 0,
             near_max_ttl: Duration::from_secs(60),
             tracking: None,
+            fleet_wait: Duration::from_secs(5),
         }
     }
 
@@ -308,8 +310,10 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// How long a background refresh holds its lease (`SET NX PX`), which keeps other processes from
-    /// refreshing the same key. A failed refresh keeps the lease until it expires. Default: 10 s.
+    /// How long the lease of a key lives (`SET NX PX`, with a token only its holder can extend or release):
+    /// the lease keeps other processes from refreshing or filling the same key. Its holder renews it every
+    /// third of this while its origin call runs, so it expires this long after a holder dies. A failed refresh
+    /// keeps the lease until it expires, which spaces out retries. Default: 10 s.
     pub fn refresh_lease_for(mut self, lease_for: Duration) -> Self {
         self.lease_for = lease_for;
         self
@@ -340,6 +344,17 @@ impl RedisCacheLayerBuilder {
     /// never stored either way.
     pub fn respect_response_cache_control(mut self, respect: bool) -> Self {
         self.respect_response_cache_control = respect;
+        self
+    }
+
+    /// How long a miss waits when another process is already fetching its key (it holds the key's lease): the
+    /// wait ends as soon as that process's entry is stored (woken by the near cache's invalidation when there
+    /// is one, else by a poll every 5 to 50 ms), or when the other process lets go without an entry (this one
+    /// then takes the lease and calls the origin). Past this it calls the origin itself. The answer says
+    /// `Cache-Status: ...; collapsed; detail=fleet`. Default: 5 s. Zero turns fleet-wide collapsing off: each
+    /// process then makes one call per key (its own callers still share it).
+    pub fn fleet_wait(mut self, wait: Duration) -> Self {
+        self.fleet_wait = wait;
         self
     }
 
@@ -394,6 +409,7 @@ impl RedisCacheLayerBuilder {
             ("stale_if_error_for", self.stale_if_error_for),
             ("refresh_lease_for", self.lease_for),
             ("near_cache_max_ttl", self.near_max_ttl),
+            ("fleet_wait", self.fleet_wait),
         ] {
             if window > MAX_WINDOW {
                 return Err(ConfigError::new(format!(
@@ -483,6 +499,7 @@ impl RedisCacheLayerBuilder {
             },
             lease_for: self.lease_for,
             refresh_timeout: self.refresh_timeout,
+            fleet_wait: self.fleet_wait,
         };
         let mut vary = self.vary;
         if self.credentials == Credentials::InKey {

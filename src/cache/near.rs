@@ -84,6 +84,8 @@ pub(crate) struct Near {
     tracking: Arc<dyn Tracking>,
     counters: Arc<Counters>,
     clock: Arc<Clock>,
+    /// Woken whenever keys were dropped: a process waiting for another's fill looks again.
+    changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Near {
@@ -156,7 +158,13 @@ impl Near {
             tracking,
             counters,
             clock,
+            changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Completes at the next invalidation or flush (call `enable` before looking, so none is missed).
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// Starts the tracking task the first time a request passes (a runtime is there then). It ends once the
@@ -254,6 +262,7 @@ impl Near {
             bump(&self.counters.near_invalidations);
             self.cache.invalidate(key);
         }
+        self.changed.notify_waiters();
     }
 
     /// Empties the near cache: nothing filled before answers again.
@@ -266,6 +275,7 @@ impl Near {
             FlushCause::Local => &self.counters.near_flushes_local,
         });
         tracing::debug!(?cause, "near cache flushed");
+        self.changed.notify_waiters();
     }
 
     /// Tracking is (again) on: start answering from a clean slate.

@@ -34,9 +34,14 @@ impl Counter {
 
 /// Counts one event.
 pub(crate) fn bump(counter: &Counter) {
-    counter.value.fetch_add(1, Ordering::Relaxed);
+    add(counter, 1);
+}
+
+/// Counts `n` (events, or units such as milliseconds).
+pub(crate) fn add(counter: &Counter, n: u64) {
+    counter.value.fetch_add(n, Ordering::Relaxed);
     #[cfg(feature = "metrics")]
-    metrics::counter!(counter.name, "namespace" => counter.namespace.clone()).increment(1);
+    metrics::counter!(counter.name, "namespace" => counter.namespace.clone()).increment(n);
 }
 
 #[derive(Debug)]
@@ -61,6 +66,10 @@ pub(crate) struct Counters {
     pub(crate) near_flushes_server: Counter,
     pub(crate) near_flushes_connection: Counter,
     pub(crate) near_flushes_local: Counter,
+    pub(crate) fleet_waits: Counter,
+    pub(crate) fleet_wait_ms: Counter,
+    pub(crate) fleet_takeovers: Counter,
+    pub(crate) fleet_timeouts: Counter,
 }
 
 impl Counters {
@@ -108,6 +117,10 @@ impl Counters {
                 "tower_redis_cache_near_flushes_local_total",
                 &namespace,
             ),
+            fleet_waits: Counter::new("tower_redis_cache_fleet_waits_total", &namespace),
+            fleet_wait_ms: Counter::new("tower_redis_cache_fleet_wait_ms_total", &namespace),
+            fleet_takeovers: Counter::new("tower_redis_cache_fleet_takeovers_total", &namespace),
+            fleet_timeouts: Counter::new("tower_redis_cache_fleet_timeouts_total", &namespace),
         }
     }
 
@@ -133,6 +146,10 @@ impl Counters {
             near_flushes_server: self.near_flushes_server.get(),
             near_flushes_connection: self.near_flushes_connection.get(),
             near_flushes_local: self.near_flushes_local.get(),
+            fleet_waits: self.fleet_waits.get(),
+            fleet_wait_ms: self.fleet_wait_ms.get(),
+            fleet_takeovers: self.fleet_takeovers.get(),
+            fleet_timeouts: self.fleet_timeouts.get(),
         }
     }
 }
@@ -183,4 +200,14 @@ pub struct CacheStats {
     pub near_flushes_connection: u64,
     /// Times the near cache was emptied by this process's own purge.
     pub near_flushes_local: u64,
+    /// Misses that found another process fetching their key and waited for its entry instead of calling the
+    /// origin (counted whether the entry came, the lease was taken over, or the wait gave up).
+    pub fleet_waits: u64,
+    /// Milliseconds spent in those waits, all together.
+    pub fleet_wait_ms: u64,
+    /// Waits that ended with the other process gone (its lease released or expired without an entry): this
+    /// process took the lease and called the origin itself.
+    pub fleet_takeovers: u64,
+    /// Waits that reached `fleet_wait` and called the origin without the lease.
+    pub fleet_timeouts: u64,
 }

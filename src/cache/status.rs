@@ -9,6 +9,7 @@
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
 //! | another variant stored (the response's `Vary`) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` |
+//! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
 //! | request `Cache-Control: no-cache` | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
 //! | stale-if-error | `tower-redis-cache; fwd=stale; fwd-status=503; ttl=-40` |
 //! | stale-if-error after a transport error | `tower-redis-cache; fwd=stale; ttl=-40; detail=transport-error` |
@@ -153,6 +154,8 @@ pub(crate) struct Status {
     pub(crate) store: StoreHealth,
     /// The answer came from the near cache.
     pub(crate) near: bool,
+    /// The answer is another process's fill, waited for.
+    pub(crate) fleet: bool,
 }
 
 pub(crate) const CACHE_NAME: &str = "tower-redis-cache";
@@ -166,6 +169,7 @@ impl Status {
             fwd: Fwd::UriMiss,
             store: StoreHealth::Ok,
             near: false,
+            fleet: false,
         }
     }
 
@@ -187,6 +191,9 @@ impl Status {
             }
             CacheOutcome::Miss { .. } => {
                 let _ = write!(s, "; fwd={}", self.fwd.as_str());
+                if self.fleet {
+                    detail = Some("fleet");
+                }
             }
             CacheOutcome::StaleIfError => {
                 s.push_str("; fwd=stale");
@@ -335,6 +342,12 @@ mod tests {
         assert_eq!(
             fmt(collapsed),
             "tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed"
+        );
+        let mut fleet = collapsed;
+        fleet.fleet = true;
+        assert_eq!(
+            fmt(fleet),
+            "tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet"
         );
 
         let mut revalidated = miss;
