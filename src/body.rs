@@ -126,6 +126,17 @@ impl RequestBody {
     }
 }
 
+/// The size hint of `prefix` followed by a body hinting `hint`.
+pub(crate) fn prefixed_hint(prefix: Option<&Bytes>, hint: SizeHint) -> SizeHint {
+    let extra = prefix.map_or(0, |p| p.len() as u64);
+    let mut out = SizeHint::new();
+    out.set_lower(hint.lower().saturating_add(extra));
+    if let Some(upper) = hint.upper() {
+        out.set_upper(upper.saturating_add(extra));
+    }
+    out
+}
+
 /// `k` as a `T` when it is one, else `k` back: a downcast without `unsafe`, as axum's body does it.
 pub(crate) fn try_downcast<T: 'static, K: 'static>(k: K) -> Result<T, K> {
     let mut slot = Some(k);
@@ -220,16 +231,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Chained { prefix, rest } => {
-                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
-                let hint = rest.size_hint();
-                let mut out = SizeHint::new();
-                out.set_lower(hint.lower().saturating_add(extra));
-                if let Some(upper) = hint.upper() {
-                    out.set_upper(upper.saturating_add(extra));
-                }
-                out
-            }
+            Kind::Chained { prefix, rest } => prefixed_hint(prefix.as_ref(), rest.size_hint()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! [`ResponseBody`]: the one body type for answers from the store and from the inner service.
 
+use crate::body::prefixed_hint;
 use crate::error::BoxError;
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
@@ -91,16 +92,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Streaming { prefix, inner } => {
-                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
-                let hint = inner.size_hint();
-                let mut out = SizeHint::new();
-                out.set_lower(hint.lower() + extra);
-                if let Some(upper) = hint.upper() {
-                    out.set_upper(upper + extra);
-                }
-                out
-            }
+            Kind::Streaming { prefix, inner } => prefixed_hint(prefix.as_ref(), inner.size_hint()),
         }
     }
 }
