@@ -250,3 +250,33 @@ async fn every_shard_of_a_cluster_keeps_the_near_caches_coherent() {
         assert_eq!(body(response).await, expected, "{query}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_over_a_pool_hears_the_other_process_too() {
+    use fred::prelude::{Builder, ClientLike, Config};
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let pool = Builder::from_config(Config::from_url(&server.url()).unwrap())
+        .build_pool(3)
+        .unwrap();
+    pool.init().await.unwrap();
+    let a = RedisCacheLayer::builder(RedisStore::from_pool(pool))
+        .namespace("near")
+        .methods([Method::POST])
+        .near_cache(1 << 20)
+        .build()
+        .unwrap();
+    let b = near_layer(&server.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let query = r#"{"q":"pooled"}"#;
+    call(&service_a, post(query)).await;
+    until_near(&service_a, query).await;
+    let before = a.handle().stats().near_invalidations;
+    call(&service_b, revalidate(query)).await;
+    wait_until("A heard of B's write", || {
+        a.handle().stats().near_invalidations > before
+    })
+    .await;
+    let after = call(&service_a, post(query)).await;
+    assert_eq!(&body(after).await[..], br#"{"n":2,"echo":{"q":"pooled"}}"#);
+}
