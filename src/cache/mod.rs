@@ -83,8 +83,17 @@
 //! status, headers and body bytes; an error reaches each of them as a [`SharedError`](crate::error::SharedError)
 //! whose `source()` is the inner error. A response meant for its requester alone (`Set-Cookie`, `private`,
 //! `no-store`, `Vary: *`), one too large to hold, or one that varies on a header whose value a waiter does not
-//! share, is not handed to waiters: each of them calls the inner service itself. Across processes misses are not collapsed (each process makes at most one
-//! call per key); refreshes are (the lease).
+//! share, is not handed to waiters: each of them calls the inner service itself.
+//!
+//! Across processes, a key's lease (next to its entry, with a token only its holder can renew or release)
+//! makes one fill and one refresh per key for the fleet: a process that misses a key another is fetching waits
+//! for that entry (up to [`fleet_wait`](RedisCacheLayerBuilder::fleet_wait)) and answers `collapsed;
+//! detail=fleet`; see [`RedisCacheLayerBuilder::fleet_wait`].
+//!
+//! # Near cache
+//!
+//! With [`near_cache`](RedisCacheLayerBuilder::near_cache) (and a [`RedisStore`]), fresh entries are also kept
+//! in the process and answered with no network call (`detail=near`), kept coherent by Redis client tracking.
 //!
 //! # Fail-open
 //!
