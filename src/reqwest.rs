@@ -187,9 +187,13 @@ impl CacheMiddleware {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<::reqwest::Response> {
         let engine = &self.engine;
-        let Some(parts) = head(&request) else {
+        let Some(mut parts) = head(&request) else {
             return next.run(request, extensions).await;
         };
+        // A per-call override rides in the middleware chain's extensions.
+        if let Some(choice) = extensions.get::<crate::cache::CacheOverride>() {
+            parts.extensions.insert(*choice);
+        }
         let max = engine.policy.max_body;
         // `None`: a streaming body, which cannot be read without consuming it (and may be of any size).
         let bytes = match request.body() {

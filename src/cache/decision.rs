@@ -16,6 +16,7 @@
 //! - the response's `Vary` is honoured: an entry answers only a request with the same values of the headers it
 //!   names.
 
+use super::freshness::Windows;
 use super::status::BypassReason;
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, IF_MATCH, IF_MODIFIED_SINCE,
@@ -69,6 +70,13 @@ pub(crate) struct RequestFacts {
     pub(crate) conditional: bool,
     /// The body is over the layer's cap (by `Content-Length`, or found while reading it).
     pub(crate) too_large: bool,
+    /// The request opted out of the cache ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
+    pub(crate) skip: bool,
+    /// The windows chosen for this request (its extension, the layer's hook, or the layer's own), for the
+    /// entry it stores.
+    pub(crate) windows: Windows,
+    /// Whether the origin's own freshness headers count for this request's method.
+    pub(crate) origin_freshness: bool,
 }
 
 impl RequestFacts {
@@ -203,7 +211,9 @@ impl Fwd {
 /// The cache decision for one request at `now` (unix ms).
 pub(crate) fn decide(rules: &Rules, request: &RequestFacts, lookup: Lookup, now: u64) -> Action {
     let unshared_credentials = rules.credentials == Credentials::Bypass;
-    let bypass = if !request.method_cacheable {
+    let bypass = if request.skip {
+        Some(BypassReason::Skipped)
+    } else if !request.method_cacheable {
         Some(BypassReason::Method)
     } else if request.no_store {
         Some(BypassReason::NoStore)
@@ -412,6 +422,7 @@ mod tests {
                 range: true,
                 conditional: true,
                 too_large: true,
+                ..RequestFacts::default()
             }
         );
         let pragma = RequestFacts::read(&head(&[("pragma", "no-cache")]), true, 10);
@@ -450,6 +461,7 @@ mod tests {
         #[rustfmt::skip]
         let rows: Vec<(&str, &Rules, RequestFacts, Lookup, u64, Action)> = vec![
             ("uncached method", &shared, RequestFacts::default(), fresh, 1_000, Action::Bypass(BypassReason::Method)),
+            ("skipped", &shared, with(|f| f.skip = true), fresh, 1_000, Action::Bypass(BypassReason::Skipped)),
             ("no-store", &shared, with(|f| f.no_store = true), fresh, 1_000, Action::Bypass(BypassReason::NoStore)),
             ("authorization", &shared, with(|f| f.authorization = true), fresh, 1_000, Action::Bypass(BypassReason::Authorization)),
             ("cookie", &shared, with(|f| f.cookie = true), fresh, 1_000, Action::Bypass(BypassReason::Cookie)),
@@ -593,6 +605,7 @@ mod tests {
         // Would answering from the cache be wrong whatever it holds?
         let credentials_allowed = !matches!(rules.credentials, Credentials::Bypass);
         let reasons = [
+            (r.skip, BypassReason::Skipped),
             (!r.method_cacheable, BypassReason::Method),
             (r.no_store, BypassReason::NoStore),
             (
@@ -633,7 +646,7 @@ mod tests {
     }
 
     fn arb_facts() -> impl Strategy<Value = RequestFacts> {
-        prop::array::uniform8(any::<bool>()).prop_map(|b| RequestFacts {
+        (prop::array::uniform8(any::<bool>()), any::<bool>()).prop_map(|(b, skip)| RequestFacts {
             method_cacheable: b[0],
             no_store: b[1],
             no_cache: b[2],
@@ -642,6 +655,8 @@ mod tests {
             range: b[5],
             conditional: b[6],
             too_large: b[7],
+            skip,
+            ..RequestFacts::default()
         })
     }
 

@@ -14,6 +14,7 @@ use super::decision::{
 };
 use super::entry::{Entry, storable_headers};
 use super::fleet::{LeaseGuard, Turn};
+use super::freshness::{CacheOverride, OriginSays, Windows, WindowsFn};
 use super::guard::GuardedStore;
 use super::key::{CacheKey, KeyConfig, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
@@ -158,9 +159,15 @@ pub(crate) type PostPredicate = Arc<dyn Fn(&request::Parts) -> bool + Send + Syn
 
 /// What the builder configured about what to cache and for how long.
 pub(crate) struct Policy {
-    pub(crate) fresh_for: Duration,
-    pub(crate) stale_for: Duration,
-    pub(crate) stale_if_error_for: Duration,
+    /// The layer's windows, for requests nothing else chose windows for.
+    pub(crate) windows: Windows,
+    /// Chooses windows per request.
+    pub(crate) windows_for: Option<WindowsFn>,
+    /// Whether the origin's freshness headers count: for `GET` and `HEAD`, and for other cached methods.
+    pub(crate) origin_freshness: bool,
+    pub(crate) origin_freshness_others: bool,
+    /// The longest windows the origin may set.
+    pub(crate) origin_cap: Windows,
     pub(crate) methods: Vec<Method>,
     pub(crate) post_when: Option<PostPredicate>,
     pub(crate) max_body: usize,
@@ -174,9 +181,11 @@ pub(crate) struct Policy {
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
-            .field("fresh_for", &self.fresh_for)
-            .field("stale_for", &self.stale_for)
-            .field("stale_if_error_for", &self.stale_if_error_for)
+            .field("windows", &self.windows)
+            .field("windows_for", &self.windows_for.is_some())
+            .field("origin_freshness", &self.origin_freshness)
+            .field("origin_freshness_others", &self.origin_freshness_others)
+            .field("origin_cap", &self.origin_cap)
             .field("methods", &self.methods)
             .field("post_when", &self.post_when.is_some())
             .field("max_body", &self.max_body)
@@ -191,7 +200,25 @@ impl std::fmt::Debug for Policy {
 impl Policy {
     /// The facts of a request head, for [`decide`].
     pub(crate) fn facts(&self, parts: &request::Parts) -> RequestFacts {
-        RequestFacts::read(&parts.headers, self.method_cacheable(parts), self.max_body)
+        let mut facts =
+            RequestFacts::read(&parts.headers, self.method_cacheable(parts), self.max_body);
+        facts.windows = match parts.extensions.get::<CacheOverride>() {
+            Some(CacheOverride::Windows(windows)) => *windows,
+            Some(CacheOverride::Skip) => {
+                facts.skip = true;
+                self.windows
+            }
+            None => self
+                .windows_for
+                .as_ref()
+                .and_then(|choose| choose(parts))
+                .unwrap_or(self.windows),
+        };
+        facts.origin_freshness = self.origin_freshness
+            && (parts.method == Method::GET
+                || parts.method == Method::HEAD
+                || self.origin_freshness_others);
+        facts
     }
 
     /// The decision for a request whose entry was not read yet: a bypass, [`Action::Read`], or a forward.
@@ -530,7 +557,7 @@ impl Engine {
                                 let stored = forward.store
                                     && health == StoreHealth::Ok
                                     && verdict.store
-                                    && self.write(&key, &response, vary).await;
+                                    && self.write(&key, &response, vary, &facts).await;
                                 let response = Arc::new(response);
                                 leader.complete(if verdict.share {
                                     Shared::Response {
@@ -723,12 +750,14 @@ impl Engine {
         }
     }
 
-    /// Stores an origin response under `key`, for the variant `vary`; returns whether the store took it.
+    /// Stores an origin response to a request with `facts` under `key`, for the variant `vary`, with the
+    /// windows the request chose or the origin's headers set; returns whether the store took it.
     pub(super) async fn write(
         &self,
         key: &CacheKey,
         response: &Buffered,
         vary: Option<[u8; 32]>,
+        facts: &RequestFacts,
     ) -> bool {
         if response.body.len() > self.policy.max_body {
             return false;
@@ -737,13 +766,17 @@ impl Engine {
             return false;
         };
         let now = self.clock.now_ms();
-        let fresh_until = now.saturating_add(millis(self.policy.fresh_for));
+        let windows = if facts.origin_freshness {
+            OriginSays::read(&response.headers, now).windows(facts.windows, self.policy.origin_cap)
+        } else {
+            facts.windows
+        };
+        let fresh_until = now.saturating_add(millis(windows.fresh_for()));
         let entry = Entry {
             stored_at: now,
             fresh_until,
-            stale_until: fresh_until.saturating_add(millis(self.policy.stale_for)),
-            stale_if_error_until: fresh_until
-                .saturating_add(millis(self.policy.stale_if_error_for)),
+            stale_until: fresh_until.saturating_add(millis(windows.stale_for())),
+            stale_if_error_until: fresh_until.saturating_add(millis(windows.stale_if_error_for())),
             vary,
             status: response.status,
             headers,

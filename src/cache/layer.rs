@@ -3,6 +3,7 @@
 use super::RedisCache;
 use super::decision::{Credentials, Rules, default_statuses};
 use super::engine::{Engine, NearConfig, Policy, PostPredicate};
+use super::freshness::{Windows, WindowsFn};
 use super::guard::{Breaker, GuardedStore};
 use super::key::KeyConfig;
 use super::near::Tracking;
@@ -170,6 +171,10 @@ pub struct RedisCacheLayerBuilder {
     near_max_ttl: Duration,
     tracking: Option<Arc<dyn Tracking>>,
     fleet_wait: Duration,
+    windows_for: Option<WindowsFn>,
+    origin_freshness: bool,
+    origin_freshness_for_post: bool,
+    origin_cap: Windows,
 }
 
 impl fmt::Debug for RedisCacheLayerBuilder {
@@ -187,6 +192,9 @@ impl fmt::Debug for RedisCacheLayerBuilder {
 /// The longest window or lease a layer accepts: 10 years (longer is a mistake, and Redis refuses expiry times
 /// far enough out).
 const MAX_WINDOW: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// One day.
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The `QUERY` method (safe, idempotent, with a body).
 pub(crate) fn query_method() -> Method {
@@ -218,6 +226,10 @@ impl RedisCacheLayerBuilder {
             near_max_ttl: Duration::from_secs(60),
             tracking: None,
             fleet_wait: Duration::from_secs(5),
+            windows_for: None,
+            origin_freshness: true,
+            origin_freshness_for_post: false,
+            origin_cap: Windows::new(DAY, DAY, DAY),
         }
     }
 
@@ -260,6 +272,44 @@ impl RedisCacheLayerBuilder {
     /// 500, 502, 503, 504). Default: 300 s. Zero turns it off.
     pub fn stale_if_error_for(mut self, stale_if_error_for: Duration) -> Self {
         self.stale_if_error_for = stale_if_error_for;
+        self
+    }
+
+    /// Chooses the windows of each request from its head (for example by path, or by a header), so that one
+    /// layer caches a fast-changing lookup briefly and a static listing long; `None` keeps the layer's windows
+    /// ([`fresh_for`](Self::fresh_for), [`stale_for`](Self::stale_for),
+    /// [`stale_if_error_for`](Self::stale_if_error_for)). A [`CacheOverride`](super::CacheOverride) request extension wins over it
+    /// for one call. Default: none.
+    pub fn windows_for(
+        mut self,
+        choose: impl Fn(&request::Parts) -> Option<Windows> + Send + Sync + 'static,
+    ) -> Self {
+        self.windows_for = Some(Arc::new(choose));
+        self
+    }
+
+    /// Lets the origin's own freshness headers set an entry's windows: `s-maxage`, else `max-age`, else
+    /// `Expires` (less `Age`) the fresh window; `stale-while-revalidate=N` and `stale-if-error=N` the others;
+    /// `no-cache` stores the response but never answers without asking the origin (conditionally, when it has
+    /// an `ETag` or `Last-Modified`); `must-revalidate`, `proxy-revalidate` and `s-maxage` forbid stale
+    /// answers. What the origin does not say, the request's windows give, and every value is capped by
+    /// [`origin_freshness_cap`](Self::origin_freshness_cap). Default: true, for `GET` and `HEAD` (other
+    /// methods: [`origin_freshness_for_post`](Self::origin_freshness_for_post)).
+    pub fn origin_freshness(mut self, honour: bool) -> Self {
+        self.origin_freshness = honour;
+        self
+    }
+
+    /// Lets the origin's freshness headers count for `POST` and `QUERY` too. Default: false, since APIs often
+    /// mark query answers uncacheable while caching them is this layer's purpose.
+    pub fn origin_freshness_for_post(mut self, honour: bool) -> Self {
+        self.origin_freshness_for_post = honour;
+        self
+    }
+
+    /// The longest windows the origin's headers may set. Default: one day each.
+    pub fn origin_freshness_cap(mut self, cap: Windows) -> Self {
+        self.origin_cap = cap;
         self
     }
 
@@ -417,6 +467,11 @@ impl RedisCacheLayerBuilder {
                 )));
             }
         }
+        if let Some((name, window)) = self.origin_cap.over(MAX_WINDOW) {
+            return Err(ConfigError::new(format!(
+                "origin_freshness_cap {name} of {window:?} is over the 10-year maximum"
+            )));
+        }
         if (self.fresh_for + self.stale_for + self.stale_if_error_for).is_zero() {
             return Err(ConfigError::new(
                 "fresh_for, stale_for and stale_if_error_for are all zero",
@@ -486,9 +541,11 @@ impl RedisCacheLayerBuilder {
             counters,
         };
         let policy = Policy {
-            fresh_for: self.fresh_for,
-            stale_for: self.stale_for,
-            stale_if_error_for: self.stale_if_error_for,
+            windows: Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for),
+            windows_for: self.windows_for,
+            origin_freshness: self.origin_freshness,
+            origin_freshness_others: self.origin_freshness_for_post,
+            origin_cap: self.origin_cap,
             methods: self.methods,
             post_when: self.post_when,
             max_body: self.max_body,

@@ -72,6 +72,12 @@
 //!
 //! Request `Cache-Control: no-cache` skips the read and refreshes the entry (`fwd=request`).
 //!
+//! The windows of the entry a request stores are its own [`CacheOverride`] extension's, else what the
+//! layer's [`windows_for`](RedisCacheLayerBuilder::windows_for) hook chooses from its head, else the layer's;
+//! the origin's own `Cache-Control` / `Expires` set them where they speak (for `GET` and `HEAD` by default),
+//! capped (see [`freshness`]). A refresh of an entry with an `ETag` or `Last-Modified` is conditional: a `304`
+//! renews it without the body.
+//!
 //! The whole decision is one pure function of the request's facts, the stored entry and the time; see the
 //! table in its tests.
 //!
@@ -117,6 +123,7 @@ pub(crate) mod decision;
 pub(crate) mod engine;
 mod entry;
 mod fleet;
+pub mod freshness;
 pub mod future;
 mod guard;
 mod key;
@@ -130,6 +137,7 @@ pub mod store;
 
 pub use self::body::ResponseBody;
 pub use self::decision::Credentials;
+pub use self::freshness::{CacheOverride, Windows};
 pub use self::key::CacheKey;
 pub use self::layer::{CacheHandle, RedisCacheLayer, RedisCacheLayerBuilder};
 pub use self::service::RedisCache;

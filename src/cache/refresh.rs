@@ -115,7 +115,7 @@ impl Engine {
                     &ResponseFacts::read(response.status, &response.headers),
                 );
                 let vary = vary_digest(&response.headers, &headers);
-                verdict.store && self.write(key, &response, vary).await
+                verdict.store && self.write(key, &response, vary, &facts).await
             }
             Ok(Fetched::Streaming(_)) => false,
             Err(error) => {

@@ -106,6 +106,8 @@ pub enum BypassReason {
     Conditional,
     /// The request body is larger than the configured maximum.
     RequestTooLarge,
+    /// The request opted out ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
+    Skipped,
 }
 
 impl BypassReason {
@@ -119,6 +121,7 @@ impl BypassReason {
             BypassReason::Range => "range",
             BypassReason::Conditional => "conditional",
             BypassReason::RequestTooLarge => "request-too-large",
+            BypassReason::Skipped => "skipped",
         }
     }
 
@@ -371,6 +374,7 @@ mod tests {
                 BypassReason::RequestTooLarge,
                 "fwd=bypass; detail=request-too-large",
             ),
+            (BypassReason::Skipped, "fwd=bypass; detail=skipped"),
         ] {
             let bypass = Status::new(CacheOutcome::Bypass(reason));
             assert_eq!(fmt(bypass), format!("tower-redis-cache; {expected}"));

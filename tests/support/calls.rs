@@ -55,6 +55,15 @@ pub async fn body(response: Reply) -> Bytes {
     response.into_body().collect().await.unwrap().to_bytes()
 }
 
+/// Moves the Tokio clock (and so the cache's) forward by `by` at once, then lets time run on: freshness tests
+/// jump over windows while real Redis I/O runs in real time. Needs a current-thread runtime, and nothing in
+/// flight (its timers would fire).
+pub async fn jump(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
 /// Polls `done` every 10 ms for up to 10 s (a liveness guard for background work, not a timing claim).
 pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..1000 {

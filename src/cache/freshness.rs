@@ -1,0 +1,303 @@
+//! Freshness per query: the windows of an entry, chosen per request (a builder hook, or a request extension),
+//! and the origin's own say (`Cache-Control`, `Expires`), capped by the layer's maximums.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_redis_cache::cache::{CacheOverride, Windows};
+//! use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+//!
+//! # fn main() -> Result<(), tower_redis_cache::error::BoxError> {
+//! let minute = Duration::from_secs(60);
+//! let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+//!     // Configuration listings change rarely; customer lookups often.
+//!     .windows_for(move |parts| {
+//!         parts.uri.path().starts_with("/config/").then(|| Windows::new(60 * minute, minute, minute))
+//!     })
+//!     .build()?;
+//! // One call that must not be answered from more than five seconds ago:
+//! let mut request = http::Request::get("https://api.example/customers/17").body(())?;
+//! request.extensions_mut().insert(CacheOverride::Windows(Windows::new(
+//!     Duration::from_secs(5),
+//!     Duration::ZERO,
+//!     Duration::ZERO,
+//! )));
+//! # let _ = (layer, request); Ok(()) }
+//! ```
+
+use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES};
+use http::{HeaderMap, HeaderValue, request};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long an entry answers: fresh (no inner call), then stale (answered at once while one refresh runs),
+/// and how long after freshness it may still answer for a failing origin (stale-if-error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Windows {
+    fresh_for: Duration,
+    stale_for: Duration,
+    stale_if_error_for: Duration,
+}
+
+impl Windows {
+    /// Windows of `fresh_for`, then `stale_for`; `stale_if_error_for` counts from the end of freshness too.
+    pub const fn new(
+        fresh_for: Duration,
+        stale_for: Duration,
+        stale_if_error_for: Duration,
+    ) -> Self {
+        Windows {
+            fresh_for,
+            stale_for,
+            stale_if_error_for,
+        }
+    }
+
+    /// How long an entry is fresh.
+    pub fn fresh_for(&self) -> Duration {
+        self.fresh_for
+    }
+
+    /// How long after freshness an entry is served at once while it is refreshed.
+    pub fn stale_for(&self) -> Duration {
+        self.stale_for
+    }
+
+    /// How long after freshness an entry may answer for a failing origin.
+    pub fn stale_if_error_for(&self) -> Duration {
+        self.stale_if_error_for
+    }
+
+    /// Each window no longer than the same window of `cap`.
+    pub(crate) fn capped(self, cap: Windows) -> Windows {
+        Windows {
+            fresh_for: self.fresh_for.min(cap.fresh_for),
+            stale_for: self.stale_for.min(cap.stale_for),
+            stale_if_error_for: self.stale_if_error_for.min(cap.stale_if_error_for),
+        }
+    }
+
+    /// The name and value of the first window over `max`, if any.
+    pub(crate) fn over(&self, max: Duration) -> Option<(&'static str, Duration)> {
+        [
+            ("fresh_for", self.fresh_for),
+            ("stale_for", self.stale_for),
+            ("stale_if_error_for", self.stale_if_error_for),
+        ]
+        .into_iter()
+        .find(|(_, window)| *window > max)
+    }
+}
+
+/// What one request asks of the cache, as a request extension: it overrides the layer's
+/// [`windows_for`](super::RedisCacheLayerBuilder::windows_for) for this call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheOverride {
+    /// These windows for the entry this request stores.
+    Windows(Windows),
+    /// Leave the cache out of this request entirely (`Cache-Status: ...; fwd=bypass; detail=skipped`).
+    Skip,
+}
+
+/// Chooses the windows of a request from its head; `None` keeps the layer's.
+pub(crate) type WindowsFn = Arc<dyn Fn(&request::Parts) -> Option<Windows> + Send + Sync>;
+
+/// What a response's own headers say about its windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct OriginSays {
+    /// `s-maxage`, else `max-age`, else `Expires` (against `Date`), less `Age`.
+    pub(crate) fresh_for: Option<Duration>,
+    /// `stale-while-revalidate=N`.
+    pub(crate) stale_for: Option<Duration>,
+    /// `stale-if-error=N`.
+    pub(crate) stale_if_error_for: Option<Duration>,
+    /// `no-cache`: store, but never answer without asking the origin first.
+    pub(crate) no_cache: bool,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never answer stale.
+    pub(crate) must_revalidate: bool,
+}
+
+impl OriginSays {
+    /// Reads a response's `Cache-Control`, `Expires`, `Date` and `Age`; `now` is the cache's clock (unix ms).
+    pub(crate) fn read(headers: &HeaderMap, now: u64) -> Self {
+        let mut says = OriginSays::default();
+        let (mut s_maxage, mut max_age) = (None, None);
+        for value in headers.get_all(CACHE_CONTROL) {
+            for directive in value.to_str().unwrap_or("").split(',') {
+                let (name, argument) = match directive.split_once('=') {
+                    Some((name, argument)) => {
+                        (name.trim(), Some(argument.trim().trim_matches('"')))
+                    }
+                    None => (directive.trim(), None),
+                };
+                let seconds = argument
+                    .and_then(|a| a.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                match name.to_ascii_lowercase().as_str() {
+                    "s-maxage" => {
+                        s_maxage = seconds.or(s_maxage);
+                        says.must_revalidate = true;
+                    }
+                    "max-age" => max_age = seconds.or(max_age),
+                    "stale-while-revalidate" => says.stale_for = seconds,
+                    "stale-if-error" => says.stale_if_error_for = seconds,
+                    "no-cache" => says.no_cache = true,
+                    "must-revalidate" | "proxy-revalidate" => says.must_revalidate = true,
+                    _ => {}
+                }
+            }
+        }
+        let lifetime = s_maxage.or(max_age).or_else(|| expires_in(headers, now));
+        let age = headers
+            .get(AGE)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map_or(Duration::ZERO, Duration::from_secs);
+        says.fresh_for = lifetime.map(|lifetime| lifetime.saturating_sub(age));
+        says
+    }
+
+    /// The windows of an entry: what the origin says where it says something, `defaults` elsewhere, each
+    /// capped by `cap`.
+    pub(crate) fn windows(&self, defaults: Windows, cap: Windows) -> Windows {
+        let mut windows = Windows {
+            fresh_for: self.fresh_for.unwrap_or(defaults.fresh_for),
+            stale_for: self.stale_for.unwrap_or(defaults.stale_for),
+            stale_if_error_for: self
+                .stale_if_error_for
+                .unwrap_or(defaults.stale_if_error_for),
+        };
+        if self.no_cache {
+            // Stored for its validators, but every use asks the origin first.
+            windows.fresh_for = Duration::ZERO;
+            windows.stale_for = Duration::ZERO;
+        }
+        if self.must_revalidate {
+            windows.stale_for = Duration::ZERO;
+            windows.stale_if_error_for = Duration::ZERO;
+        }
+        windows.capped(cap)
+    }
+}
+
+/// `Expires` less `Date` (or less now without a `Date`); zero for a date past or unreadable (RFC 9111
+/// §5.3: an invalid `Expires` means already expired).
+fn expires_in(headers: &HeaderMap, now: u64) -> Option<Duration> {
+    let expires = headers.get(EXPIRES)?;
+    let Some(expires) = http_date(expires) else {
+        return Some(Duration::ZERO);
+    };
+    let date = headers
+        .get(DATE)
+        .and_then(http_date)
+        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_millis(now));
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+fn http_date(value: &HeaderValue) -> Option<SystemTime> {
+    httpdate::parse_http_date(value.to_str().ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+    const CAP: Windows = Windows::new(DAY, DAY, DAY);
+    const DEFAULTS: Windows = Windows::new(
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+        Duration::from_secs(300),
+    );
+
+    fn windows(pairs: &[(&'static str, &'static str)]) -> Windows {
+        OriginSays::read(&head(pairs), 1_700_000_000_000).windows(DEFAULTS, CAP)
+    }
+
+    fn secs(fresh: u64, stale: u64, on_error: u64) -> Windows {
+        Windows::new(
+            Duration::from_secs(fresh),
+            Duration::from_secs(stale),
+            Duration::from_secs(on_error),
+        )
+    }
+
+    #[test]
+    fn the_origin_sets_the_windows_it_names_and_the_defaults_fill_the_rest() {
+        assert_eq!(windows(&[]), DEFAULTS);
+        assert_eq!(
+            windows(&[("cache-control", "max-age=2, stale-while-revalidate=5")]),
+            secs(2, 5, 300)
+        );
+        assert_eq!(
+            windows(&[("cache-control", "public, max-age=10, stale-if-error=30")]),
+            secs(10, 60, 30)
+        );
+        // s-maxage wins over max-age, and a shared cache must then revalidate.
+        assert_eq!(
+            windows(&[(
+                "cache-control",
+                "max-age=10, s-maxage=20, stale-while-revalidate=9"
+            )]),
+            secs(20, 0, 0)
+        );
+        assert_eq!(
+            windows(&[("cache-control", "max-age=10, must-revalidate")]),
+            secs(10, 0, 0)
+        );
+        // Age counts against the lifetime.
+        assert_eq!(
+            windows(&[("cache-control", "max-age=10"), ("age", "4")]),
+            secs(6, 60, 300)
+        );
+        assert_eq!(windows(&[("cache-control", "no-cache")]), secs(0, 0, 300));
+        assert_eq!(windows(&[("cache-control", "max-age=junk")]), DEFAULTS);
+    }
+
+    #[test]
+    fn expires_counts_from_date_and_an_invalid_one_has_expired() {
+        assert_eq!(
+            windows(&[
+                ("date", "Tue, 15 Nov 1994 08:12:31 GMT"),
+                ("expires", "Tue, 15 Nov 1994 08:13:31 GMT"),
+            ]),
+            secs(60, 60, 300)
+        );
+        assert_eq!(windows(&[("expires", "0")]), secs(0, 60, 300));
+        assert_eq!(
+            windows(&[
+                ("expires", "Tue, 15 Nov 1994 08:13:31 GMT"),
+                ("cache-control", "max-age=7"),
+            ]),
+            secs(7, 60, 300),
+            "max-age wins over Expires"
+        );
+    }
+
+    #[test]
+    fn caps_win_over_a_huge_max_age() {
+        let says = OriginSays::read(&head(&[("cache-control", "max-age=99999999999")]), 0);
+        assert_eq!(
+            says.windows(DEFAULTS, secs(3600, 10, 10)),
+            secs(3600, 10, 10)
+        );
+        let huge = OriginSays::read(
+            &head(&[("cache-control", "max-age=184467440737095516150")]),
+            0,
+        );
+        assert_eq!(
+            huge.windows(DEFAULTS, CAP),
+            DEFAULTS,
+            "unparseable is unsaid"
+        );
+    }
+}

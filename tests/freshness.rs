@@ -1,0 +1,170 @@
+//! Freshness per query against a real redis-server: windows per route and per call, the origin's own
+//! `Cache-Control`, capped. The clock jumps (Tokio time paused, advanced, resumed)
+//! while Redis runs in real time.
+
+mod support;
+
+use http::{Method, Request};
+use http_body_util::Full;
+use std::time::Duration;
+use support::calls::{cache_status, call, jump, outcome, wait_until};
+use support::{Origin, RedisServer, fred_client};
+use tower_redis_cache::cache::{CacheOverride, RedisCacheLayerBuilder, Windows};
+use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
+
+async fn layer(server: &RedisServer) -> RedisCacheLayerBuilder {
+    RedisCacheLayer::builder(RedisStore::new(fred_client(&server.url()).await))
+        .namespace("fresh")
+        .methods([Method::GET, Method::POST])
+        .store_timeout(Duration::from_secs(2))
+}
+
+fn cached<S>(layer: &RedisCacheLayer, inner: S) -> RedisCache<S> {
+    tower::Layer::layer(layer, inner)
+}
+
+fn get(path: &str) -> Request<Full<bytes::Bytes>> {
+    Request::get(format!("http://api.test{path}"))
+        .body(Full::default())
+        .unwrap()
+}
+
+fn secs(fresh: u64, stale: u64, on_error: u64) -> Windows {
+    Windows::new(
+        Duration::from_secs(fresh),
+        Duration::from_secs(stale),
+        Duration::from_secs(on_error),
+    )
+}
+
+/// The `ttl` of a hit's `Cache-Status` (real time runs on between the jumps, so it may read a second less).
+fn ttl(response: &support::calls::Reply) -> i64 {
+    let status = cache_status(response);
+    status
+        .strip_prefix("tower-redis-cache; hit; ttl=")
+        .unwrap_or_else(|| panic!("not a hit: {status}"))
+        .parse()
+        .unwrap()
+}
+
+fn is_miss(response: &support::calls::Reply) -> bool {
+    matches!(outcome(response), CacheOutcome::Miss { .. })
+}
+
+#[tokio::test]
+async fn two_routes_expire_at_their_own_times_and_a_call_can_choose_its_own() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server)
+        .await
+        .windows_for(|parts| match parts.uri.path() {
+            "/lookup" => Some(secs(10, 0, 0)),
+            "/config" => Some(secs(100, 0, 0)),
+            _ => None,
+        })
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    assert!(is_miss(&call(&service, get("/lookup")).await));
+    assert!(is_miss(&call(&service, get("/config")).await));
+
+    jump(Duration::from_secs(11)).await;
+    assert!(
+        is_miss(&call(&service, get("/lookup")).await),
+        "10 s are over"
+    );
+    let config = call(&service, get("/config")).await;
+    assert_eq!(outcome(&config), CacheOutcome::Hit);
+    assert!(
+        (88..=89).contains(&ttl(&config)),
+        "{}",
+        cache_status(&config)
+    );
+
+    jump(Duration::from_secs(90)).await;
+    assert!(
+        is_miss(&call(&service, get("/config")).await),
+        "100 s are over"
+    );
+    assert_eq!(origin.calls(), 4);
+
+    // One call stores with windows of its own, whatever its route says.
+    let mut brief = get("/config?v=2");
+    brief
+        .extensions_mut()
+        .insert(CacheOverride::Windows(secs(5, 0, 0)));
+    assert!(is_miss(&call(&service, brief).await));
+    jump(Duration::from_secs(6)).await;
+    assert!(
+        is_miss(&call(&service, get("/config?v=2")).await),
+        "its 5 s are over"
+    );
+
+    let mut skipped = get("/config");
+    skipped.extensions_mut().insert(CacheOverride::Skip);
+    let response = call(&service, skipped).await;
+    assert_eq!(
+        cache_status(&response),
+        "tower-redis-cache; fwd=bypass; detail=skipped"
+    );
+}
+
+#[tokio::test]
+async fn the_origins_max_age_and_stale_while_revalidate_drive_the_windows() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-control", "max-age=2, stale-while-revalidate=5");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    assert!(is_miss(&call(&service, get("/report")).await));
+
+    jump(Duration::from_secs(1)).await;
+    let fresh = call(&service, get("/report")).await;
+    assert!((0..=1).contains(&ttl(&fresh)), "{}", cache_status(&fresh));
+    jump(Duration::from_secs(2)).await;
+    let stale = call(&service, get("/report")).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    wait_until("the refresh stored", || layer.handle().stats().stores == 2).await;
+
+    // Past the origin's seven seconds: gone, where the layer's own windows (60 s + 60 s) would still answer.
+    jump(Duration::from_secs(8)).await;
+    assert!(is_miss(&call(&service, get("/report")).await));
+    assert_eq!(origin.calls(), 3);
+
+    // A POST's origin headers count only when the layer says so.
+    let post = || {
+        Request::post("http://api.test/query")
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    assert!(is_miss(&call(&service, post()).await));
+    jump(Duration::from_secs(3)).await;
+    assert_eq!(
+        outcome(&call(&service, post()).await),
+        CacheOutcome::Hit,
+        "the layer's 60 s, not max-age=2"
+    );
+}
+
+#[tokio::test]
+async fn the_layers_caps_win_over_a_huge_max_age() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-control", "max-age=31536000");
+    let layer = layer(&server)
+        .await
+        .origin_freshness_cap(secs(10, 0, 0))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    call(&service, get("/year")).await;
+    let key = layer
+        .handle()
+        .key_for(&Request::get("http://api.test/year").body(b"").unwrap());
+    let ttl = String::from_utf8(server.command(&[b"PTTL", key.as_str().as_bytes()])).unwrap();
+    let ttl: u64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!(ttl <= 10_000, "stored for the cap, not a year: {ttl} ms");
+    jump(Duration::from_secs(11)).await;
+    assert!(is_miss(&call(&service, get("/year")).await));
+}
