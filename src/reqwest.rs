@@ -277,8 +277,11 @@ impl Origin<Body> for ChainOrigin<'_> {
         &self.refresh.parts.headers
     }
 
-    fn call(&mut self) -> FetchFuture<'_, Body> {
-        let request = self.request.try_clone();
+    fn call(&mut self, extra: HeaderMap) -> FetchFuture<'_, Body> {
+        let request = self.request.try_clone().map(|mut request| {
+            request.headers_mut().extend(extra);
+            request
+        });
         let next = self.next.clone();
         let mut extensions = self.extensions.clone();
         let max = self.max;
@@ -304,11 +307,12 @@ struct RefreshFetch {
 }
 
 impl Fetch<Body> for RefreshFetch {
-    fn fetch(self) -> FetchFuture<'static, Body> {
+    fn fetch(self, extra: HeaderMap) -> FetchFuture<'static, Body> {
         Box::pin(async move {
             let url = Url::parse(&self.parts.uri.to_string())?;
             let mut request = Request::new(self.parts.method.clone(), url);
             *request.headers_mut() = self.parts.headers.clone();
+            request.headers_mut().extend(extra);
             *request.version_mut() = self.parts.version;
             *request.body_mut() = Some(Body::from(self.body));
             let response = self.client.execute(request).await?;

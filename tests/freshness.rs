@@ -1,13 +1,13 @@
 //! Freshness per query against a real redis-server: windows per route and per call, the origin's own
-//! `Cache-Control`, capped. The clock jumps (Tokio time paused, advanced, resumed)
+//! `Cache-Control`, capped, and conditional refreshes. The clock jumps (Tokio time paused, advanced, resumed)
 //! while Redis runs in real time.
 
 mod support;
 
-use http::{Method, Request};
+use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use std::time::Duration;
-use support::calls::{cache_status, call, jump, outcome, wait_until};
+use support::calls::{body, cache_status, call, jump, outcome, wait_until};
 use support::{Origin, RedisServer, fred_client};
 use tower_redis_cache::cache::{CacheOverride, RedisCacheLayerBuilder, Windows};
 use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
@@ -167,4 +167,74 @@ async fn the_layers_caps_win_over_a_huge_max_age() {
     assert!(ttl <= 10_000, "stored for the cap, not a year: {ttl} ms");
     jump(Duration::from_secs(11)).await;
     assert!(is_miss(&call(&service, get("/year")).await));
+}
+
+#[tokio::test]
+async fn a_refresh_answered_304_renews_the_entry_without_its_body() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.set_etag("\"v1\"");
+    origin.add_header("cache-control", "max-age=1, stale-while-revalidate=60");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let first = call(&service, get("/doc")).await;
+    let bytes = origin.body_bytes();
+    let original = body(first).await;
+
+    jump(Duration::from_secs(2)).await;
+    let stale = call(&service, get("/doc")).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    wait_until("the refresh renewed the entry", || {
+        layer.handle().stats().revalidated == 1
+    })
+    .await;
+    wait_until("the renewed entry is stored", || {
+        layer.handle().stats().stores == 2
+    })
+    .await;
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(origin.body_bytes(), bytes, "the 304 carried no body");
+    let renewed = call(&service, get("/doc")).await;
+    assert_eq!(
+        outcome(&renewed),
+        CacheOutcome::Hit,
+        "fresh again for max-age=1"
+    );
+    assert_eq!(renewed.headers()["etag"], "\"v1\"");
+    assert_eq!(body(renewed).await, original);
+
+    // A request's own no-cache revalidates the same way, and its caller gets the whole stored response.
+    let mut revalidate = get("/doc");
+    revalidate
+        .headers_mut()
+        .insert("cache-control", "no-cache".parse().unwrap());
+    let confirmed = call(&service, revalidate).await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    assert_eq!(
+        cache_status(&confirmed),
+        "tower-redis-cache; fwd=request; fwd-status=304; stored"
+    );
+    assert_eq!(body(confirmed).await, original);
+    assert_eq!(origin.body_bytes(), bytes);
+    assert_eq!(layer.handle().stats().revalidated, 2);
+}
+
+#[tokio::test]
+async fn a_changed_etag_replaces_the_entry() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.set_etag("\"v1\"");
+    origin.add_header("cache-control", "max-age=1, stale-while-revalidate=60");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    call(&service, get("/doc")).await;
+
+    origin.set_etag("\"v2\"");
+    jump(Duration::from_secs(2)).await;
+    call(&service, get("/doc")).await;
+    wait_until("the refresh stored", || layer.handle().stats().stores == 2).await;
+    let replaced = call(&service, get("/doc")).await;
+    assert_eq!(replaced.headers()["etag"], "\"v2\"");
+    assert_eq!(&body(replaced).await[..], br#"{"n":2,"echo":null}"#);
+    assert_eq!(layer.handle().stats().revalidated, 0);
 }

@@ -14,7 +14,7 @@ use super::decision::{
 };
 use super::entry::{Entry, storable_headers};
 use super::fleet::{LeaseGuard, Turn};
-use super::freshness::{CacheOverride, OriginSays, Windows, WindowsFn};
+use super::freshness::{CacheOverride, OriginSays, Windows, WindowsFn, merge_headers, validators};
 use super::guard::GuardedStore;
 use super::key::{CacheKey, KeyConfig, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
@@ -40,6 +40,8 @@ pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-statu
 #[derive(Debug, Clone)]
 pub(crate) struct Buffered {
     pub(crate) status: StatusCode,
+    /// The status the origin sent: `status`, or `304` when it confirmed a stored response that this is.
+    pub(crate) origin_status: StatusCode,
     pub(crate) version: Version,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
@@ -53,6 +55,7 @@ impl Buffered {
     pub(crate) fn from_entry(entry: &Entry) -> Self {
         Buffered {
             status: entry.status,
+            origin_status: entry.status,
             version: Version::HTTP_11,
             headers: entry.headers.clone(),
             body: entry.body.clone(),
@@ -86,7 +89,8 @@ type AnswerFuture<'a, R> =
 /// How an adapter asks the origin for the response to one cached request, from a spawned background
 /// refresh: owned, cloneable, `'static`.
 pub(crate) trait Fetch<R>: Clone + Send + 'static {
-    fn fetch(self) -> FetchFuture<'static, R>;
+    /// Asks the origin, with `extra` headers added to the request (validators of a stored response).
+    fn fetch(self, extra: HeaderMap) -> FetchFuture<'static, R>;
     /// The request's headers (for the variant a response is stored under).
     fn headers(&self) -> &HeaderMap;
 }
@@ -96,7 +100,8 @@ pub(crate) trait Fetch<R>: Clone + Send + 'static {
 /// background refresh of a stale entry. Every [`Fetch`] is an `Origin` that refreshes the same way.
 pub(crate) trait Origin<R>: Send {
     type Refresh: Fetch<R>;
-    fn call(&mut self) -> FetchFuture<'_, R>;
+    /// Asks the origin, with `extra` headers added to the request (validators of a stored response).
+    fn call(&mut self, extra: HeaderMap) -> FetchFuture<'_, R>;
     /// The request's headers (for the variant a response is stored under, and which stored variant answers).
     fn headers(&self) -> &HeaderMap;
     fn into_refresh(self) -> Self::Refresh;
@@ -105,8 +110,8 @@ pub(crate) trait Origin<R>: Send {
 impl<R, T: Fetch<R>> Origin<R> for T {
     type Refresh = T;
 
-    fn call(&mut self) -> FetchFuture<'_, R> {
-        self.clone().fetch()
+    fn call(&mut self, extra: HeaderMap) -> FetchFuture<'_, R> {
+        self.clone().fetch(extra)
     }
 
     fn headers(&self) -> &HeaderMap {
@@ -135,6 +140,7 @@ where
     match collect_capped(body, max).await? {
         Collected::Complete(body) => Ok(Fetched::Buffered(Buffered {
             status: parts.status,
+            origin_status: parts.status,
             version: parts.version,
             headers: parts.headers,
             body,
@@ -498,6 +504,8 @@ impl Engine {
                 _ => return self.bypass(origin, BypassReason::Method).await,
             };
             let baseline = entry.as_ref().map(|e| e.stored_at);
+            // The entry this request may revalidate with its validators: the one it read, of its own variant.
+            let current = entry.clone().filter(|_| forward.why == Fwd::UriMiss);
             let fallback = entry.filter(|_| forward.fallback);
             let answer = |result, collapsed: bool, stored: bool| {
                 self.answer(result, fallback.clone(), forward, collapsed, stored, health)
@@ -522,6 +530,18 @@ impl Engine {
                             bump(&self.counters.hits);
                             return Ok(cached(entry, now, CacheOutcome::Hit, None, false));
                         }
+                        // A revalidation read nothing yet: its entry gives the validators, and is the one a
+                        // wait for another process must not take for new.
+                        let (current, baseline) = if forward.why == Fwd::Request && forward.store {
+                            let read =
+                                self.read(&key).await.ok().flatten().filter(|e| {
+                                    vary_digest(&e.headers, origin.headers()) == e.vary
+                                });
+                            let baseline = read.as_ref().map(|e| e.stored_at);
+                            (read, baseline)
+                        } else {
+                            (current.clone(), baseline)
+                        };
                         // One origin call per key for the fleet: lead with the key's lease, or wait for the
                         // process that holds it.
                         let (lease, health) = match self
@@ -541,11 +561,23 @@ impl Engine {
                         };
                         bump(&self.counters.misses);
                         tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
+                        let validators = current
+                            .as_ref()
+                            .map(|stored| validators(&stored.headers))
+                            .unwrap_or_default();
+                        let asked = !validators.is_empty();
                         let called = self
-                            .renewing(lease.as_ref().and_then(LeaseGuard::lease), origin.call())
+                            .renewing(
+                                lease.as_ref().and_then(LeaseGuard::lease),
+                                origin.call(validators),
+                            )
                             .await;
                         let answered = match called {
                             Ok(Fetched::Buffered(response)) => {
+                                let response = match &current {
+                                    Some(stored) if asked => self.confirmed(stored, response),
+                                    _ => response,
+                                };
                                 let verdict = judge(
                                     &self.policy.rules,
                                     &facts,
@@ -615,7 +647,7 @@ impl Engine {
                         // origin itself, uncoalesced and unstored.
                         Some(_) => {
                             bump(&self.counters.misses);
-                            return match origin.call().await {
+                            return match origin.call(HeaderMap::new()).await {
                                 Ok(Fetched::Streaming(response)) => {
                                     Ok(self.pass_through(response, forward, health))
                                 }
@@ -661,7 +693,7 @@ impl Engine {
         }
         let response = result.map_err(|error| Box::new(SharedError::new(error)) as BoxError)?;
         let mut status = Status::new(CacheOutcome::Miss { collapsed, stored });
-        status.fwd_status = Some(response.status.as_u16());
+        status.fwd_status = Some(response.origin_status.as_u16());
         status.fwd = forward.why;
         status.store = health;
         let mut out = Response::new(ResponseBody::full(response.body.clone()));
@@ -700,7 +732,7 @@ impl Engine {
         O: Origin<R>,
     {
         let status = self.bypassed(reason);
-        let mut response = match origin.call().await? {
+        let mut response = match origin.call(HeaderMap::new()).await? {
             Fetched::Streaming(response) => response,
             Fetched::Buffered(response) => {
                 let mut out = Response::new(ResponseBody::full(response.body));
@@ -727,6 +759,27 @@ impl Engine {
         let now = self.clock.now_ms();
         let fresh = decide(&self.policy.rules, facts, Lookup::Found(stored), now);
         (fresh == Action::ServeFresh).then_some(entry)
+    }
+
+    /// The stored response, renewed, when the origin answered a conditional request with `304` (RFC 9111
+    /// §4.3.4: its header fields replace the stored ones, the stored body stays); `response` otherwise.
+    pub(super) fn confirmed(&self, stored: &Entry, response: Buffered) -> Buffered {
+        if response.status != StatusCode::NOT_MODIFIED {
+            return response;
+        }
+        bump(&self.counters.revalidated);
+        let mut headers = stored.headers.clone();
+        if let Some(fresh) = storable_headers(&response.headers) {
+            merge_headers(&mut headers, fresh);
+        }
+        Buffered {
+            status: stored.status,
+            origin_status: response.status,
+            version: response.version,
+            headers,
+            body: stored.body.clone(),
+            extensions: response.extensions,
+        }
     }
 
     /// Reads and decodes the entry for `key`. Undecodable values are misses (the next store overwrites them).

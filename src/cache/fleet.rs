@@ -13,7 +13,7 @@
 //!
 //! [`fleet_wait`]: crate::cache::RedisCacheLayerBuilder::fleet_wait
 
-use super::decision::{Action, Forward, Fwd, Lookup, RequestFacts, decide};
+use super::decision::{Action, Forward, Lookup, RequestFacts, decide};
 use super::engine::Engine;
 use super::entry::Entry;
 use super::key::{CacheKey, vary_digest};
@@ -155,20 +155,12 @@ impl Engine {
         match self.take_lease(key).await {
             Ok(Some(lease)) => Turn::Lead(Some(lease)),
             Err(()) => Turn::StoreFailed,
-            Ok(None) => {
-                // A revalidation read nothing: the entry there now is the one it must not take.
-                let baseline = if forward.why == Fwd::Request {
-                    self.read(key).await.ok().flatten().map(|e| e.stored_at)
-                } else {
-                    baseline
-                };
-                match self.wait_for_fleet(key, facts, headers, baseline).await {
-                    Waited::Entry(entry) => Turn::Answered(entry),
-                    Waited::Took(lease) => Turn::Lead(Some(lease)),
-                    Waited::GaveUp => Turn::Lead(None),
-                    Waited::StoreFailed => Turn::StoreFailed,
-                }
-            }
+            Ok(None) => match self.wait_for_fleet(key, facts, headers, baseline).await {
+                Waited::Entry(entry) => Turn::Answered(entry),
+                Waited::Took(lease) => Turn::Lead(Some(lease)),
+                Waited::GaveUp => Turn::Lead(None),
+                Waited::StoreFailed => Turn::StoreFailed,
+            },
         }
     }
 

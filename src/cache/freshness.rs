@@ -26,7 +26,7 @@
 //! # let _ = (layer, request); Ok(()) }
 //! ```
 
-use http::header::{AGE, CACHE_CONTROL, DATE, EXPIRES};
+use http::header::{AGE, CACHE_CONTROL, CONTENT_LENGTH, DATE, ETAG, EXPIRES, LAST_MODIFIED};
 use http::{HeaderMap, HeaderValue, request};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -199,6 +199,43 @@ fn http_date(value: &HeaderValue) -> Option<SystemTime> {
     httpdate::parse_http_date(value.to_str().ok()?).ok()
 }
 
+/// The request headers that ask the origin whether a stored response is still current: `If-None-Match` from
+/// its `ETag`, `If-Modified-Since` from its `Last-Modified`. Empty when it has neither.
+pub(crate) fn validators(stored: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    if let Some(etag) = stored.get(ETAG) {
+        out.insert(http::header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = stored.get(LAST_MODIFIED) {
+        out.insert(http::header::IF_MODIFIED_SINCE, modified.clone());
+    }
+    out
+}
+
+/// The stored headers updated from a `304` (RFC 9111 §4.3.4): every field the `304` carries replaces the
+/// stored one, but `Content-Length` (the stored body is kept). `fresh` is already filtered for storage.
+pub(crate) fn merge_headers(stored: &mut HeaderMap, fresh: HeaderMap) {
+    let mut current = None;
+    for (name, value) in fresh {
+        let name = match name {
+            Some(name) => {
+                if name == CONTENT_LENGTH {
+                    current = None;
+                    continue;
+                }
+                stored.remove(&name);
+                current = Some(name.clone());
+                name
+            }
+            None => match &current {
+                Some(name) => name.clone(),
+                None => continue,
+            },
+        };
+        stored.append(name, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +336,39 @@ mod tests {
             DEFAULTS,
             "unparseable is unsaid"
         );
+    }
+
+    #[test]
+    fn validators_and_the_304_merge() {
+        let stored = head(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Tue, 15 Nov 1994 08:12:31 GMT"),
+            ("content-type", "application/json"),
+            ("content-length", "12"),
+            ("x-old", "1"),
+        ]);
+        let asks = validators(&stored);
+        assert_eq!(asks["if-none-match"], "\"v1\"");
+        assert_eq!(asks["if-modified-since"], "Tue, 15 Nov 1994 08:12:31 GMT");
+        assert!(validators(&head(&[])).is_empty());
+
+        let mut merged = stored.clone();
+        merge_headers(
+            &mut merged,
+            head(&[
+                ("etag", "\"v1\""),
+                ("cache-control", "max-age=9"),
+                ("content-length", "0"),
+                ("x-new", "a"),
+                ("x-new", "b"),
+            ]),
+        );
+        assert_eq!(
+            merged["content-length"], "12",
+            "the stored body's length stays"
+        );
+        assert_eq!(merged["cache-control"], "max-age=9");
+        assert_eq!(merged["x-old"], "1");
+        assert_eq!(merged.get_all("x-new").iter().count(), 2);
     }
 }

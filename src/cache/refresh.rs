@@ -3,6 +3,7 @@
 
 use super::decision::{RequestFacts, ResponseFacts, judge};
 use super::engine::{Engine, Fetch, Fetched};
+use super::freshness::validators;
 use super::key::{CacheKey, vary_digest};
 use super::stats::bump;
 use http_body::Body;
@@ -92,11 +93,18 @@ impl Engine {
             // The store is failing: whatever the origin says could not be stored.
             Err(()) => return,
         };
+        // The entry as it is now, of this request's variant: its validators make the refresh conditional.
+        let current = self
+            .read(key)
+            .await
+            .ok()
+            .flatten()
+            .filter(|entry| vary_digest(&entry.headers, fetch.headers()) == entry.vary);
         // A refresh elsewhere may have finished (and released its lease) between this process seeing the entry
         // stale and taking the lease: then the entry is fresh again and there is nothing to do.
-        if let Ok(Some(entry)) = self.read(key).await
-            && self.clock.now_ms() < entry.fresh_until
-            && vary_digest(&entry.headers, fetch.headers()) == entry.vary
+        if current
+            .as_ref()
+            .is_some_and(|entry| self.clock.now_ms() < entry.fresh_until)
         {
             bump(&self.counters.refreshes_skipped);
             lease.release().await;
@@ -104,11 +112,21 @@ impl Engine {
         }
         bump(&self.counters.refreshes_started);
         let headers = fetch.headers().clone();
+        let validators = current
+            .as_ref()
+            .map(|entry| validators(&entry.headers))
+            .unwrap_or_default();
+        let asked = !validators.is_empty();
         // The lease is renewed while the origin works, so no other process starts a second refresh however long
         // this one takes (up to `refresh_timeout`).
-        let fetched = self.renewing(lease.lease(), fetch.fetch()).await;
+        let fetched = self.renewing(lease.lease(), fetch.fetch(validators)).await;
         let refreshed = match fetched {
             Ok(Fetched::Buffered(response)) => {
+                // A `304` renews the stored response without its body crossing the network again.
+                let response = match &current {
+                    Some(stored) if asked => self.confirmed(stored, response),
+                    _ => response,
+                };
                 let verdict = judge(
                     &self.policy.rules,
                     &facts,

@@ -222,9 +222,11 @@ where
     R: Body + Send + 'static,
     R::Error: Into<BoxError>,
 {
-    fn fetch(self) -> FetchFuture<'static, R> {
+    fn fetch(self, extra: HeaderMap) -> FetchFuture<'static, R> {
         Box::pin(async move {
-            let request = Request::from_parts(self.parts, RequestBody::from(self.body));
+            let mut parts = self.parts;
+            parts.headers.extend(extra);
+            let request = Request::from_parts(parts, RequestBody::from(self.body));
             let mut inner = self.inner;
             let response = call_ready(&mut inner, request).await?;
             buffer_response(response, self.max_body).await

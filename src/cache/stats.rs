@@ -70,6 +70,7 @@ pub(crate) struct Counters {
     pub(crate) fleet_wait_ms: Counter,
     pub(crate) fleet_takeovers: Counter,
     pub(crate) fleet_timeouts: Counter,
+    pub(crate) revalidated: Counter,
 }
 
 impl Counters {
@@ -121,6 +122,7 @@ impl Counters {
             fleet_wait_ms: Counter::new("tower_redis_cache_fleet_wait_ms_total", &namespace),
             fleet_takeovers: Counter::new("tower_redis_cache_fleet_takeovers_total", &namespace),
             fleet_timeouts: Counter::new("tower_redis_cache_fleet_timeouts_total", &namespace),
+            revalidated: Counter::new("tower_redis_cache_revalidated_total", &namespace),
         }
     }
 
@@ -150,6 +152,7 @@ impl Counters {
             fleet_wait_ms: self.fleet_wait_ms.get(),
             fleet_takeovers: self.fleet_takeovers.get(),
             fleet_timeouts: self.fleet_timeouts.get(),
+            revalidated: self.revalidated.get(),
         }
     }
 }
@@ -210,4 +213,7 @@ pub struct CacheStats {
     pub fleet_takeovers: u64,
     /// Waits that reached `fleet_wait` and called the origin without the lease.
     pub fleet_timeouts: u64,
+    /// Stored entries the origin confirmed with a `304` to a conditional request (`If-None-Match`,
+    /// `If-Modified-Since` from the entry's `ETag` and `Last-Modified`): renewed without their body again.
+    pub revalidated: u64,
 }

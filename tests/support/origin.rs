@@ -20,6 +20,8 @@ pub struct Origin {
     headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
     echo_user: AtomicBool,
     delay_ms: AtomicU64,
+    etag: Mutex<Option<HeaderValue>>,
+    body_bytes: AtomicUsize,
 }
 
 impl Origin {
@@ -33,7 +35,20 @@ impl Origin {
             headers: Mutex::new(Vec::new()),
             echo_user: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
+            etag: Mutex::new(None),
+            body_bytes: AtomicUsize::new(0),
         })
+    }
+
+    /// Tags every answer with `ETag: <etag>` from now on, and answers `304` with no body to a request whose
+    /// `If-None-Match` names it.
+    pub fn set_etag(&self, etag: &'static str) {
+        *self.etag.lock().unwrap() = Some(HeaderValue::from_static(etag));
+    }
+
+    /// The body bytes the origin has written in all its answers.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes.load(Ordering::SeqCst)
     }
 
     /// Takes `delay` over every call from now on (after counting it), like a slow API.
@@ -110,6 +125,10 @@ impl Origin {
                     .filter(|_| origin.echo_user.load(Ordering::SeqCst))
                     .map(|v| v.to_str().unwrap().to_owned());
                 let range = request.headers().contains_key("range");
+                let etag = origin.etag.lock().unwrap().clone();
+                let confirmed = etag
+                    .as_ref()
+                    .is_some_and(|etag| request.headers().get("if-none-match") == Some(etag));
                 let body = request.into_body().collect().await?.to_bytes();
                 let mut gate = origin.gate.subscribe();
                 gate.wait_for(|open| *open).await?;
@@ -143,6 +162,14 @@ impl Origin {
                 for (name, value) in origin.headers.lock().unwrap().iter() {
                     response = response.header(name, value);
                 }
+                if let Some(etag) = etag {
+                    response = response.header("etag", etag);
+                }
+                if confirmed {
+                    return Ok(response
+                        .status(StatusCode::NOT_MODIFIED)
+                        .body(Full::new(Bytes::new()))?);
+                }
                 if range {
                     out.truncate(1);
                     let total = out.len();
@@ -150,6 +177,7 @@ impl Origin {
                         .status(StatusCode::PARTIAL_CONTENT)
                         .header("content-range", format!("bytes 0-0/{total}"));
                 }
+                origin.body_bytes.fetch_add(out.len(), Ordering::SeqCst);
                 Ok(response.body(Full::new(Bytes::from(out)))?)
             }
         })
