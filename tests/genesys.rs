@@ -465,3 +465,70 @@ async fn a_redis_url_connects_in_the_background_and_then_caches() {
     assert!(error.to_string().contains("redis url"), "{error}");
     assert!(!error.to_string().contains("pw-secret"), "{error}");
 }
+
+/// Two Data Actions with windows of their own: when the clock passes the short one, that action refreshes
+/// while the other is still fresh; a call can pass windows of its own too.
+#[tokio::test]
+async fn each_action_keeps_its_own_windows() {
+    use support::calls::{jump, wait_until};
+    use tower_redis_cache::cache::Windows;
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let ids = emulator.action_ids();
+    let (lookup, config) = (&ids[0], &ids[1]);
+    let windows = |fresh, stale| {
+        Windows::new(
+            Duration::from_secs(fresh),
+            Duration::from_secs(stale),
+            Duration::ZERO,
+        )
+    };
+    let client = builder(&emulator)
+        .redis_client(fred_client(&redis.url()).await)
+        .action_windows(lookup, windows(10, 60))
+        .action_windows(config, windows(3600, 60))
+        .build()
+        .unwrap();
+    let input = json!({"orderId": "A-1"});
+    for id in [lookup, config] {
+        let first = client.execute_action(id, &input).await.unwrap();
+        assert!(matches!(first.cache, Some(CacheOutcome::Miss { .. })));
+    }
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 2);
+
+    jump(Duration::from_secs(11)).await;
+    let refreshing = client.execute_action(lookup, &input).await.unwrap();
+    assert_eq!(
+        refreshing.cache,
+        Some(CacheOutcome::Stale { refreshing: true })
+    );
+    let still = client.execute_action(config, &input).await.unwrap();
+    assert_eq!(still.cache, Some(CacheOutcome::Hit));
+    wait_until("the lookup's refresh reached the API", || {
+        emulator.requests(Endpoint::ExecuteAction) == 3
+    })
+    .await;
+    let refreshed = loop {
+        let fetched = client.execute_action(lookup, &input).await.unwrap();
+        if fetched.cache == Some(CacheOutcome::Hit) {
+            break fetched;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(refreshed.value["input"]["orderId"], "A-1");
+    assert_eq!(
+        emulator.requests(Endpoint::ExecuteAction),
+        3,
+        "config never refreshed"
+    );
+
+    // One call's own windows, whatever its action's: this entry is stale after 1 s.
+    let other = json!({"orderId": "A-2"});
+    client
+        .execute_action_with(config, &other, windows(1, 60))
+        .await
+        .unwrap();
+    jump(Duration::from_secs(2)).await;
+    let stale = client.execute_action(config, &other).await.unwrap();
+    assert_eq!(stale.cache, Some(CacheOutcome::Stale { refreshing: true }));
+}

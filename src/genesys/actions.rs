@@ -4,6 +4,7 @@ use super::client::{Fetched, GenesysClient};
 use super::error::GenesysError;
 use super::model::{Action, Page};
 use super::paginate::{CursorPage, CursorQuery, cursors, page_numbers};
+use crate::cache::{CacheOverride, Windows};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use serde::de::DeserializeOwned;
@@ -229,6 +230,27 @@ impl GenesysClient {
             Method::POST,
             &format!("{ACTIONS}/{}/execute", segment(id)),
             Some(input),
+        )
+        .await
+    }
+
+    /// [`execute_action`](Self::execute_action) with windows of its own for the entry this call stores,
+    /// whatever the client's are for this action.
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute_action`](Self::execute_action).
+    pub async fn execute_action_with(
+        &self,
+        id: &str,
+        input: &Value,
+        windows: Windows,
+    ) -> Result<Fetched<Value>, GenesysError> {
+        self.send_json_with(
+            Method::POST,
+            &format!("{ACTIONS}/{}/execute", segment(id)),
+            Some(input),
+            Some(CacheOverride::Windows(windows)),
         )
         .await
     }

@@ -5,7 +5,10 @@ use super::region::Region;
 use crate::auth::{AuthLayer, ClientCredentials, Secret};
 use crate::body::RequestBody;
 use crate::buffer::{Collected, collect_capped};
-use crate::cache::{CacheHandle, CacheOutcome, RedisCache, RedisCacheLayer, ResponseBody, Store};
+use crate::cache::{
+    CacheHandle, CacheOutcome, CacheOverride, RedisCache, RedisCacheLayer, ResponseBody, Store,
+    Windows,
+};
 use crate::error::{ConfigError, absolute_http_url};
 use crate::retry::{Retry, RetryLayer, RetryOutcome};
 use bytes::Bytes;
@@ -17,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -142,7 +146,19 @@ impl GenesysClient {
         path_and_query: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Fetched<T>, GenesysError> {
-        let fetched = self.send(method, path_and_query, body).await?;
+        self.send_json_with(method, path_and_query, body, None)
+            .await
+    }
+
+    /// [`send_json`](Self::send_json), with a cache override for this one call.
+    pub(crate) async fn send_json_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        cache: Option<CacheOverride>,
+    ) -> Result<Fetched<T>, GenesysError> {
+        let fetched = self.send_with(method, path_and_query, body, cache).await?;
         let value = serde_json::from_slice(&fetched.value).map_err(|e| {
             GenesysError::decode(
                 format!("{path_and_query}: {e}"),
@@ -158,6 +174,17 @@ impl GenesysClient {
         method: Method,
         path_and_query: &str,
         body: Option<&serde_json::Value>,
+    ) -> Result<Fetched<Bytes>, GenesysError> {
+        self.send_with(method, path_and_query, body, None).await
+    }
+
+    /// [`send`](Self::send), with a cache override for this one call.
+    pub(crate) async fn send_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        cache: Option<CacheOverride>,
     ) -> Result<Fetched<Bytes>, GenesysError> {
         let uri: Uri = format!("{}{}", self.inner.api_base, path_and_query)
             .parse()
@@ -182,9 +209,12 @@ impl GenesysClient {
             }
             None => Bytes::new(),
         };
-        let request = builder
+        let mut request = builder
             .body(RequestBody::from(bytes))
             .map_err(|e| GenesysError::decode(e.to_string(), None))?;
+        if let Some(cache) = cache {
+            request.extensions_mut().insert(cache);
+        }
         let response: Response<GenesysBody> = self
             .inner
             .service
@@ -254,6 +284,8 @@ pub struct GenesysClientBuilder {
     fresh_for: Duration,
     stale_for: Duration,
     stale_if_error_for: Duration,
+    action_windows: HashMap<String, Windows>,
+    listing_windows: Option<Windows>,
     retry: Option<RetryLayer>,
     attempt_timeout: Duration,
     store_timeout: Duration,
@@ -274,6 +306,8 @@ impl Default for GenesysClientBuilder {
             fresh_for: Duration::from_secs(300),
             stale_for: Duration::from_secs(600),
             stale_if_error_for: Duration::from_secs(3600),
+            action_windows: HashMap::new(),
+            listing_windows: None,
             retry: None,
             attempt_timeout: Duration::from_secs(30),
             store_timeout: Duration::from_millis(50),
@@ -375,6 +409,23 @@ impl GenesysClientBuilder {
         self
     }
 
+    /// The windows of one Data Action's results (by its id), instead of the client's: a lookup of fast-changing
+    /// data briefly, a static one long. A call can still pass its own with
+    /// [`execute_action_with`](GenesysClient::execute_action_with). Default: the client's windows for every
+    /// action.
+    pub fn action_windows(mut self, action_id: impl AsRef<str>, windows: Windows) -> Self {
+        self.action_windows
+            .insert(super::actions::segment(action_id.as_ref()), windows);
+        self
+    }
+
+    /// The windows of listings (the Data Action pages, and `.../query` searches), instead of the client's.
+    /// Default: the client's.
+    pub fn listing_windows(mut self, windows: Windows) -> Self {
+        self.listing_windows = Some(windows);
+        self
+    }
+
     /// The retry policy. Default: [`RetryLayer::default`] (4 attempts, 200 ms base, 60 s deadline, a
     /// `Retry-After` up to 180 s honoured, `POST` retried only on `429`).
     pub fn retry(mut self, retry: RetryLayer) -> Self {
@@ -466,6 +517,7 @@ impl GenesysClientBuilder {
             .stale_if_error_for(self.stale_if_error_for)
             .store_timeout(self.store_timeout)
             .cache_post_when(|parts| is_cached_post(parts.uri.path()))
+            .windows_for(windows_by_route(self.action_windows, self.listing_windows))
             .build()?;
         let handle = cache.handle();
         let service = cache.layer(retry.layer(auth.layer(transport)));
@@ -481,6 +533,29 @@ impl GenesysClientBuilder {
                 user_agent,
             }),
         })
+    }
+}
+
+/// The windows of a request by its route: a Data Action's own (`.../actions/{id}/execute`, the id as the
+/// client encodes it), or the listings' (`.../actions` pages and `.../query` searches).
+fn windows_by_route(
+    actions: HashMap<String, Windows>,
+    listings: Option<Windows>,
+) -> impl Fn(&http::request::Parts) -> Option<Windows> + Send + Sync + 'static {
+    const ACTIONS: &str = "/api/v2/integrations/actions";
+    move |parts| {
+        let path = parts.uri.path();
+        if let Some(id) = path
+            .strip_prefix(ACTIONS)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| rest.strip_suffix("/execute"))
+        {
+            return actions.get(id).copied();
+        }
+        if path == ACTIONS || path.ends_with("/query") {
+            return listings;
+        }
+        None
     }
 }
 
