@@ -1,18 +1,47 @@
-//! A TCP proxy between a client and a real Redis, for fault tests: it passes bytes both ways, and can hold the
-//! server's replies on one connection (by the order connections were accepted) until told to release them.
+//! A fault proxy between a client and a real Redis: it passes bytes both ways, and can be switched while
+//! traffic flows to delay every reply, black-hole everything, reset every connection, leave connections
+//! half-open, or hold the replies of one connection until released.
+//!
+//! The faults keep to what TCP can do: a black hole delays bytes (they arrive, in order, once the path is back,
+//! or never if the connection is given up first); a half-open connection is one whose peer is gone, so it never
+//! answers again, whatever the mode later.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+/// What the proxy does with the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Bytes pass both ways.
+    Pass,
+    /// Every reply chunk waits this long before it is passed on.
+    Delay(Duration),
+    /// Nothing passes either way and nothing is closed, as behind a dead link: what is sent waits, and passes
+    /// (in order) once the mode changes.
+    BlackHole,
+    /// Every connection is reset (RST) at once, and new ones are reset as they arrive.
+    Reset,
+    /// The open connections lose their peer: they stay open, swallow what is sent and never answer again,
+    /// even after the mode changes. New connections are served as usual.
+    HalfOpen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    mode: Mode,
+    /// The index of the connection whose replies are held, if any.
+    hold: Option<usize>,
+}
 
 /// A proxy on a free loopback port in front of `127.0.0.1:<target>`; stops when dropped.
 pub struct Proxy {
     port: u16,
     accepted: Arc<AtomicUsize>,
-    /// The index of the connection whose replies are held, if any.
-    hold: watch::Sender<Option<usize>>,
+    state: watch::Sender<State>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,24 +53,31 @@ impl Proxy {
             .expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (hold, _) = watch::channel(None);
+        let (state, _) = watch::channel(State {
+            mode: Mode::Pass,
+            hold: None,
+        });
         let task = tokio::spawn({
             let accepted = accepted.clone();
-            let hold = hold.clone();
+            let state = state.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let index = accepted.fetch_add(1, Ordering::SeqCst);
+                    if state.borrow().mode == Mode::Reset {
+                        reset(client);
+                        continue;
+                    }
                     let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                         continue;
                     };
-                    tokio::spawn(pipe(client, server, index, hold.subscribe()));
+                    tokio::spawn(pipe(client, server, index, state.subscribe()));
                 }
             }
         });
         Proxy {
             port,
             accepted,
-            hold,
+            state,
             task,
         }
     }
@@ -56,14 +92,19 @@ impl Proxy {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// Switches what the proxy does, for open connections and new ones alike.
+    pub fn set(&self, mode: Mode) {
+        self.state.send_modify(|state| state.mode = mode);
+    }
+
     /// Holds every reply on connection `index` (0 for the first accepted) from now on, until [`release`].
     pub fn hold_replies(&self, index: usize) {
-        self.hold.send_replace(Some(index));
+        self.state.send_modify(|state| state.hold = Some(index));
     }
 
     /// Lets held replies through.
     pub fn release(&self) {
-        self.hold.send_replace(None);
+        self.state.send_modify(|state| state.hold = None);
     }
 }
 
@@ -73,39 +114,101 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies bytes both ways; server-to-client bytes wait while `hold` names this connection.
-async fn pipe(
-    client: TcpStream,
-    server: TcpStream,
-    index: usize,
-    mut hold: watch::Receiver<Option<usize>>,
-) {
+/// Closes `stream` with a reset (RST) rather than a FIN.
+fn reset(stream: TcpStream) {
+    zero_linger(&stream);
+    drop(stream);
+}
+
+/// Makes closing `stream` send a reset (RST). A zero linger never blocks the thread on drop, which is what
+/// the deprecation warns of (a positive one does).
+#[allow(deprecated)]
+fn zero_linger(stream: &TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
+}
+
+/// Copies bytes both ways as the proxy's state says, until either side closes or the mode resets it. The
+/// client's side always closes with a reset (RST), as a dead link or a killed peer does.
+async fn pipe(client: TcpStream, server: TcpStream, index: usize, state: watch::Receiver<State>) {
+    zero_linger(&client);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let upstream = async {
+    // Set once the connection has gone half-open: from then on it swallows everything, both ways.
+    let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn({
+        let dead = dead.clone();
+        let mut state = state.clone();
+        async move {
+            // A connection made while the mode is half-open has a live peer: it dies at the next switch to it.
+            if state.borrow().mode == Mode::HalfOpen
+                && state.wait_for(|s| s.mode != Mode::HalfOpen).await.is_err()
+            {
+                return;
+            }
+            if state.wait_for(|s| s.mode == Mode::HalfOpen).await.is_ok() {
+                dead.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    let mut up_state = state.clone();
+    let up_dead = dead.clone();
+    let upstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = client_read.read(&mut buf).await {
-            if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+            if n == 0 {
+                break;
+            }
+            if up_dead.load(Ordering::SeqCst) {
+                continue;
+            }
+            // A black hole holds the bytes until the path is back.
+            if up_state
+                .wait_for(|s| s.mode != Mode::BlackHole)
+                .await
+                .map_or(true, |s| s.mode == Mode::Reset)
+            {
+                break;
+            }
+            if server_write.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }
     };
-    let downstream = async {
+    let mut down_state = state.clone();
+    let downstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = server_read.read(&mut buf).await {
             if n == 0 {
                 break;
             }
-            if hold.wait_for(|held| *held != Some(index)).await.is_err() {
+            let Ok(now) = down_state
+                .wait_for(|s| s.hold != Some(index) && s.mode != Mode::BlackHole)
+                .await
+                .map(|s| *s)
+            else {
                 break;
+            };
+            if dead.load(Ordering::SeqCst) {
+                continue;
+            }
+            match now.mode {
+                Mode::Delay(delay) => tokio::time::sleep(delay).await,
+                Mode::Reset => break,
+                _ => {}
             }
             if client_write.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }
     };
+    let mut reset_state = state;
+    let reset_requested = async move {
+        let _ = reset_state.wait_for(|s| s.mode == Mode::Reset).await;
+    };
+    // Whichever ends first, both halves are dropped: the client's socket closes with RST.
     tokio::select! {
         _ = upstream => {}
         _ = downstream => {}
+        _ = reset_requested => {}
     }
 }
