@@ -17,8 +17,12 @@ use std::time::Duration;
 ///
 /// Commands are sent *fail fast*: while a connection is known to be down they error at once instead of queueing
 /// for the reconnect, so the cache falls back to the inner service without waiting. A command already written
-/// when the connection dies is bounded by the cache's store timeout, and the circuit breaker stops further ones. Keys of one entry and its lease
-/// share a Cluster hash slot, so no command crosses slots; `purge` scans every primary of a cluster.
+/// when the connection dies is bounded by the cache's store timeout, and the circuit breaker stops further
+/// ones. The clients [`connect`](Self::connect) builds also take a connection whose oldest command has waited a
+/// second for its reply for dead, and reconnect it (a black-holed or half-open link would otherwise hold every
+/// later command behind replies that never come); give clients you build yourself the same
+/// (`UnresponsiveConfig`). Keys of one entry and its lease share a Cluster hash slot, so no command crosses
+/// slots; `purge` scans every primary of a cluster.
 ///
 /// ```no_run
 /// use tower_redis_cache::RedisStore;
@@ -58,7 +62,7 @@ impl RedisStore {
     }
 
     /// Connects to the Redis named by `url` with a reconnecting client (constant 100 ms between attempts,
-    /// forever) and waits for the first connection.
+    /// forever; a connection without a reply for a second is reconnected) and waits for the first connection.
     ///
     /// # Errors
     ///
@@ -67,7 +71,7 @@ impl RedisStore {
         let config = Config::from_url(url)?;
         let client = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
-            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+            .with_connection_config(connection_config)
             .build()?;
         client.init().await?;
         Ok(Self::new(client))
@@ -90,7 +94,7 @@ impl RedisStore {
         let config = Config::from_url(url)?;
         let client = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
-            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+            .with_connection_config(connection_config)
             .build()?;
         // The connection task runs detached; the client reconnects on its own.
         drop(client.connect());
@@ -125,6 +129,17 @@ fn backend(error: fred::error::Error) -> StoreError {
 
 fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// How the store's own connections are set up: a 2 s connect timeout, and a connection whose oldest command
+/// has waited a second for its reply is taken for dead, closed and reconnected. Without that, a connection
+/// whose replies were lost (a black-holed or half-open link) would keep every later command waiting on them.
+pub(crate) fn connection_config(config: &mut fred::types::config::ConnectionConfig) {
+    config.connection_timeout = Duration::from_secs(2);
+    config.unresponsive = fred::types::config::UnresponsiveConfig {
+        max_timeout: Some(Duration::from_secs(1)),
+        interval: Duration::from_millis(200),
+    };
 }
 
 /// A Lua script, called by its SHA-1 (`EVALSHA`), sent whole (`EVAL`, which also caches it again) when the
