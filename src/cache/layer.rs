@@ -379,8 +379,11 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// After `failures` consecutive store failures, skip the store for `cooldown`, then let one call probe.
-    /// Default: 5 failures, 1 s.
+    /// Once `failures` store failures have piled up (a failure counts two, a success takes one off, and only
+    /// the last 10 s count, so a run of failures or more than a third of calls failing both get there), skip the
+    /// store for `cooldown`, then let one call probe; a success closes it again. When calls time out, opening
+    /// and a failed probe also have the store make its connections again ([`Store::reconnect`], at most every
+    /// 5 s). Default: 5 failures, 1 s.
     pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = failures;
         self.breaker_cooldown = cooldown;

@@ -104,8 +104,9 @@
 //! # Fail-open
 //!
 //! Every store call has a timeout (default 50 ms). A failed or timed-out read is a miss; a failed write is
-//! logged and counted. After 5 consecutive failures a circuit breaker skips the store for 1 s, then lets one
-//! call probe. A store outage never fails a request.
+//! logged and counted. When failures pile up (5 in a row, or more than a third of recent calls) a circuit
+//! breaker skips the store for 1 s, has it reconnect, then lets one call probe. A store outage never fails a
+//! request.
 //!
 //! # Telling the caller
 //!

@@ -85,6 +85,13 @@ pub trait Store: Send + Sync + 'static {
     /// Removes every key that starts with `prefix` (incrementally: `SCAN` + `UNLINK` on Redis), returning how
     /// many were removed.
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Makes the store's connections again: the cache calls it when the store keeps failing (the circuit
+    /// breaker opens, or its probe fails), since a connection can be stuck while it looks open (a half-open
+    /// link). Default: nothing to do.
+    fn reconnect(&self) -> StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
@@ -124,5 +131,9 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         (**self).purge_prefix(prefix)
+    }
+
+    fn reconnect(&self) -> StoreFuture<'_, ()> {
+        (**self).reconnect()
     }
 }

@@ -280,6 +280,16 @@ impl Store for RedisStore {
         })
     }
 
+    fn reconnect(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            tracing::info!("cache store failing: reconnecting its clients");
+            for client in self.clients.iter() {
+                client.force_reconnection().await.map_err(backend)?;
+            }
+            Ok(())
+        })
+    }
+
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             let client = self.client();

@@ -1,0 +1,191 @@
+//! Network faults between the layer and a real redis-server, made by a TCP proxy switched while requests flow:
+//! slow replies on either side of the store timeout, a black hole, resets, a half-open link. No request fails,
+//! each pays at most one store timeout, and caching resumes once the link is healthy again.
+
+mod support;
+
+use http::StatusCode;
+use std::time::{Duration, Instant};
+use support::calls::{cache_status, call, outcome, post};
+use support::proxy::{Mode, Proxy};
+use support::{Origin, RedisServer};
+use tower_redis_cache::{CacheOutcome, RedisCacheLayer, RedisStore};
+
+/// The store timeout the fault tests run with: well above the slow link's 40 ms, below its 150 ms.
+const STORE_TIMEOUT: Duration = Duration::from_millis(100);
+const BREAKER_FAILURES: u32 = 3;
+const BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+
+struct Rig {
+    _server: RedisServer,
+    proxy: Proxy,
+    origin: std::sync::Arc<Origin>,
+    layer: RedisCacheLayer,
+}
+
+async fn rig() -> Rig {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let origin = Origin::new();
+    // The origin takes a while, as the APIs this cache protects do.
+    origin.set_delay(Duration::from_millis(20));
+    let layer = RedisCacheLayer::builder(RedisStore::connect(&proxy.url()).await.unwrap())
+        .namespace("faults")
+        .methods([http::Method::GET, http::Method::POST])
+        .store_timeout(STORE_TIMEOUT)
+        .circuit_breaker(BREAKER_FAILURES, BREAKER_COOLDOWN)
+        .build()
+        .unwrap();
+    Rig {
+        _server: server,
+        proxy,
+        origin,
+        layer,
+    }
+}
+
+/// Runs 30 requests (10 keys, three times each) through the fault; returns how long it took.
+async fn burst(rig: &Rig, tag: &str) -> Duration {
+    let service = tower::Layer::layer(&rig.layer, rig.origin.service());
+    let started = Instant::now();
+    for round in 0..3 {
+        for i in 0..10 {
+            let response = call(&service, post(&format!(r#"{{"{tag}":{i}}}"#))).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "{tag} round {round} key {i}"
+            );
+        }
+    }
+    started.elapsed()
+}
+
+/// With the store out of reach, the breaker bounds what the store costs: `BREAKER_FAILURES` timeouts, then one
+/// probe per cooldown; every other call skips the store. No request pays more than one. `lasting`: the fault
+/// outlives the burst (a half-open link does not: the reconnect the breaker asks for gets a live one).
+fn assert_store_cost_bounded(rig: &Rig, took: Duration, lasting: bool) {
+    let stats = rig.layer.handle().stats();
+    let probes = (took.as_millis() / BREAKER_COOLDOWN.as_millis()) as u64 + 1;
+    assert!(
+        stats.store_errors <= u64::from(BREAKER_FAILURES) + probes,
+        "{stats:?} in {took:?}"
+    );
+    assert!(stats.store_skipped > 0, "the breaker opened: {stats:?}");
+    if lasting {
+        assert!(
+            stats.store_errors + stats.store_skipped >= 30,
+            "every request met the fault: {stats:?}"
+        );
+    }
+}
+
+/// Once the link passes traffic again, caching comes back on its own: a bounded poll for a hit.
+async fn caching_resumes(rig: &Rig) {
+    caching_resumes_while(rig, Mode::Pass).await;
+}
+
+/// Caching comes back with the proxy in `mode`: a bounded poll for a hit.
+async fn caching_resumes_while(rig: &Rig, mode: Mode) {
+    rig.proxy.set(mode);
+    let service = tower::Layer::layer(&rig.layer, rig.origin.service());
+    for _ in 0..300 {
+        let response = call(&service, post(r#"{"q":"after"}"#)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        if outcome(&response) == CacheOutcome::Hit {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("caching never resumed: {:?}", rig.layer.handle().stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_slower_than_usual_but_inside_the_timeout_still_cache() {
+    let rig = rig().await;
+    rig.proxy.set(Mode::Delay(Duration::from_millis(40)));
+    burst(&rig, "slow").await;
+    let stats = rig.layer.handle().stats();
+    assert_eq!(stats.store_errors, 0, "{stats:?}");
+    assert_eq!(stats.hits, 20, "the second and third rounds hit: {stats:?}");
+    assert_eq!(rig.origin.calls(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_slower_than_the_timeout_cost_a_bounded_number_of_timeouts() {
+    let rig = rig().await;
+    rig.proxy.set(Mode::Delay(Duration::from_millis(150)));
+    let took = burst(&rig, "slower").await;
+    assert_store_cost_bounded(&rig, took, true);
+    caching_resumes(&rig).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_costs_a_bounded_number_of_timeouts_and_caching_resumes() {
+    let rig = rig().await;
+    rig.proxy.set(Mode::BlackHole);
+    let took = burst(&rig, "hole").await;
+    assert_store_cost_bounded(&rig, took, true);
+    caching_resumes(&rig).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_link_is_reconnected_and_caching_resumes() {
+    let rig = rig().await;
+    // A first connection, which the half-open link then strands.
+    let service = tower::Layer::layer(&rig.layer, rig.origin.service());
+    call(&service, post(r#"{"q":"before"}"#)).await;
+    let connections = rig.proxy.connections();
+    rig.proxy.set(Mode::HalfOpen);
+    let took = burst(&rig, "half").await;
+    assert_store_cost_bounded(&rig, took, false);
+    assert!(
+        rig.proxy.connections() > connections,
+        "the open breaker had the store reconnect"
+    );
+    // New connections reach Redis, stranded ones never do: caching is back while the mode still holds.
+    caching_resumes_while(&rig, Mode::HalfOpen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_connections_never_fail_a_request_and_caching_resumes() {
+    let rig = rig().await;
+    rig.proxy.set(Mode::Reset);
+    burst(&rig, "reset").await;
+    let stats = rig.layer.handle().stats();
+    assert!(stats.store_errors + stats.store_skipped >= 30, "{stats:?}");
+    assert_eq!(stats.hits, 0, "{stats:?}");
+    caching_resumes(&rig).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_switched_on_while_requests_flow_fails_none() {
+    let rig = rig().await;
+    let service = tower::Layer::layer(&rig.layer, rig.origin.service());
+    let mut modes = [
+        Mode::Delay(Duration::from_millis(150)),
+        Mode::BlackHole,
+        Mode::Reset,
+        Mode::HalfOpen,
+        Mode::Pass,
+    ]
+    .into_iter()
+    .cycle();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        if i % 20 == 0 {
+            rig.proxy.set(modes.next().unwrap());
+        }
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = call(&service, post(&format!(r#"{{"flow":{}}}"#, i % 25))).await;
+            (response.status(), cache_status(&response))
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for task in tasks {
+        let (status, cache) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{cache}");
+    }
+    caching_resumes(&rig).await;
+}
