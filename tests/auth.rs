@@ -24,7 +24,12 @@ enum TokenAnswer {
     Issue(u64),
     /// This status and body.
     Fail(u16, &'static str),
+    /// Nothing, until the transport's 30 s timeout gives up.
+    BlackHole,
 }
+
+/// The per-attempt timeout of the token endpoint's transport in these tests.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A token endpoint that records each request and issues numbered tokens after a short (virtual) delay.
 #[derive(Clone)]
@@ -71,8 +76,12 @@ impl TokenEndpoint {
                 let (parts, body) = request.into_parts();
                 let body = body.collect().await?.to_bytes();
                 endpoint.seen.lock().unwrap().push((parts.headers, body));
-                tokio::time::sleep(Duration::from_millis(50)).await;
                 let answer = endpoint.answer.lock().unwrap().clone();
+                if let TokenAnswer::BlackHole = answer {
+                    tokio::time::sleep(FETCH_TIMEOUT).await;
+                    return Err("token request timed out".into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 let (status, body) = match answer {
                     TokenAnswer::Issue(expires_in) => {
                         let n = endpoint.issued.fetch_add(1, Ordering::SeqCst) + 1;
@@ -84,6 +93,7 @@ impl TokenEndpoint {
                         (200, body)
                     }
                     TokenAnswer::Fail(status, body) => (status, body.to_owned()),
+                    TokenAnswer::BlackHole => unreachable!("answered above"),
                 };
                 Ok::<_, BoxError>(
                     Response::builder()
@@ -222,13 +232,17 @@ async fn token_is_reused_then_refreshed_sixty_seconds_before_expiry() {
     assert_eq!(tokens.requests(), 1, "at 30 s the token is reused");
 
     tokio::time::advance(Duration::from_secs(61) - start.elapsed()).await;
+    // In the refresh window the call goes on with the current token while one refresh runs beside it.
     let response = client.clone().oneshot(get()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(61), "no wait");
+    client.clone().oneshot(get()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(tokens.requests(), 2, "at 61 s one refresh");
     client.clone().oneshot(get()).await.unwrap();
     assert_eq!(tokens.requests(), 2);
     let used: Vec<String> = api.calls().into_iter().map(|(t, _)| t).collect();
-    assert_eq!(used, ["tok-1", "tok-1", "tok-2", "tok-2"]);
+    assert_eq!(used, ["tok-1", "tok-1", "tok-1", "tok-1", "tok-2"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -415,6 +429,182 @@ async fn unreachable_token_endpoint_is_a_typed_error() {
     let error = error.downcast_ref::<TokenError>().expect("a TokenError");
     assert!(matches!(error, TokenError::Unreachable(_)));
     assert!(error.to_string().contains("connection refused"), "{error}");
+}
+
+/// The [`TokenError`] in an error's chain (under the retry layer's wrapper).
+fn find_token_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a TokenError> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(token) = e.downcast_ref::<TokenError>() {
+            return Some(token);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Spawns `n` calls through `client` at once and returns each result with the (virtual) time it took.
+async fn concurrent<S>(client: S, n: usize) -> Vec<(Result<StatusCode, BoxError>, Duration)>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let start = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let result = client.oneshot(get()).await.map(|r| r.status());
+                (result, start.elapsed())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_callers_and_a_black_holed_token_endpoint_make_one_fetch_and_fail_within_its_timeout()
+{
+    let tokens = TokenEndpoint::new(TokenAnswer::BlackHole);
+    let api = Api::new(&tokens);
+    let auth = AuthLayer::new(tokens.source());
+    // The retry layer above must not turn one dead fetch into one per attempt.
+    let client = ServiceBuilder::new()
+        .layer(tower_redis_cache::RetryLayer::default())
+        .layer(auth.clone())
+        .service(api.service());
+
+    let results = concurrent(client.clone(), 50).await;
+    for (result, took) in &results {
+        let error = result.as_ref().unwrap_err();
+        assert!(
+            error.to_string().contains("token request timed out"),
+            "{error}"
+        );
+        assert!(*took <= FETCH_TIMEOUT, "a caller waited {took:?}");
+    }
+    assert_eq!(tokens.requests(), 1, "one fetch for fifty callers");
+    assert_eq!(auth.token_fetches(), 1);
+    assert!(api.calls().is_empty());
+
+    // Remembered for the cooldown (1 s): a caller right after gets the failure at once, with no new fetch.
+    let start = tokio::time::Instant::now();
+    assert!(client.clone().oneshot(get()).await.is_err());
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(tokens.requests(), 1);
+
+    // After it, the endpoint is asked again, once, and recovers.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    *tokens.answer.lock().unwrap() = TokenAnswer::Issue(3600);
+    let results = concurrent(client, 50).await;
+    assert!(
+        results
+            .iter()
+            .all(|(r, _)| *r.as_ref().unwrap() == StatusCode::OK)
+    );
+    assert_eq!(tokens.requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_client_makes_one_fetch_and_is_neither_retried_nor_asked_again_soon() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Fail(
+        401,
+        r#"{"error":"invalid_client","error_description":"client authentication failed"}"#,
+    ));
+    let api = Api::new(&tokens);
+    let client = ServiceBuilder::new()
+        .layer(tower_redis_cache::RetryLayer::default())
+        .layer(AuthLayer::new(tokens.source()))
+        .service(api.service());
+
+    let results = concurrent(client.clone(), 50).await;
+    for (result, _) in results {
+        let error = result.unwrap_err();
+        let token = find_token_error(&*error).expect("a TokenError");
+        assert_eq!(token.oauth_error(), Some("invalid_client"));
+        assert!(!token.is_transient());
+        let retry = error
+            .downcast_ref::<tower_redis_cache::retry::error::RetryError>()
+            .expect("the retry layer's error");
+        assert_eq!(retry.attempts(), 1, "not retried");
+    }
+    assert_eq!(tokens.requests(), 1, "one fetch, no retry");
+
+    // A rejection is remembered for 30 s, not the 1 s of a transient failure.
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(client.clone().oneshot(get()).await.is_err());
+    assert_eq!(tokens.requests(), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(client.oneshot(get()).await.is_err());
+    assert_eq!(tokens.requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_keeps_the_current_token_and_is_not_repeated_on_every_call() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(120));
+    let api = Api::new(&tokens);
+    let client = ServiceBuilder::new()
+        .layer(AuthLayer::new(tokens.source()))
+        .service(api.service());
+    client.clone().oneshot(get()).await.unwrap();
+
+    // In the refresh window, with the endpoint failing: calls keep the current token, one refresh is tried.
+    tokio::time::advance(Duration::from_secs(70)).await;
+    *tokens.answer.lock().unwrap() = TokenAnswer::Fail(503, "{}");
+    for _ in 0..10 {
+        let response = client.clone().oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        tokens.requests(),
+        2,
+        "the first token and one failed refresh"
+    );
+    // After the 1 s cooldown, the next call tries again.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    *tokens.answer.lock().unwrap() = TokenAnswer::Issue(120);
+    client.clone().oneshot(get()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(tokens.requests(), 3);
+    client.oneshot(get()).await.unwrap();
+    let used: Vec<String> = api.calls().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(used.last().map(String::as_str), Some("tok-2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_on_a_request_too_large_to_replay_still_invalidates_the_token() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Issue(3600));
+    let api = Api::new(&tokens);
+    let client = ServiceBuilder::new()
+        .layer(
+            AuthLayer::builder(tokens.source())
+                .max_body_size(16)
+                .build(),
+        )
+        .service(api.service());
+    client.clone().oneshot(get()).await.unwrap();
+    tokens.revoke_all();
+
+    let large = Request::post("http://api.test/api/v2/integrations/actions/x/execute")
+        .body(Full::new(Bytes::from(vec![b'x'; 1024])))
+        .unwrap();
+    let response = client.clone().oneshot(large).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "not replayed");
+    assert_eq!(tokens.requests(), 1);
+    // The next request does not send the rejected token again.
+    let response = client.oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(tokens.requests(), 2);
+    let used: Vec<String> = api.calls().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(used, ["tok-1", "tok-1", "tok-2"]);
 }
 
 #[test]

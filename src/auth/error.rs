@@ -3,6 +3,7 @@
 use crate::error::BoxError;
 use http::StatusCode;
 use std::fmt;
+use std::sync::Arc;
 
 /// A token could not be obtained. No variant ever holds the client secret or a token.
 #[derive(Debug)]
@@ -29,6 +30,40 @@ impl TokenError {
         match self {
             TokenError::Rejected { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// Whether asking again later may succeed: the endpoint was unreachable, answered `408`, `429` or a `5xx`,
+    /// or sent a malformed token. `false` when it rejected the client itself (`invalid_client`,
+    /// `unauthorized_client`, any other `4xx`, a redirect): that needs a change of configuration, not a retry.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TokenError::Unreachable(_) | TokenError::Malformed(_) => true,
+            TokenError::Rejected { status, .. } => {
+                status.is_server_error()
+                    || matches!(
+                        *status,
+                        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+                    )
+            }
+        }
+    }
+
+    /// A copy of a fetch's failure for one of the callers that waited on it; an unreachable endpoint's cause
+    /// stays reachable through [`source`](std::error::Error::source).
+    pub(crate) fn shared(error: &Arc<TokenError>) -> TokenError {
+        match &**error {
+            TokenError::Unreachable(_) => TokenError::Unreachable(Box::new(Cause(error.clone()))),
+            TokenError::Rejected {
+                status,
+                error,
+                description,
+            } => TokenError::Rejected {
+                status: *status,
+                error: error.clone(),
+                description: description.clone(),
+            },
+            TokenError::Malformed(reason) => TokenError::Malformed(reason.clone()),
         }
     }
 
@@ -68,6 +103,28 @@ impl std::error::Error for TokenError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             TokenError::Unreachable(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+/// The cause of an unreachable endpoint, shared by every caller that waited on the failed fetch.
+#[derive(Debug)]
+struct Cause(Arc<TokenError>);
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.0 {
+            TokenError::Unreachable(cause) => cause.fmt(f),
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.0 {
+            TokenError::Unreachable(cause) => Some(&**cause),
             _ => None,
         }
     }

@@ -39,16 +39,27 @@
 //! # Concurrent calls
 //!
 //! All services built by one layer (and their clones) share one token. No token is fetched until a request
-//! needs one. While a token is being fetched, other callers that need one wait for that fetch instead of
-//! starting their own. In the `skew` window before expiry, the first caller refreshes the token and the
-//! others keep using the current one; if the refresh fails, the current token is used until it expires.
+//! needs one. One fetch at a time: while it runs, every caller that needs a token waits for it and gets its
+//! token or its failure. In the `skew` window before expiry, the first caller starts a refresh in the
+//! background and every caller keeps using the current token; if the refresh fails, the current token is
+//! used until it expires. The fetch runs to its end even if the callers that waited for it give up.
+//!
+//! # Token failures
+//!
+//! A failed fetch is remembered: for [`failure_cooldown`](AuthLayerBuilder::failure_cooldown) (1 s) after a
+//! transient failure (unreachable, timed out, `5xx`) and for
+//! [`rejection_cooldown`](AuthLayerBuilder::rejection_cooldown) (30 s) after a rejection of the client
+//! (`invalid_client`, `unauthorized_client`), a caller that needs a token gets that failure at once, so a
+//! dead token endpoint costs each caller at most one fetch timeout and is asked at most once per cooldown.
+//! The [`RetryLayer`](crate::RetryLayer) does not retry token failures.
 //!
 //! # 401 recovery
 //!
 //! A `401` from the inner service invalidates the token that request carried (not a newer one another
 //! caller already fetched), gets a new token (one fetch, however many requests saw the `401`), and replays
 //! the request once with its buffered body. A second `401` is returned to the caller. A request whose body is
-//! over [`max_body_size`](AuthLayerBuilder::max_body_size) cannot be replayed, and its `401` is returned as is.
+//! over [`max_body_size`](AuthLayerBuilder::max_body_size) cannot be replayed: its `401` is returned as is,
+//! and still invalidates the token, so the next request fetches a new one.
 //!
 //! # Errors
 //!
@@ -67,7 +78,7 @@ pub(crate) use self::client_credentials::base64;
 pub use self::token::{Secret, Token, TokenFuture, TokenSource};
 
 use self::future::ResponseFuture;
-use self::token::TokenCache;
+use self::token::{Timing, TokenCache};
 use crate::body::RequestBody;
 use crate::buffer::{Buffered, buffer_request, call_ready};
 use crate::error::BoxError;
@@ -99,7 +110,11 @@ impl AuthLayer {
     pub fn builder(source: impl TokenSource) -> AuthLayerBuilder {
         AuthLayerBuilder {
             source: Box::new(source),
-            skew: Duration::from_secs(60),
+            timing: Timing {
+                skew: Duration::from_secs(60),
+                failure_cooldown: Duration::from_secs(1),
+                rejection_cooldown: Duration::from_secs(30),
+            },
             max_body: 1024 * 1024,
         }
     }
@@ -114,14 +129,14 @@ impl AuthLayer {
 #[must_use]
 pub struct AuthLayerBuilder {
     source: Box<dyn TokenSource>,
-    skew: Duration,
+    timing: Timing,
     max_body: usize,
 }
 
 impl fmt::Debug for AuthLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthLayerBuilder")
-            .field("skew", &self.skew)
+            .field("timing", &self.timing)
             .field("max_body", &self.max_body)
             .finish_non_exhaustive()
     }
@@ -131,7 +146,22 @@ impl AuthLayerBuilder {
     /// How long before expiry the token is refreshed. Default: 60 s. For a token living less than twice
     /// this, half its lifetime is used instead.
     pub fn skew(mut self, skew: Duration) -> Self {
-        self.skew = skew;
+        self.timing.skew = skew;
+        self
+    }
+
+    /// How long a transient token failure (endpoint unreachable or timing out, `408`, `429`, `5xx`, a malformed
+    /// answer) is remembered: callers needing a token meanwhile get that failure at once instead of fetching
+    /// again. Default: 1 s.
+    pub fn failure_cooldown(mut self, cooldown: Duration) -> Self {
+        self.timing.failure_cooldown = cooldown;
+        self
+    }
+
+    /// How long a rejection of the client itself (`invalid_client`, `unauthorized_client`, any other `4xx`, a
+    /// redirect) is remembered the same way. Default: 30 s.
+    pub fn rejection_cooldown(mut self, cooldown: Duration) -> Self {
+        self.timing.rejection_cooldown = cooldown;
         self
     }
 
@@ -145,7 +175,7 @@ impl AuthLayerBuilder {
     /// Builds the layer (nothing to validate).
     pub fn build(self) -> AuthLayer {
         AuthLayer {
-            tokens: Arc::new(TokenCache::new(self.source, self.skew)),
+            tokens: Arc::new(TokenCache::new(self.source, self.timing)),
             max_body: self.max_body,
         }
     }
@@ -255,7 +285,12 @@ where
             request
                 .headers_mut()
                 .insert(AUTHORIZATION, token.header.clone());
-            return inner.call(request).await.map_err(Into::into);
+            let response = inner.call(request).await.map_err(Into::into)?;
+            if response.status() == StatusCode::UNAUTHORIZED {
+                // Not replayable, but the token is still bad: the next request gets a new one.
+                tokens.invalidate(token.generation);
+            }
+            return Ok(response);
         }
         Buffered::Replayable { parts, body } => (parts, body),
     };

@@ -2,12 +2,14 @@
 //! clone.
 
 use super::error::TokenError;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use http::HeaderValue;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -95,24 +97,58 @@ pub(crate) struct Current {
     pub(crate) generation: u64,
 }
 
+/// The one fetch in flight, awaited by every caller that needs its result. The failure is behind an [`Arc`] so
+/// each waiter gets the same one.
+type Flight = Shared<BoxFuture<'static, Result<Arc<Current>, Arc<TokenError>>>>;
+
+/// How long failures are remembered, and how early tokens are refreshed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) skew: Duration,
+    /// A transient failure (unreachable, `5xx`, malformed) is answered without a new fetch for this long.
+    pub(crate) failure_cooldown: Duration,
+    /// A rejection of the client itself (`invalid_client`, any other `4xx`) is remembered this long.
+    pub(crate) rejection_cooldown: Duration,
+}
+
+/// What a caller of [`TokenCache::get`] does.
+enum Step {
+    /// Send this token.
+    Ready(Arc<Current>),
+    /// Fail with the remembered failure.
+    Failed(Arc<TokenError>),
+    /// Await this refresh, falling back on this still valid token.
+    Refresh(Arc<Current>, Flight),
+    /// Await this fetch.
+    Wait(Flight),
+}
+
+struct State {
+    current: Option<Arc<Current>>,
+    flight: Option<Flight>,
+    /// The last fetch's failure, answered to callers who need a token until the instant given.
+    failed: Option<(Arc<TokenError>, Instant)>,
+}
+
 /// The one token shared by every clone of an [`Auth`](super::Auth) service.
 pub(crate) struct TokenCache {
     source: Box<dyn TokenSource>,
-    skew: Duration,
-    current: Mutex<Option<Arc<Current>>>,
-    /// Held while fetching, so one fetch runs at a time and the others wait for it.
-    fetching: tokio::sync::Mutex<()>,
+    timing: Timing,
+    state: Mutex<State>,
     generation: AtomicU64,
     fetches: AtomicU64,
 }
 
 impl TokenCache {
-    pub(crate) fn new(source: Box<dyn TokenSource>, skew: Duration) -> Self {
+    pub(crate) fn new(source: Box<dyn TokenSource>, timing: Timing) -> Self {
         TokenCache {
             source,
-            skew,
-            current: Mutex::new(None),
-            fetching: tokio::sync::Mutex::new(()),
+            timing,
+            state: Mutex::new(State {
+                current: None,
+                flight: None,
+                failed: None,
+            }),
             generation: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
         }
@@ -122,8 +158,9 @@ impl TokenCache {
         self.fetches.load(Ordering::Relaxed)
     }
 
-    fn load(&self) -> Option<Arc<Current>> {
-        self.current.lock().map_or(None, |c| c.clone())
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state is consistent between statements, so a panic elsewhere leaves nothing half-done.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// `true` while the token is outside its refresh window.
@@ -135,49 +172,116 @@ impl TokenCache {
         token.expires_at.is_none_or(|at| now < at)
     }
 
-    /// The token to send now. Fresh: returned at once. In its refresh window: one caller refreshes it (and
-    /// keeps using the old one if the refresh fails) while the others keep using it. Expired or absent: every
-    /// caller waits for the one fetch.
-    pub(crate) async fn get(&self) -> Result<Arc<Current>, TokenError> {
-        let now = Instant::now();
-        let current = self.load();
-        if let Some(token) = &current {
-            if Self::fresh(token, now) {
-                return Ok(token.clone());
-            }
-            if Self::valid(token, now) {
-                let Ok(guard) = self.fetching.try_lock() else {
-                    return Ok(token.clone());
-                };
-                return match self.fetch_locked(guard).await {
-                    Ok(new) => Ok(new),
-                    Err(error) => {
-                        tracing::warn!(%error, "token refresh failed; using the current token until it expires");
-                        Ok(token.clone())
-                    }
-                };
-            }
+    /// The token to send now.
+    ///
+    /// - Fresh: returned at once.
+    /// - In its refresh window: returned at once, and one refresh starts in the background unless one runs or
+    ///   the last one failed moments ago; if it fails, the token is used until it expires.
+    /// - Expired or absent: every caller awaits the one fetch in flight (starting it if none runs) and gets
+    ///   its token or its failure. A failure is remembered for a cooldown, during which callers get it at once
+    ///   instead of fetching again, so a dead or rejecting token endpoint is not hammered.
+    pub(crate) async fn get(self: &Arc<Self>) -> Result<Arc<Current>, TokenError> {
+        match self.step(Instant::now()) {
+            Step::Ready(token) => Ok(token),
+            Step::Failed(error) => Err(TokenError::shared(&error)),
+            // No runtime to refresh on in the background: this caller waits for the refresh.
+            Step::Refresh(token, flight) => Ok(flight.await.unwrap_or(token)),
+            Step::Wait(flight) => flight.await.map_err(|error| TokenError::shared(&error)),
         }
-        let guard = self.fetching.lock().await;
-        if let Some(token) = self.load()
-            && Self::valid(&token, Instant::now())
-        {
-            return Ok(token);
-        }
-        self.fetch_locked(guard).await
     }
 
-    async fn fetch_locked(
-        &self,
-        _guard: tokio::sync::MutexGuard<'_, ()>,
-    ) -> Result<Arc<Current>, TokenError> {
-        // Re-check: a fetch that finished while this caller queued may have made it unnecessary.
-        let requested = Instant::now();
-        if let Some(token) = self.load()
-            && Self::fresh(&token, requested)
-        {
-            return Ok(token);
+    /// What [`get`](Self::get) does, decided under the state lock (never held across an await).
+    fn step(self: &Arc<Self>, now: Instant) -> Step {
+        let mut state = self.state();
+        if let Some(token) = state.current.clone() {
+            if Self::fresh(&token, now) {
+                return Step::Ready(token);
+            }
+            if Self::valid(&token, now) {
+                if state.flight.is_some() || Self::cooling(&state, now).is_some() {
+                    return Step::Ready(token);
+                }
+                let flight = self.launch(&mut state);
+                return if Self::drive(&flight) {
+                    Step::Ready(token)
+                } else {
+                    Step::Refresh(token, flight)
+                };
+            }
         }
+        if let Some(error) = Self::cooling(&state, now) {
+            return Step::Failed(error.clone());
+        }
+        match &state.flight {
+            Some(flight) => Step::Wait(flight.clone()),
+            None => {
+                let flight = self.launch(&mut state);
+                Self::drive(&flight);
+                Step::Wait(flight)
+            }
+        }
+    }
+
+    /// The remembered failure, while its cooldown lasts.
+    fn cooling(state: &State, now: Instant) -> Option<&Arc<TokenError>> {
+        state
+            .failed
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(error, _)| error)
+    }
+
+    /// Starts the one fetch: it publishes its token (or remembers its failure) and clears itself when done.
+    fn launch(self: &Arc<Self>, state: &mut State) -> Flight {
+        let cache = Arc::downgrade(self);
+        let flight = async move {
+            let Some(cache) = cache.upgrade() else {
+                return Err(Arc::new(TokenError::Malformed(
+                    "the auth layer was dropped".into(),
+                )));
+            };
+            let result = cache.fetch().await.map_err(Arc::new);
+            let mut state = cache.state();
+            state.flight = None;
+            match &result {
+                Ok(current) => {
+                    state.current = Some(current.clone());
+                    state.failed = None;
+                }
+                Err(error) => {
+                    let cooldown = if error.is_transient() {
+                        cache.timing.failure_cooldown
+                    } else {
+                        cache.timing.rejection_cooldown
+                    };
+                    let now = Instant::now();
+                    let until = now.checked_add(cooldown).unwrap_or(now);
+                    state.failed = Some((error.clone(), until));
+                }
+            }
+            result
+        }
+        .boxed()
+        .shared();
+        state.flight = Some(flight.clone());
+        flight
+    }
+
+    /// Runs the flight to its end on the Tokio runtime, whether or not its callers stay to see it. `false`
+    /// without a runtime: the callers drive it.
+    fn drive(flight: &Flight) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let flight = flight.clone();
+        drop(runtime.spawn(async move {
+            let _ = flight.await;
+        }));
+        true
+    }
+
+    async fn fetch(&self) -> Result<Arc<Current>, TokenError> {
+        let requested = Instant::now();
         self.fetches.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         metrics::counter!("tower_redis_cache_token_fetches_total").increment(1);
@@ -200,34 +304,34 @@ impl TokenCache {
         span.record("generation", generation);
         // A token shorter-lived than twice the skew is refreshed at half its life, not on every request. A
         // lifetime past the clock's range means "no known expiry".
+        let skew = self.timing.skew;
         let expires_at = token.expires_in.and_then(|d| requested.checked_add(d));
         let refresh_at = token
             .expires_in
-            .and_then(|d| requested.checked_add(d.saturating_sub(self.skew.min(d / 2))));
-        let current = Arc::new(Current {
-            header,
-            refresh_at,
-            expires_at,
-            generation,
-        });
+            .and_then(|d| requested.checked_add(d.saturating_sub(skew.min(d / 2))));
         tracing::debug!(
             parent: &span,
             generation,
             expires_in_s = token.expires_in.map(|d| d.as_secs()),
             "access token fetched"
         );
-        if let Ok(mut slot) = self.current.lock() {
-            *slot = Some(current.clone());
-        }
-        Ok(current)
+        Ok(Arc::new(Current {
+            header,
+            refresh_at,
+            expires_at,
+            generation,
+        }))
     }
 
     /// Forgets the token of `generation` after the API rejected it; a newer token stays.
     pub(crate) fn invalidate(&self, generation: u64) {
-        if let Ok(mut slot) = self.current.lock()
-            && slot.as_ref().is_some_and(|c| c.generation == generation)
+        let mut state = self.state();
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.generation == generation)
         {
-            *slot = None;
+            state.current = None;
         }
     }
 }
@@ -235,6 +339,14 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timing() -> Timing {
+        Timing {
+            skew: Duration::from_secs(60),
+            failure_cooldown: Duration::from_secs(1),
+            rejection_cooldown: Duration::from_secs(30),
+        }
+    }
 
     struct Counting(AtomicU64);
 
@@ -247,10 +359,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_late_401_for_an_old_token_keeps_the_newer_one() {
-        let cache = TokenCache::new(
+        let cache = Arc::new(TokenCache::new(
             Box::new(Counting(AtomicU64::new(0))),
-            Duration::from_secs(60),
-        );
+            timing(),
+        ));
         let first = cache.get().await.unwrap();
         cache.invalidate(first.generation);
         let second = cache.get().await.unwrap();
@@ -271,12 +383,19 @@ mod tests {
                 Box::pin(async { Ok(Token::new("short", Some(Duration::from_secs(30)))) })
             }
         }
-        let cache = TokenCache::new(Box::new(Short(AtomicU64::new(0))), Duration::from_secs(60));
+        let cache = Arc::new(TokenCache::new(
+            Box::new(Short(AtomicU64::new(0))),
+            timing(),
+        ));
         cache.get().await.unwrap();
         tokio::time::advance(Duration::from_secs(14)).await;
         cache.get().await.unwrap();
         assert_eq!(cache.fetches(), 1);
         tokio::time::advance(Duration::from_secs(2)).await;
+        cache.get().await.unwrap();
+        // The refresh runs in the background; let it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(cache.fetches(), 2);
         cache.get().await.unwrap();
         assert_eq!(cache.fetches(), 2);
     }

@@ -45,7 +45,8 @@
 //! # Policy
 //!
 //! - **What is retried**: decided by a [`Classify`]; by default `429`, `500`, `502`, `503`, `504` and transport
-//!   errors, never `501`.
+//!   errors, never `501`. A token failure from an [`AuthLayer`](crate::AuthLayer) below is never retried: that
+//!   layer shares and remembers it.
 //! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on `429` unless
 //!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent) is on: a `503` or a reset connection
 //!   may come after the server acted on the request.
@@ -308,8 +309,23 @@ fn judge<R>(
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
             (class, Some(response.status()), retry_after)
         }
+        // A token failure is the auth layer's to handle: it shares one fetch's failure with every waiter and
+        // remembers it, so asking again here would only repeat it.
+        Err(error) if is_token_failure(&**error) => (Class::Done, None, None),
         Err(error) => (config.classifier.classify_error(&**error), None, None),
     }
+}
+
+/// Whether an error (or one of its causes) is an auth layer's [`TokenError`](crate::auth::error::TokenError).
+fn is_token_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<crate::auth::error::TokenError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Ends a call: the response with its [`RetryOutcome`], or the error wrapped in a [`RetryError`].
