@@ -381,6 +381,109 @@ async fn unreachable_api_is_a_transport_error() {
     assert!(error.to_string().contains("unreachable"), "{error}");
 }
 
+/// An HTTP server on loopback that counts the requests it gets and answers each with `status` (and
+/// `Location: location`, when given).
+async fn counting_server(
+    status: StatusCode,
+    location: Option<String>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let hits = counted.clone();
+        let location = location.clone();
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            let mut response = axum::response::Response::new(axum::body::Body::empty());
+            *response.status_mut() = status;
+            if let Some(location) = location {
+                response
+                    .headers_mut()
+                    .insert("location", location.parse().unwrap());
+            }
+            response
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_and_no_path_leaves_the_api_host() {
+    use std::sync::atomic::Ordering;
+    let emulator = Emulator::start().await.unwrap();
+    // Another host, which must never see a request (it would carry the bearer token).
+    let (elsewhere, elsewhere_hits) = counting_server(StatusCode::OK, None).await;
+    let (redirector, redirects) = counting_server(
+        StatusCode::TEMPORARY_REDIRECT,
+        Some(format!("{elsewhere}/api/v2/integrations/actions/x")),
+    )
+    .await;
+
+    let client = builder(&emulator).api_base(&redirector).build().unwrap();
+    let error = client.get_action("x").await.unwrap_err();
+    assert_eq!(
+        error.status(),
+        Some(StatusCode::TEMPORARY_REDIRECT),
+        "{error}"
+    );
+    assert_eq!(redirects.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        elsewhere_hits.load(Ordering::SeqCst),
+        0,
+        "redirect followed"
+    );
+
+    // Paths that string concatenation would have turned into another host, or out of the API.
+    let client = builder(&emulator).build().unwrap();
+    let tokens_before = emulator.requests(Endpoint::Token);
+    let other = elsewhere.trim_start_matches("http://");
+    for path in [
+        format!("@{other}/api/v2/x"),
+        format!("//{other}/api/v2/x"),
+        format!("{elsewhere}/api/v2/x"),
+        "api/v2/x".to_owned(),
+        "/api/v2/../../admin".to_owned(),
+        "/api/v2/x#y".to_owned(),
+    ] {
+        let error = client
+            .send_json::<Value>(http::Method::GET, &path, None)
+            .await
+            .unwrap_err();
+        assert!(error.is_request(), "{path}: {error}");
+        assert_eq!(error.attempts(), 0);
+    }
+    assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        emulator.requests(Endpoint::Token),
+        tokens_before,
+        "refused before any token was fetched"
+    );
+
+    // Plain http to another machine is refused at build time unless asked for.
+    for (api, login) in [
+        ("http://api.example".to_owned(), emulator.base_url()),
+        (emulator.base_url(), "http://login.example".to_owned()),
+    ] {
+        let error = builder(&emulator)
+            .api_base(api)
+            .login_base(login)
+            .build()
+            .unwrap_err();
+        assert!(error.to_string().contains("allow_insecure_http"), "{error}");
+    }
+    assert!(
+        builder(&emulator)
+            .api_base("http://api.example")
+            .allow_insecure_http(true)
+            .build()
+            .is_ok()
+    );
+}
+
 #[test]
 fn builder_rejects_missing_pieces() {
     let error = GenesysClient::builder()

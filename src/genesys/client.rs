@@ -9,10 +9,11 @@ use crate::cache::{
     CacheHandle, CacheOutcome, CacheOverride, RedisCache, RedisCacheLayer, ResponseBody, Store,
     Windows,
 };
-use crate::error::{ConfigError, absolute_http_url};
+use crate::error::ConfigError;
 use crate::retry::{Retry, RetryLayer, RetryOutcome};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -95,6 +96,7 @@ pub(crate) struct Inner {
     pub(crate) cache: CacheHandle,
     pub(crate) auth: AuthLayer,
     pub(crate) api_base: String,
+    base: Base,
     pub(crate) max_pages: u32,
     pub(crate) user_agent: HeaderValue,
 }
@@ -136,10 +138,14 @@ impl GenesysClient {
 
     /// Sends a request for `path_and_query` (which starts with `/api/v2/`) and decodes a 2xx JSON answer.
     ///
+    /// The path is joined to the API base as a URI, never by pasting strings: it must start with one `/` and
+    /// hold no scheme, host, fragment or `.`/`..` segment, so no path can send the token to another host.
+    ///
     /// # Errors
     ///
-    /// A [`GenesysError`] for a non-2xx status, a transport failure or timeout after retries, a token failure,
-    /// or a body that is not the expected JSON.
+    /// A [`GenesysError`] for a non-2xx status (redirects included: they are not followed), a transport failure
+    /// or timeout after retries, a token failure, a body that is not the expected JSON, or a path that is not
+    /// one ([`is_request`](GenesysError::is_request)).
     pub async fn send_json<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -186,14 +192,12 @@ impl GenesysClient {
         body: Option<&serde_json::Value>,
         cache: Option<CacheOverride>,
     ) -> Result<Fetched<Bytes>, GenesysError> {
-        let uri: Uri = format!("{}{}", self.inner.api_base, path_and_query)
-            .parse()
-            .map_err(|e| {
-                GenesysError::decode(
-                    format!("invalid request path {path_and_query:?}: {e}"),
-                    None,
-                )
-            })?;
+        let uri = self.inner.base.join(path_and_query).map_err(|reason| {
+            GenesysError::request(format!(
+                "request path {:?} {reason}",
+                path_and_query.chars().take(200).collect::<String>()
+            ))
+        })?;
         let mut builder = Request::builder()
             .method(method)
             .uri(uri)
@@ -203,15 +207,14 @@ impl GenesysClient {
             Some(json) => {
                 builder = builder.header(CONTENT_TYPE, "application/json");
                 Bytes::from(
-                    serde_json::to_vec(json)
-                        .map_err(|e| GenesysError::decode(e.to_string(), None))?,
+                    serde_json::to_vec(json).map_err(|e| GenesysError::request(e.to_string()))?,
                 )
             }
             None => Bytes::new(),
         };
         let mut request = builder
             .body(RequestBody::from(bytes))
-            .map_err(|e| GenesysError::decode(e.to_string(), None))?;
+            .map_err(|e| GenesysError::request(e.to_string()))?;
         if let Some(cache) = cache {
             request.extensions_mut().insert(cache);
         }
@@ -224,6 +227,90 @@ impl GenesysClient {
             .map_err(GenesysError::from_stack)?;
         read(response).await
     }
+}
+
+/// The API base: where every request path is joined, as URI parts.
+#[derive(Debug, Clone)]
+pub(crate) struct Base {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base's path without its trailing `/` (empty for none).
+    prefix: String,
+}
+
+impl Base {
+    /// Checks a base URL: absolute, `https` (or `http` to a loopback host, or anywhere when `allow_http`), no
+    /// user info, query or fragment.
+    pub(crate) fn parse(what: &str, url: &str, allow_http: bool) -> Result<Base, ConfigError> {
+        let shown: String = url.chars().take(200).collect();
+        let rejected = |why: &str| ConfigError::new(format!("{what} {shown:?} {why}"));
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| rejected("must be an absolute https URL"))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(rejected("must be an absolute https URL"));
+        };
+        if authority.as_str().contains('@') {
+            // Not echoed: the URL holds a password.
+            return Err(ConfigError::new(format!(
+                "{what} must not carry credentials"
+            )));
+        }
+        if uri.query().is_some() || url.contains('#') {
+            return Err(rejected("must not carry a query or fragment"));
+        }
+        match scheme.as_str() {
+            "https" => {}
+            "http" if allow_http || is_loopback(authority.host()) => {}
+            "http" => {
+                return Err(rejected(
+                    "is plain http to a host other than this machine, which would send the client secret \
+                     and tokens in clear: use https, or allow_insecure_http(true)",
+                ));
+            }
+            _ => return Err(rejected("must be an https URL")),
+        }
+        Ok(Base {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Joins a request path (and query) to the base. The path must start with one `/` and hold no fragment,
+    /// backslash or `.`/`..` segment: whatever it is, the request goes to the base's host.
+    pub(crate) fn join(&self, path_and_query: &str) -> Result<Uri, String> {
+        if !path_and_query.starts_with('/') || path_and_query.starts_with("//") {
+            return Err("must start with a single '/' (a path, not a URL)".into());
+        }
+        if path_and_query.contains(['#', '\\']) {
+            return Err("must not hold '#' or '\\'".into());
+        }
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        if path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+        {
+            return Err("must not hold '.' or '..' segments".into());
+        }
+        let path_and_query = PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix))
+            .map_err(|e| format!("is not a valid URI path: {e}"))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| format!("is not a valid URI path: {e}"))
+    }
+}
+
+/// `localhost`, or a loopback IP address (`127.0.0.0/8`, `::1`).
+fn is_loopback(host: &str) -> bool {
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Reads a response: the body (capped), the correlation id, the cache outcome and the attempt count; a
@@ -290,6 +377,7 @@ pub struct GenesysClientBuilder {
     attempt_timeout: Duration,
     store_timeout: Duration,
     max_pages: u32,
+    allow_insecure_http: bool,
 }
 
 impl Default for GenesysClientBuilder {
@@ -312,6 +400,7 @@ impl Default for GenesysClientBuilder {
             attempt_timeout: Duration::from_secs(30),
             store_timeout: Duration::from_millis(50),
             max_pages: 1000,
+            allow_insecure_http: false,
         }
     }
 }
@@ -338,13 +427,15 @@ impl GenesysClientBuilder {
         self
     }
 
-    /// Overrides the API base URL (an emulator, a proxy).
+    /// Overrides the API base URL (an emulator, a proxy). It may carry a path prefix; `http://` is accepted for
+    /// a loopback host only, unless [`allow_insecure_http`](Self::allow_insecure_http).
     pub fn api_base(mut self, base: impl Into<String>) -> Self {
         self.api_base = Some(base.into());
         self
     }
 
-    /// Overrides the OAuth base URL; tokens come from `{login_base}/oauth/token`.
+    /// Overrides the OAuth base URL; tokens come from `{login_base}/oauth/token`. Same rules as
+    /// [`api_base`](Self::api_base).
     pub fn login_base(mut self, base: impl Into<String>) -> Self {
         self.login_base = Some(base.into());
         self
@@ -445,6 +536,13 @@ impl GenesysClientBuilder {
         self
     }
 
+    /// Accepts `http://` API and login bases on hosts other than loopback, for a TLS-terminating proxy on a
+    /// network you trust. Default: `false`: the client secret and tokens travel over HTTPS, or to this machine.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
     /// The most pages one listing may read before it fails. Default: 1000.
     pub fn max_pages(mut self, pages: u32) -> Self {
         self.max_pages = pages;
@@ -455,8 +553,9 @@ impl GenesysClientBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when a base or the credentials are missing or invalid, a Redis URL is invalid, or no store
-    /// was given and the `memory` feature is off.
+    /// [`ConfigError`] when a base or the credentials are missing or invalid (a base must be an absolute
+    /// `https://` URL, or `http://` to loopback, without credentials, query or fragment), a Redis URL is
+    /// invalid, or no store was given and the `memory` feature is off.
     pub fn build(self) -> Result<GenesysClient, ConfigError> {
         let api_base = self
             .api_base
@@ -466,7 +565,8 @@ impl GenesysClientBuilder {
             .login_base
             .ok_or_else(|| ConfigError::new("no region or login base"))?;
         let login_base = login_base.trim_end_matches('/');
-        absolute_http_url("api base", &api_base)?;
+        let base = Base::parse("api base", &api_base, self.allow_insecure_http)?;
+        Base::parse("login base", login_base, self.allow_insecure_http)?;
         let (client_id, secret) = self
             .client_id
             .zip(self.client_secret)
@@ -529,6 +629,7 @@ impl GenesysClientBuilder {
                 cache: handle,
                 auth,
                 api_base,
+                base,
                 max_pages: self.max_pages.max(1),
                 user_agent,
             }),
@@ -576,4 +677,73 @@ fn default_store() -> Result<Arc<dyn Store>, ConfigError> {
     Err(ConfigError::new(
         "no store: pass one with .store(..) (or enable the `memory` feature)",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_joined_to_the_base_host_or_refused() {
+        let base = Base::parse("api base", "https://api.mypurecloud.ie", false).unwrap();
+        let join = |p: &str| base.join(p).map(|u| u.to_string());
+        assert_eq!(
+            join("/api/v2/integrations/actions?pageSize=25").unwrap(),
+            "https://api.mypurecloud.ie/api/v2/integrations/actions?pageSize=25"
+        );
+        for bad in [
+            "api/v2/x",
+            ".evil.example/api",
+            "@evil.example/api",
+            "//evil.example/api",
+            "https://evil.example/api",
+            "/api/v2/../../admin",
+            "/api/v2/./x",
+            "/api/v2/x#frag",
+            "/api/v2/x\\y",
+            "/api/v2/x y",
+            "",
+        ] {
+            assert!(join(bad).is_err(), "{bad:?} accepted: {:?}", join(bad));
+        }
+        // A `..` inside a query value is not a path segment.
+        assert!(join("/api/v2/x?q=..").is_ok());
+
+        let prefixed = Base::parse("api base", "https://proxy.example/genesys/", false).unwrap();
+        assert_eq!(
+            prefixed.join("/api/v2/x").unwrap().to_string(),
+            "https://proxy.example/genesys/api/v2/x"
+        );
+    }
+
+    #[test]
+    fn bases_must_be_https_unless_loopback_or_allowed() {
+        for ok in [
+            "https://api.mypurecloud.com",
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:9",
+        ] {
+            assert!(Base::parse("api base", ok, false).is_ok(), "{ok}");
+        }
+        let error = Base::parse("api base", "http://api.example", false).unwrap_err();
+        assert!(error.to_string().contains("allow_insecure_http"), "{error}");
+        assert!(Base::parse("api base", "http://api.example", true).is_ok());
+        for bad in [
+            "api.example",
+            "/api",
+            "ftp://api.example",
+            "https://user:pw@api.example",
+            "https://api.example/?x=1",
+            "https://api.example/#x",
+        ] {
+            assert!(Base::parse("api base", bad, true).is_err(), "{bad}");
+        }
+        let error = Base::parse("api base", "https://u:hunter2@api.example", false).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("credentials") && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
 }

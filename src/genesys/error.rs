@@ -35,6 +35,8 @@ enum Kind {
     Decode(String),
     /// Pagination stopped: a repeated page or cursor, or too many pages.
     Pagination(String),
+    /// The request could not be built: an invalid path, a body that would not serialise.
+    Request(String),
 }
 
 impl GenesysError {
@@ -62,6 +64,14 @@ impl GenesysError {
             kind: Kind::Decode(reason.into()),
             attempts: 1,
             correlation_id,
+        }
+    }
+
+    pub(crate) fn request(reason: impl Into<String>) -> Self {
+        GenesysError {
+            kind: Kind::Request(reason.into()),
+            attempts: 0,
+            correlation_id: None,
         }
     }
 
@@ -137,7 +147,7 @@ impl GenesysError {
         self.correlation_id.as_deref()
     }
 
-    /// Attempts made by the retry layer (1 when there was no retry).
+    /// Attempts made by the retry layer (1 when there was no retry, 0 when the request was never sent).
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
@@ -185,6 +195,12 @@ impl GenesysError {
     pub fn is_pagination(&self) -> bool {
         matches!(self.kind, Kind::Pagination(_))
     }
+
+    /// The request was not sent: its path was not a plain API path (it must start with `/` and hold no scheme,
+    /// host, fragment or `..`), or its body would not serialise.
+    pub fn is_request(&self) -> bool {
+        matches!(self.kind, Kind::Request(_))
+    }
 }
 
 impl fmt::Display for GenesysError {
@@ -208,6 +224,7 @@ impl fmt::Display for GenesysError {
             Kind::Transport(_, detail) => write!(f, "genesys api unreachable: {detail}")?,
             Kind::Decode(reason) => write!(f, "unexpected genesys api response: {reason}")?,
             Kind::Pagination(reason) => write!(f, "pagination stopped: {reason}")?,
+            Kind::Request(reason) => write!(f, "invalid genesys request: {reason}")?,
         }
         if let Some(id) = &self.correlation_id {
             write!(f, " (correlation id {id})")?;
@@ -236,6 +253,7 @@ impl fmt::Debug for GenesysError {
             Kind::Transport(e, _) => d.field("transport", e),
             Kind::Decode(reason) => d.field("decode", reason),
             Kind::Pagination(reason) => d.field("pagination", reason),
+            Kind::Request(reason) => d.field("request", reason),
         };
         d.field("correlation_id", &self.correlation_id)
             .field("attempts", &self.attempts)
