@@ -64,11 +64,24 @@ impl RedisStore {
     /// Connects to the Redis named by `url` with a reconnecting client (constant 100 ms between attempts,
     /// forever; a connection without a reply for a second is reconnected) and waits for the first connection.
     ///
+    /// `rediss://` (and `rediss-cluster://`, `rediss-sentinel://`) connect over TLS, verifying the server
+    /// against the system's roots (or `SSL_CERT_FILE`); they need the `redis-tls` feature, and without it are
+    /// refused rather than sent in plain text. For a private CA, use [`connect_with`](Self::connect_with).
+    ///
     /// # Errors
     ///
-    /// An invalid URL, or no connection on the first attempt.
+    /// An invalid URL, a TLS URL without the `redis-tls` feature, or no connection on the first attempt.
     pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
-        let config = Config::from_url(url)?;
+        Self::connect_with(parse_url(url)?).await
+    }
+
+    /// [`connect`](Self::connect) with a fred [`Config`] you built: a `TlsConnector` over your own CA, a
+    /// credential provider, Sentinel or Cluster settings the URL cannot carry.
+    ///
+    /// # Errors
+    ///
+    /// An invalid configuration, or no connection on the first attempt.
+    pub async fn connect_with(config: Config) -> Result<Self, fred::error::Error> {
         let client = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
             .with_connection_config(connection_config)
@@ -83,15 +96,23 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// An invalid URL, or no Tokio runtime.
+    /// An invalid URL, a TLS URL without the `redis-tls` feature, or no Tokio runtime.
     pub fn connect_lazy(url: &str) -> Result<Self, fred::error::Error> {
+        Self::connect_lazy_with(parse_url(url)?)
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) with a fred [`Config`] you built.
+    ///
+    /// # Errors
+    ///
+    /// An invalid configuration, or no Tokio runtime.
+    pub fn connect_lazy_with(config: Config) -> Result<Self, fred::error::Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(fred::error::Error::new(
                 fred::error::ErrorKind::Config,
                 "RedisStore::connect_lazy needs a Tokio runtime",
             ));
         }
-        let config = Config::from_url(url)?;
         let client = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
             .with_connection_config(connection_config)
@@ -121,6 +142,33 @@ impl fmt::Debug for RedisStore {
             .field("clients", &self.clients.len())
             .finish()
     }
+}
+
+/// Parses a Redis URL, refusing a TLS one when this build cannot speak TLS (fred would only log a warning and
+/// connect in plain text, sending the password in clear).
+fn parse_url(url: &str) -> Result<Config, fred::error::Error> {
+    refuse_tls_without_support(url, cfg!(feature = "redis-tls"))?;
+    Config::from_url(url)
+}
+
+/// `Err` for a TLS scheme (`rediss`, `rediss-cluster`, `rediss-sentinel`, and fred's `valkeys` spellings) when
+/// `tls` support is absent.
+fn refuse_tls_without_support(url: &str, tls: bool) -> Result<(), fred::error::Error> {
+    let scheme = url
+        .trim_start()
+        .split_once("://")
+        .map_or("", |(scheme, _)| scheme)
+        .to_ascii_lowercase();
+    if !tls && (scheme.starts_with("rediss") || scheme.starts_with("valkeys")) {
+        return Err(fred::error::Error::new(
+            fred::error::ErrorKind::Tls,
+            format!(
+                "a {scheme}:// URL needs TLS, and this build has none: enable the `redis-tls` feature of \
+                 tower-redis-cache (refusing to connect in plain text)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn backend(error: fred::error::Error) -> StoreError {
@@ -334,5 +382,29 @@ mod tests {
     fn scan_patterns_escape_globs() {
         assert_eq!(glob_escape("ns:v1:"), "ns:v1:*");
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\*");
+    }
+
+    #[test]
+    fn tls_urls_are_refused_without_tls_never_downgraded() {
+        for url in [
+            "rediss://:pw@cache.example:6380",
+            "REDISS://cache.example",
+            "rediss-cluster://cache.example:7000",
+            "rediss-sentinel://cache.example:26379/0?sentinelServiceName=m",
+            "valkeys://cache.example",
+        ] {
+            let error = refuse_tls_without_support(url, false).unwrap_err();
+            assert_eq!(*error.kind(), fred::error::ErrorKind::Tls, "{url}");
+            assert!(error.details().contains("redis-tls"), "{error}");
+            assert!(!error.details().contains("pw@"), "{error}");
+            assert!(refuse_tls_without_support(url, true).is_ok(), "{url}");
+        }
+        for url in [
+            "redis://cache.example",
+            "redis-cluster://cache.example",
+            "redis-sentinel://cache.example",
+        ] {
+            assert!(refuse_tls_without_support(url, false).is_ok(), "{url}");
+        }
     }
 }

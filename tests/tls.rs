@@ -1,0 +1,223 @@
+//! Redis over TLS for real: a `redis-server` with a TLS port and a certificate made for the test by a CA made
+//! for the test. The layer caches through `rediss://` trusting that CA, and refuses a server it cannot verify.
+
+mod support;
+
+use fred::prelude::{Config, TlsConnector};
+use fred::rustls;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use support::calls::{call, outcome, post};
+use support::redis::free_port;
+use support::{Origin, RedisServer};
+use tower_redis_cache::{CacheOutcome, RedisCacheLayer, RedisStore};
+
+/// A CA and a server certificate for `127.0.0.1` it signed, made with the `openssl` tool; removed on drop.
+struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    fn make() -> Self {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("trc-tls-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=tower-redis-cache test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &dir,
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+            ],
+        );
+        TestCa { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+
+    /// A fred TLS connector that trusts this CA only.
+    fn connector(&self) -> TlsConnector {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(self.dir.join("ca.crt")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TlsConnector::from(config)
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl tool (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A redis-server with a plain port (for the test's own inspection) and a TLS port with the CA's server
+/// certificate; returns it and the TLS port.
+fn tls_server(ca: &TestCa) -> (RedisServer, u16) {
+    let tls_port = free_port().to_string();
+    let (cert, key, root) = (
+        ca.path("server.crt"),
+        ca.path("server.key"),
+        ca.path("ca.crt"),
+    );
+    let server = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &root,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    (server, tls_port.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layer_caches_through_rediss_trusting_the_tests_ca() {
+    let ca = TestCa::make();
+    let (server, tls_port) = tls_server(&ca);
+    let mut config = Config::from_url(&format!("rediss://127.0.0.1:{tls_port}")).unwrap();
+    config.tls = Some(ca.connector().into());
+    let store = RedisStore::connect_with(config).await.unwrap();
+    let layer = RedisCacheLayer::builder(store)
+        .namespace("tls")
+        .methods([http::Method::POST])
+        .store_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+
+    let first = call(&service, post(r#"{"user":"me"}"#)).await;
+    assert!(matches!(outcome(&first), CacheOutcome::Miss { .. }));
+    let second = call(&service, post(r#"{"user":"me"}"#)).await;
+    assert_eq!(outcome(&second), CacheOutcome::Hit);
+    assert_eq!(origin.calls(), 1);
+    // The entry went over TLS into this server: its plain port shows it.
+    assert_eq!(server.command(&[b"DBSIZE"]), b":1\r\n");
+    // And the TLS port really is TLS: fred speaking plain RESP to it gets no answer it accepts.
+    let plain = Config::from_url(&format!("redis://127.0.0.1:{tls_port}")).unwrap();
+    let refused =
+        tokio::time::timeout(Duration::from_secs(10), RedisStore::connect_with(plain)).await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "plain text to the TLS port connected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_the_roots_cannot_verify_is_refused() {
+    let ca = TestCa::make();
+    let (_server, tls_port) = tls_server(&ca);
+    // `rediss://` alone trusts the system roots, which never signed the test CA's certificate.
+    let connected = tokio::time::timeout(
+        Duration::from_secs(10),
+        RedisStore::connect(&format!("rediss://127.0.0.1:{tls_port}")),
+    )
+    .await;
+    match connected {
+        Ok(Err(error)) => assert!(
+            error
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("certificate"),
+            "{error}"
+        ),
+        Ok(Ok(_)) => panic!("connected to a server it cannot verify"),
+        Err(_) => panic!("neither connected nor failed within 10 s"),
+    }
+}
