@@ -47,10 +47,25 @@ where
 }
 
 /// [`collect_capped`] for a body whose first `prefix` bytes were already read.
-pub(crate) async fn collect_capped_after<T>(
+pub(crate) fn collect_capped_after<T>(
+    prefix: Bytes,
+    body: Pin<Box<T>>,
+    max: usize,
+) -> impl Future<Output = Result<Collected<T>, BoxError>>
+where
+    T: Body,
+    T::Error: Into<BoxError>,
+{
+    collect_within(prefix, body, max, |_| true)
+}
+
+/// [`collect_capped_after`] that also asks `admit` before holding each chunk read: a chunk it refuses ends the
+/// reading as if the body were over the cap (that chunk goes on as the end of the prefix).
+pub(crate) async fn collect_within<T>(
     prefix: Bytes,
     mut body: Pin<Box<T>>,
     max: usize,
+    mut admit: impl FnMut(usize) -> bool,
 ) -> Result<Collected<T>, BoxError>
 where
     T: Body,
@@ -59,8 +74,9 @@ where
     let mut len = prefix.len();
     let mut first: Option<Bytes> = (!prefix.is_empty()).then_some(prefix);
     let mut rest: Option<BytesMut> = None;
+    let mut admitted = true;
     // The cap is checked before each read, so a prefix already over it is not read further either.
-    while len <= max {
+    while len <= max && admitted {
         let Some(frame) = body.frame().await else {
             return Ok(Collected::Complete(joined(first, rest)));
         };
@@ -73,6 +89,7 @@ where
             continue;
         }
         len += chunk.len();
+        admitted = len > max || admit(chunk.len());
         match (&mut first, &mut rest) {
             (None, _) => first = Some(chunk),
             (Some(head), None) => {

@@ -37,6 +37,7 @@
 use crate::body::RequestBody;
 use crate::cache::RedisCacheLayer;
 use crate::cache::ResponseBody;
+use crate::cache::budget::ByteBudget;
 use crate::cache::decision::Action;
 use crate::cache::engine::{Engine, Fetch, FetchFuture, Origin, buffer_response};
 use crate::error::BoxError;
@@ -277,7 +278,7 @@ impl Origin<Body> for ChainOrigin<'_> {
         &self.refresh.parts.headers
     }
 
-    fn call(&mut self, extra: HeaderMap) -> FetchFuture<'_, Body> {
+    fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, Body> {
         let request = self.request.try_clone().map(|mut request| {
             request.headers_mut().extend(extra);
             request
@@ -288,7 +289,7 @@ impl Origin<Body> for ChainOrigin<'_> {
         Box::pin(async move {
             let request = request.ok_or("the request body cannot be cloned")?;
             let response = next.run(request, &mut extensions).await?;
-            buffer_response(http::Response::from(response), max).await
+            buffer_response(http::Response::from(response), max, budget).await
         })
     }
 
@@ -307,7 +308,7 @@ struct RefreshFetch {
 }
 
 impl Fetch<Body> for RefreshFetch {
-    fn fetch(self, extra: HeaderMap) -> FetchFuture<'static, Body> {
+    fn fetch(self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'static, Body> {
         Box::pin(async move {
             let url = Url::parse(&self.parts.uri.to_string())?;
             let mut request = Request::new(self.parts.method.clone(), url);
@@ -316,7 +317,7 @@ impl Fetch<Body> for RefreshFetch {
             *request.version_mut() = self.parts.version;
             *request.body_mut() = Some(Body::from(self.body));
             let response = self.client.execute(request).await?;
-            buffer_response(http::Response::from(response), self.max).await
+            buffer_response(http::Response::from(response), self.max, budget).await
         })
     }
 

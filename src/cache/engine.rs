@@ -6,6 +6,7 @@
 //! the origin).
 
 use super::body::ResponseBody;
+use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
@@ -20,7 +21,7 @@ use super::key::{CacheKey, KeyConfig, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::stats::{Counters, bump};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
-use crate::buffer::{Collected, collect_capped, content_length};
+use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::AGE;
@@ -48,6 +49,8 @@ pub(crate) struct Buffered {
     /// The inner response's extensions (a retry layer's attempt count, ...), handed on with a fresh answer;
     /// never stored.
     pub(crate) extensions: http::Extensions,
+    /// The body's share of the in-flight byte budget, given back when the last holder is done with it.
+    pub(crate) claim: Option<Arc<Claim>>,
 }
 
 impl Buffered {
@@ -60,6 +63,7 @@ impl Buffered {
             headers: entry.headers.clone(),
             body: entry.body.clone(),
             extensions: http::Extensions::new(),
+            claim: None,
         }
     }
 }
@@ -89,8 +93,9 @@ type AnswerFuture<'a, R> =
 /// How an adapter asks the origin for the response to one cached request, from a spawned background
 /// refresh: owned, cloneable, `'static`.
 pub(crate) trait Fetch<R>: Clone + Send + 'static {
-    /// Asks the origin, with `extra` headers added to the request (validators of a stored response).
-    fn fetch(self, extra: HeaderMap) -> FetchFuture<'static, R>;
+    /// Asks the origin, with `extra` headers added to the request (validators of a stored response), and reads
+    /// the response within `budget`.
+    fn fetch(self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'static, R>;
     /// The request's headers (for the variant a response is stored under).
     fn headers(&self) -> &HeaderMap;
 }
@@ -100,8 +105,9 @@ pub(crate) trait Fetch<R>: Clone + Send + 'static {
 /// background refresh of a stale entry. Every [`Fetch`] is an `Origin` that refreshes the same way.
 pub(crate) trait Origin<R>: Send {
     type Refresh: Fetch<R>;
-    /// Asks the origin, with `extra` headers added to the request (validators of a stored response).
-    fn call(&mut self, extra: HeaderMap) -> FetchFuture<'_, R>;
+    /// Asks the origin, with `extra` headers added to the request (validators of a stored response), and reads
+    /// the response within `budget`.
+    fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, R>;
     /// The request's headers (for the variant a response is stored under, and which stored variant answers).
     fn headers(&self) -> &HeaderMap;
     fn into_refresh(self) -> Self::Refresh;
@@ -110,8 +116,8 @@ pub(crate) trait Origin<R>: Send {
 impl<R, T: Fetch<R>> Origin<R> for T {
     type Refresh = T;
 
-    fn call(&mut self, extra: HeaderMap) -> FetchFuture<'_, R> {
-        self.clone().fetch(extra)
+    fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, R> {
+        self.clone().fetch(extra, budget)
     }
 
     fn headers(&self) -> &HeaderMap {
@@ -123,10 +129,12 @@ impl<R, T: Fetch<R>> Origin<R> for T {
     }
 }
 
-/// Reads an origin response into a [`Fetched`], buffering at most `max` body bytes.
+/// Reads an origin response into a [`Fetched`], buffering at most `max` body bytes, and no more than `budget`
+/// has left: a response that would pass either is streamed through instead.
 pub(crate) async fn buffer_response<R>(
     response: Response<R>,
     max: usize,
+    budget: Arc<ByteBudget>,
 ) -> Result<Fetched<R>, BoxError>
 where
     R: Body,
@@ -137,7 +145,8 @@ where
         let body = ResponseBody::streaming(None, Box::pin(body));
         return Ok(Fetched::Streaming(Response::from_parts(parts, body)));
     }
-    match collect_capped(body, max).await? {
+    let mut claim = budget.claim();
+    match collect_within(Bytes::new(), Box::pin(body), max, |n| claim.grow(n)).await? {
         Collected::Complete(body) => Ok(Fetched::Buffered(Buffered {
             status: parts.status,
             origin_status: parts.status,
@@ -145,8 +154,11 @@ where
             headers: parts.headers,
             body,
             extensions: parts.extensions,
+            claim: Some(Arc::new(claim)),
         })),
         Collected::TooLarge { prefix, rest } => {
+            // The caller reads it from here on: the budget holds no part of it.
+            drop(claim);
             let body = ResponseBody::streaming(Some(prefix), rest);
             Ok(Fetched::Streaming(Response::from_parts(parts, body)))
         }
@@ -182,6 +194,12 @@ pub(crate) struct Policy {
     pub(crate) refresh_timeout: Duration,
     /// How long a miss waits for another process's fill; zero: misses are not collapsed across processes.
     pub(crate) fleet_wait: Duration,
+    /// The most background refreshes running at once in this layer.
+    pub(crate) max_refreshes: usize,
+    /// How long a caller waits for another caller's inner call to the same key before making its own.
+    pub(crate) coalesced_wait: Duration,
+    /// The most response bytes misses and refreshes in flight may hold.
+    pub(crate) max_in_flight_bytes: usize,
 }
 
 impl std::fmt::Debug for Policy {
@@ -199,6 +217,9 @@ impl std::fmt::Debug for Policy {
             .field("lease_for", &self.lease_for)
             .field("refresh_timeout", &self.refresh_timeout)
             .field("fleet_wait", &self.fleet_wait)
+            .field("max_refreshes", &self.max_refreshes)
+            .field("coalesced_wait", &self.coalesced_wait)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .finish()
     }
 }
@@ -271,6 +292,8 @@ pub(crate) struct Engine {
     pub(crate) near: Option<Arc<Near>>,
     flights: Coalescer<Shared>,
     pub(super) refreshing: Mutex<HashSet<String>>,
+    /// Bytes of origin responses read into memory by misses and refreshes in flight.
+    pub(crate) budget: Arc<ByteBudget>,
 }
 
 impl Engine {
@@ -293,6 +316,7 @@ impl Engine {
             ))
         });
         Engine {
+            budget: ByteBudget::new(policy.max_in_flight_bytes, counters.clone()),
             counters,
             policy,
             keys,
@@ -569,7 +593,7 @@ impl Engine {
                         let called = self
                             .renewing(
                                 lease.as_ref().and_then(LeaseGuard::lease),
-                                origin.call(validators),
+                                origin.call(validators, self.budget.clone()),
                             )
                             .await;
                         let answered = match called {
@@ -632,34 +656,54 @@ impl Engine {
                         }
                         return answered;
                     }
-                    Role::Waiter(waiter) => match waiter.wait().await {
-                        Some(Shared::Response { response, vary })
-                            if vary_digest(&response.headers, origin.headers()) == vary =>
-                        {
-                            bump(&self.counters.coalesced);
-                            return answer(Ok(response), true, false);
-                        }
-                        Some(Shared::Error(error)) => {
-                            bump(&self.counters.coalesced);
-                            return answer(Err(error), true, false);
-                        }
-                        // Not for this caller (too large, for the leader alone, another variant): it asks the
-                        // origin itself, uncoalesced and unstored.
-                        Some(_) => {
-                            bump(&self.counters.misses);
-                            return match origin.call(HeaderMap::new()).await {
-                                Ok(Fetched::Streaming(response)) => {
-                                    Ok(self.pass_through(response, forward, health))
+                    Role::Waiter(waiter) => {
+                        let shared =
+                            match tokio::time::timeout(self.policy.coalesced_wait, waiter.wait())
+                                .await
+                            {
+                                Ok(Some(shared)) => Some(shared),
+                                // The leader was cancelled: join again (one of the waiters becomes the leader).
+                                Ok(None) => continue,
+                                // The leader's call is taking too long (or its future is kept unpolled).
+                                Err(_) => {
+                                    bump(&self.counters.coalesce_timeouts);
+                                    tracing::debug!(
+                                        key = key.short(),
+                                        "coalesced wait timed out; calling the origin"
+                                    );
+                                    None
                                 }
-                                Ok(Fetched::Buffered(response)) => {
-                                    answer(Ok(Arc::new(response)), false, false)
-                                }
-                                Err(error) => answer(Err(Arc::new(error)), false, false),
                             };
+                        match shared {
+                            Some(Shared::Response { response, vary })
+                                if vary_digest(&response.headers, origin.headers()) == vary =>
+                            {
+                                bump(&self.counters.coalesced);
+                                return answer(Ok(response), true, false);
+                            }
+                            Some(Shared::Error(error)) => {
+                                bump(&self.counters.coalesced);
+                                return answer(Err(error), true, false);
+                            }
+                            // Not for this caller (too large, for the leader alone, another variant), or no
+                            // answer in time: it asks the origin itself, uncoalesced and unstored.
+                            _ => {
+                                bump(&self.counters.misses);
+                                return match origin
+                                    .call(HeaderMap::new(), self.budget.clone())
+                                    .await
+                                {
+                                    Ok(Fetched::Streaming(response)) => {
+                                        Ok(self.pass_through(response, forward, health))
+                                    }
+                                    Ok(Fetched::Buffered(response)) => {
+                                        answer(Ok(Arc::new(response)), false, false)
+                                    }
+                                    Err(error) => answer(Err(Arc::new(error)), false, false),
+                                };
+                            }
                         }
-                        // The leader was cancelled: join again (one of the waiters becomes the leader).
-                        None => continue,
-                    },
+                    }
                 }
             }
         })
@@ -732,7 +776,7 @@ impl Engine {
         O: Origin<R>,
     {
         let status = self.bypassed(reason);
-        let mut response = match origin.call(HeaderMap::new()).await? {
+        let mut response = match origin.call(HeaderMap::new(), self.budget.clone()).await? {
             Fetched::Streaming(response) => response,
             Fetched::Buffered(response) => {
                 let mut out = Response::new(ResponseBody::full(response.body));
@@ -779,6 +823,7 @@ impl Engine {
             headers,
             body: stored.body.clone(),
             extensions: response.extensions,
+            claim: response.claim,
         }
     }
 

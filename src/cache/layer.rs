@@ -96,7 +96,9 @@ impl fmt::Debug for CacheHandle {
 impl CacheHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> CacheStats {
-        self.engine.counters.snapshot()
+        let mut stats = self.engine.counters.snapshot();
+        stats.in_flight_bytes = self.engine.budget.in_use() as u64;
+        stats
     }
 
     /// The key the cache uses for `request` (its body as bytes).
@@ -171,6 +173,9 @@ pub struct RedisCacheLayerBuilder {
     near_max_ttl: Duration,
     tracking: Option<Arc<dyn Tracking>>,
     fleet_wait: Duration,
+    max_refreshes: usize,
+    coalesced_wait: Duration,
+    max_in_flight_bytes: usize,
     windows_for: Option<WindowsFn>,
     origin_freshness: bool,
     origin_freshness_for_post: bool,
@@ -226,6 +231,9 @@ impl RedisCacheLayerBuilder {
             near_max_ttl: Duration::from_secs(60),
             tracking: None,
             fleet_wait: Duration::from_secs(5),
+            max_refreshes: 32,
+            coalesced_wait: Duration::from_secs(30),
+            max_in_flight_bytes: 64 * 1024 * 1024,
             windows_for: None,
             origin_freshness: true,
             origin_freshness_for_post: false,
@@ -411,6 +419,32 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// The most background refreshes one layer runs at once. A stale hit arriving while this many run is still
+    /// served stale at once, without starting a refresh (counted in `refreshes_deferred`); a later stale hit of
+    /// that key starts it. This keeps a burst of entries going stale together (after a deploy, after an
+    /// outage) from turning into as many concurrent origin calls. Default: 32.
+    pub fn max_background_refreshes(mut self, refreshes: usize) -> Self {
+        self.max_refreshes = refreshes;
+        self
+    }
+
+    /// How long a caller waits for another caller's inner call to the same key (a coalesced miss) before it
+    /// calls the inner service itself, uncoalesced (counted in `coalesce_timeouts`). It bounds the wait on a
+    /// leader whose origin is very slow, or whose future its caller keeps without polling it. Default: 30 s.
+    pub fn coalesced_wait(mut self, wait: Duration) -> Self {
+        self.coalesced_wait = wait;
+        self
+    }
+
+    /// The most response bytes the misses and refreshes in flight may hold in memory together, across all
+    /// services of the layer. A response read while the others already hold this much is streamed through to
+    /// its caller unstored, like one over [`max_body_size`](Self::max_body_size) (counted in
+    /// `over_memory_budget`); `CacheStats::in_flight_bytes` shows what is held. Default: 64 MiB.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
+        self
+    }
+
     /// Keeps fresh entries in the process too, in a near cache of at most `max_bytes`, so that a hit on a hot
     /// key costs no network call (`Cache-Status: ...; hit; ttl=N; detail=near`). Default: 0, off.
     ///
@@ -440,6 +474,7 @@ impl RedisCacheLayerBuilder {
     ///
     /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a window or
     /// lease over 10 years, a zero store or refresh timeout, a zero breaker threshold, a body cap over 4 GiB,
+    /// zero `max_background_refreshes` or `coalesced_wait`, `max_in_flight_bytes` below the body cap,
     /// `206` or `304` among the cacheable statuses, [`Credentials::Partition`] or
     /// `respect_response_cache_control(false)` without a partition, or a near cache over a store other than
     /// [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
@@ -463,6 +498,7 @@ impl RedisCacheLayerBuilder {
             ("refresh_lease_for", self.lease_for),
             ("near_cache_max_ttl", self.near_max_ttl),
             ("fleet_wait", self.fleet_wait),
+            ("coalesced_wait", self.coalesced_wait),
         ] {
             if window > MAX_WINDOW {
                 return Err(ConfigError::new(format!(
@@ -495,6 +531,19 @@ impl RedisCacheLayerBuilder {
         }
         if u32::try_from(self.max_body).is_err() {
             return Err(ConfigError::new("max_body_size must fit in 32 bits"));
+        }
+        if self.max_refreshes == 0 {
+            return Err(ConfigError::new(
+                "max_background_refreshes must be at least 1 (for no refreshes, set stale_for to zero)",
+            ));
+        }
+        if self.coalesced_wait.is_zero() {
+            return Err(ConfigError::new("coalesced_wait must be greater than zero"));
+        }
+        if self.max_in_flight_bytes < self.max_body {
+            return Err(ConfigError::new(
+                "max_in_flight_bytes must be at least max_body_size, or no response that size could be stored",
+            ));
         }
         if let Some(status) = self
             .statuses
@@ -560,6 +609,9 @@ impl RedisCacheLayerBuilder {
             lease_for: self.lease_for,
             refresh_timeout: self.refresh_timeout,
             fleet_wait: self.fleet_wait,
+            max_refreshes: self.max_refreshes,
+            coalesced_wait: self.coalesced_wait,
+            max_in_flight_bytes: self.max_in_flight_bytes,
         };
         let mut vary = self.vary;
         if self.credentials == Credentials::InKey {

@@ -118,6 +118,7 @@
 //! Background refreshes are spawned with `tokio::spawn`, so the services must be called inside a Tokio runtime.
 
 mod body;
+pub(crate) mod budget;
 mod clock;
 mod coalesce;
 pub(crate) mod decision;

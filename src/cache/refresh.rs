@@ -26,8 +26,8 @@ impl Drop for RefreshSlot {
 }
 
 impl Engine {
-    /// Starts the one background refresh of `key` in this process, unless one is running. Returns whether this
-    /// call started it. Across processes, a lease in the store (`SET NX PX`) lets one refresh run.
+    /// Starts the one background refresh of `key` in this process, unless one is running or `max_refreshes`
+    /// are. Returns whether this call started it. Across processes, a lease in the store (`SET NX PX`) lets one refresh run.
     ///
     /// The refresh is bounded by `refresh_timeout`, and its slot is freed however it ends (done, abandoned,
     /// panicked in the inner service, or dropped with the runtime), so the key is never left unrefreshable.
@@ -46,9 +46,15 @@ impl Engine {
                 .refreshing
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if !running.insert(key.as_str().to_owned()) {
+            if running.contains(key.as_str()) {
                 return false;
             }
+            // At the cap, this stale hit is served without a refresh; a later one starts it.
+            if running.len() >= self.policy.max_refreshes {
+                bump(&self.counters.refreshes_deferred);
+                return false;
+            }
+            running.insert(key.as_str().to_owned());
         }
         let slot = RefreshSlot {
             engine: Arc::clone(self),
@@ -119,7 +125,9 @@ impl Engine {
         let asked = !validators.is_empty();
         // The lease is renewed while the origin works, so no other process starts a second refresh however long
         // this one takes (up to `refresh_timeout`).
-        let fetched = self.renewing(lease.lease(), fetch.fetch(validators)).await;
+        let fetched = self
+            .renewing(lease.lease(), fetch.fetch(validators, self.budget.clone()))
+            .await;
         let refreshed = match fetched {
             Ok(Fetched::Buffered(response)) => {
                 // A `304` renews the stored response without its body crossing the network again.

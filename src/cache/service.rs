@@ -1,6 +1,7 @@
 //! [`RedisCache`]: the Tower adapter over the cache engine.
 
 use super::body::ResponseBody;
+use super::budget::ByteBudget;
 use super::decision::{Action, RequestFacts};
 use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate};
 use super::future::ResponseFuture;
@@ -222,14 +223,14 @@ where
     R: Body + Send + 'static,
     R::Error: Into<BoxError>,
 {
-    fn fetch(self, extra: HeaderMap) -> FetchFuture<'static, R> {
+    fn fetch(self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'static, R> {
         Box::pin(async move {
             let mut parts = self.parts;
             parts.headers.extend(extra);
             let request = Request::from_parts(parts, RequestBody::from(self.body));
             let mut inner = self.inner;
             let response = call_ready(&mut inner, request).await?;
-            buffer_response(response, self.max_body).await
+            buffer_response(response, self.max_body, budget).await
         })
     }
 

@@ -71,6 +71,9 @@ pub(crate) struct Counters {
     pub(crate) fleet_takeovers: Counter,
     pub(crate) fleet_timeouts: Counter,
     pub(crate) revalidated: Counter,
+    pub(crate) refreshes_deferred: Counter,
+    pub(crate) coalesce_timeouts: Counter,
+    pub(crate) over_memory_budget: Counter,
 }
 
 impl Counters {
@@ -123,6 +126,18 @@ impl Counters {
             fleet_takeovers: Counter::new("tower_redis_cache_fleet_takeovers_total", &namespace),
             fleet_timeouts: Counter::new("tower_redis_cache_fleet_timeouts_total", &namespace),
             revalidated: Counter::new("tower_redis_cache_revalidated_total", &namespace),
+            refreshes_deferred: Counter::new(
+                "tower_redis_cache_refreshes_deferred_total",
+                &namespace,
+            ),
+            coalesce_timeouts: Counter::new(
+                "tower_redis_cache_coalesce_timeouts_total",
+                &namespace,
+            ),
+            over_memory_budget: Counter::new(
+                "tower_redis_cache_over_memory_budget_total",
+                &namespace,
+            ),
         }
     }
 
@@ -153,6 +168,10 @@ impl Counters {
             fleet_takeovers: self.fleet_takeovers.get(),
             fleet_timeouts: self.fleet_timeouts.get(),
             revalidated: self.revalidated.get(),
+            refreshes_deferred: self.refreshes_deferred.get(),
+            coalesce_timeouts: self.coalesce_timeouts.get(),
+            over_memory_budget: self.over_memory_budget.get(),
+            in_flight_bytes: 0,
         }
     }
 }
@@ -216,4 +235,16 @@ pub struct CacheStats {
     /// Stored entries the origin confirmed with a `304` to a conditional request (`If-None-Match`,
     /// `If-Modified-Since` from the entry's `ETag` and `Last-Modified`): renewed without their body again.
     pub revalidated: u64,
+    /// Stale hits served without starting a background refresh, because `max_background_refreshes` were
+    /// running (a later stale hit starts it).
+    pub refreshes_deferred: u64,
+    /// Callers that waited `coalesced_wait` for another caller's inner call to the same key and then made
+    /// their own.
+    pub coalesce_timeouts: u64,
+    /// Origin responses streamed through unstored because the responses misses and refreshes were reading
+    /// already held `max_in_flight_bytes`.
+    pub over_memory_budget: u64,
+    /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
+    /// `max_in_flight_bytes`.
+    pub in_flight_bytes: u64,
 }

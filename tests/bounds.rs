@@ -1,0 +1,204 @@
+//! The cache's bounds under load: a cap on background refreshes, a deadline for coalesced waiters, and a
+//! budget for the response bytes misses and refreshes hold in memory.
+
+mod support;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{Method, Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use support::Origin;
+use support::calls::{call, outcome, post, wait_until};
+use tokio::sync::watch;
+use tower::{Layer, ServiceExt};
+use tower_redis_cache::error::BoxError;
+use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
+
+fn builder() -> tower_redis_cache::cache::RedisCacheLayerBuilder {
+    RedisCacheLayer::builder(MemoryStore::new(16 << 20)).methods([Method::POST])
+}
+
+fn query(i: usize) -> Request<Full<Bytes>> {
+    post(&format!(r#"{{"key":{i}}}"#))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_hits_past_the_refresh_cap_are_served_without_starting_one() {
+    let origin = Origin::new();
+    let layer = builder()
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::from_secs(600))
+        .max_background_refreshes(2)
+        .build()
+        .unwrap();
+    let stats = || layer.handle().stats();
+    let service = layer.layer(origin.service());
+    for i in 0..5 {
+        call(&service, query(i)).await;
+    }
+    assert_eq!(origin.calls(), 5);
+
+    // Every entry is stale now; the origin holds the refreshes it gets.
+    origin.close();
+    for round in 0..2 {
+        for i in 0..5 {
+            let reply = call(&service, query(i)).await;
+            assert!(
+                matches!(outcome(&reply), CacheOutcome::Stale { .. }),
+                "round {round} key {i}: {:?}",
+                outcome(&reply)
+            );
+        }
+    }
+    wait_until("two refreshes reach the origin", || origin.calls() == 7).await;
+    let counted = stats();
+    assert_eq!(counted.refreshes_started, 2);
+    // Keys 2, 3 and 4 found the cap reached, twice each.
+    assert_eq!(counted.refreshes_deferred, 6);
+    assert_eq!(origin.calls(), 7, "no third refresh while two run");
+
+    // Once they finish, a stale hit of a deferred key starts its refresh.
+    origin.open();
+    wait_until("the two refreshes store", || stats().stores == 7).await;
+    let reply = call(&service, query(4)).await;
+    assert_eq!(outcome(&reply), CacheOutcome::Stale { refreshing: true });
+    wait_until("key 4 refreshed", || origin.calls() == 8).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_leader_is_never_polled_calls_the_origin_after_coalesced_wait() {
+    let origin = Origin::new();
+    origin.close();
+    let layer = builder()
+        .coalesced_wait(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let service = layer.layer(origin.service());
+
+    // The leader's call reaches the (closed) origin; its future is then kept and never polled again.
+    let mut leader = Box::pin(service.clone().oneshot(query(1)));
+    for _ in 0..100 {
+        if origin.calls() == 1 {
+            break;
+        }
+        assert!((&mut leader).now_or_never().is_none());
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(origin.calls(), 1);
+    origin.open();
+
+    let start = tokio::time::Instant::now();
+    let reply = call(&service, query(1)).await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "waited coalesced_wait"
+    );
+    assert_eq!(
+        outcome(&reply),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: false
+        }
+    );
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(layer.handle().stats().coalesce_timeouts, 1);
+    drop(leader);
+}
+
+/// An origin whose answers send 40 KiB at once, then one more byte when the gate opens.
+fn trickling_origin(
+    gate: watch::Receiver<bool>,
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<RequestBody>,
+    Response = Response<UnsyncBoxBody<Bytes, BoxError>>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_request: Request<RequestBody>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let gate = gate.clone();
+        async move {
+            let frames = futures_util::stream::unfold(0u8, move |step| {
+                let mut gate = gate.clone();
+                async move {
+                    let data = match step {
+                        0 => Bytes::from(vec![b'x'; 40 * 1024]),
+                        1 => {
+                            gate.wait_for(|open| *open).await.ok()?;
+                            Bytes::from_static(b"!")
+                        }
+                        _ => return None,
+                    };
+                    Some((Ok::<_, BoxError>(Frame::data(data)), step + 1))
+                }
+            });
+            Ok::<_, BoxError>(Response::new(StreamBody::new(frames).boxed_unsync()))
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_past_the_in_flight_budget_stream_through_unstored() {
+    let (open, gate) = watch::channel(false);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = builder()
+        .max_body_size(64 * 1024)
+        .max_in_flight_bytes(64 * 1024)
+        .build()
+        .unwrap();
+    let stats = || layer.handle().stats();
+    let service = layer.layer(trickling_origin(gate, calls.clone()));
+
+    // A holds 40 KiB of the 64 KiB budget while its answer trickles in.
+    let first = tokio::spawn(service.clone().oneshot(query(1)));
+    wait_until("A holds its first 40 KiB", || {
+        stats().in_flight_bytes == 40 * 1024
+    })
+    .await;
+    // B's 40 KiB would pass the budget: B is streamed through to its caller, unstored.
+    let second = service.clone().oneshot(query(2)).await.unwrap();
+    assert_eq!(
+        *second.extensions().get::<CacheOutcome>().unwrap(),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: false
+        }
+    );
+    assert_eq!(stats().over_memory_budget, 1);
+    assert_eq!(stats().in_flight_bytes, 40 * 1024, "B holds none of it");
+
+    open.send_replace(true);
+    let body = second.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 40 * 1024 + 1, "B's answer arrives whole");
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(
+        *first.extensions().get::<CacheOutcome>().unwrap(),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+    drop(first);
+    assert_eq!(stats().in_flight_bytes, 0, "given back");
+
+    // With the budget free, B is stored on its next miss and then hit.
+    let again = service.clone().oneshot(query(2)).await.unwrap();
+    assert!(matches!(
+        again.extensions().get::<CacheOutcome>(),
+        Some(CacheOutcome::Miss { stored: true, .. })
+    ));
+    let hit = service.oneshot(query(2)).await.unwrap();
+    assert_eq!(
+        hit.extensions().get::<CacheOutcome>(),
+        Some(&CacheOutcome::Hit)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
