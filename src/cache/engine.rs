@@ -829,7 +829,11 @@ impl Engine {
 
     /// Reads and decodes the entry for `key`. Undecodable values are misses (the next store overwrites them).
     pub(super) async fn read(&self, key: &CacheKey) -> Result<Option<Entry>, StoreHealth> {
-        match self.store.call("get", |s| s.get(key.as_str())).await {
+        match self
+            .store
+            .call("get", key.as_str(), |s| s.get(key.as_str()))
+            .await
+        {
             Ok(Some(bytes)) => match Entry::decode(&bytes, key.digest()) {
                 Ok(entry) => Ok(Some(entry)),
                 Err(error) => {
@@ -887,7 +891,7 @@ impl Engine {
         let value = entry.encode(key.digest());
         let stored = self
             .store
-            .call("set", |s| s.set(key.as_str(), value, ttl))
+            .call("set", key.as_str(), |s| s.set(key.as_str(), value, ttl))
             .await
             .is_ok();
         // The entry changed (or may have): the near copy goes; the next read fills it again.

@@ -55,7 +55,9 @@ impl LeaseGuard {
             let _ = self
                 .engine
                 .store
-                .call("unlease", |s| s.release_lease(&lease.key, &lease.token))
+                .call("unlease", &lease.key, |s| {
+                    s.release_lease(&lease.key, &lease.token)
+                })
                 .await;
         }
     }
@@ -78,7 +80,9 @@ impl Drop for LeaseGuard {
         runtime.spawn(async move {
             let _ = engine
                 .store
-                .call("unlease", |s| s.release_lease(&lease.key, &lease.token))
+                .call("unlease", &lease.key, |s| {
+                    s.release_lease(&lease.key, &lease.token)
+                })
                 .await;
         });
     }
@@ -125,7 +129,9 @@ impl Engine {
         let ttl = self.policy.lease_for;
         match self
             .store
-            .call("lease", |s| s.try_lease(&lease.key, &lease.token, ttl))
+            .call("lease", &lease.key, |s| {
+                s.try_lease(&lease.key, &lease.token, ttl)
+            })
             .await
         {
             Ok(true) => Ok(Some(LeaseGuard {
@@ -184,7 +190,9 @@ impl Engine {
                 _ = renew.tick() => {
                     let extended = self
                         .store
-                        .call("renew", |s| s.extend_lease(&lease.key, &lease.token, lease_for))
+                        .call("renew", &lease.key, |s| {
+                            s.extend_lease(&lease.key, &lease.token, lease_for)
+                        })
                         .await;
                     if !matches!(extended, Ok(true)) {
                         tracing::debug!(lease = lease.key, "lease not renewed: lost or store failing");

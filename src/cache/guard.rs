@@ -127,11 +127,20 @@ impl Breaker {
     }
 }
 
-/// A store behind a timeout and a breaker, counting what goes wrong.
+/// Nodes with a breaker of their own; the keys of further nodes share the store's.
+const NODE_BREAKERS: usize = 64;
+
+/// A store behind a timeout and breakers, counting what goes wrong: one breaker for the store, and one per node
+/// when the store says which node holds a key ([`Store::node_of`], a Redis Cluster), so a dead shard costs only
+/// its own keys.
 pub(crate) struct GuardedStore {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) timeout: Duration,
     pub(crate) breaker: Breaker,
+    /// Breakers of nodes 1 to [`NODE_BREAKERS`], made on first use.
+    nodes: Box<[std::sync::OnceLock<Breaker>]>,
+    threshold: u32,
+    cooldown: Duration,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -145,13 +154,56 @@ impl std::fmt::Debug for GuardedStore {
 }
 
 impl GuardedStore {
-    /// Runs one store operation under the breaker and the timeout.
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        timeout: Duration,
+        threshold: u32,
+        cooldown: Duration,
+        counters: Arc<Counters>,
+    ) -> Self {
+        GuardedStore {
+            store,
+            timeout,
+            breaker: Breaker::new(threshold, cooldown),
+            nodes: (0..NODE_BREAKERS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            threshold,
+            cooldown,
+            counters,
+        }
+    }
+
+    /// The breaker guarding `key`: its node's (`true`), or the store's (`false`).
+    fn breaker(&self, key: &str) -> (&Breaker, bool) {
+        self.store
+            .node_of(key)
+            .and_then(|node| node.checked_sub(1))
+            .and_then(|i| self.nodes.get(i))
+            .map_or((&self.breaker, false), |slot| {
+                let breaker = slot.get_or_init(|| Breaker::new(self.threshold, self.cooldown));
+                (breaker, true)
+            })
+    }
+
+    /// Whether a breaker is open: the store's, or any node's.
+    pub(crate) fn is_open(&self) -> bool {
+        self.breaker.is_open()
+            || self
+                .nodes
+                .iter()
+                .any(|node| node.get().is_some_and(Breaker::is_open))
+    }
+
+    /// Runs one store operation on `key` under its breaker and the timeout.
     pub(crate) async fn call<'a, T>(
         &'a self,
         what: &'static str,
+        key: &str,
         op: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T>,
     ) -> Result<T, StoreError> {
-        if !self.breaker.allow() {
+        let (breaker, per_node) = self.breaker(key);
+        if !breaker.allow() {
             bump(&self.counters.store_skipped);
             return Err(StoreError::Unavailable);
         }
@@ -160,14 +212,19 @@ impl GuardedStore {
             Err(_) => Err(StoreError::Timeout),
         };
         match &result {
-            Ok(_) => self.breaker.success(),
+            Ok(_) => breaker.success(),
             Err(error) => {
-                let in_doubt = self.breaker.failure();
+                let in_doubt = breaker.failure();
                 // The store keeps timing out: its connections may be stuck (a half-open link answers nothing,
                 // yet stays open), which no reconnect policy notices. Have them made again, without holding
                 // this request, and not more than once in RECONNECT_EVERY (a refused connection is the
-                // client's own reconnect policy's to handle).
-                if in_doubt && matches!(error, StoreError::Timeout) && self.breaker.may_reconnect()
+                // client's own reconnect policy's to handle). Not for one node of a cluster: remaking every
+                // connection would cost the healthy nodes too, and the client retires an unresponsive
+                // connection of its own (`RedisStore` sets that up).
+                if in_doubt
+                    && !per_node
+                    && matches!(error, StoreError::Timeout)
+                    && self.breaker.may_reconnect()
                 {
                     let store = self.store.clone();
                     tokio::spawn(async move { store.reconnect().await });

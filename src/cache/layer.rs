@@ -4,7 +4,7 @@ use super::RedisCache;
 use super::decision::{Credentials, Rules, default_statuses};
 use super::engine::{Engine, NearConfig, Policy, PostPredicate};
 use super::freshness::{Windows, WindowsFn};
-use super::guard::{Breaker, GuardedStore};
+use super::guard::GuardedStore;
 use super::key::KeyConfig;
 use super::near::Tracking;
 use super::stats::{CacheStats, Counters};
@@ -141,9 +141,10 @@ impl CacheHandle {
         self.engine.store.store.purge_prefix(&prefix).await
     }
 
-    /// Whether the store circuit breaker is open (the store is being skipped).
+    /// Whether a store circuit breaker is open (the store, or in a Redis Cluster one of its nodes, is being
+    /// skipped).
     pub fn store_unavailable(&self) -> bool {
-        self.engine.store.breaker.is_open()
+        self.engine.store.is_open()
     }
 }
 
@@ -586,12 +587,13 @@ impl RedisCacheLayerBuilder {
             })
         };
         let counters = Arc::new(Counters::new(&self.namespace));
-        let store = GuardedStore {
-            store: self.store,
-            timeout: self.store_timeout,
-            breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
+        let store = GuardedStore::new(
+            self.store,
+            self.store_timeout,
+            self.breaker_threshold,
+            self.breaker_cooldown,
             counters,
-        };
+        );
         let policy = Policy {
             windows: Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for),
             windows_for: self.windows_for,

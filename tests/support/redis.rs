@@ -55,6 +55,8 @@ impl Drop for ScratchDir {
 /// One `redis-server` process on a loopback port.
 pub struct RedisServer {
     port: u16,
+    /// A Sentinel: its configuration file (it rewrites it), run with `--sentinel`.
+    sentinel_conf: Option<PathBuf>,
     extra_args: Vec<String>,
     password: Option<String>,
     dir: ScratchDir,
@@ -76,6 +78,7 @@ impl RedisServer {
             .and_then(|i| extra_args.get(i + 1).cloned());
         let mut server = RedisServer {
             port: free_port(),
+            sentinel_conf: None,
             extra_args,
             password,
             dir: ScratchDir::new("single"),
@@ -85,9 +88,50 @@ impl RedisServer {
         server
     }
 
+    /// Starts a Sentinel on a free port monitoring the primary on `primary_port` as `name`, with a quorum of
+    /// one, a primary taken for down after 500 ms without a reply, and failovers allowed every 2 s.
+    pub fn start_sentinel(name: &str, primary_port: u16) -> Self {
+        let dir = ScratchDir::new("sentinel");
+        let port = free_port();
+        let conf = dir.0.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {name} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {name} 500\n\
+                 sentinel failover-timeout {name} 2000\n",
+                dir = dir.0.display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut server = RedisServer {
+            port,
+            sentinel_conf: Some(conf),
+            extra_args: Vec::new(),
+            password: None,
+            dir,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
     fn spawn(&mut self) {
         let binary = require_binary("redis-server");
         let mut command = Command::new(binary);
+        if let Some(conf) = &self.sentinel_conf {
+            command
+                .arg(conf)
+                .arg("--sentinel")
+                .args(["--loglevel", "warning"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            self.child = Some(command.spawn().expect("spawn redis-server --sentinel"));
+            wait_for_ping(self.port, None);
+            return;
+        }
         command
             .arg("--port")
             .arg(self.port.to_string())
@@ -145,6 +189,25 @@ impl RedisServer {
         raw_command(self.port, self.password.as_deref(), args)
     }
 
+    /// Stops the process (SIGSTOP): its port still accepts connections, and nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Continues a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("a running server").to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// The OS process id, for signals (SIGSTOP/SIGCONT).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -165,21 +228,34 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them into one cluster covering all 16384 slots.
     pub fn start() -> Self {
+        Self::start_with(0, 2000, &[])
+    }
+
+    /// Starts three primaries with `replicas` replicas each, a `cluster-node-timeout` of `node_timeout_ms`, and
+    /// extra `redis-server` arguments on every node.
+    pub fn start_with(replicas: usize, node_timeout_ms: u64, extra_args: &[&str]) -> Self {
         let cli = require_binary("redis-cli");
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let dir = ScratchDir::new("cluster");
             let config = dir.0.join("nodes.conf");
+            let mut args = vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                config.display().to_string(),
+                "--cluster-node-timeout".into(),
+                node_timeout_ms.to_string(),
+            ];
+            if replicas > 0 {
+                // A replica must have synced to take over; by default the first sync waits 5 s.
+                args.extend(["--repl-diskless-sync-delay".into(), "0".into()]);
+            }
+            args.extend(extra_args.iter().map(|a| a.to_string()));
             let mut server = RedisServer {
                 port: free_port(),
-                extra_args: vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    config.display().to_string(),
-                    "--cluster-node-timeout".into(),
-                    "2000".into(),
-                ],
+                sentinel_conf: None,
+                extra_args: args,
                 password: None,
                 dir,
                 child: None,
@@ -192,7 +268,7 @@ impl RedisCluster {
         for node in &nodes {
             command.arg(format!("127.0.0.1:{}", node.port));
         }
-        command.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        command.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
         let output = command.output().expect("run redis-cli --cluster create");
         assert!(
             output.status.success(),
@@ -201,15 +277,52 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { nodes };
         cluster.wait_until_ok();
+        cluster.wait_until_replicas_synced();
         cluster
     }
 
-    fn wait_until_ok(&self) {
+    /// Waits until every replica's link to its primary is up (it holds the primary's data and may take over).
+    fn wait_until_replicas_synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let synced = self.nodes.iter().all(|node| {
+                let info = node.command(&[b"INFO", b"replication"]);
+                let info = String::from_utf8_lossy(&info);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+            if synced {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the replicas never synced");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The slot ranges node `i` serves as a primary (empty for a replica), from its `CLUSTER NODES`.
+    pub fn slots_of(&self, i: usize) -> Vec<(u16, u16)> {
+        slots_served(self.nodes[i].port)
+    }
+
+    /// Whether node `i` is a primary now.
+    pub fn is_primary(&self, i: usize) -> bool {
+        let reply = self.nodes[i].command(&[b"ROLE"]);
+        String::from_utf8_lossy(&reply).contains("master")
+    }
+
+    /// The node, by index.
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    pub fn wait_until_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let all_ok = self.nodes.iter().all(|node| {
-                let info = node.command(&[b"CLUSTER", b"INFO"]);
-                String::from_utf8_lossy(&info).contains("cluster_state:ok")
+                node.child.is_none()
+                    || try_raw_command(node.port, None, &[b"CLUSTER", b"INFO"]).is_ok_and(|info| {
+                        String::from_utf8_lossy(&info).contains("cluster_state:ok")
+                    })
             });
             if all_ok {
                 return;
@@ -327,6 +440,35 @@ fn read_line(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
             return Ok(line);
         }
     }
+}
+
+/// The slot ranges the server on `port` serves as a primary (empty for a replica or a dead server).
+pub fn slots_served(port: u16) -> Vec<(u16, u16)> {
+    let Ok(reply) = try_raw_command(port, None, &[b"CLUSTER", b"NODES"]) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&reply);
+    let Some(line) = text.lines().find(|l| l.contains("myself")) else {
+        return Vec::new();
+    };
+    if !line.contains("master") {
+        return Vec::new();
+    }
+    line.split_whitespace()
+        .skip(8)
+        .filter_map(|range| {
+            let (start, end) = range.split_once('-').unwrap_or((range, range));
+            Some((start.parse().ok()?, end.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The cluster node id of the server on `port`.
+pub fn node_id(port: u16) -> String {
+    let reply = raw_command(port, None, &[b"CLUSTER", b"MYID"]);
+    bulk_payload(&reply)
+        .map(|id| String::from_utf8_lossy(&id).into_owned())
+        .expect("a node id")
 }
 
 /// The bulk-string payload of a raw `GET` reply, or `None` for a nil reply.

@@ -86,6 +86,15 @@ pub trait Store: Send + Sync + 'static {
     /// many were removed.
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64>;
 
+    /// Which of the store's nodes holds `key`, as a small number (the same for every key on one node), so that
+    /// the cache keeps a circuit breaker per node: a dead shard then costs only the keys on it, not the whole
+    /// cache. [`RedisStore`](super::RedisStore) answers for a Cluster (by hash slot). Default: `None`, one
+    /// breaker for the whole store.
+    fn node_of(&self, key: &str) -> Option<usize> {
+        let _ = key;
+        None
+    }
+
     /// Makes the store's connections again: the cache calls it when the store keeps failing (the circuit
     /// breaker opens, or its probe fails), since a connection can be stuck while it looks open (a half-open
     /// link). Default: nothing to do.
@@ -131,6 +140,10 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         (**self).purge_prefix(prefix)
+    }
+
+    fn node_of(&self, key: &str) -> Option<usize> {
+        (**self).node_of(key)
     }
 
     fn reconnect(&self) -> StoreFuture<'_, ()> {

@@ -3,6 +3,7 @@
 use super::{Store, StoreFuture};
 use crate::error::StoreError;
 use bytes::Bytes;
+use fred::interfaces::ClusterInterface;
 use fred::prelude::{
     Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Options, Pool,
     ReconnectPolicy, SetOptions, Value,
@@ -10,7 +11,8 @@ use fred::prelude::{
 use fred::types::Key;
 use futures_util::StreamExt;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 /// A [`Store`] on Redis through [fred](https://docs.rs/fred).
@@ -36,6 +38,74 @@ use std::time::Duration;
 pub struct RedisStore {
     clients: std::sync::Arc<[fred::clients::WithOptions<Client>]>,
     next: std::sync::Arc<AtomicUsize>,
+    /// Which primary serves each hash slot, for the cache's per-node circuit breakers; `None` unless Cluster.
+    routes: Option<std::sync::Arc<Routes>>,
+}
+
+/// The primary of every hash slot, as a small number per primary, rebuilt from fred's view of the cluster at
+/// most once a second (fred follows `MOVED` and failovers; this follows fred).
+struct Routes {
+    table: RwLock<Arc<[u8]>>,
+    /// When `table` was last rebuilt (ms since `base`); 0: never.
+    built: AtomicU64,
+    base: std::time::Instant,
+}
+
+/// How often the slot table is rebuilt from fred's cluster state.
+const ROUTES_EVERY_MS: u64 = 1000;
+
+/// Primaries past this many share one breaker: a node number is a byte, 0 meaning "unknown".
+const MAX_ROUTED_NODES: usize = 255;
+
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            table: RwLock::new(Arc::from(vec![0u8; 16384])),
+            built: AtomicU64::new(0),
+            base: std::time::Instant::now(),
+        }
+    }
+
+    /// The node number (from 1) of `key`'s primary, rebuilding the table first when it is old.
+    fn node_of(&self, client: &fred::clients::WithOptions<Client>, key: &str) -> Option<usize> {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let built = self.built.load(Ordering::Acquire);
+        if (built == 0 || now.saturating_sub(built) >= ROUTES_EVERY_MS)
+            && self
+                .built
+                .compare_exchange(built, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.rebuild(client);
+        }
+        let slot = usize::from(fred::util::redis_keyslot(key.as_bytes()));
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        table
+            .get(slot)
+            .copied()
+            .filter(|n| *n != 0)
+            .map(usize::from)
+    }
+
+    fn rebuild(&self, client: &fred::clients::WithOptions<Client>) {
+        let Some(state) = client.cached_cluster_state() else {
+            return;
+        };
+        // Numbered in address order, so a number stays with its node while the set of primaries does.
+        let primaries = state.unique_primary_nodes();
+        let mut table = vec![0u8; 16384];
+        for range in state.slots() {
+            let Some(n) = primaries.iter().position(|p| *p == range.primary) else {
+                continue;
+            };
+            let n = u8::try_from((n + 1).min(MAX_ROUTED_NODES)).unwrap_or(u8::MAX);
+            let (start, end) = (usize::from(range.start), usize::from(range.end));
+            if let Some(slots) = table.get_mut(start..=end.min(16383)) {
+                slots.fill(n);
+            }
+        }
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::from(table);
+    }
 }
 
 impl RedisStore {
@@ -54,10 +124,15 @@ impl RedisStore {
             fail_fast: true,
             ..Options::default()
         };
+        let routes = clients
+            .first()
+            .is_some_and(|c| c.is_clustered())
+            .then(|| Arc::new(Routes::new()));
         let clients: Vec<_> = clients.iter().map(|c| c.with_options(&options)).collect();
         RedisStore {
             clients: clients.into(),
             next: std::sync::Arc::new(AtomicUsize::new(0)),
+            routes,
         }
     }
 
@@ -243,6 +318,11 @@ fn glob_escape(prefix: &str) -> String {
 }
 
 impl Store for RedisStore {
+    fn node_of(&self, key: &str) -> Option<usize> {
+        let routes = self.routes.as_ref()?;
+        routes.node_of(self.clients.first()?, key)
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         Box::pin(async move {
             let value: Option<Bytes> = self.client().get(key).await.map_err(backend)?;

@@ -1,0 +1,262 @@
+//! Redis Cluster under failure, against real processes: one shard down while the others work (a circuit
+//! breaker per node), a primary killed while requests flow and its replica promoted, and slots moved by
+//! `redis-cli --cluster reshard` while requests flow (`MOVED`/`ASK`).
+
+mod support;
+
+use http::{Method, StatusCode};
+use std::time::Duration;
+use support::RedisCluster;
+use support::calls::{call, outcome, post, post_bytes};
+use tower_redis_cache::cache::RedisCacheLayerBuilder;
+use tower_redis_cache::{CacheOutcome, RedisCacheLayer, RedisStore};
+
+fn layer_over(store: RedisStore) -> RedisCacheLayerBuilder {
+    RedisCacheLayer::builder(store)
+        .namespace("cl")
+        .methods([Method::POST])
+        .store_timeout(Duration::from_millis(100))
+}
+
+fn query(i: usize) -> String {
+    format!(r#"{{"q":{i}}}"#)
+}
+
+/// Whether the cache key of query `i` lives in `ranges`.
+fn on_node(layer: &RedisCacheLayer, i: usize, ranges: &[(u16, u16)]) -> bool {
+    let key = layer.handle().key_for(&post_bytes(&query(i)));
+    let slot = fred::util::redis_keyslot(key.as_str().as_bytes());
+    ranges
+        .iter()
+        .any(|(start, end)| (*start..=*end).contains(&slot))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unresponsive_shard_of_three_costs_only_its_own_keys() {
+    // Without full coverage required, the two healthy shards keep serving while the third is down.
+    let cluster = RedisCluster::start_with(0, 2000, &["--cluster-require-full-coverage", "no"]);
+    let origin = support::Origin::new();
+    let layer = layer_over(RedisStore::connect(&cluster.url()).await.unwrap())
+        .circuit_breaker(3, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let handle = layer.handle();
+    for i in 0..30 {
+        call(&service, post(&query(i))).await;
+    }
+    let stalled = cluster.slots_of(2);
+    let (down, up): (Vec<usize>, Vec<usize>) = (0..30).partition(|i| on_node(&layer, *i, &stalled));
+    assert!(!down.is_empty() && up.len() >= 10, "{down:?} {up:?}");
+
+    cluster.nodes()[2].pause();
+    // Half the calls go to the stalled shard: a breaker for the whole store would open and cost every key.
+    let before = handle.stats();
+    for round in 0..4 {
+        for (d, u) in down.iter().cycle().zip(&up) {
+            let reply = call(&service, post(&query(*u))).await;
+            assert_eq!(
+                outcome(&reply),
+                CacheOutcome::Hit,
+                "round {round}: key {u} on a healthy shard"
+            );
+            let reply = call(&service, post(&query(*d))).await;
+            assert_eq!(reply.status(), StatusCode::OK);
+        }
+    }
+    let after = handle.stats();
+    // The stalled shard's breaker opened after 3 timeouts; each later second, one probe.
+    assert!(
+        after.store_errors - before.store_errors <= 6,
+        "{before:?} {after:?}"
+    );
+    assert!(after.store_skipped > before.store_skipped);
+    assert!(handle.store_unavailable());
+
+    // Back: once the breaker's probe succeeds, the shard's keys are cached again.
+    cluster.nodes()[2].resume();
+    let d = down[0];
+    let mut resumed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if outcome(&call(&service, post(&query(d))).await) == CacheOutcome::Hit {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(resumed, "caching resumed on the shard");
+    assert!(!handle.store_unavailable());
+}
+
+/// Runs `rounds` passes over queries `0..n` from two tasks, returning every status seen that was not 200.
+async fn traffic<S>(service: S, n: usize, until: tokio::sync::watch::Receiver<bool>) -> Vec<String>
+where
+    S: tower::Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+            Response = support::calls::Reply,
+            Error = tower_redis_cache::error::BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let tasks: Vec<_> = (0..2)
+        .map(|t| {
+            let service = service.clone();
+            let until = until.clone();
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut i = t;
+                while !*until.borrow() {
+                    use tower::ServiceExt;
+                    match service.clone().oneshot(post(&query(i % n))).await {
+                        Ok(reply) if reply.status() == StatusCode::OK => {}
+                        Ok(reply) => failures.push(format!("status {}", reply.status())),
+                        Err(error) => failures.push(format!("error {error}")),
+                    }
+                    i += 2;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                failures
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for task in tasks {
+        failures.extend(task.await.unwrap());
+    }
+    failures
+}
+
+/// Calls query `i` until it is a hit (a liveness guard of 30 s, not a timing claim).
+async fn until_hit<S>(service: &S, i: usize) -> bool
+where
+    S: tower::Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+            Response = support::calls::Reply,
+            Error = tower_redis_cache::error::BoxError,
+        > + Clone,
+{
+    for _ in 0..300 {
+        if outcome(&call(service, post(&query(i))).await) == CacheOutcome::Hit {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_while_requests_flow_fails_none_and_caching_resumes_on_its_replica() {
+    let mut cluster = RedisCluster::start_with(1, 500, &[]);
+    let layer = layer_over(RedisStore::connect(&cluster.url()).await.unwrap())
+        .circuit_breaker(3, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let origin = support::Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    for i in 0..30 {
+        call(&service, post(&query(i))).await;
+    }
+    let primary = (0..cluster.nodes().len())
+        .find(|i| cluster.is_primary(*i))
+        .unwrap();
+    let slots = cluster.slots_of(primary);
+    let shard_keys: Vec<usize> = (0..30).filter(|i| on_node(&layer, *i, &slots)).collect();
+    assert!(!shard_keys.is_empty());
+
+    let (stop, until) = tokio::sync::watch::channel(false);
+    let flow = tokio::spawn(traffic(service.clone(), 30, until));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.node_mut(primary).kill();
+    // A replica takes over its slots (cluster-node-timeout 500 ms) ...
+    tokio::task::spawn_blocking({
+        let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+        move || {
+            for _ in 0..300 {
+                let promoted = ports.iter().enumerate().any(|(i, port)| {
+                    i != primary
+                        && support::redis::slots_served(*port)
+                            .iter()
+                            .any(|r| slots.contains(r))
+                });
+                if promoted {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let views: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != primary)
+                .map(|(_, port)| format!("{port}: {:?}", support::redis::slots_served(*port)))
+                .collect();
+            panic!("no replica took over the killed primary's slots {slots:?}: {views:?}");
+        }
+    })
+    .await
+    .unwrap();
+    // ... and caching resumes on that shard.
+    for i in &shard_keys {
+        assert!(until_hit(&service, *i).await, "key {i} cached again");
+    }
+    stop.send_replace(true);
+    let failures = flow.await.unwrap();
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_while_requests_flow_costs_no_request() {
+    let cluster = RedisCluster::start();
+    let layer = layer_over(RedisStore::connect(&cluster.url()).await.unwrap())
+        .store_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let origin = support::Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let handle = layer.handle();
+    for i in 0..60 {
+        call(&service, post(&query(i))).await;
+    }
+    let moved_before = cluster.slots_of(0);
+
+    let (stop, until) = tokio::sync::watch::channel(false);
+    let flow = tokio::spawn(traffic(service.clone(), 60, until));
+    // Move 2000 slots, keys and all, from the first primary to the second: MOVED and ASK along the way.
+    let from = support::redis::node_id(cluster.nodes()[0].port());
+    let to = support::redis::node_id(cluster.nodes()[1].port());
+    let port = cluster.nodes()[0].port();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{port}")])
+            .args(["--cluster-from", &from, "--cluster-to", &to])
+            .args(["--cluster-slots", "2000", "--cluster-yes"])
+            .args(["--cluster-pipeline", "10"])
+            .output()
+            .expect("run redis-cli --cluster reshard")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "reshard: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send_replace(true);
+    let failures = flow.await.unwrap();
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    assert_ne!(cluster.slots_of(0), moved_before, "slots moved");
+
+    // Every entry is still there, answered from its new node.
+    let calls = origin.calls();
+    for i in 0..60 {
+        assert_eq!(
+            outcome(&call(&service, post(&query(i))).await),
+            CacheOutcome::Hit,
+            "key {i}"
+        );
+    }
+    assert_eq!(origin.calls(), calls);
+    assert_eq!(handle.stats().store_errors, 0, "{:?}", handle.stats());
+}
