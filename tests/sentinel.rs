@@ -1,0 +1,115 @@
+//! Redis Sentinel for real: one primary, one replica and one sentinel, all real processes. The primary dies
+//! while requests flow; the sentinel promotes the replica, the store follows it through the
+//! `redis-sentinel://` URL, no request fails, and caching resumes.
+
+mod support;
+
+use http::{Method, StatusCode};
+use std::time::Duration;
+use support::RedisServer;
+use support::calls::{call, outcome, post};
+use tower::ServiceExt;
+use tower_redis_cache::{CacheOutcome, RedisCacheLayer, RedisStore};
+
+fn role(server: &RedisServer) -> String {
+    let reply = server.command(&[b"ROLE"]);
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_fails_no_request_and_caching_resumes_on_the_new_primary() {
+    let mut primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let replica_of = primary.port().to_string();
+    let replica = RedisServer::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &replica_of,
+        "--repl-diskless-sync-delay",
+        "0",
+    ]);
+    support::calls::wait_until("the replica synced", || {
+        String::from_utf8_lossy(&replica.command(&[b"INFO", b"replication"]))
+            .contains("master_link_status:up")
+    })
+    .await;
+    let sentinel = RedisServer::start_sentinel("cache", primary.port());
+
+    let url = format!(
+        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
+        sentinel.port()
+    );
+    let layer = RedisCacheLayer::builder(RedisStore::connect(&url).await.unwrap())
+        .namespace("sen")
+        .methods([Method::POST])
+        .store_timeout(Duration::from_millis(200))
+        .circuit_breaker(3, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let origin = support::Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let query = |i: usize| post(&format!(r#"{{"s":{i}}}"#));
+    for i in 0..10 {
+        call(&service, query(i)).await;
+        assert_eq!(outcome(&call(&service, query(i)).await), CacheOutcome::Hit);
+    }
+    assert_eq!(
+        primary.command(&[b"DBSIZE"]),
+        b":10\r\n",
+        "written through the sentinel's primary"
+    );
+
+    // Requests keep flowing while the primary dies and the sentinel promotes the replica.
+    let (stop, until) = tokio::sync::watch::channel(false);
+    let flow = tokio::spawn({
+        let service = service.clone();
+        async move {
+            let mut failures = Vec::new();
+            let mut i = 0;
+            while !*until.borrow() {
+                match service.clone().oneshot(query(i % 10)).await {
+                    Ok(reply) if reply.status() == StatusCode::OK => {}
+                    Ok(reply) => failures.push(format!("status {}", reply.status())),
+                    Err(error) => failures.push(format!("error {error}")),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            failures
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    primary.kill();
+    support::calls::wait_until("the sentinel promoted the replica", || {
+        role(&replica).contains("master")
+    })
+    .await;
+
+    // Caching resumes through the same URL, on the new primary.
+    let mut resumed = false;
+    for _ in 0..300 {
+        if outcome(&call(&service, query(3)).await) == CacheOutcome::Hit {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "caching resumed after the failover");
+    let fresh = post(r#"{"s":"after"}"#);
+    assert!(matches!(
+        outcome(&call(&service, fresh).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(
+        outcome(&call(&service, post(r#"{"s":"after"}"#)).await),
+        CacheOutcome::Hit
+    );
+    let keys = String::from_utf8_lossy(&replica.command(&[b"DBSIZE"])).into_owned();
+    assert!(
+        keys.trim_start_matches(':').trim().parse::<u32>().unwrap() >= 11,
+        "{keys}"
+    );
+    stop.send_replace(true);
+    let failures = flow.await.unwrap();
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    drop(sentinel);
+}
