@@ -88,7 +88,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Which of the store's nodes holds `key`, as a small number (the same for every key on one node), so that
     /// the cache keeps a circuit breaker per node: a dead shard then costs only the keys on it, not the whole
-    /// cache. [`RedisStore`](super::RedisStore) answers for a Cluster (by hash slot). Default: `None`, one
+    /// cache. [`RedisStore`] answers for a Cluster (by hash slot). Default: `None`, one
     /// breaker for the whole store.
     fn node_of(&self, key: &str) -> Option<usize> {
         let _ = key;
