@@ -255,7 +255,11 @@ impl TokenCache {
                         cache.timing.rejection_cooldown
                     };
                     let now = Instant::now();
-                    let until = now.checked_add(cooldown).unwrap_or(now);
+                    // A cooldown past the clock's range means "for good": a year stands in for it.
+                    let until = now
+                        .checked_add(cooldown)
+                        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+                        .unwrap_or(now);
                     state.failed = Some((error.clone(), until));
                 }
             }
@@ -398,6 +402,38 @@ mod tests {
         assert_eq!(cache.fetches(), 2);
         cache.get().await.unwrap();
         assert_eq!(cache.fetches(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unbounded_cooldown_keeps_the_failure_rather_than_dropping_it() {
+        struct Rejecting(AtomicU64);
+        impl TokenSource for Rejecting {
+            fn fetch_token(&self) -> TokenFuture<'_> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async {
+                    Err(TokenError::Rejected {
+                        status: http::StatusCode::UNAUTHORIZED,
+                        error: Some("invalid_client".into()),
+                        description: None,
+                    })
+                })
+            }
+        }
+        let timing = Timing {
+            rejection_cooldown: Duration::MAX,
+            ..timing()
+        };
+        let cache = Arc::new(TokenCache::new(
+            Box::new(Rejecting(AtomicU64::new(0))),
+            timing,
+        ));
+        assert!(cache.get().await.is_err());
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let Err(error) = cache.get().await else {
+            panic!("a remembered rejection")
+        };
+        assert_eq!(error.oauth_error(), Some("invalid_client"));
+        assert_eq!(cache.fetches(), 1, "remembered, not asked again");
     }
 
     #[test]
