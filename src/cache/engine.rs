@@ -10,7 +10,7 @@ use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
-    Action, Forward, Fwd, Lookup, RequestFacts, ResponseFacts, Rules, decide, judge,
+    Action, Forward, Fwd, Lookup, RequestFacts, ResponseFacts, Rules, Verdict, decide, judge,
     serve_stale_on_error,
 };
 use super::entry::{Entry, storable_headers};
@@ -598,16 +598,12 @@ impl Engine {
                             .await;
                         let answered = match called {
                             Ok(Fetched::Buffered(response)) => {
-                                let response = match &current {
-                                    Some(stored) if asked => self.confirmed(stored, response),
-                                    _ => response,
-                                };
-                                let verdict = judge(
-                                    &self.policy.rules,
+                                let (response, verdict, vary) = self.settle(
+                                    current.as_ref().filter(|_| asked),
+                                    response,
                                     &facts,
-                                    &ResponseFacts::read(response.status, &response.headers),
+                                    origin.headers(),
                                 );
-                                let vary = vary_digest(&response.headers, origin.headers());
                                 // A store that just failed this request's read is not asked to write: a
                                 // request pays at most one store timeout.
                                 let stored = forward.store
@@ -807,7 +803,30 @@ impl Engine {
 
     /// The stored response, renewed, when the origin answered a conditional request with `304` (RFC 9111
     /// §4.3.4: its header fields replace the stored ones, the stored body stays); `response` otherwise.
-    pub(super) fn confirmed(&self, stored: &Entry, response: Buffered) -> Buffered {
+    /// An origin answer made ready to store and share: a `304` to a conditional request becomes the stored
+    /// response it confirms (`asked_with`, the entry whose validators were sent); then the verdict on it and
+    /// the digest of the request headers it varies on.
+    pub(super) fn settle(
+        &self,
+        asked_with: Option<&Entry>,
+        response: Buffered,
+        facts: &RequestFacts,
+        request_headers: &HeaderMap,
+    ) -> (Buffered, Verdict, Option<[u8; 32]>) {
+        let response = match asked_with {
+            Some(stored) => self.confirmed(stored, response),
+            None => response,
+        };
+        let verdict = judge(
+            &self.policy.rules,
+            facts,
+            &ResponseFacts::read(response.status, &response.headers),
+        );
+        let vary = vary_digest(&response.headers, request_headers);
+        (response, verdict, vary)
+    }
+
+    fn confirmed(&self, stored: &Entry, response: Buffered) -> Buffered {
         if response.status != StatusCode::NOT_MODIFIED {
             return response;
         }

@@ -1,7 +1,7 @@
 //! Background revalidation of stale entries: one refresh per key per process (an in-process set), one per
 //! fleet (a `SET NX PX` lease stored next to the entry, in the same Redis Cluster hash slot).
 
-use super::decision::{RequestFacts, ResponseFacts, judge};
+use super::decision::RequestFacts;
 use super::engine::{Engine, Fetch, Fetched};
 use super::freshness::validators;
 use super::key::{CacheKey, vary_digest};
@@ -131,16 +131,12 @@ impl Engine {
         let refreshed = match fetched {
             Ok(Fetched::Buffered(response)) => {
                 // A `304` renews the stored response without its body crossing the network again.
-                let response = match &current {
-                    Some(stored) if asked => self.confirmed(stored, response),
-                    _ => response,
-                };
-                let verdict = judge(
-                    &self.policy.rules,
+                let (response, verdict, vary) = self.settle(
+                    current.as_ref().filter(|_| asked),
+                    response,
                     &facts,
-                    &ResponseFacts::read(response.status, &response.headers),
+                    &headers,
                 );
-                let vary = vary_digest(&response.headers, &headers);
                 verdict.store && self.write(key, &response, vary, &facts).await
             }
             Ok(Fetched::Streaming(_)) => false,
