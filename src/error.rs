@@ -8,14 +8,14 @@
 //! ```
 //! use std::time::Duration;
 //! use tower_redis_cache::{MemoryStore, RedisCacheLayer};
-//! use tower_redis_cache::error::ConfigError;
+//! use tower_redis_cache::error::{ConfigError, Setting};
 //!
 //! // A namespace may not contain the characters the key format reserves.
 //! let err: ConfigError = RedisCacheLayer::builder(MemoryStore::new(1024))
 //!     .namespace("bad{name}")
 //!     .build()
 //!     .unwrap_err();
-//! assert!(err.to_string().contains("namespace"));
+//! assert_eq!(err.setting(), Setting::Namespace);
 //! ```
 
 use std::fmt;
@@ -25,25 +25,157 @@ use std::sync::Arc;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A layer's configuration was rejected by `build()`.
+///
+/// [`setting`](Self::setting) says which setting, as a value to match on; `Display` adds why, in words.
+///
+/// ```
+/// use tower_redis_cache::RetryLayer;
+/// use tower_redis_cache::error::Setting;
+///
+/// let err = RetryLayer::builder().max_attempts(0).build().unwrap_err();
+/// assert_eq!(err.setting(), Setting::MaxAttempts);
+/// assert!(err.to_string().starts_with("invalid max_attempts: "));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    setting: Setting,
     message: String,
 }
 
 impl ConfigError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(setting: Setting, message: impl Into<String>) -> Self {
         ConfigError {
+            setting,
             message: message.into(),
+        }
+    }
+
+    /// The setting that was refused.
+    pub fn setting(&self) -> Setting {
+        self.setting
+    }
+}
+
+/// The settings a [`ConfigError`] can name, each after the builder method that sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Setting {
+    /// `RedisCacheLayerBuilder::namespace` (or the Genesys client's).
+    Namespace,
+    /// `fresh_for`.
+    FreshFor,
+    /// `stale_for`.
+    StaleFor,
+    /// `stale_if_error_for`.
+    StaleIfErrorFor,
+    /// `fresh_for`, `stale_for` and `stale_if_error_for` together (all zero).
+    Windows,
+    /// `origin_freshness_cap`.
+    OriginFreshnessCap,
+    /// `refresh_lease_for`.
+    RefreshLeaseFor,
+    /// `store_timeout`.
+    StoreTimeout,
+    /// `refresh_timeout`.
+    RefreshTimeout,
+    /// `circuit_breaker`.
+    CircuitBreaker,
+    /// `max_body_size`.
+    MaxBodySize,
+    /// `max_background_refreshes`.
+    MaxBackgroundRefreshes,
+    /// `coalesced_wait`.
+    CoalescedWait,
+    /// `fleet_wait`.
+    FleetWait,
+    /// `max_in_flight_bytes`.
+    MaxInFlightBytes,
+    /// `cacheable_statuses`.
+    CacheableStatuses,
+    /// `credentials`.
+    Credentials,
+    /// `respect_response_cache_control`.
+    RespectResponseCacheControl,
+    /// `near_cache`.
+    NearCache,
+    /// `near_cache_max_ttl`.
+    NearCacheMaxTtl,
+    /// `RetryLayerBuilder::max_attempts`.
+    MaxAttempts,
+    /// `RetryLayerBuilder::max_delay` (against `base_delay`).
+    MaxDelay,
+    /// `ClientCredentials`' token URL.
+    TokenUrl,
+    /// The OAuth client id and secret (`ClientCredentials`, or the Genesys client's `client_credentials`).
+    ClientCredentials,
+    /// The Genesys client's `api_base` (or `region`).
+    ApiBase,
+    /// The Genesys client's `login_base` (or `region`).
+    LoginBase,
+    /// The Genesys client's `redis_url`.
+    RedisUrl,
+    /// The Genesys client's `store` (none given, and no default store built in).
+    Store,
+    /// The Genesys client's TLS setup.
+    Tls,
+}
+
+impl Setting {
+    /// The setting's name, as its builder method spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Setting::Namespace => "namespace",
+            Setting::FreshFor => "fresh_for",
+            Setting::StaleFor => "stale_for",
+            Setting::StaleIfErrorFor => "stale_if_error_for",
+            Setting::Windows => "windows",
+            Setting::OriginFreshnessCap => "origin_freshness_cap",
+            Setting::RefreshLeaseFor => "refresh_lease_for",
+            Setting::StoreTimeout => "store_timeout",
+            Setting::RefreshTimeout => "refresh_timeout",
+            Setting::CircuitBreaker => "circuit_breaker",
+            Setting::MaxBodySize => "max_body_size",
+            Setting::MaxBackgroundRefreshes => "max_background_refreshes",
+            Setting::CoalescedWait => "coalesced_wait",
+            Setting::FleetWait => "fleet_wait",
+            Setting::MaxInFlightBytes => "max_in_flight_bytes",
+            Setting::CacheableStatuses => "cacheable_statuses",
+            Setting::Credentials => "credentials",
+            Setting::RespectResponseCacheControl => "respect_response_cache_control",
+            Setting::NearCache => "near_cache",
+            Setting::NearCacheMaxTtl => "near_cache_max_ttl",
+            Setting::MaxAttempts => "max_attempts",
+            Setting::MaxDelay => "max_delay",
+            Setting::TokenUrl => "token_url",
+            Setting::ClientCredentials => "client_credentials",
+            Setting::ApiBase => "api_base",
+            Setting::LoginBase => "login_base",
+            Setting::RedisUrl => "redis_url",
+            Setting::Store => "store",
+            Setting::Tls => "tls",
         }
     }
 }
 
-/// Parses `url` as an absolute `http` or `https` URL; `what` names it in the error.
-pub(crate) fn absolute_http_url(what: &str, url: &str) -> Result<http::Uri, ConfigError> {
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses `url` as an absolute `http` or `https` URL for `setting`.
+pub(crate) fn absolute_http_url(setting: Setting, url: &str) -> Result<http::Uri, ConfigError> {
     let rejected = || {
-        ConfigError::new(format!(
-            "{what} {url:?} must be an absolute http or https URL"
-        ))
+        // Not echoed when it may carry a password.
+        let shown = if url.contains('@') {
+            String::from("the URL")
+        } else {
+            format!("{:?}", url.chars().take(200).collect::<String>())
+        };
+        ConfigError::new(
+            setting,
+            format!("{shown} must be an absolute http or https URL"),
+        )
     };
     let uri: http::Uri = url.parse().map_err(|_| rejected())?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
@@ -54,7 +186,7 @@ pub(crate) fn absolute_http_url(what: &str, url: &str) -> Result<http::Uri, Conf
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: {}", self.message)
+        write!(f, "invalid {}: {}", self.setting, self.message)
     }
 }
 

@@ -157,31 +157,9 @@ impl std::error::Error for CacheError {
     }
 }
 
+#[async_trait::async_trait]
 impl Middleware for CacheMiddleware {
-    fn handle<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        request: Request,
-        extensions: &'life1 mut Extensions,
-        next: Next<'life2>,
-    ) -> Pin<
-        Box<
-            dyn Future<Output = reqwest_middleware::Result<::reqwest::Response>>
-                + Send
-                + 'async_trait,
-        >,
-    >
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(self.serve(request, extensions, next))
-    }
-}
-
-impl CacheMiddleware {
-    async fn serve(
+    async fn handle(
         &self,
         request: Request,
         extensions: &mut Extensions,

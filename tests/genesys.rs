@@ -7,6 +7,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::{RedisServer, fred_client};
+use tower_redis_cache::error::Setting;
 use tower_redis_cache::genesys::emulator::{Emulator, Endpoint, Fault};
 use tower_redis_cache::genesys::{
     ActionQuery, CursorQuery, GenesysClient, GenesysClientBuilder, GenesysError,
@@ -464,15 +465,24 @@ async fn redirects_are_not_followed_and_no_path_leaves_the_api_host() {
     );
 
     // Plain http to another machine is refused at build time unless asked for.
-    for (api, login) in [
-        ("http://api.example".to_owned(), emulator.base_url()),
-        (emulator.base_url(), "http://login.example".to_owned()),
+    for (api, login, setting) in [
+        (
+            "http://api.example".to_owned(),
+            emulator.base_url(),
+            Setting::ApiBase,
+        ),
+        (
+            emulator.base_url(),
+            "http://login.example".to_owned(),
+            Setting::LoginBase,
+        ),
     ] {
         let error = builder(&emulator)
             .api_base(api)
             .login_base(login)
             .build()
             .unwrap_err();
+        assert_eq!(error.setting(), setting, "{error}");
         assert!(error.to_string().contains("allow_insecure_http"), "{error}");
     }
     assert!(
@@ -490,13 +500,14 @@ fn builder_rejects_missing_pieces() {
         .client_credentials("id", "secret")
         .build()
         .unwrap_err();
+    assert_eq!(error.setting(), Setting::ApiBase, "{error}");
     assert!(error.to_string().contains("region"), "{error}");
     let error = GenesysClient::builder()
         .api_base("https://api.example")
         .login_base("https://login.example")
         .build()
         .unwrap_err();
-    assert!(error.to_string().contains("credentials"), "{error}");
+    assert_eq!(error.setting(), Setting::ClientCredentials, "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,7 +539,7 @@ async fn the_per_token_rate_limit_answers_the_real_429() {
             emulator.base_url(),
             ids[4]
         ))
-        .body(http_body_util::Full::<bytes::Bytes>::default())
+        .body(tower_redis_cache::RequestBody::empty())
         .unwrap(),
     )
     .await
@@ -565,7 +576,8 @@ async fn a_redis_url_connects_in_the_background_and_then_caches() {
         .redis_url("redis://:pw-secret@[not a host")
         .build()
         .unwrap_err();
-    assert!(error.to_string().contains("redis url"), "{error}");
+    assert_eq!(error.setting(), Setting::RedisUrl, "{error}");
+    assert!(error.to_string().contains("redis_url"), "{error}");
     assert!(!error.to_string().contains("pw-secret"), "{error}");
 }
 

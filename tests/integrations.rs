@@ -241,6 +241,12 @@ fn the_assembled_client_and_its_futures_are_send_sync_and_clone() {
     send_sync_clone::<CacheMiddleware>();
     send_sync::<GenesysError>();
     send_sync::<BoxError>();
+    // Builders are Clone and Debug, so a configuration can be shown and reused.
+    fn clone_debug<T: Clone + std::fmt::Debug>() {}
+    clone_debug::<tower_redis_cache::cache::RedisCacheLayerBuilder>();
+    clone_debug::<tower_redis_cache::retry::RetryLayerBuilder>();
+    clone_debug::<tower_redis_cache::auth::AuthLayerBuilder>();
+    clone_debug::<tower_redis_cache::genesys::GenesysClientBuilder>();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -259,7 +265,7 @@ fn the_assembled_client_and_its_futures_are_send_sync_and_clone() {
     send(&client.list_all_actions(&Default::default()));
     send(&client.list_actions(&Default::default()));
     let request = Request::get("http://127.0.0.1:9/")
-        .body(Full::<Bytes>::default())
+        .body(tower_redis_cache::RequestBody::empty())
         .unwrap();
     send(&client.service().oneshot(request));
 }

@@ -435,14 +435,17 @@ async fn budget_stops_retries_in_an_outage_and_refills_on_success() {
 
 #[test]
 fn invalid_configuration_is_rejected() {
+    use tower_redis_cache::error::Setting;
     let error = RetryLayer::builder().max_attempts(0).build().unwrap_err();
+    assert_eq!(error.setting(), Setting::MaxAttempts, "{error}");
     assert!(error.to_string().contains("max_attempts"), "{error}");
     let error = RetryLayer::builder()
         .base_delay(Duration::from_secs(2))
         .max_delay(Duration::from_secs(1))
         .build()
         .unwrap_err();
-    assert!(error.to_string().contains("max_delay"), "{error}");
+    assert_eq!(error.setting(), Setting::MaxDelay, "{error}");
+    assert!(error.to_string().contains("base_delay"), "{error}");
 }
 
 /// A `Retry-After` of `u64::MAX` seconds, with or without a cap, and `Duration::MAX` settings: no arithmetic

@@ -3,7 +3,9 @@
 use super::error::TokenError;
 use super::token::{Secret, Token, TokenFuture, TokenSource};
 use crate::buffer::{Collected, call_ready, collect_capped};
-use crate::error::{BoxError, ConfigError, absolute_http_url};
+use crate::error::{BoxError, ConfigError, Setting, absolute_http_url};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, Uri};
@@ -68,10 +70,13 @@ impl<S, B> ClientCredentials<S, B> {
         client_id: impl Into<String>,
         client_secret: impl Into<Secret>,
     ) -> Result<Self, ConfigError> {
-        let token_url = absolute_http_url("token url", token_url)?;
+        let token_url = absolute_http_url(Setting::TokenUrl, token_url)?;
         let client_id = client_id.into();
         if client_id.is_empty() {
-            return Err(ConfigError::new("client id is empty"));
+            return Err(ConfigError::new(
+                Setting::ClientCredentials,
+                "the client id is empty",
+            ));
         }
         Ok(ClientCredentials {
             http: Mutex::new(http),
@@ -105,10 +110,10 @@ impl<S, B> ClientCredentials<S, B> {
     }
 
     fn request(&self) -> Result<Request<Bytes>, TokenError> {
-        let mut form = String::from("grant_type=client_credentials");
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
         if let Some(scope) = &self.scope {
-            form.push_str("&scope=");
-            form_encode(scope, &mut form);
+            form.append_pair("scope", scope);
         }
         let mut builder = Request::builder()
             .method(Method::POST)
@@ -116,20 +121,17 @@ impl<S, B> ClientCredentials<S, B> {
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json");
         if self.credentials_in_body {
-            form.push_str("&client_id=");
-            form_encode(&self.client_id, &mut form);
-            form.push_str("&client_secret=");
-            form_encode(self.client_secret.expose(), &mut form);
+            form.append_pair("client_id", &self.client_id);
+            form.append_pair("client_secret", self.client_secret.expose());
         } else {
-            let basic =
-                base64(format!("{}:{}", self.client_id, self.client_secret.expose()).as_bytes());
-            let mut value = HeaderValue::try_from(format!("Basic {basic}"))
+            let basic = basic_credentials(&self.client_id, self.client_secret.expose());
+            let mut value = HeaderValue::try_from(basic)
                 .map_err(|_| TokenError::Malformed("credentials are not a valid header".into()))?;
             value.set_sensitive(true);
             builder = builder.header(AUTHORIZATION, value);
         }
         builder
-            .body(Bytes::from(form))
+            .body(Bytes::from(form.finish()))
             .map_err(|_| TokenError::Malformed("could not build the token request".into()))
     }
 
@@ -259,43 +261,15 @@ fn parse_token(bytes: &[u8]) -> Result<Token, TokenError> {
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
-fn form_encode(value: &str, out: &mut String) {
-    for byte in value.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                out.push(byte as char)
-            }
-            b' ' => out.push('+'),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                out.push('%');
-                out.push(HEX[usize::from(byte >> 4)] as char);
-                out.push(HEX[usize::from(byte & 15)] as char);
-            }
-        }
-    }
+fn form_encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-/// Standard base64 with padding (RFC 4648 section 4).
-pub(crate) fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// The `Basic` credentials of RFC 6749 section 2.3.1: the client id and secret each form-encoded, then
+/// `id:secret` in base64.
+fn basic_credentials(client_id: &str, client_secret: &str) -> String {
+    let pair = format!("{}:{}", form_encode(client_id), form_encode(client_secret));
+    format!("Basic {}", BASE64.encode(pair))
 }
 
 #[cfg(test)]
@@ -303,26 +277,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc_4648_vectors() {
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(input.as_bytes()), expected);
-        }
-        assert_eq!(base64(b"id:s\xff"), "aWQ6c/8=");
-    }
-
-    #[test]
-    fn form_encoding() {
-        let mut out = String::new();
-        form_encode("a b&c=d/é~", &mut out);
-        assert_eq!(out, "a+b%26c%3Dd%2F%C3%A9%7E");
+    fn basic_credentials_are_form_encoded_then_base64() {
+        // RFC 6749 section 2.3.1: each part form-encoded first, so a ':' in the id cannot shift the split.
+        assert_eq!(basic_credentials("id", "secret"), "Basic aWQ6c2VjcmV0");
+        // "a%3Ab:s+%26%C3%A9" in base64.
+        assert_eq!(
+            basic_credentials("a:b", "s &\u{e9}"),
+            format!("Basic {}", BASE64.encode("a%3Ab:s+%26%C3%A9"))
+        );
+        assert_eq!(form_encode("a b&c=d/\u{e9}~*"), "a+b%26c%3Dd%2F%C3%A9%7E*");
     }
 
     #[test]

@@ -28,11 +28,9 @@
 //!     *response.status_mut() = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
 //!     Ok::<_, Infallible>(response)
 //! });
-//! let auth = AuthLayer::new(Fixed);
-//! let client = ServiceBuilder::new().layer(auth.clone()).service(api);
+//! let client = ServiceBuilder::new().layer(AuthLayer::new(Fixed)).service(api);
 //! let response = client.oneshot(Request::get("https://api.example/").body(RequestBody::empty())?).await?;
 //! assert_eq!(response.status(), StatusCode::OK);
-//! assert_eq!(auth.token_fetches(), 1);
 //! # Ok(()) }
 //! ```
 //!
@@ -73,8 +71,6 @@ pub mod future;
 mod token;
 
 pub use self::client_credentials::ClientCredentials;
-#[cfg(feature = "emulator")]
-pub(crate) use self::client_credentials::base64;
 pub use self::token::{Secret, Token, TokenFuture, TokenSource};
 
 use self::future::ResponseFuture;
@@ -109,7 +105,7 @@ impl AuthLayer {
     /// Starts a builder over `source` (a [`ClientCredentials`], or your own [`TokenSource`]).
     pub fn builder(source: impl TokenSource) -> AuthLayerBuilder {
         AuthLayerBuilder {
-            source: Box::new(source),
+            source: Arc::new(source),
             timing: Timing {
                 skew: Duration::from_secs(60),
                 failure_cooldown: Duration::from_secs(1),
@@ -119,16 +115,21 @@ impl AuthLayer {
         }
     }
 
-    /// How many tokens this layer's services have fetched (a counter for tests and metrics).
+    /// How many tokens this layer's services have fetched. For tests: not part of the stable API (the
+    /// `metrics` feature exports `tower_redis_cache_token_fetches_total`).
+    #[doc(hidden)]
     pub fn token_fetches(&self) -> u64 {
         self.tokens.fetches()
     }
 }
 
 /// Builds an [`AuthLayer`]; every setter states its default.
+///
+/// A clone shares the token source, not the tokens: each layer built keeps its own token.
+#[derive(Clone)]
 #[must_use]
 pub struct AuthLayerBuilder {
-    source: Box<dyn TokenSource>,
+    source: Arc<dyn TokenSource>,
     timing: Timing,
     max_body: usize,
 }

@@ -132,7 +132,7 @@ struct State {
 
 /// The one token shared by every clone of an [`Auth`](super::Auth) service.
 pub(crate) struct TokenCache {
-    source: Box<dyn TokenSource>,
+    source: Arc<dyn TokenSource>,
     timing: Timing,
     state: Mutex<State>,
     generation: AtomicU64,
@@ -140,7 +140,7 @@ pub(crate) struct TokenCache {
 }
 
 impl TokenCache {
-    pub(crate) fn new(source: Box<dyn TokenSource>, timing: Timing) -> Self {
+    pub(crate) fn new(source: Arc<dyn TokenSource>, timing: Timing) -> Self {
         TokenCache {
             source,
             timing,
@@ -364,7 +364,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_late_401_for_an_old_token_keeps_the_newer_one() {
         let cache = Arc::new(TokenCache::new(
-            Box::new(Counting(AtomicU64::new(0))),
+            Arc::new(Counting(AtomicU64::new(0))),
             timing(),
         ));
         let first = cache.get().await.unwrap();
@@ -388,7 +388,7 @@ mod tests {
             }
         }
         let cache = Arc::new(TokenCache::new(
-            Box::new(Short(AtomicU64::new(0))),
+            Arc::new(Short(AtomicU64::new(0))),
             timing(),
         ));
         cache.get().await.unwrap();
@@ -424,7 +424,7 @@ mod tests {
             ..timing()
         };
         let cache = Arc::new(TokenCache::new(
-            Box::new(Rejecting(AtomicU64::new(0))),
+            Arc::new(Rejecting(AtomicU64::new(0))),
             timing,
         ));
         assert!(cache.get().await.is_err());

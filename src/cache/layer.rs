@@ -9,7 +9,7 @@ use super::key::KeyConfig;
 use super::near::Tracking;
 use super::stats::{CacheStats, Counters};
 use super::store::Store;
-use crate::error::{ConfigError, StoreError};
+use crate::error::{ConfigError, Setting, StoreError};
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderName, Method, Request, StatusCode, request};
 use std::fmt;
@@ -42,14 +42,13 @@ impl RedisCacheLayer {
         builder
     }
 
-    /// Starts a builder over an already shared store.
-    #[cfg(feature = "genesys")]
-    pub(crate) fn builder_shared(store: Arc<dyn Store>) -> RedisCacheLayerBuilder {
-        RedisCacheLayerBuilder::new(store)
+    /// The layer over `store` with every default (see [`RedisCacheLayerBuilder`]): namespace `http-cache`,
+    /// fresh for 60 s, stale for 60 s more, `GET`/`HEAD`/`QUERY`, requests with credentials bypassed.
+    pub fn new(store: impl Store) -> Self {
+        RedisCacheLayer::builder(store).assemble()
     }
 
-    /// The engine, for adapters other than the Tower service.
-    #[cfg(feature = "reqwest")]
+    /// The engine, for the Tower service and the other adapters (the reqwest middleware).
     pub(crate) fn engine(&self) -> Arc<Engine> {
         self.engine.clone()
     }
@@ -75,7 +74,7 @@ impl<S> Layer<S> for RedisCacheLayer {
     type Service = RedisCache<S>;
 
     fn layer(&self, inner: S) -> RedisCache<S> {
-        RedisCache::from_parts(inner, self.engine.clone())
+        RedisCache::from_parts(inner, self.engine())
     }
 }
 
@@ -150,6 +149,10 @@ impl CacheHandle {
 
 /// Builds a [`RedisCacheLayer`]; every setter states its default. Validation happens in
 /// [`build`](Self::build).
+///
+/// A clone shares the store: layers built from both use one connection, with their own counters and
+/// in-flight maps.
+#[derive(Clone)]
 #[must_use]
 pub struct RedisCacheLayerBuilder {
     store: Arc<dyn Store>,
@@ -187,10 +190,37 @@ impl fmt::Debug for RedisCacheLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCacheLayerBuilder")
             .field("namespace", &self.namespace)
+            .field("partition", &!self.partition.is_empty())
+            .field("vary", &self.vary)
             .field("fresh_for", &self.fresh_for)
             .field("stale_for", &self.stale_for)
             .field("stale_if_error_for", &self.stale_if_error_for)
             .field("methods", &self.methods)
+            .field("cache_post_when", &self.post_when.is_some())
+            .field("cacheable_statuses", &self.statuses)
+            .field("credentials", &self.credentials)
+            .field("max_body_size", &self.max_body)
+            .field("store_timeout", &self.store_timeout)
+            .field("refresh_lease_for", &self.lease_for)
+            .field("refresh_timeout", &self.refresh_timeout)
+            .field(
+                "circuit_breaker",
+                &(self.breaker_threshold, self.breaker_cooldown),
+            )
+            .field(
+                "respect_response_cache_control",
+                &self.respect_response_cache_control,
+            )
+            .field("near_cache", &self.near_bytes)
+            .field("near_cache_max_ttl", &self.near_max_ttl)
+            .field("fleet_wait", &self.fleet_wait)
+            .field("max_background_refreshes", &self.max_refreshes)
+            .field("coalesced_wait", &self.coalesced_wait)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("windows_for", &self.windows_for.is_some())
+            .field("origin_freshness", &self.origin_freshness)
+            .field("origin_freshness_for_post", &self.origin_freshness_for_post)
+            .field("origin_freshness_cap", &self.origin_cap)
             .finish_non_exhaustive()
     }
 }
@@ -487,104 +517,122 @@ impl RedisCacheLayerBuilder {
                     || matches!(c, '{' | '}' | '*' | '?' | '[' | ']' | '\\')
             })
         {
-            return Err(ConfigError::new(format!(
-                "namespace {:?} must be non-empty, without whitespace, braces or glob characters",
-                self.namespace
-            )));
+            return Err(ConfigError::new(
+                Setting::Namespace,
+                format!(
+                    "{:?} must be non-empty, without whitespace, braces or glob characters",
+                    self.namespace
+                ),
+            ));
         }
-        for (name, window) in [
-            ("fresh_for", self.fresh_for),
-            ("stale_for", self.stale_for),
-            ("stale_if_error_for", self.stale_if_error_for),
-            ("refresh_lease_for", self.lease_for),
-            ("near_cache_max_ttl", self.near_max_ttl),
-            ("fleet_wait", self.fleet_wait),
-            ("coalesced_wait", self.coalesced_wait),
+        for (setting, window) in [
+            (Setting::FreshFor, self.fresh_for),
+            (Setting::StaleFor, self.stale_for),
+            (Setting::StaleIfErrorFor, self.stale_if_error_for),
+            (Setting::RefreshLeaseFor, self.lease_for),
+            (Setting::NearCacheMaxTtl, self.near_max_ttl),
+            (Setting::FleetWait, self.fleet_wait),
+            (Setting::CoalescedWait, self.coalesced_wait),
         ] {
             if window > MAX_WINDOW {
-                return Err(ConfigError::new(format!(
-                    "{name} of {window:?} is over the 10-year maximum"
-                )));
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{window:?} is over the 10-year maximum"),
+                ));
             }
         }
         if let Some((name, window)) = self.origin_cap.over(MAX_WINDOW) {
-            return Err(ConfigError::new(format!(
-                "origin_freshness_cap {name} of {window:?} is over the 10-year maximum"
-            )));
+            return Err(ConfigError::new(
+                Setting::OriginFreshnessCap,
+                format!("{name} of {window:?} is over the 10-year maximum"),
+            ));
         }
         if (self.fresh_for + self.stale_for + self.stale_if_error_for).is_zero() {
             return Err(ConfigError::new(
+                Setting::Windows,
                 "fresh_for, stale_for and stale_if_error_for are all zero",
             ));
         }
+        let refuse = |setting, why: &str| Err(ConfigError::new(setting, why));
         if self.store_timeout.is_zero() {
-            return Err(ConfigError::new("store_timeout must be greater than zero"));
+            return refuse(Setting::StoreTimeout, "must be greater than zero");
         }
         if self.refresh_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "refresh_timeout must be greater than zero",
-            ));
+            return refuse(Setting::RefreshTimeout, "must be greater than zero");
         }
         if self.breaker_threshold == 0 {
-            return Err(ConfigError::new(
-                "the circuit breaker needs at least one failure to open",
-            ));
+            return refuse(
+                Setting::CircuitBreaker,
+                "the breaker needs at least one failure to open",
+            );
         }
         if u32::try_from(self.max_body).is_err() {
-            return Err(ConfigError::new("max_body_size must fit in 32 bits"));
+            return refuse(Setting::MaxBodySize, "must fit in 32 bits");
         }
         if self.max_refreshes == 0 {
-            return Err(ConfigError::new(
-                "max_background_refreshes must be at least 1 (for no refreshes, set stale_for to zero)",
-            ));
+            return refuse(
+                Setting::MaxBackgroundRefreshes,
+                "must be at least 1 (for no refreshes, set stale_for to zero)",
+            );
         }
         if self.coalesced_wait.is_zero() {
-            return Err(ConfigError::new("coalesced_wait must be greater than zero"));
+            return refuse(Setting::CoalescedWait, "must be greater than zero");
         }
         if self.max_in_flight_bytes < self.max_body {
-            return Err(ConfigError::new(
-                "max_in_flight_bytes must be at least max_body_size, or no response that size could be stored",
-            ));
+            return refuse(
+                Setting::MaxInFlightBytes,
+                "must be at least max_body_size, or no response that size could be stored",
+            );
         }
         if let Some(status) = self
             .statuses
             .iter()
             .find(|s| **s == StatusCode::PARTIAL_CONTENT || **s == StatusCode::NOT_MODIFIED)
         {
-            return Err(ConfigError::new(format!(
-                "cacheable_statuses may not include {status}: partial and not-modified answers are never stored"
-            )));
+            return Err(ConfigError::new(
+                Setting::CacheableStatuses,
+                format!(
+                    "may not include {status}: partial and not-modified answers are never stored"
+                ),
+            ));
         }
         if self.partition.is_empty() {
             if self.credentials == Credentials::Partition {
-                return Err(ConfigError::new(
-                    "credentials(Credentials::Partition) needs a partition naming the one user",
-                ));
+                return refuse(
+                    Setting::Credentials,
+                    "Credentials::Partition needs a partition naming the one user",
+                );
             }
             if !self.respect_response_cache_control {
-                return Err(ConfigError::new(
-                    "respect_response_cache_control(false) needs a partition naming whose responses are stored",
-                ));
+                return refuse(
+                    Setting::RespectResponseCacheControl,
+                    "false needs a partition naming whose responses are stored",
+                );
             }
         }
-        let near = if self.near_bytes == 0 {
-            None
-        } else {
-            let tracking = self.tracking.ok_or_else(|| {
-                ConfigError::new(
-                    "near_cache needs a RedisStore: its invalidations keep the near cache coherent",
-                )
-            })?;
-            if self.near_max_ttl.is_zero() {
-                return Err(ConfigError::new(
-                    "near_cache_max_ttl must be greater than zero",
-                ));
+        if self.near_bytes > 0 {
+            if self.tracking.is_none() {
+                return refuse(
+                    Setting::NearCache,
+                    "needs a RedisStore: its invalidations keep the near cache coherent",
+                );
             }
-            Some(NearConfig {
+            if self.near_max_ttl.is_zero() {
+                return refuse(Setting::NearCacheMaxTtl, "must be greater than zero");
+            }
+        }
+        Ok(self.assemble())
+    }
+
+    /// Builds the layer from settings `build` accepted (or the defaults, which it accepts).
+    fn assemble(self) -> RedisCacheLayer {
+        let near = match self.tracking {
+            Some(tracking) if self.near_bytes > 0 => Some(NearConfig {
                 max_bytes: self.near_bytes,
                 max_ttl: self.near_max_ttl,
                 tracking,
-            })
+            }),
+            _ => None,
         };
         let counters = Arc::new(Counters::new(&self.namespace));
         let store = GuardedStore::new(
@@ -628,9 +676,9 @@ impl RedisCacheLayerBuilder {
             partition: self.partition,
             vary,
         };
-        Ok(RedisCacheLayer {
+        RedisCacheLayer {
             engine: Arc::new(Engine::new(policy, keys, store, near)),
-        })
+        }
     }
 }
 
@@ -646,49 +694,93 @@ mod tests {
     /// Every setting `build` rejects, each with an error that names it.
     #[test]
     fn build_rejects_each_unusable_setting_by_name() {
-        let cases: Vec<(RedisCacheLayerBuilder, &str)> = vec![
-            (builder().namespace("has space"), "namespace"),
-            (builder().namespace("{tag}"), "namespace"),
+        let cases: Vec<(RedisCacheLayerBuilder, Setting)> = vec![
+            (builder().namespace("has space"), Setting::Namespace),
+            (builder().namespace("{tag}"), Setting::Namespace),
             (
                 builder()
                     .fresh_for(Duration::ZERO)
                     .stale_for(Duration::ZERO)
                     .stale_if_error_for(Duration::ZERO),
-                "all zero",
+                Setting::Windows,
             ),
-            (builder().fresh_for(Duration::MAX), "fresh_for"),
-            (builder().stale_for(Duration::MAX), "stale_for"),
+            (builder().fresh_for(Duration::MAX), Setting::FreshFor),
+            (builder().stale_for(Duration::MAX), Setting::StaleFor),
             (
                 builder().stale_if_error_for(Duration::MAX),
-                "stale_if_error_for",
+                Setting::StaleIfErrorFor,
             ),
             (
                 builder().refresh_lease_for(Duration::MAX),
-                "refresh_lease_for",
+                Setting::RefreshLeaseFor,
             ),
-            (builder().store_timeout(Duration::ZERO), "store_timeout"),
-            (builder().refresh_timeout(Duration::ZERO), "refresh_timeout"),
+            (
+                builder().origin_freshness_cap(Windows::new(
+                    Duration::MAX,
+                    Duration::ZERO,
+                    Duration::ZERO,
+                )),
+                Setting::OriginFreshnessCap,
+            ),
+            (builder().fleet_wait(Duration::MAX), Setting::FleetWait),
+            (
+                builder().coalesced_wait(Duration::ZERO),
+                Setting::CoalescedWait,
+            ),
+            (
+                builder().store_timeout(Duration::ZERO),
+                Setting::StoreTimeout,
+            ),
+            (
+                builder().refresh_timeout(Duration::ZERO),
+                Setting::RefreshTimeout,
+            ),
             (
                 builder().circuit_breaker(0, Duration::from_secs(1)),
-                "circuit breaker",
+                Setting::CircuitBreaker,
+            ),
+            (
+                builder().max_background_refreshes(0),
+                Setting::MaxBackgroundRefreshes,
+            ),
+            (
+                builder()
+                    .max_body_size(1 << 20)
+                    .max_in_flight_bytes(1 << 10),
+                Setting::MaxInFlightBytes,
             ),
             (
                 builder().cacheable_statuses([StatusCode::OK, StatusCode::PARTIAL_CONTENT]),
-                "206",
+                Setting::CacheableStatuses,
             ),
             (
                 builder().cacheable_statuses([StatusCode::NOT_MODIFIED]),
-                "304",
+                Setting::CacheableStatuses,
             ),
-            (builder().credentials(Credentials::Partition), "partition"),
-            (builder().respect_response_cache_control(false), "partition"),
-            (builder().near_cache(1 << 20), "RedisStore"),
+            (
+                builder().credentials(Credentials::Partition),
+                Setting::Credentials,
+            ),
+            (
+                builder().respect_response_cache_control(false),
+                Setting::RespectResponseCacheControl,
+            ),
+            (builder().near_cache(1 << 20), Setting::NearCache),
         ];
-        for (builder, named) in cases {
-            let error = builder.build().unwrap_err().to_string();
-            assert!(error.contains(named), "{error:?} should name {named:?}");
+        for (builder, setting) in cases {
+            let error = builder.build().unwrap_err();
+            assert_eq!(error.setting(), setting, "{error}");
+            assert!(
+                error.to_string().contains(setting.as_str()),
+                "{error} should name {setting}"
+            );
         }
         assert!(builder().build().is_ok(), "the defaults build");
+        assert_eq!(
+            format!("{:?}", RedisCacheLayer::new(MemoryStore::new(1 << 20))),
+            format!("{:?}", builder().build().unwrap()),
+            "new is the defaults"
+        );
         // Durations that mean "no limit" are fine where there is no arithmetic on them.
         assert!(
             builder()

@@ -7,9 +7,9 @@ use super::paginate::{CursorPage, CursorQuery, cursors, page_numbers};
 use crate::cache::{CacheOverride, Windows};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::fmt::Write;
 
 /// The Data Actions listing path.
 pub(crate) const ACTIONS: &str = "/api/v2/integrations/actions";
@@ -135,26 +135,24 @@ impl ActionQuery {
     }
 }
 
+/// Everything but RFC 3986's unreserved characters.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// As [`QUERY_VALUE`], and dots too.
+const PATH_SEGMENT: &AsciiSet = &QUERY_VALUE.add(b'.');
+
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
 pub(crate) fn encode(value: &str) -> String {
-    percent_encode(value, b"-._~")
+    utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 
 /// Percent-encodes a path segment: as a query value, and dots too, so an id of `..` cannot climb the path.
 pub(crate) fn segment(value: &str) -> String {
-    percent_encode(value, b"-_~")
-}
-
-fn percent_encode(value: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || keep.contains(&byte) {
-            out.push(byte as char);
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
+    utf8_percent_encode(value, PATH_SEGMENT).to_string()
 }
 
 impl GenesysClient {

@@ -6,11 +6,10 @@ use crate::auth::{AuthLayer, ClientCredentials, Secret};
 use crate::body::RequestBody;
 use crate::buffer::{Collected, collect_capped};
 use crate::cache::{
-    CacheHandle, CacheOutcome, CacheOverride, RedisCache, RedisCacheLayer, ResponseBody, Store,
-    Windows,
+    CacheHandle, CacheOutcome, CacheOverride, RedisCacheLayer, ResponseBody, Store, Windows,
 };
-use crate::error::ConfigError;
-use crate::retry::{Retry, RetryLayer, RetryOutcome};
+use crate::error::{BoxError, ConfigError, Setting};
+use crate::retry::{RetryLayer, RetryOutcome};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -23,20 +22,65 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::ServiceExt;
 use tower::timeout::Timeout;
+use tower::util::BoxCloneSyncService;
 use tower_layer::Layer;
+use tower_service::Service;
 
 /// The HTTP client at the bottom of the stack: hyper-util's pooled client over rustls (ring provider, Mozilla
 /// roots), HTTP/1.1 and HTTP/2 by ALPN.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
-/// The assembled stack: `RedisCache -> Retry -> Auth -> Timeout -> hyper-util client`. Clone it and add your
-/// own layers on top; [`GenesysClient::service`] hands it out.
-pub type GenesysService = RedisCache<Retry<crate::auth::Auth<Timeout<HttpClient>>>>;
+/// The assembled stack (cache, retry, auth, per-attempt timeout, hyper-util client), as one opaque service:
+/// clone it and add your own layers on top; [`GenesysClient::service`] hands it out. Its errors are the
+/// layers' boxed errors (a [`RetryError`](crate::retry::error::RetryError), a token error, a timeout).
+#[derive(Clone)]
+pub struct GenesysService {
+    inner: BoxCloneSyncService<Request<RequestBody>, Response<GenesysBody>, BoxError>,
+}
+
+impl GenesysService {
+    fn new<S>(service: S) -> Self
+    where
+        S: Service<Request<RequestBody>, Response = Response<GenesysBody>, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        GenesysService {
+            inner: BoxCloneSyncService::new(service),
+        }
+    }
+}
+
+impl fmt::Debug for GenesysService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenesysService").finish_non_exhaustive()
+    }
+}
+
+impl Service<Request<RequestBody>> for GenesysService {
+    type Response = Response<GenesysBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<GenesysBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        self.inner.call(request)
+    }
+}
 
 /// The response body the stack returns: cached bytes, or hyper's body streamed through.
 pub type GenesysBody = ResponseBody<Incoming>;
@@ -52,7 +96,8 @@ pub struct Fetched<T> {
     pub value: T,
     /// How the cache answered (`None` if the response carried no outcome).
     pub cache: Option<CacheOutcome>,
-    /// Attempts the retry layer made (0 for a cache hit, which never reached it).
+    /// Attempts the retry layer made: 0 for an answer from the cache that never reached the API (a fresh or
+    /// stale hit), at least 1 otherwise.
     pub attempts: u32,
     /// The `ININ-Correlation-Id` of the response that produced the value.
     pub correlation_id: Option<String>,
@@ -126,7 +171,8 @@ impl GenesysClient {
         &self.inner.cache
     }
 
-    /// Tokens fetched so far (a cache hit needs none).
+    /// Tokens fetched so far (a cache hit needs none). For tests: not part of the stable API.
+    #[doc(hidden)]
     pub fn token_fetches(&self) -> u64 {
         self.inner.auth.token_fetches()
     }
@@ -241,9 +287,13 @@ pub(crate) struct Base {
 impl Base {
     /// Checks a base URL: absolute, `https` (or `http` to a loopback host, or anywhere when `allow_http`), no
     /// user info, query or fragment.
-    pub(crate) fn parse(what: &str, url: &str, allow_http: bool) -> Result<Base, ConfigError> {
+    pub(crate) fn parse(
+        setting: Setting,
+        url: &str,
+        allow_http: bool,
+    ) -> Result<Base, ConfigError> {
         let shown: String = url.chars().take(200).collect();
-        let rejected = |why: &str| ConfigError::new(format!("{what} {shown:?} {why}"));
+        let rejected = |why: &str| ConfigError::new(setting, format!("{shown:?} {why}"));
         let uri: Uri = url
             .parse()
             .map_err(|_| rejected("must be an absolute https URL"))?;
@@ -252,9 +302,7 @@ impl Base {
         };
         if authority.as_str().contains('@') {
             // Not echoed: the URL holds a password.
-            return Err(ConfigError::new(format!(
-                "{what} must not carry credentials"
-            )));
+            return Err(ConfigError::new(setting, "must not carry credentials"));
         }
         if uri.query().is_some() || url.contains('#') {
             return Err(rejected("must not carry a query or fragment"));
@@ -323,14 +371,14 @@ async fn read(response: Response<GenesysBody>) -> Result<Fetched<Bytes>, Genesys
         .and_then(|v| v.to_str().ok())
         .map(|v| v.chars().take(100).collect::<String>());
     let cache = parts.extensions.get::<CacheOutcome>().copied();
-    let attempts = parts.extensions.get::<RetryOutcome>().map_or(
-        if matches!(cache, Some(CacheOutcome::Hit)) {
-            0
-        } else {
-            1
-        },
-        |o| o.attempts,
-    );
+    let attempts = match cache {
+        // Answered from the store: no attempt reached the API (a stale answer's refresh runs apart).
+        Some(CacheOutcome::Hit | CacheOutcome::Stale { .. }) => 0,
+        _ => parts
+            .extensions
+            .get::<RetryOutcome>()
+            .map_or(1, |o| o.attempts),
+    };
     let bytes = match collect_capped(body, MAX_RESPONSE).await {
         Ok(Collected::Complete(bytes)) => bytes,
         Ok(Collected::TooLarge { .. }) => {
@@ -358,6 +406,9 @@ async fn read(response: Response<GenesysBody>) -> Result<Fetched<Bytes>, Genesys
 }
 
 /// Builds a [`GenesysClient`]; every setter states its default.
+///
+/// A clone shares the store and retry budget set so far.
+#[derive(Clone)]
 #[must_use]
 pub struct GenesysClientBuilder {
     api_base: Option<String>,
@@ -559,26 +610,24 @@ impl GenesysClientBuilder {
     pub fn build(self) -> Result<GenesysClient, ConfigError> {
         let api_base = self
             .api_base
-            .ok_or_else(|| ConfigError::new("no region or api base"))?;
+            .ok_or_else(|| ConfigError::new(Setting::ApiBase, "no region or api base given"))?;
         let api_base = api_base.trim_end_matches('/').to_owned();
         let login_base = self
             .login_base
-            .ok_or_else(|| ConfigError::new("no region or login base"))?;
+            .ok_or_else(|| ConfigError::new(Setting::LoginBase, "no region or login base given"))?;
         let login_base = login_base.trim_end_matches('/');
-        let base = Base::parse("api base", &api_base, self.allow_insecure_http)?;
-        Base::parse("login base", login_base, self.allow_insecure_http)?;
+        let base = Base::parse(Setting::ApiBase, &api_base, self.allow_insecure_http)?;
+        Base::parse(Setting::LoginBase, login_base, self.allow_insecure_http)?;
         let (client_id, secret) = self
             .client_id
             .zip(self.client_secret)
-            .ok_or_else(|| ConfigError::new("no client credentials"))?;
+            .ok_or_else(|| ConfigError::new(Setting::ClientCredentials, "none given"))?;
         #[cfg(feature = "redis")]
         let url_store: Option<Arc<dyn Store>> = match &self.redis_url {
             Some(url) => Some(Arc::new(
                 crate::RedisStore::connect_lazy(url)
                     // The message, not the URL: it may hold a password.
-                    .map_err(|e| {
-                        ConfigError::new(format!("redis url rejected: {}", e.details()))
-                    })?,
+                    .map_err(|e| ConfigError::new(Setting::RedisUrl, e.details().to_string()))?,
             )),
             None => None,
         };
@@ -591,7 +640,7 @@ impl GenesysClientBuilder {
 
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| ConfigError::new(format!("tls: {e}")))?
+            .map_err(|e| ConfigError::new(Setting::Tls, e.to_string()))?
             .https_or_http()
             .enable_all_versions()
             .build();
@@ -609,7 +658,7 @@ impl GenesysClientBuilder {
         )?;
         let auth = AuthLayer::new(source);
         let retry = self.retry.unwrap_or_default();
-        let cache = RedisCacheLayer::builder_shared(store)
+        let cache = RedisCacheLayer::builder(store)
             .namespace(self.namespace)
             .partition(format!("{api_base}\n{client_id}"))
             .fresh_for(self.fresh_for)
@@ -620,7 +669,7 @@ impl GenesysClientBuilder {
             .windows_for(windows_by_route(self.action_windows, self.listing_windows))
             .build()?;
         let handle = cache.handle();
-        let service = cache.layer(retry.layer(auth.layer(transport)));
+        let service = GenesysService::new(cache.layer(retry.layer(auth.layer(transport))));
         let user_agent =
             HeaderValue::from_static(concat!("tower-redis-cache/", env!("CARGO_PKG_VERSION")));
         Ok(GenesysClient {
@@ -675,7 +724,8 @@ fn default_store() -> Result<Arc<dyn Store>, ConfigError> {
 #[cfg(not(feature = "memory"))]
 fn default_store() -> Result<Arc<dyn Store>, ConfigError> {
     Err(ConfigError::new(
-        "no store: pass one with .store(..) (or enable the `memory` feature)",
+        Setting::Store,
+        "none given: pass one with .store(..) (or enable the `memory` feature)",
     ))
 }
 
@@ -685,7 +735,7 @@ mod tests {
 
     #[test]
     fn paths_are_joined_to_the_base_host_or_refused() {
-        let base = Base::parse("api base", "https://api.mypurecloud.ie", false).unwrap();
+        let base = Base::parse(Setting::ApiBase, "https://api.mypurecloud.ie", false).unwrap();
         let join = |p: &str| base.join(p).map(|u| u.to_string());
         assert_eq!(
             join("/api/v2/integrations/actions?pageSize=25").unwrap(),
@@ -709,7 +759,8 @@ mod tests {
         // A `..` inside a query value is not a path segment.
         assert!(join("/api/v2/x?q=..").is_ok());
 
-        let prefixed = Base::parse("api base", "https://proxy.example/genesys/", false).unwrap();
+        let prefixed =
+            Base::parse(Setting::ApiBase, "https://proxy.example/genesys/", false).unwrap();
         assert_eq!(
             prefixed.join("/api/v2/x").unwrap().to_string(),
             "https://proxy.example/genesys/api/v2/x"
@@ -724,11 +775,11 @@ mod tests {
             "http://localhost:1",
             "http://[::1]:9",
         ] {
-            assert!(Base::parse("api base", ok, false).is_ok(), "{ok}");
+            assert!(Base::parse(Setting::ApiBase, ok, false).is_ok(), "{ok}");
         }
-        let error = Base::parse("api base", "http://api.example", false).unwrap_err();
+        let error = Base::parse(Setting::ApiBase, "http://api.example", false).unwrap_err();
         assert!(error.to_string().contains("allow_insecure_http"), "{error}");
-        assert!(Base::parse("api base", "http://api.example", true).is_ok());
+        assert!(Base::parse(Setting::ApiBase, "http://api.example", true).is_ok());
         for bad in [
             "api.example",
             "/api",
@@ -737,9 +788,10 @@ mod tests {
             "https://api.example/?x=1",
             "https://api.example/#x",
         ] {
-            assert!(Base::parse("api base", bad, true).is_err(), "{bad}");
+            assert!(Base::parse(Setting::ApiBase, bad, true).is_err(), "{bad}");
         }
-        let error = Base::parse("api base", "https://u:hunter2@api.example", false).unwrap_err();
+        let error =
+            Base::parse(Setting::ApiBase, "https://u:hunter2@api.example", false).unwrap_err();
         let text = error.to_string();
         assert!(
             text.contains("credentials") && !text.contains("hunter2"),

@@ -59,9 +59,7 @@ mod paginate;
 mod region;
 
 pub use self::actions::{ActionQuery, SortOrder};
-pub use self::client::{
-    Fetched, GenesysBody, GenesysClient, GenesysClientBuilder, GenesysService, HttpClient,
-};
+pub use self::client::{Fetched, GenesysBody, GenesysClient, GenesysClientBuilder, GenesysService};
 pub use self::error::GenesysError;
 pub use self::model::{Action, Page};
 pub use self::paginate::{CursorPage, CursorQuery, CursorStyle};

@@ -4,7 +4,7 @@ use super::Retry;
 use super::backoff::Backoff;
 use super::budget::RetryBudget;
 use super::policy::{Classify, DefaultClassifier};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, Setting};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub(crate) struct Config {
     pub(crate) retry_non_idempotent: bool,
     pub(crate) max_body: usize,
     pub(crate) budget: Option<RetryBudget>,
-    pub(crate) classifier: Box<dyn Classify>,
+    pub(crate) classifier: Arc<dyn Classify>,
     pub(crate) jitter_seed: Option<u64>,
 }
 
@@ -46,6 +46,12 @@ impl fmt::Debug for Config {
 }
 
 impl RetryLayer {
+    /// The layer with every default (see [`RetryLayerBuilder`]): 4 attempts, 200 ms base delay, a 60 s
+    /// deadline, a shared retry budget.
+    pub fn new() -> Self {
+        RetryLayer::default()
+    }
+
     /// Starts a builder with the defaults each setter documents.
     pub fn builder() -> RetryLayerBuilder {
         RetryLayerBuilder {
@@ -57,7 +63,7 @@ impl RetryLayer {
             retry_non_idempotent: false,
             max_body: 1024 * 1024,
             budget: Some(RetryBudget::default()),
-            classifier: Box::new(DefaultClassifier),
+            classifier: Arc::new(DefaultClassifier),
             jitter_seed: None,
         }
     }
@@ -87,6 +93,9 @@ impl<S> Layer<S> for RetryLayer {
 }
 
 /// Builds a [`RetryLayer`]; every setter states its default. Validation happens in [`build`](Self::build).
+///
+/// A clone shares the [`budget`](Self::budget) set so far: layers built from both draw on one budget.
+#[derive(Clone)]
 #[must_use]
 pub struct RetryLayerBuilder {
     max_attempts: u32,
@@ -97,7 +106,7 @@ pub struct RetryLayerBuilder {
     retry_non_idempotent: bool,
     max_body: usize,
     budget: Option<RetryBudget>,
-    classifier: Box<dyn Classify>,
+    classifier: Arc<dyn Classify>,
     jitter_seed: Option<u64>,
 }
 
@@ -108,6 +117,10 @@ impl fmt::Debug for RetryLayerBuilder {
             .field("base_delay", &self.base_delay)
             .field("max_delay", &self.max_delay)
             .field("deadline", &self.deadline)
+            .field("retry_after_cap", &self.retry_after_cap)
+            .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("max_body", &self.max_body)
+            .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
 }
@@ -178,12 +191,13 @@ impl RetryLayerBuilder {
 
     /// What is transient. Default: [`DefaultClassifier`] (429, 500, 502, 503, 504 and transport errors).
     pub fn classifier(mut self, classifier: impl Classify) -> Self {
-        self.classifier = Box::new(classifier);
+        self.classifier = Arc::new(classifier);
         self
     }
 
     /// Seeds the jitter so delays repeat from run to run (each call starts from this seed). Default: a fresh
-    /// random seed per call. For tests and simulations.
+    /// random seed per call. For tests: not part of the stable API.
+    #[doc(hidden)]
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.jitter_seed = Some(seed);
         self
@@ -197,12 +211,14 @@ impl RetryLayerBuilder {
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         if self.max_attempts == 0 {
             return Err(ConfigError::new(
-                "max_attempts must be at least 1 (the first attempt)",
+                Setting::MaxAttempts,
+                "must be at least 1 (the first attempt)",
             ));
         }
         if self.max_delay < self.base_delay {
             return Err(ConfigError::new(
-                "max_delay must not be shorter than base_delay",
+                Setting::MaxDelay,
+                "must not be shorter than base_delay",
             ));
         }
         Ok(RetryLayer {

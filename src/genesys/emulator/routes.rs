@@ -2,11 +2,14 @@
 
 use super::Shared;
 use super::state::{Endpoint, TokenInfo};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
 use rand::RngExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -148,16 +151,15 @@ fn token(shared: &Shared, parts: &Parts, body: &[u8]) -> Reply {
     }
     let clients = std::iter::once((&shared.client_id, &shared.client_secret))
         .chain(shared.other_clients.iter().map(|(id, secret)| (id, secret)));
+    let basic = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| basic_credentials(v.as_bytes()));
     let mut known = false;
     for (id, secret) in clients {
-        let basic = format!(
-            "Basic {}",
-            crate::auth::base64(format!("{id}:{secret}").as_bytes())
-        );
-        known |= parts
-            .headers
-            .get("authorization")
-            .is_some_and(|v| v == basic.as_str());
+        known |= basic
+            .as_ref()
+            .is_some_and(|(bid, bsecret)| bid == id && bsecret == secret);
         known |= form.get("client_id") == Some(id) && form.get("client_secret") == Some(secret);
     }
     if !known {
@@ -479,41 +481,30 @@ fn field<'a>(value: &'a Value, name: &str) -> &'a str {
     value.get(name).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// The client id and secret of a `Basic` header, as RFC 6749 section 2.3.1 has them: base64 of `id:secret`,
+/// each part form-encoded.
+fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
+    let encoded = header.strip_prefix(b"Basic ")?;
+    let decoded = BASE64.decode(encoded).ok()?;
+    let pair = std::str::from_utf8(&decoded).ok()?;
+    let (id, secret) = pair.split_once(':')?;
+    let form_decode = |part: &str| {
+        percent_decode_str(&part.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    Some((form_decode(id), form_decode(secret)))
+}
+
 fn parse_query(query: &str) -> HashMap<String, String> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
         .collect()
 }
 
+/// A path segment, percent-decoded (`+` is a plus sign in a path).
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 3 <= bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
 /// A UUID-shaped random id, as Genesys correlation ids look.
