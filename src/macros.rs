@@ -19,13 +19,6 @@ macro_rules! boxed_response_future {
             ) -> Self {
                 $name { inner }
             }
-
-            /// The size of the boxed future, for tests that keep a hot path's future small.
-            #[cfg(test)]
-            #[allow(dead_code)]
-            pub(crate) fn boxed_size(&self) -> usize {
-                ::std::mem::size_of_val(&*self.inner)
-            }
         }
 
         impl<$r> ::std::fmt::Debug for $name<$r> {

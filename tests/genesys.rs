@@ -608,6 +608,7 @@ async fn each_action_keeps_its_own_windows() {
     for id in [lookup, config] {
         let first = client.execute_action(id, &input).await.unwrap();
         assert!(matches!(first.cache, Some(CacheOutcome::Miss { .. })));
+        assert_eq!(first.attempts, 1);
     }
     assert_eq!(emulator.requests(Endpoint::ExecuteAction), 2);
 
@@ -617,8 +618,10 @@ async fn each_action_keeps_its_own_windows() {
         refreshing.cache,
         Some(CacheOutcome::Stale { refreshing: true })
     );
+    assert_eq!(refreshing.attempts, 0, "a stale answer made no attempt");
     let still = client.execute_action(config, &input).await.unwrap();
     assert_eq!(still.cache, Some(CacheOutcome::Hit));
+    assert_eq!(still.attempts, 0, "a hit made no attempt");
     wait_until("the lookup's refresh reached the API", || {
         emulator.requests(Endpoint::ExecuteAction) == 3
     })

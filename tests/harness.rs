@@ -54,6 +54,20 @@ async fn set_get_kill_error_restart_set() {
     );
 }
 
+/// A server whose port another server already holds is not taken for ready, though something answers `PING`
+/// there: the harness checks that its own process answers, so two tests never share one server.
+#[test]
+fn a_taken_port_is_refused_not_shared() {
+    let first = RedisServer::start();
+    let error = match RedisServer::try_start_on(first.port()) {
+        Ok(_) => panic!("a second server was taken for ready on a port the first holds"),
+        Err(e) => e,
+    };
+    assert!(error.contains("exited"), "{error}");
+    // The first server is untouched.
+    assert!(first.command(&[b"PING"]).starts_with(b"+PONG"));
+}
+
 #[test]
 fn requirepass_servers_need_the_password() {
     let server = RedisServer::start_with(&["--requirepass", "s3cret"]);

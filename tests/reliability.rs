@@ -515,10 +515,16 @@ async fn entries_from_another_program_or_format_version_are_misses_then_overwrit
     assert_eq!(layer.handle().stats().decode_errors, 4);
 }
 
+/// The token reaches the origin, which reflects every request header back (as a debugging gateway does): the
+/// auth layer drops the echo, so the stored entries hold no token, while the other reflected headers are
+/// stored (the check does see what the origin echoes). Keys of requests with credentials of their own hold
+/// only digests of them.
 #[tokio::test]
 async fn stored_entries_hold_no_authorization_or_token() {
     use tower_redis_cache::auth::{AuthLayer, Token, TokenFuture, TokenSource};
+    use tower_redis_cache::cache::Credentials;
     const TOKEN: &str = "tok-6f1b2c-very-secret";
+    const USER_TOKEN: &str = "user-9d3e4f-own-secret";
     struct Fixed;
     impl TokenSource for Fixed {
         fn fetch_token(&self) -> TokenFuture<'_> {
@@ -527,6 +533,7 @@ async fn stored_entries_hold_no_authorization_or_token() {
     }
     let server = RedisServer::start();
     let origin = Origin::new();
+    origin.echo_headers();
     let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
         .partition("https://api.example.com\nclient-1")
         .build()
@@ -540,13 +547,46 @@ async fn stored_entries_hold_no_authorization_or_token() {
         request
             .headers_mut()
             .insert("x-request-id", http::HeaderValue::from_static("r-1"));
-        call(&service, request).await;
+        let response = call(&service, request).await;
+        assert_eq!(response.headers()["x-echo-x-request-id"], "r-1");
+        assert!(!response.headers().contains_key("x-echo-authorization"));
     }
+    assert_eq!(origin.calls(), 5);
+
+    // A caller's own credentials, part of the key.
+    let keyed = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        .namespace("keyed")
+        .credentials(Credentials::InKey)
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&keyed, origin.service());
+    let mut request = post(r#"{"q":"own"}"#);
+    let bearer = format!("Bearer {USER_TOKEN}");
+    request
+        .headers_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-request-id", http::HeaderValue::from_static("r-1"));
+    let response = call(&service, request).await;
+    assert!(matches!(
+        outcome(&response),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    // Reflected to this caller, whose own credentials they are (no auth layer below to drop them); its key is a
+    // digest that holds neither token.
+    assert_eq!(response.headers()["x-echo-authorization"], bearer.as_str());
+
     let keys = String::from_utf8_lossy(&server.command(&[b"KEYS", b"*"])).into_owned();
+    assert!(
+        !keys.contains(TOKEN) && !keys.contains(USER_TOKEN),
+        "{keys}"
+    );
     let mut values = 0;
     for key in keys.lines().filter(|l| l.starts_with("rel:")) {
         let value = bulk_payload(&server.command(&[b"GET", key.as_bytes()])).unwrap();
         let text = String::from_utf8_lossy(&value).to_lowercase();
+        assert!(text.contains("x-echo-x-request-id"), "{text}");
         assert!(
             !text.contains("authorization") && !text.contains("bearer"),
             "{text}"

@@ -167,9 +167,18 @@ async fn retry_after_seconds_is_waited_out() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_http_date_is_honoured() {
-    // An HTTP-date has one-second resolution, so "now + 3 s" means a wait of more than 2 s.
-    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
-    let origin = Origin::new([retry_after(503, date)], status(200));
+    // An HTTP-date is wall-clock time with one-second resolution: a date on a whole second 4 s after the
+    // current one is 3 to 4 s away now, and the layer reads the wall clock a moment later (far less than a
+    // second), so its wait is over 2 s and at most 4 s whatever the sub-second phase. Backoff alone would
+    // wait at most 100 ms.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let date = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs() + 4);
+    let origin = Origin::new(
+        [retry_after(503, httpdate::fmt_http_date(date))],
+        status(200),
+    );
     let response = client(&origin, layer().build().unwrap())
         .oneshot(get())
         .await
@@ -177,7 +186,7 @@ async fn retry_after_http_date_is_honoured() {
     assert_eq!(response.status(), StatusCode::OK);
     let gap = origin.gaps()[0];
     assert!(
-        gap > Duration::from_secs(2) && gap <= Duration::from_secs(3),
+        gap > Duration::from_secs(2) && gap <= Duration::from_secs(4),
         "retried after {gap:?}"
     );
 }

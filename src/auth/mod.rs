@@ -63,7 +63,9 @@
 //!
 //! A token that cannot be had fails the request with a [`TokenError`](error::TokenError) (boxed): endpoint
 //! unreachable, a non-2xx answer with its OAuth `error`, or a malformed response. Errors, `Debug` output and
-//! logs never contain the client secret or a token; the `Authorization` header is marked sensitive.
+//! logs never contain the client secret or a token; the `Authorization` header is marked sensitive, and a
+//! response header that echoes the token (some gateways reflect request headers) is dropped before the
+//! response goes up the stack, so no cache above stores it.
 
 mod client_credentials;
 pub mod error;
@@ -286,7 +288,8 @@ where
             request
                 .headers_mut()
                 .insert(AUTHORIZATION, token.header.clone());
-            let response = inner.call(request).await.map_err(Into::into)?;
+            let mut response = inner.call(request).await.map_err(Into::into)?;
+            drop_echoes(&mut response, &token.header);
             if response.status() == StatusCode::UNAUTHORIZED {
                 // Not replayable, but the token is still bad: the next request gets a new one.
                 tokens.invalidate(token.generation);
@@ -299,7 +302,8 @@ where
     request
         .headers_mut()
         .insert(AUTHORIZATION, token.header.clone());
-    let response = inner.call(request).await.map_err(Into::into)?;
+    let mut response = inner.call(request).await.map_err(Into::into)?;
+    drop_echoes(&mut response, &token.header);
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
     }
@@ -314,5 +318,27 @@ where
     request
         .headers_mut()
         .insert(AUTHORIZATION, token.header.clone());
-    call_ready(&mut inner, request).await
+    let mut response = call_ready(&mut inner, request).await?;
+    drop_echoes(&mut response, &token.header);
+    Ok(response)
+}
+
+/// Removes every response header that holds the token `header` carried: some gateways reflect request headers
+/// (for debugging), and the token must not travel further up, into a cache's stored entries or a log.
+fn drop_echoes<R>(response: &mut Response<R>, header: &http::HeaderValue) {
+    let bytes = header.as_bytes();
+    let token = bytes.strip_prefix(b"Bearer ").unwrap_or(bytes);
+    if token.is_empty() {
+        return;
+    }
+    let echoes: Vec<http::HeaderName> = response
+        .headers()
+        .iter()
+        .filter(|(_, value)| value.as_bytes().windows(token.len()).any(|w| w == token))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in echoes {
+        tracing::warn!(header = %name, "dropped a response header that echoed the bearer token");
+        response.headers_mut().remove(name);
+    }
 }

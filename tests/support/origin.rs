@@ -19,6 +19,7 @@ pub struct Origin {
     gate: watch::Sender<bool>,
     headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
     echo_user: AtomicBool,
+    echo_headers: AtomicBool,
     delay_ms: AtomicU64,
     etag: Mutex<Option<HeaderValue>>,
     body_bytes: AtomicUsize,
@@ -34,6 +35,7 @@ impl Origin {
             gate,
             headers: Mutex::new(Vec::new()),
             echo_user: AtomicBool::new(false),
+            echo_headers: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             etag: Mutex::new(None),
             body_bytes: AtomicUsize::new(0),
@@ -61,6 +63,12 @@ impl Origin {
     /// answers are per user does.
     pub fn echo_user(&self) {
         self.echo_user.store(true, Ordering::SeqCst);
+    }
+
+    /// Reflects every request header into the answer from now on, as `x-echo-<name>: <value>`, credentials
+    /// included, as a debugging gateway does.
+    pub fn echo_headers(&self) {
+        self.echo_headers.store(true, Ordering::SeqCst);
     }
 
     /// Adds `name: value` to every answer from now on (`set-cookie`, `cache-control`, `vary`, ...).
@@ -125,6 +133,19 @@ impl Origin {
                     .filter(|_| origin.echo_user.load(Ordering::SeqCst))
                     .map(|v| v.to_str().unwrap().to_owned());
                 let range = request.headers().contains_key("range");
+                let echoed: Vec<(HeaderName, HeaderValue)> =
+                    if origin.echo_headers.load(Ordering::SeqCst) {
+                        request
+                            .headers()
+                            .iter()
+                            .map(|(name, value)| {
+                                let echo = format!("x-echo-{name}");
+                                (HeaderName::try_from(echo).unwrap(), value.clone())
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                 let etag = origin.etag.lock().unwrap().clone();
                 let confirmed = etag
                     .as_ref()
@@ -164,6 +185,9 @@ impl Origin {
                 }
                 if let Some(etag) = etag {
                     response = response.header("etag", etag);
+                }
+                for (name, value) in echoed {
+                    response = response.header(name, value);
                 }
                 if confirmed {
                     return Ok(response

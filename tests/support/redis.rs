@@ -84,8 +84,28 @@ impl RedisServer {
             dir: ScratchDir::new("single"),
             child: None,
         };
-        server.spawn();
+        server.spawn_on_free_port();
         server
+    }
+
+    /// Starts a server on `port` exactly, or says why it could not (the port is taken, by another server
+    /// included).
+    pub fn try_start_on(port: u16) -> Result<Self, String> {
+        let mut server = RedisServer {
+            port,
+            sentinel_conf: None,
+            extra_args: Vec::new(),
+            password: None,
+            dir: ScratchDir::new("single"),
+            child: None,
+        };
+        match server.try_spawn() {
+            Ok(()) => Ok(server),
+            Err(e) => {
+                server.kill();
+                Err(e)
+            }
+        }
     }
 
     /// Starts a Sentinel on a free port monitoring the primary on `primary_port` as `name`, with a quorum of
@@ -117,7 +137,14 @@ impl RedisServer {
         server
     }
 
+    /// Spawns the server on its port and waits until it answers there.
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let binary = require_binary("redis-server");
         let mut command = Command::new(binary);
         if let Some(conf) = &self.sentinel_conf {
@@ -129,8 +156,7 @@ impl RedisServer {
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit());
             self.child = Some(command.spawn().expect("spawn redis-server --sentinel"));
-            wait_for_ping(self.port, None);
-            return;
+            return self.wait_until_answering();
         }
         command
             .arg("--port")
@@ -145,7 +171,52 @@ impl RedisServer {
             .stderr(Stdio::inherit());
         let child = command.spawn().expect("spawn redis-server");
         self.child = Some(child);
-        wait_for_ping(self.port, self.password.as_deref());
+        self.wait_until_answering()
+    }
+
+    /// Spawns the server on a free port. Another process can take a port between [`free_port`] choosing it
+    /// and the server binding it: the server then exits, and it is started again on another port.
+    fn spawn_on_free_port(&mut self) {
+        let mut error = String::new();
+        for _ in 0..5 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(e) => {
+                    error = e;
+                    self.kill();
+                    self.port = free_port();
+                }
+            }
+        }
+        panic!("redis-server could not start on a free port in 5 attempts: {error}");
+    }
+
+    /// Waits until this server's own process answers on its port: it has not exited, and `INFO server` there
+    /// names its process id (so a test never talks to another test's server that holds the port).
+    fn wait_until_answering(&mut self) -> Result<(), String> {
+        let port = self.port;
+        let Some(child) = self.child.as_mut() else {
+            return Err(format!("redis-server on port {port} was not started"));
+        };
+        let ours = format!("process_id:{}\r\n", child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "redis-server on port {port} exited ({status}) before answering: was the port taken?"
+                ));
+            }
+            let info = try_raw_command(port, self.password.as_deref(), &[b"INFO", b"server"]);
+            if info.is_ok_and(|reply| String::from_utf8_lossy(&reply).contains(&ours)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "redis-server on port {port} did not answer as itself within 10 s"
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The port the server listens on (kept across [`restart`](Self::restart)).
@@ -260,7 +331,7 @@ impl RedisCluster {
                 dir,
                 child: None,
             };
-            server.spawn();
+            server.spawn_on_free_port();
             nodes.push(server);
         }
         let mut command = Command::new(cli);
@@ -348,22 +419,6 @@ impl RedisCluster {
             url.push_str(&format!("node=127.0.0.1:{}", node.port));
         }
         url
-    }
-}
-
-fn wait_for_ping(port: u16, password: Option<&str>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if try_raw_command(port, password, &[b"PING"])
-            .is_ok_and(|reply| reply.starts_with(b"+PONG"))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on port {port} did not answer PING within 10 s"
-        );
-        thread::sleep(Duration::from_millis(20));
     }
 }
 
