@@ -236,7 +236,7 @@ fn refuse_tls_without_support(url: &str, tls: bool) -> Result<(), fred::error::E
         .to_ascii_lowercase();
     if !tls && (scheme.starts_with("rediss") || scheme.starts_with("valkeys")) {
         return Err(fred::error::Error::new(
-            fred::error::ErrorKind::Tls,
+            fred::error::ErrorKind::Config,
             format!(
                 "a {scheme}:// URL needs TLS, and this build has none: enable the `redis-tls` feature of \
                  tower-redis-cache (refusing to connect in plain text)"
@@ -474,7 +474,7 @@ mod tests {
             "valkeys://cache.example",
         ] {
             let error = refuse_tls_without_support(url, false).unwrap_err();
-            assert_eq!(*error.kind(), fred::error::ErrorKind::Tls, "{url}");
+            assert_eq!(*error.kind(), fred::error::ErrorKind::Config, "{url}");
             assert!(error.details().contains("redis-tls"), "{error}");
             assert!(!error.details().contains("pw@"), "{error}");
             assert!(refuse_tls_without_support(url, true).is_ok(), "{url}");
