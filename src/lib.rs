@@ -142,6 +142,7 @@
 //! counters are exported as `tower_redis_cache_<counter>_total{namespace}` (the fields of [`CacheStats`]),
 //! plus `tower_redis_cache_retries_total`, `tower_redis_cache_retry_give_ups_total{reason}`,
 //! `tower_redis_cache_token_fetches_total` and `tower_redis_cache_token_fetch_errors_total`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -153,17 +154,21 @@ mod buffer;
 pub mod cache;
 pub mod error;
 #[cfg(feature = "genesys")]
+#[cfg_attr(docsrs, doc(cfg(feature = "genesys")))]
 pub mod genesys;
 mod macros;
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
 pub mod retry;
 
 pub use crate::auth::AuthLayer;
 pub use crate::body::RequestBody;
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use crate::cache::MemoryStore;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use crate::cache::RedisStore;
 pub use crate::cache::{
     CacheHandle, CacheKey, CacheOutcome, CacheStats, ENTRY_OVERHEAD, RedisCache, RedisCacheLayer,
@@ -171,4 +176,5 @@ pub use crate::cache::{
 };
 pub use crate::retry::{RetryLayer, RetryOutcome};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use fred;

@@ -147,8 +147,10 @@ pub use self::service::RedisCache;
 pub use self::stats::CacheStats;
 pub use self::status::{BypassReason, CacheOutcome};
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use self::store::MemoryStore;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::store::RedisStore;
 pub use self::store::Store;
 

@@ -515,6 +515,7 @@ impl GenesysClientBuilder {
     /// credentials), connecting in the background when the client is built; until Redis answers, calls go
     /// to the API uncached. Replaces any [`store`](Self::store).
     #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self.store = None;
@@ -523,6 +524,7 @@ impl GenesysClientBuilder {
 
     /// Caches in Redis through an existing fred client (connected or connecting).
     #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_client(self, client: fred::clients::Client) -> Self {
         self.store(crate::RedisStore::new(client))
     }

@@ -52,6 +52,7 @@
 mod actions;
 mod client;
 #[cfg(feature = "emulator")]
+#[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
 pub mod emulator;
 mod error;
 mod model;

@@ -68,6 +68,7 @@ impl moka::Expiry<String, Stored> for PerEntryTtl {
 /// let store = MemoryStore::new(64 * 1024 * 1024); // at most 64 MiB of keys and values
 /// # let _ = store;
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 #[derive(Clone)]
 pub struct MemoryStore {
     cache: Cache<String, Stored>,

@@ -34,6 +34,7 @@ use std::time::Duration;
 /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
 /// # let _ = store; Ok(()) }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[derive(Clone)]
 pub struct RedisStore {
     clients: std::sync::Arc<[fred::clients::WithOptions<Client>]>,
