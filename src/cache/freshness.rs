@@ -1,6 +1,20 @@
 //! Freshness per query: the windows of an entry, chosen per request (a builder hook, or a request extension),
 //! and the origin's own say (`Cache-Control`, `Expires`), capped by the layer's maximums.
 //!
+//! Every entry has three windows ([`Windows::new`]`(fresh, stale, stale_if_error)`); the most specific
+//! setting wins:
+//!
+//! | where | how | for |
+//! |---|---|---|
+//! | one call | the request extension [`CacheOverride::Windows`], or [`CacheOverride::Skip`] to leave the cache out | that call |
+//! | the origin | `Cache-Control: s-maxage` / `max-age` (or `Expires`), `stale-while-revalidate=N`, `stale-if-error=N`; `no-cache` stores but always asks first; `must-revalidate` forbids stale answers | `GET` and `HEAD` (`origin_freshness_for_post(true)` adds `POST` and `QUERY`), capped by `origin_freshness_cap` (a day each by default); what it does not say comes from the rows below |
+//! | a route | [`windows_for`](super::RedisCacheLayerBuilder::windows_for), a [`Windows`] from the request's head | every request it answers `Some` for |
+//! | the layer | `fresh_for`, `stale_for`, `stale_if_error_for` (60 s, 60 s, 300 s) | the rest |
+//!
+//! An entry with an `ETag` or `Last-Modified` is refreshed with `If-None-Match` / `If-Modified-Since`: a `304`
+//! renews its windows and headers without the body crossing the network again (`fwd-status=304`, counted in
+//! `revalidated`), and the caller gets the whole stored response.
+//!
 //! # Example
 //!
 //! ```
