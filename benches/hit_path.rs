@@ -15,7 +15,9 @@
 //! answer as a cache must; `minimal_cache` is the least any Redis cache hit must do: hash the request, `GET`,
 //! check an expiry, answer; `layer_near` answers from the near cache, checked afterwards by its counters), and
 //! `miss/layer_redis` (a new key every iteration; the origin's call count is checked outside the timed part).
-//! After the groups it measures how long a write by another connection takes to drop a near-cache entry
+//! After the groups it counts the heap allocations (and bytes) of one hit of each kind beside a bare `GET`'s,
+//! through a counting global allocator (per thread, so the near caches' background runtime is left out), and
+//! measures how long a write by another connection takes to drop a near-cache entry
 //! (p50 and p99 over 500 writes), and how soon a process waiting on another's fill answers after it (polling,
 //! and woken by the near cache's push).
 //!
@@ -32,6 +34,8 @@
 //! envelope decode, response, collecting the body) is timed.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+// The counting allocator below is the one unsafe code of the package: `GlobalAlloc` is an unsafe trait.
+#![allow(unsafe_code)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -57,6 +61,56 @@ use tower_redis_cache::error::BoxError;
 use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, Store};
 
 const SIZES: [usize; 3] = [256, 4096, 65536];
+
+/// The system allocator, counting this thread's allocations (reallocations included) and their bytes.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+fn count(bytes: usize) {
+    // `try_with`: a thread being torn down has no counter, and must still allocate.
+    let _ = ALLOCATIONS.try_with(|c| {
+        let (n, b) = c.get();
+        c.set((n + 1, b + bytes as u64));
+    });
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting touches only a
+// thread-local `Cell`, which neither allocates nor unwinds.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: forwarded as received.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: forwarded as received.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded as received.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        // SAFETY: forwarded as received.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// This thread's allocations and allocated bytes so far.
+fn allocations() -> (u64, u64) {
+    ALLOCATIONS.with(|c| c.get())
+}
 /// How long the bench's own keys outlive it, so that a run against an outside `REDIS_URL` leaves nothing for long.
 const LITTER: Option<Expiration> = Some(Expiration::EX(3600));
 /// Concurrent callers in the `concurrent` group.
@@ -614,6 +668,7 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     report(started);
+    allocation_report();
     // Not with `--test` (one pass of every bench, as CI would run it) or `--list`.
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         let (p50, p99, writes) = invalidation_latency();
@@ -637,6 +692,121 @@ fn main() {
                 p99.as_secs_f64() * 1e3
             );
         }
+    }
+}
+
+/// Allocations per call, averaged over 1,000 calls after a warm-up: a bare fred `GET`, and a hit through the
+/// layer over Redis, the near cache and memory, each with the body collected as the timed hits do. Printed as
+/// a table; the layer's own count is a Redis hit's less the bare `GET`'s (fred allocates the same for both).
+fn allocation_report() {
+    const CALLS: u64 = 1000;
+    let redis = redis();
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let near_client: Client = background.block_on(support::fred_client(&redis.url));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client: Client = rt.block_on(support::fred_client(&redis.url));
+    // Allocations and bytes per call of `call`, whose input `prepare` builds outside the count.
+    async fn per_call<T, F, Fut>(mut prepare: impl FnMut() -> T, call: F) -> (f64, f64)
+    where
+        F: Fn(T) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        for _ in 0..100 {
+            call(prepare()).await;
+        }
+        let (mut n, mut b) = (0, 0);
+        for _ in 0..CALLS {
+            let input = prepare();
+            let before = allocations();
+            call(input).await;
+            let after = allocations();
+            n += after.0 - before.0;
+            b += after.1 - before.1;
+        }
+        (n as f64 / CALLS as f64, b as f64 / CALLS as f64)
+    }
+    let cell = |(n, b): (f64, f64)| format!("{n:.1} ({b:.0} B)");
+    println!("\nAllocations per call (and bytes allocated), {CALLS} calls each after a warm-up:\n");
+    println!("| id | 256 B | 4096 B | 65536 B |\n|---|---|---|---|");
+    let mut rows: [Vec<String>; 5] = Default::default();
+    for size in SIZES {
+        let body = json_of(size);
+        let calls = Arc::new(AtomicU64::new(0));
+        let floor_key = format!("bench:alloc:{size}");
+        let redis_layer = layer(RedisStore::new(client.clone()), &format!("alloc-{size}"));
+        let redis_service = tower::Layer::layer(&redis_layer, origin(body.clone(), calls.clone()));
+        let memory_layer = layer(MemoryStore::new(64 << 20), &format!("alloc-memory-{size}"));
+        let memory_service =
+            tower::Layer::layer(&memory_layer, origin(body.clone(), calls.clone()));
+        let near = near_layer(&near_client, &format!("alloc-near-{size}"));
+        let near_service = tower::Layer::layer(&near, origin(body.clone(), calls.clone()));
+        rt.block_on(async {
+            client
+                .set::<(), _, _>(&floor_key, body.clone(), LITTER, None, false)
+                .await
+                .unwrap();
+            redis_layer.handle().purge().await.unwrap();
+            near.handle().purge().await.unwrap();
+            redis_service.clone().oneshot(query()).await.unwrap();
+            memory_service.clone().oneshot(query()).await.unwrap();
+        });
+        warm_near(&background, &near_service);
+        let near_before = near.handle().stats();
+        rt.block_on(async {
+            let bare = per_call(
+                || (),
+                |()| async {
+                    black_box(client.get::<Bytes, _>(&floor_key).await.unwrap());
+                },
+            )
+            .await;
+            let layer_redis = per_call(query, |request| async {
+                black_box(hit(&redis_service, request).await);
+            })
+            .await;
+            let layer_near = per_call(query, |request| async {
+                black_box(hit(&near_service, request).await);
+            })
+            .await;
+            let layer_memory = per_call(query, |request| async {
+                black_box(hit(&memory_service, request).await);
+            })
+            .await;
+            rows[0].push(cell(bare));
+            rows[1].push(cell(layer_redis));
+            rows[2].push(format!(
+                "{:.1} ({:.0} B)",
+                layer_redis.0 - bare.0,
+                layer_redis.1 - bare.1
+            ));
+            rows[3].push(cell(layer_near));
+            rows[4].push(cell(layer_memory));
+        });
+        assert_near_only(&near, near_before);
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            3,
+            "every counted call was a hit (one miss for each layer's warm-up)"
+        );
+    }
+    for (label, row) in [
+        "`bare_fred_get`",
+        "`layer_redis`",
+        "`layer_redis`, its own (less the bare `GET`)",
+        "`layer_near`",
+        "`layer_memory`",
+    ]
+    .into_iter()
+    .zip(&rows)
+    {
+        println!("| {label} | {} |", row.join(" | "));
     }
 }
 
