@@ -28,7 +28,6 @@ use http::header::AGE;
 use http::{HeaderMap, HeaderName, Method, Response, StatusCode, Version, request};
 use http_body::Body;
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -980,7 +979,7 @@ fn cached<R>(
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers;
     let mut text = HeaderText::default();
-    let _ = write!(text, "{age}");
+    text.push_u64(age);
     if let Some(age) = text.value() {
         response.headers_mut().insert(AGE, age);
     }

@@ -141,11 +141,15 @@ where
     }
 }
 
-/// The response future: `future` inside the request's span, which records the outcome.
+/// The response future: `future` inside the request's span, which records the outcome. Without a subscriber
+/// for the span (the common case in production), just `future`: two wrappers fewer to move and poll per hit.
 fn respond_in<R, F>(span: tracing::Span, future: F) -> ResponseFuture<R>
 where
     F: Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'static,
 {
+    if span.is_disabled() {
+        return ResponseFuture::new(Box::pin(future));
+    }
     let recorded = future.inspect(|result| {
         if let Some(outcome) = result
             .as_ref()
@@ -177,7 +181,9 @@ where
     let key = engine
         .keys
         .key(&parts.method, &parts.uri, &parts.headers, &body);
-    span.record("key", key.short());
+    if !span.is_disabled() {
+        span.record("key", key.short());
+    }
     let max_body = engine.policy.max_body;
     let fetch = TowerFetch {
         inner,

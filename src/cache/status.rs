@@ -210,10 +210,12 @@ impl Status {
             }
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(s, "; fwd-status={status}");
+            s.push_str("; fwd-status=");
+            s.push_u64(u64::from(status));
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(s, "; ttl={ttl}");
+            s.push_str("; ttl=");
+            s.push_i64(ttl);
         }
         match self.outcome {
             CacheOutcome::Miss {
@@ -260,6 +262,30 @@ impl HeaderText {
         }
     }
 
+    /// Appends `n` in decimal, without going through `core::fmt` (it is on every hit).
+    pub(crate) fn push_u64(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        // ASCII digits.
+        self.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+    }
+
+    /// Appends `n` in decimal, with a `-` when negative.
+    pub(crate) fn push_i64(&mut self, n: i64) {
+        if n < 0 {
+            self.push_str("-");
+        }
+        self.push_u64(n.unsigned_abs());
+    }
+
     /// The value; `None` if it did not fit or is not a valid field value.
     pub(crate) fn value(&self) -> Option<HeaderValue> {
         if self.overflow {
@@ -291,6 +317,16 @@ mod tests {
     #[test]
     fn header_text_formats_within_its_buffer_and_refuses_past_it() {
         use std::fmt::Write as _;
+        for n in [0u64, 7, 10, 86_400, u64::MAX] {
+            let mut text = HeaderText::default();
+            text.push_u64(n);
+            assert_eq!(text.value().unwrap(), n.to_string().as_str());
+        }
+        for n in [0i64, -1, -40, 3599, i64::MIN, i64::MAX] {
+            let mut text = HeaderText::default();
+            text.push_i64(n);
+            assert_eq!(text.value().unwrap(), n.to_string().as_str());
+        }
         let mut text = HeaderText::default();
         write!(text, "{}", 86_400u64).unwrap();
         assert_eq!(text.value().unwrap(), "86400");
