@@ -610,6 +610,31 @@ mod tests {
     use http::HeaderValue;
     use proptest::prelude::*;
 
+    /// A key of a known request, pinned: a change to how keys are derived would orphan every stored entry.
+    #[test]
+    fn keys_are_stable() {
+        let keys = KeyConfig {
+            namespace: "ns".into(),
+            partition: b"tenant".to_vec(),
+            vary: vec![],
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let key = keys.key(
+            &Method::POST,
+            &"https://api.example.com/q?b=2&a=1".parse().unwrap(),
+            &headers,
+            br#"{"b":2,"a":1}"#,
+        );
+        assert_eq!(
+            key.as_str(),
+            "ns:v1:{65134058615dcd0b828c92a9490dda9bd488a2fee9b30bea998356c22d0ba855}"
+        );
+    }
+
     fn canon(s: &str) -> Option<String> {
         let mut out = Vec::new();
         canonicalize_json(s.as_bytes(), &mut out).ok()?;
