@@ -978,12 +978,26 @@ fn cached<R>(
     let mut response = Response::new(ResponseBody::full(entry.body));
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers;
+    // `Cache-Status` and `Age` written into one buffer that both values share: one allocation for the two.
     let mut text = HeaderText::default();
+    status.write_to(&mut text);
+    let split = text.len();
     text.push_u64(age);
-    if let Some(age) = text.value() {
-        response.headers_mut().insert(AGE, age);
+    match text.split_values(split) {
+        Some((cache_status, age)) => {
+            response.headers_mut().insert(AGE, age);
+            response.headers_mut().insert(CACHE_STATUS, cache_status);
+            response.extensions_mut().insert(status.outcome);
+        }
+        None => {
+            let mut text = HeaderText::default();
+            text.push_u64(age);
+            if let Some(age) = text.value() {
+                response.headers_mut().insert(AGE, age);
+            }
+            decorate(&mut response, &status);
+        }
     }
-    decorate(&mut response, &status);
     response
 }
 

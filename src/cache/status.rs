@@ -179,6 +179,14 @@ impl Status {
     /// Formats the `Cache-Status` field value (on the stack: the value is the one allocation).
     pub(crate) fn header_value(&self) -> HeaderValue {
         let mut s = HeaderText::default();
+        self.write_to(&mut s);
+        // Only ASCII from fixed strings and integers went in, and less than the buffer holds.
+        s.value()
+            .unwrap_or_else(|| HeaderValue::from_static(CACHE_NAME))
+    }
+
+    /// Appends the `Cache-Status` field value to `s`.
+    pub(crate) fn write_to(&self, s: &mut HeaderText) {
         s.push_str(CACHE_NAME);
         let mut detail = match self.store {
             StoreHealth::Ok => None,
@@ -227,9 +235,6 @@ impl Status {
         if let Some(detail) = detail {
             let _ = write!(s, "; detail={detail}");
         }
-        // Only ASCII from fixed strings and integers went in, and less than the buffer holds.
-        s.value()
-            .unwrap_or_else(|| HeaderValue::from_static(CACHE_NAME))
     }
 }
 
@@ -286,12 +291,36 @@ impl HeaderText {
         self.push_u64(n.unsigned_abs());
     }
 
+    /// How many bytes are written.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Values for the bytes before `split` and from `split` on, sharing one allocation; `None` if the text
+    /// did not fit or either part is not a valid field value.
+    pub(crate) fn split_values(self, split: usize) -> Option<(HeaderValue, HeaderValue)> {
+        if self.overflow || split > self.len {
+            return None;
+        }
+        let len = self.len;
+        let shared = bytes::Bytes::from_owner(self);
+        let first = HeaderValue::from_maybe_shared(shared.slice(..split)).ok()?;
+        let second = HeaderValue::from_maybe_shared(shared.slice(split..len)).ok()?;
+        Some((first, second))
+    }
+
     /// The value; `None` if it did not fit or is not a valid field value.
     pub(crate) fn value(&self) -> Option<HeaderValue> {
         if self.overflow {
             return None;
         }
         HeaderValue::from_bytes(&self.bytes[..self.len]).ok()
+    }
+}
+
+impl AsRef<[u8]> for HeaderText {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -312,6 +341,27 @@ mod tests {
 
     fn fmt(status: Status) -> String {
         status.header_value().to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn header_text_splits_into_two_values_sharing_one_buffer() {
+        let mut text = HeaderText::default();
+        text.push_str("tower-redis-cache; hit; ttl=");
+        text.push_i64(-3);
+        let split = text.len();
+        text.push_u64(42);
+        let (first, second) = text.split_values(split).unwrap();
+        assert_eq!(first, "tower-redis-cache; hit; ttl=-3");
+        assert_eq!(second, "42");
+        let mut bad = HeaderText::default();
+        bad.push_str("ok\nno");
+        assert!(
+            bad.split_values(2).is_none(),
+            "a control character is refused"
+        );
+        let mut short = HeaderText::default();
+        short.push_str("ab");
+        assert!(short.split_values(3).is_none());
     }
 
     #[test]
