@@ -383,23 +383,48 @@ fn now_ms() -> u64 {
     now.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn hit_path(c: &mut Criterion) {
-    let redis = redis();
-    // Where the near caches' connections and tracking run: a runtime that keeps running between criterion's
-    // phases, as a server's does (the timed near hits touch no connection).
+/// The runtimes and clients of the single-call measurements.
+struct Setup {
+    /// Where the near caches' connections and tracking run: a runtime that keeps running between criterion's
+    /// phases, as a server's does (the timed near hits touch no connection).
+    background: Runtime,
+    /// A client on `background`, for the near caches.
+    near_client: Client,
+    /// One call at a time: a current-thread runtime runs the caller and fred's connection task on one thread,
+    /// so the only other runnable thread is redis-server and both ids see the same, stable scheduling.
+    rt: Runtime,
+    /// A client on `rt`.
+    client: Client,
+}
+
+fn setup(redis: &Redis) -> Setup {
     let background = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let near_client: Client = background.block_on(support::fred_client(&redis.url));
-    // One call at a time: a current-thread runtime runs the caller and fred's connection task on one thread,
-    // so the only other runnable thread is redis-server and both ids see the same, stable scheduling.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let client: Client = rt.block_on(support::fred_client(&redis.url));
+    Setup {
+        background,
+        near_client,
+        rt,
+        client,
+    }
+}
+
+fn hit_path(c: &mut Criterion) {
+    let redis = redis();
+    let Setup {
+        background,
+        near_client,
+        rt,
+        client,
+    } = setup(&redis);
     let mut group = c.benchmark_group("hit_path");
     for size in SIZES {
         let body = json_of(size);
@@ -701,17 +726,12 @@ fn main() {
 fn allocation_report() {
     const CALLS: u64 = 1000;
     let redis = redis();
-    let background = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let near_client: Client = background.block_on(support::fred_client(&redis.url));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client: Client = rt.block_on(support::fred_client(&redis.url));
+    let Setup {
+        background,
+        near_client,
+        rt,
+        client,
+    } = setup(&redis);
     // Allocations and bytes per call of `call`, whose input `prepare` builds outside the count.
     async fn per_call<T, F, Fut>(mut prepare: impl FnMut() -> T, call: F) -> (f64, f64)
     where
