@@ -324,11 +324,12 @@ where
 }
 
 /// Removes every response header that holds the token `header` carried: some gateways reflect request headers
-/// (for debugging), and the token must not travel further up, into a cache's stored entries or a log.
+/// (for debugging), and the token must not travel further up, into a cache's stored entries or a log. A token
+/// under 8 bytes (no real one is) is left alone: it could occur in unrelated values by chance.
 fn drop_echoes<R>(response: &mut Response<R>, header: &http::HeaderValue) {
     let bytes = header.as_bytes();
     let token = bytes.strip_prefix(b"Bearer ").unwrap_or(bytes);
-    if token.is_empty() {
+    if token.len() < 8 {
         return;
     }
     let echoes: Vec<http::HeaderName> = response
@@ -340,5 +341,36 @@ fn drop_echoes<R>(response: &mut Response<R>, header: &http::HeaderValue) {
     for name in echoes {
         tracing::warn!(header = %name, "dropped a response header that echoed the bearer token");
         response.headers_mut().remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn echoes_of_the_token_are_dropped_and_nothing_else() {
+        let mut response = Response::new(());
+        let headers = response.headers_mut();
+        headers.insert(
+            "x-echo-authorization",
+            HeaderValue::from_static("Bearer tok-6f1b2c-secret"),
+        );
+        headers.insert(
+            "x-debug",
+            HeaderValue::from_static("saw tok-6f1b2c-secret here"),
+        );
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        drop_echoes(
+            &mut response,
+            &HeaderValue::from_static("Bearer tok-6f1b2c-secret"),
+        );
+        let names: Vec<_> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
+
+        // A token too short to tell from ordinary text ("text") leaves every header alone.
+        drop_echoes(&mut response, &HeaderValue::from_static("Bearer text"));
+        assert_eq!(response.headers()["content-type"], "text/plain");
     }
 }
