@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::poll_fn;
 use http::{HeaderMap, Request, request};
 use http_body::Body;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use tower_service::Service;
@@ -135,19 +135,18 @@ where
 {
     let mut body = match try_downcast::<RequestBody, B>(body) {
         Ok(mut body) => match body.take_full() {
-            Some(bytes) if bytes.len() <= max => return Ok(Ready::Complete(bytes)),
-            Some(bytes) => {
-                return Ok(Ready::Partial {
-                    prefix: bytes,
-                    rest: RequestBody::empty(),
-                });
-            }
+            Some(bytes) => return Ok(whole(bytes, max)),
             None => body,
         },
         Err(body) => {
             if body.is_end_stream() {
                 return Ok(Ready::Complete(Bytes::new()));
             }
+            // The usual client body: its bytes are taken without boxing it first.
+            let body = match try_downcast::<Full<Bytes>, B>(body) {
+                Ok(full) => return Ok(whole(full_bytes(full), max)),
+                Err(body) => body,
+            };
             RequestBody::new(body)
         }
     };
@@ -165,6 +164,28 @@ where
         Ok(Ready::Complete(prefix))
     } else {
         Ok(Ready::Partial { prefix, rest: body })
+    }
+}
+
+/// A body's complete `bytes`: [`Ready::Complete`] within `max`, else a [`Ready::Partial`] with nothing left
+/// to read.
+fn whole(bytes: Bytes, max: usize) -> Ready {
+    if bytes.len() <= max {
+        Ready::Complete(bytes)
+    } else {
+        Ready::Partial {
+            prefix: bytes,
+            rest: RequestBody::empty(),
+        }
+    }
+}
+
+/// The bytes of a [`Full`] body: its one frame, there at the first poll.
+fn full_bytes(mut full: Full<Bytes>) -> Bytes {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(&mut full).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
     }
 }
 
