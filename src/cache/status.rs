@@ -32,7 +32,6 @@
 
 use super::decision::Fwd;
 use http::HeaderValue;
-use std::fmt::Write as _;
 
 /// What the cache did for one request, inserted as a response extension.
 ///
@@ -201,7 +200,8 @@ impl Status {
                 }
             }
             CacheOutcome::Miss { .. } => {
-                let _ = write!(s, "; fwd={}", self.fwd.as_str());
+                s.push_str("; fwd=");
+                s.push_str(self.fwd.as_str());
                 if self.fleet {
                     detail = Some("fleet");
                 }
@@ -213,7 +213,8 @@ impl Status {
                 }
             }
             CacheOutcome::Bypass(reason) => {
-                let _ = write!(s, "; fwd={}", reason.fwd());
+                s.push_str("; fwd=");
+                s.push_str(reason.fwd());
                 detail = Some(reason.as_str());
             }
         }
@@ -233,7 +234,8 @@ impl Status {
             _ => {}
         }
         if let Some(detail) = detail {
-            let _ = write!(s, "; detail={detail}");
+            s.push_str("; detail=");
+            s.push_str(detail);
         }
     }
 }
