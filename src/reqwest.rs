@@ -39,7 +39,7 @@ use crate::cache::RedisCacheLayer;
 use crate::cache::ResponseBody;
 use crate::cache::budget::ByteBudget;
 use crate::cache::decision::Action;
-use crate::cache::engine::{Engine, Fetch, FetchFuture, Origin, buffer_response};
+use crate::cache::engine::{Engine, Fetch, FetchFuture, NearProbe, Origin, buffer_response};
 use crate::error::BoxError;
 use ::reqwest::{Body, Request, ResponseBuilderExt, Url};
 use ::reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
@@ -213,7 +213,7 @@ impl Middleware for CacheMiddleware {
         };
         let response = engine
             .clone()
-            .respond(key, facts, origin)
+            .respond(key, facts, origin, NearProbe::Unasked)
             .await
             .map_err(|e| reqwest_middleware::Error::middleware(CacheError(e)))?;
         Ok(into_reqwest(response, url))

@@ -17,8 +17,8 @@ use super::entry::{Entry, storable_headers};
 use super::fleet::{LeaseGuard, Turn};
 use super::freshness::{CacheOverride, OriginSays, Windows, WindowsFn, merge_headers, validators};
 use super::guard::GuardedStore;
-use super::key::{CacheKey, KeyConfig, vary_digest};
-use super::near::{Fill, FlushCause, Near, Tracking};
+use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
+use super::near::{Fill, FlushCause, Near, NearEntry, Tracking};
 use super::stats::{Counters, bump};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
 use crate::buffer::{Collected, collect_within, content_length};
@@ -169,6 +169,17 @@ pub(crate) struct NearConfig {
     pub(crate) max_bytes: u64,
     pub(crate) max_ttl: Duration,
     pub(crate) tracking: Arc<dyn Tracking>,
+}
+
+/// What an adapter learned from the near cache before handing a request to [`Engine::respond`].
+#[derive(Debug)]
+pub(crate) enum NearProbe {
+    /// Not asked: there is no near cache, the request is not one the cache reads for, or the adapter leaves
+    /// asking to the engine.
+    Unasked,
+    /// Asked, and it had no fresh entry: the placeholder a read from the store may fill (`None` while the
+    /// near cache may not answer).
+    Missed(Option<Fill>),
 }
 
 /// Decides per request whether a `POST` is cached.
@@ -342,6 +353,7 @@ impl Engine {
         key: CacheKey,
         facts: RequestFacts,
         origin: O,
+        probe: NearProbe,
     ) -> impl Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send
     where
         R: Body + Send + 'static,
@@ -354,22 +366,28 @@ impl Engine {
                     .forward(key, facts, origin, action, None, StoreHealth::Ok, None)
                     .await;
             }
-            if self.near.is_some() {
-                let fill = match self.near_lookup(&key, &facts, origin.headers()) {
-                    Ok(response) => return Ok(response),
-                    Err(fill) => fill,
-                };
-                return self.respond_through(key, facts, origin, fill).await;
-            }
-            let epoch = self.flights.epoch();
-            let read = self.read(&key).await;
-            match self.conclude(&key, facts, origin, read, None) {
-                Next::Answer(response) => Ok(response),
-                Next::Forward(origin, action, entry, health) => {
-                    self.forward(key, facts, origin, action, entry, health, Some(epoch))
-                        .await
+            let fill = match probe {
+                NearProbe::Missed(fill) => fill,
+                NearProbe::Unasked if self.near.is_some() => {
+                    match self.near_answer(key.digest(), &facts, origin.headers()) {
+                        Ok(response) => return Ok(response),
+                        Err(NearProbe::Missed(fill)) => fill,
+                        Err(NearProbe::Unasked) => None,
+                    }
                 }
-            }
+                NearProbe::Unasked => {
+                    let epoch = self.flights.epoch();
+                    let read = self.read(&key).await;
+                    return match self.conclude(&key, facts, origin, read, None) {
+                        Next::Answer(response) => Ok(response),
+                        Next::Forward(origin, action, entry, health) => {
+                            self.forward(key, facts, origin, action, entry, health, Some(epoch))
+                                .await
+                        }
+                    };
+                }
+            };
+            self.respond_through(key, facts, origin, fill).await
         }
     }
 
@@ -431,16 +449,16 @@ impl Engine {
         if let (Some(near), Some(fill)) = (&self.near, fill) {
             match (action, &entry) {
                 (Action::ServeFresh, Some(entry)) => {
-                    near.complete_fill(key.as_str(), fill, entry, now);
+                    near.complete_fill(key.digest(), fill, entry, now);
                 }
-                _ => near.abandon_fill(key.as_str(), fill),
+                _ => near.abandon_fill(key.digest(), fill),
             }
         }
         match (action, entry) {
             (Action::ServeFresh, Some(entry)) => {
                 bump(&self.counters.hits);
                 tracing::debug!(key = key.short(), outcome = "hit", "cache decision");
-                Next::Answer(cached(entry, now, CacheOutcome::Hit, None, false))
+                Next::Answer(cached(entry, now, CacheOutcome::Hit, None))
             }
             (Action::ServeStale, Some(entry)) => {
                 bump(&self.counters.stale_hits);
@@ -452,48 +470,55 @@ impl Engine {
                     "cache decision"
                 );
                 let outcome = CacheOutcome::Stale { refreshing };
-                Next::Answer(cached(entry, now, outcome, None, false))
+                Next::Answer(cached(entry, now, outcome, None))
             }
             (action, entry) => Next::Forward(origin, action, entry, health),
         }
     }
 
-    /// Answers from the near cache when it holds a fresh entry for this request; otherwise returns the
-    /// placeholder a read from the store may fill (`None` without a near cache, or while it may not answer).
-    /// Synchronous, so that none of it weighs on the future of a hit.
-    fn near_lookup<R>(
+    /// Answers from the near cache, at once, when it holds a fresh entry for the request whose digest is
+    /// `digest`; otherwise says what [`respond`](Self::respond) needs to know: [`NearProbe::Missed`] with the
+    /// placeholder a read from the store may fill (`None` while the near cache may not answer), or
+    /// [`NearProbe::Unasked`] when the request is not one the cache reads for, or there is no near cache.
+    pub(crate) fn near_answer<R>(
         &self,
-        key: &CacheKey,
+        digest: &[u8; 32],
         facts: &RequestFacts,
         headers: &HeaderMap,
-    ) -> Result<Response<ResponseBody<R>>, Option<Fill>> {
+    ) -> Result<Response<ResponseBody<R>>, NearProbe> {
         let Some(near) = &self.near else {
-            return Err(None);
+            return Err(NearProbe::Unasked);
         };
+        if self.policy.screen(facts) != Action::Read {
+            return Err(NearProbe::Unasked);
+        }
         near.start();
         let now = self.clock.now_ms();
-        if let Some(entry) = near.get(key.as_str(), now) {
+        if let Some(near_entry) = near.get(digest, now) {
+            let entry = &near_entry.entry;
             let vary_matches = vary_digest(&entry.headers, headers) == entry.vary;
             let stored = Lookup::Found(entry.stored(vary_matches));
             if decide(&self.policy.rules, facts, stored, now) == Action::ServeFresh {
                 bump(&self.counters.hits);
                 bump(&self.counters.near_hits);
                 tracing::debug!(
-                    key = key.short(),
+                    key = short_hex(digest).as_str(),
                     outcome = "hit",
                     near = true,
                     "cache decision"
                 );
-                return Ok(cached(
-                    Entry::clone(&entry),
-                    now,
+                // The near entry's headers have room for `Age` and `Cache-Status` already.
+                return Ok(answer(
+                    AnswerHead::of(entry, now),
+                    entry.headers.clone(),
+                    entry.body.clone(),
                     CacheOutcome::Hit,
                     None,
-                    true,
+                    Some(&near_entry),
                 ));
             }
         }
-        Err(near.begin_fill(key.as_str(), now))
+        Err(NearProbe::Missed(near.begin_fill(digest, now)))
     }
 
     /// The forward path: coalesce, call the origin, store. Boxed on its own so that the future of a hit, the
@@ -551,7 +576,7 @@ impl Engine {
                                 vary: entry.vary,
                             });
                             bump(&self.counters.hits);
-                            return Ok(cached(entry, now, CacheOutcome::Hit, None, false));
+                            return Ok(cached(entry, now, CacheOutcome::Hit, None));
                         }
                         // A revalidation read nothing yet: its entry gives the validators, and is the one a
                         // wait for another process must not take for new.
@@ -721,13 +746,7 @@ impl Engine {
                 bump(&self.counters.stale_if_error);
                 tracing::debug!(outcome = "stale-if-error", "cache decision");
                 let fwd_status = status.map(|s| s.as_u16());
-                return Ok(cached(
-                    entry,
-                    now,
-                    CacheOutcome::StaleIfError,
-                    fwd_status,
-                    false,
-                ));
+                return Ok(cached(entry, now, CacheOutcome::StaleIfError, fwd_status));
             }
         }
         let response = result.map_err(|error| Box::new(SharedError::new(error)) as BoxError)?;
@@ -923,7 +942,7 @@ impl Engine {
     /// Drops this process's near copy of `key`, if it has a near cache.
     pub(crate) fn forget(&self, key: &CacheKey) {
         if let Some(near) = &self.near {
-            near.remove(key.as_str());
+            near.remove(key.digest());
         }
     }
 
@@ -968,22 +987,62 @@ fn cached<R>(
     now: u64,
     outcome: CacheOutcome,
     fwd_status: Option<u16>,
-    near: bool,
+) -> Response<ResponseBody<R>> {
+    let head = AnswerHead::of(&entry, now);
+    answer(head, entry.headers, entry.body, outcome, fwd_status, None)
+}
+
+/// What an answer from an entry takes from it besides its headers and body.
+struct AnswerHead {
+    status: StatusCode,
+    /// `Cache-Status` `ttl`.
+    ttl: i64,
+    /// `Age`.
+    age: u64,
+}
+
+impl AnswerHead {
+    fn of(entry: &Entry, now: u64) -> Self {
+        AnswerHead {
+            status: entry.status,
+            ttl: entry.ttl_secs(now),
+            age: entry.age_secs(now),
+        }
+    }
+}
+
+/// The answer from a stored entry: `head`, `headers` and `body` (the entry's own, or clones of them), with
+/// `Age`, `Cache-Status` and the [`CacheOutcome`] extension added; `near`, the near entry it came from.
+fn answer<R>(
+    head: AnswerHead,
+    headers: HeaderMap,
+    body: Bytes,
+    outcome: CacheOutcome,
+    fwd_status: Option<u16>,
+    near: Option<&NearEntry>,
 ) -> Response<ResponseBody<R>> {
     let mut status = Status::new(outcome);
-    status.ttl = Some(entry.ttl_secs(now));
+    status.ttl = Some(head.ttl);
     status.fwd_status = fwd_status;
-    status.near = near;
-    let age = entry.age_secs(now);
-    let mut response = Response::new(ResponseBody::full(entry.body));
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers;
-    // `Cache-Status` and `Age` written into one buffer that both values share: one allocation for the two.
-    let mut text = HeaderText::default();
-    status.write_to(&mut text);
-    let split = text.len();
-    text.push_u64(age);
-    match text.split_values(split) {
+    status.near = near.is_some();
+    let age = head.age;
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = head.status;
+    *response.headers_mut() = headers;
+    // `Cache-Status` and `Age` written into one buffer that both values share: one allocation for the two,
+    // and none for a near entry's answers within the second of its latest.
+    let render = || {
+        let mut text = HeaderText::default();
+        status.write_to(&mut text);
+        let split = text.len();
+        text.push_u64(age);
+        text.split_values(split)
+    };
+    let values = match near {
+        Some(near) => near.rendered(head.ttl, age, render),
+        None => render(),
+    };
+    match values {
         Some((cache_status, age)) => {
             response.headers_mut().insert(AGE, age);
             response.headers_mut().insert(CACHE_STATUS, cache_status);

@@ -65,11 +65,19 @@ impl fmt::Display for CacheKey {
 #[derive(Debug, Clone)]
 pub(crate) struct KeyConfig {
     pub(crate) namespace: String,
-    pub(crate) partition: Vec<u8>,
-    pub(crate) vary: Vec<HeaderName>,
+    partition: Vec<u8>,
+    vary: Vec<HeaderName>,
 }
 
 impl KeyConfig {
+    pub(crate) fn new(namespace: String, partition: Vec<u8>, vary: Vec<HeaderName>) -> Self {
+        KeyConfig {
+            namespace,
+            partition,
+            vary,
+        }
+    }
+
     /// Computes the key of a request from its parts and its complete body.
     pub(crate) fn key(
         &self,
@@ -78,15 +86,30 @@ impl KeyConfig {
         headers: &HeaderMap,
         body: &[u8],
     ) -> CacheKey {
+        self.key_of(self.digest(method, uri, headers, body))
+    }
+
+    /// The key of the request whose digest is `digest`.
+    pub(crate) fn key_of(&self, digest: [u8; 32]) -> CacheKey {
+        CacheKey {
+            key: format_key(&self.namespace, &digest),
+            digest,
+        }
+    }
+
+    /// The SHA-256 digest of a request's fields (see the module docs): all of its key but the namespace.
+    pub(crate) fn digest(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> [u8; 32] {
         let mut h = Sha256::new();
         field(&mut h, b"tower-redis-cache/key/v2");
         field(&mut h, method.as_str().as_bytes());
         field(&mut h, uri.scheme_str().unwrap_or("").as_bytes());
-        let authority = match uri.authority() {
-            Some(authority) => authority.as_str().as_bytes(),
-            None => headers.get(header::HOST).map_or(&b""[..], |v| v.as_bytes()),
-        };
-        field(&mut h, authority);
+        field(&mut h, authority(uri, headers));
         field(&mut h, uri.path().as_bytes());
         hash_query(&mut h, uri.query());
         count(&mut h, self.vary.len());
@@ -100,11 +123,7 @@ impl KeyConfig {
         }
         field(&mut h, &self.partition);
         hash_body(&mut h, headers, body);
-        let digest: [u8; 32] = h.finalize().into();
-        CacheKey {
-            key: format_key(&self.namespace, &digest),
-            digest,
-        }
+        h.finalize().into()
     }
 
     /// The prefix of every entry (and lease) of this namespace.
@@ -113,8 +132,24 @@ impl KeyConfig {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The request's authority: the URI's, else the `Host` header.
+fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
+    match uri.authority() {
+        Some(authority) => authority.as_str().as_bytes(),
+        None => headers.get(header::HOST).map_or(&b""[..], |v| v.as_bytes()),
+    }
+}
+
+/// The request's `Content-Type`, empty without one.
+fn content_type(headers: &HeaderMap) -> &[u8] {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map_or(&b""[..], |v| v.as_bytes())
+}
+
 fn format_key(namespace: &str, digest: &[u8; 32]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 64];
     for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
         pair[0] = HEX[usize::from(byte >> 4)];
@@ -127,6 +162,53 @@ fn format_key(namespace: &str, digest: &[u8; 32]) -> String {
     key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     key.push('}');
     key
+}
+
+/// The first 8 hex digits of `digest`, for logs and traces (what [`CacheKey::short`] gives).
+pub(crate) fn short_hex(digest: &[u8; 32]) -> ShortHex {
+    let mut hex = [0u8; 8];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
+    }
+    ShortHex(hex)
+}
+
+/// See [`short_hex`].
+pub(crate) struct ShortHex([u8; 8]);
+
+impl ShortHex {
+    pub(crate) fn as_str(&self) -> &str {
+        // Always ASCII hex digits.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// The digest a key of `namespace_prefix` (`<namespace>:v1:`) was formatted from: the inverse of
+/// [`KeyConfig::key_of`]; `None` for any other key (a lease, another namespace, anything malformed).
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "only the near cache parses keys")
+)]
+pub(crate) fn parse_key(namespace_prefix: &str, key: &str) -> Option<[u8; 32]> {
+    let hex = key
+        .strip_prefix(namespace_prefix)?
+        .strip_prefix('{')?
+        .strip_suffix('}')?
+        .as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(digest)
 }
 
 fn count(h: &mut Sha256, n: usize) {
@@ -163,12 +245,7 @@ fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8]) {
         return;
     }
     // The same bytes sent as another media type may mean something else to the origin.
-    field(
-        h,
-        headers
-            .get(header::CONTENT_TYPE)
-            .map_or(&b""[..], |v| v.as_bytes()),
-    );
+    field(h, content_type(headers));
     if is_json(headers) {
         let canonical = CANONICAL.with(|cell| {
             // The thread's buffers are reused from request to request; a re-entrant call (there is none
@@ -613,11 +690,7 @@ mod tests {
     /// A key of a known request, pinned: a change to how keys are derived would orphan every stored entry.
     #[test]
     fn keys_are_stable() {
-        let keys = KeyConfig {
-            namespace: "ns".into(),
-            partition: b"tenant".to_vec(),
-            vary: vec![],
-        };
+        let keys = KeyConfig::new("ns".into(), b"tenant".to_vec(), vec![]);
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -642,11 +715,11 @@ mod tests {
     }
 
     fn config() -> KeyConfig {
-        KeyConfig {
-            namespace: "test".into(),
-            partition: b"tenant-a".to_vec(),
-            vary: vec![HeaderName::from_static("accept-language")],
-        }
+        KeyConfig::new(
+            "test".into(),
+            b"tenant-a".to_vec(),
+            vec![HeaderName::from_static("accept-language")],
+        )
     }
 
     fn json_headers() -> HeaderMap {
@@ -697,6 +770,31 @@ mod tests {
         }
         let deep = "[".repeat(10_000);
         assert!(canon(&deep).is_none());
+    }
+
+    #[test]
+    fn keys_parse_back_to_their_digest_and_nothing_else_does() {
+        let c = config();
+        let key = c.key(
+            &Method::GET,
+            &"https://h/p".parse().unwrap(),
+            &HeaderMap::new(),
+            b"",
+        );
+        let prefix = c.namespace_prefix();
+        assert_eq!(parse_key(&prefix, key.as_str()), Some(*key.digest()));
+        let hex = &key.as_str()[prefix.len() + 1..prefix.len() + 65];
+        for other in [
+            key.lease_key(),
+            format!("{prefix}{{{}}}", hex.to_uppercase()),
+            key.as_str().replacen(&prefix, "other:v1:", 1),
+            key.as_str()[..key.as_str().len() - 1].to_owned(),
+            format!("{prefix}{{{}}}", "g".repeat(64)),
+            format!("{prefix}{{{}}}", "0".repeat(62)),
+            format!("{prefix}{{{}é}}", "0".repeat(62)),
+        ] {
+            assert_eq!(parse_key(&prefix, &other), None, "{other}");
+        }
     }
 
     #[test]
@@ -879,8 +977,7 @@ mod tests {
         let mut other = HeaderMap::new();
         other.insert("x-request-id", HeaderValue::from_static("1"));
         assert_eq!(base, c.key(&Method::GET, &uri, &other, b""));
-        let mut tenant_b = c.clone();
-        tenant_b.partition = b"tenant-b".to_vec();
+        let tenant_b = KeyConfig::new(c.namespace.clone(), b"tenant-b".to_vec(), c.vary.clone());
         assert_ne!(base, tenant_b.key(&Method::GET, &uri, &h, b""));
         // Length prefixes keep adjacent fields apart: "/p" + "a=1" is not "/pa" + "=1".
         assert_ne!(

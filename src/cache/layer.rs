@@ -671,11 +671,7 @@ impl RedisCacheLayerBuilder {
                 }
             }
         }
-        let keys = KeyConfig {
-            namespace: self.namespace,
-            partition: self.partition,
-            vary,
-        };
+        let keys = KeyConfig::new(self.namespace, self.partition, vary);
         RedisCacheLayer {
             engine: Arc::new(Engine::new(policy, keys, store, near)),
         }

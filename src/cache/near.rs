@@ -17,13 +17,18 @@
 //!   and at most the configured maximum.
 
 use super::clock::Clock;
+use super::engine::CACHE_STATUS;
 use super::entry::Entry;
+use super::key::parse_key;
 use super::stats::{Counters, bump};
+use super::status::CACHE_NAME;
 use futures_util::future::BoxFuture;
+use http::header::AGE;
+use http::{HeaderMap, HeaderValue};
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long after the last successful probe the near cache still answers.
@@ -32,6 +37,9 @@ pub(crate) const LIVENESS: Duration = Duration::from_secs(1);
 /// How long a placeholder may wait for its read before it is reclaimed (the read has a store timeout far
 /// below this; the bound only stops a lost placeholder from taking memory for good).
 const PLACEHOLDER_TTL: Duration = Duration::from_secs(10);
+
+/// What a placeholder costs the near cache: its key and slot.
+const PLACEHOLDER_WEIGHT: u32 = 64;
 
 /// The tracking side of a store: runs for as long as the near cache it feeds is alive.
 pub(crate) trait Tracking: Send + Sync + 'static {
@@ -56,11 +64,52 @@ enum Slot {
     Filling { token: u64 },
     /// A fresh entry, answerable until `until` (unix ms) while the near cache's epoch is `epoch`.
     Ready {
-        entry: Arc<Entry>,
+        entry: Arc<NearEntry>,
         until: u64,
         epoch: u64,
         weight: u32,
     },
+}
+
+/// An entry in the near cache, with the `Cache-Status` and `Age` values of its latest answer: they change
+/// once a second at most, so the answers within one second share them.
+pub(crate) struct NearEntry {
+    pub(crate) entry: Entry,
+    rendered: Mutex<Option<Rendered>>,
+}
+
+struct Rendered {
+    ttl: i64,
+    age: u64,
+    values: (HeaderValue, HeaderValue),
+}
+
+impl NearEntry {
+    /// The `Cache-Status` and `Age` values of an answer with `ttl` and `age`: those of the latest answer if
+    /// they were the same, else `render`ed (and kept, unless another answer is keeping its own just now).
+    pub(crate) fn rendered(
+        &self,
+        ttl: i64,
+        age: u64,
+        render: impl FnOnce() -> Option<(HeaderValue, HeaderValue)>,
+    ) -> Option<(HeaderValue, HeaderValue)> {
+        let Ok(mut latest) = self.rendered.try_lock() else {
+            return render();
+        };
+        if let Some(latest) = &*latest
+            && latest.ttl == ttl
+            && latest.age == age
+        {
+            return Some(latest.values.clone());
+        }
+        let values = render()?;
+        *latest = Some(Rendered {
+            ttl,
+            age,
+            values: values.clone(),
+        });
+        Some(values)
+    }
 }
 
 /// A read from the store that may fill the near cache, if nothing changed the key meanwhile.
@@ -72,7 +121,7 @@ pub(crate) struct Fill {
 
 /// The in-process cache of fresh entries, kept coherent by a store's invalidations.
 pub(crate) struct Near {
-    cache: Cache<String, Slot, DigestKeys>,
+    cache: Cache<NearKey, Slot, DigestKeys>,
     max_ttl_ms: u64,
     epoch: AtomicU64,
     tokens: AtomicU64,
@@ -98,34 +147,67 @@ impl std::fmt::Debug for Near {
     }
 }
 
-/// Hashes the near cache's keys, which are all `<namespace>:v1:{<SHA-256 hex>}`: already uniform, and not
-/// chosen by anyone (a request can pick its digest only by breaking SHA-256), so a multiply-rotate over their
-/// bytes spreads them as well as SipHash, at a fraction of its cost on every near hit and invalidation.
-#[derive(Debug, Clone, Copy, Default)]
-struct DigestKeys;
+/// A near-cache key: the request's digest. Every entry of one near cache shares the namespace, so the digest
+/// alone tells them apart, and a hit needs no key string.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct NearKey([u8; 32]);
+
+impl std::hash::Hash for NearKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // SHA-256 output is uniform: eight of its bytes are as good a hash as all 32 (equality still compares
+        // all of them).
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(word));
+    }
+}
+
+/// Hashes [`NearKey`]s: their first eight bytes, mixed with a seed drawn when the near cache is built. The
+/// seed is there because a client can choose requests whose digests share some bits (by trying many), and
+/// without it could pile them into one of moka's buckets; with it, which bits matter is unknown to anyone.
+#[derive(Debug, Clone, Copy)]
+struct DigestKeys {
+    seed: u64,
+}
+
+impl DigestKeys {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        DigestKeys {
+            seed: RandomState::new().hash_one(0x6e65_6172_u64),
+        }
+    }
+}
 
 impl std::hash::BuildHasher for DigestKeys {
     type Hasher = DigestKeyHasher;
 
     fn build_hasher(&self) -> DigestKeyHasher {
-        DigestKeyHasher(0)
+        DigestKeyHasher(self.seed)
     }
 }
 
-/// The hasher of [`DigestKeys`] (the mixing step of rustc's FxHash, eight bytes at a time).
+/// The hasher of [`DigestKeys`]: a multiply and a fold, so that every bit of the word reaches the low bits.
 struct DigestKeyHasher(u64);
 
+impl DigestKeyHasher {
+    fn mix(&mut self, word: u64) {
+        let h = (self.0 ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
 impl std::hash::Hasher for DigestKeyHasher {
+    fn write_u64(&mut self, word: u64) {
+        self.mix(word);
+    }
+
     fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
+        // Not reached by `NearKey`; correct for anything else.
+        for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-        }
-        for &byte in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
         }
     }
 
@@ -140,10 +222,10 @@ struct Lifetime {
     ready: Duration,
 }
 
-impl moka::Expiry<String, Slot> for Lifetime {
+impl moka::Expiry<NearKey, Slot> for Lifetime {
     fn expire_after_create(
         &self,
-        _key: &String,
+        _key: &NearKey,
         value: &Slot,
         _now: std::time::Instant,
     ) -> Option<Duration> {
@@ -155,7 +237,7 @@ impl moka::Expiry<String, Slot> for Lifetime {
 
     fn expire_after_update(
         &self,
-        key: &String,
+        key: &NearKey,
         value: &Slot,
         now: std::time::Instant,
         _current: Option<Duration>,
@@ -175,14 +257,14 @@ impl Near {
     ) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &String, slot: &Slot| match slot {
-                Slot::Filling { .. } => u32::try_from(key.len()).unwrap_or(u32::MAX),
+            .weigher(|_key: &NearKey, slot: &Slot| match slot {
+                Slot::Filling { .. } => PLACEHOLDER_WEIGHT,
                 Slot::Ready { weight, .. } => *weight,
             })
             .expire_after(Lifetime {
                 ready: max_ttl.saturating_add(Duration::from_secs(1)),
             })
-            .build_with_hasher(DigestKeys);
+            .build_with_hasher(DigestKeys::new());
         Near {
             cache,
             max_ttl_ms: u64::try_from(max_ttl.as_millis()).unwrap_or(u64::MAX),
@@ -216,12 +298,14 @@ impl Near {
         now < self.live_until.load(Ordering::Acquire)
     }
 
-    /// The fresh entry for `key`, if the near cache may answer at `now`.
-    pub(crate) fn get(&self, key: &str, now: u64) -> Option<Arc<Entry>> {
+    /// The fresh entry for the request whose digest is `key`, if the near cache may answer at `now`. Its
+    /// headers hold the two every answer sets (`Age`, `Cache-Status`), with placeholder values: a clone has
+    /// room for them.
+    pub(crate) fn get(&self, key: &[u8; 32], now: u64) -> Option<Arc<NearEntry>> {
         if !self.live(now) {
             return None;
         }
-        match self.cache.get(key)? {
+        match self.cache.get(&NearKey(*key))? {
             Slot::Ready {
                 entry,
                 until,
@@ -233,7 +317,7 @@ impl Near {
     }
 
     /// Installs a placeholder for a read of `key` from the store; `None` while the near cache may not answer.
-    pub(crate) fn begin_fill(&self, key: &str, now: u64) -> Option<Fill> {
+    pub(crate) fn begin_fill(&self, key: &[u8; 32], now: u64) -> Option<Fill> {
         if !self.live(now) {
             return None;
         }
@@ -242,22 +326,27 @@ impl Near {
             epoch: self.epoch.load(Ordering::Acquire),
         };
         self.cache
-            .insert(key.to_owned(), Slot::Filling { token: fill.token });
+            .insert(NearKey(*key), Slot::Filling { token: fill.token });
         Some(fill)
     }
 
     /// Keeps `entry` for `key` if `fill`'s placeholder is still there (nothing invalidated the key meanwhile)
     /// and the near cache is still in the same epoch; otherwise discards it.
-    pub(crate) fn complete_fill(&self, key: &str, fill: Fill, entry: &Entry, now: u64) {
+    pub(crate) fn complete_fill(&self, key: &[u8; 32], fill: Fill, entry: &Entry, now: u64) {
         let until = entry.fresh_until.min(now.saturating_add(self.max_ttl_ms));
         if until <= now {
             self.abandon_fill(key, fill);
             return;
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        let weight = entry_weight(key, entry);
-        let entry = Arc::new(entry.clone());
-        let result = self.cache.entry(key.to_owned()).and_compute_with(|slot| {
+        let weight = entry_weight(entry);
+        let mut entry = entry.clone();
+        reserve_answer_headers(&mut entry.headers);
+        let entry = Arc::new(NearEntry {
+            entry,
+            rendered: Mutex::new(None),
+        });
+        let result = self.cache.entry(NearKey(*key)).and_compute_with(|slot| {
             match slot.map(|s| s.into_value()) {
                 Some(Slot::Filling { token }) if token == fill.token && fill.epoch == epoch => {
                     Op::Put(Slot::Ready {
@@ -278,8 +367,8 @@ impl Near {
     }
 
     /// Removes `fill`'s placeholder, if it is still there (the read found nothing to keep).
-    pub(crate) fn abandon_fill(&self, key: &str, fill: Fill) {
-        let _ = self.cache.entry(key.to_owned()).and_compute_with(|slot| {
+    pub(crate) fn abandon_fill(&self, key: &[u8; 32], fill: Fill) {
+        let _ = self.cache.entry(NearKey(*key)).and_compute_with(|slot| {
             match slot.map(|s| s.into_value()) {
                 Some(Slot::Filling { token }) if token == fill.token => Op::Remove,
                 _ => Op::Nop,
@@ -287,16 +376,19 @@ impl Near {
         });
     }
 
-    /// Drops `key` (this process wrote or removed it).
-    pub(crate) fn remove(&self, key: &str) {
-        self.cache.invalidate(key);
+    /// Drops the entry of the request whose digest is `key` (this process wrote or removed it).
+    pub(crate) fn remove(&self, key: &[u8; 32]) {
+        self.cache.invalidate(&NearKey(*key));
     }
 
-    /// Drops the keys the store says changed.
+    /// Drops the keys the store says changed (store keys, `<namespace>:v1:{<digest>}`; any other key under
+    /// the prefix, such as a lease, holds no entry).
     pub(crate) fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
         for key in keys {
             bump(&self.counters.near_invalidations);
-            self.cache.invalidate(key);
+            if let Some(digest) = parse_key(&self.prefix, key) {
+                self.cache.invalidate(&NearKey(digest));
+            }
         }
         self.changed.notify_waiters();
     }
@@ -337,14 +429,25 @@ impl Near {
     }
 }
 
+/// Makes room in a stored entry's `headers` for the two every answer sets, with placeholder values: a clone
+/// of the map then takes them without growing.
+fn reserve_answer_headers(headers: &mut HeaderMap) {
+    headers.insert(AGE, HeaderValue::from_static("0"));
+    headers.insert(CACHE_STATUS, HeaderValue::from_static(CACHE_NAME));
+    // A map grows on any insert once it is full, even one that replaces a value: keep one slot spare. (Should
+    // this fail, the answer merely allocates when it sets the two.)
+    let _ = headers.try_reserve(1);
+}
+
 /// What an entry costs the near cache: its key, body, headers and a little framing.
-fn entry_weight(key: &str, entry: &Entry) -> u32 {
+fn entry_weight(entry: &Entry) -> u32 {
     let headers: usize = entry
         .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 16)
         .sum();
-    u32::try_from(key.len() + entry.body.len() + headers + 128).unwrap_or(u32::MAX)
+    u32::try_from(PLACEHOLDER_WEIGHT as usize + entry.body.len() + headers + 128)
+        .unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -353,16 +456,14 @@ mod tests {
     use sha2::{Digest, Sha256};
     use std::hash::BuildHasher;
 
-    /// Keys of the near cache's shape spread over the hash's low bits (moka's shards and buckets) as evenly
-    /// as random numbers would, and never collide in full.
-    #[test]
-    fn digest_keys_spread_evenly() {
+    /// Spreads `keys` over 64 buckets by the hash's low bits (where moka's shards and buckets look), asserting
+    /// that no two hashes collide in full and that the spread is as even as random numbers would give.
+    fn assert_spread(keys: impl Iterator<Item = [u8; 32]>) {
+        let hasher = DigestKeys::new();
         let mut buckets = [0u32; 64];
         let mut seen = std::collections::HashSet::new();
-        for i in 0..64_000u32 {
-            let digest = Sha256::digest(i.to_be_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            let hash = DigestKeys.hash_one(format!("namespace:v1:{{{hex}}}"));
+        for key in keys {
+            let hash = hasher.hash_one(NearKey(key));
             assert!(seen.insert(hash), "a full collision");
             buckets[(hash & 63) as usize] += 1;
         }
@@ -370,5 +471,21 @@ mod tests {
         for count in buckets {
             assert!((850..1150).contains(&count), "{buckets:?}");
         }
+    }
+
+    #[test]
+    fn digest_keys_spread_evenly() {
+        assert_spread((0..64_000u32).map(|i| Sha256::digest(i.to_be_bytes()).into()));
+    }
+
+    /// Digests chosen to agree on their low 24 bits (as a client trying many requests could make them) still
+    /// spread: the seed and the fold bring the other bits down.
+    #[test]
+    fn chosen_digests_still_spread() {
+        assert_spread((0..64_000u64).map(|i| {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i << 24).to_le_bytes());
+            key
+        }));
     }
 }

@@ -4,6 +4,7 @@
 use super::clock::Clock;
 use super::entry::Entry;
 use super::stats::Counters;
+use http::HeaderValue;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,23 @@ pub(crate) enum FlushCause {
 /// A read that may fill the near cache; never made.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Fill {}
+
+/// An entry of the near cache; never made.
+pub(crate) struct NearEntry {
+    pub(crate) entry: Entry,
+    never: Infallible,
+}
+
+impl NearEntry {
+    pub(crate) fn rendered(
+        &self,
+        _ttl: i64,
+        _age: u64,
+        _render: impl FnOnce() -> Option<(HeaderValue, HeaderValue)>,
+    ) -> Option<(HeaderValue, HeaderValue)> {
+        match self.never {}
+    }
+}
 
 /// The near cache; never made.
 #[derive(Debug)]
@@ -49,23 +67,23 @@ impl Near {
         match **self {}
     }
 
-    pub(crate) fn get(&self, _key: &str, _now: u64) -> Option<Arc<Entry>> {
+    pub(crate) fn get(&self, _key: &[u8; 32], _now: u64) -> Option<Arc<NearEntry>> {
         match *self {}
     }
 
-    pub(crate) fn begin_fill(&self, _key: &str, _now: u64) -> Option<Fill> {
+    pub(crate) fn begin_fill(&self, _key: &[u8; 32], _now: u64) -> Option<Fill> {
         match *self {}
     }
 
-    pub(crate) fn complete_fill(&self, _key: &str, fill: Fill, _entry: &Entry, _now: u64) {
+    pub(crate) fn complete_fill(&self, _key: &[u8; 32], fill: Fill, _entry: &Entry, _now: u64) {
         match fill {}
     }
 
-    pub(crate) fn abandon_fill(&self, _key: &str, fill: Fill) {
+    pub(crate) fn abandon_fill(&self, _key: &[u8; 32], fill: Fill) {
         match fill {}
     }
 
-    pub(crate) fn remove(&self, _key: &str) {
+    pub(crate) fn remove(&self, _key: &[u8; 32]) {
         match *self {}
     }
 

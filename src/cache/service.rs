@@ -3,8 +3,9 @@
 use super::body::ResponseBody;
 use super::budget::ByteBudget;
 use super::decision::{Action, RequestFacts};
-use super::engine::{Engine, Fetch, FetchFuture, buffer_response, decorate};
+use super::engine::{Engine, Fetch, FetchFuture, NearProbe, buffer_response, decorate};
 use super::future::ResponseFuture;
+use super::key::short_hex;
 use super::status::{BypassReason, CacheOutcome};
 use crate::body::RequestBody;
 use crate::buffer::{Capped, Ready, call_ready, finish, take_ready};
@@ -112,7 +113,21 @@ where
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
         match take_ready(body, max) {
             Ok(Ready::Complete(bytes)) => {
-                let lookup = keyed(engine, inner, parts, bytes, facts, &span);
+                let digest = engine
+                    .keys
+                    .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
+                // A near-cache hit is answered here: its future holds the response, nothing to allocate.
+                let probe = match engine.near_answer(&digest, &facts, &parts.headers) {
+                    Ok(response) => {
+                        if !span.is_disabled() {
+                            span.record("key", short_hex(&digest).as_str());
+                            span.record("outcome", CacheOutcome::Hit.as_str());
+                        }
+                        return ResponseFuture::ready(Ok(response));
+                    }
+                    Err(probe) => probe,
+                };
+                let lookup = keyed(engine, inner, parts, bytes, digest, facts, probe, &span);
                 respond_in(span, lookup)
             }
             Ok(Ready::Partial { prefix, rest }) => {
@@ -132,11 +147,16 @@ where
                         }
                     };
                     let span = tracing::Span::current();
-                    keyed(engine, inner, parts, bytes, facts, &span).await
+                    let digest =
+                        engine
+                            .keys
+                            .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
+                    let probe = NearProbe::Unasked;
+                    keyed(engine, inner, parts, bytes, digest, facts, probe, &span).await
                 };
                 respond_in(span, buffered)
             }
-            Err(error) => respond_in(span, std::future::ready(Err(error))),
+            Err(error) => ResponseFuture::ready(Err(error)),
         }
     }
 }
@@ -162,13 +182,20 @@ where
     ResponseFuture::new(Box::pin(recorded.instrument(span)))
 }
 
-/// Keys a request whose body is read, and hands it to the engine.
+/// Hands a request whose body is read and whose digest is `digest` to the engine (`probe`: what the near
+/// cache said, if it was asked).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the request's state, passed on once from `call`"
+)]
 fn keyed<S, R>(
     engine: Arc<Engine>,
     inner: S,
     parts: request::Parts,
     body: Bytes,
+    digest: [u8; 32],
     facts: RequestFacts,
+    probe: NearProbe,
     span: &tracing::Span,
 ) -> impl Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'static
 where
@@ -178,9 +205,7 @@ where
     R: Body + Send + 'static,
     R::Error: Into<BoxError>,
 {
-    let key = engine
-        .keys
-        .key(&parts.method, &parts.uri, &parts.headers, &body);
+    let key = engine.keys.key_of(digest);
     if !span.is_disabled() {
         span.record("key", key.short());
     }
@@ -191,7 +216,7 @@ where
         body,
         max_body,
     };
-    engine.respond(key, facts, fetch)
+    engine.respond(key, facts, fetch, probe)
 }
 
 async fn bypass<S, R>(
