@@ -10,9 +10,11 @@
 //! are decoded: such a body means what its parser makes of it), or any other content type hashes the raw
 //! bytes.
 
+use super::memo;
 use http::{HeaderMap, HeaderName, Method, Uri, header};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The Redis key of one cached request: `<namespace>:v1:{<sha256 hex>}`.
 ///
@@ -65,16 +67,21 @@ impl fmt::Display for CacheKey {
 #[derive(Debug, Clone)]
 pub(crate) struct KeyConfig {
     pub(crate) namespace: String,
+    // Private, as is `vary`: the memo takes settings with one id to be the same settings.
     partition: Vec<u8>,
     vary: Vec<HeaderName>,
+    /// Tells these settings apart from every other in the process, in the digest memo.
+    id: u64,
 }
 
 impl KeyConfig {
     pub(crate) fn new(namespace: String, partition: Vec<u8>, vary: Vec<HeaderName>) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         KeyConfig {
             namespace,
             partition,
             vary,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -97,8 +104,41 @@ impl KeyConfig {
         }
     }
 
-    /// The SHA-256 digest of a request's fields (see the module docs): all of its key but the namespace.
+    /// The SHA-256 digest of a request's fields (see the module docs): all of its key but the namespace. A
+    /// request this thread keyed a moment ago takes its digest from the [memo](super::memo).
     pub(crate) fn digest(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> [u8; 32] {
+        memo::digest(
+            self.id,
+            // Every input of `hash_request` that is not part of these settings, so that one fingerprint
+            // always means one digest.
+            |f| {
+                f.field(method.as_str().as_bytes());
+                f.field(uri.scheme_str().unwrap_or("").as_bytes());
+                f.field(authority(uri, headers));
+                f.field(uri.path().as_bytes());
+                f.field(uri.query().unwrap_or("").as_bytes());
+                for name in &self.vary {
+                    let values = headers.get_all(name);
+                    f.count(values.iter().count());
+                    for value in values {
+                        f.field(value.as_bytes());
+                    }
+                }
+                f.field(content_type(headers));
+                f.field(body);
+            },
+            || self.hash_request(method, uri, headers, body),
+        )
+    }
+
+    /// The digest of [`digest`](Self::digest), computed.
+    fn hash_request(
         &self,
         method: &Method,
         uri: &Uri,
@@ -948,6 +988,57 @@ mod tests {
             ),
             vary_digest(&v, &request(&[("accept-language", "de, fr")]))
         );
+    }
+
+    /// The memo gives every request the digest its own hash gives, the second time as the first, across
+    /// settings that differ only in their partition.
+    #[test]
+    fn memoised_digests_are_the_computed_ones() {
+        let a = config();
+        let b = KeyConfig::new(a.namespace.clone(), b"tenant-b".to_vec(), a.vary.clone());
+        let mut requests = Vec::new();
+        for uri in [
+            "http://h/p?a=1",
+            "http://h/p?a=1&b=2",
+            "http://h/p?b=2&a=1",
+            "/p?a=1",
+        ] {
+            for host in [None, Some("h"), Some("g")] {
+                for lang in [None, Some("de"), Some("fr")] {
+                    for (content_type, body) in [
+                        (None, &b""[..]),
+                        (Some("application/json"), br#"{"b":1,"a":2}"#),
+                        (Some("application/json"), br#"{"a":2,"b":1}"#),
+                        (Some("text/plain"), br#"{"a":2,"b":1}"#),
+                    ] {
+                        let mut h = HeaderMap::new();
+                        if let Some(host) = host {
+                            h.insert(header::HOST, HeaderValue::from_static(host));
+                        }
+                        if let Some(lang) = lang {
+                            h.insert("accept-language", HeaderValue::from_static(lang));
+                        }
+                        if let Some(content_type) = content_type {
+                            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                        }
+                        requests.push((uri.parse::<Uri>().unwrap(), h, body));
+                    }
+                }
+            }
+        }
+        for _ in 0..2 {
+            for config in [&a, &b] {
+                for (uri, headers, body) in &requests {
+                    for method in [Method::GET, Method::POST] {
+                        assert_eq!(
+                            config.digest(&method, uri, headers, body),
+                            config.hash_request(&method, uri, headers, body),
+                            "{method} {uri} {headers:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -130,6 +130,7 @@ pub mod future;
 mod guard;
 mod key;
 mod layer;
+mod memo;
 #[cfg_attr(not(feature = "redis"), path = "near_off.rs")]
 pub(crate) mod near;
 mod refresh;
