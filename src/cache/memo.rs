@@ -9,14 +9,18 @@
 //! give the digest the request's own hash would.
 //!
 //! Bounds: [`SLOTS`] slots a thread, each remembering at most [`MAX_FINGERPRINT`] bytes; a request whose
-//! fingerprint is longer is never memoised. The slot is picked by a seeded hash of the fingerprint, so a client
-//! cannot aim requests at one slot; at worst requests evict each other and are hashed as usual.
+//! fingerprint is longer is never memoised. The slots form sets of [`WAYS`]; a seeded hash of the fingerprint
+//! picks the set, so a client cannot aim requests at one, and a few hot requests that share a set do not evict
+//! each other. At worst requests evict each other and are hashed as usual.
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, RandomState};
 
 /// Slots per thread.
-pub(crate) const SLOTS: usize = 32;
+pub(crate) const SLOTS: usize = 64;
+
+/// Slots per set: a fingerprint may sit in any slot of its set.
+pub(crate) const WAYS: usize = 4;
 
 /// The longest fingerprint a slot remembers: a query with a body of about 2 KiB.
 pub(crate) const MAX_FINGERPRINT: usize = 2048;
@@ -30,6 +34,8 @@ struct Slot {
 struct Memo {
     seed: u64,
     slots: Vec<Option<Slot>>,
+    /// Per set, the way the next new fingerprint takes (round robin).
+    next: Vec<u8>,
     /// The fingerprint being built, reused from request to request.
     scratch: Vec<u8>,
 }
@@ -38,6 +44,7 @@ thread_local! {
     static MEMO: RefCell<Memo> = RefCell::new(Memo {
         seed: RandomState::new().hash_one(0x6d65_6d6f_u64),
         slots: Vec::new(),
+        next: Vec::new(),
         scratch: Vec::new(),
     });
 }
@@ -97,18 +104,21 @@ pub(crate) fn digest(
         let hash = mix(memo.seed, &scratch);
         if memo.slots.is_empty() {
             memo.slots.resize_with(SLOTS, || None);
+            memo.next.resize(SLOTS / WAYS, 0);
         }
-        let index = (hash % SLOTS as u64) as usize;
-        if let Some(slot) = &memo.slots[index]
-            && slot.hash == hash
-            && slot.fingerprint == scratch
-        {
-            let digest = slot.digest;
-            memo.scratch = scratch;
-            return digest;
+        let set = (hash % (SLOTS / WAYS) as u64) as usize;
+        let ways = set * WAYS..(set + 1) * WAYS;
+        for slot in memo.slots[ways.clone()].iter().flatten() {
+            if slot.hash == hash && slot.fingerprint == scratch {
+                let digest = slot.digest;
+                memo.scratch = scratch;
+                return digest;
+            }
         }
         let digest = compute();
-        match &mut memo.slots[index] {
+        let way = usize::from(memo.next[set]) % WAYS;
+        memo.next[set] = memo.next[set].wrapping_add(1);
+        match &mut memo.slots[ways.start + way] {
             // The slot's buffer takes the fingerprint; the old one becomes the next scratch.
             Some(slot) => {
                 std::mem::swap(&mut slot.fingerprint, &mut scratch);
@@ -185,6 +195,18 @@ mod tests {
         counted(2, &[b"GET/", b"a"], &calls);
         counted(3, &[b"GET", b"/a"], &calls);
         assert_eq!(calls.get(), 4);
+    }
+
+    /// As many hot requests as a set has ways stay remembered however their sets fall.
+    #[test]
+    fn a_few_hot_requests_do_not_evict_each_other() {
+        let calls = Cell::new(0);
+        for _ in 0..3 {
+            for i in 0..WAYS as u32 {
+                counted(6, &[b"GET", &i.to_le_bytes()], &calls);
+            }
+        }
+        assert_eq!(calls.get(), WAYS as u32);
     }
 
     #[test]
