@@ -10,7 +10,8 @@
 //! tables, with the ratios the targets are set on.
 //!
 //! Groups: `hit_path/{bare_fred_get,layer_redis,layer_near,layer_memory,key}/{256,4096,65536}`,
-//! `concurrent/{bare_fred_get,layer_redis,service_floor,minimal_cache,layer_near}` (64 callers, 4096 B;
+//! `concurrent/{bare_fred_get,layer_redis,service_floor,minimal_cache,layer_near}` (64 callers on their own
+//! tasks, each making 16 calls one after another as a server's connection answers its requests, 4096 B;
 //! `service_floor` is a Tower service that does the bare `GET` and nothing else, holding its request until the
 //! answer as a cache must; `minimal_cache` is the least any Redis cache hit must do: hash the request, `GET`,
 //! check an expiry, answer; `layer_near` answers from the near cache, checked afterwards by its counters), and
@@ -24,7 +25,7 @@
 //! Method. A loopback Redis on a small VM drifts by ±10 % between one criterion measurement and the next, more
 //! than the layer costs, so a ratio of two measurements taken one after the other mostly measures the drift.
 //! The floor and the layer are therefore measured *paired*: every iteration of either id runs one bare `GET`
-//! and one hit through the layer back to back (in `concurrent`, one batch of each of the four ids), in an
+//! and one hit through the layer back to back (in `concurrent`, one batch of each of the five ids), in an
 //! order shuffled every round, and times only its own part, so every id runs under the same mix of work.
 //! Drift between the ids' measurement windows still lands in the ratio of their medians, so the report also
 //! gives the *same-round* ratio: every round's times of all ids are kept, and the median over all rounds of
@@ -115,6 +116,13 @@ fn allocations() -> (u64, u64) {
 const LITTER: Option<Expiration> = Some(Expiration::EX(3600));
 /// Concurrent callers in the `concurrent` group.
 const CALLERS: usize = 64;
+
+/// Calls each caller of the `concurrent` group makes, one after another (as a server's connection answers its
+/// requests), in one batch.
+const CALLS_EACH: usize = 16;
+
+/// Calls in one batch of the `concurrent` group.
+const BATCH: usize = CALLERS * CALLS_EACH;
 const QUERY: &[u8] = br#"{"actionId":"order_lookup","input":{"orderId":"A-1029","region":"emea"}}"#;
 
 /// A JSON document of exactly `size` bytes.
@@ -332,8 +340,9 @@ where
     response.into_body().collect().await.unwrap().to_bytes()
 }
 
-/// One batch through a Tower service: every request on its own task, every body collected.
-async fn service_batch<S, B>(service: &S, requests: Vec<Request<Full<Bytes>>>)
+/// One batch through a Tower service: each caller's requests on its own task, one after another, every body
+/// collected.
+async fn service_batch<S, B>(service: &S, callers: Vec<Vec<Request<Full<Bytes>>>>)
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
@@ -341,15 +350,17 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Debug,
 {
-    let tasks = requests.into_iter().map(|request| {
+    let tasks = callers.into_iter().map(|requests| {
         let service = service.clone();
         tokio::spawn(async move {
-            let response = service.oneshot(request).await.unwrap();
-            response.into_body().collect().await.unwrap().to_bytes()
+            for request in requests {
+                let response = service.clone().oneshot(request).await.unwrap();
+                black_box(response.into_body().collect().await.unwrap().to_bytes());
+            }
         })
     });
     for task in futures_util::future::join_all(tasks).await {
-        black_box(task.unwrap());
+        task.unwrap();
     }
 }
 
@@ -535,7 +546,7 @@ fn hit_path(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let client: Client = rt.block_on(support::fred_client(&redis.url));
     let mut group = c.benchmark_group("concurrent");
-    group.throughput(Throughput::Elements(CALLERS as u64));
+    group.throughput(Throughput::Elements(BATCH as u64));
     let body = json_of(4096);
     let floor_key = "bench:floor:4096";
     let calls = Arc::new(AtomicU64::new(0));
@@ -548,10 +559,14 @@ fn hit_path(c: &mut Criterion) {
     let bare_batch = || async {
         let tasks = (0..CALLERS).map(|_| {
             let client = client.clone();
-            tokio::spawn(async move { client.get::<Bytes, _>(floor_key).await.unwrap() })
+            tokio::spawn(async move {
+                for _ in 0..CALLS_EACH {
+                    black_box(client.get::<Bytes, _>(floor_key).await.unwrap());
+                }
+            })
         });
         for task in futures_util::future::join_all(tasks).await {
-            black_box(task.unwrap());
+            task.unwrap();
         }
     };
     // The floor for any cache layer: a Tower service that does the bare `GET` and nothing else, holding its
@@ -598,7 +613,11 @@ fn hit_path(c: &mut Criterion) {
     rt.block_on(near.handle().purge()).unwrap();
     warm_near(&background, &near_service);
     let near_before = near.handle().stats();
-    let requests = || (0..CALLERS).map(|_| query()).collect::<Vec<_>>();
+    let requests = || {
+        (0..CALLERS)
+            .map(|_| (0..CALLS_EACH).map(|_| query()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
     // Paired as in `hit_path`, five ways: each iteration runs one batch of every id, in shuffled order, and
     // each id times its own.
     let ids = [
@@ -1050,10 +1069,10 @@ fn report(started: SystemTime) {
             _ if id.starts_with("miss") => String::new(),
             (Some(ns), Some(bare)) => format!(
                 "{:.1} K calls/s (**{:.2}x**)",
-                CALLERS as f64 / ns * 1e6,
+                BATCH as f64 / ns * 1e6,
                 bare / ns
             ),
-            (Some(ns), None) => format!("{:.1} K calls/s", CALLERS as f64 / ns * 1e6),
+            (Some(ns), None) => format!("{:.1} K calls/s", BATCH as f64 / ns * 1e6),
             (None, _) => "-".to_owned(),
         };
         let time = ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.0} µs", ns / 1000.0));
@@ -1068,7 +1087,7 @@ fn report(started: SystemTime) {
         println!("\nMedians of this run ({}):\n", home.display());
         println!("| id | 256 B | 4096 B | 65536 B |\n|---|---|---|---|\n{hit_rows}");
         println!(
-            "| id | median per {CALLERS} calls | throughput | same round |\n|---|---|---|---|\n{batch_rows}"
+            "| id | median per {BATCH} calls | throughput | same round |\n|---|---|---|---|\n{batch_rows}"
         );
     }
 }
