@@ -494,29 +494,33 @@ impl Engine {
         }
         near.start();
         let now = self.clock.now_ms();
-        if let Some(near_entry) = near.get(digest, now) {
+        let answered = near.with_entry(digest, now, |near_entry| {
             let entry = &near_entry.entry;
             let vary_matches = vary_digest(&entry.headers, headers) == entry.vary;
             let stored = Lookup::Found(entry.stored(vary_matches));
-            if decide(&self.policy.rules, facts, stored, now) == Action::ServeFresh {
-                bump(&self.counters.hits);
-                bump(&self.counters.near_hits);
-                tracing::debug!(
-                    key = short_hex(digest).as_str(),
-                    outcome = "hit",
-                    near = true,
-                    "cache decision"
-                );
-                // The near entry's headers have room for `Age` and `Cache-Status` already.
-                return Ok(answer(
-                    AnswerHead::of(entry, now),
-                    entry.headers.clone(),
-                    entry.body.clone(),
-                    CacheOutcome::Hit,
-                    None,
-                    Some(&near_entry),
-                ));
+            if decide(&self.policy.rules, facts, stored, now) != Action::ServeFresh {
+                return None;
             }
+            // The near entry's headers have room for `Age` and `Cache-Status` already.
+            Some(answer(
+                AnswerHead::of(entry, now),
+                entry.headers.clone(),
+                entry.body.clone(),
+                CacheOutcome::Hit,
+                None,
+                Some(near_entry),
+            ))
+        });
+        if let Some(response) = answered {
+            bump(&self.counters.hits);
+            bump(&self.counters.near_hits);
+            tracing::debug!(
+                key = short_hex(digest).as_str(),
+                outcome = "hit",
+                near = true,
+                "cache decision"
+            );
+            return Ok(response);
         }
         Err(NearProbe::Missed(near.begin_fill(digest, now)))
     }

@@ -27,6 +27,7 @@ use http::header::AGE;
 use http::{HeaderMap, HeaderValue};
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,6 +136,13 @@ pub(crate) struct Near {
     clock: Arc<Clock>,
     /// Woken whenever keys were dropped: a process waiting for another's fill looks again.
     changed: tokio::sync::Notify,
+    /// Counts changes to the cache's contents (removals, invalidations, fills, flushes), each counted after it
+    /// is made: a thread's [`Front`] holds an entry only while this is what it was before the entry was read.
+    changes: AtomicU64,
+    /// Tells this near cache's entries in a thread's [`Front`] from another's.
+    id: u64,
+    /// The heaviest entry a [`Front`] holds (a front's entries may outlive their eviction from the cache).
+    front_max_weight: u32,
 }
 
 impl std::fmt::Debug for Near {
@@ -216,6 +224,72 @@ impl std::hash::Hasher for DigestKeyHasher {
     }
 }
 
+/// Tells near caches apart in the threads' [`Front`]s.
+static NEAR_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// Slots of a thread's [`Front`].
+const FRONT_SLOTS: usize = 8;
+
+/// The heaviest entry a [`Front`] holds, whatever the near cache's size.
+const FRONT_MAX_WEIGHT: u64 = 64 * 1024;
+
+/// A thread's front of the near caches: the entries it answered from most recently, so that a hot key's
+/// hits skip the cache's look-up and its read log (shared by every core). A slot answers only while its near
+/// cache's change count is what it was before the entry was read from the cache, so any removal,
+/// invalidation, fill or flush since (of any key) sends the next read back to the cache. Entries heavier than
+/// a 64th of the cache's bound (at most 64 KiB) are not kept; a front may keep an entry the cache has since
+/// evicted for lack of room (it is still coherent), so it holds at most [`FRONT_SLOTS`] such entries beyond
+/// the bound.
+struct Front {
+    slots: [Option<FrontSlot>; FRONT_SLOTS],
+    /// The slot the next entry takes (round robin).
+    next: usize,
+}
+
+struct FrontSlot {
+    near: u64,
+    key: [u8; 32],
+    /// The near cache's change count before the entry was read.
+    changes: u64,
+    epoch: u64,
+    until: u64,
+    entry: Arc<NearEntry>,
+}
+
+impl Front {
+    fn find(&self, near: u64, key: &[u8; 32], changes: u64) -> Option<&FrontSlot> {
+        self.slots
+            .iter()
+            .flatten()
+            .find(|slot| slot.near == near && slot.changes == changes && slot.key == *key)
+    }
+
+    fn keep(&mut self, slot: FrontSlot) {
+        let index = self
+            .slots
+            .iter()
+            .position(|s| {
+                s.as_ref()
+                    .is_some_and(|s| s.near == slot.near && s.key == slot.key)
+            })
+            .unwrap_or_else(|| {
+                let index = self.next % FRONT_SLOTS;
+                self.next = self.next.wrapping_add(1);
+                index
+            });
+        self.slots[index] = Some(slot);
+    }
+}
+
+thread_local! {
+    static FRONT: RefCell<Front> = const {
+        RefCell::new(Front {
+            slots: [const { None }; FRONT_SLOTS],
+            next: 0,
+        })
+    };
+}
+
 /// When moka reclaims a slot. An entry's lifetime is checked against the cache's clock on every read; moka's
 /// timer (the wall clock) only frees the memory, so it may run a little past it.
 struct Lifetime {
@@ -277,7 +351,15 @@ impl Near {
             counters,
             clock,
             changed: tokio::sync::Notify::new(),
+            changes: AtomicU64::new(0),
+            id: NEAR_IDS.fetch_add(1, Ordering::Relaxed),
+            front_max_weight: u32::try_from((max_bytes / 64).min(FRONT_MAX_WEIGHT)).unwrap_or(0),
         }
+    }
+
+    /// Counts a change to the cache's contents, once it is made.
+    fn changed_contents(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// Completes at the next invalidation or flush (call `enable` before looking, so none is missed).
@@ -298,20 +380,61 @@ impl Near {
         now < self.live_until.load(Ordering::Acquire)
     }
 
-    /// The fresh entry for the request whose digest is `key`, if the near cache may answer at `now`. Its
-    /// headers hold the two every answer sets (`Age`, `Cache-Status`), with placeholder values: a clone has
-    /// room for them.
-    pub(crate) fn get(&self, key: &[u8; 32], now: u64) -> Option<Arc<NearEntry>> {
+    /// Calls `answer` with the fresh entry for the request whose digest is `key`, if the near cache may
+    /// answer at `now`, and returns what it returns. The entry's headers hold the two every answer sets
+    /// (`Age`, `Cache-Status`), with placeholder values: a clone has room for them.
+    ///
+    /// The entry comes from this thread's [`Front`] when it holds it unchanged, else from the cache (and then
+    /// goes into the front).
+    pub(crate) fn with_entry<T>(
+        &self,
+        key: &[u8; 32],
+        now: u64,
+        answer: impl FnOnce(&NearEntry) -> Option<T>,
+    ) -> Option<T> {
         if !self.live(now) {
             return None;
         }
+        // Read before the cache, so that a change made after this read is seen by the next one.
+        let changes = self.changes.load(Ordering::Acquire);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut answer = Some(answer);
+        let from_front = FRONT.try_with(|front| {
+            let front = front.try_borrow().ok()?;
+            let slot = front.find(self.id, key, changes)?;
+            if now < slot.until && slot.epoch == epoch {
+                answer.take().and_then(|answer| answer(&slot.entry))
+            } else {
+                None
+            }
+        });
+        if let Ok(Some(answered)) = from_front {
+            return Some(answered);
+        }
+        let answer = answer?;
         match self.cache.get(&NearKey(*key))? {
             Slot::Ready {
                 entry,
                 until,
-                epoch,
-                ..
-            } if now < until && epoch == self.epoch.load(Ordering::Acquire) => Some(entry),
+                epoch: filled,
+                weight,
+            } if now < until && filled == epoch => {
+                if weight <= self.front_max_weight {
+                    let _ = FRONT.try_with(|front| {
+                        if let Ok(mut front) = front.try_borrow_mut() {
+                            front.keep(FrontSlot {
+                                near: self.id,
+                                key: *key,
+                                changes,
+                                epoch,
+                                until,
+                                entry: entry.clone(),
+                            });
+                        }
+                    });
+                }
+                answer(&entry)
+            }
             _ => None,
         }
     }
@@ -327,6 +450,7 @@ impl Near {
         };
         self.cache
             .insert(NearKey(*key), Slot::Filling { token: fill.token });
+        self.changed_contents();
         Some(fill)
     }
 
@@ -360,6 +484,7 @@ impl Near {
             }
         });
         if matches!(result, CompResult::ReplacedWith(_)) {
+            self.changed_contents();
             bump(&self.counters.near_fills);
         } else {
             bump(&self.counters.near_fills_discarded);
@@ -379,6 +504,7 @@ impl Near {
     /// Drops the entry of the request whose digest is `key` (this process wrote or removed it).
     pub(crate) fn remove(&self, key: &[u8; 32]) {
         self.cache.invalidate(&NearKey(*key));
+        self.changed_contents();
     }
 
     /// Drops the keys the store says changed (store keys, `<namespace>:v1:{<digest>}`; any other key under
@@ -390,6 +516,7 @@ impl Near {
                 self.cache.invalidate(&NearKey(digest));
             }
         }
+        self.changed_contents();
         self.changed.notify_waiters();
     }
 
@@ -397,6 +524,7 @@ impl Near {
     pub(crate) fn flush(&self, cause: FlushCause) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate_all();
+        self.changed_contents();
         bump(match cause {
             FlushCause::Server => &self.counters.near_flushes_server,
             FlushCause::Connection => &self.counters.near_flushes_connection,
@@ -471,6 +599,76 @@ mod tests {
         for count in buckets {
             assert!((850..1150).contains(&count), "{buckets:?}");
         }
+    }
+
+    /// Tracking that never runs: the tests below arm the near cache themselves.
+    struct Untracked;
+
+    impl Tracking for Untracked {
+        fn run(&self, _prefix: String, _near: std::sync::Weak<Near>) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn near() -> Near {
+        Near::new(
+            "ns:v1:".to_owned(),
+            1 << 20,
+            Duration::from_secs(60),
+            Arc::new(Untracked),
+            Arc::new(Counters::new("ns")),
+            Arc::new(Clock::new()),
+        )
+    }
+
+    fn fill(near: &Near, key: &[u8; 32], body: &'static str, now: u64) {
+        let entry = Entry {
+            stored_at: now,
+            fresh_until: now + 30_000,
+            stale_until: now + 30_000,
+            stale_if_error_until: now + 30_000,
+            vary: None,
+            status: http::StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::from_static(body.as_bytes()),
+        };
+        let fill = near.begin_fill(key, now).expect("the near cache is armed");
+        near.complete_fill(key, fill, &entry, now);
+    }
+
+    fn body(near: &Near, key: &[u8; 32], now: u64) -> Option<bytes::Bytes> {
+        near.with_entry(key, now, |entry| Some(entry.entry.body.clone()))
+    }
+
+    /// A thread's front answers a key's repeated reads, and stops the moment anything changes the cache:
+    /// this process's removal, the store's invalidation, a flush; each near cache answers its own entries.
+    #[test]
+    fn the_front_never_outlives_a_change() {
+        let (a, b) = (near(), near());
+        a.arm();
+        b.arm();
+        let now = a.clock.now_ms();
+        let key = [7u8; 32];
+        let key_name = format!("ns:v1:{{{}}}", "07".repeat(32));
+        fill(&a, &key, "a", now);
+        fill(&b, &key, "b", now);
+        for _ in 0..3 {
+            assert_eq!(body(&a, &key, now).as_deref(), Some(&b"a"[..]));
+            assert_eq!(body(&b, &key, now).as_deref(), Some(&b"b"[..]));
+        }
+        a.remove(&key);
+        assert_eq!(body(&a, &key, now), None, "removed");
+        assert_eq!(body(&b, &key, now).as_deref(), Some(&b"b"[..]));
+        fill(&a, &key, "a2", now);
+        assert_eq!(body(&a, &key, now).as_deref(), Some(&b"a2"[..]), "refilled");
+        assert_eq!(body(&a, &key, now).as_deref(), Some(&b"a2"[..]));
+        a.invalidate([key_name.as_str()]);
+        assert_eq!(body(&a, &key, now), None, "invalidated");
+        fill(&a, &key, "a3", now);
+        assert_eq!(body(&a, &key, now).as_deref(), Some(&b"a3"[..]));
+        a.flush(FlushCause::Server);
+        assert_eq!(body(&a, &key, now), None, "flushed");
+        assert_eq!(body(&b, &key, now + 30_000), None, "past its freshness");
     }
 
     #[test]

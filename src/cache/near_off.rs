@@ -67,7 +67,12 @@ impl Near {
         match **self {}
     }
 
-    pub(crate) fn get(&self, _key: &[u8; 32], _now: u64) -> Option<Arc<NearEntry>> {
+    pub(crate) fn with_entry<T>(
+        &self,
+        _key: &[u8; 32],
+        _now: u64,
+        _answer: impl FnOnce(&NearEntry) -> Option<T>,
+    ) -> Option<T> {
         match *self {}
     }
 
