@@ -18,7 +18,7 @@ use super::fleet::{LeaseGuard, Turn};
 use super::freshness::{CacheOverride, OriginSays, Windows, WindowsFn, merge_headers, validators};
 use super::guard::GuardedStore;
 use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
-use super::near::{Fill, FlushCause, Near, NearEntry, Tracking};
+use super::near::{Fill, FlushCause, Near, Renders, Tracking};
 use super::stats::{Counters, bump};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
 use crate::buffer::{Collected, collect_within, content_length};
@@ -494,8 +494,7 @@ impl Engine {
         }
         near.start();
         let now = self.clock.now_ms();
-        let answered = near.with_entry(digest, now, |near_entry| {
-            let entry = &near_entry.entry;
+        let answered = near.with_entry(digest, now, |entry, renders| {
             let vary_matches = vary_digest(&entry.headers, headers) == entry.vary;
             let stored = Lookup::Found(entry.stored(vary_matches));
             if decide(&self.policy.rules, facts, stored, now) != Action::ServeFresh {
@@ -508,7 +507,7 @@ impl Engine {
                 entry.body.clone(),
                 CacheOutcome::Hit,
                 None,
-                Some(near_entry),
+                Some(renders),
             ))
         });
         if let Some(response) = answered {
@@ -1016,14 +1015,15 @@ impl AnswerHead {
 }
 
 /// The answer from a stored entry: `head`, `headers` and `body` (the entry's own, or clones of them), with
-/// `Age`, `Cache-Status` and the [`CacheOutcome`] extension added; `near`, the near entry it came from.
+/// `Age`, `Cache-Status` and the [`CacheOutcome`] extension added; `near`: it came from the near cache, which
+/// may have the two values already.
 fn answer<R>(
     head: AnswerHead,
     headers: HeaderMap,
     body: Bytes,
     outcome: CacheOutcome,
     fwd_status: Option<u16>,
-    near: Option<&NearEntry>,
+    near: Option<Renders<'_>>,
 ) -> Response<ResponseBody<R>> {
     let mut status = Status::new(outcome);
     status.ttl = Some(head.ttl);
@@ -1043,7 +1043,7 @@ fn answer<R>(
         text.split_values(split)
     };
     let values = match near {
-        Some(near) => near.rendered(head.ttl, age, render),
+        Some(mut renders) => renders.values(head.ttl, age, render),
         None => render(),
     };
     match values {

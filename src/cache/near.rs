@@ -28,8 +28,8 @@ use http::{HeaderMap, HeaderValue};
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long after the last successful probe the near cache still answers.
@@ -65,18 +65,18 @@ enum Slot {
     Filling { token: u64 },
     /// A fresh entry, answerable until `until` (unix ms) while the near cache's epoch is `epoch`.
     Ready {
-        entry: Arc<NearEntry>,
+        entry: Arc<Entry>,
         until: u64,
         epoch: u64,
         weight: u32,
     },
 }
 
-/// An entry in the near cache, with the `Cache-Status` and `Age` values of its latest answer: they change
-/// once a second at most, so the answers within one second share them.
-pub(crate) struct NearEntry {
-    pub(crate) entry: Entry,
-    rendered: Mutex<Option<Rendered>>,
+/// Where a near hit's `Cache-Status` and `Age` values come from: rendered for it, or, when it is answered from
+/// a thread's [`Front`], the values of that slot's latest answer if its `ttl` and `age` were the same (they
+/// change once a second at most). The slot is the thread's own: nothing is shared between cores.
+pub(crate) struct Renders<'a> {
+    latest: Option<&'a mut Option<Rendered>>,
 }
 
 struct Rendered {
@@ -85,19 +85,19 @@ struct Rendered {
     values: (HeaderValue, HeaderValue),
 }
 
-impl NearEntry {
-    /// The `Cache-Status` and `Age` values of an answer with `ttl` and `age`: those of the latest answer if
-    /// they were the same, else `render`ed (and kept, unless another answer is keeping its own just now).
-    pub(crate) fn rendered(
-        &self,
+impl Renders<'_> {
+    /// The values of an answer with `ttl` and `age`: the latest answer's if they were the same, else
+    /// `render`ed (and kept for the next).
+    pub(crate) fn values(
+        &mut self,
         ttl: i64,
         age: u64,
         render: impl FnOnce() -> Option<(HeaderValue, HeaderValue)>,
     ) -> Option<(HeaderValue, HeaderValue)> {
-        let Ok(mut latest) = self.rendered.try_lock() else {
+        let Some(latest) = self.latest.as_deref_mut() else {
             return render();
         };
-        if let Some(latest) = &*latest
+        if let Some(latest) = latest
             && latest.ttl == ttl
             && latest.age == age
         {
@@ -253,13 +253,15 @@ struct FrontSlot {
     changes: u64,
     epoch: u64,
     until: u64,
-    entry: Arc<NearEntry>,
+    entry: Arc<Entry>,
+    /// The values of this thread's latest answer from the slot.
+    rendered: Option<Rendered>,
 }
 
 impl Front {
-    fn find(&self, near: u64, key: &[u8; 32], changes: u64) -> Option<&FrontSlot> {
+    fn find(&mut self, near: u64, key: &[u8; 32], changes: u64) -> Option<&mut FrontSlot> {
         self.slots
-            .iter()
+            .iter_mut()
             .flatten()
             .find(|slot| slot.near == near && slot.changes == changes && slot.key == *key)
     }
@@ -390,7 +392,7 @@ impl Near {
         &self,
         key: &[u8; 32],
         now: u64,
-        answer: impl FnOnce(&NearEntry) -> Option<T>,
+        answer: impl FnOnce(&Entry, Renders<'_>) -> Option<T>,
     ) -> Option<T> {
         if !self.live(now) {
             return None;
@@ -400,10 +402,15 @@ impl Near {
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut answer = Some(answer);
         let from_front = FRONT.try_with(|front| {
-            let front = front.try_borrow().ok()?;
+            let mut front = front.try_borrow_mut().ok()?;
             let slot = front.find(self.id, key, changes)?;
             if now < slot.until && slot.epoch == epoch {
-                answer.take().and_then(|answer| answer(&slot.entry))
+                let renders = Renders {
+                    latest: Some(&mut slot.rendered),
+                };
+                answer
+                    .take()
+                    .and_then(|answer| answer(&slot.entry, renders))
             } else {
                 None
             }
@@ -429,11 +436,12 @@ impl Near {
                                 epoch,
                                 until,
                                 entry: entry.clone(),
+                                rendered: None,
                             });
                         }
                     });
                 }
-                answer(&entry)
+                answer(&entry, Renders { latest: None })
             }
             _ => None,
         }
@@ -466,10 +474,7 @@ impl Near {
         let weight = entry_weight(entry);
         let mut entry = entry.clone();
         reserve_answer_headers(&mut entry.headers);
-        let entry = Arc::new(NearEntry {
-            entry,
-            rendered: Mutex::new(None),
-        });
+        let entry = Arc::new(entry);
         let result = self.cache.entry(NearKey(*key)).and_compute_with(|slot| {
             match slot.map(|s| s.into_value()) {
                 Some(Slot::Filling { token }) if token == fill.token && fill.epoch == epoch => {
@@ -637,7 +642,7 @@ mod tests {
     }
 
     fn body(near: &Near, key: &[u8; 32], now: u64) -> Option<bytes::Bytes> {
-        near.with_entry(key, now, |entry| Some(entry.entry.body.clone()))
+        near.with_entry(key, now, |entry, _| Some(entry.body.clone()))
     }
 
     /// A thread's front answers a key's repeated reads, and stops the moment anything changes the cache:

@@ -26,15 +26,15 @@ pub(crate) enum FlushCause {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Fill {}
 
-/// An entry of the near cache; never made.
-pub(crate) struct NearEntry {
-    pub(crate) entry: Entry,
+/// Where a near hit's header values come from; never made.
+pub(crate) struct Renders<'a> {
     never: Infallible,
+    _entry: std::marker::PhantomData<&'a ()>,
 }
 
-impl NearEntry {
-    pub(crate) fn rendered(
-        &self,
+impl Renders<'_> {
+    pub(crate) fn values(
+        &mut self,
         _ttl: i64,
         _age: u64,
         _render: impl FnOnce() -> Option<(HeaderValue, HeaderValue)>,
@@ -71,7 +71,7 @@ impl Near {
         &self,
         _key: &[u8; 32],
         _now: u64,
-        _answer: impl FnOnce(&NearEntry) -> Option<T>,
+        _answer: impl FnOnce(&Entry, Renders<'_>) -> Option<T>,
     ) -> Option<T> {
         match *self {}
     }
