@@ -283,6 +283,22 @@ impl Front {
     }
 }
 
+/// A copy of `entry` whose body and header values are buffers of their own. A front's answers clone them on
+/// every hit; shared with the cache's entry (slices of one buffer read from the store), every core's clones
+/// would count on one reference count.
+fn own_copy(entry: &Entry) -> Entry {
+    let mut copy = entry.clone();
+    for value in copy.headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        if let Ok(mut owned) = HeaderValue::from_bytes(value.as_bytes()) {
+            owned.set_sensitive(sensitive);
+            *value = owned;
+        }
+    }
+    copy.body = bytes::Bytes::copy_from_slice(&entry.body);
+    copy
+}
+
 thread_local! {
     static FRONT: RefCell<Front> = const {
         RefCell::new(Front {
@@ -435,7 +451,7 @@ impl Near {
                                 changes,
                                 epoch,
                                 until,
-                                entry: entry.clone(),
+                                entry: Arc::new(own_copy(&entry)),
                                 rendered: None,
                             });
                         }
