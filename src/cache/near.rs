@@ -231,15 +231,17 @@ static NEAR_IDS: AtomicU64 = AtomicU64::new(0);
 const FRONT_SLOTS: usize = 8;
 
 /// The heaviest entry a [`Front`] holds, whatever the near cache's size.
-const FRONT_MAX_WEIGHT: u64 = 64 * 1024;
+const FRONT_MAX_WEIGHT: u64 = 128 * 1024;
 
 /// A thread's front of the near caches: the entries it answered from most recently, so that a hot key's
 /// hits skip the cache's look-up and its read log (shared by every core). A slot answers only while its near
 /// cache's change count is what it was before the entry was read from the cache, so any removal,
-/// invalidation, fill or flush since (of any key) sends the next read back to the cache. Entries heavier than
-/// a 64th of the cache's bound (at most 64 KiB) are not kept; a front may keep an entry the cache has since
-/// evicted for lack of room (it is still coherent), so it holds at most [`FRONT_SLOTS`] such entries beyond
-/// the bound.
+/// invalidation, fill or flush since (of any key) sends the next read back to the cache.
+///
+/// A slot holds its own copy of the entry (see [`own_copy`]), and may hold it after the cache evicted the
+/// entry for lack of room (it is still coherent). So each thread holds up to [`FRONT_SLOTS`] entries outside
+/// the cache's bound; entries heavier than a 64th of the bound, or than 128 KiB, are never taken, which keeps
+/// that under an eighth of the bound and 1 MiB a thread.
 struct Front {
     slots: [Option<FrontSlot>; FRONT_SLOTS],
     /// The slot the next entry takes (round robin).
