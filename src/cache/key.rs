@@ -13,7 +13,9 @@
 use super::memo;
 use http::{HeaderMap, HeaderName, Method, Uri, header};
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The Redis key of one cached request: `<namespace>:v1:{<sha256 hex>}`.
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The braces are a Redis Cluster hash tag, so the entry and its refresh lease (`...}:lease`) live in one slot.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    key: String,
+    key: Arc<str>,
     digest: [u8; 32],
 }
 
@@ -96,12 +98,23 @@ impl KeyConfig {
         self.key_of(self.digest(method, uri, headers, body))
     }
 
-    /// The key of the request whose digest is `digest`.
+    /// The key of the request whose digest is `digest`: formatted, or, for one of the few this thread
+    /// formatted last, shared.
     pub(crate) fn key_of(&self, digest: [u8; 32]) -> CacheKey {
-        CacheKey {
-            key: format_key(&self.namespace, &digest),
-            digest,
-        }
+        let recent = RECENT_KEYS.try_with(|recent| {
+            let mut recent = recent.try_borrow_mut().ok()?;
+            if let Some(key) = recent.find(self.id, &digest) {
+                return Some(key);
+            }
+            let key: Arc<str> = Arc::from(format_key(&self.namespace, &digest));
+            recent.keep(self.id, digest, key.clone());
+            Some(key)
+        });
+        let key = match recent {
+            Ok(Some(key)) => key,
+            _ => Arc::from(format_key(&self.namespace, &digest)),
+        };
+        CacheKey { key, digest }
     }
 
     /// The SHA-256 digest of a request's fields (see the module docs): all of its key but the namespace. A
@@ -173,6 +186,49 @@ impl KeyConfig {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Keys per thread in [`RecentKeys`].
+const RECENT: usize = 8;
+
+/// The keys a thread formatted last, with the id of their settings and their digest: a hot request's key is
+/// shared rather than formatted (and allocated) on every hit.
+struct RecentKeys {
+    keys: [Option<RecentKey>; RECENT],
+    /// The slot the next key takes (round robin).
+    next: usize,
+}
+
+/// A key in [`RecentKeys`].
+struct RecentKey {
+    /// The id of the settings it was formatted with.
+    id: u64,
+    digest: [u8; 32],
+    key: Arc<str>,
+}
+
+impl RecentKeys {
+    fn find(&self, id: u64, digest: &[u8; 32]) -> Option<Arc<str>> {
+        self.keys
+            .iter()
+            .flatten()
+            .find(|recent| recent.id == id && recent.digest == *digest)
+            .map(|recent| recent.key.clone())
+    }
+
+    fn keep(&mut self, id: u64, digest: [u8; 32], key: Arc<str>) {
+        self.keys[self.next % RECENT] = Some(RecentKey { id, digest, key });
+        self.next = self.next.wrapping_add(1);
+    }
+}
+
+thread_local! {
+    static RECENT_KEYS: RefCell<RecentKeys> = const {
+        RefCell::new(RecentKeys {
+            keys: [const { None }; RECENT],
+            next: 0,
+        })
+    };
+}
 
 /// The request's authority: the URI's, else the `Host` header.
 fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
@@ -835,6 +891,18 @@ mod tests {
         ] {
             assert_eq!(parse_key(&prefix, &other), None, "{other}");
         }
+    }
+
+    /// A key formatted a moment ago is shared, and only with the settings it was formatted for.
+    #[test]
+    fn recent_keys_are_shared_within_their_settings_only() {
+        let a = KeyConfig::new("a".into(), vec![], vec![]);
+        let b = KeyConfig::new("b".into(), vec![], vec![]);
+        let digest = [9u8; 32];
+        let (first, again, other) = (a.key_of(digest), a.key_of(digest), b.key_of(digest));
+        assert!(Arc::ptr_eq(&first.key, &again.key));
+        assert_eq!(first.as_str(), format!("a:v1:{{{}}}", "09".repeat(32)));
+        assert_eq!(other.as_str(), format!("b:v1:{{{}}}", "09".repeat(32)));
     }
 
     #[test]
