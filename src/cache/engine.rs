@@ -500,14 +500,11 @@ impl Engine {
             if decide(&self.policy.rules, facts, stored, now) != Action::ServeFresh {
                 return None;
             }
-            // The near entry's headers have room for `Age` and `Cache-Status` already.
-            Some(answer(
+            Some(near_answer_from(
                 AnswerHead::of(entry, now),
-                entry.headers.clone(),
+                &entry.headers,
                 entry.body.clone(),
-                CacheOutcome::Hit,
-                None,
-                Some(renders),
+                renders,
             ))
         });
         if let Some(response) = answered {
@@ -992,7 +989,7 @@ fn cached<R>(
     fwd_status: Option<u16>,
 ) -> Response<ResponseBody<R>> {
     let head = AnswerHead::of(&entry, now);
-    answer(head, entry.headers, entry.body, outcome, fwd_status, None)
+    answer(head, entry.headers, entry.body, outcome, fwd_status)
 }
 
 /// What an answer from an entry takes from it besides its headers and body.
@@ -1014,53 +1011,75 @@ impl AnswerHead {
     }
 }
 
-/// The answer from a stored entry: `head`, `headers` and `body` (the entry's own, or clones of them), with
-/// `Age`, `Cache-Status` and the [`CacheOutcome`] extension added; `near`: it came from the near cache, which
-/// may have the two values already.
+/// The answer from a stored entry: `head`, `headers` and `body` (the entry's own), with `Age`, `Cache-Status`
+/// and the [`CacheOutcome`] extension added.
 fn answer<R>(
     head: AnswerHead,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Bytes,
     outcome: CacheOutcome,
     fwd_status: Option<u16>,
-    near: Option<Renders<'_>>,
 ) -> Response<ResponseBody<R>> {
     let mut status = Status::new(outcome);
     status.ttl = Some(head.ttl);
     status.fwd_status = fwd_status;
-    status.near = near.is_some();
-    let age = head.age;
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = head.status;
-    *response.headers_mut() = headers;
-    // `Cache-Status` and `Age` written into one buffer that both values share: one allocation for the two,
-    // and none for a near entry's answers within the second of its latest.
-    let render = || {
-        let mut text = HeaderText::default();
-        status.write_to(&mut text);
-        let split = text.len();
-        text.push_u64(age);
-        text.split_values(split)
-    };
-    let values = match near {
-        Some(mut renders) => renders.values(head.ttl, age, render),
-        None => render(),
-    };
-    match values {
+    set_answer_headers(&mut headers, &status, head.age);
+    respond_with(head.status, headers, body, outcome)
+}
+
+/// The answer from a near entry: its status and `body`, and its headers with `Age` and `Cache-Status`, which
+/// `renders` may hold already (a thread's answers from one front slot within one second share them).
+fn near_answer_from<R>(
+    head: AnswerHead,
+    entry_headers: &HeaderMap,
+    body: Bytes,
+    mut renders: Renders<'_>,
+) -> Response<ResponseBody<R>> {
+    let headers = renders.headers(head.ttl, head.age, || {
+        let mut status = Status::new(CacheOutcome::Hit);
+        status.ttl = Some(head.ttl);
+        status.near = true;
+        // The near entry's headers have room for the two already: the clone takes them without growing.
+        let mut headers = entry_headers.clone();
+        set_answer_headers(&mut headers, &status, head.age);
+        headers
+    });
+    respond_with(head.status, headers, body, CacheOutcome::Hit)
+}
+
+/// Sets `Age` and `Cache-Status`, written into one buffer that both values share: one allocation for the two.
+fn set_answer_headers(headers: &mut HeaderMap, status: &Status, age: u64) {
+    let mut text = HeaderText::default();
+    status.write_to(&mut text);
+    let split = text.len();
+    text.push_u64(age);
+    match text.split_values(split) {
         Some((cache_status, age)) => {
-            response.headers_mut().insert(AGE, age);
-            response.headers_mut().insert(CACHE_STATUS, cache_status);
-            response.extensions_mut().insert(status.outcome);
+            headers.insert(AGE, age);
+            headers.insert(CACHE_STATUS, cache_status);
         }
         None => {
             let mut text = HeaderText::default();
             text.push_u64(age);
             if let Some(age) = text.value() {
-                response.headers_mut().insert(AGE, age);
+                headers.insert(AGE, age);
             }
-            decorate(&mut response, &status);
+            headers.insert(CACHE_STATUS, status.header_value());
         }
     }
+}
+
+/// A response of `status`, `headers` and `body`, with the [`CacheOutcome`] extension.
+fn respond_with<R>(
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    outcome: CacheOutcome,
+) -> Response<ResponseBody<R>> {
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response.extensions_mut().insert(outcome);
     response
 }
 

@@ -72,9 +72,9 @@ enum Slot {
     },
 }
 
-/// Where a near hit's `Cache-Status` and `Age` values come from: rendered for it, or, when it is answered from
-/// a thread's [`Front`], the values of that slot's latest answer if its `ttl` and `age` were the same (they
-/// change once a second at most). The slot is the thread's own: nothing is shared between cores.
+/// Where a near hit's headers come from: made for it, or, when it is answered from a thread's [`Front`], the
+/// headers of that slot's latest answer if its `ttl` and `age` were the same (`Age` and `Cache-Status` change
+/// once a second at most). The slot is the thread's own: nothing is shared between cores.
 pub(crate) struct Renders<'a> {
     latest: Option<&'a mut Option<Rendered>>,
 }
@@ -82,34 +82,34 @@ pub(crate) struct Renders<'a> {
 struct Rendered {
     ttl: i64,
     age: u64,
-    values: (HeaderValue, HeaderValue),
+    headers: HeaderMap,
 }
 
 impl Renders<'_> {
-    /// The values of an answer with `ttl` and `age`: the latest answer's if they were the same, else
-    /// `render`ed (and kept for the next).
-    pub(crate) fn values(
+    /// The headers of an answer with `ttl` and `age`: a clone of the latest answer's if they were the same,
+    /// else `make`'s (and kept for the next).
+    pub(crate) fn headers(
         &mut self,
         ttl: i64,
         age: u64,
-        render: impl FnOnce() -> Option<(HeaderValue, HeaderValue)>,
-    ) -> Option<(HeaderValue, HeaderValue)> {
+        make: impl FnOnce() -> HeaderMap,
+    ) -> HeaderMap {
         let Some(latest) = self.latest.as_deref_mut() else {
-            return render();
+            return make();
         };
         if let Some(latest) = latest
             && latest.ttl == ttl
             && latest.age == age
         {
-            return Some(latest.values.clone());
+            return latest.headers.clone();
         }
-        let values = render()?;
+        let headers = make();
         *latest = Some(Rendered {
             ttl,
             age,
-            values: values.clone(),
+            headers: headers.clone(),
         });
-        Some(values)
+        headers
     }
 }
 
@@ -692,6 +692,33 @@ mod tests {
         a.flush(FlushCause::Server);
         assert_eq!(body(&a, &key, now), None, "flushed");
         assert_eq!(body(&b, &key, now + 30_000), None, "past its freshness");
+    }
+
+    /// A front slot's headers are made once per `ttl` and `age`, and made again when either changes.
+    #[test]
+    fn front_headers_follow_the_second() {
+        let made = std::cell::Cell::new(0);
+        let make = |age: &'static str| {
+            made.set(made.get() + 1);
+            let mut headers = HeaderMap::new();
+            headers.insert(AGE, HeaderValue::from_static(age));
+            headers
+        };
+        let mut latest = None;
+        let mut age = |ttl, secs, text| {
+            let mut renders = Renders {
+                latest: Some(&mut latest),
+            };
+            renders.headers(ttl, secs, || make(text))[AGE].clone()
+        };
+        assert_eq!(age(30, 0, "0"), "0");
+        assert_eq!(age(30, 0, "unused"), "0");
+        assert_eq!(age(29, 1, "1"), "1");
+        assert_eq!(age(29, 2, "2"), "2");
+        assert_eq!(made.get(), 3);
+        let mut unkept = Renders { latest: None };
+        assert_eq!(unkept.headers(29, 2, || make("2"))[AGE], "2");
+        assert_eq!(made.get(), 4, "without a slot, made every time");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::clock::Clock;
 use super::entry::Entry;
 use super::stats::Counters;
-use http::HeaderValue;
+use http::HeaderMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +33,12 @@ pub(crate) struct Renders<'a> {
 }
 
 impl Renders<'_> {
-    pub(crate) fn values(
+    pub(crate) fn headers(
         &mut self,
         _ttl: i64,
         _age: u64,
-        _render: impl FnOnce() -> Option<(HeaderValue, HeaderValue)>,
-    ) -> Option<(HeaderValue, HeaderValue)> {
+        _make: impl FnOnce() -> HeaderMap,
+    ) -> HeaderMap {
         match self.never {}
     }
 }
