@@ -100,12 +100,14 @@ where
             key = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let inner = self.inner.clone();
-        let engine = self.engine.clone();
+        // The engine and the inner service are cloned only for a future that needs them: a near hit, answered
+        // here, takes no reference count that every core's hits would share.
+        let engine = &self.engine;
         let (parts, body) = request.into_parts();
         let mut facts = engine.policy.facts(&parts);
         if let Action::Bypass(reason) = engine.policy.screen(&facts) {
             let request = Request::from_parts(parts, RequestBody::new(body));
+            let (engine, inner) = (engine.clone(), self.inner.clone());
             return respond_in(span, bypass(engine, inner, request, reason));
         }
         let max = engine.policy.max_body;
@@ -127,10 +129,12 @@ where
                     }
                     Err(probe) => probe,
                 };
+                let (engine, inner) = (engine.clone(), self.inner.clone());
                 let lookup = keyed(engine, inner, parts, bytes, digest, facts, probe, &span);
                 respond_in(span, lookup)
             }
             Ok(Ready::Partial { prefix, rest }) => {
+                let (engine, inner) = (engine.clone(), self.inner.clone());
                 let buffered = async move {
                     let bytes = match finish(prefix, rest, max).await? {
                         Capped::Whole(bytes) => bytes,
