@@ -15,6 +15,9 @@
 //!   invalidation that lands while the read is in flight always wins.
 //! - **Bounds**: memory by bytes (moka, weighed by entry size); an entry lives at most until its freshness ends
 //!   and at most the configured maximum.
+//! - **Fronts**: each thread answers its hot keys from a [`Front`] of its 8 latest entries, valid only while
+//!   nothing in the near cache changed since each was read (a change count, bumped after every change), so
+//!   a front never outlives an invalidation; its copies are the one memory beyond the bound.
 
 use super::clock::Clock;
 use super::engine::CACHE_STATUS;

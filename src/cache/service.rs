@@ -119,7 +119,11 @@ where
                     .keys
                     .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
-                let probe = match engine.near_answer(&digest, &facts, &parts.headers) {
+                let near = {
+                    let _in_span = span.enter();
+                    engine.near_answer(&digest, &facts, &parts.headers)
+                };
+                let probe = match near {
                     Ok(response) => {
                         if !span.is_disabled() {
                             span.record("key", short_hex(&digest).as_str());
