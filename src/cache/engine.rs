@@ -369,7 +369,7 @@ impl Engine {
             let fill = match probe {
                 NearProbe::Missed(fill) => fill,
                 NearProbe::Unasked if self.near.is_some() => {
-                    match self.near_answer(key.digest(), &facts, origin.headers()) {
+                    match self.near_answer(key.digest(), &facts, action, origin.headers()) {
                         Ok(response) => return Ok(response),
                         Err(NearProbe::Missed(fill)) => fill,
                         Err(NearProbe::Unasked) => None,
@@ -477,19 +477,21 @@ impl Engine {
     }
 
     /// Answers from the near cache, at once, when it holds a fresh entry for the request whose digest is
-    /// `digest`; otherwise says what [`respond`](Self::respond) needs to know: [`NearProbe::Missed`] with the
-    /// placeholder a read from the store may fill (`None` while the near cache may not answer), or
-    /// [`NearProbe::Unasked`] when the request is not one the cache reads for, or there is no near cache.
+    /// `digest` (`action`: what the request's screening said); otherwise says what [`respond`](Self::respond)
+    /// needs to know: [`NearProbe::Missed`] with the placeholder a read from the store may fill (`None` while
+    /// the near cache may not answer), or [`NearProbe::Unasked`] when the request is not one the cache reads
+    /// for, or there is no near cache.
     pub(crate) fn near_answer<R>(
         &self,
         digest: &[u8; 32],
         facts: &RequestFacts,
+        action: Action,
         headers: &HeaderMap,
     ) -> Result<Response<ResponseBody<R>>, NearProbe> {
         let Some(near) = &self.near else {
             return Err(NearProbe::Unasked);
         };
-        if self.policy.screen(facts) != Action::Read {
+        if action != Action::Read {
             return Err(NearProbe::Unasked);
         }
         near.start();

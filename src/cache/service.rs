@@ -105,7 +105,8 @@ where
         let engine = &self.engine;
         let (parts, body) = request.into_parts();
         let mut facts = engine.policy.facts(&parts);
-        if let Action::Bypass(reason) = engine.policy.screen(&facts) {
+        let action = engine.policy.screen(&facts);
+        if let Action::Bypass(reason) = action {
             let request = Request::from_parts(parts, RequestBody::new(body));
             let (engine, inner) = (engine.clone(), self.inner.clone());
             return respond_in(span, bypass(engine, inner, request, reason));
@@ -121,7 +122,7 @@ where
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
                 let near = {
                     let _in_span = span.enter();
-                    engine.near_answer(&digest, &facts, &parts.headers)
+                    engine.near_answer(&digest, &facts, action, &parts.headers)
                 };
                 let probe = match near {
                     Ok(response) => {
