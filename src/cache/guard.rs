@@ -1,6 +1,7 @@
 //! Fail-open store access: every store call gets a timeout, and a circuit breaker stops paying that timeout
 //! while the store is down.
 
+use super::deadline::Deadlines;
 use super::stats::{Counters, bump};
 use super::store::{Store, StoreFuture};
 use crate::error::StoreError;
@@ -136,6 +137,8 @@ const NODE_BREAKERS: usize = 64;
 pub(crate) struct GuardedStore {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) timeout: Duration,
+    /// The deadlines of this store's calls.
+    deadlines: Arc<Deadlines>,
     pub(crate) breaker: Breaker,
     /// Breakers of nodes 1 to [`NODE_BREAKERS`], made on first use.
     nodes: Box<[std::sync::OnceLock<Breaker>]>,
@@ -164,6 +167,7 @@ impl GuardedStore {
         GuardedStore {
             store,
             timeout,
+            deadlines: Deadlines::new(timeout),
             breaker: Breaker::new(threshold, cooldown),
             nodes: (0..NODE_BREAKERS)
                 .map(|_| std::sync::OnceLock::new())
@@ -207,10 +211,8 @@ impl GuardedStore {
             bump(&self.counters.store_skipped);
             return Err(StoreError::Unavailable);
         }
-        let result = match tokio::time::timeout(self.timeout, op(&*self.store)).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout),
-        };
+        let bounded = self.deadlines.bound(op(&*self.store)).await;
+        let result = bounded.unwrap_or(Err(StoreError::Timeout));
         match &result {
             Ok(_) => breaker.success(),
             Err(error) => {

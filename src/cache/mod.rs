@@ -121,6 +121,7 @@ mod body;
 pub(crate) mod budget;
 mod clock;
 mod coalesce;
+mod deadline;
 pub(crate) mod decision;
 pub(crate) mod engine;
 mod entry;
