@@ -378,13 +378,15 @@ impl Engine {
                 NearProbe::Unasked => {
                     let epoch = self.flights.epoch();
                     let read = self.read(&key).await;
-                    return match self.conclude(&key, facts, origin, read, None) {
-                        Next::Answer(response) => Ok(response),
+                    // The forward future is made before it is awaited, so that the future of a hit does not
+                    // keep room for what `conclude` returned across that await.
+                    let forward = match self.conclude(&key, facts, origin, read, None) {
+                        Next::Answer(response) => return Ok(response),
                         Next::Forward(origin, action, entry, health) => {
                             self.forward(key, facts, origin, action, entry, health, Some(epoch))
-                                .await
                         }
                     };
+                    return forward.await;
                 }
             };
             self.respond_through(key, facts, origin, fill).await
@@ -407,13 +409,13 @@ impl Engine {
         Box::pin(async move {
             let epoch = self.flights.epoch();
             let read = self.read(&key).await;
-            match self.conclude(&key, facts, origin, read, fill) {
-                Next::Answer(response) => Ok(response),
+            let forward = match self.conclude(&key, facts, origin, read, fill) {
+                Next::Answer(response) => return Ok(response),
                 Next::Forward(origin, action, entry, health) => {
                     self.forward(key, facts, origin, action, entry, health, Some(epoch))
-                        .await
                 }
-            }
+            };
+            forward.await
         })
     }
 
