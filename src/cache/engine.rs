@@ -25,8 +25,9 @@ use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::AGE;
-use http::{HeaderMap, HeaderName, Method, Response, StatusCode, Version, request};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, request};
 use http_body::Body;
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -1024,11 +1025,68 @@ fn answer<R>(
     outcome: CacheOutcome,
     fwd_status: Option<u16>,
 ) -> Response<ResponseBody<R>> {
-    let mut status = Status::new(outcome);
-    status.ttl = Some(head.ttl);
-    status.fwd_status = fwd_status;
-    set_answer_headers(&mut headers, &status, head.age);
+    if outcome == CacheOutcome::Hit && fwd_status.is_none() {
+        let (cache_status, age) = hit_values(head.ttl, head.age);
+        headers.insert(AGE, age);
+        headers.insert(CACHE_STATUS, cache_status);
+    } else {
+        let mut status = Status::new(outcome);
+        status.ttl = Some(head.ttl);
+        status.fwd_status = fwd_status;
+        set_answer_headers(&mut headers, &status, head.age);
+    }
     respond_with(head.status, headers, body, outcome)
+}
+
+/// How many `(ttl, age)` pairs a thread keeps the values of.
+const HIT_VALUES: usize = 4;
+
+/// A plain hit's `Cache-Status` and `Age` values for one `(ttl, age)`.
+struct HitValues {
+    ttl: i64,
+    age: u64,
+    cache_status: HeaderValue,
+    age_value: HeaderValue,
+}
+
+thread_local! {
+    /// The values of a thread's latest plain hits from the store. They change once a second per entry at
+    /// most: a thread answering the same entries shares them (a reference count each) instead of formatting
+    /// and allocating them again.
+    static LATEST_HIT_VALUES: RefCell<[Option<HitValues>; HIT_VALUES]> =
+        const { RefCell::new([const { None }; HIT_VALUES]) };
+}
+
+/// The `Cache-Status` and `Age` values of a plain hit (from the store, fresh) with `ttl` and `age`.
+fn hit_values(ttl: i64, age: u64) -> (HeaderValue, HeaderValue) {
+    let make = || {
+        let mut status = Status::new(CacheOutcome::Hit);
+        status.ttl = Some(ttl);
+        answer_values(&status, age)
+    };
+    let slot = (ttl as u64 ^ age.rotate_left(7)) as usize % HIT_VALUES;
+    LATEST_HIT_VALUES
+        .try_with(|latest| {
+            let mut latest = latest.borrow_mut();
+            let kept = &mut latest[slot];
+            match kept {
+                Some(kept) if kept.ttl == ttl && kept.age == age => {
+                    (kept.cache_status.clone(), kept.age_value.clone())
+                }
+                _ => {
+                    let (cache_status, age_value) = make();
+                    *kept = Some(HitValues {
+                        ttl,
+                        age,
+                        cache_status: cache_status.clone(),
+                        age_value: age_value.clone(),
+                    });
+                    (cache_status, age_value)
+                }
+            }
+        })
+        // The thread is exiting: make them.
+        .unwrap_or_else(|_| make())
 }
 
 /// The answer from a near entry: its status and `body`, and its headers with `Age` and `Cache-Status`, which
@@ -1051,26 +1109,26 @@ fn near_answer_from<R>(
     respond_with(head.status, headers, body, CacheOutcome::Hit)
 }
 
-/// Sets `Age` and `Cache-Status`, written into one buffer that both values share: one allocation for the two.
+/// Sets `Age` and `Cache-Status`.
 fn set_answer_headers(headers: &mut HeaderMap, status: &Status, age: u64) {
+    let (cache_status, age) = answer_values(status, age);
+    headers.insert(AGE, age);
+    headers.insert(CACHE_STATUS, cache_status);
+}
+
+/// The `Cache-Status` and `Age` values of an answer, written into one buffer that both share: one allocation
+/// for the two.
+fn answer_values(status: &Status, age: u64) -> (HeaderValue, HeaderValue) {
     let mut text = HeaderText::default();
     status.write_to(&mut text);
     let split = text.len();
     text.push_u64(age);
-    match text.split_values(split) {
-        Some((cache_status, age)) => {
-            headers.insert(AGE, age);
-            headers.insert(CACHE_STATUS, cache_status);
-        }
-        None => {
-            let mut text = HeaderText::default();
-            text.push_u64(age);
-            if let Some(age) = text.value() {
-                headers.insert(AGE, age);
-            }
-            headers.insert(CACHE_STATUS, status.header_value());
-        }
-    }
+    text.split_values(split).unwrap_or_else(|| {
+        let mut text = HeaderText::default();
+        text.push_u64(age);
+        let age = text.value().unwrap_or(HeaderValue::from_static("0"));
+        (status.header_value(), age)
+    })
 }
 
 /// A response of `status`, `headers` and `body`, with the [`CacheOutcome`] extension.
@@ -1093,4 +1151,29 @@ pub(crate) fn decorate<B>(response: &mut Response<B>, status: &Status) {
         .headers_mut()
         .insert(CACHE_STATUS, status.header_value());
     response.extensions_mut().insert(status.outcome);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_hit_gets_the_values_of_its_own_ttl_and_age() {
+        // More pairs than a thread keeps, twice over, in an order that makes them evict each other: every answer
+        // must still carry its own pair's values.
+        let pairs: Vec<(i64, u64)> = (0..3 * HIT_VALUES as i64)
+            .map(|i| (3600 - i, i as u64))
+            .chain([(-2, 7), (0, 0), (i64::MAX, u64::MAX)])
+            .collect();
+        for _ in 0..2 {
+            for &(ttl, age) in pairs.iter().chain(pairs.iter().rev()) {
+                let (cache_status, age_value) = hit_values(ttl, age);
+                assert_eq!(
+                    cache_status.to_str().ok(),
+                    Some(format!("tower-redis-cache; hit; ttl={ttl}").as_str())
+                );
+                assert_eq!(age_value.to_str().ok(), Some(age.to_string().as_str()));
+            }
+        }
+    }
 }
