@@ -93,13 +93,19 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // One span per request: a subscriber sees the key's digest prefix and what the cache did.
-        let span = tracing::debug_span!(
-            "cache",
-            method = %request.method(),
-            key = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
+        // One span per request: a subscriber sees the key's digest prefix and what the cache did. Made only when
+        // some subscriber takes debug spans: a disabled span still costs its callsite checks, and with
+        // `tracing`'s `log` feature on (any crate in the build may turn it on), a call to `log` at every step.
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "cache",
+                method = %request.method(),
+                key = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         // The engine and the inner service are cloned only for a future that needs them: a near hit, answered
         // here, takes no reference count that every core's hits would share.
         let engine = &self.engine;
