@@ -32,6 +32,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
+mod homes;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "redis")]

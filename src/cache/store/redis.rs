@@ -1,5 +1,6 @@
 //! [`RedisStore`]: entries in Redis through fred (standalone, Sentinel or Cluster; a `Client` or a `Pool`).
 
+use super::homes::{Homes, Reads};
 use super::{Store, StoreFuture};
 use crate::error::StoreError;
 use bytes::Bytes;
@@ -37,10 +38,23 @@ use std::time::Duration;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[derive(Clone)]
 pub struct RedisStore {
-    clients: std::sync::Arc<[fred::clients::WithOptions<Client>]>,
+    clients: Clients,
     next: std::sync::Arc<AtomicUsize>,
+    /// `GET`s, in futures whose homes are reused (see [`Homes`]).
+    reads: Arc<dyn Reads<(Clients, usize, Key)>>,
     /// Which primary serves each hash slot, for the cache's per-node circuit breakers; `None` unless Cluster.
     routes: Option<std::sync::Arc<Routes>>,
+}
+
+/// The store's clients (one per connection of a `Pool`), each sending commands fail fast.
+type Clients = std::sync::Arc<[fred::clients::WithOptions<Client>]>;
+
+/// The `GET` of `key` on `clients[index]`: a future that owns what it needs, so that its home outlives it.
+async fn get_on(clients: Clients, index: usize, key: Key) -> Result<Option<Bytes>, StoreError> {
+    let client = clients
+        .get(index)
+        .ok_or_else(|| StoreError::Backend("no such client".into()))?;
+    client.get(key).await.map_err(backend)
 }
 
 /// The primary of every hash slot, as a small number per primary, rebuilt from fred's view of the cluster at
@@ -130,9 +144,11 @@ impl RedisStore {
             .is_some_and(|c| c.is_clustered())
             .then(|| Arc::new(Routes::new()));
         let clients: Vec<_> = clients.iter().map(|c| c.with_options(&options)).collect();
+        let homes = Homes::new(|(clients, index, key)| get_on(clients, index, key));
         RedisStore {
             clients: clients.into(),
             next: std::sync::Arc::new(AtomicUsize::new(0)),
+            reads: Arc::new(homes),
             routes,
         }
     }
@@ -204,11 +220,15 @@ impl RedisStore {
     }
 
     fn client(&self) -> &fred::clients::WithOptions<Client> {
+        &self.clients[self.client_index()]
+    }
+
+    /// The index of the client the next command goes to: each in turn.
+    fn client_index(&self) -> usize {
         if self.clients.len() == 1 {
-            return &self.clients[0];
+            return 0;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        &self.clients[i]
+        self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len()
     }
 }
 
@@ -325,10 +345,9 @@ impl Store for RedisStore {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        Box::pin(async move {
-            let value: Option<Bytes> = self.client().get(key).await.map_err(backend)?;
-            Ok(value)
-        })
+        let index = self.client_index();
+        self.reads
+            .read((self.clients.clone(), index, Key::from(key)))
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {

@@ -1,0 +1,209 @@
+//! Homes for the futures of store reads, kept between reads.
+//!
+//! fred's `GET` future is about 5 KiB: it keeps room for paths a `GET` rarely takes (interrupting a blocked
+//! connection on a side channel). Boxing a fresh one for every read, as `dyn Store` needs, costs every cache
+//! hit an allocation past the allocator's fast sizes, its release, and a write of 5 KiB into memory that a
+//! program doing other work between hits has let go cold. A read here takes a home a finished read gave back
+//! (or makes one), puts its future in it, and gives it back when it ends: what is boxed per read is only a
+//! handle of two pointers.
+//!
+//! Homes are kept in a few shards, each thread using one, so that cores rarely wait on each other's lock;
+//! a shard keeps at most [`KEPT`] homes, enough for the reads a thread has in flight at once in a busy server.
+
+use super::StoreFuture;
+use crate::error::StoreError;
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+/// Homes a shard keeps; more are freed.
+const KEPT: usize = 16;
+
+/// Shards of homes.
+const SHARDS: usize = 8;
+
+type Home<F> = Pin<Box<Option<F>>>;
+
+/// Reads whose futures live in reused homes, with the input `I` a read needs.
+pub(crate) trait Reads<I>: Send + Sync {
+    /// Starts the read of `input`.
+    fn read(&self, input: I) -> StoreFuture<'_, Option<Bytes>>;
+}
+
+/// Homes for the futures `make` returns.
+pub(crate) struct Homes<F, M> {
+    make: M,
+    shards: [Mutex<Vec<Home<F>>>; SHARDS],
+}
+
+impl<F, M> Homes<F, M> {
+    pub(crate) fn new(make: M) -> Self {
+        Homes {
+            make,
+            shards: std::array::from_fn(|_| Mutex::new(Vec::new())),
+        }
+    }
+
+    fn shard(&self) -> MutexGuard<'_, Vec<Home<F>>> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        }
+        let shard = SHARD.try_with(|shard| *shard).unwrap_or(0);
+        // A panic while holding the lock leaves a valid vector of empty homes.
+        self.shards[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn give_back(&self, mut home: Home<F>) {
+        home.as_mut().set(None);
+        let mut shard = self.shard();
+        if shard.len() < KEPT {
+            shard.push(home);
+        }
+    }
+}
+
+impl<F, M, I> Reads<I> for Homes<F, M>
+where
+    F: Future<Output = Result<Option<Bytes>, StoreError>> + Send + 'static,
+    M: Fn(I) -> F + Send + Sync,
+{
+    fn read(&self, input: I) -> StoreFuture<'_, Option<Bytes>> {
+        let kept = self.shard().pop();
+        let mut home = kept.unwrap_or_else(|| Box::pin(None));
+        home.as_mut().set(Some((self.make)(input)));
+        Box::pin(Housed {
+            homes: self,
+            home: Some(home),
+        })
+    }
+}
+
+/// A read in a home, which it gives back when it ends.
+struct Housed<'h, F, M> {
+    homes: &'h Homes<F, M>,
+    home: Option<Home<F>>,
+}
+
+impl<F, M> Future for Housed<'_, F, M>
+where
+    F: Future<Output = Result<Option<Bytes>, StoreError>>,
+{
+    type Output = Result<Option<Bytes>, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(read) = self
+            .home
+            .as_mut()
+            .and_then(|home| home.as_mut().as_pin_mut())
+        else {
+            return Poll::Ready(Err(StoreError::Backend(
+                "store read polled after it ended".into(),
+            )));
+        };
+        let output = std::task::ready!(read.poll(cx));
+        if let Some(home) = self.home.take() {
+            self.homes.give_back(home);
+        }
+        Poll::Ready(output)
+    }
+}
+
+impl<F, M> Drop for Housed<'_, F, M> {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take() {
+            self.homes.give_back(home);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    type Boxed = Pin<Box<dyn Future<Output = Result<Option<Bytes>, StoreError>> + Send>>;
+
+    /// Reads answering their input after one yield, counting how many of their futures were dropped.
+    fn reader(dropped: Arc<AtomicU64>) -> impl Fn(u8) -> Boxed + Send + Sync {
+        move |n: u8| {
+            let guard = DropCount(dropped.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                tokio::task::yield_now().await;
+                Ok(Some(Bytes::from(vec![n])))
+            })
+        }
+    }
+
+    struct DropCount(Arc<AtomicU64>);
+
+    impl Drop for DropCount {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn kept<F, M>(homes: &Homes<F, M>) -> usize {
+        homes
+            .shards
+            .iter()
+            .map(|shard| shard.lock().unwrap().len())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn reads_answer_their_own_input_and_reuse_one_home() {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let homes = Homes::new(reader(dropped.clone()));
+        for n in 0..50u8 {
+            assert_eq!(homes.read(n).await.unwrap(), Some(Bytes::from(vec![n])));
+            assert_eq!(
+                dropped.load(Ordering::SeqCst),
+                u64::from(n) + 1,
+                "the ended read's future is dropped"
+            );
+        }
+        assert_eq!(
+            kept(&homes),
+            1,
+            "one thread reading one at a time needs one home"
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_in_flight_at_once_each_have_a_home_and_at_most_kept_stay() {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let homes = Homes::new(reader(dropped.clone()));
+        let reads: Vec<_> = (0..40u8).map(|n| homes.read(n)).collect();
+        let answers = futures_util::future::join_all(reads).await;
+        for (n, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.unwrap(), Some(Bytes::from(vec![n as u8])));
+        }
+        assert_eq!(dropped.load(Ordering::SeqCst), 40);
+        assert_eq!(kept(&homes), KEPT, "a shard keeps at most KEPT homes");
+    }
+
+    #[tokio::test]
+    async fn a_read_dropped_before_it_ends_gives_its_home_back_empty() {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let homes = Homes::new(reader(dropped.clone()));
+        let mut read = homes.read(7);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(read.as_mut().poll(&mut cx).is_pending());
+        drop(read);
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            1,
+            "its future is dropped with it"
+        );
+        assert_eq!(kept(&homes), 1);
+        assert_eq!(homes.read(8).await.unwrap(), Some(Bytes::from(vec![8])));
+    }
+}
