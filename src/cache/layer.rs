@@ -394,6 +394,9 @@ impl RedisCacheLayerBuilder {
     }
 
     /// The longest any store call may take before the request goes on without it. Default: 50 ms.
+    ///
+    /// It is measured on the monotonic clock, as the store's own waiting is: paused Tokio time (in tests) does
+    /// not make a store call time out.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = timeout;
         self
