@@ -301,7 +301,9 @@ impl Watchdog {
                 true
             });
             for waker in due.drain(..) {
-                waker.wake();
+                // A waker is the caller's executor's code: should one panic, the watchdog must live on, or no
+                // later call would ever time out.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
             }
             let look = now.checked_add(shortest.unwrap_or(LINGER));
             let target = match earliest {
@@ -415,6 +417,55 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(40));
         assert!(!slow.is_finished(), "the long call is still waiting");
         slow.abort();
+    }
+
+    #[tokio::test]
+    async fn a_waker_that_panics_does_not_stop_the_watchdog() {
+        struct Panics;
+        impl std::task::Wake for Panics {
+            fn wake(self: Arc<Self>) {
+                panic!("a waker that panics (expected by this test)");
+            }
+        }
+        let deadlines = Deadlines::new(Duration::from_millis(10));
+        let mut call = deadlines.bound(never());
+        let waker = Waker::from(Arc::new(Panics));
+        assert!(
+            Pin::new(&mut call)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        // The watchdog takes the slot when it wakes (and so panics in) that waker.
+        for _ in 0..1000 {
+            if lock(&deadlines.queue).slots.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            lock(&deadlines.queue).slots.is_empty(),
+            "the watchdog woke the call"
+        );
+        // It still wakes a later call at its deadline.
+        struct Woken(tokio::sync::Notify);
+        impl std::task::Wake for Woken {
+            fn wake(self: Arc<Self>) {
+                self.0.notify_one();
+            }
+        }
+        let woken = Arc::new(Woken(tokio::sync::Notify::new()));
+        let waker = Waker::from(woken.clone());
+        let mut later = deadlines.bound(never());
+        assert!(
+            Pin::new(&mut later)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let wait = tokio::time::timeout(Duration::from_secs(10), woken.0.notified()).await;
+        assert!(wait.is_ok(), "the watchdog woke the later call");
+        let ended = Pin::new(&mut later).poll(&mut Context::from_waker(&waker));
+        assert_eq!(ended, Poll::Ready(Err(Elapsed)));
+        drop(call);
     }
 
     #[test]
