@@ -68,10 +68,11 @@ impl Buffered {
     }
 }
 
-/// Where [`Engine::conclude`] leaves a request: answered, or to forward (with what the forward needs back).
-enum Next<R, O> {
+/// Where [`Engine::conclude`] leaves a request: answered, or forwarded by the future to await. That future is
+/// made before it is awaited, so that the future of a hit keeps no room for anything else across that await.
+enum Next<'o, R> {
     Answer(Response<ResponseBody<R>>),
-    Forward(O, Action, Option<Entry>, StoreHealth),
+    Forward(AnswerFuture<'o, R>),
 }
 
 /// What one origin call produced.
@@ -379,13 +380,9 @@ impl Engine {
                 NearProbe::Unasked => {
                     let epoch = self.flights.epoch();
                     let read = self.read(&key).await;
-                    // The forward future is made before it is awaited, so that the future of a hit does not
-                    // keep room for what `conclude` returned across that await.
-                    let forward = match self.conclude(&key, facts, origin, read, None) {
+                    let forward = match self.conclude(key, facts, origin, read, None, epoch) {
                         Next::Answer(response) => return Ok(response),
-                        Next::Forward(origin, action, entry, health) => {
-                            self.forward(key, facts, origin, action, entry, health, Some(epoch))
-                        }
+                        Next::Forward(forward) => forward,
                     };
                     return forward.await;
                 }
@@ -410,29 +407,28 @@ impl Engine {
         Box::pin(async move {
             let epoch = self.flights.epoch();
             let read = self.read(&key).await;
-            let forward = match self.conclude(&key, facts, origin, read, fill) {
+            let forward = match self.conclude(key, facts, origin, read, fill, epoch) {
                 Next::Answer(response) => return Ok(response),
-                Next::Forward(origin, action, entry, health) => {
-                    self.forward(key, facts, origin, action, entry, health, Some(epoch))
-                }
+                Next::Forward(forward) => forward,
             };
             forward.await
         })
     }
 
-    /// What a store read leads to: an answer from the entry (fresh, or stale with a refresh started), or a
-    /// forward. Settles the near-cache placeholder `fill`, if any.
-    fn conclude<R, O>(
-        self: &Arc<Self>,
-        key: &CacheKey,
+    /// What a store read (made in `epoch`) leads to: an answer from the entry (fresh, or stale with a refresh
+    /// started), or a forward. Settles the near-cache placeholder `fill`, if any.
+    fn conclude<'o, R, O>(
+        self: Arc<Self>,
+        key: CacheKey,
         facts: RequestFacts,
         origin: O,
         read: Result<Option<Entry>, StoreHealth>,
         fill: Option<Fill>,
-    ) -> Next<R, O>
+        epoch: u64,
+    ) -> Next<'o, R>
     where
         R: Body + Send + 'static,
-        O: Origin<R>,
+        O: Origin<R> + 'o,
     {
         let mut health = StoreHealth::Ok;
         let (entry, lookup) = match read {
@@ -465,7 +461,7 @@ impl Engine {
             }
             (Action::ServeStale, Some(entry)) => {
                 bump(&self.counters.stale_hits);
-                let refreshing = self.start_refresh(key, facts, origin.into_refresh());
+                let refreshing = self.start_refresh(&key, facts, origin.into_refresh());
                 tracing::debug!(
                     key = key.short(),
                     outcome = "stale",
@@ -475,7 +471,9 @@ impl Engine {
                 let outcome = CacheOutcome::Stale { refreshing };
                 Next::Answer(cached(entry, now, outcome, None))
             }
-            (action, entry) => Next::Forward(origin, action, entry, health),
+            (action, entry) => {
+                Next::Forward(self.forward(key, facts, origin, action, entry, health, Some(epoch)))
+            }
         }
     }
 
