@@ -93,6 +93,11 @@ impl Deadlines {
         deadlines
     }
 
+    /// How long after it first waits a call ends.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `future`, ended with [`Elapsed`] if it is still pending at the deadline.
     pub(crate) fn bound<F: Future + Unpin>(&self, future: F) -> Bounded<'_, F> {
         Bounded {

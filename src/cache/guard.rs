@@ -136,8 +136,7 @@ const NODE_BREAKERS: usize = 64;
 /// its own keys.
 pub(crate) struct GuardedStore {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) timeout: Duration,
-    /// The deadlines of this store's calls.
+    /// The deadlines of this store's calls, and their timeout.
     deadlines: Arc<Deadlines>,
     pub(crate) breaker: Breaker,
     /// Breakers of nodes 1 to [`NODE_BREAKERS`], made on first use.
@@ -150,7 +149,7 @@ pub(crate) struct GuardedStore {
 impl std::fmt::Debug for GuardedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuardedStore")
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.deadlines.timeout())
             .field("breaker", &self.breaker)
             .finish_non_exhaustive()
     }
@@ -166,7 +165,6 @@ impl GuardedStore {
     ) -> Self {
         GuardedStore {
             store,
-            timeout,
             deadlines: Deadlines::new(timeout),
             breaker: Breaker::new(threshold, cooldown),
             nodes: (0..NODE_BREAKERS)
