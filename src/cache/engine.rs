@@ -17,6 +17,7 @@ use super::entry::{Entry, storable_headers};
 use super::fleet::{LeaseGuard, Turn};
 use super::freshness::{CacheOverride, OriginSays, Windows, WindowsFn, merge_headers, validators};
 use super::guard::GuardedStore;
+use super::heads;
 use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
 use super::near::{Fill, FlushCause, Near, Renders, Tracking};
 use super::stats::{Counters, bump};
@@ -874,7 +875,7 @@ impl Engine {
             .call("get", key.as_str(), |s| s.get(key.as_str()))
             .await
         {
-            Ok(Some(bytes)) => match Entry::decode(&bytes, key.digest()) {
+            Ok(Some(bytes)) => match heads::decode(&bytes, key.digest()) {
                 Ok(entry) => Ok(Some(entry)),
                 Err(error) => {
                     bump(&self.counters.decode_errors);

@@ -114,6 +114,15 @@ impl Entry {
     /// Decodes bytes from the store. Anything malformed, from another format version, or stored under another
     /// digest (a collision or a foreign value) is an error, which the cache treats as a miss.
     pub(crate) fn decode(bytes: &Bytes, digest: &[u8; 32]) -> Result<Entry, DecodeError> {
+        Self::decode_head(bytes, digest).map(|(entry, _)| entry)
+    }
+
+    /// [`decode`](Self::decode), also saying where the head ends: the offset of the body length, before
+    /// which every byte the entry's fields (all but its body) are read from lies.
+    pub(crate) fn decode_head(
+        bytes: &Bytes,
+        digest: &[u8; 32],
+    ) -> Result<(Entry, usize), DecodeError> {
         let mut r = Reader { bytes, pos: 0 };
         if r.take(4)? != MAGIC {
             return Err(DecodeError::Foreign);
@@ -151,13 +160,9 @@ impl Entry {
                 .try_append(name, value)
                 .map_err(|_| DecodeError::Malformed)?;
         }
-        let body_len = r.u32()? as usize;
-        let start = r.pos;
-        r.take(body_len)?;
-        if r.pos != bytes.len() {
-            return Err(DecodeError::Malformed);
-        }
-        Ok(Entry {
+        let head = r.pos;
+        let body = body_of(bytes, head).ok_or(DecodeError::Malformed)?;
+        let entry = Entry {
             stored_at,
             fresh_until,
             stale_until,
@@ -165,9 +170,18 @@ impl Entry {
             vary,
             status,
             headers,
-            body: bytes.slice(start..r.pos),
-        })
+            body,
+        };
+        Ok((entry, head))
     }
+}
+
+/// The body of an entry whose head ends at `head`: the bytes after the body length, if they are exactly as many
+/// as it says.
+pub(crate) fn body_of(bytes: &Bytes, head: usize) -> Option<Bytes> {
+    let start = head.checked_add(4)?;
+    let len = u32::from_be_bytes(bytes.get(head..start)?.try_into().ok()?);
+    (bytes.len() - start == len as usize).then(|| bytes.slice(start..))
 }
 
 /// Why stored bytes could not be used.

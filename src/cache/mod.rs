@@ -129,6 +129,7 @@ mod fleet;
 pub mod freshness;
 pub mod future;
 mod guard;
+mod heads;
 mod key;
 mod layer;
 mod memo;
