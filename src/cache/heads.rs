@@ -65,11 +65,18 @@ pub(crate) fn decode(bytes: &Bytes, digest: &[u8; 32]) -> Result<Entry, DecodeEr
 }
 
 impl Heads {
+    /// The slot keeping the head of `bytes`, read for `digest`.
+    fn kept(&mut self, bytes: &Bytes, digest: &[u8; 32]) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|slot| {
+            slot.digest == *digest
+                && slot.head.is_some()
+                && bytes.get(..slot.raw.len()) == Some(&slot.raw[..])
+        })
+    }
+
     fn decode(&mut self, bytes: &Bytes, digest: &[u8; 32]) -> Result<Entry, DecodeError> {
-        let found = self.slots.iter().position(|slot| slot.digest == *digest);
-        if let Some(slot) = found.and_then(|i| self.slots.get(i))
+        if let Some(slot) = self.kept(bytes, digest)
             && let Some(head) = &slot.head
-            && bytes.get(..slot.raw.len()) == Some(&slot.raw[..])
             && let Some(body) = body_of(bytes, slot.raw.len())
         {
             return Ok(Entry {
@@ -79,12 +86,14 @@ impl Heads {
             });
         }
         let (entry, head_len) = Entry::decode_head(bytes, digest)?;
-        match found {
-            Some(i) => {
-                if let Some(slot) = self.slots.get_mut(i) {
-                    slot.keep(bytes, head_len, entry.headers.len());
-                }
-            }
+        // A digest may have more than one head: its entry changed, or two stores (or namespaces) hold an entry
+        // for it. A head not kept is kept on its second read, in the slot its first read took.
+        let pending = self
+            .slots
+            .iter_mut()
+            .find(|slot| slot.digest == *digest && slot.head.is_none());
+        match pending {
+            Some(slot) => slot.keep(bytes, head_len, entry.headers.len()),
             None => self.remember(*digest),
         }
         Ok(entry)
@@ -260,6 +269,26 @@ mod tests {
             decode(&bytes.slice(..bytes.len() - 1), &digest).unwrap_err(),
             DecodeError::Malformed
         );
+    }
+
+    #[test]
+    fn two_heads_of_one_digest_are_both_kept() {
+        // Two stores, or two namespaces, hold an entry for one request, and reads alternate between them.
+        let digest = [6u8; 32];
+        let a = entry(6_000, 2, b"a").encode(&digest);
+        let b = entry(7_000, 2, b"b").encode(&digest);
+        for round in 1..=4 {
+            for bytes in [&a, &b] {
+                let decoded = decode(bytes, &digest).unwrap();
+                assert_eq!(decoded.body, bytes.slice(bytes.len() - 1..));
+                if round == 4 {
+                    assert!(
+                        from_memo(&decoded, bytes),
+                        "both heads kept by the fourth round"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
