@@ -744,6 +744,49 @@ async fn purge_and_invalidate_remove_entries() {
 
 /// The windows of one entry, walked through with paused time: fresh, stale (served while a refresh runs),
 /// stale-if-error only, gone.
+/// From a key's third read on, a thread answers it from the entry head it keeps, with the headers of its latest
+/// answer while `ttl` and `age` stay the same: every hit must still be the entry's answer, `Age` and
+/// `Cache-Status` following the clock.
+#[tokio::test(start_paused = true)]
+async fn repeated_hits_answer_alike_as_the_clock_moves() {
+    let origin = Origin::new();
+    origin.add_header("x-multi", "one");
+    origin.add_header("x-multi", "two");
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .fresh_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let query = || post(r#"{"q":"hot"}"#);
+    assert!(matches!(
+        outcome(&call(&service, query()).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    for hit in 1..=8 {
+        if hit == 6 {
+            tokio::time::advance(Duration::from_secs(3)).await;
+        }
+        let (age, ttl) = if hit < 6 { ("0", 60) } else { ("3", 57) };
+        let response = call(&service, query()).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit, "hit {hit}");
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers.len(), 5, "hit {hit}: {headers:?}");
+        assert_eq!(headers["content-type"], "application/json");
+        let multi: Vec<_> = headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["one", "two"], "hit {hit}");
+        assert_eq!(headers["age"], age, "hit {hit}");
+        assert_eq!(
+            cache_status(&response),
+            format!("tower-redis-cache; hit; ttl={ttl}"),
+            "hit {hit}"
+        );
+        assert_eq!(&body(response).await[..], br#"{"n":1,"echo":{"q":"hot"}}"#);
+    }
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(layer.handle().stats().hits, 8);
+}
+
 #[tokio::test(start_paused = true)]
 async fn freshness_windows_follow_paused_time() {
     let origin = Origin::new();

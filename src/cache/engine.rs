@@ -17,9 +17,9 @@ use super::entry::{Entry, storable_headers};
 use super::fleet::{LeaseGuard, Turn};
 use super::freshness::{CacheOverride, OriginSays, Windows, WindowsFn, merge_headers, validators};
 use super::guard::GuardedStore;
-use super::heads;
+use super::heads::{self, Kept, Renders};
 use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
-use super::near::{Fill, FlushCause, Near, Renders, Tracking};
+use super::near::{Fill, FlushCause, Near, Tracking};
 use super::stats::{Counters, bump};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
 use crate::buffer::{Collected, collect_within, content_length};
@@ -380,7 +380,7 @@ impl Engine {
                 }
                 NearProbe::Unasked => {
                     let epoch = self.flights.epoch();
-                    let read = self.read(&key).await;
+                    let read = self.read_bytes(&key).await;
                     let forward = match self.conclude(key, facts, origin, read, None, epoch) {
                         Next::Answer(response) => return Ok(response),
                         Next::Forward(forward) => forward,
@@ -407,7 +407,7 @@ impl Engine {
     {
         Box::pin(async move {
             let epoch = self.flights.epoch();
-            let read = self.read(&key).await;
+            let read = self.read_bytes(&key).await;
             let forward = match self.conclude(key, facts, origin, read, fill, epoch) {
                 Next::Answer(response) => return Ok(response),
                 Next::Forward(forward) => forward,
@@ -418,12 +418,15 @@ impl Engine {
 
     /// What a store read (made in `epoch`) leads to: an answer from the entry (fresh, or stale with a refresh
     /// started), or a forward. Settles the near-cache placeholder `fill`, if any.
+    ///
+    /// A fresh entry whose head this thread keeps (see [`heads`]) is answered from that head, with the headers
+    /// of its latest answer when its `ttl` and `age` are the same: nothing decoded, no header hashed.
     fn conclude<'o, R, O>(
         self: Arc<Self>,
         key: CacheKey,
         facts: RequestFacts,
         origin: O,
-        read: Result<Option<Entry>, StoreHealth>,
+        read: Result<Option<Bytes>, StoreHealth>,
         fill: Option<Fill>,
         epoch: u64,
     ) -> Next<'o, R>
@@ -431,6 +434,21 @@ impl Engine {
         R: Body + Send + 'static,
         O: Origin<R> + 'o,
     {
+        let now = self.clock.now_ms();
+        if fill.is_none()
+            && let Ok(Some(bytes)) = &read
+            && let Some(response) = heads::with_kept(bytes, key.digest(), |kept| {
+                let vary_matches = kept.vary_digest(origin.headers()) == kept.head.vary;
+                let stored = Lookup::Found(kept.head.stored(vary_matches));
+                (decide(&self.policy.rules, &facts, stored, now) == Action::ServeFresh)
+                    .then(|| kept_answer(kept, now))
+            })
+        {
+            bump(&self.counters.hits);
+            tracing::debug!(key = key.short(), outcome = "hit", "cache decision");
+            return Next::Answer(response);
+        }
+        let read = read.map(|read| read.and_then(|bytes| self.decode(&key, &bytes)));
         let mut health = StoreHealth::Ok;
         let (entry, lookup) = match read {
             Ok(Some(found)) => {
@@ -444,7 +462,6 @@ impl Engine {
                 (None, Lookup::Failed)
             }
         };
-        let now = self.clock.now_ms();
         let action = decide(&self.policy.rules, &facts, lookup, now);
         if let (Some(near), Some(fill)) = (&self.near, fill) {
             match (action, &entry) {
@@ -870,26 +887,36 @@ impl Engine {
 
     /// Reads and decodes the entry for `key`. Undecodable values are misses (the next store overwrites them).
     pub(super) async fn read(&self, key: &CacheKey) -> Result<Option<Entry>, StoreHealth> {
+        let read = self.read_bytes(key).await?;
+        Ok(read.and_then(|bytes| self.decode(key, &bytes)))
+    }
+
+    /// Reads the stored bytes of the entry for `key`.
+    async fn read_bytes(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreHealth> {
         match self
             .store
             .call("get", key.as_str(), |s| s.get(key.as_str()))
             .await
         {
-            Ok(Some(bytes)) => match heads::decode(&bytes, key.digest()) {
-                Ok(entry) => Ok(Some(entry)),
-                Err(error) => {
-                    bump(&self.counters.decode_errors);
-                    tracing::debug!(
-                        key = key.short(),
-                        ?error,
-                        "undecodable cache entry treated as a miss"
-                    );
-                    Ok(None)
-                }
-            },
-            Ok(None) => Ok(None),
+            Ok(read) => Ok(read),
             Err(StoreError::Unavailable) => Err(StoreHealth::Unavailable),
             Err(_) => Err(StoreHealth::Error),
+        }
+    }
+
+    /// Decodes the entry `bytes` read for `key`; `None` (a miss, counted and logged) when they do not decode.
+    fn decode(&self, key: &CacheKey, bytes: &Bytes) -> Option<Entry> {
+        match heads::decode(bytes, key.digest()) {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                bump(&self.counters.decode_errors);
+                tracing::debug!(
+                    key = key.short(),
+                    ?error,
+                    "undecodable cache entry treated as a miss"
+                );
+                None
+            }
         }
     }
 
@@ -1103,6 +1130,26 @@ fn near_answer_from<R>(
         // The near entry's headers have room for the two already: the clone takes them without growing.
         let mut headers = entry_headers.clone();
         set_answer_headers(&mut headers, &status, head.age);
+        headers
+    });
+    respond_with(head.status, headers, body, CacheOutcome::Hit)
+}
+
+/// A plain hit at `now` answered from a kept head: the headers of the head's latest answer when its `ttl` and
+/// `age` were the same, else the head's with `Age` and `Cache-Status` added.
+fn kept_answer<R>(kept: Kept<'_>, now: u64) -> Response<ResponseBody<R>> {
+    let Kept {
+        head: entry,
+        body,
+        mut renders,
+        ..
+    } = kept;
+    let head = AnswerHead::of(entry, now);
+    let headers = renders.headers(head.ttl, head.age, || {
+        let (cache_status, age) = hit_values(head.ttl, head.age);
+        let mut headers = entry.headers.clone();
+        headers.insert(AGE, age);
+        headers.insert(CACHE_STATUS, cache_status);
         headers
     });
     respond_with(head.status, headers, body, CacheOutcome::Hit)

@@ -8,6 +8,11 @@
 //! bytes as the body; any other is decoded as usual. The head is compared in full, so the memo can only ever
 //! give what decoding would.
 //!
+//! A fresh hit goes further ([`with_kept`]): it is answered from the kept head itself, with the headers of that
+//! head's latest answer ([`Renders`]) while its `ttl` and `age` are the same, so it neither copies the head
+//! nor hashes a header. Anything else (a stale entry, another variant, a read that fills the near cache)
+//! takes the decoded entry.
+//!
 //! A digest is remembered on its first read and its head kept on its second, so that a stream of keys each read
 //! once costs a copy of 32 bytes, not of every head. The kept head is a copy: it never holds on to the buffer a
 //! reply was read into, which may be large.
@@ -17,8 +22,10 @@
 //! and decode as usual.
 
 use super::entry::{DecodeError, Entry, body_of};
+use super::key::vary_digest;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderMap;
+use http::header::VARY;
 use std::cell::RefCell;
 
 /// Slots per thread.
@@ -39,6 +46,10 @@ struct Slot {
     raw: Bytes,
     /// What `raw` decodes to, with an empty body; its header values are slices of `raw`.
     head: Option<Entry>,
+    /// The headers of the latest answer made from `head`.
+    rendered: Option<Rendered>,
+    /// Whether `head` has a `Vary` header.
+    varies: bool,
 }
 
 #[derive(Default)]
@@ -50,6 +61,54 @@ struct Heads {
 
 thread_local! {
     static HEADS: RefCell<Heads> = RefCell::default();
+}
+
+/// Calls `answer` with the kept head of `bytes` (read for `digest`) when this thread keeps it; returns what
+/// `answer` returns, or `None` when the head is not kept (then [`decode`] it).
+pub(crate) fn with_kept<T>(
+    bytes: &Bytes,
+    digest: &[u8; 32],
+    answer: impl FnOnce(Kept<'_>) -> Option<T>,
+) -> Option<T> {
+    HEADS
+        .try_with(|heads| {
+            let mut heads = heads.try_borrow_mut().ok()?;
+            let slot = heads.kept(bytes, digest)?;
+            let head = slot.head.as_ref()?;
+            let body = body_of(bytes, slot.raw.len())?;
+            answer(Kept {
+                head,
+                body,
+                varies: slot.varies,
+                renders: Renders::of(&mut slot.rendered),
+            })
+        })
+        .ok()
+        .flatten()
+}
+
+/// An entry read from the store whose head this thread keeps.
+pub(crate) struct Kept<'a> {
+    /// The entry's head: all but its body, which is empty. Its headers are the stored ones, with no room for
+    /// more: an answer's are made through [`renders`](Self::renders), once per `ttl` and `age`.
+    pub(crate) head: &'a Entry,
+    /// The entry's body, a slice of the bytes read.
+    pub(crate) body: Bytes,
+    /// The headers of the latest answer made from this head.
+    pub(crate) renders: Renders<'a>,
+    /// Whether the head has a `Vary` header.
+    varies: bool,
+}
+
+impl Kept<'_> {
+    /// [`vary_digest`] of the head's headers and `request`'s, without looking for `Vary` again.
+    pub(crate) fn vary_digest(&self, request: &HeaderMap) -> Option<[u8; 32]> {
+        if self.varies {
+            vary_digest(&self.head.headers, request)
+        } else {
+            None
+        }
+    }
 }
 
 /// Decodes `bytes`, read for `digest`, as [`Entry::decode`] does, through this thread's memo.
@@ -105,6 +164,8 @@ impl Heads {
             digest,
             raw: Bytes::new(),
             head: None,
+            rendered: None,
+            varies: false,
         };
         if self.slots.len() < SLOTS {
             self.slots.push(slot);
@@ -140,6 +201,7 @@ impl Slot {
     fn keep(&mut self, bytes: &Bytes, head_len: usize, headers: usize) {
         self.raw = Bytes::new();
         self.head = None;
+        self.rendered = None;
         let Some(prefix) = bytes.get(..head_len) else {
             return;
         };
@@ -153,14 +215,77 @@ impl Slot {
         let copy = copy.freeze();
         if let Ok((head, _)) = Entry::decode_head(&copy, &self.digest) {
             self.raw = copy.slice(..head_len);
+            self.varies = head.headers.contains_key(VARY);
             self.head = Some(head);
         }
+    }
+}
+
+/// Where an answer's headers come from: made for it, or the headers of the latest answer from the same entry
+/// (a near cache's front slot, a kept head) if its `ttl` and `age` were the same (`Age` and `Cache-Status`
+/// change once a second at most). The slot is the thread's own: nothing is shared between cores.
+pub(crate) struct Renders<'a> {
+    latest: Option<&'a mut Option<Rendered>>,
+}
+
+/// The headers of one answer, and the `ttl` and `age` they were made for.
+pub(crate) struct Rendered {
+    ttl: i64,
+    age: u64,
+    headers: HeaderMap,
+}
+
+impl<'a> Renders<'a> {
+    /// Renders that keep the latest answer's headers in `latest`.
+    pub(crate) fn of(latest: &'a mut Option<Rendered>) -> Self {
+        Renders {
+            latest: Some(latest),
+        }
+    }
+
+    /// Renders that keep nothing: every answer's headers are made.
+    #[cfg_attr(
+        not(feature = "redis"),
+        expect(
+            dead_code,
+            reason = "only the near cache, which needs Redis, answers without a slot"
+        )
+    )]
+    pub(crate) fn none() -> Self {
+        Renders { latest: None }
+    }
+
+    /// The headers of an answer with `ttl` and `age`: a clone of the latest answer's if they were the same,
+    /// else `make`'s (and kept for the next).
+    pub(crate) fn headers(
+        &mut self,
+        ttl: i64,
+        age: u64,
+        make: impl FnOnce() -> HeaderMap,
+    ) -> HeaderMap {
+        let Some(latest) = self.latest.as_deref_mut() else {
+            return make();
+        };
+        if let Some(latest) = latest
+            && latest.ttl == ttl
+            && latest.age == age
+        {
+            return latest.headers.clone();
+        }
+        let headers = make();
+        *latest = Some(Rendered {
+            ttl,
+            age,
+            headers: headers.clone(),
+        });
+        headers
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::AGE;
     use http::{HeaderValue, StatusCode, header};
 
     fn entry(stored_at: u64, headers: usize, body: &'static [u8]) -> Entry {
@@ -289,6 +414,8 @@ mod tests {
                 }
             }
         }
+        let answered = with_kept(&a, &digest, |kept| Some((kept.head.stored_at, kept.body)));
+        assert_eq!(answered, Some((6_000, Bytes::from_static(b"a"))));
     }
 
     #[test]
@@ -313,5 +440,30 @@ mod tests {
             assert_eq!(heads.slots.len(), SLOTS);
             assert!(heads.slots.iter().all(|s| s.raw.len() <= MAX_HEAD));
         });
+    }
+
+    /// An answer's headers are made once per `ttl` and `age`, and made again when either changes.
+    #[test]
+    fn answer_headers_follow_the_second() {
+        let made = std::cell::Cell::new(0);
+        let make = |age: &'static str| {
+            made.set(made.get() + 1);
+            let mut headers = HeaderMap::new();
+            headers.insert(AGE, HeaderValue::from_static(age));
+            headers
+        };
+        let mut latest = None;
+        let mut age = |ttl, secs, text| {
+            let mut renders = Renders::of(&mut latest);
+            renders.headers(ttl, secs, || make(text))[AGE].clone()
+        };
+        assert_eq!(age(30, 0, "0"), "0");
+        assert_eq!(age(30, 0, "unused"), "0");
+        assert_eq!(age(29, 1, "1"), "1");
+        assert_eq!(age(29, 2, "2"), "2");
+        assert_eq!(made.get(), 3);
+        let mut unkept = Renders::none();
+        assert_eq!(unkept.headers(29, 2, || make("2"))[AGE], "2");
+        assert_eq!(made.get(), 4, "without a slot, made every time");
     }
 }

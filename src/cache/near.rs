@@ -22,6 +22,7 @@
 use super::clock::Clock;
 use super::engine::CACHE_STATUS;
 use super::entry::Entry;
+use super::heads::{Rendered, Renders};
 use super::key::parse_key;
 use super::stats::{Counters, bump};
 use super::status::CACHE_NAME;
@@ -73,47 +74,6 @@ enum Slot {
         epoch: u64,
         weight: u32,
     },
-}
-
-/// Where a near hit's headers come from: made for it, or, when it is answered from a thread's [`Front`], the
-/// headers of that slot's latest answer if its `ttl` and `age` were the same (`Age` and `Cache-Status` change
-/// once a second at most). The slot is the thread's own: nothing is shared between cores.
-pub(crate) struct Renders<'a> {
-    latest: Option<&'a mut Option<Rendered>>,
-}
-
-struct Rendered {
-    ttl: i64,
-    age: u64,
-    headers: HeaderMap,
-}
-
-impl Renders<'_> {
-    /// The headers of an answer with `ttl` and `age`: a clone of the latest answer's if they were the same,
-    /// else `make`'s (and kept for the next).
-    pub(crate) fn headers(
-        &mut self,
-        ttl: i64,
-        age: u64,
-        make: impl FnOnce() -> HeaderMap,
-    ) -> HeaderMap {
-        let Some(latest) = self.latest.as_deref_mut() else {
-            return make();
-        };
-        if let Some(latest) = latest
-            && latest.ttl == ttl
-            && latest.age == age
-        {
-            return latest.headers.clone();
-        }
-        let headers = make();
-        *latest = Some(Rendered {
-            ttl,
-            age,
-            headers: headers.clone(),
-        });
-        headers
-    }
 }
 
 /// A read from the store that may fill the near cache, if nothing changed the key meanwhile.
@@ -426,9 +386,7 @@ impl Near {
             let mut front = front.try_borrow_mut().ok()?;
             let slot = front.find(self.id, key, changes)?;
             if now < slot.until && slot.epoch == epoch {
-                let renders = Renders {
-                    latest: Some(&mut slot.rendered),
-                };
+                let renders = Renders::of(&mut slot.rendered);
                 answer
                     .take()
                     .and_then(|answer| answer(&slot.entry, renders))
@@ -462,7 +420,7 @@ impl Near {
                         }
                     });
                 }
-                answer(&entry, Renders { latest: None })
+                answer(&entry, Renders::none())
             }
             _ => None,
         }
@@ -695,33 +653,6 @@ mod tests {
         a.flush(FlushCause::Server);
         assert_eq!(body(&a, &key, now), None, "flushed");
         assert_eq!(body(&b, &key, now + 30_000), None, "past its freshness");
-    }
-
-    /// A front slot's headers are made once per `ttl` and `age`, and made again when either changes.
-    #[test]
-    fn front_headers_follow_the_second() {
-        let made = std::cell::Cell::new(0);
-        let make = |age: &'static str| {
-            made.set(made.get() + 1);
-            let mut headers = HeaderMap::new();
-            headers.insert(AGE, HeaderValue::from_static(age));
-            headers
-        };
-        let mut latest = None;
-        let mut age = |ttl, secs, text| {
-            let mut renders = Renders {
-                latest: Some(&mut latest),
-            };
-            renders.headers(ttl, secs, || make(text))[AGE].clone()
-        };
-        assert_eq!(age(30, 0, "0"), "0");
-        assert_eq!(age(30, 0, "unused"), "0");
-        assert_eq!(age(29, 1, "1"), "1");
-        assert_eq!(age(29, 2, "2"), "2");
-        assert_eq!(made.get(), 3);
-        let mut unkept = Renders { latest: None };
-        assert_eq!(unkept.headers(29, 2, || make("2"))[AGE], "2");
-        assert_eq!(made.get(), 4, "without a slot, made every time");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use super::clock::Clock;
 use super::entry::Entry;
+use super::heads::Renders;
 use super::stats::Counters;
-use http::HeaderMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,23 +25,6 @@ pub(crate) enum FlushCause {
 /// A read that may fill the near cache; never made.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Fill {}
-
-/// Where a near hit's header values come from; never made.
-pub(crate) struct Renders<'a> {
-    never: Infallible,
-    _entry: std::marker::PhantomData<&'a ()>,
-}
-
-impl Renders<'_> {
-    pub(crate) fn headers(
-        &mut self,
-        _ttl: i64,
-        _age: u64,
-        _make: impl FnOnce() -> HeaderMap,
-    ) -> HeaderMap {
-        match self.never {}
-    }
-}
 
 /// The near cache; never made.
 #[derive(Debug)]
