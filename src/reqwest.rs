@@ -181,11 +181,8 @@ impl Middleware for CacheMiddleware {
         };
         let mut facts = engine.policy.facts(&parts);
         facts.too_large |= bytes.is_none_or(|b| b.len() > max);
-        let reason = match engine.policy.screen(&facts) {
-            Action::Bypass(reason) => Some(reason),
-            _ => None,
-        };
-        if let Some(reason) = reason {
+        let action = engine.policy.screen(&facts);
+        if let Action::Bypass(reason) = action {
             let status = engine.bypassed(reason);
             let mut response = next.run(request, extensions).await?;
             response
@@ -213,7 +210,7 @@ impl Middleware for CacheMiddleware {
         };
         let response = engine
             .clone()
-            .respond(key, facts, origin, NearProbe::Unasked)
+            .respond(key, facts, action, origin, NearProbe::Unasked)
             .await
             .map_err(|e| reqwest_middleware::Error::middleware(CacheError(e)))?;
         Ok(into_reqwest(response, url))

@@ -341,8 +341,9 @@ impl Engine {
         }
     }
 
-    /// Answers one request that the adapter did not bypass: reads its entry when the decision asks for it,
-    /// then serves, serves stale and refreshes, or forwards, as [`decide`] says.
+    /// Answers one request that the adapter did not bypass (`action`: what [`Policy::screen`] said of its
+    /// `facts`, which the adapter asked to see whether to bypass): reads its entry when the decision asks for
+    /// it, then serves, serves stale and refreshes, or forwards, as [`decide`] says.
     ///
     /// The future of a hit is kept small, because its size is paid on every request (allocated, moved, and
     /// brought into cache on whichever core resumes it): this is an async block rather than an `async fn`
@@ -355,6 +356,7 @@ impl Engine {
         self: Arc<Self>,
         key: CacheKey,
         facts: RequestFacts,
+        action: Action,
         origin: O,
         probe: NearProbe,
     ) -> impl Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send
@@ -363,7 +365,6 @@ impl Engine {
         O: Origin<R>,
     {
         async move {
-            let action = self.policy.screen(&facts);
             if action != Action::Read {
                 return self
                     .forward(key, facts, origin, action, None, StoreHealth::Ok, None)

@@ -141,7 +141,9 @@ where
                     Err(probe) => probe,
                 };
                 let (engine, inner) = (engine.clone(), self.inner.clone());
-                let lookup = keyed(engine, inner, parts, bytes, digest, facts, probe, &span);
+                let lookup = keyed(
+                    engine, inner, parts, bytes, digest, facts, action, probe, &span,
+                );
                 respond_in(span, lookup)
             }
             Ok(Ready::Partial { prefix, rest }) => {
@@ -167,7 +169,10 @@ where
                             .keys
                             .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
                     let probe = NearProbe::Unasked;
-                    keyed(engine, inner, parts, bytes, digest, facts, probe, &span).await
+                    keyed(
+                        engine, inner, parts, bytes, digest, facts, action, probe, &span,
+                    )
+                    .await
                 };
                 respond_in(span, buffered)
             }
@@ -197,8 +202,8 @@ where
     ResponseFuture::new(Box::pin(recorded.instrument(span)))
 }
 
-/// Hands a request whose body is read and whose digest is `digest` to the engine (`probe`: what the near
-/// cache said, if it was asked).
+/// Hands a request whose body is read and whose digest is `digest` to the engine (`action`: what screening
+/// its `facts` said; `probe`: what the near cache said, if it was asked).
 #[allow(
     clippy::too_many_arguments,
     reason = "the request's state, passed on once from `call`"
@@ -210,6 +215,7 @@ fn keyed<S, R>(
     body: Bytes,
     digest: [u8; 32],
     facts: RequestFacts,
+    action: Action,
     probe: NearProbe,
     span: &tracing::Span,
 ) -> impl Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'static
@@ -231,7 +237,7 @@ where
         body,
         max_body,
     };
-    engine.respond(key, facts, fetch, probe)
+    engine.respond(key, facts, action, fetch, probe)
 }
 
 async fn bypass<S, R>(
