@@ -1053,9 +1053,7 @@ fn answer<R>(
     fwd_status: Option<u16>,
 ) -> Response<ResponseBody<R>> {
     if outcome == CacheOutcome::Hit && fwd_status.is_none() {
-        let (cache_status, age) = hit_values(head.ttl, head.age);
-        headers.insert(AGE, age);
-        headers.insert(CACHE_STATUS, cache_status);
+        set_hit_headers(&mut headers, head.ttl, head.age);
     } else {
         let mut status = Status::new(outcome);
         status.ttl = Some(head.ttl);
@@ -1147,13 +1145,22 @@ fn kept_answer<R>(kept: Kept<'_>, now: u64) -> Response<ResponseBody<R>> {
     } = kept;
     let head = AnswerHead::of(entry, now);
     let headers = renders.headers(head.ttl, head.age, || {
-        let (cache_status, age) = hit_values(head.ttl, head.age);
         let mut headers = entry.headers.clone();
-        headers.insert(AGE, age);
-        headers.insert(CACHE_STATUS, cache_status);
+        set_hit_headers(&mut headers, head.ttl, head.age);
         headers
     });
     respond_with(head.status, headers, body, CacheOutcome::Hit)
+}
+
+/// Sets a plain hit's `Age` and `Cache-Status` (from the store, fresh) for `ttl` and `age`.
+///
+/// `#[inline]`: without it, the kept-head answer in `conclude` is no longer inlined, which costs a hit about
+/// 75 instructions (callgrind).
+#[inline]
+fn set_hit_headers(headers: &mut HeaderMap, ttl: i64, age: u64) {
+    let (cache_status, age) = hit_values(ttl, age);
+    headers.insert(AGE, age);
+    headers.insert(CACHE_STATUS, cache_status);
 }
 
 /// Sets `Age` and `Cache-Status`.
