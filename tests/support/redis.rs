@@ -260,6 +260,12 @@ impl RedisServer {
         raw_command(self.port, self.password.as_deref(), args)
     }
 
+    /// [`command`](Self::command), with a failed connection returned rather than a panic (for polls across
+    /// a failover, whose promotion closes every normal client's connection).
+    pub fn try_command(&self, args: &[&[u8]]) -> std::io::Result<Vec<u8>> {
+        try_raw_command(self.port, self.password.as_deref(), args)
+    }
+
     /// Stops the process (SIGSTOP): its port still accepts connections, and nothing answers.
     pub fn pause(&self) {
         self.signal("-STOP");
