@@ -336,7 +336,7 @@ where
         > + Clone,
 {
     let response = service.clone().oneshot(request).await.unwrap();
-    debug_assert_eq!(response.extensions().get(), Some(&CacheOutcome::Hit));
+    debug_assert_eq!(CacheOutcome::of(&response), Some(CacheOutcome::Hit));
     response.into_body().collect().await.unwrap().to_bytes()
 }
 

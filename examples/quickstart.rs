@@ -69,10 +69,7 @@ async fn main() -> Result<(), BoxError> {
             .body(Full::new(Bytes::from_static(query.as_bytes())))?;
         let started = Instant::now();
         let response = client.clone().oneshot(request).await?;
-        let outcome = response
-            .extensions()
-            .get::<CacheOutcome>()
-            .map_or("none", CacheOutcome::as_str);
+        let outcome = CacheOutcome::of(&response).map_or("none", |o| o.as_str());
         let status = response
             .headers()
             .get("cache-status")

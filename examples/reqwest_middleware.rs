@@ -13,7 +13,7 @@
 
 use axum::Json;
 use axum::routing::get;
-use http::Request;
+use http::{HeaderMap, Request};
 use http_body_util::BodyExt;
 use serde_json::json;
 use std::sync::Arc;
@@ -39,8 +39,8 @@ async fn start_api() -> Result<String, BoxError> {
     Ok(url)
 }
 
-fn outcome(outcome: Option<&CacheOutcome>) -> &'static str {
-    outcome.map_or("-", CacheOutcome::as_str)
+fn outcome(headers: &HeaderMap) -> &'static str {
+    CacheOutcome::from_headers(headers).map_or("-", |o| o.as_str())
 }
 
 #[tokio::main]
@@ -66,7 +66,7 @@ async fn main() -> Result<(), BoxError> {
     for call in 1..=2 {
         let started = Instant::now();
         let response = client.get(&url).send().await?;
-        let cache = outcome(response.extensions().get());
+        let cache = outcome(response.headers());
         let bytes = response.bytes().await?.len();
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         println!("middleware call={call} cache={cache} bytes={bytes} ms={ms:.1}");
@@ -80,7 +80,7 @@ async fn main() -> Result<(), BoxError> {
     let started = Instant::now();
     let request = Request::get(&url).body(reqwest::Body::from(""))?;
     let response = service.oneshot(request).await?;
-    let cache = outcome(response.extensions().get());
+    let cache = outcome(response.headers());
     let bytes = response.into_body().collect().await?.to_bytes().len();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     println!("tower call=1 cache={cache} bytes={bytes} ms={ms:.1}");

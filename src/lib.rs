@@ -24,8 +24,8 @@
 //! let request = || Request::get("https://api.example/report").body(RequestBody::empty()).unwrap();
 //! let first = client.clone().oneshot(request()).await?;
 //! let second = client.clone().oneshot(request()).await?;
-//! assert!(matches!(first.extensions().get(), Some(CacheOutcome::Miss { .. })));
-//! assert_eq!(second.extensions().get(), Some(&CacheOutcome::Hit));
+//! assert!(matches!(CacheOutcome::of(&first), Some(CacheOutcome::Miss { .. })));
+//! assert_eq!(CacheOutcome::of(&second), Some(CacheOutcome::Hit));
 //! # Ok(()) }
 //! ```
 //!
@@ -89,7 +89,7 @@
 //! assert_eq!(first.status(), StatusCode::OK);
 //! assert_eq!(first.extensions().get::<RetryOutcome>().map(|o| o.attempts), Some(2)); // retried the 503
 //! let second = client.oneshot(request()).await?;
-//! assert_eq!(second.extensions().get(), Some(&CacheOutcome::Hit)); // no token, no call
+//! assert_eq!(CacheOutcome::of(&second), Some(CacheOutcome::Hit)); // no token, no call
 //! assert_eq!(calls.load(Ordering::SeqCst), 2);
 //! # Ok(()) }
 //! ```

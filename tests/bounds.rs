@@ -166,7 +166,7 @@ async fn responses_past_the_in_flight_budget_stream_through_unstored() {
     // B's 40 KiB would pass the budget: B is streamed through to its caller, unstored.
     let second = service.clone().oneshot(query(2)).await.unwrap();
     assert_eq!(
-        *second.extensions().get::<CacheOutcome>().unwrap(),
+        CacheOutcome::of(&second).unwrap(),
         CacheOutcome::Miss {
             collapsed: false,
             stored: false
@@ -180,7 +180,7 @@ async fn responses_past_the_in_flight_budget_stream_through_unstored() {
     assert_eq!(body.len(), 40 * 1024 + 1, "B's answer arrives whole");
     let first = first.await.unwrap().unwrap();
     assert_eq!(
-        *first.extensions().get::<CacheOutcome>().unwrap(),
+        CacheOutcome::of(&first).unwrap(),
         CacheOutcome::Miss {
             collapsed: false,
             stored: true
@@ -192,13 +192,10 @@ async fn responses_past_the_in_flight_budget_stream_through_unstored() {
     // With the budget free, B is stored on its next miss and then hit.
     let again = service.clone().oneshot(query(2)).await.unwrap();
     assert!(matches!(
-        again.extensions().get::<CacheOutcome>(),
+        CacheOutcome::of(&again),
         Some(CacheOutcome::Miss { stored: true, .. })
     ));
     let hit = service.oneshot(query(2)).await.unwrap();
-    assert_eq!(
-        hit.extensions().get::<CacheOutcome>(),
-        Some(&CacheOutcome::Hit)
-    );
+    assert_eq!(CacheOutcome::of(&hit), Some(CacheOutcome::Hit));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }

@@ -157,14 +157,18 @@ async fn stale_hits_answer_at_once_and_start_one_refresh() {
             CacheOutcome::Stale { refreshing } => started += usize::from(refreshing),
             other => panic!("expected a stale answer, got {other:?}"),
         }
-        // A stale answer is a hit (RFC 9211) with no freshness left: ttl=0 in its first second past freshness,
-        // then negative.
-        let ttl: i64 = status
+        // A stale answer is a hit (RFC 9211) with a negative ttl, from the first millisecond past freshness;
+        // the one that started the refresh says so.
+        let rest = status
             .strip_prefix("tower-redis-cache; hit; ttl=")
-            .unwrap_or_else(|| panic!("{status}"))
-            .parse()
-            .unwrap();
-        assert!(ttl <= 0, "{status}");
+            .unwrap_or_else(|| panic!("{status}"));
+        let (ttl, detail) = match rest.split_once("; detail=") {
+            Some((ttl, detail)) => (ttl, Some(detail)),
+            None => (rest, None),
+        };
+        assert!(ttl.parse::<i64>().unwrap() < 0, "{status}");
+        let refreshing = matches!(outcome, CacheOutcome::Stale { refreshing: true });
+        assert_eq!(detail, refreshing.then_some("refreshing"), "{status}");
         assert_eq!(&body[..], br#"{"n":1,"echo":{"q":"swr"}}"#);
     }
     assert_eq!(started, 1, "exactly one request started the refresh");
@@ -813,7 +817,10 @@ async fn freshness_windows_follow_paused_time() {
     tokio::time::advance(Duration::from_secs(2)).await;
     let stale = call(&service, query()).await;
     assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
-    assert_eq!(cache_status(&stale), "tower-redis-cache; hit; ttl=-1");
+    assert_eq!(
+        cache_status(&stale),
+        "tower-redis-cache; hit; ttl=-1; detail=refreshing"
+    );
     wait_until("the refresh failed", || {
         layer.handle().stats().refreshes_failed == 1
     })

@@ -75,7 +75,7 @@ async fn tower_layer_and_reqwest_middleware_read_each_others_entries() {
                 .body(reqwest::Body::from(body))
                 .unwrap();
             let response = svc.oneshot(request).await.unwrap();
-            let outcome = *response.extensions().get::<CacheOutcome>().unwrap();
+            let outcome = CacheOutcome::of(&response).unwrap();
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
             (outcome, bytes)
         }
@@ -96,7 +96,7 @@ async fn tower_layer_and_reqwest_middleware_read_each_others_entries() {
                 .to_str()
                 .unwrap()
                 .to_owned();
-            let outcome = *response.extensions().get::<CacheOutcome>().unwrap();
+            let outcome = CacheOutcome::from_headers(response.headers()).unwrap();
             (outcome, header, response.bytes().await.unwrap())
         }
     };
@@ -141,8 +141,8 @@ async fn reqwest_middleware_bypasses_what_it_must_not_cache() {
             .await
             .unwrap();
         assert_eq!(
-            response.extensions().get::<CacheOutcome>(),
-            Some(&CacheOutcome::Bypass(
+            CacheOutcome::from_headers(response.headers()),
+            Some(CacheOutcome::Bypass(
                 tower_redis_cache::cache::BypassReason::Method
             ))
         );

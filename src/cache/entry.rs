@@ -53,11 +53,17 @@ impl Entry {
         }
     }
 
-    /// Remaining freshness in whole seconds (negative once stale), as `Cache-Status` `ttl` reports it.
+    /// Remaining freshness in whole seconds, as `Cache-Status` `ttl` reports it: at least 0 while fresh (before
+    /// `fresh_until`), at most -1 once stale, so the sign alone tells the two apart.
     pub(crate) fn ttl_secs(&self, now: u64) -> i64 {
         // In i128: neither a forged timestamp nor a far clock can overflow.
         let ms = i128::from(self.fresh_until) - i128::from(now);
-        i64::try_from(ms.div_euclid(1000)).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX })
+        let secs = if ms > 0 {
+            ms.div_euclid(1000)
+        } else {
+            ms.div_euclid(1000).min(-1)
+        };
+        i64::try_from(secs).unwrap_or(if ms > 0 { i64::MAX } else { i64::MIN })
     }
 
     /// Seconds since the entry was stored, for the `Age` header.
@@ -381,6 +387,11 @@ mod tests {
         let e = entry(b"");
         assert_eq!(e.ttl_secs(1_000_000), 10);
         assert_eq!(e.ttl_secs(1_012_500), -3);
+        // Fresh until its last millisecond, stale from `fresh_until` on: the sign says which.
+        assert_eq!(e.ttl_secs(1_009_999), 0);
+        assert_eq!(e.ttl_secs(1_010_000), -1);
+        assert_eq!(e.ttl_secs(1_011_000), -1);
+        assert_eq!(e.ttl_secs(1_011_001), -2);
         assert_eq!(e.age_secs(1_012_500), 12);
         assert_eq!(e.store_ttl_ms(1_000_000), 100_000);
         // Timestamps forged near the ends of the range, read at either end of time.
@@ -392,7 +403,7 @@ mod tests {
             ..e
         };
         assert_eq!(forged.ttl_secs(0), (u64::MAX / 1000) as i64);
-        assert_eq!(forged.ttl_secs(u64::MAX), 0);
+        assert_eq!(forged.ttl_secs(u64::MAX), -1);
         assert_eq!(forged.age_secs(0), 0);
         assert_eq!(forged.store_ttl_ms(0), u64::MAX);
         let past = Entry {

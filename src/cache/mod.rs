@@ -31,9 +31,9 @@
 //!         .unwrap()
 //! };
 //! let first = service.clone().oneshot(query(r#"{"a":1,"b":2}"#)).await?;
-//! assert!(matches!(first.extensions().get(), Some(CacheOutcome::Miss { .. })));
+//! assert!(matches!(CacheOutcome::of(&first), Some(CacheOutcome::Miss { .. })));
 //! let second = service.clone().oneshot(query(r#"{ "b": 2, "a": 1 }"#)).await?;
-//! assert_eq!(second.extensions().get(), Some(&CacheOutcome::Hit));
+//! assert_eq!(CacheOutcome::of(&second), Some(CacheOutcome::Hit));
 //! // `ttl` is the freshness left, in whole seconds: 29 or 30 here.
 //! assert!(second.headers()["cache-status"].to_str()?.starts_with("tower-redis-cache; hit; ttl="));
 //! assert_eq!(second.into_body().collect().await?.to_bytes(), r#"{"a":1,"b":2}"#);
@@ -110,8 +110,8 @@
 //!
 //! # Telling the caller
 //!
-//! Every response carries a `Cache-Status` header (RFC 9211; see [`status`]) and a [`CacheOutcome`] extension;
-//! answers from the store also carry `Age`. [`CacheHandle::stats`] returns the counters.
+//! Every response carries a `Cache-Status` header (RFC 9211; see [`status`]) and a [`CacheOutcome`] extension
+//! ([`CacheOutcome::of`] reads either); answers from the store also carry `Age`. [`CacheHandle::stats`] returns the counters.
 //!
 //! # Runtime
 //!

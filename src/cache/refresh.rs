@@ -193,7 +193,7 @@ mod tests {
                 .body(Full::<Bytes>::default())
                 .unwrap()
         };
-        let outcome = |response: &Response<_>| response.extensions().get::<CacheOutcome>().copied();
+        let outcome = |response: &Response<_>| CacheOutcome::of(response);
 
         let first = service.clone().oneshot(get()).await.unwrap();
         assert!(matches!(

@@ -191,11 +191,7 @@ where
         return ResponseFuture::new(Box::pin(future));
     }
     let recorded = future.inspect(|result| {
-        if let Some(outcome) = result
-            .as_ref()
-            .ok()
-            .and_then(|r| r.extensions().get::<CacheOutcome>())
-        {
+        if let Some(outcome) = result.as_ref().ok().and_then(CacheOutcome::of) {
             tracing::Span::current().record("outcome", outcome.as_str());
         }
     });

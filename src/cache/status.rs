@@ -5,10 +5,11 @@
 //! |---|---|
 //! | fresh hit | `tower-redis-cache; hit; ttl=12` |
 //! | fresh hit from the near cache (no store call) | `tower-redis-cache; hit; ttl=12; detail=near` |
-//! | stale hit, refreshed in the background | `tower-redis-cache; hit; ttl=-3` |
+//! | stale hit, this request started the background refresh | `tower-redis-cache; hit; ttl=-3; detail=refreshing` |
+//! | stale hit, a refresh already running here or in another process | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
 //! | another variant stored (the response's `Vary`) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
-//! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` |
+//! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` (and `stored` when that call stored it) |
 //! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
 //! | request `Cache-Control: no-cache` | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
 //! | stale-if-error | `tower-redis-cache; fwd=stale; fwd-status=503; ttl=-40` |
@@ -20,20 +21,30 @@
 //!
 //! A negative `ttl` says the answer came from the cache after its freshness ended (RFC 9211 §2.3).
 //!
+//! The header says everything a [`CacheOutcome`] holds, so the outcome travels with the response where an
+//! extension does not: across a network hop to a client, through a layer that rebuilds the response.
+//! [`CacheOutcome::of`] reads the extension, or else the header; [`CacheOutcome::from_headers`] the header.
+//!
 //! # Example
 //!
 //! ```
+//! use http::Response;
 //! use tower_redis_cache::CacheOutcome;
 //!
-//! let outcome = CacheOutcome::Stale { refreshing: true };
-//! assert_eq!(outcome.as_str(), "stale");
-//! assert!(outcome.is_cached());
+//! let response = Response::builder()
+//!     .header("cache-status", "tower-redis-cache; hit; ttl=-3; detail=refreshing")
+//!     .body(())
+//!     .unwrap();
+//! let outcome = CacheOutcome::of(&response);
+//! assert_eq!(outcome, Some(CacheOutcome::Stale { refreshing: true }));
+//! assert!(outcome.is_some_and(|o| o.is_cached()));
 //! ```
 
 use super::decision::Fwd;
-use http::HeaderValue;
+use super::engine::CACHE_STATUS;
+use http::{HeaderMap, HeaderValue, Response};
 
-/// What the cache did for one request, inserted as a response extension.
+/// What the cache did for one request, inserted as a response extension (and said by `Cache-Status`).
 ///
 /// ```
 /// # fn outcome_of<B>(response: &http::Response<B>) -> Option<tower_redis_cache::CacheOutcome> {
@@ -65,6 +76,31 @@ pub enum CacheOutcome {
 }
 
 impl CacheOutcome {
+    /// What this crate's cache did for `response`: its extension, or else what its `Cache-Status` says (a
+    /// response that lost its extensions on the way, or came over the network from a service with this
+    /// layer). `None` when neither is there.
+    pub fn of<B>(response: &Response<B>) -> Option<Self> {
+        match response.extensions().get::<CacheOutcome>() {
+            Some(outcome) => Some(*outcome),
+            None => Self::from_headers(response.headers()),
+        }
+    }
+
+    /// What the `Cache-Status` in `headers` says this crate's cache did (a `reqwest::Response`'s headers, a
+    /// proxied response's); `None` without a member named `tower-redis-cache` that this crate would write.
+    ///
+    /// With layers stacked, the outermost one's member is read: each sets the field anew.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let member = headers
+            .get_all(CACHE_STATUS)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(members)
+            .filter(|member| member_name(member) == CACHE_NAME)
+            .last()?;
+        parse_member(member)
+    }
+
     /// A short lower-case name: `hit`, `stale`, `miss`, `bypass` or `stale-if-error`.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -124,6 +160,22 @@ impl BypassReason {
         }
     }
 
+    /// The reason whose `detail` is `detail`.
+    fn from_detail(detail: &str) -> Option<Self> {
+        [
+            BypassReason::Method,
+            BypassReason::NoStore,
+            BypassReason::Authorization,
+            BypassReason::Cookie,
+            BypassReason::Range,
+            BypassReason::Conditional,
+            BypassReason::RequestTooLarge,
+            BypassReason::Skipped,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == detail)
+    }
+
     /// RFC 9211's `fwd` for the bypass: `method`, `request` (the request's own directives), or `bypass`.
     fn fwd(&self) -> &'static str {
         match self {
@@ -162,6 +214,74 @@ pub(crate) struct Status {
 
 pub(crate) const CACHE_NAME: &str = "tower-redis-cache";
 
+/// The members of one `Cache-Status` field value: split at commas outside quoted strings.
+fn members(value: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let mut quoted = false;
+        let mut escaped = false;
+        for (i, c) in text.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ',' if !quoted => {
+                    rest = Some(&text[i + 1..]);
+                    return Some(text[..i].trim());
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(text.trim())
+    })
+}
+
+/// The cache a member names: its text before the first `;`.
+fn member_name(member: &str) -> &str {
+    member.split(';').next().unwrap_or_default().trim()
+}
+
+/// The outcome a member of this crate's says, by the rules [`Status::write_to`] writes it with.
+fn parse_member(member: &str) -> Option<CacheOutcome> {
+    let (mut hit, mut fwd, mut ttl, mut detail) = (false, None, None, None);
+    let (mut stored, mut collapsed) = (false, false);
+    // This crate's members hold only tokens and integers: no `;` inside a value.
+    for param in member.split(';').skip(1) {
+        let (name, value) = match param.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim())),
+            None => (param.trim(), None),
+        };
+        match name {
+            "hit" => hit = value.is_none_or(|v| v == "?1"),
+            "fwd" => fwd = value,
+            "ttl" => ttl = value.and_then(|v| v.parse::<i64>().ok()),
+            "stored" => stored = value.is_none_or(|v| v == "?1"),
+            "collapsed" => collapsed = value.is_none_or(|v| v == "?1"),
+            "detail" => detail = value,
+            _ => {}
+        }
+    }
+    if hit {
+        return Some(match ttl {
+            Some(ttl) if ttl < 0 => CacheOutcome::Stale {
+                refreshing: detail == Some("refreshing"),
+            },
+            _ => CacheOutcome::Hit,
+        });
+    }
+    let fwd = fwd?;
+    if fwd == "stale" {
+        return Some(CacheOutcome::StaleIfError);
+    }
+    let bypass = detail.and_then(BypassReason::from_detail);
+    if let Some(reason) = bypass.filter(|reason| reason.fwd() == fwd) {
+        return Some(CacheOutcome::Bypass(reason));
+    }
+    Some(CacheOutcome::Miss { collapsed, stored })
+}
+
 impl Status {
     pub(crate) fn new(outcome: CacheOutcome) -> Self {
         Status {
@@ -198,6 +318,9 @@ impl Status {
                 if self.near {
                     detail = Some("near");
                 }
+                if self.outcome == (CacheOutcome::Stale { refreshing: true }) {
+                    detail = Some("refreshing");
+                }
             }
             CacheOutcome::Miss { .. } => {
                 s.push_str("; fwd=");
@@ -226,12 +349,13 @@ impl Status {
             s.push_str("; ttl=");
             s.push_i64(ttl);
         }
-        match self.outcome {
-            CacheOutcome::Miss {
-                collapsed: true, ..
-            } => s.push_str("; collapsed"),
-            CacheOutcome::Miss { stored: true, .. } => s.push_str("; stored"),
-            _ => {}
+        if let CacheOutcome::Miss { collapsed, stored } = self.outcome {
+            if stored {
+                s.push_str("; stored");
+            }
+            if collapsed {
+                s.push_str("; collapsed");
+            }
         }
         if let Some(detail) = detail {
             s.push_str("; detail=");
@@ -406,6 +530,11 @@ mod tests {
 
         let mut stale = Status::new(CacheOutcome::Stale { refreshing: true });
         stale.ttl = Some(-3);
+        assert_eq!(
+            fmt(stale),
+            "tower-redis-cache; hit; ttl=-3; detail=refreshing"
+        );
+        stale.outcome = CacheOutcome::Stale { refreshing: false };
         assert_eq!(fmt(stale), "tower-redis-cache; hit; ttl=-3");
 
         let mut miss = Status::new(CacheOutcome::Miss {
@@ -439,6 +568,14 @@ mod tests {
         assert_eq!(
             fmt(fleet),
             "tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet"
+        );
+        collapsed.outcome = CacheOutcome::Miss {
+            collapsed: true,
+            stored: true,
+        };
+        assert_eq!(
+            fmt(collapsed),
+            "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored; collapsed"
         );
 
         let mut revalidated = miss;
@@ -491,5 +628,151 @@ mod tests {
             fmt(down),
             "tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=store-unavailable"
         );
+    }
+
+    /// Every status this crate writes, one per outcome and what can change its member.
+    fn every_status() -> Vec<Status> {
+        let mut all = Vec::new();
+        let reasons = [
+            BypassReason::Method,
+            BypassReason::NoStore,
+            BypassReason::Authorization,
+            BypassReason::Cookie,
+            BypassReason::Range,
+            BypassReason::Conditional,
+            BypassReason::RequestTooLarge,
+            BypassReason::Skipped,
+        ];
+        let mut outcomes = vec![
+            CacheOutcome::Hit,
+            CacheOutcome::Stale { refreshing: true },
+            CacheOutcome::Stale { refreshing: false },
+            CacheOutcome::StaleIfError,
+        ];
+        for (collapsed, stored) in [(false, false), (false, true), (true, false), (true, true)] {
+            outcomes.push(CacheOutcome::Miss { collapsed, stored });
+        }
+        outcomes.extend(reasons.map(CacheOutcome::Bypass));
+        for outcome in outcomes {
+            for store in [
+                StoreHealth::Ok,
+                StoreHealth::Error,
+                StoreHealth::Unavailable,
+            ] {
+                for fwd in [Fwd::UriMiss, Fwd::VaryMiss, Fwd::Request] {
+                    for (near, fleet) in [(false, false), (true, false), (false, true)] {
+                        for fwd_status in [None, Some(200), Some(503)] {
+                            let mut status = Status::new(outcome);
+                            status.ttl = match outcome {
+                                CacheOutcome::Hit => Some(12),
+                                CacheOutcome::Stale { .. } | CacheOutcome::StaleIfError => Some(-3),
+                                _ => None,
+                            };
+                            (status.store, status.fwd) = (store, fwd);
+                            (status.near, status.fleet, status.fwd_status) =
+                                (near, fleet, fwd_status);
+                            all.push(status);
+                        }
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    fn response_with(values: &[&str]) -> Response<()> {
+        let mut response = Response::new(());
+        for value in values {
+            response
+                .headers_mut()
+                .append(CACHE_STATUS, HeaderValue::from_str(value).unwrap());
+        }
+        response
+    }
+
+    #[test]
+    fn the_outcome_is_read_back_from_every_status_written() {
+        let all = every_status();
+        assert!(all.len() > 1000);
+        for status in all {
+            let value = status.header_value();
+            let response = response_with(&[value.to_str().unwrap()]);
+            assert_eq!(
+                CacheOutcome::of(&response),
+                Some(status.outcome),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_extension_comes_first() {
+        let mut response = response_with(&["tower-redis-cache; hit; ttl=3"]);
+        response
+            .extensions_mut()
+            .insert(CacheOutcome::Bypass(BypassReason::Skipped));
+        assert_eq!(
+            CacheOutcome::of(&response),
+            Some(CacheOutcome::Bypass(BypassReason::Skipped))
+        );
+        assert_eq!(
+            CacheOutcome::from_headers(response.headers()),
+            Some(CacheOutcome::Hit)
+        );
+    }
+
+    #[test]
+    fn a_fresh_hit_with_under_a_second_left_is_a_hit() {
+        let zero = response_with(&["tower-redis-cache; hit; ttl=0"]);
+        assert_eq!(CacheOutcome::of(&zero), Some(CacheOutcome::Hit));
+        let near = response_with(&["tower-redis-cache; hit; ttl=0; detail=near"]);
+        assert_eq!(CacheOutcome::of(&near), Some(CacheOutcome::Hit));
+    }
+
+    #[test]
+    fn the_last_member_of_this_crate_is_read_among_others() {
+        // Other caches' members, before and after, one with a quoted comma and semicolon in its detail.
+        let mixed = response_with(&[
+            r#"origin-cdn; fwd=uri-miss; detail="a, b; c", tower-redis-cache; fwd=uri-miss; stored"#,
+            "tower-redis-cache; hit; ttl=4, edge; hit",
+        ]);
+        assert_eq!(CacheOutcome::of(&mixed), Some(CacheOutcome::Hit));
+        let earlier_only = response_with(&[
+            "tower-redis-cache; fwd=bypass; detail=cookie",
+            r#"edge; fwd=stale; detail="tower-redis-cache; hit""#,
+        ]);
+        assert_eq!(
+            CacheOutcome::of(&earlier_only),
+            Some(CacheOutcome::Bypass(BypassReason::Cookie))
+        );
+        // Structured-field booleans written out in full read as the bare ones.
+        let explicit = response_with(&["tower-redis-cache; fwd=uri-miss; stored=?1; collapsed=?0"]);
+        assert_eq!(
+            CacheOutcome::of(&explicit),
+            Some(CacheOutcome::Miss {
+                collapsed: false,
+                stored: true
+            })
+        );
+    }
+
+    #[test]
+    fn no_member_of_this_crate_reads_as_none() {
+        for values in [
+            &[][..],
+            &["edge; hit"][..],
+            &["tower-redis-cache-2; hit"][..],
+            &["tower-redis-cache"][..],
+            &["tower-redis-cache; ttl=3"][..],
+            &["\"tower-redis-cache; hit\""][..],
+        ] {
+            assert_eq!(CacheOutcome::of(&response_with(values)), None, "{values:?}");
+        }
+        let mut opaque = Response::new(());
+        opaque.headers_mut().insert(
+            CACHE_STATUS,
+            HeaderValue::from_bytes(b"tower-redis-cache; hit\xff").unwrap(),
+        );
+        assert_eq!(CacheOutcome::of(&opaque), None, "not text");
     }
 }

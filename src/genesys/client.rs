@@ -370,7 +370,7 @@ async fn read(response: Response<GenesysBody>) -> Result<Fetched<Bytes>, Genesys
         .get("inin-correlation-id")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.chars().take(100).collect::<String>());
-    let cache = parts.extensions.get::<CacheOutcome>().copied();
+    let cache = CacheOutcome::from_headers(&parts.headers);
     let attempts = match cache {
         // Answered from the store: no attempt reached the API (a stale answer's refresh runs apart).
         Some(CacheOutcome::Hit | CacheOutcome::Stale { .. }) => 0,

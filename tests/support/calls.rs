@@ -36,10 +36,16 @@ where
 
 /// The reply's cache outcome.
 pub fn outcome(response: &Reply) -> CacheOutcome {
-    *response
+    let outcome = *response
         .extensions()
         .get::<CacheOutcome>()
-        .expect("every response has an outcome")
+        .expect("every response has an outcome");
+    assert_eq!(
+        CacheOutcome::from_headers(response.headers()),
+        Some(outcome),
+        "Cache-Status says the outcome the extension holds"
+    );
+    outcome
 }
 
 /// The reply's `Cache-Status` header.
