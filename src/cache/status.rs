@@ -160,20 +160,23 @@ impl BypassReason {
         }
     }
 
+    /// Every reason.
+    const ALL: [BypassReason; 8] = [
+        BypassReason::Method,
+        BypassReason::NoStore,
+        BypassReason::Authorization,
+        BypassReason::Cookie,
+        BypassReason::Range,
+        BypassReason::Conditional,
+        BypassReason::RequestTooLarge,
+        BypassReason::Skipped,
+    ];
+
     /// The reason whose `detail` is `detail`.
     fn from_detail(detail: &str) -> Option<Self> {
-        [
-            BypassReason::Method,
-            BypassReason::NoStore,
-            BypassReason::Authorization,
-            BypassReason::Cookie,
-            BypassReason::Range,
-            BypassReason::Conditional,
-            BypassReason::RequestTooLarge,
-            BypassReason::Skipped,
-        ]
-        .into_iter()
-        .find(|reason| reason.as_str() == detail)
+        Self::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == detail)
     }
 
     /// RFC 9211's `fwd` for the bypass: `method`, `request` (the request's own directives), or `bypass`.
@@ -633,16 +636,6 @@ mod tests {
     /// Every status this crate writes, one per outcome and what can change its member.
     fn every_status() -> Vec<Status> {
         let mut all = Vec::new();
-        let reasons = [
-            BypassReason::Method,
-            BypassReason::NoStore,
-            BypassReason::Authorization,
-            BypassReason::Cookie,
-            BypassReason::Range,
-            BypassReason::Conditional,
-            BypassReason::RequestTooLarge,
-            BypassReason::Skipped,
-        ];
         let mut outcomes = vec![
             CacheOutcome::Hit,
             CacheOutcome::Stale { refreshing: true },
@@ -652,7 +645,7 @@ mod tests {
         for (collapsed, stored) in [(false, false), (false, true), (true, false), (true, true)] {
             outcomes.push(CacheOutcome::Miss { collapsed, stored });
         }
-        outcomes.extend(reasons.map(CacheOutcome::Bypass));
+        outcomes.extend(BypassReason::ALL.map(CacheOutcome::Bypass));
         for outcome in outcomes {
             for store in [
                 StoreHealth::Ok,
@@ -702,6 +695,25 @@ mod tests {
                 Some(status.outcome),
                 "{value:?}"
             );
+        }
+    }
+
+    #[test]
+    fn every_bypass_reason_is_listed_once() {
+        // No wildcard: a new reason does not compile here until it has its place in `ALL`.
+        let place = |reason: BypassReason| match reason {
+            BypassReason::Method => 0,
+            BypassReason::NoStore => 1,
+            BypassReason::Authorization => 2,
+            BypassReason::Cookie => 3,
+            BypassReason::Range => 4,
+            BypassReason::Conditional => 5,
+            BypassReason::RequestTooLarge => 6,
+            BypassReason::Skipped => 7,
+        };
+        for (i, reason) in BypassReason::ALL.into_iter().enumerate() {
+            assert_eq!(place(reason), i);
+            assert_eq!(BypassReason::from_detail(reason.as_str()), Some(reason));
         }
     }
 
