@@ -185,9 +185,7 @@ impl Middleware for CacheMiddleware {
         if let Action::Bypass(reason) = action {
             let status = engine.bypassed(reason);
             let mut response = next.run(request, extensions).await?;
-            response
-                .headers_mut()
-                .insert(crate::cache::engine::CACHE_STATUS, status.header_value());
+            crate::cache::engine::add_cache_status(response.headers_mut(), status.header_value());
             response.extensions_mut().insert(status.outcome);
             return Ok(response);
         }

@@ -646,6 +646,89 @@ async fn request_cache_control_no_store_bypasses_and_no_cache_refreshes() {
 }
 
 #[tokio::test]
+async fn cache_status_keeps_the_members_of_the_caches_behind_it() {
+    // RFC 9211 §2: a cache keeps the field it received and adds its member last.
+    let origin = Origin::new();
+    origin.add_header("cache-status", "edge-cdn; fwd=uri-miss");
+    origin.add_header("cache-status", "  ");
+    origin.add_header("cache-status", "gateway; hit");
+    let layer = layer_over(MemoryStore::new(1 << 20)).build().unwrap();
+    let service = layer.layer_service(origin.service());
+    let behind = "edge-cdn; fwd=uri-miss, gateway; hit";
+
+    let miss = call(&service, post(r#"{"q":"path"}"#)).await;
+    assert_eq!(
+        miss.headers().get_all("cache-status").iter().count(),
+        1,
+        "one field line"
+    );
+    assert_eq!(
+        cache_status(&miss),
+        format!("{behind}, tower-redis-cache; fwd=uri-miss; fwd-status=200; stored")
+    );
+    assert_eq!(
+        outcome(&miss),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+
+    // The entry keeps none of them: they told how the fill was fetched, not how this answer was made.
+    let hit = call(&service, post(r#"{"q":"path"}"#)).await;
+    assert!(
+        cache_status(&hit).starts_with("tower-redis-cache; hit; ttl="),
+        "{}",
+        cache_status(&hit)
+    );
+
+    let mut no_store = post(r#"{"q":"path"}"#);
+    no_store
+        .headers_mut()
+        .insert("cache-control", "no-store".parse().unwrap());
+    let bypass = call(&service, no_store).await;
+    assert_eq!(
+        cache_status(&bypass),
+        format!("{behind}, tower-redis-cache; fwd=request; detail=no-store")
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn stacked_layers_each_add_a_member_and_the_outer_one_is_read() {
+    let origin = Origin::new();
+    let inner = layer_over(MemoryStore::new(1 << 20)).build().unwrap();
+    let outer = layer_over(MemoryStore::new(1 << 20)).build().unwrap();
+    let warm = inner.layer_service(origin.service());
+    call(&warm, post(r#"{"q":"stacked"}"#)).await;
+
+    // The outer layer misses; the inner one answers from its entry.
+    let service = outer.layer_service(inner.layer_service(origin.service()));
+    let response = service.oneshot(post(r#"{"q":"stacked"}"#)).await.unwrap();
+    let status = response.headers()["cache-status"].to_str().unwrap();
+    let (first, last) = status.split_once(", ").unwrap();
+    assert!(
+        first.starts_with("tower-redis-cache; hit; ttl="),
+        "{status}"
+    );
+    assert_eq!(
+        last, "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored",
+        "{status}"
+    );
+    let outer_says = CacheOutcome::Miss {
+        collapsed: false,
+        stored: true,
+    };
+    assert_eq!(response.extensions().get(), Some(&outer_says));
+    assert_eq!(
+        CacheOutcome::from_headers(response.headers()),
+        Some(outer_says),
+        "the header is read for the outer layer's member"
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
 async fn stale_if_error_serves_the_entry_when_the_origin_fails() {
     let origin = Origin::new();
     let layer = layer_over(MemoryStore::new(1 << 20))

@@ -1199,17 +1199,72 @@ fn respond_with<R>(
     response
 }
 
-/// Adds `Cache-Status` and the [`CacheOutcome`] extension.
+/// Adds this cache's `Cache-Status` member and the [`CacheOutcome`] extension to a response from the origin.
 pub(crate) fn decorate<B>(response: &mut Response<B>, status: &Status) {
-    response
-        .headers_mut()
-        .insert(CACHE_STATUS, status.header_value());
+    add_cache_status(response.headers_mut(), status.header_value());
     response.extensions_mut().insert(status.outcome);
+}
+
+/// Adds `member` to the `Cache-Status` in `headers`, after the members already there.
+///
+/// RFC 9211 §2: a cache preserves the field it received, and the member of the cache nearest the client comes
+/// last. A response from the origin may carry the members of caches behind it (a CDN, another service with this
+/// layer); they stay, joined into one field line, so that `headers()["cache-status"]` shows the whole path.
+/// Answers made from an entry start without the field: entries never store it.
+pub(crate) fn add_cache_status(headers: &mut HeaderMap, member: HeaderValue) {
+    let mut upstream = match headers.entry(CACHE_STATUS) {
+        http::header::Entry::Vacant(vacant) => {
+            vacant.insert(member);
+            return;
+        }
+        http::header::Entry::Occupied(occupied) => occupied,
+    };
+    let mut joined = Vec::new();
+    for value in upstream.iter() {
+        let value = value.as_bytes().trim_ascii();
+        if !value.is_empty() {
+            joined.extend_from_slice(value);
+            joined.extend_from_slice(b", ");
+        }
+    }
+    joined.extend_from_slice(member.as_bytes());
+    // Bytes of header values, joined by ", ": always a valid value. Should that ever fail, the members stay as
+    // separate field lines, which mean the same (RFC 9110 §5.3).
+    match HeaderValue::from_bytes(&joined) {
+        Ok(value) => {
+            upstream.insert(value);
+        }
+        Err(_) => upstream.append(member),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_status_members_are_added_after_those_already_there() {
+        let ours = HeaderValue::from_static("tower-redis-cache; fwd=uri-miss; stored");
+        let field = |upstream: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for value in upstream {
+                headers.append(CACHE_STATUS, HeaderValue::from_static(value));
+            }
+            add_cache_status(&mut headers, ours.clone());
+            let lines: Vec<_> = headers.get_all(CACHE_STATUS).iter().cloned().collect();
+            assert_eq!(lines.len(), 1, "one field line");
+            lines[0].to_str().map(str::to_owned).unwrap_or_default()
+        };
+        assert_eq!(field(&[]), "tower-redis-cache; fwd=uri-miss; stored");
+        assert_eq!(
+            field(&["cdn; hit"]),
+            "cdn; hit, tower-redis-cache; fwd=uri-miss; stored"
+        );
+        assert_eq!(
+            field(&["origin-cache; fwd=stale", "", " cdn; hit "]),
+            "origin-cache; fwd=stale, cdn; hit, tower-redis-cache; fwd=uri-miss; stored"
+        );
+    }
 
     #[test]
     fn a_plain_hit_gets_the_values_of_its_own_ttl_and_age() {

@@ -21,6 +21,10 @@
 //!
 //! A negative `ttl` says the answer came from the cache after its freshness ended (RFC 9211 §2.3).
 //!
+//! The member is added after those already in the origin's `Cache-Status` (a CDN's, another layer's), so the
+//! field lists every cache on the way with this one last (RFC 9211 §2): `cdn; hit, tower-redis-cache;
+//! fwd=uri-miss; fwd-status=200; stored`. An answer from an entry carries this cache's member alone.
+//!
 //! The header says everything a [`CacheOutcome`] holds, so the outcome travels with the response where an
 //! extension does not: across a network hop to a client, through a layer that rebuilds the response.
 //! [`CacheOutcome::of`] reads the extension, or else the header; [`CacheOutcome::from_headers`] the header.
@@ -89,7 +93,8 @@ impl CacheOutcome {
     /// What the `Cache-Status` in `headers` says this crate's cache did (a `reqwest::Response`'s headers, a
     /// proxied response's); `None` without a member named `tower-redis-cache` that this crate would write.
     ///
-    /// With layers stacked, the outermost one's member is read: each sets the field anew.
+    /// Members of other caches are skipped. Each cache adds its member after those already there (RFC 9211 §2),
+    /// so with layers stacked the outermost one's member, the last, is read.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
         let member = headers
             .get_all(CACHE_STATUS)
