@@ -24,7 +24,7 @@ use super::engine::CACHE_STATUS;
 use super::entry::Entry;
 use super::heads::{Rendered, Renders};
 use super::key::parse_key;
-use super::stats::{Counters, bump};
+use super::stats::{Counters, add, bump};
 use super::status::CACHE_NAME;
 use futures_util::future::BoxFuture;
 use http::header::AGE;
@@ -494,13 +494,16 @@ impl Near {
     /// Drops the keys the store says changed (store keys, `<namespace>:v1:{<digest>}`; any other key under
     /// the prefix, such as a lease, holds no entry).
     pub(crate) fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut count = 0;
         for key in keys {
-            bump(&self.counters.near_invalidations);
+            count += 1;
             if let Some(digest) = parse_key(&self.prefix, key) {
                 self.cache.invalidate(&NearKey(digest));
             }
         }
         self.changed_contents();
+        // Counted once the keys can no longer answer: whoever reads the count then finds them gone.
+        add(&self.counters.near_invalidations, count);
         self.changed.notify_waiters();
     }
 
