@@ -184,7 +184,11 @@ impl Middleware for CacheMiddleware {
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
             let status = engine.bypassed(reason);
+            let stale = engine.stale_targets(&parts, &facts);
             let mut response = next.run(request, extensions).await?;
+            if let Some(stale) = stale {
+                engine.invalidate(stale, response.status()).await;
+            }
             crate::cache::engine::add_cache_status(response.headers_mut(), status.header_value());
             response.extensions_mut().insert(status.outcome);
             return Ok(response);

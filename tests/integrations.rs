@@ -156,6 +156,60 @@ async fn reqwest_middleware_bypasses_what_it_must_not_cache() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+#[tokio::test]
+async fn reqwest_middleware_drops_the_entries_of_a_url_a_put_changed() {
+    let reads = Arc::new(AtomicU64::new(0));
+    let counter = reads.clone();
+    let app = Router::new().route(
+        "/items/{id}",
+        get(move |Path(id): Path<String>| {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                Json(json!({"id": id, "read": n}))
+            }
+        })
+        .put(|| async { StatusCode::NO_CONTENT }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/items/7", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let plain = reqwest::Client::new();
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain))
+        .build();
+    let read = || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            CacheOutcome::from_headers(response.headers()).unwrap()
+        }
+    };
+
+    assert!(matches!(
+        read().await,
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(read().await, CacheOutcome::Hit);
+    let put = client.put(&url).body("{}").send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        CacheOutcome::from_headers(put.headers()),
+        Some(CacheOutcome::Bypass(
+            tower_redis_cache::cache::BypassReason::Method
+        ))
+    );
+    assert!(matches!(
+        read().await,
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+    assert_eq!(layer.handle().stats().unsafe_invalidations, 1);
+}
+
 /// An axum app with a cached route reading a path parameter and a request extension.
 fn app(layer: RedisCacheLayer, calls: Arc<AtomicU64>, use_route_layer: bool) -> Router {
     let handler = move |Path(id): Path<String>, Extension(tenant): Extension<Tenant>| {

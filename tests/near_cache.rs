@@ -45,14 +45,26 @@ where
             Error = tower_redis_cache::error::BoxError,
         > + Clone,
 {
+    until_near_with(service, || post(query)).await
+}
+
+/// Sends `request()` until the near cache answers it: a bounded poll.
+async fn until_near_with<S>(service: &S, request: impl Fn() -> Request<Full<bytes::Bytes>>) -> Reply
+where
+    S: tower::Service<
+            Request<Full<bytes::Bytes>>,
+            Response = Reply,
+            Error = tower_redis_cache::error::BoxError,
+        > + Clone,
+{
     for _ in 0..500 {
-        let response = call(service, post(query)).await;
+        let response = call(service, request()).await;
         if is_near(&response) {
             return response;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("the near cache never answered {query}");
+    panic!("the near cache never answered {}", request().uri());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,6 +101,38 @@ async fn a_write_by_one_process_is_never_answered_by_the_others_near_cache() {
         );
     }
     assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_through_one_process_drops_the_near_copy_in_the_others() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let a = near_layer(&server.url()).await.build().unwrap();
+    let b = near_layer(&server.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let uri = "https://api.example.com/items/1";
+    let item = || Request::get(uri).body(Full::default()).unwrap();
+
+    call(&service_a, item()).await;
+    until_near_with(&service_b, item).await;
+    let before = b.handle().stats().near_invalidations;
+    let put = Request::put(uri)
+        .body(Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    call(&service_a, put).await;
+    assert_eq!(a.handle().stats().unsafe_invalidations, 1);
+    wait_until("B heard of A's PUT", || {
+        b.handle().stats().near_invalidations > before
+    })
+    .await;
+    let after = call(&service_b, item()).await;
+    assert!(
+        matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
+        "{}",
+        cache_status(&after)
+    );
+    assert_eq!(&body(after).await[..], br#"{"n":3,"echo":null}"#);
+    assert_eq!(origin.calls(), 3, "the GET, the PUT, the GET after it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -516,3 +516,179 @@ async fn a_chunked_body_over_the_cap_reaches_the_origin_whole_and_uncached() {
         assert_eq!(outcome(&response), expected);
     }
 }
+
+fn request(method: &str, uri: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"name":"new"}"#)))
+        .unwrap()
+}
+
+const ITEM: &str = "https://api.example.com/items/1";
+const OTHER_ITEM: &str = "https://api.example.com/items/2";
+
+/// Fills the entries of a `GET` and a `HEAD` of `ITEM` and of a `GET` of `OTHER_ITEM`, and checks they answer.
+async fn fill<S>(service: &S)
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Reply,
+            Error = tower_redis_cache::error::BoxError,
+        > + Clone,
+{
+    let reads = [("GET", ITEM), ("HEAD", ITEM), ("GET", OTHER_ITEM)];
+    for (method, uri) in reads {
+        call(service, request(method, uri).map(|_| Full::default())).await;
+    }
+    for (method, uri) in reads {
+        let response = call(service, request(method, uri).map(|_| Full::default())).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit, "{method} {uri}");
+    }
+}
+
+#[tokio::test]
+async fn a_successful_unsafe_request_drops_the_entries_of_its_target_uri() {
+    // RFC 9111 §4.4, for every unsafe method, known or not.
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    for (done, method) in ["PUT", "PATCH", "DELETE", "POST", "PURGE"]
+        .into_iter()
+        .enumerate()
+    {
+        fill(&service).await;
+        let calls = origin.calls();
+        let write = call(&service, request(method, ITEM)).await;
+        assert_eq!(write.status(), StatusCode::OK);
+        assert_eq!(outcome(&write), CacheOutcome::Bypass(BypassReason::Method));
+        assert_eq!(origin.calls(), calls + 1, "{method} reached the origin");
+        for read in ["GET", "HEAD"] {
+            let after = call(&service, request(read, ITEM).map(|_| Full::default())).await;
+            assert!(
+                matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
+                "{read} after {method}: {}",
+                cache_status(&after)
+            );
+        }
+        let neighbour = call(
+            &service,
+            request("GET", OTHER_ITEM).map(|_| Full::default()),
+        )
+        .await;
+        assert_eq!(
+            outcome(&neighbour),
+            CacheOutcome::Hit,
+            "another URI keeps its entry"
+        );
+        assert_eq!(layer.handle().stats().unsafe_invalidations, done as u64 + 1);
+    }
+}
+
+#[tokio::test]
+async fn failed_safe_or_cached_requests_leave_the_entries_of_their_target_uri() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server)
+        .await
+        .methods([Method::GET, Method::HEAD])
+        // A POST to the items is a query this layer caches: it changes nothing.
+        .cache_post_when(|parts| parts.uri.path().starts_with("/items/"))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    fill(&service).await;
+
+    origin.fail_with(StatusCode::CONFLICT);
+    let refused = call(&service, request("PUT", ITEM)).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    origin.fail_transport();
+    let error = service.clone().oneshot(request("DELETE", ITEM)).await;
+    assert!(error.is_err(), "a transport error reaches the caller");
+    origin.heal();
+    for method in ["OPTIONS", "TRACE"] {
+        let safe = call(&service, request(method, ITEM)).await;
+        assert_eq!(outcome(&safe), CacheOutcome::Bypass(BypassReason::Method));
+    }
+    let query = call(&service, request("POST", ITEM)).await;
+    assert!(matches!(
+        outcome(&query),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    // The same query past the cache is still a query.
+    let mut uncached = request("POST", ITEM);
+    uncached
+        .headers_mut()
+        .insert("cache-control", "no-store".parse().unwrap());
+    let uncached = call(&service, uncached).await;
+    assert_eq!(
+        outcome(&uncached),
+        CacheOutcome::Bypass(BypassReason::NoStore)
+    );
+
+    for read in ["GET", "HEAD"] {
+        let after = call(&service, request(read, ITEM).map(|_| Full::default())).await;
+        assert_eq!(outcome(&after), CacheOutcome::Hit, "{read}");
+    }
+    assert_eq!(layer.handle().stats().unsafe_invalidations, 0);
+
+    // Turned off, a successful PUT leaves them too.
+    let keeping = crate::layer(&server)
+        .await
+        .invalidate_on_unsafe(false)
+        .build()
+        .unwrap();
+    let service = cached(&keeping, origin.service());
+    let put = call(&service, request("PUT", ITEM)).await;
+    assert_eq!(put.status(), StatusCode::OK);
+    let after = call(&service, request("GET", ITEM).map(|_| Full::default())).await;
+    assert_eq!(outcome(&after), CacheOutcome::Hit);
+    assert_eq!(keeping.handle().stats().unsafe_invalidations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_waiting_does_not_stop_the_removal() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server).await.build().unwrap();
+    // Counts the origin's answers as they leave it.
+    let (answered, _) = tokio::sync::watch::channel(0usize);
+    let inner = {
+        let (service, answered) = (origin.service(), answered.clone());
+        tower::service_fn(move |request| {
+            let (service, answered) = (service.clone(), answered.clone());
+            async move {
+                let response = service.oneshot(request).await;
+                answered.send_modify(|n| *n += 1);
+                response
+            }
+        })
+    };
+    let service = cached(&layer, inner);
+    let item = || request("GET", ITEM).map(|_| Full::default());
+    call(&service, item()).await;
+
+    // Redis holds the removal; the PUT's caller gives up once the origin has answered.
+    server.pause();
+    let put = tokio::spawn(service.clone().oneshot(request("PUT", ITEM)));
+    answered.subscribe().wait_for(|n| *n == 2).await.unwrap();
+    put.abort();
+    assert!(
+        put.await.unwrap_err().is_cancelled(),
+        "the response was waiting for the removal"
+    );
+    server.resume();
+
+    wait_until("the removal ran on", || {
+        layer.handle().stats().unsafe_invalidations == 1
+    })
+    .await;
+    let after = call(&service, item()).await;
+    assert!(
+        matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
+        "{}",
+        cache_status(&after)
+    );
+}

@@ -51,6 +51,8 @@ pub(crate) struct Rules {
     pub(crate) statuses: Vec<StatusCode>,
     /// Whether response `Cache-Control: no-store` and `private` are honoured.
     pub(crate) respect_response_cache_control: bool,
+    /// Whether a successful unsafe request drops the entries of its target URI (RFC 9111 §4.4).
+    pub(crate) invalidate_on_unsafe: bool,
 }
 
 /// What a request's head says, read in one pass over its headers.
@@ -72,6 +74,9 @@ pub(crate) struct RequestFacts {
     pub(crate) too_large: bool,
     /// The request opted out of the cache ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     pub(crate) skip: bool,
+    /// The method is not safe (RFC 9110 §9.2.1): any but `GET`, `HEAD`, `OPTIONS`, `TRACE` and `QUERY`, unknown
+    /// methods included. A request with one may change its target resource.
+    pub(crate) unsafe_method: bool,
     /// The windows chosen for this request (its extension, the layer's hook, or the layer's own), for the
     /// entry it stores.
     pub(crate) windows: Windows,
@@ -206,6 +211,20 @@ impl Fwd {
             Fwd::Request => "request",
         }
     }
+}
+
+/// Whether a request may make entries of its target URI stale (RFC 9111 §4.4), so that the cache keys them
+/// before the request goes on: its method is unsafe, and not one this layer caches (a `POST` the layer was told
+/// to cache is a query to it, which changes nothing). [`invalidates`] says whether its answer does.
+pub(crate) fn may_invalidate(rules: &Rules, request: &RequestFacts) -> bool {
+    rules.invalidate_on_unsafe && request.unsafe_method && !request.method_cacheable
+}
+
+/// Whether the answer to a request [`may_invalidate`] accepted makes the entries of its target URI stale: any
+/// status below 400 (RFC 9111 §4.4: "a non-error status code"). An error changed nothing, as far as the cache
+/// can tell, so the entries stay.
+pub(crate) fn invalidates(status: StatusCode) -> bool {
+    status.as_u16() < 400
 }
 
 /// The cache decision for one request at `now` (unix ms).
@@ -362,6 +381,40 @@ mod tests {
             credentials,
             statuses: default_statuses(),
             respect_response_cache_control: true,
+            invalidate_on_unsafe: true,
+        }
+    }
+
+    #[test]
+    fn unsafe_requests_invalidate_only_when_they_succeed() {
+        let on = rules(Credentials::Bypass);
+        let off = Rules {
+            invalidate_on_unsafe: false,
+            ..rules(Credentials::Bypass)
+        };
+        let put = RequestFacts {
+            unsafe_method: true,
+            ..RequestFacts::default()
+        };
+        assert!(may_invalidate(&on, &put));
+        assert!(!may_invalidate(&off, &put));
+        let cached_post = RequestFacts {
+            method_cacheable: true,
+            ..put
+        };
+        assert!(
+            !may_invalidate(&on, &cached_post),
+            "a query the layer caches"
+        );
+        assert!(
+            !may_invalidate(&on, &RequestFacts::default()),
+            "a safe method"
+        );
+        for code in [200, 201, 202, 204, 301, 303, 307, 399] {
+            assert!(invalidates(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [400, 404, 409, 412, 429, 500, 503, 599] {
+            assert!(!invalidates(StatusCode::from_u16(code).unwrap()), "{code}");
         }
     }
 

@@ -10,8 +10,8 @@ use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
-    Action, Forward, Fwd, Lookup, RequestFacts, ResponseFacts, Rules, Verdict, decide, judge,
-    serve_stale_on_error,
+    Action, Forward, Fwd, Lookup, RequestFacts, ResponseFacts, Rules, Verdict, decide, invalidates,
+    judge, may_invalidate, serve_stale_on_error,
 };
 use super::entry::{Entry, storable_headers};
 use super::fleet::{LeaseGuard, Turn};
@@ -258,6 +258,7 @@ impl Policy {
             && (parts.method == Method::GET
                 || parts.method == Method::HEAD
                 || self.origin_freshness_others);
+        facts.unsafe_method = !is_safe(&parts.method);
         facts
     }
 
@@ -274,6 +275,19 @@ impl Policy {
         parts.method == Method::POST && self.post_when.as_ref().is_some_and(|when| when(parts))
     }
 }
+
+/// Whether `method` is safe (RFC 9110 §9.2.1, and `QUERY`, safe by its definition): it does not ask the origin
+/// to change anything.
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) || method.as_str() == "QUERY"
+}
+
+/// The keys of the entries a request may make stale (see [`Engine::stale_targets`]).
+#[derive(Debug)]
+pub(crate) struct StaleTargets([CacheKey; 2]);
 
 /// What a coalesced inner call leaves for its waiters.
 #[derive(Clone, Debug)]
@@ -971,6 +985,58 @@ impl Engine {
         stored
     }
 
+    /// The entries a request would make stale by succeeding (RFC 9111 §4.4): those a `GET` and a `HEAD` of its
+    /// target URI, with its headers, would use. `None` unless [`may_invalidate`] says it may. Read before the
+    /// request goes on, since the request goes with it.
+    pub(crate) fn stale_targets(
+        &self,
+        parts: &request::Parts,
+        facts: &RequestFacts,
+    ) -> Option<StaleTargets> {
+        if !may_invalidate(&self.policy.rules, facts) {
+            return None;
+        }
+        // Keyed as that `GET` and `HEAD` are: without a body (and so without the `Content-Type` that is part of
+        // the key of a request with one).
+        let key = |method| self.keys.key(&method, &parts.uri, &parts.headers, &[]);
+        Some(StaleTargets([key(Method::GET), key(Method::HEAD)]))
+    }
+
+    /// Removes `targets` if `status`, the answer to the request that named them, says it succeeded (see
+    /// [`invalidates`]): from this process's near cache, then from the store, which tells every other
+    /// process. A store call like the others, under the breaker and the timeout; a failure is counted and
+    /// logged, never the request's, and the entries then live out their windows.
+    ///
+    /// The request's response waits for the removal, so that its caller's next read does not find what its
+    /// write replaced. The removal runs on a task of its own: a caller that stops waiting does not stop it, since
+    /// the origin has already made the change.
+    pub(crate) async fn invalidate(self: &Arc<Self>, targets: StaleTargets, status: StatusCode) {
+        if !invalidates(status) {
+            return;
+        }
+        let engine = self.clone();
+        // A panic in the removal is the task's alone: the response goes on either way.
+        let _ = tokio::spawn(async move { engine.remove_targets(targets).await }).await;
+    }
+
+    async fn remove_targets(&self, targets: StaleTargets) {
+        let StaleTargets([get, head]) = targets;
+        self.forget(&get);
+        self.forget(&head);
+        let keys = [get.as_str(), head.as_str()];
+        let removed = self
+            .store
+            .call("invalidate", keys[0], |store| store.remove(&keys))
+            .await;
+        if removed.is_ok() {
+            bump(&self.counters.unsafe_invalidations);
+            tracing::debug!(
+                key = get.short(),
+                "cache entries of an unsafe request's target removed"
+            );
+        }
+    }
+
     /// Drops this process's near copy of `key`, if it has a near cache.
     pub(crate) fn forget(&self, key: &CacheKey) {
         if let Some(near) = &self.near {
@@ -1241,6 +1307,24 @@ pub(crate) fn add_cache_status(headers: &mut HeaderMap, member: HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safe_methods_are_those_rfc_9110_names_and_query() {
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE", "QUERY"] {
+            assert!(
+                is_safe(&Method::from_bytes(method.as_bytes()).unwrap()),
+                "{method}"
+            );
+        }
+        for method in [
+            "POST", "PUT", "PATCH", "DELETE", "CONNECT", "PURGE", "get", "query",
+        ] {
+            assert!(
+                !is_safe(&Method::from_bytes(method.as_bytes()).unwrap()),
+                "{method}"
+            );
+        }
+    }
 
     #[test]
     fn cache_status_members_are_added_after_those_already_there() {

@@ -173,6 +173,7 @@ pub struct RedisCacheLayerBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     respect_response_cache_control: bool,
+    invalidate_on_unsafe: bool,
     near_bytes: u64,
     near_max_ttl: Duration,
     tracking: Option<Arc<dyn Tracking>>,
@@ -211,6 +212,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
                 "respect_response_cache_control",
                 &self.respect_response_cache_control,
             )
+            .field("invalidate_on_unsafe", &self.invalidate_on_unsafe)
             .field("near_cache", &self.near_bytes)
             .field("near_cache_max_ttl", &self.near_max_ttl)
             .field("fleet_wait", &self.fleet_wait)
@@ -258,6 +260,7 @@ impl RedisCacheLayerBuilder {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             respect_response_cache_control: true,
+            invalidate_on_unsafe: true,
             near_bytes: 0,
             near_max_ttl: Duration::from_secs(60),
             tracking: None,
@@ -439,6 +442,19 @@ impl RedisCacheLayerBuilder {
     /// never stored either way.
     pub fn respect_response_cache_control(mut self, respect: bool) -> Self {
         self.respect_response_cache_control = respect;
+        self
+    }
+
+    /// Drop what the cache holds for a URI when an unsafe request to it succeeds (RFC 9111 §4.4): a `PUT`,
+    /// `PATCH`, `DELETE`, a `POST` the layer does not cache, or any method not known to be safe, answered with a
+    /// status below 400, removes the entries a `GET` and a `HEAD` of that URI with the request's headers would
+    /// use, in Redis (so in every process, near caches included) before the response is returned. Entries of
+    /// other variants (other values of [`vary_headers`](Self::vary_headers)) and other queries (`POST` or
+    /// `QUERY` bodies) are not found this way: [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or
+    /// [`purge`](super::CacheHandle::purge) reach them. The removal is a store call like the others, under the
+    /// timeout and the breaker; if it fails, the entries live out their windows. Default: true.
+    pub fn invalidate_on_unsafe(mut self, invalidate: bool) -> Self {
+        self.invalidate_on_unsafe = invalidate;
         self
     }
 
@@ -658,6 +674,7 @@ impl RedisCacheLayerBuilder {
                 credentials: self.credentials,
                 statuses: self.statuses,
                 respect_response_cache_control: self.respect_response_cache_control,
+                invalidate_on_unsafe: self.invalidate_on_unsafe,
             },
             lease_for: self.lease_for,
             refresh_timeout: self.refresh_timeout,

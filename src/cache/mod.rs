@@ -72,6 +72,12 @@
 //!
 //! Request `Cache-Control: no-cache` skips the read and refreshes the entry (`fwd=request`).
 //!
+//! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST`, any
+//! unknown method) may change its target: once it is answered below 400, the entries of a `GET` and a `HEAD`
+//! of its URI (with its headers) are removed, from this process's near cache and from the store, so from every
+//! process, before its response is returned (RFC 9111 §4.4; see
+//! [`invalidate_on_unsafe`](RedisCacheLayerBuilder::invalidate_on_unsafe)).
+//!
 //! The windows of the entry a request stores are its own [`CacheOverride`] extension's, else what the
 //! layer's [`windows_for`](RedisCacheLayerBuilder::windows_for) hook chooses from its head, else the layer's;
 //! the origin's own `Cache-Control` / `Expires` set them where they speak (for `GET` and `HEAD` by default),

@@ -3,7 +3,9 @@
 use super::body::ResponseBody;
 use super::budget::ByteBudget;
 use super::decision::{Action, RequestFacts};
-use super::engine::{Engine, Fetch, FetchFuture, NearProbe, buffer_response, decorate};
+use super::engine::{
+    Engine, Fetch, FetchFuture, NearProbe, StaleTargets, buffer_response, decorate,
+};
 use super::future::ResponseFuture;
 use super::key::short_hex;
 use super::status::{BypassReason, CacheOutcome};
@@ -113,9 +115,10 @@ where
         let mut facts = engine.policy.facts(&parts);
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
+            let stale = engine.stale_targets(&parts, &facts);
             let request = Request::from_parts(parts, RequestBody::new(body));
             let (engine, inner) = (engine.clone(), self.inner.clone());
-            return respond_in(span, bypass(engine, inner, request, reason));
+            return respond_in(span, bypass(engine, inner, request, reason, stale));
         }
         let max = engine.policy.max_body;
         // The work before the store look-up is synchronous whenever the body is already whole (the common
@@ -160,7 +163,8 @@ where
                                 _ => BypassReason::RequestTooLarge,
                             };
                             let request = Request::from_parts(parts, body);
-                            return bypass(engine, inner, request, reason).await;
+                            // A method the layer caches: a query, which makes nothing stale.
+                            return bypass(engine, inner, request, reason, None).await;
                         }
                     };
                     let span = tracing::Span::current();
@@ -236,11 +240,13 @@ where
     engine.respond(key, facts, action, fetch, probe)
 }
 
+/// Calls `inner` for a request the cache takes no part in; then removes the entries it made `stale`, if any.
 async fn bypass<S, R>(
     engine: Arc<Engine>,
     mut inner: S,
     request: Request<RequestBody>,
     reason: BypassReason,
+    stale: Option<StaleTargets>,
 ) -> Result<Response<ResponseBody<R>>, BoxError>
 where
     S: Service<Request<RequestBody>, Response = Response<R>>,
@@ -248,6 +254,9 @@ where
 {
     let status = engine.bypassed(reason);
     let response = call_ready(&mut inner, request).await?;
+    if let Some(stale) = stale {
+        engine.invalidate(stale, response.status()).await;
+    }
     let (parts, body) = response.into_parts();
     let mut response = Response::from_parts(parts, ResponseBody::streaming(None, Box::pin(body)));
     decorate(&mut response, &status);

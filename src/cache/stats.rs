@@ -74,6 +74,7 @@ pub(crate) struct Counters {
     pub(crate) refreshes_deferred: Counter,
     pub(crate) coalesce_timeouts: Counter,
     pub(crate) over_memory_budget: Counter,
+    pub(crate) unsafe_invalidations: Counter,
 }
 
 impl Counters {
@@ -138,6 +139,10 @@ impl Counters {
                 "tower_redis_cache_over_memory_budget_total",
                 &namespace,
             ),
+            unsafe_invalidations: Counter::new(
+                "tower_redis_cache_unsafe_invalidations_total",
+                &namespace,
+            ),
         }
     }
 
@@ -171,6 +176,7 @@ impl Counters {
             refreshes_deferred: self.refreshes_deferred.get(),
             coalesce_timeouts: self.coalesce_timeouts.get(),
             over_memory_budget: self.over_memory_budget.get(),
+            unsafe_invalidations: self.unsafe_invalidations.get(),
             in_flight_bytes: 0,
         }
     }
@@ -244,6 +250,9 @@ pub struct CacheStats {
     /// Origin responses streamed through unstored because the responses misses and refreshes were reading
     /// already held `max_in_flight_bytes`.
     pub over_memory_budget: u64,
+    /// Successful unsafe requests (`PUT`, `DELETE`, an uncached `POST`, ...) whose target URI's entries were
+    /// removed (RFC 9111 §4.4; see `invalidate_on_unsafe`).
+    pub unsafe_invalidations: u64,
     /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
     /// `max_in_flight_bytes`.
     pub in_flight_bytes: u64,
