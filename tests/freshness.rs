@@ -238,3 +238,66 @@ async fn a_changed_etag_replaces_the_entry() {
     assert_eq!(&body(replaced).await[..], br#"{"n":2,"echo":null}"#);
     assert_eq!(layer.handle().stats().revalidated, 0);
 }
+
+#[tokio::test]
+async fn a_requests_own_max_age_and_min_fresh_bound_what_answers_it() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.set_etag("\"v1\"");
+    let layer = layer(&server)
+        .await
+        .fresh_for(Duration::from_secs(60))
+        .stale_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let asking = |directives: &'static str| {
+        let mut request = get("/doc");
+        request
+            .headers_mut()
+            .insert("cache-control", http::HeaderValue::from_static(directives));
+        request
+    };
+    let original = body(call(&service, get("/doc")).await).await;
+
+    // Ten seconds old, fifty of freshness left.
+    jump(Duration::from_secs(10)).await;
+    for accepted in ["max-age=30", "min-fresh=40", "max-age=10, min-fresh=45"] {
+        let response = call(&service, asking(accepted)).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit, "{accepted}");
+    }
+    assert_eq!(origin.calls(), 1);
+
+    // Too old, or not fresh for long enough, for this caller: the origin is asked with the entry's validators,
+    // and its 304 renews the entry for everyone.
+    for (n, refused) in ["max-age=5", "min-fresh=55"].into_iter().enumerate() {
+        let response = call(&service, asking(refused)).await;
+        assert_eq!(
+            cache_status(&response),
+            "tower-redis-cache; fwd=request; fwd-status=304; stored",
+            "{refused}"
+        );
+        assert_eq!(body(response).await, original);
+        assert_eq!(origin.calls(), n + 2);
+        assert_eq!(layer.handle().stats().revalidated, n as u64 + 1);
+        jump(Duration::from_secs(10)).await;
+    }
+    let renewed = call(&service, asking("max-age=10")).await;
+    assert_eq!(
+        outcome(&renewed),
+        CacheOutcome::Hit,
+        "renewed ten seconds ago"
+    );
+
+    // Stale: a plain request would be answered at once; one with max-age only within its max-stale.
+    jump(Duration::from_secs(55)).await;
+    let response = call(&service, asking("max-age=600")).await;
+    assert_eq!(
+        cache_status(&response),
+        "tower-redis-cache; fwd=request; fwd-status=304; stored"
+    );
+    jump(Duration::from_secs(65)).await;
+    let response = call(&service, asking("max-age=600, max-stale=10")).await;
+    assert_eq!(outcome(&response), CacheOutcome::Stale { refreshing: true });
+    assert_eq!(layer.handle().stats().stale_hits, 1);
+}

@@ -64,6 +64,15 @@ pub(crate) struct RequestFacts {
     pub(crate) no_store: bool,
     /// `Cache-Control: no-cache` (or `Pragma: no-cache` without `Cache-Control`): revalidate.
     pub(crate) no_cache: bool,
+    /// `Cache-Control: max-age=N`: no stored answer older than `N` seconds (and none stale, unless
+    /// `max-stale` says so).
+    pub(crate) max_age: Option<u32>,
+    /// `Cache-Control: min-fresh=N`: no stored answer that stays fresh for less than `N` more seconds.
+    pub(crate) min_fresh: Option<u32>,
+    /// `Cache-Control: max-stale[=N]`: a stale answer is welcome, up to `N` seconds past its freshness
+    /// ([`ANY_STALENESS`] without `N`). It matters only beside `max-age` or `min-fresh`: without them, the layer's
+    /// own `stale_for` says what it serves stale.
+    pub(crate) max_stale: Option<u32>,
     pub(crate) authorization: bool,
     pub(crate) cookie: bool,
     /// `Range` or `If-Range`.
@@ -96,9 +105,26 @@ impl RequestFacts {
         for (name, value) in headers {
             if name == CACHE_CONTROL {
                 cache_control = true;
-                for directive in directives(value) {
-                    facts.no_store |= directive.eq_ignore_ascii_case("no-store");
-                    facts.no_cache |= directive.eq_ignore_ascii_case("no-cache");
+                for (directive, argument) in directives_with_arguments(value) {
+                    // A repeated directive: the strictest counts; one with a malformed argument is ignored.
+                    let seconds = argument.and_then(delta_seconds);
+                    let strictest = |held: Option<u32>, pick: fn(u32, u32) -> u32| {
+                        seconds.map(|n| held.map_or(n, |m| pick(m, n))).or(held)
+                    };
+                    if directive.eq_ignore_ascii_case("no-store") {
+                        facts.no_store = true;
+                    } else if directive.eq_ignore_ascii_case("no-cache") {
+                        facts.no_cache = true;
+                    } else if directive.eq_ignore_ascii_case("max-age") {
+                        facts.max_age = strictest(facts.max_age, u32::min);
+                    } else if directive.eq_ignore_ascii_case("min-fresh") {
+                        facts.min_fresh = strictest(facts.min_fresh, u32::max);
+                    } else if directive.eq_ignore_ascii_case("max-stale") {
+                        facts.max_stale = match argument {
+                            None => facts.max_stale.or(Some(ANY_STALENESS)),
+                            Some(_) => strictest(facts.max_stale, u32::min),
+                        };
+                    }
                 }
             } else if name == AUTHORIZATION {
                 facts.authorization = true;
@@ -130,11 +156,30 @@ impl RequestFacts {
 
 /// The directive names of one `Cache-Control` (or `Pragma`) field value.
 fn directives(value: &HeaderValue) -> impl Iterator<Item = &str> {
-    value
-        .to_str()
-        .unwrap_or("")
-        .split(',')
-        .map(|d| d.split('=').next().unwrap_or("").trim())
+    directives_with_arguments(value).map(|(name, _)| name)
+}
+
+/// The directives of one `Cache-Control` (or `Pragma`) field value, each with its argument (quotes removed).
+fn directives_with_arguments(value: &HeaderValue) -> impl Iterator<Item = (&str, Option<&str>)> {
+    value.to_str().unwrap_or("").split(',').map(|directive| {
+        let (name, argument) = match directive.split_once('=') {
+            Some((name, argument)) => (name, Some(argument.trim().trim_matches('"'))),
+            None => (directive, None),
+        };
+        (name.trim(), argument)
+    })
+}
+
+/// `max-stale` without a value: any staleness.
+pub(crate) const ANY_STALENESS: u32 = u32::MAX;
+
+/// A `delta-seconds` argument (RFC 9111 §1.2.2): digits, a value too large for a `u32` taken as the largest
+/// one. `None` for anything else, and the directive is then ignored.
+fn delta_seconds(argument: &str) -> Option<u32> {
+    if argument.is_empty() || !argument.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(argument.parse().unwrap_or(u32::MAX))
 }
 
 /// What the store holds for the request, as far as the decision is concerned.
@@ -153,6 +198,7 @@ pub(crate) enum Lookup {
 /// A stored entry's windows (unix ms) and whether it was stored for this request's variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stored {
+    pub(crate) stored_at: u64,
     pub(crate) fresh_until: u64,
     pub(crate) stale_until: u64,
     pub(crate) stale_if_error_until: u64,
@@ -161,6 +207,31 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
+    /// Whether the request's own `Cache-Control` lets this entry answer at `now` (RFC 9111 §5.2.1): `max-age`
+    /// bounds its age, `min-fresh` asks for that much freshness left, and with either of them a stale entry
+    /// answers only within `max-stale`. A request without them takes what the layer's windows allow.
+    fn meets(&self, request: &RequestFacts, now: u64) -> bool {
+        if request.max_age.is_none() && request.min_fresh.is_none() {
+            return true;
+        }
+        let age_secs = now.saturating_sub(self.stored_at) / 1000;
+        if request.max_age.is_some_and(|max| age_secs > u64::from(max)) {
+            return false;
+        }
+        let min_fresh_ms = request.min_fresh.map_or(0, |n| u64::from(n) * 1000);
+        if request.min_fresh.is_some() && self.fresh_until < now.saturating_add(min_fresh_ms) {
+            return false;
+        }
+        if now < self.fresh_until {
+            return true;
+        }
+        match request.max_stale {
+            None => false,
+            Some(ANY_STALENESS) => true,
+            Some(n) => now - self.fresh_until <= u64::from(n) * 1000,
+        }
+    }
+
     /// Whether the entry may answer at `now` for an origin that failed (stale-if-error).
     pub(crate) fn usable_on_error(&self, now: u64) -> bool {
         self.vary_matches && now < self.stale_if_error_until.max(self.stale_until)
@@ -269,6 +340,8 @@ pub(crate) fn decide(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Lookup::Failed => forward(Fwd::UriMiss, false, false),
         // Another variant's entry answers nothing for this request, not even on error.
         Lookup::Found(stored) if !stored.vary_matches => forward(Fwd::VaryMiss, true, false),
+        // What the request said it accepts bounds what may answer it, even on error: the entry is refreshed.
+        Lookup::Found(stored) if !stored.meets(request, now) => forward(Fwd::Request, true, false),
         Lookup::Found(stored) if now < stored.fresh_until => Action::ServeFresh,
         Lookup::Found(stored) if now < stored.stale_until => Action::ServeStale,
         Lookup::Found(stored) => forward(Fwd::UriMiss, true, stored.usable_on_error(now)),
@@ -427,6 +500,7 @@ mod tests {
 
     fn entry(fresh_until: u64, stale_until: u64, stale_if_error_until: u64) -> Lookup {
         Lookup::Found(Stored {
+            stored_at: 0,
             fresh_until,
             stale_until,
             stale_if_error_until,
@@ -475,6 +549,7 @@ mod tests {
                 range: true,
                 conditional: true,
                 too_large: true,
+                max_age: Some(0),
                 ..RequestFacts::default()
             }
         );
@@ -489,6 +564,42 @@ mod tests {
         assert_eq!(
             RequestFacts::read(&head(&[("content-length", "10")]), true, 10),
             plain()
+        );
+    }
+
+    #[test]
+    fn request_freshness_directives_are_read_strictest_first() {
+        let read = |value: &'static str| {
+            let facts = RequestFacts::read(&head(&[("cache-control", value)]), true, 10);
+            (facts.max_age, facts.min_fresh, facts.max_stale)
+        };
+        let any = Some(ANY_STALENESS);
+        assert_eq!(
+            read(r#"max-age=5, min-fresh="3", max-stale"#),
+            (Some(5), Some(3), any)
+        );
+        assert_eq!(read("MAX-AGE=3 , Min-Fresh=1"), (Some(3), Some(1), None));
+        assert_eq!(
+            read("max-age=9, max-age=4, max-age=6"),
+            (Some(4), None, None)
+        );
+        assert_eq!(read("min-fresh=1, min-fresh=7"), (None, Some(7), None));
+        assert_eq!(read("max-stale=2, max-stale"), (None, None, Some(2)));
+        assert_eq!(read("max-stale, max-stale=2"), (None, None, Some(2)));
+        assert_eq!(read("max-age=99999999999"), (Some(u32::MAX), None, None));
+        for malformed in [
+            "max-age=",
+            "max-age=-1",
+            "max-age=1.5",
+            "max-age=abc",
+            "max-age",
+        ] {
+            assert_eq!(read(malformed), (None, None, None), "{malformed}");
+        }
+        assert_eq!(
+            read("max-age=2, max-age=x"),
+            (Some(2), None, None),
+            "the malformed one is ignored"
         );
     }
 
@@ -534,6 +645,19 @@ mod tests {
             ("stale-if-error only", &shared, plain(), fresh, 3_000, forward(Fwd::UriMiss, true, true)),
             ("expired", &shared, plain(), fresh, 5_000, forward(Fwd::UriMiss, true, false)),
             ("another variant", &shared, plain(), other_variant, 1_000, forward(Fwd::VaryMiss, true, false)),
+            // The entry was stored at 0, fresh until 2 s, stale until 3 s.
+            ("max-age: young enough", &shared, with(|f| { f.max_age = Some(1); }), fresh, 1_999, Action::ServeFresh),
+            ("max-age=0: in its first second", &shared, with(|f| { f.max_age = Some(0); }), fresh, 999, Action::ServeFresh),
+            ("max-age: too old, refreshed", &shared, with(|f| { f.max_age = Some(0); }), fresh, 1_000, forward(Fwd::Request, true, false)),
+            ("max-age: never stale", &shared, with(|f| { f.max_age = Some(10); }), fresh, 2_000, forward(Fwd::Request, true, false)),
+            ("max-age, max-stale=1: 0.5 s stale", &shared, with(|f| { f.max_age = Some(10); f.max_stale = Some(1); }), fresh, 2_500, Action::ServeStale),
+            ("max-age, max-stale=0: stale", &shared, with(|f| { f.max_age = Some(10); f.max_stale = Some(0); }), fresh, 2_001, forward(Fwd::Request, true, false)),
+            ("max-age, max-stale: any", &shared, with(|f| { f.max_age = Some(10); f.max_stale = Some(ANY_STALENESS); }), fresh, 2_999, Action::ServeStale),
+            ("min-fresh: enough left", &shared, with(|f| { f.min_fresh = Some(1); }), fresh, 1_000, Action::ServeFresh),
+            ("min-fresh: too little left", &shared, with(|f| { f.min_fresh = Some(1); }), fresh, 1_001, forward(Fwd::Request, true, false)),
+            ("max-stale alone: the layer's windows", &shared, with(|f| { f.max_stale = Some(0); }), fresh, 2_500, Action::ServeStale),
+            ("max-age: no fallback past its windows", &shared, with(|f| { f.max_age = Some(0); }), fresh, 3_500, forward(Fwd::Request, true, false)),
+            ("max-age: another variant", &shared, with(|f| { f.max_age = Some(0); }), other_variant, 1_000, forward(Fwd::VaryMiss, true, false)),
         ];
         for (name, rules, facts, lookup, now, expected) in rows {
             assert_eq!(decide(rules, &facts, lookup, now), expected, "{name}");
@@ -618,6 +742,7 @@ mod tests {
     #[test]
     fn stale_if_error_covers_429_5xx_and_transport_errors_inside_the_window() {
         let stored = Stored {
+            stored_at: 0,
             fresh_until: 1_000,
             stale_until: 2_000,
             stale_if_error_until: 9_000,
@@ -685,6 +810,25 @@ mod tests {
         if !stored.vary_matches {
             return forward(Fwd::VaryMiss, true, false);
         }
+        // Does the request's own Cache-Control refuse this entry? Only when it bounds age or freshness.
+        if r.max_age.is_some() || r.min_fresh.is_some() {
+            let age = u128::from(now.saturating_sub(stored.stored_at)) / 1000;
+            let too_old = r.max_age.is_some_and(|max| age > u128::from(max));
+            let freshness_left = i128::from(stored.fresh_until) - i128::from(now);
+            let too_close = r
+                .min_fresh
+                .is_some_and(|min| freshness_left < i128::from(min) * 1000);
+            let staleness = -freshness_left;
+            let stale_refused = staleness >= 0
+                && match r.max_stale {
+                    None => true,
+                    Some(ANY_STALENESS) => false,
+                    Some(n) => staleness > i128::from(n) * 1000,
+                };
+            if too_old || too_close || stale_refused {
+                return forward(Fwd::Request, true, false);
+            }
+        }
         let age_state = [
             (stored.fresh_until, Action::ServeFresh),
             (stored.stale_until, Action::ServeStale),
@@ -698,19 +842,36 @@ mod tests {
         forward(Fwd::UriMiss, true, on_error)
     }
 
+    fn arb_seconds() -> impl Strategy<Value = Option<u32>> {
+        prop_oneof![
+            Just(None),
+            (0..12u32).prop_map(Some),
+            Just(Some(ANY_STALENESS)),
+            any::<u32>().prop_map(Some),
+        ]
+    }
+
     fn arb_facts() -> impl Strategy<Value = RequestFacts> {
-        (prop::array::uniform8(any::<bool>()), any::<bool>()).prop_map(|(b, skip)| RequestFacts {
-            method_cacheable: b[0],
-            no_store: b[1],
-            no_cache: b[2],
-            authorization: b[3],
-            cookie: b[4],
-            range: b[5],
-            conditional: b[6],
-            too_large: b[7],
-            skip,
-            ..RequestFacts::default()
-        })
+        (
+            prop::array::uniform8(any::<bool>()),
+            any::<bool>(),
+            (arb_seconds(), arb_seconds(), arb_seconds()),
+        )
+            .prop_map(|(b, skip, (max_age, min_fresh, max_stale))| RequestFacts {
+                method_cacheable: b[0],
+                no_store: b[1],
+                no_cache: b[2],
+                authorization: b[3],
+                cookie: b[4],
+                range: b[5],
+                conditional: b[6],
+                too_large: b[7],
+                skip,
+                max_age,
+                min_fresh,
+                max_stale,
+                ..RequestFacts::default()
+            })
     }
 
     fn arb_time() -> impl Strategy<Value = u64> {
@@ -727,14 +888,20 @@ mod tests {
             Just(Lookup::NotRead),
             Just(Lookup::Absent),
             Just(Lookup::Failed),
-            (arb_time(), arb_time(), arb_time(), any::<bool>()).prop_map(|(f, s, e, v)| {
-                Lookup::Found(Stored {
+            (
+                arb_time(),
+                arb_time(),
+                arb_time(),
+                arb_time(),
+                any::<bool>()
+            )
+                .prop_map(|(at, f, s, e, v)| Lookup::Found(Stored {
+                    stored_at: at,
                     fresh_until: f,
                     stale_until: s,
                     stale_if_error_until: e,
                     vary_matches: v,
-                })
-            }),
+                })),
         ]
     }
 

@@ -588,8 +588,11 @@ impl Engine {
                 _ => return self.bypass(origin, BypassReason::Method).await,
             };
             let baseline = entry.as_ref().map(|e| e.stored_at);
-            // The entry this request may revalidate with its validators: the one it read, of its own variant.
-            let current = entry.clone().filter(|_| forward.why == Fwd::UriMiss);
+            // The entry this request may revalidate with its validators: the one it read, of its own variant (a
+            // miss, or an entry older than the request's `max-age` allows).
+            let current = entry
+                .clone()
+                .filter(|_| matches!(forward.why, Fwd::UriMiss | Fwd::Request));
             let fallback = entry.filter(|_| forward.fallback);
             let answer = |result, collapsed: bool, stored: bool| {
                 self.answer(result, fallback.clone(), forward, collapsed, stored, health)
@@ -614,18 +617,18 @@ impl Engine {
                             bump(&self.counters.hits);
                             return Ok(cached(entry, now, CacheOutcome::Hit, None));
                         }
-                        // A revalidation read nothing yet: its entry gives the validators, and is the one a
-                        // wait for another process must not take for new.
-                        let (current, baseline) = if forward.why == Fwd::Request && forward.store {
-                            let read =
-                                self.read(&key).await.ok().flatten().filter(|e| {
+                        // A revalidation that read nothing yet (`no-cache`): its entry gives the validators, and
+                        // is the one a wait for another process must not take for new.
+                        let (current, baseline) =
+                            if forward.why == Fwd::Request && forward.store && current.is_none() {
+                                let read = self.read(&key).await.ok().flatten().filter(|e| {
                                     vary_digest(&e.headers, origin.headers()) == e.vary
                                 });
-                            let baseline = read.as_ref().map(|e| e.stored_at);
-                            (read, baseline)
-                        } else {
-                            (current.clone(), baseline)
-                        };
+                                let baseline = read.as_ref().map(|e| e.stored_at);
+                                (read, baseline)
+                            } else {
+                                (current.clone(), baseline)
+                            };
                         // One origin call per key for the fleet: lead with the key's lease, or wait for the
                         // process that holds it.
                         let (lease, health) = match self

@@ -46,6 +46,7 @@ impl Entry {
     /// The entry's windows, and whether it was stored for the variant of the request at hand.
     pub(crate) fn stored(&self, vary_matches: bool) -> Stored {
         Stored {
+            stored_at: self.stored_at,
             fresh_until: self.fresh_until,
             stale_until: self.stale_until,
             stale_if_error_until: self.stale_if_error_until,

@@ -70,7 +70,10 @@
 //! - **stale-if-error**: when that inner call fails (transport error, 429, 500, 502, 503, 504) and an entry
 //!   within `stale_if_error_for` after its freshness exists, the entry answers instead (`fwd=stale`).
 //!
-//! Request `Cache-Control: no-cache` skips the read and refreshes the entry (`fwd=request`).
+//! Request `Cache-Control: no-cache` skips the read and refreshes the entry (`fwd=request`). A request's
+//! `max-age=N` takes no entry older than `N` seconds, `min-fresh=N` none fresh for less than `N` more, and with
+//! either a stale entry answers only within the request's `max-stale`: an entry they refuse is refreshed the
+//! same way, revalidated with its `ETag` or `Last-Modified` when it has them (RFC 9111 §5.2.1).
 //!
 //! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST`, any
 //! unknown method) may change its target: once it is answered below 400, the entries of a `GET` and a `HEAD`

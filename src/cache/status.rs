@@ -11,7 +11,7 @@
 //! | another variant stored (the response's `Vary`) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` (and `stored` when that call stored it) |
 //! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
-//! | request `Cache-Control: no-cache` | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
+//! | request `Cache-Control: no-cache`, or an entry older than its `max-age` allows | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
 //! | stale-if-error | `tower-redis-cache; fwd=stale; fwd-status=503; ttl=-40` |
 //! | stale-if-error after a transport error | `tower-redis-cache; fwd=stale; ttl=-40; detail=transport-error` |
 //! | method not cached | `tower-redis-cache; fwd=method; detail=method` |
