@@ -36,10 +36,15 @@ async fn origin() -> (String, Arc<AtomicU64>) {
             }
         }),
     );
+    (format!("http://{}/query", serve(app).await), calls)
+}
+
+/// Serves `app` on a free loopback port; returns its address.
+async fn serve(app: Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/query"), calls)
+    addr
 }
 
 async fn cache_layer(redis: &RedisServer) -> RedisCacheLayer {
@@ -171,9 +176,7 @@ async fn reqwest_middleware_drops_the_entries_of_a_url_a_put_changed() {
         })
         .put(|| async { StatusCode::NO_CONTENT }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/items/7", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!("http://{}/items/7", serve(app).await);
     let plain = reqwest::Client::new();
     let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
         .build()
