@@ -260,3 +260,60 @@ async fn resharding_while_requests_flow_costs_no_request() {
     assert_eq!(origin.calls(), calls);
     assert_eq!(handle.stats().store_errors, 0, "{:?}", handle.stats());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_removes_its_uris_entries_across_shards() {
+    let cluster = RedisCluster::start();
+    let origin = support::Origin::new();
+    let layer = layer_over(RedisStore::connect(&cluster.url()).await.unwrap())
+        .methods([Method::GET, Method::HEAD])
+        .store_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let request = |method: &str, i: usize| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("https://api.example.com/items/{i}"))
+            .body(http_body_util::Full::<bytes::Bytes>::default())
+            .unwrap()
+    };
+    let slot = |method: &str, i: usize| {
+        let head = request(method, i).map(|_| bytes::Bytes::new());
+        fred::util::redis_keyslot(layer.handle().key_for(&head).as_str().as_bytes())
+    };
+    let apart = (0..8).filter(|i| {
+        let node = |slot| {
+            (0..3).position(|n| {
+                cluster
+                    .slots_of(n)
+                    .iter()
+                    .any(|(start, end)| (*start..=*end).contains(&slot))
+            })
+        };
+        node(slot("GET", *i)) != node(slot("HEAD", *i))
+    });
+    assert!(
+        apart.count() > 0,
+        "some GET and HEAD entries live on different shards"
+    );
+
+    for i in 0..8 {
+        for method in ["GET", "HEAD", "GET", "HEAD"] {
+            call(&service, request(method, i)).await;
+        }
+    }
+    for i in 0..8 {
+        let put = call(&service, request("PUT", i)).await;
+        assert_eq!(put.status(), StatusCode::OK);
+        for method in ["GET", "HEAD"] {
+            let after = call(&service, request(method, i)).await;
+            assert!(
+                matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
+                "{method} /items/{i}"
+            );
+        }
+    }
+    assert_eq!(layer.handle().stats().unsafe_invalidations, 8);
+    assert_eq!(origin.calls(), 8 * 2 + 8 + 8 * 2);
+}
