@@ -216,10 +216,15 @@ async fn a_refresh_slower_than_its_lease_is_the_only_one() {
     };
     let processes = four(&server, &origin, configure).await;
     call(&processes[0].1, post(r#"{"q":"slow"}"#)).await;
-    // Every refresh now takes three leases' time.
-    origin.set_delay(Duration::from_secs(3));
-    // Stale hits from all four processes for the next 2.5 s: each would refresh if the lease ever lapsed.
-    for round in 0..50 {
+    // Every refresh now takes four leases' time.
+    origin.set_delay(Duration::from_secs(4));
+    // Stale hits from all four processes for the next 2.5 s: each would refresh if the lease ever lapsed. Bounded
+    // by time, not by rounds, so that a slow machine's hits still end well before the refresh does (its entry is
+    // stale at once, and a hit after it would rightly start the next refresh).
+    let hits_from = std::time::Instant::now();
+    let mut round = 0;
+    while hits_from.elapsed() < Duration::from_millis(2500) {
+        round += 1;
         for (_, service) in &processes {
             let response = call(service, post(r#"{"q":"slow"}"#)).await;
             assert!(
