@@ -301,3 +301,61 @@ async fn a_requests_own_max_age_and_min_fresh_bound_what_answers_it() {
     assert_eq!(outcome(&response), CacheOutcome::Stale { refreshing: true });
     assert_eq!(layer.handle().stats().stale_hits, 1);
 }
+
+#[tokio::test]
+async fn only_if_cached_is_answered_from_the_store_or_refused_never_by_the_origin() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server)
+        .await
+        .fresh_for(Duration::from_secs(60))
+        .stale_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let only = |method: Method, directives: &'static str| {
+        let mut request = get("/doc");
+        *request.method_mut() = method;
+        request
+            .headers_mut()
+            .insert("cache-control", http::HeaderValue::from_static(directives));
+        request
+    };
+
+    let refused = call(&service, only(Method::GET, "only-if-cached")).await;
+    assert_eq!(refused.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(outcome(&refused), CacheOutcome::OnlyIfCachedMiss);
+    assert_eq!(
+        cache_status(&refused),
+        "tower-redis-cache; detail=only-if-cached"
+    );
+    assert!(body(refused).await.is_empty());
+    assert_eq!(origin.calls(), 0);
+
+    let stored = body(call(&service, get("/doc")).await).await;
+    let hit = call(&service, only(Method::GET, "only-if-cached")).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(body(hit).await, stored);
+
+    // What would need the origin is refused: an entry too old for max-age, a revalidation, a PUT.
+    jump(Duration::from_secs(10)).await;
+    for (method, directives) in [
+        (Method::GET, "only-if-cached, max-age=5"),
+        (Method::GET, "no-cache, only-if-cached"),
+        (Method::PUT, "only-if-cached"),
+    ] {
+        let response = call(&service, only(method.clone(), directives)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "{method} {directives}"
+        );
+    }
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(layer.handle().stats().only_if_cached_misses, 4);
+
+    // A stale entry is still a stored answer.
+    jump(Duration::from_secs(55)).await;
+    let stale = call(&service, only(Method::GET, "only-if-cached")).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+}

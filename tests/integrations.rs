@@ -162,7 +162,7 @@ async fn reqwest_middleware_bypasses_what_it_must_not_cache() {
 }
 
 #[tokio::test]
-async fn reqwest_middleware_drops_the_entries_of_a_url_a_put_changed() {
+async fn reqwest_middleware_refuses_an_only_if_cached_miss_and_drops_what_a_put_changed() {
     let reads = Arc::new(AtomicU64::new(0));
     let counter = reads.clone();
     let app = Router::new().route(
@@ -191,6 +191,20 @@ async fn reqwest_middleware_drops_the_entries_of_a_url_a_put_changed() {
             CacheOutcome::from_headers(response.headers()).unwrap()
         }
     };
+
+    // Asked for a stored answer only, before there is one: the middleware refuses, the origin is not called.
+    let refused = client
+        .get(&url)
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        CacheOutcome::from_headers(refused.headers()),
+        Some(CacheOutcome::OnlyIfCachedMiss)
+    );
+    assert_eq!(reads.load(Ordering::SeqCst), 0);
 
     assert!(matches!(
         read().await,

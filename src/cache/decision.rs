@@ -73,6 +73,8 @@ pub(crate) struct RequestFacts {
     /// ([`ANY_STALENESS`] without `N`). It matters only beside `max-age` or `min-fresh`: without them, the layer's
     /// own `stale_for` says what it serves stale.
     pub(crate) max_stale: Option<u32>,
+    /// `Cache-Control: only-if-cached`: a stored answer or none; the inner service is not to be called.
+    pub(crate) only_if_cached: bool,
     pub(crate) authorization: bool,
     pub(crate) cookie: bool,
     /// `Range` or `If-Range`.
@@ -115,6 +117,8 @@ impl RequestFacts {
                         facts.no_store = true;
                     } else if directive.eq_ignore_ascii_case("no-cache") {
                         facts.no_cache = true;
+                    } else if directive.eq_ignore_ascii_case("only-if-cached") {
+                        facts.only_if_cached = true;
                     } else if directive.eq_ignore_ascii_case("max-age") {
                         facts.max_age = strictest(facts.max_age, u32::min);
                     } else if directive.eq_ignore_ascii_case("min-fresh") {
@@ -251,6 +255,9 @@ pub(crate) enum Action {
     ServeStale,
     /// Call the inner service (coalesced with concurrent callers of the same key).
     Forward(Forward),
+    /// Answer `504 Gateway Timeout` without calling the inner service: the request said `only-if-cached`, and
+    /// nothing stored may answer it (RFC 9111 §5.2.1.7).
+    OnlyIfCachedMiss,
 }
 
 /// How a request goes to the inner service.
@@ -300,6 +307,17 @@ pub(crate) fn invalidates(status: StatusCode) -> bool {
 
 /// The cache decision for one request at `now` (unix ms).
 pub(crate) fn decide(rules: &Rules, request: &RequestFacts, lookup: Lookup, now: u64) -> Action {
+    match decide_for_origin(rules, request, lookup, now) {
+        // Whatever would have gone to the inner service, bypass or forward, is refused instead.
+        Action::Bypass(_) | Action::Forward(_) if request.only_if_cached => {
+            Action::OnlyIfCachedMiss
+        }
+        action => action,
+    }
+}
+
+/// [`decide`] for a request that lets the cache call the inner service.
+fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now: u64) -> Action {
     let unshared_credentials = rules.credentials == Credentials::Bypass;
     let bypass = if request.skip {
         Some(BypassReason::Skipped)
@@ -658,6 +676,17 @@ mod tests {
             ("max-stale alone: the layer's windows", &shared, with(|f| { f.max_stale = Some(0); }), fresh, 2_500, Action::ServeStale),
             ("max-age: no fallback past its windows", &shared, with(|f| { f.max_age = Some(0); }), fresh, 3_500, forward(Fwd::Request, true, false)),
             ("max-age: another variant", &shared, with(|f| { f.max_age = Some(0); }), other_variant, 1_000, forward(Fwd::VaryMiss, true, false)),
+            ("only-if-cached: fresh", &shared, with(|f| f.only_if_cached = true), fresh, 1_000, Action::ServeFresh),
+            ("only-if-cached: stale", &shared, with(|f| f.only_if_cached = true), fresh, 2_500, Action::ServeStale),
+            ("only-if-cached: read first", &shared, with(|f| f.only_if_cached = true), Lookup::NotRead, 1_000, Action::Read),
+            ("only-if-cached: absent", &shared, with(|f| f.only_if_cached = true), Lookup::Absent, 1_000, Action::OnlyIfCachedMiss),
+            ("only-if-cached: store failed", &shared, with(|f| f.only_if_cached = true), Lookup::Failed, 1_000, Action::OnlyIfCachedMiss),
+            ("only-if-cached: expired", &shared, with(|f| f.only_if_cached = true), fresh, 3_500, Action::OnlyIfCachedMiss),
+            ("only-if-cached: another variant", &shared, with(|f| f.only_if_cached = true), other_variant, 1_000, Action::OnlyIfCachedMiss),
+            ("only-if-cached, no-cache", &shared, with(|f| { f.only_if_cached = true; f.no_cache = true; }), Lookup::NotRead, 1_000, Action::OnlyIfCachedMiss),
+            ("only-if-cached, max-age too old", &shared, with(|f| { f.only_if_cached = true; f.max_age = Some(0); }), fresh, 1_000, Action::OnlyIfCachedMiss),
+            ("only-if-cached, uncached method", &shared, RequestFacts { only_if_cached: true, ..RequestFacts::default() }, Lookup::NotRead, 1_000, Action::OnlyIfCachedMiss),
+            ("only-if-cached, authorization", &shared, with(|f| { f.only_if_cached = true; f.authorization = true; }), Lookup::NotRead, 1_000, Action::OnlyIfCachedMiss),
         ];
         for (name, rules, facts, lookup, now, expected) in rows {
             assert_eq!(decide(rules, &facts, lookup, now), expected, "{name}");
@@ -780,6 +809,16 @@ mod tests {
 
     /// A reference model of the decision, written as the rules read in prose, one question at a time.
     fn model(rules: &Rules, r: &RequestFacts, lookup: Lookup, now: u64) -> Action {
+        // A request that forbids the origin gets what is stored, or a refusal.
+        let action = model_with_origin(rules, r, lookup, now);
+        let needs_origin = matches!(action, Action::Bypass(_) | Action::Forward(_));
+        if r.only_if_cached && needs_origin {
+            return Action::OnlyIfCachedMiss;
+        }
+        action
+    }
+
+    fn model_with_origin(rules: &Rules, r: &RequestFacts, lookup: Lookup, now: u64) -> Action {
         // Would answering from the cache be wrong whatever it holds?
         let credentials_allowed = !matches!(rules.credentials, Credentials::Bypass);
         let reasons = [
@@ -854,24 +893,27 @@ mod tests {
     fn arb_facts() -> impl Strategy<Value = RequestFacts> {
         (
             prop::array::uniform8(any::<bool>()),
-            any::<bool>(),
+            (any::<bool>(), any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
         )
-            .prop_map(|(b, skip, (max_age, min_fresh, max_stale))| RequestFacts {
-                method_cacheable: b[0],
-                no_store: b[1],
-                no_cache: b[2],
-                authorization: b[3],
-                cookie: b[4],
-                range: b[5],
-                conditional: b[6],
-                too_large: b[7],
-                skip,
-                max_age,
-                min_fresh,
-                max_stale,
-                ..RequestFacts::default()
-            })
+            .prop_map(
+                |(b, (skip, only_if_cached), (max_age, min_fresh, max_stale))| RequestFacts {
+                    method_cacheable: b[0],
+                    no_store: b[1],
+                    no_cache: b[2],
+                    authorization: b[3],
+                    cookie: b[4],
+                    range: b[5],
+                    conditional: b[6],
+                    too_large: b[7],
+                    skip,
+                    max_age,
+                    min_fresh,
+                    max_stale,
+                    only_if_cached,
+                    ..RequestFacts::default()
+                },
+            )
     }
 
     fn arb_time() -> impl Strategy<Value = u64> {

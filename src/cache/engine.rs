@@ -585,6 +585,7 @@ impl Engine {
             let forward = match action {
                 Action::Forward(forward) => forward,
                 Action::Bypass(reason) => return self.bypass(origin, reason).await,
+                Action::OnlyIfCachedMiss => return Ok(self.only_if_cached_miss()),
                 _ => return self.bypass(origin, BypassReason::Method).await,
             };
             let baseline = entry.as_ref().map(|e| e.stored_at);
@@ -1052,6 +1053,17 @@ impl Engine {
         if let Some(near) = &self.near {
             near.flush(FlushCause::Local);
         }
+    }
+
+    /// The answer to a request that said `only-if-cached` when nothing stored may answer it: `504 Gateway
+    /// Timeout`, made here; the inner service is not called (RFC 9111 §5.2.1.7).
+    pub(crate) fn only_if_cached_miss<R>(&self) -> Response<ResponseBody<R>> {
+        bump(&self.counters.only_if_cached_misses);
+        tracing::debug!(outcome = "only-if-cached-miss", "cache decision");
+        let mut response = Response::new(ResponseBody::full(Bytes::new()));
+        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        decorate(&mut response, &Status::new(CacheOutcome::OnlyIfCachedMiss));
+        response
     }
 
     /// Counts and logs a request that bypasses the cache; returns the status its response carries.

@@ -73,7 +73,9 @@
 //! Request `Cache-Control: no-cache` skips the read and refreshes the entry (`fwd=request`). A request's
 //! `max-age=N` takes no entry older than `N` seconds, `min-fresh=N` none fresh for less than `N` more, and with
 //! either a stale entry answers only within the request's `max-stale`: an entry they refuse is refreshed the
-//! same way, revalidated with its `ETag` or `Last-Modified` when it has them (RFC 9111 §5.2.1).
+//! same way, revalidated with its `ETag` or `Last-Modified` when it has them (RFC 9111 §5.2.1). A request's
+//! `only-if-cached` is answered from the store or refused with a `504 Gateway Timeout` made by the cache
+//! ([`CacheOutcome::OnlyIfCachedMiss`]); the inner service is never called for it.
 //!
 //! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST`, any
 //! unknown method) may change its target: once it is answered below 400, the entries of a `GET` and a `HEAD`

@@ -120,6 +120,9 @@ where
             let (engine, inner) = (engine.clone(), self.inner.clone());
             return respond_in(span, bypass(engine, inner, request, reason, stale));
         }
+        if action == Action::OnlyIfCachedMiss {
+            return ResponseFuture::ready(Ok(engine.only_if_cached_miss()));
+        }
         let max = engine.policy.max_body;
         // The work before the store look-up is synchronous whenever the body is already whole (the common
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
@@ -160,6 +163,9 @@ where
                             facts.too_large = true;
                             let reason = match engine.policy.screen(&facts) {
                                 Action::Bypass(reason) => reason,
+                                Action::OnlyIfCachedMiss => {
+                                    return Ok(engine.only_if_cached_miss());
+                                }
                                 _ => BypassReason::RequestTooLarge,
                             };
                             let request = Request::from_parts(parts, body);

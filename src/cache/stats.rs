@@ -75,6 +75,7 @@ pub(crate) struct Counters {
     pub(crate) coalesce_timeouts: Counter,
     pub(crate) over_memory_budget: Counter,
     pub(crate) unsafe_invalidations: Counter,
+    pub(crate) only_if_cached_misses: Counter,
 }
 
 impl Counters {
@@ -143,6 +144,10 @@ impl Counters {
                 "tower_redis_cache_unsafe_invalidations_total",
                 &namespace,
             ),
+            only_if_cached_misses: Counter::new(
+                "tower_redis_cache_only_if_cached_misses_total",
+                &namespace,
+            ),
         }
     }
 
@@ -177,6 +182,7 @@ impl Counters {
             coalesce_timeouts: self.coalesce_timeouts.get(),
             over_memory_budget: self.over_memory_budget.get(),
             unsafe_invalidations: self.unsafe_invalidations.get(),
+            only_if_cached_misses: self.only_if_cached_misses.get(),
             in_flight_bytes: 0,
         }
     }
@@ -253,6 +259,9 @@ pub struct CacheStats {
     /// Successful unsafe requests (`PUT`, `DELETE`, an uncached `POST`, ...) whose target URI's entries were
     /// removed (RFC 9111 §4.4; see `invalidate_on_unsafe`).
     pub unsafe_invalidations: u64,
+    /// Requests with `Cache-Control: only-if-cached` that nothing stored could answer: answered `504` by the
+    /// cache, without calling the inner service.
+    pub only_if_cached_misses: u64,
     /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
     /// `max_in_flight_bytes`.
     pub in_flight_bytes: u64,

@@ -18,6 +18,7 @@
 //! | request `Cache-Control: no-store` | `tower-redis-cache; fwd=request; detail=no-store` |
 //! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`) |
 //! | store failed or skipped | `...; detail=store-error` / `...; detail=store-unavailable` |
+//! | request `Cache-Control: only-if-cached`, nothing stored may answer: `504`, the inner service not called | `tower-redis-cache; detail=only-if-cached` |
 //!
 //! A negative `ttl` says the answer came from the cache after its freshness ended (RFC 9211 §2.3).
 //!
@@ -77,6 +78,9 @@ pub enum CacheOutcome {
     Bypass(BypassReason),
     /// The inner service failed and a stored entry inside its stale-if-error window answered instead.
     StaleIfError,
+    /// The request said `Cache-Control: only-if-cached` and nothing stored could answer it: the cache answered
+    /// `504 Gateway Timeout` itself, without calling the inner service (RFC 9111 §5.2.1.7).
+    OnlyIfCachedMiss,
 }
 
 impl CacheOutcome {
@@ -106,7 +110,7 @@ impl CacheOutcome {
         parse_member(member)
     }
 
-    /// A short lower-case name: `hit`, `stale`, `miss`, `bypass` or `stale-if-error`.
+    /// A short lower-case name: `hit`, `stale`, `miss`, `bypass`, `stale-if-error` or `only-if-cached-miss`.
     pub fn as_str(&self) -> &'static str {
         match self {
             CacheOutcome::Hit => "hit",
@@ -114,6 +118,7 @@ impl CacheOutcome {
             CacheOutcome::Miss { .. } => "miss",
             CacheOutcome::Bypass(_) => "bypass",
             CacheOutcome::StaleIfError => "stale-if-error",
+            CacheOutcome::OnlyIfCachedMiss => "only-if-cached-miss",
         }
     }
 
@@ -222,6 +227,9 @@ pub(crate) struct Status {
 
 pub(crate) const CACHE_NAME: &str = "tower-redis-cache";
 
+/// The `detail` of a refusal to a request that said `only-if-cached`.
+const ONLY_IF_CACHED: &str = "only-if-cached";
+
 /// The members of one `Cache-Status` field value: split at commas outside quoted strings.
 fn members(value: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(value);
@@ -279,7 +287,9 @@ fn parse_member(member: &str) -> Option<CacheOutcome> {
             _ => CacheOutcome::Hit,
         });
     }
-    let fwd = fwd?;
+    let Some(fwd) = fwd else {
+        return (detail == Some(ONLY_IF_CACHED)).then_some(CacheOutcome::OnlyIfCachedMiss);
+    };
     if fwd == "stale" {
         return Some(CacheOutcome::StaleIfError);
     }
@@ -348,6 +358,8 @@ impl Status {
                 s.push_str(reason.fwd());
                 detail = Some(reason.as_str());
             }
+            // Neither a hit nor forwarded: the answer is the cache's own refusal.
+            CacheOutcome::OnlyIfCachedMiss => detail = Some(ONLY_IF_CACHED),
         }
         if let Some(status) = self.fwd_status {
             s.push_str("; fwd-status=");
@@ -646,6 +658,7 @@ mod tests {
             CacheOutcome::Stale { refreshing: true },
             CacheOutcome::Stale { refreshing: false },
             CacheOutcome::StaleIfError,
+            CacheOutcome::OnlyIfCachedMiss,
         ];
         for (collapsed, stored) in [(false, false), (false, true), (true, false), (true, true)] {
             outcomes.push(CacheOutcome::Miss { collapsed, stored });
