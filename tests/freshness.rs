@@ -239,25 +239,34 @@ async fn a_changed_etag_replaces_the_entry() {
     assert_eq!(layer.handle().stats().revalidated, 0);
 }
 
+/// A layer whose entries are fresh for a minute, then stale for another.
+async fn minute_layer(server: &RedisServer) -> RedisCacheLayer {
+    layer(server)
+        .await
+        .fresh_for(Duration::from_secs(60))
+        .stale_for(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// A `method` request for `/doc` with the request directives `directives`.
+fn with_directives(method: Method, directives: &'static str) -> Request<Full<bytes::Bytes>> {
+    let mut request = get("/doc");
+    *request.method_mut() = method;
+    request
+        .headers_mut()
+        .insert("cache-control", http::HeaderValue::from_static(directives));
+    request
+}
+
 #[tokio::test]
 async fn a_requests_own_max_age_and_min_fresh_bound_what_answers_it() {
     let server = RedisServer::start();
     let origin = Origin::new();
     origin.set_etag("\"v1\"");
-    let layer = layer(&server)
-        .await
-        .fresh_for(Duration::from_secs(60))
-        .stale_for(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let layer = minute_layer(&server).await;
     let service = cached(&layer, origin.service());
-    let asking = |directives: &'static str| {
-        let mut request = get("/doc");
-        request
-            .headers_mut()
-            .insert("cache-control", http::HeaderValue::from_static(directives));
-        request
-    };
+    let asking = |directives| with_directives(Method::GET, directives);
     let original = body(call(&service, get("/doc")).await).await;
 
     // Ten seconds old, fifty of freshness left.
@@ -306,21 +315,9 @@ async fn a_requests_own_max_age_and_min_fresh_bound_what_answers_it() {
 async fn only_if_cached_is_answered_from_the_store_or_refused_never_by_the_origin() {
     let server = RedisServer::start();
     let origin = Origin::new();
-    let layer = layer(&server)
-        .await
-        .fresh_for(Duration::from_secs(60))
-        .stale_for(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let layer = minute_layer(&server).await;
     let service = cached(&layer, origin.service());
-    let only = |method: Method, directives: &'static str| {
-        let mut request = get("/doc");
-        *request.method_mut() = method;
-        request
-            .headers_mut()
-            .insert("cache-control", http::HeaderValue::from_static(directives));
-        request
-    };
+    let only = with_directives;
 
     let refused = call(&service, only(Method::GET, "only-if-cached")).await;
     assert_eq!(refused.status(), StatusCode::GATEWAY_TIMEOUT);
