@@ -279,6 +279,31 @@ async fn a_lease_taken_by_another_holder_is_never_touched_by_the_old_one() {
             .unwrap()
     );
     assert!(!store.release_lease(key, "old").await.unwrap());
+    // Nor does it store what it fetched under the lease it lost; the new holder does.
+    let entry = "fleet:v1:{k}";
+    let ttl = Duration::from_secs(60);
+    let old_answer = Bytes::from_static(b"old answer");
+    assert!(
+        !store
+            .set_if_leased(entry, old_answer, ttl, key, "old")
+            .await
+            .unwrap()
+    );
+    assert_eq!(server.command(&[b"EXISTS", entry.as_bytes()]), b":0\r\n");
+    let new_answer = Bytes::from_static(b"new answer");
+    assert!(
+        store
+            .set_if_leased(entry, new_answer, ttl, key, "new")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(entry).await.unwrap().unwrap(), "new answer");
+    let ttl = String::from_utf8(server.command(&[b"PTTL", entry.as_bytes()])).unwrap();
+    let ttl: u64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!(
+        (50_000..=60_000).contains(&ttl),
+        "written with its ttl: {ttl}"
+    );
     assert_eq!(server.command(&[b"GET", key.as_bytes()]), b"$3\r\nnew\r\n");
     let ttl = String::from_utf8(server.command(&[b"PTTL", key.as_bytes()])).unwrap();
     let ttl: u64 = ttl.trim_start_matches(':').trim().parse().unwrap();
@@ -292,6 +317,13 @@ async fn a_lease_taken_by_another_holder_is_never_touched_by_the_old_one() {
             .unwrap()
     );
     server.command(&[b"SCRIPT", b"FLUSH"]);
+    let again = Bytes::from_static(b"again");
+    assert!(
+        store
+            .set_if_leased(entry, again, Duration::from_secs(60), key, "new")
+            .await
+            .unwrap()
+    );
     assert!(store.release_lease(key, "new").await.unwrap());
     assert_eq!(server.command(&[b"EXISTS", key.as_bytes()]), b":0\r\n");
     let known = server.command(&[
@@ -299,10 +331,11 @@ async fn a_lease_taken_by_another_holder_is_never_touched_by_the_old_one() {
         b"EXISTS",
         b"d02e481a9c91ceec59c5822a58a49d5d5d7ac80b",
         b"3c47f94dc28d90f47ce03eabe2ebe59e85e54bf1",
+        b"e6cceb9d359e304a86c22a4295571cd49e2356a5",
     ]);
     assert_eq!(
-        known, b"*2\r\n:1\r\n:0\r\n",
-        "the release script is cached again under its SHA"
+        known, b"*3\r\n:1\r\n:0\r\n:1\r\n",
+        "the release and store scripts are cached again under their SHAs"
     );
 }
 

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 #[derive(Clone)]
@@ -72,6 +73,9 @@ impl moka::Expiry<String, Stored> for PerEntryTtl {
 #[derive(Clone)]
 pub struct MemoryStore {
     cache: Cache<String, Stored>,
+    /// Held by every write that depends on a lease ([`Store::set_if_leased`]) and every change to leases or
+    /// removal, so that a conditional write is one step against them, as its Lua script is on Redis.
+    leases: Arc<Mutex<()>>,
 }
 
 impl MemoryStore {
@@ -84,13 +88,20 @@ impl MemoryStore {
             })
             .expire_after(PerEntryTtl)
             .build();
-        MemoryStore { cache }
+        MemoryStore {
+            cache,
+            leases: Arc::default(),
+        }
     }
 
     /// The number of entries (approximate while maintenance is pending).
     pub fn entry_count(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
+    }
+
+    fn lock_leases(&self) -> MutexGuard<'_, ()> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -118,12 +129,32 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    fn set_if_leased<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        let _leases = self.lock_leases();
+        let held = self
+            .cache
+            .get(lease)
+            .is_some_and(|held| held.live() && held.value == token.as_bytes());
+        if held {
+            self.cache.insert(key.to_owned(), Stored::new(value, ttl));
+        }
+        Box::pin(std::future::ready(Ok(held)))
+    }
+
     fn try_lease<'a>(
         &'a self,
         key: &'a str,
         token: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
+        let _leases = self.lock_leases();
         let result = self
             .cache
             .entry(key.to_owned())
@@ -172,6 +203,7 @@ impl Store for MemoryStore {
     }
 
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
+        let _leases = self.lock_leases();
         let removed = keys
             .iter()
             .filter(|k| self.cache.remove(**k).is_some())
@@ -180,6 +212,7 @@ impl Store for MemoryStore {
     }
 
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        let _leases = self.lock_leases();
         let doomed: Vec<String> = self
             .cache
             .iter()

@@ -22,6 +22,11 @@
 //! // Only the holder extends or releases it.
 //! assert!(!store.release_lease("ns:v1:{k}:lease", "token-b").await.unwrap());
 //! assert!(store.extend_lease("ns:v1:{k}:lease", "token-a", lease).await.unwrap());
+//! // Answers are stored under the lease that was held while the origin was asked.
+//! let ttl = Duration::from_secs(60);
+//! assert!(!store.set_if_leased("ns:v1:{k}", "v2".into(), ttl, "ns:v1:{k}:lease", "token-b").await.unwrap());
+//! assert!(store.set_if_leased("ns:v1:{k}", "v2".into(), ttl, "ns:v1:{k}:lease", "token-a").await.unwrap());
+//! assert_eq!(store.get("ns:v1:{k}").await.unwrap().as_deref(), Some(&b"v2"[..]));
 //! assert!(store.release_lease("ns:v1:{k}:lease", "token-a").await.unwrap());
 //! # }
 //! ```
@@ -60,6 +65,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a value that expires after `ttl`.
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()>;
+
+    /// Writes `value` at `key` (expiring after `ttl`) only if the lease at `lease` still holds `token`, in one
+    /// step (Lua on Redis); returns whether it wrote. The cache stores every origin answer this way, under the
+    /// lease it took before asking the origin, and an invalidation removes the lease before the entry: so an
+    /// answer the origin gave before a change it was told of is never stored after that change.
+    ///
+    /// The default reads the lease, then writes: two steps, which leave a short window in which a removal can
+    /// be overtaken. A store that can compare and write in one step should do so.
+    fn set_if_leased<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            if self.get(lease).await?.as_deref() != Some(token.as_bytes()) {
+                return Ok(false);
+            }
+            self.set(key, value, ttl).await?;
+            Ok(true)
+        })
+    }
 
     /// Takes a lease: writes `token` at `key` only if `key` is absent (`SET NX PX`), returning whether this call
     /// took it. The lease expires after `ttl` unless extended.
@@ -114,6 +143,17 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         (**self).set(key, value, ttl)
+    }
+
+    fn set_if_leased<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        (**self).set_if_leased(key, value, ttl, lease, token)
     }
 
     fn try_lease<'a>(

@@ -306,19 +306,26 @@ pub(crate) const EXTEND_LEASE: Script = Script {
     sha1: "3c47f94dc28d90f47ce03eabe2ebe59e85e54bf1",
 };
 
-/// Runs `script` on `key` with `args`: by SHA, and whole if the server does not know it.
+/// Writes the entry (`KEYS[1]`, value `ARGV[2]`, `PX` `ARGV[3]`) only if its lease (`KEYS[2]`, in the same hash
+/// slot) still holds the caller's token.
+pub(crate) const SET_IF_LEASED: Script = Script {
+    lua: "if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end",
+    sha1: "e6cceb9d359e304a86c22a4295571cd49e2356a5",
+};
+
+/// Runs `script` on `keys` (of one hash slot) with `args`: by SHA, and whole if the server does not know it.
 async fn run_script(
     client: &fred::clients::WithOptions<Client>,
     script: &Script,
-    key: &str,
+    keys: Vec<Key>,
     args: Vec<Value>,
 ) -> Result<i64, StoreError> {
     match client
-        .evalsha::<i64, _, _, _>(script.sha1, key, args.clone())
+        .evalsha::<i64, _, _, _>(script.sha1, keys.clone(), args.clone())
         .await
     {
         Err(error) if error.details().starts_with("NOSCRIPT") => client
-            .eval::<i64, _, _, _>(script.lua, key, args)
+            .eval::<i64, _, _, _>(script.lua, keys, args)
             .await
             .map_err(backend),
         result => result.map_err(backend),
@@ -365,6 +372,26 @@ impl Store for RedisStore {
         })
     }
 
+    fn set_if_leased<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let keys = vec![Key::from(key), Key::from(lease)];
+            let args = vec![
+                Value::from(token),
+                Value::Bytes(value),
+                Value::from(millis(ttl)),
+            ];
+            let done: i64 = run_script(self.client(), &SET_IF_LEASED, keys, args).await?;
+            Ok(done == 1)
+        })
+    }
+
     fn try_lease<'a>(
         &'a self,
         key: &'a str,
@@ -395,7 +422,8 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let args = vec![Value::from(token), Value::from(millis(ttl))];
-            let done: i64 = run_script(self.client(), &EXTEND_LEASE, key, args).await?;
+            let done: i64 =
+                run_script(self.client(), &EXTEND_LEASE, vec![Key::from(key)], args).await?;
             Ok(done == 1)
         })
     }
@@ -403,7 +431,8 @@ impl Store for RedisStore {
     fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let args = vec![Value::from(token)];
-            let done: i64 = run_script(self.client(), &RELEASE_LEASE, key, args).await?;
+            let done: i64 =
+                run_script(self.client(), &RELEASE_LEASE, vec![Key::from(key)], args).await?;
             Ok(done == 1)
         })
     }
