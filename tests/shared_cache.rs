@@ -692,3 +692,158 @@ async fn a_caller_that_stops_waiting_does_not_stop_the_removal() {
         cache_status(&after)
     );
 }
+
+/// An origin holding one item whose version a `PUT` moves on; it answers a `GET` with the version it read, and
+/// holds the first `GET` after reading it until told to let go, like an origin call that is slow to return.
+struct Versioned {
+    version: std::sync::atomic::AtomicUsize,
+    gets: std::sync::atomic::AtomicUsize,
+    /// Moves to 1 when the held `GET` has read the version.
+    read: tokio::sync::watch::Sender<usize>,
+    /// The held `GET` answers once this is true.
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Versioned {
+    fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Versioned {
+            version: 1.into(),
+            gets: 0.into(),
+            read: tokio::sync::watch::Sender::new(0),
+            release: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    fn service(
+        self: &std::sync::Arc<Self>,
+    ) -> impl tower::Service<
+        Request<tower_redis_cache::RequestBody>,
+        Response = http::Response<Full<Bytes>>,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static {
+        let origin = self.clone();
+        tower::service_fn(move |request: Request<tower_redis_cache::RequestBody>| {
+            let origin = origin.clone();
+            async move {
+                if request.method() != Method::GET {
+                    origin.version.fetch_add(1, Ordering::SeqCst);
+                    return Ok(http::Response::new(Full::default()));
+                }
+                let version = origin.version.load(Ordering::SeqCst);
+                if origin.gets.fetch_add(1, Ordering::SeqCst) == 0 {
+                    origin.read.send_replace(1);
+                    let mut release = origin.release.subscribe();
+                    let _ = release.wait_for(|open| *open).await;
+                }
+                Ok(http::Response::new(Full::new(Bytes::from(format!(
+                    "v{version}"
+                )))))
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_read_before_a_write_is_not_stored_after_it() {
+    let server = RedisServer::start();
+    let origin = Versioned::new();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let item = || request("GET", ITEM).map(|_| Full::default());
+
+    // A miss reads version 1 at the origin and is slow to come back.
+    let slow = tokio::spawn(service.clone().oneshot(item()));
+    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    let put = call(&service, request("PUT", ITEM)).await;
+    assert_eq!(put.status(), StatusCode::OK);
+
+    // A read after the write does not share the slow call: it asks the origin, and stores version 2.
+    let after = call(&service, item()).await;
+    assert!(
+        matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
+        "{}",
+        cache_status(&after)
+    );
+    assert_eq!(body(after).await, "v2");
+
+    // The slow call's answer goes to its caller, but never into the store over version 2.
+    origin.release.send_replace(true);
+    let slow: Reply = slow.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
+        "{}",
+        cache_status(&slow)
+    );
+    assert_eq!(body(slow).await, "v1");
+    assert_eq!(layer.handle().stats().stores_fenced, 1);
+    let hit = call(&service, item()).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(body(hit).await, "v2");
+    assert_eq!(origin.gets.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_invalidation_in_another_process_is_undone_by_a_fill_that_predates_it() {
+    // Three ways to tell the fleet that the item changed, each from another process than the slow fill's.
+    for way in ["PUT", "invalidate", "purge"] {
+        let server = RedisServer::start();
+        let origin = Versioned::new();
+        let (layer_a, layer_b) = (
+            layer(&server).await.build().unwrap(),
+            // Fleet-wide collapsing off: B still leaves the storing to the holder of the key's lease.
+            layer(&server)
+                .await
+                .fleet_wait(Duration::ZERO)
+                .build()
+                .unwrap(),
+        );
+        let (a, b) = (
+            cached(&layer_a, origin.service()),
+            cached(&layer_b, origin.service()),
+        );
+        let item = || request("GET", ITEM).map(|_| Full::default());
+
+        let slow = tokio::spawn(a.clone().oneshot(item()));
+        origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+        match way {
+            "PUT" => {
+                let put = call(&b, request("PUT", ITEM)).await;
+                assert_eq!(put.status(), StatusCode::OK);
+            }
+            "invalidate" => {
+                origin.version.fetch_add(1, Ordering::SeqCst);
+                let read = request("GET", ITEM).map(|_| Bytes::new());
+                let existed = layer_b.handle().invalidate(&read).await.unwrap();
+                assert!(!existed, "nothing stored yet: only the lease goes");
+            }
+            _ => {
+                origin.version.fetch_add(1, Ordering::SeqCst);
+                layer_b.handle().purge().await.unwrap();
+            }
+        }
+        origin.release.send_replace(true);
+        let slow: Reply = slow.await.unwrap().unwrap();
+        assert!(
+            matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
+            "{way}: {}",
+            cache_status(&slow)
+        );
+        assert_eq!(body(slow).await, "v1", "{way}");
+        assert_eq!(layer_a.handle().stats().stores_fenced, 1, "{way}");
+
+        // Version 2 is what either process reads next, and the one that asks stores it.
+        let from_b = call(&b, item()).await;
+        assert!(
+            matches!(outcome(&from_b), CacheOutcome::Miss { stored: true, .. }),
+            "{way}: {}",
+            cache_status(&from_b)
+        );
+        assert_eq!(body(from_b).await, "v2", "{way}");
+        let from_a = call(&a, item()).await;
+        assert_eq!(outcome(&from_a), CacheOutcome::Hit, "{way}");
+        assert_eq!(body(from_a).await, "v2", "{way}");
+    }
+}

@@ -70,6 +70,15 @@ impl<T: Clone> Coalescer<T> {
         })
     }
 
+    /// Ends the sharing of the flight for `key`, if there is one: its callers still get its result, and the next
+    /// caller starts a flight of its own.
+    pub(crate) fn detach(&self, key: &str) {
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+
     /// Number of flights in progress.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -14,7 +14,7 @@ use super::decision::{
     judge, may_invalidate, serve_stale_on_error,
 };
 use super::entry::{Entry, storable_headers};
-use super::fleet::{LeaseGuard, Turn};
+use super::fleet::{Lease, LeaseGuard, Turn};
 use super::freshness::{CacheOverride, OriginSays, Windows, WindowsFn, merge_headers, validators};
 use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
@@ -317,7 +317,7 @@ pub(crate) struct Engine {
     pub(crate) clock: Arc<Clock>,
     /// The near cache, when the layer has one.
     pub(crate) near: Option<Arc<Near>>,
-    flights: Coalescer<Shared>,
+    pub(super) flights: Coalescer<Shared>,
     pub(super) refreshing: Mutex<HashSet<String>>,
     /// Bytes of origin responses read into memory by misses and refreshes in flight.
     pub(crate) budget: Arc<ByteBudget>,
@@ -673,7 +673,15 @@ impl Engine {
                                 let stored = forward.store
                                     && health == StoreHealth::Ok
                                     && verdict.store
-                                    && self.write(&key, &response, vary, &facts).await;
+                                    && self
+                                        .write(
+                                            &key,
+                                            &response,
+                                            vary,
+                                            &facts,
+                                            lease.as_ref().and_then(LeaseGuard::lease),
+                                        )
+                                        .await;
                                 let response = Arc::new(response);
                                 leader.complete(if verdict.share {
                                     Shared::Response {
@@ -941,13 +949,24 @@ impl Engine {
 
     /// Stores an origin response to a request with `facts` under `key`, for the variant `vary`, with the
     /// windows the request chose or the origin's headers set; returns whether the store took it.
+    ///
+    /// Only under `lease`, the key's lease taken before the origin was asked, and only while it still holds it
+    /// (see [`Store::set_if_leased`]): an invalidation removes the lease before the entry, so an answer the
+    /// origin gave before a change is never stored after the change was reported. Without a lease (another
+    /// process held it, or the wait for that process gave up) nothing is stored: the holder stores.
+    ///
+    /// [`Store::set_if_leased`]: super::store::Store::set_if_leased
     pub(super) async fn write(
         &self,
         key: &CacheKey,
         response: &Buffered,
         vary: Option<[u8; 32]>,
         facts: &RequestFacts,
+        lease: Option<&Lease>,
     ) -> bool {
+        let Some(lease) = lease else {
+            return false;
+        };
         if response.body.len() > self.policy.max_body {
             return false;
         }
@@ -976,17 +995,29 @@ impl Engine {
             return false;
         }
         let value = entry.encode(key.digest());
-        let stored = self
+        let written = self
             .store
-            .call("set", key.as_str(), |s| s.set(key.as_str(), value, ttl))
-            .await
-            .is_ok();
+            .call("set", key.as_str(), |s| {
+                s.set_if_leased(key.as_str(), value, ttl, &lease.key, &lease.token)
+            })
+            .await;
         // The entry changed (or may have): the near copy goes; the next read fills it again.
         self.forget(key);
-        if stored {
-            bump(&self.counters.stores);
+        match written {
+            Ok(true) => {
+                bump(&self.counters.stores);
+                true
+            }
+            Ok(false) => {
+                bump(&self.counters.stores_fenced);
+                tracing::debug!(
+                    key = key.short(),
+                    "answer not stored: the key's lease was removed (an invalidation) or lost meanwhile"
+                );
+                false
+            }
+            Err(_) => false,
         }
-        stored
     }
 
     /// The entries a request would make stale by succeeding (RFC 9111 §4.4): those a `GET` and a `HEAD` of its
@@ -1027,11 +1058,23 @@ impl Engine {
         let StaleTargets([get, head]) = targets;
         self.forget(&get);
         self.forget(&head);
-        let keys = [get.as_str(), head.as_str()];
+        // The leases go first (one `UNLINK`; one key a command, in this order, on a Cluster): a fill that asked
+        // the origin before the change then cannot store its answer after the entry is gone.
+        let (get_lease, head_lease) = (get.lease_key(), head.lease_key());
+        let keys = [
+            get_lease.as_str(),
+            head_lease.as_str(),
+            get.as_str(),
+            head.as_str(),
+        ];
         let removed = self
             .store
-            .call("invalidate", keys[0], |store| store.remove(&keys))
+            .call("invalidate", get.as_str(), |store| store.remove(&keys))
             .await;
+        // A caller of this process arriving from now on starts a call of its own rather than sharing one that
+        // may have asked the origin before the change.
+        self.flights.detach(get.as_str());
+        self.flights.detach(head.as_str());
         if removed.is_ok() {
             bump(&self.counters.unsafe_invalidations);
             tracing::debug!(

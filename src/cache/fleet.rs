@@ -6,6 +6,10 @@
 //! third of the lease), so the lease cannot expire under a live call and still expires soon after the holder
 //! dies; a holder whose future is dropped (a cancelled request) releases it at once.
 //!
+//! Answers are stored only under a lease still held (`Store::set_if_leased`, one step), and invalidations
+//! remove the lease before the entry: a fill whose origin call started before a change it was told of never
+//! stores its answer after that change.
+//!
 //! The first process to miss a key takes the lease and fills the entry; another process that misses while the
 //! lease is held waits for that entry instead of calling the origin: woken by the near cache's invalidation push
 //! when it has one, else by a short poll with backoff. It stops waiting when the entry arrives, takes the lease
@@ -32,8 +36,8 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 /// A lease this process holds.
 #[derive(Debug)]
 pub(crate) struct Lease {
-    key: String,
-    token: String,
+    pub(super) key: String,
+    pub(super) token: String,
 }
 
 /// A held lease that is released when dropped (a cancelled request lets the next holder in at once) unless it
@@ -94,7 +98,7 @@ pub(crate) enum Waited {
     Entry(Entry),
     /// The lease went away without an entry, and this process took it: it fills the key itself.
     Took(LeaseGuard),
-    /// The deadline passed: call the origin without the lease.
+    /// The deadline passed: call the origin without the lease (and without storing: the holder stores).
     GaveUp,
     /// The store failed: call the origin without it.
     StoreFailed,
@@ -104,8 +108,8 @@ pub(crate) enum Waited {
 pub(crate) enum Turn {
     /// Another process filled the key while this one waited: its entry answers.
     Answered(Entry),
-    /// This process calls the origin: holding the key's lease, or without it (collapsing is off, or the wait
-    /// gave up).
+    /// This process calls the origin: holding the key's lease, or without it (another process holds it and
+    /// collapsing is off, or the wait gave up), and then it does not store the answer.
     Lead(Option<LeaseGuard>),
     /// The store failed on the lease: call the origin, and do not ask the store again for this request.
     StoreFailed,
@@ -154,13 +158,15 @@ impl Engine {
         forward: Forward,
         baseline: Option<u64>,
     ) -> Turn {
-        // A store that just failed this request is not asked again; collapsing may be off.
-        if !forward.store || self.policy.fleet_wait.is_zero() {
+        // A store that just failed this request is not asked again.
+        if !forward.store {
             return Turn::Lead(None);
         }
         match self.take_lease(key).await {
             Ok(Some(lease)) => Turn::Lead(Some(lease)),
             Err(()) => Turn::StoreFailed,
+            // Collapsing is off: call the origin at once, and leave the storing to the lease's holder.
+            Ok(None) if self.policy.fleet_wait.is_zero() => Turn::Lead(None),
             Ok(None) => match self.wait_for_fleet(key, facts, headers, baseline).await {
                 Waited::Entry(entry) => Turn::Answered(entry),
                 Waited::Took(lease) => Turn::Lead(Some(lease)),

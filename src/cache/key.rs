@@ -18,6 +18,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// What the key of an entry's lease adds to the entry's key.
+pub(crate) const LEASE_SUFFIX: &str = ":lease";
 /// The Redis key of one cached request: `<namespace>:v1:{<sha256 hex>}`.
 ///
 /// The braces are a Redis Cluster hash tag, so the entry and its refresh lease (`...}:lease`) live in one slot.
@@ -40,9 +42,9 @@ impl CacheKey {
 
     /// The key of this entry's refresh lease (same hash slot).
     pub fn lease_key(&self) -> String {
-        let mut lease = String::with_capacity(self.key.len() + 6);
+        let mut lease = String::with_capacity(self.key.len() + LEASE_SUFFIX.len());
         lease.push_str(&self.key);
-        lease.push_str(":lease");
+        lease.push_str(LEASE_SUFFIX);
         lease
     }
 

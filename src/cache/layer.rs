@@ -112,6 +112,9 @@ impl CacheHandle {
 
     /// Removes the entry (and any refresh lease) of `request`. Returns whether an entry existed.
     ///
+    /// The lease goes first: a miss or refresh of `request` that asked the origin before this call does not
+    /// store its answer after it (counted in `stores_fenced`).
+    ///
     /// # Errors
     ///
     /// The store's error; the circuit breaker and store timeout do not apply here.
@@ -121,15 +124,17 @@ impl CacheHandle {
     ) -> Result<bool, StoreError> {
         let key = self.key_for(request);
         self.engine.forget(&key);
+        // The lease first: a fill that asked the origin before this call then cannot store its answer after it.
         let lease = key.lease_key();
-        let keys = [key.as_str(), lease.as_str()];
-        let removed = self.engine.store.store.remove(&keys[..1]).await?;
-        self.engine.store.store.remove(&keys[1..]).await?;
+        self.engine.store.store.remove(&[lease.as_str()]).await?;
+        let removed = self.engine.store.store.remove(&[key.as_str()]).await?;
+        self.engine.flights.detach(key.as_str());
         Ok(removed > 0)
     }
 
     /// Removes every entry of this layer's namespace (`SCAN` + `UNLINK` on Redis, never `KEYS`). Returns how many
-    /// keys were removed.
+    /// keys were removed. Leases go in a first pass, so that no fill running meanwhile stores an answer after
+    /// its entry was removed.
     ///
     /// # Errors
     ///
@@ -453,6 +458,11 @@ impl RedisCacheLayerBuilder {
     /// `QUERY` bodies) are not found this way: [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or
     /// [`purge`](super::CacheHandle::purge) reach them. The removal is a store call like the others, under the
     /// timeout and the breaker; if it fails, the entries live out their windows. Default: true.
+    ///
+    /// A miss or refresh of that URI already waiting on the origin, in any process, may bring back what the
+    /// origin held before the change: its answer goes to its own callers but is not stored, since the removal
+    /// takes the key's lease too and answers are stored only under a lease still held (counted in
+    /// `stores_fenced`). Callers of this process arriving after the removal do not share that call.
     pub fn invalidate_on_unsafe(mut self, invalidate: bool) -> Self {
         self.invalidate_on_unsafe = invalidate;
         self
@@ -461,9 +471,10 @@ impl RedisCacheLayerBuilder {
     /// How long a miss waits when another process is already fetching its key (it holds the key's lease): the
     /// wait ends as soon as that process's entry is stored (woken by the near cache's invalidation when there
     /// is one, else by a poll every 5 to 50 ms), or when the other process lets go without an entry (this one
-    /// then takes the lease and calls the origin). Past this it calls the origin itself. The answer says
-    /// `Cache-Status: ...; collapsed; detail=fleet`. Default: 5 s. Zero turns fleet-wide collapsing off: each
-    /// process then makes one call per key (its own callers still share it).
+    /// then takes the lease and calls the origin). Past this it calls the origin itself, and does not store the
+    /// answer (the lease's holder stores). The answer says `Cache-Status: ...; collapsed; detail=fleet`.
+    /// Default: 5 s. Zero turns fleet-wide collapsing off: each process then makes one call per key (its own
+    /// callers still share it), and the one holding the key's lease stores the answer.
     pub fn fleet_wait(mut self, wait: Duration) -> Self {
         self.fleet_wait = wait;
         self

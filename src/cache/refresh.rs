@@ -137,7 +137,10 @@ impl Engine {
                     &facts,
                     &headers,
                 );
-                verdict.store && self.write(key, &response, vary, &facts).await
+                verdict.store
+                    && self
+                        .write(key, &response, vary, &facts, lease.lease())
+                        .await
             }
             Ok(Fetched::Streaming(_)) => false,
             Err(error) => {

@@ -76,6 +76,7 @@ pub(crate) struct Counters {
     pub(crate) over_memory_budget: Counter,
     pub(crate) unsafe_invalidations: Counter,
     pub(crate) only_if_cached_misses: Counter,
+    pub(crate) stores_fenced: Counter,
 }
 
 impl Counters {
@@ -148,6 +149,7 @@ impl Counters {
                 "tower_redis_cache_only_if_cached_misses_total",
                 &namespace,
             ),
+            stores_fenced: Counter::new("tower_redis_cache_stores_fenced_total", &namespace),
         }
     }
 
@@ -183,6 +185,7 @@ impl Counters {
             over_memory_budget: self.over_memory_budget.get(),
             unsafe_invalidations: self.unsafe_invalidations.get(),
             only_if_cached_misses: self.only_if_cached_misses.get(),
+            stores_fenced: self.stores_fenced.get(),
             in_flight_bytes: 0,
         }
     }
@@ -262,6 +265,10 @@ pub struct CacheStats {
     /// Requests with `Cache-Control: only-if-cached` that nothing stored could answer: answered `504` by the
     /// cache, without calling the inner service.
     pub only_if_cached_misses: u64,
+    /// Origin answers not stored because the key's lease, taken before the origin was asked, was gone when the
+    /// answer came: an invalidation or purge ran meanwhile (the answer may predate the change it reported), or
+    /// the lease expired.
+    pub stores_fenced: u64,
     /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
     /// `max_in_flight_bytes`.
     pub in_flight_bytes: u64,

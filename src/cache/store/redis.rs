@@ -469,38 +469,49 @@ impl Store for RedisStore {
 
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
-            let client = self.client();
-            let pattern = glob_escape(prefix);
-            let clustered = client.is_clustered();
-            let mut keys = if clustered {
-                client
-                    .scan_cluster_buffered(pattern, Some(500), None)
-                    .boxed()
-            } else {
-                client.scan_buffered(pattern, Some(500), None).boxed()
-            };
-            let mut removed = 0u64;
-            let mut batch: Vec<Key> = Vec::with_capacity(500);
-            while let Some(key) = keys.next().await {
-                let key = key.map_err(backend)?;
-                if clustered {
-                    removed += client.unlink::<u64, _>(key).await.map_err(backend)?;
-                    continue;
-                }
-                batch.push(key);
-                if batch.len() == 500 {
-                    removed += client
-                        .unlink::<u64, _>(std::mem::take(&mut batch))
-                        .await
-                        .map_err(backend)?;
-                }
-            }
-            if !batch.is_empty() {
-                removed += client.unlink::<u64, _>(batch).await.map_err(backend)?;
-            }
-            Ok(removed)
+            // Leases first: a fill still running when its lease goes is not stored (`set_if_leased`), so none can
+            // put back an entry this purge has already removed.
+            let leases = format!("{}{}", glob_escape(prefix), crate::cache::key::LEASE_SUFFIX);
+            let removed = unlink_matching(self.client(), leases).await?;
+            Ok(removed + unlink_matching(self.client(), glob_escape(prefix)).await?)
         })
     }
+}
+
+/// Removes every key matching the `SCAN` glob `pattern` (`UNLINK`, 500 keys a command, one key a command on a
+/// Cluster, whose keys live in different slots); returns how many were removed.
+async fn unlink_matching(
+    client: &fred::clients::WithOptions<Client>,
+    pattern: String,
+) -> Result<u64, StoreError> {
+    let clustered = client.is_clustered();
+    let mut keys = if clustered {
+        client
+            .scan_cluster_buffered(pattern, Some(500), None)
+            .boxed()
+    } else {
+        client.scan_buffered(pattern, Some(500), None).boxed()
+    };
+    let mut removed = 0u64;
+    let mut batch: Vec<Key> = Vec::with_capacity(500);
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(backend)?;
+        if clustered {
+            removed += client.unlink::<u64, _>(key).await.map_err(backend)?;
+            continue;
+        }
+        batch.push(key);
+        if batch.len() == 500 {
+            removed += client
+                .unlink::<u64, _>(std::mem::take(&mut batch))
+                .await
+                .map_err(backend)?;
+        }
+    }
+    if !batch.is_empty() {
+        removed += client.unlink::<u64, _>(batch).await.map_err(backend)?;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
