@@ -356,3 +356,39 @@ async fn only_if_cached_is_answered_from_the_store_or_refused_never_by_the_origi
     let stale = call(&service, only(Method::GET, "only-if-cached")).await;
     assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
 }
+
+#[tokio::test]
+async fn the_age_a_response_came_with_counts_in_its_answers_and_against_a_requests_max_age() {
+    // RFC 9111 §4.2.3: an upstream cache already held this response for 100 s of its 300.
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-control", "max-age=300");
+    origin.add_header("age", "100");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    assert!(is_miss(&call(&service, get("/aged")).await));
+
+    jump(Duration::from_secs(10)).await;
+    let hit = call(&service, get("/aged")).await;
+    let age: u64 = hit.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!((110..=111).contains(&age), "age {age}");
+    assert!((189..=190).contains(&ttl(&hit)), "{}", cache_status(&hit));
+
+    // Too old for a caller who takes at most 100 s; young enough for one who takes 120 s.
+    let asking = |directives| {
+        let mut request = get("/aged");
+        request
+            .headers_mut()
+            .insert("cache-control", http::HeaderValue::from_static(directives));
+        request
+    };
+    let refused = call(&service, asking("max-age=100")).await;
+    assert_eq!(
+        cache_status(&refused),
+        "tower-redis-cache; fwd=request; fwd-status=200; stored"
+    );
+    assert_eq!(origin.calls(), 2);
+    let accepted = call(&service, asking("max-age=120")).await;
+    assert_eq!(outcome(&accepted), CacheOutcome::Hit);
+    assert_eq!(origin.calls(), 2);
+}

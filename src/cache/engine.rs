@@ -15,7 +15,9 @@ use super::decision::{
 };
 use super::entry::{Entry, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
-use super::freshness::{CacheOverride, OriginSays, Windows, WindowsFn, merge_headers, validators};
+use super::freshness::{
+    CacheOverride, OriginSays, Windows, WindowsFn, age_of, merge_headers, validators,
+};
 use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
 use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
@@ -981,7 +983,9 @@ impl Engine {
         };
         let fresh_until = now.saturating_add(millis(windows.fresh_for()));
         let entry = Entry {
-            stored_at: now,
+            // When the origin made this response, as far as this cache can tell: so an answer's `Age`, and a
+            // request's `max-age`, count the age it already had (an upstream cache's `Age`), RFC 9111 §4.2.3.
+            stored_at: now.saturating_sub(millis(age_of(&response.headers))),
             fresh_until,
             stale_until: fresh_until.saturating_add(millis(windows.stale_for())),
             stale_if_error_until: fresh_until.saturating_add(millis(windows.stale_if_error_for())),

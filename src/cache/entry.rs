@@ -31,6 +31,8 @@ pub(crate) const FIXED_OVERHEAD: usize = FIXED_HEAD + 4;
 /// A cached response and its freshness windows.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
+    /// When the response was made, as far as this cache can tell (unix ms): when it was stored, less the `Age`
+    /// it came with.
     pub(crate) stored_at: u64,
     pub(crate) fresh_until: u64,
     pub(crate) stale_until: u64,
@@ -67,7 +69,7 @@ impl Entry {
         i64::try_from(secs).unwrap_or(if ms > 0 { i64::MAX } else { i64::MIN })
     }
 
-    /// Seconds since the entry was stored, for the `Age` header.
+    /// Seconds since the response was made (its stored `Age` counted), for the `Age` header.
     pub(crate) fn age_secs(&self, now: u64) -> u64 {
         now.saturating_sub(self.stored_at) / 1000
     }

@@ -164,10 +164,7 @@ impl OriginSays {
             }
         }
         let lifetime = s_maxage.or(max_age).or_else(|| expires_in(headers, now));
-        let age = headers
-            .get(AGE)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map_or(Duration::ZERO, Duration::from_secs);
+        let age = age_of(headers);
         says.fresh_for = lifetime.map(|lifetime| lifetime.saturating_sub(age));
         says
     }
@@ -250,6 +247,25 @@ pub(crate) fn merge_headers(stored: &mut HeaderMap, fresh: HeaderMap) {
     }
 }
 
+/// The age a response already had when it reached this cache: its `Age` field (RFC 9111 §5.1), zero when it
+/// has none or an invalid one, and at most 2^31 seconds, which is also what a value too large to read counts
+/// as (§1.2.2).
+pub(crate) fn age_of(headers: &HeaderMap) -> Duration {
+    const LARGEST: u64 = 1 << 31;
+    let Some(value) = headers.get(AGE).and_then(|v| v.to_str().ok()) else {
+        return Duration::ZERO;
+    };
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(
+        digits
+            .parse::<u64>()
+            .map_or(LARGEST, |age| age.min(LARGEST)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +296,28 @@ mod tests {
             Duration::from_secs(stale),
             Duration::from_secs(on_error),
         )
+    }
+
+    #[test]
+    fn a_responses_age_is_its_age_field_capped_and_zero_when_invalid() {
+        assert_eq!(age_of(&head(&[])), Duration::ZERO);
+        assert_eq!(age_of(&head(&[("age", "100")])), Duration::from_secs(100));
+        for invalid in ["-1", "1.5", "soon", ""] {
+            assert_eq!(
+                age_of(&head(&[("age", invalid)])),
+                Duration::ZERO,
+                "{invalid}"
+            );
+        }
+        assert_eq!(
+            age_of(&head(&[("age", "99999999999999999999")])),
+            Duration::from_secs(1 << 31),
+            "too large to read"
+        );
+        assert_eq!(
+            age_of(&head(&[("age", "9999999999")])),
+            Duration::from_secs(1 << 31)
+        );
     }
 
     #[test]
