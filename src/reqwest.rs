@@ -187,7 +187,9 @@ impl Middleware for CacheMiddleware {
             let stale = engine.stale_targets(&parts, &facts);
             let mut response = next.run(request, extensions).await?;
             if let Some(stale) = stale {
-                engine.invalidate(stale, response.status()).await;
+                engine
+                    .invalidate(stale, response.status(), response.headers())
+                    .await;
             }
             crate::cache::engine::add_cache_status(response.headers_mut(), status.header_value());
             response.extensions_mut().insert(status.outcome);

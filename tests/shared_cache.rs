@@ -847,3 +847,38 @@ async fn no_invalidation_in_another_process_is_undone_by_a_fill_that_predates_it
         assert_eq!(body(from_a).await, "v2", "{way}");
     }
 }
+
+#[tokio::test]
+async fn a_write_also_drops_the_entries_of_the_uris_its_answer_names_on_its_own_origin() {
+    // RFC 9111 §4.4 lets a cache drop what `Location` and `Content-Location` name, and forbids it across origins.
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let third = "https://api.example.com/items/3";
+    let foreign = "https://elsewhere.example/items/1";
+    for uri in [ITEM, OTHER_ITEM, third, foreign] {
+        for method in ["GET", "HEAD"] {
+            call(&service, request(method, uri).map(|_| Full::default())).await;
+        }
+    }
+
+    origin.add_header("location", "/items/2");
+    origin.add_header("location", foreign);
+    origin.add_header("content-location", third);
+    let put = call(&service, request("PUT", ITEM)).await;
+    assert_eq!(put.status(), StatusCode::OK);
+    for (uri, dropped) in [
+        (ITEM, true),
+        (OTHER_ITEM, true),
+        (third, true),
+        (foreign, false),
+    ] {
+        for method in ["GET", "HEAD"] {
+            let after = call(&service, request(method, uri).map(|_| Full::default())).await;
+            let missed = matches!(outcome(&after), CacheOutcome::Miss { .. });
+            assert_eq!(missed, dropped, "{method} {uri}: {}", cache_status(&after));
+        }
+    }
+    assert_eq!(layer.handle().stats().unsafe_invalidations, 1);
+}

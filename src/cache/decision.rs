@@ -22,7 +22,8 @@ use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, IF_MATCH, IF_MODIFIED_SINCE,
     IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, PRAGMA, RANGE, SET_COOKIE, VARY,
 };
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 
 /// How the cache treats requests that carry credentials (`Authorization` or `Cookie`).
 ///
@@ -305,6 +306,44 @@ pub(crate) fn invalidates(status: StatusCode) -> bool {
     status.as_u16() < 400
 }
 
+/// The other URI an answer to an unsafe request names, in its `Location` or `Content-Location` field (`named`),
+/// whose entries that answer also makes stale (RFC 9111 §4.4, which allows it), resolved against the request's
+/// `target` (and its `Host`, when the target has no authority): `None` unless it has the target's origin, since
+/// a response must not reach the entries of another origin.
+///
+/// Absolute URIs and absolute paths (`/items/42?v=2`) are resolved; relative paths (`42`, `../items`) name
+/// nothing here. A fragment is dropped.
+pub(crate) fn also_stale(
+    target: &Uri,
+    host: Option<&HeaderValue>,
+    named: &HeaderValue,
+) -> Option<Uri> {
+    let named = named.to_str().ok()?.trim();
+    let named = named.split_once('#').map_or(named, |(before, _)| before);
+    let path: PathAndQuery = if named.starts_with('/') && !named.starts_with("//") {
+        named.parse().ok()?
+    } else {
+        let named: Uri = named.parse().ok()?;
+        let (scheme, authority) = (named.scheme()?, named.authority()?);
+        let same_origin = match target.authority() {
+            Some(own) => target.scheme() == Some(scheme) && own == authority,
+            // An origin-form target (a server's request): its authority is its `Host`.
+            None => host.is_some_and(|host| {
+                host.as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            }),
+        };
+        if !same_origin {
+            return None;
+        }
+        named.path_and_query()?.clone()
+    };
+    // The target's own scheme and authority, as they are spelled in its keys.
+    let mut parts = target.clone().into_parts();
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).ok()
+}
+
 /// The cache decision for one request at `now` (unix ms).
 pub(crate) fn decide(rules: &Rules, request: &RequestFacts, lookup: Lookup, now: u64) -> Action {
     match decide_for_origin(rules, request, lookup, now) {
@@ -474,6 +513,67 @@ mod tests {
             respect_response_cache_control: true,
             invalidate_on_unsafe: true,
         }
+    }
+
+    #[test]
+    fn an_unsafe_answer_also_makes_stale_the_uris_it_names_of_its_own_origin_only() {
+        let named = |target: &str, host: Option<&'static str>, named: &'static str| {
+            let target: Uri = target.parse().unwrap();
+            let host = host.map(HeaderValue::from_static);
+            also_stale(&target, host.as_ref(), &HeaderValue::from_static(named))
+                .map(|uri| uri.to_string())
+        };
+        let api = "https://api.example.com/items";
+        for (reference, expected) in [
+            ("/items/42", Some("https://api.example.com/items/42")),
+            (
+                "/items/42?v=2#top",
+                Some("https://api.example.com/items/42?v=2"),
+            ),
+            (" /items/42 ", Some("https://api.example.com/items/42")),
+            (
+                "https://api.example.com/items/42",
+                Some("https://api.example.com/items/42"),
+            ),
+            (
+                "https://API.example.com/items/42",
+                Some("https://api.example.com/items/42"),
+            ),
+            // Another origin: another host, scheme or port, or a network-path reference.
+            ("https://evil.example/items/42", None),
+            ("http://api.example.com/items/42", None),
+            ("https://api.example.com:8443/items/42", None),
+            ("//evil.example/items/42", None),
+            // Relative paths are not resolved; junk names nothing.
+            ("42", None),
+            ("../items/42", None),
+            ("", None),
+            ("/items/with space", None),
+        ] {
+            assert_eq!(
+                named(api, None, reference).as_deref(),
+                expected,
+                "{reference}"
+            );
+        }
+        // A server's origin-form target: same origin when the authority is its Host.
+        let local = Some("api.example.com");
+        assert_eq!(
+            named("/items", local, "/items/42").as_deref(),
+            Some("/items/42")
+        );
+        assert_eq!(
+            named("/items", local, "https://api.example.com/items/42?a=1").as_deref(),
+            Some("/items/42?a=1")
+        );
+        assert_eq!(
+            named("/items", local, "https://evil.example/items/42"),
+            None
+        );
+        assert_eq!(
+            named("/items", None, "https://api.example.com/items/42"),
+            None
+        );
     }
 
     #[test]

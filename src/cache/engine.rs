@@ -10,8 +10,8 @@ use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
-    Action, Forward, Fwd, Lookup, RequestFacts, ResponseFacts, Rules, Verdict, decide, invalidates,
-    judge, may_invalidate, serve_stale_on_error,
+    Action, Forward, Fwd, Lookup, RequestFacts, ResponseFacts, Rules, Verdict, also_stale, decide,
+    invalidates, judge, may_invalidate, serve_stale_on_error,
 };
 use super::entry::{Entry, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
@@ -27,8 +27,10 @@ use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth}
 use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
-use http::header::AGE;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, request};
+use http::header::{AGE, CONTENT_LOCATION, HOST, LOCATION};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version, request,
+};
 use http_body::Body;
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -287,9 +289,14 @@ fn is_safe(method: &Method) -> bool {
     ) || method.as_str() == "QUERY"
 }
 
-/// The keys of the entries a request may make stale (see [`Engine::stale_targets`]).
+/// What a request that may make entries stale (see [`Engine::stale_targets`]) needs to name them once it is
+/// answered: its target URI and its headers, which key the `GET` and `HEAD` entries of that URI and of those its
+/// answer names.
 #[derive(Debug)]
-pub(crate) struct StaleTargets([CacheKey; 2]);
+pub(crate) struct StaleTargets {
+    uri: Uri,
+    headers: HeaderMap,
+}
 
 /// What a coalesced inner call leaves for its waiters.
 #[derive(Clone, Debug)]
@@ -1024,7 +1031,7 @@ impl Engine {
         }
     }
 
-    /// The entries a request would make stale by succeeding (RFC 9111 §4.4): those a `GET` and a `HEAD` of its
+    /// What a request would make stale by succeeding (RFC 9111 §4.4): the entries a `GET` and a `HEAD` of its
     /// target URI, with its headers, would use. `None` unless [`may_invalidate`] says it may. Read before the
     /// request goes on, since the request goes with it.
     pub(crate) fn stale_targets(
@@ -1032,57 +1039,84 @@ impl Engine {
         parts: &request::Parts,
         facts: &RequestFacts,
     ) -> Option<StaleTargets> {
-        if !may_invalidate(&self.policy.rules, facts) {
-            return None;
-        }
-        // Keyed as that `GET` and `HEAD` are: without a body (and so without the `Content-Type` that is part of
-        // the key of a request with one).
-        let key = |method| self.keys.key(&method, &parts.uri, &parts.headers, &[]);
-        Some(StaleTargets([key(Method::GET), key(Method::HEAD)]))
+        may_invalidate(&self.policy.rules, facts).then(|| StaleTargets {
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        })
     }
 
-    /// Removes `targets` if `status`, the answer to the request that named them, says it succeeded (see
-    /// [`invalidates`]): from this process's near cache, then from the store, which tells every other
-    /// process. A store call like the others, under the breaker and the timeout; a failure is counted and
-    /// logged, never the request's, and the entries then live out their windows.
+    /// Removes the entries of `targets` if `status`, the answer to the request that named them, says it
+    /// succeeded (see [`invalidates`]), with those of the URIs of its own origin that the answer's `headers` name
+    /// in `Location` and `Content-Location` (see [`also_stale`]): from this process's near cache, then from the
+    /// store, which tells every other process. A store call like the others, under the breaker and the timeout;
+    /// a failure is counted and logged, never the request's, and the entries then live out their windows.
     ///
     /// The request's response waits for the removal, so that its caller's next read does not find what its
     /// write replaced. The removal runs on a task of its own: a caller that stops waiting does not stop it, since
     /// the origin has already made the change.
-    pub(crate) async fn invalidate(self: &Arc<Self>, targets: StaleTargets, status: StatusCode) {
+    pub(crate) async fn invalidate(
+        self: &Arc<Self>,
+        targets: StaleTargets,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) {
         if !invalidates(status) {
             return;
         }
+        let mut uris = vec![targets.uri];
+        let host = targets.headers.get(HOST);
+        for name in [LOCATION, CONTENT_LOCATION] {
+            for named in headers.get_all(name) {
+                if let Some(uri) = also_stale(&uris[0], host, named)
+                    && !uris.contains(&uri)
+                {
+                    uris.push(uri);
+                }
+            }
+        }
+        // Keyed as a `GET` and a `HEAD` are: without a body (and so without the `Content-Type` that is part of
+        // the key of a request with one).
+        let keys: Vec<CacheKey> = uris
+            .iter()
+            .flat_map(|uri| {
+                [Method::GET, Method::HEAD]
+                    .map(|method| self.keys.key(&method, uri, &targets.headers, &[]))
+            })
+            .collect();
         let engine = self.clone();
         // A panic in the removal is the task's alone: the response goes on either way.
-        let _ = tokio::spawn(async move { engine.remove_targets(targets).await }).await;
+        let _ = tokio::spawn(async move { engine.remove_keys(keys).await }).await;
     }
 
-    async fn remove_targets(&self, targets: StaleTargets) {
-        let StaleTargets([get, head]) = targets;
-        self.forget(&get);
-        self.forget(&head);
+    async fn remove_keys(&self, keys: Vec<CacheKey>) {
+        let Some(first) = keys.first() else {
+            return;
+        };
+        for key in &keys {
+            self.forget(key);
+        }
         // The leases go first (one `UNLINK`; one key a command, in this order, on a Cluster): a fill that asked
         // the origin before the change then cannot store its answer after the entry is gone.
-        let (get_lease, head_lease) = (get.lease_key(), head.lease_key());
-        let keys = [
-            get_lease.as_str(),
-            head_lease.as_str(),
-            get.as_str(),
-            head.as_str(),
-        ];
+        let leases: Vec<String> = keys.iter().map(CacheKey::lease_key).collect();
+        let names: Vec<&str> = leases
+            .iter()
+            .map(String::as_str)
+            .chain(keys.iter().map(CacheKey::as_str))
+            .collect();
         let removed = self
             .store
-            .call("invalidate", get.as_str(), |store| store.remove(&keys))
+            .call("invalidate", first.as_str(), |store| store.remove(&names))
             .await;
         // A caller of this process arriving from now on starts a call of its own rather than sharing one that
         // may have asked the origin before the change.
-        self.flights.detach(get.as_str());
-        self.flights.detach(head.as_str());
+        for key in &keys {
+            self.flights.detach(key.as_str());
+        }
         if removed.is_ok() {
             bump(&self.counters.unsafe_invalidations);
             tracing::debug!(
-                key = get.short(),
+                key = first.short(),
+                uris = keys.len() / 2,
                 "cache entries of an unsafe request's target removed"
             );
         }

@@ -453,10 +453,12 @@ impl RedisCacheLayerBuilder {
     /// Drop what the cache holds for a URI when an unsafe request to it succeeds (RFC 9111 §4.4): a `PUT`,
     /// `PATCH`, `DELETE`, a `POST` the layer does not cache, or any method not known to be safe, answered with a
     /// status below 400, removes the entries a `GET` and a `HEAD` of that URI with the request's headers would
-    /// use, in Redis (so in every process, near caches included) before the response is returned. Entries of
-    /// other variants (other values of [`vary_headers`](Self::vary_headers)) and other queries (`POST` or
-    /// `QUERY` bodies) are not found this way: [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or
-    /// [`purge`](super::CacheHandle::purge) reach them. The removal is a store call like the others, under the
+    /// use, and those of the URIs of the same origin its answer names in `Location` or `Content-Location`
+    /// (absolute URIs and absolute paths), in Redis (so in every process, near caches included) before the
+    /// response is returned. Entries of other variants (other values of [`vary_headers`](Self::vary_headers))
+    /// and other queries (`POST` or `QUERY` bodies) are not found this way:
+    /// [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or [`purge`](super::CacheHandle::purge)
+    /// reach them. The removal is a store call like the others, under the
     /// timeout and the breaker; if it fails, the entries live out their windows. Default: true.
     ///
     /// A miss or refresh of that URI already waiting on the origin, in any process, may bring back what the

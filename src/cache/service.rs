@@ -261,7 +261,9 @@ where
     let status = engine.bypassed(reason);
     let response = call_ready(&mut inner, request).await?;
     if let Some(stale) = stale {
-        engine.invalidate(stale, response.status()).await;
+        engine
+            .invalidate(stale, response.status(), response.headers())
+            .await;
     }
     let (parts, body) = response.into_parts();
     let mut response = Response::from_parts(parts, ResponseBody::streaming(None, Box::pin(body)));
