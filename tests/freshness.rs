@@ -366,22 +366,16 @@ async fn the_age_a_response_came_with_counts_in_its_answers_and_against_a_reques
     origin.add_header("age", "100");
     let layer = layer(&server).await.build().unwrap();
     let service = cached(&layer, origin.service());
-    assert!(is_miss(&call(&service, get("/aged")).await));
+    assert!(is_miss(&call(&service, get("/doc")).await));
 
     jump(Duration::from_secs(10)).await;
-    let hit = call(&service, get("/aged")).await;
+    let hit = call(&service, get("/doc")).await;
     let age: u64 = hit.headers()["age"].to_str().unwrap().parse().unwrap();
     assert!((110..=111).contains(&age), "age {age}");
     assert!((189..=190).contains(&ttl(&hit)), "{}", cache_status(&hit));
 
     // Too old for a caller who takes at most 100 s; young enough for one who takes 120 s.
-    let asking = |directives| {
-        let mut request = get("/aged");
-        request
-            .headers_mut()
-            .insert("cache-control", http::HeaderValue::from_static(directives));
-        request
-    };
+    let asking = |directives| with_directives(Method::GET, directives);
     let refused = call(&service, asking("max-age=100")).await;
     assert_eq!(
         cache_status(&refused),
