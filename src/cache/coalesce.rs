@@ -79,6 +79,14 @@ impl<T: Clone> Coalescer<T> {
             .remove(key);
     }
 
+    /// Ends the sharing of every flight (see [`detach`](Self::detach)).
+    pub(crate) fn detach_all(&self) {
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     /// Number of flights in progress.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -138,6 +146,35 @@ impl<T: Clone> Waiter<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_detached_flight_answers_its_own_waiters_and_the_next_caller_leads_anew() {
+        let c = Coalescer::<u32>::default();
+        let Role::Leader(old) = c.join("k") else {
+            panic!("the first caller leads")
+        };
+        let Role::Waiter(early) = c.join("k") else {
+            panic!("a second caller waits")
+        };
+        c.detach("k");
+        let Role::Leader(new) = c.join("k") else {
+            panic!("after the detach, a caller leads a flight of its own")
+        };
+        // The old leader finishing does not end the new flight.
+        old.complete(1);
+        assert_eq!(early.wait().await, Some(1));
+        let Role::Waiter(late) = c.join("k") else {
+            panic!("the new flight is still shared")
+        };
+        new.complete(2);
+        assert_eq!(late.wait().await, Some(2));
+        assert_eq!(c.len(), 0);
+
+        let _one = c.join("a");
+        let _two = c.join("b");
+        c.detach_all();
+        assert_eq!(c.len(), 0);
+    }
 
     #[tokio::test]
     async fn waiters_share_the_leaders_result() {

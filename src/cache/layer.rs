@@ -134,7 +134,8 @@ impl CacheHandle {
 
     /// Removes every entry of this layer's namespace (`SCAN` + `UNLINK` on Redis, never `KEYS`). Returns how many
     /// keys were removed. Leases go in a first pass, so that no fill running meanwhile stores an answer after
-    /// its entry was removed.
+    /// its entry was removed; and callers of this process arriving afterwards do not share a call that began
+    /// before.
     ///
     /// # Errors
     ///
@@ -142,7 +143,9 @@ impl CacheHandle {
     pub async fn purge(&self) -> Result<u64, StoreError> {
         let prefix = self.engine.keys.namespace_prefix();
         self.engine.forget_all();
-        self.engine.store.store.purge_prefix(&prefix).await
+        let purged = self.engine.store.store.purge_prefix(&prefix).await;
+        self.engine.flights.detach_all();
+        purged
     }
 
     /// Whether a store circuit breaker is open (the store, or in a Redis Cluster one of its nodes, is being
