@@ -1063,11 +1063,11 @@ impl Engine {
         if !invalidates(status) {
             return;
         }
-        let mut uris = vec![targets.uri];
         let host = targets.headers.get(HOST);
+        let mut uris = vec![targets.uri.clone()];
         for name in [LOCATION, CONTENT_LOCATION] {
             for named in headers.get_all(name) {
-                if let Some(uri) = also_stale(&uris[0], host, named)
+                if let Some(uri) = also_stale(&targets.uri, host, named)
                     && !uris.contains(&uri)
                 {
                     uris.push(uri);

@@ -461,8 +461,8 @@ impl RedisCacheLayerBuilder {
     /// response is returned. Entries of other variants (other values of [`vary_headers`](Self::vary_headers))
     /// and other queries (`POST` or `QUERY` bodies) are not found this way:
     /// [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or [`purge`](super::CacheHandle::purge)
-    /// reach them. The removal is a store call like the others, under the
-    /// timeout and the breaker; if it fails, the entries live out their windows. Default: true.
+    /// reach them. The removal is a store call like the others, under the timeout and the breaker; if it fails,
+    /// the entries live out their windows. Default: true.
     ///
     /// A miss or refresh of that URI already waiting on the origin, in any process, may bring back what the
     /// origin held before the change: its answer goes to its own callers but is not stored, since the removal
