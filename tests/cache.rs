@@ -192,7 +192,9 @@ async fn a_failed_refresh_leaves_the_entry_stale() {
     let layer = layer_over(redis_store(&server).await)
         .fresh_for(Duration::ZERO)
         .stale_for(Duration::from_secs(60))
-        .refresh_lease_for(Duration::from_millis(1))
+        // Short, so that each failed refresh's lease soon frees the key for the next round; long enough that the
+        // first fill, which stores only while it holds its lease, holds it through its write on a loaded machine.
+        .refresh_lease_for(Duration::from_millis(250))
         .build()
         .unwrap();
     let service = layer.layer_service(origin.service());

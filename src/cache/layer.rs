@@ -416,7 +416,9 @@ impl RedisCacheLayerBuilder {
     /// How long the lease of a key lives (`SET NX PX`, with a token only its holder can extend or release):
     /// the lease keeps other processes from refreshing or filling the same key. Its holder renews it every
     /// third of this while its origin call runs, so it expires this long after a holder dies. A failed refresh
-    /// keeps the lease until it expires, which spaces out retries. Default: 10 s.
+    /// keeps the lease until it expires, which spaces out retries. An answer is stored only while its fill still
+    /// holds the lease (see [`invalidate_on_unsafe`](Self::invalidate_on_unsafe)), so keep this well above a
+    /// store round trip. Default: 10 s.
     pub fn refresh_lease_for(mut self, lease_for: Duration) -> Self {
         self.lease_for = lease_for;
         self
