@@ -39,7 +39,10 @@ use crate::cache::RedisCacheLayer;
 use crate::cache::ResponseBody;
 use crate::cache::budget::ByteBudget;
 use crate::cache::decision::Action;
-use crate::cache::engine::{Engine, Fetch, FetchFuture, NearProbe, Origin, buffer_response};
+use crate::cache::engine::{
+    Engine, Fetch, FetchFuture, NearProbe, Origin, buffer_response, client_validators,
+    with_validators,
+};
 use crate::error::BoxError;
 use ::reqwest::{Body, Request, ResponseBuilderExt, Url};
 use ::reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
@@ -197,6 +200,8 @@ impl Middleware for CacheMiddleware {
         }
         let body = bytes.map(Bytes::copy_from_slice).unwrap_or_default();
         let url = request.url().clone();
+        // The client's own `If-None-Match` / `If-Modified-Since` are evaluated on the answer, not forwarded.
+        let validators = facts.validators.then(|| client_validators(&parts.headers));
         let key = engine
             .keys
             .key(&parts.method, &parts.uri, &parts.headers, &body);
@@ -217,6 +222,10 @@ impl Middleware for CacheMiddleware {
             .respond(key, facts, action, origin, NearProbe::Unasked)
             .await
             .map_err(|e| reqwest_middleware::Error::middleware(CacheError(e)))?;
+        let response = match &validators {
+            Some(validators) => engine.validated(validators, response),
+            None => response,
+        };
         Ok(into_reqwest(response, url))
     }
 }
@@ -259,7 +268,7 @@ impl Origin<Body> for ChainOrigin<'_> {
 
     fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, Body> {
         let request = self.request.try_clone().map(|mut request| {
-            request.headers_mut().extend(extra);
+            with_validators(request.headers_mut(), extra);
             request
         });
         let next = self.next.clone();
@@ -292,7 +301,7 @@ impl Fetch<Body> for RefreshFetch {
             let url = Url::parse(&self.parts.uri.to_string())?;
             let mut request = Request::new(self.parts.method.clone(), url);
             *request.headers_mut() = self.parts.headers.clone();
-            request.headers_mut().extend(extra);
+            with_validators(request.headers_mut(), extra);
             *request.version_mut() = self.parts.version;
             *request.body_mut() = Some(Body::from(self.body));
             let response = self.client.execute(request).await?;

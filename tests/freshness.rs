@@ -239,6 +239,38 @@ async fn a_changed_etag_replaces_the_entry() {
     assert_eq!(layer.handle().stats().revalidated, 0);
 }
 
+#[tokio::test]
+async fn a_refresh_never_forwards_the_validators_of_the_client_that_started_it() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-control", "max-age=1, stale-while-revalidate=60");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    call(&service, get("/doc")).await;
+
+    // The origin moves on and tags its answers; a client that already holds the new one asks while the entry,
+    // which has no tag, is stale. Forwarded, its `If-None-Match` would get a 304 that renews nothing, and the
+    // entry would stay stale: the refresh asks without it.
+    origin.set_etag("\"v2\"");
+    jump(Duration::from_secs(2)).await;
+    let mut holding_v2 = get("/doc");
+    holding_v2
+        .headers_mut()
+        .insert("if-none-match", http::HeaderValue::from_static("\"v2\""));
+    let stale = call(&service, holding_v2).await;
+    assert_eq!(stale.status(), StatusCode::OK);
+    assert!(matches!(outcome(&stale), CacheOutcome::Stale { .. }));
+    assert_eq!(&body(stale).await[..], br#"{"n":1,"echo":null}"#);
+    wait_until("the refresh stored", || layer.handle().stats().stores == 2).await;
+    assert_eq!(layer.handle().stats().refreshes_failed, 0);
+
+    let replaced = call(&service, get("/doc")).await;
+    assert_eq!(outcome(&replaced), CacheOutcome::Hit);
+    assert_eq!(replaced.headers()["etag"], "\"v2\"");
+    assert_eq!(&body(replaced).await[..], br#"{"n":2,"echo":null}"#);
+    assert_eq!(origin.calls(), 2);
+}
+
 /// A layer whose entries are fresh for a minute, then stale for another.
 async fn minute_layer(server: &RedisServer) -> RedisCacheLayer {
     layer(server)

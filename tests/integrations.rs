@@ -227,6 +227,105 @@ async fn reqwest_middleware_refuses_an_only_if_cached_miss_and_drops_what_a_put_
     assert_eq!(layer.handle().stats().unsafe_invalidations, 1);
 }
 
+/// An axum app whose `/doc` answers JSON tagged `ETag: "v1"`, counting its calls and those that carried
+/// `If-None-Match`.
+fn tagged(calls: Arc<AtomicU64>, validated: Arc<AtomicU64>) -> Router {
+    Router::new().route(
+        "/doc",
+        get(move |headers: http::HeaderMap| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if headers.contains_key("if-none-match") {
+                validated.fetch_add(1, Ordering::SeqCst);
+            }
+            async move { ([("etag", "\"v1\"")], Json(json!({ "call": n }))) }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_client_holding_the_stored_answer_gets_a_304_over_the_wire_and_through_reqwest_middleware()
+ {
+    let redis = RedisServer::start();
+    let plain = reqwest::Client::new();
+    let holding_v1 = |client: &reqwest::Client, url: &str| {
+        client.get(url).header("if-none-match", "\"v1\"").send()
+    };
+
+    // A server with the cache in front of its route, asked by a plain HTTP client.
+    let (calls, validated) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let layer = cache_layer(&redis).await;
+    let cache = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, error.to_string())
+        }))
+        .layer(layer.clone());
+    let app = tagged(calls.clone(), validated.clone()).layer(cache);
+    let url = format!("http://{}/doc", serve(app).await);
+    let first = holding_v1(&plain, &url).await.unwrap();
+    assert_eq!(first.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(first.headers()["etag"], "\"v1\"");
+    assert!(
+        first.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .ends_with("fwd=uri-miss; fwd-status=200; stored")
+    );
+    assert!(!first.headers().contains_key("content-type"));
+    assert!(first.bytes().await.unwrap().is_empty());
+    let whole = plain.get(&url).send().await.unwrap();
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert_eq!(&whole.bytes().await.unwrap()[..], br#"{"call":1}"#);
+    let again = holding_v1(&plain, &url).await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        CacheOutcome::from_headers(again.headers()),
+        Some(CacheOutcome::Hit)
+    );
+    assert!(again.bytes().await.unwrap().is_empty());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(validated.load(Ordering::SeqCst), 0);
+    assert_eq!(layer.handle().stats().not_modified, 2);
+
+    // The middleware in a client, in front of the same app uncached.
+    let (calls, validated) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let url = format!(
+        "http://{}/doc",
+        serve(tagged(calls.clone(), validated.clone())).await
+    );
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain.clone()))
+        .build();
+    for expected in [
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true,
+        },
+        CacheOutcome::Hit,
+    ] {
+        let response = client
+            .get(&url)
+            .header("if-none-match", "W/\"v1\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            CacheOutcome::from_headers(response.headers()),
+            Some(expected)
+        );
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    let whole = client.get(&url).send().await.unwrap();
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert_eq!(&whole.bytes().await.unwrap()[..], br#"{"call":1}"#);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(validated.load(Ordering::SeqCst), 0);
+    assert_eq!(layer.handle().stats().not_modified, 2);
+}
+
 /// An axum app with a cached route reading a path parameter and a request extension.
 fn app(layer: RedisCacheLayer, calls: Arc<AtomicU64>, use_route_layer: bool) -> Router {
     let handler = move |Path(id): Path<String>, Extension(tenant): Extension<Tenant>| {

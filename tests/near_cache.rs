@@ -324,3 +324,29 @@ async fn a_near_cache_over_a_pool_hears_the_other_process_too() {
     let after = call(&service_a, post(query)).await;
     assert_eq!(&body(after).await[..], br#"{"n":2,"echo":{"q":"pooled"}}"#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_hit_answers_a_clients_own_validators_too() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.set_etag("\"v1\"");
+    let layer = near_layer(&server.url()).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let holding = |etag: &'static str| {
+        move || {
+            Request::get("http://api.test/doc")
+                .header("if-none-match", etag)
+                .body(Full::default())
+                .unwrap()
+        }
+    };
+
+    let confirmed = until_near_with(&service, holding("\"v1\"")).await;
+    assert_eq!(confirmed.status(), http::StatusCode::NOT_MODIFIED);
+    assert_eq!(confirmed.headers()["etag"], "\"v1\"");
+    assert!(body(confirmed).await.is_empty());
+    let whole = until_near_with(&service, holding("\"v0\"")).await;
+    assert_eq!(whole.status(), http::StatusCode::OK);
+    assert_eq!(&body(whole).await[..], br#"{"n":1,"echo":null}"#);
+    assert_eq!(origin.calls(), 1);
+}

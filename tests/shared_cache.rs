@@ -145,7 +145,7 @@ async fn credentials_in_the_key_give_each_user_their_own_entries() {
 }
 
 #[tokio::test]
-async fn range_and_conditional_requests_go_to_the_origin_and_206_is_never_stored() {
+async fn range_and_precondition_requests_go_to_the_origin_and_206_is_never_stored() {
     let server = RedisServer::start();
     let origin = Origin::new();
     let layer = layer(&server).await.build().unwrap();
@@ -175,8 +175,8 @@ async fn range_and_conditional_requests_go_to_the_origin_and_206_is_never_stored
     );
 
     for conditional in [
-        ("if-none-match", "\"v1\""),
-        ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("if-match", "\"v1\""),
+        ("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
         ("if-range", "\"v1\""),
     ] {
         let response = call(&service, get("http://api.test/file", &[conditional])).await;
@@ -194,6 +194,108 @@ async fn range_and_conditional_requests_go_to_the_origin_and_206_is_never_stored
         .cacheable_statuses([StatusCode::OK, StatusCode::PARTIAL_CONTENT])
         .build();
     assert!(listed.unwrap_err().to_string().contains("206"));
+}
+
+/// The `Last-Modified` of the origin's answers in the validator tests.
+const MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+#[tokio::test]
+async fn a_clients_own_validators_are_answered_by_the_cache_and_never_forwarded() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.set_etag("\"v1\"");
+    origin.add_header("last-modified", MODIFIED);
+    let gets = layer(&server).await.build().unwrap();
+    let service = cached(&gets, origin.service());
+
+    // A cold miss from a client that holds v1. Forwarded, its `If-None-Match` would get the origin's 304, which
+    // nothing could store; the cache asks without it, stores the 200, and answers the client's validator itself.
+    let first = call(
+        &service,
+        get("http://api.test/doc", &[("if-none-match", "\"v1\"")]),
+    )
+    .await;
+    assert_eq!(first.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        cache_status(&first),
+        "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored"
+    );
+    assert_eq!(first.headers()["etag"], "\"v1\"");
+    assert_eq!(first.headers()["last-modified"], MODIFIED);
+    assert!(!first.headers().contains_key("content-type"));
+    assert!(body(first).await.is_empty());
+
+    // The stored answer is whole, for a client without validators or with others.
+    for headers in [
+        &[][..],
+        &[("if-none-match", "\"v0\"")],
+        &[("if-modified-since", "Sun, 06 Nov 1994 08:49:36 GMT")],
+        // `If-None-Match` decides alone, even beside a date that would match.
+        &[("if-none-match", "\"v0\""), ("if-modified-since", MODIFIED)],
+    ] {
+        let whole = call(&service, get("http://api.test/doc", headers)).await;
+        assert_eq!(
+            (whole.status(), outcome(&whole)),
+            (StatusCode::OK, CacheOutcome::Hit),
+            "{headers:?}"
+        );
+        assert_eq!(whole.headers()["content-type"], "application/json");
+        assert_eq!(
+            &body(whole).await[..],
+            br#"{"n":1,"echo":null}"#,
+            "{headers:?}"
+        );
+    }
+
+    // Hits for clients that hold it: a weak tag, a list, `*`, a date at or after `Last-Modified`.
+    for headers in [
+        &[("if-none-match", "W/\"v1\"")][..],
+        &[("if-none-match", "\"v0\", \"v1\"")],
+        &[("if-none-match", "*")],
+        &[("if-modified-since", MODIFIED)],
+        &[("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")],
+    ] {
+        let confirmed = call(&service, get("http://api.test/doc", headers)).await;
+        assert_eq!(
+            (confirmed.status(), outcome(&confirmed)),
+            (StatusCode::NOT_MODIFIED, CacheOutcome::Hit),
+            "{headers:?}"
+        );
+        let status = cache_status(&confirmed);
+        assert!(
+            status.starts_with("tower-redis-cache; hit; ttl="),
+            "{headers:?}: {status}"
+        );
+        assert!(body(confirmed).await.is_empty(), "{headers:?}");
+    }
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(gets.handle().stats().not_modified, 6);
+
+    // Preconditions are the origin's to evaluate, and validators of a method other than `GET` and `HEAD` too.
+    let precondition = call(
+        &service,
+        get("http://api.test/doc", &[("if-match", "\"v1\"")]),
+    )
+    .await;
+    assert_eq!(
+        outcome(&precondition),
+        CacheOutcome::Bypass(BypassReason::Conditional)
+    );
+    let mut query = post(r#"{"q":1}"#);
+    query
+        .headers_mut()
+        .insert("if-none-match", http::HeaderValue::from_static("\"v1\""));
+    let queries = layer(&server)
+        .await
+        .methods([Method::GET, Method::POST])
+        .build()
+        .unwrap();
+    let posted = call(&cached(&queries, origin.service()), query).await;
+    assert_eq!(
+        outcome(&posted),
+        CacheOutcome::Bypass(BypassReason::Conditional)
+    );
+    assert_eq!(origin.calls(), 3);
 }
 
 #[tokio::test]

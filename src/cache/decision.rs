@@ -8,19 +8,22 @@
 //!
 //! - requests carrying `Authorization` or `Cookie` bypass the cache unless the layer says how users are told
 //!   apart ([`Credentials`]);
-//! - `Range`, `If-Range` and conditional requests (`If-None-Match`, `If-Modified-Since`, `If-Match`,
-//!   `If-Unmodified-Since`) go to the origin, and their responses are not stored;
+//! - `Range`, `If-Range` and preconditions (`If-Match`, `If-Unmodified-Since`, and validators on a method other
+//!   than `GET` and `HEAD`) go to the origin, and their responses are not stored;
+//! - a `GET` or `HEAD` carrying the client's own validators (`If-None-Match`, `If-Modified-Since`) is answered
+//!   like any other, then [`not_modified`] says whether the client gets `304 Not Modified` instead (RFC 9111
+//!   §4.3.2): the validators are the client's, so they are evaluated here and never forwarded;
 //! - `206` and `304` are never stored; by default only `200`, `203` and `204` are;
 //! - a response with `Set-Cookie`, `Vary: *`, or `Cache-Control: private` / `no-store` is neither stored nor
 //!   shared with coalesced callers;
 //! - the response's `Vary` is honoured: an entry answers only a request with the same values of the headers it
 //!   names.
 
-use super::freshness::Windows;
+use super::freshness::{Windows, http_date};
 use super::status::BypassReason;
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, PRAGMA, RANGE, SET_COOKIE, VARY,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE, SET_COOKIE, VARY,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -80,8 +83,13 @@ pub(crate) struct RequestFacts {
     pub(crate) cookie: bool,
     /// `Range` or `If-Range`.
     pub(crate) range: bool,
-    /// `If-None-Match`, `If-Modified-Since`, `If-Match` or `If-Unmodified-Since`.
-    pub(crate) conditional: bool,
+    /// `If-Match` or `If-Unmodified-Since`: preconditions on the origin's state, for the origin to evaluate.
+    pub(crate) preconditions: bool,
+    /// `If-None-Match` or `If-Modified-Since`: the client's validators of responses it holds, which a cache
+    /// evaluates itself for a `GET` or `HEAD` ([`not_modified`]).
+    pub(crate) validators: bool,
+    /// The method is `GET` or `HEAD`, the methods whose validators a cache may answer (RFC 9110 §13.1.1).
+    pub(crate) get_or_head: bool,
     /// The body is over the layer's cap (by `Content-Length`, or found while reading it).
     pub(crate) too_large: bool,
     /// The request opted out of the cache ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
@@ -137,12 +145,10 @@ impl RequestFacts {
                 facts.cookie = true;
             } else if name == RANGE || name == IF_RANGE {
                 facts.range = true;
-            } else if name == IF_NONE_MATCH
-                || name == IF_MODIFIED_SINCE
-                || name == IF_MATCH
-                || name == IF_UNMODIFIED_SINCE
-            {
-                facts.conditional = true;
+            } else if name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE {
+                facts.validators = true;
+            } else if name == IF_MATCH || name == IF_UNMODIFIED_SINCE {
+                facts.preconditions = true;
             } else if name == CONTENT_LENGTH {
                 facts.too_large |= value
                     .to_str()
@@ -344,6 +350,99 @@ pub(crate) fn also_stale(
     Uri::from_parts(parts).ok()
 }
 
+/// Whether a `GET` or `HEAD` whose client sent validators (`request`: its `If-None-Match` and
+/// `If-Modified-Since` fields) is answered `304 Not Modified` instead of `status` with the `response` headers the
+/// cache would send (RFC 9111 §4.3.2; RFC 9110 §13.1.2, §13.1.3, §13.2.2).
+///
+/// Only a `2xx` answer gives way (a server evaluates conditions only then). `If-None-Match`, when present,
+/// decides alone: a `*`, or an entity-tag of its list that matches the answer's `ETag` by the weak comparison.
+/// Otherwise a single valid `If-Modified-Since` date decides: the answer's `Last-Modified` (its `Date` without
+/// one) is no later than it. A field that cannot be read never yields a `304`: a whole answer is always correct.
+pub(crate) fn not_modified(request: &HeaderMap, status: StatusCode, response: &HeaderMap) -> bool {
+    if !status.is_success() || status == StatusCode::PARTIAL_CONTENT {
+        return false;
+    }
+    let mut none_match = request.get_all(IF_NONE_MATCH).iter().peekable();
+    if none_match.peek().is_some() {
+        let mut etags = response.get_all(ETAG).iter();
+        let etag = match (etags.next(), etags.next()) {
+            (Some(etag), None) => etag.to_str().ok().and_then(single_entity_tag),
+            _ => None,
+        };
+        let mut matched = false;
+        for field in none_match {
+            // A field that cannot be read makes the whole condition unreadable.
+            let Some(hit) = none_match_hits(field, etag) else {
+                return false;
+            };
+            matched |= hit;
+        }
+        return matched;
+    }
+    let mut since = request.get_all(IF_MODIFIED_SINCE).iter();
+    let (Some(since), None) = (since.next(), since.next()) else {
+        return false;
+    };
+    let Some(since) = http_date(since) else {
+        return false;
+    };
+    response
+        .get(LAST_MODIFIED)
+        .or_else(|| response.get(DATE))
+        .and_then(http_date)
+        .is_some_and(|modified| modified <= since)
+}
+
+/// Whether one `If-None-Match` field value names the answer whose entity-tag's opaque part is `etag`: it is `*`,
+/// or one of its entity-tags has that opaque part (the weak comparison: `W/` does not count). `None` when the
+/// value is neither `*` nor a list of entity-tags.
+fn none_match_hits(value: &HeaderValue, etag: Option<&str>) -> Option<bool> {
+    let value = value.to_str().ok()?.trim_matches([' ', '\t']);
+    if value == "*" {
+        return Some(true);
+    }
+    let (mut rest, mut tags, mut hit) = (value, 0, false);
+    loop {
+        // Empty list elements (`"a", , "b"`) are allowed and skipped (RFC 9110 §5.6.1.2).
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            break;
+        }
+        let (opaque, after) = entity_tag_prefix(rest)?;
+        hit |= etag == Some(opaque);
+        tags += 1;
+        rest = after.trim_start_matches([' ', '\t']);
+        if !rest.is_empty() && !rest.starts_with(',') {
+            return None;
+        }
+    }
+    (tags > 0).then_some(hit)
+}
+
+/// The opaque part (quotes included) of an `ETag` field value that is exactly one entity-tag.
+fn single_entity_tag(value: &str) -> Option<&str> {
+    match entity_tag_prefix(value.trim_matches([' ', '\t']))? {
+        (opaque, "") => Some(opaque),
+        _ => None,
+    }
+}
+
+/// The opaque part (quotes included) of the entity-tag (RFC 9110 §8.8.3) at the start of `text`, and what
+/// follows it.
+fn entity_tag_prefix(text: &str) -> Option<(&str, &str)> {
+    let quoted = text.strip_prefix("W/").unwrap_or(text);
+    let inside = quoted.strip_prefix('"')?;
+    let end = inside.find('"')?;
+    // `etagc`: `!`, `#` to `~`, and obs-text; no spaces, controls or quotes.
+    if !inside[..end]
+        .bytes()
+        .all(|b| b == 0x21 || (b >= 0x23 && b != 0x7f))
+    {
+        return None;
+    }
+    Some((&quoted[..end + 2], &inside[end + 1..]))
+}
+
 /// The cache decision for one request at `now` (unix ms).
 pub(crate) fn decide(rules: &Rules, request: &RequestFacts, lookup: Lookup, now: u64) -> Action {
     match decide_for_origin(rules, request, lookup, now) {
@@ -370,7 +469,7 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Some(BypassReason::Cookie)
     } else if request.range {
         Some(BypassReason::Range)
-    } else if request.conditional {
+    } else if request.preconditions || (request.validators && !request.get_or_head) {
         Some(BypassReason::Conditional)
     } else if request.too_large {
         Some(BypassReason::RequestTooLarge)
@@ -634,6 +733,54 @@ mod tests {
         })
     }
 
+    #[test]
+    fn the_clients_validators_turn_a_2xx_answer_into_a_304_only_when_they_match_it() {
+        const MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+        const BEFORE: &str = "Sun, 06 Nov 1994 08:49:36 GMT";
+        const AFTER: &str = "Sunday, 06-Nov-94 08:49:38 GMT";
+        let ok = StatusCode::OK;
+        type Fields = Vec<(&'static str, &'static str)>;
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Fields, StatusCode, Fields, bool)> = vec![
+            ("same strong tag", vec![("if-none-match", "\"a\"")], ok, vec![("etag", "\"a\"")], true),
+            ("weak asks, strong held", vec![("if-none-match", "W/\"a\"")], ok, vec![("etag", "\"a\"")], true),
+            ("strong asks, weak held", vec![("if-none-match", "\"a\"")], ok, vec![("etag", "W/\"a\"")], true),
+            ("another tag", vec![("if-none-match", "\"b\"")], ok, vec![("etag", "\"a\"")], false),
+            ("a list that names it", vec![("if-none-match", " \"b\" ,, W/\"a\" ")], ok, vec![("etag", "\"a\"")], true),
+            ("a comma inside a tag", vec![("if-none-match", "\"a,b\"")], ok, vec![("etag", "\"a,b\"")], true),
+            ("a tag that only starts alike", vec![("if-none-match", "\"a,b\"")], ok, vec![("etag", "\"a\"")], false),
+            ("two fields, the second names it", vec![("if-none-match", "\"b\""), ("if-none-match", "\"a\"")], ok, vec![("etag", "\"a\"")], true),
+            ("any", vec![("if-none-match", "*")], ok, vec![], true),
+            ("an answer without a tag", vec![("if-none-match", "\"a\"")], ok, vec![], false),
+            ("an answer with two tags", vec![("if-none-match", "\"a\"")], ok, vec![("etag", "\"a\""), ("etag", "\"a\"")], false),
+            ("an unquoted tag", vec![("if-none-match", "a")], ok, vec![("etag", "a")], false),
+            ("junk after a matching tag", vec![("if-none-match", "\"a\" x")], ok, vec![("etag", "\"a\"")], false),
+            ("an unreadable field beside a match", vec![("if-none-match", "\"a\""), ("if-none-match", "x")], ok, vec![("etag", "\"a\"")], false),
+            ("a space inside the tag", vec![("if-none-match", "\"a b\"")], ok, vec![("etag", "\"a b\"")], false),
+            ("an error answer", vec![("if-none-match", "\"a\"")], StatusCode::NOT_FOUND, vec![("etag", "\"a\"")], false),
+            ("a partial answer", vec![("if-none-match", "*")], StatusCode::PARTIAL_CONTENT, vec![], false),
+            ("a 204", vec![("if-none-match", "\"a\"")], StatusCode::NO_CONTENT, vec![("etag", "\"a\"")], true),
+            // `If-None-Match` decides alone: `If-Modified-Since` is not read beside it.
+            ("tags decide over dates", vec![("if-none-match", "\"b\""), ("if-modified-since", MODIFIED)], ok, vec![("etag", "\"a\""), ("last-modified", MODIFIED)], false),
+            ("modified at that time", vec![("if-modified-since", MODIFIED)], ok, vec![("last-modified", MODIFIED)], true),
+            ("modified after it", vec![("if-modified-since", BEFORE)], ok, vec![("last-modified", MODIFIED)], false),
+            ("modified before it (RFC 850 date)", vec![("if-modified-since", AFTER)], ok, vec![("last-modified", MODIFIED)], true),
+            ("dated, no last-modified", vec![("if-modified-since", MODIFIED)], ok, vec![("date", MODIFIED)], true),
+            ("last-modified counts over date", vec![("if-modified-since", MODIFIED)], ok, vec![("last-modified", AFTER), ("date", BEFORE)], false),
+            ("neither date", vec![("if-modified-since", MODIFIED)], ok, vec![], false),
+            ("an invalid date", vec![("if-modified-since", "yesterday")], ok, vec![("last-modified", MODIFIED)], false),
+            ("two dates", vec![("if-modified-since", MODIFIED), ("if-modified-since", MODIFIED)], ok, vec![("last-modified", MODIFIED)], false),
+            ("no validators", vec![], ok, vec![("etag", "\"a\""), ("last-modified", MODIFIED)], false),
+        ];
+        for (name, request, status, response, expected) in cases {
+            assert_eq!(
+                not_modified(&head(&request), status, &head(&response)),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
     fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
@@ -651,6 +798,7 @@ mod tests {
                 ("cookie", "s=1"),
                 ("if-range", "\"e\""),
                 ("if-none-match", "\"e\""),
+                ("if-match", "\"e\""),
                 ("content-length", "11"),
             ]),
             true,
@@ -665,7 +813,8 @@ mod tests {
                 authorization: true,
                 cookie: true,
                 range: true,
-                conditional: true,
+                preconditions: true,
+                validators: true,
                 too_large: true,
                 max_age: Some(0),
                 ..RequestFacts::default()
@@ -750,7 +899,11 @@ mod tests {
             ("authorization, keyed", &in_key, with(|f| f.authorization = true), fresh, 1_000, Action::ServeFresh),
             ("cookie, partitioned", &partition, with(|f| f.cookie = true), fresh, 1_000, Action::ServeFresh),
             ("range", &in_key, with(|f| f.range = true), fresh, 1_000, Action::Bypass(BypassReason::Range)),
-            ("conditional", &shared, with(|f| f.conditional = true), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
+            ("if-match", &shared, with(|f| f.preconditions = true), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
+            ("if-match on a GET", &shared, with(|f| { f.preconditions = true; f.get_or_head = true }), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
+            ("validators of a GET", &shared, with(|f| { f.validators = true; f.get_or_head = true }), fresh, 1_000, Action::ServeFresh),
+            ("validators of a GET, absent", &shared, with(|f| { f.validators = true; f.get_or_head = true }), Lookup::Absent, 1_000, forward(Fwd::UriMiss, true, false)),
+            ("validators of a POST", &shared, with(|f| f.validators = true), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
             ("too large", &shared, with(|f| f.too_large = true), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
             ("not read yet", &shared, plain(), Lookup::NotRead, 1_000, Action::Read),
             ("no-cache skips the read", &shared, with(|f| f.no_cache = true), Lookup::NotRead, 1_000, forward(Fwd::Request, true, false)),
@@ -931,7 +1084,11 @@ mod tests {
             ),
             (r.cookie && !credentials_allowed, BypassReason::Cookie),
             (r.range, BypassReason::Range),
-            (r.conditional, BypassReason::Conditional),
+            // Validators a cache answers only for a `GET` or `HEAD`; preconditions never.
+            (
+                r.preconditions || (r.validators && !r.get_or_head),
+                BypassReason::Conditional,
+            ),
             (r.too_large, BypassReason::RequestTooLarge),
         ];
         if let Some((_, reason)) = reasons.iter().find(|(applies, _)| *applies) {
@@ -993,20 +1150,26 @@ mod tests {
     fn arb_facts() -> impl Strategy<Value = RequestFacts> {
         (
             prop::array::uniform8(any::<bool>()),
-            (any::<bool>(), any::<bool>()),
+            prop::array::uniform4(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
         )
             .prop_map(
-                |(b, (skip, only_if_cached), (max_age, min_fresh, max_stale))| RequestFacts {
+                |(
+                    b,
+                    [skip, only_if_cached, validators, get_or_head],
+                    (max_age, min_fresh, max_stale),
+                )| RequestFacts {
                     method_cacheable: b[0],
                     no_store: b[1],
                     no_cache: b[2],
                     authorization: b[3],
                     cookie: b[4],
                     range: b[5],
-                    conditional: b[6],
+                    preconditions: b[6],
                     too_large: b[7],
                     skip,
+                    validators,
+                    get_or_head,
                     max_age,
                     min_fresh,
                     max_stale,
@@ -1075,7 +1238,7 @@ mod tests {
         ) {
             let action = decide(&rules(Credentials::Bypass), &facts, lookup, now);
             let served = matches!(action, Action::ServeFresh | Action::ServeStale);
-            if facts.authorization || facts.cookie || facts.range || facts.conditional || facts.no_cache {
+            if facts.authorization || facts.cookie || facts.range || facts.preconditions || facts.no_cache {
                 prop_assert!(!served, "{:?} answered from the store for {:?}", action, facts);
             }
         }

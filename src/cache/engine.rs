@@ -11,7 +11,7 @@ use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
     Action, Forward, Fwd, Lookup, RequestFacts, ResponseFacts, Rules, Verdict, also_stale, decide,
-    invalidates, judge, may_invalidate, serve_stale_on_error,
+    invalidates, judge, may_invalidate, not_modified, serve_stale_on_error,
 };
 use super::entry::{Entry, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
@@ -27,7 +27,10 @@ use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth}
 use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
-use http::header::{AGE, CONTENT_LOCATION, HOST, LOCATION};
+use http::header::{
+    AGE, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
+    CONTENT_TYPE, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, LOCATION, TRANSFER_ENCODING,
+};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version, request,
 };
@@ -99,8 +102,8 @@ type AnswerFuture<'a, R> =
 /// How an adapter asks the origin for the response to one cached request, from a spawned background
 /// refresh: owned, cloneable, `'static`.
 pub(crate) trait Fetch<R>: Clone + Send + 'static {
-    /// Asks the origin, with `extra` headers added to the request (validators of a stored response), and reads
-    /// the response within `budget`.
+    /// Asks the origin, with `extra` headers (validators of a stored response) in place of the client's own
+    /// validators (see [`with_validators`]), and reads the response within `budget`.
     fn fetch(self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'static, R>;
     /// The request's headers (for the variant a response is stored under).
     fn headers(&self) -> &HeaderMap;
@@ -111,8 +114,8 @@ pub(crate) trait Fetch<R>: Clone + Send + 'static {
 /// background refresh of a stale entry. Every [`Fetch`] is an `Origin` that refreshes the same way.
 pub(crate) trait Origin<R>: Send {
     type Refresh: Fetch<R>;
-    /// Asks the origin, with `extra` headers added to the request (validators of a stored response), and reads
-    /// the response within `budget`.
+    /// Asks the origin, with `extra` headers (validators of a stored response) in place of the client's own
+    /// validators (see [`with_validators`]), and reads the response within `budget`.
     fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, R>;
     /// The request's headers (for the variant a response is stored under, and which stored variant answers).
     fn headers(&self) -> &HeaderMap;
@@ -263,6 +266,7 @@ impl Policy {
                 || parts.method == Method::HEAD
                 || self.origin_freshness_others);
         facts.unsafe_method = !is_safe(&parts.method);
+        facts.get_or_head = parts.method == Method::GET || parts.method == Method::HEAD;
         facts
     }
 
@@ -287,6 +291,31 @@ fn is_safe(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     ) || method.as_str() == "QUERY"
+}
+
+/// The request fields that carry the client's own validators: a cache evaluates them itself
+/// ([`not_modified`]) and never forwards them, since the origin's `304` would confirm what the client holds,
+/// not what the cache may store and share (RFC 9111 §4.3.2).
+const CLIENT_VALIDATORS: [HeaderName; 2] = [IF_NONE_MATCH, IF_MODIFIED_SINCE];
+
+/// The client's own validators among `headers`, kept for [`Engine::validated`].
+pub(crate) fn client_validators(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in CLIENT_VALIDATORS {
+        for value in headers.get_all(&name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
+/// The headers of an origin call for a cached request: the client's own validators taken out, the cache's
+/// `extra` ones (a stored response's, or none) put in.
+pub(crate) fn with_validators(headers: &mut HeaderMap, extra: HeaderMap) {
+    for name in CLIENT_VALIDATORS {
+        headers.remove(name);
+    }
+    headers.extend(extra);
 }
 
 /// What a request that may make entries stale (see [`Engine::stale_targets`]) needs to name them once it is
@@ -1156,6 +1185,33 @@ impl Engine {
             "cache decision"
         );
         Status::new(CacheOutcome::Bypass(reason))
+    }
+
+    /// `response`, or a `304 Not Modified` in its place when the client's `validators` (from
+    /// [`client_validators`]) show that it holds that response already ([`not_modified`]). The `304` keeps the
+    /// answer's header fields but those that describe a body it no longer has (RFC 9110 §15.4.5).
+    pub(crate) fn validated<B>(
+        &self,
+        validators: &HeaderMap,
+        response: Response<ResponseBody<B>>,
+    ) -> Response<ResponseBody<B>> {
+        if !not_modified(validators, response.status(), response.headers()) {
+            return response;
+        }
+        bump(&self.counters.not_modified);
+        let (mut parts, _body) = response.into_parts();
+        parts.status = StatusCode::NOT_MODIFIED;
+        for name in [
+            CONTENT_TYPE,
+            CONTENT_LENGTH,
+            CONTENT_ENCODING,
+            CONTENT_LANGUAGE,
+            CONTENT_RANGE,
+            TRANSFER_ENCODING,
+        ] {
+            parts.headers.remove(name);
+        }
+        Response::from_parts(parts, ResponseBody::full(Bytes::new()))
     }
 }
 

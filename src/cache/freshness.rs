@@ -206,7 +206,8 @@ fn expires_in(headers: &HeaderMap, now: u64) -> Option<Duration> {
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
 }
 
-fn http_date(value: &HeaderValue) -> Option<SystemTime> {
+/// An HTTP-date (any of the three forms a recipient must accept, RFC 9110 §5.6.7).
+pub(crate) fn http_date(value: &HeaderValue) -> Option<SystemTime> {
     httpdate::parse_http_date(value.to_str().ok()?).ok()
 }
 

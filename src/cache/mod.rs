@@ -50,8 +50,8 @@
 //! - it carries `Cache-Control: no-store`;
 //! - it carries `Authorization` or `Cookie`, unless the layer says how users are told apart
 //!   ([`Credentials`]: each credential in the key, or the one user the partition names);
-//! - it asks for part of a response (`Range`, `If-Range`) or is conditional (`If-None-Match`,
-//!   `If-Modified-Since`, `If-Match`, `If-Unmodified-Since`);
+//! - it asks for part of a response (`Range`, `If-Range`) or sets a precondition for the origin (`If-Match`,
+//!   `If-Unmodified-Since`; `If-None-Match` or `If-Modified-Since` on a method other than `GET` and `HEAD`);
 //! - its body is over the cap (by `Content-Length`, or found while reading it: what was read then goes on
 //!   chained with the rest of the stream, never held whole).
 //!
@@ -76,6 +76,13 @@
 //! same way, revalidated with its `ETag` or `Last-Modified` when it has them (RFC 9111 §5.2.1). A request's
 //! `only-if-cached` is answered from the store or refused with a `504 Gateway Timeout` made by the cache
 //! ([`CacheOutcome::OnlyIfCachedMiss`]); the inner service is never called for it.
+//!
+//! A `GET` or `HEAD` carrying the client's own validators (`If-None-Match`, `If-Modified-Since`) is answered like
+//! any other, then gets `304 Not Modified` instead when they match that answer: its `ETag` by the weak
+//! comparison, else its `Last-Modified` (or `Date`) no later than the client's date (RFC 9111 §4.3.2). The `304`
+//! has no body and keeps the answer's headers but those describing the body (counted in
+//! [`CacheStats::not_modified`]). The client's validators are never forwarded: the origin's `304` to them
+//! could be neither stored nor shared.
 //!
 //! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST`, any
 //! unknown method) may change its target: once it is answered below 400, the entries of a `GET` and a `HEAD`

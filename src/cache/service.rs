@@ -4,7 +4,8 @@ use super::body::ResponseBody;
 use super::budget::ByteBudget;
 use super::decision::{Action, RequestFacts};
 use super::engine::{
-    Engine, Fetch, FetchFuture, NearProbe, StaleTargets, buffer_response, decorate,
+    Engine, Fetch, FetchFuture, NearProbe, StaleTargets, buffer_response, client_validators,
+    decorate, with_validators,
 };
 use super::future::ResponseFuture;
 use super::key::short_hex;
@@ -123,6 +124,8 @@ where
         if action == Action::OnlyIfCachedMiss {
             return ResponseFuture::ready(Ok(engine.only_if_cached_miss()));
         }
+        // The client's own `If-None-Match` / `If-Modified-Since` are evaluated on the answer, not forwarded.
+        let validators = facts.validators.then(|| client_validators(&parts.headers));
         let max = engine.policy.max_body;
         // The work before the store look-up is synchronous whenever the body is already whole (the common
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
@@ -142,15 +145,25 @@ where
                             span.record("key", short_hex(&digest).as_str());
                             span.record("outcome", CacheOutcome::Hit.as_str());
                         }
+                        let response = match &validators {
+                            Some(validators) => engine.validated(validators, response),
+                            None => response,
+                        };
                         return ResponseFuture::ready(Ok(response));
                     }
                     Err(probe) => probe,
                 };
                 let (engine, inner) = (engine.clone(), self.inner.clone());
+                let validating = validators.map(|validators| (engine.clone(), validators));
                 let lookup = keyed(
                     engine, inner, parts, bytes, digest, facts, action, probe, &span,
                 );
-                respond_in(span, lookup)
+                match validating {
+                    None => respond_in(span, lookup),
+                    Some((engine, validators)) => respond_in(span, async move {
+                        Ok(engine.validated(&validators, lookup.await?))
+                    }),
+                }
             }
             Ok(Ready::Partial { prefix, rest }) => {
                 let (engine, inner) = (engine.clone(), self.inner.clone());
@@ -179,10 +192,22 @@ where
                             .keys
                             .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
                     let probe = NearProbe::Unasked;
-                    keyed(
-                        engine, inner, parts, bytes, digest, facts, action, probe, &span,
+                    let answer = keyed(
+                        engine.clone(),
+                        inner,
+                        parts,
+                        bytes,
+                        digest,
+                        facts,
+                        action,
+                        probe,
+                        &span,
                     )
-                    .await
+                    .await?;
+                    Ok(match &validators {
+                        Some(validators) => engine.validated(validators, answer),
+                        None => answer,
+                    })
                 };
                 respond_in(span, buffered)
             }
@@ -291,7 +316,7 @@ where
     fn fetch(self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'static, R> {
         Box::pin(async move {
             let mut parts = self.parts;
-            parts.headers.extend(extra);
+            with_validators(&mut parts.headers, extra);
             let request = Request::from_parts(parts, RequestBody::from(self.body));
             let mut inner = self.inner;
             let response = call_ready(&mut inner, request).await?;

@@ -77,6 +77,7 @@ pub(crate) struct Counters {
     pub(crate) unsafe_invalidations: Counter,
     pub(crate) only_if_cached_misses: Counter,
     pub(crate) stores_fenced: Counter,
+    pub(crate) not_modified: Counter,
 }
 
 impl Counters {
@@ -150,6 +151,7 @@ impl Counters {
                 &namespace,
             ),
             stores_fenced: Counter::new("tower_redis_cache_stores_fenced_total", &namespace),
+            not_modified: Counter::new("tower_redis_cache_not_modified_total", &namespace),
         }
     }
 
@@ -186,6 +188,7 @@ impl Counters {
             unsafe_invalidations: self.unsafe_invalidations.get(),
             only_if_cached_misses: self.only_if_cached_misses.get(),
             stores_fenced: self.stores_fenced.get(),
+            not_modified: self.not_modified.get(),
             in_flight_bytes: 0,
         }
     }
@@ -269,6 +272,9 @@ pub struct CacheStats {
     /// answer came: an invalidation or purge ran meanwhile (the answer may predate the change it reported), or
     /// the lease expired.
     pub stores_fenced: u64,
+    /// Answers replaced by a `304 Not Modified` because the client's own `If-None-Match` or `If-Modified-Since`
+    /// showed that it holds the response already (RFC 9111 §4.3.2).
+    pub not_modified: u64,
     /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
     /// `max_in_flight_bytes`.
     pub in_flight_bytes: u64,

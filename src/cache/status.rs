@@ -146,8 +146,9 @@ pub enum BypassReason {
     Cookie,
     /// The request asked for part of a response (`Range` or `If-Range`).
     Range,
-    /// A conditional request (`If-None-Match`, `If-Modified-Since`, `If-Match`, `If-Unmodified-Since`): its
-    /// answer depends on what the caller holds.
+    /// A precondition for the origin to evaluate: `If-Match` or `If-Unmodified-Since`, or `If-None-Match` /
+    /// `If-Modified-Since` on a method other than `GET` and `HEAD`. (The validators of a `GET` or `HEAD` are
+    /// answered by the cache.)
     Conditional,
     /// The request body is larger than the configured maximum.
     RequestTooLarge,
