@@ -127,6 +127,7 @@ pub(crate) enum Ready {
 /// be read with [`finish`]; nothing read is lost.
 ///
 /// The body is polled with a no-op waker: if it is not ready, the caller's next poll registers the real one.
+#[inline]
 pub(crate) fn take_ready<B>(body: B, max: usize) -> Result<Ready, BoxError>
 where
     B: Body + Send + 'static,

@@ -1187,15 +1187,16 @@ impl Engine {
         Status::new(CacheOutcome::Bypass(reason))
     }
 
-    /// `response`, or a `304 Not Modified` in its place when the client's `validators` (from
-    /// [`client_validators`]) show that it holds that response already ([`not_modified`]). The `304` keeps the
-    /// answer's header fields but those that describe a body it no longer has (RFC 9110 §15.4.5).
+    /// `response`, or a `304 Not Modified` in its place when the client's validators (`request`: the request's
+    /// headers, or the [`client_validators`] kept from them) show that it holds that response already
+    /// ([`not_modified`]). The `304` keeps the answer's header fields but those that describe a body it no
+    /// longer has (RFC 9110 §15.4.5).
     pub(crate) fn validated<B>(
         &self,
-        validators: &HeaderMap,
+        request: &HeaderMap,
         response: Response<ResponseBody<B>>,
     ) -> Response<ResponseBody<B>> {
-        if !not_modified(validators, response.status(), response.headers()) {
+        if !not_modified(request, response.status(), response.headers()) {
             return response;
         }
         bump(&self.counters.not_modified);

@@ -124,8 +124,6 @@ where
         if action == Action::OnlyIfCachedMiss {
             return ResponseFuture::ready(Ok(engine.only_if_cached_miss()));
         }
-        // The client's own `If-None-Match` / `If-Modified-Since` are evaluated on the answer, not forwarded.
-        let validators = facts.validators.then(|| client_validators(&parts.headers));
         let max = engine.policy.max_body;
         // The work before the store look-up is synchronous whenever the body is already whole (the common
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
@@ -145,24 +143,27 @@ where
                             span.record("key", short_hex(&digest).as_str());
                             span.record("outcome", CacheOutcome::Hit.as_str());
                         }
-                        let response = match &validators {
-                            Some(validators) => engine.validated(validators, response),
-                            None => response,
+                        // The client's own `If-None-Match` / `If-Modified-Since` are evaluated on the answer.
+                        let response = if facts.validators {
+                            engine.validated(&parts.headers, response)
+                        } else {
+                            response
                         };
                         return ResponseFuture::ready(Ok(response));
                     }
                     Err(probe) => probe,
                 };
                 let (engine, inner) = (engine.clone(), self.inner.clone());
-                let validating = validators.map(|validators| (engine.clone(), validators));
+                // The client's own validators, kept for its answer: the origin never sees them.
+                let validating = facts
+                    .validators
+                    .then(|| (engine.clone(), client_validators(&parts.headers)));
                 let lookup = keyed(
                     engine, inner, parts, bytes, digest, facts, action, probe, &span,
                 );
                 match validating {
                     None => respond_in(span, lookup),
-                    Some((engine, validators)) => respond_in(span, async move {
-                        Ok(engine.validated(&validators, lookup.await?))
-                    }),
+                    Some((engine, validators)) => validate_in(span, engine, validators, lookup),
                 }
             }
             Ok(Ready::Partial { prefix, rest }) => {
@@ -192,6 +193,7 @@ where
                             .keys
                             .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
                     let probe = NearProbe::Unasked;
+                    let validators = facts.validators.then(|| client_validators(&parts.headers));
                     let answer = keyed(
                         engine.clone(),
                         inner,
@@ -218,6 +220,7 @@ where
 
 /// The response future: `future` inside the request's span, which records the outcome. Without a subscriber
 /// for the span (the common case in production), just `future`: two wrappers fewer to move and poll per hit.
+#[inline]
 fn respond_in<R, F>(span: tracing::Span, future: F) -> ResponseFuture<R>
 where
     F: Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'static,
@@ -231,6 +234,24 @@ where
         }
     });
     ResponseFuture::new(Box::pin(recorded.instrument(span)))
+}
+
+/// [`respond_in`] for a request with the client's own validators: its answer may become a `304`. Apart, and
+/// never inlined, so that the call path of every other request stays as small as it was.
+#[inline(never)]
+fn validate_in<R, F>(
+    span: tracing::Span,
+    engine: Arc<Engine>,
+    validators: HeaderMap,
+    answer: F,
+) -> ResponseFuture<R>
+where
+    F: Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'static,
+    R: Body + Send + 'static,
+{
+    respond_in(span, async move {
+        Ok(engine.validated(&validators, answer.await?))
+    })
 }
 
 /// Hands a request whose body is read and whose digest is `digest` to the engine (`action`: what screening
