@@ -796,10 +796,13 @@ async fn a_caller_that_stops_waiting_does_not_stop_the_removal() {
 }
 
 /// An origin holding one item whose version a `PUT` moves on; it answers a `GET` with the version it read, and
-/// holds the first `GET` after reading it until told to let go, like an origin call that is slow to return.
+/// holds one `GET` (the first, unless told another) after reading it until told to let go, like an origin call
+/// that is slow to return.
 struct Versioned {
     version: std::sync::atomic::AtomicUsize,
     gets: std::sync::atomic::AtomicUsize,
+    /// The number (from 0) of the `GET` it holds.
+    held: usize,
     /// Moves to 1 when the held `GET` has read the version.
     read: tokio::sync::watch::Sender<usize>,
     /// The held `GET` answers once this is true.
@@ -808,9 +811,15 @@ struct Versioned {
 
 impl Versioned {
     fn new() -> std::sync::Arc<Self> {
+        Self::holding(0)
+    }
+
+    /// An origin that holds its `GET` number `held` (from 0) instead of its first.
+    fn holding(held: usize) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Versioned {
             version: 1.into(),
             gets: 0.into(),
+            held,
             read: tokio::sync::watch::Sender::new(0),
             release: tokio::sync::watch::Sender::new(false),
         })
@@ -835,7 +844,7 @@ impl Versioned {
                     return Ok(http::Response::new(Full::default()));
                 }
                 let version = origin.version.load(Ordering::SeqCst);
-                if origin.gets.fetch_add(1, Ordering::SeqCst) == 0 {
+                if origin.gets.fetch_add(1, Ordering::SeqCst) == origin.held {
                     origin.read.send_replace(1);
                     let mut release = origin.release.subscribe();
                     let _ = release.wait_for(|open| *open).await;
@@ -885,6 +894,44 @@ async fn an_answer_read_before_a_write_is_not_stored_after_it() {
     assert_eq!(outcome(&hit), CacheOutcome::Hit);
     assert_eq!(body(hit).await, "v2");
     assert_eq!(origin.gets.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_a_write_overtakes_is_fenced_not_failed() {
+    let server = RedisServer::start();
+    // The second `GET` is the background refresh of a stale hit; it reads version 1 and is slow to come back.
+    let origin = Versioned::holding(1);
+    let layer = layer(&server)
+        .await
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let item = || request("GET", ITEM).map(|_| Full::default());
+    call(&service, item()).await;
+    let stale = call(&service, item()).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+
+    let put = call(&service, request("PUT", ITEM)).await;
+    assert_eq!(put.status(), StatusCode::OK);
+    origin.release.send_replace(true);
+    wait_until("the refresh fenced off", || {
+        layer.handle().stats().stores_fenced == 1
+    })
+    .await;
+    let stats = layer.handle().stats();
+    assert_eq!((stats.refreshes_started, stats.refreshes_failed), (1, 0));
+
+    // The write removed the entry, and the refresh's version 1 did not come back in its place.
+    let after = call(&service, item()).await;
+    assert!(
+        matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
+        "{}",
+        cache_status(&after)
+    );
+    assert_eq!(body(after).await, "v2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

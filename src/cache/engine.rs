@@ -76,6 +76,17 @@ impl Buffered {
     }
 }
 
+/// What became of an answer given to [`Engine::write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    Stored,
+    /// Not stored because the key's lease was gone: an invalidation or purge ran since the origin was asked (or
+    /// the lease was lost). Counted in `stores_fenced`.
+    Fenced,
+    /// Not stored: no lease to store under, nothing storable, already expired, or the store failed.
+    No,
+}
+
 /// Where [`Engine::conclude`] leaves a request: answered, or forwarded by the future to await. That future is
 /// made before it is awaited, so that the future of a hit keeps no room for anything else across that await.
 enum Next<'o, R> {
@@ -719,7 +730,8 @@ impl Engine {
                                             &facts,
                                             lease.as_ref().and_then(LeaseGuard::lease),
                                         )
-                                        .await;
+                                        .await
+                                        == Written::Stored;
                                 let response = Arc::new(response);
                                 leader.complete(if verdict.share {
                                     Shared::Response {
@@ -986,7 +998,7 @@ impl Engine {
     }
 
     /// Stores an origin response to a request with `facts` under `key`, for the variant `vary`, with the
-    /// windows the request chose or the origin's headers set; returns whether the store took it.
+    /// windows the request chose or the origin's headers set; returns what became of it.
     ///
     /// Only under `lease`, the key's lease taken before the origin was asked, and only while it still holds it
     /// (see [`Store::set_if_leased`]): an invalidation removes the lease before the entry, so an answer the
@@ -1001,15 +1013,15 @@ impl Engine {
         vary: Option<[u8; 32]>,
         facts: &RequestFacts,
         lease: Option<&Lease>,
-    ) -> bool {
+    ) -> Written {
         let Some(lease) = lease else {
-            return false;
+            return Written::No;
         };
         if response.body.len() > self.policy.max_body {
-            return false;
+            return Written::No;
         }
         let Some(headers) = storable_headers(&response.headers) else {
-            return false;
+            return Written::No;
         };
         let now = self.clock.now_ms();
         let windows = if facts.origin_freshness {
@@ -1032,7 +1044,7 @@ impl Engine {
         };
         let ttl = Duration::from_millis(entry.store_ttl_ms(now));
         if ttl.is_zero() {
-            return false;
+            return Written::No;
         }
         let value = entry.encode(key.digest());
         let written = self
@@ -1046,7 +1058,7 @@ impl Engine {
         match written {
             Ok(true) => {
                 bump(&self.counters.stores);
-                true
+                Written::Stored
             }
             Ok(false) => {
                 bump(&self.counters.stores_fenced);
@@ -1054,9 +1066,9 @@ impl Engine {
                     key = key.short(),
                     "answer not stored: the key's lease was removed (an invalidation) or lost meanwhile"
                 );
-                false
+                Written::Fenced
             }
-            Err(_) => false,
+            Err(_) => Written::No,
         }
     }
 

@@ -2,7 +2,7 @@
 //! fleet (a `SET NX PX` lease stored next to the entry, in the same Redis Cluster hash slot).
 
 use super::decision::RequestFacts;
-use super::engine::{Engine, Fetch, Fetched};
+use super::engine::{Engine, Fetch, Fetched, Written};
 use super::freshness::validators;
 use super::key::{CacheKey, vary_digest};
 use super::stats::bump;
@@ -128,7 +128,7 @@ impl Engine {
         let fetched = self
             .renewing(lease.lease(), fetch.fetch(validators, self.budget.clone()))
             .await;
-        let refreshed = match fetched {
+        let written = match fetched {
             Ok(Fetched::Buffered(response)) => {
                 // A `304` renews the stored response without its body crossing the network again.
                 let (response, verdict, vary) = self.settle(
@@ -137,24 +137,30 @@ impl Engine {
                     &facts,
                     &headers,
                 );
-                verdict.store
-                    && self
-                        .write(key, &response, vary, &facts, lease.lease())
+                if verdict.store {
+                    self.write(key, &response, vary, &facts, lease.lease())
                         .await
+                } else {
+                    Written::No
+                }
             }
-            Ok(Fetched::Streaming(_)) => false,
+            Ok(Fetched::Streaming(_)) => Written::No,
             Err(error) => {
                 tracing::debug!(key = key.short(), %error, "background refresh failed");
-                false
+                Written::No
             }
         };
-        if refreshed {
-            lease.release().await;
-        } else {
-            // The entry is left exactly as it was: still stale, never made fresh again. The lease is no longer
-            // renewed and expires after `refresh_lease_for`, which spaces out retries against a failing origin.
-            bump(&self.counters.refreshes_failed);
-            lease.keep();
+        match written {
+            // Fenced: an invalidation removed the entry and its lease while the origin worked. Nothing failed (it
+            // counts in `stores_fenced`), and there is no lease of this refresh's left to keep.
+            Written::Stored | Written::Fenced => lease.release().await,
+            Written::No => {
+                // The entry is left exactly as it was: still stale, never made fresh again. The lease is no
+                // longer renewed and expires after `refresh_lease_for`, which spaces out retries against a
+                // failing origin.
+                bump(&self.counters.refreshes_failed);
+                lease.keep();
+            }
         }
     }
 }

@@ -212,7 +212,8 @@ pub struct CacheStats {
     pub stale_if_error: u64,
     /// Background refreshes that called the inner service.
     pub refreshes_started: u64,
-    /// Background refreshes whose inner call failed or whose response was not storable.
+    /// Background refreshes whose inner call failed or whose response was not storable. (A refresh whose
+    /// answer an invalidation overtook counts in `stores_fenced` instead.)
     pub refreshes_failed: u64,
     /// Background refreshes not run because another process held the key's lease.
     pub refreshes_skipped: u64,
