@@ -56,6 +56,19 @@ async fn cache_layer(redis: &RedisServer) -> RedisCacheLayer {
         .unwrap()
 }
 
+/// A reqwest client with the cache middleware over a memory store, and the middleware's layer (for its stats).
+fn middleware_client(
+    plain: &reqwest::Client,
+) -> (RedisCacheLayer, reqwest_middleware::ClientWithMiddleware) {
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain.clone()))
+        .build();
+    (layer, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tower_layer_and_reqwest_middleware_read_each_others_entries() {
     let redis = RedisServer::start();
@@ -130,12 +143,7 @@ async fn tower_layer_and_reqwest_middleware_read_each_others_entries() {
 async fn reqwest_middleware_bypasses_what_it_must_not_cache() {
     let (url, calls) = origin().await;
     let plain = reqwest::Client::new();
-    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
-        .build()
-        .unwrap();
-    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
-        .with(CacheMiddleware::new(&layer, plain))
-        .build();
+    let (layer, client) = middleware_client(&plain);
     // POST is not cached by default: both calls reach the origin, each marked as a bypass.
     for _ in 0..2 {
         let response = client
@@ -158,6 +166,7 @@ async fn reqwest_middleware_bypasses_what_it_must_not_cache() {
                 .contains("fwd=method; detail=method")
         );
     }
+    assert_eq!(layer.handle().stats().bypasses, 2);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -178,12 +187,7 @@ async fn reqwest_middleware_refuses_an_only_if_cached_miss_and_drops_what_a_put_
     );
     let url = format!("http://{}/items/7", serve(app).await);
     let plain = reqwest::Client::new();
-    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
-        .build()
-        .unwrap();
-    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
-        .with(CacheMiddleware::new(&layer, plain))
-        .build();
+    let (layer, client) = middleware_client(&plain);
     let read = || {
         let (client, url) = (client.clone(), url.clone());
         async move {
@@ -292,12 +296,7 @@ async fn a_client_holding_the_stored_answer_gets_a_304_over_the_wire_and_through
         "http://{}/doc",
         serve(tagged(calls.clone(), validated.clone())).await
     );
-    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
-        .build()
-        .unwrap();
-    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
-        .with(CacheMiddleware::new(&layer, plain.clone()))
-        .build();
+    let (layer, client) = middleware_client(&plain);
     for expected in [
         CacheOutcome::Miss {
             collapsed: false,
