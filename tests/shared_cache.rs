@@ -897,6 +897,60 @@ async fn an_answer_read_before_a_write_is_not_stored_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_lease_a_write_removed_is_no_longer_shared_in_its_process() {
+    let server = RedisServer::start();
+    let origin = Versioned::new();
+    // A renews its fill's lease every 100 ms; B writes.
+    let layer_a = layer(&server)
+        .await
+        .refresh_lease_for(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let layer_b = layer(&server).await.build().unwrap();
+    let (a, b) = (
+        cached(&layer_a, origin.service()),
+        cached(&layer_b, origin.service()),
+    );
+    let item = || request("GET", ITEM).map(|_| Full::default());
+    let slow = tokio::spawn(a.clone().oneshot(item()));
+    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    let put = call(&b, request("PUT", ITEM)).await;
+    assert_eq!(put.status(), StatusCode::OK);
+
+    // Until A's next renewal finds the lease gone, a read in A shares the slow call and waits with it (given up
+    // here after 50 ms); from then on, it asks the origin itself and gets version 2.
+    let mut after = None;
+    for _ in 0..200 {
+        if let Ok(answer) =
+            tokio::time::timeout(Duration::from_millis(50), a.clone().oneshot(item())).await
+        {
+            after = Some(answer.unwrap());
+            break;
+        }
+    }
+    let after: Reply =
+        after.expect("every read in A kept waiting on the call that predates the write");
+    assert!(
+        matches!(
+            outcome(&after),
+            CacheOutcome::Miss {
+                collapsed: false,
+                ..
+            }
+        ),
+        "{}",
+        cache_status(&after)
+    );
+    assert_eq!(body(after).await, "v2");
+
+    origin.release.send_replace(true);
+    let slow: Reply = slow.await.unwrap().unwrap();
+    assert_eq!(body(slow).await, "v1");
+    let hit = call(&a, item()).await;
+    assert_eq!(body(hit).await, "v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_that_a_write_overtakes_is_fenced_not_failed() {
     let server = RedisServer::start();
     // The second `GET` is the background refresh of a stale hit; it reads version 1 and is slow to come back.

@@ -20,7 +20,7 @@
 use super::decision::{Action, Forward, Lookup, RequestFacts, decide};
 use super::engine::Engine;
 use super::entry::Entry;
-use super::key::{CacheKey, vary_digest};
+use super::key::{CacheKey, LEASE_SUFFIX, vary_digest};
 use super::stats::{add, bump};
 use http::HeaderMap;
 use std::future::Future;
@@ -178,6 +178,11 @@ impl Engine {
 
     /// Runs `work` while renewing `lease` every third of its lifetime, so that it cannot expire under a live
     /// origin call.
+    ///
+    /// A renewal that finds the lease gone (an invalidation or purge in any process removed it, or it expired
+    /// and another process took it) ends the sharing of this process's call for the key: what it will answer
+    /// may predate the change, so callers arriving from then on make a call of their own. (Its answer is not
+    /// stored either: see [`Engine::write`].)
     pub(crate) async fn renewing<T>(
         &self,
         lease: Option<&Lease>,
@@ -200,8 +205,15 @@ impl Engine {
                             s.extend_lease(&lease.key, &lease.token, lease_for)
                         })
                         .await;
-                    if !matches!(extended, Ok(true)) {
-                        tracing::debug!(lease = lease.key, "lease not renewed: lost or store failing");
+                    match extended {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::debug!(lease = lease.key, "lease lost: the call is no longer shared");
+                            if let Some(key) = lease.key.strip_suffix(LEASE_SUFFIX) {
+                                self.flights.detach(key);
+                            }
+                        }
+                        Err(_) => tracing::debug!(lease = lease.key, "lease not renewed: store failing"),
                     }
                 }
             }
