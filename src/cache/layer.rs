@@ -113,7 +113,8 @@ impl CacheHandle {
     /// Removes the entry (and any refresh lease) of `request`. Returns whether an entry existed.
     ///
     /// The lease goes first: a miss or refresh of `request` that asked the origin before this call does not
-    /// store its answer after it (counted in `stores_fenced`).
+    /// store its answer after it (counted in `stores_fenced`), and its call is shared with no caller arriving
+    /// after this one returns (in another process: after that call's next lease renewal).
     ///
     /// # Errors
     ///
@@ -418,7 +419,9 @@ impl RedisCacheLayerBuilder {
     /// third of this while its origin call runs, so it expires this long after a holder dies. A failed refresh
     /// keeps the lease until it expires, which spaces out retries. An answer is stored only while its fill still
     /// holds the lease (see [`invalidate_on_unsafe`](Self::invalidate_on_unsafe)), so keep this well above a
-    /// store round trip. Default: 10 s.
+    /// store round trip; a renewal that finds the lease removed by a write ends the sharing of that call, so a
+    /// shorter lease also shortens how long a slow call's older answer reaches callers after a write elsewhere.
+    /// Default: 10 s.
     pub fn refresh_lease_for(mut self, lease_for: Duration) -> Self {
         self.lease_for = lease_for;
         self
@@ -469,7 +472,9 @@ impl RedisCacheLayerBuilder {
     /// A miss or refresh of that URI already waiting on the origin, in any process, may bring back what the
     /// origin held before the change: its answer goes to its own callers but is not stored, since the removal
     /// takes the key's lease too and answers are stored only under a lease still held (counted in
-    /// `stores_fenced`). Callers of this process arriving after the removal do not share that call.
+    /// `stores_fenced`). Callers of this process arriving after the removal do not share that call; in another
+    /// process they stop sharing it at its lease's next renewal (every third of
+    /// [`refresh_lease_for`](Self::refresh_lease_for)), which finds the lease gone.
     pub fn invalidate_on_unsafe(mut self, invalidate: bool) -> Self {
         self.invalidate_on_unsafe = invalidate;
         self
