@@ -98,6 +98,12 @@ impl<T: Clone> Coalescer<T> {
 }
 
 impl<T> Leader<'_, T> {
+    /// Ends the sharing of this flight: callers that join from now on start one of their own, and those already
+    /// waiting still get this one's result.
+    pub(crate) fn detach(&self) {
+        self.remove();
+    }
+
     /// Publishes the result to every waiter and ends the flight.
     pub(crate) fn complete(mut self, value: T) {
         // Counted before the flight leaves the map: whoever joins after it is gone sees the count moved.
@@ -173,6 +179,28 @@ mod tests {
         let _one = c.join("a");
         let _two = c.join("b");
         c.detach_all();
+        assert_eq!(c.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_leader_detaches_only_its_own_flight() {
+        let c = Coalescer::<u32>::default();
+        let Role::Leader(old) = c.join("k") else {
+            panic!("the first caller leads")
+        };
+        let Role::Waiter(early) = c.join("k") else {
+            panic!("a second caller waits")
+        };
+        old.detach();
+        let Role::Leader(new) = c.join("k") else {
+            panic!("after the leader detached, a caller leads a flight of its own")
+        };
+        // Detaching again (a second lost renewal) leaves the new flight alone.
+        old.detach();
+        assert!(matches!(c.join("k"), Role::Waiter(_)));
+        old.complete(1);
+        assert_eq!(early.wait().await, Some(1));
+        new.complete(2);
         assert_eq!(c.len(), 0);
     }
 

@@ -707,6 +707,7 @@ impl Engine {
                             .renewing(
                                 lease.as_ref().and_then(LeaseGuard::lease),
                                 origin.call(validators, self.budget.clone()),
+                                || leader.detach(),
                             )
                             .await;
                         let answered = match called {

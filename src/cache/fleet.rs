@@ -20,7 +20,7 @@
 use super::decision::{Action, Forward, Lookup, RequestFacts, decide};
 use super::engine::Engine;
 use super::entry::Entry;
-use super::key::{CacheKey, LEASE_SUFFIX, vary_digest};
+use super::key::{CacheKey, vary_digest};
 use super::stats::{add, bump};
 use http::HeaderMap;
 use std::future::Future;
@@ -180,13 +180,14 @@ impl Engine {
     /// origin call.
     ///
     /// A renewal that finds the lease gone (an invalidation or purge in any process removed it, or it expired
-    /// and another process took it) ends the sharing of this process's call for the key: what it will answer
-    /// may predate the change, so callers arriving from then on make a call of their own. (Its answer is not
-    /// stored either: see [`Engine::write`].)
+    /// and another process took it) calls `on_lost` and renews no more: what `work` will answer may predate
+    /// the change, so a miss stops sharing its call with callers arriving from then on (its answer is not stored
+    /// either: see [`Engine::write`]).
     pub(crate) async fn renewing<T>(
         &self,
         lease: Option<&Lease>,
         work: impl Future<Output = T>,
+        on_lost: impl FnOnce(),
     ) -> T {
         let Some(lease) = lease else {
             return work.await;
@@ -208,10 +209,9 @@ impl Engine {
                     match extended {
                         Ok(true) => {}
                         Ok(false) => {
-                            tracing::debug!(lease = lease.key, "lease lost: the call is no longer shared");
-                            if let Some(key) = lease.key.strip_suffix(LEASE_SUFFIX) {
-                                self.flights.detach(key);
-                            }
+                            tracing::debug!(lease = lease.key, "lease lost: no longer renewed");
+                            on_lost();
+                            return work.await;
                         }
                         Err(_) => tracing::debug!(lease = lease.key, "lease not renewed: store failing"),
                     }

@@ -126,7 +126,12 @@ impl Engine {
         // The lease is renewed while the origin works, so no other process starts a second refresh however long
         // this one takes (up to `refresh_timeout`).
         let fetched = self
-            .renewing(lease.lease(), fetch.fetch(validators, self.budget.clone()))
+            .renewing(
+                lease.lease(),
+                fetch.fetch(validators, self.budget.clone()),
+                // A refresh is not shared: stale hits answer from the entry meanwhile.
+                || {},
+            )
             .await;
         let written = match fetched {
             Ok(Fetched::Buffered(response)) => {
