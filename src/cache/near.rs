@@ -492,18 +492,22 @@ impl Near {
     }
 
     /// Drops the keys the store says changed (store keys, `<namespace>:v1:{<digest>}`; any other key under
-    /// the prefix, such as a lease, holds no entry).
+    /// the prefix, such as a lease, holds no entry and is not counted).
     pub(crate) fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
         let mut count = 0;
         for key in keys {
-            count += 1;
             if let Some(digest) = parse_key(&self.prefix, key) {
                 self.cache.invalidate(&NearKey(digest));
+                count += 1;
             }
         }
-        self.changed_contents();
-        // Counted once the keys can no longer answer: whoever reads the count then finds them gone.
-        add(&self.counters.near_invalidations, count);
+        if count > 0 {
+            // Only entries change what a thread's front may answer: a lease's push leaves the fronts alone.
+            self.changed_contents();
+            // Counted once the keys can no longer answer: whoever reads the count then finds them gone.
+            add(&self.counters.near_invalidations, count);
+        }
+        // Fleet waits watch leases too.
         self.changed.notify_waiters();
     }
 
@@ -649,8 +653,17 @@ mod tests {
         fill(&a, &key, "a2", now);
         assert_eq!(body(&a, &key, now).as_deref(), Some(&b"a2"[..]), "refilled");
         assert_eq!(body(&a, &key, now).as_deref(), Some(&b"a2"[..]));
+        let invalidations = a.counters.near_invalidations.get();
+        a.invalidate([format!("{key_name}:lease").as_str(), "ns:v1:near-canary"]);
+        assert_eq!(
+            body(&a, &key, now).as_deref(),
+            Some(&b"a2"[..]),
+            "no entry's key"
+        );
+        assert_eq!(a.counters.near_invalidations.get(), invalidations);
         a.invalidate([key_name.as_str()]);
         assert_eq!(body(&a, &key, now), None, "invalidated");
+        assert_eq!(a.counters.near_invalidations.get(), invalidations + 1);
         fill(&a, &key, "a3", now);
         assert_eq!(body(&a, &key, now).as_deref(), Some(&b"a3"[..]));
         a.flush(FlushCause::Server);

@@ -27,7 +27,7 @@ impl Counter {
         }
     }
 
-    fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
 }
@@ -232,7 +232,8 @@ pub struct CacheStats {
     /// Entries read from the store but not kept, because the key was invalidated (or the near cache emptied)
     /// while the read was in flight.
     pub near_fills_discarded: u64,
-    /// Keys the store said changed, dropped from the near cache.
+    /// Entry keys the store said changed (another process or an operator wrote or removed them), dropped from
+    /// the near cache. Changes of other keys under the namespace (leases) are not counted.
     pub near_invalidations: u64,
     /// Times the near cache was emptied because the store was flushed (`FLUSHALL`, `FLUSHDB`).
     pub near_flushes_server: u64,
