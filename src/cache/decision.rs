@@ -1242,5 +1242,33 @@ mod tests {
                 prop_assert!(!served, "{:?} answered from the store for {:?}", action, facts);
             }
         }
+
+        /// Any field values (quotes, commas, `W/`, spaces in odd places) are read without a panic, and a tag
+        /// the answer carries, sent back alone or in a list, always matches.
+        #[test]
+        fn any_validator_is_read_and_a_tag_sent_back_always_matches(
+            none_match in "[ -~]{0,24}",
+            etag in "(W/)?\"[!#-~]{0,12}\"",
+            others in prop::collection::vec("(W/)?\"[!#-~]{0,6}\"", 0..3),
+            junk in "[ -~]{0,24}",
+        ) {
+            let field = |v: &str| HeaderValue::from_str(v).ok();
+            let mut request = HeaderMap::new();
+            let mut response = HeaderMap::new();
+            if let (Some(a), Some(b)) = (field(&none_match), field(&junk)) {
+                request.insert(IF_NONE_MATCH, a);
+                response.insert(ETAG, b);
+                not_modified(&request, StatusCode::OK, &response);
+                request.insert(IF_MODIFIED_SINCE, field(&junk).unwrap_or(HeaderValue::from_static("x")));
+                request.remove(IF_NONE_MATCH);
+                not_modified(&request, StatusCode::OK, &response);
+            }
+            let mut list = others.clone();
+            list.push(etag.clone());
+            let mut request = HeaderMap::new();
+            request.insert(IF_NONE_MATCH, field(&list.join(", ")).unwrap());
+            response.insert(ETAG, field(&etag).unwrap());
+            prop_assert!(not_modified(&request, StatusCode::OK, &response), "{list:?} against {etag}");
+        }
     }
 }
