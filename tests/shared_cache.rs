@@ -1,6 +1,7 @@
 //! The shared-cache rules against real redis-server processes: no user is answered with another's response,
-//! partial and conditional answers are never stored, `Vary` is honoured, keys keep meaning apart, and bodies
-//! over the cap are never held whole.
+//! partial and conditional answers are never stored (a client's own validators are answered from the entry and
+//! never forwarded), `Vary` is honoured, keys keep meaning apart, writes are never undone by older answers, and
+//! bodies over the cap are never held whole.
 
 mod support;
 
