@@ -40,8 +40,7 @@ use crate::cache::ResponseBody;
 use crate::cache::budget::ByteBudget;
 use crate::cache::decision::Action;
 use crate::cache::engine::{
-    Engine, Fetch, FetchFuture, NearProbe, Origin, buffer_response, client_validators,
-    with_validators,
+    Engine, Fetch, FetchFuture, Finish, NearProbe, Origin, buffer_response, with_validators,
 };
 use crate::error::BoxError;
 use ::reqwest::{Body, Request, ResponseBuilderExt, Url};
@@ -164,7 +163,7 @@ impl std::error::Error for CacheError {
 impl Middleware for CacheMiddleware {
     async fn handle(
         &self,
-        request: Request,
+        mut request: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<::reqwest::Response> {
@@ -182,10 +181,19 @@ impl Middleware for CacheMiddleware {
             None => Some(&[][..]),
             Some(body) => body.as_bytes(),
         };
+        // A `HEAD` answered as its `GET` is keyed, asked of the origin and stored as that `GET`.
+        let head = engine.policy.head_as_get(&parts.method);
+        if head {
+            parts.method = http::Method::GET;
+        }
         let mut facts = engine.policy.facts(&parts);
         facts.too_large |= bytes.is_none_or(|b| b.len() > max);
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
+            // The request goes on untouched: a `HEAD` as a `HEAD`.
+            if head {
+                parts.method = http::Method::HEAD;
+            }
             let status = engine.bypassed(reason);
             let stale = engine.stale_targets(&parts, &facts);
             let mut response = next.run(request, extensions).await?;
@@ -200,8 +208,12 @@ impl Middleware for CacheMiddleware {
         }
         let body = bytes.map(Bytes::copy_from_slice).unwrap_or_default();
         let url = request.url().clone();
-        // The client's own `If-None-Match` / `If-Modified-Since` are evaluated on the answer, not forwarded.
-        let validators = facts.validators.then(|| client_validators(&parts.headers));
+        // What the answer needs on its way back: the client's own `If-None-Match` / `If-Modified-Since` are
+        // evaluated on it, not forwarded.
+        let finishing = Finish::of(&parts.headers, &facts, head);
+        if head {
+            *request.method_mut() = http::Method::GET;
+        }
         let key = engine
             .keys
             .key(&parts.method, &parts.uri, &parts.headers, &body);
@@ -222,8 +234,8 @@ impl Middleware for CacheMiddleware {
             .respond(key, facts, action, origin, NearProbe::Unasked)
             .await
             .map_err(|e| reqwest_middleware::Error::middleware(CacheError(e)))?;
-        let response = match &validators {
-            Some(validators) => engine.validated(validators, response),
+        let response = match &finishing {
+            Some(then) => engine.finish(then, response),
             None => response,
         };
         Ok(into_reqwest(response, url))

@@ -806,6 +806,182 @@ async fn uncacheable_methods_bypass_and_errors_are_not_stored() {
     assert_eq!(origin.calls(), 4, "a 500 is never stored");
 }
 
+const ITEM: &str = "https://api.example.com/items/1";
+
+fn item(method: Method, headers: &[(&str, &str)]) -> Request<Full<bytes::Bytes>> {
+    let mut request = Request::builder().method(method).uri(ITEM);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn a_head_is_answered_from_the_entry_of_its_get() {
+    // RFC 9110 §9.3.2: the answer to a `HEAD` is the `GET`'s without its body.
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.set_etag("\"v1\"");
+    let layer = RedisCacheLayer::builder(redis_store(&server).await)
+        .namespace("heads")
+        .store_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let whole = br#"{"n":1,"echo":null}"#;
+
+    // A miss asks the origin for the `GET`, whose answer fills the entry.
+    let first = call(&service, item(Method::HEAD, &[])).await;
+    assert_eq!(origin.methods(), [Method::GET]);
+    assert_eq!(
+        outcome(&first),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["content-length"], whole.len().to_string());
+    assert_eq!(first.headers()["content-type"], "application/json");
+    assert_eq!(first.headers()["etag"], "\"v1\"");
+    assert!(body(first).await.is_empty());
+    // The `GET` reads that entry whole, and every `HEAD` after it too, a matching validator getting a `304`.
+    let get = call(&service, item(Method::GET, &[])).await;
+    assert_eq!(outcome(&get), CacheOutcome::Hit);
+    assert_eq!(&body(get).await[..], whole);
+    let again = call(&service, item(Method::HEAD, &[])).await;
+    assert_eq!(outcome(&again), CacheOutcome::Hit);
+    assert_eq!(again.headers()["content-length"], whole.len().to_string());
+    assert!(body(again).await.is_empty());
+    let holding = call(&service, item(Method::HEAD, &[("if-none-match", "\"v1\"")])).await;
+    assert_eq!(holding.status(), StatusCode::NOT_MODIFIED);
+    assert!(!holding.headers().contains_key("content-length"));
+    assert_eq!(origin.calls(), 1);
+    let key = |method| {
+        let request = item(method, &[]).map(|_| bytes::Bytes::new());
+        layer.handle().key_for(&request).as_str().to_owned()
+    };
+    assert_eq!(key(Method::HEAD), key(Method::GET));
+
+    // A `HEAD` the cache does not consult goes to the origin as it came.
+    let private = call(
+        &service,
+        item(Method::HEAD, &[("authorization", "Bearer a")]),
+    )
+    .await;
+    assert!(matches!(outcome(&private), CacheOutcome::Bypass(_)));
+    assert_eq!(origin.methods().last(), Some(&Method::HEAD));
+    // A write drops the entry the `HEAD` reads.
+    let put = call(&service, item(Method::PUT, &[])).await;
+    assert_eq!(put.status(), StatusCode::OK);
+    let after = call(&service, item(Method::HEAD, &[])).await;
+    assert!(matches!(
+        outcome(&after),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(origin.methods()[2..], [Method::PUT, Method::GET]);
+
+    // Turned off, or with `GET` not cached, a `HEAD` is asked as a `HEAD` and has an entry of its own.
+    for (namespace, head_from_get, methods) in [
+        ("own-heads", false, vec![Method::GET, Method::HEAD]),
+        ("no-gets", true, vec![Method::HEAD]),
+    ] {
+        let layer = RedisCacheLayer::builder(redis_store(&server).await)
+            .namespace(namespace)
+            .store_timeout(Duration::from_secs(2))
+            .head_from_get(head_from_get)
+            .methods(methods)
+            .build()
+            .unwrap();
+        let service = layer.layer_service(origin.service());
+        let calls = origin.calls();
+        let miss = call(&service, item(Method::HEAD, &[])).await;
+        assert!(
+            matches!(outcome(&miss), CacheOutcome::Miss { stored: true, .. }),
+            "{namespace}"
+        );
+        assert_eq!(origin.methods().last(), Some(&Method::HEAD), "{namespace}");
+        let hit = call(&service, item(Method::HEAD, &[])).await;
+        assert_eq!(outcome(&hit), CacheOutcome::Hit, "{namespace}");
+        assert_eq!(origin.calls(), calls + 1, "{namespace}");
+        let key = |method| {
+            let request = item(method, &[]).map(|_| bytes::Bytes::new());
+            layer.handle().key_for(&request).as_str().to_owned()
+        };
+        assert_ne!(key(Method::HEAD), key(Method::GET), "{namespace}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_and_a_get_arriving_together_make_one_origin_call() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = RedisCacheLayer::builder(redis_store(&server).await)
+        .namespace("heads")
+        .store_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    origin.close();
+    let tasks: Vec<_> = [Method::HEAD, Method::GET, Method::HEAD]
+        .into_iter()
+        .map(|method| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = call(&service, item(method, &[])).await;
+                (outcome(&response), body(response).await)
+            })
+        })
+        .collect();
+    wait_until("the first caller reached the origin", || {
+        origin.calls() == 1
+    })
+    .await;
+    origin.open();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(origin.methods(), [Method::GET]);
+    let bodies: Vec<&[u8]> = answers.iter().map(|(_, body)| &body[..]).collect();
+    assert_eq!(bodies, [&b""[..], br#"{"n":1,"echo":null}"#, b""]);
+    assert!(
+        answers
+            .iter()
+            .all(|(outcome, _)| !matches!(outcome, CacheOutcome::Bypass(_)))
+    );
+}
+
+#[tokio::test]
+async fn a_head_whose_get_is_over_the_cap_is_answered_without_its_body() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = RedisCacheLayer::builder(redis_store(&server).await)
+        .namespace("heads")
+        .store_timeout(Duration::from_secs(2))
+        .max_body_size(8)
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    for n in 1..=2 {
+        let response = call(&service, item(Method::HEAD, &[])).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            outcome(&response),
+            CacheOutcome::Miss {
+                collapsed: false,
+                stored: false
+            }
+        );
+        // Streamed through and dropped unread: its length is not known, so none is made up.
+        assert!(!response.headers().contains_key("content-length"));
+        assert!(body(response).await.is_empty());
+        assert_eq!(origin.calls(), n);
+    }
+    assert_eq!(origin.methods(), [Method::GET, Method::GET]);
+}
+
 #[tokio::test]
 async fn purge_and_invalidate_remove_entries() {
     let server = RedisServer::start();

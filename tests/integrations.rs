@@ -325,6 +325,91 @@ async fn a_client_holding_the_stored_answer_gets_a_304_over_the_wire_and_through
     assert_eq!(layer.handle().stats().not_modified, 2);
 }
 
+/// An app whose `/doc` answers `{"call":<n>}` to a `GET` (and so to a `HEAD`, without the body), recording the
+/// methods it was asked with.
+fn recording(methods: Arc<Mutex<Vec<Method>>>) -> Router {
+    Router::new().route(
+        "/doc",
+        get(move |method: Method| {
+            let n = {
+                let mut methods = methods.lock().unwrap();
+                methods.push(method);
+                methods.len()
+            };
+            async move { Json(json!({ "call": n })) }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_head_over_the_wire_and_through_reqwest_middleware_reads_the_entry_of_its_get() {
+    let redis = RedisServer::start();
+    let plain = reqwest::Client::new();
+    let whole = br#"{"call":1}"#;
+    let length = whole.len().to_string();
+
+    // A server with the cache in front of its routes, asked by a plain HTTP client.
+    let methods = Arc::new(Mutex::new(Vec::new()));
+    let layer = RedisCacheLayer::builder(RedisStore::new(fred_client(&redis.url()).await))
+        .store_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let cache = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, error.to_string())
+        }))
+        .layer(layer);
+    let url = format!(
+        "http://{}/doc",
+        serve(recording(methods.clone()).layer(cache)).await
+    );
+    let first = plain.head(&url).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["content-length"], length.as_str());
+    assert!(
+        first.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .ends_with("fwd=uri-miss; fwd-status=200; stored")
+    );
+    assert!(first.bytes().await.unwrap().is_empty());
+    let get = plain.get(&url).send().await.unwrap();
+    assert_eq!(
+        CacheOutcome::from_headers(get.headers()),
+        Some(CacheOutcome::Hit)
+    );
+    assert_eq!(&get.bytes().await.unwrap()[..], whole);
+    let again = plain.head(&url).send().await.unwrap();
+    assert_eq!(
+        CacheOutcome::from_headers(again.headers()),
+        Some(CacheOutcome::Hit)
+    );
+    assert_eq!(again.headers()["content-length"], length.as_str());
+    assert_eq!(*methods.lock().unwrap(), [Method::GET]);
+
+    // The middleware in a client, in front of the same app uncached.
+    let methods = Arc::new(Mutex::new(Vec::new()));
+    let url = format!("http://{}/doc", serve(recording(methods.clone())).await);
+    let (_layer, client) = middleware_client(&plain);
+    let first = client.head(&url).send().await.unwrap();
+    assert_eq!(
+        CacheOutcome::from_headers(first.headers()),
+        Some(CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        })
+    );
+    assert_eq!(first.headers()["content-length"], length.as_str());
+    assert!(first.bytes().await.unwrap().is_empty());
+    let get = client.get(&url).send().await.unwrap();
+    assert_eq!(
+        CacheOutcome::from_headers(get.headers()),
+        Some(CacheOutcome::Hit)
+    );
+    assert_eq!(&get.bytes().await.unwrap()[..], whole);
+    assert_eq!(*methods.lock().unwrap(), [Method::GET]);
+}
+
 /// An axum app with a cached route reading a path parameter and a request extension.
 fn app(layer: RedisCacheLayer, calls: Arc<AtomicU64>, use_route_layer: bool) -> Router {
     let handler = move |Path(id): Path<String>, Extension(tenant): Extension<Tenant>| {

@@ -363,3 +363,32 @@ async fn a_near_hit_answers_a_clients_own_validators_too() {
     assert_eq!(&body(whole).await[..], br#"{"n":1,"echo":null}"#);
     assert_eq!(origin.calls(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_hit_answers_a_head_from_the_entry_of_its_get() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = near_layer(&server.url())
+        .await
+        .methods([Method::GET, Method::HEAD])
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let doc = |method: Method| {
+        move || {
+            Request::builder()
+                .method(method.clone())
+                .uri("http://api.test/doc")
+                .body(Full::default())
+                .unwrap()
+        }
+    };
+
+    let whole = until_near_with(&service, doc(Method::GET)).await;
+    assert_eq!(&body(whole).await[..], br#"{"n":1,"echo":null}"#);
+    let head = until_near_with(&service, doc(Method::HEAD)).await;
+    assert_eq!(head.status(), http::StatusCode::OK);
+    assert_eq!(head.headers()["content-length"], "19");
+    assert!(body(head).await.is_empty());
+    assert_eq!(origin.methods(), [Method::GET]);
+}

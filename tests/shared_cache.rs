@@ -656,7 +656,8 @@ async fn a_successful_unsafe_request_drops_the_entries_of_its_target_uri() {
     // RFC 9111 §4.4, for every unsafe method, known or not.
     let server = RedisServer::start();
     let origin = Origin::new();
-    let layer = layer(&server).await.build().unwrap();
+    // `HEAD`s with entries of their own, so that a write must drop two entries of its URI.
+    let layer = layer(&server).await.head_from_get(false).build().unwrap();
     let service = cached(&layer, origin.service());
     for (done, method) in ["PUT", "PATCH", "DELETE", "POST", "PURGE"]
         .into_iter()
@@ -1046,7 +1047,8 @@ async fn a_write_also_drops_the_entries_of_the_uris_its_answer_names_on_its_own_
     // RFC 9111 §4.4 lets a cache drop what `Location` and `Content-Location` name, and forbids it across origins.
     let server = RedisServer::start();
     let origin = Origin::new();
-    let layer = layer(&server).await.build().unwrap();
+    // `HEAD`s with entries of their own, so that a write must drop two entries of each URI.
+    let layer = layer(&server).await.head_from_get(false).build().unwrap();
     let service = cached(&layer, origin.service());
     let third = "https://api.example.com/items/3";
     let foreign = "https://elsewhere.example/items/1";

@@ -218,6 +218,8 @@ pub(crate) struct Policy {
     /// The longest windows the origin may set.
     pub(crate) origin_cap: Windows,
     pub(crate) methods: Vec<Method>,
+    /// Whether a `HEAD` is answered as the `GET` of the same request (both methods cached, and not turned off).
+    pub(crate) head_as_get: bool,
     pub(crate) post_when: Option<PostPredicate>,
     pub(crate) max_body: usize,
     pub(crate) rules: Rules,
@@ -242,6 +244,7 @@ impl std::fmt::Debug for Policy {
             .field("origin_freshness_others", &self.origin_freshness_others)
             .field("origin_cap", &self.origin_cap)
             .field("methods", &self.methods)
+            .field("head_as_get", &self.head_as_get)
             .field("post_when", &self.post_when.is_some())
             .field("max_body", &self.max_body)
             .field("rules", &self.rules)
@@ -284,6 +287,23 @@ impl Policy {
     /// The decision for a request whose entry was not read yet: a bypass, [`Action::Read`], or a forward.
     pub(crate) fn screen(&self, facts: &RequestFacts) -> Action {
         decide(&self.rules, facts, Lookup::NotRead, 0)
+    }
+
+    /// Whether a request of `method` is a `HEAD` this layer answers as the `GET` of the same request.
+    #[inline]
+    pub(crate) fn head_as_get(&self, method: &Method) -> bool {
+        self.head_as_get && *method == Method::HEAD
+    }
+
+    /// The method a request of `method` is keyed (and its origin asked) as: `GET` for a
+    /// [`head_as_get`](Self::head_as_get) `HEAD`, else its own.
+    pub(crate) fn keyed_method<'m>(&self, method: &'m Method) -> &'m Method {
+        static GET: Method = Method::GET;
+        if self.head_as_get(method) {
+            &GET
+        } else {
+            method
+        }
     }
 
     /// Whether requests like this one may be answered from the cache.
@@ -1227,6 +1247,64 @@ impl Engine {
         }
         Response::from_parts(parts, ResponseBody::full(Bytes::new()))
     }
+}
+
+/// What an answer still needs before it goes to its caller: its body dropped, for a `HEAD` answered as its
+/// `GET` ([`head_answer`]), and the client's own validators evaluated on it ([`Engine::validated`]).
+pub(crate) struct Finish {
+    pub(crate) head: bool,
+    /// The client's own validators ([`client_validators`]), when it sent some.
+    pub(crate) validators: Option<HeaderMap>,
+}
+
+impl Finish {
+    /// What the answer to a request with `headers` and `facts` needs, if anything; `head`: it is a `HEAD`
+    /// answered as its `GET`.
+    #[inline]
+    pub(crate) fn of(headers: &HeaderMap, facts: &RequestFacts, head: bool) -> Option<Finish> {
+        if !head && !facts.validators {
+            return None;
+        }
+        let validators = facts.validators.then(|| client_validators(headers));
+        Some(Finish { head, validators })
+    }
+}
+
+impl Engine {
+    /// `response` as [`Finish`] says it goes to its caller.
+    pub(crate) fn finish<B>(
+        &self,
+        finish: &Finish,
+        response: Response<ResponseBody<B>>,
+    ) -> Response<ResponseBody<B>> {
+        let response = if finish.head {
+            head_answer(response)
+        } else {
+            response
+        };
+        match &finish.validators {
+            Some(validators) => self.validated(validators, response),
+            None => response,
+        }
+    }
+}
+
+/// The answer to a `HEAD` from the answer to its `GET` (RFC 9110 §9.3.2): the same status and header fields,
+/// without the body. When the origin did not say how long that body is, `Content-Length` says it (a complete
+/// body's; a body streamed through from the origin is dropped unread, and its length is not known).
+pub(crate) fn head_answer<B>(response: Response<ResponseBody<B>>) -> Response<ResponseBody<B>> {
+    let (mut parts, body) = response.into_parts();
+    let bodiless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if !bodiless
+        && !parts.headers.contains_key(CONTENT_LENGTH)
+        && !parts.headers.contains_key(TRANSFER_ENCODING)
+        && let Some(len) = body.full_len()
+    {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Response::from_parts(parts, ResponseBody::full(Bytes::new()))
 }
 
 /// The answer to a request that waited for another process to fill its key: a collapsed miss, fleet-wide.

@@ -100,10 +100,11 @@ impl CacheHandle {
         stats
     }
 
-    /// The key the cache uses for `request` (its body as bytes).
+    /// The key the cache uses for `request` (its body as bytes): for a `HEAD`, its `GET`'s while
+    /// [`head_from_get`](RedisCacheLayerBuilder::head_from_get) applies.
     pub fn key_for<T: AsRef<[u8]>>(&self, request: &Request<T>) -> super::CacheKey {
         self.engine.keys.key(
-            request.method(),
+            self.engine.policy.keyed_method(request.method()),
             request.uri(),
             request.headers(),
             request.body().as_ref(),
@@ -172,6 +173,7 @@ pub struct RedisCacheLayerBuilder {
     stale_for: Duration,
     stale_if_error_for: Duration,
     methods: Vec<Method>,
+    head_from_get: bool,
     post_when: Option<PostPredicate>,
     statuses: Vec<StatusCode>,
     credentials: Credentials,
@@ -206,6 +208,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("stale_for", &self.stale_for)
             .field("stale_if_error_for", &self.stale_if_error_for)
             .field("methods", &self.methods)
+            .field("head_from_get", &self.head_from_get)
             .field("cache_post_when", &self.post_when.is_some())
             .field("cacheable_statuses", &self.statuses)
             .field("credentials", &self.credentials)
@@ -259,6 +262,7 @@ impl RedisCacheLayerBuilder {
             stale_for: Duration::from_secs(60),
             stale_if_error_for: Duration::from_secs(300),
             methods: vec![Method::GET, Method::HEAD, query_method()],
+            head_from_get: true,
             post_when: None,
             statuses: default_statuses(),
             credentials: Credentials::Bypass,
@@ -368,6 +372,20 @@ impl RedisCacheLayerBuilder {
     /// their body.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Whether a `HEAD` is answered from the entry of the `GET` of the same request (RFC 9110 §9.3.2: its
+    /// answer is the `GET`'s without the body), when both methods are cached. Default: true.
+    ///
+    /// A `HEAD` is then keyed, coalesced and stored as that `GET`: a hit answers with the `GET`'s status and
+    /// header fields (and a `Content-Length` of its body when the origin gave none), and a miss asks the origin
+    /// for the `GET`, so that its answer fills the entry that later `GET`s and `HEAD`s both read. A `HEAD` the
+    /// cache does not consult (credentials, `no-store`, ...) goes to the origin as a `HEAD`. Turn it off for an
+    /// origin whose `HEAD` answers differ from its `GET`s', or whose `GET` bodies are too costly to ask for
+    /// on a `HEAD` miss: each `HEAD` then has entries of its own.
+    pub fn head_from_get(mut self, answer: bool) -> Self {
+        self.head_from_get = answer;
         self
     }
 
@@ -690,6 +708,9 @@ impl RedisCacheLayerBuilder {
             origin_freshness: self.origin_freshness,
             origin_freshness_others: self.origin_freshness_for_post,
             origin_cap: self.origin_cap,
+            head_as_get: self.head_from_get
+                && self.methods.contains(&Method::GET)
+                && self.methods.contains(&Method::HEAD),
             methods: self.methods,
             post_when: self.post_when,
             max_body: self.max_body,

@@ -84,6 +84,12 @@
 //! [`CacheStats::not_modified`]). The client's validators are never forwarded: the origin's `304` to them
 //! could be neither stored nor shared.
 //!
+//! A `HEAD` is answered from the entry of the `GET` of the same request (RFC 9110 §9.3.2), whenever both
+//! methods are cached: it is keyed, coalesced and stored as that `GET`, and its answer is the `GET`'s status
+//! and header fields without the body (with the body's `Content-Length` when the origin gave none). A miss
+//! asks the origin for the `GET`, so its answer also serves the `GET`s that follow
+//! ([`head_from_get`](RedisCacheLayerBuilder::head_from_get) turns this off).
+//!
 //! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST`, any
 //! unknown method) may change its target: once it is answered below 400, the entries of a `GET` and a `HEAD`
 //! of its URI (with its headers) are removed, from this process's near cache and from the store, so from every

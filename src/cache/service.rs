@@ -4,8 +4,8 @@ use super::body::ResponseBody;
 use super::budget::ByteBudget;
 use super::decision::{Action, RequestFacts};
 use super::engine::{
-    Engine, Fetch, FetchFuture, NearProbe, StaleTargets, buffer_response, client_validators,
-    decorate, with_validators,
+    Engine, Fetch, FetchFuture, Finish, NearProbe, StaleTargets, buffer_response, decorate,
+    head_answer, with_validators,
 };
 use super::future::ResponseFuture;
 use super::key::short_hex;
@@ -15,7 +15,7 @@ use crate::buffer::{Capped, Ready, call_ready, finish, take_ready};
 use crate::error::BoxError;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{HeaderMap, Request, Response, request};
+use http::{HeaderMap, Method, Request, Response, request};
 use http_body::Body;
 use std::fmt;
 use std::future::Future;
@@ -112,10 +112,18 @@ where
         // The engine and the inner service are cloned only for a future that needs them: a near hit, answered
         // here, takes no reference count that every core's hits would share.
         let engine = &self.engine;
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // A `HEAD` answered as its `GET` is keyed, asked of the origin and stored as that `GET`.
+        let head = engine.policy.head_as_get(&parts.method);
+        if head {
+            parts.method = Method::GET;
+        }
         let mut facts = engine.policy.facts(&parts);
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
+            if head {
+                parts.method = Method::HEAD;
+            }
             let stale = engine.stale_targets(&parts, &facts);
             let request = Request::from_parts(parts, RequestBody::new(body));
             let (engine, inner) = (engine.clone(), self.inner.clone());
@@ -143,6 +151,11 @@ where
                             span.record("key", short_hex(&digest).as_str());
                             span.record("outcome", CacheOutcome::Hit.as_str());
                         }
+                        let response = if head {
+                            head_answer(response)
+                        } else {
+                            response
+                        };
                         // The client's own `If-None-Match` / `If-Modified-Since` are evaluated on the answer.
                         let response = if facts.validators {
                             engine.validated(&parts.headers, response)
@@ -154,16 +167,16 @@ where
                     Err(probe) => probe,
                 };
                 let (engine, inner) = (engine.clone(), self.inner.clone());
-                // The client's own validators, kept for its answer: the origin never sees them.
-                let validating = facts
-                    .validators
-                    .then(|| (engine.clone(), client_validators(&parts.headers)));
+                // What the answer needs on its way back (the client's own validators are kept for it: the
+                // origin never sees them).
+                let finishing =
+                    Finish::of(&parts.headers, &facts, head).map(|then| (engine.clone(), then));
                 let lookup = keyed(
                     engine, inner, parts, bytes, digest, facts, action, probe, &span,
                 );
-                match validating {
+                match finishing {
                     None => respond_in(span, lookup),
-                    Some((engine, validators)) => validate_in(span, engine, validators, lookup),
+                    Some((engine, then)) => finish_in(span, engine, then, lookup),
                 }
             }
             Ok(Ready::Partial { prefix, rest }) => {
@@ -182,6 +195,9 @@ where
                                 }
                                 _ => BypassReason::RequestTooLarge,
                             };
+                            if head {
+                                parts.method = Method::HEAD;
+                            }
                             let request = Request::from_parts(parts, body);
                             // A method the layer caches: a query, which makes nothing stale.
                             return bypass(engine, inner, request, reason, None).await;
@@ -193,7 +209,7 @@ where
                             .keys
                             .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
                     let probe = NearProbe::Unasked;
-                    let validators = facts.validators.then(|| client_validators(&parts.headers));
+                    let finishing = Finish::of(&parts.headers, &facts, head);
                     let answer = keyed(
                         engine.clone(),
                         inner,
@@ -206,8 +222,8 @@ where
                         &span,
                     )
                     .await?;
-                    Ok(match &validators {
-                        Some(validators) => engine.validated(validators, answer),
+                    Ok(match &finishing {
+                        Some(then) => engine.finish(then, answer),
                         None => answer,
                     })
                 };
@@ -236,22 +252,21 @@ where
     ResponseFuture::new(Box::pin(recorded.instrument(span)))
 }
 
-/// [`respond_in`] for a request with the client's own validators: its answer may become a `304`. Apart, and
-/// never inlined, so that the call path of every other request stays as small as it was.
+/// [`respond_in`] for a request whose answer needs more on its way back ([`Finish`]: a `HEAD` answered as its
+/// `GET`, or the client's own validators). Apart, and never inlined, so that the call path of every other
+/// request stays as small as it was.
 #[inline(never)]
-fn validate_in<R, F>(
+fn finish_in<R, F>(
     span: tracing::Span,
     engine: Arc<Engine>,
-    validators: HeaderMap,
+    then: Finish,
     answer: F,
 ) -> ResponseFuture<R>
 where
     F: Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'static,
     R: Body + Send + 'static,
 {
-    respond_in(span, async move {
-        Ok(engine.validated(&validators, answer.await?))
-    })
+    respond_in(span, async move { Ok(engine.finish(&then, answer.await?)) })
 }
 
 /// Hands a request whose body is read and whose digest is `digest` to the engine (`action`: what screening

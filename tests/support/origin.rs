@@ -1,9 +1,10 @@
 //! A counting origin service for cache tests: numbered answers, an optional gate that holds every call until
 //! opened, a switch to fail, headers to add to every answer, and the parts of HTTP a shared cache must not
-//! mix up (it names the `Authorization` it saw, and answers a `Range` with `206`).
+//! mix up (it names the `Authorization` it saw, and answers a `Range` with `206`). It answers a `HEAD` as a
+//! server does: the `GET`'s header fields with its `Content-Length`, and no body.
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ pub struct Origin {
     delay_ms: AtomicU64,
     etag: Mutex<Option<HeaderValue>>,
     body_bytes: AtomicUsize,
+    methods: Mutex<Vec<Method>>,
 }
 
 impl Origin {
@@ -39,6 +41,7 @@ impl Origin {
             delay_ms: AtomicU64::new(0),
             etag: Mutex::new(None),
             body_bytes: AtomicUsize::new(0),
+            methods: Mutex::new(Vec::new()),
         })
     }
 
@@ -77,6 +80,11 @@ impl Origin {
             HeaderName::from_static(name),
             HeaderValue::from_static(value),
         ));
+    }
+
+    /// The methods of the calls that reached the origin, in order.
+    pub fn methods(&self) -> Vec<Method> {
+        self.methods.lock().unwrap().clone()
     }
 
     /// How many calls reached the origin.
@@ -127,6 +135,12 @@ impl Origin {
             let origin = origin.clone();
             async move {
                 let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                origin
+                    .methods
+                    .lock()
+                    .unwrap()
+                    .push(request.method().clone());
+                let head = request.method() == Method::HEAD;
                 let user = request
                     .headers()
                     .get("authorization")
@@ -200,6 +214,11 @@ impl Origin {
                     response = response
                         .status(StatusCode::PARTIAL_CONTENT)
                         .header("content-range", format!("bytes 0-0/{total}"));
+                }
+                if head {
+                    return Ok(response
+                        .header("content-length", out.len())
+                        .body(Full::new(Bytes::new()))?);
                 }
                 origin.body_bytes.fetch_add(out.len(), Ordering::SeqCst);
                 Ok(response.body(Full::new(Bytes::from(out)))?)
