@@ -1446,6 +1446,7 @@ fn near_answer_from<R>(
 
 /// A plain hit at `now` answered from a kept head: the headers of the head's latest answer when its `ttl` and
 /// `age` were the same, else the head's with `Age` and `Cache-Status` added.
+#[inline]
 fn kept_answer<R>(kept: Kept<'_>, now: u64) -> Response<ResponseBody<R>> {
     let Kept {
         head: entry,

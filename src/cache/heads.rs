@@ -62,6 +62,7 @@ thread_local! {
 
 /// Calls `answer` with the kept head of `bytes` (read for `digest`) when this thread keeps it; returns what
 /// `answer` returns, or `None` when the head is not kept (then [`decode`] it).
+#[inline]
 pub(crate) fn with_kept<T>(
     bytes: &Bytes,
     digest: &[u8; 32],
@@ -238,6 +239,7 @@ impl<'a> Renders<'a> {
 
     /// The headers of an answer with `ttl` and `age`: a clone of the latest answer's if they were the same,
     /// else `make`'s (and kept for the next).
+    #[inline]
     pub(crate) fn headers(
         &mut self,
         ttl: i64,
