@@ -187,6 +187,10 @@ impl Middleware for CacheMiddleware {
             parts.method = http::Method::GET;
         }
         let mut facts = engine.policy.facts(&parts);
+        if head {
+            // A `HEAD` has no range semantics (RFC 9110 §14.2): its `Range` is ignored.
+            facts.range = false;
+        }
         facts.too_large |= bytes.is_none_or(|b| b.len() > max);
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {

@@ -410,6 +410,57 @@ async fn a_head_over_the_wire_and_through_reqwest_middleware_reads_the_entry_of_
     assert_eq!(*methods.lock().unwrap(), [Method::GET]);
 }
 
+#[tokio::test]
+async fn a_range_over_the_wire_and_through_reqwest_middleware_is_cut_from_the_entry() {
+    let redis = RedisServer::start();
+    let plain = reqwest::Client::new();
+    let ranged = |client: &reqwest_middleware::ClientWithMiddleware, url: &str, range: &str| {
+        client.get(url).header("range", range).send()
+    };
+
+    // A server with the cache in front of its routes, asked by a plain HTTP client.
+    let methods = Arc::new(Mutex::new(Vec::new()));
+    let layer = cache_layer(&redis).await;
+    let cache = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, error.to_string())
+        }))
+        .layer(layer.clone());
+    let url = format!(
+        "http://{}/doc",
+        serve(recording(methods.clone()).layer(cache)).await
+    );
+    let uncached = reqwest_middleware::ClientWithMiddleware::from(plain.clone());
+    plain.get(&url).send().await.unwrap();
+    let part = ranged(&uncached, &url, "bytes=2-5").await.unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.headers()["content-range"], "bytes 2-5/10");
+    assert_eq!(part.headers()["content-length"], "4");
+    assert_eq!(
+        CacheOutcome::from_headers(part.headers()),
+        Some(CacheOutcome::Hit)
+    );
+    assert_eq!(&part.bytes().await.unwrap()[..], b"call");
+    let past = ranged(&uncached, &url, "bytes=10-").await.unwrap();
+    assert_eq!(past.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(past.headers()["content-range"], "bytes */10");
+    assert!(past.bytes().await.unwrap().is_empty());
+    assert_eq!(*methods.lock().unwrap(), [Method::GET]);
+    assert_eq!(layer.handle().stats().partial, 2);
+
+    // The middleware in a client, in front of the same app uncached.
+    let methods = Arc::new(Mutex::new(Vec::new()));
+    let url = format!("http://{}/doc", serve(recording(methods.clone())).await);
+    let (layer, client) = middleware_client(&plain);
+    client.get(&url).send().await.unwrap();
+    let part = ranged(&client, &url, "bytes=-2").await.unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.headers()["content-range"], "bytes 8-9/10");
+    assert_eq!(&part.bytes().await.unwrap()[..], b"1}");
+    assert_eq!(*methods.lock().unwrap(), [Method::GET]);
+    assert_eq!(layer.handle().stats().partial, 1);
+}
+
 /// An axum app with a cached route reading a path parameter and a request extension.
 fn app(layer: RedisCacheLayer, calls: Arc<AtomicU64>, use_route_layer: bool) -> Router {
     let handler = move |Path(id): Path<String>, Extension(tenant): Extension<Tenant>| {

@@ -365,7 +365,7 @@ async fn a_near_hit_answers_a_clients_own_validators_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_near_hit_answers_a_head_from_the_entry_of_its_get() {
+async fn a_near_hit_answers_a_head_and_a_range_from_the_entry_of_a_get() {
     let server = RedisServer::start();
     let origin = Origin::new();
     let layer = near_layer(&server.url())
@@ -390,5 +390,15 @@ async fn a_near_hit_answers_a_head_from_the_entry_of_its_get() {
     assert_eq!(head.status(), http::StatusCode::OK);
     assert_eq!(head.headers()["content-length"], "19");
     assert!(body(head).await.is_empty());
+    let range = || {
+        Request::get("http://api.test/doc")
+            .header("range", "bytes=1-4")
+            .body(Full::default())
+            .unwrap()
+    };
+    let part = until_near_with(&service, range).await;
+    assert_eq!(part.status(), http::StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.headers()["content-range"], "bytes 1-4/19");
+    assert_eq!(&body(part).await[..], br#""n":"#);
     assert_eq!(origin.methods(), [Method::GET]);
 }

@@ -178,7 +178,6 @@ async fn range_and_precondition_requests_go_to_the_origin_and_206_is_never_store
     for conditional in [
         ("if-match", "\"v1\""),
         ("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
-        ("if-range", "\"v1\""),
     ] {
         let response = call(&service, get("http://api.test/file", &[conditional])).await;
         let status = cache_status(&response);
@@ -187,7 +186,14 @@ async fn range_and_precondition_requests_go_to_the_origin_and_206_is_never_store
             "{conditional:?}: {status}"
         );
     }
-    assert_eq!(origin.calls(), 5);
+    // `If-Range` without `Range` means nothing: a plain hit.
+    let if_range = call(
+        &service,
+        get("http://api.test/file", &[("if-range", "\"v1\"")]),
+    )
+    .await;
+    assert_eq!(outcome(&if_range), CacheOutcome::Hit);
+    assert_eq!(origin.calls(), 4);
 
     // A 206 the origin sends unasked is not stored, even when 206 could be listed.
     let store = RedisStore::new(fred_client(&server.url()).await);
@@ -199,6 +205,86 @@ async fn range_and_precondition_requests_go_to_the_origin_and_206_is_never_store
 
 /// The `Last-Modified` of the origin's answers in the validator tests.
 const MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+#[tokio::test]
+async fn a_range_of_a_fresh_entry_is_cut_from_it() {
+    // RFC 9110 §14: one byte range of a stored `200`, answered `206` (or `416`) by the cache.
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.set_etag("\"v1\"");
+    origin.add_header("last-modified", MODIFIED);
+    origin.add_header("date", "Sun, 06 Nov 1994 08:49:40 GMT");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    const FILE: &str = "http://api.test/file";
+    let whole: &[u8] = br#"{"n":1,"echo":null}"#;
+    let filled = call(&service, get(FILE, &[])).await;
+    assert!(matches!(
+        outcome(&filled),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+
+    type Fields = &'static [(&'static str, &'static str)];
+    #[rustfmt::skip]
+    let cases: [(Fields, StatusCode, Option<&str>, &[u8]); 9] = [
+        (&[("range", "bytes=0-4")], StatusCode::PARTIAL_CONTENT, Some("bytes 0-4/19"), &whole[..5]),
+        (&[("range", "bytes=-5")], StatusCode::PARTIAL_CONTENT, Some("bytes 14-18/19"), &whole[14..]),
+        (&[("range", "bytes=10-")], StatusCode::PARTIAL_CONTENT, Some("bytes 10-18/19"), &whole[10..]),
+        (&[("range", "bytes=19-")], StatusCode::RANGE_NOT_SATISFIABLE, Some("bytes */19"), b""),
+        // Several ranges get the whole answer, as a server may send.
+        (&[("range", "bytes=0-1,3-4")], StatusCode::OK, None, whole),
+        (&[("range", "bytes=0-4"), ("if-range", "\"v1\"")], StatusCode::PARTIAL_CONTENT, Some("bytes 0-4/19"), &whole[..5]),
+        (&[("range", "bytes=0-4"), ("if-range", MODIFIED)], StatusCode::PARTIAL_CONTENT, Some("bytes 0-4/19"), &whole[..5]),
+        (&[("range", "bytes=0-4"), ("if-range", "\"v0\"")], StatusCode::OK, None, whole),
+        // The client's own validators come first (RFC 9110 §13.2.2).
+        (&[("range", "bytes=0-4"), ("if-none-match", "\"v1\"")], StatusCode::NOT_MODIFIED, None, b""),
+    ];
+    for (headers, status, content_range, part) in cases {
+        let response = call(&service, get(FILE, headers)).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit, "{headers:?}");
+        assert_eq!(response.status(), status, "{headers:?}");
+        let range = response.headers().get("content-range");
+        assert_eq!(
+            range.map(|v| v.to_str().unwrap()),
+            content_range,
+            "{headers:?}"
+        );
+        if status != StatusCode::NOT_MODIFIED && status != StatusCode::OK {
+            assert_eq!(response.headers()["content-length"], part.len().to_string());
+        }
+        assert_eq!(&body(response).await[..], part, "{headers:?}");
+    }
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(layer.handle().stats().partial, 6);
+
+    // A `HEAD` has no ranges: the whole answer's head.
+    let head = Request::head(FILE)
+        .header("range", "bytes=0-4")
+        .body(Full::default())
+        .unwrap();
+    let head = call(&service, head).await;
+    assert_eq!(
+        (head.status(), outcome(&head)),
+        (StatusCode::OK, CacheOutcome::Hit)
+    );
+    assert_eq!(head.headers()["content-length"], "19");
+
+    // A range with no fresh entry goes to the origin as it came: its `206` is neither stored nor shared.
+    const OTHER: &str = "http://api.test/other";
+    let partial = call(&service, get(OTHER, &[("range", "bytes=0-0")])).await;
+    assert_eq!(partial.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        cache_status(&partial),
+        "tower-redis-cache; fwd=bypass; detail=range"
+    );
+    assert_eq!(&body(partial).await[..], b"{");
+    let after = call(&service, get(OTHER, &[])).await;
+    assert!(matches!(
+        outcome(&after),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(origin.calls(), 3);
+}
 
 #[tokio::test]
 async fn a_clients_own_validators_are_answered_by_the_cache_and_never_forwarded() {

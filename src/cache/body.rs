@@ -38,6 +38,14 @@ impl<R> ResponseBody<R> {
         }
     }
 
+    /// The bytes of a complete body not yet read; `None` for one streamed through.
+    pub(crate) fn full_bytes(&self) -> Option<Bytes> {
+        match &self.kind {
+            Kind::Full(bytes) => Some(bytes.clone().unwrap_or_default()),
+            Kind::Streaming { .. } => None,
+        }
+    }
+
     /// The length of a complete body; `None` for one streamed through.
     pub(crate) fn full_len(&self) -> Option<u64> {
         match &self.kind {

@@ -8,8 +8,11 @@
 //!
 //! - requests carrying `Authorization` or `Cookie` bypass the cache unless the layer says how users are told
 //!   apart ([`Credentials`]);
-//! - `Range`, `If-Range` and preconditions (`If-Match`, `If-Unmodified-Since`, and validators on a method other
-//!   than `GET` and `HEAD`) go to the origin, and their responses are not stored;
+//! - preconditions (`If-Match`, `If-Unmodified-Since`, and validators on a method other than `GET` and `HEAD`)
+//!   go to the origin, and their responses are not stored;
+//! - a `GET` with `Range` is answered from a fresh entry only, and [`part_of`] says which part of it (RFC 9110
+//!   §14): a `206` or `416` cut by the cache; with no fresh entry it goes to the origin as it came, and its
+//!   answer is neither stored nor shared. `Range` on any other method goes to the origin;
 //! - a `GET` or `HEAD` carrying the client's own validators (`If-None-Match`, `If-Modified-Since`) is answered
 //!   like any other, then [`not_modified`] says whether the client gets `304 Not Modified` instead (RFC 9111
 //!   §4.3.2): the validators are the client's, so they are evaluated here and never forwarded;
@@ -81,8 +84,11 @@ pub(crate) struct RequestFacts {
     pub(crate) only_if_cached: bool,
     pub(crate) authorization: bool,
     pub(crate) cookie: bool,
-    /// `Range` or `If-Range`.
+    /// `Range`: a `GET` of it is answered from a fresh entry, in part ([`part_of`]); anything else with it goes
+    /// to the origin as it came. (`If-Range` alone means nothing: RFC 9110 §13.1.5.)
     pub(crate) range: bool,
+    /// The method is `GET`, the one method with range semantics (RFC 9110 §14.2).
+    pub(crate) get: bool,
     /// `If-Match` or `If-Unmodified-Since`: preconditions on the origin's state, for the origin to evaluate.
     pub(crate) preconditions: bool,
     /// `If-None-Match` or `If-Modified-Since`: the client's validators of responses it holds, which a cache
@@ -143,7 +149,7 @@ impl RequestFacts {
                 facts.authorization = true;
             } else if name == COOKIE {
                 facts.cookie = true;
-            } else if name == RANGE || name == IF_RANGE {
+            } else if name == RANGE {
                 facts.range = true;
             } else if name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE {
                 facts.validators = true;
@@ -393,6 +399,131 @@ pub(crate) fn not_modified(request: &HeaderMap, status: StatusCode, response: &H
         .is_some_and(|modified| modified <= since)
 }
 
+/// What part of an answer a `GET` with `Range` gets (RFC 9110 §14), from [`part_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// The whole answer, as a server that ignores the `Range` sends it.
+    Whole,
+    /// Bytes `first..=last` of the body, in a `206 Partial Content`.
+    Bytes { first: u64, last: u64 },
+    /// None of the range's bytes exist: `416 Range Not Satisfiable`.
+    Unsatisfiable,
+}
+
+/// What part of the answer with `status`, the `response` headers the cache would send and a body of `len`
+/// bytes a `GET` whose `Range` and `If-Range` fields are among `request` gets (RFC 9110 §14.1.2, §14.2,
+/// §13.1.5).
+///
+/// Only a `200` is divided. One range of bytes is answered: `first-last`, `first-` or `-suffix`; a range that
+/// starts at or past the end, or a suffix of zero, is [`Part::Unsatisfiable`]. Everything a server may ignore
+/// gets the whole answer: several ranges (no `multipart/byteranges` here), another unit, a field that cannot be
+/// read, and an `If-Range` that does not match by the strong comparison (an entity-tag equal to a strong
+/// `ETag`, or a date equal to a `Last-Modified` at least a second before the answer's `Date`).
+pub(crate) fn part_of(
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+    len: u64,
+) -> Part {
+    if status != StatusCode::OK {
+        return Part::Whole;
+    }
+    let mut ranges = request.get_all(RANGE).iter();
+    let (Some(range), None) = (ranges.next(), ranges.next()) else {
+        return Part::Whole;
+    };
+    if !if_range_holds(request, response) {
+        return Part::Whole;
+    }
+    let Some(spec) = byte_range(range) else {
+        return Part::Whole;
+    };
+    match spec {
+        (None, 0) => Part::Unsatisfiable,
+        _ if len == 0 => Part::Unsatisfiable,
+        (None, suffix) => Part::Bytes {
+            first: len.saturating_sub(suffix),
+            last: len - 1,
+        },
+        (Some(first), _) if first >= len => Part::Unsatisfiable,
+        (Some(first), last) => Part::Bytes {
+            first,
+            last: last.min(len - 1),
+        },
+    }
+}
+
+/// The one byte range of a `Range` field value: `(Some(first), last)` for `first-last` (`u64::MAX` for an
+/// open `first-`), `(None, suffix)` for `-suffix`. `None` when the value is not exactly one valid range of the
+/// `bytes` unit.
+fn byte_range(value: &HeaderValue) -> Option<(Option<u64>, u64)> {
+    let value = value.to_str().ok()?.trim_matches([' ', '\t']);
+    let (unit, set) = value.split_once('=')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    // Empty list elements are allowed and skipped (RFC 9110 §5.6.1.2).
+    let mut specs = set
+        .split(',')
+        .map(|spec| spec.trim_matches([' ', '\t']))
+        .filter(|spec| !spec.is_empty());
+    let (Some(spec), None) = (specs.next(), specs.next()) else {
+        return None;
+    };
+    let (first, last) = spec.split_once('-')?;
+    let number = |digits: &str| {
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse::<u64>().ok())
+            .flatten()
+    };
+    if first.is_empty() {
+        return Some((None, number(last)?));
+    }
+    let first = number(first)?;
+    if last.is_empty() {
+        return Some((Some(first), u64::MAX));
+    }
+    let last = number(last)?;
+    (first <= last).then_some((Some(first), last))
+}
+
+/// Whether the request's `If-Range`, if any, holds for the answer with the `response` headers: exactly one
+/// field, naming the answer by the strong comparison.
+fn if_range_holds(request: &HeaderMap, response: &HeaderMap) -> bool {
+    let mut fields = request.get_all(IF_RANGE).iter();
+    let field = match (fields.next(), fields.next()) {
+        (None, _) => return true,
+        (Some(field), None) => field,
+        _ => return false,
+    };
+    let Ok(text) = field.to_str() else {
+        return false;
+    };
+    let text = text.trim_matches([' ', '\t']);
+    if text.starts_with('"') || text.starts_with("W/") {
+        let mut etags = response.get_all(ETAG).iter();
+        return match (etags.next(), etags.next()) {
+            (Some(etag), None) => etag
+                .to_str()
+                .ok()
+                .and_then(strong_entity_tag)
+                .is_some_and(|etag| strong_entity_tag(text) == Some(etag)),
+            _ => false,
+        };
+    }
+    let Some(date) = http_date(field) else {
+        return false;
+    };
+    let modified = response.get(LAST_MODIFIED).and_then(http_date);
+    let sent = response.get(DATE).and_then(http_date);
+    match (modified, sent) {
+        (Some(modified), Some(sent)) => {
+            modified == date && modified + std::time::Duration::from_secs(1) <= sent
+        }
+        _ => false,
+    }
+}
+
 /// Whether one `If-None-Match` field value names the answer whose entity-tag's opaque part is `etag`: it is `*`,
 /// or one of its entity-tags has that opaque part (the weak comparison: `W/` does not count). `None` when the
 /// value is neither `*` nor a list of entity-tags.
@@ -417,6 +548,16 @@ fn none_match_hits(value: &HeaderValue, etag: Option<&str>) -> Option<bool> {
         }
     }
     (tags > 0).then_some(hit)
+}
+
+/// The opaque part (quotes included) of a field value that is exactly one strong entity-tag: a weak one never
+/// matches by the strong comparison (RFC 9110 §8.8.3.2).
+fn strong_entity_tag(value: &str) -> Option<&str> {
+    let value = value.trim_matches([' ', '\t']);
+    if value.starts_with("W/") {
+        return None;
+    }
+    single_entity_tag(value)
 }
 
 /// The opaque part (quotes included) of an `ETag` field value that is exactly one entity-tag.
@@ -467,7 +608,7 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Some(BypassReason::Authorization)
     } else if request.cookie && unshared_credentials {
         Some(BypassReason::Cookie)
-    } else if request.range {
+    } else if request.range && !request.get {
         Some(BypassReason::Range)
     } else if request.preconditions || (request.validators && !request.get_or_head) {
         Some(BypassReason::Conditional)
@@ -488,9 +629,13 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
     };
     if request.no_cache {
         // Revalidate: no stored answer, the response replaces the entry.
-        return forward(Fwd::Request, true, false);
+        return if request.range {
+            Action::Bypass(BypassReason::Range)
+        } else {
+            forward(Fwd::Request, true, false)
+        };
     }
-    match lookup {
+    let action = match lookup {
         Lookup::NotRead => Action::Read,
         Lookup::Absent => forward(Fwd::UriMiss, true, false),
         Lookup::Failed => forward(Fwd::UriMiss, false, false),
@@ -501,6 +646,14 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Lookup::Found(stored) if now < stored.fresh_until => Action::ServeFresh,
         Lookup::Found(stored) if now < stored.stale_until => Action::ServeStale,
         Lookup::Found(stored) => forward(Fwd::UriMiss, true, stored.usable_on_error(now)),
+    };
+    // A range is answered only from a fresh entry. Anything else goes to the origin as it came: its `206` is
+    // neither stored nor shared, and a stale entry is not served, since its refresh would ask for the range.
+    match action {
+        Action::Forward(_) | Action::ServeStale if request.range => {
+            Action::Bypass(BypassReason::Range)
+        }
+        action => action,
     }
 }
 
@@ -734,6 +887,62 @@ mod tests {
     }
 
     #[test]
+    fn a_range_of_a_200_is_cut_when_it_is_one_byte_range_and_if_range_holds() {
+        const MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+        const A_SECOND_LATER: &str = "Sun, 06 Nov 1994 08:49:38 GMT";
+        let ok = StatusCode::OK;
+        let bytes = |first, last| Part::Bytes { first, last };
+        let dated = vec![
+            ("etag", "\"a\""),
+            ("last-modified", MODIFIED),
+            ("date", A_SECOND_LATER),
+        ];
+        type Fields = Vec<(&'static str, &'static str)>;
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Fields, StatusCode, Fields, u64, Part)> = vec![
+            ("first to last", vec![("range", "bytes=0-4")], ok, vec![], 10, bytes(0, 4)),
+            ("one byte", vec![("range", "bytes=3-3")], ok, vec![], 10, bytes(3, 3)),
+            ("from a byte on", vec![("range", "bytes=7-")], ok, vec![], 10, bytes(7, 9)),
+            ("the last bytes", vec![("range", "bytes=-3")], ok, vec![], 10, bytes(7, 9)),
+            ("a suffix longer than the body", vec![("range", "bytes=-30")], ok, vec![], 10, bytes(0, 9)),
+            ("past the end, cut at it", vec![("range", "bytes=5-99")], ok, vec![], 10, bytes(5, 9)),
+            ("the unit in capitals, spaces around", vec![("range", " BYTES=1-2 ")], ok, vec![], 10, bytes(1, 2)),
+            ("empty list elements", vec![("range", "bytes=, 1-2 ,")], ok, vec![], 10, bytes(1, 2)),
+            ("starting at the end", vec![("range", "bytes=10-")], ok, vec![], 10, Part::Unsatisfiable),
+            ("a suffix of nothing", vec![("range", "bytes=-0")], ok, vec![], 10, Part::Unsatisfiable),
+            ("of an empty body", vec![("range", "bytes=0-0")], ok, vec![], 0, Part::Unsatisfiable),
+            ("two ranges", vec![("range", "bytes=0-1,4-5")], ok, vec![], 10, Part::Whole),
+            ("two fields", vec![("range", "bytes=0-1"), ("range", "bytes=0-1")], ok, vec![], 10, Part::Whole),
+            ("last before first", vec![("range", "bytes=5-4")], ok, vec![], 10, Part::Whole),
+            ("another unit", vec![("range", "items=0-4")], ok, vec![], 10, Part::Whole),
+            ("no unit", vec![("range", "0-4")], ok, vec![], 10, Part::Whole),
+            ("a sign", vec![("range", "bytes=+1-4")], ok, vec![], 10, Part::Whole),
+            ("no dash", vec![("range", "bytes=4")], ok, vec![], 10, Part::Whole),
+            ("no numbers", vec![("range", "bytes=-")], ok, vec![], 10, Part::Whole),
+            ("a number too large to read", vec![("range", "bytes=99999999999999999999999-")], ok, vec![], 10, Part::Whole),
+            ("not a 200", vec![("range", "bytes=0-4")], StatusCode::NON_AUTHORITATIVE_INFORMATION, vec![], 10, Part::Whole),
+            ("no range", vec![("if-range", "\"a\"")], ok, vec![("etag", "\"a\"")], 10, Part::Whole),
+            ("if-range: the tag", vec![("range", "bytes=0-4"), ("if-range", "\"a\"")], ok, dated.clone(), 10, bytes(0, 4)),
+            ("if-range: another tag", vec![("range", "bytes=0-4"), ("if-range", "\"b\"")], ok, dated.clone(), 10, Part::Whole),
+            ("if-range: a weak tag", vec![("range", "bytes=0-4"), ("if-range", "W/\"a\"")], ok, dated.clone(), 10, Part::Whole),
+            ("if-range: a weak answer", vec![("range", "bytes=0-4"), ("if-range", "\"a\"")], ok, vec![("etag", "W/\"a\"")], 10, Part::Whole),
+            ("if-range: the date", vec![("range", "bytes=0-4"), ("if-range", MODIFIED)], ok, dated.clone(), 10, bytes(0, 4)),
+            ("if-range: another date", vec![("range", "bytes=0-4"), ("if-range", A_SECOND_LATER)], ok, dated.clone(), 10, Part::Whole),
+            ("if-range: modified as it was sent", vec![("range", "bytes=0-4"), ("if-range", MODIFIED)], ok, vec![("last-modified", MODIFIED), ("date", MODIFIED)], 10, Part::Whole),
+            ("if-range: no date sent", vec![("range", "bytes=0-4"), ("if-range", MODIFIED)], ok, vec![("last-modified", MODIFIED)], 10, Part::Whole),
+            ("if-range: unreadable", vec![("range", "bytes=0-4"), ("if-range", "soon")], ok, dated.clone(), 10, Part::Whole),
+            ("if-range: twice", vec![("range", "bytes=0-4"), ("if-range", "\"a\""), ("if-range", "\"a\"")], ok, dated, 10, Part::Whole),
+        ];
+        for (name, request, status, response, len, expected) in cases {
+            assert_eq!(
+                part_of(&head(&request), status, &head(&response), len),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn the_clients_validators_turn_a_2xx_answer_into_a_304_only_when_they_match_it() {
         const MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
         const BEFORE: &str = "Sun, 06 Nov 1994 08:49:36 GMT";
@@ -796,7 +1005,7 @@ mod tests {
                 ("cache-control", "max-age=0, No-Cache"),
                 ("authorization", "Bearer a"),
                 ("cookie", "s=1"),
-                ("if-range", "\"e\""),
+                ("range", "bytes=0-1"),
                 ("if-none-match", "\"e\""),
                 ("if-match", "\"e\""),
                 ("content-length", "11"),
@@ -820,6 +1029,9 @@ mod tests {
                 ..RequestFacts::default()
             }
         );
+        // `If-Range` without `Range` means nothing (RFC 9110 §13.1.5).
+        let if_range = RequestFacts::read(&head(&[("if-range", "\"e\"")]), true, 10);
+        assert!(!if_range.range);
         let pragma = RequestFacts::read(&head(&[("pragma", "no-cache")]), true, 10);
         assert!(pragma.no_cache);
         let both = RequestFacts::read(
@@ -898,7 +1110,17 @@ mod tests {
             ("cookie", &shared, with(|f| f.cookie = true), fresh, 1_000, Action::Bypass(BypassReason::Cookie)),
             ("authorization, keyed", &in_key, with(|f| f.authorization = true), fresh, 1_000, Action::ServeFresh),
             ("cookie, partitioned", &partition, with(|f| f.cookie = true), fresh, 1_000, Action::ServeFresh),
-            ("range", &in_key, with(|f| f.range = true), fresh, 1_000, Action::Bypass(BypassReason::Range)),
+            ("range, not a GET", &in_key, with(|f| f.range = true), fresh, 1_000, Action::Bypass(BypassReason::Range)),
+            // A `GET`'s range is answered from a fresh entry only; anything else goes to the origin as it came.
+            ("range of a GET: read first", &shared, with(|f| { f.range = true; f.get = true }), Lookup::NotRead, 1_000, Action::Read),
+            ("range of a GET: fresh", &shared, with(|f| { f.range = true; f.get = true }), fresh, 1_000, Action::ServeFresh),
+            ("range of a GET: stale", &shared, with(|f| { f.range = true; f.get = true }), fresh, 2_500, Action::Bypass(BypassReason::Range)),
+            ("range of a GET: absent", &shared, with(|f| { f.range = true; f.get = true }), Lookup::Absent, 1_000, Action::Bypass(BypassReason::Range)),
+            ("range of a GET: store failed", &shared, with(|f| { f.range = true; f.get = true }), Lookup::Failed, 1_000, Action::Bypass(BypassReason::Range)),
+            ("range of a GET: another variant", &shared, with(|f| { f.range = true; f.get = true }), other_variant, 1_000, Action::Bypass(BypassReason::Range)),
+            ("range of a GET: stale-if-error only", &shared, with(|f| { f.range = true; f.get = true }), fresh, 3_500, Action::Bypass(BypassReason::Range)),
+            ("range of a GET: no-cache", &shared, with(|f| { f.range = true; f.get = true; f.no_cache = true }), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::Range)),
+            ("range of a GET: only-if-cached, absent", &shared, with(|f| { f.range = true; f.get = true; f.only_if_cached = true }), Lookup::Absent, 1_000, Action::OnlyIfCachedMiss),
             ("if-match", &shared, with(|f| f.preconditions = true), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
             ("if-match on a GET", &shared, with(|f| { f.preconditions = true; f.get_or_head = true }), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
             ("validators of a GET", &shared, with(|f| { f.validators = true; f.get_or_head = true }), fresh, 1_000, Action::ServeFresh),
@@ -1072,6 +1294,19 @@ mod tests {
     }
 
     fn model_with_origin(rules: &Rules, r: &RequestFacts, lookup: Lookup, now: u64) -> Action {
+        // A range is cut from a fresh entry; whatever else it would get comes from the origin, as it asked.
+        let action = model_whole(rules, r, lookup, now);
+        let from_entry = matches!(
+            action,
+            Action::Read | Action::ServeFresh | Action::Bypass(_)
+        );
+        if r.range && !from_entry {
+            return Action::Bypass(BypassReason::Range);
+        }
+        action
+    }
+
+    fn model_whole(rules: &Rules, r: &RequestFacts, lookup: Lookup, now: u64) -> Action {
         // Would answering from the cache be wrong whatever it holds?
         let credentials_allowed = !matches!(rules.credentials, Credentials::Bypass);
         let reasons = [
@@ -1083,7 +1318,8 @@ mod tests {
                 BypassReason::Authorization,
             ),
             (r.cookie && !credentials_allowed, BypassReason::Cookie),
-            (r.range, BypassReason::Range),
+            // Only a `GET` has range semantics.
+            (r.range && !r.get, BypassReason::Range),
             // Validators a cache answers only for a `GET` or `HEAD`; preconditions never.
             (
                 r.preconditions || (r.validators && !r.get_or_head),
@@ -1150,13 +1386,13 @@ mod tests {
     fn arb_facts() -> impl Strategy<Value = RequestFacts> {
         (
             prop::array::uniform8(any::<bool>()),
-            prop::array::uniform4(any::<bool>()),
+            prop::array::uniform5(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
         )
             .prop_map(
                 |(
                     b,
-                    [skip, only_if_cached, validators, get_or_head],
+                    [skip, only_if_cached, validators, get_or_head, get],
                     (max_age, min_fresh, max_stale),
                 )| RequestFacts {
                     method_cacheable: b[0],
@@ -1170,6 +1406,7 @@ mod tests {
                     skip,
                     validators,
                     get_or_head,
+                    get,
                     max_age,
                     min_fresh,
                     max_stale,
@@ -1238,8 +1475,35 @@ mod tests {
         ) {
             let action = decide(&rules(Credentials::Bypass), &facts, lookup, now);
             let served = matches!(action, Action::ServeFresh | Action::ServeStale);
-            if facts.authorization || facts.cookie || facts.range || facts.preconditions || facts.no_cache {
+            let range_unanswerable = facts.range && !facts.get;
+            if facts.authorization || facts.cookie || range_unanswerable || facts.preconditions || facts.no_cache {
                 prop_assert!(!served, "{:?} answered from the store for {:?}", action, facts);
+            }
+            // A range is cut from a fresh entry or asked of the origin as it came: never stale, never shared.
+            if facts.range {
+                let forwarded = matches!(action, Action::Forward(_) | Action::ServeStale);
+                prop_assert!(!forwarded, "{:?} for a range: {:?}", action, facts);
+            }
+        }
+
+        /// Any `Range` and `If-Range` values are read without a panic, and a part is always within the body.
+        #[test]
+        fn any_range_is_read_and_a_part_is_always_within_the_body(
+            range in "(bytes=)?[-0-9, ]{0,16}|[ -~]{0,24}",
+            if_range in prop::option::of("[ -~]{0,24}"),
+            len in prop_oneof![0..20u64, any::<u64>()],
+        ) {
+            let field = |v: &str| HeaderValue::from_str(v).ok();
+            let mut request = HeaderMap::new();
+            if let Some(range) = field(&range) {
+                request.insert(RANGE, range);
+            }
+            if let Some(value) = if_range.as_deref().and_then(field) {
+                request.insert(IF_RANGE, value);
+            }
+            let response = head(&[("etag", "\"a\"")]);
+            if let Part::Bytes { first, last } = part_of(&request, StatusCode::OK, &response, len) {
+                prop_assert!(first <= last && last < len, "{first}-{last} of {len} for {range:?}");
             }
         }
 

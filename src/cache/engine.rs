@@ -10,8 +10,8 @@ use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
-    Action, Forward, Fwd, Lookup, RequestFacts, ResponseFacts, Rules, Verdict, also_stale, decide,
-    invalidates, judge, may_invalidate, not_modified, serve_stale_on_error,
+    Action, Forward, Fwd, Lookup, Part, RequestFacts, ResponseFacts, Rules, Verdict, also_stale,
+    decide, invalidates, judge, may_invalidate, not_modified, part_of, serve_stale_on_error,
 };
 use super::entry::{Entry, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
@@ -29,7 +29,8 @@ use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::{
     AGE, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
-    CONTENT_TYPE, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, LOCATION, TRANSFER_ENCODING,
+    CONTENT_TYPE, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LOCATION, RANGE,
+    TRANSFER_ENCODING,
 };
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version, request,
@@ -281,6 +282,7 @@ impl Policy {
                 || self.origin_freshness_others);
         facts.unsafe_method = !is_safe(&parts.method);
         facts.get_or_head = parts.method == Method::GET || parts.method == Method::HEAD;
+        facts.get = parts.method == Method::GET;
         facts
     }
 
@@ -328,17 +330,6 @@ fn is_safe(method: &Method) -> bool {
 /// ([`not_modified`]) and never forwards them, since the origin's `304` would confirm what the client holds,
 /// not what the cache may store and share (RFC 9111 §4.3.2).
 const CLIENT_VALIDATORS: [HeaderName; 2] = [IF_NONE_MATCH, IF_MODIFIED_SINCE];
-
-/// The client's own validators among `headers`, kept for [`Engine::validated`].
-pub(crate) fn client_validators(headers: &HeaderMap) -> HeaderMap {
-    let mut kept = HeaderMap::new();
-    for name in CLIENT_VALIDATORS {
-        for value in headers.get_all(&name) {
-            kept.append(name.clone(), value.clone());
-        }
-    }
-    kept
-}
 
 /// The headers of an origin call for a cached request: the client's own validators taken out, the cache's
 /// `extra` ones (a stored response's, or none) put in.
@@ -1221,7 +1212,7 @@ impl Engine {
     }
 
     /// `response`, or a `304 Not Modified` in its place when the client's validators (`request`: the request's
-    /// headers, or the [`client_validators`] kept from them) show that it holds that response already
+    /// headers, or the fields a [`Finish`] kept from them) show that it holds that response already
     /// ([`not_modified`]). The `304` keeps the answer's header fields but those that describe a body it no
     /// longer has (RFC 9110 §15.4.5).
     pub(crate) fn validated<B>(
@@ -1249,24 +1240,51 @@ impl Engine {
     }
 }
 
-/// What an answer still needs before it goes to its caller: its body dropped, for a `HEAD` answered as its
-/// `GET` ([`head_answer`]), and the client's own validators evaluated on it ([`Engine::validated`]).
+/// What an answer still needs before it goes to its caller, in the order RFC 9110 §13.2.2 evaluates it: its
+/// body dropped, for a `HEAD` answered as its `GET` ([`head_answer`]); the client's own validators evaluated on
+/// it ([`Engine::validated`]); then the part of it a `Range` asks for ([`Engine::ranged`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Steps {
+    head: bool,
+    validators: bool,
+    range: bool,
+}
+
+impl Steps {
+    /// The steps the answer to a request with `facts` needs, if any; `head`: it is a `HEAD` answered as its
+    /// `GET`.
+    #[inline]
+    pub(crate) fn of(facts: &RequestFacts, head: bool) -> Option<Steps> {
+        (head || facts.validators || facts.range).then_some(Steps {
+            head,
+            validators: facts.validators,
+            range: facts.range,
+        })
+    }
+}
+
+/// The request fields the [`Steps`] read.
+const STEP_FIELDS: [HeaderName; 4] = [IF_NONE_MATCH, IF_MODIFIED_SINCE, RANGE, IF_RANGE];
+
+/// [`Steps`] with the request fields they read, kept for an answer that comes later (the request's head goes
+/// on to the origin call).
 pub(crate) struct Finish {
-    pub(crate) head: bool,
-    /// The client's own validators ([`client_validators`]), when it sent some.
-    pub(crate) validators: Option<HeaderMap>,
+    steps: Steps,
+    fields: HeaderMap,
 }
 
 impl Finish {
-    /// What the answer to a request with `headers` and `facts` needs, if anything; `head`: it is a `HEAD`
-    /// answered as its `GET`.
+    /// What the answer to a request with `headers` and `facts` needs, if anything ([`Steps::of`]).
     #[inline]
     pub(crate) fn of(headers: &HeaderMap, facts: &RequestFacts, head: bool) -> Option<Finish> {
-        if !head && !facts.validators {
-            return None;
+        let steps = Steps::of(facts, head)?;
+        let mut fields = HeaderMap::new();
+        for name in STEP_FIELDS {
+            for value in headers.get_all(&name) {
+                fields.append(name.clone(), value.clone());
+            }
         }
-        let validators = facts.validators.then(|| client_validators(headers));
-        Some(Finish { head, validators })
+        Some(Finish { steps, fields })
     }
 }
 
@@ -1277,22 +1295,84 @@ impl Engine {
         finish: &Finish,
         response: Response<ResponseBody<B>>,
     ) -> Response<ResponseBody<B>> {
-        let response = if finish.head {
+        self.finish_with(finish.steps, &finish.fields, response)
+    }
+
+    /// `response` after `steps`, which read the `request` headers.
+    pub(crate) fn finish_with<B>(
+        &self,
+        steps: Steps,
+        request: &HeaderMap,
+        response: Response<ResponseBody<B>>,
+    ) -> Response<ResponseBody<B>> {
+        let response = if steps.head {
             head_answer(response)
         } else {
             response
         };
-        match &finish.validators {
-            Some(validators) => self.validated(validators, response),
-            None => response,
+        let response = if steps.validators {
+            self.validated(request, response)
+        } else {
+            response
+        };
+        if steps.range {
+            self.ranged(request, response)
+        } else {
+            response
         }
+    }
+
+    /// `response`, or the part of it that the `Range` among the `request` headers asks for ([`part_of`]): a
+    /// `206 Partial Content` with that slice of the body and its `Content-Range`, or a `416 Range Not
+    /// Satisfiable` saying how long the body is. Only a complete body is divided; one streamed through from the
+    /// origin goes whole.
+    pub(crate) fn ranged<B>(
+        &self,
+        request: &HeaderMap,
+        response: Response<ResponseBody<B>>,
+    ) -> Response<ResponseBody<B>> {
+        let Some(bytes) = response.body().full_bytes() else {
+            return response;
+        };
+        let len = bytes.len() as u64;
+        let (status, range, body) =
+            match part_of(request, response.status(), response.headers(), len) {
+                Part::Whole => return response,
+                // Both ends are within the body, whose length is a `usize`.
+                Part::Bytes { first, last } => (
+                    StatusCode::PARTIAL_CONTENT,
+                    format!("bytes {first}-{last}/{len}"),
+                    bytes.slice(first as usize..=last as usize),
+                ),
+                Part::Unsatisfiable => (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    format!("bytes */{len}"),
+                    Bytes::new(),
+                ),
+            };
+        bump(&self.counters.partial);
+        let (mut parts, _whole) = response.into_parts();
+        parts.status = status;
+        if status == StatusCode::RANGE_NOT_SATISFIABLE {
+            // Nothing of the representation is sent: no field describes it.
+            for name in [CONTENT_TYPE, CONTENT_ENCODING, CONTENT_LANGUAGE] {
+                parts.headers.remove(name);
+            }
+        }
+        if let Ok(range) = HeaderValue::try_from(range) {
+            parts.headers.insert(CONTENT_RANGE, range);
+        }
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Response::from_parts(parts, ResponseBody::full(body))
     }
 }
 
 /// The answer to a `HEAD` from the answer to its `GET` (RFC 9110 §9.3.2): the same status and header fields,
 /// without the body. When the origin did not say how long that body is, `Content-Length` says it (a complete
 /// body's; a body streamed through from the origin is dropped unread, and its length is not known).
-pub(crate) fn head_answer<B>(response: Response<ResponseBody<B>>) -> Response<ResponseBody<B>> {
+fn head_answer<B>(response: Response<ResponseBody<B>>) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
     let bodiless = parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT

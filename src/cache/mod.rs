@@ -50,8 +50,9 @@
 //! - it carries `Cache-Control: no-store`;
 //! - it carries `Authorization` or `Cookie`, unless the layer says how users are told apart
 //!   ([`Credentials`]: each credential in the key, or the one user the partition names);
-//! - it asks for part of a response (`Range`, `If-Range`) or sets a precondition for the origin (`If-Match`,
-//!   `If-Unmodified-Since`; `If-None-Match` or `If-Modified-Since` on a method other than `GET` and `HEAD`);
+//! - it asks for part of a response (`Range`) with a method other than `GET`, or sets a precondition for the
+//!   origin (`If-Match`, `If-Unmodified-Since`; `If-None-Match` or `If-Modified-Since` on a method other than
+//!   `GET` and `HEAD`);
 //! - its body is over the cap (by `Content-Length`, or found while reading it: what was read then goes on
 //!   chained with the rest of the stream, never held whole).
 //!
@@ -83,6 +84,12 @@
 //! has no body and keeps the answer's headers but those describing the body (counted in
 //! [`CacheStats::not_modified`]). The client's validators are never forwarded: the origin's `304` to them
 //! could be neither stored nor shared.
+//!
+//! A `GET` with `Range` is answered from a fresh entry only, cut by the cache (RFC 9110 §14): one byte range
+//! gets `206 Partial Content` with `Content-Range`, a range past the end `416 Range Not Satisfiable`, and
+//! several ranges, or an `If-Range` that does not match the entry by the strong comparison, the whole answer
+//! (counted in [`CacheStats::partial`]). With no fresh entry it goes to the origin as it came
+//! (`fwd=bypass; detail=range`): the origin's `206` is neither stored nor shared.
 //!
 //! A `HEAD` is answered from the entry of the `GET` of the same request (RFC 9110 §9.3.2), whenever both
 //! methods are cached: it is keyed, coalesced and stored as that `GET`, and its answer is the `GET`'s status

@@ -4,8 +4,8 @@ use super::body::ResponseBody;
 use super::budget::ByteBudget;
 use super::decision::{Action, RequestFacts};
 use super::engine::{
-    Engine, Fetch, FetchFuture, Finish, NearProbe, StaleTargets, buffer_response, decorate,
-    head_answer, with_validators,
+    Engine, Fetch, FetchFuture, Finish, NearProbe, StaleTargets, Steps, buffer_response, decorate,
+    with_validators,
 };
 use super::future::ResponseFuture;
 use super::key::short_hex;
@@ -119,6 +119,10 @@ where
             parts.method = Method::GET;
         }
         let mut facts = engine.policy.facts(&parts);
+        if head {
+            // A `HEAD` has no range semantics (RFC 9110 §14.2): its `Range` is ignored.
+            facts.range = false;
+        }
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
             if head {
@@ -151,16 +155,10 @@ where
                             span.record("key", short_hex(&digest).as_str());
                             span.record("outcome", CacheOutcome::Hit.as_str());
                         }
-                        let response = if head {
-                            head_answer(response)
-                        } else {
-                            response
-                        };
-                        // The client's own `If-None-Match` / `If-Modified-Since` are evaluated on the answer.
-                        let response = if facts.validators {
-                            engine.validated(&parts.headers, response)
-                        } else {
-                            response
+                        // A `HEAD`'s answer, the client's own validators and its `Range`.
+                        let response = match Steps::of(&facts, head) {
+                            Some(steps) => engine.finish_with(steps, &parts.headers, response),
+                            None => response,
                         };
                         return ResponseFuture::ready(Ok(response));
                     }

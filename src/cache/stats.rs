@@ -78,6 +78,7 @@ pub(crate) struct Counters {
     pub(crate) only_if_cached_misses: Counter,
     pub(crate) stores_fenced: Counter,
     pub(crate) not_modified: Counter,
+    pub(crate) partial: Counter,
 }
 
 impl Counters {
@@ -152,6 +153,7 @@ impl Counters {
             ),
             stores_fenced: Counter::new("tower_redis_cache_stores_fenced_total", &namespace),
             not_modified: Counter::new("tower_redis_cache_not_modified_total", &namespace),
+            partial: Counter::new("tower_redis_cache_partial_total", &namespace),
         }
     }
 
@@ -189,6 +191,7 @@ impl Counters {
             only_if_cached_misses: self.only_if_cached_misses.get(),
             stores_fenced: self.stores_fenced.get(),
             not_modified: self.not_modified.get(),
+            partial: self.partial.get(),
             in_flight_bytes: 0,
         }
     }
@@ -277,6 +280,9 @@ pub struct CacheStats {
     /// Answers replaced by a `304 Not Modified` because the client's own `If-None-Match` or `If-Modified-Since`
     /// showed that it holds the response already (RFC 9111 §4.3.2).
     pub not_modified: u64,
+    /// Answers replaced by part of themselves because the request asked for a `Range` of a stored response: a
+    /// `206 Partial Content`, or a `416 Range Not Satisfiable` for a range past its end (RFC 9110 §14).
+    pub partial: u64,
     /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
     /// `max_in_flight_bytes`.
     pub in_flight_bytes: u64,

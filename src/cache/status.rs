@@ -144,7 +144,8 @@ pub enum BypassReason {
     Authorization,
     /// The request carried `Cookie`, and the layer does not say how users are told apart.
     Cookie,
-    /// The request asked for part of a response (`Range` or `If-Range`).
+    /// The request asked for part of a response (`Range`): on a method other than `GET`, or on a `GET` with no
+    /// fresh entry to cut it from.
     Range,
     /// A precondition for the origin to evaluate: `If-Match` or `If-Unmodified-Since`, or `If-None-Match` /
     /// `If-Modified-Since` on a method other than `GET` and `HEAD`. (The validators of a `GET` or `HEAD` are
