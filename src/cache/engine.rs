@@ -1128,7 +1128,8 @@ impl Engine {
             }
         }
         // Keyed as a `GET` and a `HEAD` are: without a body (and so without the `Content-Type` that is part of
-        // the key of a request with one).
+        // the key of a request with one). The `HEAD` entries go too when this layer answers a `HEAD` as its
+        // `GET`: a process that does not (another setting, an older version mid-deploy) may have stored them.
         let keys: Vec<CacheKey> = uris
             .iter()
             .flat_map(|uri| {
