@@ -808,6 +808,13 @@ async fn uncacheable_methods_bypass_and_errors_are_not_stored() {
 
 const ITEM: &str = "https://api.example.com/items/1";
 
+/// A layer with the default methods (`GET`, `HEAD`, `QUERY`), for the `HEAD` tests.
+async fn heads_layer(server: &RedisServer) -> tower_redis_cache::cache::RedisCacheLayerBuilder {
+    RedisCacheLayer::builder(redis_store(server).await)
+        .namespace("heads")
+        .store_timeout(Duration::from_secs(2))
+}
+
 fn item(method: Method, headers: &[(&str, &str)]) -> Request<Full<bytes::Bytes>> {
     let mut request = Request::builder().method(method).uri(ITEM);
     for (name, value) in headers {
@@ -822,11 +829,7 @@ async fn a_head_is_answered_from_the_entry_of_its_get() {
     let server = RedisServer::start();
     let origin = Origin::new();
     origin.set_etag("\"v1\"");
-    let layer = RedisCacheLayer::builder(redis_store(&server).await)
-        .namespace("heads")
-        .store_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let layer = heads_layer(&server).await.build().unwrap();
     let service = layer.layer_service(origin.service());
     let whole = br#"{"n":1,"echo":null}"#;
 
@@ -886,9 +889,9 @@ async fn a_head_is_answered_from_the_entry_of_its_get() {
         ("own-heads", false, vec![Method::GET, Method::HEAD]),
         ("no-gets", true, vec![Method::HEAD]),
     ] {
-        let layer = RedisCacheLayer::builder(redis_store(&server).await)
+        let layer = heads_layer(&server)
+            .await
             .namespace(namespace)
-            .store_timeout(Duration::from_secs(2))
             .head_from_get(head_from_get)
             .methods(methods)
             .build()
@@ -916,11 +919,7 @@ async fn a_head_is_answered_from_the_entry_of_its_get() {
 async fn a_head_and_a_get_arriving_together_make_one_origin_call() {
     let server = RedisServer::start();
     let origin = Origin::new();
-    let layer = RedisCacheLayer::builder(redis_store(&server).await)
-        .namespace("heads")
-        .store_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let layer = heads_layer(&server).await.build().unwrap();
     let service = layer.layer_service(origin.service());
     origin.close();
     let tasks: Vec<_> = [Method::HEAD, Method::GET, Method::HEAD]
@@ -957,12 +956,7 @@ async fn a_head_and_a_get_arriving_together_make_one_origin_call() {
 async fn a_head_whose_get_is_over_the_cap_is_answered_without_its_body() {
     let server = RedisServer::start();
     let origin = Origin::new();
-    let layer = RedisCacheLayer::builder(redis_store(&server).await)
-        .namespace("heads")
-        .store_timeout(Duration::from_secs(2))
-        .max_body_size(8)
-        .build()
-        .unwrap();
+    let layer = heads_layer(&server).await.max_body_size(8).build().unwrap();
     let service = layer.layer_service(origin.service());
     for n in 1..=2 {
         let response = call(&service, item(Method::HEAD, &[])).await;
