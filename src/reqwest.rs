@@ -40,7 +40,7 @@ use crate::cache::ResponseBody;
 use crate::cache::budget::ByteBudget;
 use crate::cache::decision::Action;
 use crate::cache::engine::{
-    Engine, Fetch, FetchFuture, Finish, NearProbe, Origin, buffer_response, with_validators,
+    Engine, Fetch, FetchFuture, Finish, NearProbe, Origin, Steps, buffer_response, with_validators,
 };
 use crate::error::BoxError;
 use ::reqwest::{Body, Request, ResponseBuilderExt, Url};
@@ -214,7 +214,7 @@ impl Middleware for CacheMiddleware {
         let url = request.url().clone();
         // What the answer needs on its way back: the client's own `If-None-Match` / `If-Modified-Since` are
         // evaluated on it, not forwarded.
-        let finishing = Finish::of(&parts.headers, &facts, head);
+        let finishing = Steps::of(&facts, head).map(|steps| Finish::new(steps, &parts.headers));
         if head {
             *request.method_mut() = http::Method::GET;
         }

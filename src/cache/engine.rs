@@ -1275,17 +1275,15 @@ pub(crate) struct Finish {
 }
 
 impl Finish {
-    /// What the answer to a request with `headers` and `facts` needs, if anything ([`Steps::of`]).
-    #[inline]
-    pub(crate) fn of(headers: &HeaderMap, facts: &RequestFacts, head: bool) -> Option<Finish> {
-        let steps = Steps::of(facts, head)?;
+    /// `steps`, with the fields they read kept from the request's `headers`.
+    pub(crate) fn new(steps: Steps, headers: &HeaderMap) -> Finish {
         let mut fields = HeaderMap::new();
         for name in STEP_FIELDS {
             for value in headers.get_all(&name) {
                 fields.append(name.clone(), value.clone());
             }
         }
-        Some(Finish { steps, fields })
+        Finish { steps, fields }
     }
 }
 

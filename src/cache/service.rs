@@ -167,8 +167,8 @@ where
                 let (engine, inner) = (engine.clone(), self.inner.clone());
                 // What the answer needs on its way back (the client's own validators are kept for it: the
                 // origin never sees them).
-                let finishing =
-                    Finish::of(&parts.headers, &facts, head).map(|then| (engine.clone(), then));
+                let finishing = Steps::of(&facts, head)
+                    .map(|steps| (engine.clone(), Finish::new(steps, &parts.headers)));
                 let lookup = keyed(
                     engine, inner, parts, bytes, digest, facts, action, probe, &span,
                 );
@@ -207,7 +207,8 @@ where
                             .keys
                             .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
                     let probe = NearProbe::Unasked;
-                    let finishing = Finish::of(&parts.headers, &facts, head);
+                    let finishing =
+                        Steps::of(&facts, head).map(|steps| Finish::new(steps, &parts.headers));
                     let answer = keyed(
                         engine.clone(),
                         inner,
