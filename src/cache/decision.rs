@@ -410,9 +410,9 @@ pub(crate) enum Part {
     Unsatisfiable,
 }
 
-/// What part of the answer with `status`, the `response` headers the cache would send and a body of `len`
-/// bytes a `GET` whose `Range` and `If-Range` fields are among `request` gets (RFC 9110 §14.1.2, §14.2,
-/// §13.1.5).
+/// The part of an answer (its `status`, the `response` headers the cache would send, a body of `len` bytes)
+/// that a `GET` gets for the `Range` and `If-Range` fields among its `request` headers (RFC 9110 §14.1.2,
+/// §14.2, §13.1.5).
 ///
 /// Only a `200` is divided. One range of bytes is answered: `first-last`, `first-` or `-suffix`; a range that
 /// starts at or past the end, or a suffix of zero, is [`Part::Unsatisfiable`]. Everything a server may ignore
@@ -518,7 +518,10 @@ fn if_range_holds(request: &HeaderMap, response: &HeaderMap) -> bool {
     let sent = response.get(DATE).and_then(http_date);
     match (modified, sent) {
         (Some(modified), Some(sent)) => {
-            modified == date && modified + std::time::Duration::from_secs(1) <= sent
+            modified == date
+                && modified
+                    .checked_add(std::time::Duration::from_secs(1))
+                    .is_some_and(|strong_until| strong_until <= sent)
         }
         _ => false,
     }

@@ -1361,6 +1361,8 @@ impl Engine {
         if let Ok(range) = HeaderValue::try_from(range) {
             parts.headers.insert(CONTENT_RANGE, range);
         }
+        // The part's length, framed by it alone.
+        parts.headers.remove(TRANSFER_ENCODING);
         parts
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));

@@ -252,7 +252,7 @@ where
 }
 
 /// [`respond_in`] for a request whose answer needs more on its way back ([`Finish`]: a `HEAD` answered as its
-/// `GET`, or the client's own validators). Apart, and never inlined, so that the call path of every other
+/// `GET`, the client's own validators, a `Range`). Apart, and never inlined, so that the call path of every other
 /// request stays as small as it was.
 #[inline(never)]
 fn finish_in<R, F>(
