@@ -1028,6 +1028,49 @@ async fn a_call_whose_lease_a_write_removed_is_no_longer_shared_in_its_process()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_near_cache_the_push_for_a_removed_lease_stops_the_sharing_at_once() {
+    let server = RedisServer::start();
+    let origin = Versioned::new();
+    // A renews its fill's lease only every 20 s, far past this test; its near cache hears the store's pushes.
+    let layer_a = layer(&server)
+        .await
+        .refresh_lease_for(Duration::from_secs(60))
+        .near_cache(16 << 20)
+        .build()
+        .unwrap();
+    let layer_b = layer(&server).await.build().unwrap();
+    let (a, b) = (
+        cached(&layer_a, origin.service()),
+        cached(&layer_b, origin.service()),
+    );
+    let item = || request("GET", ITEM).map(|_| Full::default());
+    let slow = tokio::spawn(a.clone().oneshot(item()));
+    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    let put = call(&b, request("PUT", ITEM)).await;
+    assert_eq!(put.status(), StatusCode::OK);
+
+    // The push for the lease B removed wakes A's fill, which finds the lease gone and stops sharing its call: a
+    // read in A then asks the origin itself (reads given up after 250 ms, 40 times: 10 s, half the renewal).
+    let mut after = None;
+    for _ in 0..40 {
+        let read = tokio::time::timeout(Duration::from_millis(250), a.clone().oneshot(item()));
+        if let Ok(answer) = read.await {
+            after = Some(answer.unwrap());
+            break;
+        }
+    }
+    let after: Reply =
+        after.expect("A kept sharing the call that predates the write until its renewal");
+    assert_eq!(body(after).await, "v2");
+
+    origin.release.send_replace(true);
+    let slow: Reply = slow.await.unwrap().unwrap();
+    assert_eq!(body(slow).await, "v1");
+    let hit = call(&a, item()).await;
+    assert_eq!(body(hit).await, "v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_that_a_write_overtakes_is_fenced_not_failed() {
     let server = RedisServer::start();
     // The second `GET` is the background refresh of a stale hit; it reads version 1 and is slow to come back.

@@ -182,7 +182,8 @@ impl Engine {
     /// A renewal that finds the lease gone (an invalidation or purge in any process removed it, or it expired
     /// and another process took it) calls `on_lost` and renews no more: what `work` will answer may predate
     /// the change, so a miss stops sharing its call with callers arriving from then on (its answer is not stored
-    /// either: see [`Engine::write`]).
+    /// either: see [`Engine::write`]). With a near cache, the store's push for the lease says so at once: each
+    /// push (the holder's own renewals push too) is followed by a read of the lease.
     pub(crate) async fn renewing<T>(
         &self,
         lease: Option<&Lease>,
@@ -195,27 +196,43 @@ impl Engine {
         let lease_for = self.policy.lease_for;
         let every = (lease_for / 3).max(Duration::from_millis(1));
         let mut renew = tokio::time::interval_at(Instant::now() + every, every);
+        let watch = self.near.as_ref().map(|near| near.watch_lease(&lease.key));
         tokio::pin!(work);
         loop {
-            tokio::select! {
+            let pushed = async {
+                match &watch {
+                    Some(watch) => watch.pushed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let held = tokio::select! {
                 done = &mut work => return done,
                 _ = renew.tick() => {
-                    let extended = self
-                        .store
+                    self.store
                         .call("renew", &lease.key, |s| {
                             s.extend_lease(&lease.key, &lease.token, lease_for)
                         })
-                        .await;
-                    match extended {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::debug!(lease = lease.key, "lease lost: no longer renewed");
-                            on_lost();
-                            return work.await;
-                        }
-                        Err(_) => tracing::debug!(lease = lease.key, "lease not renewed: store failing"),
-                    }
+                        .await
                 }
+                () = pushed => {
+                    self.store
+                        .call("lease-check", &lease.key, |s| s.get(&lease.key))
+                        .await
+                        .map(|value| value.as_deref() == Some(lease.token.as_bytes()))
+                }
+            };
+            match held {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(lease = lease.key, "lease lost: no longer renewed");
+                    drop(watch);
+                    on_lost();
+                    return work.await;
+                }
+                Err(_) => tracing::debug!(
+                    lease = lease.key,
+                    "lease not renewed or read: store failing"
+                ),
             }
         }
     }

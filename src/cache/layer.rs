@@ -115,7 +115,8 @@ impl CacheHandle {
     ///
     /// The lease goes first: a miss or refresh of `request` that asked the origin before this call does not
     /// store its answer after it (counted in `stores_fenced`), and its call is shared with no caller arriving
-    /// after this one returns (in another process: after that call's next lease renewal).
+    /// after this one returns (in another process: as soon as its near cache hears of the lease's removal, or
+    /// without a near cache after that call's next lease renewal).
     ///
     /// # Errors
     ///
@@ -437,8 +438,9 @@ impl RedisCacheLayerBuilder {
     /// third of this while its origin call runs, so it expires this long after a holder dies. A failed refresh
     /// keeps the lease until it expires, which spaces out retries. An answer is stored only while its fill still
     /// holds the lease (see [`invalidate_on_unsafe`](Self::invalidate_on_unsafe)), so keep this well above a
-    /// store round trip; a renewal that finds the lease removed by a write ends the sharing of that call, so a
-    /// shorter lease also shortens how long a slow call's older answer reaches callers after a write elsewhere.
+    /// store round trip; a renewal that finds the lease removed by a write ends the sharing of that call, so
+    /// without a near cache (which hears of the removal at once) a shorter lease also shortens how long a slow
+    /// call's older answer reaches callers after a write elsewhere.
     /// Default: 10 s.
     pub fn refresh_lease_for(mut self, lease_for: Duration) -> Self {
         self.lease_for = lease_for;
@@ -490,9 +492,10 @@ impl RedisCacheLayerBuilder {
     /// A miss or refresh of that URI already waiting on the origin, in any process, may bring back what the
     /// origin held before the change: its answer goes to its own callers but is not stored, since the removal
     /// takes the key's lease too and answers are stored only under a lease still held (counted in
-    /// `stores_fenced`). Callers of this process arriving after the removal do not share that call; in another
-    /// process they stop sharing it at its lease's next renewal (every third of
-    /// [`refresh_lease_for`](Self::refresh_lease_for)), which finds the lease gone.
+    /// `stores_fenced`). Callers of this process arriving after the removal do not share that call. In another
+    /// process they stop sharing it as soon as its [`near_cache`](Self::near_cache) hears that the lease is gone
+    /// (the store's push, then one read of the lease); without one, at the lease's next renewal (every third
+    /// of [`refresh_lease_for`](Self::refresh_lease_for)), which finds it gone.
     pub fn invalidate_on_unsafe(mut self, invalidate: bool) -> Self {
         self.invalidate_on_unsafe = invalidate;
         self

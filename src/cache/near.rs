@@ -15,6 +15,9 @@
 //!   invalidation that lands while the read is in flight always wins.
 //! - **Bounds**: memory by bytes (moka, weighed by entry size); an entry lives at most until its freshness ends
 //!   and at most the configured maximum.
+//! - **Leases**: a lease this process holds for an origin call can be watched ([`Near::watch_lease`]): a push
+//!   for it wakes the holder, which reads whether it still holds it (its own renewals push too), so a write in
+//!   another process that removed it is noticed at once rather than at the next renewal.
 //! - **Fronts**: each thread answers its hot keys from a [`Front`] of its 8 latest entries, valid only while
 //!   nothing in the near cache changed since each was read (a change count, bumped after every change), so
 //!   a front never outlives an invalidation; its copies are the one memory beyond the bound.
@@ -23,7 +26,7 @@ use super::clock::Clock;
 use super::engine::CACHE_STATUS;
 use super::entry::Entry;
 use super::heads::{Rendered, Renders};
-use super::key::parse_key;
+use super::key::{LEASE_SUFFIX, parse_key};
 use super::stats::{Counters, add, bump};
 use super::status::CACHE_NAME;
 use futures_util::future::BoxFuture;
@@ -32,9 +35,11 @@ use http::{HeaderMap, HeaderValue};
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use std::cell::RefCell;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// How long after the last successful probe the near cache still answers.
 pub(crate) const LIVENESS: Duration = Duration::from_secs(1);
@@ -106,6 +111,10 @@ pub(crate) struct Near {
     id: u64,
     /// The heaviest entry a [`Front`] holds (a front's entries may outlive their eviction from the cache).
     front_max_weight: u32,
+    /// The leases this process's origin calls hold, by key, with what wakes each holder ([`Near::watch_lease`]).
+    leases: Mutex<HashMap<String, Vec<Arc<Notify>>>>,
+    /// How many leases are watched: a push takes the lock only while some are.
+    watched: AtomicUsize,
 }
 
 impl std::fmt::Debug for Near {
@@ -115,6 +124,38 @@ impl std::fmt::Debug for Near {
             .field("epoch", &self.epoch)
             .field("live_until", &self.live_until)
             .finish_non_exhaustive()
+    }
+}
+
+/// A watched lease ([`Near::watch_lease`]); dropping it stops the watch.
+pub(crate) struct LeaseWatch<'a> {
+    near: &'a Near,
+    key: String,
+    notify: Arc<Notify>,
+}
+
+impl LeaseWatch<'_> {
+    /// Completes at the next push for the lease or flush since the last call (one wake-up is kept while the
+    /// holder is not waiting).
+    pub(crate) async fn pushed(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for LeaseWatch<'_> {
+    fn drop(&mut self) {
+        let mut leases = self
+            .near
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(watches) = leases.get_mut(&self.key) {
+            watches.retain(|notify| !Arc::ptr_eq(notify, &self.notify));
+            if watches.is_empty() {
+                leases.remove(&self.key);
+            }
+        }
+        self.near.watched.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -337,7 +378,41 @@ impl Near {
             changes: AtomicU64::new(0),
             id: NEAR_IDS.fetch_add(1, Ordering::Relaxed),
             front_max_weight: u32::try_from((max_bytes / 64).min(FRONT_MAX_WEIGHT)).unwrap_or(0),
+            leases: Mutex::new(HashMap::new()),
+            watched: AtomicUsize::new(0),
         }
+    }
+
+    /// Watches the lease at `key` (a store key ending in `:lease`) while the returned guard lives: every push
+    /// for it, and every flush (which may have lost pushes), wakes [`LeaseWatch::pushed`].
+    pub(crate) fn watch_lease(&self, key: &str) -> LeaseWatch<'_> {
+        let notify = Arc::new(Notify::new());
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.to_owned())
+            .or_default()
+            .push(notify.clone());
+        self.watched.fetch_add(1, Ordering::AcqRel);
+        LeaseWatch {
+            near: self,
+            key: key.to_owned(),
+            notify,
+        }
+    }
+
+    /// Wakes the holders of the watched lease at `key`, if any; with `None`, of every watched lease.
+    fn wake_leases(&self, key: Option<&str>) {
+        if self.watched.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        let woken = match key {
+            Some(key) => leases.get(key).into_iter().flatten().collect::<Vec<_>>(),
+            None => leases.values().flatten().collect(),
+        };
+        // A holder busy elsewhere keeps the wake-up for its next wait.
+        woken.into_iter().for_each(|notify| notify.notify_one());
     }
 
     /// Counts a change to the cache's contents, once it is made.
@@ -499,6 +574,8 @@ impl Near {
             if let Some(digest) = parse_key(&self.prefix, key) {
                 self.cache.invalidate(&NearKey(digest));
                 count += 1;
+            } else if key.ends_with(LEASE_SUFFIX) {
+                self.wake_leases(Some(key));
             }
         }
         if count > 0 {
@@ -523,6 +600,8 @@ impl Near {
         });
         tracing::debug!(?cause, "near cache flushed");
         self.changed.notify_waiters();
+        // Pushes may have been lost: every watched lease is looked at again.
+        self.wake_leases(None);
     }
 
     /// Tracking is (again) on: start answering from a clean slate.
@@ -678,6 +757,33 @@ mod tests {
 
     /// Digests chosen to agree on their low 24 bits (as a client trying many requests could make them) still
     /// spread: the seed and the fold bring the other bits down.
+    #[tokio::test]
+    async fn a_watched_lease_wakes_at_its_own_push_and_at_a_flush_only() {
+        let near = near();
+        let lease = "ns:v1:{ab}:lease";
+        let woken = |watch: &LeaseWatch<'_>| {
+            futures_util::FutureExt::now_or_never(watch.pushed()).is_some()
+        };
+        {
+            let watch = near.watch_lease(lease);
+            let other = near.watch_lease("ns:v1:{cd}:lease");
+            near.invalidate(["ns:v1:{cd}", "ns:v1:{ef}:lease"]);
+            assert!(!woken(&watch), "pushes for other keys");
+            // A push arriving while the holder is not waiting is kept for its next wait, once.
+            near.invalidate([lease]);
+            assert!(woken(&watch));
+            assert!(!woken(&watch));
+            assert!(!woken(&other));
+            near.flush(FlushCause::Connection);
+            assert!(
+                woken(&watch) && woken(&other),
+                "a flush may have lost pushes"
+            );
+        }
+        assert_eq!(near.watched.load(Ordering::Acquire), 0);
+        assert!(near.leases.lock().unwrap().is_empty());
+    }
+
     #[test]
     fn chosen_digests_still_spread() {
         assert_spread((0..64_000u64).map(|i| {
