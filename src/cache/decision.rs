@@ -18,7 +18,9 @@
 //!   §4.3.2): the validators are the client's, so they are evaluated here and never forwarded;
 //! - `206` and `304` are never stored; by default only `200`, `203` and `204` are;
 //! - a response with `Set-Cookie`, `Vary: *`, or `Cache-Control: private` / `no-store` is neither stored nor
-//!   shared with coalesced callers;
+//!   shared with coalesced callers; a `Vary` or `Cache-Control` that cannot be read (bytes outside visible
+//!   ASCII, a `Vary` element that is no field name) counts as `Vary: *` or `no-store`, and a request's
+//!   unreadable `Cache-Control` as `no-store`;
 //! - the response's `Vary` is honoured: an entry answers only a request with the same values of the headers it
 //!   names.
 
@@ -29,7 +31,7 @@ use http::header::{
     IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE, SET_COOKIE, VARY,
 };
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
 /// How the cache treats requests that carry credentials (`Authorization` or `Cookie`).
 ///
@@ -122,6 +124,9 @@ impl RequestFacts {
         for (name, value) in headers {
             if name == CACHE_CONTROL {
                 cache_control = true;
+                // A field that cannot be read (bytes outside visible ASCII) may say anything: the cache stays
+                // out of it.
+                facts.no_store |= value.to_str().is_err();
                 for (directive, argument) in directives_with_arguments(value) {
                     // A repeated directive: the strictest counts; one with a malformed argument is ignored.
                     let seconds = argument.and_then(delta_seconds);
@@ -682,6 +687,8 @@ impl ResponseFacts {
         };
         for (name, value) in headers {
             if name == CACHE_CONTROL {
+                // A field that cannot be read may say `private` or `no-store`: not stored.
+                facts.no_store |= value.to_str().is_err();
                 for directive in directives(value) {
                     facts.no_store |= directive.eq_ignore_ascii_case("no-store");
                     facts.private |= directive.eq_ignore_ascii_case("private");
@@ -689,11 +696,23 @@ impl ResponseFacts {
             } else if name == SET_COOKIE {
                 facts.set_cookie = true;
             } else if name == VARY {
-                facts.vary_any |= directives(value).any(|d| d == "*");
+                facts.vary_any |= vary_unknowable(value);
             }
         }
         facts
     }
+}
+
+/// Whether a `Vary` field value makes the response's variants impossible to tell apart: `*`, or a value that
+/// cannot be read, or an element that is no field name. Such a response is treated as `Vary: *`, since a
+/// variant keyed on fewer fields than the origin named could answer the wrong requester.
+fn vary_unknowable(value: &HeaderValue) -> bool {
+    let Ok(value) = value.to_str() else {
+        return true;
+    };
+    value.split(',').map(str::trim).any(|name| {
+        name == "*" || (!name.is_empty() && HeaderName::from_bytes(name.as_bytes()).is_err())
+    })
 }
 
 /// Whether an origin response may be stored, and whether callers coalesced onto its request may share it.
@@ -1032,6 +1051,13 @@ mod tests {
                 ..RequestFacts::default()
             }
         );
+        // A `Cache-Control` that cannot be read keeps the cache out.
+        let mut odd = HeaderMap::new();
+        odd.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_bytes(b"max-age=60, x=\"\xc3\xa9\"").unwrap(),
+        );
+        assert!(RequestFacts::read(&odd, true, 10).no_store);
         // `If-Range` without `Range` means nothing (RFC 9110 §13.1.5).
         let if_range = RequestFacts::read(&head(&[("if-range", "\"e\"")]), true, 10);
         assert!(!if_range.range);
@@ -1176,6 +1202,12 @@ mod tests {
         let ok = |pairs: &[(&'static str, &'static str)]| {
             ResponseFacts::read(StatusCode::OK, &head(pairs))
         };
+        // A field with bytes outside visible ASCII, which a `&str` cannot hold.
+        let unreadable = |name: &'static str, value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_bytes(value).unwrap());
+            ResponseFacts::read(StatusCode::OK, &headers)
+        };
         let shared = rules(Credentials::Bypass);
         let both = Verdict {
             store: true,
@@ -1198,6 +1230,10 @@ mod tests {
             ("private=\"x\"", &shared, plain(), ok(&[("cache-control", "private=\"set-cookie\"")]), neither),
             ("vary *", &shared, plain(), ok(&[("vary", "accept, *")]), neither),
             ("vary accept", &shared, plain(), ok(&[("vary", "accept")]), both),
+            ("vary with empty elements", &shared, plain(), ok(&[("vary", "accept, ,")]), both),
+            ("vary naming no field", &shared, plain(), ok(&[("vary", "accept, x(y)")]), neither),
+            ("vary unreadable", &shared, plain(), unreadable("vary", b"authorization, x-\xc3\xa9"), neither),
+            ("cache-control unreadable", &shared, plain(), unreadable("cache-control", b"private, x=\"\xc3\xa9\""), neither),
             ("500 shared, not stored", &shared, plain(), ResponseFacts::read(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new()), share_only),
             ("206", &shared, plain(), ResponseFacts::read(StatusCode::PARTIAL_CONTENT, &HeaderMap::new()), share_only),
             ("201 not by default", &shared, plain(), ResponseFacts::read(StatusCode::CREATED, &HeaderMap::new()), share_only),
