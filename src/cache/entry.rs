@@ -269,16 +269,20 @@ fn never_stored(name: &HeaderName) -> bool {
 /// `set-cookie`, `authorization`, `age` and `cache-status` are dropped. Returns `None` when the headers cannot
 /// be framed (over 65,535 headers), so the response is passed through uncached.
 pub(crate) fn storable_headers(headers: &HeaderMap) -> Option<HeaderMap> {
-    let connection_listed: Vec<String> = headers
+    // Read as bytes: a value that is not all visible ASCII still names the fields it can (a field name is ASCII).
+    let connection_listed: Vec<Vec<u8>> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|name| name.trim_ascii().to_ascii_lowercase())
         .collect();
     let mut kept = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if never_stored(name) || connection_listed.iter().any(|c| c == name.as_str()) {
+        if never_stored(name)
+            || connection_listed
+                .iter()
+                .any(|c| c.as_slice() == name.as_str().as_bytes())
+        {
             continue;
         }
         kept.append(name.clone(), value.clone());
@@ -436,6 +440,14 @@ mod tests {
         let kept = storable_headers(&h).unwrap();
         assert_eq!(kept.len(), 1);
         assert!(kept.contains_key(header::CONTENT_TYPE));
+
+        // A `Connection` value with a byte outside visible ASCII still names the fields it can.
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"X-Hop, x-\xc3\xa9").unwrap(),
+        );
+        let kept = storable_headers(&h).unwrap();
+        assert!(!kept.contains_key("x-hop"));
     }
 
     proptest! {
