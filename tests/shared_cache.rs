@@ -984,17 +984,19 @@ async fn an_answer_read_before_a_write_is_not_stored_after_it() {
     assert_eq!(origin.gets.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_whose_lease_a_write_removed_is_no_longer_shared_in_its_process() {
-    let server = RedisServer::start();
+/// A `GET` of `ITEM` through `layer_a` waits on the origin while a `PUT` of it through another layer succeeds;
+/// then reads through `layer_a`, each given up after 250 ms, `attempts` times, until one is answered: it must
+/// be version 2 (asked of the origin, or a hit on what an earlier given-up read stored). Then the held call
+/// answers version 1 to its own caller, and `layer_a` holds version 2.
+async fn a_read_after_a_write_elsewhere_gets_the_new_version(
+    server: &RedisServer,
+    layer_a: RedisCacheLayerBuilder,
+    attempts: usize,
+    why_not: &str,
+) {
     let origin = Versioned::new();
-    // A renews its fill's lease every 100 ms; B writes.
-    let layer_a = layer(&server)
-        .await
-        .refresh_lease_for(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let layer_b = layer(&server).await.build().unwrap();
+    let layer_a = layer_a.build().unwrap();
+    let layer_b = layer(server).await.build().unwrap();
     let (a, b) = (
         cached(&layer_a, origin.service()),
         cached(&layer_b, origin.service()),
@@ -1005,19 +1007,15 @@ async fn a_call_whose_lease_a_write_removed_is_no_longer_shared_in_its_process()
     let put = call(&b, request("PUT", ITEM)).await;
     assert_eq!(put.status(), StatusCode::OK);
 
-    // Until A's next renewal finds the lease gone, a read in A shares the slow call and waits with it (given up
-    // here after 250 ms); from then on, it asks the origin itself and gets version 2 (or, when an earlier read
-    // that was given up had stored it, a hit on it).
     let mut after = None;
-    for _ in 0..100 {
+    for _ in 0..attempts {
         let read = tokio::time::timeout(Duration::from_millis(250), a.clone().oneshot(item()));
         if let Ok(answer) = read.await {
             after = Some(answer.unwrap());
             break;
         }
     }
-    let after: Reply =
-        after.expect("every read in A kept waiting on the call that predates the write");
+    let after: Reply = after.expect(why_not);
     assert_eq!(body(after).await, "v2");
 
     origin.release.send_replace(true);
@@ -1028,46 +1026,28 @@ async fn a_call_whose_lease_a_write_removed_is_no_longer_shared_in_its_process()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_lease_a_write_removed_is_no_longer_shared_in_its_process() {
+    let server = RedisServer::start();
+    // A renews its fill's lease every 100 ms. Until a renewal finds the lease gone, a read in A shares the held
+    // call and waits with it; from then on it asks the origin itself.
+    let layer_a = layer(&server)
+        .await
+        .refresh_lease_for(Duration::from_millis(300));
+    let why_not = "every read in A kept waiting on the call that predates the write";
+    a_read_after_a_write_elsewhere_gets_the_new_version(&server, layer_a, 100, why_not).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_near_cache_the_push_for_a_removed_lease_stops_the_sharing_at_once() {
     let server = RedisServer::start();
-    let origin = Versioned::new();
-    // A renews its fill's lease only every 20 s, far past this test; its near cache hears the store's pushes.
+    // A renews its fill's lease only every 20 s. The push for the lease the write removed wakes the fill, which
+    // reads that the lease is gone and stops sharing its call: within 40 reads (10 s, half the renewal).
     let layer_a = layer(&server)
         .await
         .refresh_lease_for(Duration::from_secs(60))
-        .near_cache(16 << 20)
-        .build()
-        .unwrap();
-    let layer_b = layer(&server).await.build().unwrap();
-    let (a, b) = (
-        cached(&layer_a, origin.service()),
-        cached(&layer_b, origin.service()),
-    );
-    let item = || request("GET", ITEM).map(|_| Full::default());
-    let slow = tokio::spawn(a.clone().oneshot(item()));
-    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
-    let put = call(&b, request("PUT", ITEM)).await;
-    assert_eq!(put.status(), StatusCode::OK);
-
-    // The push for the lease B removed wakes A's fill, which finds the lease gone and stops sharing its call: a
-    // read in A then asks the origin itself (reads given up after 250 ms, 40 times: 10 s, half the renewal).
-    let mut after = None;
-    for _ in 0..40 {
-        let read = tokio::time::timeout(Duration::from_millis(250), a.clone().oneshot(item()));
-        if let Ok(answer) = read.await {
-            after = Some(answer.unwrap());
-            break;
-        }
-    }
-    let after: Reply =
-        after.expect("A kept sharing the call that predates the write until its renewal");
-    assert_eq!(body(after).await, "v2");
-
-    origin.release.send_replace(true);
-    let slow: Reply = slow.await.unwrap().unwrap();
-    assert_eq!(body(slow).await, "v1");
-    let hit = call(&a, item()).await;
-    assert_eq!(body(hit).await, "v2");
+        .near_cache(16 << 20);
+    let why_not = "A kept sharing the call that predates the write until its renewal";
+    a_read_after_a_write_elsewhere_gets_the_new_version(&server, layer_a, 40, why_not).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
