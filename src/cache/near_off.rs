@@ -26,6 +26,15 @@ pub(crate) enum FlushCause {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Fill {}
 
+/// A watched lease; never made.
+pub(crate) struct LeaseWatch<'a>(Infallible, std::marker::PhantomData<&'a Near>);
+
+impl LeaseWatch<'_> {
+    pub(crate) async fn pushed(&self) {
+        match self.0 {}
+    }
+}
+
 /// The near cache; never made.
 #[derive(Debug)]
 pub(crate) enum Near {}
@@ -76,6 +85,10 @@ impl Near {
     }
 
     pub(crate) fn flush(&self, _cause: FlushCause) {
+        match *self {}
+    }
+
+    pub(crate) fn watch_lease(&self, _key: &str) -> LeaseWatch<'_> {
         match *self {}
     }
 }
