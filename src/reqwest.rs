@@ -181,16 +181,7 @@ impl Middleware for CacheMiddleware {
             None => Some(&[][..]),
             Some(body) => body.as_bytes(),
         };
-        // A `HEAD` answered as its `GET` is keyed, asked of the origin and stored as that `GET`.
-        let head = engine.policy.head_as_get(&parts.method);
-        if head {
-            parts.method = http::Method::GET;
-        }
-        let mut facts = engine.policy.facts(&parts);
-        if head {
-            // A `HEAD` has no range semantics (RFC 9110 §14.2): its `Range` is ignored.
-            facts.range = false;
-        }
+        let (mut facts, head) = engine.policy.read_head(&mut parts);
         facts.too_large |= bytes.is_none_or(|b| b.len() > max);
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {

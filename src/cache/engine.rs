@@ -260,8 +260,22 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
+    /// The facts of a request head, for [`decide`], and whether it is a `HEAD` answered as its `GET`: such a
+    /// head is turned into that `GET` here, to be keyed, asked of the origin and stored as one, and its `Range`
+    /// is ignored (a `HEAD` has no range semantics, RFC 9110 §14.2). A bypass turns it back into a `HEAD`.
+    #[inline]
+    pub(crate) fn read_head(&self, parts: &mut request::Parts) -> (RequestFacts, bool) {
+        let head = self.head_as_get(&parts.method);
+        if head {
+            parts.method = Method::GET;
+        }
+        let mut facts = self.facts(parts);
+        facts.range &= !head;
+        (facts, head)
+    }
+
     /// The facts of a request head, for [`decide`].
-    pub(crate) fn facts(&self, parts: &request::Parts) -> RequestFacts {
+    fn facts(&self, parts: &request::Parts) -> RequestFacts {
         let mut facts =
             RequestFacts::read(&parts.headers, self.method_cacheable(parts), self.max_body);
         facts.windows = match parts.extensions.get::<CacheOverride>() {

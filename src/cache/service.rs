@@ -113,16 +113,7 @@ where
         // here, takes no reference count that every core's hits would share.
         let engine = &self.engine;
         let (mut parts, body) = request.into_parts();
-        // A `HEAD` answered as its `GET` is keyed, asked of the origin and stored as that `GET`.
-        let head = engine.policy.head_as_get(&parts.method);
-        if head {
-            parts.method = Method::GET;
-        }
-        let mut facts = engine.policy.facts(&parts);
-        if head {
-            // A `HEAD` has no range semantics (RFC 9110 §14.2): its `Range` is ignored.
-            facts.range = false;
-        }
+        let (mut facts, head) = engine.policy.read_head(&mut parts);
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
             if head {
