@@ -45,14 +45,6 @@ impl<R> ResponseBody<R> {
             Kind::Streaming { .. } => None,
         }
     }
-
-    /// The length of a complete body; `None` for one streamed through.
-    pub(crate) fn full_len(&self) -> Option<u64> {
-        match &self.kind {
-            Kind::Full(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Streaming { .. } => None,
-        }
-    }
 }
 
 impl<R> fmt::Debug for ResponseBody<R> {

@@ -1395,7 +1395,7 @@ fn head_answer<B>(response: Response<ResponseBody<B>>) -> Response<ResponseBody<
     if !bodiless
         && !parts.headers.contains_key(CONTENT_LENGTH)
         && !parts.headers.contains_key(TRANSFER_ENCODING)
-        && let Some(len) = body.full_len()
+        && let Some(len) = body.full_bytes().map(|bytes| bytes.len())
     {
         parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
