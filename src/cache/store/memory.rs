@@ -1,9 +1,11 @@
 //! [`MemoryStore`]: an in-process store on moka, for demos, tests and single-process services.
 
 use super::{Store, StoreFuture};
+use crate::error::StoreError;
 use bytes::Bytes;
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -31,6 +33,47 @@ impl Stored {
         tokio::time::Instant::now() < self.expires_at
     }
 }
+
+/// The tag sets of a [`MemoryStore`]: per tag, its members and when each expires (Tokio's clock, as entries).
+#[derive(Default)]
+struct TagSets {
+    sets: HashMap<String, HashMap<String, tokio::time::Instant>>,
+    /// Members over all sets.
+    members: usize,
+    /// When `members` reaches this, expired members are swept from every set (so a sweep costs, spread over
+    /// the additions since the last, a constant per addition).
+    sweep_at: usize,
+    /// No member expires before this (it may be earlier than the soonest expiry, never later).
+    soonest: Option<tokio::time::Instant>,
+}
+
+impl TagSets {
+    fn sweep(&mut self, now: tokio::time::Instant) {
+        self.sets.retain(|_, set| {
+            set.retain(|_, until| *until > now);
+            !set.is_empty()
+        });
+        self.members = self.sets.values().map(HashMap::len).sum();
+        self.sweep_at = (self.members * 2).max(MIN_SWEEP);
+        self.soonest = self.sets.values().flat_map(HashMap::values).min().copied();
+    }
+
+    fn remove_set(&mut self, tag: &str) -> bool {
+        match self.sets.remove(tag) {
+            Some(set) => {
+                self.members -= set.len();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Tag members at which a sweep first runs.
+const MIN_SWEEP: usize = 1024;
+/// Bytes of the store's bound counted per tag member, for the most members it keeps (its keys and
+/// bookkeeping, about that size).
+const BYTES_PER_MEMBER: u64 = 256;
 
 /// A stand-in for "never" that `Instant` arithmetic cannot overflow (about 30 years, as Tokio's own).
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
@@ -76,6 +119,9 @@ pub struct MemoryStore {
     /// Held by every write that depends on a lease ([`Store::set_if_leased`]) and every change to leases or
     /// removal, so that a conditional write is one step against them, as its Lua script is on Redis.
     leases: Arc<Mutex<()>>,
+    tags: Arc<Mutex<TagSets>>,
+    /// The most tag members kept: a tag beyond it is refused (its answer is then not stored).
+    max_members: usize,
 }
 
 impl MemoryStore {
@@ -91,6 +137,13 @@ impl MemoryStore {
         MemoryStore {
             cache,
             leases: Arc::default(),
+            tags: Arc::new(Mutex::new(TagSets {
+                sweep_at: MIN_SWEEP,
+                ..TagSets::default()
+            })),
+            max_members: usize::try_from(max_bytes / BYTES_PER_MEMBER)
+                .unwrap_or(usize::MAX)
+                .max(MIN_SWEEP),
         }
     }
 
@@ -102,6 +155,10 @@ impl MemoryStore {
 
     fn lock_leases(&self) -> MutexGuard<'_, ()> {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_tags(&self) -> MutexGuard<'_, TagSets> {
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -204,10 +261,12 @@ impl Store for MemoryStore {
 
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
         let _leases = self.lock_leases();
-        let removed = keys
+        let mut removed = keys
             .iter()
             .filter(|k| self.cache.remove(**k).is_some())
             .count();
+        let mut tags = self.lock_tags();
+        removed += keys.iter().filter(|k| tags.remove_set(k)).count();
         Box::pin(std::future::ready(Ok(removed as u64)))
     }
 
@@ -219,10 +278,135 @@ impl Store for MemoryStore {
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| (*k).clone())
             .collect();
-        let removed = doomed
+        let mut removed = doomed
             .iter()
             .filter(|k| self.cache.remove(*k).is_some())
             .count();
+        let mut tags = self.lock_tags();
+        let doomed: Vec<String> = tags
+            .sets
+            .keys()
+            .filter(|tag| tag.starts_with(prefix))
+            .cloned()
+            .collect();
+        removed += doomed.iter().filter(|tag| tags.remove_set(tag)).count();
         Box::pin(std::future::ready(Ok(removed as u64)))
+    }
+
+    fn tag<'a>(&'a self, tag: &'a str, member: &'a str, lifetime: Duration) -> StoreFuture<'a, ()> {
+        let now = tokio::time::Instant::now();
+        let until = now.checked_add(lifetime).unwrap_or(now + FAR_FUTURE);
+        let mut tags = self.lock_tags();
+        let known = |tags: &TagSets| {
+            tags.sets
+                .get(tag)
+                .is_some_and(|set| set.contains_key(member))
+        };
+        // Full: sweep only once some member may have expired, so that a full store refuses cheaply.
+        let full = |tags: &TagSets| !known(tags) && tags.members >= self.max_members;
+        if tags.members >= tags.sweep_at || (full(&tags) && tags.soonest.is_some_and(|t| t <= now))
+        {
+            tags.sweep(now);
+        }
+        if full(&tags) {
+            return Box::pin(std::future::ready(Err(StoreError::backend(
+                "memory store: too many tagged entries",
+            ))));
+        }
+        let set = tags.sets.entry(tag.to_owned()).or_default();
+        let added = match set.get_mut(member) {
+            Some(held) => {
+                *held = (*held).max(until);
+                false
+            }
+            None => {
+                set.insert(member.to_owned(), until);
+                true
+            }
+        };
+        if added {
+            tags.members += 1;
+        }
+        tags.soonest = Some(tags.soonest.map_or(until, |soonest| soonest.min(until)));
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {
+        let _ = cursor;
+        let now = tokio::time::Instant::now();
+        let members = self
+            .lock_tags()
+            .sets
+            .get(tag)
+            .map(|set| {
+                set.iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|(member, _)| member.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Box::pin(std::future::ready(Ok((members, 0))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn members(store: &MemoryStore, tag: &str) -> Vec<String> {
+        let (mut members, next) = store.tagged(tag, 0).await.unwrap();
+        assert_eq!(next, 0, "one page");
+        members.sort();
+        members
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tag_members_expire_by_their_longest_lifetime() {
+        let store = MemoryStore::new(1 << 20);
+        let long = Duration::from_secs(60);
+        store.tag("t", "a", Duration::from_secs(1)).await.unwrap();
+        store.tag("t", "b", long).await.unwrap();
+        // A shorter lifetime later does not shorten a member's.
+        store.tag("t", "b", Duration::from_secs(1)).await.unwrap();
+        store.tag("u", "a", long).await.unwrap();
+        assert_eq!(members(&store, "t").await, ["a", "b"]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(members(&store, "t").await, ["b"]);
+        assert_eq!(members(&store, "u").await, ["a"]);
+        assert!(members(&store, "none").await.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tag_members_are_bounded_and_expired_ones_are_swept() {
+        // The smallest bound: 1024 members.
+        let store = MemoryStore::new(0);
+        let life = Duration::from_secs(1);
+        for n in 0..1024 {
+            store.tag("t", &format!("k{n}"), life).await.unwrap();
+        }
+        assert!(store.tag("t", "over", life).await.is_err(), "full: refused");
+        store.tag("t", "k7", life).await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // The sweep makes room again.
+        store.tag("t", "over", life).await.unwrap();
+        assert_eq!(members(&store, "t").await, ["over"]);
+        assert_eq!(store.lock_tags().members, 1);
+    }
+
+    #[tokio::test]
+    async fn removing_or_purging_drops_tag_sets() {
+        let store = MemoryStore::new(1 << 20);
+        let life = Duration::from_secs(60);
+        store.tag("ns:v1:tag:{1}", "ns:v1:{a}", life).await.unwrap();
+        store.tag("ns:v1:tag:{2}", "ns:v1:{a}", life).await.unwrap();
+        store
+            .tag("other:v1:tag:{3}", "other:v1:{a}", life)
+            .await
+            .unwrap();
+        assert_eq!(store.remove(&["ns:v1:tag:{1}"]).await.unwrap(), 1);
+        assert!(members(&store, "ns:v1:tag:{1}").await.is_empty());
+        assert_eq!(store.purge_prefix("ns:v1:").await.unwrap(), 1);
+        assert!(members(&store, "ns:v1:tag:{2}").await.is_empty());
+        assert_eq!(members(&store, "other:v1:tag:{3}").await, ["other:v1:{a}"]);
     }
 }

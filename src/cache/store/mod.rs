@@ -119,6 +119,34 @@ pub trait Store: Send + Sync + 'static {
     /// many were removed.
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64>;
 
+    /// Records the entry key `member` under the tag set at `tag` for at least `lifetime` from now (a set of
+    /// members, each with its own expiry; the longer of the old and the new expiry counts). The cache records a
+    /// fill's tags while it holds the key's lease, before it asks the origin, so that
+    /// [`CacheHandle::invalidate_tag`] finds every entry that may be stored with an answer from before the call.
+    /// Expired members are dropped as new ones come, so a set holds the live entries of its tag.
+    ///
+    /// The default refuses: a store without tags stores no answer of a request that has tags.
+    ///
+    /// [`CacheHandle::invalidate_tag`]: crate::cache::CacheHandle::invalidate_tag
+    fn tag<'a>(&'a self, tag: &'a str, member: &'a str, lifetime: Duration) -> StoreFuture<'a, ()> {
+        let _ = (tag, member, lifetime);
+        Box::pin(std::future::ready(Err(StoreError::backend(
+            "this store does not keep tags",
+        ))))
+    }
+
+    /// One page of the members recorded under `tag`, from `cursor` (`0` first): the members (some perhaps
+    /// expired, some perhaps twice) and the cursor of the next page, `0` after the last (as `ZSCAN` on Redis).
+    /// Every member present for the whole walk is returned at least once.
+    ///
+    /// The default refuses, as [`tag`](Self::tag) does.
+    fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {
+        let _ = (tag, cursor);
+        Box::pin(std::future::ready(Err(StoreError::backend(
+            "this store does not keep tags",
+        ))))
+    }
+
     /// Which of the store's nodes holds `key`, as a small number (the same for every key on one node), so that
     /// the cache keeps a circuit breaker per node: a dead shard then costs only the keys on it, not the whole
     /// cache. [`RedisStore`] answers for a Cluster (by hash slot). Default: `None`, one
@@ -184,6 +212,14 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         (**self).purge_prefix(prefix)
+    }
+
+    fn tag<'a>(&'a self, tag: &'a str, member: &'a str, lifetime: Duration) -> StoreFuture<'a, ()> {
+        (**self).tag(tag, member, lifetime)
+    }
+
+    fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {
+        (**self).tagged(tag, cursor)
     }
 
     fn node_of(&self, key: &str) -> Option<usize> {

@@ -4,12 +4,13 @@ use super::homes::{Homes, Reads};
 use super::{Store, StoreFuture};
 use crate::error::StoreError;
 use bytes::Bytes;
+use fred::cmd;
 use fred::interfaces::ClusterInterface;
 use fred::prelude::{
     Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Options, Pool,
     ReconnectPolicy, SetOptions, Value,
 };
-use fred::types::Key;
+use fred::types::{ClusterHash, Key};
 use futures_util::StreamExt;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -313,6 +314,17 @@ pub(crate) const SET_IF_LEASED: Script = Script {
     sha1: "e6cceb9d359e304a86c22a4295571cd49e2356a5",
 };
 
+/// Records `ARGV[1]` in the tag set `KEYS[1]` until `ARGV[2]` ms from the server's now (its score; an
+/// expiry already later stays), drops the members whose expiry passed, and keeps the set itself at least as
+/// long. The server's clock, so that every process's members expire by one clock.
+pub(crate) const TAG: Script = Script {
+    lua: "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local life = tonumber(ARGV[2]) redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) local held = redis.call('ZSCORE', KEYS[1], ARGV[1]) if not held or tonumber(held) < now + life then redis.call('ZADD', KEYS[1], now + life, ARGV[1]) end if redis.call('PTTL', KEYS[1]) < life then redis.call('PEXPIRE', KEYS[1], life) end return 1",
+    sha1: "28945d88b595ff0faca1534b1cba9fe7f16af13c",
+};
+
+/// Members of a tag set per `ZSCAN` reply (a hint to the server).
+const TAG_PAGE: i64 = 500;
+
 /// Runs `script` on `keys` (of one hash slot) with `args`: by SHA, and whole if the server does not know it.
 async fn run_script(
     client: &fred::clients::WithOptions<Client>,
@@ -457,6 +469,31 @@ impl Store for RedisStore {
         })
     }
 
+    fn tag<'a>(&'a self, tag: &'a str, member: &'a str, lifetime: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let args = vec![Value::from(member), Value::from(millis(lifetime))];
+            run_script(self.client(), &TAG, vec![Key::from(tag)], args).await?;
+            Ok(())
+        })
+    }
+
+    fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {
+        Box::pin(async move {
+            let args = vec![
+                Value::from(tag),
+                Value::from(cursor.to_string()),
+                Value::from_static_str("COUNT"),
+                Value::from(TAG_PAGE),
+            ];
+            let reply: Value = self
+                .client()
+                .custom(cmd!("ZSCAN", hash: ClusterHash::FirstKey), args)
+                .await
+                .map_err(backend)?;
+            zscan_page(reply).ok_or_else(|| StoreError::backend("unreadable ZSCAN reply"))
+        })
+    }
+
     fn reconnect(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             tracing::info!("cache store failing: reconnecting its clients");
@@ -512,6 +549,26 @@ async fn unlink_matching(
         removed += client.unlink::<u64, _>(batch).await.map_err(backend)?;
     }
     Ok(removed)
+}
+
+/// A `ZSCAN` reply: `[cursor, [member, score, member, score, ...]]`, as members and the next cursor.
+fn zscan_page(reply: Value) -> Option<(Vec<String>, u64)> {
+    let Value::Array(mut parts) = reply else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let Value::Array(pairs) = parts.pop()? else {
+        return None;
+    };
+    let cursor = parts.pop()?.as_string()?.parse().ok()?;
+    let members = pairs
+        .into_iter()
+        .step_by(2)
+        .map(|member| member.as_string())
+        .collect::<Option<Vec<String>>>()?;
+    Some((members, cursor))
 }
 
 #[cfg(test)]
