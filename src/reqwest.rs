@@ -269,8 +269,8 @@ struct ChainOrigin<'a> {
 impl Origin<Body> for ChainOrigin<'_> {
     type Refresh = RefreshFetch;
 
-    fn headers(&self) -> &HeaderMap {
-        &self.refresh.parts.headers
+    fn parts(&self) -> &request::Parts {
+        &self.refresh.parts
     }
 
     fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, Body> {
@@ -316,8 +316,8 @@ impl Fetch<Body> for RefreshFetch {
         })
     }
 
-    fn headers(&self) -> &HeaderMap {
-        &self.parts.headers
+    fn parts(&self) -> &request::Parts {
+        &self.parts
     }
 }
 

@@ -319,3 +319,56 @@ async fn a_put_removes_its_uris_entries_across_shards() {
     assert_eq!(layer.handle().stats().unsafe_invalidations, 8);
     assert_eq!(origin.calls(), 8 * 2 + 8 + 8 * 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_removes_its_entries_across_shards() {
+    // The tag's set lives on one shard, its entries on all three: the set is walked there and each entry is
+    // removed where it lives.
+    let cluster = RedisCluster::start();
+    let origin = support::Origin::new();
+    let layer = layer_over(RedisStore::connect(&cluster.url()).await.unwrap())
+        .methods([Method::GET])
+        .store_timeout(Duration::from_secs(2))
+        .tags(|parts| {
+            let even = parts.uri.path().ends_with(['0', '2', '4', '6', '8']);
+            vec![if even { "even" } else { "odd" }.to_owned()]
+        })
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let shards: std::collections::HashSet<usize> = (0..10)
+        .map(|i| {
+            let key = layer
+                .handle()
+                .key_for(&query_of(i).map(|_| bytes::Bytes::new()));
+            let slot = fred::util::redis_keyslot(key.as_str().as_bytes());
+            (0..3)
+                .position(|n| {
+                    cluster
+                        .slots_of(n)
+                        .iter()
+                        .any(|(start, end)| (*start..=*end).contains(&slot))
+                })
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(shards.len(), 3, "the entries live on every shard");
+    for i in 0..10 {
+        call(&service, query_of(i)).await;
+    }
+
+    assert_eq!(layer.handle().invalidate_tag("even").await.unwrap(), 5);
+    for i in 0..10 {
+        let after = call(&service, query_of(i)).await;
+        let hit = outcome(&after) == CacheOutcome::Hit;
+        assert_eq!(hit, i % 2 == 1, "/items/{i}");
+    }
+    assert_eq!(origin.calls(), 15);
+}
+
+/// A `GET` of item `i`.
+fn query_of(i: usize) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::get(format!("https://api.example.com/items/{i}"))
+        .body(http_body_util::Full::default())
+        .unwrap()
+}

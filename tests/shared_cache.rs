@@ -15,6 +15,7 @@ use support::calls::{Reply, body, cache_status, call, outcome, post, wait_until}
 use support::store::CountingStore;
 use support::{Origin, RedisServer, fred_client};
 use tower::ServiceExt;
+use tower_redis_cache::cache::store::Store;
 use tower_redis_cache::cache::{BypassReason, Credentials, RedisCacheLayerBuilder};
 use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
 
@@ -1185,4 +1186,224 @@ async fn a_write_also_drops_the_entries_of_the_uris_its_answer_names_on_its_own_
         }
     }
     assert_eq!(layer.handle().stats().unsafe_invalidations, 1);
+}
+
+/// Tags `/items...` requests `items`, and `/items/<id>` also `item:<id>`.
+fn item_tags(parts: &http::request::Parts) -> Vec<String> {
+    let Some(rest) = parts.uri.path().strip_prefix("/items") else {
+        return Vec::new();
+    };
+    match rest.strip_prefix('/') {
+        Some(id) if !id.is_empty() => vec!["items".into(), format!("item:{id}")],
+        _ => vec!["items".into()],
+    }
+}
+
+const ITEM_LIST: &str = "https://api.example.com/items?page=1";
+const USER: &str = "https://api.example.com/users/1";
+
+/// Whether a `GET` of each of `uris` through `service` is a hit (else it was a miss, stored again).
+async fn hits<S>(service: &S, uris: &[&str]) -> Vec<bool>
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Reply,
+            Error = tower_redis_cache::error::BoxError,
+        > + Clone,
+{
+    let mut hits = Vec::new();
+    for uri in uris {
+        let response = call(service, get(uri, &[])).await;
+        hits.push(outcome(&response) == CacheOutcome::Hit);
+    }
+    hits
+}
+
+#[tokio::test]
+async fn invalidating_a_tag_removes_its_entries_in_every_process_and_nothing_else() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let (layer_a, layer_b) = (
+        layer(&server).await.tags(item_tags).build().unwrap(),
+        layer(&server).await.tags(item_tags).build().unwrap(),
+    );
+    let (a, b) = (
+        cached(&layer_a, origin.service()),
+        cached(&layer_b, origin.service()),
+    );
+    let all = [ITEM, OTHER_ITEM, ITEM_LIST, USER];
+    hits(&a, &all).await;
+    assert_eq!(hits(&b, &all).await, [true; 4], "B reads A's entries");
+
+    // One item's tag: its entry alone.
+    assert_eq!(layer_b.handle().invalidate_tag("item:1").await.unwrap(), 1);
+    assert_eq!(hits(&a, &all).await, [false, true, true, true]);
+    // The collection's: every item and the listing, not the untagged user.
+    assert_eq!(layer_b.handle().invalidate_tag("items").await.unwrap(), 3);
+    assert_eq!(hits(&a, &all).await, [false, false, false, true]);
+    assert_eq!(layer_b.handle().stats().tag_removals, 4);
+    // A tag nothing was stored with removes nothing.
+    assert_eq!(layer_b.handle().invalidate_tag("orders").await.unwrap(), 0);
+    assert_eq!(hits(&a, &all).await, [true; 4]);
+}
+
+#[tokio::test]
+async fn a_tag_is_the_partitions_own() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let (layer_a, layer_b) = (
+        layer(&server)
+            .await
+            .partition("a")
+            .tags(item_tags)
+            .build()
+            .unwrap(),
+        layer(&server)
+            .await
+            .partition("b")
+            .tags(item_tags)
+            .build()
+            .unwrap(),
+    );
+    let (a, b) = (
+        cached(&layer_a, origin.service()),
+        cached(&layer_b, origin.service()),
+    );
+    hits(&a, &[ITEM]).await;
+    hits(&b, &[ITEM]).await;
+    assert_eq!(layer_a.handle().invalidate_tag("items").await.unwrap(), 1);
+    assert_eq!(hits(&b, &[ITEM]).await, [true], "tenant b's entry stays");
+    assert_eq!(hits(&a, &[ITEM]).await, [false]);
+}
+
+#[tokio::test]
+async fn a_successful_write_removes_the_entries_of_its_tags() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server).await.tags(item_tags).build().unwrap();
+    let service = cached(&layer, origin.service());
+    let all = [ITEM, OTHER_ITEM, ITEM_LIST, USER];
+    hits(&service, &all).await;
+
+    // A `PUT` of one item: its tag `items` reaches the listing and the other item, whose URIs it does not name.
+    let put = call(&service, request("PUT", OTHER_ITEM)).await;
+    assert_eq!(put.status(), StatusCode::OK);
+    assert_eq!(hits(&service, &all).await, [false, false, false, true]);
+    // The target's own entry went by its URI, first; the tag took the other two.
+    assert_eq!(layer.handle().stats().unsafe_invalidations, 1);
+    assert_eq!(layer.handle().stats().tag_removals, 2);
+
+    // A failed write changes nothing.
+    origin.fail_with(StatusCode::CONFLICT);
+    let put = call(&service, request("PUT", OTHER_ITEM)).await;
+    assert_eq!(put.status(), StatusCode::CONFLICT);
+    origin.heal();
+    assert_eq!(hits(&service, &all).await, [true; 4]);
+    assert_eq!(layer.handle().stats().tag_removals, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_asked_before_its_tag_was_invalidated_is_not_stored() {
+    let server = RedisServer::start();
+    let origin = Versioned::new();
+    let (layer_a, layer_b) = (
+        layer(&server).await.tags(item_tags).build().unwrap(),
+        layer(&server)
+            .await
+            .tags(item_tags)
+            .fleet_wait(Duration::ZERO)
+            .build()
+            .unwrap(),
+    );
+    let (a, b) = (
+        cached(&layer_a, origin.service()),
+        cached(&layer_b, origin.service()),
+    );
+    let list = || get(ITEM_LIST, &[]);
+
+    // A's miss of the listing reads version 1 and is slow to come back; then the collection changes, and B
+    // invalidates its tag: the fill's key is in the tag's set already, so its lease goes.
+    let slow = tokio::spawn(a.clone().oneshot(list()));
+    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    origin.version.fetch_add(1, Ordering::SeqCst);
+    layer_b.handle().invalidate_tag("items").await.unwrap();
+    origin.release.send_replace(true);
+    let slow: Reply = slow.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
+        "{}",
+        cache_status(&slow)
+    );
+    assert_eq!(body(slow).await, "v1");
+    assert_eq!(layer_a.handle().stats().stores_fenced, 1);
+
+    let from_b = call(&b, list()).await;
+    assert!(
+        matches!(outcome(&from_b), CacheOutcome::Miss { stored: true, .. }),
+        "{}",
+        cache_status(&from_b)
+    );
+    assert_eq!(body(from_b).await, "v2");
+}
+
+#[tokio::test]
+async fn a_request_with_too_many_tags_is_answered_but_not_stored() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server)
+        .await
+        .tags(|_| (0..33).map(|n| format!("tag-{n}")).collect())
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    for _ in 0..2 {
+        let response = call(&service, get(ITEM, &[])).await;
+        assert!(
+            matches!(outcome(&response), CacheOutcome::Miss { stored: false, .. }),
+            "{}",
+            cache_status(&response)
+        );
+    }
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(stored_keys(&server), 0, "no entry, lease or tag set");
+}
+
+#[tokio::test]
+async fn a_tag_set_drops_expired_members_and_expires_itself() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(fred_client(&server.url()).await);
+    let set = "shared:v1:tag:{t}";
+    store
+        .tag(set, "shared:v1:{a}", Duration::from_millis(1))
+        .await
+        .unwrap();
+    store
+        .tag(set, "shared:v1:{b}", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A later, shorter expiry does not shorten a member's.
+    store
+        .tag(set, "shared:v1:{b}", Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store
+        .tag(set, "shared:v1:{c}", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (mut members, next) = store.tagged(set, 0).await.unwrap();
+    members.sort();
+    assert_eq!(
+        (members, next),
+        (
+            vec!["shared:v1:{b}".to_owned(), "shared:v1:{c}".to_owned()],
+            0
+        )
+    );
+    let ttl = String::from_utf8(server.command(&[b"PTTL", set.as_bytes()])).unwrap();
+    let ttl: u64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    assert!(
+        (30_000..=60_000).contains(&ttl),
+        "the set lives as long as its longest member: {ttl}"
+    );
 }

@@ -24,6 +24,7 @@ use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::stats::{Counters, bump};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
+use super::tags::TagsFn;
 use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
@@ -117,8 +118,8 @@ pub(crate) trait Fetch<R>: Clone + Send + 'static {
     /// Asks the origin, with `extra` headers (validators of a stored response) in place of the client's own
     /// validators (see [`with_validators`]), and reads the response within `budget`.
     fn fetch(self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'static, R>;
-    /// The request's headers (for the variant a response is stored under).
-    fn headers(&self) -> &HeaderMap;
+    /// The request's head (its tags; its headers give the variant a response is stored under).
+    fn parts(&self) -> &request::Parts;
 }
 
 /// How the engine reaches the origin for one request: [`call`](Origin::call) in the caller's own future (it
@@ -129,9 +130,15 @@ pub(crate) trait Origin<R>: Send {
     /// Asks the origin, with `extra` headers (validators of a stored response) in place of the client's own
     /// validators (see [`with_validators`]), and reads the response within `budget`.
     fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, R>;
-    /// The request's headers (for the variant a response is stored under, and which stored variant answers).
-    fn headers(&self) -> &HeaderMap;
+    /// The request's head: its tags, and its headers (the variant a response is stored under, and which stored
+    /// variant answers).
+    fn parts(&self) -> &request::Parts;
     fn into_refresh(self) -> Self::Refresh;
+
+    /// The request's headers.
+    fn headers(&self) -> &HeaderMap {
+        &self.parts().headers
+    }
 }
 
 impl<R, T: Fetch<R>> Origin<R> for T {
@@ -141,8 +148,8 @@ impl<R, T: Fetch<R>> Origin<R> for T {
         self.clone().fetch(extra, budget)
     }
 
-    fn headers(&self) -> &HeaderMap {
-        Fetch::headers(self)
+    fn parts(&self) -> &request::Parts {
+        Fetch::parts(self)
     }
 
     fn into_refresh(self) -> T {
@@ -213,6 +220,8 @@ pub(crate) struct Policy {
     pub(crate) windows: Windows,
     /// Chooses windows per request.
     pub(crate) windows_for: Option<WindowsFn>,
+    /// Tags requests.
+    pub(crate) tags: Option<TagsFn>,
     /// Whether the origin's freshness headers count: for `GET` and `HEAD`, and for other cached methods.
     pub(crate) origin_freshness: bool,
     pub(crate) origin_freshness_others: bool,
@@ -241,6 +250,7 @@ impl std::fmt::Debug for Policy {
         f.debug_struct("Policy")
             .field("windows", &self.windows)
             .field("windows_for", &self.windows_for.is_some())
+            .field("tags", &self.tags.is_some())
             .field("origin_freshness", &self.origin_freshness)
             .field("origin_freshness_others", &self.origin_freshness_others)
             .field("origin_cap", &self.origin_cap)
@@ -361,6 +371,8 @@ pub(crate) fn with_validators(headers: &mut HeaderMap, extra: HeaderMap) {
 pub(crate) struct StaleTargets {
     uri: Uri,
     headers: HeaderMap,
+    /// The request's tag sets.
+    tag_sets: Vec<String>,
 }
 
 /// What a coalesced inner call leaves for its waiters.
@@ -377,7 +389,7 @@ pub(crate) enum Shared {
     Uncoalesced,
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -707,7 +719,14 @@ impl Engine {
                         // One origin call per key for the fleet: lead with the key's lease, or wait for the
                         // process that holds it.
                         let (lease, health) = match self
-                            .fleet_turn(&key, &facts, origin.headers(), forward, baseline)
+                            .fleet_turn(
+                                &key,
+                                &facts,
+                                origin.headers(),
+                                forward,
+                                baseline,
+                                &self.tags_of(origin.parts(), &facts),
+                            )
                             .await
                         {
                             Turn::Answered(entry) => {
@@ -1072,6 +1091,17 @@ impl Engine {
         if ttl.is_zero() {
             return Written::No;
         }
+        // The origin call outlasted the time the key was recorded under its tags for (a lease's time more than
+        // the longest life an entry could get): record it again for this entry's life, or do not store.
+        if !lease.tag_sets.is_empty()
+            && now.saturating_add(millis(ttl)) > lease.tagged_until
+            && self
+                .record_tags(key.as_str(), &lease.tag_sets, ttl)
+                .await
+                .is_err()
+        {
+            return Written::No;
+        }
         let value = entry.encode(key.digest());
         let written = self
             .store
@@ -1109,6 +1139,7 @@ impl Engine {
         may_invalidate(&self.policy.rules, facts).then(|| StaleTargets {
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
+            tag_sets: self.tag_sets(parts),
         })
     }
 
@@ -1152,42 +1183,25 @@ impl Engine {
             })
             .collect();
         let engine = self.clone();
+        let tag_sets = targets.tag_sets;
         // A panic in the removal is the task's alone: the response goes on either way.
-        let _ = tokio::spawn(async move { engine.remove_keys(keys).await }).await;
-    }
-
-    async fn remove_keys(&self, keys: Vec<CacheKey>) {
-        let Some(first) = keys.first() else {
-            return;
-        };
-        for key in &keys {
-            self.forget(key);
-        }
-        // The leases go first (one `UNLINK`; one key a command, in this order, on a Cluster): a fill that asked
-        // the origin before the change then cannot store its answer after the entry is gone.
-        let leases: Vec<String> = keys.iter().map(CacheKey::lease_key).collect();
-        let names: Vec<&str> = leases
-            .iter()
-            .map(String::as_str)
-            .chain(keys.iter().map(CacheKey::as_str))
-            .collect();
-        let removed = self
-            .store
-            .call("invalidate", first.as_str(), |store| store.remove(&names))
-            .await;
-        // A caller of this process arriving from now on starts a call of its own rather than sharing one that
-        // may have asked the origin before the change.
-        for key in &keys {
-            self.flights.detach(key.as_str());
-        }
-        if removed.is_ok() {
-            bump(&self.counters.unsafe_invalidations);
-            tracing::debug!(
-                key = first.short(),
-                uris = keys.len() / 2,
-                "cache entries of an unsafe request's target removed"
-            );
-        }
+        let _ = tokio::spawn(async move {
+            // The leases go first: a fill that asked the origin before the change then cannot store its answer
+            // after the entry is gone.
+            if engine.remove_entries(&keys, true).await.is_ok() {
+                bump(&engine.counters.unsafe_invalidations);
+                tracing::debug!(
+                    uris = keys.len() / 2,
+                    "cache entries of an unsafe request's target removed"
+                );
+            }
+            if !tag_sets.is_empty()
+                && let Err(error) = engine.remove_tagged(&tag_sets, true).await
+            {
+                tracing::debug!(%error, "cache entries of an unsafe request's tags not all removed");
+            }
+        })
+        .await;
     }
 
     /// Drops this process's near copy of `key`, if it has a near cache.

@@ -18,10 +18,11 @@
 //! [`fleet_wait`]: crate::cache::RedisCacheLayerBuilder::fleet_wait
 
 use super::decision::{Action, Forward, Lookup, RequestFacts, decide};
-use super::engine::Engine;
+use super::engine::{Engine, millis};
 use super::entry::Entry;
 use super::key::{CacheKey, vary_digest};
 use super::stats::{add, bump};
+use super::tags::Tags;
 use http::HeaderMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +39,10 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 pub(crate) struct Lease {
     pub(super) key: String,
     pub(super) token: String,
+    /// The tag sets the key was recorded in while this lease was taken (see [`super::tags`]).
+    pub(super) tag_sets: Vec<String>,
+    /// Until when (the cache's clock, unix ms) the key stays in them.
+    pub(super) tagged_until: u64,
 }
 
 /// A held lease that is released when dropped (a cancelled request lets the next holder in at once) unless it
@@ -122,13 +127,23 @@ fn token() -> String {
 
 impl Engine {
     /// Takes the lease of `key`: `Ok(Some)` when this process holds it now, `Ok(None)` when another does.
+    /// Holding it, records `key` under the request's `tags` before returning (before the origin is asked);
+    /// `Err` when that fails (the lease is let go), when the store fails, or when the request has too many tags.
     pub(crate) async fn take_lease(
         self: &Arc<Self>,
         key: &CacheKey,
+        tags: &Tags,
     ) -> Result<Option<LeaseGuard>, ()> {
+        let (tag_sets, lifetime) = match tags {
+            Tags::None => (Vec::new(), Duration::ZERO),
+            Tags::Some(tagging) => (tagging.sets.clone(), tagging.lifetime),
+            Tags::TooMany => return Err(()),
+        };
         let lease = Lease {
             key: key.lease_key(),
             token: token(),
+            tagged_until: self.clock.now_ms().saturating_add(millis(lifetime)),
+            tag_sets,
         };
         let ttl = self.policy.lease_for;
         match self
@@ -138,10 +153,25 @@ impl Engine {
             })
             .await
         {
-            Ok(true) => Ok(Some(LeaseGuard {
-                engine: self.clone(),
-                lease: Some(lease),
-            })),
+            Ok(true) => {
+                let recorded = if lease.tag_sets.is_empty() {
+                    Ok(())
+                } else {
+                    self.record_tags(key.as_str(), &lease.tag_sets, lifetime)
+                        .await
+                };
+                let guard = LeaseGuard {
+                    engine: self.clone(),
+                    lease: Some(lease),
+                };
+                match recorded {
+                    Ok(()) => Ok(Some(guard)),
+                    Err(()) => {
+                        guard.release().await;
+                        Err(())
+                    }
+                }
+            }
             Ok(false) => Ok(None),
             Err(_) => Err(()),
         }
@@ -157,17 +187,21 @@ impl Engine {
         headers: &HeaderMap,
         forward: Forward,
         baseline: Option<u64>,
+        tags: &Tags,
     ) -> Turn {
         // A store that just failed this request is not asked again.
         if !forward.store {
             return Turn::Lead(None);
         }
-        match self.take_lease(key).await {
+        match self.take_lease(key, tags).await {
             Ok(Some(lease)) => Turn::Lead(Some(lease)),
             Err(()) => Turn::StoreFailed,
             // Collapsing is off: call the origin at once, and leave the storing to the lease's holder.
             Ok(None) if self.policy.fleet_wait.is_zero() => Turn::Lead(None),
-            Ok(None) => match self.wait_for_fleet(key, facts, headers, baseline).await {
+            Ok(None) => match self
+                .wait_for_fleet(key, facts, headers, baseline, tags)
+                .await
+            {
                 Waited::Entry(entry) => Turn::Answered(entry),
                 Waited::Took(lease) => Turn::Lead(Some(lease)),
                 Waited::GaveUp => Turn::Lead(None),
@@ -245,6 +279,7 @@ impl Engine {
         facts: &RequestFacts,
         headers: &HeaderMap,
         baseline: Option<u64>,
+        tags: &Tags,
     ) -> Waited {
         let started = Instant::now();
         let deadline = started + self.policy.fleet_wait;
@@ -260,7 +295,7 @@ impl Engine {
             if let Some(entry) = self.new_fresh_entry(key, facts, headers, baseline).await {
                 break Waited::Entry(entry);
             }
-            match self.take_lease(key).await {
+            match self.take_lease(key, tags).await {
                 Ok(Some(lease)) => {
                     // The holder may have stored and let go between the look and the lease.
                     if let Some(entry) = self.new_fresh_entry(key, facts, headers, baseline).await {

@@ -197,6 +197,22 @@ impl GuardedStore {
                 .any(|node| node.get().is_some_and(Breaker::is_open))
     }
 
+    /// [`call`](Self::call) when `guarded`; else the operation alone, with no breaker or timeout (for a
+    /// caller's own request to the store, whose errors are its to see).
+    pub(crate) async fn call_as<'a, T>(
+        &'a self,
+        guarded: bool,
+        what: &'static str,
+        key: &str,
+        op: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T>,
+    ) -> Result<T, StoreError> {
+        if guarded {
+            self.call(what, key, op).await
+        } else {
+            op(&*self.store).await
+        }
+    }
+
     /// Runs one store operation on `key` under its breaker and the timeout.
     pub(crate) async fn call<'a, T>(
         &'a self,

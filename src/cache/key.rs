@@ -48,6 +48,15 @@ impl CacheKey {
         lease
     }
 
+    /// The entry key `key` of the namespace whose prefix is `namespace_prefix`; `None` for any other key.
+    pub(crate) fn parse(namespace_prefix: &str, key: &str) -> Option<CacheKey> {
+        let digest = parse_key(namespace_prefix, key)?;
+        Some(CacheKey {
+            key: Arc::from(key),
+            digest,
+        })
+    }
+
     /// The first 8 hex digits of the digest, for logs and traces.
     pub fn short(&self) -> &str {
         let start = self.key.len() - 65;
@@ -181,6 +190,18 @@ impl KeyConfig {
         h.finalize().into()
     }
 
+    /// The key of the set of entries stored with `tag` (see
+    /// [`RedisCacheLayerBuilder::tags`](super::RedisCacheLayerBuilder::tags)): `<namespace>:v1:tag:{<sha256
+    /// hex>}`, a digest of the partition and the tag, so that a tag is this tenant's alone and any bytes make a
+    /// key of one length. Never taken for an entry's key (which has no `tag:`).
+    pub(crate) fn tag_key(&self, tag: &str) -> String {
+        let mut h = Sha256::new();
+        field(&mut h, b"tower-redis-cache/tag/v1");
+        field(&mut h, &self.partition);
+        field(&mut h, tag.as_bytes());
+        format_in(&self.namespace, "tag:", &h.finalize().into())
+    }
+
     /// The prefix of every entry (and lease) of this namespace.
     pub(crate) fn namespace_prefix(&self) -> String {
         format!("{}:v1:", self.namespace)
@@ -248,14 +269,21 @@ fn content_type(headers: &HeaderMap) -> &[u8] {
 }
 
 fn format_key(namespace: &str, digest: &[u8; 32]) -> String {
+    format_in(namespace, "", digest)
+}
+
+/// `<namespace>:v1:<kind>{<hex of digest>}`.
+fn format_in(namespace: &str, kind: &str, digest: &[u8; 32]) -> String {
     let mut hex = [0u8; 64];
     for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0x0f)];
     }
-    let mut key = String::with_capacity(namespace.len() + 6 + 64);
+    let mut key = String::with_capacity(namespace.len() + kind.len() + 6 + 64);
     key.push_str(namespace);
-    key.push_str(":v1:{");
+    key.push_str(":v1:");
+    key.push_str(kind);
+    key.push('{');
     // Always ASCII hex digits.
     key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     key.push('}');
@@ -284,10 +312,6 @@ impl ShortHex {
 
 /// The digest a key of `namespace_prefix` (`<namespace>:v1:`) was formatted from: the inverse of
 /// [`KeyConfig::key_of`]; `None` for any other key (a lease, another namespace, anything malformed).
-#[cfg_attr(
-    not(feature = "redis"),
-    allow(dead_code, reason = "only the near cache parses keys")
-)]
 pub(crate) fn parse_key(namespace_prefix: &str, key: &str) -> Option<[u8; 32]> {
     let hex = key
         .strip_prefix(namespace_prefix)?

@@ -9,6 +9,7 @@ use super::key::KeyConfig;
 use super::near::Tracking;
 use super::stats::{CacheStats, Counters};
 use super::store::Store;
+use super::tags::TagsFn;
 use crate::error::{ConfigError, Setting, StoreError};
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderName, Method, Request, StatusCode, request};
@@ -126,13 +127,27 @@ impl CacheHandle {
         request: &Request<T>,
     ) -> Result<bool, StoreError> {
         let key = self.key_for(request);
-        self.engine.forget(&key);
         // The lease first: a fill that asked the origin before this call then cannot store its answer after it.
-        let lease = key.lease_key();
-        self.engine.store.store.remove(&[lease.as_str()]).await?;
-        let removed = self.engine.store.store.remove(&[key.as_str()]).await?;
-        self.engine.flights.detach(key.as_str());
+        let removed = self.engine.remove_entries(&[key], false).await?;
         Ok(removed > 0)
+    }
+
+    /// Removes every entry stored with `tag` (see [`tags`](RedisCacheLayerBuilder::tags)) in this layer's
+    /// namespace and partition, and their leases. Returns how many entries existed.
+    ///
+    /// As with [`invalidate`](Self::invalidate), a fill of such an entry that asked the origin before this
+    /// call does not store its answer after it, and is not shared with callers arriving after it: its key was
+    /// recorded under the tag before it asked. The tag's set is walked in pages (`ZSCAN`), so a large tag
+    /// costs time, not memory; an entry tagged while the walk runs may stay (its origin call began after this
+    /// call did).
+    ///
+    /// # Errors
+    ///
+    /// The store's error (entries removed before it stay removed); the circuit breaker and store timeout do
+    /// not apply here. A store without tags (see [`Store::tag`](super::store::Store::tag)) fails.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        let set = self.engine.keys.tag_key(tag);
+        self.engine.remove_tagged(&[set], false).await
     }
 
     /// Removes every entry of this layer's namespace (`SCAN` + `UNLINK` on Redis, never `KEYS`). Returns how many
@@ -194,6 +209,7 @@ pub struct RedisCacheLayerBuilder {
     coalesced_wait: Duration,
     max_in_flight_bytes: usize,
     windows_for: Option<WindowsFn>,
+    tags: Option<TagsFn>,
     origin_freshness: bool,
     origin_freshness_for_post: bool,
     origin_cap: Windows,
@@ -233,6 +249,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("coalesced_wait", &self.coalesced_wait)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("windows_for", &self.windows_for.is_some())
+            .field("tags", &self.tags.is_some())
             .field("origin_freshness", &self.origin_freshness)
             .field("origin_freshness_for_post", &self.origin_freshness_for_post)
             .field("origin_freshness_cap", &self.origin_cap)
@@ -283,6 +300,7 @@ impl RedisCacheLayerBuilder {
             coalesced_wait: Duration::from_secs(30),
             max_in_flight_bytes: 64 * 1024 * 1024,
             windows_for: None,
+            tags: None,
             origin_freshness: true,
             origin_freshness_for_post: false,
             origin_cap: Windows::new(DAY, DAY, DAY),
@@ -501,6 +519,44 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// Tags each request from its head: the entries stored with a tag are removed together by
+    /// [`CacheHandle::invalidate_tag`](super::CacheHandle::invalidate_tag), in every process, and by a
+    /// successful unsafe request (`PUT`, `PATCH`, `DELETE`, an uncached `POST`) that has the tag, when
+    /// [`invalidate_on_unsafe`](Self::invalidate_on_unsafe) is on. This is how a write reaches the listings
+    /// and queries it changes, whose URIs it does not name. Default: none.
+    ///
+    /// ```
+    /// # use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+    /// // `/orders`, `/orders?status=open` and `/orders/17` are tagged `orders`; `/orders/17` also `order:17`.
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    ///     .tags(|parts| {
+    ///         let mut segments = parts.uri.path().split('/').skip(1);
+    ///         match (segments.next(), segments.next()) {
+    ///             (Some("orders"), Some(id)) if !id.is_empty() => vec!["orders".into(), format!("order:{id}")],
+    ///             (Some("orders"), _) => vec!["orders".into()],
+    ///             _ => Vec::new(),
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// // A successful `PUT /orders/17` now removes every `orders` entry; or, from anywhere:
+    /// // layer.handle().invalidate_tag("orders").await?;
+    /// # Ok::<(), tower_redis_cache::error::ConfigError>(())
+    /// ```
+    ///
+    /// Tags belong to the layer's [`partition`](Self::partition). The function runs only for requests that
+    /// fill an entry and for unsafe requests, never on a hit. Each tag costs one store call per fill, made
+    /// with the key's lease and before the origin is asked (so that a removal finds every fill that may
+    /// bring back what it removes); a fill whose tags cannot be recorded (the store failing) is answered but
+    /// not stored, and so is a request with more than 32 tags. A tag's set holds the keys of its entries
+    /// for as long as they may live, and drops them as they expire.
+    pub fn tags(
+        mut self,
+        tag: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.tags = Some(Arc::new(tag));
+        self
+    }
+
     /// How long a miss waits when another process is already fetching its key (it holds the key's lease): the
     /// wait ends as soon as that process's entry is stored (woken by the near cache's invalidation when there
     /// is one, else by a poll every 5 to 50 ms), or when the other process lets go without an entry (this one
@@ -708,6 +764,7 @@ impl RedisCacheLayerBuilder {
         let policy = Policy {
             windows: Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for),
             windows_for: self.windows_for,
+            tags: self.tags,
             origin_freshness: self.origin_freshness,
             origin_freshness_others: self.origin_freshness_for_post,
             origin_cap: self.origin_cap,

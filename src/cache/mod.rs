@@ -171,6 +171,7 @@ mod service;
 pub(crate) mod stats;
 pub mod status;
 pub mod store;
+mod tags;
 
 pub use self::body::ResponseBody;
 pub use self::decision::Credentials;

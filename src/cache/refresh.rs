@@ -86,7 +86,8 @@ impl Engine {
         R: Body + Send + 'static,
         F: Fetch<R>,
     {
-        let lease = match self.take_lease(key).await {
+        let tags = self.tags_of(fetch.parts(), &facts);
+        let lease = match self.take_lease(key, &tags).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 bump(&self.counters.refreshes_skipped);
@@ -105,7 +106,7 @@ impl Engine {
             .await
             .ok()
             .flatten()
-            .filter(|entry| vary_digest(&entry.headers, fetch.headers()) == entry.vary);
+            .filter(|entry| vary_digest(&entry.headers, &fetch.parts().headers) == entry.vary);
         // A refresh elsewhere may have finished (and released its lease) between this process seeing the entry
         // stale and taking the lease: then the entry is fresh again and there is nothing to do.
         if current
@@ -117,7 +118,7 @@ impl Engine {
             return;
         }
         bump(&self.counters.refreshes_started);
-        let headers = fetch.headers().clone();
+        let headers = fetch.parts().headers.clone();
         let validators = current
             .as_ref()
             .map(|entry| validators(&entry.headers))

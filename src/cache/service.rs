@@ -350,7 +350,7 @@ where
         })
     }
 
-    fn headers(&self) -> &HeaderMap {
-        &self.parts.headers
+    fn parts(&self) -> &request::Parts {
+        &self.parts
     }
 }

@@ -79,6 +79,7 @@ pub(crate) struct Counters {
     pub(crate) stores_fenced: Counter,
     pub(crate) not_modified: Counter,
     pub(crate) partial: Counter,
+    pub(crate) tag_removals: Counter,
 }
 
 impl Counters {
@@ -154,6 +155,7 @@ impl Counters {
             stores_fenced: Counter::new("tower_redis_cache_stores_fenced_total", &namespace),
             not_modified: Counter::new("tower_redis_cache_not_modified_total", &namespace),
             partial: Counter::new("tower_redis_cache_partial_total", &namespace),
+            tag_removals: Counter::new("tower_redis_cache_tag_removals_total", &namespace),
         }
     }
 
@@ -192,6 +194,7 @@ impl Counters {
             stores_fenced: self.stores_fenced.get(),
             not_modified: self.not_modified.get(),
             partial: self.partial.get(),
+            tag_removals: self.tag_removals.get(),
             in_flight_bytes: 0,
         }
     }
@@ -283,6 +286,10 @@ pub struct CacheStats {
     /// Answers replaced by part of themselves because the request asked for a `Range` of a stored response: a
     /// `206 Partial Content`, or a `416 Range Not Satisfiable` for a range past its end (RFC 9110 §14).
     pub partial: u64,
+    /// Entries removed because they were stored with a tag that was invalidated (by
+    /// [`CacheHandle::invalidate_tag`](super::CacheHandle::invalidate_tag), or by an unsafe request with that
+    /// tag; see [`tags`](super::RedisCacheLayerBuilder::tags)).
+    pub tag_removals: u64,
     /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
     /// `max_in_flight_bytes`.
     pub in_flight_bytes: u64,
