@@ -650,3 +650,45 @@ async fn each_action_keeps_its_own_windows() {
     let stale = client.execute_action(config, &other).await.unwrap();
     assert_eq!(stale.cache, Some(CacheOutcome::Stale { refreshing: true }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_an_action_drops_its_answers_and_the_listings_everywhere() {
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let (client, other) = (
+        redis_client(&emulator, &redis).await,
+        redis_client(&emulator, &redis).await,
+    );
+    let ids = emulator.action_ids();
+    let (changed, untouched) = (&ids[0], &ids[1]);
+    let input = json!({"orderId": "A-17"});
+    let read = |client: GenesysClient| {
+        let (changed, untouched, input) = (changed.clone(), untouched.clone(), input.clone());
+        async move {
+            let outcomes = [
+                client.execute_action(&changed, &input).await.unwrap().cache,
+                client.get_action(&changed).await.unwrap().cache,
+                client
+                    .execute_action(&untouched, &input)
+                    .await
+                    .unwrap()
+                    .cache,
+                std::pin::pin!(client.list_action_pages(&order_lookups()))
+                    .try_next()
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .cache,
+            ];
+            outcomes.map(|outcome| outcome == Some(CacheOutcome::Hit))
+        }
+    };
+    assert_eq!(read(client.clone()).await, [false; 4]);
+    assert_eq!(read(other.clone()).await, [true; 4]);
+
+    // Changed elsewhere: the action's execution and its own `GET` go, and the listing's page; the other
+    // action's execution stays.
+    assert_eq!(client.invalidate_action(changed).await.unwrap(), 3);
+    assert_eq!(read(other.clone()).await, [false, false, true, false]);
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 3);
+}

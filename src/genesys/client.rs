@@ -8,7 +8,7 @@ use crate::buffer::{Collected, collect_capped};
 use crate::cache::{
     CacheHandle, CacheOutcome, CacheOverride, RedisCacheLayer, ResponseBody, Store, Windows,
 };
-use crate::error::{BoxError, ConfigError, Setting};
+use crate::error::{BoxError, ConfigError, Setting, StoreError};
 use crate::retry::{RetryLayer, RetryOutcome};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
@@ -169,6 +169,23 @@ impl GenesysClient {
     /// The cache's stats, invalidation and purge.
     pub fn cache(&self) -> &CacheHandle {
         &self.inner.cache
+    }
+
+    /// Removes the cached answers that a change to the Data Action `id` makes stale, in every process
+    /// sharing the cache: its `GET` and every execution of it, and every listing page. For a change made
+    /// elsewhere (the admin UI, another tool); a change sent through this client removes them itself once it
+    /// succeeds. Returns how many entries were removed.
+    ///
+    /// # Errors
+    ///
+    /// The store's error (entries removed before it stay removed).
+    pub async fn invalidate_action(&self, id: &str) -> Result<u64, StoreError> {
+        let own = self
+            .inner
+            .cache
+            .invalidate_tag(&action_tag(&super::actions::segment(id)))
+            .await?;
+        Ok(own + self.inner.cache.invalidate_tag(LISTINGS_TAG).await?)
     }
 
     /// Tokens fetched so far (a cache hit needs none). For tests: not part of the stable API.
@@ -669,6 +686,7 @@ impl GenesysClientBuilder {
             .store_timeout(self.store_timeout)
             .cache_post_when(|parts| is_cached_post(parts.uri.path()))
             .windows_for(windows_by_route(self.action_windows, self.listing_windows))
+            .tags(action_tags)
             .build()?;
         let handle = cache.handle();
         let service = GenesysService::new(cache.layer(retry.layer(auth.layer(transport))));
@@ -711,6 +729,45 @@ fn windows_by_route(
     }
 }
 
+/// The tag of the Data Action listings (and anything under `.../actions` that is not one action's).
+const LISTINGS_TAG: &str = "genesys:actions";
+
+/// The tag of one Data Action's entries (its `GET` and its executions), by its id as the client encodes it.
+fn action_tag(encoded_id: &str) -> String {
+    format!("genesys:action:{encoded_id}")
+}
+
+/// The cache tags of a Data Actions request: an action's own routes (`.../actions/{id}`, `.../{id}/execute`,
+/// ...) its tag; the listings (`.../actions`, `.../categories`, `.../drafts`, ...) theirs; a write to an
+/// action both, since the listings show it. Testing an action (`.../{id}/test`) changes nothing.
+fn action_tags(parts: &http::request::Parts) -> Vec<String> {
+    let rest = match parts.uri.path().strip_prefix(super::actions::ACTIONS) {
+        Some("") => "",
+        Some(rest) if rest.starts_with('/') => &rest[1..],
+        _ => return Vec::new(),
+    };
+    let mut segments = rest.split('/');
+    let id = segments.next().filter(|id| !id.is_empty());
+    let tail = segments.next();
+    let collection = matches!(id, None | Some("categories" | "drafts" | "certificates"));
+    if collection {
+        return vec![LISTINGS_TAG.to_owned()];
+    }
+    let Some(id) = id else {
+        return Vec::new();
+    };
+    let reads = parts.method == Method::GET
+        || parts.method == Method::HEAD
+        || is_cached_post(parts.uri.path());
+    if reads {
+        vec![action_tag(id)]
+    } else if tail == Some("test") {
+        Vec::new()
+    } else {
+        vec![action_tag(id), LISTINGS_TAG.to_owned()]
+    }
+}
+
 /// `POST` endpoints that read rather than write, and so are cached: Data Action execution (keyed by its
 /// input) and `.../query` searches.
 pub(crate) fn is_cached_post(path: &str) -> bool {
@@ -734,6 +791,62 @@ fn default_store() -> Result<Arc<dyn Store>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_action_requests_are_tagged_by_what_a_change_makes_stale() {
+        let tags = |method: Method, path: &str| {
+            let (parts, ()) = Request::builder()
+                .method(method)
+                .uri(format!("https://api.mypurecloud.ie{path}"))
+                .body(())
+                .unwrap()
+                .into_parts();
+            action_tags(&parts)
+        };
+        let own = || vec!["genesys:action:custom_-_1".to_owned()];
+        let listings = || vec!["genesys:actions".to_owned()];
+        let both = || {
+            vec![
+                "genesys:action:custom_-_1".to_owned(),
+                "genesys:actions".to_owned(),
+            ]
+        };
+        let actions = "/api/v2/integrations/actions";
+        for (method, path, expected) in [
+            (Method::GET, format!("{actions}?pageSize=25"), listings()),
+            (Method::GET, format!("{actions}/"), listings()),
+            (Method::GET, format!("{actions}/categories"), listings()),
+            (Method::GET, format!("{actions}/drafts"), listings()),
+            (Method::GET, format!("{actions}/custom_-_1"), own()),
+            (Method::HEAD, format!("{actions}/custom_-_1"), own()),
+            (Method::POST, format!("{actions}/custom_-_1/execute"), own()),
+            (Method::PATCH, format!("{actions}/custom_-_1"), both()),
+            (Method::DELETE, format!("{actions}/custom_-_1"), both()),
+            (
+                Method::POST,
+                format!("{actions}/custom_-_1/draft/publish"),
+                both(),
+            ),
+            (
+                Method::POST,
+                format!("{actions}/custom_-_1/test"),
+                Vec::new(),
+            ),
+            (Method::POST, actions.to_owned(), listings()),
+            (
+                Method::POST,
+                "/api/v2/taskmanagement/workitems/query".to_owned(),
+                Vec::new(),
+            ),
+            (
+                Method::GET,
+                "/api/v2/integrations/actionsx".to_owned(),
+                Vec::new(),
+            ),
+        ] {
+            assert_eq!(tags(method.clone(), &path), expected, "{method} {path}");
+        }
+    }
 
     #[test]
     fn paths_are_joined_to_the_base_host_or_refused() {
