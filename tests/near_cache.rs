@@ -6,7 +6,9 @@ mod support;
 use http::{Method, Request};
 use http_body_util::Full;
 use std::time::Duration;
-use support::calls::{Reply, body, cache_status, call, outcome, post, post_bytes, wait_until};
+use support::calls::{
+    Cached, Reply, body, cache_status, call, outcome, post, post_bytes, wait_until,
+};
 use support::proxy::Proxy;
 use support::{Origin, RedisCluster, RedisServer, fred_client};
 use tower_redis_cache::cache::RedisCacheLayerBuilder;
@@ -37,26 +39,15 @@ fn revalidate(json: &str) -> Request<Full<bytes::Bytes>> {
 }
 
 /// Calls `query` until the near cache answers it (tracking armed, entry filled): a bounded poll.
-async fn until_near<S>(service: &S, query: &str) -> Reply
-where
-    S: tower::Service<
-            Request<Full<bytes::Bytes>>,
-            Response = Reply,
-            Error = tower_redis_cache::error::BoxError,
-        > + Clone,
-{
+async fn until_near<S: Cached>(service: &S, query: &str) -> Reply {
     until_near_with(service, || post(query)).await
 }
 
 /// Sends `request()` until the near cache answers it: a bounded poll.
-async fn until_near_with<S>(service: &S, request: impl Fn() -> Request<Full<bytes::Bytes>>) -> Reply
-where
-    S: tower::Service<
-            Request<Full<bytes::Bytes>>,
-            Response = Reply,
-            Error = tower_redis_cache::error::BoxError,
-        > + Clone,
-{
+async fn until_near_with<S: Cached>(
+    service: &S,
+    request: impl Fn() -> Request<Full<bytes::Bytes>>,
+) -> Reply {
     for _ in 0..500 {
         let response = call(service, request()).await;
         if is_near(&response) {

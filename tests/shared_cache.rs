@@ -11,7 +11,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use support::calls::{Reply, body, cache_status, call, outcome, post, wait_until};
+use support::calls::{Cached, Reply, body, cache_status, call, outcome, post, wait_until};
 use support::store::CountingStore;
 use support::{Origin, RedisServer, fred_client};
 use tower::ServiceExt;
@@ -720,14 +720,7 @@ const ITEM: &str = "https://api.example.com/items/1";
 const OTHER_ITEM: &str = "https://api.example.com/items/2";
 
 /// Fills the entries of a `GET` and a `HEAD` of `ITEM` and of a `GET` of `OTHER_ITEM`, and checks they answer.
-async fn fill<S>(service: &S)
-where
-    S: tower::Service<
-            Request<Full<Bytes>>,
-            Response = Reply,
-            Error = tower_redis_cache::error::BoxError,
-        > + Clone,
-{
+async fn fill<S: Cached>(service: &S) {
     let reads = [("GET", ITEM), ("HEAD", ITEM), ("GET", OTHER_ITEM)];
     for (method, uri) in reads {
         call(service, request(method, uri).map(|_| Full::default())).await;
@@ -1210,14 +1203,7 @@ const ITEM_LIST: &str = "https://api.example.com/items?page=1";
 const USER: &str = "https://api.example.com/users/1";
 
 /// Whether a `GET` of each of `uris` through `service` is a hit (else it was a miss, stored again).
-async fn hits<S>(service: &S, uris: &[&str]) -> Vec<bool>
-where
-    S: tower::Service<
-            Request<Full<Bytes>>,
-            Response = Reply,
-            Error = tower_redis_cache::error::BoxError,
-        > + Clone,
-{
+async fn hits<S: Cached>(service: &S, uris: &[&str]) -> Vec<bool> {
     let mut hits = Vec::new();
     for uri in uris {
         let response = call(service, get(uri, &[])).await;

@@ -26,11 +26,19 @@ pub fn post_bytes(json: &str) -> Request<Bytes> {
     Request::from_parts(parts, Bytes::from(json.to_owned()))
 }
 
-/// Calls a clone of `service`, expecting success.
-pub async fn call<S>(service: &S, request: Request<Full<Bytes>>) -> Reply
-where
-    S: Service<Request<Full<Bytes>>, Response = Reply, Error = BoxError> + Clone,
+/// A cached service over an [`Origin`](super::Origin), as the tests call it.
+pub trait Cached:
+    Service<Request<Full<Bytes>>, Response = Reply, Error = BoxError> + Clone
 {
+}
+
+impl<S> Cached for S where
+    S: Service<Request<Full<Bytes>>, Response = Reply, Error = BoxError> + Clone
+{
+}
+
+/// Calls a clone of `service`, expecting success.
+pub async fn call<S: Cached>(service: &S, request: Request<Full<Bytes>>) -> Reply {
     service.clone().oneshot(request).await.unwrap()
 }
 
