@@ -931,9 +931,12 @@ impl Versioned {
                     let mut release = origin.release.subscribe();
                     let _ = release.wait_for(|open| *open).await;
                 }
-                Ok(http::Response::new(Full::new(Bytes::from(format!(
-                    "v{version}"
-                )))))
+                // Tagged as a server names what an answer holds (read by layers with `tags_from_header`).
+                let mut answer = http::Response::new(Full::new(Bytes::from(format!("v{version}"))));
+                answer
+                    .headers_mut()
+                    .insert("cache-tag", http::HeaderValue::from_static("item-versions"));
+                Ok(answer)
             }
         })
     }
@@ -1084,20 +1087,22 @@ async fn a_refresh_that_a_write_overtakes_is_fenced_not_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_invalidation_in_another_process_is_undone_by_a_fill_that_predates_it() {
-    // Four ways to tell the fleet that the item changed, each from another process than the slow fill's. By
-    // its tag, the fill is found because it recorded its key under the tag before it asked the origin.
-    for way in ["PUT", "invalidate", "tag", "purge"] {
+    // Five ways to tell the fleet that the item changed, each from another process than the slow fill's. By
+    // a request's tag, the fill is found because it recorded its key under the tag before it asked the origin;
+    // by a tag its answer names, because it read the tag clock before it asked and the removal marked the tag.
+    for way in ["PUT", "invalidate", "tag", "answer's tag", "purge"] {
         let server = RedisServer::start();
         let origin = Versioned::new();
-        let (layer_a, layer_b) = (
-            layer(&server).await.tags(item_tags).build().unwrap(),
-            // Fleet-wide collapsing off: B still leaves the storing to the holder of the key's lease.
+        let tagged = || async {
             layer(&server)
                 .await
                 .tags(item_tags)
-                .fleet_wait(Duration::ZERO)
-                .build()
-                .unwrap(),
+                .tags_from_header(http::HeaderName::from_static("cache-tag"))
+        };
+        let (layer_a, layer_b) = (
+            tagged().await.build().unwrap(),
+            // Fleet-wide collapsing off: B still leaves the storing to the holder of the key's lease.
+            tagged().await.fleet_wait(Duration::ZERO).build().unwrap(),
         );
         let (a, b) = (
             cached(&layer_a, origin.service()),
@@ -1122,6 +1127,11 @@ async fn no_invalidation_in_another_process_is_undone_by_a_fill_that_predates_it
                 origin.version.fetch_add(1, Ordering::SeqCst);
                 let removed = layer_b.handle().invalidate_tag("items").await.unwrap();
                 assert_eq!(removed, 0, "nothing stored yet: only the lease goes");
+            }
+            "answer's tag" => {
+                origin.version.fetch_add(1, Ordering::SeqCst);
+                let removed = layer_b.handle().invalidate_tag("item-versions").await;
+                assert_eq!(removed.unwrap(), 0, "nothing recorded yet: only the mark");
             }
             _ => {
                 origin.version.fetch_add(1, Ordering::SeqCst);
@@ -1322,24 +1332,21 @@ async fn a_tag_set_drops_expired_members_and_expires_itself() {
     let server = RedisServer::start();
     let store = RedisStore::new(fred_client(&server.url()).await);
     let set = "shared:v1:tag:{t}";
-    store
-        .tag(set, "shared:v1:{a}", Duration::from_millis(1))
-        .await
-        .unwrap();
-    store
-        .tag(set, "shared:v1:{b}", Duration::from_secs(60))
-        .await
-        .unwrap();
+    let tag = |member: &'static str, lifetime: Duration| store.tag(set, member, lifetime, u64::MAX);
+    assert!(
+        tag("shared:v1:{a}", Duration::from_millis(1))
+            .await
+            .unwrap()
+    );
+    assert!(tag("shared:v1:{b}", Duration::from_secs(60)).await.unwrap());
     // A later, shorter expiry does not shorten a member's.
-    store
-        .tag(set, "shared:v1:{b}", Duration::from_millis(1))
-        .await
-        .unwrap();
+    assert!(
+        tag("shared:v1:{b}", Duration::from_millis(1))
+            .await
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(20)).await;
-    store
-        .tag(set, "shared:v1:{c}", Duration::from_secs(30))
-        .await
-        .unwrap();
+    assert!(tag("shared:v1:{c}", Duration::from_secs(30)).await.unwrap());
     let (mut members, next) = store.tagged(set, 0).await.unwrap();
     members.sort();
     assert_eq!(
@@ -1355,4 +1362,90 @@ async fn a_tag_set_drops_expired_members_and_expires_itself() {
         (30_000..=60_000).contains(&ttl),
         "the set lives as long as its longest member: {ttl}"
     );
+}
+
+#[tokio::test]
+async fn a_tag_marked_after_a_clock_reading_refuses_members_recorded_under_it() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(fred_client(&server.url()).await);
+    let (clock, set, life) = (
+        "shared:v1:tag-clock",
+        "shared:v1:tag:{t}",
+        Duration::from_secs(60),
+    );
+    let before = store.tag_clock(clock, false).await.unwrap();
+    let at = store.tag_clock(clock, true).await.unwrap();
+    let after = store.tag_clock(clock, false).await.unwrap();
+    assert!(before < at && at <= after, "{before} {at} {after}");
+    store.mark_invalidated(set, at).await.unwrap();
+    // A lower mark later does not lower it.
+    store.mark_invalidated(set, before).await.unwrap();
+    assert!(!store.tag(set, "shared:v1:{a}", life, before).await.unwrap());
+    assert!(store.tag(set, "shared:v1:{b}", life, after).await.unwrap());
+    let (members, _) = store.tagged(set, 0).await.unwrap();
+    assert_eq!(members, ["shared:v1:{b}"]);
+
+    // The clock never falls behind the server's milliseconds, so losing its key (an eviction) loses nothing.
+    server.command(&[b"DEL", clock.as_bytes()]);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = store.tag_clock(clock, true).await.unwrap();
+    assert!(again > at, "{again} {at}");
+}
+
+#[tokio::test]
+async fn the_tags_an_answer_names_remove_it_whatever_its_uri() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let tagged = layer(&server)
+        .await
+        .tags(item_tags)
+        .tags_from_header(http::HeaderName::from_static("cache-tag"))
+        .build()
+        .unwrap();
+    let service = cached(&tagged, origin.service());
+    // A user's page that shows item 1 (its answer says so), and one that shows nothing tagged.
+    origin.add_header("cache-tag", "user:1, items  item:1");
+    hits(&service, &[USER]).await;
+    let plain = layer(&server).await.build().unwrap();
+    let other = "https://api.example.com/users/2";
+    hits(&cached(&plain, Origin::new().service()), &[other]).await;
+    assert_eq!(hits(&service, &[USER, other]).await, [true, true]);
+
+    assert_eq!(tagged.handle().invalidate_tag("user:1").await.unwrap(), 1);
+    assert_eq!(hits(&service, &[USER, other]).await, [false, true]);
+    // A write to item 1 (its request tags `items` and `item:1`) reaches it too.
+    let put = call(&service, request("PUT", ITEM)).await;
+    assert_eq!(put.status(), StatusCode::OK);
+    assert_eq!(hits(&service, &[USER, other]).await, [false, true]);
+    assert_eq!(tagged.handle().stats().tag_removals, 2);
+}
+
+#[tokio::test]
+async fn an_answer_whose_tags_cannot_be_read_or_are_too_many_is_not_stored() {
+    let server = RedisServer::start();
+    let many: String = (0..33).map(|n| format!("t{n} ")).collect();
+    for (value, what) in [
+        (
+            http::HeaderValue::from_bytes(b"order:\xe9").unwrap(),
+            "unreadable",
+        ),
+        (http::HeaderValue::from_str(&many).unwrap(), "33 tags"),
+    ] {
+        let origin = Origin::new();
+        origin.add_header_value("cache-tag", value);
+        let layer = layer(&server)
+            .await
+            .tags_from_header(http::HeaderName::from_static("cache-tag"))
+            .build()
+            .unwrap();
+        let service = cached(&layer, origin.service());
+        for _ in 0..2 {
+            let response = call(&service, get(USER, &[])).await;
+            assert!(
+                matches!(outcome(&response), CacheOutcome::Miss { stored: false, .. }),
+                "{what}: {}",
+                cache_status(&response)
+            );
+        }
+    }
 }

@@ -222,6 +222,8 @@ pub(crate) struct Policy {
     pub(crate) windows_for: Option<WindowsFn>,
     /// Tags requests.
     pub(crate) tags: Option<TagsFn>,
+    /// The response field that tags answers.
+    pub(crate) tags_header: Option<HeaderName>,
     /// Whether the origin's freshness headers count: for `GET` and `HEAD`, and for other cached methods.
     pub(crate) origin_freshness: bool,
     pub(crate) origin_freshness_others: bool,
@@ -251,6 +253,7 @@ impl std::fmt::Debug for Policy {
             .field("windows", &self.windows)
             .field("windows_for", &self.windows_for.is_some())
             .field("tags", &self.tags.is_some())
+            .field("tags_header", &self.tags_header)
             .field("origin_freshness", &self.origin_freshness)
             .field("origin_freshness_others", &self.origin_freshness_others)
             .field("origin_cap", &self.origin_cap)
@@ -1091,16 +1094,11 @@ impl Engine {
         if ttl.is_zero() {
             return Written::No;
         }
-        // The origin call outlasted the time the key was recorded under its tags for (a lease's time more than
-        // the longest life an entry could get): record it again for this entry's life, or do not store.
-        if !lease.tag_sets.is_empty()
-            && now.saturating_add(millis(ttl)) > lease.tagged_until
-            && self
-                .record_tags(key.as_str(), &lease.tag_sets, ttl)
-                .await
-                .is_err()
+        if let Err(written) = self
+            .record_answer_tags(key, response, lease, now, ttl)
+            .await
         {
-            return Written::No;
+            return written;
         }
         let value = entry.encode(key.digest());
         let written = self
@@ -1125,6 +1123,50 @@ impl Engine {
                 Written::Fenced
             }
             Err(_) => Written::No,
+        }
+    }
+
+    /// Records the key of an answer about to be stored (`ttl` from `now`) under the tags it needs: its
+    /// response's tags, unless a removal marked one since `lease` was taken; and its request's again, if the
+    /// origin call outlasted the time they were recorded for. `Err` with what became of the answer when it must
+    /// not be stored.
+    async fn record_answer_tags(
+        &self,
+        key: &CacheKey,
+        response: &Buffered,
+        lease: &Lease,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<(), Written> {
+        let lifetime = ttl.saturating_add(self.policy.lease_for);
+        if !lease.tag_sets.is_empty() && now.saturating_add(millis(ttl)) > lease.tagged_until {
+            match self
+                .record_tags(key.as_str(), &lease.tag_sets, lifetime, u64::MAX)
+                .await
+            {
+                Ok(true) => {}
+                _ => return Err(Written::No),
+            }
+        }
+        let mut sets = self
+            .response_tag_sets(&response.headers)
+            .map_err(|()| Written::No)?;
+        sets.retain(|set| !lease.tag_sets.contains(set));
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let since = lease.since.ok_or(Written::No)?;
+        match self.record_tags(key.as_str(), &sets, lifetime, since).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                bump(&self.counters.stores_fenced);
+                tracing::debug!(
+                    key = key.short(),
+                    "answer not stored: one of its tags was invalidated since the origin was asked"
+                );
+                Err(Written::Fenced)
+            }
+            Err(()) => Err(Written::No),
         }
     }
 

@@ -43,6 +43,8 @@ pub(crate) struct Lease {
     pub(super) tag_sets: Vec<String>,
     /// Until when (the cache's clock, unix ms) the key stays in them.
     pub(super) tagged_until: u64,
+    /// The tag clock, read before the origin was asked, when answers may carry tags (see [`super::tags`]).
+    pub(super) since: Option<u64>,
 }
 
 /// A held lease that is released when dropped (a cancelled request lets the next holder in at once) unless it
@@ -139,11 +141,17 @@ impl Engine {
             Tags::Some(tagging) => (tagging.sets.clone(), tagging.lifetime),
             Tags::TooMany => return Err(()),
         };
+        // Read before the origin is asked, for the tags its answer will name.
+        let since = match &self.policy.tags_header {
+            Some(_) => Some(self.tag_clock(false, true).await.map_err(|_| ())?),
+            None => None,
+        };
         let lease = Lease {
             key: key.lease_key(),
             token: token(),
             tagged_until: self.clock.now_ms().saturating_add(millis(lifetime)),
             tag_sets,
+            since,
         };
         let ttl = self.policy.lease_for;
         match self
@@ -157,8 +165,14 @@ impl Engine {
                 let recorded = if lease.tag_sets.is_empty() {
                     Ok(())
                 } else {
-                    self.record_tags(key.as_str(), &lease.tag_sets, lifetime)
+                    // Unconditionally: no removal that could find this key has walked its sets yet.
+                    match self
+                        .record_tags(key.as_str(), &lease.tag_sets, lifetime, u64::MAX)
                         .await
+                    {
+                        Ok(true) => Ok(()),
+                        _ => Err(()),
+                    }
                 };
                 let guard = LeaseGuard {
                     engine: self.clone(),

@@ -202,6 +202,11 @@ impl KeyConfig {
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
 
+    /// The key of the namespace's tag clock (see [`Store::tag_clock`](super::store::Store::tag_clock)).
+    pub(crate) fn tag_clock_key(&self) -> String {
+        format!("{}:v1:tag-clock", self.namespace)
+    }
+
     /// The prefix of every entry (and lease) of this namespace.
     pub(crate) fn namespace_prefix(&self) -> String {
         format!("{}:v1:", self.namespace)

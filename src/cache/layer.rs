@@ -210,6 +210,7 @@ pub struct RedisCacheLayerBuilder {
     max_in_flight_bytes: usize,
     windows_for: Option<WindowsFn>,
     tags: Option<TagsFn>,
+    tags_header: Option<HeaderName>,
     origin_freshness: bool,
     origin_freshness_for_post: bool,
     origin_cap: Windows,
@@ -250,6 +251,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("windows_for", &self.windows_for.is_some())
             .field("tags", &self.tags.is_some())
+            .field("tags_from_header", &self.tags_header)
             .field("origin_freshness", &self.origin_freshness)
             .field("origin_freshness_for_post", &self.origin_freshness_for_post)
             .field("origin_freshness_cap", &self.origin_cap)
@@ -301,6 +303,7 @@ impl RedisCacheLayerBuilder {
             max_in_flight_bytes: 64 * 1024 * 1024,
             windows_for: None,
             tags: None,
+            tags_header: None,
             origin_freshness: true,
             origin_freshness_for_post: false,
             origin_cap: Windows::new(DAY, DAY, DAY),
@@ -557,6 +560,23 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// Tags each stored answer with what its response field `name` lists (space- or comma-separated), as a
+    /// server names what an answer is made of: `Cache-Tag: order:17 order:18` on a search result lets
+    /// [`CacheHandle::invalidate_tag`](super::CacheHandle::invalidate_tag)`("order:17")`, or a write tagged
+    /// `order:17` by [`tags`](Self::tags), remove that result, whatever its URI. The tags join those of
+    /// [`tags`](Self::tags); the field is kept in the answer. Default: none.
+    ///
+    /// An answer whose tags are only known once it arrives may predate a removal that ran while it was
+    /// fetched: each fill reads the namespace's tag clock (one store call) before it asks the origin, and an
+    /// answer with a tag removed since is answered but not stored (counted in `stores_fenced`). So is one
+    /// whose field cannot be read (a byte outside visible ASCII), that names more than 32 tags, or whose
+    /// tags cannot be recorded. The tag clock lives on one Redis node and never falls behind that server's
+    /// clock, so across a failover of that node the guarantee assumes the servers' clocks roughly agree.
+    pub fn tags_from_header(mut self, name: HeaderName) -> Self {
+        self.tags_header = Some(name);
+        self
+    }
+
     /// How long a miss waits when another process is already fetching its key (it holds the key's lease): the
     /// wait ends as soon as that process's entry is stored (woken by the near cache's invalidation when there
     /// is one, else by a poll every 5 to 50 ms), or when the other process lets go without an entry (this one
@@ -765,6 +785,7 @@ impl RedisCacheLayerBuilder {
             windows: Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for),
             windows_for: self.windows_for,
             tags: self.tags,
+            tags_header: self.tags_header,
             origin_freshness: self.origin_freshness,
             origin_freshness_others: self.origin_freshness_for_post,
             origin_cap: self.origin_cap,

@@ -102,8 +102,9 @@
 //! of its URI (with its headers) are removed, from this process's near cache and from the store, so from every
 //! process, before its response is returned (RFC 9111 §4.4; see
 //! [`invalidate_on_unsafe`](RedisCacheLayerBuilder::invalidate_on_unsafe)). What such a write changes under
-//! other URIs (a listing, a search) goes by [`tags`](RedisCacheLayerBuilder::tags): the entries stored with one
-//! of the write's tags are removed too, and [`CacheHandle::invalidate_tag`] removes a tag's entries on demand.
+//! other URIs (a listing, a search) goes by [`tags`](RedisCacheLayerBuilder::tags) (and the tags an answer
+//! names, [`tags_from_header`](RedisCacheLayerBuilder::tags_from_header)): the entries stored with one of the
+//! write's tags are removed too, and [`CacheHandle::invalidate_tag`] removes a tag's entries on demand.
 //!
 //! The windows of the entry a request stores are its own [`CacheOverride`] extension's, else what the
 //! layer's [`windows_for`](RedisCacheLayerBuilder::windows_for) hook chooses from its head, else the layer's;

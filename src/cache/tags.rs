@@ -1,12 +1,18 @@
 //! Tags: sets of entries removed together, by [`CacheHandle::invalidate_tag`] or by an unsafe request with
-//! one of their tags (see [`RedisCacheLayerBuilder::tags`]).
+//! one of their tags (see [`RedisCacheLayerBuilder::tags`] and
+//! [`tags_from_header`](super::RedisCacheLayerBuilder::tags_from_header)).
 //!
 //! A tag's set (`<namespace>:v1:tag:{<digest>}`, a sorted set on Redis) holds the keys of the entries stored
-//! with it, each until its entry's longest possible life. A fill records its key in the sets of its tags while
-//! it holds the key's lease and before it asks the origin. A removal walks the set and, for each key, removes
-//! the lease and then the entry, as [`CacheHandle::invalidate`] does. So a fill whose origin call may have
-//! begun before the removal is found by it (its key was recorded first) and cannot store its answer after it
-//! (its lease is gone); a fill recorded after the removal's walk asked the origin after the removal began.
+//! with it, each until its entry's longest possible life. A removal first marks the set invalidated at a
+//! reading of the namespace's tag clock, then walks it and, for each key, removes the lease and then the
+//! entry, as [`CacheHandle::invalidate`] does. No fill that may bring back an answer from before the removal
+//! stores it afterwards:
+//!
+//! - a request's own tags are recorded while the fill holds the key's lease and before it asks the origin: the
+//!   walk finds the key, and its lease is gone;
+//! - a response's tags are known only from the answer: the fill reads the tag clock before it asks, and
+//!   records them, in one step per set, only if the set was not marked after that reading, then stores the
+//!   entry under its lease. Marked after the recording, the walk finds the key.
 //!
 //! [`CacheHandle::invalidate_tag`]: super::CacheHandle::invalidate_tag
 //! [`CacheHandle::invalidate`]: super::CacheHandle::invalidate
@@ -17,7 +23,7 @@ use super::engine::Engine;
 use super::key::CacheKey;
 use super::stats::add;
 use crate::error::StoreError;
-use http::request;
+use http::{HeaderMap, request};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,27 +100,77 @@ impl Engine {
         sets
     }
 
-    /// Records `key` in the sets of `tagging` for `lifetime` (all at once); `Err` if any call failed.
+    /// The tag sets a response's [`tags_from_header`](super::RedisCacheLayerBuilder::tags_from_header) field
+    /// names (none without one); `Err` when it cannot be read (a byte outside visible ASCII) or names more
+    /// than [`MAX_TAGS`]: then the response is not stored.
+    pub(crate) fn response_tag_sets(&self, headers: &HeaderMap) -> Result<Vec<String>, ()> {
+        let Some(name) = &self.policy.tags_header else {
+            return Ok(Vec::new());
+        };
+        let mut sets = Vec::new();
+        for value in headers.get_all(name) {
+            let Ok(value) = value.to_str() else {
+                tracing::debug!(header = %name, "unreadable cache tags: the answer is not stored");
+                return Err(());
+            };
+            sets.extend(
+                value
+                    .split(|c: char| c == ',' || c.is_ascii_whitespace())
+                    .filter(|tag| !tag.is_empty())
+                    .map(|tag| self.keys.tag_key(tag)),
+            );
+        }
+        sets.sort_unstable();
+        sets.dedup();
+        if sets.len() > MAX_TAGS {
+            tracing::warn!(
+                tags = sets.len(),
+                max = MAX_TAGS,
+                "too many cache tags in one response: it is not stored"
+            );
+            return Err(());
+        }
+        Ok(sets)
+    }
+
+    /// Reads the namespace's tag clock (advancing it for a removal).
+    pub(crate) async fn tag_clock(&self, advance: bool, guarded: bool) -> Result<u64, StoreError> {
+        let clock = self.keys.tag_clock_key();
+        self.store
+            .call_as(guarded, "tag-clock", &clock, |s| {
+                s.tag_clock(&clock, advance)
+            })
+            .await
+    }
+
+    /// Records `key` in the sets `sets` for `lifetime` (all at once), each unless it was marked invalidated
+    /// after the tag clock read `since`: `Ok(true)` when every set took it, `Ok(false)` when one was marked
+    /// (the answer may predate a removal: it is not stored), `Err` when a call failed.
     pub(crate) async fn record_tags(
         &self,
         key: &str,
         sets: &[String],
         lifetime: Duration,
-    ) -> Result<(), ()> {
+        since: u64,
+    ) -> Result<bool, ()> {
         let calls = sets.iter().map(|set| {
             self.store
-                .call("tag", set, move |s| s.tag(set, key, lifetime))
+                .call("tag", set, move |s| s.tag(set, key, lifetime, since))
         });
-        let results = futures_util::future::join_all(calls).await;
-        if results.iter().all(Result::is_ok) {
-            Ok(())
-        } else {
-            tracing::debug!(
-                key,
-                "cache tags not recorded (store failing): the answer is not stored"
-            );
-            Err(())
+        let mut all = true;
+        for result in futures_util::future::join_all(calls).await {
+            match result {
+                Ok(recorded) => all &= recorded,
+                Err(_) => {
+                    tracing::debug!(
+                        key,
+                        "cache tags not recorded (store failing): the answer is not stored"
+                    );
+                    return Err(());
+                }
+            }
         }
+        Ok(all)
     }
 
     /// Removes every entry recorded in the tag sets `sets`, each lease before its entry, from this process's
@@ -128,6 +184,12 @@ impl Engine {
         let prefix = self.keys.namespace_prefix();
         let mut removed = 0;
         for set in sets {
+            // Marked first: a fill that read the clock before this and learns its tags from its answer then
+            // does not record (or store) it; one that recorded before the mark is in the walk.
+            let at = self.tag_clock(true, guarded).await?;
+            self.store
+                .call_as(guarded, "tag-mark", set, |s| s.mark_invalidated(set, at))
+                .await?;
             let mut cursor = 0;
             loop {
                 let (members, next) = self

@@ -76,10 +76,15 @@ impl Origin {
 
     /// Adds `name: value` to every answer from now on (`set-cookie`, `cache-control`, `vary`, ...).
     pub fn add_header(&self, name: &'static str, value: &'static str) {
-        self.headers.lock().unwrap().push((
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        ));
+        self.add_header_value(name, HeaderValue::from_static(value));
+    }
+
+    /// [`add_header`](Self::add_header) with any value (one a static string cannot hold).
+    pub fn add_header_value(&self, name: &'static str, value: HeaderValue) {
+        self.headers
+            .lock()
+            .unwrap()
+            .push((HeaderName::from_static(name), value));
     }
 
     /// The methods of the calls that reached the origin, in order.

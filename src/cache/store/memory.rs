@@ -45,6 +45,10 @@ struct TagSets {
     sweep_at: usize,
     /// No member expires before this (it may be earlier than the soonest expiry, never later).
     soonest: Option<tokio::time::Instant>,
+    /// Invalidation marks by tag: the mark, and when it expires.
+    marks: HashMap<String, (u64, tokio::time::Instant)>,
+    /// The tag clock: in one process, a counter is enough.
+    clock: u64,
 }
 
 impl TagSets {
@@ -56,6 +60,14 @@ impl TagSets {
         self.members = self.sets.values().map(HashMap::len).sum();
         self.sweep_at = (self.members * 2).max(MIN_SWEEP);
         self.soonest = self.sets.values().flat_map(HashMap::values).min().copied();
+        self.marks.retain(|_, (_, until)| *until > now);
+    }
+
+    /// Whether `tag` was marked invalidated after `since`.
+    fn marked_after(&self, tag: &str, since: u64, now: tokio::time::Instant) -> bool {
+        self.marks
+            .get(tag)
+            .is_some_and(|(mark, until)| *until > now && *mark > since)
     }
 
     fn remove_set(&mut self, tag: &str) -> bool {
@@ -69,6 +81,8 @@ impl TagSets {
     }
 }
 
+/// How long an invalidation mark is kept (as on Redis).
+const MARK_FOR: Duration = Duration::from_secs(86_400);
 /// Tag members at which a sweep first runs.
 const MIN_SWEEP: usize = 1024;
 /// Bytes of the store's bound counted per tag member, for the most members it keeps (its keys and
@@ -290,13 +304,23 @@ impl Store for MemoryStore {
             .cloned()
             .collect();
         removed += doomed.iter().filter(|tag| tags.remove_set(tag)).count();
+        tags.marks.retain(|tag, _| !tag.starts_with(prefix));
         Box::pin(std::future::ready(Ok(removed as u64)))
     }
 
-    fn tag<'a>(&'a self, tag: &'a str, member: &'a str, lifetime: Duration) -> StoreFuture<'a, ()> {
+    fn tag<'a>(
+        &'a self,
+        tag: &'a str,
+        member: &'a str,
+        lifetime: Duration,
+        since: u64,
+    ) -> StoreFuture<'a, bool> {
         let now = tokio::time::Instant::now();
         let until = now.checked_add(lifetime).unwrap_or(now + FAR_FUTURE);
         let mut tags = self.lock_tags();
+        if tags.marked_after(tag, since, now) {
+            return Box::pin(std::future::ready(Ok(false)));
+        }
         let known = |tags: &TagSets| {
             tags.sets
                 .get(tag)
@@ -328,7 +352,31 @@ impl Store for MemoryStore {
             tags.members += 1;
         }
         tags.soonest = Some(tags.soonest.map_or(until, |soonest| soonest.min(until)));
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
+        let now = tokio::time::Instant::now();
+        let until = now + MARK_FOR;
+        let mut tags = self.lock_tags();
+        if !tags.marks.contains_key(tag) && tags.marks.len() >= self.max_members {
+            tags.marks.retain(|_, (_, until)| *until > now);
+            if tags.marks.len() >= self.max_members {
+                return Box::pin(std::future::ready(Err(StoreError::backend(
+                    "memory store: too many invalidated tags",
+                ))));
+            }
+        }
+        let mark = tags.marks.entry(tag.to_owned()).or_insert((at, until));
+        *mark = (mark.0.max(at), until);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn tag_clock<'a>(&'a self, key: &'a str, advance: bool) -> StoreFuture<'a, u64> {
+        let _ = key;
+        let mut tags = self.lock_tags();
+        tags.clock += u64::from(advance);
+        Box::pin(std::future::ready(Ok(tags.clock)))
     }
 
     fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {
@@ -353,6 +401,9 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
+    /// Record whatever the marks say.
+    const ANY: u64 = u64::MAX;
+
     async fn members(store: &MemoryStore, tag: &str) -> Vec<String> {
         let (mut members, next) = store.tagged(tag, 0).await.unwrap();
         assert_eq!(next, 0, "one page");
@@ -364,11 +415,17 @@ mod tests {
     async fn tag_members_expire_by_their_longest_lifetime() {
         let store = MemoryStore::new(1 << 20);
         let long = Duration::from_secs(60);
-        store.tag("t", "a", Duration::from_secs(1)).await.unwrap();
-        store.tag("t", "b", long).await.unwrap();
+        store
+            .tag("t", "a", Duration::from_secs(1), ANY)
+            .await
+            .unwrap();
+        store.tag("t", "b", long, ANY).await.unwrap();
         // A shorter lifetime later does not shorten a member's.
-        store.tag("t", "b", Duration::from_secs(1)).await.unwrap();
-        store.tag("u", "a", long).await.unwrap();
+        store
+            .tag("t", "b", Duration::from_secs(1), ANY)
+            .await
+            .unwrap();
+        store.tag("u", "a", long, ANY).await.unwrap();
         assert_eq!(members(&store, "t").await, ["a", "b"]);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(members(&store, "t").await, ["b"]);
@@ -382,25 +439,57 @@ mod tests {
         let store = MemoryStore::new(0);
         let life = Duration::from_secs(1);
         for n in 0..1024 {
-            store.tag("t", &format!("k{n}"), life).await.unwrap();
+            store.tag("t", &format!("k{n}"), life, ANY).await.unwrap();
         }
-        assert!(store.tag("t", "over", life).await.is_err(), "full: refused");
-        store.tag("t", "k7", life).await.unwrap();
+        assert!(
+            store.tag("t", "over", life, ANY).await.is_err(),
+            "full: refused"
+        );
+        store.tag("t", "k7", life, ANY).await.unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         // The sweep makes room again.
-        store.tag("t", "over", life).await.unwrap();
+        store.tag("t", "over", life, ANY).await.unwrap();
         assert_eq!(members(&store, "t").await, ["over"]);
         assert_eq!(store.lock_tags().members, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mark_refuses_members_read_before_it_for_a_day() {
+        let store = MemoryStore::new(1 << 20);
+        let life = Duration::from_secs(60);
+        let before = store.tag_clock("c", false).await.unwrap();
+        let at = store.tag_clock("c", true).await.unwrap();
+        assert!(before < at);
+        store.mark_invalidated("t", at).await.unwrap();
+        store.mark_invalidated("t", before).await.unwrap();
+        assert!(!store.tag("t", "a", life, before).await.unwrap());
+        assert!(store.tag("t", "b", life, at).await.unwrap());
+        assert!(
+            store.tag("u", "a", life, before).await.unwrap(),
+            "another tag"
+        );
+        tokio::time::advance(MARK_FOR).await;
+        assert!(
+            store.tag("t", "a", life, before).await.unwrap(),
+            "the mark expired"
+        );
+        assert_eq!(members(&store, "t").await, ["a"], "b expired meanwhile");
     }
 
     #[tokio::test]
     async fn removing_or_purging_drops_tag_sets() {
         let store = MemoryStore::new(1 << 20);
         let life = Duration::from_secs(60);
-        store.tag("ns:v1:tag:{1}", "ns:v1:{a}", life).await.unwrap();
-        store.tag("ns:v1:tag:{2}", "ns:v1:{a}", life).await.unwrap();
         store
-            .tag("other:v1:tag:{3}", "other:v1:{a}", life)
+            .tag("ns:v1:tag:{1}", "ns:v1:{a}", life, ANY)
+            .await
+            .unwrap();
+        store
+            .tag("ns:v1:tag:{2}", "ns:v1:{a}", life, ANY)
+            .await
+            .unwrap();
+        store
+            .tag("other:v1:tag:{3}", "other:v1:{a}", life, ANY)
             .await
             .unwrap();
         assert_eq!(store.remove(&["ns:v1:tag:{1}"]).await.unwrap(), 1);

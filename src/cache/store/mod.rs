@@ -120,16 +120,50 @@ pub trait Store: Send + Sync + 'static {
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64>;
 
     /// Records the entry key `member` under the tag set at `tag` for at least `lifetime` from now (a set of
-    /// members, each with its own expiry; the longer of the old and the new expiry counts). The cache records a
-    /// fill's tags while it holds the key's lease, before it asks the origin, so that
-    /// [`CacheHandle::invalidate_tag`] finds every entry that may be stored with an answer from before the call.
-    /// Expired members are dropped as new ones come, so a set holds the live entries of its tag.
+    /// members, each with its own expiry; the longer of the old and the new expiry counts), unless the set was
+    /// [marked invalidated](Self::mark_invalidated) at a time after `since` (a [`tag_clock`](Self::tag_clock)
+    /// reading; `u64::MAX`: record in any case), in one step. Returns whether it recorded. Expired members are
+    /// dropped as new ones come, so a set holds the live entries of its tag.
     ///
-    /// The default refuses: a store without tags stores no answer of a request that has tags.
+    /// The cache records a fill's request tags while it holds the key's lease and before it asks the origin,
+    /// and its response tags (known only from the answer) under the clock reading it took before asking: so
+    /// [`CacheHandle::invalidate_tag`] finds, or fences, every fill that may bring back an answer from before it.
+    ///
+    /// The default refuses: a store without tags stores no answer that has tags.
     ///
     /// [`CacheHandle::invalidate_tag`]: crate::cache::CacheHandle::invalidate_tag
-    fn tag<'a>(&'a self, tag: &'a str, member: &'a str, lifetime: Duration) -> StoreFuture<'a, ()> {
-        let _ = (tag, member, lifetime);
+    fn tag<'a>(
+        &'a self,
+        tag: &'a str,
+        member: &'a str,
+        lifetime: Duration,
+        since: u64,
+    ) -> StoreFuture<'a, bool> {
+        let _ = (tag, member, lifetime, since);
+        Box::pin(std::future::ready(Err(StoreError::backend(
+            "this store does not keep tags",
+        ))))
+    }
+
+    /// Marks the tag set at `tag` invalidated at `at` (a [`tag_clock`](Self::tag_clock) reading; a later mark
+    /// stays), so that no answer from a fill that read the clock before `at` is recorded under it. The mark
+    /// lives at `<tag>:invalidated` (the set's hash slot) for a day.
+    ///
+    /// The default refuses, as [`tag`](Self::tag) does.
+    fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
+        let _ = (tag, at);
+        Box::pin(std::future::ready(Err(StoreError::backend(
+            "this store does not keep tags",
+        ))))
+    }
+
+    /// Reads the tag clock at `key`, advancing it by one when `advance`: a counter that each reading first
+    /// raises to the store's clock in milliseconds when behind, so that losing it (an eviction) loses nothing. A
+    /// reading taken before an advancing one is always smaller than it.
+    ///
+    /// The default refuses, as [`tag`](Self::tag) does.
+    fn tag_clock<'a>(&'a self, key: &'a str, advance: bool) -> StoreFuture<'a, u64> {
+        let _ = (key, advance);
         Box::pin(std::future::ready(Err(StoreError::backend(
             "this store does not keep tags",
         ))))
@@ -214,8 +248,22 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
         (**self).purge_prefix(prefix)
     }
 
-    fn tag<'a>(&'a self, tag: &'a str, member: &'a str, lifetime: Duration) -> StoreFuture<'a, ()> {
-        (**self).tag(tag, member, lifetime)
+    fn tag<'a>(
+        &'a self,
+        tag: &'a str,
+        member: &'a str,
+        lifetime: Duration,
+        since: u64,
+    ) -> StoreFuture<'a, bool> {
+        (**self).tag(tag, member, lifetime, since)
+    }
+
+    fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
+        (**self).mark_invalidated(tag, at)
+    }
+
+    fn tag_clock<'a>(&'a self, key: &'a str, advance: bool) -> StoreFuture<'a, u64> {
+        (**self).tag_clock(key, advance)
     }
 
     fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {

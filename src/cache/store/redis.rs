@@ -316,11 +316,27 @@ pub(crate) const SET_IF_LEASED: Script = Script {
 
 /// Records `ARGV[1]` in the tag set `KEYS[1]` until `ARGV[2]` ms from the server's now (its score; an
 /// expiry already later stays), drops the members whose expiry passed, and keeps the set itself at least as
-/// long. The server's clock, so that every process's members expire by one clock.
+/// long; unless the set's invalidation mark (`KEYS[2]`) is above `ARGV[3]`. The server's clock, so that every
+/// process's members expire by one clock.
 pub(crate) const TAG: Script = Script {
-    lua: "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local life = tonumber(ARGV[2]) redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) local held = redis.call('ZSCORE', KEYS[1], ARGV[1]) if not held or tonumber(held) < now + life then redis.call('ZADD', KEYS[1], now + life, ARGV[1]) end if redis.call('PTTL', KEYS[1]) < life then redis.call('PEXPIRE', KEYS[1], life) end return 1",
-    sha1: "28945d88b595ff0faca1534b1cba9fe7f16af13c",
+    lua: "local mark = redis.call('GET', KEYS[2]) if mark and tonumber(mark) > tonumber(ARGV[3]) then return 0 end local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local life = tonumber(ARGV[2]) redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) local held = redis.call('ZSCORE', KEYS[1], ARGV[1]) if not held or tonumber(held) < now + life then redis.call('ZADD', KEYS[1], now + life, ARGV[1]) end if redis.call('PTTL', KEYS[1]) < life then redis.call('PEXPIRE', KEYS[1], life) end return 1",
+    sha1: "3c071a889341f3147d415f9a71d44c221296d5d3",
 };
+
+/// Raises the invalidation mark `KEYS[1]` to `ARGV[1]` (a lower one stays) and keeps it `ARGV[2]` ms.
+pub(crate) const MARK: Script = Script {
+    lua: "local mark = redis.call('GET', KEYS[1]) if not mark or tonumber(mark) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 1",
+    sha1: "28e35bb3381437293cb3f34d0040c09d25158b88",
+};
+
+/// Reads the tag clock `KEYS[1]`, advanced by `ARGV[1]` (0 or 1) and never behind the server's clock in ms.
+pub(crate) const CLOCK: Script = Script {
+    lua: "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local c = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[1]) if c < now then c = now end redis.call('SET', KEYS[1], string.format('%d', c)) return c",
+    sha1: "081e0d5eb98a0c6e0a8122975d50c7bd68c783f3",
+};
+
+/// How long an invalidation mark is kept: longer than any fill that read the tag clock before it runs.
+const MARK_FOR: Duration = Duration::from_secs(86_400);
 
 /// Members of a tag set per `ZSCAN` reply (a hint to the server).
 const TAG_PAGE: i64 = 500;
@@ -469,11 +485,37 @@ impl Store for RedisStore {
         })
     }
 
-    fn tag<'a>(&'a self, tag: &'a str, member: &'a str, lifetime: Duration) -> StoreFuture<'a, ()> {
+    fn tag<'a>(
+        &'a self,
+        tag: &'a str,
+        member: &'a str,
+        lifetime: Duration,
+        since: u64,
+    ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let args = vec![Value::from(member), Value::from(millis(lifetime))];
-            run_script(self.client(), &TAG, vec![Key::from(tag)], args).await?;
+            let keys = vec![Key::from(tag), Key::from(marked(tag))];
+            let args = vec![
+                Value::from(member),
+                Value::from(millis(lifetime)),
+                Value::from(since.to_string()),
+            ];
+            Ok(run_script(self.client(), &TAG, keys, args).await? == 1)
+        })
+    }
+
+    fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let args = vec![Value::from(at.to_string()), Value::from(millis(MARK_FOR))];
+            run_script(self.client(), &MARK, vec![Key::from(marked(tag))], args).await?;
             Ok(())
+        })
+    }
+
+    fn tag_clock<'a>(&'a self, key: &'a str, advance: bool) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let args = vec![Value::from(i64::from(advance))];
+            let reading = run_script(self.client(), &CLOCK, vec![Key::from(key)], args).await?;
+            u64::try_from(reading).map_err(|_| StoreError::backend("negative tag clock"))
         })
     }
 
@@ -549,6 +591,11 @@ async fn unlink_matching(
         removed += client.unlink::<u64, _>(batch).await.map_err(backend)?;
     }
     Ok(removed)
+}
+
+/// The key of the invalidation mark of the tag set `tag` (in its hash slot).
+fn marked(tag: &str) -> String {
+    format!("{tag}:invalidated")
 }
 
 /// A `ZSCAN` reply: `[cursor, [member, score, member, score, ...]]`, as members and the next cursor.
