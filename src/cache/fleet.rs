@@ -141,17 +141,12 @@ impl Engine {
             Tags::Some(tagging) => (tagging.sets.clone(), tagging.lifetime),
             Tags::TooMany => return Err(()),
         };
-        // Read before the origin is asked, for the tags its answer will name.
-        let since = match &self.policy.tags_header {
-            Some(_) => Some(self.tag_clock(false, true).await.map_err(|_| ())?),
-            None => None,
-        };
-        let lease = Lease {
+        let mut lease = Lease {
             key: key.lease_key(),
             token: token(),
             tagged_until: self.clock.now_ms().saturating_add(millis(lifetime)),
             tag_sets,
-            since,
+            since: None,
         };
         let ttl = self.policy.lease_for;
         match self
@@ -162,10 +157,12 @@ impl Engine {
             .await
         {
             Ok(true) => {
-                let recorded = if lease.tag_sets.is_empty() {
-                    Ok(())
-                } else {
-                    // Unconditionally: no removal that could find this key has walked its sets yet.
+                // Both before the origin is asked: the request's tags unconditionally (no removal that could
+                // find this key has walked their sets yet), and the tag clock for the tags the answer will name.
+                let request_tags = async {
+                    if lease.tag_sets.is_empty() {
+                        return Ok(());
+                    }
                     match self
                         .record_tags(key.as_str(), &lease.tag_sets, lifetime, u64::MAX)
                         .await
@@ -173,6 +170,20 @@ impl Engine {
                         Ok(true) => Ok(()),
                         _ => Err(()),
                     }
+                };
+                let clock = async {
+                    match &self.policy.tags_header {
+                        Some(_) => self.tag_clock(false, true).await.map(Some).map_err(|_| ()),
+                        None => Ok(None),
+                    }
+                };
+                let (recorded, since) = futures_util::future::join(request_tags, clock).await;
+                let recorded = match (recorded, since) {
+                    (Ok(()), Ok(since)) => {
+                        lease.since = since;
+                        Ok(())
+                    }
+                    _ => Err(()),
                 };
                 let guard = LeaseGuard {
                     engine: self.clone(),

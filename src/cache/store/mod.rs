@@ -121,7 +121,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records the entry key `member` under the tag set at `tag` for at least `lifetime` from now (a set of
     /// members, each with its own expiry; the longer of the old and the new expiry counts), unless the set was
-    /// [marked invalidated](Self::mark_invalidated) at a time after `since` (a [`tag_clock`](Self::tag_clock)
+    /// [marked invalidated](Self::mark_invalidated) at or after `since` (a [`tag_clock`](Self::tag_clock)
     /// reading; `u64::MAX`: record in any case), in one step. Returns whether it recorded. Expired members are
     /// dropped as new ones come, so a set holds the live entries of its tag.
     ///
@@ -145,8 +145,8 @@ pub trait Store: Send + Sync + 'static {
         ))))
     }
 
-    /// Marks the tag set at `tag` invalidated at `at` (a [`tag_clock`](Self::tag_clock) reading; a later mark
-    /// stays), so that no answer from a fill that read the clock before `at` is recorded under it. The mark
+    /// Marks the tag set at `tag` invalidated at `at` (an advancing [`tag_clock`](Self::tag_clock) reading; a
+    /// later mark stays), so that no answer from a fill that read the clock before it is recorded under it. The mark
     /// lives at `<tag>:invalidated` (the set's hash slot) for a day.
     ///
     /// The default refuses, as [`tag`](Self::tag) does.
@@ -157,9 +157,11 @@ pub trait Store: Send + Sync + 'static {
         ))))
     }
 
-    /// Reads the tag clock at `key`, advancing it by one when `advance`: a counter that each reading first
-    /// raises to the store's clock in milliseconds when behind, so that losing it (an eviction) loses nothing. A
-    /// reading taken before an advancing one is always smaller than it.
+    /// Reads the tag clock at `key`, advancing it when `advance`. A reading taken before an advancing one is
+    /// never above it (so a mark at the advancing reading refuses what the earlier reading fenced), and readings
+    /// move on, so that a mark refuses no fill for long after it. On Redis: the server's clock in µs, or a
+    /// counter at `key` where it is ahead, which each advance moves one past the two (so a clock stepping back
+    /// never puts an advance below an earlier one, and losing the key to an eviction costs nothing).
     ///
     /// The default refuses, as [`tag`](Self::tag) does.
     fn tag_clock<'a>(&'a self, key: &'a str, advance: bool) -> StoreFuture<'a, u64> {

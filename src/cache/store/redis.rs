@@ -316,11 +316,11 @@ pub(crate) const SET_IF_LEASED: Script = Script {
 
 /// Records `ARGV[1]` in the tag set `KEYS[1]` until `ARGV[2]` ms from the server's now (its score; an
 /// expiry already later stays), drops the members whose expiry passed, and keeps the set itself at least as
-/// long; unless the set's invalidation mark (`KEYS[2]`) is above `ARGV[3]`. The server's clock, so that every
-/// process's members expire by one clock.
+/// long; unless the set's invalidation mark (`KEYS[2]`) is at or above `ARGV[3]`. The server's clock, so that
+/// every process's members expire by one clock.
 pub(crate) const TAG: Script = Script {
-    lua: "local mark = redis.call('GET', KEYS[2]) if mark and tonumber(mark) > tonumber(ARGV[3]) then return 0 end local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local life = tonumber(ARGV[2]) redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) local held = redis.call('ZSCORE', KEYS[1], ARGV[1]) if not held or tonumber(held) < now + life then redis.call('ZADD', KEYS[1], now + life, ARGV[1]) end if redis.call('PTTL', KEYS[1]) < life then redis.call('PEXPIRE', KEYS[1], life) end return 1",
-    sha1: "3c071a889341f3147d415f9a71d44c221296d5d3",
+    lua: "local mark = redis.call('GET', KEYS[2]) if mark and tonumber(mark) >= tonumber(ARGV[3]) then return 0 end local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local life = tonumber(ARGV[2]) redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) local held = redis.call('ZSCORE', KEYS[1], ARGV[1]) if not held or tonumber(held) < now + life then redis.call('ZADD', KEYS[1], now + life, ARGV[1]) end if redis.call('PTTL', KEYS[1]) < life then redis.call('PEXPIRE', KEYS[1], life) end return 1",
+    sha1: "b656877de87f5ab911dcc9f142134208cb3c68c1",
 };
 
 /// Raises the invalidation mark `KEYS[1]` to `ARGV[1]` (a lower one stays) and keeps it `ARGV[2]` ms.
@@ -329,10 +329,12 @@ pub(crate) const MARK: Script = Script {
     sha1: "28e35bb3381437293cb3f34d0040c09d25158b88",
 };
 
-/// Reads the tag clock `KEYS[1]`, advanced by `ARGV[1]` (0 or 1) and never behind the server's clock in ms.
+/// Reads the tag clock `KEYS[1]`: the server's clock in µs, or the counter there if it is ahead; with `ARGV[1]`
+/// `1`, one more than that, written back (so that a clock stepping back never moves a later advance below an
+/// earlier one).
 pub(crate) const CLOCK: Script = Script {
-    lua: "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local c = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[1]) if c < now then c = now end redis.call('SET', KEYS[1], string.format('%d', c)) return c",
-    sha1: "081e0d5eb98a0c6e0a8122975d50c7bd68c783f3",
+    lua: "local t = redis.call('TIME') local now = t[1] * 1000000 + t[2] local c = tonumber(redis.call('GET', KEYS[1]) or '0') if ARGV[1] == '1' then c = c + 1 if c < now then c = now end redis.call('SET', KEYS[1], string.format('%d', c)) elseif c < now then c = now end return c",
+    sha1: "b7e1e99280b3dbe45587ce561324464622eaeebe",
 };
 
 /// How long an invalidation mark is kept: longer than any fill that read the tag clock before it runs.
