@@ -112,7 +112,8 @@ pub trait Store: Send + Sync + 'static {
     /// whose lease expired never removes the next holder's; returns whether it did.
     fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool>;
 
-    /// Removes keys, returning how many existed.
+    /// Removes keys, returning how many existed. Keys removed in one call go in no particular order: the cache
+    /// removes leases in a call before the one that removes their entries.
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64>;
 
     /// Removes every key that starts with `prefix` (incrementally: `SCAN` + `UNLINK` on Redis), returning how
