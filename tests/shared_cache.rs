@@ -1454,3 +1454,49 @@ async fn an_answer_whose_tags_cannot_be_read_or_are_too_many_is_not_stored() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_answer_tag_is_removed_no_caller_here_joins_a_call_already_in_flight() {
+    // Which call in flight will name the tag is unknown until it answers: a caller arriving after the removal
+    // makes its own call (once the one in flight lets go of the key's lease) instead of sharing version 1.
+    let server = RedisServer::start();
+    let origin = Versioned::new();
+    let layer = layer(&server)
+        .await
+        .tags_from_header(http::HeaderName::from_static("cache-tag"))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let item = || get(ITEM, &[]);
+
+    let slow = tokio::spawn(service.clone().oneshot(item()));
+    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    origin.version.fetch_add(1, Ordering::SeqCst);
+    layer
+        .handle()
+        .invalidate_tag("item-versions")
+        .await
+        .unwrap();
+    let after = tokio::spawn(service.clone().oneshot(item()));
+    let handle = layer.handle();
+    wait_until("the later caller waits for the key's lease", || {
+        handle.stats().fleet_waits == 1
+    })
+    .await;
+    origin.release.send_replace(true);
+
+    let slow: Reply = slow.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
+        "{}",
+        cache_status(&slow)
+    );
+    assert_eq!(body(slow).await, "v1");
+    let after: Reply = after.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
+        "{}",
+        cache_status(&after)
+    );
+    assert_eq!(body(after).await, "v2");
+}

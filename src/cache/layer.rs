@@ -136,10 +136,10 @@ impl CacheHandle {
     /// namespace and partition, and their leases. Returns how many entries existed.
     ///
     /// As with [`invalidate`](Self::invalidate), a fill of such an entry that asked the origin before this
-    /// call does not store its answer after it, and is not shared with callers arriving after it: its key was
-    /// recorded under the tag before it asked. The tag's set is walked in pages (`ZSCAN`), so a large tag
-    /// costs time, not memory; an entry tagged while the walk runs may stay (its origin call began after this
-    /// call did).
+    /// call does not store its answer after it: its key was recorded under a request's tag before it asked,
+    /// and an answer naming the tag ([`tags_from_header`](RedisCacheLayerBuilder::tags_from_header)) finds
+    /// the tag marked. The tag's set is walked in pages (`ZSCAN`), so a large tag costs time, not memory; an
+    /// entry tagged while the walk runs may stay (its origin call began after this call did).
     ///
     /// # Errors
     ///
@@ -572,6 +572,11 @@ impl RedisCacheLayerBuilder {
     /// whose field cannot be read (a byte outside visible ASCII), that names more than 32 tags, or whose
     /// tags cannot be recorded. The tag clock lives on one Redis node and never falls behind that server's
     /// clock, so across a failover of that node the guarantee assumes the servers' clocks roughly agree.
+    ///
+    /// Which call in flight will answer with a tag is not known while it runs, so a removal of a tag makes
+    /// this process's callers arriving afterwards start calls of their own rather than join one already in
+    /// flight. In another process, such a call is still shared with callers arriving there afterwards (its
+    /// answer is not stored).
     pub fn tags_from_header(mut self, name: HeaderName) -> Self {
         self.tags_header = Some(name);
         self

@@ -190,6 +190,11 @@ impl Engine {
             self.store
                 .call_as(guarded, "tag-mark", set, |s| s.mark_invalidated(set, at))
                 .await?;
+            // Which call in flight here will answer with this tag is not known yet: callers arriving from now
+            // on make their own rather than share one that may predate the removal.
+            if self.policy.tags_header.is_some() {
+                self.flights.detach_all();
+            }
             let mut cursor = 0;
             loop {
                 let (members, next) = self
@@ -201,14 +206,15 @@ impl Engine {
                     .iter()
                     .filter_map(|member| CacheKey::parse(&prefix, member))
                     .collect();
-                removed += self.remove_entries(&keys, guarded).await?;
+                let page = self.remove_entries(&keys, guarded).await?;
+                add(&self.counters.tag_removals, page);
+                removed += page;
                 if next == 0 {
                     break;
                 }
                 cursor = next;
             }
         }
-        add(&self.counters.tag_removals, removed);
         Ok(removed)
     }
 
