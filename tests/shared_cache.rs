@@ -1500,3 +1500,56 @@ async fn after_an_answer_tag_is_removed_no_caller_here_joins_a_call_already_in_f
     );
     assert_eq!(body(after).await, "v2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_near_cache_an_answer_tag_removed_elsewhere_stops_the_sharing_here() {
+    // B removes a tag while A's call for the item is in flight. A's near cache hears the tag's mark: a read
+    // in A arriving afterwards does not join that call, waits its short fleet wait for the call's lease, and
+    // asks the origin itself (version 2, not stored: the lease is not its own).
+    let server = RedisServer::start();
+    // Its `GET` number 1: the first (0) starts the near cache's tracking.
+    let origin = Versioned::holding(1);
+    let tag_header = || http::HeaderName::from_static("cache-tag");
+    let layer_a = layer(&server)
+        .await
+        .tags_from_header(tag_header())
+        .near_cache(16 << 20)
+        .fleet_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let layer_b = layer(&server).await.build().unwrap();
+    let a = cached(&layer_a, origin.service());
+    let item = || get(ITEM, &[]);
+    // The near cache is tracking before the call starts.
+    call(&a, get(USER, &[])).await;
+
+    let slow = tokio::spawn(a.clone().oneshot(item()));
+    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    origin.version.fetch_add(1, Ordering::SeqCst);
+    layer_b
+        .handle()
+        .invalidate_tag("item-versions")
+        .await
+        .unwrap();
+
+    let mut after = None;
+    for _ in 0..40 {
+        let read = tokio::time::timeout(Duration::from_millis(250), a.clone().oneshot(item()));
+        if let Ok(answer) = read.await {
+            after = Some(answer.unwrap());
+            break;
+        }
+    }
+    let after: Reply =
+        after.expect("every read in A kept waiting on the call from before the removal");
+    assert_eq!(body(after).await, "v2");
+
+    origin.release.send_replace(true);
+    let slow: Reply = slow.await.unwrap().unwrap();
+    assert!(
+        matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
+        "{}",
+        cache_status(&slow)
+    );
+    assert_eq!(body(slow).await, "v1");
+}

@@ -41,6 +41,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -410,6 +411,8 @@ pub(crate) struct Engine {
     pub(super) refreshing: Mutex<HashSet<String>>,
     /// Bytes of origin responses read into memory by misses and refreshes in flight.
     pub(crate) budget: Arc<ByteBudget>,
+    /// The near cache's count of tag marks when this process last ended the sharing of its calls for them.
+    marks_seen: AtomicU64,
 }
 
 impl Engine {
@@ -441,6 +444,22 @@ impl Engine {
             near,
             flights: Coalescer::default(),
             refreshing: Mutex::new(HashSet::new()),
+            marks_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// With answer tags and a near cache: once the near cache has heard of a tag removal (a mark's push, from
+    /// any process), no call in flight here is shared any more, since any may answer with that tag. Run before
+    /// joining a flight.
+    fn catch_up_on_marks(&self) {
+        if self.policy.tags_header.is_none() {
+            return;
+        }
+        if let Some(near) = &self.near {
+            let heard = near.marks();
+            if self.marks_seen.swap(heard, Ordering::AcqRel) != heard {
+                self.flights.detach_all();
+            }
         }
     }
 
@@ -688,6 +707,7 @@ impl Engine {
                 self.answer(result, fallback.clone(), forward, collapsed, stored, health)
             };
             loop {
+                self.catch_up_on_marks();
                 match self.flights.join(key.as_str()) {
                     Role::Leader(leader) => {
                         // A call for this key may have finished and stored between this request's read and its

@@ -20,6 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the key of an entry's lease adds to the entry's key.
 pub(crate) const LEASE_SUFFIX: &str = ":lease";
+/// What the key of a tag set's invalidation mark adds to the set's key.
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "only Redis and its near cache name marks")
+)]
+pub(crate) const MARK_SUFFIX: &str = ":invalidated";
 /// The Redis key of one cached request: `<namespace>:v1:{<sha256 hex>}`.
 ///
 /// The braces are a Redis Cluster hash tag, so the entry and its refresh lease (`...}:lease`) live in one slot.

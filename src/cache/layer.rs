@@ -575,8 +575,9 @@ impl RedisCacheLayerBuilder {
     ///
     /// Which call in flight will answer with a tag is not known while it runs, so a removal of a tag makes
     /// this process's callers arriving afterwards start calls of their own rather than join one already in
-    /// flight. In another process, such a call is still shared with callers arriving there afterwards (its
-    /// answer is not stored).
+    /// flight. Another process with a [`near_cache`](Self::near_cache) does the same once it hears of the
+    /// removal (the push for the tag's mark); without one, such a call is still shared with callers arriving
+    /// there afterwards (its answer is not stored).
     pub fn tags_from_header(mut self, name: HeaderName) -> Self {
         self.tags_header = Some(name);
         self

@@ -26,7 +26,7 @@ use super::clock::Clock;
 use super::engine::CACHE_STATUS;
 use super::entry::Entry;
 use super::heads::{Rendered, Renders};
-use super::key::{LEASE_SUFFIX, parse_key};
+use super::key::{LEASE_SUFFIX, MARK_SUFFIX, parse_key};
 use super::stats::{Counters, add, bump};
 use super::status::CACHE_NAME;
 use futures_util::future::BoxFuture;
@@ -115,6 +115,8 @@ pub(crate) struct Near {
     leases: Mutex<HashMap<String, Vec<Arc<Notify>>>>,
     /// How many leases are watched: a push takes the lock only while some are.
     watched: AtomicUsize,
+    /// Counts pushes of tag marks (a removal of a tag, in any process) and flushes (pushes may have been lost).
+    marks: AtomicU64,
 }
 
 impl std::fmt::Debug for Near {
@@ -378,6 +380,7 @@ impl Near {
             changes: AtomicU64::new(0),
             id: NEAR_IDS.fetch_add(1, Ordering::Relaxed),
             front_max_weight: u32::try_from((max_bytes / 64).min(FRONT_MAX_WEIGHT)).unwrap_or(0),
+            marks: AtomicU64::new(0),
             leases: Mutex::new(HashMap::new()),
             watched: AtomicUsize::new(0),
         }
@@ -576,6 +579,8 @@ impl Near {
                 count += 1;
             } else if key.ends_with(LEASE_SUFFIX) {
                 self.wake_leases(Some(key));
+            } else if key.ends_with(MARK_SUFFIX) {
+                self.marks.fetch_add(1, Ordering::AcqRel);
             }
         }
         if count > 0 {
@@ -600,8 +605,15 @@ impl Near {
         });
         tracing::debug!(?cause, "near cache flushed");
         self.changed.notify_waiters();
-        // Pushes may have been lost: every watched lease is looked at again.
+        // Pushes may have been lost: every watched lease is looked at again, and a tag may have been marked.
         self.wake_leases(None);
+        self.marks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many tag marks (and flushes) this near cache has heard of: when it moved, a tag was removed
+    /// somewhere, and a call in flight here may answer with it.
+    pub(crate) fn marks(&self) -> u64 {
+        self.marks.load(Ordering::Acquire)
     }
 
     /// Tracking is (again) on: start answering from a clean slate.

@@ -599,7 +599,7 @@ async fn unlink_matching(
 
 /// The key of the invalidation mark of the tag set `tag` (in its hash slot).
 fn marked(tag: &str) -> String {
-    format!("{tag}:invalidated")
+    format!("{tag}{}", crate::cache::key::MARK_SUFFIX)
 }
 
 /// A `ZSCAN` reply: `[cursor, [member, score, member, score, ...]]`, as members and the next cursor.
