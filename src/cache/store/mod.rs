@@ -53,6 +53,13 @@ pub use self::memory::MemoryStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
 
+/// What a store without tags answers to the tag methods.
+fn no_tags<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(Err(StoreError::backend(
+        "this store does not keep tags",
+    ))))
+}
+
 /// The future a [`Store`] method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -141,9 +148,7 @@ pub trait Store: Send + Sync + 'static {
         since: u64,
     ) -> StoreFuture<'a, bool> {
         let _ = (tag, member, lifetime, since);
-        Box::pin(std::future::ready(Err(StoreError::backend(
-            "this store does not keep tags",
-        ))))
+        no_tags()
     }
 
     /// Marks the tag set at `tag` invalidated at `at` (an advancing [`tag_clock`](Self::tag_clock) reading; a
@@ -153,9 +158,7 @@ pub trait Store: Send + Sync + 'static {
     /// The default refuses, as [`tag`](Self::tag) does.
     fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
         let _ = (tag, at);
-        Box::pin(std::future::ready(Err(StoreError::backend(
-            "this store does not keep tags",
-        ))))
+        no_tags()
     }
 
     /// Reads the tag clock at `key`, advancing it when `advance`. A reading taken before an advancing one is
@@ -167,9 +170,7 @@ pub trait Store: Send + Sync + 'static {
     /// The default refuses, as [`tag`](Self::tag) does.
     fn tag_clock<'a>(&'a self, key: &'a str, advance: bool) -> StoreFuture<'a, u64> {
         let _ = (key, advance);
-        Box::pin(std::future::ready(Err(StoreError::backend(
-            "this store does not keep tags",
-        ))))
+        no_tags()
     }
 
     /// One page of the members recorded under `tag`, from `cursor` (`0` first): the members (some perhaps
@@ -179,9 +180,7 @@ pub trait Store: Send + Sync + 'static {
     /// The default refuses, as [`tag`](Self::tag) does.
     fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {
         let _ = (tag, cursor);
-        Box::pin(std::future::ready(Err(StoreError::backend(
-            "this store does not keep tags",
-        ))))
+        no_tags()
     }
 
     /// Which of the store's nodes holds `key`, as a small number (the same for every key on one node), so that
