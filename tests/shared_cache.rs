@@ -907,6 +907,32 @@ impl Versioned {
         })
     }
 
+    /// Starts `call`, and returns it once the origin holds it (it has read the version).
+    async fn hold<T: Send + 'static>(
+        &self,
+        call: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        let held = tokio::spawn(call);
+        self.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+        held
+    }
+
+    /// Lets the held call answer, and checks that it gave its caller version 1 without storing it.
+    async fn release_unstored(
+        &self,
+        held: tokio::task::JoinHandle<Result<Reply, tower_redis_cache::error::BoxError>>,
+        why: &str,
+    ) {
+        self.release.send_replace(true);
+        let slow = held.await.unwrap().unwrap();
+        assert!(
+            matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
+            "{why}: {}",
+            cache_status(&slow)
+        );
+        assert_eq!(body(slow).await, "v1", "{why}");
+    }
+
     fn service(
         self: &std::sync::Arc<Self>,
     ) -> impl tower::Service<
@@ -951,34 +977,44 @@ async fn an_answer_read_before_a_write_is_not_stored_after_it() {
     let item = || request("GET", ITEM).map(|_| Full::default());
 
     // A miss reads version 1 at the origin and is slow to come back.
-    let slow = tokio::spawn(service.clone().oneshot(item()));
-    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    let slow = origin.hold(service.clone().oneshot(item())).await;
     let put = call(&service, request("PUT", ITEM)).await;
     assert_eq!(put.status(), StatusCode::OK);
 
     // A read after the write does not share the slow call: it asks the origin, and stores version 2.
     let after = call(&service, item()).await;
-    assert!(
-        matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
-        "{}",
-        cache_status(&after)
-    );
-    assert_eq!(body(after).await, "v2");
+    assert_stored_v2(after, "").await;
 
     // The slow call's answer goes to its caller, but never into the store over version 2.
-    origin.release.send_replace(true);
-    let slow: Reply = slow.await.unwrap().unwrap();
-    assert!(
-        matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
-        "{}",
-        cache_status(&slow)
-    );
-    assert_eq!(body(slow).await, "v1");
+    origin.release_unstored(slow, "the held call").await;
     assert_eq!(layer.handle().stats().stores_fenced, 1);
     let hit = call(&service, item()).await;
     assert_eq!(outcome(&hit), CacheOutcome::Hit);
     assert_eq!(body(hit).await, "v2");
     assert_eq!(origin.gets.load(Ordering::SeqCst), 2);
+}
+
+/// Checks that `reply` was a miss that stored the origin's version 2.
+async fn assert_stored_v2(reply: Reply, why: &str) {
+    assert!(
+        matches!(outcome(&reply), CacheOutcome::Miss { stored: true, .. }),
+        "{why}: {}",
+        cache_status(&reply)
+    );
+    assert_eq!(body(reply).await, "v2", "{why}");
+}
+
+/// Sends `read()` up to `attempts` times, each given up after 250 ms: the first answer.
+async fn first_answer<F>(attempts: usize, read: impl Fn() -> F) -> Option<Reply>
+where
+    F: std::future::Future<Output = Result<Reply, tower_redis_cache::error::BoxError>>,
+{
+    for _ in 0..attempts {
+        if let Ok(answer) = tokio::time::timeout(Duration::from_millis(250), read()).await {
+            return Some(answer.unwrap());
+        }
+    }
+    None
 }
 
 /// A `GET` of `ITEM` through `layer_a` waits on the origin while a `PUT` of it through another layer succeeds;
@@ -999,25 +1035,15 @@ async fn a_read_after_a_write_elsewhere_gets_the_new_version(
         cached(&layer_b, origin.service()),
     );
     let item = || request("GET", ITEM).map(|_| Full::default());
-    let slow = tokio::spawn(a.clone().oneshot(item()));
-    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    let slow = origin.hold(a.clone().oneshot(item())).await;
     let put = call(&b, request("PUT", ITEM)).await;
     assert_eq!(put.status(), StatusCode::OK);
 
-    let mut after = None;
-    for _ in 0..attempts {
-        let read = tokio::time::timeout(Duration::from_millis(250), a.clone().oneshot(item()));
-        if let Ok(answer) = read.await {
-            after = Some(answer.unwrap());
-            break;
-        }
-    }
+    let after = first_answer(attempts, || a.clone().oneshot(item())).await;
     let after: Reply = after.expect(why_not);
     assert_eq!(body(after).await, "v2");
 
-    origin.release.send_replace(true);
-    let slow: Reply = slow.await.unwrap().unwrap();
-    assert_eq!(body(slow).await, "v1");
+    origin.release_unstored(slow, "the held call").await;
     let hit = call(&a, item()).await;
     assert_eq!(body(hit).await, "v2");
 }
@@ -1077,12 +1103,7 @@ async fn a_refresh_that_a_write_overtakes_is_fenced_not_failed() {
 
     // The write removed the entry, and the refresh's version 1 did not come back in its place.
     let after = call(&service, item()).await;
-    assert!(
-        matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
-        "{}",
-        cache_status(&after)
-    );
-    assert_eq!(body(after).await, "v2");
+    assert_stored_v2(after, "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1110,8 +1131,7 @@ async fn no_invalidation_in_another_process_is_undone_by_a_fill_that_predates_it
         );
         let item = || request("GET", ITEM).map(|_| Full::default());
 
-        let slow = tokio::spawn(a.clone().oneshot(item()));
-        origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+        let slow = origin.hold(a.clone().oneshot(item())).await;
         match way {
             "PUT" => {
                 let put = call(&b, request("PUT", ITEM)).await;
@@ -1138,24 +1158,12 @@ async fn no_invalidation_in_another_process_is_undone_by_a_fill_that_predates_it
                 layer_b.handle().purge().await.unwrap();
             }
         }
-        origin.release.send_replace(true);
-        let slow: Reply = slow.await.unwrap().unwrap();
-        assert!(
-            matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
-            "{way}: {}",
-            cache_status(&slow)
-        );
-        assert_eq!(body(slow).await, "v1", "{way}");
+        origin.release_unstored(slow, way).await;
         assert_eq!(layer_a.handle().stats().stores_fenced, 1, "{way}");
 
         // Version 2 is what either process reads next, and the one that asks stores it.
         let from_b = call(&b, item()).await;
-        assert!(
-            matches!(outcome(&from_b), CacheOutcome::Miss { stored: true, .. }),
-            "{way}: {}",
-            cache_status(&from_b)
-        );
-        assert_eq!(body(from_b).await, "v2", "{way}");
+        assert_stored_v2(from_b, way).await;
         let from_a = call(&a, item()).await;
         assert_eq!(outcome(&from_a), CacheOutcome::Hit, "{way}");
         assert_eq!(body(from_a).await, "v2", "{way}");
@@ -1306,28 +1314,6 @@ async fn a_successful_write_removes_the_entries_of_its_tags() {
 }
 
 #[tokio::test]
-async fn a_request_with_too_many_tags_is_answered_but_not_stored() {
-    let server = RedisServer::start();
-    let origin = Origin::new();
-    let layer = layer(&server)
-        .await
-        .tags(|_| (0..33).map(|n| format!("tag-{n}")).collect())
-        .build()
-        .unwrap();
-    let service = cached(&layer, origin.service());
-    for _ in 0..2 {
-        let response = call(&service, get(ITEM, &[])).await;
-        assert!(
-            matches!(outcome(&response), CacheOutcome::Miss { stored: false, .. }),
-            "{}",
-            cache_status(&response)
-        );
-    }
-    assert_eq!(origin.calls(), 2);
-    assert_eq!(stored_keys(&server), 0, "no entry, lease or tag set");
-}
-
-#[tokio::test]
 async fn a_tag_set_drops_expired_members_and_expires_itself() {
     let server = RedisServer::start();
     let store = RedisStore::new(fred_client(&server.url()).await);
@@ -1426,24 +1412,34 @@ async fn the_tags_an_answer_names_remove_it_whatever_its_uri() {
 }
 
 #[tokio::test]
-async fn an_answer_whose_tags_cannot_be_read_or_are_too_many_is_not_stored() {
+async fn an_answer_with_too_many_tags_or_tags_that_cannot_be_read_is_not_stored() {
     let server = RedisServer::start();
     let many: String = (0..33).map(|n| format!("t{n} ")).collect();
-    for (value, what) in [
+    type Setup = fn(RedisCacheLayerBuilder) -> RedisCacheLayerBuilder;
+    let cases: [(&str, Setup, Option<http::HeaderValue>); 3] = [
         (
-            http::HeaderValue::from_bytes(b"order:\xe9").unwrap(),
-            "unreadable",
+            "33 request tags",
+            |b| b.tags(|_| (0..33).map(|n| format!("tag-{n}")).collect()),
+            None,
         ),
-        (http::HeaderValue::from_str(&many).unwrap(), "33 tags"),
-    ] {
+        (
+            "unreadable answer tags",
+            |b| b.tags_from_header(http::HeaderName::from_static("cache-tag")),
+            Some(http::HeaderValue::from_bytes(b"order:\xe9").unwrap()),
+        ),
+        (
+            "33 answer tags",
+            |b| b.tags_from_header(http::HeaderName::from_static("cache-tag")),
+            Some(http::HeaderValue::from_str(&many).unwrap()),
+        ),
+    ];
+    for (what, setup, tags) in cases {
         let origin = Origin::new();
-        origin.add_header_value("cache-tag", value);
-        let layer = layer(&server)
-            .await
-            .tags_from_header(http::HeaderName::from_static("cache-tag"))
-            .build()
-            .unwrap();
-        let service = cached(&layer, origin.service());
+        if let Some(tags) = tags {
+            origin.add_header_value("cache-tag", tags);
+        }
+        let tagged = setup(layer(&server).await).build().unwrap();
+        let service = cached(&tagged, origin.service());
         for _ in 0..2 {
             let response = call(&service, get(USER, &[])).await;
             assert!(
@@ -1452,6 +1448,12 @@ async fn an_answer_whose_tags_cannot_be_read_or_are_too_many_is_not_stored() {
                 cache_status(&response)
             );
         }
+        assert_eq!(origin.calls(), 2, "{what}");
+        assert_eq!(
+            stored_keys(&server),
+            0,
+            "{what}: no entry, lease or tag set"
+        );
     }
 }
 
@@ -1469,8 +1471,7 @@ async fn after_an_answer_tag_is_removed_no_caller_here_joins_a_call_already_in_f
     let service = cached(&layer, origin.service());
     let item = || get(ITEM, &[]);
 
-    let slow = tokio::spawn(service.clone().oneshot(item()));
-    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    let slow = origin.hold(service.clone().oneshot(item())).await;
     origin.version.fetch_add(1, Ordering::SeqCst);
     layer
         .handle()
@@ -1483,22 +1484,9 @@ async fn after_an_answer_tag_is_removed_no_caller_here_joins_a_call_already_in_f
         handle.stats().fleet_waits == 1
     })
     .await;
-    origin.release.send_replace(true);
-
-    let slow: Reply = slow.await.unwrap().unwrap();
-    assert!(
-        matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
-        "{}",
-        cache_status(&slow)
-    );
-    assert_eq!(body(slow).await, "v1");
+    origin.release_unstored(slow, "the held call").await;
     let after: Reply = after.await.unwrap().unwrap();
-    assert!(
-        matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
-        "{}",
-        cache_status(&after)
-    );
-    assert_eq!(body(after).await, "v2");
+    assert_stored_v2(after, "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1523,8 +1511,7 @@ async fn with_a_near_cache_an_answer_tag_removed_elsewhere_stops_the_sharing_her
     // The near cache is tracking before the call starts.
     call(&a, get(USER, &[])).await;
 
-    let slow = tokio::spawn(a.clone().oneshot(item()));
-    origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+    let slow = origin.hold(a.clone().oneshot(item())).await;
     origin.version.fetch_add(1, Ordering::SeqCst);
     layer_b
         .handle()
@@ -1532,24 +1519,10 @@ async fn with_a_near_cache_an_answer_tag_removed_elsewhere_stops_the_sharing_her
         .await
         .unwrap();
 
-    let mut after = None;
-    for _ in 0..40 {
-        let read = tokio::time::timeout(Duration::from_millis(250), a.clone().oneshot(item()));
-        if let Ok(answer) = read.await {
-            after = Some(answer.unwrap());
-            break;
-        }
-    }
+    let after = first_answer(40, || a.clone().oneshot(item())).await;
     let after: Reply =
         after.expect("every read in A kept waiting on the call from before the removal");
     assert_eq!(body(after).await, "v2");
 
-    origin.release.send_replace(true);
-    let slow: Reply = slow.await.unwrap().unwrap();
-    assert!(
-        matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
-        "{}",
-        cache_status(&slow)
-    );
-    assert_eq!(body(slow).await, "v1");
+    origin.release_unstored(slow, "the held call").await;
 }
