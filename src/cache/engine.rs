@@ -742,14 +742,7 @@ impl Engine {
                         // One origin call per key for the fleet: lead with the key's lease, or wait for the
                         // process that holds it.
                         let (lease, health) = match self
-                            .fleet_turn(
-                                &key,
-                                &facts,
-                                origin.headers(),
-                                forward,
-                                baseline,
-                                &self.tags_of(origin.parts(), &facts),
-                            )
+                            .fleet_turn(&key, &facts, origin.parts(), forward, baseline)
                             .await
                         {
                             Turn::Answered(entry) => {

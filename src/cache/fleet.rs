@@ -23,7 +23,7 @@ use super::entry::Entry;
 use super::key::{CacheKey, vary_digest};
 use super::stats::{add, bump};
 use super::tags::Tags;
-use http::HeaderMap;
+use http::{HeaderMap, request};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,22 +202,22 @@ impl Engine {
         }
     }
 
-    /// Takes this process's turn at a key it is about to fetch for a `forward`: the lease, or a wait for the
-    /// process that holds it. `baseline` is the `stored_at` of the entry the request read (`None`: none, or
-    /// not read).
+    /// Takes this process's turn at a key it is about to fetch for a `forward` of the request with `parts`: the
+    /// lease (with the request's tags recorded), or a wait for the process that holds it. `baseline` is the
+    /// `stored_at` of the entry the request read (`None`: none, or not read).
     pub(crate) async fn fleet_turn(
         self: &Arc<Self>,
         key: &CacheKey,
         facts: &RequestFacts,
-        headers: &HeaderMap,
+        parts: &request::Parts,
         forward: Forward,
         baseline: Option<u64>,
-        tags: &Tags,
     ) -> Turn {
         // A store that just failed this request is not asked again.
         if !forward.store {
             return Turn::Lead(None);
         }
+        let (headers, tags) = (&parts.headers, &self.tags_of(parts, facts));
         match self.take_lease(key, tags).await {
             Ok(Some(lease)) => Turn::Lead(Some(lease)),
             Err(()) => Turn::StoreFailed,
