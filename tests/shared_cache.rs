@@ -1447,8 +1447,15 @@ async fn an_answer_with_too_many_tags_or_tags_that_cannot_be_read_is_not_stored(
                 "{what}: {}",
                 cache_status(&response)
             );
+            // Nothing failed: the answer is plainly not stored.
+            assert!(
+                !cache_status(&response).contains("detail="),
+                "{what}: {}",
+                cache_status(&response)
+            );
         }
         assert_eq!(origin.calls(), 2, "{what}");
+        assert_eq!(tagged.handle().stats().store_errors, 0, "{what}");
         assert_eq!(
             stored_keys(&server),
             0,

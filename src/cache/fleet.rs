@@ -218,6 +218,10 @@ impl Engine {
             return Turn::Lead(None);
         }
         let (headers, tags) = (&parts.headers, &self.tags_of(parts, facts));
+        // Too many tags to record: answered by the origin and not stored, the store untouched and not at fault.
+        if let Tags::TooMany = tags {
+            return Turn::Lead(None);
+        }
         match self.take_lease(key, tags).await {
             Ok(Some(lease)) => Turn::Lead(Some(lease)),
             Err(()) => Turn::StoreFailed,
