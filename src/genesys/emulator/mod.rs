@@ -3,7 +3,9 @@
 //!
 //! It serves `POST /oauth/token` (client-credentials, Basic auth checked, OAuth error bodies),
 //! `GET /api/v2/integrations/actions` (the real query parameters and page envelope), `GET .../actions/{id}`,
-//! `POST .../actions/{id}/execute` (with a configurable latency: the expensive call), and the cursor listing
+//! `POST .../actions/{id}/execute` (with a configurable latency: the expensive call; its output names the
+//! action's version), `PATCH .../actions/{id}` (the action's `version` required: `409 conflict` when it is not
+//! the current one), `DELETE .../actions/{id}` (`204`), and the cursor listing
 //! `POST /api/v2/taskmanagement/workitems/query`. API calls need a bearer token it issued (else `401
 //! bad.credentials`), are rate limited per token (default 300 a minute, answered with the real `429` body and
 //! `Retry-After`), and every response carries `ININ-Correlation-Id`. Switches inject faults, change the token

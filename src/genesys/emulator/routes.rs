@@ -68,6 +68,8 @@ fn classify(method: &Method, path: &str) -> Endpoint {
             match (method, segments.as_slice()) {
                 (&Method::GET, [id]) if !id.is_empty() => Endpoint::GetAction,
                 (&Method::POST, [id, "execute"]) if !id.is_empty() => Endpoint::ExecuteAction,
+                (&Method::PATCH, [id]) if !id.is_empty() => Endpoint::UpdateAction,
+                (&Method::DELETE, [id]) if !id.is_empty() => Endpoint::DeleteAction,
                 _ => Endpoint::Other,
             }
         }
@@ -90,6 +92,7 @@ fn error(status: StatusCode, message: &str, correlation: &str) -> Reply {
         400 => "bad.request",
         401 => "bad.credentials",
         404 => "not.found",
+        409 => "conflict",
         413 => "request.entity.too.large",
         429 => "too.many.requests.retry.after",
         500 => "internal.server.error",
@@ -257,6 +260,8 @@ async fn api(
         Endpoint::ExecuteAction => {
             execute(shared, parts.uri.path(), body, latency, correlation).await
         }
+        Endpoint::UpdateAction => update_action(shared, parts.uri.path(), body, correlation),
+        Endpoint::DeleteAction => delete_action(shared, parts.uri.path(), correlation),
         Endpoint::QueryWorkitems => workitems(shared, body, correlation),
         _ => error(
             StatusCode::NOT_FOUND,
@@ -395,6 +400,78 @@ fn get_action(shared: &Shared, path: &str, correlation: &str) -> Reply {
     }
 }
 
+/// `PATCH .../actions/{id}`: `{version, name, category, config}`, all but `version` optional. The version must
+/// be the action's (optimistic concurrency: `409` otherwise), and the update increments it.
+fn update_action(shared: &Shared, path: &str, body: &[u8], correlation: &str) -> Reply {
+    let id = action_id(path);
+    let Ok(Value::Object(update)) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The update must be a JSON object",
+            correlation,
+        );
+    };
+    let Some(version) = update.get("version").and_then(Value::as_i64) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The update must carry the action's version",
+            correlation,
+        );
+    };
+    let well_formed = ["name", "category"]
+        .iter()
+        .all(|key| update.get(*key).is_none_or(Value::is_string))
+        && update.get("config").is_none_or(Value::is_object);
+    if !well_formed {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name and category must be strings, config an object",
+            correlation,
+        );
+    }
+    let mut data = shared.data();
+    let Some(Value::Object(action)) = data.actions.iter_mut().find(|a| field(a, "id") == id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("Action {id} not found"),
+            correlation,
+        );
+    };
+    let current = action.get("version").and_then(Value::as_i64).unwrap_or(1);
+    if version != current {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("Action {id} is at version {current}, not {version}"),
+            correlation,
+        );
+    }
+    for key in ["name", "category", "config"] {
+        if let Some(value) = update.get(key) {
+            action.insert(key.to_owned(), value.clone());
+        }
+    }
+    action.insert("version".to_owned(), Value::from(current + 1));
+    json_reply(StatusCode::OK, &Value::Object(action.clone()))
+}
+
+/// `DELETE .../actions/{id}`: `204`, and the action is gone.
+fn delete_action(shared: &Shared, path: &str, correlation: &str) -> Reply {
+    let id = action_id(path);
+    let mut data = shared.data();
+    let before = data.actions.len();
+    data.actions.retain(|a| field(a, "id") != id);
+    if data.actions.len() == before {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("Action {id} not found"),
+            correlation,
+        );
+    }
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
 async fn execute(
     shared: &Shared,
     path: &str,
@@ -403,10 +480,13 @@ async fn execute(
     correlation: &str,
 ) -> Reply {
     let id = action_id(path);
-    let name = {
+    let (name, version) = {
         let data = shared.data();
         match data.actions.iter().find(|a| field(a, "id") == id) {
-            Some(action) => field(action, "name").to_owned(),
+            Some(action) => (
+                field(action, "name").to_owned(),
+                action.get("version").cloned().unwrap_or(Value::Null),
+            ),
             None => {
                 return error(
                     StatusCode::NOT_FOUND,
@@ -430,7 +510,7 @@ async fn execute(
     let fields = input.as_object().map_or(0, |o| o.len());
     json_reply(
         StatusCode::OK,
-        &json!({"action": name, "input": input, "result": {"status": "ok", "inputFields": fields}}),
+        &json!({"action": name, "version": version, "input": input, "result": {"status": "ok", "inputFields": fields}}),
     )
 }
 

@@ -19,6 +19,10 @@ pub enum Endpoint {
     GetAction,
     /// `POST /api/v2/integrations/actions/{id}/execute`.
     ExecuteAction,
+    /// `PATCH /api/v2/integrations/actions/{id}`.
+    UpdateAction,
+    /// `DELETE /api/v2/integrations/actions/{id}`.
+    DeleteAction,
     /// `POST /api/v2/taskmanagement/workitems/query`.
     QueryWorkitems,
     /// Anything else (answered 404).
@@ -26,17 +30,22 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 6] = [
+    pub(crate) const ALL: [Endpoint; 8] = [
         Endpoint::Token,
         Endpoint::ListActions,
         Endpoint::GetAction,
         Endpoint::ExecuteAction,
+        Endpoint::UpdateAction,
+        Endpoint::DeleteAction,
         Endpoint::QueryWorkitems,
         Endpoint::Other,
     ];
 
     fn index(self) -> usize {
-        Endpoint::ALL.iter().position(|e| *e == self).unwrap_or(5)
+        Endpoint::ALL
+            .iter()
+            .position(|e| *e == self)
+            .unwrap_or(Endpoint::ALL.len() - 1)
     }
 }
 
@@ -127,7 +136,7 @@ impl Data {
 }
 
 #[derive(Default)]
-pub(crate) struct Counters([AtomicU64; 6]);
+pub(crate) struct Counters([AtomicU64; Endpoint::ALL.len()]);
 
 impl Counters {
     pub(crate) fn bump(&self, endpoint: Endpoint) {
