@@ -10,7 +10,7 @@ use support::{RedisServer, fred_client};
 use tower_redis_cache::error::Setting;
 use tower_redis_cache::genesys::emulator::{Emulator, Endpoint, Fault};
 use tower_redis_cache::genesys::{
-    ActionQuery, CursorQuery, GenesysClient, GenesysClientBuilder, GenesysError,
+    ActionQuery, ActionUpdate, CursorQuery, GenesysClient, GenesysClientBuilder, GenesysError,
 };
 use tower_redis_cache::{CacheOutcome, RedisStore, RetryLayer};
 
@@ -691,4 +691,100 @@ async fn invalidating_an_action_drops_its_answers_and_the_listings_everywhere() 
     assert_eq!(client.invalidate_action(changed).await.unwrap(), 3);
     assert_eq!(read(other.clone()).await, [false, false, true, false]);
     assert_eq!(emulator.requests(Endpoint::ExecuteAction), 3);
+}
+
+/// What `client` reads of two order lookups (`changed`, `untouched`): whether each of the four answers was a hit
+/// (`changed`'s execution and `GET`, `untouched`'s execution, the first listing page), `changed`'s execution
+/// output and version, and the names on the page.
+async fn read_actions(
+    client: &GenesysClient,
+    changed: &str,
+    untouched: &str,
+) -> ([bool; 4], Value, Option<i64>, Vec<String>) {
+    let input = json!({"orderId": "A-17"});
+    let execution = client.execute_action(changed, &input).await.unwrap();
+    let action = client.get_action(changed).await.unwrap();
+    let other = client.execute_action(untouched, &input).await.unwrap();
+    let page = std::pin::pin!(client.list_action_pages(&order_lookups()))
+        .try_next()
+        .await
+        .unwrap()
+        .unwrap();
+    let hit = |outcome: Option<CacheOutcome>| outcome == Some(CacheOutcome::Hit);
+    (
+        [
+            hit(execution.cache),
+            hit(action.cache),
+            hit(other.cache),
+            hit(page.cache),
+        ],
+        execution.value,
+        action.value.version,
+        page.value.entities.into_iter().map(|a| a.name).collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_or_delete_sent_through_the_client_drops_what_it_makes_stale_everywhere() {
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let (client, other) = (
+        redis_client(&emulator, &redis).await,
+        redis_client(&emulator, &redis).await,
+    );
+    // By name: 15 customer profiles, then order_lookup_01, order_lookup_02.
+    let ids = emulator.action_ids();
+    let (changed, untouched) = (ids[15].as_str(), ids[16].as_str());
+    let (hits, _, version, names) = read_actions(&client, changed, untouched).await;
+    assert_eq!((hits, version), ([false; 4], Some(1)));
+    assert_eq!(names[..2], ["order_lookup_01", "order_lookup_02"]);
+    assert_eq!(read_actions(&other, changed, untouched).await.0, [true; 4]);
+
+    // An update the API refuses (a version that is not the action's) removes nothing.
+    let stale = client
+        .update_action(changed, &ActionUpdate::new(7).name("never"))
+        .await
+        .unwrap_err();
+    assert!(stale.is_conflict(), "{stale}");
+    assert_eq!(stale.code(), Some("conflict"));
+    assert_eq!(read_actions(&other, changed, untouched).await.0, [true; 4]);
+
+    // An accepted one: the other process reads the renamed action, a fresh execution and listing; only the
+    // untouched action's execution is still a hit.
+    let updated = client
+        .update_action(changed, &ActionUpdate::new(1).name("order_lookup_00"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.value.name.as_str(), updated.value.version),
+        ("order_lookup_00", Some(2))
+    );
+    let (hits, execution, version, names) = read_actions(&other, changed, untouched).await;
+    assert_eq!(hits, [false, false, true, false]);
+    assert_eq!((execution["version"].as_i64(), version), (Some(2), Some(2)));
+    assert_eq!(names[..2], ["order_lookup_00", "order_lookup_02"]);
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 3);
+    assert_eq!(emulator.requests(Endpoint::UpdateAction), 2);
+
+    // A delete: no process answers the deleted action from its cache.
+    client.delete_action(changed).await.unwrap();
+    for reader in [&other, &client] {
+        let gone = reader.get_action(changed).await.unwrap_err();
+        assert!(gone.is_not_found(), "{gone}");
+        let gone = reader
+            .execute_action(changed, &json!({"orderId": "A-17"}))
+            .await
+            .unwrap_err();
+        assert!(gone.is_not_found(), "{gone}");
+    }
+    let page = std::pin::pin!(other.list_action_pages(&order_lookups()))
+        .try_next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.value.entities[0].name, "order_lookup_02");
+    assert_eq!(
+        client.delete_action(changed).await.unwrap_err().status(),
+        Some(StatusCode::NOT_FOUND)
+    );
 }

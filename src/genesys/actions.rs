@@ -2,7 +2,7 @@
 
 use super::client::{Fetched, GenesysClient};
 use super::error::GenesysError;
-use super::model::{Action, Page};
+use super::model::{Action, ActionUpdate, Page};
 use super::paginate::{CursorPage, CursorQuery, cursors, page_numbers};
 use crate::cache::{CacheOverride, Windows};
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -209,6 +209,45 @@ impl GenesysClient {
     pub async fn get_action(&self, id: &str) -> Result<Fetched<Action>, GenesysError> {
         self.send_json(Method::GET, &format!("{ACTIONS}/{}", segment(id)), None)
             .await
+    }
+
+    /// Changes a Data Action, `PATCH /api/v2/integrations/actions/{id}`, and returns it as it is now (its
+    /// version one higher).
+    ///
+    /// Once the API accepts it, the cached answers it makes stale are gone, in every process sharing the
+    /// cache: the action's `GET`, its executions, and the listings. An update refused by the API removes
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`GenesysError::is_conflict`] when `update` names a version that is no longer the action's,
+    /// [`GenesysError::is_not_found`] for an unknown id, and the other failures of any call.
+    pub async fn update_action(
+        &self,
+        id: &str,
+        update: &ActionUpdate,
+    ) -> Result<Fetched<Action>, GenesysError> {
+        let body =
+            serde_json::to_value(update).map_err(|e| GenesysError::request(e.to_string()))?;
+        self.send_json(
+            Method::PATCH,
+            &format!("{ACTIONS}/{}", segment(id)),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// Deletes a Data Action, `DELETE /api/v2/integrations/actions/{id}`; its cached answers go as for
+    /// [`update_action`](Self::update_action).
+    ///
+    /// # Errors
+    ///
+    /// [`GenesysError::is_not_found`] for an unknown id, and the other failures of any call.
+    pub async fn delete_action(&self, id: &str) -> Result<Fetched<()>, GenesysError> {
+        let deleted = self
+            .send(Method::DELETE, &format!("{ACTIONS}/{}", segment(id)), None)
+            .await?;
+        Ok(deleted.map(|_| ()))
     }
 
     /// Runs a Data Action, `POST /api/v2/integrations/actions/{id}/execute`, and returns its output JSON.

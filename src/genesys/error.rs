@@ -171,6 +171,12 @@ impl GenesysError {
         self.status() == Some(StatusCode::NOT_FOUND)
     }
 
+    /// `409 Conflict`: for [`update_action`](super::GenesysClient::update_action), the action changed since
+    /// the version the update named; read it again and reapply.
+    pub fn is_conflict(&self) -> bool {
+        self.status() == Some(StatusCode::CONFLICT)
+    }
+
     /// A `5xx` from the API.
     pub fn is_server_error(&self) -> bool {
         self.status().is_some_and(|s| s.is_server_error())

@@ -1,4 +1,5 @@
-//! A Genesys Cloud client assembled from this crate's layers: Data Actions (list, get, execute), page-number
+//! A Genesys Cloud client assembled from this crate's layers: Data Actions (list, get, execute, update,
+//! delete), page-number
 //! and cursor pagination, and typed errors, over
 //! `RedisCacheLayer -> RetryLayer -> AuthLayer -> per-attempt timeout -> hyper-util (rustls, HTTP/1.1 + HTTP/2)`.
 //!
@@ -62,6 +63,6 @@ mod region;
 pub use self::actions::{ActionQuery, SortOrder};
 pub use self::client::{Fetched, GenesysBody, GenesysClient, GenesysClientBuilder, GenesysService};
 pub use self::error::GenesysError;
-pub use self::model::{Action, Page};
+pub use self::model::{Action, ActionUpdate, Page};
 pub use self::paginate::{CursorPage, CursorQuery, CursorStyle};
 pub use self::region::{Region, UnknownRegion};

@@ -34,6 +34,64 @@ pub struct Action {
     pub other: Map<String, Value>,
 }
 
+/// A change to a Data Action, for [`GenesysClient::update_action`](super::GenesysClient::update_action)
+/// (`PATCH /api/v2/integrations/actions/{id}`): the action's current `version` (the API refuses a stale one
+/// with `409`, [`GenesysError::is_conflict`](super::GenesysError::is_conflict)) and the fields to change.
+///
+/// ```
+/// use tower_redis_cache::genesys::ActionUpdate;
+///
+/// let update = ActionUpdate::new(3).name("order_lookup_v2").category("Orders");
+/// assert_eq!(
+///     serde_json::to_value(&update).unwrap(),
+///     serde_json::json!({"version": 3, "name": "order_lookup_v2", "category": "Orders"})
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionUpdate {
+    version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<Value>,
+}
+
+impl ActionUpdate {
+    /// A change to the action at `version` (its [`Action::version`]), changing nothing yet.
+    pub fn new(version: i64) -> Self {
+        ActionUpdate {
+            version,
+            name: None,
+            category: None,
+            config: None,
+        }
+    }
+
+    /// Renames the action.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Moves it to another category.
+    #[must_use]
+    pub fn category(mut self, category: impl Into<String>) -> Self {
+        self.category = Some(category.into());
+        self
+    }
+
+    /// Replaces its `config` (the request and response templates).
+    #[must_use]
+    pub fn config(mut self, config: Value) -> Self {
+        self.config = Some(config);
+        self
+    }
+}
+
 /// A page of a page-number listing: `{entities, pageSize, pageNumber, total, pageCount, firstUri, nextUri,
 /// previousUri, lastUri, selfUri}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
