@@ -423,7 +423,8 @@ impl Near {
         self.changes.fetch_add(1, Ordering::Release);
     }
 
-    /// Completes at the next invalidation or flush (call `enable` before looking, so none is missed).
+    /// Completes at the next push for an entry or a lease, or flush (call `enable` before looking, so none is
+    /// missed).
     pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
     }
@@ -572,13 +573,14 @@ impl Near {
     /// Drops the keys the store says changed (store keys, `<namespace>:v1:{<digest>}`; any other key under
     /// the prefix, such as a lease, holds no entry and is not counted).
     pub(crate) fn invalidate<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
-        let mut count = 0;
+        let (mut count, mut leases) = (0, false);
         for key in keys {
             if let Some(digest) = parse_key(&self.prefix, key) {
                 self.cache.invalidate(&NearKey(digest));
                 count += 1;
             } else if key.ends_with(LEASE_SUFFIX) {
                 self.wake_leases(Some(key));
+                leases = true;
             } else if key.ends_with(MARK_SUFFIX) {
                 self.marks.fetch_add(1, Ordering::AcqRel);
             }
@@ -589,8 +591,11 @@ impl Near {
             // Counted once the keys can no longer answer: whoever reads the count then finds them gone.
             add(&self.counters.near_invalidations, count);
         }
-        // Fleet waits watch leases too.
-        self.changed.notify_waiters();
+        // Fleet waits watch entries and leases; a push for anything else (a tag's set or mark, the tag clock)
+        // would only make each of them read the store once more for nothing.
+        if count > 0 || leases {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Empties the near cache: nothing filled before answers again.
@@ -767,8 +772,6 @@ mod tests {
         assert_spread((0..64_000u32).map(|i| Sha256::digest(i.to_be_bytes()).into()));
     }
 
-    /// Digests chosen to agree on their low 24 bits (as a client trying many requests could make them) still
-    /// spread: the seed and the fold bring the other bits down.
     #[tokio::test]
     async fn a_watched_lease_wakes_at_its_own_push_and_at_a_flush_only() {
         let near = near();
@@ -796,6 +799,30 @@ mod tests {
         assert!(near.leases.lock().unwrap().is_empty());
     }
 
+    #[test]
+    fn fleet_waits_wake_at_a_push_for_an_entry_or_a_lease_or_a_flush_only() {
+        let near = near();
+        let woken = |keys: &[&str], flush: bool| {
+            let changed = near.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            near.invalidate(keys.iter().copied());
+            if flush {
+                near.flush(FlushCause::Server);
+            }
+            futures_util::FutureExt::now_or_never(changed).is_some()
+        };
+        let set = "ns:v1:tag:{0123}";
+        let mark = format!("{set}{MARK_SUFFIX}");
+        assert!(!woken(&[set, &mark, "ns:v1:tag-clock"], false));
+        let entry = format!("ns:v1:{{{}}}", "ab".repeat(32));
+        assert!(woken(&[set, &entry], false));
+        assert!(woken(&["ns:v1:{ab}:lease"], false));
+        assert!(woken(&[], true));
+    }
+
+    /// Digests chosen to agree on their low 24 bits (as a client trying many requests could make them) still
+    /// spread: the seed and the fold bring the other bits down.
     #[test]
     fn chosen_digests_still_spread() {
         assert_spread((0..64_000u64).map(|i| {
