@@ -181,7 +181,7 @@ impl Middleware for CacheMiddleware {
             None => Some(&[][..]),
             Some(body) => body.as_bytes(),
         };
-        let (mut facts, head) = engine.policy.read_head(&mut parts);
+        let (mut facts, head, partition) = engine.policy.read_head(&mut parts);
         facts.too_large |= bytes.is_none_or(|b| b.len() > max);
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
@@ -190,7 +190,7 @@ impl Middleware for CacheMiddleware {
                 parts.method = http::Method::HEAD;
             }
             let status = engine.bypassed(reason);
-            let stale = engine.stale_targets(&parts, &facts);
+            let stale = engine.stale_targets(&parts, &facts, partition);
             let mut response = next.run(request, extensions).await?;
             if let Some(stale) = stale {
                 engine
@@ -209,9 +209,13 @@ impl Middleware for CacheMiddleware {
         if head {
             *request.method_mut() = http::Method::GET;
         }
-        let key = engine
-            .keys
-            .key(&parts.method, &parts.uri, &parts.headers, &body);
+        let key = engine.keys.key_in(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            partition.as_deref(),
+            &body,
+        );
         let origin = ChainOrigin {
             next,
             extensions: extensions.clone(),

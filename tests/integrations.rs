@@ -6,6 +6,7 @@ mod support;
 use axum::body::Body as AxumBody;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Extension, Path};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use support::{RedisServer, fred_client};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_redis_cache::cache::Credentials;
 use tower_redis_cache::error::BoxError;
 use tower_redis_cache::reqwest::{CacheMiddleware, ReqwestService};
 use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, RequestBody};
@@ -530,6 +532,76 @@ async fn axum_router_layer_and_route_layer_keep_path_params_and_extensions() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn behind_an_axum_auth_layer_a_tenants_users_share_its_entries() {
+    // The auth layer (outermost) lets a request through with its tenant, read from its token
+    // (`<tenant>.<user>`); the cache keys by the tenant and caches whatever the credentials.
+    let calls = Arc::new(AtomicU64::new(0));
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .partition_by(|parts| {
+            parts
+                .extensions
+                .get::<Tenant>()
+                .map(|tenant| tenant.0.clone())
+        })
+        .credentials(Credentials::Partition)
+        .build()
+        .unwrap();
+    let counter = calls.clone();
+    let report = move |Extension(tenant): Extension<Tenant>| {
+        let call = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { Json(json!({"tenant": tenant.0, "call": call})) }
+    };
+    let authenticate = |mut request: Request<AxumBody>, next: axum::middleware::Next| async move {
+        let tenant = request
+            .headers()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(|token| token.split_once('.'))
+            .map(|(tenant, _user)| Tenant(tenant.to_owned()));
+        match tenant {
+            Some(tenant) => {
+                request.extensions_mut().insert(tenant);
+                next.run(request).await
+            }
+            None => StatusCode::UNAUTHORIZED.into_response(),
+        }
+    };
+    let app = Router::new()
+        .route("/report", get(report))
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|error: BoxError| async move {
+                    (StatusCode::BAD_GATEWAY, error.to_string())
+                }))
+                .layer(layer),
+        )
+        .layer(axum::middleware::from_fn(authenticate));
+    let read = |token: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = Request::get("/report")
+                .header("authorization", format!("Bearer {token}"))
+                .body(AxumBody::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let outcome = CacheOutcome::of(&response);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (outcome, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    let (first, alice) = read("acme.alice").await;
+    assert!(
+        matches!(first, Some(CacheOutcome::Miss { .. })),
+        "{first:?}"
+    );
+    assert_eq!(read("acme.bob").await, (Some(CacheOutcome::Hit), alice));
+    let (_, carol) = read("globex.carol").await;
+    assert_eq!(carol, json!({"tenant": "globex", "call": 2}));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[test]

@@ -1533,3 +1533,112 @@ async fn with_a_near_cache_an_answer_tag_removed_elsewhere_stops_the_sharing_her
 
     origin.release_unstored(slow, "the held call").await;
 }
+
+/// What an authentication layer in front of the cache leaves in a request it lets through.
+#[derive(Clone)]
+struct Tenant(&'static str);
+
+/// `request` with `token` as its credential, and `tenant` in its extensions where there is one.
+fn as_tenant(
+    tenant: Option<&'static str>,
+    token: &'static str,
+    request: Request<Full<Bytes>>,
+) -> Request<Full<Bytes>> {
+    let (mut parts, body) = request.into_parts();
+    parts
+        .headers
+        .insert("authorization", http::HeaderValue::from_static(token));
+    if let Some(tenant) = tenant {
+        parts.extensions.insert(Tenant(tenant));
+    }
+    Request::from_parts(parts, body)
+}
+
+/// A layer that partitions requests by their tenant, and caches them whatever their credentials.
+async fn by_tenant(server: &RedisServer) -> RedisCacheLayer {
+    layer(server)
+        .await
+        .partition_by(|parts| parts.extensions.get::<Tenant>().map(|tenant| tenant.0))
+        .credentials(Credentials::Partition)
+        .build()
+        .unwrap()
+}
+
+fn is_stored_miss(outcome: CacheOutcome) -> bool {
+    matches!(outcome, CacheOutcome::Miss { stored: true, .. })
+}
+
+#[tokio::test]
+async fn each_partition_has_entries_of_its_own_and_a_request_without_one_bypasses() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = by_tenant(&server).await;
+    let service = cached(&layer, origin.service());
+    let read = |tenant, token| call(&service, as_tenant(tenant, token, get(USER, &[])));
+
+    // Tenant a's first read fills; another of a's users (another token) is answered from it.
+    assert!(is_stored_miss(outcome(&read(Some("a"), "Bearer a1").await)));
+    assert_eq!(
+        outcome(&read(Some("a"), "Bearer a2").await),
+        CacheOutcome::Hit
+    );
+    // Tenant b never gets a's answer.
+    assert!(is_stored_miss(outcome(&read(Some("b"), "Bearer b1").await)));
+    assert_eq!(origin.calls(), 2);
+    // No tenant named: whose answer it would be is not known, so the cache stays out.
+    for _ in 0..2 {
+        let response = read(None, "Bearer a1").await;
+        assert_eq!(
+            outcome(&response),
+            CacheOutcome::Bypass(BypassReason::Partition)
+        );
+        assert_eq!(
+            cache_status(&response),
+            "tower-redis-cache; fwd=bypass; detail=partition"
+        );
+    }
+    assert_eq!(origin.calls(), 4);
+    assert_eq!(stored_keys(&server), 2);
+
+    // The handle names an entry by the request's tenant too.
+    let handle = layer.handle();
+    let of = |tenant| as_tenant(tenant, "Bearer x", get(USER, &[])).map(|_| Bytes::new());
+    assert_ne!(
+        handle.key_for(&of(Some("a"))),
+        handle.key_for(&of(Some("b")))
+    );
+    assert!(!handle.invalidate(&of(None)).await.unwrap());
+    assert!(handle.invalidate(&of(Some("a"))).await.unwrap());
+    assert!(is_stored_miss(outcome(&read(Some("a"), "Bearer a2").await)));
+    assert_eq!(
+        outcome(&read(Some("b"), "Bearer b2").await),
+        CacheOutcome::Hit
+    );
+}
+
+#[tokio::test]
+async fn a_write_removes_the_entries_of_its_uri_in_its_own_partition_only() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = by_tenant(&server).await;
+    let service = &cached(&layer, origin.service());
+    let read = |tenant| async move {
+        let response = call(service, as_tenant(Some(tenant), "Bearer t", get(ITEM, &[]))).await;
+        outcome(&response)
+    };
+    let write = |tenant| async move {
+        let response = call(service, as_tenant(tenant, "Bearer t", request("PUT", ITEM))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    };
+    for tenant in ["a", "b"] {
+        assert!(is_stored_miss(read(tenant).await));
+    }
+    // A write that names no tenant names no entry: both stay.
+    write(None).await;
+    assert_eq!([read("a").await, read("b").await], [CacheOutcome::Hit; 2]);
+    // Tenant a's write removes a's entry, and b's stays.
+    write(Some("a")).await;
+    assert!(is_stored_miss(read("a").await));
+    assert_eq!(read("b").await, CacheOutcome::Hit);
+    assert_eq!(layer.handle().stats().unsafe_invalidations, 1);
+}

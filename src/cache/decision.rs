@@ -46,9 +46,10 @@ pub enum Credentials {
     /// The values of `Authorization` and `Cookie` are part of the key: each credential gets entries of its own.
     /// Responses marked `Cache-Control: private` may then be stored for requests that carry credentials.
     InKey,
-    /// Every request through the layer acts for one user, named by the layer's
-    /// [`partition`](super::RedisCacheLayerBuilder::partition) (which must then be set): credentials do not
-    /// split entries, and `private` responses may be stored.
+    /// Every request through the layer acts for whom its partition names: the layer's
+    /// [`partition`](super::RedisCacheLayerBuilder::partition), and the request's own with
+    /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by) (one of them must be set). Credentials do
+    /// not split entries, and `private` responses may be stored.
     Partition,
 }
 
@@ -102,6 +103,10 @@ pub(crate) struct RequestFacts {
     pub(crate) too_large: bool,
     /// The request opted out of the cache ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     pub(crate) skip: bool,
+    /// The layer keys each request by a partition of its own
+    /// ([`partition_by`](super::RedisCacheLayerBuilder::partition_by)), and named none for this one: it is not
+    /// known whose answer it would get or give.
+    pub(crate) unpartitioned: bool,
     /// The method is not safe (RFC 9110 §9.2.1): any but `GET`, `HEAD`, `OPTIONS`, `TRACE` and `QUERY`, unknown
     /// methods included. A request with one may change its target resource.
     pub(crate) unsafe_method: bool,
@@ -612,6 +617,8 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Some(BypassReason::Method)
     } else if request.no_store {
         Some(BypassReason::NoStore)
+    } else if request.unpartitioned {
+        Some(BypassReason::Partition)
     } else if request.authorization && unshared_credentials {
         Some(BypassReason::Authorization)
     } else if request.cookie && unshared_credentials {
@@ -1135,6 +1142,7 @@ mod tests {
             ("uncached method", &shared, RequestFacts::default(), fresh, 1_000, Action::Bypass(BypassReason::Method)),
             ("skipped", &shared, with(|f| f.skip = true), fresh, 1_000, Action::Bypass(BypassReason::Skipped)),
             ("no-store", &shared, with(|f| f.no_store = true), fresh, 1_000, Action::Bypass(BypassReason::NoStore)),
+            ("no partition", &partition, with(|f| { f.unpartitioned = true; f.cookie = true }), fresh, 1_000, Action::Bypass(BypassReason::Partition)),
             ("authorization", &shared, with(|f| f.authorization = true), fresh, 1_000, Action::Bypass(BypassReason::Authorization)),
             ("cookie", &shared, with(|f| f.cookie = true), fresh, 1_000, Action::Bypass(BypassReason::Cookie)),
             ("authorization, keyed", &in_key, with(|f| f.authorization = true), fresh, 1_000, Action::ServeFresh),
@@ -1352,6 +1360,8 @@ mod tests {
             (r.skip, BypassReason::Skipped),
             (!r.method_cacheable, BypassReason::Method),
             (r.no_store, BypassReason::NoStore),
+            // Whose answer it is cannot be told.
+            (r.unpartitioned, BypassReason::Partition),
             (
                 r.authorization && !credentials_allowed,
                 BypassReason::Authorization,
@@ -1425,13 +1435,20 @@ mod tests {
     fn arb_facts() -> impl Strategy<Value = RequestFacts> {
         (
             prop::array::uniform8(any::<bool>()),
-            prop::array::uniform5(any::<bool>()),
+            prop::array::uniform6(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
         )
             .prop_map(
                 |(
                     b,
-                    [skip, only_if_cached, validators, get_or_head, get],
+                    [
+                        skip,
+                        only_if_cached,
+                        validators,
+                        get_or_head,
+                        get,
+                        unpartitioned,
+                    ],
                     (max_age, min_fresh, max_stale),
                 )| RequestFacts {
                     method_cacheable: b[0],
@@ -1443,6 +1460,7 @@ mod tests {
                     preconditions: b[6],
                     too_large: b[7],
                     skip,
+                    unpartitioned,
                     validators,
                     get_or_head,
                     get,

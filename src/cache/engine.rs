@@ -215,12 +215,18 @@ pub(crate) enum NearProbe {
 /// Decides per request whether a `POST` is cached.
 pub(crate) type PostPredicate = Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>;
 
+/// Names the partition a request belongs to (see
+/// [`partition_by`](super::RedisCacheLayerBuilder::partition_by)).
+pub(crate) type PartitionFn = Arc<dyn Fn(&request::Parts) -> Option<Vec<u8>> + Send + Sync>;
+
 /// What the builder configured about what to cache and for how long.
 pub(crate) struct Policy {
     /// The layer's windows, for requests nothing else chose windows for.
     pub(crate) windows: Windows,
     /// Chooses windows per request.
     pub(crate) windows_for: Option<WindowsFn>,
+    /// Names each request's own partition.
+    pub(crate) partition_by: Option<PartitionFn>,
     /// Tags requests.
     pub(crate) tags: Option<TagsFn>,
     /// The response field that tags answers.
@@ -253,6 +259,7 @@ impl std::fmt::Debug for Policy {
         f.debug_struct("Policy")
             .field("windows", &self.windows)
             .field("windows_for", &self.windows_for.is_some())
+            .field("partition_by", &self.partition_by.is_some())
             .field("tags", &self.tags.is_some())
             .field("tags_header", &self.tags_header)
             .field("origin_freshness", &self.origin_freshness)
@@ -274,18 +281,32 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
-    /// The facts of a request head, for [`decide`], and whether it is a `HEAD` answered as its `GET`: such a
-    /// head is turned into that `GET` here, to be keyed, asked of the origin and stored as one, and its `Range`
-    /// is ignored (a `HEAD` has no range semantics, RFC 9110 §14.2). A bypass turns it back into a `HEAD`.
+    /// The facts of a request head, for [`decide`], whether it is a `HEAD` answered as its `GET`, and its own
+    /// partition (`None` without [`partition_by`](super::RedisCacheLayerBuilder::partition_by), or when it
+    /// named none: then the facts say so). Such a head is turned into that `GET` here, to be keyed, asked of
+    /// the origin and stored as one, and its `Range` is ignored (a `HEAD` has no range semantics, RFC 9110
+    /// §14.2). A bypass turns it back into a `HEAD`.
     #[inline]
-    pub(crate) fn read_head(&self, parts: &mut request::Parts) -> (RequestFacts, bool) {
+    pub(crate) fn read_head(
+        &self,
+        parts: &mut request::Parts,
+    ) -> (RequestFacts, bool, Option<Vec<u8>>) {
         let head = self.head_as_get(&parts.method);
         if head {
             parts.method = Method::GET;
         }
         let mut facts = self.facts(parts);
         facts.range &= !head;
-        (facts, head)
+        let partition = self.partition_of(parts);
+        facts.unpartitioned = self.partition_by.is_some() && partition.is_none();
+        (facts, head, partition)
+    }
+
+    /// A request's own partition: `None` without [`partition_by`](super::RedisCacheLayerBuilder::partition_by),
+    /// or when it names none.
+    #[inline]
+    pub(crate) fn partition_of(&self, parts: &request::Parts) -> Option<Vec<u8>> {
+        self.partition_by.as_ref().and_then(|name| name(parts))
     }
 
     /// The facts of a request head, for [`decide`].
@@ -377,6 +398,10 @@ pub(crate) struct StaleTargets {
     headers: HeaderMap,
     /// The request's tag sets.
     tag_sets: Vec<String>,
+    /// Whether its entries can be named: not when the layer partitions requests and named none for it.
+    keyed: bool,
+    /// Its own partition.
+    partition: Option<Vec<u8>>,
 }
 
 /// What a coalesced inner call leaves for its waiters.
@@ -1190,11 +1215,14 @@ impl Engine {
         &self,
         parts: &request::Parts,
         facts: &RequestFacts,
+        partition: Option<Vec<u8>>,
     ) -> Option<StaleTargets> {
         may_invalidate(&self.policy.rules, facts).then(|| StaleTargets {
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
             tag_sets: self.tag_sets(parts),
+            keyed: !facts.unpartitioned,
+            partition,
         })
     }
 
@@ -1230,11 +1258,16 @@ impl Engine {
         // Keyed as a `GET` and a `HEAD` are: without a body (and so without the `Content-Type` that is part of
         // the key of a request with one). The `HEAD` entries go too when this layer answers a `HEAD` as its
         // `GET`: a process that does not (another setting, an older version mid-deploy) may have stored them.
+        // A request with no partition of its own where the layer keys by one names no entry: only its tags'.
+        let uris = if targets.keyed { &uris[..] } else { &[] };
+        let partition = targets.partition.as_deref();
         let keys: Vec<CacheKey> = uris
             .iter()
             .flat_map(|uri| {
-                [Method::GET, Method::HEAD]
-                    .map(|method| self.keys.key(&method, uri, &targets.headers, &[]))
+                [Method::GET, Method::HEAD].map(|method| {
+                    self.keys
+                        .key_in(&method, uri, &targets.headers, partition, &[])
+                })
             })
             .collect();
         let engine = self.clone();
@@ -1243,7 +1276,7 @@ impl Engine {
         let _ = tokio::spawn(async move {
             // The leases go first: a fill that asked the origin before the change then cannot store its answer
             // after the entry is gone.
-            if engine.remove_entries(&keys, true).await.is_ok() {
+            if !keys.is_empty() && engine.remove_entries(&keys, true).await.is_ok() {
                 bump(&engine.counters.unsafe_invalidations);
                 tracing::debug!(
                     uris = keys.len() / 2,

@@ -3,7 +3,8 @@
 //! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme,
 //! authority (from the URI, else the `Host` header), path, the query pairs sorted by name (pairs of one name keep
 //! their order: `?sort=name&sort=date` is not `?sort=date&sort=name`), the configured vary headers, the
-//! partition (tenant identity), and the body with its `Content-Type`. A JSON body (`application/json` or
+//! partition (tenant identity) and, in a layer with `partition_by`, the request's own, and the body with its
+//! `Content-Type`. A JSON body (`application/json` or
 //! `*/*+json`) is hashed in canonical form: object members sorted by key at every level, array order kept, no
 //! insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept exactly
 //! as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice (after escapes
@@ -104,7 +105,9 @@ impl KeyConfig {
         }
     }
 
-    /// Computes the key of a request from its parts and its complete body.
+    /// Computes the key of a request from its parts and its complete body, for a layer without
+    /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by).
+    #[cfg(test)]
     pub(crate) fn key(
         &self,
         method: &Method,
@@ -112,7 +115,21 @@ impl KeyConfig {
         headers: &HeaderMap,
         body: &[u8],
     ) -> CacheKey {
-        self.key_of(self.digest(method, uri, headers, body))
+        self.key_in(method, uri, headers, None, body)
+    }
+
+    /// Computes the key of a request from its parts, its own partition (see
+    /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by); `None` without one) and its complete
+    /// body.
+    pub(crate) fn key_in(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        partition: Option<&[u8]>,
+        body: &[u8],
+    ) -> CacheKey {
+        self.key_of(self.digest(method, uri, headers, partition, body))
     }
 
     /// The key of the request whose digest is `digest`: formatted, or, for one of the few this thread
@@ -141,10 +158,13 @@ impl KeyConfig {
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
+        partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
         memo::digest(
-            self.id,
+            // Requests with a partition of their own and those without are remembered apart, so that no other
+            // fields can read as one.
+            (self.id << 1) | u64::from(partition.is_some()),
             // Every input of `hash_request` that is not part of these settings, so that one fingerprint
             // always means one digest.
             |f| {
@@ -160,10 +180,13 @@ impl KeyConfig {
                         f.field(value.as_bytes());
                     }
                 }
+                if let Some(partition) = partition {
+                    f.field(partition);
+                }
                 f.field(content_type(headers));
                 f.field(body);
             },
-            || self.hash_request(method, uri, headers, body),
+            || self.hash_request(method, uri, headers, partition, body),
         )
     }
 
@@ -173,6 +196,7 @@ impl KeyConfig {
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
+        partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
         let mut h = Sha256::new();
@@ -192,6 +216,12 @@ impl KeyConfig {
             }
         }
         field(&mut h, &self.partition);
+        // A request's own partition only where the layer has one, so that other keys stay as they were. Its
+        // marker byte is one the body's hashing never starts with (`2`, or a length's high byte, `0`).
+        if let Some(partition) = partition {
+            h.update([3u8]);
+            field(&mut h, partition);
+        }
         hash_body(&mut h, headers, body);
         h.finalize().into()
     }
@@ -1135,11 +1165,13 @@ mod tests {
             for config in [&a, &b] {
                 for (uri, headers, body) in &requests {
                     for method in [Method::GET, Method::POST] {
-                        assert_eq!(
-                            config.digest(&method, uri, headers, body),
-                            config.hash_request(&method, uri, headers, body),
-                            "{method} {uri} {headers:?}"
-                        );
+                        for partition in [None, Some(&b""[..]), Some(&b"tenant"[..])] {
+                            assert_eq!(
+                                config.digest(&method, uri, headers, partition, body),
+                                config.hash_request(&method, uri, headers, partition, body),
+                                "{method} {uri} {headers:?} {partition:?}"
+                            );
+                        }
                     }
                 }
             }
@@ -1175,6 +1207,18 @@ mod tests {
         assert_eq!(base, c.key(&Method::GET, &uri, &other, b""));
         let tenant_b = KeyConfig::new(c.namespace.clone(), b"tenant-b".to_vec(), c.vary.clone());
         assert_ne!(base, tenant_b.key(&Method::GET, &uri, &h, b""));
+        // A request's own partition: none, an empty one and another are three keys; the same one, one key.
+        let own = |partition: Option<&[u8]>| c.key_in(&Method::GET, &uri, &h, partition, b"");
+        assert_eq!(base, own(None));
+        let keys = [own(Some(b"")), own(Some(b"a")), own(Some(b"b"))];
+        assert!(keys.iter().all(|key| *key != base));
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+        assert_eq!(keys[1], own(Some(b"a")));
+        // Nor does it run into the body: partition "x" with no body is not the body "x".
+        assert_ne!(
+            c.key_in(&Method::POST, &uri, &h, Some(b"x"), b""),
+            c.key_in(&Method::POST, &uri, &h, Some(b""), b"x")
+        );
         // Length prefixes keep adjacent fields apart: "/p" + "a=1" is not "/pa" + "=1".
         assert_ne!(
             c.key(&Method::GET, &"http://h/p?ab".parse().unwrap(), &h, b""),

@@ -2,7 +2,7 @@
 
 use super::RedisCache;
 use super::decision::{Credentials, Rules, default_statuses};
-use super::engine::{Engine, NearConfig, Policy, PostPredicate};
+use super::engine::{Engine, NearConfig, PartitionFn, Policy, PostPredicate};
 use super::freshness::{Windows, WindowsFn};
 use super::guard::GuardedStore;
 use super::key::KeyConfig;
@@ -102,12 +102,21 @@ impl CacheHandle {
     }
 
     /// The key the cache uses for `request` (its body as bytes): for a `HEAD`, its `GET`'s while
-    /// [`head_from_get`](RedisCacheLayerBuilder::head_from_get) applies.
+    /// [`head_from_get`](RedisCacheLayerBuilder::head_from_get) applies. With
+    /// [`partition_by`](RedisCacheLayerBuilder::partition_by), in `request`'s partition, named from its
+    /// headers and extensions as for a request through the layer; a request it names no partition for is never
+    /// stored, and its key holds nothing.
     pub fn key_for<T: AsRef<[u8]>>(&self, request: &Request<T>) -> super::CacheKey {
-        self.engine.keys.key(
-            self.engine.policy.keyed_method(request.method()),
+        let policy = &self.engine.policy;
+        let partition = match policy.partition_by {
+            Some(_) => policy.partition_of(&head_of(request)),
+            None => None,
+        };
+        self.engine.keys.key_in(
+            policy.keyed_method(request.method()),
             request.uri(),
             request.headers(),
+            partition.as_deref(),
             request.body().as_ref(),
         )
     }
@@ -173,6 +182,17 @@ impl CacheHandle {
     }
 }
 
+/// A copy of `request`'s head, for the layer's hooks.
+fn head_of<T>(request: &Request<T>) -> request::Parts {
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    *head.extensions_mut() = request.extensions().clone();
+    head.into_parts().0
+}
+
 /// Builds a [`RedisCacheLayer`]; every setter states its default. Validation happens in
 /// [`build`](Self::build).
 ///
@@ -209,6 +229,7 @@ pub struct RedisCacheLayerBuilder {
     coalesced_wait: Duration,
     max_in_flight_bytes: usize,
     windows_for: Option<WindowsFn>,
+    partition_by: Option<PartitionFn>,
     tags: Option<TagsFn>,
     tags_header: Option<HeaderName>,
     origin_freshness: bool,
@@ -250,6 +271,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("coalesced_wait", &self.coalesced_wait)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("windows_for", &self.windows_for.is_some())
+            .field("partition_by", &self.partition_by.is_some())
             .field("tags", &self.tags.is_some())
             .field("tags_from_header", &self.tags_header)
             .field("origin_freshness", &self.origin_freshness)
@@ -302,6 +324,7 @@ impl RedisCacheLayerBuilder {
             coalesced_wait: Duration::from_secs(30),
             max_in_flight_bytes: 64 * 1024 * 1024,
             windows_for: None,
+            partition_by: None,
             tags: None,
             tags_header: None,
             origin_freshness: true,
@@ -322,6 +345,41 @@ impl RedisCacheLayerBuilder {
     /// client id. Default: empty (one tenant).
     pub fn partition(mut self, partition: impl AsRef<[u8]>) -> Self {
         self.partition = partition.as_ref().to_vec();
+        self
+    }
+
+    /// Names a partition for each request, from its head: part of its key beside [`partition`](Self::partition),
+    /// so requests of two partitions never share an entry. For a server whose answers depend on who asks (a
+    /// tenant, a user), named by what an authentication layer in front of the cache left in the request's
+    /// extensions. A request it names no partition for bypasses the cache (`Cache-Status: ...;
+    /// detail=partition`): when it is not known whose answer a request would get, the cache stays out.
+    /// Default: none (the layer's `partition` alone).
+    ///
+    /// With [`Credentials::Partition`], requests carrying `Authorization` or `Cookie` are cached too, under their
+    /// partition and not split by credential, and `private` answers are stored for it: the partition must then
+    /// name everyone who may read what it holds (one user, or a tenant whose users all get the same answers).
+    /// A successful unsafe request removes the entries of its URI in its own partition. [`tags`](Self::tags)
+    /// belong to the layer whatever the partition: name the partition in a tag to keep it to one.
+    ///
+    /// ```
+    /// use tower_redis_cache::cache::Credentials;
+    /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+    ///
+    /// /// What the authentication layer in front of the cache leaves in each request it lets through.
+    /// #[derive(Clone)]
+    /// struct Tenant(String);
+    ///
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    ///     .partition_by(|parts| parts.extensions.get::<Tenant>().map(|tenant| tenant.0.clone()))
+    ///     .credentials(Credentials::Partition)
+    ///     .build()?;
+    /// # Ok::<(), tower_redis_cache::error::ConfigError>(())
+    /// ```
+    pub fn partition_by<P: Into<Vec<u8>>>(
+        mut self,
+        partition: impl Fn(&request::Parts) -> Option<P> + Send + Sync + 'static,
+    ) -> Self {
+        self.partition_by = Some(Arc::new(move |parts| partition(parts).map(Into::into)));
         self
     }
 
@@ -431,7 +489,8 @@ impl RedisCacheLayerBuilder {
     /// How requests carrying `Authorization` or `Cookie` are cached. Default: [`Credentials::Bypass`], they go
     /// to the inner service uncached, so no user is ever answered with another's response.
     /// [`Credentials::InKey`] gives each credential entries of its own; [`Credentials::Partition`] declares
-    /// that the layer acts for the one user its [`partition`](Self::partition) names.
+    /// that each request acts for whom its partition names ([`partition`](Self::partition), and
+    /// [`partition_by`](Self::partition_by)).
     pub fn credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = credentials;
         self
@@ -741,11 +800,11 @@ impl RedisCacheLayerBuilder {
                 ),
             ));
         }
-        if self.partition.is_empty() {
+        if self.partition.is_empty() && self.partition_by.is_none() {
             if self.credentials == Credentials::Partition {
                 return refuse(
                     Setting::Credentials,
-                    "Credentials::Partition needs a partition naming the one user",
+                    "Credentials::Partition needs a partition (or partition_by) naming whose answers are stored",
                 );
             }
             if !self.respect_response_cache_control {
@@ -790,6 +849,7 @@ impl RedisCacheLayerBuilder {
         let policy = Policy {
             windows: Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for),
             windows_for: self.windows_for,
+            partition_by: self.partition_by,
             tags: self.tags,
             tags_header: self.tags_header,
             origin_freshness: self.origin_freshness,
@@ -940,6 +1000,15 @@ mod tests {
         assert!(
             builder()
                 .partition("client-a")
+                .credentials(Credentials::Partition)
+                .respect_response_cache_control(false)
+                .build()
+                .is_ok()
+        );
+        // A partition per request names whose answers are stored as well.
+        assert!(
+            builder()
+                .partition_by(|parts| parts.headers.get("x-tenant").map(|v| v.as_bytes().to_vec()))
                 .credentials(Credentials::Partition)
                 .respect_response_cache_control(false)
                 .build()

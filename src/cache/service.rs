@@ -113,13 +113,13 @@ where
         // here, takes no reference count that every core's hits would share.
         let engine = &self.engine;
         let (mut parts, body) = request.into_parts();
-        let (mut facts, head) = engine.policy.read_head(&mut parts);
+        let (mut facts, head, partition) = engine.policy.read_head(&mut parts);
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
             if head {
                 parts.method = Method::HEAD;
             }
-            let stale = engine.stale_targets(&parts, &facts);
+            let stale = engine.stale_targets(&parts, &facts, partition);
             let request = Request::from_parts(parts, RequestBody::new(body));
             let (engine, inner) = (engine.clone(), self.inner.clone());
             return respond_in(span, bypass(engine, inner, request, reason, stale));
@@ -132,9 +132,13 @@ where
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
         match take_ready(body, max) {
             Ok(Ready::Complete(bytes)) => {
-                let digest = engine
-                    .keys
-                    .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
+                let digest = engine.keys.digest(
+                    &parts.method,
+                    &parts.uri,
+                    &parts.headers,
+                    partition.as_deref(),
+                    &bytes,
+                );
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
                 let near = {
                     let _in_span = span.enter();
@@ -193,10 +197,13 @@ where
                         }
                     };
                     let span = tracing::Span::current();
-                    let digest =
-                        engine
-                            .keys
-                            .digest(&parts.method, &parts.uri, &parts.headers, &bytes);
+                    let digest = engine.keys.digest(
+                        &parts.method,
+                        &parts.uri,
+                        &parts.headers,
+                        partition.as_deref(),
+                        &bytes,
+                    );
                     let probe = NearProbe::Unasked;
                     let finishing =
                         Steps::of(&facts, head).map(|steps| Finish::new(steps, &parts.headers));

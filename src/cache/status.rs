@@ -16,7 +16,7 @@
 //! | stale-if-error after a transport error | `tower-redis-cache; fwd=stale; ttl=-40; detail=transport-error` |
 //! | method not cached | `tower-redis-cache; fwd=method; detail=method` |
 //! | request `Cache-Control: no-store` | `tower-redis-cache; fwd=request; detail=no-store` |
-//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`) |
+//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `skipped`, `partition`) |
 //! | store failed or skipped | `...; detail=store-error` / `...; detail=store-unavailable` |
 //! | request `Cache-Control: only-if-cached`, nothing stored may answer: `504`, the inner service not called | `tower-redis-cache; detail=only-if-cached` |
 //!
@@ -155,6 +155,9 @@ pub enum BypassReason {
     RequestTooLarge,
     /// The request opted out ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     Skipped,
+    /// The layer keys each request by a partition of its own
+    /// ([`partition_by`](super::RedisCacheLayerBuilder::partition_by)), and named none for this one.
+    Partition,
 }
 
 impl BypassReason {
@@ -169,11 +172,12 @@ impl BypassReason {
             BypassReason::Conditional => "conditional",
             BypassReason::RequestTooLarge => "request-too-large",
             BypassReason::Skipped => "skipped",
+            BypassReason::Partition => "partition",
         }
     }
 
     /// Every reason.
-    const ALL: [BypassReason; 8] = [
+    const ALL: [BypassReason; 9] = [
         BypassReason::Method,
         BypassReason::NoStore,
         BypassReason::Authorization,
@@ -182,6 +186,7 @@ impl BypassReason {
         BypassReason::Conditional,
         BypassReason::RequestTooLarge,
         BypassReason::Skipped,
+        BypassReason::Partition,
     ];
 
     /// The reason whose `detail` is `detail`.
@@ -622,6 +627,7 @@ mod tests {
                 "fwd=bypass; detail=request-too-large",
             ),
             (BypassReason::Skipped, "fwd=bypass; detail=skipped"),
+            (BypassReason::Partition, "fwd=bypass; detail=partition"),
         ] {
             let bypass = Status::new(CacheOutcome::Bypass(reason));
             assert_eq!(fmt(bypass), format!("tower-redis-cache; {expected}"));
@@ -730,6 +736,7 @@ mod tests {
             BypassReason::Conditional => 5,
             BypassReason::RequestTooLarge => 6,
             BypassReason::Skipped => 7,
+            BypassReason::Partition => 8,
         };
         for (i, reason) in BypassReason::ALL.into_iter().enumerate() {
             assert_eq!(place(reason), i);
