@@ -171,10 +171,9 @@ impl Middleware for CacheMiddleware {
         let Some(mut parts) = head(&request) else {
             return next.run(request, extensions).await;
         };
-        // A per-call override rides in the middleware chain's extensions.
-        if let Some(choice) = extensions.get::<crate::cache::CacheOverride>() {
-            parts.extensions.insert(*choice);
-        }
+        // What rides in the middleware chain's extensions (a per-call override, what names a partition) is the
+        // request's, as the layer's hooks see it.
+        parts.extensions = extensions.clone();
         let max = engine.policy.max_body;
         // `None`: a streaming body, which cannot be read without consuming it (and may be of any size).
         let bytes = match request.body() {

@@ -604,6 +604,52 @@ async fn behind_an_axum_auth_layer_a_tenants_users_share_its_entries() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+#[tokio::test]
+async fn reqwest_middleware_names_the_partition_from_the_calls_extensions() {
+    let (url, calls) = origin().await;
+    let plain = reqwest::Client::new();
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .methods([Method::POST])
+        .partition_by(|parts| {
+            parts
+                .extensions
+                .get::<Tenant>()
+                .map(|tenant| tenant.0.clone())
+        })
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain))
+        .build();
+    let query = |tenant: Option<&str>| {
+        let mut request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(r#"{"q":"orders"}"#);
+        if let Some(tenant) = tenant {
+            request = request.with_extension(Tenant(tenant.to_owned()));
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            CacheOutcome::from_headers(response.headers()).unwrap()
+        }
+    };
+    assert!(matches!(
+        query(Some("acme")).await,
+        CacheOutcome::Miss { .. }
+    ));
+    assert_eq!(query(Some("acme")).await, CacheOutcome::Hit);
+    assert!(matches!(
+        query(Some("globex")).await,
+        CacheOutcome::Miss { .. }
+    ));
+    assert_eq!(
+        query(None).await,
+        CacheOutcome::Bypass(tower_redis_cache::cache::BypassReason::Partition)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
 #[test]
 fn the_assembled_client_and_its_futures_are_send_sync_and_clone() {
     use tower_redis_cache::genesys::{GenesysClient, GenesysError, GenesysService};
