@@ -279,8 +279,15 @@ fn millis(ttl: Duration) -> i64 {
 /// How the store's own connections are set up: a 2 s connect timeout, and a connection whose oldest command
 /// has waited a second for its reply is taken for dead, closed and reconnected. Without that, a connection
 /// whose replies were lost (a black-holed or half-open link) would keep every later command waiting on them.
+///
+/// fred counts every write of a command as an attempt, redirections included, and gives up after
+/// `max_command_attempts` (3 by default): during a Cluster reshard a `GET` sent on a stale slot map (`MOVED`)
+/// and then to a slot being migrated (`ASK`) could fail with "Too many failed write attempts" although every
+/// node answered. So a command may be written once more than it may be redirected (`max_redirections`, 5);
+/// the store timeout still bounds how long a request waits for it.
 pub(crate) fn connection_config(config: &mut fred::types::config::ConnectionConfig) {
     config.connection_timeout = Duration::from_secs(2);
+    config.max_command_attempts = config.max_redirections + 1;
     config.unresponsive = fred::types::config::UnresponsiveConfig {
         max_timeout: Some(Duration::from_secs(1)),
         interval: Duration::from_millis(200),
