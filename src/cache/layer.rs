@@ -142,7 +142,9 @@ impl CacheHandle {
     }
 
     /// Removes every entry stored with `tag` (see [`tags`](RedisCacheLayerBuilder::tags)) in this layer's
-    /// namespace and partition, and their leases. Returns how many entries existed.
+    /// namespace and partition (of every request's own, with
+    /// [`partition_by`](RedisCacheLayerBuilder::partition_by)), and their leases. Returns how many entries
+    /// existed.
     ///
     /// As with [`invalidate`](Self::invalidate), a fill of such an entry that asked the origin before this
     /// call does not store its answer after it: its key was recorded under a request's tag before it asked,
