@@ -660,42 +660,26 @@ async fn invalidating_an_action_drops_its_answers_and_the_listings_everywhere() 
         redis_client(&emulator, &redis).await,
     );
     let ids = emulator.action_ids();
-    let (changed, untouched) = (&ids[0], &ids[1]);
-    let input = json!({"orderId": "A-17"});
-    let read = |client: GenesysClient| {
-        let (changed, untouched, input) = (changed.clone(), untouched.clone(), input.clone());
-        async move {
-            let outcomes = [
-                client.execute_action(&changed, &input).await.unwrap().cache,
-                client.get_action(&changed).await.unwrap().cache,
-                client
-                    .execute_action(&untouched, &input)
-                    .await
-                    .unwrap()
-                    .cache,
-                std::pin::pin!(client.list_action_pages(&order_lookups()))
-                    .try_next()
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .cache,
-            ];
-            outcomes.map(|outcome| outcome == Some(CacheOutcome::Hit))
-        }
-    };
-    assert_eq!(read(client.clone()).await, [false; 4]);
-    assert_eq!(read(other.clone()).await, [true; 4]);
+    let (changed, untouched) = (ids[0].as_str(), ids[1].as_str());
+    assert_eq!(
+        read_actions(&client, changed, untouched).await.0,
+        [false; 4]
+    );
+    assert_eq!(read_actions(&other, changed, untouched).await.0, [true; 4]);
 
     // Changed elsewhere: the action's execution and its own `GET` go, and the listing's page; the other
     // action's execution stays.
     assert_eq!(client.invalidate_action(changed).await.unwrap(), 3);
-    assert_eq!(read(other.clone()).await, [false, false, true, false]);
+    assert_eq!(
+        read_actions(&other, changed, untouched).await.0,
+        [false, false, true, false]
+    );
     assert_eq!(emulator.requests(Endpoint::ExecuteAction), 3);
 }
 
-/// What `client` reads of two order lookups (`changed`, `untouched`): whether each of the four answers was a hit
-/// (`changed`'s execution and `GET`, `untouched`'s execution, the first listing page), `changed`'s execution
-/// output and version, and the names on the page.
+/// What `client` reads of two actions (`changed`, `untouched`): whether each of the four answers was a hit
+/// (`changed`'s execution and `GET`, `untouched`'s execution, the first page of the order lookups), `changed`'s
+/// execution output and version, and the names on the page.
 async fn read_actions(
     client: &GenesysClient,
     changed: &str,
