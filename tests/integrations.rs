@@ -756,6 +756,12 @@ fn counters_reach_the_metrics_facade() {
                     .unwrap();
                 client.clone().oneshot(request).await.unwrap();
             }
+            // A signed-in request: a bypass, counted with its reason.
+            let request = Request::get("https://api.example/x")
+                .header("authorization", "Bearer me")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            client.clone().oneshot(request).await.unwrap();
         });
     });
     let totals = totals.0.lock().unwrap();
@@ -771,6 +777,11 @@ fn counters_reach_the_metrics_facade() {
     );
     assert_eq!(
         totals.get("tower_redis_cache_stores_total{namespace=metered}"),
+        Some(&1),
+        "{totals:?}"
+    );
+    assert_eq!(
+        totals.get("tower_redis_cache_bypasses_total{namespace=metered,reason=authorization}"),
         Some(&1),
         "{totals:?}"
     );

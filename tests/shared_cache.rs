@@ -1599,6 +1599,10 @@ async fn each_partition_has_entries_of_its_own_and_a_request_without_one_bypasse
     }
     assert_eq!(origin.calls(), 4);
     assert_eq!(stored_keys(&server), 2);
+    let stats = layer.handle().stats();
+    assert_eq!(stats.bypasses_for(BypassReason::Partition), 2);
+    assert_eq!(stats.bypasses_for(BypassReason::Authorization), 0);
+    assert_eq!(stats.bypasses, 2);
 
     // The handle names an entry by the request's tenant too.
     let handle = layer.handle();

@@ -22,7 +22,7 @@ use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
 use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
-use super::stats::{Counters, bump};
+use super::stats::{Counters, bump, bump_bypass};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
 use super::tags::TagsFn;
 use crate::buffer::{Collected, collect_within, content_length};
@@ -1319,7 +1319,7 @@ impl Engine {
 
     /// Counts and logs a request that bypasses the cache; returns the status its response carries.
     pub(crate) fn bypassed(&self, reason: BypassReason) -> Status {
-        bump(&self.counters.bypasses);
+        bump_bypass(&self.counters, reason);
         tracing::debug!(
             outcome = "bypass",
             reason = reason.as_str(),

@@ -1,5 +1,6 @@
 //! Counters of what the cache did, readable as a [`CacheStats`] snapshot.
 
+use super::status::BypassReason;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,6 +38,21 @@ pub(crate) fn bump(counter: &Counter) {
     add(counter, 1);
 }
 
+/// Counts a request that bypassed the cache for `reason`: in `bypasses`, and by reason (with the `metrics`
+/// feature, as the `reason` label of `tower_redis_cache_bypasses_total`).
+pub(crate) fn bump_bypass(counters: &Counters, reason: BypassReason) {
+    let total = &counters.bypasses;
+    total.value.fetch_add(1, Ordering::Relaxed);
+    counters.bypass_reasons[reason.index()].fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        total.name,
+        "namespace" => total.namespace.clone(),
+        "reason" => reason.as_str()
+    )
+    .increment(1);
+}
+
 /// Counts `n` (events, or units such as milliseconds).
 pub(crate) fn add(counter: &Counter, n: u64) {
     counter.value.fetch_add(n, Ordering::Relaxed);
@@ -51,6 +67,8 @@ pub(crate) struct Counters {
     pub(crate) misses: Counter,
     pub(crate) coalesced: Counter,
     pub(crate) bypasses: Counter,
+    /// `bypasses`, by [`BypassReason::index`].
+    pub(crate) bypass_reasons: [AtomicU64; BypassReason::ALL.len()],
     pub(crate) stale_if_error: Counter,
     pub(crate) refreshes_started: Counter,
     pub(crate) refreshes_failed: Counter,
@@ -91,6 +109,7 @@ impl Counters {
             misses: Counter::new("tower_redis_cache_misses_total", &namespace),
             coalesced: Counter::new("tower_redis_cache_coalesced_total", &namespace),
             bypasses: Counter::new("tower_redis_cache_bypasses_total", &namespace),
+            bypass_reasons: std::array::from_fn(|_| AtomicU64::new(0)),
             stale_if_error: Counter::new("tower_redis_cache_stale_if_error_total", &namespace),
             refreshes_started: Counter::new(
                 "tower_redis_cache_refreshes_started_total",
@@ -166,6 +185,10 @@ impl Counters {
             misses: self.misses.get(),
             coalesced: self.coalesced.get(),
             bypasses: self.bypasses.get(),
+            bypasses_by_reason: self
+                .bypass_reasons
+                .each_ref()
+                .map(|count| count.load(Ordering::Relaxed)),
             stale_if_error: self.stale_if_error.get(),
             refreshes_started: self.refreshes_started.get(),
             refreshes_failed: self.refreshes_failed.get(),
@@ -212,8 +235,9 @@ pub struct CacheStats {
     pub misses: u64,
     /// Requests that waited for another caller's inner call and shared its response.
     pub coalesced: u64,
-    /// Requests that bypassed the cache.
+    /// Requests that bypassed the cache ([`bypasses_for`](Self::bypasses_for) counts them by reason).
     pub bypasses: u64,
+    bypasses_by_reason: [u64; BypassReason::ALL.len()],
     /// Stored entries served because the inner service failed.
     pub stale_if_error: u64,
     /// Background refreshes that called the inner service.
@@ -293,4 +317,12 @@ pub struct CacheStats {
     /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
     /// `max_in_flight_bytes`.
     pub in_flight_bytes: u64,
+}
+
+impl CacheStats {
+    /// The requests that bypassed the cache for `reason` (their `Cache-Status` says `detail=` its
+    /// [`as_str`](BypassReason::as_str)); the counts of all reasons add up to [`bypasses`](Self::bypasses).
+    pub fn bypasses_for(&self, reason: BypassReason) -> u64 {
+        self.bypasses_by_reason[reason.index()]
+    }
 }
