@@ -43,7 +43,9 @@ pub(crate) fn bump(counter: &Counter) {
 pub(crate) fn bump_bypass(counters: &Counters, reason: BypassReason) {
     let total = &counters.bypasses;
     total.value.fetch_add(1, Ordering::Relaxed);
-    counters.bypass_reasons[reason.index()].fetch_add(1, Ordering::Relaxed);
+    if let Some(count) = counters.bypass_reasons.get(reason.index()) {
+        count.fetch_add(1, Ordering::Relaxed);
+    }
     #[cfg(feature = "metrics")]
     metrics::counter!(
         total.name,
@@ -323,6 +325,9 @@ impl CacheStats {
     /// The requests that bypassed the cache for `reason` (their `Cache-Status` says `detail=` its
     /// [`as_str`](BypassReason::as_str)); the counts of all reasons add up to [`bypasses`](Self::bypasses).
     pub fn bypasses_for(&self, reason: BypassReason) -> u64 {
-        self.bypasses_by_reason[reason.index()]
+        self.bypasses_by_reason
+            .get(reason.index())
+            .copied()
+            .unwrap_or(0)
     }
 }
