@@ -398,8 +398,6 @@ pub(crate) struct StaleTargets {
     headers: HeaderMap,
     /// The request's tag sets.
     tag_sets: Vec<String>,
-    /// Whether its entries can be named: not when the layer partitions requests and named none for it.
-    keyed: bool,
     /// Its own partition.
     partition: Option<Vec<u8>>,
 }
@@ -1221,7 +1219,6 @@ impl Engine {
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
             tag_sets: self.tag_sets(parts),
-            keyed: !facts.unpartitioned,
             partition,
         })
     }
@@ -1259,7 +1256,8 @@ impl Engine {
         // the key of a request with one). The `HEAD` entries go too when this layer answers a `HEAD` as its
         // `GET`: a process that does not (another setting, an older version mid-deploy) may have stored them.
         // A request with no partition of its own where the layer keys by one names no entry: only its tags'.
-        let uris = if targets.keyed { &uris[..] } else { &[] };
+        let keyed = self.policy.partition_by.is_none() || targets.partition.is_some();
+        let uris = if keyed { &uris[..] } else { &[] };
         let partition = targets.partition.as_deref();
         let keys: Vec<CacheKey> = uris
             .iter()
