@@ -132,6 +132,7 @@
 //! | `emulator` | no | `genesys::emulator`, a local Genesys Cloud API server |
 //! | `reqwest` | no | `reqwest::ReqwestService` and `reqwest::CacheMiddleware` (reqwest 0.13, reqwest-middleware 0.5) |
 //! | `metrics` | no | counters through the `metrics` facade |
+//! | `compression` | no | stored bodies LZ4-compressed ([`compress_above`](cache::RedisCacheLayerBuilder::compress_above); lz4_flex, pure Rust) |
 //! | `full` | no | everything |
 //!
 //! # Observability

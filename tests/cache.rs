@@ -1102,3 +1102,70 @@ async fn freshness_windows_follow_paused_time() {
         CacheOutcome::Miss { stored: false, .. }
     ));
 }
+
+/// A JSON query of about `bytes` bytes, which the test origin echoes in its answer: rows, as reports have.
+#[cfg(feature = "compression")]
+fn report_query(bytes: usize) -> String {
+    let rows: Vec<String> = (0..bytes / 40)
+        .map(|i| format!(r#"{{"id":{i},"state":"open","team":"t-{}"}}"#, i % 9))
+        .collect();
+    format!(r#"{{"rows":[{}]}}"#, rows.join(","))
+}
+
+#[cfg(feature = "compression")]
+#[tokio::test]
+async fn compressed_entries_take_a_fraction_of_redis_and_answer_every_reader_the_same_bytes() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let compressing = layer_over(redis_store(&server).await)
+        .compress_above(1024)
+        .build()
+        .unwrap();
+    // Another process of the same cache that does not compress: it reads what the first stored.
+    let plain = layer_over(redis_store(&server).await).build().unwrap();
+    let (service, reader) = (
+        compressing.layer_service(origin.service()),
+        plain.layer_service(origin.service()),
+    );
+    let stored = |query: &str| {
+        let key = compressing.handle().key_for(&post_bytes(query));
+        bulk_payload(&server.command(&[b"GET", key.as_str().as_bytes()])).unwrap()
+    };
+
+    let query = report_query(64 << 10);
+    let first = call(&service, post(&query)).await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    let headers = first.headers().clone();
+    let answer = body(first).await;
+    assert!(answer.len() > 48 << 10, "{}", answer.len());
+    let value = stored(&query);
+    assert!(value.starts_with(b"\xffTRC\x03"), "stored compressed");
+    assert!(
+        value.len() * 4 < answer.len(),
+        "{} bytes in Redis for a {}-byte answer",
+        value.len(),
+        answer.len()
+    );
+
+    // Hits, through the memo of kept heads from the third on, answer the bytes and headers of the miss.
+    for _ in 0..4 {
+        let hit = call(&service, post(&query)).await;
+        assert_eq!(outcome(&hit), CacheOutcome::Hit);
+        assert_eq!(hit.headers()["content-type"], headers["content-type"]);
+        assert_eq!(body(hit).await, answer);
+    }
+    let other = call(&reader, post(&query)).await;
+    assert_eq!(outcome(&other), CacheOutcome::Hit);
+    assert_eq!(body(other).await, answer);
+    assert_eq!(origin.calls(), 1);
+
+    // A small answer is stored as it is.
+    let small = r#"{"q":"small"}"#;
+    call(&service, post(small)).await;
+    let value = stored(small);
+    assert!(value.starts_with(b"\xffTRC\x02") && value.ends_with(br#"{"q":"small"}}"#));
+    assert_eq!(plain.handle().stats().decode_errors, 0);
+}

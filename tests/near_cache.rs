@@ -393,3 +393,29 @@ async fn a_near_hit_answers_a_head_and_a_range_from_the_entry_of_a_get() {
     assert_eq!(&body(part).await[..], br#""n":"#);
     assert_eq!(origin.methods(), [Method::GET]);
 }
+
+#[cfg(feature = "compression")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_near_cache_answers_a_compressed_entry_with_its_whole_body() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let a = near_layer(&server.url())
+        .await
+        .compress_above(256)
+        .build()
+        .unwrap();
+    let b = near_layer(&server.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let query = format!(r#"{{"q":"{}"}}"#, "row,".repeat(4096));
+
+    let answer = body(call(&service_a, post(&query)).await).await;
+    assert!(answer.len() > 16 << 10);
+    let key = a.handle().key_for(&post_bytes(&query));
+    let stored = server.command(&[b"GET", key.as_str().as_bytes()]);
+    assert!(stored.len() * 4 < answer.len(), "stored compressed");
+    for service in [&service_a, &service_b] {
+        let near = until_near(service, &query).await;
+        assert_eq!(body(near).await, answer);
+    }
+    assert_eq!(origin.calls(), 1);
+}

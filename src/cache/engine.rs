@@ -241,6 +241,8 @@ pub(crate) struct Policy {
     pub(crate) head_as_get: bool,
     pub(crate) post_when: Option<PostPredicate>,
     pub(crate) max_body: usize,
+    /// Bodies longer than this are stored compressed (when that saves an eighth); `None`: never.
+    pub(crate) compress_above: Option<usize>,
     pub(crate) rules: Rules,
     pub(crate) lease_for: Duration,
     pub(crate) refresh_timeout: Duration,
@@ -269,6 +271,7 @@ impl std::fmt::Debug for Policy {
             .field("head_as_get", &self.head_as_get)
             .field("post_when", &self.post_when.is_some())
             .field("max_body", &self.max_body)
+            .field("compress_above", &self.compress_above)
             .field("rules", &self.rules)
             .field("lease_for", &self.lease_for)
             .field("refresh_timeout", &self.refresh_timeout)
@@ -583,12 +586,13 @@ impl Engine {
         let now = self.clock.now_ms();
         if fill.is_none()
             && let Ok(Some(bytes)) = &read
-            && let Some(response) = heads::with_kept(bytes, key.digest(), |kept| {
-                let vary_matches = kept.vary_digest(origin.headers()) == kept.head.vary;
-                let stored = Lookup::Found(kept.head.stored(vary_matches));
-                (decide(&self.policy.rules, &facts, stored, now) == Action::ServeFresh)
-                    .then(|| kept_answer(kept, now))
-            })
+            && let Some(response) =
+                heads::with_kept(bytes, key.digest(), self.policy.max_body, |kept| {
+                    let vary_matches = kept.vary_digest(origin.headers()) == kept.head.vary;
+                    let stored = Lookup::Found(kept.head.stored(vary_matches));
+                    (decide(&self.policy.rules, &facts, stored, now) == Action::ServeFresh)
+                        .then(|| kept_answer(kept, now))
+                })
         {
             bump(&self.counters.hits);
             tracing::debug!(key = key.short(), outcome = "hit", "cache decision");
@@ -1067,7 +1071,7 @@ impl Engine {
 
     /// Decodes the entry `bytes` read for `key`; `None` (a miss, counted and logged) when they do not decode.
     fn decode(&self, key: &CacheKey, bytes: &Bytes) -> Option<Entry> {
-        match heads::decode(bytes, key.digest()) {
+        match heads::decode(bytes, key.digest(), self.policy.max_body) {
             Ok(entry) => Some(entry),
             Err(error) => {
                 bump(&self.counters.decode_errors);
@@ -1136,7 +1140,7 @@ impl Engine {
         {
             return written;
         }
-        let value = entry.encode(key.digest());
+        let value = entry.encode_with(key.digest(), self.policy.compress_above);
         let written = self
             .store
             .call("set", key.as_str(), |s| {

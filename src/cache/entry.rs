@@ -12,6 +12,11 @@
 //! Times are unix milliseconds. The vary digest is a SHA-256 of the request's values of the headers the
 //! response's `Vary` names (never the values themselves: `Vary: Authorization` must not put tokens in Redis). The body is stored raw (no base64, no JSON wrapping) and decoded as a slice of
 //! the bytes the store returned, so a hit copies nothing.
+//!
+//! With the `compression` feature and [`compress_above`](crate::RedisCacheLayerBuilder::compress_above), a
+//! body that LZ4 shrinks by at least an eighth is stored compressed, as version 3: the same layout, with the
+//! body field holding `raw len u32 | LZ4 block` (an empty field is an empty body). A reader from before version
+//! 3, or built without the feature, takes such an entry for another version: a miss, never wrong bytes.
 
 use super::decision::Stored;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -19,6 +24,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 const MAGIC: &[u8; 4] = b"\xffTRC";
 const VERSION: u8 = 2;
+/// The version of an entry whose body is stored LZ4-compressed.
+const VERSION_LZ4: u8 = 3;
 /// Bytes before the first header: magic, version, digest, four timestamps, vary flag, status, header count.
 const FIXED_HEAD: usize = 4 + 1 + 32 + 8 * 4 + 1 + 2 + 2;
 /// The bytes a vary digest adds to an entry whose response has `Vary`.
@@ -82,18 +89,34 @@ impl Entry {
             .saturating_sub(now)
     }
 
-    /// Encodes the entry for `digest`.
+    /// Encodes the entry for `digest`, its body raw.
+    #[cfg(test)]
     pub(crate) fn encode(&self, digest: &[u8; 32]) -> Bytes {
+        self.encode_with(digest, None)
+    }
+
+    /// Encodes the entry for `digest`; with `compress_above`, a body longer than that many bytes is stored
+    /// LZ4-compressed when that saves at least an eighth of it (never one the origin already encoded: a
+    /// `Content-Encoding` other than `identity`).
+    pub(crate) fn encode_with(&self, digest: &[u8; 32], compress_above: Option<usize>) -> Bytes {
         let header_bytes: usize = self
             .headers
             .iter()
             .map(|(n, v)| PER_HEADER + n.as_str().len() + v.len())
             .sum();
         let vary_bytes = if self.vary.is_some() { VARY_DIGEST } else { 0 };
+        let compressed = compress_above
+            .filter(|above| self.body.len() > *above && !self.content_encoded())
+            .and_then(|_| compressed(&self.body));
+        let body_bytes = compressed.as_ref().map_or(self.body.len(), |c| 4 + c.len());
         let mut out =
-            BytesMut::with_capacity(FIXED_OVERHEAD + vary_bytes + header_bytes + self.body.len());
+            BytesMut::with_capacity(FIXED_OVERHEAD + vary_bytes + header_bytes + body_bytes);
         out.put_slice(MAGIC);
-        out.put_u8(VERSION);
+        out.put_u8(if compressed.is_some() {
+            VERSION_LZ4
+        } else {
+            VERSION
+        });
         out.put_slice(digest);
         out.put_u64(self.stored_at);
         out.put_u64(self.fresh_until);
@@ -115,15 +138,34 @@ impl Entry {
             out.put_u32(value.len() as u32);
             out.put_slice(value.as_bytes());
         }
-        out.put_u32(self.body.len() as u32);
-        out.put_slice(&self.body);
+        out.put_u32(body_bytes as u32);
+        match &compressed {
+            Some(block) => {
+                out.put_u32(self.body.len() as u32);
+                out.put_slice(block);
+            }
+            None => out.put_slice(&self.body),
+        }
         out.freeze()
     }
 
+    /// Whether the body is in a content coding other than `identity` (so compressing it again gains nothing).
+    fn content_encoded(&self) -> bool {
+        self.headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+    }
+
     /// Decodes bytes from the store. Anything malformed, from another format version, or stored under another
-    /// digest (a collision or a foreign value) is an error, which the cache treats as a miss.
-    pub(crate) fn decode(bytes: &Bytes, digest: &[u8; 32]) -> Result<Entry, DecodeError> {
-        Self::decode_head(bytes, digest).map(|(entry, _)| entry)
+    /// digest (a collision or a foreign value) is an error, which the cache treats as a miss; so is a
+    /// compressed body that would be longer than `max_body` bytes.
+    pub(crate) fn decode(
+        bytes: &Bytes,
+        digest: &[u8; 32],
+        max_body: usize,
+    ) -> Result<Entry, DecodeError> {
+        Self::decode_head(bytes, digest, max_body).map(|(entry, _)| entry)
     }
 
     /// [`decode`](Self::decode), also saying where the head ends: the offset of the body length, before
@@ -131,13 +173,16 @@ impl Entry {
     pub(crate) fn decode_head(
         bytes: &Bytes,
         digest: &[u8; 32],
+        max_body: usize,
     ) -> Result<(Entry, usize), DecodeError> {
         let mut r = Reader { bytes, pos: 0 };
         if r.take(4)? != MAGIC {
             return Err(DecodeError::Foreign);
         }
-        if r.u8()? != VERSION {
-            return Err(DecodeError::Version);
+        match r.u8()? {
+            VERSION => {}
+            VERSION_LZ4 if cfg!(feature = "compression") => {}
+            _ => return Err(DecodeError::Version),
         }
         if r.take(32)? != digest {
             return Err(DecodeError::DigestMismatch);
@@ -170,7 +215,7 @@ impl Entry {
                 .map_err(|_| DecodeError::Malformed)?;
         }
         let head = r.pos;
-        let body = body_of(bytes, head).ok_or(DecodeError::Malformed)?;
+        let body = body_of(bytes, head, max_body).ok_or(DecodeError::Malformed)?;
         let entry = Entry {
             stored_at,
             fresh_until,
@@ -186,11 +231,60 @@ impl Entry {
 }
 
 /// The body of an entry whose head ends at `head`: the bytes after the body length, if they are exactly as many
-/// as it says.
-pub(crate) fn body_of(bytes: &Bytes, head: usize) -> Option<Bytes> {
+/// as it says; decompressed, for a compressed entry (`None` if it is not valid, or longer than `max_body`).
+#[inline]
+pub(crate) fn body_of(bytes: &Bytes, head: usize, max_body: usize) -> Option<Bytes> {
     let start = head.checked_add(4)?;
     let len = u32::from_be_bytes(bytes.get(head..start)?.try_into().ok()?);
-    (bytes.len() - start == len as usize).then(|| bytes.slice(start..))
+    if bytes.len() - start != len as usize {
+        return None;
+    }
+    if bytes.get(4) == Some(&VERSION_LZ4) {
+        return decompressed(&bytes[start..], max_body);
+    }
+    Some(bytes.slice(start..))
+}
+
+/// The LZ4 block of `body`, if it is at least an eighth shorter.
+#[cfg(feature = "compression")]
+fn compressed(body: &[u8]) -> Option<Vec<u8>> {
+    let mut block = vec![0; lz4_flex::block::get_maximum_output_size(body.len())];
+    let len = lz4_flex::block::compress_into(body, &mut block).ok()?;
+    // The raw length the entry adds counts against the saving.
+    (len + 4 <= body.len() - body.len() / 8).then(|| {
+        block.truncate(len);
+        block
+    })
+}
+
+#[cfg(not(feature = "compression"))]
+fn compressed(_: &[u8]) -> Option<Vec<u8>> {
+    None
+}
+
+/// The body a compressed entry's body field (`raw len u32 | LZ4 block`) holds, if the block decodes to exactly
+/// `raw len` bytes, at most `max_body`. The length is checked before anything is allocated: LZ4 expands at most
+/// about 255 to 1, so a forged length cannot make a small value claim a large buffer.
+#[cfg(feature = "compression")]
+fn decompressed(field: &[u8], max_body: usize) -> Option<Bytes> {
+    if field.is_empty() {
+        return Some(Bytes::new());
+    }
+    let (raw_len, block) = field.split_first_chunk::<4>()?;
+    let raw_len = u32::from_be_bytes(*raw_len) as usize;
+    if raw_len > max_body || raw_len > block.len().saturating_mul(256) {
+        return None;
+    }
+    let mut body = vec![0; raw_len];
+    match lz4_flex::block::decompress_into(block, &mut body) {
+        Ok(written) if written == raw_len => Some(Bytes::from(body)),
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "compression"))]
+fn decompressed(_: &[u8], _: usize) -> Option<Bytes> {
+    None
 }
 
 /// Why stored bytes could not be used.
@@ -298,6 +392,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The body cap the decoder is given.
+    const MAX_BODY: usize = 1 << 20;
+
     fn entry(body: &'static [u8]) -> Entry {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -323,7 +420,7 @@ mod tests {
         let e = entry(br#"{"a":1}"#);
         let digest = [7u8; 32];
         let bytes = e.encode(&digest);
-        let d = Entry::decode(&bytes, &digest).unwrap();
+        let d = Entry::decode(&bytes, &digest, MAX_BODY).unwrap();
         assert_eq!(d.stored_at, e.stored_at);
         assert_eq!(d.fresh_until, e.fresh_until);
         assert_eq!(d.stale_until, e.stale_until);
@@ -353,7 +450,10 @@ mod tests {
         };
         let bytes = varied.encode(&[0; 32]);
         assert_eq!(bytes.len(), FIXED_OVERHEAD + VARY_DIGEST + headers + 10);
-        assert_eq!(Entry::decode(&bytes, &[0; 32]).unwrap().vary, Some([3; 32]));
+        assert_eq!(
+            Entry::decode(&bytes, &[0; 32], MAX_BODY).unwrap().vary,
+            Some([3; 32])
+        );
     }
 
     #[test]
@@ -362,29 +462,29 @@ mod tests {
         let digest = [1u8; 32];
         let bytes = e.encode(&digest);
         assert_eq!(
-            Entry::decode(&bytes, &[2u8; 32]).unwrap_err(),
+            Entry::decode(&bytes, &[2u8; 32], MAX_BODY).unwrap_err(),
             DecodeError::DigestMismatch
         );
         let mut v = bytes.to_vec();
         v[4] = 1;
         assert_eq!(
-            Entry::decode(&Bytes::from(v), &digest).unwrap_err(),
+            Entry::decode(&Bytes::from(v), &digest, MAX_BODY).unwrap_err(),
             DecodeError::Version
         );
         assert_eq!(
-            Entry::decode(&Bytes::from_static(b"{\"json\":1}"), &digest).unwrap_err(),
+            Entry::decode(&Bytes::from_static(b"{\"json\":1}"), &digest, MAX_BODY).unwrap_err(),
             DecodeError::Foreign
         );
         for cut in 0..bytes.len() {
             assert!(
-                Entry::decode(&bytes.slice(..cut), &digest).is_err(),
+                Entry::decode(&bytes.slice(..cut), &digest, MAX_BODY).is_err(),
                 "cut at {cut}"
             );
         }
         let mut longer = bytes.to_vec();
         longer.push(0);
         assert_eq!(
-            Entry::decode(&Bytes::from(longer), &digest).unwrap_err(),
+            Entry::decode(&Bytes::from(longer), &digest, MAX_BODY).unwrap_err(),
             DecodeError::Malformed
         );
     }
@@ -453,7 +553,7 @@ mod tests {
     proptest! {
         #[test]
         fn decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-            let _ = Entry::decode(&Bytes::from(bytes), &[0; 32]);
+            let _ = Entry::decode(&Bytes::from(bytes), &[0; 32], MAX_BODY);
         }
 
         #[test]
@@ -465,7 +565,161 @@ mod tests {
             let mut v = entry(b"hello world").encode(&digest).to_vec();
             let i = at.index(v.len());
             v[i] = byte;
-            let _ = Entry::decode(&Bytes::from(v), &digest);
+            let _ = Entry::decode(&Bytes::from(v), &digest, MAX_BODY);
+        }
+
+        #[test]
+        #[cfg(feature = "compression")]
+        fn decoder_survives_mutations_of_compressed_entries(
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let digest = [9u8; 32];
+            let body = json_rows(2000);
+            let mut v = Entry { body: Bytes::from(body.clone()), ..entry(b"") }
+                .encode_with(&digest, Some(0))
+                .to_vec();
+            let i = at.index(v.len());
+            v[i] = byte;
+            // No panic, and (unless the version byte changed) never a body of another length than the one stored.
+            let compressed = v[4] == VERSION_LZ4;
+            if let Ok(d) = Entry::decode(&Bytes::from(v), &digest, MAX_BODY)
+                && compressed
+            {
+                prop_assert_eq!(d.body.len(), body.len());
+            }
+        }
+    }
+
+    /// `rows` rows of a JSON report: compressible, as API answers are.
+    #[cfg(feature = "compression")]
+    fn json_rows(rows: usize) -> Vec<u8> {
+        let rows: Vec<String> = (0..rows)
+            .map(|i| format!(r#"{{"id":{i},"status":"open","owner":"team-{}"}}"#, i % 7))
+            .collect();
+        format!("[{}]", rows.join(",")).into_bytes()
+    }
+
+    #[cfg(feature = "compression")]
+    mod compressed {
+        use super::*;
+
+        fn with_body(body: Vec<u8>) -> Entry {
+            Entry {
+                body: Bytes::from(body),
+                ..entry(b"")
+            }
+        }
+
+        #[test]
+        fn a_body_above_the_threshold_is_stored_compressed_and_read_back_whole() {
+            let digest = [4u8; 32];
+            let e = with_body(json_rows(1000));
+            let raw = e.encode(&digest);
+            let small = e.encode_with(&digest, Some(1024));
+            assert_eq!(small[4], VERSION_LZ4);
+            assert!(
+                small.len() * 3 < raw.len(),
+                "{} of {}",
+                small.len(),
+                raw.len()
+            );
+            let d = Entry::decode(&small, &digest, MAX_BODY).unwrap();
+            assert_eq!(d.body, e.body);
+            assert_eq!(d.headers, e.headers);
+            assert_eq!(
+                (
+                    d.stored_at,
+                    d.fresh_until,
+                    d.stale_until,
+                    d.stale_if_error_until
+                ),
+                (
+                    e.stored_at,
+                    e.fresh_until,
+                    e.stale_until,
+                    e.stale_if_error_until
+                )
+            );
+            // At or below the threshold, or without one: raw, byte for byte.
+            assert_eq!(e.encode_with(&digest, Some(e.body.len())), raw);
+            assert_eq!(e.encode_with(&digest, None), raw);
+            assert_eq!(raw[4], VERSION);
+            // The worst case LZ4 can express decodes too: a megabyte of zeros.
+            let zeros = with_body(vec![0; 1 << 20]);
+            let bytes = zeros.encode_with(&digest, Some(0));
+            assert!(bytes.len() < 8 << 10, "{}", bytes.len());
+            assert_eq!(
+                Entry::decode(&bytes, &digest, 1 << 20).unwrap().body,
+                zeros.body
+            );
+        }
+
+        #[test]
+        fn bodies_that_do_not_shrink_or_are_already_encoded_are_stored_raw() {
+            let digest = [4u8; 32];
+            // Noise (xorshift): LZ4 cannot shrink it by an eighth.
+            let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+            let noise: Vec<u8> = (0..8192)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let e = with_body(noise);
+            assert_eq!(e.encode_with(&digest, Some(0)), e.encode(&digest));
+            let mut gzipped = with_body(json_rows(1000));
+            gzipped
+                .headers
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            assert_eq!(gzipped.encode_with(&digest, Some(0))[4], VERSION);
+            gzipped.headers.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static("Identity"),
+            );
+            assert_eq!(gzipped.encode_with(&digest, Some(0))[4], VERSION_LZ4);
+        }
+
+        #[test]
+        fn a_compressed_body_longer_than_the_cap_or_than_its_block_allows_is_rejected() {
+            let digest = [4u8; 32];
+            let e = with_body(json_rows(1000));
+            let bytes = e.encode_with(&digest, Some(0));
+            let len = e.body.len();
+            assert!(Entry::decode(&bytes, &digest, len).is_ok());
+            assert_eq!(
+                Entry::decode(&bytes, &digest, len - 1).unwrap_err(),
+                DecodeError::Malformed
+            );
+            // The raw length sits right after the body field's length, at the end of the head.
+            let (_, head) = Entry::decode_head(&bytes, &digest, len).unwrap();
+            let forge = |raw_len: u32| {
+                let mut v = bytes.to_vec();
+                v[head + 4..head + 8].copy_from_slice(&raw_len.to_be_bytes());
+                Entry::decode(&Bytes::from(v), &digest, usize::MAX)
+            };
+            assert!(forge(len as u32).is_ok());
+            let block = bytes.len() - head - 8;
+            for raw_len in [
+                len as u32 - 1,
+                len as u32 + 1,
+                (block * 256 + 1) as u32,
+                u32::MAX,
+            ] {
+                assert_eq!(
+                    forge(raw_len).unwrap_err(),
+                    DecodeError::Malformed,
+                    "{raw_len}"
+                );
+            }
+            for cut in 0..bytes.len() {
+                assert!(
+                    Entry::decode(&bytes.slice(..cut), &digest, len).is_err(),
+                    "cut at {cut}"
+                );
+            }
         }
     }
 }

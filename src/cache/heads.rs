@@ -61,11 +61,13 @@ thread_local! {
 }
 
 /// Calls `answer` with the kept head of `bytes` (read for `digest`) when this thread keeps it; returns what
-/// `answer` returns, or `None` when the head is not kept (then [`decode`] it).
+/// `answer` returns, or `None` when the head is not kept (then [`decode`] it). `max_body` bounds a
+/// compressed body, as in [`Entry::decode`].
 #[inline]
 pub(crate) fn with_kept<T>(
     bytes: &Bytes,
     digest: &[u8; 32],
+    max_body: usize,
     answer: impl FnOnce(Kept<'_>) -> Option<T>,
 ) -> Option<T> {
     HEADS
@@ -73,7 +75,7 @@ pub(crate) fn with_kept<T>(
             let mut heads = heads.try_borrow_mut().ok()?;
             let slot = heads.kept(bytes, digest)?;
             let head = slot.head.as_ref()?;
-            let body = body_of(bytes, slot.raw.len())?;
+            let body = body_of(bytes, slot.raw.len(), max_body)?;
             answer(Kept {
                 head,
                 body,
@@ -90,7 +92,7 @@ pub(crate) struct Kept<'a> {
     /// The entry's head: all but its body, which is empty. Its headers are the stored ones, with no room for
     /// more: an answer's are made through [`renders`](Self::renders), once per `ttl` and `age`.
     pub(crate) head: &'a Entry,
-    /// The entry's body, a slice of the bytes read.
+    /// The entry's body: a slice of the bytes read, or what they decompress to.
     pub(crate) body: Bytes,
     /// The headers of the latest answer made from this head.
     pub(crate) renders: Renders<'a>,
@@ -110,15 +112,19 @@ impl Kept<'_> {
 }
 
 /// Decodes `bytes`, read for `digest`, as [`Entry::decode`] does, through this thread's memo.
-pub(crate) fn decode(bytes: &Bytes, digest: &[u8; 32]) -> Result<Entry, DecodeError> {
+pub(crate) fn decode(
+    bytes: &Bytes,
+    digest: &[u8; 32],
+    max_body: usize,
+) -> Result<Entry, DecodeError> {
     HEADS
         .try_with(|heads| match heads.try_borrow_mut() {
-            Ok(mut heads) => heads.decode(bytes, digest),
+            Ok(mut heads) => heads.decode(bytes, digest, max_body),
             // A re-entrant call (there is none): no memo.
-            Err(_) => Entry::decode(bytes, digest),
+            Err(_) => Entry::decode(bytes, digest, max_body),
         })
         // The thread is being torn down: no memo.
-        .unwrap_or_else(|_| Entry::decode(bytes, digest))
+        .unwrap_or_else(|_| Entry::decode(bytes, digest, max_body))
 }
 
 impl Heads {
@@ -131,10 +137,15 @@ impl Heads {
         })
     }
 
-    fn decode(&mut self, bytes: &Bytes, digest: &[u8; 32]) -> Result<Entry, DecodeError> {
+    fn decode(
+        &mut self,
+        bytes: &Bytes,
+        digest: &[u8; 32],
+        max_body: usize,
+    ) -> Result<Entry, DecodeError> {
         if let Some(slot) = self.kept(bytes, digest)
             && let Some(head) = &slot.head
-            && let Some(body) = body_of(bytes, slot.raw.len())
+            && let Some(body) = body_of(bytes, slot.raw.len(), max_body)
         {
             // A fresh hit is answered from the kept head itself (`with_kept`); this copy is for the rest.
             return Ok(Entry {
@@ -143,7 +154,7 @@ impl Heads {
                 ..*head
             });
         }
-        let (entry, head_len) = Entry::decode_head(bytes, digest)?;
+        let (entry, head_len) = Entry::decode_head(bytes, digest, max_body)?;
         // A digest may have more than one head: its entry changed, or two stores (or namespaces) hold an entry
         // for it. A head not kept is kept on its second read, in the slot its first read took.
         let pending = self
@@ -195,7 +206,7 @@ impl Slot {
         copy.put_slice(prefix);
         copy.put_u32(0);
         let copy = copy.freeze();
-        if let Ok((head, _)) = Entry::decode_head(&copy, &self.digest) {
+        if let Ok((head, _)) = Entry::decode_head(&copy, &self.digest, 0) {
             self.raw = copy.slice(..head_len);
             self.varies = head.headers.contains_key(VARY);
             self.head = Some(head);
@@ -271,6 +282,9 @@ mod tests {
     use http::header::AGE;
     use http::{HeaderValue, StatusCode, header};
 
+    /// The body cap the decoder is given.
+    const MAX_BODY: usize = 1 << 20;
+
     fn entry(stored_at: u64, headers: usize, body: &'static [u8]) -> Entry {
         let mut map = HeaderMap::new();
         map.insert(
@@ -334,7 +348,7 @@ mod tests {
             for read in 1..=4 {
                 // A fresh buffer each time, as a store reply is.
                 let bytes = Bytes::from(stored.encode(&digest).to_vec());
-                let mut decoded = decode(&bytes, &digest).unwrap();
+                let mut decoded = decode(&bytes, &digest, MAX_BODY).unwrap();
                 same(&decoded, &stored);
                 assert!(within(&bytes, decoded.body.as_ptr()), "read {read}");
                 assert_eq!(from_memo(&decoded, &bytes), read >= 3, "read {read}");
@@ -345,35 +359,54 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "compression")]
+    fn a_compressed_entry_takes_the_kept_head_and_decompresses_its_own_body() {
+        let digest = [9u8; 32];
+        let body: &'static [u8] = "{\"rows\":[1,2,3]}".repeat(200).leak().as_bytes();
+        let stored = entry(1_000, 4, body);
+        for read in 1..=4 {
+            let bytes = Bytes::from(stored.encode_with(&digest, Some(0)).to_vec());
+            assert!(bytes.len() < body.len());
+            let decoded = decode(&bytes, &digest, MAX_BODY).unwrap();
+            same(&decoded, &stored);
+            assert_eq!(from_memo(&decoded, &bytes), read >= 3, "read {read}");
+            let kept = with_kept(&bytes, &digest, MAX_BODY, |kept| Some(kept.body));
+            assert_eq!(kept.as_deref(), (read >= 2).then_some(body), "read {read}");
+            // Over the cap, the kept head does not answer either.
+            assert!(with_kept(&bytes, &digest, body.len() - 1, |kept| Some(kept.body)).is_none());
+        }
+    }
+
+    #[test]
     fn a_changed_entry_or_another_digest_is_decoded_again() {
         let digest = [2u8; 32];
         let first = entry(2_000, 2, b"old");
         for _ in 0..3 {
-            decode(&first.encode(&digest), &digest).unwrap();
+            decode(&first.encode(&digest), &digest, MAX_BODY).unwrap();
         }
         // Stored again: the new head, not the kept one.
         let second = entry(3_000, 2, b"new");
         let bytes = second.encode(&digest);
-        let decoded = decode(&bytes, &digest).unwrap();
+        let decoded = decode(&bytes, &digest, MAX_BODY).unwrap();
         same(&decoded, &second);
         assert!(!from_memo(&decoded, &bytes));
         // The same bytes read for another key are still refused.
         assert_eq!(
-            decode(&bytes, &[3u8; 32]).unwrap_err(),
+            decode(&bytes, &[3u8; 32], MAX_BODY).unwrap_err(),
             DecodeError::DigestMismatch
         );
         // A kept head with a body that is not as long as it says: malformed, as without the memo.
         for _ in 0..3 {
-            decode(&bytes, &digest).unwrap();
+            decode(&bytes, &digest, MAX_BODY).unwrap();
         }
         let mut longer = bytes.to_vec();
         longer.push(b'!');
         assert_eq!(
-            decode(&Bytes::from(longer), &digest).unwrap_err(),
+            decode(&Bytes::from(longer), &digest, MAX_BODY).unwrap_err(),
             DecodeError::Malformed
         );
         assert_eq!(
-            decode(&bytes.slice(..bytes.len() - 1), &digest).unwrap_err(),
+            decode(&bytes.slice(..bytes.len() - 1), &digest, MAX_BODY).unwrap_err(),
             DecodeError::Malformed
         );
     }
@@ -386,7 +419,7 @@ mod tests {
         let b = entry(7_000, 2, b"b").encode(&digest);
         for round in 1..=4 {
             for bytes in [&a, &b] {
-                let decoded = decode(bytes, &digest).unwrap();
+                let decoded = decode(bytes, &digest, MAX_BODY).unwrap();
                 assert_eq!(decoded.body, bytes.slice(bytes.len() - 1..));
                 if round == 4 {
                     assert!(
@@ -396,7 +429,9 @@ mod tests {
                 }
             }
         }
-        let answered = with_kept(&a, &digest, |kept| Some((kept.head.stored_at, kept.body)));
+        let answered = with_kept(&a, &digest, MAX_BODY, |kept| {
+            Some((kept.head.stored_at, kept.body))
+        });
         assert_eq!(answered, Some((6_000, Bytes::from_static(b"a"))));
     }
 
@@ -406,7 +441,7 @@ mod tests {
         let digest = [4u8; 32];
         for _ in 0..4 {
             let bytes = large.encode(&digest);
-            let decoded = decode(&bytes, &digest).unwrap();
+            let decoded = decode(&bytes, &digest, MAX_BODY).unwrap();
             same(&decoded, &large);
             assert!(!from_memo(&decoded, &bytes), "too many headers to keep");
         }
@@ -414,7 +449,7 @@ mod tests {
             let digest = [i; 32];
             let e = entry(u64::from(i), 2, b"x");
             for _ in 0..3 {
-                same(&decode(&e.encode(&digest), &digest).unwrap(), &e);
+                same(&decode(&e.encode(&digest), &digest, MAX_BODY).unwrap(), &e);
             }
         }
         HEADS.with(|heads| {

@@ -193,5 +193,7 @@ pub use self::store::RedisStore;
 pub use self::store::Store;
 
 /// The fixed number of bytes an entry adds to its body and headers (each header adds its name, its value, and 6
-/// bytes of framing; a response with `Vary` adds 32 more, the digest of the request headers it names).
+/// bytes of framing; a response with `Vary` adds 32 more, the digest of the request headers it names). A body
+/// stored compressed ([`compress_above`](RedisCacheLayerBuilder::compress_above), feature `compression`) counts as
+/// its compressed length plus 4.
 pub const ENTRY_OVERHEAD: usize = entry::FIXED_OVERHEAD;
