@@ -772,3 +772,54 @@ async fn an_update_or_delete_sent_through_the_client_drops_what_it_makes_stale_e
         Some(StatusCode::NOT_FOUND)
     );
 }
+
+#[cfg(feature = "compression")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_listings_are_read_by_every_client() {
+    use tower_redis_cache::genesys::{Action, Fetched, Page};
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let compressing = builder(&emulator)
+        .redis_client(fred_client(&redis.url()).await)
+        .compress_above(1024)
+        .build()
+        .unwrap();
+    let names = |pages: &[Fetched<Page<Action>>]| {
+        pages
+            .iter()
+            .flat_map(|p| p.entities.iter().map(|a| a.name.clone()))
+            .collect::<Vec<_>>()
+    };
+    let first: Vec<_> = compressing
+        .list_action_pages(&order_lookups())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(names(&first).len(), 60);
+    // The entries in Redis whose envelope is version 3: compressed.
+    let compressed = redis.command(&[
+        b"EVAL",
+        b"local n = 0 \
+          for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+            if redis.call('TYPE', k).ok == 'string' \
+              and string.sub(redis.call('GET', k), 1, 5) == '\\255TRC\\3' then n = n + 1 end \
+          end \
+          return n",
+        b"0",
+        b"genesys:*",
+    ]);
+    assert_eq!(
+        compressed, b":3\r\n",
+        "the three pages are stored compressed"
+    );
+
+    let plain = redis_client(&emulator, &redis).await;
+    let again: Vec<_> = plain
+        .list_action_pages(&order_lookups())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(again.iter().all(|p| p.cache == Some(CacheOutcome::Hit)));
+    assert_eq!(names(&again), names(&first));
+    assert_eq!(emulator.requests(Endpoint::ListActions), 3);
+}

@@ -446,6 +446,8 @@ pub struct GenesysClientBuilder {
     store_timeout: Duration,
     max_pages: u32,
     allow_insecure_http: bool,
+    #[cfg(feature = "compression")]
+    compress_above: Option<usize>,
 }
 
 impl Default for GenesysClientBuilder {
@@ -469,6 +471,8 @@ impl Default for GenesysClientBuilder {
             store_timeout: Duration::from_millis(50),
             max_pages: 1000,
             allow_insecure_http: false,
+            #[cfg(feature = "compression")]
+            compress_above: None,
         }
     }
 }
@@ -606,6 +610,16 @@ impl GenesysClientBuilder {
         self
     }
 
+    /// Stores answers longer than `bytes` LZ4-compressed in the cache: listings of many actions shrink to
+    /// a fraction. See [`RedisCacheLayerBuilder::compress_above`](crate::cache::RedisCacheLayerBuilder::compress_above).
+    /// Default: off.
+    #[cfg(feature = "compression")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.compress_above = Some(bytes);
+        self
+    }
+
     /// Accepts `http://` API and login bases on hosts other than loopback, for a TLS-terminating proxy on a
     /// network you trust. Default: `false`: the client secret and tokens travel over HTTPS, or to this machine.
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
@@ -686,8 +700,13 @@ impl GenesysClientBuilder {
             .store_timeout(self.store_timeout)
             .cache_post_when(|parts| is_cached_post(parts.uri.path()))
             .windows_for(windows_by_route(self.action_windows, self.listing_windows))
-            .tags(action_tags)
-            .build()?;
+            .tags(action_tags);
+        #[cfg(feature = "compression")]
+        let cache = match self.compress_above {
+            Some(bytes) => cache.compress_above(bytes),
+            None => cache,
+        };
+        let cache = cache.build()?;
         let handle = cache.handle();
         let service = GenesysService::new(cache.layer(retry.layer(auth.layer(transport))));
         let user_agent =
