@@ -3,6 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench hit_path                     # starts its own redis-server on a free loopback port
+//! cargo bench --bench hit_path --features compression -- compressed
 //! REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench hit_path
 //! ```
 //!
@@ -15,7 +16,9 @@
 //! `service_floor` is a Tower service that does the bare `GET` and nothing else, holding its request until the
 //! answer as a cache must; `minimal_cache` is the least any Redis cache hit must do: hash the request, `GET`,
 //! check an expiry, answer; `layer_near` answers from the near cache, checked afterwards by its counters), and
-//! `miss/layer_redis` (a new key every iteration; the origin's call count is checked outside the timed part).
+//! `miss/layer_redis` (a new key every iteration; the origin's call count is checked outside the timed part);
+//! with the `compression` feature, `compressed/{bare_fred_get,layer_redis,layer_redis_lz4}/{4096,65536}` (a JSON
+//! report stored raw and LZ4-compressed; it prints the bytes each takes in Redis and the same-round ratios).
 //! After the groups it counts the heap allocations (and bytes) of one hit of each kind beside a bare `GET`'s,
 //! through a counting global allocator (per thread, so the near caches' background runtime is left out), and
 //! measures how long a write by another connection takes to drop a near-cache entry
@@ -132,6 +135,12 @@ fn json_of(size: usize) -> Bytes {
     let json = format!(r#"{{"data":"{filler}"}}"#);
     assert_eq!(json.len(), size);
     Bytes::from(json)
+}
+
+/// The query as `key_for` takes it.
+#[cfg(feature = "compression")]
+fn query_bytes() -> Request<Bytes> {
+    query().map(|_| Bytes::from_static(QUERY))
 }
 
 fn query() -> Request<Full<Bytes>> {
@@ -701,10 +710,149 @@ fn hit_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// A JSON report of about `size` bytes: rows of a few fields, as API answers are (and as compressible).
+#[cfg(feature = "compression")]
+fn report_of(size: usize) -> Bytes {
+    let mut json = String::from("[");
+    let mut i = 0;
+    while json.len() + 64 < size {
+        json.push_str(&format!(
+            r#"{{"id":"A-{i:05}","status":"{}","owner":"team-{}","total":{}.{:02}}},"#,
+            ["open", "closed", "pending"][i % 3],
+            i % 11,
+            i * 37 % 1000,
+            i % 100
+        ));
+        i += 1;
+    }
+    json.pop();
+    json.push(']');
+    Bytes::from(json)
+}
+
+/// `compressed/{bare_fred_get,layer_redis,layer_redis_lz4}/{4096,65536}`: a Redis hit on a JSON report stored
+/// raw and stored LZ4-compressed (`compress_above`), paired with a bare `GET` of the raw bytes. Prints the
+/// bytes each entry takes in Redis and the same-round ratios.
+#[cfg(feature = "compression")]
+fn compressed(c: &mut Criterion) {
+    let redis = redis();
+    let Setup { rt, client, .. } = setup(&redis);
+    let mut group = c.benchmark_group("compressed");
+    let mut lines = Vec::new();
+    for size in [4096, 65536] {
+        let body = report_of(size);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        let floor_key = format!("bench:report:{size}");
+        rt.block_on(client.set::<(), _, _>(&floor_key, body.clone(), LITTER, None, false))
+            .unwrap();
+        let calls = Arc::new(AtomicU64::new(0));
+        let build = |namespace: String, compress: bool| {
+            let builder = RedisCacheLayer::builder(RedisStore::new(client.clone()))
+                .namespace(namespace)
+                .methods([Method::GET, Method::POST])
+                .fresh_for(Duration::from_secs(3600));
+            let builder = if compress {
+                builder.compress_above(1024)
+            } else {
+                builder
+            };
+            builder.build().unwrap()
+        };
+        let raw = build(format!("bench-raw-{size}"), false);
+        let lz4 = build(format!("bench-lz4-{size}"), true);
+        let raw_service = tower::Layer::layer(&raw, origin(body.clone(), calls.clone()));
+        let lz4_service = tower::Layer::layer(&lz4, origin(body.clone(), calls.clone()));
+        let mut stored = [0; 2];
+        for (i, (layer, service)) in [(&raw, &raw_service), (&lz4, &lz4_service)]
+            .into_iter()
+            .enumerate()
+        {
+            rt.block_on(async {
+                layer.handle().purge().await.unwrap();
+                service.clone().oneshot(query()).await.unwrap();
+                assert_eq!(
+                    hit(service, query()).await,
+                    body,
+                    "warm-up is a hit with the origin's bytes"
+                );
+                let key = layer.handle().key_for(&query_bytes());
+                stored[i] = client.strlen::<usize, _>(key.as_str()).await.unwrap();
+            });
+        }
+        let bare = || async { black_box(client.get::<Bytes, _>(&floor_key).await.unwrap()) };
+        let through_raw = |request| async { black_box(hit(&raw_service, request).await) };
+        let through_lz4 = |request| async { black_box(hit(&lz4_service, request).await) };
+        let group_key = format!("compressed/{size}");
+        let group_key = &group_key;
+        let ids = ["bare_fred_get", "layer_redis", "layer_redis_lz4"];
+        for (own, id) in ids.into_iter().enumerate() {
+            group.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    rotate(
+                        group_key,
+                        iters,
+                        ids.len(),
+                        own,
+                        query,
+                        |arm, request| async move {
+                            match arm {
+                                0 => {
+                                    bare().await;
+                                    Some(request)
+                                }
+                                1 => {
+                                    through_raw(request).await;
+                                    None
+                                }
+                                _ => {
+                                    through_lz4(request).await;
+                                    None
+                                }
+                            }
+                        },
+                    )
+                })
+            });
+        }
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            2,
+            "every timed call was a hit"
+        );
+        let ratio = |arm| {
+            same_round(group_key, ids.len(), arm, |id, bare| id / bare)
+                .map_or("-".to_owned(), |(ratio, _)| format!("{ratio:.2}x"))
+        };
+        lines.push(format!(
+            "| {} B | {} B / {} B | {} | {} |",
+            body.len(),
+            stored[0],
+            stored[1],
+            ratio(1),
+            ratio(2)
+        ));
+        rt.block_on(async {
+            raw.handle().purge().await.unwrap();
+            lz4.handle().purge().await.unwrap();
+        });
+    }
+    group.finish();
+    println!(
+        "\n| report | in Redis, raw / LZ4 | `layer_redis` / `bare_fred_get`, same round | `layer_redis_lz4` / `bare_fred_get`, same round |"
+    );
+    println!("|---|---|---|---|");
+    for line in lines {
+        println!("{line}");
+    }
+}
+
+#[cfg(not(feature = "compression"))]
+fn compressed(_: &mut Criterion) {}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = hit_path
+    targets = hit_path, compressed
 }
 
 fn main() {
