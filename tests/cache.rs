@@ -504,6 +504,15 @@ async fn stored_size_is_body_plus_headers_plus_fixed_overhead() {
     // The origin sends one header: content-type: application/json.
     let headers = "content-type".len() + "application/json".len() + 6;
     assert_eq!(stored.len(), body.len() + headers + ENTRY_OVERHEAD);
+    let stats = layer.handle().stats();
+    assert_eq!(
+        (
+            stats.stores,
+            stats.stored_bytes,
+            stats.compression_saved_bytes
+        ),
+        (1, stored.len() as u64, 0)
+    );
     // The body is stored raw, not base64 or JSON-wrapped.
     assert!(stored.ends_with(&body));
     // The Redis TTL covers the last window (60 s fresh + max(60 s stale, 300 s stale-if-error)).
@@ -1143,6 +1152,14 @@ async fn compressed_entries_take_a_fraction_of_redis_and_answer_every_reader_the
     assert!(answer.len() > 48 << 10, "{}", answer.len());
     let value = stored(&query);
     assert!(value.starts_with(b"\xffTRC\x03"), "stored compressed");
+    // What the entry would have taken raw: its body, its one header (`content-type: application/json`) and
+    // the framing.
+    let raw = answer.len() + "content-type".len() + "application/json".len() + 6 + ENTRY_OVERHEAD;
+    let stats = compressing.handle().stats();
+    assert_eq!(
+        (stats.stored_bytes, stats.compression_saved_bytes),
+        (value.len() as u64, (raw - value.len()) as u64)
+    );
     assert!(
         value.len() * 4 < answer.len(),
         "{} bytes in Redis for a {}-byte answer",

@@ -22,7 +22,7 @@ use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
 use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
-use super::stats::{Counters, bump, bump_bypass};
+use super::stats::{Counters, add, bump, bump_bypass};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
 use super::tags::TagsFn;
 use crate::buffer::{Collected, collect_within, content_length};
@@ -1141,6 +1141,7 @@ impl Engine {
             return written;
         }
         let value = entry.encode_with(key.digest(), self.policy.compress_above);
+        let (stored_bytes, raw_bytes) = (value.len(), entry.encoded_len());
         let written = self
             .store
             .call("set", key.as_str(), |s| {
@@ -1152,6 +1153,13 @@ impl Engine {
         match written {
             Ok(true) => {
                 bump(&self.counters.stores);
+                add(&self.counters.stored_bytes, stored_bytes as u64);
+                if raw_bytes > stored_bytes {
+                    add(
+                        &self.counters.compression_saved_bytes,
+                        (raw_bytes - stored_bytes) as u64,
+                    );
+                }
                 Written::Stored
             }
             Ok(false) => {

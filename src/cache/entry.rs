@@ -99,18 +99,11 @@ impl Entry {
     /// LZ4-compressed when that saves at least an eighth of it (never one the origin already encoded: a
     /// `Content-Encoding` other than `identity`).
     pub(crate) fn encode_with(&self, digest: &[u8; 32], compress_above: Option<usize>) -> Bytes {
-        let header_bytes: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| PER_HEADER + n.as_str().len() + v.len())
-            .sum();
-        let vary_bytes = if self.vary.is_some() { VARY_DIGEST } else { 0 };
         let compressed = compress_above
             .filter(|above| self.body.len() > *above && !self.content_encoded())
             .and_then(|_| compressed(&self.body));
         let body_bytes = compressed.as_ref().map_or(self.body.len(), |c| 4 + c.len());
-        let mut out =
-            BytesMut::with_capacity(FIXED_OVERHEAD + vary_bytes + header_bytes + body_bytes);
+        let mut out = BytesMut::with_capacity(self.encoded_len() - self.body.len() + body_bytes);
         out.put_slice(MAGIC);
         out.put_u8(if compressed.is_some() {
             VERSION_LZ4
@@ -147,6 +140,17 @@ impl Entry {
             None => out.put_slice(&self.body),
         }
         out.freeze()
+    }
+
+    /// The length of the entry encoded with its body raw.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let header_bytes: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| PER_HEADER + n.as_str().len() + v.len())
+            .sum();
+        let vary_bytes = if self.vary.is_some() { VARY_DIGEST } else { 0 };
+        FIXED_OVERHEAD + vary_bytes + header_bytes + self.body.len()
     }
 
     /// Whether the body is in a content coding other than `identity` (so compressing it again gains nothing).

@@ -100,6 +100,8 @@ pub(crate) struct Counters {
     pub(crate) not_modified: Counter,
     pub(crate) partial: Counter,
     pub(crate) tag_removals: Counter,
+    pub(crate) stored_bytes: Counter,
+    pub(crate) compression_saved_bytes: Counter,
 }
 
 impl Counters {
@@ -177,6 +179,11 @@ impl Counters {
             not_modified: Counter::new("tower_redis_cache_not_modified_total", &namespace),
             partial: Counter::new("tower_redis_cache_partial_total", &namespace),
             tag_removals: Counter::new("tower_redis_cache_tag_removals_total", &namespace),
+            stored_bytes: Counter::new("tower_redis_cache_stored_bytes_total", &namespace),
+            compression_saved_bytes: Counter::new(
+                "tower_redis_cache_compression_saved_bytes_total",
+                &namespace,
+            ),
         }
     }
 
@@ -220,6 +227,8 @@ impl Counters {
             not_modified: self.not_modified.get(),
             partial: self.partial.get(),
             tag_removals: self.tag_removals.get(),
+            stored_bytes: self.stored_bytes.get(),
+            compression_saved_bytes: self.compression_saved_bytes.get(),
             in_flight_bytes: 0,
         }
     }
@@ -316,6 +325,13 @@ pub struct CacheStats {
     /// [`CacheHandle::invalidate_tag`](super::CacheHandle::invalidate_tag), or by an unsafe request with that
     /// tag; see [`tags`](super::RedisCacheLayerBuilder::tags)).
     pub tag_removals: u64,
+    /// Bytes of the entries stored (counted in [`stores`](Self::stores)), as the store holds them: body,
+    /// headers and framing. Over `stores`, the mean size of an entry.
+    pub stored_bytes: u64,
+    /// Bytes that compression kept out of the store: what the entries counted in
+    /// [`stored_bytes`](Self::stored_bytes) would have taken uncompressed, less what they took (see
+    /// [`compress_above`](super::RedisCacheLayerBuilder::compress_above), feature `compression`).
+    pub compression_saved_bytes: u64,
     /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
     /// `max_in_flight_bytes`.
     pub in_flight_bytes: u64,
