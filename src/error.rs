@@ -100,6 +100,8 @@ pub enum Setting {
     NearCache,
     /// `near_cache_max_ttl`.
     NearCacheMaxTtl,
+    /// `ignore_query_params`.
+    IgnoreQueryParams,
     /// `RetryLayerBuilder::max_attempts`.
     MaxAttempts,
     /// `RetryLayerBuilder::max_delay` (against `base_delay`).
@@ -144,6 +146,7 @@ impl Setting {
             Setting::RespectResponseCacheControl => "respect_response_cache_control",
             Setting::NearCache => "near_cache",
             Setting::NearCacheMaxTtl => "near_cache_max_ttl",
+            Setting::IgnoreQueryParams => "ignore_query_params",
             Setting::MaxAttempts => "max_attempts",
             Setting::MaxDelay => "max_delay",
             Setting::TokenUrl => "token_url",

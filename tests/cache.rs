@@ -1186,3 +1186,49 @@ async fn compressed_entries_take_a_fraction_of_redis_and_answer_every_reader_the
     assert!(value.starts_with(b"\xffTRC\x02") && value.ends_with(br#"{"q":"small"}}"#));
     assert_eq!(plain.handle().stats().decode_errors, 0);
 }
+
+#[tokio::test]
+async fn requests_differing_only_in_ignored_query_parameters_share_an_entry() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(redis_store(&server).await)
+        .ignore_query_params(["utm_*", "_"])
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let get = |uri: &str| {
+        Request::get(uri)
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+
+    let first = call(&service, get("http://api.test/report?id=1&utm_source=mail")).await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    for uri in [
+        "http://api.test/report?utm_source=web&id=1",
+        "http://api.test/report?id=1&_=1733059200",
+        "http://api.test/report?id=1",
+    ] {
+        assert_eq!(
+            outcome(&call(&service, get(uri)).await),
+            CacheOutcome::Hit,
+            "{uri}"
+        );
+    }
+    assert_eq!(origin.calls(), 1);
+    let other = call(&service, get("http://api.test/report?id=2&utm_source=mail")).await;
+    assert!(matches!(outcome(&other), CacheOutcome::Miss { .. }));
+    assert_eq!(origin.calls(), 2);
+
+    let refused = layer_over(redis_store(&server).await)
+        .ignore_query_params(["*"])
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        refused.setting(),
+        tower_redis_cache::error::Setting::IgnoreQueryParams
+    );
+}

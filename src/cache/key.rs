@@ -2,7 +2,8 @@
 //!
 //! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme,
 //! authority (from the URI, else the `Host` header), path, the query pairs sorted by name (pairs of one name keep
-//! their order: `?sort=name&sort=date` is not `?sort=date&sort=name`), the configured vary headers, the
+//! their order: `?sort=name&sort=date` is not `?sort=date&sort=name`; those the layer ignores left out), the
+//! configured vary headers, the
 //! partition (tenant identity) and, in a layer with `partition_by`, the request's own, and the body with its
 //! `Content-Type`. A JSON body (`application/json` or
 //! `*/*+json`) is hashed in canonical form: object members sorted by key at every level, array order kept, no
@@ -90,6 +91,8 @@ pub(crate) struct KeyConfig {
     // Private, as is `vary`: the memo takes settings with one id to be the same settings.
     partition: Vec<u8>,
     vary: Vec<HeaderName>,
+    /// Query parameters left out of the key: names, or prefixes ending in `*`.
+    ignored_query: Vec<String>,
     /// Tells these settings apart from every other in the process, in the digest memo.
     id: u64,
 }
@@ -101,7 +104,18 @@ impl KeyConfig {
             namespace,
             partition,
             vary,
+            ignored_query: Vec::new(),
             id: IDS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// These settings, with the query parameters `names` left out of the key (see
+    /// [`ignore_query_params`](super::RedisCacheLayerBuilder::ignore_query_params)).
+    pub(crate) fn ignoring_query(self, names: Vec<String>) -> Self {
+        KeyConfig {
+            ignored_query: names,
+            // Other settings: another id, so that the memo never answers for the old ones.
+            ..KeyConfig::new(self.namespace, self.partition, self.vary)
         }
     }
 
@@ -205,7 +219,7 @@ impl KeyConfig {
         field(&mut h, uri.scheme_str().unwrap_or("").as_bytes());
         field(&mut h, authority(uri, headers));
         field(&mut h, uri.path().as_bytes());
-        hash_query(&mut h, uri.query());
+        hash_query(&mut h, uri.query(), &self.ignored_query);
         count(&mut h, self.vary.len());
         for name in &self.vary {
             field(&mut h, name.as_str().as_bytes());
@@ -383,18 +397,42 @@ fn field(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
-fn hash_query(h: &mut Sha256, query: Option<&str>) {
+fn hash_query(h: &mut Sha256, query: Option<&str>, ignored: &[String]) {
     let Some(query) = query else {
         count(h, 0);
         return;
     };
-    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !is_ignored(query_name(p), ignored))
+        .collect();
     // Stable, by name only: the order of one name's values may carry meaning (`sort=a&sort=b`).
     pairs.sort_by(|a, b| query_name(a).cmp(query_name(b)));
     count(h, pairs.len());
     for pair in pairs {
         field(h, pair.as_bytes());
     }
+}
+
+/// Whether the query parameter `name` (as sent: percent-encoded, `+` for a space) is one of `ignored`: a name,
+/// or a prefix ending in `*`, compared with the name decoded.
+fn is_ignored(name: &str, ignored: &[String]) -> bool {
+    if ignored.is_empty() {
+        return false;
+    }
+    let decoded: std::borrow::Cow<'_, str> = if name.contains(['%', '+']) {
+        form_urlencoded::parse(name.as_bytes())
+            .next()
+            .map_or(std::borrow::Cow::Borrowed(""), |(name, _)| name)
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    };
+    ignored
+        .iter()
+        .any(|ignored| match ignored.strip_suffix('*') {
+            Some(prefix) => decoded.starts_with(prefix),
+            None => *decoded == **ignored,
+        })
 }
 
 /// The name of a `name=value` query pair (the whole pair when it has no `=`).
@@ -1131,11 +1169,14 @@ mod tests {
     fn memoised_digests_are_the_computed_ones() {
         let a = config();
         let b = KeyConfig::new(a.namespace.clone(), b"tenant-b".to_vec(), a.vary.clone());
+        // The settings of `a`, ignoring `b`: a request keyed through both must never take the other's digest.
+        let c = config().ignoring_query(vec!["b".into()]);
         let mut requests = Vec::new();
         for uri in [
             "http://h/p?a=1",
             "http://h/p?a=1&b=2",
             "http://h/p?b=2&a=1",
+            "http://h/p?b=3&a=1",
             "/p?a=1",
         ] {
             for host in [None, Some("h"), Some("g")] {
@@ -1162,7 +1203,7 @@ mod tests {
             }
         }
         for _ in 0..2 {
-            for config in [&a, &b] {
+            for config in [&a, &b, &c] {
                 for (uri, headers, body) in &requests {
                     for method in [Method::GET, Method::POST] {
                         for partition in [None, Some(&b""[..]), Some(&b"tenant"[..])] {
@@ -1176,6 +1217,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn ignored_query_parameters_leave_the_key() {
+        let plain = config();
+        let ignoring =
+            config().ignoring_query(vec!["utm_*".into(), "_".into(), "request id".into()]);
+        let key = |config: &KeyConfig, uri: &str| {
+            config.key(&Method::GET, &uri.parse().unwrap(), &HeaderMap::new(), b"")
+        };
+        let base = key(&plain, "http://h/r?id=1");
+        // Without an ignored parameter, the key of a layer without the setting.
+        assert_eq!(key(&ignoring, "http://h/r?id=1"), base);
+        for uri in [
+            "http://h/r?id=1&utm_source=mail",
+            "http://h/r?utm_source=web&id=1&utm_medium=x",
+            "http://h/r?_=1733059200&id=1",
+            "http://h/r?id=1&request%20id=7",
+            "http://h/r?request+id=8&id=1",
+            "http://h/r?id=1&utm_campaign",
+        ] {
+            assert_eq!(key(&ignoring, uri), base, "{uri}");
+            assert_ne!(key(&plain, uri), base, "{uri}");
+        }
+        // Any other parameter still counts: another value, a name the prefix does not begin, a name the
+        // ignored one only begins.
+        for uri in [
+            "http://h/r?id=2&utm_source=mail",
+            "http://h/r?id=1&utmost=1",
+            "http://h/r?id=1&__=1",
+            "http://h/r?id=1&request%20ids=1",
+        ] {
+            assert_ne!(key(&ignoring, uri), base, "{uri}");
+        }
+        // Only ignored parameters: the key of the bare path.
+        assert_eq!(
+            key(&ignoring, "http://h/r?utm_source=x"),
+            key(&plain, "http://h/r")
+        );
     }
 
     #[test]

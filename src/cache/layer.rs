@@ -207,6 +207,7 @@ pub struct RedisCacheLayerBuilder {
     namespace: String,
     partition: Vec<u8>,
     vary: Vec<HeaderName>,
+    ignored_query: Vec<String>,
     fresh_for: Duration,
     stale_for: Duration,
     stale_if_error_for: Duration,
@@ -246,6 +247,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("namespace", &self.namespace)
             .field("partition", &!self.partition.is_empty())
             .field("vary", &self.vary)
+            .field("ignore_query_params", &self.ignored_query)
             .field("fresh_for", &self.fresh_for)
             .field("stale_for", &self.stale_for)
             .field("stale_if_error_for", &self.stale_if_error_for)
@@ -304,6 +306,7 @@ impl RedisCacheLayerBuilder {
             namespace: "http-cache".into(),
             partition: Vec::new(),
             vary: Vec::new(),
+            ignored_query: Vec::new(),
             fresh_for: Duration::from_secs(60),
             stale_for: Duration::from_secs(60),
             stale_if_error_for: Duration::from_secs(300),
@@ -392,6 +395,21 @@ impl RedisCacheLayerBuilder {
     /// own `Vary` is honoured as well, without this). Default: none.
     pub fn vary_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.vary = names.into_iter().collect();
+        self
+    }
+
+    /// Query parameters left out of the key, so that requests differing only in them share one entry: a
+    /// cache-buster (`_=1733059200`), tracking parameters (`utm_*`), a client's request id. A name ending in
+    /// `*` names every parameter it begins; names are compared percent-decoded. Default: none.
+    ///
+    /// Only for parameters that never change the answer: a request that differs in one is answered with
+    /// another's response. The origin still receives each request's whole URI; a write's invalidation of its
+    /// URI removes the entry its ignored parameters share.
+    pub fn ignore_query_params<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.ignored_query.extend(names.into_iter().map(Into::into));
         self
     }
 
@@ -733,8 +751,9 @@ impl RedisCacheLayerBuilder {
     /// lease over 10 years, a zero store or refresh timeout, a zero breaker threshold, a body cap over 4 GiB,
     /// zero `max_background_refreshes` or `coalesced_wait`, `max_in_flight_bytes` below the body cap,
     /// `206` or `304` among the cacheable statuses, [`Credentials::Partition`] or
-    /// `respect_response_cache_control(false)` without a partition, or a near cache over a store other than
-    /// [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
+    /// `respect_response_cache_control(false)` without a partition, an empty or `*` name among the ignored
+    /// query parameters, or a near cache over a store other than [`RedisStore`](super::RedisStore) or with a
+    /// zero or over-10-year `near_cache_max_ttl`.
     pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
         if self.namespace.is_empty()
             || self.namespace.chars().any(|c| {
@@ -749,6 +768,16 @@ impl RedisCacheLayerBuilder {
                     "{:?} must be non-empty, without whitespace, braces or glob characters",
                     self.namespace
                 ),
+            ));
+        }
+        if let Some(name) = self
+            .ignored_query
+            .iter()
+            .find(|name| name.is_empty() || *name == "*")
+        {
+            return Err(ConfigError::new(
+                Setting::IgnoreQueryParams,
+                format!("{name:?} would leave every query parameter out of the key"),
             ));
         }
         for (setting, window) in [
@@ -905,7 +934,8 @@ impl RedisCacheLayerBuilder {
                 }
             }
         }
-        let keys = KeyConfig::new(self.namespace, self.partition, vary);
+        let keys =
+            KeyConfig::new(self.namespace, self.partition, vary).ignoring_query(self.ignored_query);
         RedisCacheLayer {
             engine: Arc::new(Engine::new(policy, keys, store, near)),
         }
