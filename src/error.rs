@@ -206,6 +206,11 @@ pub enum StoreError {
     Unavailable,
     /// The backend reported an error.
     Backend(BoxError),
+    /// The store answered, refusing the operation: Redis out of memory under `noeviction` (`OOM`), a read-only
+    /// replica (`READONLY`), writes stopped by a failed save (`MISCONF`), a script error. The store is reachable
+    /// and answers at once, so the circuit breaker does not count it: a Redis that refuses writes still answers
+    /// the reads that are hits.
+    Refused(BoxError),
 }
 
 impl StoreError {
@@ -221,6 +226,7 @@ impl fmt::Display for StoreError {
             StoreError::Timeout => f.write_str("cache store operation timed out"),
             StoreError::Unavailable => f.write_str("cache store skipped: circuit breaker open"),
             StoreError::Backend(e) => write!(f, "cache store error: {e}"),
+            StoreError::Refused(e) => write!(f, "cache store refused the operation: {e}"),
         }
     }
 }
@@ -228,7 +234,7 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StoreError::Backend(e) => Some(&**e),
+            StoreError::Backend(e) | StoreError::Refused(e) => Some(&**e),
             _ => None,
         }
     }

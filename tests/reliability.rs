@@ -234,7 +234,6 @@ async fn a_full_redis_refusing_writes_never_fails_a_request() {
     server.command(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
     let origin = Origin::new();
     let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
-        .circuit_breaker(1000, Duration::from_secs(1))
         .build()
         .unwrap();
     let service = tower::Layer::layer(&layer, origin.service());
@@ -258,6 +257,49 @@ async fn a_full_redis_refusing_writes_never_fails_a_request() {
     );
     assert_eq!(stats.stores, 0);
     assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_that_refuses_writes_still_answers_its_hits() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        // A breaker that would open at once, and stay open, if refusals counted as failures.
+        .circuit_breaker(2, Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let hot = r#"{"q":"hot"}"#;
+    call(&service, post(hot)).await;
+
+    // Redis fills up: over `maxmemory` under `noeviction`, it refuses every write (`OOM command not allowed`)
+    // and still answers reads.
+    server.command(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]);
+    server.command(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
+    // A run of misses, each refused its write: a run of failures, were refusals counted as such.
+    for i in 0..10 {
+        let cold = call(&service, post(&format!(r#"{{"q":"cold-{i}"}}"#))).await;
+        assert_eq!(cold.status(), StatusCode::OK);
+        assert!(matches!(
+            outcome(&cold),
+            CacheOutcome::Miss { stored: false, .. }
+        ));
+    }
+    let hit = call(&service, post(hot)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    let stats = layer.handle().stats();
+    assert!(stats.store_errors >= 10, "{stats:?}");
+    assert_eq!(stats.store_skipped, 0, "the breaker never opened");
+    assert!(!layer.handle().store_unavailable());
+    assert_eq!(origin.calls(), 11);
+
+    // Room again: the next miss is stored.
+    server.command(&[b"CONFIG", b"SET", b"maxmemory", b"0"]);
+    let stored = call(&service, post(r#"{"q":"cold-0"}"#)).await;
+    assert!(matches!(
+        outcome(&stored),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,7 +144,14 @@ pub(crate) struct GuardedStore {
     threshold: u32,
     cooldown: Duration,
     pub(crate) counters: Arc<Counters>,
+    /// When the next refused call may be logged as a warning (ms since `created`), so that a Redis refusing
+    /// every write is reported once every [`REFUSAL_WARN_EVERY`], not on every miss.
+    refusal_warning_due: AtomicU64,
+    created: std::time::Instant,
 }
+
+/// The least time between two warnings of refused store calls.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for GuardedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,7 +180,22 @@ impl GuardedStore {
             threshold,
             cooldown,
             counters,
+            refusal_warning_due: AtomicU64::new(0),
+            created: std::time::Instant::now(),
         }
+    }
+
+    /// Whether a refusal now should be logged as a warning: the first, and then one every
+    /// [`REFUSAL_WARN_EVERY`].
+    fn warn_of_refusal(&self) -> bool {
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = self.refusal_warning_due.load(Ordering::Relaxed);
+        let next = now.saturating_add(REFUSAL_WARN_EVERY.as_millis() as u64);
+        now >= due
+            && self
+                .refusal_warning_due
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The breaker guarding `key`: its node's (`true`), or the store's (`false`).
@@ -229,6 +251,20 @@ impl GuardedStore {
         let result = bounded.unwrap_or(Err(StoreError::Timeout));
         match &result {
             Ok(_) => breaker.success(),
+            // The store answered: it is reachable, and the next call costs no timeout either.
+            Err(error @ StoreError::Refused(_)) => {
+                breaker.success();
+                bump(&self.counters.store_errors);
+                if self.warn_of_refusal() {
+                    tracing::warn!(
+                        operation = what,
+                        %error,
+                        "cache store refused a call (more within 10 s are logged at debug); continuing without it"
+                    );
+                } else {
+                    tracing::debug!(operation = what, %error, "cache store refused a call; continuing without it");
+                }
+            }
             Err(error) => {
                 let in_doubt = breaker.failure();
                 // The store keeps timing out: its connections may be stuck (a half-open link answers nothing,
@@ -256,6 +292,27 @@ impl GuardedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "memory")]
+    #[test]
+    fn refusals_are_warned_of_once_in_a_while() {
+        let store = GuardedStore::new(
+            Arc::new(crate::MemoryStore::new(1 << 20)),
+            Duration::from_secs(1),
+            3,
+            Duration::from_secs(1),
+            Arc::new(Counters::new("t")),
+        );
+        assert!(store.warn_of_refusal(), "the first");
+        assert!(!store.warn_of_refusal(), "not the next");
+        let due = store.refusal_warning_due.load(Ordering::Relaxed);
+        let now = store.created.elapsed().as_millis() as u64;
+        assert!(due > now && due <= now + 10_000, "{due} {now}");
+        // As if the interval had passed.
+        store.refusal_warning_due.store(now, Ordering::Relaxed);
+        assert!(store.warn_of_refusal());
+        assert!(!store.warn_of_refusal());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn breaker_opens_after_threshold_and_probes_after_cooldown() {

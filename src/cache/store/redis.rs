@@ -268,8 +268,31 @@ fn refuse_tls_without_support(url: &str, tls: bool) -> Result<(), fred::error::E
     Ok(())
 }
 
+/// A fred error as a store error: an error reply of a reachable server (see [`is_refusal`]) is
+/// [`StoreError::Refused`], anything else (a lost connection, a timeout, a cluster without a slot's node)
+/// [`StoreError::Backend`].
 fn backend(error: fred::error::Error) -> StoreError {
-    StoreError::backend(error)
+    if is_refusal(&error) {
+        StoreError::Refused(error.into())
+    } else {
+        StoreError::backend(error)
+    }
+}
+
+/// Whether `error` is an error reply from the server (`OOM command not allowed ...`, `READONLY ...`,
+/// `WRONGTYPE ...`): fred gives those the kinds below and keeps the reply, which starts with its upper-case
+/// code. Cluster replies (`MOVED`, `CLUSTERDOWN`) and authentication failures are left out: they say the store
+/// cannot be reached as configured.
+fn is_refusal(error: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::Unknown | ErrorKind::InvalidArgument | ErrorKind::InvalidCommand
+    ) && error
+        .details()
+        .split_whitespace()
+        .next()
+        .is_some_and(|code| code.len() > 1 && code.bytes().all(|b| b.is_ascii_uppercase()))
 }
 
 fn millis(ttl: Duration) -> i64 {
@@ -632,6 +655,47 @@ fn zscan_page(reply: Value) -> Option<(Vec<String>, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_replies_are_refusals_and_lost_connections_are_not() {
+        use fred::error::{Error, ErrorKind};
+        for (kind, details) in [
+            (
+                ErrorKind::Unknown,
+                "OOM command not allowed when used memory > 'maxmemory'.",
+            ),
+            (
+                ErrorKind::Unknown,
+                "READONLY You can't write against a read only replica.",
+            ),
+            (ErrorKind::Unknown, "ERR max number of clients reached"),
+            (
+                ErrorKind::InvalidArgument,
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+            ),
+        ] {
+            assert!(is_refusal(&Error::new(kind.clone(), details)), "{details}");
+            assert!(matches!(
+                backend(Error::new(kind, details)),
+                StoreError::Refused(_)
+            ));
+        }
+        for (kind, details) in [
+            (ErrorKind::IO, "ECONNRESET"),
+            (ErrorKind::Canceled, "Canceled."),
+            (ErrorKind::Timeout, "Request timed out."),
+            (ErrorKind::Cluster, "CLUSTERDOWN The cluster is down"),
+            (ErrorKind::Auth, "NOAUTH Authentication required."),
+            (ErrorKind::Unknown, "Connection closed abruptly."),
+            (ErrorKind::Unknown, ""),
+        ] {
+            assert!(!is_refusal(&Error::new(kind.clone(), details)), "{details}");
+            assert!(matches!(
+                backend(Error::new(kind, details)),
+                StoreError::Backend(_)
+            ));
+        }
+    }
 
     #[test]
     fn scan_patterns_escape_globs() {
