@@ -651,6 +651,12 @@ impl RedisCacheLayerBuilder {
     /// bring back what it removes); a fill whose tags cannot be recorded (the store failing) is answered but
     /// not stored, and so is a request with more than 32 tags. A tag's set holds the keys of its entries
     /// for as long as they may live, and drops them as they expire.
+    ///
+    /// The sets are Redis keys like the entries: a Redis that evicts (`maxmemory` with an `allkeys-*` or
+    /// `volatile-*` policy) may evict a tag's set while entries it names are still read, and a removal of
+    /// that tag then misses them: they live out their windows. Where tag removals must always hold, size
+    /// Redis so that it does not evict (under `noeviction` a full Redis refuses new entries and keeps
+    /// answering the ones it holds).
     pub fn tags(
         mut self,
         tag: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static,
