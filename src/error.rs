@@ -102,6 +102,8 @@ pub enum Setting {
     NearCacheMaxTtl,
     /// `ignore_query_params`.
     IgnoreQueryParams,
+    /// `ignore_body_fields`.
+    IgnoreBodyFields,
     /// `RetryLayerBuilder::max_attempts`.
     MaxAttempts,
     /// `RetryLayerBuilder::max_delay` (against `base_delay`).
@@ -147,6 +149,7 @@ impl Setting {
             Setting::NearCache => "near_cache",
             Setting::NearCacheMaxTtl => "near_cache_max_ttl",
             Setting::IgnoreQueryParams => "ignore_query_params",
+            Setting::IgnoreBodyFields => "ignore_body_fields",
             Setting::MaxAttempts => "max_attempts",
             Setting::MaxDelay => "max_delay",
             Setting::TokenUrl => "token_url",

@@ -1232,3 +1232,56 @@ async fn requests_differing_only_in_ignored_query_parameters_share_an_entry() {
         tower_redis_cache::error::Setting::IgnoreQueryParams
     );
 }
+
+#[tokio::test]
+async fn queries_differing_only_in_ignored_body_members_share_an_entry() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(redis_store(&server).await)
+        .ignore_body_fields(["/requestId", "/client/sentAt"])
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+
+    let first = call(
+        &service,
+        post(r#"{"q":"orders","requestId":"r-1","client":{"app":"web","sentAt":1}}"#),
+    )
+    .await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    // The origin saw the body whole.
+    assert!(
+        body(first)
+            .await
+            .ends_with(br#""requestId":"r-1","client":{"app":"web","sentAt":1}}}"#)
+    );
+    let again = call(
+        &service,
+        post(r#"{"client":{"sentAt":2,"app":"web"},"requestId":"r-2","q":"orders"}"#),
+    )
+    .await;
+    assert_eq!(outcome(&again), CacheOutcome::Hit);
+    assert_eq!(origin.calls(), 1);
+    for other in [
+        r#"{"q":"refunds","requestId":"r-3","client":{"app":"web","sentAt":3}}"#,
+        r#"{"q":"orders","requestId":"r-4","client":{"app":"cli","sentAt":4}}"#,
+    ] {
+        assert!(matches!(
+            outcome(&call(&service, post(other)).await),
+            CacheOutcome::Miss { .. }
+        ));
+    }
+    assert_eq!(origin.calls(), 3);
+
+    let refused = layer_over(redis_store(&server).await)
+        .ignore_body_fields(["requestId"])
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        refused.setting(),
+        tower_redis_cache::error::Setting::IgnoreBodyFields
+    );
+}

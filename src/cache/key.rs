@@ -10,7 +10,8 @@
 //! insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept exactly
 //! as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice (after escapes
 //! are decoded: such a body means what its parser makes of it), or any other content type hashes the raw
-//! bytes.
+//! bytes. Members a layer ignores (JSON Pointers, see
+//! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
 
 use super::memo;
 use http::{HeaderMap, HeaderName, Method, Uri, header};
@@ -93,6 +94,8 @@ pub(crate) struct KeyConfig {
     vary: Vec<HeaderName>,
     /// Query parameters left out of the key: names, or prefixes ending in `*`.
     ignored_query: Vec<String>,
+    /// JSON body members left out of the key.
+    ignored_body: Arc<[Pointer]>,
     /// Tells these settings apart from every other in the process, in the digest memo.
     id: u64,
 }
@@ -105,6 +108,7 @@ impl KeyConfig {
             partition,
             vary,
             ignored_query: Vec::new(),
+            ignored_body: Arc::from([]),
             id: IDS.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -115,6 +119,17 @@ impl KeyConfig {
         KeyConfig {
             ignored_query: names,
             // Other settings: another id, so that the memo never answers for the old ones.
+            ..KeyConfig::new(self.namespace, self.partition, self.vary)
+        }
+        .ignoring_body(self.ignored_body)
+    }
+
+    /// These settings, with the JSON body members `pointers` name left out of the key (see
+    /// [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)).
+    pub(crate) fn ignoring_body(self, pointers: impl Into<Arc<[Pointer]>>) -> Self {
+        KeyConfig {
+            ignored_body: pointers.into(),
+            ignored_query: self.ignored_query,
             ..KeyConfig::new(self.namespace, self.partition, self.vary)
         }
     }
@@ -236,7 +251,7 @@ impl KeyConfig {
             h.update([3u8]);
             field(&mut h, partition);
         }
-        hash_body(&mut h, headers, body);
+        hash_body(&mut h, headers, body, &self.ignored_body);
         h.finalize().into()
     }
 
@@ -440,7 +455,7 @@ fn query_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(name, _)| name)
 }
 
-fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8]) {
+fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8], ignored: &[Pointer]) {
     if body.is_empty() {
         h.update([2u8]);
         return;
@@ -453,7 +468,7 @@ fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8]) {
             // today) would simply allocate its own.
             let mut buffers = cell.take();
             buffers.out.clear();
-            let ok = canonicalize_into(body, &mut buffers).is_ok();
+            let ok = canonicalize_into(body, &mut buffers, ignored).is_ok();
             if ok {
                 h.update([1u8]);
                 field(h, &buffers.out);
@@ -512,13 +527,63 @@ pub(crate) fn canonicalize_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), N
         out: std::mem::take(out),
         ..Buffers::default()
     };
-    let result = canonicalize_into(input, &mut buffers);
+    let result = canonicalize_into(input, &mut buffers, &[]);
     *out = buffers.out;
     result
 }
 
-/// Writes the canonical form of `input` to `buffers.out`, using the other buffers as working space.
-fn canonicalize_into(input: &[u8], buffers: &mut Buffers) -> Result<(), NotJson> {
+/// A JSON Pointer (RFC 6901) to an object member: its reference tokens, each written as the canonical form
+/// writes a member's key (quoted, with the fewest escapes), so that a key compares equal however it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pointer {
+    tokens: Vec<Vec<u8>>,
+}
+
+impl Pointer {
+    /// Parses a JSON Pointer to a member: `/` followed by tokens separated by `/`, with `~1` for `/` and `~0`
+    /// for `~`. `None` for the empty pointer (the whole document) or an ill-formed one.
+    pub(crate) fn parse(pointer: &str) -> Option<Pointer> {
+        let rest = pointer.strip_prefix('/')?;
+        let tokens = rest
+            .split('/')
+            .map(|token| {
+                let mut decoded = String::with_capacity(token.len());
+                let mut chars = token.chars();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '~' => match chars.next()? {
+                            '0' => decoded.push('~'),
+                            '1' => decoded.push('/'),
+                            _ => return None,
+                        },
+                        c => decoded.push(c),
+                    }
+                }
+                let mut quoted = Vec::new();
+                write_json_string(&decoded, &mut quoted);
+                Some(quoted)
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Pointer { tokens })
+    }
+}
+
+/// Writes `s` as a JSON string in canonical form (as [`write_canonical_string`] writes a decoded one).
+fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in s.chars() {
+        write_canonical_char(c, out);
+    }
+    out.push(b'"');
+}
+
+/// Writes the canonical form of `input` to `buffers.out`, using the other buffers as working space, leaving
+/// out the members `ignored` points to.
+fn canonicalize_into(
+    input: &[u8],
+    buffers: &mut Buffers,
+    ignored: &[Pointer],
+) -> Result<(), NotJson> {
     if std::str::from_utf8(input).is_err() {
         return Err(NotJson);
     }
@@ -528,9 +593,12 @@ fn canonicalize_into(input: &[u8], buffers: &mut Buffers) -> Result<(), NotJson>
         pos: 0,
         scratch: std::mem::take(&mut buffers.scratch),
         spans: std::mem::take(&mut buffers.spans),
+        ignored,
     };
     parser.skip_ws();
-    let result = parser.value(&mut buffers.out, 0);
+    // Every pointer applies at the top (empty without any: no allocation).
+    let all: Vec<usize> = (0..ignored.len()).collect();
+    let result = parser.value(&mut buffers.out, 0, &all);
     parser.skip_ws();
     buffers.scratch = parser.scratch;
     buffers.spans = parser.spans;
@@ -548,6 +616,8 @@ struct Canonicalizer<'a> {
     /// Member spans of the objects being parsed, as a stack: each object pushes its own above its parent's
     /// and pops them when it closes, so one allocation serves every object of the document.
     spans: Vec<(usize, usize, usize)>,
+    /// The members left out.
+    ignored: &'a [Pointer],
 }
 
 impl Canonicalizer<'_> {
@@ -570,12 +640,14 @@ impl Canonicalizer<'_> {
         }
     }
 
-    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), NotJson> {
+    /// Writes the value at `pos`, at `depth`, where the pointers of [`ignored`](Self::ignored) numbered in
+    /// `active` lead (their tokens before `depth` named the members on the way).
+    fn value(&mut self, out: &mut Vec<u8>, depth: usize, active: &[usize]) -> Result<(), NotJson> {
         if depth > MAX_DEPTH {
             return Err(NotJson);
         }
         match self.peek().ok_or(NotJson)? {
-            b'{' => self.object(out, depth),
+            b'{' => self.object(out, depth, active),
             b'[' => self.array(out, depth),
             b'"' => self.string(out),
             b't' => self.literal(out, b"true"),
@@ -686,7 +758,8 @@ impl Canonicalizer<'_> {
         }
         loop {
             self.skip_ws();
-            self.value(out, depth + 1)?;
+            // A pointer names object members only: none leads through an array.
+            self.value(out, depth + 1, &[])?;
             self.skip_ws();
             match self.peek().ok_or(NotJson)? {
                 b',' => {
@@ -703,7 +776,7 @@ impl Canonicalizer<'_> {
         }
     }
 
-    fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), NotJson> {
+    fn object(&mut self, out: &mut Vec<u8>, depth: usize, active: &[usize]) -> Result<(), NotJson> {
         self.expect(b'{')?;
         out.push(b'{');
         self.skip_ws();
@@ -719,6 +792,7 @@ impl Canonicalizer<'_> {
         let base = self.spans.len();
         loop {
             self.skip_ws();
+            let before = out.len();
             if self.spans.len() > base {
                 out.push(b',');
             }
@@ -729,8 +803,14 @@ impl Canonicalizer<'_> {
             self.expect(b':')?;
             out.push(b':');
             self.skip_ws();
-            self.value(out, depth + 1)?;
-            self.spans.push((member_start, key_end, out.len()));
+            let (ignore, inner) = self.leads(&out[member_start..key_end], depth, active);
+            self.value(out, depth + 1, &inner)?;
+            if ignore {
+                // Parsed (the document must still be JSON), then left out, separator and all.
+                out.truncate(before);
+            } else {
+                self.spans.push((member_start, key_end, out.len()));
+            }
             self.skip_ws();
             match self.peek().ok_or(NotJson)? {
                 b',' => self.pos += 1,
@@ -769,6 +849,28 @@ impl Canonicalizer<'_> {
         self.spans.truncate(base);
         out.push(b'}');
         Ok(())
+    }
+}
+
+impl Canonicalizer<'_> {
+    /// Where the pointers `active` lead at the member with the canonical `key`, in an object at `depth`:
+    /// whether one names the member itself (it is left out), and which lead on into its value.
+    fn leads(&self, key: &[u8], depth: usize, active: &[usize]) -> (bool, Vec<usize>) {
+        let mut ignore = false;
+        let mut inner = Vec::new();
+        for &i in active {
+            let Some(tokens) = self.ignored.get(i).map(|p| &p.tokens) else {
+                continue;
+            };
+            if tokens.get(depth).is_some_and(|token| token[..] == *key) {
+                if tokens.len() == depth + 1 {
+                    ignore = true;
+                } else {
+                    inner.push(i);
+                }
+            }
+        }
+        (ignore, inner)
     }
 }
 
@@ -813,29 +915,35 @@ fn write_canonical_string(raw: &[u8], out: &mut Vec<u8>) -> Result<(), NotJson> 
             _ => return Err(NotJson),
         };
         i += used;
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            c if u32::from(c) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let n = u32::from(c) as usize;
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[n >> 4]);
-                out.push(HEX[n & 0xf]);
-            }
-            c => {
-                let mut utf8 = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-            }
-        }
+        write_canonical_char(c, out);
     }
     out.push(b'"');
     Ok(())
+}
+
+/// Writes one decoded character of a JSON string in canonical form: only `"`, `\\` and control characters
+/// escaped (the short forms where JSON has them, else `\\u00xx`).
+fn write_canonical_char(c: char, out: &mut Vec<u8>) {
+    match c {
+        '"' => out.extend_from_slice(b"\\\""),
+        '\\' => out.extend_from_slice(b"\\\\"),
+        '\n' => out.extend_from_slice(b"\\n"),
+        '\r' => out.extend_from_slice(b"\\r"),
+        '\t' => out.extend_from_slice(b"\\t"),
+        '\u{8}' => out.extend_from_slice(b"\\b"),
+        '\u{c}' => out.extend_from_slice(b"\\f"),
+        c if u32::from(c) < 0x20 => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let n = u32::from(c) as usize;
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[n >> 4]);
+            out.push(HEX[n & 0xf]);
+        }
+        c => {
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        }
+    }
 }
 
 /// Four hex digits as a number.
@@ -1169,8 +1277,11 @@ mod tests {
     fn memoised_digests_are_the_computed_ones() {
         let a = config();
         let b = KeyConfig::new(a.namespace.clone(), b"tenant-b".to_vec(), a.vary.clone());
-        // The settings of `a`, ignoring `b`: a request keyed through both must never take the other's digest.
-        let c = config().ignoring_query(vec!["b".into()]);
+        // The settings of `a`, ignoring `b` (a query parameter and a body member): a request keyed through
+        // both must never take the other's digest.
+        let c = config()
+            .ignoring_query(vec!["b".into()])
+            .ignoring_body(vec![Pointer::parse("/b").unwrap()]);
         let mut requests = Vec::new();
         for uri in [
             "http://h/p?a=1",
@@ -1256,6 +1367,64 @@ mod tests {
             key(&ignoring, "http://h/r?utm_source=x"),
             key(&plain, "http://h/r")
         );
+    }
+
+    #[test]
+    fn ignored_body_members_leave_the_key() {
+        let pointers = ["/requestId", "/meta/traceId", "/a~1b", "/t~0"];
+        let ignoring = config().ignoring_body(
+            pointers
+                .iter()
+                .map(|p| Pointer::parse(p).unwrap())
+                .collect::<Vec<_>>(),
+        );
+        let mut json = HeaderMap::new();
+        json.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let uri: Uri = "http://h/query".parse().unwrap();
+        let key = |config: &KeyConfig, body: &str| {
+            config.key(&Method::POST, &uri, &json, body.as_bytes())
+        };
+        let base = key(&config(), r#"{"q":"orders","meta":{"region":"eu"}}"#);
+        assert_eq!(
+            key(&ignoring, r#"{"q":"orders","meta":{"region":"eu"}}"#),
+            base
+        );
+        for body in [
+            r#"{"requestId":"r-1","q":"orders","meta":{"region":"eu"}}"#,
+            r#"{"q":"orders","requestId":{"nested":[1,2]},"meta":{"traceId":"t-9","region":"eu"}}"#,
+            r#"{"meta":{"region":"eu","traceId":7},"q":"orders","a/b":1,"t~":true}"#,
+            // A name however it is escaped.
+            r#"{"q":"orders","meta":{"region":"eu"},"request\u0049d":"r-2"}"#,
+        ] {
+            assert_eq!(key(&ignoring, body), base, "{body}");
+            assert_ne!(key(&config(), body), base, "{body}");
+        }
+        for body in [
+            // Another value of a member that counts.
+            r#"{"requestId":"r-1","q":"refunds","meta":{"region":"eu"}}"#,
+            // The name at another depth, or inside an array.
+            r#"{"q":"orders","meta":{"region":"eu","requestId":"r-1"}}"#,
+            r#"{"q":"orders","meta":{"region":"eu"},"traceId":"t"}"#,
+            r#"{"q":"orders","meta":{"region":"eu"},"list":[{"requestId":"r-1"}]}"#,
+        ] {
+            assert_ne!(key(&ignoring, body), base, "{body}");
+        }
+        // A body that is not JSON is keyed whole; the members are still parsed, so an ignored one holding
+        // invalid JSON makes the whole body raw too.
+        assert_ne!(
+            key(
+                &ignoring,
+                r#"{"q":"orders","meta":{"region":"eu"},"requestId":nope}"#
+            ),
+            base
+        );
+        for bad in ["", "requestId", "/a~2", "/a~"] {
+            assert!(Pointer::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(Pointer::parse("/").unwrap().tokens, vec![b"\"\"".to_vec()]);
     }
 
     #[test]

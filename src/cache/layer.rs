@@ -5,7 +5,7 @@ use super::decision::{Credentials, Rules, default_statuses};
 use super::engine::{Engine, NearConfig, PartitionFn, Policy, PostPredicate};
 use super::freshness::{Windows, WindowsFn};
 use super::guard::GuardedStore;
-use super::key::KeyConfig;
+use super::key::{KeyConfig, Pointer};
 use super::near::Tracking;
 use super::stats::{CacheStats, Counters};
 use super::store::Store;
@@ -208,6 +208,7 @@ pub struct RedisCacheLayerBuilder {
     partition: Vec<u8>,
     vary: Vec<HeaderName>,
     ignored_query: Vec<String>,
+    ignored_body: Vec<String>,
     fresh_for: Duration,
     stale_for: Duration,
     stale_if_error_for: Duration,
@@ -248,6 +249,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("partition", &!self.partition.is_empty())
             .field("vary", &self.vary)
             .field("ignore_query_params", &self.ignored_query)
+            .field("ignore_body_fields", &self.ignored_body)
             .field("fresh_for", &self.fresh_for)
             .field("stale_for", &self.stale_for)
             .field("stale_if_error_for", &self.stale_if_error_for)
@@ -307,6 +309,7 @@ impl RedisCacheLayerBuilder {
             partition: Vec::new(),
             vary: Vec::new(),
             ignored_query: Vec::new(),
+            ignored_body: Vec::new(),
             fresh_for: Duration::from_secs(60),
             stale_for: Duration::from_secs(60),
             stale_if_error_for: Duration::from_secs(300),
@@ -410,6 +413,23 @@ impl RedisCacheLayerBuilder {
         names: impl IntoIterator<Item = S>,
     ) -> Self {
         self.ignored_query.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Members of JSON request bodies left out of the key, named by JSON Pointers (RFC 6901: `/requestId`,
+    /// `/meta/traceId`, `~1` for a `/` in a name), so that queries differing only in them (a request id, a
+    /// timestamp, a nonce) share one entry. Names are compared as decoded (`"\u0061"` is `a`); a pointer leads
+    /// through objects only, never into an array. A body that is not JSON the key canonicalises is keyed by
+    /// its bytes, whole. Default: none.
+    ///
+    /// Only for members that never change the answer: a query that differs in one is answered with another's
+    /// response. The origin still receives each body whole.
+    pub fn ignore_body_fields<S: Into<String>>(
+        mut self,
+        pointers: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.ignored_body
+            .extend(pointers.into_iter().map(Into::into));
         self
     }
 
@@ -786,6 +806,19 @@ impl RedisCacheLayerBuilder {
                 format!("{name:?} would leave every query parameter out of the key"),
             ));
         }
+        if let Some(pointer) = self
+            .ignored_body
+            .iter()
+            .find(|pointer| Pointer::parse(pointer).is_none())
+        {
+            return Err(ConfigError::new(
+                Setting::IgnoreBodyFields,
+                format!(
+                    "{pointer:?} is not a JSON Pointer to a member (`/name`, `/outer/inner`; `~0` and `~1` the \
+                     only escapes)"
+                ),
+            ));
+        }
         for (setting, window) in [
             (Setting::FreshFor, self.fresh_for),
             (Setting::StaleFor, self.stale_for),
@@ -940,8 +973,15 @@ impl RedisCacheLayerBuilder {
                 }
             }
         }
-        let keys =
-            KeyConfig::new(self.namespace, self.partition, vary).ignoring_query(self.ignored_query);
+        let keys = KeyConfig::new(self.namespace, self.partition, vary)
+            .ignoring_query(self.ignored_query)
+            // Checked by `build`.
+            .ignoring_body(
+                self.ignored_body
+                    .iter()
+                    .filter_map(|pointer| Pointer::parse(pointer))
+                    .collect::<Vec<_>>(),
+            );
         RedisCacheLayer {
             engine: Arc::new(Engine::new(policy, keys, store, near)),
         }
