@@ -336,6 +336,55 @@ fn same_round(
     Some((*ratios.get(ratios.len() / 2)?, ratios.len()))
 }
 
+/// Benches a bare `GET` and two hits, `calls.0` to `calls.2`, as the `ids` of `group` at `size`, paired (see
+/// [`rotate`]): every round of any of them runs all three, and is recorded under `group_key`.
+fn paired<B, BF, F, FF, S, SF>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    group_key: &str,
+    size: usize,
+    ids: [&str; 3],
+    calls: (B, F, S),
+) where
+    B: Fn() -> BF + Copy,
+    BF: Future,
+    F: Fn(Request<Full<Bytes>>) -> FF + Copy,
+    FF: Future,
+    S: Fn(Request<Full<Bytes>>) -> SF + Copy,
+    SF: Future,
+{
+    let (bare, first, second) = calls;
+    for (own, id) in ids.into_iter().enumerate() {
+        group.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
+            b.to_async(rt).iter_custom(|iters| {
+                rotate(
+                    group_key,
+                    iters,
+                    ids.len(),
+                    own,
+                    query,
+                    |arm, request| async move {
+                        match arm {
+                            0 => {
+                                bare().await;
+                                Some(request)
+                            }
+                            1 => {
+                                first(request).await;
+                                None
+                            }
+                            _ => {
+                                second(request).await;
+                                None
+                            }
+                        }
+                    },
+                )
+            })
+        });
+    }
+}
+
 async fn hit<S>(service: &S, request: Request<Full<Bytes>>) -> Bytes
 where
     S: Service<
@@ -475,38 +524,14 @@ fn hit_path(c: &mut Criterion) {
         let through_near = |request| async { black_box(hit(&near_service, request).await) };
         // Paired: each iteration runs one bare `GET` and one hit through each layer, in shuffled order, and each
         // id times its own.
-        let group_key = format!("hit_path/{size}");
-        let group_key = &group_key;
-        let ids = ["bare_fred_get", "layer_redis", "layer_near"];
-        for (own, id) in ids.into_iter().enumerate() {
-            group.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    rotate(
-                        group_key,
-                        iters,
-                        ids.len(),
-                        own,
-                        query,
-                        |arm, request| async move {
-                            match arm {
-                                0 => {
-                                    bare().await;
-                                    Some(request)
-                                }
-                                1 => {
-                                    through_layer(request).await;
-                                    None
-                                }
-                                _ => {
-                                    through_near(request).await;
-                                    None
-                                }
-                            }
-                        },
-                    )
-                })
-            });
-        }
+        paired(
+            &mut group,
+            &rt,
+            &format!("hit_path/{size}"),
+            size,
+            ["bare_fred_get", "layer_redis", "layer_near"],
+            (bare, through_layer, through_near),
+        );
         assert_near_only(&near, near_before);
         assert_eq!(
             calls.load(Ordering::Relaxed),
@@ -785,35 +810,14 @@ fn compressed(c: &mut Criterion) {
         let group_key = format!("compressed/{size}");
         let group_key = &group_key;
         let ids = ["bare_fred_get", "layer_redis", "layer_redis_lz4"];
-        for (own, id) in ids.into_iter().enumerate() {
-            group.bench_with_input(BenchmarkId::new(id, size), &size, |b, _| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    rotate(
-                        group_key,
-                        iters,
-                        ids.len(),
-                        own,
-                        query,
-                        |arm, request| async move {
-                            match arm {
-                                0 => {
-                                    bare().await;
-                                    Some(request)
-                                }
-                                1 => {
-                                    through_raw(request).await;
-                                    None
-                                }
-                                _ => {
-                                    through_lz4(request).await;
-                                    None
-                                }
-                            }
-                        },
-                    )
-                })
-            });
-        }
+        paired(
+            &mut group,
+            &rt,
+            group_key,
+            size,
+            ids,
+            (bare, through_raw, through_lz4),
+        );
         assert_eq!(
             calls.load(Ordering::Relaxed),
             2,
