@@ -419,3 +419,22 @@ async fn the_near_cache_answers_a_compressed_entry_with_its_whole_body() {
     }
     assert_eq!(origin.calls(), 1);
 }
+
+#[tokio::test]
+async fn a_shared_redis_store_keeps_a_near_cache_and_a_memory_store_does_not() {
+    use std::sync::Arc;
+    use tower_redis_cache::{MemoryStore, Store};
+    let server = RedisServer::start();
+    let redis = || async { RedisStore::new(fred_client(&server.url()).await) };
+    let near = |builder: RedisCacheLayerBuilder| builder.near_cache(1 << 20).build();
+    assert!(near(RedisCacheLayer::builder(Arc::new(redis().await))).is_ok());
+    let shared: Arc<dyn Store> = Arc::new(redis().await);
+    assert!(near(RedisCacheLayer::builder(shared)).is_ok());
+    let memory: Arc<dyn Store> = Arc::new(MemoryStore::new(1 << 20));
+    assert_eq!(
+        near(RedisCacheLayer::builder(memory))
+            .unwrap_err()
+            .setting(),
+        tower_redis_cache::error::Setting::NearCache
+    );
+}

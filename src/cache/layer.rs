@@ -27,15 +27,28 @@ pub struct RedisCacheLayer {
     engine: Arc<Engine>,
 }
 
+/// The client tracking of `store` if it is a [`RedisStore`](super::RedisStore), alone or shared (an `Arc` of
+/// it, or an `Arc<dyn Store>` holding one, as the Genesys client keeps its store).
+#[cfg(feature = "redis")]
+fn redis_tracking(store: &dyn std::any::Any) -> Option<Arc<dyn Tracking>> {
+    use super::RedisStore;
+    if let Some(shared) = store.downcast_ref::<Arc<RedisStore>>() {
+        return Some(shared.tracking());
+    }
+    let store: &dyn std::any::Any = match store.downcast_ref::<Arc<dyn Store>>() {
+        Some(shared) => &**shared,
+        None => store,
+    };
+    store.downcast_ref::<RedisStore>().map(RedisStore::tracking)
+}
+
 impl RedisCacheLayer {
     /// Starts a builder over `store` (a [`RedisStore`](super::RedisStore), a
     /// [`MemoryStore`](super::MemoryStore), or your own [`Store`]).
     pub fn builder(store: impl Store) -> RedisCacheLayerBuilder {
         // A Redis store can keep a near cache coherent (client tracking); any other store cannot.
         #[cfg(feature = "redis")]
-        let tracking = (&store as &dyn std::any::Any)
-            .downcast_ref::<super::RedisStore>()
-            .map(super::RedisStore::tracking);
+        let tracking = redis_tracking(&store);
         #[cfg(not(feature = "redis"))]
         let tracking = None;
         let mut builder = RedisCacheLayerBuilder::new(Arc::new(store));

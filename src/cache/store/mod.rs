@@ -68,7 +68,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// Keys are the cache's own (`<namespace>:v1:{<hex>}` and `...:lease`); values are opaque bytes. An error is
 /// [`StoreError::Refused`] when the store answered but refused the call (it is full, read-only): the circuit
 /// breaker does not count those, so reads go on; any other error counts toward opening it.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: std::any::Any + Send + Sync {
     /// Reads a value; `Ok(None)` when absent.
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>>;
 
