@@ -823,3 +823,40 @@ async fn compressed_listings_are_read_by_every_client() {
     assert_eq!(names(&again), names(&first));
     assert_eq!(emulator.requests(Endpoint::ListActions), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_answers_repeated_executions_without_redis() {
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let client = builder(&emulator)
+        .redis_client(fred_client(&redis.url()).await)
+        .near_cache(8 << 20)
+        .build()
+        .unwrap();
+    let id = &emulator.action_ids()[0];
+    let input = json!({"orderId": "A-17"});
+    let first = client.execute_action(id, &input).await.unwrap();
+    assert!(matches!(first.cache, Some(CacheOutcome::Miss { .. })));
+    // Tracking is armed in the background: a bounded poll until the process answers from memory.
+    let mut near = false;
+    for _ in 0..200 {
+        let again = client.execute_action(id, &input).await.unwrap();
+        assert_eq!(again.cache, Some(CacheOutcome::Hit));
+        assert_eq!(again.value, first.value);
+        if client.cache().stats().near_hits > 0 {
+            near = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(near, "the near cache never answered");
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 1);
+
+    // Over a store other than Redis, the near cache is refused by name.
+    let refused = builder(&emulator)
+        .store(tower_redis_cache::MemoryStore::new(1 << 20))
+        .near_cache(8 << 20)
+        .build()
+        .unwrap_err();
+    assert_eq!(refused.setting(), Setting::NearCache);
+}

@@ -448,6 +448,8 @@ pub struct GenesysClientBuilder {
     allow_insecure_http: bool,
     #[cfg(feature = "compression")]
     compress_above: Option<usize>,
+    #[cfg(feature = "redis")]
+    near_cache: Option<u64>,
 }
 
 impl Default for GenesysClientBuilder {
@@ -473,6 +475,8 @@ impl Default for GenesysClientBuilder {
             allow_insecure_http: false,
             #[cfg(feature = "compression")]
             compress_above: None,
+            #[cfg(feature = "redis")]
+            near_cache: None,
         }
     }
 }
@@ -548,6 +552,18 @@ impl GenesysClientBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_client(self, client: fred::clients::Client) -> Self {
         self.store(crate::RedisStore::new(client))
+    }
+
+    /// Keeps up to `max_bytes` of fresh answers in this process as well, kept coherent with Redis by client
+    /// tracking, so that a repeated call is answered without a round trip to Redis (see
+    /// [`RedisCacheLayerBuilder::near_cache`](crate::cache::RedisCacheLayerBuilder::near_cache)). Needs Redis
+    /// as the store ([`redis_url`](Self::redis_url) or [`redis_client`](Self::redis_client)): `build` refuses
+    /// it over another. Default: off.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn near_cache(mut self, max_bytes: u64) -> Self {
+        self.near_cache = Some(max_bytes);
+        self
     }
 
     /// The Redis key namespace. Default: `genesys`.
@@ -639,7 +655,8 @@ impl GenesysClientBuilder {
     ///
     /// [`ConfigError`] when a base or the credentials are missing or invalid (a base must be an absolute
     /// `https://` URL, or `http://` to loopback, without credentials, query or fragment), a Redis URL is
-    /// invalid, or no store was given and the `memory` feature is off.
+    /// invalid, no store was given and the `memory` feature is off, or a [`near_cache`](Self::near_cache) was
+    /// asked for over a store other than Redis.
     pub fn build(self) -> Result<GenesysClient, ConfigError> {
         let api_base = self
             .api_base
@@ -704,6 +721,11 @@ impl GenesysClientBuilder {
         #[cfg(feature = "compression")]
         let cache = match self.compress_above {
             Some(bytes) => cache.compress_above(bytes),
+            None => cache,
+        };
+        #[cfg(feature = "redis")]
+        let cache = match self.near_cache {
+            Some(bytes) => cache.near_cache(bytes),
             None => cache,
         };
         let cache = cache.build()?;
