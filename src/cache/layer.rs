@@ -567,9 +567,9 @@ impl RedisCacheLayerBuilder {
     /// Redis then holds, and sends over the network on every hit, the compressed bytes (a 64 KiB JSON report
     /// took 16 KiB in the crate's benchmark); each hit read from Redis decompresses its body (there, about
     /// 12 µs for that report: worth it where the network to Redis is slower than loopback, or its memory
-    /// dear), while the near cache keeps bodies decompressed. Every process of this crate with the `compression` feature reads compressed
-    /// entries whatever this setting; one without the feature, or of a version before it, takes them for a
-    /// miss and stores its own, uncompressed.
+    /// dear), while the near cache keeps bodies decompressed. Every process of this crate with the
+    /// `compression` feature reads compressed entries whatever this setting; one without the feature, or of a
+    /// version before it, takes them for a miss and stores its own, uncompressed.
     #[cfg(feature = "compression")]
     #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
     pub fn compress_above(mut self, bytes: usize) -> Self {
@@ -791,8 +791,8 @@ impl RedisCacheLayerBuilder {
     /// zero `max_background_refreshes` or `coalesced_wait`, `max_in_flight_bytes` below the body cap,
     /// `206` or `304` among the cacheable statuses, [`Credentials::Partition`] or
     /// `respect_response_cache_control(false)` without a partition, an empty or `*` name among the ignored
-    /// query parameters, or a near cache over a store other than [`RedisStore`](super::RedisStore) or with a
-    /// zero or over-10-year `near_cache_max_ttl`.
+    /// query parameters, an ignored body field that is not a JSON Pointer to a member, or a near cache over a
+    /// store other than [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
     pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
         if self.namespace.is_empty()
             || self.namespace.chars().any(|c| {
