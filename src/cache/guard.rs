@@ -251,41 +251,46 @@ impl GuardedStore {
         let result = bounded.unwrap_or(Err(StoreError::Timeout));
         match &result {
             Ok(_) => breaker.success(),
-            // The store answered: it is reachable, and the next call costs no timeout either.
-            Err(error @ StoreError::Refused(_)) => {
-                breaker.success();
-                bump(&self.counters.store_errors);
-                if self.warn_of_refusal() {
-                    tracing::warn!(
-                        operation = what,
-                        %error,
-                        "cache store refused a call (more within 10 s are logged at debug); continuing without it"
-                    );
-                } else {
-                    tracing::debug!(operation = what, %error, "cache store refused a call; continuing without it");
-                }
-            }
-            Err(error) => {
-                let in_doubt = breaker.failure();
-                // The store keeps timing out: its connections may be stuck (a half-open link answers nothing,
-                // yet stays open), which no reconnect policy notices. Have them made again, without holding
-                // this request, and not more than once in RECONNECT_EVERY (a refused connection is the
-                // client's own reconnect policy's to handle). Not for one node of a cluster: remaking every
-                // connection would cost the healthy nodes too, and the client retires an unresponsive
-                // connection of its own (`RedisStore` sets that up).
-                if in_doubt
-                    && !per_node
-                    && matches!(error, StoreError::Timeout)
-                    && self.breaker.may_reconnect()
-                {
-                    let store = self.store.clone();
-                    tokio::spawn(async move { store.reconnect().await });
-                }
-                bump(&self.counters.store_errors);
-                tracing::warn!(operation = what, %error, "cache store call failed; continuing without it");
-            }
+            Err(error) => self.failed(breaker, per_node, what, error),
         }
         result
+    }
+
+    /// Counts and logs a failed store call, and tells `breaker`. Out of line: a hit never takes it.
+    #[cold]
+    #[inline(never)]
+    fn failed(&self, breaker: &Breaker, per_node: bool, what: &'static str, error: &StoreError) {
+        if let StoreError::Refused(_) = error {
+            // The store answered: it is reachable, and the next call costs no timeout either.
+            breaker.success();
+            bump(&self.counters.store_errors);
+            if self.warn_of_refusal() {
+                tracing::warn!(
+                    operation = what,
+                    %error,
+                    "cache store refused a call (more within 10 s are logged at debug); continuing without it"
+                );
+            } else {
+                tracing::debug!(operation = what, %error, "cache store refused a call; continuing without it");
+            }
+            return;
+        }
+        let in_doubt = breaker.failure();
+        // The store keeps timing out: its connections may be stuck (a half-open link answers nothing, yet stays
+        // open), which no reconnect policy notices. Have them made again, without holding this request, and not
+        // more than once in RECONNECT_EVERY (a refused connection is the client's own reconnect policy's to
+        // handle). Not for one node of a cluster: remaking every connection would cost the healthy nodes too, and
+        // the client retires an unresponsive connection of its own (`RedisStore` sets that up).
+        if in_doubt
+            && !per_node
+            && matches!(error, StoreError::Timeout)
+            && self.breaker.may_reconnect()
+        {
+            let store = self.store.clone();
+            tokio::spawn(async move { store.reconnect().await });
+        }
+        bump(&self.counters.store_errors);
+        tracing::warn!(operation = what, %error, "cache store call failed; continuing without it");
     }
 }
 
