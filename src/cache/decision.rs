@@ -33,18 +33,19 @@ use http::header::{
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
-/// How the cache treats requests that carry credentials (`Authorization` or `Cookie`).
+/// How the cache treats requests that carry credentials (`Authorization`, `Cookie`, or a header named by
+/// [`credential_headers`](super::RedisCacheLayerBuilder::credential_headers)).
 ///
 /// A shared cache must never answer one user with a response made for another (RFC 9111 §3.5), so by default
 /// such requests bypass it. To cache them, say how users are told apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Credentials {
-    /// Requests with `Authorization` or `Cookie` go to the inner service uncached. The default.
+    /// Requests with credentials go to the inner service uncached. The default.
     #[default]
     Bypass,
-    /// The values of `Authorization` and `Cookie` are part of the key: each credential gets entries of its own.
-    /// Responses marked `Cache-Control: private` may then be stored for requests that carry credentials.
+    /// The values of `Authorization`, `Cookie` and the credential headers are part of the key: each credential
+    /// gets entries of its own. Responses marked `Cache-Control: private` may then be stored for requests that carry credentials.
     InKey,
     /// Every request through the layer acts for whom its partition names: the layer's
     /// [`partition`](super::RedisCacheLayerBuilder::partition), and the request's own with

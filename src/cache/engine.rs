@@ -243,6 +243,8 @@ pub(crate) struct Policy {
     pub(crate) max_body: usize,
     /// Bodies longer than this are stored compressed (when that saves an eighth); `None`: never.
     pub(crate) compress_above: Option<usize>,
+    /// Request headers that count as `Authorization`.
+    pub(crate) credential_headers: Vec<HeaderName>,
     pub(crate) rules: Rules,
     pub(crate) lease_for: Duration,
     pub(crate) refresh_timeout: Duration,
@@ -316,6 +318,12 @@ impl Policy {
     fn facts(&self, parts: &request::Parts) -> RequestFacts {
         let mut facts =
             RequestFacts::read(&parts.headers, self.method_cacheable(parts), self.max_body);
+        if !self.credential_headers.is_empty() {
+            facts.authorization |= self
+                .credential_headers
+                .iter()
+                .any(|name| parts.headers.contains_key(name));
+        }
         facts.windows = match parts.extensions.get::<CacheOverride>() {
             Some(CacheOverride::Windows(windows)) => *windows,
             Some(CacheOverride::Skip) => {

@@ -230,6 +230,7 @@ pub struct RedisCacheLayerBuilder {
     post_when: Option<PostPredicate>,
     statuses: Vec<StatusCode>,
     credentials: Credentials,
+    credential_headers: Vec<HeaderName>,
     max_body: usize,
     compress_above: Option<usize>,
     store_timeout: Duration,
@@ -271,6 +272,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("cache_post_when", &self.post_when.is_some())
             .field("cacheable_statuses", &self.statuses)
             .field("credentials", &self.credentials)
+            .field("credential_headers", &self.credential_headers)
             .field("max_body_size", &self.max_body)
             .field("compress_above", &self.compress_above)
             .field("store_timeout", &self.store_timeout)
@@ -331,6 +333,7 @@ impl RedisCacheLayerBuilder {
             post_when: None,
             statuses: default_statuses(),
             credentials: Credentials::Bypass,
+            credential_headers: Vec::new(),
             max_body: 1024 * 1024,
             compress_above: None,
             store_timeout: Duration::from_millis(50),
@@ -549,6 +552,27 @@ impl RedisCacheLayerBuilder {
     /// [`partition_by`](Self::partition_by)).
     pub fn credentials(mut self, credentials: Credentials) -> Self {
         self.credentials = credentials;
+        self
+    }
+
+    /// Request headers that carry credentials besides `Authorization` and `Cookie`: an API key (`X-Api-Key`),
+    /// a session or tenant token. A request with any of them is treated as one with `Authorization`, by the
+    /// [`credentials`](Self::credentials) rule: by default it bypasses the cache (`Cache-Status: ...;
+    /// detail=authorization`); with [`Credentials::InKey`] their values are part of the key. Without this, a
+    /// header the cache does not know is assumed not to change the answer, and requests that differ only in it
+    /// share one entry. Default: none.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+    ///
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    ///     .credential_headers([HeaderName::from_static("x-api-key")])
+    ///     .build()?;
+    /// # Ok::<(), tower_redis_cache::error::ConfigError>(())
+    /// ```
+    pub fn credential_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.credential_headers = names.into_iter().collect();
         self
     }
 
@@ -965,6 +989,7 @@ impl RedisCacheLayerBuilder {
             post_when: self.post_when,
             max_body: self.max_body,
             compress_above: self.compress_above,
+            credential_headers: self.credential_headers.clone(),
             rules: Rules {
                 credentials: self.credentials,
                 statuses: self.statuses,
@@ -980,7 +1005,10 @@ impl RedisCacheLayerBuilder {
         };
         let mut vary = self.vary;
         if self.credentials == Credentials::InKey {
-            for name in [AUTHORIZATION, COOKIE] {
+            for name in [AUTHORIZATION, COOKIE]
+                .into_iter()
+                .chain(self.credential_headers.iter().cloned())
+            {
                 if !vary.contains(&name) {
                     vary.push(name);
                 }
