@@ -151,37 +151,20 @@ async fn credential_headers_count_as_authorization() {
     let server = RedisServer::start();
     let origin = Origin::new();
     origin.echo_headers();
-    let api_key = HeaderName::from_static("x-api-key");
-    let with_key = |key: &'static str| get("http://api.test/me", &[("x-api-key", key)]);
+    let with = |name: &'static str, key: &'static str| get("http://api.test/me", &[(name, key)]);
     let echoed = |reply: &support::calls::Reply| reply.headers()["x-echo-x-api-key"].clone();
 
-    // Unnamed, a header is taken not to change the answer: a second key reads the first key's entry.
-    let unnamed = layer(&server).await.namespace("unnamed").build().unwrap();
-    let service = cached(&unnamed, origin.service());
-    call(&service, with_key("alice")).await;
-    let bob = call(&service, with_key("bob")).await;
-    assert_eq!(
-        (outcome(&bob), echoed(&bob)),
-        (CacheOutcome::Hit, HeaderValue::from_static("alice"))
-    );
-    assert_eq!(origin.calls(), 1);
-
-    // Named, a request with it bypasses, as one with `Authorization` does; one without it is cached.
-    let named = layer(&server)
-        .await
-        .credential_headers([api_key.clone()])
-        .build()
-        .unwrap();
-    let service = cached(&named, origin.service());
+    // By default an `X-Api-Key` counts as `Authorization`: a request with it bypasses; one without is cached.
+    let service = cached(&layer(&server).await.build().unwrap(), origin.service());
     for key in ["alice", "bob", "alice"] {
-        let reply = call(&service, with_key(key)).await;
+        let reply = call(&service, with("x-api-key", key)).await;
         assert_eq!(
             cache_status(&reply),
             "tower-redis-cache; fwd=bypass; detail=authorization"
         );
         assert_eq!(echoed(&reply), key);
     }
-    assert_eq!(origin.calls(), 4);
+    assert_eq!(origin.calls(), 3);
     assert_eq!(
         stored_keys(&server),
         0,
@@ -190,32 +173,53 @@ async fn credential_headers_count_as_authorization() {
     call(&service, get("http://api.test/me", &[])).await;
     let anonymous = call(&service, get("http://api.test/me", &[])).await;
     assert_eq!(outcome(&anonymous), CacheOutcome::Hit);
-    assert_eq!(origin.calls(), 5);
+    assert_eq!(origin.calls(), 4);
 
-    // Named with `Credentials::InKey`, each key gets entries of its own.
+    // The names given replace the defaults.
+    let own = layer(&server)
+        .await
+        .namespace("own")
+        .credential_headers([HeaderName::from_static("x-session")])
+        .build()
+        .unwrap();
+    let service = cached(&own, origin.service());
+    let session = call(&service, with("x-session", "s1")).await;
+    assert_eq!(
+        outcome(&session),
+        CacheOutcome::Bypass(BypassReason::Authorization)
+    );
+    call(&service, with("x-api-key", "alice")).await;
+    let bob = call(&service, with("x-api-key", "bob")).await;
+    assert_eq!(
+        (outcome(&bob), echoed(&bob)),
+        (CacheOutcome::Hit, HeaderValue::from_static("alice")),
+        "a header not named is taken not to change the answer"
+    );
+    assert_eq!(origin.calls(), 6);
+
+    // With `Credentials::InKey`, each key gets entries of its own.
     let keyed = layer(&server)
         .await
         .namespace("keyed")
-        .credential_headers([api_key])
         .credentials(Credentials::InKey)
         .build()
         .unwrap();
     let service = cached(&keyed, origin.service());
     for key in ["alice", "bob"] {
-        let reply = call(&service, with_key(key)).await;
+        let reply = call(&service, with("x-api-key", key)).await;
         assert!(matches!(
             outcome(&reply),
             CacheOutcome::Miss { stored: true, .. }
         ));
     }
     for key in ["alice", "bob"] {
-        let reply = call(&service, with_key(key)).await;
+        let reply = call(&service, with("x-api-key", key)).await;
         assert_eq!(
             (outcome(&reply), echoed(&reply)),
             (CacheOutcome::Hit, HeaderValue::from_static(key))
         );
     }
-    assert_eq!(origin.calls(), 7);
+    assert_eq!(origin.calls(), 8);
 }
 
 #[tokio::test]

@@ -119,8 +119,14 @@ pub(crate) struct RequestFacts {
 }
 
 impl RequestFacts {
-    /// Reads the facts of a request head; `max_body` is the layer's body cap.
-    pub(crate) fn read(headers: &HeaderMap, method_cacheable: bool, max_body: usize) -> Self {
+    /// Reads the facts of a request head; `max_body` is the layer's body cap, `credentials` the headers that
+    /// count as `Authorization` besides it.
+    pub(crate) fn read(
+        headers: &HeaderMap,
+        method_cacheable: bool,
+        max_body: usize,
+        credentials: &[HeaderName],
+    ) -> Self {
         let mut facts = RequestFacts {
             method_cacheable,
             ..RequestFacts::default()
@@ -174,6 +180,8 @@ impl RequestFacts {
                     .is_some_and(|n| n > max_body as u64);
             } else if name == PRAGMA {
                 pragma_no_cache |= directives(value).any(|d| d.eq_ignore_ascii_case("no-cache"));
+            } else if credentials.contains(name) {
+                facts.authorization = true;
             }
         }
         // RFC 9111 §5.4: `Pragma` counts only when the request has no `Cache-Control`.
@@ -1042,6 +1050,7 @@ mod tests {
             ]),
             true,
             10,
+            &[],
         );
         assert_eq!(
             facts,
@@ -1065,20 +1074,30 @@ mod tests {
             CACHE_CONTROL,
             HeaderValue::from_bytes(b"max-age=60, x=\"\xc3\xa9\"").unwrap(),
         );
-        assert!(RequestFacts::read(&odd, true, 10).no_store);
+        assert!(RequestFacts::read(&odd, true, 10, &[]).no_store);
         // `If-Range` without `Range` means nothing (RFC 9110 §13.1.5).
-        let if_range = RequestFacts::read(&head(&[("if-range", "\"e\"")]), true, 10);
+        let if_range = RequestFacts::read(&head(&[("if-range", "\"e\"")]), true, 10, &[]);
         assert!(!if_range.range);
-        let pragma = RequestFacts::read(&head(&[("pragma", "no-cache")]), true, 10);
+        let pragma = RequestFacts::read(&head(&[("pragma", "no-cache")]), true, 10, &[]);
         assert!(pragma.no_cache);
         let both = RequestFacts::read(
             &head(&[("pragma", "no-cache"), ("cache-control", "max-age=5")]),
             true,
             10,
+            &[],
         );
         assert!(!both.no_cache, "Cache-Control overrides Pragma");
         assert_eq!(
-            RequestFacts::read(&head(&[("content-length", "10")]), true, 10),
+            RequestFacts::read(&head(&[("content-length", "10")]), true, 10, &[]),
+            plain()
+        );
+        // A header named as a credential counts as `Authorization`; unnamed, it counts for nothing.
+        let api_key = HeaderName::from_static("x-api-key");
+        let keyed = head(&[("x-api-key", "k")]);
+        assert!(RequestFacts::read(&keyed, true, 10, std::slice::from_ref(&api_key)).authorization);
+        assert_eq!(RequestFacts::read(&keyed, true, 10, &[]), plain());
+        assert_eq!(
+            RequestFacts::read(&head(&[("accept", "*/*")]), true, 10, &[api_key]),
             plain()
         );
     }
@@ -1086,7 +1105,7 @@ mod tests {
     #[test]
     fn request_freshness_directives_are_read_strictest_first() {
         let read = |value: &'static str| {
-            let facts = RequestFacts::read(&head(&[("cache-control", value)]), true, 10);
+            let facts = RequestFacts::read(&head(&[("cache-control", value)]), true, 10, &[]);
             (facts.max_age, facts.min_fresh, facts.max_stale)
         };
         let any = Some(ANY_STALENESS);

@@ -316,14 +316,12 @@ impl Policy {
 
     /// The facts of a request head, for [`decide`].
     fn facts(&self, parts: &request::Parts) -> RequestFacts {
-        let mut facts =
-            RequestFacts::read(&parts.headers, self.method_cacheable(parts), self.max_body);
-        if !self.credential_headers.is_empty() {
-            facts.authorization |= self
-                .credential_headers
-                .iter()
-                .any(|name| parts.headers.contains_key(name));
-        }
+        let mut facts = RequestFacts::read(
+            &parts.headers,
+            self.method_cacheable(parts),
+            self.max_body,
+            &self.credential_headers,
+        );
         facts.windows = match parts.extensions.get::<CacheOverride>() {
             Some(CacheOverride::Windows(windows)) => *windows,
             Some(CacheOverride::Skip) => {

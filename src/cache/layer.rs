@@ -11,7 +11,7 @@ use super::stats::{CacheStats, Counters};
 use super::store::Store;
 use super::tags::TagsFn;
 use crate::error::{ConfigError, Setting, StoreError};
-use http::header::{AUTHORIZATION, COOKIE};
+use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::{HeaderName, Method, Request, StatusCode, request};
 use std::fmt;
 use std::sync::Arc;
@@ -311,6 +311,16 @@ const MAX_WINDOW: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// One day.
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
+/// Request headers that carry credentials in common APIs, besides `Authorization` and `Cookie`.
+fn default_credential_headers() -> Vec<HeaderName> {
+    vec![
+        PROXY_AUTHORIZATION,
+        HeaderName::from_static("x-api-key"),
+        HeaderName::from_static("api-key"),
+        HeaderName::from_static("x-auth-token"),
+    ]
+}
+
 /// The `QUERY` method (safe, idempotent, with a body).
 pub(crate) fn query_method() -> Method {
     Method::from_bytes(b"QUERY").unwrap_or(Method::GET)
@@ -333,7 +343,7 @@ impl RedisCacheLayerBuilder {
             post_when: None,
             statuses: default_statuses(),
             credentials: Credentials::Bypass,
-            credential_headers: Vec::new(),
+            credential_headers: default_credential_headers(),
             max_body: 1024 * 1024,
             compress_above: None,
             store_timeout: Duration::from_millis(50),
@@ -555,19 +565,21 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// Request headers that carry credentials besides `Authorization` and `Cookie`: an API key (`X-Api-Key`),
-    /// a session or tenant token. A request with any of them is treated as one with `Authorization`, by the
+    /// Request headers that carry credentials besides `Authorization` and `Cookie`: an API key, a session or
+    /// tenant token. A request with any of them is treated as one with `Authorization`, by the
     /// [`credentials`](Self::credentials) rule: by default it bypasses the cache (`Cache-Status: ...;
-    /// detail=authorization`); with [`Credentials::InKey`] their values are part of the key. Without this, a
-    /// header the cache does not know is assumed not to change the answer, and requests that differ only in it
-    /// share one entry. Default: none.
+    /// detail=authorization`); with [`Credentials::InKey`] their values are part of the key. A header the cache
+    /// does not know is otherwise taken not to change the answer: requests that differ only in it share one
+    /// entry. Default: `Proxy-Authorization`, `X-Api-Key`, `Api-Key` and `X-Auth-Token`; the names given
+    /// replace them (none: requests carrying them are cached as any other).
     ///
     /// ```
     /// use http::HeaderName;
+    /// use http::header::PROXY_AUTHORIZATION;
     /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
     ///
     /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
-    ///     .credential_headers([HeaderName::from_static("x-api-key")])
+    ///     .credential_headers([PROXY_AUTHORIZATION, HeaderName::from_static("x-session-token")])
     ///     .build()?;
     /// # Ok::<(), tower_redis_cache::error::ConfigError>(())
     /// ```
