@@ -48,8 +48,9 @@
 //!
 //! - its method is not cached (`GET`, `HEAD` and `QUERY` by default; `POST` by opt-in, keyed by its body);
 //! - it carries `Cache-Control: no-store`;
-//! - it carries `Authorization` or `Cookie`, unless the layer says how users are told apart
-//!   ([`Credentials`]: each credential in the key, or the one user the partition names);
+//! - it carries credentials (`Authorization`, `Cookie`, or a credential header: `X-Api-Key` and the others
+//!   [`credential_headers`](RedisCacheLayerBuilder::credential_headers) names), unless the layer says how users
+//!   are told apart ([`Credentials`]: each credential in the key, or the one user the partition names);
 //! - it asks for part of a response (`Range`) with a method other than `GET`, or sets a precondition for the
 //!   origin (`If-Match`, `If-Unmodified-Since`; `If-None-Match` or `If-Modified-Since` on a method other than
 //!   `GET` and `HEAD`);
