@@ -45,7 +45,8 @@ pub enum Credentials {
     #[default]
     Bypass,
     /// The values of `Authorization`, `Cookie` and the credential headers are part of the key: each credential
-    /// gets entries of its own. Responses marked `Cache-Control: private` may then be stored for requests that carry credentials.
+    /// gets entries of its own. Responses marked `Cache-Control: private` may then be stored for requests that
+    /// carry credentials.
     InKey,
     /// Every request through the layer acts for whom its partition names: the layer's
     /// [`partition`](super::RedisCacheLayerBuilder::partition), and the request's own with
