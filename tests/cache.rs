@@ -273,6 +273,42 @@ async fn a_refresh_that_never_answers_is_abandoned_and_the_next_stale_hit_refres
     assert_eq!(&body(after).await[..], br#"{"n":3,"echo":{"q":"hung"}}"#);
 }
 
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_the_running_refresh_and_starts_no_more() {
+    let origin = Origin::new();
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let handle = layer.handle();
+    let query = r#"{"q":"closing"}"#;
+    call(&service, post(query)).await;
+
+    // A refresh held at the origin: a shutdown whose grace ends first says the work is still running.
+    origin.close();
+    let stale = call(&service, post(query)).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    wait_until("the refresh reached the origin", || origin.calls() == 2).await;
+    assert!(!handle.shutdown(Duration::from_secs(1)).await);
+    assert_eq!(handle.stats().stores, 1, "the refresh has not stored");
+
+    // Once the origin answers, the shutdown returns after the refresh stored its answer.
+    origin.open();
+    assert!(handle.shutdown(Duration::from_secs(60)).await);
+    assert_eq!(handle.stats().stores, 2);
+
+    // Shut down, the layer still answers, stale included, but starts no refresh.
+    let after = call(&service, post(query)).await;
+    assert_eq!(outcome(&after), CacheOutcome::Stale { refreshing: false });
+    assert_eq!(&body(after).await[..], br#"{"n":2,"echo":{"q":"closing"}}"#);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(origin.calls(), 2);
+    let stats = handle.stats();
+    assert_eq!((stats.refreshes_started, stats.refreshes_deferred), (1, 1));
+}
+
 #[tokio::test]
 async fn two_layers_with_their_own_connections_refresh_a_stale_key_once() {
     let server = RedisServer::start();

@@ -5,6 +5,7 @@
 //! decision bypasses, and hand the rest to [`Engine::respond`] as a [`CacheKey`] plus an [`Origin`] (how to ask
 //! the origin).
 
+use super::background::Background;
 use super::body::ResponseBody;
 use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
@@ -445,6 +446,8 @@ pub(crate) struct Engine {
     pub(crate) budget: Arc<ByteBudget>,
     /// The near cache's count of tag marks when this process last ended the sharing of its calls for them.
     marks_seen: AtomicU64,
+    /// Refreshes, removals and lease releases running on tasks of their own.
+    pub(crate) background: Background,
 }
 
 impl Engine {
@@ -477,6 +480,7 @@ impl Engine {
             flights: Coalescer::default(),
             refreshing: Mutex::new(HashSet::new()),
             marks_seen: AtomicU64::new(0),
+            background: Background::default(),
         }
     }
 
@@ -1288,8 +1292,10 @@ impl Engine {
             .collect();
         let engine = self.clone();
         let tag_sets = targets.tag_sets;
+        let task = self.background.task();
         // A panic in the removal is the task's alone: the response goes on either way.
         let _ = tokio::spawn(async move {
+            let _task = task;
             // The leases go first: a fill that asked the origin before the change then cannot store its answer
             // after the entry is gone.
             if !keys.is_empty() && engine.remove_entries(&keys, true).await.is_ok() {

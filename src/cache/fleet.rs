@@ -88,7 +88,9 @@ impl Drop for LeaseGuard {
             return;
         };
         let engine = self.engine.clone();
+        let task = engine.background.task();
         runtime.spawn(async move {
+            let _task = task;
             let _ = engine
                 .store
                 .call("unlease", &lease.key, |s| {

@@ -195,6 +195,30 @@ impl CacheHandle {
     pub fn store_unavailable(&self) -> bool {
         self.engine.store.is_open()
     }
+
+    /// Shuts the layer's background work down, for a process that is about to exit: from now on no background
+    /// refresh starts (stale entries are still answered, `Cache-Status: ...; hit; ttl=-3` without
+    /// `detail=refreshing`, and counted in `refreshes_deferred`), and this waits up to `grace` for the work
+    /// already running to end: refreshes (each within `refresh_timeout`), removals of the entries a successful
+    /// write made stale, and lease releases, so that other processes need not wait for a lease to expire.
+    /// Returns whether all of it ended. Requests keep being served as before; a process exiting without this
+    /// loses the refreshes in flight, whose entries stay stale until another process refreshes them.
+    ///
+    /// ```no_run
+    /// # async fn run(layer: tower_redis_cache::RedisCacheLayer) {
+    /// use std::time::Duration;
+    ///
+    /// // After the server's own graceful shutdown:
+    /// if !layer.handle().shutdown(Duration::from_secs(5)).await {
+    ///     eprintln!("background cache work still running; exiting anyway");
+    /// }
+    /// # }
+    /// ```
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        tokio::time::timeout(grace, self.engine.background.close())
+            .await
+            .is_ok()
+    }
 }
 
 /// A copy of `request`'s head, for the layer's hooks.

@@ -152,6 +152,7 @@
 //!
 //! Background refreshes are spawned with `tokio::spawn`, so the services must be called inside a Tokio runtime.
 
+mod background;
 mod body;
 pub(crate) mod budget;
 mod clock;

@@ -41,6 +41,12 @@ impl Engine {
         R: Body + Send + 'static,
         F: Fetch<R>,
     {
+        // Counted before the shutdown check: a shutdown that found no task running finds none started later.
+        let task = self.background.task();
+        if self.background.closing() {
+            bump(&self.counters.refreshes_deferred);
+            return false;
+        }
         {
             let mut running = self
                 .refreshing
@@ -61,6 +67,7 @@ impl Engine {
             key: key.clone(),
         };
         tokio::spawn(async move {
+            let _task = task;
             let RefreshSlot { engine, key } = &slot;
             let limit = engine.policy.refresh_timeout;
             if tokio::time::timeout(limit, engine.refresh(key, facts, fetch))

@@ -297,7 +297,8 @@ pub struct CacheStats {
     /// `If-Modified-Since` from the entry's `ETag` and `Last-Modified`): renewed without their body again.
     pub revalidated: u64,
     /// Stale hits served without starting a background refresh, because `max_background_refreshes` were
-    /// running (a later stale hit starts it).
+    /// running (a later stale hit starts it), or the layer was shut down
+    /// ([`CacheHandle::shutdown`](super::CacheHandle::shutdown)).
     pub refreshes_deferred: u64,
     /// Callers that waited `coalesced_wait` for another caller's inner call to the same key and then made
     /// their own.
