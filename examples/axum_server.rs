@@ -80,6 +80,7 @@ async fn main() -> Result<(), BoxError> {
         .stale_for(stale)
         .near_cache(env_u64("NEAR_CACHE_MB", 0)? << 20)
         .build()?;
+    let handle = cache.handle();
 
     let state = AppState {
         calls: Arc::new(AtomicU64::new(0)),
@@ -103,7 +104,15 @@ async fn main() -> Result<(), BoxError> {
     }
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
+    // On Ctrl-C: stop taking connections, finish the requests in flight, then the cache's background refreshes.
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    if !handle.shutdown(Duration::from_secs(5)).await {
+        eprintln!("cache refreshes still running after 5 s; exiting anyway");
+    }
     Ok(())
 }
 
