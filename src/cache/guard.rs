@@ -6,7 +6,7 @@ use super::stats::{Counters, bump};
 use super::store::{Store, StoreFuture};
 use crate::error::StoreError;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -28,6 +28,8 @@ pub(crate) struct Breaker {
     open_until: AtomicU64,
     /// When the store was last asked to reconnect (ms since `base`); 0 never.
     reconnected: AtomicU64,
+    /// The last call ended in a timeout, and none has succeeded since.
+    timed_out: AtomicBool,
 }
 
 /// How often at most a store whose calls time out is asked to make its connections again.
@@ -46,6 +48,7 @@ impl Breaker {
             touched: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
             reconnected: AtomicU64::new(0),
+            timed_out: AtomicBool::new(false),
         }
     }
 
@@ -78,6 +81,9 @@ impl Breaker {
     pub(crate) fn success(&self) {
         // Read before writing: on the hot path nothing changes, and a write would bounce the cache line
         // between every core calling the store.
+        if self.timed_out.load(Ordering::Relaxed) {
+            self.timed_out.store(false, Ordering::Relaxed);
+        }
         if self.score.load(Ordering::Relaxed) != 0 {
             let _ = self
                 .score
@@ -108,6 +114,12 @@ impl Breaker {
         self.open_until
             .store(now.saturating_add(self.cooldown_ms), Ordering::Release);
         true
+    }
+
+    /// Records a timeout; returns whether the call before it timed out too, with no success between (however
+    /// long ago: traffic too sparse to open the breaker still finds a stuck link this way).
+    pub(crate) fn timed_out_again(&self) -> bool {
+        self.timed_out.swap(true, Ordering::Relaxed)
     }
 
     /// Whether the store may be asked to reconnect now: once in [`RECONNECT_EVERY`].
@@ -276,16 +288,15 @@ impl GuardedStore {
             return;
         }
         let in_doubt = breaker.failure();
-        // The store keeps timing out: its connections may be stuck (a half-open link answers nothing, yet stays
-        // open), which no reconnect policy notices. Have them made again, without holding this request, and not
-        // more than once in RECONNECT_EVERY (a refused connection is the client's own reconnect policy's to
-        // handle). Not for one node of a cluster: remaking every connection would cost the healthy nodes too, and
-        // the client retires an unresponsive connection of its own (`RedisStore` sets that up).
-        if in_doubt
-            && !per_node
-            && matches!(error, StoreError::Timeout)
-            && self.breaker.may_reconnect()
-        {
+        let timeout = matches!(error, StoreError::Timeout);
+        let again = timeout && breaker.timed_out_again();
+        // The store keeps timing out (it opened the breaker, or timed out twice with no success between): its
+        // connections may be stuck (a half-open link answers nothing, yet stays open), which no reconnect policy
+        // notices. Have them made again, without holding this request, and not more than once in
+        // RECONNECT_EVERY (a refused connection is the client's own reconnect policy's to handle). Not for one
+        // node of a cluster: remaking every connection would cost the healthy nodes too, and the client retires
+        // an unresponsive connection of its own (`RedisStore` sets that up).
+        if (in_doubt || again) && timeout && !per_node && self.breaker.may_reconnect() {
             let store = self.store.clone();
             tokio::spawn(async move { store.reconnect().await });
         }
