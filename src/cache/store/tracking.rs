@@ -54,7 +54,7 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
     config.version = RespVersion::RESP3;
     let client = match Builder::from_config(config)
         .set_policy(ReconnectPolicy::new_constant(0, 100))
-        .with_connection_config(super::redis::connection_config)
+        .with_connection_config(super::redis::watched_connection_config)
         // A lagging receiver has missed invalidations and must empty the near cache: make that rare.
         .with_performance_config(|p| p.broadcast_channel_capacity = 4096)
         .build()
