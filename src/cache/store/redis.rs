@@ -26,8 +26,8 @@ use std::time::Duration;
 /// command behind replies that never come), the breaker has the store remake its connections. On a Cluster,
 /// where that is done only when every node is failing, the clients [`connect`](Self::connect) builds also take a
 /// connection whose oldest command has waited a second for its reply for dead, and reconnect it; give Cluster
-/// clients you build yourself the same (`UnresponsiveConfig`). Keys of one entry and its lease share a Cluster hash slot, so no command crosses
-/// slots; `purge` scans every primary of a cluster.
+/// clients you build yourself the same (`UnresponsiveConfig`). Keys of one entry and its lease share a Cluster
+/// hash slot, so no command crosses slots; `purge` scans every primary of a cluster.
 ///
 /// ```no_run
 /// use tower_redis_cache::RedisStore;
