@@ -6,8 +6,8 @@
 //! The rules are those of a *shared* cache (RFC 9111 §3, §3.5, §4.1), so one user is never answered with
 //! another's response:
 //!
-//! - requests carrying `Authorization` or `Cookie` bypass the cache unless the layer says how users are told
-//!   apart ([`Credentials`]);
+//! - requests carrying credentials (`Authorization`, `Cookie`, or a header the layer names as one, such as
+//!   `X-Api-Key`) bypass the cache unless the layer says how users are told apart ([`Credentials`]);
 //! - preconditions (`If-Match`, `If-Unmodified-Since`, and validators on a method other than `GET` and `HEAD`)
 //!   go to the origin, and their responses are not stored;
 //! - a `GET` with `Range` is answered from a fresh entry only, and [`part_of`] says which part of it (RFC 9110

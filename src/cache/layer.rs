@@ -416,9 +416,10 @@ impl RedisCacheLayerBuilder {
     /// detail=partition`): when it is not known whose answer a request would get, the cache stays out.
     /// Default: none (the layer's `partition` alone).
     ///
-    /// With [`Credentials::Partition`], requests carrying `Authorization` or `Cookie` are cached too, under their
-    /// partition and not split by credential, and `private` answers are stored for it: the partition must then
-    /// name everyone who may read what it holds (one user, or a tenant whose users all get the same answers).
+    /// With [`Credentials::Partition`], requests carrying credentials (`Authorization`, `Cookie`, a
+    /// [credential header](Self::credential_headers)) are cached too, under their partition and not split by
+    /// credential, and `private` answers are stored for it: the partition must then name everyone who may read
+    /// what it holds (one user, or a tenant whose users all get the same answers).
     /// A successful unsafe request removes the entries of its URI in its own partition. [`tags`](Self::tags)
     /// belong to the layer whatever the partition: name the partition in a tag to keep it to one.
     ///
@@ -579,8 +580,9 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// How requests carrying `Authorization` or `Cookie` are cached. Default: [`Credentials::Bypass`], they go
-    /// to the inner service uncached, so no user is ever answered with another's response.
+    /// How requests carrying credentials (`Authorization`, `Cookie`, a
+    /// [credential header](Self::credential_headers)) are cached. Default: [`Credentials::Bypass`], they go to
+    /// the inner service uncached, so no user is ever answered with another's response.
     /// [`Credentials::InKey`] gives each credential entries of its own; [`Credentials::Partition`] declares
     /// that each request acts for whom its partition names ([`partition`](Self::partition), and
     /// [`partition_by`](Self::partition_by)).
