@@ -6,6 +6,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use std::time::Duration;
 use support::calls::{body, cache_status, call, outcome, post, post_bytes, wait_until};
+use support::proxy::{Mode, Proxy};
 use support::{Origin, RedisServer, bulk_payload, fred_client};
 use tower::ServiceExt;
 use tower_redis_cache::cache::store::StoreFuture;
@@ -307,6 +308,42 @@ async fn shutdown_waits_for_the_running_refresh_and_starts_no_more() {
     assert_eq!(origin.calls(), 2);
     let stats = handle.stats();
     assert_eq!((stats.refreshes_started, stats.refreshes_deferred), (1, 1));
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_an_abandoned_refresh_to_release_its_lease() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::connect(&proxy.url()).await.unwrap())
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::from_secs(60))
+        .refresh_lease_for(Duration::from_secs(60))
+        .refresh_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let handle = layer.handle();
+    let query = r#"{"q":"lease"}"#;
+    call(&service, post(query)).await;
+    let lease = handle.key_for(&post_bytes(query)).lease_key();
+
+    // The refresh takes the key's lease and never hears from the origin; `refresh_timeout` abandons it, which
+    // releases the lease on a task of its own, over a link slow enough that the release takes a while. The
+    // shutdown returns only once that release is done.
+    origin.close();
+    let stale = call(&service, post(query)).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    wait_until("the refresh reached the origin", || origin.calls() == 2).await;
+    assert_eq!(server.command(&[b"EXISTS", lease.as_bytes()]), b":1\r\n");
+    proxy.set(Mode::Delay(Duration::from_millis(300)));
+    assert!(handle.shutdown(Duration::from_secs(10)).await);
+    assert_eq!(handle.stats().refreshes_failed, 1, "abandoned");
+    assert_eq!(
+        server.command(&[b"EXISTS", lease.as_bytes()]),
+        b":0\r\n",
+        "released, not left to expire in a minute"
+    );
 }
 
 #[tokio::test]
