@@ -237,6 +237,22 @@ async fn a_failed_refresh_leaves_the_entry_stale() {
     );
 }
 
+/// Closes the origin, then makes a stale hit of `query`, whose refresh the origin now holds.
+async fn start_a_held_refresh<S: support::calls::Cached>(
+    service: &S,
+    origin: &Origin,
+    query: &str,
+) {
+    origin.close();
+    let before = origin.calls();
+    let stale = call(service, post(query)).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    wait_until("the refresh reached the origin", || {
+        origin.calls() == before + 1
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refresh_that_never_answers_is_abandoned_and_the_next_stale_hit_refreshes() {
     let origin = Origin::new();
@@ -254,10 +270,7 @@ async fn a_refresh_that_never_answers_is_abandoned_and_the_next_stale_hit_refres
     call(&service, post(query)).await;
 
     // From now on the origin never answers, like an inner stack with no timeout of its own behind a dead link.
-    origin.close();
-    let stale = call(&service, post(query)).await;
-    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
-    wait_until("the refresh reached the origin", || origin.calls() == 2).await;
+    start_a_held_refresh(&service, &origin, query).await;
     wait_until("the refresh was abandoned", || {
         handle.stats().refreshes_failed == 1
     })
@@ -288,10 +301,7 @@ async fn shutdown_waits_for_the_running_refresh_and_starts_no_more() {
     call(&service, post(query)).await;
 
     // A refresh held at the origin: a shutdown whose grace ends first says the work is still running.
-    origin.close();
-    let stale = call(&service, post(query)).await;
-    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
-    wait_until("the refresh reached the origin", || origin.calls() == 2).await;
+    start_a_held_refresh(&service, &origin, query).await;
     assert!(!handle.shutdown(Duration::from_secs(1)).await);
     assert_eq!(handle.stats().stores, 1, "the refresh has not stored");
 
@@ -331,10 +341,7 @@ async fn shutdown_waits_for_an_abandoned_refresh_to_release_its_lease() {
     // The refresh takes the key's lease and never hears from the origin; `refresh_timeout` abandons it, which
     // releases the lease on a task of its own, over a link slow enough that the release takes a while. The
     // shutdown returns only once that release is done.
-    origin.close();
-    let stale = call(&service, post(query)).await;
-    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
-    wait_until("the refresh reached the origin", || origin.calls() == 2).await;
+    start_a_held_refresh(&service, &origin, query).await;
     assert_eq!(server.command(&[b"EXISTS", lease.as_bytes()]), b":1\r\n");
     proxy.set(Mode::Delay(Duration::from_millis(300)));
     assert!(handle.shutdown(Duration::from_secs(10)).await);
