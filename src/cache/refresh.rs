@@ -41,13 +41,7 @@ impl Engine {
         R: Body + Send + 'static,
         F: Fetch<R>,
     {
-        // Counted before the shutdown check: a shutdown that found no task running finds none started later.
-        let task = self.background.task();
-        if self.background.closing() {
-            bump(&self.counters.refreshes_deferred);
-            return false;
-        }
-        {
+        let task = {
             let mut running = self
                 .refreshing
                 .lock()
@@ -60,8 +54,16 @@ impl Engine {
                 bump(&self.counters.refreshes_deferred);
                 return false;
             }
+            // Counted before the shutdown check: a shutdown that found no task running finds none started
+            // later. Shut down, the stale hit is served without a refresh.
+            let task = self.background.task();
+            if self.background.closing() {
+                bump(&self.counters.refreshes_deferred);
+                return false;
+            }
             running.insert(key.as_str().to_owned());
-        }
+            task
+        };
         let slot = RefreshSlot {
             engine: Arc::clone(self),
             key: key.clone(),
