@@ -100,16 +100,21 @@ pub(crate) struct KeyConfig {
     id: u64,
 }
 
+/// A number no other key settings in the process have, for the digest memo.
+fn next_id() -> u64 {
+    static IDS: AtomicU64 = AtomicU64::new(0);
+    IDS.fetch_add(1, Ordering::Relaxed)
+}
+
 impl KeyConfig {
     pub(crate) fn new(namespace: String, partition: Vec<u8>, vary: Vec<HeaderName>) -> Self {
-        static IDS: AtomicU64 = AtomicU64::new(0);
         KeyConfig {
             namespace,
             partition,
             vary,
             ignored_query: Vec::new(),
             ignored_body: Arc::from([]),
-            id: IDS.fetch_add(1, Ordering::Relaxed),
+            id: next_id(),
         }
     }
 
@@ -119,9 +124,9 @@ impl KeyConfig {
         KeyConfig {
             ignored_query: names,
             // Other settings: another id, so that the memo never answers for the old ones.
-            ..KeyConfig::new(self.namespace, self.partition, self.vary)
+            id: next_id(),
+            ..self
         }
-        .ignoring_body(self.ignored_body)
     }
 
     /// These settings, with the JSON body members `pointers` name left out of the key (see
@@ -129,8 +134,8 @@ impl KeyConfig {
     pub(crate) fn ignoring_body(self, pointers: impl Into<Arc<[Pointer]>>) -> Self {
         KeyConfig {
             ignored_body: pointers.into(),
-            ignored_query: self.ignored_query,
-            ..KeyConfig::new(self.namespace, self.partition, self.vary)
+            id: next_id(),
+            ..self
         }
     }
 
