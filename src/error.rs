@@ -72,6 +72,8 @@ pub enum Setting {
     Windows,
     /// `origin_freshness_cap`.
     OriginFreshnessCap,
+    /// `windows_for_status`.
+    WindowsForStatus,
     /// `refresh_lease_for`.
     RefreshLeaseFor,
     /// `store_timeout`.
@@ -134,6 +136,7 @@ impl Setting {
             Setting::StaleIfErrorFor => "stale_if_error_for",
             Setting::Windows => "windows",
             Setting::OriginFreshnessCap => "origin_freshness_cap",
+            Setting::WindowsForStatus => "windows_for_status",
             Setting::RefreshLeaseFor => "refresh_lease_for",
             Setting::StoreTimeout => "store_timeout",
             Setting::RefreshTimeout => "refresh_timeout",

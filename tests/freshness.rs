@@ -4,13 +4,17 @@
 
 mod support;
 
-use http::{Method, Request, StatusCode};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use support::calls::{body, cache_status, call, jump, outcome, wait_until};
 use support::{Origin, RedisServer, fred_client};
 use tower_redis_cache::cache::{CacheOverride, RedisCacheLayerBuilder, Windows};
-use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
+use tower_redis_cache::error::BoxError;
+use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore, RequestBody};
 
 async fn layer(server: &RedisServer) -> RedisCacheLayerBuilder {
     RedisCacheLayer::builder(RedisStore::new(fred_client(&server.url()).await))
@@ -107,6 +111,77 @@ async fn two_routes_expire_at_their_own_times_and_a_call_can_choose_its_own() {
         cache_status(&response),
         "tower-redis-cache; fwd=bypass; detail=skipped"
     );
+}
+
+#[tokio::test]
+async fn a_status_keeps_windows_of_its_own_unless_the_call_or_the_origin_says_otherwise() {
+    let server = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer(&server)
+        .await
+        .fresh_for(Duration::from_secs(3600))
+        .windows_for(|parts| (parts.uri.path() == "/missing/routed").then(|| secs(100, 0, 0)))
+        .cacheable_statuses([StatusCode::OK, StatusCode::NOT_FOUND])
+        .windows_for_status(StatusCode::NOT_FOUND, secs(10, 0, 0))
+        .build()
+        .unwrap();
+    // `404` under `/missing` (with `Cache-Control: max-age=30` under `/missing/told`), else `200`.
+    let counted = calls.clone();
+    let origin = tower::service_fn(move |request: Request<RequestBody>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let path = request.uri().path().to_owned();
+        async move {
+            let mut response = Response::builder();
+            if path.starts_with("/missing") {
+                response = response.status(StatusCode::NOT_FOUND);
+            }
+            if path == "/missing/told" {
+                response = response.header("cache-control", "max-age=30");
+            }
+            Ok::<_, BoxError>(response.body(Full::new(Bytes::from(path)))?)
+        }
+    });
+    let service = cached(&layer, origin);
+    let mut brief_call = get("/missing/called");
+    brief_call
+        .extensions_mut()
+        .insert(CacheOverride::Windows(secs(100, 0, 0)));
+    for request in [
+        get("/found"),
+        get("/missing"),
+        get("/missing/routed"),
+        get("/missing/told"),
+        brief_call,
+    ] {
+        assert!(is_miss(&call(&service, request).await));
+    }
+    let missing = call(&service, get("/missing")).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert!(
+        (9..=10).contains(&ttl(&missing)),
+        "{}",
+        cache_status(&missing)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+
+    jump(Duration::from_secs(11)).await;
+    assert!(
+        is_miss(&call(&service, get("/missing")).await),
+        "a 404 keeps its 10 s, not the layer's hour"
+    );
+    assert!(
+        is_miss(&call(&service, get("/missing/routed")).await),
+        "nor its route's 100 s"
+    );
+    for (path, why) in [
+        ("/found", "a 200 keeps the layer's hour"),
+        ("/missing/told", "the origin's max-age=30 wins"),
+        ("/missing/called", "the call's own 100 s win"),
+    ] {
+        let hit = call(&service, get(path)).await;
+        assert_eq!(outcome(&hit), CacheOutcome::Hit, "{why}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
 }
 
 #[tokio::test]

@@ -115,6 +115,9 @@ pub(crate) struct RequestFacts {
     /// The windows chosen for this request (its extension, the layer's hook, or the layer's own), for the
     /// entry it stores.
     pub(crate) windows: Windows,
+    /// The windows are the request's own extension's ([`CacheOverride::Windows`](super::CacheOverride)):
+    /// they win over the layer's windows for the answer's status.
+    pub(crate) windows_by_call: bool,
     /// Whether the origin's own freshness headers count for this request's method.
     pub(crate) origin_freshness: bool,
 }

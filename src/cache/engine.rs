@@ -237,6 +237,8 @@ pub(crate) struct Policy {
     pub(crate) origin_freshness_others: bool,
     /// The longest windows the origin may set.
     pub(crate) origin_cap: Windows,
+    /// Windows for answers with these statuses, over the request's (unless its own extension chose them).
+    pub(crate) status_windows: Vec<(StatusCode, Windows)>,
     pub(crate) methods: Vec<Method>,
     /// Whether a `HEAD` is answered as the `GET` of the same request (both methods cached, and not turned off).
     pub(crate) head_as_get: bool,
@@ -270,6 +272,7 @@ impl std::fmt::Debug for Policy {
             .field("origin_freshness", &self.origin_freshness)
             .field("origin_freshness_others", &self.origin_freshness_others)
             .field("origin_cap", &self.origin_cap)
+            .field("status_windows", &self.status_windows)
             .field("methods", &self.methods)
             .field("head_as_get", &self.head_as_get)
             .field("post_when", &self.post_when.is_some())
@@ -308,6 +311,33 @@ impl Policy {
         (facts, head, partition)
     }
 
+    /// The windows an answer with `status` is stored for, before the origin's say: the request's own
+    /// extension's, else the layer's for that status ([`windows_for_status`]), else the request's (its route's,
+    /// or the layer's).
+    ///
+    /// [`windows_for_status`]: super::RedisCacheLayerBuilder::windows_for_status
+    pub(crate) fn chosen_windows(&self, facts: &RequestFacts, status: StatusCode) -> Windows {
+        if facts.windows_by_call {
+            return facts.windows;
+        }
+        self.status_windows
+            .iter()
+            .find(|(listed, _)| *listed == status)
+            .map_or(facts.windows, |(_, windows)| *windows)
+    }
+
+    /// The longest windows an answer to a request with `facts` may be stored for, before the origin's say.
+    pub(crate) fn longest_windows(&self, facts: &RequestFacts) -> Windows {
+        if facts.windows_by_call {
+            return facts.windows;
+        }
+        self.status_windows
+            .iter()
+            .fold(facts.windows, |longest, (_, windows)| {
+                longest.longest(*windows)
+            })
+    }
+
     /// A request's own partition: `None` without [`partition_by`](super::RedisCacheLayerBuilder::partition_by),
     /// or when it names none.
     #[inline]
@@ -324,7 +354,10 @@ impl Policy {
             &self.credential_headers,
         );
         facts.windows = match parts.extensions.get::<CacheOverride>() {
-            Some(CacheOverride::Windows(windows)) => *windows,
+            Some(CacheOverride::Windows(windows)) => {
+                facts.windows_by_call = true;
+                *windows
+            }
             Some(CacheOverride::Skip) => {
                 facts.skip = true;
                 self.windows
@@ -1122,10 +1155,11 @@ impl Engine {
             return Written::No;
         };
         let now = self.clock.now_ms();
+        let chosen = self.policy.chosen_windows(facts, response.status);
         let windows = if facts.origin_freshness {
-            OriginSays::read(&response.headers, now).windows(facts.windows, self.policy.origin_cap)
+            OriginSays::read(&response.headers, now).windows(chosen, self.policy.origin_cap)
         } else {
-            facts.windows
+            chosen
         };
         let fresh_until = now.saturating_add(millis(windows.fresh_for()));
         let entry = Entry {

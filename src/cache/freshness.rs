@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | one call | the request extension [`CacheOverride::Windows`], or [`CacheOverride::Skip`] to leave the cache out | that call |
 //! | the origin | `Cache-Control: s-maxage` / `max-age` (or `Expires`), `stale-while-revalidate=N`, `stale-if-error=N`; `no-cache` stores but always asks first; `must-revalidate` forbids stale answers | `GET` and `HEAD` (`origin_freshness_for_post(true)` adds `POST` and `QUERY`), capped by `origin_freshness_cap` (a day each by default); what it does not say comes from the rows below |
+//! | the answer's status | [`windows_for_status`](super::RedisCacheLayerBuilder::windows_for_status), for example a `404` kept for seconds (negative caching) | answers with that status |
 //! | a route | [`windows_for`](super::RedisCacheLayerBuilder::windows_for), a [`Windows`] from the request's head | every request it answers `Some` for |
 //! | the layer | `fresh_for`, `stale_for`, `stale_if_error_for` (60 s, 60 s, 300 s) | the rest |
 //!
@@ -92,6 +93,20 @@ impl Windows {
         }
     }
 
+    /// Each window the longer of `self`'s and `other`'s.
+    pub(crate) fn longest(self, other: Windows) -> Windows {
+        Windows {
+            fresh_for: self.fresh_for.max(other.fresh_for),
+            stale_for: self.stale_for.max(other.stale_for),
+            stale_if_error_for: self.stale_if_error_for.max(other.stale_if_error_for),
+        }
+    }
+
+    /// Whether every window is zero: an entry with them is never stored.
+    pub(crate) fn is_zero(&self) -> bool {
+        self.fresh_for.is_zero() && self.stale_for.is_zero() && self.stale_if_error_for.is_zero()
+    }
+
     /// The name and value of the first window over `max`, if any.
     pub(crate) fn over(&self, max: Duration) -> Option<(&'static str, Duration)> {
         [
@@ -105,7 +120,8 @@ impl Windows {
 }
 
 /// What one request asks of the cache, as a request extension: it overrides the layer's
-/// [`windows_for`](super::RedisCacheLayerBuilder::windows_for) for this call.
+/// [`windows_for`](super::RedisCacheLayerBuilder::windows_for) and
+/// [`windows_for_status`](super::RedisCacheLayerBuilder::windows_for_status) for this call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CacheOverride {

@@ -272,6 +272,7 @@ pub struct RedisCacheLayerBuilder {
     coalesced_wait: Duration,
     max_in_flight_bytes: usize,
     windows_for: Option<WindowsFn>,
+    status_windows: Vec<(StatusCode, Windows)>,
     partition_by: Option<PartitionFn>,
     tags: Option<TagsFn>,
     tags_header: Option<HeaderName>,
@@ -318,6 +319,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("coalesced_wait", &self.coalesced_wait)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("windows_for", &self.windows_for.is_some())
+            .field("windows_for_status", &self.status_windows)
             .field("partition_by", &self.partition_by.is_some())
             .field("tags", &self.tags.is_some())
             .field("tags_from_header", &self.tags_header)
@@ -385,6 +387,7 @@ impl RedisCacheLayerBuilder {
             coalesced_wait: Duration::from_secs(30),
             max_in_flight_bytes: 64 * 1024 * 1024,
             windows_for: None,
+            status_windows: Vec::new(),
             partition_by: None,
             tags: None,
             tags_header: None,
@@ -514,6 +517,31 @@ impl RedisCacheLayerBuilder {
         choose: impl Fn(&request::Parts) -> Option<Windows> + Send + Sync + 'static,
     ) -> Self {
         self.windows_for = Some(Arc::new(choose));
+        self
+    }
+
+    /// The windows of answers with `status`, whatever their request's windows: a `404` kept for seconds
+    /// where found resources are kept for an hour (negative caching), or a `410 Gone` for a day. The status
+    /// must be one of the [`cacheable_statuses`](Self::cacheable_statuses). A call's own
+    /// [`CacheOverride`](super::CacheOverride) still wins, and so do the origin's freshness headers where they
+    /// count ([`origin_freshness`](Self::origin_freshness)). Called again for the same status, the last
+    /// windows stand. Default: none.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use http::StatusCode;
+    /// # use tower_redis_cache::{MemoryStore, RedisCacheLayer, cache::Windows};
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    ///     .fresh_for(Duration::from_secs(3600))
+    ///     .cacheable_statuses([StatusCode::OK, StatusCode::NOT_FOUND])
+    ///     // An id that is not there yet may be created any moment: ask again after ten seconds.
+    ///     .windows_for_status(StatusCode::NOT_FOUND, Windows::new(Duration::from_secs(10), Duration::ZERO, Duration::ZERO))
+    ///     .build()?;
+    /// # Ok::<(), tower_redis_cache::error::ConfigError>(())
+    /// ```
+    pub fn windows_for_status(mut self, status: StatusCode, windows: Windows) -> Self {
+        self.status_windows.retain(|(listed, _)| *listed != status);
+        self.status_windows.push((status, windows));
         self
     }
 
@@ -851,7 +879,8 @@ impl RedisCacheLayerBuilder {
     /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a window or
     /// lease over 10 years, a zero store or refresh timeout, a zero breaker threshold, a body cap over 4 GiB,
     /// zero `max_background_refreshes` or `coalesced_wait`, `max_in_flight_bytes` below the body cap,
-    /// `206` or `304` among the cacheable statuses, [`Credentials::Partition`] or
+    /// `206` or `304` among the cacheable statuses, a status given [`windows_for_status`](Self::windows_for_status)
+    /// that is not cacheable or whose windows are all zero or over 10 years, [`Credentials::Partition`] or
     /// `respect_response_cache_control(false)` without a partition, an empty or `*` name among the ignored
     /// query parameters, an ignored body field that is not a JSON Pointer to a member, or a near cache over a
     /// store other than [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
@@ -915,6 +944,22 @@ impl RedisCacheLayerBuilder {
                 Setting::OriginFreshnessCap,
                 format!("{name} of {window:?} is over the 10-year maximum"),
             ));
+        }
+        for (status, windows) in &self.status_windows {
+            let why = if !self.statuses.contains(status) {
+                format!(
+                    "{status} is not among the cacheable statuses: its answers are never stored"
+                )
+            } else if let Some((name, window)) = windows.over(MAX_WINDOW) {
+                format!("{status}'s {name} of {window:?} is over the 10-year maximum")
+            } else if windows.is_zero() {
+                format!(
+                    "{status}'s windows are all zero: leave it out of cacheable_statuses instead"
+                )
+            } else {
+                continue;
+            };
+            return Err(ConfigError::new(Setting::WindowsForStatus, why));
         }
         if (self.fresh_for + self.stale_for + self.stale_if_error_for).is_zero() {
             return Err(ConfigError::new(
@@ -1020,6 +1065,7 @@ impl RedisCacheLayerBuilder {
             origin_freshness: self.origin_freshness,
             origin_freshness_others: self.origin_freshness_for_post,
             origin_cap: self.origin_cap,
+            status_windows: self.status_windows,
             head_as_get: self.head_from_get
                 && self.methods.contains(&Method::GET)
                 && self.methods.contains(&Method::HEAD),
@@ -1151,6 +1197,25 @@ mod tests {
                 Setting::RespectResponseCacheControl,
             ),
             (builder().near_cache(1 << 20), Setting::NearCache),
+            (
+                builder().windows_for_status(StatusCode::NOT_FOUND, Windows::new(DAY, DAY, DAY)),
+                Setting::WindowsForStatus,
+            ),
+            (
+                builder()
+                    .cacheable_statuses([StatusCode::OK, StatusCode::NOT_FOUND])
+                    .windows_for_status(StatusCode::NOT_FOUND, Windows::default()),
+                Setting::WindowsForStatus,
+            ),
+            (
+                builder()
+                    .cacheable_statuses([StatusCode::OK, StatusCode::NOT_FOUND])
+                    .windows_for_status(
+                        StatusCode::NOT_FOUND,
+                        Windows::new(Duration::ZERO, Duration::ZERO, Duration::MAX),
+                    ),
+                Setting::WindowsForStatus,
+            ),
         ];
         for (builder, setting) in cases {
             let error = builder.build().unwrap_err();

@@ -107,7 +107,8 @@
 //! names, [`tags_from_header`](RedisCacheLayerBuilder::tags_from_header)): the entries stored with one of the
 //! write's tags are removed too, and [`CacheHandle::invalidate_tag`] removes a tag's entries on demand.
 //!
-//! The windows of the entry a request stores are its own [`CacheOverride`] extension's, else what the
+//! The windows of the entry a request stores are its own [`CacheOverride`] extension's, else the layer's for
+//! the answer's status ([`windows_for_status`](RedisCacheLayerBuilder::windows_for_status)), else what the
 //! layer's [`windows_for`](RedisCacheLayerBuilder::windows_for) hook chooses from its head, else the layer's;
 //! the origin's own `Cache-Control` / `Expires` set them where they speak (for `GET` and `HEAD` by default),
 //! capped (see [`freshness`]). A refresh of an entry with an `ETag` or `Last-Modified` is conditional: a `304`

@@ -69,7 +69,7 @@ impl Engine {
             );
             return Tags::TooMany;
         }
-        let (windows, cap) = (facts.windows, self.policy.origin_cap);
+        let (windows, cap) = (self.policy.longest_windows(facts), self.policy.origin_cap);
         let longest = |own: Duration, origin: Duration| {
             if facts.origin_freshness {
                 own.max(origin)
