@@ -185,15 +185,20 @@ impl OriginSays {
         says
     }
 
-    /// The windows of an entry: what the origin says where it says something, `defaults` elsewhere, each
-    /// capped by `cap`.
+    /// The windows of an entry: what the origin says where it says something, capped by `cap`, and
+    /// `defaults` (the layer's or the request's own choice, which `cap` does not bound) elsewhere.
     pub(crate) fn windows(&self, defaults: Windows, cap: Windows) -> Windows {
+        let said = |said: Option<Duration>, cap: Duration, default: Duration| {
+            said.map_or(default, |said| said.min(cap))
+        };
         let mut windows = Windows {
-            fresh_for: self.fresh_for.unwrap_or(defaults.fresh_for),
-            stale_for: self.stale_for.unwrap_or(defaults.stale_for),
-            stale_if_error_for: self
-                .stale_if_error_for
-                .unwrap_or(defaults.stale_if_error_for),
+            fresh_for: said(self.fresh_for, cap.fresh_for, defaults.fresh_for),
+            stale_for: said(self.stale_for, cap.stale_for, defaults.stale_for),
+            stale_if_error_for: said(
+                self.stale_if_error_for,
+                cap.stale_if_error_for,
+                defaults.stale_if_error_for,
+            ),
         };
         if self.no_cache {
             // Stored for its validators, but every use asks the origin first.
@@ -204,7 +209,7 @@ impl OriginSays {
             windows.stale_for = Duration::ZERO;
             windows.stale_if_error_for = Duration::ZERO;
         }
-        windows.capped(cap)
+        windows
     }
 }
 
@@ -340,6 +345,14 @@ mod tests {
     #[test]
     fn the_origin_sets_the_windows_it_names_and_the_defaults_fill_the_rest() {
         assert_eq!(windows(&[]), DEFAULTS);
+        // The cap bounds what the origin says, not what the layer chose.
+        let week = Windows::new(7 * DAY, 7 * DAY, 7 * DAY);
+        let read = |pairs| OriginSays::read(&head(pairs), 1_700_000_000_000);
+        assert_eq!(read(&[]).windows(week, CAP), week);
+        assert_eq!(
+            read(&[("cache-control", "max-age=31536000")]).windows(week, CAP),
+            Windows::new(DAY, 7 * DAY, 7 * DAY)
+        );
         assert_eq!(
             windows(&[("cache-control", "max-age=2, stale-while-revalidate=5")]),
             secs(2, 5, 300)
@@ -394,7 +407,8 @@ mod tests {
         let says = OriginSays::read(&head(&[("cache-control", "max-age=99999999999")]), 0);
         assert_eq!(
             says.windows(DEFAULTS, secs(3600, 10, 10)),
-            secs(3600, 10, 10)
+            secs(3600, 60, 300),
+            "the cap bounds what the origin says, the defaults give the rest"
         );
         let huge = OriginSays::read(
             &head(&[("cache-control", "max-age=184467440737095516150")]),

@@ -549,8 +549,8 @@ impl RedisCacheLayerBuilder {
     /// `Expires` (less `Age`) the fresh window; `stale-while-revalidate=N` and `stale-if-error=N` the others;
     /// `no-cache` stores the response but never answers without asking the origin (conditionally, when it has
     /// an `ETag` or `Last-Modified`); `must-revalidate`, `proxy-revalidate` and `s-maxage` forbid stale
-    /// answers. What the origin does not say, the request's windows give, and every value is capped by
-    /// [`origin_freshness_cap`](Self::origin_freshness_cap). Default: true, for `GET` and `HEAD` (other
+    /// answers. What the origin says is capped by [`origin_freshness_cap`](Self::origin_freshness_cap); what it
+    /// does not say, the request's windows give. Default: true, for `GET` and `HEAD` (other
     /// methods: [`origin_freshness_for_post`](Self::origin_freshness_for_post)).
     pub fn origin_freshness(mut self, honour: bool) -> Self {
         self.origin_freshness = honour;
@@ -564,7 +564,8 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// The longest windows the origin's headers may set. Default: one day each.
+    /// The longest windows the origin's headers may set (the layer's own windows are not bounded by it).
+    /// Default: one day each.
     pub fn origin_freshness_cap(mut self, cap: Windows) -> Self {
         self.origin_cap = cap;
         self
