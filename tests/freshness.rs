@@ -252,6 +252,57 @@ async fn the_layers_caps_win_over_a_huge_max_age() {
 }
 
 #[tokio::test]
+async fn windows_a_hook_or_a_call_asks_for_are_cut_to_ten_years() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let endless = Windows::new(Duration::MAX, Duration::MAX, Duration::MAX);
+    let layer = layer(&server)
+        .await
+        .windows_for(move |parts| (parts.uri.path() == "/hooked").then_some(endless))
+        .tags(|_| vec!["all".into()])
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let mut called = get("/called");
+    called
+        .extensions_mut()
+        .insert(CacheOverride::Windows(endless));
+    for request in [get("/hooked"), called] {
+        let path = request.uri().path().to_owned();
+        let miss = call(&service, request).await;
+        assert_eq!(
+            outcome(&miss),
+            CacheOutcome::Miss {
+                collapsed: false,
+                stored: true
+            },
+            "{path}: stored, not refused by Redis"
+        );
+        assert_eq!(
+            outcome(&call(&service, get(&path)).await),
+            CacheOutcome::Hit
+        );
+        let key = layer.handle().key_for(
+            &Request::get(format!("http://api.test{path}"))
+                .body(b"")
+                .unwrap(),
+        );
+        let ttl = String::from_utf8(server.command(&[b"PTTL", key.as_str().as_bytes()])).unwrap();
+        let ttl: u64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+        let ten_years = 10 * 365 * 24 * 3600 * 1000;
+        assert!(
+            ttl > ten_years && ttl <= 2 * ten_years,
+            "{path}: fresh and stale-if-error windows of 10 years each: {ttl} ms"
+        );
+    }
+    layer.handle().invalidate_tag("all").await.unwrap();
+    assert!(
+        is_miss(&call(&service, get("/hooked")).await),
+        "the tag still finds it"
+    );
+}
+
+#[tokio::test]
 async fn a_refresh_answered_304_renews_the_entry_without_its_body() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -313,29 +313,33 @@ impl Policy {
 
     /// The windows an answer with `status` is stored for, before the origin's say: the request's own
     /// extension's, else the layer's for that status ([`windows_for_status`]), else the request's (its route's,
-    /// or the layer's).
+    /// or the layer's); none over [`MAX_WINDOW`](super::freshness::MAX_WINDOW), which a hook or an extension
+    /// may ask for.
     ///
     /// [`windows_for_status`]: super::RedisCacheLayerBuilder::windows_for_status
     pub(crate) fn chosen_windows(&self, facts: &RequestFacts, status: StatusCode) -> Windows {
-        if facts.windows_by_call {
-            return facts.windows;
-        }
-        self.status_windows
+        let listed = self
+            .status_windows
             .iter()
-            .find(|(listed, _)| *listed == status)
-            .map_or(facts.windows, |(_, windows)| *windows)
+            .find(|(listed, _)| *listed == status);
+        match listed {
+            Some((_, windows)) if !facts.windows_by_call => *windows,
+            _ => facts.windows,
+        }
+        .bounded()
     }
 
     /// The longest windows an answer to a request with `facts` may be stored for, before the origin's say.
     pub(crate) fn longest_windows(&self, facts: &RequestFacts) -> Windows {
-        if facts.windows_by_call {
-            return facts.windows;
-        }
-        self.status_windows
+        let statuses = self
+            .status_windows
             .iter()
+            .filter(|_| !facts.windows_by_call);
+        statuses
             .fold(facts.windows, |longest, (_, windows)| {
                 longest.longest(*windows)
             })
+            .bounded()
     }
 
     /// A request's own partition: `None` without [`partition_by`](super::RedisCacheLayerBuilder::partition_by),

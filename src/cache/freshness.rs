@@ -46,6 +46,11 @@ use http::{HeaderMap, HeaderValue, request};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The longest any window or lease may be (10 years: longer is a mistake, and Redis refuses expiry times far
+/// enough out): the builder refuses longer settings, and the windows a request's hook or extension chooses are
+/// cut to it.
+pub(crate) const MAX_WINDOW: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// How long an entry answers: fresh (no inner call), then stale (answered at once while one refresh runs),
 /// and how long after freshness it may still answer for a failing origin (stale-if-error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,6 +96,11 @@ impl Windows {
             stale_for: self.stale_for.min(cap.stale_for),
             stale_if_error_for: self.stale_if_error_for.min(cap.stale_if_error_for),
         }
+    }
+
+    /// Each window cut to [`MAX_WINDOW`].
+    pub(crate) fn bounded(self) -> Windows {
+        self.capped(Windows::new(MAX_WINDOW, MAX_WINDOW, MAX_WINDOW))
     }
 
     /// Each window the longer of `self`'s and `other`'s.

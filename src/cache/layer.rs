@@ -3,7 +3,7 @@
 use super::RedisCache;
 use super::decision::{Credentials, Rules, default_statuses};
 use super::engine::{Engine, NearConfig, PartitionFn, Policy, PostPredicate};
-use super::freshness::{Windows, WindowsFn};
+use super::freshness::{MAX_WINDOW, Windows, WindowsFn};
 use super::guard::GuardedStore;
 use super::key::{KeyConfig, Pointer};
 use super::near::Tracking;
@@ -329,10 +329,6 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .finish_non_exhaustive()
     }
 }
-
-/// The longest window or lease a layer accepts: 10 years (longer is a mistake, and Redis refuses expiry times
-/// far enough out).
-const MAX_WINDOW: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// One day.
 const DAY: Duration = Duration::from_secs(24 * 3600);
