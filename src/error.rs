@@ -76,6 +76,8 @@ pub enum Setting {
     WindowsForStatus,
     /// `refresh_lease_for`.
     RefreshLeaseFor,
+    /// `refresh_ahead`.
+    RefreshAhead,
     /// `store_timeout`.
     StoreTimeout,
     /// `refresh_timeout`.
@@ -138,6 +140,7 @@ impl Setting {
             Setting::OriginFreshnessCap => "origin_freshness_cap",
             Setting::WindowsForStatus => "windows_for_status",
             Setting::RefreshLeaseFor => "refresh_lease_for",
+            Setting::RefreshAhead => "refresh_ahead",
             Setting::StoreTimeout => "store_timeout",
             Setting::RefreshTimeout => "refresh_timeout",
             Setting::CircuitBreaker => "circuit_breaker",

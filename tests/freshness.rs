@@ -185,6 +185,66 @@ async fn a_status_keeps_windows_of_its_own_unless_the_call_or_the_origin_says_ot
 }
 
 #[tokio::test]
+async fn a_key_asked_for_in_its_last_part_of_freshness_is_renewed_before_it_goes_stale() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // Fresh for 10 s and never answered stale; due for a refresh from 7 s.
+    let layer = layer(&server)
+        .await
+        .fresh_for(Duration::from_secs(10))
+        .stale_for(Duration::ZERO)
+        .refresh_ahead(0.3)
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    assert!(is_miss(&call(&service, get("/hot")).await));
+    assert!(is_miss(&call(&service, get("/cold")).await));
+
+    jump(Duration::from_secs(5)).await;
+    let early = call(&service, get("/hot")).await;
+    assert!((4..=5).contains(&ttl(&early)), "{}", cache_status(&early));
+    assert!(
+        !cache_status(&early).contains("refreshing"),
+        "not due yet: {}",
+        cache_status(&early)
+    );
+    jump(Duration::from_secs(3)).await;
+    let due = call(&service, get("/hot")).await;
+    assert_eq!(outcome(&due), CacheOutcome::Hit);
+    assert!(
+        cache_status(&due).ends_with("; detail=refreshing"),
+        "{}",
+        cache_status(&due)
+    );
+    assert_eq!(
+        &body(due).await[..],
+        br#"{"n":1,"echo":null}"#,
+        "answered at once"
+    );
+    wait_until("the refresh stored", || layer.handle().stats().stores == 3).await;
+    assert_eq!(layer.handle().stats().refreshes_started, 1);
+    let renewed = call(&service, get("/hot")).await;
+    assert!(
+        (9..=10).contains(&ttl(&renewed)),
+        "{}",
+        cache_status(&renewed)
+    );
+    assert!(
+        !cache_status(&renewed).contains("refreshing"),
+        "the new entry is not due: no second refresh"
+    );
+    assert_eq!(&body(renewed).await[..], br#"{"n":3,"echo":null}"#);
+
+    // Past the first entry's 10 s: the key asked for is still fresh; the one not asked for has expired.
+    jump(Duration::from_secs(4)).await;
+    let hot = call(&service, get("/hot")).await;
+    assert_eq!(outcome(&hot), CacheOutcome::Hit);
+    assert!(is_miss(&call(&service, get("/cold")).await));
+    assert_eq!(origin.calls(), 4);
+    assert_eq!(layer.handle().stats().stale_hits, 0);
+}
+
+#[tokio::test]
 async fn the_origins_max_age_and_stale_while_revalidate_drive_the_windows() {
     let server = RedisServer::start();
     let origin = Origin::new();

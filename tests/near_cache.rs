@@ -7,7 +7,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use std::time::Duration;
 use support::calls::{
-    Cached, Reply, body, cache_status, call, outcome, post, post_bytes, wait_until,
+    Cached, Reply, body, cache_status, call, jump, outcome, post, post_bytes, wait_until,
 };
 use support::proxy::Proxy;
 use support::{Origin, RedisCluster, RedisServer, fred_client};
@@ -392,6 +392,48 @@ async fn a_near_hit_answers_a_head_and_a_range_from_the_entry_of_a_get() {
     assert_eq!(part.headers()["content-range"], "bytes 1-4/19");
     assert_eq!(&body(part).await[..], br#""n":"#);
     assert_eq!(origin.methods(), [Method::GET]);
+}
+
+/// The clock jumps (current-thread runtime, Tokio time paused, advanced, resumed) while Redis runs in real time.
+#[tokio::test]
+async fn an_entry_due_for_its_refresh_ahead_is_not_answered_from_the_near_cache() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // Fresh for 10 s, due for a refresh from 7 s.
+    let layer = near_layer(&server.url())
+        .await
+        .fresh_for(Duration::from_secs(10))
+        .refresh_ahead(0.3)
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let (due, later) = (r#"{"q":"due"}"#, r#"{"q":"later"}"#);
+    until_near(&service, due).await;
+    jump(Duration::from_secs(4)).await;
+    until_near(&service, later).await;
+    let flushes = |stats: tower_redis_cache::CacheStats| {
+        stats.near_flushes_connection + stats.near_flushes_server + stats.near_flushes_local
+    };
+    let before = flushes(layer.handle().stats());
+
+    // At 8 s the first is due, the second (stored at 4 s) is not: once the near cache answers the second
+    // again, it still holds the first, yet that goes to Redis, which starts its refresh.
+    jump(Duration::from_secs(4)).await;
+    until_near(&service, later).await;
+    let answer = call(&service, post(due)).await;
+    assert_eq!(outcome(&answer), CacheOutcome::Hit);
+    assert!(
+        cache_status(&answer).ends_with("; detail=refreshing"),
+        "{}",
+        cache_status(&answer)
+    );
+    assert_eq!(
+        flushes(layer.handle().stats()),
+        before,
+        "nothing emptied the near cache meanwhile"
+    );
+    wait_until("the refresh stored", || layer.handle().stats().stores == 3).await;
+    assert_eq!(origin.calls(), 3);
 }
 
 #[cfg(feature = "compression")]

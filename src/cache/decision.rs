@@ -65,6 +65,9 @@ pub(crate) struct Rules {
     pub(crate) respect_response_cache_control: bool,
     /// Whether a successful unsafe request drops the entries of its target URI (RFC 9111 §4.4).
     pub(crate) invalidate_on_unsafe: bool,
+    /// How much of an entry's fresh lifetime, in thousandths, is left when a hit starts its refresh ahead of
+    /// expiry ([`Stored::refresh_at`]); 0: none is.
+    pub(crate) refresh_ahead: u16,
 }
 
 /// What a request's head says, read in one pass over its headers.
@@ -272,6 +275,17 @@ impl Stored {
         }
     }
 
+    /// When a fresh hit starts the entry's refresh ahead of expiry: `permille` thousandths of its fresh
+    /// lifetime (from `stored_at`, so counting the age it came with) before `fresh_until`; at `fresh_until`
+    /// with `permille` 0, which no fresh hit reaches.
+    pub(crate) fn refresh_at(&self, permille: u16) -> u64 {
+        let lifetime = self.fresh_until.saturating_sub(self.stored_at);
+        let permille = u64::from(permille.min(1000));
+        // `lifetime * permille / 1000`, rounded down, without overflow.
+        let ahead = lifetime / 1000 * permille + lifetime % 1000 * permille / 1000;
+        self.fresh_until.saturating_sub(ahead)
+    }
+
     /// Whether the entry may answer at `now` for an origin that failed (stale-if-error).
     pub(crate) fn usable_on_error(&self, now: u64) -> bool {
         self.vary_matches && now < self.stale_if_error_until.max(self.stale_until)
@@ -287,6 +301,9 @@ pub(crate) enum Action {
     Read,
     /// Answer from the fresh entry; no inner call.
     ServeFresh,
+    /// Answer from the fresh entry, and start one background refresh: it is in the last part of its freshness
+    /// ([`Rules::refresh_ahead`]), so a key that keeps being asked for is renewed before it goes stale.
+    ServeFreshAndRefresh,
     /// Answer from the stale entry at once and start one background refresh.
     ServeStale,
     /// Call the inner service (coalesced with concurrent callers of the same key).
@@ -294,6 +311,13 @@ pub(crate) enum Action {
     /// Answer `504 Gateway Timeout` without calling the inner service: the request said `only-if-cached`, and
     /// nothing stored may answer it (RFC 9111 §5.2.1.7).
     OnlyIfCachedMiss,
+}
+
+impl Action {
+    /// Whether the entry answers as fresh (with a refresh ahead of expiry or not).
+    pub(crate) fn is_fresh(self) -> bool {
+        matches!(self, Action::ServeFresh | Action::ServeFreshAndRefresh)
+    }
 }
 
 /// How a request goes to the inner service.
@@ -671,16 +695,24 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Lookup::Found(stored) if !stored.vary_matches => forward(Fwd::VaryMiss, true, false),
         // What the request said it accepts bounds what may answer it, even on error: the entry is refreshed.
         Lookup::Found(stored) if !stored.meets(request, now) => forward(Fwd::Request, true, false),
-        Lookup::Found(stored) if now < stored.fresh_until => Action::ServeFresh,
+        Lookup::Found(stored) if now < stored.fresh_until => {
+            if rules.refresh_ahead != 0 && now >= stored.refresh_at(rules.refresh_ahead) {
+                Action::ServeFreshAndRefresh
+            } else {
+                Action::ServeFresh
+            }
+        }
         Lookup::Found(stored) if now < stored.stale_until => Action::ServeStale,
         Lookup::Found(stored) => forward(Fwd::UriMiss, true, stored.usable_on_error(now)),
     };
     // A range is answered only from a fresh entry. Anything else goes to the origin as it came: its `206` is
-    // neither stored nor shared, and a stale entry is not served, since its refresh would ask for the range.
+    // neither stored nor shared, and a stale entry is not served, since its refresh would ask for the range
+    // (nor is a fresh one refreshed ahead of expiry, for the same reason).
     match action {
         Action::Forward(_) | Action::ServeStale if request.range => {
             Action::Bypass(BypassReason::Range)
         }
+        Action::ServeFreshAndRefresh if request.range => Action::ServeFresh,
         action => action,
     }
 }
@@ -806,6 +838,7 @@ mod tests {
             statuses: default_statuses(),
             respect_response_cache_control: true,
             invalidate_on_unsafe: true,
+            refresh_ahead: 0,
         }
     }
 
@@ -1161,6 +1194,11 @@ mod tests {
         let shared = rules(Credentials::Bypass);
         let in_key = rules(Credentials::InKey);
         let partition = rules(Credentials::Partition);
+        // The last quarter of the entry's 2 s of freshness: from 1.5 s.
+        let ahead = Rules {
+            refresh_ahead: 250,
+            ..rules(Credentials::Bypass)
+        };
         #[rustfmt::skip]
         let rows: Vec<(&str, &Rules, RequestFacts, Lookup, u64, Action)> = vec![
             ("uncached method", &shared, RequestFacts::default(), fresh, 1_000, Action::Bypass(BypassReason::Method)),
@@ -1197,6 +1235,13 @@ mod tests {
             ("stale from fresh_until", &shared, plain(), fresh, 2_000, Action::ServeStale),
             ("stale to stale_until", &shared, plain(), fresh, 2_999, Action::ServeStale),
             ("stale-if-error only", &shared, plain(), fresh, 3_000, forward(Fwd::UriMiss, true, true)),
+            ("refresh ahead: not yet", &ahead, plain(), fresh, 1_499, Action::ServeFresh),
+            ("refresh ahead: from its last quarter", &ahead, plain(), fresh, 1_500, Action::ServeFreshAndRefresh),
+            ("refresh ahead: to fresh_until", &ahead, plain(), fresh, 1_999, Action::ServeFreshAndRefresh),
+            ("refresh ahead: then stale", &ahead, plain(), fresh, 2_000, Action::ServeStale),
+            ("refresh ahead: a range is not refreshed", &ahead, with(|f| { f.range = true; f.get = true }), fresh, 1_500, Action::ServeFresh),
+            ("refresh ahead: within max-age", &ahead, with(|f| { f.max_age = Some(1); }), fresh, 1_500, Action::ServeFreshAndRefresh),
+            ("refresh ahead: only-if-cached", &ahead, with(|f| f.only_if_cached = true), fresh, 1_500, Action::ServeFreshAndRefresh),
             ("expired", &shared, plain(), fresh, 5_000, forward(Fwd::UriMiss, true, false)),
             ("another variant", &shared, plain(), other_variant, 1_000, forward(Fwd::VaryMiss, true, false)),
             // The entry was stored at 0, fresh until 2 s, stale until 3 s.
@@ -1371,6 +1416,10 @@ mod tests {
             action,
             Action::Read | Action::ServeFresh | Action::Bypass(_)
         );
+        if r.range && action == Action::ServeFreshAndRefresh {
+            // Cut from the fresh entry, not refreshed: the refresh would ask for the range.
+            return Action::ServeFresh;
+        }
         if r.range && !from_entry {
             return Action::Bypass(BypassReason::Range);
         }
@@ -1434,8 +1483,16 @@ mod tests {
                 return forward(Fwd::Request, true, false);
             }
         }
+        // In the last `refresh_ahead` thousandths of its fresh lifetime, a fresh entry is refreshed too.
+        let lifetime = u128::from(stored.fresh_until.saturating_sub(stored.stored_at));
+        let left = u128::from(stored.fresh_until.saturating_sub(now));
+        let fresh = if left * 1000 <= lifetime * u128::from(rules.refresh_ahead) {
+            Action::ServeFreshAndRefresh
+        } else {
+            Action::ServeFresh
+        };
         let age_state = [
-            (stored.fresh_until, Action::ServeFresh),
+            (stored.fresh_until, fresh),
             (stored.stale_until, Action::ServeStale),
         ];
         for (until, action) in age_state {
@@ -1540,11 +1597,12 @@ mod tests {
         #[test]
         fn decide_agrees_with_the_reference_model(
             credentials in arb_credentials(),
+            refresh_ahead in prop_oneof![Just(0u16), 1..1000u16],
             facts in arb_facts(),
             lookup in arb_lookup(),
             now in arb_time(),
         ) {
-            let rules = rules(credentials);
+            let rules = Rules { refresh_ahead, ..rules(credentials) };
             prop_assert_eq!(decide(&rules, &facts, lookup, now), model(&rules, &facts, lookup, now));
         }
 
@@ -1555,14 +1613,20 @@ mod tests {
             now in arb_time(),
         ) {
             let action = decide(&rules(Credentials::Bypass), &facts, lookup, now);
-            let served = matches!(action, Action::ServeFresh | Action::ServeStale);
+            let served = matches!(
+                action,
+                Action::ServeFresh | Action::ServeFreshAndRefresh | Action::ServeStale
+            );
             let range_unanswerable = facts.range && !facts.get;
             if facts.authorization || facts.cookie || range_unanswerable || facts.preconditions || facts.no_cache {
                 prop_assert!(!served, "{:?} answered from the store for {:?}", action, facts);
             }
             // A range is cut from a fresh entry or asked of the origin as it came: never stale, never shared.
             if facts.range {
-                let forwarded = matches!(action, Action::Forward(_) | Action::ServeStale);
+                let forwarded = matches!(
+                    action,
+                    Action::Forward(_) | Action::ServeStale | Action::ServeFreshAndRefresh
+                );
                 prop_assert!(!forwarded, "{:?} for a range: {:?}", action, facts);
             }
         }

@@ -674,6 +674,21 @@ impl Engine {
                 tracing::debug!(key = key.short(), outcome = "hit", "cache decision");
                 Next::Answer(cached(entry, now, CacheOutcome::Hit, None))
             }
+            (Action::ServeFreshAndRefresh, Some(entry)) => {
+                bump(&self.counters.hits);
+                let refreshing = self.start_refresh(&key, facts, origin.into_refresh());
+                tracing::debug!(
+                    key = key.short(),
+                    outcome = "hit",
+                    refreshing,
+                    "cache decision"
+                );
+                Next::Answer(if refreshing {
+                    refreshing_hit(entry, now)
+                } else {
+                    cached(entry, now, CacheOutcome::Hit, None)
+                })
+            }
             (Action::ServeStale, Some(entry)) => {
                 bump(&self.counters.stale_hits);
                 let refreshing = self.start_refresh(&key, facts, origin.into_refresh());
@@ -1049,7 +1064,7 @@ impl Engine {
         let stored = entry.stored(vary_digest(&entry.headers, headers) == entry.vary);
         let now = self.clock.now_ms();
         let fresh = decide(&self.policy.rules, facts, Lookup::Found(stored), now);
-        (fresh == Action::ServeFresh).then_some(entry)
+        fresh.is_fresh().then_some(entry)
     }
 
     /// The stored response, renewed, when the origin answered a conditional request with `304` (RFC 9111
@@ -1589,6 +1604,19 @@ fn cached<R>(
 ) -> Response<ResponseBody<R>> {
     let head = AnswerHead::of(&entry, now);
     answer(head, entry.headers, entry.body, outcome, fwd_status)
+}
+
+/// A fresh hit at `now` that started the entry's refresh ahead of expiry: `Cache-Status` says
+/// `detail=refreshing`.
+#[cold]
+fn refreshing_hit<R>(entry: Entry, now: u64) -> Response<ResponseBody<R>> {
+    let head = AnswerHead::of(&entry, now);
+    let mut status = Status::new(CacheOutcome::Hit);
+    status.ttl = Some(head.ttl);
+    status.refreshing = true;
+    let mut headers = entry.headers;
+    set_answer_headers(&mut headers, &status, head.age);
+    respond_with(head.status, headers, entry.body, CacheOutcome::Hit)
 }
 
 /// What an answer from an entry takes from it besides its headers and body.

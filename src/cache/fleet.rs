@@ -17,7 +17,7 @@
 //!
 //! [`fleet_wait`]: crate::cache::RedisCacheLayerBuilder::fleet_wait
 
-use super::decision::{Action, Forward, Lookup, RequestFacts, decide};
+use super::decision::{Forward, Lookup, RequestFacts, decide};
 use super::engine::{Engine, millis};
 use super::entry::Entry;
 use super::key::{CacheKey, vary_digest};
@@ -381,6 +381,6 @@ impl Engine {
             ..*facts
         };
         let fresh = decide(&self.policy.rules, &facts, Lookup::Found(stored), now);
-        (fresh == Action::ServeFresh).then_some(entry)
+        fresh.is_fresh().then_some(entry)
     }
 }

@@ -249,6 +249,7 @@ pub struct RedisCacheLayerBuilder {
     fresh_for: Duration,
     stale_for: Duration,
     stale_if_error_for: Duration,
+    refresh_ahead: f64,
     methods: Vec<Method>,
     head_from_get: bool,
     post_when: Option<PostPredicate>,
@@ -292,6 +293,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("fresh_for", &self.fresh_for)
             .field("stale_for", &self.stale_for)
             .field("stale_if_error_for", &self.stale_if_error_for)
+            .field("refresh_ahead", &self.refresh_ahead)
             .field("methods", &self.methods)
             .field("head_from_get", &self.head_from_get)
             .field("cache_post_when", &self.post_when.is_some())
@@ -330,6 +332,15 @@ impl fmt::Debug for RedisCacheLayerBuilder {
     }
 }
 
+/// `fraction` (from 0 to below 1, as `build` checks) in thousandths, at least 1 when above 0.
+fn permille(fraction: f64) -> u16 {
+    if fraction <= 0.0 || fraction.is_nan() {
+        return 0;
+    }
+    // In 1..=999 for what `build` accepts.
+    ((fraction * 1000.0).round() as u16).clamp(1, 999)
+}
+
 /// One day.
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -360,6 +371,7 @@ impl RedisCacheLayerBuilder {
             fresh_for: Duration::from_secs(60),
             stale_for: Duration::from_secs(60),
             stale_if_error_for: Duration::from_secs(300),
+            refresh_ahead: 0.0,
             methods: vec![Method::GET, Method::HEAD, query_method()],
             head_from_get: true,
             post_when: None,
@@ -500,6 +512,33 @@ impl RedisCacheLayerBuilder {
     /// 500, 502, 503, 504). Default: 300 s. Zero turns it off.
     pub fn stale_if_error_for(mut self, stale_if_error_for: Duration) -> Self {
         self.stale_if_error_for = stale_if_error_for;
+        self
+    }
+
+    /// Refreshes an entry ahead of its expiry: a hit in the last `fraction` of the entry's fresh lifetime
+    /// (`0.2`: its last fifth) is answered as fresh and starts the entry's one background refresh, as a stale
+    /// hit does (one per key for the whole fleet, within
+    /// [`max_background_refreshes`](Self::max_background_refreshes)). A key that keeps being asked for is
+    /// renewed before it goes stale: its callers neither get a stale answer nor wait for the origin when it
+    /// expires, even with [`stale_for`](Self::stale_for) zero. A key not asked for in that part of its life
+    /// goes stale (or expires) as before. The hit that started the refresh says `detail=refreshing` in its
+    /// `Cache-Status` (its outcome is a plain [`Hit`](super::CacheOutcome::Hit)); a near cache stops answering
+    /// an entry that is due, so that a hit reaches the store and starts the refresh. Default: 0, off; `build`
+    /// refuses a fraction below 0, from 1 on, or not a number.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+    /// // Fresh for 10 minutes, never answered stale; a key asked for in its last 2 minutes is renewed meanwhile.
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    ///     .fresh_for(Duration::from_secs(600))
+    ///     .stale_for(Duration::ZERO)
+    ///     .refresh_ahead(0.2)
+    ///     .build()?;
+    /// # Ok::<(), tower_redis_cache::error::ConfigError>(())
+    /// ```
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.refresh_ahead = fraction;
         self
     }
 
@@ -873,7 +912,8 @@ impl RedisCacheLayerBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a window or
+    /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a `refresh_ahead`
+    /// fraction not from 0 to below 1, a window or
     /// lease over 10 years, a zero store or refresh timeout, a zero breaker threshold, a body cap over 4 GiB,
     /// zero `max_background_refreshes` or `coalesced_wait`, `max_in_flight_bytes` below the body cap,
     /// `206` or `304` among the cacheable statuses, a status given [`windows_for_status`](Self::windows_for_status)
@@ -957,6 +997,15 @@ impl RedisCacheLayerBuilder {
                 continue;
             };
             return Err(ConfigError::new(Setting::WindowsForStatus, why));
+        }
+        if !(0.0..1.0).contains(&self.refresh_ahead) {
+            return Err(ConfigError::new(
+                Setting::RefreshAhead,
+                format!(
+                    "{} is not a fraction of the fresh lifetime from 0 (off) to below 1",
+                    self.refresh_ahead
+                ),
+            ));
         }
         if (self.fresh_for + self.stale_for + self.stale_if_error_for).is_zero() {
             return Err(ConfigError::new(
@@ -1076,6 +1125,7 @@ impl RedisCacheLayerBuilder {
                 statuses: self.statuses,
                 respect_response_cache_control: self.respect_response_cache_control,
                 invalidate_on_unsafe: self.invalidate_on_unsafe,
+                refresh_ahead: permille(self.refresh_ahead),
             },
             lease_for: self.lease_for,
             refresh_timeout: self.refresh_timeout,
@@ -1194,6 +1244,9 @@ mod tests {
                 Setting::RespectResponseCacheControl,
             ),
             (builder().near_cache(1 << 20), Setting::NearCache),
+            (builder().refresh_ahead(1.0), Setting::RefreshAhead),
+            (builder().refresh_ahead(-0.1), Setting::RefreshAhead),
+            (builder().refresh_ahead(f64::NAN), Setting::RefreshAhead),
             (
                 builder().windows_for_status(StatusCode::NOT_FOUND, Windows::new(DAY, DAY, DAY)),
                 Setting::WindowsForStatus,

@@ -59,7 +59,9 @@
 //!
 //! Otherwise the layer reads the entry for the request's key and, with `now` the cache's clock:
 //!
-//! - **fresh** (younger than `fresh_for`): answered from the store; the inner service is not called.
+//! - **fresh** (younger than `fresh_for`): answered from the store; the inner service is not called. With
+//!   [`refresh_ahead`](RedisCacheLayerBuilder::refresh_ahead), a hit in the last part of the freshness also
+//!   starts the background refresh a stale hit would, so a key that keeps being asked for never goes stale.
 //! - **stale** (within `stale_for` after that): answered from the store at once, and one background refresh
 //!   runs for the key: one per process (an in-process set), one per fleet (a `SET NX PX` lease next to the
 //!   entry). A failed refresh leaves the entry exactly as it was, so it keeps being served *as stale*.

@@ -117,10 +117,12 @@ impl Engine {
             .flatten()
             .filter(|entry| vary_digest(&entry.headers, &fetch.parts().headers) == entry.vary);
         // A refresh elsewhere may have finished (and released its lease) between this process seeing the entry
-        // stale and taking the lease: then the entry is fresh again and there is nothing to do.
+        // due (stale, or in its last part of freshness with `refresh_ahead`) and taking the lease: then the entry
+        // is not due again yet and there is nothing to do.
+        let ahead = self.policy.rules.refresh_ahead;
         if current
             .as_ref()
-            .is_some_and(|entry| self.clock.now_ms() < entry.fresh_until)
+            .is_some_and(|entry| self.clock.now_ms() < entry.stored(true).refresh_at(ahead))
         {
             bump(&self.counters.refreshes_skipped);
             lease.release().await;

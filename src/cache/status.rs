@@ -5,6 +5,7 @@
 //! |---|---|
 //! | fresh hit | `tower-redis-cache; hit; ttl=12` |
 //! | fresh hit from the near cache (no store call) | `tower-redis-cache; hit; ttl=12; detail=near` |
+//! | fresh hit that started the refresh ahead of expiry ([`refresh_ahead`](super::RedisCacheLayerBuilder::refresh_ahead)) | `tower-redis-cache; hit; ttl=2; detail=refreshing` |
 //! | stale hit, this request started the background refresh | `tower-redis-cache; hit; ttl=-3; detail=refreshing` |
 //! | stale hit, a refresh already running here or in another process | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
@@ -246,6 +247,8 @@ pub(crate) struct Status {
     pub(crate) near: bool,
     /// The answer is another process's fill, waited for.
     pub(crate) fleet: bool,
+    /// A fresh hit that started the entry's refresh ahead of expiry.
+    pub(crate) refreshing: bool,
 }
 
 pub(crate) const CACHE_NAME: &str = "tower-redis-cache";
@@ -333,6 +336,7 @@ impl Status {
             store: StoreHealth::Ok,
             near: false,
             fleet: false,
+            refreshing: false,
         }
     }
 
@@ -359,7 +363,7 @@ impl Status {
                 if self.near {
                     detail = Some("near");
                 }
-                if self.outcome == (CacheOutcome::Stale { refreshing: true }) {
+                if self.refreshing || self.outcome == (CacheOutcome::Stale { refreshing: true }) {
                     detail = Some("refreshing");
                 }
             }
@@ -570,6 +574,17 @@ mod tests {
         assert_eq!(fmt(hit), "tower-redis-cache; hit; ttl=12");
         hit.near = true;
         assert_eq!(fmt(hit), "tower-redis-cache; hit; ttl=12; detail=near");
+        hit.near = false;
+        hit.refreshing = true;
+        assert_eq!(
+            fmt(hit),
+            "tower-redis-cache; hit; ttl=12; detail=refreshing"
+        );
+        assert_eq!(
+            parse_member(&fmt(hit)),
+            Some(CacheOutcome::Hit),
+            "a fresh hit that started a refresh is a hit"
+        );
 
         let mut stale = Status::new(CacheOutcome::Stale { refreshing: true });
         stale.ttl = Some(-3);
