@@ -651,6 +651,43 @@ async fn each_action_keeps_its_own_windows() {
     assert_eq!(stale.cache, Some(CacheOutcome::Stale { refreshing: true }));
 }
 
+/// A Data Action called all the time, never answered stale: refreshed ahead of its expiry, it never makes a
+/// caller wait for the API again.
+#[tokio::test]
+async fn an_action_called_all_the_time_is_renewed_before_it_expires() {
+    use support::calls::{jump, wait_until};
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let id = &emulator.action_ids()[0];
+    let client = builder(&emulator)
+        .redis_client(fred_client(&redis.url()).await)
+        .fresh_for(Duration::from_secs(10))
+        .stale_for(Duration::ZERO)
+        .refresh_ahead(0.5)
+        .build()
+        .unwrap();
+    let input = json!({"orderId": "A-1"});
+    let first = client.execute_action(id, &input).await.unwrap();
+    assert!(matches!(first.cache, Some(CacheOutcome::Miss { .. })));
+
+    // At 6 s, in the last half of its freshness: answered at once, refreshed behind.
+    jump(Duration::from_secs(6)).await;
+    let due = client.execute_action(id, &input).await.unwrap();
+    assert_eq!((due.cache, due.attempts), (Some(CacheOutcome::Hit), 0));
+    wait_until("the refresh reached the API and was stored", || {
+        emulator.requests(Endpoint::ExecuteAction) == 2 && client.cache().stats().stores == 2
+    })
+    .await;
+    // At 11 s the first answer would have expired; the renewed one answers.
+    jump(Duration::from_secs(5)).await;
+    let later = client.execute_action(id, &input).await.unwrap();
+    assert_eq!((later.cache, later.attempts), (Some(CacheOutcome::Hit), 0));
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 2);
+
+    let refused = builder(&emulator).refresh_ahead(1.5).build().unwrap_err();
+    assert_eq!(refused.setting(), Setting::RefreshAhead, "{refused}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidating_an_action_drops_its_answers_and_the_listings_everywhere() {
     let emulator = Emulator::start().await.unwrap();
