@@ -381,6 +381,16 @@ async fn two_layers_with_their_own_connections_refresh_a_stale_key_once() {
         layer_b.handle().stats().refreshes_skipped == 1
     })
     .await;
+    // B now leaves the key to A for a while: its next stale hits make no lease attempt each (that took one
+    // store call per hit). At most one more, should this machine stall for the second B waits.
+    let mut started = 0;
+    for _ in 0..10 {
+        let stale = call(&b, post(r#"{"q":"fleet"}"#)).await;
+        started += usize::from(outcome(&stale) == CacheOutcome::Stale { refreshing: true });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(started <= 1, "{started} stale hits tried for the lease");
+    assert!(layer_b.handle().stats().refreshes_skipped <= 2);
     origin.open();
     wait_until("A stored", || layer_a.handle().stats().stores == 2).await;
     assert_eq!(origin.calls(), 2, "one refresh across both processes");

@@ -23,6 +23,7 @@ use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
 use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
+use super::refresh::Refreshes;
 use super::stats::{Counters, add, bump, bump_bypass};
 use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
 use super::tags::TagsFn;
@@ -39,7 +40,6 @@ use http::{
 };
 use http_body::Body;
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -478,7 +478,7 @@ pub(crate) struct Engine {
     /// The near cache, when the layer has one.
     pub(crate) near: Option<Arc<Near>>,
     pub(super) flights: Coalescer<Shared>,
-    pub(super) refreshing: Mutex<HashSet<String>>,
+    pub(super) refreshing: Mutex<Refreshes>,
     /// Bytes of origin responses read into memory by misses and refreshes in flight.
     pub(crate) budget: Arc<ByteBudget>,
     /// The near cache's count of tag marks when this process last ended the sharing of its calls for them.
@@ -515,7 +515,7 @@ impl Engine {
             clock,
             near,
             flights: Coalescer::default(),
-            refreshing: Mutex::new(HashSet::new()),
+            refreshing: Mutex::new(Refreshes::default()),
             marks_seen: AtomicU64::new(0),
             background: Background::default(),
         }

@@ -7,7 +7,50 @@ use super::freshness::validators;
 use super::key::{CacheKey, vary_digest};
 use super::stats::bump;
 use http_body::Body;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
+
+/// How long after finding a key's lease held by another process this process leaves the key's refresh to it:
+/// its stale (or due) hits meanwhile make no lease attempt of their own. That process renews its lease while it
+/// refreshes and keeps it after a failure, so an attempt here could not succeed sooner anyway, unless it died.
+const HELD_ELSEWHERE_MS: u64 = 1_000;
+
+/// The most keys remembered as refreshed elsewhere; past it, the expired ones are forgotten, or all.
+const HELD_ELSEWHERE_KEYS: usize = 4096;
+
+/// This process's background refreshes: the keys being refreshed here, and those whose refresh another process
+/// was found running (until when they are left to it, on the engine's clock).
+#[derive(Debug, Default)]
+pub(crate) struct Refreshes {
+    running: HashSet<String>,
+    elsewhere: HashMap<String, u64>,
+}
+
+impl Refreshes {
+    /// Whether another process was found refreshing `key` less than [`HELD_ELSEWHERE_MS`] before `now`.
+    fn held_elsewhere(&mut self, key: &str, now: u64) -> bool {
+        match self.elsewhere.get(key) {
+            Some(&until) if now < until => true,
+            Some(_) => {
+                self.elsewhere.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers that another process holds `key`'s lease, at `now`.
+    fn leave_to_another(&mut self, key: &str, now: u64) {
+        if self.elsewhere.len() >= HELD_ELSEWHERE_KEYS {
+            self.elsewhere.retain(|_, until| now < *until);
+            if self.elsewhere.len() >= HELD_ELSEWHERE_KEYS {
+                self.elsewhere.clear();
+            }
+        }
+        self.elsewhere
+            .insert(key.to_owned(), now.saturating_add(HELD_ELSEWHERE_MS));
+    }
+}
 
 /// A key's place in the set of refreshes running in this process, given back when dropped.
 struct RefreshSlot {
@@ -21,13 +64,15 @@ impl Drop for RefreshSlot {
             .refreshing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .running
             .remove(self.key.as_str());
     }
 }
 
 impl Engine {
     /// Starts the one background refresh of `key` in this process, unless one is running or `max_refreshes`
-    /// are. Returns whether this call started it. Across processes, a lease in the store (`SET NX PX`) lets one refresh run.
+    /// are, or another process was just found refreshing it. Returns whether this call started it. Across
+    /// processes, a lease in the store (`SET NX PX`) lets one refresh run.
     ///
     /// The refresh is bounded by `refresh_timeout`, and its slot is freed however it ends (done, abandoned,
     /// panicked in the inner service, or dropped with the runtime), so the key is never left unrefreshable.
@@ -46,11 +91,13 @@ impl Engine {
                 .refreshing
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if running.contains(key.as_str()) {
+            if running.running.contains(key.as_str())
+                || running.held_elsewhere(key.as_str(), self.clock.now_ms())
+            {
                 return false;
             }
             // At the cap, this stale hit is served without a refresh; a later one starts it.
-            if running.len() >= self.policy.max_refreshes {
+            if running.running.len() >= self.policy.max_refreshes {
                 bump(&self.counters.refreshes_deferred);
                 return false;
             }
@@ -61,7 +108,7 @@ impl Engine {
                 bump(&self.counters.refreshes_deferred);
                 return false;
             }
-            running.insert(key.as_str().to_owned());
+            running.running.insert(key.as_str().to_owned());
             task
         };
         let slot = RefreshSlot {
@@ -99,6 +146,10 @@ impl Engine {
         let lease = match self.take_lease(key, &tags).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
+                self.refreshing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .leave_to_another(key.as_str(), self.clock.now_ms());
                 bump(&self.counters.refreshes_skipped);
                 tracing::debug!(
                     key = key.short(),
@@ -193,6 +244,21 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use tower::{Layer, ServiceExt};
+
+    #[test]
+    fn keys_left_to_another_process_are_left_for_a_second_and_never_pile_up() {
+        let mut refreshes = super::Refreshes::default();
+        refreshes.leave_to_another("k", 1_000);
+        assert!(refreshes.held_elsewhere("k", 1_999));
+        assert!(!refreshes.held_elsewhere("k", 2_000));
+        assert!(refreshes.elsewhere.is_empty(), "forgotten once looked at");
+        for i in 0..3 * super::HELD_ELSEWHERE_KEYS {
+            refreshes.leave_to_another(&i.to_string(), 5_000 + i as u64);
+        }
+        assert!(refreshes.elsewhere.len() <= super::HELD_ELSEWHERE_KEYS);
+        let last = (3 * super::HELD_ELSEWHERE_KEYS - 1).to_string();
+        assert!(refreshes.held_elsewhere(&last, 5_000), "the latest is kept");
+    }
 
     /// A refresh whose inner service panics ends its task without reaching the end of the refresh; the key's
     /// slot must still be given back, or no stale hit of that key would ever refresh it again.

@@ -63,7 +63,9 @@ pub enum CacheOutcome {
     /// Answered from a fresh entry; the inner service was not called.
     Hit,
     /// Answered at once from a stale entry; `refreshing` is true when this request started the one background
-    /// refresh for the key (false when one was already running here or in another process).
+    /// refresh for the key in this process (false when one was already running here, or another process was
+    /// found running it within the last second; a refresh started here that finds another process's lease
+    /// stops there).
     Stale {
         /// Whether this request started the background refresh.
         refreshing: bool,
