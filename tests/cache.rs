@@ -397,6 +397,54 @@ async fn two_layers_with_their_own_connections_refresh_a_stale_key_once() {
     assert_eq!(layer_b.handle().stats().refreshes_started, 0);
 }
 
+/// Refreshes ahead of expiry are one per key for the whole fleet too. The clock jumps (current-thread runtime)
+/// while Redis runs in real time.
+#[tokio::test]
+async fn two_processes_refresh_a_key_due_ahead_of_expiry_once() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let build = |store| {
+        layer_over(store)
+            .fresh_for(Duration::from_secs(10))
+            .stale_for(Duration::ZERO)
+            .refresh_ahead(0.5)
+            .build()
+            .unwrap()
+    };
+    let layer_a = build(redis_store(&server).await);
+    let layer_b = build(redis_store(&server).await);
+    let a = layer_a.layer_service(origin.service());
+    let b = layer_b.layer_service(origin.service());
+    call(&a, post(r#"{"q":"ahead"}"#)).await;
+
+    support::calls::jump(Duration::from_secs(6)).await;
+    origin.close();
+    let from_a = call(&a, post(r#"{"q":"ahead"}"#)).await;
+    assert_eq!(outcome(&from_a), CacheOutcome::Hit);
+    assert!(cache_status(&from_a).ends_with("; detail=refreshing"));
+    wait_until("A's refresh reached the origin", || origin.calls() == 2).await;
+    let from_b = call(&b, post(r#"{"q":"ahead"}"#)).await;
+    assert_eq!(outcome(&from_b), CacheOutcome::Hit, "answered at once");
+    wait_until("B saw A's lease", || {
+        layer_b.handle().stats().refreshes_skipped == 1
+    })
+    .await;
+    origin.open();
+    wait_until("A stored", || layer_a.handle().stats().stores == 2).await;
+    let renewed = call(&b, post(r#"{"q":"ahead"}"#)).await;
+    assert!(
+        [
+            "tower-redis-cache; hit; ttl=9",
+            "tower-redis-cache; hit; ttl=10"
+        ]
+        .contains(&cache_status(&renewed).as_str()),
+        "B reads A's renewed entry, not due: {}",
+        cache_status(&renewed)
+    );
+    assert_eq!(origin.calls(), 2, "one refresh across both processes");
+    assert_eq!(layer_b.handle().stats().refreshes_started, 0);
+}
+
 /// A store whose lease requests arrive late, like a process that was descheduled.
 struct SlowLease(MemoryStore);
 
