@@ -566,11 +566,12 @@ impl RedisCacheLayerBuilder {
     /// # use std::time::Duration;
     /// # use http::StatusCode;
     /// # use tower_redis_cache::{MemoryStore, RedisCacheLayer, cache::Windows};
+    /// // An id that is not there yet may be created any moment: ask again after ten seconds.
+    /// let brief = Windows::new(Duration::from_secs(10), Duration::ZERO, Duration::ZERO);
     /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
     ///     .fresh_for(Duration::from_secs(3600))
     ///     .cacheable_statuses([StatusCode::OK, StatusCode::NOT_FOUND])
-    ///     // An id that is not there yet may be created any moment: ask again after ten seconds.
-    ///     .windows_for_status(StatusCode::NOT_FOUND, Windows::new(Duration::from_secs(10), Duration::ZERO, Duration::ZERO))
+    ///     .windows_for_status(StatusCode::NOT_FOUND, brief)
     ///     .build()?;
     /// # Ok::<(), tower_redis_cache::error::ConfigError>(())
     /// ```
@@ -912,12 +913,12 @@ impl RedisCacheLayerBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a `refresh_ahead`
-    /// fraction not from 0 to below 1, a window or
-    /// lease over 10 years, a zero store or refresh timeout, a zero breaker threshold, a body cap over 4 GiB,
-    /// zero `max_background_refreshes` or `coalesced_wait`, `max_in_flight_bytes` below the body cap,
-    /// `206` or `304` among the cacheable statuses, a status given [`windows_for_status`](Self::windows_for_status)
-    /// that is not cacheable or whose windows are all zero or over 10 years, [`Credentials::Partition`] or
+    /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a
+    /// `refresh_ahead` fraction not from 0 to below 1, a window or lease over 10 years, a zero store or refresh
+    /// timeout, a zero breaker threshold, a body cap over 4 GiB, zero `max_background_refreshes` or
+    /// `coalesced_wait`, `max_in_flight_bytes` below the body cap, `206` or `304` among the cacheable statuses,
+    /// a status given [`windows_for_status`](Self::windows_for_status) that is not cacheable or whose windows
+    /// are all zero or over 10 years, [`Credentials::Partition`] or
     /// `respect_response_cache_control(false)` without a partition, an empty or `*` name among the ignored
     /// query parameters, an ignored body field that is not a JSON Pointer to a member, or a near cache over a
     /// store other than [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
