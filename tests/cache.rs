@@ -29,6 +29,18 @@ fn layer_over(
         .store_timeout(Duration::from_secs(2))
 }
 
+/// Two layers over `server` with connections of their own, as two processes have, set up alike by `configure`.
+async fn two_processes(
+    server: &RedisServer,
+    configure: impl Fn(
+        tower_redis_cache::cache::RedisCacheLayerBuilder,
+    ) -> tower_redis_cache::cache::RedisCacheLayerBuilder,
+) -> (RedisCacheLayer, RedisCacheLayer) {
+    let a = configure(layer_over(redis_store(server).await));
+    let b = configure(layer_over(redis_store(server).await));
+    (a.build().unwrap(), b.build().unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_cold_requests_make_one_inner_call() {
     let server = RedisServer::start();
@@ -357,15 +369,12 @@ async fn shutdown_waits_for_an_abandoned_refresh_to_release_its_lease() {
 async fn two_layers_with_their_own_connections_refresh_a_stale_key_once() {
     let server = RedisServer::start();
     let origin = Origin::new();
-    let build = |store| {
-        layer_over(store)
+    let (layer_a, layer_b) = two_processes(&server, |layer| {
+        layer
             .fresh_for(Duration::ZERO)
             .stale_for(Duration::from_secs(60))
-            .build()
-            .unwrap()
-    };
-    let layer_a = build(redis_store(&server).await);
-    let layer_b = build(redis_store(&server).await);
+    })
+    .await;
     let a = layer_a.layer_service(origin.service());
     let b = layer_b.layer_service(origin.service());
     call(&a, post(r#"{"q":"fleet"}"#)).await;
@@ -403,16 +412,13 @@ async fn two_layers_with_their_own_connections_refresh_a_stale_key_once() {
 async fn two_processes_refresh_a_key_due_ahead_of_expiry_once() {
     let server = RedisServer::start();
     let origin = Origin::new();
-    let build = |store| {
-        layer_over(store)
+    let (layer_a, layer_b) = two_processes(&server, |layer| {
+        layer
             .fresh_for(Duration::from_secs(10))
             .stale_for(Duration::ZERO)
             .refresh_ahead(0.5)
-            .build()
-            .unwrap()
-    };
-    let layer_a = build(redis_store(&server).await);
-    let layer_b = build(redis_store(&server).await);
+    })
+    .await;
     let a = layer_a.layer_service(origin.service());
     let b = layer_b.layer_service(origin.service());
     call(&a, post(r#"{"q":"ahead"}"#)).await;
