@@ -283,6 +283,46 @@ async fn the_origins_max_age_and_stale_while_revalidate_drive_the_windows() {
 }
 
 #[tokio::test]
+async fn a_calls_own_windows_stand_over_the_origins_durations_not_over_its_no_cache() {
+    let server = RedisServer::start();
+    let layer = layer(&server).await.build().unwrap();
+    let with_windows = |path: &str, windows: Windows| {
+        let mut request = get(path);
+        request
+            .extensions_mut()
+            .insert(CacheOverride::Windows(windows));
+        request
+    };
+    let hour = Origin::new();
+    hour.add_header("cache-control", "max-age=3600");
+    let service = cached(&layer, hour.service());
+    assert!(is_miss(
+        &call(&service, with_windows("/doc", secs(5, 0, 0))).await
+    ));
+    assert!(is_miss(&call(&service, get("/plain")).await));
+    jump(Duration::from_secs(6)).await;
+    assert!(
+        is_miss(&call(&service, get("/doc")).await),
+        "the call's 5 s, not the origin's hour"
+    );
+    assert_eq!(
+        outcome(&call(&service, get("/plain")).await),
+        CacheOutcome::Hit,
+        "without its own windows, the origin's hour"
+    );
+
+    // `no-cache`: never answered without asking the origin, whatever the call's windows.
+    let ask = Origin::new();
+    ask.add_header("cache-control", "no-cache");
+    let service = cached(&layer, ask.service());
+    for _ in 0..2 {
+        let request = with_windows("/asked", secs(100, 0, 0));
+        assert!(is_miss(&call(&service, request).await));
+    }
+    assert_eq!(ask.calls(), 2);
+}
+
+#[tokio::test]
 async fn the_layers_caps_win_over_a_huge_max_age() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -1176,7 +1176,14 @@ impl Engine {
         let now = self.clock.now_ms();
         let chosen = self.policy.chosen_windows(facts, response.status);
         let windows = if facts.origin_freshness {
-            OriginSays::read(&response.headers, now).windows(chosen, self.policy.origin_cap)
+            let says = OriginSays::read(&response.headers, now);
+            // A call's own windows stand over the durations the origin names, not over what it forbids.
+            let says = if facts.windows_by_call {
+                says.directives_only()
+            } else {
+                says
+            };
+            says.windows(chosen, self.policy.origin_cap)
         } else {
             chosen
         };

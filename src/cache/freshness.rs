@@ -6,7 +6,7 @@
 //!
 //! | where | how | for |
 //! |---|---|---|
-//! | one call | the request extension [`CacheOverride::Windows`], or [`CacheOverride::Skip`] to leave the cache out | that call |
+//! | one call | the request extension [`CacheOverride::Windows`], or [`CacheOverride::Skip`] to leave the cache out | that call (the origin's `no-cache` and `must-revalidate` still hold) |
 //! | the origin | `Cache-Control: s-maxage` / `max-age` (or `Expires`), `stale-while-revalidate=N`, `stale-if-error=N`; `no-cache` stores but always asks first; `must-revalidate` forbids stale answers | `GET` and `HEAD` (`origin_freshness_for_post(true)` adds `POST` and `QUERY`), capped by `origin_freshness_cap` (a day each by default); what it does not say comes from the rows below |
 //! | the answer's status | [`windows_for_status`](super::RedisCacheLayerBuilder::windows_for_status), for example a `404` kept for seconds (negative caching) | answers with that status |
 //! | a route | [`windows_for`](super::RedisCacheLayerBuilder::windows_for), a [`Windows`] from the request's head | every request it answers `Some` for |
@@ -135,7 +135,8 @@ impl Windows {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CacheOverride {
-    /// These windows for the entry this request stores.
+    /// These windows for the entry this request stores, over the durations the origin's headers name (its
+    /// `no-cache` and `must-revalidate` still hold).
     Windows(Windows),
     /// Leave the cache out of this request entirely (`Cache-Status: ...; fwd=bypass; detail=skipped`).
     Skip,
@@ -193,6 +194,17 @@ impl OriginSays {
         let age = age_of(headers);
         says.fresh_for = lifetime.map(|lifetime| lifetime.saturating_sub(age));
         says
+    }
+
+    /// What the origin forbids (`no-cache`, `must-revalidate`) without the durations it names: for a request
+    /// whose own [`CacheOverride`] chose the windows.
+    pub(crate) fn directives_only(self) -> Self {
+        OriginSays {
+            fresh_for: None,
+            stale_for: None,
+            stale_if_error_for: None,
+            ..self
+        }
     }
 
     /// The windows of an entry: what the origin says where it says something, capped by `cap`, and

@@ -113,7 +113,7 @@
 //! the answer's status ([`windows_for_status`](RedisCacheLayerBuilder::windows_for_status)), else what the
 //! layer's [`windows_for`](RedisCacheLayerBuilder::windows_for) hook chooses from its head, else the layer's;
 //! the origin's own `Cache-Control` / `Expires` set them where they speak (for `GET` and `HEAD` by default),
-//! capped (see [`freshness`]). A refresh of an entry with an `ETag` or `Last-Modified` is conditional: a `304`
+//! capped, unless the call chose its own (see [`freshness`]). A refresh of an entry with an `ETag` or `Last-Modified` is conditional: a `304`
 //! renews it without the body.
 //!
 //! The whole decision is one pure function of the request's facts, the stored entry and the time; see the
