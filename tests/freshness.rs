@@ -51,6 +51,16 @@ fn ttl(response: &support::calls::Reply) -> i64 {
         .unwrap()
 }
 
+/// How long Redis keeps the entry of a `GET` of `path` (`PTTL`, in ms).
+fn stored_for_ms(server: &RedisServer, layer: &RedisCacheLayer, path: &str) -> u64 {
+    let request = Request::get(format!("http://api.test{path}"))
+        .body(b"")
+        .unwrap();
+    let key = layer.handle().key_for(&request);
+    let ttl = String::from_utf8(server.command(&[b"PTTL", key.as_str().as_bytes()])).unwrap();
+    ttl.trim_start_matches(':').trim().parse().unwrap()
+}
+
 fn is_miss(response: &support::calls::Reply) -> bool {
     matches!(outcome(response), CacheOutcome::Miss { .. })
 }
@@ -334,11 +344,7 @@ async fn the_layers_caps_win_over_a_huge_max_age() {
         .unwrap();
     let service = cached(&layer, origin.service());
     call(&service, get("/year")).await;
-    let key = layer
-        .handle()
-        .key_for(&Request::get("http://api.test/year").body(b"").unwrap());
-    let ttl = String::from_utf8(server.command(&[b"PTTL", key.as_str().as_bytes()])).unwrap();
-    let ttl: u64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    let ttl = stored_for_ms(&server, &layer, "/year");
     assert!(
         (300_000..=310_000).contains(&ttl),
         "fresh for the cap's 10 s, not a year, then the layer's own 300 s of stale-if-error: {ttl} ms"
@@ -382,13 +388,7 @@ async fn windows_a_hook_or_a_call_asks_for_are_cut_to_ten_years() {
             outcome(&call(&service, get(&path)).await),
             CacheOutcome::Hit
         );
-        let key = layer.handle().key_for(
-            &Request::get(format!("http://api.test{path}"))
-                .body(b"")
-                .unwrap(),
-        );
-        let ttl = String::from_utf8(server.command(&[b"PTTL", key.as_str().as_bytes()])).unwrap();
-        let ttl: u64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+        let ttl = stored_for_ms(&server, &layer, &path);
         let ten_years = 10 * 365 * 24 * 3600 * 1000;
         assert!(
             ttl > ten_years && ttl <= 2 * ten_years,
