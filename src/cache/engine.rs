@@ -311,22 +311,40 @@ impl Policy {
         (facts, head, partition)
     }
 
-    /// The windows an answer with `status` is stored for, before the origin's say: the request's own
-    /// extension's, else the layer's for that status ([`windows_for_status`]), else the request's (its route's,
-    /// or the layer's); none over [`MAX_WINDOW`](super::freshness::MAX_WINDOW), which a hook or an extension
-    /// may ask for.
+    /// The windows an answer (`status`, `headers`) to a request with `facts` is stored for at `now`: the
+    /// request's own extension's, else the layer's for that status ([`windows_for_status`]), else the
+    /// request's (its route's, or the layer's); none over [`MAX_WINDOW`](super::freshness::MAX_WINDOW), which a
+    /// hook or an extension may ask for. Then the origin's headers, where they count: the durations they name
+    /// (capped) replace those, unless the request's own extension chose them, and what they forbid
+    /// (`no-cache`, `must-revalidate`) holds always.
     ///
     /// [`windows_for_status`]: super::RedisCacheLayerBuilder::windows_for_status
-    pub(crate) fn chosen_windows(&self, facts: &RequestFacts, status: StatusCode) -> Windows {
+    pub(crate) fn answer_windows(
+        &self,
+        facts: &RequestFacts,
+        status: StatusCode,
+        headers: &HeaderMap,
+        now: u64,
+    ) -> Windows {
         let listed = self
             .status_windows
             .iter()
             .find(|(listed, _)| *listed == status);
-        match listed {
+        let chosen = match listed {
             Some((_, windows)) if !facts.windows_by_call => *windows,
             _ => facts.windows,
         }
-        .bounded()
+        .bounded();
+        if !facts.origin_freshness {
+            return chosen;
+        }
+        let says = OriginSays::read(headers, now);
+        let says = if facts.windows_by_call {
+            says.directives_only()
+        } else {
+            says
+        };
+        says.windows(chosen, self.origin_cap)
     }
 
     /// The longest windows an answer to a request with `facts` may be stored for, before the origin's say.
@@ -1174,19 +1192,9 @@ impl Engine {
             return Written::No;
         };
         let now = self.clock.now_ms();
-        let chosen = self.policy.chosen_windows(facts, response.status);
-        let windows = if facts.origin_freshness {
-            let says = OriginSays::read(&response.headers, now);
-            // A call's own windows stand over the durations the origin names, not over what it forbids.
-            let says = if facts.windows_by_call {
-                says.directives_only()
-            } else {
-                says
-            };
-            says.windows(chosen, self.policy.origin_cap)
-        } else {
-            chosen
-        };
+        let windows = self
+            .policy
+            .answer_windows(facts, response.status, &response.headers, now);
         let fresh_until = now.saturating_add(millis(windows.fresh_for()));
         let entry = Entry {
             // When the origin made this response, as far as this cache can tell: so an answer's `Age`, and a

@@ -1008,7 +1008,7 @@ impl RedisCacheLayerBuilder {
                 ),
             ));
         }
-        if (self.fresh_for + self.stale_for + self.stale_if_error_for).is_zero() {
+        if Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for).is_zero() {
             return Err(ConfigError::new(
                 Setting::Windows,
                 "fresh_for, stale_for and stale_if_error_for are all zero",
