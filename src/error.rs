@@ -92,6 +92,8 @@ pub enum Setting {
     CoalescedWait,
     /// `fleet_wait`.
     FleetWait,
+    /// `uncacheable_for`.
+    UncacheableFor,
     /// `max_in_flight_bytes`.
     MaxInFlightBytes,
     /// `cacheable_statuses`.
@@ -148,6 +150,7 @@ impl Setting {
             Setting::MaxBackgroundRefreshes => "max_background_refreshes",
             Setting::CoalescedWait => "coalesced_wait",
             Setting::FleetWait => "fleet_wait",
+            Setting::UncacheableFor => "uncacheable_for",
             Setting::MaxInFlightBytes => "max_in_flight_bytes",
             Setting::CacheableStatuses => "cacheable_statuses",
             Setting::Credentials => "credentials",

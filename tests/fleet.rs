@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
 use std::time::Duration;
-use support::calls::{Reply, body, cache_status, call, outcome, post, wait_until};
+use support::calls::{Cached, Reply, body, cache_status, call, outcome, post, wait_until};
 use support::{Origin, RedisServer, fred_client};
 use tower::ServiceExt;
 use tower_redis_cache::cache::RedisCacheLayerBuilder;
@@ -396,4 +396,143 @@ async fn fleet_wait_zero_turns_collapsing_off() {
         task.await.unwrap();
     }
     assert_eq!(total(&processes, |s| s.fleet_waits), 0);
+}
+
+/// Two misses in each of two processes, sent while the origin is held; their answers once it lets go.
+async fn burst<S>(
+    processes: &[(RedisCacheLayer, S)],
+    origin: &std::sync::Arc<Origin>,
+    json: &'static str,
+    reaching: usize,
+) -> Vec<(String, Bytes)>
+where
+    S: Cached + Send + Sync + 'static,
+    <S as tower::Service<Request<Full<Bytes>>>>::Future: Send,
+{
+    let before = origin.calls();
+    origin.close();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let service = processes[i % 2].1.clone();
+            tokio::spawn(async move {
+                let response = call(&service, post(json)).await;
+                (cache_status(&response), body(response).await)
+            })
+        })
+        .collect();
+    wait_until("the calls that need not wait reach the origin", || {
+        origin.calls() == before + reaching
+    })
+    .await;
+    origin.open();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_on_a_key_whose_answer_is_private_do_not_queue_behind_each_other() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-control", "private");
+    let processes = four(&server, &origin, |b| b).await;
+    let first = call(&processes[0].1, post(r#"{"q":"mine"}"#)).await;
+    assert_eq!(
+        outcome(&first),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: false
+        }
+    );
+    assert_eq!(processes[0].0.handle().stats().uncacheable_marks, 1);
+    // All four reach the origin together: none waits for another caller of its process, nor for the other
+    // process's lease, since neither answer could be given to it.
+    let answers = burst(&processes, &origin, r#"{"q":"mine"}"#, 4).await;
+    let mut numbers: Vec<_> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert!(!status.contains("collapsed"), "{status}");
+            String::from_utf8(body.to_vec()).unwrap()
+        })
+        .collect();
+    numbers.sort();
+    numbers.dedup();
+    assert_eq!(numbers.len(), 4, "four answers of their own: {numbers:?}");
+    assert_eq!(total(&processes, |s| s.uncacheable_misses), 4);
+    assert_eq!(total(&processes, |s| s.fleet_waits), 0);
+    // The first answer that can be stored replaces the marker, and the next request is a hit.
+    origin.clear_headers();
+    let stored = call(&processes[1].1, post(r#"{"q":"mine"}"#)).await;
+    assert_eq!(
+        outcome(&stored),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+    let hit = call(&processes[0].1, post(r#"{"q":"mine"}"#)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(body(hit).await, body(stored).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_not_cached_is_still_shared_in_a_process_but_processes_do_not_queue() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.fail_with(http::StatusCode::NOT_FOUND);
+    let processes = four(&server, &origin, |b| b).await;
+    let first = call(&processes[0].1, post(r#"{"q":"absent"}"#)).await;
+    assert_eq!(first.status(), http::StatusCode::NOT_FOUND);
+    assert_eq!(processes[0].0.handle().stats().uncacheable_marks, 1);
+    // One call per process: its other caller shares it, as any answer it would not store.
+    let answers = burst(&processes, &origin, r#"{"q":"absent"}"#, 2).await;
+    let collapsed = answers
+        .iter()
+        .filter(|(status, _)| status.contains("; collapsed"))
+        .count();
+    assert_eq!(collapsed, 2, "{answers:?}");
+    assert_eq!(origin.calls(), 3);
+    assert_eq!(total(&processes, |s| s.fleet_waits), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_failures_and_replaced_entries_leave_no_marker() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let processes = four(&server, &origin, |b| b).await;
+    // A failing origin is asked once at a time across the fleet, as before: no marker.
+    origin.fail_with(http::StatusCode::SERVICE_UNAVAILABLE);
+    call(&processes[0].1, post(r#"{"q":"down"}"#)).await;
+    // A revalidation whose answer cannot be stored leaves the entry it revalidated in place.
+    origin.heal();
+    let stored = call(&processes[0].1, post(r#"{"q":"kept"}"#)).await;
+    assert_eq!(
+        outcome(&stored),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+    origin.add_header("cache-control", "no-store");
+    let revalidated = call(&processes[1].1, revalidate(r#"{"q":"kept"}"#)).await;
+    assert_eq!(
+        outcome(&revalidated),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: false
+        }
+    );
+    let hit = call(&processes[1].1, post(r#"{"q":"kept"}"#)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(body(hit).await, body(stored).await);
+    assert_eq!(total(&processes, |s| s.uncacheable_marks), 0);
+    // Off: nothing marked.
+    let off = four(&server, &origin, |b| {
+        b.namespace("off").uncacheable_for(Duration::ZERO)
+    })
+    .await;
+    call(&off[0].1, post(r#"{"q":"mine"}"#)).await;
+    assert_eq!(total(&off, |s| s.uncacheable_marks), 0);
 }

@@ -70,6 +70,17 @@ impl<T: Clone> Coalescer<T> {
         })
     }
 
+    /// A flight for `key` that nobody joins: its leader calls alone, and callers arriving meanwhile neither
+    /// wait for it nor disturb a flight another caller leads for the key.
+    pub(crate) fn solo(&self, key: &str) -> Leader<'_, T> {
+        let (tx, _) = watch::channel(None);
+        Leader {
+            coalescer: self,
+            key: Arc::from(key),
+            tx: Some(tx),
+        }
+    }
+
     /// Ends the sharing of the flight for `key`, if there is one: its callers still get its result, and the next
     /// caller starts a flight of its own.
     pub(crate) fn detach(&self, key: &str) {
@@ -240,5 +251,27 @@ mod tests {
             matches!(c.join("k"), Role::Leader(_)),
             "a waiter can take over"
         );
+    }
+
+    #[tokio::test]
+    async fn a_solo_flight_is_joined_by_nobody_and_leaves_the_shared_one_alone() {
+        let c = Coalescer::<u32>::default();
+        let Role::Leader(shared) = c.join("k") else {
+            panic!("leads")
+        };
+        let Role::Waiter(waiter) = c.join("k") else {
+            panic!("waits")
+        };
+        let solo = c.solo("k");
+        assert_eq!(c.len(), 1, "a solo flight is not in the map");
+        solo.complete(1);
+        assert!(
+            matches!(c.join("k"), Role::Waiter(_)),
+            "the shared flight is still there"
+        );
+        drop(c.solo("k"));
+        assert_eq!(c.len(), 1, "dropping a solo leader removes nothing");
+        shared.complete(2);
+        assert_eq!(waiter.wait().await, Some(2));
     }
 }

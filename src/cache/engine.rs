@@ -12,9 +12,10 @@ use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
     Action, Forward, Fwd, Lookup, Part, RequestFacts, ResponseFacts, Rules, Verdict, also_stale,
-    decide, invalidates, judge, may_invalidate, not_modified, part_of, serve_stale_on_error,
+    decide, invalidates, is_origin_failure, judge, may_invalidate, not_modified, part_of,
+    serve_stale_on_error,
 };
-use super::entry::{Entry, storable_headers};
+use super::entry::{Entry, Unstored, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
 use super::freshness::{
     CacheOverride, OriginSays, Windows, WindowsFn, age_of, merge_headers, validators,
@@ -89,6 +90,27 @@ pub(super) enum Written {
     Fenced,
     /// Not stored: no lease to store under, nothing storable, already expired, or the store failed.
     No,
+}
+
+/// What a request's store read found, for [`Engine::forward`].
+struct Read {
+    /// The entry, when one decoded.
+    entry: Option<Entry>,
+    health: StoreHealth,
+    /// The in-flight map's count of finished calls when the entry was read (`None`: not read).
+    epoch: Option<u64>,
+    /// The marker found in the entry's place, if any.
+    unstored: Option<Unstored>,
+}
+
+impl Read {
+    /// Nothing read.
+    const NONE: Read = Read {
+        entry: None,
+        health: StoreHealth::Ok,
+        epoch: None,
+        unstored: None,
+    };
 }
 
 /// Where [`Engine::conclude`] leaves a request: answered, or forwarded by the future to await. That future is
@@ -253,6 +275,8 @@ pub(crate) struct Policy {
     pub(crate) refresh_timeout: Duration,
     /// How long a miss waits for another process's fill; zero: misses are not collapsed across processes.
     pub(crate) fleet_wait: Duration,
+    /// How long a key whose answer was not stored keeps a marker saying so (see [`Unstored`]); zero: never.
+    pub(crate) uncacheable_for: Duration,
     /// The most background refreshes running at once in this layer.
     pub(crate) max_refreshes: usize,
     /// How long a caller waits for another caller's inner call to the same key before making its own.
@@ -282,6 +306,7 @@ impl std::fmt::Debug for Policy {
             .field("lease_for", &self.lease_for)
             .field("refresh_timeout", &self.refresh_timeout)
             .field("fleet_wait", &self.fleet_wait)
+            .field("uncacheable_for", &self.uncacheable_for)
             .field("max_refreshes", &self.max_refreshes)
             .field("coalesced_wait", &self.coalesced_wait)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
@@ -579,9 +604,7 @@ impl Engine {
     {
         async move {
             if action != Action::Read {
-                return self
-                    .forward(key, facts, origin, action, None, StoreHealth::Ok, None)
-                    .await;
+                return self.forward(key, facts, origin, action, Read::NONE).await;
             }
             let fill = match probe {
                 NearProbe::Missed(fill) => fill,
@@ -663,7 +686,17 @@ impl Engine {
             tracing::debug!(key = key.short(), outcome = "hit", "cache decision");
             return Next::Answer(response);
         }
-        let read = read.map(|read| read.and_then(|bytes| self.decode(&key, &bytes)));
+        // A marker in the entry's place: nothing stored, and misses on this key need not wait for each other.
+        let mut unstored = None;
+        let read = read.map(|read| {
+            read.and_then(|bytes| match Unstored::read(&bytes, key.digest()) {
+                Some(marker) => {
+                    unstored = Some(marker);
+                    None
+                }
+                None => self.decode(&key, &bytes),
+            })
+        });
         let mut health = StoreHealth::Ok;
         let (entry, lookup) = match read {
             Ok(Some(found)) => {
@@ -720,7 +753,13 @@ impl Engine {
                 Next::Answer(cached(entry, now, outcome, None))
             }
             (action, entry) => {
-                Next::Forward(self.forward(key, facts, origin, action, entry, health, Some(epoch)))
+                let read = Read {
+                    entry,
+                    health,
+                    epoch: Some(epoch),
+                    unstored,
+                };
+                Next::Forward(self.forward(key, facts, origin, action, read))
             }
         }
     }
@@ -776,21 +815,15 @@ impl Engine {
     /// path that must stay cheap, carries none of this state (a smaller future is less to allocate and copy).
     ///
     /// `action` is a [`Forward`]; anything else (a bypass the adapter did not take, an answer without its
-    /// entry, neither of which its callers produce) goes to the origin uncached. `epoch` is the in-flight map's
-    /// count of finished calls when the entry was read (`None`: not read).
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the request's state, passed on once from the hit path"
-    )]
+    /// entry, neither of which its callers produce) goes to the origin uncached. `read` is what the store read
+    /// found.
     fn forward<'o, R, O>(
         self: Arc<Self>,
         key: CacheKey,
         facts: RequestFacts,
         mut origin: O,
         action: Action,
-        entry: Option<Entry>,
-        health: StoreHealth,
-        epoch: Option<u64>,
+        read: Read,
     ) -> AnswerFuture<'o, R>
     where
         R: Body + Send + 'static,
@@ -803,6 +836,15 @@ impl Engine {
                 Action::OnlyIfCachedMiss => return Ok(self.only_if_cached_miss()),
                 _ => return self.bypass(origin, BypassReason::Method).await,
             };
+            let Read {
+                entry,
+                health,
+                epoch,
+                unstored,
+            } = read;
+            if unstored.is_some() {
+                bump(&self.counters.uncacheable_misses);
+            }
             let baseline = entry.as_ref().map(|e| e.stored_at);
             // The entry this request may revalidate with its validators: the one it read, of its own variant (a
             // miss, or an entry older than the request's `max-age` allows).
@@ -813,9 +855,21 @@ impl Engine {
             let answer = |result, collapsed: bool, stored: bool| {
                 self.answer(result, fallback.clone(), forward, collapsed, stored, health)
             };
+            // A marker may be written when nothing usable was at the key: never over another variant's entry,
+            // nor over one a revalidation or stale-if-error could still use.
+            let may_mark = forward.why == Fwd::UriMiss
+                && forward.store
+                && baseline.is_none()
+                && !self.policy.uncacheable_for.is_zero();
             loop {
                 self.catch_up_on_marks();
-                match self.flights.join(key.as_str()) {
+                // An answer meant for one requester is not shared: a marked key's callers do not wait for each
+                // other in this process either.
+                let role = match unstored {
+                    Some(Unstored::Alone) => Role::Leader(self.flights.solo(key.as_str())),
+                    _ => self.flights.join(key.as_str()),
+                };
+                match role {
                     Role::Leader(leader) => {
                         // A call for this key may have finished and stored between this request's read and its
                         // joining: then that entry answers, and the origin is not asked twice. (Not after a failed
@@ -849,7 +903,14 @@ impl Engine {
                         // One origin call per key for the fleet: lead with the key's lease, or wait for the
                         // process that holds it.
                         let (lease, health) = match self
-                            .fleet_turn(&key, &facts, origin.parts(), forward, baseline)
+                            .fleet_turn(
+                                &key,
+                                &facts,
+                                origin.parts(),
+                                forward,
+                                baseline,
+                                unstored.is_none(),
+                            )
                             .await
                         {
                             Turn::Answered(entry) => {
@@ -877,6 +938,8 @@ impl Engine {
                                 || leader.detach(),
                             )
                             .await;
+                        // What the answer leaves in the entry's place when it cannot be stored.
+                        let mut unstorable = None;
                         let answered = match called {
                             Ok(Fetched::Buffered(response)) => {
                                 let (response, verdict, vary) = self.settle(
@@ -900,6 +963,13 @@ impl Engine {
                                         )
                                         .await
                                         == Written::Stored;
+                                unstorable = if !verdict.share {
+                                    Some(Unstored::Alone)
+                                } else if !verdict.store && !is_origin_failure(response.status) {
+                                    Some(Unstored::Shared)
+                                } else {
+                                    None
+                                };
                                 let response = Arc::new(response);
                                 leader.complete(if verdict.share {
                                     Shared::Response {
@@ -920,6 +990,11 @@ impl Engine {
                             }
                             Ok(Fetched::Streaming(response)) => {
                                 leader.complete(Shared::Uncoalesced);
+                                // Too large by its own say; not one streamed because the memory budget ran out
+                                // for the moment, which the next call may not meet.
+                                unstorable = content_length(response.headers())
+                                    .is_some_and(|n| n > self.policy.max_body as u64)
+                                    .then_some(Unstored::Alone);
                                 Ok(self.pass_through(response, forward, health))
                             }
                             Err(error) => {
@@ -935,8 +1010,14 @@ impl Engine {
                                 )
                             }
                         };
-                        // After the write: a process waiting on the lease finds the entry, or (the call failed)
-                        // takes the lease and tries itself.
+                        if let Some(marker) =
+                            unstorable.filter(|_| may_mark && health == StoreHealth::Ok)
+                            && let Some(held) = lease.as_ref().and_then(LeaseGuard::lease)
+                        {
+                            self.mark_unstored(&key, marker, held).await;
+                        }
+                        // After the write: a process waiting on the lease finds the entry (or the marker), or (the
+                        // call failed) takes the lease and tries itself.
                         if let Some(lease) = lease {
                             lease.release().await;
                         }
@@ -1137,7 +1218,7 @@ impl Engine {
     }
 
     /// Reads the stored bytes of the entry for `key`.
-    async fn read_bytes(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreHealth> {
+    pub(super) async fn read_bytes(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreHealth> {
         match self
             .store
             .call("get", key.as_str(), |s| s.get(key.as_str()))
@@ -1150,7 +1231,10 @@ impl Engine {
     }
 
     /// Decodes the entry `bytes` read for `key`; `None` (a miss, counted and logged) when they do not decode.
-    fn decode(&self, key: &CacheKey, bytes: &Bytes) -> Option<Entry> {
+    pub(super) fn decode(&self, key: &CacheKey, bytes: &Bytes) -> Option<Entry> {
+        if Unstored::read(bytes, key.digest()).is_some() {
+            return None;
+        }
         match heads::decode(bytes, key.digest(), self.policy.max_body) {
             Ok(entry) => Some(entry),
             Err(error) => {
@@ -1249,6 +1333,27 @@ impl Engine {
                 Written::Fenced
             }
             Err(_) => Written::No,
+        }
+    }
+
+    /// Leaves `marker` in the place of `key`'s entry for `uncacheable_for`, under `lease` as an entry is stored
+    /// (an invalidation since the origin was asked removes the lease first, and then nothing is written).
+    async fn mark_unstored(&self, key: &CacheKey, marker: Unstored, lease: &Lease) {
+        let value = marker.encode(key.digest());
+        let ttl = self.policy.uncacheable_for;
+        let written = self
+            .store
+            .call("mark", key.as_str(), |s| {
+                s.set_if_leased(key.as_str(), value, ttl, &lease.key, &lease.token)
+            })
+            .await;
+        if let Ok(true) = written {
+            bump(&self.counters.uncacheable_marks);
+            tracing::debug!(
+                key = key.short(),
+                ?marker,
+                "answer not storable: key marked"
+            );
         }
     }
 

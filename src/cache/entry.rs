@@ -26,6 +26,9 @@ const MAGIC: &[u8; 4] = b"\xffTRC";
 const VERSION: u8 = 2;
 /// The version of an entry whose body is stored LZ4-compressed.
 const VERSION_LZ4: u8 = 3;
+/// The version of an [`Unstored`] marker: not an entry, so a reader of an older version of this crate finds a
+/// version it does not know, which it takes for a miss (what a marker means).
+const VERSION_UNSTORED: u8 = 4;
 /// Bytes before the first header: magic, version, digest, four timestamps, vary flag, status, header count.
 const FIXED_HEAD: usize = 4 + 1 + 32 + 8 * 4 + 1 + 2 + 2;
 /// The bytes a vary digest adds to an entry whose response has `Vary`.
@@ -292,6 +295,54 @@ fn decompressed(_: &[u8], _: usize) -> Option<Bytes> {
     None
 }
 
+/// Why a key's last origin answer was not stored, as a marker in the entry's place says (Varnish's
+/// hit-for-miss): a miss for a marked key does not wait for another caller's call, whose answer would not be
+/// stored either, but calls the origin itself. The first answer that can be stored replaces the marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unstored {
+    /// Meant for its requester alone (`private`, `no-store`, `Set-Cookie`, `Vary: *`), or too large to hold
+    /// (its `Content-Length` over the cap): never shared, so callers in one process do not wait for each
+    /// other either.
+    Alone,
+    /// Shared, but of a status the cache does not store (a `404`): callers in one process still share one
+    /// call; processes no longer wait for each other's.
+    Shared,
+}
+
+impl Unstored {
+    /// Marker bytes: magic, version, the key's digest (a marker read for another key is not one), the kind.
+    const LEN: usize = 4 + 1 + 32 + 1;
+
+    /// The marker for the key whose digest is `digest`.
+    pub(crate) fn encode(self, digest: &[u8; 32]) -> Bytes {
+        let mut out = BytesMut::with_capacity(Self::LEN);
+        out.put_slice(MAGIC);
+        out.put_u8(VERSION_UNSTORED);
+        out.put_slice(digest);
+        out.put_u8(match self {
+            Unstored::Alone => 0,
+            Unstored::Shared => 1,
+        });
+        out.freeze()
+    }
+
+    /// The marker `bytes` hold for `digest`, if they are one.
+    pub(crate) fn read(bytes: &[u8], digest: &[u8; 32]) -> Option<Unstored> {
+        if bytes.len() != Self::LEN
+            || bytes.get(..4)? != MAGIC
+            || bytes.get(4) != Some(&VERSION_UNSTORED)
+            || bytes.get(5..37)? != digest
+        {
+            return None;
+        }
+        match bytes.get(37)? {
+            0 => Some(Unstored::Alone),
+            1 => Some(Unstored::Shared),
+            _ => None,
+        }
+    }
+}
+
 /// Why stored bytes could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DecodeError {
@@ -459,6 +510,26 @@ mod tests {
             Entry::decode(&bytes, &[0; 32], MAX_BODY).unwrap().vary,
             Some([3; 32])
         );
+    }
+
+    #[test]
+    fn markers_are_read_for_their_own_key_and_never_decode_as_entries() {
+        let digest = [5u8; 32];
+        for kind in [Unstored::Alone, Unstored::Shared] {
+            let marker = kind.encode(&digest);
+            assert_eq!(Unstored::read(&marker, &digest), Some(kind));
+            assert_eq!(Unstored::read(&marker, &[6u8; 32]), None);
+            // What a reader of an entry (of this version or an older one) makes of it: a miss.
+            assert_eq!(
+                Entry::decode(&marker, &digest, MAX_BODY).unwrap_err(),
+                DecodeError::Version
+            );
+            assert_eq!(Unstored::read(&marker[..marker.len() - 1], &digest), None);
+        }
+        let mut unknown = Unstored::Alone.encode(&digest).to_vec();
+        unknown[37] = 9;
+        assert_eq!(Unstored::read(&unknown, &digest), None);
+        assert_eq!(Unstored::read(&entry(b"x").encode(&digest), &digest), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 
 use super::decision::{Forward, Lookup, RequestFacts, decide};
 use super::engine::{Engine, millis};
-use super::entry::Entry;
+use super::entry::{Entry, Unstored};
 use super::key::{CacheKey, vary_digest};
 use super::stats::{add, bump};
 use super::tags::Tags;
@@ -101,6 +101,15 @@ impl Drop for LeaseGuard {
     }
 }
 
+/// What a look at a key found while waiting for another process's fill.
+enum Found {
+    /// A new entry that answers the request fresh.
+    Entry(Entry),
+    /// A marker: the holder's answer could not be stored.
+    Unstored,
+    Nothing,
+}
+
 /// How a wait for another process's fill ended.
 pub(crate) enum Waited {
     /// The entry arrived.
@@ -109,6 +118,9 @@ pub(crate) enum Waited {
     Took(LeaseGuard),
     /// The deadline passed: call the origin without the lease (and without storing: the holder stores).
     GaveUp,
+    /// The holder's answer could not be stored (it left a marker) and the lease is held again: call the origin
+    /// without waiting for that call too.
+    Unstored,
     /// The store failed: call the origin without it.
     StoreFailed,
 }
@@ -206,7 +218,8 @@ impl Engine {
 
     /// Takes this process's turn at a key it is about to fetch for a `forward` of the request with `parts`: the
     /// lease (with the request's tags recorded), or a wait for the process that holds it. `baseline` is the
-    /// `stored_at` of the entry the request read (`None`: none, or not read).
+    /// `stored_at` of the entry the request read (`None`: none, or not read). Without `wait`, a lease held
+    /// elsewhere is not waited for.
     pub(crate) async fn fleet_turn(
         self: &Arc<Self>,
         key: &CacheKey,
@@ -214,6 +227,7 @@ impl Engine {
         parts: &request::Parts,
         forward: Forward,
         baseline: Option<u64>,
+        wait: bool,
     ) -> Turn {
         // A store that just failed this request is not asked again.
         if !forward.store {
@@ -227,15 +241,16 @@ impl Engine {
         match self.take_lease(key, tags).await {
             Ok(Some(lease)) => Turn::Lead(Some(lease)),
             Err(()) => Turn::StoreFailed,
-            // Collapsing is off: call the origin at once, and leave the storing to the lease's holder.
-            Ok(None) if self.policy.fleet_wait.is_zero() => Turn::Lead(None),
+            // Collapsing is off, or the key's last answer could not be stored (a marker said so): call the origin
+            // at once, and leave the storing to the lease's holder.
+            Ok(None) if self.policy.fleet_wait.is_zero() || !wait => Turn::Lead(None),
             Ok(None) => match self
                 .wait_for_fleet(key, facts, headers, baseline, tags)
                 .await
             {
                 Waited::Entry(entry) => Turn::Answered(entry),
                 Waited::Took(lease) => Turn::Lead(Some(lease)),
-                Waited::GaveUp => Turn::Lead(None),
+                Waited::GaveUp | Waited::Unstored => Turn::Lead(None),
                 Waited::StoreFailed => Turn::StoreFailed,
             },
         }
@@ -323,18 +338,27 @@ impl Engine {
             if let Some(pushed) = pushed.as_mut().as_pin_mut() {
                 pushed.enable();
             }
-            if let Some(entry) = self.new_fresh_entry(key, facts, headers, baseline).await {
-                break Waited::Entry(entry);
-            }
+            let marked = match self.new_fresh_entry(key, facts, headers, baseline).await {
+                Found::Entry(entry) => break Waited::Entry(entry),
+                Found::Unstored => true,
+                Found::Nothing => false,
+            };
             match self.take_lease(key, tags).await {
                 Ok(Some(lease)) => {
                     // The holder may have stored and let go between the look and the lease.
-                    if let Some(entry) = self.new_fresh_entry(key, facts, headers, baseline).await {
+                    if let Found::Entry(entry) =
+                        self.new_fresh_entry(key, facts, headers, baseline).await
+                    {
                         lease.release().await;
                         break Waited::Entry(entry);
                     }
                     bump(&self.counters.fleet_takeovers);
                     break Waited::Took(lease);
+                }
+                // Another caller is at it again, and its answer will not be stored either.
+                Ok(None) if marked => {
+                    bump(&self.counters.uncacheable_misses);
+                    break Waited::Unstored;
                 }
                 Ok(None) => {}
                 Err(()) => break Waited::StoreFailed,
@@ -361,17 +385,26 @@ impl Engine {
         waited
     }
 
-    /// The entry of `key` if it is not the one of `baseline` and answers this request fresh.
+    /// The entry of `key` if it is not the one of `baseline` and answers this request fresh, or the marker
+    /// saying the last answer could not be stored.
     async fn new_fresh_entry(
         &self,
         key: &CacheKey,
         facts: &RequestFacts,
         headers: &HeaderMap,
         baseline: Option<u64>,
-    ) -> Option<Entry> {
-        let entry = self.read(key).await.ok()??;
+    ) -> Found {
+        let Ok(Some(bytes)) = self.read_bytes(key).await else {
+            return Found::Nothing;
+        };
+        if Unstored::read(&bytes, key.digest()).is_some() {
+            return Found::Unstored;
+        }
+        let Some(entry) = self.decode(key, &bytes) else {
+            return Found::Nothing;
+        };
         if Some(entry.stored_at) == baseline {
-            return None;
+            return Found::Nothing;
         }
         let stored = entry.stored(vary_digest(&entry.headers, headers) == entry.vary);
         let now = self.clock.now_ms();
@@ -381,6 +414,10 @@ impl Engine {
             ..*facts
         };
         let fresh = decide(&self.policy.rules, &facts, Lookup::Found(stored), now);
-        fresh.is_fresh().then_some(entry)
+        if fresh.is_fresh() {
+            Found::Entry(entry)
+        } else {
+            Found::Nothing
+        }
     }
 }

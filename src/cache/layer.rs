@@ -269,6 +269,7 @@ pub struct RedisCacheLayerBuilder {
     near_max_ttl: Duration,
     tracking: Option<Arc<dyn Tracking>>,
     fleet_wait: Duration,
+    uncacheable_for: Duration,
     max_refreshes: usize,
     coalesced_wait: Duration,
     max_in_flight_bytes: usize,
@@ -317,6 +318,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("near_cache", &self.near_bytes)
             .field("near_cache_max_ttl", &self.near_max_ttl)
             .field("fleet_wait", &self.fleet_wait)
+            .field("uncacheable_for", &self.uncacheable_for)
             .field("max_background_refreshes", &self.max_refreshes)
             .field("coalesced_wait", &self.coalesced_wait)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
@@ -391,6 +393,7 @@ impl RedisCacheLayerBuilder {
             near_max_ttl: Duration::from_secs(60),
             tracking: None,
             fleet_wait: Duration::from_secs(5),
+            uncacheable_for: Duration::from_secs(60),
             max_refreshes: 32,
             coalesced_wait: Duration::from_secs(30),
             max_in_flight_bytes: 64 * 1024 * 1024,
@@ -860,6 +863,21 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// How long a key whose origin answer the cache could not store is remembered as such, for every process
+    /// sharing the store (Varnish's hit-for-miss). An answer meant for its requester alone (`private`,
+    /// `no-store`, `Set-Cookie`, `Vary: *`), too large to hold (by its `Content-Length`), or of a status not
+    /// cached (a `404`; not an origin failure such as a `503`) leaves a small marker in the entry's place, when
+    /// nothing was stored there: for this long, a miss on that key calls the origin without waiting for another
+    /// process's call (whose answer would not be stored either), and, for an answer meant for one requester,
+    /// without waiting for another caller in its own process. Without it, concurrent misses on such a key would
+    /// queue behind each other, one origin call at a time, up to [`fleet_wait`](Self::fleet_wait). The first
+    /// answer that can be stored replaces the marker, so nothing is cached for less time. Default: 60 s; zero
+    /// turns it off.
+    pub fn uncacheable_for(mut self, remember: Duration) -> Self {
+        self.uncacheable_for = remember;
+        self
+    }
+
     /// The most background refreshes one layer runs at once. A stale hit arriving while this many run is still
     /// served stale at once, without starting a refresh (counted in `refreshes_deferred`); a later stale hit of
     /// that key starts it. This keeps a burst of entries going stale together (after a deploy, after an
@@ -968,6 +986,7 @@ impl RedisCacheLayerBuilder {
             (Setting::RefreshLeaseFor, self.lease_for),
             (Setting::NearCacheMaxTtl, self.near_max_ttl),
             (Setting::FleetWait, self.fleet_wait),
+            (Setting::UncacheableFor, self.uncacheable_for),
             (Setting::CoalescedWait, self.coalesced_wait),
         ] {
             if window > MAX_WINDOW {
@@ -1131,6 +1150,7 @@ impl RedisCacheLayerBuilder {
             lease_for: self.lease_for,
             refresh_timeout: self.refresh_timeout,
             fleet_wait: self.fleet_wait,
+            uncacheable_for: self.uncacheable_for,
             max_refreshes: self.max_refreshes,
             coalesced_wait: self.coalesced_wait,
             max_in_flight_bytes: self.max_in_flight_bytes,
@@ -1202,6 +1222,10 @@ mod tests {
                 Setting::OriginFreshnessCap,
             ),
             (builder().fleet_wait(Duration::MAX), Setting::FleetWait),
+            (
+                builder().uncacheable_for(Duration::MAX),
+                Setting::UncacheableFor,
+            ),
             (
                 builder().coalesced_wait(Duration::ZERO),
                 Setting::CoalescedWait,

@@ -132,7 +132,11 @@
 //! Across processes, a key's lease (next to its entry, with a token only its holder can renew or release)
 //! makes one fill and one refresh per key for the fleet: a process that misses a key another is fetching waits
 //! for that entry (up to [`fleet_wait`](RedisCacheLayerBuilder::fleet_wait)) and answers `collapsed;
-//! detail=fleet`; see [`RedisCacheLayerBuilder::fleet_wait`].
+//! detail=fleet`; see [`RedisCacheLayerBuilder::fleet_wait`]. Waiting pays only when the answer is stored: a key
+//! whose answer could not be (meant for one requester, too large, of a status not cached) keeps a small marker
+//! in its entry's place for [`uncacheable_for`](RedisCacheLayerBuilder::uncacheable_for), and misses on it call
+//! the origin without waiting for another process's call (nor, for an answer meant for one requester, for
+//! another caller's in their own process), instead of queueing one origin call at a time.
 //!
 //! # Near cache
 //!

@@ -90,6 +90,8 @@ pub(crate) struct Counters {
     pub(crate) fleet_wait_ms: Counter,
     pub(crate) fleet_takeovers: Counter,
     pub(crate) fleet_timeouts: Counter,
+    pub(crate) uncacheable_marks: Counter,
+    pub(crate) uncacheable_misses: Counter,
     pub(crate) revalidated: Counter,
     pub(crate) refreshes_deferred: Counter,
     pub(crate) coalesce_timeouts: Counter,
@@ -154,6 +156,14 @@ impl Counters {
             fleet_wait_ms: Counter::new("tower_redis_cache_fleet_wait_ms_total", &namespace),
             fleet_takeovers: Counter::new("tower_redis_cache_fleet_takeovers_total", &namespace),
             fleet_timeouts: Counter::new("tower_redis_cache_fleet_timeouts_total", &namespace),
+            uncacheable_marks: Counter::new(
+                "tower_redis_cache_uncacheable_marks_total",
+                &namespace,
+            ),
+            uncacheable_misses: Counter::new(
+                "tower_redis_cache_uncacheable_misses_total",
+                &namespace,
+            ),
             revalidated: Counter::new("tower_redis_cache_revalidated_total", &namespace),
             refreshes_deferred: Counter::new(
                 "tower_redis_cache_refreshes_deferred_total",
@@ -217,6 +227,8 @@ impl Counters {
             fleet_wait_ms: self.fleet_wait_ms.get(),
             fleet_takeovers: self.fleet_takeovers.get(),
             fleet_timeouts: self.fleet_timeouts.get(),
+            uncacheable_marks: self.uncacheable_marks.get(),
+            uncacheable_misses: self.uncacheable_misses.get(),
             revalidated: self.revalidated.get(),
             refreshes_deferred: self.refreshes_deferred.get(),
             coalesce_timeouts: self.coalesce_timeouts.get(),
@@ -293,6 +305,10 @@ pub struct CacheStats {
     pub fleet_takeovers: u64,
     /// Waits that reached `fleet_wait` and called the origin without the lease.
     pub fleet_timeouts: u64,
+    /// Markers written for keys whose origin answer could not be stored (see `uncacheable_for`).
+    pub uncacheable_marks: u64,
+    /// Misses on a key so marked, made without waiting for another caller's origin call.
+    pub uncacheable_misses: u64,
     /// Stored entries the origin confirmed with a `304` to a conditional request (`If-None-Match`,
     /// `If-Modified-Since` from the entry's `ETag` and `Last-Modified`): renewed without their body again.
     pub revalidated: u64,

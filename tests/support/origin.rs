@@ -87,6 +87,11 @@ impl Origin {
             .push((HeaderName::from_static(name), value));
     }
 
+    /// Stops adding the headers [`add_header`](Self::add_header) added.
+    pub fn clear_headers(&self) {
+        self.headers.lock().unwrap().clear();
+    }
+
     /// The methods of the calls that reached the origin, in order.
     pub fn methods(&self) -> Vec<Method> {
         self.methods.lock().unwrap().clone()
