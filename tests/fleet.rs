@@ -478,23 +478,45 @@ async fn misses_on_a_key_whose_answer_is_private_do_not_queue_behind_each_other(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_status_not_cached_is_still_shared_in_a_process_but_processes_do_not_queue() {
+async fn answers_not_kept_are_still_shared_in_a_process_but_processes_do_not_queue() {
     let server = RedisServer::start();
-    let origin = Origin::new();
-    origin.fail_with(http::StatusCode::NOT_FOUND);
-    let processes = four(&server, &origin, |b| b).await;
-    let first = call(&processes[0].1, post(r#"{"q":"absent"}"#)).await;
-    assert_eq!(first.status(), http::StatusCode::NOT_FOUND);
-    assert_eq!(processes[0].0.handle().stats().uncacheable_marks, 1);
-    // One call per process: its other caller shares it, as any answer it would not store.
-    let answers = burst(&processes, &origin, r#"{"q":"absent"}"#, 2).await;
-    let collapsed = answers
-        .iter()
-        .filter(|(status, _)| status.contains("; collapsed"))
-        .count();
-    assert_eq!(collapsed, 2, "{answers:?}");
-    assert_eq!(origin.calls(), 3);
-    assert_eq!(total(&processes, |s| s.fleet_waits), 0);
+    // A status the layer does not store, and an answer that expires at once.
+    for (case, json) in [
+        ("404", r#"{"q":"absent"}"#),
+        ("max-age=0", r#"{"q":"now"}"#),
+    ] {
+        let origin = Origin::new();
+        if case == "404" {
+            origin.fail_with(http::StatusCode::NOT_FOUND);
+        } else {
+            origin.add_header("cache-control", "max-age=0, must-revalidate");
+        }
+        // Queries, which take the origin's freshness as `GET`s do.
+        let processes = four(&server, &origin, |b| b.origin_freshness_for_post(true)).await;
+        let first = call(&processes[0].1, post(json)).await;
+        assert_eq!(
+            outcome(&first),
+            CacheOutcome::Miss {
+                collapsed: false,
+                stored: false
+            },
+            "{case}"
+        );
+        assert_eq!(
+            processes[0].0.handle().stats().uncacheable_marks,
+            1,
+            "{case}"
+        );
+        // One call per process: its other caller shares it, as any answer it would not store.
+        let answers = burst(&processes, &origin, json, 2).await;
+        let collapsed = answers
+            .iter()
+            .filter(|(status, _)| status.contains("; collapsed"))
+            .count();
+        assert_eq!(collapsed, 2, "{case}: {answers:?}");
+        assert_eq!(origin.calls(), 3, "{case}");
+        assert_eq!(total(&processes, |s| s.fleet_waits), 0, "{case}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

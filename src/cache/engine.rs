@@ -88,8 +88,10 @@ pub(super) enum Written {
     /// Not stored because the key's lease was gone: an invalidation or purge ran since the origin was asked (or
     /// the lease was lost). Counted in `stores_fenced`.
     Fenced,
-    /// Not stored: no lease to store under, nothing storable, already expired, or the store failed.
+    /// Not stored: no lease to store under, nothing storable, or the store failed.
     No,
+    /// Not stored: the answer's windows end at once (`max-age=0, must-revalidate`), nothing to keep.
+    Expired,
 }
 
 /// What a request's store read found, for [`Engine::forward`].
@@ -950,22 +952,27 @@ impl Engine {
                                 );
                                 // A store that just failed this request's read is not asked to write: a
                                 // request pays at most one store timeout.
-                                let stored = forward.store
+                                let written = if forward.store
                                     && health == StoreHealth::Ok
                                     && verdict.store
-                                    && self
-                                        .write(
-                                            &key,
-                                            &response,
-                                            vary,
-                                            &facts,
-                                            lease.as_ref().and_then(LeaseGuard::lease),
-                                        )
-                                        .await
-                                        == Written::Stored;
+                                {
+                                    self.write(
+                                        &key,
+                                        &response,
+                                        vary,
+                                        &facts,
+                                        lease.as_ref().and_then(LeaseGuard::lease),
+                                    )
+                                    .await
+                                } else {
+                                    Written::No
+                                };
+                                let stored = written == Written::Stored;
                                 unstorable = if !verdict.share {
                                     Some(Unstored::Alone)
-                                } else if !verdict.store && !is_origin_failure(response.status) {
+                                } else if is_origin_failure(response.status) {
+                                    None
+                                } else if !verdict.store || written == Written::Expired {
                                     Some(Unstored::Shared)
                                 } else {
                                     None
@@ -1294,7 +1301,7 @@ impl Engine {
         };
         let ttl = Duration::from_millis(entry.store_ttl_ms(now));
         if ttl.is_zero() {
-            return Written::No;
+            return Written::Expired;
         }
         if let Err(written) = self
             .record_answer_tags(key, response, lease, now, ttl)

@@ -304,8 +304,9 @@ pub(crate) enum Unstored {
     /// (its `Content-Length` over the cap): never shared, so callers in one process do not wait for each
     /// other either.
     Alone,
-    /// Shared, but of a status the cache does not store (a `404`): callers in one process still share one
-    /// call; processes no longer wait for each other's.
+    /// Shared, but of a status the cache does not store (a `404`), or with nothing to keep (`max-age=0,
+    /// must-revalidate`): callers in one process still share one call; processes no longer wait for each
+    /// other's.
     Shared,
 }
 

@@ -865,14 +865,14 @@ impl RedisCacheLayerBuilder {
 
     /// How long a key whose origin answer the cache could not store is remembered as such, for every process
     /// sharing the store (Varnish's hit-for-miss). An answer meant for its requester alone (`private`,
-    /// `no-store`, `Set-Cookie`, `Vary: *`), too large to hold (by its `Content-Length`), or of a status not
-    /// cached (a `404`; not an origin failure such as a `503`) leaves a small marker in the entry's place, when
-    /// nothing was stored there: for this long, a miss on that key calls the origin without waiting for another
-    /// process's call (whose answer would not be stored either), and, for an answer meant for one requester,
-    /// without waiting for another caller in its own process. Without it, concurrent misses on such a key would
-    /// queue behind each other, one origin call at a time, up to [`fleet_wait`](Self::fleet_wait). The first
-    /// answer that can be stored replaces the marker, so nothing is cached for less time. Default: 60 s; zero
-    /// turns it off.
+    /// `no-store`, `Set-Cookie`, `Vary: *`), too large to hold (by its `Content-Length`), of a status not
+    /// cached (a `404`; not an origin failure such as a `503`), or expiring at once (`max-age=0,
+    /// must-revalidate`) leaves a small marker in the entry's place, when nothing was stored there. For this
+    /// long, a miss on that key calls the origin without waiting for another process's call (whose answer would
+    /// not be stored either), and, for an answer meant for one requester, without waiting for another caller in
+    /// its own process. Without it, concurrent misses on such a key would queue behind each other, one origin
+    /// call at a time, up to [`fleet_wait`](Self::fleet_wait). The first answer that can be stored replaces the
+    /// marker, so nothing is cached for less time. Default: 60 s; zero turns it off.
     pub fn uncacheable_for(mut self, remember: Duration) -> Self {
         self.uncacheable_for = remember;
         self
