@@ -459,8 +459,12 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// Request headers whose values are part of the key, so each value gets entries of its own (a response's
-    /// own `Vary` is honoured as well, without this). Default: none.
+    /// Request headers whose values are part of the key, so each value gets entries of its own. Default: none.
+    ///
+    /// A response's own `Vary` is honoured without this, but a key holds one entry: a request of another
+    /// variant (another `Accept-Language`, say) misses (`fwd=vary-miss`) and its answer replaces the stored
+    /// one, so clients alternating between two variants evict each other. Naming the headers an origin varies
+    /// on here keeps an entry per variant, read in the same single round trip.
     pub fn vary_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.vary = names.into_iter().collect();
         self
