@@ -555,6 +555,48 @@ async fn the_per_token_rate_limit_answers_the_real_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_the_api_marks_no_store_are_kept_for_the_clients_windows() {
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let client = redis_client(&emulator, &redis).await;
+    let get = || {
+        tower::ServiceExt::oneshot(
+            client.service(),
+            http::Request::get(format!(
+                "{}/api/v2/integrations/actions/{}",
+                emulator.base_url(),
+                emulator.action_ids()[1]
+            ))
+            .body(tower_redis_cache::RequestBody::empty())
+            .unwrap(),
+        )
+    };
+    // As the real API does, every answer forbids caching.
+    let first = get().await.unwrap();
+    assert_eq!(
+        first.headers()["cache-control"],
+        "no-cache, no-store, must-revalidate"
+    );
+    assert_eq!(first.headers()["expires"], "0");
+    assert!(matches!(
+        CacheOutcome::of(&first),
+        Some(CacheOutcome::Miss { stored: true, .. })
+    ));
+    // The client keeps it all the same, for its own windows: the next call does not reach the API.
+    let second = get().await.unwrap();
+    assert_eq!(CacheOutcome::of(&second), Some(CacheOutcome::Hit));
+    assert_eq!(emulator.requests(Endpoint::GetAction), 1);
+    let executed = client
+        .execute_action(&emulator.action_ids()[1], &json!({"orderId": "A-9"}))
+        .await
+        .unwrap();
+    assert!(matches!(
+        executed.cache,
+        Some(CacheOutcome::Miss { stored: true, .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_url_connects_in_the_background_and_then_caches() {
     let emulator = Emulator::start().await.unwrap();
     let redis = RedisServer::start();

@@ -718,9 +718,15 @@ impl GenesysClientBuilder {
         )?;
         let auth = AuthLayer::new(source);
         let retry = self.retry.unwrap_or_default();
+        // The API marks every response `Cache-Control: no-cache, no-store, must-revalidate` (`Expires: 0`),
+        // whatever it holds: honoured, nothing would ever be cached. The entries are this client's own (the
+        // partition: API host and client id, whose one token sees the same answers for every caller), and their
+        // windows are the ones this builder sets.
         let cache = RedisCacheLayer::builder(store)
             .namespace(self.namespace)
             .partition(format!("{api_base}\n{client_id}"))
+            .respect_response_cache_control(false)
+            .origin_freshness(false)
             .fresh_for(self.fresh_for)
             .stale_for(self.stale_for)
             .stale_if_error_for(self.stale_if_error_for)

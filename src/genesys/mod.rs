@@ -1,10 +1,12 @@
 //! A Genesys Cloud client assembled from this crate's layers: Data Actions (list, get, execute, update,
-//! delete), page-number
-//! and cursor pagination, and typed errors, over
+//! delete), page-number and cursor pagination, and typed errors, over
 //! `RedisCacheLayer -> RetryLayer -> AuthLayer -> per-attempt timeout -> hyper-util (rustls, HTTP/1.1 + HTTP/2)`.
 //!
 //! The cache sits outermost, so a hit costs no token and no network; its partition is the API base plus the
-//! OAuth client id, so two clients (two orgs) sharing one Redis never share an entry. Retry sits outside auth,
+//! OAuth client id, so two clients (two orgs) sharing one Redis never share an entry. The API marks every
+//! response `Cache-Control: no-cache, no-store, must-revalidate`, whatever it holds, so the client's cache
+//! does not take its caching rules from the API: it keeps answers for the windows its builder sets
+//! ([`fresh_for`](GenesysClientBuilder::fresh_for), per action, per listing). Retry sits outside auth,
 //! so each attempt carries the current token. [`emulator`] (feature `emulator`) serves the same API locally.
 //!
 //! # Example

@@ -8,9 +8,10 @@
 //! the current one), `DELETE .../actions/{id}` (`204`), and the cursor listing
 //! `POST /api/v2/taskmanagement/workitems/query`. API calls need a bearer token it issued (else `401
 //! bad.credentials`), are rate limited per token (default 300 a minute, answered with the real `429` body and
-//! `Retry-After`), and every response carries `ININ-Correlation-Id`. Switches inject faults, change the token
-//! lifetime, reject the next token, and make pages repeat; counters tell how many requests each endpoint
-//! served.
+//! `Retry-After`), and every response carries `ININ-Correlation-Id` and, as the real API's do, `Cache-Control:
+//! no-cache, no-store, must-revalidate` (with `Pragma: no-cache`, `Expires: 0`). Switches inject faults,
+//! change the token lifetime, reject the next token, and make pages repeat; counters tell how many requests
+//! each endpoint served.
 //!
 //! # Example
 //!

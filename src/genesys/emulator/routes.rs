@@ -26,7 +26,7 @@ pub(crate) async fn handle(shared: &Shared, request: http::Request<Incoming>) ->
     let body = match Limited::new(body, 1024 * 1024).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return with_id(
+            return with_api_headers(
                 error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request body over 1 MiB",
@@ -47,13 +47,22 @@ pub(crate) async fn handle(shared: &Shared, request: http::Request<Incoming>) ->
         ),
         _ => api(shared, endpoint, &parts, &body, &correlation).await,
     };
-    with_id(response, &correlation)
+    with_api_headers(response, &correlation)
 }
 
-fn with_id(mut response: Reply, correlation: &str) -> Reply {
+/// The header fields the real API puts on every response: its correlation id, and a ban on caching whatever the
+/// response holds (as a trace of `GET /api/v2/users` on api.mypurecloud.com shows).
+fn with_api_headers(mut response: Reply, correlation: &str) -> Reply {
+    let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(correlation) {
-        response.headers_mut().insert("inin-correlation-id", value);
+        headers.insert("inin-correlation-id", value);
     }
+    headers.insert(
+        "cache-control",
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    headers.insert("pragma", HeaderValue::from_static("no-cache"));
+    headers.insert("expires", HeaderValue::from_static("0"));
     response
 }
 
