@@ -174,6 +174,9 @@ async fn responses_past_the_in_flight_budget_stream_through_unstored() {
     );
     assert_eq!(stats().over_memory_budget, 1);
     assert_eq!(stats().in_flight_bytes, 40 * 1024, "B holds none of it");
+    // Not too large for the cache, only for the moment: no reason of the answer's own is given.
+    let status = second.headers()["cache-status"].to_str().unwrap();
+    assert!(!status.contains("detail"), "{status}");
 
     open.send_replace(true);
     let body = second.into_body().collect().await.unwrap().to_bytes();

@@ -502,6 +502,16 @@ async fn answers_not_kept_are_still_shared_in_a_process_but_processes_do_not_que
             },
             "{case}"
         );
+        let why = if case == "404" {
+            "response-status"
+        } else {
+            "response-expired"
+        };
+        assert!(
+            cache_status(&first).ends_with(&format!("; detail={why}")),
+            "{case}: {}",
+            cache_status(&first)
+        );
         assert_eq!(
             processes[0].0.handle().stats().uncacheable_marks,
             1,

@@ -512,6 +512,7 @@ async fn responses_over_the_cap_pass_through_and_are_not_stored() {
             outcome(&response),
             CacheOutcome::Miss { stored: false, .. }
         ));
+        assert!(cache_status(&response).ends_with("; detail=response-too-large"));
         let bytes = body(response).await;
         assert!(bytes.len() > 64);
         assert!(bytes.starts_with(format!(r#"{{"n":{n},"#).as_bytes()));

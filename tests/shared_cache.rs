@@ -482,7 +482,11 @@ async fn responses_with_set_cookie_are_neither_stored_nor_shared_with_waiters() 
             let service = service.clone();
             tokio::spawn(async move {
                 let response = call(&service, get("http://api.test/profile", &[])).await;
-                (outcome(&response), body(response).await)
+                (
+                    outcome(&response),
+                    cache_status(&response),
+                    body(response).await,
+                )
             })
         })
         .collect();
@@ -491,8 +495,9 @@ async fn responses_with_set_cookie_are_neither_stored_nor_shared_with_waiters() 
     assert_eq!(origin.calls(), 1);
     origin.open();
     let mut bodies = Vec::new();
+    let mut told = 0;
     for task in tasks {
-        let (outcome, body) = task.await.unwrap();
+        let (outcome, status, body) = task.await.unwrap();
         assert_eq!(
             outcome,
             CacheOutcome::Miss {
@@ -500,8 +505,11 @@ async fn responses_with_set_cookie_are_neither_stored_nor_shared_with_waiters() 
                 stored: false
             }
         );
+        told += usize::from(status.ends_with("; detail=response-set-cookie"));
         bodies.push(body);
     }
+    // The first caller's answer says why it was kept from the others.
+    assert_eq!(told, 1);
     bodies.sort();
     bodies.dedup();
     assert_eq!(bodies.len(), 3, "each caller got an answer of its own");
@@ -512,7 +520,10 @@ async fn responses_with_set_cookie_are_neither_stored_nor_shared_with_waiters() 
 #[tokio::test]
 async fn private_and_no_store_responses_are_not_stored() {
     let server = RedisServer::start();
-    for directive in ["private, max-age=60", "no-store"] {
+    for (directive, why) in [
+        ("private, max-age=60", "response-private"),
+        ("no-store", "response-no-store"),
+    ] {
         let origin = Origin::new();
         origin.add_header("cache-control", directive);
         let layer = layer(&server).await.build().unwrap();
@@ -526,6 +537,10 @@ async fn private_and_no_store_responses_are_not_stored() {
                     stored: false
                 },
                 "{directive}"
+            );
+            assert_eq!(
+                cache_status(&response),
+                format!("tower-redis-cache; fwd=uri-miss; fwd-status=200; detail={why}")
             );
             assert_eq!(body(response).await, format!(r#"{{"n":{n},"echo":null}}"#));
         }
@@ -631,6 +646,7 @@ async fn vary_star_is_never_stored() {
                 stored: false
             }
         );
+        assert!(cache_status(&response).ends_with("; detail=response-vary-star"));
     }
     assert_eq!(origin.calls(), 2);
     assert_eq!(stored_keys(&server), 0);
@@ -1004,6 +1020,12 @@ impl Versioned {
         let slow = held.await.unwrap().unwrap();
         assert!(
             matches!(outcome(&slow), CacheOutcome::Miss { stored: false, .. }),
+            "{why}: {}",
+            cache_status(&slow)
+        );
+        // The answer says why it was not kept.
+        assert!(
+            cache_status(&slow).ends_with("; detail=invalidated"),
             "{why}: {}",
             cache_status(&slow)
         );

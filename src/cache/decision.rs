@@ -25,7 +25,7 @@
 //!   names.
 
 use super::freshness::{Windows, http_date};
-use super::status::BypassReason;
+use super::status::{BypassReason, NotStored};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
     IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE, SET_COOKIE, VARY,
@@ -774,6 +774,8 @@ pub(crate) struct Verdict {
     pub(crate) store: bool,
     /// Handed to coalesced callers; when false, each of them calls the inner service itself.
     pub(crate) share: bool,
+    /// Why it is not stored, when it is not.
+    pub(crate) why: Option<NotStored>,
 }
 
 /// Judges an origin response to `request`.
@@ -789,16 +791,27 @@ pub(crate) fn judge(rules: &Rules, request: &RequestFacts, response: &ResponseFa
         Credentials::InKey => request.authorization || request.cookie,
         Credentials::Partition => true,
     };
-    let refused = rules.respect_response_cache_control
-        && (response.no_store || (response.private && !one_user));
-    let share = !(response.set_cookie || response.vary_any || refused);
+    let respect = rules.respect_response_cache_control;
     let status = response.status;
     let status_storable = status != StatusCode::PARTIAL_CONTENT
         && status != StatusCode::NOT_MODIFIED
         && rules.statuses.contains(&status);
+    let alone = if response.set_cookie {
+        Some(NotStored::SetCookie)
+    } else if response.vary_any {
+        Some(NotStored::VaryStar)
+    } else if respect && response.no_store {
+        Some(NotStored::NoStore)
+    } else if respect && response.private && !one_user {
+        Some(NotStored::Private)
+    } else {
+        None
+    };
+    let share = alone.is_none();
     Verdict {
         store: share && status_storable,
         share,
+        why: alone.or((!status_storable).then_some(NotStored::Status)),
     }
 }
 
@@ -1289,28 +1302,32 @@ mod tests {
         let both = Verdict {
             store: true,
             share: true,
+            why: None,
         };
-        let neither = Verdict {
+        let neither = |why| Verdict {
             store: false,
             share: false,
+            why: Some(why),
         };
         let share_only = Verdict {
             store: false,
             share: true,
+            why: Some(NotStored::Status),
         };
+        use NotStored::{NoStore, Private, SetCookie, VaryStar};
         #[rustfmt::skip]
         let rows: Vec<(&str, &Rules, RequestFacts, ResponseFacts, Verdict)> = vec![
             ("plain 200", &shared, plain(), ok(&[]), both),
-            ("set-cookie", &shared, plain(), ok(&[("set-cookie", "s=1")]), neither),
-            ("no-store", &shared, plain(), ok(&[("cache-control", "max-age=60, no-store")]), neither),
-            ("private", &shared, plain(), ok(&[("cache-control", "private")]), neither),
-            ("private=\"x\"", &shared, plain(), ok(&[("cache-control", "private=\"set-cookie\"")]), neither),
-            ("vary *", &shared, plain(), ok(&[("vary", "accept, *")]), neither),
+            ("set-cookie", &shared, plain(), ok(&[("set-cookie", "s=1")]), neither(SetCookie)),
+            ("no-store", &shared, plain(), ok(&[("cache-control", "max-age=60, no-store")]), neither(NoStore)),
+            ("private", &shared, plain(), ok(&[("cache-control", "private")]), neither(Private)),
+            ("private=\"x\"", &shared, plain(), ok(&[("cache-control", "private=\"set-cookie\"")]), neither(Private)),
+            ("vary *", &shared, plain(), ok(&[("vary", "accept, *")]), neither(VaryStar)),
             ("vary accept", &shared, plain(), ok(&[("vary", "accept")]), both),
             ("vary with empty elements", &shared, plain(), ok(&[("vary", "accept, ,")]), both),
-            ("vary naming no field", &shared, plain(), ok(&[("vary", "accept, x(y)")]), neither),
-            ("vary unreadable", &shared, plain(), unreadable("vary", b"authorization, x-\xc3\xa9"), neither),
-            ("cache-control unreadable", &shared, plain(), unreadable("cache-control", b"private, x=\"\xc3\xa9\""), neither),
+            ("vary naming no field", &shared, plain(), ok(&[("vary", "accept, x(y)")]), neither(VaryStar)),
+            ("vary unreadable", &shared, plain(), unreadable("vary", b"authorization, x-\xc3\xa9"), neither(VaryStar)),
+            ("cache-control unreadable", &shared, plain(), unreadable("cache-control", b"private, x=\"\xc3\xa9\""), neither(NoStore)),
             ("500 shared, not stored", &shared, plain(), ResponseFacts::read(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new()), share_only),
             ("206", &shared, plain(), ResponseFacts::read(StatusCode::PARTIAL_CONTENT, &HeaderMap::new()), share_only),
             ("201 not by default", &shared, plain(), ResponseFacts::read(StatusCode::CREATED, &HeaderMap::new()), share_only),
@@ -1333,7 +1350,7 @@ mod tests {
         );
         assert_eq!(
             judge(&rules(Credentials::InKey), &plain(), &private),
-            neither
+            neither(Private)
         );
         assert_eq!(
             judge(&rules(Credentials::Partition), &plain(), &private),
@@ -1355,7 +1372,7 @@ mod tests {
         );
         assert_eq!(
             judge(&lax, &plain(), &ok(&[("set-cookie", "s=1")])),
-            neither
+            neither(SetCookie)
         );
     }
 

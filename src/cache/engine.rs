@@ -26,7 +26,7 @@ use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
 use super::stats::{Counters, add, bump, bump_bypass};
-use super::status::{BypassReason, CacheOutcome, HeaderText, Status, StoreHealth};
+use super::status::{BypassReason, CacheOutcome, HeaderText, NotStored, Status, StoreHealth};
 use super::tags::TagsFn;
 use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
@@ -94,6 +94,16 @@ pub(super) enum Written {
     Expired,
 }
 
+/// What became of a miss's answer, as `Cache-Status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storing {
+    /// Another caller's, shared.
+    Collapsed,
+    Stored,
+    /// Not stored; why, when the answer itself was the reason.
+    Not(Option<NotStored>),
+}
+
 /// What a request's store read found, for [`Engine::forward`].
 struct Read {
     /// The entry, when one decoded.
@@ -126,8 +136,9 @@ enum Next<'o, R> {
 pub(crate) enum Fetched<R> {
     /// The whole response, within the size cap.
     Buffered(Buffered),
-    /// A response over the size cap, streamed through to this caller only.
-    Streaming(Response<ResponseBody<R>>),
+    /// A response streamed through to this caller only: over the size cap (`true`), or over what the memory
+    /// budget had left (`false`).
+    Streaming(Response<ResponseBody<R>>, bool),
 }
 
 /// The future of one origin call; `'static` for background refreshes, borrowing for a caller's own call.
@@ -197,7 +208,7 @@ where
     let (parts, body) = response.into_parts();
     if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
         let body = ResponseBody::streaming(None, Box::pin(body));
-        return Ok(Fetched::Streaming(Response::from_parts(parts, body)));
+        return Ok(Fetched::Streaming(Response::from_parts(parts, body), true));
     }
     let mut claim = budget.claim();
     match collect_within(Bytes::new(), Box::pin(body), max, |n| claim.grow(n)).await? {
@@ -211,10 +222,15 @@ where
             claim: Some(Arc::new(claim)),
         })),
         Collected::TooLarge { prefix, rest } => {
-            // The caller reads it from here on: the budget holds no part of it.
+            // The caller reads it from here on: the budget holds no part of it. Reading stops past the cap, or
+            // at the chunk the budget refused.
             drop(claim);
+            let too_large = prefix.len() > max;
             let body = ResponseBody::streaming(Some(prefix), rest);
-            Ok(Fetched::Streaming(Response::from_parts(parts, body)))
+            Ok(Fetched::Streaming(
+                Response::from_parts(parts, body),
+                too_large,
+            ))
         }
     }
 }
@@ -854,8 +870,8 @@ impl Engine {
                 .clone()
                 .filter(|_| matches!(forward.why, Fwd::UriMiss | Fwd::Request));
             let fallback = entry.filter(|_| forward.fallback);
-            let answer = |result, collapsed: bool, stored: bool| {
-                self.answer(result, fallback.clone(), forward, collapsed, stored, health)
+            let answer = |result, kept: Storing| {
+                self.answer(result, fallback.clone(), forward, kept, health)
             };
             // A marker may be written when nothing usable was at the key: never over another variant's entry,
             // nor over one a revalidation or stale-if-error could still use.
@@ -967,7 +983,18 @@ impl Engine {
                                 } else {
                                     Written::No
                                 };
-                                let stored = written == Written::Stored;
+                                let kept = match written {
+                                    Written::Stored => Storing::Stored,
+                                    // Why, when the answer itself is the reason; a store that failed or was
+                                    // skipped says so in its own detail.
+                                    _ if !(forward.store && health == StoreHealth::Ok) => {
+                                        Storing::Not(None)
+                                    }
+                                    _ if !verdict.store => Storing::Not(verdict.why),
+                                    Written::Expired => Storing::Not(Some(NotStored::Expired)),
+                                    Written::Fenced => Storing::Not(Some(NotStored::Invalidated)),
+                                    Written::No => Storing::Not(None),
+                                };
                                 unstorable = if !verdict.share {
                                     Some(Unstored::Alone)
                                 } else if is_origin_failure(response.status) {
@@ -986,23 +1013,15 @@ impl Engine {
                                 } else {
                                     Shared::Uncoalesced
                                 });
-                                self.answer(
-                                    Ok(response),
-                                    fallback.clone(),
-                                    forward,
-                                    false,
-                                    stored,
-                                    health,
-                                )
+                                self.answer(Ok(response), fallback.clone(), forward, kept, health)
                             }
-                            Ok(Fetched::Streaming(response)) => {
+                            Ok(Fetched::Streaming(response, too_large)) => {
                                 leader.complete(Shared::Uncoalesced);
-                                // Too large by its own say; not one streamed because the memory budget ran out
-                                // for the moment, which the next call may not meet.
-                                unstorable = content_length(response.headers())
-                                    .is_some_and(|n| n > self.policy.max_body as u64)
-                                    .then_some(Unstored::Alone);
-                                Ok(self.pass_through(response, forward, health))
+                                // Too large; not one streamed because the memory budget ran out for the
+                                // moment, which the next call may not meet.
+                                unstorable = too_large.then_some(Unstored::Alone);
+                                let why = too_large.then_some(NotStored::TooLarge);
+                                Ok(self.pass_through(response, forward, health, why))
                             }
                             Err(error) => {
                                 let error = Arc::new(error);
@@ -1011,8 +1030,7 @@ impl Engine {
                                     Err(error),
                                     fallback.clone(),
                                     forward,
-                                    false,
-                                    false,
+                                    Storing::Not(None),
                                     health,
                                 )
                             }
@@ -1053,11 +1071,11 @@ impl Engine {
                                 if vary_digest(&response.headers, origin.headers()) == vary =>
                             {
                                 bump(&self.counters.coalesced);
-                                return answer(Ok(response), true, false);
+                                return answer(Ok(response), Storing::Collapsed);
                             }
                             Some(Shared::Error(error)) => {
                                 bump(&self.counters.coalesced);
-                                return answer(Err(error), true, false);
+                                return answer(Err(error), Storing::Collapsed);
                             }
                             // Not for this caller (too large, for the leader alone, another variant), or no
                             // answer in time: it asks the origin itself, uncoalesced and unstored.
@@ -1067,13 +1085,13 @@ impl Engine {
                                     .call(HeaderMap::new(), self.budget.clone())
                                     .await
                                 {
-                                    Ok(Fetched::Streaming(response)) => {
-                                        Ok(self.pass_through(response, forward, health))
+                                    Ok(Fetched::Streaming(response, _)) => {
+                                        Ok(self.pass_through(response, forward, health, None))
                                     }
                                     Ok(Fetched::Buffered(response)) => {
-                                        answer(Ok(Arc::new(response)), false, false)
+                                        answer(Ok(Arc::new(response)), Storing::Not(None))
                                     }
-                                    Err(error) => answer(Err(Arc::new(error)), false, false),
+                                    Err(error) => answer(Err(Arc::new(error)), Storing::Not(None)),
                                 };
                             }
                         }
@@ -1089,8 +1107,7 @@ impl Engine {
         result: Result<Arc<Buffered>, Arc<BoxError>>,
         fallback: Option<Entry>,
         forward: Forward,
-        collapsed: bool,
-        stored: bool,
+        kept: Storing,
         health: StoreHealth,
     ) -> Result<Response<ResponseBody<R>>, BoxError> {
         if let Some(entry) = fallback {
@@ -1104,10 +1121,16 @@ impl Engine {
             }
         }
         let response = result.map_err(|error| Box::new(SharedError::new(error)) as BoxError)?;
-        let mut status = Status::new(CacheOutcome::Miss { collapsed, stored });
+        let mut status = Status::new(CacheOutcome::Miss {
+            collapsed: kept == Storing::Collapsed,
+            stored: kept == Storing::Stored,
+        });
         status.fwd_status = Some(response.origin_status.as_u16());
         status.fwd = forward.why;
         status.store = health;
+        if let Storing::Not(why) = kept {
+            status.not_stored = why;
+        }
         let mut out = Response::new(ResponseBody::full(response.body.clone()));
         *out.status_mut() = response.status;
         *out.version_mut() = response.version;
@@ -1122,6 +1145,7 @@ impl Engine {
         mut response: Response<ResponseBody<R>>,
         forward: Forward,
         health: StoreHealth,
+        why: Option<NotStored>,
     ) -> Response<ResponseBody<R>> {
         let mut status = Status::new(CacheOutcome::Miss {
             collapsed: false,
@@ -1130,6 +1154,7 @@ impl Engine {
         status.fwd_status = Some(response.status().as_u16());
         status.fwd = forward.why;
         status.store = health;
+        status.not_stored = why;
         decorate(&mut response, &status);
         response
     }
@@ -1145,7 +1170,7 @@ impl Engine {
     {
         let status = self.bypassed(reason);
         let mut response = match origin.call(HeaderMap::new(), self.budget.clone()).await? {
-            Fetched::Streaming(response) => response,
+            Fetched::Streaming(response, _) => response,
             Fetched::Buffered(response) => {
                 let mut out = Response::new(ResponseBody::full(response.body));
                 *out.status_mut() = response.status;

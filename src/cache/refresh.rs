@@ -212,7 +212,7 @@ impl Engine {
                     Written::No
                 }
             }
-            Ok(Fetched::Streaming(_)) => Written::No,
+            Ok(Fetched::Streaming(..)) => Written::No,
             Err(error) => {
                 tracing::debug!(key = key.short(), %error, "background refresh failed");
                 Written::No

@@ -10,6 +10,7 @@
 //! | stale hit, a refresh already running here or in another process | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
 //! | another variant stored (the response's `Vary`) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
+//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked) |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` (and `stored` when that call stored it) |
 //! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
 //! | request `Cache-Control: no-cache`, or an entry older than its `max-age` allows | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
@@ -251,6 +252,47 @@ pub(crate) struct Status {
     pub(crate) fleet: bool,
     /// A fresh hit that started the entry's refresh ahead of expiry.
     pub(crate) refreshing: bool,
+    /// Why a miss's answer was not stored, when the answer itself was the reason.
+    pub(crate) not_stored: Option<NotStored>,
+}
+
+/// Why an origin answer was not stored, as `Cache-Status` says in a miss's `detail` (the names are apart from
+/// the bypass reasons', so that [`CacheOutcome::from_headers`] never takes one for the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotStored {
+    /// `Cache-Control: no-store`.
+    NoStore,
+    /// `Cache-Control: private`, and the key does not tell users apart.
+    Private,
+    /// `Set-Cookie`.
+    SetCookie,
+    /// `Vary: *`.
+    VaryStar,
+    /// A status not among the cacheable ones.
+    Status,
+    /// A body over the cap: streamed through.
+    TooLarge,
+    /// Windows that end as it arrives (`max-age=0, must-revalidate`): nothing to keep.
+    Expired,
+    /// An invalidation (an unsafe request, a tag, a purge) ran while the origin worked: the answer may predate
+    /// it.
+    Invalidated,
+}
+
+impl NotStored {
+    /// Its `detail` in `Cache-Status`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            NotStored::NoStore => "response-no-store",
+            NotStored::Private => "response-private",
+            NotStored::SetCookie => "response-set-cookie",
+            NotStored::VaryStar => "response-vary-star",
+            NotStored::Status => "response-status",
+            NotStored::TooLarge => "response-too-large",
+            NotStored::Expired => "response-expired",
+            NotStored::Invalidated => "invalidated",
+        }
+    }
 }
 
 pub(crate) const CACHE_NAME: &str = "tower-redis-cache";
@@ -339,6 +381,7 @@ impl Status {
             near: false,
             fleet: false,
             refreshing: false,
+            not_stored: None,
         }
     }
 
@@ -374,6 +417,10 @@ impl Status {
                 s.push_str(self.fwd.as_str());
                 if self.fleet {
                     detail = Some("fleet");
+                } else if detail.is_none()
+                    && let Some(why) = self.not_stored
+                {
+                    detail = Some(why.as_str());
                 }
             }
             CacheOutcome::StaleIfError => {
@@ -613,6 +660,46 @@ mod tests {
             fmt(vary),
             "tower-redis-cache; fwd=vary-miss; fwd-status=200; stored"
         );
+
+        // An answer not stored says why, unless the store's own trouble is the news; a revalidation whose
+        // answer said `no-store` still reads back as a miss, not as the request's `no-store` bypass.
+        let mut unkept = Status::new(CacheOutcome::Miss {
+            collapsed: false,
+            stored: false,
+        });
+        unkept.fwd_status = Some(200);
+        unkept.fwd = Fwd::Request;
+        unkept.not_stored = Some(NotStored::NoStore);
+        assert_eq!(
+            fmt(unkept),
+            "tower-redis-cache; fwd=request; fwd-status=200; detail=response-no-store"
+        );
+        assert_eq!(
+            parse_member(&fmt(unkept)),
+            Some(CacheOutcome::Miss {
+                collapsed: false,
+                stored: false
+            })
+        );
+        unkept.store = StoreHealth::Error;
+        assert_eq!(
+            fmt(unkept),
+            "tower-redis-cache; fwd=request; fwd-status=200; detail=store-error"
+        );
+        let names = [
+            NotStored::NoStore,
+            NotStored::Private,
+            NotStored::SetCookie,
+            NotStored::VaryStar,
+            NotStored::Status,
+            NotStored::TooLarge,
+            NotStored::Expired,
+            NotStored::Invalidated,
+        ]
+        .map(NotStored::as_str);
+        for name in names {
+            assert!(BypassReason::from_detail(name).is_none(), "{name}");
+        }
 
         let mut collapsed = Status::new(CacheOutcome::Miss {
             collapsed: true,
