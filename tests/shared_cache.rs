@@ -631,6 +631,38 @@ async fn the_response_vary_is_honoured_per_variant() {
 }
 
 #[tokio::test]
+async fn a_compressed_answer_never_reaches_a_client_that_did_not_ask_for_it() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // Compressed for whoever asks, without `Vary: Accept-Encoding` (nginx's default).
+    origin.add_header("content-encoding", "gzip");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let report = |accept: &[(&'static str, &'static str)]| get("http://api.test/report", accept);
+    let gzip = [("accept-encoding", "gzip")];
+
+    let first = call(&service, report(&gzip)).await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(
+        outcome(&call(&service, report(&gzip)).await),
+        CacheOutcome::Hit
+    );
+    // A client that sent no Accept-Encoding, or another one, is not answered from the gzip entry.
+    for other in [&[][..], &[("accept-encoding", "br")][..]] {
+        let response = call(&service, report(other)).await;
+        assert!(
+            cache_status(&response).contains("fwd=vary-miss"),
+            "{other:?}: {}",
+            cache_status(&response)
+        );
+    }
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test]
 async fn vary_star_is_never_stored() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -158,10 +158,7 @@ impl Entry {
 
     /// Whether the body is in a content coding other than `identity` (so compressing it again gains nothing).
     fn content_encoded(&self) -> bool {
-        self.headers
-            .get_all(header::CONTENT_ENCODING)
-            .iter()
-            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+        super::key::content_encoded(&self.headers)
     }
 
     /// Decodes bytes from the store. Anything malformed, from another format version, or stored under another

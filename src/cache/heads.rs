@@ -22,10 +22,9 @@
 //! and decode as usual.
 
 use super::entry::{DecodeError, Entry, body_of};
-use super::key::vary_digest;
+use super::key::{varies, vary_digest};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderMap;
-use http::header::VARY;
 use std::cell::RefCell;
 
 /// Slots per thread.
@@ -45,7 +44,7 @@ struct Slot {
     head: Option<Entry>,
     /// The headers of the latest answer made from `head`.
     rendered: Option<Rendered>,
-    /// Whether `head` has a `Vary` header.
+    /// Whether answers from `head` depend on request headers ([`varies`]).
     varies: bool,
 }
 
@@ -96,7 +95,7 @@ pub(crate) struct Kept<'a> {
     pub(crate) body: Bytes,
     /// The headers of the latest answer made from this head.
     pub(crate) renders: Renders<'a>,
-    /// Whether the head has a `Vary` header.
+    /// Whether answers from the head depend on request headers ([`varies`]).
     varies: bool,
 }
 
@@ -208,7 +207,7 @@ impl Slot {
         let copy = copy.freeze();
         if let Ok((head, _)) = Entry::decode_head(&copy, &self.digest, 0) {
             self.raw = copy.slice(..head_len);
-            self.varies = head.headers.contains_key(VARY);
+            self.varies = varies(&head.headers);
             self.head = Some(head);
         }
     }

@@ -957,18 +957,42 @@ fn hex4(digits: Option<&[u8]>) -> Result<u32, NotJson> {
     u32::from_str_radix(digits, 16).map_err(|_| NotJson)
 }
 
-/// The digest of `request`'s values for the headers `response`'s `Vary` names; `None` when the response has
-/// no `Vary`. Names are compared case-insensitively and in any order; a header's values are compared as its
-/// comma-separated elements, whitespace around them dropped, however they were split over field lines (RFC 9110
-/// §5.3, RFC 9111 §4.1).
+/// Whether answers from `response` depend on request headers: it has `Vary`, or a body in a content coding
+/// (see [`vary_digest`]).
+pub(crate) fn varies(response: &HeaderMap) -> bool {
+    response.contains_key(header::VARY) || content_encoded(response)
+}
+
+/// Whether `response`'s body is in a content coding other than `identity`.
+pub(crate) fn content_encoded(response: &HeaderMap) -> bool {
+    response
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
+/// The digest of `request`'s values for the headers `response`'s `Vary` names; `None` when answers from the
+/// response depend on no request header ([`varies`]). Names are compared case-insensitively and in any order;
+/// a header's values are compared as its comma-separated elements, whitespace around them dropped, however they
+/// were split over field lines (RFC 9110 §5.3, RFC 9111 §4.1).
+///
+/// A body in a content coding (`Content-Encoding: gzip`) varies on `Accept-Encoding` whether or not the origin
+/// said so (nginx, for one, leaves `Vary: Accept-Encoding` out unless told): an entry compressed for a client
+/// that asked for it is never answered to one that asked differently, or not at all, and could not read it.
 pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[u8; 32]> {
+    let encoded = content_encoded(response);
     let mut values = response.get_all(header::VARY).iter().peekable();
-    values.peek()?;
+    if values.peek().is_none() && !encoded {
+        return None;
+    }
     let mut names: Vec<HeaderName> = values
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
+    if encoded {
+        names.push(header::ACCEPT_ENCODING);
+    }
     names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
     let mut h = Sha256::new();

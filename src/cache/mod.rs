@@ -66,11 +66,11 @@
 //!   runs for the key: one per process (an in-process set), one per fleet (a `SET NX PX` lease next to the
 //!   entry). A failed refresh leaves the entry exactly as it was, so it keeps being served *as stale*.
 //! - **missing or expired**, or stored for another variant (the stored response's `Vary` names a request
-//!   header whose value differs: `fwd=vary-miss`): one inner call per key, however many callers arrive
-//!   together. The response is stored when its status is cacheable (`200`, `203`, `204` by default; never
-//!   `206` or `304`), its body within the cap, and it is not meant for its requester alone (`Set-Cookie`,
-//!   `Cache-Control: private` or `no-store`, `Vary: *`). Larger responses stream through to their caller
-//!   unstored.
+//!   header whose value differs, or its body is compressed for another `Accept-Encoding`: `fwd=vary-miss`):
+//!   one inner call per key, however many callers arrive together. The response is stored when its status is
+//!   cacheable (`200`, `203`, `204` by default; never `206` or `304`), its body within the cap, and it is not
+//!   meant for its requester alone (`Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`). Larger
+//!   responses stream through to their caller unstored.
 //! - **stale-if-error**: when that inner call fails (transport error, 429, 500, 502, 503, 504) and an entry
 //!   within `stale_if_error_for` after its freshness exists, the entry answers instead (`fwd=stale`).
 //!
