@@ -134,7 +134,8 @@ impl CacheHandle {
         )
     }
 
-    /// Removes the entry (and any refresh lease) of `request`. Returns whether an entry existed.
+    /// Removes the entry (and any refresh lease) of `request`. Returns whether the key held one (or the marker
+    /// of an answer that could not be stored, see [`uncacheable_for`](RedisCacheLayerBuilder::uncacheable_for)).
     ///
     /// The lease goes first: a miss or refresh of `request` that asked the origin before this call does not
     /// store its answer after it (counted in `stores_fenced`), and its call is shared with no caller arriving
@@ -157,7 +158,7 @@ impl CacheHandle {
     /// Removes every entry stored with `tag` (see [`tags`](RedisCacheLayerBuilder::tags)) in this layer's
     /// namespace and partition (of every request's own, with
     /// [`partition_by`](RedisCacheLayerBuilder::partition_by)), and their leases. Returns how many entries
-    /// existed.
+    /// existed (the markers of tagged requests whose answers could not be stored count too).
     ///
     /// As with [`invalidate`](Self::invalidate), a fill of such an entry that asked the origin before this
     /// call does not store its answer after it: its key was recorded under a request's tag before it asked,
