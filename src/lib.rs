@@ -141,9 +141,9 @@
 //! `outcome`; each retry attempt in an `attempt` span inside a `retry` span (`attempts` recorded at the end);
 //! each token fetch in a `token_refresh` span with its `generation`. With the `metrics` feature the cache
 //! counters are exported as `tower_redis_cache_<counter>_total{namespace}` (the fields of [`CacheStats`];
-//! `tower_redis_cache_bypasses_total` also carries the `reason`), plus `tower_redis_cache_retries_total`,
-//! `tower_redis_cache_retry_give_ups_total{reason}`, `tower_redis_cache_token_fetches_total` and
-//! `tower_redis_cache_token_fetch_errors_total`.
+//! `tower_redis_cache_bypasses_total` and `tower_redis_cache_not_stored_total` also carry the `reason`), plus
+//! `tower_redis_cache_retries_total`, `tower_redis_cache_retry_give_ups_total{reason}`,
+//! `tower_redis_cache_token_fetches_total` and `tower_redis_cache_token_fetch_errors_total`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),

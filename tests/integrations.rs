@@ -762,6 +762,23 @@ fn counters_reach_the_metrics_facade() {
                 .body(Full::<Bytes>::default())
                 .unwrap();
             client.clone().oneshot(request).await.unwrap();
+            // An answer the cache may not keep: counted with why.
+            let private = service_fn(|_req: Request<RequestBody>| async {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                response
+                    .headers_mut()
+                    .insert("cache-control", http::HeaderValue::from_static("private"));
+                Ok::<_, Infallible>(response)
+            });
+            let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+                .namespace("private")
+                .build()
+                .unwrap();
+            let request = Request::get("https://api.example/mine")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let client = ServiceBuilder::new().layer(cache).service(private);
+            client.oneshot(request).await.unwrap();
         });
     });
     let totals = totals.0.lock().unwrap();
@@ -782,6 +799,11 @@ fn counters_reach_the_metrics_facade() {
     );
     assert_eq!(
         totals.get("tower_redis_cache_bypasses_total{namespace=metered,reason=authorization}"),
+        Some(&1),
+        "{totals:?}"
+    );
+    assert_eq!(
+        totals.get("tower_redis_cache_not_stored_total{namespace=private,reason=response-private}"),
         Some(&1),
         "{totals:?}"
     );

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use support::calls::{body, cache_status, call, outcome, post, wait_until};
 use support::{Origin, RedisCluster, RedisServer, bulk_payload, fred_client};
 use tower::ServiceExt;
-use tower_redis_cache::cache::RedisCacheLayerBuilder;
+use tower_redis_cache::cache::{NotStored, RedisCacheLayerBuilder};
 use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, Store};
 
 fn layer_over(store: impl Store) -> RedisCacheLayerBuilder {
@@ -513,6 +513,10 @@ async fn responses_over_the_cap_pass_through_and_are_not_stored() {
             CacheOutcome::Miss { stored: false, .. }
         ));
         assert!(cache_status(&response).ends_with("; detail=response-too-large"));
+        assert_eq!(
+            layer.handle().stats().not_stored_for(NotStored::TooLarge),
+            n
+        );
         let bytes = body(response).await;
         assert!(bytes.len() > 64);
         assert!(bytes.starts_with(format!(r#"{{"n":{n},"#).as_bytes()));

@@ -16,7 +16,7 @@ use support::store::CountingStore;
 use support::{Origin, RedisServer, fred_client};
 use tower::ServiceExt;
 use tower_redis_cache::cache::store::Store;
-use tower_redis_cache::cache::{BypassReason, Credentials, RedisCacheLayerBuilder};
+use tower_redis_cache::cache::{BypassReason, Credentials, NotStored, RedisCacheLayerBuilder};
 use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
 
 async fn layer(server: &RedisServer) -> RedisCacheLayerBuilder {
@@ -520,10 +520,11 @@ async fn responses_with_set_cookie_are_neither_stored_nor_shared_with_waiters() 
 #[tokio::test]
 async fn private_and_no_store_responses_are_not_stored() {
     let server = RedisServer::start();
-    for (directive, why) in [
-        ("private, max-age=60", "response-private"),
-        ("no-store", "response-no-store"),
+    for (directive, reason) in [
+        ("private, max-age=60", NotStored::Private),
+        ("no-store", NotStored::NoStore),
     ] {
+        let why = reason.as_str();
         let origin = Origin::new();
         origin.add_header("cache-control", directive);
         let layer = layer(&server).await.build().unwrap();
@@ -544,6 +545,12 @@ async fn private_and_no_store_responses_are_not_stored() {
             );
             assert_eq!(body(response).await, format!(r#"{{"n":{n},"echo":null}}"#));
         }
+        let stats = layer.handle().stats();
+        assert_eq!(
+            (stats.not_stored, stats.not_stored_for(reason)),
+            (2, 2),
+            "{why}"
+        );
     }
     assert_eq!(stored_keys(&server), 0);
 }

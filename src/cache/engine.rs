@@ -25,7 +25,7 @@ use super::heads::{self, Kept, Renders};
 use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
-use super::stats::{Counters, add, bump, bump_bypass};
+use super::stats::{Counters, add, bump, bump_bypass, bump_not_stored};
 use super::status::{BypassReason, CacheOutcome, HeaderText, NotStored, Status, StoreHealth};
 use super::tags::TagsFn;
 use crate::buffer::{Collected, collect_within, content_length};
@@ -1128,8 +1128,9 @@ impl Engine {
         status.fwd_status = Some(response.origin_status.as_u16());
         status.fwd = forward.why;
         status.store = health;
-        if let Storing::Not(why) = kept {
-            status.not_stored = why;
+        if let Storing::Not(Some(why)) = kept {
+            bump_not_stored(&self.counters, why);
+            status.not_stored = Some(why);
         }
         let mut out = Response::new(ResponseBody::full(response.body.clone()));
         *out.status_mut() = response.status;
@@ -1154,7 +1155,10 @@ impl Engine {
         status.fwd_status = Some(response.status().as_u16());
         status.fwd = forward.why;
         status.store = health;
-        status.not_stored = why;
+        if let Some(why) = why {
+            bump_not_stored(&self.counters, why);
+            status.not_stored = Some(why);
+        }
         decorate(&mut response, &status);
         response
     }

@@ -192,7 +192,7 @@ pub use self::key::CacheKey;
 pub use self::layer::{CacheHandle, RedisCacheLayer, RedisCacheLayerBuilder};
 pub use self::service::RedisCache;
 pub use self::stats::CacheStats;
-pub use self::status::{BypassReason, CacheOutcome};
+pub use self::status::{BypassReason, CacheOutcome, NotStored};
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use self::store::MemoryStore;

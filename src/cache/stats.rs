@@ -1,6 +1,6 @@
 //! Counters of what the cache did, readable as a [`CacheStats`] snapshot.
 
-use super::status::BypassReason;
+use super::status::{BypassReason, NotStored};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,18 +41,40 @@ pub(crate) fn bump(counter: &Counter) {
 /// Counts a request that bypassed the cache for `reason`: in `bypasses`, and by reason (with the `metrics`
 /// feature, as the `reason` label of `tower_redis_cache_bypasses_total`).
 pub(crate) fn bump_bypass(counters: &Counters, reason: BypassReason) {
-    let total = &counters.bypasses;
+    bump_for(
+        &counters.bypasses,
+        &counters.bypass_reasons,
+        reason.index(),
+        reason.as_str(),
+    );
+}
+
+/// Counts a miss whose answer was not stored for `reason`: in `not_stored`, and by reason (with the `metrics`
+/// feature, as the `reason` label of `tower_redis_cache_not_stored_total`).
+pub(crate) fn bump_not_stored(counters: &Counters, reason: NotStored) {
+    bump_for(
+        &counters.not_stored,
+        &counters.not_stored_reasons,
+        reason.index(),
+        reason.as_str(),
+    );
+}
+
+/// Counts one event in `total` and in `by_reason[index]`, exported with its `reason` label.
+fn bump_for(total: &Counter, by_reason: &[AtomicU64], index: usize, reason: &'static str) {
     total.value.fetch_add(1, Ordering::Relaxed);
-    if let Some(count) = counters.bypass_reasons.get(reason.index()) {
+    if let Some(count) = by_reason.get(index) {
         count.fetch_add(1, Ordering::Relaxed);
     }
     #[cfg(feature = "metrics")]
     metrics::counter!(
         total.name,
         "namespace" => total.namespace.clone(),
-        "reason" => reason.as_str()
+        "reason" => reason
     )
     .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
 }
 
 /// Counts `n` (events, or units such as milliseconds).
@@ -71,6 +93,9 @@ pub(crate) struct Counters {
     pub(crate) bypasses: Counter,
     /// `bypasses`, by [`BypassReason::index`].
     pub(crate) bypass_reasons: [AtomicU64; BypassReason::ALL.len()],
+    pub(crate) not_stored: Counter,
+    /// `not_stored`, by [`NotStored::index`].
+    pub(crate) not_stored_reasons: [AtomicU64; NotStored::ALL.len()],
     pub(crate) stale_if_error: Counter,
     pub(crate) refreshes_started: Counter,
     pub(crate) refreshes_failed: Counter,
@@ -116,6 +141,8 @@ impl Counters {
             coalesced: Counter::new("tower_redis_cache_coalesced_total", &namespace),
             bypasses: Counter::new("tower_redis_cache_bypasses_total", &namespace),
             bypass_reasons: std::array::from_fn(|_| AtomicU64::new(0)),
+            not_stored: Counter::new("tower_redis_cache_not_stored_total", &namespace),
+            not_stored_reasons: std::array::from_fn(|_| AtomicU64::new(0)),
             stale_if_error: Counter::new("tower_redis_cache_stale_if_error_total", &namespace),
             refreshes_started: Counter::new(
                 "tower_redis_cache_refreshes_started_total",
@@ -208,6 +235,11 @@ impl Counters {
                 .bypass_reasons
                 .each_ref()
                 .map(|count| count.load(Ordering::Relaxed)),
+            not_stored: self.not_stored.get(),
+            not_stored_by_reason: self
+                .not_stored_reasons
+                .each_ref()
+                .map(|count| count.load(Ordering::Relaxed)),
             stale_if_error: self.stale_if_error.get(),
             refreshes_started: self.refreshes_started.get(),
             refreshes_failed: self.refreshes_failed.get(),
@@ -261,6 +293,10 @@ pub struct CacheStats {
     /// Requests that bypassed the cache ([`bypasses_for`](Self::bypasses_for) counts them by reason).
     pub bypasses: u64,
     bypasses_by_reason: [u64; BypassReason::ALL.len()],
+    /// Misses whose answer the origin gave but the cache did not store, for a reason of the answer's own
+    /// ([`not_stored_for`](Self::not_stored_for) counts them by reason).
+    pub not_stored: u64,
+    not_stored_by_reason: [u64; NotStored::ALL.len()],
     /// Stored entries served because the inner service failed.
     pub stale_if_error: u64,
     /// Background refreshes that called the inner service.
@@ -359,6 +395,15 @@ impl CacheStats {
     /// [`as_str`](BypassReason::as_str)); the counts of all reasons add up to [`bypasses`](Self::bypasses).
     pub fn bypasses_for(&self, reason: BypassReason) -> u64 {
         self.bypasses_by_reason
+            .get(reason.index())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The misses whose answer was not stored for `reason` (their `Cache-Status` says `detail=` its
+    /// [`as_str`](NotStored::as_str)); the counts of all reasons add up to [`not_stored`](Self::not_stored).
+    pub fn not_stored_for(&self, reason: NotStored) -> u64 {
+        self.not_stored_by_reason
             .get(reason.index())
             .copied()
             .unwrap_or(0)
