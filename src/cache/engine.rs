@@ -1085,11 +1085,22 @@ impl Engine {
                                     .call(HeaderMap::new(), self.budget.clone())
                                     .await
                                 {
-                                    Ok(Fetched::Streaming(response, _)) => {
-                                        Ok(self.pass_through(response, forward, health, None))
+                                    Ok(Fetched::Streaming(response, too_large)) => {
+                                        let why = too_large.then_some(NotStored::TooLarge);
+                                        Ok(self.pass_through(response, forward, health, why))
                                     }
+                                    // Unstored as the leader stores; the answer's own reason, if it has one.
                                     Ok(Fetched::Buffered(response)) => {
-                                        answer(Ok(Arc::new(response)), Storing::Not(None))
+                                        let why = judge(
+                                            &self.policy.rules,
+                                            &facts,
+                                            &ResponseFacts::read(
+                                                response.status,
+                                                &response.headers,
+                                            ),
+                                        )
+                                        .why;
+                                        answer(Ok(Arc::new(response)), Storing::Not(why))
                                     }
                                     Err(error) => answer(Err(Arc::new(error)), Storing::Not(None)),
                                 };
