@@ -757,10 +757,12 @@ impl RedisCacheLayerBuilder {
     }
 
     /// Honour `Cache-Control: no-store` and `private` on responses: they are then neither stored nor shared
-    /// with coalesced callers. Default: true. Turning it off stores such responses anyway (an API that marks
-    /// everything `no-store` while its answers are the same for every caller of one client); `build` then
-    /// requires a [`partition`](Self::partition) naming whose responses these are. `Set-Cookie` responses are
-    /// never stored either way.
+    /// with coalesced callers (`Cache-Status: ...; detail=response-no-store`). Default: true. Turning it off
+    /// stores such responses anyway (an API that marks everything `no-store` while its answers are the same for
+    /// every caller of one client); `build` then requires a [`partition`](Self::partition) naming whose
+    /// responses these are. Such an API usually also says `no-cache`, `must-revalidate` or `Expires: 0`: turn
+    /// [`origin_freshness`](Self::origin_freshness) off too, so the layer's windows apply (the Genesys client
+    /// does both). `Set-Cookie` responses are never stored either way.
     pub fn respect_response_cache_control(mut self, respect: bool) -> Self {
         self.respect_response_cache_control = respect;
         self
