@@ -104,6 +104,21 @@ enum Storing {
     Not(Option<NotStored>),
 }
 
+/// The marker an answer not stored for `why` leaves in its entry's place: none after an origin failure (a
+/// failing origin is still asked once at a time) or an invalidation (a passing event, not the answer's nature).
+fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored> {
+    match why {
+        NotStored::NoStore
+        | NotStored::Private
+        | NotStored::SetCookie
+        | NotStored::VaryStar
+        | NotStored::TooLarge => Some(Unstored::Alone),
+        NotStored::Status if is_origin_failure(status) => None,
+        NotStored::Status | NotStored::Expired => Some(Unstored::Shared),
+        NotStored::Invalidated => None,
+    }
+}
+
 /// What a request's store read found, for [`Engine::forward`].
 struct Read {
     /// The entry, when one decoded.
@@ -956,8 +971,8 @@ impl Engine {
                                 || leader.detach(),
                             )
                             .await;
-                        // What the answer leaves in the entry's place when it cannot be stored.
-                        let mut unstorable = None;
+                        // Why the answer was not stored, and its status: what it leaves in the entry's place.
+                        let mut not_stored = None;
                         let answered = match called {
                             Ok(Fetched::Buffered(response)) => {
                                 let (response, verdict, vary) = self.settle(
@@ -995,15 +1010,9 @@ impl Engine {
                                     Written::Fenced => Storing::Not(Some(NotStored::Invalidated)),
                                     Written::No => Storing::Not(None),
                                 };
-                                unstorable = if !verdict.share {
-                                    Some(Unstored::Alone)
-                                } else if is_origin_failure(response.status) {
-                                    None
-                                } else if !verdict.store || written == Written::Expired {
-                                    Some(Unstored::Shared)
-                                } else {
-                                    None
-                                };
+                                if let Storing::Not(Some(why)) = kept {
+                                    not_stored = Some((why, response.status));
+                                }
                                 let response = Arc::new(response);
                                 leader.complete(if verdict.share {
                                     Shared::Response {
@@ -1019,8 +1028,8 @@ impl Engine {
                                 leader.complete(Shared::Uncoalesced);
                                 // Too large; not one streamed because the memory budget ran out for the
                                 // moment, which the next call may not meet.
-                                unstorable = too_large.then_some(Unstored::Alone);
                                 let why = too_large.then_some(NotStored::TooLarge);
+                                not_stored = why.map(|why| (why, response.status()));
                                 Ok(self.pass_through(response, forward, health, why))
                             }
                             Err(error) => {
@@ -1035,8 +1044,9 @@ impl Engine {
                                 )
                             }
                         };
-                        if let Some(marker) =
-                            unstorable.filter(|_| may_mark && health == StoreHealth::Ok)
+                        if let Some(marker) = not_stored
+                            .and_then(|(why, status)| marker_for(why, status))
+                            .filter(|_| may_mark && health == StoreHealth::Ok)
                             && let Some(held) = lease.as_ref().and_then(LeaseGuard::lease)
                         {
                             self.mark_unstored(&key, marker, held).await;
