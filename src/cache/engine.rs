@@ -1101,15 +1101,7 @@ impl Engine {
                                     }
                                     // Unstored as the leader stores; the answer's own reason, if it has one.
                                     Ok(Fetched::Buffered(response)) => {
-                                        let why = judge(
-                                            &self.policy.rules,
-                                            &facts,
-                                            &ResponseFacts::read(
-                                                response.status,
-                                                &response.headers,
-                                            ),
-                                        )
-                                        .why;
+                                        let why = self.judge(&facts, &response).why;
                                         answer(Ok(Arc::new(response)), Storing::Not(why))
                                     }
                                     Err(error) => answer(Err(Arc::new(error)), Storing::Not(None)),
@@ -1239,13 +1231,18 @@ impl Engine {
             Some(stored) => self.confirmed(stored, response),
             None => response,
         };
-        let verdict = judge(
+        let verdict = self.judge(facts, &response);
+        let vary = vary_digest(&response.headers, request_headers);
+        (response, verdict, vary)
+    }
+
+    /// [`judge`] of `response` to a request with `facts`, by this layer's rules.
+    fn judge(&self, facts: &RequestFacts, response: &Buffered) -> Verdict {
+        judge(
             &self.policy.rules,
             facts,
             &ResponseFacts::read(response.status, &response.headers),
-        );
-        let vary = vary_digest(&response.headers, request_headers);
-        (response, verdict, vary)
+        )
     }
 
     fn confirmed(&self, stored: &Entry, response: Buffered) -> Buffered {
