@@ -939,3 +939,76 @@ async fn a_near_cache_answers_repeated_executions_without_redis() {
         .unwrap_err();
     assert_eq!(refused.setting(), Setting::NearCache);
 }
+
+/// An API gateway on loopback that publishes `upstream` under the path `prefix`: it forwards `{prefix}/...` to
+/// `upstream` as `/...` and answers anything else `404`. Returns its base URL.
+async fn prefix_gateway(prefix: &'static str, upstream: String) -> String {
+    use axum::response::IntoResponse;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<axum::body::Body>();
+    let app = axum::Router::new().fallback(move |mut request: axum::extract::Request| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let Some(rest) = request
+                .uri()
+                .path_and_query()
+                .and_then(|target| target.as_str().strip_prefix(prefix))
+                .filter(|rest| rest.starts_with('/'))
+            else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            *request.uri_mut() = format!("{upstream}{rest}").parse().unwrap();
+            request.headers_mut().remove(http::header::HOST);
+            match client.request(request).await {
+                Ok(response) => response.into_response(),
+                Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// An API base with a path (a gateway that publishes the API under `/genesys`): executions and listings are
+/// cached, each action keeps its windows, and a change sent through the client drops what it makes stale, as
+/// with the API at the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_gateway_path_the_client_caches_and_invalidates_as_at_the_root() {
+    use tower_redis_cache::cache::Windows;
+    let emulator = Emulator::start().await.unwrap();
+    let gateway = prefix_gateway("/genesys", emulator.base_url()).await;
+    let ids = emulator.action_ids();
+    let (changed, untouched) = (ids[15].as_str(), ids[16].as_str());
+    let client = builder(&emulator)
+        .api_base(format!("{gateway}/genesys/"))
+        .action_windows(
+            untouched,
+            Windows::new(Duration::ZERO, Duration::ZERO, Duration::ZERO),
+        )
+        .build()
+        .unwrap();
+
+    let (hits, _, version, names) = read_actions(&client, changed, untouched).await;
+    assert_eq!((hits, version), ([false; 4], Some(1)));
+    assert_eq!(names[..2], ["order_lookup_01", "order_lookup_02"]);
+    // `untouched` keeps its own windows (none: never fresh), the others the client's.
+    assert_eq!(
+        read_actions(&client, changed, untouched).await.0,
+        [true, true, false, true]
+    );
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 3);
+    assert_eq!(emulator.requests(Endpoint::GetAction), 1);
+    assert_eq!(emulator.requests(Endpoint::ListActions), 1);
+
+    client
+        .update_action(changed, &ActionUpdate::new(1).name("order_lookup_00"))
+        .await
+        .unwrap();
+    let (hits, execution, version, names) = read_actions(&client, changed, untouched).await;
+    assert_eq!(hits, [false; 4]);
+    assert_eq!((execution["version"].as_i64(), version), (Some(2), Some(2)));
+    assert_eq!(names[..2], ["order_lookup_00", "order_lookup_02"]);
+}

@@ -718,6 +718,8 @@ impl GenesysClientBuilder {
         )?;
         let auth = AuthLayer::new(source);
         let retry = self.retry.unwrap_or_default();
+        // The routes below are read from the path under the base's own (a gateway may publish the API under one).
+        let prefix: Arc<str> = base.prefix.as_str().into();
         // The API marks every response `Cache-Control: no-cache, no-store, must-revalidate` (`Expires: 0`),
         // whatever it holds: honoured, nothing would ever be cached. The entries are this client's own (the
         // partition: API host and client id, whose one token sees the same answers for every caller), and their
@@ -732,9 +734,19 @@ impl GenesysClientBuilder {
             .stale_if_error_for(self.stale_if_error_for)
             .refresh_ahead(self.refresh_ahead)
             .store_timeout(self.store_timeout)
-            .cache_post_when(|parts| is_cached_post(parts.uri.path()))
-            .windows_for(windows_by_route(self.action_windows, self.listing_windows))
-            .tags(action_tags);
+            .cache_post_when({
+                let prefix = prefix.clone();
+                move |parts| api_path(&prefix, parts.uri.path()).is_some_and(is_cached_post)
+            })
+            .windows_for(windows_by_route(
+                prefix.clone(),
+                self.action_windows,
+                self.listing_windows,
+            ))
+            .tags({
+                let prefix = prefix.clone();
+                move |parts| action_tags(&prefix, parts)
+            });
         #[cfg(feature = "compression")]
         let cache = match self.compress_above {
             Some(bytes) => cache.compress_above(bytes),
@@ -767,12 +779,13 @@ impl GenesysClientBuilder {
 /// The windows of a request by its route: a Data Action's own (`.../actions/{id}/execute`, the id as the
 /// client encodes it), or the listings' (`.../actions` pages and `.../query` searches).
 fn windows_by_route(
+    prefix: Arc<str>,
     actions: HashMap<String, Windows>,
     listings: Option<Windows>,
 ) -> impl Fn(&http::request::Parts) -> Option<Windows> + Send + Sync + 'static {
-    const ACTIONS: &str = "/api/v2/integrations/actions";
+    use super::actions::ACTIONS;
     move |parts| {
-        let path = parts.uri.path();
+        let path = api_path(&prefix, parts.uri.path())?;
         if let Some(id) = path
             .strip_prefix(ACTIONS)
             .and_then(|rest| rest.strip_prefix('/'))
@@ -798,8 +811,11 @@ fn action_tag(encoded_id: &str) -> String {
 /// The cache tags of a Data Actions request: an action's own routes (`.../actions/{id}`, `.../{id}/execute`,
 /// ...) its tag; the listings (`.../actions`, `.../categories`, `.../drafts`, ...) theirs; a write to an
 /// action both, since the listings show it. Testing an action (`.../{id}/test`) changes nothing.
-fn action_tags(parts: &http::request::Parts) -> Vec<String> {
-    let rest = match parts.uri.path().strip_prefix(super::actions::ACTIONS) {
+fn action_tags(prefix: &str, parts: &http::request::Parts) -> Vec<String> {
+    let Some(path) = api_path(prefix, parts.uri.path()) else {
+        return Vec::new();
+    };
+    let rest = match path.strip_prefix(super::actions::ACTIONS) {
         Some("") => "",
         Some(rest) if rest.starts_with('/') => &rest[1..],
         _ => return Vec::new(),
@@ -814,9 +830,7 @@ fn action_tags(parts: &http::request::Parts) -> Vec<String> {
     let Some(id) = id else {
         return Vec::new();
     };
-    let reads = parts.method == Method::GET
-        || parts.method == Method::HEAD
-        || is_cached_post(parts.uri.path());
+    let reads = parts.method == Method::GET || parts.method == Method::HEAD || is_cached_post(path);
     if reads {
         vec![action_tag(id)]
     } else if tail == Some("test") {
@@ -826,9 +840,15 @@ fn action_tags(parts: &http::request::Parts) -> Vec<String> {
     }
 }
 
+/// A request's path under the API base's own path `prefix` (`/api/v2/...`); `None` for one outside it.
+fn api_path<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
+    path.strip_prefix(prefix)
+        .filter(|rest| rest.starts_with('/'))
+}
+
 /// `POST` endpoints that read rather than write, and so are cached: Data Action execution (keyed by its
-/// input) and `.../query` searches.
-pub(crate) fn is_cached_post(path: &str) -> bool {
+/// input) and `.../query` searches. `path` is under the API base's own path ([`api_path`]).
+fn is_cached_post(path: &str) -> bool {
     (path.starts_with("/api/v2/integrations/actions/") && path.ends_with("/execute"))
         || path.ends_with("/query")
 }
@@ -859,7 +879,7 @@ mod tests {
                 .body(())
                 .unwrap()
                 .into_parts();
-            action_tags(&parts)
+            action_tags("", &parts)
         };
         let own = || vec!["genesys:action:custom_-_1".to_owned()];
         let listings = || vec!["genesys:actions".to_owned()];
@@ -903,6 +923,33 @@ mod tests {
             ),
         ] {
             assert_eq!(tags(method.clone(), &path), expected, "{method} {path}");
+        }
+
+        // Under a base with a path (a gateway's `/genesys`), routes are read below it; nothing outside it is one.
+        let prefixed = |method: Method, path: &str| {
+            let (parts, ()) = Request::builder()
+                .method(method)
+                .uri(format!("https://gateway.example{path}"))
+                .body(())
+                .unwrap()
+                .into_parts();
+            action_tags("/genesys", &parts)
+        };
+        let execute = format!("/genesys{actions}/custom_-_1/execute");
+        assert_eq!(prefixed(Method::POST, &execute), own());
+        assert_eq!(
+            prefixed(Method::PATCH, &format!("/genesys{actions}/custom_-_1")),
+            both()
+        );
+        for outside in [
+            format!("{actions}/custom_-_1"),
+            format!("/genesysx{actions}/custom_-_1"),
+        ] {
+            assert_eq!(
+                prefixed(Method::PATCH, &outside),
+                Vec::<String>::new(),
+                "{outside}"
+            );
         }
     }
 
