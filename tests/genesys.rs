@@ -1012,3 +1012,54 @@ async fn behind_a_gateway_path_the_client_caches_and_invalidates_as_at_the_root(
     assert_eq!((execution["version"].as_i64(), version), (Some(2), Some(2)));
     assert_eq!(names[..2], ["order_lookup_00", "order_lookup_02"]);
 }
+
+/// An action that changes something runs on every call: named uncached, its executions never come from the
+/// cache, concurrent ones are not collapsed into one, a call's own windows do not cache it, and nothing is
+/// stored for it. Its `GET` and the other actions stay cached, and one call of a cached action can leave the
+/// cache out without disturbing its entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_named_uncached_runs_on_every_call() {
+    use tower_redis_cache::cache::{BypassReason, Windows};
+    let emulator = Emulator::builder()
+        .execute_latency(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let ids = emulator.action_ids();
+    let (create, lookup) = (ids[0].as_str(), ids[1].as_str());
+    let client = builder(&emulator).uncached_action(create).build().unwrap();
+    let input = json!({"subject": "printer on fire"});
+    let skipped = Some(CacheOutcome::Bypass(BypassReason::Skipped));
+
+    let (a, b) = tokio::join!(
+        client.execute_action(create, &input),
+        client.execute_action(create, &input)
+    );
+    let minute = Duration::from_secs(60);
+    let third = client
+        .execute_action_with(create, &input, Windows::new(minute, minute, minute))
+        .await
+        .unwrap();
+    for fetched in [a.unwrap(), b.unwrap(), third] {
+        assert_eq!((fetched.cache, fetched.attempts), (skipped, 1));
+        assert_eq!(fetched.value["input"]["subject"], "printer on fire");
+    }
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 3);
+    for _ in 0..2 {
+        client.get_action(create).await.unwrap();
+    }
+    assert_eq!(emulator.requests(Endpoint::GetAction), 1);
+
+    let first = client.execute_action(lookup, &input).await.unwrap();
+    assert!(matches!(first.cache, Some(CacheOutcome::Miss { .. })));
+    let once = client
+        .execute_action_uncached(lookup, &input)
+        .await
+        .unwrap();
+    assert_eq!(once.cache, skipped);
+    let hit = client.execute_action(lookup, &input).await.unwrap();
+    assert_eq!(hit.cache, Some(CacheOutcome::Hit));
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 5);
+    // Stored: the uncached action's `GET` and the lookup's first answer, nothing else.
+    assert_eq!(client.cache().stats().stores, 2);
+}

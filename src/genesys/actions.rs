@@ -253,7 +253,11 @@ impl GenesysClient {
     /// Runs a Data Action, `POST /api/v2/integrations/actions/{id}/execute`, and returns its output JSON.
     ///
     /// This is the expensive call: it is cached, keyed by the canonical form of `input` (member order and
-    /// whitespace do not matter), so the same input within the freshness window costs no API call.
+    /// whitespace do not matter), so the same input within the freshness window costs no API call, and
+    /// concurrent calls with it make one. That suits an action that looks something up. An action that changes
+    /// something (it creates a ticket, sends a message) must run on every call: name it in
+    /// [`uncached_action`](super::GenesysClientBuilder::uncached_action), or call
+    /// [`execute_action_uncached`](Self::execute_action_uncached).
     ///
     /// # Errors
     ///
@@ -288,6 +292,26 @@ impl GenesysClient {
             &format!("{ACTIONS}/{}/execute", segment(id)),
             Some(input),
             Some(CacheOverride::Windows(windows)),
+        )
+        .await
+    }
+
+    /// [`execute_action`](Self::execute_action) without the cache: the action runs, whatever is cached for
+    /// this input, and its output is not stored (`Cache-Status: ...; fwd=bypass; detail=skipped`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute_action`](Self::execute_action).
+    pub async fn execute_action_uncached(
+        &self,
+        id: &str,
+        input: &Value,
+    ) -> Result<Fetched<Value>, GenesysError> {
+        self.send_json_with(
+            Method::POST,
+            &format!("{ACTIONS}/{}/execute", segment(id)),
+            Some(input),
+            Some(CacheOverride::Skip),
         )
         .await
     }

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
@@ -441,6 +441,7 @@ pub struct GenesysClientBuilder {
     stale_if_error_for: Duration,
     refresh_ahead: f64,
     action_windows: HashMap<String, Windows>,
+    uncached_actions: HashSet<String>,
     listing_windows: Option<Windows>,
     retry: Option<RetryLayer>,
     attempt_timeout: Duration,
@@ -469,6 +470,7 @@ impl Default for GenesysClientBuilder {
             stale_if_error_for: Duration::from_secs(3600),
             refresh_ahead: 0.0,
             action_windows: HashMap::new(),
+            uncached_actions: HashSet::new(),
             listing_windows: None,
             retry: None,
             attempt_timeout: Duration::from_secs(30),
@@ -607,6 +609,19 @@ impl GenesysClientBuilder {
     pub fn action_windows(mut self, action_id: impl AsRef<str>, windows: Windows) -> Self {
         self.action_windows
             .insert(super::actions::segment(action_id.as_ref()), windows);
+        self
+    }
+
+    /// Never caches the executions of the Data Action `action_id` (by its id): each
+    /// [`execute_action`](GenesysClient::execute_action) of it runs the action, and concurrent calls with the same
+    /// input each run it, as an action that changes something needs (it creates a ticket, sends a message,
+    /// updates a record). Cached, a second call with the same input within the windows would get the first
+    /// one's output and the action would not run again. Wins over any windows, the call's own included; the
+    /// action's `GET` is still cached. [`execute_action_uncached`](GenesysClient::execute_action_uncached) does
+    /// the same for one call. Default: every action's executions are cached.
+    pub fn uncached_action(mut self, action_id: impl AsRef<str>) -> Self {
+        self.uncached_actions
+            .insert(super::actions::segment(action_id.as_ref()));
         self
     }
 
@@ -759,7 +774,22 @@ impl GenesysClientBuilder {
         };
         let cache = cache.build()?;
         let handle = cache.handle();
-        let service = GenesysService::new(cache.layer(retry.layer(auth.layer(transport))));
+        let stack = cache.layer(retry.layer(auth.layer(transport)));
+        let service = if self.uncached_actions.is_empty() {
+            GenesysService::new(stack)
+        } else {
+            // Marked on the way in, so that calls made through `service()` are left uncached too.
+            let uncached = self.uncached_actions;
+            GenesysService::new(stack.map_request(move |mut request: Request<RequestBody>| {
+                let action = api_path(&prefix, request.uri().path()).and_then(executed_action);
+                if request.method() == Method::POST
+                    && action.is_some_and(|id| uncached.contains(id))
+                {
+                    request.extensions_mut().insert(CacheOverride::Skip);
+                }
+                request
+            }))
+        };
         let user_agent =
             HeaderValue::from_static(concat!("tower-redis-cache/", env!("CARGO_PKG_VERSION")));
         Ok(GenesysClient {
@@ -786,11 +816,7 @@ fn windows_by_route(
     use super::actions::ACTIONS;
     move |parts| {
         let path = api_path(&prefix, parts.uri.path())?;
-        if let Some(id) = path
-            .strip_prefix(ACTIONS)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .and_then(|rest| rest.strip_suffix("/execute"))
-        {
+        if let Some(id) = executed_action(path) {
             return actions.get(id).copied();
         }
         if path == ACTIONS || path.ends_with("/query") {
@@ -844,6 +870,15 @@ fn action_tags(prefix: &str, parts: &http::request::Parts) -> Vec<String> {
 fn api_path<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
     path.strip_prefix(prefix)
         .filter(|rest| rest.starts_with('/'))
+}
+
+/// The id (as the client encodes it) of the Data Action a path under the API base runs
+/// (`/api/v2/integrations/actions/{id}/execute`).
+fn executed_action(path: &str) -> Option<&str> {
+    path.strip_prefix(super::actions::ACTIONS)?
+        .strip_prefix('/')?
+        .strip_suffix("/execute")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// `POST` endpoints that read rather than write, and so are cached: Data Action execution (keyed by its

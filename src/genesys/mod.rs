@@ -6,8 +6,9 @@
 //! OAuth client id, so two clients (two orgs) sharing one Redis never share an entry. The API marks every
 //! response `Cache-Control: no-cache, no-store, must-revalidate`, whatever it holds, so the client's cache
 //! does not take its caching rules from the API: it keeps answers for the windows its builder sets
-//! ([`fresh_for`](GenesysClientBuilder::fresh_for), per action, per listing). Retry sits outside auth,
-//! so each attempt carries the current token. [`emulator`] (feature `emulator`) serves the same API locally.
+//! ([`fresh_for`](GenesysClientBuilder::fresh_for), per action, per listing); an action that changes
+//! something runs on every call once named in [`uncached_action`](GenesysClientBuilder::uncached_action).
+//! Retry sits outside auth, so each attempt carries the current token. [`emulator`] (feature `emulator`) serves the same API locally.
 //!
 //! # Example
 //!
