@@ -1784,3 +1784,139 @@ async fn a_write_removes_the_entries_of_its_uri_in_its_own_partition_only() {
     assert_eq!(read("b").await, CacheOutcome::Hit);
     assert_eq!(layer.handle().stats().unsafe_invalidations, 1);
 }
+
+/// What a `GET` of `uri` with these headers got from `service`.
+async fn read_with<S: Cached>(
+    service: &S,
+    uri: &str,
+    headers: &[(&'static str, &'static str)],
+) -> CacheOutcome {
+    outcome(&call(service, get(uri, headers)).await)
+}
+
+/// A write to `ITEM` through `service` with these headers, which the origin accepts.
+async fn write_with<S: Cached>(
+    service: &S,
+    method: &str,
+    headers: &[(&'static str, &'static str)],
+) {
+    let mut write = request(method, ITEM);
+    for (name, value) in headers {
+        write
+            .headers_mut()
+            .insert(*name, HeaderValue::from_static(value));
+    }
+    assert_eq!(call(service, write).await.status(), StatusCode::OK);
+}
+
+/// RFC 9111 §4.4: a write invalidates its target URI. With request headers in the key (`vary_headers`), that is
+/// every entry stored for the URI, not only the one its own headers key, and in every process.
+#[tokio::test]
+async fn a_write_removes_every_variant_of_its_uri_in_every_process() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let by_language = || async {
+        layer(&server)
+            .await
+            .vary_headers([http::header::ACCEPT_LANGUAGE])
+            .build()
+            .unwrap()
+    };
+    let (layer_a, layer_b) = (by_language().await, by_language().await);
+    let (a, b) = (
+        cached(&layer_a, origin.service()),
+        cached(&layer_b, origin.service()),
+    );
+    let languages = [
+        ("accept-language", "de"),
+        ("accept-language", "en"),
+        ("accept-language", "fr"),
+    ];
+    for language in languages {
+        assert!(is_stored_miss(read_with(&a, ITEM, &[language]).await));
+        assert_eq!(read_with(&b, ITEM, &[language]).await, CacheOutcome::Hit);
+    }
+    assert!(is_stored_miss(
+        read_with(&a, OTHER_ITEM, &[languages[0]]).await
+    ));
+
+    // From process a, in a language no entry has: process b reads every language from the origin again.
+    write_with(&a, "PUT", &[("accept-language", "it")]).await;
+    let calls = origin.calls();
+    for language in languages {
+        assert!(
+            is_stored_miss(read_with(&b, ITEM, &[language]).await),
+            "{language:?}"
+        );
+    }
+    assert_eq!(origin.calls(), calls + 3);
+    assert_eq!(
+        read_with(&b, OTHER_ITEM, &[languages[0]]).await,
+        CacheOutcome::Hit,
+        "another URI keeps its entry"
+    );
+    assert_eq!(layer_a.handle().stats().unsafe_invalidations, 1);
+}
+
+/// With credentials in the key, each user has entries of their own; a write by one of them changes the resource
+/// for all, so every user's entry of the URI goes.
+#[tokio::test]
+async fn a_write_by_one_user_removes_every_users_entry_of_its_uri() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server)
+        .await
+        .credentials(Credentials::InKey)
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let (alice, bob) = (
+        ("authorization", "Bearer alice"),
+        ("authorization", "Bearer bob"),
+    );
+    for user in [alice, bob] {
+        assert!(is_stored_miss(read_with(&service, ITEM, &[user]).await));
+        assert!(is_stored_miss(
+            read_with(&service, OTHER_ITEM, &[user]).await
+        ));
+    }
+    write_with(&service, "PATCH", &[alice]).await;
+    for user in [alice, bob] {
+        assert!(
+            is_stored_miss(read_with(&service, ITEM, &[user]).await),
+            "{user:?}"
+        );
+        assert_eq!(
+            read_with(&service, OTHER_ITEM, &[user]).await,
+            CacheOutcome::Hit
+        );
+    }
+}
+
+/// Over a store that keeps no tags, entries are still keyed by request headers; a write then reaches the entry
+/// its own headers key, and the others live out their windows.
+#[tokio::test]
+async fn over_a_store_without_tags_a_write_removes_the_variant_its_headers_key() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let (store, _) = CountingStore::new(RedisStore::new(fred_client(&server.url()).await));
+    assert!(!store.keeps_tags());
+    let layer = RedisCacheLayer::builder(store)
+        .namespace("shared")
+        .store_timeout(Duration::from_secs(2))
+        .vary_headers([http::header::ACCEPT_LANGUAGE])
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let (de, en) = (("accept-language", "de"), ("accept-language", "en"));
+    for language in [de, en] {
+        assert!(is_stored_miss(read_with(&service, ITEM, &[language]).await));
+        assert_eq!(
+            read_with(&service, ITEM, &[language]).await,
+            CacheOutcome::Hit
+        );
+    }
+    write_with(&service, "PUT", &[de]).await;
+    assert!(is_stored_miss(read_with(&service, ITEM, &[de]).await));
+    assert_eq!(read_with(&service, ITEM, &[en]).await, CacheOutcome::Hit);
+}

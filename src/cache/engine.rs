@@ -285,6 +285,10 @@ pub(crate) struct Policy {
     pub(crate) partition_by: Option<PartitionFn>,
     /// Tags requests.
     pub(crate) tags: Option<TagsFn>,
+    /// Whether `GET` and `HEAD` fills record their key under their URI's own tag (see
+    /// [`KeyConfig::uri_tag_key`]), so that a write to the URI removes every variant: the key holds request
+    /// headers (`vary_headers`, credentials in the key) and the store keeps tags.
+    pub(crate) uri_tags: bool,
     /// The response field that tags answers.
     pub(crate) tags_header: Option<HeaderName>,
     /// Whether the origin's freshness headers count: for `GET` and `HEAD`, and for other cached methods.
@@ -325,6 +329,7 @@ impl std::fmt::Debug for Policy {
             .field("windows_for", &self.windows_for.is_some())
             .field("partition_by", &self.partition_by.is_some())
             .field("tags", &self.tags.is_some())
+            .field("uri_tags", &self.uri_tags)
             .field("tags_header", &self.tags_header)
             .field("origin_freshness", &self.origin_freshness)
             .field("origin_freshness_others", &self.origin_freshness_others)
@@ -1517,8 +1522,12 @@ impl Engine {
                 })
             })
             .collect();
+        // Entries whose keys hold request headers are found through their URI's tag: every variant goes.
+        let mut tag_sets = targets.tag_sets;
+        if self.policy.uri_tags {
+            tag_sets.extend(uris.iter().map(|uri| self.keys.uri_tag_key(uri, partition)));
+        }
         let engine = self.clone();
-        let tag_sets = targets.tag_sets;
         let task = self.background.task();
         // A panic in the removal is the task's alone: the response goes on either way.
         let _ = tokio::spawn(async move {

@@ -272,6 +272,18 @@ impl KeyConfig {
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
 
+    /// The key of the tag set of a URI's `GET` and `HEAD` entries in `partition` (see
+    /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by)), whatever request headers their keys
+    /// hold: a digest of the key of a `GET` of `uri` without headers, so that the URI is taken as keys take it
+    /// (without the ignored query parameters). Apart from every tag a user names.
+    pub(crate) fn uri_tag_key(&self, uri: &Uri, partition: Option<&[u8]>) -> String {
+        let bare = self.digest(&Method::GET, uri, &HeaderMap::new(), partition, &[]);
+        let mut h = Sha256::new();
+        field(&mut h, b"tower-redis-cache/uri-tag/v1");
+        field(&mut h, &bare);
+        format_in(&self.namespace, "tag:", &h.finalize().into())
+    }
+
     /// The key of the namespace's tag clock (see [`Store::tag_clock`](super::store::Store::tag_clock)).
     pub(crate) fn tag_clock_key(&self) -> String {
         format!("{}:v1:tag-clock", self.namespace)

@@ -465,7 +465,8 @@ impl RedisCacheLayerBuilder {
     /// A response's own `Vary` is honoured without this, but a key holds one entry: a request of another
     /// variant (another `Accept-Language`, say) misses (`fwd=vary-miss`) and its answer replaces the stored
     /// one, so clients alternating between two variants evict each other. Naming the headers an origin varies
-    /// on here keeps an entry per variant, read in the same single round trip.
+    /// on here keeps an entry per variant, read in the same single round trip. A successful write to a URI
+    /// removes all of its variants (see [`invalidate_on_unsafe`](Self::invalidate_on_unsafe)).
     pub fn vary_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.vary = names.into_iter().collect();
         self
@@ -773,8 +774,11 @@ impl RedisCacheLayerBuilder {
     /// status below 400, removes the entries a `GET` and a `HEAD` of that URI with the request's headers would
     /// use, and those of the URIs of the same origin its answer names in `Location` or `Content-Location`
     /// (absolute URIs and absolute paths), in Redis (so in every process, near caches included) before the
-    /// response is returned. Entries of other variants (other values of [`vary_headers`](Self::vary_headers))
-    /// and other queries (`POST` or `QUERY` bodies) are not found this way:
+    /// response is returned. When the key holds request headers ([`vary_headers`](Self::vary_headers), or
+    /// [`Credentials::InKey`]), every variant of those URIs goes, whoever stored it: each `GET` and `HEAD` fill
+    /// records its key under its URI's own tag (one more store call per fill; a [`Store`] that does not
+    /// [keep tags](Store::keeps_tags) reaches only the variant the request's own headers key). Other queries
+    /// (`POST` or `QUERY` bodies) are not found this way: [`tags`](Self::tags),
     /// [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or [`purge`](super::CacheHandle::purge)
     /// reach them. The removal is a store call like the others, under the timeout and the breaker; if it fails,
     /// the entries live out their windows. Default: true.
@@ -1122,6 +1126,7 @@ impl RedisCacheLayerBuilder {
             _ => None,
         };
         let counters = Arc::new(Counters::new(&self.namespace));
+        let keeps_tags = self.store.keeps_tags();
         let store = GuardedStore::new(
             self.store,
             self.store_timeout,
@@ -1129,7 +1134,20 @@ impl RedisCacheLayerBuilder {
             self.breaker_cooldown,
             counters,
         );
+        let mut vary = self.vary;
+        if self.credentials == Credentials::InKey {
+            for name in [AUTHORIZATION, COOKIE]
+                .into_iter()
+                .chain(self.credential_headers.iter().cloned())
+            {
+                if !vary.contains(&name) {
+                    vary.push(name);
+                }
+            }
+        }
         let policy = Policy {
+            // Request headers in the key: a URI may have several entries, which its writes reach through its tag.
+            uri_tags: keeps_tags && !vary.is_empty(),
             windows: Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for),
             windows_for: self.windows_for,
             partition_by: self.partition_by,
@@ -1162,17 +1180,6 @@ impl RedisCacheLayerBuilder {
             coalesced_wait: self.coalesced_wait,
             max_in_flight_bytes: self.max_in_flight_bytes,
         };
-        let mut vary = self.vary;
-        if self.credentials == Credentials::InKey {
-            for name in [AUTHORIZATION, COOKIE]
-                .into_iter()
-                .chain(self.credential_headers.iter().cloned())
-            {
-                if !vary.contains(&name) {
-                    vary.push(name);
-                }
-            }
-        }
         let keys = KeyConfig::new(self.namespace, self.partition, vary)
             .ignoring_query(self.ignored_query)
             // Checked by `build`.

@@ -14,6 +14,10 @@
 //!   records them, in one step per set, only if the set was not marked after that reading, then stores the
 //!   entry under its lease. Marked after the recording, the walk finds the key.
 //!
+//! A URI has a tag of its own where keys hold request headers (`vary_headers`, credentials in the key): each
+//! `GET` and `HEAD` fill records its key there as a request tag, and a write to the URI walks it, so that every
+//! variant goes (see [`KeyConfig::uri_tag_key`](super::key::KeyConfig::uri_tag_key)).
+//!
 //! [`CacheHandle::invalidate_tag`]: super::CacheHandle::invalidate_tag
 //! [`CacheHandle::invalidate`]: super::CacheHandle::invalidate
 //! [`RedisCacheLayerBuilder::tags`]: super::RedisCacheLayerBuilder::tags
@@ -57,10 +61,7 @@ pub(crate) enum Tags {
 impl Engine {
     /// The tag sets of a request with `parts` and `facts`, for a fill.
     pub(crate) fn tags_of(&self, parts: &request::Parts, facts: &RequestFacts) -> Tags {
-        let sets = self.tag_sets(parts);
-        if sets.is_empty() {
-            return Tags::None;
-        }
+        let mut sets = self.tag_sets(parts);
         if sets.len() > MAX_TAGS {
             tracing::warn!(
                 tags = sets.len(),
@@ -68,6 +69,13 @@ impl Engine {
                 "too many cache tags for one request: its answer is not stored"
             );
             return Tags::TooMany;
+        }
+        if self.policy.uri_tags && facts.get_or_head {
+            let partition = self.policy.partition_of(parts);
+            sets.push(self.keys.uri_tag_key(&parts.uri, partition.as_deref()));
+        }
+        if sets.is_empty() {
+            return Tags::None;
         }
         let (windows, cap) = (self.policy.longest_windows(facts), self.policy.origin_cap);
         let longest = |own: Duration, origin: Duration| {

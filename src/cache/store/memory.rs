@@ -308,6 +308,10 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(removed as u64)))
     }
 
+    fn keeps_tags(&self) -> bool {
+        true
+    }
+
     fn tag<'a>(
         &'a self,
         tag: &'a str,

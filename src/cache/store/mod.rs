@@ -185,6 +185,15 @@ pub trait Store: std::any::Any + Send + Sync {
         no_tags()
     }
 
+    /// Whether the store keeps tags: implements [`tag`](Self::tag), [`mark_invalidated`](Self::mark_invalidated),
+    /// [`tag_clock`](Self::tag_clock) and [`tagged`](Self::tagged). Where it does, a write that invalidates its
+    /// URI reaches every variant stored for it (see
+    /// [`invalidate_on_unsafe`](crate::cache::RedisCacheLayerBuilder::invalidate_on_unsafe)). [`RedisStore`] and
+    /// [`MemoryStore`] do. Default: false.
+    fn keeps_tags(&self) -> bool {
+        false
+    }
+
     /// Which of the store's nodes holds `key`, as a small number (the same for every key on one node), so that
     /// the cache keeps a circuit breaker per node: a dead shard then costs only the keys on it, not the whole
     /// cache. [`RedisStore`] answers for a Cluster (by hash slot). Default: `None`, one
@@ -272,6 +281,10 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {
         (**self).tagged(tag, cursor)
+    }
+
+    fn keeps_tags(&self) -> bool {
+        (**self).keeps_tags()
     }
 
     fn node_of(&self, key: &str) -> Option<usize> {

@@ -541,6 +541,10 @@ impl Store for RedisStore {
         })
     }
 
+    fn keeps_tags(&self) -> bool {
+        true
+    }
+
     fn tag<'a>(
         &'a self,
         tag: &'a str,
