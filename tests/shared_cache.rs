@@ -1856,6 +1856,24 @@ async fn a_write_removes_every_variant_of_its_uri_in_every_process() {
         "another URI keeps its entry"
     );
     assert_eq!(layer_a.handle().stats().unsafe_invalidations, 1);
+
+    // A change the cache did not see (a webhook): `invalidate_uri` removes what the write did, every variant.
+    let webhook = layer_a
+        .handle()
+        .invalidate_uri(&get(ITEM, &[]))
+        .await
+        .unwrap();
+    assert_eq!(webhook, 3);
+    for language in languages {
+        assert!(
+            is_stored_miss(read_with(&a, ITEM, &[language]).await),
+            "{language:?}"
+        );
+    }
+    assert_eq!(
+        read_with(&a, OTHER_ITEM, &[languages[0]]).await,
+        CacheOutcome::Hit
+    );
 }
 
 /// With credentials in the key, each user has entries of their own; a write by one of them changes the resource

@@ -1506,27 +1506,10 @@ impl Engine {
                 }
             }
         }
-        // Keyed as a `GET` and a `HEAD` are: without a body (and so without the `Content-Type` that is part of
-        // the key of a request with one). The `HEAD` entries go too when this layer answers a `HEAD` as its
-        // `GET`: a process that does not (another setting, an older version mid-deploy) may have stored them.
-        // A request with no partition of its own where the layer keys by one names no entry: only its tags'.
-        let keyed = self.policy.partition_by.is_none() || targets.partition.is_some();
-        let uris = if keyed { &uris[..] } else { &[] };
-        let partition = targets.partition.as_deref();
-        let keys: Vec<CacheKey> = uris
-            .iter()
-            .flat_map(|uri| {
-                [Method::GET, Method::HEAD].map(|method| {
-                    self.keys
-                        .key_in(&method, uri, &targets.headers, partition, &[])
-                })
-            })
-            .collect();
-        // Entries whose keys hold request headers are found through their URI's tag: every variant goes.
+        let (keys, uri_sets) =
+            self.uri_entries(&uris, &targets.headers, targets.partition.as_deref());
         let mut tag_sets = targets.tag_sets;
-        if self.policy.uri_tags {
-            tag_sets.extend(uris.iter().map(|uri| self.keys.uri_tag_key(uri, partition)));
-        }
+        tag_sets.extend(uri_sets);
         let engine = self.clone();
         let task = self.background.task();
         // A panic in the removal is the task's alone: the response goes on either way.
@@ -1548,6 +1531,39 @@ impl Engine {
             }
         })
         .await;
+    }
+
+    /// What names the `GET` and `HEAD` entries of `uris` for a request with `headers` in `partition` (its own;
+    /// see [`Policy::partition_of`]): their keys, and the tag sets of those URIs where keys hold request headers
+    /// (see [`Policy::uri_tags`]), through which every variant is found. Nothing when the layer keys by a
+    /// partition of each request's own and `partition` is `None`: such a request names no entry.
+    pub(crate) fn uri_entries(
+        &self,
+        uris: &[Uri],
+        headers: &HeaderMap,
+        partition: Option<&[u8]>,
+    ) -> (Vec<CacheKey>, Vec<String>) {
+        if self.policy.partition_by.is_some() && partition.is_none() {
+            return (Vec::new(), Vec::new());
+        }
+        // Keyed as a `GET` and a `HEAD` are: without a body (and so without the `Content-Type` that is part of
+        // the key of a request with one). The `HEAD` entries go too when this layer answers a `HEAD` as its
+        // `GET`: a process that does not (another setting, an older version mid-deploy) may have stored them.
+        let keys = uris
+            .iter()
+            .flat_map(|uri| {
+                [Method::GET, Method::HEAD]
+                    .map(|method| self.keys.key_in(&method, uri, headers, partition, &[]))
+            })
+            .collect();
+        let sets = if self.policy.uri_tags {
+            uris.iter()
+                .map(|uri| self.keys.uri_tag_key(uri, partition))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (keys, sets)
     }
 
     /// Drops this process's near copy of `key`, if it has a near cache.

@@ -155,6 +155,52 @@ impl CacheHandle {
         Ok(removed > 0)
     }
 
+    /// Removes what a successful write to `request`'s URI would (see
+    /// [`invalidate_on_unsafe`](RedisCacheLayerBuilder::invalidate_on_unsafe)): the `GET` and `HEAD` entries of
+    /// that URI, in `request`'s partition, and every variant of them where keys hold request headers
+    /// ([`vary_headers`](RedisCacheLayerBuilder::vary_headers), [`Credentials::InKey`]; over a store that
+    /// [keeps tags](Store::keeps_tags)); the request's method and body do not count. For a change the cache did
+    /// not see: a webhook, another service's write. Returns how many entries (or markers) existed.
+    ///
+    /// Leases go first, as for [`invalidate`](Self::invalidate): no fill that asked the origin before this call
+    /// stores its answer after it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use http::Request;
+    /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+    ///
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    ///     .vary_headers([http::header::ACCEPT_LANGUAGE])
+    ///     .build()?;
+    /// // A webhook said item 42 changed: every language's entry goes.
+    /// let changed = Request::get("https://api.example/items/42").body(())?;
+    /// assert_eq!(layer.handle().invalidate_uri(&changed).await?, 0); // nothing was cached yet
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The store's error (entries removed before it stay removed); the circuit breaker and store timeout do
+    /// not apply here.
+    pub async fn invalidate_uri<T>(&self, request: &Request<T>) -> Result<u64, StoreError> {
+        let engine = &self.engine;
+        let partition = match engine.policy.partition_by {
+            Some(_) => engine.policy.partition_of(&head_of(request)),
+            None => None,
+        };
+        let (keys, sets) = engine.uri_entries(
+            std::slice::from_ref(request.uri()),
+            request.headers(),
+            partition.as_deref(),
+        );
+        let mut removed = engine.remove_entries(&keys, false).await?;
+        if !sets.is_empty() {
+            removed += engine.remove_tagged(&sets, false).await?;
+        }
+        Ok(removed)
+    }
+
     /// Removes every entry stored with `tag` (see [`tags`](RedisCacheLayerBuilder::tags)) in this layer's
     /// namespace and partition (of every request's own, with
     /// [`partition_by`](RedisCacheLayerBuilder::partition_by)), and their leases. Returns how many entries
@@ -780,8 +826,9 @@ impl RedisCacheLayerBuilder {
     /// [keep tags](Store::keeps_tags) reaches only the variant the request's own headers key). Other queries
     /// (`POST` or `QUERY` bodies) are not found this way: [`tags`](Self::tags),
     /// [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or [`purge`](super::CacheHandle::purge)
-    /// reach them. The removal is a store call like the others, under the timeout and the breaker; if it fails,
-    /// the entries live out their windows. Default: true.
+    /// reach them. [`CacheHandle::invalidate_uri`](super::CacheHandle::invalidate_uri) removes the same for a
+    /// change the cache did not see. The removal is a store call like the others, under the timeout and the
+    /// breaker; if it fails, the entries live out their windows. Default: true.
     ///
     /// A miss or refresh of that URI already waiting on the origin, in any process, may bring back what the
     /// origin held before the change: its answer goes to its own callers but is not stored, since the removal
