@@ -822,13 +822,14 @@ impl RedisCacheLayerBuilder {
     /// (absolute URIs and absolute paths), in Redis (so in every process, near caches included) before the
     /// response is returned. When the key holds request headers ([`vary_headers`](Self::vary_headers), or
     /// [`Credentials::InKey`]), every variant of those URIs goes, whoever stored it: each `GET` and `HEAD` fill
-    /// records its key under its URI's own tag (one more store call per fill; a [`Store`] that does not
-    /// [keep tags](Store::keeps_tags) reaches only the variant the request's own headers key). Other queries
-    /// (`POST` or `QUERY` bodies) are not found this way: [`tags`](Self::tags),
-    /// [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or [`purge`](super::CacheHandle::purge)
-    /// reach them. [`CacheHandle::invalidate_uri`](super::CacheHandle::invalidate_uri) removes the same for a
-    /// change the cache did not see. The removal is a store call like the others, under the timeout and the
-    /// breaker; if it fails, the entries live out their windows. Default: true.
+    /// records its key under its URI's own tag (one more store call per fill, and a small set per URI in the
+    /// store; a [`Store`] that does not [keep tags](Store::keeps_tags) reaches only the variant the request's
+    /// own headers key). Other queries (`POST` or `QUERY` bodies) are not found this way:
+    /// [`tags`](Self::tags), [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or
+    /// [`purge`](super::CacheHandle::purge) reach them.
+    /// [`CacheHandle::invalidate_uri`](super::CacheHandle::invalidate_uri) removes the same for a change the
+    /// cache did not see. The removal is a store call like the others, under the timeout and the breaker; if it
+    /// fails, the entries live out their windows. Default: true.
     ///
     /// A miss or refresh of that URI already waiting on the origin, in any process, may bring back what the
     /// origin held before the change: its answer goes to its own callers but is not stored, since the removal
