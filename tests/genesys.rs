@@ -1063,3 +1063,46 @@ async fn an_action_named_uncached_runs_on_every_call() {
     // Stored: the uncached action's `GET` and the lookup's first answer, nothing else.
     assert_eq!(client.cache().stats().stores, 2);
 }
+
+/// With executions cached only where named, an action without windows of its own runs on every call; one given
+/// windows, by the builder or by the call, is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_executions_cached_only_where_named_other_actions_run_on_every_call() {
+    use tower_redis_cache::cache::{BypassReason, Windows};
+    let emulator = Emulator::start().await.unwrap();
+    let ids = emulator.action_ids();
+    let (lookup, other) = (ids[0].as_str(), ids[1].as_str());
+    let minute = Duration::from_secs(60);
+    let windows = Windows::new(minute, minute, minute);
+    let client = builder(&emulator)
+        .cache_executions(false)
+        .action_windows(lookup, windows)
+        .build()
+        .unwrap();
+    let input = json!({"orderId": "A-1"});
+    let skipped = Some(CacheOutcome::Bypass(BypassReason::Skipped));
+
+    for _ in 0..2 {
+        let ran = client.execute_action(other, &input).await.unwrap();
+        assert_eq!(ran.cache, skipped);
+    }
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 2);
+    let first = client.execute_action(lookup, &input).await.unwrap();
+    assert!(matches!(first.cache, Some(CacheOutcome::Miss { .. })));
+    let hit = client.execute_action(lookup, &input).await.unwrap();
+    assert_eq!(hit.cache, Some(CacheOutcome::Hit));
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 3);
+
+    // A call that brings its own windows is cached; one without still runs.
+    let own = json!({"orderId": "A-2"});
+    for _ in 0..2 {
+        client
+            .execute_action_with(other, &own, windows)
+            .await
+            .unwrap();
+    }
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 4);
+    let ran = client.execute_action(other, &own).await.unwrap();
+    assert_eq!(ran.cache, skipped);
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 5);
+}

@@ -257,7 +257,8 @@ impl GenesysClient {
     /// concurrent calls with it make one. That suits an action that looks something up. An action that changes
     /// something (it creates a ticket, sends a message) must run on every call: name it in
     /// [`uncached_action`](super::GenesysClientBuilder::uncached_action), or call
-    /// [`execute_action_uncached`](Self::execute_action_uncached).
+    /// [`execute_action_uncached`](Self::execute_action_uncached); or cache only the actions named with
+    /// [`cache_executions(false)`](super::GenesysClientBuilder::cache_executions).
     ///
     /// # Errors
     ///

@@ -442,6 +442,7 @@ pub struct GenesysClientBuilder {
     refresh_ahead: f64,
     action_windows: HashMap<String, Windows>,
     uncached_actions: HashSet<String>,
+    cache_executions: bool,
     listing_windows: Option<Windows>,
     retry: Option<RetryLayer>,
     attempt_timeout: Duration,
@@ -471,6 +472,7 @@ impl Default for GenesysClientBuilder {
             refresh_ahead: 0.0,
             action_windows: HashMap::new(),
             uncached_actions: HashSet::new(),
+            cache_executions: true,
             listing_windows: None,
             retry: None,
             attempt_timeout: Duration::from_secs(30),
@@ -618,10 +620,21 @@ impl GenesysClientBuilder {
     /// updates a record). Cached, a second call with the same input within the windows would get the first
     /// one's output and the action would not run again. Wins over any windows, the call's own included; the
     /// action's `GET` is still cached. [`execute_action_uncached`](GenesysClient::execute_action_uncached) does
-    /// the same for one call. Default: every action's executions are cached.
+    /// the same for one call; [`cache_executions(false)`](Self::cache_executions) makes caching opt-in per
+    /// action instead. Default: every action's executions are cached.
     pub fn uncached_action(mut self, action_id: impl AsRef<str>) -> Self {
         self.uncached_actions
             .insert(super::actions::segment(action_id.as_ref()));
+        self
+    }
+
+    /// Whether the executions of actions without windows of their own are cached. Default: true, every action's
+    /// (but those named in [`uncached_action`](Self::uncached_action)). Off, only the executions of the actions
+    /// given [`action_windows`](Self::action_windows), and the calls given windows of their own
+    /// ([`execute_action_with`](GenesysClient::execute_action_with)), are cached; every other execution runs
+    /// on every call: for an org whose actions mostly change things, caching becomes opt-in per action.
+    pub fn cache_executions(mut self, cache: bool) -> Self {
+        self.cache_executions = cache;
         self
     }
 
@@ -733,6 +746,9 @@ impl GenesysClientBuilder {
         )?;
         let auth = AuthLayer::new(source);
         let retry = self.retry.unwrap_or_default();
+        // With executions cached only where named: the actions that have windows.
+        let named: Option<HashSet<String>> =
+            (!self.cache_executions).then(|| self.action_windows.keys().cloned().collect());
         // The routes below are read from the path under the base's own (a gateway may publish the API under one).
         let prefix: Arc<str> = base.prefix.as_str().into();
         // The API marks every response `Cache-Control: no-cache, no-store, must-revalidate` (`Expires: 0`),
@@ -775,16 +791,22 @@ impl GenesysClientBuilder {
         let cache = cache.build()?;
         let handle = cache.handle();
         let stack = cache.layer(retry.layer(auth.layer(transport)));
-        let service = if self.uncached_actions.is_empty() {
+        let service = if self.uncached_actions.is_empty() && named.is_none() {
             GenesysService::new(stack)
         } else {
             // Marked on the way in, so that calls made through `service()` are left uncached too.
             let uncached = self.uncached_actions;
             GenesysService::new(stack.map_request(move |mut request: Request<RequestBody>| {
                 let action = api_path(&prefix, request.uri().path()).and_then(executed_action);
-                if request.method() == Method::POST
-                    && action.is_some_and(|id| uncached.contains(id))
-                {
+                let own_windows = matches!(
+                    request.extensions().get::<CacheOverride>(),
+                    Some(CacheOverride::Windows(_))
+                );
+                let skip = |id: &str| {
+                    uncached.contains(id)
+                        || (!own_windows && named.as_ref().is_some_and(|named| !named.contains(id)))
+                };
+                if request.method() == Method::POST && action.is_some_and(skip) {
                     request.extensions_mut().insert(CacheOverride::Skip);
                 }
                 request
