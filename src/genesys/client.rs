@@ -618,10 +618,13 @@ impl GenesysClientBuilder {
     /// [`execute_action`](GenesysClient::execute_action) of it runs the action, and concurrent calls with the same
     /// input each run it, as an action that changes something needs (it creates a ticket, sends a message,
     /// updates a record). Cached, a second call with the same input within the windows would get the first
-    /// one's output and the action would not run again. Wins over any windows, the call's own included; the
-    /// action's `GET` is still cached. [`execute_action_uncached`](GenesysClient::execute_action_uncached) does
-    /// the same for one call; [`cache_executions(false)`](Self::cache_executions) makes caching opt-in per
-    /// action instead. Default: every action's executions are cached.
+    /// one's output and the action would not run again. Also for an action whose data must not rest in the
+    /// store: a cached execution keeps the input's digest and the whole output there, and a `secure` action's
+    /// (which Genesys keeps out of its own logs) is often personal data. Wins over any windows, the call's own
+    /// included; the action's `GET` is still cached.
+    /// [`execute_action_uncached`](GenesysClient::execute_action_uncached) does the same for one call;
+    /// [`cache_executions(false)`](Self::cache_executions) makes caching opt-in per action instead. Default:
+    /// every action's executions are cached.
     pub fn uncached_action(mut self, action_id: impl AsRef<str>) -> Self {
         self.uncached_actions
             .insert(super::actions::segment(action_id.as_ref()));
