@@ -1429,3 +1429,46 @@ async fn queries_differing_only_in_ignored_body_members_share_an_entry() {
         tower_redis_cache::error::Setting::IgnoreBodyFields
     );
 }
+
+/// A memory store whose tag table is full refuses new tags: those answers are not stored, but the store is not
+/// taken for failing, so the circuit breaker stays shut and the entries stored before keep answering.
+#[tokio::test]
+async fn a_full_tag_table_costs_the_new_fills_not_the_hits() {
+    use tower_redis_cache::Store;
+    // The smallest tag table: 1,024 members.
+    let store = MemoryStore::new(256 * 1024);
+    let origin = Origin::new();
+    let layer = layer_over(store.clone())
+        // Two tags a fill: two refusals each time, beside its three calls that succeed.
+        .tags(|_| vec!["everything".to_owned(), "queries".to_owned()])
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin.service());
+    let read = |body: &'static str| call(&service, post(body));
+    assert!(matches!(
+        outcome(&read(r#"{"q":0}"#).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    let day = Duration::from_secs(86_400);
+    // Filled up by other tagged entries.
+    let mut n = 0;
+    while store
+        .tag("test:v1:tag:{other}", &format!("k{n}"), day, u64::MAX)
+        .await
+        .is_ok()
+    {
+        n += 1;
+        assert!(n < 2048, "the table takes at most 1,024 members");
+    }
+    for n in 1..=10 {
+        let body: &'static str = Box::leak(format!(r#"{{"q":{n}}}"#).into_boxed_str());
+        let unstored = read(body).await;
+        assert!(
+            matches!(outcome(&unstored), CacheOutcome::Miss { stored: false, .. }),
+            "{}",
+            cache_status(&unstored)
+        );
+    }
+    assert_eq!(outcome(&read(r#"{"q":0}"#).await), CacheOutcome::Hit);
+    assert_eq!(layer.handle().stats().hits, 1);
+}

@@ -337,8 +337,9 @@ impl Store for MemoryStore {
             tags.sweep(now);
         }
         if full(&tags) {
-            return Box::pin(std::future::ready(Err(StoreError::backend(
-                "memory store: too many tagged entries",
+            // Refused, as Redis refuses a write when out of memory: the store still answers, so its hits go on.
+            return Box::pin(std::future::ready(Err(StoreError::Refused(
+                "memory store: too many tagged entries".into(),
             ))));
         }
         let set = tags.sets.entry(tag.to_owned()).or_default();
@@ -366,8 +367,8 @@ impl Store for MemoryStore {
         if !tags.marks.contains_key(tag) && tags.marks.len() >= self.max_members {
             tags.marks.retain(|_, (_, until)| *until > now);
             if tags.marks.len() >= self.max_members {
-                return Box::pin(std::future::ready(Err(StoreError::backend(
-                    "memory store: too many invalidated tags",
+                return Box::pin(std::future::ready(Err(StoreError::Refused(
+                    "memory store: too many invalidated tags".into(),
                 ))));
             }
         }
@@ -446,8 +447,12 @@ mod tests {
         for n in 0..1024 {
             store.tag("t", &format!("k{n}"), life, ANY).await.unwrap();
         }
+        // Refused, not failed: the circuit breaker does not count it, so the store's hits go on.
         assert!(
-            store.tag("t", "over", life, ANY).await.is_err(),
+            matches!(
+                store.tag("t", "over", life, ANY).await,
+                Err(StoreError::Refused(_))
+            ),
             "full: refused"
         );
         store.tag("t", "k7", life, ANY).await.unwrap();
