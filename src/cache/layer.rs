@@ -136,6 +136,8 @@ impl CacheHandle {
 
     /// Removes the entry (and any refresh lease) of `request`. Returns whether the key held one (or the marker
     /// of an answer that could not be stored, see [`uncacheable_for`](RedisCacheLayerBuilder::uncacheable_for)).
+    /// Only `request`'s own variant: [`invalidate_uri`](Self::invalidate_uri) removes every `GET` and `HEAD` entry
+    /// of its URI.
     ///
     /// The lease goes first: a miss or refresh of `request` that asked the origin before this call does not
     /// store its answer after it (counted in `stores_fenced`), and its call is shared with no caller arriving
