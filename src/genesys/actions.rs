@@ -268,12 +268,7 @@ impl GenesysClient {
         id: &str,
         input: &Value,
     ) -> Result<Fetched<Value>, GenesysError> {
-        self.send_json(
-            Method::POST,
-            &format!("{ACTIONS}/{}/execute", segment(id)),
-            Some(input),
-        )
-        .await
+        self.execute(id, input, None).await
     }
 
     /// [`execute_action`](Self::execute_action) with windows of its own for the entry this call stores,
@@ -288,13 +283,8 @@ impl GenesysClient {
         input: &Value,
         windows: Windows,
     ) -> Result<Fetched<Value>, GenesysError> {
-        self.send_json_with(
-            Method::POST,
-            &format!("{ACTIONS}/{}/execute", segment(id)),
-            Some(input),
-            Some(CacheOverride::Windows(windows)),
-        )
-        .await
+        self.execute(id, input, Some(CacheOverride::Windows(windows)))
+            .await
     }
 
     /// [`execute_action`](Self::execute_action) without the cache: the action runs, whatever is cached for
@@ -308,11 +298,21 @@ impl GenesysClient {
         id: &str,
         input: &Value,
     ) -> Result<Fetched<Value>, GenesysError> {
+        self.execute(id, input, Some(CacheOverride::Skip)).await
+    }
+
+    /// Runs the Data Action `id` on `input`, with `cache` for this one call.
+    async fn execute(
+        &self,
+        id: &str,
+        input: &Value,
+        cache: Option<CacheOverride>,
+    ) -> Result<Fetched<Value>, GenesysError> {
         self.send_json_with(
             Method::POST,
             &format!("{ACTIONS}/{}/execute", segment(id)),
             Some(input),
-            Some(CacheOverride::Skip),
+            cache,
         )
         .await
     }

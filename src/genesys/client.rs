@@ -932,15 +932,17 @@ mod tests {
 
     #[test]
     fn data_action_requests_are_tagged_by_what_a_change_makes_stale() {
-        let tags = |method: Method, path: &str| {
+        // The tags of a request to `path` under a base whose own path is `prefix`.
+        let tags_under = |prefix: &str, method: Method, path: &str| {
             let (parts, ()) = Request::builder()
                 .method(method)
                 .uri(format!("https://api.mypurecloud.ie{path}"))
                 .body(())
                 .unwrap()
                 .into_parts();
-            action_tags("", &parts)
+            action_tags(prefix, &parts)
         };
+        let tags = |method: Method, path: &str| tags_under("", method, path);
         let own = || vec!["genesys:action:custom_-_1".to_owned()];
         let listings = || vec!["genesys:actions".to_owned()];
         let both = || {
@@ -986,15 +988,7 @@ mod tests {
         }
 
         // Under a base with a path (a gateway's `/genesys`), routes are read below it; nothing outside it is one.
-        let prefixed = |method: Method, path: &str| {
-            let (parts, ()) = Request::builder()
-                .method(method)
-                .uri(format!("https://gateway.example{path}"))
-                .body(())
-                .unwrap()
-                .into_parts();
-            action_tags("/genesys", &parts)
-        };
+        let prefixed = |method: Method, path: &str| tags_under("/genesys", method, path);
         let execute = format!("/genesys{actions}/custom_-_1/execute");
         assert_eq!(prefixed(Method::POST, &execute), own());
         assert_eq!(
