@@ -48,6 +48,41 @@
 //! # #[cfg(not(feature = "emulator"))] fn main() {}
 //! ```
 //!
+//! # Which executions are cached
+//!
+//! A Data Action that looks something up is what the cache is for: the same input within its windows costs no
+//! API call, and concurrent calls with it make one. An action that changes something (it creates a ticket,
+//! sends a message) must run on every call, and a `secure` action's output (personal data that Genesys keeps out
+//! of its own logs) may not belong in a shared store. Name those, or make caching opt-in:
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), tower_redis_cache::error::ConfigError> {
+//! use std::time::Duration;
+//! use tower_redis_cache::cache::Windows;
+//! use tower_redis_cache::genesys::{GenesysClient, Region};
+//!
+//! // Every execution cached but those of the actions named here.
+//! let client = GenesysClient::builder()
+//!     .region(Region::EuWest1)
+//!     .client_credentials("client-id", "client-secret")
+//!     .uncached_action("custom_-_create-ticket")
+//!     .build()?;
+//!
+//! // Only the lookups named here cached, each for its own windows.
+//! let minute = Duration::from_secs(60);
+//! let opt_in = GenesysClient::builder()
+//!     .region(Region::EuWest1)
+//!     .client_credentials("client-id", "client-secret")
+//!     .cache_executions(false)
+//!     .action_windows("custom_-_order-lookup", Windows::new(5 * minute, minute, 10 * minute))
+//!     .build()?;
+//! # let _ = (client, opt_in);
+//! # Ok(()) }
+//! ```
+//!
+//! One call can leave the cache out with [`GenesysClient::execute_action_uncached`], or bring windows of its own
+//! with [`GenesysClient::execute_action_with`].
+//!
 //! # Errors
 //!
 //! Every call returns a [`GenesysError`]: the HTTP status with the Genesys `code`, `message` and correlation
