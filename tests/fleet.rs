@@ -568,3 +568,50 @@ async fn origin_failures_and_replaced_entries_leave_no_marker() {
     call(&off[0].1, post(r#"{"q":"mine"}"#)).await;
     assert_eq!(total(&off, |s| s.uncacheable_marks), 0);
 }
+
+#[tokio::test]
+async fn a_fill_records_its_tags_and_reads_the_tag_clock_in_the_round_trip_of_its_lease() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-tag", "report:7");
+    let (store, journal) =
+        support::store::JournalStore::new(RedisStore::new(fred_client(&server.url()).await));
+    let layer = RedisCacheLayer::builder(store)
+        .namespace("fleet")
+        .methods([Method::GET, Method::POST])
+        .tags(|_| vec!["reports".to_owned()])
+        .tags_from_header(http::HeaderName::from_static("cache-tag"))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    const STORED_MISS: CacheOutcome = CacheOutcome::Miss {
+        collapsed: false,
+        stored: true,
+    };
+    let miss = call(&service, post(r#"{"q":"tagged"}"#)).await;
+    assert_eq!(outcome(&miss), STORED_MISS);
+    // The request's tag and the tag clock went out before the lease's answer came back: one round trip
+    // before the origin is asked, not two. (The answer's own tag is recorded after the origin answers.)
+    let events = journal.events();
+    let lease_back = events.iter().position(|e| *e == "lease<").unwrap();
+    assert_eq!(
+        &events[..lease_back],
+        ["lease>", "tag>", "clock>"],
+        "{events:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| **e == "tag>").count(),
+        2,
+        "{events:?}"
+    );
+    // The fencing still holds the entry to both tags: stored, then removed by either.
+    let hit = call(&service, post(r#"{"q":"tagged"}"#)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(layer.handle().invalidate_tag("reports").await.unwrap(), 1);
+    let refilled = call(&service, post(r#"{"q":"tagged"}"#)).await;
+    assert_eq!(outcome(&refilled), STORED_MISS);
+    assert_eq!(layer.handle().invalidate_tag("report:7").await.unwrap(), 1);
+    let again = call(&service, post(r#"{"q":"tagged"}"#)).await;
+    assert_eq!(outcome(&again), STORED_MISS);
+    assert_eq!(origin.calls(), 3);
+}

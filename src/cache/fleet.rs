@@ -143,8 +143,9 @@ fn token() -> String {
 
 impl Engine {
     /// Takes the lease of `key`: `Ok(Some)` when this process holds it now, `Ok(None)` when another does.
-    /// Holding it, records `key` under the request's `tags` before returning (before the origin is asked);
-    /// `Err` when that fails (the lease is let go), when the store fails, or when the request has too many tags.
+    /// Records `key` under the request's `tags`, and reads the tag clock, beside it (before the origin is
+    /// asked); `Err` when that fails for the holder (the lease is let go), when the store fails on the lease, or
+    /// when the request has too many tags.
     pub(crate) async fn take_lease(
         self: &Arc<Self>,
         key: &CacheKey,
@@ -163,35 +164,38 @@ impl Engine {
             since: None,
         };
         let ttl = self.policy.lease_for;
-        match self
-            .store
-            .call("lease", &lease.key, |s| {
-                s.try_lease(&lease.key, &lease.token, ttl)
-            })
-            .await
-        {
+        // Side by side, one round trip and all before the origin is asked: the lease; the request's tags,
+        // recorded unconditionally; the tag clock for the tags the answer will name. Recording the key before the
+        // lease is known to be ours holds the fencing either way a removal falls: one that walks a set before the
+        // key is in it ran before the origin is asked; one that finds it removes the lease, and then either the
+        // lease is taken after that (and the origin asked after the change) or the answer is not stored. A key
+        // recorded by a process that did not get the lease is one its holder records too. A clock read before
+        // the lease is at most older: a removal in between withholds the answer instead of missing it.
+        let lease_call = self.store.call("lease", &lease.key, |s| {
+            s.try_lease(&lease.key, &lease.token, ttl)
+        });
+        let request_tags = async {
+            if lease.tag_sets.is_empty() {
+                return Ok(());
+            }
+            match self
+                .record_tags(key.as_str(), &lease.tag_sets, lifetime, u64::MAX)
+                .await
+            {
+                Ok(true) => Ok(()),
+                _ => Err(()),
+            }
+        };
+        let clock = async {
+            match &self.policy.tags_header {
+                Some(_) => self.tag_clock(false, true).await.map(Some).map_err(|_| ()),
+                None => Ok(None),
+            }
+        };
+        let (taken, recorded, since) =
+            futures_util::future::join3(lease_call, request_tags, clock).await;
+        match taken {
             Ok(true) => {
-                // Both before the origin is asked: the request's tags unconditionally (no removal that could
-                // find this key has walked their sets yet), and the tag clock for the tags the answer will name.
-                let request_tags = async {
-                    if lease.tag_sets.is_empty() {
-                        return Ok(());
-                    }
-                    match self
-                        .record_tags(key.as_str(), &lease.tag_sets, lifetime, u64::MAX)
-                        .await
-                    {
-                        Ok(true) => Ok(()),
-                        _ => Err(()),
-                    }
-                };
-                let clock = async {
-                    match &self.policy.tags_header {
-                        Some(_) => self.tag_clock(false, true).await.map(Some).map_err(|_| ()),
-                        None => Ok(None),
-                    }
-                };
-                let (recorded, since) = futures_util::future::join(request_tags, clock).await;
                 let recorded = match (recorded, since) {
                     (Ok(()), Ok(since)) => {
                         lease.since = since;

@@ -871,7 +871,7 @@ impl RedisCacheLayerBuilder {
     ///
     /// Tags belong to the layer's [`partition`](Self::partition). The function runs only for requests that
     /// fill an entry and for unsafe requests, never on a hit. Each tag costs one store call per fill, made
-    /// with the key's lease and before the origin is asked (so that a removal finds every fill that may
+    /// beside the key's lease (in its round trip) and before the origin is asked (so that a removal finds every fill that may
     /// bring back what it removes); a fill whose tags cannot be recorded (the store failing) is answered but
     /// not stored, and so is a request with more than 32 tags. A tag's set holds the keys of its entries
     /// for as long as they may live, and drops them as they expire.

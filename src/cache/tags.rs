@@ -8,8 +8,9 @@
 //! entry, as [`CacheHandle::invalidate`] does. No fill that may bring back an answer from before the removal
 //! stores it afterwards:
 //!
-//! - a request's own tags are recorded while the fill holds the key's lease and before it asks the origin: the
-//!   walk finds the key, and its lease is gone;
+//! - a request's own tags are recorded beside the fill's taking of the key's lease (the same round trip) and
+//!   before it asks the origin: a walk before the recording ran before the origin is asked; a walk after it
+//!   finds the key and removes its lease, so the lease is either taken after the removal or gone;
 //! - a response's tags are known only from the answer: the fill reads the tag clock before it asks, and
 //!   records them, in one step per set, only if the set was not marked after that reading, then stores the
 //!   entry under its lease. Marked after the recording, the walk finds the key.

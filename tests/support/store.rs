@@ -71,3 +71,135 @@ impl<S: Store> Store for CountingStore<S> {
         self.inner.purge_prefix(prefix)
     }
 }
+
+/// `inner` (every call passed on, tags included), writing down when its lease, tag and tag-clock calls start
+/// and end: `"lease>"`, `"lease<"`, `"tag>"`, `"tag<"`, `"clock>"`, `"clock<"`, in the order they happen.
+pub struct JournalStore<S> {
+    inner: S,
+    journal: Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+/// What a [`JournalStore`] wrote down so far.
+#[derive(Clone)]
+pub struct Journal(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+impl Journal {
+    /// The events so far, in order.
+    pub fn events(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl<S> JournalStore<S> {
+    /// Wraps `inner`; the returned handle reads the journal.
+    pub fn new(inner: S) -> (Self, Journal) {
+        let journal = Arc::new(std::sync::Mutex::new(Vec::new()));
+        (
+            JournalStore {
+                inner,
+                journal: journal.clone(),
+            },
+            Journal(journal),
+        )
+    }
+
+    fn around<'a, T: Send + 'a>(
+        &self,
+        start: &'static str,
+        end: &'static str,
+        call: StoreFuture<'a, T>,
+    ) -> StoreFuture<'a, T> {
+        self.journal.lock().unwrap().push(start);
+        let journal = self.journal.clone();
+        Box::pin(async move {
+            let out = call.await;
+            journal.lock().unwrap().push(end);
+            out
+        })
+    }
+}
+
+impl<S: Store> Store for JournalStore<S> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        self.inner.get(key)
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        self.inner.set(key, value, ttl)
+    }
+
+    fn set_if_leased<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.set_if_leased(key, value, ttl, lease, token)
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.around("lease>", "lease<", self.inner.try_lease(key, token, ttl))
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.extend_lease(key, token, ttl)
+    }
+
+    fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.release_lease(key, token)
+    }
+
+    fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
+        self.inner.remove(keys)
+    }
+
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        self.inner.purge_prefix(prefix)
+    }
+
+    fn tag<'a>(
+        &'a self,
+        tag: &'a str,
+        key: &'a str,
+        lifetime: Duration,
+        since: u64,
+    ) -> StoreFuture<'a, bool> {
+        self.around("tag>", "tag<", self.inner.tag(tag, key, lifetime, since))
+    }
+
+    fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
+        self.inner.mark_invalidated(tag, at)
+    }
+
+    fn tag_clock<'a>(&'a self, key: &'a str, advance: bool) -> StoreFuture<'a, u64> {
+        self.around("clock>", "clock<", self.inner.tag_clock(key, advance))
+    }
+
+    fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {
+        self.inner.tagged(tag, cursor)
+    }
+
+    fn keeps_tags(&self) -> bool {
+        self.inner.keeps_tags()
+    }
+
+    fn node_of(&self, key: &str) -> Option<usize> {
+        self.inner.node_of(key)
+    }
+
+    fn reconnect(&self) -> StoreFuture<'_, ()> {
+        self.inner.reconnect()
+    }
+}
