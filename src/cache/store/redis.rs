@@ -126,7 +126,9 @@ impl Routes {
 }
 
 impl RedisStore {
-    /// Wraps a connected (or connecting) fred client.
+    /// Wraps a connected (or connecting) fred client, with its own settings. Build it with
+    /// `tcp.nodelay = Some(true)`, as [`connect`](Self::connect) does: with fred's default (Nagle's algorithm
+    /// on), a command written while another awaits its reply can wait a round trip before it is sent.
     pub fn new(client: Client) -> Self {
         Self::from_clients(vec![client])
     }
@@ -156,7 +158,8 @@ impl RedisStore {
     }
 
     /// Connects to the Redis named by `url` with a reconnecting client (constant 100 ms between attempts,
-    /// forever; a connection without a reply for a second is reconnected) and waits for the first connection.
+    /// forever; `TCP_NODELAY`; a connection that keeps timing out is made again, by the cache's breaker or, on a
+    /// Cluster, when it has not replied for a second) and waits for the first connection.
     ///
     /// `rediss://` (and `rediss-cluster://`, `rediss-sentinel://`) connect over TLS, verifying the server
     /// against the system's roots (or `SSL_CERT_FILE`); they need the `redis-tls` feature, and without it are
@@ -302,8 +305,8 @@ fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
-/// How the store's own connections are set up: a 2 s connect timeout, and enough write attempts for a
-/// redirected command.
+/// How the store's own connections are set up: a 2 s connect timeout, enough write attempts for a redirected
+/// command, and `TCP_NODELAY`.
 ///
 /// fred counts every write of a command as an attempt, redirections included, and gives up after
 /// `max_command_attempts` (3 by default): during a Cluster reshard a `GET` sent on a stale slot map (`MOVED`)
@@ -313,6 +316,10 @@ fn millis(ttl: Duration) -> i64 {
 pub(crate) fn connection_config(config: &mut fred::types::config::ConnectionConfig) {
     config.connection_timeout = Duration::from_secs(2);
     config.max_command_attempts = config.max_redirections + 1;
+    // Each command goes out when written: with Nagle's algorithm (fred's default), a command written while
+    // another awaits its reply waits for that reply's acknowledgement, up to a round trip more, as the calls
+    // a fill makes side by side (lease and tags) and the hits of concurrent requests do.
+    config.tcp.nodelay = Some(true);
 }
 
 /// [`connection_config`], and a connection whose oldest command has waited a second for its reply is taken for
@@ -720,6 +727,18 @@ mod tests {
                 backend(Error::new(kind, details)),
                 StoreError::Backend(_)
             ));
+        }
+    }
+
+    /// Nagle's algorithm holds a command written while another awaits its reply until that reply's
+    /// acknowledgement: up to a round trip more for every call that overlaps another.
+    #[tokio::test]
+    async fn the_stores_own_clients_send_each_command_at_once() {
+        use fred::interfaces::ClientLike;
+        for url in ["redis://127.0.0.1:1", "redis-cluster://127.0.0.1:1"] {
+            let store = RedisStore::connect_lazy(url).unwrap();
+            let settings = store.clients[0].connection_config().clone();
+            assert_eq!(settings.tcp.nodelay, Some(true), "{url}");
         }
     }
 
