@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// What the proxy does with the traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +132,9 @@ fn zero_linger(stream: &TcpStream) {
 /// client's side always closes with a reset (RST), as a dead link or a killed peer does.
 async fn pipe(client: TcpStream, server: TcpStream, index: usize, state: watch::Receiver<State>) {
     zero_linger(&client);
+    // Every chunk is passed on as it comes, as a link does: no small write waits on the one before it.
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     // Set once the connection has gone half-open: from then on it swallows everything, both ways.
@@ -174,13 +178,20 @@ async fn pipe(client: TcpStream, server: TcpStream, index: usize, state: watch::
             }
         }
     };
-    let mut down_state = state.clone();
-    let downstream = async move {
+    // Replies are read as they arrive, each with its arrival time, so that a delay is a link's latency: every
+    // chunk passes `delay` after it arrived, however many arrived meanwhile.
+    let (arrivals, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = server_read.read(&mut buf).await {
-            if n == 0 {
+            if n == 0 || arrivals.send((Instant::now(), buf[..n].to_vec())).is_err() {
                 break;
             }
+        }
+    });
+    let mut down_state = state.clone();
+    let downstream = async move {
+        while let Some((at, chunk)) = arrived.recv().await {
             let Ok(now) = down_state
                 .wait_for(|s| s.hold != Some(index) && s.mode != Mode::BlackHole)
                 .await
@@ -192,11 +203,11 @@ async fn pipe(client: TcpStream, server: TcpStream, index: usize, state: watch::
                 continue;
             }
             match now.mode {
-                Mode::Delay(delay) => tokio::time::sleep(delay).await,
+                Mode::Delay(delay) => tokio::time::sleep_until(at + delay).await,
                 Mode::Reset => break,
                 _ => {}
             }
-            if client_write.write_all(&buf[..n]).await.is_err() {
+            if client_write.write_all(&chunk).await.is_err() {
                 break;
             }
         }
@@ -211,4 +222,5 @@ async fn pipe(client: TcpStream, server: TcpStream, index: usize, state: watch::
         _ = downstream => {}
         _ = reset_requested => {}
     }
+    reader.abort();
 }
