@@ -590,18 +590,19 @@ async fn a_fill_records_its_tags_and_reads_the_tag_clock_in_the_round_trip_of_it
     };
     let miss = call(&service, post(r#"{"q":"tagged"}"#)).await;
     assert_eq!(outcome(&miss), STORED_MISS);
-    // The request's tag and the tag clock went out before the lease's answer came back: one round trip
-    // before the origin is asked, not two. (The answer's own tag is recorded after the origin answers.)
+    // The request's tags (its own and its URI's) and the tag clock went out before the lease's answer came
+    // back: one round trip before the origin is asked, not two. (The answer's own tag is recorded after the
+    // origin answers.)
     let events = journal.events();
     let lease_back = events.iter().position(|e| *e == "lease<").unwrap();
     assert_eq!(
         &events[..lease_back],
-        ["lease>", "tag>", "clock>"],
+        ["lease>", "tag>", "tag>", "clock>"],
         "{events:?}"
     );
     assert_eq!(
         events.iter().filter(|e| **e == "tag>").count(),
-        2,
+        3,
         "{events:?}"
     );
     // The fencing still holds the entry to both tags: stored, then removed by either.

@@ -1911,6 +1911,66 @@ async fn a_write_by_one_user_removes_every_users_entry_of_its_uri() {
     }
 }
 
+/// A `QUERY` of `uri` with the JSON `body` through `service`: what the cache did.
+async fn query<S: Cached>(service: &S, uri: &str, body: &'static str) -> CacheOutcome {
+    let request = Request::builder()
+        .method("QUERY")
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    outcome(&call(service, request).await)
+}
+
+/// RFC 9111 §4.4 invalidates every response stored for the target URI, those of queries too: their keys hold
+/// their bodies, which a write cannot name, so they are found through the URI's tag, in every process.
+#[tokio::test]
+async fn a_write_removes_the_queries_of_its_uri_in_every_process() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let (layer_a, layer_b) = (
+        layer(&server).await.build().unwrap(),
+        layer(&server).await.build().unwrap(),
+    );
+    let (a, b) = (
+        cached(&layer_a, origin.service()),
+        cached(&layer_b, origin.service()),
+    );
+    let bodies = [r#"{"status":"open"}"#, r#"{"status":"closed"}"#];
+    for body in bodies {
+        assert!(is_stored_miss(query(&a, ITEM, body).await));
+        assert_eq!(query(&b, ITEM, body).await, CacheOutcome::Hit);
+    }
+    assert!(is_stored_miss(read_with(&a, ITEM, &[]).await));
+    assert!(is_stored_miss(query(&a, OTHER_ITEM, bodies[0]).await));
+
+    // From process b: process a asks the origin again for both queries and the read of the URI.
+    write_with(&b, "PUT", &[]).await;
+    let calls = origin.calls();
+    for body in bodies {
+        assert!(is_stored_miss(query(&a, ITEM, body).await), "{body}");
+    }
+    assert!(is_stored_miss(read_with(&a, ITEM, &[]).await));
+    assert_eq!(origin.calls(), calls + 3);
+    assert_eq!(
+        query(&a, OTHER_ITEM, bodies[0]).await,
+        CacheOutcome::Hit,
+        "another URI keeps its queries"
+    );
+
+    // A change the cache did not see: `invalidate_uri` reaches the queries too.
+    let webhook = layer_b
+        .handle()
+        .invalidate_uri(&get(ITEM, &[]))
+        .await
+        .unwrap();
+    assert_eq!(webhook, 3, "two queries and the read");
+    for body in bodies {
+        assert!(is_stored_miss(query(&b, ITEM, body).await), "{body}");
+    }
+    assert_eq!(query(&b, OTHER_ITEM, bodies[0]).await, CacheOutcome::Hit);
+}
+
 /// Over a store that keeps no tags, entries are still keyed by request headers; a write then reaches the entry
 /// its own headers key, and the others live out their windows.
 #[tokio::test]

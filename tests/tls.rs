@@ -187,8 +187,8 @@ async fn the_layer_caches_through_rediss_trusting_the_tests_ca() {
     let second = call(&service, post(r#"{"user":"me"}"#)).await;
     assert_eq!(outcome(&second), CacheOutcome::Hit);
     assert_eq!(origin.calls(), 1);
-    // The entry went over TLS into this server: its plain port shows it.
-    assert_eq!(server.command(&[b"DBSIZE"]), b":1\r\n");
+    // The entry (and its URI's tag set) went over TLS into this server: its plain port shows them.
+    assert_eq!(server.command(&[b"DBSIZE"]), b":2\r\n");
     // And the TLS port really is TLS: fred speaking plain RESP to it gets no answer it accepts.
     let plain = Config::from_url(&format!("redis://127.0.0.1:{tls_port}")).unwrap();
     let refused =

@@ -285,10 +285,9 @@ pub(crate) struct Policy {
     pub(crate) partition_by: Option<PartitionFn>,
     /// Tags requests.
     pub(crate) tags: Option<TagsFn>,
-    /// Whether `GET` and `HEAD` fills record their key under their URI's own tag (see
-    /// [`KeyConfig::uri_tag_key`]), so that a write to the URI removes every variant: the key holds request
-    /// headers (`vary_headers`, credentials in the key) and the store keeps tags.
-    pub(crate) uri_tags: bool,
+    /// Which fills record their key under their URI's own tag, so that a write to the URI removes entries
+    /// whose keys it cannot name.
+    pub(crate) uri_tags: UriTags,
     /// The response field that tags answers.
     pub(crate) tags_header: Option<HeaderName>,
     /// Whether the origin's freshness headers count: for `GET` and `HEAD`, and for other cached methods.
@@ -349,6 +348,35 @@ impl std::fmt::Debug for Policy {
             .field("coalesced_wait", &self.coalesced_wait)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .finish()
+    }
+}
+
+/// Which fills record their key under their URI's own tag (see [`KeyConfig::uri_tag_key`]), so that a write to
+/// the URI (RFC 9111 §4.4: every response stored for it) removes entries whose keys it cannot name. Only where
+/// the store keeps tags.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UriTags {
+    /// `GET` and `HEAD` fills: where keys hold request headers (`vary_headers`, credentials in the key), a URI
+    /// has an entry per variant, and a write names only its own.
+    pub(crate) reads: bool,
+    /// Fills keyed by their body (`QUERY`, `POST`): a write names none of them. Where the layer caches such a
+    /// method.
+    pub(crate) queries: bool,
+}
+
+impl UriTags {
+    /// Whether a fill with `facts` records its key under its URI's tag.
+    pub(crate) fn record(self, facts: &RequestFacts) -> bool {
+        if facts.get_or_head {
+            self.reads
+        } else {
+            self.queries
+        }
+    }
+
+    /// Whether a write walks its URI's tag.
+    pub(crate) fn any(self) -> bool {
+        self.reads || self.queries
     }
 }
 
@@ -1460,8 +1488,8 @@ impl Engine {
         }
     }
 
-    /// What a request would make stale by succeeding (RFC 9111 §4.4): the entries a `GET` and a `HEAD` of its
-    /// target URI, with its headers, would use. `None` unless [`may_invalidate`] says it may. Read before the
+    /// What a request would make stale by succeeding (RFC 9111 §4.4): the entries of its target URI (see
+    /// [`uri_entries`](Self::uri_entries)) and those of its tags. `None` unless [`may_invalidate`] says it may. Read before the
     /// request goes on, since the request goes with it.
     pub(crate) fn stale_targets(
         &self,
@@ -1508,34 +1536,44 @@ impl Engine {
         }
         let (keys, uri_sets) =
             self.uri_entries(&uris, &targets.headers, targets.partition.as_deref());
-        let mut tag_sets = targets.tag_sets;
-        tag_sets.extend(uri_sets);
+        let tag_sets = targets.tag_sets;
         let engine = self.clone();
         let task = self.background.task();
         // A panic in the removal is the task's alone: the response goes on either way.
         let _ = tokio::spawn(async move {
             let _task = task;
-            // The leases go first: a fill that asked the origin before the change then cannot store its answer
-            // after the entry is gone.
-            if !keys.is_empty() && engine.remove_entries(&keys, true).await.is_ok() {
-                bump(&engine.counters.unsafe_invalidations);
-                tracing::debug!(
-                    uris = keys.len() / 2,
-                    "cache entries of an unsafe request's target removed"
-                );
-            }
-            if !tag_sets.is_empty()
-                && let Err(error) = engine.remove_tagged(&tag_sets, true).await
-            {
-                tracing::debug!(%error, "cache entries of an unsafe request's tags not all removed");
-            }
+            // The three side by side: the keys the request names, the entries its URIs' tags name, and those of
+            // its own tags. Each removes leases before entries: a fill that asked the origin before the change
+            // then cannot store its answer after the entry is gone.
+            let named = async {
+                if !keys.is_empty() && engine.remove_entries(&keys, true).await.is_ok() {
+                    bump(&engine.counters.unsafe_invalidations);
+                    tracing::debug!(
+                        uris = keys.len() / 2,
+                        "cache entries of an unsafe request's target removed"
+                    );
+                }
+            };
+            let by_uri = async {
+                if let Err(error) = engine.remove_uri_tagged(&uri_sets, true).await {
+                    tracing::debug!(%error, "cache entries of an unsafe request's target not all removed");
+                }
+            };
+            let tagged = async {
+                if !tag_sets.is_empty()
+                    && let Err(error) = engine.remove_tagged(&tag_sets, true).await
+                {
+                    tracing::debug!(%error, "cache entries of an unsafe request's tags not all removed");
+                }
+            };
+            futures_util::future::join3(named, by_uri, tagged).await;
         })
         .await;
     }
 
-    /// What names the `GET` and `HEAD` entries of `uris` for a request with `headers` in `partition` (its own;
-    /// see [`Policy::partition_of`]): their keys, and the tag sets of those URIs where keys hold request headers
-    /// (see [`Policy::uri_tags`]), through which every variant is found. Nothing when the layer keys by a
+    /// What names the entries of `uris` for a request with `headers` in `partition` (its own; see
+    /// [`Policy::partition_of`]): the keys of their `GET` and `HEAD`, and the tag sets of those URIs where some
+    /// fills record themselves (see [`Policy::uri_tags`]), through which variants and queries are found. Nothing when the layer keys by a
     /// partition of each request's own and `partition` is `None`: such a request names no entry.
     pub(crate) fn uri_entries(
         &self,
@@ -1556,7 +1594,7 @@ impl Engine {
                     .map(|method| self.keys.key_in(&method, uri, headers, partition, &[]))
             })
             .collect();
-        let sets = if self.policy.uri_tags {
+        let sets = if self.policy.uri_tags.any() {
             uris.iter()
                 .map(|uri| self.keys.uri_tag_key(uri, partition))
                 .collect()

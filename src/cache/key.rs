@@ -272,9 +272,9 @@ impl KeyConfig {
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
 
-    /// The key of the tag set of a URI's `GET` and `HEAD` entries in `partition` (see
-    /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by)), whatever request headers their keys
-    /// hold: a digest of the key of a `GET` of `uri` without headers, so that the URI is taken as keys take it
+    /// The key of the tag set of a URI's entries in `partition` (see
+    /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by)), whatever request headers and bodies their
+    /// keys hold: a digest of the key of a `GET` of `uri` without headers, so that the URI is taken as keys take it
     /// (without the ignored query parameters). Apart from every tag a user names.
     pub(crate) fn uri_tag_key(&self, uri: &Uri, partition: Option<&[u8]>) -> String {
         let bare = self.digest(&Method::GET, uri, &HeaderMap::new(), partition, &[]);

@@ -2,7 +2,7 @@
 
 use super::RedisCache;
 use super::decision::{Credentials, Rules, default_statuses};
-use super::engine::{Engine, NearConfig, PartitionFn, Policy, PostPredicate};
+use super::engine::{Engine, NearConfig, PartitionFn, Policy, PostPredicate, UriTags};
 use super::freshness::{MAX_WINDOW, Windows, WindowsFn};
 use super::guard::GuardedStore;
 use super::key::{KeyConfig, Pointer};
@@ -159,10 +159,11 @@ impl CacheHandle {
 
     /// Removes what a successful write to `request`'s URI would (see
     /// [`invalidate_on_unsafe`](RedisCacheLayerBuilder::invalidate_on_unsafe)): the `GET` and `HEAD` entries of
-    /// that URI, in `request`'s partition, and every variant of them where keys hold request headers
-    /// ([`vary_headers`](RedisCacheLayerBuilder::vary_headers), [`Credentials::InKey`]; over a store that
-    /// [keeps tags](Store::keeps_tags)); the request's method and body do not count. For a change the cache did
-    /// not see: a webhook, another service's write. Returns how many entries (or markers) existed.
+    /// that URI, in `request`'s partition, and, over a store that [keeps tags](Store::keeps_tags), every
+    /// variant of them where keys hold request headers ([`vary_headers`](RedisCacheLayerBuilder::vary_headers),
+    /// [`Credentials::InKey`]) and the entries of the queries (`QUERY`, cached `POST`) sent to it; the request's
+    /// method and body do not count. For a change the cache did not see: a webhook, another service's write.
+    /// Returns how many entries (or markers) existed.
     ///
     /// Leases go first, as for [`invalidate`](Self::invalidate): no fill that asked the origin before this call
     /// stores its answer after it.
@@ -196,11 +197,12 @@ impl CacheHandle {
             request.headers(),
             partition.as_deref(),
         );
-        let mut removed = engine.remove_entries(&keys, false).await?;
-        if !sets.is_empty() {
-            removed += engine.remove_tagged(&sets, false).await?;
-        }
-        Ok(removed)
+        let (named, tagged) = futures_util::future::join(
+            engine.remove_entries(&keys, false),
+            engine.remove_uri_tagged(&sets, false),
+        )
+        .await;
+        Ok(named? + tagged?)
     }
 
     /// Removes every entry stored with `tag` (see [`tags`](RedisCacheLayerBuilder::tags)) in this layer's
@@ -822,15 +824,14 @@ impl RedisCacheLayerBuilder {
     /// status below 400, removes the entries a `GET` and a `HEAD` of that URI with the request's headers would
     /// use, and those of the URIs of the same origin its answer names in `Location` or `Content-Location`
     /// (absolute URIs and absolute paths), in Redis (so in every process, near caches included) before the
-    /// response is returned. When the key holds request headers ([`vary_headers`](Self::vary_headers), or
-    /// [`Credentials::InKey`]), every variant of those URIs goes, whoever stored it: each `GET` and `HEAD` fill
-    /// records its key under its URI's own tag (one more store call per fill, and a small set per URI in the
-    /// store; a [`Store`] that does not [keep tags](Store::keeps_tags) reaches only the variant the request's
-    /// own headers key). Other queries (`POST` or `QUERY` bodies) are not found this way:
-    /// [`tags`](Self::tags), [`CacheHandle::invalidate`](super::CacheHandle::invalidate) or
-    /// [`purge`](super::CacheHandle::purge) reach them.
-    /// [`CacheHandle::invalidate_uri`](super::CacheHandle::invalidate_uri) removes the same for a change the
-    /// cache did not see. The removal is a store call like the others, under the timeout and the breaker; if it
+    /// response is returned. Every response stored for those URIs goes, whoever stored it, where the keys alone
+    /// cannot name it: when the key holds request headers ([`vary_headers`](Self::vary_headers), or
+    /// [`Credentials::InKey`]), every variant; and the entries of the queries sent to those URIs (`QUERY`, a
+    /// cached `POST`), keyed by their bodies. Such fills record their key under their URI's own tag (one more
+    /// store call per fill, beside the key's lease, and a small set per URI in the store), and a write walks
+    /// it; a [`Store`] that does not [keep tags](Store::keeps_tags) reaches only the `GET` and `HEAD` entries
+    /// the request's own headers key. [`CacheHandle::invalidate_uri`](super::CacheHandle::invalidate_uri)
+    /// removes the same for a change the cache did not see. The removal is a store call like the others, under the timeout and the breaker; if it
     /// fails, the entries live out their windows. Default: true.
     ///
     /// A miss or refresh of that URI already waiting on the origin, in any process, may bring back what the
@@ -1196,8 +1197,16 @@ impl RedisCacheLayerBuilder {
             }
         }
         let policy = Policy {
-            // Request headers in the key: a URI may have several entries, which its writes reach through its tag.
-            uri_tags: keeps_tags && !vary.is_empty(),
+            // Request headers in the key, or bodies: a URI may have entries its writes cannot name, which they
+            // reach through its tag.
+            uri_tags: UriTags {
+                reads: keeps_tags && !vary.is_empty(),
+                queries: keeps_tags
+                    && self
+                        .methods
+                        .iter()
+                        .any(|method| method != Method::GET && method != Method::HEAD),
+            },
             windows: Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for),
             windows_for: self.windows_for,
             partition_by: self.partition_by,

@@ -15,9 +15,11 @@
 //!   records them, in one step per set, only if the set was not marked after that reading, then stores the
 //!   entry under its lease. Marked after the recording, the walk finds the key.
 //!
-//! A URI has a tag of its own where keys hold request headers (`vary_headers`, credentials in the key): each
-//! `GET` and `HEAD` fill records its key there as a request tag, and a write to the URI walks it, so that every
-//! variant goes (see [`KeyConfig::uri_tag_key`](super::key::KeyConfig::uri_tag_key)).
+//! A URI has a tag of its own for the entries its keys alone cannot name (see
+//! [`KeyConfig::uri_tag_key`](super::key::KeyConfig::uri_tag_key)): where keys hold request headers
+//! (`vary_headers`, credentials in the key) each `GET` and `HEAD` fill records its key there as a request tag,
+//! and so does each fill of a query (`QUERY`, a cached `POST`), keyed by its body. A write to the URI walks it,
+//! so that every variant and query goes; without a mark, since no answer names a URI's tag.
 //!
 //! [`CacheHandle::invalidate_tag`]: super::CacheHandle::invalidate_tag
 //! [`CacheHandle::invalidate`]: super::CacheHandle::invalidate
@@ -71,7 +73,7 @@ impl Engine {
             );
             return Tags::TooMany;
         }
-        if self.policy.uri_tags && facts.get_or_head {
+        if self.policy.uri_tags.record(facts) {
             let partition = self.policy.partition_of(parts);
             sets.push(self.keys.uri_tag_key(&parts.uri, partition.as_deref()));
         }
@@ -190,7 +192,6 @@ impl Engine {
         sets: &[String],
         guarded: bool,
     ) -> Result<u64, StoreError> {
-        let prefix = self.keys.namespace_prefix();
         let mut removed = 0;
         for set in sets {
             // Marked first: a fill that read the clock before this and learns its tags from its answer then
@@ -204,27 +205,50 @@ impl Engine {
             if self.policy.tags_header.is_some() {
                 self.flights.detach_all();
             }
-            let mut cursor = 0;
-            loop {
-                let (members, next) = self
-                    .store
-                    .call_as(guarded, "tagged", set, |s| s.tagged(set, cursor))
-                    .await?;
-                // Only this namespace's entry keys: a set holds nothing else, and a removal never trusts it to.
-                let keys: Vec<CacheKey> = members
-                    .iter()
-                    .filter_map(|member| CacheKey::parse(&prefix, member))
-                    .collect();
-                let page = self.remove_entries(&keys, guarded).await?;
-                add(&self.counters.tag_removals, page);
-                removed += page;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            removed += self.remove_members(set, guarded).await?;
         }
         Ok(removed)
+    }
+
+    /// [`remove_tagged`](Self::remove_tagged) for URI tag sets (see [`KeyConfig::uri_tag_key`]), without the
+    /// marks: only fills record keys there, before they ask the origin, never an answer's tags.
+    ///
+    /// [`KeyConfig::uri_tag_key`]: super::key::KeyConfig::uri_tag_key
+    pub(crate) async fn remove_uri_tagged(
+        &self,
+        sets: &[String],
+        guarded: bool,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for set in sets {
+            removed += self.remove_members(set, guarded).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Walks the tag set `set` and removes every entry it names, each lease before its entry.
+    async fn remove_members(&self, set: &str, guarded: bool) -> Result<u64, StoreError> {
+        let prefix = self.keys.namespace_prefix();
+        let mut removed = 0;
+        let mut cursor = 0;
+        loop {
+            let (members, next) = self
+                .store
+                .call_as(guarded, "tagged", set, |s| s.tagged(set, cursor))
+                .await?;
+            // Only this namespace's entry keys: a set holds nothing else, and a removal never trusts it to.
+            let keys: Vec<CacheKey> = members
+                .iter()
+                .filter_map(|member| CacheKey::parse(&prefix, member))
+                .collect();
+            let page = self.remove_entries(&keys, guarded).await?;
+            add(&self.counters.tag_removals, page);
+            removed += page;
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
     }
 
     /// Removes the leases of `keys`, then their entries (one call each; one key a command on a Cluster), after
