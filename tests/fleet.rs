@@ -337,6 +337,33 @@ async fn a_lease_taken_by_another_holder_is_never_touched_by_the_old_one() {
         known, b"*3\r\n:1\r\n:0\r\n:1\r\n",
         "the release and store scripts are cached again under their SHAs"
     );
+
+    // Writing and letting the lease go in one step: only for the holder, and the lease goes with the write.
+    let ttl = Duration::from_secs(60);
+    assert!(store.try_lease(key, "last", ttl).await.unwrap());
+    let late = Bytes::from_static(b"late");
+    assert!(
+        !store
+            .set_if_leased_and_release(entry, late, ttl, key, "old")
+            .await
+            .unwrap()
+    );
+    assert_eq!(server.command(&[b"GET", key.as_bytes()]), b"$4\r\nlast\r\n");
+    let last = Bytes::from_static(b"last answer");
+    assert!(
+        store
+            .set_if_leased_and_release(entry, last, ttl, key, "last")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(entry).await.unwrap().unwrap(), "last answer");
+    assert_eq!(server.command(&[b"EXISTS", key.as_bytes()]), b":0\r\n");
+    let known = server.command(&[
+        b"SCRIPT",
+        b"EXISTS",
+        b"0d9afd68e1111169e8ff3b839a4d7b9619fd33fb",
+    ]);
+    assert_eq!(known, b"*1\r\n:1\r\n", "run under its SHA");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -615,4 +642,73 @@ async fn a_fill_records_its_tags_and_reads_the_tag_clock_in_the_round_trip_of_it
     let again = call(&service, post(r#"{"q":"tagged"}"#)).await;
     assert_eq!(outcome(&again), STORED_MISS);
     assert_eq!(origin.calls(), 3);
+}
+
+/// One fill through `store` (journaled) of a `POST` whose origin answers with `header`, if any, then a second
+/// process's read of it: the fill's store calls, and what the second process found.
+async fn fill_then_read<S: Store + 'static>(
+    store: S,
+    other: impl Store + 'static,
+    header: Option<(&'static str, &'static str)>,
+) -> (Vec<&'static str>, CacheOutcome) {
+    let origin = Origin::new();
+    if let Some((name, value)) = header {
+        origin.add_header(name, value);
+    }
+    let (store, journal) = support::store::JournalStore::new(store);
+    let layer = RedisCacheLayer::builder(store)
+        .namespace("fleet")
+        .methods([Method::POST])
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let filled = call(&service, post(r#"{"q":1}"#)).await;
+    assert!(matches!(outcome(&filled), CacheOutcome::Miss { .. }));
+    let events = journal.events();
+    // The second process does not wait on a lease: it reads the entry (or the marker) at once.
+    let second = RedisCacheLayer::builder(other)
+        .namespace("fleet")
+        .methods([Method::POST])
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&second, origin.service());
+    let read = call(&service, post(r#"{"q":1}"#)).await;
+    assert_eq!(second.handle().stats().fleet_waits, 0);
+    (events, outcome(&read))
+}
+
+/// A fill's last store call writes its answer (or the marker of an answer not kept) and lets the key's lease go
+/// in one step: one round trip after the origin answers, not two, and no lease left behind.
+#[tokio::test]
+async fn a_fill_writes_its_answer_and_lets_its_lease_go_in_one_call() {
+    let server = RedisServer::start();
+    let redis = || async { RedisStore::new(fred_client(&server.url()).await) };
+    let one_call = |events: &[&str]| {
+        events.iter().filter(|e| **e == "set+release>").count() == 1
+            && !events.iter().any(|e| *e == "set>" || *e == "unlease>")
+    };
+
+    let (events, read) = fill_then_read(redis().await, redis().await, None).await;
+    assert!(one_call(&events), "{events:?}");
+    assert_eq!(read, CacheOutcome::Hit);
+    let leases = server.command(&[b"KEYS", b"*:lease"]);
+    assert_eq!(leases, b"*0\r\n", "no lease left behind");
+
+    // An answer not kept: its marker goes the same way, and the second process goes to the origin at once.
+    server.command(&[b"FLUSHALL"]);
+    let private = Some(("cache-control", "private"));
+    let (events, read) = fill_then_read(redis().await, redis().await, private).await;
+    assert!(one_call(&events), "{events:?}");
+    assert!(
+        matches!(read, CacheOutcome::Miss { stored: false, .. }),
+        "{read:?}"
+    );
+    assert_eq!(server.command(&[b"KEYS", b"*:lease"]), b"*0\r\n");
+
+    // The memory store does the same.
+    let memory = tower_redis_cache::MemoryStore::new(1 << 20);
+    let (events, read) = fill_then_read(memory.clone(), memory.clone(), None).await;
+    assert!(one_call(&events), "{events:?}");
+    assert_eq!(read, CacheOutcome::Hit);
+    assert_eq!(memory.entry_count(), 1, "the entry, and no lease");
 }

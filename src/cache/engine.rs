@@ -545,6 +545,14 @@ pub(crate) fn with_validators(headers: &mut HeaderMap, extra: HeaderMap) {
     headers.extend(extra);
 }
 
+/// The store let the lease `guard` holds go with a write (or it was no longer this holder's): nothing is left to
+/// release.
+fn released(guard: &mut Option<LeaseGuard>) {
+    if let Some(guard) = guard.take() {
+        guard.disarm();
+    }
+}
+
 /// What a request that may make entries stale (see [`Engine::stale_targets`]) needs to name them once it is
 /// answered: its target URI and its headers, which key the `GET` and `HEAD` entries of that URI and of those its
 /// answer names.
@@ -968,7 +976,7 @@ impl Engine {
                             };
                         // One origin call per key for the fleet: lead with the key's lease, or wait for the
                         // process that holds it.
-                        let (lease, health) = match self
+                        let (mut lease, health) = match self
                             .fleet_turn(
                                 &key,
                                 &facts,
@@ -1020,14 +1028,7 @@ impl Engine {
                                     && health == StoreHealth::Ok
                                     && verdict.store
                                 {
-                                    self.write(
-                                        &key,
-                                        &response,
-                                        vary,
-                                        &facts,
-                                        lease.as_ref().and_then(LeaseGuard::lease),
-                                    )
-                                    .await
+                                    self.write(&key, &response, vary, &facts, &mut lease).await
                                 } else {
                                     Written::No
                                 };
@@ -1080,12 +1081,11 @@ impl Engine {
                         if let Some(marker) = not_stored
                             .and_then(|(why, status)| marker_for(why, status))
                             .filter(|_| may_mark && health == StoreHealth::Ok)
-                            && let Some(held) = lease.as_ref().and_then(LeaseGuard::lease)
                         {
-                            self.mark_unstored(&key, marker, held).await;
+                            self.mark_unstored(&key, marker, &mut lease).await;
                         }
-                        // After the write: a process waiting on the lease finds the entry (or the marker), or (the
-                        // call failed) takes the lease and tries itself.
+                        // The lease goes after the write (or with it, above): a process waiting on it finds the
+                        // entry (or the marker), or (the call failed) takes the lease and tries itself.
                         if let Some(lease) = lease {
                             lease.release().await;
                         }
@@ -1344,16 +1344,20 @@ impl Engine {
     /// origin gave before a change is never stored after the change was reported. Without a lease (another
     /// process held it, or the wait for that process gave up) nothing is stored: the holder stores.
     ///
+    /// The lease goes with the write ([`Store::set_if_leased_and_release`]): `lease` is emptied once the store
+    /// answered that call, and is left for the caller to release otherwise.
+    ///
     /// [`Store::set_if_leased`]: super::store::Store::set_if_leased
+    /// [`Store::set_if_leased_and_release`]: super::store::Store::set_if_leased_and_release
     pub(super) async fn write(
         &self,
         key: &CacheKey,
         response: &Buffered,
         vary: Option<[u8; 32]>,
         facts: &RequestFacts,
-        lease: Option<&Lease>,
+        guard: &mut Option<LeaseGuard>,
     ) -> Written {
-        let Some(lease) = lease else {
+        let Some(lease) = guard.as_ref().and_then(LeaseGuard::lease) else {
             return Written::No;
         };
         if response.body.len() > self.policy.max_body {
@@ -1394,11 +1398,14 @@ impl Engine {
         let written = self
             .store
             .call("set", key.as_str(), |s| {
-                s.set_if_leased(key.as_str(), value, ttl, &lease.key, &lease.token)
+                s.set_if_leased_and_release(key.as_str(), value, ttl, &lease.key, &lease.token)
             })
             .await;
         // The entry changed (or may have): the near copy goes; the next read fills it again.
         self.forget(key);
+        if written.is_ok() {
+            released(guard);
+        }
         match written {
             Ok(true) => {
                 bump(&self.counters.stores);
@@ -1423,17 +1430,29 @@ impl Engine {
         }
     }
 
-    /// Leaves `marker` in the place of `key`'s entry for `uncacheable_for`, under `lease` as an entry is stored
-    /// (an invalidation since the origin was asked removes the lease first, and then nothing is written).
-    async fn mark_unstored(&self, key: &CacheKey, marker: Unstored, lease: &Lease) {
+    /// Leaves `marker` in the place of `key`'s entry for `uncacheable_for`, under the lease `guard` holds as an
+    /// entry is stored (an invalidation since the origin was asked removes the lease first, and then nothing is
+    /// written), and with the lease going as [`write`](Self::write)'s does.
+    async fn mark_unstored(
+        &self,
+        key: &CacheKey,
+        marker: Unstored,
+        guard: &mut Option<LeaseGuard>,
+    ) {
+        let Some(lease) = guard.as_ref().and_then(LeaseGuard::lease) else {
+            return;
+        };
         let value = marker.encode(key.digest());
         let ttl = self.policy.uncacheable_for;
         let written = self
             .store
             .call("mark", key.as_str(), |s| {
-                s.set_if_leased(key.as_str(), value, ttl, &lease.key, &lease.token)
+                s.set_if_leased_and_release(key.as_str(), value, ttl, &lease.key, &lease.token)
             })
             .await;
+        if written.is_ok() {
+            released(guard);
+        }
         if let Ok(true) = written {
             bump(&self.counters.uncacheable_marks);
             tracing::debug!(

@@ -73,8 +73,9 @@ impl LeaseGuard {
         }
     }
 
-    /// Leaves the lease to expire on its own (after a failed refresh: it spaces out the retries).
-    pub(crate) fn keep(mut self) {
+    /// Lets the guard go without releasing the lease: the store removed it already (with the write of an
+    /// answer), or it is left to expire on its own (after a failed refresh: it spaces out the retries).
+    pub(crate) fn disarm(mut self) {
         self.lease = None;
     }
 }

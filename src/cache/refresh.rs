@@ -3,6 +3,7 @@
 
 use super::decision::RequestFacts;
 use super::engine::{Engine, Fetch, Fetched, Written};
+use super::fleet::LeaseGuard;
 use super::freshness::validators;
 use super::key::{CacheKey, vary_digest};
 use super::stats::bump;
@@ -186,11 +187,12 @@ impl Engine {
             .map(|entry| validators(&entry.headers))
             .unwrap_or_default();
         let asked = !validators.is_empty();
+        let mut lease = Some(lease);
         // The lease is renewed while the origin works, so no other process starts a second refresh however long
         // this one takes (up to `refresh_timeout`).
         let fetched = self
             .renewing(
-                lease.lease(),
+                lease.as_ref().and_then(LeaseGuard::lease),
                 fetch.fetch(validators, self.budget.clone()),
                 // A refresh is not shared: stale hits answer from the entry meanwhile.
                 || {},
@@ -206,8 +208,7 @@ impl Engine {
                     &headers,
                 );
                 if verdict.store {
-                    self.write(key, &response, vary, &facts, lease.lease())
-                        .await
+                    self.write(key, &response, vary, &facts, &mut lease).await
                 } else {
                     Written::No
                 }
@@ -218,16 +219,21 @@ impl Engine {
                 Written::No
             }
         };
+        // The write let the lease go with it when the store answered; what is left is released or kept here.
+        let Some(lease) = lease else {
+            return;
+        };
         match written {
-            // Fenced: an invalidation removed the entry and its lease while the origin worked. Nothing failed (it
-            // counts in `stores_fenced`), and there is no lease of this refresh's left to keep.
+            // Fenced: an invalidation removed the entry and its lease while the origin worked, or marked one of
+            // the answer's tags. Nothing failed (it counts in `stores_fenced`), and there is no lease of this
+            // refresh's left to keep.
             Written::Stored | Written::Fenced => lease.release().await,
             Written::No | Written::Expired => {
                 // The entry is left exactly as it was: still stale, never made fresh again. The lease is no
                 // longer renewed and expires after `refresh_lease_for`, which spaces out retries against a
                 // failing origin.
                 bump(&self.counters.refreshes_failed);
-                lease.keep();
+                lease.disarm();
             }
         }
     }

@@ -72,8 +72,10 @@ impl<S: Store> Store for CountingStore<S> {
     }
 }
 
-/// `inner` (every call passed on, tags included), writing down when its lease, tag and tag-clock calls start
-/// and end: `"lease>"`, `"lease<"`, `"tag>"`, `"tag<"`, `"clock>"`, `"clock<"`, in the order they happen.
+/// `inner` (every call passed on, tags included), writing down when its lease, tag, tag-clock and lease-release
+/// calls start and end, and when its writes start: `"lease>"`, `"lease<"`, `"tag>"`, `"tag<"`, `"clock>"`,
+/// `"clock<"`, `"unlease>"`, `"unlease<"`, `"set>"` (`set_if_leased`), `"set+release>"`, in the order they
+/// happen.
 pub struct JournalStore<S> {
     inner: S,
     journal: Arc<std::sync::Mutex<Vec<&'static str>>>,
@@ -136,7 +138,21 @@ impl<S: Store> Store for JournalStore<S> {
         lease: &'a str,
         token: &'a str,
     ) -> StoreFuture<'a, bool> {
+        self.journal.lock().unwrap().push("set>");
         self.inner.set_if_leased(key, value, ttl, lease, token)
+    }
+
+    fn set_if_leased_and_release<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        self.journal.lock().unwrap().push("set+release>");
+        self.inner
+            .set_if_leased_and_release(key, value, ttl, lease, token)
     }
 
     fn try_lease<'a>(
@@ -158,7 +174,7 @@ impl<S: Store> Store for JournalStore<S> {
     }
 
     fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
-        self.inner.release_lease(key, token)
+        self.around("unlease>", "unlease<", self.inner.release_lease(key, token))
     }
 
     fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {

@@ -219,6 +219,26 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(held)))
     }
 
+    fn set_if_leased_and_release<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        let _leases = self.lock_leases();
+        let held = self
+            .cache
+            .get(lease)
+            .is_some_and(|held| held.live() && held.value == token.as_bytes());
+        if held {
+            self.cache.insert(key.to_owned(), Stored::new(value, ttl));
+            self.cache.remove(lease);
+        }
+        Box::pin(std::future::ready(Ok(held)))
+    }
+
     fn try_lease<'a>(
         &'a self,
         key: &'a str,
@@ -509,5 +529,26 @@ mod tests {
         assert_eq!(store.purge_prefix("ns:v1:").await.unwrap(), 1);
         assert!(members(&store, "ns:v1:tag:{2}").await.is_empty());
         assert_eq!(members(&store, "other:v1:tag:{3}").await, ["other:v1:{a}"]);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_lets_the_lease_go_is_the_holders_alone() {
+        let store = MemoryStore::new(1 << 20);
+        let ttl = Duration::from_secs(60);
+        assert!(store.try_lease("k:lease", "holder", ttl).await.unwrap());
+        let late = Bytes::from_static(b"late");
+        let written = store.set_if_leased_and_release("k", late, ttl, "k:lease", "other");
+        assert!(!written.await.unwrap());
+        assert_eq!(store.get("k").await.unwrap(), None);
+        assert_eq!(store.get("k:lease").await.unwrap().unwrap(), "holder");
+        let answer = Bytes::from_static(b"answer");
+        let written = store.set_if_leased_and_release("k", answer, ttl, "k:lease", "holder");
+        assert!(written.await.unwrap());
+        assert_eq!(store.get("k").await.unwrap().unwrap(), "answer");
+        assert_eq!(
+            store.get("k:lease").await.unwrap(),
+            None,
+            "the lease went with it"
+        );
     }
 }

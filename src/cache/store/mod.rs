@@ -99,6 +99,29 @@ pub trait Store: std::any::Any + Send + Sync {
         })
     }
 
+    /// [`set_if_leased`](Self::set_if_leased), and the lease removed with the write: what a fill does last, so
+    /// that a process waiting on the lease finds the entry once the lease is gone. Returns whether it wrote (and
+    /// removed the lease). One step on Redis (Lua), one round trip instead of two.
+    ///
+    /// The default calls [`set_if_leased`](Self::set_if_leased), then [`release_lease`](Self::release_lease);
+    /// a failed release leaves the lease to expire.
+    fn set_if_leased_and_release<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let written = self.set_if_leased(key, value, ttl, lease, token).await?;
+            if written {
+                let _ = self.release_lease(lease, token).await;
+            }
+            Ok(written)
+        })
+    }
+
     /// Takes a lease: writes `token` at `key` only if `key` is absent (`SET NX PX`), returning whether this call
     /// took it. The lease expires after `ttl` unless extended.
     fn try_lease<'a>(
@@ -229,6 +252,17 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
         token: &'a str,
     ) -> StoreFuture<'a, bool> {
         (**self).set_if_leased(key, value, ttl, lease, token)
+    }
+
+    fn set_if_leased_and_release<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        (**self).set_if_leased_and_release(key, value, ttl, lease, token)
     }
 
     fn try_lease<'a>(

@@ -373,6 +373,12 @@ pub(crate) const SET_IF_LEASED: Script = Script {
     sha1: "e6cceb9d359e304a86c22a4295571cd49e2356a5",
 };
 
+/// [`SET_IF_LEASED`], and the lease deleted in the same step.
+pub(crate) const SET_IF_LEASED_AND_RELEASE: Script = Script {
+    lua: "if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) redis.call('DEL', KEYS[2]) return 1 else return 0 end",
+    sha1: "0d9afd68e1111169e8ff3b839a4d7b9619fd33fb",
+};
+
 /// Records `ARGV[1]` in the tag set `KEYS[1]` until `ARGV[2]` ms from the server's now (its score; an
 /// expiry already later stays), drops the members whose expiry passed, and keeps the set itself at least as
 /// long; unless the set's invalidation mark (`KEYS[2]`) is at or above `ARGV[3]`. The server's clock, so that
@@ -477,6 +483,27 @@ impl Store for RedisStore {
                 Value::from(millis(ttl)),
             ];
             let done: i64 = run_script(self.client(), &SET_IF_LEASED, keys, args).await?;
+            Ok(done == 1)
+        })
+    }
+
+    fn set_if_leased_and_release<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let keys = vec![Key::from(key), Key::from(lease)];
+            let args = vec![
+                Value::from(token),
+                Value::Bytes(value),
+                Value::from(millis(ttl)),
+            ];
+            let done: i64 =
+                run_script(self.client(), &SET_IF_LEASED_AND_RELEASE, keys, args).await?;
             Ok(done == 1)
         })
     }
