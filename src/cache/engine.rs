@@ -1508,8 +1508,8 @@ impl Engine {
     }
 
     /// What a request would make stale by succeeding (RFC 9111 §4.4): the entries of its target URI (see
-    /// [`uri_entries`](Self::uri_entries)) and those of its tags. `None` unless [`may_invalidate`] says it may. Read before the
-    /// request goes on, since the request goes with it.
+    /// [`uri_entries`](Self::uri_entries)) and those of its tags. `None` unless [`may_invalidate`] says it may.
+    /// Read before the request goes on, since the request goes with it.
     pub(crate) fn stale_targets(
         &self,
         parts: &request::Parts,
