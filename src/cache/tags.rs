@@ -192,22 +192,7 @@ impl Engine {
         sets: &[String],
         guarded: bool,
     ) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        for set in sets {
-            // Marked first: a fill that read the clock before this and learns its tags from its answer then
-            // does not record (or store) it; one that recorded before the mark is in the walk.
-            let at = self.tag_clock(true, guarded).await?;
-            self.store
-                .call_as(guarded, "tag-mark", set, |s| s.mark_invalidated(set, at))
-                .await?;
-            // Which call in flight here will answer with this tag is not known yet: callers arriving from now
-            // on make their own rather than share one that may predate the removal.
-            if self.policy.tags_header.is_some() {
-                self.flights.detach_all();
-            }
-            removed += self.remove_members(set, guarded).await?;
-        }
-        Ok(removed)
+        self.remove_sets(sets, true, guarded).await
     }
 
     /// [`remove_tagged`](Self::remove_tagged) for URI tag sets (see [`KeyConfig::uri_tag_key`]), without the
@@ -219,8 +204,31 @@ impl Engine {
         sets: &[String],
         guarded: bool,
     ) -> Result<u64, StoreError> {
+        self.remove_sets(sets, false, guarded).await
+    }
+
+    /// Removes what each of `sets` names, each set marked first when `mark`.
+    async fn remove_sets(
+        &self,
+        sets: &[String],
+        mark: bool,
+        guarded: bool,
+    ) -> Result<u64, StoreError> {
         let mut removed = 0;
         for set in sets {
+            if mark {
+                // Marked first: a fill that read the clock before this and learns its tags from its answer
+                // then does not record (or store) it; one that recorded before the mark is in the walk.
+                let at = self.tag_clock(true, guarded).await?;
+                self.store
+                    .call_as(guarded, "tag-mark", set, |s| s.mark_invalidated(set, at))
+                    .await?;
+                // Which call in flight here will answer with this tag is not known yet: callers arriving from
+                // now on make their own rather than share one that may predate the removal.
+                if self.policy.tags_header.is_some() {
+                    self.flights.detach_all();
+                }
+            }
             removed += self.remove_members(set, guarded).await?;
         }
         Ok(removed)

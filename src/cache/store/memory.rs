@@ -167,6 +167,31 @@ impl MemoryStore {
         self.cache.entry_count()
     }
 
+    /// Writes `value` at `key` if the lease at `lease` holds `token`, removing the lease too when `release`: one
+    /// step against every other change to leases. Returns whether it wrote.
+    fn write_if_leased(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &str,
+        token: &str,
+        release: bool,
+    ) -> bool {
+        let _leases = self.lock_leases();
+        let held = self
+            .cache
+            .get(lease)
+            .is_some_and(|held| held.live() && held.value == token.as_bytes());
+        if held {
+            self.cache.insert(key.to_owned(), Stored::new(value, ttl));
+            if release {
+                self.cache.remove(lease);
+            }
+        }
+        held
+    }
+
     fn lock_leases(&self) -> MutexGuard<'_, ()> {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -208,14 +233,7 @@ impl Store for MemoryStore {
         lease: &'a str,
         token: &'a str,
     ) -> StoreFuture<'a, bool> {
-        let _leases = self.lock_leases();
-        let held = self
-            .cache
-            .get(lease)
-            .is_some_and(|held| held.live() && held.value == token.as_bytes());
-        if held {
-            self.cache.insert(key.to_owned(), Stored::new(value, ttl));
-        }
+        let held = self.write_if_leased(key, value, ttl, lease, token, false);
         Box::pin(std::future::ready(Ok(held)))
     }
 
@@ -227,15 +245,7 @@ impl Store for MemoryStore {
         lease: &'a str,
         token: &'a str,
     ) -> StoreFuture<'a, bool> {
-        let _leases = self.lock_leases();
-        let held = self
-            .cache
-            .get(lease)
-            .is_some_and(|held| held.live() && held.value == token.as_bytes());
-        if held {
-            self.cache.insert(key.to_owned(), Stored::new(value, ttl));
-            self.cache.remove(lease);
-        }
+        let held = self.write_if_leased(key, value, ttl, lease, token, true);
         Box::pin(std::future::ready(Ok(held)))
     }
 

@@ -221,6 +221,26 @@ impl RedisStore {
         Ok(Self::new(client))
     }
 
+    /// Runs `script`, one of the writes under a lease: `value` at `key` (expiring after `ttl`) if the lease at
+    /// `lease` holds `token`. Returns whether it wrote.
+    async fn write_if_leased(
+        &self,
+        script: &Script,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &str,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        let keys = vec![Key::from(key), Key::from(lease)];
+        let args = vec![
+            Value::from(token),
+            Value::Bytes(value),
+            Value::from(millis(ttl)),
+        ];
+        Ok(run_script(self.client(), script, keys, args).await? == 1)
+    }
+
     /// The configuration of the store's (first) client: where Redis is and how to reach it.
     pub(crate) fn config(&self) -> Config {
         self.clients[0].client_config()
@@ -475,16 +495,7 @@ impl Store for RedisStore {
         lease: &'a str,
         token: &'a str,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let keys = vec![Key::from(key), Key::from(lease)];
-            let args = vec![
-                Value::from(token),
-                Value::Bytes(value),
-                Value::from(millis(ttl)),
-            ];
-            let done: i64 = run_script(self.client(), &SET_IF_LEASED, keys, args).await?;
-            Ok(done == 1)
-        })
+        Box::pin(self.write_if_leased(&SET_IF_LEASED, key, value, ttl, lease, token))
     }
 
     fn set_if_leased_and_release<'a>(
@@ -495,17 +506,7 @@ impl Store for RedisStore {
         lease: &'a str,
         token: &'a str,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(async move {
-            let keys = vec![Key::from(key), Key::from(lease)];
-            let args = vec![
-                Value::from(token),
-                Value::Bytes(value),
-                Value::from(millis(ttl)),
-            ];
-            let done: i64 =
-                run_script(self.client(), &SET_IF_LEASED_AND_RELEASE, keys, args).await?;
-            Ok(done == 1)
-        })
+        Box::pin(self.write_if_leased(&SET_IF_LEASED_AND_RELEASE, key, value, ttl, lease, token))
     }
 
     fn try_lease<'a>(
