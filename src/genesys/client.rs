@@ -553,7 +553,8 @@ impl GenesysClientBuilder {
         self
     }
 
-    /// Caches in Redis through an existing fred client (connected or connecting).
+    /// Caches in Redis through an existing fred client (connected or connecting), with its own settings: see
+    /// [`RedisStore::new`](crate::RedisStore::new) for the one to set.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_client(self, client: fred::clients::Client) -> Self {
