@@ -1451,13 +1451,19 @@ async fn a_full_tag_table_costs_the_new_fills_not_the_hits() {
         CacheOutcome::Miss { stored: true, .. }
     ));
     let day = Duration::from_secs(86_400);
-    // Filled up by other tagged entries.
+    // Filled up by other tagged entries (held in the store: members of entries gone would make room).
     let mut n = 0;
-    while store
-        .tag("test:v1:tag:{other}", &format!("k{n}"), day, u64::MAX)
-        .await
-        .is_ok()
-    {
+    while {
+        let key = format!("k{n}");
+        store
+            .set(&key, bytes::Bytes::from_static(b"v"), day)
+            .await
+            .unwrap();
+        store
+            .tag("test:v1:tag:{other}", &key, day, u64::MAX)
+            .await
+            .is_ok()
+    } {
         n += 1;
         assert!(n < 2048, "the table takes at most 1,024 members");
     }

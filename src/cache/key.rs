@@ -23,6 +23,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the key of an entry's lease adds to the entry's key.
 pub(crate) const LEASE_SUFFIX: &str = ":lease";
+
+/// The key of the lease of the entry at `key` (same hash slot).
+pub(crate) fn lease_key_of(key: &str) -> String {
+    let mut lease = String::with_capacity(key.len() + LEASE_SUFFIX.len());
+    lease.push_str(key);
+    lease.push_str(LEASE_SUFFIX);
+    lease
+}
+
 /// What the key of a tag set's invalidation mark adds to the set's key.
 #[cfg_attr(
     not(feature = "redis"),
@@ -51,10 +60,7 @@ impl CacheKey {
 
     /// The key of this entry's refresh lease (same hash slot).
     pub fn lease_key(&self) -> String {
-        let mut lease = String::with_capacity(self.key.len() + LEASE_SUFFIX.len());
-        lease.push_str(&self.key);
-        lease.push_str(LEASE_SUFFIX);
-        lease
+        lease_key_of(&self.key)
     }
 
     /// The entry key `key` of the namespace whose prefix is `namespace_prefix`; `None` for any other key.

@@ -1,5 +1,6 @@
 //! [`MemoryStore`]: an in-process store on moka, for demos, tests and single-process services.
 
+use super::super::key::lease_key_of;
 use super::{Store, StoreFuture};
 use crate::error::StoreError;
 use bytes::Bytes;
@@ -45,6 +46,9 @@ struct TagSets {
     sweep_at: usize,
     /// No member expires before this (it may be earlier than the soonest expiry, never later).
     soonest: Option<tokio::time::Instant>,
+    /// Members recorded or refused since those whose entries are gone were last swept (see
+    /// [`TagSets::sweep_dead`]).
+    since_dead_sweep: usize,
     /// Invalidation marks by tag: the mark, and when it expires.
     marks: HashMap<String, (u64, tokio::time::Instant)>,
     /// The tag clock: in one process, a counter is enough.
@@ -61,6 +65,18 @@ impl TagSets {
         self.sweep_at = (self.members * 2).max(MIN_SWEEP);
         self.soonest = self.sets.values().flat_map(HashMap::values).min().copied();
         self.marks.retain(|_, (_, until)| *until > now);
+    }
+
+    /// Drops the members `alive` says are gone: their entries were evicted (a bounded store evicts) or removed,
+    /// and no fill holds their lease. Such members name nothing a removal needs to find.
+    fn sweep_dead(&mut self, alive: impl Fn(&str) -> bool) {
+        self.sets.retain(|_, set| {
+            set.retain(|member, _| alive(member));
+            !set.is_empty()
+        });
+        self.members = self.sets.values().map(HashMap::len).sum();
+        self.soonest = self.sets.values().flat_map(HashMap::values).min().copied();
+        self.since_dead_sweep = 0;
     }
 
     /// Whether `tag` was marked invalidated at or after `since`.
@@ -134,7 +150,8 @@ pub struct MemoryStore {
     /// removal, so that a conditional write is one step against them, as its Lua script is on Redis.
     leases: Arc<Mutex<()>>,
     tags: Arc<Mutex<TagSets>>,
-    /// The most tag members kept: a tag beyond it is refused (its answer is then not stored).
+    /// The most tag members kept: a tag beyond it is refused (its answer is then not stored), once neither
+    /// expired members nor those of entries the store no longer holds make room.
     max_members: usize,
 }
 
@@ -366,6 +383,17 @@ impl Store for MemoryStore {
         {
             tags.sweep(now);
         }
+        // Still full: the members of entries the store evicted (it is bounded, the table is not bound to it)
+        // hold their places until they expire. Swept once a quarter of the table's worth of members came since
+        // the last such sweep (a constant cost per member, spread), keeping those whose entry is there and those
+        // whose fill holds the lease (recorded before the entry is written).
+        tags.since_dead_sweep += 1;
+        if full(&tags) && tags.since_dead_sweep >= self.max_members / 4 {
+            self.cache.run_pending_tasks();
+            tags.sweep_dead(|member| {
+                self.cache.contains_key(member) || self.cache.contains_key(&lease_key_of(member))
+            });
+        }
         if full(&tags) {
             // Refused, as Redis refuses a write when out of memory: the store still answers, so its hits go on.
             return Box::pin(std::future::ready(Err(StoreError::Refused(
@@ -471,11 +499,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tag_members_are_bounded_and_expired_ones_are_swept() {
-        // The smallest bound: 1024 members.
-        let store = MemoryStore::new(0);
+        // The smallest bound: 1024 members, each of an entry the store holds.
+        let store = MemoryStore::new(256 << 10);
         let life = Duration::from_secs(1);
         for n in 0..1024 {
-            store.tag("t", &format!("k{n}"), life, ANY).await.unwrap();
+            let key = format!("k{n}");
+            store
+                .set(&key, Bytes::from_static(b"v"), life)
+                .await
+                .unwrap();
+            store.tag("t", &key, life, ANY).await.unwrap();
         }
         // Refused, not failed: the circuit breaker does not count it, so the store's hits go on.
         assert!(
@@ -560,5 +593,55 @@ mod tests {
             None,
             "the lease went with it"
         );
+    }
+
+    /// A store smaller than its tag table's worth of entries evicts entries whose members would otherwise hold
+    /// their places until they expire, and refuse every new fill's tags: they make room instead, and the members
+    /// of entries still there, or still being filled, stay.
+    #[tokio::test]
+    async fn members_of_evicted_entries_make_room_for_new_fills() {
+        // 256 KiB: 1,024 members at the most, about 230 entries of 1 KiB.
+        let store = MemoryStore::new(256 << 10);
+        let life = Duration::from_secs(3600);
+        let value = Bytes::from(vec![b'x'; 1024]);
+        // A fill that recorded its tag and still waits on the origin, near the end (a lease lives as long as an
+        // origin call; an older one would be evicted like any entry, and then its fill stores nothing).
+        let filling = "ns:v1:{filling}";
+        for i in 0..5000 {
+            if i == 4750 {
+                assert!(
+                    store
+                        .try_lease(&lease_key_of(filling), "t", life)
+                        .await
+                        .unwrap()
+                );
+                store
+                    .tag("ns:v1:tag:{q}", filling, life, ANY)
+                    .await
+                    .unwrap();
+            }
+            let key = format!("ns:v1:{{{i}}}");
+            let lease = lease_key_of(&key);
+            assert!(store.try_lease(&lease, "t", life).await.unwrap());
+            let recorded = store.tag("ns:v1:tag:{q}", &key, life, ANY).await;
+            assert!(matches!(recorded, Ok(true)), "fill {i}: {recorded:?}");
+            let written = store.set_if_leased_and_release(&key, value.clone(), life, &lease, "t");
+            assert!(written.await.unwrap());
+        }
+        // A sweep ran after the filling fill recorded its tag, and its lease is still there.
+        assert!(store.lock_tags().since_dead_sweep < 250);
+        assert!(store.cache.contains_key(&lease_key_of(filling)));
+        let members = members(&store, "ns:v1:tag:{q}").await;
+        assert!(members.len() <= 1024, "{}", members.len());
+        for kept in [filling, "ns:v1:{4999}"] {
+            assert!(members.iter().any(|m| m == kept), "{kept}");
+        }
+        // Every entry still stored is still found through its tag.
+        let stored = (0..5000)
+            .map(|i| format!("ns:v1:{{{i}}}"))
+            .filter(|key| store.cache.contains_key(key));
+        for key in stored {
+            assert!(members.contains(&key), "{key}");
+        }
     }
 }
