@@ -831,8 +831,8 @@ impl RedisCacheLayerBuilder {
     /// store call per fill, beside the key's lease, and a small set per URI in the store), and a write walks
     /// it; a [`Store`] that does not [keep tags](Store::keeps_tags) reaches only the `GET` and `HEAD` entries
     /// the request's own headers key. [`CacheHandle::invalidate_uri`](super::CacheHandle::invalidate_uri)
-    /// removes the same for a change the cache did not see. The removal is a store call like the others, under the timeout and the breaker; if it
-    /// fails, the entries live out their windows. Default: true.
+    /// removes the same for a change the cache did not see. The removal is a store call like the others, under
+    /// the timeout and the breaker; if it fails, the entries live out their windows. Default: true.
     ///
     /// A miss or refresh of that URI already waiting on the origin, in any process, may bring back what the
     /// origin held before the change: its answer goes to its own callers but is not stored, since the removal
@@ -872,9 +872,9 @@ impl RedisCacheLayerBuilder {
     ///
     /// Tags belong to the layer's [`partition`](Self::partition). The function runs only for requests that
     /// fill an entry and for unsafe requests, never on a hit. Each tag costs one store call per fill, made
-    /// beside the key's lease (in its round trip) and before the origin is asked (so that a removal finds every fill that may
-    /// bring back what it removes); a fill whose tags cannot be recorded (the store failing) is answered but
-    /// not stored, and so is a request with more than 32 tags. A tag's set holds the keys of its entries
+    /// beside the key's lease (in its round trip) and before the origin is asked (so that a removal finds
+    /// every fill that may bring back what it removes); a fill whose tags cannot be recorded (the store
+    /// failing) is answered but not stored, and so is a request with more than 32 tags. A tag's set holds the keys of its entries
     /// for as long as they may live, and drops them as they expire.
     ///
     /// The sets are Redis keys like the entries: a Redis that evicts (`maxmemory` with an `allkeys-*` or
