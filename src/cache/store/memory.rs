@@ -46,7 +46,7 @@ struct TagSets {
     sweep_at: usize,
     /// No member expires before this (it may be earlier than the soonest expiry, never later).
     soonest: Option<tokio::time::Instant>,
-    /// Members recorded or refused since those whose entries are gone were last swept (see
+    /// Calls to record a member since the members whose entries are gone were last swept (see
     /// [`TagSets::sweep_dead`]).
     since_dead_sweep: usize,
     /// Invalidation marks by tag: the mark, and when it expires.
@@ -384,9 +384,9 @@ impl Store for MemoryStore {
             tags.sweep(now);
         }
         // Still full: the members of entries the store evicted (it is bounded, the table is not bound to it)
-        // hold their places until they expire. Swept once a quarter of the table's worth of members came since
-        // the last such sweep (a constant cost per member, spread), keeping those whose entry is there and those
-        // whose fill holds the lease (recorded before the entry is written).
+        // hold their places until they expire. Swept once a quarter of the table's worth of calls came since the
+        // last such sweep (a constant cost per call, spread), keeping those whose entry is there and those whose
+        // fill holds the lease (recorded before the entry is written).
         tags.since_dead_sweep += 1;
         if full(&tags) && tags.since_dead_sweep >= self.max_members / 4 {
             self.cache.run_pending_tasks();

@@ -128,7 +128,8 @@ impl Routes {
 impl RedisStore {
     /// Wraps a connected (or connecting) fred client, with its own settings. Build it with
     /// `tcp.nodelay = Some(true)`, as [`connect`](Self::connect) does: with fred's default (Nagle's algorithm
-    /// on), a command written while another awaits its reply can wait a round trip before it is sent.
+    /// on), a command written while an earlier one is unacknowledged is held until the acknowledgement, which
+    /// comes with the reply: up to a round trip before it is sent.
     pub fn new(client: Client) -> Self {
         Self::from_clients(vec![client])
     }
@@ -336,9 +337,9 @@ fn millis(ttl: Duration) -> i64 {
 pub(crate) fn connection_config(config: &mut fred::types::config::ConnectionConfig) {
     config.connection_timeout = Duration::from_secs(2);
     config.max_command_attempts = config.max_redirections + 1;
-    // Each command goes out when written: with Nagle's algorithm (fred's default), a command written while
-    // another awaits its reply waits for that reply's acknowledgement, up to a round trip more, as the calls
-    // a fill makes side by side (lease and tags) and the hits of concurrent requests do.
+    // Each command goes out when written: with Nagle's algorithm (fred's default), a command written while an
+    // earlier one is unacknowledged is held until the acknowledgement, which comes with the reply: up to a round
+    // trip more for the calls a fill makes side by side (lease and tags) and the hits of concurrent requests.
     config.tcp.nodelay = Some(true);
 }
 
@@ -758,8 +759,8 @@ mod tests {
         }
     }
 
-    /// Nagle's algorithm holds a command written while another awaits its reply until that reply's
-    /// acknowledgement: up to a round trip more for every call that overlaps another.
+    /// Nagle's algorithm holds a command written while an earlier one is unacknowledged until the
+    /// acknowledgement, which comes with the reply: up to a round trip more for every call that overlaps another.
     #[tokio::test]
     async fn the_stores_own_clients_send_each_command_at_once() {
         use fred::interfaces::ClientLike;
