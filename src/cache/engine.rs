@@ -1592,8 +1592,9 @@ impl Engine {
 
     /// What names the entries of `uris` for a request with `headers` in `partition` (its own; see
     /// [`Policy::partition_of`]): the keys of their `GET` and `HEAD`, and the tag sets of those URIs where some
-    /// fills record themselves (see [`Policy::uri_tags`]), through which variants and queries are found. Nothing when the layer keys by a
-    /// partition of each request's own and `partition` is `None`: such a request names no entry.
+    /// fills record themselves (see [`Policy::uri_tags`]), through which variants and queries are found.
+    /// Nothing when the layer keys by a partition of each request's own and `partition` is `None`: such a
+    /// request names no entry.
     pub(crate) fn uri_entries(
         &self,
         uris: &[Uri],

@@ -280,8 +280,8 @@ impl KeyConfig {
 
     /// The key of the tag set of a URI's entries in `partition` (see
     /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by)), whatever request headers and bodies their
-    /// keys hold: a digest of the key of a `GET` of `uri` without headers, so that the URI is taken as keys take it
-    /// (without the ignored query parameters). Apart from every tag a user names.
+    /// keys hold: a digest of the key of a `GET` of `uri` without headers, so that the URI is taken as keys take
+    /// it (without the ignored query parameters). Apart from every tag a user names.
     pub(crate) fn uri_tag_key(&self, uri: &Uri, partition: Option<&[u8]>) -> String {
         let bare = self.digest(&Method::GET, uri, &HeaderMap::new(), partition, &[]);
         let mut h = Sha256::new();

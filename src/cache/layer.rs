@@ -874,8 +874,8 @@ impl RedisCacheLayerBuilder {
     /// fill an entry and for unsafe requests, never on a hit. Each tag costs one store call per fill, made
     /// beside the key's lease (in its round trip) and before the origin is asked (so that a removal finds
     /// every fill that may bring back what it removes); a fill whose tags cannot be recorded (the store
-    /// failing) is answered but not stored, and so is a request with more than 32 tags. A tag's set holds the keys of its entries
-    /// for as long as they may live, and drops them as they expire.
+    /// failing) is answered but not stored, and so is a request with more than 32 tags. A tag's set holds the
+    /// keys of its entries for as long as they may live, and drops them as they expire.
     ///
     /// The sets are Redis keys like the entries: a Redis that evicts (`maxmemory` with an `allkeys-*` or
     /// `volatile-*` policy) may evict a tag's set while entries it names are still read, and a removal of
