@@ -103,8 +103,8 @@
 //! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST`, any
 //! unknown method) may change its target: once it is answered below 400, the entries of a `GET` and a `HEAD`
 //! of its URI are removed (every variant, where keys hold request headers), and those of the queries sent to it
-//! (`QUERY`, a cached `POST`), from this process's near cache and
-//! from the store, so from every process, before its response is returned (RFC 9111 §4.4; see
+//! (`QUERY`, a cached `POST`), from this process's near cache and from the store, so from every process, before
+//! its response is returned (RFC 9111 §4.4; see
 //! [`invalidate_on_unsafe`](RedisCacheLayerBuilder::invalidate_on_unsafe);
 //! [`CacheHandle::invalidate_uri`] does the same for a change made elsewhere). What such a write changes under
 //! other URIs (a listing, a search) goes by [`tags`](RedisCacheLayerBuilder::tags) (and the tags an answer
