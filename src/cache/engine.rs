@@ -1344,7 +1344,7 @@ impl Engine {
     /// origin gave before a change is never stored after the change was reported. Without a lease (another
     /// process held it, or the wait for that process gave up) nothing is stored: the holder stores.
     ///
-    /// The lease goes with the write ([`Store::set_if_leased_and_release`]): `lease` is emptied once the store
+    /// The lease goes with the write ([`Store::set_if_leased_and_release`]): `guard` is emptied once the store
     /// answered that call, and is left for the caller to release otherwise.
     ///
     /// [`Store::set_if_leased`]: super::store::Store::set_if_leased
