@@ -145,6 +145,12 @@
 //! `tower_redis_cache_retries_total`, `tower_redis_cache_retry_give_ups_total{reason}`,
 //! `tower_redis_cache_token_fetches_total` and `tower_redis_cache_token_fetch_errors_total`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The docs are written for the full feature set, as docs.rs builds them: in a build without `memory` or
+// `compression`, a link to an item of the missing feature has nothing to point at and renders as plain text.
+#![cfg_attr(
+    not(all(feature = "memory", feature = "compression")),
+    allow(rustdoc::broken_intra_doc_links, rustdoc::private_intra_doc_links)
+)]
 #![cfg_attr(
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
