@@ -1550,28 +1550,34 @@ async fn the_tags_an_answer_names_remove_it_whatever_its_uri() {
 }
 
 #[tokio::test]
-async fn an_answer_with_too_many_tags_or_tags_that_cannot_be_read_is_not_stored() {
+async fn an_answer_with_too_many_tags_or_tags_that_cannot_be_read_is_not_stored_and_says_why() {
     let server = RedisServer::start();
     let many: String = (0..33).map(|n| format!("t{n} ")).collect();
     type Setup = fn(RedisCacheLayerBuilder) -> RedisCacheLayerBuilder;
-    let cases: [(&str, Setup, Option<http::HeaderValue>); 3] = [
+    // What each leaves in Redis: nothing for a request whose tags are refused before the store is asked; for an
+    // answer whose tags are, the marker that stops the key's misses queueing (`uncacheable_for`).
+    let cases: [(&str, Setup, Option<http::HeaderValue>, usize); 3] = [
         (
             "33 request tags",
             |b| b.tags(|_| (0..33).map(|n| format!("tag-{n}")).collect()),
             None,
+            0,
         ),
         (
             "unreadable answer tags",
             |b| b.tags_from_header(http::HeaderName::from_static("cache-tag")),
             Some(http::HeaderValue::from_bytes(b"order:\xe9").unwrap()),
+            1,
         ),
         (
             "33 answer tags",
             |b| b.tags_from_header(http::HeaderName::from_static("cache-tag")),
             Some(http::HeaderValue::from_str(&many).unwrap()),
+            1,
         ),
     ];
-    for (what, setup, tags) in cases {
+    for (what, setup, tags, markers) in cases {
+        server.command(&[b"FLUSHALL"]);
         let origin = Origin::new();
         if let Some(tags) = tags {
             origin.add_header_value("cache-tag", tags);
@@ -1585,19 +1591,26 @@ async fn an_answer_with_too_many_tags_or_tags_that_cannot_be_read_is_not_stored(
                 "{what}: {}",
                 cache_status(&response)
             );
-            // Nothing failed: the answer is plainly not stored.
-            assert!(
-                !cache_status(&response).contains("detail="),
-                "{what}: {}",
-                cache_status(&response)
+            // Nothing failed: the answer is not stored, and the tags are why.
+            assert_eq!(
+                cache_status(&response),
+                "tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=tags",
+                "{what}"
             );
         }
         assert_eq!(origin.calls(), 2, "{what}");
-        assert_eq!(tagged.handle().stats().store_errors, 0, "{what}");
+        let stats = tagged.handle().stats();
+        assert_eq!(stats.store_errors, 0, "{what}");
+        assert_eq!(stats.not_stored_for(NotStored::Tags), 2, "{what}");
         assert_eq!(
             stored_keys(&server),
             0,
             "{what}: no entry, lease or tag set"
+        );
+        assert_eq!(
+            String::from_utf8(server.command(&[b"DBSIZE"])).unwrap(),
+            format!(":{markers}\r\n"),
+            "{what}"
         );
     }
 }

@@ -92,6 +92,8 @@ pub(super) enum Written {
     No,
     /// Not stored: the answer's windows end at once (`max-age=0, must-revalidate`), nothing to keep.
     Expired,
+    /// Not stored: the answer's tag field names more tags than a fill records, or cannot be read.
+    Tags,
 }
 
 /// What became of a miss's answer, as `Cache-Status` reports it.
@@ -114,7 +116,7 @@ fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored> {
         | NotStored::VaryStar
         | NotStored::TooLarge => Some(Unstored::Alone),
         NotStored::Status if is_origin_failure(status) => None,
-        NotStored::Status | NotStored::Expired => Some(Unstored::Shared),
+        NotStored::Status | NotStored::Expired | NotStored::Tags => Some(Unstored::Shared),
         NotStored::Invalidated => None,
     }
 }
@@ -976,7 +978,7 @@ impl Engine {
                             };
                         // One origin call per key for the fleet: lead with the key's lease, or wait for the
                         // process that holds it.
-                        let (mut lease, health) = match self
+                        let (mut lease, health, untaggable) = match self
                             .fleet_turn(
                                 &key,
                                 &facts,
@@ -994,9 +996,10 @@ impl Engine {
                                 });
                                 return Ok(fleet_answer(entry, forward));
                             }
-                            Turn::Lead(lease) => (lease, health),
+                            Turn::Lead(lease) => (lease, health, false),
                             // A request pays for at most one store failure: no write after this one.
-                            Turn::StoreFailed => (None, StoreHealth::Error),
+                            Turn::StoreFailed => (None, StoreHealth::Error, false),
+                            Turn::Untaggable => (None, health, true),
                         };
                         bump(&self.counters.misses);
                         tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
@@ -1042,6 +1045,10 @@ impl Engine {
                                     _ if !verdict.store => Storing::Not(verdict.why),
                                     Written::Expired => Storing::Not(Some(NotStored::Expired)),
                                     Written::Fenced => Storing::Not(Some(NotStored::Invalidated)),
+                                    Written::Tags => Storing::Not(Some(NotStored::Tags)),
+                                    Written::No if untaggable => {
+                                        Storing::Not(Some(NotStored::Tags))
+                                    }
                                     Written::No => Storing::Not(None),
                                 };
                                 if let Storing::Not(Some(why)) = kept {
@@ -1487,7 +1494,7 @@ impl Engine {
         }
         let mut sets = self
             .response_tag_sets(&response.headers)
-            .map_err(|()| Written::No)?;
+            .map_err(|()| Written::Tags)?;
         sets.retain(|set| !lease.tag_sets.contains(set));
         if sets.is_empty() {
             return Ok(());

@@ -135,6 +135,9 @@ pub(crate) enum Turn {
     Lead(Option<LeaseGuard>),
     /// The store failed on the lease: call the origin, and do not ask the store again for this request.
     StoreFailed,
+    /// The request names more tags than a fill records: call the origin, the store untouched, and store
+    /// nothing ([`NotStored::Tags`](super::NotStored::Tags)).
+    Untaggable,
 }
 
 /// A random token, unique to one holder of one lease.
@@ -241,7 +244,7 @@ impl Engine {
         let (headers, tags) = (&parts.headers, &self.tags_of(parts, facts));
         // Too many tags to record: answered by the origin and not stored, the store untouched and not at fault.
         if let Tags::TooMany = tags {
-            return Turn::Lead(None);
+            return Turn::Untaggable;
         }
         match self.take_lease(key, tags).await {
             Ok(Some(lease)) => Turn::Lead(Some(lease)),

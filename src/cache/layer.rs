@@ -874,8 +874,9 @@ impl RedisCacheLayerBuilder {
     /// fill an entry and for unsafe requests, never on a hit. Each tag costs one store call per fill, made
     /// beside the key's lease (in its round trip) and before the origin is asked (so that a removal finds
     /// every fill that may bring back what it removes); a fill whose tags cannot be recorded (the store
-    /// failing) is answered but not stored, and so is a request with more than 32 tags. A tag's set holds the
-    /// keys of its entries for as long as they may live, and drops them as they expire.
+    /// failing) is answered but not stored, and so is a request with more than 32 tags (`Cache-Status`
+    /// `detail=tags`, [`NotStored::Tags`](super::NotStored::Tags)). A tag's set holds the keys of its entries
+    /// for as long as they may live, and drops them as they expire.
     ///
     /// The sets are Redis keys like the entries: a Redis that evicts (`maxmemory` with an `allkeys-*` or
     /// `volatile-*` policy) may evict a tag's set while entries it names are still read, and a removal of
@@ -899,8 +900,8 @@ impl RedisCacheLayerBuilder {
     /// An answer whose tags are only known once it arrives may predate a removal that ran while it was
     /// fetched: each fill reads the namespace's tag clock (one store call) before it asks the origin, and an
     /// answer with a tag removed since is answered but not stored (counted in `stores_fenced`). So is one
-    /// whose field cannot be read (a byte outside visible ASCII), that names more than 32 tags, or whose
-    /// tags cannot be recorded. The tag clock lives on one Redis node and never falls behind that server's
+    /// whose field cannot be read (a byte outside visible ASCII) or names more than 32 tags (`detail=tags`,
+    /// [`NotStored::Tags`](super::NotStored::Tags)), or whose tags cannot be recorded. The tag clock lives on one Redis node and never falls behind that server's
     /// clock, so across a failover of that node the guarantee assumes the servers' clocks roughly agree.
     ///
     /// Which call in flight will answer with a tag is not known while it runs, so a removal of a tag makes

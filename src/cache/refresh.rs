@@ -228,7 +228,7 @@ impl Engine {
             // the answer's tags. Nothing failed (it counts in `stores_fenced`), and there is no lease of this
             // refresh's left to keep.
             Written::Stored | Written::Fenced => lease.release().await,
-            Written::No | Written::Expired => {
+            Written::No | Written::Expired | Written::Tags => {
                 // The entry is left exactly as it was: still stale, never made fresh again. The lease is no
                 // longer renewed and expires after `refresh_lease_for`, which spaces out retries against a
                 // failing origin.

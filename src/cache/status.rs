@@ -10,7 +10,7 @@
 //! | stale hit, a refresh already running here or in another process | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
 //! | another variant stored (the response's `Vary`) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
-//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked) |
+//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read) |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` (and `stored` when that call stored it) |
 //! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
 //! | request `Cache-Control: no-cache`, or an entry older than its `max-age` allows | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
@@ -280,11 +280,16 @@ pub enum NotStored {
     /// An invalidation (an unsafe request, a tag, a purge) ran while the origin worked: the answer may predate
     /// it.
     Invalidated,
+    /// Its tags cannot be recorded: the request's [`tags`](super::RedisCacheLayerBuilder::tags) or the answer's
+    /// [`tags_from_header`](super::RedisCacheLayerBuilder::tags_from_header) field name more than 32, or that
+    /// field cannot be read (a byte outside visible ASCII). An entry its tags could not reach would outlive
+    /// their invalidation, so nothing is stored.
+    Tags,
 }
 
 impl NotStored {
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [NotStored; 8] = [
+    pub(crate) const ALL: [NotStored; 9] = [
         NotStored::NoStore,
         NotStored::Private,
         NotStored::SetCookie,
@@ -293,6 +298,7 @@ impl NotStored {
         NotStored::TooLarge,
         NotStored::Expired,
         NotStored::Invalidated,
+        NotStored::Tags,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -307,11 +313,13 @@ impl NotStored {
             NotStored::TooLarge => 5,
             NotStored::Expired => 6,
             NotStored::Invalidated => 7,
+            NotStored::Tags => 8,
         }
     }
 
     /// Its `detail` in `Cache-Status`: `response-no-store`, `response-private`, `response-set-cookie`,
-    /// `response-vary-star`, `response-status`, `response-too-large`, `response-expired`, `invalidated`.
+    /// `response-vary-star`, `response-status`, `response-too-large`, `response-expired`, `invalidated`,
+    /// `tags`.
     pub fn as_str(self) -> &'static str {
         match self {
             NotStored::NoStore => "response-no-store",
@@ -322,6 +330,7 @@ impl NotStored {
             NotStored::TooLarge => "response-too-large",
             NotStored::Expired => "response-expired",
             NotStored::Invalidated => "invalidated",
+            NotStored::Tags => "tags",
         }
     }
 }
