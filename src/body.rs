@@ -1,10 +1,11 @@
 //! [`RequestBody`]: the request body every layer of this crate hands to the service it wraps.
 //!
 //! The layers read request bodies: the cache to key a request by its body, retry and auth to replay one. A body
-//! within the layer's cap is read whole and sent as bytes (replayed without a copy). A larger one is never
-//! read whole: what was read goes on as a prefix, chained with the rest of the stream, and the request is sent
-//! once. Either way the wrapped service receives a `Request<RequestBody>`, whatever body type the caller used,
-//! so the layers stack without nesting body types: a `RequestBody` reaching a second layer is taken as it is.
+//! within the layer's cap is read whole and sent as bytes (replayed without a copy), with the trailers that ended
+//! it, if any. A larger one is never read whole: what was read goes on as a prefix, chained with the rest of the
+//! stream, and the request is sent once. Either way the wrapped service receives a `Request<RequestBody>`,
+//! whatever body type the caller used, so the layers stack without nesting body types: a `RequestBody` reaching a
+//! second layer is taken as it is.
 //!
 //! # Example
 //!
@@ -30,6 +31,7 @@
 
 use crate::error::BoxError;
 use bytes::{Buf, Bytes};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -55,6 +57,9 @@ enum Kind {
         prefix: Option<Bytes>,
         rest: UnsyncBoxBody<Bytes, BoxError>,
     },
+    /// Complete bytes and the trailers that ended them (boxed: rare, and a header map would double the body's
+    /// size).
+    Trailed(Box<Trailed>),
 }
 
 impl RequestBody {
@@ -79,6 +84,13 @@ impl RequestBody {
     pub(crate) fn full(bytes: Bytes) -> Self {
         RequestBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
+    /// Complete `bytes`, then `trailers`.
+    pub(crate) fn trailed(bytes: Bytes, trailers: HeaderMap) -> Self {
+        RequestBody {
+            kind: Kind::Trailed(Box::new(Trailed::new(bytes, trailers))),
         }
     }
 
@@ -117,12 +129,49 @@ impl RequestBody {
         }
     }
 
-    /// The whole body, when it is complete bytes: no read needed.
+    /// The whole body, when it is complete bytes with no trailers: no read needed.
     pub(crate) fn take_full(&mut self) -> Option<Bytes> {
         match &mut self.kind {
             Kind::Full(bytes) => Some(bytes.take().unwrap_or_default()),
-            Kind::Chained { .. } => None,
+            Kind::Chained { .. } | Kind::Trailed(_) => None,
         }
+    }
+}
+
+/// A body already read whole that ended with trailers: its bytes, then its trailers, then the end. The request and
+/// response bodies of this crate hold one so that a body's trailers reach the other side.
+pub(crate) struct Trailed {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Trailed {
+    pub(crate) fn new(data: Bytes, trailers: HeaderMap) -> Self {
+        Trailed {
+            data: (!data.is_empty()).then_some(data),
+            trailers: Some(trailers),
+        }
+    }
+
+    /// The next frame: the bytes, then the trailers.
+    pub(crate) fn next_frame(&mut self) -> Option<Frame<Bytes>> {
+        match self.data.take() {
+            Some(data) => Some(Frame::data(data)),
+            None => self.trailers.take().map(Frame::trailers),
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |b| b.len() as u64))
+    }
+
+    /// The bytes not yet read.
+    pub(crate) fn data_len(&self) -> usize {
+        self.data.as_ref().map_or(0, Bytes::len)
     }
 }
 
@@ -200,6 +249,11 @@ impl fmt::Debug for RequestBody {
                 .debug_struct("RequestBody::Chained")
                 .field("prefix_len", &prefix.as_ref().map_or(0, Bytes::len))
                 .finish_non_exhaustive(),
+            // Trailer values are left out, as header values are: they may carry credentials.
+            Kind::Trailed(trailed) => f
+                .debug_struct("RequestBody::Trailed")
+                .field("len", &trailed.data_len())
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -218,6 +272,7 @@ impl Body for RequestBody {
                 Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
                 None => Pin::new(rest).poll_frame(cx),
             },
+            Kind::Trailed(trailed) => Poll::Ready(trailed.next_frame().map(Ok)),
         }
     }
 
@@ -225,6 +280,7 @@ impl Body for RequestBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Chained { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            Kind::Trailed(trailed) => trailed.is_end_stream(),
         }
     }
 
@@ -232,6 +288,7 @@ impl Body for RequestBody {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Chained { prefix, rest } => prefixed_hint(prefix.as_ref(), rest.size_hint()),
+            Kind::Trailed(trailed) => trailed.size_hint(),
         }
     }
 }

@@ -20,6 +20,8 @@ use tower_service::Service;
 pub(crate) enum Collected<T> {
     /// The whole body, within the cap.
     Complete(Bytes),
+    /// The whole body, within the cap, and the trailers that ended it.
+    Trailed { body: Bytes, trailers: HeaderMap },
     /// Over the cap: what was read, and the rest still unread.
     TooLarge { prefix: Bytes, rest: Pin<Box<T>> },
 }
@@ -34,7 +36,8 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads `body` until it ends or passes `max` bytes. Trailers are dropped. A single-frame body is not copied.
+/// Reads `body` until it ends or passes `max` bytes, keeping the trailers that end it. A single-frame body is not
+/// copied.
 pub(crate) fn collect_capped<T>(
     body: T,
     max: usize,
@@ -47,26 +50,42 @@ where
 }
 
 /// [`collect_capped`] for a body whose first `prefix` bytes were already read.
-pub(crate) fn collect_capped_after<T>(
+pub(crate) async fn collect_capped_after<T>(
     prefix: Bytes,
-    body: Pin<Box<T>>,
+    mut body: Pin<Box<T>>,
     max: usize,
-) -> impl Future<Output = Result<Collected<T>, BoxError>>
+) -> Result<Collected<T>, BoxError>
 where
     T: Body,
     T::Error: Into<BoxError>,
 {
-    collect_within(prefix, body, max, |_| true)
+    Ok(
+        match collect_within(prefix, body.as_mut(), max, |_| true).await? {
+            Gathered::Complete(bytes) => Collected::Complete(bytes),
+            Gathered::Trailed { body, trailers } => Collected::Trailed { body, trailers },
+            Gathered::TooLarge(prefix) => Collected::TooLarge { prefix, rest: body },
+        },
+    )
 }
 
-/// [`collect_capped_after`] that also asks `admit` before holding each chunk read: a chunk it refuses ends the
-/// reading as if the body were over the cap (that chunk goes on as the end of the prefix).
+/// What [`collect_within`] read of a body it borrowed.
+pub(crate) enum Gathered {
+    /// The whole body, within the cap.
+    Complete(Bytes),
+    /// The whole body, within the cap, and the trailers that ended it.
+    Trailed { body: Bytes, trailers: HeaderMap },
+    /// Over the cap, or refused: what was read; the rest is still in the body.
+    TooLarge(Bytes),
+}
+
+/// [`collect_capped_after`] of a borrowed body, that also asks `admit` before holding each chunk read: a chunk it
+/// refuses ends the reading as if the body were over the cap (that chunk goes on as the end of the prefix).
 pub(crate) async fn collect_within<T>(
     prefix: Bytes,
-    mut body: Pin<Box<T>>,
+    mut body: Pin<&mut T>,
     max: usize,
     mut admit: impl FnMut(usize) -> bool,
-) -> Result<Collected<T>, BoxError>
+) -> Result<Gathered, BoxError>
 where
     T: Body,
     T::Error: Into<BoxError>,
@@ -74,15 +93,34 @@ where
     let mut len = prefix.len();
     let mut first: Option<Bytes> = (!prefix.is_empty()).then_some(prefix);
     let mut rest: Option<BytesMut> = None;
+    let mut trailers: Option<HeaderMap> = None;
     let mut admitted = true;
     // The cap is checked before each read, so a prefix already over it is not read further either.
     while len <= max && admitted {
         let Some(frame) = body.frame().await else {
-            return Ok(Collected::Complete(joined(first, rest)));
+            let body = joined(first, rest);
+            return Ok(match trailers {
+                None => Gathered::Complete(body),
+                Some(trailers) => Gathered::Trailed { body, trailers },
+            });
         };
         let frame = frame.map_err(Into::into)?;
-        let Ok(mut data) = frame.into_data() else {
-            continue;
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            // Trailers end a body; a body that sent several frames of them has them all, in order.
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    match &mut trailers {
+                        None => trailers = Some(more),
+                        Some(all) => {
+                            for (name, value) in &more {
+                                all.append(name, value.clone());
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
         };
         let chunk = data.copy_to_bytes(data.remaining());
         if chunk.is_empty() {
@@ -101,8 +139,7 @@ where
             (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
         }
     }
-    let prefix = joined(first, rest);
-    Ok(Collected::TooLarge { prefix, rest: body })
+    Ok(Gathered::TooLarge(joined(first, rest)))
 }
 
 /// What [`collect_capped_after`] read: the single chunk uncopied, or the joined ones.
@@ -156,8 +193,16 @@ where
         Poll::Ready(None) => return Ok(Ready::Complete(Bytes::new())),
         Poll::Ready(Some(frame)) => match frame?.into_data() {
             Ok(data) => data,
-            // Trailers are dropped, as `collect_capped` drops them.
-            Err(_trailers) => Bytes::new(),
+            // A body of trailers alone (trailers are a body's last frame): `finish` takes them from here.
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    return Ok(Ready::Partial {
+                        prefix: Bytes::new(),
+                        rest: RequestBody::trailed(Bytes::new(), trailers),
+                    });
+                }
+                Bytes::new()
+            }
         },
         Poll::Pending => Bytes::new(),
     };
@@ -194,6 +239,8 @@ fn full_bytes(mut full: Full<Bytes>) -> Bytes {
 pub(crate) enum Capped {
     /// The whole body, within the cap: the request can be replayed.
     Whole(Bytes),
+    /// The whole body, within the cap, and the trailers that ended it.
+    Trailed { body: Bytes, trailers: HeaderMap },
     /// Over the cap: the prefix read so far chained with the unread rest, to be sent once.
     TooLarge(RequestBody),
 }
@@ -206,6 +253,7 @@ pub(crate) async fn finish(
 ) -> Result<Capped, BoxError> {
     match collect_capped_after(prefix, Box::pin(rest), max).await? {
         Collected::Complete(bytes) => Ok(Capped::Whole(bytes)),
+        Collected::Trailed { body, trailers } => Ok(Capped::Trailed { body, trailers }),
         Collected::TooLarge { prefix, rest } => {
             Ok(Capped::TooLarge(Pin::into_inner(rest).prepend(prefix)))
         }
@@ -215,16 +263,32 @@ pub(crate) async fn finish(
 /// A request whose body was read so that it can be sent more than once, or one that must go out as it is.
 pub(crate) enum Buffered {
     /// The head and the whole body, within the cap: rebuild the request with [`Buffered::rebuild`].
-    Replayable { parts: request::Parts, body: Bytes },
+    Replayable { parts: request::Parts, body: Replay },
     /// Over the cap (by `Content-Length`, or found while reading): the request, its body streamed on, to send
     /// once.
     Once(Request<RequestBody>),
 }
 
+/// A request body read whole, to send as often as needed: its bytes and the trailers that ended it, if any.
+pub(crate) struct Replay {
+    bytes: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Replay {
+    /// The body to send once more: the bytes shared (no byte copy), the trailers cloned.
+    fn body(&self) -> RequestBody {
+        match &self.trailers {
+            None => RequestBody::from(self.bytes.clone()),
+            Some(trailers) => RequestBody::trailed(self.bytes.clone(), trailers.clone()),
+        }
+    }
+}
+
 impl Buffered {
-    /// A copy of a replayable request: the head cloned and the body shared (no byte copy).
-    pub(crate) fn rebuild(parts: &request::Parts, body: &Bytes) -> Request<RequestBody> {
-        Request::from_parts(parts.clone(), RequestBody::from(body.clone()))
+    /// A copy of a replayable request: the head cloned, the body shared.
+    pub(crate) fn rebuild(parts: &request::Parts, body: &Replay) -> Request<RequestBody> {
+        Request::from_parts(parts.clone(), body.body())
     }
 }
 
@@ -249,7 +313,20 @@ where
         Ready::Partial { prefix, rest } => finish(prefix, rest, max).await?,
     };
     Ok(match capped {
-        Capped::Whole(body) => Buffered::Replayable { parts, body },
+        Capped::Whole(bytes) => Buffered::Replayable {
+            parts,
+            body: Replay {
+                bytes,
+                trailers: None,
+            },
+        },
+        Capped::Trailed { body, trailers } => Buffered::Replayable {
+            parts,
+            body: Replay {
+                bytes: body,
+                trailers: Some(trailers),
+            },
+        },
         Capped::TooLarge(body) => Buffered::Once(Request::from_parts(parts, body)),
     })
 }
@@ -415,6 +492,60 @@ mod tests {
             panic!("within the cap");
         };
         assert_eq!(&bytes[..], b"late");
+    }
+
+    /// `parts` as data frames, then one frame of `trailers`.
+    fn trailed(
+        parts: &[&'static str],
+        trailers: &[(&'static str, &'static str)],
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static {
+        let mut frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        let mut map = HeaderMap::new();
+        for (name, value) in trailers {
+            map.append(*name, http::HeaderValue::from_static(value));
+        }
+        frames.push(Ok(Frame::trailers(map)));
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn trailers_are_kept_with_the_body_they_end_and_replayed_with_it() {
+        let Collected::Trailed { body, trailers } =
+            collect_capped(trailed(&["ab", "cd"], &[("x-sum", "1")]), 8)
+                .await
+                .unwrap()
+        else {
+            panic!("within the cap, with trailers");
+        };
+        assert_eq!(&body[..], b"abcd");
+        assert_eq!(trailers["x-sum"], "1");
+
+        // A request's, with data or trailers alone: every copy sent carries them.
+        for (parts, bytes) in [(&["ab", "cd"][..], &b"abcd"[..]), (&[][..], &b""[..])] {
+            let request = Request::post("/q")
+                .body(trailed(parts, &[("x-sum", "1"), ("x-sum", "2")]))
+                .unwrap();
+            let Buffered::Replayable { parts, body } = buffer_request(request, 8).await.unwrap()
+            else {
+                panic!("within the cap");
+            };
+            for _ in 0..2 {
+                let sent = Buffered::rebuild(&parts, &body)
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap();
+                let trailers = sent.trailers().cloned().expect("the trailers");
+                assert_eq!(
+                    trailers.get_all("x-sum").iter().collect::<Vec<_>>(),
+                    ["1", "2"]
+                );
+                assert_eq!(&sent.to_bytes()[..], bytes);
+            }
+        }
     }
 
     #[test]

@@ -338,6 +338,55 @@ async fn json_body_arrives_byte_identical_on_every_attempt() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn trailers_arrive_with_the_body_on_every_attempt() {
+    // What each attempt brought: its body and its `x-sum` trailer.
+    type Seen = Vec<(Bytes, Option<http::HeaderValue>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let origin = {
+        let seen = seen.clone();
+        service_fn(move |request: Request<RequestBody>| {
+            let seen = seen.clone();
+            async move {
+                let received = request.into_body().collect().await?;
+                let sum = received.trailers().and_then(|t| t.get("x-sum").cloned());
+                let mut seen = seen.lock().unwrap();
+                seen.push((received.to_bytes(), sum));
+                let code = if seen.len() < 3 { 503 } else { 200 };
+                Ok::<_, BoxError>(
+                    Response::builder()
+                        .status(code)
+                        .body(Full::new(Bytes::new()))?,
+                )
+            }
+        })
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sum", http::HeaderValue::from_static("9"));
+    let frames = [
+        Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(b"{}"))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    let request = Request::put("https://api.example/item")
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+        .unwrap();
+    let response = layer()
+        .build()
+        .unwrap()
+        .layer(origin)
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(outcome(&response), (3, None));
+    let expected = (
+        Bytes::from_static(b"{}"),
+        Some(http::HeaderValue::from_static("9")),
+    );
+    assert_eq!(*seen.lock().unwrap(), vec![expected; 3]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn body_over_the_cap_is_sent_once() {
     let origin = Origin::new([], status(429));
     let response = client(&origin, layer().max_body_size(8).build().unwrap())

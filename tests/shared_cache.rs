@@ -839,6 +839,105 @@ async fn a_chunked_body_over_the_cap_reaches_the_origin_whole_and_uncached() {
     }
 }
 
+/// A body of `data`, then one frame of trailers (`x-sum: <sum>`).
+fn with_trailers(
+    data: &'static str,
+    sum: &'static str,
+) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>>> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sum", HeaderValue::from_static(sum));
+    let data = (!data.is_empty()).then(|| Ok(Frame::data(Bytes::from_static(data.as_bytes()))));
+    StreamBody::new(futures_util::stream::iter(
+        data.into_iter().chain([Ok(Frame::trailers(trailers))]),
+    ))
+}
+
+#[tokio::test]
+async fn trailers_reach_the_other_side_and_what_they_end_is_never_stored() {
+    let server = RedisServer::start();
+    let layer = layer(&server)
+        .await
+        .methods([Method::GET, Method::POST])
+        .build()
+        .unwrap();
+    // An origin that records the trailers of each request it receives and answers `/trailed` with trailers.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let origin = {
+        let seen = seen.clone();
+        tower::service_fn(move |request: Request<tower_redis_cache::RequestBody>| {
+            let seen = seen.clone();
+            async move {
+                let trailed = request.uri().path() == "/trailed";
+                let received = request.into_body().collect().await?;
+                let sum = received.trailers().and_then(|t| t.get("x-sum").cloned());
+                seen.lock().unwrap().push(sum);
+                let answer = Bytes::from(format!("{} bytes", received.to_bytes().len()));
+                let body = if trailed {
+                    with_trailers("answer", "7").boxed_unsync()
+                } else {
+                    Full::new(answer).map_err(|e| match e {}).boxed_unsync()
+                };
+                Ok::<_, tower_redis_cache::error::BoxError>(http::Response::new(body))
+            }
+        })
+    };
+    let service = cached(&layer, origin);
+    let status = |response: &http::Response<_>| {
+        response.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // An answer with trailers: each caller gets them, and nothing is stored.
+    for _ in 0..2 {
+        let request = get("http://api.test/trailed", &[]);
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            status(&response),
+            "tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-trailers"
+        );
+        let answer = response.into_body().collect().await.unwrap();
+        assert_eq!(answer.trailers().unwrap()["x-sum"], "7");
+        assert_eq!(&answer.to_bytes()[..], b"answer");
+    }
+    assert_eq!(
+        layer.handle().stats().not_stored_for(NotStored::Trailers),
+        2
+    );
+    assert_eq!(stored_keys(&server), 0);
+
+    // A query whose body ends with trailers: they reach the origin, and it is not keyed without them.
+    for (data, sum) in [("{\"q\":1}", "1"), ("{\"q\":1}", "2"), ("", "3")] {
+        let request = Request::post("http://api.test/query")
+            .body(with_trailers(data, sum))
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            status(&response),
+            "tower-redis-cache; fwd=bypass; detail=request-trailers"
+        );
+        let expected = format!("{} bytes", data.len());
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            expected
+        );
+    }
+    assert_eq!(
+        layer
+            .handle()
+            .stats()
+            .bypasses_for(BypassReason::RequestTrailers),
+        3
+    );
+    let sums: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    assert_eq!(
+        sums,
+        [None, None, Some("1"), Some("2"), Some("3")].map(|s| s.map(HeaderValue::from_static))
+    );
+    assert_eq!(stored_keys(&server), 0);
+}
+
 fn request(method: &str, uri: &str) -> Request<Full<Bytes>> {
     Request::builder()
         .method(method)

@@ -196,7 +196,8 @@ where
                 .await
                 .map_err(TokenError::Unreachable)?
             {
-                Collected::Complete(bytes) => bytes,
+                // A token answer is read from its body; trailers say nothing about it.
+                Collected::Complete(bytes) | Collected::Trailed { body: bytes, .. } => bytes,
                 Collected::TooLarge { .. } => {
                     return Err(TokenError::Malformed(format!(
                         "body over {MAX_TOKEN_RESPONSE} bytes"

@@ -1,25 +1,51 @@
 //! [`ResponseBody`]: the one body type for answers from the store and from the inner service.
 
-use crate::body::prefixed_hint;
+use crate::body::{Trailed, prefixed_hint};
 use crate::error::BoxError;
 use bytes::{Buf, Bytes};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 /// The response body of [`RedisCache`](super::RedisCache): complete bytes (a cached or buffered answer), or
-/// the inner service's body streamed through (responses over the size cap, bypassed requests).
+/// the inner service's body streamed through (responses over the size cap, bypassed requests), or an answer of
+/// the inner service read whole with the trailers that ended it (passed on, never stored).
 pub struct ResponseBody<R> {
     kind: Kind<R>,
 }
 
+/// The variants other than `Full` are boxed: a hit's body stays the size of its bytes' handle and a tag.
 enum Kind<R> {
     Full(Option<Bytes>),
-    Streaming {
+    Streaming(Pin<Box<Streamed<R>>>),
+    Trailed(Box<Trailed>),
+}
+
+pin_project_lite::pin_project! {
+    /// A body streamed through: what was already read of it, then the rest.
+    pub(crate) struct Streamed<R> {
         prefix: Option<Bytes>,
-        inner: Pin<Box<R>>,
-    },
+        #[pin]
+        inner: R,
+    }
+}
+
+impl<R> Streamed<R> {
+    /// `inner` with nothing read yet, boxed where it will stay: read from it through
+    /// [`inner`](Self::inner), then hand it on with [`ResponseBody::streamed`].
+    pub(crate) fn boxed(inner: R) -> Pin<Box<Self>> {
+        Box::pin(Streamed {
+            prefix: None,
+            inner,
+        })
+    }
+
+    /// The body itself, to read from.
+    pub(crate) fn inner(self: Pin<&mut Self>) -> Pin<&mut R> {
+        self.project().inner
+    }
 }
 
 impl<R> ResponseBody<R> {
@@ -29,20 +55,31 @@ impl<R> ResponseBody<R> {
         }
     }
 
-    pub(crate) fn streaming(prefix: Option<Bytes>, inner: Pin<Box<R>>) -> Self {
+    /// Complete `bytes`, then `trailers`.
+    pub(crate) fn trailed(bytes: Bytes, trailers: HeaderMap) -> Self {
         ResponseBody {
-            kind: Kind::Streaming {
-                prefix: prefix.filter(|p| !p.is_empty()),
-                inner,
-            },
+            kind: Kind::Trailed(Box::new(Trailed::new(bytes, trailers))),
         }
     }
 
-    /// The bytes of a complete body not yet read; `None` for one streamed through.
+    /// `inner`, streamed through.
+    pub(crate) fn streaming(inner: R) -> Self {
+        ResponseBody::streamed(Streamed::boxed(inner), Bytes::new())
+    }
+
+    /// `prefix` (already read from `streamed`'s body), then the rest of that body.
+    pub(crate) fn streamed(mut streamed: Pin<Box<Streamed<R>>>, prefix: Bytes) -> Self {
+        *streamed.as_mut().project().prefix = (!prefix.is_empty()).then_some(prefix);
+        ResponseBody {
+            kind: Kind::Streaming(streamed),
+        }
+    }
+
+    /// The bytes of a complete body not yet read; `None` for one streamed through or with trailers.
     pub(crate) fn full_bytes(&self) -> Option<Bytes> {
         match &self.kind {
             Kind::Full(bytes) => Some(bytes.clone().unwrap_or_default()),
-            Kind::Streaming { .. } => None,
+            Kind::Streaming(_) | Kind::Trailed(_) => None,
         }
     }
 }
@@ -54,8 +91,12 @@ impl<R> fmt::Debug for ResponseBody<R> {
                 .debug_struct("ResponseBody::Full")
                 .field("len", &bytes.as_ref().map_or(0, Bytes::len))
                 .finish(),
-            Kind::Streaming { .. } => f
+            Kind::Streaming(_) => f
                 .debug_struct("ResponseBody::Streaming")
+                .finish_non_exhaustive(),
+            Kind::Trailed(trailed) => f
+                .debug_struct("ResponseBody::Trailed")
+                .field("len", &trailed.data_len())
                 .finish_non_exhaustive(),
         }
     }
@@ -76,11 +117,12 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Streaming { prefix, inner } => {
-                if let Some(prefix) = prefix.take() {
+            Kind::Streaming(streamed) => {
+                let streamed = streamed.as_mut().project();
+                if let Some(prefix) = streamed.prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(prefix))));
                 }
-                match ready!(inner.as_mut().poll_frame(cx)) {
+                match ready!(streamed.inner.poll_frame(cx)) {
                     Some(Ok(frame)) => Poll::Ready(Some(Ok(
                         frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))
                     ))),
@@ -88,6 +130,7 @@ where
                     None => Poll::Ready(None),
                 }
             }
+            Kind::Trailed(trailed) => Poll::Ready(trailed.next_frame().map(Ok)),
         }
     }
 
@@ -95,7 +138,10 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Streaming { prefix, inner } => prefix.is_none() && inner.is_end_stream(),
+            Kind::Streaming(streamed) => {
+                streamed.prefix.is_none() && streamed.inner.is_end_stream()
+            }
+            Kind::Trailed(trailed) => trailed.is_end_stream(),
         }
     }
 
@@ -103,7 +149,10 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Streaming { prefix, inner } => prefixed_hint(prefix.as_ref(), inner.size_hint()),
+            Kind::Streaming(streamed) => {
+                prefixed_hint(streamed.prefix.as_ref(), streamed.inner.size_hint())
+            }
+            Kind::Trailed(trailed) => trailed.size_hint(),
         }
     }
 }
@@ -115,9 +164,9 @@ mod tests {
 
     #[tokio::test]
     async fn streaming_body_yields_prefix_then_rest() {
-        let body: ResponseBody<Full<Bytes>> = ResponseBody::streaming(
-            Some(Bytes::from_static(b"head-")),
-            Box::pin(Full::new(Bytes::from_static(b"tail"))),
+        let body: ResponseBody<Full<Bytes>> = ResponseBody::streamed(
+            Streamed::boxed(Full::new(Bytes::from_static(b"tail"))),
+            Bytes::from_static(b"head-"),
         );
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"head-tail");

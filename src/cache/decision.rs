@@ -106,6 +106,8 @@ pub(crate) struct RequestFacts {
     pub(crate) get_or_head: bool,
     /// The body is over the layer's cap (by `Content-Length`, or found while reading it).
     pub(crate) too_large: bool,
+    /// The body ended with trailers (found while reading it).
+    pub(crate) trailers: bool,
     /// The request opted out of the cache ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     pub(crate) skip: bool,
     /// The layer keys each request by a partition of its own
@@ -666,6 +668,8 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Some(BypassReason::Conditional)
     } else if request.too_large {
         Some(BypassReason::RequestTooLarge)
+    } else if request.trailers {
+        Some(BypassReason::RequestTrailers)
     } else {
         None
     };
@@ -1239,6 +1243,8 @@ mod tests {
             ("validators of a GET, absent", &shared, with(|f| { f.validators = true; f.get_or_head = true }), Lookup::Absent, 1_000, forward(Fwd::UriMiss, true, false)),
             ("validators of a POST", &shared, with(|f| f.validators = true), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
             ("too large", &shared, with(|f| f.too_large = true), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
+            ("trailers", &shared, with(|f| f.trailers = true), fresh, 1_000, Action::Bypass(BypassReason::RequestTrailers)),
+            ("trailers, too large", &shared, with(|f| { f.trailers = true; f.too_large = true }), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
             ("not read yet", &shared, plain(), Lookup::NotRead, 1_000, Action::Read),
             ("no-cache skips the read", &shared, with(|f| f.no_cache = true), Lookup::NotRead, 1_000, forward(Fwd::Request, true, false)),
             ("no-cache ignores a fresh entry", &shared, with(|f| f.no_cache = true), fresh, 1_000, forward(Fwd::Request, true, false)),
@@ -1465,6 +1471,7 @@ mod tests {
                 BypassReason::Conditional,
             ),
             (r.too_large, BypassReason::RequestTooLarge),
+            (r.trailers, BypassReason::RequestTrailers),
         ];
         if let Some((_, reason)) = reasons.iter().find(|(applies, _)| *applies) {
             return Action::Bypass(*reason);
@@ -1533,7 +1540,7 @@ mod tests {
     fn arb_facts() -> impl Strategy<Value = RequestFacts> {
         (
             prop::array::uniform8(any::<bool>()),
-            prop::array::uniform6(any::<bool>()),
+            prop::array::uniform7(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
         )
             .prop_map(
@@ -1546,6 +1553,7 @@ mod tests {
                         get_or_head,
                         get,
                         unpartitioned,
+                        trailers,
                     ],
                     (max_age, min_fresh, max_stale),
                 )| RequestFacts {
@@ -1557,6 +1565,7 @@ mod tests {
                     range: b[5],
                     preconditions: b[6],
                     too_large: b[7],
+                    trailers,
                     skip,
                     unpartitioned,
                     validators,

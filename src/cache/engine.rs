@@ -6,7 +6,7 @@
 //! the origin).
 
 use super::background::Background;
-use super::body::ResponseBody;
+use super::body::{ResponseBody, Streamed};
 use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
@@ -28,7 +28,7 @@ use super::refresh::Refreshes;
 use super::stats::{Counters, add, bump, bump_bypass, bump_not_stored};
 use super::status::{BypassReason, CacheOutcome, HeaderText, NotStored, Status, StoreHealth};
 use super::tags::TagsFn;
-use crate::buffer::{Collected, collect_within, content_length};
+use crate::buffer::{Gathered, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::{
@@ -114,7 +114,8 @@ fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored> {
         | NotStored::Private
         | NotStored::SetCookie
         | NotStored::VaryStar
-        | NotStored::TooLarge => Some(Unstored::Alone),
+        | NotStored::TooLarge
+        | NotStored::Trailers => Some(Unstored::Alone),
         NotStored::Status if is_origin_failure(status) => None,
         NotStored::Status | NotStored::Expired | NotStored::Tags => Some(Unstored::Shared),
         NotStored::Invalidated => None,
@@ -153,9 +154,9 @@ enum Next<'o, R> {
 pub(crate) enum Fetched<R> {
     /// The whole response, within the size cap.
     Buffered(Buffered),
-    /// A response streamed through to this caller only: over the size cap (`true`), or over what the memory
-    /// budget had left (`false`).
-    Streaming(Response<ResponseBody<R>>, bool),
+    /// A response passed on to this caller only, not stored: over the size cap or ended by trailers (the
+    /// reason), or over what the memory budget had left (`None`).
+    Streaming(Response<ResponseBody<R>>, Option<NotStored>),
 }
 
 /// The future of one origin call; `'static` for background refreshes, borrowing for a caller's own call.
@@ -224,12 +225,21 @@ where
 {
     let (parts, body) = response.into_parts();
     if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
-        let body = ResponseBody::streaming(None, Box::pin(body));
-        return Ok(Fetched::Streaming(Response::from_parts(parts, body), true));
+        let body = ResponseBody::streaming(body);
+        return Ok(Fetched::Streaming(
+            Response::from_parts(parts, body),
+            Some(NotStored::TooLarge),
+        ));
     }
     let mut claim = budget.claim();
-    match collect_within(Bytes::new(), Box::pin(body), max, |n| claim.grow(n)).await? {
-        Collected::Complete(body) => Ok(Fetched::Buffered(Buffered {
+    // Boxed where a body streamed through stays, so that one allocation serves either way.
+    let mut streamed = Streamed::boxed(body);
+    match collect_within(Bytes::new(), streamed.as_mut().inner(), max, |n| {
+        claim.grow(n)
+    })
+    .await?
+    {
+        Gathered::Complete(body) => Ok(Fetched::Buffered(Buffered {
             status: parts.status,
             origin_status: parts.status,
             version: parts.version,
@@ -238,12 +248,18 @@ where
             extensions: parts.extensions,
             claim: Some(Arc::new(claim)),
         })),
-        Collected::TooLarge { prefix, rest } => {
+        // An entry holds no trailers (RFC 9111 §3.1 lets a cache drop them, but then its hits would differ from
+        // this answer): the answer goes to this caller whole, trailers and all, and is not stored.
+        Gathered::Trailed { body, trailers } => Ok(Fetched::Streaming(
+            Response::from_parts(parts, ResponseBody::trailed(body, trailers)),
+            Some(NotStored::Trailers),
+        )),
+        Gathered::TooLarge(prefix) => {
             // The caller reads it from here on: the budget holds no part of it. Reading stops past the cap, or
             // at the chunk the budget refused.
             drop(claim);
-            let too_large = prefix.len() > max;
-            let body = ResponseBody::streaming(Some(prefix), rest);
+            let too_large = (prefix.len() > max).then_some(NotStored::TooLarge);
+            let body = ResponseBody::streamed(streamed, prefix);
             Ok(Fetched::Streaming(
                 Response::from_parts(parts, body),
                 too_large,
@@ -1065,11 +1081,10 @@ impl Engine {
                                 });
                                 self.answer(Ok(response), fallback.clone(), forward, kept, health)
                             }
-                            Ok(Fetched::Streaming(response, too_large)) => {
+                            Ok(Fetched::Streaming(response, why)) => {
                                 leader.complete(Shared::Uncoalesced);
-                                // Too large; not one streamed because the memory budget ran out for the
-                                // moment, which the next call may not meet.
-                                let why = too_large.then_some(NotStored::TooLarge);
+                                // Too large or trailed; not one streamed because the memory budget ran out
+                                // for the moment, which the next call may not meet.
                                 not_stored = why.map(|why| (why, response.status()));
                                 Ok(self.pass_through(response, forward, health, why))
                             }
@@ -1135,8 +1150,7 @@ impl Engine {
                                     .call(HeaderMap::new(), self.budget.clone())
                                     .await
                                 {
-                                    Ok(Fetched::Streaming(response, too_large)) => {
-                                        let why = too_large.then_some(NotStored::TooLarge);
+                                    Ok(Fetched::Streaming(response, why)) => {
                                         Ok(self.pass_through(response, forward, health, why))
                                     }
                                     // Unstored as the leader stores; the answer's own reason, if it has one.

@@ -175,18 +175,30 @@ where
             Ok(Ready::Partial { prefix, rest }) => {
                 let (engine, inner) = (engine.clone(), self.inner.clone());
                 let buffered = async move {
-                    let bytes = match finish(prefix, rest, max).await? {
-                        Capped::Whole(bytes) => bytes,
+                    let read = match finish(prefix, rest, max).await? {
+                        Capped::Whole(bytes) => Ok(bytes),
                         // Found to be larger while reading: the request goes on with what was read chained
                         // with the rest of its stream, never held whole.
                         Capped::TooLarge(body) => {
                             facts.too_large = true;
+                            Err((body, BypassReason::RequestTooLarge))
+                        }
+                        // Found to end with trailers, which no key holds: it goes on whole, trailers and all.
+                        Capped::Trailed { body, trailers } => {
+                            facts.trailers = true;
+                            let body = RequestBody::trailed(body, trailers);
+                            Err((body, BypassReason::RequestTrailers))
+                        }
+                    };
+                    let bytes = match read {
+                        Ok(bytes) => bytes,
+                        Err((body, fallback)) => {
                             let reason = match engine.policy.screen(&facts) {
                                 Action::Bypass(reason) => reason,
                                 Action::OnlyIfCachedMiss => {
                                     return Ok(engine.only_if_cached_miss());
                                 }
-                                _ => BypassReason::RequestTooLarge,
+                                _ => fallback,
                             };
                             if head {
                                 parts.method = Method::HEAD;
@@ -324,7 +336,7 @@ where
             .await;
     }
     let (parts, body) = response.into_parts();
-    let mut response = Response::from_parts(parts, ResponseBody::streaming(None, Box::pin(body)));
+    let mut response = Response::from_parts(parts, ResponseBody::streaming(body));
     decorate(&mut response, &status);
     Ok(response)
 }

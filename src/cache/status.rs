@@ -10,7 +10,7 @@
 //! | stale hit, a refresh already running here or in another process | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
 //! | another variant stored (the response's `Vary`) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
-//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read) |
+//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-trailers`: ended by trailers, passed on but not stored, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read) |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` (and `stored` when that call stored it) |
 //! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
 //! | request `Cache-Control: no-cache`, or an entry older than its `max-age` allows | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
@@ -157,6 +157,9 @@ pub enum BypassReason {
     Conditional,
     /// The request body is larger than the configured maximum.
     RequestTooLarge,
+    /// The request body ended with trailers, which a key does not hold: the request goes to the inner service
+    /// as it came, trailers and all.
+    RequestTrailers,
     /// The request opted out ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     Skipped,
     /// The layer keys each request by a partition of its own
@@ -175,13 +178,14 @@ impl BypassReason {
             BypassReason::Range => "range",
             BypassReason::Conditional => "conditional",
             BypassReason::RequestTooLarge => "request-too-large",
+            BypassReason::RequestTrailers => "request-trailers",
             BypassReason::Skipped => "skipped",
             BypassReason::Partition => "partition",
         }
     }
 
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [BypassReason; 9] = [
+    pub(crate) const ALL: [BypassReason; 10] = [
         BypassReason::Method,
         BypassReason::NoStore,
         BypassReason::Authorization,
@@ -191,6 +195,7 @@ impl BypassReason {
         BypassReason::RequestTooLarge,
         BypassReason::Skipped,
         BypassReason::Partition,
+        BypassReason::RequestTrailers,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -206,6 +211,7 @@ impl BypassReason {
             BypassReason::RequestTooLarge => 6,
             BypassReason::Skipped => 7,
             BypassReason::Partition => 8,
+            BypassReason::RequestTrailers => 9,
         }
     }
 
@@ -275,6 +281,8 @@ pub enum NotStored {
     Status,
     /// A body over the cap: streamed through.
     TooLarge,
+    /// A body ended by trailers: passed on whole, trailers and all, since an entry holds none.
+    Trailers,
     /// Windows that end as it arrives (`max-age=0, must-revalidate`): nothing to keep.
     Expired,
     /// An invalidation (an unsafe request, a tag, a purge) ran while the origin worked: the answer may predate
@@ -289,7 +297,7 @@ pub enum NotStored {
 
 impl NotStored {
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [NotStored; 9] = [
+    pub(crate) const ALL: [NotStored; 10] = [
         NotStored::NoStore,
         NotStored::Private,
         NotStored::SetCookie,
@@ -299,6 +307,7 @@ impl NotStored {
         NotStored::Expired,
         NotStored::Invalidated,
         NotStored::Tags,
+        NotStored::Trailers,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -314,12 +323,13 @@ impl NotStored {
             NotStored::Expired => 6,
             NotStored::Invalidated => 7,
             NotStored::Tags => 8,
+            NotStored::Trailers => 9,
         }
     }
 
     /// Its `detail` in `Cache-Status`: `response-no-store`, `response-private`, `response-set-cookie`,
-    /// `response-vary-star`, `response-status`, `response-too-large`, `response-expired`, `invalidated`,
-    /// `tags`.
+    /// `response-vary-star`, `response-status`, `response-too-large`, `response-trailers`, `response-expired`,
+    /// `invalidated`, `tags`.
     pub fn as_str(self) -> &'static str {
         match self {
             NotStored::NoStore => "response-no-store",
@@ -328,6 +338,7 @@ impl NotStored {
             NotStored::VaryStar => "response-vary-star",
             NotStored::Status => "response-status",
             NotStored::TooLarge => "response-too-large",
+            NotStored::Trailers => "response-trailers",
             NotStored::Expired => "response-expired",
             NotStored::Invalidated => "invalidated",
             NotStored::Tags => "tags",

@@ -397,7 +397,8 @@ async fn read(response: Response<GenesysBody>) -> Result<Fetched<Bytes>, Genesys
             .map_or(1, |o| o.attempts),
     };
     let bytes = match collect_capped(body, MAX_RESPONSE).await {
-        Ok(Collected::Complete(bytes)) => bytes,
+        // The API's answers are read from their bodies; trailers say nothing about them.
+        Ok(Collected::Complete(bytes) | Collected::Trailed { body: bytes, .. }) => bytes,
         Ok(Collected::TooLarge { .. }) => {
             return Err(GenesysError::decode(
                 format!("response body over {MAX_RESPONSE} bytes"),

@@ -56,7 +56,8 @@
 //! - **Bounds**: [`max_attempts`](RetryLayerBuilder::max_attempts), a total
 //!   [`deadline`](RetryLayerBuilder::deadline) (no retry is scheduled past it) and a shared [`RetryBudget`].
 //! - **Bodies**: the request body is buffered once, up to
-//!   [`max_body_size`](RetryLayerBuilder::max_body_size), and replayed byte for byte; a larger body is sent
+//!   [`max_body_size`](RetryLayerBuilder::max_body_size), and replayed byte for byte, with the trailers that
+//!   ended it; a larger body is sent
 //!   once, not retried: what was read goes on chained with the rest of its stream, never held whole. The
 //!   wrapped service receives a [`RequestBody`] either way.
 //! - **Ending**: never a loop. The last response is returned with a [`RetryOutcome`] extension (attempts, and
