@@ -52,6 +52,36 @@ fn stored_keys(server: &RedisServer) -> usize {
 }
 
 #[tokio::test]
+async fn a_protocol_upgrade_is_never_answered_from_the_cache() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let page = || get("http://api.test/chat", &[]);
+    call(&service, page()).await;
+    assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
+
+    // A WebSocket handshake to the same URI: only the origin can switch protocols.
+    let handshake = get(
+        "http://api.test/chat",
+        &[("connection", "upgrade"), ("upgrade", "websocket")],
+    );
+    let handshake = call(&service, handshake).await;
+    assert_eq!(
+        cache_status(&handshake),
+        "tower-redis-cache; fwd=bypass; detail=upgrade"
+    );
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(
+        layer.handle().stats().bypasses_for(BypassReason::Upgrade),
+        1
+    );
+    // The entry still answers the page.
+    assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test]
 async fn requests_with_credentials_bypass_by_default() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -22,13 +22,16 @@
 //!   ASCII, a `Vary` element that is no field name) counts as `Vary: *` or `no-store`, and a request's
 //!   unreadable `Cache-Control` as `no-store`;
 //! - the response's `Vary` is honoured: an entry answers only a request with the same values of the headers it
-//!   names.
+//!   names;
+//! - a request asking to switch protocols (`Upgrade`: a WebSocket handshake) goes to the origin, and so does one
+//!   whose body ends with trailers (no key holds them); an answer ending with trailers is passed on, not stored.
 
 use super::freshness::{Windows, http_date};
 use super::status::{BypassReason, NotStored};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE, SET_COOKIE, VARY,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE, SET_COOKIE,
+    UPGRADE, VARY,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
@@ -108,6 +111,8 @@ pub(crate) struct RequestFacts {
     pub(crate) too_large: bool,
     /// The body ended with trailers (found while reading it).
     pub(crate) trailers: bool,
+    /// `Upgrade`: the client asks to switch protocols (a WebSocket handshake), which no stored answer does.
+    pub(crate) upgrade: bool,
     /// The request opted out of the cache ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     pub(crate) skip: bool,
     /// The layer keys each request by a partition of its own
@@ -177,6 +182,8 @@ impl RequestFacts {
                 facts.cookie = true;
             } else if name == RANGE {
                 facts.range = true;
+            } else if name == UPGRADE {
+                facts.upgrade = true;
             } else if name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE {
                 facts.validators = true;
             } else if name == IF_MATCH || name == IF_UNMODIFIED_SINCE {
@@ -656,6 +663,8 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Some(BypassReason::Method)
     } else if request.no_store {
         Some(BypassReason::NoStore)
+    } else if request.upgrade {
+        Some(BypassReason::Upgrade)
     } else if request.unpartitioned {
         Some(BypassReason::Partition)
     } else if request.authorization && unshared_credentials {
@@ -1244,6 +1253,7 @@ mod tests {
             ("validators of a POST", &shared, with(|f| f.validators = true), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
             ("too large", &shared, with(|f| f.too_large = true), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
             ("trailers", &shared, with(|f| f.trailers = true), fresh, 1_000, Action::Bypass(BypassReason::RequestTrailers)),
+            ("upgrade", &shared, with(|f| { f.upgrade = true; f.get = true; f.get_or_head = true }), fresh, 1_000, Action::Bypass(BypassReason::Upgrade)),
             ("trailers, too large", &shared, with(|f| { f.trailers = true; f.too_large = true }), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
             ("not read yet", &shared, plain(), Lookup::NotRead, 1_000, Action::Read),
             ("no-cache skips the read", &shared, with(|f| f.no_cache = true), Lookup::NotRead, 1_000, forward(Fwd::Request, true, false)),
@@ -1456,6 +1466,8 @@ mod tests {
             (r.skip, BypassReason::Skipped),
             (!r.method_cacheable, BypassReason::Method),
             (r.no_store, BypassReason::NoStore),
+            // A switch of protocols is the origin's to make.
+            (r.upgrade, BypassReason::Upgrade),
             // Whose answer it is cannot be told.
             (r.unpartitioned, BypassReason::Partition),
             (
@@ -1540,7 +1552,7 @@ mod tests {
     fn arb_facts() -> impl Strategy<Value = RequestFacts> {
         (
             prop::array::uniform8(any::<bool>()),
-            prop::array::uniform7(any::<bool>()),
+            prop::array::uniform8(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
         )
             .prop_map(
@@ -1554,6 +1566,7 @@ mod tests {
                         get,
                         unpartitioned,
                         trailers,
+                        upgrade,
                     ],
                     (max_age, min_fresh, max_stale),
                 )| RequestFacts {
@@ -1566,6 +1579,7 @@ mod tests {
                     preconditions: b[6],
                     too_large: b[7],
                     trailers,
+                    upgrade,
                     skip,
                     unpartitioned,
                     validators,

@@ -160,6 +160,9 @@ pub enum BypassReason {
     /// The request body ended with trailers, which a key does not hold: the request goes to the inner service
     /// as it came, trailers and all.
     RequestTrailers,
+    /// The request asked to switch protocols (`Upgrade`, a WebSocket handshake): only the origin can answer
+    /// that.
+    Upgrade,
     /// The request opted out ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     Skipped,
     /// The layer keys each request by a partition of its own
@@ -179,13 +182,14 @@ impl BypassReason {
             BypassReason::Conditional => "conditional",
             BypassReason::RequestTooLarge => "request-too-large",
             BypassReason::RequestTrailers => "request-trailers",
+            BypassReason::Upgrade => "upgrade",
             BypassReason::Skipped => "skipped",
             BypassReason::Partition => "partition",
         }
     }
 
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [BypassReason; 10] = [
+    pub(crate) const ALL: [BypassReason; 11] = [
         BypassReason::Method,
         BypassReason::NoStore,
         BypassReason::Authorization,
@@ -196,6 +200,7 @@ impl BypassReason {
         BypassReason::Skipped,
         BypassReason::Partition,
         BypassReason::RequestTrailers,
+        BypassReason::Upgrade,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -212,6 +217,7 @@ impl BypassReason {
             BypassReason::Skipped => 7,
             BypassReason::Partition => 8,
             BypassReason::RequestTrailers => 9,
+            BypassReason::Upgrade => 10,
         }
     }
 
