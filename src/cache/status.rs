@@ -18,7 +18,7 @@
 //! | stale-if-error after a transport error | `tower-redis-cache; fwd=stale; ttl=-40; detail=transport-error` |
 //! | method not cached | `tower-redis-cache; fwd=method; detail=method` |
 //! | request `Cache-Control: no-store` | `tower-redis-cache; fwd=request; detail=no-store` |
-//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `skipped`, `partition`) |
+//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `request-trailers`, `upgrade`, `skipped`, `partition`) |
 //! | store failed or skipped | `...; detail=store-error` / `...; detail=store-unavailable` |
 //! | request `Cache-Control: only-if-cached`, nothing stored may answer: `504`, the inner service not called | `tower-redis-cache; detail=only-if-cached` |
 //!
