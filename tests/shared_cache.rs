@@ -82,6 +82,65 @@ async fn a_protocol_upgrade_is_never_answered_from_the_cache() {
 }
 
 #[tokio::test]
+async fn a_tunnelled_method_is_never_cached_and_a_tunnelled_write_removes_what_a_write_would() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server)
+        .await
+        .methods([Method::GET, Method::POST])
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let query = |headers: &[(&'static str, &'static str)]| {
+        let mut request = Request::post("http://api.test/items");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request
+            .body(Full::new(Bytes::from_static(br#"{"q":1}"#)))
+            .unwrap()
+    };
+    let read = || get("http://api.test/items", &[]);
+    call(&service, query(&[])).await;
+    call(&service, read()).await;
+    let both_hit = || async {
+        [
+            outcome(&call(&service, query(&[])).await),
+            outcome(&call(&service, read()).await),
+        ] == [CacheOutcome::Hit, CacheOutcome::Hit]
+    };
+    assert!(both_hit().await);
+
+    // The query tunnelling a `GET`: the origin answers it (the key does not hold the method it names), and it
+    // changes nothing.
+    let tunnelled = call(&service, query(&[("x-http-method-override", "GET")])).await;
+    assert_eq!(
+        cache_status(&tunnelled),
+        "tower-redis-cache; fwd=method; detail=method"
+    );
+    assert_eq!(origin.calls(), 3);
+    assert!(both_hit().await);
+
+    // Tunnelling a `DELETE`: it reaches the origin and, once it succeeds, removes the URI's entries as a `DELETE`
+    // would, the query's included.
+    let delete = call(&service, query(&[("X-HTTP-Method-Override", "DELETE")])).await;
+    assert_eq!(
+        cache_status(&delete),
+        "tower-redis-cache; fwd=method; detail=method"
+    );
+    assert_eq!(origin.calls(), 4);
+    assert!(matches!(
+        outcome(&call(&service, query(&[])).await),
+        CacheOutcome::Miss { .. }
+    ));
+    assert!(matches!(
+        outcome(&call(&service, read()).await),
+        CacheOutcome::Miss { .. }
+    ));
+    assert_eq!(origin.calls(), 6);
+}
+
+#[tokio::test]
 async fn requests_with_credentials_bypass_by_default() {
     let server = RedisServer::start();
     let origin = Origin::new();

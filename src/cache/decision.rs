@@ -23,8 +23,10 @@
 //!   unreadable `Cache-Control` as `no-store`;
 //! - the response's `Vary` is honoured: an entry answers only a request with the same values of the headers it
 //!   names;
-//! - a request asking to switch protocols (`Upgrade`: a WebSocket handshake) goes to the origin, and so does one
-//!   whose body ends with trailers (no key holds them); an answer ending with trailers is passed on, not stored.
+//! - a request asking to switch protocols (`Upgrade`: a WebSocket handshake) goes to the origin, and so do one
+//!   tunnelling another method (`X-HTTP-Method-Override`, [`METHOD_OVERRIDES`]; the method it names counts as
+//!   the request's for invalidation) and one whose body ends with trailers (no key holds them); an answer ending
+//!   with trailers is passed on, not stored.
 
 use super::freshness::{Windows, http_date};
 use super::status::{BypassReason, NotStored};
@@ -34,7 +36,7 @@ use http::header::{
     UPGRADE, VARY,
 };
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 /// How the cache treats requests that carry credentials (`Authorization`, `Cookie`, or a header named by
 /// [`credential_headers`](super::RedisCacheLayerBuilder::credential_headers)).
@@ -120,8 +122,12 @@ pub(crate) struct RequestFacts {
     /// known whose answer it would get or give.
     pub(crate) unpartitioned: bool,
     /// The method is not safe (RFC 9110 §9.2.1): any but `GET`, `HEAD`, `OPTIONS`, `TRACE` and `QUERY`, unknown
-    /// methods included. A request with one may change its target resource.
+    /// methods included. A request with one may change its target resource. With a method override, the method
+    /// it names counts.
     pub(crate) unsafe_method: bool,
+    /// A header overrides the method ([`METHOD_OVERRIDES`]): the origin may act on another method than the
+    /// request's, which the key does not hold, so the request is not cached.
+    pub(crate) method_overridden: bool,
     /// The windows chosen for this request (its extension, the layer's hook, or the layer's own), for the
     /// entry it stores.
     pub(crate) windows: Windows,
@@ -130,6 +136,23 @@ pub(crate) struct RequestFacts {
     pub(crate) windows_by_call: bool,
     /// Whether the origin's own freshness headers count for this request's method.
     pub(crate) origin_freshness: bool,
+}
+
+/// Headers that tunnel a method through another (`POST` with `X-HTTP-Method-Override: DELETE`), as Rails, ASP.NET
+/// Core, Express's `method-override` and Google's APIs honour: the origin acts on the method they name.
+pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Whether `method` is safe (RFC 9110 §9.2.1, and `QUERY`, safe by its definition): it does not ask the origin
+/// to change anything.
+pub(crate) fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) || method.as_str() == "QUERY"
 }
 
 impl RequestFacts {
@@ -198,6 +221,12 @@ impl RequestFacts {
                 pragma_no_cache |= directives(value).any(|d| d.eq_ignore_ascii_case("no-cache"));
             } else if credentials.contains(name) {
                 facts.authorization = true;
+            } else if METHOD_OVERRIDES.iter().any(|other| name == *other) {
+                facts.method_overridden = true;
+                facts.method_cacheable = false;
+                // Unreadable, or any method but a safe one: it may change the resource.
+                facts.unsafe_method |=
+                    !Method::from_bytes(value.as_bytes()).is_ok_and(|method| is_safe(&method));
             }
         }
         // RFC 9111 §5.4: `Pragma` counts only when the request has no `Cache-Control`.
@@ -1163,6 +1192,19 @@ mod tests {
             RequestFacts::read(&head(&[("accept", "*/*")]), true, 10, &[api_key]),
             plain()
         );
+        // A tunnelled method: never cached; unsafe unless it names a safe method, spelled as methods are.
+        for (value, unsafe_method) in [
+            ("GET", false),
+            ("QUERY", false),
+            ("DELETE", true),
+            ("get", true),
+        ] {
+            for name in METHOD_OVERRIDES {
+                let facts = RequestFacts::read(&head(&[(name, value)]), true, 10, &[]);
+                assert!(facts.method_overridden && !facts.method_cacheable, "{name}");
+                assert_eq!(facts.unsafe_method, unsafe_method, "{name}: {value}");
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
     Action, Forward, Fwd, Lookup, Part, RequestFacts, ResponseFacts, Rules, Verdict, also_stale,
-    decide, invalidates, is_origin_failure, judge, may_invalidate, not_modified, part_of,
+    decide, invalidates, is_origin_failure, is_safe, judge, may_invalidate, not_modified, part_of,
     serve_stale_on_error,
 };
 use super::entry::{Entry, Unstored, storable_headers};
@@ -503,7 +503,10 @@ impl Policy {
             && (parts.method == Method::GET
                 || parts.method == Method::HEAD
                 || self.origin_freshness_others);
-        facts.unsafe_method = !is_safe(&parts.method);
+        // A method tunnelled through another (a header naming it) is what the origin acts on: `read` judged it.
+        if !facts.method_overridden {
+            facts.unsafe_method = !is_safe(&parts.method);
+        }
         facts.get_or_head = parts.method == Method::GET || parts.method == Method::HEAD;
         facts.get = parts.method == Method::GET;
         facts
@@ -538,15 +541,6 @@ impl Policy {
         }
         parts.method == Method::POST && self.post_when.as_ref().is_some_and(|when| when(parts))
     }
-}
-
-/// Whether `method` is safe (RFC 9110 §9.2.1, and `QUERY`, safe by its definition): it does not ask the origin
-/// to change anything.
-fn is_safe(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) || method.as_str() == "QUERY"
 }
 
 /// The request fields that carry the client's own validators: a cache evaluates them itself

@@ -139,7 +139,9 @@ impl CacheOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BypassReason {
-    /// The method is not configured as cacheable.
+    /// The method is not configured as cacheable, or a header tunnels another through it
+    /// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`): the origin acts on the method named,
+    /// and a successful one that is not safe removes what that method would.
     Method,
     /// The request carried `Cache-Control: no-store`.
     NoStore,
