@@ -1,17 +1,16 @@
 //! Request -> [`CacheKey`]: SHA-256 over length-prefixed request fields, with JSON bodies canonicalised.
 //!
-//! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme,
-//! authority (from the URI, else the `Host` header), path, the query pairs sorted by name (pairs of one name keep
-//! their order: `?sort=name&sort=date` is not `?sort=date&sort=name`; those the layer ignores left out), the
-//! configured vary headers, the
-//! partition (tenant identity) and, in a layer with `partition_by`, the request's own, and the body with its
-//! `Content-Type`. A JSON body (`application/json` or
+//! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme, authority
+//! (from the URI, else the `Host` header), path, the query pairs sorted by name (pairs of one name keep their order:
+//! `?sort=name&sort=date` is not `?sort=date&sort=name`; those the layer ignores left out), the configured vary
+//! headers, the partition (tenant identity) and, in a layer with `partition_by`, the request's own, and the body
+//! with its `Content-Type` and `Content-Encoding` (a coded body is another body). A JSON body (`application/json` or
 //! `*/*+json`) is hashed in canonical form: object members sorted by key at every level, array order kept, no
-//! insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept exactly
-//! as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice (after escapes
-//! are decoded: such a body means what its parser makes of it), or any other content type hashes the raw
-//! bytes. Members a layer ignores (JSON Pointers, see
-//! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
+//! insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept exactly as
+//! written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice (after escapes are
+//! decoded: such a body means what its parser makes of it), or any other content type hashes the raw bytes. Members
+//! a layer ignores (JSON Pointers, see [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields))
+//! are left out of the canonical form.
 
 use super::memo;
 use http::{HeaderMap, HeaderName, Method, Uri, header};
@@ -224,6 +223,13 @@ impl KeyConfig {
                     f.field(partition);
                 }
                 f.field(content_type(headers));
+                if !body.is_empty() {
+                    let codings = headers.get_all(header::CONTENT_ENCODING);
+                    f.count(codings.iter().count());
+                    for coding in codings {
+                        f.field(coding.as_bytes());
+                    }
+                }
                 f.field(body);
             },
             || self.hash_request(method, uri, headers, partition, body),
@@ -483,8 +489,14 @@ fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8], ignored: &[Pointe
         h.update([2u8]);
         return;
     }
-    // The same bytes sent as another media type may mean something else to the origin.
+    // The same bytes sent as another media type, or under another coding, may mean something else to the origin.
+    // The codings only when the request names some, so that the keys of all others stay as they were: each
+    // after a marker byte that no body hashing starts with.
     field(h, content_type(headers));
+    for coding in headers.get_all(header::CONTENT_ENCODING) {
+        h.update([4u8]);
+        field(h, coding.as_bytes());
+    }
     if is_json(headers) {
         let canonical = CANONICAL.with(|cell| {
             // The thread's buffers are reused from request to request; a re-entrant call (there is none
@@ -1062,6 +1074,36 @@ mod tests {
             key.as_str(),
             "ns:v1:{65134058615dcd0b828c92a9490dda9bd488a2fee9b30bea998356c22d0ba855}"
         );
+    }
+
+    #[test]
+    fn a_coded_body_is_another_body() {
+        let keys = KeyConfig::new("ns".into(), Vec::new(), vec![]);
+        let uri: Uri = "https://api.example.com/q".parse().unwrap();
+        let key = |coding: Option<&'static str>, body: &[u8]| {
+            let mut headers = HeaderMap::new();
+            if let Some(coding) = coding {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+            }
+            // Twice: the second from the digest memo, which must tell them apart too.
+            let first = keys.key(&Method::POST, &uri, &headers, body);
+            assert_eq!(keys.key(&Method::POST, &uri, &headers, body), first);
+            first
+        };
+        let plain = key(None, b"\x1f\x8b\x08payload");
+        assert_ne!(key(Some("gzip"), b"\x1f\x8b\x08payload"), plain);
+        assert_ne!(
+            key(Some("br"), b"\x1f\x8b\x08payload"),
+            key(Some("gzip"), b"\x1f\x8b\x08payload")
+        );
+        // Every field counts: a second coding is another body again.
+        let mut two = HeaderMap::new();
+        two.append(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        two.append(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
+        let both = keys.key(&Method::POST, &uri, &two, b"\x1f\x8b\x08payload");
+        assert_ne!(both, key(Some("gzip"), b"\x1f\x8b\x08payload"));
+        // Without a body there is nothing to decode: the field changes nothing.
+        assert_eq!(key(Some("gzip"), b""), key(None, b""));
     }
 
     fn canon(s: &str) -> Option<String> {
