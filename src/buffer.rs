@@ -16,16 +16,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use tower_service::Service;
 
-/// A body read up to a cap.
-pub(crate) enum Collected<T> {
-    /// The whole body, within the cap.
-    Complete(Bytes),
-    /// The whole body, within the cap, and the trailers that ended it.
-    Trailed { body: Bytes, trailers: HeaderMap },
-    /// Over the cap: what was read, and the rest still unread.
-    TooLarge { prefix: Bytes, rest: Pin<Box<T>> },
-}
-
 /// The `Content-Length` header, when present and valid.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -36,40 +26,8 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads `body` until it ends or passes `max` bytes, keeping the trailers that end it. A single-frame body is not
-/// copied.
-pub(crate) fn collect_capped<T>(
-    body: T,
-    max: usize,
-) -> impl Future<Output = Result<Collected<T>, BoxError>>
-where
-    T: Body,
-    T::Error: Into<BoxError>,
-{
-    collect_capped_after(Bytes::new(), Box::pin(body), max)
-}
-
-/// [`collect_capped`] for a body whose first `prefix` bytes were already read.
-pub(crate) async fn collect_capped_after<T>(
-    prefix: Bytes,
-    mut body: Pin<Box<T>>,
-    max: usize,
-) -> Result<Collected<T>, BoxError>
-where
-    T: Body,
-    T::Error: Into<BoxError>,
-{
-    Ok(
-        match collect_within(prefix, body.as_mut(), max, |_| true).await? {
-            Gathered::Complete(bytes) => Collected::Complete(bytes),
-            Gathered::Trailed { body, trailers } => Collected::Trailed { body, trailers },
-            Gathered::TooLarge(prefix) => Collected::TooLarge { prefix, rest: body },
-        },
-    )
-}
-
-/// What [`collect_within`] read of a body it borrowed.
-pub(crate) enum Gathered {
+/// A body read up to a cap.
+pub(crate) enum Collected {
     /// The whole body, within the cap.
     Complete(Bytes),
     /// The whole body, within the cap, and the trailers that ended it.
@@ -78,14 +36,25 @@ pub(crate) enum Gathered {
     TooLarge(Bytes),
 }
 
-/// [`collect_capped_after`] of a borrowed body, that also asks `admit` before holding each chunk read: a chunk it
-/// refuses ends the reading as if the body were over the cap (that chunk goes on as the end of the prefix).
+/// Reads `body` until it ends or passes `max` bytes, keeping the trailers that end it; what is left of a body
+/// over the cap is dropped unread. A single-frame body is not copied.
+pub(crate) async fn collect_capped<T>(body: T, max: usize) -> Result<Collected, BoxError>
+where
+    T: Body,
+    T::Error: Into<BoxError>,
+{
+    collect_within(Bytes::new(), std::pin::pin!(body), max, |_| true).await
+}
+
+/// Reads the borrowed `body`, whose first `prefix` bytes were already read, until it ends or passes `max` bytes in
+/// all; `admit` is asked before each chunk read is held, and a chunk it refuses ends the reading as if the body
+/// were over the cap (that chunk goes on as the end of the prefix).
 pub(crate) async fn collect_within<T>(
     prefix: Bytes,
     mut body: Pin<&mut T>,
     max: usize,
     mut admit: impl FnMut(usize) -> bool,
-) -> Result<Gathered, BoxError>
+) -> Result<Collected, BoxError>
 where
     T: Body,
     T::Error: Into<BoxError>,
@@ -100,8 +69,8 @@ where
         let Some(frame) = body.frame().await else {
             let body = joined(first, rest);
             return Ok(match trailers {
-                None => Gathered::Complete(body),
-                Some(trailers) => Gathered::Trailed { body, trailers },
+                None => Collected::Complete(body),
+                Some(trailers) => Collected::Trailed { body, trailers },
             });
         };
         let frame = frame.map_err(Into::into)?;
@@ -139,10 +108,10 @@ where
             (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
         }
     }
-    Ok(Gathered::TooLarge(joined(first, rest)))
+    Ok(Collected::TooLarge(joined(first, rest)))
 }
 
-/// What [`collect_capped_after`] read: the single chunk uncopied, or the joined ones.
+/// What [`collect_within`] read: the single chunk uncopied, or the joined ones.
 fn joined(first: Option<Bytes>, rest: Option<BytesMut>) -> Bytes {
     match rest {
         Some(buf) => buf.freeze(),
@@ -251,12 +220,11 @@ pub(crate) async fn finish(
     rest: RequestBody,
     max: usize,
 ) -> Result<Capped, BoxError> {
-    match collect_capped_after(prefix, Box::pin(rest), max).await? {
+    let mut rest = Box::pin(rest);
+    match collect_within(prefix, rest.as_mut(), max, |_| true).await? {
         Collected::Complete(bytes) => Ok(Capped::Whole(bytes)),
         Collected::Trailed { body, trailers } => Ok(Capped::Trailed { body, trailers }),
-        Collected::TooLarge { prefix, rest } => {
-            Ok(Capped::TooLarge(Pin::into_inner(rest).prepend(prefix)))
-        }
+        Collected::TooLarge(prefix) => Ok(Capped::TooLarge(Pin::into_inner(rest).prepend(prefix))),
     }
 }
 
@@ -371,10 +339,9 @@ mod tests {
             panic!("within the cap");
         };
         assert_eq!(&whole[..], b"abcde");
-        let Collected::TooLarge { prefix, .. } =
-            collect_capped(chunks(&["ab", "cd", "ef", "gh"]), 5)
-                .await
-                .unwrap()
+        let Collected::TooLarge(prefix) = collect_capped(chunks(&["ab", "cd", "ef", "gh"]), 5)
+            .await
+            .unwrap()
         else {
             panic!("over the cap");
         };

@@ -198,7 +198,7 @@ where
             {
                 // A token answer is read from its body; trailers say nothing about it.
                 Collected::Complete(bytes) | Collected::Trailed { body: bytes, .. } => bytes,
-                Collected::TooLarge { .. } => {
+                Collected::TooLarge(_) => {
                     return Err(TokenError::Malformed(format!(
                         "body over {MAX_TOKEN_RESPONSE} bytes"
                     )));

@@ -28,7 +28,7 @@ use super::refresh::Refreshes;
 use super::stats::{Counters, add, bump, bump_bypass, bump_not_stored};
 use super::status::{BypassReason, CacheOutcome, HeaderText, NotStored, Status, StoreHealth};
 use super::tags::TagsFn;
-use crate::buffer::{Gathered, collect_within, content_length};
+use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::{
@@ -239,7 +239,7 @@ where
     })
     .await?
     {
-        Gathered::Complete(body) => Ok(Fetched::Buffered(Buffered {
+        Collected::Complete(body) => Ok(Fetched::Buffered(Buffered {
             status: parts.status,
             origin_status: parts.status,
             version: parts.version,
@@ -250,11 +250,11 @@ where
         })),
         // An entry holds no trailers (RFC 9111 §3.1 lets a cache drop them, but then its hits would differ from
         // this answer): the answer goes to this caller whole, trailers and all, and is not stored.
-        Gathered::Trailed { body, trailers } => Ok(Fetched::Streaming(
+        Collected::Trailed { body, trailers } => Ok(Fetched::Streaming(
             Response::from_parts(parts, ResponseBody::trailed(body, trailers)),
             Some(NotStored::Trailers),
         )),
-        Gathered::TooLarge(prefix) => {
+        Collected::TooLarge(prefix) => {
             // The caller reads it from here on: the budget holds no part of it. Reading stops past the cap, or
             // at the chunk the budget refused.
             drop(claim);

@@ -399,7 +399,7 @@ async fn read(response: Response<GenesysBody>) -> Result<Fetched<Bytes>, Genesys
     let bytes = match collect_capped(body, MAX_RESPONSE).await {
         // The API's answers are read from their bodies; trailers say nothing about them.
         Ok(Collected::Complete(bytes) | Collected::Trailed { body: bytes, .. }) => bytes,
-        Ok(Collected::TooLarge { .. }) => {
+        Ok(Collected::TooLarge(_)) => {
             return Err(GenesysError::decode(
                 format!("response body over {MAX_RESPONSE} bytes"),
                 correlation_id,
