@@ -208,13 +208,14 @@ impl Middleware for CacheMiddleware {
         if head {
             *request.method_mut() = http::Method::GET;
         }
-        let key = engine.keys.key_in(
+        let key = engine.keys.key_of(engine.keys.digest_with(
             &parts.method,
             &parts.uri,
             &parts.headers,
+            facts.forwarding,
             partition.as_deref(),
             &body,
-        );
+        ));
         let origin = ChainOrigin {
             next,
             extensions: extensions.clone(),

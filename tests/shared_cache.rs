@@ -82,6 +82,78 @@ async fn a_protocol_upgrade_is_never_answered_from_the_cache() {
 }
 
 #[tokio::test]
+async fn what_a_proxy_forwards_keeps_answers_apart_and_the_clients_address_does_not() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // As a framework that builds links and redirects from what its proxy forwards.
+    origin.echo_headers();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let echoed = |response: &Reply, name: &str| {
+        response
+            .headers()
+            .get(format!("x-echo-{name}"))
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let page = |headers| get("http://api.test/page", headers);
+
+    // An attacker's `X-Forwarded-Host` is stored under a key of its own...
+    let evil = [("x-forwarded-host", "evil.example")];
+    let poisoned = call(&service, page(&evil)).await;
+    assert_eq!(
+        echoed(&poisoned, "x-forwarded-host").as_deref(),
+        Some("evil.example")
+    );
+    // ...which no other request reads.
+    let plain = call(&service, page(&[])).await;
+    assert!(matches!(outcome(&plain), CacheOutcome::Miss { .. }));
+    assert_eq!(echoed(&plain, "x-forwarded-host"), None);
+    assert_eq!(origin.calls(), 2);
+
+    // A client that reached the proxy over `https` is not answered with what the `http` one got, but two clients
+    // behind the proxy share an entry: their addresses are not in the key.
+    let https = |client: &'static str| {
+        [
+            ("x-forwarded-proto", "https"),
+            ("forwarded", client),
+            ("x-forwarded-for", client),
+        ]
+    };
+    let (one, another) = (
+        https("for=192.0.2.1;proto=https"),
+        https("for=198.51.100.7;proto=https"),
+    );
+    let first = call(&service, page(&one)).await;
+    assert!(matches!(outcome(&first), CacheOutcome::Miss { .. }));
+    let second = call(&service, page(&another)).await;
+    assert_eq!(outcome(&second), CacheOutcome::Hit);
+    assert_eq!(
+        echoed(&second, "forwarded").as_deref(),
+        Some("for=192.0.2.1;proto=https")
+    );
+    assert_eq!(origin.calls(), 3);
+
+    // Each request still gets its own variant's entry.
+    for (headers, host) in [(&evil[..], Some("evil.example")), (&[][..], None)] {
+        let again = call(&service, page(headers)).await;
+        assert_eq!(outcome(&again), CacheOutcome::Hit);
+        assert_eq!(echoed(&again, "x-forwarded-host").as_deref(), host);
+    }
+    assert_eq!(origin.calls(), 3);
+
+    // A write to the URI removes every variant, those whose forwarded fields it does not send too.
+    let delete = Request::delete("http://api.test/page")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(call(&service, delete).await.status(), StatusCode::OK);
+    for headers in [&evil[..], &one[..], &[][..]] {
+        let after = call(&service, page(headers)).await;
+        assert!(matches!(outcome(&after), CacheOutcome::Miss { .. }));
+    }
+    assert_eq!(origin.calls(), 7);
+}
+
+#[tokio::test]
 async fn a_tunnelled_method_is_never_cached_and_a_tunnelled_write_removes_what_a_write_would() {
     let server = RedisServer::start();
     let origin = Origin::new();

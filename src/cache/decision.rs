@@ -29,6 +29,7 @@
 //!   with trailers is passed on, not stored.
 
 use super::freshness::{Windows, http_date};
+use super::key::is_forwarding;
 use super::status::{BypassReason, NotStored};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
@@ -128,6 +129,9 @@ pub(crate) struct RequestFacts {
     /// A header overrides the method ([`METHOD_OVERRIDES`]): the origin may act on another method than the
     /// request's, which the key does not hold, so the request is not cached.
     pub(crate) method_overridden: bool,
+    /// A header through which a proxy forwards what the client asked for ([`FORWARDING`](super::key::FORWARDING):
+    /// `X-Forwarded-Host`, `Forwarded`, ...): the key holds its fields.
+    pub(crate) forwarding: bool,
     /// The windows chosen for this request (its extension, the layer's hook, or the layer's own), for the
     /// entry it stores.
     pub(crate) windows: Windows,
@@ -145,14 +149,6 @@ pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
     "x-http-method",
     "x-method-override",
 ];
-
-/// Whether `name` is one of [`METHOD_OVERRIDES`]. Every request header not matched before comes here, on every
-/// request, so the lengths are checked first.
-#[inline]
-fn is_method_override(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    matches!(name.len(), 13 | 17 | 22) && METHOD_OVERRIDES.contains(&name)
-}
 
 /// Whether `method` is safe (RFC 9110 §9.2.1, and `QUERY`, safe by its definition): it does not ask the origin
 /// to change anything.
@@ -229,12 +225,19 @@ impl RequestFacts {
                 pragma_no_cache |= directives(value).any(|d| d.eq_ignore_ascii_case("no-cache"));
             } else if credentials.contains(name) {
                 facts.authorization = true;
-            } else if is_method_override(name) {
-                facts.method_overridden = true;
-                facts.method_cacheable = false;
-                // Unreadable, or any method but a safe one: it may change the resource.
-                facts.unsafe_method |=
-                    !Method::from_bytes(value.as_bytes()).is_ok_and(|method| is_safe(&method));
+            } else if matches!(name.as_str().as_bytes().first(), Some(b'x' | b'f')) {
+                // Every request header not matched above comes here, on every request: the names below all
+                // start with one of these.
+                let name = name.as_str();
+                if METHOD_OVERRIDES.contains(&name) {
+                    facts.method_overridden = true;
+                    facts.method_cacheable = false;
+                    // Unreadable, or any method but a safe one: it may change the resource.
+                    facts.unsafe_method |=
+                        !Method::from_bytes(value.as_bytes()).is_ok_and(|method| is_safe(&method));
+                } else {
+                    facts.forwarding |= is_forwarding(name);
+                }
             }
         }
         // RFC 9111 §5.4: `Pragma` counts only when the request has no `Cache-Control`.
@@ -1212,6 +1215,32 @@ mod tests {
                 assert!(facts.method_overridden && !facts.method_cacheable, "{name}");
                 assert_eq!(facts.unsafe_method, unsafe_method, "{name}: {value}");
             }
+        }
+        // What a proxy forwards is noted (for the key), and nothing else changes; the client's address is not.
+        for name in super::super::key::FORWARDING {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), HeaderValue::from_static("a"));
+            let facts = RequestFacts::read(&headers, true, 10, &[]);
+            assert_eq!(
+                facts,
+                RequestFacts {
+                    forwarding: true,
+                    ..plain()
+                },
+                "{name}"
+            );
+        }
+        for name in [
+            "x-forwarded-for",
+            "x-request-id",
+            "from",
+            "x-http-method-overrides",
+        ] {
+            assert_eq!(
+                RequestFacts::read(&head(&[(name, "a")]), true, 10, &[]),
+                plain(),
+                "{name}"
+            );
         }
     }
 

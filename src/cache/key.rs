@@ -3,14 +3,15 @@
 //! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme, authority
 //! (from the URI, else the `Host` header), path, the query pairs sorted by name (pairs of one name keep their order:
 //! `?sort=name&sort=date` is not `?sort=date&sort=name`; those the layer ignores left out), the configured vary
-//! headers, the partition (tenant identity) and, in a layer with `partition_by`, the request's own, and the body
-//! with its `Content-Type` and `Content-Encoding` (a coded body is another body). A JSON body (`application/json` or
-//! `*/*+json`) is hashed in canonical form: object members sorted by key at every level, array order kept, no
-//! insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept exactly as
-//! written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice (after escapes are
-//! decoded: such a body means what its parser makes of it), or any other content type hashes the raw bytes. Members
-//! a layer ignores (JSON Pointers, see [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields))
-//! are left out of the canonical form.
+//! headers, the partition (tenant identity) and, in a layer with `partition_by`, the request's own, what a proxy
+//! forwards of the client's request (`X-Forwarded-Host`, `-Proto`, `Forwarded` and the others of [`FORWARDING`], the
+//! client's address left out), and the body with its `Content-Type` and `Content-Encoding` (a coded body is another
+//! body). A JSON body (`application/json` or `*/*+json`) is hashed in canonical form: object members sorted by key at
+//! every level, array order kept, no insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is
+//! `"a"`), numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key
+//! twice (after escapes are decoded: such a body means what its parser makes of it), or any other content type hashes
+//! the raw bytes. Members a layer ignores (JSON Pointers, see
+//! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
 
 use super::memo;
 use http::{HeaderMap, HeaderName, Method, Uri, header};
@@ -200,6 +201,26 @@ impl KeyConfig {
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
+        let forwarding = headers.keys().any(|name| is_forwarding(name.as_str()));
+        self.digest_with(method, uri, headers, forwarding, partition, body)
+    }
+
+    /// [`digest`](Self::digest), for a request whose headers were already looked through: `forwarding` says
+    /// whether any is one of [`FORWARDING`] ([`RequestFacts::forwarding`](super::decision::RequestFacts)), so
+    /// that a hit passes over them once.
+    pub(crate) fn digest_with(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        forwarding: bool,
+        partition: Option<&[u8]>,
+        body: &[u8],
+    ) -> [u8; 32] {
+        debug_assert_eq!(
+            forwarding,
+            headers.keys().any(|name| is_forwarding(name.as_str()))
+        );
         memo::digest(
             // Requests with a partition of their own and those without are remembered apart, so that no other
             // fields can read as one.
@@ -222,6 +243,13 @@ impl KeyConfig {
                 if let Some(partition) = partition {
                     f.field(partition);
                 }
+                if forwarding {
+                    for_each_forwarding(headers, |index, value| {
+                        // With the top bit set, which no length has: never read as the content type's.
+                        f.count(index | FORWARDING_MARK);
+                        f.field(value);
+                    });
+                }
                 f.field(content_type(headers));
                 if !body.is_empty() {
                     let codings = headers.get_all(header::CONTENT_ENCODING);
@@ -232,7 +260,7 @@ impl KeyConfig {
                 }
                 f.field(body);
             },
-            || self.hash_request(method, uri, headers, partition, body),
+            || self.hash_request(method, uri, headers, forwarding, partition, body),
         )
     }
 
@@ -242,6 +270,7 @@ impl KeyConfig {
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
+        forwarding: bool,
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
@@ -267,6 +296,23 @@ impl KeyConfig {
         if let Some(partition) = partition {
             h.update([3u8]);
             field(&mut h, partition);
+        }
+        // The forwarding fields only where the request has some, so that other keys stay as they were: after
+        // a marker byte neither the body's hashing nor the partition's starts with, each after its index in
+        // `FORWARDING`, ended by a byte no index is.
+        if forwarding {
+            let mut any = false;
+            for_each_forwarding(headers, |index, value| {
+                if !any {
+                    h.update([5u8]);
+                    any = true;
+                }
+                h.update([index as u8]);
+                field(&mut h, value);
+            });
+            if any {
+                h.update([u8::MAX]);
+            }
         }
         hash_body(&mut h, headers, body, &self.ignored_body);
         h.finalize().into()
@@ -357,6 +403,80 @@ fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
     match uri.authority() {
         Some(authority) => authority.as_str().as_bytes(),
         None => headers.get(header::HOST).map_or(&b""[..], |v| v.as_bytes()),
+    }
+}
+
+/// Headers through which a proxy in front of an origin tells it what the client asked for: its host, scheme, port,
+/// path prefix or original URL. Frameworks build links and redirects from them (Rails, Django, Spring, ASP.NET
+/// Core, Rack, Express), so an answer depends on them although the URI is the same: an `http` request redirected
+/// to `https` must not be the answer to the `https` one (a redirect loop), and an `X-Forwarded-Host` an attacker
+/// sends must not name the host in links other users are served (web cache poisoning). Every field of these is
+/// in the key. The client's address (`X-Forwarded-For`, `Forwarded: for=`) is not: keying it would give every
+/// client entries of its own; an origin that answers by address says so in `Vary` or `Cache-Control`.
+pub(crate) const FORWARDING: [HeaderName; 13] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
+/// Set in the memo fingerprint's count before each forwarding field.
+const FORWARDING_MARK: usize = 1 << (usize::BITS - 1);
+
+/// Whether `name` is one of [`FORWARDING`].
+pub(crate) fn is_forwarding(name: &str) -> bool {
+    matches!(
+        name,
+        "forwarded"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-scheme"
+            | "x-forwarded-server"
+            | "x-forwarded-ssl"
+            | "front-end-https"
+            | "x-url-scheme"
+            | "x-host"
+            | "x-original-url"
+            | "x-rewrite-url"
+    )
+}
+
+/// Calls `each` with every [`FORWARDING`] field of the request, in that list's order (so the order the headers
+/// came in does not matter) with its index there. Of a `Forwarded` field, each `name=value` pair but `for`
+/// (RFC 7239 §4: `by`, `host`, `proto` and any extension), so that clients behind one proxy share entries.
+#[cold]
+fn for_each_forwarding(headers: &HeaderMap, mut each: impl FnMut(usize, &[u8])) {
+    for (index, name) in FORWARDING.iter().enumerate() {
+        for value in headers.get_all(name) {
+            if index > 0 {
+                each(index, value.as_bytes());
+                continue;
+            }
+            // Split at every `,` and `;`, quoted or not: a quoted one only makes more pairs, and only `for`
+            // pairs are left out, so a `for` value cannot hide another pair.
+            for pair in value.as_bytes().split(|&b| b == b',' || b == b';') {
+                let pair = pair.trim_ascii();
+                let name = pair
+                    .split(|&b| b == b'=')
+                    .next()
+                    .unwrap_or(pair)
+                    .trim_ascii();
+                if !pair.is_empty() && !name.eq_ignore_ascii_case(b"for") {
+                    each(index, pair);
+                }
+            }
+        }
     }
 }
 
@@ -1380,7 +1500,14 @@ mod tests {
             "/p?a=1",
         ] {
             for host in [None, Some("h"), Some("g")] {
-                for lang in [None, Some("de"), Some("fr")] {
+                for (lang, forwarding) in [
+                    (None, None),
+                    (Some("de"), None),
+                    (Some("fr"), None),
+                    (None, Some(("x-forwarded-proto", "https"))),
+                    (Some("de"), Some(("forwarded", "for=a;proto=https"))),
+                    (None, Some(("forwarded", "for=a"))),
+                ] {
                     for (content_type, body) in [
                         (None, &b""[..]),
                         (Some("application/json"), br#"{"b":1,"a":2}"#),
@@ -1393,6 +1520,9 @@ mod tests {
                         }
                         if let Some(lang) = lang {
                             h.insert("accept-language", HeaderValue::from_static(lang));
+                        }
+                        if let Some((name, value)) = forwarding {
+                            h.insert(name, HeaderValue::from_static(value));
                         }
                         if let Some(content_type) = content_type {
                             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -1409,7 +1539,14 @@ mod tests {
                         for partition in [None, Some(&b""[..]), Some(&b"tenant"[..])] {
                             assert_eq!(
                                 config.digest(&method, uri, headers, partition, body),
-                                config.hash_request(&method, uri, headers, partition, body),
+                                config.hash_request(
+                                    &method,
+                                    uri,
+                                    headers,
+                                    headers.keys().any(|n| is_forwarding(n.as_str())),
+                                    partition,
+                                    body
+                                ),
                                 "{method} {uri} {headers:?} {partition:?}"
                             );
                         }
@@ -1561,6 +1698,75 @@ mod tests {
         assert_ne!(
             c.key(&Method::GET, &"http://h/p?ab".parse().unwrap(), &h, b""),
             c.key(&Method::GET, &"http://h/pa?b".parse().unwrap(), &h, b"")
+        );
+    }
+
+    #[test]
+    fn what_a_proxy_forwards_is_in_the_key_but_the_clients_address() {
+        let c = config();
+        let uri: Uri = "/p".parse().unwrap();
+        let key = |fields: &[(&str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in fields {
+                let name = HeaderName::try_from(*name).unwrap();
+                headers.append(name, HeaderValue::from_static(value));
+            }
+            // Twice: the second from the digest memo, which must tell them apart too.
+            let first = c.key(&Method::GET, &uri, &headers, b"");
+            assert_eq!(c.key(&Method::GET, &uri, &headers, b""), first);
+            first
+        };
+        let plain = key(&[]);
+        let mut seen = vec![plain.clone()];
+        for name in &FORWARDING {
+            let name = name.as_str();
+            let one = key(&[(name, "a")]);
+            assert!(!seen.contains(&one), "{name}");
+            seen.push(one.clone());
+            assert_ne!(key(&[(name, "b")]), one, "{name}");
+            // Every field counts, in order.
+            assert_ne!(key(&[(name, "a"), (name, "b")]), one, "{name}");
+            assert_ne!(
+                key(&[(name, "a"), (name, "b")]),
+                key(&[(name, "b"), (name, "a")]),
+                "{name}"
+            );
+        }
+        // The order of the headers does not.
+        assert_eq!(
+            key(&[("x-forwarded-host", "a"), ("x-forwarded-proto", "https")]),
+            key(&[("x-forwarded-proto", "https"), ("x-forwarded-host", "a")])
+        );
+        // Nor does a header's name run into another's value.
+        assert_ne!(key(&[("x-forwarded-host", "a")]), key(&[("x-host", "a")]));
+        // The client's address is not in the key; what else `Forwarded` says is.
+        assert_eq!(key(&[("x-forwarded-for", "192.0.2.1")]), plain);
+        assert_eq!(key(&[("forwarded", "for=192.0.2.1, for=10.0.0.1")]), plain);
+        let behind = key(&[("forwarded", "for=192.0.2.1;proto=https;host=a")]);
+        assert_eq!(
+            key(&[("forwarded", "For=\"[2001:db8::1]:80\"; proto=https ;host=a")]),
+            behind
+        );
+        assert_ne!(
+            key(&[("forwarded", "for=192.0.2.1;proto=http;host=a")]),
+            behind
+        );
+        assert_ne!(
+            key(&[("forwarded", "for=192.0.2.1;proto=https;host=b")]),
+            behind
+        );
+        // A pair hidden in a quoted `for` still counts.
+        assert_ne!(
+            key(&[("forwarded", "for=\"x;host=b\";proto=https;host=a")]),
+            behind
+        );
+        // Each hop's pairs count.
+        assert_ne!(
+            key(&[(
+                "forwarded",
+                "for=192.0.2.1;proto=https;host=a, for=10.0.0.1;proto=http"
+            )]),
+            behind
         );
     }
 

@@ -132,10 +132,11 @@ where
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
         match take_ready(body, max) {
             Ok(Ready::Complete(bytes)) => {
-                let digest = engine.keys.digest(
+                let digest = engine.keys.digest_with(
                     &parts.method,
                     &parts.uri,
                     &parts.headers,
+                    facts.forwarding,
                     partition.as_deref(),
                     &bytes,
                 );
@@ -209,10 +210,11 @@ where
                         }
                     };
                     let span = tracing::Span::current();
-                    let digest = engine.keys.digest(
+                    let digest = engine.keys.digest_with(
                         &parts.method,
                         &parts.uri,
                         &parts.headers,
+                        facts.forwarding,
                         partition.as_deref(),
                         &bytes,
                     );
