@@ -82,7 +82,7 @@ async fn a_protocol_upgrade_is_never_answered_from_the_cache() {
 }
 
 #[tokio::test]
-async fn what_a_proxy_forwards_keeps_answers_apart_and_the_clients_address_does_not() {
+async fn what_a_proxy_forwards_and_prefer_keep_answers_apart_and_the_clients_address_does_not() {
     let server = RedisServer::start();
     let origin = Origin::new();
     // As a framework that builds links and redirects from what its proxy forwards.
@@ -141,16 +141,24 @@ async fn what_a_proxy_forwards_keeps_answers_apart_and_the_clients_address_does_
     }
     assert_eq!(origin.calls(), 3);
 
-    // A write to the URI removes every variant, those whose forwarded fields it does not send too.
+    // An API that reads `Prefer` on reads (Microsoft Graph's time zone) and leaves it out of `Vary`.
+    let pacific = [("prefer", "outlook.timezone=\"Pacific Standard Time\"")];
+    let local = call(&service, page(&pacific)).await;
+    assert!(matches!(outcome(&local), CacheOutcome::Miss { .. }));
+    let again = call(&service, page(&pacific)).await;
+    assert_eq!(echoed(&again, "prefer").as_deref(), Some(pacific[0].1));
+    assert_eq!(origin.calls(), 4);
+
+    // A write to the URI removes every variant, those whose fields it does not send too.
     let delete = Request::delete("http://api.test/page")
         .body(Full::default())
         .unwrap();
     assert_eq!(call(&service, delete).await.status(), StatusCode::OK);
-    for headers in [&evil[..], &one[..], &[][..]] {
+    for headers in [&evil[..], &one[..], &pacific[..], &[][..]] {
         let after = call(&service, page(headers)).await;
         assert!(matches!(outcome(&after), CacheOutcome::Miss { .. }));
     }
-    assert_eq!(origin.calls(), 7);
+    assert_eq!(origin.calls(), 9);
 }
 
 #[tokio::test]

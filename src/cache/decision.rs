@@ -29,7 +29,7 @@
 //!   with trailers is passed on, not stored.
 
 use super::freshness::{Windows, http_date};
-use super::key::is_forwarding;
+use super::key::implies_vary;
 use super::status::{BypassReason, NotStored};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
@@ -129,9 +129,9 @@ pub(crate) struct RequestFacts {
     /// A header overrides the method ([`METHOD_OVERRIDES`]): the origin may act on another method than the
     /// request's, which the key does not hold, so the request is not cached.
     pub(crate) method_overridden: bool,
-    /// A header through which a proxy forwards what the client asked for ([`FORWARDING`](super::key::FORWARDING):
-    /// `X-Forwarded-Host`, `Forwarded`, ...): the key holds its fields.
-    pub(crate) forwarding: bool,
+    /// A header every key holds ([`IMPLIED_VARY`](super::key::IMPLIED_VARY): what a proxy forwards,
+    /// `X-Forwarded-Host`, `Forwarded`, ...; `Prefer`): the key holds its fields.
+    pub(crate) implied_vary: bool,
     /// The windows chosen for this request (its extension, the layer's hook, or the layer's own), for the
     /// entry it stores.
     pub(crate) windows: Windows,
@@ -225,7 +225,7 @@ impl RequestFacts {
                 pragma_no_cache |= directives(value).any(|d| d.eq_ignore_ascii_case("no-cache"));
             } else if credentials.contains(name) {
                 facts.authorization = true;
-            } else if matches!(name.as_str().as_bytes().first(), Some(b'x' | b'f')) {
+            } else if matches!(name.as_str().as_bytes().first(), Some(b'x' | b'f' | b'p')) {
                 // Every request header not matched above comes here, on every request: the names below all
                 // start with one of these.
                 let name = name.as_str();
@@ -236,7 +236,7 @@ impl RequestFacts {
                     facts.unsafe_method |=
                         !Method::from_bytes(value.as_bytes()).is_ok_and(|method| is_safe(&method));
                 } else {
-                    facts.forwarding |= is_forwarding(name);
+                    facts.implied_vary |= implies_vary(name);
                 }
             }
         }
@@ -1216,15 +1216,15 @@ mod tests {
                 assert_eq!(facts.unsafe_method, unsafe_method, "{name}: {value}");
             }
         }
-        // What a proxy forwards is noted (for the key), and nothing else changes; the client's address is not.
-        for name in super::super::key::FORWARDING {
+        // What the key always holds is noted, and nothing else changes; the client's address is not.
+        for name in super::super::key::IMPLIED_VARY {
             let mut headers = HeaderMap::new();
             headers.insert(name.clone(), HeaderValue::from_static("a"));
             let facts = RequestFacts::read(&headers, true, 10, &[]);
             assert_eq!(
                 facts,
                 RequestFacts {
-                    forwarding: true,
+                    implied_vary: true,
                     ..plain()
                 },
                 "{name}"

@@ -380,16 +380,17 @@ pub(crate) struct UriTags {
     /// Fills keyed by their body (`QUERY`, `POST`): a write names none of them. Where the layer caches such a
     /// method.
     pub(crate) queries: bool,
-    /// `GET` and `HEAD` fills whose keys hold what a proxy forwarded ([`RequestFacts::forwarding`]): a write
-    /// through another proxy, or none, names other keys. Wherever the store keeps tags.
-    pub(crate) forwarded: bool,
+    /// `GET` and `HEAD` fills whose keys hold fields of [`IMPLIED_VARY`](super::key::IMPLIED_VARY)
+    /// ([`RequestFacts::implied_vary`]): a write that sends other values, or none, names other keys. Wherever the
+    /// store keeps tags.
+    pub(crate) implied: bool,
 }
 
 impl UriTags {
     /// Whether a fill with `facts` records its key under its URI's tag.
     pub(crate) fn record(self, facts: &RequestFacts) -> bool {
         if facts.get_or_head {
-            self.reads || (self.forwarded && facts.forwarding)
+            self.reads || (self.implied && facts.implied_vary)
         } else {
             self.queries
         }
@@ -397,7 +398,7 @@ impl UriTags {
 
     /// Whether a write walks its URI's tag.
     pub(crate) fn any(self) -> bool {
-        self.reads || self.queries || self.forwarded
+        self.reads || self.queries || self.implied
     }
 }
 

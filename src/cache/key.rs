@@ -3,14 +3,14 @@
 //! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme, authority
 //! (from the URI, else the `Host` header), path, the query pairs sorted by name (pairs of one name keep their order:
 //! `?sort=name&sort=date` is not `?sort=date&sort=name`; those the layer ignores left out), the configured vary
-//! headers, the partition (tenant identity) and, in a layer with `partition_by`, the request's own, what a proxy
-//! forwards of the client's request (`X-Forwarded-Host`, `-Proto`, `Forwarded` and the others of [`FORWARDING`], the
-//! client's address left out), and the body with its `Content-Type` and `Content-Encoding` (a coded body is another
-//! body). A JSON body (`application/json` or `*/*+json`) is hashed in canonical form: object members sorted by key at
-//! every level, array order kept, no insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is
-//! `"a"`), numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key
-//! twice (after escapes are decoded: such a body means what its parser makes of it), or any other content type hashes
-//! the raw bytes. Members a layer ignores (JSON Pointers, see
+//! headers, the partition (tenant identity) and, in a layer with `partition_by`, the request's own, the request headers
+//! of [`IMPLIED_VARY`] (what a proxy forwards of the client's request, `X-Forwarded-Host`, `Forwarded`, ..., the
+//! client's address left out; `Prefer`), and the body with its `Content-Type` and `Content-Encoding` (a coded body is
+//! another body). A JSON body (`application/json` or `*/*+json`) is hashed in canonical form: object members sorted by
+//! key at every level, array order kept, no insignificant whitespace, strings written with the fewest escapes
+//! (`"\u0061"` is `"a"`), numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an
+//! object with a key twice (after escapes are decoded: such a body means what its parser makes of it), or any other
+//! content type hashes the raw bytes. Members a layer ignores (JSON Pointers, see
 //! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
 
 use super::memo;
@@ -201,25 +201,25 @@ impl KeyConfig {
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
-        let forwarding = headers.keys().any(|name| is_forwarding(name.as_str()));
-        self.digest_with(method, uri, headers, forwarding, partition, body)
+        let implied = headers.keys().any(|name| implies_vary(name.as_str()));
+        self.digest_with(method, uri, headers, implied, partition, body)
     }
 
-    /// [`digest`](Self::digest), for a request whose headers were already looked through: `forwarding` says
-    /// whether any is one of [`FORWARDING`] ([`RequestFacts::forwarding`](super::decision::RequestFacts)), so
-    /// that a hit passes over them once.
+    /// [`digest`](Self::digest), for a request whose headers were already looked through: `implied` says
+    /// whether any is one of [`IMPLIED_VARY`] ([`RequestFacts::implied_vary`](super::decision::RequestFacts)),
+    /// so that a hit passes over them once.
     pub(crate) fn digest_with(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
-        forwarding: bool,
+        implied: bool,
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
         debug_assert_eq!(
-            forwarding,
-            headers.keys().any(|name| is_forwarding(name.as_str()))
+            implied,
+            headers.keys().any(|name| implies_vary(name.as_str()))
         );
         memo::digest(
             // Requests with a partition of their own and those without are remembered apart, so that no other
@@ -243,10 +243,10 @@ impl KeyConfig {
                 if let Some(partition) = partition {
                     f.field(partition);
                 }
-                if forwarding {
-                    for_each_forwarding(headers, |index, value| {
+                if implied {
+                    for_each_implied(headers, |index, value| {
                         // With the top bit set, which no length has: never read as the content type's.
-                        f.count(index | FORWARDING_MARK);
+                        f.count(index | IMPLIED_MARK);
                         f.field(value);
                     });
                 }
@@ -260,7 +260,7 @@ impl KeyConfig {
                 }
                 f.field(body);
             },
-            || self.hash_request(method, uri, headers, forwarding, partition, body),
+            || self.hash_request(method, uri, headers, implied, partition, body),
         )
     }
 
@@ -270,7 +270,7 @@ impl KeyConfig {
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
-        forwarding: bool,
+        implied: bool,
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
@@ -297,12 +297,12 @@ impl KeyConfig {
             h.update([3u8]);
             field(&mut h, partition);
         }
-        // The forwarding fields only where the request has some, so that other keys stay as they were: after
+        // The implied vary fields only where the request has some, so that other keys stay as they were: after
         // a marker byte neither the body's hashing nor the partition's starts with, each after its index in
-        // `FORWARDING`, ended by a byte no index is.
-        if forwarding {
+        // `IMPLIED_VARY`, ended by a byte no index is.
+        if implied {
             let mut any = false;
-            for_each_forwarding(headers, |index, value| {
+            for_each_implied(headers, |index, value| {
                 if !any {
                     h.update([5u8]);
                     any = true;
@@ -406,14 +406,18 @@ fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
     }
 }
 
-/// Headers through which a proxy in front of an origin tells it what the client asked for: its host, scheme, port,
-/// path prefix or original URL. Frameworks build links and redirects from them (Rails, Django, Spring, ASP.NET
-/// Core, Rack, Express), so an answer depends on them although the URI is the same: an `http` request redirected
-/// to `https` must not be the answer to the `https` one (a redirect loop), and an `X-Forwarded-Host` an attacker
-/// sends must not name the host in links other users are served (web cache poisoning). Every field of these is
-/// in the key. The client's address (`X-Forwarded-For`, `Forwarded: for=`) is not: keying it would give every
-/// client entries of its own; an origin that answers by address says so in `Vary` or `Cache-Control`.
-pub(crate) const FORWARDING: [HeaderName; 13] = [
+/// Request headers every key holds, as if every answer named them in `Vary`: headers that change answers although
+/// origins rarely say so.
+///
+/// First those through which a proxy in front of an origin tells it what the client asked for: its host, scheme,
+/// port, path prefix or original URL. Frameworks build links and redirects from them (Rails, Django, Spring,
+/// ASP.NET Core, Rack, Express), so an `http` request redirected to `https` must not be the answer to the `https`
+/// one (a redirect loop), and an `X-Forwarded-Host` an attacker sends must not name the host in links other users
+/// are served (web cache poisoning). The client's address (`X-Forwarded-For`, `Forwarded: for=`) is not here:
+/// keying it would give every client entries of its own; an origin that answers by address says so in `Vary` or
+/// `Cache-Control`. Then `Prefer` (RFC 7240), which APIs read on reads too (Microsoft Graph's
+/// `outlook.timezone`, OData's `odata.maxpagesize`) without `Vary: Prefer`.
+pub(crate) const IMPLIED_VARY: [HeaderName; 14] = [
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-proto"),
@@ -427,13 +431,14 @@ pub(crate) const FORWARDING: [HeaderName; 13] = [
     HeaderName::from_static("x-host"),
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("prefer"),
 ];
 
-/// Set in the memo fingerprint's count before each forwarding field.
-const FORWARDING_MARK: usize = 1 << (usize::BITS - 1);
+/// Set in the memo fingerprint's count before each implied vary field.
+const IMPLIED_MARK: usize = 1 << (usize::BITS - 1);
 
-/// Whether `name` is one of [`FORWARDING`].
-pub(crate) fn is_forwarding(name: &str) -> bool {
+/// Whether `name` is one of [`IMPLIED_VARY`].
+pub(crate) fn implies_vary(name: &str) -> bool {
     matches!(
         name,
         "forwarded"
@@ -449,15 +454,16 @@ pub(crate) fn is_forwarding(name: &str) -> bool {
             | "x-host"
             | "x-original-url"
             | "x-rewrite-url"
+            | "prefer"
     )
 }
 
-/// Calls `each` with every [`FORWARDING`] field of the request, in that list's order (so the order the headers
+/// Calls `each` with every [`IMPLIED_VARY`] field of the request, in that list's order (so the order the headers
 /// came in does not matter) with its index there. Of a `Forwarded` field, each `name=value` pair but `for`
 /// (RFC 7239 §4: `by`, `host`, `proto` and any extension), so that clients behind one proxy share entries.
 #[cold]
-fn for_each_forwarding(headers: &HeaderMap, mut each: impl FnMut(usize, &[u8])) {
-    for (index, name) in FORWARDING.iter().enumerate() {
+fn for_each_implied(headers: &HeaderMap, mut each: impl FnMut(usize, &[u8])) {
+    for (index, name) in IMPLIED_VARY.iter().enumerate() {
         for value in headers.get_all(name) {
             if index > 0 {
                 each(index, value.as_bytes());
@@ -1543,7 +1549,7 @@ mod tests {
                                     &method,
                                     uri,
                                     headers,
-                                    headers.keys().any(|n| is_forwarding(n.as_str())),
+                                    headers.keys().any(|n| implies_vary(n.as_str())),
                                     partition,
                                     body
                                 ),
@@ -1702,7 +1708,7 @@ mod tests {
     }
 
     #[test]
-    fn what_a_proxy_forwards_is_in_the_key_but_the_clients_address() {
+    fn implied_vary_headers_are_in_the_key_but_the_clients_address() {
         let c = config();
         let uri: Uri = "/p".parse().unwrap();
         let key = |fields: &[(&str, &'static str)]| {
@@ -1718,7 +1724,7 @@ mod tests {
         };
         let plain = key(&[]);
         let mut seen = vec![plain.clone()];
-        for name in &FORWARDING {
+        for name in &IMPLIED_VARY {
             let name = name.as_str();
             let one = key(&[(name, "a")]);
             assert!(!seen.contains(&one), "{name}");

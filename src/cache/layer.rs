@@ -1202,7 +1202,7 @@ impl RedisCacheLayerBuilder {
             // reach through its tag.
             uri_tags: UriTags {
                 reads: keeps_tags && !vary.is_empty(),
-                forwarded: keeps_tags,
+                implied: keeps_tags,
                 queries: keeps_tags
                     && self
                         .methods
