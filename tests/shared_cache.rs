@@ -16,7 +16,9 @@ use support::store::CountingStore;
 use support::{Origin, RedisServer, fred_client};
 use tower::ServiceExt;
 use tower_redis_cache::cache::store::Store;
-use tower_redis_cache::cache::{BypassReason, Credentials, NotStored, RedisCacheLayerBuilder};
+use tower_redis_cache::cache::{
+    BypassReason, Credentials, DEFAULT_CREDENTIAL_HEADERS, NotStored, RedisCacheLayerBuilder,
+};
 use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
 
 async fn layer(server: &RedisServer) -> RedisCacheLayerBuilder {
@@ -339,6 +341,20 @@ async fn credential_headers_count_as_authorization() {
     let anonymous = call(&service, get("http://api.test/me", &[])).await;
     assert_eq!(outcome(&anonymous), CacheOutcome::Hit);
     assert_eq!(origin.calls(), 4);
+    // So does every other default: a gateway's subscription key, a GitLab token, ...
+    for name in DEFAULT_CREDENTIAL_HEADERS {
+        let request = Request::get("http://api.test/me")
+            .header(name.clone(), "k")
+            .body(Full::default())
+            .unwrap();
+        let reply = call(&service, request).await;
+        assert_eq!(
+            outcome(&reply),
+            CacheOutcome::Bypass(BypassReason::Authorization),
+            "{name}"
+        );
+    }
+    assert_eq!(origin.calls(), 4 + DEFAULT_CREDENTIAL_HEADERS.len());
 
     // The names given replace the defaults.
     let own = layer(&server)
@@ -360,7 +376,7 @@ async fn credential_headers_count_as_authorization() {
         (CacheOutcome::Hit, HeaderValue::from_static("alice")),
         "a header not named is taken not to change the answer"
     );
-    assert_eq!(origin.calls(), 6);
+    assert_eq!(origin.calls(), 18);
 
     // With `Credentials::InKey`, each key gets entries of its own.
     let keyed = layer(&server)
@@ -384,7 +400,7 @@ async fn credential_headers_count_as_authorization() {
             (CacheOutcome::Hit, HeaderValue::from_static(key))
         );
     }
-    assert_eq!(origin.calls(), 8);
+    assert_eq!(origin.calls(), 20);
 }
 
 #[tokio::test]

@@ -150,6 +150,44 @@ pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Header names a request is read for, with a filter that rules nearly every other name out in a few
+/// instructions: every request header the facts do not know by its standard name is looked up here, on every
+/// request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Names {
+    names: Vec<HeaderName>,
+    /// Bit [`Names::bit`] of each name set.
+    filter: u64,
+}
+
+impl Names {
+    /// The set of `names`.
+    pub(crate) fn new(names: Vec<HeaderName>) -> Self {
+        let filter = names
+            .iter()
+            .fold(0, |filter, name| filter | Names::bit(name.as_str()));
+        Names { names, filter }
+    }
+
+    /// One of 64 bits, from the name's length and its first and last bytes.
+    #[inline]
+    fn bit(name: &str) -> u64 {
+        let bytes = name.as_bytes();
+        let (first, last) = (bytes.first().copied(), bytes.last().copied());
+        let mix = (bytes.len() as u32)
+            .wrapping_mul(7)
+            .wrapping_add(u32::from(first.unwrap_or(0)).wrapping_mul(3))
+            .wrapping_add(u32::from(last.unwrap_or(0)));
+        1 << (mix % 64)
+    }
+
+    /// Whether `name` (lower case, as a [`HeaderName`] is) is one of the set.
+    #[inline]
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.filter & Names::bit(name) != 0 && self.names.iter().any(|known| known.as_str() == name)
+    }
+}
+
 /// Whether `method` is safe (RFC 9110 §9.2.1, and `QUERY`, safe by its definition): it does not ask the origin
 /// to change anything.
 pub(crate) fn is_safe(method: &Method) -> bool {
@@ -166,7 +204,7 @@ impl RequestFacts {
         headers: &HeaderMap,
         method_cacheable: bool,
         max_body: usize,
-        credentials: &[HeaderName],
+        credentials: &Names,
     ) -> Self {
         let mut facts = RequestFacts {
             method_cacheable,
@@ -223,12 +261,17 @@ impl RequestFacts {
                     .is_some_and(|n| n > max_body as u64);
             } else if name == PRAGMA {
                 pragma_no_cache |= directives(value).any(|d| d.eq_ignore_ascii_case("no-cache"));
-            } else if credentials.contains(name) {
-                facts.authorization = true;
-            } else if matches!(name.as_str().as_bytes().first(), Some(b'x' | b'f' | b'p')) {
-                // Every request header not matched above comes here, on every request: the names below all
-                // start with one of these.
+            } else {
+                // Every request header not matched above comes here, on every request.
                 let name = name.as_str();
+                if credentials.contains(name) {
+                    facts.authorization = true;
+                    continue;
+                }
+                // The names below all start with one of these.
+                if !matches!(name.as_bytes().first(), Some(b'x' | b'f' | b'p')) {
+                    continue;
+                }
                 if METHOD_OVERRIDES.contains(&name) {
                     facts.method_overridden = true;
                     facts.method_cacheable = false;
@@ -1153,7 +1196,7 @@ mod tests {
             ]),
             true,
             10,
-            &[],
+            &Names::default(),
         );
         assert_eq!(
             facts,
@@ -1177,30 +1220,51 @@ mod tests {
             CACHE_CONTROL,
             HeaderValue::from_bytes(b"max-age=60, x=\"\xc3\xa9\"").unwrap(),
         );
-        assert!(RequestFacts::read(&odd, true, 10, &[]).no_store);
+        assert!(RequestFacts::read(&odd, true, 10, &Names::default()).no_store);
         // `If-Range` without `Range` means nothing (RFC 9110 §13.1.5).
-        let if_range = RequestFacts::read(&head(&[("if-range", "\"e\"")]), true, 10, &[]);
+        let if_range =
+            RequestFacts::read(&head(&[("if-range", "\"e\"")]), true, 10, &Names::default());
         assert!(!if_range.range);
-        let pragma = RequestFacts::read(&head(&[("pragma", "no-cache")]), true, 10, &[]);
+        let pragma = RequestFacts::read(
+            &head(&[("pragma", "no-cache")]),
+            true,
+            10,
+            &Names::default(),
+        );
         assert!(pragma.no_cache);
         let both = RequestFacts::read(
             &head(&[("pragma", "no-cache"), ("cache-control", "max-age=5")]),
             true,
             10,
-            &[],
+            &Names::default(),
         );
         assert!(!both.no_cache, "Cache-Control overrides Pragma");
         assert_eq!(
-            RequestFacts::read(&head(&[("content-length", "10")]), true, 10, &[]),
+            RequestFacts::read(
+                &head(&[("content-length", "10")]),
+                true,
+                10,
+                &Names::default()
+            ),
             plain()
         );
         // A header named as a credential counts as `Authorization`; unnamed, it counts for nothing.
         let api_key = HeaderName::from_static("x-api-key");
         let keyed = head(&[("x-api-key", "k")]);
-        assert!(RequestFacts::read(&keyed, true, 10, std::slice::from_ref(&api_key)).authorization);
-        assert_eq!(RequestFacts::read(&keyed, true, 10, &[]), plain());
+        assert!(
+            RequestFacts::read(&keyed, true, 10, &Names::new(vec![api_key.clone()])).authorization
+        );
         assert_eq!(
-            RequestFacts::read(&head(&[("accept", "*/*")]), true, 10, &[api_key]),
+            RequestFacts::read(&keyed, true, 10, &Names::default()),
+            plain()
+        );
+        assert_eq!(
+            RequestFacts::read(
+                &head(&[("accept", "*/*")]),
+                true,
+                10,
+                &Names::new(vec![api_key])
+            ),
             plain()
         );
         // A tunnelled method: never cached; unsafe unless it names a safe method, spelled as methods are.
@@ -1211,7 +1275,8 @@ mod tests {
             ("get", true),
         ] {
             for name in METHOD_OVERRIDES {
-                let facts = RequestFacts::read(&head(&[(name, value)]), true, 10, &[]);
+                let facts =
+                    RequestFacts::read(&head(&[(name, value)]), true, 10, &Names::default());
                 assert!(facts.method_overridden && !facts.method_cacheable, "{name}");
                 assert_eq!(facts.unsafe_method, unsafe_method, "{name}: {value}");
             }
@@ -1220,7 +1285,7 @@ mod tests {
         for name in super::super::key::IMPLIED_VARY {
             let mut headers = HeaderMap::new();
             headers.insert(name.clone(), HeaderValue::from_static("a"));
-            let facts = RequestFacts::read(&headers, true, 10, &[]);
+            let facts = RequestFacts::read(&headers, true, 10, &Names::default());
             assert_eq!(
                 facts,
                 RequestFacts {
@@ -1237,7 +1302,7 @@ mod tests {
             "x-http-method-overrides",
         ] {
             assert_eq!(
-                RequestFacts::read(&head(&[(name, "a")]), true, 10, &[]),
+                RequestFacts::read(&head(&[(name, "a")]), true, 10, &Names::default()),
                 plain(),
                 "{name}"
             );
@@ -1245,9 +1310,40 @@ mod tests {
     }
 
     #[test]
+    fn a_name_set_holds_its_names_and_no_other() {
+        let names = Names::new(crate::cache::DEFAULT_CREDENTIAL_HEADERS.to_vec());
+        for name in crate::cache::DEFAULT_CREDENTIAL_HEADERS {
+            assert!(names.contains(name.as_str()), "{name}");
+        }
+        // Names the filter lets through and those it does not alike.
+        let others = [
+            "accept",
+            "accept-encoding",
+            "user-agent",
+            "x-request-id",
+            "traceparent",
+            "x-api-keys",
+            "api-ke",
+            "x-auth-tokem",
+            "content-type",
+            "a",
+            "x",
+        ];
+        for other in others {
+            assert!(!names.contains(other), "{other}");
+        }
+        assert!(!Names::default().contains("x-api-key"));
+    }
+
+    #[test]
     fn request_freshness_directives_are_read_strictest_first() {
         let read = |value: &'static str| {
-            let facts = RequestFacts::read(&head(&[("cache-control", value)]), true, 10, &[]);
+            let facts = RequestFacts::read(
+                &head(&[("cache-control", value)]),
+                true,
+                10,
+                &Names::default(),
+            );
             (facts.max_age, facts.min_fresh, facts.max_stale)
         };
         let any = Some(ANY_STALENESS);

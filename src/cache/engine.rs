@@ -11,9 +11,9 @@ use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
-    Action, Forward, Fwd, Lookup, Part, RequestFacts, ResponseFacts, Rules, Verdict, also_stale,
-    decide, invalidates, is_origin_failure, is_safe, judge, may_invalidate, not_modified, part_of,
-    serve_stale_on_error,
+    Action, Forward, Fwd, Lookup, Names, Part, RequestFacts, ResponseFacts, Rules, Verdict,
+    also_stale, decide, invalidates, is_origin_failure, is_safe, judge, may_invalidate,
+    not_modified, part_of, serve_stale_on_error,
 };
 use super::entry::{Entry, Unstored, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
@@ -323,7 +323,7 @@ pub(crate) struct Policy {
     /// Bodies longer than this are stored compressed (when that saves an eighth); `None`: never.
     pub(crate) compress_above: Option<usize>,
     /// Request headers that count as `Authorization`.
-    pub(crate) credential_headers: Vec<HeaderName>,
+    pub(crate) credential_headers: Names,
     pub(crate) rules: Rules,
     pub(crate) lease_for: Duration,
     pub(crate) refresh_timeout: Duration,

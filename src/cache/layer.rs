@@ -1,7 +1,7 @@
 //! [`RedisCacheLayer`], its builder, and [`CacheHandle`] for stats and invalidation.
 
 use super::RedisCache;
-use super::decision::{Credentials, Rules, default_statuses};
+use super::decision::{Credentials, Names, Rules, default_statuses};
 use super::engine::{Engine, NearConfig, PartitionFn, Policy, PostPredicate, UriTags};
 use super::freshness::{MAX_WINDOW, Windows, WindowsFn};
 use super::guard::GuardedStore;
@@ -397,15 +397,47 @@ fn permille(fraction: f64) -> u16 {
 /// One day.
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// Request headers that carry credentials in common APIs, besides `Authorization` and `Cookie`.
-fn default_credential_headers() -> Vec<HeaderName> {
-    vec![
-        PROXY_AUTHORIZATION,
-        HeaderName::from_static("x-api-key"),
-        HeaderName::from_static("api-key"),
-        HeaderName::from_static("x-auth-token"),
-    ]
-}
+/// Request headers that carry credentials in common APIs, besides `Authorization` and `Cookie`: the default of
+/// [`credential_headers`](RedisCacheLayerBuilder::credential_headers). A request with one is not answered from an
+/// entry another request's answer left: the origin (or its gateway) never checked its credential, and its answer
+/// may be its user's alone.
+///
+/// `Proxy-Authorization`; the API keys of AWS API Gateway and many others (`X-Api-Key`), Azure OpenAI
+/// (`Api-Key`), Supabase and Kong (`Apikey`), Google (`X-Goog-Api-Key`), Azure API Management
+/// (`Ocp-Apim-Subscription-Key`) and Azure Functions (`X-Functions-Key`); the tokens of OpenStack and others
+/// (`X-Auth-Token`, `X-Access-Token`), AWS temporary credentials (`X-Amz-Security-Token`), GitLab
+/// (`Private-Token`) and Vault (`X-Vault-Token`).
+///
+/// To add one of your own to these:
+///
+/// ```
+/// use http::HeaderName;
+/// use tower_redis_cache::cache::DEFAULT_CREDENTIAL_HEADERS;
+/// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+///
+/// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+///     .credential_headers(
+///         DEFAULT_CREDENTIAL_HEADERS
+///             .into_iter()
+///             .chain([HeaderName::from_static("x-session-token")]),
+///     )
+///     .build()?;
+/// # Ok::<(), tower_redis_cache::error::ConfigError>(())
+/// ```
+pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 12] = [
+    PROXY_AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("apikey"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("ocp-apim-subscription-key"),
+    HeaderName::from_static("x-functions-key"),
+    HeaderName::from_static("x-auth-token"),
+    HeaderName::from_static("x-access-token"),
+    HeaderName::from_static("x-amz-security-token"),
+    HeaderName::from_static("private-token"),
+    HeaderName::from_static("x-vault-token"),
+];
 
 /// The `QUERY` method (safe, idempotent, with a body).
 pub(crate) fn query_method() -> Method {
@@ -430,7 +462,7 @@ impl RedisCacheLayerBuilder {
             post_when: None,
             statuses: default_statuses(),
             credentials: Credentials::Bypass,
-            credential_headers: default_credential_headers(),
+            credential_headers: DEFAULT_CREDENTIAL_HEADERS.to_vec(),
             max_body: 1024 * 1024,
             compress_above: None,
             store_timeout: Duration::from_millis(50),
@@ -720,8 +752,8 @@ impl RedisCacheLayerBuilder {
     /// [`credentials`](Self::credentials) rule: by default it bypasses the cache (`Cache-Status: ...;
     /// detail=authorization`); with [`Credentials::InKey`] their values are part of the key. A header the cache
     /// does not know is otherwise taken not to change the answer: requests that differ only in it share one
-    /// entry. Default: `Proxy-Authorization`, `X-Api-Key`, `Api-Key` and `X-Auth-Token`; the names given
-    /// replace them (none: requests carrying them are cached as any other).
+    /// entry. Default: [`DEFAULT_CREDENTIAL_HEADERS`] (`Proxy-Authorization`, `X-Api-Key`, `Ocp-Apim-Subscription-Key`
+    /// and nine more); the names given replace them (none: requests carrying them are cached as any other).
     ///
     /// ```
     /// use http::HeaderName;
@@ -1225,7 +1257,7 @@ impl RedisCacheLayerBuilder {
             post_when: self.post_when,
             max_body: self.max_body,
             compress_above: self.compress_above,
-            credential_headers: self.credential_headers.clone(),
+            credential_headers: Names::new(self.credential_headers.clone()),
             rules: Rules {
                 credentials: self.credentials,
                 statuses: self.statuses,

@@ -199,7 +199,9 @@ pub use self::body::ResponseBody;
 pub use self::decision::Credentials;
 pub use self::freshness::{CacheOverride, Windows};
 pub use self::key::CacheKey;
-pub use self::layer::{CacheHandle, RedisCacheLayer, RedisCacheLayerBuilder};
+pub use self::layer::{
+    CacheHandle, DEFAULT_CREDENTIAL_HEADERS, RedisCacheLayer, RedisCacheLayerBuilder,
+};
 pub use self::service::RedisCache;
 pub use self::stats::CacheStats;
 pub use self::status::{BypassReason, CacheOutcome, NotStored};
