@@ -29,7 +29,6 @@
 //!   with trailers is passed on, not stored.
 
 use super::freshness::{Windows, http_date};
-use super::key::implies_vary;
 use super::status::{BypassReason, NotStored};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
@@ -150,41 +149,74 @@ pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
-/// Header names a request is read for, with a filter that rules nearly every other name out in a few
-/// instructions: every request header the facts do not know by its standard name is looked up here, on every
-/// request.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Names {
-    names: Vec<HeaderName>,
-    /// Bit [`Names::bit`] of each name set.
-    filter: u64,
+/// What a request header the facts pass does not know by its standard name is to the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderKind {
+    /// A credential ([`credential_headers`](super::RedisCacheLayerBuilder::credential_headers)): counts as
+    /// `Authorization`.
+    Credential,
+    /// One of [`IMPLIED_VARY`](super::key::IMPLIED_VARY): the key holds it.
+    ImpliedVary,
+    /// One of [`METHOD_OVERRIDES`].
+    MethodOverride,
 }
 
-impl Names {
-    /// The set of `names`.
-    pub(crate) fn new(names: Vec<HeaderName>) -> Self {
-        let filter = names
+/// The names of each [`HeaderKind`], for a layer. Every request header the facts pass does not know by its
+/// standard name is looked up here, on every request, so the names are bucketed by length and screened by their
+/// first and last bytes: a name that is none of them costs a few comparisons.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderKinds {
+    /// By length ([`HeaderKinds::LONG`] and longer in the last).
+    buckets: Box<[Vec<Named>]>,
+}
+
+/// A name of a [`HeaderKinds`]: its first and last byte, the name, its kind.
+type Named = (u8, u8, HeaderName, HeaderKind);
+
+impl HeaderKinds {
+    /// Names this long or longer share the last bucket.
+    const LONG: usize = 32;
+
+    /// The kinds of a layer whose credential headers are `credentials`. A name of two kinds is the first of
+    /// credential, implied vary, method override.
+    pub(crate) fn new(credentials: &[HeaderName]) -> Self {
+        let mut buckets = vec![Vec::new(); Self::LONG + 1].into_boxed_slice();
+        let named = credentials
             .iter()
-            .fold(0, |filter, name| filter | Names::bit(name.as_str()));
-        Names { names, filter }
+            .map(|name| (name.clone(), HeaderKind::Credential))
+            .chain(
+                super::key::IMPLIED_VARY
+                    .into_iter()
+                    .map(|name| (name, HeaderKind::ImpliedVary)),
+            )
+            .chain(
+                METHOD_OVERRIDES
+                    .into_iter()
+                    .map(|name| (HeaderName::from_static(name), HeaderKind::MethodOverride)),
+            );
+        for (name, kind) in named {
+            let bytes = name.as_str().as_bytes();
+            let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+                continue;
+            };
+            let bucket: &mut Vec<_> = &mut buckets[bytes.len().min(Self::LONG)];
+            if !bucket.iter().any(|(_, _, known, _)| *known == name) {
+                bucket.push((first, last, name, kind));
+            }
+        }
+        HeaderKinds { buckets }
     }
 
-    /// One of 64 bits, from the name's length and its first and last bytes.
+    /// The kind of the header `name` (lower case, as a [`HeaderName`] is); `None` for any other.
     #[inline]
-    fn bit(name: &str) -> u64 {
+    pub(crate) fn of(&self, name: &str) -> Option<HeaderKind> {
         let bytes = name.as_bytes();
-        let (first, last) = (bytes.first().copied(), bytes.last().copied());
-        let mix = (bytes.len() as u32)
-            .wrapping_mul(7)
-            .wrapping_add(u32::from(first.unwrap_or(0)).wrapping_mul(3))
-            .wrapping_add(u32::from(last.unwrap_or(0)));
-        1 << (mix % 64)
-    }
-
-    /// Whether `name` (lower case, as a [`HeaderName`] is) is one of the set.
-    #[inline]
-    pub(crate) fn contains(&self, name: &str) -> bool {
-        self.filter & Names::bit(name) != 0 && self.names.iter().any(|known| known.as_str() == name)
+        let (&first, &last) = (bytes.first()?, bytes.last()?);
+        self.buckets
+            .get(bytes.len().min(Self::LONG))?
+            .iter()
+            .find(|(f, l, known, _)| *f == first && *l == last && known.as_str() == name)
+            .map(|(_, _, _, kind)| *kind)
     }
 }
 
@@ -204,7 +236,7 @@ impl RequestFacts {
         headers: &HeaderMap,
         method_cacheable: bool,
         max_body: usize,
-        credentials: &Names,
+        kinds: &HeaderKinds,
     ) -> Self {
         let mut facts = RequestFacts {
             method_cacheable,
@@ -263,23 +295,17 @@ impl RequestFacts {
                 pragma_no_cache |= directives(value).any(|d| d.eq_ignore_ascii_case("no-cache"));
             } else {
                 // Every request header not matched above comes here, on every request.
-                let name = name.as_str();
-                if credentials.contains(name) {
-                    facts.authorization = true;
-                    continue;
-                }
-                // The names below all start with one of these.
-                if !matches!(name.as_bytes().first(), Some(b'x' | b'f' | b'p')) {
-                    continue;
-                }
-                if METHOD_OVERRIDES.contains(&name) {
-                    facts.method_overridden = true;
-                    facts.method_cacheable = false;
-                    // Unreadable, or any method but a safe one: it may change the resource.
-                    facts.unsafe_method |=
-                        !Method::from_bytes(value.as_bytes()).is_ok_and(|method| is_safe(&method));
-                } else {
-                    facts.implied_vary |= implies_vary(name);
+                match kinds.of(name.as_str()) {
+                    None => {}
+                    Some(HeaderKind::Credential) => facts.authorization = true,
+                    Some(HeaderKind::ImpliedVary) => facts.implied_vary = true,
+                    Some(HeaderKind::MethodOverride) => {
+                        facts.method_overridden = true;
+                        facts.method_cacheable = false;
+                        // Unreadable, or any method but a safe one: it may change the resource.
+                        facts.unsafe_method |= !Method::from_bytes(value.as_bytes())
+                            .is_ok_and(|method| is_safe(&method));
+                    }
                 }
             }
         }
@@ -1196,7 +1222,7 @@ mod tests {
             ]),
             true,
             10,
-            &Names::default(),
+            &HeaderKinds::new(&[]),
         );
         assert_eq!(
             facts,
@@ -1220,23 +1246,27 @@ mod tests {
             CACHE_CONTROL,
             HeaderValue::from_bytes(b"max-age=60, x=\"\xc3\xa9\"").unwrap(),
         );
-        assert!(RequestFacts::read(&odd, true, 10, &Names::default()).no_store);
+        assert!(RequestFacts::read(&odd, true, 10, &HeaderKinds::new(&[])).no_store);
         // `If-Range` without `Range` means nothing (RFC 9110 §13.1.5).
-        let if_range =
-            RequestFacts::read(&head(&[("if-range", "\"e\"")]), true, 10, &Names::default());
+        let if_range = RequestFacts::read(
+            &head(&[("if-range", "\"e\"")]),
+            true,
+            10,
+            &HeaderKinds::new(&[]),
+        );
         assert!(!if_range.range);
         let pragma = RequestFacts::read(
             &head(&[("pragma", "no-cache")]),
             true,
             10,
-            &Names::default(),
+            &HeaderKinds::new(&[]),
         );
         assert!(pragma.no_cache);
         let both = RequestFacts::read(
             &head(&[("pragma", "no-cache"), ("cache-control", "max-age=5")]),
             true,
             10,
-            &Names::default(),
+            &HeaderKinds::new(&[]),
         );
         assert!(!both.no_cache, "Cache-Control overrides Pragma");
         assert_eq!(
@@ -1244,7 +1274,7 @@ mod tests {
                 &head(&[("content-length", "10")]),
                 true,
                 10,
-                &Names::default()
+                &HeaderKinds::new(&[])
             ),
             plain()
         );
@@ -1252,10 +1282,16 @@ mod tests {
         let api_key = HeaderName::from_static("x-api-key");
         let keyed = head(&[("x-api-key", "k")]);
         assert!(
-            RequestFacts::read(&keyed, true, 10, &Names::new(vec![api_key.clone()])).authorization
+            RequestFacts::read(
+                &keyed,
+                true,
+                10,
+                &HeaderKinds::new(std::slice::from_ref(&api_key))
+            )
+            .authorization
         );
         assert_eq!(
-            RequestFacts::read(&keyed, true, 10, &Names::default()),
+            RequestFacts::read(&keyed, true, 10, &HeaderKinds::new(&[])),
             plain()
         );
         assert_eq!(
@@ -1263,7 +1299,7 @@ mod tests {
                 &head(&[("accept", "*/*")]),
                 true,
                 10,
-                &Names::new(vec![api_key])
+                &HeaderKinds::new(&[api_key])
             ),
             plain()
         );
@@ -1276,7 +1312,7 @@ mod tests {
         ] {
             for name in METHOD_OVERRIDES {
                 let facts =
-                    RequestFacts::read(&head(&[(name, value)]), true, 10, &Names::default());
+                    RequestFacts::read(&head(&[(name, value)]), true, 10, &HeaderKinds::new(&[]));
                 assert!(facts.method_overridden && !facts.method_cacheable, "{name}");
                 assert_eq!(facts.unsafe_method, unsafe_method, "{name}: {value}");
             }
@@ -1285,7 +1321,7 @@ mod tests {
         for name in super::super::key::IMPLIED_VARY {
             let mut headers = HeaderMap::new();
             headers.insert(name.clone(), HeaderValue::from_static("a"));
-            let facts = RequestFacts::read(&headers, true, 10, &Names::default());
+            let facts = RequestFacts::read(&headers, true, 10, &HeaderKinds::new(&[]));
             assert_eq!(
                 facts,
                 RequestFacts {
@@ -1302,7 +1338,7 @@ mod tests {
             "x-http-method-overrides",
         ] {
             assert_eq!(
-                RequestFacts::read(&head(&[(name, "a")]), true, 10, &Names::default()),
+                RequestFacts::read(&head(&[(name, "a")]), true, 10, &HeaderKinds::new(&[])),
                 plain(),
                 "{name}"
             );
@@ -1310,29 +1346,57 @@ mod tests {
     }
 
     #[test]
-    fn a_name_set_holds_its_names_and_no_other() {
-        let names = Names::new(crate::cache::DEFAULT_CREDENTIAL_HEADERS.to_vec());
-        for name in crate::cache::DEFAULT_CREDENTIAL_HEADERS {
-            assert!(names.contains(name.as_str()), "{name}");
+    fn each_header_name_has_its_kind_and_no_other_has_one() {
+        use crate::cache::DEFAULT_CREDENTIAL_HEADERS;
+        use crate::cache::key::IMPLIED_VARY;
+        let kinds = HeaderKinds::new(&DEFAULT_CREDENTIAL_HEADERS);
+        for name in DEFAULT_CREDENTIAL_HEADERS {
+            assert_eq!(
+                kinds.of(name.as_str()),
+                Some(HeaderKind::Credential),
+                "{name}"
+            );
         }
-        // Names the filter lets through and those it does not alike.
+        for name in IMPLIED_VARY {
+            assert_eq!(
+                kinds.of(name.as_str()),
+                Some(HeaderKind::ImpliedVary),
+                "{name}"
+            );
+        }
+        for name in METHOD_OVERRIDES {
+            assert_eq!(kinds.of(name), Some(HeaderKind::MethodOverride), "{name}");
+        }
+        // Same length, first and last bytes as a known name, or none of them.
         let others = [
             "accept",
             "accept-encoding",
             "user-agent",
             "x-request-id",
             "traceparent",
+            "x-api-kay",
             "x-api-keys",
             "api-ke",
             "x-auth-tokem",
             "content-type",
             "a",
             "x",
+            "",
         ];
         for other in others {
-            assert!(!names.contains(other), "{other}");
+            assert_eq!(kinds.of(other), None, "{other}");
         }
-        assert!(!Names::default().contains("x-api-key"));
+        let long = "x-".repeat(40);
+        assert_eq!(kinds.of(&long), None);
+        // A name configured as a credential is one, whatever else it is.
+        let own = HeaderKinds::new(&[HeaderName::from_static("prefer")]);
+        assert_eq!(own.of("prefer"), Some(HeaderKind::Credential));
+        assert_eq!(own.of("x-api-key"), None);
+        let long = HeaderName::try_from("x-".repeat(40)).unwrap();
+        assert_eq!(
+            HeaderKinds::new(std::slice::from_ref(&long)).of(long.as_str()),
+            Some(HeaderKind::Credential)
+        );
     }
 
     #[test]
@@ -1342,7 +1406,7 @@ mod tests {
                 &head(&[("cache-control", value)]),
                 true,
                 10,
-                &Names::default(),
+                &HeaderKinds::new(&[]),
             );
             (facts.max_age, facts.min_fresh, facts.max_stale)
         };

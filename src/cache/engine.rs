@@ -11,7 +11,7 @@ use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
-    Action, Forward, Fwd, Lookup, Names, Part, RequestFacts, ResponseFacts, Rules, Verdict,
+    Action, Forward, Fwd, HeaderKinds, Lookup, Part, RequestFacts, ResponseFacts, Rules, Verdict,
     also_stale, decide, invalidates, is_origin_failure, is_safe, judge, may_invalidate,
     not_modified, part_of, serve_stale_on_error,
 };
@@ -322,8 +322,8 @@ pub(crate) struct Policy {
     pub(crate) max_body: usize,
     /// Bodies longer than this are stored compressed (when that saves an eighth); `None`: never.
     pub(crate) compress_above: Option<usize>,
-    /// Request headers that count as `Authorization`.
-    pub(crate) credential_headers: Names,
+    /// Request headers that count as `Authorization`, those the key always holds, and method overrides.
+    pub(crate) header_kinds: HeaderKinds,
     pub(crate) rules: Rules,
     pub(crate) lease_for: Duration,
     pub(crate) refresh_timeout: Duration,
@@ -486,7 +486,7 @@ impl Policy {
             &parts.headers,
             self.method_cacheable(parts),
             self.max_body,
-            &self.credential_headers,
+            &self.header_kinds,
         );
         facts.windows = match parts.extensions.get::<CacheOverride>() {
             Some(CacheOverride::Windows(windows)) => {

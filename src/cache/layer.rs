@@ -1,7 +1,7 @@
 //! [`RedisCacheLayer`], its builder, and [`CacheHandle`] for stats and invalidation.
 
 use super::RedisCache;
-use super::decision::{Credentials, Names, Rules, default_statuses};
+use super::decision::{Credentials, HeaderKinds, Rules, default_statuses};
 use super::engine::{Engine, NearConfig, PartitionFn, Policy, PostPredicate, UriTags};
 use super::freshness::{MAX_WINDOW, Windows, WindowsFn};
 use super::guard::GuardedStore;
@@ -1257,7 +1257,7 @@ impl RedisCacheLayerBuilder {
             post_when: self.post_when,
             max_body: self.max_body,
             compress_above: self.compress_above,
-            credential_headers: Names::new(self.credential_headers.clone()),
+            header_kinds: HeaderKinds::new(&self.credential_headers),
             rules: Rules {
                 credentials: self.credentials,
                 statuses: self.statuses,
