@@ -401,6 +401,16 @@ async fn credential_headers_count_as_authorization() {
         );
     }
     assert_eq!(origin.calls(), 20);
+    // One credential, two accounts it acts for: an entry each.
+    for account in ["acct_1", "acct_2", "acct_1", "acct_2"] {
+        let request = get(
+            "http://api.test/me",
+            &[("x-api-key", "alice"), ("stripe-account", account)],
+        );
+        let reply = call(&service, request).await;
+        assert_eq!(reply.headers()["x-echo-stripe-account"], account);
+    }
+    assert_eq!(origin.calls(), 22);
 }
 
 #[tokio::test]

@@ -128,8 +128,8 @@ pub(crate) struct RequestFacts {
     /// A header overrides the method ([`METHOD_OVERRIDES`]): the origin may act on another method than the
     /// request's, which the key does not hold, so the request is not cached.
     pub(crate) method_overridden: bool,
-    /// A header every key holds ([`IMPLIED_VARY`](super::key::IMPLIED_VARY): what a proxy forwards,
-    /// `X-Forwarded-Host`, `Forwarded`, ...; `Prefer`): the key holds its fields.
+    /// A header every key holds ([`IMPLIED_VARY`](super::key::IMPLIED_VARY): what a proxy forwards, `Prefer`,
+    /// API versions, account selectors): the key holds its fields.
     pub(crate) implied_vary: bool,
     /// The windows chosen for this request (its extension, the layer's hook, or the layer's own), for the
     /// entry it stores.

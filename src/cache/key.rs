@@ -5,12 +5,12 @@
 //! `?sort=name&sort=date` is not `?sort=date&sort=name`; those the layer ignores left out), the configured vary
 //! headers, the partition (tenant identity) and, in a layer with `partition_by`, the request's own, the request headers
 //! of [`IMPLIED_VARY`] (what a proxy forwards of the client's request, `X-Forwarded-Host`, `Forwarded`, ..., the
-//! client's address left out; `Prefer`), and the body with its `Content-Type` and `Content-Encoding` (a coded body is
-//! another body). A JSON body (`application/json` or `*/*+json`) is hashed in canonical form: object members sorted by
-//! key at every level, array order kept, no insignificant whitespace, strings written with the fewest escapes
-//! (`"\u0061"` is `"a"`), numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an
-//! object with a key twice (after escapes are decoded: such a body means what its parser makes of it), or any other
-//! content type hashes the raw bytes. Members a layer ignores (JSON Pointers, see
+//! client's address left out; `Prefer`; API versions; account selectors), and the body with its `Content-Type` and
+//! `Content-Encoding` (a coded body is another body). A JSON body (`application/json` or `*/*+json`) is hashed in
+//! canonical form: object members sorted by key at every level, array order kept, no insignificant whitespace, strings
+//! written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept exactly as written (so `1e400` and `1e401` never
+//! collide). Invalid JSON, an object with a key twice (after escapes are decoded: such a body means what its parser
+//! makes of it), or any other content type hashes the raw bytes. Members a layer ignores (JSON Pointers, see
 //! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
 
 use super::memo;
@@ -407,17 +407,23 @@ fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
 }
 
 /// Request headers every key holds, as if every answer named them in `Vary`: headers that change answers although
-/// origins rarely say so.
+/// origins rarely say so. (Their order is part of every key that holds one: new names go at the end.)
 ///
-/// First those through which a proxy in front of an origin tells it what the client asked for: its host, scheme,
-/// port, path prefix or original URL. Frameworks build links and redirects from them (Rails, Django, Spring,
-/// ASP.NET Core, Rack, Express), so an `http` request redirected to `https` must not be the answer to the `https`
-/// one (a redirect loop), and an `X-Forwarded-Host` an attacker sends must not name the host in links other users
-/// are served (web cache poisoning). The client's address (`X-Forwarded-For`, `Forwarded: for=`) is not here:
-/// keying it would give every client entries of its own; an origin that answers by address says so in `Vary` or
-/// `Cache-Control`. Then `Prefer` (RFC 7240), which APIs read on reads too (Microsoft Graph's
-/// `outlook.timezone`, OData's `odata.maxpagesize`) without `Vary: Prefer`.
-pub(crate) const IMPLIED_VARY: [HeaderName; 14] = [
+/// - What a proxy in front of an origin forwards of the client's request: its host, scheme, port, path prefix or
+///   original URL. Frameworks build links and redirects from them (Rails, Django, Spring, ASP.NET Core, Rack,
+///   Express), so an `http` request redirected to `https` must not be the answer to the `https` one (a redirect
+///   loop), and an `X-Forwarded-Host` an attacker sends must not name the host in links other users are served
+///   (web cache poisoning). The client's address (`X-Forwarded-For`, `Forwarded: for=`) is not here: keying it
+///   would give every client entries of its own; an origin that answers by address says so in `Vary` or
+///   `Cache-Control`.
+/// - `Prefer` (RFC 7240), which APIs read on reads too (Microsoft Graph's `outlook.timezone`, OData's
+///   `odata.maxpagesize`).
+/// - The API version a client asks for (`Stripe-Version`, `X-GitHub-Api-Version`, `Anthropic-Version`,
+///   `Api-Version`, ...): two versions answer one URI in two shapes.
+/// - The account a request acts for beside its credential (`Stripe-Account`, `OpenAI-Organization`,
+///   `OpenAI-Project`): where a partition or the credential in the key tells users apart, these tell apart the
+///   accounts one credential reaches.
+pub(crate) const IMPLIED_VARY: [HeaderName; 27] = [
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-proto"),
@@ -432,6 +438,19 @@ pub(crate) const IMPLIED_VARY: [HeaderName; 14] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("prefer"),
+    HeaderName::from_static("accept-version"),
+    HeaderName::from_static("api-version"),
+    HeaderName::from_static("x-api-version"),
+    HeaderName::from_static("x-github-api-version"),
+    HeaderName::from_static("x-ms-version"),
+    HeaderName::from_static("stripe-version"),
+    HeaderName::from_static("notion-version"),
+    HeaderName::from_static("anthropic-version"),
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("openai-beta"),
+    HeaderName::from_static("stripe-account"),
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
 ];
 
 /// Set in the memo fingerprint's count before each implied vary field.

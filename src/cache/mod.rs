@@ -58,12 +58,14 @@
 //!   chained with the rest of the stream, never held whole).
 //!
 //! A request's key holds its method, URI (the `Host` header standing in for a missing authority), the headers
-//! the layer varies on, the partition, its body with the body's `Content-Type` and `Content-Encoding`, and two
-//! kinds of request headers that change answers though origins rarely name them in `Vary`: what a proxy in
-//! front of the origin forwards of the client's request (`X-Forwarded-Host`, `X-Forwarded-Proto`, `Forwarded`
-//! and their kin, from which frameworks build links and redirects: an `X-Forwarded-Host` one client sends never
-//! reaches another's answer), and `Prefer` (Microsoft Graph's `outlook.timezone`). The client's address
-//! (`X-Forwarded-For`, `Forwarded: for=`) is left out, so clients behind one proxy share entries.
+//! the layer varies on, the partition, its body with the body's `Content-Type` and `Content-Encoding`, and the
+//! request headers that change answers though origins rarely name them in `Vary`: what a proxy in front of the
+//! origin forwards of the client's request (`X-Forwarded-Host`, `X-Forwarded-Proto`, `Forwarded` and their
+//! kin, from which frameworks build links and redirects: an `X-Forwarded-Host` one client sends never reaches
+//! another's answer), `Prefer` (Microsoft Graph's `outlook.timezone`), the API version asked for
+//! (`Stripe-Version`, `X-GitHub-Api-Version`, `Api-Version`, ...) and the account acted for beside a credential
+//! (`Stripe-Account`, `OpenAI-Organization`, `OpenAI-Project`). The client's address (`X-Forwarded-For`,
+//! `Forwarded: for=`) is left out, so clients behind one proxy share entries.
 //!
 //! Otherwise the layer reads the entry for the request's key and, with `now` the cache's clock:
 //!
