@@ -195,6 +195,9 @@ async fn an_invalidation_during_the_read_wins_over_the_fill() {
             .map_or(0, |n| n.parse().unwrap())
     };
     let gets_before = gets(&server);
+    // Counted from here: a warm-up fill that began before A's tracking connection was up is discarded too (the
+    // connection's start is a new epoch), which on a loaded machine happens.
+    let discarded = a.handle().stats().near_fills_discarded;
     proxy.hold_replies(0);
     let reader = tokio::spawn({
         let service_a = service_a.clone();
@@ -213,7 +216,7 @@ async fn an_invalidation_during_the_read_wins_over_the_fill() {
         &reader.await.unwrap()[..],
         br#"{"n":2,"echo":{"q":"raced"}}"#
     );
-    assert_eq!(a.handle().stats().near_fills_discarded, 1);
+    assert_eq!(a.handle().stats().near_fills_discarded, discarded + 1);
     for _ in 0..10 {
         let response = call(&service_a, post(query)).await;
         assert_eq!(
