@@ -860,6 +860,31 @@ async fn a_compressed_answer_never_reaches_a_client_that_did_not_ask_for_it() {
 }
 
 #[tokio::test]
+async fn a_cors_grant_to_one_origin_never_reaches_a_page_on_another() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // A grant to the page's origin, without `Vary: Origin`.
+    origin.add_header("access-control-allow-origin", "https://a.example");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let from = |page: &[(&'static str, &'static str)]| get("http://api.test/data", page);
+    let a = [("origin", "https://a.example")];
+
+    call(&service, from(&a)).await;
+    assert_eq!(outcome(&call(&service, from(&a)).await), CacheOutcome::Hit);
+    // Another page's request, or one without `Origin`, is not answered with the grant to the first.
+    for other in [&[("origin", "https://b.example")][..], &[][..]] {
+        let response = call(&service, from(other)).await;
+        assert!(
+            cache_status(&response).contains("fwd=vary-miss"),
+            "{other:?}: {}",
+            cache_status(&response)
+        );
+    }
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test]
 async fn vary_star_is_never_stored() {
     let server = RedisServer::start();
     let origin = Origin::new();

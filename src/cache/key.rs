@@ -1117,10 +1117,19 @@ fn hex4(digits: Option<&[u8]>) -> Result<u32, NotJson> {
     u32::from_str_radix(digits, 16).map_err(|_| NotJson)
 }
 
-/// Whether answers from `response` depend on request headers: it has `Vary`, or a body in a content coding
-/// (see [`vary_digest`]).
+/// Whether answers from `response` depend on request headers: it has `Vary`, a body in a content coding, or a
+/// CORS grant to one origin (see [`vary_digest`]).
 pub(crate) fn varies(response: &HeaderMap) -> bool {
-    response.contains_key(header::VARY) || content_encoded(response)
+    response.contains_key(header::VARY) || content_encoded(response) || grants_one_origin(response)
+}
+
+/// Whether `response`'s `Access-Control-Allow-Origin` names an origin (anything but `*`): a grant to the
+/// origin of the request it answered.
+pub(crate) fn grants_one_origin(response: &HeaderMap) -> bool {
+    response
+        .get_all(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii() != b"*")
 }
 
 /// Whether `response`'s body is in a content coding other than `identity`.
@@ -1139,10 +1148,14 @@ pub(crate) fn content_encoded(response: &HeaderMap) -> bool {
 /// A body in a content coding (`Content-Encoding: gzip`) varies on `Accept-Encoding` whether or not the origin
 /// said so (nginx, for one, leaves `Vary: Accept-Encoding` out unless told): an entry compressed for a client
 /// that asked for it is never answered to one that asked differently, or not at all, and could not read it.
+/// Likewise an `Access-Control-Allow-Origin` that names an origin varies on `Origin` (the Fetch standard asks
+/// for `Vary: Origin` there; servers that reflect the request's origin often leave it out): a page on another
+/// origin is never handed a grant to the first, which its browser would refuse.
 pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[u8; 32]> {
     let encoded = content_encoded(response);
+    let granted = grants_one_origin(response);
     let mut values = response.get_all(header::VARY).iter().peekable();
-    if values.peek().is_none() && !encoded {
+    if values.peek().is_none() && !encoded && !granted {
         return None;
     }
     let mut names: Vec<HeaderName> = values
@@ -1152,6 +1165,9 @@ pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[
         .collect();
     if encoded {
         names.push(header::ACCEPT_ENCODING);
+    }
+    if granted {
+        names.push(header::ORIGIN);
     }
     names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
@@ -1488,6 +1504,26 @@ mod tests {
             ),
             vary_digest(&v, &request(&[("accept-language", "de, fr")]))
         );
+        // A CORS grant to one origin varies on `Origin`, said or not; a grant to every origin does not.
+        let grant = |origin: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static(origin),
+            );
+            h
+        };
+        let a = request(&[("origin", "https://a.example")]);
+        let b = request(&[("origin", "https://b.example")]);
+        let one = grant("https://a.example");
+        assert!(varies(&one));
+        assert_ne!(vary_digest(&one, &a), vary_digest(&one, &b));
+        assert_ne!(vary_digest(&one, &a), vary_digest(&one, &request(&[])));
+        let mut said = one.clone();
+        said.insert(header::VARY, HeaderValue::from_static("Origin"));
+        assert_eq!(vary_digest(&said, &a), vary_digest(&one, &a));
+        assert!(!varies(&grant("*")));
+        assert_eq!(vary_digest(&grant("*"), &a), None);
     }
 
     /// The memo gives every request the digest its own hash gives, the second time as the first, across

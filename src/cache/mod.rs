@@ -76,7 +76,8 @@
 //!   runs for the key: one per process (an in-process set), one per fleet (a `SET NX PX` lease next to the
 //!   entry). A failed refresh leaves the entry exactly as it was, so it keeps being served *as stale*.
 //! - **missing or expired**, or stored for another variant (the stored response's `Vary` names a request
-//!   header whose value differs, or its body is compressed for another `Accept-Encoding`: `fwd=vary-miss`):
+//!   header whose value differs, its body is compressed for another `Accept-Encoding`, or its
+//!   `Access-Control-Allow-Origin` grants another `Origin`: `fwd=vary-miss`):
 //!   one inner call per key, however many callers arrive together. The response is stored when its status is
 //!   cacheable (`200`, `203`, `204` by default; never `206` or `304`), its body within the cap, and it is not
 //!   meant for its requester alone (`Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`). Larger
