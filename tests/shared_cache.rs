@@ -164,6 +164,53 @@ async fn what_a_proxy_forwards_and_prefer_keep_answers_apart_and_the_clients_add
 }
 
 #[tokio::test]
+async fn a_write_in_one_spelling_of_a_uri_removes_the_entries_of_the_other() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // A server sees one resource as `https://api.test/items?x=1` over HTTP/2 and as `/items?x=1` with
+    // `Host: api.test` over HTTP/1.1: two keys. With request headers in the key, the write names neither
+    // variant, and finds them through the URI's tag.
+    for (namespace, vary) in [
+        ("spelling", None),
+        ("spelling-vary", Some("accept-language")),
+    ] {
+        let mut builder = layer(&server).await.namespace(namespace);
+        if let Some(name) = vary {
+            builder = builder.vary_headers([HeaderName::from_static(name)]);
+        }
+        let layer = builder.build().unwrap();
+        let service = cached(&layer, origin.service());
+        let h2 = || get("https://api.test/items?x=1", &[("accept-language", "de")]);
+        let h1 = || {
+            get(
+                "/items?x=1",
+                &[("host", "api.test"), ("accept-language", "de")],
+            )
+        };
+        let writes = [
+            Request::delete("/items?x=1").header("host", "api.test"),
+            Request::delete("https://api.test/items?x=1"),
+        ];
+        for write in writes {
+            call(&service, h2()).await;
+            call(&service, h1()).await;
+            assert_eq!(outcome(&call(&service, h2()).await), CacheOutcome::Hit);
+            assert_eq!(outcome(&call(&service, h1()).await), CacheOutcome::Hit);
+            let write = write.body(Full::default()).unwrap();
+            let uri = write.uri().clone();
+            assert_eq!(call(&service, write).await.status(), StatusCode::OK);
+            for (form, read) in [("HTTP/2", h2()), ("HTTP/1.1", h1())] {
+                let after = outcome(&call(&service, read).await);
+                assert!(
+                    matches!(after, CacheOutcome::Miss { .. }),
+                    "{namespace}: {form} entry after a write to {uri}: {after:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_tunnelled_method_is_never_cached_and_a_tunnelled_write_removes_what_a_write_would() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -40,6 +40,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version, request,
 };
 use http_body::Body;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
@@ -1626,16 +1627,17 @@ impl Engine {
         // Keyed as a `GET` and a `HEAD` are: without a body (and so without the `Content-Type` that is part of
         // the key of a request with one). The `HEAD` entries go too when this layer answers a `HEAD` as its
         // `GET`: a process that does not (another setting, an older version mid-deploy) may have stored them.
-        let keys = uris
-            .iter()
-            .flat_map(|uri| {
-                [Method::GET, Method::HEAD]
-                    .map(|method| self.keys.key_in(&method, uri, headers, partition, &[]))
-            })
-            .collect();
+        let mut keys = Vec::new();
+        for uri in uris {
+            for (uri, headers) in spellings(uri, headers) {
+                for method in [Method::GET, Method::HEAD] {
+                    keys.push(self.keys.key_in(&method, &uri, &headers, partition, &[]));
+                }
+            }
+        }
         let sets = if self.policy.uri_tags.any() {
             uris.iter()
-                .map(|uri| self.keys.uri_tag_key(uri, partition))
+                .map(|uri| self.keys.uri_tag_key(uri, headers, partition))
                 .collect()
         } else {
             Vec::new()
@@ -2108,6 +2110,46 @@ pub(crate) fn add_cache_status(headers: &mut HeaderMap, member: HeaderValue) {
         }
         Err(_) => upstream.append(member),
     }
+}
+
+/// Every spelling under which a server may have keyed the resource `uri` names, a request with `headers` asking
+/// for it: `uri` itself, then, for a URI with an authority (`https://h/p`, as HTTP/2 and a client's requests
+/// carry it), its origin form (`/p` with `Host: h`, as HTTP/1.1 requests to a server carry it), and for an
+/// origin-form URI with a `Host`, its `http` and `https` forms. A write in one spelling thus removes the entries
+/// stored under the others (the key holds the scheme and the URI's authority as given).
+fn spellings<'a>(uri: &Uri, headers: &'a HeaderMap) -> Vec<(Uri, Cow<'a, HeaderMap>)> {
+    let mut forms = vec![(uri.clone(), Cow::Borrowed(headers))];
+    match uri.authority() {
+        Some(authority) => {
+            let origin_form = uri
+                .path_and_query()
+                .map_or("/", |path| path.as_str())
+                .parse::<Uri>();
+            if let (Ok(origin_form), Ok(host)) =
+                (origin_form, HeaderValue::from_str(authority.as_str()))
+            {
+                let mut headers = headers.clone();
+                headers.insert(HOST, host);
+                forms.push((origin_form, Cow::Owned(headers)));
+            }
+        }
+        None => {
+            let host = headers.get(HOST).and_then(|host| host.to_str().ok());
+            if let Some(host) = host {
+                for scheme in ["http", "https"] {
+                    let absolute = Uri::builder()
+                        .scheme(scheme)
+                        .authority(host)
+                        .path_and_query(uri.path_and_query().map_or("/", |path| path.as_str()))
+                        .build();
+                    if let Ok(absolute) = absolute {
+                        forms.push((absolute, Cow::Borrowed(headers)));
+                    }
+                }
+            }
+        }
+    }
+    forms
 }
 
 #[cfg(test)]

@@ -330,15 +330,31 @@ impl KeyConfig {
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
 
-    /// The key of the tag set of a URI's entries in `partition` (see
-    /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by)), whatever request headers and bodies their
-    /// keys hold: a digest of the key of a `GET` of `uri` without headers, so that the URI is taken as keys take
-    /// it (without the ignored query parameters). Apart from every tag a user names.
-    pub(crate) fn uri_tag_key(&self, uri: &Uri, partition: Option<&[u8]>) -> String {
-        let bare = self.digest(&Method::GET, uri, &HeaderMap::new(), partition, &[]);
+    /// The key of the set of fills of `uri` (a request with `headers`, in `partition`, its own) that its writes
+    /// cannot name by key (variants, queries; see [`UriTags`](super::engine::UriTags)): `<namespace>:v1:tag:{<sha256
+    /// hex>}`, a digest of the partitions, the authority (the URI's, else the `Host` header; case ignored), the
+    /// path and the query as keys hold it. Not the scheme: a server sees one resource as `/p` with `Host: h` over
+    /// HTTP/1.1 and as `https://h/p` over HTTP/2, and a write in either form must find the fills of both. Apart
+    /// from every tag a user names (another label starts the digest).
+    pub(crate) fn uri_tag_key(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        partition: Option<&[u8]>,
+    ) -> String {
         let mut h = Sha256::new();
-        field(&mut h, b"tower-redis-cache/uri-tag/v1");
-        field(&mut h, &bare);
+        field(&mut h, b"tower-redis-cache/uri-tag/v2");
+        field(&mut h, &self.partition);
+        match partition {
+            Some(partition) => {
+                h.update([1u8]);
+                field(&mut h, partition);
+            }
+            None => h.update([0u8]),
+        }
+        field(&mut h, &authority(uri, headers).to_ascii_lowercase());
+        field(&mut h, uri.path().as_bytes());
+        hash_query(&mut h, uri.query(), &self.ignored_query);
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
 

@@ -17,9 +17,11 @@
 //!
 //! A URI has a tag of its own for the entries its keys alone cannot name (see
 //! [`KeyConfig::uri_tag_key`](super::key::KeyConfig::uri_tag_key)): where keys hold request headers
-//! (`vary_headers`, credentials in the key) each `GET` and `HEAD` fill records its key there as a request tag,
-//! and so does each fill of a query (`QUERY`, a cached `POST`), keyed by its body. A write to the URI walks it,
-//! so that every variant and query goes; without a mark, since no answer names a URI's tag.
+//! (`vary_headers`, credentials in the key, or for one request the headers every key holds) each `GET` and
+//! `HEAD` fill records its key there as a request tag, and so does each fill of a query (`QUERY`, a cached
+//! `POST`), keyed by its body. A write to the URI walks it, so that every variant and query goes; without a
+//! mark, since no answer names a URI's tag. The tag leaves the scheme out: a write in one spelling of the URI
+//! (`/p` with `Host: h`, `https://h/p`) finds the fills of every other.
 //!
 //! [`CacheHandle::invalidate_tag`]: super::CacheHandle::invalidate_tag
 //! [`CacheHandle::invalidate`]: super::CacheHandle::invalidate
@@ -75,7 +77,10 @@ impl Engine {
         }
         if self.policy.uri_tags.record(facts) {
             let partition = self.policy.partition_of(parts);
-            sets.push(self.keys.uri_tag_key(&parts.uri, partition.as_deref()));
+            sets.push(
+                self.keys
+                    .uri_tag_key(&parts.uri, &parts.headers, partition.as_deref()),
+            );
         }
         if sets.is_empty() {
             return Tags::None;
