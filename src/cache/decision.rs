@@ -149,16 +149,25 @@ pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
-/// What a request header the facts pass does not know by its standard name is to the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HeaderKind {
+/// What a request header the facts pass does not know by its standard name is to the cache: none, or one or
+/// more of the kinds below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct HeaderKind(u8);
+
+impl HeaderKind {
     /// A credential ([`credential_headers`](super::RedisCacheLayerBuilder::credential_headers)): counts as
     /// `Authorization`.
-    Credential,
+    pub(crate) const CREDENTIAL: HeaderKind = HeaderKind(1);
     /// One of [`IMPLIED_VARY`](super::key::IMPLIED_VARY): the key holds it.
-    ImpliedVary,
+    pub(crate) const IMPLIED_VARY: HeaderKind = HeaderKind(2);
     /// One of [`METHOD_OVERRIDES`].
-    MethodOverride,
+    pub(crate) const METHOD_OVERRIDE: HeaderKind = HeaderKind(4);
+
+    /// Whether this is (among others) `kind`.
+    #[inline]
+    pub(crate) fn is(self, kind: HeaderKind) -> bool {
+        self.0 & kind.0 != 0
+    }
 }
 
 /// The names of each [`HeaderKind`], for a layer. Every request header the facts pass does not know by its
@@ -170,53 +179,59 @@ pub(crate) struct HeaderKinds {
     buckets: Box<[Vec<Named>]>,
 }
 
-/// A name of a [`HeaderKinds`]: its first and last byte, the name, its kind.
+/// A name of a [`HeaderKinds`]: its first and last byte, the name, its kinds.
 type Named = (u8, u8, HeaderName, HeaderKind);
 
 impl HeaderKinds {
     /// Names this long or longer share the last bucket.
     const LONG: usize = 32;
 
-    /// The kinds of a layer whose credential headers are `credentials`. A name of two kinds is the first of
-    /// credential, implied vary, method override.
+    /// The kinds of a layer whose credential headers are `credentials`. A name may be of several (a credential
+    /// that is also in every key is both).
     pub(crate) fn new(credentials: &[HeaderName]) -> Self {
         let mut buckets = vec![Vec::new(); Self::LONG + 1].into_boxed_slice();
         let named = credentials
             .iter()
-            .map(|name| (name.clone(), HeaderKind::Credential))
+            .map(|name| (name.clone(), HeaderKind::CREDENTIAL))
             .chain(
                 super::key::IMPLIED_VARY
                     .into_iter()
-                    .map(|name| (name, HeaderKind::ImpliedVary)),
+                    .map(|name| (name, HeaderKind::IMPLIED_VARY)),
             )
             .chain(
                 METHOD_OVERRIDES
                     .into_iter()
-                    .map(|name| (HeaderName::from_static(name), HeaderKind::MethodOverride)),
+                    .map(|name| (HeaderName::from_static(name), HeaderKind::METHOD_OVERRIDE)),
             );
         for (name, kind) in named {
             let bytes = name.as_str().as_bytes();
             let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
                 continue;
             };
-            let bucket: &mut Vec<_> = &mut buckets[bytes.len().min(Self::LONG)];
-            if !bucket.iter().any(|(_, _, known, _)| *known == name) {
-                bucket.push((first, last, name, kind));
+            let bucket: &mut Vec<Named> = &mut buckets[bytes.len().min(Self::LONG)];
+            match bucket.iter_mut().find(|(_, _, known, _)| *known == name) {
+                Some((_, _, _, kinds)) => kinds.0 |= kind.0,
+                None => bucket.push((first, last, name, kind)),
             }
         }
         HeaderKinds { buckets }
     }
 
-    /// The kind of the header `name` (lower case, as a [`HeaderName`] is); `None` for any other.
+    /// The kinds of the header `name` (lower case, as a [`HeaderName`] is); none for any other.
     #[inline]
-    pub(crate) fn of(&self, name: &str) -> Option<HeaderKind> {
+    pub(crate) fn of(&self, name: &str) -> HeaderKind {
         let bytes = name.as_bytes();
-        let (&first, &last) = (bytes.first()?, bytes.last()?);
+        let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+            return HeaderKind::default();
+        };
         self.buckets
-            .get(bytes.len().min(Self::LONG))?
-            .iter()
-            .find(|(f, l, known, _)| *f == first && *l == last && known.as_str() == name)
-            .map(|(_, _, _, kind)| *kind)
+            .get(bytes.len().min(Self::LONG))
+            .and_then(|bucket| {
+                bucket
+                    .iter()
+                    .find(|(f, l, known, _)| *f == first && *l == last && known.as_str() == name)
+            })
+            .map_or(HeaderKind::default(), |(_, _, _, kind)| *kind)
     }
 }
 
@@ -295,17 +310,18 @@ impl RequestFacts {
                 pragma_no_cache |= directives(value).any(|d| d.eq_ignore_ascii_case("no-cache"));
             } else {
                 // Every request header not matched above comes here, on every request.
-                match kinds.of(name.as_str()) {
-                    None => {}
-                    Some(HeaderKind::Credential) => facts.authorization = true,
-                    Some(HeaderKind::ImpliedVary) => facts.implied_vary = true,
-                    Some(HeaderKind::MethodOverride) => {
-                        facts.method_overridden = true;
-                        facts.method_cacheable = false;
-                        // Unreadable, or any method but a safe one: it may change the resource.
-                        facts.unsafe_method |= !Method::from_bytes(value.as_bytes())
-                            .is_ok_and(|method| is_safe(&method));
-                    }
+                let kind = kinds.of(name.as_str());
+                if kind == HeaderKind::default() {
+                    continue;
+                }
+                facts.authorization |= kind.is(HeaderKind::CREDENTIAL);
+                facts.implied_vary |= kind.is(HeaderKind::IMPLIED_VARY);
+                if kind.is(HeaderKind::METHOD_OVERRIDE) {
+                    facts.method_overridden = true;
+                    facts.method_cacheable = false;
+                    // Unreadable, or any method but a safe one: it may change the resource.
+                    facts.unsafe_method |=
+                        !Method::from_bytes(value.as_bytes()).is_ok_and(|method| is_safe(&method));
                 }
             }
         }
@@ -1351,21 +1367,13 @@ mod tests {
         use crate::cache::key::IMPLIED_VARY;
         let kinds = HeaderKinds::new(&DEFAULT_CREDENTIAL_HEADERS);
         for name in DEFAULT_CREDENTIAL_HEADERS {
-            assert_eq!(
-                kinds.of(name.as_str()),
-                Some(HeaderKind::Credential),
-                "{name}"
-            );
+            assert_eq!(kinds.of(name.as_str()), HeaderKind::CREDENTIAL, "{name}");
         }
         for name in IMPLIED_VARY {
-            assert_eq!(
-                kinds.of(name.as_str()),
-                Some(HeaderKind::ImpliedVary),
-                "{name}"
-            );
+            assert_eq!(kinds.of(name.as_str()), HeaderKind::IMPLIED_VARY, "{name}");
         }
         for name in METHOD_OVERRIDES {
-            assert_eq!(kinds.of(name), Some(HeaderKind::MethodOverride), "{name}");
+            assert_eq!(kinds.of(name), HeaderKind::METHOD_OVERRIDE, "{name}");
         }
         // Same length, first and last bytes as a known name, or none of them.
         let others = [
@@ -1384,19 +1392,24 @@ mod tests {
             "",
         ];
         for other in others {
-            assert_eq!(kinds.of(other), None, "{other}");
+            assert_eq!(kinds.of(other), HeaderKind::default(), "{other}");
         }
         let long = "x-".repeat(40);
-        assert_eq!(kinds.of(&long), None);
-        // A name configured as a credential is one, whatever else it is.
+        assert_eq!(kinds.of(&long), HeaderKind::default());
+        // A name configured as a credential is one, and stays whatever else it is.
         let own = HeaderKinds::new(&[HeaderName::from_static("prefer")]);
-        assert_eq!(own.of("prefer"), Some(HeaderKind::Credential));
-        assert_eq!(own.of("x-api-key"), None);
+        let prefer = own.of("prefer");
+        assert!(prefer.is(HeaderKind::CREDENTIAL) && prefer.is(HeaderKind::IMPLIED_VARY));
+        assert!(!prefer.is(HeaderKind::METHOD_OVERRIDE));
+        assert_eq!(own.of("x-api-key"), HeaderKind::default());
         let long = HeaderName::try_from("x-".repeat(40)).unwrap();
         assert_eq!(
             HeaderKinds::new(std::slice::from_ref(&long)).of(long.as_str()),
-            Some(HeaderKind::Credential)
+            HeaderKind::CREDENTIAL
         );
+        // And the facts say both.
+        let facts = RequestFacts::read(&head(&[("prefer", "a")]), true, 10, &own);
+        assert!(facts.authorization && facts.implied_vary);
     }
 
     #[test]
