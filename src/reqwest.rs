@@ -212,7 +212,7 @@ impl Middleware for CacheMiddleware {
             &parts.method,
             &parts.uri,
             &parts.headers,
-            facts.implied_vary,
+            facts.seen(),
             partition.as_deref(),
             &body,
         ));

@@ -102,8 +102,23 @@ pub(crate) struct KeyConfig {
     ignored_query: Vec<String>,
     /// JSON body members left out of the key.
     ignored_body: Arc<[Pointer]>,
+    /// Where in `vary` the credential headers a layer keys by ([`Credentials::InKey`](super::Credentials)) begin:
+    /// `vary.len()` without them.
+    credentials_from: usize,
+    /// Whether a request's facts say when none of those is present ([`Seen::credentialed`]), so that the memo's
+    /// fingerprint need not look for each.
+    credentials_told: bool,
     /// Tells these settings apart from every other in the process, in the digest memo.
     id: u64,
+}
+
+/// What a request's facts already know of its headers, so that a hit's key need not look for them again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    /// Whether any is one of [`IMPLIED_VARY`].
+    pub(crate) implied: bool,
+    /// Whether any may be a credential header the key holds (`false`: none is).
+    pub(crate) credentialed: bool,
 }
 
 /// A number no other key settings in the process have, for the digest memo.
@@ -117,10 +132,34 @@ impl KeyConfig {
         KeyConfig {
             namespace,
             partition,
+            credentials_from: vary.len(),
             vary,
             ignored_query: Vec::new(),
             ignored_body: Arc::from([]),
+            credentials_told: false,
             id: next_id(),
+        }
+    }
+
+    /// These settings, whose vary headers from index `from` on are the credential headers the layer keys by
+    /// ([`Credentials::InKey`](super::Credentials)); `told`: a request's facts say when none of them is present
+    /// (each counts as `Authorization` or `Cookie` there).
+    pub(crate) fn with_credentials_from(self, from: usize, told: bool) -> Self {
+        KeyConfig {
+            credentials_from: from.min(self.vary.len()),
+            credentials_told: told,
+            id: next_id(),
+            ..self
+        }
+    }
+
+    /// What a request with `headers` holds, found by looking (see [`Seen`]).
+    fn look(&self, headers: &HeaderMap) -> Seen {
+        Seen {
+            implied: holds_implied(headers),
+            credentialed: self.vary[self.credentials_from..]
+                .iter()
+                .any(|name| headers.contains_key(name)),
         }
     }
 
@@ -201,29 +240,26 @@ impl KeyConfig {
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
-        self.digest_with(
-            method,
-            uri,
-            headers,
-            holds_implied(headers),
-            partition,
-            body,
-        )
+        self.digest_with(method, uri, headers, self.look(headers), partition, body)
     }
 
-    /// [`digest`](Self::digest), for a request whose headers were already looked through: `implied` says
-    /// whether any is one of [`IMPLIED_VARY`] ([`RequestFacts::implied_vary`](super::decision::RequestFacts)),
-    /// so that a hit passes over them once.
+    /// [`digest`](Self::digest), for a request whose headers were already looked through: `seen` says what its
+    /// facts found ([`RequestFacts::seen`](super::decision::RequestFacts)), so that a hit passes over them once.
     pub(crate) fn digest_with(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
-        implied: bool,
+        seen: Seen,
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
-        debug_assert_eq!(implied, holds_implied(headers));
+        debug_assert_eq!(seen.implied, holds_implied(headers));
+        debug_assert!(seen.credentialed || !self.look(headers).credentialed);
+        let implied = seen.implied;
+        // None of the credential headers the key holds: the fingerprint marks that once instead of looking for
+        // each (a mark no count of values is).
+        let skip = self.credentials_told && !seen.credentialed;
         memo::digest(
             // Requests with a partition of their own and those without are remembered apart, so that no other
             // fields can read as one.
@@ -236,7 +272,11 @@ impl KeyConfig {
                 f.field(authority(uri, headers));
                 f.field(uri.path().as_bytes());
                 f.field(uri.query().unwrap_or("").as_bytes());
-                for name in &self.vary {
+                for (i, name) in self.vary.iter().enumerate() {
+                    if skip && i == self.credentials_from {
+                        f.count(usize::MAX);
+                        break;
+                    }
                     let values = headers.get_all(name);
                     f.count(values.iter().count());
                     for value in values {
@@ -1620,6 +1660,47 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// With credentials in the key, a request without any gives the memo one mark instead of a look-up each: the
+    /// digests stay the computed ones, and a credential, in any of the names, still tells requests apart.
+    #[test]
+    fn requests_without_credentials_skip_looking_for_them_and_keep_their_digests() {
+        let names = ["accept-language", "authorization", "cookie", "x-api-key"];
+        let vary = names.map(HeaderName::from_static).to_vec();
+        let keys = KeyConfig::new("ns".into(), Vec::new(), vary).with_credentials_from(1, true);
+        let uri: Uri = "http://h/p".parse().unwrap();
+        let mut digests = Vec::new();
+        for (name, value) in [
+            (None, ""),
+            (Some("accept-language"), "de"),
+            (Some("authorization"), "Bearer a"),
+            (Some("authorization"), "Bearer b"),
+            (Some("cookie"), "s=a"),
+            (Some("x-api-key"), "a"),
+            (Some("x-api-key"), "b"),
+        ] {
+            let mut headers = HeaderMap::new();
+            if let Some(name) = name {
+                headers.insert(name, HeaderValue::from_static(value));
+            }
+            let credentialed = name.is_some_and(|name| name != "accept-language");
+            let seen = Seen {
+                implied: false,
+                credentialed,
+            };
+            let computed = keys.hash_request(&Method::GET, &uri, &headers, false, None, b"");
+            // Twice: the second from the memo.
+            for _ in 0..2 {
+                assert_eq!(
+                    keys.digest_with(&Method::GET, &uri, &headers, seen, None, b""),
+                    computed,
+                    "{name:?}"
+                );
+            }
+            assert!(!digests.contains(&computed), "{name:?}: {value}");
+            digests.push(computed);
         }
     }
 

@@ -136,7 +136,7 @@ where
                     &parts.method,
                     &parts.uri,
                     &parts.headers,
-                    facts.implied_vary,
+                    facts.seen(),
                     partition.as_deref(),
                     &bytes,
                 );
@@ -214,7 +214,7 @@ where
                         &parts.method,
                         &parts.uri,
                         &parts.headers,
-                        facts.implied_vary,
+                        facts.seen(),
                         partition.as_deref(),
                         &bytes,
                     );
