@@ -406,7 +406,15 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 /// (`Api-Key`), Supabase and Kong (`Apikey`), Google (`X-Goog-Api-Key`), Azure API Management
 /// (`Ocp-Apim-Subscription-Key`) and Azure Functions (`X-Functions-Key`); the tokens of OpenStack and others
 /// (`X-Auth-Token`, `X-Access-Token`), AWS temporary credentials (`X-Amz-Security-Token`), GitLab
-/// (`Private-Token`) and Vault (`X-Vault-Token`).
+/// (`Private-Token`) and Vault (`X-Vault-Token`). And the user an authenticating proxy in front of a server
+/// names, for a layer in that server: oauth2-proxy (`X-Forwarded-User`, `X-Forwarded-Email`,
+/// `X-Forwarded-Access-Token`, `X-Auth-Request-User`, `X-Auth-Request-Email`, `X-Auth-Request-Access-Token`),
+/// Google IAP (`X-Goog-Iap-Jwt-Assertion`, `X-Goog-Authenticated-User-Email`, `X-Goog-Authenticated-User-Id`),
+/// Cloudflare Access (`Cf-Access-Jwt-Assertion`), AWS ALB (`X-Amzn-Oidc-Data`, `X-Amzn-Oidc-Identity`,
+/// `X-Amzn-Oidc-Accesstoken`), Azure App Service (`X-Ms-Client-Principal`, `X-Ms-Client-Principal-Id`,
+/// `X-Ms-Client-Principal-Name`, `X-Ms-Token-Aad-Access-Token`), Pomerium (`X-Pomerium-Jwt-Assertion`) and
+/// `X-Remote-User`: such a request often carries no `Authorization` or `Cookie` of its own, and its answer is
+/// that user's.
 ///
 /// To add one of your own to these:
 ///
@@ -424,7 +432,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 ///     .build()?;
 /// # Ok::<(), tower_redis_cache::error::ConfigError>(())
 /// ```
-pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 12] = [
+pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 31] = [
     PROXY_AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("api-key"),
@@ -437,6 +445,25 @@ pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 12] = [
     HeaderName::from_static("x-amz-security-token"),
     HeaderName::from_static("private-token"),
     HeaderName::from_static("x-vault-token"),
+    HeaderName::from_static("x-forwarded-user"),
+    HeaderName::from_static("x-forwarded-email"),
+    HeaderName::from_static("x-forwarded-access-token"),
+    HeaderName::from_static("x-auth-request-user"),
+    HeaderName::from_static("x-auth-request-email"),
+    HeaderName::from_static("x-auth-request-access-token"),
+    HeaderName::from_static("x-goog-iap-jwt-assertion"),
+    HeaderName::from_static("x-goog-authenticated-user-email"),
+    HeaderName::from_static("x-goog-authenticated-user-id"),
+    HeaderName::from_static("cf-access-jwt-assertion"),
+    HeaderName::from_static("x-amzn-oidc-data"),
+    HeaderName::from_static("x-amzn-oidc-identity"),
+    HeaderName::from_static("x-amzn-oidc-accesstoken"),
+    HeaderName::from_static("x-ms-client-principal"),
+    HeaderName::from_static("x-ms-client-principal-id"),
+    HeaderName::from_static("x-ms-client-principal-name"),
+    HeaderName::from_static("x-ms-token-aad-access-token"),
+    HeaderName::from_static("x-pomerium-jwt-assertion"),
+    HeaderName::from_static("x-remote-user"),
 ];
 
 /// The `QUERY` method (safe, idempotent, with a body).
@@ -752,8 +779,9 @@ impl RedisCacheLayerBuilder {
     /// [`credentials`](Self::credentials) rule: by default it bypasses the cache (`Cache-Status: ...;
     /// detail=authorization`); with [`Credentials::InKey`] their values are part of the key. A header the cache
     /// does not know is otherwise taken not to change the answer: requests that differ only in it share one
-    /// entry. Default: [`DEFAULT_CREDENTIAL_HEADERS`] (`Proxy-Authorization`, `X-Api-Key`, `Ocp-Apim-Subscription-Key`
-    /// and nine more); the names given replace them (none: requests carrying them are cached as any other).
+    /// entry. Default: [`DEFAULT_CREDENTIAL_HEADERS`] (`Proxy-Authorization`, API keys and tokens such as `X-Api-Key`
+    /// and `Ocp-Apim-Subscription-Key`, and the user an authenticating proxy names, such as `X-Forwarded-User`);
+    /// the names given replace them (none: requests carrying them are cached as any other).
     ///
     /// ```
     /// use http::HeaderName;
