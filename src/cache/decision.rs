@@ -171,26 +171,64 @@ impl HeaderKind {
     }
 }
 
-/// The names of each [`HeaderKind`], for a layer. Every request header the facts pass does not know by its
-/// standard name is looked up here, on every request, so the names are bucketed by length and screened by their
-/// first and last bytes: a name that is none of them costs a few comparisons.
+/// Header names, each with a value, looked up by a name a request sent. Every request header the facts pass does
+/// not know by its standard name is looked up in one ([`HeaderKinds`]), on every request, so the names are
+/// bucketed by length and screened by their first and last bytes: a name that is none of them costs a few
+/// comparisons.
 #[derive(Debug, Clone)]
-pub(crate) struct HeaderKinds {
-    /// By length ([`HeaderKinds::LONG`] and longer in the last).
-    buckets: Box<[Vec<Named>]>,
+pub(crate) struct NameTable<T> {
+    /// By length ([`NameTable::LONG`] and longer in the last).
+    buckets: Box<[Vec<Named<T>>]>,
 }
 
-/// A name of a [`HeaderKinds`]: its first and last byte, the name, its kinds.
-type Named = (u8, u8, HeaderName, HeaderKind);
+/// A name of a [`NameTable`]: its first and last byte, the name, its value.
+type Named<T> = (u8, u8, HeaderName, T);
 
-impl HeaderKinds {
+impl<T: Copy> NameTable<T> {
     /// Names this long or longer share the last bucket.
     const LONG: usize = 32;
 
+    /// The table of `named`; a name given twice has its values combined by `merge`.
+    pub(crate) fn new(
+        named: impl IntoIterator<Item = (HeaderName, T)>,
+        merge: impl Fn(T, T) -> T,
+    ) -> Self {
+        let mut buckets: Box<[Vec<Named<T>>]> = (0..=Self::LONG).map(|_| Vec::new()).collect();
+        for (name, value) in named {
+            let bytes = name.as_str().as_bytes();
+            let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+                continue;
+            };
+            let bucket = &mut buckets[bytes.len().min(Self::LONG)];
+            match bucket.iter_mut().find(|(_, _, known, _)| *known == name) {
+                Some((_, _, _, held)) => *held = merge(*held, value),
+                None => bucket.push((first, last, name, value)),
+            }
+        }
+        NameTable { buckets }
+    }
+
+    /// The value of the header `name` (lower case, as a [`HeaderName`] is); `None` for a name not in the table.
+    #[inline]
+    pub(crate) fn get(&self, name: &str) -> Option<T> {
+        let bytes = name.as_bytes();
+        let (&first, &last) = (bytes.first()?, bytes.last()?);
+        self.buckets
+            .get(bytes.len().min(Self::LONG))?
+            .iter()
+            .find(|(f, l, known, _)| *f == first && *l == last && known.as_str() == name)
+            .map(|(_, _, _, value)| *value)
+    }
+}
+
+/// The names of each [`HeaderKind`], for a layer.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderKinds(NameTable<HeaderKind>);
+
+impl HeaderKinds {
     /// The kinds of a layer whose credential headers are `credentials`. A name may be of several (a credential
     /// that is also in every key is both).
     pub(crate) fn new(credentials: &[HeaderName]) -> Self {
-        let mut buckets = vec![Vec::new(); Self::LONG + 1].into_boxed_slice();
         let named = credentials
             .iter()
             .map(|name| (name.clone(), HeaderKind::CREDENTIAL))
@@ -204,35 +242,13 @@ impl HeaderKinds {
                     .into_iter()
                     .map(|name| (HeaderName::from_static(name), HeaderKind::METHOD_OVERRIDE)),
             );
-        for (name, kind) in named {
-            let bytes = name.as_str().as_bytes();
-            let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
-                continue;
-            };
-            let bucket: &mut Vec<Named> = &mut buckets[bytes.len().min(Self::LONG)];
-            match bucket.iter_mut().find(|(_, _, known, _)| *known == name) {
-                Some((_, _, _, kinds)) => kinds.0 |= kind.0,
-                None => bucket.push((first, last, name, kind)),
-            }
-        }
-        HeaderKinds { buckets }
+        HeaderKinds(NameTable::new(named, |a, b| HeaderKind(a.0 | b.0)))
     }
 
     /// The kinds of the header `name` (lower case, as a [`HeaderName`] is); none for any other.
     #[inline]
     pub(crate) fn of(&self, name: &str) -> HeaderKind {
-        let bytes = name.as_bytes();
-        let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
-            return HeaderKind::default();
-        };
-        self.buckets
-            .get(bytes.len().min(Self::LONG))
-            .and_then(|bucket| {
-                bucket
-                    .iter()
-                    .find(|(f, l, known, _)| *f == first && *l == last && known.as_str() == name)
-            })
-            .map_or(HeaderKind::default(), |(_, _, _, kind)| *kind)
+        self.0.get(name).unwrap_or_default()
     }
 }
 
@@ -251,7 +267,6 @@ impl RequestFacts {
     pub(crate) fn seen(&self) -> Seen {
         Seen {
             implied: self.implied_vary,
-            credentialed: self.authorization || self.cookie,
         }
     }
 

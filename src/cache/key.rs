@@ -13,6 +13,7 @@
 //! makes of it), or any other content type hashes the raw bytes. Members a layer ignores (JSON Pointers, see
 //! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
 
+use super::decision::NameTable;
 use super::memo;
 use http::{HeaderMap, HeaderName, Method, Uri, header};
 use sha2::{Digest, Sha256};
@@ -105,9 +106,9 @@ pub(crate) struct KeyConfig {
     /// Where in `vary` the credential headers a layer keys by ([`Credentials::InKey`](super::Credentials)) begin:
     /// `vary.len()` without them.
     credentials_from: usize,
-    /// Whether a request's facts say when none of those is present ([`Seen::credentialed`]), so that the memo's
-    /// fingerprint need not look for each.
-    credentials_told: bool,
+    /// Those credential headers, each with its place among them, for the memo's fingerprint: it looks each
+    /// request header up here instead of looking each of the (many) names up in the request.
+    credentials: Option<Arc<NameTable<usize>>>,
     /// Tells these settings apart from every other in the process, in the digest memo.
     id: u64,
 }
@@ -117,8 +118,6 @@ pub(crate) struct KeyConfig {
 pub(crate) struct Seen {
     /// Whether any is one of [`IMPLIED_VARY`].
     pub(crate) implied: bool,
-    /// Whether any may be a credential header the key holds (`false`: none is).
-    pub(crate) credentialed: bool,
 }
 
 /// A number no other key settings in the process have, for the digest memo.
@@ -136,18 +135,21 @@ impl KeyConfig {
             vary,
             ignored_query: Vec::new(),
             ignored_body: Arc::from([]),
-            credentials_told: false,
+            credentials: None,
             id: next_id(),
         }
     }
 
     /// These settings, whose vary headers from index `from` on are the credential headers the layer keys by
-    /// ([`Credentials::InKey`](super::Credentials)); `told`: a request's facts say when none of them is present
-    /// (each counts as `Authorization` or `Cookie` there).
-    pub(crate) fn with_credentials_from(self, from: usize, told: bool) -> Self {
+    /// ([`Credentials::InKey`](super::Credentials)).
+    pub(crate) fn with_credentials_from(self, from: usize) -> Self {
+        let from = from.min(self.vary.len());
+        let tail = self.vary[from..].iter().cloned().zip(0..);
+        let credentials =
+            (from < self.vary.len()).then(|| Arc::new(NameTable::new(tail, |a, _| a)));
         KeyConfig {
-            credentials_from: from.min(self.vary.len()),
-            credentials_told: told,
+            credentials_from: from,
+            credentials,
             id: next_id(),
             ..self
         }
@@ -157,9 +159,6 @@ impl KeyConfig {
     fn look(&self, headers: &HeaderMap) -> Seen {
         Seen {
             implied: holds_implied(headers),
-            credentialed: self.vary[self.credentials_from..]
-                .iter()
-                .any(|name| headers.contains_key(name)),
         }
     }
 
@@ -255,11 +254,7 @@ impl KeyConfig {
         body: &[u8],
     ) -> [u8; 32] {
         debug_assert_eq!(seen.implied, holds_implied(headers));
-        debug_assert!(seen.credentialed || !self.look(headers).credentialed);
         let implied = seen.implied;
-        // None of the credential headers the key holds: the fingerprint marks that once instead of looking for
-        // each (a mark no count of values is).
-        let skip = self.credentials_told && !seen.credentialed;
         memo::digest(
             // Requests with a partition of their own and those without are remembered apart, so that no other
             // fields can read as one.
@@ -272,15 +267,23 @@ impl KeyConfig {
                 f.field(authority(uri, headers));
                 f.field(uri.path().as_bytes());
                 f.field(uri.query().unwrap_or("").as_bytes());
-                for (i, name) in self.vary.iter().enumerate() {
-                    if skip && i == self.credentials_from {
-                        f.count(usize::MAX);
-                        break;
-                    }
+                for name in &self.vary[..self.credentials_from] {
                     let values = headers.get_all(name);
                     f.count(values.iter().count());
                     for value in values {
                         f.field(value.as_bytes());
+                    }
+                }
+                // The credential headers as the request has them: each value after its name's place, with a
+                // bit set that no length or count has. A request's values of one name come one after another,
+                // in order, so the same fields mean the same values for each name (another order of names is
+                // another fingerprint, and only a memo miss).
+                if let Some(credentials) = &self.credentials {
+                    for (name, value) in headers {
+                        if let Some(place) = credentials.get(name.as_str()) {
+                            f.count(place | CREDENTIAL_MARK);
+                            f.field(value.as_bytes());
+                        }
                     }
                 }
                 if let Some(partition) = partition {
@@ -511,6 +514,10 @@ pub(crate) const IMPLIED_VARY: [HeaderName; 27] = [
     HeaderName::from_static("openai-organization"),
     HeaderName::from_static("openai-project"),
 ];
+
+/// Set in the memo fingerprint's count before each credential field (see
+/// [`with_credentials_from`](KeyConfig::with_credentials_from)).
+const CREDENTIAL_MARK: usize = 1 << (usize::BITS - 2);
 
 /// Set in the memo fingerprint's count before each implied vary field.
 const IMPLIED_MARK: usize = 1 << (usize::BITS - 1);
@@ -1663,45 +1670,52 @@ mod tests {
         }
     }
 
-    /// With credentials in the key, a request without any gives the memo one mark instead of a look-up each: the
-    /// digests stay the computed ones, and a credential, in any of the names, still tells requests apart.
+    /// With credentials in the key, the memo's fingerprint takes them as the request has them instead of looking
+    /// up each name: the digests stay the computed ones, whatever the order of the request's headers, and every
+    /// credential value, in any of the names, tells requests apart.
     #[test]
-    fn requests_without_credentials_skip_looking_for_them_and_keep_their_digests() {
+    fn credentials_in_the_key_are_read_as_the_request_has_them() {
         let names = ["accept-language", "authorization", "cookie", "x-api-key"];
         let vary = names.map(HeaderName::from_static).to_vec();
-        let keys = KeyConfig::new("ns".into(), Vec::new(), vary).with_credentials_from(1, true);
+        let keys = KeyConfig::new("ns".into(), Vec::new(), vary).with_credentials_from(1);
         let uri: Uri = "http://h/p".parse().unwrap();
         let mut digests = Vec::new();
-        for (name, value) in [
-            (None, ""),
-            (Some("accept-language"), "de"),
-            (Some("authorization"), "Bearer a"),
-            (Some("authorization"), "Bearer b"),
-            (Some("cookie"), "s=a"),
-            (Some("x-api-key"), "a"),
-            (Some("x-api-key"), "b"),
-        ] {
+        let cases: [&[(&'static str, &'static str)]; 10] = [
+            &[],
+            &[("accept-language", "de")],
+            &[("authorization", "Bearer a")],
+            &[("authorization", "Bearer b")],
+            &[("cookie", "s=a")],
+            &[("x-api-key", "a")],
+            &[("x-api-key", "b")],
+            &[("x-api-key", "a"), ("cookie", "s=a")],
+            &[("cookie", "s=a"), ("cookie", "t=b")],
+            &[("cookie", "t=b"), ("cookie", "s=a")],
+        ];
+        for fields in cases {
             let mut headers = HeaderMap::new();
-            if let Some(name) = name {
-                headers.insert(name, HeaderValue::from_static(value));
+            for (name, value) in fields {
+                headers.append(*name, HeaderValue::from_static(value));
             }
-            let credentialed = name.is_some_and(|name| name != "accept-language");
-            let seen = Seen {
-                implied: false,
-                credentialed,
-            };
             let computed = keys.hash_request(&Method::GET, &uri, &headers, false, None, b"");
             // Twice: the second from the memo.
             for _ in 0..2 {
                 assert_eq!(
-                    keys.digest_with(&Method::GET, &uri, &headers, seen, None, b""),
-                    computed,
-                    "{name:?}"
+                    keys.digest(&Method::GET, &uri, &headers, None, b""),
+                    computed
                 );
             }
-            assert!(!digests.contains(&computed), "{name:?}: {value}");
+            assert!(!digests.contains(&computed), "{fields:?}");
             digests.push(computed);
         }
+        // Two names in either order: one digest.
+        let mut swapped = HeaderMap::new();
+        swapped.append("cookie", HeaderValue::from_static("s=a"));
+        swapped.append("x-api-key", HeaderValue::from_static("a"));
+        assert_eq!(
+            keys.digest(&Method::GET, &uri, &swapped, None, b""),
+            digests[7]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! [`RedisCacheLayer`], its builder, and [`CacheHandle`] for stats and invalidation.
 
 use super::RedisCache;
-use super::decision::{Credentials, HeaderKinds, RequestFacts, Rules, default_statuses};
+use super::decision::{Credentials, HeaderKinds, Rules, default_statuses};
 use super::engine::{Engine, NearConfig, PartitionFn, Policy, PostPredicate, UriTags};
 use super::freshness::{MAX_WINDOW, Windows, WindowsFn};
 use super::guard::GuardedStore;
@@ -12,7 +12,7 @@ use super::store::Store;
 use super::tags::TagsFn;
 use crate::error::{ConfigError, Setting, StoreError};
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, request};
+use http::{HeaderName, Method, Request, StatusCode, request};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1259,14 +1259,6 @@ impl RedisCacheLayerBuilder {
             }
         }
         let header_kinds = HeaderKinds::new(&self.credential_headers);
-        // Whether a request's facts tell when none of the credential headers in the key is present: each makes
-        // its facts say `Authorization` or `Cookie` (a name the facts read as something else does not).
-        let credentials_told = vary[user_vary..].iter().all(|name| {
-            let mut headers = HeaderMap::new();
-            headers.insert(name.clone(), HeaderValue::from_static("x"));
-            let facts = RequestFacts::read(&headers, true, usize::MAX, &header_kinds);
-            facts.authorization || facts.cookie
-        });
         let policy = Policy {
             // Request headers in the key, or bodies: a URI may have entries its writes cannot name, which they
             // reach through its tag.
@@ -1312,7 +1304,7 @@ impl RedisCacheLayerBuilder {
             max_in_flight_bytes: self.max_in_flight_bytes,
         };
         let keys = KeyConfig::new(self.namespace, self.partition, vary)
-            .with_credentials_from(user_vary, credentials_told)
+            .with_credentials_from(user_vary)
             .ignoring_query(self.ignored_query)
             // Checked by `build`.
             .ignoring_body(
