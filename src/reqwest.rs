@@ -212,7 +212,7 @@ impl Middleware for CacheMiddleware {
             &parts.method,
             &parts.uri,
             &parts.headers,
-            facts.seen(),
+            facts.implied_vary,
             partition.as_deref(),
             &body,
         ));

@@ -29,7 +29,6 @@
 //!   with trailers is passed on, not stored.
 
 use super::freshness::{Windows, http_date};
-use super::key::Seen;
 use super::status::{BypassReason, NotStored};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
@@ -262,16 +261,8 @@ pub(crate) fn is_safe(method: &Method) -> bool {
 }
 
 impl RequestFacts {
-    /// What these facts know of the request's headers that its key would otherwise look for.
-    #[inline]
-    pub(crate) fn seen(&self) -> Seen {
-        Seen {
-            implied: self.implied_vary,
-        }
-    }
-
-    /// Reads the facts of a request head; `max_body` is the layer's body cap, `credentials` the headers that
-    /// count as `Authorization` besides it.
+    /// Reads the facts of a request head; `max_body` is the layer's body cap, `kinds` its table of the header
+    /// names it knows besides the standard ones (credentials, implied vary, method overrides).
     pub(crate) fn read(
         headers: &HeaderMap,
         method_cacheable: bool,

@@ -113,13 +113,6 @@ pub(crate) struct KeyConfig {
     id: u64,
 }
 
-/// What a request's facts already know of its headers, so that a hit's key need not look for them again.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Seen {
-    /// Whether any is one of [`IMPLIED_VARY`].
-    pub(crate) implied: bool,
-}
-
 /// A number no other key settings in the process have, for the digest memo.
 fn next_id() -> u64 {
     static IDS: AtomicU64 = AtomicU64::new(0);
@@ -152,13 +145,6 @@ impl KeyConfig {
             credentials,
             id: next_id(),
             ..self
-        }
-    }
-
-    /// What a request with `headers` holds, found by looking (see [`Seen`]).
-    fn look(&self, headers: &HeaderMap) -> Seen {
-        Seen {
-            implied: holds_implied(headers),
         }
     }
 
@@ -239,22 +225,29 @@ impl KeyConfig {
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
-        self.digest_with(method, uri, headers, self.look(headers), partition, body)
+        self.digest_with(
+            method,
+            uri,
+            headers,
+            holds_implied(headers),
+            partition,
+            body,
+        )
     }
 
-    /// [`digest`](Self::digest), for a request whose headers were already looked through: `seen` says what its
-    /// facts found ([`RequestFacts::seen`](super::decision::RequestFacts)), so that a hit passes over them once.
+    /// [`digest`](Self::digest), for a request whose headers were already looked through: `implied` says
+    /// whether any is one of [`IMPLIED_VARY`] ([`RequestFacts::implied_vary`](super::decision::RequestFacts)),
+    /// so that a hit passes over them once.
     pub(crate) fn digest_with(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
-        seen: Seen,
+        implied: bool,
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
-        debug_assert_eq!(seen.implied, holds_implied(headers));
-        let implied = seen.implied;
+        debug_assert_eq!(implied, holds_implied(headers));
         memo::digest(
             // Requests with a partition of their own and those without are remembered apart, so that no other
             // fields can read as one.

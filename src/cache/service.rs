@@ -136,7 +136,7 @@ where
                     &parts.method,
                     &parts.uri,
                     &parts.headers,
-                    facts.seen(),
+                    facts.implied_vary,
                     partition.as_deref(),
                     &bytes,
                 );
@@ -214,7 +214,7 @@ where
                         &parts.method,
                         &parts.uri,
                         &parts.headers,
-                        facts.seen(),
+                        facts.implied_vary,
                         partition.as_deref(),
                         &bytes,
                     );
