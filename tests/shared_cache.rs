@@ -11,7 +11,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use support::calls::{Cached, Reply, body, cache_status, call, outcome, post, wait_until};
+use support::calls::{Cached, Reply, body, cache_status, call, echoed, outcome, post, wait_until};
 use support::store::CountingStore;
 use support::{Origin, RedisServer, fred_client};
 use tower::ServiceExt;
@@ -91,21 +91,12 @@ async fn what_a_proxy_forwards_and_prefer_keep_answers_apart_and_the_clients_add
     origin.echo_headers();
     let layer = layer(&server).await.build().unwrap();
     let service = cached(&layer, origin.service());
-    let echoed = |response: &Reply, name: &str| {
-        response
-            .headers()
-            .get(format!("x-echo-{name}"))
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
     let page = |headers| get("http://api.test/page", headers);
 
     // An attacker's `X-Forwarded-Host` is stored under a key of its own...
     let evil = [("x-forwarded-host", "evil.example")];
     let poisoned = call(&service, page(&evil)).await;
-    assert_eq!(
-        echoed(&poisoned, "x-forwarded-host").as_deref(),
-        Some("evil.example")
-    );
+    assert_eq!(echoed(&poisoned, "x-forwarded-host"), Some("evil.example"));
     // ...which no other request reads.
     let plain = call(&service, page(&[])).await;
     assert!(matches!(outcome(&plain), CacheOutcome::Miss { .. }));
@@ -130,7 +121,7 @@ async fn what_a_proxy_forwards_and_prefer_keep_answers_apart_and_the_clients_add
     let second = call(&service, page(&another)).await;
     assert_eq!(outcome(&second), CacheOutcome::Hit);
     assert_eq!(
-        echoed(&second, "forwarded").as_deref(),
+        echoed(&second, "forwarded"),
         Some("for=192.0.2.1;proto=https")
     );
     assert_eq!(origin.calls(), 3);
@@ -139,7 +130,7 @@ async fn what_a_proxy_forwards_and_prefer_keep_answers_apart_and_the_clients_add
     for (headers, host) in [(&evil[..], Some("evil.example")), (&[][..], None)] {
         let again = call(&service, page(headers)).await;
         assert_eq!(outcome(&again), CacheOutcome::Hit);
-        assert_eq!(echoed(&again, "x-forwarded-host").as_deref(), host);
+        assert_eq!(echoed(&again, "x-forwarded-host"), host);
     }
     assert_eq!(origin.calls(), 3);
 
@@ -148,7 +139,7 @@ async fn what_a_proxy_forwards_and_prefer_keep_answers_apart_and_the_clients_add
     let local = call(&service, page(&pacific)).await;
     assert!(matches!(outcome(&local), CacheOutcome::Miss { .. }));
     let again = call(&service, page(&pacific)).await;
-    assert_eq!(echoed(&again, "prefer").as_deref(), Some(pacific[0].1));
+    assert_eq!(echoed(&again, "prefer"), Some(pacific[0].1));
     assert_eq!(origin.calls(), 4);
 
     // A write to the URI removes every variant, those whose fields it does not send too.
@@ -366,7 +357,6 @@ async fn credential_headers_count_as_authorization() {
     let origin = Origin::new();
     origin.echo_headers();
     let with = |name: &'static str, key: &'static str| get("http://api.test/me", &[(name, key)]);
-    let echoed = |reply: &support::calls::Reply| reply.headers()["x-echo-x-api-key"].clone();
 
     // By default an `X-Api-Key` counts as `Authorization`: a request with it bypasses; one without is cached.
     let service = cached(&layer(&server).await.build().unwrap(), origin.service());
@@ -376,7 +366,7 @@ async fn credential_headers_count_as_authorization() {
             cache_status(&reply),
             "tower-redis-cache; fwd=bypass; detail=authorization"
         );
-        assert_eq!(echoed(&reply), key);
+        assert_eq!(echoed(&reply, "x-api-key"), Some(key));
     }
     assert_eq!(origin.calls(), 3);
     assert_eq!(
@@ -419,8 +409,8 @@ async fn credential_headers_count_as_authorization() {
     call(&service, with("x-api-key", "alice")).await;
     let bob = call(&service, with("x-api-key", "bob")).await;
     assert_eq!(
-        (outcome(&bob), echoed(&bob)),
-        (CacheOutcome::Hit, HeaderValue::from_static("alice")),
+        (outcome(&bob), echoed(&bob, "x-api-key")),
+        (CacheOutcome::Hit, Some("alice")),
         "a header not named is taken not to change the answer"
     );
     let defaults = DEFAULT_CREDENTIAL_HEADERS.len();
@@ -444,8 +434,8 @@ async fn credential_headers_count_as_authorization() {
     for key in ["alice", "bob"] {
         let reply = call(&service, with("x-api-key", key)).await;
         assert_eq!(
-            (outcome(&reply), echoed(&reply)),
-            (CacheOutcome::Hit, HeaderValue::from_static(key))
+            (outcome(&reply), echoed(&reply, "x-api-key")),
+            (CacheOutcome::Hit, Some(key))
         );
     }
     assert_eq!(origin.calls(), defaults + 8);
@@ -456,7 +446,7 @@ async fn credential_headers_count_as_authorization() {
             &[("x-api-key", "alice"), ("stripe-account", account)],
         );
         let reply = call(&service, request).await;
-        assert_eq!(reply.headers()["x-echo-stripe-account"], account);
+        assert_eq!(echoed(&reply, "stripe-account"), Some(account));
     }
     assert_eq!(origin.calls(), defaults + 10);
 }

@@ -64,6 +64,15 @@ pub fn cache_status(response: &Reply) -> String {
         .to_owned()
 }
 
+/// The request header `name` as an origin that echoes headers ([`Origin::echo_headers`](super::Origin::echo_headers))
+/// sent it back; `None` when the request had none.
+pub fn echoed<'a>(response: &'a Reply, name: &str) -> Option<&'a str> {
+    response
+        .headers()
+        .get(format!("x-echo-{name}"))
+        .map(|v| v.to_str().unwrap())
+}
+
 /// The reply's body.
 pub async fn body(response: Reply) -> Bytes {
     response.into_body().collect().await.unwrap().to_bytes()
