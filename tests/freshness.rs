@@ -293,6 +293,50 @@ async fn the_origins_max_age_and_stale_while_revalidate_drive_the_windows() {
 }
 
 #[tokio::test]
+async fn a_targeted_field_governs_this_cache_while_browsers_get_cache_control() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-control", "no-store");
+    origin.add_header("cdn-cache-control", "max-age=2");
+    let cdn = http::HeaderName::from_static("cdn-cache-control");
+    let targeted = layer(&server)
+        .await
+        .namespace("targeted")
+        .targeted_cache_control([cdn])
+        .build()
+        .unwrap();
+    let service = cached(&targeted, origin.service());
+    assert!(is_miss(&call(&service, get("/feed")).await));
+    let hit = call(&service, get("/feed")).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(
+        hit.headers()["cache-control"],
+        "no-store",
+        "passed on as sent"
+    );
+    assert_eq!(hit.headers()["cdn-cache-control"], "max-age=2");
+    jump(Duration::from_secs(3)).await;
+    assert_eq!(
+        outcome(&call(&service, get("/feed")).await),
+        CacheOutcome::Stale { refreshing: true },
+        "fresh for the field's two seconds, then stale in the layer's window"
+    );
+    wait_until("the refresh stored", || {
+        targeted.handle().stats().stores == 2
+    })
+    .await;
+    assert_eq!(origin.calls(), 2);
+
+    // A layer that is not told of the field obeys `Cache-Control`.
+    let plain = layer(&server).await.namespace("plain").build().unwrap();
+    let service = cached(&plain, origin.service());
+    for _ in 0..2 {
+        assert!(is_miss(&call(&service, get("/feed")).await));
+    }
+    assert_eq!(origin.calls(), 4);
+}
+
+#[tokio::test]
 async fn a_calls_own_windows_stand_over_the_origins_durations_not_over_its_no_cache() {
     let server = RedisServer::start();
     let layer = layer(&server).await.build().unwrap();

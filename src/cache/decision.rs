@@ -20,7 +20,8 @@
 //! - a response with `Set-Cookie`, `Vary: *`, or `Cache-Control: private` / `no-store` is neither stored nor
 //!   shared with coalesced callers; a `Vary` or `Cache-Control` that cannot be read (bytes outside visible
 //!   ASCII, a `Vary` element that is no field name) counts as `Vary: *` or `no-store`, and a request's
-//!   unreadable `Cache-Control` as `no-store`;
+//!   unreadable `Cache-Control` as `no-store`. A targeted field the layer names (RFC 9213, such as
+//!   `CDN-Cache-Control`), when valid, speaks in place of the response's `Cache-Control`;
 //! - the response's `Vary` is honoured: an entry answers only a request with the same values of the headers it
 //!   names;
 //! - a request asking to switch protocols (`Upgrade`: a WebSocket handshake) goes to the origin, and so do one
@@ -28,6 +29,7 @@
 //!   the request's for invalidation) and one whose body ends with trailers (no key holds them); an answer ending
 //!   with trailers is passed on, not stored.
 
+use super::directives::{Directives, split_directives};
 use super::freshness::{Windows, http_date};
 use super::status::{BypassReason, NotStored};
 use http::header::{
@@ -68,6 +70,8 @@ pub(crate) struct Rules {
     pub(crate) statuses: Vec<StatusCode>,
     /// Whether response `Cache-Control: no-store` and `private` are honoured.
     pub(crate) respect_response_cache_control: bool,
+    /// The targeted fields (RFC 9213) that speak for `Cache-Control` to this cache, most applicable first.
+    pub(crate) targeted: Vec<HeaderName>,
     /// Whether a successful unsafe request drops the entries of its target URI (RFC 9111 §4.4).
     pub(crate) invalidate_on_unsafe: bool,
     /// How much of an entry's fresh lifetime, in thousandths, is left when a hit starts its refresh ahead of
@@ -354,13 +358,7 @@ fn directives(value: &HeaderValue) -> impl Iterator<Item = &str> {
 
 /// The directives of one `Cache-Control` (or `Pragma`) field value, each with its argument (quotes removed).
 fn directives_with_arguments(value: &HeaderValue) -> impl Iterator<Item = (&str, Option<&str>)> {
-    value.to_str().unwrap_or("").split(',').map(|directive| {
-        let (name, argument) = match directive.split_once('=') {
-            Some((name, argument)) => (name, Some(argument.trim().trim_matches('"'))),
-            None => (directive, None),
-        };
-        (name.trim(), argument)
-    })
+    split_directives(value.to_str().unwrap_or(""))
 }
 
 /// `max-stale` without a value: any staleness.
@@ -883,7 +881,9 @@ pub(crate) struct ResponseFacts {
 }
 
 impl ResponseFacts {
-    pub(crate) fn read(status: StatusCode, headers: &HeaderMap) -> Self {
+    /// Reads a response head; `targets` is the layer's list of targeted fields ([`Rules::targeted`]), whose
+    /// first valid one, if any, speaks for `Cache-Control`.
+    pub(crate) fn read(status: StatusCode, headers: &HeaderMap, targets: &[HeaderName]) -> Self {
         let mut facts = ResponseFacts {
             status,
             no_store: false,
@@ -892,19 +892,16 @@ impl ResponseFacts {
             vary_any: false,
         };
         for (name, value) in headers {
-            if name == CACHE_CONTROL {
-                // A field that cannot be read may say `private` or `no-store`: not stored.
-                facts.no_store |= value.to_str().is_err();
-                for directive in directives(value) {
-                    facts.no_store |= directive.eq_ignore_ascii_case("no-store");
-                    facts.private |= directive.eq_ignore_ascii_case("private");
-                }
-            } else if name == SET_COOKIE {
+            if name == SET_COOKIE {
                 facts.set_cookie = true;
             } else if name == VARY {
                 facts.vary_any |= vary_unknowable(value);
             }
         }
+        Directives::of(headers, targets).for_each(|directive, _| {
+            facts.no_store |= directive.eq_ignore_ascii_case("no-store");
+            facts.private |= directive.eq_ignore_ascii_case("private");
+        });
         facts
     }
 }
@@ -999,11 +996,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Header fields of a test case, as pairs of name and value.
+    type Fields = [(&'static str, &'static str)];
+
     fn rules(credentials: Credentials) -> Rules {
         Rules {
             credentials,
             statuses: default_statuses(),
             respect_response_cache_control: true,
+            targeted: Vec::new(),
             invalidate_on_unsafe: true,
             refresh_ahead: 0,
         }
@@ -1572,15 +1573,45 @@ mod tests {
     }
 
     #[test]
+    fn a_targeted_field_decides_what_is_stored_in_place_of_cache_control() {
+        let targets = [HeaderName::from_static("cdn-cache-control")];
+        let stored = |pairs: &[(&'static str, &'static str)]| {
+            let response = ResponseFacts::read(StatusCode::OK, &head(pairs), &targets);
+            judge(
+                &rules(Credentials::Bypass),
+                &RequestFacts::default(),
+                &response,
+            )
+            .why
+        };
+        #[rustfmt::skip]
+        let cases: &[(&str, &Fields, Option<NotStored>)] = &[
+            ("browsers kept out, this cache let in",
+             &[("cache-control", "private, no-store"), ("cdn-cache-control", "max-age=60")], None),
+            ("the other way round",
+             &[("cache-control", "public, max-age=60"), ("cdn-cache-control", "no-store")], Some(NotStored::NoStore)),
+            ("private in it", &[("cdn-cache-control", "private")], Some(NotStored::Private)),
+            ("an explicit false", &[("cache-control", "no-store"), ("cdn-cache-control", "no-store=?0")], None),
+            ("an invalid one leaves Cache-Control",
+             &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60,")], Some(NotStored::NoStore)),
+            ("Set-Cookie is never stored",
+             &[("set-cookie", "a=1"), ("cdn-cache-control", "max-age=60")], Some(NotStored::SetCookie)),
+        ];
+        for (case, pairs, expected) in cases {
+            assert_eq!(stored(pairs), *expected, "{case}");
+        }
+    }
+
+    #[test]
     fn responses_for_one_requester_are_neither_stored_nor_shared() {
         let ok = |pairs: &[(&'static str, &'static str)]| {
-            ResponseFacts::read(StatusCode::OK, &head(pairs))
+            ResponseFacts::read(StatusCode::OK, &head(pairs), &[])
         };
         // A field with bytes outside visible ASCII, which a `&str` cannot hold.
         let unreadable = |name: &'static str, value: &[u8]| {
             let mut headers = HeaderMap::new();
             headers.insert(name, HeaderValue::from_bytes(value).unwrap());
-            ResponseFacts::read(StatusCode::OK, &headers)
+            ResponseFacts::read(StatusCode::OK, &headers, &[])
         };
         let shared = rules(Credentials::Bypass);
         let both = Verdict {
@@ -1612,11 +1643,11 @@ mod tests {
             ("vary naming no field", &shared, plain(), ok(&[("vary", "accept, x(y)")]), neither(VaryStar)),
             ("vary unreadable", &shared, plain(), unreadable("vary", b"authorization, x-\xc3\xa9"), neither(VaryStar)),
             ("cache-control unreadable", &shared, plain(), unreadable("cache-control", b"private, x=\"\xc3\xa9\""), neither(NoStore)),
-            ("500 shared, not stored", &shared, plain(), ResponseFacts::read(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new()), share_only),
-            ("206", &shared, plain(), ResponseFacts::read(StatusCode::PARTIAL_CONTENT, &HeaderMap::new()), share_only),
-            ("201 not by default", &shared, plain(), ResponseFacts::read(StatusCode::CREATED, &HeaderMap::new()), share_only),
-            ("203", &shared, plain(), ResponseFacts::read(StatusCode::NON_AUTHORITATIVE_INFORMATION, &HeaderMap::new()), both),
-            ("204", &shared, plain(), ResponseFacts::read(StatusCode::NO_CONTENT, &HeaderMap::new()), both),
+            ("500 shared, not stored", &shared, plain(), ResponseFacts::read(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new(), &[]), share_only),
+            ("206", &shared, plain(), ResponseFacts::read(StatusCode::PARTIAL_CONTENT, &HeaderMap::new(), &[]), share_only),
+            ("201 not by default", &shared, plain(), ResponseFacts::read(StatusCode::CREATED, &HeaderMap::new(), &[]), share_only),
+            ("203", &shared, plain(), ResponseFacts::read(StatusCode::NON_AUTHORITATIVE_INFORMATION, &HeaderMap::new(), &[]), both),
+            ("204", &shared, plain(), ResponseFacts::read(StatusCode::NO_CONTENT, &HeaderMap::new(), &[]), both),
         ];
         for (name, rules, request, response, expected) in rows {
             assert_eq!(judge(rules, &request, &response), expected, "{name}");
@@ -1644,7 +1675,7 @@ mod tests {
         let mut listed = rules(Credentials::Bypass);
         listed.statuses = vec![StatusCode::PARTIAL_CONTENT, StatusCode::NOT_MODIFIED];
         for status in [StatusCode::PARTIAL_CONTENT, StatusCode::NOT_MODIFIED] {
-            let response = ResponseFacts::read(status, &HeaderMap::new());
+            let response = ResponseFacts::read(status, &HeaderMap::new(), &[]);
             assert!(!judge(&listed, &plain(), &response).store, "{status}");
         }
         // Opting out of response Cache-Control stores `no-store` and `private`, never `Set-Cookie`.

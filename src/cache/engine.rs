@@ -452,7 +452,7 @@ impl Policy {
         if !facts.origin_freshness {
             return chosen;
         }
-        let says = OriginSays::read(headers, now);
+        let says = OriginSays::read(headers, &self.rules.targeted, now);
         let says = if facts.windows_by_call {
             says.directives_only()
         } else {
@@ -1294,7 +1294,11 @@ impl Engine {
         judge(
             &self.policy.rules,
             facts,
-            &ResponseFacts::read(response.status, &response.headers),
+            &ResponseFacts::read(
+                response.status,
+                &response.headers,
+                &self.policy.rules.targeted,
+            ),
         )
     }
 

@@ -7,7 +7,7 @@
 //! | where | how | for |
 //! |---|---|---|
 //! | one call | the request extension [`CacheOverride::Windows`], or [`CacheOverride::Skip`] to leave the cache out | that call (the origin's `no-cache` and `must-revalidate` still hold) |
-//! | the origin | `Cache-Control: s-maxage` / `max-age` (or `Expires`), `stale-while-revalidate=N`, `stale-if-error=N`; `no-cache` stores but always asks first; `must-revalidate` forbids stale answers | `GET` and `HEAD` (`origin_freshness_for_post(true)` adds `POST` and `QUERY`), capped by `origin_freshness_cap` (a day each by default); what it does not say comes from the rows below |
+//! | the origin | `Cache-Control: s-maxage` / `max-age` (or `Expires`), `stale-while-revalidate=N`, `stale-if-error=N`; `no-cache` stores but always asks first; `must-revalidate` forbids stale answers; a targeted field the layer names ([`targeted_cache_control`](super::RedisCacheLayerBuilder::targeted_cache_control), such as `CDN-Cache-Control`) in place of `Cache-Control` and `Expires` | `GET` and `HEAD` (`origin_freshness_for_post(true)` adds `POST` and `QUERY`), capped by `origin_freshness_cap` (a day each by default); what it does not say comes from the rows below |
 //! | the answer's status | [`windows_for_status`](super::RedisCacheLayerBuilder::windows_for_status), for example a `404` kept for seconds (negative caching) | answers with that status |
 //! | a route | [`windows_for`](super::RedisCacheLayerBuilder::windows_for), a [`Windows`] from the request's head | every request it answers `Some` for |
 //! | the layer | `fresh_for`, `stale_for`, `stale_if_error_for` (60 s, 60 s, 300 s) | the rest |
@@ -41,8 +41,9 @@
 //! # let _ = (layer, request); Ok(()) }
 //! ```
 
-use http::header::{AGE, CACHE_CONTROL, CONTENT_LENGTH, DATE, ETAG, EXPIRES, LAST_MODIFIED};
-use http::{HeaderMap, HeaderValue, request};
+use super::directives::Directives;
+use http::header::{AGE, CONTENT_LENGTH, DATE, ETAG, EXPIRES, LAST_MODIFIED};
+use http::{HeaderMap, HeaderName, HeaderValue, request};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -161,36 +162,37 @@ pub(crate) struct OriginSays {
 }
 
 impl OriginSays {
-    /// Reads a response's `Cache-Control`, `Expires`, `Date` and `Age`; `now` is the cache's clock (unix ms).
-    pub(crate) fn read(headers: &HeaderMap, now: u64) -> Self {
+    /// Reads a response's `Cache-Control`, `Expires`, `Date` and `Age`, or, when one of the layer's targeted
+    /// fields (`targets`, RFC 9213) holds a valid value, that field and `Age`; `now` is the cache's clock (unix
+    /// ms).
+    pub(crate) fn read(headers: &HeaderMap, targets: &[HeaderName], now: u64) -> Self {
         let mut says = OriginSays::default();
         let (mut s_maxage, mut max_age) = (None, None);
-        for value in headers.get_all(CACHE_CONTROL) {
-            for directive in value.to_str().unwrap_or("").split(',') {
-                let (name, argument) = match directive.split_once('=') {
-                    Some((name, argument)) => {
-                        (name.trim(), Some(argument.trim().trim_matches('"')))
-                    }
-                    None => (directive.trim(), None),
-                };
-                let seconds = argument
-                    .and_then(|a| a.parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                match name.to_ascii_lowercase().as_str() {
-                    "s-maxage" => {
-                        s_maxage = seconds.or(s_maxage);
-                        says.must_revalidate = true;
-                    }
-                    "max-age" => max_age = seconds.or(max_age),
-                    "stale-while-revalidate" => says.stale_for = seconds,
-                    "stale-if-error" => says.stale_if_error_for = seconds,
-                    "no-cache" => says.no_cache = true,
-                    "must-revalidate" | "proxy-revalidate" => says.must_revalidate = true,
-                    _ => {}
+        let directives = Directives::of(headers, targets);
+        directives.for_each(|name, argument| {
+            let seconds = argument
+                .and_then(|a| a.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            match name.to_ascii_lowercase().as_str() {
+                "s-maxage" => {
+                    s_maxage = seconds.or(s_maxage);
+                    says.must_revalidate = true;
                 }
+                "max-age" => max_age = seconds.or(max_age),
+                "stale-while-revalidate" => says.stale_for = seconds,
+                "stale-if-error" => says.stale_if_error_for = seconds,
+                "no-cache" => says.no_cache = true,
+                "must-revalidate" | "proxy-revalidate" => says.must_revalidate = true,
+                _ => {}
             }
-        }
-        let lifetime = s_maxage.or(max_age).or_else(|| expires_in(headers, now));
+        });
+        let expires = || {
+            directives
+                .honours_expires()
+                .then(|| expires_in(headers, now))
+                .flatten()
+        };
+        let lifetime = s_maxage.or(max_age).or_else(expires);
         let age = age_of(headers);
         says.fresh_for = lifetime.map(|lifetime| lifetime.saturating_sub(age));
         says
@@ -314,6 +316,9 @@ pub(crate) fn age_of(headers: &HeaderMap) -> Duration {
 mod tests {
     use super::*;
 
+    /// Header fields of a test case, as pairs of name and value.
+    type Fields = [(&'static str, &'static str)];
+
     fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
@@ -331,7 +336,7 @@ mod tests {
     );
 
     fn windows(pairs: &[(&'static str, &'static str)]) -> Windows {
-        OriginSays::read(&head(pairs), 1_700_000_000_000).windows(DEFAULTS, CAP)
+        OriginSays::read(&head(pairs), &[], 1_700_000_000_000).windows(DEFAULTS, CAP)
     }
 
     fn secs(fresh: u64, stale: u64, on_error: u64) -> Windows {
@@ -369,7 +374,7 @@ mod tests {
         assert_eq!(windows(&[]), DEFAULTS);
         // The cap bounds what the origin says, not what the layer chose.
         let week = Windows::new(7 * DAY, 7 * DAY, 7 * DAY);
-        let read = |pairs| OriginSays::read(&head(pairs), 1_700_000_000_000);
+        let read = |pairs| OriginSays::read(&head(pairs), &[], 1_700_000_000_000);
         assert_eq!(read(&[]).windows(week, CAP), week);
         assert_eq!(
             read(&[("cache-control", "max-age=31536000")]).windows(week, CAP),
@@ -405,6 +410,30 @@ mod tests {
     }
 
     #[test]
+    fn a_targeted_field_replaces_cache_control_and_expires() {
+        let cdn = [HeaderName::from_static("cdn-cache-control")];
+        let windows = |pairs| OriginSays::read(&head(pairs), &cdn, 0).windows(DEFAULTS, CAP);
+        #[rustfmt::skip]
+        let cases: &[(&str, &Fields, Windows)] = &[
+            ("its durations, not Cache-Control's",
+             &[("cache-control", "max-age=5, must-revalidate"), ("cdn-cache-control", "max-age=600, stale-while-revalidate=30")],
+             secs(600, 30, 300)),
+            ("Expires is ignored with it",
+             &[("expires", "0"), ("cdn-cache-control", "stale-if-error=30")], secs(60, 60, 30)),
+            ("Age still counts",
+             &[("cdn-cache-control", "s-maxage=600"), ("age", "100")], secs(500, 0, 0)),
+            ("its no-cache holds", &[("cache-control", "max-age=600"), ("cdn-cache-control", "no-cache")], secs(0, 0, 300)),
+            ("an invalid one leaves Cache-Control and Expires",
+             &[("cache-control", "stale-if-error=9"), ("expires", "0"), ("cdn-cache-control", "max-age=600;")],
+             secs(0, 60, 9)),
+            ("a value no directive takes is unsaid", &[("cdn-cache-control", "max-age=1.5, stale-while-revalidate=-3")], DEFAULTS),
+        ];
+        for (case, pairs, expected) in cases {
+            assert_eq!(windows(pairs), *expected, "{case}");
+        }
+    }
+
+    #[test]
     fn expires_counts_from_date_and_an_invalid_one_has_expired() {
         assert_eq!(
             windows(&[
@@ -426,7 +455,7 @@ mod tests {
 
     #[test]
     fn caps_win_over_a_huge_max_age() {
-        let says = OriginSays::read(&head(&[("cache-control", "max-age=99999999999")]), 0);
+        let says = OriginSays::read(&head(&[("cache-control", "max-age=99999999999")]), &[], 0);
         assert_eq!(
             says.windows(DEFAULTS, secs(3600, 10, 10)),
             secs(3600, 60, 300),
@@ -434,6 +463,7 @@ mod tests {
         );
         let huge = OriginSays::read(
             &head(&[("cache-control", "max-age=184467440737095516150")]),
+            &[],
             0,
         );
         assert_eq!(

@@ -315,6 +315,7 @@ pub struct RedisCacheLayerBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     respect_response_cache_control: bool,
+    targeted: Vec<HeaderName>,
     invalidate_on_unsafe: bool,
     near_bytes: u64,
     near_max_ttl: Duration,
@@ -365,6 +366,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
                 "respect_response_cache_control",
                 &self.respect_response_cache_control,
             )
+            .field("targeted_cache_control", &self.targeted)
             .field("invalidate_on_unsafe", &self.invalidate_on_unsafe)
             .field("near_cache", &self.near_bytes)
             .field("near_cache_max_ttl", &self.near_max_ttl)
@@ -498,6 +500,7 @@ impl RedisCacheLayerBuilder {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             respect_response_cache_control: true,
+            targeted: Vec::new(),
             invalidate_on_unsafe: true,
             near_bytes: 0,
             near_max_ttl: Duration::from_secs(60),
@@ -876,6 +879,51 @@ impl RedisCacheLayerBuilder {
     /// does both). `Set-Cookie` responses are never stored either way.
     pub fn respect_response_cache_control(mut self, respect: bool) -> Self {
         self.respect_response_cache_control = respect;
+        self
+    }
+
+    /// Targeted cache-control fields (RFC 9213) that speak to this cache, most applicable first. A response
+    /// holding one of them with a valid, non-empty value is governed by the first such field, and its
+    /// `Cache-Control` and `Expires` are ignored: an origin can keep browsers from storing an answer
+    /// (`Cache-Control: no-store`) while this cache holds it for a minute (`CDN-Cache-Control: max-age=60`), or
+    /// the other way round. The field's directives, and what they do, are those of `Cache-Control` (see
+    /// [`origin_freshness`](Self::origin_freshness) and
+    /// [`respect_response_cache_control`](Self::respect_response_cache_control)); its value is read as a
+    /// Structured Field Dictionary (RFC 8941), and one that does not parse as one (`Max-Age=60`, a trailing comma)
+    /// counts for nothing: the next field on the list, and at last `Cache-Control`, governs instead. The fields are
+    /// passed on in the response. Default: none, so that a `CDN-Cache-Control` meant for a CDN in front changes
+    /// nothing here; name it when this cache should obey it too, or a field of your own before it.
+    ///
+    /// ```
+    /// use http::{HeaderName, Request, Response};
+    /// use http_body_util::Empty;
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    ///     .targeted_cache_control([
+    ///         HeaderName::from_static("app-cache-control"),
+    ///         HeaderName::from_static("cdn-cache-control"),
+    ///     ])
+    ///     .build()?;
+    /// let origin = service_fn(|_: Request<RequestBody>| async {
+    ///     let response = Response::builder()
+    ///         .header("cache-control", "no-store") // for browsers
+    ///         .header("cdn-cache-control", "max-age=60") // for the shared caches
+    ///         .body(Empty::<bytes::Bytes>::new())?;
+    ///     Ok::<_, http::Error>(response)
+    /// });
+    /// let service = ServiceBuilder::new().layer(layer).service(origin);
+    /// let request = || Request::get("https://app.example/feed").body(RequestBody::empty());
+    /// service.clone().oneshot(request()?).await?;
+    /// let second = service.oneshot(request()?).await?;
+    /// assert_eq!(CacheOutcome::of(&second), Some(CacheOutcome::Hit));
+    /// assert_eq!(second.headers()["cache-control"], "no-store"); // still what browsers get
+    /// # Ok(()) }
+    /// ```
+    pub fn targeted_cache_control(mut self, fields: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.targeted = fields.into_iter().collect();
         self
     }
 
@@ -1292,6 +1340,7 @@ impl RedisCacheLayerBuilder {
                 credentials: self.credentials,
                 statuses: self.statuses,
                 respect_response_cache_control: self.respect_response_cache_control,
+                targeted: self.targeted,
                 invalidate_on_unsafe: self.invalidate_on_unsafe,
                 refresh_ahead: permille(self.refresh_ahead),
             },

@@ -179,6 +179,7 @@ mod clock;
 mod coalesce;
 mod deadline;
 pub(crate) mod decision;
+mod directives;
 pub(crate) mod engine;
 mod entry;
 mod fleet;
@@ -196,6 +197,7 @@ mod service;
 pub(crate) mod stats;
 pub mod status;
 pub mod store;
+mod structured;
 mod tags;
 
 pub use self::body::ResponseBody;

@@ -1,0 +1,177 @@
+//! Where a response's cache directives come from: its `Cache-Control` (and `Expires`), or the first targeted
+//! field (RFC 9213) on the layer's list that holds a valid, non-empty value, which then replaces both.
+//!
+//! A targeted field such as `CDN-Cache-Control` lets an origin speak to one class of caches apart from the
+//! rest: `Cache-Control: no-store` for browsers, `CDN-Cache-Control: max-age=60` for the shared caches it runs.
+//! Its value is a Structured Field Dictionary (RFC 8941 §3.2), parsed as that grammar says rather than as
+//! `Cache-Control`: a value that does not parse is ignored whole, and the next field on the list (at last
+//! `Cache-Control`) counts instead.
+
+use super::structured::{Value, dictionary};
+use http::header::CACHE_CONTROL;
+use http::{HeaderMap, HeaderName};
+
+/// The cache directives of one response, read from the field that governs it.
+#[derive(Debug)]
+pub(crate) enum Directives<'a> {
+    /// No targeted field applies: `Cache-Control`, and `Expires`, govern.
+    CacheControl(&'a HeaderMap),
+    /// The members of the first targeted field with a valid, non-empty value; `Cache-Control` and `Expires` are
+    /// ignored (RFC 9213 §2.2).
+    Targeted(Vec<(String, Value)>),
+}
+
+impl<'a> Directives<'a> {
+    /// The directives of a response with `headers`, for a cache whose target list is `targets` (most
+    /// applicable first).
+    pub(crate) fn of(headers: &'a HeaderMap, targets: &[HeaderName]) -> Self {
+        targets
+            .iter()
+            .find_map(|target| targeted(headers, target))
+            .map_or(Directives::CacheControl(headers), Directives::Targeted)
+    }
+
+    /// Whether `Expires` counts: only when `Cache-Control` governs.
+    pub(crate) fn honours_expires(&self) -> bool {
+        matches!(self, Directives::CacheControl(_))
+    }
+
+    /// Calls `each` with every directive's name and argument (quotes removed; `None` without one). A
+    /// `Cache-Control` value that cannot be read counts as `no-store`, since it may say so; a targeted member
+    /// whose value is Boolean false is absent, and one whose value no directive takes (an inner list, a byte
+    /// sequence) has an empty argument, which no directive accepts.
+    pub(crate) fn for_each(&self, mut each: impl FnMut(&str, Option<&str>)) {
+        match self {
+            Directives::CacheControl(headers) => {
+                for value in headers.get_all(CACHE_CONTROL) {
+                    let Ok(value) = value.to_str() else {
+                        each("no-store", None);
+                        continue;
+                    };
+                    for (name, argument) in split_directives(value) {
+                        each(name, argument);
+                    }
+                }
+            }
+            Directives::Targeted(members) => {
+                for (name, value) in members {
+                    match value {
+                        Value::Bool(false) => {}
+                        Value::Bool(true) => each(name, None),
+                        Value::Bare(text) | Value::String(text) => each(name, Some(text)),
+                        Value::Other => each(name, Some("")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The directives of one `Cache-Control` (or `Pragma`) field value, each with its argument (quotes removed).
+pub(crate) fn split_directives(value: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    value.split(',').map(|directive| {
+        let (name, argument) = match directive.split_once('=') {
+            Some((name, argument)) => (name, Some(argument.trim().trim_matches('"'))),
+            None => (directive, None),
+        };
+        (name.trim(), argument)
+    })
+}
+
+/// The members of `target` in `headers` when its lines, joined, are a valid dictionary with at least one member.
+fn targeted(headers: &HeaderMap, target: &HeaderName) -> Option<Vec<(String, Value)>> {
+    let mut lines = headers.get_all(target).iter();
+    let first = lines.next()?.to_str().ok()?;
+    let mut joined = String::new();
+    for line in lines {
+        if joined.is_empty() {
+            joined.push_str(first);
+        }
+        joined.push_str(", ");
+        joined.push_str(line.to_str().ok()?);
+    }
+    let value = if joined.is_empty() { first } else { &joined };
+    dictionary(value).filter(|members| !members.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    /// Header fields of a test case, as pairs of name and value.
+    type Fields = [(&'static str, &'static str)];
+
+    fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn said(directives: &Directives<'_>) -> Vec<String> {
+        let mut out = Vec::new();
+        directives.for_each(|name, argument| {
+            out.push(argument.map_or(name.to_owned(), |a| format!("{name}={a}")));
+        });
+        out
+    }
+
+    #[test]
+    fn the_first_valid_non_empty_targeted_field_replaces_cache_control() {
+        let ours = HeaderName::from_static("ours-cache-control");
+        let cdn = HeaderName::from_static("cdn-cache-control");
+        let targets = [ours, cdn];
+        #[rustfmt::skip]
+        let cases: &[(&str, &Fields, &[&str], bool)] = &[
+            ("no targeted field", &[("cache-control", "no-store")], &["no-store"], true),
+            ("the first on the list wins",
+             &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=5"), ("ours-cache-control", "max-age=60")],
+             &["max-age=60"], false),
+            ("a field off the list counts for nothing",
+             &[("cache-control", "max-age=1"), ("surrogate-control", "max-age=60")], &["max-age=1"], true),
+            ("an invalid field passes to the next",
+             &[("cache-control", "no-store"), ("ours-cache-control", "max-age=60,"), ("cdn-cache-control", "max-age=5")],
+             &["max-age=5"], false),
+            ("an empty one too",
+             &[("cache-control", "no-store"), ("ours-cache-control", ""), ("cdn-cache-control", "private")],
+             &["private"], false),
+            ("none valid: Cache-Control",
+             &[("cache-control", "max-age=1"), ("cdn-cache-control", "Max-Age=60")], &["max-age=1"], true),
+            ("lines are joined",
+             &[("cdn-cache-control", "max-age=60"), ("cdn-cache-control", "stale-if-error=9")],
+             &["max-age=60", "stale-if-error=9"], false),
+            ("a broken line breaks the field",
+             &[("cache-control", "no-cache"), ("cdn-cache-control", "max-age=60"), ("cdn-cache-control", "(")],
+             &["no-cache"], true),
+            ("false is absent, lists take nothing",
+             &[("cdn-cache-control", "no-store=?0, max-age=(1 2), s-maxage=3")], &["max-age=", "s-maxage=3"], false),
+        ];
+        for (case, pairs, expected, cache_control) in cases {
+            let headers = head(pairs);
+            let directives = Directives::of(&headers, &targets);
+            assert_eq!(said(&directives), *expected, "{case}");
+            assert_eq!(directives.honours_expires(), *cache_control, "{case}");
+        }
+        let plain = head(&[("cdn-cache-control", "max-age=60")]);
+        assert!(
+            Directives::of(&plain, &[]).honours_expires(),
+            "no target list: every targeted field is ignored"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_cache_control_counts_as_no_store() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            CACHE_CONTROL,
+            HeaderValue::from_bytes(b"max-age=60, \xffprivate").unwrap(),
+        );
+        headers.append(CACHE_CONTROL, HeaderValue::from_static("s-maxage=5"));
+        assert_eq!(
+            said(&Directives::of(&headers, &[])),
+            ["no-store", "s-maxage=5"]
+        );
+    }
+}
