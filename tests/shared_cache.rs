@@ -1894,6 +1894,81 @@ async fn the_tags_an_answer_names_remove_it_whatever_its_uri() {
 }
 
 #[tokio::test]
+async fn a_write_answered_with_cache_group_invalidation_removes_those_groups_of_its_origin() {
+    // RFC 9875. Another origin's entries in a group of the same name stay, and so do the origin's other groups.
+    const MIRROR_LIST: &str = "https://mirror.example.com/items?page=1";
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let grouped = layer(&server).await.cache_groups(true).build().unwrap();
+    let service = cached(&grouped, origin.service());
+    let answers_with = |field: &'static str, value: &'static str| {
+        origin.clear_headers();
+        origin.add_header(field, value);
+    };
+    answers_with("cache-groups", r#""items", tok;a=1, 7"#); // a token and an integer: not groups
+    hits(&service, &[ITEM_LIST, MIRROR_LIST]).await;
+    answers_with("cache-groups", r#""users""#);
+    hits(&service, &[USER]).await;
+    let all = [ITEM_LIST, MIRROR_LIST, USER];
+    assert_eq!(hits(&service, &all).await, [true, true, true]);
+
+    // On the answer to a safe request, the field means nothing.
+    answers_with("cache-group-invalidation", r#""items", "users""#);
+    hits(&service, &["https://api.example.com/about"]).await;
+    assert_eq!(hits(&service, &all).await, [true, true, true]);
+
+    // A write elsewhere on the origin (its authority's case ignored) whose answer names `items`.
+    answers_with("cache-group-invalidation", r#""items""#);
+    let post = call(&service, request("POST", "https://API.example.com/orders")).await;
+    assert_eq!(post.status(), StatusCode::OK);
+    assert_eq!(hits(&service, &all).await, [false, true, true]);
+    assert_eq!(grouped.handle().stats().tag_removals, 1);
+
+    // A failed write removes nothing.
+    origin.fail_with(StatusCode::CONFLICT);
+    call(&service, request("POST", "https://api.example.com/orders")).await;
+    origin.heal();
+    assert_eq!(hits(&service, &[MIRROR_LIST, USER]).await, [true, true]);
+
+    // From outside, by origin and group.
+    let handle = grouped.handle();
+    assert_eq!(
+        handle
+            .invalidate_group("api.example.com", "users")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(hits(&service, &[MIRROR_LIST, USER]).await, [true, false]);
+
+    // A layer that does not follow groups reads neither field.
+    let plain = layer(&server).await.namespace("plain").build().unwrap();
+    let service = cached(&plain, origin.service());
+    answers_with("cache-groups", r#""items""#);
+    hits(&service, &[ITEM_LIST]).await;
+    answers_with("cache-group-invalidation", r#""items""#);
+    call(&service, request("POST", "https://api.example.com/orders")).await;
+    assert_eq!(hits(&service, &[ITEM_LIST]).await, [true]);
+}
+
+#[tokio::test]
+async fn an_answer_whose_cache_groups_is_no_list_is_not_stored() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-groups", r#""items","#);
+    let grouped = layer(&server).await.cache_groups(true).build().unwrap();
+    let service = cached(&grouped, origin.service());
+    for _ in 0..2 {
+        let response = call(&service, get(USER, &[])).await;
+        assert_eq!(
+            cache_status(&response),
+            "tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=tags"
+        );
+    }
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test]
 async fn an_answer_with_too_many_tags_or_tags_that_cannot_be_read_is_not_stored_and_says_why() {
     let server = RedisServer::start();
     let many: String = (0..33).map(|n| format!("t{n} ")).collect();

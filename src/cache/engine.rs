@@ -309,6 +309,8 @@ pub(crate) struct Policy {
     pub(crate) uri_tags: UriTags,
     /// The response field that tags answers.
     pub(crate) tags_header: Option<HeaderName>,
+    /// Whether answers' `Cache-Groups` tag them, and `Cache-Group-Invalidation` removes groups (RFC 9875).
+    pub(crate) cache_groups: bool,
     /// Whether the origin's freshness headers count: for `GET` and `HEAD`, and for other cached methods.
     pub(crate) origin_freshness: bool,
     pub(crate) origin_freshness_others: bool,
@@ -349,6 +351,7 @@ impl std::fmt::Debug for Policy {
             .field("tags", &self.tags.is_some())
             .field("uri_tags", &self.uri_tags)
             .field("tags_header", &self.tags_header)
+            .field("cache_groups", &self.cache_groups)
             .field("origin_freshness", &self.origin_freshness)
             .field("origin_freshness_others", &self.origin_freshness_others)
             .field("origin_cap", &self.origin_cap)
@@ -404,6 +407,12 @@ impl UriTags {
 }
 
 impl Policy {
+    /// Whether answers may name tags of their own (a tags field, or `Cache-Groups`): fills then read the tag
+    /// clock before they ask the origin, and a tag's removal detaches calls in flight.
+    pub(crate) fn answer_tags(&self) -> bool {
+        self.tags_header.is_some() || self.cache_groups
+    }
+
     /// The facts of a request head, for [`decide`], whether it is a `HEAD` answered as its `GET`, and its own
     /// partition (`None` without [`partition_by`](super::RedisCacheLayerBuilder::partition_by), or when it
     /// named none: then the facts say so). Such a head is turned into that `GET` here, to be keyed, asked of
@@ -659,7 +668,7 @@ impl Engine {
     /// any process), no call in flight here is shared any more, since any may answer with that tag. Run before
     /// joining a flight.
     fn catch_up_on_marks(&self) {
-        if self.policy.tags_header.is_none() {
+        if !self.policy.answer_tags() {
             return;
         }
         if let Some(near) = &self.near {
@@ -1046,7 +1055,10 @@ impl Engine {
                                     && health == StoreHealth::Ok
                                     && verdict.store
                                 {
-                                    self.write(&key, &response, vary, &facts, &mut lease).await
+                                    let parts = origin.parts();
+                                    let request = (&parts.uri, &parts.headers);
+                                    self.write(&key, &response, vary, &facts, request, &mut lease)
+                                        .await
                                 } else {
                                     Written::No
                                 };
@@ -1379,6 +1391,7 @@ impl Engine {
         response: &Buffered,
         vary: Option<[u8; 32]>,
         facts: &RequestFacts,
+        request: (&Uri, &HeaderMap),
         guard: &mut Option<LeaseGuard>,
     ) -> Written {
         let Some(lease) = guard.as_ref().and_then(LeaseGuard::lease) else {
@@ -1412,7 +1425,7 @@ impl Engine {
             return Written::Expired;
         }
         if let Err(written) = self
-            .record_answer_tags(key, response, lease, now, ttl)
+            .record_answer_tags(key, response, request, lease, now, ttl)
             .await
         {
             return written;
@@ -1495,6 +1508,7 @@ impl Engine {
         &self,
         key: &CacheKey,
         response: &Buffered,
+        request: (&Uri, &HeaderMap),
         lease: &Lease,
         now: u64,
         ttl: Duration,
@@ -1510,7 +1524,7 @@ impl Engine {
             }
         }
         let mut sets = self
-            .response_tag_sets(&response.headers)
+            .response_tag_sets(&response.headers, request)
             .map_err(|()| Written::Tags)?;
         sets.retain(|set| !lease.tag_sets.contains(set));
         if sets.is_empty() {
@@ -1579,7 +1593,10 @@ impl Engine {
         }
         let (keys, uri_sets) =
             self.uri_entries(&uris, &targets.headers, targets.partition.as_deref());
-        let tag_sets = targets.tag_sets;
+        let mut tag_sets = targets.tag_sets;
+        tag_sets.extend(self.invalidated_group_sets(headers, &targets.uri, &targets.headers));
+        tag_sets.sort_unstable();
+        tag_sets.dedup();
         let engine = self.clone();
         let task = self.background.task();
         // A panic in the removal is the task's alone: the response goes on either way.

@@ -191,9 +191,10 @@ impl Engine {
             }
         };
         let clock = async {
-            match &self.policy.tags_header {
-                Some(_) => self.tag_clock(false, true).await.map(Some).map_err(|_| ()),
-                None => Ok(None),
+            if self.policy.answer_tags() {
+                self.tag_clock(false, true).await.map(Some).map_err(|_| ())
+            } else {
+                Ok(None)
             }
         };
         let (taken, recorded, since) =

@@ -397,6 +397,19 @@ impl KeyConfig {
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
 
+    /// The key of the set of entries in cache group `group` (RFC 9875) of the origin `authority` (the URI's
+    /// authority, else the `Host` header; case ignored): a tag set like [`tag_key`](Self::tag_key)'s, apart from
+    /// every tag a user names (another label starts the digest). A group is the origin's, so it spans every
+    /// partition of a request's own, and, like a URI's tag, every scheme.
+    pub(crate) fn group_key(&self, authority: &[u8], group: &str) -> String {
+        let mut h = Sha256::new();
+        field(&mut h, b"tower-redis-cache/group/v1");
+        field(&mut h, &self.partition);
+        field(&mut h, &authority.to_ascii_lowercase());
+        field(&mut h, group.as_bytes());
+        format_in(&self.namespace, "tag:", &h.finalize().into())
+    }
+
     /// The key of the namespace's tag clock (see [`Store::tag_clock`](super::store::Store::tag_clock)).
     pub(crate) fn tag_clock_key(&self) -> String {
         format!("{}:v1:tag-clock", self.namespace)
@@ -454,7 +467,7 @@ thread_local! {
 }
 
 /// The request's authority: the URI's, else the `Host` header.
-fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
+pub(crate) fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
     match uri.authority() {
         Some(authority) => authority.as_str().as_bytes(),
         None => headers.get(header::HOST).map_or(&b""[..], |v| v.as_bytes()),

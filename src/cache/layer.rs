@@ -225,6 +225,20 @@ impl CacheHandle {
         self.engine.remove_tagged(&[set], false).await
     }
 
+    /// Removes every entry in the cache group `group` of the origin `authority` (`"api.example"`,
+    /// `"api.example:8443"`; case ignored), as an answer's `Cache-Group-Invalidation` does (see
+    /// [`cache_groups`](RedisCacheLayerBuilder::cache_groups)). Returns how many entries existed; the rest is
+    /// as for [`invalidate_tag`](Self::invalidate_tag).
+    ///
+    /// # Errors
+    ///
+    /// The store's error (entries removed before it stay removed); the circuit breaker and store timeout do
+    /// not apply here.
+    pub async fn invalidate_group(&self, authority: &str, group: &str) -> Result<u64, StoreError> {
+        let set = self.engine.keys.group_key(authority.as_bytes(), group);
+        self.engine.remove_tagged(&[set], false).await
+    }
+
     /// Removes every entry of this layer's namespace (`SCAN` + `UNLINK` on Redis, never `KEYS`). Returns how many
     /// keys were removed. Leases go in a first pass, so that no fill running meanwhile stores an answer after
     /// its entry was removed; and callers of this process arriving afterwards do not share a call that began
@@ -330,6 +344,7 @@ pub struct RedisCacheLayerBuilder {
     partition_by: Option<PartitionFn>,
     tags: Option<TagsFn>,
     tags_header: Option<HeaderName>,
+    cache_groups: bool,
     origin_freshness: bool,
     origin_freshness_for_post: bool,
     origin_cap: Windows,
@@ -380,6 +395,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("partition_by", &self.partition_by.is_some())
             .field("tags", &self.tags.is_some())
             .field("tags_from_header", &self.tags_header)
+            .field("cache_groups", &self.cache_groups)
             .field("origin_freshness", &self.origin_freshness)
             .field("origin_freshness_for_post", &self.origin_freshness_for_post)
             .field("origin_freshness_cap", &self.origin_cap)
@@ -515,6 +531,7 @@ impl RedisCacheLayerBuilder {
             partition_by: None,
             tags: None,
             tags_header: None,
+            cache_groups: false,
             origin_freshness: true,
             origin_freshness_for_post: false,
             origin_cap: Windows::new(DAY, DAY, DAY),
@@ -1022,6 +1039,50 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// Follows HTTP Cache Groups (RFC 9875): an answer's `Cache-Groups` field (a List of Strings:
+    /// `Cache-Groups: "articles", "article/17"`) places it in those groups of its origin, and a successful unsafe
+    /// request whose answer carries `Cache-Group-Invalidation: "articles"` removes every entry of that origin in
+    /// the groups it lists, in every process and before the answer is returned, as a write removes its own URI's
+    /// entries ([`invalidate_on_unsafe`](Self::invalidate_on_unsafe) must be on). An origin is the request's
+    /// authority (the URI's, else `Host`; case ignored), whatever its scheme, and its groups span the partitions
+    /// of [`partition_by`](Self::partition_by): removing too much is safe, too little is not.
+    /// [`CacheHandle::invalidate_group`](super::CacheHandle::invalidate_group) removes a group from outside.
+    ///
+    /// Groups are answer tags under the rules of [`tags_from_header`](Self::tags_from_header): each fill reads
+    /// the tag clock first (one store call); an answer in a group removed since it was asked for is not stored,
+    /// nor is one whose `Cache-Groups` is not a valid List or whose groups and tags are more than 32
+    /// (`detail=tags`). Members that are not Strings are ignored; both fields are passed on in the answer.
+    /// Default: false.
+    ///
+    /// ```
+    /// use http::{Method, Request, Response};
+    /// use http_body_util::Empty;
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20)).cache_groups(true).build()?;
+    /// let origin = service_fn(|request: Request<RequestBody>| async move {
+    ///     let field = match *request.method() {
+    ///         Method::GET => "cache-groups",               // `/articles?page=2` is in the group
+    ///         _ => "cache-group-invalidation",             // a new article changes every page
+    ///     };
+    ///     Response::builder().header(field, r#""articles""#).body(Empty::<bytes::Bytes>::new())
+    /// });
+    /// let service = ServiceBuilder::new().layer(layer).service(origin);
+    /// let page = || Request::get("https://blog.example/articles?page=2").body(RequestBody::empty());
+    /// service.clone().oneshot(page()?).await?;
+    /// assert_eq!(CacheOutcome::of(&service.clone().oneshot(page()?).await?), Some(CacheOutcome::Hit));
+    /// let post = Request::post("https://blog.example/articles").body(RequestBody::from("{}"))?;
+    /// service.clone().oneshot(post).await?;
+    /// assert!(matches!(CacheOutcome::of(&service.oneshot(page()?).await?), Some(CacheOutcome::Miss { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn cache_groups(mut self, follow: bool) -> Self {
+        self.cache_groups = follow;
+        self
+    }
+
     /// How long a miss waits when another process is already fetching its key (it holds the key's lease): the
     /// wait ends as soon as that process's entry is stored (woken by the near cache's invalidation when there
     /// is one, else by a poll every 5 to 50 ms), or when the other process lets go without an entry (this one
@@ -1324,6 +1385,7 @@ impl RedisCacheLayerBuilder {
             partition_by: self.partition_by,
             tags: self.tags,
             tags_header: self.tags_header,
+            cache_groups: self.cache_groups,
             origin_freshness: self.origin_freshness,
             origin_freshness_others: self.origin_freshness_for_post,
             origin_cap: self.origin_cap,

@@ -181,7 +181,7 @@ impl Engine {
             return;
         }
         bump(&self.counters.refreshes_started);
-        let headers = fetch.parts().headers.clone();
+        let (uri, headers) = (fetch.parts().uri.clone(), fetch.parts().headers.clone());
         let validators = current
             .as_ref()
             .map(|entry| validators(&entry.headers))
@@ -208,7 +208,8 @@ impl Engine {
                     &headers,
                 );
                 if verdict.store {
-                    self.write(key, &response, vary, &facts, &mut lease).await
+                    self.write(key, &response, vary, &facts, (&uri, &headers), &mut lease)
+                        .await
                 } else {
                     Written::No
                 }

@@ -1,5 +1,5 @@
 //! The parts of Structured Field Values (RFC 8941) the cache reads: Dictionaries (targeted cache-control fields,
-//! RFC 9213). Parsed strictly, as the RFC's algorithms say: a field value that
+//! RFC 9213) and Lists (cache groups, RFC 9875). Parsed strictly, as the RFC's algorithms say: a field value that
 //! does not parse is refused whole, and the caller then ignores the field. Parameters are checked and dropped,
 //! since no field the cache reads defines any.
 
@@ -33,6 +33,19 @@ pub(crate) fn dictionary(input: &str) -> Option<Vec<(String, Value)>> {
             Some(member) => member.1 = value,
             None => members.push((key.to_owned(), value)),
         }
+        if !parser.next_member()? {
+            break;
+        }
+    }
+    Some(members)
+}
+
+/// Parses a List (§4.2, §4.2.1) into its members, in order; `None` when the value is not one.
+pub(crate) fn list(input: &str) -> Option<Vec<Value>> {
+    let mut parser = Parser::new(input);
+    let mut members = Vec::new();
+    while !parser.done() {
+        members.push(parser.item_or_inner_list()?);
         if !parser.next_member()? {
             break;
         }
@@ -261,6 +274,30 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect();
             assert_eq!(dictionary(input), Some(expected), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn lists_parse_as_rfc_8941_says() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &[Value])] = &[
+            (r#""articles", "article/17""#, &[string("articles"), string("article/17")]),
+            (r#""a";p=1,"b""#, &[string("a"), string("b")]),
+            (r#""a", "a""#, &[string("a"), string("a")]),
+            (r#"tok, 7, ?1, ("x" "y")"#, &[bare("tok"), bare("7"), Value::Bool(true), Value::Other]),
+            ("", &[]),
+        ];
+        for (input, members) in cases {
+            assert_eq!(list(input).as_deref(), Some(*members), "{input:?}");
+        }
+        for input in [
+            r#""a","#,
+            r#""a" "b""#,
+            r#""a",,"b""#,
+            r#""unterminated"#,
+            "a=1",
+        ] {
+            assert_eq!(list(input), None, "{input:?}");
         }
     }
 

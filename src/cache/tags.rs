@@ -29,12 +29,42 @@
 
 use super::decision::RequestFacts;
 use super::engine::Engine;
-use super::key::CacheKey;
+use super::key::{CacheKey, authority};
 use super::stats::add;
+use super::structured::{Value, list};
 use crate::error::StoreError;
-use http::{HeaderMap, request};
+use http::{HeaderMap, HeaderName, Uri, request};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// `Cache-Groups` (RFC 9875 §2): the groups a stored response belongs to.
+pub(crate) const CACHE_GROUPS: HeaderName = HeaderName::from_static("cache-groups");
+
+/// `Cache-Group-Invalidation` (RFC 9875 §3): the groups an answer to an unsafe request invalidates.
+pub(crate) const CACHE_GROUP_INVALIDATION: HeaderName =
+    HeaderName::from_static("cache-group-invalidation");
+
+/// The groups the field `name` of `headers` lists (its lines joined): the Strings of a List, other members
+/// ignored (RFC 9875 §2); empty without the field, `None` when it is no List.
+fn groups(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<String>> {
+    let mut joined = String::new();
+    for line in headers.get_all(name) {
+        if !joined.is_empty() {
+            joined.push_str(", ");
+        }
+        joined.push_str(line.to_str().ok()?);
+    }
+    let members = list(&joined)?;
+    Some(
+        members
+            .into_iter()
+            .filter_map(|member| match member {
+                Value::String(group) => Some(group),
+                _ => None,
+            })
+            .collect(),
+    )
+}
 
 /// Tags a request from its head.
 pub(crate) type TagsFn = Arc<dyn Fn(&request::Parts) -> Vec<String> + Send + Sync>;
@@ -116,24 +146,41 @@ impl Engine {
         sets
     }
 
-    /// The tag sets a response's [`tags_from_header`](super::RedisCacheLayerBuilder::tags_from_header) field
-    /// names (none without one); `Err` when it cannot be read (a byte outside visible ASCII) or names more
-    /// than [`MAX_TAGS`]: then the response is not stored.
-    pub(crate) fn response_tag_sets(&self, headers: &HeaderMap) -> Result<Vec<String>, ()> {
-        let Some(name) = &self.policy.tags_header else {
-            return Ok(Vec::new());
-        };
+    /// The tag sets an answer to a request for `uri` with `headers` names: those its
+    /// [`tags_from_header`](super::RedisCacheLayerBuilder::tags_from_header) field lists, and, with
+    /// [`cache_groups`](super::RedisCacheLayerBuilder::cache_groups), those of the groups its `Cache-Groups`
+    /// field lists (none without either); `Err` when one cannot be read (a byte outside visible ASCII, a
+    /// `Cache-Groups` that is no List) or they name more than [`MAX_TAGS`]: then the response is not stored.
+    pub(crate) fn response_tag_sets(
+        &self,
+        headers: &HeaderMap,
+        (uri, request): (&Uri, &HeaderMap),
+    ) -> Result<Vec<String>, ()> {
         let mut sets = Vec::new();
-        for value in headers.get_all(name) {
-            let Ok(value) = value.to_str() else {
-                tracing::debug!(header = %name, "unreadable cache tags: the answer is not stored");
+        if let Some(name) = &self.policy.tags_header {
+            for value in headers.get_all(name) {
+                let Ok(value) = value.to_str() else {
+                    tracing::debug!(header = %name, "unreadable cache tags: the answer is not stored");
+                    return Err(());
+                };
+                sets.extend(
+                    value
+                        .split(|c: char| c == ',' || c.is_ascii_whitespace())
+                        .filter(|tag| !tag.is_empty())
+                        .map(|tag| self.keys.tag_key(tag)),
+                );
+            }
+        }
+        if self.policy.cache_groups {
+            let Some(groups) = groups(headers, &CACHE_GROUPS) else {
+                tracing::debug!("unreadable Cache-Groups: the answer is not stored");
                 return Err(());
             };
+            let origin = authority(uri, request);
             sets.extend(
-                value
-                    .split(|c: char| c == ',' || c.is_ascii_whitespace())
-                    .filter(|tag| !tag.is_empty())
-                    .map(|tag| self.keys.tag_key(tag)),
+                groups
+                    .iter()
+                    .map(|group| self.keys.group_key(origin, group)),
             );
         }
         sets.sort_unstable();
@@ -147,6 +194,29 @@ impl Engine {
             return Err(());
         }
         Ok(sets)
+    }
+
+    /// The tag sets of the groups an answer to an unsafe request to `uri` (with `request` headers) invalidates:
+    /// those its `Cache-Group-Invalidation` field lists, with
+    /// [`cache_groups`](super::RedisCacheLayerBuilder::cache_groups); none when the field is no List.
+    pub(crate) fn invalidated_group_sets(
+        &self,
+        response: &HeaderMap,
+        uri: &Uri,
+        request: &HeaderMap,
+    ) -> Vec<String> {
+        if !self.policy.cache_groups {
+            return Vec::new();
+        }
+        let Some(groups) = groups(response, &CACHE_GROUP_INVALIDATION) else {
+            tracing::debug!("unreadable Cache-Group-Invalidation: no group invalidated");
+            return Vec::new();
+        };
+        let origin = authority(uri, request);
+        groups
+            .iter()
+            .map(|group| self.keys.group_key(origin, group))
+            .collect()
     }
 
     /// Reads the namespace's tag clock (advancing it for a removal).
@@ -230,7 +300,7 @@ impl Engine {
                     .await?;
                 // Which call in flight here will answer with this tag is not known yet: callers arriving from
                 // now on make their own rather than share one that may predate the removal.
-                if self.policy.tags_header.is_some() {
+                if self.policy.answer_tags() {
                     self.flights.detach_all();
                 }
             }
