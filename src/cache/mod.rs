@@ -127,7 +127,9 @@
 //! The windows of the entry a request stores are its own [`CacheOverride`] extension's, else the layer's for
 //! the answer's status ([`windows_for_status`](RedisCacheLayerBuilder::windows_for_status)), else what the
 //! layer's [`windows_for`](RedisCacheLayerBuilder::windows_for) hook chooses from its head, else the layer's;
-//! the origin's own `Cache-Control` / `Expires` set them where they speak (for `GET` and `HEAD` by default),
+//! the origin's own `Cache-Control` / `Expires` (or a targeted field the layer names, such as
+//! `CDN-Cache-Control`: [`targeted_cache_control`](RedisCacheLayerBuilder::targeted_cache_control)) set them
+//! where they speak (for `GET` and `HEAD` by default),
 //! capped, unless the call chose its own (see [`freshness`]). A refresh of an entry with an `ETag` or `Last-Modified` is conditional: a `304`
 //! renews it without the body.
 //!
