@@ -102,6 +102,8 @@ pub enum Setting {
     Credentials,
     /// `respect_response_cache_control`.
     RespectResponseCacheControl,
+    /// `targeted_cache_control`.
+    TargetedCacheControl,
     /// `near_cache`.
     NearCache,
     /// `near_cache_max_ttl`.
@@ -155,6 +157,7 @@ impl Setting {
             Setting::CacheableStatuses => "cacheable_statuses",
             Setting::Credentials => "credentials",
             Setting::RespectResponseCacheControl => "respect_response_cache_control",
+            Setting::TargetedCacheControl => "targeted_cache_control",
             Setting::NearCache => "near_cache",
             Setting::NearCacheMaxTtl => "near_cache_max_ttl",
             Setting::IgnoreQueryParams => "ignore_query_params",

@@ -11,7 +11,7 @@ use super::stats::{CacheStats, Counters};
 use super::store::Store;
 use super::tags::TagsFn;
 use crate::error::{ConfigError, Setting, StoreError};
-use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, PROXY_AUTHORIZATION};
 use http::{HeaderName, Method, Request, StatusCode, request};
 use std::fmt;
 use std::sync::Arc;
@@ -908,7 +908,7 @@ impl RedisCacheLayerBuilder {
     /// [`respect_response_cache_control`](Self::respect_response_cache_control)); its value is read as a
     /// Structured Field Dictionary (RFC 8941), and one that does not parse as one (`Max-Age=60`, a trailing comma)
     /// counts for nothing: the next field on the list, and at last `Cache-Control`, governs instead. The fields are
-    /// passed on in the response. Default: none, so that a `CDN-Cache-Control` meant for a CDN in front changes
+    /// passed on in the response. `build` refuses a list that names `Cache-Control` itself. Default: none, so that a `CDN-Cache-Control` meant for a CDN in front changes
     /// nothing here; name it when this cache should obey it too, or a field of your own before it.
     ///
     /// ```
@@ -1308,6 +1308,12 @@ impl RedisCacheLayerBuilder {
                 ),
             ));
         }
+        if self.targeted.contains(&CACHE_CONTROL) {
+            return refuse(
+                Setting::TargetedCacheControl,
+                "may not name Cache-Control: the targeted fields speak in its place",
+            );
+        }
         if self.partition.is_empty() && self.partition_by.is_none() {
             if self.credentials == Credentials::Partition {
                 return refuse(
@@ -1445,6 +1451,10 @@ mod tests {
         let cases: Vec<(RedisCacheLayerBuilder, Setting)> = vec![
             (builder().namespace("has space"), Setting::Namespace),
             (builder().namespace("{tag}"), Setting::Namespace),
+            (
+                builder().targeted_cache_control([CACHE_CONTROL]),
+                Setting::TargetedCacheControl,
+            ),
             (
                 builder()
                     .fresh_for(Duration::ZERO)
