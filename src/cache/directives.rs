@@ -67,15 +67,39 @@ impl<'a> Directives<'a> {
     }
 }
 
-/// The directives of one `Cache-Control` (or `Pragma`) field value, each with its argument (quotes removed).
+/// The directives of one `Cache-Control` (or `Pragma`) field value, each with its argument (quotes removed). A
+/// comma inside a quoted argument (`no-cache="Set-Cookie, X-Id"`) does not end its directive.
 pub(crate) fn split_directives(value: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
-    value.split(',').map(|directive| {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let (directive, next) = match directive_end(text) {
+            Some(comma) => (&text[..comma], Some(&text[comma + 1..])),
+            None => (text, None),
+        };
+        rest = next;
         let (name, argument) = match directive.split_once('=') {
             Some((name, argument)) => (name, Some(argument.trim().trim_matches('"'))),
             None => (directive, None),
         };
-        (name.trim(), argument)
+        Some((name.trim(), argument))
     })
+}
+
+/// Where the first directive of `text` ends: the first comma outside a quoted string (RFC 9110 §5.6.4, `\`
+/// escaping the next character); `None` when it runs to the end.
+fn directive_end(text: &str) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (at, byte) in text.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => return Some(at),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The members of `target` in `headers` when its lines, joined, are a valid dictionary with at least one member.
@@ -159,6 +183,24 @@ mod tests {
             Directives::of(&plain, &[]).honours_expires(),
             "no target list: every targeted field is ignored"
         );
+    }
+
+    #[test]
+    fn a_comma_in_a_quoted_argument_does_not_split_its_directive() {
+        let value = r#"no-cache="set-cookie, x-id", max-age=5, ext="a \", s-maxage=9", private,"#;
+        let split: Vec<_> = split_directives(value).collect();
+        assert_eq!(
+            split,
+            [
+                ("no-cache", Some("set-cookie, x-id")),
+                ("max-age", Some("5")),
+                ("ext", Some(r#"a \", s-maxage=9"#)),
+                ("private", None),
+                ("", None),
+            ]
+        );
+        let plain: Vec<_> = split_directives("no-store").collect();
+        assert_eq!(plain, [("no-store", None)]);
     }
 
     #[test]
