@@ -7,7 +7,7 @@
 //! `Cache-Control`: a value that does not parse is ignored whole, and the next field on the list (at last
 //! `Cache-Control`) counts instead.
 
-use super::structured::{Value, dictionary};
+use super::structured::{Value, dictionary, field_value};
 use http::header::CACHE_CONTROL;
 use http::{HeaderMap, HeaderName};
 
@@ -104,18 +104,10 @@ fn directive_end(text: &str) -> Option<usize> {
 
 /// The members of `target` in `headers` when its lines, joined, are a valid dictionary with at least one member.
 fn targeted(headers: &HeaderMap, target: &HeaderName) -> Option<Vec<(String, Value)>> {
-    let mut lines = headers.get_all(target).iter();
-    let first = lines.next()?.to_str().ok()?;
-    let mut joined = String::new();
-    for line in lines {
-        if joined.is_empty() {
-            joined.push_str(first);
-        }
-        joined.push_str(", ");
-        joined.push_str(line.to_str().ok()?);
+    if !headers.contains_key(target) {
+        return None;
     }
-    let value = if joined.is_empty() { first } else { &joined };
-    dictionary(value).filter(|members| !members.is_empty())
+    dictionary(&field_value(headers, target)?).filter(|members| !members.is_empty())
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! does not parse is refused whole, and the caller then ignores the field. Parameters are checked and dropped,
 //! since no field the cache reads defines any.
 
+use http::{HeaderMap, HeaderName};
+use std::borrow::Cow;
+
 /// The value of a member, as far as the cache goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Value {
@@ -14,6 +17,25 @@ pub(crate) enum Value {
     String(String),
     /// An Inner List or a Byte Sequence.
     Other,
+}
+
+/// The lines of the field `name` in `headers`, joined with commas as RFC 8941 §4.2 parses a field of several
+/// lines; empty without the field, `None` when a line is not visible ASCII.
+pub(crate) fn field_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, str>> {
+    let mut lines = headers.get_all(name).iter();
+    let Some(first) = lines.next() else {
+        return Some(Cow::Borrowed(""));
+    };
+    let first = first.to_str().ok()?;
+    let Some(second) = lines.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut joined = format!("{first}, {}", second.to_str().ok()?);
+    for line in lines {
+        joined.push_str(", ");
+        joined.push_str(line.to_str().ok()?);
+    }
+    Some(Cow::Owned(joined))
 }
 
 /// Parses a Dictionary (§4.2, §4.2.2) into its members, in order, a key given twice keeping its place and its

@@ -31,7 +31,7 @@ use super::decision::RequestFacts;
 use super::engine::Engine;
 use super::key::{CacheKey, authority};
 use super::stats::add;
-use super::structured::{Value, list};
+use super::structured::{Value, field_value, list};
 use crate::error::StoreError;
 use http::{HeaderMap, HeaderName, Uri, request};
 use std::sync::Arc;
@@ -47,14 +47,7 @@ pub(crate) const CACHE_GROUP_INVALIDATION: HeaderName =
 /// The groups the field `name` of `headers` lists (its lines joined): the Strings of a List, other members
 /// ignored (RFC 9875 §2); empty without the field, `None` when it is no List.
 fn groups(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<String>> {
-    let mut joined = String::new();
-    for line in headers.get_all(name) {
-        if !joined.is_empty() {
-            joined.push_str(", ");
-        }
-        joined.push_str(line.to_str().ok()?);
-    }
-    let members = list(&joined)?;
+    let members = list(&field_value(headers, name)?)?;
     Some(
         members
             .into_iter()
