@@ -994,10 +994,8 @@ pub(crate) fn default_statuses() -> Vec<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::testing::{Fields, head};
     use proptest::prelude::*;
-
-    /// Header fields of a test case, as pairs of name and value.
-    type Fields = [(&'static str, &'static str)];
 
     fn rules(credentials: Credentials) -> Rules {
         Rules {
@@ -1231,14 +1229,6 @@ mod tests {
                 "{name}"
             );
         }
-    }
-
-    fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_static(value));
-        }
-        headers
     }
 
     #[test]

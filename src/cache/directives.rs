@@ -113,18 +113,8 @@ fn targeted(headers: &HeaderMap, target: &HeaderName) -> Option<Vec<(String, Val
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::testing::{Fields, head};
     use http::HeaderValue;
-
-    /// Header fields of a test case, as pairs of name and value.
-    type Fields = [(&'static str, &'static str)];
-
-    fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_static(value));
-        }
-        headers
-    }
 
     fn said(directives: &Directives<'_>) -> Vec<String> {
         let mut out = Vec::new();

@@ -315,17 +315,7 @@ pub(crate) fn age_of(headers: &HeaderMap) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Header fields of a test case, as pairs of name and value.
-    type Fields = [(&'static str, &'static str)];
-
-    fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_static(value));
-        }
-        headers
-    }
+    use crate::cache::testing::{Fields, head};
 
     const DAY: Duration = Duration::from_secs(86_400);
     const CAP: Windows = Windows::new(DAY, DAY, DAY);

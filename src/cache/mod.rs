@@ -203,6 +203,8 @@ pub mod status;
 pub mod store;
 mod structured;
 mod tags;
+#[cfg(test)]
+mod testing;
 
 pub use self::body::ResponseBody;
 pub use self::decision::Credentials;
