@@ -366,6 +366,41 @@ async fn a_tag_removes_its_entries_across_shards() {
     assert_eq!(origin.calls(), 15);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_group_invalidation_removes_its_entries_across_shards() {
+    // Answer tags on a Cluster: the tag clock, the group's set and its mark each on a shard of their own, the
+    // entries on all three.
+    let cluster = RedisCluster::start();
+    let origin = support::Origin::new();
+    let layer = layer_over(RedisStore::connect(&cluster.url()).await.unwrap())
+        .methods([Method::GET])
+        .store_timeout(Duration::from_secs(2))
+        .cache_groups(true)
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    origin.add_header("cache-groups", r#""items""#);
+    for i in 0..10 {
+        call(&service, query_of(i)).await;
+    }
+    let hits = |service| async move {
+        let mut hits = 0;
+        for i in 0..10 {
+            hits += usize::from(outcome(&call(service, query_of(i)).await) == CacheOutcome::Hit);
+        }
+        hits
+    };
+    assert_eq!(hits(&service).await, 10);
+
+    origin.clear_headers();
+    origin.add_header("cache-group-invalidation", r#""items""#);
+    let created = call(&service, post("{}")).await;
+    assert_eq!(created.status(), StatusCode::OK);
+    assert_eq!(layer.handle().stats().tag_removals, 10);
+    assert_eq!(hits(&service).await, 0, "every entry of the group is gone");
+    assert_eq!(origin.calls(), 10 + 1 + 10);
+}
+
 /// A `GET` of item `i`.
 fn query_of(i: usize) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     http::Request::get(format!("https://api.example.com/items/{i}"))
