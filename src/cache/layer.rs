@@ -908,8 +908,9 @@ impl RedisCacheLayerBuilder {
     /// [`respect_response_cache_control`](Self::respect_response_cache_control)); its value is read as a
     /// Structured Field Dictionary (RFC 8941), and one that does not parse as one (`Max-Age=60`, a trailing comma)
     /// counts for nothing: the next field on the list, and at last `Cache-Control`, governs instead. The fields are
-    /// passed on in the response. `build` refuses a list that names `Cache-Control` itself. Default: none, so that a `CDN-Cache-Control` meant for a CDN in front changes
-    /// nothing here; name it when this cache should obey it too, or a field of your own before it.
+    /// passed on in the response. `build` refuses a list that names `Cache-Control` itself. Default: none, so that
+    /// a `CDN-Cache-Control` meant for a CDN in front changes nothing here; name it when this cache should obey it
+    /// too, or a field of your own before it.
     ///
     /// ```
     /// use http::{HeaderName, Request, Response};
