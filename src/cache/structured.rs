@@ -358,7 +358,7 @@ mod tests {
         }
 
         #[test]
-        fn any_input_parses_to_distinct_keys_or_is_refused(input in "[ -~\t]{0,40}") {
+        fn any_input_parses_to_valid_members_or_is_refused(input in "([ -~\t]|\\PC){0,40}") {
             if let Some(members) = dictionary(&input) {
                 for (i, (key, _)) in members.iter().enumerate() {
                     prop_assert!(
@@ -367,6 +367,11 @@ mod tests {
                     );
                     prop_assert!(input.contains(key.as_str()));
                     prop_assert!(members[..i].iter().all(|(k, _)| k != key), "{key:?} twice");
+                }
+            }
+            for member in list(&input).unwrap_or_default() {
+                if let Value::String(text) = member {
+                    prop_assert!(text.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{text:?}");
                 }
             }
         }
