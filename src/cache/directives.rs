@@ -107,7 +107,12 @@ fn targeted(headers: &HeaderMap, target: &HeaderName) -> Option<Vec<(String, Val
     if !headers.contains_key(target) {
         return None;
     }
-    dictionary(&field_value(headers, target)?).filter(|members| !members.is_empty())
+    let members = field_value(headers, target).and_then(|value| dictionary(&value));
+    if members.is_none() {
+        // Said once per fill, and only to a subscriber that asks: why an origin's field did not count.
+        tracing::debug!(field = %target, "targeted cache-control field is no valid dictionary: ignored");
+    }
+    members.filter(|members| !members.is_empty())
 }
 
 #[cfg(test)]
