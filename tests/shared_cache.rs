@@ -178,9 +178,12 @@ async fn a_write_in_one_spelling_of_a_uri_removes_the_entries_of_the_other() {
                 &[("host", "api.test"), ("accept-language", "de")],
             )
         };
+        // The origin's default port, written out or left out, is one spelling more.
         let writes = [
             Request::delete("/items?x=1").header("host", "api.test"),
             Request::delete("https://api.test/items?x=1"),
+            Request::delete("https://API.test:443/items?x=1"),
+            Request::delete("/items?x=1").header("host", "api.test:443"),
         ];
         for write in writes {
             call(&service, h2()).await;
@@ -1917,9 +1920,14 @@ async fn a_write_answered_with_cache_group_invalidation_removes_those_groups_of_
     hits(&service, &["https://api.example.com/about"]).await;
     assert_eq!(hits(&service, &all).await, [true, true, true]);
 
-    // A write elsewhere on the origin (its authority's case ignored) whose answer names `items`.
+    // A write elsewhere on the origin (its authority's case and default port ignored) whose answer names
+    // `items`.
     answers_with("cache-group-invalidation", r#""items""#);
-    let post = call(&service, request("POST", "https://API.example.com/orders")).await;
+    let post = call(
+        &service,
+        request("POST", "https://API.example.com:443/orders"),
+    )
+    .await;
     assert_eq!(post.status(), StatusCode::OK);
     assert_eq!(hits(&service, &all).await, [false, true, true]);
     assert_eq!(grouped.handle().stats().tag_removals, 1);

@@ -31,6 +31,7 @@
 
 use super::directives::{Directives, split_directives};
 use super::freshness::{Windows, http_date};
+use super::key::{default_ports, normal_authority};
 use super::status::{BypassReason, NotStored};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
@@ -532,13 +533,19 @@ pub(crate) fn also_stale(
     } else {
         let named: Uri = named.parse().ok()?;
         let (scheme, authority) = (named.scheme()?, named.authority()?);
+        // Compared as one origin's spellings are: `https://h:443` is `https://h`.
+        let ports = default_ports(Some(scheme.as_str()));
+        let named_origin = normal_authority(authority.as_str().as_bytes(), ports);
         let same_origin = match target.authority() {
-            Some(own) => target.scheme() == Some(scheme) && own == authority,
-            // An origin-form target (a server's request): its authority is its `Host`.
-            None => host.is_some_and(|host| {
-                host.as_bytes()
-                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
-            }),
+            Some(own) => {
+                target.scheme() == Some(scheme)
+                    && normal_authority(own.as_str().as_bytes(), ports) == named_origin
+            }
+            // An origin-form target (a server's request): its authority is its `Host`, on the named scheme's
+            // default port unless it names another.
+            None => {
+                host.is_some_and(|host| normal_authority(host.as_bytes(), ports) == named_origin)
+            }
         };
         if !same_origin {
             return None;
@@ -1032,10 +1039,20 @@ mod tests {
                 "https://API.example.com/items/42",
                 Some("https://api.example.com/items/42"),
             ),
+            // The origin's default port, written out or left empty.
+            (
+                "https://api.example.com:443/items/42",
+                Some("https://api.example.com/items/42"),
+            ),
+            (
+                "HTTPS://API.example.com:/items/42",
+                Some("https://api.example.com/items/42"),
+            ),
             // Another origin: another host, scheme or port, or a network-path reference.
             ("https://evil.example/items/42", None),
             ("http://api.example.com/items/42", None),
             ("https://api.example.com:8443/items/42", None),
+            ("https://api.example.com:80/items/42", None),
             ("//evil.example/items/42", None),
             // Relative paths are not resolved; junk names nothing.
             ("42", None),
@@ -1067,6 +1084,20 @@ mod tests {
             named("/items", None, "https://api.example.com/items/42"),
             None
         );
+        // A `Host` on the named scheme's default port, written out or not, in any case.
+        for (host, reference, same) in [
+            ("api.example.com", "https://api.example.com:443/x", true),
+            ("API.example.com:443", "https://api.example.com/x", true),
+            ("api.example.com:80", "http://api.example.com/x", true),
+            ("api.example.com:443", "http://api.example.com/x", false),
+            ("api.example.com:8443", "https://api.example.com/x", false),
+        ] {
+            assert_eq!(
+                named("/items", Some(host), reference).is_some(),
+                same,
+                "{host} {reference}"
+            );
+        }
     }
 
     #[test]

@@ -22,7 +22,10 @@ use super::freshness::{
 };
 use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
-use super::key::{CacheKey, KeyConfig, short_hex, vary_digest};
+use super::key::{
+    CacheKey, KeyConfig, WEB_DEFAULT_PORTS, default_ports, normal_authority, port_colon, short_hex,
+    vary_digest,
+};
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
 use super::stats::{Counters, add, bump, bump_bypass, bump_not_stored};
@@ -2134,48 +2137,135 @@ pub(crate) fn add_cache_status(headers: &mut HeaderMap, member: HeaderValue) {
 }
 
 /// Every spelling under which a server may have keyed the resource `uri` names, a request with `headers` asking
-/// for it: `uri` itself, then, for a URI with an authority (`https://h/p`, as HTTP/2 and a client's requests
-/// carry it), its origin form (`/p` with `Host: h`, as HTTP/1.1 requests to a server carry it), and for an
-/// origin-form URI with a `Host`, its `http` and `https` forms. A write in one spelling thus removes the entries
-/// stored under the others (the key holds the scheme and the URI's authority as given).
+/// for it. A key holds the scheme and the authority, its host in lowercase and without the scheme's default port
+/// (`https://h:443/p` is `https://h/p`), but a server's origin-form request (`/p` with `Host: h`, as HTTP/1.1
+/// requests to a server carry it) holds its `Host` port and all: which port is the default is not known there.
+/// So the spellings are `uri` itself; for a URI with an authority (`https://h/p`, as HTTP/2 and a client's
+/// requests carry it), its origin form under each `Host` that spells that authority; for an origin-form URI with a
+/// `Host`, its `http` and `https` forms, and the `Host` on a default port spelled the other ways (`h:443` for `h`).
+/// A write in one spelling thus removes the entries stored under the others.
 fn spellings<'a>(uri: &Uri, headers: &'a HeaderMap) -> Vec<(Uri, Cow<'a, HeaderMap>)> {
     let mut forms = vec![(uri.clone(), Cow::Borrowed(headers))];
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    let under_host = |host: &str| {
+        let origin_form = path.parse::<Uri>().ok()?;
+        let host = HeaderValue::from_str(host).ok()?;
+        let mut headers = headers.clone();
+        headers.insert(HOST, host);
+        Some((origin_form, Cow::Owned(headers)))
+    };
     match uri.authority() {
         Some(authority) => {
-            let origin_form = uri
-                .path_and_query()
-                .map_or("/", |path| path.as_str())
-                .parse::<Uri>();
-            if let (Ok(origin_form), Ok(host)) =
-                (origin_form, HeaderValue::from_str(authority.as_str()))
-            {
-                let mut headers = headers.clone();
-                headers.insert(HOST, host);
-                forms.push((origin_form, Cow::Owned(headers)));
-            }
+            let ports = default_ports(uri.scheme_str());
+            forms.extend(
+                host_spellings(authority.as_str(), ports)
+                    .iter()
+                    .filter_map(|host| under_host(host)),
+            );
         }
         None => {
-            let host = headers.get(HOST).and_then(|host| host.to_str().ok());
-            if let Some(host) = host {
-                for scheme in ["http", "https"] {
-                    let absolute = Uri::builder()
-                        .scheme(scheme)
-                        .authority(host)
-                        .path_and_query(uri.path_and_query().map_or("/", |path| path.as_str()))
-                        .build();
-                    if let Ok(absolute) = absolute {
-                        forms.push((absolute, Cow::Borrowed(headers)));
-                    }
+            let Some(host) = headers.get(HOST).and_then(|host| host.to_str().ok()) else {
+                return forms;
+            };
+            for scheme in ["http", "https"] {
+                let absolute = Uri::builder()
+                    .scheme(scheme)
+                    .authority(host)
+                    .path_and_query(path)
+                    .build();
+                if let Ok(absolute) = absolute {
+                    forms.push((absolute, Cow::Borrowed(headers)));
                 }
             }
+            forms.extend(
+                host_spellings(host, WEB_DEFAULT_PORTS)
+                    .iter()
+                    .filter(|other| !other.eq_ignore_ascii_case(host))
+                    .filter_map(|other| under_host(other)),
+            );
         }
     }
     forms
 }
 
+/// The `Host` fields that spell `authority`: itself on a port other than `defaults`; else its host alone and
+/// with each of `defaults` written out (lowercase: a key holds a `Host` so).
+fn host_spellings(authority: &str, defaults: &[&str]) -> Vec<String> {
+    let bare = normal_authority(authority.as_bytes(), defaults);
+    if port_colon(&bare).is_some() {
+        return vec![authority.to_owned()];
+    }
+    let bare = String::from_utf8_lossy(&bare).into_owned();
+    let mut hosts: Vec<String> = defaults
+        .iter()
+        .map(|port| format!("{bare}:{port}"))
+        .collect();
+    hosts.insert(0, bare);
+    hosts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uri_is_spelled_in_every_form_a_server_may_have_keyed_it() {
+        let forms = |uri: &str, host: Option<&'static str>| {
+            let uri: Uri = uri.parse().unwrap();
+            let mut headers = HeaderMap::new();
+            if let Some(host) = host {
+                headers.insert(HOST, HeaderValue::from_static(host));
+            }
+            spellings(&uri, &headers)
+                .into_iter()
+                .map(|(uri, headers)| {
+                    let host = headers.get(HOST).map(|host| host.to_str().unwrap_or("?"));
+                    format!("{uri} {}", host.unwrap_or("-"))
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            forms("https://API.example/p?q=1", None),
+            [
+                "https://API.example/p?q=1 -",
+                "/p?q=1 api.example",
+                "/p?q=1 api.example:443",
+            ]
+        );
+        assert_eq!(
+            forms("http://api.example:80/p", None),
+            [
+                "http://api.example:80/p -",
+                "/p api.example",
+                "/p api.example:80"
+            ]
+        );
+        assert_eq!(
+            forms("https://api.example:8443/p", None),
+            ["https://api.example:8443/p -", "/p api.example:8443"]
+        );
+        assert_eq!(
+            forms("/p", Some("api.example")),
+            [
+                "/p api.example",
+                "http://api.example/p api.example",
+                "https://api.example/p api.example",
+                "/p api.example:80",
+                "/p api.example:443",
+            ]
+        );
+        assert_eq!(
+            forms("/p", Some("api.example:443")),
+            [
+                "/p api.example:443",
+                "http://api.example:443/p api.example:443",
+                "https://api.example:443/p api.example:443",
+                "/p api.example",
+                "/p api.example:80",
+            ]
+        );
+        assert_eq!(forms("/p", None), ["/p -"]);
+    }
 
     #[test]
     fn safe_methods_are_those_rfc_9110_names_and_query() {

@@ -1,22 +1,24 @@
 //! Request -> [`CacheKey`]: SHA-256 over length-prefixed request fields, with JSON bodies canonicalised.
 //!
 //! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme, authority
-//! (from the URI, else the `Host` header), path, the query pairs sorted by name (pairs of one name keep their order:
-//! `?sort=name&sort=date` is not `?sort=date&sort=name`; those the layer ignores left out), the configured vary
-//! headers, the partition (tenant identity) and, in a layer with `partition_by`, the request's own, the request headers
-//! of [`IMPLIED_VARY`] (what a proxy forwards of the client's request, `X-Forwarded-Host`, `Forwarded`, ..., the
-//! client's address left out; `Prefer`; API versions; account selectors), and the body with its `Content-Type` and
-//! `Content-Encoding` (a coded body is another body). A JSON body (`application/json` or `*/*+json`) is hashed in
-//! canonical form: object members sorted by key at every level, array order kept, no insignificant whitespace, strings
-//! written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept exactly as written (so `1e400` and `1e401` never
-//! collide). Invalid JSON, an object with a key twice (after escapes are decoded: such a body means what its parser
-//! makes of it), or any other content type hashes the raw bytes. Members a layer ignores (JSON Pointers, see
-//! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
+//! (from the URI, else the `Host` header; its host in lowercase, without the scheme's default port), path, the query
+//! pairs sorted by name (pairs of one name keep their order: `?sort=name&sort=date` is not `?sort=date&sort=name`;
+//! those the layer ignores left out), the configured vary headers, the partition (tenant identity) and, in a layer with
+//! `partition_by`, the request's own, the request headers of [`IMPLIED_VARY`] (what a proxy forwards of the client's
+//! request, `X-Forwarded-Host`, `Forwarded`, ..., the client's address left out; `Prefer`; API versions; account
+//! selectors), and the body with its `Content-Type` and `Content-Encoding` (a coded body is another body). A JSON body
+//! (`application/json` or `*/*+json`) is hashed in canonical form: object members sorted by key at every level, array
+//! order kept, no insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept
+//! exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice (after escapes
+//! are decoded: such a body means what its parser makes of it), or any other content type hashes the raw bytes. Members
+//! a layer ignores (JSON Pointers, see [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are
+//! left out of the canonical form.
 
 use super::decision::NameTable;
 use super::memo;
 use http::{HeaderMap, HeaderName, Method, Uri, header};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
@@ -317,7 +319,9 @@ impl KeyConfig {
         field(&mut h, b"tower-redis-cache/key/v2");
         field(&mut h, method.as_str().as_bytes());
         field(&mut h, uri.scheme_str().unwrap_or("").as_bytes());
-        field(&mut h, authority(uri, headers));
+        // One origin's spellings share a key; an authority already so (nearly all) hashes as it always did.
+        let ports = default_ports(uri.scheme_str());
+        field(&mut h, &normal_authority(authority(uri, headers), ports));
         field(&mut h, uri.path().as_bytes());
         hash_query(&mut h, uri.query(), &self.ignored_query);
         count(&mut h, self.vary.len());
@@ -371,8 +375,8 @@ impl KeyConfig {
 
     /// The key of the set of fills of `uri` (a request with `headers`, in `partition`, its own) that its writes
     /// cannot name by key (variants, queries; see [`UriTags`](super::engine::UriTags)): `<namespace>:v1:tag:{<sha256
-    /// hex>}`, a digest of the partitions, the authority (the URI's, else the `Host` header; case ignored), the
-    /// path and the query as keys hold it. Not the scheme: a server sees one resource as `/p` with `Host: h` over
+    /// hex>}`, a digest of the partitions, the authority (the URI's, else the `Host` header; case and the ports
+    /// `80` and `443` ignored), the path and the query as keys hold it. Not the scheme: a server sees one resource as `/p` with `Host: h` over
     /// HTTP/1.1 and as `https://h/p` over HTTP/2, and a write in either form must find the fills of both. Apart
     /// from every tag a user names (another label starts the digest).
     pub(crate) fn uri_tag_key(
@@ -391,21 +395,24 @@ impl KeyConfig {
             }
             None => h.update([0u8]),
         }
-        field(&mut h, &authority(uri, headers).to_ascii_lowercase());
+        field(
+            &mut h,
+            &normal_authority(authority(uri, headers), WEB_DEFAULT_PORTS),
+        );
         field(&mut h, uri.path().as_bytes());
         hash_query(&mut h, uri.query(), &self.ignored_query);
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
 
     /// The key of the set of entries in cache group `group` (RFC 9875) of the origin `authority` (the URI's
-    /// authority, else the `Host` header; case ignored): a tag set like [`tag_key`](Self::tag_key)'s, apart from
+    /// authority, else the `Host` header; case and the ports `80` and `443` ignored): a tag set like [`tag_key`](Self::tag_key)'s, apart from
     /// every tag a user names (another label starts the digest). A group is the origin's, so it spans every
     /// partition of a request's own, and, like a URI's tag, every scheme.
     pub(crate) fn group_key(&self, authority: &[u8], group: &str) -> String {
         let mut h = Sha256::new();
         field(&mut h, b"tower-redis-cache/group/v1");
         field(&mut h, &self.partition);
-        field(&mut h, &authority.to_ascii_lowercase());
+        field(&mut h, &normal_authority(authority, WEB_DEFAULT_PORTS));
         field(&mut h, group.as_bytes());
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
@@ -472,6 +479,70 @@ pub(crate) fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
         Some(authority) => authority.as_str().as_bytes(),
         None => headers.get(header::HOST).map_or(&b""[..], |v| v.as_bytes()),
     }
+}
+
+/// The ports an authority drops as its scheme's default ([`normal_authority`]): `80` for `http`, `443` for
+/// `https`, none for another scheme or none at all. Keys drop a port only where the scheme says it is the
+/// default: without one, `Host: h:443` may reach a plain-HTTP listener whose links would then name port 443,
+/// and an answer echoing it must not be served to `Host: h` (web cache poisoning by an unkeyed port).
+pub(crate) fn default_ports(scheme: Option<&str>) -> &'static [&'static str] {
+    match scheme {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http") => &["80"],
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => &["443"],
+        _ => &[],
+    }
+}
+
+/// Both web default ports: what an origin's authority drops where its scheme is not part of what is compared
+/// (URI tags and cache groups span schemes, and there removing too much is safe, too little is not).
+pub(crate) const WEB_DEFAULT_PORTS: &[&str] = &["80", "443"];
+
+/// `authority` as two spellings of one origin compare equal (RFC 9110 §4.2.3, RFC 3986 §6.2.2.1 and §6.2.3):
+/// its host in lowercase, without an empty port or one of `defaults`. `HTTPS://API.example:443` and
+/// `https://api.example` name one origin; `api.example:8443` keeps its port. Borrowed when already so, as
+/// nearly every authority is.
+pub(crate) fn normal_authority<'a>(authority: &'a [u8], defaults: &[&str]) -> Cow<'a, [u8]> {
+    let host = host_start(authority);
+    let end = match port_colon(authority) {
+        Some(colon)
+            if authority[colon + 1..].is_empty()
+                || defaults
+                    .iter()
+                    .any(|default| default.as_bytes() == &authority[colon + 1..]) =>
+        {
+            colon
+        }
+        _ => authority.len(),
+    };
+    let kept = &authority[..end];
+    if kept[host..].iter().any(u8::is_ascii_uppercase) {
+        let mut lower = kept.to_vec();
+        lower[host..].make_ascii_lowercase();
+        Cow::Owned(lower)
+    } else {
+        Cow::Borrowed(kept)
+    }
+}
+
+/// Where the host of `authority` starts: after its userinfo (`user@`, deprecated in HTTP URIs, kept as written).
+fn host_start(authority: &[u8]) -> usize {
+    authority
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(0, |at| at + 1)
+}
+
+/// Where the `:` before the port of `authority` is, if it has one (after an IPv6 literal's closing bracket).
+pub(crate) fn port_colon(authority: &[u8]) -> Option<usize> {
+    let host = host_start(authority);
+    let after_literal = authority[host..]
+        .iter()
+        .rposition(|&b| b == b']')
+        .map_or(host, |bracket| host + bracket);
+    authority[after_literal..]
+        .iter()
+        .rposition(|&b| b == b':')
+        .map(|colon| after_literal + colon)
 }
 
 /// Request headers every key holds, as if every answer named them in `Vary`: headers that change answers although
@@ -1939,6 +2010,71 @@ mod tests {
             c.key(&Method::GET, &uri, &a, b""),
             c.key(&Method::GET, &uri, &b, b"")
         );
+    }
+
+    #[test]
+    fn one_origins_spellings_share_a_key_and_other_ports_do_not() {
+        let c = config();
+        let key = |uri: &str, host: Option<&'static str>| {
+            let uri: Uri = uri.parse().unwrap();
+            let mut headers = HeaderMap::new();
+            if let Some(host) = host {
+                headers.insert(header::HOST, HeaderValue::from_static(host));
+            }
+            c.key(&Method::GET, &uri, &headers, b"")
+        };
+        let https = key("https://api.example/p", None);
+        assert_eq!(key("https://api.example:443/p", None), https);
+        assert_eq!(key("https://API.Example/p", None), https);
+        assert_eq!(key("https://api.example:/p", None), https);
+        assert_ne!(key("https://api.example:80/p", None), https);
+        assert_ne!(key("https://api.example:8443/p", None), https);
+        let http = key("http://api.example/p", None);
+        assert_eq!(key("http://api.example:80/p", None), http);
+        assert_ne!(key("http://api.example:443/p", None), http);
+        // Without a scheme, which port is the default is unknown: `Host: h:443` keeps a key of its own (an
+        // answer echoing the port must not reach `Host: h`). Case still makes no difference.
+        let host = key("/p", Some("api.example"));
+        assert_ne!(key("/p", Some("api.example:443")), host);
+        assert_ne!(key("/p", Some("api.example:80")), host);
+        assert_eq!(key("/p", Some("API.example")), host);
+    }
+
+    #[test]
+    fn an_authority_is_normalised_as_its_origin_compares() {
+        for (authority, defaults, normal) in [
+            ("api.example", WEB_DEFAULT_PORTS, "api.example"),
+            ("API.Example:443", WEB_DEFAULT_PORTS, "api.example"),
+            ("api.example:80", WEB_DEFAULT_PORTS, "api.example"),
+            ("api.example:", &[][..], "api.example"),
+            ("api.example:443", &[][..], "api.example:443"),
+            ("api.example:443", &["80"][..], "api.example:443"),
+            ("api.example:8443", WEB_DEFAULT_PORTS, "api.example:8443"),
+            ("[::1]:443", &["443"][..], "[::1]"),
+            ("[::1]", WEB_DEFAULT_PORTS, "[::1]"),
+            (
+                "[2001:DB8::1]:8080",
+                WEB_DEFAULT_PORTS,
+                "[2001:db8::1]:8080",
+            ),
+            // Userinfo is kept as written.
+            (
+                "User@API.example:443",
+                WEB_DEFAULT_PORTS,
+                "User@api.example",
+            ),
+            ("", WEB_DEFAULT_PORTS, ""),
+        ] {
+            assert_eq!(
+                normal_authority(authority.as_bytes(), defaults).as_ref(),
+                normal.as_bytes(),
+                "{authority}"
+            );
+        }
+        assert!(matches!(
+            normal_authority(b"api.example", WEB_DEFAULT_PORTS),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

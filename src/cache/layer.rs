@@ -226,8 +226,8 @@ impl CacheHandle {
     }
 
     /// Removes every entry in the cache group `group` of the origin `authority` (`"api.example"`,
-    /// `"api.example:8443"`; case ignored), as an answer's `Cache-Group-Invalidation` does (see
-    /// [`cache_groups`](RedisCacheLayerBuilder::cache_groups)). Returns how many entries existed; the rest is
+    /// `"api.example:8443"`; case and the ports 80 and 443 ignored), as an answer's `Cache-Group-Invalidation` does
+    /// (see [`cache_groups`](RedisCacheLayerBuilder::cache_groups)). Returns how many entries existed; the rest is
     /// as for [`invalidate_tag`](Self::invalidate_tag).
     ///
     /// # Errors
@@ -1040,13 +1040,13 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// Follows HTTP Cache Groups (RFC 9875): an answer's `Cache-Groups` field (a List of Strings:
-    /// `Cache-Groups: "articles", "article/17"`) places it in those groups of its origin, and a successful unsafe
-    /// request whose answer carries `Cache-Group-Invalidation: "articles"` removes every entry of that origin in
-    /// the groups it lists, in every process and before the answer is returned, as a write removes its own URI's
-    /// entries ([`invalidate_on_unsafe`](Self::invalidate_on_unsafe) must be on). An origin is the request's
-    /// authority (the URI's, else `Host`; case ignored), whatever its scheme, and its groups span the partitions
-    /// of [`partition_by`](Self::partition_by): removing too much is safe, too little is not.
+    /// Follows HTTP Cache Groups (RFC 9875): an answer's `Cache-Groups` field (a List of Strings: `Cache-Groups:
+    /// "articles", "article/17"`) places it in those groups of its origin, and a successful unsafe request whose
+    /// answer carries `Cache-Group-Invalidation: "articles"` removes every entry of that origin in the groups it
+    /// lists, in every process and before the answer is returned, as a write removes its own URI's entries
+    /// ([`invalidate_on_unsafe`](Self::invalidate_on_unsafe) must be on). An origin is the request's authority (the
+    /// URI's, else `Host`; case and a default port ignored), whatever its scheme, and its groups span the
+    /// partitions of [`partition_by`](Self::partition_by): removing too much is safe, too little is not.
     /// [`CacheHandle::invalidate_group`](super::CacheHandle::invalidate_group) removes a group from outside.
     ///
     /// Groups are answer tags under the rules of [`tags_from_header`](Self::tags_from_header): each fill reads

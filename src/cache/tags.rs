@@ -21,7 +21,7 @@
 //! `HEAD` fill records its key there as a request tag, and so does each fill of a query (`QUERY`, a cached
 //! `POST`), keyed by its body. A write to the URI walks it, so that every variant and query goes; without a
 //! mark, since no answer names a URI's tag. The tag leaves the scheme out: a write in one spelling of the URI
-//! (`/p` with `Host: h`, `https://h/p`) finds the fills of every other.
+//! (`/p` with `Host: h`, `https://h/p`, `https://h:443/p`) finds the fills of every other.
 //!
 //! [`CacheHandle::invalidate_tag`]: super::CacheHandle::invalidate_tag
 //! [`CacheHandle::invalidate`]: super::CacheHandle::invalidate
