@@ -155,6 +155,63 @@ async fn what_a_proxy_forwards_and_prefer_keep_answers_apart_and_the_clients_add
 }
 
 #[tokio::test]
+async fn a_host_field_naming_another_authority_than_the_uri_keeps_its_answer_apart() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // As virtual hosts behind one address, or a framework that writes links from `Host`.
+    origin.echo_headers();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let status = |host: Option<&'static str>| match host {
+        Some(host) => get("http://10.0.0.5/status", &[("host", host)]),
+        None => get("http://10.0.0.5/status", &[]),
+    };
+
+    let a = call(&service, status(Some("a.example"))).await;
+    assert_eq!(echoed(&a, "host"), Some("a.example"));
+    let b = call(&service, status(Some("b.example"))).await;
+    assert!(matches!(outcome(&b), CacheOutcome::Miss { .. }));
+    assert_eq!(echoed(&b, "host"), Some("b.example"));
+    let bare = call(&service, status(None)).await;
+    assert!(matches!(outcome(&bare), CacheOutcome::Miss { .. }));
+    assert_eq!(origin.calls(), 3);
+    // Each reads its own entry; a `Host` naming the URI's own authority (its case, its default port) is no
+    // other host.
+    for (host, echo) in [
+        (Some("a.example"), Some("a.example")),
+        (Some("B.example"), Some("b.example")),
+        (Some("10.0.0.5:80"), None),
+        (None, None),
+    ] {
+        let again = call(&service, status(host)).await;
+        assert_eq!(outcome(&again), CacheOutcome::Hit, "{host:?}");
+        assert_eq!(
+            echoed(&again, "host")
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            echo,
+            "{host:?}"
+        );
+    }
+    assert_eq!(origin.calls(), 3);
+
+    // A write to the URI removes them all, whichever `Host` it sends.
+    let delete = Request::delete("http://10.0.0.5/status")
+        .header("host", "a.example")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(call(&service, delete).await.status(), StatusCode::OK);
+    for host in [Some("a.example"), Some("b.example"), None] {
+        let after = call(&service, status(host)).await;
+        assert!(
+            matches!(outcome(&after), CacheOutcome::Miss { .. }),
+            "{host:?}"
+        );
+    }
+    assert_eq!(origin.calls(), 7, "the write and three misses");
+}
+
+#[tokio::test]
 async fn a_write_in_one_spelling_of_a_uri_removes_the_entries_of_the_other() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -34,9 +34,9 @@ use super::freshness::{Windows, http_date};
 use super::key::{default_ports, normal_authority};
 use super::status::{BypassReason, NotStored};
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE, SET_COOKIE,
-    UPGRADE, VARY,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, HOST, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE,
+    SET_COOKIE, UPGRADE, VARY,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -134,8 +134,11 @@ pub(crate) struct RequestFacts {
     /// request's, which the key does not hold, so the request is not cached.
     pub(crate) method_overridden: bool,
     /// A header every key holds ([`IMPLIED_VARY`](super::key::IMPLIED_VARY): what a proxy forwards, `Prefer`,
-    /// API versions, account selectors): the key holds its fields.
+    /// API versions, account selectors), or a `Host` naming another authority than the URI's
+    /// ([`foreign_host`](super::key::foreign_host)): the key holds its fields.
     pub(crate) implied_vary: bool,
+    /// The request has a `Host` field.
+    pub(crate) host: bool,
     /// The windows chosen for this request (its extension, the layer's hook, or the layer's own), for the
     /// entry it stores.
     pub(crate) windows: Windows,
@@ -329,6 +332,8 @@ impl RequestFacts {
                     .is_some_and(|n| n > max_body as u64);
             } else if name == PRAGMA {
                 pragma_no_cache |= directives(value).any(|d| d.eq_ignore_ascii_case("no-cache"));
+            } else if name == HOST {
+                facts.host = true;
             } else {
                 // Every request header not matched above comes here, on every request.
                 let kind = kinds.of(name.as_str());

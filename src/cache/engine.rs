@@ -23,8 +23,8 @@ use super::freshness::{
 use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
 use super::key::{
-    CacheKey, KeyConfig, WEB_DEFAULT_PORTS, default_ports, normal_authority, port_colon, short_hex,
-    vary_digest,
+    CacheKey, KeyConfig, WEB_DEFAULT_PORTS, default_ports, foreign_host, normal_authority,
+    port_colon, short_hex, vary_digest,
 };
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
@@ -516,6 +516,10 @@ impl Policy {
                 .and_then(|choose| choose(parts))
                 .unwrap_or(self.windows),
         };
+        // A `Host` that names another authority than the URI's is what the origin may answer by (a client
+        // reaching virtual hosts through one address; a server's framework reading `Host` for its links): the
+        // key holds it. Looked up only when the request has both.
+        facts.implied_vary |= facts.host && foreign_host(&parts.uri, &parts.headers);
         facts.origin_freshness = self.origin_freshness
             && (parts.method == Method::GET
                 || parts.method == Method::HEAD
@@ -2143,6 +2147,7 @@ pub(crate) fn add_cache_status(headers: &mut HeaderMap, member: HeaderValue) {
 /// So the spellings are `uri` itself; for a URI with an authority (`https://h/p`, as HTTP/2 and a client's
 /// requests carry it), its origin form under each `Host` that spells that authority; for an origin-form URI with a
 /// `Host`, its `http` and `https` forms, and the `Host` on a default port spelled the other ways (`h:443` for `h`).
+/// A URI with an authority and a `Host` naming another (see [`foreign_host`]) is also spelled without that `Host`.
 /// A write in one spelling thus removes the entries stored under the others.
 fn spellings<'a>(uri: &Uri, headers: &'a HeaderMap) -> Vec<(Uri, Cow<'a, HeaderMap>)> {
     let mut forms = vec![(uri.clone(), Cow::Borrowed(headers))];
@@ -2156,6 +2161,12 @@ fn spellings<'a>(uri: &Uri, headers: &'a HeaderMap) -> Vec<(Uri, Cow<'a, HeaderM
     };
     match uri.authority() {
         Some(authority) => {
+            // A `Host` naming another authority is in the key: the entry stored without one is named too.
+            if foreign_host(uri, headers) {
+                let mut plain = headers.clone();
+                plain.remove(HOST);
+                forms.push((uri.clone(), Cow::Owned(plain)));
+            }
             let ports = default_ports(uri.scheme_str());
             forms.extend(
                 host_spellings(authority.as_str(), ports)

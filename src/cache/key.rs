@@ -231,7 +231,7 @@ impl KeyConfig {
             method,
             uri,
             headers,
-            holds_implied(headers),
+            holds_implied(uri, headers),
             partition,
             body,
         )
@@ -249,7 +249,7 @@ impl KeyConfig {
         partition: Option<&[u8]>,
         body: &[u8],
     ) -> [u8; 32] {
-        debug_assert_eq!(implied, holds_implied(headers));
+        debug_assert_eq!(implied, holds_implied(uri, headers));
         memo::digest(
             // Requests with a partition of their own and those without are remembered apart, so that no other
             // fields can read as one.
@@ -285,7 +285,7 @@ impl KeyConfig {
                     f.field(partition);
                 }
                 if implied {
-                    for_each_implied(headers, |index, value| {
+                    for_each_implied(uri, headers, |index, value| {
                         // With the top bit set, which no length has: never read as the content type's.
                         f.count(index | IMPLIED_MARK);
                         f.field(value);
@@ -345,7 +345,7 @@ impl KeyConfig {
         // `IMPLIED_VARY`, ended by a byte no index is.
         if implied {
             let mut any = false;
-            for_each_implied(headers, |index, value| {
+            for_each_implied(uri, headers, |index, value| {
                 if !any {
                     h.update([5u8]);
                     any = true;
@@ -545,6 +545,12 @@ pub(crate) fn port_colon(authority: &[u8]) -> Option<usize> {
         .map(|colon| after_literal + colon)
 }
 
+/// How many fields [`IMPLIED_VARY`] names.
+const IMPLIED: usize = 27;
+
+/// The index [`for_each_implied`] gives a [`foreign_host`]'s values: after those of [`IMPLIED_VARY`].
+const FOREIGN_HOST: usize = IMPLIED;
+
 /// Request headers every key holds, as if every answer named them in `Vary`: headers that change answers although
 /// origins rarely say so. (Their order is part of every key that holds one: new names go at the end.)
 ///
@@ -562,7 +568,7 @@ pub(crate) fn port_colon(authority: &[u8]) -> Option<usize> {
 /// - The account a request acts for beside its credential (`Stripe-Account`, `OpenAI-Organization`,
 ///   `OpenAI-Project`): where a partition or the credential in the key tells users apart, these tell apart the
 ///   accounts one credential reaches.
-pub(crate) const IMPLIED_VARY: [HeaderName; 27] = [
+pub(crate) const IMPLIED_VARY: [HeaderName; IMPLIED] = [
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-proto"),
@@ -601,17 +607,41 @@ const IMPLIED_MARK: usize = 1 << (usize::BITS - 1);
 
 /// Whether any of `headers` is one of [`IMPLIED_VARY`]. (A request's facts know it already:
 /// [`HeaderKinds`](super::decision::HeaderKinds) finds them in fewer steps.)
-fn holds_implied(headers: &HeaderMap) -> bool {
+fn holds_implied(uri: &Uri, headers: &HeaderMap) -> bool {
     headers
         .keys()
         .any(|name| IMPLIED_VARY.iter().any(|known| known == name))
+        || foreign_host(uri, headers)
+}
+
+/// Whether a request whose URI has an authority also has a `Host` field naming another (case and the scheme's
+/// default port aside), or more than one: then the key holds its `Host` values beside the URI's authority.
+///
+/// RFC 9112 §3.2.2 has a server ignore `Host` for an absolute-form target, and RFC 9113 §8.3.1 calls a differing
+/// one malformed; but a client reaching several virtual hosts at one address (`http://10.0.0.5/status` with
+/// `Host: a.example`) is answered by `Host`, and frameworks behind a server read `Host` for the links they write
+/// (axum's `Host` extractor before the URI). Keyed by the URI's authority alone, one such answer would reach the
+/// requests of the other host.
+pub(crate) fn foreign_host(uri: &Uri, headers: &HeaderMap) -> bool {
+    let Some(own) = uri.authority() else {
+        return false;
+    };
+    let ports = default_ports(uri.scheme_str());
+    let own = normal_authority(own.as_str().as_bytes(), ports);
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => false,
+        (Some(host), None) => normal_authority(host.as_bytes(), ports) != own,
+        (Some(_), Some(_)) => true,
+    }
 }
 
 /// Calls `each` with every [`IMPLIED_VARY`] field of the request, in that list's order (so the order the headers
 /// came in does not matter) with its index there. Of a `Forwarded` field, each `name=value` pair but `for`
-/// (RFC 7239 §4: `by`, `host`, `proto` and any extension), so that clients behind one proxy share entries.
+/// (RFC 7239 §4: `by`, `host`, `proto` and any extension), so that clients behind one proxy share entries. Then,
+/// where [`foreign_host`] says so, each `Host` value as an origin compares it, with the index [`FOREIGN_HOST`].
 #[cold]
-fn for_each_implied(headers: &HeaderMap, mut each: impl FnMut(usize, &[u8])) {
+fn for_each_implied(uri: &Uri, headers: &HeaderMap, mut each: impl FnMut(usize, &[u8])) {
     for (index, name) in IMPLIED_VARY.iter().enumerate() {
         for value in headers.get_all(name) {
             if index > 0 {
@@ -631,6 +661,12 @@ fn for_each_implied(headers: &HeaderMap, mut each: impl FnMut(usize, &[u8])) {
                     each(index, pair);
                 }
             }
+        }
+    }
+    if foreign_host(uri, headers) {
+        let ports = default_ports(uri.scheme_str());
+        for host in headers.get_all(header::HOST) {
+            each(FOREIGN_HOST, &normal_authority(host.as_bytes(), ports));
         }
     }
 }
@@ -1734,7 +1770,7 @@ mod tests {
                                     &method,
                                     uri,
                                     headers,
-                                    holds_implied(headers),
+                                    holds_implied(uri, headers),
                                     partition,
                                     body
                                 ),
@@ -2038,6 +2074,14 @@ mod tests {
         assert_ne!(key("/p", Some("api.example:443")), host);
         assert_ne!(key("/p", Some("api.example:80")), host);
         assert_eq!(key("/p", Some("API.example")), host);
+        // A `Host` beside a URI's authority: another authority is in the key, the URI's own is not.
+        let bare = key("http://10.0.0.5/status", None);
+        let a = key("http://10.0.0.5/status", Some("a.example"));
+        assert_ne!(a, bare);
+        assert_ne!(key("http://10.0.0.5/status", Some("b.example")), a);
+        assert_eq!(key("http://10.0.0.5/status", Some("A.example:80")), a);
+        assert_eq!(key("http://10.0.0.5/status", Some("10.0.0.5:80")), bare);
+        assert_ne!(key("http://10.0.0.5/status", Some("10.0.0.5:8080")), bare);
     }
 
     #[test]
