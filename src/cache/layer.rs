@@ -607,7 +607,8 @@ impl RedisCacheLayerBuilder {
     ///
     /// Only for parameters that never change the answer: a request that differs in one is answered with
     /// another's response. The origin still receives each request's whole URI; a write's invalidation of its
-    /// URI removes the entry its ignored parameters share.
+    /// URI removes the entry its ignored parameters share. A pair holding a `;` always counts, since some
+    /// servers split there too: `utm_content=x;callback=evil` is not left out.
     pub fn ignore_query_params<S: Into<String>>(
         mut self,
         names: impl IntoIterator<Item = S>,
