@@ -2216,6 +2216,34 @@ mod tests {
 
     proptest! {
         #[test]
+        fn an_authority_normalises_to_one_spelling_per_origin(
+            user in proptest::option::of("[a-zA-Z]{1,4}"),
+            host in prop_oneof!["[a-zA-Z0-9][a-zA-Z0-9.-]{0,12}", "\\[[0-9a-fA-F:]{2,12}\\]"],
+            port in proptest::option::of(prop_oneof![Just(String::new()), Just("80".to_owned()),
+                Just("443".to_owned()), "[0-9]{1,5}"]),
+        ) {
+            let userinfo = user.map(|user| format!("{user}@")).unwrap_or_default();
+            let written = match &port {
+                Some(port) => format!("{userinfo}{host}:{port}"),
+                None => format!("{userinfo}{host}"),
+            };
+            let normal = normal_authority(written.as_bytes(), WEB_DEFAULT_PORTS).into_owned();
+            // What an origin compares: the host in lowercase, a port unless empty or a default; userinfo as
+            // written.
+            let expected = match port.as_deref() {
+                Some(port) if !port.is_empty() && !WEB_DEFAULT_PORTS.contains(&port) => {
+                    format!("{userinfo}{}:{port}", host.to_ascii_lowercase())
+                }
+                _ => format!("{userinfo}{}", host.to_ascii_lowercase()),
+            };
+            prop_assert_eq!(&normal, expected.as_bytes());
+            // Normal already; and the host's case never matters.
+            prop_assert_eq!(&normal_authority(&normal, WEB_DEFAULT_PORTS)[..], &normal[..]);
+            let shouted = format!("{userinfo}{}", &written[userinfo.len()..].to_ascii_uppercase());
+            prop_assert_eq!(&normal_authority(shouted.as_bytes(), WEB_DEFAULT_PORTS)[..], &normal[..]);
+        }
+
+        #[test]
         fn any_member_permutation_gives_the_same_key(value in arb_json(), seed in any::<u64>()) {
             let c = config();
             let plain = serde_json::to_string(&value).unwrap();
