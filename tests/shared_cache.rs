@@ -313,6 +313,81 @@ async fn a_tunnelled_method_is_never_cached_and_a_tunnelled_write_removes_what_a
             );
         }
     }
+
+    // A `_method` parameter tunnels a method too (Laravel, Symfony, Rack, Express): in the query, a form, a
+    // multipart form or a JSON body. Each such request reaches the origin, and a write removes what a write would.
+    let tunnelling = [
+        ("/items?_method=GET", "application/json", r#"{"q":1}"#, true),
+        (
+            "/items?_method=DELETE",
+            "application/json",
+            r#"{"q":1}"#,
+            false,
+        ),
+        (
+            "/items",
+            "application/x-www-form-urlencoded",
+            "title=x&_method=put",
+            false,
+        ),
+        (
+            "/items",
+            "application/json",
+            r#"{"_method":"PATCH","q":1}"#,
+            false,
+        ),
+        (
+            "/items",
+            "multipart/form-data; boundary=b",
+            "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
+            false,
+        ),
+    ];
+    for (path, content_type, body, kept) in tunnelling {
+        for _ in 0..2 {
+            call(&service, query(&[])).await;
+            call(&service, read()).await;
+        }
+        let before = origin.calls();
+        for _ in 0..2 {
+            let request = Request::post(format!("http://api.test{path}"))
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let tunnelled = call(&service, request).await;
+            assert_eq!(
+                cache_status(&tunnelled),
+                "tower-redis-cache; fwd=method; detail=method",
+                "{path} {body}"
+            );
+        }
+        assert_eq!(origin.calls(), before + 2, "{path} {body}: never cached");
+        let after = outcomes().await;
+        if kept {
+            assert_eq!(
+                after,
+                [CacheOutcome::Hit, CacheOutcome::Hit],
+                "{path} {body}"
+            );
+        } else {
+            assert!(
+                after.iter().all(|o| matches!(o, CacheOutcome::Miss { .. })),
+                "{path} {body}: {after:?}"
+            );
+        }
+    }
+
+    // A JSON-RPC call's `method` member tunnels nothing: it is cached as any query.
+    let rpc = || {
+        Request::post("http://api.test/rpc")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"jsonrpc":"2.0","method":"eth_call","id":1}"#,
+            )))
+            .unwrap()
+    };
+    call(&service, rpc()).await;
+    assert_eq!(outcome(&call(&service, rpc()).await), CacheOutcome::Hit);
 }
 
 #[tokio::test]

@@ -25,8 +25,8 @@
 //! - the response's `Vary` is honoured: an entry answers only a request with the same values of the headers it
 //!   names;
 //! - a request asking to switch protocols (`Upgrade`: a WebSocket handshake) goes to the origin, and so do one
-//!   tunnelling another method (`X-HTTP-Method-Override`, [`METHOD_OVERRIDES`]; the method it names counts as
-//!   the request's for invalidation) and one whose body ends with trailers (no key holds them); an answer ending
+//!   tunnelling another method (`X-HTTP-Method-Override`, [`METHOD_OVERRIDES`], or a `_method` parameter: see
+//!   [`tunnel`](super::tunnel); the method it names counts as the request's for invalidation) and one whose body ends with trailers (no key holds them); an answer ending
 //!   with trailers is passed on, not stored.
 
 use super::directives::{Directives, split_directives};
@@ -269,6 +269,15 @@ pub(crate) fn is_safe(method: &Method) -> bool {
 }
 
 impl RequestFacts {
+    /// Notes that the request tunnels a method through a parameter (see [`tunnel`](super::tunnel)), naming an
+    /// unsafe one (or none it can read) if `names_unsafe`: as one tunnelled through a header, it goes to the
+    /// origin, and the method it names decides whether it is a write.
+    pub(crate) fn tunnel(&mut self, names_unsafe: bool) {
+        self.unsafe_method = names_unsafe || (self.method_overridden && self.unsafe_method);
+        self.method_overridden = true;
+        self.method_cacheable = false;
+    }
+
     /// Reads the facts of a request head; `max_body` is the layer's body cap, `kinds` its table of the header
     /// names it knows besides the standard ones (credentials, implied vary, method overrides).
     pub(crate) fn read(

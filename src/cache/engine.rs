@@ -31,6 +31,7 @@ use super::refresh::Refreshes;
 use super::stats::{Counters, add, bump, bump_bypass, bump_not_stored};
 use super::status::{BypassReason, CacheOutcome, HeaderText, NotStored, Status, StoreHealth};
 use super::tags::TagsFn;
+use super::tunnel;
 use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
@@ -530,7 +531,34 @@ impl Policy {
         }
         facts.get_or_head = parts.method == Method::GET || parts.method == Method::HEAD;
         facts.get = parts.method == Method::GET;
+        if facts.method_cacheable
+            && !facts.get_or_head
+            && let Some(names_unsafe) = tunnel::in_query(parts.uri.query())
+        {
+            facts.tunnel(names_unsafe);
+        }
         facts
+    }
+
+    /// Whether the `body` of a request with `headers` and `facts` that this layer would key tunnels a method
+    /// through a parameter (see [`tunnel`]): then its facts say so, and it is screened again.
+    #[inline]
+    pub(crate) fn tunnels(
+        &self,
+        facts: &mut RequestFacts,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> bool {
+        if !facts.method_cacheable || facts.get_or_head {
+            return false;
+        }
+        match tunnel::in_body(headers, body) {
+            Some(names_unsafe) => {
+                facts.tunnel(names_unsafe);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The decision for a request whose entry was not read yet: a bypass, [`Action::Read`], or a forward.
@@ -1589,6 +1617,8 @@ impl Engine {
         }
         let host = targets.headers.get(HOST);
         let mut uris = vec![targets.uri.clone()];
+        // A method tunnelled through the query acts on the URI without it.
+        uris.extend(tunnel::untunnelled(&targets.uri));
         for name in [LOCATION, CONTENT_LOCATION] {
             for named in headers.get_all(name) {
                 if let Some(uri) = also_stale(&targets.uri, host, named)

@@ -205,6 +205,7 @@ mod structured;
 mod tags;
 #[cfg(test)]
 mod testing;
+mod tunnel;
 
 pub use self::body::ResponseBody;
 pub use self::decision::Credentials;

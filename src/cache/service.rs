@@ -132,6 +132,20 @@ where
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
         match take_ready(body, max) {
             Ok(Ready::Complete(bytes)) => {
+                // A form or JSON body may tunnel a write through a `_method` parameter.
+                if engine.policy.tunnels(&mut facts, &parts.headers, &bytes) {
+                    let reason = match engine.policy.screen(&facts) {
+                        Action::Bypass(reason) => reason,
+                        Action::OnlyIfCachedMiss => {
+                            return ResponseFuture::ready(Ok(engine.only_if_cached_miss()));
+                        }
+                        _ => BypassReason::Method,
+                    };
+                    let stale = engine.stale_targets(&parts, &facts, partition);
+                    let request = Request::from_parts(parts, RequestBody::full(bytes));
+                    let (engine, inner) = (engine.clone(), self.inner.clone());
+                    return respond_in(span, bypass(engine, inner, request, reason, stale));
+                }
                 let digest = engine.keys.digest_with(
                     &parts.method,
                     &parts.uri,
@@ -209,6 +223,16 @@ where
                             return bypass(engine, inner, request, reason, None).await;
                         }
                     };
+                    if engine.policy.tunnels(&mut facts, &parts.headers, &bytes) {
+                        let reason = match engine.policy.screen(&facts) {
+                            Action::Bypass(reason) => reason,
+                            Action::OnlyIfCachedMiss => return Ok(engine.only_if_cached_miss()),
+                            _ => BypassReason::Method,
+                        };
+                        let stale = engine.stale_targets(&parts, &facts, partition);
+                        let request = Request::from_parts(parts, RequestBody::full(bytes));
+                        return bypass(engine, inner, request, reason, stale).await;
+                    }
                     let span = tracing::Span::current();
                     let digest = engine.keys.digest_with(
                         &parts.method,
