@@ -49,6 +49,21 @@ async fn serve(app: Router) -> std::net::SocketAddr {
     addr
 }
 
+/// A JSON `POST` of `body` to `url` through `client`.
+async fn post_json(
+    client: &reqwest_middleware::ClientWithMiddleware,
+    url: &str,
+    body: &'static str,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn cache_layer(redis: &RedisServer) -> RedisCacheLayer {
     RedisCacheLayer::builder(RedisStore::new(fred_client(&redis.url()).await))
         .namespace("shared")
@@ -104,13 +119,7 @@ async fn tower_layer_and_reqwest_middleware_read_each_others_entries() {
         let client = middleware_side.clone();
         let url = url.clone();
         async move {
-            let response = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
+            let response = post_json(&client, &url, body).await;
             assert_eq!(response.status(), StatusCode::OK);
             let header = response.headers()["cache-status"]
                 .to_str()
@@ -184,16 +193,9 @@ async fn reqwest_middleware_sends_a_query_tunnelling_a_write_to_the_origin_every
         .with(CacheMiddleware::new(&layer, plain.clone()))
         .build();
     let post = |body: &'static str| {
-        let client = client.clone();
-        let url = url.clone();
+        let (client, url) = (client.clone(), url.clone());
         async move {
-            let response = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
+            let response = post_json(&client, &url, body).await;
             CacheOutcome::from_headers(response.headers()).unwrap()
         }
     };

@@ -374,11 +374,12 @@ impl KeyConfig {
     }
 
     /// The key of the set of fills of `uri` (a request with `headers`, in `partition`, its own) that its writes
-    /// cannot name by key (variants, queries; see [`UriTags`](super::engine::UriTags)): `<namespace>:v1:tag:{<sha256
-    /// hex>}`, a digest of the partitions, the authority (the URI's, else the `Host` header; case and the ports
-    /// `80` and `443` ignored), the path and the query as keys hold it. Not the scheme: a server sees one resource as `/p` with `Host: h` over
-    /// HTTP/1.1 and as `https://h/p` over HTTP/2, and a write in either form must find the fills of both. Apart
-    /// from every tag a user names (another label starts the digest).
+    /// cannot name by key (variants, queries; see [`UriTags`](super::engine::UriTags)):
+    /// `<namespace>:v1:tag:{<sha256 hex>}`, a digest of the partitions, the authority (the URI's, else the `Host`
+    /// header; case and the ports `80` and `443` ignored), the path and the query as keys hold it. Not the scheme:
+    /// a server sees one resource as `/p` with `Host: h` over HTTP/1.1 and as `https://h/p` over HTTP/2, and a
+    /// write in either form must find the fills of both. Apart from every tag a user names (another label starts
+    /// the digest).
     pub(crate) fn uri_tag_key(
         &self,
         uri: &Uri,
@@ -405,9 +406,9 @@ impl KeyConfig {
     }
 
     /// The key of the set of entries in cache group `group` (RFC 9875) of the origin `authority` (the URI's
-    /// authority, else the `Host` header; case and the ports `80` and `443` ignored): a tag set like [`tag_key`](Self::tag_key)'s, apart from
-    /// every tag a user names (another label starts the digest). A group is the origin's, so it spans every
-    /// partition of a request's own, and, like a URI's tag, every scheme.
+    /// authority, else the `Host` header; case and the ports `80` and `443` ignored): a tag set like
+    /// [`tag_key`](Self::tag_key)'s, apart from every tag a user names (another label starts the digest). A group
+    /// is the origin's, so it spans every partition of a request's own, and, like a URI's tag, every scheme.
     pub(crate) fn group_key(&self, authority: &[u8], group: &str) -> String {
         let mut h = Sha256::new();
         field(&mut h, b"tower-redis-cache/group/v1");
@@ -605,8 +606,8 @@ const CREDENTIAL_MARK: usize = 1 << (usize::BITS - 2);
 /// Set in the memo fingerprint's count before each implied vary field.
 const IMPLIED_MARK: usize = 1 << (usize::BITS - 1);
 
-/// Whether any of `headers` is one of [`IMPLIED_VARY`]. (A request's facts know it already:
-/// [`HeaderKinds`](super::decision::HeaderKinds) finds them in fewer steps.)
+/// Whether any of `headers` is one of [`IMPLIED_VARY`], or a `Host` the key holds ([`foreign_host`]). (A request's
+/// facts know it already: [`HeaderKinds`](super::decision::HeaderKinds) finds them in fewer steps.)
 fn holds_implied(uri: &Uri, headers: &HeaderMap) -> bool {
     headers
         .keys()
