@@ -197,6 +197,33 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_body_or_query_is_read_without_panicking(
+            bytes in prop::collection::vec(prop_oneof![
+                Just(b'-'), Just(b'\r'), Just(b'\n'), Just(b'"'), Just(b'='), Just(b';'), Just(b'&'),
+                Just(b'_'), Just(b'm'), any::<u8>(),
+            ], 0..256),
+            kind in 0usize..4,
+        ) {
+            let content_type = [
+                "multipart/form-data; boundary=--",
+                "multipart/form-data; boundary=\"m\"",
+                "application/x-www-form-urlencoded",
+                "application/json",
+            ][kind];
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            let _ = in_body(&headers, &bytes);
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = in_query(Some(&text));
+            if let Ok(uri) = format!("/p?{}", text.replace(['#', ' '], "")).parse::<http::Uri>() {
+                let _ = untunnelled(&uri);
+            }
+        }
+    }
 
     fn body(content_type: &'static str, body: &str) -> Option<bool> {
         let mut headers = HeaderMap::new();
