@@ -401,7 +401,7 @@ async fn body_over_the_cap_is_sent_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn post_is_retried_on_429_but_not_on_503_unless_opted_in() {
+async fn post_is_retried_on_429_but_not_on_503_unless_keyed_or_opted_in() {
     let origin = Origin::new([status(503)], status(200));
     let response = client(&origin, layer().build().unwrap())
         .oneshot(post("{}"))
@@ -433,6 +433,30 @@ async fn post_is_retried_on_429_but_not_on_503_unless_opted_in() {
     let response = client(&origin, opted_in).oneshot(post("{}")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(outcome(&response).0, 2);
+
+    // A `POST` with an idempotency key is retried like a `PUT`: the server answers a repeat of the key with
+    // the first request's result. The header a layer reads is its choice.
+    let keyed = || {
+        let mut request = post("{}");
+        request
+            .headers_mut()
+            .insert("idempotency-key", "8e03978e-40d5-43e8".parse().unwrap());
+        request
+    };
+    let origin = Origin::new([status(503), Answer::Transport], status(200));
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(keyed())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(outcome(&response), (3, None));
+    let origin = Origin::new([status(503)], status(200));
+    let vendor = layer()
+        .idempotency_key_headers([http::HeaderName::from_static("paypal-request-id")])
+        .build()
+        .unwrap();
+    let response = client(&origin, vendor).oneshot(keyed()).await.unwrap();
+    assert_eq!(outcome(&response), (1, Some(GaveUp::NotIdempotent)));
 
     // 501 is never retried, even for GET.
     let origin = Origin::new([status(501)], status(200));

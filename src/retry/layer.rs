@@ -5,6 +5,7 @@ use super::backoff::Backoff;
 use super::budget::RetryBudget;
 use super::policy::{Classify, DefaultClassifier};
 use crate::error::{ConfigError, Setting};
+use http::HeaderName;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub(crate) struct Config {
     pub(crate) deadline: Duration,
     pub(crate) retry_after_cap: Duration,
     pub(crate) retry_non_idempotent: bool,
+    pub(crate) idempotency_keys: Vec<HeaderName>,
     pub(crate) max_body: usize,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) classifier: Arc<dyn Classify>,
@@ -39,6 +41,7 @@ impl fmt::Debug for Config {
             .field("deadline", &self.deadline)
             .field("retry_after_cap", &self.retry_after_cap)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("idempotency_keys", &self.idempotency_keys)
             .field("max_body", &self.max_body)
             .field("budget", &self.budget)
             .finish_non_exhaustive()
@@ -61,6 +64,7 @@ impl RetryLayer {
             deadline: Duration::from_secs(60),
             retry_after_cap: Duration::from_secs(180),
             retry_non_idempotent: false,
+            idempotency_keys: vec![HeaderName::from_static("idempotency-key")],
             max_body: 1024 * 1024,
             budget: Some(RetryBudget::default()),
             classifier: Arc::new(DefaultClassifier),
@@ -104,6 +108,7 @@ pub struct RetryLayerBuilder {
     deadline: Duration,
     retry_after_cap: Duration,
     retry_non_idempotent: bool,
+    idempotency_keys: Vec<HeaderName>,
     max_body: usize,
     budget: Option<RetryBudget>,
     classifier: Arc<dyn Classify>,
@@ -119,6 +124,7 @@ impl fmt::Debug for RetryLayerBuilder {
             .field("deadline", &self.deadline)
             .field("retry_after_cap", &self.retry_after_cap)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("idempotency_keys", &self.idempotency_keys)
             .field("max_body", &self.max_body)
             .field("budget", &self.budget)
             .finish_non_exhaustive()
@@ -162,10 +168,20 @@ impl RetryLayerBuilder {
     }
 
     /// Also retry non-idempotent requests (`POST`, `PATCH`, ...) on every retryable answer. Default: `false`,
-    /// so they are retried only on `429`, which says the request was not processed. Turn it on for `POST`
-    /// queries that change nothing.
+    /// so they are retried only on `429`, which says the request was not processed, or when they carry an
+    /// [idempotency key](Self::idempotency_key_headers). Turn it on for `POST` queries that change nothing.
     pub fn retry_non_idempotent(mut self, retry: bool) -> Self {
         self.retry_non_idempotent = retry;
+        self
+    }
+
+    /// Request headers that carry an idempotency key: a non-idempotent request with one of them is retried as an
+    /// idempotent one is, since the server answers a repeat of the key with the first request's result instead
+    /// of acting twice (the IETF `Idempotency-Key` field, draft-ietf-httpapi-idempotency-key-header, as Stripe,
+    /// Adyen and Square read it). Default: `Idempotency-Key`. Add a vendor's own (`PayPal-Request-Id`), or pass
+    /// none to retry such requests only on `429`.
+    pub fn idempotency_key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.idempotency_keys = names.into_iter().collect();
         self
     }
 
@@ -236,6 +252,7 @@ impl RetryLayerBuilder {
             deadline: self.deadline,
             retry_after_cap: self.retry_after_cap,
             retry_non_idempotent: self.retry_non_idempotent,
+            idempotency_keys: self.idempotency_keys,
             max_body: self.max_body,
             budget: self.budget,
             classifier: self.classifier,

@@ -47,7 +47,8 @@
 //! - **What is retried**: decided by a [`Classify`]; by default `429`, `500`, `502`, `503`, `504` and transport
 //!   errors, never `501`. A token failure from an [`AuthLayer`](crate::AuthLayer) below is never retried: that
 //!   layer shares and remembers it.
-//! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on `429` unless
+//! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on `429` unless they carry an
+//!   `Idempotency-Key` ([`idempotency_key_headers`](RetryLayerBuilder::idempotency_key_headers)) or
 //!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent) is on: a `503` or a reset connection
 //!   may come after the server acted on the request.
 //! - **Delay**: full jitter, `random(0, min(max_delay, base_delay * 2^n))` before retry `n`; with a
@@ -225,7 +226,13 @@ where
     B::Error: Into<BoxError>,
 {
     let start = Instant::now();
-    let replay_any = config.retry_non_idempotent || policy::is_idempotent(request.method());
+    // An idempotency key makes a repeat safe: the server answers it with the first request's result.
+    let replay_any = config.retry_non_idempotent
+        || policy::is_idempotent(request.method())
+        || config
+            .idempotency_keys
+            .iter()
+            .any(|name| request.headers().contains_key(name));
     let (parts, body) = match buffer_request(request, config.max_body).await? {
         Buffered::Replayable { parts, body } => (parts, body),
         Buffered::Once(request) => {
