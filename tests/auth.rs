@@ -12,7 +12,7 @@ use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_redis_cache::RequestBody;
 use tower_redis_cache::auth::error::TokenError;
 use tower_redis_cache::auth::{AuthLayer, ClientCredentials, TokenSource};
-use tower_redis_cache::error::BoxError;
+use tower_redis_cache::error::{BoxError, Setting};
 
 const CLIENT_ID: &str = "3f1c-client";
 const SECRET: &str = "s3cr3t-Value-0123456789";
@@ -339,7 +339,9 @@ async fn token_request_is_a_basic_auth_form_post() {
     let source = ClientCredentials::new(tokens.http(), "https://idp.test/token", "id 1", "p&ss")
         .unwrap()
         .credentials_in_body(true)
-        .scope("read write");
+        .scope("read write")
+        .param("audience", "https://api.example/v2/")
+        .unwrap();
     let client = ServiceBuilder::new()
         .layer(AuthLayer::new(source))
         .service(Api::new(&tokens).service());
@@ -347,9 +349,23 @@ async fn token_request_is_a_basic_auth_form_post() {
     let (headers, body) = tokens.seen.lock().unwrap()[0].clone();
     assert!(headers.get("authorization").is_none());
     assert_eq!(
-        &body[..],
-        b"grant_type=client_credentials&scope=read+write&client_id=id+1&client_secret=p%26ss"
+        std::str::from_utf8(&body).unwrap(),
+        "grant_type=client_credentials&scope=read+write&audience=https%3A%2F%2Fapi.example%2Fv2%2F\
+         &client_id=id+1&client_secret=p%26ss"
     );
+
+    // A field the grant sets itself cannot be added a second time.
+    for name in ["grant_type", "client_secret", "scope", ""] {
+        let source = ClientCredentials::<_, Full<Bytes>>::new(
+            tokens.http(),
+            "https://idp.test/token",
+            "id",
+            "s",
+        )
+        .unwrap();
+        let error = source.param(name, "x").unwrap_err();
+        assert_eq!(error.setting(), Setting::ClientCredentials, "{name}");
+    }
 }
 
 async fn token_error(answer: TokenAnswer) -> (TokenError, String, String) {
