@@ -342,6 +342,11 @@ async fn token_request_is_a_basic_auth_form_post() {
         .scope("read write")
         .param("audience", "https://api.example/v2/")
         .unwrap();
+    let debug = format!("{source:?}");
+    assert!(
+        debug.contains("audience") && !debug.contains("api.example/v2"),
+        "{debug}"
+    );
     let client = ServiceBuilder::new()
         .layer(AuthLayer::new(source))
         .service(Api::new(&tokens).service());

@@ -108,6 +108,7 @@ impl<S, B> ClientCredentials<S, B> {
 
     /// Adds a form field to the token request, for a server that wants more than the grant: Auth0's `audience`,
     /// RFC 8707's `resource` (Microsoft Entra ID's v1 endpoint). Fields added twice are sent twice, in order.
+    /// Debug output shows the field's name, never its value.
     ///
     /// # Errors
     ///
@@ -189,7 +190,11 @@ impl<S, B> fmt::Debug for ClientCredentials<S, B> {
             .field("client_secret", &self.client_secret)
             .field("credentials_in_body", &self.credentials_in_body)
             .field("scope", &self.scope)
-            .field("params", &self.params)
+            // Names only: a field's value may be a credential (`client_assertion`).
+            .field(
+                "params",
+                &self.params.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
