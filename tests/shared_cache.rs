@@ -155,6 +155,44 @@ async fn what_a_proxy_forwards_and_prefer_keep_answers_apart_and_the_clients_add
 }
 
 #[tokio::test]
+async fn a_request_for_a_page_fragment_never_shares_the_pages_entry() {
+    // htmx, Hotwire and PJAX ask for a partial with a header most servers leave out of `Vary`.
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.echo_headers();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let page = |headers: &[(&'static str, &'static str)]| get("http://app.test/contacts", headers);
+    let fragments = [
+        ("hx-request", "true"),
+        ("turbo-frame", "contacts"),
+        ("x-pjax", "true"),
+        ("x-requested-with", "XMLHttpRequest"),
+    ];
+    call(&service, page(&[])).await;
+    for (name, value) in fragments {
+        let partial = call(&service, page(&[(name, value)])).await;
+        assert!(
+            matches!(outcome(&partial), CacheOutcome::Miss { .. }),
+            "{name}"
+        );
+        assert_eq!(echoed(&partial, name), Some(value));
+    }
+    assert_eq!(origin.calls(), 5);
+    let full = call(&service, page(&[])).await;
+    assert_eq!(outcome(&full), CacheOutcome::Hit);
+    for (name, _) in fragments {
+        assert_eq!(echoed(&full, name), None, "{name}");
+    }
+    for (name, value) in fragments {
+        let again = call(&service, page(&[(name, value)])).await;
+        assert_eq!(outcome(&again), CacheOutcome::Hit, "{name}");
+        assert_eq!(echoed(&again, name), Some(value));
+    }
+    assert_eq!(origin.calls(), 5);
+}
+
+#[tokio::test]
 async fn a_host_field_naming_another_authority_than_the_uri_keeps_its_answer_apart() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -547,7 +547,7 @@ pub(crate) fn port_colon(authority: &[u8]) -> Option<usize> {
 }
 
 /// How many fields [`IMPLIED_VARY`] names.
-const IMPLIED: usize = 27;
+const IMPLIED: usize = 31;
 
 /// The index [`for_each_implied`] gives a [`foreign_host`]'s values: after those of [`IMPLIED_VARY`].
 const FOREIGN_HOST: usize = IMPLIED;
@@ -569,6 +569,9 @@ const FOREIGN_HOST: usize = IMPLIED;
 /// - The account a request acts for beside its credential (`Stripe-Account`, `OpenAI-Organization`,
 ///   `OpenAI-Project`): where a partition or the credential in the key tells users apart, these tell apart the
 ///   accounts one credential reaches.
+/// - What asks a server for a fragment of a page instead of the page: htmx's `HX-Request`, Hotwire's
+///   `Turbo-Frame`, PJAX's `X-PJAX`, and `X-Requested-With` (Rails' `xhr?`, Laravel's `ajax()`). A partial stored
+///   under the page's key would be served as the page, and the page to the fragment's requests.
 pub(crate) const IMPLIED_VARY: [HeaderName; IMPLIED] = [
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-host"),
@@ -597,6 +600,10 @@ pub(crate) const IMPLIED_VARY: [HeaderName; IMPLIED] = [
     HeaderName::from_static("stripe-account"),
     HeaderName::from_static("openai-organization"),
     HeaderName::from_static("openai-project"),
+    HeaderName::from_static("x-requested-with"),
+    HeaderName::from_static("hx-request"),
+    HeaderName::from_static("turbo-frame"),
+    HeaderName::from_static("x-pjax"),
 ];
 
 /// Set in the memo fingerprint's count before each credential field (see
