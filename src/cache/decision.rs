@@ -134,7 +134,7 @@ pub(crate) struct RequestFacts {
     /// request's, which the key does not hold, so the request is not cached.
     pub(crate) method_overridden: bool,
     /// A header every key holds ([`IMPLIED_VARY`](super::key::IMPLIED_VARY): what a proxy forwards, `Prefer`,
-    /// API versions, account selectors), or a `Host` naming another authority than the URI's
+    /// API versions, account selectors, fragment requests), or a `Host` naming another authority than the URI's
     /// ([`foreign_host`](super::key::foreign_host)): the key holds its fields.
     pub(crate) implied_vary: bool,
     /// The request has a `Host` field.
