@@ -178,8 +178,8 @@ impl RetryLayerBuilder {
     /// Request headers that carry an idempotency key: a non-idempotent request with one of them is retried as an
     /// idempotent one is, since the server answers a repeat of the key with the first request's result instead
     /// of acting twice (the IETF `Idempotency-Key` field, draft-ietf-httpapi-idempotency-key-header, as Stripe,
-    /// Adyen and Square read it). Default: `Idempotency-Key`. Add a vendor's own (`PayPal-Request-Id`), or pass
-    /// none to retry such requests only on `429`.
+    /// Adyen and Square read it). Default: `Idempotency-Key`. The names given replace the default: pass
+    /// `Idempotency-Key` and `PayPal-Request-Id` to read both, or none to retry such requests only on `429`.
     pub fn idempotency_key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.idempotency_keys = names.into_iter().collect();
         self
