@@ -566,6 +566,21 @@ impl Policy {
         decide(&self.rules, facts, Lookup::NotRead, 0)
     }
 
+    /// Why a request [`screen`](Self::screen) let through goes to the origin after all, once its body showed a
+    /// reason (`fallback`, unless its facts now give one of their own); `None` when its `only-if-cached` refuses
+    /// it instead.
+    pub(crate) fn bypass_after_body(
+        &self,
+        facts: &RequestFacts,
+        fallback: BypassReason,
+    ) -> Option<BypassReason> {
+        match self.screen(facts) {
+            Action::Bypass(reason) => Some(reason),
+            Action::OnlyIfCachedMiss => None,
+            _ => Some(fallback),
+        }
+    }
+
     /// Whether a request of `method` is a `HEAD` this layer answers as the `GET` of the same request.
     #[inline]
     pub(crate) fn head_as_get(&self, method: &Method) -> bool {

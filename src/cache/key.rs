@@ -864,7 +864,12 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     let Ok(value) = value.to_str() else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim();
+    is_json_type(value.split(';').next().unwrap_or("").trim())
+}
+
+/// Whether the media type `essence` (a `Content-Type` without its parameters) is JSON: `application/json` or
+/// `*/*+json`.
+pub(crate) fn is_json_type(essence: &str) -> bool {
     essence.eq_ignore_ascii_case("application/json")
         || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
 }

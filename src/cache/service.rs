@@ -134,12 +134,11 @@ where
             Ok(Ready::Complete(bytes)) => {
                 // A form or JSON body may tunnel a write through a `_method` parameter.
                 if engine.policy.tunnels(&mut facts, &parts.headers, &bytes) {
-                    let reason = match engine.policy.screen(&facts) {
-                        Action::Bypass(reason) => reason,
-                        Action::OnlyIfCachedMiss => {
-                            return ResponseFuture::ready(Ok(engine.only_if_cached_miss()));
-                        }
-                        _ => BypassReason::Method,
+                    let Some(reason) = engine
+                        .policy
+                        .bypass_after_body(&facts, BypassReason::Method)
+                    else {
+                        return ResponseFuture::ready(Ok(engine.only_if_cached_miss()));
                     };
                     let stale = engine.stale_targets(&parts, &facts, partition);
                     let request = Request::from_parts(parts, RequestBody::full(bytes));
@@ -191,6 +190,12 @@ where
                 let (engine, inner) = (engine.clone(), self.inner.clone());
                 let buffered = async move {
                     let read = match finish(prefix, rest, max).await? {
+                        // A form or JSON body may tunnel a write through a `_method` parameter.
+                        Capped::Whole(bytes)
+                            if engine.policy.tunnels(&mut facts, &parts.headers, &bytes) =>
+                        {
+                            Err((RequestBody::full(bytes), BypassReason::Method))
+                        }
                         Capped::Whole(bytes) => Ok(bytes),
                         // Found to be larger while reading: the request goes on with what was read chained
                         // with the rest of its stream, never held whole.
@@ -208,31 +213,20 @@ where
                     let bytes = match read {
                         Ok(bytes) => bytes,
                         Err((body, fallback)) => {
-                            let reason = match engine.policy.screen(&facts) {
-                                Action::Bypass(reason) => reason,
-                                Action::OnlyIfCachedMiss => {
-                                    return Ok(engine.only_if_cached_miss());
-                                }
-                                _ => fallback,
+                            let Some(reason) = engine.policy.bypass_after_body(&facts, fallback)
+                            else {
+                                return Ok(engine.only_if_cached_miss());
                             };
                             if head {
                                 parts.method = Method::HEAD;
                             }
+                            // Stale targets only for a tunnelled write: any other request here has a method
+                            // the layer caches, a query, which makes nothing stale.
+                            let stale = engine.stale_targets(&parts, &facts, partition);
                             let request = Request::from_parts(parts, body);
-                            // A method the layer caches: a query, which makes nothing stale.
-                            return bypass(engine, inner, request, reason, None).await;
+                            return bypass(engine, inner, request, reason, stale).await;
                         }
                     };
-                    if engine.policy.tunnels(&mut facts, &parts.headers, &bytes) {
-                        let reason = match engine.policy.screen(&facts) {
-                            Action::Bypass(reason) => reason,
-                            Action::OnlyIfCachedMiss => return Ok(engine.only_if_cached_miss()),
-                            _ => BypassReason::Method,
-                        };
-                        let stale = engine.stale_targets(&parts, &facts, partition);
-                        let request = Request::from_parts(parts, RequestBody::full(bytes));
-                        return bypass(engine, inner, request, reason, stale).await;
-                    }
                     let span = tracing::Span::current();
                     let digest = engine.keys.digest_with(
                         &parts.method,

@@ -31,13 +31,11 @@ pub(crate) fn untunnelled(uri: &http::Uri) -> Option<http::Uri> {
             .next()
             .is_some_and(|(name, _)| is_parameter(name.as_bytes()))
     };
-    if !query.split('&').any(|pair| is_tunnel(&pair)) {
+    let pairs = query.split('&').filter(|pair| !pair.is_empty());
+    let kept: Vec<&str> = pairs.clone().filter(|pair| !is_tunnel(pair)).collect();
+    if kept.len() == pairs.count() {
         return None;
     }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !pair.is_empty() && !is_tunnel(pair))
-        .collect();
     let path_and_query = if kept.is_empty() {
         uri.path().to_owned()
     } else {
@@ -60,7 +58,7 @@ pub(crate) fn in_body(headers: &HeaderMap, body: &[u8]) -> Option<bool> {
         in_form(body)
     } else if essence.eq_ignore_ascii_case("multipart/form-data") {
         in_multipart(content_type, body)
-    } else if super::key::is_json(headers) {
+    } else if super::key::is_json_type(essence) {
         in_json(body)
     } else {
         None
