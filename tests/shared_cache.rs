@@ -429,6 +429,44 @@ async fn a_tunnelled_method_is_never_cached_and_a_tunnelled_write_removes_what_a
 }
 
 #[tokio::test]
+async fn a_write_naming_a_safe_method_in_a_header_still_removes_entries() {
+    // An origin that does not honour `X-HTTP-Method-Override` (most do not, unless told to) acts on the
+    // request's own method: a `POST` this layer does not cache is a write, whatever the header names.
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let read = || get("http://api.test/items", &[]);
+    for (method, named) in [
+        (Method::POST, "GET"),
+        (Method::DELETE, "HEAD"),
+        (Method::PUT, "get"),
+    ] {
+        call(&service, read()).await;
+        assert_eq!(outcome(&call(&service, read()).await), CacheOutcome::Hit);
+        let write = Request::builder()
+            .method(method.clone())
+            .uri("http://api.test/items")
+            .header("x-http-method-override", named)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let answer = call(&service, write).await;
+        assert_eq!(
+            cache_status(&answer),
+            "tower-redis-cache; fwd=method; detail=method",
+            "{method}"
+        );
+        assert!(
+            matches!(
+                outcome(&call(&service, read()).await),
+                CacheOutcome::Miss { .. }
+            ),
+            "{method} naming {named} removed the entry"
+        );
+    }
+}
+
+#[tokio::test]
 async fn requests_with_credentials_bypass_by_default() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -496,12 +496,9 @@ impl Policy {
 
     /// The facts of a request head, for [`decide`].
     fn facts(&self, parts: &request::Parts) -> RequestFacts {
-        let mut facts = RequestFacts::read(
-            &parts.headers,
-            self.method_cacheable(parts),
-            self.max_body,
-            &self.header_kinds,
-        );
+        let cacheable = self.method_cacheable(parts);
+        let mut facts =
+            RequestFacts::read(&parts.headers, cacheable, self.max_body, &self.header_kinds);
         facts.windows = match parts.extensions.get::<CacheOverride>() {
             Some(CacheOverride::Windows(windows)) => {
                 facts.windows_by_call = true;
@@ -525,10 +522,15 @@ impl Policy {
             && (parts.method == Method::GET
                 || parts.method == Method::HEAD
                 || self.origin_freshness_others);
-        // A method tunnelled through another (a header naming it) is what the origin acts on: `read` judged it.
-        if !facts.method_overridden {
-            facts.unsafe_method = !is_safe(&parts.method);
-        }
+        // A method tunnelled through another (a header naming it) is what an origin that honours the header
+        // acts on: `read` judged it. One that does not acts on the request's own method, which is a write unless
+        // this layer caches it as a query (RFC 9111 §4.4 goes by that method): either is counted.
+        let own_unsafe = !is_safe(&parts.method);
+        facts.unsafe_method = if facts.method_overridden {
+            facts.unsafe_method || (own_unsafe && !cacheable)
+        } else {
+            own_unsafe
+        };
         facts.get_or_head = parts.method == Method::GET || parts.method == Method::HEAD;
         facts.get = parts.method == Method::GET;
         if facts.method_cacheable
