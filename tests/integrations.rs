@@ -211,6 +211,27 @@ async fn reqwest_middleware_sends_a_query_tunnelling_a_write_to_the_origin_every
     post(r#"{"id":7}"#).await;
     assert_eq!(post(r#"{"id":7}"#).await, CacheOutcome::Hit);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Bypassed for its credentials, or naming a safe method in its query, a query tunnelling a write in its body
+    // is still a write: it removes the URL's entries.
+    for (credentials, path) in [(true, ""), (false, "?_method=GET")] {
+        let mut write = client
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/json");
+        if credentials {
+            write = write.header("authorization", "Bearer a");
+        }
+        let response = write.body(r#"{"_method":"DELETE"}"#).send().await.unwrap();
+        assert!(matches!(
+            CacheOutcome::from_headers(response.headers()),
+            Some(CacheOutcome::Bypass(_))
+        ));
+        assert!(
+            matches!(post(r#"{"id":7}"#).await, CacheOutcome::Miss { .. }),
+            "{credentials} {path}"
+        );
+        assert_eq!(post(r#"{"id":7}"#).await, CacheOutcome::Hit);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
 }
 
 #[tokio::test]

@@ -85,6 +85,10 @@ pub(crate) struct Rules {
 pub(crate) struct RequestFacts {
     /// The method is one the layer caches (configured methods, or a `POST` its predicate accepts).
     pub(crate) method_cacheable: bool,
+    /// The request's own method is one the layer caches other than `GET` and `HEAD`: a query, keyed by its
+    /// body, whose body may tunnel another method ([`tunnel`](super::tunnel)). It stays so when a header or
+    /// parameter is found to tunnel one, which `method_cacheable` does not.
+    pub(crate) query_method: bool,
     /// `Cache-Control: no-store`.
     pub(crate) no_store: bool,
     /// `Cache-Control: no-cache` (or `Pragma: no-cache` without `Cache-Control`): revalidate.

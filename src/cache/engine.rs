@@ -533,8 +533,10 @@ impl Policy {
         };
         facts.get_or_head = parts.method == Method::GET || parts.method == Method::HEAD;
         facts.get = parts.method == Method::GET;
-        if facts.method_cacheable
-            && !facts.get_or_head
+        facts.query_method = cacheable && !facts.get_or_head;
+        // Frameworks differ in which they read first, the header or the parameter: whichever names a write
+        // makes the request one.
+        if facts.query_method
             && let Some(names_unsafe) = tunnel::in_query(parts.uri.query())
         {
             facts.tunnel(names_unsafe);
@@ -542,8 +544,9 @@ impl Policy {
         facts
     }
 
-    /// Whether the `body` of a request with `headers` and `facts` that this layer would key tunnels a method
-    /// through a parameter (see [`tunnel`]): then its facts say so, and it is screened again.
+    /// Whether the `body` of a request with `headers` and `facts` that this layer would key by its body tunnels a
+    /// method through a parameter (see [`tunnel`]): then its facts say so, and it is screened again. Not read when
+    /// a header or the query already tunnels a write through it.
     #[inline]
     pub(crate) fn tunnels(
         &self,
@@ -551,7 +554,7 @@ impl Policy {
         headers: &HeaderMap,
         body: &[u8],
     ) -> bool {
-        if !facts.method_cacheable || facts.get_or_head {
+        if !facts.query_method || (facts.method_overridden && facts.unsafe_method) {
             return false;
         }
         match tunnel::in_body(headers, body) {
@@ -561,6 +564,20 @@ impl Policy {
             }
             None => false,
         }
+    }
+
+    /// Whether a request with `facts` and `headers` that goes to the origin unkeyed (bypassed: for its
+    /// credentials, say) has its body read, within the cap, before it goes: the body of a query this layer
+    /// would key by it may tunnel a write through a `_method` parameter ([`tunnels`](Self::tunnels)), whose
+    /// success must remove entries as any write's does. Not when nothing it could name would be removed, or the
+    /// request is already known to be a write.
+    pub(crate) fn reads_bypassed_body(&self, facts: &RequestFacts, headers: &HeaderMap) -> bool {
+        self.rules.invalidate_on_unsafe
+            && facts.query_method
+            && !facts.too_large
+            && !facts.upgrade
+            && !may_invalidate(&self.rules, facts)
+            && tunnel::readable(headers)
     }
 
     /// The decision for a request whose entry was not read yet: a bypass, [`Action::Read`], or a forward.

@@ -119,6 +119,11 @@ where
             if head {
                 parts.method = Method::HEAD;
             }
+            if engine.policy.reads_bypassed_body(&facts, &parts.headers) {
+                let (engine, inner) = (engine.clone(), self.inner.clone());
+                let read = bypass_read(engine, inner, parts, body, facts, partition, reason);
+                return respond_in(span, read);
+            }
             let stale = engine.stale_targets(&parts, &facts, partition);
             let request = Request::from_parts(parts, RequestBody::new(body));
             let (engine, inner) = (engine.clone(), self.inner.clone());
@@ -359,6 +364,54 @@ where
     let mut response = Response::from_parts(parts, ResponseBody::streaming(body));
     decorate(&mut response, &status);
     Ok(response)
+}
+
+/// [`bypass`] for a query whose body may tunnel a write ([`Policy::reads_bypassed_body`]): the body is read
+/// first, within the cap, and the request removes entries if it names one. A body over the cap goes on as the
+/// part read chained with the rest, unread.
+///
+/// [`Policy::reads_bypassed_body`]: super::engine::Policy::reads_bypassed_body
+async fn bypass_read<S, B, R>(
+    engine: Arc<Engine>,
+    inner: S,
+    parts: request::Parts,
+    body: B,
+    mut facts: RequestFacts,
+    partition: Option<Vec<u8>>,
+    reason: BypassReason,
+) -> Result<Response<ResponseBody<R>>, BoxError>
+where
+    S: Service<Request<RequestBody>, Response = Response<R>>,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let max = engine.policy.max_body;
+    let read = match take_ready(body, max)? {
+        Ready::Complete(bytes) => Capped::Whole(bytes),
+        Ready::Partial { prefix, rest } => finish(prefix, rest, max).await?,
+    };
+    let body = match read {
+        Capped::Whole(bytes) => {
+            engine.policy.tunnels(&mut facts, &parts.headers, &bytes);
+            RequestBody::full(bytes)
+        }
+        Capped::Trailed { body, trailers } => {
+            engine.policy.tunnels(&mut facts, &parts.headers, &body);
+            RequestBody::trailed(body, trailers)
+        }
+        Capped::TooLarge(body) => body,
+    };
+    let stale = engine.stale_targets(&parts, &facts, partition);
+    bypass(
+        engine,
+        inner,
+        Request::from_parts(parts, body),
+        reason,
+        stale,
+    )
+    .await
 }
 
 /// One origin call for a cached request: the inner service, the request head, and its buffered body.

@@ -3,7 +3,9 @@
 //! `MethodOverride` and Express's `method-override` act on the method named, so a request the layer would cache
 //! as a query may be a write. Such a request is treated as one tunnelling a method through a header
 //! ([`METHOD_OVERRIDES`](super::decision::METHOD_OVERRIDES)): never cached, and when the method it names is not
-//! safe, a write that removes its URI's entries.
+//! safe, a write that removes its URI's entries. Frameworks differ in which they read first (the header, the
+//! body, the query), so a write named in any of them makes the request one; and a query bypassed for another
+//! reason (its credentials) has its body read all the same, within the cap.
 //!
 //! Names are read as PHP reads them, the laxest of these: percent-decoded in a query or a form (`+` a space),
 //! leading spaces dropped, then spaces and dots as `_` (`+_method`, `.method`). A value names a method in any
@@ -52,17 +54,40 @@ pub(crate) fn in_body(headers: &HeaderMap, body: &[u8]) -> Option<bool> {
     if body.is_empty() {
         return None;
     }
+    let (kind, content_type) = kind_of(headers)?;
+    match kind {
+        Kind::Form => in_form(body),
+        Kind::Multipart => in_multipart(content_type, body),
+        Kind::Json => in_json(body),
+    }
+}
+
+/// Whether the body of a request with `headers` is of a type [`in_body`] reads.
+pub(crate) fn readable(headers: &HeaderMap) -> bool {
+    kind_of(headers).is_some()
+}
+
+/// The body types that may carry the parameter.
+enum Kind {
+    Form,
+    Multipart,
+    Json,
+}
+
+/// The kind of body `headers` announce, with their `Content-Type`; `None` for one [`in_body`] does not read.
+fn kind_of(headers: &HeaderMap) -> Option<(Kind, &str)> {
     let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let essence = content_type.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        in_form(body)
+    let kind = if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Kind::Form
     } else if essence.eq_ignore_ascii_case("multipart/form-data") {
-        in_multipart(content_type, body)
+        Kind::Multipart
     } else if super::key::is_json_type(essence) {
-        in_json(body)
+        Kind::Json
     } else {
-        None
-    }
+        return None;
+    };
+    Some((kind, content_type))
 }
 
 /// Folds one more named method into what was found so far.
