@@ -550,3 +550,73 @@ async fn absurd_retry_after_values_and_unbounded_settings_end_without_panicking(
     assert_eq!(outcome(&response), (1, Some(GaveUp::Deadline)));
     assert_eq!(origin.calls(), 2);
 }
+
+/// A `POST` whose connection could not be made never reached the server: it is retried like any request. One
+/// cut off after it was sent may have been acted on: it is not. Over a real hyper-util client and real sockets.
+#[tokio::test]
+async fn a_post_is_retried_when_its_connection_is_refused_but_not_when_cut_off_after_it_was_sent() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<RequestBody>();
+    let retry = || {
+        RetryLayer::builder()
+            .base_delay(Duration::from_millis(1))
+            .max_attempts(3)
+            .no_budget()
+            .build()
+            .unwrap()
+    };
+    let order = |addr: std::net::SocketAddr| {
+        Request::post(format!("http://{addr}/orders"))
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"sku":1}"#))
+            .unwrap()
+    };
+
+    // A port nothing listens on: every connect is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = retry()
+        .layer(hyper.clone())
+        .oneshot(order(closed))
+        .await
+        .unwrap_err();
+    let error = error.downcast_ref::<RetryError>().expect("a RetryError");
+    assert_eq!(
+        (error.attempts(), error.gave_up()),
+        (3, Some(GaveUp::MaxAttempts)),
+        "{error}"
+    );
+
+    // A server that reads the request, then closes the connection without answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let server = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let mut request = vec![0u8; 4096];
+                let _ = socket.read(&mut request).await;
+            }
+        }
+    });
+    let error = retry()
+        .layer(hyper.clone())
+        .oneshot(order(addr))
+        .await
+        .unwrap_err();
+    let error = error.downcast_ref::<RetryError>().expect("a RetryError");
+    assert_eq!(
+        (error.attempts(), error.gave_up()),
+        (1, Some(GaveUp::NotIdempotent)),
+        "{error}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    server.abort();
+}

@@ -168,7 +168,8 @@ impl RetryLayerBuilder {
     }
 
     /// Also retry non-idempotent requests (`POST`, `PATCH`, ...) on every retryable answer. Default: `false`,
-    /// so they are retried only on `429`, which says the request was not processed, or when they carry an
+    /// so they are retried only on `429`, which says the request was not processed, on a connection that could
+    /// not be made, which the request never reached, or when they carry an
     /// [idempotency key](Self::idempotency_key_headers). Turn it on for `POST` queries that change nothing.
     pub fn retry_non_idempotent(mut self, retry: bool) -> Self {
         self.retry_non_idempotent = retry;
@@ -179,7 +180,8 @@ impl RetryLayerBuilder {
     /// idempotent one is, since the server answers a repeat of the key with the first request's result instead
     /// of acting twice (the IETF `Idempotency-Key` field, draft-ietf-httpapi-idempotency-key-header, as Stripe,
     /// Adyen and Square read it). Default: `Idempotency-Key`. The names given replace the default: pass
-    /// `Idempotency-Key` and `PayPal-Request-Id` to read both, or none to retry such requests only on `429`.
+    /// `Idempotency-Key` and `PayPal-Request-Id` to read both, or none to retry such requests only on `429` and
+    /// failed connects.
     pub fn idempotency_key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.idempotency_keys = names.into_iter().collect();
         self

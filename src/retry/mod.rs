@@ -47,10 +47,11 @@
 //! - **What is retried**: decided by a [`Classify`]; by default `429`, `500`, `502`, `503`, `504` and transport
 //!   errors, never `501`. A token failure from an [`AuthLayer`](crate::AuthLayer) below is never retried: that
 //!   layer shares and remembers it.
-//! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on `429` unless they carry an
-//!   `Idempotency-Key` ([`idempotency_key_headers`](RetryLayerBuilder::idempotency_key_headers)) or
+//! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on `429` and on a connection that
+//!   could not be made (refused, unreachable; with hyper-util or reqwest, any connect failure), unless they carry
+//!   an `Idempotency-Key` ([`idempotency_key_headers`](RetryLayerBuilder::idempotency_key_headers)) or
 //!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent) is on: a `503` or a reset connection
-//!   may come after the server acted on the request.
+//!   may come after the server acted on the request, a refused connection never does.
 //! - **Delay**: full jitter, `random(0, min(max_delay, base_delay * 2^n))` before retry `n`; with a
 //!   `Retry-After` (delay-seconds or HTTP-date) the delay is `max(backoff, retry_after)`. A `Retry-After` over
 //!   [`retry_after_cap`](RetryLayerBuilder::retry_after_cap) ends retrying at once; a malformed one is ignored.
@@ -120,7 +121,7 @@ pub enum GaveUp {
     Budget,
     /// The server asked for a wait longer than `retry_after_cap`.
     RetryAfterTooLong,
-    /// A non-idempotent request, and the answer was not `429`.
+    /// A non-idempotent request, and the answer was not `429` or a connection that could not be made.
     NotIdempotent,
     /// The request body was over `max_body_size`, so it could not be replayed.
     BodyTooLarge,
@@ -253,7 +254,12 @@ where
         if class == Class::Done {
             return finish(&config, result, attempt, None);
         }
-        let gave_up = if !replay_any && status != Some(StatusCode::TOO_MANY_REQUESTS) {
+        // A `429`, or a connection that could not be made, says the server did not act on the request.
+        let unacted = status == Some(StatusCode::TOO_MANY_REQUESTS)
+            || result
+                .as_ref()
+                .is_err_and(|error| policy::never_sent(&**error));
+        let gave_up = if !replay_any && !unacted {
             Some(GaveUp::NotIdempotent)
         } else if attempt >= config.max_attempts {
             Some(GaveUp::MaxAttempts)

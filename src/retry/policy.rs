@@ -100,6 +100,46 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     ) || method.as_str() == "QUERY"
 }
 
+/// Whether `error` (or one of its causes) says the request was never sent: the connection it was to go on could
+/// not be made (refused, host or network unreachable, no local address; with hyper-util or reqwest, any failure
+/// while connecting: DNS, TLS handshake, connect timeout). Any request, idempotent or not, can then be sent
+/// again: the server cannot have acted on it.
+pub(crate) fn never_sent(error: &(dyn Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
+        }
+        #[cfg(feature = "genesys")]
+        if e.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        {
+            return true;
+        }
+        #[cfg(feature = "reqwest")]
+        if e.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_connect)
+            || matches!(
+                e.downcast_ref::<reqwest_middleware::Error>(),
+                Some(reqwest_middleware::Error::Reqwest(inner)) if inner.is_connect()
+            )
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +158,45 @@ mod tests {
         }
         let io = std::io::Error::other("reset");
         assert_eq!(c.classify_error(&io), Class::Retry);
+    }
+
+    #[test]
+    fn only_a_connection_never_made_is_never_sent() {
+        use std::io::{Error as IoError, ErrorKind};
+        /// A client's error around its cause, as hyper-util's and reqwest's are.
+        #[derive(Debug)]
+        struct Wrapped(IoError);
+        impl fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("client error (Connect)")
+            }
+        }
+        impl Error for Wrapped {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        for (kind, never) in [
+            (ErrorKind::ConnectionRefused, true),
+            (ErrorKind::HostUnreachable, true),
+            (ErrorKind::NetworkUnreachable, true),
+            (ErrorKind::AddrNotAvailable, true),
+            (ErrorKind::ConnectionReset, false),
+            (ErrorKind::ConnectionAborted, false),
+            (ErrorKind::BrokenPipe, false),
+            (ErrorKind::TimedOut, false),
+            (ErrorKind::UnexpectedEof, false),
+        ] {
+            assert_eq!(never_sent(&IoError::from(kind)), never, "{kind:?}");
+            assert_eq!(
+                never_sent(&Wrapped(IoError::from(kind))),
+                never,
+                "{kind:?} as a cause"
+            );
+        }
+        let other: Box<dyn Error + Send + Sync> =
+            "connection closed before message completed".into();
+        assert!(!never_sent(&*other));
     }
 
     #[test]
