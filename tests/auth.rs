@@ -24,6 +24,8 @@ enum TokenAnswer {
     Issue(u64),
     /// This status and body.
     Fail(u16, &'static str),
+    /// `429` with `Retry-After` of this many seconds.
+    Limited(u64),
     /// Nothing, until the transport's 30 s timeout gives up.
     BlackHole,
 }
@@ -82,6 +84,14 @@ impl TokenEndpoint {
                     return Err("token request timed out".into());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                if let TokenAnswer::Limited(seconds) = answer {
+                    return Ok(Response::builder()
+                        .status(429)
+                        .header("retry-after", seconds)
+                        .body(Full::new(Bytes::from_static(
+                            b"{\"error\":\"rate_limited\"}",
+                        )))?);
+                }
                 let (status, body) = match answer {
                     TokenAnswer::Issue(expires_in) => {
                         let n = endpoint.issued.fetch_add(1, Ordering::SeqCst) + 1;
@@ -93,7 +103,9 @@ impl TokenEndpoint {
                         (200, body)
                     }
                     TokenAnswer::Fail(status, body) => (status, body.to_owned()),
-                    TokenAnswer::BlackHole => unreachable!("answered above"),
+                    TokenAnswer::BlackHole | TokenAnswer::Limited(_) => {
+                        unreachable!("answered above")
+                    }
                 };
                 Ok::<_, BoxError>(
                     Response::builder()
@@ -564,6 +576,54 @@ async fn invalid_client_makes_one_fetch_and_is_neither_retried_nor_asked_again_s
     assert_eq!(tokens.requests(), 1);
     tokio::time::advance(Duration::from_secs(1)).await;
     assert!(client.oneshot(get()).await.is_err());
+    assert_eq!(tokens.requests(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_token_endpoint_is_left_alone_for_its_retry_after() {
+    let tokens = TokenEndpoint::new(TokenAnswer::Limited(20));
+    let api = Api::new(&tokens);
+    let client = ServiceBuilder::new()
+        .layer(AuthLayer::new(tokens.source()))
+        .service(api.service());
+    let error = client.clone().oneshot(get()).await.unwrap_err();
+    let token = find_token_error(&*error).expect("a TokenError");
+    assert_eq!(token.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(token.retry_after(), Some(Duration::from_secs(20)));
+    assert!(token.is_transient());
+    assert!(token.to_string().ends_with("; retry after 20 s"), "{token}");
+
+    // Well past the 1 s cooldown of a transient failure, but inside the 20 s asked for: not asked again.
+    tokio::time::advance(Duration::from_secs(19)).await;
+    *tokens.answer.lock().unwrap() = TokenAnswer::Issue(3600);
+    let error = client.clone().oneshot(get()).await.unwrap_err();
+    assert_eq!(
+        find_token_error(&*error).and_then(TokenError::retry_after),
+        Some(Duration::from_secs(20))
+    );
+    assert_eq!(tokens.requests(), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let response = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(tokens.requests(), 2);
+
+    // An endpoint asking for an hour is asked again after the cap.
+    let tokens = TokenEndpoint::new(TokenAnswer::Limited(3600));
+    let api = Api::new(&tokens);
+    let client = ServiceBuilder::new()
+        .layer(
+            AuthLayer::builder(tokens.source())
+                .retry_after_cap(Duration::from_secs(5))
+                .build(),
+        )
+        .service(api.service());
+    assert!(client.clone().oneshot(get()).await.is_err());
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(client.clone().oneshot(get()).await.is_err());
+    assert_eq!(tokens.requests(), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    *tokens.answer.lock().unwrap() = TokenAnswer::Issue(3600);
+    client.oneshot(get()).await.unwrap();
     assert_eq!(tokens.requests(), 2);
 }
 

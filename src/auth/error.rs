@@ -4,6 +4,7 @@ use crate::error::BoxError;
 use http::StatusCode;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A token could not be obtained. No variant ever holds the client secret or a token.
 #[derive(Debug)]
@@ -19,6 +20,10 @@ pub enum TokenError {
         error: Option<String>,
         /// The OAuth `error_description`, when the body had one.
         description: Option<String>,
+        /// How long the endpoint asked to be left alone (its `Retry-After`, as a `429` or `503` carries), if it
+        /// said: the failure is remembered at least that long (up to
+        /// [`retry_after_cap`](crate::auth::AuthLayerBuilder::retry_after_cap)).
+        retry_after: Option<Duration>,
     },
     /// A 2xx answer that is not a usable token response.
     Malformed(String),
@@ -58,12 +63,22 @@ impl TokenError {
                 status,
                 error,
                 description,
+                retry_after,
             } => TokenError::Rejected {
                 status: *status,
                 error: error.clone(),
                 description: description.clone(),
+                retry_after: *retry_after,
             },
             TokenError::Malformed(reason) => TokenError::Malformed(reason.clone()),
+        }
+    }
+
+    /// How long the token endpoint asked to be left alone (`Retry-After`), for [`Rejected`](Self::Rejected).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TokenError::Rejected { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -84,6 +99,7 @@ impl fmt::Display for TokenError {
                 status,
                 error,
                 description,
+                retry_after,
             } => {
                 write!(f, "token endpoint answered {status}")?;
                 if let Some(error) = error {
@@ -91,6 +107,9 @@ impl fmt::Display for TokenError {
                 }
                 if let Some(description) = description {
                     write!(f, " ({description})")?;
+                }
+                if let Some(wait) = retry_after {
+                    write!(f, "; retry after {} s", wait.as_secs_f64().ceil())?;
                 }
                 Ok(())
             }

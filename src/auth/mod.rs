@@ -49,6 +49,8 @@
 //! [`rejection_cooldown`](AuthLayerBuilder::rejection_cooldown) (30 s) after a rejection of the client
 //! (`invalid_client`, `unauthorized_client`), a caller that needs a token gets that failure at once, so a
 //! dead token endpoint costs each caller at most one fetch timeout and is asked at most once per cooldown.
+//! An endpoint that answers with a `Retry-After` (a `429` from a rate limit, a `503`) is left alone that long,
+//! up to [`retry_after_cap`](AuthLayerBuilder::retry_after_cap) (180 s), whatever the cooldowns.
 //! The [`RetryLayer`](crate::RetryLayer) does not retry token failures.
 //!
 //! # 401 recovery
@@ -112,6 +114,7 @@ impl AuthLayer {
                 skew: Duration::from_secs(60),
                 failure_cooldown: Duration::from_secs(1),
                 rejection_cooldown: Duration::from_secs(30),
+                retry_after_cap: Duration::from_secs(180),
             },
             max_body: 1024 * 1024,
         }
@@ -165,6 +168,14 @@ impl AuthLayerBuilder {
     /// redirect) is remembered the same way. Default: 30 s.
     pub fn rejection_cooldown(mut self, cooldown: Duration) -> Self {
         self.timing.rejection_cooldown = cooldown;
+        self
+    }
+
+    /// The longest a token endpoint's `Retry-After` (on a `429` or `503`, say) keeps its failure remembered:
+    /// within it, callers get the failure at once and the endpoint is not asked again, however short the
+    /// cooldowns above. Default: 180 s.
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.timing.retry_after_cap = cap;
         self
     }
 

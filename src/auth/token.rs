@@ -109,6 +109,8 @@ pub(crate) struct Timing {
     pub(crate) failure_cooldown: Duration,
     /// A rejection of the client itself (`invalid_client`, any other `4xx`) is remembered this long.
     pub(crate) rejection_cooldown: Duration,
+    /// The longest an endpoint's `Retry-After` keeps a failure remembered.
+    pub(crate) retry_after_cap: Duration,
 }
 
 /// What a caller of [`TokenCache::get`] does.
@@ -249,11 +251,16 @@ impl TokenCache {
                     state.failed = None;
                 }
                 Err(error) => {
+                    let timing = &cache.timing;
                     let cooldown = if error.is_transient() {
-                        cache.timing.failure_cooldown
+                        timing.failure_cooldown
                     } else {
-                        cache.timing.rejection_cooldown
+                        timing.rejection_cooldown
                     };
+                    // An endpoint that asked to be left alone longer is: asking sooner would only be refused
+                    // again, by every process of the fleet.
+                    let asked = error.retry_after().unwrap_or_default();
+                    let cooldown = cooldown.max(asked.min(timing.retry_after_cap));
                     let now = Instant::now();
                     // A cooldown past the clock's range means "for good": a year stands in for it.
                     let until = now
@@ -349,6 +356,7 @@ mod tests {
             skew: Duration::from_secs(60),
             failure_cooldown: Duration::from_secs(1),
             rejection_cooldown: Duration::from_secs(30),
+            retry_after_cap: Duration::from_secs(180),
         }
     }
 
@@ -415,6 +423,7 @@ mod tests {
                         status: http::StatusCode::UNAUTHORIZED,
                         error: Some("invalid_client".into()),
                         description: None,
+                        retry_after: None,
                     })
                 })
             }

@@ -76,11 +76,11 @@ pub mod future;
 mod layer;
 mod policy;
 
+pub(crate) use self::backoff::parse_retry_after;
 pub use self::budget::RetryBudget;
 pub use self::layer::{RetryLayer, RetryLayerBuilder};
 pub use self::policy::{Class, Classify, ClassifyFn, DefaultClassifier, classify_fn};
 
-use self::backoff::parse_retry_after;
 use self::error::RetryError;
 use self::future::ResponseFuture;
 use self::layer::Config;
