@@ -1199,6 +1199,42 @@ async fn an_answer_varies_on_the_request_header_it_depends_on_whether_said_or_no
     }
 }
 
+/// Browsers list the codings they accept differently (Chrome and Firefox add `zstd`, Safari does not): one
+/// compressed entry answers all that accept its coding, instead of each replacing the others'.
+#[tokio::test]
+async fn clients_that_list_codings_differently_share_one_compressed_entry() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("content-encoding", "br");
+    origin.add_header("vary", "Accept-Encoding");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let asking =
+        |codings: &'static str| get("http://api.test/page", &[("accept-encoding", codings)]);
+
+    let stored = call(&service, asking("gzip, deflate, br, zstd")).await;
+    assert!(matches!(
+        outcome(&stored),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    for codings in ["gzip, deflate, br", "br", "gzip, deflate, br, zstd"] {
+        let response = call(&service, asking(codings)).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit, "{codings}");
+        assert_eq!(response.headers()["content-encoding"], "br");
+    }
+    // One that cannot decode it is never answered from it, nor from what was stored for another that cannot
+    // (here the origin sends `br` to each regardless).
+    for codings in ["gzip, deflate", "br;q=0, gzip", "gzip, deflate"] {
+        let response = call(&service, asking(codings)).await;
+        assert!(
+            cache_status(&response).contains("fwd=vary-miss"),
+            "{codings}: {}",
+            cache_status(&response)
+        );
+    }
+    assert_eq!(origin.calls(), 4);
+}
+
 #[tokio::test]
 async fn vary_star_is_never_stored() {
     let server = RedisServer::start();

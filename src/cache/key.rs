@@ -1314,6 +1314,70 @@ fn hex4(digits: Option<&[u8]>) -> Result<u32, NotJson> {
     u32::from_str_radix(digits, 16).map_err(|_| NotJson)
 }
 
+/// Whether a request with the `Accept-Encoding` of `request` accepts the content coding of `response` (RFC 9110
+/// §12.5.3): every coding its `Content-Encoding` names, or `identity` when it names none. A coding listed with a
+/// non-zero `q` is accepted, one with `q=0` (or a `q` that does not read) is not; one not listed takes the `*`
+/// entry's, and `identity` is accepted unless excluded. A request without the field accepts `identity` only: one
+/// that says nothing may not be able to decode anything. `x-gzip` is `gzip`, `x-compress` is `compress`.
+pub(crate) fn accepts_coding(request: &HeaderMap, response: &HeaderMap) -> bool {
+    /// `Some(accepted)` for an entry naming `coding` (or `*`), `None` without one.
+    fn entry(request: &HeaderMap, coding: &str) -> Option<bool> {
+        let mut found = None;
+        for element in request
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("").split(','))
+        {
+            let mut parts = element.split(';');
+            let name = canonical_coding(parts.next().unwrap_or("").trim());
+            if name.is_empty() || !name.eq_ignore_ascii_case(coding) {
+                continue;
+            }
+            let q = parts.find_map(|parameter| {
+                let (name, value) = parameter.split_once('=')?;
+                name.trim().eq_ignore_ascii_case("q").then(|| value.trim())
+            });
+            let accepted = match q {
+                None => true,
+                Some(q) => q.parse::<f32>().is_ok_and(|q| q > 0.0 && q <= 1.0),
+            };
+            // Listed twice: accepted only if both say so.
+            found = Some(found.unwrap_or(true) && accepted);
+        }
+        found
+    }
+    let acceptable = |coding: &str| {
+        entry(request, coding)
+            .or_else(|| entry(request, "*"))
+            .unwrap_or(coding.eq_ignore_ascii_case("identity"))
+    };
+    if !request.contains_key(header::ACCEPT_ENCODING) {
+        return !content_encoded(response);
+    }
+    let mut codings = response
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("\0").split(','))
+        .map(|coding| canonical_coding(coding.trim()))
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        .peekable();
+    if codings.peek().is_none() {
+        return acceptable("identity");
+    }
+    codings.all(acceptable)
+}
+
+/// A content coding's name, its `x-` alias taken for it (RFC 9110 §18.6).
+fn canonical_coding(name: &str) -> &str {
+    if name.eq_ignore_ascii_case("x-gzip") {
+        "gzip"
+    } else if name.eq_ignore_ascii_case("x-compress") {
+        "compress"
+    } else {
+        name
+    }
+}
+
 /// Whether answers from `response` depend on request headers: it has `Vary`, a body in a content coding, or a
 /// CORS grant to one origin (see [`vary_digest`]).
 pub(crate) fn varies(response: &HeaderMap) -> bool {
@@ -1344,7 +1408,11 @@ pub(crate) fn content_encoded(response: &HeaderMap) -> bool {
 ///
 /// A body in a content coding (`Content-Encoding: gzip`) varies on `Accept-Encoding` whether or not the origin
 /// said so (nginx, for one, leaves `Vary: Accept-Encoding` out unless told): an entry compressed for a client
-/// that asked for it is never answered to one that asked differently, or not at all, and could not read it.
+/// that asked for it is never answered to one that does not accept that coding, or sent no `Accept-Encoding`,
+/// and could not read it. `Accept-Encoding` is compared by what matters of it, as CDNs normalise it: all the
+/// requests that accept the response's coding ([`accepts_coding`]) are one variant, so browsers that list codings
+/// differently (`gzip, deflate, br, zstd` and `gzip, deflate, br`) share one `br` entry instead of replacing each
+/// other's. A request that does not accept it is compared by its values, as any other field.
 /// Likewise an `Access-Control-Allow-Origin` that names an origin varies on `Origin` (the Fetch standard asks
 /// for `Vary: Origin` there; servers that reflect the request's origin often leave it out): a page on another
 /// origin is never handed a grant to the first, which its browser would refuse.
@@ -1369,10 +1437,16 @@ pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[
     names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
     let mut h = Sha256::new();
-    field(&mut h, b"tower-redis-cache/vary/v1");
+    field(&mut h, b"tower-redis-cache/vary/v2");
     count(&mut h, names.len());
     for name in &names {
         field(&mut h, name.as_str().as_bytes());
+        // Every request that accepts the answer's coding is one variant. One that does not is its own, by its
+        // values: the answer was not made for it, and another that does not accept it may be answered otherwise.
+        if name == header::ACCEPT_ENCODING && accepts_coding(request, response) {
+            h.update([2u8]);
+            continue;
+        }
         let mut fields = request.get_all(name).iter().peekable();
         if fields.peek().is_none() {
             h.update([0u8]);
@@ -1701,6 +1775,65 @@ mod tests {
             ),
             vary_digest(&v, &request(&[("accept-language", "de, fr")]))
         );
+        // `Accept-Encoding` counts by whether it accepts the answer's coding, however it lists codings.
+        let coded = |coding: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+            h
+        };
+        let asks = |value: &'static str| request(&[("accept-encoding", value)]);
+        let br = coded("br");
+        let chrome = vary_digest(&br, &asks("gzip, deflate, br, zstd"));
+        for same in [
+            "gzip, deflate, br",
+            "br",
+            "BR;q=0.5",
+            "*",
+            "gzip;q=0, *;q=0.1",
+        ] {
+            assert_eq!(vary_digest(&br, &asks(same)), chrome, "{same}");
+        }
+        for other in [
+            "gzip",
+            "",
+            "br;q=0",
+            "br; q = 0",
+            "br;q=0.000",
+            "br;q=x",
+            "*, br;q=0",
+            "gzip, *;q=0",
+        ] {
+            assert_ne!(vary_digest(&br, &asks(other)), chrome, "{other}");
+        }
+        // Those that do not accept it are told apart by their values, as before.
+        let gzip = vary_digest(&br, &asks("gzip"));
+        assert_ne!(gzip, vary_digest(&br, &asks("br;q=0, gzip")));
+        assert_ne!(gzip, vary_digest(&br, &request(&[])));
+        assert_eq!(
+            vary_digest(&br, &asks("gzip, deflate")),
+            vary_digest(&br, &asks("gzip,deflate"))
+        );
+        assert_ne!(vary_digest(&br, &request(&[])), chrome, "none sent");
+        assert_eq!(
+            vary_digest(&coded("x-gzip"), &asks("gzip")),
+            vary_digest(&coded("gzip"), &asks("br, gzip"))
+        );
+        assert_ne!(
+            vary_digest(&coded("gzip, br"), &asks("br")),
+            vary_digest(&coded("gzip, br"), &asks("gzip, br")),
+            "every coding applied must be accepted"
+        );
+        // An answer in no coding that names `Accept-Encoding` in `Vary` suits every request but one refusing
+        // `identity`.
+        let plain = response("accept-encoding");
+        let none = vary_digest(&plain, &request(&[]));
+        for same in ["gzip", "", "identity;q=0.1", "*;q=0, identity"] {
+            assert_eq!(vary_digest(&plain, &asks(same)), none, "{same}");
+        }
+        for other in ["identity;q=0", "*;q=0", "gzip, *;q=0"] {
+            assert_ne!(vary_digest(&plain, &asks(other)), none, "{other}");
+        }
+
         // A CORS grant to one origin varies on `Origin`, said or not; a grant to every origin does not.
         let grant = |origin: &'static str| {
             let mut h = HeaderMap::new();
