@@ -523,6 +523,12 @@ async fn the_per_token_rate_limit_answers_the_real_429() {
     }
     let error = client.get_action(&ids[3]).await.unwrap_err();
     assert!(error.is_rate_limited(), "{error}");
+    assert!(
+        error
+            .retry_after()
+            .is_some_and(|wait| wait >= Duration::from_secs(1) && wait <= Duration::from_secs(60)),
+        "{error:?}"
+    );
     assert_eq!(error.code(), Some("too.many.requests.retry.after"));
     assert!(
         error

@@ -408,11 +408,16 @@ async fn read(response: Response<GenesysBody>) -> Result<Fetched<Bytes>, Genesys
         Err(e) => return Err(GenesysError::from_stack(e)),
     };
     if !parts.status.is_success() {
+        let retry_after = parts
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|value| crate::retry::parse_retry_after(value, std::time::SystemTime::now()));
         return Err(GenesysError::from_status(
             parts.status,
             &bytes,
             correlation_id,
             attempts,
+            retry_after,
         ));
     }
     Ok(Fetched {

@@ -7,6 +7,7 @@ use crate::retry::error::RetryError;
 use http::StatusCode;
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 /// A failed Genesys Cloud call. Opaque, with predicates, as `reqwest::Error` is: ask what it is
 /// ([`is_rate_limited`](Self::is_rate_limited), [`is_auth`](Self::is_auth), ...) and read the facts
@@ -16,6 +17,7 @@ pub struct GenesysError {
     kind: Kind,
     attempts: u32,
     correlation_id: Option<String>,
+    retry_after: Option<Duration>,
 }
 
 enum Kind {
@@ -45,6 +47,7 @@ impl GenesysError {
         body: &[u8],
         correlation_id: Option<String>,
         attempts: u32,
+        retry_after: Option<Duration>,
     ) -> Self {
         let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
         let clip = |s: String| s.chars().take(300).collect::<String>();
@@ -56,6 +59,7 @@ impl GenesysError {
             },
             attempts,
             correlation_id: correlation_id.or(parsed.context_id.map(clip)),
+            retry_after,
         }
     }
 
@@ -64,6 +68,7 @@ impl GenesysError {
             kind: Kind::Decode(reason.into()),
             attempts: 1,
             correlation_id,
+            retry_after: None,
         }
     }
 
@@ -72,6 +77,7 @@ impl GenesysError {
             kind: Kind::Request(reason.into()),
             attempts: 0,
             correlation_id: None,
+            retry_after: None,
         }
     }
 
@@ -80,6 +86,7 @@ impl GenesysError {
             kind: Kind::Pagination(reason.into()),
             attempts: 1,
             correlation_id: None,
+            retry_after: None,
         }
     }
 
@@ -88,6 +95,7 @@ impl GenesysError {
     pub(crate) fn from_stack(error: BoxError) -> Self {
         let mut attempts = 1;
         let mut token = false;
+        let mut retry_after = None;
         let mut timeout = false;
         // The message starts below the stack's own wrappers (coalescing, retry), at the error that says what
         // happened, and goes down to the root cause.
@@ -99,7 +107,10 @@ impl GenesysError {
             } else if !e.is::<crate::error::SharedError>() && meaningful.is_none() {
                 meaningful = Some(e);
             }
-            token |= e.is::<TokenError>();
+            if let Some(failure) = e.downcast_ref::<TokenError>() {
+                token = true;
+                retry_after = retry_after.or(failure.retry_after());
+            }
             timeout |= e.is::<tower::timeout::error::Elapsed>();
             current = e.source();
         }
@@ -115,6 +126,7 @@ impl GenesysError {
             kind,
             attempts,
             correlation_id: None,
+            retry_after,
         }
     }
 
@@ -150,6 +162,12 @@ impl GenesysError {
     /// Attempts made by the retry layer (1 when there was no retry, 0 when the request was never sent).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// How long the API (or its token endpoint) asked to be left alone: the `Retry-After` of its last answer,
+    /// as a `429` carries, when it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// `429 Too Many Requests`, after the retries the policy allowed.
@@ -263,6 +281,7 @@ impl fmt::Debug for GenesysError {
         };
         d.field("correlation_id", &self.correlation_id)
             .field("attempts", &self.attempts)
+            .field("retry_after", &self.retry_after)
             .finish()
     }
 }
@@ -303,22 +322,29 @@ mod tests {
             body,
             Some("corr-9".into()),
             4,
+            Some(Duration::from_secs(1)),
         );
         assert!(error.is_rate_limited() && !error.is_auth());
         assert_eq!(error.code(), Some("too.many.requests.retry.after"));
         assert_eq!(error.correlation_id(), Some("corr-9"));
         assert_eq!(error.attempts(), 4);
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(1)));
         let text = error.to_string();
         assert!(
             text.contains("429") && text.contains("corr-9") && text.contains("4 attempts"),
             "{text}"
         );
         // No header: the body's contextId; no JSON: just the status.
-        let error =
-            GenesysError::from_status(StatusCode::NOT_FOUND, br#"{"contextId":"ctx-2"}"#, None, 1);
+        let error = GenesysError::from_status(
+            StatusCode::NOT_FOUND,
+            br#"{"contextId":"ctx-2"}"#,
+            None,
+            1,
+            None,
+        );
         assert!(error.is_not_found());
         assert_eq!(error.correlation_id(), Some("ctx-2"));
-        let error = GenesysError::from_status(StatusCode::BAD_GATEWAY, b"<html>", None, 1);
+        let error = GenesysError::from_status(StatusCode::BAD_GATEWAY, b"<html>", None, 1, None);
         assert!(error.is_server_error() && error.code().is_none());
     }
 
