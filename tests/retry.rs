@@ -620,3 +620,70 @@ async fn a_post_is_retried_when_its_connection_is_refused_but_not_when_cut_off_a
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     server.abort();
 }
+
+/// An HTTP/2 stream reset with `REFUSED_STREAM` was not processed (RFC 9113 §8.7): a `POST` on it is sent again.
+/// A stream reset for another reason may have been: it is not. Over a real h2 server and hyper-util client.
+#[cfg(feature = "genesys")]
+#[tokio::test]
+async fn a_post_on_a_refused_http2_stream_is_sent_again_but_not_on_one_reset_otherwise() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    for (reason, attempts, gave_up) in [
+        (h2::Reason::REFUSED_STREAM, 2, None),
+        (h2::Reason::INTERNAL_ERROR, 1, Some(GaveUp::NotIdempotent)),
+    ] {
+        // Resets the first stream with `reason`, answers the next ones.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let streams = Arc::new(AtomicUsize::new(0));
+        let server = tokio::spawn({
+            let streams = streams.clone();
+            async move {
+                let (socket, _) = listener.accept().await.unwrap();
+                let mut connection = h2::server::handshake(socket).await.unwrap();
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    if streams.fetch_add(1, Ordering::SeqCst) == 0 {
+                        respond.send_reset(reason);
+                        continue;
+                    }
+                    let mut body = respond.send_response(Response::new(()), false).unwrap();
+                    body.send_data(Bytes::from_static(b"ok"), true).unwrap();
+                }
+            }
+        });
+        let hyper =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<RequestBody>();
+        let retry = RetryLayer::builder()
+            .base_delay(Duration::from_millis(1))
+            .no_budget()
+            .build()
+            .unwrap();
+        let order = Request::post(format!("http://{addr}/orders"))
+            .body(Body::from(r#"{"sku":1}"#))
+            .unwrap();
+        let result = retry.layer(hyper).oneshot(order).await;
+        match result {
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::OK, "{reason:?}");
+                let outcome = response.extensions().get::<RetryOutcome>().unwrap();
+                assert_eq!((outcome.attempts, outcome.gave_up), (attempts, gave_up));
+            }
+            Err(error) => {
+                let error = error.downcast_ref::<RetryError>().expect("a RetryError");
+                assert_eq!(
+                    (error.attempts(), error.gave_up()),
+                    (attempts, gave_up),
+                    "{reason:?}: {error}"
+                );
+            }
+        }
+        assert_eq!(
+            streams.load(Ordering::SeqCst),
+            attempts as usize,
+            "{reason:?}"
+        );
+        server.abort();
+    }
+}

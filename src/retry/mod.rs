@@ -47,11 +47,12 @@
 //! - **What is retried**: decided by a [`Classify`]; by default `429`, `500`, `502`, `503`, `504` and transport
 //!   errors, never `501`. A token failure from an [`AuthLayer`](crate::AuthLayer) below is never retried: that
 //!   layer shares and remembers it.
-//! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on `429` and on a connection that
-//!   could not be made (refused, unreachable; with hyper-util or reqwest, any connect failure), unless they carry
-//!   an `Idempotency-Key` ([`idempotency_key_headers`](RetryLayerBuilder::idempotency_key_headers)) or
+//! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on `429`, on a connection that
+//!   could not be made (refused, unreachable; with hyper-util or reqwest, any connect failure) and on an HTTP/2
+//!   `REFUSED_STREAM` (feature `genesys`), unless they carry an `Idempotency-Key`
+//!   ([`idempotency_key_headers`](RetryLayerBuilder::idempotency_key_headers)) or
 //!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent) is on: a `503` or a reset connection
-//!   may come after the server acted on the request, a refused connection never does.
+//!   may come after the server acted on the request, a refused connection or stream never does.
 //! - **Delay**: full jitter, `random(0, min(max_delay, base_delay * 2^n))` before retry `n`; with a
 //!   `Retry-After` (delay-seconds or HTTP-date) the delay is `max(backoff, retry_after)`. A `Retry-After` over
 //!   [`retry_after_cap`](RetryLayerBuilder::retry_after_cap) ends retrying at once; a malformed one is ignored.

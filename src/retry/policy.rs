@@ -100,10 +100,11 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     ) || method.as_str() == "QUERY"
 }
 
-/// Whether `error` (or one of its causes) says the request was never sent: the connection it was to go on could
-/// not be made (refused, host or network unreachable, no local address; with hyper-util or reqwest, any failure
-/// while connecting: DNS, TLS handshake, connect timeout). Any request, idempotent or not, can then be sent
-/// again: the server cannot have acted on it.
+/// Whether `error` (or one of its causes) says the request was never acted on: the connection it was to go on
+/// could not be made (refused, host or network unreachable, no local address; with hyper-util or reqwest, any
+/// failure while connecting: DNS, TLS handshake, connect timeout), or, with the `genesys` feature's HTTP/2, the
+/// server reset its stream with `REFUSED_STREAM`, which it may send only before any processing (RFC 9113 §8.7).
+/// Any request, idempotent or not, can then be sent again: the server cannot have acted on it.
 pub(crate) fn never_sent(error: &(dyn Error + 'static)) -> bool {
     use std::io::ErrorKind;
     let mut current = Some(error);
@@ -117,6 +118,14 @@ pub(crate) fn never_sent(error: &(dyn Error + 'static)) -> bool {
                     | ErrorKind::AddrNotAvailable
             )
         {
+            return true;
+        }
+        #[cfg(feature = "genesys")]
+        if e.downcast_ref::<h2::Error>().is_some_and(|reset| {
+            reset.is_reset()
+                && reset.is_remote()
+                && reset.reason() == Some(h2::Reason::REFUSED_STREAM)
+        }) {
             return true;
         }
         #[cfg(feature = "genesys")]
