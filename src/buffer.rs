@@ -214,6 +214,19 @@ pub(crate) enum Capped {
     TooLarge(RequestBody),
 }
 
+/// Reads `body`, up to `max` bytes: what it holds already without waiting ([`take_ready`]), then the rest.
+pub(crate) async fn read_capped<B>(body: B, max: usize) -> Result<Capped, BoxError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    match take_ready(body, max)? {
+        Ready::Complete(bytes) => Ok(Capped::Whole(bytes)),
+        Ready::Partial { prefix, rest } => finish(prefix, rest, max).await,
+    }
+}
+
 /// Reads the rest of a [`Ready::Partial`] body, up to `max` bytes in all.
 pub(crate) async fn finish(
     prefix: Bytes,
@@ -276,11 +289,7 @@ where
             RequestBody::new(body),
         )));
     }
-    let capped = match take_ready(body, max)? {
-        Ready::Complete(bytes) => Capped::Whole(bytes),
-        Ready::Partial { prefix, rest } => finish(prefix, rest, max).await?,
-    };
-    Ok(match capped {
+    Ok(match read_capped(body, max).await? {
         Capped::Whole(bytes) => Buffered::Replayable {
             parts,
             body: Replay {

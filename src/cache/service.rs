@@ -11,7 +11,7 @@ use super::future::ResponseFuture;
 use super::key::short_hex;
 use super::status::{BypassReason, CacheOutcome};
 use crate::body::RequestBody;
-use crate::buffer::{Capped, Ready, call_ready, finish, take_ready};
+use crate::buffer::{Capped, Ready, call_ready, finish, read_capped, take_ready};
 use crate::error::BoxError;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -387,12 +387,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let max = engine.policy.max_body;
-    let read = match take_ready(body, max)? {
-        Ready::Complete(bytes) => Capped::Whole(bytes),
-        Ready::Partial { prefix, rest } => finish(prefix, rest, max).await?,
-    };
-    let body = match read {
+    let body = match read_capped(body, engine.policy.max_body).await? {
         Capped::Whole(bytes) => {
             engine.policy.tunnels(&mut facts, &parts.headers, &bytes);
             RequestBody::full(bytes)
