@@ -870,3 +870,35 @@ fn counters_reach_the_metrics_facade() {
         "{totals:?}"
     );
 }
+
+/// Through reqwest, a refused connection is known for one as well: a `POST` that never reached the server is
+/// sent again, as over hyper-util.
+#[tokio::test]
+async fn a_post_through_reqwest_is_retried_when_its_connection_is_refused() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let retry = tower_redis_cache::RetryLayer::builder()
+        .base_delay(std::time::Duration::from_millis(1))
+        .max_attempts(3)
+        .no_budget()
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(retry)
+        .service(ReqwestService::new(reqwest::Client::new()));
+    let order = Request::post(format!("http://{closed}/orders"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"sku":1}"#)))
+        .unwrap();
+    let error = client.oneshot(order).await.unwrap_err();
+    let error = error
+        .downcast_ref::<tower_redis_cache::retry::error::RetryError>()
+        .expect("a RetryError");
+    assert_eq!(
+        (error.attempts(), error.gave_up()),
+        (3, Some(tower_redis_cache::retry::GaveUp::MaxAttempts)),
+        "{error}"
+    );
+}
