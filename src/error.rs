@@ -112,6 +112,8 @@ pub enum Setting {
     IgnoreQueryParams,
     /// `ignore_body_fields`.
     IgnoreBodyFields,
+    /// `ignore_cookies`.
+    IgnoreCookies,
     /// `RetryLayerBuilder::max_attempts`.
     MaxAttempts,
     /// `RetryLayerBuilder::max_delay` (against `base_delay`).
@@ -162,6 +164,7 @@ impl Setting {
             Setting::NearCacheMaxTtl => "near_cache_max_ttl",
             Setting::IgnoreQueryParams => "ignore_query_params",
             Setting::IgnoreBodyFields => "ignore_body_fields",
+            Setting::IgnoreCookies => "ignore_cookies",
             Setting::MaxAttempts => "max_attempts",
             Setting::MaxDelay => "max_delay",
             Setting::TokenUrl => "token_url",

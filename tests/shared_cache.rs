@@ -19,6 +19,7 @@ use tower_redis_cache::cache::store::Store;
 use tower_redis_cache::cache::{
     BypassReason, Credentials, DEFAULT_CREDENTIAL_HEADERS, NotStored, RedisCacheLayerBuilder,
 };
+use tower_redis_cache::error::{ConfigError, Setting};
 use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
 
 async fn layer(server: &RedisServer) -> RedisCacheLayerBuilder {
@@ -538,6 +539,78 @@ async fn a_write_naming_a_safe_method_in_a_header_still_removes_entries() {
             "{method} naming {named} removed the entry"
         );
     }
+}
+
+#[tokio::test]
+async fn cookies_named_as_ignored_make_no_credential_and_any_other_does() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server)
+        .await
+        .ignore_cookies(["_ga", "_ga_*", "_gid"])
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let page = |cookie: &'static str| get("http://api.test/page", &[("cookie", cookie)]);
+
+    let stored = call(&service, page("_ga=GA1.2.1; _gid=GA1.2.9")).await;
+    assert!(matches!(
+        outcome(&stored),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    // Each browser's analytics ids differ; the page is one.
+    for cookie in ["_ga=GA1.2.7", "_ga_X1Y2=GS1.1; _ga=GA1.2.8", " _gid=1 ;"] {
+        assert_eq!(
+            outcome(&call(&service, page(cookie)).await),
+            CacheOutcome::Hit,
+            "{cookie}"
+        );
+    }
+    assert_eq!(
+        outcome(&call(&service, get("http://api.test/page", &[])).await),
+        CacheOutcome::Hit
+    );
+    // Any other cookie is a credential: a session, a name the patterns do not name, a pair without a name.
+    for cookie in [
+        "_ga=GA1.2.7; session=s3cr3t",
+        "_gax=1",
+        "_ga_=1; =x",
+        "token",
+    ] {
+        let response = call(&service, page(cookie)).await;
+        assert_eq!(
+            outcome(&response),
+            CacheOutcome::Bypass(BypassReason::Cookie),
+            "{cookie}"
+        );
+    }
+    let mut unreadable = page("_ga=1");
+    unreadable
+        .headers_mut()
+        .insert("cookie", HeaderValue::from_bytes(b"_ga=\xff").unwrap());
+    assert_eq!(
+        outcome(&call(&service, unreadable).await),
+        CacheOutcome::Bypass(BypassReason::Cookie)
+    );
+    assert_eq!(origin.calls(), 6);
+
+    // Every cookie, or no name at all, is refused.
+    for names in [&["*"][..], &[""], &["a=b"]] {
+        let error = layer_builder_error(&server, names).await;
+        assert_eq!(
+            error.setting(),
+            Setting::IgnoreCookies,
+            "{names:?}: {error}"
+        );
+    }
+}
+
+async fn layer_builder_error(server: &RedisServer, names: &[&str]) -> ConfigError {
+    layer(server)
+        .await
+        .ignore_cookies(names.iter().copied())
+        .build()
+        .unwrap_err()
 }
 
 #[tokio::test]

@@ -153,6 +153,27 @@ pub(crate) struct RequestFacts {
     pub(crate) origin_freshness: bool,
 }
 
+/// Whether every cookie `headers` carry is one `ignored` names (see
+/// [`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies)): then the request counts as sending none.
+/// A `Cookie` field that cannot be read, or a pair without a name, counts as a cookie no pattern names.
+pub(crate) fn only_ignored_cookies(headers: &HeaderMap, ignored: &[String]) -> bool {
+    headers.get_all(http::header::COOKIE).iter().all(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty())
+                .all(|pair| {
+                    let name = pair.split_once('=').map_or(pair, |(name, _)| name).trim();
+                    !name.is_empty()
+                        && ignored
+                            .iter()
+                            .any(|pattern| super::key::names(pattern, name))
+                })
+        })
+    })
+}
+
 /// Headers that tunnel a method through another (`POST` with `X-HTTP-Method-Override: DELETE`), as Rails, ASP.NET
 /// Core, Express's `method-override` and Google's APIs honour: the origin acts on the method they name.
 pub(crate) const METHOD_OVERRIDES: [&str; 3] = [

@@ -13,7 +13,7 @@ use super::coalesce::{Coalescer, Role};
 use super::decision::{
     Action, Forward, Fwd, HeaderKinds, Lookup, Part, RequestFacts, ResponseFacts, Rules, Verdict,
     also_stale, decide, invalidates, is_origin_failure, is_safe, judge, may_invalidate,
-    not_modified, part_of, serve_stale_on_error,
+    not_modified, only_ignored_cookies, part_of, serve_stale_on_error,
 };
 use super::entry::{Entry, Unstored, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
@@ -331,6 +331,8 @@ pub(crate) struct Policy {
     pub(crate) compress_above: Option<usize>,
     /// Request headers that count as `Authorization`, those the key always holds, and method overrides.
     pub(crate) header_kinds: HeaderKinds,
+    /// Cookies that do not count as credentials ([`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies)).
+    pub(crate) ignored_cookies: Box<[String]>,
     pub(crate) rules: Rules,
     pub(crate) lease_for: Duration,
     pub(crate) refresh_timeout: Duration,
@@ -499,6 +501,13 @@ impl Policy {
         let cacheable = self.method_cacheable(parts);
         let mut facts =
             RequestFacts::read(&parts.headers, cacheable, self.max_body, &self.header_kinds);
+        // Cookies the origin never reads (analytics) make no credential.
+        if facts.cookie
+            && !self.ignored_cookies.is_empty()
+            && only_ignored_cookies(&parts.headers, &self.ignored_cookies)
+        {
+            facts.cookie = false;
+        }
         facts.windows = match parts.extensions.get::<CacheOverride>() {
             Some(CacheOverride::Windows(windows)) => {
                 facts.windows_by_call = true;

@@ -793,12 +793,15 @@ fn is_ignored(name: &str, ignored: &[String]) -> bool {
     } else {
         std::borrow::Cow::Borrowed(name)
     };
-    ignored
-        .iter()
-        .any(|ignored| match ignored.strip_suffix('*') {
-            Some(prefix) => decoded.starts_with(prefix),
-            None => *decoded == **ignored,
-        })
+    ignored.iter().any(|pattern| names(pattern, &decoded))
+}
+
+/// Whether `pattern` names `name`: the same name, or, for a pattern ending in `*`, any name it begins.
+pub(crate) fn names(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    }
 }
 
 /// The name of a `name=value` query pair (the whole pair when it has no `=`).

@@ -311,6 +311,7 @@ pub struct RedisCacheLayerBuilder {
     vary: Vec<HeaderName>,
     ignored_query: Vec<String>,
     ignored_body: Vec<String>,
+    ignored_cookies: Vec<String>,
     fresh_for: Duration,
     stale_for: Duration,
     stale_if_error_for: Duration,
@@ -357,6 +358,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("partition", &!self.partition.is_empty())
             .field("vary", &self.vary)
             .field("ignore_query_params", &self.ignored_query)
+            .field("ignore_cookies", &self.ignored_cookies)
             .field("ignore_body_fields", &self.ignored_body)
             .field("fresh_for", &self.fresh_for)
             .field("stale_for", &self.stale_for)
@@ -497,6 +499,7 @@ impl RedisCacheLayerBuilder {
             partition: Vec::new(),
             vary: Vec::new(),
             ignored_query: Vec::new(),
+            ignored_cookies: Vec::new(),
             ignored_body: Vec::new(),
             fresh_for: Duration::from_secs(60),
             stale_for: Duration::from_secs(60),
@@ -614,6 +617,21 @@ impl RedisCacheLayerBuilder {
         names: impl IntoIterator<Item = S>,
     ) -> Self {
         self.ignored_query.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Cookies that do not count as credentials: analytics and consent cookies a browser sends with every
+    /// request (`_ga`, `_ga_*`, `_gid`, `_fbp`, `_hj*`), which would otherwise make every browser's request
+    /// bypass the cache under the default [`Credentials::Bypass`](super::Credentials::Bypass). A request whose
+    /// cookies are all named here is cached as one without any; one with any other cookie is not. A name ending in
+    /// `*` names every cookie it begins. Default: none.
+    ///
+    /// Only for cookies the origin never reads: a request is answered with a response made for another's
+    /// cookies. They are not taken out of the request: the origin still receives each request's `Cookie` whole,
+    /// and an answer that sets a cookie or is `private` is still never stored.
+    pub fn ignore_cookies<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.ignored_cookies
+            .extend(names.into_iter().map(Into::into));
         self
     }
 
@@ -1200,6 +1218,16 @@ impl RedisCacheLayerBuilder {
                 format!("{name:?} would leave every query parameter out of the key"),
             ));
         }
+        if let Some(name) = self
+            .ignored_cookies
+            .iter()
+            .find(|name| name.is_empty() || *name == "*" || name.contains([';', '=', ' ', ',']))
+        {
+            return Err(ConfigError::new(
+                Setting::IgnoreCookies,
+                format!("{name:?} is not a cookie name, or a prefix of some ending in `*`"),
+            ));
+        }
         if let Some(pointer) = self
             .ignored_body
             .iter()
@@ -1406,6 +1434,7 @@ impl RedisCacheLayerBuilder {
             max_body: self.max_body,
             compress_above: self.compress_above,
             header_kinds,
+            ignored_cookies: self.ignored_cookies.into(),
             rules: Rules {
                 credentials: self.credentials,
                 statuses: self.statuses,
