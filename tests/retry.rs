@@ -128,6 +128,12 @@ fn post(body: &'static str) -> Request<Body> {
         .unwrap()
 }
 
+/// The attempts and the reason for stopping of a call that failed, from its [`RetryError`].
+fn failed_after(error: &BoxError) -> (u32, Option<GaveUp>) {
+    let error = error.downcast_ref::<RetryError>().expect("a RetryError");
+    (error.attempts(), error.gave_up())
+}
+
 fn outcome(response: &Response<Full<Bytes>>) -> (u32, Option<GaveUp>) {
     let outcome: &RetryOutcome = response
         .extensions()
@@ -585,9 +591,8 @@ async fn a_post_is_retried_when_its_connection_is_refused_but_not_when_cut_off_a
         .oneshot(order(closed))
         .await
         .unwrap_err();
-    let error = error.downcast_ref::<RetryError>().expect("a RetryError");
     assert_eq!(
-        (error.attempts(), error.gave_up()),
+        failed_after(&error),
         (3, Some(GaveUp::MaxAttempts)),
         "{error}"
     );
@@ -611,9 +616,8 @@ async fn a_post_is_retried_when_its_connection_is_refused_but_not_when_cut_off_a
         .oneshot(order(addr))
         .await
         .unwrap_err();
-    let error = error.downcast_ref::<RetryError>().expect("a RetryError");
     assert_eq!(
-        (error.attempts(), error.gave_up()),
+        failed_after(&error),
         (1, Some(GaveUp::NotIdempotent)),
         "{error}"
     );
@@ -671,9 +675,8 @@ async fn a_post_on_a_refused_http2_stream_is_sent_again_but_not_on_one_reset_oth
                 assert_eq!((outcome.attempts, outcome.gave_up), (attempts, gave_up));
             }
             Err(error) => {
-                let error = error.downcast_ref::<RetryError>().expect("a RetryError");
                 assert_eq!(
-                    (error.attempts(), error.gave_up()),
+                    failed_after(&error),
                     (attempts, gave_up),
                     "{reason:?}: {error}"
                 );
