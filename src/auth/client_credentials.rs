@@ -4,18 +4,18 @@ use super::error::TokenError;
 use super::token::{Secret, Token, TokenFuture, TokenSource};
 use crate::buffer::{Collected, call_ready, collect_capped};
 use crate::error::{BoxError, ConfigError, Setting, absolute_http_url};
-use crate::retry::parse_retry_after;
+use crate::retry::retry_after_of;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body::Body;
 use serde::Deserialize;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tower_service::Service;
 
 /// The largest token response read; a token endpoint has no reason to send more.
@@ -250,10 +250,7 @@ where
                 let oauth: Option<OAuthError> = serde_json::from_slice(&bytes).ok();
                 let (error, description) =
                     oauth.map_or((None, None), |o| (o.error, o.error_description));
-                let retry_after = parts
-                    .headers
-                    .get(RETRY_AFTER)
-                    .and_then(|value| parse_retry_after(value, SystemTime::now()));
+                let retry_after = retry_after_of(&parts.headers);
                 return Err(TokenError::Rejected {
                     status: parts.status,
                     error: error.map(|e| self.scrub(&e)),

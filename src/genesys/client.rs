@@ -408,10 +408,7 @@ async fn read(response: Response<GenesysBody>) -> Result<Fetched<Bytes>, Genesys
         Err(e) => return Err(GenesysError::from_stack(e)),
     };
     if !parts.status.is_success() {
-        let retry_after = parts
-            .headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|value| crate::retry::parse_retry_after(value, std::time::SystemTime::now()));
+        let retry_after = crate::retry::retry_after_of(&parts.headers);
         return Err(GenesysError::from_status(
             parts.status,
             &bytes,

@@ -26,6 +26,13 @@ impl Backoff {
     }
 }
 
+/// The `Retry-After` of an answer with `headers`, read against the wall clock now ([`parse_retry_after`]).
+pub(crate) fn retry_after_of(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|value| parse_retry_after(value, SystemTime::now()))
+}
+
 /// Parses a `Retry-After` value (RFC 9110 section 10.2.3): delay-seconds or an HTTP-date, read against `now`.
 ///
 /// Delay-seconds may carry a fraction (`1.5`), which is kept rather than truncated; a number too large to

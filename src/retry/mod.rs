@@ -77,7 +77,7 @@ pub mod future;
 mod layer;
 mod policy;
 
-pub(crate) use self::backoff::parse_retry_after;
+pub(crate) use self::backoff::retry_after_of;
 pub use self::budget::RetryBudget;
 pub use self::layer::{RetryLayer, RetryLayerBuilder};
 pub use self::policy::{Class, Classify, ClassifyFn, DefaultClassifier, classify_fn};
@@ -88,14 +88,14 @@ use self::layer::Config;
 use crate::body::RequestBody;
 use crate::buffer::{Buffered, buffer_request, call_ready};
 use crate::error::BoxError;
-use http::{Request, Response, StatusCode, header::RETRY_AFTER};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::Instrument;
@@ -318,10 +318,7 @@ fn judge<R>(
             let class = config
                 .classifier
                 .classify_response(response.status(), response.headers());
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let retry_after = retry_after_of(response.headers());
             (class, Some(response.status()), retry_after)
         }
         // A token failure is the auth layer's to handle: it shares one fetch's failure with every waiter and
