@@ -298,9 +298,15 @@ impl RequestFacts {
     /// unsafe one (or none it can read) if `names_unsafe`: as one tunnelled through a header, it goes to the
     /// origin, and the method it names decides whether it is a write.
     pub(crate) fn tunnel(&mut self, names_unsafe: bool) {
-        self.unsafe_method = names_unsafe || (self.method_overridden && self.unsafe_method);
+        self.unsafe_method = names_unsafe || self.tunnels_a_write();
         self.method_overridden = true;
         self.method_cacheable = false;
+    }
+
+    /// Whether a header or parameter already tunnels a write through the request: no other tunnel it carries
+    /// can make it more of one.
+    pub(crate) fn tunnels_a_write(&self) -> bool {
+        self.method_overridden && self.unsafe_method
     }
 
     /// Reads the facts of a request head; `max_body` is the layer's body cap, `kinds` its table of the header

@@ -563,7 +563,7 @@ impl Policy {
         headers: &HeaderMap,
         body: &[u8],
     ) -> bool {
-        if !facts.query_method || (facts.method_overridden && facts.unsafe_method) {
+        if !facts.query_method || facts.tunnels_a_write() {
             return false;
         }
         match tunnel::in_body(headers, body) {
@@ -585,7 +585,7 @@ impl Policy {
             && facts.query_method
             && !facts.too_large
             && !facts.upgrade
-            && !may_invalidate(&self.rules, facts)
+            && !facts.tunnels_a_write()
             && tunnel::readable(headers)
     }
 
