@@ -902,3 +902,77 @@ async fn a_post_through_reqwest_is_retried_when_its_connection_is_refused() {
         "{error}"
     );
 }
+
+/// An axum app whose `/events` answers each subscriber an event stream (`hello <n>` for its `n`th call) that
+/// stays open, behind `layer` over the whole router, on a real loopback port.
+async fn event_stream_app(layer: RedisCacheLayer, calls: Arc<AtomicU64>) -> String {
+    use axum::response::sse::{Event, Sse};
+    use futures_util::stream::{self, StreamExt};
+    let events = move || {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let first = Ok::<_, Infallible>(Event::default().data(format!("hello {n}")));
+            Sse::new(stream::iter([first]).chain(stream::pending()))
+        }
+    };
+    let app = Router::new().route("/events", get(events)).layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|error: BoxError| async move {
+                (StatusCode::BAD_GATEWAY, error.to_string())
+            }))
+            .layer(layer),
+    );
+    format!("http://{}/events", serve(app).await)
+}
+
+/// Sends `request` and reads its head and first chunk while the stream stays open (a cache that held the
+/// body until it ended would never answer: the guard fails the test instead of hanging it).
+async fn first_chunk(request: reqwest_middleware::RequestBuilder) -> (reqwest::Response, Bytes) {
+    let guard = std::time::Duration::from_secs(30);
+    let mut response = tokio::time::timeout(guard, request.send())
+        .await
+        .expect("the head arrives while the stream is open")
+        .unwrap();
+    let chunk = tokio::time::timeout(guard, response.chunk())
+        .await
+        .expect("the first event arrives while the stream is open")
+        .unwrap()
+        .unwrap();
+    (response, chunk)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_reaches_each_subscriber_as_it_goes_and_is_never_stored() {
+    use tower_redis_cache::cache::NotStored;
+    let redis = RedisServer::start();
+    let layer = cache_layer(&redis).await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let url = event_stream_app(layer.clone(), calls.clone()).await;
+    let plain = reqwest::Client::new();
+    // Straight to the server, and through the cache middleware in front of it: both caches pass it on.
+    let (middleware, through_middleware) = middleware_client(&plain);
+    let direct = reqwest_middleware::ClientBuilder::new(plain.clone()).build();
+    let mut open = Vec::new();
+    for (n, client) in [(1, &direct), (2, &direct), (3, &through_middleware)] {
+        let (response, chunk) = first_chunk(client.get(&url)).await;
+        assert_eq!(chunk, format!("data: hello {n}\n\n"));
+        let status = response.headers()["cache-status"].to_str().unwrap();
+        assert!(
+            status.contains("fwd=uri-miss; fwd-status=200; detail=response-stream"),
+            "{status}"
+        );
+        open.push(response);
+    }
+    // Each subscriber its own call, none waiting on another's stream; nothing stored by either cache.
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let stats = layer.handle().stats();
+    assert_eq!(
+        (stats.stores, stats.not_stored_for(NotStored::Stream)),
+        (0, 3)
+    );
+    let stats = middleware.handle().stats();
+    assert_eq!(
+        (stats.stores, stats.not_stored_for(NotStored::Stream)),
+        (0, 1)
+    );
+}

@@ -27,14 +27,16 @@
 //! - a request asking to switch protocols (`Upgrade`: a WebSocket handshake) goes to the origin, and so do one
 //!   tunnelling another method (`X-HTTP-Method-Override`, [`METHOD_OVERRIDES`], or a `_method` parameter: see
 //!   [`tunnel`](super::tunnel); the method it names counts as the request's for invalidation) and one whose body ends with trailers (no key holds them); an answer ending
-//!   with trailers is passed on, not stored.
+//!   with trailers is passed on, not stored;
+//! - an answer that is a live stream ([`is_live_stream`]: an event stream, gRPC, ...) is passed on from its head
+//!   as it arrives, neither stored nor shared: held whole, one that never ends would never answer.
 
 use super::directives::{Directives, split_directives};
 use super::freshness::{Windows, http_date};
 use super::key::{default_ports, normal_authority};
 use super::status::{BypassReason, NotStored};
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, COOKIE, DATE, ETAG, HOST, IF_MATCH,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, DATE, ETAG, HOST, IF_MATCH,
     IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE,
     SET_COOKIE, UPGRADE, VARY,
 };
@@ -1033,6 +1035,38 @@ pub(crate) fn serve_stale_on_error(
     status.is_none_or(is_origin_failure) && fallback.is_some_and(|f| f.usable_on_error(now))
 }
 
+/// Whether a response is a stream its origin sends as it goes, which may never end, so that a cache must pass it
+/// on as it arrives rather than read it whole first ([`NotStored::Stream`]): an event stream
+/// (`text/event-stream`, as axum's `Sse` and LLM APIs send), `multipart/x-mixed-replace` (camera feeds), gRPC
+/// (`application/grpc`, `+proto`, `-web`, ...), or any answer saying `X-Accel-Buffering: no` (the field with
+/// which origins ask nginx not to buffer them).
+pub(crate) fn is_live_stream(headers: &HeaderMap) -> bool {
+    let live_type = |value: &HeaderValue| {
+        let value = value.as_bytes();
+        let end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
+        let media = value[..end].trim_ascii();
+        let is = |name: &[u8]| media.eq_ignore_ascii_case(name);
+        let starts = |prefix: &[u8]| {
+            media
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        };
+        is(b"text/event-stream")
+            || is(b"multipart/x-mixed-replace")
+            || is(b"application/grpc")
+            || starts(b"application/grpc+")
+            || starts(b"application/grpc-web")
+    };
+    headers.get_all(CONTENT_TYPE).iter().any(live_type)
+        || headers
+            .get_all(X_ACCEL_BUFFERING)
+            .iter()
+            .any(|value| value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"no"))
+}
+
+/// The field with which an origin asks a proxy not to buffer its answer (nginx's, followed by others).
+const X_ACCEL_BUFFERING: &str = "x-accel-buffering";
+
 /// The default cacheable statuses: `200`, `203`, `204` (RFC 9110 §15.1 lists them among the heuristically
 /// cacheable ones; the others carry errors or redirects worth asking about again).
 pub(crate) fn default_statuses() -> Vec<StatusCode> {
@@ -1057,6 +1091,42 @@ mod tests {
             targeted: Vec::new(),
             invalidate_on_unsafe: true,
             refresh_ahead: 0,
+        }
+    }
+
+    #[test]
+    fn live_streams_are_told_by_their_type_or_by_x_accel_buffering() {
+        for (fields, live) in [
+            (&[("content-type", "text/event-stream")][..], true),
+            (
+                &[("content-type", "Text/Event-Stream; charset=utf-8")],
+                true,
+            ),
+            (
+                &[("content-type", "multipart/x-mixed-replace; boundary=frame")],
+                true,
+            ),
+            (&[("content-type", "application/grpc")], true),
+            (&[("content-type", "application/grpc+proto")], true),
+            (&[("content-type", "application/grpc-web-text")], true),
+            (
+                &[
+                    ("content-type", "application/json"),
+                    ("x-accel-buffering", " No "),
+                ],
+                true,
+            ),
+            (&[("content-type", "application/json")], false),
+            (&[("content-type", "text/event-streaming")], false),
+            (&[("content-type", "application/grpcx")], false),
+            (
+                &[("content-type", "text/plain; note=text/event-stream")],
+                false,
+            ),
+            (&[("x-accel-buffering", "yes")], false),
+            (&[], false),
+        ] {
+            assert_eq!(is_live_stream(&head(fields)), live, "{fields:?}");
         }
     }
 

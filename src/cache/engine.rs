@@ -12,8 +12,8 @@ use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
     Action, Forward, Fwd, HeaderKinds, Lookup, Part, RequestFacts, ResponseFacts, Rules, Verdict,
-    also_stale, decide, invalidates, is_origin_failure, is_safe, judge, may_invalidate,
-    not_modified, only_ignored_cookies, part_of, serve_stale_on_error,
+    also_stale, decide, invalidates, is_live_stream, is_origin_failure, is_safe, judge,
+    may_invalidate, not_modified, only_ignored_cookies, part_of, serve_stale_on_error,
 };
 use super::entry::{Entry, Unstored, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
@@ -120,7 +120,8 @@ fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored> {
         | NotStored::SetCookie
         | NotStored::VaryStar
         | NotStored::TooLarge
-        | NotStored::Trailers => Some(Unstored::Alone),
+        | NotStored::Trailers
+        | NotStored::Stream => Some(Unstored::Alone),
         NotStored::Status if is_origin_failure(status) => None,
         NotStored::Status | NotStored::Expired | NotStored::Tags => Some(Unstored::Shared),
         NotStored::Invalidated => None,
@@ -229,11 +230,20 @@ where
     R::Error: Into<BoxError>,
 {
     let (parts, body) = response.into_parts();
-    if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
+    // Known from the head: too large to hold, or a stream that may never end (held, its caller would wait for
+    // ever, and so would the callers coalesced onto it).
+    let passed_on = if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
+        Some(NotStored::TooLarge)
+    } else if is_live_stream(&parts.headers) {
+        Some(NotStored::Stream)
+    } else {
+        None
+    };
+    if passed_on.is_some() {
         let body = ResponseBody::streaming(body);
         return Ok(Fetched::Streaming(
             Response::from_parts(parts, body),
-            Some(NotStored::TooLarge),
+            passed_on,
         ));
     }
     let mut claim = budget.claim();

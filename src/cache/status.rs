@@ -291,6 +291,10 @@ pub enum NotStored {
     TooLarge,
     /// A body ended by trailers: passed on whole, trailers and all, since an entry holds none.
     Trailers,
+    /// A stream the origin sends as it goes, which may never end: an event stream (`text/event-stream`),
+    /// `multipart/x-mixed-replace`, gRPC, or an answer saying `X-Accel-Buffering: no`. Passed on as it arrives,
+    /// to this caller alone.
+    Stream,
     /// Windows that end as it arrives (`max-age=0, must-revalidate`): nothing to keep.
     Expired,
     /// An invalidation (an unsafe request, a tag, a purge) ran while the origin worked: the answer may predate
@@ -305,7 +309,7 @@ pub enum NotStored {
 
 impl NotStored {
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [NotStored; 10] = [
+    pub(crate) const ALL: [NotStored; 11] = [
         NotStored::NoStore,
         NotStored::Private,
         NotStored::SetCookie,
@@ -316,6 +320,7 @@ impl NotStored {
         NotStored::Invalidated,
         NotStored::Tags,
         NotStored::Trailers,
+        NotStored::Stream,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -332,12 +337,13 @@ impl NotStored {
             NotStored::Invalidated => 7,
             NotStored::Tags => 8,
             NotStored::Trailers => 9,
+            NotStored::Stream => 10,
         }
     }
 
     /// Its `detail` in `Cache-Status`: `response-no-store`, `response-private`, `response-set-cookie`,
-    /// `response-vary-star`, `response-status`, `response-too-large`, `response-trailers`, `response-expired`,
-    /// `invalidated`, `tags`.
+    /// `response-vary-star`, `response-status`, `response-too-large`, `response-trailers`, `response-stream`,
+    /// `response-expired`, `invalidated`, `tags`.
     pub fn as_str(self) -> &'static str {
         match self {
             NotStored::NoStore => "response-no-store",
@@ -347,6 +353,7 @@ impl NotStored {
             NotStored::Status => "response-status",
             NotStored::TooLarge => "response-too-large",
             NotStored::Trailers => "response-trailers",
+            NotStored::Stream => "response-stream",
             NotStored::Expired => "response-expired",
             NotStored::Invalidated => "invalidated",
             NotStored::Tags => "tags",
