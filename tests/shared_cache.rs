@@ -85,6 +85,50 @@ async fn a_protocol_upgrade_is_never_answered_from_the_cache() {
 }
 
 #[tokio::test]
+async fn an_event_stream_subscription_is_never_answered_from_the_cache() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let page = |accept| get("http://api.test/feed", &[("accept", accept)]);
+    call(&service, page("application/json")).await;
+    assert_eq!(
+        outcome(&call(&service, page("application/json")).await),
+        CacheOutcome::Hit
+    );
+
+    // An `EventSource` on the same URI (it sends `no-cache` too), and a client that takes either.
+    for (n, accept) in [
+        (2, "text/event-stream"),
+        (3, "application/json, text/event-stream"),
+    ] {
+        let mut subscription = page(accept);
+        subscription
+            .headers_mut()
+            .insert("cache-control", http::HeaderValue::from_static("no-cache"));
+        let subscription = call(&service, subscription).await;
+        assert_eq!(
+            cache_status(&subscription),
+            "tower-redis-cache; fwd=bypass; detail=event-stream"
+        );
+        assert_eq!(origin.calls(), n);
+    }
+    assert_eq!(
+        layer
+            .handle()
+            .stats()
+            .bypasses_for(BypassReason::EventStream),
+        2
+    );
+    // The entry still answers the page: the subscriptions did not replace it.
+    assert_eq!(
+        outcome(&call(&service, page("application/json")).await),
+        CacheOutcome::Hit
+    );
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test]
 async fn what_a_proxy_forwards_and_prefer_keep_answers_apart_and_the_clients_address_does_not() {
     let server = RedisServer::start();
     let origin = Origin::new();

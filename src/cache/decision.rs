@@ -28,17 +28,18 @@
 //!   tunnelling another method (`X-HTTP-Method-Override`, [`METHOD_OVERRIDES`], or a `_method` parameter: see
 //!   [`tunnel`](super::tunnel); the method it names counts as the request's for invalidation) and one whose body ends with trailers (no key holds them); an answer ending
 //!   with trailers is passed on, not stored;
-//! - an answer that is a live stream ([`is_live_stream`]: an event stream, gRPC, ...) is passed on from its head
-//!   as it arrives, neither stored nor shared: held whole, one that never ends would never answer.
+//! - a request subscribing to an event stream (`Accept: text/event-stream`) goes to the origin, and an answer
+//!   that is a live stream ([`is_live_stream`]: an event stream, gRPC, ...) is passed on from its head as it
+//!   arrives, neither stored nor shared: held whole, one that never ends would never answer.
 
 use super::directives::{Directives, split_directives};
 use super::freshness::{Windows, http_date};
 use super::key::{default_ports, normal_authority};
 use super::status::{BypassReason, NotStored};
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, DATE, ETAG, HOST, IF_MATCH,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA, RANGE,
-    SET_COOKIE, UPGRADE, VARY,
+    ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, DATE, ETAG, HOST,
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED,
+    PRAGMA, RANGE, SET_COOKIE, UPGRADE, VARY,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -126,6 +127,9 @@ pub(crate) struct RequestFacts {
     pub(crate) trailers: bool,
     /// `Upgrade`: the client asks to switch protocols (a WebSocket handshake), which no stored answer does.
     pub(crate) upgrade: bool,
+    /// `Accept` names `text/event-stream`: the client subscribes to a live stream (an `EventSource`), which no
+    /// stored answer is.
+    pub(crate) event_stream: bool,
     /// The request opted out of the cache ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     pub(crate) skip: bool,
     /// The layer keys each request by a partition of its own
@@ -362,6 +366,8 @@ impl RequestFacts {
                 facts.range = true;
             } else if name == UPGRADE {
                 facts.upgrade = true;
+            } else if name == ACCEPT {
+                facts.event_stream |= names_event_stream(value);
             } else if name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE {
                 facts.validators = true;
             } else if name == IF_MATCH || name == IF_UNMODIFIED_SINCE {
@@ -397,6 +403,23 @@ impl RequestFacts {
         facts.no_cache |= pragma_no_cache && !cache_control;
         facts
     }
+}
+
+/// Whether an `Accept` field value names `text/event-stream` (with any parameters, even `q=0`: a client that
+/// names it at all is one that subscribes, and a bypass costs nothing but a miss).
+fn names_event_stream(value: &HeaderValue) -> bool {
+    const EVENT_STREAM: &[u8] = b"text/event-stream";
+    // `*/*` and `application/json`, the common values, are shorter: nothing to split.
+    value.len() >= EVENT_STREAM.len()
+        && value.as_bytes().split(|&b| b == b',').any(|element| {
+            let end = element
+                .iter()
+                .position(|&b| b == b';')
+                .unwrap_or(element.len());
+            element[..end]
+                .trim_ascii()
+                .eq_ignore_ascii_case(EVENT_STREAM)
+        })
 }
 
 /// The directive names of one `Cache-Control` (or `Pragma`) field value.
@@ -858,6 +881,8 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Some(BypassReason::NoStore)
     } else if request.upgrade {
         Some(BypassReason::Upgrade)
+    } else if request.event_stream {
+        Some(BypassReason::EventStream)
     } else if request.unpartitioned {
         Some(BypassReason::Partition)
     } else if request.authorization && unshared_credentials {
@@ -1416,6 +1441,25 @@ mod tests {
             HeaderValue::from_bytes(b"max-age=60, x=\"\xc3\xa9\"").unwrap(),
         );
         assert!(RequestFacts::read(&odd, true, 10, &HeaderKinds::new(&[])).no_store);
+        // An `Accept` naming an event stream, whatever else it names and however it spells it.
+        for (accept, subscribes) in [
+            ("text/event-stream", true),
+            ("Text/Event-Stream ; q=0.9", true),
+            ("application/json, text/event-stream", true),
+            ("text/event-stream;q=0", true),
+            ("*/*", false),
+            ("application/json", false),
+            ("text/event-streams, text/*", false),
+            ("text/html; profile=\"text/event-stream\"", false),
+        ] {
+            let facts = RequestFacts::read(
+                &head(&[("accept", accept)]),
+                true,
+                10,
+                &HeaderKinds::new(&[]),
+            );
+            assert_eq!(facts.event_stream, subscribes, "{accept}");
+        }
         // `If-Range` without `Range` means nothing (RFC 9110 §13.1.5).
         let if_range = RequestFacts::read(
             &head(&[("if-range", "\"e\"")]),
@@ -1659,6 +1703,7 @@ mod tests {
             ("too large", &shared, with(|f| f.too_large = true), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
             ("trailers", &shared, with(|f| f.trailers = true), fresh, 1_000, Action::Bypass(BypassReason::RequestTrailers)),
             ("upgrade", &shared, with(|f| { f.upgrade = true; f.get = true; f.get_or_head = true }), fresh, 1_000, Action::Bypass(BypassReason::Upgrade)),
+            ("event stream", &shared, with(|f| { f.event_stream = true; f.no_cache = true; f.get = true; f.get_or_head = true }), fresh, 1_000, Action::Bypass(BypassReason::EventStream)),
             ("trailers, too large", &shared, with(|f| { f.trailers = true; f.too_large = true }), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
             ("not read yet", &shared, plain(), Lookup::NotRead, 1_000, Action::Read),
             ("no-cache skips the read", &shared, with(|f| f.no_cache = true), Lookup::NotRead, 1_000, forward(Fwd::Request, true, false)),
@@ -1901,8 +1946,9 @@ mod tests {
             (r.skip, BypassReason::Skipped),
             (!r.method_cacheable, BypassReason::Method),
             (r.no_store, BypassReason::NoStore),
-            // A switch of protocols is the origin's to make.
+            // A switch of protocols is the origin's to make, and a live stream the origin's to send.
             (r.upgrade, BypassReason::Upgrade),
+            (r.event_stream, BypassReason::EventStream),
             // Whose answer it is cannot be told.
             (r.unpartitioned, BypassReason::Partition),
             (
@@ -1989,6 +2035,7 @@ mod tests {
             prop::array::uniform8(any::<bool>()),
             prop::array::uniform8(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
+            any::<bool>(),
         )
             .prop_map(
                 |(
@@ -2004,6 +2051,7 @@ mod tests {
                         upgrade,
                     ],
                     (max_age, min_fresh, max_stale),
+                    event_stream,
                 )| RequestFacts {
                     method_cacheable: b[0],
                     no_store: b[1],
@@ -2015,6 +2063,7 @@ mod tests {
                     too_large: b[7],
                     trailers,
                     upgrade,
+                    event_stream,
                     skip,
                     unpartitioned,
                     validators,

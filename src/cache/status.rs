@@ -165,6 +165,9 @@ pub enum BypassReason {
     /// The request asked to switch protocols (`Upgrade`, a WebSocket handshake): only the origin can answer
     /// that.
     Upgrade,
+    /// The request subscribes to an event stream (`Accept: text/event-stream`, as an `EventSource` sends): a
+    /// live stream is the origin's to send, each subscriber its own.
+    EventStream,
     /// The request opted out ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     Skipped,
     /// The layer keys each request by a partition of its own
@@ -185,13 +188,14 @@ impl BypassReason {
             BypassReason::RequestTooLarge => "request-too-large",
             BypassReason::RequestTrailers => "request-trailers",
             BypassReason::Upgrade => "upgrade",
+            BypassReason::EventStream => "event-stream",
             BypassReason::Skipped => "skipped",
             BypassReason::Partition => "partition",
         }
     }
 
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [BypassReason; 11] = [
+    pub(crate) const ALL: [BypassReason; 12] = [
         BypassReason::Method,
         BypassReason::NoStore,
         BypassReason::Authorization,
@@ -203,6 +207,7 @@ impl BypassReason {
         BypassReason::Partition,
         BypassReason::RequestTrailers,
         BypassReason::Upgrade,
+        BypassReason::EventStream,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -220,6 +225,7 @@ impl BypassReason {
             BypassReason::Partition => 8,
             BypassReason::RequestTrailers => 9,
             BypassReason::Upgrade => 10,
+            BypassReason::EventStream => 11,
         }
     }
 
