@@ -37,10 +37,11 @@
 use crate::body::RequestBody;
 use crate::cache::RedisCacheLayer;
 use crate::cache::ResponseBody;
-use crate::cache::budget::ByteBudget;
+
 use crate::cache::decision::Action;
 use crate::cache::engine::{
-    Engine, Fetch, FetchFuture, Finish, NearProbe, Origin, Steps, buffer_response, with_validators,
+    Engine, Fetch, FetchFuture, Finish, Holding, NearProbe, Origin, Steps, buffer_response,
+    with_validators,
 };
 use crate::error::BoxError;
 use ::reqwest::{Body, Request, ResponseBuilderExt, Url};
@@ -223,12 +224,10 @@ impl Middleware for CacheMiddleware {
             next,
             extensions: extensions.clone(),
             request,
-            max,
             refresh: RefreshFetch {
                 client: self.refresh_client.clone(),
                 parts,
                 body,
-                max,
             },
         };
         let response = engine
@@ -269,7 +268,6 @@ struct ChainOrigin<'a> {
     next: Next<'a>,
     extensions: Extensions,
     request: Request,
-    max: usize,
     refresh: RefreshFetch,
 }
 
@@ -280,18 +278,17 @@ impl Origin<Body> for ChainOrigin<'_> {
         &self.refresh.parts
     }
 
-    fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, Body> {
+    fn call(&mut self, extra: HeaderMap, holding: Holding) -> FetchFuture<'_, Body> {
         let request = self.request.try_clone().map(|mut request| {
             with_validators(request.headers_mut(), extra);
             request
         });
         let next = self.next.clone();
         let mut extensions = self.extensions.clone();
-        let max = self.max;
         Box::pin(async move {
             let request = request.ok_or("the request body cannot be cloned")?;
             let response = next.run(request, &mut extensions).await?;
-            buffer_response(http::Response::from(response), max, budget).await
+            buffer_response(http::Response::from(response), holding).await
         })
     }
 
@@ -306,11 +303,10 @@ struct RefreshFetch {
     client: ClientWithMiddleware,
     parts: request::Parts,
     body: Bytes,
-    max: usize,
 }
 
 impl Fetch<Body> for RefreshFetch {
-    fn fetch(self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'static, Body> {
+    fn fetch(self, extra: HeaderMap, holding: Holding) -> FetchFuture<'static, Body> {
         Box::pin(async move {
             let url = Url::parse(&self.parts.uri.to_string())?;
             let mut request = Request::new(self.parts.method.clone(), url);
@@ -319,7 +315,7 @@ impl Fetch<Body> for RefreshFetch {
             *request.version_mut() = self.parts.version;
             *request.body_mut() = Some(Body::from(self.body));
             let response = self.client.execute(request).await?;
-            buffer_response(http::Response::from(response), self.max, budget).await
+            buffer_response(http::Response::from(response), holding).await
         })
     }
 

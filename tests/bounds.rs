@@ -202,3 +202,73 @@ async fn responses_past_the_in_flight_budget_stream_through_unstored() {
     assert_eq!(CacheOutcome::of(&hit), Some(CacheOutcome::Hit));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_its_head_rules_out_storing_goes_on_as_it_arrives() {
+    for (field, value, detail) in [
+        ("set-cookie", "session=1", "response-set-cookie"),
+        ("cache-control", "no-store", "response-no-store"),
+        ("cache-control", "private", "response-private"),
+        ("vary", "*", "response-vary-star"),
+    ] {
+        let (open, gate) = watch::channel(false);
+        let layer = builder().build().unwrap();
+        let stats = || layer.handle().stats();
+        // The first chunk, then the rest once the gate opens.
+        let service = layer.layer(tower::service_fn(move |_request: Request<RequestBody>| {
+            let gate = gate.clone();
+            async move {
+                let frames = futures_util::stream::unfold(0u8, move |step| {
+                    let mut gate = gate.clone();
+                    async move {
+                        let data = match step {
+                            0 => Bytes::from_static(b"first "),
+                            1 => {
+                                gate.wait_for(|open| *open).await.ok()?;
+                                Bytes::from_static(b"rest")
+                            }
+                            _ => return None,
+                        };
+                        Some((Ok::<_, BoxError>(Frame::data(data)), step + 1))
+                    }
+                });
+                let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+                response
+                    .headers_mut()
+                    .insert(field, http::HeaderValue::from_static(value));
+                Ok::<_, BoxError>(response)
+            }
+        }));
+        // While the origin holds the rest back, the caller has the head and the first chunk, and the layer
+        // holds none of it (a cache that read it whole first would never answer: the guard fails the test).
+        let guard = Duration::from_secs(30);
+        let response = tokio::time::timeout(guard, service.oneshot(query(1)))
+            .await
+            .expect("the head arrives while the origin holds the rest")
+            .unwrap();
+        let status = response.headers()["cache-status"].to_str().unwrap();
+        assert_eq!(
+            status,
+            format!("tower-redis-cache; fwd=uri-miss; fwd-status=200; detail={detail}")
+        );
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(guard, body.frame())
+            .await
+            .expect("the first chunk arrives while the origin holds the rest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.into_data().unwrap(), "first ");
+        assert_eq!(stats().in_flight_bytes, 0, "{field}");
+        open.send(true).unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "rest");
+        assert_eq!(
+            (
+                stats().stores,
+                stats().not_stored,
+                stats().over_memory_budget
+            ),
+            (0, 1, 0),
+            "{field}"
+        );
+    }
+}

@@ -177,8 +177,8 @@ type AnswerFuture<'a, R> =
 /// refresh: owned, cloneable, `'static`.
 pub(crate) trait Fetch<R>: Clone + Send + 'static {
     /// Asks the origin, with `extra` headers (validators of a stored response) in place of the client's own
-    /// validators (see [`with_validators`]), and reads the response within `budget`.
-    fn fetch(self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'static, R>;
+    /// validators (see [`with_validators`]), and reads the response as `holding` allows.
+    fn fetch(self, extra: HeaderMap, holding: Holding) -> FetchFuture<'static, R>;
     /// The request's head (its tags; its headers give the variant a response is stored under).
     fn parts(&self) -> &request::Parts;
 }
@@ -189,8 +189,8 @@ pub(crate) trait Fetch<R>: Clone + Send + 'static {
 pub(crate) trait Origin<R>: Send {
     type Refresh: Fetch<R>;
     /// Asks the origin, with `extra` headers (validators of a stored response) in place of the client's own
-    /// validators (see [`with_validators`]), and reads the response within `budget`.
-    fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, R>;
+    /// validators (see [`with_validators`]), and reads the response as `holding` allows.
+    fn call(&mut self, extra: HeaderMap, holding: Holding) -> FetchFuture<'_, R>;
     /// The request's head: its tags, and its headers (the variant a response is stored under, and which stored
     /// variant answers).
     fn parts(&self) -> &request::Parts;
@@ -205,8 +205,8 @@ pub(crate) trait Origin<R>: Send {
 impl<R, T: Fetch<R>> Origin<R> for T {
     type Refresh = T;
 
-    fn call(&mut self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'_, R> {
-        self.clone().fetch(extra, budget)
+    fn call(&mut self, extra: HeaderMap, holding: Holding) -> FetchFuture<'_, R> {
+        self.clone().fetch(extra, holding)
     }
 
     fn parts(&self) -> &request::Parts {
@@ -218,27 +218,55 @@ impl<R, T: Fetch<R>> Origin<R> for T {
     }
 }
 
-/// Reads an origin response into a [`Fetched`], buffering at most `max` body bytes, and no more than `budget`
-/// has left: a response that would pass either is streamed through instead.
+/// What the engine may hold of an origin's answer to one request: its body, read whole within the layer's
+/// cap and in-flight budget, unless the answer's head shows that holding it would serve nothing.
+#[derive(Clone)]
+pub(crate) struct Holding {
+    engine: Arc<Engine>,
+    facts: RequestFacts,
+}
+
+impl Holding {
+    /// Why an answer with this head goes to its caller as it arrives, never held: too large to hold, a stream
+    /// that may never end (held, its caller would wait for ever), or an answer that can be neither stored nor
+    /// shared with coalesced callers (`Set-Cookie`, `no-store`, ...: held, it would only keep its caller
+    /// waiting). `None`: read it whole, budget permitting.
+    fn passed_on(&self, status: StatusCode, headers: &HeaderMap) -> Option<NotStored> {
+        let policy = &self.engine.policy;
+        if content_length(headers).is_some_and(|n| n > policy.max_body as u64) {
+            return Some(NotStored::TooLarge);
+        }
+        if is_live_stream(headers) {
+            return Some(NotStored::Stream);
+        }
+        // A failing origin's answer is read whole: a stored entry may answer in its place (stale-if-error). A
+        // `304` completes the stored entry it confirms, whose head is the one that counts.
+        if is_origin_failure(status) || status == StatusCode::NOT_MODIFIED {
+            return None;
+        }
+        let rules = &policy.rules;
+        let verdict = judge(
+            rules,
+            &self.facts,
+            &ResponseFacts::read(status, headers, &rules.targeted),
+        );
+        if verdict.share { None } else { verdict.why }
+    }
+}
+
+/// Reads an origin response into a [`Fetched`]: whole, or passed on from its head as [`Holding`] says; one
+/// that passes the cap or the in-flight budget while it is read is streamed through from there.
 pub(crate) async fn buffer_response<R>(
     response: Response<R>,
-    max: usize,
-    budget: Arc<ByteBudget>,
+    holding: Holding,
 ) -> Result<Fetched<R>, BoxError>
 where
     R: Body,
     R::Error: Into<BoxError>,
 {
     let (parts, body) = response.into_parts();
-    // Known from the head: too large to hold, or a stream that may never end (held, its caller would wait for
-    // ever, and so would the callers coalesced onto it).
-    let passed_on = if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
-        Some(NotStored::TooLarge)
-    } else if is_live_stream(&parts.headers) {
-        Some(NotStored::Stream)
-    } else {
-        None
-    };
+    let max = holding.engine.policy.max_body;
+    let passed_on = holding.passed_on(parts.status, &parts.headers);
     if passed_on.is_some() {
         let body = ResponseBody::streaming(body);
         return Ok(Fetched::Streaming(
@@ -246,7 +274,7 @@ where
             passed_on,
         ));
     }
-    let mut claim = budget.claim();
+    let mut claim = holding.engine.budget.claim();
     // Boxed where a body streamed through stays, so that one allocation serves either way.
     let mut streamed = Streamed::boxed(body);
     match collect_within(Bytes::new(), streamed.as_mut().inner(), max, |n| {
@@ -1020,9 +1048,9 @@ impl Engine {
         Box::pin(async move {
             let forward = match action {
                 Action::Forward(forward) => forward,
-                Action::Bypass(reason) => return self.bypass(origin, reason).await,
+                Action::Bypass(reason) => return self.bypass(origin, &facts, reason).await,
                 Action::OnlyIfCachedMiss => return Ok(self.only_if_cached_miss()),
-                _ => return self.bypass(origin, BypassReason::Method).await,
+                _ => return self.bypass(origin, &facts, BypassReason::Method).await,
             };
             let Read {
                 entry,
@@ -1123,7 +1151,7 @@ impl Engine {
                         let called = self
                             .renewing(
                                 lease.as_ref().and_then(LeaseGuard::lease),
-                                origin.call(validators, self.budget.clone()),
+                                origin.call(validators, self.holding(&facts)),
                                 || leader.detach(),
                             )
                             .await;
@@ -1246,7 +1274,7 @@ impl Engine {
                             _ => {
                                 bump(&self.counters.misses);
                                 return match origin
-                                    .call(HeaderMap::new(), self.budget.clone())
+                                    .call(HeaderMap::new(), self.holding(&facts))
                                     .await
                                 {
                                     Ok(Fetched::Streaming(response, why)) => {
@@ -1329,17 +1357,26 @@ impl Engine {
         response
     }
 
+    /// How much of the origin's answer to a request with `facts` may be held.
+    pub(super) fn holding(self: &Arc<Self>, facts: &RequestFacts) -> Holding {
+        Holding {
+            engine: self.clone(),
+            facts: *facts,
+        }
+    }
+
     /// Calls the origin for a request the cache takes no part in.
     async fn bypass<R, O>(
-        &self,
+        self: &Arc<Self>,
         mut origin: O,
+        facts: &RequestFacts,
         reason: BypassReason,
     ) -> Result<Response<ResponseBody<R>>, BoxError>
     where
         O: Origin<R>,
     {
         let status = self.bypassed(reason);
-        let mut response = match origin.call(HeaderMap::new(), self.budget.clone()).await? {
+        let mut response = match origin.call(HeaderMap::new(), self.holding(facts)).await? {
             Fetched::Streaming(response, _) => response,
             Fetched::Buffered(response) => {
                 let mut out = Response::new(ResponseBody::full(response.body));

@@ -193,7 +193,7 @@ impl Engine {
         let fetched = self
             .renewing(
                 lease.as_ref().and_then(LeaseGuard::lease),
-                fetch.fetch(validators, self.budget.clone()),
+                fetch.fetch(validators, self.holding(&facts)),
                 // A refresh is not shared: stale hits answer from the entry meanwhile.
                 || {},
             )

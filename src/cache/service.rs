@@ -1,11 +1,11 @@
 //! [`RedisCache`]: the Tower adapter over the cache engine.
 
 use super::body::ResponseBody;
-use super::budget::ByteBudget;
+
 use super::decision::{Action, RequestFacts};
 use super::engine::{
-    Engine, Fetch, FetchFuture, Finish, NearProbe, StaleTargets, Steps, buffer_response, decorate,
-    with_validators,
+    Engine, Fetch, FetchFuture, Finish, Holding, NearProbe, StaleTargets, Steps, buffer_response,
+    decorate, with_validators,
 };
 use super::future::ResponseFuture;
 use super::key::short_hex;
@@ -331,13 +331,7 @@ where
     if !span.is_disabled() {
         span.record("key", key.short());
     }
-    let max_body = engine.policy.max_body;
-    let fetch = TowerFetch {
-        inner,
-        parts,
-        body,
-        max_body,
-    };
+    let fetch = TowerFetch { inner, parts, body };
     engine.respond(key, facts, action, fetch, probe)
 }
 
@@ -415,7 +409,6 @@ struct TowerFetch<S> {
     inner: S,
     parts: request::Parts,
     body: Bytes,
-    max_body: usize,
 }
 
 impl<S, R> Fetch<R> for TowerFetch<S>
@@ -426,14 +419,14 @@ where
     R: Body + Send + 'static,
     R::Error: Into<BoxError>,
 {
-    fn fetch(self, extra: HeaderMap, budget: Arc<ByteBudget>) -> FetchFuture<'static, R> {
+    fn fetch(self, extra: HeaderMap, holding: Holding) -> FetchFuture<'static, R> {
         Box::pin(async move {
             let mut parts = self.parts;
             with_validators(&mut parts.headers, extra);
             let request = Request::from_parts(parts, RequestBody::from(self.body));
             let mut inner = self.inner;
             let response = call_ready(&mut inner, request).await?;
-            buffer_response(response, self.max_body, budget).await
+            buffer_response(response, holding).await
         })
     }
 
