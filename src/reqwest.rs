@@ -184,7 +184,7 @@ impl Middleware for CacheMiddleware {
         let (mut facts, head, partition) = engine.policy.read_head(&mut parts);
         facts.too_large |= bytes.is_none_or(|b| b.len() > max);
         if let Some(bytes) = bytes.filter(|_| !facts.too_large) {
-            engine.policy.tunnels(&mut facts, &parts.headers, bytes);
+            engine.policy.screens_body(&mut facts, &parts, bytes);
         }
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {

@@ -548,6 +548,87 @@ async fn a_tunnelled_method_is_never_cached_and_a_tunnelled_write_removes_what_a
 }
 
 #[tokio::test]
+async fn a_body_query_when_refuses_is_never_cached_and_a_refused_post_removes_what_a_write_would() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // GraphQL: queries and mutations are all a `POST /graphql`; a document that starts with `mutation` is a
+    // write. The predicate sees the body whatever its type (`application/graphql` is the document itself).
+    let layer = layer(&server)
+        .await
+        .methods([Method::GET, Method::POST])
+        .query_when(|parts, body| {
+            assert_eq!(parts.uri.path(), "/graphql");
+            let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+            let document = match &json {
+                Some(request) => request["query"].as_str().unwrap_or("").to_owned(),
+                None => String::from_utf8_lossy(body).into_owned(),
+            };
+            !document.trim_start().starts_with("mutation")
+        })
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let graphql = |body: &'static str, headers: &[(&'static str, &'static str)]| {
+        let mut request = Request::post("http://api.test/graphql");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    const JSON: (&str, &str) = ("content-type", "application/json");
+    let items = || graphql(r#"{"query":"{ items { id } }"}"#, &[JSON]);
+    let page = || get("http://api.test/graphql", &[]);
+    call(&service, items()).await;
+    call(&service, page()).await;
+    let outcomes = || async {
+        [
+            outcome(&call(&service, items()).await),
+            outcome(&call(&service, page()).await),
+        ]
+    };
+    assert_eq!(outcomes().await, [CacheOutcome::Hit, CacheOutcome::Hit]);
+    assert_eq!(origin.calls(), 2);
+
+    // A mutation reaches the origin every time, and once it succeeds the URI's entries are gone, the queries'
+    // included: as JSON, as a bare document, and bypassed for its credentials (its body read all the same).
+    let mutations = [
+        graphql(r#"{"query":"mutation { add(id: 1) { id } }"}"#, &[JSON]),
+        graphql(
+            "mutation { add(id: 2) { id } }",
+            &[("content-type", "application/graphql")],
+        ),
+        graphql(
+            "mutation { add(id: 3) { id } }",
+            &[
+                ("content-type", "application/graphql"),
+                ("authorization", "Bearer a"),
+            ],
+        ),
+    ];
+    for (n, mutation) in mutations.into_iter().enumerate() {
+        let credentials = n == 2;
+        let before = origin.calls();
+        let answer = call(&service, mutation).await;
+        let expected = if credentials {
+            "tower-redis-cache; fwd=bypass; detail=authorization"
+        } else {
+            "tower-redis-cache; fwd=method; detail=method"
+        };
+        assert_eq!(cache_status(&answer), expected, "mutation {n}");
+        assert_eq!(origin.calls(), before + 1, "mutation {n}");
+        let after = outcomes().await;
+        assert!(
+            after.iter().all(|o| matches!(o, CacheOutcome::Miss { .. })),
+            "mutation {n}: {after:?}"
+        );
+        assert_eq!(outcomes().await, [CacheOutcome::Hit, CacheOutcome::Hit]);
+    }
+    assert_eq!(layer.handle().stats().bypasses_for(BypassReason::Method), 2);
+}
+
+#[tokio::test]
 async fn a_write_naming_a_safe_method_in_a_header_still_removes_entries() {
     // An origin that does not honour `X-HTTP-Method-Override` (most do not, unless told to) acts on the
     // request's own method: a `POST` this layer does not cache is a write, whatever the header names.

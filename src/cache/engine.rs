@@ -332,6 +332,10 @@ pub(crate) enum NearProbe {
 /// Decides per request whether a `POST` is cached.
 pub(crate) type PostPredicate = Arc<dyn Fn(&request::Parts) -> bool + Send + Sync>;
 
+/// Tells, from its head and body, whether a request the layer would key by its body is a query (see
+/// [`query_when`](super::RedisCacheLayerBuilder::query_when)).
+pub(crate) type QueryPredicate = Arc<dyn Fn(&request::Parts, &[u8]) -> bool + Send + Sync>;
+
 /// Names the partition a request belongs to (see
 /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by)).
 pub(crate) type PartitionFn = Arc<dyn Fn(&request::Parts) -> Option<Vec<u8>> + Send + Sync>;
@@ -364,6 +368,7 @@ pub(crate) struct Policy {
     /// Whether a `HEAD` is answered as the `GET` of the same request (both methods cached, and not turned off).
     pub(crate) head_as_get: bool,
     pub(crate) post_when: Option<PostPredicate>,
+    pub(crate) query_when: Option<QueryPredicate>,
     pub(crate) max_body: usize,
     /// Bodies longer than this are stored compressed (when that saves an eighth); `None`: never.
     pub(crate) compress_above: Option<usize>,
@@ -403,6 +408,7 @@ impl std::fmt::Debug for Policy {
             .field("methods", &self.methods)
             .field("head_as_get", &self.head_as_get)
             .field("post_when", &self.post_when.is_some())
+            .field("query_when", &self.query_when.is_some())
             .field("max_body", &self.max_body)
             .field("compress_above", &self.compress_above)
             .field("rules", &self.rules)
@@ -595,12 +601,7 @@ impl Policy {
     /// method through a parameter (see [`tunnel`]): then its facts say so, and it is screened again. Not read when
     /// a header or the query already tunnels a write through it.
     #[inline]
-    pub(crate) fn tunnels(
-        &self,
-        facts: &mut RequestFacts,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> bool {
+    fn tunnels(&self, facts: &mut RequestFacts, headers: &HeaderMap, body: &[u8]) -> bool {
         if !facts.query_method || facts.tunnels_a_write() {
             return false;
         }
@@ -613,18 +614,43 @@ impl Policy {
         }
     }
 
+    /// Whether the body of a request with `facts` that this layer would key by its body shows it is no query
+    /// after all: it tunnels a method through a `_method` parameter ([`tunnels`](Self::tunnels)), or the
+    /// layer's [`query_when`](super::RedisCacheLayerBuilder::query_when) refuses it. Then its facts say so (a
+    /// refused `POST` is a write), and it is screened again.
+    #[inline]
+    pub(crate) fn screens_body(
+        &self,
+        facts: &mut RequestFacts,
+        parts: &request::Parts,
+        body: &[u8],
+    ) -> bool {
+        if self.tunnels(facts, &parts.headers, body) {
+            return true;
+        }
+        match &self.query_when {
+            Some(is_query)
+                if facts.query_method && facts.method_cacheable && !is_query(parts, body) =>
+            {
+                facts.method_cacheable = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a request with `facts` and `headers` that goes to the origin unkeyed (bypassed: for its
     /// credentials, say) has its body read, within the cap, before it goes: the body of a query this layer
-    /// would key by it may tunnel a write through a `_method` parameter ([`tunnels`](Self::tunnels)), whose
-    /// success must remove entries as any write's does. Not when nothing it could name would be removed, or the
-    /// request is already known to be a write.
+    /// would key by it may show a write ([`screens_body`](Self::screens_body)), whose success must remove
+    /// entries as any write's does. Not when nothing it could name would be removed, or the request is already
+    /// known to be a write.
     pub(crate) fn reads_bypassed_body(&self, facts: &RequestFacts, headers: &HeaderMap) -> bool {
         self.rules.invalidate_on_unsafe
             && facts.query_method
             && !facts.too_large
             && !facts.upgrade
             && !facts.tunnels_a_write()
-            && tunnel::readable(headers)
+            && (tunnel::readable(headers) || self.query_when.is_some())
     }
 
     /// The decision for a request whose entry was not read yet: a bypass, [`Action::Read`], or a forward.

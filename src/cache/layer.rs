@@ -2,7 +2,9 @@
 
 use super::RedisCache;
 use super::decision::{Credentials, HeaderKinds, Rules, default_statuses};
-use super::engine::{Engine, NearConfig, PartitionFn, Policy, PostPredicate, UriTags};
+use super::engine::{
+    Engine, NearConfig, PartitionFn, Policy, PostPredicate, QueryPredicate, UriTags,
+};
 use super::freshness::{MAX_WINDOW, Windows, WindowsFn};
 use super::guard::GuardedStore;
 use super::key::{KeyConfig, Pointer};
@@ -319,6 +321,7 @@ pub struct RedisCacheLayerBuilder {
     methods: Vec<Method>,
     head_from_get: bool,
     post_when: Option<PostPredicate>,
+    query_when: Option<QueryPredicate>,
     statuses: Vec<StatusCode>,
     credentials: Credentials,
     credential_headers: Vec<HeaderName>,
@@ -367,6 +370,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("methods", &self.methods)
             .field("head_from_get", &self.head_from_get)
             .field("cache_post_when", &self.post_when.is_some())
+            .field("query_when", &self.query_when.is_some())
             .field("cacheable_statuses", &self.statuses)
             .field("credentials", &self.credentials)
             .field("credential_headers", &self.credential_headers)
@@ -508,6 +512,7 @@ impl RedisCacheLayerBuilder {
             methods: vec![Method::GET, Method::HEAD, query_method()],
             head_from_get: true,
             post_when: None,
+            query_when: None,
             statuses: default_statuses(),
             credentials: Credentials::Bypass,
             credential_headers: DEFAULT_CREDENTIAL_HEADERS.to_vec(),
@@ -792,6 +797,39 @@ impl RedisCacheLayerBuilder {
         when: impl Fn(&request::Parts) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.post_when = Some(Arc::new(when));
+        self
+    }
+
+    /// Tells, from its head and its body, whether a request the layer would key by its body (a cached `POST`, a
+    /// `QUERY`) is a query. Default: every such request is one.
+    ///
+    /// For an API whose queries and writes share one route: a GraphQL `mutation` and a `query` are both a
+    /// `POST /graphql`; a JSON-RPC call that sends a transaction and one that reads a balance are both a
+    /// `POST /`. A request `when` refuses goes to the origin uncached (`fwd=method`), and a refused `POST`
+    /// counts as the write it is: when it succeeds, the entries of its URI go, the queries sent to it included
+    /// ([`invalidate_on_unsafe`](Self::invalidate_on_unsafe)). `body` is the request's whole body, within
+    /// [`max_body_size`](Self::max_body_size), before canonicalisation; `when` runs once per such request, after
+    /// the `_method` checks, and also for one bypassed for its credentials, so that its writes remove entries too.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+    ///
+    /// // A JSON-RPC endpoint: the reads are cached, every other call is a write.
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(64 << 20))
+    ///     .methods([Method::POST])
+    ///     .query_when(|_, body| {
+    ///         let call: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    ///         matches!(call["method"].as_str(), Some("eth_call" | "eth_getBalance" | "eth_getCode"))
+    ///     })
+    ///     .build()?;
+    /// # Ok::<_, tower_redis_cache::error::ConfigError>(())
+    /// ```
+    pub fn query_when(
+        mut self,
+        when: impl Fn(&request::Parts, &[u8]) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.query_when = Some(Arc::new(when));
         self
     }
 
@@ -1431,6 +1469,7 @@ impl RedisCacheLayerBuilder {
                 && self.methods.contains(&Method::HEAD),
             methods: self.methods,
             post_when: self.post_when,
+            query_when: self.query_when,
             max_body: self.max_body,
             compress_above: self.compress_above,
             header_kinds,

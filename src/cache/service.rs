@@ -138,7 +138,7 @@ where
         match take_ready(body, max) {
             Ok(Ready::Complete(bytes)) => {
                 // A form or JSON body may tunnel a write through a `_method` parameter.
-                if engine.policy.tunnels(&mut facts, &parts.headers, &bytes) {
+                if engine.policy.screens_body(&mut facts, &parts, &bytes) {
                     let Some(reason) = engine
                         .policy
                         .bypass_after_body(&facts, BypassReason::Method)
@@ -197,7 +197,7 @@ where
                     let read = match finish(prefix, rest, max).await? {
                         // A form or JSON body may tunnel a write through a `_method` parameter.
                         Capped::Whole(bytes)
-                            if engine.policy.tunnels(&mut facts, &parts.headers, &bytes) =>
+                            if engine.policy.screens_body(&mut facts, &parts, &bytes) =>
                         {
                             Err((RequestBody::full(bytes), BypassReason::Method))
                         }
@@ -383,11 +383,11 @@ where
 {
     let body = match read_capped(body, engine.policy.max_body).await? {
         Capped::Whole(bytes) => {
-            engine.policy.tunnels(&mut facts, &parts.headers, &bytes);
+            engine.policy.screens_body(&mut facts, &parts, &bytes);
             RequestBody::full(bytes)
         }
         Capped::Trailed { body, trailers } => {
-            engine.policy.tunnels(&mut facts, &parts.headers, &body);
+            engine.policy.screens_body(&mut facts, &parts, &body);
             RequestBody::trailed(body, trailers)
         }
         Capped::TooLarge(body) => body,

@@ -141,7 +141,9 @@ impl CacheOutcome {
 pub enum BypassReason {
     /// The method is not configured as cacheable, or a header tunnels another through it
     /// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`): the origin acts on the method named,
-    /// and a successful one that is not safe removes what that method would.
+    /// and a successful one that is not safe removes what that method would. Also a request whose body the
+    /// layer's [`query_when`](super::RedisCacheLayerBuilder::query_when) refused (a successful `POST` then
+    /// removes what a write would).
     Method,
     /// The request carried `Cache-Control: no-store`.
     NoStore,
