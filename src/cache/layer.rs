@@ -804,8 +804,8 @@ impl RedisCacheLayerBuilder {
     /// `QUERY`) is a query. Default: every such request is one.
     ///
     /// For an API whose queries and writes share one route: a GraphQL `mutation` and a `query` are both a
-    /// `POST /graphql`; a JSON-RPC call that sends a transaction and one that reads a balance are both a
-    /// `POST /`. A request `when` refuses goes to the origin uncached (`fwd=method`), and a refused `POST`
+    /// `POST /graphql` (give it [`graphql::is_query`](super::graphql::is_query)); a JSON-RPC call that sends a
+    /// transaction and one that reads a balance are both a `POST /`. A request `when` refuses goes to the origin uncached (`fwd=method`), and a refused `POST`
     /// counts as the write it is: when it succeeds, the entries of its URI go, the queries sent to it included
     /// ([`invalidate_on_unsafe`](Self::invalidate_on_unsafe)). `body` is the request's whole body, within
     /// [`max_body_size`](Self::max_body_size), before canonicalisation; `when` runs once per such request, after

@@ -189,6 +189,7 @@ mod entry;
 mod fleet;
 pub mod freshness;
 pub mod future;
+pub mod graphql;
 mod guard;
 mod heads;
 mod key;
