@@ -976,3 +976,55 @@ async fn an_event_stream_reaches_each_subscriber_as_it_goes_and_is_never_stored(
         (0, 1)
     );
 }
+
+#[tokio::test]
+async fn reqwest_middleware_caches_graphql_queries_and_lets_mutations_through_as_writes() {
+    use tower_redis_cache::cache::graphql;
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let app = Router::new().route(
+        "/graphql",
+        post(move |body: Bytes| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Json(json!({"call": n, "bytes": body.len()})) }
+        }),
+    );
+    let url = format!("http://{}/graphql", serve(app).await);
+    let plain = reqwest::Client::new();
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .methods([Method::POST])
+        .query_when(|_, body| graphql::is_query(body))
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain))
+        .build();
+    let send = |body: &'static str| {
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            (status, answer["call"].as_u64().unwrap())
+        }
+    };
+    const QUERY: &str = r#"{"query": "{ items { id } }"}"#;
+    const MUTATION: &str = r#"{"query": "mutation { add(id: 1) { id } }"}"#;
+    assert_eq!(send(QUERY).await.1, 1);
+    assert_eq!(send(QUERY).await.1, 1, "a hit");
+    for n in [2, 4] {
+        let (status, call) = send(MUTATION).await;
+        assert_eq!(status, "tower-redis-cache; fwd=method; detail=method");
+        assert_eq!(call, n, "every mutation reaches the origin");
+        // Its success removed the query's entry: the next query asks again, the one after hits.
+        assert_eq!(send(QUERY).await.1, n + 1);
+        assert_eq!(send(QUERY).await.1, n + 1);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
