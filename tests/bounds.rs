@@ -4,7 +4,7 @@
 mod support;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use http::{Method, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
@@ -124,25 +124,31 @@ fn trickling_origin(
 + 'static {
     tower::service_fn(move |_request: Request<RequestBody>| {
         calls.fetch_add(1, Ordering::SeqCst);
-        let gate = gate.clone();
-        async move {
-            let frames = futures_util::stream::unfold(0u8, move |step| {
-                let mut gate = gate.clone();
-                async move {
-                    let data = match step {
-                        0 => Bytes::from(vec![b'x'; 40 * 1024]),
-                        1 => {
-                            gate.wait_for(|open| *open).await.ok()?;
-                            Bytes::from_static(b"!")
-                        }
-                        _ => return None,
-                    };
-                    Some((Ok::<_, BoxError>(Frame::data(data)), step + 1))
-                }
-            });
-            Ok::<_, BoxError>(Response::new(StreamBody::new(frames).boxed_unsync()))
-        }
+        let body = gated(Bytes::from(vec![b'x'; 40 * 1024]), b"!", gate.clone());
+        async move { Ok::<_, BoxError>(Response::new(body)) }
     })
+}
+
+/// A body that sends `first` at once, then `then` once the gate opens.
+fn gated(
+    first: Bytes,
+    then: &'static [u8],
+    gate: watch::Receiver<bool>,
+) -> UnsyncBoxBody<Bytes, BoxError> {
+    let frames = futures_util::stream::unfold(Some(first), move |step| {
+        let mut gate = gate.clone();
+        async move {
+            let data = match step {
+                Some(first) => first,
+                None => {
+                    gate.wait_for(|open| *open).await.ok()?;
+                    Bytes::from_static(then)
+                }
+            };
+            Some((Ok::<_, BoxError>(Frame::data(data)), None))
+        }
+    });
+    StreamBody::new(frames.take(2)).boxed_unsync()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,28 +222,12 @@ async fn an_answer_its_head_rules_out_storing_goes_on_as_it_arrives() {
         let stats = || layer.handle().stats();
         // The first chunk, then the rest once the gate opens.
         let service = layer.layer(tower::service_fn(move |_request: Request<RequestBody>| {
-            let gate = gate.clone();
-            async move {
-                let frames = futures_util::stream::unfold(0u8, move |step| {
-                    let mut gate = gate.clone();
-                    async move {
-                        let data = match step {
-                            0 => Bytes::from_static(b"first "),
-                            1 => {
-                                gate.wait_for(|open| *open).await.ok()?;
-                                Bytes::from_static(b"rest")
-                            }
-                            _ => return None,
-                        };
-                        Some((Ok::<_, BoxError>(Frame::data(data)), step + 1))
-                    }
-                });
-                let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
-                response
-                    .headers_mut()
-                    .insert(field, http::HeaderValue::from_static(value));
-                Ok::<_, BoxError>(response)
-            }
+            let mut response =
+                Response::new(gated(Bytes::from_static(b"first "), b"rest", gate.clone()));
+            response
+                .headers_mut()
+                .insert(field, http::HeaderValue::from_static(value));
+            async move { Ok::<_, BoxError>(response) }
         }));
         // While the origin holds the rest back, the caller has the head and the first chunk, and the layer
         // holds none of it (a cache that read it whole first would never answer: the guard fails the test).
