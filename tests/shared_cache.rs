@@ -607,7 +607,7 @@ async fn a_body_query_when_refuses_is_never_cached_and_a_refused_post_removes_wh
         let expected = if credentials {
             "tower-redis-cache; fwd=bypass; detail=authorization"
         } else {
-            "tower-redis-cache; fwd=method; detail=method"
+            "tower-redis-cache; fwd=method; detail=not-a-query"
         };
         assert_eq!(cache_status(&answer), expected, "mutation {n}");
         assert_eq!(origin.calls(), before + 1, "mutation {n}");
@@ -618,7 +618,10 @@ async fn a_body_query_when_refuses_is_never_cached_and_a_refused_post_removes_wh
         );
         assert_eq!(outcomes().await, [CacheOutcome::Hit, CacheOutcome::Hit]);
     }
-    assert_eq!(layer.handle().stats().bypasses_for(BypassReason::Method), 2);
+    assert_eq!(
+        layer.handle().stats().bypasses_for(BypassReason::NotAQuery),
+        2
+    );
 }
 
 #[tokio::test]

@@ -130,6 +130,9 @@ pub(crate) struct RequestFacts {
     /// `Accept` names `text/event-stream`: the client subscribes to a live stream (an `EventSource`), which no
     /// stored answer is.
     pub(crate) event_stream: bool,
+    /// The layer's [`query_when`](super::RedisCacheLayerBuilder::query_when) refused the request's body: no
+    /// query (and `method_cacheable` is cleared with it).
+    pub(crate) not_a_query: bool,
     /// The request opted out of the cache ([`CacheOverride::Skip`](super::CacheOverride::Skip)).
     pub(crate) skip: bool,
     /// The layer keys each request by a partition of its own
@@ -876,7 +879,11 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
     let bypass = if request.skip {
         Some(BypassReason::Skipped)
     } else if !request.method_cacheable {
-        Some(BypassReason::Method)
+        Some(if request.not_a_query {
+            BypassReason::NotAQuery
+        } else {
+            BypassReason::Method
+        })
     } else if request.no_store {
         Some(BypassReason::NoStore)
     } else if request.upgrade {
@@ -1944,6 +1951,10 @@ mod tests {
         let credentials_allowed = !matches!(rules.credentials, Credentials::Bypass);
         let reasons = [
             (r.skip, BypassReason::Skipped),
+            (
+                !r.method_cacheable && r.not_a_query,
+                BypassReason::NotAQuery,
+            ),
             (!r.method_cacheable, BypassReason::Method),
             (r.no_store, BypassReason::NoStore),
             // A switch of protocols is the origin's to make, and a live stream the origin's to send.
@@ -2035,7 +2046,7 @@ mod tests {
             prop::array::uniform8(any::<bool>()),
             prop::array::uniform8(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
-            any::<bool>(),
+            (any::<bool>(), any::<bool>()),
         )
             .prop_map(
                 |(
@@ -2051,7 +2062,7 @@ mod tests {
                         upgrade,
                     ],
                     (max_age, min_fresh, max_stale),
-                    event_stream,
+                    (event_stream, not_a_query),
                 )| RequestFacts {
                     method_cacheable: b[0],
                     no_store: b[1],
@@ -2064,6 +2075,7 @@ mod tests {
                     trailers,
                     upgrade,
                     event_stream,
+                    not_a_query,
                     skip,
                     unpartitioned,
                     validators,

@@ -633,6 +633,7 @@ impl Policy {
                 if facts.query_method && facts.method_cacheable && !is_query(parts, body) =>
             {
                 facts.method_cacheable = false;
+                facts.not_a_query = true;
                 true
             }
             _ => false,

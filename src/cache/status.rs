@@ -141,10 +141,11 @@ impl CacheOutcome {
 pub enum BypassReason {
     /// The method is not configured as cacheable, or a header tunnels another through it
     /// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`): the origin acts on the method named,
-    /// and a successful one that is not safe removes what that method would. Also a request whose body the
-    /// layer's [`query_when`](super::RedisCacheLayerBuilder::query_when) refused (a successful `POST` then
-    /// removes what a write would).
+    /// and a successful one that is not safe removes what that method would.
     Method,
+    /// The layer's [`query_when`](super::RedisCacheLayerBuilder::query_when) found the request's body no query
+    /// (a GraphQL `mutation`, say): a successful `POST` then removes what a write would.
+    NotAQuery,
     /// The request carried `Cache-Control: no-store`.
     NoStore,
     /// The request carried `Authorization`, and the layer does not say how users are told apart (see
@@ -182,6 +183,7 @@ impl BypassReason {
     pub fn as_str(&self) -> &'static str {
         match self {
             BypassReason::Method => "method",
+            BypassReason::NotAQuery => "not-a-query",
             BypassReason::NoStore => "no-store",
             BypassReason::Authorization => "authorization",
             BypassReason::Cookie => "cookie",
@@ -197,7 +199,7 @@ impl BypassReason {
     }
 
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [BypassReason; 12] = [
+    pub(crate) const ALL: [BypassReason; 13] = [
         BypassReason::Method,
         BypassReason::NoStore,
         BypassReason::Authorization,
@@ -210,6 +212,7 @@ impl BypassReason {
         BypassReason::RequestTrailers,
         BypassReason::Upgrade,
         BypassReason::EventStream,
+        BypassReason::NotAQuery,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -228,6 +231,7 @@ impl BypassReason {
             BypassReason::RequestTrailers => 9,
             BypassReason::Upgrade => 10,
             BypassReason::EventStream => 11,
+            BypassReason::NotAQuery => 12,
         }
     }
 
@@ -241,7 +245,7 @@ impl BypassReason {
     /// RFC 9211's `fwd` for the bypass: `method`, `request` (the request's own directives), or `bypass`.
     fn fwd(&self) -> &'static str {
         match self {
-            BypassReason::Method => "method",
+            BypassReason::Method | BypassReason::NotAQuery => "method",
             BypassReason::NoStore => "request",
             _ => "bypass",
         }
