@@ -726,6 +726,72 @@ async fn cookies_named_as_ignored_make_no_credential_and_any_other_does() {
     }
 }
 
+#[tokio::test]
+async fn an_answer_setting_only_ignored_cookies_is_stored_and_shared_without_them() {
+    let origin = Origin::new();
+    // A Cloudflare-fronted API sets its bot-management cookie on every answer.
+    origin.add_header("set-cookie", "__cf_bm=abc; path=/; HttpOnly; Secure");
+    let layer = RedisCacheLayer::builder(tower_redis_cache::MemoryStore::new(1 << 20))
+        .ignore_cookies(["__cf_bm", "_cfuvid"])
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let cookies = |reply: &Reply| reply.headers().get_all("set-cookie").iter().count();
+    let models = || get("http://api.test/models", &[]);
+    let first = call(&service, models()).await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(
+        cookies(&first),
+        1,
+        "the caller the origin answered keeps its cookie"
+    );
+    let hit = call(&service, models()).await;
+    assert_eq!((outcome(&hit), cookies(&hit)), (CacheOutcome::Hit, 0));
+
+    // A caller coalesced onto another's call shares its answer, not its cookie.
+    origin.close();
+    let spawn = || {
+        let service = service.clone();
+        tokio::spawn(async move { call(&service, get("http://api.test/plans", &[])).await })
+    };
+    let leader = spawn();
+    wait_until("the leader reached the origin", || origin.calls() == 2).await;
+    let waiter = spawn();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    origin.open();
+    let (leader, waiter) = (leader.await.unwrap(), waiter.await.unwrap());
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(cookies(&leader), 1);
+    assert_eq!(
+        (outcome(&waiter), cookies(&waiter)),
+        (
+            CacheOutcome::Miss {
+                collapsed: true,
+                stored: false
+            },
+            0
+        )
+    );
+
+    // Any other cookie beside it keeps the answer its caller's alone.
+    origin.add_header("set-cookie", "session=s3cr3t");
+    let private = call(&service, get("http://api.test/me", &[])).await;
+    assert!(cache_status(&private).ends_with("; detail=response-set-cookie"));
+    assert_eq!(cookies(&private), 2);
+    assert_eq!(
+        outcome(&call(&service, get("http://api.test/me", &[])).await),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: false
+        }
+    );
+}
+
 async fn layer_builder_error(server: &RedisServer, names: &[&str]) -> ConfigError {
     layer(server)
         .await

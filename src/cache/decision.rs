@@ -183,6 +183,24 @@ pub(crate) fn only_ignored_cookies(headers: &HeaderMap, ignored: &[String]) -> b
     })
 }
 
+/// Whether every cookie an answer's `Set-Cookie` fields set is one `ignored` names (see
+/// [`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies)): then it is no reason not to store the
+/// answer. A field that cannot be read, or sets a cookie without a name, counts as a cookie no pattern names.
+pub(crate) fn sets_only_ignored_cookies(headers: &HeaderMap, ignored: &[String]) -> bool {
+    headers.get_all(SET_COOKIE).iter().all(|value| {
+        value.to_str().is_ok_and(|value| {
+            let pair = value.split(';').next().unwrap_or("");
+            pair.split_once('=').is_some_and(|(name, _)| {
+                let name = name.trim();
+                !name.is_empty()
+                    && ignored
+                        .iter()
+                        .any(|pattern| super::key::names(pattern, name))
+            })
+        })
+    })
+}
+
 /// Headers that tunnel a method through another (`POST` with `X-HTTP-Method-Override: DELETE`), as Rails, ASP.NET
 /// Core, Express's `method-override` and Google's APIs honour: the origin acts on the method they name.
 pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
@@ -1124,6 +1142,38 @@ mod tests {
             invalidate_on_unsafe: true,
             refresh_ahead: 0,
         }
+    }
+
+    #[test]
+    fn set_cookie_fields_count_as_ignored_only_when_every_one_names_an_ignored_cookie() {
+        let ignored = ["__cf_bm".to_owned(), "_cf*".to_owned()];
+        for (fields, only_ignored) in [
+            (&[("set-cookie", "__cf_bm=x; Path=/; HttpOnly")][..], true),
+            (
+                &[("set-cookie", "_cfuvid=1"), ("set-cookie", " __cf_bm = x")],
+                true,
+            ),
+            (&[], true),
+            (
+                &[("set-cookie", "__cf_bm=x"), ("set-cookie", "session=1")],
+                false,
+            ),
+            (&[("set-cookie", "__cf_bm")], false),
+            (&[("set-cookie", "=__cf_bm")], false),
+            (&[("set-cookie", "__cf_bmx=1")], false),
+        ] {
+            assert_eq!(
+                sets_only_ignored_cookies(&head(fields), &ignored),
+                only_ignored,
+                "{fields:?}"
+            );
+        }
+        let mut unreadable = head(&[("set-cookie", "__cf_bm=x")]);
+        unreadable.append(
+            SET_COOKIE,
+            HeaderValue::from_bytes(b"__cf_bm=\xff").unwrap(),
+        );
+        assert!(!sets_only_ignored_cookies(&unreadable, &ignored));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::decision::{
     Action, Forward, Fwd, HeaderKinds, Lookup, Part, RequestFacts, ResponseFacts, Rules, Verdict,
     also_stale, decide, invalidates, is_live_stream, is_origin_failure, is_safe, judge,
     may_invalidate, not_modified, only_ignored_cookies, part_of, serve_stale_on_error,
+    sets_only_ignored_cookies,
 };
 use super::entry::{Entry, Unstored, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
@@ -37,7 +38,7 @@ use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::{
     AGE, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
-    CONTENT_TYPE, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LOCATION, RANGE,
+    CONTENT_TYPE, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LOCATION, RANGE, SET_COOKIE,
     TRANSFER_ENCODING,
 };
 use http::{
@@ -244,11 +245,10 @@ impl Holding {
         if is_origin_failure(status) || status == StatusCode::NOT_MODIFIED {
             return None;
         }
-        let rules = &policy.rules;
         let verdict = judge(
-            rules,
+            &policy.rules,
             &self.facts,
-            &ResponseFacts::read(status, headers, &rules.targeted),
+            &policy.response_facts(status, headers),
         );
         if verdict.share { None } else { verdict.why }
     }
@@ -689,6 +689,20 @@ impl Policy {
         } else {
             method
         }
+    }
+
+    /// What an answer's head says, by this layer's rules: its targeted fields, and cookies it sets that the layer
+    /// ignores ([`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies)), which are no reason not to
+    /// store it (an entry holds no `Set-Cookie`, and a shared answer passes none on).
+    pub(crate) fn response_facts(&self, status: StatusCode, headers: &HeaderMap) -> ResponseFacts {
+        let mut facts = ResponseFacts::read(status, headers, &self.rules.targeted);
+        if facts.set_cookie
+            && !self.ignored_cookies.is_empty()
+            && sets_only_ignored_cookies(headers, &self.ignored_cookies)
+        {
+            facts.set_cookie = false;
+        }
+        facts
     }
 
     /// Whether requests like this one may be answered from the cache.
@@ -1358,6 +1372,11 @@ impl Engine {
         *out.version_mut() = response.version;
         *out.headers_mut() = response.headers.clone();
         *out.extensions_mut() = response.extensions.clone();
+        // Another caller's answer: the cookies it set (only ones the layer ignores, or it would not be shared)
+        // were that caller's.
+        if kept == Storing::Collapsed {
+            out.headers_mut().remove(SET_COOKIE);
+        }
         decorate(&mut out, &status);
         Ok(out)
     }
@@ -1458,11 +1477,9 @@ impl Engine {
         judge(
             &self.policy.rules,
             facts,
-            &ResponseFacts::read(
-                response.status,
-                &response.headers,
-                &self.policy.rules.targeted,
-            ),
+            &self
+                .policy
+                .response_facts(response.status, &response.headers),
         )
     }
 

@@ -632,8 +632,12 @@ impl RedisCacheLayerBuilder {
     /// `*` names every cookie it begins. Default: none.
     ///
     /// Only for cookies the origin never reads: a request is answered with a response made for another's
-    /// cookies. They are not taken out of the request: the origin still receives each request's `Cookie` whole,
-    /// and an answer that sets a cookie or is `private` is still never stored.
+    /// cookies. They are not taken out of the request: the origin still receives each request's `Cookie` whole.
+    ///
+    /// In answers, setting only these cookies is no reason not to store: Cloudflare sets `__cf_bm` and `_cfuvid`
+    /// on every answer of the APIs it fronts, which are otherwise never stored. The caller the origin answered
+    /// gets them; the entry holds no `Set-Cookie`, and callers coalesced onto that call get none. An answer that
+    /// sets any other cookie, or is `private`, is still never stored.
     pub fn ignore_cookies<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.ignored_cookies
             .extend(names.into_iter().map(Into::into));
