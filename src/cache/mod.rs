@@ -80,8 +80,12 @@
 //!   `Access-Control-Allow-Origin` grants another `Origin`: `fwd=vary-miss`):
 //!   one inner call per key, however many callers arrive together. The response is stored when its status is
 //!   cacheable (`200`, `203`, `204` by default; never `206` or `304`), its body within the cap, and it is not
-//!   meant for its requester alone (`Set-Cookie`, `Cache-Control: private` or `no-store`, `Vary: *`). Larger
-//!   responses stream through to their caller unstored.
+//!   meant for its requester alone (`Set-Cookie` but for cookies the layer
+//!   [ignores](RedisCacheLayerBuilder::ignore_cookies), `Cache-Control: private` or `no-store`, `Vary: *`).
+//!   Such an answer, a larger one, and a live stream (an event stream, `multipart/x-mixed-replace`, gRPC, or
+//!   an answer saying `X-Accel-Buffering: no`) go to their caller from the head as they arrive, never held
+//!   and never stored; a request subscribing to an event stream (`Accept: text/event-stream`) bypasses the
+//!   cache.
 //! - **stale-if-error**: when that inner call fails (transport error, 429, 500, 502, 503, 504) and an entry
 //!   within `stale_if_error_for` after its freshness exists, the entry answers instead (`fwd=stale`).
 //!
@@ -111,8 +115,9 @@
 //! asks the origin for the `GET`, so its answer also serves the `GET`s that follow
 //! ([`head_from_get`](RedisCacheLayerBuilder::head_from_get) turns this off).
 //!
-//! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST`, any
-//! unknown method) may change its target: once it is answered below 400, the entries of a `GET` and a `HEAD`
+//! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST` or
+//! one whose body [`query_when`](RedisCacheLayerBuilder::query_when) refuses, such as a GraphQL `mutation`:
+//! see [`graphql`], any unknown method) may change its target: once it is answered below 400, the entries of a `GET` and a `HEAD`
 //! of its URI are removed (every variant, where keys hold request headers), and those of the queries sent to it
 //! (`QUERY`, a cached `POST`), from this process's near cache and from the store, so from every process, before
 //! its response is returned (RFC 9111 §4.4; see
