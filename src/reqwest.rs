@@ -37,7 +37,6 @@
 use crate::body::RequestBody;
 use crate::cache::RedisCacheLayer;
 use crate::cache::ResponseBody;
-
 use crate::cache::decision::Action;
 use crate::cache::engine::{
     Engine, Fetch, FetchFuture, Finish, Holding, NearProbe, Origin, Steps, buffer_response,

@@ -1,7 +1,6 @@
 //! [`RedisCache`]: the Tower adapter over the cache engine.
 
 use super::body::ResponseBody;
-
 use super::decision::{Action, RequestFacts};
 use super::engine::{
     Engine, Fetch, FetchFuture, Finish, Holding, NearProbe, StaleTargets, Steps, buffer_response,
