@@ -1068,6 +1068,23 @@ async fn a_head_is_answered_from_the_entry_of_its_get() {
     }
 }
 
+#[tokio::test]
+async fn a_head_whose_get_answer_is_passed_on_still_says_how_long_the_body_is() {
+    // The `GET` a `HEAD` miss asks for sets a cookie: its answer goes on from its head, never held, and the
+    // `HEAD` gets the length its body announced.
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("set-cookie", "session=1");
+    let layer = heads_layer(&server).await.build().unwrap();
+    let service = layer.layer_service(origin.service());
+    let head = call(&service, item(Method::HEAD, &[])).await;
+    assert_eq!(origin.methods(), [Method::GET]);
+    assert!(cache_status(&head).ends_with("; detail=response-set-cookie"));
+    let whole = br#"{"n":1,"echo":null}"#;
+    assert_eq!(head.headers()["content-length"], whole.len().to_string());
+    assert!(body(head).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_and_a_get_arriving_together_make_one_origin_call() {
     let server = RedisServer::start();
@@ -1121,8 +1138,11 @@ async fn a_head_whose_get_is_over_the_cap_is_answered_without_its_body() {
                 stored: false
             }
         );
-        // Streamed through and dropped unread: its length is not known, so none is made up.
-        assert!(!response.headers().contains_key("content-length"));
+        // Streamed through and dropped unread: the length its body announced, none made up.
+        assert_eq!(
+            response.headers()["content-length"],
+            br#"{"n":1,"echo":null}"#.len().to_string()
+        );
         assert!(body(response).await.is_empty());
         assert_eq!(origin.calls(), n);
     }

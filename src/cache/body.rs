@@ -84,6 +84,20 @@ impl<R> ResponseBody<R> {
     }
 }
 
+impl<R: Body> ResponseBody<R> {
+    /// The body's length, when it is known before it is read: whole bytes, or a stream whose origin said how
+    /// long it is.
+    pub(crate) fn exact_len(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Full(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Streaming(streamed) => {
+                prefixed_hint(streamed.prefix.as_ref(), streamed.inner.size_hint()).exact()
+            }
+            Kind::Trailed(_) => None,
+        }
+    }
+}
+
 impl<R> fmt::Debug for ResponseBody<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {

@@ -1950,7 +1950,7 @@ impl Finish {
 
 impl Engine {
     /// `response` as [`Finish`] says it goes to its caller.
-    pub(crate) fn finish<B>(
+    pub(crate) fn finish<B: Body>(
         &self,
         finish: &Finish,
         response: Response<ResponseBody<B>>,
@@ -1959,7 +1959,7 @@ impl Engine {
     }
 
     /// `response` after `steps`, which read the `request` headers.
-    pub(crate) fn finish_with<B>(
+    pub(crate) fn finish_with<B: Body>(
         &self,
         steps: Steps,
         request: &HeaderMap,
@@ -2034,7 +2034,7 @@ impl Engine {
 /// The answer to a `HEAD` from the answer to its `GET` (RFC 9110 §9.3.2): the same status and header fields,
 /// without the body. When the origin did not say how long that body is, `Content-Length` says it (a complete
 /// body's; a body streamed through from the origin is dropped unread, and its length is not known).
-fn head_answer<B>(response: Response<ResponseBody<B>>) -> Response<ResponseBody<B>> {
+fn head_answer<B: Body>(response: Response<ResponseBody<B>>) -> Response<ResponseBody<B>> {
     let (mut parts, body) = response.into_parts();
     let bodiless = parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
@@ -2042,7 +2042,8 @@ fn head_answer<B>(response: Response<ResponseBody<B>>) -> Response<ResponseBody<
     if !bodiless
         && !parts.headers.contains_key(CONTENT_LENGTH)
         && !parts.headers.contains_key(TRANSFER_ENCODING)
-        && let Some(len) = body.full_bytes().map(|bytes| bytes.len())
+        // A body passed on from the origin's head (`Set-Cookie`, ...) is not held, but may say how long it is.
+        && let Some(len) = body.exact_len()
     {
         parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
