@@ -432,15 +432,17 @@ fn names_event_stream(value: &HeaderValue) -> bool {
     const EVENT_STREAM: &[u8] = b"text/event-stream";
     // `*/*` and `application/json`, the common values, are shorter: nothing to split.
     value.len() >= EVENT_STREAM.len()
-        && value.as_bytes().split(|&b| b == b',').any(|element| {
-            let end = element
-                .iter()
-                .position(|&b| b == b';')
-                .unwrap_or(element.len());
-            element[..end]
-                .trim_ascii()
-                .eq_ignore_ascii_case(EVENT_STREAM)
-        })
+        && value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|element| media_type(element).eq_ignore_ascii_case(EVENT_STREAM))
+}
+
+/// A media type as a field names it (`Content-Type`, an `Accept` element), without its parameters and the white
+/// space around it: `text/event-stream` of ` text/event-stream; q=0.9`.
+fn media_type(value: &[u8]) -> &[u8] {
+    let end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
+    value[..end].trim_ascii()
 }
 
 /// The directive names of one `Cache-Control` (or `Pragma`) field value.
@@ -1092,9 +1094,7 @@ pub(crate) fn serve_stale_on_error(
 /// which origins ask nginx not to buffer them).
 pub(crate) fn is_live_stream(headers: &HeaderMap) -> bool {
     let live_type = |value: &HeaderValue| {
-        let value = value.as_bytes();
-        let end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
-        let media = value[..end].trim_ascii();
+        let media = media_type(value.as_bytes());
         let is = |name: &[u8]| media.eq_ignore_ascii_case(name);
         let starts = |prefix: &[u8]| {
             media
