@@ -211,14 +211,10 @@ impl Middleware for CacheMiddleware {
         if head {
             *request.method_mut() = http::Method::GET;
         }
-        let key = engine.keys.key_of(engine.keys.digest_with(
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            facts.implied_vary,
-            partition.as_deref(),
-            &body,
-        ));
+        let key =
+            engine
+                .keys
+                .key_of(engine.digest_of(&parts, &mut facts, partition.as_deref(), &body));
         let origin = ChainOrigin {
             next,
             extensions: extensions.clone(),

@@ -483,3 +483,50 @@ async fn a_shared_redis_store_keeps_a_near_cache_and_a_memory_store_does_not() {
         tower_redis_cache::error::Setting::NearCache
     );
 }
+
+/// Variants kept apart (`keep_variants`) are answered from the near cache each under its own key, and another
+/// process's new answer for one variant reaches this one's near copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_variant_is_answered_from_the_near_cache_and_kept_coherent() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("vary", "Accept-Language");
+    let a = near_layer(&server.url()).await.build().unwrap();
+    let b = near_layer(&server.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let greet = |lang: &'static str| {
+        move || {
+            Request::get("http://api.test/greeting")
+                .header("accept-language", lang)
+                .body(Full::default())
+                .unwrap()
+        }
+    };
+    for lang in ["de", "fr"] {
+        assert!(matches!(
+            outcome(&call(&service_a, greet(lang)()).await),
+            CacheOutcome::Miss { stored: true, .. }
+        ));
+    }
+    for (lang, n) in [("de", 1), ("fr", 2), ("de", 1), ("fr", 2)] {
+        let near = until_near_with(&service_b, greet(lang)).await;
+        let expected = format!(r#"{{"n":{n},"echo":null}}"#);
+        assert_eq!(&body(near).await[..], expected.as_bytes(), "{lang}");
+    }
+    assert_eq!(origin.calls(), 2);
+
+    // A refreshes the French entry; B's near copy of it goes, and B reads the new answer.
+    let mut refresh = greet("fr")();
+    refresh
+        .headers_mut()
+        .insert("cache-control", "no-cache".parse().unwrap());
+    call(&service_a, refresh).await;
+    wait_until("b hears of the new French answer", || {
+        b.handle().stats().near_invalidations >= 1
+    })
+    .await;
+    let fr = until_near_with(&service_b, greet("fr")).await;
+    assert_eq!(&body(fr).await[..], br#"{"n":3,"echo":null}"#);
+    let de = until_near_with(&service_b, greet("de")).await;
+    assert_eq!(&body(de).await[..], br#"{"n":1,"echo":null}"#);
+}

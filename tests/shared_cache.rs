@@ -1352,15 +1352,16 @@ async fn the_response_vary_is_honoured_per_variant() {
         "tower-redis-cache; fwd=vary-miss; fwd-status=200; stored"
     );
     assert_eq!(&body(fr).await[..], br#"{"n":2,"echo":null}"#);
-    assert_eq!(
-        outcome(&call(&service, greet("fr")).await),
-        CacheOutcome::Hit
-    );
-    // One variant is stored per key: the French answer replaced the German one.
-    let de_again = call(&service, greet("de")).await;
-    assert!(cache_status(&de_again).contains("fwd=vary-miss"));
-    assert_eq!(&body(de_again).await[..], br#"{"n":3,"echo":null}"#);
-    assert_eq!(origin.calls(), 3);
+    // Each variant keeps an entry: clients alternating between them hit their own.
+    for _ in 0..3 {
+        for (lang, n) in [("fr", 2), ("de", 1)] {
+            let response = call(&service, greet(lang)).await;
+            assert_eq!(outcome(&response), CacheOutcome::Hit, "{lang}");
+            let expected = format!(r#"{{"n":{n},"echo":null}}"#);
+            assert_eq!(&body(response).await[..], expected.as_bytes(), "{lang}");
+        }
+    }
+    assert_eq!(origin.calls(), 2);
 
     // Coalesced callers share an answer only with those of the same variant.
     origin.close();
@@ -1376,18 +1377,18 @@ async fn the_response_vary_is_honoured_per_variant() {
         })
     };
     let leader = spawn("en");
-    wait_until("the leader reached the origin", || origin.calls() == 4).await;
+    wait_until("the leader reached the origin", || origin.calls() == 3).await;
     let same = spawn("en");
     let other = spawn("it");
-    // No-cache requests read nothing: once they have run, both wait on the leader.
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(origin.calls(), 4);
+    // No-cache requests read nothing: once they have run, the other language has called the origin.
+    wait_until("the other language reached the origin", || {
+        origin.calls() == 4
+    })
+    .await;
     origin.open();
     let (_, leader_body) = leader.await.unwrap();
     let (same_outcome, same_body) = same.await.unwrap();
-    let (other_outcome, other_body) = other.await.unwrap();
+    let (_, other_body) = other.await.unwrap();
     assert_eq!(same_body, leader_body);
     assert_eq!(
         same_outcome,
@@ -1400,14 +1401,139 @@ async fn the_response_vary_is_honoured_per_variant() {
         other_body, leader_body,
         "another language never gets the leader's answer"
     );
+    assert_eq!(origin.calls(), 4);
+    // Both were stored, each for its own variant.
+    for lang in ["en", "it", "de", "fr"] {
+        assert_eq!(
+            outcome(&call(&service, greet(lang)).await),
+            CacheOutcome::Hit,
+            "{lang}"
+        );
+    }
+    assert_eq!(origin.calls(), 4);
+}
+
+/// Without [`keep_variants`](RedisCacheLayerBuilder::keep_variants) a key holds one answer: another variant's
+/// replaces it, and it never answers another variant.
+#[tokio::test]
+async fn without_kept_variants_one_replaces_another() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("vary", "Accept-Language");
+    let layer = layer(&server).await.keep_variants(false).build().unwrap();
+    let service = cached(&layer, origin.service());
+    let greet = |lang: &'static str| get("http://api.test/greeting", &[("accept-language", lang)]);
+    for lang in ["de", "fr", "de", "fr"] {
+        let response = call(&service, greet(lang)).await;
+        assert_eq!(
+            cache_status(&response),
+            if origin.calls() == 1 {
+                "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored"
+            } else {
+                "tower-redis-cache; fwd=vary-miss; fwd-status=200; stored"
+            },
+            "{lang}"
+        );
+    }
+    assert_eq!(origin.calls(), 4);
     assert_eq!(
-        other_outcome,
-        CacheOutcome::Miss {
-            collapsed: false,
-            stored: false
-        }
+        outcome(&call(&service, greet("fr")).await),
+        CacheOutcome::Hit
     );
-    assert_eq!(origin.calls(), 5);
+    assert_eq!(stored_keys(&server), 1);
+}
+
+/// Variants kept apart across processes: a process that never saw a URI's answers vary learns it from the entry
+/// under the request's key and reads the variant another process stored; a write to the URI, or `invalidate`
+/// and `invalidate_uri`, from a process that learned nothing, removes every variant.
+#[tokio::test]
+async fn variants_are_shared_by_every_process_and_removed_by_any() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("vary", "Accept-Language");
+    let (layer_a, layer_b) = (
+        layer(&server).await.build().unwrap(),
+        layer(&server).await.build().unwrap(),
+    );
+    let (a, b) = (
+        cached(&layer_a, origin.service()),
+        cached(&layer_b, origin.service()),
+    );
+    let languages = [
+        ("accept-language", "de"),
+        ("accept-language", "en"),
+        ("accept-language", "fr"),
+    ];
+    for language in languages {
+        assert!(is_stored_miss(read_with(&a, ITEM, &[language]).await));
+    }
+    assert_eq!(origin.calls(), 3);
+    for language in languages.iter().rev().chain(&languages) {
+        assert_eq!(
+            read_with(&b, ITEM, &[*language]).await,
+            CacheOutcome::Hit,
+            "{language:?}"
+        );
+    }
+    assert_eq!(origin.calls(), 3);
+    assert_eq!(
+        stored_keys(&server),
+        3 + 1,
+        "three entries and the URI's tag"
+    );
+
+    // A write from a process that learned nothing, in a language no entry has: every variant goes.
+    let layer_c = layer(&server).await.build().unwrap();
+    let c = cached(&layer_c, origin.service());
+    write_with(&c, "PUT", &[("accept-language", "it")]).await;
+    for language in languages {
+        assert!(
+            is_stored_miss(read_with(&b, ITEM, &[language]).await),
+            "{language:?}"
+        );
+    }
+    assert_eq!(origin.calls(), 3 + 1 + 3);
+
+    // `invalidate` removes a request's own variant (and the entry under its key), found through that entry.
+    let layer_d = layer(&server).await.build().unwrap();
+    let fr = get(ITEM, &[languages[2]]).map(|_| Bytes::new());
+    assert!(layer_d.handle().invalidate(&fr).await.unwrap());
+    assert!(is_stored_miss(read_with(&b, ITEM, &[languages[2]]).await));
+    assert_eq!(
+        read_with(&b, ITEM, &[languages[1]]).await,
+        CacheOutcome::Hit
+    );
+    let webhook = layer_d
+        .handle()
+        .invalidate_uri(&get(ITEM, &[]))
+        .await
+        .unwrap();
+    assert!(webhook >= 2, "{webhook}");
+    for language in languages {
+        assert!(
+            is_stored_miss(read_with(&a, ITEM, &[language]).await),
+            "{language:?}"
+        );
+    }
+}
+
+/// Pages on two origins calling one CORS API: each gets the grant to its own, and neither evicts the other.
+#[tokio::test]
+async fn pages_on_two_origins_each_hit_their_own_cors_answer() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.echo_headers();
+    origin.add_header("vary", "Origin");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let from = |page: &'static str| get("http://api.test/items", &[("origin", page)]);
+    for _ in 0..3 {
+        for page in ["https://a.example", "https://b.example"] {
+            let response = call(&service, from(page)).await;
+            assert_eq!(echoed(&response, "origin"), Some(page));
+        }
+    }
+    assert_eq!(origin.calls(), 2);
 }
 
 /// Answers that depend on a request header their origin leaves out of `Vary`: one compressed for whoever asks

@@ -152,6 +152,10 @@ pub(crate) struct RequestFacts {
     pub(crate) implied_vary: bool,
     /// The request has a `Host` field.
     pub(crate) host: bool,
+    /// The request is keyed by its variant of answers that vary on request headers (see
+    /// [`variants`](super::variants)), not by its primary key, which held another variant's answer when last
+    /// read: a miss of its own variant is a `vary-miss`.
+    pub(crate) variant: bool,
     /// The windows chosen for this request (its extension, the layer's hook, or the layer's own), for the
     /// entry it stores.
     pub(crate) windows: Windows,
@@ -947,6 +951,7 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
     }
     let action = match lookup {
         Lookup::NotRead => Action::Read,
+        Lookup::Absent if request.variant => forward(Fwd::VaryMiss, true, false),
         Lookup::Absent => forward(Fwd::UriMiss, true, false),
         Lookup::Failed => forward(Fwd::UriMiss, false, false),
         // Another variant's entry answers nothing for this request, not even on error.
@@ -1780,6 +1785,8 @@ mod tests {
             ("refresh ahead: only-if-cached", &ahead, with(|f| f.only_if_cached = true), fresh, 1_500, Action::ServeFreshAndRefresh),
             ("expired", &shared, plain(), fresh, 5_000, forward(Fwd::UriMiss, true, false)),
             ("another variant", &shared, plain(), other_variant, 1_000, forward(Fwd::VaryMiss, true, false)),
+            ("own variant's key", &shared, with(|f| f.variant = true), Lookup::Absent, 1_000, forward(Fwd::VaryMiss, true, false)),
+            ("own variant's key: store failed", &shared, with(|f| f.variant = true), Lookup::Failed, 1_000, forward(Fwd::UriMiss, false, false)),
             // The entry was stored at 0, fresh until 2 s, stale until 3 s.
             ("max-age: young enough", &shared, with(|f| { f.max_age = Some(1); }), fresh, 1_999, Action::ServeFresh),
             ("max-age=0: in its first second", &shared, with(|f| { f.max_age = Some(0); }), fresh, 999, Action::ServeFresh),

@@ -24,8 +24,8 @@ use super::freshness::{
 use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
 use super::key::{
-    CacheKey, KeyConfig, WEB_DEFAULT_PORTS, default_ports, foreign_host, normal_authority,
-    port_colon, short_hex, vary_digest,
+    CacheKey, KeyConfig, WEB_DEFAULT_PORTS, default_ports, foreign_host, learnable,
+    normal_authority, port_colon, short_hex, variant_digest, vary_digest,
 };
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
@@ -33,6 +33,7 @@ use super::stats::{Counters, add, bump, bump_bypass, bump_not_stored};
 use super::status::{BypassReason, CacheOutcome, HeaderText, NotStored, Status, StoreHealth};
 use super::tags::TagsFn;
 use super::tunnel;
+use super::variants::{Learned, Variants};
 use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
@@ -367,6 +368,10 @@ pub(crate) struct Policy {
     pub(crate) methods: Vec<Method>,
     /// Whether a `HEAD` is answered as the `GET` of the same request (both methods cached, and not turned off).
     pub(crate) head_as_get: bool,
+    /// Whether answers that vary on request headers are kept per variant (see [`variants`](super::variants)):
+    /// the layer's [`keep_variants`](super::RedisCacheLayerBuilder::keep_variants), over a store that keeps
+    /// tags.
+    pub(crate) keep_variants: bool,
     pub(crate) post_when: Option<PostPredicate>,
     pub(crate) query_when: Option<QueryPredicate>,
     pub(crate) max_body: usize,
@@ -407,6 +412,7 @@ impl std::fmt::Debug for Policy {
             .field("status_windows", &self.status_windows)
             .field("methods", &self.methods)
             .field("head_as_get", &self.head_as_get)
+            .field("keep_variants", &self.keep_variants)
             .field("post_when", &self.post_when.is_some())
             .field("query_when", &self.query_when.is_some())
             .field("max_body", &self.max_body)
@@ -435,8 +441,8 @@ pub(crate) struct UriTags {
     /// method.
     pub(crate) queries: bool,
     /// `GET` and `HEAD` fills whose keys hold fields of [`IMPLIED_VARY`](super::key::IMPLIED_VARY)
-    /// ([`RequestFacts::implied_vary`]): a write that sends other values, or none, names other keys. Wherever the
-    /// store keeps tags.
+    /// ([`RequestFacts::implied_vary`]), or their variant's values ([`RequestFacts::variant`]): a write that sends
+    /// other values, or none, names other keys. Wherever the store keeps tags.
     pub(crate) implied: bool,
 }
 
@@ -444,7 +450,7 @@ impl UriTags {
     /// Whether a fill with `facts` records its key under its URI's tag.
     pub(crate) fn record(self, facts: &RequestFacts) -> bool {
         if facts.get_or_head {
-            self.reads || (self.implied && facts.implied_vary)
+            self.reads || (self.implied && (facts.implied_vary || facts.variant))
         } else {
             self.queries
         }
@@ -785,6 +791,8 @@ pub(crate) struct Engine {
     marks_seen: AtomicU64,
     /// Refreshes, removals and lease releases running on tasks of their own.
     pub(crate) background: Background,
+    /// The request headers this process learned that answers vary on, when the layer keeps variants.
+    pub(crate) variants: Option<Variants>,
 }
 
 impl Engine {
@@ -806,6 +814,7 @@ impl Engine {
                 clock.clone(),
             ))
         });
+        let policy_variants = policy.keep_variants.then(Variants::default);
         Engine {
             budget: ByteBudget::new(policy.max_in_flight_bytes, counters.clone()),
             counters,
@@ -818,6 +827,39 @@ impl Engine {
             refreshing: Mutex::new(Refreshes::default()),
             marks_seen: AtomicU64::new(0),
             background: Background::default(),
+            variants: policy_variants,
+        }
+    }
+
+    /// The digest of the key the request with `parts`, `facts`, its own `partition` and its whole `body` is
+    /// stored under: its primary key's, or, once this process learned that the answers to that key vary on
+    /// request headers (see [`variants`](super::variants)), its variant's (and `facts.variant` is set).
+    #[inline]
+    pub(crate) fn digest_of(
+        &self,
+        parts: &request::Parts,
+        facts: &mut RequestFacts,
+        partition: Option<&[u8]>,
+        body: &[u8],
+    ) -> [u8; 32] {
+        let digest = self.keys.digest_with(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            facts.implied_vary,
+            partition,
+            body,
+        );
+        match self
+            .variants
+            .as_ref()
+            .and_then(|variants| variants.variant_of(&digest, &parts.headers))
+        {
+            Some(variant) => {
+                facts.variant = true;
+                variant
+            }
+            None => digest,
         }
     }
 
@@ -910,6 +952,29 @@ impl Engine {
         })
     }
 
+    /// [`respond`](Self::respond) for a request whose primary key held another variant's answer: reads its own
+    /// variant's `key`, then answers or forwards as for any read (boxed: the path of a first read per primary
+    /// key and process, never a hit's).
+    fn respond_variant<'o, R, O>(
+        self: Arc<Self>,
+        key: CacheKey,
+        facts: RequestFacts,
+        origin: O,
+    ) -> AnswerFuture<'o, R>
+    where
+        R: Body + Send + 'static,
+        O: Origin<R> + 'o,
+    {
+        Box::pin(async move {
+            let epoch = self.flights.epoch();
+            let read = self.read_bytes(&key).await;
+            match self.conclude(key, facts, origin, read, None, epoch) {
+                Next::Answer(response) => Ok(response),
+                Next::Forward(forward) => forward.await,
+            }
+        })
+    }
+
     /// What a store read (made in `epoch`) leads to: an answer from the entry (fresh, or stale with a refresh
     /// started), or a forward. Settles the near-cache placeholder `fill`, if any.
     ///
@@ -918,7 +983,7 @@ impl Engine {
     fn conclude<'o, R, O>(
         self: Arc<Self>,
         key: CacheKey,
-        facts: RequestFacts,
+        mut facts: RequestFacts,
         origin: O,
         read: Result<Option<Bytes>, StoreHealth>,
         fill: Option<Fill>,
@@ -958,6 +1023,29 @@ impl Engine {
         let (entry, lookup) = match read {
             Ok(Some(found)) => {
                 let vary_matches = vary_digest(&found.headers, origin.headers()) == found.vary;
+                // Another variant's answer at the primary key: this request's own has a key of its own.
+                if !vary_matches
+                    && !facts.variant
+                    && let Some(variants) = &self.variants
+                    && let Some(names) = learnable(&found.headers, self.keys.keyed_headers())
+                {
+                    let variant = variant_digest(key.digest(), &names, origin.headers());
+                    variants.learn(
+                        *key.digest(),
+                        Learned::new(names, &found.headers, found.vary),
+                    );
+                    if let (Some(near), Some(fill)) = (&self.near, fill) {
+                        near.abandon_fill(key.digest(), fill);
+                    }
+                    facts.variant = true;
+                    let variant = self.keys.key_of(variant);
+                    tracing::debug!(
+                        key = key.short(),
+                        variant = variant.short(),
+                        "cache entry of another variant: reading the request's own"
+                    );
+                    return Next::Forward(self.respond_variant(variant, facts, origin));
+                }
                 let stored = found.stored(vary_matches);
                 (Some(found), Lookup::Found(stored))
             }
@@ -1520,6 +1608,39 @@ impl Engine {
             Err(StoreError::Unavailable) => Err(StoreHealth::Unavailable),
             Err(_) => Err(StoreHealth::Error),
         }
+    }
+
+    /// The keys a request with `headers` whose primary key is `primary` may have its entry under: `primary`,
+    /// and its variant's key where answers are kept per variant and those to `primary` vary on request headers
+    /// (as this process learned, or as the entry stored under `primary` says; see [`variants`](super::variants)).
+    ///
+    /// # Errors
+    ///
+    /// The store's, reading the entry under `primary` (unguarded: no breaker, no timeout).
+    pub(crate) async fn own_keys(
+        &self,
+        primary: CacheKey,
+        headers: &HeaderMap,
+    ) -> Result<Vec<CacheKey>, StoreError> {
+        let Some(variants) = &self.variants else {
+            return Ok(vec![primary]);
+        };
+        let names = match variants.learned_of(primary.digest()) {
+            Some(learned) => Some(learned.names.clone()),
+            None => self
+                .store
+                .call_as(false, "get", primary.as_str(), |s| s.get(primary.as_str()))
+                .await?
+                .and_then(|bytes| {
+                    heads::decode(&bytes, primary.digest(), self.policy.max_body).ok()
+                })
+                .and_then(|entry| learnable(&entry.headers, self.keys.keyed_headers())),
+        };
+        let variant = names.map(|names| {
+            self.keys
+                .key_of(variant_digest(primary.digest(), &names, headers))
+        });
+        Ok([Some(primary), variant].into_iter().flatten().collect())
     }
 
     /// Decodes the entry `bytes` read for `key`; `None` (a miss, counted and logged) when they do not decode.

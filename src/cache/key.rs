@@ -135,6 +135,12 @@ impl KeyConfig {
         }
     }
 
+    /// The request headers every key holds the values of: the layer's vary headers and the credentials it keys
+    /// by.
+    pub(crate) fn keyed_headers(&self) -> &[HeaderName] {
+        &self.vary
+    }
+
     /// These settings, whose vary headers from index `from` on are the credential headers the layer keys by
     /// ([`Credentials::InKey`](super::Credentials)).
     pub(crate) fn with_credentials_from(self, from: usize) -> Self {
@@ -1450,23 +1456,90 @@ pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[
             h.update([2u8]);
             continue;
         }
-        let mut fields = request.get_all(name).iter().peekable();
-        if fields.peek().is_none() {
-            h.update([0u8]);
-            continue;
-        }
-        h.update([1u8]);
-        let mut joined = Vec::new();
-        let elements = fields.flat_map(|v| v.as_bytes().split(|b| *b == b','));
-        for (i, element) in elements.enumerate() {
-            if i > 0 {
-                joined.push(b',');
-            }
-            joined.extend_from_slice(element.trim_ascii());
-        }
-        field(&mut h, &joined);
+        hash_values(&mut h, request, name);
     }
     Some(h.finalize().into())
+}
+
+/// Hashes `request`'s values of the header `name` as a variant is told by them: absent, or its comma-separated
+/// elements, whitespace around them dropped, however they were split over field lines.
+fn hash_values(h: &mut Sha256, request: &HeaderMap, name: &HeaderName) {
+    let mut fields = request.get_all(name).iter().peekable();
+    if fields.peek().is_none() {
+        h.update([0u8]);
+        return;
+    }
+    h.update([1u8]);
+    let mut joined = Vec::new();
+    let elements = fields.flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    for (i, element) in elements.enumerate() {
+        if i > 0 {
+            joined.push(b',');
+        }
+        joined.extend_from_slice(element.trim_ascii());
+    }
+    field(h, &joined);
+}
+
+/// The most request headers a URI's answers may vary on for the cache to keep an entry per variant of them (see
+/// [`learnable`]); an answer naming more keeps one entry per key, as before.
+const MAX_VARIANT_NAMES: usize = 8;
+
+/// The request headers that the answers stored with `response`'s headers vary on and that a key does not
+/// already hold, so that [`variant_digest`] can give each of their variants a key of its own: the names its
+/// `Vary` lists, and `Origin` when its `Access-Control-Allow-Origin` grants one origin (see [`vary_digest`]),
+/// sorted, each once. Left out: the names in `keyed` (the layer's [`vary_headers`] and the credentials it keys
+/// by), those of [`IMPLIED_VARY`], which every key holds already, and `Accept-Encoding`, whose variants
+/// [`vary_digest`] tells apart by the coding they accept, so that one compressed entry answers every client that
+/// can read it. `None` when nothing is left, for `Vary: *`, or past [`MAX_VARIANT_NAMES`] names.
+///
+/// [`vary_headers`]: super::RedisCacheLayerBuilder::vary_headers
+pub(crate) fn learnable(response: &HeaderMap, keyed: &[HeaderName]) -> Option<Arc<[HeaderName]>> {
+    let mut names = Vec::new();
+    for element in response
+        .get_all(header::VARY)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+    {
+        let element = element.trim_ascii();
+        if element == b"*" {
+            return None;
+        }
+        // A name that does not read as one names no request header the cache could key by.
+        let Ok(name) = HeaderName::from_bytes(element) else {
+            continue;
+        };
+        names.push(name);
+    }
+    if grants_one_origin(response) {
+        names.push(header::ORIGIN);
+    }
+    names.retain(|name| {
+        name != header::ACCEPT_ENCODING && !keyed.contains(name) && !IMPLIED_VARY.contains(name)
+    });
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    (!names.is_empty() && names.len() <= MAX_VARIANT_NAMES).then(|| names.into())
+}
+
+/// The digest of the variant of the request whose key's digest is `primary` (and whose headers are `request`)
+/// among the answers that vary on `names` (see [`learnable`]): `primary` with the request's values of each name,
+/// compared as [`vary_digest`] compares them. Another value of any of them is another key; the same values,
+/// however split over field lines or spaced, are one.
+pub(crate) fn variant_digest(
+    primary: &[u8; 32],
+    names: &[HeaderName],
+    request: &HeaderMap,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    field(&mut h, b"tower-redis-cache/variant/v1");
+    h.update(primary);
+    count(&mut h, names.len());
+    for name in names {
+        field(&mut h, name.as_str().as_bytes());
+        hash_values(&mut h, request, name);
+    }
+    h.finalize().into()
 }
 
 #[cfg(test)]
@@ -1735,6 +1808,53 @@ mod tests {
             typed("text/csv", b""),
             "no body, no type"
         );
+    }
+
+    #[test]
+    fn variants_are_told_apart_by_the_headers_no_key_holds_already() {
+        /// The answer's fields, the headers the layer keys by, the names learned (joined by commas).
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            &'static [&'static str],
+            Option<&'static str>,
+        );
+        #[rustfmt::skip]
+        let table: &[Case] = &[
+            (&[], &[], None),
+            (&[("vary", "Accept-Language")], &[], Some("accept-language")),
+            // Sorted, each once, over field lines.
+            (&[("vary", "Origin, accept-language"), ("vary", "ACCEPT-LANGUAGE")], &[], Some("accept-language,origin")),
+            // A CORS grant to one origin varies on `Origin` whether said or not; a grant to any does not.
+            (&[("access-control-allow-origin", "https://a.example")], &[], Some("origin")),
+            (&[("access-control-allow-origin", "*")], &[], None),
+            // `Accept-Encoding` keeps its own comparison; a compressed body alone varies on nothing else.
+            (&[("vary", "Accept-Encoding")], &[], None),
+            (&[("content-encoding", "gzip"), ("vary", "accept-encoding, accept")], &[], Some("accept")),
+            // What every key holds already: the layer's vary headers, those of `IMPLIED_VARY`.
+            (&[("vary", "accept-language, x-tenant")], &["x-tenant"], Some("accept-language")),
+            (&[("vary", "x-forwarded-host, prefer")], &[], None),
+            (&[("vary", "*")], &[], None),
+            (&[("vary", "accept, *")], &[], None),
+            // A name that does not read as one is passed over.
+            (&[("vary", "accept, a b")], &[], Some("accept")),
+            (&[("vary", "a, b, c, d, e, f, g, h")], &[], Some("a,b,c,d,e,f,g,h")),
+            (&[("vary", "a, b, c, d, e, f, g, h, i")], &[], None),
+        ];
+        for (fields, keyed, expected) in table {
+            let mut response = HeaderMap::new();
+            for (name, value) in *fields {
+                response.append(*name, HeaderValue::from_static(value));
+            }
+            let keyed: Vec<HeaderName> = keyed.iter().map(|n| HeaderName::from_static(n)).collect();
+            let learned = learnable(&response, &keyed).map(|names| {
+                names
+                    .iter()
+                    .map(HeaderName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            assert_eq!(learned.as_deref(), *expected, "{fields:?}");
+        }
     }
 
     #[test]

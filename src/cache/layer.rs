@@ -121,7 +121,23 @@ impl CacheHandle {
     /// [`partition_by`](RedisCacheLayerBuilder::partition_by), in `request`'s partition, named from its
     /// headers and extensions as for a request through the layer; a request it names no partition for is never
     /// stored, and its key holds nothing.
+    ///
+    /// Once this process learned that the answers to that key vary on request headers
+    /// ([`keep_variants`](RedisCacheLayerBuilder::keep_variants)), the key of `request`'s variant.
     pub fn key_for<T: AsRef<[u8]>>(&self, request: &Request<T>) -> super::CacheKey {
+        let primary = self.primary_key(request);
+        match &self.engine.variants {
+            Some(variants) => match variants.variant_of(primary.digest(), request.headers()) {
+                Some(variant) => self.engine.keys.key_of(variant),
+                None => primary,
+            },
+            None => primary,
+        }
+    }
+
+    /// The key of `request` as [`key_for`](Self::key_for) computes it before anything was learned of its
+    /// variants.
+    fn primary_key<T: AsRef<[u8]>>(&self, request: &Request<T>) -> super::CacheKey {
         let policy = &self.engine.policy;
         let partition = match policy.partition_by {
             Some(_) => policy.partition_of(&head_of(request)),
@@ -138,8 +154,9 @@ impl CacheHandle {
 
     /// Removes the entry (and any refresh lease) of `request`. Returns whether the key held one (or the marker
     /// of an answer that could not be stored, see [`uncacheable_for`](RedisCacheLayerBuilder::uncacheable_for)).
-    /// Only `request`'s own variant: [`invalidate_uri`](Self::invalidate_uri) removes every `GET` and `HEAD` entry
-    /// of its URI.
+    /// Only `request`'s own variant, and the entry stored under `request`'s key before its answers were known
+    /// to vary, which may be another's ([`keep_variants`](RedisCacheLayerBuilder::keep_variants)):
+    /// [`invalidate_uri`](Self::invalidate_uri) removes every `GET` and `HEAD` entry of its URI.
     ///
     /// The lease goes first: a miss or refresh of `request` that asked the origin before this call does not
     /// store its answer after it (counted in `stores_fenced`), and its call is shared with no caller arriving
@@ -153,9 +170,12 @@ impl CacheHandle {
         &self,
         request: &Request<T>,
     ) -> Result<bool, StoreError> {
-        let key = self.key_for(request);
+        let keys = self
+            .engine
+            .own_keys(self.primary_key(request), request.headers())
+            .await?;
         // The lease first: a fill that asked the origin before this call then cannot store its answer after it.
-        let removed = self.engine.remove_entries(&[key], false).await?;
+        let removed = self.engine.remove_entries(&keys, false).await?;
         Ok(removed > 0)
     }
 
@@ -163,7 +183,8 @@ impl CacheHandle {
     /// [`invalidate_on_unsafe`](RedisCacheLayerBuilder::invalidate_on_unsafe)): the `GET` and `HEAD` entries of
     /// that URI, in `request`'s partition, and, over a store that [keeps tags](Store::keeps_tags), every
     /// variant of them where keys hold request headers ([`vary_headers`](RedisCacheLayerBuilder::vary_headers),
-    /// [`Credentials::InKey`]) and the entries of the queries (`QUERY`, cached `POST`) sent to it; the request's
+    /// [`Credentials::InKey`], the answers' own `Vary` with
+    /// [`keep_variants`](RedisCacheLayerBuilder::keep_variants)) and the entries of the queries (`QUERY`, cached `POST`) sent to it; the request's
     /// method and body do not count. For a change the cache did not see: a webhook, another service's write.
     /// Returns how many entries (or markers) existed.
     ///
@@ -320,6 +341,7 @@ pub struct RedisCacheLayerBuilder {
     refresh_ahead: f64,
     methods: Vec<Method>,
     head_from_get: bool,
+    keep_variants: bool,
     post_when: Option<PostPredicate>,
     query_when: Option<QueryPredicate>,
     statuses: Vec<StatusCode>,
@@ -369,6 +391,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("refresh_ahead", &self.refresh_ahead)
             .field("methods", &self.methods)
             .field("head_from_get", &self.head_from_get)
+            .field("keep_variants", &self.keep_variants)
             .field("cache_post_when", &self.post_when.is_some())
             .field("query_when", &self.query_when.is_some())
             .field("cacheable_statuses", &self.statuses)
@@ -511,6 +534,7 @@ impl RedisCacheLayerBuilder {
             refresh_ahead: 0.0,
             methods: vec![Method::GET, Method::HEAD, query_method()],
             head_from_get: true,
+            keep_variants: true,
             post_when: None,
             query_when: None,
             statuses: default_statuses(),
@@ -599,13 +623,33 @@ impl RedisCacheLayerBuilder {
 
     /// Request headers whose values are part of the key, so each value gets entries of its own. Default: none.
     ///
-    /// A response's own `Vary` is honoured without this, but a key holds one entry: a request of another
-    /// variant (another `Accept-Language`, say) misses (`fwd=vary-miss`) and its answer replaces the stored
-    /// one, so clients alternating between two variants evict each other. Naming the headers an origin varies
-    /// on here keeps an entry per variant, read in the same single round trip. A successful write to a URI
+    /// A response's own `Vary` is honoured without this, and its variants are kept apart
+    /// ([`keep_variants`](Self::keep_variants)). Naming here the headers an origin varies on saves the first
+    /// request of another variant in each process the read of the primary entry that teaches the layer about
+    /// them, and keys requests by headers the origin does not name in `Vary`. A successful write to a URI
     /// removes all of its variants (see [`invalidate_on_unsafe`](Self::invalidate_on_unsafe)).
     pub fn vary_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.vary = names.into_iter().collect();
+        self
+    }
+
+    /// Whether the answers to one request that vary on request headers (the response's `Vary`, or a CORS grant
+    /// to one `Origin`) are kept per variant. Default: `true`, over a store that
+    /// [keeps tags](Store::keeps_tags) (both of this crate's do).
+    ///
+    /// Clients that differ in such a header (`Accept-Language: de` and `fr`; pages on two origins calling an API
+    /// that answers CORS) then each hit their own entry. The first request of another variant reads the entry
+    /// stored under the request's key, learns from its `Vary` which headers tell variants apart, and reads (or
+    /// fills) its own variant under a key holding their values (`fwd=vary-miss` while that is missing); from
+    /// then on this process keys such requests by their variant at once, in one store read. `Accept-Encoding`
+    /// is not among those headers: one compressed entry answers every client that can decode it. An answer
+    /// naming more than eight headers, or `Vary: *`, is not kept per variant.
+    ///
+    /// With `false`, or over a store without tags, a key holds one answer: a request of another variant misses
+    /// and its answer replaces the stored one, so clients alternating between two variants evict each other.
+    /// Either way an entry answers only the requests of its own variant.
+    pub fn keep_variants(mut self, keep: bool) -> Self {
+        self.keep_variants = keep;
         self
     }
 
@@ -1012,8 +1056,9 @@ impl RedisCacheLayerBuilder {
     /// use, and those of the URIs of the same origin its answer names in `Location` or `Content-Location`
     /// (absolute URIs and absolute paths), in Redis (so in every process, near caches included) before the
     /// response is returned. Every response stored for those URIs goes, whoever stored it, where the keys alone
-    /// cannot name it: when the key holds request headers ([`vary_headers`](Self::vary_headers), or
-    /// [`Credentials::InKey`]), every variant; and the entries of the queries sent to those URIs (`QUERY`, a
+    /// cannot name it: when the key holds request headers ([`vary_headers`](Self::vary_headers),
+    /// [`Credentials::InKey`], or the values of those an answer varies on: [`keep_variants`](Self::keep_variants)),
+    /// every variant; and the entries of the queries sent to those URIs (`QUERY`, a
     /// cached `POST`), keyed by their bodies. Such fills record their key under their URI's own tag (one more
     /// store call per fill, beside the key's lease, and a small set per URI in the store), and a write walks
     /// it; a [`Store`] that does not [keep tags](Store::keeps_tags) reaches only the `GET` and `HEAD` entries
@@ -1468,6 +1513,7 @@ impl RedisCacheLayerBuilder {
             origin_freshness_others: self.origin_freshness_for_post,
             origin_cap: self.origin_cap,
             status_windows: self.status_windows,
+            keep_variants: self.keep_variants && keeps_tags,
             head_as_get: self.head_from_get
                 && self.methods.contains(&Method::GET)
                 && self.methods.contains(&Method::HEAD),

@@ -77,7 +77,9 @@
 //!   entry). A failed refresh leaves the entry exactly as it was, so it keeps being served *as stale*.
 //! - **missing or expired**, or stored for another variant (the stored response's `Vary` names a request
 //!   header whose value differs, its body is compressed for another `Accept-Encoding`, or its
-//!   `Access-Control-Allow-Origin` grants another `Origin`: `fwd=vary-miss`):
+//!   `Access-Control-Allow-Origin` grants another `Origin`: `fwd=vary-miss`; each variant then gets an entry
+//!   of its own, under a key holding its values of those headers, see
+//!   [`keep_variants`](RedisCacheLayerBuilder::keep_variants)):
 //!   one inner call per key, however many callers arrive together. The response is stored when its status is
 //!   cacheable (`200`, `203`, `204` by default; never `206` or `304`), its body within the cap, and it is not
 //!   meant for its requester alone (`Set-Cookie` but for cookies the layer
@@ -212,6 +214,7 @@ mod tags;
 #[cfg(test)]
 mod testing;
 mod tunnel;
+mod variants;
 
 pub use self::body::ResponseBody;
 pub use self::decision::Credentials;

@@ -149,14 +149,7 @@ where
                     let (engine, inner) = (engine.clone(), self.inner.clone());
                     return respond_in(span, bypass(engine, inner, request, reason, stale));
                 }
-                let digest = engine.keys.digest_with(
-                    &parts.method,
-                    &parts.uri,
-                    &parts.headers,
-                    facts.implied_vary,
-                    partition.as_deref(),
-                    &bytes,
-                );
+                let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
                 let near = {
                     let _in_span = span.enter();
@@ -232,14 +225,7 @@ where
                         }
                     };
                     let span = tracing::Span::current();
-                    let digest = engine.keys.digest_with(
-                        &parts.method,
-                        &parts.uri,
-                        &parts.headers,
-                        facts.implied_vary,
-                        partition.as_deref(),
-                        &bytes,
-                    );
+                    let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
                     let probe = NearProbe::Unasked;
                     let finishing =
                         Steps::of(&facts, head).map(|steps| Finish::new(steps, &parts.headers));
