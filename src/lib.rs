@@ -169,6 +169,7 @@ mod macros;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;
 pub mod retry;
+mod structured;
 
 pub use crate::auth::AuthLayer;
 pub use crate::body::RequestBody;

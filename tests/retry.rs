@@ -22,7 +22,16 @@ use tower_redis_cache::retry::{GaveUp, RetryBudget, RetryLayer, RetryLayerBuilde
 #[derive(Clone)]
 enum Answer {
     Status(u16, Option<String>),
+    /// A status with these header fields.
+    Fields(u16, Vec<(&'static str, String)>),
     Transport,
+}
+
+fn fields(code: u16, fields: &[(&'static str, &str)]) -> Answer {
+    Answer::Fields(
+        code,
+        fields.iter().map(|(n, v)| (*n, (*v).to_owned())).collect(),
+    )
 }
 
 fn status(code: u16) -> Answer {
@@ -99,6 +108,13 @@ impl Origin {
                         let mut response = Response::builder().status(code);
                         if let Some(value) = retry_after {
                             response = response.header("retry-after", value);
+                        }
+                        Ok(response.body(Full::new(Bytes::from(format!("answer {code}"))))?)
+                    }
+                    Answer::Fields(code, fields) => {
+                        let mut response = Response::builder().status(code);
+                        for (name, value) in fields {
+                            response = response.header(name, value);
                         }
                         Ok(response.body(Full::new(Bytes::from(format!("answer {code}"))))?)
                     }
@@ -195,6 +211,112 @@ async fn retry_after_http_date_is_honoured() {
         gap > Duration::from_secs(2) && gap <= Duration::from_secs(4),
         "retried after {gap:?}"
     );
+}
+
+/// OpenAI and Azure say how long to wait in milliseconds (`retry-after-ms`), besides or instead of `Retry-After`.
+#[tokio::test(start_paused = true)]
+async fn a_wait_in_milliseconds_is_waited_out_to_the_millisecond() {
+    let origin = Origin::new(
+        [
+            fields(429, &[("retry-after-ms", "1500"), ("retry-after", "2")]),
+            fields(503, &[("x-ms-retry-after-ms", "2250")]),
+        ],
+        status(200),
+    );
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(outcome(&response), (3, None));
+    assert_eq!(
+        origin.gaps(),
+        [Duration::from_millis(1500), Duration::from_millis(2250)]
+    );
+}
+
+/// A rate limit that says when its quota resets instead of `Retry-After`: the IETF draft's `RateLimit` (the
+/// spent policy's `t`), its earlier `RateLimit-Reset`, and GitHub's `X-RateLimit-Reset`, a unix time, which
+/// GitHub sends with `403 Forbidden`. A `POST` is retried too: a rate limit says the server did not act on it.
+#[tokio::test(start_paused = true)]
+async fn a_spent_quota_is_waited_out_until_it_resets() {
+    // A unix time on a whole second 4 s after the current one is 3 to 4 s away now (see the HTTP-date test).
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let reset = (now.as_secs() + 4).to_string();
+    let origin = Origin::new(
+        [
+            fields(
+                429,
+                &[("ratelimit", r#""burst";r=0;t=2, "day";r=4000;t=50000"#)],
+            ),
+            fields(
+                429,
+                &[("ratelimit-remaining", "0"), ("ratelimit-reset", "3")],
+            ),
+            fields(
+                403,
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", &reset),
+                ],
+            ),
+        ],
+        status(200),
+    );
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(post(r#"{"q":1}"#))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(outcome(&response), (4, None));
+    let gaps = origin.gaps();
+    assert_eq!(gaps[..2], [Duration::from_secs(2), Duration::from_secs(3)]);
+    // The reset was read a moment after it was set, as wall-clock time.
+    assert!(
+        gaps[2] > Duration::from_secs(1) && gaps[2] <= Duration::from_secs(4),
+        "{gaps:?}"
+    );
+}
+
+/// A `403` is final unless it says a quota is spent; a reset the answer gives while quota remains says nothing
+/// of this request.
+#[tokio::test(start_paused = true)]
+async fn a_403_with_quota_left_is_final_and_a_reset_alone_is_no_wait() {
+    let origin = Origin::new(
+        [fields(
+            403,
+            &[
+                ("x-ratelimit-remaining", "4999"),
+                ("x-ratelimit-reset", "9999999999"),
+            ],
+        )],
+        status(200),
+    );
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(outcome(&response), (1, None));
+
+    let origin = Origin::new(
+        [fields(
+            429,
+            &[
+                ("x-ratelimit-remaining", "12"),
+                ("x-ratelimit-reset", "9999999999"),
+            ],
+        )],
+        status(200),
+    );
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(outcome(&response), (2, None));
+    let gap = origin.gaps()[0];
+    assert!(gap <= Duration::from_millis(100), "backoff alone: {gap:?}");
 }
 
 #[tokio::test(start_paused = true)]

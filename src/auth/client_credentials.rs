@@ -4,7 +4,7 @@ use super::error::TokenError;
 use super::token::{Secret, Token, TokenFuture, TokenSource};
 use crate::buffer::{Collected, call_ready, collect_capped};
 use crate::error::{BoxError, ConfigError, Setting, absolute_http_url};
-use crate::retry::retry_after_of;
+use crate::retry::wait_of;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
@@ -250,7 +250,7 @@ where
                 let oauth: Option<OAuthError> = serde_json::from_slice(&bytes).ok();
                 let (error, description) =
                     oauth.map_or((None, None), |o| (o.error, o.error_description));
-                let retry_after = retry_after_of(&parts.headers);
+                let retry_after = wait_of(parts.status, &parts.headers);
                 return Err(TokenError::Rejected {
                     status: parts.status,
                     error: error.map(|e| self.scrub(&e)),

@@ -74,7 +74,8 @@ impl TokenError {
         }
     }
 
-    /// How long the token endpoint asked to be left alone (`Retry-After`), for [`Rejected`](Self::Rejected).
+    /// How long the token endpoint asked to be left alone (`Retry-After`, or its millisecond and
+    /// rate-limit-reset forms; see the [retry policy](crate::retry#policy)), for [`Rejected`](Self::Rejected).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             TokenError::Rejected { retry_after, .. } => *retry_after,

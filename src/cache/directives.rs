@@ -7,7 +7,7 @@
 //! `Cache-Control`: a value that does not parse is ignored whole, and the next field on the list (at last
 //! `Cache-Control`) counts instead.
 
-use super::structured::{Value, dictionary, field_value};
+use crate::structured::{Value, dictionary, field_value};
 use http::header::CACHE_CONTROL;
 use http::{HeaderMap, HeaderName};
 

@@ -209,7 +209,6 @@ mod service;
 pub(crate) mod stats;
 pub mod status;
 pub mod store;
-mod structured;
 mod tags;
 #[cfg(test)]
 mod testing;

@@ -408,7 +408,7 @@ async fn read(response: Response<GenesysBody>) -> Result<Fetched<Bytes>, Genesys
         Err(e) => return Err(GenesysError::from_stack(e)),
     };
     if !parts.status.is_success() {
-        let retry_after = crate::retry::retry_after_of(&parts.headers);
+        let retry_after = crate::retry::wait_of(parts.status, &parts.headers);
         return Err(GenesysError::from_status(
             parts.status,
             &bytes,

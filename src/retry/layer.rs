@@ -145,7 +145,7 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// The backoff ceiling. Default: 10 s. A longer `Retry-After` still wins (up to
+    /// The backoff ceiling. Default: 10 s. A longer wait the answer asks for (`Retry-After`) still wins (up to
     /// [`retry_after_cap`](Self::retry_after_cap)).
     pub fn max_delay(mut self, max: Duration) -> Self {
         self.max_delay = max;
@@ -160,7 +160,8 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// The longest `Retry-After` worth waiting for; a longer one returns the answer at once. Default: 180 s,
+    /// The longest wait an answer may ask for (`Retry-After`, or a rate limit's reset; see the
+    /// [module docs](super#policy)) that is worth waiting; a longer one returns the answer at once. Default: 180 s,
     /// as the Genesys Cloud SDKs use.
     pub fn retry_after_cap(mut self, cap: Duration) -> Self {
         self.retry_after_cap = cap;

@@ -44,17 +44,22 @@
 //!
 //! # Policy
 //!
-//! - **What is retried**: decided by a [`Classify`]; by default `429`, `500`, `502`, `503`, `504` and transport
+//! - **What is retried**: decided by a [`Classify`]; by default `429`, `500`, `502`, `503`, `504`, a `403`
+//!   saying a rate-limit quota is spent (`X-RateLimit-Remaining: 0`: GitHub's rate limit) and transport
 //!   errors, never `501`. A token failure from an [`AuthLayer`](crate::AuthLayer) below is never retried: that
 //!   layer shares and remembers it.
-//! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on `429`, on a connection that
+//! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on a rate limit, on a connection that
 //!   could not be made (refused, unreachable; with hyper-util or reqwest, any connect failure) and on an HTTP/2
 //!   `REFUSED_STREAM` (feature `genesys`), unless they carry an `Idempotency-Key`
 //!   ([`idempotency_key_headers`](RetryLayerBuilder::idempotency_key_headers)) or
 //!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent) is on: a `503` or a reset connection
 //!   may come after the server acted on the request, a refused connection or stream never does.
-//! - **Delay**: full jitter, `random(0, min(max_delay, base_delay * 2^n))` before retry `n`; with a
-//!   `Retry-After` (delay-seconds or HTTP-date) the delay is `max(backoff, retry_after)`. A `Retry-After` over
+//! - **Delay**: full jitter, `random(0, min(max_delay, base_delay * 2^n))` before retry `n`; when the answer
+//!   asks for a wait the delay is `max(backoff, wait)`. The wait is read from `retry-after-ms` or
+//!   `x-ms-retry-after-ms` (milliseconds: OpenAI, Azure), else `Retry-After` (delay-seconds or HTTP-date), else,
+//!   on a rate limit, the reset of the quota said to be spent: the `t` of a `RateLimit` policy with `r=0`
+//!   (draft-ietf-httpapi-ratelimit-headers), `RateLimit-Reset` (its earlier drafts) or `X-RateLimit-Reset` (a
+//!   unix time: GitHub and the APIs that copied it), each with its remaining count at `0`. A wait over
 //!   [`retry_after_cap`](RetryLayerBuilder::retry_after_cap) ends retrying at once; a malformed one is ignored.
 //! - **Bounds**: [`max_attempts`](RetryLayerBuilder::max_attempts), a total
 //!   [`deadline`](RetryLayerBuilder::deadline) (no retry is scheduled past it) and a shared [`RetryBudget`].
@@ -76,11 +81,12 @@ pub mod error;
 pub mod future;
 mod layer;
 mod policy;
+mod wait;
 
-pub(crate) use self::backoff::retry_after_of;
 pub use self::budget::RetryBudget;
 pub use self::layer::{RetryLayer, RetryLayerBuilder};
 pub use self::policy::{Class, Classify, ClassifyFn, DefaultClassifier, classify_fn};
+pub(crate) use self::wait::wait_of;
 
 use self::error::RetryError;
 use self::future::ResponseFuture;
@@ -240,7 +246,7 @@ where
         Buffered::Once(request) => {
             let result = inner.call(request).await.map_err(Into::into);
             let gave_up =
-                (judge(&config, &result).0 == Class::Retry).then_some(GaveUp::BodyTooLarge);
+                (judge(&config, &result).class == Class::Retry).then_some(GaveUp::BodyTooLarge);
             return finish(&config, result, 1, gave_up);
         }
     };
@@ -251,12 +257,17 @@ where
         let result = call_ready(&mut inner, Buffered::rebuild(&parts, &body))
             .instrument(tracing::debug_span!("attempt", attempt))
             .await;
-        let (class, status, retry_after) = judge(&config, &result);
+        let Judged {
+            class,
+            status,
+            wait: retry_after,
+            rate_limited,
+        } = judge(&config, &result);
         if class == Class::Done {
             return finish(&config, result, attempt, None);
         }
-        // A `429`, or a connection that could not be made, says the server did not act on the request.
-        let unacted = status == Some(StatusCode::TOO_MANY_REQUESTS)
+        // A rate limit, or a connection that could not be made, says the server did not act on the request.
+        let unacted = rate_limited
             || result
                 .as_ref()
                 .is_err_and(|error| policy::never_sent(&**error));
@@ -308,23 +319,39 @@ where
     }
 }
 
-/// Classifies an attempt, returning its status and any `Retry-After` it carried.
-fn judge<R>(
-    config: &Config,
-    result: &Result<Response<R>, BoxError>,
-) -> (Class, Option<StatusCode>, Option<Duration>) {
+/// What one attempt came to, for the retry loop.
+struct Judged {
+    class: Class,
+    /// The answer's status; `None` for an error.
+    status: Option<StatusCode>,
+    /// How long the answer asked the client to wait ([`wait::wait_of`]).
+    wait: Option<Duration>,
+    /// The answer is a rate limit ([`wait::is_rate_limit`]): the server did not act on the request.
+    rate_limited: bool,
+}
+
+/// Classifies an attempt, with its status, the wait it asked for and whether it is a rate limit.
+fn judge<R>(config: &Config, result: &Result<Response<R>, BoxError>) -> Judged {
+    let judged = |class| Judged {
+        class,
+        status: None,
+        wait: None,
+        rate_limited: false,
+    };
     match result {
         Ok(response) => {
-            let class = config
-                .classifier
-                .classify_response(response.status(), response.headers());
-            let retry_after = retry_after_of(response.headers());
-            (class, Some(response.status()), retry_after)
+            let (status, headers) = (response.status(), response.headers());
+            Judged {
+                class: config.classifier.classify_response(status, headers),
+                status: Some(status),
+                wait: wait::wait_of(status, headers),
+                rate_limited: wait::is_rate_limit(status, headers),
+            }
         }
         // A token failure is the auth layer's to handle: it shares one fetch's failure with every waiter and
         // remembers it, so asking again here would only repeat it.
-        Err(error) if is_token_failure(&**error) => (Class::Done, None, None),
-        Err(error) => (config.classifier.classify_error(&**error), None, None),
+        Err(error) if is_token_failure(&**error) => judged(Class::Done),
+        Err(error) => judged(config.classifier.classify_error(&**error)),
     }
 }
 

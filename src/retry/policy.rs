@@ -27,19 +27,21 @@ pub trait Classify: Send + Sync + 'static {
     }
 }
 
-/// The default classifier: retries `429`, `500`, `502`, `503`, `504` and every transport error. Never `501`
-/// (the server will not implement the method on a second try) and never other statuses.
+/// The default classifier: retries `429`, `500`, `502`, `503`, `504` and every transport error, and a `403`
+/// whose rate-limit fields say the quota is spent (`X-RateLimit-Remaining: 0`, as GitHub answers its rate
+/// limit). Never `501` (the server will not implement the method on a second try) and never other statuses.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier;
 
 impl Classify for DefaultClassifier {
-    fn classify_response(&self, status: StatusCode, _headers: &HeaderMap) -> Class {
+    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Class {
         match status {
             StatusCode::TOO_MANY_REQUESTS
             | StatusCode::INTERNAL_SERVER_ERROR
             | StatusCode::BAD_GATEWAY
             | StatusCode::SERVICE_UNAVAILABLE
             | StatusCode::GATEWAY_TIMEOUT => Class::Retry,
+            StatusCode::FORBIDDEN if super::wait::is_rate_limit(status, headers) => Class::Retry,
             _ => Class::Done,
         }
     }

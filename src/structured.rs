@@ -1,7 +1,7 @@
-//! The parts of Structured Field Values (RFC 8941) the cache reads: Dictionaries (targeted cache-control fields,
-//! RFC 9213) and Lists (cache groups, RFC 9875). Parsed strictly, as the RFC's algorithms say: a field value that
-//! does not parse is refused whole, and the caller then ignores the field. Parameters are checked and dropped,
-//! since no field the cache reads defines any.
+//! The parts of Structured Field Values (RFC 8941) the crate reads: Dictionaries (targeted cache-control fields,
+//! RFC 9213) and Lists (cache groups, RFC 9875; the `RateLimit` field the retry layer reads, whose members'
+//! parameters it keeps). Parsed strictly, as the RFC's algorithms say: a field value that does not parse is
+//! refused whole, and the caller then ignores the field. Parameters are checked, and dropped unless asked for.
 
 use http::{HeaderMap, HeaderName};
 use std::borrow::Cow;
@@ -68,6 +68,25 @@ pub(crate) fn list(input: &str) -> Option<Vec<Value>> {
     let mut members = Vec::new();
     while !parser.done() {
         members.push(parser.item_or_inner_list()?);
+        if !parser.next_member()? {
+            break;
+        }
+    }
+    Some(members)
+}
+
+/// One member's parameters, in order: each key with its value (`true` without one).
+pub(crate) type Parameters = Vec<(String, Value)>;
+
+/// Parses a List (§4.2, §4.2.1) into its members with their parameters, in order; `None` when the value is not
+/// one.
+pub(crate) fn list_with_parameters(input: &str) -> Option<Vec<(Value, Parameters)>> {
+    let mut parser = Parser::new(input);
+    let mut members = Vec::new();
+    while !parser.done() {
+        let mut parameters = Vec::new();
+        let value = parser.item_or_inner_list_into(Some(&mut parameters))?;
+        members.push((value, parameters));
         if !parser.next_member()? {
             break;
         }
@@ -147,15 +166,21 @@ impl<'a> Parser<'a> {
 
     /// An Item or an Inner List, with its parameters (§4.2.1.1).
     fn item_or_inner_list(&mut self) -> Option<Value> {
+        self.item_or_inner_list_into(None)
+    }
+
+    /// [`item_or_inner_list`](Self::item_or_inner_list), its own parameters (not those of an inner list's
+    /// items) pushed to `keep` when given.
+    fn item_or_inner_list_into(&mut self, keep: Option<&mut Parameters>) -> Option<Value> {
         if !self.eat(b'(') {
             let value = self.bare_item()?;
-            self.parameters()?;
+            self.parameters_into(keep)?;
             return Some(value);
         }
         loop {
             self.skip(|b| b == b' ');
             if self.eat(b')') {
-                self.parameters()?;
+                self.parameters_into(keep)?;
                 return Some(Value::Other);
             }
             self.bare_item()?;
@@ -168,11 +193,25 @@ impl<'a> Parser<'a> {
 
     /// Parameters (§4.2.3.2): `;key[=bare-item]`, each after optional spaces; dropped once checked.
     fn parameters(&mut self) -> Option<()> {
+        self.parameters_into(None)
+    }
+
+    /// [`parameters`](Self::parameters), pushed to `keep` when given (a key given twice keeps its place and its
+    /// last value).
+    fn parameters_into(&mut self, mut keep: Option<&mut Parameters>) -> Option<()> {
         while self.eat(b';') {
             self.skip(|b| b == b' ');
-            self.key()?;
-            if self.eat(b'=') {
-                self.bare_item()?;
+            let key = self.key()?;
+            let value = if self.eat(b'=') {
+                self.bare_item()?
+            } else {
+                Value::Bool(true)
+            };
+            if let Some(keep) = keep.as_deref_mut() {
+                match keep.iter_mut().find(|(k, _)| k == key) {
+                    Some(parameter) => parameter.1 = value,
+                    None => keep.push((key.to_owned(), value)),
+                }
             }
         }
         Some(())
