@@ -952,6 +952,32 @@ impl Engine {
         })
     }
 
+    /// Where the layer keeps variants and the answer `found` under the primary key `key` (another variant's
+    /// than the request with `headers`) varies on headers it can key by: learns them, and returns the key of the
+    /// request's own variant. Apart from [`conclude`](Self::conclude), which every hit runs.
+    #[inline(never)]
+    fn learn_variants(
+        &self,
+        key: &CacheKey,
+        found: &Entry,
+        headers: &HeaderMap,
+    ) -> Option<CacheKey> {
+        let variants = self.variants.as_ref()?;
+        let names = learnable(&found.headers, self.keys.keyed_headers())?;
+        let variant = variant_digest(key.digest(), &names, headers);
+        variants.learn(
+            *key.digest(),
+            Learned::new(names, &found.headers, found.vary),
+        );
+        let variant = self.keys.key_of(variant);
+        tracing::debug!(
+            key = key.short(),
+            variant = variant.short(),
+            "cache entry of another variant: reading the request's own"
+        );
+        Some(variant)
+    }
+
     /// [`respond`](Self::respond) for a request whose primary key held another variant's answer: reads its own
     /// variant's `key`, then answers or forwards as for any read (boxed: the path of a first read per primary
     /// key and process, never a hit's).
@@ -1026,24 +1052,12 @@ impl Engine {
                 // Another variant's answer at the primary key: this request's own has a key of its own.
                 if !vary_matches
                     && !facts.variant
-                    && let Some(variants) = &self.variants
-                    && let Some(names) = learnable(&found.headers, self.keys.keyed_headers())
+                    && let Some(variant) = self.learn_variants(&key, &found, origin.headers())
                 {
-                    let variant = variant_digest(key.digest(), &names, origin.headers());
-                    variants.learn(
-                        *key.digest(),
-                        Learned::new(names, &found.headers, found.vary),
-                    );
                     if let (Some(near), Some(fill)) = (&self.near, fill) {
                         near.abandon_fill(key.digest(), fill);
                     }
                     facts.variant = true;
-                    let variant = self.keys.key_of(variant);
-                    tracing::debug!(
-                        key = key.short(),
-                        variant = variant.short(),
-                        "cache entry of another variant: reading the request's own"
-                    );
                     return Next::Forward(self.respond_variant(variant, facts, origin));
                 }
                 let stored = found.stored(vary_matches);

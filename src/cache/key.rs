@@ -1463,6 +1463,7 @@ pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[
 
 /// Hashes `request`'s values of the header `name` as a variant is told by them: absent, or its comma-separated
 /// elements, whitespace around them dropped, however they were split over field lines.
+#[inline(never)]
 fn hash_values(h: &mut Sha256, request: &HeaderMap, name: &HeaderName) {
     let mut fields = request.get_all(name).iter().peekable();
     if fields.peek().is_none() {
