@@ -812,3 +812,112 @@ async fn a_post_on_a_refused_http2_stream_is_sent_again_but_not_on_one_reset_oth
         server.abort();
     }
 }
+
+/// A server's `GOAWAY` names the last stream it may have processed (RFC 9113 §6.8): a `POST` on a stream above it
+/// was never acted on and is sent again (here on a new connection, answered); one on a stream at or below it
+/// may have been, and its connection closing under it ends the call. The first connection speaks HTTP/2 frame by
+/// frame, since a server library sends its `GOAWAY` only after the streams it accepted; the later ones are an
+/// h2 server's. Over a hyper-util client.
+#[cfg(feature = "genesys")]
+#[tokio::test]
+async fn a_post_above_a_goaways_last_stream_is_sent_again_but_not_one_below_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads the client's preface and frames up to its first `HEADERS`, then answers `GOAWAY` naming
+    /// `last_stream` (`NO_ERROR`) and closes the connection.
+    async fn go_away(mut socket: tokio::net::TcpStream, last_stream: u32) {
+        let mut preface = [0u8; 24];
+        socket.read_exact(&mut preface).await.unwrap();
+        // An empty SETTINGS frame.
+        socket
+            .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        loop {
+            let mut head = [0u8; 9];
+            socket.read_exact(&mut head).await.unwrap();
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; length];
+            socket.read_exact(&mut payload).await.unwrap();
+            match (head[3], head[4] & 1) {
+                // The client's SETTINGS: acknowledged.
+                (4, 0) => socket
+                    .write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0])
+                    .await
+                    .unwrap(),
+                // HEADERS.
+                (1, _) => break,
+                _ => {}
+            }
+        }
+        let mut frame = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(&last_stream.to_be_bytes());
+        frame.extend_from_slice(&0u32.to_be_bytes());
+        socket.write_all(&frame).await.unwrap();
+        socket.flush().await.unwrap();
+        // The client reads the GOAWAY before the connection ends.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for (last_stream, attempts, gave_up) in [(0, 2, None), (1, 1, Some(GaveUp::NotIdempotent))] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let server = tokio::spawn({
+            let answered = answered.clone();
+            async move {
+                let (socket, _) = listener.accept().await.unwrap();
+                go_away(socket, last_stream).await;
+                loop {
+                    let (socket, _) = listener.accept().await.unwrap();
+                    let answered = answered.clone();
+                    tokio::spawn(async move {
+                        let mut connection = h2::server::handshake(socket).await.unwrap();
+                        while let Some(Ok((_, mut respond))) = connection.accept().await {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                            let mut body = respond.send_response(Response::new(()), false).unwrap();
+                            body.send_data(Bytes::from_static(b"ok"), true).unwrap();
+                        }
+                    });
+                }
+            }
+        });
+        let hyper =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<RequestBody>();
+        let retry = RetryLayer::builder()
+            .base_delay(Duration::from_millis(1))
+            .no_budget()
+            .build()
+            .unwrap();
+        let order = Request::post(format!("http://{addr}/orders"))
+            .body(Body::from(r#"{"sku":1}"#))
+            .unwrap();
+        match retry.layer(hyper).oneshot(order).await {
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::OK, "{last_stream}");
+                let outcome = response.extensions().get::<RetryOutcome>().unwrap();
+                assert_eq!(
+                    (outcome.attempts, outcome.gave_up),
+                    (attempts, gave_up),
+                    "{last_stream}"
+                );
+            }
+            Err(error) => {
+                assert_eq!(
+                    failed_after(&error),
+                    (attempts, gave_up),
+                    "{last_stream}: {error}"
+                );
+            }
+        }
+        assert_eq!(
+            answered.load(Ordering::SeqCst),
+            attempts as usize - 1,
+            "{last_stream}"
+        );
+        server.abort();
+    }
+}

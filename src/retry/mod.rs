@@ -50,7 +50,8 @@
 //!   layer shares and remembers it.
 //! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on a rate limit, on a connection that
 //!   could not be made (refused, unreachable; with hyper-util or reqwest, any connect failure) and on an HTTP/2
-//!   `REFUSED_STREAM` (feature `genesys`), unless they carry an `Idempotency-Key`
+//!   stream the server never processed (feature `genesys`: reset with `REFUSED_STREAM`, or above the last
+//!   stream of its `GOAWAY`), unless they carry an `Idempotency-Key`
 //!   ([`idempotency_key_headers`](RetryLayerBuilder::idempotency_key_headers)) or
 //!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent) is on: a `503` or a reset connection
 //!   may come after the server acted on the request, a refused connection or stream never does.

@@ -105,8 +105,11 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
 /// Whether `error` (or one of its causes) says the request was never acted on: the connection it was to go on
 /// could not be made (refused, host or network unreachable, no local address; with hyper-util or reqwest, any
 /// failure while connecting: DNS, TLS handshake, connect timeout), or, with the `genesys` feature's HTTP/2, the
-/// server reset its stream with `REFUSED_STREAM`, which it may send only before any processing (RFC 9113 §8.7).
-/// Any request, idempotent or not, can then be sent again: the server cannot have acted on it.
+/// server reset its stream with `REFUSED_STREAM`, which it may send only before any processing (RFC 9113 §8.7),
+/// or the stream ended with the server's `GOAWAY`: h2 gives a stream that error only when its id is above the
+/// last one the `GOAWAY` says the server may have processed, or when it was to open after the `GOAWAY` came
+/// (RFC 9113 §6.8; a stream the server may have processed ends otherwise, its connection closed under it). Any
+/// request, idempotent or not, can then be sent again: the server cannot have acted on it.
 pub(crate) fn never_sent(error: &(dyn Error + 'static)) -> bool {
     use std::io::ErrorKind;
     let mut current = Some(error);
@@ -123,10 +126,10 @@ pub(crate) fn never_sent(error: &(dyn Error + 'static)) -> bool {
             return true;
         }
         #[cfg(feature = "genesys")]
-        if e.downcast_ref::<h2::Error>().is_some_and(|reset| {
-            reset.is_reset()
-                && reset.is_remote()
-                && reset.reason() == Some(h2::Reason::REFUSED_STREAM)
+        if e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+            h2.is_remote()
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
         }) {
             return true;
         }
