@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -1027,4 +1027,84 @@ async fn reqwest_middleware_caches_graphql_queries_and_lets_mutations_through_as
         assert_eq!(send(QUERY).await.1, n + 1);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+/// A CORS API: it grants the page's `Origin` and says `Vary: Origin`, as tower-http's `CorsLayer` does.
+fn cors(calls: Arc<AtomicU64>) -> Router {
+    Router::new().route(
+        "/items",
+        get(move |headers: HeaderMap| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let page = headers.get("origin").cloned();
+            async move {
+                let mut response = Json(json!({ "call": n })).into_response();
+                if let Some(page) = page {
+                    response
+                        .headers_mut()
+                        .insert("access-control-allow-origin", page);
+                }
+                response
+                    .headers_mut()
+                    .insert("vary", HeaderValue::from_static("origin"));
+                response
+            }
+        }),
+    )
+}
+
+/// Pages on two origins calling one CORS API, with the cache in front of the API and in a reqwest client: each
+/// page's grant is kept apart, and neither evicts the other.
+#[tokio::test]
+async fn pages_on_two_origins_hit_their_own_cors_answers_over_the_wire_and_through_reqwest() {
+    let redis = RedisServer::start();
+    let plain = reqwest::Client::new();
+    let layer = RedisCacheLayer::builder(RedisStore::new(fred_client(&redis.url()).await))
+        .store_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let cache = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, error.to_string())
+        }))
+        .layer(layer);
+    let calls = Arc::new(AtomicU64::new(0));
+    let cached = format!(
+        "http://{}/items",
+        serve(cors(calls.clone()).layer(cache)).await
+    );
+    let uncached_calls = Arc::new(AtomicU64::new(0));
+    let uncached = format!("http://{}/items", serve(cors(uncached_calls.clone())).await);
+    let (_layer, client) = middleware_client(&plain);
+    let pages = ["https://a.example", "https://b.example"];
+    for round in 0..3 {
+        for (n, page) in pages.iter().enumerate() {
+            for response in [
+                plain
+                    .get(&cached)
+                    .header("origin", *page)
+                    .send()
+                    .await
+                    .unwrap(),
+                client
+                    .get(&uncached)
+                    .header("origin", *page)
+                    .send()
+                    .await
+                    .unwrap(),
+            ] {
+                assert_eq!(response.headers()["access-control-allow-origin"], *page);
+                if round > 0 {
+                    assert_eq!(
+                        CacheOutcome::from_headers(response.headers()),
+                        Some(CacheOutcome::Hit),
+                        "{page}"
+                    );
+                }
+                let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+                assert_eq!(body["call"], n + 1, "{page}");
+            }
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(uncached_calls.load(Ordering::SeqCst), 2);
 }
