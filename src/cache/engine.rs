@@ -929,7 +929,8 @@ impl Engine {
     }
 
     /// [`respond`](Self::respond) past a near-cache miss: the store read, with a near-cache placeholder in
-    /// flight. Boxed apart, so that the future of a hit without a near cache does not carry it.
+    /// flight (`fill`), and the read of a request's own variant once its primary key held another's. Boxed
+    /// apart, so that the future of a hit without a near cache does not carry it.
     fn respond_through<'o, R, O>(
         self: Arc<Self>,
         key: CacheKey,
@@ -976,29 +977,6 @@ impl Engine {
             "cache entry of another variant: reading the request's own"
         );
         Some(variant)
-    }
-
-    /// [`respond`](Self::respond) for a request whose primary key held another variant's answer: reads its own
-    /// variant's `key`, then answers or forwards as for any read (boxed: the path of a first read per primary
-    /// key and process, never a hit's).
-    fn respond_variant<'o, R, O>(
-        self: Arc<Self>,
-        key: CacheKey,
-        facts: RequestFacts,
-        origin: O,
-    ) -> AnswerFuture<'o, R>
-    where
-        R: Body + Send + 'static,
-        O: Origin<R> + 'o,
-    {
-        Box::pin(async move {
-            let epoch = self.flights.epoch();
-            let read = self.read_bytes(&key).await;
-            match self.conclude(key, facts, origin, read, None, epoch) {
-                Next::Answer(response) => Ok(response),
-                Next::Forward(forward) => forward.await,
-            }
-        })
     }
 
     /// What a store read (made in `epoch`) leads to: an answer from the entry (fresh, or stale with a refresh
@@ -1058,7 +1036,8 @@ impl Engine {
                         near.abandon_fill(key.digest(), fill);
                     }
                     facts.variant = true;
-                    return Next::Forward(self.respond_variant(variant, facts, origin));
+                    // Its own variant's read, as any other.
+                    return Next::Forward(self.respond_through(variant, facts, origin, None));
                 }
                 let stored = found.stored(vary_matches);
                 (Some(found), Lookup::Found(stored))
