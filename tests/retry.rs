@@ -747,6 +747,31 @@ async fn a_post_is_retried_when_its_connection_is_refused_but_not_when_cut_off_a
     server.abort();
 }
 
+/// A `POST` to the HTTP/2 server at `addr` through a hyper-util client and a retry layer: its attempts and why
+/// it stopped, answered `200` or failed.
+#[cfg(feature = "genesys")]
+async fn post_over_http2(addr: std::net::SocketAddr) -> (u32, Option<GaveUp>) {
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<RequestBody>();
+    let retry = RetryLayer::builder()
+        .base_delay(Duration::from_millis(1))
+        .no_budget()
+        .build()
+        .unwrap();
+    let order = Request::post(format!("http://{addr}/orders"))
+        .body(Body::from(r#"{"sku":1}"#))
+        .unwrap();
+    match retry.layer(hyper).oneshot(order).await {
+        Ok(response) => {
+            assert_eq!(response.status(), StatusCode::OK);
+            let outcome = response.extensions().get::<RetryOutcome>().unwrap();
+            (outcome.attempts, outcome.gave_up)
+        }
+        Err(error) => failed_after(&error),
+    }
+}
+
 /// An HTTP/2 stream reset with `REFUSED_STREAM` was not processed (RFC 9113 §8.7): a `POST` on it is sent again.
 /// A stream reset for another reason may have been: it is not. Over a real h2 server and hyper-util client.
 #[cfg(feature = "genesys")]
@@ -777,33 +802,11 @@ async fn a_post_on_a_refused_http2_stream_is_sent_again_but_not_on_one_reset_oth
                 }
             }
         });
-        let hyper =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .http2_only(true)
-                .build_http::<RequestBody>();
-        let retry = RetryLayer::builder()
-            .base_delay(Duration::from_millis(1))
-            .no_budget()
-            .build()
-            .unwrap();
-        let order = Request::post(format!("http://{addr}/orders"))
-            .body(Body::from(r#"{"sku":1}"#))
-            .unwrap();
-        let result = retry.layer(hyper).oneshot(order).await;
-        match result {
-            Ok(response) => {
-                assert_eq!(response.status(), StatusCode::OK, "{reason:?}");
-                let outcome = response.extensions().get::<RetryOutcome>().unwrap();
-                assert_eq!((outcome.attempts, outcome.gave_up), (attempts, gave_up));
-            }
-            Err(error) => {
-                assert_eq!(
-                    failed_after(&error),
-                    (attempts, gave_up),
-                    "{reason:?}: {error}"
-                );
-            }
-        }
+        assert_eq!(
+            post_over_http2(addr).await,
+            (attempts, gave_up),
+            "{reason:?}"
+        );
         assert_eq!(
             streams.load(Ordering::SeqCst),
             attempts as usize,
@@ -883,36 +886,11 @@ async fn a_post_above_a_goaways_last_stream_is_sent_again_but_not_one_below_it()
                 }
             }
         });
-        let hyper =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .http2_only(true)
-                .build_http::<RequestBody>();
-        let retry = RetryLayer::builder()
-            .base_delay(Duration::from_millis(1))
-            .no_budget()
-            .build()
-            .unwrap();
-        let order = Request::post(format!("http://{addr}/orders"))
-            .body(Body::from(r#"{"sku":1}"#))
-            .unwrap();
-        match retry.layer(hyper).oneshot(order).await {
-            Ok(response) => {
-                assert_eq!(response.status(), StatusCode::OK, "{last_stream}");
-                let outcome = response.extensions().get::<RetryOutcome>().unwrap();
-                assert_eq!(
-                    (outcome.attempts, outcome.gave_up),
-                    (attempts, gave_up),
-                    "{last_stream}"
-                );
-            }
-            Err(error) => {
-                assert_eq!(
-                    failed_after(&error),
-                    (attempts, gave_up),
-                    "{last_stream}: {error}"
-                );
-            }
-        }
+        assert_eq!(
+            post_over_http2(addr).await,
+            (attempts, gave_up),
+            "{last_stream}"
+        );
         assert_eq!(
             answered.load(Ordering::SeqCst),
             attempts as usize - 1,
