@@ -814,7 +814,7 @@ impl Engine {
                 clock.clone(),
             ))
         });
-        let policy_variants = policy.keep_variants.then(Variants::default);
+        let variants = policy.keep_variants.then(Variants::default);
         Engine {
             budget: ByteBudget::new(policy.max_in_flight_bytes, counters.clone()),
             counters,
@@ -827,7 +827,7 @@ impl Engine {
             refreshing: Mutex::new(Refreshes::default()),
             marks_seen: AtomicU64::new(0),
             background: Background::default(),
-            variants: policy_variants,
+            variants,
         }
     }
 
