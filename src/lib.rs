@@ -34,7 +34,7 @@
 //! Each has a module with its semantics and an offline example:
 //!
 //! - [`cache`]: [`RedisCacheLayer`], fresh / stale-while-revalidate / miss with coalescing, fail-open store.
-//! - [`retry`]: [`RetryLayer`], full-jitter backoff, `Retry-After`, deadline, retry budget.
+//! - [`retry`]: [`RetryLayer`], full-jitter backoff, `Retry-After` and rate-limit resets, deadline, retry budget.
 //! - [`auth`]: [`AuthLayer`], one shared OAuth2 token, early refresh, `401` recovery.
 //!
 //! They compose in this order: `cache -> retry -> auth -> timeout -> HTTP client`. The cache sits outermost so

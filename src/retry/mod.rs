@@ -1,5 +1,6 @@
 //! [`RetryLayer`]: retries transient HTTP failures with exponential backoff and full jitter, honouring
-//! `Retry-After`, bounded by attempts, a deadline and a shared retry budget.
+//! `Retry-After` (and the other ways APIs ask for a wait), bounded by attempts, a deadline and a shared retry
+//! budget.
 //!
 //! # Example
 //!
