@@ -1426,6 +1426,14 @@ pub(crate) fn content_encoded(response: &HeaderMap) -> bool {
 /// for `Vary: Origin` there; servers that reflect the request's origin often leave it out): a page on another
 /// origin is never handed a grant to the first, which its browser would refuse.
 pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[u8; 32]> {
+    let names = vary_names(response)?;
+    Some(vary_digest_of(&names, response, request))
+}
+
+/// The request headers answers from `response` depend on, as [`vary_digest`] reads them: the names its `Vary`
+/// lists, `Accept-Encoding` for a body in a content coding, `Origin` for a CORS grant to one origin; sorted, each
+/// once. `None` when answers from it depend on none ([`varies`]).
+pub(crate) fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
     let encoded = content_encoded(response);
     let granted = grants_one_origin(response);
     let mut values = response.get_all(header::VARY).iter().peekable();
@@ -1445,10 +1453,19 @@ pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[
     }
     names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
+    Some(names)
+}
+
+/// [`vary_digest`] over the `names` [`vary_names`] read from `response`.
+pub(crate) fn vary_digest_of(
+    names: &[HeaderName],
+    response: &HeaderMap,
+    request: &HeaderMap,
+) -> [u8; 32] {
     let mut h = Sha256::new();
     field(&mut h, b"tower-redis-cache/vary/v2");
     count(&mut h, names.len());
-    for name in &names {
+    for name in names {
         field(&mut h, name.as_str().as_bytes());
         // Every request that accepts the answer's coding is one variant. One that does not is its own, by its
         // values: the answer was not made for it, and another that does not accept it may be answered otherwise.
@@ -1458,28 +1475,36 @@ pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[
         }
         hash_values(&mut h, request, name);
     }
-    Some(h.finalize().into())
+    h.finalize().into()
 }
 
 /// Hashes `request`'s values of the header `name` as a variant is told by them: absent, or its comma-separated
-/// elements, whitespace around them dropped, however they were split over field lines.
+/// elements, whitespace around them dropped, however they were split over field lines, as one field (their
+/// length, then the elements joined by commas), hashed as they are read.
 #[inline(never)]
 fn hash_values(h: &mut Sha256, request: &HeaderMap, name: &HeaderName) {
-    let mut fields = request.get_all(name).iter().peekable();
-    if fields.peek().is_none() {
+    let elements = || {
+        request
+            .get_all(name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+    };
+    if !request.contains_key(name) {
         h.update([0u8]);
         return;
     }
     h.update([1u8]);
-    let mut joined = Vec::new();
-    let elements = fields.flat_map(|v| v.as_bytes().split(|b| *b == b','));
-    for (i, element) in elements.enumerate() {
+    let (elements_n, bytes) = elements().fold((0usize, 0usize), |(n, bytes), element| {
+        (n + 1, bytes + element.len())
+    });
+    count(h, bytes + elements_n.saturating_sub(1));
+    for (i, element) in elements().enumerate() {
         if i > 0 {
-            joined.push(b',');
+            h.update(b",");
         }
-        joined.extend_from_slice(element.trim_ascii());
+        h.update(element);
     }
-    field(h, &joined);
 }
 
 /// The most request headers a URI's answers may vary on for the cache to keep an entry per variant of them (see
@@ -1567,6 +1592,40 @@ mod tests {
         assert_eq!(
             key.as_str(),
             "ns:v1:{65134058615dcd0b828c92a9490dda9bd488a2fee9b30bea998356c22d0ba855}"
+        );
+    }
+
+    /// The digests of a variant, pinned: stored entries hold the first, and variant keys are the second, so a
+    /// change to either would make every stored variant miss.
+    #[test]
+    fn variant_digests_are_stable() {
+        let mut response = HeaderMap::new();
+        response.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept-Language, Origin"),
+        );
+        response.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let mut request = HeaderMap::new();
+        request.append(
+            header::ACCEPT_LANGUAGE,
+            HeaderValue::from_static("de , fr;q=0.5"),
+        );
+        request.append(header::ACCEPT_LANGUAGE, HeaderValue::from_static(" en"));
+        request.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        let hex = |digest: [u8; 32]| {
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        assert_eq!(
+            hex(vary_digest(&response, &request).unwrap()),
+            "109e5f40182414e7b3baed0d78730ef909d9b1d633ae4b6c79609ae6945ce41d"
+        );
+        let names = learnable(&response, &[]).unwrap();
+        assert_eq!(
+            hex(variant_digest(&[7; 32], &names, &request)),
+            "16fec615c747df73313ce5e2ff1472388eabe391b0249e2d581a170c50a6e73b"
         );
     }
 

@@ -20,7 +20,7 @@
 //! under their URI's tag, so that a write to the URI removes them (the store must keep tags; over one that does
 //! not, the layer keeps one entry per key).
 
-use super::key::{variant_digest, vary_digest};
+use super::key::{variant_digest, vary_digest_of, vary_names};
 use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_ENCODING, VARY};
 use http::{HeaderMap, HeaderName};
 use std::collections::HashMap;
@@ -37,10 +37,20 @@ const MAX_LEARNED: usize = 8_192;
 pub(crate) struct Learned {
     /// The request headers that tell their variants apart ([`learnable`](super::key::learnable)).
     pub(crate) names: Arc<[HeaderName]>,
-    /// The fields of the answer stored under the primary key that say what it varies on (`Vary`,
-    /// `Content-Encoding`, `Access-Control-Allow-Origin`), and the digest of the variant it was stored for:
-    /// a request of that variant is keyed by the primary key, where its answer is.
-    held: (HeaderMap, Option<[u8; 32]>),
+    /// The answer stored under the primary key: the variant it was stored for, which a request of that variant
+    /// finds there.
+    held: Held,
+}
+
+/// What says which variant the answer under a primary key was stored for.
+#[derive(Debug)]
+struct Held {
+    /// Its fields that say what it varies on (`Vary`, `Content-Encoding`, `Access-Control-Allow-Origin`).
+    fields: HeaderMap,
+    /// The request headers they name, as [`vary_names`] reads them, read once.
+    names: Option<Vec<HeaderName>>,
+    /// The digest of the variant it was stored for ([`vary_digest`](super::key::vary_digest)).
+    vary: Option<[u8; 32]>,
 }
 
 impl Learned {
@@ -57,17 +67,23 @@ impl Learned {
                 fields.append(name.clone(), value.clone());
             }
         }
-        Learned {
-            names,
-            held: (fields, vary),
-        }
+        let held = Held {
+            names: vary_names(&fields),
+            fields,
+            vary,
+        };
+        Learned { names, held }
     }
 
     /// The digest of the key of the request whose primary key's digest is `primary` and whose headers are
     /// `request`: `None` for the variant the primary key holds, else its own variant's.
     fn variant_of(&self, primary: &[u8; 32], request: &HeaderMap) -> Option<[u8; 32]> {
-        let (fields, vary) = &self.held;
-        if vary_digest(fields, request) == *vary {
+        let held = &self.held;
+        let digest = held
+            .names
+            .as_ref()
+            .map(|names| vary_digest_of(names, &held.fields, request));
+        if digest == held.vary {
             return None;
         }
         Some(variant_digest(primary, &self.names, request))
@@ -126,7 +142,7 @@ impl Variants {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::key::learnable;
+    use crate::cache::key::{learnable, vary_digest};
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
