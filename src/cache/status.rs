@@ -9,16 +9,16 @@
 //! | stale hit, this request started the background refresh | `tower-redis-cache; hit; ttl=-3; detail=refreshing` |
 //! | stale hit, a refresh already running here or in another process | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
-//! | another variant stored (the response's `Vary`) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
-//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-trailers`: ended by trailers, passed on but not stored, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read) |
+//! | the request's variant missing, another's stored (the response's `Vary`; each variant is then stored under a key of its own, see [`keep_variants`](super::RedisCacheLayerBuilder::keep_variants)) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
+//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-trailers`: ended by trailers, passed on but not stored, `response-stream`: a live stream, passed on as it arrives, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read) |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` (and `stored` when that call stored it) |
 //! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
 //! | request `Cache-Control: no-cache`, or an entry older than its `max-age` allows | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
 //! | stale-if-error | `tower-redis-cache; fwd=stale; fwd-status=503; ttl=-40` |
 //! | stale-if-error after a transport error | `tower-redis-cache; fwd=stale; ttl=-40; detail=transport-error` |
-//! | method not cached | `tower-redis-cache; fwd=method; detail=method` |
+//! | method not cached | `tower-redis-cache; fwd=method; detail=method` (`not-a-query`: a body [`query_when`](super::RedisCacheLayerBuilder::query_when) refused) |
 //! | request `Cache-Control: no-store` | `tower-redis-cache; fwd=request; detail=no-store` |
-//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `request-trailers`, `upgrade`, `skipped`, `partition`) |
+//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `request-trailers`, `upgrade`, `event-stream`, `skipped`, `partition`) |
 //! | store failed or skipped | `...; detail=store-error` / `...; detail=store-unavailable` |
 //! | request `Cache-Control: only-if-cached`, nothing stored may answer: `504`, the inner service not called | `tower-redis-cache; detail=only-if-cached` |
 //!
