@@ -279,6 +279,19 @@ async fn a_spent_quota_is_waited_out_until_it_resets() {
     );
 }
 
+/// GitHub's secondary rate limits: a `403` with `Retry-After`, waited out and sent again, a `POST` too.
+#[tokio::test(start_paused = true)]
+async fn a_403_asking_for_a_wait_is_a_rate_limit() {
+    let origin = Origin::new([retry_after(403, "2")], status(200));
+    let response = client(&origin, layer().build().unwrap())
+        .oneshot(post(r#"{"q":1}"#))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(outcome(&response), (2, None));
+    assert_eq!(origin.gaps(), [Duration::from_secs(2)]);
+}
+
 /// A `403` is final unless it says a quota is spent; a reset the answer gives while quota remains says nothing
 /// of this request.
 #[tokio::test(start_paused = true)]

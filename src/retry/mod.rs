@@ -46,7 +46,7 @@
 //! # Policy
 //!
 //! - **What is retried**: decided by a [`Classify`]; by default `429`, `500`, `502`, `503`, `504`, a `403`
-//!   saying a rate-limit quota is spent (`X-RateLimit-Remaining: 0`: GitHub's rate limit) and transport
+//!   that is a rate limit (`X-RateLimit-Remaining: 0`, or a `Retry-After`: GitHub's rate limits) and transport
 //!   errors, never `501`. A token failure from an [`AuthLayer`](crate::AuthLayer) below is never retried: that
 //!   layer shares and remembers it.
 //! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on a rate limit, on a connection that

@@ -5,8 +5,9 @@
 //! `retry-after-ms` (and Azure `x-ms-retry-after-ms`), in milliseconds. On a rate limit, many say instead when
 //! the quota resets: the IETF's `RateLimit` field (draft-ietf-httpapi-ratelimit-headers: `"default";r=0;t=30`),
 //! its earlier drafts' `RateLimit-Reset`, and the `X-RateLimit-Reset` of GitHub and the many APIs that copied it
-//! (a unix time). GitHub answers its primary rate limit with `403 Forbidden` and `X-RateLimit-Remaining: 0`,
-//! not `429`; [`is_rate_limit`] counts it as one.
+//! (a unix time). GitHub may answer its rate limits with `403 Forbidden` rather than `429`: with
+//! `X-RateLimit-Remaining: 0` for its primary limit, with `Retry-After` for its secondary ones; [`is_rate_limit`]
+//! counts both as one.
 
 use crate::structured::{Value, field_value, list_with_parameters};
 use http::header::RETRY_AFTER;
@@ -83,11 +84,15 @@ pub(crate) fn wait_asked(
 
 /// Whether an answer says the client ran out of its quota, so the server did not act on the request: `429 Too
 /// Many Requests`, or a `403 Forbidden` whose rate-limit fields say nothing is left (`X-RateLimit-Remaining: 0`,
-/// `RateLimit-Remaining: 0`, or a `RateLimit` policy with `r=0`), as GitHub answers its primary rate limit.
+/// `RateLimit-Remaining: 0`, or a `RateLimit` policy with `r=0`), as GitHub answers its primary rate limit, or
+/// that asks for a wait (`Retry-After`, `retry-after-ms`), as GitHub answers its secondary rate limits: a refusal
+/// that tells the client when to come back is a throttle.
 pub(crate) fn is_rate_limit(status: StatusCode, headers: &HeaderMap) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS
         || (status == StatusCode::FORBIDDEN
-            && (spent(headers, &X_RATELIMIT_REMAINING)
+            && (headers.contains_key(RETRY_AFTER)
+                || RETRY_AFTER_MS.iter().any(|name| headers.contains_key(name))
+                || spent(headers, &X_RATELIMIT_REMAINING)
                 || spent(headers, &RATELIMIT_REMAINING)
                 || spent_policy_reset(headers).is_some()))
 }
@@ -292,40 +297,30 @@ mod tests {
     }
 
     #[test]
-    fn a_403_is_a_rate_limit_only_when_a_quota_is_spent() {
-        let forbidden = StatusCode::FORBIDDEN;
-        assert!(is_rate_limit(
-            StatusCode::TOO_MANY_REQUESTS,
-            &HeaderMap::new()
-        ));
-        assert!(!is_rate_limit(forbidden, &HeaderMap::new()));
-        assert!(is_rate_limit(
-            forbidden,
-            &headers(&[("x-ratelimit-remaining", "0")])
-        ));
-        assert!(is_rate_limit(
-            forbidden,
-            &headers(&[("ratelimit-remaining", " 0 ")])
-        ));
-        assert!(is_rate_limit(
-            forbidden,
-            &headers(&[("ratelimit", r#""hour";r=0;t=60"#)])
-        ));
-        assert!(!is_rate_limit(
-            forbidden,
-            &headers(&[("x-ratelimit-remaining", "10")])
-        ));
-        assert!(!is_rate_limit(
-            forbidden,
-            &headers(&[
-                ("x-ratelimit-remaining", "0"),
-                ("x-ratelimit-remaining", "3")
-            ])
-        ));
-        assert!(!is_rate_limit(
-            StatusCode::UNAUTHORIZED,
-            &headers(&[("x-ratelimit-remaining", "0")])
-        ));
+    fn a_403_is_a_rate_limit_when_a_quota_is_spent_or_it_asks_for_a_wait() {
+        let (limited, forbidden) = (StatusCode::TOO_MANY_REQUESTS, StatusCode::FORBIDDEN);
+        #[rustfmt::skip]
+        let table: Vec<(StatusCode, Fields<'_>, bool)> = vec![
+            (limited, vec![], true),
+            (forbidden, vec![], false),
+            (forbidden, vec![("x-ratelimit-remaining", "0")], true),
+            (forbidden, vec![("ratelimit-remaining", " 0 ")], true),
+            (forbidden, vec![("ratelimit", r#""hour";r=0;t=60"#)], true),
+            // GitHub's secondary rate limits: a 403 that says when to come back.
+            (forbidden, vec![("retry-after", "60")], true),
+            (forbidden, vec![("retry-after-ms", "500")], true),
+            (forbidden, vec![("x-ratelimit-remaining", "10")], false),
+            (forbidden, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-remaining", "3")], false),
+            (StatusCode::UNAUTHORIZED, vec![("x-ratelimit-remaining", "0")], false),
+            (StatusCode::UNAUTHORIZED, vec![("retry-after", "60")], false),
+        ];
+        for (status, fields, expected) in table {
+            assert_eq!(
+                is_rate_limit(status, &headers(&fields)),
+                expected,
+                "{status} {fields:?}"
+            );
+        }
     }
 
     proptest! {
