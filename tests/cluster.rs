@@ -1,6 +1,7 @@
 //! Redis Cluster under failure, against real processes: one shard down while the others work (a circuit
 //! breaker per node), a primary killed while requests flow and its replica promoted, and slots moved by
-//! `redis-cli --cluster reshard` while requests flow (`MOVED`/`ASK`).
+//! `redis-cli --cluster reshard` while requests flow (`MOVED`/`ASK`); and invalidation reaching entries on every
+//! shard.
 
 mod support;
 
@@ -406,4 +407,65 @@ fn query_of(i: usize) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     http::Request::get(format!("https://api.example.com/items/{i}"))
         .body(http_body_util::Full::default())
         .unwrap()
+}
+
+/// Variants kept apart (`keep_variants`) live under keys of their own, on any shard: another process's write
+/// removes every one of them, through the URI's tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_removes_every_variant_across_shards() {
+    let cluster = RedisCluster::start();
+    let origin = support::Origin::new();
+    origin.add_header("vary", "Accept-Language");
+    let build = || async {
+        layer_over(RedisStore::connect(&cluster.url()).await.unwrap())
+            .methods([Method::GET])
+            .store_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let (reader, writer) = (build().await, build().await);
+    let service = tower::Layer::layer(&reader, origin.service());
+    let request = |method: &str, language: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri("https://api.example.com/items/1")
+            .header("accept-language", language)
+            .body(http_body_util::Full::<bytes::Bytes>::default())
+            .unwrap()
+    };
+    let languages = ["de", "en", "fr", "it", "nl", "pt"];
+    for language in languages {
+        call(&service, request("GET", language)).await;
+    }
+    assert_eq!(origin.calls(), languages.len());
+    let node = |language: &str| {
+        let head = request("GET", language).map(|_| bytes::Bytes::new());
+        let slot = fred::util::redis_keyslot(reader.handle().key_for(&head).as_str().as_bytes());
+        (0..3).position(|n| {
+            cluster
+                .slots_of(n)
+                .iter()
+                .any(|(start, end)| (*start..=*end).contains(&slot))
+        })
+    };
+    let mut nodes: Vec<_> = languages.iter().map(|language| node(language)).collect();
+    nodes.sort();
+    nodes.dedup();
+    assert!(nodes.len() > 1, "the variants live on more than one shard");
+    for language in languages {
+        let hit = call(&service, request("GET", language)).await;
+        assert_eq!(outcome(&hit), CacheOutcome::Hit, "{language}");
+    }
+
+    let writes = tower::Layer::layer(&writer, origin.service());
+    let put = call(&writes, request("PUT", "es")).await;
+    assert_eq!(put.status(), StatusCode::OK);
+    for language in languages {
+        let after = call(&service, request("GET", language)).await;
+        assert!(
+            matches!(outcome(&after), CacheOutcome::Miss { stored: true, .. }),
+            "{language}"
+        );
+    }
+    assert_eq!(origin.calls(), 2 * languages.len() + 1);
 }
