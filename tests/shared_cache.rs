@@ -1362,6 +1362,11 @@ async fn the_response_vary_is_honoured_per_variant() {
         }
     }
     assert_eq!(origin.calls(), 2);
+    assert_eq!(
+        layer.handle().stats().variant_reads,
+        1,
+        "only the first French request read two keys"
+    );
 
     // Coalesced callers share an answer only with those of the same variant.
     origin.close();
@@ -1468,6 +1473,8 @@ async fn variants_are_shared_by_every_process_and_removed_by_any() {
         assert!(is_stored_miss(read_with(&a, ITEM, &[language]).await));
     }
     assert_eq!(origin.calls(), 3);
+    // Only the first request of another variant read two keys; once learned, French went to its own at once.
+    assert_eq!(layer_a.handle().stats().variant_reads, 1);
     for language in languages.iter().rev().chain(&languages) {
         assert_eq!(
             read_with(&b, ITEM, &[*language]).await,
@@ -1476,6 +1483,11 @@ async fn variants_are_shared_by_every_process_and_removed_by_any() {
         );
     }
     assert_eq!(origin.calls(), 3);
+    assert_eq!(
+        layer_b.handle().stats().variant_reads,
+        1,
+        "b's first French request"
+    );
     assert_eq!(
         stored_keys(&server),
         3 + 1,

@@ -970,6 +970,7 @@ impl Engine {
             *key.digest(),
             Learned::new(names, &found.headers, found.vary),
         );
+        bump(&self.counters.variant_reads);
         let variant = self.keys.key_of(variant);
         tracing::debug!(
             key = key.short(),

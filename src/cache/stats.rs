@@ -126,6 +126,7 @@ pub(crate) struct Counters {
     pub(crate) stores_fenced: Counter,
     pub(crate) not_modified: Counter,
     pub(crate) partial: Counter,
+    pub(crate) variant_reads: Counter,
     pub(crate) tag_removals: Counter,
     pub(crate) stored_bytes: Counter,
     pub(crate) compression_saved_bytes: Counter,
@@ -215,6 +216,7 @@ impl Counters {
             stores_fenced: Counter::new("tower_redis_cache_stores_fenced_total", &namespace),
             not_modified: Counter::new("tower_redis_cache_not_modified_total", &namespace),
             partial: Counter::new("tower_redis_cache_partial_total", &namespace),
+            variant_reads: Counter::new("tower_redis_cache_variant_reads_total", &namespace),
             tag_removals: Counter::new("tower_redis_cache_tag_removals_total", &namespace),
             stored_bytes: Counter::new("tower_redis_cache_stored_bytes_total", &namespace),
             compression_saved_bytes: Counter::new(
@@ -270,6 +272,7 @@ impl Counters {
             stores_fenced: self.stores_fenced.get(),
             not_modified: self.not_modified.get(),
             partial: self.partial.get(),
+            variant_reads: self.variant_reads.get(),
             tag_removals: self.tag_removals.get(),
             stored_bytes: self.stored_bytes.get(),
             compression_saved_bytes: self.compression_saved_bytes.get(),
@@ -374,6 +377,10 @@ pub struct CacheStats {
     /// Answers replaced by part of themselves because the request asked for a `Range` of a stored response: a
     /// `206 Partial Content`, or a `416 Range Not Satisfiable` for a range past its end (RFC 9110 §14).
     pub partial: u64,
+    /// Requests that found another variant's answer under their key and read their own variant's key after it
+    /// (see [`keep_variants`](super::RedisCacheLayerBuilder::keep_variants)): in each process, the first request
+    /// of each variant, until what it learned is forgotten or the entry under the key changes variant.
+    pub variant_reads: u64,
     /// Entries removed because they were stored with a tag that was invalidated (by
     /// [`CacheHandle::invalidate_tag`](super::CacheHandle::invalidate_tag), or by an unsafe request with that
     /// tag; see [`tags`](super::RedisCacheLayerBuilder::tags)).
