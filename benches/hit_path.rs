@@ -10,7 +10,8 @@
 //! When it ends it prints the medians this run measured (from criterion's `estimates.json`) as the README's
 //! tables, with the ratios the targets are set on.
 //!
-//! Groups: `hit_path/{bare_fred_get,layer_redis,layer_near,layer_memory,key}/{256,4096,65536}`,
+//! Groups: `hit_path/{bare_fred_get,layer_redis,layer_near,layer_memory,layer_memory_variants,key}/{256,4096,
+//! 65536}` (`layer_memory_variants`: an answer varying on `Accept-Language`, asked for in two languages in turn),
 //! `concurrent/{bare_fred_get,layer_redis,service_floor,minimal_cache,layer_near}` (64 callers on their own
 //! tasks, each making 16 calls one after another as a server's connection answers its requests, 4096 B;
 //! `service_floor` is a Tower service that does the bare `GET` and nothing else, holding its request until the
@@ -168,6 +169,31 @@ fn origin(
         async move {
             Ok(Response::builder()
                 .header("content-type", "application/json")
+                .body(Full::new(body))
+                .unwrap())
+        }
+    })
+}
+
+/// [`origin`], its answers varying on `Accept-Language`.
+fn varying_origin(
+    body: Bytes,
+    calls: Arc<AtomicU64>,
+) -> impl Service<
+    Request<tower_redis_cache::RequestBody>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_request: Request<tower_redis_cache::RequestBody>| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        let body = body.clone();
+        async move {
+            Ok(Response::builder()
+                .header("content-type", "application/json")
+                .header("vary", "accept-language")
                 .body(Full::new(body))
                 .unwrap())
         }
@@ -562,6 +588,51 @@ fn hit_path(c: &mut Criterion) {
             calls.load(Ordering::Relaxed),
             1,
             "every timed call was a hit"
+        );
+
+        // The same hit, of an answer that varies on `Accept-Language`, asked for in two languages in turn: each
+        // has its own entry, learned from the first (`keep_variants`), so every hit computes its variant's key.
+        let calls = Arc::new(AtomicU64::new(0));
+        let variant_layer = layer(MemoryStore::new(64 << 20), "bench-variants");
+        let varying =
+            tower::Layer::layer(&variant_layer, varying_origin(body.clone(), calls.clone()));
+        let in_language = |language: &'static str| {
+            let mut request = query();
+            request
+                .headers_mut()
+                .insert("accept-language", http::HeaderValue::from_static(language));
+            request
+        };
+        rt.block_on(async {
+            for language in ["de", "fr"] {
+                varying
+                    .clone()
+                    .oneshot(in_language(language))
+                    .await
+                    .unwrap();
+            }
+        });
+        let varying = &varying;
+        group.bench_with_input(
+            BenchmarkId::new("layer_memory_variants", size),
+            &size,
+            |b, _| {
+                b.to_async(&rt).iter_custom(|iters| async move {
+                    let mut timed = Duration::ZERO;
+                    for i in 0..iters {
+                        let request = in_language(if i % 2 == 0 { "de" } else { "fr" });
+                        let start = Instant::now();
+                        black_box(hit(varying, request).await);
+                        timed += start.elapsed();
+                    }
+                    timed
+                })
+            },
+        );
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            2,
+            "every timed call was a hit of its own variant"
         );
 
         // The key of a POST whose JSON body has this size.
