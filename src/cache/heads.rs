@@ -22,9 +22,9 @@
 //! and decode as usual.
 
 use super::entry::{DecodeError, Entry, body_of};
-use super::key::{varies, vary_digest};
+use super::key::{vary_digest_of, vary_names};
 use bytes::{BufMut, Bytes, BytesMut};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use std::cell::RefCell;
 
 /// Slots per thread.
@@ -44,8 +44,8 @@ struct Slot {
     head: Option<Entry>,
     /// The headers of the latest answer made from `head`.
     rendered: Option<Rendered>,
-    /// Whether answers from `head` depend on request headers ([`varies`]).
-    varies: bool,
+    /// The request headers answers from `head` depend on ([`vary_names`]), read once; `None`: none.
+    vary: Option<Vec<HeaderName>>,
 }
 
 #[derive(Default)]
@@ -78,7 +78,7 @@ pub(crate) fn with_kept<T>(
             answer(Kept {
                 head,
                 body,
-                varies: slot.varies,
+                vary: slot.vary.as_deref(),
                 renders: Renders::of(&mut slot.rendered),
             })
         })
@@ -95,18 +95,16 @@ pub(crate) struct Kept<'a> {
     pub(crate) body: Bytes,
     /// The headers of the latest answer made from this head.
     pub(crate) renders: Renders<'a>,
-    /// Whether answers from the head depend on request headers ([`varies`]).
-    varies: bool,
+    /// The request headers answers from the head depend on, as read when it was kept.
+    vary: Option<&'a [HeaderName]>,
 }
 
 impl Kept<'_> {
-    /// [`vary_digest`] of the head's headers and `request`'s, without looking for `Vary` again.
+    /// [`vary_digest`](super::key::vary_digest) of the head's headers and `request`'s, without reading the
+    /// head's `Vary` again.
     pub(crate) fn vary_digest(&self, request: &HeaderMap) -> Option<[u8; 32]> {
-        if self.varies {
-            vary_digest(&self.head.headers, request)
-        } else {
-            None
-        }
+        self.vary
+            .map(|names| vary_digest_of(names, &self.head.headers, request))
     }
 }
 
@@ -174,7 +172,7 @@ impl Heads {
             raw: Bytes::new(),
             head: None,
             rendered: None,
-            varies: false,
+            vary: None,
         };
         if self.slots.len() < SLOTS {
             self.slots.push(slot);
@@ -207,7 +205,7 @@ impl Slot {
         let copy = copy.freeze();
         if let Ok((head, _)) = Entry::decode_head(&copy, &self.digest, 0) {
             self.raw = copy.slice(..head_len);
-            self.varies = varies(&head.headers);
+            self.vary = vary_names(&head.headers);
             self.head = Some(head);
         }
     }

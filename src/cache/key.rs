@@ -1387,12 +1387,6 @@ fn canonical_coding(name: &str) -> &str {
     }
 }
 
-/// Whether answers from `response` depend on request headers: it has `Vary`, a body in a content coding, or a
-/// CORS grant to one origin (see [`vary_digest`]).
-pub(crate) fn varies(response: &HeaderMap) -> bool {
-    response.contains_key(header::VARY) || content_encoded(response) || grants_one_origin(response)
-}
-
 /// Whether `response`'s `Access-Control-Allow-Origin` names an origin (anything but `*`): a grant to the
 /// origin of the request it answered.
 pub(crate) fn grants_one_origin(response: &HeaderMap) -> bool {
@@ -1411,9 +1405,10 @@ pub(crate) fn content_encoded(response: &HeaderMap) -> bool {
 }
 
 /// The digest of `request`'s values for the headers `response`'s `Vary` names; `None` when answers from the
-/// response depend on no request header ([`varies`]). Names are compared case-insensitively and in any order;
-/// a header's values are compared as its comma-separated elements, whitespace around them dropped, however they
-/// were split over field lines (RFC 9110 §5.3, RFC 9111 §4.1).
+/// response depend on no request header (it has no `Vary`, no body in a content coding and no CORS grant to one
+/// origin). Names are compared case-insensitively and in any order; a header's values are compared as its
+/// comma-separated elements, whitespace around them dropped, however they were split over field lines (RFC 9110
+/// §5.3, RFC 9111 §4.1).
 ///
 /// A body in a content coding (`Content-Encoding: gzip`) varies on `Accept-Encoding` whether or not the origin
 /// said so (nginx, for one, leaves `Vary: Accept-Encoding` out unless told): an entry compressed for a client
@@ -1432,7 +1427,7 @@ pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[
 
 /// The request headers answers from `response` depend on, as [`vary_digest`] reads them: the names its `Vary`
 /// lists, `Accept-Encoding` for a body in a content coding, `Origin` for a CORS grant to one origin; sorted, each
-/// once. `None` when answers from it depend on none ([`varies`]).
+/// once. `None` when answers from it depend on none (as [`vary_digest`] says).
 pub(crate) fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
     let encoded = content_encoded(response);
     let granted = grants_one_origin(response);
@@ -2029,13 +2024,13 @@ mod tests {
         let a = request(&[("origin", "https://a.example")]);
         let b = request(&[("origin", "https://b.example")]);
         let one = grant("https://a.example");
-        assert!(varies(&one));
+        assert_eq!(vary_names(&one), Some(vec![header::ORIGIN]));
         assert_ne!(vary_digest(&one, &a), vary_digest(&one, &b));
         assert_ne!(vary_digest(&one, &a), vary_digest(&one, &request(&[])));
         let mut said = one.clone();
         said.insert(header::VARY, HeaderValue::from_static("Origin"));
         assert_eq!(vary_digest(&said, &a), vary_digest(&one, &a));
-        assert!(!varies(&grant("*")));
+        assert_eq!(vary_names(&grant("*")), None);
         assert_eq!(vary_digest(&grant("*"), &a), None);
     }
 
