@@ -311,7 +311,9 @@ impl KeyConfig {
         )
     }
 
-    /// The digest of [`digest`](Self::digest), computed.
+    /// The digest of [`digest`](Self::digest), computed (out of line: a memoised request, the hit's case, runs
+    /// none of it).
+    #[inline(never)]
     fn hash_request(
         &self,
         method: &Method,
@@ -1452,6 +1454,7 @@ pub(crate) fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
 }
 
 /// [`vary_digest`] over the `names` [`vary_names`] read from `response`.
+#[inline(never)]
 pub(crate) fn vary_digest_of(
     names: &[HeaderName],
     response: &HeaderMap,
