@@ -643,7 +643,9 @@ impl RedisCacheLayerBuilder {
     /// fills) its own variant under a key holding their values (`fwd=vary-miss` while that is missing); from
     /// then on this process keys such requests by their variant at once, in one store read. `Accept-Encoding`
     /// is not among those headers: one compressed entry answers every client that can decode it. An answer
-    /// naming more than eight headers, or `Vary: *`, is not kept per variant.
+    /// naming more than eight headers, or `Vary: *`, is not kept per variant. An origin that varies on a header
+    /// with many values (`User-Agent`, `Cookie`) gets an entry per value: each process remembers at most 8,192
+    /// keys' headers, and Redis's own memory limit bounds the entries, but few of them will be hit again.
     ///
     /// With `false`, or over a store without tags, a key holds one answer: a request of another variant misses
     /// and its answer replaces the stored one, so clients alternating between two variants evict each other.
