@@ -785,6 +785,26 @@ async fn post_over_http2(addr: std::net::SocketAddr) -> (u32, Option<GaveUp>) {
     }
 }
 
+/// Serves one HTTP/2 connection with an h2 server: each stream counted in `streams`, reset with what `reset`
+/// says for its number (from 0 on this counter), else answered `200` `ok`.
+#[cfg(feature = "genesys")]
+async fn serve_h2(
+    socket: tokio::net::TcpStream,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+    reset: impl Fn(usize) -> Option<h2::Reason>,
+) {
+    let mut connection = h2::server::handshake(socket).await.unwrap();
+    while let Some(Ok((_, mut respond))) = connection.accept().await {
+        let n = streams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(reason) = reset(n) {
+            respond.send_reset(reason);
+            continue;
+        }
+        let mut body = respond.send_response(Response::new(()), false).unwrap();
+        body.send_data(Bytes::from_static(b"ok"), true).unwrap();
+    }
+}
+
 /// An HTTP/2 stream reset with `REFUSED_STREAM` was not processed (RFC 9113 §8.7): a `POST` on it is sent again.
 /// A stream reset for another reason may have been: it is not. Over a real h2 server and hyper-util client.
 #[cfg(feature = "genesys")]
@@ -804,15 +824,7 @@ async fn a_post_on_a_refused_http2_stream_is_sent_again_but_not_on_one_reset_oth
             let streams = streams.clone();
             async move {
                 let (socket, _) = listener.accept().await.unwrap();
-                let mut connection = h2::server::handshake(socket).await.unwrap();
-                while let Some(Ok((_, mut respond))) = connection.accept().await {
-                    if streams.fetch_add(1, Ordering::SeqCst) == 0 {
-                        respond.send_reset(reason);
-                        continue;
-                    }
-                    let mut body = respond.send_response(Response::new(()), false).unwrap();
-                    body.send_data(Bytes::from_static(b"ok"), true).unwrap();
-                }
+                serve_h2(socket, streams, |n| (n == 0).then_some(reason)).await;
             }
         });
         assert_eq!(
@@ -887,15 +899,7 @@ async fn a_post_above_a_goaways_last_stream_is_sent_again_but_not_one_below_it()
                 go_away(socket, last_stream).await;
                 loop {
                     let (socket, _) = listener.accept().await.unwrap();
-                    let answered = answered.clone();
-                    tokio::spawn(async move {
-                        let mut connection = h2::server::handshake(socket).await.unwrap();
-                        while let Some(Ok((_, mut respond))) = connection.accept().await {
-                            answered.fetch_add(1, Ordering::SeqCst);
-                            let mut body = respond.send_response(Response::new(()), false).unwrap();
-                            body.send_data(Bytes::from_static(b"ok"), true).unwrap();
-                        }
-                    });
+                    tokio::spawn(serve_h2(socket, answered.clone(), |_| None));
                 }
             }
         });
