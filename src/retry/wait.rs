@@ -33,6 +33,10 @@ const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset
 /// APIs send it.
 const UNIX_TIME_FROM: u64 = 1_000_000_000;
 
+/// An `X-RateLimit-Reset` from this value on is a unix time in milliseconds, as some APIs send it (in seconds it
+/// would be 33,658 years from now).
+const UNIX_MILLIS_FROM: u64 = 1_000_000_000_000;
+
 /// How long an answer with `status` and `headers` asks for before the request is sent again, read against the
 /// wall clock now ([`wait_asked`]).
 pub(crate) fn wait_of(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
@@ -147,13 +151,17 @@ fn delta_seconds(value: &HeaderValue) -> Option<Duration> {
 }
 
 /// An `X-RateLimit-Reset`: a unix time in seconds (a fraction allowed, as Discord sends it), the time until then
-/// from `now` (zero once past); below [`UNIX_TIME_FROM`], delta-seconds.
+/// from `now` (zero once past); below [`UNIX_TIME_FROM`], delta-seconds; from [`UNIX_MILLIS_FROM`] on, a unix
+/// time in milliseconds.
 fn reset_time(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return None;
     }
-    let seconds: f64 = text.parse().ok()?;
+    let mut seconds: f64 = text.parse().ok()?;
+    if seconds >= UNIX_MILLIS_FROM as f64 {
+        seconds /= 1000.0;
+    }
     let at = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
     if at < Duration::from_secs(UNIX_TIME_FROM) {
         return Some(at);
@@ -256,6 +264,7 @@ mod tests {
         let in_90s = (NOW + 90).to_string();
         let past = (NOW - 5).to_string();
         let in_90_5s = format!("{in_90s}.5");
+        let in_90s_ms = ((NOW + 90) * 1000 + 250).to_string();
         let s = Duration::from_secs;
         let ms = Duration::from_millis;
         let limited = StatusCode::TOO_MANY_REQUESTS;
@@ -281,6 +290,7 @@ mod tests {
             ("a unix time past", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &past)], Some(Duration::ZERO)),
             ("delta-seconds", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "30")], Some(s(30))),
             ("a unix time with a fraction", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &in_90_5s)], Some(ms(90_500))),
+            ("a unix time in milliseconds", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &in_90s_ms)], Some(ms(90_250))),
             ("some left: another quota ran out", limited, vec![("x-ratelimit-remaining", "12"), ("x-ratelimit-reset", &in_90s)], None),
             ("no remaining said", limited, vec![("x-ratelimit-reset", &in_90s)], None),
             // A reset is no wait unless the answer is a rate limit.
