@@ -185,7 +185,8 @@ impl CacheHandle {
     /// variant of them where keys hold request headers ([`vary_headers`](RedisCacheLayerBuilder::vary_headers),
     /// [`Credentials::InKey`], the answers' own `Vary` with
     /// [`keep_variants`](RedisCacheLayerBuilder::keep_variants)) and the entries of the queries (`QUERY`,
-    /// cached `POST`) sent to it; the request's method and body do not count. For a change the cache did not see: a webhook, another service's write.
+    /// cached `POST`) sent to it; the request's method and body do not count. For a change the cache did not
+    /// see: a webhook, another service's write.
     /// Returns how many entries (or markers) existed.
     ///
     /// Leases go first, as for [`invalidate`](Self::invalidate): no fill that asked the origin before this call

@@ -165,8 +165,8 @@ impl GenesysError {
     }
 
     /// How long the API (or its token endpoint) asked to be left alone: the `Retry-After` of its last answer,
-    /// as a `429` carries (or its millisecond and rate-limit-reset forms; see the [retry policy](crate::retry#policy)),
-    /// when it sent one.
+    /// as a `429` carries (or its millisecond and rate-limit-reset forms; see the
+    /// [retry policy](crate::retry#policy)), when it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }

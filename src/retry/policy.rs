@@ -29,7 +29,8 @@ pub trait Classify: Send + Sync + 'static {
 
 /// The default classifier: retries `429`, `500`, `502`, `503`, `504` and every transport error, and a `403`
 /// that is a rate limit: its rate-limit fields say the quota is spent (`X-RateLimit-Remaining: 0`), or it asks
-/// for a wait (`Retry-After`), as GitHub answers its rate limits. Never `501` (the server will not implement the method on a second try) and never other statuses.
+/// for a wait (`Retry-After`), as GitHub answers its rate limits. Never `501` (the server will not implement the
+/// method on a second try) and never other statuses.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier;
 
