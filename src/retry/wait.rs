@@ -131,14 +131,24 @@ fn spent_policy_reset(headers: &HeaderMap) -> Option<Duration> {
         .max()
 }
 
-/// Milliseconds, a fraction allowed (`1500`, `20.5`).
-fn parse_millis(value: &HeaderValue) -> Option<Duration> {
+/// A field's value as a number: digits, a fraction allowed (`1500`, `20.5`); `None` for anything else (a sign,
+/// an exponent, garbage).
+fn number(value: &HeaderValue) -> Option<f64> {
     let text = value.to_str().ok()?.trim();
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return None;
     }
-    let millis: f64 = text.parse().ok()?;
-    Some(Duration::try_from_secs_f64(millis / 1000.0).unwrap_or(Duration::MAX))
+    text.parse().ok()
+}
+
+/// `seconds` as a wait; one too long to represent is the longest, so it is "longer than any cap".
+fn wait_of_seconds(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
+}
+
+/// Milliseconds, a fraction allowed.
+fn parse_millis(value: &HeaderValue) -> Option<Duration> {
+    number(value).map(|millis| wait_of_seconds(millis / 1000.0))
 }
 
 /// Delta-seconds: digits, a value too large taken as the longest wait.
@@ -154,15 +164,11 @@ fn delta_seconds(value: &HeaderValue) -> Option<Duration> {
 /// from `now` (zero once past); below [`UNIX_TIME_FROM`], delta-seconds; from [`UNIX_MILLIS_FROM`] on, a unix
 /// time in milliseconds.
 fn reset_time(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return None;
-    }
-    let mut seconds: f64 = text.parse().ok()?;
+    let mut seconds = number(value)?;
     if seconds >= UNIX_MILLIS_FROM as f64 {
         seconds /= 1000.0;
     }
-    let at = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
+    let at = wait_of_seconds(seconds);
     if at < Duration::from_secs(UNIX_TIME_FROM) {
         return Some(at);
     }
@@ -176,18 +182,10 @@ fn reset_time(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
 /// represent saturates, so it is treated as "longer than any cap". A date in the past means "now". Anything
 /// else (negative, empty, garbage, a date in another format) is `None`, and the caller falls back to backoff.
 pub(crate) fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
-    if text.is_empty() {
-        return None;
+    if let Some(seconds) = delta_seconds(value).or_else(|| number(value).map(wait_of_seconds)) {
+        return Some(seconds);
     }
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(text.parse().map_or(Duration::MAX, Duration::from_secs));
-    }
-    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        let seconds: f64 = text.parse().ok()?;
-        return Some(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX));
-    }
-    let date = httpdate::parse_http_date(text).ok()?;
+    let date = httpdate::parse_http_date(value.to_str().ok()?.trim()).ok()?;
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
