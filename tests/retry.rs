@@ -158,6 +158,14 @@ fn outcome(response: &Response<Full<Bytes>>) -> (u32, Option<GaveUp>) {
     (outcome.attempts, outcome.gave_up)
 }
 
+/// Sends `request` through the default test layer over `origin`, expecting an answer.
+async fn send(origin: &Origin, request: Request<Body>) -> Response<Full<Bytes>> {
+    client(origin, layer().build().unwrap())
+        .oneshot(request)
+        .await
+        .unwrap()
+}
+
 fn client(
     origin: &Origin,
     layer: RetryLayer,
@@ -223,10 +231,7 @@ async fn a_wait_in_milliseconds_is_waited_out_to_the_millisecond() {
         ],
         status(200),
     );
-    let response = client(&origin, layer().build().unwrap())
-        .oneshot(get())
-        .await
-        .unwrap();
+    let response = send(&origin, get()).await;
     assert_eq!(outcome(&response), (3, None));
     assert_eq!(
         origin.gaps(),
@@ -264,10 +269,7 @@ async fn a_spent_quota_is_waited_out_until_it_resets() {
         ],
         status(200),
     );
-    let response = client(&origin, layer().build().unwrap())
-        .oneshot(post(r#"{"q":1}"#))
-        .await
-        .unwrap();
+    let response = send(&origin, post(r#"{"q":1}"#)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(outcome(&response), (4, None));
     let gaps = origin.gaps();
@@ -283,10 +285,7 @@ async fn a_spent_quota_is_waited_out_until_it_resets() {
 #[tokio::test(start_paused = true)]
 async fn a_403_asking_for_a_wait_is_a_rate_limit() {
     let origin = Origin::new([retry_after(403, "2")], status(200));
-    let response = client(&origin, layer().build().unwrap())
-        .oneshot(post(r#"{"q":1}"#))
-        .await
-        .unwrap();
+    let response = send(&origin, post(r#"{"q":1}"#)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(outcome(&response), (2, None));
     assert_eq!(origin.gaps(), [Duration::from_secs(2)]);
@@ -306,10 +305,7 @@ async fn a_403_with_quota_left_is_final_and_a_reset_alone_is_no_wait() {
         )],
         status(200),
     );
-    let response = client(&origin, layer().build().unwrap())
-        .oneshot(get())
-        .await
-        .unwrap();
+    let response = send(&origin, get()).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert_eq!(outcome(&response), (1, None));
 
@@ -323,10 +319,7 @@ async fn a_403_with_quota_left_is_final_and_a_reset_alone_is_no_wait() {
         )],
         status(200),
     );
-    let response = client(&origin, layer().build().unwrap())
-        .oneshot(get())
-        .await
-        .unwrap();
+    let response = send(&origin, get()).await;
     assert_eq!(outcome(&response), (2, None));
     let gap = origin.gaps()[0];
     assert!(gap <= Duration::from_millis(100), "backoff alone: {gap:?}");
