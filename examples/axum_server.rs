@@ -7,6 +7,8 @@
 //! curl -si localhost:3000/query -H 'content-type: application/json' -d '{"a":1,"b":2}'   # hit
 //! curl -si localhost:3000/query -H 'content-type: application/json' -H 'authorization: Bearer me' \
 //!   -d '{"a":1,"b":2}'                                                                     # bypass: per-user
+//! curl -si localhost:3000/query -H 'content-type: application/json' -H 'cache-control: no-cache' \
+//!   -d '{"a":1,"b":2}'                                                                     # hit all the same
 //! curl -s localhost:3000/stats
 //! cargo run --example axum_server -- --demo   # the same calls in-process, then exit
 //! ```
@@ -78,6 +80,9 @@ async fn main() -> Result<(), BoxError> {
         .methods([Method::POST])
         .fresh_for(fresh)
         .stale_for(stale)
+        // Its clients do not steer a server's cache: a browser's reload (`max-age=0`) or a front end's
+        // `no-cache` on every call is answered from it like any other request.
+        .respect_request_cache_control(false)
         .near_cache(env_u64("NEAR_CACHE_MB", 0)? << 20)
         .build()?;
     let handle = cache.handle();
@@ -120,18 +125,20 @@ async fn main() -> Result<(), BoxError> {
 async fn demo(app: Router) -> Result<(), BoxError> {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    let calls: [(&str, Option<(&str, &str)>); 5] = [
+    let calls: [(&str, Option<(&str, &str)>); 6] = [
         (r#"{"b":2,"a":1}"#, None),
         (r#"{"a":1,"b":2}"#, None),
         (r#"{"a":1,"b":3}"#, None),
+        // The first query again from a client that asks for no cached answer: the server's cache answers it.
+        (r#"{"a":1,"b":2}"#, Some(("cache-control", "no-cache"))),
         // The first query again, for a signed-in user and for a session: never another request's answer.
         (r#"{"a":1,"b":2}"#, Some(("authorization", "Bearer me"))),
         (r#"{"a":1,"b":2}"#, Some(("cookie", "session=me"))),
     ];
-    for (i, (body, credential)) in calls.iter().enumerate() {
+    for (i, (body, header)) in calls.iter().enumerate() {
         let mut request =
             axum::http::Request::post("/query").header("content-type", "application/json");
-        if let Some((name, value)) = credential {
+        if let Some((name, value)) = header {
             request = request.header(*name, *value);
         }
         let request = request.body(axum::body::Body::from(*body))?;

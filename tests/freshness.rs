@@ -667,6 +667,63 @@ async fn only_if_cached_is_answered_from_the_store_or_refused_never_by_the_origi
 }
 
 #[tokio::test]
+async fn a_server_cache_answers_reloads_and_no_cache_clients_from_the_store() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer(&server)
+        .await
+        .fresh_for(Duration::from_secs(60))
+        .stale_for(Duration::from_secs(60))
+        .respect_request_cache_control(false)
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let stored = body(call(&service, get("/doc")).await).await;
+    jump(Duration::from_secs(10)).await;
+
+    // A browser's reload and forced reload, front-end code that marks every call, a field that cannot be
+    // read: each would send the request to the origin (or past the cache) if the cache obeyed it.
+    let unreadable = http::HeaderValue::from_bytes(b"no-cache, \xff").unwrap();
+    let mut requests: Vec<_> = [
+        "max-age=0",
+        "no-cache",
+        "no-store",
+        "min-fresh=3600",
+        "max-age=5",
+    ]
+    .into_iter()
+    .map(|directives| with_directives(Method::GET, directives))
+    .collect();
+    let mut pragma = get("/doc");
+    pragma
+        .headers_mut()
+        .insert("pragma", "no-cache".parse().unwrap());
+    let mut odd = get("/doc");
+    odd.headers_mut().insert("cache-control", unreadable);
+    requests.extend([pragma, odd]);
+    for request in requests {
+        let asked = format!("{:?}", request.headers());
+        let response = call(&service, request).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit, "{asked}");
+        assert_eq!(body(response).await, stored, "{asked}");
+    }
+    assert_eq!(origin.calls(), 1);
+
+    // Nor does `only-if-cached` refuse: the request is served as one without it would be.
+    let elsewhere = with_directives(Method::GET, "only-if-cached");
+    let elsewhere = {
+        let (mut parts, body) = elsewhere.into_parts();
+        parts.uri = "http://api.test/other".parse().unwrap();
+        Request::from_parts(parts, body)
+    };
+    let response = call(&service, elsewhere).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(is_miss(&response), "{}", cache_status(&response));
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(layer.handle().stats().only_if_cached_misses, 0);
+}
+
+#[tokio::test]
 async fn the_age_a_response_came_with_counts_in_its_answers_and_against_a_requests_max_age() {
     // RFC 9111 §4.2.3: an upstream cache already held this response for 100 s of its 300.
     let server = RedisServer::start();

@@ -334,6 +334,18 @@ impl RequestFacts {
         self.method_cacheable = false;
     }
 
+    /// Forgets what the request's `Cache-Control` and `Pragma` asked of the cache (see
+    /// [`respect_request_cache_control`](super::RedisCacheLayerBuilder::respect_request_cache_control)): it is
+    /// answered as a request without them would be.
+    pub(crate) fn ignore_directives(&mut self) {
+        self.no_store = false;
+        self.no_cache = false;
+        self.only_if_cached = false;
+        self.max_age = None;
+        self.min_fresh = None;
+        self.max_stale = None;
+    }
+
     /// Whether a header or parameter already tunnels a write through the request: no other tunnel it carries
     /// can make it more of one.
     pub(crate) fn tunnels_a_write(&self) -> bool {

@@ -375,6 +375,9 @@ pub(crate) struct Policy {
     pub(crate) post_when: Option<PostPredicate>,
     pub(crate) query_when: Option<QueryPredicate>,
     pub(crate) max_body: usize,
+    /// Whether a request's `Cache-Control` and `Pragma` count (see
+    /// [`respect_request_cache_control`](super::RedisCacheLayerBuilder::respect_request_cache_control)).
+    pub(crate) respect_request_cache_control: bool,
     /// Bodies longer than this are stored compressed (when that saves an eighth); `None`: never.
     pub(crate) compress_above: Option<usize>,
     /// Request headers that count as `Authorization`, those the key always holds, and method overrides.
@@ -416,6 +419,10 @@ impl std::fmt::Debug for Policy {
             .field("post_when", &self.post_when.is_some())
             .field("query_when", &self.query_when.is_some())
             .field("max_body", &self.max_body)
+            .field(
+                "respect_request_cache_control",
+                &self.respect_request_cache_control,
+            )
             .field("compress_above", &self.compress_above)
             .field("rules", &self.rules)
             .field("lease_for", &self.lease_for)
@@ -551,6 +558,9 @@ impl Policy {
         let cacheable = self.method_cacheable(parts);
         let mut facts =
             RequestFacts::read(&parts.headers, cacheable, self.max_body, &self.header_kinds);
+        if !self.respect_request_cache_control {
+            facts.ignore_directives();
+        }
         // Cookies the origin never reads (analytics) make no credential.
         if facts.cookie
             && !self.ignored_cookies.is_empty()

@@ -356,6 +356,7 @@ pub struct RedisCacheLayerBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     respect_response_cache_control: bool,
+    respect_request_cache_control: bool,
     targeted: Vec<HeaderName>,
     invalidate_on_unsafe: bool,
     near_bytes: u64,
@@ -410,6 +411,10 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field(
                 "respect_response_cache_control",
                 &self.respect_response_cache_control,
+            )
+            .field(
+                "respect_request_cache_control",
+                &self.respect_request_cache_control,
             )
             .field("targeted_cache_control", &self.targeted)
             .field("invalidate_on_unsafe", &self.invalidate_on_unsafe)
@@ -549,6 +554,7 @@ impl RedisCacheLayerBuilder {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             respect_response_cache_control: true,
+            respect_request_cache_control: true,
             targeted: Vec::new(),
             invalidate_on_unsafe: true,
             near_bytes: 0,
@@ -1004,6 +1010,48 @@ impl RedisCacheLayerBuilder {
     /// does both). `Set-Cookie` responses are never stored either way.
     pub fn respect_response_cache_control(mut self, respect: bool) -> Self {
         self.respect_response_cache_control = respect;
+        self
+    }
+
+    /// Honour what a request's own `Cache-Control` (and `Pragma: no-cache`) asks of the cache (RFC 9111 §5.2.1):
+    /// `no-cache`, and a `max-age` or `min-fresh` the entry does not meet, send it to the origin; `no-store` sends
+    /// it past the cache; `max-stale` takes an older answer; `only-if-cached` takes a stored answer or a `504`.
+    /// Default: true, for a stack whose requests are its own application's (a client's cache), where they say
+    /// what the application needs.
+    ///
+    /// In front of a server, each of its clients could then send every request to the origin with one header,
+    /// and many do without meaning to: a browser's reload sends `Cache-Control: max-age=0` (`no-cache` when
+    /// forced), and front-end code often adds `no-cache` to every API call to keep the browser's own cache out.
+    /// Turn it off there, as Varnish, nginx and the CDNs do by default: a request is then answered as one
+    /// without those fields would be, and a field that cannot be read no longer bypasses the cache. What keys a
+    /// request and the shared-cache rules are the same either way; only the client's say over freshness goes.
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use http_body_util::Empty;
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_redis_cache::error::BoxError> {
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    ///     .respect_request_cache_control(false) // a server's cache: its clients do not choose
+    ///     .build()?;
+    /// let origin = service_fn(|_: Request<RequestBody>| async {
+    ///     Ok::<_, http::Error>(Response::new(Empty::<bytes::Bytes>::new()))
+    /// });
+    /// let service = ServiceBuilder::new().layer(layer).service(origin);
+    /// let reload = || {
+    ///     Request::get("https://app.example/report")
+    ///         .header("cache-control", "no-cache")
+    ///         .body(RequestBody::empty())
+    /// };
+    /// service.clone().oneshot(reload()?).await?;
+    /// let second = service.oneshot(reload()?).await?;
+    /// assert_eq!(CacheOutcome::of(&second), Some(CacheOutcome::Hit));
+    /// # Ok(()) }
+    /// ```
+    pub fn respect_request_cache_control(mut self, respect: bool) -> Self {
+        self.respect_request_cache_control = respect;
         self
     }
 
@@ -1524,6 +1572,7 @@ impl RedisCacheLayerBuilder {
             post_when: self.post_when,
             query_when: self.query_when,
             max_body: self.max_body,
+            respect_request_cache_control: self.respect_request_cache_control,
             compress_above: self.compress_above,
             header_kinds,
             ignored_cookies: self.ignored_cookies.into(),

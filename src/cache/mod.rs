@@ -96,7 +96,9 @@
 //! either a stale entry answers only within the request's `max-stale`: an entry they refuse is refreshed the
 //! same way, revalidated with its `ETag` or `Last-Modified` when it has them (RFC 9111 §5.2.1). A request's
 //! `only-if-cached` is answered from the store or refused with a `504 Gateway Timeout` made by the cache
-//! ([`CacheOutcome::OnlyIfCachedMiss`]); the inner service is never called for it.
+//! ([`CacheOutcome::OnlyIfCachedMiss`]); the inner service is never called for it. A cache in front of a server
+//! whose clients should not steer it (a browser's reload sends `max-age=0`) ignores all of these:
+//! [`respect_request_cache_control(false)`](RedisCacheLayerBuilder::respect_request_cache_control).
 //!
 //! A `GET` or `HEAD` carrying the client's own validators (`If-None-Match`, `If-Modified-Since`) is answered like
 //! any other, then gets `304 Not Modified` instead when they match that answer: its `ETag` by the weak
