@@ -1070,6 +1070,29 @@ async fn an_action_named_uncached_runs_on_every_call() {
     assert_eq!(client.cache().stats().stores, 2);
 }
 
+/// A cached execution is a lookup, so a `503` of it is retried like a `GET`'s; an action that changes
+/// something is not sent twice after an answer that may follow its run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_execution_is_retried_after_a_503_and_an_uncached_one_is_not() {
+    let emulator = Emulator::start().await.unwrap();
+    let ids = emulator.action_ids();
+    let (create, lookup) = (ids[0].as_str(), ids[1].as_str());
+    let client = builder(&emulator).uncached_action(create).build().unwrap();
+    let input = json!({"orderId": "A-17"});
+
+    emulator.inject(Fault::status(StatusCode::SERVICE_UNAVAILABLE).matching("/execute"));
+    let looked_up = client.execute_action(lookup, &input).await.unwrap();
+    assert_eq!(looked_up.attempts, 2);
+    assert!(matches!(looked_up.cache, Some(CacheOutcome::Miss { .. })));
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 2);
+
+    emulator.inject(Fault::status(StatusCode::SERVICE_UNAVAILABLE).matching("/execute"));
+    let error = client.execute_action(create, &input).await.unwrap_err();
+    assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(error.attempts(), 1);
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 3);
+}
+
 /// With executions cached only where named, an action without windows of its own runs on every call; one given
 /// windows, by the builder or by the call, is cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

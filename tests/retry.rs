@@ -602,6 +602,52 @@ async fn post_is_retried_on_429_but_not_on_503_unless_keyed_or_opted_in() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_post_said_to_be_idempotent_or_cached_as_a_query_is_retried_like_a_get() {
+    use tower_redis_cache::retry::Idempotent;
+    use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer};
+
+    // Marked by its sender.
+    let origin = Origin::new([status(503), Answer::Transport], status(200));
+    let mut search = post(r#"{"q":"rust"}"#);
+    search.extensions_mut().insert(Idempotent);
+    let response = send(&origin, search).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(outcome(&response), (3, None));
+
+    // Marked by the cache above the retry layer: the queries it caches, not the writes sharing their route.
+    let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .methods([http::Method::POST])
+        .query_when(|_, body| !body.starts_with(b"{\"mutation\""))
+        .build()
+        .unwrap();
+    let origin = Origin::new([status(503)], status(200));
+    let stack = cache.layer(layer().build().unwrap().layer(origin.service()));
+    let query = || post(r#"{"query":"{ me }"}"#);
+    let response = stack.clone().oneshot(query()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let retried = response.extensions().get::<RetryOutcome>().unwrap();
+    assert_eq!((retried.attempts, retried.gave_up), (2, None));
+    assert_eq!(origin.calls(), 2);
+    let again = stack.clone().oneshot(query()).await.unwrap();
+    assert_eq!(CacheOutcome::of(&again), Some(CacheOutcome::Hit));
+    assert_eq!(origin.calls(), 2);
+
+    origin.set_fallback(status(503));
+    let write = stack
+        .clone()
+        .oneshot(post(r#"{"mutation":"{ rename }"}"#))
+        .await
+        .unwrap();
+    assert_eq!(write.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let refused = write.extensions().get::<RetryOutcome>().unwrap();
+    assert_eq!(
+        (refused.attempts, refused.gave_up),
+        (1, Some(GaveUp::NotIdempotent))
+    );
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn budget_stops_retries_in_an_outage_and_refills_on_success() {
     let origin = Origin::new([], status(503));
     let budget = RetryBudget::new(3, 0.5);

@@ -827,7 +827,9 @@ impl RedisCacheLayerBuilder {
     }
 
     /// The cacheable methods, replacing the default `GET`, `HEAD`, `QUERY`. Add `POST` to cache POST queries by
-    /// their body.
+    /// their body. What such a query sends to the inner service carries the
+    /// [`Idempotent`](crate::retry::Idempotent) extension, so that a [`RetryLayer`](crate::RetryLayer) below
+    /// retries it as it does a `GET`.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
         self

@@ -408,6 +408,11 @@ where
         Box::pin(async move {
             let mut parts = self.parts;
             with_validators(&mut parts.headers, extra);
+            // A query this layer caches (a `POST` it keys by its body) may be asked for again: a retry layer
+            // below retries it as it does a `GET`.
+            if !crate::retry::is_idempotent(&parts.method) {
+                parts.extensions.insert(crate::retry::Idempotent);
+            }
             let request = Request::from_parts(parts, RequestBody::from(self.body));
             let mut inner = self.inner;
             let response = call_ready(&mut inner, request).await?;

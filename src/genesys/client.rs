@@ -653,7 +653,8 @@ impl GenesysClientBuilder {
     }
 
     /// The retry policy. Default: [`RetryLayer::default`] (4 attempts, 200 ms base, 60 s deadline, a
-    /// `Retry-After` up to 180 s honoured, `POST` retried only on `429`).
+    /// `Retry-After` up to 180 s honoured; a `POST` retried only on `429`, unless it is a cached execution or
+    /// query, which is retried as a `GET` is).
     pub fn retry(mut self, retry: RetryLayer) -> Self {
         self.retry = Some(retry);
         self

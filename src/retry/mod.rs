@@ -53,7 +53,8 @@
 //!   could not be made (refused, unreachable; with hyper-util or reqwest, any connect failure) and on an HTTP/2
 //!   stream the server never processed (feature `genesys`: reset with `REFUSED_STREAM`, or above the last
 //!   stream of its `GOAWAY`), unless they carry an `Idempotency-Key`
-//!   ([`idempotency_key_headers`](RetryLayerBuilder::idempotency_key_headers)) or
+//!   ([`idempotency_key_headers`](RetryLayerBuilder::idempotency_key_headers)) or the [`Idempotent`]
+//!   extension (which a [`RedisCache`](crate::cache::RedisCache) above puts on the `POST` queries it caches), or
 //!   [`retry_non_idempotent`](RetryLayerBuilder::retry_non_idempotent) is on: a `503` or a reset connection
 //!   may come after the server acted on the request, a refused connection or stream never does.
 //! - **Delay**: full jitter, `random(0, min(max_delay, base_delay * 2^n))` before retry `n`; when the answer
@@ -87,6 +88,7 @@ mod wait;
 
 pub use self::budget::RetryBudget;
 pub use self::layer::{RetryLayer, RetryLayerBuilder};
+pub(crate) use self::policy::is_idempotent;
 pub use self::policy::{Class, Classify, ClassifyFn, DefaultClassifier, classify_fn};
 pub(crate) use self::wait::wait_of;
 
@@ -107,6 +109,27 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 use tracing::Instrument;
+
+/// A request extension saying the request may be sent again whatever its method: a `POST` that only reads (a
+/// search, a GraphQL query, a lookup). [`Retry`] retries a request carrying it as it does a `GET`, on every
+/// retryable answer, where a plain `POST` is retried only when the server cannot have acted on it (a rate
+/// limit, a connection never made).
+///
+/// [`RedisCache`](crate::cache::RedisCache) puts it on what it sends for the queries it caches (a `POST` its
+/// `methods`, `cache_post_when` and `query_when` admit): an answer the cache may hand to every caller of the
+/// query is one the origin may be asked for twice. Put it on a request yourself to say the same.
+///
+/// ```
+/// use http::Request;
+/// use tower_redis_cache::RequestBody;
+/// use tower_redis_cache::retry::Idempotent;
+///
+/// let mut search = Request::post("https://api.example/search").body(RequestBody::from("{\"q\":\"rust\"}"))?;
+/// search.extensions_mut().insert(Idempotent);
+/// # Ok::<(), http::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Idempotent;
 
 /// How a call through [`Retry`] ended: a response extension, and the same facts on [`RetryError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +262,7 @@ where
     // An idempotency key makes a repeat safe: the server answers it with the first request's result.
     let replay_any = config.retry_non_idempotent
         || policy::is_idempotent(request.method())
+        || request.extensions().get::<Idempotent>().is_some()
         || config
             .idempotency_keys
             .iter()
