@@ -414,6 +414,24 @@ async fn persistent_503_stops_at_max_attempts() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn cloudflares_origin_errors_an_overloaded_api_and_a_request_timeout_are_retried() {
+    // Cloudflare in front of an origin that timed out (522, 524), an API overloaded (529: Anthropic's), a
+    // server that gave up waiting for the request (408).
+    let origin = Origin::new([status(522), status(529), status(408)], status(200));
+    let response = send(&origin, get()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(outcome(&response), (4, None));
+
+    // None of them says the server never acted on a `POST`.
+    for code in [408, 524, 529] {
+        let origin = Origin::new([status(code)], status(200));
+        let response = send(&origin, post("{}")).await;
+        assert_eq!(response.status().as_u16(), code);
+        assert_eq!(outcome(&response), (1, Some(GaveUp::NotIdempotent)));
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn persistent_503_stops_at_the_deadline_when_it_comes_first() {
     // Every wait is a Retry-After of 1 s; a 3.5 s deadline allows attempts at 0, 1, 2 and 3 s only.
     let origin = Origin::new([], retry_after(503, "1"));

@@ -1089,10 +1089,11 @@ pub(crate) fn judge(rules: &Rules, request: &RequestFacts, response: &ResponseFa
     }
 }
 
-/// Statuses for which a stored entry inside its stale-if-error window answers instead: `429`, `500`, `502`,
-/// `503`, `504` (a transport error counts too).
+/// Statuses for which a stored entry inside its stale-if-error window answers instead: those the retry layer
+/// retries (`408`, `429`, `500`, `502`, `503`, `504`, Cloudflare's `520`-`524`, `529`; a transport error counts
+/// too).
 pub(crate) fn is_origin_failure(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+    crate::retry::is_transient(status)
 }
 
 /// Whether `fallback` answers for an origin that failed with `status` (`None`: a transport error) at `now`.
@@ -1957,7 +1958,7 @@ mod tests {
             stale_if_error_until: 9_000,
             vary_matches: true,
         };
-        for status in [429, 500, 502, 503, 504] {
+        for status in [408, 429, 500, 502, 503, 504, 520, 522, 524, 529] {
             let status = StatusCode::from_u16(status).unwrap();
             assert!(
                 serve_stale_on_error(Some(status), Some(&stored), 8_999),
@@ -1972,7 +1973,7 @@ mod tests {
             serve_stale_on_error(None, Some(&stored), 5_000),
             "transport error"
         );
-        for status in [200, 404, 501, 505] {
+        for status in [200, 404, 501, 505, 525] {
             let status = StatusCode::from_u16(status).unwrap();
             assert!(
                 !serve_stale_on_error(Some(status), Some(&stored), 5_000),

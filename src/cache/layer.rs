@@ -727,8 +727,9 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// How long after freshness ends the entry may answer when the inner service fails (transport error, 429,
-    /// 500, 502, 503, 504). Default: 300 s. Zero turns it off.
+    /// How long after freshness ends the entry may answer when the inner service fails (a transport error, or
+    /// a status the retry layer retries: 408, 429, 500, 502, 503, 504, Cloudflare's 520-524, 529). Default:
+    /// 300 s. Zero turns it off.
     pub fn stale_if_error_for(mut self, stale_if_error_for: Duration) -> Self {
         self.stale_if_error_for = stale_if_error_for;
         self

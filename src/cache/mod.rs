@@ -88,8 +88,9 @@
 //!   an answer saying `X-Accel-Buffering: no`) go to their caller from the head as they arrive, never held
 //!   and never stored; a request subscribing to an event stream (`Accept: text/event-stream`) bypasses the
 //!   cache.
-//! - **stale-if-error**: when that inner call fails (transport error, 429, 500, 502, 503, 504) and an entry
-//!   within `stale_if_error_for` after its freshness exists, the entry answers instead (`fwd=stale`).
+//! - **stale-if-error**: when that inner call fails (transport error, 408, 429, 500, 502, 503, 504,
+//!   Cloudflare's 520-524, 529) and an entry within `stale_if_error_for` after its freshness exists, the entry
+//!   answers instead (`fwd=stale`).
 //!
 //! Request `Cache-Control: no-cache` skips the read and refreshes the entry (`fwd=request`). A request's
 //! `max-age=N` takes no entry older than `N` seconds, `min-fresh=N` none fresh for less than `N` more, and with

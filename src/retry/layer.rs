@@ -208,7 +208,8 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// What is transient. Default: [`DefaultClassifier`] (429, 500, 502, 503, 504 and transport errors).
+    /// What is transient. Default: [`DefaultClassifier`] (408, 429, 500, 502, 503, 504, 520-524, 529 and
+    /// transport errors).
     pub fn classifier(mut self, classifier: impl Classify) -> Self {
         self.classifier = Arc::new(classifier);
         self

@@ -45,10 +45,11 @@
 //!
 //! # Policy
 //!
-//! - **What is retried**: decided by a [`Classify`]; by default `429`, `500`, `502`, `503`, `504`, a `403`
-//!   that is a rate limit (`X-RateLimit-Remaining: 0`, or a `Retry-After`: GitHub's rate limits) and transport
-//!   errors, never `501`. A token failure from an [`AuthLayer`](crate::AuthLayer) below is never retried: that
-//!   layer shares and remembers it.
+//! - **What is retried**: decided by a [`Classify`]; by default `408`, `429`, `500`, `502`, `503`, `504`,
+//!   Cloudflare's `520`-`524` (its origin failed, refused, timed out or was unreachable), `529` (overloaded:
+//!   Anthropic's API), a `403` that is a rate limit (`X-RateLimit-Remaining: 0`, or a `Retry-After`: GitHub's rate
+//!   limits) and transport errors, never `501`. A token failure from an [`AuthLayer`](crate::AuthLayer) below is
+//!   never retried: that layer shares and remembers it.
 //! - **Methods**: non-idempotent requests (`POST`, `PATCH`) are retried only on a rate limit, on a connection that
 //!   could not be made (refused, unreachable; with hyper-util or reqwest, any connect failure) and on an HTTP/2
 //!   stream the server never processed (feature `genesys`: reset with `REFUSED_STREAM`, or above the last
@@ -88,8 +89,8 @@ mod wait;
 
 pub use self::budget::RetryBudget;
 pub use self::layer::{RetryLayer, RetryLayerBuilder};
-pub(crate) use self::policy::is_idempotent;
 pub use self::policy::{Class, Classify, ClassifyFn, DefaultClassifier, classify_fn};
+pub(crate) use self::policy::{is_idempotent, is_transient};
 pub(crate) use self::wait::wait_of;
 
 use self::error::RetryError;

@@ -27,25 +27,38 @@ pub trait Classify: Send + Sync + 'static {
     }
 }
 
-/// The default classifier: retries `429`, `500`, `502`, `503`, `504` and every transport error, and a `403`
-/// that is a rate limit: its rate-limit fields say the quota is spent (`X-RateLimit-Remaining: 0`), or it asks
-/// for a wait (`Retry-After`), as GitHub answers its rate limits. Never `501` (the server will not implement the
-/// method on a second try) and never other statuses.
+/// The default classifier: retries the statuses of a failure that may pass (`408`, `429`, `500`, `502`, `503`,
+/// `504`, Cloudflare's `520`-`524`, `529`) and every transport error, and a `403` that is a rate limit: its
+/// rate-limit fields say the quota is spent (`X-RateLimit-Remaining: 0`), or it asks for a wait (`Retry-After`), as
+/// GitHub answers its rate limits. Never `501` (the server will not implement the method on a second try) and never
+/// other statuses.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier;
 
 impl Classify for DefaultClassifier {
     fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Class {
-        match status {
-            StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::INTERNAL_SERVER_ERROR
-            | StatusCode::BAD_GATEWAY
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Class::Retry,
-            StatusCode::FORBIDDEN if super::wait::is_rate_limit(status, headers) => Class::Retry,
-            _ => Class::Done,
+        if is_transient(status)
+            || (status == StatusCode::FORBIDDEN && super::wait::is_rate_limit(status, headers))
+        {
+            Class::Retry
+        } else {
+            Class::Done
         }
     }
+}
+
+/// Whether `status` says the server, or a gateway in front of it, failed for now and may answer on another try:
+/// `408 Request Timeout`, `429`, `500`, `502`, `503`, `504`; Cloudflare's `520` to `524`, sent in front of an
+/// origin that answered nothing it could read, refused the connection, did not complete it, could not be
+/// reached or did not answer in time; and `529`, an overloaded API (Anthropic's `overloaded_error`).
+///
+/// None of them proves the request was not acted on (a `408` is also what a server's own handler timeout may
+/// answer), so a non-idempotent request is not retried on them. A cache's stale-if-error answers them too.
+pub(crate) fn is_transient(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        408 | 429 | 500 | 502 | 503 | 504 | 520..=524 | 529
+    )
 }
 
 /// A classifier from a closure over a response's status and headers; errors are all retried. Built by
@@ -163,11 +176,13 @@ mod tests {
     fn default_set() {
         let c = DefaultClassifier;
         let h = HeaderMap::new();
-        for s in [429, 500, 502, 503, 504] {
+        for s in [408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529] {
             let status = StatusCode::from_u16(s).unwrap();
             assert_eq!(c.classify_response(status, &h), Class::Retry, "{s}");
         }
-        for s in [200, 201, 301, 400, 401, 403, 404, 409, 501, 505] {
+        for s in [
+            200, 201, 301, 400, 401, 403, 404, 409, 501, 505, 511, 519, 525, 526, 530, 599,
+        ] {
             let status = StatusCode::from_u16(s).unwrap();
             assert_eq!(c.classify_response(status, &h), Class::Done, "{s}");
         }
