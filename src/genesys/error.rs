@@ -171,6 +171,31 @@ impl GenesysError {
         self.retry_after
     }
 
+    /// Whether the same call may succeed later, unchanged: the API answered a status of a failure that passes
+    /// (`408`, `429`, `500`, `502`, `503`, `504`, or a gateway's in front of it: the statuses the
+    /// [retry policy](crate::retry#policy) retries), an attempt timed out, the connection failed, or the token
+    /// endpoint failed in a way that passes ([`TokenError::is_transient`]). For a job queue deciding between
+    /// trying again (after [`retry_after`](Self::retry_after), when given) and giving up. `false` for what will
+    /// not change by itself: a `400` (a Data Action's own error), `401`, `403`, `404`, `409`, a rejected client,
+    /// an answer that did not parse, a request that could not be built.
+    pub fn is_transient(&self) -> bool {
+        match &self.kind {
+            Kind::Status { status, .. } => crate::retry::is_transient(*status),
+            Kind::Timeout(..) | Kind::Transport(..) => true,
+            Kind::Token(error, _) => {
+                let mut current: Option<&(dyn StdError + 'static)> = Some(&**error);
+                while let Some(e) = current {
+                    if let Some(failure) = e.downcast_ref::<TokenError>() {
+                        return failure.is_transient();
+                    }
+                    current = e.source();
+                }
+                false
+            }
+            Kind::Decode(_) | Kind::Pagination(_) | Kind::Request(_) => false,
+        }
+    }
+
     /// `429 Too Many Requests`, after the retries the policy allowed.
     pub fn is_rate_limited(&self) -> bool {
         self.status() == Some(StatusCode::TOO_MANY_REQUESTS)
@@ -360,5 +385,34 @@ mod tests {
         let error = GenesysError::from_stack(wrapped);
         assert!(error.is_timeout());
         assert_eq!(error.attempts(), 3);
+    }
+
+    #[test]
+    fn transient_failures_are_told_from_lasting_ones() {
+        let status = |code: u16| {
+            let status = StatusCode::from_u16(code).unwrap();
+            GenesysError::from_status(status, b"{}", None, 1, None).is_transient()
+        };
+        for code in [408, 429, 500, 502, 503, 504, 522, 524, 529] {
+            assert!(status(code), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 413, 501] {
+            assert!(!status(code), "{code}");
+        }
+        let stack = |error: BoxError| {
+            GenesysError::from_stack(Box::new(RetryError::new(2, None, error))).is_transient()
+        };
+        assert!(stack(Box::new(tower::timeout::error::Elapsed::new())));
+        assert!(stack("connection reset by peer".into()));
+        assert!(stack(Box::new(TokenError::Unreachable("refused".into()))));
+        let rejected = |code: u16| TokenError::Rejected {
+            status: StatusCode::from_u16(code).unwrap(),
+            error: Some("invalid_client".into()),
+            description: None,
+            retry_after: None,
+        };
+        assert!(!stack(Box::new(rejected(401))));
+        assert!(stack(Box::new(rejected(503))));
+        assert!(!GenesysError::request("no such path").is_transient());
     }
 }
