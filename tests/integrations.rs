@@ -759,12 +759,38 @@ fn the_assembled_client_and_its_futures_are_send_sync_and_clone() {
 #[test]
 fn counters_reach_the_metrics_facade() {
     use metrics::{
-        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+        Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+        SharedString, Unit,
     };
 
     #[derive(Default)]
     struct Totals(Mutex<HashMap<String, u64>>);
     struct Handle(Arc<Totals>, String);
+    /// Counts a histogram's values, each under its key with `#count` after it (and `#bad` for a value no
+    /// duration has).
+    impl HistogramFn for Handle {
+        fn record(&self, value: f64) {
+            let mark = if value.is_finite() && value >= 0.0 {
+                "#count"
+            } else {
+                "#bad"
+            };
+            *self
+                .0
+                .0
+                .lock()
+                .unwrap()
+                .entry(format!("{}{mark}", self.1))
+                .or_default() += 1;
+        }
+    }
+    fn name_of(key: &Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
     impl CounterFn for Handle {
         fn increment(&self, value: u64) {
             *self.0.0.lock().unwrap().entry(self.1.clone()).or_default() += value;
@@ -779,20 +805,13 @@ fn counters_reach_the_metrics_facade() {
         fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
         fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
         fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            let labels: Vec<String> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            Counter::from_arc(Arc::new(Handle(
-                self.0.clone(),
-                format!("{}{{{}}}", key.name(), labels.join(",")),
-            )))
+            Counter::from_arc(Arc::new(Handle(self.0.clone(), name_of(key))))
         }
         fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
             Gauge::noop()
         }
-        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-            Histogram::noop()
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(Arc::new(Handle(self.0.clone(), name_of(key))))
         }
     }
 
@@ -852,6 +871,23 @@ fn counters_reach_the_metrics_facade() {
     assert_eq!(
         totals.get("tower_redis_cache_hits_total{namespace=metered}"),
         Some(&2),
+        "{totals:?}"
+    );
+    // Every store call, timed: the three reads (a miss, two hits), and what the fill wrote.
+    assert_eq!(
+        totals.get(
+            "tower_redis_cache_store_call_seconds{namespace=metered,operation=get,outcome=ok}#count"
+        ),
+        Some(&3),
+        "{totals:?}"
+    );
+    assert!(
+        totals.keys().any(|key| key
+            .starts_with("tower_redis_cache_store_call_seconds{namespace=metered,operation=set")),
+        "{totals:?}"
+    );
+    assert!(
+        !totals.keys().any(|key| key.ends_with("#bad")),
         "{totals:?}"
     );
     assert_eq!(

@@ -259,8 +259,22 @@ impl GuardedStore {
             bump(&self.counters.store_skipped);
             return Err(StoreError::Unavailable);
         }
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let bounded = self.deadlines.bound(op(&*self.store)).await;
         let result = bounded.unwrap_or(Err(StoreError::Timeout));
+        #[cfg(feature = "metrics")]
+        super::stats::record_store_call(
+            &self.counters,
+            what,
+            match &result {
+                Ok(_) => "ok",
+                Err(StoreError::Refused(_)) => "refused",
+                Err(StoreError::Timeout) => "timeout",
+                Err(_) => "error",
+            },
+            started.elapsed(),
+        );
         match &result {
             Ok(_) => breaker.success(),
             Err(error) => self.failed(breaker, per_node, what, error),

@@ -84,8 +84,30 @@ pub(crate) fn add(counter: &Counter, n: u64) {
     metrics::counter!(counter.name, "namespace" => counter.namespace.clone()).increment(n);
 }
 
+/// Records how long a store call took, as the `tower_redis_cache_store_call_seconds{namespace, operation,
+/// outcome}` histogram: `operation` is what the call did (`get`, `set`, `lease`, ...), `outcome` how it ended
+/// (`ok`, `refused`, `error`, `timeout`). A call the breaker skipped is not made, so not recorded.
+#[cfg(feature = "metrics")]
+pub(crate) fn record_store_call(
+    counters: &Counters,
+    operation: &'static str,
+    outcome: &'static str,
+    took: std::time::Duration,
+) {
+    metrics::histogram!(
+        "tower_redis_cache_store_call_seconds",
+        "namespace" => counters.namespace.clone(),
+        "operation" => operation,
+        "outcome" => outcome
+    )
+    .record(took.as_secs_f64());
+}
+
 #[derive(Debug)]
 pub(crate) struct Counters {
+    /// The layer's namespace, the `namespace` label of what it exports.
+    #[cfg(feature = "metrics")]
+    pub(crate) namespace: Arc<str>,
     pub(crate) hits: Counter,
     pub(crate) stale_hits: Counter,
     pub(crate) misses: Counter,
@@ -136,6 +158,8 @@ impl Counters {
     pub(crate) fn new(namespace: &str) -> Self {
         let namespace: Arc<str> = Arc::from(namespace);
         Counters {
+            #[cfg(feature = "metrics")]
+            namespace: namespace.clone(),
             hits: Counter::new("tower_redis_cache_hits_total", &namespace),
             stale_hits: Counter::new("tower_redis_cache_stale_hits_total", &namespace),
             misses: Counter::new("tower_redis_cache_misses_total", &namespace),
