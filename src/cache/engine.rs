@@ -1603,11 +1603,7 @@ impl Engine {
 
     /// Reads the stored bytes of the entry for `key`.
     pub(super) async fn read_bytes(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreHealth> {
-        match self
-            .store
-            .call("get", key.as_str(), |s| s.get(key.as_str()))
-            .await
-        {
+        match self.store.get(key.as_str()).await {
             Ok(read) => Ok(read),
             Err(StoreError::Unavailable) => Err(StoreHealth::Unavailable),
             Err(_) => Err(StoreHealth::Error),

@@ -5,6 +5,8 @@ use super::deadline::Deadlines;
 use super::stats::{Counters, bump};
 use super::store::{Store, StoreFuture};
 use crate::error::StoreError;
+use bytes::Bytes;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -148,6 +150,10 @@ const NODE_BREAKERS: usize = 64;
 /// its own keys.
 pub(crate) struct GuardedStore {
     pub(crate) store: Arc<dyn Store>,
+    /// `store`, when it is a [`RedisStore`](crate::RedisStore): [`get`](Self::get) holds its reads as they
+    /// are, not boxed as `dyn Store` returns them.
+    #[cfg(feature = "redis")]
+    redis: Option<Arc<crate::RedisStore>>,
     /// The deadlines of this store's calls, and their timeout.
     deadlines: Arc<Deadlines>,
     pub(crate) breaker: Breaker,
@@ -182,8 +188,14 @@ impl GuardedStore {
         cooldown: Duration,
         counters: Arc<Counters>,
     ) -> Self {
+        #[cfg(feature = "redis")]
+        let redis = (store.clone() as Arc<dyn std::any::Any + Send + Sync>)
+            .downcast::<crate::RedisStore>()
+            .ok();
         GuardedStore {
             store,
+            #[cfg(feature = "redis")]
+            redis,
             deadlines: Deadlines::new(timeout),
             breaker: Breaker::new(threshold, cooldown),
             nodes: (0..NODE_BREAKERS)
@@ -247,13 +259,26 @@ impl GuardedStore {
         }
     }
 
+    /// Reads `key` under its breaker and the timeout: [`call`](Self::call) of [`Store::get`], with a Redis
+    /// store's read held unboxed (one allocation less for every hit).
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return self.call("get", key, |_| redis.read(key)).await;
+        }
+        self.call("get", key, |store| store.get(key)).await
+    }
+
     /// Runs one store operation on `key` under its breaker and the timeout.
-    pub(crate) async fn call<'a, T>(
+    pub(crate) async fn call<'a, T, F>(
         &'a self,
         what: &'static str,
         key: &str,
-        op: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T>,
-    ) -> Result<T, StoreError> {
+        op: impl FnOnce(&'a dyn Store) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>> + Unpin,
+    {
         let (breaker, per_node) = self.breaker(key);
         if !breaker.allow() {
             bump(&self.counters.store_skipped);

@@ -4,15 +4,15 @@
 //! connection on a side channel). Boxing a fresh one for every read, as `dyn Store` needs, costs every cache
 //! hit an allocation past the allocator's fast sizes, its release, and a write of 5 KiB into memory that a
 //! program doing other work between hits has let go cold. A read here takes a home a finished read gave back
-//! (or makes one), puts its future in it, and gives it back when it ends: what is boxed per read is only a
-//! handle of two pointers.
+//! (or makes one), puts its future in it, and gives it back when it ends. What the cache holds of a read is a
+//! [`Housed`] handle of three words, one type whatever the store's future: nothing is boxed per read (a caller of
+//! `Store::get`, which wants a `StoreFuture`, boxes the handle).
 //!
 //! Homes are kept in a few shards, each thread using one, so that cores rarely wait on each other's lock;
 //! a shard keeps at most [`KEPT`] homes, enough for the reads a thread has in flight at once in a busy server.
 //! After a burst, a store keeps at most `SHARDS * KEPT` (128) empty homes, about 650 KiB; reads past that
 //! many in flight at once allocate their home and free it when they end.
 
-use super::StoreFuture;
 use crate::error::StoreError;
 use bytes::Bytes;
 use std::future::Future;
@@ -27,29 +27,78 @@ const KEPT: usize = 16;
 /// Shards of homes.
 const SHARDS: usize = 8;
 
-type Home<F> = Pin<Box<Option<F>>>;
+type Output = Result<Option<Bytes>, StoreError>;
 
-/// Reads whose futures live in reused homes, with the input `I` a read needs.
-pub(crate) trait Reads<I>: Send + Sync {
-    /// Starts the read of `input`.
-    fn read(&self, input: I) -> StoreFuture<'_, Option<Bytes>>;
+/// A home, with the read it holds (if any) behind a trait object: the read's type is the store's, and a
+/// [`Housed`] read is one type whatever the store, so that the cache can hold it without boxing it again.
+trait Home<I>: Send {
+    /// Starts the read of `input` in this home (which is empty).
+    fn start(self: Pin<&mut Self>, input: I);
+    /// Polls the read in this home; `None` when the home is empty.
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<Poll<Output>>;
+    /// Drops the read in this home, if any.
+    fn empty(self: Pin<&mut Self>);
 }
 
-/// Homes for the futures `make` returns.
-pub(crate) struct Homes<F, M> {
-    make: M,
-    shards: [Mutex<Vec<Home<F>>>; SHARDS],
+pin_project_lite::pin_project! {
+    /// A home for the futures `M` makes.
+    struct HomeOf<F, M> {
+        make: M,
+        #[pin]
+        read: Option<F>,
+    }
 }
 
-impl<F, M> Homes<F, M> {
-    pub(crate) fn new(make: M) -> Self {
+impl<F, M, I> Home<I> for HomeOf<F, M>
+where
+    F: Future<Output = Output> + Send,
+    M: Fn(I) -> F + Send,
+{
+    fn start(self: Pin<&mut Self>, input: I) {
+        let mut this = self.project();
+        let read = (this.make)(input);
+        this.read.set(Some(read));
+    }
+
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<Poll<Output>> {
+        self.project().read.as_pin_mut().map(|read| read.poll(cx))
+    }
+
+    fn empty(self: Pin<&mut Self>) {
+        self.project().read.set(None);
+    }
+}
+
+type Boxed<I> = Pin<Box<dyn Home<I>>>;
+
+/// Homes for the futures of reads of input `I`.
+pub(crate) struct Homes<I> {
+    /// Makes a new, empty home.
+    build: Box<dyn Fn() -> Boxed<I> + Send + Sync>,
+    shards: [Mutex<Vec<Boxed<I>>>; SHARDS],
+}
+
+impl<I: 'static> Homes<I> {
+    /// Homes for the futures `make` returns.
+    pub(crate) fn new<F, M>(make: M) -> Self
+    where
+        F: Future<Output = Output> + Send + 'static,
+        M: Fn(I) -> F + Clone + Send + Sync + 'static,
+    {
         Homes {
-            make,
+            build: Box::new(move || {
+                Box::pin(HomeOf {
+                    make: make.clone(),
+                    read: None,
+                })
+            }),
             shards: std::array::from_fn(|_| Mutex::new(Vec::new())),
         }
     }
+}
 
-    fn shard(&self) -> MutexGuard<'_, Vec<Home<F>>> {
+impl<I> Homes<I> {
+    fn shard(&self) -> MutexGuard<'_, Vec<Boxed<I>>> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
             static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
@@ -61,54 +110,47 @@ impl<F, M> Homes<F, M> {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn give_back(&self, mut home: Home<F>) {
-        home.as_mut().set(None);
+    fn give_back(&self, mut home: Boxed<I>) {
+        home.as_mut().empty();
         let mut shard = self.shard();
         if shard.len() < KEPT {
             shard.push(home);
         }
     }
-}
 
-impl<F, M, I> Reads<I> for Homes<F, M>
-where
-    F: Future<Output = Result<Option<Bytes>, StoreError>> + Send + 'static,
-    M: Fn(I) -> F + Send + Sync,
-{
-    fn read(&self, input: I) -> StoreFuture<'_, Option<Bytes>> {
+    /// Starts the read of `input`, in a home a finished read gave back (or a new one).
+    pub(crate) fn read(&self, input: I) -> Housed<'_, I> {
         let kept = self.shard().pop();
-        let mut home = kept.unwrap_or_else(|| Box::pin(None));
-        home.as_mut().set(Some((self.make)(input)));
-        Box::pin(Housed {
+        let mut home = kept.unwrap_or_else(|| (self.build)());
+        home.as_mut().start(input);
+        Housed {
             homes: self,
             home: Some(home),
-        })
+        }
     }
 }
 
-/// A read in a home, which it gives back when it ends.
-struct Housed<'h, F, M> {
-    homes: &'h Homes<F, M>,
-    home: Option<Home<F>>,
+/// A read in a home, which it gives back when it ends. Two pointers, and `Unpin`: what the cache holds of a
+/// store read, with nothing boxed for it.
+pub(crate) struct Housed<'h, I> {
+    homes: &'h Homes<I>,
+    home: Option<Boxed<I>>,
 }
 
-impl<F, M> Future for Housed<'_, F, M>
-where
-    F: Future<Output = Result<Option<Bytes>, StoreError>>,
-{
-    type Output = Result<Option<Bytes>, StoreError>;
+impl<I> Future for Housed<'_, I> {
+    type Output = Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(read) = self
+        let polled = self
             .home
             .as_mut()
-            .and_then(|home| home.as_mut().as_pin_mut())
-        else {
+            .and_then(|home| home.as_mut().poll_read(cx));
+        let Some(polled) = polled else {
             return Poll::Ready(Err(StoreError::Backend(
                 "store read polled after it ended".into(),
             )));
         };
-        let output = std::task::ready!(read.poll(cx));
+        let output = std::task::ready!(polled);
         if let Some(home) = self.home.take() {
             self.homes.give_back(home);
         }
@@ -116,7 +158,7 @@ where
     }
 }
 
-impl<F, M> Drop for Housed<'_, F, M> {
+impl<I> Drop for Housed<'_, I> {
     fn drop(&mut self) {
         if let Some(home) = self.home.take() {
             self.homes.give_back(home);
@@ -133,7 +175,7 @@ mod tests {
     type Boxed = Pin<Box<dyn Future<Output = Result<Option<Bytes>, StoreError>> + Send>>;
 
     /// Reads answering their input after one yield, counting how many of their futures were dropped.
-    fn reader(dropped: Arc<AtomicU64>) -> impl Fn(u8) -> Boxed + Send + Sync {
+    fn reader(dropped: Arc<AtomicU64>) -> impl Fn(u8) -> Boxed + Clone + Send + Sync + 'static {
         move |n: u8| {
             let guard = DropCount(dropped.clone());
             Box::pin(async move {
@@ -152,7 +194,7 @@ mod tests {
         }
     }
 
-    fn kept<F, M>(homes: &Homes<F, M>) -> usize {
+    fn kept<I>(homes: &Homes<I>) -> usize {
         homes
             .shards
             .iter()
@@ -198,7 +240,7 @@ mod tests {
         let homes = Homes::new(reader(dropped.clone()));
         let mut read = homes.read(7);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(read.as_mut().poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut read).poll(&mut cx).is_pending());
         drop(read);
         assert_eq!(
             dropped.load(Ordering::SeqCst),

@@ -1,6 +1,6 @@
 //! [`RedisStore`]: entries in Redis through fred (standalone, Sentinel or Cluster; a `Client` or a `Pool`).
 
-use super::homes::{Homes, Reads};
+use super::homes::{Homes, Housed};
 use super::{Store, StoreFuture};
 use crate::error::StoreError;
 use bytes::Bytes;
@@ -43,13 +43,16 @@ pub struct RedisStore {
     clients: Clients,
     next: std::sync::Arc<AtomicUsize>,
     /// `GET`s, in futures whose homes are reused (see [`Homes`]).
-    reads: Arc<dyn Reads<(Clients, usize, Key)>>,
+    reads: Arc<Homes<ReadOf>>,
     /// Which primary serves each hash slot, for the cache's per-node circuit breakers; `None` unless Cluster.
     routes: Option<std::sync::Arc<Routes>>,
 }
 
 /// The store's clients (one per connection of a `Pool`), each sending commands fail fast.
 type Clients = std::sync::Arc<[fred::clients::WithOptions<Client>]>;
+
+/// What a `GET` needs: the clients, which one of them sends it, and the key.
+type ReadOf = (Clients, usize, Key);
 
 /// The `GET` of `key` on `clients[index]`: a future that owns what it needs, so that its home outlives it.
 async fn get_on(clients: Clients, index: usize, key: Key) -> Result<Option<Bytes>, StoreError> {
@@ -252,6 +255,13 @@ impl RedisStore {
     }
 
     /// The index of the client the next command goes to: each in turn.
+    /// [`Store::get`], unboxed: the cache's own reads hold this handle as it is.
+    pub(crate) fn read(&self, key: &str) -> Housed<'_, ReadOf> {
+        let index = self.client_index();
+        self.reads
+            .read((self.clients.clone(), index, Key::from(key)))
+    }
+
     fn client_index(&self) -> usize {
         if self.clients.len() == 1 {
             return 0;
@@ -468,9 +478,7 @@ impl Store for RedisStore {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        let index = self.client_index();
-        self.reads
-            .read((self.clients.clone(), index, Key::from(key)))
+        Box::pin(self.read(key))
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
