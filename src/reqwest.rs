@@ -290,6 +290,10 @@ impl Origin<Body> for ChainOrigin<'_> {
     fn into_refresh(self) -> RefreshFetch {
         self.refresh
     }
+
+    fn refresh(&self) -> RefreshFetch {
+        self.refresh.clone()
+    }
 }
 
 /// A background refresh through the middleware's own client.
@@ -316,6 +320,10 @@ impl Fetch<Body> for RefreshFetch {
 
     fn parts(&self) -> &request::Parts {
         &self.parts
+    }
+
+    fn parts_mut(&mut self) -> &mut request::Parts {
+        &mut self.parts
     }
 }
 

@@ -548,6 +548,34 @@ async fn a_refresh_never_forwards_the_validators_of_the_client_that_started_it()
     assert_eq!(origin.calls(), 2);
 }
 
+#[tokio::test]
+async fn a_range_is_cut_from_a_stale_entry_whose_refresh_asks_for_the_whole_answer() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-control", "max-age=1, stale-while-revalidate=60");
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    call(&service, get("/doc")).await;
+
+    jump(Duration::from_secs(2)).await;
+    let mut ranged = get("/doc");
+    ranged
+        .headers_mut()
+        .insert("range", http::HeaderValue::from_static("bytes=0-5"));
+    let stale = call(&service, ranged).await;
+    assert_eq!(stale.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    assert_eq!(stale.headers()["content-range"], "bytes 0-5/19");
+    assert_eq!(&body(stale).await[..], br#"{"n":1"#);
+    // Asked with the range, the origin would answer a `206`, which is never stored.
+    wait_until("the refresh stored", || layer.handle().stats().stores == 2).await;
+
+    let refreshed = call(&service, get("/doc")).await;
+    assert_eq!(outcome(&refreshed), CacheOutcome::Hit);
+    assert_eq!(&body(refreshed).await[..], br#"{"n":2,"echo":null}"#);
+    assert_eq!(origin.calls(), 2);
+}
+
 /// A layer whose entries are fresh for a minute, then stale for another.
 async fn minute_layer(server: &RedisServer) -> RedisCacheLayer {
     layer(server)

@@ -1013,12 +1013,16 @@ async fn range_and_precondition_requests_go_to_the_origin_and_206_is_never_store
         cache_status(&partial),
         "tower-redis-cache; fwd=bypass; detail=range"
     );
+    // Meanwhile one fetch of the whole answer (the origin's `206` to a range is never stored) filled the entry.
+    wait_until("the range's fill stored", || {
+        layer.handle().stats().stores == 1
+    })
+    .await;
     let whole = call(&service, get("http://api.test/file", &[])).await;
-    assert_eq!(whole.status(), StatusCode::OK);
-    assert!(matches!(
-        outcome(&whole),
-        CacheOutcome::Miss { stored: true, .. }
-    ));
+    assert_eq!(
+        (whole.status(), outcome(&whole)),
+        (StatusCode::OK, CacheOutcome::Hit)
+    );
     assert_eq!(&body(whole).await[..], br#"{"n":2,"echo":null}"#);
     let hit = call(&service, get("http://api.test/file", &[])).await;
     assert_eq!(
@@ -1120,7 +1124,8 @@ async fn a_range_of_a_fresh_entry_is_cut_from_it() {
     );
     assert_eq!(head.headers()["content-length"], "19");
 
-    // A range with no fresh entry goes to the origin as it came: its `206` is neither stored nor shared.
+    // A range with no entry goes to the origin as it came (its `206` is neither stored nor shared), while one
+    // background fetch of the whole answer fills the entry, from which the next range is cut.
     const OTHER: &str = "http://api.test/other";
     let partial = call(&service, get(OTHER, &[("range", "bytes=0-0")])).await;
     assert_eq!(partial.status(), StatusCode::PARTIAL_CONTENT);
@@ -1129,12 +1134,59 @@ async fn a_range_of_a_fresh_entry_is_cut_from_it() {
         "tower-redis-cache; fwd=bypass; detail=range"
     );
     assert_eq!(&body(partial).await[..], b"{");
-    let after = call(&service, get(OTHER, &[])).await;
-    assert!(matches!(
-        outcome(&after),
-        CacheOutcome::Miss { stored: true, .. }
-    ));
+    wait_until("the range's fill stored", || {
+        layer.handle().stats().stores == 2
+    })
+    .await;
+    let cut = call(&service, get(OTHER, &[("range", "bytes=1-4")])).await;
+    assert_eq!(
+        (cut.status(), outcome(&cut)),
+        (StatusCode::PARTIAL_CONTENT, CacheOutcome::Hit)
+    );
+    assert_eq!(cut.headers()["content-range"], "bytes 1-4/19");
+    assert_eq!(&body(cut).await[..], br#""n":"#);
     assert_eq!(origin.calls(), 3);
+    assert_eq!(layer.handle().stats().refreshes_started, 1);
+}
+
+#[tokio::test]
+async fn ranges_asked_for_together_before_the_entry_exists_fill_it_once() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    // Slow enough that every range below is passed on before the fill answers.
+    origin.set_delay(Duration::from_millis(300));
+    let layer = layer(&server).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    const FILE: &str = "http://api.test/video";
+    let ranges = (0..8).map(|_| call(&service, get(FILE, &[("range", "bytes=0-0")])));
+    for partial in futures_util::future::join_all(ranges).await {
+        assert_eq!(partial.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(outcome(&partial), CacheOutcome::Bypass(BypassReason::Range));
+    }
+    wait_until("the fill stored", || layer.handle().stats().stores == 1).await;
+    assert_eq!(origin.calls(), 9, "eight ranges passed on, one fill");
+    assert_eq!(layer.handle().stats().refreshes_started, 1);
+
+    // A key whose answer may not be stored is fetched whole at most once per lease, however many ranges ask.
+    origin.add_header("cache-control", "no-store");
+    origin.set_delay(Duration::ZERO);
+    const PRIVATE: &str = "http://api.test/private-video";
+    for _ in 0..3 {
+        let partial = call(&service, get(PRIVATE, &[("range", "bytes=0-0")])).await;
+        assert_eq!(partial.status(), StatusCode::PARTIAL_CONTENT);
+        wait_until("the fill ended", || {
+            let stats = layer.handle().stats();
+            stats.refreshes_failed + stats.refreshes_skipped >= 1
+        })
+        .await;
+    }
+    let stats = layer.handle().stats();
+    assert_eq!((stats.stores, stats.refreshes_started), (1, 2));
+    assert_eq!(
+        origin.calls(),
+        9 + 3 + 1,
+        "three ranges passed on, one fill"
+    );
 }
 
 #[tokio::test]

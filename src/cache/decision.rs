@@ -10,9 +10,11 @@
 //!   `X-Api-Key`) bypass the cache unless the layer says how users are told apart ([`Credentials`]);
 //! - preconditions (`If-Match`, `If-Unmodified-Since`, and validators on a method other than `GET` and `HEAD`)
 //!   go to the origin, and their responses are not stored;
-//! - a `GET` with `Range` is answered from a fresh entry only, and [`part_of`] says which part of it (RFC 9110
-//!   §14): a `206` or `416` cut by the cache; with no fresh entry it goes to the origin as it came, and its
-//!   answer is neither stored nor shared. `Range` on any other method goes to the origin;
+//! - a `GET` with `Range` is answered from a fresh or stale entry, and [`part_of`] says which part of it (RFC
+//!   9110 §14): a `206` or `416` cut by the cache (a stale entry's refresh asks for the whole answer); with no
+//!   entry to cut it from it goes to the origin as it came, its answer neither stored nor shared, while one
+//!   background fetch of the whole answer fills the entry ([`Action::PassAndFill`]). `Range` on any other
+//!   method goes to the origin;
 //! - a `GET` or `HEAD` carrying the client's own validators (`If-None-Match`, `If-Modified-Since`) is answered
 //!   like any other, then [`not_modified`] says whether the client gets `304 Not Modified` instead (RFC 9111
 //!   §4.3.2): the validators are the client's, so they are evaluated here and never forwarded;
@@ -109,8 +111,9 @@ pub(crate) struct RequestFacts {
     pub(crate) only_if_cached: bool,
     pub(crate) authorization: bool,
     pub(crate) cookie: bool,
-    /// `Range`: a `GET` of it is answered from a fresh entry, in part ([`part_of`]); anything else with it goes
-    /// to the origin as it came. (`If-Range` alone means nothing: RFC 9110 §13.1.5.)
+    /// `Range`: a `GET` of it is answered from an entry, in part ([`part_of`]), or passed on while the entry
+    /// is filled ([`Action::PassAndFill`]); anything else with it goes to the origin as it came. (`If-Range`
+    /// alone means nothing: RFC 9110 §13.1.5.)
     pub(crate) range: bool,
     /// The method is `GET`, the one method with range semantics (RFC 9110 §14.2).
     pub(crate) get: bool,
@@ -566,6 +569,11 @@ pub(crate) enum Action {
     ServeStale,
     /// Call the inner service (coalesced with concurrent callers of the same key).
     Forward(Forward),
+    /// Send the request to the inner service as it is (a `GET` with `Range`, whose `206` is neither stored nor
+    /// shared), and start one background fetch of the whole answer, as a refresh (under the entry's lease:
+    /// once for the whole fleet), which stores it: the ranges asked for next are cut from the entry. Its
+    /// outcome is a bypass for [`BypassReason::Range`].
+    PassAndFill,
     /// Answer `504 Gateway Timeout` without calling the inner service: the request said `only-if-cached`, and
     /// nothing stored may answer it (RFC 9111 §5.2.1.7).
     OnlyIfCachedMiss,
@@ -902,7 +910,7 @@ fn entity_tag_prefix(text: &str) -> Option<(&str, &str)> {
 pub(crate) fn decide(rules: &Rules, request: &RequestFacts, lookup: Lookup, now: u64) -> Action {
     match decide_for_origin(rules, request, lookup, now) {
         // Whatever would have gone to the inner service, bypass or forward, is refused instead.
-        Action::Bypass(_) | Action::Forward(_) if request.only_if_cached => {
+        Action::Bypass(_) | Action::Forward(_) | Action::PassAndFill if request.only_if_cached => {
             Action::OnlyIfCachedMiss
         }
         action => action,
@@ -980,14 +988,18 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Lookup::Found(stored) if now < stored.stale_until => Action::ServeStale,
         Lookup::Found(stored) => forward(Fwd::UriMiss, true, stored.usable_on_error(now)),
     };
-    // A range is answered only from a fresh entry. Anything else goes to the origin as it came: its `206` is
-    // neither stored nor shared, and a stale entry is not served, since its refresh would ask for the range
-    // (nor is a fresh one refreshed ahead of expiry, for the same reason).
+    // A range is cut from the entry, fresh or stale (a refresh asks for the whole answer). With no entry to cut
+    // it from, it goes to the origin as it came, since the origin sends a part sooner than the whole; its `206`
+    // is neither stored nor shared, and a background fetch of the whole answer fills the entry. Not when the
+    // store just failed this request's read: nothing could be stored.
     match action {
-        Action::Forward(_) | Action::ServeStale if request.range => {
-            Action::Bypass(BypassReason::Range)
+        Action::Forward(forward) if request.range => {
+            if forward.store {
+                Action::PassAndFill
+            } else {
+                Action::Bypass(BypassReason::Range)
+            }
         }
-        Action::ServeFreshAndRefresh if request.range => Action::ServeFresh,
         action => action,
     }
 }
@@ -1760,14 +1772,15 @@ mod tests {
             ("authorization, keyed", &in_key, with(|f| f.authorization = true), fresh, 1_000, Action::ServeFresh),
             ("cookie, partitioned", &partition, with(|f| f.cookie = true), fresh, 1_000, Action::ServeFresh),
             ("range, not a GET", &in_key, with(|f| f.range = true), fresh, 1_000, Action::Bypass(BypassReason::Range)),
-            // A `GET`'s range is answered from a fresh entry only; anything else goes to the origin as it came.
+            // A `GET`'s range is cut from an entry, fresh or stale; with none, it goes to the origin as it came while
+            // the entry is filled (unless the store just failed).
             ("range of a GET: read first", &shared, with(|f| { f.range = true; f.get = true }), Lookup::NotRead, 1_000, Action::Read),
             ("range of a GET: fresh", &shared, with(|f| { f.range = true; f.get = true }), fresh, 1_000, Action::ServeFresh),
-            ("range of a GET: stale", &shared, with(|f| { f.range = true; f.get = true }), fresh, 2_500, Action::Bypass(BypassReason::Range)),
-            ("range of a GET: absent", &shared, with(|f| { f.range = true; f.get = true }), Lookup::Absent, 1_000, Action::Bypass(BypassReason::Range)),
+            ("range of a GET: stale", &shared, with(|f| { f.range = true; f.get = true }), fresh, 2_500, Action::ServeStale),
+            ("range of a GET: absent", &shared, with(|f| { f.range = true; f.get = true }), Lookup::Absent, 1_000, Action::PassAndFill),
             ("range of a GET: store failed", &shared, with(|f| { f.range = true; f.get = true }), Lookup::Failed, 1_000, Action::Bypass(BypassReason::Range)),
-            ("range of a GET: another variant", &shared, with(|f| { f.range = true; f.get = true }), other_variant, 1_000, Action::Bypass(BypassReason::Range)),
-            ("range of a GET: stale-if-error only", &shared, with(|f| { f.range = true; f.get = true }), fresh, 3_500, Action::Bypass(BypassReason::Range)),
+            ("range of a GET: another variant", &shared, with(|f| { f.range = true; f.get = true }), other_variant, 1_000, Action::PassAndFill),
+            ("range of a GET: stale-if-error only", &shared, with(|f| { f.range = true; f.get = true }), fresh, 3_500, Action::PassAndFill),
             ("range of a GET: no-cache", &shared, with(|f| { f.range = true; f.get = true; f.no_cache = true }), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::Range)),
             ("range of a GET: only-if-cached, absent", &shared, with(|f| { f.range = true; f.get = true; f.only_if_cached = true }), Lookup::Absent, 1_000, Action::OnlyIfCachedMiss),
             ("if-match", &shared, with(|f| f.preconditions = true), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
@@ -1793,7 +1806,7 @@ mod tests {
             ("refresh ahead: from its last quarter", &ahead, plain(), fresh, 1_500, Action::ServeFreshAndRefresh),
             ("refresh ahead: to fresh_until", &ahead, plain(), fresh, 1_999, Action::ServeFreshAndRefresh),
             ("refresh ahead: then stale", &ahead, plain(), fresh, 2_000, Action::ServeStale),
-            ("refresh ahead: a range is not refreshed", &ahead, with(|f| { f.range = true; f.get = true }), fresh, 1_500, Action::ServeFresh),
+            ("refresh ahead: a range's entry is refreshed too", &ahead, with(|f| { f.range = true; f.get = true }), fresh, 1_500, Action::ServeFreshAndRefresh),
             ("refresh ahead: within max-age", &ahead, with(|f| { f.max_age = Some(1); }), fresh, 1_500, Action::ServeFreshAndRefresh),
             ("refresh ahead: only-if-cached", &ahead, with(|f| f.only_if_cached = true), fresh, 1_500, Action::ServeFreshAndRefresh),
             ("expired", &shared, plain(), fresh, 5_000, forward(Fwd::UriMiss, true, false)),

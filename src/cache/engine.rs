@@ -183,6 +183,21 @@ pub(crate) trait Fetch<R>: Clone + Send + 'static {
     fn fetch(self, extra: HeaderMap, holding: Holding) -> FetchFuture<'static, R>;
     /// The request's head (its tags; its headers give the variant a response is stored under).
     fn parts(&self) -> &request::Parts;
+    /// The request's head, to change before the fetch.
+    fn parts_mut(&mut self) -> &mut request::Parts;
+
+    /// This fetch asking for the whole answer: without the `Range` (and `If-Range`) its client sent. A refresh,
+    /// or the fill a range starts, never asks for a part: the entry holds the whole answer, and the cache cuts
+    /// the parts its callers ask for.
+    fn whole(mut self) -> Self
+    where
+        Self: Sized,
+    {
+        let headers = &mut self.parts_mut().headers;
+        headers.remove(RANGE);
+        headers.remove(IF_RANGE);
+        self
+    }
 }
 
 /// How the engine reaches the origin for one request: [`call`](Origin::call) in the caller's own future (it
@@ -197,6 +212,9 @@ pub(crate) trait Origin<R>: Send {
     /// variant answers).
     fn parts(&self) -> &request::Parts;
     fn into_refresh(self) -> Self::Refresh;
+    /// [`into_refresh`](Origin::into_refresh), keeping this origin for the caller's own call: the fill a
+    /// range starts beside passing the range on ([`Action::PassAndFill`]).
+    fn refresh(&self) -> Self::Refresh;
 
     /// The request's headers.
     fn headers(&self) -> &HeaderMap {
@@ -217,6 +235,10 @@ impl<R, T: Fetch<R>> Origin<R> for T {
 
     fn into_refresh(self) -> T {
         self
+    }
+
+    fn refresh(&self) -> T {
+        self.clone()
     }
 }
 
@@ -1100,6 +1122,25 @@ impl Engine {
                 );
                 let outcome = CacheOutcome::Stale { refreshing };
                 Next::Answer(cached(entry, now, outcome, None))
+            }
+            (Action::PassAndFill, entry) => {
+                // Not for a key whose answer was found unstorable: fetched whole, it would not be stored either.
+                let filling =
+                    unstored.is_none() && self.start_refresh(&key, facts, origin.refresh());
+                tracing::debug!(
+                    key = key.short(),
+                    outcome = "bypass",
+                    filling,
+                    "cache decision: a range passed on"
+                );
+                let read = Read {
+                    entry,
+                    health,
+                    epoch: Some(epoch),
+                    unstored,
+                };
+                let bypass = Action::Bypass(BypassReason::Range);
+                Next::Forward(self.forward(key, facts, origin, bypass, read))
             }
             (action, entry) => {
                 let read = Read {

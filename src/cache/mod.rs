@@ -108,11 +108,15 @@
 //! [`CacheStats::not_modified`]). The client's validators are never forwarded: the origin's `304` to them
 //! could be neither stored nor shared.
 //!
-//! A `GET` with `Range` is answered from a fresh entry only, cut by the cache (RFC 9110 §14): one byte range
-//! gets `206 Partial Content` with `Content-Range`, a range past the end `416 Range Not Satisfiable`, and
+//! A `GET` with `Range` is answered from the entry, fresh or stale, cut by the cache (RFC 9110 §14): one byte
+//! range gets `206 Partial Content` with `Content-Range`, a range past the end `416 Range Not Satisfiable`, and
 //! several ranges, or an `If-Range` that does not match the entry by the strong comparison, the whole answer
-//! (counted in [`CacheStats::partial`]). With no fresh entry it goes to the origin as it came
-//! (`fwd=bypass; detail=range`): the origin's `206` is neither stored nor shared.
+//! (counted in [`CacheStats::partial`]). A stale entry's refresh asks for the whole answer. With no entry, the
+//! range goes to the origin as it came (`fwd=bypass; detail=range`), since the origin sends a part sooner than
+//! the whole, and its `206` is neither stored nor shared; meanwhile one background fetch of the whole answer, a
+//! refresh under the entry's lease (once for the whole fleet, counted in [`CacheStats::refreshes_started`]),
+//! fills the entry, and the ranges that follow are cut from it. An answer too large to store is not held: the
+//! fill lets it go, and its lease spaces out the next attempts.
 //!
 //! A `HEAD` is answered from the entry of the `GET` of the same request (RFC 9110 §9.3.2), whenever both
 //! methods are cached: it is keyed, coalesced and stored as that `GET`, and its answer is the `GET`'s status

@@ -112,6 +112,14 @@ impl Engine {
             running.running.insert(key.as_str().to_owned());
             task
         };
+        // The whole answer, whatever part the request that started the refresh asked for.
+        let (fetch, facts) = (
+            fetch.whole(),
+            RequestFacts {
+                range: false,
+                ..facts
+            },
+        );
         let slot = RefreshSlot {
             engine: Arc::clone(self),
             key: key.clone(),

@@ -423,4 +423,8 @@ where
     fn parts(&self) -> &request::Parts {
         &self.parts
     }
+
+    fn parts_mut(&mut self) -> &mut request::Parts {
+        &mut self.parts
+    }
 }

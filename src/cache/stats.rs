@@ -326,7 +326,8 @@ pub struct CacheStats {
     not_stored_by_reason: [u64; NotStored::ALL.len()],
     /// Stored entries served because the inner service failed.
     pub stale_if_error: u64,
-    /// Background refreshes that called the inner service.
+    /// Background refreshes that called the inner service: of stale entries, of entries refreshed ahead of
+    /// expiry, and the fills of entries a `Range` found missing.
     pub refreshes_started: u64,
     /// Background refreshes whose inner call failed or whose response was not storable. (A refresh whose
     /// answer an invalidation overtook counts in `stores_fenced` instead.)
