@@ -168,6 +168,31 @@ pub(crate) struct GuardedStore {
     created: std::time::Instant,
 }
 
+/// A store read, as [`GuardedStore::get`] holds it: one type (one future for the call around it) whichever
+/// the store.
+enum Read<'a> {
+    /// A [`RedisStore`](crate::RedisStore)'s read, unboxed.
+    #[cfg(feature = "redis")]
+    Housed(super::store::Housed<'a>),
+    /// Any other store's.
+    Boxed(StoreFuture<'a, Option<Bytes>>),
+}
+
+impl Future for Read<'_> {
+    type Output = Result<Option<Bytes>, StoreError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            #[cfg(feature = "redis")]
+            Read::Housed(read) => std::pin::Pin::new(read).poll(cx),
+            Read::Boxed(read) => read.as_mut().poll(cx),
+        }
+    }
+}
+
 /// The least time between two warnings of refused store calls.
 const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -261,12 +286,17 @@ impl GuardedStore {
 
     /// Reads `key` under its breaker and the timeout: [`call`](Self::call) of [`Store::get`], with a Redis
     /// store's read held unboxed (one allocation less for every hit).
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        #[cfg(feature = "redis")]
-        if let Some(redis) = &self.redis {
-            return self.call("get", key, |_| redis.read(key)).await;
-        }
-        self.call("get", key, |store| store.get(key)).await
+    pub(crate) fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send + 'a {
+        self.call("get", key, move |store| {
+            #[cfg(feature = "redis")]
+            if let Some(redis) = &self.redis {
+                return Read::Housed(redis.read(key));
+            }
+            Read::Boxed(store.get(key))
+        })
     }
 
     /// Runs one store operation on `key` under its breaker and the timeout.

@@ -50,6 +50,8 @@ mod tracking;
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
+pub(crate) use self::redis::Housed;
+#[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
 

@@ -1,6 +1,6 @@
 //! [`RedisStore`]: entries in Redis through fred (standalone, Sentinel or Cluster; a `Client` or a `Pool`).
 
-use super::homes::{Homes, Housed};
+use super::homes::{self, Homes};
 use super::{Store, StoreFuture};
 use crate::error::StoreError;
 use bytes::Bytes;
@@ -53,6 +53,9 @@ type Clients = std::sync::Arc<[fred::clients::WithOptions<Client>]>;
 
 /// What a `GET` needs: the clients, which one of them sends it, and the key.
 type ReadOf = (Clients, usize, Key);
+
+/// A `GET` in flight, in its reused home.
+pub(crate) type Housed<'h> = homes::Housed<'h, ReadOf>;
 
 /// The `GET` of `key` on `clients[index]`: a future that owns what it needs, so that its home outlives it.
 async fn get_on(clients: Clients, index: usize, key: Key) -> Result<Option<Bytes>, StoreError> {
@@ -256,7 +259,7 @@ impl RedisStore {
 
     /// The index of the client the next command goes to: each in turn.
     /// [`Store::get`], unboxed: the cache's own reads hold this handle as it is.
-    pub(crate) fn read(&self, key: &str) -> Housed<'_, ReadOf> {
+    pub(crate) fn read(&self, key: &str) -> Housed<'_> {
         let index = self.client_index();
         self.reads
             .read((self.clients.clone(), index, Key::from(key)))
