@@ -143,10 +143,13 @@
 //! counters are exported as `tower_redis_cache_<counter>_total{namespace}` (the fields of [`CacheStats`];
 //! `tower_redis_cache_bypasses_total` and `tower_redis_cache_not_stored_total` also carry the `reason`), plus
 //! `tower_redis_cache_retries_total`, `tower_redis_cache_retry_give_ups_total{reason}`,
-//! `tower_redis_cache_token_fetches_total` and `tower_redis_cache_token_fetch_errors_total`, and one histogram:
+//! `tower_redis_cache_token_fetches_total` and `tower_redis_cache_token_fetch_errors_total`, and two histograms:
 //! `tower_redis_cache_store_call_seconds{namespace, operation, outcome}`, the time of every store call the cache
 //! makes (`operation` `get`, `set`, `lease`, ...; `outcome` `ok`, `refused`, `error` or `timeout`), where a Redis
-//! growing slow shows long before its calls time out.
+//! growing slow shows long before its calls time out; and `tower_redis_cache_origin_call_seconds{namespace,
+//! call, outcome}`, the time of every call of the inner service (`call` `miss`, `refresh` or `bypass`; `outcome`
+//! the answer's status class, `2xx` to `5xx`, or `error`), to its answer's head, or to the end of the body the
+//! cache reads whole: what a miss costs, beside what a hit saves.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The docs are written for the full feature set, as docs.rs builds them: in a build without `memory` or
 // `compression`, a link to an item of the missing feature has nothing to point at and renders as plain text.

@@ -42,6 +42,7 @@ use crate::cache::engine::{
     Engine, Fetch, FetchFuture, Finish, Holding, NearProbe, Origin, Steps, buffer_response,
     with_validators,
 };
+use crate::cache::stats::{OriginCall, OriginTimer};
 use crate::error::BoxError;
 use ::reqwest::{Body, Request, ResponseBuilderExt, Url};
 use ::reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
@@ -193,7 +194,11 @@ impl Middleware for CacheMiddleware {
             }
             let status = engine.bypassed(reason);
             let stale = engine.stale_targets(&parts, &facts, partition);
-            let mut response = next.run(request, extensions).await?;
+            let timer = OriginTimer::start();
+            let called = next.run(request, extensions).await;
+            let answered = called.as_ref().ok().map(::reqwest::Response::status);
+            timer.stop(&engine.counters, OriginCall::Bypass, answered);
+            let mut response = called?;
             if let Some(stale) = stale {
                 engine
                     .invalidate(stale, response.status(), response.headers())

@@ -860,6 +860,50 @@ fn counters_reach_the_metrics_facade() {
                 .unwrap();
             let client = ServiceBuilder::new().layer(cache).service(private);
             client.oneshot(request).await.unwrap();
+            // A stale entry's refresh, and an origin that fails: timed as well.
+            let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+                .namespace("refreshed")
+                .fresh_for(std::time::Duration::ZERO)
+                .stale_for(std::time::Duration::from_secs(60))
+                .build()
+                .unwrap();
+            let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let fails = failing.clone();
+            let flaky = service_fn(move |_req: Request<RequestBody>| {
+                let fail = fails.load(Ordering::SeqCst);
+                async move {
+                    if fail {
+                        return Err::<Response<Full<Bytes>>, BoxError>("origin down".into());
+                    }
+                    Ok(Response::new(Full::new(Bytes::from_static(b"{}"))))
+                }
+            });
+            let client = ServiceBuilder::new().layer(cache).service(flaky);
+            let get = |path: &str| {
+                Request::get(format!("https://api.example{path}"))
+                    .body(Full::<Bytes>::default())
+                    .unwrap()
+            };
+            client.clone().oneshot(get("/x")).await.unwrap();
+            let stale = client.clone().oneshot(get("/x")).await.unwrap();
+            assert!(matches!(
+                CacheOutcome::of(&stale),
+                Some(CacheOutcome::Stale { refreshing: true })
+            ));
+            let layer_stats = || {
+                let totals = totals.0.lock().unwrap();
+                totals
+                    .get("tower_redis_cache_refreshes_started_total{namespace=refreshed}")
+                    .copied()
+            };
+            for _ in 0..1000 {
+                if layer_stats().is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            failing.store(true, Ordering::SeqCst);
+            assert!(client.oneshot(get("/y")).await.is_err());
         });
     });
     let totals = totals.0.lock().unwrap();
@@ -886,6 +930,23 @@ fn counters_reach_the_metrics_facade() {
             .starts_with("tower_redis_cache_store_call_seconds{namespace=metered,operation=set")),
         "{totals:?}"
     );
+    // Every origin call, timed, with why it was made and how it ended.
+    for (labels, count) in [
+        ("namespace=metered,call=miss,outcome=2xx", 1),
+        ("namespace=metered,call=bypass,outcome=2xx", 1),
+        ("namespace=private,call=miss,outcome=2xx", 1),
+        ("namespace=refreshed,call=miss,outcome=2xx", 1),
+        ("namespace=refreshed,call=refresh,outcome=2xx", 1),
+        ("namespace=refreshed,call=miss,outcome=error", 1),
+    ] {
+        assert_eq!(
+            totals.get(&format!(
+                "tower_redis_cache_origin_call_seconds{{{labels}}}#count"
+            )),
+            Some(&count),
+            "{labels}: {totals:?}"
+        );
+    }
     assert!(
         !totals.keys().any(|key| key.ends_with("#bad")),
         "{totals:?}"

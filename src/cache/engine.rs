@@ -29,7 +29,7 @@ use super::key::{
 };
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
-use super::stats::{Counters, add, bump, bump_bypass, bump_not_stored};
+use super::stats::{Counters, OriginCall, OriginTimer, add, bump, bump_bypass, bump_not_stored};
 use super::status::{BypassReason, CacheOutcome, HeaderText, NotStored, Status, StoreHealth};
 use super::tags::TagsFn;
 use super::tunnel;
@@ -174,6 +174,15 @@ pub(crate) type FetchFuture<'a, R> =
 /// The engine's answer to one request, boxed (the miss path).
 type AnswerFuture<'a, R> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<R>>, BoxError>> + Send + 'a>>;
+
+/// The status of an origin's answer; `None` when the call failed.
+pub(crate) fn status_of<R>(called: &Result<Fetched<R>, BoxError>) -> Option<StatusCode> {
+    match called {
+        Ok(Fetched::Buffered(response)) => Some(response.status),
+        Ok(Fetched::Streaming(response, _)) => Some(response.status()),
+        Err(_) => None,
+    }
+}
 
 /// How an adapter asks the origin for the response to one cached request, from a spawned background
 /// refresh: owned, cloneable, `'static`.
@@ -1322,6 +1331,7 @@ impl Engine {
                             .map(|stored| validators(&stored.headers))
                             .unwrap_or_default();
                         let asked = !validators.is_empty();
+                        let timer = OriginTimer::start();
                         let called = self
                             .renewing(
                                 lease.as_ref().and_then(LeaseGuard::lease),
@@ -1329,6 +1339,7 @@ impl Engine {
                                 || leader.detach(),
                             )
                             .await;
+                        timer.stop(&self.counters, OriginCall::Miss, status_of(&called));
                         // Why the answer was not stored, and its status: what it leaves in the entry's place.
                         let mut not_stored = None;
                         let answered = match called {
@@ -1555,7 +1566,10 @@ impl Engine {
         O: Origin<R>,
     {
         let status = self.bypassed(reason);
-        let mut response = match origin.call(HeaderMap::new(), self.holding(facts)).await? {
+        let timer = OriginTimer::start();
+        let called = origin.call(HeaderMap::new(), self.holding(facts)).await;
+        timer.stop(&self.counters, OriginCall::Bypass, status_of(&called));
+        let mut response = match called? {
             Fetched::Streaming(response, _) => response,
             Fetched::Buffered(response) => {
                 let mut out = Response::new(ResponseBody::full(response.body));

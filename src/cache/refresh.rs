@@ -2,11 +2,11 @@
 //! fleet (a `SET NX PX` lease stored next to the entry, in the same Redis Cluster hash slot).
 
 use super::decision::RequestFacts;
-use super::engine::{Engine, Fetch, Fetched, Written};
+use super::engine::{Engine, Fetch, Fetched, Written, status_of};
 use super::fleet::LeaseGuard;
 use super::freshness::validators;
 use super::key::{CacheKey, vary_digest};
-use super::stats::bump;
+use super::stats::{OriginCall, OriginTimer, bump};
 use http_body::Body;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
@@ -198,6 +198,7 @@ impl Engine {
         let mut lease = Some(lease);
         // The lease is renewed while the origin works, so no other process starts a second refresh however long
         // this one takes (up to `refresh_timeout`).
+        let timer = OriginTimer::start();
         let fetched = self
             .renewing(
                 lease.as_ref().and_then(LeaseGuard::lease),
@@ -206,6 +207,7 @@ impl Engine {
                 || {},
             )
             .await;
+        timer.stop(&self.counters, OriginCall::Refresh, status_of(&fetched));
         let written = match fetched {
             Ok(Fetched::Buffered(response)) => {
                 // A `304` renews the stored response without its body crossing the network again.

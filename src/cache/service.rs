@@ -8,6 +8,7 @@ use super::engine::{
 };
 use super::future::ResponseFuture;
 use super::key::short_hex;
+use super::stats::{OriginCall, OriginTimer};
 use super::status::{BypassReason, CacheOutcome};
 use crate::body::RequestBody;
 use crate::buffer::{Capped, Ready, call_ready, finish, read_capped, take_ready};
@@ -333,7 +334,11 @@ where
     S::Error: Into<BoxError>,
 {
     let status = engine.bypassed(reason);
-    let response = call_ready(&mut inner, request).await?;
+    let timer = OriginTimer::start();
+    let called = call_ready(&mut inner, request).await;
+    let answered = called.as_ref().ok().map(Response::status);
+    timer.stop(&engine.counters, OriginCall::Bypass, answered);
+    let response = called?;
     if let Some(stale) = stale {
         engine
             .invalidate(stale, response.status(), response.headers())

@@ -103,6 +103,71 @@ pub(crate) fn record_store_call(
     .record(took.as_secs_f64());
 }
 
+/// Why the cache asked the origin, the `call` label of `tower_redis_cache_origin_call_seconds`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OriginCall {
+    /// A miss (or a revalidation the request asked for): its callers wait for the answer.
+    Miss,
+    /// A background refresh, or the fill a range starts: nobody waits.
+    Refresh,
+    /// A request the cache takes no part in.
+    Bypass,
+}
+
+/// When an origin call started, to record how long it took ([`stop`](Self::stop)); nothing at all without the
+/// `metrics` feature.
+pub(crate) struct OriginTimer {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl OriginTimer {
+    #[inline]
+    pub(crate) fn start() -> Self {
+        OriginTimer {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Records the call, as the `tower_redis_cache_origin_call_seconds{namespace, call, outcome}` histogram:
+    /// `call` is why the origin was asked (`miss`, `refresh`, `bypass`), `outcome` the answer's status class
+    /// (`2xx`, ..., `5xx`) or `error` (`status` is `None`: the inner service failed). The time runs to the
+    /// answer's head, or to the end of its body when the cache reads it whole.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    #[inline]
+    pub(crate) fn stop(
+        self,
+        counters: &Counters,
+        call: OriginCall,
+        status: Option<http::StatusCode>,
+    ) {
+        #[cfg(feature = "metrics")]
+        {
+            let outcome = match status.map(|status| status.as_u16() / 100) {
+                None => "error",
+                Some(1) => "1xx",
+                Some(2) => "2xx",
+                Some(3) => "3xx",
+                Some(4) => "4xx",
+                Some(_) => "5xx",
+            };
+            let call = match call {
+                OriginCall::Miss => "miss",
+                OriginCall::Refresh => "refresh",
+                OriginCall::Bypass => "bypass",
+            };
+            metrics::histogram!(
+                "tower_redis_cache_origin_call_seconds",
+                "namespace" => counters.namespace.clone(),
+                "call" => call,
+                "outcome" => outcome
+            )
+            .record(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Counters {
     /// The layer's namespace, the `namespace` label of what it exports.
