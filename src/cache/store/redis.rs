@@ -257,7 +257,6 @@ impl RedisStore {
         &self.clients[self.client_index()]
     }
 
-    /// The index of the client the next command goes to: each in turn.
     /// [`Store::get`], unboxed: the cache's own reads hold this handle as it is.
     pub(crate) fn read(&self, key: &str) -> Housed<'_> {
         let index = self.client_index();
@@ -265,6 +264,7 @@ impl RedisStore {
             .read((self.clients.clone(), index, Key::from(key)))
     }
 
+    /// The index of the client the next command goes to: each in turn.
     fn client_index(&self) -> usize {
         if self.clients.len() == 1 {
             return 0;
