@@ -314,6 +314,8 @@ impl Engine {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::debug!(lease = lease.key, "lease lost: no longer renewed");
+                    // Stops the watch; a no-op in a build without the near cache (no `redis` feature).
+                    #[allow(clippy::drop_non_drop)]
                     drop(watch);
                     on_lost();
                     return work.await;
