@@ -446,12 +446,20 @@ async fn windows_a_hook_or_a_call_asks_for_are_cut_to_ten_years() {
     );
 }
 
+/// An origin whose answers are fresh for a second and stale for a minute after, tagged `etag` if any.
+fn second_fresh(etag: Option<&'static str>) -> Arc<Origin> {
+    let origin = Origin::new();
+    if let Some(etag) = etag {
+        origin.set_etag(etag);
+    }
+    origin.add_header("cache-control", "max-age=1, stale-while-revalidate=60");
+    origin
+}
+
 #[tokio::test]
 async fn a_refresh_answered_304_renews_the_entry_without_its_body() {
     let server = RedisServer::start();
-    let origin = Origin::new();
-    origin.set_etag("\"v1\"");
-    origin.add_header("cache-control", "max-age=1, stale-while-revalidate=60");
+    let origin = second_fresh(Some("\"v1\""));
     let layer = layer(&server).await.build().unwrap();
     let service = cached(&layer, origin.service());
     let first = call(&service, get("/doc")).await;
@@ -499,9 +507,7 @@ async fn a_refresh_answered_304_renews_the_entry_without_its_body() {
 #[tokio::test]
 async fn a_changed_etag_replaces_the_entry() {
     let server = RedisServer::start();
-    let origin = Origin::new();
-    origin.set_etag("\"v1\"");
-    origin.add_header("cache-control", "max-age=1, stale-while-revalidate=60");
+    let origin = second_fresh(Some("\"v1\""));
     let layer = layer(&server).await.build().unwrap();
     let service = cached(&layer, origin.service());
     call(&service, get("/doc")).await;
@@ -519,8 +525,7 @@ async fn a_changed_etag_replaces_the_entry() {
 #[tokio::test]
 async fn a_refresh_never_forwards_the_validators_of_the_client_that_started_it() {
     let server = RedisServer::start();
-    let origin = Origin::new();
-    origin.add_header("cache-control", "max-age=1, stale-while-revalidate=60");
+    let origin = second_fresh(None);
     let layer = layer(&server).await.build().unwrap();
     let service = cached(&layer, origin.service());
     call(&service, get("/doc")).await;
@@ -551,8 +556,7 @@ async fn a_refresh_never_forwards_the_validators_of_the_client_that_started_it()
 #[tokio::test]
 async fn a_range_is_cut_from_a_stale_entry_whose_refresh_asks_for_the_whole_answer() {
     let server = RedisServer::start();
-    let origin = Origin::new();
-    origin.add_header("cache-control", "max-age=1, stale-while-revalidate=60");
+    let origin = second_fresh(None);
     let layer = layer(&server).await.build().unwrap();
     let service = cached(&layer, origin.service());
     call(&service, get("/doc")).await;
