@@ -115,7 +115,7 @@ enum Storing {
 
 /// The marker an answer not stored for `why` leaves in its entry's place: none after an origin failure (a
 /// failing origin is still asked once at a time) or an invalidation (a passing event, not the answer's nature).
-fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored> {
+pub(super) fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored> {
     match why {
         NotStored::NoStore
         | NotStored::Private
@@ -1815,7 +1815,7 @@ impl Engine {
     /// Leaves `marker` in the place of `key`'s entry for `uncacheable_for`, under the lease `guard` holds as an
     /// entry is stored (an invalidation since the origin was asked removes the lease first, and then nothing is
     /// written), and with the lease going as [`write`](Self::write)'s does.
-    async fn mark_unstored(
+    pub(super) async fn mark_unstored(
         &self,
         key: &CacheKey,
         marker: Unstored,

@@ -1260,7 +1260,8 @@ impl RedisCacheLayerBuilder {
     /// sharing the store (Varnish's hit-for-miss). An answer meant for its requester alone (`private`,
     /// `no-store`, `Set-Cookie`, `Vary: *`), too large to hold (by its `Content-Length`), of a status not
     /// cached (a `404`; not an origin failure such as a `503`), or expiring at once (`max-age=0,
-    /// must-revalidate`) leaves a small marker in the entry's place, when nothing was stored there. For this
+    /// must-revalidate`) leaves a small marker in the entry's place, when nothing was stored there (the answer
+    /// of a miss, or of the background fill a `Range` starts, which then starts no more). For this
     /// long, a miss on that key calls the origin without waiting for another process's call (whose answer would
     /// not be stored either), and, for an answer meant for one requester, without waiting for another caller in
     /// its own process. Without it, concurrent misses on such a key would queue behind each other, one origin

@@ -115,8 +115,9 @@
 //! range goes to the origin as it came (`fwd=bypass; detail=range`), since the origin sends a part sooner than
 //! the whole, and its `206` is neither stored nor shared; meanwhile one background fetch of the whole answer, a
 //! refresh under the entry's lease (once for the whole fleet, counted in [`CacheStats::refreshes_started`]),
-//! fills the entry, and the ranges that follow are cut from it. An answer too large to store is not held: the
-//! fill lets it go, and its lease spaces out the next attempts.
+//! fills the entry, and the ranges that follow are cut from it. An answer the fill cannot store (too large, or
+//! meant for one requester) is let go, and leaves the marker a miss would
+//! ([`uncacheable_for`](RedisCacheLayerBuilder::uncacheable_for)): the ranges after it are only passed on.
 //!
 //! A `HEAD` is answered from the entry of the `GET` of the same request (RFC 9110 §9.3.2), whenever both
 //! methods are cached: it is keyed, coalesced and stored as that `GET`, and its answer is the `GET`'s status

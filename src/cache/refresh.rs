@@ -2,11 +2,12 @@
 //! fleet (a `SET NX PX` lease stored next to the entry, in the same Redis Cluster hash slot).
 
 use super::decision::RequestFacts;
-use super::engine::{Engine, Fetch, Fetched, Written, status_of};
+use super::engine::{Engine, Fetch, Fetched, Written, marker_for, status_of};
 use super::fleet::LeaseGuard;
 use super::freshness::validators;
 use super::key::{CacheKey, vary_digest};
 use super::stats::{OriginCall, OriginTimer, bump};
+use super::status::NotStored;
 use http_body::Body;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
@@ -169,10 +170,12 @@ impl Engine {
             // The store is failing: whatever the origin says could not be stored.
             Err(()) => return,
         };
-        // The entry as it is now, of this request's variant: its validators make the refresh conditional.
-        let current = self
-            .read(key)
-            .await
+        // The entry as it is now, of this request's variant: its validators make the refresh conditional. With
+        // none at the key (the fill a range started), an answer that cannot be stored leaves a marker, as a miss's
+        // does.
+        let read = self.read(key).await;
+        let vacant = matches!(read, Ok(None)) && !self.policy.uncacheable_for.is_zero();
+        let current = read
             .ok()
             .flatten()
             .filter(|entry| vary_digest(&entry.headers, &fetch.parts().headers) == entry.vary);
@@ -208,6 +211,8 @@ impl Engine {
             )
             .await;
         timer.stop(&self.counters, OriginCall::Refresh, status_of(&fetched));
+        // Why the answer was not stored, when the answer itself was the reason, and its status.
+        let mut not_stored = None;
         let written = match fetched {
             Ok(Fetched::Buffered(response)) => {
                 // A `304` renews the stored response without its body crossing the network again.
@@ -217,21 +222,39 @@ impl Engine {
                     &facts,
                     &headers,
                 );
-                if verdict.store {
+                let written = if verdict.store {
                     self.write(key, &response, vary, &facts, (&uri, &headers), &mut lease)
                         .await
                 } else {
                     Written::No
+                };
+                not_stored = match written {
+                    Written::No => verdict.why,
+                    Written::Expired => Some(NotStored::Expired),
+                    Written::Tags => Some(NotStored::Tags),
+                    Written::Stored | Written::Fenced => None,
                 }
+                .map(|why| (why, response.status));
+                written
             }
-            Ok(Fetched::Streaming(..)) => Written::No,
+            Ok(Fetched::Streaming(response, why)) => {
+                not_stored = why.map(|why| (why, response.status()));
+                Written::No
+            }
             Err(error) => {
                 tracing::debug!(key = key.short(), %error, "background refresh failed");
                 Written::No
             }
         };
+        let marker = not_stored.and_then(|(why, status)| marker_for(why, status));
+        if let Some(marker) = marker.filter(|_| vacant) {
+            self.mark_unstored(key, marker, &mut lease).await;
+        }
         // The write let the lease go with it when the store answered; what is left is released or kept here.
         let Some(lease) = lease else {
+            if !matches!(written, Written::Stored | Written::Fenced) {
+                bump(&self.counters.refreshes_failed);
+            }
             return;
         };
         match written {
