@@ -1612,7 +1612,7 @@ impl RedisCacheLayerBuilder {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "memory"))]
 mod tests {
     use super::*;
     use crate::MemoryStore;

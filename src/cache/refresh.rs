@@ -273,7 +273,7 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "memory"))]
 mod tests {
     use crate::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
     use bytes::Bytes;
