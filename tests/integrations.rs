@@ -890,14 +890,14 @@ fn counters_reach_the_metrics_facade() {
                 CacheOutcome::of(&stale),
                 Some(CacheOutcome::Stale { refreshing: true })
             ));
-            let layer_stats = || {
-                let totals = totals.0.lock().unwrap();
-                totals
-                    .get("tower_redis_cache_refreshes_started_total{namespace=refreshed}")
-                    .copied()
+            // The refresh runs on its own task: the origin fails only once it has answered.
+            let refreshed = || {
+                totals.0.lock().unwrap().contains_key(
+                    "tower_redis_cache_origin_call_seconds{namespace=refreshed,call=refresh,outcome=2xx}#count",
+                )
             };
             for _ in 0..1000 {
-                if layer_stats().is_some() {
+                if refreshed() {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;

@@ -1153,8 +1153,8 @@ async fn a_range_of_a_fresh_entry_is_cut_from_it() {
 async fn ranges_asked_for_together_before_the_entry_exists_fill_it_once() {
     let server = RedisServer::start();
     let origin = Origin::new();
-    // Slow enough that every range below is passed on before the fill answers.
-    origin.set_delay(Duration::from_millis(300));
+    // Slow enough that every range below has read the store before the fill answers.
+    origin.set_delay(Duration::from_secs(1));
     let layer = layer(&server).await.build().unwrap();
     let service = cached(&layer, origin.service());
     const FILE: &str = "http://api.test/video";
