@@ -130,8 +130,8 @@ impl<I> Homes<I> {
     }
 }
 
-/// A read in a home, which it gives back when it ends. Two pointers, and `Unpin`: what the cache holds of a
-/// store read, with nothing boxed for it.
+/// A read in a home, which it gives back when it ends. Three words (the homes, and the home's boxed trait
+/// object), and `Unpin`: what the cache holds of a store read, with nothing boxed for it.
 pub(crate) struct Housed<'h, I> {
     homes: &'h Homes<I>,
     home: Option<Boxed<I>>,
