@@ -103,6 +103,18 @@ pub(super) enum Written {
     Tags,
 }
 
+impl Written {
+    /// Why the answer was not stored, when the write itself tells (not when it failed, or was not tried).
+    pub(super) fn not_stored(self) -> Option<NotStored> {
+        match self {
+            Written::Expired => Some(NotStored::Expired),
+            Written::Fenced => Some(NotStored::Invalidated),
+            Written::Tags => Some(NotStored::Tags),
+            Written::Stored | Written::No => None,
+        }
+    }
+}
+
 /// What became of a miss's answer, as `Cache-Status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Storing {
@@ -1371,9 +1383,9 @@ impl Engine {
                                         Storing::Not(None)
                                     }
                                     _ if !verdict.store => Storing::Not(verdict.why),
-                                    Written::Expired => Storing::Not(Some(NotStored::Expired)),
-                                    Written::Fenced => Storing::Not(Some(NotStored::Invalidated)),
-                                    Written::Tags => Storing::Not(Some(NotStored::Tags)),
+                                    written @ (Written::Expired
+                                    | Written::Fenced
+                                    | Written::Tags) => Storing::Not(written.not_stored()),
                                     Written::No if untaggable => {
                                         Storing::Not(Some(NotStored::Tags))
                                     }

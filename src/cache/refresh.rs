@@ -7,7 +7,6 @@ use super::fleet::LeaseGuard;
 use super::freshness::validators;
 use super::key::{CacheKey, vary_digest};
 use super::stats::{OriginCall, OriginTimer, bump};
-use super::status::NotStored;
 use http_body::Body;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
@@ -230,9 +229,7 @@ impl Engine {
                 };
                 not_stored = match written {
                     Written::No => verdict.why,
-                    Written::Expired => Some(NotStored::Expired),
-                    Written::Tags => Some(NotStored::Tags),
-                    Written::Stored | Written::Fenced => None,
+                    written => written.not_stored(),
                 }
                 .map(|why| (why, response.status));
                 written
