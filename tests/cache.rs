@@ -4,11 +4,14 @@ mod support;
 
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use support::calls::{body, cache_status, call, outcome, post, post_bytes, wait_until};
 use support::proxy::{Mode, Proxy};
 use support::{Origin, RedisServer, bulk_payload, fred_client};
 use tower::ServiceExt;
+use tower_redis_cache::cache::NotStored;
 use tower_redis_cache::cache::store::StoreFuture;
 use tower_redis_cache::{
     CacheHandle, CacheOutcome, ENTRY_OVERHEAD, MemoryStore, RedisCacheLayer, RedisStore,
@@ -1498,4 +1501,143 @@ async fn a_full_tag_table_costs_the_new_fills_not_the_hits() {
     }
     assert_eq!(outcome(&read(r#"{"q":0}"#).await), CacheOutcome::Hit);
     assert_eq!(layer.handle().stats().hits, 1);
+}
+
+/// A GraphQL server whose first `failing` answers are errors inside a `200`, as a resolver that timed out gives;
+/// the later ones carry data. Each answer says which call it was, and the first call waits a (paused) second, so
+/// that callers arriving together find it running.
+fn graphql_origin(
+    failing: usize,
+) -> (
+    Arc<AtomicUsize>,
+    impl tower::Service<
+        Request<tower_redis_cache::RequestBody>,
+        Response = http::Response<Full<bytes::Bytes>>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::service_fn(move |_: Request<tower_redis_cache::RequestBody>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n == 1 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let body = if n <= failing {
+                format!(
+                    r#"{{"data":{{"items":null}},"errors":[{{"message":"timed out","call":{n}}}]}}"#
+                )
+            } else {
+                format!(r#"{{"data":{{"items":[{n}]}}}}"#)
+            };
+            Ok(http::Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(bytes::Bytes::from(body)))
+                .unwrap())
+        }
+    });
+    (calls, service)
+}
+
+#[tokio::test]
+async fn an_answer_store_when_refuses_is_answered_unstored_and_the_next_call_asks_again() {
+    let server = RedisServer::start();
+    let (calls, origin) = graphql_origin(1);
+    let layer = layer_over(redis_store(&server).await)
+        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let handle = layer.handle();
+    let query = r#"{"query":"{ items }"}"#;
+    let key = handle.key_for(&post_bytes(query));
+
+    let refused = call(&service, post(query)).await;
+    assert_eq!(
+        outcome(&refused),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: false
+        }
+    );
+    assert_eq!(
+        cache_status(&refused),
+        "tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-refused"
+    );
+    assert!(
+        body(refused)
+            .await
+            .starts_with(br#"{"data":{"items":null},"errors""#)
+    );
+    assert_eq!(handle.stats().not_stored_for(NotStored::Refused), 1);
+    // Neither an entry nor a marker that would send the next misses past the fleet's lease: an error is passing.
+    assert_eq!(
+        server.command(&[b"EXISTS", key.as_str().as_bytes()]),
+        b":0\r\n"
+    );
+
+    let stored = call(&service, post(query)).await;
+    assert_eq!(
+        outcome(&stored),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+    assert_eq!(&body(stored).await[..], br#"{"data":{"items":[2]}}"#);
+    let hit = call(&service, post(query)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(&body(hit).await[..], br#"{"data":{"items":[2]}}"#);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(handle.stats().uncacheable_misses, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_coalesced_onto_a_refused_answer_share_it() {
+    let (calls, origin) = graphql_origin(1);
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let query = r#"{"query":"{ items }"}"#;
+    let callers: Vec<_> = (0..5)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = call(&service, post(query)).await;
+                (outcome(&response), body(response).await)
+            })
+        })
+        .collect();
+    let mut collapsed = 0;
+    for caller in callers {
+        let (outcome, body) = caller.await.unwrap();
+        let CacheOutcome::Miss {
+            collapsed: c,
+            stored: false,
+        } = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        collapsed += usize::from(c);
+        assert!(body.ends_with(br#""call":1}]}"#), "{body:?}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one origin call for five callers"
+    );
+    assert_eq!(collapsed, 4);
+    assert_eq!(
+        outcome(&call(&service, post(query)).await),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
 }

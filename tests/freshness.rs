@@ -784,3 +784,53 @@ async fn the_age_a_response_came_with_counts_in_its_answers_and_against_a_reques
     assert_eq!(outcome(&accepted), CacheOutcome::Hit);
     assert_eq!(origin.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_refresh_whose_answer_store_when_refuses_leaves_the_stale_entry() {
+    let server = RedisServer::start();
+    // A GraphQL server that answers once with data, then with errors inside a `200`.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let origin = tower::service_fn(move |_: Request<RequestBody>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = if n == 1 {
+            r#"{"data":{"items":[1]}}"#.to_owned()
+        } else {
+            format!(r#"{{"errors":[{{"message":"backend down","call":{n}}}]}}"#)
+        };
+        async move { Ok::<_, BoxError>(Response::new(Full::new(Bytes::from(body)))) }
+    });
+    let layer = layer(&server)
+        .await
+        .fresh_for(Duration::from_secs(1))
+        .stale_for(Duration::from_secs(60))
+        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin);
+    let first = call(&service, get("/items")).await;
+    assert_eq!(&body(first).await[..], br#"{"data":{"items":[1]}}"#);
+    let key = layer
+        .handle()
+        .key_for(&Request::get("http://api.test/items").body(b"").unwrap());
+    let stored = server.command(&[b"GET", key.as_str().as_bytes()]);
+
+    jump(Duration::from_secs(2)).await;
+    let stale = call(&service, get("/items")).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    assert_eq!(&body(stale).await[..], br#"{"data":{"items":[1]}}"#);
+    wait_until("the refresh was refused", || {
+        layer.handle().stats().refreshes_failed == 1
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        server.command(&[b"GET", key.as_str().as_bytes()]),
+        stored,
+        "the entry is left exactly as it was"
+    );
+    let still = call(&service, get("/items")).await;
+    assert!(matches!(outcome(&still), CacheOutcome::Stale { .. }));
+    assert_eq!(&body(still).await[..], br#"{"data":{"items":[1]}}"#);
+    assert_eq!(layer.handle().stats().stores, 1);
+}

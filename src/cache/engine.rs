@@ -126,7 +126,9 @@ enum Storing {
 }
 
 /// The marker an answer not stored for `why` leaves in its entry's place: none after an origin failure (a
-/// failing origin is still asked once at a time) or an invalidation (a passing event, not the answer's nature).
+/// failing origin is still asked once at a time), an answer [`store_when`](super::RedisCacheLayerBuilder::store_when)
+/// refused (an error in a `200`: the next answer may be storable) or an invalidation (a passing event, not the
+/// answer's nature).
 pub(super) fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored> {
     match why {
         NotStored::NoStore
@@ -138,7 +140,7 @@ pub(super) fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored>
         | NotStored::Stream => Some(Unstored::Alone),
         NotStored::Status if is_origin_failure(status) => None,
         NotStored::Status | NotStored::Expired | NotStored::Tags => Some(Unstored::Shared),
-        NotStored::Invalidated => None,
+        NotStored::Invalidated | NotStored::Refused => None,
     }
 }
 
@@ -380,6 +382,10 @@ pub(crate) type PostPredicate = Arc<dyn Fn(&request::Parts) -> bool + Send + Syn
 /// [`query_when`](super::RedisCacheLayerBuilder::query_when)).
 pub(crate) type QueryPredicate = Arc<dyn Fn(&request::Parts, &[u8]) -> bool + Send + Sync>;
 
+/// Tells, from its status, headers and body, whether an answer the rules would store is stored (see
+/// [`store_when`](super::RedisCacheLayerBuilder::store_when)).
+pub(crate) type StorePredicate = Arc<dyn Fn(StatusCode, &HeaderMap, &[u8]) -> bool + Send + Sync>;
+
 /// Names the partition a request belongs to (see
 /// [`partition_by`](super::RedisCacheLayerBuilder::partition_by)).
 pub(crate) type PartitionFn = Arc<dyn Fn(&request::Parts) -> Option<Vec<u8>> + Send + Sync>;
@@ -417,6 +423,7 @@ pub(crate) struct Policy {
     pub(crate) keep_variants: bool,
     pub(crate) post_when: Option<PostPredicate>,
     pub(crate) query_when: Option<QueryPredicate>,
+    pub(crate) store_when: Option<StorePredicate>,
     pub(crate) max_body: usize,
     /// Whether a request's `Cache-Control` and `Pragma` count (see
     /// [`respect_request_cache_control`](super::RedisCacheLayerBuilder::respect_request_cache_control)).
@@ -461,6 +468,7 @@ impl std::fmt::Debug for Policy {
             .field("keep_variants", &self.keep_variants)
             .field("post_when", &self.post_when.is_some())
             .field("query_when", &self.query_when.is_some())
+            .field("store_when", &self.store_when.is_some())
             .field("max_body", &self.max_body)
             .field(
                 "respect_request_cache_control",
@@ -1631,15 +1639,29 @@ impl Engine {
         (response, verdict, vary)
     }
 
-    /// [`judge`] of `response` to a request with `facts`, by this layer's rules.
+    /// [`judge`] of `response` to a request with `facts`, by this layer's rules; then, for an answer they would
+    /// store, the layer's [`store_when`](super::RedisCacheLayerBuilder::store_when). A refused answer is still
+    /// shared: it is no one user's.
     fn judge(&self, facts: &RequestFacts, response: &Buffered) -> Verdict {
-        judge(
+        let verdict = judge(
             &self.policy.rules,
             facts,
             &self
                 .policy
                 .response_facts(response.status, &response.headers),
-        )
+        );
+        match &self.policy.store_when {
+            Some(when)
+                if verdict.store && !when(response.status, &response.headers, &response.body) =>
+            {
+                Verdict {
+                    store: false,
+                    why: Some(NotStored::Refused),
+                    ..verdict
+                }
+            }
+            _ => verdict,
+        }
     }
 
     fn confirmed(&self, stored: &Entry, response: Buffered) -> Buffered {

@@ -1,11 +1,16 @@
 //! GraphQL over HTTP: which `POST` bodies are queries, for
-//! [`query_when`](super::RedisCacheLayerBuilder::query_when).
+//! [`query_when`](super::RedisCacheLayerBuilder::query_when), and which answers hold no errors, for
+//! [`store_when`](super::RedisCacheLayerBuilder::store_when).
 //!
 //! A GraphQL API takes its queries and its mutations at one URI, both as a `POST`. [`is_query`] reads a request
 //! body (JSON `{"query": ...}`, a batch of them, or the document itself, as `application/graphql` sends it) and
 //! says whether every operation in it is a `query`. Anything else (a `mutation`, a `subscription`, a document
 //! that does not read as one, a persisted query sent as a hash alone) is not, so that the layer never caches it
 //! and counts its success as a write.
+//!
+//! A GraphQL server reports most errors inside a `200`: a resolver that timed out, a backend that was down, a
+//! rate limit, beside partial `data` or in place of it. [`is_success`] says whether an answer holds `data` and
+//! no `errors`, so that the layer stores only those.
 //!
 //! # Example
 //!
@@ -17,16 +22,22 @@
 //! let layer = RedisCacheLayer::builder(MemoryStore::new(64 << 20))
 //!     .methods([Method::GET, Method::POST])
 //!     .query_when(|_, body| graphql::is_query(body))
+//!     .store_when(|_, _, body| graphql::is_success(body))
 //!     .build()?;
 //!
 //! assert!(graphql::is_query(br#"{"query": "query Items { items { id } }"}"#));
 //! assert!(graphql::is_query(b"{ items { id } }"));
 //! assert!(!graphql::is_query(br#"{"query": "mutation { add(id: 1) { id } }"}"#));
+//!
+//! assert!(graphql::is_success(br#"{"data": {"items": [{"id": 1}]}}"#));
+//! assert!(!graphql::is_success(br#"{"data": {"items": null}, "errors": [{"message": "timed out"}]}"#));
 //! # Ok::<_, tower_redis_cache::error::ConfigError>(())
 //! ```
 
 use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
+use std::fmt;
 
 /// Whether a GraphQL request body holds only `query` operations: a JSON object whose `query` is such a document,
 /// a non-empty JSON array (a batch) of them, or, when the body is not JSON, the document itself.
@@ -59,6 +70,66 @@ pub fn is_query(body: &[u8]) -> bool {
             std::str::from_utf8(body).is_ok_and(only_queries)
         }
         Err(_) => false,
+    }
+}
+
+/// Whether a GraphQL response body (GraphQL over HTTP, `application/json` or `application/graphql-response+json`)
+/// answers without errors: a JSON object whose `data` is present and not `null` and whose `errors`, if any, is
+/// an empty list; or a non-empty JSON array (a batch's answer) of such objects.
+///
+/// Partial data beside `errors` is no success: the next call may get it whole. Neither is a body this cannot
+/// read: another shape, an incremental delivery (`multipart/mixed`), or one still compressed. The body is read
+/// once, without building a tree of its values.
+pub fn is_success(body: &[u8]) -> bool {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    match start.map(|i| body[i]) {
+        Some(b'{') => serde_json::from_slice::<Answer>(body).is_ok_and(|answer| answer.success),
+        Some(b'[') => serde_json::from_slice::<Vec<Answer>>(body)
+            .is_ok_and(|batch| !batch.is_empty() && batch.iter().all(|answer| answer.success)),
+        _ => false,
+    }
+}
+
+/// One GraphQL answer, reduced to whether it is a success; read from a JSON object only (a derived
+/// `Deserialize` would take an array for the struct's fields in order).
+struct Answer {
+    success: bool,
+}
+
+impl<'de> Deserialize<'de> for Answer {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(AnswerVisitor)
+    }
+}
+
+struct AnswerVisitor;
+
+impl<'de> Visitor<'de> for AnswerVisitor {
+    type Value = Answer;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a GraphQL response object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Answer, A::Error> {
+        let (mut data, mut errors) = (false, false);
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            match &*name {
+                "data" => data = map.next_value::<Option<IgnoredAny>>()?.is_some(),
+                // A list of ignored values allocates nothing; its length is all that counts.
+                "errors" => {
+                    errors = map
+                        .next_value::<Option<Vec<IgnoredAny>>>()?
+                        .is_some_and(|list| !list.is_empty());
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Answer {
+            success: data && !errors,
+        })
     }
 }
 
@@ -225,6 +296,66 @@ mod tests {
             (b"\xff{ a }", false),
         ] {
             assert_eq!(is_query(body), query, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn answers_with_data_and_no_errors_are_successes() {
+        for (body, success) in [
+            (&br#"{"data": {"items": [{"id": 1}]}}"#[..], true),
+            (
+                br#" {"data": {"a": 1}, "errors": [], "extensions": {"cost": 3}}"#,
+                true,
+            ),
+            (br#"{"errors": null, "data": {"a": 1}}"#, true),
+            (br#"{"d\u0061ta": {"a": 1}}"#, true),
+            (br#"[{"data": {"a": 1}}, {"data": {"b": 2}}]"#, true),
+            // Partial data, errors alone, no data at all.
+            (
+                br#"{"data": {"a": null}, "errors": [{"message": "timed out", "path": ["a"]}]}"#,
+                false,
+            ),
+            (br#"{"errors": [{"message": "rate limited"}]}"#, false),
+            (br#"{"data": null, "errors": [{"message": "down"}]}"#, false),
+            (br#"{"data": null}"#, false),
+            (br#"{}"#, false),
+            (br#"{"extensions": {"data": 1}}"#, false),
+            // One failed answer in a batch, an empty batch, arrays in place of objects.
+            (
+                br#"[{"data": {"a": 1}}, {"errors": [{"message": "x"}]}]"#,
+                false,
+            ),
+            (br#"[]"#, false),
+            (br#"[["data", 1]]"#, false),
+            (br#"[{"data": {"a": 1}}, 7]"#, false),
+            // Not JSON, or not all of it: an incremental delivery, a compressed body, a truncated one.
+            (
+                b"--graphql\r\nContent-Type: application/json\r\n\r\n{\"data\": {}}",
+                false,
+            ),
+            (b"\x1f\x8b\x08\x00", false),
+            (br#"{"data": {"a": 1}"#, false),
+            (br#"{"data": {"a": 1}} {"errors": [1]}"#, false),
+            (
+                br#"{"data": 1, "errors": {"message": "not a list"}}"#,
+                false,
+            ),
+            (b"", false),
+        ] {
+            assert_eq!(
+                is_success(body),
+                success,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    proptest! {
+        // Any bytes get an answer, never a panic.
+        #[test]
+        fn reads_any_answer_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = is_success(&body);
         }
     }
 }

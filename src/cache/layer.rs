@@ -3,7 +3,7 @@
 use super::RedisCache;
 use super::decision::{Credentials, HeaderKinds, Rules, default_statuses};
 use super::engine::{
-    Engine, NearConfig, PartitionFn, Policy, PostPredicate, QueryPredicate, UriTags,
+    Engine, NearConfig, PartitionFn, Policy, PostPredicate, QueryPredicate, StorePredicate, UriTags,
 };
 use super::freshness::{MAX_WINDOW, Windows, WindowsFn};
 use super::guard::GuardedStore;
@@ -14,7 +14,7 @@ use super::store::Store;
 use super::tags::TagsFn;
 use crate::error::{ConfigError, Setting, StoreError};
 use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, PROXY_AUTHORIZATION};
-use http::{HeaderName, Method, Request, StatusCode, request};
+use http::{HeaderMap, HeaderName, Method, Request, StatusCode, request};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -345,6 +345,7 @@ pub struct RedisCacheLayerBuilder {
     keep_variants: bool,
     post_when: Option<PostPredicate>,
     query_when: Option<QueryPredicate>,
+    store_when: Option<StorePredicate>,
     statuses: Vec<StatusCode>,
     credentials: Credentials,
     credential_headers: Vec<HeaderName>,
@@ -396,6 +397,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("keep_variants", &self.keep_variants)
             .field("cache_post_when", &self.post_when.is_some())
             .field("query_when", &self.query_when.is_some())
+            .field("store_when", &self.store_when.is_some())
             .field("cacheable_statuses", &self.statuses)
             .field("credentials", &self.credentials)
             .field("credential_headers", &self.credential_headers)
@@ -543,6 +545,7 @@ impl RedisCacheLayerBuilder {
             keep_variants: true,
             post_when: None,
             query_when: None,
+            store_when: None,
             statuses: default_statuses(),
             credentials: Credentials::Bypass,
             credential_headers: DEFAULT_CREDENTIAL_HEADERS.to_vec(),
@@ -890,6 +893,42 @@ impl RedisCacheLayerBuilder {
         when: impl Fn(&request::Parts, &[u8]) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.query_when = Some(Arc::new(when));
+        self
+    }
+
+    /// Tells, from its status, headers and whole body, whether an answer the other rules would store is stored.
+    /// Default: every such answer is.
+    ///
+    /// For an API that reports errors inside a `200`: a GraphQL answer with `errors` (give it
+    /// [`graphql::is_success`](super::graphql::is_success)), a JSON-RPC `error`, an envelope with
+    /// `"ok": false`. Stored, such an answer would be served for the entry's whole lifetime. A refused answer
+    /// goes to its caller and to the callers coalesced onto its request (they asked the same thing at the same
+    /// time), its `Cache-Status` says `detail=response-refused`, and
+    /// [`CacheStats::not_stored_for`](super::CacheStats::not_stored_for) counts it; the next request asks the
+    /// origin again. A background refresh whose answer is refused leaves the stale entry as it was, as a failed
+    /// one does. `when` runs once per answer that would be stored, never on a hit; `body` is the body as the
+    /// origin sent it, within [`max_body_size`](Self::max_body_size) (still encoded if its `Content-Encoding`
+    /// says so).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+    ///
+    /// // A JSON-RPC endpoint: an answer holding an `error` is not kept.
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(64 << 20))
+    ///     .methods([Method::POST])
+    ///     .store_when(|_, _, body| {
+    ///         let answer: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    ///         answer.get("result").is_some() && answer.get("error").is_none()
+    ///     })
+    ///     .build()?;
+    /// # Ok::<_, tower_redis_cache::error::ConfigError>(())
+    /// ```
+    pub fn store_when(
+        mut self,
+        when: impl Fn(StatusCode, &HeaderMap, &[u8]) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.store_when = Some(Arc::new(when));
         self
     }
 
@@ -1575,6 +1614,7 @@ impl RedisCacheLayerBuilder {
             methods: self.methods,
             post_when: self.post_when,
             query_when: self.query_when,
+            store_when: self.store_when,
             max_body: self.max_body,
             respect_request_cache_control: self.respect_request_cache_control,
             compress_above: self.compress_above,

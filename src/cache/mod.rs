@@ -83,7 +83,9 @@
 //!   one inner call per key, however many callers arrive together. The response is stored when its status is
 //!   cacheable (`200`, `203`, `204` by default; never `206` or `304`), its body within the cap, and it is not
 //!   meant for its requester alone (`Set-Cookie` but for cookies the layer
-//!   [ignores](RedisCacheLayerBuilder::ignore_cookies), `Cache-Control: private` or `no-store`, `Vary: *`).
+//!   [ignores](RedisCacheLayerBuilder::ignore_cookies), `Cache-Control: private` or `no-store`, `Vary: *`),
+//!   and, with [`store_when`](RedisCacheLayerBuilder::store_when), when its body is no error (a GraphQL answer
+//!   with `errors` under a `200`: [`graphql::is_success`]).
 //!   Such an answer, a larger one, and a live stream (an event stream, `multipart/x-mixed-replace`, gRPC, or
 //!   an answer saying `X-Accel-Buffering: no`) go to their caller from the head as they arrive, never held
 //!   and never stored; a request subscribing to an event stream (`Accept: text/event-stream`) bypasses the

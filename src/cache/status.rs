@@ -10,7 +10,7 @@
 //! | stale hit, a refresh already running here or in another process | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
 //! | the request's variant missing, another's stored (the response's `Vary`; each variant is then stored under a key of its own, see [`keep_variants`](super::RedisCacheLayerBuilder::keep_variants)) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
-//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-trailers`: ended by trailers, passed on but not stored, `response-stream`: a live stream, passed on as it arrives, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read) |
+//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-trailers`: ended by trailers, passed on but not stored, `response-stream`: a live stream, passed on as it arrives, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read, `response-refused`: [`store_when`](super::RedisCacheLayerBuilder::store_when) refused it) |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` (and `stored` when that call stored it) |
 //! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
 //! | request `Cache-Control: no-cache`, or an entry older than its `max-age` allows | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
@@ -317,11 +317,14 @@ pub enum NotStored {
     /// field cannot be read (a byte outside visible ASCII). An entry its tags could not reach would outlive
     /// their invalidation, so nothing is stored.
     Tags,
+    /// The layer's [`store_when`](super::RedisCacheLayerBuilder::store_when) refused it: a GraphQL answer with
+    /// `errors`, say, under a `200`. Still shared with the callers coalesced onto its request.
+    Refused,
 }
 
 impl NotStored {
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [NotStored; 11] = [
+    pub(crate) const ALL: [NotStored; 12] = [
         NotStored::NoStore,
         NotStored::Private,
         NotStored::SetCookie,
@@ -333,6 +336,7 @@ impl NotStored {
         NotStored::Tags,
         NotStored::Trailers,
         NotStored::Stream,
+        NotStored::Refused,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -350,12 +354,13 @@ impl NotStored {
             NotStored::Tags => 8,
             NotStored::Trailers => 9,
             NotStored::Stream => 10,
+            NotStored::Refused => 11,
         }
     }
 
     /// Its `detail` in `Cache-Status`: `response-no-store`, `response-private`, `response-set-cookie`,
     /// `response-vary-star`, `response-status`, `response-too-large`, `response-trailers`, `response-stream`,
-    /// `response-expired`, `invalidated`, `tags`.
+    /// `response-expired`, `invalidated`, `tags`, `response-refused`.
     pub fn as_str(self) -> &'static str {
         match self {
             NotStored::NoStore => "response-no-store",
@@ -369,6 +374,7 @@ impl NotStored {
             NotStored::Expired => "response-expired",
             NotStored::Invalidated => "invalidated",
             NotStored::Tags => "tags",
+            NotStored::Refused => "response-refused",
         }
     }
 }
