@@ -9,7 +9,8 @@
 //! `query_when(graphql::is_query)` reads each request's document: a `query` is cached by its canonical JSON
 //! body; anything else (`mutation`, `subscription`, a document it cannot read) is a write. When the write
 //! succeeds, the cached queries sent to `/graphql` are removed in every process sharing the cache, so the next
-//! query sees the new item.
+//! query sees the new item. `store_when(graphql::is_success)` keeps the errors a GraphQL server answers with a
+//! `200` out of the cache: a query for a field the server does not know reaches it every time.
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
@@ -27,7 +28,8 @@ use tower_redis_cache::{MemoryStore, RedisCacheLayer, RedisStore};
 /// The items the server holds.
 type Items = Arc<Mutex<Vec<String>>>;
 
-/// A stand-in for a GraphQL server: `mutation { add(name: "...") }` adds an item, anything else lists them.
+/// A stand-in for a GraphQL server: `mutation { add(name: "...") }` adds an item, a query naming `price` is an
+/// error (a `200`, as GraphQL servers answer one), anything else lists the items.
 async fn graphql_endpoint(State(items): State<Items>, Json(request): Json<Value>) -> Json<Value> {
     let document = request["query"].as_str().unwrap_or("");
     let mut items = items
@@ -37,6 +39,10 @@ async fn graphql_endpoint(State(items): State<Items>, Json(request): Json<Value>
         let name = document.split('"').nth(1).unwrap_or("unnamed").to_owned();
         items.push(name.clone());
         return Json(json!({ "data": { "add": { "name": name } } }));
+    }
+    if document.contains("price") {
+        let message = "Cannot query field \"price\" on type \"Query\".";
+        return Json(json!({ "errors": [{ "message": message }] }));
     }
     Json(json!({ "data": { "items": *items } }))
 }
@@ -51,6 +57,7 @@ async fn main() -> Result<(), BoxError> {
         .namespace("graphql-example")
         .methods([Method::GET, Method::POST])
         .query_when(|_, body| graphql::is_query(body))
+        .store_when(|_, _, body| graphql::is_success(body))
         .build()?;
     // A fresh namespace each run, so the first query is a miss.
     cache.handle().purge().await?;
@@ -75,6 +82,9 @@ async fn main() -> Result<(), BoxError> {
         // The mutation removed the cached query: asked again, it shows the new item.
         query,
         query,
+        // An error, answered with a `200`: not stored, so asked again it reaches the server again.
+        r#"{"query": "query { price }"}"#,
+        r#"{"query": "query { price }"}"#,
     ];
     for (i, body) in calls.into_iter().enumerate() {
         let request = axum::http::Request::post("/graphql")
