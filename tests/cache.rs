@@ -1503,11 +1503,11 @@ async fn a_full_tag_table_costs_the_new_fills_not_the_hits() {
     assert_eq!(layer.handle().stats().hits, 1);
 }
 
-/// A GraphQL server whose first `failing` answers are errors inside a `200`, as a resolver that timed out gives;
-/// the later ones carry data. Each answer says which call it was, and the first call waits a (paused) second, so
-/// that callers arriving together find it running.
+/// A GraphQL server whose `n`th answer is an error inside a `200` (as a resolver that timed out gives) when
+/// `fails(n)`, data otherwise. Each answer says which call it was, and comes after 10 ms: with Tokio's time
+/// paused, callers arriving together find the call running.
 fn graphql_origin(
-    failing: usize,
+    fails: fn(usize) -> bool,
 ) -> (
     Arc<AtomicUsize>,
     impl tower::Service<
@@ -1524,10 +1524,8 @@ fn graphql_origin(
     let service = tower::service_fn(move |_: Request<tower_redis_cache::RequestBody>| {
         let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
         async move {
-            if n == 1 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            let body = if n <= failing {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let body = if fails(n) {
                 format!(
                     r#"{{"data":{{"items":null}},"errors":[{{"message":"timed out","call":{n}}}]}}"#
                 )
@@ -1546,7 +1544,7 @@ fn graphql_origin(
 #[tokio::test]
 async fn an_answer_store_when_refuses_is_answered_unstored_and_the_next_call_asks_again() {
     let server = RedisServer::start();
-    let (calls, origin) = graphql_origin(1);
+    let (calls, origin) = graphql_origin(|n| n == 1);
     let layer = layer_over(redis_store(&server).await)
         .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
         .build()
@@ -1598,7 +1596,7 @@ async fn an_answer_store_when_refuses_is_answered_unstored_and_the_next_call_ask
 
 #[tokio::test(start_paused = true)]
 async fn callers_coalesced_onto_a_refused_answer_share_it() {
-    let (calls, origin) = graphql_origin(1);
+    let (calls, origin) = graphql_origin(|n| n == 1);
     let layer = layer_over(MemoryStore::new(1 << 20))
         .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
         .build()
@@ -1640,4 +1638,59 @@ async fn callers_coalesced_onto_a_refused_answer_share_it() {
             stored: true
         }
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_in_its_stale_if_error_window_answers_for_a_refused_answer() {
+    let (calls, origin) = graphql_origin(|n| n > 1);
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::ZERO)
+        .stale_if_error_for(Duration::from_secs(60))
+        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let query = r#"{"query":"{ items }"}"#;
+    let data = br#"{"data":{"items":[1]}}"#;
+    assert_eq!(&body(call(&service, post(query)).await).await[..], data);
+
+    // Three callers together: one origin call, an error inside a `200`, and the entry answers each of them, the
+    // two coalesced onto the call as well as the one that made it.
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = call(&service, post(query)).await;
+                (
+                    outcome(&response),
+                    cache_status(&response),
+                    body(response).await,
+                )
+            })
+        })
+        .collect();
+    for caller in callers {
+        let (outcome, status, body) = caller.await.unwrap();
+        assert_eq!(outcome, CacheOutcome::StaleIfError, "{status}");
+        assert!(
+            status.starts_with("tower-redis-cache; fwd=stale; fwd-status=200; ttl="),
+            "{status}"
+        );
+        assert_eq!(&body[..], data);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(layer.handle().stats().stale_if_error, 3);
+
+    // Past the window, the error reaches its caller.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let late = call(&service, post(query)).await;
+    assert_eq!(
+        outcome(&late),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: false
+        }
+    );
+    assert!(body(late).await.ends_with(br#""call":3}]}"#));
 }

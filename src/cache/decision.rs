@@ -1108,13 +1108,17 @@ pub(crate) fn is_origin_failure(status: StatusCode) -> bool {
     crate::retry::is_transient(status)
 }
 
-/// Whether `fallback` answers for an origin that failed with `status` (`None`: a transport error) at `now`.
+/// Whether `fallback` answers at `now` for an origin that answered `status` (`None`: a transport error): when
+/// that is a failure, or the answer is one the layer's
+/// [`store_when`](super::RedisCacheLayerBuilder::store_when) `refused` (an error inside a `200`).
 pub(crate) fn serve_stale_on_error(
     status: Option<StatusCode>,
+    refused: bool,
     fallback: Option<&Stored>,
     now: u64,
 ) -> bool {
-    status.is_none_or(is_origin_failure) && fallback.is_some_and(|f| f.usable_on_error(now))
+    (refused || status.is_none_or(is_origin_failure))
+        && fallback.is_some_and(|f| f.usable_on_error(now))
 }
 
 /// Whether a response is a stream its origin sends as it goes, which may never end, so that a cache must pass it
@@ -1974,31 +1978,55 @@ mod tests {
         for status in [408, 429, 500, 502, 503, 504, 520, 522, 524, 529] {
             let status = StatusCode::from_u16(status).unwrap();
             assert!(
-                serve_stale_on_error(Some(status), Some(&stored), 8_999),
+                serve_stale_on_error(Some(status), false, Some(&stored), 8_999),
                 "{status}"
             );
             assert!(
-                !serve_stale_on_error(Some(status), Some(&stored), 9_000),
+                !serve_stale_on_error(Some(status), false, Some(&stored), 9_000),
                 "{status}"
             );
         }
         assert!(
-            serve_stale_on_error(None, Some(&stored), 5_000),
+            serve_stale_on_error(None, false, Some(&stored), 5_000),
             "transport error"
         );
         for status in [200, 404, 501, 505, 525] {
             let status = StatusCode::from_u16(status).unwrap();
             assert!(
-                !serve_stale_on_error(Some(status), Some(&stored), 5_000),
+                !serve_stale_on_error(Some(status), false, Some(&stored), 5_000),
                 "{status}"
             );
         }
-        assert!(!serve_stale_on_error(None, None, 5_000));
+        assert!(!serve_stale_on_error(None, false, None, 5_000));
+        // An answer `store_when` refused counts as a failure, inside the window only.
+        assert!(serve_stale_on_error(
+            Some(StatusCode::OK),
+            true,
+            Some(&stored),
+            8_999
+        ));
+        assert!(!serve_stale_on_error(
+            Some(StatusCode::OK),
+            true,
+            Some(&stored),
+            9_000
+        ));
+        assert!(!serve_stale_on_error(
+            Some(StatusCode::OK),
+            true,
+            None,
+            5_000
+        ));
         let other_variant = Stored {
             vary_matches: false,
             ..stored
         };
-        assert!(!serve_stale_on_error(None, Some(&other_variant), 5_000));
+        assert!(!serve_stale_on_error(
+            None,
+            false,
+            Some(&other_variant),
+            5_000
+        ));
     }
 
     /// A reference model of the decision, written as the rules read in prose, one question at a time.

@@ -1512,7 +1512,13 @@ impl Engine {
         if let Some(entry) = fallback {
             let now = self.clock.now_ms();
             let status = result.as_ref().ok().map(|r| r.status);
-            if serve_stale_on_error(status, Some(&entry.stored(true)), now) {
+            // Of an answer with a status that is stored (a `404` is no error in a `200`); asked again here, rarely
+            // (an entry is in its stale-if-error window): a coalesced caller does not know why the answer it
+            // shares was not stored.
+            let refused = result
+                .as_ref()
+                .is_ok_and(|r| self.policy.rules.statuses.contains(&r.status) && self.refuses(r));
+            if serve_stale_on_error(status, refused, Some(&entry.stored(true)), now) {
                 bump(&self.counters.stale_if_error);
                 tracing::debug!(outcome = "stale-if-error", "cache decision");
                 let fwd_status = status.map(|s| s.as_u16());
@@ -1650,18 +1656,23 @@ impl Engine {
                 .policy
                 .response_facts(response.status, &response.headers),
         );
-        match &self.policy.store_when {
-            Some(when)
-                if verdict.store && !when(response.status, &response.headers, &response.body) =>
-            {
-                Verdict {
-                    store: false,
-                    why: Some(NotStored::Refused),
-                    ..verdict
-                }
+        if verdict.store && self.refuses(response) {
+            Verdict {
+                store: false,
+                why: Some(NotStored::Refused),
+                ..verdict
             }
-            _ => verdict,
+        } else {
+            verdict
         }
+    }
+
+    /// Whether the layer's [`store_when`](super::RedisCacheLayerBuilder::store_when) refuses `response`.
+    fn refuses(&self, response: &Buffered) -> bool {
+        self.policy
+            .store_when
+            .as_ref()
+            .is_some_and(|when| !when(response.status, &response.headers, &response.body))
     }
 
     fn confirmed(&self, stored: &Entry, response: Buffered) -> Buffered {

@@ -901,14 +901,19 @@ impl RedisCacheLayerBuilder {
     ///
     /// For an API that reports errors inside a `200`: a GraphQL answer with `errors` (give it
     /// [`graphql::is_success`](super::graphql::is_success)), a JSON-RPC `error`, an envelope with
-    /// `"ok": false`. Stored, such an answer would be served for the entry's whole lifetime. A refused answer
-    /// goes to its caller and to the callers coalesced onto its request (they asked the same thing at the same
-    /// time), its `Cache-Status` says `detail=response-refused`, and
-    /// [`CacheStats::not_stored_for`](super::CacheStats::not_stored_for) counts it; the next request asks the
-    /// origin again. A background refresh whose answer is refused leaves the stale entry as it was, as a failed
-    /// one does. `when` runs once per answer that would be stored, never on a hit; `body` is the body as the
-    /// origin sent it, within [`max_body_size`](Self::max_body_size) (still encoded if its `Content-Encoding`
-    /// says so).
+    /// `"ok": false`. Stored, such an answer would be served for the entry's whole lifetime. A refused answer is
+    /// taken for a failing origin's, as a `503` is: it is not stored and leaves no
+    /// [`uncacheable_for`](Self::uncacheable_for) marker (the next answer may be good), it goes to the callers
+    /// coalesced onto its request too (they asked the same thing at the same time), an entry inside its
+    /// [`stale_if_error_for`](Self::stale_if_error_for) window answers in its place (`fwd=stale;
+    /// fwd-status=200`), and a background refresh it answers leaves the stale entry as it was. Otherwise its
+    /// `Cache-Status` says `detail=response-refused`, and
+    /// [`CacheStats::not_stored_for`](super::CacheStats::not_stored_for) counts it.
+    ///
+    /// `when` is asked about the answers the other rules would store (and, with an entry inside its
+    /// stale-if-error window, about any answer with a [cacheable status](Self::cacheable_statuses)), never on a
+    /// hit; `body` is the body as the origin sent it, within [`max_body_size`](Self::max_body_size) (still
+    /// encoded if its `Content-Encoding` says so).
     ///
     /// ```
     /// use http::Method;

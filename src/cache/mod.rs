@@ -91,8 +91,8 @@
 //!   and never stored; a request subscribing to an event stream (`Accept: text/event-stream`) bypasses the
 //!   cache.
 //! - **stale-if-error**: when that inner call fails (transport error, 408, 429, 500, 502, 503, 504,
-//!   Cloudflare's 520-524, 529) and an entry within `stale_if_error_for` after its freshness exists, the entry
-//!   answers instead (`fwd=stale`).
+//!   Cloudflare's 520-524, 529, or an answer [`store_when`](RedisCacheLayerBuilder::store_when) refuses) and an
+//!   entry within `stale_if_error_for` after its freshness exists, the entry answers instead (`fwd=stale`).
 //!
 //! Request `Cache-Control: no-cache` skips the read and refreshes the entry (`fwd=request`). A request's
 //! `max-age=N` takes no entry older than `N` seconds, `min-fresh=N` none fresh for less than `N` more, and with

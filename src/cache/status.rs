@@ -318,7 +318,8 @@ pub enum NotStored {
     /// their invalidation, so nothing is stored.
     Tags,
     /// The layer's [`store_when`](super::RedisCacheLayerBuilder::store_when) refused it: a GraphQL answer with
-    /// `errors`, say, under a `200`. Still shared with the callers coalesced onto its request.
+    /// `errors`, say, under a `200`. Taken for a failing origin's answer: shared with the callers coalesced onto
+    /// its request, and replaced by an entry inside its stale-if-error window when there is one.
     Refused,
 }
 
