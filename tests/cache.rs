@@ -1674,7 +1674,8 @@ async fn an_entry_in_its_stale_if_error_window_answers_for_a_refused_answer() {
         let (outcome, status, body) = caller.await.unwrap();
         assert_eq!(outcome, CacheOutcome::StaleIfError, "{status}");
         assert!(
-            status.starts_with("tower-redis-cache; fwd=stale; fwd-status=200; ttl="),
+            status.starts_with("tower-redis-cache; fwd=stale; fwd-status=200; ttl=")
+                && status.ends_with("; detail=response-refused"),
             "{status}"
         );
         assert_eq!(&body[..], data);

@@ -1521,8 +1521,7 @@ impl Engine {
             if serve_stale_on_error(status, refused, Some(&entry.stored(true)), now) {
                 bump(&self.counters.stale_if_error);
                 tracing::debug!(outcome = "stale-if-error", "cache decision");
-                let fwd_status = status.map(|s| s.as_u16());
-                return Ok(cached(entry, now, CacheOutcome::StaleIfError, fwd_status));
+                return Ok(stale_if_error(entry, now, status, refused));
             }
         }
         let response = result.map_err(|error| Box::new(SharedError::new(error)) as BoxError)?;
@@ -2296,6 +2295,25 @@ fn cached<R>(
 ) -> Response<ResponseBody<R>> {
     let head = AnswerHead::of(&entry, now);
     answer(head, entry.headers, entry.body, outcome, fwd_status)
+}
+
+/// The stored `entry` at `now` in place of an origin that failed with `status` (`None`: a transport error) or
+/// answered what `store_when` `refused`, which `Cache-Status` says (`detail=response-refused`).
+#[cold]
+fn stale_if_error<R>(
+    entry: Entry,
+    now: u64,
+    status: Option<StatusCode>,
+    refused: bool,
+) -> Response<ResponseBody<R>> {
+    let head = AnswerHead::of(&entry, now);
+    let mut headers = entry.headers;
+    let mut cache_status = Status::new(CacheOutcome::StaleIfError);
+    cache_status.ttl = Some(head.ttl);
+    cache_status.fwd_status = status.map(|s| s.as_u16());
+    cache_status.not_stored = refused.then_some(NotStored::Refused);
+    set_answer_headers(&mut headers, &cache_status, head.age);
+    respond_with(head.status, headers, entry.body, CacheOutcome::StaleIfError)
 }
 
 /// A fresh hit at `now` that started the entry's refresh ahead of expiry: `Cache-Status` says

@@ -16,6 +16,7 @@
 //! | request `Cache-Control: no-cache`, or an entry older than its `max-age` allows | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
 //! | stale-if-error | `tower-redis-cache; fwd=stale; fwd-status=503; ttl=-40` |
 //! | stale-if-error after a transport error | `tower-redis-cache; fwd=stale; ttl=-40; detail=transport-error` |
+//! | stale-if-error in place of an answer [`store_when`](super::RedisCacheLayerBuilder::store_when) refused | `tower-redis-cache; fwd=stale; fwd-status=200; ttl=-40; detail=response-refused` |
 //! | method not cached | `tower-redis-cache; fwd=method; detail=method` (`not-a-query`: a body [`query_when`](super::RedisCacheLayerBuilder::query_when) refused) |
 //! | request `Cache-Control: no-store` | `tower-redis-cache; fwd=request; detail=no-store` |
 //! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `request-trailers`, `upgrade`, `event-stream`, `skipped`, `partition`) |
@@ -512,6 +513,8 @@ impl Status {
                 s.push_str("; fwd=stale");
                 if self.fwd_status.is_none() {
                     detail = Some("transport-error");
+                } else if let Some(why) = self.not_stored {
+                    detail = Some(why.as_str());
                 }
             }
             CacheOutcome::Bypass(reason) => {
@@ -843,6 +846,12 @@ mod tests {
             fmt(sie),
             "tower-redis-cache; fwd=stale; ttl=-40; detail=transport-error"
         );
+        sie.fwd_status = Some(200);
+        sie.not_stored = Some(NotStored::Refused);
+        assert_eq!(
+            fmt(sie),
+            "tower-redis-cache; fwd=stale; fwd-status=200; ttl=-40; detail=response-refused"
+        );
 
         let mut down = Status::new(CacheOutcome::Miss {
             collapsed: false,
@@ -894,6 +903,15 @@ mod tests {
                 }
             }
         }
+        // Each also with a reason its answer was not stored, which a miss and a stale-if-error answer say.
+        let with_reasons: Vec<Status> = all
+            .iter()
+            .map(|status| Status {
+                not_stored: Some(NotStored::Refused),
+                ..*status
+            })
+            .collect();
+        all.extend(with_reasons);
         all
     }
 
