@@ -1695,3 +1695,231 @@ async fn an_entry_in_its_stale_if_error_window_answers_for_a_refused_answer() {
     );
     assert!(body(late).await.ends_with(br#""call":3}]}"#));
 }
+
+/// A JSON-RPC server: each call answered with its `id`, `Content-Length` and an `ETag`, after 10 ms (so that, with
+/// Tokio's time paused, callers arriving together find the call running), or with a `304` when it holds the
+/// first answer's tag; with `coding`, the answer says it is in that `Content-Encoding`.
+fn rpc_origin(
+    coding: Option<&'static str>,
+) -> (
+    Arc<AtomicUsize>,
+    impl tower::Service<
+        Request<tower_redis_cache::RequestBody>,
+        Response = http::Response<Full<bytes::Bytes>>,
+        Error = tower_redis_cache::error::BoxError,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+) {
+    use http_body_util::BodyExt;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::service_fn(move |request: Request<tower_redis_cache::RequestBody>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            // The first answer is still current.
+            if request
+                .headers()
+                .get("if-none-match")
+                .is_some_and(|tag| tag == "\"1\"")
+            {
+                let response = http::Response::builder()
+                    .status(304)
+                    .header("etag", "\"1\"");
+                return Ok(response.body(Full::default())?);
+            }
+            let body = request.into_body().collect().await?.to_bytes();
+            let call: serde_json::Value = serde_json::from_slice(&body)?;
+            let answer =
+                serde_json::json!({"jsonrpc": "2.0", "result": format!("0x{n}"), "id": call["id"]});
+            let answer = bytes::Bytes::from(answer.to_string());
+            let mut response = http::Response::builder()
+                .header("content-type", "application/json")
+                .header("content-length", answer.len())
+                .header("etag", format!("\"{n}\""));
+            if let Some(coding) = coding {
+                response = response.header("content-encoding", coding);
+            }
+            Ok::<_, tower_redis_cache::error::BoxError>(response.body(Full::new(answer))?)
+        }
+    });
+    (calls, service)
+}
+
+fn rpc(body: &str) -> Request<Full<bytes::Bytes>> {
+    Request::post("https://node.example/")
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_hit_carries_the_echoed_member_of_its_own_request() {
+    let server = RedisServer::start();
+    let (calls, origin) = rpc_origin(None);
+    let layer = layer_over(redis_store(&server).await)
+        .echo_body_field("id")
+        .near_cache(1 << 20)
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let chain_id = |id: &str| {
+        rpc(&format!(
+            r#"{{"jsonrpc":"2.0","method":"eth_chainId","id":{id}}}"#
+        ))
+    };
+
+    let first = call(&service, chain_id("1")).await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(
+        &body(first).await[..],
+        br#"{"id":1,"jsonrpc":"2.0","result":"0x1"}"#
+    );
+    for (id, expected) in [
+        (
+            r#""call-7""#,
+            r#"{"id":"call-7","jsonrpc":"2.0","result":"0x1"}"#,
+        ),
+        (
+            "1234567",
+            r#"{"id":1234567,"jsonrpc":"2.0","result":"0x1"}"#,
+        ),
+        ("1", r#"{"id":1,"jsonrpc":"2.0","result":"0x1"}"#),
+    ] {
+        let hit = call(&service, chain_id(id)).await;
+        assert_eq!(outcome(&hit), CacheOutcome::Hit, "{id}");
+        let length = hit.headers()["content-length"].to_str().unwrap().to_owned();
+        // The entry's bytes, untouched, keep their tag; others have none.
+        assert_eq!(hit.headers().contains_key("etag"), id == "1", "{id}");
+        let bytes = body(hit).await;
+        assert_eq!(std::str::from_utf8(&bytes).unwrap(), expected);
+        assert_eq!(length, bytes.len().to_string());
+    }
+    // Revalidated: the origin's `304` confirms the stored answer, which carries the request's own `id` too.
+    let mut revalidate = chain_id("5");
+    revalidate
+        .headers_mut()
+        .insert("cache-control", "no-cache".parse().unwrap());
+    let confirmed = call(&service, revalidate).await;
+    assert_eq!(
+        cache_status(&confirmed),
+        "tower-redis-cache; fwd=request; fwd-status=304; stored"
+    );
+    assert_eq!(
+        &body(confirmed).await[..],
+        br#"{"id":5,"jsonrpc":"2.0","result":"0x1"}"#
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // From the near cache too, once its tracking is armed (a bounded poll).
+    let mut near = None;
+    for _ in 0..500 {
+        let response = call(&service, chain_id(r#""near""#)).await;
+        if cache_status(&response).ends_with("; detail=near") {
+            near = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let near = near.expect("the near cache never answered");
+    assert_eq!(
+        &body(near).await[..],
+        br#"{"id":"near","jsonrpc":"2.0","result":"0x1"}"#
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A notification (no `id`) shares no entry with the calls.
+    let notification = call(&service, rpc(r#"{"jsonrpc":"2.0","method":"eth_chainId"}"#)).await;
+    assert!(matches!(outcome(&notification), CacheOutcome::Miss { .. }));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // The key left the value out, and the handle's keys agree.
+    let key = layer.handle().key_for(&post_rpc_bytes(
+        r#"{"jsonrpc":"2.0","method":"eth_chainId","id":99}"#,
+    ));
+    assert_eq!(
+        server.command(&[b"EXISTS", key.as_str().as_bytes()]),
+        b":1\r\n"
+    );
+}
+
+fn post_rpc_bytes(body: &str) -> Request<bytes::Bytes> {
+    let (parts, _) = rpc(body).into_parts();
+    Request::from_parts(parts, bytes::Bytes::from(body.to_owned()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn coalesced_callers_each_get_their_own_echoed_member() {
+    let (calls, origin) = rpc_origin(None);
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let callers: Vec<_> = (10..14)
+        .map(|id| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let request = rpc(&format!(
+                    r#"{{"jsonrpc":"2.0","method":"eth_gasPrice","id":{id}}}"#
+                ));
+                let response = call(&service, request).await;
+                (id, outcome(&response), body(response).await)
+            })
+        })
+        .collect();
+    let mut collapsed = 0;
+    for caller in callers {
+        let (id, outcome, body) = caller.await.unwrap();
+        collapsed += usize::from(matches!(
+            outcome,
+            CacheOutcome::Miss {
+                collapsed: true,
+                ..
+            }
+        ));
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["id"], id, "{answer}");
+        assert_eq!(answer["result"], "0x1");
+    }
+    assert_eq!(collapsed, 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_encoded_answer_to_an_echoing_call_is_neither_stored_nor_shared() {
+    let (calls, origin) = rpc_origin(Some("gzip"));
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let callers: Vec<_> = (1..=3)
+        .map(|id| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let request = rpc(&format!(
+                    r#"{{"jsonrpc":"2.0","method":"eth_chainId","id":{id}}}"#
+                ));
+                let response = call(&service, request).await;
+                (id, cache_status(&response), body(response).await)
+            })
+        })
+        .collect();
+    for caller in callers {
+        let (id, status, body) = caller.await.unwrap();
+        assert!(status.ends_with("detail=response-encoded"), "{status}");
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["id"], id, "{answer}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "each caller made its own call"
+    );
+    assert_eq!(layer.handle().stats().not_stored_for(NotStored::Encoded), 3);
+}

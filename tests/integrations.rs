@@ -712,6 +712,48 @@ async fn reqwest_middleware_names_the_partition_from_the_calls_extensions() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+#[tokio::test]
+async fn reqwest_middleware_answers_each_json_rpc_call_with_its_own_id() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let node =
+        Router::new().route(
+            "/",
+            post(move |Json(call): Json<Value>| {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    Json(json!({"jsonrpc": "2.0", "result": format!("0x{n}"), "id": call["id"]}))
+                }
+            }),
+        );
+    let url = format!("http://{}/", serve(node).await);
+    let plain = reqwest::Client::new();
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .methods([Method::POST])
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain))
+        .build();
+    for id in [1, 2, 3] {
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"jsonrpc":"2.0","method":"eth_chainId","id":{id}}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        let outcome = CacheOutcome::from_headers(response.headers()).unwrap();
+        assert_eq!(outcome == CacheOutcome::Hit, id > 1, "{outcome:?}");
+        let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(answer, json!({"jsonrpc": "2.0", "result": "0x1", "id": id}));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 #[test]
 fn the_assembled_client_and_its_futures_are_send_sync_and_clone() {
     use tower_redis_cache::genesys::{GenesysClient, GenesysError, GenesysService};

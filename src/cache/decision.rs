@@ -111,6 +111,10 @@ pub(crate) struct RequestFacts {
     pub(crate) only_if_cached: bool,
     pub(crate) authorization: bool,
     pub(crate) cookie: bool,
+    /// Its JSON body holds the member the layer's answers echo
+    /// ([`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)): an answer that cannot carry this
+    /// request's value of it is not shared.
+    pub(crate) echoes: bool,
     /// `Range`: a `GET` of it is answered from an entry, in part ([`part_of`]), or passed on while the entry
     /// is filled ([`Action::PassAndFill`]); anything else with it goes to the origin as it came. (`If-Range`
     /// alone means nothing: RFC 9110 §13.1.5.)

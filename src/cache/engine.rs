@@ -16,6 +16,7 @@ use super::decision::{
     may_invalidate, not_modified, only_ignored_cookies, part_of, serve_stale_on_error,
     sets_only_ignored_cookies,
 };
+use super::echo;
 use super::entry::{Entry, Unstored, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
 use super::freshness::{
@@ -125,6 +126,14 @@ enum Storing {
     Not(Option<NotStored>),
 }
 
+/// Whether an answer's body is in a `Content-Encoding` other than `identity`.
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|coding| !coding.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 /// The marker an answer not stored for `why` leaves in its entry's place: none after an origin failure (a
 /// failing origin is still asked once at a time), an answer [`store_when`](super::RedisCacheLayerBuilder::store_when)
 /// refused (an error in a `200`: the next answer may be storable) or an invalidation (a passing event, not the
@@ -137,7 +146,8 @@ pub(super) fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored>
         | NotStored::VaryStar
         | NotStored::TooLarge
         | NotStored::Trailers
-        | NotStored::Stream => Some(Unstored::Alone),
+        | NotStored::Stream
+        | NotStored::Encoded => Some(Unstored::Alone),
         NotStored::Status if is_origin_failure(status) => None,
         NotStored::Status | NotStored::Expired | NotStored::Tags => Some(Unstored::Shared),
         NotStored::Invalidated | NotStored::Refused => None,
@@ -424,6 +434,9 @@ pub(crate) struct Policy {
     pub(crate) post_when: Option<PostPredicate>,
     pub(crate) query_when: Option<QueryPredicate>,
     pub(crate) store_when: Option<StorePredicate>,
+    /// The top-level member of JSON request bodies that answers repeat (see
+    /// [`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)).
+    pub(crate) echo: Option<Box<str>>,
     pub(crate) max_body: usize,
     /// Whether a request's `Cache-Control` and `Pragma` count (see
     /// [`respect_request_cache_control`](super::RedisCacheLayerBuilder::respect_request_cache_control)).
@@ -469,6 +482,7 @@ impl std::fmt::Debug for Policy {
             .field("post_when", &self.post_when.is_some())
             .field("query_when", &self.query_when.is_some())
             .field("store_when", &self.store_when.is_some())
+            .field("echo", &self.echo)
             .field("max_body", &self.max_body)
             .field(
                 "respect_request_cache_control",
@@ -595,6 +609,14 @@ impl Policy {
                 longest.longest(*windows)
             })
             .bounded()
+    }
+
+    /// The value, as written, of the member of the request `body` that answers echo, when the layer echoes one
+    /// and the body is a JSON object holding it.
+    #[inline]
+    pub(crate) fn echoed(&self, body: &Bytes) -> Option<Bytes> {
+        let name = self.echo.as_deref()?;
+        echo::member_value(body, name).map(|value| body.slice(value))
     }
 
     /// A request's own partition: `None` without [`partition_by`](super::RedisCacheLayerBuilder::partition_by),
@@ -1655,7 +1677,14 @@ impl Engine {
                 .policy
                 .response_facts(response.status, &response.headers),
         );
-        if verdict.store && self.refuses(response) {
+        if verdict.share && facts.echoes && is_encoded(&response.headers) {
+            // Another request's answer would carry this request's value of the member.
+            Verdict {
+                store: false,
+                share: false,
+                why: Some(NotStored::Encoded),
+            }
+        } else if verdict.store && self.refuses(response) {
             Verdict {
                 store: false,
                 why: Some(NotStored::Refused),
@@ -2122,11 +2151,13 @@ impl Engine {
     }
 }
 
-/// What an answer still needs before it goes to its caller, in the order RFC 9110 §13.2.2 evaluates it: its
-/// body dropped, for a `HEAD` answered as its `GET` ([`head_answer`]); the client's own validators evaluated on
-/// it ([`Engine::validated`]); then the part of it a `Range` asks for ([`Engine::ranged`]).
+/// What an answer still needs before it goes to its caller: the request's own value of an echoed body member
+/// ([`echo::echoed`]); then, in the order RFC 9110 §13.2.2 evaluates it, its body dropped, for a `HEAD`
+/// answered as its `GET` ([`head_answer`]); the client's own validators evaluated on it
+/// ([`Engine::validated`]); then the part of it a `Range` asks for ([`Engine::ranged`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Steps {
+    echo: bool,
     head: bool,
     validators: bool,
     range: bool,
@@ -2134,10 +2165,11 @@ pub(crate) struct Steps {
 
 impl Steps {
     /// The steps the answer to a request with `facts` needs, if any; `head`: it is a `HEAD` answered as its
-    /// `GET`.
+    /// `GET`; `echo`: its body holds a member the answer echoes.
     #[inline]
-    pub(crate) fn of(facts: &RequestFacts, head: bool) -> Option<Steps> {
-        (head || facts.validators || facts.range).then_some(Steps {
+    pub(crate) fn of(facts: &RequestFacts, head: bool, echo: bool) -> Option<Steps> {
+        (echo || head || facts.validators || facts.range).then_some(Steps {
+            echo,
             head,
             validators: facts.validators,
             range: facts.range,
@@ -2153,18 +2185,24 @@ const STEP_FIELDS: [HeaderName; 4] = [IF_NONE_MATCH, IF_MODIFIED_SINCE, RANGE, I
 pub(crate) struct Finish {
     steps: Steps,
     fields: HeaderMap,
+    echoed: Option<Bytes>,
 }
 
 impl Finish {
-    /// `steps`, with the fields they read kept from the request's `headers`.
-    pub(crate) fn new(steps: Steps, headers: &HeaderMap) -> Finish {
+    /// `steps`, with the fields they read kept from the request's `headers`, and the value of the body member
+    /// the answer echoes, if any.
+    pub(crate) fn new(steps: Steps, headers: &HeaderMap, echoed: Option<Bytes>) -> Finish {
         let mut fields = HeaderMap::new();
         for name in STEP_FIELDS {
             for value in headers.get_all(&name) {
                 fields.append(name.clone(), value.clone());
             }
         }
-        Finish { steps, fields }
+        Finish {
+            steps,
+            fields,
+            echoed,
+        }
     }
 }
 
@@ -2175,16 +2213,26 @@ impl Engine {
         finish: &Finish,
         response: Response<ResponseBody<B>>,
     ) -> Response<ResponseBody<B>> {
-        self.finish_with(finish.steps, &finish.fields, response)
+        self.finish_with(
+            finish.steps,
+            &finish.fields,
+            finish.echoed.as_deref(),
+            response,
+        )
     }
 
-    /// `response` after `steps`, which read the `request` headers.
+    /// `response` after `steps`, which read the `request` headers and the value of the body member it echoes.
     pub(crate) fn finish_with<B: Body>(
         &self,
         steps: Steps,
         request: &HeaderMap,
+        echoed: Option<&[u8]>,
         response: Response<ResponseBody<B>>,
     ) -> Response<ResponseBody<B>> {
+        let response = match (steps.echo, self.policy.echo.as_deref(), echoed) {
+            (true, Some(name), Some(value)) => echo::echoed(name, value, response),
+            _ => response,
+        };
         let response = if steps.head {
             head_answer(response)
         } else {

@@ -910,6 +910,9 @@ pub(crate) fn canonicalize_json(input: &[u8], out: &mut Vec<u8>) -> Result<(), N
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pointer {
     tokens: Vec<Vec<u8>>,
+    /// The member stays in the key with `null` for its value (an echoed field: requests with it and without it
+    /// never share a key); otherwise it is left out.
+    blank: bool,
 }
 
 impl Pointer {
@@ -937,7 +940,21 @@ impl Pointer {
                 Some(quoted)
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Pointer { tokens })
+        Some(Pointer {
+            tokens,
+            blank: false,
+        })
+    }
+
+    /// A pointer to the top-level member `name` whose value, not the member, is left out of the key (see
+    /// [`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)).
+    pub(crate) fn blanking(name: &str) -> Pointer {
+        let mut quoted = Vec::new();
+        write_json_string(name, &mut quoted);
+        Pointer {
+            tokens: vec![quoted],
+            blank: true,
+        }
     }
 }
 
@@ -980,6 +997,15 @@ fn canonicalize_into(
         return Err(NotJson);
     }
     Ok(())
+}
+
+/// What of a member a pointer names is left out of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Leave {
+    /// Its value, written as `null`.
+    Value,
+    /// The whole member.
+    Member,
 }
 
 struct Canonicalizer<'a> {
@@ -1177,8 +1203,14 @@ impl Canonicalizer<'_> {
             out.push(b':');
             self.skip_ws();
             let (ignore, inner) = self.leads(&out[member_start..key_end], depth, active);
+            let value_start = out.len();
             self.value(out, depth + 1, &inner)?;
-            if ignore {
+            if ignore == Some(Leave::Value) {
+                // Parsed (the document must still be JSON); the member stays, its value does not.
+                out.truncate(value_start);
+                out.extend_from_slice(b"null");
+                self.spans.push((member_start, key_end, out.len()));
+            } else if ignore == Some(Leave::Member) {
                 // Parsed (the document must still be JSON), then left out, separator and all.
                 out.truncate(before);
             } else {
@@ -1227,17 +1259,24 @@ impl Canonicalizer<'_> {
 
 impl Canonicalizer<'_> {
     /// Where the pointers `active` lead at the member with the canonical `key`, in an object at `depth`:
-    /// whether one names the member itself (it is left out), and which lead on into its value.
-    fn leads(&self, key: &[u8], depth: usize, active: &[usize]) -> (bool, Vec<usize>) {
-        let mut ignore = false;
+    /// whether one names the member itself (and what of it is left out: the member wins over its value), and
+    /// which lead on into its value.
+    fn leads(&self, key: &[u8], depth: usize, active: &[usize]) -> (Option<Leave>, Vec<usize>) {
+        let mut ignore = None;
         let mut inner = Vec::new();
         for &i in active {
-            let Some(tokens) = self.ignored.get(i).map(|p| &p.tokens) else {
+            let Some(pointer) = self.ignored.get(i) else {
                 continue;
             };
+            let tokens = &pointer.tokens;
             if tokens.get(depth).is_some_and(|token| token[..] == *key) {
                 if tokens.len() == depth + 1 {
-                    ignore = true;
+                    let leave = if pointer.blank {
+                        Leave::Value
+                    } else {
+                        Leave::Member
+                    };
+                    ignore = ignore.max(Some(leave));
                 } else {
                     inner.push(i);
                 }
@@ -2205,6 +2244,36 @@ mod tests {
         assert_eq!(
             key(&ignoring, "http://h/r?utm_source=x"),
             key(&plain, "http://h/r")
+        );
+    }
+
+    #[test]
+    fn an_echoed_member_leaves_its_value_out_of_the_key_not_itself() {
+        let echoing = config().ignoring_body(vec![Pointer::blanking("id")]);
+        let uri: Uri = "http://h/rpc".parse().unwrap();
+        let key = |body: &str| echoing.key(&Method::POST, &uri, &json_headers(), body.as_bytes());
+        let call = key(r#"{"jsonrpc":"2.0","method":"eth_chainId","id":1}"#);
+        for same in [
+            r#"{"jsonrpc":"2.0","method":"eth_chainId","id":2}"#,
+            r#"{"id":"a-7","method":"eth_chainId","jsonrpc":"2.0"}"#,
+            r#"{"jsonrpc":"2.0","method":"eth_chainId","\u0069d":{"n":[1]}}"#,
+            r#"{"jsonrpc":"2.0","method":"eth_chainId","id":null}"#,
+        ] {
+            assert_eq!(key(same), call, "{same}");
+        }
+        for other in [
+            // Without the member: a notification, never answered with a call's answer.
+            r#"{"jsonrpc":"2.0","method":"eth_chainId"}"#,
+            r#"{"jsonrpc":"2.0","method":"eth_blockNumber","id":1}"#,
+            // Nested, or in a batch: keyed as sent.
+            r#"{"jsonrpc":"2.0","method":"eth_chainId","id":1,"params":[{"id":2}]}"#,
+            r#"[{"jsonrpc":"2.0","method":"eth_chainId","id":1}]"#,
+        ] {
+            assert_ne!(key(other), call, "{other}");
+        }
+        assert_ne!(
+            key(r#"{"jsonrpc":"2.0","method":"eth_chainId","params":[{"id":2}],"id":1}"#),
+            key(r#"{"jsonrpc":"2.0","method":"eth_chainId","params":[{"id":3}],"id":1}"#),
         );
     }
 

@@ -335,6 +335,7 @@ pub struct RedisCacheLayerBuilder {
     vary: Vec<HeaderName>,
     ignored_query: Vec<String>,
     ignored_body: Vec<String>,
+    echo: Option<String>,
     ignored_cookies: Vec<String>,
     fresh_for: Duration,
     stale_for: Duration,
@@ -388,6 +389,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("ignore_query_params", &self.ignored_query)
             .field("ignore_cookies", &self.ignored_cookies)
             .field("ignore_body_fields", &self.ignored_body)
+            .field("echo_body_field", &self.echo)
             .field("fresh_for", &self.fresh_for)
             .field("stale_for", &self.stale_for)
             .field("stale_if_error_for", &self.stale_if_error_for)
@@ -536,6 +538,7 @@ impl RedisCacheLayerBuilder {
             ignored_query: Vec::new(),
             ignored_cookies: Vec::new(),
             ignored_body: Vec::new(),
+            echo: None,
             fresh_for: Duration::from_secs(60),
             stale_for: Duration::from_secs(60),
             stale_if_error_for: Duration::from_secs(300),
@@ -697,6 +700,41 @@ impl RedisCacheLayerBuilder {
     pub fn ignore_cookies<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.ignored_cookies
             .extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// A top-level member of JSON request bodies that the answers repeat, as JSON-RPC's `id`: its value is left
+    /// out of the key, and set in every answer a request gets from another request's origin call. Default:
+    /// none.
+    ///
+    /// A JSON-RPC client numbers its calls, and the server answers each with its call's `id`: keyed by the
+    /// whole body, no two calls share an entry, and with the `id` left out of the key
+    /// ([`ignore_body_fields`](Self::ignore_body_fields)), a client would be answered with another call's `id`,
+    /// which it takes for another call's answer. With `echo_body_field("id")`, calls that differ only in their
+    /// `id` share an entry, and a hit, a stale answer, a coalesced caller's, a stale-if-error answer or a stored
+    /// answer a `304` confirmed carries the request's own `id`, written as the request wrote it; the answer's
+    /// `Content-Length` follows, and its `ETag` and the digests of its bytes are dropped. Requests without the
+    /// member never share an entry with requests that have it. A batch (a JSON array) is keyed whole, its `id`s
+    /// included. An answer in a `Content-Encoding`, whose member cannot be set, is neither stored nor shared
+    /// (`detail=response-encoded`).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+    ///
+    /// // An Ethereum node's JSON-RPC reads, shared by clients however they number their calls.
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(64 << 20))
+    ///     .methods([Method::POST])
+    ///     .query_when(|_, body| {
+    ///         let call: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    ///         matches!(call["method"].as_str(), Some("eth_chainId" | "eth_getCode"))
+    ///     })
+    ///     .echo_body_field("id")
+    ///     .build()?;
+    /// # Ok::<_, tower_redis_cache::error::ConfigError>(())
+    /// ```
+    pub fn echo_body_field(mut self, name: impl Into<String>) -> Self {
+        self.echo = Some(name.into());
         self
     }
 
@@ -878,13 +916,15 @@ impl RedisCacheLayerBuilder {
     /// use http::Method;
     /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
     ///
-    /// // A JSON-RPC endpoint: the reads are cached, every other call is a write.
+    /// // A JSON-RPC endpoint: the reads are cached, every other call is a write; each answer carries its
+    /// // own call's `id`.
     /// let layer = RedisCacheLayer::builder(MemoryStore::new(64 << 20))
     ///     .methods([Method::POST])
     ///     .query_when(|_, body| {
     ///         let call: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     ///         matches!(call["method"].as_str(), Some("eth_call" | "eth_getBalance" | "eth_getCode"))
     ///     })
+    ///     .echo_body_field("id")
     ///     .build()?;
     /// # Ok::<_, tower_redis_cache::error::ConfigError>(())
     /// ```
@@ -1620,6 +1660,7 @@ impl RedisCacheLayerBuilder {
             post_when: self.post_when,
             query_when: self.query_when,
             store_when: self.store_when,
+            echo: self.echo.as_deref().map(Box::from),
             max_body: self.max_body,
             respect_request_cache_control: self.respect_request_cache_control,
             compress_above: self.compress_above,
@@ -1649,6 +1690,7 @@ impl RedisCacheLayerBuilder {
                 self.ignored_body
                     .iter()
                     .filter_map(|pointer| Pointer::parse(pointer))
+                    .chain(self.echo.as_deref().map(Pointer::blanking))
                     .collect::<Vec<_>>(),
             );
         RedisCacheLayer {

@@ -65,7 +65,10 @@
 //! another's answer), `Prefer` (Microsoft Graph's `outlook.timezone`), the API version asked for
 //! (`Stripe-Version`, `X-GitHub-Api-Version`, `Api-Version`, ...) and the account acted for beside a credential
 //! (`Stripe-Account`, `OpenAI-Organization`, `OpenAI-Project`). The client's address (`X-Forwarded-For`,
-//! `Forwarded: for=`) is left out, so clients behind one proxy share entries.
+//! `Forwarded: for=`) is left out, so clients behind one proxy share entries. Members of JSON bodies that
+//! change nothing are left out by [`ignore_body_fields`](RedisCacheLayerBuilder::ignore_body_fields); a member
+//! the answers repeat, as JSON-RPC's `id`, by [`echo_body_field`](RedisCacheLayerBuilder::echo_body_field),
+//! which also sets each answer's to the request's own.
 //!
 //! Otherwise the layer reads the entry for the request's key and, with `now` the cache's clock:
 //!
@@ -201,6 +204,7 @@ mod coalesce;
 mod deadline;
 pub(crate) mod decision;
 mod directives;
+mod echo;
 pub(crate) mod engine;
 mod entry;
 mod fleet;

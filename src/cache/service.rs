@@ -151,6 +151,8 @@ where
                     return respond_in(span, bypass(engine, inner, request, reason, stale));
                 }
                 let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
+                let echoed = engine.policy.echoed(&bytes);
+                facts.echoes = echoed.is_some();
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
                 let near = {
                     let _in_span = span.enter();
@@ -162,9 +164,15 @@ where
                             span.record("key", short_hex(&digest).as_str());
                             span.record("outcome", CacheOutcome::Hit.as_str());
                         }
-                        // A `HEAD`'s answer, the client's own validators and its `Range`.
-                        let response = match Steps::of(&facts, head) {
-                            Some(steps) => engine.finish_with(steps, &parts.headers, response),
+                        // The request's own echoed member, a `HEAD`'s answer, the client's own validators and its
+                        // `Range`.
+                        let response = match Steps::of(&facts, head, echoed.is_some()) {
+                            Some(steps) => engine.finish_with(
+                                steps,
+                                &parts.headers,
+                                echoed.as_deref(),
+                                response,
+                            ),
                             None => response,
                         };
                         return ResponseFuture::ready(Ok(response));
@@ -174,8 +182,8 @@ where
                 let (engine, inner) = (engine.clone(), self.inner.clone());
                 // What the answer needs on its way back (the client's own validators are kept for it: the
                 // origin never sees them).
-                let finishing = Steps::of(&facts, head)
-                    .map(|steps| (engine.clone(), Finish::new(steps, &parts.headers)));
+                let finishing = Steps::of(&facts, head, echoed.is_some())
+                    .map(|steps| (engine.clone(), Finish::new(steps, &parts.headers, echoed)));
                 let lookup = keyed(
                     engine, inner, parts, bytes, digest, facts, action, probe, &span,
                 );
@@ -228,8 +236,10 @@ where
                     let span = tracing::Span::current();
                     let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
                     let probe = NearProbe::Unasked;
-                    let finishing =
-                        Steps::of(&facts, head).map(|steps| Finish::new(steps, &parts.headers));
+                    let echoed = engine.policy.echoed(&bytes);
+                    facts.echoes = echoed.is_some();
+                    let finishing = Steps::of(&facts, head, echoed.is_some())
+                        .map(|steps| Finish::new(steps, &parts.headers, echoed));
                     let answer = keyed(
                         engine.clone(),
                         inner,

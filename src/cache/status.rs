@@ -10,7 +10,7 @@
 //! | stale hit, a refresh already running here or in another process | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
 //! | the request's variant missing, another's stored (the response's `Vary`; each variant is then stored under a key of its own, see [`keep_variants`](super::RedisCacheLayerBuilder::keep_variants)) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
-//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-trailers`: ended by trailers, passed on but not stored, `response-stream`: a live stream, passed on as it arrives, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read, `response-refused`: [`store_when`](super::RedisCacheLayerBuilder::store_when) refused it) |
+//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-trailers`: ended by trailers, passed on but not stored, `response-stream`: a live stream, passed on as it arrives, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read, `response-refused`: [`store_when`](super::RedisCacheLayerBuilder::store_when) refused it, `response-encoded`: an encoded answer to a query whose [echoed member](super::RedisCacheLayerBuilder::echo_body_field) it cannot carry) |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` (and `stored` when that call stored it) |
 //! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
 //! | request `Cache-Control: no-cache`, or an entry older than its `max-age` allows | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
@@ -322,11 +322,15 @@ pub enum NotStored {
     /// `errors`, say, under a `200`. Taken for a failing origin's answer: shared with the callers coalesced onto
     /// its request, and replaced by an entry inside its stale-if-error window when there is one.
     Refused,
+    /// An answer in a `Content-Encoding` to a query whose body member the answers echo
+    /// ([`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)): the member cannot be set in it, so
+    /// it goes to its caller alone.
+    Encoded,
 }
 
 impl NotStored {
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [NotStored; 12] = [
+    pub(crate) const ALL: [NotStored; 13] = [
         NotStored::NoStore,
         NotStored::Private,
         NotStored::SetCookie,
@@ -339,6 +343,7 @@ impl NotStored {
         NotStored::Trailers,
         NotStored::Stream,
         NotStored::Refused,
+        NotStored::Encoded,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -357,12 +362,13 @@ impl NotStored {
             NotStored::Trailers => 9,
             NotStored::Stream => 10,
             NotStored::Refused => 11,
+            NotStored::Encoded => 12,
         }
     }
 
     /// Its `detail` in `Cache-Status`: `response-no-store`, `response-private`, `response-set-cookie`,
     /// `response-vary-star`, `response-status`, `response-too-large`, `response-trailers`, `response-stream`,
-    /// `response-expired`, `invalidated`, `tags`, `response-refused`.
+    /// `response-expired`, `invalidated`, `tags`, `response-refused`, `response-encoded`.
     pub fn as_str(self) -> &'static str {
         match self {
             NotStored::NoStore => "response-no-store",
@@ -377,6 +383,7 @@ impl NotStored {
             NotStored::Invalidated => "invalidated",
             NotStored::Tags => "tags",
             NotStored::Refused => "response-refused",
+            NotStored::Encoded => "response-encoded",
         }
     }
 }
