@@ -1503,48 +1503,67 @@ async fn a_full_tag_table_costs_the_new_fills_not_the_hits() {
     assert_eq!(layer.handle().stats().hits, 1);
 }
 
-/// A GraphQL server whose `n`th answer is an error inside a `200` (as a resolver that timed out gives) when
-/// `fails(n)`, data otherwise. Each answer says which call it was, and comes after 10 ms: with Tokio's time
-/// paused, callers arriving together find the call running.
-fn graphql_origin(
-    fails: fn(usize) -> bool,
+/// The request an origin of these tests receives, and what it answers.
+type OriginRequest = Request<tower_redis_cache::RequestBody>;
+type OriginAnswer = Result<http::Response<Full<bytes::Bytes>>, tower_redis_cache::error::BoxError>;
+
+/// An origin that counts its calls and answers the `n`th (from 1) with `answer(n, request)`, after 10 ms: with
+/// Tokio's time paused, callers arriving together find the call running.
+fn counted_origin<F, A>(
+    answer: F,
 ) -> (
     Arc<AtomicUsize>,
     impl tower::Service<
-        Request<tower_redis_cache::RequestBody>,
+        OriginRequest,
         Response = http::Response<Full<bytes::Bytes>>,
-        Error = std::convert::Infallible,
+        Error = tower_redis_cache::error::BoxError,
         Future = impl Send,
     > + Clone
     + Send
     + 'static,
-) {
+)
+where
+    F: Fn(usize, OriginRequest) -> A + Clone + Send + 'static,
+    A: std::future::Future<Output = OriginAnswer> + Send,
+{
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
-    let service = tower::service_fn(move |_: Request<tower_redis_cache::RequestBody>| {
+    let service = tower::service_fn(move |request: OriginRequest| {
         let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        let answer = answer.clone();
         async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            let body = if fails(n) {
-                format!(
-                    r#"{{"data":{{"items":null}},"errors":[{{"message":"timed out","call":{n}}}]}}"#
-                )
-            } else {
-                format!(r#"{{"data":{{"items":[{n}]}}}}"#)
-            };
-            Ok(http::Response::builder()
-                .header("content-type", "application/json")
-                .body(Full::new(bytes::Bytes::from(body)))
-                .unwrap())
+            answer(n, request).await
         }
     });
     (calls, service)
 }
 
+/// What a GraphQL server answers its `n`th call: an error inside a `200` (as a resolver that timed out gives)
+/// when `fails(n)`, data otherwise; each answer says which call it was. For [`counted_origin`].
+fn graphql_answers(
+    fails: fn(usize) -> bool,
+) -> impl Fn(usize, OriginRequest) -> futures_util::future::BoxFuture<'static, OriginAnswer> + Clone + Send
+{
+    move |n, _| {
+        let body = if fails(n) {
+            format!(
+                r#"{{"data":{{"items":null}},"errors":[{{"message":"timed out","call":{n}}}]}}"#
+            )
+        } else {
+            format!(r#"{{"data":{{"items":[{n}]}}}}"#)
+        };
+        let response = http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(body)));
+        Box::pin(async move { Ok(response?) })
+    }
+}
+
 #[tokio::test]
 async fn an_answer_store_when_refuses_is_answered_unstored_and_the_next_call_asks_again() {
     let server = RedisServer::start();
-    let (calls, origin) = graphql_origin(|n| n == 1);
+    let (calls, origin) = counted_origin(graphql_answers(|n| n == 1));
     let layer = layer_over(redis_store(&server).await)
         .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
         .build()
@@ -1596,7 +1615,7 @@ async fn an_answer_store_when_refuses_is_answered_unstored_and_the_next_call_ask
 
 #[tokio::test(start_paused = true)]
 async fn callers_coalesced_onto_a_refused_answer_share_it() {
-    let (calls, origin) = graphql_origin(|n| n == 1);
+    let (calls, origin) = counted_origin(graphql_answers(|n| n == 1));
     let layer = layer_over(MemoryStore::new(1 << 20))
         .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
         .build()
@@ -1642,7 +1661,7 @@ async fn callers_coalesced_onto_a_refused_answer_share_it() {
 
 #[tokio::test(start_paused = true)]
 async fn an_entry_in_its_stale_if_error_window_answers_for_a_refused_answer() {
-    let (calls, origin) = graphql_origin(|n| n > 1);
+    let (calls, origin) = counted_origin(graphql_answers(|n| n > 1));
     let layer = layer_over(MemoryStore::new(1 << 20))
         .fresh_for(Duration::ZERO)
         .stale_for(Duration::ZERO)
@@ -1696,29 +1715,16 @@ async fn an_entry_in_its_stale_if_error_window_answers_for_a_refused_answer() {
     assert!(body(late).await.ends_with(br#""call":3}]}"#));
 }
 
-/// A JSON-RPC server: each call answered with its `id`, `Content-Length` and an `ETag`, after 10 ms (so that, with
-/// Tokio's time paused, callers arriving together find the call running), or with a `304` when it holds the
-/// first answer's tag; with `coding`, the answer says it is in that `Content-Encoding`.
-fn rpc_origin(
+/// What a JSON-RPC server answers its `n`th call: the call's `id`, with `Content-Length` and an `ETag`, or a `304`
+/// when the call holds the first answer's tag; with `coding`, the answer says it is in that `Content-Encoding`.
+/// For [`counted_origin`].
+fn rpc_answers(
     coding: Option<&'static str>,
-) -> (
-    Arc<AtomicUsize>,
-    impl tower::Service<
-        Request<tower_redis_cache::RequestBody>,
-        Response = http::Response<Full<bytes::Bytes>>,
-        Error = tower_redis_cache::error::BoxError,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + 'static,
-) {
+) -> impl Fn(usize, OriginRequest) -> futures_util::future::BoxFuture<'static, OriginAnswer> + Clone + Send
+{
     use http_body_util::BodyExt;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    let service = tower::service_fn(move |request: Request<tower_redis_cache::RequestBody>| {
-        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    move |n, request| {
+        Box::pin(async move {
             // The first answer is still current.
             if request
                 .headers()
@@ -1742,10 +1748,36 @@ fn rpc_origin(
             if let Some(coding) = coding {
                 response = response.header("content-encoding", coding);
             }
-            Ok::<_, tower_redis_cache::error::BoxError>(response.body(Full::new(answer))?)
-        }
-    });
-    (calls, service)
+            Ok(response.body(Full::new(answer))?)
+        })
+    }
+}
+
+/// Sends a call of `method` for each of `ids` together, each on a task of its own; the answers, in order.
+async fn rpc_together<S>(
+    service: &S,
+    method: &'static str,
+    ids: impl IntoIterator<Item = u64>,
+) -> Vec<(u64, support::calls::Reply)>
+where
+    S: support::calls::Cached + Send + Sync + 'static,
+    S::Future: Send,
+{
+    let callers: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            let service = service.clone();
+            let request = rpc(&format!(
+                r#"{{"jsonrpc":"2.0","method":"{method}","id":{id}}}"#
+            ));
+            tokio::spawn(async move { (id, call(&service, request).await) })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for caller in callers {
+        answers.push(caller.await.unwrap());
+    }
+    answers
 }
 
 fn rpc(body: &str) -> Request<Full<bytes::Bytes>> {
@@ -1758,7 +1790,7 @@ fn rpc(body: &str) -> Request<Full<bytes::Bytes>> {
 #[tokio::test]
 async fn a_hit_carries_the_echoed_member_of_its_own_request() {
     let server = RedisServer::start();
-    let (calls, origin) = rpc_origin(None);
+    let (calls, origin) = counted_origin(rpc_answers(None));
     let layer = layer_over(redis_store(&server).await)
         .echo_body_field("id")
         .near_cache(1 << 20)
@@ -1854,35 +1886,22 @@ fn post_rpc_bytes(body: &str) -> Request<bytes::Bytes> {
 
 #[tokio::test(start_paused = true)]
 async fn coalesced_callers_each_get_their_own_echoed_member() {
-    let (calls, origin) = rpc_origin(None);
+    let (calls, origin) = counted_origin(rpc_answers(None));
     let layer = layer_over(MemoryStore::new(1 << 20))
         .echo_body_field("id")
         .build()
         .unwrap();
     let service = layer.layer_service(origin);
-    let callers: Vec<_> = (10..14)
-        .map(|id| {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let request = rpc(&format!(
-                    r#"{{"jsonrpc":"2.0","method":"eth_gasPrice","id":{id}}}"#
-                ));
-                let response = call(&service, request).await;
-                (id, outcome(&response), body(response).await)
-            })
-        })
-        .collect();
     let mut collapsed = 0;
-    for caller in callers {
-        let (id, outcome, body) = caller.await.unwrap();
+    for (id, response) in rpc_together(&service, "eth_gasPrice", 10..14).await {
         collapsed += usize::from(matches!(
-            outcome,
+            outcome(&response),
             CacheOutcome::Miss {
                 collapsed: true,
                 ..
             }
         ));
-        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&body(response).await).unwrap();
         assert_eq!(answer["id"], id, "{answer}");
         assert_eq!(answer["result"], "0x1");
     }
@@ -1892,28 +1911,16 @@ async fn coalesced_callers_each_get_their_own_echoed_member() {
 
 #[tokio::test(start_paused = true)]
 async fn an_encoded_answer_to_an_echoing_call_is_neither_stored_nor_shared() {
-    let (calls, origin) = rpc_origin(Some("gzip"));
+    let (calls, origin) = counted_origin(rpc_answers(Some("gzip")));
     let layer = layer_over(MemoryStore::new(1 << 20))
         .echo_body_field("id")
         .build()
         .unwrap();
     let service = layer.layer_service(origin);
-    let callers: Vec<_> = (1..=3)
-        .map(|id| {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let request = rpc(&format!(
-                    r#"{{"jsonrpc":"2.0","method":"eth_chainId","id":{id}}}"#
-                ));
-                let response = call(&service, request).await;
-                (id, cache_status(&response), body(response).await)
-            })
-        })
-        .collect();
-    for caller in callers {
-        let (id, status, body) = caller.await.unwrap();
+    for (id, response) in rpc_together(&service, "eth_chainId", 1..=3).await {
+        let status = cache_status(&response);
         assert!(status.ends_with("detail=response-encoded"), "{status}");
-        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&body(response).await).unwrap();
         assert_eq!(answer["id"], id, "{answer}");
     }
     assert_eq!(
