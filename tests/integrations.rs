@@ -714,44 +714,72 @@ async fn reqwest_middleware_names_the_partition_from_the_calls_extensions() {
 
 #[tokio::test]
 async fn reqwest_middleware_answers_each_json_rpc_call_with_its_own_id() {
+    use tower_redis_cache::cache::jsonrpc;
+    // A node that answers `eth_getCode` with an error inside a `200`, as one that is behind does.
     let calls = Arc::new(AtomicU64::new(0));
     let counter = calls.clone();
-    let node =
-        Router::new().route(
-            "/",
-            post(move |Json(call): Json<Value>| {
-                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                async move {
-                    Json(json!({"jsonrpc": "2.0", "result": format!("0x{n}"), "id": call["id"]}))
-                }
-            }),
-        );
+    let node = Router::new().route(
+        "/",
+        post(move |Json(call): Json<Value>| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let answer = if call["method"] == "eth_getCode" {
+                json!({"jsonrpc": "2.0", "error": {"code": -32000, "message": "header not found"}})
+            } else {
+                json!({"jsonrpc": "2.0", "result": format!("0x{n}")})
+            };
+            let mut answer = answer;
+            answer["id"] = call["id"].clone();
+            async move { Json(answer) }
+        }),
+    );
     let url = format!("http://{}/", serve(node).await);
     let plain = reqwest::Client::new();
     let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
         .methods([Method::POST])
+        .query_when(|_, body| jsonrpc::only_calls_to(body, &["eth_chainId", "eth_getCode"]))
+        .store_when(|_, _, body| jsonrpc::is_success(body))
         .echo_body_field("id")
         .build()
         .unwrap();
     let client = reqwest_middleware::ClientBuilder::new(plain.clone())
         .with(CacheMiddleware::new(&layer, plain))
         .build();
-    for id in [1, 2, 3] {
-        let response = client
+    let send = |method: &str, id: u64| {
+        let request = client
             .post(&url)
             .header("content-type", "application/json")
             .body(format!(
-                r#"{{"jsonrpc":"2.0","method":"eth_chainId","id":{id}}}"#
-            ))
-            .send()
-            .await
-            .unwrap();
-        let outcome = CacheOutcome::from_headers(response.headers()).unwrap();
+                r#"{{"jsonrpc":"2.0","method":"{method}","id":{id}}}"#
+            ));
+        async move {
+            let response = request.send().await.unwrap();
+            let outcome = CacheOutcome::from_headers(response.headers()).unwrap();
+            let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            (outcome, answer)
+        }
+    };
+    for id in [1, 2, 3] {
+        let (outcome, answer) = send("eth_chainId", id).await;
         assert_eq!(outcome == CacheOutcome::Hit, id > 1, "{outcome:?}");
-        let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
         assert_eq!(answer, json!({"jsonrpc": "2.0", "result": "0x1", "id": id}));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The error and the write reach the node every time, each answered with its own id (the error first: a
+    // write's success drops the URI's queries).
+    for (method, id) in [
+        ("eth_getCode", 4),
+        ("eth_getCode", 5),
+        ("eth_sendRawTransaction", 6),
+        ("eth_sendRawTransaction", 7),
+    ] {
+        let (outcome, answer) = send(method, id).await;
+        assert!(
+            !matches!(outcome, CacheOutcome::Hit),
+            "{method}: {outcome:?}"
+        );
+        assert_eq!(answer["id"], id);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
 }
 
 #[test]

@@ -34,6 +34,7 @@
 //! # Ok::<_, tower_redis_cache::error::ConfigError>(())
 //! ```
 
+use super::batch::one_or_batch;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
@@ -81,13 +82,7 @@ pub fn is_query(body: &[u8]) -> bool {
 /// read: another shape, an incremental delivery (`multipart/mixed`), or one still compressed. The body is read
 /// once, without building a tree of its values.
 pub fn is_success(body: &[u8]) -> bool {
-    let start = body.iter().position(|b| !b.is_ascii_whitespace());
-    match start.map(|i| body[i]) {
-        Some(b'{') => serde_json::from_slice::<Answer>(body).is_ok_and(|answer| answer.success),
-        Some(b'[') => serde_json::from_slice::<Vec<Answer>>(body)
-            .is_ok_and(|batch| !batch.is_empty() && batch.iter().all(|answer| answer.success)),
-        _ => false,
-    }
+    one_or_batch(body, |answer: &Answer| answer.success)
 }
 
 /// One GraphQL answer, reduced to whether it is a success; read from a JSON object only (a derived

@@ -720,15 +720,14 @@ impl RedisCacheLayerBuilder {
     ///
     /// ```
     /// use http::Method;
+    /// use tower_redis_cache::cache::jsonrpc;
     /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
     ///
     /// // An Ethereum node's JSON-RPC reads, shared by clients however they number their calls.
     /// let layer = RedisCacheLayer::builder(MemoryStore::new(64 << 20))
     ///     .methods([Method::POST])
-    ///     .query_when(|_, body| {
-    ///         let call: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    ///         matches!(call["method"].as_str(), Some("eth_chainId" | "eth_getCode"))
-    ///     })
+    ///     .query_when(|_, body| jsonrpc::only_calls_to(body, &["eth_chainId", "eth_getCode"]))
+    ///     .store_when(|_, _, body| jsonrpc::is_success(body))
     ///     .echo_body_field("id")
     ///     .build()?;
     /// # Ok::<_, tower_redis_cache::error::ConfigError>(())
@@ -921,8 +920,8 @@ impl RedisCacheLayerBuilder {
     /// let layer = RedisCacheLayer::builder(MemoryStore::new(64 << 20))
     ///     .methods([Method::POST])
     ///     .query_when(|_, body| {
-    ///         let call: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    ///         matches!(call["method"].as_str(), Some("eth_call" | "eth_getBalance" | "eth_getCode"))
+    ///         let reads = ["eth_call", "eth_getBalance", "eth_getCode"];
+    ///         tower_redis_cache::cache::jsonrpc::only_calls_to(body, &reads)
     ///     })
     ///     .echo_body_field("id")
     ///     .build()?;
@@ -940,7 +939,8 @@ impl RedisCacheLayerBuilder {
     /// Default: every such answer is.
     ///
     /// For an API that reports errors inside a `200`: a GraphQL answer with `errors` (give it
-    /// [`graphql::is_success`](super::graphql::is_success)), a JSON-RPC `error`, an envelope with
+    /// [`graphql::is_success`](super::graphql::is_success)), a JSON-RPC `error`
+    /// ([`jsonrpc::is_success`](super::jsonrpc::is_success)), an envelope with
     /// `"ok": false`. Stored, such an answer would be served for the entry's whole lifetime. A refused answer is
     /// taken for a failing origin's, as a `503` is: it is not stored and leaves no
     /// [`uncacheable_for`](Self::uncacheable_for) marker (the next answer may be good), it goes to the callers
@@ -959,12 +959,12 @@ impl RedisCacheLayerBuilder {
     /// use http::Method;
     /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
     ///
-    /// // A JSON-RPC endpoint: an answer holding an `error` is not kept.
+    /// // An API whose answers say `"ok": false` when they failed: those are not kept.
     /// let layer = RedisCacheLayer::builder(MemoryStore::new(64 << 20))
     ///     .methods([Method::POST])
     ///     .store_when(|_, _, body| {
     ///         let answer: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    ///         answer.get("result").is_some() && answer.get("error").is_none()
+    ///         answer["ok"] == true
     ///     })
     ///     .build()?;
     /// # Ok::<_, tower_redis_cache::error::ConfigError>(())

@@ -197,6 +197,7 @@
 //! Background refreshes are spawned with `tokio::spawn`, so the services must be called inside a Tokio runtime.
 
 mod background;
+mod batch;
 mod body;
 pub(crate) mod budget;
 mod clock;
@@ -213,6 +214,7 @@ pub mod future;
 pub mod graphql;
 mod guard;
 mod heads;
+pub mod jsonrpc;
 mod key;
 mod layer;
 mod memo;
