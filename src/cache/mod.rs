@@ -88,7 +88,7 @@
 //!   meant for its requester alone (`Set-Cookie` but for cookies the layer
 //!   [ignores](RedisCacheLayerBuilder::ignore_cookies), `Cache-Control: private` or `no-store`, `Vary: *`),
 //!   and, with [`store_when`](RedisCacheLayerBuilder::store_when), when its body is no error (a GraphQL answer
-//!   with `errors` under a `200`: [`graphql::is_success`]).
+//!   with `errors` under a `200`: [`graphql::is_success`]; a JSON-RPC `error`: [`jsonrpc::is_success`]).
 //!   Such an answer, a larger one, and a live stream (an event stream, `multipart/x-mixed-replace`, gRPC, or
 //!   an answer saying `X-Accel-Buffering: no`) go to their caller from the head as they arrive, never held
 //!   and never stored; a request subscribing to an event stream (`Accept: text/event-stream`) bypasses the
@@ -130,19 +130,19 @@
 //! asks the origin for the `GET`, so its answer also serves the `GET`s that follow
 //! ([`head_from_get`](RedisCacheLayerBuilder::head_from_get) turns this off).
 //!
-//! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST` or
-//! one whose body [`query_when`](RedisCacheLayerBuilder::query_when) refuses, such as a GraphQL `mutation`:
-//! see [`graphql`], any unknown method) may change its target: once it is answered below 400, the entries of a `GET` and a `HEAD`
-//! of its URI are removed (every variant, where keys hold request headers), and those of the queries sent to it
-//! (`QUERY`, a cached `POST`), from this process's near cache and from the store, so from every process, before
-//! its response is returned (RFC 9111 §4.4; see
-//! [`invalidate_on_unsafe`](RedisCacheLayerBuilder::invalidate_on_unsafe);
+//! A request with an unsafe method the layer does not cache (`PUT`, `PATCH`, `DELETE`, an uncached `POST` or one
+//! whose body [`query_when`](RedisCacheLayerBuilder::query_when) refuses, such as a GraphQL `mutation` or a
+//! JSON-RPC call that sends a transaction: see [`graphql`] and [`jsonrpc`], any unknown method) may change its
+//! target: once it is answered below 400, the entries of a `GET` and a `HEAD` of its URI are removed (every
+//! variant, where keys hold request headers), and those of the queries sent to it (`QUERY`, a cached `POST`), from
+//! this process's near cache and from the store, so from every process, before its response is returned (RFC 9111
+//! §4.4; see [`invalidate_on_unsafe`](RedisCacheLayerBuilder::invalidate_on_unsafe);
 //! [`CacheHandle::invalidate_uri`] does the same for a change made elsewhere). What such a write changes under
-//! other URIs (a listing, a search) goes by [`tags`](RedisCacheLayerBuilder::tags) (and the tags an answer
-//! names, [`tags_from_header`](RedisCacheLayerBuilder::tags_from_header)): the entries stored with one of the
-//! write's tags are removed too, and [`CacheHandle::invalidate_tag`] removes a tag's entries on demand. An
-//! origin that speaks HTTP Cache Groups (RFC 9875: `Cache-Groups` on answers, `Cache-Group-Invalidation` on a
-//! write's answer) names those sets itself, with [`cache_groups`](RedisCacheLayerBuilder::cache_groups).
+//! other URIs (a listing, a search) goes by [`tags`](RedisCacheLayerBuilder::tags) (and the tags an answer names,
+//! [`tags_from_header`](RedisCacheLayerBuilder::tags_from_header)): the entries stored with one of the write's tags
+//! are removed too, and [`CacheHandle::invalidate_tag`] removes a tag's entries on demand. An origin that speaks
+//! HTTP Cache Groups (RFC 9875: `Cache-Groups` on answers, `Cache-Group-Invalidation` on a write's answer) names
+//! those sets itself, with [`cache_groups`](RedisCacheLayerBuilder::cache_groups).
 //!
 //! The windows of the entry a request stores are its own [`CacheOverride`] extension's, else the layer's for
 //! the answer's status ([`windows_for_status`](RedisCacheLayerBuilder::windows_for_status)), else what the
