@@ -1753,6 +1753,115 @@ fn rpc_answers(
     }
 }
 
+/// What a JSON-RPC server answers a batch, its `n`th call: each call's answer with its `id`, in the calls' order,
+/// or reversed (JSON-RPC lets a server answer a batch in any order). For [`counted_origin`].
+fn rpc_batch_answers(
+    reversed: bool,
+) -> impl Fn(usize, OriginRequest) -> futures_util::future::BoxFuture<'static, OriginAnswer> + Clone + Send
+{
+    use http_body_util::BodyExt;
+    move |n, request| {
+        Box::pin(async move {
+            let body = request.into_body().collect().await?.to_bytes();
+            let calls: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+            let mut answers: Vec<serde_json::Value> = calls
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, call)| serde_json::json!({"result": format!("{n}.{i}"), "id": call["id"]}),
+                )
+                .collect();
+            if reversed {
+                answers.reverse();
+            }
+            let answer = serde_json::Value::Array(answers).to_string();
+            Ok(http::Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(bytes::Bytes::from(answer)))?)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_answered_from_another_batch_of_the_same_calls_with_its_own_ids() {
+    let server = RedisServer::start();
+    let (calls, origin) = counted_origin(rpc_batch_answers(false));
+    let layer = layer_over(redis_store(&server).await)
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let batch = |a: &str, b: &str| {
+        rpc(&format!(
+            r#"[{{"method":"eth_chainId","id":{a}}},{{"method":"eth_blockNumber","id":{b}}}]"#
+        ))
+    };
+    let first = call(&service, batch("1", "2")).await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(
+        &body(first).await[..],
+        br#"[{"id":1,"result":"1.0"},{"id":2,"result":"1.1"}]"#
+    );
+    let hit = call(&service, batch("7", r#""b""#)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(
+        &body(hit).await[..],
+        br#"[{"id":7,"result":"1.0"},{"id":"b","result":"1.1"}]"#
+    );
+    // The calls in another order are another batch.
+    let swapped = call(
+        &service,
+        rpc(r#"[{"method":"eth_blockNumber","id":1},{"method":"eth_chainId","id":2}]"#),
+    )
+    .await;
+    assert!(matches!(outcome(&swapped), CacheOutcome::Miss { .. }));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_answered_out_of_order_is_neither_stored_nor_shared() {
+    let (calls, origin) = counted_origin(rpc_batch_answers(true));
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let batch = |a: u64| {
+        let b = a + 1;
+        rpc(&format!(
+            r#"[{{"method":"eth_chainId","id":{a}}},{{"method":"eth_blockNumber","id":{b}}}]"#
+        ))
+    };
+    let callers: Vec<_> = [1, 3]
+        .into_iter()
+        .map(|a| {
+            let service = service.clone();
+            tokio::spawn(async move { (a, call(&service, batch(a)).await) })
+        })
+        .collect();
+    for caller in callers {
+        let (a, response) = caller.await.unwrap();
+        let status = cache_status(&response);
+        assert!(status.ends_with("detail=response-unordered"), "{status}");
+        let answers: serde_json::Value = serde_json::from_slice(&body(response).await).unwrap();
+        // The node's own answer, its own ids, in the node's order.
+        assert_eq!(answers[0]["id"], a + 1, "{answers}");
+        assert_eq!(answers[1]["id"], a, "{answers}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "each batch made its own call"
+    );
+    assert_eq!(
+        layer.handle().stats().not_stored_for(NotStored::Unordered),
+        2
+    );
+}
+
 /// Sends a call of `method` for each of `ids` together, each on a task of its own; the answers, in order.
 async fn rpc_together<S>(
     service: &S,

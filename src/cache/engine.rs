@@ -16,7 +16,7 @@ use super::decision::{
     may_invalidate, not_modified, only_ignored_cookies, part_of, serve_stale_on_error,
     sets_only_ignored_cookies,
 };
-use super::echo;
+use super::echo::{self, Echoed};
 use super::entry::{Entry, Unstored, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
 use super::freshness::{
@@ -147,7 +147,8 @@ pub(super) fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored>
         | NotStored::TooLarge
         | NotStored::Trailers
         | NotStored::Stream
-        | NotStored::Encoded => Some(Unstored::Alone),
+        | NotStored::Encoded
+        | NotStored::Unordered => Some(Unstored::Alone),
         NotStored::Status if is_origin_failure(status) => None,
         NotStored::Status | NotStored::Expired | NotStored::Tags => Some(Unstored::Shared),
         NotStored::Invalidated | NotStored::Refused => None,
@@ -611,12 +612,11 @@ impl Policy {
             .bounded()
     }
 
-    /// The value, as written, of the member of the request `body` that answers echo, when the layer echoes one
-    /// and the body is a JSON object holding it.
+    /// The values, as written, of the member of the request `body` that answers echo, when the layer echoes one
+    /// and the body is a JSON object holding it, or a batch some of whose calls do.
     #[inline]
-    pub(crate) fn echoed(&self, body: &Bytes) -> Option<Bytes> {
-        let name = self.echo.as_deref()?;
-        echo::member_value(body, name).map(|value| body.slice(value))
+    pub(crate) fn echoed(&self, body: &Bytes) -> Option<Echoed> {
+        Echoed::of(body, self.echo.as_deref()?)
     }
 
     /// A request's own partition: `None` without [`partition_by`](super::RedisCacheLayerBuilder::partition_by),
@@ -1677,12 +1677,24 @@ impl Engine {
                 .policy
                 .response_facts(response.status, &response.headers),
         );
+        let echo = self.policy.echo.as_deref().unwrap_or_default();
         if verdict.share && facts.echoes && is_encoded(&response.headers) {
             // Another request's answer would carry this request's value of the member.
             Verdict {
                 store: false,
                 share: false,
                 why: Some(NotStored::Encoded),
+            }
+        } else if verdict.share
+            && facts
+                .echo_order
+                .is_some_and(|order| !echo::in_order(&response.body, echo, order))
+        {
+            // Another batch's answers would be set place by place, and land at the wrong calls.
+            Verdict {
+                store: false,
+                share: false,
+                why: Some(NotStored::Unordered),
             }
         } else if verdict.store && self.refuses(response) {
             Verdict {
@@ -2185,13 +2197,13 @@ const STEP_FIELDS: [HeaderName; 4] = [IF_NONE_MATCH, IF_MODIFIED_SINCE, RANGE, I
 pub(crate) struct Finish {
     steps: Steps,
     fields: HeaderMap,
-    echoed: Option<Bytes>,
+    echoed: Option<Echoed>,
 }
 
 impl Finish {
     /// `steps`, with the fields they read kept from the request's `headers`, and the value of the body member
     /// the answer echoes, if any.
-    pub(crate) fn new(steps: Steps, headers: &HeaderMap, echoed: Option<Bytes>) -> Finish {
+    pub(crate) fn new(steps: Steps, headers: &HeaderMap, echoed: Option<Echoed>) -> Finish {
         let mut fields = HeaderMap::new();
         for name in STEP_FIELDS {
             for value in headers.get_all(&name) {
@@ -2216,7 +2228,7 @@ impl Engine {
         self.finish_with(
             finish.steps,
             &finish.fields,
-            finish.echoed.as_deref(),
+            finish.echoed.as_ref(),
             response,
         )
     }
@@ -2226,11 +2238,11 @@ impl Engine {
         &self,
         steps: Steps,
         request: &HeaderMap,
-        echoed: Option<&[u8]>,
+        echoed: Option<&Echoed>,
         response: Response<ResponseBody<B>>,
     ) -> Response<ResponseBody<B>> {
         let response = match (steps.echo, self.policy.echo.as_deref(), echoed) {
-            (true, Some(name), Some(value)) => echo::echoed(name, value, response),
+            (true, Some(name), Some(echoed)) => echo::echoed(name, echoed, response),
             _ => response,
         };
         let response = if steps.head {

@@ -946,15 +946,23 @@ impl Pointer {
         })
     }
 
-    /// A pointer to the top-level member `name` whose value, not the member, is left out of the key (see
+    /// Pointers to the member `name` of a top-level object and of each object of a top-level array (a batch),
+    /// whose value, not the member, is left out of the key (see
     /// [`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)).
-    pub(crate) fn blanking(name: &str) -> Pointer {
+    pub(crate) fn blanking(name: &str) -> [Pointer; 2] {
         let mut quoted = Vec::new();
         write_json_string(name, &mut quoted);
-        Pointer {
-            tokens: vec![quoted],
-            blank: true,
-        }
+        [
+            Pointer {
+                tokens: vec![quoted.clone()],
+                blank: true,
+            },
+            // An empty token is no member's (a canonical key is quoted): it stands for every element.
+            Pointer {
+                tokens: vec![Vec::new(), quoted],
+                blank: true,
+            },
+        ]
     }
 }
 
@@ -1047,7 +1055,7 @@ impl Canonicalizer<'_> {
         }
         match self.peek().ok_or(NotJson)? {
             b'{' => self.object(out, depth, active),
-            b'[' => self.array(out, depth),
+            b'[' => self.array(out, depth, active),
             b'"' => self.string(out),
             b't' => self.literal(out, b"true"),
             b'f' => self.literal(out, b"false"),
@@ -1146,7 +1154,19 @@ impl Canonicalizer<'_> {
         }
     }
 
-    fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<(), NotJson> {
+    fn array(&mut self, out: &mut Vec<u8>, depth: usize, active: &[usize]) -> Result<(), NotJson> {
+        // Pointers lead into an array's elements only through a wildcard token (an echoed member of each call
+        // of a batch); named ones never do.
+        let inner: Vec<usize> = active
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.ignored.get(i).is_some_and(|pointer| {
+                    pointer.tokens.get(depth).is_some_and(Vec::is_empty)
+                        && pointer.tokens.len() > depth + 1
+                })
+            })
+            .collect();
         self.expect(b'[')?;
         out.push(b'[');
         self.skip_ws();
@@ -1157,8 +1177,7 @@ impl Canonicalizer<'_> {
         }
         loop {
             self.skip_ws();
-            // A pointer names object members only: none leads through an array.
-            self.value(out, depth + 1, &[])?;
+            self.value(out, depth + 1, &inner)?;
             self.skip_ws();
             match self.peek().ok_or(NotJson)? {
                 b',' => {
@@ -2249,7 +2268,7 @@ mod tests {
 
     #[test]
     fn an_echoed_member_leaves_its_value_out_of_the_key_not_itself() {
-        let echoing = config().ignoring_body(vec![Pointer::blanking("id")]);
+        let echoing = config().ignoring_body(Pointer::blanking("id").to_vec());
         let uri: Uri = "http://h/rpc".parse().unwrap();
         let key = |body: &str| echoing.key(&Method::POST, &uri, &json_headers(), body.as_bytes());
         let call = key(r#"{"jsonrpc":"2.0","method":"eth_chainId","id":1}"#);
@@ -2265,11 +2284,25 @@ mod tests {
             // Without the member: a notification, never answered with a call's answer.
             r#"{"jsonrpc":"2.0","method":"eth_chainId"}"#,
             r#"{"jsonrpc":"2.0","method":"eth_blockNumber","id":1}"#,
-            // Nested, or in a batch: keyed as sent.
+            // Nested in a call, or a batch of it: another request.
             r#"{"jsonrpc":"2.0","method":"eth_chainId","id":1,"params":[{"id":2}]}"#,
             r#"[{"jsonrpc":"2.0","method":"eth_chainId","id":1}]"#,
         ] {
             assert_ne!(key(other), call, "{other}");
+        }
+        // A batch: each call's value left out, the calls and their order kept.
+        let batch = key(r#"[{"method":"eth_chainId","id":1},{"method":"eth_blockNumber","id":2}]"#);
+        assert_eq!(
+            key(r#"[{"method":"eth_chainId","id":7},{"id":"x","method":"eth_blockNumber"}]"#),
+            batch
+        );
+        for other in [
+            r#"[{"method":"eth_blockNumber","id":1},{"method":"eth_chainId","id":2}]"#,
+            r#"[{"method":"eth_chainId","id":1},{"method":"eth_blockNumber"}]"#,
+            r#"[{"method":"eth_chainId","id":1}]"#,
+            r#"[[{"method":"eth_chainId","id":1}],{"method":"eth_blockNumber","id":2}]"#,
+        ] {
+            assert_ne!(key(other), batch, "{other}");
         }
         assert_ne!(
             key(r#"{"jsonrpc":"2.0","method":"eth_chainId","params":[{"id":2}],"id":1}"#),

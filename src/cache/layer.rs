@@ -714,9 +714,12 @@ impl RedisCacheLayerBuilder {
     /// `id` share an entry, and a hit, a stale answer, a coalesced caller's, a stale-if-error answer or a stored
     /// answer a `304` confirmed carries the request's own `id`, written as the request wrote it; the answer's
     /// `Content-Length` follows, and its `ETag` and the digests of its bytes are dropped. Requests without the
-    /// member never share an entry with requests that have it. A batch (a JSON array) is keyed whole, its `id`s
-    /// included. An answer in a `Content-Encoding`, whose member cannot be set, is neither stored nor shared
-    /// (`detail=response-encoded`).
+    /// member never share an entry with requests that have it. In a batch (a JSON array of calls, as ethers
+    /// sends by default) each call's value is left out: another batch of the same calls, in the same order, is
+    /// answered from it, each answer given its own call's `id` place by place; since JSON-RPC lets a server
+    /// answer a batch's calls in any order, an answer that does not list them in the request's order is neither
+    /// stored nor shared (`detail=response-unordered`). An answer in a `Content-Encoding`, whose member cannot be
+    /// set, is neither stored nor shared either (`detail=response-encoded`).
     ///
     /// ```
     /// use http::Method;
@@ -1690,7 +1693,7 @@ impl RedisCacheLayerBuilder {
                 self.ignored_body
                     .iter()
                     .filter_map(|pointer| Pointer::parse(pointer))
-                    .chain(self.echo.as_deref().map(Pointer::blanking))
+                    .chain(self.echo.as_deref().into_iter().flat_map(Pointer::blanking))
                     .collect::<Vec<_>>(),
             );
         RedisCacheLayer {

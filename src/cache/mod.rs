@@ -205,7 +205,7 @@ mod coalesce;
 mod deadline;
 pub(crate) mod decision;
 mod directives;
-mod echo;
+pub(crate) mod echo;
 pub(crate) mod engine;
 mod entry;
 mod fleet;

@@ -2,6 +2,7 @@
 
 use super::body::ResponseBody;
 use super::decision::{Action, RequestFacts};
+use super::echo::Echoed;
 use super::engine::{
     Engine, Fetch, FetchFuture, Finish, Holding, NearProbe, StaleTargets, Steps, buffer_response,
     decorate, with_validators,
@@ -153,6 +154,7 @@ where
                 let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
                 let echoed = engine.policy.echoed(&bytes);
                 facts.echoes = echoed.is_some();
+                facts.echo_order = echoed.as_ref().and_then(Echoed::order);
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
                 let near = {
                     let _in_span = span.enter();
@@ -167,12 +169,9 @@ where
                         // The request's own echoed member, a `HEAD`'s answer, the client's own validators and its
                         // `Range`.
                         let response = match Steps::of(&facts, head, echoed.is_some()) {
-                            Some(steps) => engine.finish_with(
-                                steps,
-                                &parts.headers,
-                                echoed.as_deref(),
-                                response,
-                            ),
+                            Some(steps) => {
+                                engine.finish_with(steps, &parts.headers, echoed.as_ref(), response)
+                            }
                             None => response,
                         };
                         return ResponseFuture::ready(Ok(response));
@@ -238,6 +237,7 @@ where
                     let probe = NearProbe::Unasked;
                     let echoed = engine.policy.echoed(&bytes);
                     facts.echoes = echoed.is_some();
+                    facts.echo_order = echoed.as_ref().and_then(Echoed::order);
                     let finishing = Steps::of(&facts, head, echoed.is_some())
                         .map(|steps| Finish::new(steps, &parts.headers, echoed));
                     let answer = keyed(
