@@ -214,7 +214,7 @@ impl Middleware for CacheMiddleware {
         // evaluated on it, not forwarded.
         let echoed = engine.policy.echoed(&body);
         facts.echoes = echoed.is_some();
-        facts.echo_order = echoed.as_ref().and_then(crate::cache::echo::Echoed::order);
+        facts.echo_order = echoed.as_ref().map_or(0, crate::cache::echo::Echoed::order);
         let finishing = Steps::of(&facts, head, echoed.is_some())
             .map(|steps| Finish::new(steps, &parts.headers, echoed));
         if head {

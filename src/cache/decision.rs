@@ -116,8 +116,9 @@ pub(crate) struct RequestFacts {
     /// request's value of it is not shared.
     pub(crate) echoes: bool,
     /// For a batch among those, a digest of its calls' values of the member in order
-    /// ([`Echoed::order`](super::echo::Echoed::order)): only an answer that lists them so is shared.
-    pub(crate) echo_order: Option<u64>,
+    /// ([`Echoed::order`](super::echo::Echoed::order)), never 0; 0 for any other request. Only an answer that
+    /// lists them so is shared.
+    pub(crate) echo_order: u64,
     /// `Range`: a `GET` of it is answered from an entry, in part ([`part_of`]), or passed on while the entry
     /// is filled ([`Action::PassAndFill`]); anything else with it goes to the origin as it came. (`If-Range`
     /// alone means nothing: RFC 9110 §13.1.5.)

@@ -1686,9 +1686,8 @@ impl Engine {
                 why: Some(NotStored::Encoded),
             }
         } else if verdict.share
-            && facts
-                .echo_order
-                .is_some_and(|order| !echo::in_order(&response.body, echo, order))
+            && facts.echo_order != 0
+            && !echo::in_order(&response.body, echo, facts.echo_order)
         {
             // Another batch's answers would be set place by place, and land at the wrong calls.
             Verdict {

@@ -154,7 +154,7 @@ where
                 let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
                 let echoed = engine.policy.echoed(&bytes);
                 facts.echoes = echoed.is_some();
-                facts.echo_order = echoed.as_ref().and_then(Echoed::order);
+                facts.echo_order = echoed.as_ref().map_or(0, Echoed::order);
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
                 let near = {
                     let _in_span = span.enter();
@@ -237,7 +237,7 @@ where
                     let probe = NearProbe::Unasked;
                     let echoed = engine.policy.echoed(&bytes);
                     facts.echoes = echoed.is_some();
-                    facts.echo_order = echoed.as_ref().and_then(Echoed::order);
+                    facts.echo_order = echoed.as_ref().map_or(0, Echoed::order);
                     let finishing = Steps::of(&facts, head, echoed.is_some())
                         .map(|steps| Finish::new(steps, &parts.headers, echoed));
                     let answer = keyed(
