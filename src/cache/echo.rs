@@ -85,7 +85,7 @@ fn order<'a>(values: impl Iterator<Item = Option<&'a [u8]>>) -> u64 {
 }
 
 /// Whether the answer `json` to a batch is a batch whose values of the member `name` are, in order, the ones
-/// whose digest is `order`: then each of its answers is at its call's place, and another request's batch can be
+/// whose digest is `expected`: then each of its answers is at its call's place, and another request's batch can be
 /// answered from it place by place. (JSON-RPC lets a server answer a batch's calls in any order.)
 pub(crate) fn in_order(json: &[u8], name: &str, expected: u64) -> bool {
     match places(json, name) {
@@ -102,7 +102,7 @@ pub(crate) fn in_order(json: &[u8], name: &str, expected: u64) -> bool {
 
 /// Where the value of the top-level member `name` of the JSON object `json` is, as written. `None` when `json`
 /// is no JSON object, has no such member, or has it twice (which one counts is the reader's choice).
-pub(crate) fn member_value(json: &[u8], name: &str) -> Option<Range<usize>> {
+fn member_value(json: &[u8], name: &str) -> Option<Range<usize>> {
     let mut scan = Scan { json, pos: 0 };
     scan.ws();
     scan.byte(b'{')?;
