@@ -212,11 +212,9 @@ impl Middleware for CacheMiddleware {
         let url = request.url().clone();
         // What the answer needs on its way back: the client's own `If-None-Match` / `If-Modified-Since` are
         // evaluated on it, not forwarded.
-        let echoed = engine.policy.echoed(&body);
-        facts.echoes = echoed.is_some();
-        facts.echo_order = echoed.as_ref().map_or(0, crate::cache::echo::Echoed::order);
-        let finishing = Steps::of(&facts, head, echoed.is_some())
-            .map(|steps| Finish::new(steps, &parts.headers, echoed));
+        let echoed = engine.policy.echoed(&mut facts, &body);
+        let finishing =
+            Steps::of(&facts, head).map(|steps| Finish::new(steps, &parts.headers, echoed));
         if head {
             *request.method_mut() = http::Method::GET;
         }

@@ -613,10 +613,14 @@ impl Policy {
     }
 
     /// The values, as written, of the member of the request `body` that answers echo, when the layer echoes one
-    /// and the body is a JSON object holding it, or a batch some of whose calls do.
+    /// and the body is a JSON object holding it, or a batch some of whose calls do; noted in the request's
+    /// `facts` (`echoes`, `echo_order`).
     #[inline]
-    pub(crate) fn echoed(&self, body: &Bytes) -> Option<Echoed> {
-        Echoed::of(body, self.echo.as_deref()?)
+    pub(crate) fn echoed(&self, facts: &mut RequestFacts, body: &Bytes) -> Option<Echoed> {
+        let echoed = Echoed::of(body, self.echo.as_deref()?)?;
+        facts.echoes = true;
+        facts.echo_order = echoed.order();
+        Some(echoed)
     }
 
     /// A request's own partition: `None` without [`partition_by`](super::RedisCacheLayerBuilder::partition_by),
@@ -2176,11 +2180,11 @@ pub(crate) struct Steps {
 
 impl Steps {
     /// The steps the answer to a request with `facts` needs, if any; `head`: it is a `HEAD` answered as its
-    /// `GET`; `echo`: its body holds a member the answer echoes.
+    /// `GET`.
     #[inline]
-    pub(crate) fn of(facts: &RequestFacts, head: bool, echo: bool) -> Option<Steps> {
-        (echo || head || facts.validators || facts.range).then_some(Steps {
-            echo,
+    pub(crate) fn of(facts: &RequestFacts, head: bool) -> Option<Steps> {
+        (facts.echoes || head || facts.validators || facts.range).then_some(Steps {
+            echo: facts.echoes,
             head,
             validators: facts.validators,
             range: facts.range,

@@ -205,7 +205,7 @@ mod coalesce;
 mod deadline;
 pub(crate) mod decision;
 mod directives;
-pub(crate) mod echo;
+mod echo;
 pub(crate) mod engine;
 mod entry;
 mod fleet;

@@ -2,7 +2,6 @@
 
 use super::body::ResponseBody;
 use super::decision::{Action, RequestFacts};
-use super::echo::Echoed;
 use super::engine::{
     Engine, Fetch, FetchFuture, Finish, Holding, NearProbe, StaleTargets, Steps, buffer_response,
     decorate, with_validators,
@@ -152,9 +151,7 @@ where
                     return respond_in(span, bypass(engine, inner, request, reason, stale));
                 }
                 let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
-                let echoed = engine.policy.echoed(&bytes);
-                facts.echoes = echoed.is_some();
-                facts.echo_order = echoed.as_ref().map_or(0, Echoed::order);
+                let echoed = engine.policy.echoed(&mut facts, &bytes);
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
                 let near = {
                     let _in_span = span.enter();
@@ -168,7 +165,7 @@ where
                         }
                         // The request's own echoed member, a `HEAD`'s answer, the client's own validators and its
                         // `Range`.
-                        let response = match Steps::of(&facts, head, echoed.is_some()) {
+                        let response = match Steps::of(&facts, head) {
                             Some(steps) => {
                                 engine.finish_with(steps, &parts.headers, echoed.as_ref(), response)
                             }
@@ -181,7 +178,7 @@ where
                 let (engine, inner) = (engine.clone(), self.inner.clone());
                 // What the answer needs on its way back (the client's own validators are kept for it: the
                 // origin never sees them).
-                let finishing = Steps::of(&facts, head, echoed.is_some())
+                let finishing = Steps::of(&facts, head)
                     .map(|steps| (engine.clone(), Finish::new(steps, &parts.headers, echoed)));
                 let lookup = keyed(
                     engine, inner, parts, bytes, digest, facts, action, probe, &span,
@@ -235,10 +232,8 @@ where
                     let span = tracing::Span::current();
                     let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
                     let probe = NearProbe::Unasked;
-                    let echoed = engine.policy.echoed(&bytes);
-                    facts.echoes = echoed.is_some();
-                    facts.echo_order = echoed.as_ref().map_or(0, Echoed::order);
-                    let finishing = Steps::of(&facts, head, echoed.is_some())
+                    let echoed = engine.policy.echoed(&mut facts, &bytes);
+                    let finishing = Steps::of(&facts, head)
                         .map(|steps| Finish::new(steps, &parts.headers, echoed));
                     let answer = keyed(
                         engine.clone(),
