@@ -29,12 +29,16 @@ use std::time::Duration;
 /// clients you build yourself the same (`UnresponsiveConfig`). Keys of one entry and its lease share a Cluster
 /// hash slot, so no command crosses slots; `purge` scans every primary of a cluster.
 ///
+/// It can log in as a Redis user allowed only its namespace's keys (`~<namespace>:v1:*`) and the commands the
+/// README's "A Redis user of its own" lists (`ACL SETUSER` lines for one server, a Cluster and Sentinel). A
+/// command the user may not run fails no request: it is a refusal, as a full Redis's `OOM` is.
+///
 /// ```no_run
 /// use tower_redis_cache::RedisStore;
 ///
 /// # async fn run() -> Result<(), fred::error::Error> {
 /// // redis://, rediss:// (feature `redis-tls`), redis-cluster://, redis-sentinel:// URLs, with credentials.
-/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let store = RedisStore::connect("redis://cache:change-me@127.0.0.1:6379").await?;
 /// # let _ = store; Ok(()) }
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -320,10 +324,10 @@ fn backend(error: fred::error::Error) -> StoreError {
 }
 
 /// Whether `error` is an error reply from the server (`OOM command not allowed ...`, `READONLY ...`,
-/// `WRONGTYPE ...`): fred gives those the kinds below and keeps the reply, which starts with its upper-case
-/// code. Cluster replies (`MOVED`, `CLUSTERDOWN`) and authentication failures are left out: they say the store
-/// cannot be reached as configured.
-fn is_refusal(error: &fred::error::Error) -> bool {
+/// `WRONGTYPE ...`, `NOPERM ...`): fred gives those the kinds below and keeps the reply, which starts with its
+/// upper-case code. Cluster replies (`MOVED`, `CLUSTERDOWN`) and authentication failures are left out: they say
+/// the store cannot be reached as configured.
+pub(super) fn is_refusal(error: &fred::error::Error) -> bool {
     use fred::error::ErrorKind;
     matches!(
         error.kind(),
@@ -742,6 +746,10 @@ mod tests {
                 "READONLY You can't write against a read only replica.",
             ),
             (ErrorKind::Unknown, "ERR max number of clients reached"),
+            (
+                ErrorKind::Unknown,
+                "NOPERM this user has no permissions to run the 'evalsha' command",
+            ),
             (
                 ErrorKind::InvalidArgument,
                 "WRONGTYPE Operation against a key holding the wrong kind of value",

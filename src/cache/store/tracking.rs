@@ -71,6 +71,8 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
     let mut reconnects = client.reconnect_rx();
     let mut changes = client.cluster_change_rx();
     let canary = format!("{prefix}near-canary");
+    // Whether the refusal that keeps tracking off was told at `warn`: once, until tracking is on again.
+    let mut told = false;
     'arming: loop {
         let Some(alive) = near.upgrade() else { break };
         alive.disarm();
@@ -82,6 +84,20 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
         .await;
         let canaries = match armed {
             Ok(Ok(canaries)) => canaries,
+            // The server answered and said no (`NOPERM` for a user without `client|tracking`, an unknown command
+            // behind a proxy): no retry will change that until someone does, so say it where operators look.
+            Ok(Err(error))
+                if super::redis::is_refusal(&error) && !std::mem::replace(&mut told, true) =>
+            {
+                tracing::warn!(
+                    %error,
+                    "near cache: Redis refused client tracking; the near cache stays off (hits come from \
+                     Redis) until it is allowed (the user needs `+client|tracking`, `+set` and `+exists` on the \
+                     namespace's keys)"
+                );
+                tokio::time::sleep(PROBE_EVERY).await;
+                continue;
+            }
             failed => {
                 tracing::debug!(?failed, "near cache: tracking not armed yet; retrying");
                 tokio::time::sleep(PROBE_EVERY).await;
@@ -95,6 +111,7 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
         while !changes.is_empty() {
             let _ = changes.try_recv();
         }
+        told = false;
         match near.upgrade() {
             Some(near) => near.arm(),
             None => break,
