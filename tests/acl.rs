@@ -1,0 +1,365 @@
+//! The cache as a Redis user with only the permissions README.md lists (its `ACL SETUSER` line, read from the
+//! README itself so that the two cannot drift apart): every feature works and Redis denies nothing, on one
+//! server and on a Cluster. A user missing some of them still gets every answer.
+
+mod support;
+
+use http::{HeaderName, Method, Request, StatusCode};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use support::calls::{Reply, cache_status, call, outcome, post};
+use support::{Origin, RedisCluster, RedisServer};
+use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
+
+const README: &str = include_str!("../README.md");
+const USER: &str = "cache";
+const PASSWORD: &str = "change-me";
+
+/// The rules of the README's `ACL SETUSER cache ...` line that starts with `start` (everything after the user's
+/// name).
+fn readme_line(start: &str) -> Vec<String> {
+    let line = README
+        .lines()
+        .find(|line| line.starts_with(start))
+        .unwrap_or_else(|| panic!("README.md has a line starting `{start}`"));
+    line.split_whitespace().skip(3).map(str::to_owned).collect()
+}
+
+/// The rules for the servers (the README's first `ACL SETUSER` line).
+fn readme_rules() -> Vec<String> {
+    readme_line("ACL SETUSER cache ")
+}
+
+/// The rules the README adds for a kind of deployment: the first ``add `<rules>` `` after `kind`.
+fn readme_added(kind: &str) -> Vec<String> {
+    let after = README
+        .split_once(kind)
+        .unwrap_or_else(|| panic!("README.md says what {kind} needs"))
+        .1;
+    let rules = after
+        .split_once("add `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .unwrap_or_else(|| panic!("README.md names the rules {kind} adds"))
+        .0;
+    rules.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Creates the user `cache` with `rules` on `server`.
+fn set_user(server: &RedisServer, rules: &[String]) {
+    let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER", USER.as_bytes()];
+    args.extend(rules.iter().map(|rule| rule.as_bytes()));
+    let reply = server.command(&args);
+    assert_eq!(reply, b"+OK\r\n", "{}", String::from_utf8_lossy(&reply));
+}
+
+/// The README's rules without `left_out`.
+fn rules_without(left_out: &[&str]) -> Vec<String> {
+    let rules = readme_rules();
+    for rule in left_out {
+        assert!(rules.iter().any(|r| r == rule), "README grants {rule}");
+    }
+    rules
+        .into_iter()
+        .filter(|rule| !left_out.contains(&rule.as_str()))
+        .collect()
+}
+
+/// What Redis denied the user since it started, as `ACL LOG` reports it: the command or key of each entry, and
+/// how many times (Redis counts a repeated denial in one entry).
+fn denials(server: &RedisServer) -> Vec<(String, u64)> {
+    let log = server.command(&[b"ACL", b"LOG"]);
+    let text = String::from_utf8_lossy(&log);
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    // Each entry is a map whose first field is `count` (an integer) and whose fourth is `object`.
+    let field = |i: usize, name: &str| {
+        lines[i..]
+            .iter()
+            .position(|line| *line == name)
+            .map(|at| lines.get(i + at + 1).copied().unwrap_or(""))
+    };
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| **line == "count")
+        .map(|(i, _)| {
+            let count = field(i, "count").and_then(|n| n.strip_prefix(':')?.parse().ok());
+            let object = lines
+                .iter()
+                .skip(i)
+                .position(|line| *line == "object")
+                .and_then(|at| lines.get(i + at + 2));
+            (
+                object.map_or_else(String::new, |o| (*o).to_owned()),
+                count.unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn url_with_user(url: &str) -> String {
+    url.replacen("://", &format!("://{USER}:{PASSWORD}@"), 1)
+}
+
+async fn layer_for(url: &str) -> RedisCacheLayer {
+    let store = RedisStore::connect(url)
+        .await
+        .expect("the user connects with the README's rules");
+    RedisCacheLayer::builder(store)
+        .methods([Method::GET, Method::POST])
+        .store_timeout(Duration::from_secs(2))
+        .near_cache(16 << 20)
+        .tags(|_| vec!["reports".to_owned()])
+        .tags_from_header(HeaderName::from_static("cache-tag"))
+        .cache_groups(true)
+        // Short, so that a slow origin call renews its lease.
+        .refresh_lease_for(Duration::from_millis(300))
+        .build()
+        .unwrap()
+}
+
+fn cached<S>(layer: &RedisCacheLayer, inner: S) -> RedisCache<S> {
+    tower::Layer::layer(layer, inner)
+}
+
+fn is_near(response: &Reply) -> bool {
+    cache_status(response).ends_with("; detail=near")
+}
+
+fn is_stored_miss(response: &Reply) -> bool {
+    matches!(outcome(response), CacheOutcome::Miss { stored: true, .. })
+}
+
+/// Two processes (layers with clients of their own) as the user `url` names, through every feature that calls
+/// Redis: hits from Redis and from the near cache, a fill shared across the fleet whose lease is renewed, a
+/// failed fill whose lease is released, tags (by request and by answer, with the tag clock), cache groups, an
+/// invalidation by URI and a purge.
+async fn every_feature(url: &str) {
+    let origin = Origin::new();
+    let (a, b) = (layer_for(url).await, layer_for(url).await);
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+
+    // Stored by one process; a hit in the other, from Redis and then from its near cache.
+    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await));
+    let from_redis = call(&service_b, post(r#"{"q":1}"#)).await;
+    assert_eq!(outcome(&from_redis), CacheOutcome::Hit);
+    let mut near = false;
+    for _ in 0..500 {
+        if is_near(&call(&service_b, post(r#"{"q":1}"#)).await) {
+            near = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(near, "the near cache answered: tracking is on");
+    assert_eq!(origin.calls(), 1);
+
+    // One origin call for two processes, slower than the lease, which is renewed meanwhile.
+    origin.set_delay(Duration::from_millis(450));
+    let (first, second) = tokio::join!(
+        call(&service_a, post(r#"{"q":2}"#)),
+        call(&service_b, post(r#"{"q":2}"#)),
+    );
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    assert_eq!(origin.calls(), 2, "one call for the fleet");
+    origin.set_delay(Duration::ZERO);
+
+    // A failing fill releases its lease: the next caller asks at once, and stores.
+    origin.fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    let failed = call(&service_a, post(r#"{"q":3}"#)).await;
+    assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    origin.heal();
+    assert!(is_stored_miss(&call(&service_b, post(r#"{"q":3}"#)).await));
+
+    // A request's tag removes its entries everywhere.
+    assert!(a.handle().invalidate_tag("reports").await.unwrap() >= 3);
+    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await));
+
+    // An answer's own tags (each fill reads the tag clock), and its cache group.
+    origin.add_header("cache-tag", "order-17");
+    origin.add_header("cache-groups", "\"orders\"");
+    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":4}"#)).await));
+    origin.clear_headers();
+    assert_eq!(a.handle().invalidate_tag("order-17").await.unwrap(), 1);
+    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":4}"#)).await));
+    assert_eq!(
+        b.handle()
+            .invalidate_group("api.example.com", "orders")
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Everything sent to the URI, then everything.
+    let uri = Request::post("https://api.example.com/api/v2/query")
+        .body(())
+        .unwrap();
+    assert_eq!(b.handle().invalidate_uri(&uri).await.unwrap(), 1);
+    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await));
+    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":5}"#)).await));
+    assert!(a.handle().purge().await.unwrap() >= 1);
+    assert!(is_stored_miss(&call(&service_b, post(r#"{"q":5}"#)).await));
+
+    for layer in [&a, &b] {
+        let stats = layer.handle().stats();
+        assert_eq!(stats.store_errors, 0, "{stats:?}");
+        assert_eq!(stats.store_skipped, 0, "{stats:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_rules_allow_every_feature_and_nothing_is_denied() {
+    let server = RedisServer::start();
+    set_user(&server, &readme_rules());
+    every_feature(&url_with_user(&server.url())).await;
+    assert_eq!(denials(&server), Vec::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_rules_allow_every_feature_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let mut rules = readme_rules();
+    rules.extend(readme_added("On a Cluster"));
+    for node in cluster.nodes() {
+        set_user(node, &rules);
+    }
+    every_feature(&url_with_user(&cluster.url())).await;
+    for node in cluster.nodes() {
+        assert_eq!(denials(node), Vec::new(), "node {}", node.port());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_rules_allow_every_feature_behind_sentinel() {
+    let primary = RedisServer::start();
+    let mut rules = readme_rules();
+    rules.extend(readme_added("Behind Sentinel"));
+    set_user(&primary, &rules);
+    let sentinel = RedisServer::start_sentinel("cache", primary.port());
+    // The client logs in to the sentinels as to Redis.
+    set_user(
+        &sentinel,
+        &readme_line("ACL SETUSER cache on >change-me -@all +sentinel|"),
+    );
+    let url = format!(
+        "redis-sentinel://127.0.0.1:{}?sentinelServiceName=cache",
+        sentinel.port()
+    );
+    every_feature(&url_with_user(&url)).await;
+    assert_eq!(denials(&primary), Vec::new());
+    assert_eq!(denials(&sentinel), Vec::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_scripts_gets_every_answer_from_the_origin() {
+    let server = RedisServer::start();
+    set_user(&server, &rules_without(&["+eval", "+evalsha"]));
+    let origin = Origin::new();
+    let layer = layer_for(&url_with_user(&server.url())).await;
+    let service = cached(&layer, origin.service());
+    for n in 1..=4 {
+        let response = call(&service, post(r#"{"q":"denied"}"#)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(matches!(
+            outcome(&response),
+            CacheOutcome::Miss { stored: false, .. }
+        ));
+        assert!(cache_status(&response).ends_with("; detail=store-error"));
+        assert_eq!(origin.calls(), n);
+    }
+    let stats = layer.handle().stats();
+    assert!(
+        stats.store_errors >= 4,
+        "each refused write counted: {stats:?}"
+    );
+    assert_eq!(
+        stats.store_skipped, 0,
+        "a refusal does not open the breaker: {stats:?}"
+    );
+    assert!(
+        denials(&server)
+            .iter()
+            .any(|(denied, _)| denied == "evalsha")
+    );
+}
+
+/// The messages of the `warn` events every test here logged.
+fn warnings() -> Arc<Mutex<Vec<String>>> {
+    static WARNINGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    WARNINGS
+        .get_or_init(|| {
+            let warnings = Arc::new(Mutex::new(Vec::new()));
+            let subscriber = tracing_subscriber::layer::SubscriberExt::with(
+                tracing_subscriber::registry(),
+                Warnings(warnings.clone()),
+            );
+            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+            warnings
+        })
+        .clone()
+}
+
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut fields = String::new();
+            event.record(&mut Fields(&mut fields));
+            self.0.lock().unwrap().push(fields);
+        }
+    }
+}
+
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={value:?} ", field.name()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_tracking_gets_redis_hits_and_a_warning() {
+    let warnings = warnings();
+    let server = RedisServer::start();
+    set_user(&server, &rules_without(&["+client|tracking"]));
+    let origin = Origin::new();
+    let layer = layer_for(&url_with_user(&server.url())).await;
+    let service = cached(&layer, origin.service());
+    assert!(is_stored_miss(
+        &call(&service, post(r#"{"q":"far"}"#)).await
+    ));
+    // Long enough for several attempts to switch tracking on (one every 250 ms).
+    for _ in 0..100 {
+        let response = call(&service, post(r#"{"q":"far"}"#)).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit);
+        assert!(!is_near(&response), "no near cache without tracking");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(origin.calls(), 1);
+    let refused: Vec<String> = warnings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|warning| warning.contains("refused client tracking"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "told once, not on every attempt: {refused:?}"
+    );
+    assert!(refused[0].contains("NOPERM"), "{refused:?}");
+    let attempts = denials(&server)
+        .into_iter()
+        .find(|(denied, _)| denied == "client|tracking")
+        .map_or(0, |(_, count)| count);
+    assert!(attempts >= 2, "tracking was asked for {attempts} times");
+}
