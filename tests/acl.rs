@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use support::calls::{Reply, cache_status, call, outcome, post};
 use support::{Origin, RedisCluster, RedisServer};
+use tower_redis_cache::error::StoreError;
 use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
 
 const README: &str = include_str!("../README.md");
@@ -362,4 +363,24 @@ async fn a_user_without_tracking_gets_redis_hits_and_a_warning() {
         .find(|(denied, _)| denied == "client|tracking")
         .map_or(0, |(_, count)| count);
     assert!(attempts >= 2, "tracking was asked for {attempts} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_the_user_may_not_scan_for_says_so() {
+    let server = RedisServer::start();
+    set_user(&server, &rules_without(&["+scan"]));
+    let origin = Origin::new();
+    let layer = layer_for(&url_with_user(&server.url())).await;
+    let service = cached(&layer, origin.service());
+    assert!(is_stored_miss(
+        &call(&service, post(r#"{"q":"kept"}"#)).await
+    ));
+    let error = layer.handle().purge().await.unwrap_err();
+    assert!(matches!(error, StoreError::Refused(_)), "{error:?}");
+    assert!(error.to_string().contains("NOPERM"), "{error}");
+    assert!(error.to_string().contains("'scan'"), "{error}");
+    assert_eq!(
+        outcome(&call(&service, post(r#"{"q":"kept"}"#)).await),
+        CacheOutcome::Hit
+    );
 }

@@ -11,7 +11,6 @@ use fred::prelude::{
     ReconnectPolicy, SetOptions, Value,
 };
 use fred::types::{ClusterHash, Key};
-use futures_util::StreamExt;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -668,40 +667,77 @@ impl Store for RedisStore {
     }
 }
 
-/// Removes every key matching the `SCAN` glob `pattern` (`UNLINK`, 500 keys a command, one key a command on a
-/// Cluster, whose keys live in different slots); returns how many were removed.
+/// Removes every key matching the `SCAN` glob `pattern`, on every primary of a Cluster (`UNLINK`, 500 keys a
+/// command, one key a command on a Cluster, whose keys live in different slots); returns how many were removed.
+///
+/// Its own `SCAN` loop, not fred's scan streams: those take an error reply (`NOPERM` for a user without
+/// `+scan`) for an unreadable one, and the caller would learn nothing of why the purge failed.
 async fn unlink_matching(
     client: &fred::clients::WithOptions<Client>,
     pattern: String,
 ) -> Result<u64, StoreError> {
     let clustered = client.is_clustered();
-    let mut keys = if clustered {
-        client
-            .scan_cluster_buffered(pattern, Some(500), None)
-            .boxed()
+    let nodes: Vec<Option<fred::types::config::Server>> = if clustered {
+        let state = client
+            .cached_cluster_state()
+            .ok_or_else(|| StoreError::backend("no cluster state yet"))?;
+        state.unique_primary_nodes().into_iter().map(Some).collect()
     } else {
-        client.scan_buffered(pattern, Some(500), None).boxed()
+        vec![None]
     };
     let mut removed = 0u64;
-    let mut batch: Vec<Key> = Vec::with_capacity(500);
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(backend)?;
-        if clustered {
-            removed += client.unlink::<u64, _>(key).await.map_err(backend)?;
-            continue;
-        }
-        batch.push(key);
-        if batch.len() == 500 {
-            removed += client
-                .unlink::<u64, _>(std::mem::take(&mut batch))
+    for node in nodes {
+        let mut options = client.options().clone();
+        options.cluster_node = node;
+        let scanning = (**client).with_options(&options);
+        let mut cursor = String::from("0");
+        loop {
+            let args = vec![
+                Value::from(cursor),
+                Value::from_static_str("MATCH"),
+                Value::from(pattern.as_str()),
+                Value::from_static_str("COUNT"),
+                Value::from(500),
+            ];
+            let reply: Value = scanning
+                .custom(cmd!("SCAN", hash: ClusterHash::Random), args)
                 .await
                 .map_err(backend)?;
+            let (next, keys) =
+                scan_page(reply).ok_or_else(|| StoreError::backend("unreadable SCAN reply"))?;
+            if clustered {
+                for key in keys {
+                    removed += client.unlink::<u64, _>(key).await.map_err(backend)?;
+                }
+            } else if !keys.is_empty() {
+                removed += client.unlink::<u64, _>(keys).await.map_err(backend)?;
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
         }
     }
-    if !batch.is_empty() {
-        removed += client.unlink::<u64, _>(batch).await.map_err(backend)?;
-    }
     Ok(removed)
+}
+
+/// A `SCAN` reply: the next cursor (`"0"` once done) and the keys of this page.
+fn scan_page(reply: Value) -> Option<(String, Vec<Key>)> {
+    let Value::Array(mut parts) = reply else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let Value::Array(keys) = parts.pop()? else {
+        return None;
+    };
+    let cursor = parts.pop()?.as_string()?;
+    let keys = keys
+        .into_iter()
+        .map(|key| key.as_bytes().map(Key::from))
+        .collect::<Option<Vec<Key>>>()?;
+    Some((cursor, keys))
 }
 
 /// The key of the invalidation mark of the tag set `tag` (in its hash slot).
