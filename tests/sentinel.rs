@@ -1,6 +1,7 @@
 //! Redis Sentinel for real: one primary, one replica and one sentinel, all real processes. The primary dies
 //! while requests flow; the sentinel promotes the replica, the store follows it through the
-//! `redis-sentinel://` URL, no request fails, and caching resumes.
+//! `redis-sentinel://` URL, no request fails, and caching resumes. Near caches follow too: their tracking is
+//! on at the new primary, so a write there reaches them.
 
 mod support;
 
@@ -18,9 +19,9 @@ fn role(server: &RedisServer) -> String {
     String::from_utf8_lossy(&reply).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sentinel_failover_fails_no_request_and_caching_resumes_on_the_new_primary() {
-    let mut primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+/// A primary, its synced replica, and a sentinel monitoring them as `cache`; and the sentinel's URL.
+async fn monitored() -> (RedisServer, RedisServer, RedisServer, String) {
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
     let replica_of = primary.port().to_string();
     let replica = RedisServer::start_with(&[
         "--replicaof",
@@ -35,11 +36,16 @@ async fn a_sentinel_failover_fails_no_request_and_caching_resumes_on_the_new_pri
     })
     .await;
     let sentinel = RedisServer::start_sentinel("cache", primary.port());
-
     let url = format!(
         "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
         sentinel.port()
     );
+    (primary, replica, sentinel, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_fails_no_request_and_caching_resumes_on_the_new_primary() {
+    let (mut primary, replica, sentinel, url) = monitored().await;
     let layer = RedisCacheLayer::builder(RedisStore::connect(&url).await.unwrap())
         .namespace("sen")
         .methods([Method::POST])
@@ -123,4 +129,102 @@ async fn a_sentinel_failover_fails_no_request_and_caching_resumes_on_the_new_pri
     let failures = flow.await.unwrap();
     assert!(failures.is_empty(), "requests failed: {failures:?}");
     drop(sentinel);
+}
+
+/// What a near-cache answer of the test origin holds: its call number.
+async fn call_number(reply: support::calls::Reply) -> u64 {
+    let body = support::calls::body(reply).await;
+    let text = std::str::from_utf8(&body).unwrap();
+    let n = text
+        .strip_prefix(r#"{"n":"#)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    n.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_caches_follow_a_sentinel_failover_and_stay_coherent() {
+    let (mut primary, replica, _sentinel, url) = monitored().await;
+    let near_layer = || async {
+        RedisCacheLayer::builder(RedisStore::connect(&url).await.unwrap())
+            .namespace("sen-near")
+            .methods([Method::POST])
+            .store_timeout(Duration::from_millis(200))
+            .circuit_breaker(3, Duration::from_millis(200))
+            .near_cache(1 << 20)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (near_layer().await, near_layer().await);
+    let origin = support::Origin::new();
+    let service_a = tower::Layer::layer(&a, origin.service());
+    let service_b = tower::Layer::layer(&b, origin.service());
+    let query = r#"{"s":"near"}"#;
+    // A write through `a`: the origin asked again and its answer stored (once `a` reaches a primary).
+    let rewrite = || async {
+        for _ in 0..300 {
+            let mut request = post(query);
+            request
+                .headers_mut()
+                .insert("cache-control", "no-cache".parse().unwrap());
+            if let CacheOutcome::Miss { stored: true, .. } =
+                outcome(&call(&service_a, request).await)
+            {
+                return origin.calls() as u64;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the write was never stored");
+    };
+    // Polls `b` until it answers call `n` from its near cache; panics if it answers any other call from there
+    // once it has answered `n` from anywhere (an older answer after a newer one: incoherence).
+    let until_near_answers = |n: u64| {
+        let service_b = service_b.clone();
+        async move {
+            let mut seen = false;
+            for _ in 0..500 {
+                let reply = call(&service_b, post(query)).await;
+                assert_eq!(reply.status(), StatusCode::OK);
+                let near = support::calls::cache_status(&reply).ends_with("; detail=near");
+                let answered = call_number(reply).await;
+                if seen {
+                    assert_eq!(answered, n, "an older answer after call {n} was seen");
+                }
+                seen |= answered == n;
+                if near && answered == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the near cache never answered call {n}");
+        }
+    };
+
+    assert!(matches!(
+        outcome(&call(&service_a, post(query)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    until_near_answers(1).await;
+    support::calls::wait_until("the replica holds the entry", || {
+        replica.command(&[b"DBSIZE"]) == primary.command(&[b"DBSIZE"])
+    })
+    .await;
+
+    primary.kill();
+    support::calls::wait_until("the sentinel promoted the replica", || {
+        role(&replica).contains("master")
+    })
+    .await;
+
+    // On the new primary: a write by `a` reaches `b`'s near cache, which answers again (its tracking is on
+    // there), and the next write drops it there too.
+    let second = rewrite().await;
+    until_near_answers(second).await;
+    let third = rewrite().await;
+    assert!(third > second);
+    until_near_answers(third).await;
+    let stats = b.handle().stats();
+    assert!(stats.near_flushes_connection >= 1, "{stats:?}");
 }
