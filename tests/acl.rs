@@ -384,3 +384,68 @@ async fn a_purge_the_user_may_not_scan_for_says_so() {
         CacheOutcome::Hit
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_under_the_cache_fails_no_request_and_caching_resumes_once_it_matches() {
+    let server = RedisServer::start();
+    set_user(&server, &readme_rules());
+    let origin = Origin::new();
+    let layer = layer_for(&url_with_user(&server.url())).await;
+    let service = cached(&layer, origin.service());
+    let query = r#"{"q":"rotated"}"#;
+    assert!(is_stored_miss(&call(&service, post(query)).await));
+    assert_eq!(
+        outcome(&call(&service, post(query)).await),
+        CacheOutcome::Hit
+    );
+
+    // The password changes on the server and the user's connections are closed, as a rotation that ran ahead
+    // of the application's configuration does: every reconnect is refused (`WRONGPASS`).
+    server.command(&[
+        b"ACL",
+        b"SETUSER",
+        USER.as_bytes(),
+        b"resetpass",
+        b">rotated",
+    ]);
+    server.command(&[b"CLIENT", b"KILL", b"USER", USER.as_bytes()]);
+    // The near cache stops answering (its probe fails), and does not answer again while the login is refused.
+    let mut from_origin = 0;
+    for _ in 0..300 {
+        let before = origin.calls();
+        let response = call(&service, post(query)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        if origin.calls() > before {
+            from_origin += 1;
+        } else {
+            assert_eq!(from_origin, 0, "a cached answer after the origin answered");
+        }
+        if from_origin == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(from_origin, 20);
+
+    // The password matches again: the clients log in on their next attempt, and hits resume.
+    server.command(&[
+        b"ACL",
+        b"SETUSER",
+        USER.as_bytes(),
+        b"resetpass",
+        b">change-me",
+    ]);
+    let (mut from_redis, mut near) = (false, false);
+    for _ in 0..300 {
+        let response = call(&service, post(query)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        near = is_near(&response);
+        from_redis |= outcome(&response) == CacheOutcome::Hit && !near;
+        if near {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(from_redis, "Redis hits resumed");
+    assert!(near, "near-cache hits resumed: tracking is on again");
+}

@@ -65,8 +65,9 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
             return;
         }
     };
-    // The connection task runs detached and reconnects on its own.
-    drop(client.connect());
+    // The connection task reconnects on its own, until a reconnect's login is refused (a password rotated ahead
+    // of this process's configuration): fred ends the task then, and the arming loop starts another.
+    let mut task = client.connect();
     let mut invalidations = client.invalidation_rx();
     let mut reconnects = client.reconnect_rx();
     let mut changes = client.cluster_change_rx();
@@ -77,6 +78,14 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
         let Some(alive) = near.upgrade() else { break };
         alive.disarm();
         drop(alive);
+        if task.is_finished() {
+            let ended = (&mut task).await;
+            tracing::debug!(
+                ?ended,
+                "near cache: the tracking connection's task ended; starting another"
+            );
+            task = client.connect();
+        }
         let armed = tokio::time::timeout(Duration::from_secs(2), async {
             client.wait_for_connect().await?;
             arm(&client, &prefix, &canary).await
