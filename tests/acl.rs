@@ -1,6 +1,7 @@
-//! The cache as a Redis user with only the permissions README.md lists (its `ACL SETUSER` line, read from the
+//! The cache as a Redis user with only the permissions README.md lists (its `ACL SETUSER` lines, read from the
 //! README itself so that the two cannot drift apart): every feature works and Redis denies nothing, on one
-//! server and on a Cluster. A user missing some of them still gets every answer.
+//! server, on a Cluster and behind Sentinel. A user missing some of them still gets every answer, and so does
+//! one whose password changed under the cache, which resumes caching once it matches again.
 
 mod support;
 
@@ -71,36 +72,33 @@ fn denials(server: &RedisServer) -> Vec<(String, u64)> {
     let log = server.command(&[b"ACL", b"LOG"]);
     let text = String::from_utf8_lossy(&log);
     let lines: Vec<&str> = text.split("\r\n").collect();
-    // Each entry is a map whose first field is `count` (an integer) and whose fourth is `object`.
-    let field = |i: usize, name: &str| {
-        lines[i..]
-            .iter()
-            .position(|line| *line == name)
-            .map(|at| lines.get(i + at + 1).copied().unwrap_or(""))
-    };
+    // Each entry is a map that starts with `count` (the next line is `:<n>`) and holds `object` (then a
+    // `$<length>` line, then the value).
     lines
         .iter()
         .enumerate()
         .filter(|(_, line)| **line == "count")
         .map(|(i, _)| {
-            let count = field(i, "count").and_then(|n| n.strip_prefix(':')?.parse().ok());
-            let object = lines
+            let count = lines
+                .get(i + 1)
+                .and_then(|n| n.strip_prefix(':')?.parse().ok())
+                .unwrap_or(0);
+            let object = lines[i..]
                 .iter()
-                .skip(i)
                 .position(|line| *line == "object")
-                .and_then(|at| lines.get(i + at + 2));
-            (
-                object.map_or_else(String::new, |o| (*o).to_owned()),
-                count.unwrap_or(0),
-            )
+                .and_then(|at| lines.get(i + at + 2))
+                .map_or_else(String::new, |object| (*object).to_owned());
+            (object, count)
         })
         .collect()
 }
 
+/// `url` with the user `cache` and its password.
 fn url_with_user(url: &str) -> String {
     url.replacen("://", &format!("://{USER}:{PASSWORD}@"), 1)
 }
 
+/// A layer logged in as `url` says, with every feature that calls Redis switched on.
 async fn layer_for(url: &str) -> RedisCacheLayer {
     let store = RedisStore::connect(url)
         .await
