@@ -530,3 +530,34 @@ async fn each_variant_is_answered_from_the_near_cache_and_kept_coherent() {
     let de = until_near_with(&service_b, greet("de")).await;
     assert_eq!(&body(de).await[..], br#"{"n":1,"echo":null}"#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_stops_the_near_cache_and_it_answers_again_once_resumed() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let a = near_layer(&server.url())
+        .await
+        .store_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let service = cached(&a, origin.service());
+    let query = r#"{"q":"paused"}"#;
+    call(&service, post(query)).await;
+    until_near(&service, query).await;
+
+    // Paused past a probe's timeout, the connections stay up: nothing reconnects, yet the near cache stops
+    // answering (it cannot hear of writes), and must be armed again on the same connection.
+    server.pause();
+    let mut stopped = false;
+    for _ in 0..300 {
+        if !is_near(&call(&service, post(query)).await) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stopped, "the near cache stopped answering");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    server.resume();
+    until_near(&service, query).await;
+}

@@ -185,20 +185,39 @@ async fn arm(
             fred::error::Error::new(fred::error::ErrorKind::Cluster, "no cluster state yet")
         })?;
         for primary in state.unique_primary_nodes() {
-            client
-                .with_cluster_node(primary.clone())
-                .client_tracking::<(), _, _>("ON", None, prefix, true, false, false, true)
-                .await?;
+            track(&client.with_cluster_node(primary.clone()), prefix).await?;
             canaries.push(canary_on(&state, &primary, canary)?);
         }
     } else {
-        client
-            .client_tracking::<(), _, _>("ON", None, prefix, true, false, false, true)
-            .await?;
+        track(client, prefix).await?;
         canaries.push(canary.to_owned());
     }
     plant(client, &canaries).await?;
     Ok(canaries)
+}
+
+/// Switches broadcast tracking of `prefix` on for the connection `client` sends to: off first, since Redis
+/// refuses a prefix a connection already tracks (`Prefix ... overlaps`), and a connection that stayed up keeps
+/// tracking across a re-arming. Nothing is lost in between: the near cache is empty and answers nothing until
+/// armed again.
+async fn track<C: ClientInterface + Sync>(
+    client: &C,
+    prefix: &str,
+) -> fred::prelude::FredResult<()> {
+    client
+        .client_tracking::<(), _, _>(
+            "OFF",
+            None,
+            Vec::<String>::new(),
+            false,
+            false,
+            false,
+            false,
+        )
+        .await?;
+    client
+        .client_tracking::<(), _, _>("ON", None, prefix, true, false, false, true)
+        .await
 }
 
 /// A canary key in a hash slot `primary` owns.
