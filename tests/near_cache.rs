@@ -532,6 +532,56 @@ async fn each_variant_is_answered_from_the_near_cache_and_kept_coherent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_moved_to_a_primary_that_joined_the_cluster_stays_coherent() {
+    let mut cluster = RedisCluster::start();
+    let origin = Origin::new();
+    let a = near_layer(&cluster.url()).await.build().unwrap();
+    let b = near_layer(&cluster.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let query = r#"{"moved":1}"#;
+    call(&service_a, post(query)).await;
+    until_near(&service_b, query).await;
+
+    // A primary joins and the key's slot moves to it (MIGRATE removes the key from the old primary, whose push
+    // drops B's copy).
+    let key = a.handle().key_for(&post_bytes(query));
+    let slot = fred::util::redis_keyslot(key.as_str().as_bytes());
+    let owner = (0..3)
+        .find(|&i| {
+            cluster
+                .slots_of(i)
+                .iter()
+                .any(|&(start, end)| (start..=end).contains(&slot))
+        })
+        .expect("a primary serves the slot");
+    let joined = cluster.add_primary();
+    cluster.move_slot(slot, owner, joined);
+
+    // B reads the key from the new primary and keeps it near: tracking has to be on there. A writes it there;
+    // B answers the write within the bound below (without tracking there, it would answer the old one for as
+    // long as the near cache keeps it), and never the old answer after it.
+    let near = until_near(&service_b, query).await;
+    assert_eq!(&body(near).await[..], br#"{"n":1,"echo":{"moved":1}}"#);
+    call(&service_a, revalidate(query)).await;
+    let written = format!(r#"{{"n":{},"echo":{query}}}"#, origin.calls());
+    let mut answered = 0;
+    for _ in 0..500 {
+        let response = call(&service_b, post(query)).await;
+        if body(response).await == written {
+            answered += 1;
+        } else {
+            assert_eq!(answered, 0, "the old answer after the write's");
+        }
+        if answered == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(answered, 20, "B answered the write");
+    assert!(b.handle().stats().near_hits > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_redis_stops_the_near_cache_and_it_answers_again_once_resumed() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -358,6 +358,124 @@ impl RedisCluster {
         cluster
     }
 
+    /// Starts one more cluster-enabled server (node timeout 2 s) and joins it to the cluster as a primary that
+    /// serves no slot yet (`redis-cli --cluster add-node`), once every node knows it; returns its index.
+    pub fn add_primary(&mut self) -> usize {
+        let dir = ScratchDir::new("cluster");
+        let config = dir.0.join("nodes.conf");
+        let mut node = RedisServer {
+            port: free_port(),
+            sentinel_conf: None,
+            extra_args: vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                config.display().to_string(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+            ],
+            password: None,
+            dir,
+            child: None,
+        };
+        node.spawn_on_free_port();
+        let output = Command::new(require_binary("redis-cli"))
+            .args(["--cluster", "add-node"])
+            .arg(format!("127.0.0.1:{}", node.port))
+            .arg(format!("127.0.0.1:{}", self.nodes[0].port))
+            .output()
+            .expect("run redis-cli --cluster add-node");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster add-node failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let id = node_id(node.port);
+        self.nodes.push(node);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .nodes
+            .iter()
+            .all(|n| String::from_utf8_lossy(&n.command(&[b"CLUSTER", b"NODES"])).contains(&id))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never learned of the new node"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_until_ok();
+        self.nodes.len() - 1
+    }
+
+    /// Moves hash slot `slot`, keys and all, from primary `from` to primary `to`, the way `redis-cli --cluster
+    /// reshard` moves each slot: importing and migrating states, `MIGRATE` of its keys, then the new owner told
+    /// to every primary.
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        let (source, target) = (&self.nodes[from], &self.nodes[to]);
+        let (source_id, target_id) = (node_id(source.port), node_id(target.port));
+        let slot = slot.to_string();
+        let ok = |reply: Vec<u8>| {
+            assert!(
+                reply.starts_with(b"+OK"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            )
+        };
+        ok(target.command(&[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot.as_bytes(),
+            b"IMPORTING",
+            source_id.as_bytes(),
+        ]));
+        ok(source.command(&[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot.as_bytes(),
+            b"MIGRATING",
+            target_id.as_bytes(),
+        ]));
+        loop {
+            let keys = bulk_array(&source.command(&[
+                b"CLUSTER",
+                b"GETKEYSINSLOT",
+                slot.as_bytes(),
+                b"100",
+            ]));
+            if keys.is_empty() {
+                break;
+            }
+            let port = target.port.to_string();
+            let mut migrate: Vec<&[u8]> = vec![
+                b"MIGRATE",
+                b"127.0.0.1",
+                port.as_bytes(),
+                b"",
+                b"0",
+                b"5000",
+                b"KEYS",
+            ];
+            migrate.extend(keys.iter().map(Vec::as_slice));
+            ok(source.command(&migrate));
+        }
+        for node in
+            std::iter::once(target)
+                .chain(std::iter::once(source))
+                .chain(self.nodes.iter().filter(|n| {
+                    n.port != source.port && n.port != target.port && n.child.is_some()
+                }))
+        {
+            ok(node.command(&[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot.as_bytes(),
+                b"NODE",
+                target_id.as_bytes(),
+            ]));
+        }
+    }
+
     /// Waits until every replica's link to its primary is up (it holds the primary's data and may take over).
     fn wait_until_replicas_synced(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -530,6 +648,27 @@ pub fn node_id(port: u16) -> String {
     bulk_payload(&reply)
         .map(|id| String::from_utf8_lossy(&id).into_owned())
         .expect("a node id")
+}
+
+/// The bulk strings of a raw array reply (`*<n>` then `$<len>` and the bytes, each), in order.
+pub fn bulk_array(reply: &[u8]) -> Vec<Vec<u8>> {
+    let mut items = Vec::new();
+    let mut rest = match reply.windows(2).position(|w| w == b"\r\n") {
+        Some(end) if reply.starts_with(b"*") => &reply[end + 2..],
+        _ => return items,
+    };
+    while rest.starts_with(b"$") {
+        let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let Ok(len) = String::from_utf8_lossy(&rest[1..end]).parse::<usize>() else {
+            break;
+        };
+        let start = end + 2;
+        items.push(rest[start..start + len].to_vec());
+        rest = &rest[start + len + 2..];
+    }
+    items
 }
 
 /// The bulk-string payload of a raw `GET` reply, or `None` for a nil reply.

@@ -256,6 +256,14 @@ impl RedisStore {
         self.clients[0].client_config()
     }
 
+    /// The store's clients, on a Cluster; none otherwise.
+    pub(crate) fn cluster_clients(&self) -> Vec<Client> {
+        if self.routes.is_none() {
+            return Vec::new();
+        }
+        self.clients.iter().map(|c| (**c).clone()).collect()
+    }
+
     fn client(&self) -> &fred::clients::WithOptions<Client> {
         &self.clients[self.client_index()]
     }

@@ -8,6 +8,12 @@
 //! each primary holds a *canary* key under the prefix: the probe that runs every [`PROBE_EVERY`] (and proves
 //! the connection alive, see [`LIVENESS`](crate::cache::near::LIVENESS)) checks it, and a missing canary
 //! empties the near cache. A flush is therefore seen within one probe period rather than at once.
+//!
+//! On a Cluster, tracking must be on at every primary the store reads from. The store's clients learn of a new
+//! primary (a node that joined and took slots, a promoted replica) when a read there is redirected, before the
+//! near cache keeps what it read; their cluster-change events, and every probe, compare the primaries they
+//! know with those tracked, and any new one re-arms tracking (reading the cluster afresh) before the near
+//! cache answers again.
 
 use super::redis::RedisStore;
 use crate::cache::near::{FlushCause, Near, Tracking};
@@ -17,12 +23,13 @@ use fred::interfaces::{
     ClientInterface, ClientLike, ClusterInterface, EventInterface, KeysInterface,
 };
 use fred::prelude::{Builder, Config, ReconnectPolicy, SetOptions, Value};
-use fred::types::RespVersion;
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::Server;
+use fred::types::{ClusterStateChange, RespVersion};
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 
 /// How often the tracking connection is probed.
@@ -33,6 +40,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Tracking for a [`RedisStore`]: a connection of its own, with the store's configuration in RESP3.
 pub(crate) struct RedisTracking {
     config: Config,
+    /// On a Cluster, the store's own clients, whose view of the cluster says which primaries the near cache
+    /// fills from; empty otherwise.
+    store: Vec<Client>,
 }
 
 impl RedisStore {
@@ -40,17 +50,18 @@ impl RedisStore {
     pub(crate) fn tracking(&self) -> Arc<dyn Tracking> {
         Arc::new(RedisTracking {
             config: self.config(),
+            store: self.cluster_clients(),
         })
     }
 }
 
 impl Tracking for RedisTracking {
     fn run(&self, prefix: String, near: Weak<Near>) -> BoxFuture<'static, ()> {
-        Box::pin(run(self.config.clone(), prefix, near))
+        Box::pin(run(self.config.clone(), self.store.clone(), prefix, near))
     }
 }
 
-async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
+async fn run(mut config: Config, store: Vec<Client>, prefix: String, near: Weak<Near>) {
     config.version = RespVersion::RESP3;
     let client = match Builder::from_config(config)
         .set_policy(ReconnectPolicy::new_constant(0, 100))
@@ -71,6 +82,9 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
     let mut invalidations = client.invalidation_rx();
     let mut reconnects = client.reconnect_rx();
     let mut changes = client.cluster_change_rx();
+    // The store learns of a new primary (a slot moved to a node that joined, a replica promoted) when it reads
+    // there, and the near cache would keep what it read: tracking must be on there first.
+    let mut store_changes: Vec<_> = store.iter().map(|c| c.cluster_change_rx()).collect();
     let canary = format!("{prefix}near-canary");
     // Whether the refusal that keeps tracking off was told at `warn`: once, until tracking is on again.
     let mut told = false;
@@ -91,8 +105,17 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
             arm(&client, &prefix, &canary).await
         })
         .await;
-        let canaries = match armed {
-            Ok(Ok(canaries)) => canaries,
+        let (canaries, primaries) = match armed {
+            // Armed on a view of the cluster older than the store's: the store may read from a primary this
+            // connection does not track. Try again (the view catches up) rather than vouch for those reads.
+            Ok(Ok((_, primaries))) if uncovered(&store, &primaries) => {
+                tracing::debug!(
+                    "near cache: the store knows a primary tracking is not on yet; retrying"
+                );
+                tokio::time::sleep(PROBE_EVERY).await;
+                continue;
+            }
+            Ok(Ok(armed)) => armed,
             // The server answered and said no (`NOPERM` for a user without `client|tracking`, an unknown command
             // behind a proxy): no retry will change that until someone does, so say it where operators look.
             Ok(Err(error))
@@ -119,6 +142,11 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
         }
         while !changes.is_empty() {
             let _ = changes.try_recv();
+        }
+        for changes in &mut store_changes {
+            while !changes.is_empty() {
+                let _ = changes.try_recv();
+            }
         }
         told = false;
         match near.upgrade() {
@@ -152,8 +180,17 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
                 }
                 _ = reconnects.recv() => continue 'arming,
                 _ = changes.recv() => continue 'arming,
+                () = any_change(&mut store_changes) => {
+                    if uncovered(&store, &primaries) {
+                        continue 'arming;
+                    }
+                }
                 _ = probe.tick() => {
                     let Some(near) = near.upgrade() else { break 'arming };
+                    // A change the store saw while this task was busy is caught here.
+                    if uncovered(&store, &primaries) {
+                        continue 'arming;
+                    }
                     match tokio::time::timeout(PROBE_TIMEOUT, canaries_present(&client, &canaries)).await {
                         Ok(Ok(true)) => near.pong(),
                         // A canary is gone: the server was flushed. Put it back, then go on answering.
@@ -173,27 +210,32 @@ async fn run(mut config: Config, prefix: String, near: Weak<Near>) {
     let _ = client.quit().await;
 }
 
-/// Switches tracking on at every primary and plants a canary on each; returns the canaries.
+/// Switches tracking on at every primary and plants a canary on each; returns the canaries and, on a
+/// Cluster, the primaries.
 async fn arm(
     client: &Client,
     prefix: &str,
     canary: &str,
-) -> fred::prelude::FredResult<Vec<String>> {
+) -> fred::prelude::FredResult<(Vec<String>, Vec<Server>)> {
     let mut canaries = Vec::new();
+    let mut primaries = Vec::new();
     if client.is_clustered() {
+        // The cluster as it is now, not as it was when this connection last followed a redirection.
+        client.sync_cluster().await?;
         let state = client.cached_cluster_state().ok_or_else(|| {
             fred::error::Error::new(fred::error::ErrorKind::Cluster, "no cluster state yet")
         })?;
-        for primary in state.unique_primary_nodes() {
+        primaries = state.unique_primary_nodes();
+        for primary in &primaries {
             track(&client.with_cluster_node(primary.clone()), prefix).await?;
-            canaries.push(canary_on(&state, &primary, canary)?);
+            canaries.push(canary_on(&state, primary, canary)?);
         }
     } else {
         track(client, prefix).await?;
         canaries.push(canary.to_owned());
     }
     plant(client, &canaries).await?;
-    Ok(canaries)
+    Ok((canaries, primaries))
 }
 
 /// Switches broadcast tracking of `prefix` on for the connection `client` sends to: off first, since Redis
@@ -218,6 +260,36 @@ async fn track<C: ClientInterface + Sync>(
     client
         .client_tracking::<(), _, _>("ON", None, prefix, true, false, false, true)
         .await
+}
+
+/// Whether a store client knows a primary that is not among `tracked` (Cluster only).
+fn uncovered(store: &[Client], tracked: &[Server]) -> bool {
+    store.iter().any(|client| {
+        client.cached_cluster_state().is_some_and(|state| {
+            state
+                .unique_primary_nodes()
+                .iter()
+                .any(|primary| !tracked.contains(primary))
+        })
+    })
+}
+
+/// Waits until a store client's view of the cluster changed (or its changes were missed); never, without any.
+async fn any_change(receivers: &mut Vec<Receiver<Vec<ClusterStateChange>>>) {
+    loop {
+        if receivers.is_empty() {
+            return std::future::pending().await;
+        }
+        let (result, index, rest) =
+            futures_util::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.recv())))
+                .await;
+        drop(rest);
+        match result {
+            Ok(_) | Err(RecvError::Lagged(_)) => return,
+            // That client is gone: wait on the others.
+            Err(RecvError::Closed) => drop(receivers.swap_remove(index)),
+        }
+    }
 }
 
 /// A canary key in a hash slot `primary` owns.
