@@ -564,21 +564,91 @@ async fn a_key_moved_to_a_primary_that_joined_the_cluster_stays_coherent() {
     assert_eq!(&body(near).await[..], br#"{"n":1,"echo":{"moved":1}}"#);
     call(&service_a, revalidate(query)).await;
     let written = format!(r#"{{"n":{},"echo":{query}}}"#, origin.calls());
+    until_only(&service_b, query, &written).await;
+    assert!(b.handle().stats().near_hits > 0);
+}
+
+/// Calls `query` until it is answered `expected` 20 times (a bounded poll), failing if any other answer comes
+/// after the first `expected` one.
+async fn until_only<S: Cached>(service: &S, query: &str, expected: &str) {
     let mut answered = 0;
     for _ in 0..500 {
-        let response = call(&service_b, post(query)).await;
-        if body(response).await == written {
+        let response = call(service, post(query)).await;
+        if body(response).await == expected {
             answered += 1;
         } else {
-            assert_eq!(answered, 0, "the old answer after the write's");
+            assert_eq!(answered, 0, "another answer after {expected}");
         }
         if answered == 20 {
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(answered, 20, "B answered the write");
-    assert!(b.handle().stats().near_hits > 0);
+    panic!("{query} was answered {expected} {answered} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_caches_follow_a_cluster_failover_and_stay_coherent() {
+    let mut cluster = RedisCluster::start_with(1, 500, &[]);
+    let near_layer = |url: String| async move {
+        near_layer(&url)
+            .await
+            .store_timeout(Duration::from_millis(200))
+            .circuit_breaker(3, Duration::from_millis(200))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (
+        near_layer(cluster.url()).await,
+        near_layer(cluster.url()).await,
+    );
+    let origin = Origin::new();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let query = r#"{"failover":1}"#;
+    call(&service_a, post(query)).await;
+    until_near(&service_b, query).await;
+
+    // The key's primary dies once its replica holds the key; the replica takes over its slots.
+    let slot =
+        fred::util::redis_keyslot(a.handle().key_for(&post_bytes(query)).as_str().as_bytes());
+    let serves = |port: u16| {
+        support::redis::slots_served(port)
+            .iter()
+            .any(|&(start, end)| (start..=end).contains(&slot))
+    };
+    let owner = (0..cluster.nodes().len())
+        .find(|&i| serves(cluster.nodes()[i].port()))
+        .expect("a primary serves the slot");
+    assert_eq!(
+        cluster.nodes()[owner].command(&[b"WAIT", b"1", b"5000"]),
+        b":1\r\n"
+    );
+    cluster.node_mut(owner).kill();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|node| node.port()).collect();
+    wait_until("a replica took over the slot", || {
+        ports
+            .iter()
+            .enumerate()
+            .any(|(i, &port)| i != owner && serves(port))
+    })
+    .await;
+
+    // B keeps the key near again, read from the new primary (which holds it: the replica had it); A writes it
+    // there; B answers the write, and never the old answer after it: tracking is on at the new primary.
+    let near = until_near(&service_b, query).await;
+    assert_eq!(&body(near).await[..], br#"{"n":1,"echo":{"failover":1}}"#);
+    let mut written = None;
+    for _ in 0..300 {
+        if let CacheOutcome::Miss { stored: true, .. } =
+            outcome(&call(&service_a, revalidate(query)).await)
+        {
+            written = Some(format!(r#"{{"n":{},"echo":{query}}}"#, origin.calls()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let written = written.expect("the write was stored on the new primary");
+    until_only(&service_b, query, &written).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
