@@ -343,6 +343,7 @@ async fn a_user_without_tracking_gets_redis_hits_and_a_warning() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(origin.calls(), 1);
+    assert!(!layer.handle().near_cache_live());
     let refused: Vec<String> = warnings
         .lock()
         .unwrap()

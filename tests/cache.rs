@@ -92,6 +92,7 @@ async fn hundred_concurrent_cold_requests_make_one_inner_call() {
     let stats = layer.handle().stats();
     assert_eq!(stats.misses, 1);
     assert_eq!(stats.coalesced + stats.hits, 99);
+    assert!(!layer.handle().near_cache_live(), "no near cache asked for");
 }
 
 #[tokio::test]

@@ -662,8 +662,13 @@ async fn a_paused_redis_stops_the_near_cache_and_it_answers_again_once_resumed()
         .unwrap();
     let service = cached(&a, origin.service());
     let query = r#"{"q":"paused"}"#;
+    assert!(
+        !a.handle().near_cache_live(),
+        "started by the first request"
+    );
     call(&service, post(query)).await;
     until_near(&service, query).await;
+    assert!(a.handle().near_cache_live());
 
     // Paused past a probe's timeout, the connections stay up: nothing reconnects, yet the near cache stops
     // answering (it cannot hear of writes), and must be armed again on the same connection.
@@ -677,7 +682,9 @@ async fn a_paused_redis_stops_the_near_cache_and_it_answers_again_once_resumed()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(stopped, "the near cache stopped answering");
+    assert!(!a.handle().near_cache_live());
     tokio::time::sleep(Duration::from_millis(600)).await;
     server.resume();
     until_near(&service, query).await;
+    assert!(a.handle().near_cache_live());
 }

@@ -279,6 +279,19 @@ impl CacheHandle {
         purged
     }
 
+    /// Whether the near cache answers now (see
+    /// [`near_cache`](RedisCacheLayerBuilder::near_cache)): tracking is on, and its connection answered a probe
+    /// within the last second. `false` without a near cache, before the first request starts it, and while it is
+    /// off: after a doubt (a lost connection, a failover, a node joining a Cluster) until tracking is on again,
+    /// or while Redis refuses tracking (logged at `warn`). Requests are answered either way, hits from Redis; a
+    /// health check can report the difference.
+    pub fn near_cache_live(&self) -> bool {
+        self.engine
+            .near
+            .as_ref()
+            .is_some_and(|near| near.answering())
+    }
+
     /// Whether a store circuit breaker is open (the store, or in a Redis Cluster one of its nodes, is being
     /// skipped).
     pub fn store_unavailable(&self) -> bool {
@@ -1394,7 +1407,9 @@ impl RedisCacheLayerBuilder {
     /// answered for a second) the near cache does not answer, and every doubt (a lost connection, missed
     /// invalidations, a topology change, a `FLUSHALL`) empties it. Only fresh entries are kept, for at most
     /// their freshness and [`near_cache_max_ttl`](Self::near_cache_max_ttl); stale ones are read from Redis so
-    /// that their refresh stays one per fleet.
+    /// that their refresh stays one per fleet. On a Cluster, tracking is on at every primary the store reads
+    /// from (a node that joined, a promoted replica) before the near cache keeps what was read there.
+    /// [`CacheHandle::near_cache_live`](super::CacheHandle::near_cache_live) says whether it answers now.
     ///
     /// Needs a [`RedisStore`](super::RedisStore) (`build` refuses another store) on Redis 6 or newer.
     pub fn near_cache(mut self, max_bytes: u64) -> Self {

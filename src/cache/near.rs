@@ -442,6 +442,11 @@ impl Near {
         now < self.live_until.load(Ordering::Acquire)
     }
 
+    /// Whether the near cache may answer now.
+    pub(crate) fn answering(&self) -> bool {
+        self.live(self.clock.now_ms())
+    }
+
     /// Calls `answer` with the fresh entry for the request whose digest is `key`, if the near cache may
     /// answer at `now`, and returns what it returns. The entry's headers hold the two every answer sets
     /// (`Age`, `Cache-Status`), with placeholder values: a clone has room for them.

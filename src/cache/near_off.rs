@@ -92,6 +92,10 @@ impl Near {
         match *self {}
     }
 
+    pub(crate) fn answering(&self) -> bool {
+        match *self {}
+    }
+
     pub(crate) fn marks(&self) -> u64 {
         match *self {}
     }
