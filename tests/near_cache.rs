@@ -688,3 +688,98 @@ async fn a_paused_redis_stops_the_near_cache_and_it_answers_again_once_resumed()
     until_near(&service, query).await;
     assert!(a.handle().near_cache_live());
 }
+
+/// Closes every RESP3 connection (the tracking side's; the stores speak RESP2) on `node`.
+fn kill_tracking_connections(node: &RedisServer) {
+    let list = node.command(&[b"CLIENT", b"LIST", b"TYPE", b"normal"]);
+    let list = support::bulk_payload(&list).unwrap_or_default();
+    for line in String::from_utf8_lossy(&list).lines() {
+        if line.contains(" resp=3") {
+            let id = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("id="))
+                .expect("an id");
+            node.command(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_missed_a_slot_moving_back_does_not_keep_the_near_cache_off() {
+    let mut cluster = RedisCluster::start();
+    let origin = Origin::new();
+    let layer = near_layer(&cluster.url()).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let query = r#"{"back":1}"#;
+    call(&service, post(query)).await;
+    until_near(&service, query).await;
+
+    // The key's slot moves to a node that joined, and the store reads it there (so it knows that node) ...
+    let slot = fred::util::redis_keyslot(
+        layer
+            .handle()
+            .key_for(&post_bytes(query))
+            .as_str()
+            .as_bytes(),
+    );
+    let owner = (0..3)
+        .find(|&i| {
+            cluster
+                .slots_of(i)
+                .iter()
+                .any(|&(start, end)| (start..=end).contains(&slot))
+        })
+        .expect("a primary serves the slot");
+    let joined = cluster.add_primary();
+    cluster.move_slot(slot, owner, joined);
+    until_near(&service, query).await;
+    // ... then moves back, and the store reads nothing there: its view of the cluster keeps the joined node,
+    // which now serves no slot.
+    cluster.move_slot(slot, joined, owner);
+
+    // Tracking re-arms (its connections closed); a store view that still names the joined node must not keep
+    // the near cache off.
+    let flushes = layer.handle().stats().near_flushes_connection;
+    for node in cluster.nodes() {
+        kill_tracking_connections(node);
+    }
+    wait_until("tracking noticed", || {
+        layer.handle().stats().near_flushes_connection > flushes
+    })
+    .await;
+    let other = r#"{"elsewhere":1}"#;
+    call(&service, post(other)).await;
+    until_near(&service, other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_connections_closed_on_a_cluster_are_armed_again() {
+    let cluster = RedisCluster::start();
+    let origin = Origin::new();
+    let a = near_layer(&cluster.url()).await.build().unwrap();
+    let b = near_layer(&cluster.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let queries: Vec<String> = (0..12).map(|i| format!(r#"{{"closed":{i}}}"#)).collect();
+    for query in &queries {
+        call(&service_a, post(query)).await;
+        until_near(&service_b, query).await;
+    }
+    // Every tracking connection is closed; the clients reconnect on their own, without tracking. Once B's near
+    // cache has emptied itself and answers again (holding the keys anew), A writes each key.
+    let flushes = b.handle().stats().near_flushes_connection;
+    for node in cluster.nodes() {
+        kill_tracking_connections(node);
+    }
+    wait_until("B's tracking noticed", || {
+        b.handle().stats().near_flushes_connection > flushes
+    })
+    .await;
+    for query in &queries {
+        until_near(&service_b, query).await;
+    }
+    for query in &queries {
+        call(&service_a, revalidate(query)).await;
+        let written = format!(r#"{{"n":{},"echo":{query}}}"#, origin.calls());
+        until_only(&service_b, query, &written).await;
+    }
+}

@@ -422,6 +422,14 @@ impl RedisCluster {
                 String::from_utf8_lossy(&reply)
             )
         };
+        let told = |reply: Vec<u8>| {
+            assert!(
+                reply.starts_with(b"+OK")
+                    || reply.starts_with(b"-ERR Please use SETSLOT only with masters"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            )
+        };
         ok(target.command(&[
             b"CLUSTER",
             b"SETSLOT",
@@ -459,14 +467,21 @@ impl RedisCluster {
             migrate.extend(keys.iter().map(Vec::as_slice));
             ok(source.command(&migrate));
         }
-        for node in
-            std::iter::once(target)
-                .chain(std::iter::once(source))
-                .chain(self.nodes.iter().filter(|n| {
-                    n.port != source.port && n.port != target.port && n.child.is_some()
-                }))
+        ok(target.command(&[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot.as_bytes(),
+            b"NODE",
+            target_id.as_bytes(),
+        ]));
+        // The others learn it by gossip too; telling them is quicker. A primary left with no slot may have
+        // become a replica (replica migration) by now, which takes no SETSLOT.
+        for node in self
+            .nodes
+            .iter()
+            .filter(|n| n.port != target.port && n.child.is_some())
         {
-            ok(node.command(&[
+            told(node.command(&[
                 b"CLUSTER",
                 b"SETSLOT",
                 slot.as_bytes(),

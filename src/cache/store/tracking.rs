@@ -106,12 +106,17 @@ async fn run(mut config: Config, store: Vec<Client>, prefix: String, near: Weak<
         })
         .await;
         let (canaries, primaries) = match armed {
-            // Armed on a view of the cluster older than the store's: the store may read from a primary this
-            // connection does not track. Try again (the view catches up) rather than vouch for those reads.
+            // The store knows a primary the cluster, read just now, does not name: either this view is the
+            // older (a node joined a moment ago) or the store's is (it never read from a slot since it moved
+            // off a node). Have the store read the cluster afresh too, and try again, rather than vouch for
+            // reads this connection may not hear about, or stay off until the store happens on a redirection.
             Ok(Ok((_, primaries))) if uncovered(&store, &primaries) => {
                 tracing::debug!(
-                    "near cache: the store knows a primary tracking is not on yet; retrying"
+                    "near cache: the store knows a primary tracking is not on; both read the cluster again"
                 );
+                for client in &store {
+                    let _ = client.sync_cluster().await;
+                }
                 tokio::time::sleep(PROBE_EVERY).await;
                 continue;
             }
