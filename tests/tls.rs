@@ -177,6 +177,7 @@ async fn the_layer_caches_through_rediss_trusting_the_tests_ca() {
         .namespace("tls")
         .methods([http::Method::POST])
         .store_timeout(Duration::from_secs(2))
+        .near_cache(1 << 20)
         .build()
         .unwrap();
     let origin = Origin::new();
@@ -187,8 +188,22 @@ async fn the_layer_caches_through_rediss_trusting_the_tests_ca() {
     let second = call(&service, post(r#"{"user":"me"}"#)).await;
     assert_eq!(outcome(&second), CacheOutcome::Hit);
     assert_eq!(origin.calls(), 1);
-    // The entry (and its URI's tag set) went over TLS into this server: its plain port shows them.
-    assert_eq!(server.command(&[b"DBSIZE"]), b":2\r\n");
+    // The near cache's tracking connection speaks TLS too (it takes the store's configuration).
+    let mut near = false;
+    for _ in 0..300 {
+        let reply = call(&service, post(r#"{"user":"me"}"#)).await;
+        if support::calls::cache_status(&reply).ends_with("; detail=near") {
+            near = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(near, "the near cache answered over TLS");
+    assert!(layer.handle().near_cache_live());
+    assert_eq!(origin.calls(), 1);
+    // The entry (and its URI's tag set, and the near cache's canary) went over TLS into this server: its plain
+    // port shows them.
+    assert_eq!(server.command(&[b"DBSIZE"]), b":3\r\n");
     // And the TLS port really is TLS: fred speaking plain RESP to it gets no answer it accepts.
     let plain = Config::from_url(&format!("redis://127.0.0.1:{tls_port}")).unwrap();
     let refused =
