@@ -1,6 +1,7 @@
 //! Network faults between the layer and a real redis-server, made by a TCP proxy switched while requests flow:
-//! slow replies on either side of the store timeout, a black hole, resets, a half-open link. No request fails,
-//! each pays at most one store timeout, and caching resumes once the link is healthy again.
+//! slow replies on either side of the store timeout, a black hole, resets, a half-open link, an address moved to
+//! another server under open connections. No request fails, each pays at most one store timeout, and caching
+//! resumes once the link is healthy again.
 
 mod support;
 
@@ -220,4 +221,60 @@ async fn a_fault_switched_on_while_requests_flow_fails_none() {
         assert_eq!(status, StatusCode::OK, "{cache}");
     }
     caching_resumes(&rig).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_demoted_under_an_open_connection_is_left_for_the_new_one() {
+    // A primary and its replica behind one address (the proxy), as a managed Redis's primary endpoint is.
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let replica_of = primary.port().to_string();
+    let replica = RedisServer::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &replica_of,
+        "--repl-diskless-sync-delay",
+        "0",
+    ]);
+    support::calls::wait_until("the replica synced", || {
+        String::from_utf8_lossy(&replica.command(&[b"INFO", b"replication"]))
+            .contains("master_link_status:up")
+    })
+    .await;
+    let proxy = Proxy::start(primary.port()).await;
+    let origin = Origin::new();
+    let layer = RedisCacheLayer::builder(RedisStore::connect(&proxy.url()).await.unwrap())
+        .namespace("demoted")
+        .methods([http::Method::POST])
+        .store_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    assert!(matches!(
+        outcome(&call(&service, post(r#"{"q":0}"#)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+
+    // A failover that closes no connection: the replica is promoted, the primary turned into its replica, and
+    // the address moves to the new primary. The store's open connection still reaches the old one, which now
+    // refuses every write (`READONLY`) and answers reads.
+    replica.command(&[b"REPLICAOF", b"NO", b"ONE"]);
+    let new_primary = replica.port().to_string();
+    primary.command(&[b"REPLICAOF", b"127.0.0.1", new_primary.as_bytes()]);
+    proxy.retarget(replica.port());
+
+    // Misses are stored again, on the new primary, within a few requests; none fails.
+    let mut stored_at = None;
+    for i in 1..=50 {
+        let response = call(&service, post(&format!(r#"{{"q":{i}}}"#))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        if let CacheOutcome::Miss { stored: true, .. } = outcome(&response) {
+            stored_at = Some(i);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored_at = stored_at.expect("a miss was stored again");
+    assert!(stored_at <= 5, "stored again at the {stored_at}th miss");
+    let role = String::from_utf8_lossy(&replica.command(&[b"ROLE"])).into_owned();
+    assert!(role.contains("master"), "{role}");
 }

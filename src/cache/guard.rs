@@ -345,6 +345,12 @@ impl GuardedStore {
             // The store answered: it is reachable, and the next call costs no timeout either.
             breaker.success();
             bump(&self.counters.store_errors);
+            // A refusal that new connections avoid (a primary demoted under an open connection): have them
+            // made, as for a stuck link, and as rarely.
+            if !per_node && self.store.reconnect_cures(error) && self.breaker.may_reconnect() {
+                let store = self.store.clone();
+                tokio::spawn(async move { store.reconnect().await });
+            }
             if self.warn_of_refusal() {
                 tracing::warn!(
                     operation = what,

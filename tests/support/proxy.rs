@@ -7,7 +7,7 @@
 //! answers again, whatever the mode later.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,6 +42,8 @@ struct State {
 pub struct Proxy {
     port: u16,
     accepted: Arc<AtomicUsize>,
+    /// The port new connections are passed to.
+    target: Arc<AtomicU16>,
     state: watch::Sender<State>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -54,12 +56,14 @@ impl Proxy {
             .expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let target = Arc::new(AtomicU16::new(target));
         let (state, _) = watch::channel(State {
             mode: Mode::Pass,
             hold: None,
         });
         let task = tokio::spawn({
             let accepted = accepted.clone();
+            let target = target.clone();
             let state = state.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
@@ -68,7 +72,8 @@ impl Proxy {
                         reset(client);
                         continue;
                     }
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    let to = target.load(Ordering::SeqCst);
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", to)).await else {
                         continue;
                     };
                     tokio::spawn(pipe(client, server, index, state.subscribe()));
@@ -78,6 +83,7 @@ impl Proxy {
         Proxy {
             port,
             accepted,
+            target,
             state,
             task,
         }
@@ -91,6 +97,12 @@ impl Proxy {
     /// How many connections the proxy has accepted.
     pub fn connections(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Passes new connections to the Redis on `target` from now on; open ones stay with the one they reached,
+    /// as when a DNS name or a virtual IP moves to another server.
+    pub fn retarget(&self, target: u16) {
+        self.target.store(target, Ordering::SeqCst);
     }
 
     /// Switches what the proxy does, for open connections and new ones alike.

@@ -234,6 +234,15 @@ pub trait Store: std::any::Any + Send + Sync {
     fn reconnect(&self) -> StoreFuture<'_, ()> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// Whether [`reconnect`](Self::reconnect) cures `refusal`, a [`StoreError::Refused`]: on Redis, `READONLY`
+    /// from a primary demoted to a replica under an open connection (a failover that moves an address, as
+    /// managed Redis services do, leaves connections to the old primary open), which a new connection to the
+    /// address avoids. The cache then has the store reconnect, at most once every few seconds. Default: none.
+    fn reconnect_cures(&self, refusal: &StoreError) -> bool {
+        let _ = refusal;
+        false
+    }
 }
 
 impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
@@ -329,5 +338,9 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn reconnect(&self) -> StoreFuture<'_, ()> {
         (**self).reconnect()
+    }
+
+    fn reconnect_cures(&self, refusal: &StoreError) -> bool {
+        (**self).reconnect_cures(refusal)
     }
 }

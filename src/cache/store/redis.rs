@@ -654,6 +654,10 @@ impl Store for RedisStore {
         })
     }
 
+    fn reconnect_cures(&self, refusal: &StoreError) -> bool {
+        is_demoted(refusal)
+    }
+
     fn reconnect(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             tracing::info!("cache store failing: reconnecting its clients");
@@ -748,6 +752,16 @@ fn scan_page(reply: Value) -> Option<(String, Vec<Key>)> {
     Some((cursor, keys))
 }
 
+/// Whether `refusal` is a replica's `READONLY`: the server the store reached was the primary, and the address
+/// the store was given may name the new primary now (a managed Redis's failover moves it and leaves open
+/// connections where they were).
+fn is_demoted(refusal: &StoreError) -> bool {
+    matches!(refusal, StoreError::Refused(error)
+        if error
+            .downcast_ref::<fred::error::Error>()
+            .is_some_and(|error| error.details().starts_with("READONLY")))
+}
+
 /// The key of the invalidation mark of the tag set `tag` (in its hash slot).
 fn marked(tag: &str) -> String {
     format!("{tag}{}", crate::cache::key::MARK_SUFFIX)
@@ -804,6 +818,20 @@ mod tests {
                 backend(Error::new(kind, details)),
                 StoreError::Refused(_)
             ));
+        }
+        assert!(is_demoted(&backend(Error::new(
+            ErrorKind::Unknown,
+            "READONLY You can't write against a read only replica."
+        ))));
+        for error in [
+            backend(Error::new(
+                ErrorKind::Unknown,
+                "OOM command not allowed when used memory > 'maxmemory'.",
+            )),
+            backend(Error::new(ErrorKind::IO, "READONLY")),
+            StoreError::Timeout,
+        ] {
+            assert!(!is_demoted(&error), "{error:?}");
         }
         for (kind, details) in [
             (ErrorKind::IO, "ECONNRESET"),
