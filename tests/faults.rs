@@ -246,6 +246,7 @@ async fn a_primary_demoted_under_an_open_connection_is_left_for_the_new_one() {
         .namespace("demoted")
         .methods([http::Method::POST])
         .store_timeout(Duration::from_secs(2))
+        .near_cache(1 << 20)
         .build()
         .unwrap();
     let service = tower::Layer::layer(&layer, origin.service());
@@ -253,13 +254,20 @@ async fn a_primary_demoted_under_an_open_connection_is_left_for_the_new_one() {
         outcome(&call(&service, post(r#"{"q":0}"#)).await),
         CacheOutcome::Miss { stored: true, .. }
     ));
+    // The near cache's tracking connection is on the primary too.
+    support::calls::wait_until("the near cache answers", || {
+        layer.handle().near_cache_live()
+    })
+    .await;
 
-    // A failover that closes no connection: the replica is promoted, the primary turned into its replica, and
-    // the address moves to the new primary. The store's open connection still reaches the old one, which now
-    // refuses every write (`READONLY`) and answers reads.
+    // A failover that closes no connection: the replica is promoted, the primary turned into a replica, and the
+    // address moves to the new primary. The open connections still reach the old one, which now refuses every
+    // write (`READONLY`) and answers reads. (It is pointed at a primary it cannot reach, so that it keeps its
+    // data rather than resynchronise, which could empty it under the near cache's tracking connection and make
+    // that connection move on by itself: the test below needs it to stay.)
     replica.command(&[b"REPLICAOF", b"NO", b"ONE"]);
-    let new_primary = replica.port().to_string();
-    primary.command(&[b"REPLICAOF", b"127.0.0.1", new_primary.as_bytes()]);
+    let nowhere = support::redis::free_port().to_string();
+    primary.command(&[b"REPLICAOF", b"127.0.0.1", nowhere.as_bytes()]);
     proxy.retarget(replica.port());
 
     // Misses are stored again, on the new primary, within a few requests; none fails.
@@ -277,4 +285,20 @@ async fn a_primary_demoted_under_an_open_connection_is_left_for_the_new_one() {
     assert!(stored_at <= 5, "stored again at the {stored_at}th miss");
     let role = String::from_utf8_lossy(&replica.command(&[b"ROLE"])).into_owned();
     assert!(role.contains("master"), "{role}");
+
+    // The near cache's tracking connection is still on the old primary, which pushes no invalidation for the
+    // new primary's writes. Paused past a probe's timeout, it re-arms there, where its canary write is refused;
+    // it has to connect again, and answer once more.
+    assert!(layer.handle().near_cache_live());
+    primary.pause();
+    support::calls::wait_until("the near cache stopped", || {
+        !layer.handle().near_cache_live()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    primary.resume();
+    support::calls::wait_until("the near cache answers again", || {
+        layer.handle().near_cache_live()
+    })
+    .await;
 }

@@ -121,6 +121,14 @@ async fn run(mut config: Config, store: Vec<Client>, prefix: String, near: Weak<
                 continue;
             }
             Ok(Ok(armed)) => armed,
+            // A replica that was the primary refused the canary (the connection stayed where it was when a
+            // failover moved the address on): connect again, to whatever the address names now.
+            Ok(Err(error)) if error.details().starts_with("READONLY") => {
+                tracing::debug!(%error, "near cache: tracking reached a replica; connecting again");
+                let _ = client.force_reconnection().await;
+                tokio::time::sleep(PROBE_EVERY).await;
+                continue;
+            }
             // The server answered and said no (`NOPERM` for a user without `client|tracking`, an unknown command
             // behind a proxy): no retry will change that until someone does, so say it where operators look.
             Ok(Err(error))
