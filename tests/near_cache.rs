@@ -633,10 +633,10 @@ async fn near_caches_follow_a_cluster_failover_and_stay_coherent() {
     })
     .await;
 
-    // B keeps the key near again, read from the new primary (which holds it: the replica had it); A writes it
-    // there; B answers the write, and never the old answer after it: tracking is on at the new primary.
-    let near = until_near(&service_b, query).await;
-    assert_eq!(&body(near).await[..], br#"{"n":1,"echo":{"failover":1}}"#);
+    // B keeps the key near again, read from the new primary (the entry the replica had, or one a miss of B's
+    // stored there while the shard was failing over); A writes it there; B answers the write, and never the
+    // old answer after it: tracking is on at the new primary.
+    until_near(&service_b, query).await;
     let mut written = None;
     for _ in 0..300 {
         if let CacheOutcome::Miss { stored: true, .. } =
