@@ -225,9 +225,11 @@ pub enum StoreError {
     /// The backend reported an error.
     Backend(BoxError),
     /// The store answered, refusing the operation: Redis out of memory under `noeviction` (`OOM`), a read-only
-    /// replica (`READONLY`), writes stopped by a failed save (`MISCONF`), a script error. The store is reachable
-    /// and answers at once, so the circuit breaker does not count it: a Redis that refuses writes still answers
-    /// the reads that are hits.
+    /// replica (`READONLY`), writes stopped by a failed save (`MISCONF`), a user without the command (`NOPERM`),
+    /// a script error. The store is reachable and answers at once, so the circuit breaker does not count it: a
+    /// Redis that refuses writes still answers the reads that are hits. A refusal that new connections avoid
+    /// (`READONLY` from a demoted primary: [`Store::reconnect_cures`](crate::Store::reconnect_cures)) has the
+    /// store connect again.
     Refused(BoxError),
 }
 
