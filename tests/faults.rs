@@ -226,20 +226,7 @@ async fn a_fault_switched_on_while_requests_flow_fails_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_demoted_under_an_open_connection_is_left_for_the_new_one() {
     // A primary and its replica behind one address (the proxy), as a managed Redis's primary endpoint is.
-    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
-    let replica_of = primary.port().to_string();
-    let replica = RedisServer::start_with(&[
-        "--replicaof",
-        "127.0.0.1",
-        &replica_of,
-        "--repl-diskless-sync-delay",
-        "0",
-    ]);
-    support::calls::wait_until("the replica synced", || {
-        String::from_utf8_lossy(&replica.command(&[b"INFO", b"replication"]))
-            .contains("master_link_status:up")
-    })
-    .await;
+    let (primary, replica) = RedisServer::start_pair().await;
     let proxy = Proxy::start(primary.port()).await;
     let origin = Origin::new();
     let layer = RedisCacheLayer::builder(RedisStore::connect(&proxy.url()).await.unwrap())

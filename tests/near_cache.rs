@@ -544,16 +544,8 @@ async fn a_key_moved_to_a_primary_that_joined_the_cluster_stays_coherent() {
 
     // A primary joins and the key's slot moves to it (MIGRATE removes the key from the old primary, whose push
     // drops B's copy).
-    let key = a.handle().key_for(&post_bytes(query));
-    let slot = fred::util::redis_keyslot(key.as_str().as_bytes());
-    let owner = (0..3)
-        .find(|&i| {
-            cluster
-                .slots_of(i)
-                .iter()
-                .any(|&(start, end)| (start..=end).contains(&slot))
-        })
-        .expect("a primary serves the slot");
+    let slot = slot_of(&a, query);
+    let owner = cluster.primary_of(slot);
     let joined = cluster.add_primary();
     cluster.move_slot(slot, owner, joined);
 
@@ -566,6 +558,17 @@ async fn a_key_moved_to_a_primary_that_joined_the_cluster_stays_coherent() {
     let written = format!(r#"{{"n":{},"echo":{query}}}"#, origin.calls());
     until_only(&service_b, query, &written).await;
     assert!(b.handle().stats().near_hits > 0);
+}
+
+/// The hash slot of the entry `layer` keeps for `query`.
+fn slot_of(layer: &RedisCacheLayer, query: &str) -> u16 {
+    fred::util::redis_keyslot(
+        layer
+            .handle()
+            .key_for(&post_bytes(query))
+            .as_str()
+            .as_bytes(),
+    )
 }
 
 /// Calls `query` until it is answered `expected` 20 times (a bounded poll), failing if any other answer comes
@@ -609,16 +612,13 @@ async fn near_caches_follow_a_cluster_failover_and_stay_coherent() {
     until_near(&service_b, query).await;
 
     // The key's primary dies once its replica holds the key; the replica takes over its slots.
-    let slot =
-        fred::util::redis_keyslot(a.handle().key_for(&post_bytes(query)).as_str().as_bytes());
+    let slot = slot_of(&a, query);
     let serves = |port: u16| {
         support::redis::slots_served(port)
             .iter()
             .any(|&(start, end)| (start..=end).contains(&slot))
     };
-    let owner = (0..cluster.nodes().len())
-        .find(|&i| serves(cluster.nodes()[i].port()))
-        .expect("a primary serves the slot");
+    let owner = cluster.primary_of(slot);
     assert_eq!(
         cluster.nodes()[owner].command(&[b"WAIT", b"1", b"5000"]),
         b":1\r\n"
@@ -715,21 +715,8 @@ async fn a_store_that_missed_a_slot_moving_back_does_not_keep_the_near_cache_off
     until_near(&service, query).await;
 
     // The key's slot moves to a node that joined, and the store reads it there (so it knows that node) ...
-    let slot = fred::util::redis_keyslot(
-        layer
-            .handle()
-            .key_for(&post_bytes(query))
-            .as_str()
-            .as_bytes(),
-    );
-    let owner = (0..3)
-        .find(|&i| {
-            cluster
-                .slots_of(i)
-                .iter()
-                .any(|&(start, end)| (start..=end).contains(&slot))
-        })
-        .expect("a primary serves the slot");
+    let slot = slot_of(&layer, query);
+    let owner = cluster.primary_of(slot);
     let joined = cluster.add_primary();
     cluster.move_slot(slot, owner, joined);
     until_near(&service, query).await;

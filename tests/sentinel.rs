@@ -21,20 +21,7 @@ fn role(server: &RedisServer) -> String {
 
 /// A primary, its synced replica, and a sentinel monitoring them as `cache`; and the sentinel's URL.
 async fn monitored() -> (RedisServer, RedisServer, RedisServer, String) {
-    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
-    let replica_of = primary.port().to_string();
-    let replica = RedisServer::start_with(&[
-        "--replicaof",
-        "127.0.0.1",
-        &replica_of,
-        "--repl-diskless-sync-delay",
-        "0",
-    ]);
-    support::calls::wait_until("the replica synced", || {
-        String::from_utf8_lossy(&replica.command(&[b"INFO", b"replication"]))
-            .contains("master_link_status:up")
-    })
-    .await;
+    let (primary, replica) = RedisServer::start_pair().await;
     let sentinel = RedisServer::start_sentinel("cache", primary.port());
     let url = format!(
         "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",

@@ -88,6 +88,26 @@ impl RedisServer {
         server
     }
 
+    /// Starts a primary and a replica of it, and waits until the replica has synced (both with no delay before
+    /// a sync, so that a replica promoted later can sync its old primary quickly).
+    pub async fn start_pair() -> (Self, Self) {
+        let primary = Self::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let replica_of = primary.port().to_string();
+        let replica = Self::start_with(&[
+            "--replicaof",
+            "127.0.0.1",
+            &replica_of,
+            "--repl-diskless-sync-delay",
+            "0",
+        ]);
+        super::calls::wait_until("the replica synced", || {
+            String::from_utf8_lossy(&replica.command(&[b"INFO", b"replication"]))
+                .contains("master_link_status:up")
+        })
+        .await;
+        (primary, replica)
+    }
+
     /// Starts a server on `port` exactly, or says why it could not (the port is taken, by another server
     /// included).
     pub fn try_start_on(port: u16) -> Result<Self, String> {
@@ -511,6 +531,17 @@ impl RedisCluster {
     /// The slot ranges node `i` serves as a primary (empty for a replica), from its `CLUSTER NODES`.
     pub fn slots_of(&self, i: usize) -> Vec<(u16, u16)> {
         slots_served(self.nodes[i].port)
+    }
+
+    /// The index of the primary that serves hash slot `slot`, by its own `CLUSTER NODES`.
+    pub fn primary_of(&self, slot: u16) -> usize {
+        (0..self.nodes.len())
+            .find(|&i| {
+                self.slots_of(i)
+                    .iter()
+                    .any(|&(start, end)| (start..=end).contains(&slot))
+            })
+            .expect("a primary serves the slot")
     }
 
     /// Whether node `i` is a primary now.
