@@ -759,7 +759,12 @@ fn is_demoted(refusal: &StoreError) -> bool {
     matches!(refusal, StoreError::Refused(error)
         if error
             .downcast_ref::<fred::error::Error>()
-            .is_some_and(|error| error.details().starts_with("READONLY")))
+            .is_some_and(is_replica_reply))
+}
+
+/// Whether `error` is a replica's refusal of a write (`READONLY ...`).
+pub(super) fn is_replica_reply(error: &fred::error::Error) -> bool {
+    error.details().starts_with("READONLY")
 }
 
 /// The key of the invalidation mark of the tag set `tag` (in its hash slot).

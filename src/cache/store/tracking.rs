@@ -123,7 +123,7 @@ async fn run(mut config: Config, store: Vec<Client>, prefix: String, near: Weak<
             Ok(Ok(armed)) => armed,
             // A replica that was the primary refused the canary (the connection stayed where it was when a
             // failover moved the address on): connect again, to whatever the address names now.
-            Ok(Err(error)) if error.details().starts_with("READONLY") => {
+            Ok(Err(error)) if super::redis::is_replica_reply(&error) => {
                 tracing::debug!(%error, "near cache: tracking reached a replica; connecting again");
                 let _ = client.force_reconnection().await;
                 tokio::time::sleep(PROBE_EVERY).await;
