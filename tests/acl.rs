@@ -252,6 +252,57 @@ async fn the_readme_rules_allow_every_feature_behind_sentinel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_user_that_may_not_subscribe_gets_redis_hits_and_a_warning() {
+    let warnings = warnings();
+    let primary = RedisServer::start();
+    let mut rules = readme_rules();
+    rules.extend(readme_added("Behind Sentinel"));
+    set_user(&primary, &rules);
+    let sentinel = RedisServer::start_sentinel("cache", primary.port());
+    let sentinel_rules: Vec<String> =
+        readme_line("ACL SETUSER cache on >change-me -@all +sentinel|")
+            .into_iter()
+            .filter(|rule| rule != "+subscribe")
+            .collect();
+    set_user(&sentinel, &sentinel_rules);
+    let url = format!(
+        "redis-sentinel://127.0.0.1:{}?sentinelServiceName=cache",
+        sentinel.port()
+    );
+    let origin = Origin::new();
+    let layer = layer_for(&url_with_user(&url)).await;
+    let service = cached(&layer, origin.service());
+    assert!(is_stored_miss(
+        &call(&service, post(r#"{"q":"sentinel"}"#)).await
+    ));
+    // Long enough for the watch to be refused more than once.
+    for _ in 0..100 {
+        let response = call(&service, post(r#"{"q":"sentinel"}"#)).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(origin.calls(), 1);
+    let attempts = denials(&sentinel)
+        .into_iter()
+        .find(|(denied, _)| denied == "subscribe")
+        .map_or(0, |(_, count)| count);
+    assert!(attempts >= 2, "the watch subscribed {attempts} times");
+    let refused: Vec<String> = warnings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|warning| warning.contains("refused to announce new primaries"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "told once, not on every attempt: {refused:?}"
+    );
+    assert!(refused[0].contains("NOPERM"), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_without_scripts_gets_every_answer_from_the_origin() {
     let server = RedisServer::start();
     set_user(&server, &rules_without(&["+eval", "+evalsha"]));

@@ -215,3 +215,126 @@ async fn near_caches_follow_a_sentinel_failover_and_stay_coherent() {
     let stats = b.handle().stats();
     assert!(stats.near_flushes_connection >= 1, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_follows_a_failover_at_once_while_the_old_primary_lives_on() {
+    // The old primary cannot be made a replica (its `REPLICAOF` is disabled): it stays a primary and keeps its
+    // clients, as for the seconds before Sentinel demotes a live primary after `SENTINEL FAILOVER`, or for as
+    // long as Sentinel cannot reach a primary that clients still can.
+    let disabled = [
+        "--rename-command",
+        "REPLICAOF",
+        "",
+        "--rename-command",
+        "SLAVEOF",
+        "",
+    ];
+    let (primary, replica) = RedisServer::start_pair_with(&disabled).await;
+    let sentinel = RedisServer::start_sentinel("cache", primary.port());
+    let url = format!(
+        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
+        sentinel.port()
+    );
+    let layer = |near: bool| {
+        let url = url.clone();
+        async move {
+            let builder = RedisCacheLayer::builder(RedisStore::connect(&url).await.unwrap())
+                .namespace("sen-follow")
+                .methods([Method::POST]);
+            let builder = if near {
+                builder.near_cache(1 << 20)
+            } else {
+                builder
+            };
+            builder.build().unwrap()
+        }
+    };
+    let origin = support::Origin::new();
+    // Two processes connected before the failover: `a`, and `b` with a near cache.
+    let (a, b) = (layer(false).await, layer(true).await);
+    let service_a = tower::Layer::layer(&a, origin.service());
+    let service_b = tower::Layer::layer(&b, origin.service());
+    let query = r#"{"s":"follow"}"#;
+    assert!(matches!(
+        outcome(&call(&service_a, post(query)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(call_number(call(&service_b, post(query)).await).await, 1);
+    support::calls::wait_until("the replica holds the entry", || {
+        replica.command(&[b"DBSIZE"]) == primary.command(&[b"DBSIZE"])
+    })
+    .await;
+
+    // Refused (`NOGOODSLAVE`) until the sentinel has read the replica's state.
+    support::calls::wait_until("the sentinel fails over", || {
+        sentinel.command(&[b"SENTINEL", b"FAILOVER", b"cache"]) == b"+OK\r\n"
+    })
+    .await;
+    let promoted = replica.port().to_string();
+    support::calls::wait_until("the sentinel names the replica", || {
+        String::from_utf8_lossy(&sentinel.command(&[
+            b"SENTINEL",
+            b"GET-MASTER-ADDR-BY-NAME",
+            b"cache",
+        ]))
+        .contains(&promoted)
+    })
+    .await;
+    assert!(
+        role(&primary).contains("master"),
+        "the old primary lives on"
+    );
+    // A process that connects now reaches the new primary.
+    let c = layer(false).await;
+    let service_c = tower::Layer::layer(&c, origin.service());
+
+    // `a` writes where `c` reads: both on the new primary.
+    let mut agreed = false;
+    for _ in 0..300 {
+        let written = rewrite(&service_a, query).await;
+        if written.is_some()
+            && Some(call_number(call(&service_c, post(query)).await).await) == written
+        {
+            agreed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(agreed, "a write through `a` never reached `c`'s primary");
+    // `b` reads where `c` writes, its near cache included: each write through `c` reaches it, and its near
+    // cache answers the latest.
+    for _ in 0..2 {
+        let written = rewrite(&service_c, query).await.unwrap();
+        let mut answered = false;
+        for _ in 0..300 {
+            let reply = call(&service_b, post(query)).await;
+            let near = support::calls::cache_status(&reply).ends_with("; detail=near");
+            if call_number(reply).await == written && near {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            answered,
+            "`b` never answered call {written} from its near cache"
+        );
+    }
+    assert!(
+        role(&primary).contains("master"),
+        "the old primary lived on"
+    );
+}
+
+/// A write of `query` through `service` (the origin asked again, its answer stored): its call number; `None`
+/// when the answer was not stored (the store was reconnecting).
+async fn rewrite<S: support::calls::Cached>(service: &S, query: &str) -> Option<u64> {
+    let mut request = post(query);
+    request
+        .headers_mut()
+        .insert("cache-control", "no-cache".parse().unwrap());
+    let reply = call(service, request).await;
+    let stored = matches!(outcome(&reply), CacheOutcome::Miss { stored: true, .. });
+    let number = call_number(reply).await;
+    stored.then_some(number)
+}

@@ -91,7 +91,14 @@ impl RedisServer {
     /// Starts a primary and a replica of it, and waits until the replica has synced (both with no delay before
     /// a sync, so that a replica promoted later can sync its old primary quickly).
     pub async fn start_pair() -> (Self, Self) {
-        let primary = Self::start_with(&["--repl-diskless-sync-delay", "0"]);
+        Self::start_pair_with(&[]).await
+    }
+
+    /// [`start_pair`](Self::start_pair), the primary started with `primary_args` too.
+    pub async fn start_pair_with(primary_args: &[&str]) -> (Self, Self) {
+        let mut args = vec!["--repl-diskless-sync-delay", "0"];
+        args.extend_from_slice(primary_args);
+        let primary = Self::start_with(&args);
         let replica_of = primary.port().to_string();
         let replica = Self::start_with(&[
             "--replicaof",

@@ -44,6 +44,8 @@ mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
+mod sentinel;
+#[cfg(feature = "redis")]
 mod tracking;
 
 #[cfg(feature = "memory")]

@@ -1,6 +1,7 @@
 //! [`RedisStore`]: entries in Redis through fred (standalone, Sentinel or Cluster; a `Client` or a `Pool`).
 
 use super::homes::{self, Homes};
+use super::sentinel::{Following, Primary};
 use super::{Store, StoreFuture};
 use crate::error::StoreError;
 use bytes::Bytes;
@@ -49,6 +50,8 @@ pub struct RedisStore {
     reads: Arc<Homes<ReadOf>>,
     /// Which primary serves each hash slot, for the cache's per-node circuit breakers; `None` unless Cluster.
     routes: Option<std::sync::Arc<Routes>>,
+    /// Behind Sentinel, the watch that moves the clients to a new primary as soon as Sentinel names it.
+    following: Option<std::sync::Arc<Following>>,
 }
 
 /// The store's clients (one per connection of a `Pool`), each sending commands fail fast.
@@ -157,6 +160,7 @@ impl RedisStore {
             .first()
             .is_some_and(|c| c.is_clustered())
             .then(|| Arc::new(Routes::new()));
+        let following = super::sentinel::follow(&clients).map(std::sync::Arc::new);
         let clients: Vec<_> = clients.iter().map(|c| c.with_options(&options)).collect();
         let homes = Homes::new(|(clients, index, key)| get_on(clients, index, key));
         RedisStore {
@@ -164,6 +168,7 @@ impl RedisStore {
             next: std::sync::Arc::new(AtomicUsize::new(0)),
             reads: Arc::new(homes),
             routes,
+            following,
         }
     }
 
@@ -254,6 +259,11 @@ impl RedisStore {
     /// The configuration of the store's (first) client: where Redis is and how to reach it.
     pub(crate) fn config(&self) -> Config {
         self.clients[0].client_config()
+    }
+
+    /// Behind Sentinel (and built inside a Tokio runtime), the primary as the sentinels last named it.
+    pub(crate) fn primaries(&self) -> Option<tokio::sync::watch::Receiver<Option<Primary>>> {
+        self.following.as_ref().map(|f| f.primaries())
     }
 
     /// The store's clients, on a Cluster; none otherwise.

@@ -16,6 +16,7 @@
 //! cache answers again.
 
 use super::redis::RedisStore;
+use super::sentinel::Primary;
 use crate::cache::near::{FlushCause, Near, Tracking};
 use fred::clients::Client;
 use fred::interfaces::TrackingInterface;
@@ -31,6 +32,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 /// How often the tracking connection is probed.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(250);
@@ -43,7 +45,12 @@ pub(crate) struct RedisTracking {
     /// On a Cluster, the store's own clients, whose view of the cluster says which primaries the near cache
     /// fills from; empty otherwise.
     store: Vec<Client>,
+    /// Behind Sentinel, the primary as the sentinels last named it: where the store reads.
+    primaries: Option<Primaries>,
 }
+
+/// The primary as the sentinels last named it.
+type Primaries = watch::Receiver<Option<Primary>>;
 
 impl RedisStore {
     /// The tracking side of the near cache for this store.
@@ -51,17 +58,30 @@ impl RedisStore {
         Arc::new(RedisTracking {
             config: self.config(),
             store: self.cluster_clients(),
+            primaries: self.primaries(),
         })
     }
 }
 
 impl Tracking for RedisTracking {
     fn run(&self, prefix: String, near: Weak<Near>) -> BoxFuture<'static, ()> {
-        Box::pin(run(self.config.clone(), self.store.clone(), prefix, near))
+        Box::pin(run(
+            self.config.clone(),
+            self.store.clone(),
+            self.primaries.clone(),
+            prefix,
+            near,
+        ))
     }
 }
 
-async fn run(mut config: Config, store: Vec<Client>, prefix: String, near: Weak<Near>) {
+async fn run(
+    mut config: Config,
+    store: Vec<Client>,
+    mut named_by_sentinel: Option<Primaries>,
+    prefix: String,
+    near: Weak<Near>,
+) {
     config.version = RespVersion::RESP3;
     let client = match Builder::from_config(config)
         .set_policy(ReconnectPolicy::new_constant(0, 100))
@@ -88,6 +108,8 @@ async fn run(mut config: Config, store: Vec<Client>, prefix: String, near: Weak<
     let canary = format!("{prefix}near-canary");
     // Whether the refusal that keeps tracking off was told at `warn`: once, until tracking is on again.
     let mut told = false;
+    // Behind Sentinel, the last primary the sentinels named that tracking followed.
+    let mut followed = None;
     'arming: loop {
         let Some(alive) = near.upgrade() else { break };
         alive.disarm();
@@ -149,6 +171,15 @@ async fn run(mut config: Config, store: Vec<Client>, prefix: String, near: Weak<
                 continue;
             }
         };
+        // Sentinel named another primary while this connection stayed on the old one (which lives on after a
+        // failover an operator ordered): the store reads from the new one, so tracking must be on there.
+        let named = named_by_sentinel
+            .as_mut()
+            .and_then(|p| p.borrow_and_update().clone());
+        if must_follow(&client, named, &mut followed) {
+            let _ = client.force_reconnection().await;
+            continue;
+        }
         // Connection events from before tracking was armed (the first connect among them) are settled.
         while !reconnects.is_empty() {
             let _ = reconnects.try_recv();
@@ -192,6 +223,13 @@ async fn run(mut config: Config, store: Vec<Client>, prefix: String, near: Weak<
                     }
                 }
                 _ = reconnects.recv() => continue 'arming,
+                named = next_named(&mut named_by_sentinel) => {
+                    if must_follow(&client, named, &mut followed) {
+                        tracing::debug!("near cache: Sentinel named a new primary; tracking follows");
+                        let _ = client.force_reconnection().await;
+                        continue 'arming;
+                    }
+                }
                 _ = changes.recv() => continue 'arming,
                 () = any_change(&mut store_changes) => {
                     if uncovered(&store, &primaries) {
@@ -273,6 +311,32 @@ async fn track<C: ClientInterface + Sync>(
     client
         .client_tracking::<(), _, _>("ON", None, prefix, true, false, false, true)
         .await
+}
+
+/// Whether tracking must connect again to follow `named`, a primary the sentinels named: when it has not
+/// followed that one yet and is connected elsewhere. Each primary once, so that a sentinel with an older view
+/// cannot keep it reconnecting.
+fn must_follow(client: &Client, named: Option<Primary>, followed: &mut Option<Primary>) -> bool {
+    match named {
+        Some(primary) if followed.as_ref() != Some(&primary) => {
+            let strays = primary.strays(client);
+            *followed = Some(primary);
+            strays
+        }
+        _ => false,
+    }
+}
+
+/// Waits until the sentinels name another primary, and returns it; never, for a store not behind Sentinel
+/// (or once its watch has ended).
+async fn next_named(primaries: &mut Option<Primaries>) -> Option<Primary> {
+    if let Some(receiver) = primaries {
+        if receiver.changed().await.is_ok() {
+            return receiver.borrow_and_update().clone();
+        }
+        *primaries = None;
+    }
+    std::future::pending().await
 }
 
 /// Whether a store client knows a primary that is not among `tracked` (Cluster only).
