@@ -712,3 +712,45 @@ async fn a_fill_writes_its_answer_and_lets_its_lease_go_in_one_call() {
     assert_eq!(read, CacheOutcome::Hit);
     assert_eq!(memory.entry_count(), 1, "the entry, and no lease");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_after_its_call_timed_out_is_let_go() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(fred_client(&server.url()).await);
+    let (store, late) = support::store::LateLeaseStore::new(store, Duration::from_millis(300));
+    // A lease left to expire would hold the key's fills back for a minute.
+    let layer = RedisCacheLayer::builder(store)
+        .namespace("fleet")
+        .methods([Method::POST])
+        .store_timeout(Duration::from_millis(100))
+        .refresh_lease_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let query = r#"{"q":"late lease"}"#;
+    let leases = || {
+        let keys = server.command(&[b"KEYS", b"fleet:*:lease"]);
+        support::redis::bulk_array(&keys).len()
+    };
+
+    late.arm();
+    let reply = call(&service, post(query)).await;
+    assert!(
+        cache_status(&reply).ends_with("detail=store-error"),
+        "{}",
+        cache_status(&reply)
+    );
+    // The lease call ran after its caller gave up on it: the lease is taken, and no fill holds it.
+    wait_until("the late lease call ran", || leases() == 1).await;
+    wait_until("the lease was let go", || leases() == 0).await;
+    assert!(matches!(
+        outcome(&call(&service, post(query)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(
+        outcome(&call(&service, post(query)).await),
+        CacheOutcome::Hit
+    );
+    assert_eq!(origin.calls(), 2);
+}

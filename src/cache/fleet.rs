@@ -23,6 +23,7 @@ use super::entry::{Entry, Unstored};
 use super::key::{CacheKey, vary_digest};
 use super::stats::{add, bump};
 use super::tags::Tags;
+use crate::error::StoreError;
 use http::{HeaderMap, request};
 use std::future::Future;
 use std::sync::Arc;
@@ -33,6 +34,20 @@ use tokio::time::Instant;
 const FIRST_POLL: Duration = Duration::from_millis(5);
 /// The longest gap between two looks at the entry while waiting.
 const MAX_POLL: Duration = Duration::from_millis(50);
+
+/// When a lease whose call failed is let go: at once, and again after each of these pauses (a command held in a
+/// reconnect runs once the connection is back).
+const LET_GO_AGAIN: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+/// Whether a store call that failed with `error` may have run all the same: it timed out, or its connection
+/// failed after it was sent. Not a refusal (the server answered no) nor a call the breaker never let out.
+fn may_have_run(error: &StoreError) -> bool {
+    !matches!(error, StoreError::Refused(_) | StoreError::Unavailable)
+}
 
 /// A lease this process holds.
 #[derive(Debug)]
@@ -221,8 +236,50 @@ impl Engine {
                 }
             }
             Ok(false) => Ok(None),
-            Err(_) => Err(()),
+            Err(error) => {
+                if may_have_run(&error) {
+                    self.let_go_later(lease);
+                }
+                Err(())
+            }
         }
+    }
+
+    /// Lets go of `lease` in the background, in case its holder's call was taken after all: a lease call that
+    /// timed out, or whose connection died after it was written, can still run (fred sends a command again
+    /// after a reconnect), and then every process asking for the key would wait for a holder that is not there
+    /// until the lease expired (`lease_for`). Asked again [`LET_GO_AGAIN`] later, in case the call ran after
+    /// the first attempt; only ever this holder's token.
+    fn let_go_later(self: &Arc<Self>, lease: Lease) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = self.clone();
+        let task = engine.background.task();
+        runtime.spawn(async move {
+            let _task = task;
+            for (attempt, pause) in LET_GO_AGAIN.into_iter().enumerate() {
+                if attempt > 0 {
+                    if engine.background.closing() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                let released = engine
+                    .store
+                    .call("unlease", &lease.key, |s| {
+                        s.release_lease(&lease.key, &lease.token)
+                    })
+                    .await;
+                if let Ok(true) = released {
+                    tracing::debug!(
+                        key = lease.key.as_str(),
+                        "a lease taken by a call that had failed was let go"
+                    );
+                    return;
+                }
+            }
+        });
     }
 
     /// Takes this process's turn at a key it is about to fetch for a `forward` of the request with `parts`: the

@@ -219,3 +219,106 @@ impl<S: Store> Store for JournalStore<S> {
         self.inner.reconnect()
     }
 }
+
+/// `inner`, whose next lease call, once [`LateLease::arm`]ed, runs only after `delay` (the caller waits for it
+/// all that time): as a command held in a reconnect or a slow link runs after its caller gave up on it.
+pub struct LateLeaseStore<S> {
+    inner: Arc<S>,
+    late: Arc<std::sync::atomic::AtomicBool>,
+    delay: Duration,
+}
+
+/// Arms a [`LateLeaseStore`].
+#[derive(Clone)]
+pub struct LateLease(Arc<std::sync::atomic::AtomicBool>);
+
+impl LateLease {
+    /// Makes the next lease call late.
+    pub fn arm(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl<S> LateLeaseStore<S> {
+    /// Wraps `inner`; the returned handle makes a lease call late.
+    pub fn new(inner: S, delay: Duration) -> (Self, LateLease) {
+        let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            LateLeaseStore {
+                inner: Arc::new(inner),
+                late: late.clone(),
+                delay,
+            },
+            LateLease(late),
+        )
+    }
+}
+
+impl<S: Store> Store for LateLeaseStore<S> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        self.inner.get(key)
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        self.inner.set(key, value, ttl)
+    }
+
+    fn set_if_leased_and_release<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        self.inner
+            .set_if_leased_and_release(key, value, ttl, lease, token)
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        if !self.late.swap(false, Ordering::SeqCst) {
+            return self.inner.try_lease(key, token, ttl);
+        }
+        // Runs to the end on its own, whether or not its caller still waits.
+        let (inner, key, token, delay) = (
+            self.inner.clone(),
+            key.to_owned(),
+            token.to_owned(),
+            self.delay,
+        );
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            inner.try_lease(&key, &token, ttl).await
+        });
+        Box::pin(async move {
+            late.await
+                .unwrap_or_else(|e| Err(tower_redis_cache::error::StoreError::backend(e)))
+        })
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.extend_lease(key, token, ttl)
+    }
+
+    fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.release_lease(key, token)
+    }
+
+    fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
+        self.inner.remove(keys)
+    }
+
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        self.inner.purge_prefix(prefix)
+    }
+}
