@@ -216,56 +216,38 @@ async fn near_caches_follow_a_sentinel_failover_and_stay_coherent() {
     assert!(stats.near_flushes_connection >= 1, "{stats:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_process_follows_a_failover_at_once_while_the_old_primary_lives_on() {
-    // The old primary cannot be made a replica (its `REPLICAOF` is disabled): it stays a primary and keeps its
-    // clients, as for the seconds before Sentinel demotes a live primary after `SENTINEL FAILOVER`, or for as
-    // long as Sentinel cannot reach a primary that clients still can.
-    let disabled = [
+/// A primary that cannot be made a replica (its `REPLICAOF` is disabled) and its synced replica: after a
+/// failover the old primary stays a primary and keeps its clients, as for the seconds before Sentinel demotes a
+/// live primary after `SENTINEL FAILOVER`, or for as long as Sentinel cannot reach a primary that clients still
+/// can.
+async fn undemotable_pair() -> (RedisServer, RedisServer) {
+    RedisServer::start_pair_with(&[
         "--rename-command",
         "REPLICAOF",
         "",
         "--rename-command",
         "SLAVEOF",
         "",
-    ];
-    let (primary, replica) = RedisServer::start_pair_with(&disabled).await;
-    let sentinel = RedisServer::start_sentinel("cache", primary.port());
-    let url = format!(
-        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
-        sentinel.port()
-    );
-    let layer = |near: bool| {
-        let url = url.clone();
-        async move {
-            let builder = RedisCacheLayer::builder(RedisStore::connect(&url).await.unwrap())
-                .namespace("sen-follow")
-                .methods([Method::POST]);
-            let builder = if near {
-                builder.near_cache(1 << 20)
-            } else {
-                builder
-            };
-            builder.build().unwrap()
-        }
-    };
-    let origin = support::Origin::new();
-    // Two processes connected before the failover: `a`, and `b` with a near cache.
-    let (a, b) = (layer(false).await, layer(true).await);
-    let service_a = tower::Layer::layer(&a, origin.service());
-    let service_b = tower::Layer::layer(&b, origin.service());
-    let query = r#"{"s":"follow"}"#;
-    assert!(matches!(
-        outcome(&call(&service_a, post(query)).await),
-        CacheOutcome::Miss { stored: true, .. }
-    ));
-    assert_eq!(call_number(call(&service_b, post(query)).await).await, 1);
-    support::calls::wait_until("the replica holds the entry", || {
-        replica.command(&[b"DBSIZE"]) == primary.command(&[b"DBSIZE"])
-    })
-    .await;
+    ])
+    .await
+}
 
-    // Refused (`NOGOODSLAVE`) until the sentinel has read the replica's state.
+/// A process's cache layer behind the sentinels of `url`, with a near cache or not.
+async fn process(url: &str, near: bool) -> RedisCacheLayer {
+    let builder = RedisCacheLayer::builder(RedisStore::connect(url).await.unwrap())
+        .namespace("sen-follow")
+        .methods([Method::POST]);
+    let builder = if near {
+        builder.near_cache(1 << 20)
+    } else {
+        builder
+    };
+    builder.build().unwrap()
+}
+
+/// Has `sentinel` fail the primary over to `replica` (refused, `NOGOODSLAVE`, until it has read the replica's
+/// state) and waits until it names the replica.
+async fn fail_over(sentinel: &RedisServer, replica: &RedisServer) {
     support::calls::wait_until("the sentinel fails over", || {
         sentinel.command(&[b"SENTINEL", b"FAILOVER", b"cache"]) == b"+OK\r\n"
     })
@@ -280,27 +262,54 @@ async fn every_process_follows_a_failover_at_once_while_the_old_primary_lives_on
         .contains(&promoted)
     })
     .await;
+}
+
+/// Waits until a write of `query` through `from` is what `to` answers: both processes use one primary. Panics
+/// if that never happens.
+async fn until_writes_reach<S: support::calls::Cached>(from: &S, to: &S, query: &str) {
+    for _ in 0..300 {
+        let written = rewrite(from, query).await;
+        if written.is_some() && Some(call_number(call(to, post(query)).await).await) == written {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("a write never reached the other process's primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_follows_a_failover_at_once_while_the_old_primary_lives_on() {
+    let (primary, replica) = undemotable_pair().await;
+    let sentinel = RedisServer::start_sentinel("cache", primary.port());
+    let url = format!(
+        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
+        sentinel.port()
+    );
+    let origin = support::Origin::new();
+    // Two processes connected before the failover: `a`, and `b` with a near cache.
+    let (a, b) = (process(&url, false).await, process(&url, true).await);
+    let service_a = tower::Layer::layer(&a, origin.service());
+    let service_b = tower::Layer::layer(&b, origin.service());
+    let query = r#"{"s":"follow"}"#;
+    assert!(matches!(
+        outcome(&call(&service_a, post(query)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(call_number(call(&service_b, post(query)).await).await, 1);
+    support::calls::wait_until("the replica holds the entry", || {
+        replica.command(&[b"DBSIZE"]) == primary.command(&[b"DBSIZE"])
+    })
+    .await;
+
+    fail_over(&sentinel, &replica).await;
     assert!(
         role(&primary).contains("master"),
         "the old primary lives on"
     );
-    // A process that connects now reaches the new primary.
-    let c = layer(false).await;
+    // A process that connects now reaches the new primary; `a` writes where it reads.
+    let c = process(&url, false).await;
     let service_c = tower::Layer::layer(&c, origin.service());
-
-    // `a` writes where `c` reads: both on the new primary.
-    let mut agreed = false;
-    for _ in 0..300 {
-        let written = rewrite(&service_a, query).await;
-        if written.is_some()
-            && Some(call_number(call(&service_c, post(query)).await).await) == written
-        {
-            agreed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(agreed, "a write through `a` never reached `c`'s primary");
+    until_writes_reach(&service_a, &service_c, query).await;
     // `b` reads where `c` writes, its near cache included: each write through `c` reaches it, and its near
     // cache answers the latest.
     for _ in 0..2 {
@@ -337,4 +346,49 @@ async fn rewrite<S: support::calls::Cached>(service: &S, query: &str) -> Option<
     let stored = matches!(outcome(&reply), CacheOutcome::Miss { stored: true, .. });
     let number = call_number(reply).await;
     stored.then_some(number)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_listens_to_another_sentinel_when_its_own_dies() {
+    let (primary, replica) = undemotable_pair().await;
+    // Three, as Sentinel deployments run: fred forgets the sentinel it last reached (it keeps only those that
+    // sentinel names), so with two and one of them dead a store could not reconnect at all.
+    let mut first = RedisServer::start_sentinel("cache", primary.port());
+    let second = RedisServer::start_sentinel("cache", primary.port());
+    let _third = RedisServer::start_sentinel("cache", primary.port());
+    support::calls::wait_until("the sentinels know of each other", || {
+        first
+            .command(&[b"SENTINEL", b"SENTINELS", b"cache"])
+            .starts_with(b"*2\r\n")
+    })
+    .await;
+    // Only the first is configured: the store learns of the others from it.
+    let url = |sentinel: &RedisServer| {
+        format!(
+            "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
+            sentinel.port()
+        )
+    };
+    let origin = support::Origin::new();
+    let a = process(&url(&first), false).await;
+    let service_a = tower::Layer::layer(&a, origin.service());
+    let query = r#"{"s":"another sentinel"}"#;
+    assert!(matches!(
+        outcome(&call(&service_a, post(query)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    support::calls::wait_until("the replica holds the entry", || {
+        replica.command(&[b"DBSIZE"]) == primary.command(&[b"DBSIZE"])
+    })
+    .await;
+
+    first.kill();
+    fail_over(&second, &replica).await;
+    assert!(
+        role(&primary).contains("master"),
+        "the old primary lives on"
+    );
+    let c = process(&url(&second), false).await;
+    let service_c = tower::Layer::layer(&c, origin.service());
+    until_writes_reach(&service_a, &service_c, query).await;
 }
