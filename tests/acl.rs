@@ -282,24 +282,12 @@ async fn a_sentinel_user_that_may_not_subscribe_gets_redis_hits_and_a_warning() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(origin.calls(), 1);
-    let attempts = denials(&sentinel)
-        .into_iter()
-        .find(|(denied, _)| denied == "subscribe")
-        .map_or(0, |(_, count)| count);
-    assert!(attempts >= 2, "the watch subscribed {attempts} times");
-    let refused: Vec<String> = warnings
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|warning| warning.contains("refused to announce new primaries"))
-        .cloned()
-        .collect();
-    assert_eq!(
-        refused.len(),
-        1,
-        "told once, not on every attempt: {refused:?}"
+    told_once_and_retried(
+        &warnings,
+        "refused to announce new primaries",
+        &sentinel,
+        "subscribe",
     );
-    assert!(refused[0].contains("NOPERM"), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,6 +321,34 @@ async fn a_user_without_scripts_gets_every_answer_from_the_origin() {
             .iter()
             .any(|(denied, _)| denied == "evalsha")
     );
+}
+
+/// Asserts that what needed `command` was refused (`NOPERM`) more than once on `server`, and said so at `warn`
+/// (a message holding `saying`) once, not on every attempt.
+fn told_once_and_retried(
+    warnings: &Mutex<Vec<String>>,
+    saying: &str,
+    server: &RedisServer,
+    command: &str,
+) {
+    let attempts = denials(server)
+        .into_iter()
+        .find(|(denied, _)| denied == command)
+        .map_or(0, |(_, count)| count);
+    assert!(attempts >= 2, "`{command}` was asked for {attempts} times");
+    let refused: Vec<String> = warnings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|warning| warning.contains(saying))
+        .cloned()
+        .collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "told once, not on every attempt: {refused:?}"
+    );
+    assert!(refused[0].contains("NOPERM"), "{refused:?}");
 }
 
 /// The messages of the `warn` events every test here logged.
@@ -395,24 +411,12 @@ async fn a_user_without_tracking_gets_redis_hits_and_a_warning() {
     }
     assert_eq!(origin.calls(), 1);
     assert!(!layer.handle().near_cache_live());
-    let refused: Vec<String> = warnings
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|warning| warning.contains("refused client tracking"))
-        .cloned()
-        .collect();
-    assert_eq!(
-        refused.len(),
-        1,
-        "told once, not on every attempt: {refused:?}"
+    told_once_and_retried(
+        &warnings,
+        "refused client tracking",
+        &server,
+        "client|tracking",
     );
-    assert!(refused[0].contains("NOPERM"), "{refused:?}");
-    let attempts = denials(&server)
-        .into_iter()
-        .find(|(denied, _)| denied == "client|tracking")
-        .map_or(0, |(_, count)| count);
-    assert!(attempts >= 2, "tracking was asked for {attempts} times");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
