@@ -392,3 +392,31 @@ async fn a_store_listens_to_another_sentinel_when_its_own_dies() {
     let service_c = tower::Layer::layer(&c, origin.service());
     until_writes_reach(&service_a, &service_c, query).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentinel_watch_ends_with_the_store() {
+    let (primary, _replica) = RedisServer::start_pair().await;
+    let sentinel = RedisServer::start_sentinel("cache", primary.port());
+    let url = format!(
+        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
+        sentinel.port()
+    );
+    let clients = || {
+        let info = sentinel.command(&[b"INFO", b"clients"]);
+        String::from_utf8_lossy(&info)
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap()
+    };
+    let before = clients();
+    let store = RedisStore::connect(&url).await.unwrap();
+    let copy = store.clone();
+    // The watch's connection: the store's own clients only asked the sentinel where the primary is.
+    support::calls::wait_until("the watch listens", || clients() == before + 1).await;
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(clients(), before + 1, "a clone still holds the watch");
+    drop(copy);
+    support::calls::wait_until("the watch ended", || clients() == before).await;
+}

@@ -29,6 +29,13 @@ use std::time::Duration;
 /// clients you build yourself the same (`UnresponsiveConfig`). Keys of one entry and its lease share a Cluster
 /// hash slot, so no command crosses slots; `purge` scans every primary of a cluster.
 ///
+/// Behind Sentinel, a store built inside a Tokio runtime also keeps one connection to a sentinel, subscribed to
+/// its announcements of a new primary (`+switch-master`) and asking it where the primary is every second: after a
+/// failover its clients connect to the new primary at once, even while the old one still runs and answers (a
+/// `SENTINEL FAILOVER`, a primary the sentinels cannot reach but the clients can), so that the processes of a
+/// fleet never read and write different primaries for long. The watch ends when the last clone of the store is
+/// dropped.
+///
 /// It can log in as a Redis user allowed only its namespace's keys (`~<namespace>:v1:*`) and the commands the
 /// README's "A Redis user of its own" lists (`ACL SETUSER` lines for one server, a Cluster and Sentinel). A
 /// command the user may not run fails no request: it is a refusal, as a full Redis's `OOM` is.
