@@ -401,14 +401,7 @@ async fn the_sentinel_watch_ends_with_the_store() {
         "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
         sentinel.port()
     );
-    let clients = || {
-        let info = sentinel.command(&[b"INFO", b"clients"]);
-        String::from_utf8_lossy(&info)
-            .lines()
-            .find_map(|line| line.strip_prefix("connected_clients:"))
-            .and_then(|n| n.trim().parse::<u32>().ok())
-            .unwrap()
-    };
+    let clients = || sentinel.connected_clients();
     let before = clients();
     let store = RedisStore::connect(&url).await.unwrap();
     let copy = store.clone();

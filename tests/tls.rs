@@ -236,3 +236,51 @@ async fn a_server_the_roots_cannot_verify_is_refused() {
         Err(_) => panic!("neither connected nor failed within 10 s"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_over_tls_the_store_and_its_watch_speak_tls() {
+    let ca = TestCa::make();
+    let (server, tls_port) = tls_server(&ca);
+    // The sentinel monitors the primary's TLS port over TLS, and serves clients on a TLS port of its own (its
+    // plain port is the test's).
+    let sentinel_tls = free_port();
+    let sentinel = RedisServer::start_sentinel_with(
+        "cache",
+        tls_port,
+        &format!(
+            "tls-port {sentinel_tls}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-auth-clients no\ntls-replication yes\n",
+            ca.path("server.crt"),
+            ca.path("server.key"),
+            ca.path("ca.crt"),
+        ),
+    );
+    let clients = || sentinel.connected_clients();
+    let before = clients();
+    let mut config = Config::from_url(&format!(
+        "rediss-sentinel://127.0.0.1:{sentinel_tls}?sentinelServiceName=cache"
+    ))
+    .unwrap();
+    config.tls = Some(ca.connector().into());
+    let layer = RedisCacheLayer::builder(RedisStore::connect_with(config).await.unwrap())
+        .namespace("tls-sentinel")
+        .methods([http::Method::POST])
+        .store_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    assert!(matches!(
+        outcome(&call(&service, post(r#"{"user":"me"}"#)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(
+        outcome(&call(&service, post(r#"{"user":"me"}"#)).await),
+        CacheOutcome::Hit
+    );
+    assert_eq!(origin.calls(), 1);
+    // The entry and its URI's tag set, in the primary the sentinel named.
+    assert_eq!(server.command(&[b"DBSIZE"]), b":2\r\n");
+    // The watch holds a connection to the sentinel's TLS port: the only one the store was given.
+    support::calls::wait_until("the watch listens over TLS", || clients() == before + 1).await;
+}

@@ -138,6 +138,11 @@ impl RedisServer {
     /// Starts a Sentinel on a free port monitoring the primary on `primary_port` as `name`, with a quorum of
     /// one, a primary taken for down after 500 ms without a reply, and failovers allowed every 2 s.
     pub fn start_sentinel(name: &str, primary_port: u16) -> Self {
+        Self::start_sentinel_with(name, primary_port, "")
+    }
+
+    /// [`start_sentinel`](Self::start_sentinel) with more lines for its configuration file (a TLS port, say).
+    pub fn start_sentinel_with(name: &str, primary_port: u16, extra_conf: &str) -> Self {
         let dir = ScratchDir::new("sentinel");
         let port = free_port();
         let conf = dir.0.join("sentinel.conf");
@@ -147,7 +152,7 @@ impl RedisServer {
                 "port {port}\nbind 127.0.0.1\ndir {dir}\n\
                  sentinel monitor {name} 127.0.0.1 {primary_port} 1\n\
                  sentinel down-after-milliseconds {name} 500\n\
-                 sentinel failover-timeout {name} 2000\n",
+                 sentinel failover-timeout {name} 2000\n{extra_conf}",
                 dir = dir.0.display()
             ),
         )
@@ -291,6 +296,16 @@ impl RedisServer {
     /// a failover, whose promotion closes every normal client's connection).
     pub fn try_command(&self, args: &[&[u8]]) -> std::io::Result<Vec<u8>> {
         try_raw_command(self.port, self.password.as_deref(), args)
+    }
+
+    /// How many clients are connected to the server (`INFO clients`), the asking one included.
+    pub fn connected_clients(&self) -> u32 {
+        let info = self.command(&[b"INFO", b"clients"]);
+        String::from_utf8_lossy(&info)
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO clients names connected_clients")
     }
 
     /// Stops the process (SIGSTOP): its port still accepts connections, and nothing answers.
