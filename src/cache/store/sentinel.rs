@@ -13,9 +13,10 @@
 //! (Sentinel's announcement of a new primary), and asks it every [`CHECK_EVERY`] where the primary is (which
 //! also proves the connection alive, and catches an announcement missed while no sentinel was listened to).
 //! When the primary it is told of changes, every store client connected elsewhere connects again (fred asks
-//! a sentinel where to), and the near cache's tracking, told through [`Following::primaries`], does the same.
-//! Each change is acted on once: a sentinel with an older view (cut off from the others) cannot keep the store
-//! reconnecting. When the sentinel stops answering, the next one known (those configured, and those the
+//! a sentinel where to), and the near cache's tracking, told through [`Following::primaries`], does the same;
+//! and again at the next few checks for a client still elsewhere (the sentinel fred asked may not have heard
+//! of the failover yet). Then no more: a sentinel with an older view (cut off from the others) cannot keep the
+//! store reconnecting. When the sentinel stops answering, the next one known (those configured, and those the
 //! sentinels name) is tried.
 
 use fred::clients::Client;
@@ -34,6 +35,8 @@ pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(1);
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The pause between two sentinels tried in turn, and before starting again from the first.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// How many checks after a change of primary look again for clients connected elsewhere.
+const FOLLOW_UPS: u32 = 5;
 /// The longest pause between two rounds of sentinels that all failed.
 const MAX_PAUSE: Duration = Duration::from_secs(5);
 /// The channel on which Sentinel announces a new primary.
@@ -92,6 +95,7 @@ pub(crate) fn follow(clients: &[Client]) -> Option<Following> {
         config: sentinel_config(&config),
         store: clients.to_vec(),
         tell,
+        follow_ups: 0,
         alive: Arc::downgrade(&alive),
     };
     runtime.spawn(watch.run());
@@ -119,6 +123,8 @@ struct Watch {
     config: Config,
     store: Vec<Client>,
     tell: watch::Sender<Option<Primary>>,
+    /// How many more checks follow up the last change of primary.
+    follow_ups: u32,
     alive: Weak<()>,
 }
 
@@ -263,10 +269,17 @@ impl Watch {
     }
 
     /// The sentinels named `primary`: if that is news, every store client connected elsewhere connects again,
-    /// and the near cache's tracking is told.
+    /// and the near cache's tracking is told; and so again at each of the next [`FOLLOW_UPS`] checks, for a client
+    /// still elsewhere. A client reconnecting asks the first sentinel it reaches, which may not have heard of the
+    /// failover yet (sentinels learn of one from each other every 2 s) and send it back to the old primary.
     async fn moved(&mut self, primary: Primary) {
         if self.tell.borrow().as_ref() == Some(&primary) {
-            return;
+            if self.follow_ups == 0 {
+                return;
+            }
+            self.follow_ups -= 1;
+        } else {
+            self.follow_ups = FOLLOW_UPS;
         }
         let strays: Vec<_> = self
             .store
@@ -280,6 +293,7 @@ impl Watch {
                 "cache store: Sentinel named a new primary; connecting there"
             );
         }
+        // Told every time, so that tracking checks where it is connected too.
         self.tell.send_replace(Some(primary));
         futures_util::future::join_all(strays.into_iter().map(|client| async move {
             if let Err(error) = in_time(client.force_reconnection()).await {

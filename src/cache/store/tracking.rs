@@ -223,8 +223,9 @@ async fn run(
                     }
                 }
                 _ = reconnects.recv() => continue 'arming,
+                // Each telling (the watch tells again at a few checks after a change): connected elsewhere, follow.
                 named = next_named(&mut named_by_sentinel) => {
-                    if must_follow(&client, named, &mut followed) {
+                    if named.is_some_and(|primary| primary.strays(&client)) {
                         tracing::debug!("near cache: Sentinel named a new primary; tracking follows");
                         let _ = client.force_reconnection().await;
                         continue 'arming;
@@ -313,9 +314,9 @@ async fn track<C: ClientInterface + Sync>(
         .await
 }
 
-/// Whether tracking must connect again to follow `named`, a primary the sentinels named: when it has not
-/// followed that one yet and is connected elsewhere. Each primary once, so that a sentinel with an older view
-/// cannot keep it reconnecting.
+/// Whether tracking, armed just now, must connect again to follow `named`, a primary the sentinels named: when
+/// it has not followed that one yet and is connected elsewhere. Each primary once here, so that arming cannot
+/// loop; the watch's later tellings (a few, after each change) try again.
 fn must_follow(client: &Client, named: Option<Primary>, followed: &mut Option<Primary>) -> bool {
     match named {
         Some(primary) if followed.as_ref() != Some(&primary) => {
