@@ -197,11 +197,14 @@ impl Watch {
         listened: &mut bool,
     ) -> fred::prelude::FredResult<()> {
         let mut messages = client.message_rx();
-        in_time(async {
-            client.wait_for_connect().await?;
-            client.subscribe(SWITCH_MASTER).await
-        })
-        .await?;
+        tokio::select! {
+            subscribed = in_time(async {
+                client.wait_for_connect().await?;
+                client.subscribe(SWITCH_MASTER).await
+            }) => subscribed?,
+            // Refused, or reset: the next sentinel at once, not after the timeout.
+            ended = &mut *task => return Err(connection_ended(ended)),
+        }
         // fred takes `SUBSCRIBE` for answered once written (its replies come out of band), so a refusal
         // (`NOPERM` for the command or the channel) is the reply the next command reads: this check's. It also
         // catches an announcement made while no sentinel was listened to.
@@ -235,15 +238,7 @@ impl Watch {
                     }
                     self.check(client).await?;
                 }
-                ended = &mut *task => {
-                    return Err(match ended {
-                        Ok(Err(error)) => error,
-                        _ => fred::error::Error::new(
-                            fred::error::ErrorKind::IO,
-                            "the sentinel connection ended",
-                        ),
-                    });
-                }
+                ended = &mut *task => return Err(connection_ended(ended)),
             }
         }
     }
@@ -301,6 +296,16 @@ impl Watch {
             }
         }))
         .await;
+    }
+}
+
+/// Why the connection task of a sentinel connection ended.
+fn connection_ended(
+    ended: Result<fred::prelude::FredResult<()>, tokio::task::JoinError>,
+) -> fred::error::Error {
+    match ended {
+        Ok(Err(error)) => error,
+        _ => fred::error::Error::new(fred::error::ErrorKind::IO, "the sentinel connection ended"),
     }
 }
 
