@@ -35,8 +35,8 @@ const FIRST_POLL: Duration = Duration::from_millis(5);
 /// The longest gap between two looks at the entry while waiting.
 const MAX_POLL: Duration = Duration::from_millis(50);
 
-/// When a lease whose call failed is let go: at once, and again after each of these pauses (a command held in a
-/// reconnect runs once the connection is back).
+/// The pause before each attempt to let go of a lease whose call failed: none before the first, then 1 s and 2 s
+/// (a command held in a reconnect runs once the connection is back).
 const LET_GO_AGAIN: [Duration; 3] = [
     Duration::ZERO,
     Duration::from_secs(1),
