@@ -7,6 +7,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::{RedisServer, fred_client};
+use tower_redis_cache::cache::BypassReason;
 use tower_redis_cache::error::Setting;
 use tower_redis_cache::genesys::emulator::{Emulator, Endpoint, Fault};
 use tower_redis_cache::genesys::{
@@ -1134,4 +1135,139 @@ async fn with_executions_cached_only_where_named_other_actions_run_on_every_call
     let ran = client.execute_action(other, &own).await.unwrap();
     assert_eq!(ran.cache, skipped);
     assert_eq!(emulator.requests(Endpoint::ExecuteAction), 5);
+}
+
+/// An action whose input must name an `orderId`, as a contract says it.
+fn action_requiring_an_order_id() -> Value {
+    json!({
+        "id": "b0000000-0000-4000-8000-000000000001",
+        "name": "order_status",
+        "category": "Orders",
+        "version": 1,
+        "config": {"request": {"requestUrlTemplate": "https://orders.example/${input.orderId}"}},
+        "contract": {
+            "input": {"inputSchema": {"type": "object", "required": ["orderId"],
+                                      "properties": {"orderId": {"type": "string"}}}},
+            "output": {"successSchema": {"type": "object", "properties": {"status": {"type": "string"}}}}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_run_shows_each_step_and_runs_on_every_call() {
+    let emulator = Emulator::builder()
+        .actions(vec![action_requiring_an_order_id()])
+        .start()
+        .await
+        .unwrap();
+    let client = builder(&emulator).build().unwrap();
+    let id = "b0000000-0000-4000-8000-000000000001";
+
+    // The action fails on an input without `orderId`: an execution is an error, a test an answer saying where.
+    let refused = client
+        .execute_action(id, &json!({"order": "A-17"}))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(StatusCode::BAD_REQUEST));
+    assert!(
+        refused.message().is_some_and(|m| m.contains("orderId")),
+        "{refused}"
+    );
+    let failed = client
+        .test_action(id, &json!({"order": "A-17"}))
+        .await
+        .unwrap();
+    assert!(!failed.success);
+    assert_eq!(failed.operations.len(), 1);
+    let step = failed.failed_step().unwrap();
+    assert_eq!(
+        (step.step, step.name.as_str()),
+        (1, "Validate input against the input schema")
+    );
+    let message = step.error.as_ref().and_then(|e| e.message.as_deref());
+    assert!(
+        message.is_some_and(|m| m.contains("'orderId'")),
+        "{message:?}"
+    );
+    assert_eq!(failed.error.as_ref().and_then(|e| e.status), Some(400));
+    assert_eq!(failed.final_result, None);
+
+    // A good input: every step, and the output an execution answers.
+    let input = json!({"orderId": "A-17"});
+    let passed = client.test_action(id, &input).await.unwrap();
+    assert!(passed.success);
+    assert_eq!(passed.failed_step(), None);
+    assert_eq!(
+        passed.operations.iter().map(|s| s.step).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let executed = client.execute_action(id, &input).await.unwrap();
+    assert_eq!(passed.final_result.as_ref(), Some(&executed.value));
+
+    // Tests are never answered from the cache: the same test again runs again, while the execution hits.
+    let again = client.test_action(id, &input).await.unwrap();
+    assert_eq!(
+        again.cache,
+        Some(CacheOutcome::Bypass(BypassReason::Skipped))
+    );
+    assert_eq!(emulator.requests(Endpoint::TestAction), 3);
+    assert_eq!(
+        client.execute_action(id, &input).await.unwrap().cache,
+        Some(CacheOutcome::Hit)
+    );
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 2);
+
+    let unknown = client
+        .test_action("no-such-action", &input)
+        .await
+        .unwrap_err();
+    assert!(unknown.is_not_found(), "{unknown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actions_contract_is_read_once_and_dropped_when_the_action_changes() {
+    let emulator = Emulator::builder()
+        .actions(vec![action_requiring_an_order_id()])
+        .start()
+        .await
+        .unwrap();
+    let client = builder(&emulator).build().unwrap();
+    let id = "b0000000-0000-4000-8000-000000000001";
+
+    let contract = client.get_action_contract(id).await.unwrap();
+    assert_eq!(contract.input.input_schema["required"], json!(["orderId"]));
+    assert_eq!(
+        contract.output.success_schema["properties"]["status"]["type"],
+        "string"
+    );
+    // The action itself comes without its contract or its config, as the API sends it.
+    let action = client.get_action(id).await.unwrap();
+    assert!(!action.other.contains_key("contract") && !action.other.contains_key("config"));
+    assert_eq!(emulator.requests(Endpoint::GetAction), 2);
+
+    let again = client.get_action_contract(id).await.unwrap();
+    assert_eq!(
+        (again.cache, &again.value),
+        (Some(CacheOutcome::Hit), &contract.value)
+    );
+    assert_eq!(emulator.requests(Endpoint::GetAction), 2);
+
+    // A change to the action drops its cached contract.
+    client
+        .update_action(id, &ActionUpdate::new(1).name("order_status_v2"))
+        .await
+        .unwrap();
+    let after = client.get_action_contract(id).await.unwrap();
+    assert!(
+        matches!(after.cache, Some(CacheOutcome::Miss { .. })),
+        "{:?}",
+        after.cache
+    );
+    assert_eq!(emulator.requests(Endpoint::GetAction), 3);
+
+    let unknown = client
+        .get_action_contract("no-such-action")
+        .await
+        .unwrap_err();
+    assert!(unknown.is_not_found(), "{unknown}");
 }

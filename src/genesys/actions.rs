@@ -2,12 +2,13 @@
 
 use super::client::{Fetched, GenesysClient};
 use super::error::GenesysError;
-use super::model::{Action, ActionUpdate, Page};
+use super::model::{Action, ActionContract, ActionTest, ActionUpdate, Page};
 use super::paginate::{CursorPage, CursorQuery, cursors, page_numbers};
 use crate::cache::{CacheOverride, Windows};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -211,6 +212,32 @@ impl GenesysClient {
             .await
     }
 
+    /// What the Data Action `id` promises: the JSON Schema of its input and of its output
+    /// (`GET /api/v2/integrations/actions/{id}?expand=contract`), cached as [`get_action`](Self::get_action) is
+    /// and dropped with it when the action changes.
+    ///
+    /// # Errors
+    ///
+    /// [`GenesysError::is_not_found`] for an unknown id, [`GenesysError::is_decode`] for an action answered
+    /// without a contract, and the other failures of any call.
+    pub async fn get_action_contract(
+        &self,
+        id: &str,
+    ) -> Result<Fetched<ActionContract>, GenesysError> {
+        let path = format!("{ACTIONS}/{}?expand=contract", segment(id));
+        let fetched: Fetched<Action> = self.send_json(Method::GET, &path, None).await?;
+        let Some(contract) = fetched.value.other.get("contract") else {
+            return Err(GenesysError::decode(
+                format!("{path}: the action has no contract"),
+                fetched.correlation_id,
+            ));
+        };
+        let contract = ActionContract::deserialize(contract).map_err(|e| {
+            GenesysError::decode(format!("{path}: {e}"), fetched.correlation_id.clone())
+        })?;
+        Ok(fetched.map(|_| contract))
+    }
+
     /// Changes a Data Action, `PATCH /api/v2/integrations/actions/{id}`, and returns it as it is now (its
     /// version one higher).
     ///
@@ -331,6 +358,31 @@ impl GenesysClient {
             Method::POST,
             &format!("{ACTIONS}/{}/execute", segment(id)),
             Some(input),
+        )
+        .await
+    }
+
+    /// Runs the Data Action `id` on `input` as a test, `POST /api/v2/integrations/actions/{id}/test`: the answer
+    /// shows each step the action went through, what it produced and where it failed, where
+    /// [`execute_action`](Self::execute_action) answers only the output or one error. For building and
+    /// debugging an action: never cached (the action runs on every call), and, as an uncached `POST`, retried only
+    /// when it cannot have run (a rate limit, a connection never made).
+    ///
+    /// A test whose action fails is an answer (`success: false`, with the failed step's error), not an `Err`.
+    ///
+    /// # Errors
+    ///
+    /// [`GenesysError::is_not_found`] for an unknown id, and the other failures of any call.
+    pub async fn test_action(
+        &self,
+        id: &str,
+        input: &Value,
+    ) -> Result<Fetched<ActionTest>, GenesysError> {
+        self.send_json_with(
+            Method::POST,
+            &format!("{ACTIONS}/{}/test", segment(id)),
+            Some(input),
+            Some(CacheOverride::Skip),
         )
         .await
     }

@@ -1,5 +1,5 @@
-//! A Genesys Cloud client assembled from this crate's layers: Data Actions (list, get, execute, update,
-//! delete), page-number and cursor pagination, and typed errors, over
+//! A Genesys Cloud client assembled from this crate's layers: Data Actions (list, get with or without their
+//! contract, execute, test, update, delete), page-number and cursor pagination, and typed errors, over
 //! `RedisCacheLayer -> RetryLayer -> AuthLayer -> per-attempt timeout -> hyper-util (rustls, HTTP/1.1 + HTTP/2)`.
 //!
 //! The cache sits outermost, so a hit costs no token and no network; its partition is the API base plus the
@@ -101,6 +101,9 @@ mod region;
 pub use self::actions::{ActionQuery, SortOrder};
 pub use self::client::{Fetched, GenesysBody, GenesysClient, GenesysClientBuilder, GenesysService};
 pub use self::error::GenesysError;
-pub use self::model::{Action, ActionUpdate, Page};
+pub use self::model::{
+    Action, ActionContract, ActionTest, ActionUpdate, ContractInput, ContractOutput, ErrorBody,
+    Page, TestStep,
+};
 pub use self::paginate::{CursorPage, CursorQuery, CursorStyle};
 pub use self::region::{Region, UnknownRegion};

@@ -130,14 +130,143 @@ pub struct Page<T> {
     pub self_uri: Option<String>,
 }
 
-/// A Genesys Cloud error body: `{message, code, status, contextId, details, errors}`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// A Genesys Cloud error body, `{message, code, status, contextId, details, errors}`: what a failing call answers,
+/// and what a step of an [`ActionTest`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct ErrorBody {
+#[non_exhaustive]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
     #[serde(default)]
-    pub(crate) message: Option<String>,
+    pub message: Option<String>,
+    /// The error's code (`bad.request`, `not.found`, ...).
     #[serde(default)]
-    pub(crate) code: Option<String>,
+    pub code: Option<String>,
+    /// The HTTP status it stands for.
+    #[serde(default, deserialize_with = "lenient_status")]
+    pub status: Option<u16>,
+    /// The correlation id of the call, for Genesys support.
     #[serde(default)]
-    pub(crate) context_id: Option<String>,
+    pub context_id: Option<String>,
+    /// Every other field (`details`, `errors`, `messageParams`, ...).
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// A status read as a number if it is one: an error body is read for its message, which a status of another
+/// shape must not cost.
+fn lenient_status<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u16>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    Ok(value.as_u64().and_then(|n| u16::try_from(n).ok()))
+}
+
+/// What a Data Action promises (`contract`, read with
+/// [`GenesysClient::get_action_contract`](super::GenesysClient::get_action_contract)): the JSON Schema its input
+/// must satisfy and the one its output follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ActionContract {
+    /// `input`: `{inputSchema}`.
+    #[serde(default)]
+    pub input: ContractInput,
+    /// `output`: `{successSchema}`.
+    #[serde(default)]
+    pub output: ContractOutput,
+}
+
+/// The input half of an [`ActionContract`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ContractInput {
+    /// The JSON Schema an input must satisfy (`Value::Null` if the API sent none).
+    #[serde(default)]
+    pub input_schema: Value,
+    /// Every other field.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// The output half of an [`ActionContract`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ContractOutput {
+    /// The JSON Schema of a successful output (`Value::Null` if the API sent none).
+    #[serde(default)]
+    pub success_schema: Value,
+    /// Every other field.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// A Data Action's test run (`POST /api/v2/integrations/actions/{id}/test`, read with
+/// [`GenesysClient::test_action`](super::GenesysClient::test_action)): each step the action went through with
+/// what it produced, and where it failed.
+///
+/// ```
+/// use tower_redis_cache::genesys::ActionTest;
+///
+/// let test: ActionTest = serde_json::from_value(serde_json::json!({
+///     "operations": [{"step": 1, "name": "Resolve request URL template", "success": false,
+///                     "error": {"message": "orderId is missing", "code": "bad.request", "status": 400}}],
+///     "error": {"message": "orderId is missing", "code": "bad.request", "status": 400},
+///     "success": false
+/// }))?;
+/// assert!(!test.success);
+/// let failed = test.failed_step().unwrap();
+/// assert_eq!(failed.name, "Resolve request URL template");
+/// assert_eq!(failed.error.as_ref().and_then(|e| e.message.as_deref()), Some("orderId is missing"));
+/// # Ok::<_, serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ActionTest {
+    /// Whether the action ran to the end and its output followed the contract.
+    #[serde(default)]
+    pub success: bool,
+    /// The steps, in the order they ran; the last ran is the one that failed, if any.
+    #[serde(default)]
+    pub operations: Vec<TestStep>,
+    /// What an execution would have answered (absent when the test failed).
+    #[serde(default)]
+    pub final_result: Option<Value>,
+    /// The error that ended a failed test.
+    #[serde(default)]
+    pub error: Option<ErrorBody>,
+    /// Every other field.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+impl ActionTest {
+    /// The first step that failed, if any.
+    pub fn failed_step(&self) -> Option<&TestStep> {
+        self.operations.iter().find(|step| !step.success)
+    }
+}
+
+/// One step of an [`ActionTest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct TestStep {
+    /// Its place in the run, from 1.
+    #[serde(default)]
+    pub step: u32,
+    /// What the step does (`Resolve request URL template`, `Execute HTTP request`, ...).
+    #[serde(default)]
+    pub name: String,
+    /// Whether it succeeded.
+    #[serde(default)]
+    pub success: bool,
+    /// What it produced (a resolved template, the response received, the translated output).
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<ErrorBody>,
 }

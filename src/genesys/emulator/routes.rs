@@ -77,6 +77,7 @@ fn classify(method: &Method, path: &str) -> Endpoint {
             match (method, segments.as_slice()) {
                 (&Method::GET, [id]) if !id.is_empty() => Endpoint::GetAction,
                 (&Method::POST, [id, "execute"]) if !id.is_empty() => Endpoint::ExecuteAction,
+                (&Method::POST, [id, "test"]) if !id.is_empty() => Endpoint::TestAction,
                 (&Method::PATCH, [id]) if !id.is_empty() => Endpoint::UpdateAction,
                 (&Method::DELETE, [id]) if !id.is_empty() => Endpoint::DeleteAction,
                 _ => Endpoint::Other,
@@ -265,10 +266,11 @@ async fn api(
     };
     match endpoint {
         Endpoint::ListActions => list_actions(shared, parts, correlation),
-        Endpoint::GetAction => get_action(shared, parts.uri.path(), correlation),
+        Endpoint::GetAction => get_action(shared, parts, correlation),
         Endpoint::ExecuteAction => {
             execute(shared, parts.uri.path(), body, latency, correlation).await
         }
+        Endpoint::TestAction => test(shared, parts.uri.path(), body, latency, correlation).await,
         Endpoint::UpdateAction => update_action(shared, parts.uri.path(), body, correlation),
         Endpoint::DeleteAction => delete_action(shared, parts.uri.path(), correlation),
         Endpoint::QueryWorkitems => workitems(shared, body, correlation),
@@ -343,7 +345,7 @@ fn list_actions(shared: &Shared, parts: &Parts, correlation: &str) -> Reply {
         .into_iter()
         .skip(start)
         .take(page_size as usize)
-        .cloned()
+        .map(|action| shown(action, false, false))
         .collect();
     let uri = |n: u64| {
         let mut rest: Vec<(String, String)> = query
@@ -396,11 +398,32 @@ fn action_id(path: &str) -> String {
     percent_decode(id)
 }
 
-fn get_action(shared: &Shared, path: &str, correlation: &str) -> Reply {
-    let id = action_id(path);
+/// An action as the API shows it: its `contract` only when asked for (`expand=contract`), its `config` only
+/// when asked for (`includeConfig=true`); a listing shows neither.
+fn shown(action: &Value, contract: bool, config: bool) -> Value {
+    let mut action = action.clone();
+    if let Value::Object(fields) = &mut action {
+        if !contract {
+            fields.remove("contract");
+        }
+        if !config {
+            fields.remove("config");
+        }
+    }
+    action
+}
+
+/// `GET .../actions/{id}`, `expand=contract` and `includeConfig=true` honoured.
+fn get_action(shared: &Shared, parts: &Parts, correlation: &str) -> Reply {
+    let id = action_id(parts.uri.path());
+    let query = parse_query(parts.uri.query().unwrap_or_default());
+    let contract = query
+        .get("expand")
+        .is_some_and(|e| e.split(',').any(|e| e == "contract"));
+    let config = query.get("includeConfig").is_some_and(|c| c == "true");
     let data = shared.data();
     match data.actions.iter().find(|a| field(a, "id") == id) {
-        Some(action) => json_reply(StatusCode::OK, action),
+        Some(action) => json_reply(StatusCode::OK, &shown(action, contract, config)),
         None => error(
             StatusCode::NOT_FOUND,
             &format!("Action {id} not found"),
@@ -481,6 +504,83 @@ fn delete_action(shared: &Shared, path: &str, correlation: &str) -> Reply {
     response
 }
 
+/// Why a run of an action stopped: the status `execute` answers with, the message, and the step that failed.
+struct Failure {
+    status: StatusCode,
+    message: String,
+    step: usize,
+}
+
+/// The steps of a run, as a test shows them. The emulator's own: the real API names the steps of the action's
+/// kind (templates resolved, the HTTP request, the translation map).
+const STEPS: [&str; 3] = [
+    "Validate input against the input schema",
+    "Execute the action",
+    "Validate output against the success schema",
+];
+
+/// Runs the action at `path` on `body`: the action must exist, the input be a JSON object holding every member
+/// the action's input schema names in `required`. Returns the output, or why the run failed.
+async fn run(
+    shared: &Shared,
+    path: &str,
+    body: &[u8],
+    latency: Duration,
+) -> Result<Value, Failure> {
+    let id = action_id(path);
+    let (name, version, required) = {
+        let data = shared.data();
+        let Some(action) = data.actions.iter().find(|a| field(a, "id") == id) else {
+            return Err(Failure {
+                status: StatusCode::NOT_FOUND,
+                message: format!("Action {id} not found"),
+                step: 0,
+            });
+        };
+        let required: Vec<String> = action
+            .pointer("/contract/input/inputSchema/required")
+            .and_then(Value::as_array)
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        (
+            field(action, "name").to_owned(),
+            action.get("version").cloned().unwrap_or(Value::Null),
+            required,
+        )
+    };
+    let Ok(Value::Object(input)) = serde_json::from_slice::<Value>(body) else {
+        return Err(Failure {
+            status: StatusCode::BAD_REQUEST,
+            message: "The action input must be a JSON object".to_owned(),
+            step: 0,
+        });
+    };
+    if let Some(missing) = required
+        .iter()
+        .find(|name| !input.contains_key(name.as_str()))
+    {
+        return Err(Failure {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "Input failed schema validation: required property '{missing}' is missing"
+            ),
+            step: 1,
+        });
+    }
+    tokio::time::sleep(latency).await;
+    let fields = input.len();
+    Ok(
+        json!({"action": name, "version": version, "input": input, "result": {"status": "ok", "inputFields": fields}}),
+    )
+}
+
+/// `POST .../actions/{id}/execute`: the output, or the failure as an error.
 async fn execute(
     shared: &Shared,
     path: &str,
@@ -488,39 +588,63 @@ async fn execute(
     latency: Duration,
     correlation: &str,
 ) -> Reply {
-    let id = action_id(path);
-    let (name, version) = {
-        let data = shared.data();
-        match data.actions.iter().find(|a| field(a, "id") == id) {
-            Some(action) => (
-                field(action, "name").to_owned(),
-                action.get("version").cloned().unwrap_or(Value::Null),
-            ),
-            None => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("Action {id} not found"),
-                    correlation,
-                );
+    match run(shared, path, body, latency).await {
+        Ok(output) => json_reply(StatusCode::OK, &output),
+        Err(failure) => error(failure.status, &failure.message, correlation),
+    }
+}
+
+/// `POST .../actions/{id}/test`: every step with its result, and a failure of the action as a `200` saying
+/// where it failed; only an unknown action or an input that is no JSON object is an error.
+async fn test(
+    shared: &Shared,
+    path: &str,
+    body: &[u8],
+    latency: Duration,
+    correlation: &str,
+) -> Reply {
+    let input: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let (output, failure) = match run(shared, path, body, latency).await {
+        Ok(output) => (Some(output), None),
+        Err(failure) if failure.step == 0 => {
+            return error(failure.status, &failure.message, correlation);
+        }
+        Err(failure) => (None, Some(failure)),
+    };
+    let failed_at = failure.as_ref().map_or(usize::MAX, |f| f.step);
+    let error_body = |failure: &Failure| json!({"message": failure.message, "code": "bad.request", "status": failure.status.as_u16()});
+    let operations: Vec<Value> = STEPS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (i + 1, name))
+        .take_while(|(step, _)| *step <= failed_at)
+        .map(|(step, name)| match &failure {
+            Some(failure) if step == failed_at => {
+                json!({"step": step, "name": name, "success": false, "error": error_body(failure)})
             }
+            _ => {
+                let result = if step == 1 {
+                    &input
+                } else {
+                    output.as_ref().unwrap_or(&Value::Null)
+                };
+                json!({"step": step, "name": name, "success": true, "result": result})
+            }
+        })
+        .collect();
+    let mut answer = json!({"operations": operations, "success": failure.is_none()});
+    if let Value::Object(fields) = &mut answer {
+        match (&output, &failure) {
+            (Some(output), _) => {
+                fields.insert("finalResult".into(), output.clone());
+            }
+            (None, Some(failure)) => {
+                fields.insert("error".into(), error_body(failure));
+            }
+            (None, None) => {}
         }
-    };
-    let input: Value = match serde_json::from_slice(body) {
-        Ok(Value::Object(input)) => Value::Object(input),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "The action input must be a JSON object",
-                correlation,
-            );
-        }
-    };
-    tokio::time::sleep(latency).await;
-    let fields = input.as_object().map_or(0, |o| o.len());
-    json_reply(
-        StatusCode::OK,
-        &json!({"action": name, "version": version, "input": input, "result": {"status": "ok", "inputFields": fields}}),
-    )
+    }
+    json_reply(StatusCode::OK, &answer)
 }
 
 /// `POST .../workitems/query`: a cursor listing; the cursor is `after`.

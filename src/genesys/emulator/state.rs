@@ -19,6 +19,8 @@ pub enum Endpoint {
     GetAction,
     /// `POST /api/v2/integrations/actions/{id}/execute`.
     ExecuteAction,
+    /// `POST /api/v2/integrations/actions/{id}/test`.
+    TestAction,
     /// `PATCH /api/v2/integrations/actions/{id}`.
     UpdateAction,
     /// `DELETE /api/v2/integrations/actions/{id}`.
@@ -30,11 +32,12 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 8] = [
+    pub(crate) const ALL: [Endpoint; 9] = [
         Endpoint::Token,
         Endpoint::ListActions,
         Endpoint::GetAction,
         Endpoint::ExecuteAction,
+        Endpoint::TestAction,
         Endpoint::UpdateAction,
         Endpoint::DeleteAction,
         Endpoint::QueryWorkitems,
