@@ -279,8 +279,25 @@ async fn until_writes_reach<S: support::calls::Cached>(from: &S, to: &S, query: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_process_follows_a_failover_at_once_while_the_old_primary_lives_on() {
+    follows_a_failover_the_old_primary_outlives(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_that_refuses_subscribers_is_asked_and_the_failover_followed() {
+    follows_a_failover_the_old_primary_outlives(true).await;
+}
+
+/// Two processes connected before a failover that leaves the old primary running, one of them with a near
+/// cache, and one connected after: the first two follow, reading and writing where the third does. With
+/// `refuse_subscribe`, the sentinel refuses `SUBSCRIBE` (a user without `+subscribe`), so the stores learn of
+/// the failover by asking.
+async fn follows_a_failover_the_old_primary_outlives(refuse_subscribe: bool) {
     let (primary, replica) = undemotable_pair().await;
     let sentinel = RedisServer::start_sentinel("cache", primary.port());
+    if refuse_subscribe {
+        let refused = sentinel.command(&[b"ACL", b"SETUSER", b"default", b"-subscribe"]);
+        assert_eq!(refused, b"+OK\r\n");
+    }
     let url = format!(
         "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
         sentinel.port()
@@ -332,6 +349,12 @@ async fn every_process_follows_a_failover_at_once_while_the_old_primary_lives_on
     assert!(
         role(&primary).contains("master"),
         "the old primary lived on"
+    );
+    let log = sentinel.command(&[b"ACL", b"LOG"]);
+    assert_eq!(
+        String::from_utf8_lossy(&log).contains("subscribe"),
+        refuse_subscribe,
+        "the stores subscribed unless refused"
     );
 }
 

@@ -17,7 +17,8 @@
 //! and again at the next few checks for a client still elsewhere (the sentinel fred asked may not have heard
 //! of the failover yet). Then no more: a sentinel with an older view (cut off from the others) cannot keep the
 //! store reconnecting. When the sentinel stops answering, the next one known (those configured, and those the
-//! sentinels name) is tried.
+//! sentinels name) is tried. A sentinel that refuses the subscription (a user without `+subscribe`) is asked
+//! every second all the same: a failover is followed up to a second late.
 
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -96,6 +97,7 @@ pub(crate) fn follow(clients: &[Client]) -> Option<Following> {
         store: clients.to_vec(),
         tell,
         follow_ups: 0,
+        told_unsubscribed: false,
         alive: Arc::downgrade(&alive),
     };
     runtime.spawn(watch.run());
@@ -125,6 +127,9 @@ struct Watch {
     tell: watch::Sender<Option<Primary>>,
     /// How many more checks follow up the last change of primary.
     follow_ups: u32,
+    /// Whether a sentinel's refusal to announce new primaries was told at `warn` (once: the user is the same
+    /// on every sentinel).
+    told_unsubscribed: bool,
     alive: Weak<()>,
 }
 
@@ -148,9 +153,9 @@ impl Watch {
                     tracing::warn!(
                         %error,
                         %sentinel,
-                        "cache store: a sentinel refused to announce new primaries (the user needs \
-                         `+subscribe &+switch-master` there); a failover that leaves the old primary running is \
-                         followed only once Sentinel demotes it"
+                        "cache store: a sentinel refused to say where the primary is (the user needs \
+                         `+sentinel|get-master-addr-by-name` there); a failover that leaves the old primary \
+                         running is followed only once Sentinel demotes it"
                     );
                 }
                 Err(error) => {
@@ -208,7 +213,21 @@ impl Watch {
         // fred takes `SUBSCRIBE` for answered once written (its replies come out of band), so a refusal
         // (`NOPERM` for the command or the channel) is the reply the next command reads: this check's. It also
         // catches an announcement made while no sentinel was listened to.
-        self.check(client).await?;
+        if let Err(error) = self.check(client).await {
+            if !super::redis::is_refusal(&error) {
+                return Err(error);
+            }
+            // The refusal of `SUBSCRIBE`, or of the question itself: asked again, the question answers alone.
+            // If it does, the sentinel is asked every second and a failover followed up to a second late.
+            self.check(client).await?;
+            if !std::mem::replace(&mut self.told_unsubscribed, true) {
+                tracing::warn!(
+                    %error,
+                    "cache store: a sentinel refused to announce new primaries (the user needs `+subscribe \
+                     &+switch-master` there); a failover is followed by asking it every second instead"
+                );
+            }
+        }
         *listened = true;
         if let Ok(named) = in_time(sentinels_of(client, &self.service)).await {
             for sentinel in named {
