@@ -11,7 +11,8 @@ use tower_redis_cache::cache::BypassReason;
 use tower_redis_cache::error::Setting;
 use tower_redis_cache::genesys::emulator::{Emulator, Endpoint, Fault};
 use tower_redis_cache::genesys::{
-    ActionQuery, ActionUpdate, CursorQuery, GenesysClient, GenesysClientBuilder, GenesysError,
+    ActionDetails, ActionQuery, ActionUpdate, CursorQuery, GenesysClient, GenesysClientBuilder,
+    GenesysError,
 };
 use tower_redis_cache::{CacheOutcome, RedisStore, RetryLayer};
 
@@ -1225,7 +1226,7 @@ async fn a_test_run_shows_each_step_and_runs_on_every_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_actions_contract_is_read_once_and_dropped_when_the_action_changes() {
+async fn an_actions_contract_and_config_are_read_once_and_dropped_when_the_action_changes() {
     let emulator = Emulator::builder()
         .actions(vec![action_requiring_an_order_id()])
         .start()
@@ -1234,39 +1235,64 @@ async fn an_actions_contract_is_read_once_and_dropped_when_the_action_changes() 
     let client = builder(&emulator).build().unwrap();
     let id = "b0000000-0000-4000-8000-000000000001";
 
-    let contract = client.get_action_contract(id).await.unwrap();
+    let both = ActionDetails::new().contract().config();
+    let action = client.get_action_with(id, both).await.unwrap();
+    let contract = action.contract.clone().unwrap();
     assert_eq!(contract.input.input_schema["required"], json!(["orderId"]));
     assert_eq!(
         contract.output.success_schema["properties"]["status"]["type"],
         "string"
     );
-    // The action itself comes without its contract or its config, as the API sends it.
-    let action = client.get_action(id).await.unwrap();
-    assert!(!action.other.contains_key("contract") && !action.other.contains_key("config"));
-    assert_eq!(emulator.requests(Endpoint::GetAction), 2);
-
-    let again = client.get_action_contract(id).await.unwrap();
+    let config = action.config.clone().unwrap();
     assert_eq!(
-        (again.cache, &again.value),
-        (Some(CacheOutcome::Hit), &contract.value)
+        config["request"]["requestUrlTemplate"],
+        "https://orders.example/${input.orderId}"
     );
-    assert_eq!(emulator.requests(Endpoint::GetAction), 2);
-
-    // A change to the action drops its cached contract.
-    client
-        .update_action(id, &ActionUpdate::new(1).name("order_status_v2"))
+    // Each only when asked for, as the API sends them.
+    let plain = client.get_action(id).await.unwrap();
+    assert_eq!((&plain.contract, &plain.config), (&None, &None));
+    let only_contract = client
+        .get_action_with(id, ActionDetails::new().contract())
         .await
         .unwrap();
-    let after = client.get_action_contract(id).await.unwrap();
+    assert_eq!(
+        (only_contract.contract.as_ref(), &only_contract.config),
+        (Some(&contract), &None)
+    );
+    assert_eq!(emulator.requests(Endpoint::GetAction), 3);
+
+    let again = client.get_action_with(id, both).await.unwrap();
+    assert_eq!(
+        (again.cache, &again.value),
+        (Some(CacheOutcome::Hit), &action.value)
+    );
+    assert_eq!(emulator.requests(Endpoint::GetAction), 3);
+
+    // A change to the config, made to the version read, drops what was cached of the action.
+    let mut changed = config.clone();
+    changed["request"]["requestType"] = json!("GET");
+    client
+        .update_action(
+            id,
+            &ActionUpdate::new(action.version.unwrap()).config(changed.clone()),
+        )
+        .await
+        .unwrap();
+    let after = client.get_action_with(id, both).await.unwrap();
     assert!(
         matches!(after.cache, Some(CacheOutcome::Miss { .. })),
         "{:?}",
         after.cache
     );
-    assert_eq!(emulator.requests(Endpoint::GetAction), 3);
+    assert_eq!(
+        (after.config.as_ref(), after.version),
+        (Some(&changed), Some(2))
+    );
+    assert_eq!(after.contract.as_ref(), Some(&contract));
+    assert_eq!(emulator.requests(Endpoint::GetAction), 4);
 
     let unknown = client
-        .get_action_contract("no-such-action")
+        .get_action_with("no-such-action", both)
         .await
         .unwrap_err();
     assert!(unknown.is_not_found(), "{unknown}");

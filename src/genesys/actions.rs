@@ -2,13 +2,12 @@
 
 use super::client::{Fetched, GenesysClient};
 use super::error::GenesysError;
-use super::model::{Action, ActionContract, ActionTest, ActionUpdate, Page};
+use super::model::{Action, ActionTest, ActionUpdate, Page};
 use super::paginate::{CursorPage, CursorQuery, cursors, page_numbers};
 use crate::cache::{CacheOverride, Windows};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::Method;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -22,6 +21,51 @@ pub enum SortOrder {
     Asc,
     /// `DESC`.
     Desc,
+}
+
+/// What [`GenesysClient::get_action_with`](GenesysClient::get_action_with) asks the API to add to an
+/// action: its [`contract`](super::Action::contract), its [`config`](super::Action::config), or both.
+///
+/// ```
+/// use tower_redis_cache::genesys::ActionDetails;
+///
+/// assert_eq!(ActionDetails::new().contract().config().to_query_string(), "expand=contract&includeConfig=true");
+/// assert_eq!(ActionDetails::new().to_query_string(), "");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct ActionDetails {
+    contract: bool,
+    config: bool,
+}
+
+impl ActionDetails {
+    /// Nothing beyond what the API sends by default.
+    pub fn new() -> Self {
+        ActionDetails::default()
+    }
+
+    /// With the action's contract (`expand=contract`).
+    pub fn contract(mut self) -> Self {
+        self.contract = true;
+        self
+    }
+
+    /// With the action's config (`includeConfig=true`).
+    pub fn config(mut self) -> Self {
+        self.config = true;
+        self
+    }
+
+    /// The query string that asks for these details (without a leading `?`).
+    pub fn to_query_string(&self) -> &'static str {
+        match (self.contract, self.config) {
+            (false, false) => "",
+            (true, false) => "expand=contract",
+            (false, true) => "includeConfig=true",
+            (true, true) => "expand=contract&includeConfig=true",
+        }
+    }
 }
 
 /// Filters and paging of `GET /api/v2/integrations/actions`. Unset fields are left to the API's defaults
@@ -212,30 +256,41 @@ impl GenesysClient {
             .await
     }
 
-    /// What the Data Action `id` promises: the JSON Schema of its input and of its output
-    /// (`GET /api/v2/integrations/actions/{id}?expand=contract`), cached as [`get_action`](Self::get_action) is
-    /// and dropped with it when the action changes.
+    /// One Data Action with the details asked for: its contract (the JSON Schema of its input and of its
+    /// output), its config (the templates [`ActionUpdate::config`] replaces), or both. Cached as
+    /// [`get_action`](Self::get_action) is, and dropped with it when the action changes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tower_redis_cache::genesys::GenesysClient) -> Result<(), tower_redis_cache::genesys::GenesysError> {
+    /// use tower_redis_cache::genesys::{ActionDetails, ActionUpdate};
+    ///
+    /// let action = client.get_action_with("custom_-_order-lookup", ActionDetails::new().contract().config()).await?;
+    /// if let Some(contract) = &action.contract {
+    ///     println!("input: {}", contract.input.input_schema);
+    /// }
+    /// // A change to the config, made to the version read.
+    /// let mut config = action.config.clone().unwrap_or_default();
+    /// config["request"]["requestType"] = "GET".into();
+    /// let update = ActionUpdate::new(action.version.unwrap_or(1)).config(config);
+    /// client.update_action(&action.id, &update).await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`GenesysError::is_not_found`] for an unknown id, [`GenesysError::is_decode`] for an action answered
-    /// without a contract, and the other failures of any call.
-    pub async fn get_action_contract(
+    /// As for [`get_action`](Self::get_action).
+    pub async fn get_action_with(
         &self,
         id: &str,
-    ) -> Result<Fetched<ActionContract>, GenesysError> {
-        let path = format!("{ACTIONS}/{}?expand=contract", segment(id));
-        let fetched: Fetched<Action> = self.send_json(Method::GET, &path, None).await?;
-        let Some(contract) = fetched.value.other.get("contract") else {
-            return Err(GenesysError::decode(
-                format!("{path}: the action has no contract"),
-                fetched.correlation_id,
-            ));
-        };
-        let contract = ActionContract::deserialize(contract).map_err(|e| {
-            GenesysError::decode(format!("{path}: {e}"), fetched.correlation_id.clone())
-        })?;
-        Ok(fetched.map(|_| contract))
+        details: ActionDetails,
+    ) -> Result<Fetched<Action>, GenesysError> {
+        let mut path = format!("{ACTIONS}/{}", segment(id));
+        let query = details.to_query_string();
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(query);
+        }
+        self.send_json(Method::GET, &path, None).await
     }
 
     /// Changes a Data Action, `PATCH /api/v2/integrations/actions/{id}`, and returns it as it is now (its

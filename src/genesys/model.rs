@@ -29,7 +29,15 @@ pub struct Action {
     /// Its URI.
     #[serde(default)]
     pub self_uri: Option<String>,
-    /// Every other field (`contract`, `config`, ...).
+    /// What it promises, its input and output schemas: present when asked for
+    /// ([`ActionDetails::contract`](super::ActionDetails::contract), `expand=contract`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ActionContract>,
+    /// Its request and response templates (`{request, response}`), what [`ActionUpdate::config`] replaces:
+    /// present when asked for ([`ActionDetails::config`](super::ActionDetails::config), `includeConfig=true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+    /// Every other field.
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }
@@ -162,9 +170,8 @@ fn lenient_status<'de, D: serde::Deserializer<'de>>(
     Ok(value.as_u64().and_then(|n| u16::try_from(n).ok()))
 }
 
-/// What a Data Action promises (`contract`, read with
-/// [`GenesysClient::get_action_contract`](super::GenesysClient::get_action_contract)): the JSON Schema its input
-/// must satisfy and the one its output follows.
+/// What a Data Action promises ([`Action::contract`]): the JSON Schema its input must satisfy and the one its
+/// output follows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ActionContract {
