@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::{RedisServer, fred_client};
-use tower_redis_cache::cache::BypassReason;
+use tower_redis_cache::cache::{BypassReason, Windows};
 use tower_redis_cache::error::Setting;
 use tower_redis_cache::genesys::emulator::{Emulator, Endpoint, Fault};
 use tower_redis_cache::genesys::{
@@ -636,7 +636,6 @@ async fn a_redis_url_connects_in_the_background_and_then_caches() {
 #[tokio::test]
 async fn each_action_keeps_its_own_windows() {
     use support::calls::{jump, wait_until};
-    use tower_redis_cache::cache::Windows;
     let emulator = Emulator::start().await.unwrap();
     let redis = RedisServer::start();
     let ids = emulator.action_ids();
@@ -724,8 +723,9 @@ async fn an_action_called_all_the_time_is_renewed_before_it_expires() {
     jump(Duration::from_secs(6)).await;
     let due = client.execute_action(id, &input).await.unwrap();
     assert_eq!((due.cache, due.attempts), (Some(CacheOutcome::Hit), 0));
+    // Stored: the action's `GET` (read once, to learn it is not `secure`), its first answer, the renewed one.
     wait_until("the refresh reached the API and was stored", || {
-        emulator.requests(Endpoint::ExecuteAction) == 2 && client.cache().stats().stores == 2
+        emulator.requests(Endpoint::ExecuteAction) == 2 && client.cache().stats().stores == 3
     })
     .await;
     // At 11 s the first answer would have expired; the renewed one answers.
@@ -773,8 +773,9 @@ async fn read_actions(
     untouched: &str,
 ) -> ([bool; 4], Value, Option<i64>, Vec<String>) {
     let input = json!({"orderId": "A-17"});
-    let execution = client.execute_action(changed, &input).await.unwrap();
+    // The action first: its execution then needs no read of whether it is `secure`.
     let action = client.get_action(changed).await.unwrap();
+    let execution = client.execute_action(changed, &input).await.unwrap();
     let other = client.execute_action(untouched, &input).await.unwrap();
     let page = std::pin::pin!(client.list_action_pages(&order_lookups()))
         .try_next()
@@ -985,7 +986,6 @@ async fn prefix_gateway(prefix: &'static str, upstream: String) -> String {
 /// with the API at the root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_gateway_path_the_client_caches_and_invalidates_as_at_the_root() {
-    use tower_redis_cache::cache::Windows;
     let emulator = Emulator::start().await.unwrap();
     let gateway = prefix_gateway("/genesys", emulator.base_url()).await;
     let ids = emulator.action_ids();
@@ -1068,8 +1068,9 @@ async fn an_action_named_uncached_runs_on_every_call() {
     let hit = client.execute_action(lookup, &input).await.unwrap();
     assert_eq!(hit.cache, Some(CacheOutcome::Hit));
     assert_eq!(emulator.requests(Endpoint::ExecuteAction), 5);
-    // Stored: the uncached action's `GET` and the lookup's first answer, nothing else.
-    assert_eq!(client.cache().stats().stores, 2);
+    // Stored: the two actions' `GET`s (the lookup's read once, to learn it is not `secure`) and the lookup's
+    // first answer, nothing else.
+    assert_eq!(client.cache().stats().stores, 3);
 }
 
 /// A cached execution is a lookup, so a `503` of it is retried like a `GET`'s; an action that changes
@@ -1144,6 +1145,7 @@ fn action_requiring_an_order_id() -> Value {
         "id": "b0000000-0000-4000-8000-000000000001",
         "name": "order_status",
         "category": "Orders",
+        "secure": false,
         "version": 1,
         "config": {"request": {"requestUrlTemplate": "https://orders.example/${input.orderId}"}},
         "contract": {
@@ -1293,6 +1295,109 @@ async fn an_actions_contract_and_config_are_read_once_and_dropped_when_the_actio
 
     let unknown = client
         .get_action_with("no-such-action", both)
+        .await
+        .unwrap_err();
+    assert!(unknown.is_not_found(), "{unknown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_actions_executions_are_not_cached_unless_chosen() {
+    let secure = "c0000000-0000-4000-8000-000000000001";
+    let lookup = "c0000000-0000-4000-8000-000000000002";
+    let flaky = "c0000000-0000-4000-8000-000000000003";
+    let action = |id: &str, name: &str, secure: bool| json!({"id": id, "name": name, "category": "Payments", "secure": secure, "version": 1});
+    let emulator = Emulator::builder()
+        .actions(vec![
+            action(secure, "card_balance", true),
+            action(lookup, "order_lookup", false),
+            action(flaky, "order_status", false),
+        ])
+        .start()
+        .await
+        .unwrap();
+    let input = json!({"account": "A-17"});
+    let skipped = Some(CacheOutcome::Bypass(BypassReason::Skipped));
+
+    // By default: the secure action runs on every call, the other is cached; each action is read once to learn
+    // which it is.
+    let client = builder(&emulator).build().unwrap();
+    for _ in 0..2 {
+        let output = client.execute_action(secure, &input).await.unwrap();
+        assert_eq!((output.cache, output.attempts), (skipped, 1));
+        assert_eq!(output.value["action"], "card_balance");
+        let raw = client.execute_action_raw(secure, &input).await.unwrap();
+        assert_eq!(raw.cache, skipped);
+    }
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 4);
+    let first = client.execute_action(lookup, &input).await.unwrap();
+    assert!(matches!(first.cache, Some(CacheOutcome::Miss { .. })));
+    let second = client.execute_action(lookup, &input).await.unwrap();
+    assert_eq!(second.cache, Some(CacheOutcome::Hit));
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 5);
+    assert_eq!(emulator.requests(Endpoint::GetAction), 2);
+    // Only the two `GET`s and the lookup's answer are stored: nothing of the secure action's output.
+    assert_eq!(client.cache().stats().stores, 3);
+
+    // A call given windows of its own is cached: naming them is the choice.
+    let minute = Duration::from_secs(60);
+    let windows = Windows::new(minute, minute, minute);
+    let named = client
+        .execute_action_with(secure, &input, windows)
+        .await
+        .unwrap();
+    assert!(matches!(named.cache, Some(CacheOutcome::Miss { .. })));
+    let again = client
+        .execute_action_with(secure, &input, windows)
+        .await
+        .unwrap();
+    assert_eq!(again.cache, Some(CacheOutcome::Hit));
+    assert_eq!(emulator.requests(Endpoint::ExecuteAction), 6);
+
+    // An action with windows of its own, or a client caching secure actions: cached, and nothing read first.
+    for chosen in [
+        builder(&emulator)
+            .namespace("windowed")
+            .action_windows(secure, windows),
+        builder(&emulator)
+            .namespace("all")
+            .cache_secure_actions(true),
+    ] {
+        let chosen = chosen.build().unwrap();
+        let before = emulator.requests(Endpoint::ExecuteAction);
+        for _ in 0..2 {
+            chosen.execute_action(secure, &input).await.unwrap();
+        }
+        assert_eq!(emulator.requests(Endpoint::ExecuteAction), before + 1);
+    }
+    assert_eq!(emulator.requests(Endpoint::GetAction), 2);
+
+    // A listing tells the client which actions are secure: no read before executing.
+    let listed = builder(&emulator).namespace("listed").build().unwrap();
+    let all = listed.list_all_actions(&ActionQuery::new()).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        listed.execute_action(secure, &input).await.unwrap().cache,
+        skipped
+    );
+    assert_eq!(emulator.requests(Endpoint::GetAction), 2);
+
+    // An action that cannot be read (its `GET` failing every attempt) may be secure: its execution is not
+    // cached, and the client reads it again next time.
+    emulator.inject(
+        Fault::status(StatusCode::SERVICE_UNAVAILABLE)
+            .times(4)
+            .matching(flaky),
+    );
+    let unread = client.execute_action(flaky, &input).await.unwrap();
+    assert_eq!(unread.cache, skipped);
+    let read = client.execute_action(flaky, &input).await.unwrap();
+    assert!(matches!(read.cache, Some(CacheOutcome::Miss { .. })));
+    assert_eq!(
+        client.execute_action(flaky, &input).await.unwrap().cache,
+        Some(CacheOutcome::Hit)
+    );
+    let unknown = client
+        .execute_action("no-such-action", &input)
         .await
         .unwrap_err();
     assert!(unknown.is_not_found(), "{unknown}");

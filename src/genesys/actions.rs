@@ -234,7 +234,12 @@ impl GenesysClient {
         } else {
             format!("{ACTIONS}?{query}")
         };
-        page_numbers(self.clone(), path)
+        let executions = self.inner.executions.clone();
+        page_numbers(self.clone(), path).inspect_ok(move |page: &Fetched<Page<Action>>| {
+            for action in &page.value.entities {
+                executions.learn(action);
+            }
+        })
     }
 
     /// Every Data Action matching `query`, all pages read.
@@ -252,8 +257,7 @@ impl GenesysClient {
     ///
     /// [`GenesysError::is_not_found`] for an unknown id, and the other failures of any call.
     pub async fn get_action(&self, id: &str) -> Result<Fetched<Action>, GenesysError> {
-        self.send_json(Method::GET, &format!("{ACTIONS}/{}", segment(id)), None)
-            .await
+        self.get_action_with(id, ActionDetails::new()).await
     }
 
     /// One Data Action with the details asked for: its contract (the JSON Schema of its input and of its
@@ -290,7 +294,9 @@ impl GenesysClient {
             path.push('?');
             path.push_str(query);
         }
-        self.send_json(Method::GET, &path, None).await
+        let action: Fetched<Action> = self.send_json(Method::GET, &path, None).await?;
+        self.inner.executions.learn(&action);
+        Ok(action)
     }
 
     /// Changes a Data Action, `PATCH /api/v2/integrations/actions/{id}`, and returns it as it is now (its
@@ -311,12 +317,17 @@ impl GenesysClient {
     ) -> Result<Fetched<Action>, GenesysError> {
         let body =
             serde_json::to_value(update).map_err(|e| GenesysError::request(e.to_string()))?;
-        self.send_json(
-            Method::PATCH,
-            &format!("{ACTIONS}/{}", segment(id)),
-            Some(&body),
-        )
-        .await
+        let updated = self
+            .send_json(
+                Method::PATCH,
+                &format!("{ACTIONS}/{}", segment(id)),
+                Some(&body),
+            )
+            .await;
+        self.inner.executions.forget(&segment(id));
+        let updated: Fetched<Action> = updated?;
+        self.inner.executions.learn(&updated);
+        Ok(updated)
     }
 
     /// Deletes a Data Action, `DELETE /api/v2/integrations/actions/{id}`; its cached answers go as for
@@ -328,7 +339,9 @@ impl GenesysClient {
     pub async fn delete_action(&self, id: &str) -> Result<Fetched<()>, GenesysError> {
         let deleted = self
             .send(Method::DELETE, &format!("{ACTIONS}/{}", segment(id)), None)
-            .await?;
+            .await;
+        self.inner.executions.forget(&segment(id));
+        let deleted = deleted?;
         Ok(deleted.map(|_| ()))
     }
 
@@ -390,6 +403,7 @@ impl GenesysClient {
         input: &Value,
         cache: Option<CacheOverride>,
     ) -> Result<Fetched<Value>, GenesysError> {
+        let cache = self.execution_override(id, cache).await;
         self.send_json_with(
             Method::POST,
             &format!("{ACTIONS}/{}/execute", segment(id)),
@@ -397,6 +411,29 @@ impl GenesysClient {
             cache,
         )
         .await
+    }
+
+    /// `cache`, or, for an execution the client's windows would cache, [`CacheOverride::Skip`] when the action
+    /// is `secure` ([`cache_secure_actions`](super::GenesysClientBuilder::cache_secure_actions)), read once. An
+    /// action that cannot be read (yet) is not cached this time.
+    async fn execution_override(
+        &self,
+        id: &str,
+        cache: Option<CacheOverride>,
+    ) -> Option<CacheOverride> {
+        let executions = &self.inner.executions;
+        let encoded = segment(id);
+        if cache.is_some() || !executions.asks_secure(&encoded) {
+            return cache;
+        }
+        let secure = match executions.known_secure(&encoded) {
+            Some(secure) => secure,
+            None => self
+                .get_action(id)
+                .await
+                .map_or(true, |action| action.secure.unwrap_or(true)),
+        };
+        secure.then_some(CacheOverride::Skip)
     }
 
     /// The raw output of a Data Action (the bytes, not parsed).
@@ -409,10 +446,12 @@ impl GenesysClient {
         id: &str,
         input: &Value,
     ) -> Result<Fetched<bytes::Bytes>, GenesysError> {
-        self.send(
+        let cache = self.execution_override(id, None).await;
+        self.send_with(
             Method::POST,
             &format!("{ACTIONS}/{}/execute", segment(id)),
             Some(input),
+            cache,
         )
         .await
     }

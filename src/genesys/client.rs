@@ -25,7 +25,7 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::ServiceExt;
@@ -144,6 +144,67 @@ pub(crate) struct Inner {
     base: Base,
     pub(crate) max_pages: u32,
     pub(crate) user_agent: HeaderValue,
+    pub(crate) executions: Arc<Executions>,
+}
+
+/// Which Data Action executions are cached: the builder's rules, and what the client learned of which actions
+/// are `secure`. Action ids are kept as the client encodes them in paths.
+pub(crate) struct Executions {
+    /// Never cached ([`GenesysClientBuilder::uncached_action`]).
+    uncached: HashSet<String>,
+    /// Given windows of their own ([`GenesysClientBuilder::action_windows`]): cached, `secure` or not.
+    windowed: HashSet<String>,
+    /// Whether the actions without windows of their own are cached.
+    cache_executions: bool,
+    /// Whether `secure` actions are cached as the others are.
+    cache_secure: bool,
+    /// Whether each action read so far is `secure`. Bounded: emptied when full.
+    secure: Mutex<HashMap<String, bool>>,
+}
+
+/// The most actions whose `secure` flag a client keeps.
+const SECURE_FLAGS: usize = 10_000;
+
+impl Executions {
+    /// Whether the calls sent for the action `id` (encoded) are left uncached whatever their windows.
+    fn skipped(&self, id: &str, own_windows: bool) -> bool {
+        self.uncached.contains(id)
+            || (!own_windows && !self.cache_executions && !self.windowed.contains(id))
+    }
+
+    /// Whether an execution of the action `id` (encoded), without windows of its own, is cached only once the
+    /// action is known not to be `secure`.
+    pub(crate) fn asks_secure(&self, id: &str) -> bool {
+        !self.cache_secure && !self.windowed.contains(id) && !self.skipped(id, false)
+    }
+
+    /// Whether the action `id` (encoded) is `secure`, if the client read it.
+    pub(crate) fn known_secure(&self, id: &str) -> Option<bool> {
+        self.flags().get(id).copied()
+    }
+
+    /// Remembers whether `action` is `secure`; one that does not say counts as `secure`.
+    pub(crate) fn learn(&self, action: &super::model::Action) {
+        let mut flags = self.flags();
+        if flags.len() >= SECURE_FLAGS {
+            flags.clear();
+        }
+        flags.insert(
+            super::actions::segment(&action.id),
+            action.secure.unwrap_or(true),
+        );
+    }
+
+    /// Forgets what was read of the action `id` (encoded): it changed, or is gone.
+    pub(crate) fn forget(&self, id: &str) {
+        self.flags().remove(id);
+    }
+
+    fn flags(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.secure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl fmt::Debug for GenesysClient {
@@ -174,12 +235,14 @@ impl GenesysClient {
     /// Removes the cached answers that a change to the Data Action `id` makes stale, in every process
     /// sharing the cache: its `GET` and every execution of it, and every listing page. For a change made
     /// elsewhere (the admin UI, another tool); a change sent through this client removes them itself once it
-    /// succeeds. Returns how many entries were removed.
+    /// succeeds. What the client learned of whether the action is `secure` is forgotten too. Returns how many
+    /// entries were removed.
     ///
     /// # Errors
     ///
     /// The store's error (entries removed before it stay removed).
     pub async fn invalidate_action(&self, id: &str) -> Result<u64, StoreError> {
+        self.inner.executions.forget(&super::actions::segment(id));
         let own = self
             .inner
             .cache
@@ -446,6 +509,7 @@ pub struct GenesysClientBuilder {
     action_windows: HashMap<String, Windows>,
     uncached_actions: HashSet<String>,
     cache_executions: bool,
+    cache_secure_actions: bool,
     listing_windows: Option<Windows>,
     retry: Option<RetryLayer>,
     attempt_timeout: Duration,
@@ -476,6 +540,7 @@ impl Default for GenesysClientBuilder {
             action_windows: HashMap::new(),
             uncached_actions: HashSet::new(),
             cache_executions: true,
+            cache_secure_actions: false,
             listing_windows: None,
             retry: None,
             attempt_timeout: Duration::from_secs(30),
@@ -623,9 +688,9 @@ impl GenesysClientBuilder {
     /// input each run it, as an action that changes something needs (it creates a ticket, sends a message,
     /// updates a record). Cached, a second call with the same input within the windows would get the first
     /// one's output and the action would not run again. Also for an action whose data must not rest in the
-    /// store: a cached execution keeps the input's digest and the whole output there, and a `secure` action's
-    /// (which Genesys keeps out of its own logs) is often personal data. Wins over any windows, the call's own
-    /// included; the action's `GET` is still cached.
+    /// store though it is not `secure` (those are left uncached already: see
+    /// [`cache_secure_actions`](Self::cache_secure_actions)): a cached execution keeps the input's digest and the
+    /// whole output there. Wins over any windows, the call's own included; the action's `GET` is still cached.
     /// [`execute_action_uncached`](GenesysClient::execute_action_uncached) does the same for one call;
     /// [`cache_executions(false)`](Self::cache_executions) makes caching opt-in per action instead. Default:
     /// every action's executions are cached.
@@ -642,6 +707,18 @@ impl GenesysClientBuilder {
     /// on every call: for an org whose actions mostly change things, caching becomes opt-in per action.
     pub fn cache_executions(mut self, cache: bool) -> Self {
         self.cache_executions = cache;
+        self
+    }
+
+    /// Whether the executions of `secure` Data Actions are cached as the others are. Genesys keeps a secure
+    /// action's input and output out of its own logs (payment details, personal data), and a cached execution
+    /// keeps its output in the store, so by default they are not: before the first execution of an action, the
+    /// client reads the action (its `GET`, cached as any) to learn whether it is `secure`, and remembers. An
+    /// action given windows of its own ([`action_windows`](Self::action_windows)), or a call given its own
+    /// ([`execute_action_with`](GenesysClient::execute_action_with)), is cached whatever its flag: naming it
+    /// is the choice. Calls sent through [`service`](GenesysClient::service) are not checked. Default: false.
+    pub fn cache_secure_actions(mut self, cache: bool) -> Self {
+        self.cache_secure_actions = cache;
         self
     }
 
@@ -754,9 +831,13 @@ impl GenesysClientBuilder {
         )?;
         let auth = AuthLayer::new(source);
         let retry = self.retry.unwrap_or_default();
-        // With executions cached only where named: the actions that have windows.
-        let named: Option<HashSet<String>> =
-            (!self.cache_executions).then(|| self.action_windows.keys().cloned().collect());
+        let executions = Arc::new(Executions {
+            uncached: self.uncached_actions,
+            windowed: self.action_windows.keys().cloned().collect(),
+            cache_executions: self.cache_executions,
+            cache_secure: self.cache_secure_actions,
+            secure: Mutex::new(HashMap::new()),
+        });
         // The routes below are read from the path under the base's own (a gateway may publish the API under one).
         let prefix: Arc<str> = base.prefix.as_str().into();
         // The API marks every response `Cache-Control: no-cache, no-store, must-revalidate` (`Expires: 0`),
@@ -799,21 +880,18 @@ impl GenesysClientBuilder {
         let cache = cache.build()?;
         let handle = cache.handle();
         let stack = cache.layer(retry.layer(auth.layer(transport)));
-        let service = if self.uncached_actions.is_empty() && named.is_none() {
+        let service = if executions.uncached.is_empty() && executions.cache_executions {
             GenesysService::new(stack)
         } else {
             // Marked on the way in, so that calls made through `service()` are left uncached too.
-            let uncached = self.uncached_actions;
+            let executions = executions.clone();
             GenesysService::new(stack.map_request(move |mut request: Request<RequestBody>| {
                 let action = api_path(&prefix, request.uri().path()).and_then(executed_action);
                 let own_windows = matches!(
                     request.extensions().get::<CacheOverride>(),
                     Some(CacheOverride::Windows(_))
                 );
-                let skip = |id: &str| {
-                    uncached.contains(id)
-                        || (!own_windows && named.as_ref().is_some_and(|named| !named.contains(id)))
-                };
+                let skip = |id: &str| executions.skipped(id, own_windows);
                 if request.method() == Method::POST && action.is_some_and(skip) {
                     request.extensions_mut().insert(CacheOverride::Skip);
                 }
@@ -831,6 +909,7 @@ impl GenesysClientBuilder {
                 base,
                 max_pages: self.max_pages.max(1),
                 user_agent,
+                executions,
             }),
         })
     }

@@ -51,9 +51,12 @@
 //! # Which executions are cached
 //!
 //! A Data Action that looks something up is what the cache is for: the same input within its windows costs no
-//! API call, and concurrent calls with it make one. An action that changes something (it creates a ticket,
-//! sends a message) must run on every call, and a `secure` action's output (personal data that Genesys keeps out
-//! of its own logs) may not belong in a shared store. Name those, or make caching opt-in:
+//! API call, and concurrent calls with it make one. A `secure` action's output (payment details, personal data
+//! that Genesys keeps out of its own logs) does not belong in a shared store, so it is never cached unless chosen
+//! ([`cache_secure_actions`](GenesysClientBuilder::cache_secure_actions), or windows named for it): the client
+//! reads each action once (its `GET`, cached as any, or a listing) to learn whether it is. An action that
+//! changes something (it creates a ticket, sends a message) must run on every call: name those, or make caching
+//! opt-in:
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), tower_redis_cache::error::ConfigError> {
