@@ -1139,10 +1139,24 @@ async fn with_executions_cached_only_where_named_other_actions_run_on_every_call
     assert_eq!(emulator.requests(Endpoint::ExecuteAction), 5);
 }
 
+/// The id of [`action_requiring_an_order_id`].
+const ORDER_STATUS: &str = "b0000000-0000-4000-8000-000000000001";
+
+/// An emulator serving only [`action_requiring_an_order_id`], and a client of it.
+async fn serving_order_status() -> (Emulator, GenesysClient) {
+    let emulator = Emulator::builder()
+        .actions(vec![action_requiring_an_order_id()])
+        .start()
+        .await
+        .unwrap();
+    let client = builder(&emulator).build().unwrap();
+    (emulator, client)
+}
+
 /// An action whose input must name an `orderId`, as a contract says it.
 fn action_requiring_an_order_id() -> Value {
     json!({
-        "id": "b0000000-0000-4000-8000-000000000001",
+        "id": ORDER_STATUS,
         "name": "order_status",
         "category": "Orders",
         "secure": false,
@@ -1158,13 +1172,8 @@ fn action_requiring_an_order_id() -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_run_shows_each_step_and_runs_on_every_call() {
-    let emulator = Emulator::builder()
-        .actions(vec![action_requiring_an_order_id()])
-        .start()
-        .await
-        .unwrap();
-    let client = builder(&emulator).build().unwrap();
-    let id = "b0000000-0000-4000-8000-000000000001";
+    let (emulator, client) = serving_order_status().await;
+    let id = ORDER_STATUS;
 
     // The action fails on an input without `orderId`: an execution is an error, a test an answer saying where.
     let refused = client
@@ -1229,13 +1238,8 @@ async fn a_test_run_shows_each_step_and_runs_on_every_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_actions_contract_and_config_are_read_once_and_dropped_when_the_action_changes() {
-    let emulator = Emulator::builder()
-        .actions(vec![action_requiring_an_order_id()])
-        .start()
-        .await
-        .unwrap();
-    let client = builder(&emulator).build().unwrap();
-    let id = "b0000000-0000-4000-8000-000000000001";
+    let (emulator, client) = serving_order_status().await;
+    let id = ORDER_STATUS;
 
     let both = ActionDetails::new().contract().config();
     let action = client.get_action_with(id, both).await.unwrap();
