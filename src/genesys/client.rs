@@ -716,7 +716,9 @@ impl GenesysClientBuilder {
     /// client reads the action (its `GET`, cached as any) to learn whether it is `secure`, and remembers. An
     /// action given windows of its own ([`action_windows`](Self::action_windows)), or a call given its own
     /// ([`execute_action_with`](GenesysClient::execute_action_with)), is cached whatever its flag: naming it
-    /// is the choice. Calls sent through [`service`](GenesysClient::service) are not checked. Default: false.
+    /// is the choice. Calls sent through [`service`](GenesysClient::service) are not checked. A flag changed
+    /// outside this client is seen after [`invalidate_action`](GenesysClient::invalidate_action) (or a restart).
+    /// Default: false.
     pub fn cache_secure_actions(mut self, cache: bool) -> Self {
         self.cache_secure_actions = cache;
         self
