@@ -353,7 +353,10 @@ impl GenesysClient {
     /// something (it creates a ticket, sends a message) must run on every call: name it in
     /// [`uncached_action`](super::GenesysClientBuilder::uncached_action), or call
     /// [`execute_action_uncached`](Self::execute_action_uncached); or cache only the actions named with
-    /// [`cache_executions(false)`](super::GenesysClientBuilder::cache_executions).
+    /// [`cache_executions(false)`](super::GenesysClientBuilder::cache_executions). A `secure` action's output is
+    /// not cached unless chosen ([`cache_secure_actions`](super::GenesysClientBuilder::cache_secure_actions)):
+    /// the first execution of an action the client has not read (listed or fetched) reads it once to learn which
+    /// it is.
     ///
     /// # Errors
     ///
