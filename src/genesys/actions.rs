@@ -317,17 +317,23 @@ impl GenesysClient {
     ) -> Result<Fetched<Action>, GenesysError> {
         let body =
             serde_json::to_value(update).map_err(|e| GenesysError::request(e.to_string()))?;
-        let updated = self
+        let updated: Result<Fetched<Action>, _> = self
             .send_json(
                 Method::PATCH,
                 &format!("{ACTIONS}/{}", segment(id)),
                 Some(&body),
             )
             .await;
-        self.inner.executions.forget(&segment(id));
-        let updated: Fetched<Action> = updated?;
-        self.inner.executions.learn(&updated);
-        Ok(updated)
+        match updated {
+            Ok(updated) => {
+                self.inner.executions.learn(&updated);
+                Ok(updated)
+            }
+            Err(error) => {
+                self.inner.executions.forget(&segment(id));
+                Err(error)
+            }
+        }
     }
 
     /// Deletes a Data Action, `DELETE /api/v2/integrations/actions/{id}`; its cached answers go as for
@@ -406,10 +412,11 @@ impl GenesysClient {
         input: &Value,
         cache: Option<CacheOverride>,
     ) -> Result<Fetched<Value>, GenesysError> {
-        let cache = self.execution_override(id, cache).await;
+        let encoded = segment(id);
+        let cache = self.execution_override(id, &encoded, cache).await;
         self.send_json_with(
             Method::POST,
-            &format!("{ACTIONS}/{}/execute", segment(id)),
+            &format!("{ACTIONS}/{encoded}/execute"),
             Some(input),
             cache,
         )
@@ -418,18 +425,18 @@ impl GenesysClient {
 
     /// `cache`, or, for an execution the client's windows would cache, [`CacheOverride::Skip`] when the action
     /// is `secure` ([`cache_secure_actions`](super::GenesysClientBuilder::cache_secure_actions)), read once. An
-    /// action that cannot be read (yet) is not cached this time.
+    /// action that cannot be read (yet) is not cached this time. `encoded` is `id` as a path segment.
     async fn execution_override(
         &self,
         id: &str,
+        encoded: &str,
         cache: Option<CacheOverride>,
     ) -> Option<CacheOverride> {
         let executions = &self.inner.executions;
-        let encoded = segment(id);
-        if cache.is_some() || !executions.asks_secure(&encoded) {
+        if cache.is_some() || !executions.asks_secure(encoded) {
             return cache;
         }
-        let secure = match executions.known_secure(&encoded) {
+        let secure = match executions.known_secure(encoded) {
             Some(secure) => secure,
             None => self
                 .get_action(id)
@@ -449,10 +456,11 @@ impl GenesysClient {
         id: &str,
         input: &Value,
     ) -> Result<Fetched<bytes::Bytes>, GenesysError> {
-        let cache = self.execution_override(id, None).await;
+        let encoded = segment(id);
+        let cache = self.execution_override(id, &encoded, None).await;
         self.send_with(
             Method::POST,
-            &format!("{ACTIONS}/{}/execute", segment(id)),
+            &format!("{ACTIONS}/{encoded}/execute"),
             Some(input),
             cache,
         )

@@ -175,7 +175,10 @@ impl Executions {
     /// Whether an execution of the action `id` (encoded), without windows of its own, is cached only once the
     /// action is known not to be `secure`.
     pub(crate) fn asks_secure(&self, id: &str) -> bool {
-        !self.cache_secure && !self.windowed.contains(id) && !self.skipped(id, false)
+        !self.cache_secure
+            && self.cache_executions
+            && !self.uncached.contains(id)
+            && !self.windowed.contains(id)
     }
 
     /// Whether the action `id` (encoded) is `secure`, if the client read it.
