@@ -35,7 +35,7 @@ use crate::error::StoreError;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[cfg(feature = "redis")]
 mod homes;
@@ -245,6 +245,15 @@ pub trait Store: std::any::Any + Send + Sync {
         let _ = refusal;
         false
     }
+
+    /// The store's own clock, which every process sharing the store reads alike: `TIME` on Redis. The cache
+    /// asks for it at its first request and then once a minute, and where this process's clock is more than a
+    /// second off, times entries by the store's instead, so that processes whose clocks disagree still agree on
+    /// when an entry goes stale. Default: `None`, a store in this process's memory, whose clock is the process's
+    /// own (a store that wraps another should forward this).
+    fn server_time(&self) -> StoreFuture<'_, Option<SystemTime>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
@@ -344,5 +353,9 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn reconnect_cures(&self, refusal: &StoreError) -> bool {
         (**self).reconnect_cures(refusal)
+    }
+
+    fn server_time(&self) -> StoreFuture<'_, Option<SystemTime>> {
+        (**self).server_time()
     }
 }

@@ -15,7 +15,7 @@ use fred::types::{ClusterHash, Key};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A [`Store`] on Redis through [fred](https://docs.rs/fred).
 ///
@@ -675,6 +675,19 @@ impl Store for RedisStore {
         is_demoted(refusal)
     }
 
+    fn server_time(&self) -> StoreFuture<'_, Option<SystemTime>> {
+        Box::pin(async move {
+            let reply: Value = self
+                .client()
+                .custom(cmd!("TIME", hash: ClusterHash::Random), Vec::<Value>::new())
+                .await
+                .map_err(backend)?;
+            time_reply(reply)
+                .map(Some)
+                .ok_or_else(|| StoreError::backend("unreadable TIME reply"))
+        })
+    }
+
     fn reconnect(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             tracing::info!("cache store failing: reconnecting its clients");
@@ -750,6 +763,22 @@ async fn unlink_matching(
     Ok(removed)
 }
 
+/// A `TIME` reply: seconds and microseconds since the Unix epoch, each as a string (or, to be lenient, a number).
+fn time_reply(reply: Value) -> Option<SystemTime> {
+    let Value::Array(parts) = reply else {
+        return None;
+    };
+    let [seconds, micros] = <[Value; 2]>::try_from(parts).ok()?;
+    let number = |value: Value| match value {
+        Value::Integer(n) => u64::try_from(n).ok(),
+        other => other.as_string()?.parse::<u64>().ok(),
+    };
+    let micros = number(micros).filter(|&micros| micros < 1_000_000)?;
+    UNIX_EPOCH.checked_add(
+        Duration::from_secs(number(seconds)?).checked_add(Duration::from_micros(micros))?,
+    )
+}
+
 /// A `SCAN` reply: the next cursor (`"0"` once done) and the keys of this page.
 fn scan_page(reply: Value) -> Option<(String, Vec<Key>)> {
     let Value::Array(mut parts) = reply else {
@@ -812,6 +841,32 @@ fn zscan_page(reply: Value) -> Option<(Vec<String>, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_replies_are_read_and_odd_ones_refused() {
+        let reply = |parts: Vec<Value>| time_reply(Value::Array(parts));
+        let text = |s: &'static str| Value::from_static_str(s);
+        assert_eq!(
+            reply(vec![text("1796339077"), text("250001")]),
+            Some(UNIX_EPOCH + Duration::from_micros(1_796_339_077_250_001))
+        );
+        assert_eq!(
+            reply(vec![Value::Integer(7), Value::Integer(5)]),
+            Some(UNIX_EPOCH + Duration::from_micros(7_000_005))
+        );
+        for odd in [
+            vec![text("1796339077")],
+            vec![text("1796339077"), text("1000000")],
+            vec![text("-1"), text("0")],
+            vec![Value::Integer(-1), text("0")],
+            vec![text("x"), text("0")],
+            vec![text("18446744073709551615"), text("999999")],
+            vec![text("1"), text("2"), text("3")],
+        ] {
+            assert_eq!(reply(odd.clone()), None, "{odd:?}");
+        }
+        assert_eq!(time_reply(text("1796339077")), None);
+    }
 
     #[test]
     fn error_replies_are_refusals_and_lost_connections_are_not() {
