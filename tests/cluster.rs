@@ -357,6 +357,13 @@ async fn a_tag_removes_its_entries_across_shards() {
     for i in 0..10 {
         call(&service, query_of(i)).await;
     }
+    // The store's clock is read on a Cluster too (from any node), and agrees with this process's.
+    let handle = layer.handle();
+    support::calls::wait_until("the store's clock read", || {
+        handle.store_clock_ahead_ms().is_some()
+    })
+    .await;
+    assert!(handle.store_clock_ahead_ms().unwrap().abs() < 1_000);
 
     assert_eq!(layer.handle().invalidate_tag("even").await.unwrap(), 5);
     for i in 0..10 {

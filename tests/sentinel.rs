@@ -47,6 +47,13 @@ async fn a_sentinel_failover_fails_no_request_and_caching_resumes_on_the_new_pri
         call(&service, query(i)).await;
         assert_eq!(outcome(&call(&service, query(i)).await), CacheOutcome::Hit);
     }
+    // The store's clock is read behind Sentinel too (the primary's), and agrees with this process's.
+    let handle = layer.handle();
+    support::calls::wait_until("the store's clock read", || {
+        handle.store_clock_ahead_ms().is_some()
+    })
+    .await;
+    assert!(handle.store_clock_ahead_ms().unwrap().abs() < 1_000);
     // The ten entries and their URI's tag set (through which a write to the URI finds them).
     assert_eq!(
         primary.command(&[b"DBSIZE"]),

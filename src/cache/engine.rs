@@ -889,7 +889,8 @@ impl Engine {
         store: GuardedStore,
         near: Option<NearConfig>,
     ) -> Self {
-        let clock = Arc::new(Clock::new());
+        let (unguarded, deadlines) = store.unguarded();
+        let clock = Clock::following(unguarded, deadlines);
         let counters = store.counters.clone();
         let near = near.map(|config| {
             Arc::new(Near::new(

@@ -234,6 +234,12 @@ impl GuardedStore {
         }
     }
 
+    /// The store itself and the deadlines of its calls, for a caller that reads it outside the breaker (the
+    /// clock, whose readings of the store's time neither count as failures nor wait on a breaker's probe).
+    pub(crate) fn unguarded(&self) -> (Arc<dyn Store>, Arc<Deadlines>) {
+        (self.store.clone(), self.deadlines.clone())
+    }
+
     /// Whether a refusal now should be logged as a warning: the first, and then one every
     /// [`REFUSAL_WARN_EVERY`].
     fn warn_of_refusal(&self) -> bool {

@@ -1,0 +1,151 @@
+//! Processes whose clocks disagree, sharing one Redis: a writer process runs under libfaketime (`faketime`, a
+//! real process whose wall clock is two minutes off) and stores an entry; this process, whose clock is right,
+//! reads it. An entry's windows are unix times, so each process must read them on one clock: the store's.
+
+mod support;
+
+use http::Method;
+use std::process::Command;
+use std::time::Duration;
+use support::calls::{call, jump, outcome, post, wait_until};
+use support::redis::require_binary;
+use support::{Origin, RedisServer};
+use tower::ServiceBuilder;
+use tower_redis_cache::cache::CacheHandle;
+use tower_redis_cache::{CacheOutcome, RedisCacheLayer, RedisStore};
+
+/// Where the writer finds Redis; set only for the writer.
+const WRITER_REDIS: &str = "TRC_CLOCKS_WRITER_REDIS";
+
+/// The query the writer stores and this process reads.
+const QUERY: &str = r#"{"report":"orders","day":"2026-12-03"}"#;
+
+/// How far off the writer's clock runs.
+const SKEW: Duration = Duration::from_secs(120);
+
+/// The layer both processes build: fresh for a minute, then stale for a minute.
+async fn layer(url: &str) -> RedisCacheLayer {
+    RedisCacheLayer::builder(RedisStore::connect(url).await.unwrap())
+        .namespace("clocks")
+        .methods([Method::GET, Method::POST])
+        .fresh_for(Duration::from_secs(60))
+        .stale_for(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Waits until `handle`'s layer has read the store's clock, and returns how far ahead of this process's it was.
+async fn store_ahead_ms(handle: &CacheHandle) -> i64 {
+    wait_until("the store's clock read", || {
+        handle.store_clock_ahead_ms().is_some()
+    })
+    .await;
+    handle.store_clock_ahead_ms().unwrap()
+}
+
+/// The writer: run by the tests below, in a process of its own under `faketime`. It has the store's clock read
+/// (its first request), stores `QUERY`'s answer, checks that it hits, and prints how far off it found its clock.
+#[tokio::test]
+#[ignore = "the clock tests run it under faketime"]
+async fn skewed_writer() {
+    let url =
+        std::env::var(WRITER_REDIS).expect("run by the clock tests, which name the Redis to use");
+    let layer = layer(&url).await;
+    let handle = layer.handle();
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(Origin::new().service());
+    let _ = call(&service, post(r#"{"warm-up":true}"#)).await;
+    let ahead = store_ahead_ms(&handle).await;
+    assert!(matches!(
+        outcome(&call(&service, post(QUERY)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(
+        outcome(&call(&service, post(QUERY)).await),
+        CacheOutcome::Hit
+    );
+    println!("store_ahead_ms={ahead}");
+}
+
+/// Runs [`skewed_writer`] against `url` with its clock moved by `offset` (faketime's syntax: `-120s`), and
+/// returns how far ahead of its clock it found the store's.
+fn run_writer(url: &str, offset: &str) -> i64 {
+    let faketime = require_binary("faketime");
+    let output = Command::new(faketime)
+        .arg("-f")
+        .arg(offset)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "skewed_writer", "--ignored", "--nocapture"])
+        .env(WRITER_REDIS, url)
+        // Only the wall clock is off, as on a machine whose clock is set wrong.
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the writer failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("store_ahead_ms="))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("the writer said how far off its clock was:\n{stdout}"))
+}
+
+/// Asserts that `measured` is `expected` milliseconds, give or take the few seconds a busy machine's round trips
+/// and process starts could add.
+fn assert_about(measured: i64, expected: i64) {
+    assert!(
+        (measured - expected).abs() < 5_000,
+        "measured {measured} ms, expected about {expected} ms"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_entry_from_a_process_whose_clock_runs_behind_is_fresh_here() {
+    let server = RedisServer::start();
+    let skew = i64::try_from(SKEW.as_millis()).unwrap();
+    // The writer's clock runs two minutes behind: it finds the store's two minutes ahead.
+    assert_about(run_writer(&server.url(), "-120s"), skew);
+
+    let origin = Origin::new();
+    let layer = layer(&server.url()).await;
+    let handle = layer.handle();
+    let service = ServiceBuilder::new().layer(layer).service(origin.service());
+    let reply = call(&service, post(QUERY)).await;
+    // Timed by its own clock, the writer's entry would have gone stale a minute ago, and out of its stale
+    // window now: a miss, and `Age: 120`.
+    assert_eq!(outcome(&reply), CacheOutcome::Hit);
+    assert_eq!(origin.calls(), 0);
+    let age: u64 = reply.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!(age < 60, "Age: {age}");
+    // This process's clock agrees with the store's.
+    assert_about(store_ahead_ms(&handle).await, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_entry_from_a_process_whose_clock_runs_ahead_goes_stale_on_time_here() {
+    let server = RedisServer::start();
+    let skew = i64::try_from(SKEW.as_millis()).unwrap();
+    assert_about(run_writer(&server.url(), "+120s"), -skew);
+
+    let origin = Origin::new();
+    let layer = layer(&server.url()).await;
+    let handle = layer.handle();
+    let service = ServiceBuilder::new().layer(layer).service(origin.service());
+    assert_eq!(
+        outcome(&call(&service, post(QUERY)).await),
+        CacheOutcome::Hit
+    );
+    assert_about(store_ahead_ms(&handle).await, 0);
+    // A minute on, the entry is stale. Timed by the writer's clock it would stay fresh two minutes more.
+    jump(Duration::from_secs(61)).await;
+    assert_eq!(
+        outcome(&call(&service, post(QUERY)).await),
+        CacheOutcome::Stale { refreshing: true }
+    );
+    wait_until("the stale entry's refresh", || origin.calls() == 1).await;
+}
