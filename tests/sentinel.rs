@@ -431,15 +431,15 @@ async fn the_sentinel_watch_ends_with_the_store() {
         "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
         sentinel.port()
     );
-    let clients = || sentinel.connected_clients();
-    let before = clients();
+    let watches = || sentinel.subscribed_clients();
+    assert_eq!(watches(), 0);
     let store = RedisStore::connect(&url).await.unwrap();
     let copy = store.clone();
-    // The watch's connection: the store's own clients only asked the sentinel where the primary is.
-    support::calls::wait_until("the watch listens", || clients() == before + 1).await;
+    // The watch's connection, subscribed: the store's own clients only asked the sentinel where the primary is.
+    support::calls::wait_until("the watch listens", || watches() == 1).await;
     drop(store);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(clients(), before + 1, "a clone still holds the watch");
+    assert_eq!(watches(), 1, "a clone still holds the watch");
     drop(copy);
-    support::calls::wait_until("the watch ended", || clients() == before).await;
+    support::calls::wait_until("the watch ended", || watches() == 0).await;
 }

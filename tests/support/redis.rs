@@ -298,14 +298,13 @@ impl RedisServer {
         try_raw_command(self.port, self.password.as_deref(), args)
     }
 
-    /// How many clients are connected to the server (`INFO clients`), the asking one included.
-    pub fn connected_clients(&self) -> u32 {
-        let info = self.command(&[b"INFO", b"clients"]);
-        String::from_utf8_lossy(&info)
+    /// How many of the server's clients are subscribed to a channel (`CLIENT LIST`'s `sub`): unlike a count of
+    /// all clients, it does not race with connections the harness and the server itself are still closing.
+    pub fn subscribed_clients(&self) -> usize {
+        String::from_utf8_lossy(&self.command(&[b"CLIENT", b"LIST"]))
             .lines()
-            .find_map(|line| line.strip_prefix("connected_clients:"))
-            .and_then(|n| n.trim().parse().ok())
-            .expect("INFO clients names connected_clients")
+            .filter(|client| !client.contains(" sub=0 ") && client.contains(" sub="))
+            .count()
     }
 
     /// Stops the process (SIGSTOP): its port still accepts connections, and nothing answers.
