@@ -8,7 +8,7 @@ use http::Method;
 use std::process::Command;
 use std::time::Duration;
 use support::calls::{call, jump, outcome, post, wait_until};
-use support::redis::require_binary;
+use support::redis::require_tool;
 use support::{Origin, RedisServer};
 use tower::ServiceBuilder;
 use tower_redis_cache::cache::CacheHandle;
@@ -71,7 +71,12 @@ async fn skewed_writer() {
 /// Runs [`skewed_writer`] against `url` with its clock moved by `offset` (faketime's syntax: `-120s`), and
 /// returns how far ahead of its clock it found the store's.
 fn run_writer(url: &str, offset: &str) -> i64 {
-    let faketime = require_binary("faketime");
+    let faketime = require_tool(
+        "faketime",
+        "faketime was not found on PATH. The clock tests run a process under libfaketime: run `scripts/test` \
+         (it installs it), or install it yourself: Debian/Ubuntu `apt-get install -y faketime`, Fedora \
+         `dnf install libfaketime`, macOS `brew install libfaketime`.",
+    );
     let output = Command::new(faketime)
         .arg("-f")
         .arg(offset)

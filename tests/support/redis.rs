@@ -14,16 +14,18 @@ const INSTALL_HINT: &str = "redis-server was not found on PATH. The tests need a
 
 /// Panics with the install hint when the Redis binaries are missing: a test never skips silently.
 pub fn require_binary(name: &str) -> PathBuf {
-    let Some(paths) = std::env::var_os("PATH") else {
-        panic!("{INSTALL_HINT}");
-    };
-    for dir in std::env::split_paths(&paths) {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("{name}: {INSTALL_HINT}");
+    require_tool(name, INSTALL_HINT)
+}
+
+/// The program `name` on `PATH`; panics with `hint` (how to install it) when it is missing.
+pub fn require_tool(name: &str, hint: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| panic!("{name}: {hint}"))
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the tiny race is accepted in tests).
