@@ -149,7 +149,10 @@
 //! growing slow shows long before its calls time out; and `tower_redis_cache_origin_call_seconds{namespace,
 //! call, outcome}`, the time of every call of the inner service (`call` `miss`, `refresh` or `bypass`; `outcome`
 //! the answer's status class, `2xx` to `5xx`, or `error`), to its answer's head, or to the end of the body the
-//! cache reads whole: what a miss costs, beside what a hit saves.
+//! cache reads whole: what a miss costs, beside what a hit saves. The gauge
+//! `tower_redis_cache_store_clock_ahead_seconds{namespace}` says how far the store's clock ran ahead of the
+//! process's at its last reading (once a minute; negative: behind), which the cache corrects for beyond a second:
+//! an alert on it finds a host whose clock is off.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The docs are written for the full feature set, as docs.rs builds them: in a build without `memory` or
 // `compression`, a link to an item of the missing feature has nothing to point at and renders as plain text.

@@ -154,3 +154,71 @@ async fn an_entry_from_a_process_whose_clock_runs_ahead_goes_stale_on_time_here(
     );
     wait_until("the stale entry's refresh", || origin.calls() == 1).await;
 }
+
+#[cfg(feature = "metrics")]
+#[test]
+fn the_store_clocks_distance_reaches_the_metrics_facade() {
+    use metrics::{
+        Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+    use std::sync::{Arc, Mutex};
+
+    /// The last value of each gauge, by name and labels.
+    #[derive(Default)]
+    struct Gauges(Mutex<Vec<(String, f64)>>);
+    struct Set(Arc<Gauges>, String);
+    impl GaugeFn for Set {
+        fn increment(&self, _: f64) {}
+        fn decrement(&self, _: f64) {}
+        fn set(&self, value: f64) {
+            self.0.0.lock().unwrap().push((self.1.clone(), value));
+        }
+    }
+    struct Local(Arc<Gauges>);
+    impl Recorder for Local {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            Gauge::from_arc(Arc::new(Set(self.0.clone(), name)))
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    let gauges = Arc::new(Gauges::default());
+    let recorder = Local(gauges.clone());
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let server = RedisServer::start();
+            let layer = layer(&server.url()).await;
+            let handle = layer.handle();
+            let service = ServiceBuilder::new()
+                .layer(layer)
+                .service(Origin::new().service());
+            let _ = call(&service, post(QUERY)).await;
+            assert_about(store_ahead_ms(&handle).await, 0);
+        });
+    });
+    let gauges = gauges.0.lock().unwrap();
+    let readings: Vec<f64> = gauges
+        .iter()
+        .filter(|(name, _)| name == "tower_redis_cache_store_clock_ahead_seconds{namespace=clocks}")
+        .map(|(_, value)| *value)
+        .collect();
+    assert_eq!(readings.len(), 1, "{gauges:?}");
+    assert!(readings[0].abs() < 1.0, "{readings:?}");
+}

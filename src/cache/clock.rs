@@ -10,6 +10,7 @@
 //! Within that tolerance (clocks kept by NTP, or a test's processes on one machine) nothing changes.
 
 use super::deadline::Deadlines;
+use super::stats::Counters;
 use super::store::Store;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -67,6 +68,9 @@ struct Follow {
     /// How many milliseconds the store's clock ran ahead of the wall clock at the last good reading (negative:
     /// behind), or [`NOT_MEASURED`].
     ahead_ms: AtomicI64,
+    /// The layer's counters, for the namespace its gauge is exported under.
+    #[cfg(feature = "metrics")]
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Follow {
@@ -85,8 +89,14 @@ impl Clock {
     }
 
     /// A clock that follows `store`'s where the two differ by more than [`TOLERANCE_MS`], reading it with
-    /// `deadlines` bounding each reading.
-    pub(crate) fn following(store: Arc<dyn Store>, deadlines: Arc<Deadlines>) -> Arc<Self> {
+    /// `deadlines` bounding each reading, and exporting each reading under `counters`' namespace.
+    pub(crate) fn following(
+        store: Arc<dyn Store>,
+        deadlines: Arc<Deadlines>,
+        counters: Arc<Counters>,
+    ) -> Arc<Self> {
+        #[cfg(not(feature = "metrics"))]
+        let _ = counters;
         Arc::new_cyclic(|clock| {
             Clock::with(Some(Follow {
                 clock: clock.clone(),
@@ -95,6 +105,8 @@ impl Clock {
                 next_at: AtomicU64::new(0),
                 reading: AtomicBool::new(false),
                 ahead_ms: AtomicI64::new(NOT_MEASURED),
+                #[cfg(feature = "metrics")]
+                counters,
             }))
         })
     }
@@ -204,6 +216,8 @@ async fn read_store_clock(clock: Arc<Clock>) {
     let Some(ahead) = ahead_ms(before, server, after) else {
         return;
     };
+    #[cfg(feature = "metrics")]
+    super::stats::record_store_clock(&follow.counters, ahead);
     follow.ahead_ms.store(ahead, Ordering::Relaxed);
     let shift = if ahead.abs() > TOLERANCE_MS { ahead } else { 0 };
     let before_shift = clock.shift_ms.swap(shift, Ordering::Relaxed);
@@ -283,7 +297,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_store_without_a_clock_is_asked_once_and_shifts_nothing() {
         let store: Arc<dyn Store> = Arc::new(crate::MemoryStore::new(1 << 20));
-        let clock = Clock::following(store, Deadlines::new(Duration::from_millis(50)));
+        let counters = Arc::new(Counters::new("clock"));
+        let clock = Clock::following(store, Deadlines::new(Duration::from_millis(50)), counters);
         let follow = clock.follow.as_ref().unwrap();
         let before = clock.now_ms();
         for _ in 0..100 {

@@ -890,8 +890,8 @@ impl Engine {
         near: Option<NearConfig>,
     ) -> Self {
         let (unguarded, deadlines) = store.unguarded();
-        let clock = Clock::following(unguarded, deadlines);
         let counters = store.counters.clone();
+        let clock = Clock::following(unguarded, deadlines, counters.clone());
         let near = near.map(|config| {
             Arc::new(Near::new(
                 keys.namespace_prefix(),

@@ -103,6 +103,18 @@ pub(crate) fn record_store_call(
     .record(took.as_secs_f64());
 }
 
+/// Records how far the store's clock ran ahead of this process's at a reading, as the
+/// `tower_redis_cache_store_clock_ahead_seconds{namespace}` gauge (negative: behind; see
+/// [`CacheHandle::store_clock_ahead_ms`](super::CacheHandle::store_clock_ahead_ms)).
+#[cfg(feature = "metrics")]
+pub(crate) fn record_store_clock(counters: &Counters, ahead_ms: i64) {
+    metrics::gauge!(
+        "tower_redis_cache_store_clock_ahead_seconds",
+        "namespace" => counters.namespace.clone()
+    )
+    .set(ahead_ms as f64 / 1000.0);
+}
+
 /// Why the cache asked the origin, the `call` label of `tower_redis_cache_origin_call_seconds`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum OriginCall {
