@@ -6,9 +6,10 @@
 mod support;
 
 use http::{HeaderName, Method, Request, StatusCode};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 use support::calls::{Reply, cache_status, call, outcome, post};
+use support::logs::warnings;
 use support::{Origin, RedisCluster, RedisServer};
 use tower_redis_cache::error::StoreError;
 use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
@@ -362,46 +363,6 @@ fn told_once_and_retried(
         "told once, not on every attempt: {refused:?}"
     );
     assert!(refused[0].contains("NOPERM"), "{refused:?}");
-}
-
-/// The messages of the `warn` events every test here logged.
-fn warnings() -> Arc<Mutex<Vec<String>>> {
-    static WARNINGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    WARNINGS
-        .get_or_init(|| {
-            let warnings = Arc::new(Mutex::new(Vec::new()));
-            let subscriber = tracing_subscriber::layer::SubscriberExt::with(
-                tracing_subscriber::registry(),
-                Warnings(warnings.clone()),
-            );
-            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-            warnings
-        })
-        .clone()
-}
-
-struct Warnings(Arc<Mutex<Vec<String>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if *event.metadata().level() == tracing::Level::WARN {
-            let mut fields = String::new();
-            event.record(&mut Fields(&mut fields));
-            self.0.lock().unwrap().push(fields);
-        }
-    }
-}
-
-struct Fields<'a>(&'a mut String);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!("{}={value:?} ", field.name()));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

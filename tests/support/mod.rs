@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
 
 pub mod calls;
+pub mod logs;
 pub mod origin;
 pub mod proxy;
 pub mod redis;
