@@ -44,12 +44,14 @@ async fn store_ahead_ms(handle: &CacheHandle) -> i64 {
 }
 
 /// The writer: run by the tests below, in a process of its own under `faketime`. It has the store's clock read
-/// (its first request), stores `QUERY`'s answer, checks that it hits, and prints how far off it found its clock.
+/// (its first request), stores `QUERY`'s answer, checks that it hits, and prints how far off it found its clock
+/// and the warnings it logged.
 #[tokio::test]
 #[ignore = "the clock tests run it under faketime"]
 async fn skewed_writer() {
     let url =
         std::env::var(WRITER_REDIS).expect("run by the clock tests, which name the Redis to use");
+    let warnings = support::logs::warnings();
     let layer = layer(&url).await;
     let handle = layer.handle();
     let service = ServiceBuilder::new()
@@ -66,11 +68,14 @@ async fn skewed_writer() {
         CacheOutcome::Hit
     );
     println!("store_ahead_ms={ahead}");
+    for warning in warnings.lock().unwrap().iter() {
+        println!("warning={warning}");
+    }
 }
 
 /// Runs [`skewed_writer`] against `url` with its clock moved by `offset` (faketime's syntax: `-120s`), and
-/// returns how far ahead of its clock it found the store's.
-fn run_writer(url: &str, offset: &str) -> i64 {
+/// returns how far ahead of its clock it found the store's, and the warnings it logged.
+fn run_writer(url: &str, offset: &str) -> (i64, Vec<String>) {
     let faketime = require_tool(
         "faketime",
         "faketime was not found on PATH. The clock tests run a process under libfaketime: run `scripts/test` \
@@ -93,11 +98,25 @@ fn run_writer(url: &str, offset: &str) -> i64 {
         "the writer failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    stdout
+    let ahead = stdout
         .lines()
         .find_map(|line| line.strip_prefix("store_ahead_ms="))
         .and_then(|ms| ms.parse().ok())
-        .unwrap_or_else(|| panic!("the writer said how far off its clock was:\n{stdout}"))
+        .unwrap_or_else(|| panic!("the writer said how far off its clock was:\n{stdout}"));
+    let warnings = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("warning="))
+        .map(str::to_owned)
+        .collect();
+    (ahead, warnings)
+}
+
+/// Asserts that the writer logged one warning, saying that its clock is `direction` ("behind", "ahead of") the
+/// store's.
+fn assert_told(warnings: &[String], direction: &str) {
+    let told = format!("s {direction} the cache store's: entries are timed by the store's clock");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains(&told), "{warnings:?}");
 }
 
 /// Asserts that `measured` is `expected` milliseconds, give or take the few seconds a busy machine's round trips
@@ -113,8 +132,10 @@ fn assert_about(measured: i64, expected: i64) {
 async fn an_entry_from_a_process_whose_clock_runs_behind_is_fresh_here() {
     let server = RedisServer::start();
     let skew = i64::try_from(SKEW.as_millis()).unwrap();
-    // The writer's clock runs two minutes behind: it finds the store's two minutes ahead.
-    assert_about(run_writer(&server.url(), "-120s"), skew);
+    // The writer's clock runs two minutes behind: it finds the store's two minutes ahead, and says so.
+    let (ahead, warnings) = run_writer(&server.url(), "-120s");
+    assert_about(ahead, skew);
+    assert_told(&warnings, "behind");
 
     let origin = Origin::new();
     let layer = layer(&server.url()).await;
@@ -135,7 +156,9 @@ async fn an_entry_from_a_process_whose_clock_runs_behind_is_fresh_here() {
 async fn an_entry_from_a_process_whose_clock_runs_ahead_goes_stale_on_time_here() {
     let server = RedisServer::start();
     let skew = i64::try_from(SKEW.as_millis()).unwrap();
-    assert_about(run_writer(&server.url(), "+120s"), -skew);
+    let (ahead, warnings) = run_writer(&server.url(), "+120s");
+    assert_about(ahead, -skew);
+    assert_told(&warnings, "ahead of");
 
     let origin = Origin::new();
     let layer = layer(&server.url()).await;
