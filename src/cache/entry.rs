@@ -441,10 +441,83 @@ pub(crate) fn storable_headers(headers: &HeaderMap) -> Option<HeaderMap> {
     Some(kept)
 }
 
+/// Where an entry's three windows (`fresh_until`, `stale_until`, `stale_if_error_until`) are: after magic,
+/// version, digest and `stored_at`.
+#[cfg_attr(not(any(feature = "redis", feature = "memory")), allow(dead_code))]
+pub(crate) const WINDOWS_AT: usize = 4 + 1 + 32 + 8;
+/// The bytes of the three windows.
+#[cfg_attr(not(any(feature = "redis", feature = "memory")), allow(dead_code))]
+pub(crate) const WINDOWS_LEN: usize = 8 * 3;
+
+/// The windows of the entry whose first bytes are `head` (at least [`WINDOWS_AT`] + [`WINDOWS_LEN`] of them), as
+/// they are once the entry is made stale at `at` (unix ms): each moved back by the freshness it had left, so that
+/// the entry is stale from `at` on and its stale and stale-if-error windows keep their lengths from there (never
+/// growing). `None` when `head` is no entry (another format, a marker) or the entry is stale at `at` already.
+#[cfg_attr(not(any(feature = "redis", feature = "memory")), allow(dead_code))]
+pub(crate) fn staled_windows(head: &[u8], at: u64) -> Option<[u8; WINDOWS_LEN]> {
+    if head.get(..4)? != MAGIC || !matches!(head.get(4)?, &VERSION | &VERSION_LZ4) {
+        return None;
+    }
+    let window = |i: usize| {
+        let start = WINDOWS_AT + 8 * i;
+        Some(u64::from_be_bytes(
+            head.get(start..start + 8)?.try_into().ok()?,
+        ))
+    };
+    let (fresh, stale, if_error) = (window(0)?, window(1)?, window(2)?);
+    let left = fresh.checked_sub(at).filter(|&left| left > 0)?;
+    let mut windows = [0; WINDOWS_LEN];
+    for (i, until) in [
+        at,
+        stale.saturating_sub(left).max(at),
+        if_error.saturating_sub(left).max(at),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        windows[8 * i..8 * i + 8].copy_from_slice(&until.to_be_bytes());
+    }
+    Some(windows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_entry_made_stale_keeps_its_stale_windows_lengths_from_then() {
+        let digest = [7u8; 32];
+        // Fresh until 1,010,000, stale until 1,040,000, stale-if-error until 1,100,000.
+        let bytes = entry(b"{}").encode(&digest);
+        let windows = staled_windows(&bytes, 1_004_000).unwrap();
+        let mut staled = bytes.to_vec();
+        staled[WINDOWS_AT..WINDOWS_AT + WINDOWS_LEN].copy_from_slice(&windows);
+        let d = Entry::decode(&Bytes::from(staled), &digest, MAX_BODY).unwrap();
+        assert_eq!(d.stored_at, 1_000_000);
+        assert_eq!(d.fresh_until, 1_004_000);
+        assert_eq!(d.stale_until, 1_034_000);
+        assert_eq!(d.stale_if_error_until, 1_094_000);
+        assert_eq!(d.body, Bytes::from_static(b"{}"));
+        // Stale already (or at its last fresh instant's end): left as it is.
+        assert_eq!(staled_windows(&bytes, 1_010_000), None);
+        assert_eq!(staled_windows(&bytes, 1_020_000), None);
+        // Windows already shorter than the shift end at once, never before `at`.
+        let short = Entry {
+            stale_until: 1_010_000,
+            stale_if_error_until: 1_010_000,
+            ..entry(b"{}")
+        }
+        .encode(&digest);
+        let windows = staled_windows(&short, 1_000_500).unwrap();
+        assert_eq!(windows[..8], 1_000_500u64.to_be_bytes());
+        assert_eq!(windows[8..16], 1_000_500u64.to_be_bytes());
+        assert_eq!(windows[16..], 1_000_500u64.to_be_bytes());
+        // Markers, other formats and short reads are no entries.
+        assert_eq!(staled_windows(&Unstored::Alone.encode(&digest), 0), None);
+        assert_eq!(staled_windows(b"{\"not\":\"ours\"}", 0), None);
+        assert_eq!(staled_windows(&bytes[..WINDOWS_AT + 16], 1_004_000), None);
+    }
 
     /// The body cap the decoder is given.
     const MAX_BODY: usize = 1 << 20;

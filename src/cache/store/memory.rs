@@ -1,5 +1,6 @@
 //! [`MemoryStore`]: an in-process store on moka, for demos, tests and single-process services.
 
+use super::super::entry::{WINDOWS_AT, WINDOWS_LEN, staled_windows};
 use super::super::key::lease_key_of;
 use super::{Store, StoreFuture};
 use crate::error::StoreError;
@@ -329,6 +330,39 @@ impl Store for MemoryStore {
         let mut tags = self.lock_tags();
         removed += keys.iter().filter(|k| tags.remove_set(k)).count();
         Box::pin(std::future::ready(Ok(removed as u64)))
+    }
+
+    fn mark_stale<'a>(&'a self, keys: &'a [&'a str], at: u64) -> StoreFuture<'a, u64> {
+        let mut marked = 0;
+        for key in keys {
+            let result = self
+                .cache
+                .entry((*key).to_owned())
+                .and_compute_with(|current| {
+                    let Some(held) = current.filter(|held| held.value().live()) else {
+                        return Op::Nop;
+                    };
+                    let held = held.into_value();
+                    let Some(windows) = staled_windows(&held.value, at) else {
+                        return Op::Nop;
+                    };
+                    let mut value = held.value.to_vec();
+                    value[WINDOWS_AT..WINDOWS_AT + WINDOWS_LEN].copy_from_slice(&windows);
+                    // The same expiry: only the entry's own windows move.
+                    let left = held
+                        .expires_at
+                        .saturating_duration_since(tokio::time::Instant::now());
+                    Op::Put(Stored {
+                        value: Bytes::from(value),
+                        ttl: left,
+                        expires_at: held.expires_at,
+                    })
+                });
+            if matches!(result, CompResult::ReplacedWith(_)) {
+                marked += 1;
+            }
+        }
+        Box::pin(std::future::ready(Ok(marked)))
     }
 
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {

@@ -246,6 +246,20 @@ pub trait Store: std::any::Any + Send + Sync {
         false
     }
 
+    /// Makes the entries at `keys` stale as of `at` (unix milliseconds, the cache's clock) without removing
+    /// them, and returns how many it changed: each fresh one's windows move back by the freshness it had left,
+    /// so it is answered stale from now on (one background refresh, the others served at once) and keeps its
+    /// stale-if-error window for an origin that fails meanwhile (a soft purge). Entries stale already, markers
+    /// and missing keys are left alone. On Redis, each key is read and then changed only if nothing wrote it
+    /// in between (`GETRANGE`, then a script's `SETRANGE`, which keeps its TTL).
+    ///
+    /// The default removes them ([`remove`](Self::remove)): a store that cannot change an entry in place makes
+    /// a soft purge a hard one.
+    fn mark_stale<'a>(&'a self, keys: &'a [&'a str], at: u64) -> StoreFuture<'a, u64> {
+        let _ = at;
+        self.remove(keys)
+    }
+
     /// The store's own clock, which every process sharing the store reads alike: `TIME` on Redis. The cache
     /// asks for it at its first request and then once a minute, and where this process's clock is more than a
     /// second off, times entries by the store's instead, so that processes whose clocks disagree still agree on
@@ -353,6 +367,10 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn reconnect_cures(&self, refusal: &StoreError) -> bool {
         (**self).reconnect_cures(refusal)
+    }
+
+    fn mark_stale<'a>(&'a self, keys: &'a [&'a str], at: u64) -> StoreFuture<'a, u64> {
+        (**self).mark_stale(keys, at)
     }
 
     fn server_time(&self) -> StoreFuture<'_, Option<SystemTime>> {

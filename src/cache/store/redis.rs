@@ -3,6 +3,7 @@
 use super::homes::{self, Homes};
 use super::sentinel::{Following, Primary};
 use super::{Store, StoreFuture};
+use crate::cache::entry::{WINDOWS_AT, WINDOWS_LEN, staled_windows};
 use crate::error::StoreError;
 use bytes::Bytes;
 use fred::cmd;
@@ -285,6 +286,24 @@ impl RedisStore {
         &self.clients[self.client_index()]
     }
 
+    /// [`Store::mark_stale`] of one key: its head read, its windows moved, and written back only if they are
+    /// still what was read (a fill since then wrote an answer from after the call). Whether it changed.
+    async fn mark_one_stale(&self, key: &str, at: u64) -> Result<bool, StoreError> {
+        let end = WINDOWS_AT + WINDOWS_LEN;
+        let client = self.client();
+        let head: Bytes = client.getrange(key, 0, end - 1).await.map_err(backend)?;
+        let Some(windows) = staled_windows(&head, at) else {
+            return Ok(false);
+        };
+        let args = vec![
+            Value::from(WINDOWS_AT as i64),
+            Value::from((end - 1) as i64),
+            Value::Bytes(head.slice(WINDOWS_AT..end)),
+            Value::Bytes(Bytes::copy_from_slice(&windows)),
+        ];
+        Ok(run_script(client, &SET_RANGE_IF, vec![Key::from(key)], args).await? == 1)
+    }
+
     /// [`Store::get`], unboxed: the cache's own reads hold this handle as it is.
     pub(crate) fn read(&self, key: &str) -> Housed<'_> {
         let index = self.client_index();
@@ -464,6 +483,13 @@ pub(crate) const CLOCK: Script = Script {
     sha1: "b7e1e99280b3dbe45587ce561324464622eaeebe",
 };
 
+/// Overwrites bytes `ARGV[1]` to `ARGV[2]` of `KEYS[1]` with `ARGV[4]` (`SETRANGE`, which keeps the key's TTL)
+/// only if they still hold `ARGV[3]`; a missing key reads as empty, so it is never made.
+pub(crate) const SET_RANGE_IF: Script = Script {
+    lua: "if redis.call('GETRANGE', KEYS[1], ARGV[1], ARGV[2]) == ARGV[3] then redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[4]) return 1 else return 0 end",
+    sha1: "5b88cb35e72f8456b9cc69793cb4e7416dbc3942",
+};
+
 /// How long an invalidation mark is kept: longer than any fill that read the tag clock before it runs.
 const MARK_FOR: Duration = Duration::from_secs(86_400);
 
@@ -613,6 +639,18 @@ impl Store for RedisStore {
                 let keys: Vec<Key> = keys.iter().map(|k| Key::from(*k)).collect();
                 client.unlink::<u64, _>(keys).await.map_err(backend)
             }
+        })
+    }
+
+    fn mark_stale<'a>(&'a self, keys: &'a [&'a str], at: u64) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            // Each key read and changed on its own (two trips), all keys at once, as `remove` unlinks them.
+            let marks = keys.iter().map(|key| self.mark_one_stale(key, at));
+            let mut marked = 0;
+            for changed in futures_util::future::join_all(marks).await {
+                marked += u64::from(changed?);
+            }
+            Ok(marked)
         })
     }
 
