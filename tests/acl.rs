@@ -173,7 +173,12 @@ async fn every_feature(url: &str) {
     origin.heal();
     assert!(is_stored_miss(&call(&service_b, post(r#"{"q":3}"#)).await));
 
-    // A request's tag removes its entries everywhere.
+    // A request's tag makes its entries stale everywhere (a soft purge), then removes them.
+    assert!(b.handle().mark_tag_stale("reports").await.unwrap() >= 1);
+    assert!(matches!(
+        outcome(&call(&service_a, post(r#"{"q":1}"#)).await),
+        CacheOutcome::Stale { .. }
+    ));
     assert!(a.handle().invalidate_tag("reports").await.unwrap() >= 3);
     assert!(is_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await));
 

@@ -834,3 +834,140 @@ async fn a_refresh_whose_answer_store_when_refuses_leaves_the_stale_entry() {
     assert_eq!(&body(still).await[..], br#"{"data":{"items":[1]}}"#);
     assert_eq!(layer.handle().stats().stores, 1);
 }
+
+/// The call number of an answer from the counting origin (`{"n":...}`).
+async fn answer_number(reply: support::calls::Reply) -> u64 {
+    let answer: serde_json::Value = serde_json::from_slice(&body(reply).await).unwrap();
+    answer["n"].as_u64().unwrap()
+}
+
+/// A soft purge of a tag over `store`: answered stale at once while one refresh runs, then fresh; an entry
+/// made stale keeps its stale-if-error window, where a removed one would leave a failing origin's error.
+async fn a_tag_made_stale_is_answered_stale_while_one_refresh_runs(
+    store: impl tower_redis_cache::Store,
+) {
+    let origin = Origin::new();
+    let layer = RedisCacheLayer::builder(store)
+        .namespace("soft")
+        .tags(|_| vec!["items".to_owned()])
+        .fresh_for(Duration::from_secs(60))
+        .stale_for(Duration::from_secs(60))
+        .stale_if_error_for(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = cached(&layer, origin.service());
+    assert_eq!(
+        answer_number(call(&service, get("/items/1")).await).await,
+        1
+    );
+    assert_eq!(
+        outcome(&call(&service, get("/items/1")).await),
+        CacheOutcome::Hit
+    );
+
+    assert_eq!(handle.mark_tag_stale("items").await.unwrap(), 1);
+    let stale = call(&service, get("/items/1")).await;
+    assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
+    assert_eq!(answer_number(stale).await, 1, "the entry, answered at once");
+    wait_until("the one refresh", || origin.calls() == 2).await;
+    let refreshed = call(&service, get("/items/1")).await;
+    assert_eq!(outcome(&refreshed), CacheOutcome::Hit);
+    assert_eq!(answer_number(refreshed).await, 2);
+
+    // Fresh again, then stale: the second mark finds nothing fresh, and windows never grow.
+    assert_eq!(handle.mark_tag_stale("items").await.unwrap(), 1);
+    assert_eq!(handle.mark_tag_stale("items").await.unwrap(), 0);
+    // Past its stale window (a minute from the mark), the origin failing: its stale-if-error window answers.
+    origin.fail_with(StatusCode::SERVICE_UNAVAILABLE);
+    jump(Duration::from_secs(61)).await;
+    let on_error = call(&service, get("/items/1")).await;
+    assert_eq!(outcome(&on_error), CacheOutcome::StaleIfError);
+    assert_eq!(answer_number(on_error).await, 2);
+    // A removal leaves nothing to answer with.
+    assert_eq!(handle.invalidate_tag("items").await.unwrap(), 1);
+    let failed = call(&service, get("/items/1")).await;
+    assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_tag_made_stale_in_redis_is_answered_stale_while_one_refresh_runs() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(fred_client(&server.url()).await);
+    a_tag_made_stale_is_answered_stale_while_one_refresh_runs(store).await;
+}
+
+#[tokio::test]
+async fn a_tag_made_stale_in_memory_is_answered_stale_while_one_refresh_runs() {
+    let store = tower_redis_cache::MemoryStore::new(1 << 20);
+    a_tag_made_stale_is_answered_stale_while_one_refresh_runs(store).await;
+}
+
+#[tokio::test]
+async fn a_request_made_stale_keeps_its_ttl_and_another_processs_near_cache_hears_of_it() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let process = |near: bool| {
+        let url = server.url();
+        async move {
+            let builder = RedisCacheLayer::builder(RedisStore::new(fred_client(&url).await))
+                .namespace("soft")
+                .fresh_for(Duration::from_secs(60))
+                .stale_for(Duration::from_secs(60));
+            let builder = if near {
+                builder.near_cache(1 << 20)
+            } else {
+                builder
+            };
+            builder.build().unwrap()
+        }
+    };
+    let (reader, writer) = (process(true).await, process(false).await);
+    let service = cached(&reader, origin.service());
+    assert_eq!(answer_number(call(&service, get("/report")).await).await, 1);
+    let before = stored_for_ms(&server, &reader, "/report");
+    // Answered from the near cache once it is armed.
+    wait_until_near_hit(&service, "/report").await;
+
+    let request = Request::get("http://api.test/report").body(b"").unwrap();
+    assert!(writer.handle().mark_stale(&request).await.unwrap());
+    assert!(
+        !writer.handle().mark_stale(&request).await.unwrap(),
+        "stale already"
+    );
+    // Redis keeps the entry as long as before: only its windows moved.
+    let after = stored_for_ms(&server, &reader, "/report");
+    assert!(
+        after <= before && after + 5_000 > before,
+        "{before} ms, then {after} ms"
+    );
+    // The reader's near cache drops its copy when Redis tells it of the change; then the entry is stale.
+    let mut outcomes = Vec::new();
+    for _ in 0..500 {
+        let reply = call(&service, get("/report")).await;
+        let seen = outcome(&reply);
+        outcomes.push(seen);
+        if seen != CacheOutcome::Hit {
+            assert_eq!(
+                seen,
+                CacheOutcome::Stale { refreshing: true },
+                "{outcomes:?}"
+            );
+            assert_eq!(answer_number(reply).await, 1);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never answered stale: {outcomes:?}");
+}
+
+/// Calls `path` until the near cache answers it (`Cache-Status: ...; detail=near`).
+async fn wait_until_near_hit<S: support::calls::Cached>(service: &S, path: &str) {
+    for _ in 0..500 {
+        if cache_status(&call(service, get(path)).await).contains("detail=near") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the near cache never answered {path}");
+}

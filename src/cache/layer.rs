@@ -249,6 +249,67 @@ impl CacheHandle {
         self.engine.remove_tagged(&[set], false).await
     }
 
+    /// Makes every entry stored with `tag` stale, in every process, without removing it (a soft purge, as CDNs
+    /// call it): the next request for each is answered at once from the stale entry while one background
+    /// refresh, for the whole fleet, asks the origin, so that purging a popular tag sends the origin one call
+    /// per entry instead of every waiting caller's, and an origin that fails meanwhile is answered for from the
+    /// entry's stale-if-error window. Each entry is stale from now on, and its stale windows keep their lengths
+    /// from now (with `stale_for` zero, it is then answered only for a failing origin). Returns how many
+    /// entries were fresh; those stale already are left as they are.
+    ///
+    /// As with [`invalidate_tag`](Self::invalidate_tag), the tag is marked and the leases go first, so no fill
+    /// that asked the origin before this call stores its answer after it. A store that cannot change an entry
+    /// in place removes it instead ([`Store::mark_stale`](super::store::Store::mark_stale)); [`RedisStore`]
+    /// and [`MemoryStore`] can.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_redis_cache::{MemoryStore, RedisCacheLayer};
+    ///
+    /// let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    ///     .tags(|parts| vec![parts.uri.path().to_owned()])
+    ///     .build()?;
+    /// // The catalogue changed: its pages are refreshed as they are asked for, stale meanwhile.
+    /// assert_eq!(layer.handle().mark_tag_stale("/catalogue").await?, 0); // nothing was cached yet
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`RedisStore`]: crate::RedisStore
+    /// [`MemoryStore`]: crate::MemoryStore
+    ///
+    /// # Errors
+    ///
+    /// The store's error (entries made stale before it stay so); the circuit breaker and store timeout do not
+    /// apply here. A store without tags fails.
+    pub async fn mark_tag_stale(&self, tag: &str) -> Result<u64, StoreError> {
+        let set = self.engine.keys.tag_key(tag);
+        let now = self.engine.clock.now_ms();
+        self.engine.mark_tagged_stale(&[set], false, now).await
+    }
+
+    /// Makes the entry of `request` stale without removing it, as [`mark_tag_stale`](Self::mark_tag_stale)
+    /// does for a tag's; the keys are those [`invalidate`](Self::invalidate) removes. Returns whether it was
+    /// fresh.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; the circuit breaker and store timeout do not apply here.
+    pub async fn mark_stale<T: AsRef<[u8]>>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<bool, StoreError> {
+        let keys = self
+            .engine
+            .own_keys(self.primary_key(request), request.headers())
+            .await?;
+        let now = self.engine.clock.now_ms();
+        let marked = self
+            .engine
+            .purge_entries(&keys, false, super::tags::Purge::Stale(now))
+            .await?;
+        Ok(marked > 0)
+    }
+
     /// Removes every entry in the cache group `group` of the origin `authority` (`"api.example"`,
     /// `"api.example:8443"`; case and the ports 80 and 443 ignored), as an answer's `Cache-Group-Invalidation` does
     /// (see [`cache_groups`](RedisCacheLayerBuilder::cache_groups)). Returns how many entries existed; the rest is

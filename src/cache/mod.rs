@@ -140,7 +140,9 @@
 //! [`CacheHandle::invalidate_uri`] does the same for a change made elsewhere). What such a write changes under
 //! other URIs (a listing, a search) goes by [`tags`](RedisCacheLayerBuilder::tags) (and the tags an answer names,
 //! [`tags_from_header`](RedisCacheLayerBuilder::tags_from_header)): the entries stored with one of the write's tags
-//! are removed too, and [`CacheHandle::invalidate_tag`] removes a tag's entries on demand. An origin that speaks
+//! are removed too, and [`CacheHandle::invalidate_tag`] removes a tag's entries on demand
+//! ([`CacheHandle::mark_tag_stale`] makes them stale instead: a soft purge, answered stale while one refresh
+//! runs). An origin that speaks
 //! HTTP Cache Groups (RFC 9875: `Cache-Groups` on answers, `Cache-Group-Invalidation` on a write's answer) names
 //! those sets itself, with [`cache_groups`](RedisCacheLayerBuilder::cache_groups).
 //!

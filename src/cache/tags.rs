@@ -37,6 +37,15 @@ use http::{HeaderMap, HeaderName, Uri, request};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a removal does to the entries it finds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Purge {
+    /// Removes them.
+    Remove,
+    /// Makes them stale as of this unix time in ms, keeping them for their stale windows (a soft purge).
+    Stale(u64),
+}
+
 /// `Cache-Groups` (RFC 9875 §2): the groups a stored response belongs to.
 pub(crate) const CACHE_GROUPS: HeaderName = HeaderName::from_static("cache-groups");
 
@@ -260,7 +269,19 @@ impl Engine {
         sets: &[String],
         guarded: bool,
     ) -> Result<u64, StoreError> {
-        self.remove_sets(sets, true, guarded).await
+        self.remove_sets(sets, true, guarded, Purge::Remove).await
+    }
+
+    /// [`remove_tagged`](Self::remove_tagged), making the entries stale as of `at` instead of removing them
+    /// (their leases still go, and the sets are marked, so that no fill from before stores after).
+    pub(crate) async fn mark_tagged_stale(
+        &self,
+        sets: &[String],
+        guarded: bool,
+        at: u64,
+    ) -> Result<u64, StoreError> {
+        self.remove_sets(sets, true, guarded, Purge::Stale(at))
+            .await
     }
 
     /// [`remove_tagged`](Self::remove_tagged) for URI tag sets (see [`KeyConfig::uri_tag_key`]), without the
@@ -272,15 +293,16 @@ impl Engine {
         sets: &[String],
         guarded: bool,
     ) -> Result<u64, StoreError> {
-        self.remove_sets(sets, false, guarded).await
+        self.remove_sets(sets, false, guarded, Purge::Remove).await
     }
 
-    /// Removes what each of `sets` names, each set marked first when `mark`.
+    /// Removes (or makes stale, as `purge` says) what each of `sets` names, each set marked first when `mark`.
     async fn remove_sets(
         &self,
         sets: &[String],
         mark: bool,
         guarded: bool,
+        purge: Purge,
     ) -> Result<u64, StoreError> {
         let mut removed = 0;
         for set in sets {
@@ -297,13 +319,18 @@ impl Engine {
                     self.flights.detach_all();
                 }
             }
-            removed += self.remove_members(set, guarded).await?;
+            removed += self.remove_members(set, guarded, purge).await?;
         }
         Ok(removed)
     }
 
-    /// Walks the tag set `set` and removes every entry it names, each lease before its entry.
-    async fn remove_members(&self, set: &str, guarded: bool) -> Result<u64, StoreError> {
+    /// Walks the tag set `set` and removes (or makes stale) every entry it names, each lease before its entry.
+    async fn remove_members(
+        &self,
+        set: &str,
+        guarded: bool,
+        purge: Purge,
+    ) -> Result<u64, StoreError> {
         let prefix = self.keys.namespace_prefix();
         let mut removed = 0;
         let mut cursor = 0;
@@ -317,8 +344,10 @@ impl Engine {
                 .iter()
                 .filter_map(|member| CacheKey::parse(&prefix, member))
                 .collect();
-            let page = self.remove_entries(&keys, guarded).await?;
-            add(&self.counters.tag_removals, page);
+            let page = self.purge_entries(&keys, guarded, purge).await?;
+            if let Purge::Remove = purge {
+                add(&self.counters.tag_removals, page);
+            }
             removed += page;
             if next == 0 {
                 return Ok(removed);
@@ -335,6 +364,17 @@ impl Engine {
         keys: &[CacheKey],
         guarded: bool,
     ) -> Result<u64, StoreError> {
+        self.purge_entries(keys, guarded, Purge::Remove).await
+    }
+
+    /// [`remove_entries`](Self::remove_entries), or with [`Purge::Stale`] the same with the entries made stale
+    /// instead of removed ([`Store::mark_stale`](super::Store::mark_stale)): returns how many were fresh.
+    pub(crate) async fn purge_entries(
+        &self,
+        keys: &[CacheKey],
+        guarded: bool,
+        purge: Purge,
+    ) -> Result<u64, StoreError> {
         let Some(first) = keys.first() else {
             return Ok(0);
         };
@@ -349,8 +389,9 @@ impl Engine {
                 .call_as(guarded, "invalidate", first.as_str(), |s| s.remove(&leases))
                 .await?;
             self.store
-                .call_as(guarded, "invalidate", first.as_str(), |s| {
-                    s.remove(&entries)
+                .call_as(guarded, "invalidate", first.as_str(), |s| match purge {
+                    Purge::Remove => s.remove(&entries),
+                    Purge::Stale(at) => s.mark_stale(&entries, at),
                 })
                 .await
         }
