@@ -971,3 +971,64 @@ async fn wait_until_near_hit<S: support::calls::Cached>(service: &S, path: &str)
     }
     panic!("the near cache never answered {path}");
 }
+
+#[tokio::test]
+async fn a_uri_or_a_group_made_stale_answers_stale_in_every_variant_and_query() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    origin.add_header("cache-groups", "\"catalogue\"");
+    let layer = layer(&server)
+        .await
+        .namespace("soft-uri")
+        .vary_headers([http::header::ACCEPT_LANGUAGE])
+        .cache_groups(true)
+        .fresh_for(Duration::from_secs(60))
+        .stale_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let in_language = |language: &'static str| {
+        Request::get("http://api.test/items/9")
+            .header("accept-language", language)
+            .body(Full::default())
+            .unwrap()
+    };
+    let query = || {
+        Request::post("http://api.test/items/9")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"q":1}"#)))
+            .unwrap()
+    };
+    let stored = CacheOutcome::Miss {
+        collapsed: false,
+        stored: true,
+    };
+    for request in [in_language("de"), in_language("fr"), query()] {
+        assert_eq!(outcome(&call(&service, request).await), stored);
+    }
+
+    // A webhook said item 9 changed: both languages and the query sent to it, stale, each refreshed once.
+    let changed = Request::get("http://api.test/items/9").body(()).unwrap();
+    assert_eq!(layer.handle().mark_uri_stale(&changed).await.unwrap(), 3);
+    for request in [in_language("de"), in_language("fr"), query()] {
+        assert_eq!(
+            outcome(&call(&service, request).await),
+            CacheOutcome::Stale { refreshing: true }
+        );
+    }
+    wait_until("the three refreshes", || origin.calls() == 6).await;
+
+    // The refreshed answers are in the origin's group: made stale by it, as its own write's answer would remove.
+    assert_eq!(
+        layer
+            .handle()
+            .mark_group_stale("api.test", "catalogue")
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        outcome(&call(&service, in_language("de")).await),
+        CacheOutcome::Stale { refreshing: true }
+    );
+}

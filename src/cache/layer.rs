@@ -310,6 +310,49 @@ impl CacheHandle {
         Ok(marked > 0)
     }
 
+    /// Makes what [`invalidate_uri`](Self::invalidate_uri) removes stale instead, as
+    /// [`mark_tag_stale`](Self::mark_tag_stale) does for a tag's entries: every variant of the URI's `GET` and
+    /// `HEAD` entries and of the queries sent to it, in `request`'s partition. For a change made elsewhere that
+    /// a burst of callers should not wait on. Returns how many entries were fresh.
+    ///
+    /// # Errors
+    ///
+    /// The store's error (entries made stale before it stay so); the circuit breaker and store timeout do not
+    /// apply here.
+    pub async fn mark_uri_stale<T>(&self, request: &Request<T>) -> Result<u64, StoreError> {
+        let engine = &self.engine;
+        let partition = match engine.policy.partition_by {
+            Some(_) => engine.policy.partition_of(&head_of(request)),
+            None => None,
+        };
+        let (keys, sets) = engine.uri_entries(
+            std::slice::from_ref(request.uri()),
+            request.headers(),
+            partition.as_deref(),
+        );
+        let now = engine.clock.now_ms();
+        let (named, tagged) = futures_util::future::join(
+            engine.purge_entries(&keys, false, super::tags::Purge::Stale(now)),
+            engine.mark_uri_tagged_stale(&sets, false, now),
+        )
+        .await;
+        Ok(named? + tagged?)
+    }
+
+    /// Makes every entry in the cache group `group` of the origin `authority` stale, as
+    /// [`mark_tag_stale`](Self::mark_tag_stale) does for a tag's (see
+    /// [`invalidate_group`](Self::invalidate_group)). Returns how many entries were fresh.
+    ///
+    /// # Errors
+    ///
+    /// The store's error (entries made stale before it stay so); the circuit breaker and store timeout do not
+    /// apply here.
+    pub async fn mark_group_stale(&self, authority: &str, group: &str) -> Result<u64, StoreError> {
+        let set = self.engine.keys.group_key(authority.as_bytes(), group);
+        let now = self.engine.clock.now_ms();
+        self.engine.mark_tagged_stale(&[set], false, now).await
+    }
+
     /// Removes every entry in the cache group `group` of the origin `authority` (`"api.example"`,
     /// `"api.example:8443"`; case and the ports 80 and 443 ignored), as an answer's `Cache-Group-Invalidation` does
     /// (see [`cache_groups`](RedisCacheLayerBuilder::cache_groups)). Returns how many entries existed; the rest is

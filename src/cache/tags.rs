@@ -296,6 +296,17 @@ impl Engine {
         self.remove_sets(sets, false, guarded, Purge::Remove).await
     }
 
+    /// [`remove_uri_tagged`](Self::remove_uri_tagged), making the entries stale as of `at` instead.
+    pub(crate) async fn mark_uri_tagged_stale(
+        &self,
+        sets: &[String],
+        guarded: bool,
+        at: u64,
+    ) -> Result<u64, StoreError> {
+        self.remove_sets(sets, false, guarded, Purge::Stale(at))
+            .await
+    }
+
     /// Removes (or makes stale, as `purge` says) what each of `sets` names, each set marked first when `mark`.
     async fn remove_sets(
         &self,
