@@ -32,7 +32,7 @@ use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
 use super::stats::{Counters, OriginCall, OriginTimer, add, bump, bump_bypass, bump_not_stored};
 use super::status::{BypassReason, CacheOutcome, HeaderText, NotStored, Status, StoreHealth};
-use super::tags::TagsFn;
+use super::tags::{Purge, TagsFn};
 use super::tunnel;
 use super::variants::{Learned, Variants};
 use crate::buffer::{Collected, collect_within, content_length};
@@ -2051,7 +2051,7 @@ impl Engine {
                 }
             };
             let by_uri = async {
-                if let Err(error) = engine.remove_uri_tagged(&uri_sets, true).await {
+                if let Err(error) = engine.purge_uri_tagged(&uri_sets, true, Purge::Remove).await {
                     tracing::debug!(%error, "cache entries of an unsafe request's target not all removed");
                 }
             };

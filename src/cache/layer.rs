@@ -11,7 +11,7 @@ use super::key::{KeyConfig, Pointer};
 use super::near::Tracking;
 use super::stats::{CacheStats, Counters};
 use super::store::Store;
-use super::tags::TagsFn;
+use super::tags::{Purge, TagsFn};
 use crate::error::{ConfigError, Setting, StoreError};
 use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderName, Method, Request, StatusCode, request};
@@ -211,6 +211,11 @@ impl CacheHandle {
     /// The store's error (entries removed before it stay removed); the circuit breaker and store timeout do
     /// not apply here.
     pub async fn invalidate_uri<T>(&self, request: &Request<T>) -> Result<u64, StoreError> {
+        self.purge_uri(request, Purge::Remove).await
+    }
+
+    /// What [`invalidate_uri`](Self::invalidate_uri) reaches, purged as `purge` says.
+    async fn purge_uri<T>(&self, request: &Request<T>, purge: Purge) -> Result<u64, StoreError> {
         let engine = &self.engine;
         let partition = match engine.policy.partition_by {
             Some(_) => engine.policy.partition_of(&head_of(request)),
@@ -222,8 +227,8 @@ impl CacheHandle {
             partition.as_deref(),
         );
         let (named, tagged) = futures_util::future::join(
-            engine.remove_entries(&keys, false),
-            engine.remove_uri_tagged(&sets, false),
+            engine.purge_entries(&keys, false, purge),
+            engine.purge_uri_tagged(&sets, false, purge),
         )
         .await;
         Ok(named? + tagged?)
@@ -283,8 +288,9 @@ impl CacheHandle {
     /// apply here. A store without tags fails.
     pub async fn mark_tag_stale(&self, tag: &str) -> Result<u64, StoreError> {
         let set = self.engine.keys.tag_key(tag);
-        let now = self.engine.clock.now_ms();
-        self.engine.mark_tagged_stale(&[set], false, now).await
+        self.engine
+            .purge_tagged(&[set], false, self.stale_now())
+            .await
     }
 
     /// Makes the entry of `request` stale without removing it, as [`mark_tag_stale`](Self::mark_tag_stale)
@@ -302,10 +308,9 @@ impl CacheHandle {
             .engine
             .own_keys(self.primary_key(request), request.headers())
             .await?;
-        let now = self.engine.clock.now_ms();
         let marked = self
             .engine
-            .purge_entries(&keys, false, super::tags::Purge::Stale(now))
+            .purge_entries(&keys, false, self.stale_now())
             .await?;
         Ok(marked > 0)
     }
@@ -320,23 +325,7 @@ impl CacheHandle {
     /// The store's error (entries made stale before it stay so); the circuit breaker and store timeout do not
     /// apply here.
     pub async fn mark_uri_stale<T>(&self, request: &Request<T>) -> Result<u64, StoreError> {
-        let engine = &self.engine;
-        let partition = match engine.policy.partition_by {
-            Some(_) => engine.policy.partition_of(&head_of(request)),
-            None => None,
-        };
-        let (keys, sets) = engine.uri_entries(
-            std::slice::from_ref(request.uri()),
-            request.headers(),
-            partition.as_deref(),
-        );
-        let now = engine.clock.now_ms();
-        let (named, tagged) = futures_util::future::join(
-            engine.purge_entries(&keys, false, super::tags::Purge::Stale(now)),
-            engine.mark_uri_tagged_stale(&sets, false, now),
-        )
-        .await;
-        Ok(named? + tagged?)
+        self.purge_uri(request, self.stale_now()).await
     }
 
     /// Makes every entry in the cache group `group` of the origin `authority` stale, as
@@ -349,8 +338,14 @@ impl CacheHandle {
     /// apply here.
     pub async fn mark_group_stale(&self, authority: &str, group: &str) -> Result<u64, StoreError> {
         let set = self.engine.keys.group_key(authority.as_bytes(), group);
-        let now = self.engine.clock.now_ms();
-        self.engine.mark_tagged_stale(&[set], false, now).await
+        self.engine
+            .purge_tagged(&[set], false, self.stale_now())
+            .await
+    }
+
+    /// A soft purge as of now.
+    fn stale_now(&self) -> Purge {
+        Purge::Stale(self.engine.clock.now_ms())
     }
 
     /// Removes every entry in the cache group `group` of the origin `authority` (`"api.example"`,

@@ -269,42 +269,31 @@ impl Engine {
         sets: &[String],
         guarded: bool,
     ) -> Result<u64, StoreError> {
-        self.remove_sets(sets, true, guarded, Purge::Remove).await
+        self.purge_tagged(sets, guarded, Purge::Remove).await
     }
 
-    /// [`remove_tagged`](Self::remove_tagged), making the entries stale as of `at` instead of removing them
-    /// (their leases still go, and the sets are marked, so that no fill from before stores after).
-    pub(crate) async fn mark_tagged_stale(
+    /// [`remove_tagged`](Self::remove_tagged), or with [`Purge::Stale`] the same with the entries made stale
+    /// instead (their leases still go, and the sets are marked, so that no fill from before stores after).
+    pub(crate) async fn purge_tagged(
         &self,
         sets: &[String],
         guarded: bool,
-        at: u64,
+        purge: Purge,
     ) -> Result<u64, StoreError> {
-        self.remove_sets(sets, true, guarded, Purge::Stale(at))
-            .await
+        self.remove_sets(sets, true, guarded, purge).await
     }
 
-    /// [`remove_tagged`](Self::remove_tagged) for URI tag sets (see [`KeyConfig::uri_tag_key`]), without the
+    /// [`purge_tagged`](Self::purge_tagged) for URI tag sets (see [`KeyConfig::uri_tag_key`]), without the
     /// marks: only fills record keys there, before they ask the origin, never an answer's tags.
     ///
     /// [`KeyConfig::uri_tag_key`]: super::key::KeyConfig::uri_tag_key
-    pub(crate) async fn remove_uri_tagged(
+    pub(crate) async fn purge_uri_tagged(
         &self,
         sets: &[String],
         guarded: bool,
+        purge: Purge,
     ) -> Result<u64, StoreError> {
-        self.remove_sets(sets, false, guarded, Purge::Remove).await
-    }
-
-    /// [`remove_uri_tagged`](Self::remove_uri_tagged), making the entries stale as of `at` instead.
-    pub(crate) async fn mark_uri_tagged_stale(
-        &self,
-        sets: &[String],
-        guarded: bool,
-        at: u64,
-    ) -> Result<u64, StoreError> {
-        self.remove_sets(sets, false, guarded, Purge::Stale(at))
-            .await
+        self.remove_sets(sets, false, guarded, purge).await
     }
 
     /// Removes (or makes stale, as `purge` says) what each of `sets` names, each set marked first when `mark`.
