@@ -10,6 +10,10 @@
 //! A search for open orders is cached; so is each order. Shipping order 3 removes the search that showed it,
 //! in every process sharing the cache (the removal is Redis's), and leaves order 2's entry alone. A
 //! `CacheHandle::invalidate_tag("order:3")` from anywhere would do the same.
+//!
+//! Then order 2 is reopened behind the server's back (an admin tool), and `mark_tag_stale("order:2")` says so
+//! without removing anything (a soft purge): the next read is answered at once from the stale entry while one
+//! refresh asks the server, and the read after it gets the reopened order.
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, State};
@@ -114,8 +118,9 @@ async fn main() -> Result<(), BoxError> {
         .tags(write_tags)
         .tags_from_header(CACHE_TAG)
         .build()?;
+    let handle = cache.handle();
     // A fresh namespace each run, so the first calls are misses.
-    cache.handle().purge().await?;
+    handle.purge().await?;
     let orders: Orders = Arc::new(Mutex::new(BTreeMap::from([
         (1, "open".to_owned()),
         (2, "shipped".to_owned()),
@@ -131,7 +136,7 @@ async fn main() -> Result<(), BoxError> {
                 }))
                 .layer(cache),
         )
-        .with_state(orders);
+        .with_state(orders.clone());
 
     let calls = [
         ("GET", "/orders?status=open", ""),
@@ -143,23 +148,48 @@ async fn main() -> Result<(), BoxError> {
         ("GET", "/orders/2", ""),
     ];
     for (i, (method, uri, body)) in calls.into_iter().enumerate() {
-        let request = axum::http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(body))?;
-        let response = app.clone().oneshot(request).await?;
-        let status = response.headers().get("cache-status").cloned();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        println!(
-            "call={} {method} {uri} cache-status={:?} body={}",
-            i + 1,
-            status
-                .as_ref()
-                .map(|s| s.to_str().unwrap_or("?"))
-                .unwrap_or("-"),
-            String::from_utf8_lossy(&bytes),
-        );
+        call(&app, i + 1, method, uri, body).await?;
     }
+
+    // Reopened behind the server's back; the cache is told, softly.
+    orders
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(2, "open".to_owned());
+    let stores = handle.stats().stores;
+    println!("marked stale: {}", handle.mark_tag_stale("order:2").await?);
+    // Answered at once with what the entry holds, while one refresh runs in the background.
+    call(&app, 7, "GET", "/orders/2", "").await?;
+    while handle.stats().stores == stores {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    call(&app, 8, "GET", "/orders/2", "").await?;
+    Ok(())
+}
+
+/// Sends one request through `app` and prints what came back.
+async fn call(
+    app: &Router,
+    n: usize,
+    method: &str,
+    uri: &str,
+    body: &'static str,
+) -> Result<(), BoxError> {
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body))?;
+    let response = app.clone().oneshot(request).await?;
+    let status = response.headers().get("cache-status").cloned();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    println!(
+        "call={n} {method} {uri} cache-status={:?} body={}",
+        status
+            .as_ref()
+            .map(|s| s.to_str().unwrap_or("?"))
+            .unwrap_or("-"),
+        String::from_utf8_lossy(&bytes),
+    );
     Ok(())
 }
