@@ -372,6 +372,17 @@ async fn a_tag_removes_its_entries_across_shards() {
         assert_eq!(hit, i % 2 == 1, "/items/{i}");
     }
     assert_eq!(origin.calls(), 15);
+
+    // Made stale instead, on every shard: each answered stale, and refreshed once.
+    assert_eq!(layer.handle().mark_tag_stale("odd").await.unwrap(), 5);
+    for i in (1..10).step_by(2) {
+        assert_eq!(
+            outcome(&call(&service, query_of(i)).await),
+            CacheOutcome::Stale { refreshing: true },
+            "/items/{i}"
+        );
+    }
+    support::calls::wait_until("the five refreshes", || origin.calls() == 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
