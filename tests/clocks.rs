@@ -206,11 +206,7 @@ fn the_store_clocks_distance_reaches_the_metrics_facade() {
             Counter::noop()
         }
         fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-            let labels: Vec<String> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            let name = support::metrics::name_of(key);
             Gauge::from_arc(Arc::new(Set(self.0.clone(), name)))
         }
         fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {

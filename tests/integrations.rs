@@ -854,13 +854,7 @@ fn counters_reach_the_metrics_facade() {
                 .or_default() += 1;
         }
     }
-    fn name_of(key: &Key) -> String {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        format!("{}{{{}}}", key.name(), labels.join(","))
-    }
+    use support::metrics::name_of;
     impl CounterFn for Handle {
         fn increment(&self, value: u64) {
             *self.0.0.lock().unwrap().entry(self.1.clone()).or_default() += value;

@@ -3,6 +3,8 @@
 
 pub mod calls;
 pub mod logs;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod redis;
