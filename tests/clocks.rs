@@ -102,7 +102,7 @@ fn run_writer(url: &str, offset: &str) -> (i64, Vec<String>) {
         .lines()
         .find_map(|line| line.strip_prefix("store_ahead_ms="))
         .and_then(|ms| ms.parse().ok())
-        .unwrap_or_else(|| panic!("the writer said how far off its clock was:\n{stdout}"));
+        .unwrap_or_else(|| panic!("the writer did not say how far off its clock was:\n{stdout}"));
     let warnings = stdout
         .lines()
         .filter_map(|line| line.strip_prefix("warning="))
