@@ -715,9 +715,14 @@ impl Store for RedisStore {
 
     fn server_time(&self) -> StoreFuture<'_, Option<SystemTime>> {
         Box::pin(async move {
+            // On a Cluster, always the node serving slot 0: every process of a fleet then reads one clock,
+            // however the nodes' own clocks differ.
             let reply: Value = self
                 .client()
-                .custom(cmd!("TIME", hash: ClusterHash::Random), Vec::<Value>::new())
+                .custom(
+                    cmd!("TIME", hash: ClusterHash::Custom(0)),
+                    Vec::<Value>::new(),
+                )
                 .await
                 .map_err(backend)?;
             time_reply(reply)
