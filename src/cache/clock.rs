@@ -4,10 +4,11 @@
 //! An entry's windows are unix times, written by one process and read by every other. Were each process to read
 //! its own clock, one whose clock runs a minute behind would store entries that look a minute older everywhere
 //! else (stale or gone before their time), and one running ahead, entries that stay fresh too long. So a clock
-//! made with [`Clock::following`] asks the store for its time (`TIME` on Redis) at the first reading and then at
-//! most once a minute, on a task of its own, and reads the store's time from then on where the two differ by
-//! more than [`TOLERANCE_MS`]: every process of a fleet then times entries by one clock, whatever its own says.
-//! Within that tolerance (clocks kept by NTP, or a test's processes on one machine) nothing changes.
+//! made with [`Clock::following`] asks the store for its time (`TIME` on Redis) when it is made (on a runtime;
+//! else at its first reading) and then at most once a minute, on a task of its own, and reads the store's time
+//! from then on where the two differ by more than [`TOLERANCE_MS`]: every process of a fleet then times entries
+//! by one clock, whatever its own says. Within that tolerance (clocks kept by NTP, or a test's processes on one
+//! machine) nothing changes.
 
 use super::deadline::Deadlines;
 use super::stats::Counters;
@@ -97,7 +98,7 @@ impl Clock {
     ) -> Arc<Self> {
         #[cfg(not(feature = "metrics"))]
         let _ = counters;
-        Arc::new_cyclic(|clock| {
+        let clock = Arc::new_cyclic(|clock| {
             Clock::with(Some(Follow {
                 clock: clock.clone(),
                 store,
@@ -108,7 +109,13 @@ impl Clock {
                 #[cfg(feature = "metrics")]
                 counters,
             }))
-        })
+        });
+        // Read at once when made on a runtime (a layer built in `main`), so that the first request already
+        // finds the store's clock read; otherwise at the first reading.
+        if let Some(follow) = &clock.follow {
+            follow.maybe_read(0);
+        }
+        clock
     }
 
     fn with(follow: Option<Follow>) -> Self {
@@ -186,19 +193,20 @@ impl Follow {
         };
         self.next_at
             .store(elapsed.saturating_add(FOLLOW_EVERY_MS), Ordering::Relaxed);
-        drop(runtime.spawn(read_store_clock(clock)));
+        drop(runtime.spawn(read_store_clock(Reading(clock))));
     }
 }
 
-/// Reads the store's clock once and shifts `clock` by how far it is from this process's wall clock, if more than
-/// [`TOLERANCE_MS`]. A failed or slow reading changes nothing; a store without a clock is not asked again.
-async fn read_store_clock(clock: Arc<Clock>) {
+/// Reads the store's clock once and shifts the reading's clock by how far it is from this process's wall clock,
+/// if more than [`TOLERANCE_MS`]. A failed or slow reading changes nothing; a store without a clock is not asked
+/// again.
+async fn read_store_clock(reading: Reading) {
+    let clock = &reading.0;
     let Some(follow) = &clock.follow else { return };
     let before = SystemTime::now();
-    let reading = follow.deadlines.bound(follow.store.server_time()).await;
+    let answer = follow.deadlines.bound(follow.store.server_time()).await;
     let after = SystemTime::now();
-    follow.reading.store(false, Ordering::Release);
-    let server = match reading {
+    let server = match answer {
         Ok(Ok(Some(server))) => server,
         Ok(Ok(None)) => {
             follow.next_at.store(u64::MAX, Ordering::Relaxed);
@@ -235,6 +243,18 @@ async fn read_store_clock(clock: Arc<Clock>) {
             store_ahead_ms = ahead,
             "this process's clock agrees with the cache store's again"
         );
+    }
+}
+
+/// A reading of the store's clock under way, for its clock: the next may start once it is dropped, however
+/// the reading ends (its task dropped unfinished, or never run, with a runtime that shuts down, too).
+struct Reading(Arc<Clock>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        if let Some(follow) = &self.0.follow {
+            follow.reading.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -291,6 +311,71 @@ mod tests {
             )
             .is_some()
         );
+    }
+
+    use crate::cache::store::StoreFuture;
+
+    /// A store that never answers.
+    struct Silent;
+
+    impl Store for Silent {
+        fn get<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<bytes::Bytes>> {
+            Box::pin(std::future::pending())
+        }
+        fn set<'a>(&'a self, _: &'a str, _: bytes::Bytes, _: Duration) -> StoreFuture<'a, ()> {
+            Box::pin(std::future::pending())
+        }
+        fn try_lease<'a>(&'a self, _: &'a str, _: &'a str, _: Duration) -> StoreFuture<'a, bool> {
+            Box::pin(std::future::pending())
+        }
+        fn extend_lease<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Duration,
+        ) -> StoreFuture<'a, bool> {
+            Box::pin(std::future::pending())
+        }
+        fn release_lease<'a>(&'a self, _: &'a str, _: &'a str) -> StoreFuture<'a, bool> {
+            Box::pin(std::future::pending())
+        }
+        fn remove<'a>(&'a self, _: &'a [&'a str]) -> StoreFuture<'a, u64> {
+            Box::pin(std::future::pending())
+        }
+        fn purge_prefix<'a>(&'a self, _: &'a str) -> StoreFuture<'a, u64> {
+            Box::pin(std::future::pending())
+        }
+        fn server_time(&self) -> StoreFuture<'_, Option<SystemTime>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[test]
+    fn a_clock_made_on_a_runtime_reads_at_once_and_a_reading_dropped_with_it_lets_the_next_start() {
+        let counters = || Arc::new(Counters::new("clock"));
+        let deadlines = || Deadlines::new(Duration::from_secs(3600));
+        // Made outside a runtime: nothing to read on until the first reading.
+        let clock = Clock::following(Arc::new(Silent), deadlines(), counters());
+        let follow = clock.follow.as_ref().unwrap();
+        assert!(!follow.reading.load(Ordering::Relaxed));
+        for polled in [false, true] {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let clock = runtime.block_on(async {
+                let clock = Clock::following(Arc::new(Silent), deadlines(), counters());
+                if polled {
+                    tokio::task::yield_now().await;
+                }
+                clock
+            });
+            let follow = clock.follow.as_ref().unwrap();
+            assert!(follow.reading.load(Ordering::Relaxed), "read at once");
+            // The runtime goes, and the reading with it, started or not: the next may start.
+            drop(runtime);
+            assert!(!follow.reading.load(Ordering::Relaxed), "polled: {polled}");
+        }
     }
 
     #[cfg(feature = "memory")]

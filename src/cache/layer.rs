@@ -392,9 +392,9 @@ impl CacheHandle {
     }
 
     /// How many milliseconds the store's clock ran ahead of this process's when the cache last read it
-    /// (negative: behind); `None` before the first request has it read, or for a store without a clock of its
-    /// own ([`Store::server_time`]: Redis has one, a [`MemoryStore`](crate::MemoryStore) not). The cache reads
-    /// it once a minute, and where the two differ by more than a second, times entries by the store's clock
+    /// (negative: behind); `None` before it was first read (as the layer is built, on a runtime, or else at its
+    /// first request), or for a store without a clock of its own ([`Store::server_time`]: Redis has one, a
+    /// [`MemoryStore`](crate::MemoryStore) not). The cache reads it once a minute, and where the two differ by more than a second, times entries by the store's clock
     /// (and says so at `warn`), so that processes whose clocks disagree agree on when an entry goes stale. A
     /// health check can report it: a clock far off is worth fixing for everything else a process does.
     pub fn store_clock_ahead_ms(&self) -> Option<i64> {

@@ -261,11 +261,11 @@ pub trait Store: std::any::Any + Send + Sync {
     }
 
     /// The store's own clock, which every process sharing the store reads alike: `TIME` on Redis (on a Cluster,
-    /// the node serving slot 0's, so that every process reads the same node). The cache asks for it at its first
-    /// request and then once a minute, and where this process's clock is more than a second off, times entries
-    /// by the store's instead, so that processes whose clocks disagree still agree on when an entry goes stale.
-    /// Default: `None`, a store in this process's memory, whose clock is the process's own (a store that wraps
-    /// another should forward this).
+    /// the node serving slot 0's, so that every process reads the same node). The cache asks for it as a layer is
+    /// built (on a runtime; else at its first request) and then once a minute, and where this process's clock is
+    /// more than a second off, times entries by the store's instead, so that processes whose clocks disagree
+    /// still agree on when an entry goes stale. Default: `None`, a store in this process's memory, whose clock is
+    /// the process's own (a store that wraps another should forward this).
     fn server_time(&self) -> StoreFuture<'_, Option<SystemTime>> {
         Box::pin(std::future::ready(Ok(None)))
     }
