@@ -170,13 +170,22 @@ impl CacheHandle {
         &self,
         request: &Request<T>,
     ) -> Result<bool, StoreError> {
+        self.purge_request(request, Purge::Remove).await
+    }
+
+    /// What [`invalidate`](Self::invalidate) reaches, purged as `purge` says; whether it found an entry to.
+    async fn purge_request<T: AsRef<[u8]>>(
+        &self,
+        request: &Request<T>,
+        purge: Purge,
+    ) -> Result<bool, StoreError> {
         let keys = self
             .engine
             .own_keys(self.primary_key(request), request.headers())
             .await?;
         // The lease first: a fill that asked the origin before this call then cannot store its answer after it.
-        let removed = self.engine.remove_entries(&keys, false).await?;
-        Ok(removed > 0)
+        let purged = self.engine.purge_entries(&keys, false, purge).await?;
+        Ok(purged > 0)
     }
 
     /// Removes what a successful write to `request`'s URI would (see
@@ -304,15 +313,7 @@ impl CacheHandle {
         &self,
         request: &Request<T>,
     ) -> Result<bool, StoreError> {
-        let keys = self
-            .engine
-            .own_keys(self.primary_key(request), request.headers())
-            .await?;
-        let marked = self
-            .engine
-            .purge_entries(&keys, false, self.stale_now())
-            .await?;
-        Ok(marked > 0)
+        self.purge_request(request, self.stale_now()).await
     }
 
     /// Makes what [`invalidate_uri`](Self::invalidate_uri) removes stale instead, as
