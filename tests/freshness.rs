@@ -878,6 +878,8 @@ async fn a_tag_made_stale_is_answered_stale_while_one_refresh_runs(
     // Fresh again, then stale: the second mark finds nothing fresh, and windows never grow.
     assert_eq!(handle.mark_tag_stale("items").await.unwrap(), 1);
     assert_eq!(handle.mark_tag_stale("items").await.unwrap(), 0);
+    assert_eq!(handle.stats().marked_stale, 2);
+    assert_eq!(handle.stats().tag_removals, 0, "kept, not removed");
     // Past its stale window (a minute from the mark), the origin failing: its stale-if-error window answers.
     origin.fail_with(StatusCode::SERVICE_UNAVAILABLE);
     jump(Duration::from_secs(61)).await;

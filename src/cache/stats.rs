@@ -227,6 +227,7 @@ pub(crate) struct Counters {
     pub(crate) partial: Counter,
     pub(crate) variant_reads: Counter,
     pub(crate) tag_removals: Counter,
+    pub(crate) marked_stale: Counter,
     pub(crate) stored_bytes: Counter,
     pub(crate) compression_saved_bytes: Counter,
 }
@@ -319,6 +320,7 @@ impl Counters {
             partial: Counter::new("tower_redis_cache_partial_total", &namespace),
             variant_reads: Counter::new("tower_redis_cache_variant_reads_total", &namespace),
             tag_removals: Counter::new("tower_redis_cache_tag_removals_total", &namespace),
+            marked_stale: Counter::new("tower_redis_cache_marked_stale_total", &namespace),
             stored_bytes: Counter::new("tower_redis_cache_stored_bytes_total", &namespace),
             compression_saved_bytes: Counter::new(
                 "tower_redis_cache_compression_saved_bytes_total",
@@ -375,6 +377,7 @@ impl Counters {
             partial: self.partial.get(),
             variant_reads: self.variant_reads.get(),
             tag_removals: self.tag_removals.get(),
+            marked_stale: self.marked_stale.get(),
             stored_bytes: self.stored_bytes.get(),
             compression_saved_bytes: self.compression_saved_bytes.get(),
             in_flight_bytes: 0,
@@ -487,6 +490,10 @@ pub struct CacheStats {
     /// [`CacheHandle::invalidate_tag`](super::CacheHandle::invalidate_tag), or by an unsafe request with that
     /// tag; see [`tags`](super::RedisCacheLayerBuilder::tags)).
     pub tag_removals: u64,
+    /// Fresh entries made stale in place by a soft purge of this process's
+    /// ([`CacheHandle::mark_tag_stale`](super::CacheHandle::mark_tag_stale) and its kin): kept, and answered
+    /// stale while one refresh runs.
+    pub marked_stale: u64,
     /// Bytes of the entries stored (counted in [`stores`](Self::stores)), as the store holds them: body,
     /// headers and framing. Over `stores`, the mean size of an entry.
     pub stored_bytes: u64,

@@ -399,6 +399,9 @@ impl Engine {
         for key in keys {
             self.flights.detach(key.as_str());
         }
+        if let (Purge::Stale(_), Ok(marked)) = (purge, &outcome) {
+            add(&self.counters.marked_stale, *marked);
+        }
         outcome
     }
 }
