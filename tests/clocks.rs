@@ -216,21 +216,15 @@ fn the_store_clocks_distance_reaches_the_metrics_facade() {
 
     let gauges = Arc::new(Gauges::default());
     let recorder = Local(gauges.clone());
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let server = RedisServer::start();
-            let layer = layer(&server.url()).await;
-            let handle = layer.handle();
-            let service = ServiceBuilder::new()
-                .layer(layer)
-                .service(Origin::new().service());
-            let _ = call(&service, post(QUERY)).await;
-            assert_about(store_ahead_ms(&handle).await, 0);
-        });
+    support::metrics::recorded(&recorder, async {
+        let server = RedisServer::start();
+        let layer = layer(&server.url()).await;
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(Origin::new().service());
+        let _ = call(&service, post(QUERY)).await;
+        assert_about(store_ahead_ms(&handle).await, 0);
     });
     let gauges = gauges.0.lock().unwrap();
     let readings: Vec<f64> = gauges

@@ -881,94 +881,88 @@ fn counters_reach_the_metrics_facade() {
 
     let totals = Arc::new(Totals::default());
     let recorder = Local(totals.clone());
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+    support::metrics::recorded(&recorder, async {
+        let api = service_fn(|_req: Request<RequestBody>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+        });
+        let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+            .namespace("metered")
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let api = service_fn(|_req: Request<RequestBody>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
-            });
-            let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
-                .namespace("metered")
-                .build()
-                .unwrap();
-            let client = ServiceBuilder::new().layer(cache).service(api);
-            for _ in 0..3 {
-                let request = Request::get("https://api.example/x")
-                    .body(Full::<Bytes>::default())
-                    .unwrap();
-                client.clone().oneshot(request).await.unwrap();
-            }
-            // A signed-in request: a bypass, counted with its reason.
+        let client = ServiceBuilder::new().layer(cache).service(api);
+        for _ in 0..3 {
             let request = Request::get("https://api.example/x")
-                .header("authorization", "Bearer me")
                 .body(Full::<Bytes>::default())
                 .unwrap();
             client.clone().oneshot(request).await.unwrap();
-            // An answer the cache may not keep: counted with why.
-            let private = service_fn(|_req: Request<RequestBody>| async {
-                let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-                response
-                    .headers_mut()
-                    .insert("cache-control", http::HeaderValue::from_static("private"));
-                Ok::<_, Infallible>(response)
-            });
-            let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
-                .namespace("private")
-                .build()
-                .unwrap();
-            let request = Request::get("https://api.example/mine")
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            let client = ServiceBuilder::new().layer(cache).service(private);
-            client.oneshot(request).await.unwrap();
-            // A stale entry's refresh, and an origin that fails: timed as well.
-            let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
-                .namespace("refreshed")
-                .fresh_for(std::time::Duration::ZERO)
-                .stale_for(std::time::Duration::from_secs(60))
-                .build()
-                .unwrap();
-            let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let fails = failing.clone();
-            let flaky = service_fn(move |_req: Request<RequestBody>| {
-                let fail = fails.load(Ordering::SeqCst);
-                async move {
-                    if fail {
-                        return Err::<Response<Full<Bytes>>, BoxError>("origin down".into());
-                    }
-                    Ok(Response::new(Full::new(Bytes::from_static(b"{}"))))
-                }
-            });
-            let client = ServiceBuilder::new().layer(cache).service(flaky);
-            let get = |path: &str| {
-                Request::get(format!("https://api.example{path}"))
-                    .body(Full::<Bytes>::default())
-                    .unwrap()
-            };
-            client.clone().oneshot(get("/x")).await.unwrap();
-            let stale = client.clone().oneshot(get("/x")).await.unwrap();
-            assert!(matches!(
-                CacheOutcome::of(&stale),
-                Some(CacheOutcome::Stale { refreshing: true })
-            ));
-            // The refresh runs on its own task: the origin fails only once it has answered.
-            let refreshed = || {
-                totals.0.lock().unwrap().contains_key(
-                    "tower_redis_cache_origin_call_seconds{namespace=refreshed,call=refresh,outcome=2xx}#count",
-                )
-            };
-            for _ in 0..1000 {
-                if refreshed() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            failing.store(true, Ordering::SeqCst);
-            assert!(client.oneshot(get("/y")).await.is_err());
+        }
+        // A signed-in request: a bypass, counted with its reason.
+        let request = Request::get("https://api.example/x")
+            .header("authorization", "Bearer me")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        client.clone().oneshot(request).await.unwrap();
+        // An answer the cache may not keep: counted with why.
+        let private = service_fn(|_req: Request<RequestBody>| async {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+            response
+                .headers_mut()
+                .insert("cache-control", http::HeaderValue::from_static("private"));
+            Ok::<_, Infallible>(response)
         });
+        let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+            .namespace("private")
+            .build()
+            .unwrap();
+        let request = Request::get("https://api.example/mine")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let client = ServiceBuilder::new().layer(cache).service(private);
+        client.oneshot(request).await.unwrap();
+        // A stale entry's refresh, and an origin that fails: timed as well.
+        let cache = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+            .namespace("refreshed")
+            .fresh_for(std::time::Duration::ZERO)
+            .stale_for(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fails = failing.clone();
+        let flaky = service_fn(move |_req: Request<RequestBody>| {
+            let fail = fails.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    return Err::<Response<Full<Bytes>>, BoxError>("origin down".into());
+                }
+                Ok(Response::new(Full::new(Bytes::from_static(b"{}"))))
+            }
+        });
+        let client = ServiceBuilder::new().layer(cache).service(flaky);
+        let get = |path: &str| {
+            Request::get(format!("https://api.example{path}"))
+                .body(Full::<Bytes>::default())
+                .unwrap()
+        };
+        client.clone().oneshot(get("/x")).await.unwrap();
+        let stale = client.clone().oneshot(get("/x")).await.unwrap();
+        assert!(matches!(
+            CacheOutcome::of(&stale),
+            Some(CacheOutcome::Stale { refreshing: true })
+        ));
+        // The refresh runs on its own task: the origin fails only once it has answered.
+        let refreshed = || {
+            totals.0.lock().unwrap().contains_key(
+                "tower_redis_cache_origin_call_seconds{namespace=refreshed,call=refresh,outcome=2xx}#count",
+            )
+        };
+        for _ in 0..1000 {
+            if refreshed() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        failing.store(true, Ordering::SeqCst);
+        assert!(client.oneshot(get("/y")).await.is_err());
     });
     let totals = totals.0.lock().unwrap();
     assert_eq!(
