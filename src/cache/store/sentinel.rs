@@ -107,6 +107,15 @@ pub(crate) fn follow(clients: &[Client]) -> Option<Following> {
     })
 }
 
+/// Asks a sentinel where `service`'s primary is, within [`SENTINEL_TIMEOUT`].
+async fn ask(client: &Client, service: &str) -> fred::prelude::FredResult<Value> {
+    in_time(client.custom(
+        CustomCommand::new_static("SENTINEL", None, false),
+        vec!["GET-MASTER-ADDR-BY-NAME", service],
+    ))
+    .await
+}
+
 /// The configuration of a connection to one sentinel: the store's credentials and TLS settings, as fred uses
 /// them for its own sentinel connections, in RESP3, where a subscribed connection may still send commands. A
 /// sentinel has no databases to select.
@@ -176,50 +185,69 @@ impl Watch {
     }
 
     /// Listens to one sentinel until it stops answering (an error) or the store is gone (`Ok`); and whether it
-    /// was listened to (subscribed).
+    /// was listened to (asked, subscribed or not).
     async fn listen(&mut self, sentinel: Server) -> (bool, fred::prelude::FredResult<()>) {
         let mut config = self.config.clone();
         config.server = ServerConfig::Centralized { server: sentinel };
-        // No reconnection policy: when the connection ends, the next sentinel is tried.
-        let client = match Builder::from_config(config)
-            .with_connection_config(super::redis::connection_config)
-            .build()
-        {
-            Ok(client) => client,
-            Err(error) => return (false, Err(error)),
-        };
-        let mut task = client.connect();
-        let mut listened = false;
-        let result = self.watch(&client, &mut task, &mut listened).await;
-        let _ = client.quit().await;
-        (listened, result)
+        let mut refused = None;
+        loop {
+            // No reconnection policy: when the connection ends, the next sentinel is tried.
+            let client = match Builder::from_config(config.clone())
+                .with_connection_config(super::redis::connection_config)
+                .build()
+            {
+                Ok(client) => client,
+                Err(error) => return (false, Err(error)),
+            };
+            let mut task = client.connect();
+            let mut listened = false;
+            let result = self
+                .watch(&client, &mut task, &mut listened, refused.as_ref())
+                .await;
+            let _ = client.quit().await;
+            match result {
+                // The refusal of `SUBSCRIBE` or of the question: asked again without subscribing, on a connection
+                // of its own (the refused one may still hold the question's late answer). If the question then
+                // answers, the subscription was what was refused.
+                Err(error)
+                    if refused.is_none() && !listened && super::redis::is_refusal(&error) =>
+                {
+                    refused = Some(error);
+                }
+                ended => return (listened, ended),
+            }
+        }
     }
 
+    /// Listens on `client`: subscribed unless the subscription was `refused`, asking every [`CHECK_EVERY`].
     async fn watch(
         &mut self,
         client: &Client,
         task: &mut fred::types::ConnectHandle,
         listened: &mut bool,
+        refused: Option<&fred::error::Error>,
     ) -> fred::prelude::FredResult<()> {
         let mut messages = client.message_rx();
-        tokio::select! {
-            subscribed = in_time(async {
+        // fred takes `SUBSCRIBE` for answered once written (its replies come out of band), so a refusal (`NOPERM`
+        // for the command or the channel) is the reply of the command written next, and is dropped if none is
+        // waiting yet. So the question goes out with the subscription, before any reply is read: a refusal is its
+        // answer. It also catches an announcement made while no sentinel was listened to.
+        let asked = tokio::select! {
+            asked = in_time(async {
                 client.wait_for_connect().await?;
-                client.subscribe(SWITCH_MASTER).await
-            }) => subscribed?,
+                if refused.is_some() {
+                    return Ok(ask(client, &self.service).await);
+                }
+                let (subscribed, asked) =
+                    tokio::join!(biased; client.subscribe(SWITCH_MASTER), ask(client, &self.service));
+                subscribed.map(|()| asked)
+            }) => asked?,
             // Refused, or reset: the next sentinel at once, not after the timeout.
             ended = &mut *task => return Err(connection_ended(ended)),
-        }
-        // fred takes `SUBSCRIBE` for answered once written (its replies come out of band), so a refusal
-        // (`NOPERM` for the command or the channel) is the reply the next command reads: this check's. It also
-        // catches an announcement made while no sentinel was listened to.
-        if let Err(error) = self.check(client).await {
-            if !super::redis::is_refusal(&error) {
-                return Err(error);
-            }
-            // The refusal of `SUBSCRIBE`, or of the question itself: asked again, the question answers alone.
-            // If it does, the sentinel is asked every second and a failover followed up to a second late.
-            self.check(client).await?;
+        };
+        self.follow(asked?).await?;
+        if let Some(error) = refused {
+            // The sentinel is asked every second instead, and a failover followed up to a second late.
             if !std::mem::replace(&mut self.told_unsubscribed, true) {
                 tracing::warn!(
                     %error,
@@ -264,11 +292,12 @@ impl Watch {
 
     /// Asks the sentinel where the primary is, and follows it if that changed.
     async fn check(&mut self, client: &Client) -> fred::prelude::FredResult<()> {
-        let reply: Value = in_time(client.custom(
-            CustomCommand::new_static("SENTINEL", None, false),
-            vec!["GET-MASTER-ADDR-BY-NAME", self.service.as_str()],
-        ))
-        .await?;
+        let reply = ask(client, &self.service).await?;
+        self.follow(reply).await
+    }
+
+    /// Follows the primary a sentinel's `reply` to [`ask`] names, if that changed.
+    async fn follow(&mut self, reply: Value) -> fred::prelude::FredResult<()> {
         match primary_of(reply) {
             Some(primary) => {
                 self.moved(primary).await;
