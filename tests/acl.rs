@@ -189,6 +189,8 @@ async fn every_feature(url: &str) {
     origin.clear_headers();
     assert_eq!(a.handle().invalidate_tag("order-17").await.unwrap(), 1);
     assert!(is_stored_miss(&call(&service_a, post(r#"{"q":4}"#)).await));
+    // The sweep of tag sets (every set still holds a live member).
+    assert_eq!(a.handle().sweep_tags().await.unwrap(), 0);
     assert_eq!(
         b.handle()
             .invalidate_group("api.example.com", "orders")

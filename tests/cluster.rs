@@ -322,6 +322,33 @@ async fn a_put_removes_its_uris_entries_across_shards() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_reaches_the_tag_sets_of_every_shard() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(&cluster.url()).await.unwrap();
+    // Twelve sets whose every member expired, over the three shards, and one whose member lives.
+    let sets: Vec<String> = (0..12).map(|i| format!("cl:v1:tag:{{set-{i}}}")).collect();
+    let shards: std::collections::HashSet<usize> = sets
+        .iter()
+        .map(|set| cluster.primary_of(fred::util::redis_keyslot(set.as_bytes())))
+        .collect();
+    assert_eq!(shards.len(), 3, "sets on every shard");
+    use tower_redis_cache::Store;
+    for set in &sets {
+        let expiring = store.tag(set, "cl:v1:{m}", Duration::from_millis(1), u64::MAX);
+        assert!(expiring.await.unwrap());
+    }
+    let kept = "cl:v1:tag:{kept}";
+    let live = store.tag(kept, "cl:v1:{m}", Duration::from_secs(60), u64::MAX);
+    assert!(live.await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let layer = layer_over(store.clone()).build().unwrap();
+    assert_eq!(layer.handle().sweep_tags().await.unwrap(), 12);
+    assert_eq!(layer.handle().sweep_tags().await.unwrap(), 0);
+    let (members, _) = store.tagged(kept, 0).await.unwrap();
+    assert_eq!(members, ["cl:v1:{m}"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_removes_its_entries_across_shards() {
     // The tag's set lives on one shard, its entries on all three: the set is walked there and each entry is
     // removed where it lives.

@@ -710,3 +710,68 @@ proptest! {
         })?;
     }
 }
+
+/// The integer field `name` of an `INFO` reply.
+fn info_number(info: &[u8], name: &str) -> u64 {
+    String::from_utf8_lossy(info)
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in INFO"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_eviction_a_tag_removal_still_finds_every_entry_left() {
+    // A full Redis evicting the least recently used keys among those with a TTL, as managed Redis services
+    // run by default. An entry read often stays; its tag's set, written once at the fill, goes cold.
+    let server = RedisServer::start_with(&[
+        "--maxmemory-policy",
+        "volatile-lru",
+        "--maxmemory-samples",
+        "10",
+    ]);
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+        .tags(|_| vec!["order-17".to_owned()])
+        .fresh_for(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let hot = r#"{"q":"order-17"}"#;
+    assert!(matches!(
+        outcome(&call(&service, post(hot)).await),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    // Redis keeps idle times in whole seconds. The set ages while the entry is read; other keys with a TTL come
+    // after it and age too; then the entry is read once more.
+    let read_for = |reads: u32| {
+        let service = service.clone();
+        async move {
+            for _ in 0..reads {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert_eq!(outcome(&call(&service, post(hot)).await), CacheOutcome::Hit);
+            }
+        }
+    };
+    read_for(4).await;
+    let filler = vec![b'x'; 4096];
+    for i in 0..500 {
+        let key = format!("filler:{i}");
+        server.command(&[b"SET", key.as_bytes(), &filler, b"PX", b"3600000"]);
+    }
+    read_for(3).await;
+    // Redis is full: it evicts the keys idle longest, about half of the others.
+    let used = info_number(&server.command(&[b"INFO", b"memory"]), "used_memory");
+    let limit = (used - (1 << 20)).to_string();
+    server.command(&[b"CONFIG", b"SET", b"maxmemory", limit.as_bytes()]);
+    server.command(&[b"SET", b"filler:last", b"x", b"PX", b"3600000"]);
+    assert!(info_number(&server.command(&[b"INFO", b"stats"]), "evicted_keys") >= 200);
+    assert_eq!(outcome(&call(&service, post(hot)).await), CacheOutcome::Hit);
+    // Removing the tag finds the entry, which a caller then no longer gets.
+    assert_eq!(layer.handle().invalidate_tag("order-17").await.unwrap(), 1);
+    assert!(matches!(
+        outcome(&call(&service, post(hot)).await),
+        CacheOutcome::Miss { .. }
+    ));
+    assert_eq!(origin.calls(), 2);
+}

@@ -2580,7 +2580,7 @@ async fn a_successful_write_removes_the_entries_of_its_tags() {
 }
 
 #[tokio::test]
-async fn a_tag_set_drops_expired_members_and_expires_itself() {
+async fn a_tag_set_drops_expired_members_and_a_sweep_drops_it_once_all_expired() {
     let server = RedisServer::start();
     let store = RedisStore::new(fred_client(&server.url()).await);
     let set = "shared:v1:tag:{t}";
@@ -2608,12 +2608,34 @@ async fn a_tag_set_drops_expired_members_and_expires_itself() {
             0
         )
     );
-    let ttl = String::from_utf8(server.command(&[b"PTTL", set.as_bytes()])).unwrap();
-    let ttl: u64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    // No TTL on the set: a Redis evicting only keys with one never takes it from under its entries.
+    assert_eq!(server.command(&[b"PTTL", set.as_bytes()]), b":-1\r\n");
+
+    // A sweep drops what expired, and the sets left empty; the marks (strings), the sets of other namespaces
+    // and every other key stay.
+    let gone = "shared:v1:tag:{gone}";
     assert!(
-        (30_000..=60_000).contains(&ttl),
-        "the set lives as long as its longest member: {ttl}"
+        store
+            .tag(gone, "shared:v1:{d}", Duration::from_millis(1), u64::MAX)
+            .await
+            .unwrap()
     );
+    store.mark_invalidated(gone, 1).await.unwrap();
+    let mark = format!("{gone}:invalidated");
+    let other = "other:v1:tag:{x}";
+    server.command(&[b"ZADD", other.as_bytes(), b"1", b"other:v1:{x}"]);
+    assert!(
+        store
+            .tag(set, "shared:v1:{e}", Duration::from_millis(1), u64::MAX)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.sweep_tags("shared:v1:").await.unwrap(), 1);
+    let exists = |key: &str| server.command(&[b"EXISTS", key.as_bytes()]) == b":1\r\n";
+    assert!(!exists(gone));
+    assert!(exists(&mark) && exists(other) && exists(set));
+    assert_eq!(server.command(&[b"ZCARD", set.as_bytes()]), b":2\r\n");
 }
 
 #[tokio::test]

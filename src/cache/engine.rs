@@ -880,6 +880,8 @@ pub(crate) struct Engine {
     pub(crate) background: Background,
     /// The request headers this process learned that answers vary on, when the layer keeps variants.
     pub(crate) variants: Option<Variants>,
+    /// When this process next looks whether the tag sets are due a sweep.
+    pub(crate) sweeps: super::tags::Sweeps,
 }
 
 impl Engine {
@@ -916,6 +918,7 @@ impl Engine {
             marks_seen: AtomicU64::new(0),
             background: Background::default(),
             variants,
+            sweeps: super::tags::Sweeps::default(),
         }
     }
 

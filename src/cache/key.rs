@@ -426,6 +426,11 @@ impl KeyConfig {
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
 
+    /// The key of the lease of the fleet's hourly sweep of tag sets (see [`tags`](super::tags)).
+    pub(crate) fn sweep_lease_key(&self) -> String {
+        format!("{}:v1:tag-sweep", self.namespace)
+    }
+
     /// The key of the namespace's tag clock (see [`Store::tag_clock`](super::store::Store::tag_clock)).
     pub(crate) fn tag_clock_key(&self) -> String {
         format!("{}:v1:tag-clock", self.namespace)

@@ -379,6 +379,18 @@ impl CacheHandle {
         purged
     }
 
+    /// Drops what expired from this namespace's tag sets, and the sets left empty, now; returns how many sets it
+    /// removed ([`Store::sweep_tags`]: on Redis, a `SCAN` of every primary). The layer does it on its own about
+    /// once an hour, one process of a fleet at a time; this is for a maintenance job that wants it now.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; the circuit breaker and store timeout do not apply here.
+    pub async fn sweep_tags(&self) -> Result<u64, StoreError> {
+        let prefix = self.engine.keys.namespace_prefix();
+        self.engine.store.store.sweep_tags(&prefix).await
+    }
+
     /// Whether the near cache answers now (see
     /// [`near_cache`](RedisCacheLayerBuilder::near_cache)): tracking is on, and its connection answered a probe
     /// within the last second. `false` without a near cache, before the first request starts it, and while it is

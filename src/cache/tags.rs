@@ -15,6 +15,13 @@
 //!   records them, in one step per set, only if the set was not marked after that reading, then stores the
 //!   entry under its lease. Marked after the recording, the walk finds the key.
 //!
+//! A set carries no TTL of its own (its members do), so that a Redis evicting only keys with one (`volatile-*`,
+//! the usual policy of managed Redis) never takes it from under entries still stored: a removal by tag would
+//! then miss them, and they would be answered for the rest of their lives. Each recording drops the set's
+//! expired members; once an hour one process of the fleet sweeps the namespace's sets, dropping what expired and
+//! the sets left empty ([`Store::sweep_tags`](super::Store::sweep_tags)). A Redis evicting any key (`allkeys-*`)
+//! may still take a set first; see [`RedisStore`](crate::RedisStore).
+//!
 //! A URI has a tag of its own for the entries its keys alone cannot name (see
 //! [`KeyConfig::uri_tag_key`](super::key::KeyConfig::uri_tag_key)): where keys hold request headers
 //! (`vary_headers`, credentials in the key, or for one request the headers every key holds) each `GET` and
@@ -31,11 +38,13 @@ use super::decision::RequestFacts;
 use super::engine::Engine;
 use super::key::{CacheKey, authority};
 use super::stats::add;
+use super::store::Store;
 use crate::error::StoreError;
 use crate::structured::{Value, field_value, list};
 use http::{HeaderMap, HeaderName, Uri, request};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// What a removal does to the entries it finds.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +83,74 @@ pub(crate) type TagsFn = Arc<dyn Fn(&request::Parts) -> Vec<String> + Send + Syn
 /// The most tags one request may have: each costs a store call on every fill. A request with more is answered
 /// by the origin and not stored.
 pub(crate) const MAX_TAGS: usize = 32;
+
+/// How often a process looks whether its fleet's tag sets are due a sweep: at a fill that records tags, at most
+/// this often.
+const SWEEP_CHECK_EVERY: Duration = Duration::from_secs(600);
+/// How often a fleet sweeps its tag sets: the process that looks first takes a lease for this long.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// When this process next looks whether the tag sets are due a sweep, and whether it is sweeping now.
+#[derive(Debug)]
+pub(crate) struct Sweeps {
+    started: Instant,
+    /// Milliseconds after `started`.
+    next_at: AtomicU64,
+    running: Arc<AtomicBool>,
+}
+
+impl Default for Sweeps {
+    fn default() -> Self {
+        Sweeps {
+            started: Instant::now(),
+            next_at: AtomicU64::new(millis(SWEEP_CHECK_EVERY)),
+            running: Arc::default(),
+        }
+    }
+}
+
+/// A sweep running, until dropped (with its task, run or not).
+struct Sweeping(Arc<AtomicBool>);
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Sweeps {
+    /// This process's turn to look whether the tag sets are due a sweep: at most once every
+    /// [`SWEEP_CHECK_EVERY`], and never while its last sweep runs. The sweep runs until the turn drops.
+    fn turn(&self) -> Option<Sweeping> {
+        let now = millis(self.started.elapsed());
+        let due = self.next_at.load(Ordering::Relaxed);
+        let next = now.saturating_add(millis(SWEEP_CHECK_EVERY));
+        if now < due
+            || self
+                .next_at
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            || self.running.swap(true, Ordering::AcqRel)
+        {
+            return None;
+        }
+        Some(Sweeping(self.running.clone()))
+    }
+}
+
+/// Sweeps the tag sets of the namespace `prefix` if no process of the fleet did for [`SWEEP_EVERY`], which the
+/// lease at `lease` says: `Some` with how many sets went, `None` when another process's turn holds.
+async fn sweep(store: &dyn Store, prefix: &str, lease: &str) -> Result<Option<u64>, StoreError> {
+    let token = format!("{:032x}", rand::random::<u128>());
+    if !store.try_lease(lease, &token, SWEEP_EVERY).await? {
+        return Ok(None);
+    }
+    store.sweep_tags(prefix).await.map(Some)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The tag sets a fill records its key in, and for how long.
 #[derive(Debug, Clone)]
@@ -241,6 +318,7 @@ impl Engine {
         lifetime: Duration,
         since: u64,
     ) -> Result<bool, ()> {
+        self.sweep_if_due();
         let calls = sets.iter().map(|set| {
             self.store
                 .call("tag", set, move |s| s.tag(set, key, lifetime, since))
@@ -259,6 +337,29 @@ impl Engine {
             }
         }
         Ok(all)
+    }
+
+    /// Sweeps the namespace's tag sets on a task of its own if this process has not looked for
+    /// [`SWEEP_CHECK_EVERY`] and no process of the fleet swept them for [`SWEEP_EVERY`] (a lease says which).
+    fn sweep_if_due(&self) {
+        let Some(turn) = self.sweeps.turn() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, _) = self.store.unguarded();
+        let prefix = self.keys.namespace_prefix();
+        let lease = self.keys.sweep_lease_key();
+        drop(runtime.spawn(async move {
+            let _turn = turn;
+            match sweep(&*store, &prefix, &lease).await {
+                Ok(Some(removed)) => tracing::debug!(removed, "cache tags: swept the tag sets"),
+                // Another process swept within the hour.
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%error, "cache tags: the sweep of tag sets failed"),
+            }
+        }));
     }
 
     /// Removes every entry recorded in the tag sets `sets`, each lease before its entry, from this process's
@@ -403,5 +504,32 @@ impl Engine {
             add(&self.counters.marked_stale, *marked);
         }
         outcome
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    #[tokio::test]
+    async fn a_process_looks_once_a_while_and_one_of_a_fleet_sweeps_per_turn() {
+        let sweeps = Sweeps::default();
+        assert!(sweeps.turn().is_none(), "not due as the layer starts");
+        sweeps.next_at.store(0, Ordering::Relaxed);
+        let turn = sweeps.turn().expect("due");
+        sweeps.next_at.store(0, Ordering::Relaxed);
+        assert!(sweeps.turn().is_none(), "the last sweep still runs");
+        drop(turn);
+        sweeps.next_at.store(0, Ordering::Relaxed);
+        assert!(sweeps.turn().is_some(), "due, and the last sweep ended");
+        assert!(sweeps.turn().is_none(), "looked just now");
+
+        // Two processes over one store: the first to look sweeps, the other finds the fleet's turn taken.
+        let store = MemoryStore::new(1 << 20);
+        let (prefix, lease) = ("ns:v1:", "ns:v1:tag-sweep");
+        assert_eq!(sweep(&store, prefix, lease).await.unwrap(), Some(0));
+        assert_eq!(sweep(&store, prefix, lease).await.unwrap(), None);
+        assert!(store.get(lease).await.unwrap().is_some());
     }
 }

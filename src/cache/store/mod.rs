@@ -212,6 +212,20 @@ pub trait Store: std::any::Any + Send + Sync {
         no_tags()
     }
 
+    /// Drops what expired from the tag sets of the namespace whose keys start with `prefix`, and the sets left
+    /// empty, returning how many sets it removed. [`tag`](Self::tag) drops a set's expired members as new ones
+    /// come, so this matters for the sets no fill records in any more: on Redis, where a set carries no TTL (so that
+    /// a Redis evicting only keys with one, `volatile-*`, never takes a set from under its entries), they would
+    /// otherwise stay. On Redis: `SCAN` of every primary for the sets, and a script per set. The cache runs it
+    /// about once an hour for the whole fleet (see
+    /// [`CacheHandle::sweep_tags`](crate::cache::CacheHandle::sweep_tags)).
+    ///
+    /// The default does nothing: a store that bounds its tags on its own, as [`MemoryStore`] does.
+    fn sweep_tags<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        let _ = prefix;
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
     /// Whether the store keeps tags: implements [`tag`](Self::tag), [`mark_invalidated`](Self::mark_invalidated),
     /// [`tag_clock`](Self::tag_clock) and [`tagged`](Self::tagged). Where it does, a write that invalidates its
     /// URI reaches every variant stored for it (see
@@ -356,6 +370,10 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
 
     fn keeps_tags(&self) -> bool {
         (**self).keeps_tags()
+    }
+
+    fn sweep_tags<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        (**self).sweep_tags(prefix)
     }
 
     fn node_of(&self, key: &str) -> Option<usize> {

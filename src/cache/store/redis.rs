@@ -37,6 +37,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// fleet never read and write different primaries for long. The watch ends when the last clone of the store is
 /// dropped.
 ///
+/// Tag sets (the keys of a tag's entries, for
+/// [`CacheHandle::invalidate_tag`](crate::cache::CacheHandle::invalidate_tag)) carry no TTL, so that a Redis evicting only keys with one
+/// (`maxmemory-policy volatile-lru`, `volatile-lfu`, ...: the usual policy of managed Redis) never takes a set from
+/// under entries still stored, and a removal by tag finds every entry left. Under `allkeys-*` it may.
+///
 /// It can log in as a Redis user allowed only its namespace's keys (`~<namespace>:v1:*`) and the commands the
 /// README's "A Redis user of its own" lists (`ACL SETUSER` lines for one server, a Cluster and Sentinel). A
 /// command the user may not run fails no request: it is a refusal, as a full Redis's `OOM` is.
@@ -461,12 +466,22 @@ pub(crate) const SET_IF_LEASED_AND_RELEASE: Script = Script {
 };
 
 /// Records `ARGV[1]` in the tag set `KEYS[1]` until `ARGV[2]` ms from the server's now (its score; an
-/// expiry already later stays), drops the members whose expiry passed, and keeps the set itself at least as
-/// long; unless the set's invalidation mark (`KEYS[2]`) is at or above `ARGV[3]`. The server's clock, so that
-/// every process's members expire by one clock.
+/// expiry already later stays) and drops the members whose expiry passed; unless the set's invalidation mark
+/// (`KEYS[2]`) is at or above `ARGV[3]`. The server's clock, so that every process's members expire by one clock.
+/// The set itself gets no TTL: a Redis that evicts only keys with one (`volatile-*`) never takes it from under
+/// entries still stored, whose removal by tag would then miss them. [`SWEEP`] drops the sets whose every member
+/// expired.
 pub(crate) const TAG: Script = Script {
-    lua: "local mark = redis.call('GET', KEYS[2]) if mark and tonumber(mark) >= tonumber(ARGV[3]) then return 0 end local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local life = tonumber(ARGV[2]) redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) local held = redis.call('ZSCORE', KEYS[1], ARGV[1]) if not held or tonumber(held) < now + life then redis.call('ZADD', KEYS[1], now + life, ARGV[1]) end if redis.call('PTTL', KEYS[1]) < life then redis.call('PEXPIRE', KEYS[1], life) end return 1",
-    sha1: "b656877de87f5ab911dcc9f142134208cb3c68c1",
+    lua: "local mark = redis.call('GET', KEYS[2]) if mark and tonumber(mark) >= tonumber(ARGV[3]) then return 0 end local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local life = tonumber(ARGV[2]) redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) local held = redis.call('ZSCORE', KEYS[1], ARGV[1]) if not held or tonumber(held) < now + life then redis.call('ZADD', KEYS[1], now + life, ARGV[1]) end return 1",
+    sha1: "2ef5851a7e09d828b8dee4886cf71de1e30bb568",
+};
+
+/// Drops the members of the tag set `KEYS[1]` whose expiry passed (by the server's clock, as [`TAG`] records
+/// them), which removes the set if none is left (Redis removes an empty set); returns whether the set is still
+/// there.
+pub(crate) const SWEEP: Script = Script {
+    lua: "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) return redis.call('EXISTS', KEYS[1])",
+    sha1: "1ab4de3400f3ea6c240c470998c95f47fd44acb9",
 };
 
 /// Raises the invalidation mark `KEYS[1]` to `ARGV[1]` (a lower one stays) and keeps it `ARGV[2]` ms.
@@ -750,19 +765,66 @@ impl Store for RedisStore {
             Ok(removed + unlink_matching(self.client(), glob_escape(prefix)).await?)
         })
     }
+
+    fn sweep_tags<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            // Every tag set, `<prefix>tag:{<digest>}` (not their marks, `...}:invalidated`, which are strings).
+            let pattern = format!("{}}}", glob_escape(&format!("{prefix}tag:{{")));
+            let client = self.client();
+            for_each_page(client, &pattern, Some("zset"), |sets| async move {
+                // A script per set (each in its own slot on a Cluster), sent at once, as `remove` unlinks.
+                let sweeps = sets
+                    .into_iter()
+                    .map(|set| run_script(client, &SWEEP, vec![set], Vec::new()));
+                let mut gone = 0;
+                for left in futures_util::future::join_all(sweeps).await {
+                    gone += u64::from(left? == 0);
+                }
+                Ok(gone)
+            })
+            .await
+        })
+    }
 }
 
 /// Removes every key matching the `SCAN` glob `pattern`, on every primary of a Cluster (`UNLINK`, 500 keys a
 /// command, one key a command on a Cluster, whose keys live in different slots); returns how many were removed.
-///
-/// Its own `SCAN` loop, not fred's scan streams: those take an error reply (`NOPERM` for a user without
-/// `+scan`) for an unreadable one, and the caller would learn nothing of why the purge failed.
 async fn unlink_matching(
     client: &fred::clients::WithOptions<Client>,
     pattern: String,
 ) -> Result<u64, StoreError> {
     let clustered = client.is_clustered();
-    let nodes: Vec<Option<fred::types::config::Server>> = if clustered {
+    for_each_page(client, &pattern, None, |keys| async move {
+        if clustered {
+            let mut removed = 0;
+            for key in keys {
+                removed += client.unlink::<u64, _>(key).await.map_err(backend)?;
+            }
+            Ok(removed)
+        } else if keys.is_empty() {
+            Ok(0)
+        } else {
+            client.unlink::<u64, _>(keys).await.map_err(backend)
+        }
+    })
+    .await
+}
+
+/// Runs `each` on every page of the keys matching the `SCAN` glob `pattern` (and of the type `kind`, if given),
+/// on every primary of a Cluster; returns the sum of what it returned.
+///
+/// Its own `SCAN` loop, not fred's scan streams: those take an error reply (`NOPERM` for a user without
+/// `+scan`) for an unreadable one, and the caller would learn nothing of why the purge failed.
+async fn for_each_page<F>(
+    client: &fred::clients::WithOptions<Client>,
+    pattern: &str,
+    kind: Option<&'static str>,
+    mut each: impl FnMut(Vec<Key>) -> F,
+) -> Result<u64, StoreError>
+where
+    F: Future<Output = Result<u64, StoreError>>,
+{
+    let nodes: Vec<Option<fred::types::config::Server>> = if client.is_clustered() {
         let state = client
             .cached_cluster_state()
             .ok_or_else(|| StoreError::backend("no cluster state yet"))?;
@@ -770,40 +832,37 @@ async fn unlink_matching(
     } else {
         vec![None]
     };
-    let mut removed = 0u64;
+    let mut total = 0u64;
     for node in nodes {
         let mut options = client.options().clone();
         options.cluster_node = node;
         let scanning = (**client).with_options(&options);
         let mut cursor = String::from("0");
         loop {
-            let args = vec![
+            let mut args = vec![
                 Value::from(cursor),
                 Value::from_static_str("MATCH"),
-                Value::from(pattern.as_str()),
+                Value::from(pattern),
                 Value::from_static_str("COUNT"),
                 Value::from(500),
             ];
+            if let Some(kind) = kind {
+                args.extend([Value::from_static_str("TYPE"), Value::from_static_str(kind)]);
+            }
             let reply: Value = scanning
                 .custom(cmd!("SCAN", hash: ClusterHash::Random), args)
                 .await
                 .map_err(backend)?;
             let (next, keys) =
                 scan_page(reply).ok_or_else(|| StoreError::backend("unreadable SCAN reply"))?;
-            if clustered {
-                for key in keys {
-                    removed += client.unlink::<u64, _>(key).await.map_err(backend)?;
-                }
-            } else if !keys.is_empty() {
-                removed += client.unlink::<u64, _>(keys).await.map_err(backend)?;
-            }
+            total += each(keys).await?;
             if next == "0" {
                 break;
             }
             cursor = next;
         }
     }
-    Ok(removed)
+    Ok(total)
 }
 
 /// A `TIME` reply: seconds and microseconds since the Unix epoch, each as a string (or, to be lenient, a number).
