@@ -775,3 +775,45 @@ async fn under_eviction_a_tag_removal_still_finds_every_entry_left() {
     ));
     assert_eq!(origin.calls(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_may_evict_a_tag_set_is_told_of_once() {
+    let warnings = support::logs::warnings();
+    let told = || {
+        warnings
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|warning| warning.contains("evicts keys without a TTL"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    for policy in ["volatile-lru", "allkeys-lru", "allkeys-lfu"] {
+        let server =
+            RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", policy]);
+        let origin = Origin::new();
+        let layer = layer_over(RedisStore::new(fred_client(&server.url()).await))
+            .tags(|_| vec!["orders".to_owned()])
+            .build()
+            .unwrap();
+        let service = tower::Layer::layer(&layer, origin.service());
+        let before = told().len();
+        for q in 0..3 {
+            let response = call(&service, post(&format!(r#"{{"q":{q}}}"#))).await;
+            assert!(matches!(
+                outcome(&response),
+                CacheOutcome::Miss { stored: true, .. }
+            ));
+        }
+        if policy.starts_with("allkeys-") {
+            wait_until("the warning", || told().len() > before).await;
+        }
+    }
+    // None under `volatile-lru`; one for each store under `allkeys-*`, naming its policy.
+    let told = told();
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(
+        told[0].contains("allkeys-lru") && told[1].contains("allkeys-lfu"),
+        "{told:?}"
+    );
+}

@@ -14,7 +14,7 @@ use fred::prelude::{
 };
 use fred::types::{ClusterHash, Key};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,9 +38,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// dropped.
 ///
 /// Tag sets (the keys of a tag's entries, for
-/// [`CacheHandle::invalidate_tag`](crate::cache::CacheHandle::invalidate_tag)) carry no TTL, so that a Redis evicting only keys with one
-/// (`maxmemory-policy volatile-lru`, `volatile-lfu`, ...: the usual policy of managed Redis) never takes a set from
-/// under entries still stored, and a removal by tag finds every entry left. Under `allkeys-*` it may.
+/// [`CacheHandle::invalidate_tag`](crate::cache::CacheHandle::invalidate_tag)) carry no TTL, so that a Redis
+/// evicting only keys with one (`maxmemory-policy volatile-lru`, `volatile-lfu`, ...: the usual policy of managed
+/// Redis) never takes a set from under entries still stored, and a removal by tag finds every entry left. Under
+/// `allkeys-*` it may: the store says so once at `warn`, after the first tag it records.
 ///
 /// It can log in as a Redis user allowed only its namespace's keys (`~<namespace>:v1:*`) and the commands the
 /// README's "A Redis user of its own" lists (`ACL SETUSER` lines for one server, a Cluster and Sentinel). A
@@ -65,6 +66,8 @@ pub struct RedisStore {
     routes: Option<std::sync::Arc<Routes>>,
     /// Behind Sentinel, the watch that moves the clients to a new primary as soon as Sentinel names it.
     following: Option<std::sync::Arc<Following>>,
+    /// Whether the server's eviction policy was looked at (at the first tag recorded).
+    policy_read: std::sync::Arc<AtomicBool>,
 }
 
 /// The store's clients (one per connection of a `Pool`), each sending commands fail fast.
@@ -182,6 +185,7 @@ impl RedisStore {
             reads: Arc::new(homes),
             routes,
             following,
+            policy_read: std::sync::Arc::default(),
         }
     }
 
@@ -323,6 +327,44 @@ impl RedisStore {
         }
         self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len()
     }
+}
+
+impl RedisStore {
+    /// Warns, once, when the server holding the tag set `tag` evicts keys without a TTL when full
+    /// (`maxmemory-policy allkeys-*` under a `maxmemory`): it may take a tag's set before the entries it names.
+    async fn warn_of_eviction(&self, tag: &str) {
+        let info: Result<String, _> = self
+            .client()
+            .custom(
+                cmd!("INFO", hash: ClusterHash::Custom(fred::util::redis_keyslot(tag.as_bytes()))),
+                vec![Value::from_static_str("memory")],
+            )
+            .await;
+        let Ok(info) = info else {
+            return;
+        };
+        if let Some(policy) = evicts_any_key(&info) {
+            tracing::warn!(
+                policy,
+                "cache store: Redis evicts keys without a TTL when full, so it may evict a tag's set before the \
+                 entries it names, and a removal by tag then misses them (they are answered until they expire); \
+                 run it with a `volatile-*` policy, which never evicts a set, or `noeviction`"
+            );
+        }
+    }
+}
+
+/// The `maxmemory_policy` of an `INFO memory` reply when it evicts keys without a TTL (`allkeys-...`) and a
+/// `maxmemory` is set (`0`: no limit, nothing evicted).
+fn evicts_any_key(info: &str) -> Option<&str> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let policy = field("maxmemory_policy")?;
+    let limited = field("maxmemory").is_some_and(|limit| limit != "0");
+    (limited && policy.starts_with("allkeys-")).then_some(policy)
 }
 
 impl fmt::Debug for RedisStore {
@@ -687,7 +729,15 @@ impl Store for RedisStore {
                 Value::from(millis(lifetime)),
                 Value::from(since.to_string()),
             ];
-            Ok(run_script(self.client(), &TAG, keys, args).await? == 1)
+            let recorded = run_script(self.client(), &TAG, keys, args).await? == 1;
+            if !self.policy_read.swap(true, Ordering::Relaxed) {
+                // On a task of its own: this call is bounded by the store timeout, and the fill waits for it.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let (store, tag) = (self.clone(), tag.to_owned());
+                    drop(runtime.spawn(async move { store.warn_of_eviction(&tag).await }));
+                }
+            }
+            Ok(recorded)
         })
     }
 
@@ -1039,6 +1089,29 @@ mod tests {
             let settings = store.clients[0].connection_config().clone();
             assert_eq!(settings.tcp.nodelay, Some(true), "{url}");
         }
+    }
+
+    #[test]
+    fn only_a_limit_under_an_allkeys_policy_may_evict_a_tag_set() {
+        let info = |limit: &str, policy: &str| {
+            format!(
+                "# Memory\r\nused_memory:1000\r\nmaxmemory:{limit}\r\nmaxmemory_human:x\r\nmaxmemory_policy:{policy}\r\n"
+            )
+        };
+        assert_eq!(
+            evicts_any_key(&info("1000", "allkeys-lru")),
+            Some("allkeys-lru")
+        );
+        assert_eq!(
+            evicts_any_key(&info("1000", "allkeys-random")),
+            Some("allkeys-random")
+        );
+        assert_eq!(evicts_any_key(&info("0", "allkeys-lru")), None, "no limit");
+        for policy in ["volatile-lru", "volatile-ttl", "noeviction"] {
+            assert_eq!(evicts_any_key(&info("1000", policy)), None);
+        }
+        assert_eq!(evicts_any_key("garbage"), None);
+        assert_eq!(evicts_any_key("maxmemory:1000\r\n"), None, "no policy");
     }
 
     #[test]
