@@ -25,11 +25,11 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
-    rig_with(BREAKER_FAILURES).await
+    rig_with(BREAKER_FAILURES, STORE_TIMEOUT).await
 }
 
-/// A rig whose breaker opens after `failures` failures.
-async fn rig_with(failures: u32) -> Rig {
+/// A rig whose breaker opens after `failures` failures, and whose store calls time out after `timeout`.
+async fn rig_with(failures: u32, timeout: Duration) -> Rig {
     let server = RedisServer::start();
     let proxy = Proxy::start(server.port()).await;
     let origin = Origin::new();
@@ -38,7 +38,7 @@ async fn rig_with(failures: u32) -> Rig {
     let layer = RedisCacheLayer::builder(RedisStore::connect(&proxy.url()).await.unwrap())
         .namespace("faults")
         .methods([http::Method::GET, http::Method::POST])
-        .store_timeout(STORE_TIMEOUT)
+        .store_timeout(timeout)
         .circuit_breaker(failures, BREAKER_COOLDOWN)
         .build()
         .unwrap();
@@ -109,7 +109,8 @@ async fn caching_resumes_while(rig: &Rig, mode: Mode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_slower_than_usual_but_inside_the_timeout_still_cache() {
-    let rig = rig().await;
+    // Well inside: 100 ms left a loaded machine too little room (a call timed out once under three test runs).
+    let rig = rig_with(BREAKER_FAILURES, Duration::from_millis(400)).await;
     rig.proxy.set(Mode::Delay(Duration::from_millis(40)));
     burst(&rig, "slow").await;
     let stats = rig.layer.handle().stats();
@@ -157,7 +158,7 @@ async fn a_half_open_link_is_reconnected_and_caching_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_link_under_traffic_too_sparse_to_open_the_breaker_is_reconnected() {
     // A breaker that does not open here, as under traffic whose failures are too far apart to count together.
-    let rig = rig_with(1_000).await;
+    let rig = rig_with(1_000, STORE_TIMEOUT).await;
     let service = tower::Layer::layer(&rig.layer, rig.origin.service());
     call(&service, post(r#"{"q":"before"}"#)).await;
     let connections = rig.proxy.connections();
