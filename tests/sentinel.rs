@@ -411,6 +411,14 @@ async fn a_store_listens_to_another_sentinel_when_its_own_dies() {
         replica.command(&[b"DBSIZE"]) == primary.command(&[b"DBSIZE"])
     })
     .await;
+    // The store's watch has listened to the first sentinel and asked it which others there are (a store that
+    // never reached one would know only the sentinel configured).
+    support::calls::wait_until("the watch asked for the other sentinels", || {
+        String::from_utf8_lossy(&first.command(&[b"CLIENT", b"LIST"]))
+            .lines()
+            .any(|client| client.contains(" sub=1 ") && client.contains(" cmd=sentinel|sentinels "))
+    })
+    .await;
 
     first.kill();
     fail_over(&second, &replica).await;

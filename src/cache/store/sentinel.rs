@@ -230,21 +230,35 @@ impl Watch {
         let mut messages = client.message_rx();
         // fred takes `SUBSCRIBE` for answered once written (its replies come out of band), so a refusal (`NOPERM`
         // for the command or the channel) is the reply of the command written next, and is dropped if none is
-        // waiting yet. So the question goes out with the subscription, before any reply is read: a refusal is its
-        // answer. It also catches an announcement made while no sentinel was listened to.
-        let asked = tokio::select! {
-            asked = in_time(async {
+        // waiting yet. So the questions go out with the subscription, before any reply is read: a refusal is the
+        // first one's answer. Where the primary is also catches an announcement made while no sentinel was
+        // listened to; which other sentinels there are is learned in this first round trip, so that a sentinel
+        // that dies right after it still leaves a way to the others.
+        let (asked, named) = tokio::select! {
+            answers = in_time(async {
                 client.wait_for_connect().await?;
                 if refused.is_some() {
-                    return Ok(ask(client, &self.service).await);
+                    let (asked, named) = (ask(client, &self.service), sentinels_of(client, &self.service));
+                    return Ok(tokio::join!(biased; asked, named));
                 }
-                let (subscribed, asked) =
-                    tokio::join!(biased; client.subscribe(SWITCH_MASTER), ask(client, &self.service));
-                subscribed.map(|()| asked)
-            }) => asked?,
+                let (subscribed, asked, named) = tokio::join!(
+                    biased;
+                    client.subscribe(SWITCH_MASTER),
+                    ask(client, &self.service),
+                    sentinels_of(client, &self.service),
+                );
+                subscribed.map(|()| (asked, named))
+            }) => answers?,
             // Refused, or reset: the next sentinel at once, not after the timeout.
             ended = &mut *task => return Err(connection_ended(ended)),
         };
+        // After a refused `SUBSCRIBE` the replies come one place late: this one is where the primary is, which
+        // names no sentinel.
+        for sentinel in named.unwrap_or_default() {
+            if !self.sentinels.contains(&sentinel) {
+                self.sentinels.push(sentinel);
+            }
+        }
         self.follow(asked?).await?;
         if let Some(error) = refused {
             // The sentinel is asked every second instead, and a failover followed up to a second late.
@@ -257,13 +271,6 @@ impl Watch {
             }
         }
         *listened = true;
-        if let Ok(named) = in_time(sentinels_of(client, &self.service)).await {
-            for sentinel in named {
-                if !self.sentinels.contains(&sentinel) {
-                    self.sentinels.push(sentinel);
-                }
-            }
-        }
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.reset();
