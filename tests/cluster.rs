@@ -344,6 +344,7 @@ async fn a_sweep_reaches_the_tag_sets_of_every_shard() {
     let layer = layer_over(store.clone()).build().unwrap();
     assert_eq!(layer.handle().sweep_tags().await.unwrap(), 12);
     assert_eq!(layer.handle().sweep_tags().await.unwrap(), 0);
+    assert_eq!(layer.handle().stats().tag_sets_swept, 12);
     let (members, _) = store.tagged(kept, 0).await.unwrap();
     assert_eq!(members, ["cl:v1:{m}"]);
 }

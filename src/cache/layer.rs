@@ -388,7 +388,9 @@ impl CacheHandle {
     /// The store's error; the circuit breaker and store timeout do not apply here.
     pub async fn sweep_tags(&self) -> Result<u64, StoreError> {
         let prefix = self.engine.keys.namespace_prefix();
-        self.engine.store.store.sweep_tags(&prefix).await
+        let removed = self.engine.store.store.sweep_tags(&prefix).await?;
+        super::stats::add(&self.engine.counters.tag_sets_swept, removed);
+        Ok(removed)
     }
 
     /// Whether the near cache answers now (see

@@ -228,6 +228,7 @@ pub(crate) struct Counters {
     pub(crate) variant_reads: Counter,
     pub(crate) tag_removals: Counter,
     pub(crate) marked_stale: Counter,
+    pub(crate) tag_sets_swept: Counter,
     pub(crate) stored_bytes: Counter,
     pub(crate) compression_saved_bytes: Counter,
 }
@@ -321,6 +322,7 @@ impl Counters {
             variant_reads: Counter::new("tower_redis_cache_variant_reads_total", &namespace),
             tag_removals: Counter::new("tower_redis_cache_tag_removals_total", &namespace),
             marked_stale: Counter::new("tower_redis_cache_marked_stale_total", &namespace),
+            tag_sets_swept: Counter::new("tower_redis_cache_tag_sets_swept_total", &namespace),
             stored_bytes: Counter::new("tower_redis_cache_stored_bytes_total", &namespace),
             compression_saved_bytes: Counter::new(
                 "tower_redis_cache_compression_saved_bytes_total",
@@ -378,6 +380,7 @@ impl Counters {
             variant_reads: self.variant_reads.get(),
             tag_removals: self.tag_removals.get(),
             marked_stale: self.marked_stale.get(),
+            tag_sets_swept: self.tag_sets_swept.get(),
             stored_bytes: self.stored_bytes.get(),
             compression_saved_bytes: self.compression_saved_bytes.get(),
             in_flight_bytes: 0,
@@ -494,6 +497,9 @@ pub struct CacheStats {
     /// ([`CacheHandle::mark_tag_stale`](super::CacheHandle::mark_tag_stale) and its kin): kept, and answered
     /// stale while one refresh runs.
     pub marked_stale: u64,
+    /// Tag sets this process's sweeps removed, every entry they named having expired (the hourly sweep, when this
+    /// process's turn, and [`CacheHandle::sweep_tags`](super::CacheHandle::sweep_tags)).
+    pub tag_sets_swept: u64,
     /// Bytes of the entries stored (counted in [`stores`](Self::stores)), as the store holds them: body,
     /// headers and framing. Over `stores`, the mean size of an entry.
     pub stored_bytes: u64,

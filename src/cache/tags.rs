@@ -351,10 +351,14 @@ impl Engine {
         let (store, _) = self.store.unguarded();
         let prefix = self.keys.namespace_prefix();
         let lease = self.keys.sweep_lease_key();
+        let counters = self.counters.clone();
         drop(runtime.spawn(async move {
             let _turn = turn;
             match sweep(&*store, &prefix, &lease).await {
-                Ok(Some(removed)) => tracing::debug!(removed, "cache tags: swept the tag sets"),
+                Ok(Some(removed)) => {
+                    add(&counters.tag_sets_swept, removed);
+                    tracing::debug!(removed, "cache tags: swept the tag sets");
+                }
                 // Another process swept within the hour.
                 Ok(None) => {}
                 Err(error) => tracing::debug!(%error, "cache tags: the sweep of tag sets failed"),
