@@ -381,7 +381,8 @@ impl CacheHandle {
 
     /// Drops what expired from this namespace's tag sets, and the sets left empty, now; returns how many sets it
     /// removed ([`Store::sweep_tags`]: on Redis, a `SCAN` of every primary). The layer does it on its own about
-    /// once an hour, one process of a fleet at a time; this is for a maintenance job that wants it now.
+    /// once an hour, one process of a fleet at a time; this is for a maintenance job that wants it now. A namespace
+    /// no layer uses any more is swept by nobody and its sets have no TTL: [`purge`](Self::purge) it once instead.
     ///
     /// # Errors
     ///
