@@ -3241,3 +3241,88 @@ async fn over_a_store_without_tags_a_write_removes_the_variant_its_headers_key()
     assert!(is_stored_miss(read_with(&service, ITEM, &[de]).await));
     assert_eq!(read_with(&service, ITEM, &[en]).await, CacheOutcome::Hit);
 }
+
+#[tokio::test]
+async fn the_layer_sweeps_tag_sets_as_often_as_told_and_never_when_told_not_to() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let by_path = |parts: &http::request::Parts| vec![parts.uri.path().to_owned()];
+    // Entries, and so their keys in the tag sets, live for 200 ms.
+    let short = |builder: RedisCacheLayerBuilder, namespace: &str| {
+        builder
+            .namespace(namespace)
+            .tags(by_path)
+            .origin_freshness(false)
+            .fresh_for(Duration::from_millis(100))
+            .stale_for(Duration::ZERO)
+            .stale_if_error_for(Duration::ZERO)
+            .refresh_lease_for(Duration::from_millis(100))
+    };
+    let every = Duration::from_secs(2);
+    let (sweeping, idle) = (
+        short(layer(&server).await, "swept")
+            .tag_sweep_every(Some(every))
+            .build()
+            .unwrap(),
+        short(layer(&server).await, "kept")
+            .tag_sweep_every(None)
+            .build()
+            .unwrap(),
+    );
+    let services = [
+        cached(&sweeping, origin.service()),
+        cached(&idle, origin.service()),
+    ];
+    for service in &services {
+        hits(service, &["https://api.example.com/a"]).await;
+    }
+    let sets = |namespace: &str| {
+        let pattern = format!("{namespace}:v1:tag:*");
+        let reply = server.command(&[
+            b"EVAL",
+            b"return #redis.call('KEYS', ARGV[1])",
+            b"0",
+            pattern.as_bytes(),
+        ]);
+        String::from_utf8(reply).unwrap()
+    };
+    assert_eq!(
+        (sets("swept"), sets("kept")),
+        (":1\r\n".into(), ":1\r\n".into())
+    );
+
+    // Past the entries' lives and the sweeping layer's first look: the next tagged fill starts its sweep, which
+    // drops `/a`'s set, now empty, and takes the fleet's turn for as long as told.
+    tokio::time::sleep(every + Duration::from_millis(100)).await;
+    for service in &services {
+        hits(service, &["https://api.example.com/b"]).await;
+    }
+    wait_until("the sweep ran", || {
+        sweeping.handle().stats().tag_sets_swept == 1
+    })
+    .await;
+    assert_eq!(sets("swept"), ":1\r\n", "only `/b`'s set is left");
+    let turn = String::from_utf8(server.command(&[b"PTTL", b"swept:v1:tag-sweep"])).unwrap();
+    let turn: u64 = turn.trim_start_matches(':').trim().parse().unwrap();
+    assert!(
+        (1..=2000).contains(&turn),
+        "the turn lasts `every`: {turn} ms left"
+    );
+
+    // Told not to sweep, the other layer left both sets; a job of the user's own sweeps them.
+    assert_eq!(idle.handle().stats().tag_sets_swept, 0);
+    assert_eq!(sets("kept"), ":2\r\n");
+    assert_eq!(idle.handle().sweep_tags().await.unwrap(), 1);
+    assert_eq!(sets("kept"), ":1\r\n");
+    assert_eq!(idle.handle().stats().tag_sets_swept, 1);
+    assert_eq!(
+        server.command(&[b"EXISTS", b"kept:v1:tag-sweep"]),
+        b":0\r\n"
+    );
+
+    // Zero is no interval.
+    let zero = short(layer(&server).await, "zero")
+        .tag_sweep_every(Some(Duration::ZERO))
+        .build();
+    assert_eq!(zero.unwrap_err().setting(), Setting::TagSweepEvery);
+}

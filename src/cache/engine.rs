@@ -455,6 +455,8 @@ pub(crate) struct Policy {
     pub(crate) fleet_wait: Duration,
     /// How long a key whose answer was not stored keeps a marker saying so (see [`Unstored`]); zero: never.
     pub(crate) uncacheable_for: Duration,
+    /// How often one process of the fleet sweeps the namespace's tag sets; `None`: never on its own.
+    pub(crate) tag_sweep_every: Option<Duration>,
     /// The most background refreshes running at once in this layer.
     pub(crate) max_refreshes: usize,
     /// How long a caller waits for another caller's inner call to the same key before making its own.
@@ -495,6 +497,7 @@ impl std::fmt::Debug for Policy {
             .field("refresh_timeout", &self.refresh_timeout)
             .field("fleet_wait", &self.fleet_wait)
             .field("uncacheable_for", &self.uncacheable_for)
+            .field("tag_sweep_every", &self.tag_sweep_every)
             .field("max_refreshes", &self.max_refreshes)
             .field("coalesced_wait", &self.coalesced_wait)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
@@ -905,6 +908,7 @@ impl Engine {
             ))
         });
         let variants = policy.keep_variants.then(Variants::default);
+        let sweeps = super::tags::Sweeps::new(policy.tag_sweep_every);
         Engine {
             budget: ByteBudget::new(policy.max_in_flight_bytes, counters.clone()),
             counters,
@@ -918,7 +922,7 @@ impl Engine {
             marks_seen: AtomicU64::new(0),
             background: Background::default(),
             variants,
-            sweeps: super::tags::Sweeps::default(),
+            sweeps,
         }
     }
 

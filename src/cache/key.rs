@@ -426,7 +426,7 @@ impl KeyConfig {
         format_in(&self.namespace, "tag:", &h.finalize().into())
     }
 
-    /// The key of the lease of the fleet's hourly sweep of tag sets (see [`tags`](super::tags)).
+    /// The key of the lease of the fleet's sweep of tag sets (see [`tags`](super::tags)).
     pub(crate) fn sweep_lease_key(&self) -> String {
         format!("{}:v1:tag-sweep", self.namespace)
     }

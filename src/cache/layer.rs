@@ -380,8 +380,9 @@ impl CacheHandle {
     }
 
     /// Drops what expired from this namespace's tag sets, and the sets left empty, now; returns how many sets it
-    /// removed ([`Store::sweep_tags`]: on Redis, a `SCAN` of every primary). The layer does it on its own about
-    /// once an hour, one process of a fleet at a time; this is for a maintenance job that wants it now. A namespace
+    /// removed ([`Store::sweep_tags`]: on Redis, a `SCAN` of every primary). The layer does it on its own every
+    /// [`tag_sweep_every`](RedisCacheLayerBuilder::tag_sweep_every) (an hour by default), one process of a fleet
+    /// at a time; this is for a maintenance job that wants it now, or runs it in the layer's place. A namespace
     /// no layer uses any more is swept by nobody and its sets have no TTL: [`purge`](Self::purge) it once instead.
     ///
     /// # Errors
@@ -504,6 +505,7 @@ pub struct RedisCacheLayerBuilder {
     tracking: Option<Arc<dyn Tracking>>,
     fleet_wait: Duration,
     uncacheable_for: Duration,
+    tag_sweep_every: Option<Duration>,
     max_refreshes: usize,
     coalesced_wait: Duration,
     max_in_flight_bytes: usize,
@@ -564,6 +566,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("near_cache_max_ttl", &self.near_max_ttl)
             .field("fleet_wait", &self.fleet_wait)
             .field("uncacheable_for", &self.uncacheable_for)
+            .field("tag_sweep_every", &self.tag_sweep_every)
             .field("max_background_refreshes", &self.max_refreshes)
             .field("coalesced_wait", &self.coalesced_wait)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
@@ -706,6 +709,7 @@ impl RedisCacheLayerBuilder {
             tracking: None,
             fleet_wait: Duration::from_secs(5),
             uncacheable_for: Duration::from_secs(60),
+            tag_sweep_every: Some(super::tags::SWEEP_EVERY),
             max_refreshes: 32,
             coalesced_wait: Duration::from_secs(30),
             max_in_flight_bytes: 64 * 1024 * 1024,
@@ -1389,11 +1393,12 @@ impl RedisCacheLayerBuilder {
     /// `detail=tags`, [`NotStored::Tags`](super::NotStored::Tags)). A tag's set holds the keys of its entries
     /// for as long as they may live, and drops them as they expire.
     ///
-    /// The sets are Redis keys like the entries: a Redis that evicts (`maxmemory` with an `allkeys-*` or
-    /// `volatile-*` policy) may evict a tag's set while entries it names are still read, and a removal of
-    /// that tag then misses them: they live out their windows. Where tag removals must always hold, size
-    /// Redis so that it does not evict (under `noeviction` a full Redis refuses new entries and keeps
-    /// answering the ones it holds).
+    /// The sets are Redis keys like the entries, but without a TTL (their members keep their own expiry), so a
+    /// Redis that evicts only keys with one (`maxmemory` under a `volatile-*` policy, the usual one of managed
+    /// Redis) never evicts a set from under the entries it names. Under an `allkeys-*` policy it may, and a
+    /// removal of that tag then misses them: they live out their windows (the store says so once at `warn`).
+    /// Sets whose entries all expired are swept by one process of the fleet (see
+    /// [`tag_sweep_every`](Self::tag_sweep_every)).
     pub fn tags(
         mut self,
         tag: impl Fn(&request::Parts) -> Vec<String> + Send + Sync + 'static,
@@ -1422,6 +1427,22 @@ impl RedisCacheLayerBuilder {
     /// there afterwards (its answer is not stored).
     pub fn tags_from_header(mut self, name: HeaderName) -> Self {
         self.tags_header = Some(name);
+        self
+    }
+
+    /// How often the fleet sweeps this namespace's tag sets: dropping the keys of expired entries from them, and
+    /// the sets all of whose entries expired ([`CacheHandle::sweep_tags`](super::CacheHandle::sweep_tags); on
+    /// Redis a `SCAN` of every primary, about half a millisecond of Redis's time per 500 keys). Each recording
+    /// already drops its set's expired members; the sweep is for the sets no fill records in any more, which
+    /// carry no TTL (see [`tags`](Self::tags)) and would otherwise stay. A process looks whether a sweep is due
+    /// at a fill that records tags, at most every ten minutes (or this often, if shorter), and sweeps if it
+    /// takes the fleet's turn (a lease in the store for this long), so one process of the fleet sweeps per turn.
+    ///
+    /// `None`: the layer never sweeps on its own, for a deployment that runs
+    /// [`sweep_tags`](super::CacheHandle::sweep_tags) from a job of its own (at a quiet hour, say). Default: one
+    /// hour.
+    pub fn tag_sweep_every(mut self, every: Option<Duration>) -> Self {
+        self.tag_sweep_every = every;
         self
     }
 
@@ -1555,12 +1576,13 @@ impl RedisCacheLayerBuilder {
     /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a
     /// `refresh_ahead` fraction not from 0 to below 1, a window or lease over 10 years, a zero store or refresh
     /// timeout, a zero breaker threshold, a body cap over 4 GiB, zero `max_background_refreshes` or
-    /// `coalesced_wait`, `max_in_flight_bytes` below the body cap, `206` or `304` among the cacheable statuses,
-    /// a status given [`windows_for_status`](Self::windows_for_status) that is not cacheable or whose windows
-    /// are all zero or over 10 years, [`Credentials::Partition`] or
-    /// `respect_response_cache_control(false)` without a partition, an empty or `*` name among the ignored
-    /// query parameters, an ignored body field that is not a JSON Pointer to a member, or a near cache over a
-    /// store other than [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
+    /// `coalesced_wait`, a zero or over-10-year `tag_sweep_every`, `max_in_flight_bytes` below the body cap,
+    /// `206` or `304` among the cacheable statuses, a status given
+    /// [`windows_for_status`](Self::windows_for_status) that is not cacheable or whose windows are all zero or
+    /// over 10 years, [`Credentials::Partition`] or `respect_response_cache_control(false)` without a
+    /// partition, an empty or `*` name among the ignored query parameters, an ignored body field that is not a
+    /// JSON Pointer to a member, or a near cache over a store other than [`RedisStore`](super::RedisStore) or
+    /// with a zero or over-10-year `near_cache_max_ttl`.
     pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
         if self.namespace.is_empty()
             || self.namespace.chars().any(|c| {
@@ -1688,6 +1710,21 @@ impl RedisCacheLayerBuilder {
         }
         if self.coalesced_wait.is_zero() {
             return refuse(Setting::CoalescedWait, "must be greater than zero");
+        }
+        match self.tag_sweep_every {
+            Some(every) if every.is_zero() => {
+                return refuse(
+                    Setting::TagSweepEvery,
+                    "must be greater than zero (None: the layer never sweeps on its own)",
+                );
+            }
+            Some(every) if every > MAX_WINDOW => {
+                return Err(ConfigError::new(
+                    Setting::TagSweepEvery,
+                    format!("{every:?} is over the 10-year maximum"),
+                ));
+            }
+            _ => {}
         }
         if self.max_in_flight_bytes < self.max_body {
             return refuse(
@@ -1821,6 +1858,7 @@ impl RedisCacheLayerBuilder {
             refresh_timeout: self.refresh_timeout,
             fleet_wait: self.fleet_wait,
             uncacheable_for: self.uncacheable_for,
+            tag_sweep_every: self.tag_sweep_every,
             max_refreshes: self.max_refreshes,
             coalesced_wait: self.coalesced_wait,
             max_in_flight_bytes: self.max_in_flight_bytes,
@@ -1894,6 +1932,14 @@ mod tests {
             (
                 builder().coalesced_wait(Duration::ZERO),
                 Setting::CoalescedWait,
+            ),
+            (
+                builder().tag_sweep_every(Some(Duration::ZERO)),
+                Setting::TagSweepEvery,
+            ),
+            (
+                builder().tag_sweep_every(Some(Duration::MAX)),
+                Setting::TagSweepEvery,
             ),
             (
                 builder().store_timeout(Duration::ZERO),

@@ -497,8 +497,8 @@ pub struct CacheStats {
     /// ([`CacheHandle::mark_tag_stale`](super::CacheHandle::mark_tag_stale) and its kin): kept, and answered
     /// stale while one refresh runs.
     pub marked_stale: u64,
-    /// Tag sets this process's sweeps removed, every entry they named having expired (the hourly sweep, when this
-    /// process's turn, and [`CacheHandle::sweep_tags`](super::CacheHandle::sweep_tags)).
+    /// Tag sets this process's sweeps removed, every entry they named having expired (the fleet's regular sweep, when
+    /// this process's turn, and [`CacheHandle::sweep_tags`](super::CacheHandle::sweep_tags)).
     pub tag_sets_swept: u64,
     /// Bytes of the entries stored (counted in [`stores`](Self::stores)), as the store holds them: body,
     /// headers and framing. Over `stores`, the mean size of an entry.

@@ -18,9 +18,10 @@
 //! A set carries no TTL of its own (its members do), so that a Redis evicting only keys with one (`volatile-*`,
 //! the usual policy of managed Redis) never takes it from under entries still stored: a removal by tag would
 //! then miss them, and they would be answered for the rest of their lives. Each recording drops the set's
-//! expired members; once an hour one process of the fleet sweeps the namespace's sets, dropping what expired and
-//! the sets left empty ([`Store::sweep_tags`](super::Store::sweep_tags)). A Redis evicting any key (`allkeys-*`)
-//! may still take a set first; see [`RedisStore`](crate::RedisStore).
+//! expired members; once an hour (see [`tag_sweep_every`](super::RedisCacheLayerBuilder::tag_sweep_every)) one
+//! process of the fleet sweeps the namespace's sets, dropping what expired and the sets left empty
+//! ([`Store::sweep_tags`](super::Store::sweep_tags)). A Redis evicting any key (`allkeys-*`) may still take a set
+//! first; see [`RedisStore`](crate::RedisStore).
 //!
 //! A URI has a tag of its own for the entries its keys alone cannot name (see
 //! [`KeyConfig::uri_tag_key`](super::key::KeyConfig::uri_tag_key)): where keys hold request headers
@@ -85,25 +86,37 @@ pub(crate) type TagsFn = Arc<dyn Fn(&request::Parts) -> Vec<String> + Send + Syn
 pub(crate) const MAX_TAGS: usize = 32;
 
 /// How often a process looks whether its fleet's tag sets are due a sweep: at a fill that records tags, at most
-/// this often.
+/// this often (or as often as the fleet sweeps, if that is more often).
 const SWEEP_CHECK_EVERY: Duration = Duration::from_secs(600);
-/// How often a fleet sweeps its tag sets: the process that looks first takes a lease for this long.
-const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How often a fleet sweeps its tag sets by default (see
+/// [`tag_sweep_every`](super::RedisCacheLayerBuilder::tag_sweep_every)).
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-/// When this process next looks whether the tag sets are due a sweep, and whether it is sweeping now.
+/// How often the fleet sweeps, when this process next looks whether the tag sets are due a sweep, and whether it
+/// is sweeping now.
 #[derive(Debug)]
 pub(crate) struct Sweeps {
+    /// How often the fleet sweeps: the process that looks first takes a lease for this long. `None`: the layer
+    /// never sweeps on its own.
+    every: Option<Duration>,
+    /// How often this process looks.
+    check_every: Duration,
     started: Instant,
     /// Milliseconds after `started`.
     next_at: AtomicU64,
     running: Arc<AtomicBool>,
 }
 
-impl Default for Sweeps {
-    fn default() -> Self {
+impl Sweeps {
+    /// A fleet that sweeps `every` so often (`None`: never on its own); this process looks first once it has
+    /// run for as long as it waits between two looks.
+    pub(crate) fn new(every: Option<Duration>) -> Self {
+        let check_every = every.map_or(SWEEP_CHECK_EVERY, |every| every.min(SWEEP_CHECK_EVERY));
         Sweeps {
+            every,
+            check_every,
             started: Instant::now(),
-            next_at: AtomicU64::new(millis(SWEEP_CHECK_EVERY)),
+            next_at: AtomicU64::new(millis(check_every)),
             running: Arc::default(),
         }
     }
@@ -119,12 +132,14 @@ impl Drop for Sweeping {
 }
 
 impl Sweeps {
-    /// This process's turn to look whether the tag sets are due a sweep: at most once every
-    /// [`SWEEP_CHECK_EVERY`], and never while its last sweep runs. The sweep runs until the turn drops.
-    fn turn(&self) -> Option<Sweeping> {
+    /// This process's turn to look whether the tag sets are due a sweep, with how long the fleet's turn lasts:
+    /// at most once every [`SWEEP_CHECK_EVERY`] (or every fleet turn, if shorter), never while its last sweep
+    /// runs, and never when the layer does not sweep on its own. The sweep runs until the turn drops.
+    fn turn(&self) -> Option<(Sweeping, Duration)> {
+        let every = self.every?;
         let now = millis(self.started.elapsed());
         let due = self.next_at.load(Ordering::Relaxed);
-        let next = now.saturating_add(millis(SWEEP_CHECK_EVERY));
+        let next = now.saturating_add(millis(self.check_every));
         if now < due
             || self
                 .next_at
@@ -134,15 +149,20 @@ impl Sweeps {
         {
             return None;
         }
-        Some(Sweeping(self.running.clone()))
+        Some((Sweeping(self.running.clone()), every))
     }
 }
 
-/// Sweeps the tag sets of the namespace `prefix` if no process of the fleet did for [`SWEEP_EVERY`], which the
-/// lease at `lease` says: `Some` with how many sets went, `None` when another process's turn holds.
-async fn sweep(store: &dyn Store, prefix: &str, lease: &str) -> Result<Option<u64>, StoreError> {
+/// Sweeps the tag sets of the namespace `prefix` if no process of the fleet did for `every`, which the lease at
+/// `lease` says: `Some` with how many sets went, `None` when another process's turn holds.
+async fn sweep(
+    store: &dyn Store,
+    prefix: &str,
+    lease: &str,
+    every: Duration,
+) -> Result<Option<u64>, StoreError> {
     let token = format!("{:032x}", rand::random::<u128>());
-    if !store.try_lease(lease, &token, SWEEP_EVERY).await? {
+    if !store.try_lease(lease, &token, every).await? {
         return Ok(None);
     }
     store.sweep_tags(prefix).await.map(Some)
@@ -339,10 +359,11 @@ impl Engine {
         Ok(all)
     }
 
-    /// Sweeps the namespace's tag sets on a task of its own if this process has not looked for
-    /// [`SWEEP_CHECK_EVERY`] and no process of the fleet swept them for [`SWEEP_EVERY`] (a lease says which).
+    /// Sweeps the namespace's tag sets on a task of its own if this process has not looked for a while and no
+    /// process of the fleet swept them for [`tag_sweep_every`](super::RedisCacheLayerBuilder::tag_sweep_every)
+    /// (a lease says which).
     fn sweep_if_due(&self) {
-        let Some(turn) = self.sweeps.turn() else {
+        let Some((turn, every)) = self.sweeps.turn() else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -354,12 +375,12 @@ impl Engine {
         let counters = self.counters.clone();
         drop(runtime.spawn(async move {
             let _turn = turn;
-            match sweep(&*store, &prefix, &lease).await {
+            match sweep(&*store, &prefix, &lease, every).await {
                 Ok(Some(removed)) => {
                     add(&counters.tag_sets_swept, removed);
                     tracing::debug!(removed, "cache tags: swept the tag sets");
                 }
-                // Another process swept within the hour.
+                // Another process swept within its turn.
                 Ok(None) => {}
                 Err(error) => tracing::debug!(%error, "cache tags: the sweep of tag sets failed"),
             }
@@ -518,22 +539,37 @@ mod tests {
 
     #[tokio::test]
     async fn a_process_looks_once_a_while_and_one_of_a_fleet_sweeps_per_turn() {
-        let sweeps = Sweeps::default();
+        let sweeps = Sweeps::new(Some(SWEEP_EVERY));
         assert!(sweeps.turn().is_none(), "not due as the layer starts");
         sweeps.next_at.store(0, Ordering::Relaxed);
-        let turn = sweeps.turn().expect("due");
+        let (turn, every) = sweeps.turn().expect("due");
+        assert_eq!(every, SWEEP_EVERY);
         sweeps.next_at.store(0, Ordering::Relaxed);
         assert!(sweeps.turn().is_none(), "the last sweep still runs");
         drop(turn);
         sweeps.next_at.store(0, Ordering::Relaxed);
         assert!(sweeps.turn().is_some(), "due, and the last sweep ended");
         assert!(sweeps.turn().is_none(), "looked just now");
+        // Looking every ten minutes, or as often as the fleet sweeps if that is more often.
+        assert_eq!(sweeps.next_at.load(Ordering::Relaxed) / 1000, 600);
+        let often = Sweeps::new(Some(Duration::from_secs(60)));
+        assert_eq!(often.next_at.load(Ordering::Relaxed), 60_000);
+        // Sweeps turned off: never a turn.
+        let off = Sweeps::new(None);
+        off.next_at.store(0, Ordering::Relaxed);
+        assert!(off.turn().is_none(), "the layer does not sweep on its own");
 
         // Two processes over one store: the first to look sweeps, the other finds the fleet's turn taken.
         let store = MemoryStore::new(1 << 20);
         let (prefix, lease) = ("ns:v1:", "ns:v1:tag-sweep");
-        assert_eq!(sweep(&store, prefix, lease).await.unwrap(), Some(0));
-        assert_eq!(sweep(&store, prefix, lease).await.unwrap(), None);
+        assert_eq!(
+            sweep(&store, prefix, lease, SWEEP_EVERY).await.unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            sweep(&store, prefix, lease, SWEEP_EVERY).await.unwrap(),
+            None
+        );
         assert!(store.get(lease).await.unwrap().is_some());
     }
 }

@@ -218,6 +218,7 @@ pub trait Store: std::any::Any + Send + Sync {
     /// a Redis evicting only keys with one, `volatile-*`, never takes a set from under its entries), they would
     /// otherwise stay. On Redis: `SCAN` of every primary for the sets, and a script per set. The cache runs it
     /// about once an hour for the whole fleet (see
+    /// [`tag_sweep_every`](crate::cache::RedisCacheLayerBuilder::tag_sweep_every) and
     /// [`CacheHandle::sweep_tags`](crate::cache::CacheHandle::sweep_tags)).
     ///
     /// The default does nothing: a store that bounds its tags on its own, as [`MemoryStore`] does.
