@@ -13,7 +13,7 @@
 //! response's `Vary` names (never the values themselves: `Vary: Authorization` must not put tokens in Redis). The body is stored raw (no base64, no JSON wrapping) and decoded as a slice of
 //! the bytes the store returned, so a hit copies nothing.
 //!
-//! With the `compression` feature and [`compress_above`](crate::RedisCacheLayerBuilder::compress_above), a
+//! With the `compression` feature and [`compress_above`](crate::cache::RedisCacheLayerBuilder::compress_above), a
 //! body that LZ4 shrinks by at least an eighth is stored compressed, as version 3: the same layout, with the
 //! body field holding `raw len u32 | LZ4 block` (an empty field is an empty body). A reader from before version
 //! 3, or built without the feature, takes such an entry for another version: a miss, never wrong bytes.

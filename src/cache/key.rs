@@ -224,7 +224,7 @@ impl KeyConfig {
     }
 
     /// The SHA-256 digest of a request's fields (see the module docs): all of its key but the namespace. A
-    /// request this thread keyed a moment ago takes its digest from the [memo](super::memo).
+    /// request this thread keyed a moment ago takes its digest from the [`memo`].
     pub(crate) fn digest(
         &self,
         method: &Method,

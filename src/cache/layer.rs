@@ -257,7 +257,7 @@ impl CacheHandle {
     /// # Errors
     ///
     /// The store's error (entries removed before it stay removed); the circuit breaker and store timeout do
-    /// not apply here. A store without tags (see [`Store::tag`](super::store::Store::tag)) fails.
+    /// not apply here. A store without tags (see [`Store::tag`]) fails.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, StoreError> {
         let set = self.engine.keys.tag_key(tag);
         self.engine.remove_tagged(&[set], false).await
@@ -273,7 +273,7 @@ impl CacheHandle {
     ///
     /// As with [`invalidate_tag`](Self::invalidate_tag), the tag is marked and the leases go first, so no fill
     /// that asked the origin before this call stores its answer after it. A store that cannot change an entry
-    /// in place removes it instead ([`Store::mark_stale`](super::store::Store::mark_stale)); [`RedisStore`]
+    /// in place removes it instead ([`Store::mark_stale`]); [`RedisStore`]
     /// and [`MemoryStore`] can.
     ///
     /// ```
@@ -828,7 +828,7 @@ impl RedisCacheLayerBuilder {
 
     /// Cookies that do not count as credentials: analytics and consent cookies a browser sends with every
     /// request (`_ga`, `_ga_*`, `_gid`, `_fbp`, `_hj*`), which would otherwise make every browser's request
-    /// bypass the cache under the default [`Credentials::Bypass`](super::Credentials::Bypass). A request whose
+    /// bypass the cache under the default [`Credentials::Bypass`]. A request whose
     /// cookies are all named here is cached as one without any; one with any other cookie is not. A name ending in
     /// `*` names every cookie it begins. Default: none.
     ///

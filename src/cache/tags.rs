@@ -20,7 +20,7 @@
 //! then miss them, and they would be answered for the rest of their lives. Each recording drops the set's
 //! expired members; once an hour (see [`tag_sweep_every`](super::RedisCacheLayerBuilder::tag_sweep_every)) one
 //! process of the fleet sweeps the namespace's sets, dropping what expired and the sets left empty
-//! ([`Store::sweep_tags`](super::Store::sweep_tags)). A Redis evicting any key (`allkeys-*`) may still take a set
+//! ([`Store::sweep_tags`]). A Redis evicting any key (`allkeys-*`) may still take a set
 //! first; see [`RedisStore`](crate::RedisStore).
 //!
 //! A URI has a tag of its own for the entries its keys alone cannot name (see
@@ -494,7 +494,7 @@ impl Engine {
     }
 
     /// [`remove_entries`](Self::remove_entries), or with [`Purge::Stale`] the same with the entries made stale
-    /// instead of removed ([`Store::mark_stale`](super::Store::mark_stale)): returns how many were fresh.
+    /// instead of removed ([`Store::mark_stale`]): returns how many were fresh.
     pub(crate) async fn purge_entries(
         &self,
         keys: &[CacheKey],

@@ -6,7 +6,7 @@
 //! cache keeps an entry per variant instead, the way Squid does:
 //!
 //! - A request is first keyed as usual (its *primary* key). When the entry found there varies on headers whose
-//!   values this request does not share, the cache learns their names ([`learnable`]), and reads the request's
+//!   values this request does not share, the cache learns their names ([`learnable`](super::key::learnable)), and reads the request's
 //!   own variant under a key of its own ([`variant_digest`]: the primary digest with the request's values of
 //!   those headers). Its miss fills that key, with the lease, coalescing and marker of that key.
 //! - Once learned, this process keys such requests by their variant at once: one store read, as any hit.
