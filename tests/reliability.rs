@@ -776,6 +776,36 @@ async fn under_eviction_a_tag_removal_still_finds_every_entry_left() {
     assert_eq!(origin.calls(), 2);
 }
 
+#[tokio::test]
+async fn under_eviction_a_tag_removal_keeps_its_mark_while_fills_may_run() {
+    // A full Redis evicting keys with a TTL at random. A removal's mark fences the fills that read the tag clock
+    // before it (their answers name the tag only once they arrive); with a TTL it could be evicted with the rest,
+    // and such a fill would then store an answer from before the removal.
+    let server = RedisServer::start_with(&["--maxmemory-policy", "volatile-random"]);
+    let store = RedisStore::new(fred_client(&server.url()).await);
+    let (clock, set) = ("evict:v1:tag-clock", "evict:v1:tag:{orders}");
+    let before = store.tag_clock(clock, false).await.unwrap();
+    let at = store.tag_clock(clock, true).await.unwrap();
+    store.mark_invalidated(set, at).await.unwrap();
+    let filler = vec![b'x'; 4096];
+    for i in 0..500 {
+        let key = format!("filler:{i}");
+        server.command(&[b"SET", key.as_bytes(), &filler, b"PX", b"3600000"]);
+    }
+    // Redis is full: it evicts about nine in ten of the keys with a TTL.
+    let used = info_number(&server.command(&[b"INFO", b"memory"]), "used_memory");
+    let limit = (used - (2300 << 10)).to_string();
+    server.command(&[b"CONFIG", b"SET", b"maxmemory", limit.as_bytes()]);
+    server.command(&[b"SET", b"filler:last", b"x", b"PX", b"3600000"]);
+    let evicted = info_number(&server.command(&[b"INFO", b"stats"]), "evicted_keys");
+    assert!(evicted >= 400, "{evicted} evicted");
+    let mark = format!("{set}:invalidated");
+    assert_eq!(server.command(&[b"EXISTS", mark.as_bytes()]), b":1\r\n");
+    // So the fill that read the clock before the removal is still refused.
+    let life = Duration::from_secs(60);
+    assert!(!store.tag(set, "evict:v1:{a}", life, before).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_may_evict_a_tag_set_is_told_of_once() {
     let warnings = support::logs::warnings();

@@ -2611,8 +2611,9 @@ async fn a_tag_set_drops_expired_members_and_a_sweep_drops_it_once_all_expired()
     // No TTL on the set: a Redis evicting only keys with one never takes it from under its entries.
     assert_eq!(server.command(&[b"PTTL", set.as_bytes()]), b":-1\r\n");
 
-    // A sweep drops what expired, and the sets left empty; the marks (strings), the sets of other namespaces
-    // and every other key stay.
+    // A sweep drops what expired, the sets left empty and the marks a day old (their readings of the tag clock,
+    // in µs); a recent mark, the sets and marks of other namespaces and every other key stay. Marks carry no TTL
+    // either, so that a Redis evicting keys with one never takes a mark while a fill it fences still runs.
     let gone = "shared:v1:tag:{gone}";
     assert!(
         store
@@ -2620,10 +2621,22 @@ async fn a_tag_set_drops_expired_members_and_a_sweep_drops_it_once_all_expired()
             .await
             .unwrap()
     );
-    store.mark_invalidated(gone, 1).await.unwrap();
-    let mark = format!("{gone}:invalidated");
+    let now = store.tag_clock("shared:v1:tag-clock", false).await.unwrap();
+    let day = 86_400 * 1_000_000;
+    store
+        .mark_invalidated(gone, now - day - 5_000_000)
+        .await
+        .unwrap();
+    store
+        .mark_invalidated(set, now - day + 60_000_000)
+        .await
+        .unwrap();
+    let (old_mark, mark) = (format!("{gone}:invalidated"), format!("{set}:invalidated"));
+    assert_eq!(server.command(&[b"PTTL", mark.as_bytes()]), b":-1\r\n");
     let other = "other:v1:tag:{x}";
     server.command(&[b"ZADD", other.as_bytes(), b"1", b"other:v1:{x}"]);
+    let other_mark = "other:v1:tag:{x}:invalidated";
+    server.command(&[b"SET", other_mark.as_bytes(), b"1"]);
     assert!(
         store
             .tag(set, "shared:v1:{e}", Duration::from_millis(1), u64::MAX)
@@ -2633,8 +2646,8 @@ async fn a_tag_set_drops_expired_members_and_a_sweep_drops_it_once_all_expired()
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(store.sweep_tags("shared:v1:").await.unwrap(), 1);
     let exists = |key: &str| server.command(&[b"EXISTS", key.as_bytes()]) == b":1\r\n";
-    assert!(!exists(gone));
-    assert!(exists(&mark) && exists(other) && exists(set));
+    assert!(!exists(gone) && !exists(&old_mark));
+    assert!(exists(&mark) && exists(other) && exists(other_mark) && exists(set));
     assert_eq!(server.command(&[b"ZCARD", set.as_bytes()]), b":2\r\n");
 }
 

@@ -379,11 +379,12 @@ impl CacheHandle {
         purged
     }
 
-    /// Drops what expired from this namespace's tag sets, and the sets left empty, now; returns how many sets it
-    /// removed ([`Store::sweep_tags`]: on Redis, a `SCAN` of every primary). The layer does it on its own every
-    /// [`tag_sweep_every`](RedisCacheLayerBuilder::tag_sweep_every) (an hour by default), one process of a fleet
-    /// at a time; this is for a maintenance job that wants it now, or runs it in the layer's place. A namespace
-    /// no layer uses any more is swept by nobody and its sets have no TTL: [`purge`](Self::purge) it once instead.
+    /// Drops what expired from this namespace's tag sets, the sets left empty and the invalidation marks a day old,
+    /// now; returns how many sets it removed ([`Store::sweep_tags`]: on Redis, a `SCAN` of every primary). The
+    /// layer does it on its own every [`tag_sweep_every`](RedisCacheLayerBuilder::tag_sweep_every) (an hour by
+    /// default), one process of a fleet at a time; this is for a maintenance job that wants it now, or runs it in
+    /// the layer's place. A namespace no layer uses any more is swept by nobody and its sets and marks have no
+    /// TTL: [`purge`](Self::purge) it once instead.
     ///
     /// # Errors
     ///
@@ -1430,13 +1431,14 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// How often the fleet sweeps this namespace's tag sets: dropping the keys of expired entries from them, and
-    /// the sets all of whose entries expired ([`CacheHandle::sweep_tags`](super::CacheHandle::sweep_tags); on
-    /// Redis a `SCAN` of every primary, about half a millisecond of Redis's time per 500 keys). Each recording
-    /// already drops its set's expired members; the sweep is for the sets no fill records in any more, which
-    /// carry no TTL (see [`tags`](Self::tags)) and would otherwise stay. A process looks whether a sweep is due
-    /// at a fill that records tags, at most every ten minutes (or this often, if shorter), and sweeps if it
-    /// takes the fleet's turn (a lease in the store for this long), so one process of the fleet sweeps per turn.
+    /// How often the fleet sweeps this namespace's tag sets: dropping the keys of expired entries from them, the
+    /// sets all of whose entries expired, and the marks tag removals leave, a day after
+    /// ([`CacheHandle::sweep_tags`](super::CacheHandle::sweep_tags); on Redis a `SCAN` of every primary, about
+    /// half a millisecond of Redis's time per 500 keys). Each recording already drops its set's expired members;
+    /// the sweep is for the sets no fill records in any more, which, like the marks, carry no TTL (see
+    /// [`tags`](Self::tags)) and would otherwise stay. A process looks whether a sweep is due at a fill that
+    /// records tags, at most every ten minutes (or this often, if shorter), and sweeps if it takes the fleet's
+    /// turn (a lease in the store for this long), so one process of the fleet sweeps per turn.
     ///
     /// `None`: the layer never sweeps on its own, for a deployment that runs
     /// [`sweep_tags`](super::CacheHandle::sweep_tags) from a job of its own (at a quiet hour, say). Default: one

@@ -17,11 +17,12 @@
 //!
 //! A set carries no TTL of its own (its members do), so that a Redis evicting only keys with one (`volatile-*`,
 //! the usual policy of managed Redis) never takes it from under entries still stored: a removal by tag would
-//! then miss them, and they would be answered for the rest of their lives. Each recording drops the set's
-//! expired members; once an hour (see [`tag_sweep_every`](super::RedisCacheLayerBuilder::tag_sweep_every)) one
-//! process of the fleet sweeps the namespace's sets, dropping what expired and the sets left empty
-//! ([`Store::sweep_tags`]). A Redis evicting any key (`allkeys-*`) may still take a set
-//! first; see [`RedisStore`](crate::RedisStore).
+//! then miss them, and they would be answered for the rest of their lives. Nor does a mark, which such a Redis
+//! could otherwise take while a fill it fences is still running. Each recording drops the set's expired members;
+//! once an hour (see [`tag_sweep_every`](super::RedisCacheLayerBuilder::tag_sweep_every)) one process of the
+//! fleet sweeps the namespace's sets, dropping what expired, the sets left empty and the marks a day old
+//! ([`Store::sweep_tags`]). A Redis evicting any key (`allkeys-*`) may still take a set first; see
+//! [`RedisStore`](crate::RedisStore).
 //!
 //! A URI has a tag of its own for the entries its keys alone cannot name (see
 //! [`KeyConfig::uri_tag_key`](super::key::KeyConfig::uri_tag_key)): where keys hold request headers

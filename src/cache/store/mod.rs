@@ -182,7 +182,8 @@ pub trait Store: std::any::Any + Send + Sync {
 
     /// Marks the tag set at `tag` invalidated at `at` (an advancing [`tag_clock`](Self::tag_clock) reading; a
     /// later mark stays), so that no answer from a fill that read the clock before it is recorded under it. The mark
-    /// lives at `<tag>:invalidated` (the set's hash slot) for a day.
+    /// lives at `<tag>:invalidated` (the set's hash slot); on Redis without a TTL, like the set, until a
+    /// [sweep](Self::sweep_tags) finds it a day old.
     ///
     /// The default refuses, as [`tag`](Self::tag) does.
     fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
@@ -212,12 +213,13 @@ pub trait Store: std::any::Any + Send + Sync {
         no_tags()
     }
 
-    /// Drops what expired from the tag sets of the namespace whose keys start with `prefix`, and the sets left
-    /// empty, returning how many sets it removed. [`tag`](Self::tag) drops a set's expired members as new ones
-    /// come, so this matters for the sets no fill records in any more: on Redis, where a set carries no TTL (so that
-    /// a Redis evicting only keys with one, `volatile-*`, never takes a set from under its entries), they would
-    /// otherwise stay. On Redis: `SCAN` of every primary for the sets, and a script per set. The cache runs it
-    /// about once an hour for the whole fleet (see
+    /// Drops what expired from the tag sets of the namespace whose keys start with `prefix`, the sets left empty,
+    /// and the [invalidation marks](Self::mark_invalidated) a day old, returning how many sets it removed.
+    /// [`tag`](Self::tag) drops a set's expired members as new ones come, so this matters for the sets no fill
+    /// records in any more: on Redis, where sets and marks carry no TTL (so that a Redis evicting only keys with
+    /// one, `volatile-*`, never takes a set from under its entries, or a mark from under a fill it fences), they
+    /// would otherwise stay. On Redis: `SCAN` of every primary for the sets and marks, and a script per key. The
+    /// cache runs it about once an hour for the whole fleet (see
     /// [`tag_sweep_every`](crate::cache::RedisCacheLayerBuilder::tag_sweep_every) and
     /// [`CacheHandle::sweep_tags`](crate::cache::CacheHandle::sweep_tags)).
     ///

@@ -433,6 +433,11 @@ fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+/// `duration` in µs, as the tag clock counts.
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// How the store's own connections are set up: a 2 s connect timeout, enough write attempts for a redirected
 /// command, and `TCP_NODELAY`.
 ///
@@ -526,10 +531,20 @@ pub(crate) const SWEEP: Script = Script {
     sha1: "1ab4de3400f3ea6c240c470998c95f47fd44acb9",
 };
 
-/// Raises the invalidation mark `KEYS[1]` to `ARGV[1]` (a lower one stays) and keeps it `ARGV[2]` ms.
+/// Raises the invalidation mark `KEYS[1]` to `ARGV[1]` (a lower one stays). No TTL, as for the tag sets: a Redis
+/// evicting only keys with one (`volatile-*`; under `volatile-ttl` a day's mark went before entries kept longer)
+/// never takes a mark while a fill that read the tag clock before it may still record under its set. [`SWEEP_MARK`]
+/// drops it once it is [`MARK_FOR`] old.
 pub(crate) const MARK: Script = Script {
-    lua: "local mark = redis.call('GET', KEYS[1]) if not mark or tonumber(mark) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 1",
-    sha1: "28e35bb3381437293cb3f34d0040c09d25158b88",
+    lua: "local mark = redis.call('GET', KEYS[1]) if not mark or tonumber(mark) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end return 1",
+    sha1: "69f644609fdd2e30e80fba2da4537a5947f63802",
+};
+
+/// Deletes the invalidation mark `KEYS[1]` if its reading (µs, of the tag clock) is over `ARGV[1]` µs before the
+/// server's now; returns whether it did.
+pub(crate) const SWEEP_MARK: Script = Script {
+    lua: "local t = redis.call('TIME') local now = t[1] * 1000000 + t[2] local mark = tonumber(redis.call('GET', KEYS[1]) or '') if mark and mark < now - tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end return 0",
+    sha1: "d4ea05262c76a2b135b0c5a4d08018d08e306b2c",
 };
 
 /// Reads the tag clock `KEYS[1]`: the server's clock in µs, or the counter there if it is ahead; with `ARGV[1]`
@@ -547,7 +562,8 @@ pub(crate) const SET_RANGE_IF: Script = Script {
     sha1: "5b88cb35e72f8456b9cc69793cb4e7416dbc3942",
 };
 
-/// How long an invalidation mark is kept: longer than any fill that read the tag clock before it runs.
+/// How long an invalidation mark is kept before a sweep drops it: longer than any fill that read the tag clock
+/// before it runs.
 const MARK_FOR: Duration = Duration::from_secs(86_400);
 
 /// Members of a tag set per `ZSCAN` reply (a hint to the server).
@@ -743,7 +759,7 @@ impl Store for RedisStore {
 
     fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let args = vec![Value::from(at.to_string()), Value::from(millis(MARK_FOR))];
+            let args = vec![Value::from(at.to_string())];
             run_script(self.client(), &MARK, vec![Key::from(marked(tag))], args).await?;
             Ok(())
         })
@@ -818,19 +834,36 @@ impl Store for RedisStore {
 
     fn sweep_tags<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
-            // Every tag set, `<prefix>tag:{<digest>}` (not their marks, `...}:invalidated`, which are strings).
-            let pattern = format!("{}}}", glob_escape(&format!("{prefix}tag:{{")));
+            // Every tag set, `<prefix>tag:{<digest>}`, and every mark, `...}:invalidated`: one `SCAN`.
+            let pattern = glob_escape(&format!("{prefix}tag:{{"));
             let client = self.client();
-            for_each_page(client, &pattern, Some("zset"), |sets| async move {
-                // A script per set (each in its own slot on a Cluster), sent at once, as `remove` unlinks.
-                let sweeps = sets
-                    .into_iter()
-                    .map(|set| run_script(client, &SWEEP, vec![set], Vec::new()));
-                let mut gone = 0;
-                for left in futures_util::future::join_all(sweeps).await {
-                    gone += u64::from(left? == 0);
+            let mark_for = Value::from(micros(MARK_FOR));
+            for_each_page(client, &pattern, None, |keys| {
+                let mark_for = mark_for.clone();
+                async move {
+                    // A script per key (each in its own slot on a Cluster), sent at once, as `remove` unlinks.
+                    let sweeps = keys.into_iter().filter_map(|key| {
+                        let name = key.as_str()?;
+                        let (script, args) = if name.ends_with('}') {
+                            (&SWEEP, Vec::new())
+                        } else if name.ends_with(crate::cache::key::MARK_SUFFIX) {
+                            (&SWEEP_MARK, vec![mark_for.clone()])
+                        } else {
+                            return None;
+                        };
+                        let set = name.ends_with('}');
+                        Some(async move {
+                            let left = run_script(client, script, vec![key], args).await?;
+                            // A set that is gone, counted; a mark, not.
+                            Ok::<_, StoreError>(u64::from(set && left == 0))
+                        })
+                    });
+                    let mut gone = 0;
+                    for swept in futures_util::future::join_all(sweeps).await {
+                        gone += swept?;
+                    }
+                    Ok(gone)
                 }
-                Ok(gone)
             })
             .await
         })
