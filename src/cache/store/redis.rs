@@ -531,10 +531,9 @@ pub(crate) const SWEEP: Script = Script {
     sha1: "1ab4de3400f3ea6c240c470998c95f47fd44acb9",
 };
 
-/// Raises the invalidation mark `KEYS[1]` to `ARGV[1]` (a lower one stays). No TTL, as for the tag sets: a Redis
-/// evicting only keys with one (`volatile-*`; under `volatile-ttl` a day's mark went before entries kept longer)
-/// never takes a mark while a fill that read the tag clock before it may still record under its set. [`SWEEP_MARK`]
-/// drops it once it is [`MARK_FOR`] old.
+/// Raises the invalidation mark `KEYS[1]` to `ARGV[1]` (a lower one stays). No TTL, as for the tag sets, so that a
+/// Redis evicting only keys with one (`volatile-*`) never takes a mark while a fill that read the tag clock before
+/// it may still record under its set. [`SWEEP_MARK`] drops it once it is [`MARK_FOR`] old.
 pub(crate) const MARK: Script = Script {
     lua: "local mark = redis.call('GET', KEYS[1]) if not mark or tonumber(mark) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end return 1",
     sha1: "69f644609fdd2e30e80fba2da4537a5947f63802",
