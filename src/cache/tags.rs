@@ -37,7 +37,7 @@
 //! [`RedisCacheLayerBuilder::tags`]: super::RedisCacheLayerBuilder::tags
 
 use super::decision::RequestFacts;
-use super::engine::Engine;
+use super::engine::{Engine, millis};
 use super::key::{CacheKey, authority};
 use super::stats::add;
 use super::store::Store;
@@ -167,10 +167,6 @@ async fn sweep(
         return Ok(None);
     }
     store.sweep_tags(prefix).await.map(Some)
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The tag sets a fill records its key in, and for how long.

@@ -843,14 +843,14 @@ impl Store for RedisStore {
                     // A script per key (each in its own slot on a Cluster), sent at once, as `remove` unlinks.
                     let sweeps = keys.into_iter().filter_map(|key| {
                         let name = key.as_str()?;
-                        let (script, args) = if name.ends_with('}') {
+                        let set = name.ends_with('}');
+                        let (script, args) = if set {
                             (&SWEEP, Vec::new())
                         } else if name.ends_with(crate::cache::key::MARK_SUFFIX) {
                             (&SWEEP_MARK, vec![mark_for.clone()])
                         } else {
                             return None;
                         };
-                        let set = name.ends_with('}');
                         Some(async move {
                             let left = run_script(client, script, vec![key], args).await?;
                             // A set that is gone, counted; a mark, not.
