@@ -2,8 +2,9 @@
 //!
 //! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme, authority
 //! (from the URI, else the `Host` header; its host in lowercase, without the scheme's default port), path, the query
-//! pairs sorted by name (pairs of one name keep their order: `?sort=name&sort=date` is not `?sort=date&sort=name`;
-//! those the layer ignores left out), the configured vary headers, the partition (tenant identity) and, in a layer with
+//! pairs sorted by name (pairs of one name keep their order: `?sort=name&sort=date` is not `?sort=date&sort=name`,
+//! and neither are `?a=1&%61=2` and `?%61=2&a=1`, nor `?A=1&a=2` and `?a=2&A=1`, which some server reads as one
+//! name; a query holding a `;` keeps its order; pairs the layer ignores left out), the configured vary headers, the partition (tenant identity) and, in a layer with
 //! `partition_by`, the request's own, the request headers of [`IMPLIED_VARY`] (what a proxy forwards of the client's
 //! request, `X-Forwarded-Host`, `Forwarded`, ..., the client's address left out; `Prefer`; API versions; account
 //! selectors), and the body with its `Content-Type` and `Content-Encoding` (a coded body is another body). A JSON body
@@ -785,8 +786,12 @@ fn hash_query(h: &mut Sha256, query: Option<&str>, ignored: &[String]) {
         .split('&')
         .filter(|p| !p.is_empty() && (p.contains(';') || !is_ignored(query_name(p), ignored)))
         .collect();
-    // Stable, by name only: the order of one name's values may carry meaning (`sort=a&sort=b`).
-    pairs.sort_by(|a, b| query_name(a).cmp(query_name(b)));
+    // Stable, by name only: the order of one name's values may carry meaning (`sort=a&sort=b`), and so may the
+    // order of names a server reads as one however they are spelled (see `NameClass`). A query holding a `;` keeps
+    // its order: a server that also splits there reads pairs inside one of these, which no sort here can see.
+    if !query.contains(';') {
+        pairs.sort_by(|a, b| NameClass::of(query_name(a)).cmp(NameClass::of(query_name(b))));
+    }
     count(h, pairs.len());
     for pair in pairs {
         field(h, pair.as_bytes());
@@ -814,6 +819,67 @@ pub(crate) fn names(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),
         None => name == pattern,
+    }
+}
+
+/// What a query parameter's name sorts by: a form into which every spelling that some server reads as one name
+/// falls, so that sorting never moves one parameter's values past each other, however the client spelled its
+/// name. The name percent-decoded (`%61` is `a`), in ASCII lowercase (ASP.NET reads names case-blind), cut at its
+/// first `[` (PHP and Rack read `a[]=1` and `a[x]=1` as parts of `a`), and every run of other characters than
+/// ASCII letters and digits one `_`, dropped at either end (PHP reads ` a` as `a`, and `a.b` and `a b` as `a_b`; a
+/// `+` is a space). Coarser than any server's reading: names it takes as one but a server does not only keep
+/// their order, which costs a hit at most.
+struct NameClass<'a> {
+    /// What is left of the name.
+    rest: &'a [u8],
+    /// Whether a letter or digit was given yet.
+    started: bool,
+    /// Whether other characters came since the last letter or digit.
+    gap: bool,
+}
+
+impl<'a> NameClass<'a> {
+    fn of(name: &'a str) -> Self {
+        NameClass {
+            rest: name.as_bytes(),
+            started: false,
+            gap: false,
+        }
+    }
+}
+
+impl Iterator for NameClass<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        loop {
+            let hex_digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
+            let (&first, after) = self.rest.split_first()?;
+            let (byte, rest) = match (first, after) {
+                (b'%', [hi, lo, rest @ ..]) => match (hex_digit(*hi), hex_digit(*lo)) {
+                    (Some(hi), Some(lo)) => (hi << 4 | lo, rest),
+                    _ => (first, after),
+                },
+                _ => (first, after),
+            };
+            if byte == b'[' {
+                self.rest = &[];
+                return None;
+            }
+            if !byte.is_ascii_alphanumeric() {
+                self.rest = rest;
+                self.gap = self.started;
+                continue;
+            }
+            if self.gap {
+                // The separator first; the letter on the next call.
+                self.gap = false;
+                return Some(b'_');
+            }
+            self.rest = rest;
+            self.started = true;
+            return Some(byte.to_ascii_lowercase());
+        }
     }
 }
 
@@ -1874,6 +1940,58 @@ mod tests {
             "other names may move around them"
         );
         assert_ne!(key("http://h/p?a"), key("http://h/p?a="));
+    }
+
+    #[test]
+    fn repeated_names_keep_their_order_however_they_are_spelled() {
+        let c = config();
+        let h = HeaderMap::new();
+        let key = |uri: &str| c.key(&Method::GET, &uri.parse().unwrap(), &h, b"");
+        // A server decodes `%61` to `a`: the first asks for `a=[1,2]`, the second for `a=[2,1]`.
+        assert_ne!(key("http://h/p?a=1&%61=2"), key("http://h/p?%61=2&a=1"));
+        // As ASP.NET reads names (case-blind), and as PHP does (` a` is `a`; `a.b`, `a b` and `a+b` are `a_b`;
+        // `a[]` is part of `a`).
+        for (first, second) in [
+            ("A=1&a=2", "a=2&A=1"),
+            ("a+b=1&a%20b=2", "a%20b=2&a+b=1"),
+            ("a.b=1&a_b=2", "a_b=2&a.b=1"),
+            ("%20a=1&a=2", "a=2&%20a=1"),
+            ("a%5B%5D=1&a=2", "a=2&a%5B%5D=1"),
+            ("a[x]=1&a[y]=2", "a[y]=2&a[x]=1"),
+        ] {
+            assert_ne!(
+                key(&format!("http://h/p?{first}")),
+                key(&format!("http://h/p?{second}")),
+                "{first} and {second}"
+            );
+        }
+        // A server that also splits at `;` reads `b=2` inside the first pair: the order stays as sent.
+        assert_ne!(key("http://h/p?b=3&a=1;b=2"), key("http://h/p?a=1;b=2&b=3"));
+        // Names no server reads as one are still sorted.
+        assert_eq!(
+            key("http://h/p?page=2&limit=10&sort=name&page_size=5"),
+            key("http://h/p?sort=name&page_size=5&limit=10&page=2")
+        );
+    }
+
+    #[test]
+    fn a_name_class_is_the_name_as_the_laxest_server_reads_it() {
+        let class = |name: &str| String::from_utf8(NameClass::of(name).collect()).unwrap();
+        assert_eq!(class("page"), "page");
+        assert_eq!(class("Page_Size"), "page_size");
+        assert_eq!(class(" .page..size. "), "page_size");
+        assert_eq!(class("%50age+%2esize"), "page_size");
+        assert_eq!(class("a%5Bx%5D"), "a");
+        assert_eq!(class("a[b]c"), "a");
+        assert_eq!(class("%"), "");
+        assert_eq!(
+            class("a%2"),
+            "a_2",
+            "a % that escapes nothing is a character"
+        );
+        assert_eq!(class("a%zz1"), "a_zz1");
+        assert_eq!(class("\u{e9}t\u{e9}"), "t");
+        assert_eq!(class(""), "");
     }
 
     #[test]
