@@ -1,0 +1,705 @@
+//! The cache layer, driven by arbitrary requests, origin answers, stored bytes and handle calls, on paused
+//! Tokio time over an in-process store.
+//!
+//! Besides "no panic, no hang", every response is checked against the shared-cache rule: the origin copies the
+//! `Authorization` and tenant it was sent into the answer's headers, so an answer the cache gives one request
+//! (a hit, a stale answer, a collapsed miss, a `304`, a `206`) that was fetched for another credential or
+//! tenant fails the run.
+
+#![no_main]
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use libfuzzer_sys::fuzz_target;
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tower::{Layer, ServiceExt};
+use tower_redis_cache::cache::store::{MemoryStore, Store, StoreFuture};
+use tower_redis_cache::cache::{Credentials, ResponseBody, graphql, jsonrpc};
+use tower_redis_cache::error::{BoxError, StoreError};
+use tower_redis_cache::{CacheOutcome, RedisCacheLayer, RequestBody};
+
+/// Header names the cache reads or writes, so that most of the fuzzer's headers mean something to it.
+const NAMES: &[&str] = &[
+    "cache-control",
+    "pragma",
+    "expires",
+    "age",
+    "date",
+    "vary",
+    "etag",
+    "last-modified",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+    "content-range",
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "origin",
+    "access-control-allow-origin",
+    "host",
+    "forwarded",
+    "x-forwarded-host",
+    "x-http-method-override",
+    "location",
+    "content-location",
+    "cdn-cache-control",
+    "cache-groups",
+    "cache-group-invalidation",
+    "x-tags",
+    "trailer",
+    "upgrade",
+    "connection",
+    "x-accel-buffering",
+    "prefer",
+    "x-api-key",
+    "cache-status",
+    "transfer-encoding",
+    "te",
+    "x-tenant",
+    "accept-ranges",
+    "surrogate-control",
+];
+
+/// URIs that share keys in several spellings, so that requests meet each other's entries.
+const URIS: &[&str] = &[
+    "http://api.test/a",
+    "http://api.test/a?x=1&utm_source=y",
+    "https://API.test:443/a",
+    "https://api.test/a",
+    "/a",
+    "http://api.test/b",
+    "http://api.test/graphql",
+];
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "QUERY", "PUT", "PATCH", "DELETE", "OPTIONS",
+];
+
+/// The headers the origin copies from the request it was sent.
+const ECHO_AUTH: &str = "x-fuzz-echo-auth";
+const ECHO_TENANT: &str = "x-fuzz-echo-tenant";
+
+#[derive(Arbitrary, Debug)]
+enum Name {
+    Known(u8),
+    Other(String),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Header {
+    name: Name,
+    value: Vec<u8>,
+}
+
+/// A body as frames: data chunks, then trailers if any; `hint` is what `size_hint` says (true or not).
+#[derive(Arbitrary, Debug)]
+struct FuzzBody {
+    chunks: Vec<Vec<u8>>,
+    trailers: Option<Vec<Header>>,
+    hint: Hint,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Hint {
+    None,
+    Exact,
+    Wrong(u16),
+}
+
+#[derive(Arbitrary, Debug)]
+struct RequestSpec {
+    method: u8,
+    uri: u8,
+    query: Option<String>,
+    headers: Vec<Header>,
+    body: FuzzBody,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<Header>,
+    body: FuzzBody,
+    /// The origin fails (a transport error) instead of answering.
+    fail: bool,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// A request; the origin, when asked, gives the next queued answer.
+    Send(RequestSpec),
+    /// Two requests at once (coalescing, a refresh racing a request).
+    Together(RequestSpec, RequestSpec),
+    /// Queues an answer for the origin.
+    Queue(Answer),
+    /// Lets time pass (milliseconds).
+    Wait(u32),
+    /// Changes the bytes the store reads back from now on: each `(at, xor)` flips bits, then a cut.
+    Mangle(Vec<(u16, u8)>, Option<u16>),
+    InvalidateUri(RequestSpec),
+    MarkUriStale(RequestSpec),
+    Invalidate(RequestSpec),
+    MarkStale(RequestSpec),
+    InvalidateTag(u8),
+    MarkTagStale(u8),
+    InvalidateGroup(u8),
+    Purge,
+    SweepTags,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Config {
+    credentials: u8,
+    post: bool,
+    keep_variants: bool,
+    head_from_get: bool,
+    respect_request: bool,
+    respect_response: bool,
+    origin_freshness: bool,
+    targeted: bool,
+    cache_groups: bool,
+    tags_from_header: bool,
+    tags_by_path: bool,
+    compress_above: Option<u16>,
+    max_body_size: Option<u16>,
+    predicates: u8,
+    echo_id: bool,
+    ignore_fields: bool,
+    ignore_cookies: bool,
+    ignore_query: bool,
+    refresh_ahead: bool,
+    windows: (u16, u16, u16),
+    more_statuses: bool,
+    invalidate_on_unsafe: bool,
+    vary_on_accept: bool,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    config: Config,
+    ops: Vec<Op>,
+}
+
+fn name(name: &Name) -> Option<HeaderName> {
+    match name {
+        Name::Known(i) => Some(HeaderName::from_static(NAMES[*i as usize % NAMES.len()])),
+        Name::Other(s) => HeaderName::try_from(s.as_str()).ok(),
+    }
+    .filter(|n| !n.as_str().starts_with("x-fuzz-"))
+}
+
+fn header_map(headers: &[Header]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for h in headers {
+        if let (Some(n), Ok(v)) = (name(&h.name), HeaderValue::from_bytes(&h.value)) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// A body that hands out its frames one by one.
+struct Frames {
+    frames: VecDeque<Frame<Bytes>>,
+    hint: SizeHint,
+}
+
+impl Frames {
+    fn new(spec: &FuzzBody) -> Self {
+        let mut frames: VecDeque<_> = spec
+            .chunks
+            .iter()
+            .map(|c| Frame::data(Bytes::copy_from_slice(c)))
+            .collect();
+        let len: usize = spec.chunks.iter().map(Vec::len).sum();
+        if let Some(trailers) = &spec.trailers {
+            frames.push_back(Frame::trailers(header_map(trailers)));
+        }
+        let hint = match spec.hint {
+            Hint::None => SizeHint::new(),
+            Hint::Exact => SizeHint::with_exact(len as u64),
+            Hint::Wrong(n) => SizeHint::with_exact(u64::from(n)),
+        };
+        Frames { frames, hint }
+    }
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.frames.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+fn request(spec: &RequestSpec) -> Option<Request<Frames>> {
+    let base = URIS[spec.uri as usize % URIS.len()];
+    let uri = match &spec.query {
+        Some(q) => format!("{base}{}{q}", if base.contains('?') { '&' } else { '?' }),
+        None => base.to_owned(),
+    };
+    let method =
+        Method::from_bytes(METHODS[spec.method as usize % METHODS.len()].as_bytes()).ok()?;
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Frames::new(&spec.body))
+        .ok()?;
+    *request.headers_mut() = header_map(&spec.headers);
+    Some(request)
+}
+
+/// The same request with the body whole, for the handle's calls that take one.
+fn request_bytes(spec: &RequestSpec) -> Option<Request<Vec<u8>>> {
+    let (parts, _) = request(spec)?.into_parts();
+    Some(Request::from_parts(parts, spec.body.chunks.concat()))
+}
+
+/// Who a request is, as the origin copies it into its answer and the check compares it: every `Authorization`
+/// value, or the first `X-Tenant` (what `partition_by` reads); each value in hex, so that none can pass for
+/// another (two values for one holding a comma, an empty one for none).
+fn identity(headers: &HeaderMap, name: &str) -> HeaderValue {
+    let mut out = String::new();
+    let count = if name == "x-tenant" { 1 } else { usize::MAX };
+    for v in headers.get_all(name).iter().take(count) {
+        out.push('<');
+        for b in v.as_bytes() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.push('>');
+    }
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("?"))
+}
+
+/// How the store's reads come back changed: each `(at, xor)` flips bits, then a cut to a length.
+#[derive(Clone, Default)]
+struct Mangle {
+    flips: Vec<(u16, u8)>,
+    cut: Option<u16>,
+}
+
+/// A `MemoryStore` whose reads can come back changed, as bytes from a Redis shared with others might.
+struct Mangling {
+    inner: MemoryStore,
+    mangle: Mutex<Mangle>,
+}
+
+impl Store for Mangling {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        Box::pin(async move {
+            let value = self.inner.get(key).await?;
+            let Mangle { flips, cut } = self.mangle.lock().map(|m| m.clone()).unwrap_or_default();
+            Ok(value.map(|v| {
+                if flips.is_empty() && cut.is_none() {
+                    return v;
+                }
+                let mut v = v.to_vec();
+                if !v.is_empty() {
+                    for (at, xor) in &flips {
+                        let i = *at as usize % v.len();
+                        v[i] ^= xor;
+                    }
+                }
+                if let Some(cut) = cut {
+                    v.truncate(cut as usize);
+                }
+                Bytes::from(v)
+            }))
+        })
+    }
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        self.inner.set(key, value, ttl)
+    }
+    fn set_if_leased<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.set_if_leased(key, value, ttl, lease, token)
+    }
+    fn set_if_leased_and_release<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &'a str,
+        token: &'a str,
+    ) -> StoreFuture<'a, bool> {
+        self.inner
+            .set_if_leased_and_release(key, value, ttl, lease, token)
+    }
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.try_lease(key, token, ttl)
+    }
+    fn extend_lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.extend_lease(key, token, ttl)
+    }
+    fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.release_lease(key, token)
+    }
+    fn remove<'a>(&'a self, keys: &'a [&'a str]) -> StoreFuture<'a, u64> {
+        self.inner.remove(keys)
+    }
+    fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        self.inner.purge_prefix(prefix)
+    }
+    fn tag<'a>(
+        &'a self,
+        tag: &'a str,
+        member: &'a str,
+        lifetime: Duration,
+        since: u64,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.tag(tag, member, lifetime, since)
+    }
+    fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
+        self.inner.mark_invalidated(tag, at)
+    }
+    fn tag_clock<'a>(&'a self, key: &'a str, advance: bool) -> StoreFuture<'a, u64> {
+        self.inner.tag_clock(key, advance)
+    }
+    fn tagged<'a>(&'a self, tag: &'a str, cursor: u64) -> StoreFuture<'a, (Vec<String>, u64)> {
+        self.inner.tagged(tag, cursor)
+    }
+    fn sweep_tags<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        self.inner.sweep_tags(prefix)
+    }
+    fn keeps_tags(&self) -> bool {
+        self.inner.keeps_tags()
+    }
+    fn mark_stale<'a>(&'a self, keys: &'a [&'a str], at: u64) -> StoreFuture<'a, u64> {
+        self.inner.mark_stale(keys, at)
+    }
+    fn server_time(&self) -> StoreFuture<'_, Option<SystemTime>> {
+        self.inner.server_time()
+    }
+    fn reconnect_cures(&self, refusal: &StoreError) -> bool {
+        self.inner.reconnect_cures(refusal)
+    }
+}
+
+fn layer(config: &Config, store: Arc<Mangling>) -> Option<RedisCacheLayer> {
+    let secs = |s: u16| Duration::from_secs(u64::from(s % 900));
+    let mut b = RedisCacheLayer::builder(store)
+        .credentials(match config.credentials % 3 {
+            0 => Credentials::Bypass,
+            1 => Credentials::InKey,
+            _ => Credentials::Partition,
+        })
+        .keep_variants(config.keep_variants)
+        .head_from_get(config.head_from_get)
+        .respect_request_cache_control(config.respect_request)
+        .respect_response_cache_control(config.respect_response)
+        .origin_freshness(config.origin_freshness)
+        .cache_groups(config.cache_groups)
+        .invalidate_on_unsafe(config.invalidate_on_unsafe)
+        .fresh_for(secs(config.windows.0).max(Duration::from_secs(1)))
+        .stale_for(secs(config.windows.1))
+        .stale_if_error_for(secs(config.windows.2));
+    if config.credentials % 3 == 2 {
+        b = b.partition_by(|parts| parts.headers.get("x-tenant").map(|v| v.as_bytes().to_vec()));
+    }
+    if config.post {
+        b = b.methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::from_bytes(b"QUERY").ok()?,
+        ]);
+    }
+    if config.targeted {
+        b = b.targeted_cache_control([HeaderName::from_static("cdn-cache-control")]);
+    }
+    if config.tags_from_header {
+        b = b.tags_from_header(HeaderName::from_static("x-tags"));
+    }
+    if config.tags_by_path {
+        b = b.tags(|parts| vec![parts.uri.path().to_owned()]);
+    }
+    if let Some(n) = config.compress_above {
+        b = b.compress_above(usize::from(n));
+    }
+    if let Some(n) = config.max_body_size {
+        b = b.max_body_size(usize::from(n));
+    }
+    match config.predicates % 3 {
+        1 => {
+            b = b
+                .query_when(|_, body| graphql::is_query(body))
+                .store_when(|_, _, body| graphql::is_success(body));
+        }
+        2 => {
+            b = b
+                .query_when(|_, body| jsonrpc::only_calls_to(body, &["eth_call", "eth_chainId"]))
+                .store_when(|_, _, body| jsonrpc::is_success(body));
+        }
+        _ => {}
+    }
+    if config.echo_id {
+        b = b.echo_body_field("id");
+    }
+    if config.ignore_fields {
+        b = b.ignore_body_fields(["/requestId", "/meta/trace"]);
+    }
+    if config.ignore_cookies {
+        b = b.ignore_cookies(["_ga", "_ga_*"]);
+    }
+    if config.ignore_query {
+        b = b.ignore_query_params(["utm_*"]);
+    }
+    if config.refresh_ahead {
+        b = b.refresh_ahead(0.5);
+    }
+    if config.more_statuses {
+        b = b.cacheable_statuses([
+            StatusCode::OK,
+            StatusCode::NOT_FOUND,
+            StatusCode::MOVED_PERMANENTLY,
+        ]);
+    }
+    if config.vary_on_accept {
+        b = b.vary_headers([http::header::ACCEPT]);
+    }
+    b.build().ok()
+}
+
+/// What the origin and the checks share in one run.
+#[derive(Default)]
+struct Run {
+    /// The answers the origin gives next.
+    queue: Mutex<VecDeque<Answer>>,
+    /// Every body the origin answered with: a `200` from the cache must be one of them.
+    bodies: Mutex<HashSet<Vec<u8>>>,
+    /// Once the store's reads have been changed, a cached body may be too (the entry has no checksum).
+    mangled: AtomicBool,
+    /// The credential rule to check: `Authorization` (bypass, or in the key) or the tenant (a partition).
+    partitioned: bool,
+    /// `echo_body_field` rewrites cached bodies.
+    echoes: bool,
+}
+
+/// The origin: the next queued answer (or a plain `200`), with the request's credential and tenant copied in.
+async fn origin(
+    run: Arc<Run>,
+    request: Request<RequestBody>,
+) -> Result<Response<Frames>, BoxError> {
+    let (parts, body) = request.into_parts();
+    // Read the request's body as an origin would; its error is the origin's.
+    body.collect().await?;
+    let answer = run.queue.lock().ok().and_then(|mut q| q.pop_front());
+    let body = match &answer {
+        Some(a) if a.fail => return Err("the origin failed".into()),
+        Some(a) => &a.body,
+        None => &FuzzBody {
+            chunks: vec![b"{}".to_vec()],
+            trailers: None,
+            hint: Hint::Exact,
+        },
+    };
+    if let Ok(mut bodies) = run.bodies.lock() {
+        bodies.insert(body.chunks.concat());
+    }
+    let mut response = Response::new(Frames::new(body));
+    if let Some(a) = &answer {
+        *response.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
+        *response.headers_mut() = header_map(&a.headers);
+    }
+    for (from, to) in [("authorization", ECHO_AUTH), ("x-tenant", ECHO_TENANT)] {
+        response
+            .headers_mut()
+            .insert(to, identity(&parts.headers, from));
+    }
+    Ok(response)
+}
+
+/// Sends one request and checks what came back.
+async fn send<S>(service: S, run: &Run, spec: &RequestSpec)
+where
+    S: tower::Service<Request<Frames>, Response = Response<ResponseBody<Frames>>, Error = BoxError>,
+{
+    let Some(request) = request(spec) else { return };
+    let sent = request.headers().clone();
+    let get = request.method() == Method::GET;
+    let Ok(response) = service.oneshot(request).await else {
+        return;
+    };
+    let Some(outcome) = CacheOutcome::of(&response) else {
+        panic!("a response without a cache outcome: {response:?}");
+    };
+    // Whatever answered, it was fetched for this request's credential and tenant.
+    let (from, echo) = if run.partitioned {
+        ("x-tenant", ECHO_TENANT)
+    } else {
+        ("authorization", ECHO_AUTH)
+    };
+    if let Some(echoed) = response.headers().get(echo) {
+        let asked = identity(&sent, from);
+        assert_eq!(
+            echoed, &asked,
+            "an answer fetched for another {from} ({outcome:?}): {response:?}"
+        );
+    }
+    let from_entry = matches!(
+        outcome,
+        CacheOutcome::Hit | CacheOutcome::Stale { .. } | CacheOutcome::StaleIfError
+    );
+    let whole = get && from_entry && response.status() == StatusCode::OK;
+    let Ok(body) = response.into_body().collect().await else {
+        return;
+    };
+    // A body from the store is, byte for byte, one the origin gave.
+    if whole && !run.echoes && !run.mangled.load(Ordering::Relaxed) {
+        let body = body.to_bytes();
+        let known = run
+            .bodies
+            .lock()
+            .map(|b| b.contains(body.as_ref()))
+            .unwrap_or(true);
+        assert!(
+            known,
+            "a cached body the origin never sent ({outcome:?}): {body:?}"
+        );
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async move {
+        let store = Arc::new(Mangling {
+            inner: MemoryStore::new(1 << 20),
+            mangle: Mutex::default(),
+        });
+        let Some(layer) = layer(&input.config, store.clone()) else {
+            return;
+        };
+        let handle = layer.handle();
+        let run = Arc::new(Run {
+            partitioned: input.config.credentials % 3 == 2,
+            echoes: input.config.echo_id,
+            ..Run::default()
+        });
+        let service = {
+            let run = run.clone();
+            layer.layer(tower::service_fn(move |r| origin(run.clone(), r)))
+        };
+        for op in input.ops.into_iter().take(24) {
+            match op {
+                Op::Send(spec) => send(service.clone(), &run, &spec).await,
+                Op::Together(a, b) => {
+                    tokio::join!(
+                        send(service.clone(), &run, &a),
+                        send(service.clone(), &run, &b)
+                    );
+                }
+                Op::Queue(answer) => {
+                    if let Ok(mut q) = run.queue.lock() {
+                        q.push_back(answer);
+                    }
+                }
+                Op::Wait(ms) => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(ms % 2_000_000))).await
+                }
+                Op::Mangle(flips, cut) => {
+                    run.mangled.store(true, Ordering::Relaxed);
+                    if let Ok(mut m) = store.mangle.lock() {
+                        *m = Mangle { flips, cut };
+                    }
+                }
+                Op::InvalidateUri(spec) => {
+                    if let Some(r) = request_bytes(&spec) {
+                        let _ = handle.invalidate_uri(&r).await;
+                    }
+                }
+                Op::MarkUriStale(spec) => {
+                    if let Some(r) = request_bytes(&spec) {
+                        let _ = handle.mark_uri_stale(&r).await;
+                    }
+                }
+                Op::Invalidate(spec) => {
+                    if let Some(r) = request_bytes(&spec) {
+                        let _ = handle.invalidate(&r).await;
+                    }
+                }
+                Op::MarkStale(spec) => {
+                    if let Some(r) = request_bytes(&spec) {
+                        let _ = handle.mark_stale(&r).await;
+                    }
+                }
+                Op::InvalidateTag(t) => {
+                    let _ = handle
+                        .invalidate_tag(["/a", "/b", "x"][t as usize % 3])
+                        .await;
+                }
+                Op::MarkTagStale(t) => {
+                    let _ = handle
+                        .mark_tag_stale(["/a", "/b", "x"][t as usize % 3])
+                        .await;
+                }
+                Op::InvalidateGroup(g) => {
+                    let _ = handle
+                        .invalidate_group("api.test", ["g", "h"][g as usize % 2])
+                        .await;
+                }
+                Op::Purge => {
+                    let _ = handle.purge().await;
+                }
+                Op::SweepTags => {
+                    let _ = handle.sweep_tags().await;
+                }
+            }
+        }
+        // Background refreshes and fetches finish.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    });
+});

@@ -1,0 +1,311 @@
+//! `RetryLayer` over `AuthLayer` (OAuth2 client credentials), driven by arbitrary API and token-endpoint
+//! answers (statuses, `Retry-After` and rate-limit headers, token bodies), on paused Tokio time.
+//!
+//! Besides "no panic, no hang", it checks what the layers promise: a request reaches the API at most twice per
+//! attempt (an attempt, and one replay after a `401`), and neither the client secret nor any token the endpoint
+//! handed out appears in an error or in the Debug output of the layers.
+
+#![no_main]
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use libfuzzer_sys::fuzz_target;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{Layer, ServiceExt};
+use tower_redis_cache::auth::{AuthLayer, ClientCredentials};
+use tower_redis_cache::error::BoxError;
+use tower_redis_cache::{RequestBody, RetryLayer};
+
+const SECRET: &str = "s3cr3t-FUZZ";
+/// Every token the endpoint hands out starts with this.
+const TOKEN: &str = "tok-FUZZ-";
+
+/// Header names the two layers read.
+const NAMES: &[&str] = &[
+    "retry-after",
+    "retry-after-ms",
+    "x-ms-retry-after-ms",
+    "ratelimit",
+    "ratelimit-reset",
+    "ratelimit-remaining",
+    "ratelimit-policy",
+    "x-ratelimit-reset",
+    "x-ratelimit-remaining",
+    "x-ratelimit-limit",
+    "www-authenticate",
+    "content-type",
+    "content-length",
+    "date",
+    "x-should-retry",
+];
+
+#[derive(Arbitrary, Debug)]
+struct Header {
+    name: u8,
+    value: Vec<u8>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<Header>,
+    body: Vec<u8>,
+    /// A transport error instead of an answer.
+    fail: bool,
+}
+
+/// A token endpoint's answer: a well-formed token (with odd lifetimes), or any bytes.
+#[derive(Arbitrary, Debug)]
+enum TokenBody {
+    Token {
+        expires_in: Option<i64>,
+        expires_in_text: bool,
+        token_type: Option<String>,
+    },
+    Raw(Vec<u8>),
+}
+
+#[derive(Arbitrary, Debug)]
+struct TokenAnswer {
+    status: u16,
+    headers: Vec<Header>,
+    body: TokenBody,
+    fail: bool,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// A request: `GET`, or a `POST` (retried only where it is safe).
+    Send {
+        post: bool,
+        idempotency_key: bool,
+    },
+    /// Two at once: they share one token fetch.
+    Together,
+    Wait(u32),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    max_attempts: u8,
+    base_ms: u16,
+    max_ms: u32,
+    deadline_s: u16,
+    cap_s: u16,
+    budget: bool,
+    skew_s: u16,
+    api: Vec<Answer>,
+    tokens: Vec<TokenAnswer>,
+    ops: Vec<Op>,
+}
+
+fn headers(list: &[Header]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for h in list {
+        if let Ok(v) = HeaderValue::from_bytes(&h.value) {
+            map.append(
+                HeaderName::from_static(NAMES[h.name as usize % NAMES.len()]),
+                v,
+            );
+        }
+    }
+    map
+}
+
+fn answer(status: u16, list: &[Header], body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    *response.headers_mut() = headers(list);
+    response
+}
+
+/// Fails the run if `text` shows a secret.
+fn no_secret(what: &str, text: &str) {
+    assert!(
+        !text.contains(SECRET) && !text.contains(TOKEN),
+        "{what} shows a secret: {text}"
+    );
+}
+
+fn has(bytes: &[u8], needle: &[u8]) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether the input itself spells the secrets' marker somewhere the layers may quote (a `token_type`, an
+/// error body): then finding it in an error proves nothing.
+fn spells_marker(input: &Input) -> bool {
+    let marker = b"FUZZ";
+    let in_headers = |list: &[Header]| list.iter().any(|h| has(&h.value, marker));
+    input
+        .api
+        .iter()
+        .any(|a| has(&a.body, marker) || in_headers(&a.headers))
+        || input.tokens.iter().any(|t| {
+            in_headers(&t.headers)
+                || match &t.body {
+                    TokenBody::Raw(bytes) => has(bytes, marker),
+                    TokenBody::Token { token_type, .. } => token_type
+                        .as_deref()
+                        .is_some_and(|t| has(t.as_bytes(), marker)),
+                }
+        })
+}
+
+fuzz_target!(|input: Input| {
+    let check_secrets = !spells_marker(&input);
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async move {
+        let tokens = Arc::new(Mutex::new(VecDeque::from(input.tokens)));
+        let issued = Arc::new(AtomicU32::new(0));
+        let endpoint = {
+            let issued = issued.clone();
+            tower::service_fn(move |_: Request<Full<Bytes>>| {
+                let next = tokens.lock().ok().and_then(|mut t| t.pop_front());
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    let Some(t) = next else {
+                        let body = format!(r#"{{"access_token":"{TOKEN}{n}","expires_in":3600}}"#);
+                        return Ok::<_, BoxError>(answer(200, &[], body.into_bytes()));
+                    };
+                    if t.fail {
+                        return Err("the token endpoint is unreachable".into());
+                    }
+                    let body = match t.body {
+                        TokenBody::Raw(bytes) => bytes,
+                        TokenBody::Token {
+                            expires_in,
+                            expires_in_text,
+                            token_type,
+                        } => {
+                            let mut o = format!(r#"{{"access_token":"{TOKEN}{n}""#);
+                            if let Some(e) = expires_in {
+                                if expires_in_text {
+                                    o.push_str(&format!(r#","expires_in":"{e}""#));
+                                } else {
+                                    o.push_str(&format!(r#","expires_in":{e}"#));
+                                }
+                            }
+                            if let Some(t) = token_type {
+                                o.push_str(&format!(r#","token_type":{t:?}"#));
+                            }
+                            o.push('}');
+                            o.into_bytes()
+                        }
+                    };
+                    Ok(answer(t.status, &t.headers, body))
+                }
+            })
+        };
+        let Ok(source) =
+            ClientCredentials::new(endpoint, "https://login.test/oauth/token", "client", SECRET)
+        else {
+            return;
+        };
+        let auth = AuthLayer::builder(source)
+            .skew(Duration::from_secs(u64::from(input.skew_s % 7200)))
+            .build();
+        let mut retry = RetryLayer::builder()
+            .max_attempts(u32::from(input.max_attempts % 8).max(1))
+            .base_delay(Duration::from_millis(u64::from(input.base_ms)))
+            .max_delay(Duration::from_millis(u64::from(input.max_ms % 600_000)))
+            .deadline(Duration::from_secs(u64::from(input.deadline_s % 600)))
+            .retry_after_cap(Duration::from_secs(u64::from(input.cap_s % 600)))
+            .jitter_seed(7);
+        if !input.budget {
+            retry = retry.no_budget();
+        }
+        let Ok(retry) = retry.build() else { return };
+        let attempts = u32::from(input.max_attempts % 8).max(1);
+
+        let api = Arc::new(Mutex::new(VecDeque::from(input.api)));
+        let calls = Arc::new(AtomicU32::new(0));
+        let origin = {
+            let calls = calls.clone();
+            tower::service_fn(move |request: Request<RequestBody>| {
+                let next = api.lock().ok().and_then(|mut a| a.pop_front());
+                calls.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    let bearer = request
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("Bearer "));
+                    assert!(bearer, "a request reached the API without its token");
+                    request.into_body().collect().await?;
+                    match next {
+                        Some(a) if a.fail => Err::<_, BoxError>("connection reset".into()),
+                        Some(a) => Ok(answer(a.status, &a.headers, a.body)),
+                        None => Ok(answer(200, &[], b"{}".to_vec())),
+                    }
+                }
+            })
+        };
+        let service = retry.layer(auth.layer(origin));
+        let no_secret = move |what: &str, text: &str| {
+            if check_secrets {
+                no_secret(what, text);
+            }
+        };
+        no_secret("the services' Debug", &format!("{service:?}"));
+
+        let send = |post: bool, key: bool, alone: bool| {
+            let service = service.clone();
+            let calls = calls.clone();
+            async move {
+                let before = calls.load(Ordering::Relaxed);
+                let mut request = Request::builder()
+                    .method(if post { "POST" } else { "GET" })
+                    .uri("https://api.test/things");
+                if key {
+                    request = request.header("idempotency-key", "k1");
+                }
+                let Ok(request) = request.body(Full::new(Bytes::from_static(b"{\"a\":1}"))) else {
+                    return;
+                };
+                match service.oneshot(request).await {
+                    Ok(response) => {
+                        no_secret("a response's Debug", &format!("{response:?}"));
+                        let _ = response.into_body().collect().await;
+                    }
+                    Err(error) => {
+                        no_secret("an error's Debug", &format!("{error:?}"));
+                        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+                        while let Some(e) = source {
+                            no_secret("an error", &e.to_string());
+                            source = e.source();
+                        }
+                    }
+                }
+                let made = calls.load(Ordering::Relaxed) - before;
+                // Alone, a request makes at most an attempt and a replay after a `401`, per attempt.
+                assert!(
+                    !alone || made <= 2 * attempts,
+                    "{made} calls for {attempts} attempts"
+                );
+            }
+        };
+        for op in input.ops.into_iter().take(16) {
+            match op {
+                Op::Send {
+                    post,
+                    idempotency_key,
+                } => send(post, idempotency_key, true).await,
+                Op::Together => {
+                    tokio::join!(send(false, false, false), send(true, false, false));
+                }
+                Op::Wait(ms) => tokio::time::sleep(Duration::from_millis(u64::from(ms))).await,
+            }
+        }
+    });
+});
