@@ -325,7 +325,7 @@ impl KeyConfig {
         body: &[u8],
     ) -> [u8; 32] {
         let mut h = Sha256::new();
-        field(&mut h, b"tower-redis-cache/key/v2");
+        field(&mut h, b"tower-redis-cache/key/v3");
         field(&mut h, method.as_str().as_bytes());
         field(&mut h, uri.scheme_str().unwrap_or("").as_bytes());
         // One origin's spellings share a key; an authority already so (nearly all) hashes as it always did.
@@ -1718,7 +1718,7 @@ mod tests {
         );
         assert_eq!(
             key.as_str(),
-            "ns:v1:{65134058615dcd0b828c92a9490dda9bd488a2fee9b30bea998356c22d0ba855}"
+            "ns:v1:{71b7e184ee9b8e77c45dc9d458146c715d5f5ee3e7b120e9b86d8be9449f4a5a}"
         );
     }
 
