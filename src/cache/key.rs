@@ -2,18 +2,18 @@
 //!
 //! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme, authority
 //! (from the URI, else the `Host` header; its host in lowercase, without the scheme's default port), path, the query
-//! pairs sorted by name (pairs of one name keep their order: `?sort=name&sort=date` is not `?sort=date&sort=name`,
-//! and neither are `?a=1&%61=2` and `?%61=2&a=1`, nor `?A=1&a=2` and `?a=2&A=1`, which some server reads as one
-//! name; a query holding a `;` keeps its order; pairs the layer ignores left out), the configured vary headers, the partition (tenant identity) and, in a layer with
-//! `partition_by`, the request's own, the request headers of [`IMPLIED_VARY`] (what a proxy forwards of the client's
-//! request, `X-Forwarded-Host`, `Forwarded`, ..., the client's address left out; `Prefer`; API versions; account
-//! selectors), and the body with its `Content-Type` and `Content-Encoding` (a coded body is another body). A JSON body
-//! (`application/json` or `*/*+json`) is hashed in canonical form: object members sorted by key at every level, array
-//! order kept, no insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`), numbers kept
-//! exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice (after escapes
-//! are decoded: such a body means what its parser makes of it), or any other content type hashes the raw bytes. Members
-//! a layer ignores (JSON Pointers, see [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are
-//! left out of the canonical form.
+//! pairs sorted by name (pairs of one name keep their order: `?sort=name&sort=date` is not `?sort=date&sort=name`, and
+//! neither are `?a=1&%61=2` and `?%61=2&a=1`, nor `?A=1&a=2` and `?a=2&A=1`, which some server reads as one name; a
+//! query holding a `;` keeps its order; pairs the layer ignores left out), the configured vary headers, the partition
+//! (tenant identity) and, in a layer with `partition_by`, the request's own, the request headers of [`IMPLIED_VARY`]
+//! (what a proxy forwards of the client's request, `X-Forwarded-Host`, `Forwarded`, ..., the client's address left out;
+//! `Prefer`; API versions; account selectors), and the body with its `Content-Type` and `Content-Encoding` (a coded
+//! body is another body). A JSON body (`application/json` or `*/*+json`) is hashed in canonical form: object members
+//! sorted by key at every level, array order kept, no insignificant whitespace, strings written with the fewest escapes
+//! (`"\u0061"` is `"a"`), numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an
+//! object with a key twice (after escapes are decoded: such a body means what its parser makes of it), or any other
+//! content type hashes the raw bytes. Members a layer ignores (JSON Pointers, see
+//! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
 
 use super::decision::NameTable;
 use super::memo;
@@ -852,8 +852,8 @@ impl Iterator for NameClass<'_> {
     type Item = u8;
 
     fn next(&mut self) -> Option<u8> {
+        let hex_digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
         loop {
-            let hex_digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
             let (&first, after) = self.rest.split_first()?;
             let (byte, rest) = match (first, after) {
                 (b'%', [hi, lo, rest @ ..]) => match (hex_digit(*hi), hex_digit(*lo)) {
