@@ -156,15 +156,28 @@ enum Op {
     Wait(u32),
     /// Changes the bytes the store reads back from now on: each `(at, xor)` flips bits, then a cut.
     Mangle(Vec<(u16, u8)>, Option<u16>),
-    InvalidateUri(RequestSpec),
-    MarkUriStale(RequestSpec),
-    Invalidate(RequestSpec),
-    MarkStale(RequestSpec),
-    InvalidateTag(u8),
-    MarkTagStale(u8),
-    InvalidateGroup(u8),
+    /// A handle's removal (or soft purge) of a request's entry or of its URI's.
+    Remove(Removal, RequestSpec),
+    /// A tag's entries removed, or marked stale.
+    Tag {
+        stale: bool,
+        tag: u8,
+    },
+    /// A cache group's entries removed, or marked stale.
+    Group {
+        stale: bool,
+        group: u8,
+    },
     Purge,
     SweepTags,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Removal {
+    Invalidate,
+    MarkStale,
+    InvalidateUri,
+    MarkUriStale,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -656,40 +669,33 @@ fuzz_target!(|input: Input| {
                         *m = Mangle { flips, cut };
                     }
                 }
-                Op::InvalidateUri(spec) => {
-                    if let Some(r) = request_bytes(&spec) {
-                        let _ = handle.invalidate_uri(&r).await;
-                    }
+                Op::Remove(removal, spec) => {
+                    let Some(r) = request_bytes(&spec) else {
+                        continue;
+                    };
+                    // What each removed is not checked here: the requests after it are.
+                    let _ = match removal {
+                        Removal::Invalidate => handle.invalidate(&r).await.map(u64::from),
+                        Removal::MarkStale => handle.mark_stale(&r).await.map(u64::from),
+                        Removal::InvalidateUri => handle.invalidate_uri(&r).await,
+                        Removal::MarkUriStale => handle.mark_uri_stale(&r).await,
+                    };
                 }
-                Op::MarkUriStale(spec) => {
-                    if let Some(r) = request_bytes(&spec) {
-                        let _ = handle.mark_uri_stale(&r).await;
-                    }
+                Op::Tag { stale, tag } => {
+                    let tag = ["/a", "/b", "x"][tag as usize % 3];
+                    let _ = if stale {
+                        handle.mark_tag_stale(tag).await
+                    } else {
+                        handle.invalidate_tag(tag).await
+                    };
                 }
-                Op::Invalidate(spec) => {
-                    if let Some(r) = request_bytes(&spec) {
-                        let _ = handle.invalidate(&r).await;
-                    }
-                }
-                Op::MarkStale(spec) => {
-                    if let Some(r) = request_bytes(&spec) {
-                        let _ = handle.mark_stale(&r).await;
-                    }
-                }
-                Op::InvalidateTag(t) => {
-                    let _ = handle
-                        .invalidate_tag(["/a", "/b", "x"][t as usize % 3])
-                        .await;
-                }
-                Op::MarkTagStale(t) => {
-                    let _ = handle
-                        .mark_tag_stale(["/a", "/b", "x"][t as usize % 3])
-                        .await;
-                }
-                Op::InvalidateGroup(g) => {
-                    let _ = handle
-                        .invalidate_group("api.test", ["g", "h"][g as usize % 2])
-                        .await;
+                Op::Group { stale, group } => {
+                    let group = ["g", "h"][group as usize % 2];
+                    let _ = if stale {
+                        handle.mark_group_stale("api.test", group).await
+                    } else {
+                        handle.invalidate_group("api.test", group).await
+                    };
                 }
                 Op::Purge => {
                     let _ = handle.purge().await;
