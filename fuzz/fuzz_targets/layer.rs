@@ -1,10 +1,11 @@
 //! The cache layer, driven by arbitrary requests, origin answers, stored bytes and handle calls, on paused
 //! Tokio time over an in-process store.
 //!
-//! Besides "no panic, no hang", every response is checked against the shared-cache rule: the origin copies the
-//! `Authorization` and tenant it was sent into the answer's headers, so an answer the cache gives one request
-//! (a hit, a stale answer, a collapsed miss, a `304`, a `206`) that was fetched for another credential or
-//! tenant fails the run.
+//! Besides "no panic, no hang", every response is checked. It carries a `CacheOutcome`. It keeps the shared-cache
+//! rule: the origin copies the `Authorization` and tenant it was sent into the answer's headers, so an answer the
+//! cache gives one request (a hit, a stale answer, a collapsed miss, a `304`, a `206`) that was fetched for
+//! another credential or tenant fails the run. And a `200` from the store is, byte for byte, a body the origin
+//! sent (unless the run changed what the store reads back).
 
 #![no_main]
 
