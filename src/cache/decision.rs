@@ -179,23 +179,41 @@ pub(crate) struct RequestFacts {
 
 /// Whether every cookie `headers` carry is one `ignored` names (see
 /// [`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies)): then the request counts as sending none.
-/// A `Cookie` field that cannot be read, or a pair without a name, counts as a cookie no pattern names.
+/// A `Cookie` field that cannot be read, or a pair that is not a cookie pair of RFC 6265 (a name, `=`, a value of
+/// cookie octets, perhaps quoted), counts as a cookie no pattern names. That grammar has no space and no `,` in a
+/// value, and lax servers split there: Rack 2 reads `_ga=1, session=x` and Python's `SimpleCookie` reads
+/// `_ga=1 session=x` as two cookies, a session among them, where a reading of `;` alone finds only `_ga`.
 pub(crate) fn only_ignored_cookies(headers: &HeaderMap, ignored: &[String]) -> bool {
     headers.get_all(http::header::COOKIE).iter().all(|value| {
         value.to_str().is_ok_and(|value| {
             value
                 .split(';')
-                .map(str::trim)
+                .map(|pair| pair.trim_matches([' ', '\t']))
                 .filter(|pair| !pair.is_empty())
                 .all(|pair| {
-                    let name = pair.split_once('=').map_or(pair, |(name, _)| name).trim();
-                    !name.is_empty()
-                        && ignored
-                            .iter()
-                            .any(|pattern| super::key::names(pattern, name))
+                    pair.split_once('=').is_some_and(|(name, value)| {
+                        is_cookie_pair(name, value)
+                            && ignored
+                                .iter()
+                                .any(|pattern| super::key::names(pattern, name))
+                    })
                 })
         })
     })
+}
+
+/// Whether `name` and `value` make a cookie pair as RFC 6265 §4.2.1 writes one: a token, and cookie octets
+/// (visible ASCII but `"`, `,`, `;` and `\`), perhaps between double quotes.
+fn is_cookie_pair(name: &str, value: &str) -> bool {
+    let octets = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    !name.is_empty()
+        && name.bytes().all(crate::structured::is_tchar)
+        && octets
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e))
 }
 
 /// Whether every cookie an answer's `Set-Cookie` fields set is one `ignored` names (see
@@ -1183,6 +1201,43 @@ mod tests {
             targeted: Vec::new(),
             invalidate_on_unsafe: true,
             refresh_ahead: 0,
+        }
+    }
+
+    #[test]
+    fn cookie_fields_count_as_ignored_only_when_every_pair_is_a_cookie_pair_an_ignored_name_names()
+    {
+        let ignored = ["_ga".to_owned(), "_ga_*".to_owned(), "_gid".to_owned()];
+        for (fields, only_ignored) in [
+            (&[("cookie", "_ga=GA1.2.3; _gid=GA1.2.9")][..], true),
+            (
+                &[
+                    ("cookie", "_ga_X1=GS1.1;_ga=\"GA1\""),
+                    ("cookie", " _gid= ;"),
+                ],
+                true,
+            ),
+            (&[], true),
+            (&[("cookie", "_ga=1; session=x")], false),
+            (&[("cookie", "_ga=1"), ("cookie", "session=x")], false),
+            // What lax servers split into two cookies, one of them a session (Rack 2 at `,`; `SimpleCookie` at
+            // a space), is no pair of ignored cookies.
+            (&[("cookie", "_ga=1, session=x")], false),
+            (&[("cookie", "_ga=1,session=x")], false),
+            (&[("cookie", "_ga=1 session=x")], false),
+            (&[("cookie", "_ga=\"1, session=x")], false),
+            (&[("cookie", "_ga=1\\")], false),
+            // No `=`, no name, a name that is no token, space around the `=`.
+            (&[("cookie", "_ga")], false),
+            (&[("cookie", "=_ga")], false),
+            (&[("cookie", "_g(a)=1")], false),
+            (&[("cookie", "_ga =1")], false),
+        ] {
+            assert_eq!(
+                only_ignored_cookies(&head(fields), &ignored),
+                only_ignored,
+                "{fields:?}"
+            );
         }
     }
 

@@ -829,9 +829,11 @@ impl RedisCacheLayerBuilder {
 
     /// Cookies that do not count as credentials: analytics and consent cookies a browser sends with every
     /// request (`_ga`, `_ga_*`, `_gid`, `_fbp`, `_hj*`), which would otherwise make every browser's request
-    /// bypass the cache under the default [`Credentials::Bypass`]. A request whose
-    /// cookies are all named here is cached as one without any; one with any other cookie is not. A name ending in
-    /// `*` names every cookie it begins. Default: none.
+    /// bypass the cache under the default [`Credentials::Bypass`]. A request whose cookies are all named here is
+    /// cached as one without any; one with any other cookie is not. A name ending in `*` names every cookie it
+    /// begins. Default: none. A pair outside the cookie grammar (RFC 6265) counts as another cookie: a `,` or a
+    /// space in a value, where lax servers split (Rack 2 reads `_ga=1, session=x` as two cookies), a pair
+    /// without `=`.
     ///
     /// Only for cookies the origin never reads: a request is answered with a response made for another's
     /// cookies. They are not taken out of the request: the origin still receives each request's `Cookie` whole.
