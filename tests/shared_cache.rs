@@ -793,6 +793,39 @@ async fn an_answer_setting_only_ignored_cookies_is_stored_and_shared_without_the
             stored: false
         }
     );
+
+    // So does one folded into the same field with `,`, as proxies that join every header do; a date's own `,`
+    // does not.
+    for (n, (folded, stored)) in [
+        ("__cf_bm=abc; Path=/, session=s3cr3t", false),
+        (
+            "__cf_bm=abc; Expires=Fri, 04 Dec 2026 10:18:14 GMT, session=s3cr3t; Path=/",
+            false,
+        ),
+        (
+            "__cf_bm=abc; Expires=Fri, 04-Dec-26 10:18:14 GMT; Path=/",
+            true,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        origin.clear_headers();
+        origin.add_header("set-cookie", folded);
+        let uri = format!("http://api.test/folded/{n}");
+        let first = call(&service, get(&uri, &[])).await;
+        assert_eq!(
+            outcome(&first),
+            CacheOutcome::Miss {
+                collapsed: false,
+                stored
+            },
+            "{folded}"
+        );
+        assert_eq!(cookies(&first), 1, "{folded}");
+        let second = call(&service, get(&uri, &[])).await;
+        assert_eq!(outcome(&second) == CacheOutcome::Hit, stored, "{folded}");
+    }
 }
 
 async fn layer_builder_error(server: &RedisServer, names: &[&str]) -> ConfigError {

@@ -218,20 +218,62 @@ fn is_cookie_pair(name: &str, value: &str) -> bool {
 
 /// Whether every cookie an answer's `Set-Cookie` fields set is one `ignored` names (see
 /// [`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies)): then it is no reason not to store the
-/// answer. A field that cannot be read, or sets a cookie without a name, counts as a cookie no pattern names.
+/// answer. A field that cannot be read, sets a cookie without a name, or holds a `,` anywhere but in an
+/// `Expires` date counts as a cookie no pattern names: RFC 9110 forbids joining `Set-Cookie` fields with `,`,
+/// but proxies and frameworks that fold every header do, and `__cf_bm=x; Path=/, session=y` sets a session
+/// where its first cookie alone is `__cf_bm`.
 pub(crate) fn sets_only_ignored_cookies(headers: &HeaderMap, ignored: &[String]) -> bool {
     headers.get_all(SET_COOKIE).iter().all(|value| {
         value.to_str().is_ok_and(|value| {
-            let pair = value.split(';').next().unwrap_or("");
-            pair.split_once('=').is_some_and(|(name, _)| {
-                let name = name.trim();
-                !name.is_empty()
-                    && ignored
-                        .iter()
-                        .any(|pattern| super::key::names(pattern, name))
-            })
+            let mut parts = value.split(';');
+            let pair = parts.next().unwrap_or("");
+            !pair.contains(',')
+                && parts.all(|attribute| !attribute.contains(',') || is_expires_date(attribute))
+                && pair.split_once('=').is_some_and(|(name, _)| {
+                    let name = name.trim();
+                    !name.is_empty()
+                        && ignored
+                            .iter()
+                            .any(|pattern| super::key::names(pattern, name))
+                })
         })
     })
+}
+
+/// Whether a `Set-Cookie` attribute is `Expires` with a date as servers write one, whose one `,` follows the
+/// weekday: `Wed, 09 Jun 2021 10:18:14 GMT` (RFC 1123: Go, Node, Python, ASP.NET) or `Wed, 09-Jun-21 10:18:14
+/// GMT` (RFC 850: PHP, Java, Cloudflare), two- or four-digit years. Any other `,` may join a second cookie.
+fn is_expires_date(attribute: &str) -> bool {
+    let Some((name, date)) = attribute.split_once('=') else {
+        return false;
+    };
+    let Some((weekday, rest)) = date.split_once(',') else {
+        return false;
+    };
+    let letters = |token: &str, lengths: std::ops::RangeInclusive<usize>| {
+        lengths.contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphabetic())
+    };
+    let digits = |token: &str, lengths: &[usize]| {
+        lengths.contains(&token.len()) && token.bytes().all(|b| b.is_ascii_digit())
+    };
+    let mut tokens = rest.split([' ', '-']).filter(|token| !token.is_empty());
+    name.trim().eq_ignore_ascii_case("expires")
+        && letters(weekday.trim_start(), 3..=9)
+        && tokens.next().is_some_and(|day| digits(day, &[1, 2]))
+        && tokens.next().is_some_and(|month| letters(month, 3..=3))
+        && tokens.next().is_some_and(|year| digits(year, &[2, 4]))
+        && tokens.next().is_some_and(|time| {
+            let mut fields = time.split(':');
+            fields
+                .by_ref()
+                .take(3)
+                .filter(|field| digits(field, &[1, 2]))
+                .count()
+                == 3
+                && fields.next().is_none()
+        })
+        && tokens.next().is_some_and(|zone| letters(zone, 1..=5))
+        && tokens.next().is_none()
 }
 
 /// Headers that tunnel a method through another (`POST` with `X-HTTP-Method-Override: DELETE`), as Rails, ASP.NET
@@ -1258,6 +1300,47 @@ mod tests {
             (&[("set-cookie", "__cf_bm")], false),
             (&[("set-cookie", "=__cf_bm")], false),
             (&[("set-cookie", "__cf_bmx=1")], false),
+            // Dates as servers write them hold a `,` of their own.
+            (
+                &[(
+                    "set-cookie",
+                    "__cf_bm=x; Expires=Wed, 09 Jun 2021 10:18:14 GMT; Path=/",
+                )],
+                true,
+            ),
+            (
+                &[(
+                    "set-cookie",
+                    "__cf_bm=x; path=/; expires=Friday, 4-Dec-26 10:18:14 GMT",
+                )],
+                true,
+            ),
+            // Fields folded into one with `,`, a session among their cookies, after any part of the first.
+            (&[("set-cookie", "__cf_bm=x, session=1")], false),
+            (&[("set-cookie", "__cf_bm=x; Path=/, session=1")], false),
+            (
+                &[("set-cookie", "__cf_bm=x; HttpOnly,session=1; Path=/")],
+                false,
+            ),
+            (
+                &[(
+                    "set-cookie",
+                    "__cf_bm=x; Expires=Wed, 09 Jun 2021 10:18:14 GMT, session=1",
+                )],
+                false,
+            ),
+            (
+                &[("set-cookie", "__cf_bm=x; Expires=Wed, session=1")],
+                false,
+            ),
+            (
+                &[(
+                    "set-cookie",
+                    "__cf_bm=x; Expires=Wed, 09 Jun 2021 10:18:14:00 GMT",
+                )],
+                false,
+            ),
+            (&[("set-cookie", "__cf_bm=x; Max-Age=60, session=1")], false),
         ] {
             assert_eq!(
                 sets_only_ignored_cookies(&head(fields), &ignored),

@@ -841,7 +841,9 @@ impl RedisCacheLayerBuilder {
     /// In answers, setting only these cookies is no reason not to store: Cloudflare sets `__cf_bm` and `_cfuvid`
     /// on every answer of the APIs it fronts, which are otherwise never stored. The caller the origin answered
     /// gets them; the entry holds no `Set-Cookie`, and callers coalesced onto that call get none. An answer that
-    /// sets any other cookie, or is `private`, is still never stored.
+    /// sets any other cookie, or is `private`, is still never stored; so is one whose `Set-Cookie` holds a `,`
+    /// anywhere but in an `Expires` date as servers write it, which may be fields folded into one, a session's
+    /// among them.
     pub fn ignore_cookies<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.ignored_cookies
             .extend(names.into_iter().map(Into::into));
