@@ -5,7 +5,9 @@
 //! rule: the origin copies the `Authorization` and tenant it was sent into the answer's headers, so an answer the
 //! cache gives one request (a hit, a stale answer, a collapsed miss, a `304`, a `206`) that was fetched for
 //! another credential or tenant fails the run. And a `200` from the store is, byte for byte, a body the origin
-//! sent (unless the run changed what the store reads back).
+//! sent (unless the run changed what the store reads back). With cookies ignored (`_ga`, `_ga_*`), the same holds
+//! for every other cookie a request sends, as the laxest server reads its `Cookie` fields; and no answer that
+//! sets another cookie, as a reader of `Set-Cookie` fields folded with `,` reads them, reaches another request.
 
 #![no_main]
 
@@ -99,6 +101,9 @@ const METHODS: &[&str] = &[
 /// The headers the origin copies from the request it was sent.
 const ECHO_AUTH: &str = "x-fuzz-echo-auth";
 const ECHO_TENANT: &str = "x-fuzz-echo-tenant";
+const ECHO_COOKIES: &str = "x-fuzz-echo-cookies";
+/// Set by the origin on an answer (not a `304`) that sets a cookie the layer does not ignore.
+const SETS_COOKIE: &str = "x-fuzz-sets-cookie";
 
 #[derive(Arbitrary, Debug)]
 enum Name {
@@ -110,6 +115,52 @@ enum Name {
 struct Header {
     name: Name,
     value: Vec<u8>,
+}
+
+/// Cookie fields as `Cookie` and `Set-Cookie` write them, or nearly: each `(pair, separator)` indexes
+/// [`COOKIE_PAIRS`] and [`COOKIE_SEPARATORS`].
+type Cookies = Vec<(u8, u8)>;
+
+/// Cookie pairs: ignored ones (when a run ignores `_ga` and `_ga_*`), others, and ones outside RFC 6265's grammar.
+const COOKIE_PAIRS: &[&str] = &[
+    "_ga=GA1.2.3",
+    "_ga_X1=GS1",
+    "session=x",
+    "__Host-id=9",
+    "_ga=\"1\"",
+    " _ga = 1",
+    "_gax=1",
+    "=x",
+    "_ga",
+    "_ga=a b",
+];
+
+/// What comes between cookie pairs, or after one's pair in `Set-Cookie`: attributes, dates with their own `,`,
+/// and the `,` and white space at which lax readers split.
+const COOKIE_SEPARATORS: &[&str] = &[
+    "; ",
+    ";",
+    ", ",
+    ",",
+    " ",
+    "; Path=/; ",
+    "; Expires=Wed, 09 Jun 2021 10:18:14 GMT; ",
+    "; expires=Wed, 09-Jun-21 10:18:14 GMT, ",
+    "; HttpOnly, ",
+    "; Max-Age=60, ",
+    "; Expires=Wed, ",
+];
+
+/// The field `cookies` make: pairs with separators between them.
+fn cookie_field(cookies: &Cookies) -> Option<HeaderValue> {
+    let mut out = String::new();
+    for (i, (pair, separator)) in cookies.iter().enumerate() {
+        if i > 0 {
+            out.push_str(COOKIE_SEPARATORS[*separator as usize % COOKIE_SEPARATORS.len()]);
+        }
+        out.push_str(COOKIE_PAIRS[*pair as usize % COOKIE_PAIRS.len()]);
+    }
+    HeaderValue::from_str(&out).ok()
 }
 
 /// A body as frames: data chunks, then trailers if any; `hint` is what `size_hint` says (true or not).
@@ -133,6 +184,8 @@ struct RequestSpec {
     uri: u8,
     query: Option<String>,
     headers: Vec<Header>,
+    /// A `Cookie` field besides any among `headers`.
+    cookies: Option<Cookies>,
     body: FuzzBody,
 }
 
@@ -140,6 +193,8 @@ struct RequestSpec {
 struct Answer {
     status: u16,
     headers: Vec<Header>,
+    /// `Set-Cookie` fields besides any among `headers`.
+    set_cookies: Vec<Cookies>,
     body: FuzzBody,
     /// The origin fails (a transport error) instead of answering.
     fail: bool,
@@ -292,6 +347,9 @@ fn request(spec: &RequestSpec) -> Option<Request<Frames>> {
         .body(Frames::new(&spec.body))
         .ok()?;
     *request.headers_mut() = header_map(&spec.headers);
+    if let Some(cookies) = spec.cookies.as_ref().and_then(cookie_field) {
+        request.headers_mut().append(http::header::COOKIE, cookies);
+    }
     Some(request)
 }
 
@@ -315,6 +373,48 @@ fn identity(headers: &HeaderMap, name: &str) -> HeaderValue {
         out.push('>');
     }
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("?"))
+}
+
+/// The cookies a request sends that the layer does not ignore, as the laxest server reads `Cookie` fields: split
+/// at `;`, `,` (Rack 2) and white space (Python's `SimpleCookie`), each piece in hex.
+fn other_cookies(headers: &HeaderMap, ignoring: bool) -> HeaderValue {
+    let mut out = String::new();
+    for v in headers.get_all("cookie") {
+        let pieces = v
+            .as_bytes()
+            .split(|b| matches!(b, b';' | b',' | b' ' | b'\t'));
+        for piece in pieces.filter(|p| !p.is_empty()) {
+            let name = piece.split(|b| *b == b'=').next().unwrap_or_default();
+            if ignoring && piece.contains(&b'=') && is_ignored(name) {
+                continue;
+            }
+            out.push('<');
+            for b in piece {
+                let _ = write!(out, "{b:02x}");
+            }
+            out.push('>');
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("?"))
+}
+
+/// Whether an answer sets a cookie the layer does not ignore, as a reader of `Set-Cookie` fields folded with `,`
+/// reads them: every piece between commas whose part before its first `;` holds a `=` sets the cookie it names
+/// (so an `Expires` date's own `,` sets none).
+fn sets_other_cookie(headers: &HeaderMap, ignoring: bool) -> bool {
+    headers.get_all("set-cookie").iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|piece| {
+            let pair = piece.split(|b| *b == b';').next().unwrap_or_default();
+            pair.iter()
+                .position(|b| *b == b'=')
+                .is_some_and(|at| !(ignoring && is_ignored(pair[..at].trim_ascii())))
+        })
+    })
+}
+
+/// The cookie names the layer ignores when a run asks it to.
+fn is_ignored(name: &[u8]) -> bool {
+    name == b"_ga" || name.starts_with(b"_ga_")
 }
 
 /// How the store's reads come back changed: each `(at, xor)` flips bits, then a cut to a length.
@@ -535,9 +635,12 @@ struct Run {
     partitioned: bool,
     /// `echo_body_field` rewrites cached bodies.
     echoes: bool,
+    /// The layer ignores `_ga` and `_ga_*` cookies.
+    ignores_cookies: bool,
 }
 
-/// The origin: the next queued answer (or a plain `200`), with the request's credential and tenant copied in.
+/// The origin: the next queued answer (or a plain `200`), with the request's credential, tenant and other
+/// cookies copied in, and a mark when it sets a cookie the layer does not ignore.
 async fn origin(
     run: Arc<Run>,
     request: Request<RequestBody>,
@@ -562,11 +665,25 @@ async fn origin(
     if let Some(a) = &answer {
         *response.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
         *response.headers_mut() = header_map(&a.headers);
+        for cookies in a.set_cookies.iter().filter_map(cookie_field) {
+            response
+                .headers_mut()
+                .append(http::header::SET_COOKIE, cookies);
+        }
     }
     for (from, to) in [("authorization", ECHO_AUTH), ("x-tenant", ECHO_TENANT)] {
         response
             .headers_mut()
             .insert(to, identity(&parts.headers, from));
+    }
+    let cookies = other_cookies(&parts.headers, run.ignores_cookies);
+    response.headers_mut().insert(ECHO_COOKIES, cookies);
+    // A `304` confirms a stored body, made before it: a cookie it sets is no sign of that body's owner.
+    if response.status() != StatusCode::NOT_MODIFIED
+        && sets_other_cookie(response.headers(), run.ignores_cookies)
+    {
+        let marked = HeaderValue::from_static("1");
+        response.headers_mut().insert(SETS_COOKIE, marked);
     }
     Ok(response)
 }
@@ -598,9 +715,30 @@ where
             "an answer fetched for another {from} ({outcome:?}): {response:?}"
         );
     }
+    // Without a partition, so were its cookies (a partition keys by tenant alone, by the user's word).
+    if let (false, Some(echoed)) = (run.partitioned, response.headers().get(ECHO_COOKIES)) {
+        let asked = other_cookies(&sent, run.ignores_cookies);
+        assert_eq!(
+            echoed, &asked,
+            "an answer fetched for other cookies ({outcome:?}): {response:?}"
+        );
+    }
     let from_entry = matches!(
         outcome,
         CacheOutcome::Hit | CacheOutcome::Stale { .. } | CacheOutcome::StaleIfError
+    );
+    // An answer that set a cookie is its requester's alone: never stored, never given to a collapsed caller.
+    let shared = from_entry
+        || matches!(
+            outcome,
+            CacheOutcome::Miss {
+                collapsed: true,
+                ..
+            }
+        );
+    assert!(
+        !(shared && response.headers().contains_key(SETS_COOKIE)),
+        "an answer that set a cookie, shared ({outcome:?}): {response:?}"
     );
     let whole = get && from_entry && response.status() == StatusCode::OK;
     let Ok(body) = response.into_body().collect().await else {
@@ -641,6 +779,7 @@ fuzz_target!(|input: Input| {
         let run = Arc::new(Run {
             partitioned: input.config.credentials % 3 == 2,
             echoes: input.config.echo_id,
+            ignores_cookies: input.config.ignore_cookies,
             ..Run::default()
         });
         let service = {
