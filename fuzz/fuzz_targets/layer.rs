@@ -8,6 +8,9 @@
 //! sent (unless the run changed what the store reads back). With cookies ignored (`_ga`, `_ga_*`), the same holds
 //! for every other cookie a request sends, as the laxest server reads its `Cookie` fields; and no answer that
 //! sets another cookie, as a reader of `Set-Cookie` fields folded with `,` reads them, reaches another request.
+//! An answer whose `Vary` names request headers (but the ones the cache itself evaluates or rewrites) reaches
+//! only requests with the same values of them, as RFC 9111 §4.1 compares them. The origin's copies are headers
+//! of the entries, so these checks, too, stop once the run changes what the store reads back.
 
 #![no_main]
 
@@ -102,6 +105,8 @@ const METHODS: &[&str] = &[
 const ECHO_AUTH: &str = "x-fuzz-echo-auth";
 const ECHO_TENANT: &str = "x-fuzz-echo-tenant";
 const ECHO_COOKIES: &str = "x-fuzz-echo-cookies";
+/// The request's values of the headers the answer's `Vary` names (see [`vary_echo`]).
+const ECHO_VARY: &str = "x-fuzz-echo-vary";
 /// Set by the origin on an answer (not a `304`) that sets a cookie the layer does not ignore.
 const SETS_COOKIE: &str = "x-fuzz-sets-cookie";
 
@@ -195,6 +200,8 @@ struct Answer {
     headers: Vec<Header>,
     /// `Set-Cookie` fields besides any among `headers`.
     set_cookies: Vec<Cookies>,
+    /// A `Vary` field besides any among `headers`: each indexes [`NAMES`], which requests send.
+    vary: Vec<u8>,
     body: FuzzBody,
     /// The origin fails (a transport error) instead of answering.
     fail: bool,
@@ -410,6 +417,74 @@ fn sets_other_cookie(headers: &HeaderMap, ignoring: bool) -> bool {
                 .is_some_and(|at| !(ignoring && is_ignored(pair[..at].trim_ascii())))
         })
     })
+}
+
+/// Request headers the cache evaluates itself (validators, ranges), adjusts for what it holds
+/// (`Accept-Encoding`, which it compares by the coding it accepts) or forwards otherwise than it got them: a
+/// `Vary` naming them is not checked.
+const NOT_ECHOED: &[&str] = &[
+    "accept-encoding",
+    "range",
+    "if-range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "cache-control",
+    "pragma",
+    "te",
+    "connection",
+    "upgrade",
+    "transfer-encoding",
+    "trailer",
+    "content-length",
+    "host",
+];
+
+/// For each request header `names` lists (but [`NOT_ECHOED`]), its values as RFC 9111 §4.1 lets a cache
+/// compare them: absent, or its comma-separated elements with the white space around them dropped, however
+/// they were split over field lines; in hex.
+fn vary_echo<'a>(names: impl Iterator<Item = &'a str>, request: &HeaderMap) -> String {
+    let mut names: Vec<&str> = names
+        .filter(|name| !NOT_ECHOED.contains(name) && HeaderName::try_from(*name).is_ok())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = String::new();
+    for name in names {
+        out.push_str(name);
+        out.push(':');
+        if request.contains_key(name) {
+            let elements = request
+                .get_all(name)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .map(<[u8]>::trim_ascii);
+            for (i, element) in elements.enumerate() {
+                if i > 0 {
+                    out.push_str("2c");
+                }
+                for b in element {
+                    let _ = write!(out, "{b:02x}");
+                }
+            }
+        } else {
+            out.push('-');
+        }
+        out.push(';');
+    }
+    out
+}
+
+/// The lowercase names an answer's `Vary` fields list, as they are written.
+fn vary_listed(response: &HeaderMap) -> Vec<String> {
+    response
+        .get_all("vary")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect()
 }
 
 /// The cookie names the layer ignores when a run asks it to.
@@ -629,7 +704,8 @@ struct Run {
     queue: Mutex<VecDeque<Answer>>,
     /// Every body the origin answered with: a `200` from the cache must be one of them.
     bodies: Mutex<HashSet<Vec<u8>>>,
-    /// Once the store's reads have been changed, a cached body may be too (the entry has no checksum).
+    /// Once the store's reads have been changed, a cached body and the origin's copies among an entry's headers
+    /// may be too (the entry has no checksum).
     mangled: AtomicBool,
     /// The credential rule to check: `Authorization` (bypass, or in the key) or the tenant (a partition).
     partitioned: bool,
@@ -665,6 +741,16 @@ async fn origin(
     if let Some(a) = &answer {
         *response.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
         *response.headers_mut() = header_map(&a.headers);
+        if !a.vary.is_empty() {
+            let names: Vec<&str> = a
+                .vary
+                .iter()
+                .map(|i| NAMES[*i as usize % NAMES.len()])
+                .collect();
+            if let Ok(vary) = HeaderValue::from_str(&names.join(", ")) {
+                response.headers_mut().append(http::header::VARY, vary);
+            }
+        }
         for cookies in a.set_cookies.iter().filter_map(cookie_field) {
             response
                 .headers_mut()
@@ -678,6 +764,11 @@ async fn origin(
     }
     let cookies = other_cookies(&parts.headers, run.ignores_cookies);
     response.headers_mut().insert(ECHO_COOKIES, cookies);
+    let listed = vary_listed(response.headers());
+    let vary = vary_echo(listed.iter().map(String::as_str), &parts.headers);
+    if let Ok(vary) = HeaderValue::from_str(&vary) {
+        response.headers_mut().insert(ECHO_VARY, vary);
+    }
     // A `304` confirms a stored body, made before it: a cookie it sets is no sign of that body's owner.
     if response.status() != StatusCode::NOT_MODIFIED
         && sets_other_cookie(response.headers(), run.ignores_cookies)
@@ -702,13 +793,15 @@ where
     let Some(outcome) = CacheOutcome::of(&response) else {
         panic!("a response without a cache outcome: {response:?}");
     };
+    // The origin's copies below are headers of the entries too: once the store's reads change, so may they.
+    let echoes = !run.mangled.load(Ordering::Relaxed);
     // Whatever answered, it was fetched for this request's credential and tenant.
     let (from, echo) = if run.partitioned {
         ("x-tenant", ECHO_TENANT)
     } else {
         ("authorization", ECHO_AUTH)
     };
-    if let Some(echoed) = response.headers().get(echo) {
+    if let (true, Some(echoed)) = (echoes, response.headers().get(echo)) {
         let asked = identity(&sent, from);
         assert_eq!(
             echoed, &asked,
@@ -716,11 +809,28 @@ where
         );
     }
     // Without a partition, so were its cookies (a partition keys by tenant alone, by the user's word).
-    if let (false, Some(echoed)) = (run.partitioned, response.headers().get(ECHO_COOKIES)) {
+    let cookies = response.headers().get(ECHO_COOKIES);
+    if let (true, false, Some(echoed)) = (echoes, run.partitioned, cookies) {
         let asked = other_cookies(&sent, run.ignores_cookies);
         assert_eq!(
             echoed, &asked,
             "an answer fetched for other cookies ({outcome:?}): {response:?}"
+        );
+    }
+    // It was fetched for this request's values of the headers it varies on.
+    let vary = response
+        .headers()
+        .get(ECHO_VARY)
+        .and_then(|v| v.to_str().ok());
+    if let (true, Some(echoed)) = (echoes, vary) {
+        let names = echoed
+            .split(';')
+            .filter_map(|e| e.split_once(':'))
+            .map(|(name, _)| name);
+        assert_eq!(
+            echoed,
+            vary_echo(names, &sent),
+            "an answer fetched for other values of what it varies on ({outcome:?}): {response:?}"
         );
     }
     let from_entry = matches!(
@@ -737,7 +847,7 @@ where
             }
         );
     assert!(
-        !(shared && response.headers().contains_key(SETS_COOKIE)),
+        !(echoes && shared && response.headers().contains_key(SETS_COOKIE)),
         "an answer that set a cookie, shared ({outcome:?}): {response:?}"
     );
     let whole = get && from_entry && response.status() == StatusCode::OK;
