@@ -373,11 +373,7 @@ fn identity(headers: &HeaderMap, name: &str) -> HeaderValue {
     let mut out = String::new();
     let count = if name == "x-tenant" { 1 } else { usize::MAX };
     for v in headers.get_all(name).iter().take(count) {
-        out.push('<');
-        for b in v.as_bytes() {
-            let _ = write!(out, "{b:02x}");
-        }
-        out.push('>');
+        push_hex(&mut out, v.as_bytes(), true);
     }
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("?"))
 }
@@ -395,11 +391,7 @@ fn other_cookies(headers: &HeaderMap, ignoring: bool) -> HeaderValue {
             if ignoring && piece.contains(&b'=') && is_ignored(name) {
                 continue;
             }
-            out.push('<');
-            for b in piece {
-                let _ = write!(out, "{b:02x}");
-            }
-            out.push('>');
+            push_hex(&mut out, piece, true);
         }
     }
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("?"))
@@ -464,9 +456,7 @@ fn vary_echo<'a>(names: impl Iterator<Item = &'a str>, request: &HeaderMap) -> S
                 if i > 0 {
                     out.push_str("2c");
                 }
-                for b in element {
-                    let _ = write!(out, "{b:02x}");
-                }
+                push_hex(&mut out, element, false);
             }
         } else {
             out.push('-');
@@ -490,6 +480,19 @@ fn vary_listed(response: &HeaderMap) -> Vec<String> {
 /// The cookie names the layer ignores when a run asks it to.
 fn is_ignored(name: &[u8]) -> bool {
     name == b"_ga" || name.starts_with(b"_ga_")
+}
+
+/// Writes `bytes` in hex, between `<` and `>` when `bracketed`: a copy that no value can pass for another's.
+fn push_hex(out: &mut String, bytes: &[u8], bracketed: bool) {
+    if bracketed {
+        out.push('<');
+    }
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    if bracketed {
+        out.push('>');
+    }
 }
 
 /// How the store's reads come back changed: each `(at, xor)` flips bits, then a cut to a length.
