@@ -795,23 +795,26 @@ async fn an_answer_setting_only_ignored_cookies_is_stored_and_shared_without_the
     );
 
     // So does one folded into the same field with `,`, as proxies that join every header do; a date's own `,`
-    // does not.
-    for (n, (folded, stored)) in [
-        ("__cf_bm=abc; Path=/, session=s3cr3t", false),
+    // does not. RFC 2965's obsolete `Set-Cookie2` is a list by design: never read as ignored cookies.
+    for (n, (field, folded, stored)) in [
+        ("set-cookie", "__cf_bm=abc; Path=/, session=s3cr3t", false),
         (
+            "set-cookie",
             "__cf_bm=abc; Expires=Fri, 04 Dec 2026 10:18:14 GMT, session=s3cr3t; Path=/",
             false,
         ),
         (
+            "set-cookie",
             "__cf_bm=abc; Expires=Fri, 04-Dec-26 10:18:14 GMT; Path=/",
             true,
         ),
+        ("set-cookie2", "__cf_bm=abc; Version=1", false),
     ]
     .into_iter()
     .enumerate()
     {
         origin.clear_headers();
-        origin.add_header("set-cookie", folded);
+        origin.add_header(field, folded);
         let uri = format!("http://api.test/folded/{n}");
         let first = call(&service, get(&uri, &[])).await;
         assert_eq!(
@@ -822,7 +825,7 @@ async fn an_answer_setting_only_ignored_cookies_is_stored_and_shared_without_the
             },
             "{folded}"
         );
-        assert_eq!(cookies(&first), 1, "{folded}");
+        assert_eq!(first.headers().get_all(field).iter().count(), 1, "{folded}");
         let second = call(&service, get(&uri, &[])).await;
         assert_eq!(outcome(&second) == CacheOutcome::Hit, stored, "{folded}");
     }

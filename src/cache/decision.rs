@@ -216,28 +216,34 @@ fn is_cookie_pair(name: &str, value: &str) -> bool {
             .all(|b| matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e))
 }
 
+/// RFC 2965's `Set-Cookie2`: obsolete, and read by no browser, but it sets state for its requester alone as
+/// `Set-Cookie` does, and a client or proxy that still reads it would take another user's.
+const SET_COOKIE2: &str = "set-cookie2";
+
 /// Whether every cookie an answer's `Set-Cookie` fields set is one `ignored` names (see
 /// [`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies)): then it is no reason not to store the
 /// answer. A field that cannot be read, sets a cookie without a name, or holds a `,` anywhere but in an
 /// `Expires` date counts as a cookie no pattern names: RFC 9110 forbids joining `Set-Cookie` fields with `,`,
 /// but proxies and frameworks that fold every header do, and `__cf_bm=x; Path=/, session=y` sets a session
-/// where its first cookie alone is `__cf_bm`.
+/// where its first cookie alone is `__cf_bm`. A `Set-Cookie2` field (RFC 2965, obsolete, whose value is a list
+/// of cookies by design) always counts as one.
 pub(crate) fn sets_only_ignored_cookies(headers: &HeaderMap, ignored: &[String]) -> bool {
-    headers.get_all(SET_COOKIE).iter().all(|value| {
-        value.to_str().is_ok_and(|value| {
-            let mut parts = value.split(';');
-            let pair = parts.next().unwrap_or("");
-            !pair.contains(',')
-                && parts.all(|attribute| !attribute.contains(',') || is_expires_date(attribute))
-                && pair.split_once('=').is_some_and(|(name, _)| {
-                    let name = name.trim();
-                    !name.is_empty()
-                        && ignored
-                            .iter()
-                            .any(|pattern| super::key::names(pattern, name))
-                })
+    !headers.contains_key(SET_COOKIE2)
+        && headers.get_all(SET_COOKIE).iter().all(|value| {
+            value.to_str().is_ok_and(|value| {
+                let mut parts = value.split(';');
+                let pair = parts.next().unwrap_or("");
+                !pair.contains(',')
+                    && parts.all(|attribute| !attribute.contains(',') || is_expires_date(attribute))
+                    && pair.split_once('=').is_some_and(|(name, _)| {
+                        let name = name.trim();
+                        !name.is_empty()
+                            && ignored
+                                .iter()
+                                .any(|pattern| super::key::names(pattern, name))
+                    })
+            })
         })
-    })
 }
 
 /// Whether a `Set-Cookie` attribute is `Expires` with a date as servers write one, whose one `,` follows the
@@ -1095,7 +1101,7 @@ impl ResponseFacts {
             vary_any: false,
         };
         for (name, value) in headers {
-            if name == SET_COOKIE {
+            if name == SET_COOKIE || name == SET_COOKIE2 {
                 facts.set_cookie = true;
             } else if name == VARY {
                 facts.vary_any |= vary_unknowable(value);
@@ -1341,6 +1347,15 @@ mod tests {
                 false,
             ),
             (&[("set-cookie", "__cf_bm=x; Max-Age=60, session=1")], false),
+            // RFC 2965's obsolete field is a list of cookies by design; never read as ignored ones.
+            (&[("set-cookie2", "__cf_bm=x; Version=1")], false),
+            (
+                &[
+                    ("set-cookie", "__cf_bm=x"),
+                    ("set-cookie2", "_cfuvid=1; Version=1"),
+                ],
+                false,
+            ),
         ] {
             assert_eq!(
                 sets_only_ignored_cookies(&head(fields), &ignored),
@@ -2055,6 +2070,7 @@ mod tests {
         let rows: Vec<(&str, &Rules, RequestFacts, ResponseFacts, Verdict)> = vec![
             ("plain 200", &shared, plain(), ok(&[]), both),
             ("set-cookie", &shared, plain(), ok(&[("set-cookie", "s=1")]), neither(SetCookie)),
+            ("set-cookie2", &shared, plain(), ok(&[("set-cookie2", "s=1; Version=1")]), neither(SetCookie)),
             ("no-store", &shared, plain(), ok(&[("cache-control", "max-age=60, no-store")]), neither(NoStore)),
             ("private", &shared, plain(), ok(&[("cache-control", "private")]), neither(Private)),
             ("private=\"x\"", &shared, plain(), ok(&[("cache-control", "private=\"set-cookie\"")]), neither(Private)),

@@ -843,7 +843,7 @@ impl RedisCacheLayerBuilder {
     /// gets them; the entry holds no `Set-Cookie`, and callers coalesced onto that call get none. An answer that
     /// sets any other cookie, or is `private`, is still never stored; so is one whose `Set-Cookie` holds a `,`
     /// anywhere but in an `Expires` date as servers write it, which may be fields folded into one, a session's
-    /// among them.
+    /// among them, and one with a `Set-Cookie2` (RFC 2965's obsolete field, a list of cookies by design).
     pub fn ignore_cookies<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.ignored_cookies
             .extend(names.into_iter().map(Into::into));
@@ -1244,7 +1244,7 @@ impl RedisCacheLayerBuilder {
     /// every caller of one client); `build` then requires a [`partition`](Self::partition) naming whose
     /// responses these are. Such an API usually also says `no-cache`, `must-revalidate` or `Expires: 0`: turn
     /// [`origin_freshness`](Self::origin_freshness) off too, so the layer's windows apply (the Genesys client
-    /// does both). `Set-Cookie` responses are never stored either way.
+    /// does both). `Set-Cookie` (and `Set-Cookie2`) responses are never stored either way.
     pub fn respect_response_cache_control(mut self, respect: bool) -> Self {
         self.respect_response_cache_control = respect;
         self
