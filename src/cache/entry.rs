@@ -407,14 +407,17 @@ fn never_stored(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "set-cookie"
+            | "set-cookie2"
             | "authorization"
+            | "proxy-authentication-info"
             | "age"
             | "cache-status"
     )
 }
 
 /// The response headers worth storing: hop-by-hop headers (and any the `Connection` header names),
-/// `set-cookie`, `authorization`, `age` and `cache-status` are dropped. Returns `None` when the headers cannot
+/// `set-cookie` (and `set-cookie2`), `authorization`, `proxy-authentication-info` (a proxy's word to one client),
+/// `age` and `cache-status` are dropped. Returns `None` when the headers cannot
 /// be framed (over 65,535 headers), so the response is passed through uncached.
 pub(crate) fn storable_headers(headers: &HeaderMap) -> Option<HeaderMap> {
     // Read as bytes: a value that is not all visible ASCII still names the fields it can (a field name is ASCII).
@@ -675,7 +678,12 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert(header::SET_COOKIE, HeaderValue::from_static("s=1"));
+        h.insert("set-cookie2", HeaderValue::from_static("s=1; Version=1"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        h.insert(
+            "proxy-authentication-info",
+            HeaderValue::from_static("nextnonce=\"b\""),
+        );
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
