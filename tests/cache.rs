@@ -1400,6 +1400,49 @@ async fn requests_differing_only_in_ignored_query_parameters_share_an_entry() {
         refused.setting(),
         tower_redis_cache::error::Setting::IgnoreQueryParams
     );
+
+    // A parameter that carries credentials is never left out, however it is spelled, unless a partition says
+    // whom every request acts for.
+    for (names, credential) in [
+        (&["utm_*", "access_token"][..], "access_token"),
+        (&["API-Key"], "api_key"),
+        (&["X-Amz-*"], "x_amz_signature"),
+        (&["sig*"], "signature"),
+        (&["k*"], "key"),
+        (&["accessToken"], "access_token"),
+    ] {
+        let refused = layer_over(redis_store(&server).await)
+            .ignore_query_params(names.iter().copied())
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            refused.setting(),
+            tower_redis_cache::error::Setting::IgnoreQueryParams,
+            "{names:?}"
+        );
+        assert!(
+            refused.to_string().contains(&format!("`{credential}`")),
+            "{names:?}: {refused}"
+        );
+    }
+    let presigned = layer_over(redis_store(&server).await)
+        .credentials(tower_redis_cache::cache::Credentials::Partition)
+        .partition("reports-service")
+        .ignore_query_params(["X-Amz-*"])
+        .build()
+        .unwrap();
+    let service = presigned.layer_service(origin.service());
+    let calls = origin.calls();
+    for signature in ["a1", "b2"] {
+        call(
+            &service,
+            get(&format!(
+                "http://api.test/report.csv?X-Amz-Signature={signature}"
+            )),
+        )
+        .await;
+    }
+    assert_eq!(origin.calls(), calls + 1);
 }
 
 #[tokio::test]
@@ -1453,6 +1496,28 @@ async fn queries_differing_only_in_ignored_body_members_share_an_entry() {
         refused.setting(),
         tower_redis_cache::error::Setting::IgnoreBodyFields
     );
+    for pointer in [
+        "/apiKey",
+        "/auth/access_token",
+        "/session",
+        "/a~1b/Client-Secret",
+    ] {
+        let refused = layer_over(redis_store(&server).await)
+            .ignore_body_fields(["/requestId", pointer])
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            refused.setting(),
+            tower_redis_cache::error::Setting::IgnoreBodyFields,
+            "{pointer}"
+        );
+    }
+    // A member inside one named like a credential is not one.
+    layer_over(redis_store(&server).await)
+        .ignore_body_fields(["/auth/requestId"])
+        .ignore_query_params(["_", "_*", "utm_*", "keyword"])
+        .build()
+        .unwrap();
 }
 
 /// A memory store whose tag table is full refuses new tags: those answers are not stored, but the store is not

@@ -665,6 +665,64 @@ pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 31] = [
     HeaderName::from_static("x-remote-user"),
 ];
 
+/// Names of query parameters and JSON body members that carry credentials in common APIs, which
+/// [`ignore_query_params`](RedisCacheLayerBuilder::ignore_query_params) and
+/// [`ignore_body_fields`](RedisCacheLayerBuilder::ignore_body_fields) may not leave out of the key unless
+/// [`Credentials::Partition`] says whom every request acts for: requests with different credentials would share
+/// one answer, and one with a credential the origin would refuse would get an answer made for a valid one.
+///
+/// A name counts in any case and with its words joined by `_`, `-`, `.` or nothing (`X-Amz-Signature`,
+/// `accessToken`, `api-key`): OAuth 2.0 tokens (`access_token`, `id_token`, `refresh_token`, `client_secret`,
+/// `client_assertion`; RFC 6750 §2.3), API keys (Google's `key`, `api_key`, HubSpot's `hapikey`, Azure API
+/// Management's `subscription_key`), tokens and sessions (`token`, `auth`, `auth_token`, `authorization`,
+/// `jwt`, `session`, `session_id`, `sid`, GitLab's `private_token`, OAuth 1.0's `oauth_token` and
+/// `oauth_signature`), passwords and signatures (`password`, `passwd`, `secret`, `signature`, `sig`: Azure
+/// shared access signatures), and presigned URLs (AWS's `x_amz_signature`, `x_amz_credential`,
+/// `x_amz_security_token`, Google Cloud Storage's `x_goog_signature`, `x_goog_credential`).
+pub const CREDENTIAL_PARAMS: [&str; 30] = [
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "client_secret",
+    "client_assertion",
+    "key",
+    "api_key",
+    "hapikey",
+    "subscription_key",
+    "token",
+    "auth",
+    "auth_token",
+    "authorization",
+    "jwt",
+    "session",
+    "session_id",
+    "sid",
+    "private_token",
+    "oauth_token",
+    "oauth_signature",
+    "password",
+    "passwd",
+    "secret",
+    "signature",
+    "sig",
+    "x_amz_signature",
+    "x_amz_credential",
+    "x_amz_security_token",
+    "x_goog_signature",
+    "x_goog_credential",
+];
+
+/// The first of [`CREDENTIAL_PARAMS`] of which `pattern` (a name, or a prefix ending in `*`) names a spelling,
+/// in any case.
+fn names_a_credential(pattern: &str) -> Option<&'static str> {
+    let pattern = pattern.to_ascii_lowercase();
+    CREDENTIAL_PARAMS.into_iter().find(|name| {
+        ["_", "-", ".", ""]
+            .into_iter()
+            .any(|joint| super::key::names(&pattern, &name.replace('_', joint)))
+    })
+}
+
 /// The `QUERY` method (safe, idempotent, with a body).
 pub(crate) fn query_method() -> Method {
     Method::from_bytes(b"QUERY").unwrap_or(Method::GET)
@@ -818,7 +876,9 @@ impl RedisCacheLayerBuilder {
     /// Only for parameters that never change the answer: a request that differs in one is answered with
     /// another's response. The origin still receives each request's whole URI; a write's invalidation of its
     /// URI removes the entry its ignored parameters share. A pair holding a `;` always counts, since some
-    /// servers split there too: `utm_content=x;callback=evil` is not left out.
+    /// servers split there too: `utm_content=x;callback=evil` is not left out. A name that names one of
+    /// [`CREDENTIAL_PARAMS`] (`access_token`, `key`, `X-Amz-Signature`, ...) makes `build` fail, unless
+    /// [`Credentials::Partition`] says whom every request acts for (a service fetching its own presigned URLs).
     pub fn ignore_query_params<S: Into<String>>(
         mut self,
         names: impl IntoIterator<Item = S>,
@@ -894,7 +954,9 @@ impl RedisCacheLayerBuilder {
     /// its bytes, whole. Default: none.
     ///
     /// Only for members that never change the answer: a query that differs in one is answered with another's
-    /// response. The origin still receives each body whole.
+    /// response. The origin still receives each body whole. A member named as one of [`CREDENTIAL_PARAMS`]
+    /// (`/apiKey`, `/auth/access_token`) makes `build` fail, unless [`Credentials::Partition`] says whom every
+    /// request acts for.
     pub fn ignore_body_fields<S: Into<String>>(
         mut self,
         pointers: impl IntoIterator<Item = S>,
@@ -1587,8 +1649,9 @@ impl RedisCacheLayerBuilder {
     /// [`windows_for_status`](Self::windows_for_status) that is not cacheable or whose windows are all zero or
     /// over 10 years, [`Credentials::Partition`] or `respect_response_cache_control(false)` without a
     /// partition, an empty or `*` name among the ignored query parameters, an ignored body field that is not a
-    /// JSON Pointer to a member, or a near cache over a store other than [`RedisStore`](super::RedisStore) or
-    /// with a zero or over-10-year `near_cache_max_ttl`.
+    /// JSON Pointer to a member, an ignored query parameter or body member that carries credentials
+    /// ([`CREDENTIAL_PARAMS`]) without [`Credentials::Partition`], or a near cache over a store other than
+    /// [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
     pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
         if self.namespace.is_empty()
             || self.namespace.chars().any(|c| {
@@ -1614,6 +1677,34 @@ impl RedisCacheLayerBuilder {
                 Setting::IgnoreQueryParams,
                 format!("{name:?} would leave every query parameter out of the key"),
             ));
+        }
+        if self.credentials != Credentials::Partition {
+            // A body member's own name is the pointer's last token (`~1` a `/`, `~0` a `~`).
+            let member = |pointer: &str| {
+                let token = pointer.rsplit('/').next().unwrap_or(pointer);
+                token.replace("~1", "/").replace("~0", "~")
+            };
+            let ignored = self
+                .ignored_query
+                .iter()
+                .map(|name| (Setting::IgnoreQueryParams, name, name.clone()))
+                .chain(
+                    self.ignored_body
+                        .iter()
+                        .map(|pointer| (Setting::IgnoreBodyFields, pointer, member(pointer))),
+                );
+            for (setting, given, name) in ignored {
+                if let Some(credential) = names_a_credential(&name) {
+                    return Err(ConfigError::new(
+                        setting,
+                        format!(
+                            "{given:?} names `{credential}`, which carries credentials: requests of different \
+                             users would share one answer (with `Credentials::Partition`, which says whom every \
+                             request acts for, it may be left out of the key)"
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(name) = self
             .ignored_cookies

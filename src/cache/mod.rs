@@ -238,7 +238,8 @@ pub use self::decision::Credentials;
 pub use self::freshness::{CacheOverride, Windows};
 pub use self::key::CacheKey;
 pub use self::layer::{
-    CacheHandle, DEFAULT_CREDENTIAL_HEADERS, RedisCacheLayer, RedisCacheLayerBuilder,
+    CREDENTIAL_PARAMS, CacheHandle, DEFAULT_CREDENTIAL_HEADERS, RedisCacheLayer,
+    RedisCacheLayerBuilder,
 };
 pub use self::service::RedisCache;
 pub use self::stats::CacheStats;
