@@ -84,6 +84,7 @@ const NAMES: &[&str] = &[
     "x-tenant",
     "accept-ranges",
     "surrogate-control",
+    "set-cookie2",
 ];
 
 /// URIs that share keys in several spellings, so that requests meet each other's entries.
@@ -205,6 +206,8 @@ struct Answer {
     body: FuzzBody,
     /// The origin fails (a transport error) instead of answering.
     fail: bool,
+    /// `set_cookies` are `Set-Cookie2` fields (RFC 2965, obsolete) instead.
+    set_cookie2: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -397,11 +400,12 @@ fn other_cookies(headers: &HeaderMap, ignoring: bool) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("?"))
 }
 
-/// Whether an answer sets a cookie the layer does not ignore, as a reader of `Set-Cookie` fields folded with `,`
-/// reads them: every piece between commas whose part before its first `;` holds a `=` sets the cookie it names
-/// (so an `Expires` date's own `,` sets none).
+/// Whether an answer sets a cookie the layer does not ignore, as a reader of `Set-Cookie` (or the obsolete
+/// `Set-Cookie2`) fields folded with `,` reads them: every piece between commas whose part before its first `;`
+/// holds a `=` sets the cookie it names (so an `Expires` date's own `,` sets none).
 fn sets_other_cookie(headers: &HeaderMap, ignoring: bool) -> bool {
-    headers.get_all("set-cookie").iter().any(|v| {
+    let fields = headers.get_all("set-cookie").into_iter();
+    fields.chain(&headers.get_all("set-cookie2")).any(|v| {
         v.as_bytes().split(|b| *b == b',').any(|piece| {
             let pair = piece.split(|b| *b == b';').next().unwrap_or_default();
             pair.iter()
@@ -754,10 +758,13 @@ async fn origin(
                 response.headers_mut().append(http::header::VARY, vary);
             }
         }
+        let field = if a.set_cookie2 {
+            HeaderName::from_static("set-cookie2")
+        } else {
+            http::header::SET_COOKIE
+        };
         for cookies in a.set_cookies.iter().filter_map(cookie_field) {
-            response
-                .headers_mut()
-                .append(http::header::SET_COOKIE, cookies);
+            response.headers_mut().append(&field, cookies);
         }
     }
     for (from, to) in [("authorization", ECHO_AUTH), ("x-tenant", ECHO_TENANT)] {
