@@ -668,7 +668,7 @@ async fn cookies_named_as_ignored_make_no_credential_and_any_other_does() {
     let origin = Origin::new();
     let layer = layer(&server)
         .await
-        .ignore_cookies(["_ga", "_ga_*", "_gid"])
+        .ignore_cookies(["_ga", "_ga_*", "_gid", "_my*"])
         .build()
         .unwrap();
     let service = cached(&layer, origin.service());
@@ -692,7 +692,8 @@ async fn cookies_named_as_ignored_make_no_credential_and_any_other_does() {
         CacheOutcome::Hit
     );
     // Any other cookie is a credential: a session, a name the patterns do not name, a pair without a name, and
-    // a session a lax server splits off a pair at a `,` (Rack 2) or a space (Python's `SimpleCookie`).
+    // a session a lax server splits off a pair at a `,` (Rack 2) or a space (Python's `SimpleCookie`). So is a
+    // cookie a pattern names whose name says it holds a session or a token.
     for cookie in [
         "_ga=GA1.2.7; session=s3cr3t",
         "_gax=1",
@@ -700,6 +701,8 @@ async fn cookies_named_as_ignored_make_no_credential_and_any_other_does() {
         "token",
         "_ga=GA1.2.7, session=s3cr3t",
         "_ga=GA1.2.7 session=s3cr3t",
+        "_ga=GA1.2.7; _myapp_session=s3cr3t",
+        "_ga_remember_token=s3cr3t",
     ] {
         let response = call(&service, page(cookie)).await;
         assert_eq!(
@@ -716,10 +719,22 @@ async fn cookies_named_as_ignored_make_no_credential_and_any_other_does() {
         outcome(&call(&service, unreadable).await),
         CacheOutcome::Bypass(BypassReason::Cookie)
     );
-    assert_eq!(origin.calls(), 8);
+    assert_eq!(origin.calls(), 10);
 
-    // Every cookie, or no name at all, is refused.
-    for names in [&["*"][..], &[""], &["a=b"]] {
+    // Every cookie, or no name at all, is refused; so is a session's or a credential's name, and a prefix of
+    // one a framework sets (Rails's `_session_id`).
+    for names in [
+        &["*"][..],
+        &[""],
+        &["a=b"],
+        &["_ga", "PHPSESSID"],
+        &["_myapp_session"],
+        &["connect.sid"],
+        &["jwt"],
+        &["_*"],
+        &["JSESS*"],
+        &["s*"],
+    ] {
         let error = layer_builder_error(&server, names).await;
         assert_eq!(
             error.setting(),

@@ -177,6 +177,42 @@ pub(crate) struct RequestFacts {
     pub(crate) origin_freshness: bool,
 }
 
+/// Whether a cookie's name says it holds a session or a credential, so that no
+/// [`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies) pattern makes it one to ignore: a name
+/// that ends as session cookies and tokens do (`session`, `sessid`, `sessionid`, `session_id`, `token`, `.sid`:
+/// `PHPSESSID`, `JSESSIONID`, Express's `connect.sid`, Rails' `_myapp_session`, Laravel's `laravel_session`,
+/// NextAuth's `next-auth.session-token`, Devise's `remember_user_token`), begins `.AspNetCore.` (ASP.NET Core's
+/// session, sign-in and identity cookies), or is one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS) however
+/// its words are joined (`jwt`, `auth`, `apiKey`). In any case.
+pub(crate) fn holds_a_session(name: &str) -> bool {
+    const ENDINGS: [&str; 6] = [
+        "session",
+        "sessid",
+        "sessionid",
+        "session_id",
+        "token",
+        ".sid",
+    ];
+    let bytes = name.as_bytes();
+    let ends = |ending: &str| {
+        bytes.len() >= ending.len()
+            && bytes[bytes.len() - ending.len()..].eq_ignore_ascii_case(ending.as_bytes())
+    };
+    // A name's letters and digits, in lowercase: `api-key`, `apiKey` and `API_KEY` are one.
+    fn letters(name: &str) -> impl Iterator<Item = u8> + '_ {
+        name.bytes()
+            .filter(u8::is_ascii_alphanumeric)
+            .map(|b| b.to_ascii_lowercase())
+    }
+    ENDINGS.into_iter().any(ends)
+        || bytes
+            .get(..12)
+            .is_some_and(|start| start.eq_ignore_ascii_case(b".aspnetcore."))
+        || super::CREDENTIAL_PARAMS
+            .iter()
+            .any(|credential| letters(credential).eq(letters(name)))
+}
+
 /// Whether every cookie `headers` carry is one `ignored` names (see
 /// [`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies)): then the request counts as sending none.
 /// A `Cookie` field that cannot be read, or a pair that is not a cookie pair of RFC 6265 (a name, `=`, a value of
@@ -193,6 +229,7 @@ pub(crate) fn only_ignored_cookies(headers: &HeaderMap, ignored: &[String]) -> b
                 .all(|pair| {
                     pair.split_once('=').is_some_and(|(name, value)| {
                         is_cookie_pair(name, value)
+                            && !holds_a_session(name)
                             && ignored
                                 .iter()
                                 .any(|pattern| super::key::names(pattern, name))
@@ -238,6 +275,7 @@ pub(crate) fn sets_only_ignored_cookies(headers: &HeaderMap, ignored: &[String])
                     && pair.split_once('=').is_some_and(|(name, _)| {
                         let name = name.trim();
                         !name.is_empty()
+                            && !holds_a_session(name)
                             && ignored
                                 .iter()
                                 .any(|pattern| super::key::names(pattern, name))
@@ -1253,6 +1291,50 @@ mod tests {
     }
 
     #[test]
+    fn cookies_named_like_sessions_and_credentials_hold_one() {
+        for name in [
+            "PHPSESSID",
+            "JSESSIONID",
+            "ASP.NET_SessionId",
+            ".AspNetCore.Cookies",
+            ".AspNetCore.Identity.Application",
+            "connect.sid",
+            "_session_id",
+            "_myapp_session",
+            "laravel_session",
+            "ci_session",
+            "__Secure-next-auth.session-token",
+            "remember_user_token",
+            "XSRF-TOKEN",
+            "sessionid",
+            "jwt",
+            "Auth",
+            "apiKey",
+            "x-amz-security-token",
+        ] {
+            assert!(holds_a_session(name), "{name}");
+        }
+        // What analytics, consent and bot management set on every browser.
+        for name in [
+            "_ga",
+            "_ga_X1Y2",
+            "_gid",
+            "_fbp",
+            "_hjSessionUser_123",
+            "_hjSession_123",
+            "__cf_bm",
+            "_cfuvid",
+            "cf_clearance",
+            "__stripe_sid",
+            "__stripe_mid",
+            "OptanonConsent",
+            "keyword",
+        ] {
+            assert!(!holds_a_session(name), "{name}");
+        }
+    }
+
+    #[test]
     fn cookie_fields_count_as_ignored_only_when_every_pair_is_a_cookie_pair_an_ignored_name_names()
     {
         let ignored = ["_ga".to_owned(), "_ga_*".to_owned(), "_gid".to_owned()];
@@ -1280,6 +1362,10 @@ mod tests {
             (&[("cookie", "=_ga")], false),
             (&[("cookie", "_g(a)=1")], false),
             (&[("cookie", "_ga =1")], false),
+            // A session or a token, however a pattern names it.
+            (&[("cookie", "_ga_session=1")], false),
+            (&[("cookie", "_ga_remember_token=1")], false),
+            (&[("cookie", "_ga_X1=3; _ga_PHPSESSID=x")], false),
         ] {
             assert_eq!(
                 only_ignored_cookies(&head(fields), &ignored),
@@ -1347,6 +1433,12 @@ mod tests {
                 false,
             ),
             (&[("set-cookie", "__cf_bm=x; Max-Age=60, session=1")], false),
+            // A session or a token, however a pattern names it.
+            (&[("set-cookie", "_cf_session=1; Path=/")], false),
+            (
+                &[("set-cookie", "_cfuvid=1"), ("set-cookie", "_cf.sid=2")],
+                false,
+            ),
             // RFC 2965's obsolete field is a list of cookies by design; never read as ignored ones.
             (&[("set-cookie2", "__cf_bm=x; Version=1")], false),
             (

@@ -1,7 +1,7 @@
 //! [`RedisCacheLayer`], its builder, and [`CacheHandle`] for stats and invalidation.
 
 use super::RedisCache;
-use super::decision::{Credentials, HeaderKinds, Rules, default_statuses};
+use super::decision::{Credentials, HeaderKinds, Rules, default_statuses, holds_a_session};
 use super::engine::{
     Engine, NearConfig, PartitionFn, Policy, PostPredicate, QueryPredicate, StorePredicate, UriTags,
 };
@@ -723,6 +723,25 @@ fn names_a_credential(pattern: &str) -> Option<&'static str> {
     })
 }
 
+/// Session cookies of common frameworks, which an `ignore_cookies` prefix may not name: PHP, Java servlets,
+/// ASP.NET and ASP.NET Core, Express, Rails (its default before an app names its own: so `_*` is refused),
+/// Laravel, CodeIgniter, NextAuth and Auth.js (and their `__Secure-` forms). Lowercase.
+const SESSION_COOKIES: [&str; 13] = [
+    "phpsessid",
+    "jsessionid",
+    "asp.net_sessionid",
+    ".aspnetcore.session",
+    ".aspnetcore.cookies",
+    "connect.sid",
+    "_session_id",
+    "laravel_session",
+    "ci_session",
+    "next-auth.session-token",
+    "__secure-next-auth.session-token",
+    "authjs.session-token",
+    "__secure-authjs.session-token",
+];
+
 /// The `QUERY` method (safe, idempotent, with a body).
 pub(crate) fn query_method() -> Method {
     Method::from_bytes(b"QUERY").unwrap_or(Method::GET)
@@ -897,6 +916,11 @@ impl RedisCacheLayerBuilder {
     ///
     /// Only for cookies the origin never reads: a request is answered with a response made for another's
     /// cookies. They are not taken out of the request: the origin still receives each request's `Cookie` whole.
+    /// A cookie whose name says it holds a session or a credential is never ignored, whatever pattern names it:
+    /// one ending in `session`, `sessid`, `sessionid`, `session_id`, `token` or `.sid` (`PHPSESSID`,
+    /// `connect.sid`, Rails' `_myapp_session`), one beginning `.AspNetCore.`, one of [`CREDENTIAL_PARAMS`]
+    /// (`jwt`, `auth`); `build` fails on a name that is one, or on a prefix of one or of a framework's session
+    /// cookie (`_*` names Rails' `_session_id`).
     ///
     /// In answers, setting only these cookies is no reason not to store: Cloudflare sets `__cf_bm` and `_cfuvid`
     /// on every answer of the APIs it fronts, which are otherwise never stored. The caller the origin answered
@@ -1650,7 +1674,8 @@ impl RedisCacheLayerBuilder {
     /// over 10 years, [`Credentials::Partition`] or `respect_response_cache_control(false)` without a
     /// partition, an empty or `*` name among the ignored query parameters, an ignored body field that is not a
     /// JSON Pointer to a member, an ignored query parameter or body member that carries credentials
-    /// ([`CREDENTIAL_PARAMS`]) without [`Credentials::Partition`], or a near cache over a store other than
+    /// ([`CREDENTIAL_PARAMS`]) without [`Credentials::Partition`], an ignored cookie that names a session or a
+    /// credential (see [`ignore_cookies`](Self::ignore_cookies)), or a near cache over a store other than
     /// [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
     pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
         if self.namespace.is_empty()
@@ -1715,6 +1740,29 @@ impl RedisCacheLayerBuilder {
                 Setting::IgnoreCookies,
                 format!("{name:?} is not a cookie name, or a prefix of some ending in `*`"),
             ));
+        }
+        for pattern in &self.ignored_cookies {
+            let named = match pattern.strip_suffix('*') {
+                None => holds_a_session(pattern).then(|| pattern.clone()),
+                Some(prefix) => {
+                    let lower = prefix.to_ascii_lowercase();
+                    SESSION_COOKIES
+                        .into_iter()
+                        .find(|session| session.starts_with(&lower))
+                        .or_else(|| names_a_credential(pattern))
+                        .map(str::to_owned)
+                        .or_else(|| holds_a_session(prefix).then(|| prefix.to_owned()))
+                }
+            };
+            if let Some(cookie) = named {
+                return Err(ConfigError::new(
+                    Setting::IgnoreCookies,
+                    format!(
+                        "{pattern:?} names `{cookie}`, a session or credential cookie: ignored, it would let \
+                         requests of different users share one answer"
+                    ),
+                ));
+            }
         }
         if let Some(pointer) = self
             .ignored_body
