@@ -127,7 +127,8 @@ struct Header {
 /// [`COOKIE_PAIRS`] and [`COOKIE_SEPARATORS`].
 type Cookies = Vec<(u8, u8)>;
 
-/// Cookie pairs: ignored ones (when a run ignores `_ga` and `_ga_*`), others, and ones outside RFC 6265's grammar.
+/// Cookie pairs: ignored ones (when a run ignores `_ga` and `_ga_*`), others (a session among them that a pattern
+/// names), and ones outside RFC 6265's grammar.
 const COOKIE_PAIRS: &[&str] = &[
     "_ga=GA1.2.3",
     "_ga_X1=GS1",
@@ -139,6 +140,8 @@ const COOKIE_PAIRS: &[&str] = &[
     "=x",
     "_ga",
     "_ga=a b",
+    "_ga_session=s",
+    "_ga_session=t",
 ];
 
 /// What comes between cookie pairs, or after one's pair in `Set-Cookie`: attributes, dates with their own `,`,
@@ -481,9 +484,10 @@ fn vary_listed(response: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// The cookie names the layer ignores when a run asks it to.
+/// The cookie names the layer ignores when a run asks it to (`_ga`, `_ga_*`).
 fn is_ignored(name: &[u8]) -> bool {
-    name == b"_ga" || name.starts_with(b"_ga_")
+    // Not a session's, whatever pattern names it.
+    (name == b"_ga" || name.starts_with(b"_ga_")) && !name.ends_with(b"session")
 }
 
 /// Writes `bytes` in hex, between `<` and `>` when `bracketed`: a copy that no value can pass for another's.
