@@ -417,8 +417,8 @@ fn never_stored(name: &HeaderName) -> bool {
 
 /// The response headers worth storing: hop-by-hop headers (and any the `Connection` header names),
 /// `set-cookie` (and `set-cookie2`), `authorization`, `proxy-authentication-info` (a proxy's word to one client),
-/// `age` and `cache-status` are dropped. Returns `None` when the headers cannot
-/// be framed (over 65,535 headers), so the response is passed through uncached.
+/// `age` and `cache-status` are dropped. Returns `None` when the headers cannot be framed (over 65,535 headers),
+/// so the response is passed through uncached.
 pub(crate) fn storable_headers(headers: &HeaderMap) -> Option<HeaderMap> {
     // Read as bytes: a value that is not all visible ASCII still names the fields it can (a field name is ASCII).
     let connection_listed: Vec<Vec<u8>> = headers
