@@ -177,6 +177,14 @@ pub(crate) struct RequestFacts {
     pub(crate) origin_freshness: bool,
 }
 
+/// Whether a pattern of `ignored` names the cookie `name`, and its name does not say it holds a session.
+fn is_ignored_cookie(name: &str, ignored: &[String]) -> bool {
+    ignored
+        .iter()
+        .any(|pattern| super::key::names(pattern, name))
+        && !holds_a_session(name)
+}
+
 /// Whether a cookie's name says it holds a session or a credential, so that no
 /// [`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies) pattern makes it one to ignore: a name
 /// that ends as session cookies and tokens do (`session`, `sessid`, `sessionid`, `session_id`, `token`, `.sid`:
@@ -228,11 +236,7 @@ pub(crate) fn only_ignored_cookies(headers: &HeaderMap, ignored: &[String]) -> b
                 .filter(|pair| !pair.is_empty())
                 .all(|pair| {
                     pair.split_once('=').is_some_and(|(name, value)| {
-                        is_cookie_pair(name, value)
-                            && !holds_a_session(name)
-                            && ignored
-                                .iter()
-                                .any(|pattern| super::key::names(pattern, name))
+                        is_cookie_pair(name, value) && is_ignored_cookie(name, ignored)
                     })
                 })
         })
@@ -274,11 +278,7 @@ pub(crate) fn sets_only_ignored_cookies(headers: &HeaderMap, ignored: &[String])
                     && parts.all(|attribute| !attribute.contains(',') || is_expires_date(attribute))
                     && pair.split_once('=').is_some_and(|(name, _)| {
                         let name = name.trim();
-                        !name.is_empty()
-                            && !holds_a_session(name)
-                            && ignored
-                                .iter()
-                                .any(|pattern| super::key::names(pattern, name))
+                        !name.is_empty() && is_ignored_cookie(name, ignored)
                     })
             })
         })
