@@ -116,6 +116,8 @@ pub enum Setting {
     IgnoreBodyFields,
     /// `ignore_cookies`.
     IgnoreCookies,
+    /// `echo_body_field`.
+    EchoBodyField,
     /// `RetryLayerBuilder::max_attempts`.
     MaxAttempts,
     /// `RetryLayerBuilder::max_delay` (against `base_delay`).
@@ -168,6 +170,7 @@ impl Setting {
             Setting::IgnoreQueryParams => "ignore_query_params",
             Setting::IgnoreBodyFields => "ignore_body_fields",
             Setting::IgnoreCookies => "ignore_cookies",
+            Setting::EchoBodyField => "echo_body_field",
             Setting::MaxAttempts => "max_attempts",
             Setting::MaxDelay => "max_delay",
             Setting::TokenUrl => "token_url",

@@ -2106,3 +2106,36 @@ async fn an_encoded_answer_to_an_echoing_call_is_neither_stored_nor_shared() {
     );
     assert_eq!(layer.handle().stats().not_stored_for(NotStored::Encoded), 3);
 }
+
+/// An echoed member leaves the key, so one that carries credentials would give each caller its own token back in
+/// an answer made for another's: refused, unless a partition says whom every request acts for.
+#[test]
+fn an_echoed_member_that_carries_credentials_is_refused() {
+    use tower_redis_cache::cache::Credentials;
+    use tower_redis_cache::error::Setting;
+    for (name, credential) in [
+        ("apiKey", "api_key"),
+        ("access_token", "access_token"),
+        ("Session", "session"),
+    ] {
+        let refused = layer_over(MemoryStore::new(1 << 20))
+            .echo_body_field(name)
+            .build()
+            .unwrap_err();
+        assert_eq!(refused.setting(), Setting::EchoBodyField, "{name}");
+        assert!(
+            refused.to_string().contains(&format!("`{credential}`")),
+            "{name}: {refused}"
+        );
+    }
+    layer_over(MemoryStore::new(1 << 20))
+        .credentials(Credentials::Partition)
+        .partition("node-poller")
+        .echo_body_field("apiKey")
+        .build()
+        .unwrap();
+    layer_over(MemoryStore::new(1 << 20))
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+}

@@ -666,8 +666,9 @@ pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 31] = [
 ];
 
 /// Names of query parameters and JSON body members that carry credentials in common APIs, which
-/// [`ignore_query_params`](RedisCacheLayerBuilder::ignore_query_params) and
-/// [`ignore_body_fields`](RedisCacheLayerBuilder::ignore_body_fields) may not leave out of the key unless
+/// [`ignore_query_params`](RedisCacheLayerBuilder::ignore_query_params),
+/// [`ignore_body_fields`](RedisCacheLayerBuilder::ignore_body_fields) and
+/// [`echo_body_field`](RedisCacheLayerBuilder::echo_body_field) may not leave out of the key unless
 /// [`Credentials::Partition`] says whom every request acts for: requests with different credentials would share
 /// one answer, and one with a credential the origin would refuse would get an answer made for a valid one.
 ///
@@ -950,7 +951,9 @@ impl RedisCacheLayerBuilder {
     /// answered from it, each answer given its own call's `id` place by place; since JSON-RPC lets a server
     /// answer a batch's calls in any order, an answer that does not list them in the request's order is neither
     /// stored nor shared (`detail=response-unordered`). An answer in a `Content-Encoding`, whose member cannot be
-    /// set, is neither stored nor shared either (`detail=response-encoded`).
+    /// set, is neither stored nor shared either (`detail=response-encoded`). `build` refuses a member that
+    /// carries credentials ([`CREDENTIAL_PARAMS`]) unless [`Credentials::Partition`] says whom every request
+    /// acts for: each request would get its own token back in an answer made for another's.
     ///
     /// ```
     /// use http::Method;
@@ -1673,8 +1676,8 @@ impl RedisCacheLayerBuilder {
     /// [`windows_for_status`](Self::windows_for_status) that is not cacheable or whose windows are all zero or
     /// over 10 years, [`Credentials::Partition`] or `respect_response_cache_control(false)` without a
     /// partition, an empty or `*` name among the ignored query parameters, an ignored body field that is not a
-    /// JSON Pointer to a member, an ignored query parameter or body member that carries credentials
-    /// ([`CREDENTIAL_PARAMS`]) without [`Credentials::Partition`], an ignored cookie that names a session or a
+    /// JSON Pointer to a member, an ignored query parameter, ignored body member or echoed member that carries
+    /// credentials ([`CREDENTIAL_PARAMS`]) without [`Credentials::Partition`], an ignored cookie that names a session or a
     /// credential (see [`ignore_cookies`](Self::ignore_cookies)), or a near cache over a store other than
     /// [`RedisStore`](super::RedisStore) or with a zero or over-10-year `near_cache_max_ttl`.
     pub fn build(self) -> Result<RedisCacheLayer, ConfigError> {
@@ -1717,6 +1720,13 @@ impl RedisCacheLayerBuilder {
                     self.ignored_body
                         .iter()
                         .map(|pointer| (Setting::IgnoreBodyFields, pointer, member(pointer))),
+                )
+                // An echoed member is left out of the key as well: each request gets its own value back in
+                // an answer made for another's.
+                .chain(
+                    self.echo
+                        .iter()
+                        .map(|name| (Setting::EchoBodyField, name, name.clone())),
                 );
             for (setting, given, name) in ignored {
                 if let Some(credential) = names_a_credential(&name) {
@@ -2128,6 +2138,19 @@ mod tests {
             (builder().refresh_ahead(1.0), Setting::RefreshAhead),
             (builder().refresh_ahead(-0.1), Setting::RefreshAhead),
             (builder().refresh_ahead(f64::NAN), Setting::RefreshAhead),
+            (
+                builder().ignore_query_params(["*"]),
+                Setting::IgnoreQueryParams,
+            ),
+            (
+                builder().ignore_body_fields(["id"]),
+                Setting::IgnoreBodyFields,
+            ),
+            (
+                builder().ignore_cookies(["PHPSESSID"]),
+                Setting::IgnoreCookies,
+            ),
+            (builder().echo_body_field("token"), Setting::EchoBodyField),
             (
                 builder().windows_for_status(StatusCode::NOT_FOUND, Windows::new(DAY, DAY, DAY)),
                 Setting::WindowsForStatus,
