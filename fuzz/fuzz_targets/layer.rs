@@ -8,6 +8,7 @@
 //! sent (unless the run changed what the store reads back). With cookies ignored (`_ga`, `_ga_*`), the same holds
 //! for every other cookie a request sends, as the laxest server reads its `Cookie` fields; and no answer that
 //! sets another cookie, as a reader of `Set-Cookie` fields folded with `,` reads them, reaches another request.
+//! Under `Credentials::Bypass`, a request with an `Authorization` or such a cookie is bypassed.
 //! An answer whose `Vary` names request headers (but the ones the cache itself evaluates or rewrites) reaches
 //! only requests with the same values of them, as RFC 9111 §4.1 compares them. The origin's copies are headers
 //! of the entries, so these checks, too, stop once the run changes what the store reads back.
@@ -403,6 +404,21 @@ fn other_cookies(headers: &HeaderMap, ignoring: bool) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("?"))
 }
 
+/// Whether a request carries a credential, as the laxest server reads it: an `Authorization`, or a `Cookie` piece
+/// (split as [`other_cookies`] splits them) that is not an ignored cookie's pair.
+fn carries_credentials(headers: &HeaderMap, ignoring: bool) -> bool {
+    headers.contains_key("authorization")
+        || headers.get_all("cookie").iter().any(|v| {
+            v.as_bytes()
+                .split(|b| matches!(b, b';' | b',' | b' ' | b'\t'))
+                .filter(|piece| !piece.is_empty())
+                .any(|piece| {
+                    let name = piece.split(|b| *b == b'=').next().unwrap_or_default();
+                    !(ignoring && piece.contains(&b'=') && is_ignored(name))
+                })
+        })
+}
+
 /// Whether an answer sets a cookie the layer does not ignore, as a reader of `Set-Cookie` (or the obsolete
 /// `Set-Cookie2`) fields folded with `,` reads them: every piece between commas whose part before its first `;`
 /// holds a `=` sets the cookie it names (so an `Expires` date's own `,` sets none).
@@ -720,6 +736,8 @@ struct Run {
     mangled: AtomicBool,
     /// The credential rule to check: `Authorization` (bypass, or in the key) or the tenant (a partition).
     partitioned: bool,
+    /// `Credentials::Bypass`: a request that carries credentials goes to the origin, uncached.
+    bypasses_credentials: bool,
     /// `echo_body_field` rewrites cached bodies.
     echoes: bool,
     /// The layer ignores `_ga` and `_ga_*` cookies.
@@ -822,6 +840,16 @@ where
             "an answer fetched for another {from} ({outcome:?}): {response:?}"
         );
     }
+    // Under `Credentials::Bypass`, a request with credentials is not the cache's to answer, nor to store for.
+    if run.bypasses_credentials && carries_credentials(&sent, run.ignores_cookies) {
+        assert!(
+            matches!(
+                outcome,
+                CacheOutcome::Bypass(_) | CacheOutcome::OnlyIfCachedMiss
+            ),
+            "a request with credentials, not bypassed ({outcome:?}): {sent:?}"
+        );
+    }
     // Without a partition, so were its cookies (a partition keys by tenant alone, by the user's word).
     let cookies = response.headers().get(ECHO_COOKIES);
     if let (true, false, Some(echoed)) = (echoes, run.partitioned, cookies) {
@@ -902,6 +930,7 @@ fuzz_target!(|input: Input| {
         let handle = layer.handle();
         let run = Arc::new(Run {
             partitioned: input.config.credentials % 3 == 2,
+            bypasses_credentials: input.config.credentials % 3 == 0,
             echoes: input.config.echo_id,
             ignores_cookies: input.config.ignore_cookies,
             ..Run::default()
