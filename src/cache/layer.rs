@@ -611,9 +611,20 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 /// Google IAP (`X-Goog-Iap-Jwt-Assertion`, `X-Goog-Authenticated-User-Email`, `X-Goog-Authenticated-User-Id`),
 /// Cloudflare Access (`Cf-Access-Jwt-Assertion`), AWS ALB (`X-Amzn-Oidc-Data`, `X-Amzn-Oidc-Identity`,
 /// `X-Amzn-Oidc-Accesstoken`), Azure App Service (`X-Ms-Client-Principal`, `X-Ms-Client-Principal-Id`,
-/// `X-Ms-Client-Principal-Name`, `X-Ms-Token-Aad-Access-Token`), Pomerium (`X-Pomerium-Jwt-Assertion`) and
-/// `X-Remote-User`: such a request often carries no `Authorization` or `Cookie` of its own, and its answer is
-/// that user's.
+/// `X-Ms-Client-Principal-Name`, `X-Ms-Token-Aad-Access-Token`), Pomerium (`X-Pomerium-Jwt-Assertion`),
+/// Cloudflare Access (`Cf-Access-Authenticated-User-Email`), Authelia's forward authentication (`Remote-User`,
+/// `Remote-Email`, `Remote-Groups`), Authentik's (`X-Authentik-Username`, `X-Authentik-Email`, `X-Authentik-Uid`,
+/// `X-Authentik-Groups`, `X-Authentik-Jwt`), Tailscale Serve (`Tailscale-User-Login`,
+/// `Tailscale-User-Name`), Grafana's auth proxy (`X-Webauth-User`) and `X-Remote-User`: such a request often
+/// carries no `Authorization` or `Cookie` of its own, and its answer is that user's. And the client certificate
+/// a proxy that ended mutual TLS passes on, which names the client as surely: RFC 9440's `Client-Cert` and
+/// `Client-Cert-Chain`, Envoy's and Istio's `X-Forwarded-Client-Cert`, ingress-nginx's `Ssl-Client-Cert` and
+/// `Ssl-Client-Subject-Dn`, Traefik's `X-Forwarded-Tls-Client-Cert` and `X-Forwarded-Tls-Client-Cert-Info`, AWS
+/// ALB's `X-Amzn-Mtls-Clientcert` (and its `-Leaf`, `-Subject` and `-Serial-Number`), Azure App Service's
+/// `X-Arr-Clientcert`, Cloudflare's `Cf-Client-Cert-Der-Base64` and `Cf-Client-Cert-Sha256`, and the common
+/// `X-Ssl-Client-Cert` and `X-Client-Cert`. (In a service mesh that adds `X-Forwarded-Client-Cert` to every
+/// request, say how callers are told apart, [`Credentials::InKey`] for one entry per calling service, or name
+/// the headers yourself.)
 ///
 /// To add one of your own to these:
 ///
@@ -631,7 +642,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 ///     .build()?;
 /// # Ok::<(), tower_redis_cache::error::ConfigError>(())
 /// ```
-pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 31] = [
+pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 59] = [
     PROXY_AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("api-key"),
@@ -663,6 +674,34 @@ pub const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 31] = [
     HeaderName::from_static("x-ms-token-aad-access-token"),
     HeaderName::from_static("x-pomerium-jwt-assertion"),
     HeaderName::from_static("x-remote-user"),
+    HeaderName::from_static("cf-access-authenticated-user-email"),
+    HeaderName::from_static("remote-user"),
+    HeaderName::from_static("remote-email"),
+    HeaderName::from_static("remote-groups"),
+    HeaderName::from_static("x-authentik-username"),
+    HeaderName::from_static("x-authentik-email"),
+    HeaderName::from_static("x-authentik-uid"),
+    HeaderName::from_static("x-authentik-groups"),
+    HeaderName::from_static("x-authentik-jwt"),
+    HeaderName::from_static("tailscale-user-login"),
+    HeaderName::from_static("tailscale-user-name"),
+    HeaderName::from_static("x-webauth-user"),
+    HeaderName::from_static("client-cert"),
+    HeaderName::from_static("client-cert-chain"),
+    HeaderName::from_static("x-forwarded-client-cert"),
+    HeaderName::from_static("ssl-client-cert"),
+    HeaderName::from_static("ssl-client-subject-dn"),
+    HeaderName::from_static("x-forwarded-tls-client-cert"),
+    HeaderName::from_static("x-forwarded-tls-client-cert-info"),
+    HeaderName::from_static("x-amzn-mtls-clientcert"),
+    HeaderName::from_static("x-amzn-mtls-clientcert-leaf"),
+    HeaderName::from_static("x-amzn-mtls-clientcert-subject"),
+    HeaderName::from_static("x-amzn-mtls-clientcert-serial-number"),
+    HeaderName::from_static("x-arr-clientcert"),
+    HeaderName::from_static("cf-client-cert-der-base64"),
+    HeaderName::from_static("cf-client-cert-sha256"),
+    HeaderName::from_static("x-ssl-client-cert"),
+    HeaderName::from_static("x-client-cert"),
 ];
 
 /// Names of query parameters and JSON body members that carry credentials in common APIs, which
@@ -1240,8 +1279,9 @@ impl RedisCacheLayerBuilder {
     /// detail=authorization`); with [`Credentials::InKey`] their values are part of the key. A header the cache
     /// does not know is otherwise taken not to change the answer: requests that differ only in it share one
     /// entry. Default: [`DEFAULT_CREDENTIAL_HEADERS`] (`Proxy-Authorization`, API keys and tokens such as `X-Api-Key`
-    /// and `Ocp-Apim-Subscription-Key`, and the user an authenticating proxy names, such as `X-Forwarded-User`);
-    /// the names given replace them (none: requests carrying them are cached as any other).
+    /// and `Ocp-Apim-Subscription-Key`, the user an authenticating proxy names, such as `X-Forwarded-User`, and the
+    /// client certificate a proxy that ended mutual TLS passes on, such as `X-Forwarded-Client-Cert`); the names
+    /// given replace them (none: requests carrying them are cached as any other).
     ///
     /// ```
     /// use http::HeaderName;
