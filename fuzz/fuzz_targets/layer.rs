@@ -930,7 +930,7 @@ fuzz_target!(|input: Input| {
         let handle = layer.handle();
         let run = Arc::new(Run {
             partitioned: input.config.credentials % 3 == 2,
-            bypasses_credentials: input.config.credentials % 3 == 0,
+            bypasses_credentials: input.config.credentials.is_multiple_of(3),
             echoes: input.config.echo_id,
             ignores_cookies: input.config.ignore_cookies,
             ..Run::default()
