@@ -7,7 +7,9 @@
 //! another's response:
 //!
 //! - requests carrying credentials (`Authorization`, `Cookie`, or a header the layer names as one, such as
-//!   `X-Api-Key`) bypass the cache unless the layer says how users are told apart ([`Credentials`]);
+//!   `X-Api-Key`) bypass the cache unless the layer says how users are told apart ([`Credentials`]), and so do
+//!   requests with a header no list names whose name says it is one ([`named_like_a_credential`]), unless a
+//!   partition says whom every request acts for;
 //! - preconditions (`If-Match`, `If-Unmodified-Since`, and validators on a method other than `GET` and `HEAD`)
 //!   go to the origin, and their responses are not stored;
 //! - a `GET` with `Range` is answered from a fresh or stale entry, and [`part_of`] says which part of it (RFC
@@ -111,6 +113,10 @@ pub(crate) struct RequestFacts {
     pub(crate) only_if_cached: bool,
     pub(crate) authorization: bool,
     pub(crate) cookie: bool,
+    /// A header no list of the layer's names, whose name says it carries a credential or names a user
+    /// ([`named_like_a_credential`]): not in the key, so the request is not the cache's unless a partition says whom
+    /// every request acts for.
+    pub(crate) unnamed_credential: bool,
     /// Its JSON body holds the member the layer's answers echo
     /// ([`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)): an answer that cannot carry this
     /// request's value of it is not shared.
@@ -184,6 +190,111 @@ fn is_ignored_cookie(name: &str, ignored: &[String]) -> bool {
         .any(|pattern| super::key::names(pattern, name))
         && !holds_a_session(name)
 }
+
+/// Whether a request header's name (lowercase, as a [`HeaderName`] is) says it carries a credential or names a
+/// user, though no list of the layer's names it: an API's own key or token header (Shopify's
+/// `X-Shopify-Access-Token`, Algolia's `X-Algolia-Api-Key`, Datadog's `Dd-Api-Key`, Cloudflare's `X-Auth-Key`,
+/// RapidAPI's `X-Rapidapi-Key`, a CSRF token), a signature (RFC 9421's `Signature`), or the user a proxy names
+/// (`X-User`, `X-User-Id`, `X-Auth-Request-Preferred-Username`). Its last words (between `-` and `_`) decide: the
+/// last is `auth`, `oauth`, `authorization`, `authenticated`, `token`, `key`, `apikey`, `hapikey`, `secret`,
+/// `password`, `passwd`, `jwt`, `assertion`, `credential(s)`, `session`, `sessid`, `sessionid`, `sid`, `sig`,
+/// `signature`, `cert`, `clientcert`, `user`, `username`, `userid` or `email`; or the last two are `user`,
+/// `session`, `consumer` (Kong's) or `credential` and `id`, `identifier`, `name` or `login`. So every one of
+/// [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not `Idempotency-Key` (nor its `X-`
+/// form), which says nothing of who asks.
+pub(crate) fn named_like_a_credential(name: &str) -> bool {
+    // Every request header the layer does not know comes here, on every request: the last word is found from the
+    // end and screened by its length and last letter, and the one before it is read only for the words whose
+    // meaning it decides.
+    let bytes = name.as_bytes();
+    let (rest, last) = match last_separator(bytes) {
+        Some(at) => (&bytes[..at], &bytes[at + 1..]),
+        None => (&[][..], bytes),
+    };
+    let screened = last.last().is_some_and(|&end| {
+        LAST_LETTERS
+            .get(last.len())
+            .is_some_and(|letters| end.is_ascii_lowercase() && letters & 1 << (end - b'a') != 0)
+    });
+    if !screened {
+        return false;
+    }
+    let previous = || last_separator(rest).map_or(rest, |at| &rest[at + 1..]);
+    match last {
+        b"key" => previous() != b"idempotency",
+        b"auth" | b"oauth" | b"authorization" | b"authenticated" | b"token" | b"apikey"
+        | b"hapikey" | b"secret" | b"password" | b"passwd" | b"jwt" | b"assertion"
+        | b"credential" | b"credentials" | b"session" | b"sessid" | b"sessionid" | b"sid"
+        | b"sig" | b"signature" | b"cert" | b"clientcert" | b"user" | b"username" | b"userid"
+        | b"email" => true,
+        b"id" | b"identifier" | b"name" | b"login" => {
+            matches!(
+                previous(),
+                b"user" | b"session" | b"consumer" | b"credential"
+            )
+        }
+        _ => false,
+    }
+}
+
+/// Where the last `-` or `_` of a header name is. (Most of a name's bytes are letters, above both: one comparison
+/// passes each.)
+fn last_separator(name: &[u8]) -> Option<usize> {
+    let mut rest = name;
+    while let [before @ .., b] = rest {
+        if *b < b'a' && (*b == b'-' || *b == b'_') {
+            return Some(before.len());
+        }
+        rest = before;
+    }
+    None
+}
+
+/// The last words [`named_like_a_credential`] reads, by length: a bit for each letter one of that length ends in.
+const LAST_LETTERS: [u32; 14] = {
+    const WORDS: [&[u8]; 32] = [
+        b"key",
+        b"auth",
+        b"oauth",
+        b"authorization",
+        b"authenticated",
+        b"token",
+        b"apikey",
+        b"hapikey",
+        b"secret",
+        b"password",
+        b"passwd",
+        b"jwt",
+        b"assertion",
+        b"credential",
+        b"credentials",
+        b"session",
+        b"sessid",
+        b"sessionid",
+        b"sid",
+        b"sig",
+        b"signature",
+        b"cert",
+        b"clientcert",
+        b"user",
+        b"username",
+        b"userid",
+        b"email",
+        b"id",
+        b"identifier",
+        b"name",
+        b"login",
+        b"email",
+    ];
+    let mut letters = [0u32; 14];
+    let mut i = 0;
+    while i < WORDS.len() {
+        let word = WORDS[i];
+        letters[word.len()] |= 1 << (word[word.len() - 1] - b'a');
+        i += 1;
+    }
+    letters
+};
 
 /// Whether a cookie's name says it holds a session or a credential, so that no
 /// [`ignore_cookies`](super::RedisCacheLayerBuilder::ignore_cookies) pattern makes it one to ignore: a name
@@ -341,6 +452,9 @@ impl HeaderKind {
     pub(crate) const IMPLIED_VARY: HeaderKind = HeaderKind(2);
     /// One of [`METHOD_OVERRIDES`].
     pub(crate) const METHOD_OVERRIDE: HeaderKind = HeaderKind(4);
+    /// One of the layer's [`vary_headers`](super::RedisCacheLayerBuilder::vary_headers): the key holds it,
+    /// whatever its name says.
+    pub(crate) const KEYED: HeaderKind = HeaderKind(8);
 
     /// Whether this is (among others) `kind`.
     #[inline]
@@ -404,12 +518,13 @@ impl<T: Copy> NameTable<T> {
 pub(crate) struct HeaderKinds(NameTable<HeaderKind>);
 
 impl HeaderKinds {
-    /// The kinds of a layer whose credential headers are `credentials`. A name may be of several (a credential
-    /// that is also in every key is both).
-    pub(crate) fn new(credentials: &[HeaderName]) -> Self {
+    /// The kinds of a layer whose credential headers are `credentials` and whose vary headers are `keyed`. A name
+    /// may be of several (a credential that is also in every key is both).
+    pub(crate) fn new(credentials: &[HeaderName], keyed: &[HeaderName]) -> Self {
         let named = credentials
             .iter()
             .map(|name| (name.clone(), HeaderKind::CREDENTIAL))
+            .chain(keyed.iter().map(|name| (name.clone(), HeaderKind::KEYED)))
             .chain(
                 super::key::IMPLIED_VARY
                     .into_iter()
@@ -536,8 +651,10 @@ impl RequestFacts {
                 facts.host = true;
             } else {
                 // Every request header not matched above comes here, on every request.
-                let kind = kinds.of(name.as_str());
+                let name = name.as_str();
+                let kind = kinds.of(name);
                 if kind == HeaderKind::default() {
+                    facts.unnamed_credential |= named_like_a_credential(name);
                     continue;
                 }
                 facts.authorization |= kind.is(HeaderKind::CREDENTIAL);
@@ -1052,6 +1169,8 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Some(BypassReason::Authorization)
     } else if request.cookie && unshared_credentials {
         Some(BypassReason::Cookie)
+    } else if request.unnamed_credential && rules.credentials != Credentials::Partition {
+        Some(BypassReason::Authorization)
     } else if request.range && !request.get {
         Some(BypassReason::Range)
     } else if request.preconditions || (request.validators && !request.get_or_head) {
@@ -1287,6 +1406,74 @@ mod tests {
             targeted: Vec::new(),
             invalidate_on_unsafe: true,
             refresh_ahead: 0,
+        }
+    }
+
+    #[test]
+    fn header_names_that_carry_credentials_or_name_users_are_told_apart() {
+        for name in [
+            "x-shopify-access-token",
+            "x-algolia-api-key",
+            "dd-api-key",
+            "dd-application-key",
+            "x-auth-key",
+            "x-auth-email",
+            "x-rapidapi-key",
+            "x-postmark-server-token",
+            "x-csrf-token",
+            "x-authorization",
+            "signature",
+            "x-hub-signature",
+            "x-user",
+            "x-user-id",
+            "x-user-email",
+            "x-end-user",
+            "x-auth-request-preferred-username",
+            "x-session-id",
+            "x_session_token",
+            "x-client-cert",
+            "token",
+            "apikey",
+            "x-oauth-scope-token",
+            "x-oauth",
+            "x-authenticated-userid",
+            "x-consumer-id",
+            "x-credential-identifier",
+        ] {
+            assert!(named_like_a_credential(name), "{name}");
+        }
+        // Every parameter a key may not ignore is one as a header too, with or without `x-`.
+        for param in crate::cache::CREDENTIAL_PARAMS {
+            let header = param.replace('_', "-");
+            assert!(named_like_a_credential(&header), "{header}");
+            assert!(
+                named_like_a_credential(&format!("x-{header}")),
+                "x-{header}"
+            );
+        }
+        for name in [
+            "accept-language",
+            "user-agent",
+            "x-amz-user-agent",
+            "x-request-id",
+            "x-correlation-id",
+            "traceparent",
+            "x-forwarded-for",
+            "sec-ch-ua-mobile",
+            "x-api-version",
+            "x-goog-user-project",
+            "x-client-data",
+            "x-envoy-peer-metadata-id",
+            "idempotency-key",
+            "x-idempotency-key",
+            "authority-hint",
+            "x-oauthority",
+            "author",
+            "x-a-uth",
+            "keyword",
+            "x-monkey",
+        ] {
+            assert!(!named_like_a_credential(name), "{name}");
         }
     }
 
@@ -1760,7 +1947,7 @@ mod tests {
             ]),
             true,
             10,
-            &HeaderKinds::new(&[]),
+            &HeaderKinds::new(&[], &[]),
         );
         assert_eq!(
             facts,
@@ -1784,7 +1971,7 @@ mod tests {
             CACHE_CONTROL,
             HeaderValue::from_bytes(b"max-age=60, x=\"\xc3\xa9\"").unwrap(),
         );
-        assert!(RequestFacts::read(&odd, true, 10, &HeaderKinds::new(&[])).no_store);
+        assert!(RequestFacts::read(&odd, true, 10, &HeaderKinds::new(&[], &[])).no_store);
         // An `Accept` naming an event stream, whatever else it names and however it spells it.
         for (accept, subscribes) in [
             ("text/event-stream", true),
@@ -1800,7 +1987,7 @@ mod tests {
                 &head(&[("accept", accept)]),
                 true,
                 10,
-                &HeaderKinds::new(&[]),
+                &HeaderKinds::new(&[], &[]),
             );
             assert_eq!(facts.event_stream, subscribes, "{accept}");
         }
@@ -1809,21 +1996,21 @@ mod tests {
             &head(&[("if-range", "\"e\"")]),
             true,
             10,
-            &HeaderKinds::new(&[]),
+            &HeaderKinds::new(&[], &[]),
         );
         assert!(!if_range.range);
         let pragma = RequestFacts::read(
             &head(&[("pragma", "no-cache")]),
             true,
             10,
-            &HeaderKinds::new(&[]),
+            &HeaderKinds::new(&[], &[]),
         );
         assert!(pragma.no_cache);
         let both = RequestFacts::read(
             &head(&[("pragma", "no-cache"), ("cache-control", "max-age=5")]),
             true,
             10,
-            &HeaderKinds::new(&[]),
+            &HeaderKinds::new(&[], &[]),
         );
         assert!(!both.no_cache, "Cache-Control overrides Pragma");
         assert_eq!(
@@ -1831,11 +2018,12 @@ mod tests {
                 &head(&[("content-length", "10")]),
                 true,
                 10,
-                &HeaderKinds::new(&[])
+                &HeaderKinds::new(&[], &[])
             ),
             plain()
         );
-        // A header named as a credential counts as `Authorization`; unnamed, it counts for nothing.
+        // A header named as a credential counts as `Authorization`; unnamed, as a credential no key holds when
+        // its name says it is one, and as nothing when the layer keys by it.
         let api_key = HeaderName::from_static("x-api-key");
         let keyed = head(&[("x-api-key", "k")]);
         assert!(
@@ -1843,12 +2031,33 @@ mod tests {
                 &keyed,
                 true,
                 10,
-                &HeaderKinds::new(std::slice::from_ref(&api_key))
+                &HeaderKinds::new(std::slice::from_ref(&api_key), &[])
             )
             .authorization
         );
         assert_eq!(
-            RequestFacts::read(&keyed, true, 10, &HeaderKinds::new(&[])),
+            RequestFacts::read(&keyed, true, 10, &HeaderKinds::new(&[], &[])),
+            RequestFacts {
+                unnamed_credential: true,
+                ..plain()
+            }
+        );
+        assert_eq!(
+            RequestFacts::read(
+                &keyed,
+                true,
+                10,
+                &HeaderKinds::new(&[], std::slice::from_ref(&api_key))
+            ),
+            plain()
+        );
+        assert_eq!(
+            RequestFacts::read(
+                &head(&[("x-client-version", "3")]),
+                true,
+                10,
+                &HeaderKinds::new(&[], &[])
+            ),
             plain()
         );
         assert_eq!(
@@ -1856,7 +2065,7 @@ mod tests {
                 &head(&[("accept", "*/*")]),
                 true,
                 10,
-                &HeaderKinds::new(&[api_key])
+                &HeaderKinds::new(&[api_key], &[])
             ),
             plain()
         );
@@ -1868,8 +2077,12 @@ mod tests {
             ("get", true),
         ] {
             for name in METHOD_OVERRIDES {
-                let facts =
-                    RequestFacts::read(&head(&[(name, value)]), true, 10, &HeaderKinds::new(&[]));
+                let facts = RequestFacts::read(
+                    &head(&[(name, value)]),
+                    true,
+                    10,
+                    &HeaderKinds::new(&[], &[]),
+                );
                 assert!(facts.method_overridden && !facts.method_cacheable, "{name}");
                 assert_eq!(facts.unsafe_method, unsafe_method, "{name}: {value}");
             }
@@ -1878,7 +2091,7 @@ mod tests {
         for name in super::super::key::IMPLIED_VARY {
             let mut headers = HeaderMap::new();
             headers.insert(name.clone(), HeaderValue::from_static("a"));
-            let facts = RequestFacts::read(&headers, true, 10, &HeaderKinds::new(&[]));
+            let facts = RequestFacts::read(&headers, true, 10, &HeaderKinds::new(&[], &[]));
             assert_eq!(
                 facts,
                 RequestFacts {
@@ -1895,7 +2108,7 @@ mod tests {
             "x-http-method-overrides",
         ] {
             assert_eq!(
-                RequestFacts::read(&head(&[(name, "a")]), true, 10, &HeaderKinds::new(&[])),
+                RequestFacts::read(&head(&[(name, "a")]), true, 10, &HeaderKinds::new(&[], &[])),
                 plain(),
                 "{name}"
             );
@@ -1906,7 +2119,7 @@ mod tests {
     fn each_header_name_has_its_kind_and_no_other_has_one() {
         use crate::cache::DEFAULT_CREDENTIAL_HEADERS;
         use crate::cache::key::IMPLIED_VARY;
-        let kinds = HeaderKinds::new(&DEFAULT_CREDENTIAL_HEADERS);
+        let kinds = HeaderKinds::new(&DEFAULT_CREDENTIAL_HEADERS, &[]);
         for name in DEFAULT_CREDENTIAL_HEADERS {
             assert_eq!(kinds.of(name.as_str()), HeaderKind::CREDENTIAL, "{name}");
         }
@@ -1938,14 +2151,14 @@ mod tests {
         let long = "x-".repeat(40);
         assert_eq!(kinds.of(&long), HeaderKind::default());
         // A name configured as a credential is one, and stays whatever else it is.
-        let own = HeaderKinds::new(&[HeaderName::from_static("prefer")]);
+        let own = HeaderKinds::new(&[HeaderName::from_static("prefer")], &[]);
         let prefer = own.of("prefer");
         assert!(prefer.is(HeaderKind::CREDENTIAL) && prefer.is(HeaderKind::IMPLIED_VARY));
         assert!(!prefer.is(HeaderKind::METHOD_OVERRIDE));
         assert_eq!(own.of("x-api-key"), HeaderKind::default());
         let long = HeaderName::try_from("x-".repeat(40)).unwrap();
         assert_eq!(
-            HeaderKinds::new(std::slice::from_ref(&long)).of(long.as_str()),
+            HeaderKinds::new(std::slice::from_ref(&long), &[]).of(long.as_str()),
             HeaderKind::CREDENTIAL
         );
         // And the facts say both.
@@ -1960,7 +2173,7 @@ mod tests {
                 &head(&[("cache-control", value)]),
                 true,
                 10,
-                &HeaderKinds::new(&[]),
+                &HeaderKinds::new(&[], &[]),
             );
             (facts.max_age, facts.min_fresh, facts.max_stale)
         };
@@ -2028,6 +2241,10 @@ mod tests {
             ("cookie", &shared, with(|f| f.cookie = true), fresh, 1_000, Action::Bypass(BypassReason::Cookie)),
             ("authorization, keyed", &in_key, with(|f| f.authorization = true), fresh, 1_000, Action::ServeFresh),
             ("cookie, partitioned", &partition, with(|f| f.cookie = true), fresh, 1_000, Action::ServeFresh),
+            // A credential by its name alone is in no key: only a partition makes the request the cache's.
+            ("unnamed credential", &shared, with(|f| f.unnamed_credential = true), fresh, 1_000, Action::Bypass(BypassReason::Authorization)),
+            ("unnamed credential, keyed", &in_key, with(|f| f.unnamed_credential = true), fresh, 1_000, Action::Bypass(BypassReason::Authorization)),
+            ("unnamed credential, partitioned", &partition, with(|f| f.unnamed_credential = true), fresh, 1_000, Action::ServeFresh),
             ("range, not a GET", &in_key, with(|f| f.range = true), fresh, 1_000, Action::Bypass(BypassReason::Range)),
             // A `GET`'s range is cut from an entry, fresh or stale; with none, it goes to the origin as it came while
             // the entry is filled (unless the store just failed).
@@ -2332,6 +2549,10 @@ mod tests {
                 BypassReason::Authorization,
             ),
             (r.cookie && !credentials_allowed, BypassReason::Cookie),
+            (
+                r.unnamed_credential && !matches!(rules.credentials, Credentials::Partition),
+                BypassReason::Authorization,
+            ),
             // Only a `GET` has range semantics.
             (r.range && !r.get, BypassReason::Range),
             // Validators a cache answers only for a `GET` or `HEAD`; preconditions never.
@@ -2411,7 +2632,7 @@ mod tests {
             prop::array::uniform8(any::<bool>()),
             prop::array::uniform8(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
-            (any::<bool>(), any::<bool>()),
+            (any::<bool>(), any::<bool>(), any::<bool>()),
         )
             .prop_map(
                 |(
@@ -2427,7 +2648,7 @@ mod tests {
                         upgrade,
                     ],
                     (max_age, min_fresh, max_stale),
-                    (event_stream, not_a_query),
+                    (event_stream, not_a_query, unnamed_credential),
                 )| RequestFacts {
                     method_cacheable: b[0],
                     no_store: b[1],
@@ -2441,6 +2662,7 @@ mod tests {
                     upgrade,
                     event_stream,
                     not_a_query,
+                    unnamed_credential,
                     skip,
                     unpartitioned,
                     validators,
@@ -2519,7 +2741,8 @@ mod tests {
                 Action::ServeFresh | Action::ServeFreshAndRefresh | Action::ServeStale
             );
             let range_unanswerable = facts.range && !facts.get;
-            if facts.authorization || facts.cookie || range_unanswerable || facts.preconditions || facts.no_cache {
+            let credential = facts.authorization || facts.cookie || facts.unnamed_credential;
+            if credential || range_unanswerable || facts.preconditions || facts.no_cache {
                 prop_assert!(!served, "{:?} answered from the store for {:?}", action, facts);
             }
             // A range is cut from a fresh entry or asked of the origin as it came: never stale, never shared.

@@ -1276,12 +1276,18 @@ impl RedisCacheLayerBuilder {
     /// Request headers that carry credentials besides `Authorization` and `Cookie`: an API key, a session or
     /// tenant token. A request with any of them is treated as one with `Authorization`, by the
     /// [`credentials`](Self::credentials) rule: by default it bypasses the cache (`Cache-Status: ...;
-    /// detail=authorization`); with [`Credentials::InKey`] their values are part of the key. A header the cache
-    /// does not know is otherwise taken not to change the answer: requests that differ only in it share one
-    /// entry. Default: [`DEFAULT_CREDENTIAL_HEADERS`] (`Proxy-Authorization`, API keys and tokens such as `X-Api-Key`
+    /// detail=authorization`); with [`Credentials::InKey`] their values are part of the key. A header no list
+    /// names but whose name says it carries a credential or names a user (its last word `token`, `key`,
+    /// `secret`, `signature`, `cert`, `auth`, `user`, `email`, ...: `X-Shopify-Access-Token`, `Dd-Api-Key`,
+    /// `X-User-Id`, `X-Auth-Email`; not `Idempotency-Key`) is in no key: a request with one bypasses the cache
+    /// unless a [`Credentials::Partition`] says whom every request acts for, or the layer keys by it (named here,
+    /// under `InKey`, or in [`vary_headers`](Self::vary_headers)). Any other header the cache
+    /// does not know is taken not to change the answer: requests that differ only in it share one entry.
+    /// Default: [`DEFAULT_CREDENTIAL_HEADERS`] (`Proxy-Authorization`, API keys and tokens such as `X-Api-Key`
     /// and `Ocp-Apim-Subscription-Key`, the user an authenticating proxy names, such as `X-Forwarded-User`, and the
     /// client certificate a proxy that ended mutual TLS passes on, such as `X-Forwarded-Client-Cert`); the names
-    /// given replace them (none: requests carrying them are cached as any other).
+    /// given replace them (none: requests carrying them are cached as any other, but for a name like a
+    /// credential's).
     ///
     /// ```
     /// use http::HeaderName;
@@ -2004,7 +2010,7 @@ impl RedisCacheLayerBuilder {
                 }
             }
         }
-        let header_kinds = HeaderKinds::new(&self.credential_headers);
+        let header_kinds = HeaderKinds::new(&self.credential_headers, &vary[..user_vary]);
         let policy = Policy {
             // Request headers in the key, or bodies: a URI may have entries its writes cannot name, which they
             // reach through its tag.

@@ -149,8 +149,10 @@ pub enum BypassReason {
     NotAQuery,
     /// The request carried `Cache-Control: no-store`.
     NoStore,
-    /// The request carried `Authorization`, and the layer does not say how users are told apart (see
-    /// [`Credentials`](super::Credentials)).
+    /// The request carried `Authorization` or a credential header, and the layer does not say how users are told
+    /// apart (see [`Credentials`](super::Credentials)); or a header no list names whose name says it carries a
+    /// credential, which no key holds (see
+    /// [`credential_headers`](super::RedisCacheLayerBuilder::credential_headers)).
     Authorization,
     /// The request carried `Cookie`, and the layer does not say how users are told apart.
     Cookie,
