@@ -8,7 +8,8 @@
 //! sent (unless the run changed what the store reads back). With cookies ignored (`_ga`, `_ga_*`), the same holds
 //! for every other cookie a request sends, as the laxest server reads its `Cookie` fields; and no answer that
 //! sets another cookie, as a reader of `Set-Cookie` fields folded with `,` reads them, reaches another request.
-//! Under `Credentials::Bypass`, a request with an `Authorization` or such a cookie is bypassed.
+//! Under `Credentials::Bypass`, a request with an `Authorization`, a credential header (named, or named like
+//! one) or such a cookie is bypassed.
 //! An answer whose `Vary` names request headers (but the ones the cache itself evaluates or rewrites) reaches
 //! only requests with the same values of them, as RFC 9111 §4.1 compares them. The origin's copies are headers
 //! of the entries, so these checks, too, stop once the run changes what the store reads back.
@@ -86,6 +87,8 @@ const NAMES: &[&str] = &[
     "accept-ranges",
     "surrogate-control",
     "set-cookie2",
+    "x-shop-token",
+    "x-user-id",
 ];
 
 /// URIs that share keys in several spellings, so that requests meet each other's entries.
@@ -404,10 +407,13 @@ fn other_cookies(headers: &HeaderMap, ignoring: bool) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("?"))
 }
 
-/// Whether a request carries a credential, as the laxest server reads it: an `Authorization`, or a `Cookie` piece
-/// (split as [`other_cookies`] splits them) that is not an ignored cookie's pair.
+/// Whether a request carries a credential, as the laxest server reads it: an `Authorization`, a header that
+/// names one (a default credential header, or one named like a credential), or a `Cookie` piece (split as
+/// [`other_cookies`] splits them) that is not an ignored cookie's pair.
 fn carries_credentials(headers: &HeaderMap, ignoring: bool) -> bool {
-    headers.contains_key("authorization")
+    ["authorization", "x-api-key", "x-shop-token", "x-user-id"]
+        .iter()
+        .any(|name| headers.contains_key(*name))
         || headers.get_all("cookie").iter().any(|v| {
             v.as_bytes()
                 .split(|b| matches!(b, b';' | b',' | b' ' | b'\t'))
