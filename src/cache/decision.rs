@@ -252,7 +252,7 @@ fn last_separator(name: &[u8]) -> Option<usize> {
 
 /// The last words [`named_like_a_credential`] reads, by length: a bit for each letter one of that length ends in.
 const LAST_LETTERS: [u32; 14] = {
-    const WORDS: [&[u8]; 32] = [
+    const WORDS: [&[u8]; 31] = [
         b"key",
         b"auth",
         b"oauth",
@@ -284,7 +284,6 @@ const LAST_LETTERS: [u32; 14] = {
         b"identifier",
         b"name",
         b"login",
-        b"email",
     ];
     let mut letters = [0u32; 14];
     let mut i = 0;
@@ -1441,6 +1440,50 @@ mod tests {
             "x-credential-identifier",
         ] {
             assert!(named_like_a_credential(name), "{name}");
+        }
+        // Every last word the rule names passes the screen by length and last letter.
+        for word in [
+            "auth",
+            "oauth",
+            "authorization",
+            "authenticated",
+            "token",
+            "key",
+            "apikey",
+            "hapikey",
+            "secret",
+            "password",
+            "passwd",
+            "jwt",
+            "assertion",
+            "credential",
+            "credentials",
+            "session",
+            "sessid",
+            "sessionid",
+            "sid",
+            "sig",
+            "signature",
+            "cert",
+            "clientcert",
+            "user",
+            "username",
+            "userid",
+            "email",
+        ] {
+            assert!(named_like_a_credential(&format!("x-{word}")), "x-{word}");
+        }
+        for word in ["id", "identifier", "name", "login"] {
+            for before in ["user", "session", "consumer", "credential"] {
+                assert!(
+                    named_like_a_credential(&format!("x-{before}-{word}")),
+                    "x-{before}-{word}"
+                );
+            }
+            assert!(
+                !named_like_a_credential(&format!("x-request-{word}")),
+                "x-request-{word}"
+            );
         }
         // Every parameter a key may not ignore is one as a header too, with or without `x-`.
         for param in crate::cache::CREDENTIAL_PARAMS {
