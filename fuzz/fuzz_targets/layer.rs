@@ -414,15 +414,7 @@ fn carries_credentials(headers: &HeaderMap, ignoring: bool) -> bool {
     ["authorization", "x-api-key", "x-shop-token", "x-user-id"]
         .iter()
         .any(|name| headers.contains_key(*name))
-        || headers.get_all("cookie").iter().any(|v| {
-            v.as_bytes()
-                .split(|b| matches!(b, b';' | b',' | b' ' | b'\t'))
-                .filter(|piece| !piece.is_empty())
-                .any(|piece| {
-                    let name = piece.split(|b| *b == b'=').next().unwrap_or_default();
-                    !(ignoring && piece.contains(&b'=') && is_ignored(name))
-                })
-        })
+        || !other_cookies(headers, ignoring).is_empty()
 }
 
 /// Whether an answer sets a cookie the layer does not ignore, as a reader of `Set-Cookie` (or the obsolete
