@@ -1019,6 +1019,48 @@ async fn headers_named_like_credentials_bypass_unless_the_key_or_a_partition_hol
     assert_eq!(origin.calls(), 11);
 }
 
+/// What Chrome sends with a page a user opened (a typed address, a clicked link), cookies aside: the header
+/// rule reads `Sec-Fetch-User` (`?1`: the user started it) as naming no one, so a server's cache answers the
+/// second such request.
+#[tokio::test]
+async fn a_browsers_navigation_is_cached_whatever_headers_the_browser_adds() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let service = cached(&layer(&server).await.build().unwrap(), origin.service());
+    let navigation = || {
+        get(
+            "http://shop.test/products",
+            &[
+                ("accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+                ("accept-encoding", "gzip, deflate, br, zstd"),
+                ("accept-language", "en-GB,en;q=0.9"),
+                ("priority", "u=0, i"),
+                ("sec-ch-ua", r#""Chromium";v="131", "Not_A Brand";v="24""#),
+                ("sec-ch-ua-mobile", "?0"),
+                ("sec-ch-ua-platform", r#""Linux""#),
+                ("sec-fetch-dest", "document"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-site", "none"),
+                ("sec-fetch-user", "?1"),
+                ("upgrade-insecure-requests", "1"),
+                (
+                    "user-agent",
+                    "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0",
+                ),
+            ],
+        )
+    };
+    let first = call(&service, navigation()).await;
+    assert!(
+        matches!(outcome(&first), CacheOutcome::Miss { stored: true, .. }),
+        "{}",
+        cache_status(&first)
+    );
+    let second = call(&service, navigation()).await;
+    assert_eq!(outcome(&second), CacheOutcome::Hit);
+    assert_eq!(origin.calls(), 1);
+}
+
 #[tokio::test]
 async fn credential_headers_count_as_authorization() {
     let server = RedisServer::start();

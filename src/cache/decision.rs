@@ -201,7 +201,8 @@ fn is_ignored_cookie(name: &str, ignored: &[String]) -> bool {
 /// `signature`, `cert`, `clientcert`, `user`, `username`, `userid` or `email`; or the last two are `user`,
 /// `session`, `consumer` (Kong's) or `credential` and `id`, `identifier`, `name` or `login`. So every one of
 /// [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not `Idempotency-Key` (nor its `X-`
-/// form), which says nothing of who asks.
+/// form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`, which says a user started the
+/// request (browsers send it with every page a user opens).
 pub(crate) fn named_like_a_credential(name: &str) -> bool {
     // Every request header the layer does not know comes here, on every request: the last word is found from the
     // end and screened by its length and last letter, and the one before it is read only for the words whose
@@ -222,11 +223,15 @@ pub(crate) fn named_like_a_credential(name: &str) -> bool {
     let previous = || last_separator(rest).map_or(rest, |at| &rest[at + 1..]);
     match last {
         b"key" => previous() != b"idempotency",
+        // Fetch Metadata's `Sec-Fetch-User: ?1`, which browsers send with every page a user opens, says a user
+        // started the request, not who.
+        b"user" => rest != b"sec-fetch",
         b"auth" | b"oauth" | b"authorization" | b"authenticated" | b"token" | b"apikey"
         | b"hapikey" | b"secret" | b"password" | b"passwd" | b"jwt" | b"assertion"
         | b"credential" | b"credentials" | b"session" | b"sessid" | b"sessionid" | b"sid"
-        | b"sig" | b"signature" | b"cert" | b"clientcert" | b"user" | b"username" | b"userid"
-        | b"email" => true,
+        | b"sig" | b"signature" | b"cert" | b"clientcert" | b"username" | b"userid" | b"email" => {
+            true
+        }
         b"id" | b"identifier" | b"name" | b"login" => {
             matches!(
                 previous(),
@@ -1509,6 +1514,7 @@ mod tests {
             "x-envoy-peer-metadata-id",
             "idempotency-key",
             "x-idempotency-key",
+            "sec-fetch-user",
             "authority-hint",
             "x-oauthority",
             "author",
