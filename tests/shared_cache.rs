@@ -976,6 +976,8 @@ async fn headers_named_like_credentials_bypass_unless_the_key_or_a_partition_hol
             ("x-algolia-api-key", "k1"),
             ("x-user-id", "alice"),
             ("x-auth-email", "alice@example.com"),
+            ("x-tenant-id", "acme"),
+            ("x-forwarded-groups", "admins"),
         ] {
             let reply = call(&service, with(name, value)).await;
             assert_eq!(
@@ -988,7 +990,7 @@ async fn headers_named_like_credentials_bypass_unless_the_key_or_a_partition_hol
             );
         }
     }
-    assert_eq!(origin.calls(), 8);
+    assert_eq!(origin.calls(), 12);
 
     // Keyed by the layer's vary headers: each value its own entries.
     let keyed = layer(&server)
@@ -1002,7 +1004,7 @@ async fn headers_named_like_credentials_bypass_unless_the_key_or_a_partition_hol
         let reply = call(&service, with("x-user-id", user)).await;
         assert_eq!(echoed(&reply, "x-user-id"), Some(user));
     }
-    assert_eq!(origin.calls(), 10);
+    assert_eq!(origin.calls(), 14);
 
     // Under a partition, credentials do not split entries, by the user's word.
     let partitioned = layer(&server)
@@ -1016,7 +1018,7 @@ async fn headers_named_like_credentials_bypass_unless_the_key_or_a_partition_hol
     for key in ["k1", "k2"] {
         call(&service, with("x-algolia-api-key", key)).await;
     }
-    assert_eq!(origin.calls(), 11);
+    assert_eq!(origin.calls(), 15);
 }
 
 /// What Chrome sends with a page a user opened (a typed address, a clicked link), cookies aside: the header

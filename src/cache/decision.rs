@@ -113,8 +113,8 @@ pub(crate) struct RequestFacts {
     pub(crate) only_if_cached: bool,
     pub(crate) authorization: bool,
     pub(crate) cookie: bool,
-    /// A header no list of the layer's names, whose name says it carries a credential or names a user
-    /// ([`named_like_a_credential`]): not in the key, so the request is not the cache's unless a partition says whom
+    /// A header no list of the layer's names, whose name says it carries a credential or names whom the request
+    /// acts for ([`named_like_a_credential`]): not in the key, so the request is not the cache's unless a partition says whom
     /// every request acts for.
     pub(crate) unnamed_credential: bool,
     /// Its JSON body holds the member the layer's answers echo
@@ -191,15 +191,20 @@ fn is_ignored_cookie(name: &str, ignored: &[String]) -> bool {
         && !holds_a_session(name)
 }
 
-/// Whether a request header's name (lowercase, as a [`HeaderName`] is) says it carries a credential or names a
-/// user, though no list of the layer's names it: an API's own key or token header (Shopify's
+/// Whether a request header's name (lowercase, as a [`HeaderName`] is) says it carries a credential or names whom
+/// the request acts for, though no list of the layer's names it: an API's own key or token header (Shopify's
 /// `X-Shopify-Access-Token`, Algolia's `X-Algolia-Api-Key`, Datadog's `Dd-Api-Key`, Cloudflare's `X-Auth-Key`,
-/// RapidAPI's `X-Rapidapi-Key`, a CSRF token), a signature (RFC 9421's `Signature`), or the user a proxy names
-/// (`X-User`, `X-User-Id`, `X-Auth-Request-Preferred-Username`). Its last words (between `-` and `_`) decide: the
-/// last is `auth`, `oauth`, `authorization`, `authenticated`, `token`, `key`, `apikey`, `hapikey`, `secret`,
-/// `password`, `passwd`, `jwt`, `assertion`, `credential(s)`, `session`, `sessid`, `sessionid`, `sid`, `sig`,
-/// `signature`, `cert`, `clientcert`, `user`, `username`, `userid` or `email`; or the last two are `user`,
-/// `session`, `consumer` (Kong's) or `credential` and `id`, `identifier`, `name` or `login`. So every one of
+/// RapidAPI's `X-Rapidapi-Key`, a CSRF token), a signature (RFC 9421's `Signature`), the user a proxy names
+/// (`X-User`, `X-User-Id`, `X-Auth-Request-Preferred-Username`), what it says of that user (`X-Userinfo`,
+/// `X-Jwt-Payload`, `X-Forwarded-Groups`, `X-Hasura-Role`, `X-Authenticated-Scope`, a certificate's
+/// `X-Ssl-Client-S-Dn`), or the tenant or account a request is for (`X-Tenant-Id`, Grafana Mimir's and Loki's
+/// `X-Scope-OrgID`, ABP's `__tenant`, `X-Account-Id`). Its last words (between `-` and `_`) decide: the last is
+/// `auth`, `oauth`, `authorization`, `authenticated`, `token`, `key`, `apikey`, `hapikey`, `secret`, `password`,
+/// `passwd`, `jwt`, `assertion`, `credential(s)`, `session`, `sessid`, `sessionid`, `sid`, `sig`, `signature`,
+/// `cert`, `clientcert`, `dn`, `user`, `username`, `userid`, `email`, `userinfo`, `claims`, `role(s)`, `groups`,
+/// `scope(s)`, `permissions`, `tenant`, `tenantid` or `orgid`; or the last two are `jwt` and `payload`, or `user`,
+/// `session`, `consumer` (Kong's), `credential`, `tenant`, `org`, `organization`, `account`, `workspace` or
+/// `customer` and `id`, `uid`, `identifier`, `name` or `login`. So every one of
 /// [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not `Idempotency-Key` (nor its `X-`
 /// form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`, which says a user started the
 /// request (browsers send it with every page a user opens).
@@ -229,15 +234,23 @@ pub(crate) fn named_like_a_credential(name: &str) -> bool {
         b"auth" | b"oauth" | b"authorization" | b"authenticated" | b"token" | b"apikey"
         | b"hapikey" | b"secret" | b"password" | b"passwd" | b"jwt" | b"assertion"
         | b"credential" | b"credentials" | b"session" | b"sessid" | b"sessionid" | b"sid"
-        | b"sig" | b"signature" | b"cert" | b"clientcert" | b"username" | b"userid" | b"email" => {
-            true
-        }
-        b"id" | b"identifier" | b"name" | b"login" => {
-            matches!(
-                previous(),
-                b"user" | b"session" | b"consumer" | b"credential"
-            )
-        }
+        | b"sig" | b"signature" | b"cert" | b"clientcert" | b"dn" | b"username" | b"userid"
+        | b"email" | b"userinfo" | b"claims" | b"role" | b"roles" | b"groups" | b"scope"
+        | b"scopes" | b"permissions" | b"tenant" | b"tenantid" | b"orgid" => true,
+        b"payload" => previous() == b"jwt",
+        b"id" | b"uid" | b"identifier" | b"name" | b"login" => matches!(
+            previous(),
+            b"user"
+                | b"session"
+                | b"consumer"
+                | b"credential"
+                | b"tenant"
+                | b"org"
+                | b"organization"
+                | b"account"
+                | b"workspace"
+                | b"customer"
+        ),
         _ => false,
     }
 }
@@ -257,7 +270,7 @@ fn last_separator(name: &[u8]) -> Option<usize> {
 
 /// The last words [`named_like_a_credential`] reads, by length: a bit for each letter one of that length ends in.
 const LAST_LETTERS: [u32; 14] = {
-    const WORDS: [&[u8]; 31] = [
+    const WORDS: [&[u8]; 45] = [
         b"key",
         b"auth",
         b"oauth",
@@ -285,7 +298,21 @@ const LAST_LETTERS: [u32; 14] = {
         b"username",
         b"userid",
         b"email",
+        b"dn",
+        b"userinfo",
+        b"claims",
+        b"role",
+        b"roles",
+        b"groups",
+        b"scope",
+        b"scopes",
+        b"permissions",
+        b"tenant",
+        b"tenantid",
+        b"orgid",
+        b"payload",
         b"id",
+        b"uid",
         b"identifier",
         b"name",
         b"login",
@@ -1443,6 +1470,24 @@ mod tests {
             "x-authenticated-userid",
             "x-consumer-id",
             "x-credential-identifier",
+            "x-userinfo",
+            "x-jwt-payload",
+            "x-jwt-claims",
+            "x-forwarded-groups",
+            "x-user-roles",
+            "x-hasura-role",
+            "x-authenticated-scope",
+            "x-permissions",
+            "x-ssl-client-s-dn",
+            "x-tenant-id",
+            "__tenant",
+            "x-scope-orgid",
+            "x-grafana-org-id",
+            "x-organization-id",
+            "x-account-id",
+            "x-workspace-id",
+            "login-customer-id",
+            "x-user-uid",
         ] {
             assert!(named_like_a_credential(name), "{name}");
         }
@@ -1475,11 +1520,35 @@ mod tests {
             "username",
             "userid",
             "email",
+            "dn",
+            "userinfo",
+            "claims",
+            "role",
+            "roles",
+            "groups",
+            "scope",
+            "scopes",
+            "permissions",
+            "tenant",
+            "tenantid",
+            "orgid",
+            "jwt-payload",
         ] {
             assert!(named_like_a_credential(&format!("x-{word}")), "x-{word}");
         }
-        for word in ["id", "identifier", "name", "login"] {
-            for before in ["user", "session", "consumer", "credential"] {
+        for word in ["id", "uid", "identifier", "name", "login"] {
+            for before in [
+                "user",
+                "session",
+                "consumer",
+                "credential",
+                "tenant",
+                "org",
+                "organization",
+                "account",
+                "workspace",
+                "customer",
+            ] {
                 assert!(
                     named_like_a_credential(&format!("x-{before}-{word}")),
                     "x-{before}-{word}"
@@ -1515,6 +1584,13 @@ mod tests {
             "idempotency-key",
             "x-idempotency-key",
             "sec-fetch-user",
+            "x-request-payload",
+            "x-dashboard-uid",
+            "x-client-name",
+            "x-app-id",
+            "x-device-id",
+            "x-user-agent",
+            "x-user-locale",
             "authority-hint",
             "x-oauthority",
             "author",

@@ -151,7 +151,7 @@ pub enum BypassReason {
     NoStore,
     /// The request carried `Authorization` or a credential header, and the layer does not say how users are told
     /// apart (see [`Credentials`](super::Credentials)); or a header no list names whose name says it carries a
-    /// credential, which no key holds (see
+    /// credential or names whom the request acts for (a user, their roles, a tenant), which no key holds (see
     /// [`credential_headers`](super::RedisCacheLayerBuilder::credential_headers)).
     Authorization,
     /// The request carried `Cookie`, and the layer does not say how users are told apart.
