@@ -9,7 +9,7 @@
 //! for every other cookie a request sends, as the laxest server reads its `Cookie` fields; and no answer that
 //! sets another cookie, as a reader of `Set-Cookie` fields folded with `,` reads them, reaches another request.
 //! Under `Credentials::Bypass`, a request with an `Authorization`, a credential header (named, or named like
-//! one) or such a cookie is bypassed.
+//! one or like a tenant's: the `X-Tenant` the partitioned runs key by) or such a cookie is bypassed.
 //! An answer whose `Vary` names request headers (but the ones the cache itself evaluates or rewrites) reaches
 //! only requests with the same values of them, as RFC 9111 §4.1 compares them. The origin's copies are headers
 //! of the entries, so these checks, too, stop once the run changes what the store reads back.
@@ -408,12 +408,18 @@ fn other_cookies(headers: &HeaderMap, ignoring: bool) -> HeaderValue {
 }
 
 /// Whether a request carries a credential, as the laxest server reads it: an `Authorization`, a header that
-/// names one (a default credential header, or one named like a credential), or a `Cookie` piece (split as
-/// [`other_cookies`] splits them) that is not an ignored cookie's pair.
+/// names one (a default credential header, or one named like a credential or a tenant), or a `Cookie` piece
+/// (split as [`other_cookies`] splits them) that is not an ignored cookie's pair.
 fn carries_credentials(headers: &HeaderMap, ignoring: bool) -> bool {
-    ["authorization", "x-api-key", "x-shop-token", "x-user-id"]
-        .iter()
-        .any(|name| headers.contains_key(*name))
+    [
+        "authorization",
+        "x-api-key",
+        "x-shop-token",
+        "x-user-id",
+        "x-tenant",
+    ]
+    .iter()
+    .any(|name| headers.contains_key(*name))
         || !other_cookies(headers, ignoring).is_empty()
 }
 
