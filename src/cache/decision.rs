@@ -202,12 +202,12 @@ fn is_ignored_cookie(name: &str, ignored: &[String]) -> bool {
 /// `auth`, `oauth`, `authorization`, `authenticated`, `token`, `key`, `apikey`, `hapikey`, `secret`, `password`,
 /// `passwd`, `jwt`, `assertion`, `credential(s)`, `session`, `sessid`, `sessionid`, `sid`, `sig`, `signature`,
 /// `cert`, `clientcert`, `dn`, `user`, `username`, `userid`, `email`, `userinfo`, `claims`, `role(s)`, `groups`,
-/// `scope(s)`, `permissions`, `tenant`, `tenantid` or `orgid`; or the last two are `jwt` and `payload`, or `user`,
-/// `session`, `consumer` (Kong's), `credential`, `tenant`, `org`, `organization`, `account`, `workspace` or
-/// `customer` and `id`, `uid`, `identifier`, `name` or `login`. So every one of
-/// [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not `Idempotency-Key` (nor its `X-`
-/// form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`, which says a user started the
-/// request (browsers send it with every page a user opens).
+/// `scope(s)`, `permissions`, `identity`, `principal`, `tenant`, `tenantid` or `orgid`; or the last two are `jwt`
+/// and `payload`, or `user`, `principal`, `session`, `consumer` (Kong's), `credential`, `tenant`, `org`,
+/// `organization`, `account`, `workspace` or `customer` and `id`, `uid`, `identifier`, `name`, `login` or `info`.
+/// So every one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not `Idempotency-Key` (nor
+/// its `X-` form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`, which says a user started
+/// the request (browsers send it with every page a user opens).
 pub(crate) fn named_like_a_credential(name: &str) -> bool {
     // Every request header the layer does not know comes here, on every request: the last word is found from the
     // end and screened by its length and last letter, and the one before it is read only for the words whose
@@ -236,11 +236,13 @@ pub(crate) fn named_like_a_credential(name: &str) -> bool {
         | b"credential" | b"credentials" | b"session" | b"sessid" | b"sessionid" | b"sid"
         | b"sig" | b"signature" | b"cert" | b"clientcert" | b"dn" | b"username" | b"userid"
         | b"email" | b"userinfo" | b"claims" | b"role" | b"roles" | b"groups" | b"scope"
-        | b"scopes" | b"permissions" | b"tenant" | b"tenantid" | b"orgid" => true,
+        | b"scopes" | b"permissions" | b"identity" | b"principal" | b"tenant" | b"tenantid"
+        | b"orgid" => true,
         b"payload" => previous() == b"jwt",
-        b"id" | b"uid" | b"identifier" | b"name" | b"login" => matches!(
+        b"id" | b"uid" | b"identifier" | b"name" | b"login" | b"info" => matches!(
             previous(),
             b"user"
+                | b"principal"
                 | b"session"
                 | b"consumer"
                 | b"credential"
@@ -270,7 +272,7 @@ fn last_separator(name: &[u8]) -> Option<usize> {
 
 /// The last words [`named_like_a_credential`] reads, by length: a bit for each letter one of that length ends in.
 const LAST_LETTERS: [u32; 14] = {
-    const WORDS: [&[u8]; 45] = [
+    const WORDS: [&[u8]; 48] = [
         b"key",
         b"auth",
         b"oauth",
@@ -307,6 +309,8 @@ const LAST_LETTERS: [u32; 14] = {
         b"scope",
         b"scopes",
         b"permissions",
+        b"identity",
+        b"principal",
         b"tenant",
         b"tenantid",
         b"orgid",
@@ -316,6 +320,7 @@ const LAST_LETTERS: [u32; 14] = {
         b"identifier",
         b"name",
         b"login",
+        b"info",
     ];
     let mut letters = [0u32; 14];
     let mut i = 0;
@@ -1488,6 +1493,9 @@ mod tests {
             "x-workspace-id",
             "login-customer-id",
             "x-user-uid",
+            "x-user-info",
+            "x-principal-id",
+            "x-identity",
         ] {
             assert!(named_like_a_credential(name), "{name}");
         }
@@ -1529,6 +1537,8 @@ mod tests {
             "scope",
             "scopes",
             "permissions",
+            "identity",
+            "principal",
             "tenant",
             "tenantid",
             "orgid",
@@ -1536,9 +1546,10 @@ mod tests {
         ] {
             assert!(named_like_a_credential(&format!("x-{word}")), "x-{word}");
         }
-        for word in ["id", "uid", "identifier", "name", "login"] {
+        for word in ["id", "uid", "identifier", "name", "login", "info"] {
             for before in [
                 "user",
+                "principal",
                 "session",
                 "consumer",
                 "credential",
