@@ -202,12 +202,13 @@ fn is_ignored_cookie(name: &str, ignored: &[String]) -> bool {
 /// `auth`, `oauth`, `authorization`, `authenticated`, `token`, `key`, `apikey`, `hapikey`, `secret`, `password`,
 /// `passwd`, `jwt`, `assertion`, `credential(s)`, `session`, `sessid`, `sessionid`, `sid`, `sig`, `signature`,
 /// `cert`, `clientcert`, `dn`, `user`, `username`, `userid`, `email`, `userinfo`, `claims`, `role(s)`, `groups`,
-/// `scope(s)`, `permissions`, `identity`, `principal`, `tenant`, `tenantid` or `orgid`; or the last two are `jwt`
-/// and `payload`, or `user`, `principal`, `session`, `consumer` (Kong's), `credential`, `tenant`, `org`,
-/// `organization`, `account`, `workspace` or `customer` and `id`, `uid`, `identifier`, `name`, `login` or `info`.
-/// So every one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not `Idempotency-Key` (nor
-/// its `X-` form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`, which says a user started
-/// the request (browsers send it with every page a user opens).
+/// `scope(s)`, `permissions`, `identity`, `principal`, `tenant`, `tenantid`, `orgid`, `organizationid`,
+/// `accountid`, `workspaceid` or `customerid` (`X-OrgId`, `X-AccountId`: names written in one word); or the last
+/// two are `jwt` and `payload`, or `user`, `principal`, `session`, `consumer` (Kong's), `credential`, `tenant`,
+/// `org`, `organization`, `account`, `workspace` or `customer` and `id`, `uid`, `identifier`, `name`, `login` or
+/// `info`. So every one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not
+/// `Idempotency-Key` (nor its `X-` form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`,
+/// which says a user started the request (browsers send it with every page a user opens).
 pub(crate) fn named_like_a_credential(name: &str) -> bool {
     // Every request header the layer does not know comes here, on every request: the last word is found from the
     // end and screened by its length and last letter, and the one before it is read only for the words whose
@@ -237,7 +238,7 @@ pub(crate) fn named_like_a_credential(name: &str) -> bool {
         | b"sig" | b"signature" | b"cert" | b"clientcert" | b"dn" | b"username" | b"userid"
         | b"email" | b"userinfo" | b"claims" | b"role" | b"roles" | b"groups" | b"scope"
         | b"scopes" | b"permissions" | b"identity" | b"principal" | b"tenant" | b"tenantid"
-        | b"orgid" => true,
+        | b"orgid" | b"organizationid" | b"accountid" | b"workspaceid" | b"customerid" => true,
         b"payload" => previous() == b"jwt",
         b"id" | b"uid" | b"identifier" | b"name" | b"login" | b"info" => matches!(
             previous(),
@@ -271,8 +272,8 @@ fn last_separator(name: &[u8]) -> Option<usize> {
 }
 
 /// The last words [`named_like_a_credential`] reads, by length: a bit for each letter one of that length ends in.
-const LAST_LETTERS: [u32; 14] = {
-    const WORDS: [&[u8]; 48] = [
+const LAST_LETTERS: [u32; 15] = {
+    const WORDS: [&[u8]; 52] = [
         b"key",
         b"auth",
         b"oauth",
@@ -314,6 +315,10 @@ const LAST_LETTERS: [u32; 14] = {
         b"tenant",
         b"tenantid",
         b"orgid",
+        b"organizationid",
+        b"accountid",
+        b"workspaceid",
+        b"customerid",
         b"payload",
         b"id",
         b"uid",
@@ -322,7 +327,7 @@ const LAST_LETTERS: [u32; 14] = {
         b"login",
         b"info",
     ];
-    let mut letters = [0u32; 14];
+    let mut letters = [0u32; 15];
     let mut i = 0;
     while i < WORDS.len() {
         let word = WORDS[i];
@@ -1542,6 +1547,10 @@ mod tests {
             "tenant",
             "tenantid",
             "orgid",
+            "organizationid",
+            "accountid",
+            "workspaceid",
+            "customerid",
             "jwt-payload",
         ] {
             assert!(named_like_a_credential(&format!("x-{word}")), "x-{word}");
