@@ -1622,6 +1622,98 @@ mod tests {
         }
     }
 
+    /// What browsers, API clients, tracers, front-end frameworks and proxies add to requests that name no one:
+    /// a request carrying any of these stays the cache's. (A word added to the rule must not catch one of them.)
+    #[test]
+    fn headers_sent_on_every_request_name_no_one() {
+        let browsers = [
+            "sec-ch-ua",
+            "sec-ch-ua-mobile",
+            "sec-ch-ua-platform",
+            "sec-ch-ua-full-version-list",
+            "sec-fetch-dest",
+            "sec-fetch-mode",
+            "sec-fetch-site",
+            "sec-fetch-user",
+            "sec-purpose",
+            "sec-gpc",
+            "purpose",
+            "priority",
+            "dnt",
+            "upgrade-insecure-requests",
+            "x-client-data",
+        ];
+        let clients = [
+            "x-stainless-os",
+            "x-stainless-lang",
+            "x-stainless-package-version",
+            "x-stainless-runtime-version",
+            "x-stainless-retry-count",
+            "x-stainless-helper-method",
+            "amz-sdk-invocation-id",
+            "amz-sdk-request",
+            "x-amz-date",
+            "x-amz-content-sha256",
+            "x-amz-user-agent",
+            "x-amz-target",
+            "x-goog-api-client",
+            "x-goog-request-params",
+            "x-goog-user-project",
+            "x-ms-client-request-id",
+            "x-ms-return-client-request-id",
+            "x-ms-useragent",
+            "x-ms-date",
+            "x-stripe-client-user-agent",
+            "x-user-agent",
+            "connect-protocol-version",
+            "grpc-timeout",
+        ];
+        let tracers = [
+            "traceparent",
+            "tracestate",
+            "baggage",
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-datadog-trace-id",
+            "x-datadog-parent-id",
+            "sentry-trace",
+            "x-amzn-trace-id",
+            "x-cloud-trace-context",
+            "x-request-id",
+            "x-correlation-id",
+        ];
+        let frameworks = [
+            "rsc",
+            "next-router-state-tree",
+            "next-router-prefetch",
+            "next-url",
+            "hx-target",
+            "hx-current-url",
+            "hx-trigger-name",
+            "x-inertia",
+            "x-inertia-version",
+            "x-livewire",
+            "x-up-target",
+        ];
+        let proxies = [
+            "cdn-loop",
+            "cf-connecting-ip",
+            "cf-ray",
+            "cf-ipcountry",
+            "cf-visitor",
+            "x-real-ip",
+            "true-client-ip",
+            "x-envoy-attempt-count",
+            "x-envoy-expected-rq-timeout-ms",
+            "x-vercel-id",
+            "x-request-start",
+            "via",
+        ];
+        for name in [&browsers[..], &clients, &tracers, &frameworks, &proxies].concat() {
+            assert!(!named_like_a_credential(name), "{name}");
+        }
+    }
+
     #[test]
     fn cookies_named_like_sessions_and_credentials_hold_one() {
         for name in [
