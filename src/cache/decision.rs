@@ -204,11 +204,11 @@ fn is_ignored_cookie(name: &str, ignored: &[String]) -> bool {
 /// `cert`, `clientcert`, `dn`, `user`, `username`, `userid`, `email`, `userinfo`, `claims`, `role(s)`, `groups`,
 /// `scope(s)`, `permissions`, `identity`, `principal`, `tenant`, `tenantid`, `orgid`, `organizationid`,
 /// `accountid`, `workspaceid` or `customerid` (`X-OrgId`, `X-AccountId`: names written in one word); or the last
-/// two are `jwt` and `payload`, or `user`, `principal`, `session`, `consumer` (Kong's), `credential`, `tenant`,
-/// `org`, `organization`, `account`, `workspace` or `customer` and `id`, `uid`, `identifier`, `name`, `login` or
-/// `info`. So every one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not
-/// `Idempotency-Key` (nor its `X-` form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`,
-/// which says a user started the request (browsers send it with every page a user opens).
+/// two are `jwt` and `payload`, `authorization` and `auxiliary`, or `user`, `principal`, `session`, `consumer`
+/// (Kong's), `credential`, `tenant`, `org`, `organization`, `account`, `workspace` or `customer` and `id`, `uid`,
+/// `identifier`, `name`, `login` or `info`. So every one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a
+/// header, is one. Not `Idempotency-Key` (nor its `X-` form), which says nothing of who asks, nor Fetch Metadata's
+/// `Sec-Fetch-User`, which says a user started the request (browsers send it with every page a user opens).
 pub(crate) fn named_like_a_credential(name: &str) -> bool {
     // Every request header the layer does not know comes here, on every request: the last word is found from the
     // end and screened by its length and last letter, and the one before it is read only for the words whose
@@ -240,6 +240,8 @@ pub(crate) fn named_like_a_credential(name: &str) -> bool {
         | b"scopes" | b"permissions" | b"identity" | b"principal" | b"tenant" | b"tenantid"
         | b"orgid" | b"organizationid" | b"accountid" | b"workspaceid" | b"customerid" => true,
         b"payload" => previous() == b"jwt",
+        // Azure Resource Manager's `X-Ms-Authorization-Auxiliary`: tokens for other tenants beside `Authorization`.
+        b"auxiliary" => previous() == b"authorization",
         b"id" | b"uid" | b"identifier" | b"name" | b"login" | b"info" => matches!(
             previous(),
             b"user"
@@ -273,7 +275,7 @@ fn last_separator(name: &[u8]) -> Option<usize> {
 
 /// The last words [`named_like_a_credential`] reads, by length: a bit for each letter one of that length ends in.
 const LAST_LETTERS: [u32; 15] = {
-    const WORDS: [&[u8]; 52] = [
+    const WORDS: [&[u8]; 53] = [
         b"key",
         b"auth",
         b"oauth",
@@ -320,6 +322,7 @@ const LAST_LETTERS: [u32; 15] = {
         b"workspaceid",
         b"customerid",
         b"payload",
+        b"auxiliary",
         b"id",
         b"uid",
         b"identifier",
@@ -1501,6 +1504,7 @@ mod tests {
             "x-user-info",
             "x-principal-id",
             "x-identity",
+            "x-ms-authorization-auxiliary",
         ] {
             assert!(named_like_a_credential(name), "{name}");
         }
