@@ -868,7 +868,9 @@ impl RedisCacheLayerBuilder {
     /// With [`Credentials::Partition`], requests carrying credentials (`Authorization`, `Cookie`, a
     /// [credential header](Self::credential_headers)) are cached too, under their partition and not split by
     /// credential, and `private` answers are stored for it: the partition must then name everyone who may read
-    /// what it holds (one user, or a tenant whose users all get the same answers).
+    /// what it holds (one user, or a tenant whose users all get the same answers). Without it, a request with a
+    /// header named like a user's or a tenant's (`X-User-Id`, `X-Tenant-Id`) bypasses the cache even when the
+    /// partition is read from that header: the cache cannot see what this function reads.
     /// A successful unsafe request removes the entries of its URI in its own partition. [`tags`](Self::tags)
     /// belong to the layer whatever the partition: name the partition in a tag to keep it to one.
     ///
