@@ -114,8 +114,8 @@ pub(crate) struct RequestFacts {
     pub(crate) authorization: bool,
     pub(crate) cookie: bool,
     /// A header no list of the layer's names, whose name says it carries a credential or names whom the request
-    /// acts for ([`named_like_a_credential`]): not in the key, so the request is not the cache's unless a partition says whom
-    /// every request acts for.
+    /// acts for ([`named_like_a_credential`]): not in the key, so the request is not the cache's unless a
+    /// partition says whom every request acts for.
     pub(crate) unnamed_credential: bool,
     /// Its JSON body holds the member the layer's answers echo
     /// ([`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)): an answer that cannot carry this
