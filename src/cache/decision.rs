@@ -203,12 +203,13 @@ fn is_ignored_cookie(name: &str, ignored: &[String]) -> bool {
 /// `passwd`, `jwt`, `assertion`, `credential(s)`, `session`, `sessid`, `sessionid`, `sid`, `sig`, `signature`,
 /// `cert`, `clientcert`, `dn`, `user`, `username`, `userid`, `email`, `userinfo`, `claims`, `role(s)`, `groups`,
 /// `scope(s)`, `permissions`, `identity`, `principal`, `tenant`, `tenantid`, `orgid`, `organizationid`,
-/// `accountid`, `workspaceid` or `customerid` (`X-OrgId`, `X-AccountId`: names written in one word); or the last
-/// two are `jwt` and `payload`, `authorization` and `auxiliary`, or `user`, `principal`, `session`, `consumer`
-/// (Kong's), `credential`, `tenant`, `org`, `organization`, `account`, `workspace` or `customer` and `id`, `uid`,
-/// `identifier`, `name`, `login` or `info`. So every one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a
-/// header, is one. Not `Idempotency-Key` (nor its `X-` form), which says nothing of who asks, nor Fetch Metadata's
-/// `Sec-Fetch-User`, which says a user started the request (browsers send it with every page a user opens).
+/// `accountid`, `workspaceid`, `customerid` (`X-OrgId`, `X-AccountId`: names written in one word) or `subject`; or
+/// the last two are `jwt` and `payload`, `authorization` and `auxiliary`, `claim`, `jwt`, `token`, `auth` or `user`
+/// and `sub`, or `user`, `principal`, `session`, `consumer` (Kong's), `credential`, `tenant`, `org`,
+/// `organization`, `account`, `workspace` or `customer` and `id`, `uid`, `identifier`, `name`, `login` or `info`.
+/// So every one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not `Idempotency-Key` (nor
+/// its `X-` form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`, which says a user started
+/// the request (browsers send it with every page a user opens).
 pub(crate) fn named_like_a_credential(name: &str) -> bool {
     // Every request header the layer does not know comes here, on every request: the last word is found from the
     // end and screened by its length and last letter, and the one before it is read only for the words whose
@@ -238,7 +239,10 @@ pub(crate) fn named_like_a_credential(name: &str) -> bool {
         | b"sig" | b"signature" | b"cert" | b"clientcert" | b"dn" | b"username" | b"userid"
         | b"email" | b"userinfo" | b"claims" | b"role" | b"roles" | b"groups" | b"scope"
         | b"scopes" | b"permissions" | b"identity" | b"principal" | b"tenant" | b"tenantid"
-        | b"orgid" | b"organizationid" | b"accountid" | b"workspaceid" | b"customerid" => true,
+        | b"orgid" | b"organizationid" | b"accountid" | b"workspaceid" | b"customerid"
+        | b"subject" => true,
+        // A token's subject claim, as mod_auth_openidc (`OIDC_CLAIM_sub`) and gateways pass it on.
+        b"sub" => matches!(previous(), b"claim" | b"jwt" | b"token" | b"auth" | b"user"),
         b"payload" => previous() == b"jwt",
         // Azure Resource Manager's `X-Ms-Authorization-Auxiliary`: tokens for other tenants beside `Authorization`.
         b"auxiliary" => previous() == b"authorization",
@@ -275,7 +279,7 @@ fn last_separator(name: &[u8]) -> Option<usize> {
 
 /// The last words [`named_like_a_credential`] reads, by length: a bit for each letter one of that length ends in.
 const LAST_LETTERS: [u32; 15] = {
-    const WORDS: [&[u8]; 53] = [
+    const WORDS: [&[u8]; 55] = [
         b"key",
         b"auth",
         b"oauth",
@@ -321,6 +325,8 @@ const LAST_LETTERS: [u32; 15] = {
         b"accountid",
         b"workspaceid",
         b"customerid",
+        b"subject",
+        b"sub",
         b"payload",
         b"auxiliary",
         b"id",
@@ -1505,6 +1511,9 @@ mod tests {
             "x-principal-id",
             "x-identity",
             "x-ms-authorization-auxiliary",
+            "x-auth-subject",
+            "oidc_claim_sub",
+            "x-jwt-sub",
         ] {
             assert!(named_like_a_credential(name), "{name}");
         }
@@ -1555,7 +1564,9 @@ mod tests {
             "accountid",
             "workspaceid",
             "customerid",
+            "subject",
             "jwt-payload",
+            "jwt-sub",
         ] {
             assert!(named_like_a_credential(&format!("x-{word}")), "x-{word}");
         }
@@ -1615,6 +1626,8 @@ mod tests {
             "x-device-id",
             "x-user-agent",
             "x-user-locale",
+            "x-sub",
+            "x-pub-sub",
             "authority-hint",
             "x-oauthority",
             "author",
