@@ -268,7 +268,7 @@ impl RedisStore {
         let args = vec![
             Value::from(token),
             Value::Bytes(value),
-            Value::from(millis(ttl)),
+            integer(millis(ttl)),
         ];
         Ok(run_script(self.client(), script, keys, args).await? == 1)
     }
@@ -431,6 +431,38 @@ pub(super) fn is_refusal(error: &fred::error::Error) -> bool {
 
 fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// The largest whole number [`integer`] sends as a number, and [`expiry`] as milliseconds.
+const SENT_AS_IS: i64 = u32::MAX as i64;
+
+/// A whole number as a command argument (a script's `ARGV`, which Lua reads as a string either way).
+///
+/// Not `Value::Integer` beyond 2^32: redis-protocol 6.0 (fred 10's) sizes an integer's encoding from the number
+/// cast to `usize`, so on a 32-bit target one of 2^32 or more fails to encode ("Buffer too small"), fred drops
+/// the connection, and the client's next commands fail ("Failed to route command"). A TTL past 50 days in
+/// milliseconds is such a number, and so is a tag mark's day in microseconds. Its decimal digits as a string
+/// are the same bytes on the wire.
+fn integer(n: i64) -> Value {
+    if (-SENT_AS_IS..=SENT_AS_IS).contains(&n) {
+        Value::Integer(n)
+    } else {
+        Value::from(n.to_string())
+    }
+}
+
+/// The expiry of a `SET` after `ttl`: `PX`, or, past 2^32 ms (50 days), `EX` in whole seconds rounded up (fred
+/// encodes the number itself; see [`integer`]), at most 2^32 - 1 seconds (136 years).
+fn expiry(ttl: Duration) -> Expiration {
+    let ms = millis(ttl);
+    if ms <= SENT_AS_IS {
+        Expiration::PX(ms)
+    } else {
+        let seconds = ttl
+            .as_secs()
+            .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+        Expiration::EX(i64::try_from(seconds).map_or(SENT_AS_IS, |s| s.min(SENT_AS_IS)))
+    }
 }
 
 /// `duration` in µs, as the tag clock counts.
@@ -613,13 +645,7 @@ impl Store for RedisStore {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.client()
-                .set::<(), _, _>(
-                    key,
-                    Value::Bytes(value),
-                    Some(Expiration::PX(millis(ttl))),
-                    None,
-                    false,
-                )
+                .set::<(), _, _>(key, Value::Bytes(value), Some(expiry(ttl)), None, false)
                 .await
                 .map_err(backend)
         })
@@ -656,13 +682,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let reply: Option<String> = self
                 .client()
-                .set(
-                    key,
-                    token,
-                    Some(Expiration::PX(millis(ttl))),
-                    Some(SetOptions::NX),
-                    false,
-                )
+                .set(key, token, Some(expiry(ttl)), Some(SetOptions::NX), false)
                 .await
                 .map_err(backend)?;
             Ok(reply.is_some())
@@ -676,7 +696,7 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let args = vec![Value::from(token), Value::from(millis(ttl))];
+            let args = vec![Value::from(token), integer(millis(ttl))];
             let done: i64 =
                 run_script(self.client(), &EXTEND_LEASE, vec![Key::from(key)], args).await?;
             Ok(done == 1)
@@ -741,7 +761,7 @@ impl Store for RedisStore {
             let keys = vec![Key::from(tag), Key::from(marked(tag))];
             let args = vec![
                 Value::from(member),
-                Value::from(millis(lifetime)),
+                integer(millis(lifetime)),
                 Value::from(since.to_string()),
             ];
             let recorded = run_script(self.client(), &TAG, keys, args).await? == 1;
@@ -836,7 +856,7 @@ impl Store for RedisStore {
             // Every tag set, `<prefix>tag:{<digest>}`, and every mark, `...}:invalidated`: one `SCAN`.
             let pattern = glob_escape(&format!("{prefix}tag:{{"));
             let client = self.client();
-            let mark_for = Value::from(micros(MARK_FOR));
+            let mark_for = integer(micros(MARK_FOR));
             for_each_page(client, &pattern, None, |keys| {
                 let mark_for = mark_for.clone();
                 async move {
@@ -1025,6 +1045,25 @@ fn zscan_page(reply: Value) -> Option<(Vec<String>, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_past_32_bits_are_sent_as_digits_and_long_expiries_in_seconds() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(integer(4_294_967_295), Value::Integer(4_294_967_295));
+        assert_eq!(integer(-4_294_967_295), Value::Integer(-4_294_967_295));
+        assert_eq!(integer(4_294_967_296), Value::from("4294967296"));
+        assert_eq!(integer(i64::MIN), Value::from("-9223372036854775808"));
+        assert_eq!(integer(millis(day * 3650)), Value::from("315360000000"));
+        assert_eq!(integer(micros(MARK_FOR)), Value::from("86400000000"));
+        assert_eq!(expiry(day * 49), Expiration::PX(4_233_600_000));
+        assert_eq!(expiry(Duration::ZERO), Expiration::PX(1));
+        assert_eq!(expiry(day * 3650), Expiration::EX(315_360_000));
+        assert_eq!(
+            expiry(day * 50 + Duration::from_millis(1)),
+            Expiration::EX(4_320_001)
+        );
+        assert_eq!(expiry(Duration::MAX), Expiration::EX(4_294_967_295));
+    }
 
     #[test]
     fn time_replies_are_read_and_odd_ones_refused() {
