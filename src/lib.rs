@@ -127,13 +127,21 @@
 //! |---|---|---|
 //! | `redis` | yes | [`RedisStore`] through fred (standalone, Sentinel, Cluster) |
 //! | `memory` | yes | [`MemoryStore`] on moka, for demos and single processes |
-//! | `redis-tls` | no | `rediss://` URLs (rustls with the ring provider) |
-//! | `genesys` | no | `genesys::GenesysClient` over hyper-util (rustls, HTTP/1.1 + HTTP/2) |
+//! | `redis-tls` | no | `rediss://` URLs (rustls; see [TLS](#tls)) |
+//! | `genesys` | no | `genesys::GenesysClient` over hyper-util (rustls, see [TLS](#tls); HTTP/1.1 + HTTP/2) |
 //! | `emulator` | no | `genesys::emulator`, a local Genesys Cloud API server |
 //! | `reqwest` | no | `reqwest::ReqwestService` and `reqwest::CacheMiddleware` (reqwest 0.13, reqwest-middleware 0.5) |
 //! | `metrics` | no | counters through the `metrics` facade |
 //! | `compression` | no | stored bodies LZ4-compressed ([`compress_above`](cache::RedisCacheLayerBuilder::compress_above); lz4_flex, pure Rust) |
 //! | `full` | no | everything |
+//!
+//! # TLS
+//!
+//! The Genesys client's HTTPS (Mozilla's roots) and `rediss://` stores (the system's roots, or `SSL_CERT_FILE` /
+//! `SSL_CERT_DIR`) use rustls with the crypto provider your application installed as the process default, and
+//! ring when it installed none. To negotiate post-quantum key exchange, install aws-lc-rs before building them:
+//! `rustls::crypto::aws_lc_rs::default_provider().install_default()`. The choice is never left to rustls's crate
+//! features, which name no provider once a build links both (reqwest's default TLS brings aws-lc-rs).
 //!
 //! # Observability
 //!
@@ -179,6 +187,8 @@ mod macros;
 pub mod reqwest;
 pub mod retry;
 mod structured;
+#[cfg(any(feature = "genesys", feature = "redis-tls"))]
+mod tls;
 
 pub use crate::auth::AuthLayer;
 pub use crate::body::RequestBody;

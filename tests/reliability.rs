@@ -659,7 +659,7 @@ async fn stored_entries_hold_no_authorization_or_token() {
 }
 
 #[tokio::test]
-async fn redis_auth_from_the_url_and_rediss_urls_are_accepted() {
+async fn redis_auth_from_the_url_is_used_and_a_wrong_password_refused() {
     let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
     let origin = Origin::new();
     // The harness URL carries the password: redis://:s3cret-pw@127.0.0.1:<port>.
@@ -676,10 +676,7 @@ async fn redis_auth_from_the_url_and_rediss_urls_are_accepted() {
     // A wrong password is an error at connect time, not a silent cache that never stores.
     let wrong = format!("redis://:nope@127.0.0.1:{}", server.port());
     assert!(RedisStore::connect(&wrong).await.is_err());
-
-    // rediss:// (TLS) is accepted by the configuration (feature `redis-tls`).
-    let config = fred::prelude::Config::from_url("rediss://:pw@cache.example.com:6380").unwrap();
-    assert!(config.tls.is_some(), "TLS configured for rediss://");
+    // (`rediss://` URLs: tests/tls.rs.)
 }
 
 proptest! {

@@ -1,10 +1,12 @@
 //! Redis over TLS for real: a `redis-server` with a TLS port and a certificate made for the test by a CA made
-//! for the test. The layer caches through `rediss://` trusting that CA, and refuses a server it cannot verify.
+//! for the test. The layer caches through `rediss://` trusting that CA, and refuses a server it cannot verify. The
+//! store's and the Genesys client's handshakes use the rustls provider the application installed, else ring.
 
 mod support;
 
 use fred::prelude::{Config, TlsConnector};
 use fred::rustls;
+use rustls::crypto::{ActiveKeyExchange, CryptoProvider, SupportedKxGroup};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use std::time::Duration;
 use support::calls::{call, outcome, post};
 use support::redis::free_port;
 use support::{Origin, RedisServer};
+use tower_redis_cache::genesys::GenesysClient;
+use tower_redis_cache::retry::RetryLayer;
 use tower_redis_cache::{CacheOutcome, RedisCacheLayer, RedisStore};
 
 /// A CA and a server certificate for `127.0.0.1` it signed, made with the `openssl` tool; removed on drop.
@@ -104,6 +108,10 @@ impl TestCa {
     }
 
     /// A fred TLS connector that trusts this CA only.
+    #[allow(
+        deprecated,
+        reason = "rustls 0.23.48 deprecates the ring provider; these tests are about roots, not key exchange"
+    )]
     fn connector(&self) -> TlsConnector {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
@@ -170,7 +178,9 @@ fn tls_server(ca: &TestCa) -> (RedisServer, u16) {
 async fn the_layer_caches_through_rediss_trusting_the_tests_ca() {
     let ca = TestCa::make();
     let (server, tls_port) = tls_server(&ca);
-    let mut config = Config::from_url(&format!("rediss://127.0.0.1:{tls_port}")).unwrap();
+    // The `redis://` spelling, then the connector: fred's own `rediss://` parsing builds a default connector that
+    // leaves the provider to rustls's crate features, which in these tests name none (Cargo.toml says why).
+    let mut config = Config::from_url(&format!("redis://127.0.0.1:{tls_port}")).unwrap();
     config.tls = Some(ca.connector().into());
     let store = RedisStore::connect_with(config).await.unwrap();
     let layer = RedisCacheLayer::builder(store)
@@ -256,7 +266,7 @@ async fn behind_sentinel_over_tls_the_store_and_its_watch_speak_tls() {
         ),
     );
     let mut config = Config::from_url(&format!(
-        "rediss-sentinel://127.0.0.1:{sentinel_tls}?sentinelServiceName=cache"
+        "redis-sentinel://127.0.0.1:{sentinel_tls}?sentinelServiceName=cache"
     ))
     .unwrap();
     config.tls = Some(ca.connector().into());
@@ -289,4 +299,133 @@ async fn behind_sentinel_over_tls_the_store_and_its_watch_speak_tls() {
             .any(|client| client.contains(&tls_port) && client.contains(" sub=1 "))
     })
     .await;
+}
+
+/// The provider an application installs as the process default is the one the `rediss://` store and the Genesys
+/// client shake hands with; with none installed they use ring, never rustls's pick from its crate features, which
+/// in these tests is none (a panic). Each case runs in a child process: the process default is process-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_use_the_installed_provider_or_else_ring() {
+    let ca = TestCa::make();
+    let (server, tls_port) = tls_server(&ca);
+    for install in ["counting", "none"] {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "handshakes_in_a_child_process",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CHILD_TLS_PORT", tls_port.to_string())
+            .env("CHILD_PROVIDER", install)
+            // `rediss://` alone trusts the system's roots, or this file's: the test CA.
+            .env("SSL_CERT_FILE", ca.path("ca.crt"))
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{install}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let counted = install == "counting";
+        let expected = format!(
+            "child: hit=true redis_counted={counted} genesys_counted={counted} genesys_error=certificate"
+        );
+        assert!(stdout.contains(&expected), "{install}: {stdout}");
+    }
+    // Both children's entries, and their URI's tag set, went over TLS into this server.
+    assert_eq!(server.command(&[b"DBSIZE"]), b":3\r\n");
+}
+
+/// Key exchanges started by the counting provider of [`install_counting_provider`].
+static KX_STARTS: AtomicUsize = AtomicUsize::new(0);
+
+/// A key exchange group that counts its starts: the mark of the provider that made a handshake.
+#[derive(Debug)]
+struct Counted(&'static dyn SupportedKxGroup);
+
+impl SupportedKxGroup for Counted {
+    fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
+        KX_STARTS.fetch_add(1, Ordering::Relaxed);
+        self.0.start()
+    }
+
+    fn name(&self) -> rustls::NamedGroup {
+        self.0.name()
+    }
+}
+
+/// Installs ring with every key exchange group counted as the process default, as an application installs its
+/// choice.
+#[allow(
+    deprecated,
+    reason = "rustls 0.23.48 deprecates the ring provider; any provider serves to be counted"
+)]
+fn install_counting_provider() {
+    let ring = rustls::crypto::ring::default_provider();
+    let kx_groups = ring
+        .kx_groups
+        .iter()
+        .map(|&group| -> &'static dyn SupportedKxGroup { Box::leak(Box::new(Counted(group))) })
+        .collect();
+    CryptoProvider { kx_groups, ..ring }
+        .install_default()
+        .unwrap();
+}
+
+/// Run by `handshakes_use_the_installed_provider_or_else_ring` as a separate process: caches through a `rediss://`
+/// URL, then asks a Genesys client for a token over HTTPS from the same TLS port, whose certificate Mozilla's roots
+/// do not know; prints what it saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a child process of another test; needs its environment"]
+async fn handshakes_in_a_child_process() {
+    let var = |name: &str| std::env::var(name).expect("run by the parent test");
+    if var("CHILD_PROVIDER") == "counting" {
+        install_counting_provider();
+    }
+    let base = format!("127.0.0.1:{}", var("CHILD_TLS_PORT"));
+    let store = RedisStore::connect(&format!("rediss://{base}"))
+        .await
+        .unwrap();
+    let layer = RedisCacheLayer::builder(store)
+        .namespace("tls-provider")
+        .methods([http::Method::POST])
+        .store_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let body = format!(r#"{{"provider":"{}"}}"#, var("CHILD_PROVIDER"));
+    call(&service, post(&body)).await;
+    let hit = outcome(&call(&service, post(&body)).await) == CacheOutcome::Hit;
+    let redis = KX_STARTS.load(Ordering::Relaxed);
+
+    let client = GenesysClient::builder()
+        .api_base(format!("https://{base}"))
+        .login_base(format!("https://{base}"))
+        .client_credentials("id", "secret")
+        .retry(RetryLayer::builder().max_attempts(1).build().unwrap())
+        .build()
+        .unwrap();
+    let error = client.get_action("x").await.unwrap_err();
+    let mut causes = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        causes.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    let genesys = KX_STARTS.load(Ordering::Relaxed) - redis;
+    println!(
+        "child: hit={hit} redis_counted={} genesys_counted={} genesys_error={}",
+        redis > 0,
+        genesys > 0,
+        if causes.to_ascii_lowercase().contains("certificate") {
+            "certificate"
+        } else {
+            &causes
+        },
+    );
 }

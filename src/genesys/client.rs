@@ -34,8 +34,8 @@ use tower::util::BoxCloneSyncService;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The HTTP client at the bottom of the stack: hyper-util's pooled client over rustls (ring provider, Mozilla
-/// roots), HTTP/1.1 and HTTP/2 by ALPN.
+/// The HTTP client at the bottom of the stack: hyper-util's pooled client over rustls (the application's
+/// installed provider, else ring; Mozilla roots), HTTP/1.1 and HTTP/2 by ALPN.
 pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// The assembled stack (cache, retry, auth, per-attempt timeout, hyper-util client), as one opaque service:
@@ -817,7 +817,7 @@ impl GenesysClientBuilder {
         };
 
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .with_provider_and_webpki_roots(crate::tls::provider())
             .map_err(|e| ConfigError::new(Setting::Tls, e.to_string()))?
             .https_or_http()
             .enable_all_versions()

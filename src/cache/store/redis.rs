@@ -194,8 +194,9 @@ impl RedisStore {
     /// Cluster, when it has not replied for a second) and waits for the first connection.
     ///
     /// `rediss://` (and `rediss-cluster://`, `rediss-sentinel://`) connect over TLS, verifying the server
-    /// against the system's roots (or `SSL_CERT_FILE`); they need the `redis-tls` feature, and without it are
-    /// refused rather than sent in plain text. For a private CA, use [`connect_with`](Self::connect_with).
+    /// against the system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`) with the rustls provider the crate docs'
+    /// [TLS](crate#tls) section names; they need the `redis-tls` feature, and without it are refused rather than
+    /// sent in plain text. For a private CA, use [`connect_with`](Self::connect_with).
     ///
     /// # Errors
     ///
@@ -206,6 +207,10 @@ impl RedisStore {
 
     /// [`connect`](Self::connect) with a fred [`Config`] you built: a `TlsConnector` over your own CA, a
     /// credential provider, Sentinel or Cluster settings the URL cannot carry.
+    ///
+    /// fred's own `Config::from_url` with a `rediss://` URL builds a connector that leaves the provider to
+    /// rustls's crate features, and panics in a build that links both (see [TLS](crate#tls)): parse the `redis://`
+    /// spelling, or build the connector with `rustls::ClientConfig::builder_with_provider`, then set `tls`.
     ///
     /// # Errors
     ///
@@ -377,20 +382,55 @@ impl fmt::Debug for RedisStore {
 
 /// Parses a Redis URL, refusing a TLS one when this build cannot speak TLS (fred would only log a warning and
 /// connect in plain text, sending the password in clear).
+///
+/// A TLS URL gets the crate's own connector (`crate::tls`): fred's default leaves the crypto provider to rustls's
+/// crate features, and panics in a build that links both providers.
 fn parse_url(url: &str) -> Result<Config, fred::error::Error> {
     refuse_tls_without_support(url, cfg!(feature = "redis-tls"))?;
+    #[cfg(feature = "redis-tls")]
+    if let Some(plain) = without_tls(url) {
+        let mut config = Config::from_url(&plain)?;
+        config.tls = Some(crate::tls::redis_connector()?.into());
+        return Ok(config);
+    }
     Config::from_url(url)
 }
 
-/// `Err` for a TLS scheme (`rediss`, `rediss-cluster`, `rediss-sentinel`, and fred's `valkeys` spellings) when
-/// `tls` support is absent.
-fn refuse_tls_without_support(url: &str, tls: bool) -> Result<(), fred::error::Error> {
-    let scheme = url
-        .trim_start()
+/// A URL's scheme, lowercased (empty when it has none).
+fn scheme(url: &str) -> String {
+    url.trim_start()
         .split_once("://")
         .map_or("", |(scheme, _)| scheme)
-        .to_ascii_lowercase();
-    if !tls && (scheme.starts_with("rediss") || scheme.starts_with("valkeys")) {
+        .to_ascii_lowercase()
+}
+
+/// Whether a scheme asks for TLS: `rediss`, `rediss-cluster`, `rediss-sentinel`, and fred's `valkeys` spellings.
+fn is_tls(scheme: &str) -> bool {
+    scheme.starts_with("rediss") || scheme.starts_with("valkeys")
+}
+
+/// A TLS URL spelled with its plain scheme (`rediss-cluster://` as `redis-cluster://`, the rest unchanged), for
+/// fred to parse without building its own TLS connector; `None` for a URL that is not TLS.
+#[cfg_attr(not(feature = "redis-tls"), allow(dead_code))]
+fn without_tls(url: &str) -> Option<String> {
+    let url = url.trim_start();
+    let (_, rest) = url.split_once("://")?;
+    let scheme = scheme(url);
+    let plain = match (
+        scheme.strip_prefix("rediss"),
+        scheme.strip_prefix("valkeys"),
+    ) {
+        (Some(suffix), _) => format!("redis{suffix}"),
+        (None, Some(suffix)) => format!("valkey{suffix}"),
+        (None, None) => return None,
+    };
+    Some(format!("{plain}://{rest}"))
+}
+
+/// `Err` for a TLS scheme when `tls` support is absent.
+fn refuse_tls_without_support(url: &str, tls: bool) -> Result<(), fred::error::Error> {
+    let scheme = scheme(url);
+    if !tls && is_tls(&scheme) {
         return Err(fred::error::Error::new(
             fred::error::ErrorKind::Config,
             format!(
@@ -1212,6 +1252,41 @@ mod tests {
             "redis-sentinel://cache.example",
         ] {
             assert!(refuse_tls_without_support(url, false).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_tls_url_is_parsed_in_its_plain_spelling_and_the_rest_kept() {
+        for (url, plain) in [
+            (
+                "rediss://:pw@cache.example:6380/2",
+                "redis://:pw@cache.example:6380/2",
+            ),
+            ("REDISS://cache.example", "redis://cache.example"),
+            (
+                " rediss-cluster://a:7000?node=b:7001",
+                "redis-cluster://a:7000?node=b:7001",
+            ),
+            (
+                "rediss-sentinel://s:26379/0?sentinelServiceName=m",
+                "redis-sentinel://s:26379/0?sentinelServiceName=m",
+            ),
+            ("valkeys://cache.example", "valkey://cache.example"),
+            (
+                "valkeys-cluster://cache.example",
+                "valkey-cluster://cache.example",
+            ),
+        ] {
+            assert_eq!(without_tls(url).as_deref(), Some(plain), "{url}");
+        }
+        for url in [
+            "redis://rediss",
+            "redis-cluster://x",
+            "valkey://x",
+            "cache.example:6379",
+            "",
+        ] {
+            assert_eq!(without_tls(url), None, "{url}");
         }
     }
 }
