@@ -162,6 +162,7 @@
 //! process's at its last reading (once a minute; negative: behind), which the cache corrects for beyond a second:
 //! an alert on it finds a host whose clock is off.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
 // The docs are written for the full feature set, as docs.rs builds them: in a build without `memory` or
 // `compression`, a link to an item of the missing feature has nothing to point at and renders as plain text.
 #![cfg_attr(
