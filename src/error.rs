@@ -132,6 +132,8 @@ pub enum Setting {
     LoginBase,
     /// The Genesys client's `redis_url`.
     RedisUrl,
+    /// The Genesys client's `proxy`, or the environment's (`HTTPS_PROXY`, ...).
+    Proxy,
     /// The Genesys client's `store` (none given, and no default store built in).
     Store,
     /// The Genesys client's TLS setup.
@@ -180,6 +182,7 @@ impl Setting {
             Setting::RedisUrl => "redis_url",
             Setting::Store => "store",
             Setting::Tls => "tls",
+            Setting::Proxy => "proxy",
         }
     }
 }

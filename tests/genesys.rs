@@ -1406,3 +1406,194 @@ async fn a_secure_actions_executions_are_not_cached_unless_chosen() {
         .unwrap_err();
     assert!(unknown.is_not_found(), "{unknown}");
 }
+
+/// `user:p@ss` as a Basic `Proxy-Authorization`.
+const PROXY_CREDENTIALS: &str = "Basic dXNlcjpwQHNz";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_proxy_each_connection_is_a_connect_tunnel_with_its_credentials() {
+    let emulator = Emulator::start().await.unwrap();
+    let proxy = support::http_proxy::HttpProxy::start(Some(PROXY_CREDENTIALS)).await;
+    let url = format!("http://user:p%40ss@127.0.0.1:{}", proxy.port());
+    let builder = builder(&emulator).proxy(&url);
+    let shown = format!("{builder:?}");
+    assert!(
+        !shown.contains("p%40ss") && !shown.contains("p@ss"),
+        "{shown}"
+    );
+    let client = builder.build().unwrap();
+
+    let pages: Vec<_> = client
+        .list_action_pages(&order_lookups())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(pages.iter().map(|p| p.entities.len()).sum::<usize>(), 60);
+    // The token and the three pages went through the proxy: every tunnel to the emulator, with the credentials.
+    let tunnels = proxy.tunnels();
+    let emulator_authority = emulator.base_url().trim_start_matches("http://").to_owned();
+    assert!(!tunnels.is_empty());
+    for tunnel in &tunnels {
+        assert_eq!(tunnel.target, emulator_authority);
+        assert_eq!(tunnel.authorization.as_deref(), Some(PROXY_CREDENTIALS));
+    }
+    assert_eq!(emulator.requests(Endpoint::ListActions), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_refusing_the_credentials_fails_the_call_without_showing_them() {
+    let emulator = Emulator::start().await.unwrap();
+    let proxy = support::http_proxy::HttpProxy::start(Some(PROXY_CREDENTIALS)).await;
+    let client = builder(&emulator)
+        .proxy(format!(
+            "http://user:wrong-s3cret@127.0.0.1:{}",
+            proxy.port()
+        ))
+        .retry(RetryLayer::builder().max_attempts(1).build().unwrap())
+        .build()
+        .unwrap();
+
+    // The token is asked for first: its endpoint could not be reached.
+    let error = client.get_action("x").await.unwrap_err();
+    assert!(error.is_auth(), "{error:?}");
+    let mut shown = format!("{error} {error:?}");
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        shown.push_str(&format!(" {cause} {cause:?}"));
+        source = cause.source();
+    }
+    assert!(shown.contains("proxy"), "{shown}");
+    assert!(!shown.contains("wrong-s3cret"), "{shown}");
+    assert_eq!(proxy.tunnels().len(), 1);
+    assert_eq!(
+        emulator.requests(Endpoint::Token),
+        0,
+        "nothing reached the API"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_the_client_cannot_tunnel_through_is_refused_when_it_is_built() {
+    let emulator = Emulator::start().await.unwrap();
+    for url in [
+        "socks5://user:s3cret@127.0.0.1:1080",
+        "https://127.0.0.1:3128",
+    ] {
+        let error = builder(&emulator).proxy(url).build().unwrap_err();
+        assert_eq!(error.setting(), Setting::Proxy, "{url}");
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+    }
+}
+
+/// The environment's proxy (curl's variables) is the default: for an https base it tunnels through
+/// `HTTPS_PROXY`, not for a host `NO_PROXY` names, and never for a base on this machine. Each case is a child
+/// process with its own environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environments_proxy_is_used_but_for_no_proxy_hosts_and_this_machine() {
+    let emulator = Emulator::start().await.unwrap();
+    let proxy = support::http_proxy::HttpProxy::start(None).await;
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port());
+    let remote = "https://api.genesys.test";
+    for (base, env, expected, tunnels) in [
+        (
+            remote,
+            vec![("HTTPS_PROXY", proxy_url.as_str())],
+            "error",
+            1,
+        ),
+        (
+            remote,
+            vec![("https_proxy", proxy_url.as_str())],
+            "error",
+            2,
+        ),
+        (
+            remote,
+            vec![
+                ("HTTPS_PROXY", proxy_url.as_str()),
+                ("NO_PROXY", "genesys.test"),
+            ],
+            "error",
+            2,
+        ),
+        (
+            emulator.base_url().as_str(),
+            vec![
+                ("HTTP_PROXY", proxy_url.as_str()),
+                ("ALL_PROXY", proxy_url.as_str()),
+            ],
+            "ok",
+            2,
+        ),
+    ] {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "--exact",
+                "environment_proxy_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CHILD_BASE", base)
+            .env(
+                "CHILD_CLIENT",
+                format!("{}:{}", emulator.client_id(), emulator.client_secret()),
+            );
+        for name in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            child.env_remove(name);
+        }
+        for name in ["NO_PROXY", "no_proxy", "REQUEST_METHOD"] {
+            child.env_remove(name);
+        }
+        child.envs(env.iter().copied());
+        let output = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{env:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("child: {expected}")),
+            "{env:?}: {stdout}"
+        );
+        assert_eq!(proxy.tunnels().len(), tunnels, "{env:?}");
+    }
+    for tunnel in proxy.tunnels() {
+        assert_eq!(
+            tunnel.target, "login.genesys.test:443",
+            "the token is asked for first"
+        );
+    }
+}
+
+/// Run by `the_environments_proxy_is_used_but_for_no_proxy_hosts_and_this_machine` as a separate process.
+#[tokio::test]
+#[ignore = "a child process of another test; needs its environment"]
+async fn environment_proxy_child() {
+    let var = |name: &str| std::env::var(name).expect("run by the parent test");
+    let base = var("CHILD_BASE");
+    let client = var("CHILD_CLIENT");
+    let (id, secret) = client.split_once(':').unwrap();
+    let login = base.replace("//api.", "//login.");
+    let client = GenesysClient::builder()
+        .api_base(&base)
+        .login_base(login)
+        .client_credentials(id, secret)
+        .attempt_timeout(Duration::from_secs(2))
+        .retry(RetryLayer::builder().max_attempts(1).build().unwrap())
+        .build()
+        .unwrap();
+    let answer = client.get_action("nope").await;
+    // The emulator knows no action `nope`: a 404 is an answer from it, through whatever route.
+    let reached = matches!(&answer, Err(error) if error.is_not_found());
+    println!("child: {}", if reached { "ok" } else { "error" });
+}

@@ -1,6 +1,7 @@
 //! [`GenesysClient`], its builder, and the assembled service stack.
 
 use super::error::GenesysError;
+use super::proxy::{Connector, ProxySetting};
 use super::region::Region;
 use crate::auth::{AuthLayer, ClientCredentials, Secret};
 use crate::body::RequestBody;
@@ -17,7 +18,6 @@ use http::{HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
@@ -35,8 +35,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 /// The HTTP client at the bottom of the stack: hyper-util's pooled client over rustls (the application's
-/// installed provider, else ring; Mozilla roots), HTTP/1.1 and HTTP/2 by ALPN.
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+/// installed provider, else ring; Mozilla roots), HTTP/1.1 and HTTP/2 by ALPN, straight or through a proxy.
+pub(crate) type HttpClient = Client<HttpsConnector<Connector>, RequestBody>;
 
 /// The assembled stack (cache, retry, auth, per-attempt timeout, hyper-util client), as one opaque service:
 /// clone it and add your own layers on top; [`GenesysClient::service`] hands it out. Its errors are the
@@ -436,7 +436,7 @@ impl Base {
 }
 
 /// `localhost`, or a loopback IP address (`127.0.0.0/8`, `::1`).
-fn is_loopback(host: &str) -> bool {
+pub(super) fn is_loopback(host: &str) -> bool {
     let ip = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || ip
@@ -519,6 +519,7 @@ pub struct GenesysClientBuilder {
     store_timeout: Duration,
     max_pages: u32,
     allow_insecure_http: bool,
+    proxy: ProxySetting,
     #[cfg(feature = "compression")]
     compress_above: Option<usize>,
     #[cfg(feature = "redis")]
@@ -550,6 +551,7 @@ impl Default for GenesysClientBuilder {
             store_timeout: Duration::from_millis(50),
             max_pages: 1000,
             allow_insecure_http: false,
+            proxy: ProxySetting::Environment,
             #[cfg(feature = "compression")]
             compress_above: None,
             #[cfg(feature = "redis")]
@@ -567,6 +569,7 @@ impl fmt::Debug for GenesysClientBuilder {
             .field("client_secret", &self.client_secret)
             .field("fresh_for", &self.fresh_for)
             .field("stale_for", &self.stale_for)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -771,6 +774,25 @@ impl GenesysClientBuilder {
         self
     }
 
+    /// Connects through the HTTP proxy at `url` (`http://proxy.corp:3128`, or `http://user:password@...`,
+    /// percent-encoded, for its Basic `Proxy-Authorization`), by a `CONNECT` tunnel per connection, inside which
+    /// TLS runs to the API as without one. Default: the proxy the environment names, as curl reads it
+    /// (`HTTPS_PROXY`, `HTTP_PROXY` for an `http://` base, `ALL_PROXY`, with `NO_PROXY`'s exceptions, in lower
+    /// case too; not in a CGI process), except for bases on this machine.
+    ///
+    /// Only `http://` proxies: [`build`](Self::build) refuses another kind (`socks5://`, `https://`), here or
+    /// in the environment, rather than connect around it. The password is never shown (`Debug`, errors).
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = ProxySetting::Url(url.into());
+        self
+    }
+
+    /// Connects straight to the API, whatever proxy the environment names.
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy = ProxySetting::Off;
+        self
+    }
+
     /// The most pages one listing may read before it fails. Default: 1000.
     pub fn max_pages(mut self, pages: u32) -> Self {
         self.max_pages = pages;
@@ -783,8 +805,8 @@ impl GenesysClientBuilder {
     ///
     /// [`ConfigError`] when a base or the credentials are missing or invalid (a base must be an absolute
     /// `https://` URL, or `http://` to loopback, without credentials, query or fragment), a Redis URL is
-    /// invalid, no store was given and the `memory` feature is off, or a [`near_cache`](Self::near_cache) was
-    /// asked for over a store other than Redis.
+    /// invalid, no store was given and the `memory` feature is off, a [`near_cache`](Self::near_cache) was
+    /// asked for over a store other than Redis, or the [`proxy`](Self::proxy) is not one the client can use.
     pub fn build(self) -> Result<GenesysClient, ConfigError> {
         let api_base = self
             .api_base
@@ -821,7 +843,7 @@ impl GenesysClientBuilder {
             .map_err(|e| ConfigError::new(Setting::Tls, e.to_string()))?
             .https_or_http()
             .enable_all_versions()
-            .build();
+            .wrap_connector(Connector::new(&self.proxy, &[&api_base, login_base])?);
         let http: HttpClient = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))

@@ -8,7 +8,9 @@
 //! does not take its caching rules from the API: it keeps answers for the windows its builder sets
 //! ([`fresh_for`](GenesysClientBuilder::fresh_for), per action, per listing); an action that changes
 //! something runs on every call once named in [`uncached_action`](GenesysClientBuilder::uncached_action).
-//! Retry sits outside auth, so each attempt carries the current token. [`emulator`] (feature `emulator`) serves the same API locally.
+//! Retry sits outside auth, so each attempt carries the current token. Connections go through the HTTP proxy the
+//! environment names (`HTTPS_PROXY`, as curl reads it) or [`proxy`](GenesysClientBuilder::proxy) sets, by `CONNECT`
+//! tunnels. [`emulator`] (feature `emulator`) serves the same API locally.
 //!
 //! # Example
 //!
@@ -99,6 +101,7 @@ pub mod emulator;
 mod error;
 mod model;
 mod paginate;
+mod proxy;
 mod region;
 
 pub use self::actions::{ActionDetails, ActionQuery, SortOrder};
