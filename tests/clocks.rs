@@ -82,21 +82,15 @@ fn run_writer(url: &str, offset: &str) -> (i64, Vec<String>) {
          (it installs it), or install it yourself: Debian/Ubuntu `apt-get install -y faketime`, Fedora \
          `dnf install libfaketime`, macOS `brew install libfaketime`.",
     );
-    let output = Command::new(faketime)
-        .arg("-f")
-        .arg(offset)
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "skewed_writer", "--ignored", "--nocapture"])
-        .env(WRITER_REDIS, url)
-        // Only the wall clock is off, as on a machine whose clock is set wrong.
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the writer failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = support::child::run(
+        Command::new(faketime)
+            .arg("-f")
+            .arg(offset)
+            .arg(std::env::current_exe().unwrap())
+            .args(support::child::args("skewed_writer"))
+            .env(WRITER_REDIS, url)
+            // Only the wall clock is off, as on a machine whose clock is set wrong.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     );
     let ahead = stdout
         .lines()

@@ -85,27 +85,14 @@ async fn listing_pages_once_then_hits_in_this_and_another_process() {
     // Another process (this test binary again, running only `second_process_lists_actions`): its own fred
     // connection, its own token cache, the same Redis and emulator.
     let tokens_before = emulator.requests(Endpoint::Token);
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "second_process_lists_actions",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SECOND_PROCESS_API", emulator.base_url())
-        .env("SECOND_PROCESS_REDIS", redis.url())
-        .env(
-            "SECOND_PROCESS_CLIENT",
-            format!("{}:{}", emulator.client_id(), emulator.client_secret()),
-        )
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = support::child::run(
+        support::child::command("second_process_lists_actions")
+            .env("SECOND_PROCESS_API", emulator.base_url())
+            .env("SECOND_PROCESS_REDIS", redis.url())
+            .env(
+                "SECOND_PROCESS_CLIENT",
+                format!("{}:{}", emulator.client_id(), emulator.client_secret()),
+            ),
     );
     assert!(
         stdout.contains("second process: entities=60 outcomes=hit,hit,hit token_fetches=0"),
@@ -127,7 +114,7 @@ async fn listing_pages_once_then_hits_in_this_and_another_process() {
 #[tokio::test]
 #[ignore = "a child process of another test; needs its environment"]
 async fn second_process_lists_actions() {
-    let var = |name: &str| std::env::var(name).expect("run by the parent test");
+    let var = support::child::var;
     let client = var("SECOND_PROCESS_CLIENT");
     let (id, secret) = client.split_once(':').unwrap();
     let store = RedisStore::new(fred_client(&var("SECOND_PROCESS_REDIS")).await);
@@ -1526,20 +1513,11 @@ async fn the_environments_proxy_is_used_but_for_no_proxy_hosts_and_this_machine(
             2,
         ),
     ] {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-        child
-            .args([
-                "--exact",
-                "environment_proxy_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("CHILD_BASE", base)
-            .env(
-                "CHILD_CLIENT",
-                format!("{}:{}", emulator.client_id(), emulator.client_secret()),
-            );
+        let mut child = support::child::command("environment_proxy_child");
+        child.env("CHILD_BASE", base).env(
+            "CHILD_CLIENT",
+            format!("{}:{}", emulator.client_id(), emulator.client_secret()),
+        );
         for name in [
             "HTTPS_PROXY",
             "https_proxy",
@@ -1554,13 +1532,7 @@ async fn the_environments_proxy_is_used_but_for_no_proxy_hosts_and_this_machine(
             child.env_remove(name);
         }
         child.envs(env.iter().copied());
-        let output = child.output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{env:?}: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stdout = support::child::run(&mut child);
         assert!(
             stdout.contains(&format!("child: {expected}")),
             "{env:?}: {stdout}"
@@ -1579,7 +1551,7 @@ async fn the_environments_proxy_is_used_but_for_no_proxy_hosts_and_this_machine(
 #[tokio::test]
 #[ignore = "a child process of another test; needs its environment"]
 async fn environment_proxy_child() {
-    let var = |name: &str| std::env::var(name).expect("run by the parent test");
+    let var = support::child::var;
     let base = var("CHILD_BASE");
     let client = var("CHILD_CLIENT");
     let (id, secret) = client.split_once(':').unwrap();

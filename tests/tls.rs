@@ -15,6 +15,7 @@ use std::time::Duration;
 use support::calls::{call, outcome, post};
 use support::redis::free_port;
 use support::{Origin, RedisServer};
+use tower_redis_cache::cache::RedisCacheLayerBuilder;
 use tower_redis_cache::genesys::GenesysClient;
 use tower_redis_cache::retry::RetryLayer;
 use tower_redis_cache::{CacheOutcome, RedisCacheLayer, RedisStore};
@@ -150,6 +151,14 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A cache of `POST`s in `store`, under `namespace`.
+fn post_cache(store: RedisStore, namespace: &str) -> RedisCacheLayerBuilder {
+    RedisCacheLayer::builder(store)
+        .namespace(namespace)
+        .methods([http::Method::POST])
+        .store_timeout(Duration::from_secs(2))
+}
+
 /// A redis-server with a plain port (for the test's own inspection) and a TLS port with the CA's server
 /// certificate; returns it and the TLS port.
 fn tls_server(ca: &TestCa) -> (RedisServer, u16) {
@@ -183,10 +192,7 @@ async fn the_layer_caches_through_rediss_trusting_the_tests_ca() {
     let mut config = Config::from_url(&format!("redis://127.0.0.1:{tls_port}")).unwrap();
     config.tls = Some(ca.connector().into());
     let store = RedisStore::connect_with(config).await.unwrap();
-    let layer = RedisCacheLayer::builder(store)
-        .namespace("tls")
-        .methods([http::Method::POST])
-        .store_timeout(Duration::from_secs(2))
+    let layer = post_cache(store, "tls")
         .near_cache(1 << 20)
         .build()
         .unwrap();
@@ -270,12 +276,8 @@ async fn behind_sentinel_over_tls_the_store_and_its_watch_speak_tls() {
     ))
     .unwrap();
     config.tls = Some(ca.connector().into());
-    let layer = RedisCacheLayer::builder(RedisStore::connect_with(config).await.unwrap())
-        .namespace("tls-sentinel")
-        .methods([http::Method::POST])
-        .store_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let store = RedisStore::connect_with(config).await.unwrap();
+    let layer = post_cache(store, "tls-sentinel").build().unwrap();
     let origin = Origin::new();
     let service = tower::Layer::layer(&layer, origin.service());
     assert!(matches!(
@@ -309,26 +311,13 @@ async fn handshakes_use_the_installed_provider_or_else_ring() {
     let ca = TestCa::make();
     let (server, tls_port) = tls_server(&ca);
     for install in ["counting", "none"] {
-        let output = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "handshakes_in_a_child_process",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("CHILD_TLS_PORT", tls_port.to_string())
-            .env("CHILD_PROVIDER", install)
-            // `rediss://` alone trusts the system's roots, or this file's: the test CA.
-            .env("SSL_CERT_FILE", ca.path("ca.crt"))
-            .env_remove("SSL_CERT_DIR")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{install}: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
+        let stdout = support::child::run(
+            support::child::command("handshakes_in_a_child_process")
+                .env("CHILD_TLS_PORT", tls_port.to_string())
+                .env("CHILD_PROVIDER", install)
+                // `rediss://` alone trusts the system's roots, or this file's: the test CA.
+                .env("SSL_CERT_FILE", ca.path("ca.crt"))
+                .env_remove("SSL_CERT_DIR"),
         );
         let counted = install == "counting";
         let expected = format!(
@@ -382,7 +371,7 @@ fn install_counting_provider() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a child process of another test; needs its environment"]
 async fn handshakes_in_a_child_process() {
-    let var = |name: &str| std::env::var(name).expect("run by the parent test");
+    let var = support::child::var;
     if var("CHILD_PROVIDER") == "counting" {
         install_counting_provider();
     }
@@ -390,12 +379,7 @@ async fn handshakes_in_a_child_process() {
     let store = RedisStore::connect(&format!("rediss://{base}"))
         .await
         .unwrap();
-    let layer = RedisCacheLayer::builder(store)
-        .namespace("tls-provider")
-        .methods([http::Method::POST])
-        .store_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let layer = post_cache(store, "tls-provider").build().unwrap();
     let origin = Origin::new();
     let service = tower::Layer::layer(&layer, origin.service());
     let body = format!(r#"{{"provider":"{}"}}"#, var("CHILD_PROVIDER"));

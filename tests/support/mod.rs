@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
 
 pub mod calls;
+pub mod child;
 pub mod http_proxy;
 pub mod logs;
 #[cfg(feature = "metrics")]
