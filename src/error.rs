@@ -136,7 +136,7 @@ pub enum Setting {
     Proxy,
     /// The Genesys client's `store` (none given, and no default store built in).
     Store,
-    /// The Genesys client's TLS setup.
+    /// The Genesys client's TLS setup (its `add_root_certificates_pem`).
     Tls,
 }
 

@@ -137,9 +137,10 @@
 //!
 //! # TLS
 //!
-//! The Genesys client's HTTPS (Mozilla's roots) and `rediss://` stores (the system's roots, or `SSL_CERT_FILE` /
-//! `SSL_CERT_DIR`) use rustls with the crypto provider your application installed as the process default, and
-//! ring when it installed none. To negotiate post-quantum key exchange, install aws-lc-rs before building them:
+//! The Genesys client's HTTPS (Mozilla's roots, and any it is given) and `rediss://` stores (the system's roots,
+//! or `SSL_CERT_FILE` / `SSL_CERT_DIR`) use rustls with the crypto provider your application installed as the
+//! process default, and ring when it installed none. To negotiate post-quantum key exchange, install aws-lc-rs
+//! before building them:
 //! `rustls::crypto::aws_lc_rs::default_provider().install_default()`. The choice is never left to rustls's crate
 //! features, which name no provider once a build links both (reqwest's default TLS brings aws-lc-rs).
 //!

@@ -26,6 +26,50 @@ fn ring() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
+/// The Genesys client's TLS configuration: [`provider`], and Mozilla's roots with the certificates of `extra`
+/// (PEM files' contents) besides.
+///
+/// # Errors
+/// A PEM without a certificate, one that does not read, or a certificate that cannot be a root (the message
+/// says which); the provider supports no safe TLS version.
+#[cfg(feature = "genesys")]
+pub(crate) fn https_config(extra: &[Vec<u8>]) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for (n, pem) in extra.iter().enumerate() {
+        let which = n + 1;
+        let mut found = 0;
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            let certificate = certificate
+                .map_err(|e| format!("root certificates #{which} do not read as PEM: {e}"))?;
+            roots.add(certificate).map_err(|e| {
+                format!(
+                    "root certificates #{which}: certificate {} cannot be a root: {e}",
+                    found + 1
+                )
+            })?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(format!(
+                "root certificates #{which} hold no `-----BEGIN CERTIFICATE-----` block"
+            ));
+        }
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 /// A fred TLS connector for a `rediss://` URL: [`provider`], and the roots fred's own default trusts (the
 /// system's store, or `SSL_CERT_FILE` / `SSL_CERT_DIR`).
 ///

@@ -6,6 +6,7 @@ mod support;
 
 use fred::prelude::{Config, TlsConnector};
 use fred::rustls;
+use futures_util::TryStreamExt;
 use rustls::crypto::{ActiveKeyExchange, CryptoProvider, SupportedKxGroup};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,7 +17,9 @@ use support::calls::{call, outcome, post};
 use support::redis::free_port;
 use support::{Origin, RedisServer};
 use tower_redis_cache::cache::RedisCacheLayerBuilder;
-use tower_redis_cache::genesys::GenesysClient;
+use tower_redis_cache::error::Setting;
+use tower_redis_cache::genesys::emulator::{Emulator, Endpoint};
+use tower_redis_cache::genesys::{ActionQuery, GenesysClient};
 use tower_redis_cache::retry::RetryLayer;
 use tower_redis_cache::{CacheOutcome, RedisCacheLayer, RedisStore};
 
@@ -412,4 +415,110 @@ async fn handshakes_in_a_child_process() {
             &causes
         },
     );
+}
+
+/// Serves HTTPS on a free loopback port with the CA's certificate for `127.0.0.1`, passing the plain bytes to
+/// `upstream`, as a gateway in front of an API does; returns the port.
+#[allow(
+    deprecated,
+    reason = "rustls 0.23.48 deprecates the ring provider; this server is about roots, not key exchange"
+)]
+async fn https_front(ca: &TestCa, upstream: std::net::SocketAddr) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certificates = CertificateDer::pem_file_iter(ca.path("server.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(ca.path("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certificates, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let (Ok(mut tls), Ok(mut plain)) = (
+                    acceptor.accept(stream).await,
+                    tokio::net::TcpStream::connect(upstream).await,
+                ) else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
+}
+
+/// The Genesys client trusts Mozilla's roots, and the ones it is given besides: an API behind a gateway whose
+/// certificate a company CA signed is refused, then read once that CA is added; PEM without a certificate is
+/// refused when the client is built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_genesys_client_trusts_the_roots_it_is_given_besides_mozillas() {
+    let ca = TestCa::make();
+    let emulator = Emulator::start().await.unwrap();
+    let base = format!(
+        "https://127.0.0.1:{}",
+        https_front(&ca, emulator.addr()).await
+    );
+    let builder = GenesysClient::builder()
+        .api_base(&base)
+        .login_base(&base)
+        .client_credentials(emulator.client_id(), emulator.client_secret())
+        .retry(RetryLayer::builder().max_attempts(1).build().unwrap());
+
+    let error = builder
+        .clone()
+        .build()
+        .unwrap()
+        .get_action("x")
+        .await
+        .unwrap_err();
+    let mut causes = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        causes.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(causes.contains("UnknownIssuer"), "{causes}");
+    assert_eq!(emulator.requests(Endpoint::Token), 0);
+
+    let pem = std::fs::read(ca.path("ca.crt")).unwrap();
+    let client = builder
+        .clone()
+        .add_root_certificates_pem(&pem)
+        .build()
+        .unwrap();
+    let pages: Vec<_> = client
+        .list_action_pages(&ActionQuery::new().page_size(25))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(pages.iter().map(|p| p.entities.len()).sum::<usize>() >= 60);
+    assert_eq!(emulator.requests(Endpoint::Token), 1);
+
+    for pem in [
+        &b"not pem"[..],
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    ] {
+        let error = builder
+            .clone()
+            .add_root_certificates_pem(pem)
+            .build()
+            .unwrap_err();
+        assert_eq!(error.setting(), Setting::Tls, "{error}");
+        assert!(
+            error.to_string().contains("root certificates #1"),
+            "{error}"
+        );
+    }
 }

@@ -520,6 +520,7 @@ pub struct GenesysClientBuilder {
     max_pages: u32,
     allow_insecure_http: bool,
     proxy: ProxySetting,
+    root_certificates: Vec<Vec<u8>>,
     #[cfg(feature = "compression")]
     compress_above: Option<usize>,
     #[cfg(feature = "redis")]
@@ -552,6 +553,7 @@ impl Default for GenesysClientBuilder {
             max_pages: 1000,
             allow_insecure_http: false,
             proxy: ProxySetting::Environment,
+            root_certificates: Vec::new(),
             #[cfg(feature = "compression")]
             compress_above: None,
             #[cfg(feature = "redis")]
@@ -570,6 +572,7 @@ impl fmt::Debug for GenesysClientBuilder {
             .field("fresh_for", &self.fresh_for)
             .field("stale_for", &self.stale_for)
             .field("proxy", &self.proxy)
+            .field("root_certificates", &self.root_certificates.len())
             .finish_non_exhaustive()
     }
 }
@@ -793,6 +796,15 @@ impl GenesysClientBuilder {
         self
     }
 
+    /// Trusts the certificates in `pem` (the contents of a PEM file: one or more `-----BEGIN CERTIFICATE-----`
+    /// blocks) as roots, besides Mozilla's: the company CA of a proxy that inspects TLS, or of a private gateway
+    /// in front of the API. Calls add up. [`build`](Self::build) refuses PEM without a certificate, or a
+    /// certificate that cannot be a root. Default: Mozilla's roots only.
+    pub fn add_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.root_certificates.push(pem.as_ref().to_vec());
+        self
+    }
+
     /// The most pages one listing may read before it fails. Default: 1000.
     pub fn max_pages(mut self, pages: u32) -> Self {
         self.max_pages = pages;
@@ -806,7 +818,8 @@ impl GenesysClientBuilder {
     /// [`ConfigError`] when a base or the credentials are missing or invalid (a base must be an absolute
     /// `https://` URL, or `http://` to loopback, without credentials, query or fragment), a Redis URL is
     /// invalid, no store was given and the `memory` feature is off, a [`near_cache`](Self::near_cache) was
-    /// asked for over a store other than Redis, or the [`proxy`](Self::proxy) is not one the client can use.
+    /// asked for over a store other than Redis, the [`proxy`](Self::proxy) is not one the client can use, or
+    /// [root certificates](Self::add_root_certificates_pem) are not.
     pub fn build(self) -> Result<GenesysClient, ConfigError> {
         let api_base = self
             .api_base
@@ -839,8 +852,10 @@ impl GenesysClientBuilder {
         };
 
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(crate::tls::provider())
-            .map_err(|e| ConfigError::new(Setting::Tls, e.to_string()))?
+            .with_tls_config(
+                crate::tls::https_config(&self.root_certificates)
+                    .map_err(|why| ConfigError::new(Setting::Tls, why))?,
+            )
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(Connector::new(&self.proxy, &[&api_base, login_base])?);
