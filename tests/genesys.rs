@@ -1473,8 +1473,8 @@ async fn a_proxy_the_client_cannot_tunnel_through_is_refused_when_it_is_built() 
 }
 
 /// The environment's proxy (curl's variables) is the default: for an https base it tunnels through
-/// `HTTPS_PROXY`, not for a host `NO_PROXY` names, and never for a base on this machine. Each case is a child
-/// process with its own environment.
+/// `HTTPS_PROXY`, not for a host `NO_PROXY` names, and never for a base on this machine; a value that applies but
+/// cannot be used is refused. Each case is a child process with its own environment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_environments_proxy_is_used_but_for_no_proxy_hosts_and_this_machine() {
     let emulator = Emulator::start().await.unwrap();
@@ -1510,6 +1510,20 @@ async fn the_environments_proxy_is_used_but_for_no_proxy_hosts_and_this_machine(
                 ("ALL_PROXY", proxy_url.as_str()),
             ],
             "ok",
+            2,
+        ),
+        (
+            remote,
+            vec![("HTTPS_PROXY", "socks4://127.0.0.1:1080")],
+            "refused",
+            2,
+        ),
+        (remote, vec![("ALL_PROXY", "http://[::1")], "refused", 2),
+        // Not for this base: left alone.
+        (
+            remote,
+            vec![("HTTP_PROXY", "socks4://127.0.0.1:1080")],
+            "error",
             2,
         ),
     ] {
@@ -1562,8 +1576,15 @@ async fn environment_proxy_child() {
         .client_credentials(id, secret)
         .attempt_timeout(Duration::from_secs(2))
         .retry(RetryLayer::builder().max_attempts(1).build().unwrap())
-        .build()
-        .unwrap();
+        .build();
+    let client = match client {
+        Ok(client) => client,
+        Err(error) => {
+            assert_eq!(error.setting(), Setting::Proxy, "{error}");
+            println!("child: refused ({error})");
+            return;
+        }
+    };
     let answer = client.get_action("nope").await;
     // The emulator knows no action `nope`: a 404 is an answer from it, through whatever route.
     let reached = matches!(&answer, Err(error) if error.is_not_found());

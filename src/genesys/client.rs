@@ -783,8 +783,9 @@ impl GenesysClientBuilder {
     /// (`HTTPS_PROXY`, `HTTP_PROXY` for an `http://` base, `ALL_PROXY`, with `NO_PROXY`'s exceptions, in lower
     /// case too; not in a CGI process), except for bases on this machine.
     ///
-    /// Only `http://` proxies: [`build`](Self::build) refuses another kind (`socks5://`, `https://`), here or
-    /// in the environment, rather than connect around it. The password is never shown (`Debug`, errors).
+    /// Only `http://` proxies: [`build`](Self::build) refuses another kind (`socks5://`, `https://`), or a
+    /// value that does not read, here or in the environment, rather than connect around it. The password is
+    /// never shown (`Debug`, errors).
     pub fn proxy(mut self, url: impl Into<String>) -> Self {
         self.proxy = ProxySetting::Url(url.into());
         self

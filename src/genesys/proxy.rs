@@ -101,10 +101,13 @@ impl Route {
                     direct_to_loopback: false,
                 }
             }
-            ProxySetting::Environment => Route {
-                matcher: Matcher::from_env(),
-                direct_to_loopback: true,
-            },
+            ProxySetting::Environment => {
+                refuse_unreadable_environment(bases)?;
+                Route {
+                    matcher: Matcher::from_env(),
+                    direct_to_loopback: true,
+                }
+            }
         };
         let mut proxied = false;
         for base in bases {
@@ -140,6 +143,54 @@ impl Route {
         }
         self.matcher.intercept(dst)
     }
+}
+
+/// `Err` when a proxy variable of the environment that applies to one of `bases` holds a value hyper-util's
+/// reading drops (a scheme it does not know, a URL that does not parse), which would connect around the proxy
+/// meant: curl refuses such a value too. A CGI process's variables are ignored, as the reading ignores them.
+fn refuse_unreadable_environment(bases: &[&str]) -> Result<(), ConfigError> {
+    if std::env::var_os("REQUEST_METHOD").is_some() {
+        return Ok(());
+    }
+    for base in bases {
+        let Ok(uri) = base.parse::<Uri>() else {
+            continue;
+        };
+        if uri.host().is_none_or(super::client::is_loopback) {
+            continue;
+        }
+        let names: &[&str] = if uri.scheme_str() == Some("http") {
+            &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        } else {
+            &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        };
+        // Upper case first, as hyper-util reads them.
+        for pair in names.chunks(2) {
+            let Some((name, value)) = pair
+                .iter()
+                .find_map(|name| std::env::var(name).ok().map(|value| (name, value)))
+            else {
+                continue;
+            };
+            if !value.is_empty()
+                && Matcher::builder()
+                    .all(value.as_str())
+                    .build()
+                    .intercept(&uri)
+                    .is_none()
+            {
+                return Err(ConfigError::new(
+                    Setting::Proxy,
+                    format!(
+                        "the environment's {name} ({}) is not a proxy URL this client can use \
+                         (`http://[user:password@]host:port`): correct it, or set `proxy` or `no_proxy`",
+                        shown(&value)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Connects straight to a host, or through the proxy a [`Route`] names for it.
