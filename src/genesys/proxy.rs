@@ -206,6 +206,9 @@ impl Connector {
         let mut http = HttpConnector::new();
         // The URIs it is given are https ones: TLS is the layer above.
         http.enforce_http(false);
+        // A request is written whole and its answer awaited: nothing for Nagle's algorithm to gather, only a
+        // segment to hold back (reqwest's default too).
+        http.set_nodelay(true);
         Ok(Connector {
             http,
             route: Route::new(setting, bases)?.map(Arc::new),
