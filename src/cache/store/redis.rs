@@ -404,14 +404,9 @@ fn scheme(url: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Whether a scheme asks for TLS: `rediss`, `rediss-cluster`, `rediss-sentinel`, and fred's `valkeys` spellings.
-fn is_tls(scheme: &str) -> bool {
-    scheme.starts_with("rediss") || scheme.starts_with("valkeys")
-}
-
-/// A TLS URL spelled with its plain scheme (`rediss-cluster://` as `redis-cluster://`, the rest unchanged), for
-/// fred to parse without building its own TLS connector; `None` for a URL that is not TLS.
-#[cfg_attr(not(feature = "redis-tls"), allow(dead_code))]
+/// A TLS URL (`rediss`, `rediss-cluster`, `rediss-sentinel`, and fred's `valkeys` spellings) spelled with its
+/// plain scheme (`rediss-cluster://` as `redis-cluster://`, the rest unchanged), for fred to parse without building
+/// its own TLS connector; `None` for a URL that is not TLS.
 fn without_tls(url: &str) -> Option<String> {
     let url = url.trim_start();
     let (_, rest) = url.split_once("://")?;
@@ -429,8 +424,8 @@ fn without_tls(url: &str) -> Option<String> {
 
 /// `Err` for a TLS scheme when `tls` support is absent.
 fn refuse_tls_without_support(url: &str, tls: bool) -> Result<(), fred::error::Error> {
-    let scheme = scheme(url);
-    if !tls && is_tls(&scheme) {
+    if !tls && without_tls(url).is_some() {
+        let scheme = scheme(url);
         return Err(fred::error::Error::new(
             fred::error::ErrorKind::Config,
             format!(
