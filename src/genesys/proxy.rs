@@ -70,34 +70,15 @@ impl Route {
         let route = match setting {
             ProxySetting::Off => return Ok(None),
             ProxySetting::Url(url) => {
-                let refused =
-                    |why: &str| ConfigError::new(Setting::Proxy, format!("{} {why}", shown(url)));
-                let uri: Uri = url.parse().map_err(|_| {
-                    refused("is not a proxy URL (`http://[user:password@]host:port`)")
-                })?;
-                if uri.host().is_none_or(str::is_empty) {
-                    return Err(refused("names no host"));
-                }
-                if uri
-                    .scheme_str()
-                    .is_some_and(|s| !s.eq_ignore_ascii_case("http"))
-                {
-                    return Err(refused(
-                        "is not an http:// proxy, the only kind this client tunnels through",
+                if !reads(url, &Uri::from_static("https://example.com")) {
+                    return Err(ConfigError::new(
+                        Setting::Proxy,
+                        format!("{} {UNREADABLE}", shown(url)),
                     ));
                 }
-                let matcher = Matcher::builder().all(url.clone()).build();
-                // hyper-util's reading drops what it cannot use (user info without a `:password`, ...).
-                if matcher
-                    .intercept(&Uri::from_static("https://example.com"))
-                    .is_none()
-                {
-                    return Err(refused(
-                        "is not a proxy URL this client can use (`http://[user:password@]host:port`)",
-                    ));
-                }
+                // A proxy of another kind than http:// is refused below, with the bases.
                 Route {
-                    matcher,
+                    matcher: Matcher::builder().all(url.as_str()).build(),
                     direct_to_loopback: false,
                 }
             }
@@ -145,6 +126,20 @@ impl Route {
     }
 }
 
+/// The error's words for a proxy value that [`reads`] refuses.
+const UNREADABLE: &str =
+    "is not a proxy URL this client can use (`http://[user:password@]host:port`)";
+
+/// Whether hyper-util's reading of the proxy value `value` keeps it for `dst`: it drops, without a word, a URL
+/// that does not parse, a scheme it does not know, user info without a `:password` (in some versions).
+fn reads(value: &str, dst: &Uri) -> bool {
+    Matcher::builder()
+        .all(value)
+        .build()
+        .intercept(dst)
+        .is_some()
+}
+
 /// `Err` when a proxy variable of the environment that applies to one of `bases` holds a value hyper-util's
 /// reading drops (a scheme it does not know, a URL that does not parse), which would connect around the proxy
 /// meant: curl refuses such a value too. A CGI process's variables are ignored, as the reading ignores them.
@@ -172,18 +167,11 @@ fn refuse_unreadable_environment(bases: &[&str]) -> Result<(), ConfigError> {
             else {
                 continue;
             };
-            if !value.is_empty()
-                && Matcher::builder()
-                    .all(value.as_str())
-                    .build()
-                    .intercept(&uri)
-                    .is_none()
-            {
+            if !value.is_empty() && !reads(&value, &uri) {
                 return Err(ConfigError::new(
                     Setting::Proxy,
                     format!(
-                        "the environment's {name} ({}) is not a proxy URL this client can use \
-                         (`http://[user:password@]host:port`): correct it, or set `proxy` or `no_proxy`",
+                        "the environment's {name} ({}) {UNREADABLE}: correct it, or set `proxy` or `no_proxy`",
                         shown(&value)
                     ),
                 ));
