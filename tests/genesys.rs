@@ -1443,12 +1443,8 @@ async fn a_proxy_refusing_the_credentials_fails_the_call_without_showing_them() 
     // The token is asked for first: its endpoint could not be reached.
     let error = client.get_action("x").await.unwrap_err();
     assert!(error.is_auth(), "{error:?}");
-    let mut shown = format!("{error} {error:?}");
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        shown.push_str(&format!(" {cause} {cause:?}"));
-        source = cause.source();
-    }
+    // The causes' messages, and every cause's `Debug` (the error's holds them).
+    let shown = format!("{} {error:?}", support::calls::causes(&error));
     assert!(shown.contains("proxy"), "{shown}");
     assert!(!shown.contains("wrong-s3cret"), "{shown}");
     assert_eq!(proxy.tunnels().len(), 1);

@@ -398,12 +398,7 @@ async fn handshakes_in_a_child_process() {
         .build()
         .unwrap();
     let error = client.get_action("x").await.unwrap_err();
-    let mut causes = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        causes.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
+    let causes = support::calls::causes(&error);
     let genesys = KX_STARTS.load(Ordering::Relaxed) - redis;
     println!(
         "child: hit={hit} redis_counted={} genesys_counted={} genesys_error={}",
@@ -483,12 +478,7 @@ async fn the_genesys_client_trusts_the_roots_it_is_given_besides_mozillas() {
         .get_action("x")
         .await
         .unwrap_err();
-    let mut causes = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        causes.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
+    let causes = support::calls::causes(&error);
     assert!(causes.contains("UnknownIssuer"), "{causes}");
     assert_eq!(emulator.requests(Endpoint::Token), 0);
 

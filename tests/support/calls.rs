@@ -97,3 +97,14 @@ pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
     panic!("gave up waiting for: {what}");
 }
+
+/// An error and its causes, each's message after the last's: `a: b: c`.
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut causes = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        causes.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    causes
+}
