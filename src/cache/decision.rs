@@ -2761,7 +2761,10 @@ mod tests {
     fn model(rules: &Rules, r: &RequestFacts, lookup: Lookup, now: u64) -> Action {
         // A request that forbids the origin gets what is stored, or a refusal.
         let action = model_with_origin(rules, r, lookup, now);
-        let needs_origin = matches!(action, Action::Bypass(_) | Action::Forward(_));
+        let needs_origin = matches!(
+            action,
+            Action::Bypass(_) | Action::Forward(_) | Action::PassAndFill
+        );
         if r.only_if_cached && needs_origin {
             return Action::OnlyIfCachedMiss;
         }
@@ -2769,20 +2772,14 @@ mod tests {
     }
 
     fn model_with_origin(rules: &Rules, r: &RequestFacts, lookup: Lookup, now: u64) -> Action {
-        // A range is cut from a fresh entry; whatever else it would get comes from the origin, as it asked.
+        // A range is cut from any entry that would answer the whole (a refresh asks for the whole answer). What
+        // would go to the origin goes as it came, and fills the entry beside if the whole could be stored.
         let action = model_whole(rules, r, lookup, now);
-        let from_entry = matches!(
-            action,
-            Action::Read | Action::ServeFresh | Action::Bypass(_)
-        );
-        if r.range && action == Action::ServeFreshAndRefresh {
-            // Cut from the fresh entry, not refreshed: the refresh would ask for the range.
-            return Action::ServeFresh;
+        match action {
+            Action::Forward(forward) if r.range && forward.store => Action::PassAndFill,
+            Action::Forward(_) if r.range => Action::Bypass(BypassReason::Range),
+            action => action,
         }
-        if r.range && !from_entry {
-            return Action::Bypass(BypassReason::Range);
-        }
-        action
     }
 
     fn model_whole(rules: &Rules, r: &RequestFacts, lookup: Lookup, now: u64) -> Action {
@@ -2824,6 +2821,10 @@ mod tests {
             return Action::Bypass(*reason);
         }
         if r.no_cache {
+            // Only a whole answer revalidates the entry: a range asking for one goes as it came, filling nothing.
+            if r.range {
+                return Action::Bypass(BypassReason::Range);
+            }
             return forward(Fwd::Request, true, false);
         }
         let stored = match lookup {
@@ -3002,12 +3003,9 @@ mod tests {
             if credential || range_unanswerable || facts.preconditions || facts.no_cache {
                 prop_assert!(!served, "{:?} answered from the store for {:?}", action, facts);
             }
-            // A range is cut from a fresh entry or asked of the origin as it came: never stale, never shared.
+            // A range is cut from an entry or asked of the origin as it came, its answer never stored or shared.
             if facts.range {
-                let forwarded = matches!(
-                    action,
-                    Action::Forward(_) | Action::ServeStale | Action::ServeFreshAndRefresh
-                );
+                let forwarded = matches!(action, Action::Forward(_));
                 prop_assert!(!forwarded, "{:?} for a range: {:?}", action, facts);
             }
         }
