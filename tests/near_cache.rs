@@ -94,6 +94,45 @@ async fn a_write_by_one_process_is_never_answered_by_the_others_near_cache() {
     assert_eq!(origin.calls(), 2);
 }
 
+/// A process reaching Redis through its Unix socket keeps its near cache coherent as one over TCP does: client
+/// tracking's invalidations come down the socket.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_over_a_unix_socket_hears_a_write_made_over_tcp() {
+    let server = RedisServer::start_with_socket(&[]);
+    let origin = Origin::new();
+    let socket = RedisCacheLayer::builder(RedisStore::connect(&server.socket_url()).await.unwrap())
+        .namespace("near")
+        .methods([Method::GET, Method::POST])
+        .store_timeout(Duration::from_secs(2))
+        .near_cache(16 << 20)
+        .build()
+        .unwrap();
+    let tcp = near_layer(&server.url()).await.build().unwrap();
+    let (service_socket, service_tcp) = (
+        cached(&socket, origin.service()),
+        cached(&tcp, origin.service()),
+    );
+    let query = r#"{"q":"socket"}"#;
+
+    call(&service_tcp, post(query)).await;
+    let near = until_near(&service_socket, query).await;
+    assert_eq!(&body(near).await[..], br#"{"n":1,"echo":{"q":"socket"}}"#);
+
+    let before = socket.handle().stats().near_invalidations;
+    call(&service_tcp, revalidate(query)).await;
+    wait_until("the socket's process heard of the write", || {
+        socket.handle().stats().near_invalidations > before
+    })
+    .await;
+    let response = call(&service_socket, post(query)).await;
+    assert_eq!(
+        &body(response).await[..],
+        br#"{"n":2,"echo":{"q":"socket"}}"#
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_through_one_process_drops_the_near_copy_in_the_others() {
     let server = RedisServer::start();

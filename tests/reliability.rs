@@ -679,6 +679,48 @@ async fn redis_auth_from_the_url_is_used_and_a_wrong_password_refused() {
     // (`rediss://` URLs: tests/tls.rs.)
 }
 
+/// On Unix, a Redis on the same machine is reached through its socket by a `redis+unix://` URL, password included:
+/// the entries are that server's, and the connection is a socket's.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_redis_on_a_unix_socket_is_reached_by_its_url() {
+    let server = RedisServer::start_with_socket(&["--requirepass", "s3cret-pw"]);
+    let origin = Origin::new();
+    let url = server.socket_url();
+    assert!(
+        url.starts_with("redis+unix://:s3cret-pw@localhost/"),
+        "{url}"
+    );
+    let layer = layer_over(RedisStore::connect(&url).await.unwrap())
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let query = r#"{"q":"socket"}"#;
+    call(&service, post(query)).await;
+    let hit = call(&service, post(query)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(&body(hit).await[..], br#"{"n":1,"echo":{"q":"socket"}}"#);
+    assert_eq!(origin.calls(), 1);
+
+    // Asked over TCP, the server holds the entry, and its one other client came through the socket.
+    let keys = String::from_utf8_lossy(&server.command(&[b"KEYS", b"*"])).into_owned();
+    assert!(keys.contains("rel:"), "{keys}");
+    let clients = String::from_utf8_lossy(&server.command(&[b"CLIENT", b"LIST"])).into_owned();
+    let socket = server.socket_path().display().to_string();
+    assert!(
+        clients
+            .lines()
+            .any(|client| client.contains(&format!("laddr={socket}"))),
+        "{clients}"
+    );
+
+    // A wrong password, or no socket at that path, is an error at connect time.
+    let wrong = url.replace(":s3cret-pw@", ":nope@");
+    assert!(RedisStore::connect(&wrong).await.is_err());
+    let nowhere = format!("redis+unix://{socket}.missing");
+    assert!(RedisStore::connect(&nowhere).await.is_err());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(64) })]
 

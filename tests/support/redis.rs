@@ -73,21 +73,39 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments (e.g. `["--maxmemory", "1mb"]`).
     pub fn start_with(extra_args: &[&str]) -> Self {
+        let mut server = Self::unstarted(extra_args);
+        server.spawn_on_free_port();
+        server
+    }
+
+    /// [`start_with`](Self::start_with), the server listening on a Unix socket in its scratch directory too
+    /// ([`socket_url`](Self::socket_url)).
+    pub fn start_with_socket(extra_args: &[&str]) -> Self {
+        let mut server = Self::unstarted(extra_args);
+        let socket = server.socket_path().display().to_string();
+        server.extra_args.extend(["--unixsocket".into(), socket]);
+        server
+            .extra_args
+            .extend(["--unixsocketperm".into(), "700".into()]);
+        server.spawn_on_free_port();
+        server
+    }
+
+    /// A server not yet started, with its port, scratch directory and arguments chosen.
+    fn unstarted(extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let password = extra_args
             .iter()
             .position(|a| a == "--requirepass")
             .and_then(|i| extra_args.get(i + 1).cloned());
-        let mut server = RedisServer {
+        RedisServer {
             port: free_port(),
             sentinel_conf: None,
             extra_args,
             password,
             dir: ScratchDir::new("single"),
             child: None,
-        };
-        server.spawn_on_free_port();
-        server
+        }
     }
 
     /// Starts a primary and a replica of it, and waits until the replica has synced (both with no delay before
@@ -263,6 +281,21 @@ impl RedisServer {
         match &self.password {
             Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
             None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The Unix socket a server from [`start_with_socket`](Self::start_with_socket) listens on.
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.0.join("redis.sock")
+    }
+
+    /// `redis+unix:///<scratch dir>/redis.sock` (with the password when the server requires one: fred wants a host
+    /// before a path then, any host).
+    pub fn socket_url(&self) -> String {
+        let path = self.socket_path();
+        match &self.password {
+            Some(password) => format!("redis+unix://:{password}@localhost{}", path.display()),
+            None => format!("redis+unix://{}", path.display()),
         }
     }
 

@@ -51,7 +51,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// use tower_redis_cache::RedisStore;
 ///
 /// # async fn run() -> Result<(), fred::error::Error> {
-/// // redis://, rediss:// (feature `redis-tls`), redis-cluster://, redis-sentinel:// URLs, with credentials.
+/// // redis://, rediss:// (feature `redis-tls`), redis-cluster://, redis-sentinel://, and on Unix
+/// // redis+unix:///run/redis/redis.sock URLs, with credentials.
 /// let store = RedisStore::connect("redis://cache:change-me@127.0.0.1:6379").await?;
 /// # let _ = store; Ok(()) }
 /// ```
@@ -198,9 +199,16 @@ impl RedisStore {
     /// [TLS](crate#tls) section names; they need the `redis-tls` feature, and without it are refused rather than
     /// sent in plain text. For a private CA, use [`connect_with`](Self::connect_with).
     ///
+    /// On Unix, `redis+unix:///path/to/redis.sock` reaches a Redis on the same machine through its socket (Redis's
+    /// `unixsocket` setting), which skips the TCP stack on every hit; with credentials,
+    /// `redis+unix://user:password@localhost/path/to/redis.sock` (a host is needed before the path; any will do).
+    /// Such a URL names no database: the server's `0` is used, or set [`Config::database`] and call
+    /// [`connect_with`](Self::connect_with).
+    ///
     /// # Errors
     ///
-    /// An invalid URL, a TLS URL without the `redis-tls` feature, or no connection on the first attempt.
+    /// An invalid URL, a TLS URL without the `redis-tls` feature, a `redis+unix://` URL on a system without Unix
+    /// sockets, or no connection on the first attempt.
     pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
         Self::connect_with(parse_url(url)?).await
     }
