@@ -680,7 +680,7 @@ async fn redis_auth_from_the_url_is_used_and_a_wrong_password_refused() {
 }
 
 /// On Unix, a Redis on the same machine is reached through its socket by a `redis+unix://` URL, password included:
-/// the entries are that server's, and the connection is a socket's.
+/// the entries are that server's, and the connection is a socket's; redis-rs's `unix://?db=` spelling too.
 #[cfg(unix)]
 #[tokio::test]
 async fn a_redis_on_a_unix_socket_is_reached_by_its_url() {
@@ -714,8 +714,20 @@ async fn a_redis_on_a_unix_socket_is_reached_by_its_url() {
         "{clients}"
     );
 
+    // redis-rs's spelling, the database and the password in its query: the entry is that database's.
+    let url = format!("unix://{socket}?db=2&pass=s3cret-pw");
+    let layer = layer_over(RedisStore::connect(&url).await.unwrap())
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let miss = call(&service, post(query)).await;
+    assert!(matches!(outcome(&miss), CacheOutcome::Miss { .. }));
+    assert_eq!(origin.calls(), 2);
+    let keyspace = String::from_utf8_lossy(&server.command(&[b"INFO", b"keyspace"])).into_owned();
+    assert!(keyspace.contains("db2:keys="), "{keyspace}");
+
     // A wrong password, or no socket at that path, is an error at connect time.
-    let wrong = url.replace(":s3cret-pw@", ":nope@");
+    let wrong = server.socket_url().replace(":s3cret-pw@", ":nope@");
     assert!(RedisStore::connect(&wrong).await.is_err());
     let nowhere = format!("redis+unix://{socket}.missing");
     assert!(RedisStore::connect(&nowhere).await.is_err());

@@ -202,12 +202,13 @@ impl RedisStore {
     /// On Unix, `redis+unix:///path/to/redis.sock` reaches a Redis on the same machine through its socket (Redis's
     /// `unixsocket` setting), which skips the TCP stack on every hit; with credentials,
     /// `redis+unix://user:password@localhost/path/to/redis.sock` (a host is needed before the path; any will do).
-    /// Such a URL names no database: the server's `0` is used, or set [`Config::database`] and call
-    /// [`connect_with`](Self::connect_with).
+    /// The path being the socket's, a database is named in the query, as redis-rs reads it, whose `unix://`
+    /// spelling works too: `unix:///path/to/redis.sock?db=2&user=cache&pass=change-me`. Another query parameter
+    /// is refused rather than ignored.
     ///
     /// # Errors
     ///
-    /// An invalid URL, a TLS URL without the `redis-tls` feature, a `redis+unix://` URL on a system without Unix
+    /// An invalid URL, a TLS URL without the `redis-tls` feature, a Unix socket URL on a system without Unix
     /// sockets, or no connection on the first attempt.
     pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
         Self::connect_with(parse_url(url)?).await
@@ -395,6 +396,9 @@ impl fmt::Debug for RedisStore {
 /// crate features, and panics in a build that links both providers.
 fn parse_url(url: &str) -> Result<Config, fred::error::Error> {
     refuse_tls_without_support(url, cfg!(feature = "redis-tls"))?;
+    if let Some(socket) = unix_socket(url) {
+        return socket_config(socket?);
+    }
     #[cfg(feature = "redis-tls")]
     if let Some(plain) = without_tls(url) {
         let mut config = Config::from_url(&plain)?;
@@ -402,6 +406,85 @@ fn parse_url(url: &str) -> Result<Config, fred::error::Error> {
         return Ok(config);
     }
     Config::from_url(url)
+}
+
+/// A Unix socket URL read by [`unix_socket`]: fred's spelling of it, with no query, and what its query said.
+#[derive(Debug, PartialEq, Eq)]
+struct Socket {
+    url: String,
+    database: Option<u8>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// A Unix socket URL, in fred's spelling (`redis+unix://`, `valkey+unix://`) or redis-rs's (`unix://`), read
+/// with the query parameters redis-rs takes (`db`, `user`, `pass`), which fred would drop: a database asked
+/// for is never silently replaced by `0`. `None` for any other URL; an error for a parameter it does not know
+/// or cannot read (named, its value never shown: it may be a password).
+fn unix_socket(url: &str) -> Option<Result<Socket, fred::error::Error>> {
+    let url = url.trim_start();
+    let (_, rest) = url.split_once("://")?;
+    let scheme = scheme(url);
+    let fred_scheme = match scheme.as_str() {
+        "unix" | "redis+unix" => "redis+unix",
+        "valkey+unix" => "valkey+unix",
+        _ => return None,
+    };
+    let refuse = |what: String| {
+        Some(Err(fred::error::Error::new(
+            fred::error::ErrorKind::Config,
+            format!("{what} in a {scheme}:// URL"),
+        )))
+    };
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut socket = Socket {
+        url: format!("{fred_scheme}://{rest}"),
+        database: None,
+        username: None,
+        password: None,
+    };
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "db" => match value.parse() {
+                Ok(database) => socket.database = Some(database),
+                Err(_) => return refuse(format!("`db={value}` is no database number (0 to 255)")),
+            },
+            "user" => socket.username = Some(value.into_owned()),
+            "pass" | "password" => socket.password = Some(value.into_owned()),
+            _ => {
+                return refuse(format!(
+                    "the query parameter `{name}` is not one this crate reads (`db`, `user`, `pass`)"
+                ));
+            }
+        }
+    }
+    let credentials_in_authority = rest
+        .split('/')
+        .next()
+        .is_some_and(|host| host.contains('@'));
+    if credentials_in_authority && (socket.username.is_some() || socket.password.is_some()) {
+        return refuse("credentials both before the host and in the query".to_owned());
+    }
+    Some(Ok(socket))
+}
+
+/// The configuration of a Unix socket URL read by [`unix_socket`].
+#[cfg(unix)]
+fn socket_config(socket: Socket) -> Result<Config, fred::error::Error> {
+    let mut config = Config::from_url_unix(&socket.url)?;
+    config.database = socket.database.or(config.database);
+    config.username = socket.username.or(config.username);
+    config.password = socket.password.or(config.password);
+    Ok(config)
+}
+
+/// No Unix sockets here: a Unix socket URL is refused, saying so.
+#[cfg(not(unix))]
+fn socket_config(_: Socket) -> Result<Config, fred::error::Error> {
+    Err(fred::error::Error::new(
+        fred::error::ErrorKind::Config,
+        "a Unix socket URL (redis+unix://), and this system has no Unix sockets",
+    ))
 }
 
 /// A URL's scheme, lowercased (empty when it has none).
@@ -1255,6 +1338,81 @@ mod tests {
             "redis-sentinel://cache.example",
         ] {
             assert!(refuse_tls_without_support(url, false).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn unix_socket_urls_keep_the_database_and_credentials_their_query_names() {
+        let socket = |url: &str, database, username: Option<&str>, password: Option<&str>| Socket {
+            url: url.to_owned(),
+            database,
+            username: username.map(str::to_owned),
+            password: password.map(str::to_owned),
+        };
+        for (url, read) in [
+            (
+                "redis+unix:///run/redis.sock",
+                socket("redis+unix:///run/redis.sock", None, None, None),
+            ),
+            (
+                " UNIX:///run/redis.sock?db=3",
+                socket("redis+unix:///run/redis.sock", Some(3), None, None),
+            ),
+            (
+                "unix:///run/redis.sock?db=1&user=cache&pass=p%40ss%26",
+                socket(
+                    "redis+unix:///run/redis.sock",
+                    Some(1),
+                    Some("cache"),
+                    Some("p@ss&"),
+                ),
+            ),
+            (
+                "redis+unix://cache:pw@localhost/run/redis.sock?db=2",
+                socket(
+                    "redis+unix://cache:pw@localhost/run/redis.sock",
+                    Some(2),
+                    None,
+                    None,
+                ),
+            ),
+            (
+                "valkey+unix:///run/valkey.sock",
+                socket("valkey+unix:///run/valkey.sock", None, None, None),
+            ),
+        ] {
+            assert_eq!(unix_socket(url).unwrap().unwrap(), read, "{url}");
+        }
+        for (url, said) in [
+            (
+                "unix:///run/redis.sock?db=256",
+                "`db=256` is no database number",
+            ),
+            ("unix:///run/redis.sock?db=", "`db=` is no database number"),
+            (
+                "unix:///run/redis.sock?database=2",
+                "the query parameter `database`",
+            ),
+            (
+                "unix://:pw@localhost/run/redis.sock?pass=other",
+                "credentials both",
+            ),
+        ] {
+            let error = unix_socket(url).unwrap().unwrap_err();
+            assert_eq!(*error.kind(), fred::error::ErrorKind::Config, "{url}");
+            assert!(error.details().contains(said), "{url}: {error}");
+            assert!(
+                !error.details().contains("pw") && !error.details().contains("other"),
+                "{error}"
+            );
+        }
+        for url in [
+            "redis://cache.example",
+            "rediss://x",
+            "unixy:///x",
+            "/run/redis.sock",
+        ] {
+            assert!(unix_socket(url).is_none(), "{url}");
         }
     }
 
