@@ -679,6 +679,22 @@ async fn redis_auth_from_the_url_is_used_and_a_wrong_password_refused() {
     // (`rediss://` URLs: tests/tls.rs.)
 }
 
+/// The store's connections carry TCP keepalive, probed after 30 s of silence, so that a NAT gateway, load balancer
+/// or firewall that forgets quiet connections keeps them: the kernel shows each one's keepalive timer armed, due
+/// within 30 s.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_stores_connections_are_probed_when_quiet() {
+    let server = RedisServer::start();
+    let _store = RedisStore::connect(&server.url()).await.unwrap();
+    let timers = support::tcp::timers_of_connections_to(server.port());
+    assert!(!timers.is_empty());
+    for timer in timers {
+        assert_eq!(timer.kind, 2, "a connection without keepalive: {timer:?}");
+        assert!(timer.due <= 30 * 100, "{timer:?}");
+    }
+}
+
 /// On Unix, a Redis on the same machine is reached through its socket by a `redis+unix://` URL, password included:
 /// the entries are that server's, and the connection is a socket's; redis-rs's `unix://?db=` spelling too.
 #[cfg(unix)]

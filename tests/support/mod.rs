@@ -11,6 +11,7 @@ pub mod origin;
 pub mod proxy;
 pub mod redis;
 pub mod store;
+pub mod tcp;
 
 pub use self::origin::Origin;
 pub use self::redis::{RedisCluster, RedisServer, bulk_payload};

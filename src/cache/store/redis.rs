@@ -158,7 +158,9 @@ impl RedisStore {
     /// Wraps a connected (or connecting) fred client, with its own settings. Build it with
     /// `tcp.nodelay = Some(true)`, as [`connect`](Self::connect) does: with fred's default (Nagle's algorithm
     /// on), a command written while an earlier one is unacknowledged is held until the acknowledgement, which
-    /// comes with the reply: up to a round trip before it is sent.
+    /// comes with the reply: up to a round trip before it is sent. [`connect`](Self::connect) also sets
+    /// `tcp.keepalive` (probes after 30 s of silence), so that a NAT or load balancer that forgets quiet
+    /// connections keeps its own.
     pub fn new(client: Client) -> Self {
         Self::from_clients(vec![client])
     }
@@ -191,8 +193,9 @@ impl RedisStore {
     }
 
     /// Connects to the Redis named by `url` with a reconnecting client (constant 100 ms between attempts,
-    /// forever; `TCP_NODELAY`; a connection that keeps timing out is made again, by the cache's breaker or, on a
-    /// Cluster, when it has not replied for a second) and waits for the first connection.
+    /// forever; `TCP_NODELAY`; keepalive probes after 30 s of silence; a connection that keeps timing out is made
+    /// again, by the cache's breaker or, on a Cluster, when it has not replied for a second) and waits for the
+    /// first connection.
     ///
     /// `rediss://` (and `rediss-cluster://`, `rediss-sentinel://`) connect over TLS, verifying the server
     /// against the system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`) with the rustls provider the crate docs'
@@ -596,8 +599,17 @@ fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// How long a store connection may carry nothing before the kernel probes it (TCP keepalive).
+///
+/// A NAT gateway, load balancer or firewall forgets a connection it has seen nothing on for a while (Azure's load
+/// balancer after 4 minutes, AWS's NAT gateway after 350 s, many firewalls after 5 to 60), mostly without telling
+/// either end; Redis's own probes come every 300 s (`tcp-keepalive`), too seldom for some of them. The first
+/// call after a quiet spell then waits out the store timeout, or finds the connection reset. A probe every 30 s
+/// of silence keeps the path's state alive, at a few bytes a connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
 /// How the store's own connections are set up: a 2 s connect timeout, enough write attempts for a redirected
-/// command, and `TCP_NODELAY`.
+/// command, `TCP_NODELAY`, and keepalive probes after [`KEEPALIVE_IDLE`].
 ///
 /// fred counts every write of a command as an attempt, redirections included, and gives up after
 /// `max_command_attempts` (3 by default): during a Cluster reshard a `GET` sent on a stale slot map (`MOVED`)
@@ -611,6 +623,7 @@ pub(crate) fn connection_config(config: &mut fred::types::config::ConnectionConf
     // earlier one is unacknowledged is held until the acknowledgement, which comes with the reply: up to a round
     // trip more for the calls a fill makes side by side (lease and tags) and the hits of concurrent requests.
     config.tcp.nodelay = Some(true);
+    config.tcp.keepalive = Some(socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE));
 }
 
 /// [`connection_config`], and a connection whose oldest command has waited a second for its reply is taken for
@@ -1285,6 +1298,7 @@ mod tests {
             let store = RedisStore::connect_lazy(url).unwrap();
             let settings = store.clients[0].connection_config().clone();
             assert_eq!(settings.tcp.nodelay, Some(true), "{url}");
+            assert!(settings.tcp.keepalive.is_some(), "{url}");
         }
     }
 
