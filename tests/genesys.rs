@@ -353,6 +353,28 @@ async fn errors_are_typed_and_never_carry_the_secret() {
     );
 }
 
+/// The client's pooled connections carry TCP keepalive, as reqwest's do (probed after 15 s of silence), so that a
+/// NAT gateway or load balancer that forgets quiet connections keeps them: after a listing, the kernel shows the
+/// keepalive timer armed on each connection the pool holds to the API, due within 15 s.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_are_probed_when_quiet() {
+    let emulator = Emulator::start().await.unwrap();
+    let client = builder(&emulator).build().unwrap();
+    let pages: Vec<_> = client
+        .list_action_pages(&order_lookups())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!pages.is_empty());
+    let timers = support::tcp::timers_of_connections_to(emulator.addr().port());
+    assert!(!timers.is_empty(), "the pool holds no connection");
+    for timer in timers {
+        assert_eq!(timer.kind, 2, "a connection without keepalive: {timer:?}");
+        assert!(timer.due <= 15 * 100, "{timer:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_api_is_a_transport_error() {
     let emulator = Emulator::start().await.unwrap();

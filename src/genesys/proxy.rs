@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -188,6 +189,9 @@ pub(crate) struct Connector {
     route: Option<Arc<Route>>,
 }
 
+/// How long a connection may carry nothing before the kernel probes it, and then the time between probes.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
 impl Connector {
     /// A connector for the proxy `setting`, checked against the hosts the client will reach.
     pub(crate) fn new(setting: &ProxySetting, bases: &[&str]) -> Result<Connector, ConfigError> {
@@ -197,6 +201,12 @@ impl Connector {
         // A request is written whole and its answer awaited: nothing for Nagle's algorithm to gather, only a
         // segment to hold back (reqwest's default too).
         http.set_nodelay(true);
+        // Probed after 15 s of silence, then every 15 s, given up after 3 unanswered (reqwest's default): a pooled
+        // connection that a NAT gateway or load balancer would forget while idle is kept, and one it forgot
+        // without a word is found dead and closed before a request is written to it.
+        http.set_keepalive(Some(KEEPALIVE));
+        http.set_keepalive_interval(Some(KEEPALIVE));
+        http.set_keepalive_retries(Some(3));
         Ok(Connector {
             http,
             route: Route::new(setting, bases)?.map(Arc::new),
