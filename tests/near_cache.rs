@@ -101,13 +101,7 @@ async fn a_write_by_one_process_is_never_answered_by_the_others_near_cache() {
 async fn a_near_cache_over_a_unix_socket_hears_a_write_made_over_tcp() {
     let server = RedisServer::start_with_socket(&[]);
     let origin = Origin::new();
-    let socket = RedisCacheLayer::builder(RedisStore::connect(&server.socket_url()).await.unwrap())
-        .namespace("near")
-        .methods([Method::GET, Method::POST])
-        .store_timeout(Duration::from_secs(2))
-        .near_cache(16 << 20)
-        .build()
-        .unwrap();
+    let socket = near_layer(&server.socket_url()).await.build().unwrap();
     let tcp = near_layer(&server.url()).await.build().unwrap();
     let (service_socket, service_tcp) = (
         cached(&socket, origin.service()),

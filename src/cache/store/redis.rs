@@ -475,7 +475,7 @@ fn unix_socket(url: &str) -> Option<Result<Socket, fred::error::Error>> {
 #[cfg(unix)]
 fn socket_config(socket: Socket) -> Result<Config, fred::error::Error> {
     let mut config = Config::from_url_unix(&socket.url)?;
-    config.database = socket.database.or(config.database);
+    config.database = socket.database;
     config.username = socket.username.or(config.username);
     config.password = socket.password.or(config.password);
     Ok(config)
