@@ -1865,6 +1865,100 @@ async fn clients_that_list_codings_differently_share_one_compressed_entry() {
     assert_eq!(origin.calls(), 4);
 }
 
+/// An origin that answers by `Accept` and does not say so in `Vary` (Laravel's `wantsJson`: JSON when the first
+/// type asked for is JSON, else the HTML page): a client is never answered with a type its `Accept` refuses.
+#[tokio::test]
+async fn an_answer_is_never_given_to_a_request_whose_accept_refuses_its_type() {
+    let server = RedisServer::start();
+    let layer = layer(&server).await.build().unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let origin = tower::service_fn({
+        let calls = calls.clone();
+        move |request: Request<tower_redis_cache::RequestBody>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let json = request
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').next().unwrap_or("").contains("json"));
+            let (content_type, page): (&str, &[u8]) = if json {
+                ("application/json", br#"{"items":[]}"#)
+            } else {
+                ("text/html; charset=utf-8", b"<ul></ul>")
+            };
+            async move {
+                Ok::<_, tower_redis_cache::error::BoxError>(
+                    http::Response::builder()
+                        .header("content-type", content_type)
+                        .body(Full::new(Bytes::from_static(page)))?,
+                )
+            }
+        }
+    });
+    let service = cached(&layer, origin);
+    let asking = |accept: &'static str| get("http://api.test/items", &[("accept", accept)]);
+    let json = "application/json";
+
+    let stored = call(&service, asking(json)).await;
+    assert!(matches!(
+        outcome(&stored),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    // Hits enough for this thread to keep the entry's head: it must read `Accept` too.
+    for accept in [json, json, json, "*/*", "application/*", json] {
+        let response = call(&service, asking(accept)).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit, "{accept}");
+        assert_eq!(&body(response).await[..], br#"{"items":[]}"#);
+    }
+    let none = call(&service, get("http://api.test/items", &[])).await;
+    assert_eq!(outcome(&none), CacheOutcome::Hit, "no `Accept`: any type");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A client that takes HTML only is sent to the origin, and its page is stored in the entry's place.
+    let html = "text/html";
+    let page = call(&service, asking(html)).await;
+    assert_eq!(
+        cache_status(&page),
+        "tower-redis-cache; fwd=vary-miss; fwd-status=200; stored"
+    );
+    assert_eq!(&body(page).await[..], b"<ul></ul>");
+    let page = call(&service, asking(html)).await;
+    assert_eq!(outcome(&page), CacheOutcome::Hit);
+    assert_eq!(&body(page).await[..], b"<ul></ul>");
+    // The JSON client is not answered with the page.
+    let items = call(&service, asking(json)).await;
+    assert_eq!(
+        cache_status(&items),
+        "tower-redis-cache; fwd=vary-miss; fwd-status=200; stored"
+    );
+    assert_eq!(&body(items).await[..], br#"{"items":[]}"#);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // An origin that answers one type whatever is asked: the client it refuses still hits what was stored for
+    // the same `Accept`, and no other refusing client is answered with it.
+    let origin = Origin::new();
+    let service = cached(&layer, origin.service());
+    let xml = |accept: &'static str| get("http://api.test/orders", &[("accept", accept)]);
+    for expected in [
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true,
+        },
+        CacheOutcome::Hit,
+    ] {
+        let response = call(&service, xml("application/xml")).await;
+        assert_eq!(outcome(&response), expected);
+        assert_eq!(response.headers()["content-type"], "application/json");
+    }
+    let csv = call(&service, xml("text/csv")).await;
+    assert!(
+        cache_status(&csv).contains("fwd=vary-miss"),
+        "{}",
+        cache_status(&csv)
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
 #[tokio::test]
 async fn vary_star_is_never_stored() {
     let server = RedisServer::start();

@@ -22,7 +22,7 @@
 //! and decode as usual.
 
 use super::entry::{DecodeError, Entry, body_of};
-use super::key::{vary_digest_of, vary_names};
+use super::key::{vary_digest_with, vary_names};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName};
 use std::cell::RefCell;
@@ -103,8 +103,7 @@ impl Kept<'_> {
     /// [`vary_digest`](super::key::vary_digest) of the head's headers and `request`'s, without reading the
     /// head's `Vary` again.
     pub(crate) fn vary_digest(&self, request: &HeaderMap) -> Option<[u8; 32]> {
-        self.vary
-            .map(|names| vary_digest_of(names, &self.head.headers, request))
+        vary_digest_with(self.vary, &self.head.headers, request)
     }
 }
 

@@ -1507,6 +1507,118 @@ pub(crate) fn accepts_coding(request: &HeaderMap, response: &HeaderMap) -> bool 
     codings.all(acceptable)
 }
 
+/// Whether a request with the `Accept` of `request` accepts the media type of `response`'s `Content-Type` (RFC 9110
+/// §12.5.1): the most specific of its media ranges that match the type (`type/subtype` with parameters, then
+/// without, `type/*`, `*/*`) give it a non-zero `q` (listed twice, both must). A range's parameters must all be
+/// the answer's, but for a `charset` the answer does not name; a `q` that does not read is no acceptance. A
+/// request without the field, or with no element that reads as a media range, accepts any type, and an answer
+/// without a `Content-Type` that reads as one is accepted by any request. Types, subtypes, parameter names and
+/// values compare case-insensitively.
+pub(crate) fn accepts_media_type(request: &HeaderMap, response: &HeaderMap) -> bool {
+    let Some(first) = request.get(header::ACCEPT) else {
+        return true;
+    };
+    // What most HTTP clients send (curl, reqwest, Go's): every type, read without parsing.
+    if first.as_bytes() == b"*/*" && request.get_all(header::ACCEPT).iter().nth(1).is_none() {
+        return true;
+    }
+    let Some((kind, subtype, parameters)) = response
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(media_type)
+    else {
+        return true;
+    };
+    if kind == "*" || subtype == "*" {
+        return true;
+    }
+    let mut ranges = false;
+    // The specificity of the most specific ranges matching the type, and whether they all accept it.
+    let mut best: Option<(u8, bool)> = None;
+    for element in request
+        .get_all(header::ACCEPT)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("").split(','))
+    {
+        let Some((range_kind, range_subtype, range_parameters)) = media_type(element) else {
+            continue;
+        };
+        if range_kind == "*" && range_subtype != "*" {
+            continue;
+        }
+        ranges = true;
+        let matches = range_kind == "*"
+            || (range_kind.eq_ignore_ascii_case(kind)
+                && (range_subtype == "*" || range_subtype.eq_ignore_ascii_case(subtype)));
+        if !matches {
+            continue;
+        }
+        let mut q = None;
+        let mut named = false;
+        let mut theirs = true;
+        for (name, value) in media_parameters(range_parameters) {
+            if name.eq_ignore_ascii_case("q") {
+                // What follows a weight is no parameter of the range (RFC 7231's `accept-ext`).
+                q = Some(value);
+                break;
+            }
+            named = true;
+            let mut answers =
+                media_parameters(parameters).filter(|(n, _)| n.eq_ignore_ascii_case(name));
+            theirs &= match answers.next() {
+                Some((_, v)) => v.eq_ignore_ascii_case(value),
+                // A `charset` asked of a type the answer gives none for (JSON has no such parameter) is no
+                // mismatch: clients send `application/json; charset=utf-8` to servers that answer without one.
+                None => name.eq_ignore_ascii_case("charset"),
+            };
+        }
+        if !theirs {
+            continue;
+        }
+        let specificity = match (range_kind, range_subtype) {
+            ("*", _) => 0,
+            (_, "*") => 1,
+            _ if named => 3,
+            _ => 2,
+        };
+        let accepted = q.is_none_or(|q| q.parse::<f32>().is_ok_and(|q| q > 0.0 && q <= 1.0));
+        best = match best {
+            Some((held, _)) if held < specificity => Some((specificity, accepted)),
+            Some((held, was)) if held == specificity => Some((held, was && accepted)),
+            Some(kept) => Some(kept),
+            None => Some((specificity, accepted)),
+        };
+    }
+    !ranges || best.is_some_and(|(_, accepted)| accepted)
+}
+
+/// A media type or range (`type/subtype; parameters`) read from `value`: its type and subtype, trimmed, and what
+/// follows its first `;`; `None` when it does not read as one (RFC 9110 §8.3.1).
+fn media_type(value: &str) -> Option<(&str, &str, &str)> {
+    let (essence, parameters) = value.split_once(';').unwrap_or((value, ""));
+    let (kind, subtype) = essence.trim().split_once('/')?;
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    (token(kind) && token(subtype)).then_some((kind, subtype, parameters))
+}
+
+/// The `name=value` pairs of a media type's `parameters` (what follows its first `;`), trimmed, a quoted value
+/// without its quotes; those that do not read as a pair are passed over.
+fn media_parameters(parameters: &str) -> impl Iterator<Item = (&str, &str)> {
+    parameters.split(';').filter_map(|parameter| {
+        let (name, value) = parameter.split_once('=')?;
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        Some((name.trim(), value))
+    })
+}
+
 /// A content coding's name, its `x-` alias taken for it (RFC 9110 §18.6).
 fn canonical_coding(name: &str) -> &str {
     if name.eq_ignore_ascii_case("x-gzip") {
@@ -1537,9 +1649,9 @@ pub(crate) fn content_encoded(response: &HeaderMap) -> bool {
 
 /// The digest of `request`'s values for the headers `response`'s `Vary` names; `None` when answers from the
 /// response depend on no request header (it has no `Vary`, no body in a content coding and no CORS grant to one
-/// origin). Names are compared case-insensitively and in any order; a header's values are compared as its
-/// comma-separated elements, whitespace around them dropped, however they were split over field lines (RFC 9110
-/// §5.3, RFC 9111 §4.1).
+/// origin) and `request` accepts its media type. Names are compared case-insensitively and in any order; a
+/// header's values are compared as its comma-separated elements, whitespace around them dropped, however they were
+/// split over field lines (RFC 9110 §5.3, RFC 9111 §4.1).
 ///
 /// A body in a content coding (`Content-Encoding: gzip`) varies on `Accept-Encoding` whether or not the origin
 /// said so (nginx, for one, leaves `Vary: Accept-Encoding` out unless told): an entry compressed for a client
@@ -1551,14 +1663,41 @@ pub(crate) fn content_encoded(response: &HeaderMap) -> bool {
 /// Likewise an `Access-Control-Allow-Origin` that names an origin varies on `Origin` (the Fetch standard asks
 /// for `Vary: Origin` there; servers that reflect the request's origin often leave it out): a page on another
 /// origin is never handed a grant to the first, which its browser would refuse.
+///
+/// And a request whose `Accept` refuses the answer's media type ([`accepts_media_type`]: a client asking for
+/// `application/json` only, an answer in `text/html`) is told apart by its `Accept` values whether or not the
+/// origin named `Accept` in `Vary` (Laravel's `wantsJson`, for one, answers by `Accept` and does not say so): the
+/// answer is never given to it, unless the request it was stored for sent the same `Accept` (an origin that
+/// answers one type whatever is asked). Requests that accept the type are not told apart by `Accept` unless the
+/// origin names it: the usual `*/*`, a browser's list, or none at all share the entry.
 pub(crate) fn vary_digest(response: &HeaderMap, request: &HeaderMap) -> Option<[u8; 32]> {
-    let names = vary_names(response)?;
-    Some(vary_digest_of(&names, response, request))
+    vary_digest_with(vary_names(response).as_deref(), response, request)
+}
+
+/// [`vary_digest`], given the names [`vary_names`] read from `response`.
+pub(crate) fn vary_digest_with(
+    names: Option<&[HeaderName]>,
+    response: &HeaderMap,
+    request: &HeaderMap,
+) -> Option<[u8; 32]> {
+    // Where the origin named `Accept`, its values tell variants apart already.
+    let refused = !accepts_media_type(request, response)
+        && !names.is_some_and(|names| names.contains(&header::ACCEPT));
+    if names.is_none() && !refused {
+        return None;
+    }
+    Some(vary_digest_of(
+        names.unwrap_or_default(),
+        refused,
+        response,
+        request,
+    ))
 }
 
 /// The request headers answers from `response` depend on, as [`vary_digest`] reads them: the names its `Vary`
 /// lists, `Accept-Encoding` for a body in a content coding, `Origin` for a CORS grant to one origin; sorted, each
-/// once. `None` when answers from it depend on none (as [`vary_digest`] says).
+/// once. `None` when answers from it depend on none but, for a request refusing its media type, `Accept` (which
+/// [`vary_digest`] adds then).
 pub(crate) fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
     let encoded = content_encoded(response);
     let granted = grants_one_origin(response);
@@ -1582,10 +1721,12 @@ pub(crate) fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(names)
 }
 
-/// [`vary_digest`] over the `names` [`vary_names`] read from `response`.
+/// [`vary_digest`] over the `names` [`vary_names`] read from `response`, and over `request`'s `Accept` when it
+/// `refused` the answer's media type.
 #[inline(never)]
-pub(crate) fn vary_digest_of(
+fn vary_digest_of(
     names: &[HeaderName],
+    refused: bool,
     response: &HeaderMap,
     request: &HeaderMap,
 ) -> [u8; 32] {
@@ -1601,6 +1742,11 @@ pub(crate) fn vary_digest_of(
             continue;
         }
         hash_values(&mut h, request, name);
+    }
+    // After the names, so that every digest of a request accepting the answer is the one it always was.
+    if refused {
+        field(&mut h, b"accept refused");
+        hash_values(&mut h, request, &header::ACCEPT);
     }
     h.finalize().into()
 }
@@ -2216,6 +2362,133 @@ mod tests {
         assert_eq!(vary_digest(&said, &a), vary_digest(&one, &a));
         assert_eq!(vary_names(&grant("*")), None);
         assert_eq!(vary_digest(&grant("*"), &a), None);
+    }
+
+    #[test]
+    fn a_media_type_is_accepted_by_the_most_specific_ranges_matching_it() {
+        /// The answer's `Content-Type` (none: absent), the request's `Accept` field lines (none: no field), whether
+        /// the request accepts the answer's type.
+        type Case = (Option<&'static str>, &'static [&'static str], bool);
+        #[rustfmt::skip]
+        let table: &[Case] = &[
+            (Some("application/json"), &[], true),
+            (Some("application/json"), &["*/*"], true),
+            (Some("application/json"), &["application/json"], true),
+            (Some("application/json; charset=utf-8"), &["Application/JSON"], true),
+            (Some("application/json"), &["application/*"], true),
+            (Some("application/json"), &["text/html"], false),
+            (Some("text/html; charset=utf-8"), &["application/json"], false),
+            (Some("text/html"), &["application/json, text/plain;q=0.9"], false),
+            // A browser's list takes anything through `*/*`, at a lower weight: accepted.
+            (Some("application/json"), &["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"], true),
+            // Over field lines, as one list.
+            (Some("text/csv"), &["application/json", "text/csv"], true),
+            // The most specific match decides.
+            (Some("text/html"), &["text/*;q=0, text/html"], true),
+            (Some("text/plain"), &["text/*;q=0, text/html"], false),
+            (Some("text/plain"), &["*/*, text/*;q=0"], false),
+            (Some("application/json"), &["*/*;q=0, application/json;q=0.5"], true),
+            (Some("application/json"), &["application/json;q=0"], false),
+            (Some("application/json"), &["application/json; q=0.000"], false),
+            (Some("application/json"), &["application/json;q=x"], false),
+            (Some("application/json"), &["application/json;q=2"], false),
+            (Some("application/json"), &["application/json;q=1.0"], true),
+            // Listed twice at one specificity: both must accept.
+            (Some("application/json"), &["application/json, application/json;q=0"], false),
+            // A range's parameters must be the answer's; what follows `q` is none of them.
+            (Some("text/html; level=1"), &["text/html;level=1, text/html;q=0"], true),
+            (Some("text/html; level=2"), &["text/html;level=1, text/html;q=0"], false),
+            (Some("text/html; level=2"), &["text/html;level=1"], false),
+            (Some("text/html"), &["text/html;q=0.5;level=1"], true),
+            (Some("text/plain; charset=\"UTF-8\""), &["text/plain;charset=utf-8"], true),
+            (Some("text/plain; charset=iso-8859-1"), &["text/plain;charset=utf-8"], false),
+            (Some("application/json"), &["application/json; charset=utf-8"], true),
+            // Nothing that reads as a range: any type is accepted; one range among noise counts.
+            (Some("application/json"), &[""], true),
+            (Some("application/json"), &["json, */json"], true),
+            (Some("application/json"), &["json, text/html"], false),
+            // An answer without a type that reads as one is accepted by any request.
+            (None, &["application/json"], true),
+            (Some("json"), &["application/json"], true),
+            (Some("*/*"), &["application/json"], true),
+        ];
+        for (content_type, accept, expected) in table {
+            let mut response = HeaderMap::new();
+            if let Some(content_type) = content_type {
+                response.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            }
+            let mut request = HeaderMap::new();
+            for line in *accept {
+                request.append(header::ACCEPT, HeaderValue::from_static(line));
+            }
+            assert_eq!(
+                accepts_media_type(&request, &response),
+                *expected,
+                "{content_type:?} for {accept:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_refusing_the_answers_media_type_is_a_variant_of_its_own() {
+        let typed = |content_type: &'static str, vary: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if let Some(vary) = vary {
+                h.insert(header::VARY, HeaderValue::from_static(vary));
+            }
+            h
+        };
+        let asks = |accept: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_static(accept));
+            h
+        };
+        let html = typed("text/html", None);
+        // Every request accepting the type reads the entry as one stored without `Vary`.
+        for accepting in ["*/*", "text/html", "text/html,*/*;q=0.8", "text/*"] {
+            assert_eq!(vary_digest(&html, &asks(accepting)), None, "{accepting}");
+        }
+        assert_eq!(vary_digest(&html, &HeaderMap::new()), None);
+        // One refusing it is a variant of its own, told apart from others by its values.
+        let json = vary_digest(&html, &asks("application/json"));
+        assert!(json.is_some());
+        assert_eq!(json, vary_digest(&html, &asks(" application/json ")));
+        assert_ne!(json, vary_digest(&html, &asks("text/csv")));
+        // Beside a `Vary` the origin sent, on top of its names.
+        let localised = typed("text/html", Some("Accept-Language"));
+        let mut de = asks("text/html");
+        de.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("de"));
+        let mut de_json = de.clone();
+        de_json.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(vary_digest(&localised, &de).is_some());
+        assert_ne!(
+            vary_digest(&localised, &de),
+            vary_digest(&localised, &de_json)
+        );
+        // Where the origin names `Accept`, its values tell variants apart, and the refusal adds nothing.
+        let negotiated = typed("text/html", Some("Accept"));
+        let by_values = |accept| vary_digest(&typed("text/html", Some("Accept")), &asks(accept));
+        assert_ne!(by_values("*/*"), by_values("text/html"));
+        let mut plain = HeaderMap::new();
+        plain.insert(header::VARY, HeaderValue::from_static("Accept"));
+        assert_eq!(
+            vary_digest(&negotiated, &asks("application/json")),
+            vary_digest(&plain, &asks("application/json")),
+            "the same digest as for an answer without a type, which no `Accept` refuses"
+        );
+        // A request accepting the type gets the digest it always got (pinned from before the rule).
+        let mut request = asks("application/json");
+        request.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("de"));
+        let digest = vary_digest(
+            &typed("application/json", Some("Accept-Language")),
+            &request,
+        )
+        .map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        assert_eq!(
+            digest.as_deref(),
+            Some("2949830bd82a12aac1234cbac5204483cdff911ef2cc1a91a3e4a5d8e29a7eb0")
+        );
     }
 
     /// The memo gives every request the digest its own hash gives, the second time as the first, across

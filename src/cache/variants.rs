@@ -20,8 +20,8 @@
 //! under their URI's tag, so that a write to the URI removes them (the store must keep tags; over one that does
 //! not, the layer keeps one entry per key).
 
-use super::key::{variant_digest, vary_digest_of, vary_names};
-use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_ENCODING, VARY};
+use super::key::{variant_digest, vary_digest_with, vary_names};
+use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use http::{HeaderMap, HeaderName};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +45,8 @@ pub(crate) struct Learned {
 /// What says which variant the answer under a primary key was stored for.
 #[derive(Debug)]
 struct Held {
-    /// Its fields that say what it varies on (`Vary`, `Content-Encoding`, `Access-Control-Allow-Origin`).
+    /// Its fields that say what it varies on (`Vary`, `Content-Encoding`, `Access-Control-Allow-Origin`,
+    /// `Content-Type`).
     fields: HeaderMap,
     /// The request headers they name, as [`vary_names`] reads them, read once.
     names: Option<Vec<HeaderName>>,
@@ -62,7 +63,12 @@ impl Learned {
         vary: Option<[u8; 32]>,
     ) -> Self {
         let mut fields = HeaderMap::new();
-        for name in [VARY, CONTENT_ENCODING, ACCESS_CONTROL_ALLOW_ORIGIN] {
+        for name in [
+            VARY,
+            CONTENT_ENCODING,
+            ACCESS_CONTROL_ALLOW_ORIGIN,
+            CONTENT_TYPE,
+        ] {
             for value in response.get_all(&name) {
                 fields.append(name.clone(), value.clone());
             }
@@ -79,10 +85,7 @@ impl Learned {
     /// `request`: `None` for the variant the primary key holds, else its own variant's.
     fn variant_of(&self, primary: &[u8; 32], request: &HeaderMap) -> Option<[u8; 32]> {
         let held = &self.held;
-        let digest = held
-            .names
-            .as_ref()
-            .map(|names| vary_digest_of(names, &held.fields, request));
+        let digest = vary_digest_with(held.names.as_deref(), &held.fields, request);
         if digest == held.vary {
             return None;
         }
