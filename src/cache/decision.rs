@@ -207,14 +207,19 @@ fn is_ignored_cookie(name: &str, ignored: &[String]) -> bool {
 /// the last two are `jwt` and `payload`, `authorization` and `auxiliary`, `claim`, `jwt`, `token`, `auth` or `user`
 /// and `sub`, or `user`, `principal`, `session`, `consumer` (Kong's), `credential`, `tenant`, `org`,
 /// `organization`, `account`, `workspace` or `customer` and `id`, `uid`, `identifier`, `name`, `login` or `info`.
-/// So every one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. Not `Idempotency-Key` (nor
-/// its `X-` form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`, which says a user started
-/// the request (browsers send it with every page a user opens).
+/// So every one of [`CREDENTIAL_PARAMS`](super::CREDENTIAL_PARAMS), as a header, is one. So is each of Kubernetes'
+/// impersonation headers, whatever its last word (`Impersonate-User`, `Impersonate-Group`, `Impersonate-Uid`,
+/// `Impersonate-Extra-<key>`): each names whom the request acts for, or what that user may do. Not
+/// `Idempotency-Key` (nor its `X-` form), which says nothing of who asks, nor Fetch Metadata's `Sec-Fetch-User`,
+/// which says a user started the request (browsers send it with every page a user opens).
 pub(crate) fn named_like_a_credential(name: &str) -> bool {
     // Every request header the layer does not know comes here, on every request: the last word is found from the
     // end and screened by its length and last letter, and the one before it is read only for the words whose
     // meaning it decides.
     let bytes = name.as_bytes();
+    if bytes.starts_with(b"impersonate-") {
+        return true;
+    }
     let (rest, last) = match last_separator(bytes) {
         Some(at) => (&bytes[..at], &bytes[at + 1..]),
         None => (&[][..], bytes),
@@ -1517,6 +1522,11 @@ mod tests {
             "x-auth-subject",
             "oidc_claim_sub",
             "x-jwt-sub",
+            "impersonate-user",
+            "impersonate-group",
+            "impersonate-uid",
+            "impersonate-extra-reason",
+            "impersonate-extra-acme.com%2fproject",
         ] {
             assert!(named_like_a_credential(name), "{name}");
         }
@@ -1637,6 +1647,8 @@ mod tests {
             "x-a-uth",
             "keyword",
             "x-monkey",
+            "impersonate",
+            "x-impersonate-mode",
         ] {
             assert!(!named_like_a_credential(name), "{name}");
         }

@@ -1282,11 +1282,11 @@ impl RedisCacheLayerBuilder {
     /// names but whose name says it carries a credential or names whom the request acts for (its last word
     /// `token`, `key`, `secret`, `signature`, `cert`, `auth`, `user`, `email`, `roles`, `groups`, `tenant`, ...:
     /// `X-Shopify-Access-Token`, `Dd-Api-Key`, `X-User-Id`, `X-Auth-Email`, `X-Forwarded-Groups`, `X-Tenant-Id`,
-    /// `X-Scope-OrgID`; not `Idempotency-Key` nor a browser's `Sec-Fetch-User`) is in no key: a request with one
-    /// bypasses the cache unless a [`Credentials::Partition`] says whom every request acts for (as it must when
-    /// [`partition_by`](Self::partition_by) reads such a header), or the layer keys by it (named here, under
-    /// `InKey`, or in [`vary_headers`](Self::vary_headers)). Any other header the cache
-    /// does not know is taken not to change the answer: requests that differ only in it share one entry.
+    /// `X-Scope-OrgID`; Kubernetes' `Impersonate-*`; not `Idempotency-Key` nor a browser's `Sec-Fetch-User`) is in
+    /// no key: a request with one bypasses the cache unless a [`Credentials::Partition`] says whom every request
+    /// acts for (as it must when [`partition_by`](Self::partition_by) reads such a header), or the layer keys by it
+    /// (named here, under `InKey`, or in [`vary_headers`](Self::vary_headers)). Any other header the cache does
+    /// not know is taken not to change the answer: requests that differ only in it share one entry.
     /// Default: [`DEFAULT_CREDENTIAL_HEADERS`] (`Proxy-Authorization`, API keys and tokens such as `X-Api-Key`
     /// and `Ocp-Apim-Subscription-Key`, the user an authenticating proxy names, such as `X-Forwarded-User`, and the
     /// client certificate a proxy that ended mutual TLS passes on, such as `X-Forwarded-Client-Cert`); the names
