@@ -1866,11 +1866,12 @@ async fn clients_that_list_codings_differently_share_one_compressed_entry() {
 }
 
 /// An origin that answers by `Accept` and does not say so in `Vary` (Laravel's `wantsJson`: JSON when the first
-/// type asked for is JSON, else the HTML page): a client is never answered with a type its `Accept` refuses.
+/// type asked for is JSON, else the HTML page): a client is never answered with a type its `Accept` refuses, and
+/// the clients of each type keep an entry each, in every process.
 #[tokio::test]
 async fn an_answer_is_never_given_to_a_request_whose_accept_refuses_its_type() {
     let server = RedisServer::start();
-    let layer = layer(&server).await.build().unwrap();
+    let first = layer(&server).await.build().unwrap();
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let origin = tower::service_fn({
         let calls = calls.clone();
@@ -1895,7 +1896,7 @@ async fn an_answer_is_never_given_to_a_request_whose_accept_refuses_its_type() {
             }
         }
     });
-    let service = cached(&layer, origin);
+    let service = cached(&first, origin);
     let asking = |accept: &'static str| get("http://api.test/items", &[("accept", accept)]);
     let json = "application/json";
 
@@ -1914,7 +1915,7 @@ async fn an_answer_is_never_given_to_a_request_whose_accept_refuses_its_type() {
     assert_eq!(outcome(&none), CacheOutcome::Hit, "no `Accept`: any type");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-    // A client that takes HTML only is sent to the origin, and its page is stored in the entry's place.
+    // A client that takes HTML only is sent to the origin, and its page is stored as a variant of its own.
     let html = "text/html";
     let page = call(&service, asking(html)).await;
     assert_eq!(
@@ -1922,22 +1923,55 @@ async fn an_answer_is_never_given_to_a_request_whose_accept_refuses_its_type() {
         "tower-redis-cache; fwd=vary-miss; fwd-status=200; stored"
     );
     assert_eq!(&body(page).await[..], b"<ul></ul>");
-    let page = call(&service, asking(html)).await;
-    assert_eq!(outcome(&page), CacheOutcome::Hit);
-    assert_eq!(&body(page).await[..], b"<ul></ul>");
-    // The JSON client is not answered with the page.
-    let items = call(&service, asking(json)).await;
-    assert_eq!(
-        cache_status(&items),
-        "tower-redis-cache; fwd=vary-miss; fwd-status=200; stored"
-    );
-    assert_eq!(&body(items).await[..], br#"{"items":[]}"#);
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Each keeps its entry: clients alternating between the two types hit their own.
+    for _ in 0..3 {
+        for (accept, expected) in [(html, &b"<ul></ul>"[..]), (json, br#"{"items":[]}"#)] {
+            let response = call(&service, asking(accept)).await;
+            assert_eq!(outcome(&response), CacheOutcome::Hit, "{accept}");
+            assert_eq!(&body(response).await[..], expected, "{accept}");
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(stored_keys(&server), 2 + 1, "two entries and the URI's tag");
+
+    // Another process learns the same from the entry, and reads the variant the first stored.
+    let other = layer(&server).await.build().unwrap();
+    let elsewhere = cached(&other, service.get_ref().clone());
+    for (accept, expected) in [(html, &b"<ul></ul>"[..]), (json, br#"{"items":[]}"#)] {
+        let response = call(&elsewhere, asking(accept)).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit, "{accept}");
+        assert_eq!(&body(response).await[..], expected, "{accept}");
+    }
+    // Invalidating the HTML client's request removes its entry, from a process that read that variant, and from
+    // one that learned nothing and finds it from the entry under the URI's key (which the first invalidation
+    // took too, and the JSON client fills again).
+    let fresh = layer(&server).await.build().unwrap();
+    for (n, invalidating) in [&other, &fresh].into_iter().enumerate() {
+        if n > 0 {
+            let items = call(&service, asking(json)).await;
+            assert!(matches!(
+                outcome(&items),
+                CacheOutcome::Miss { stored: true, .. }
+            ));
+        }
+        let request = Request::get("http://api.test/items")
+            .header("accept", html)
+            .body(Bytes::new())
+            .unwrap();
+        assert!(invalidating.handle().invalidate(&request).await.unwrap());
+        let page = call(&service, asking(html)).await;
+        assert!(matches!(
+            outcome(&page),
+            CacheOutcome::Miss { stored: true, .. }
+        ));
+        assert_eq!(&body(page).await[..], b"<ul></ul>");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
 
     // An origin that answers one type whatever is asked: the client it refuses still hits what was stored for
     // the same `Accept`, and no other refusing client is answered with it.
     let origin = Origin::new();
-    let service = cached(&layer, origin.service());
+    let service = cached(&first, origin.service());
     let xml = |accept: &'static str| get("http://api.test/orders", &[("accept", accept)]);
     for expected in [
         CacheOutcome::Miss {

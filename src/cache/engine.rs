@@ -26,7 +26,7 @@ use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
 use super::key::{
     CacheKey, KeyConfig, WEB_DEFAULT_PORTS, default_ports, foreign_host, learnable,
-    normal_authority, port_colon, short_hex, variant_digest, vary_digest,
+    normal_authority, port_colon, short_hex, variant_key, vary_digest,
 };
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
@@ -1049,8 +1049,9 @@ impl Engine {
     }
 
     /// Where the layer keeps variants and the answer `found` under the primary key `key` (another variant's
-    /// than the request with `headers`) varies on headers it can key by: learns them, and returns the key of the
-    /// request's own variant. Apart from [`conclude`](Self::conclude), which every hit runs.
+    /// than the request with `headers`) varies on headers it can key by, or is of a type the request's `Accept`
+    /// refuses: learns them, and returns the key of the request's own variant. Apart from
+    /// [`conclude`](Self::conclude), which every hit runs.
     #[inline(never)]
     fn learn_variants(
         &self,
@@ -1059,8 +1060,9 @@ impl Engine {
         headers: &HeaderMap,
     ) -> Option<CacheKey> {
         let variants = self.variants.as_ref()?;
-        let names = learnable(&found.headers, self.keys.keyed_headers())?;
-        let variant = variant_digest(key.digest(), &names, headers);
+        let names =
+            learnable(&found.headers, self.keys.keyed_headers()).unwrap_or_else(|| Arc::new([]));
+        let variant = variant_key(key.digest(), &names, &found.headers, headers)?;
         variants.learn(
             *key.digest(),
             Learned::new(names, &found.headers, found.vary),
@@ -1762,8 +1764,9 @@ impl Engine {
     }
 
     /// The keys a request with `headers` whose primary key is `primary` may have its entry under: `primary`,
-    /// and its variant's key where answers are kept per variant and those to `primary` vary on request headers
-    /// (as this process learned, or as the entry stored under `primary` says; see [`variants`](super::variants)).
+    /// and its variant's key where answers are kept per variant and those to `primary` vary on request headers,
+    /// or the request's `Accept` refuses the type of the one stored there (as this process learned, or as the
+    /// entry stored under `primary` says; see [`variants`](super::variants)).
     ///
     /// # Errors
     ///
@@ -1776,8 +1779,8 @@ impl Engine {
         let Some(variants) = &self.variants else {
             return Ok(vec![primary]);
         };
-        let names = match variants.learned_of(primary.digest()) {
-            Some(learned) => Some(learned.names.clone()),
+        let variant = match variants.learned_of(primary.digest()) {
+            Some(learned) => learned.own_variant(primary.digest(), headers),
             None => self
                 .store
                 .call_as(false, "get", primary.as_str(), |s| s.get(primary.as_str()))
@@ -1785,12 +1788,17 @@ impl Engine {
                 .and_then(|bytes| {
                     heads::decode(&bytes, primary.digest(), self.policy.max_body).ok()
                 })
-                .and_then(|entry| learnable(&entry.headers, self.keys.keyed_headers())),
+                .and_then(|entry| {
+                    let names = learnable(&entry.headers, self.keys.keyed_headers());
+                    variant_key(
+                        primary.digest(),
+                        names.as_deref().unwrap_or_default(),
+                        &entry.headers,
+                        headers,
+                    )
+                }),
         };
-        let variant = names.map(|names| {
-            self.keys
-                .key_of(variant_digest(primary.digest(), &names, headers))
-        });
+        let variant = variant.map(|digest| self.keys.key_of(digest));
         Ok([Some(primary), variant].into_iter().flatten().collect())
     }
 

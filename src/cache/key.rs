@@ -1680,9 +1680,7 @@ pub(crate) fn vary_digest_with(
     response: &HeaderMap,
     request: &HeaderMap,
 ) -> Option<[u8; 32]> {
-    // Where the origin named `Accept`, its values tell variants apart already.
-    let refused = !accepts_media_type(request, response)
-        && !names.is_some_and(|names| names.contains(&header::ACCEPT));
+    let refused = refuses_type(request, response, names.unwrap_or_default());
     if names.is_none() && !refused {
         return None;
     }
@@ -1821,13 +1819,40 @@ pub(crate) fn learnable(response: &HeaderMap, keyed: &[HeaderName]) -> Option<Ar
     (!names.is_empty() && names.len() <= MAX_VARIANT_NAMES).then(|| names.into())
 }
 
+/// Whether `request`'s `Accept` refuses the media type of the answer whose fields are `response`
+/// ([`accepts_media_type`]) while no name of `names` is `Accept`, whose values would tell the request apart
+/// already: then [`vary_digest`] and [`variant_digest`] add its `Accept` values.
+pub(crate) fn refuses_type(
+    request: &HeaderMap,
+    response: &HeaderMap,
+    names: &[HeaderName],
+) -> bool {
+    !accepts_media_type(request, response) && !names.contains(&header::ACCEPT)
+}
+
+/// The digest of the key a request with `request` headers, whose primary key's digest is `primary`, keeps its
+/// own variant under when the answer whose fields are `response` is stored there: [`variant_digest`] over
+/// `names` (what [`learnable`] read from it, or none) and, when the request [refuses](refuses_type) the answer's
+/// type, its `Accept`. `None` when neither tells the request's variant apart: it is stored under `primary`.
+pub(crate) fn variant_key(
+    primary: &[u8; 32],
+    names: &[HeaderName],
+    response: &HeaderMap,
+    request: &HeaderMap,
+) -> Option<[u8; 32]> {
+    let refused = refuses_type(request, response, names);
+    (!names.is_empty() || refused).then(|| variant_digest(primary, names, refused, request))
+}
+
 /// The digest of the variant of the request whose key's digest is `primary` (and whose headers are `request`)
 /// among the answers that vary on `names` (see [`learnable`]): `primary` with the request's values of each name,
-/// compared as [`vary_digest`] compares them. Another value of any of them is another key; the same values,
-/// however split over field lines or spaced, are one.
+/// compared as [`vary_digest`] compares them, and with its `Accept` values when it `refused` the stored answer's
+/// type ([`refuses_type`]). Another value of any of them is another key; the same values, however split over
+/// field lines or spaced, are one.
 pub(crate) fn variant_digest(
     primary: &[u8; 32],
     names: &[HeaderName],
+    refused: bool,
     request: &HeaderMap,
 ) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -1837,6 +1862,11 @@ pub(crate) fn variant_digest(
     for name in names {
         field(&mut h, name.as_str().as_bytes());
         hash_values(&mut h, request, name);
+    }
+    // After the names, so that the variant keys of requests accepting the answer are the ones they always were.
+    if refused {
+        field(&mut h, b"accept refused");
+        hash_values(&mut h, request, &header::ACCEPT);
     }
     h.finalize().into()
 }
@@ -1897,7 +1927,7 @@ mod tests {
         );
         let names = learnable(&response, &[]).unwrap();
         assert_eq!(
-            hex(variant_digest(&[7; 32], &names, &request)),
+            hex(variant_digest(&[7; 32], &names, false, &request)),
             "16fec615c747df73313ce5e2ff1472388eabe391b0249e2d581a170c50a6e73b"
         );
     }
@@ -2476,6 +2506,24 @@ mod tests {
             vary_digest(&negotiated, &asks("application/json")),
             vary_digest(&plain, &asks("application/json")),
             "the same digest as for an answer without a type, which no `Accept` refuses"
+        );
+        // Its variant key: none for a request taking the type, unless the answers vary on named headers; a
+        // refusing request's own, told apart by its `Accept`, beside those names.
+        let names = [header::ACCEPT_LANGUAGE];
+        assert_eq!(variant_key(&[7; 32], &[], &html, &asks("*/*")), None);
+        let refusing = variant_key(&[7; 32], &[], &html, &asks("application/json"));
+        assert!(refusing.is_some());
+        assert_ne!(
+            refusing,
+            variant_key(&[7; 32], &[], &html, &asks("text/csv"))
+        );
+        assert_eq!(
+            variant_key(&[7; 32], &names, &localised, &de),
+            Some(variant_digest(&[7; 32], &names, false, &de))
+        );
+        assert_ne!(
+            variant_key(&[7; 32], &names, &localised, &de_json),
+            variant_key(&[7; 32], &names, &localised, &de)
         );
         // A request accepting the type gets the digest it always got (pinned from before the rule).
         let mut request = asks("application/json");

@@ -6,9 +6,14 @@
 //! cache keeps an entry per variant instead, the way Squid does:
 //!
 //! - A request is first keyed as usual (its *primary* key). When the entry found there varies on headers whose
-//!   values this request does not share, the cache learns their names ([`learnable`](super::key::learnable)), and reads the request's
-//!   own variant under a key of its own ([`variant_digest`]: the primary digest with the request's values of
-//!   those headers). Its miss fills that key, with the lease, coalescing and marker of that key.
+//!   values this request does not share, the cache learns their names ([`learnable`](super::key::learnable)), and
+//!   reads the request's own variant under a key of its own ([`variant_key`]: the primary digest with the
+//!   request's values of those headers). Its miss fills that key, with the lease, coalescing and marker of that
+//!   key.
+//! - A request whose `Accept` refuses the type of the answer found there
+//!   ([`refuses_type`](super::key::refuses_type): an origin that chooses between HTML and JSON by `Accept` without
+//!   naming it in `Vary`) has a variant of its own too, told apart by its `Accept` values, so that clients asking
+//!   for each type keep an entry each instead of replacing each other's.
 //! - Once learned, this process keys such requests by their variant at once: one store read, as any hit.
 //! - The primary entry stays where it is: it keeps answering its own variant, and its `Vary` is what processes
 //!   learn from. A process remembers which variant it holds, so that requests of that variant keep reading it,
@@ -20,7 +25,7 @@
 //! under their URI's tag, so that a write to the URI removes them (the store must keep tags; over one that does
 //! not, the layer keeps one entry per key).
 
-use super::key::{variant_digest, vary_digest_with, vary_names};
+use super::key::{variant_key, vary_digest_with, vary_names};
 use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_ENCODING, CONTENT_TYPE, VARY};
 use http::{HeaderMap, HeaderName};
 use std::collections::HashMap;
@@ -35,7 +40,8 @@ const MAX_LEARNED: usize = 8_192;
 /// What this process learned of the answers to one primary key.
 #[derive(Debug)]
 pub(crate) struct Learned {
-    /// The request headers that tell their variants apart ([`learnable`](super::key::learnable)).
+    /// The request headers that tell their variants apart ([`learnable`](super::key::learnable)); none when
+    /// only a refused type does.
     pub(crate) names: Arc<[HeaderName]>,
     /// The answer stored under the primary key: the variant it was stored for, which a request of that variant
     /// finds there.
@@ -89,7 +95,13 @@ impl Learned {
         if digest == held.vary {
             return None;
         }
-        Some(variant_digest(primary, &self.names, request))
+        variant_key(primary, &self.names, &held.fields, request)
+    }
+
+    /// The digest of the key the request with `request` headers keeps its own variant under, whether or not it
+    /// is of the variant held under `primary` ([`variant_key`]); `None` when it is kept under `primary`.
+    pub(crate) fn own_variant(&self, primary: &[u8; 32], request: &HeaderMap) -> Option<[u8; 32]> {
+        variant_key(primary, &self.names, &self.held.fields, request)
     }
 }
 
@@ -210,6 +222,52 @@ mod tests {
             &headers(&[("accept-language", "de"), ("origin", "https://a.example")]),
         );
         assert!(other.is_some_and(|other| other != de));
+    }
+
+    #[test]
+    fn a_request_refusing_the_held_type_has_a_variant_of_its_own() {
+        let variants = Variants::default();
+        // JSON held under the primary key, stored for a request that took it; nothing named in `Vary`.
+        let response = headers(&[("content-type", "application/json")]);
+        let stored_for = headers(&[("accept", "application/json")]);
+        variants.learn(
+            [1; 32],
+            Learned::new(Arc::new([]), &response, vary_digest(&response, &stored_for)),
+        );
+        let of =
+            |accept: &'static str| variants.variant_of(&[1; 32], &headers(&[("accept", accept)]));
+        for taking in ["application/json", "*/*", "application/*, text/html;q=0.5"] {
+            assert_eq!(of(taking), None, "{taking}");
+        }
+        assert_eq!(variants.variant_of(&[1; 32], &headers(&[])), None);
+        let html = of("text/html").unwrap();
+        assert_eq!(of(" text/html "), Some(html));
+        assert!(of("text/csv").is_some_and(|csv| csv != html));
+        // Its own variant's key, whichever variant the primary key holds; none for a request taking JSON.
+        let learned = variants.learned_of(&[1; 32]).unwrap();
+        assert_eq!(
+            learned.own_variant(&[1; 32], &headers(&[("accept", "text/html")])),
+            Some(html)
+        );
+        assert_eq!(
+            learned.own_variant(&[1; 32], &headers(&[("accept", "*/*")])),
+            None
+        );
+        // Beside headers the answers vary on, the refusal is one more part of the key.
+        let localised = headers(&[
+            ("content-type", "application/json"),
+            ("vary", "accept-language"),
+        ]);
+        learn(&variants, [2; 32], &localised, &headers(&[]));
+        let de = |accept: &'static str| {
+            variants.variant_of(
+                &[2; 32],
+                &headers(&[("accept-language", "de"), ("accept", accept)]),
+            )
+        };
+        let de_json = de("application/json").unwrap();
+        assert_eq!(de("*/*"), Some(de_json), "both take JSON");
+        assert!(de("text/html").is_some_and(|html| html != de_json));
     }
 
     #[test]
