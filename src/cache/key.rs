@@ -17,7 +17,8 @@
 
 use super::decision::NameTable;
 use super::memo;
-use http::{HeaderMap, HeaderName, Method, Uri, header};
+use http::header::GetAll;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -1515,41 +1516,67 @@ pub(crate) fn accepts_coding(request: &HeaderMap, response: &HeaderMap) -> bool 
 /// without a `Content-Type` that reads as one is accepted by any request. Types, subtypes, parameter names and
 /// values compare case-insensitively.
 pub(crate) fn accepts_media_type(request: &HeaderMap, response: &HeaderMap) -> bool {
-    let Some(first) = request.get(header::ACCEPT) else {
+    // Every hit with an `Accept` comes here, so the usual fields are settled without parsing: one look-up each,
+    // then a comparison of bytes.
+    let accept = request.get_all(header::ACCEPT);
+    let mut lines = accept.iter();
+    let Some(first) = lines.next() else {
         return true;
     };
-    // What most HTTP clients send (curl, reqwest, Go's): every type, read without parsing.
-    if first.as_bytes() == b"*/*" && request.get_all(header::ACCEPT).iter().nth(1).is_none() {
+    let single = lines.next().is_none();
+    // What most HTTP clients send (curl, reqwest, Go's): every type.
+    if single && first.as_bytes() == b"*/*" {
         return true;
     }
-    let Some((kind, subtype, parameters)) = response
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(media_type)
-    else {
+    let Some(content_type) = response.get(header::CONTENT_TYPE) else {
         return true;
     };
-    if kind == "*" || subtype == "*" {
+    let content_type = content_type.as_bytes();
+    // The one type an API client asks for, and the answer's (`application/json` and `application/json;
+    // charset=utf-8`): when the answer's type begins with what was asked, and ends there, they are one type.
+    if single {
+        let asked = first.as_bytes().trim_ascii();
+        if !asked.is_empty()
+            && !asked.contains(&b';')
+            && content_type
+                .get(..asked.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(asked))
+            && matches!(
+                content_type.get(asked.len()),
+                None | Some(b';' | b' ' | b'\t')
+            )
+        {
+            return true;
+        }
+    }
+    accepted_by_ranges(accept, content_type)
+}
+
+/// [`accepts_media_type`] read range by range, for the media type `content_type` (a `Content-Type` value).
+fn accepted_by_ranges(accept: GetAll<'_, HeaderValue>, content_type: &[u8]) -> bool {
+    let Some((kind, subtype, parameters)) = media_type(content_type) else {
+        return true;
+    };
+    if kind == b"*" || subtype == b"*" {
         return true;
     }
     let mut ranges = false;
     // The specificity of the most specific ranges matching the type, and whether they all accept it.
     let mut best: Option<(u8, bool)> = None;
-    for element in request
-        .get_all(header::ACCEPT)
+    for element in accept
         .iter()
-        .flat_map(|value| value.to_str().unwrap_or("").split(','))
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
     {
         let Some((range_kind, range_subtype, range_parameters)) = media_type(element) else {
             continue;
         };
-        if range_kind == "*" && range_subtype != "*" {
+        if range_kind == b"*" && range_subtype != b"*" {
             continue;
         }
         ranges = true;
-        let matches = range_kind == "*"
+        let matches = range_kind == b"*"
             || (range_kind.eq_ignore_ascii_case(kind)
-                && (range_subtype == "*" || range_subtype.eq_ignore_ascii_case(subtype)));
+                && (range_subtype == b"*" || range_subtype.eq_ignore_ascii_case(subtype)));
         if !matches {
             continue;
         }
@@ -1557,7 +1584,7 @@ pub(crate) fn accepts_media_type(request: &HeaderMap, response: &HeaderMap) -> b
         let mut named = false;
         let mut theirs = true;
         for (name, value) in media_parameters(range_parameters) {
-            if name.eq_ignore_ascii_case("q") {
+            if name.eq_ignore_ascii_case(b"q") {
                 // What follows a weight is no parameter of the range (RFC 7231's `accept-ext`).
                 q = Some(value);
                 break;
@@ -1569,19 +1596,24 @@ pub(crate) fn accepts_media_type(request: &HeaderMap, response: &HeaderMap) -> b
                 Some((_, v)) => v.eq_ignore_ascii_case(value),
                 // A `charset` asked of a type the answer gives none for (JSON has no such parameter) is no
                 // mismatch: clients send `application/json; charset=utf-8` to servers that answer without one.
-                None => name.eq_ignore_ascii_case("charset"),
+                None => name.eq_ignore_ascii_case(b"charset"),
             };
         }
         if !theirs {
             continue;
         }
         let specificity = match (range_kind, range_subtype) {
-            ("*", _) => 0,
-            (_, "*") => 1,
+            (b"*", _) => 0,
+            (_, b"*") => 1,
             _ if named => 3,
             _ => 2,
         };
-        let accepted = q.is_none_or(|q| q.parse::<f32>().is_ok_and(|q| q > 0.0 && q <= 1.0));
+        let accepted = q.is_none_or(|q| {
+            std::str::from_utf8(q)
+                .ok()
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q > 0.0 && q <= 1.0)
+        });
         best = match best {
             Some((held, _)) if held < specificity => Some((specificity, accepted)),
             Some((held, was)) if held == specificity => Some((held, was && accepted)),
@@ -1594,28 +1626,36 @@ pub(crate) fn accepts_media_type(request: &HeaderMap, response: &HeaderMap) -> b
 
 /// A media type or range (`type/subtype; parameters`) read from `value`: its type and subtype, trimmed, and what
 /// follows its first `;`; `None` when it does not read as one (RFC 9110 §8.3.1).
-fn media_type(value: &str) -> Option<(&str, &str, &str)> {
-    let (essence, parameters) = value.split_once(';').unwrap_or((value, ""));
-    let (kind, subtype) = essence.trim().split_once('/')?;
-    let token = |s: &str| {
+fn media_type(value: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (essence, parameters) = match value.iter().position(|&b| b == b';') {
+        Some(at) => (&value[..at], &value[at + 1..]),
+        None => (value, &[][..]),
+    };
+    let essence = essence.trim_ascii();
+    let slash = essence.iter().position(|&b| b == b'/')?;
+    let (kind, subtype) = (
+        essence[..slash].trim_ascii(),
+        essence[slash + 1..].trim_ascii(),
+    );
+    let token = |s: &[u8]| {
         !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            && s.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
     (token(kind) && token(subtype)).then_some((kind, subtype, parameters))
 }
 
 /// The `name=value` pairs of a media type's `parameters` (what follows its first `;`), trimmed, a quoted value
 /// without its quotes; those that do not read as a pair are passed over.
-fn media_parameters(parameters: &str) -> impl Iterator<Item = (&str, &str)> {
-    parameters.split(';').filter_map(|parameter| {
-        let (name, value) = parameter.split_once('=')?;
-        let value = value.trim();
+fn media_parameters(parameters: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    parameters.split(|&b| b == b';').filter_map(|parameter| {
+        let at = parameter.iter().position(|&b| b == b'=')?;
+        let value = parameter[at + 1..].trim_ascii();
         let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
             .unwrap_or(value);
-        Some((name.trim(), value))
+        Some((parameter[..at].trim_ascii(), value))
     })
 }
 
@@ -3088,6 +3128,45 @@ mod tests {
     }
 
     proptest! {
+        /// The shortcuts for the usual `Accept` fields say what reading every range says.
+        #[test]
+        fn the_accept_shortcuts_agree_with_reading_every_range(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::sample::select(&[
+                        "application/json", "Application/JSON", " application/json ", "application/json;q=0",
+                        "application/json; charset=utf-8", "application/json;charset=latin1", "text/html",
+                        "text/html;level=1", "text/*", "*/*", "*/*;q=0", "application/*;q=0.5", "*/json", "json",
+                        "", "application/jsonx", "application/json;q=0.5",
+                    ][..]),
+                    1..4,
+                ),
+                0..3,
+            ),
+            content_type in proptest::option::of(proptest::sample::select(&[
+                "application/json", "application/json; charset=utf-8", "application/json ;charset=latin1",
+                "APPLICATION/JSON", "text/html", "text/html; level=1", "text/plain", "json", "*/*",
+                " application/json", "application/json;q=0", "application/json,text/html",
+            ][..])),
+        ) {
+            let mut request = HeaderMap::new();
+            for line in &lines {
+                request.append(header::ACCEPT, HeaderValue::from_str(&line.join(",")).unwrap());
+            }
+            let mut response = HeaderMap::new();
+            if let Some(content_type) = content_type {
+                response.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            }
+            let read = match content_type {
+                _ if lines.is_empty() => true,
+                None => true,
+                Some(content_type) => {
+                    accepted_by_ranges(request.get_all(header::ACCEPT), content_type.as_bytes())
+                }
+            };
+            prop_assert_eq!(accepts_media_type(&request, &response), read);
+        }
+
         #[test]
         fn an_authority_normalises_to_one_spelling_per_origin(
             user in proptest::option::of("[a-zA-Z]{1,4}"),
