@@ -175,6 +175,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod atomic;
 pub mod auth;
 pub mod body;
 mod buffer;

@@ -13,7 +13,8 @@
 use super::deadline::Deadlines;
 use super::stats::Counters;
 use super::store::Store;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use crate::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;

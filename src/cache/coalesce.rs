@@ -5,8 +5,9 @@
 //! caller was cancelled), the flight is removed and every waiter is told it was *abandoned*, so one of them
 //! takes over as the new leader instead of waiting forever.
 
+use crate::atomic::AtomicU64;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 

@@ -18,10 +18,11 @@
 //! Deadlines are on the monotonic clock (`std::time::Instant`), not Tokio's: the bound is on real waiting for a
 //! real store, and paused Tokio time does not pause the store.
 
+use crate::atomic::AtomicU64;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};

@@ -35,6 +35,7 @@ use super::status::{BypassReason, CacheOutcome, HeaderText, NotStored, Status, S
 use super::tags::{Purge, TagsFn};
 use super::tunnel;
 use super::variants::{Learned, Variants};
+use crate::atomic::AtomicU64;
 use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
@@ -51,7 +52,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

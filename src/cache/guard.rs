@@ -4,11 +4,12 @@
 use super::deadline::Deadlines;
 use super::stats::{Counters, bump};
 use super::store::{Store, StoreFuture};
+use crate::atomic::AtomicU64;
 use crate::error::StoreError;
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 

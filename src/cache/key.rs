@@ -17,6 +17,7 @@
 
 use super::decision::NameTable;
 use super::memo;
+use crate::atomic::AtomicU64;
 use http::header::GetAll;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use sha2::{Digest, Sha256};
@@ -24,7 +25,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 /// What the key of an entry's lease adds to the entry's key.
 pub(crate) const LEASE_SUFFIX: &str = ":lease";

@@ -1,8 +1,9 @@
 //! Counters of what the cache did, readable as a [`CacheStats`] snapshot.
 
 use super::status::{BypassReason, NotStored};
+use crate::atomic::AtomicU64;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 /// One counter: an atomic for [`CacheStats`], and with the `metrics` feature a
 /// `tower_redis_cache_<name>_total{namespace}` counter in the `metrics` facade.

@@ -41,11 +41,12 @@ use super::engine::{Engine, millis};
 use super::key::{CacheKey, authority};
 use super::stats::add;
 use super::store::Store;
+use crate::atomic::AtomicU64;
 use crate::error::StoreError;
 use crate::structured::{Value, field_value, list};
 use http::{HeaderMap, HeaderName, Uri, request};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// What a removal does to the entries it finds.

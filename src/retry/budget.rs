@@ -1,8 +1,9 @@
 //! [`RetryBudget`]: a token bucket that keeps retries from multiplying load during an outage.
 
+use crate::atomic::AtomicU64;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 /// Tokens are kept in thousandths so refunds can be fractions without floating-point state.
 const MILLI: u64 = 1000;

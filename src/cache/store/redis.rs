@@ -3,6 +3,7 @@
 use super::homes::{self, Homes};
 use super::sentinel::{Following, Primary};
 use super::{Store, StoreFuture};
+use crate::atomic::AtomicU64;
 use crate::cache::entry::{WINDOWS_AT, WINDOWS_LEN, staled_windows};
 use crate::error::StoreError;
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use fred::prelude::{
 };
 use fred::types::{ClusterHash, Key};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,10 +1,11 @@
 //! The emulator's data and switches: actions, work items, issued tokens, rate-limit windows, faults and
 //! counters.
 
+use crate::atomic::AtomicU64;
 use http::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The endpoints the emulator serves, for [`Emulator::requests`](super::Emulator::requests).
