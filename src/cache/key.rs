@@ -1783,11 +1783,17 @@ fn vary_digest_of(
         hash_values(&mut h, request, name);
     }
     // After the names, so that every digest of a request accepting the answer is the one it always was.
-    if refused {
-        field(&mut h, b"accept refused");
-        hash_values(&mut h, request, &header::ACCEPT);
-    }
+    hash_refusal(&mut h, refused, request);
     h.finalize().into()
+}
+
+/// Hashes `request`'s `Accept` values, marked as a refusal, when it `refused` the answer's media type
+/// ([`refuses_type`]); nothing otherwise.
+fn hash_refusal(h: &mut Sha256, refused: bool, request: &HeaderMap) {
+    if refused {
+        field(h, b"accept refused");
+        hash_values(h, request, &header::ACCEPT);
+    }
 }
 
 /// Hashes `request`'s values of the header `name` as a variant is told by them: absent, or its comma-separated
@@ -1905,10 +1911,7 @@ pub(crate) fn variant_digest(
         hash_values(&mut h, request, name);
     }
     // After the names, so that the variant keys of requests accepting the answer are the ones they always were.
-    if refused {
-        field(&mut h, b"accept refused");
-        hash_values(&mut h, request, &header::ACCEPT);
-    }
+    hash_refusal(&mut h, refused, request);
     h.finalize().into()
 }
 

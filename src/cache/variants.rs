@@ -95,7 +95,7 @@ impl Learned {
         if digest == held.vary {
             return None;
         }
-        variant_key(primary, &self.names, &held.fields, request)
+        self.own_variant(primary, request)
     }
 
     /// The digest of the key the request with `request` headers keeps its own variant under, whether or not it
