@@ -916,3 +916,119 @@ async fn a_redis_that_may_evict_a_tag_set_is_told_of_once() {
         "{told:?}"
     );
 }
+
+/// Sends `request()` until the cache answers it from Redis (a bounded poll, for caching to resume); returns that
+/// answer's body.
+async fn until_hit<S: support::calls::Cached>(
+    service: &S,
+    request: impl Fn() -> Request<Full<Bytes>>,
+) -> Bytes {
+    for _ in 0..400 {
+        let response = call(service, request()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        if outcome(&response) == CacheOutcome::Hit {
+            return body(response).await;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("caching never resumed for {}", request().uri());
+}
+
+/// Whether a raw command on `server` is refused with `code` (`LOADING`, `BUSY`) at this moment.
+fn refuses_with(server: &RedisServer, code: &[u8]) -> bool {
+    server
+        .try_command(&[b"GET", b"probe"])
+        .is_ok_and(|reply| reply.get(1..=code.len()) == Some(code))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_loading_its_snapshot_after_a_restart_fails_no_request_then_hits_what_it_kept() {
+    let warnings = support::logs::warnings();
+    let mut server = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::connect(&server.url()).await.unwrap())
+        .store_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let near = layer_over(RedisStore::connect(&server.url()).await.unwrap())
+        .store_timeout(Duration::from_millis(200))
+        .near_cache(1 << 20)
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let near_service = tower::Layer::layer(&near, origin.service());
+    let kept = || post(r#"{"q":"kept"}"#);
+    let first = call(&service, kept()).await;
+    assert!(matches!(
+        outcome(&first),
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    let stored = body(first).await;
+    for _ in 0..100 {
+        if cache_status(&call(&near_service, kept()).await).ends_with("; detail=near") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(near.handle().near_cache_live());
+
+    // A snapshot holding the entry and enough other keys that reading it back takes seconds (each key loaded
+    // 20 µs late), then the restart that reads it: until it is read, Redis answers `LOADING` to nearly everything.
+    server.command(&[b"DEBUG", b"POPULATE", b"30000", b"filler"]);
+    assert_eq!(server.command(&[b"SAVE"]), b"+OK\r\n");
+    server.restart_with(&[
+        "--key-load-delay",
+        "20",
+        "--loading-process-events-interval-bytes",
+        "1024",
+    ]);
+    assert!(refuses_with(&server, b"LOADING"), "the restart is loading");
+    let calls_before = origin.calls();
+    let mut during = 0;
+    while refuses_with(&server, b"LOADING") {
+        for (i, service) in [&service, &near_service].into_iter().enumerate() {
+            for request in [kept(), post(&format!(r#"{{"q":"{during}-{i}"}}"#))] {
+                let response = call(service, request).await;
+                assert_eq!(response.status(), StatusCode::OK);
+                assert!(
+                    matches!(outcome(&response), CacheOutcome::Miss { stored: false, .. }),
+                    "nothing is answered or stored while Redis loads: {}",
+                    cache_status(&response)
+                );
+            }
+        }
+        during += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(during > 0, "requests were sent while Redis loaded");
+    assert_eq!(
+        origin.calls(),
+        calls_before + 4 * during,
+        "each answered by the origin"
+    );
+
+    // Loaded: the entry the snapshot kept is answered again (its first answer, not one of the origin's since),
+    // and the near cache arms again, without telling the operator of a refusal that was Redis loading.
+    assert_eq!(until_hit(&service, kept).await, stored);
+    for _ in 0..400 {
+        let response = call(&near_service, kept()).await;
+        if cache_status(&response).ends_with("; detail=near") {
+            assert_eq!(body(response).await, stored);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        near.handle().near_cache_live(),
+        "{:?}",
+        near.handle().stats()
+    );
+    let refused: Vec<String> = warnings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|warning| warning.contains("refused client tracking"))
+        .cloned()
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}

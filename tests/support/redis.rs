@@ -313,6 +313,14 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Starts the server again on the same port with `extra_args` in place of the ones it had, keeping its
+    /// directory: it loads the `dump.rdb` a `SAVE` left there.
+    pub fn restart_with(&mut self, extra_args: &[&str]) {
+        self.kill();
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        self.spawn();
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

@@ -1157,6 +1157,15 @@ pub(super) fn is_replica_reply(error: &fred::error::Error) -> bool {
     error.details().starts_with("READONLY")
 }
 
+/// Whether `error` is a server saying it cannot answer yet, not that it never will: `LOADING` (a restarted
+/// Redis reading its snapshot, a replica its primary's), `BUSY` (a script or function running past
+/// `busy-reply-threshold`), `MASTERDOWN` (a replica cut off from its primary) or `TRYAGAIN` (a Cluster slot
+/// migrating). What it refused is asked again later, and needs no operator.
+pub(super) fn is_unready_reply(error: &fred::error::Error) -> bool {
+    let code = error.details().split_whitespace().next().unwrap_or("");
+    matches!(code, "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN")
+}
+
 /// The key of the invalidation mark of the tag set `tag` (in its hash slot).
 fn marked(tag: &str) -> String {
     format!("{tag}{}", crate::cache::key::MARK_SUFFIX)
@@ -1258,6 +1267,28 @@ mod tests {
                 backend(Error::new(kind, details)),
                 StoreError::Refused(_)
             ));
+        }
+        for details in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+        ] {
+            assert!(
+                is_unready_reply(&Error::new(ErrorKind::Unknown, details)),
+                "{details}"
+            );
+        }
+        for details in [
+            "NOPERM this user has no permissions to run the 'client|tracking' command",
+            "ERR unknown command 'CLIENT', with args beginning with: 'TRACKING'",
+            "BUSYKEY Target key name already exists.",
+            "",
+        ] {
+            assert!(
+                !is_unready_reply(&Error::new(ErrorKind::Unknown, details)),
+                "{details}"
+            );
         }
         assert!(is_demoted(&backend(Error::new(
             ErrorKind::Unknown,

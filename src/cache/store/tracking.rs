@@ -151,6 +151,13 @@ async fn run(
                 tokio::time::sleep(PROBE_EVERY).await;
                 continue;
             }
+            // The server cannot answer yet (`LOADING` its snapshot after a restart, `BUSY` with a script): it
+            // will, and no operator need do anything, so this is no refusal to warn of.
+            Ok(Err(error)) if super::redis::is_unready_reply(&error) => {
+                tracing::debug!(%error, "near cache: Redis is not ready to track yet; retrying");
+                tokio::time::sleep(PROBE_EVERY).await;
+                continue;
+            }
             // The server answered and said no (`NOPERM` for a user without `client|tracking`, an unknown command
             // behind a proxy): no retry will change that until someone does, so say it where operators look.
             Ok(Err(error))
