@@ -1032,3 +1032,102 @@ async fn a_redis_loading_its_snapshot_after_a_restart_fails_no_request_then_hits
         .collect();
     assert!(refused.is_empty(), "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_running_past_the_busy_threshold_fails_no_request_and_hits_resume_once_killed() {
+    let server = RedisServer::start_with(&["--busy-reply-threshold", "100"]);
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::connect(&server.url()).await.unwrap())
+        .store_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let kept = || post(r#"{"q":"kept"}"#);
+    let stored = body(call(&service, kept()).await).await;
+    assert_eq!(until_hit(&service, kept).await, stored);
+
+    // Another program's script that never ends: Redis holds every command for the threshold, then answers
+    // `BUSY` to all but `SCRIPT KILL` and `SHUTDOWN`.
+    let port = server.port();
+    let script = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .write_all(b"*3\r\n$4\r\nEVAL\r\n$17\r\nwhile true do end\r\n$1\r\n0\r\n")
+            .unwrap();
+        let mut reply = [0u8; 256];
+        let n = stream.read(&mut reply).unwrap();
+        String::from_utf8_lossy(&reply[..n]).into_owned()
+    });
+    wait_until("Redis answers BUSY", || refuses_with(&server, b"BUSY")).await;
+    let calls_before = origin.calls();
+    for i in 0..20 {
+        for request in [kept(), post(&format!(r#"{{"q":{i}}}"#))] {
+            let response = call(&service, request).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(
+                matches!(outcome(&response), CacheOutcome::Miss { stored: false, .. }),
+                "{}",
+                cache_status(&response)
+            );
+        }
+    }
+    assert_eq!(
+        origin.calls(),
+        calls_before + 40,
+        "each answered by the origin"
+    );
+    // Refused at once, each call: no timeout, and the breaker stays closed.
+    let stats = layer.handle().stats();
+    assert!(stats.store_errors >= 40, "{stats:?}");
+    assert_eq!(stats.store_skipped, 0, "{stats:?}");
+
+    assert_eq!(server.command(&[b"SCRIPT", b"KILL"]), b"+OK\r\n");
+    assert!(script.join().unwrap().starts_with("-ERR Script killed"));
+    let response = call(&service, kept()).await;
+    assert_eq!(outcome(&response), CacheOutcome::Hit);
+    assert_eq!(body(response).await, stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_paused_fail_no_request_and_caching_resumes_when_they_are_let_go() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = layer_over(RedisStore::connect(&server.url()).await.unwrap())
+        .store_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let kept = || post(r#"{"q":"kept"}"#);
+    let stored = body(call(&service, kept()).await).await;
+    assert_eq!(until_hit(&service, kept).await, stored);
+
+    // Writes paused, as `FAILOVER` and `CLUSTER FAILOVER` pause them on the primary they leave: reads go on.
+    assert_eq!(
+        server.command(&[b"CLIENT", b"PAUSE", b"1500", b"WRITE"]),
+        b"+OK\r\n"
+    );
+    for _ in 0..3 {
+        let response = call(&service, kept()).await;
+        assert_eq!(outcome(&response), CacheOutcome::Hit);
+        assert_eq!(body(response).await, stored);
+    }
+    // A miss's write is held until the pause ends, and the reads after it on the same connection with it: the
+    // miss and what follows are answered by the origin, unstored.
+    let calls_before = origin.calls();
+    for i in 0..10 {
+        let response = call(&service, post(&format!(r#"{{"q":{i}}}"#))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            matches!(outcome(&response), CacheOutcome::Miss { stored: false, .. }),
+            "{}",
+            cache_status(&response)
+        );
+    }
+    assert_eq!(origin.calls(), calls_before + 10);
+
+    // A raw write returns once the pause is over; then misses are stored and hit again.
+    assert_eq!(server.command(&[b"SET", b"probe", b"1"]), b"+OK\r\n");
+    assert_eq!(until_hit(&service, kept).await, stored);
+    until_hit(&service, || post(r#"{"q":0}"#)).await;
+}
