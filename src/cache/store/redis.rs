@@ -212,8 +212,9 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// An invalid URL, a TLS URL without the `redis-tls` feature, a Unix socket URL on a system without Unix
-    /// sockets, or no connection on the first attempt.
+    /// An invalid URL, one whose scheme is none of those above (fred would take any other for `redis://`), a TLS
+    /// URL without the `redis-tls` feature, a Unix socket URL on a system without Unix sockets, or no connection
+    /// on the first attempt.
     pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
         Self::connect_with(parse_url(url)?).await
     }
@@ -244,7 +245,8 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// An invalid URL, a TLS URL without the `redis-tls` feature, or no Tokio runtime.
+    /// An invalid URL, one whose scheme is none of [`connect`](Self::connect)'s, a TLS URL without the
+    /// `redis-tls` feature, or no Tokio runtime.
     pub fn connect_lazy(url: &str) -> Result<Self, fred::error::Error> {
         Self::connect_lazy_with(parse_url(url)?)
     }
@@ -399,6 +401,7 @@ impl fmt::Debug for RedisStore {
 /// A TLS URL gets the crate's own connector (`crate::tls`): fred's default leaves the crypto provider to rustls's
 /// crate features, and panics in a build that links both providers.
 fn parse_url(url: &str) -> Result<Config, fred::error::Error> {
+    refuse_unknown_scheme(url)?;
     refuse_tls_without_support(url, cfg!(feature = "redis-tls"))?;
     if let Some(socket) = unix_socket(url) {
         return socket_config(socket?);
@@ -515,6 +518,55 @@ fn without_tls(url: &str) -> Option<String> {
         (None, None) => return None,
     };
     Some(format!("{plain}://{rest}"))
+}
+
+/// The URL schemes [`parse_url`] reads: fred's, in their `redis` and `valkey` spellings, and redis-rs's `unix`.
+const SCHEMES: [&str; 15] = [
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+    "redis+unix",
+    "unix",
+    "valkey",
+    "valkeys",
+    "valkey-cluster",
+    "valkeys-cluster",
+    "valkey-sentinel",
+    "valkeys-sentinel",
+    "valkey+unix",
+];
+
+/// `Err` for a URL whose scheme is none of [`SCHEMES`]. fred reads any other as `redis://`, so `tls://` or
+/// `redis-tls://` would send the password in plain text, and `redis-clustr://` would talk to one node of a
+/// Cluster. The scheme is named only when it reads as one: text before a `://` may be credentials misplaced.
+fn refuse_unknown_scheme(url: &str) -> Result<(), fred::error::Error> {
+    let scheme = scheme(url);
+    if SCHEMES.contains(&scheme.as_str()) {
+        return Ok(());
+    }
+    let reads_as_scheme = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let what = if reads_as_scheme {
+        format!("`{scheme}://` is no Redis URL scheme")
+    } else {
+        "no Redis URL scheme is given".to_owned()
+    };
+    Err(fred::error::Error::new(
+        fred::error::ErrorKind::Config,
+        format!(
+            "{what}: tower-redis-cache reads redis://, redis-cluster:// and redis-sentinel:// (rediss://, \
+             rediss-cluster:// and rediss-sentinel:// over TLS), redis+unix:// and unix://, each also spelled \
+             valkey"
+        ),
+    ))
 }
 
 /// `Err` for a TLS scheme when `tls` support is absent.
@@ -1384,6 +1436,48 @@ mod tests {
             "redis-sentinel://cache.example",
         ] {
             assert!(refuse_tls_without_support(url, false).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn only_redis_url_schemes_are_read() {
+        for url in [
+            "redis://cache.example",
+            "REDIS://cache.example:6379/2",
+            "rediss://:pw@cache.example:6380",
+            "redis-cluster://cache.example:7000",
+            "rediss-sentinel://cache.example:26379/0?sentinelServiceName=m",
+            "redis+unix:///run/redis.sock",
+            "unix:///run/redis.sock?db=2",
+            "valkeys-cluster://cache.example",
+            "valkey+unix:///run/valkey.sock",
+        ] {
+            assert!(refuse_unknown_scheme(url).is_ok(), "{url}");
+        }
+        for (url, named) in [
+            ("tls://:pw@cache.example:6380", Some("tls")),
+            ("redis-tls://:pw@cache.example", Some("redis-tls")),
+            ("redis-clustr://cache.example:7000", Some("redis-clustr")),
+            ("https://cache.example", Some("https")),
+            ("cache.example:6379", None),
+            ("user:s3cret@cache.example://", None),
+            ("", None),
+        ] {
+            let error = refuse_unknown_scheme(url).unwrap_err();
+            assert_eq!(*error.kind(), fred::error::ErrorKind::Config, "{url}");
+            let details = error.details();
+            assert!(details.contains("redis-sentinel://"), "{details}");
+            assert!(
+                !details.contains("pw") && !details.contains("s3cret"),
+                "{details}"
+            );
+            match named {
+                Some(scheme) => {
+                    assert!(details.starts_with(&format!("`{scheme}://`")), "{details}")
+                }
+                None => assert!(details.starts_with("no Redis URL scheme"), "{details}"),
+            }
+            assert!(parse_url(url).is_err(), "{url}");
         }
     }
 
