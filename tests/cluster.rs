@@ -515,3 +515,42 @@ async fn a_put_removes_every_variant_across_shards() {
     }
     assert_eq!(origin.calls(), 2 * languages.len() + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_paused_on_every_primary_leave_every_shards_hits_going() {
+    let cluster = RedisCluster::start();
+    let origin = support::Origin::new();
+    let layer = layer_over(RedisStore::connect(&cluster.url()).await.unwrap())
+        .store_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let service = tower::Layer::layer(&layer, origin.service());
+    // Enough keys to land on every primary, each stored, then a hit.
+    for i in 0..30 {
+        call(&service, post(&query(i))).await;
+        assert!(until_hit(&service, i).await, "key {i}");
+    }
+    // Writes paused on every primary, as a manual failover pauses them on the one it leaves.
+    for node in cluster.nodes() {
+        node.command(&[b"CLIENT", b"PAUSE", b"10000", b"WRITE"]);
+    }
+    // Misses' leases wait in Redis (each node's writes' breaker opens after its timeouts); the hits between them,
+    // on every shard, go on: their `GET`s have connections and breakers of their own.
+    let calls_before = origin.calls();
+    for round in 0..3 {
+        for i in 0..30 {
+            let miss = call(&service, post(&query(100 + round * 30 + i))).await;
+            assert!(
+                matches!(outcome(&miss), CacheOutcome::Miss { stored: false, .. }),
+                "round {round} key {i}"
+            );
+            let hit = call(&service, post(&query(i))).await;
+            assert_eq!(outcome(&hit), CacheOutcome::Hit, "round {round} key {i}");
+        }
+    }
+    assert_eq!(origin.calls(), calls_before + 90);
+    for node in cluster.nodes() {
+        node.command(&[b"CLIENT", b"UNPAUSE"]);
+    }
+    assert!(until_hit(&service, 100).await, "misses are stored again");
+}

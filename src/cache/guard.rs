@@ -158,8 +158,15 @@ pub(crate) struct GuardedStore {
     /// The deadlines of this store's calls, and their timeout.
     deadlines: Arc<Deadlines>,
     pub(crate) breaker: Breaker,
+    /// The breaker of every call but `get`, when the store sends those on connections apart from its reads (a
+    /// [`RedisStore`](crate::RedisStore) that made its own clients): writes held in Redis (paused, or stuck behind
+    /// a script) then open this one, and hits, answered on their own connections, go on. `None`: `breaker` guards
+    /// every call.
+    writes: Option<Breaker>,
     /// Breakers of nodes 1 to [`NODE_BREAKERS`], made on first use.
     nodes: Box<[std::sync::OnceLock<Breaker>]>,
+    /// The nodes' breakers of every call but `get`, when `writes` is there; else empty.
+    write_nodes: Box<[std::sync::OnceLock<Breaker>]>,
     threshold: u32,
     cooldown: Duration,
     pub(crate) counters: Arc<Counters>,
@@ -202,6 +209,7 @@ impl std::fmt::Debug for GuardedStore {
         f.debug_struct("GuardedStore")
             .field("timeout", &self.deadlines.timeout())
             .field("breaker", &self.breaker)
+            .field("writes", &self.writes)
             .finish_non_exhaustive()
     }
 }
@@ -218,13 +226,25 @@ impl GuardedStore {
         let redis = (store.clone() as Arc<dyn std::any::Any + Send + Sync>)
             .downcast::<crate::RedisStore>()
             .ok();
+        #[cfg(feature = "redis")]
+        let writes = redis
+            .as_ref()
+            .filter(|redis| redis.writes_apart())
+            .map(|_| Breaker::new(threshold, cooldown));
+        #[cfg(not(feature = "redis"))]
+        let writes = None;
+        let write_nodes = if writes.is_some() { NODE_BREAKERS } else { 0 };
         GuardedStore {
             store,
             #[cfg(feature = "redis")]
             redis,
+            writes,
             deadlines: Deadlines::new(timeout),
             breaker: Breaker::new(threshold, cooldown),
             nodes: (0..NODE_BREAKERS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            write_nodes: (0..write_nodes)
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
             threshold,
@@ -254,13 +274,18 @@ impl GuardedStore {
                 .is_ok()
     }
 
-    /// The breaker guarding `key`: its node's (`true`), or the store's (`false`).
-    fn breaker(&self, key: &str) -> (&Breaker, bool) {
+    /// The breaker guarding operation `what` on `key`: its node's (`true`), or the store's (`false`); the
+    /// writes' own for any operation but `get` when the store sends those apart.
+    fn breaker(&self, what: &'static str, key: &str) -> (&Breaker, bool) {
+        let (store, nodes) = match &self.writes {
+            Some(writes) if what != "get" => (writes, &self.write_nodes),
+            _ => (&self.breaker, &self.nodes),
+        };
         self.store
             .node_of(key)
             .and_then(|node| node.checked_sub(1))
-            .and_then(|i| self.nodes.get(i))
-            .map_or((&self.breaker, false), |slot| {
+            .and_then(|i| nodes.get(i))
+            .map_or((store, false), |slot| {
                 let breaker = slot.get_or_init(|| Breaker::new(self.threshold, self.cooldown));
                 (breaker, true)
             })
@@ -269,9 +294,11 @@ impl GuardedStore {
     /// Whether a breaker is open: the store's, or any node's.
     pub(crate) fn is_open(&self) -> bool {
         self.breaker.is_open()
+            || self.writes.as_ref().is_some_and(Breaker::is_open)
             || self
                 .nodes
                 .iter()
+                .chain(self.write_nodes.iter())
                 .any(|node| node.get().is_some_and(Breaker::is_open))
     }
 
@@ -316,7 +343,7 @@ impl GuardedStore {
     where
         F: Future<Output = Result<T, StoreError>> + Unpin,
     {
-        let (breaker, per_node) = self.breaker(key);
+        let (breaker, per_node) = self.breaker(what, key);
         if !breaker.allow() {
             bump(&self.counters.store_skipped);
             return Err(StoreError::Unavailable);
@@ -344,6 +371,21 @@ impl GuardedStore {
         result
     }
 
+    /// Has the store make its connections again, in the background, after calls of operation `what` kept
+    /// timing out: a [`RedisStore`](crate::RedisStore) that sends its `GET`s on connections of their own leaves
+    /// those alone when only other calls did (see `RedisStore::reconnect_side`).
+    fn remake_connections(&self, what: &'static str) {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = self.redis.clone() {
+            tokio::spawn(async move { redis.reconnect_side(what == "get").await });
+            return;
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = what;
+        let store = self.store.clone();
+        tokio::spawn(async move { store.reconnect().await });
+    }
+
     /// Counts and logs a failed store call, and tells `breaker`. Out of line: a hit never takes it.
     #[cold]
     #[inline(never)]
@@ -354,7 +396,7 @@ impl GuardedStore {
             bump(&self.counters.store_errors);
             // A refusal that new connections avoid (a primary demoted under an open connection): have them
             // made, as for a stuck link, and as rarely.
-            if !per_node && self.store.reconnect_cures(error) && self.breaker.may_reconnect() {
+            if !per_node && self.store.reconnect_cures(error) && breaker.may_reconnect() {
                 let store = self.store.clone();
                 tokio::spawn(async move { store.reconnect().await });
             }
@@ -378,9 +420,8 @@ impl GuardedStore {
         // RECONNECT_EVERY (a refused connection is the client's own reconnect policy's to handle). Not for one
         // node of a cluster: remaking every connection would cost the healthy nodes too, and the client retires
         // an unresponsive connection of its own (`RedisStore` sets that up).
-        if (in_doubt || again) && timeout && !per_node && self.breaker.may_reconnect() {
-            let store = self.store.clone();
-            tokio::spawn(async move { store.reconnect().await });
+        if (in_doubt || again) && timeout && !per_node && breaker.may_reconnect() {
+            self.remake_connections(what);
         }
         bump(&self.counters.store_errors);
         tracing::warn!(operation = what, %error, "cache store call failed; continuing without it");

@@ -420,7 +420,7 @@ impl CacheHandle {
     }
 
     /// Whether a store circuit breaker is open (the store, or in a Redis Cluster one of its nodes, is being
-    /// skipped).
+    /// skipped; or only its writes, by a [`RedisStore`](crate::RedisStore) that sends its hits apart).
     pub fn store_unavailable(&self) -> bool {
         self.engine.store.is_open()
     }

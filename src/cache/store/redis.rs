@@ -21,6 +21,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A [`Store`] on Redis through [fred](https://docs.rs/fred).
 ///
+/// The store [`connect`](Self::connect) makes keeps two clients (a connection each, or one per node of a
+/// Cluster): one sends the `GET`s, which are the hits, the other everything else. Redis answers a connection's
+/// commands in order, so a hit sent behind a write it holds would wait for it: a large entry arriving, a script, a
+/// write held while writes are paused (`CLIENT PAUSE WRITE`, which `FAILOVER` and a Cluster's manual failover
+/// use). The cache gives the writes circuit breakers of their own too (per node on a Cluster), so that hits go on
+/// while writes fail. A store over your own client ([`new`](Self::new)) or pool sends everything through it.
+///
 /// Commands are sent *fail fast*: while a connection is known to be down they error at once instead of queueing
 /// for the reconnect, so the cache falls back to the inner service without waiting. A command already written
 /// when the connection dies is bounded by the cache's store timeout, and the circuit breaker stops further
@@ -60,7 +67,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[derive(Clone)]
 pub struct RedisStore {
+    /// Every client: those that send `GET`s first, then those that send the rest (the same ones when
+    /// `readers` is all of them).
     clients: Clients,
+    /// How many of `clients`, from the first, send the `GET`s. Fewer than all when the store made its own
+    /// clients ([`connect`](Self::connect)): the last sends everything else, so that no hit waits in Redis
+    /// behind a write on its connection.
+    readers: usize,
     next: std::sync::Arc<AtomicUsize>,
     /// `GET`s, in futures whose homes are reused (see [`Homes`]).
     reads: Arc<Homes<ReadOf>>,
@@ -161,7 +174,8 @@ impl RedisStore {
     /// on), a command written while an earlier one is unacknowledged is held until the acknowledgement, which
     /// comes with the reply: up to a round trip before it is sent. [`connect`](Self::connect) also sets
     /// `tcp.keepalive` (probes after 30 s of silence), so that a NAT or load balancer that forgets quiet
-    /// connections keeps its own.
+    /// connections keeps its own. This one client sends every command: a hit can wait behind a write (see
+    /// [`RedisStore`]).
     pub fn new(client: Client) -> Self {
         Self::from_clients(vec![client])
     }
@@ -169,6 +183,16 @@ impl RedisStore {
     /// Wraps a fred pool; commands go round-robin over its clients.
     pub fn from_pool(pool: Pool) -> Self {
         Self::from_clients(pool.clients().to_vec())
+    }
+
+    /// A store whose `GET`s go to `reader` and every other command to `writer`, each its own connection (one
+    /// per node on a Cluster): Redis answers a connection's commands in order, so a hit sent behind a write on
+    /// the same connection waits for it, be it a large entry being stored, a script, or a write held while
+    /// writes are paused (`CLIENT PAUSE WRITE`, which `FAILOVER` and a Cluster's manual failover use).
+    fn split(reader: Client, writer: Client) -> Self {
+        let mut store = Self::from_clients(vec![reader, writer]);
+        store.readers = 1;
+        store
     }
 
     fn from_clients(clients: Vec<Client>) -> Self {
@@ -184,6 +208,7 @@ impl RedisStore {
         let clients: Vec<_> = clients.iter().map(|c| c.with_options(&options)).collect();
         let homes = Homes::new(|(clients, index, key)| get_on(clients, index, key));
         RedisStore {
+            readers: clients.len(),
             clients: clients.into(),
             next: std::sync::Arc::new(AtomicUsize::new(0)),
             reads: Arc::new(homes),
@@ -193,10 +218,10 @@ impl RedisStore {
         }
     }
 
-    /// Connects to the Redis named by `url` with a reconnecting client (constant 100 ms between attempts,
-    /// forever; `TCP_NODELAY`; keepalive probes after 30 s of silence; a connection that keeps timing out is made
-    /// again, by the cache's breaker or, on a Cluster, when it has not replied for a second) and waits for the
-    /// first connection.
+    /// Connects to the Redis named by `url` with two reconnecting clients, one for the hits' `GET`s and one for
+    /// everything else (see [`RedisStore`]; each: constant 100 ms between attempts, forever; `TCP_NODELAY`;
+    /// keepalive probes after 30 s of silence; a connection that keeps timing out is made again, by the cache's
+    /// breaker or, on a Cluster, when it has not replied for a second) and waits for their first connections.
     ///
     /// `rediss://` (and `rediss-cluster://`, `rediss-sentinel://`) connect over TLS, verifying the server
     /// against the system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`) with the rustls provider the crate docs'
@@ -231,16 +256,28 @@ impl RedisStore {
     /// An invalid configuration, or no connection on the first attempt.
     pub async fn connect_with(config: Config) -> Result<Self, fred::error::Error> {
         let settings = connection_config_for(&config);
-        let client = Builder::from_config(config)
+        let reader = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
             .with_connection_config(settings)
             .build()?;
-        client.init().await?;
-        Ok(Self::new(client))
+        let writer = reader.clone_new();
+        match futures_util::future::join(reader.init(), writer.init()).await {
+            (Ok(_), Ok(_)) => Ok(Self::split(reader, writer)),
+            // The one that connected is not left reconnecting forever for a store never made.
+            (Err(error), Ok(_)) => {
+                let _ = writer.quit().await;
+                Err(error)
+            }
+            (Ok(_), Err(error)) => {
+                let _ = reader.quit().await;
+                Err(error)
+            }
+            (Err(error), Err(_)) => Err(error),
+        }
     }
 
-    /// Like [`connect`](Self::connect), but returns at once: the client connects (and reconnects) in the
-    /// background, and until it is connected every store call fails fast, so requests go to the inner service.
+    /// Like [`connect`](Self::connect), but returns at once: the clients connect (and reconnect) in the
+    /// background, and until they are connected every store call fails fast, so requests go to the inner service.
     /// Must be called inside a Tokio runtime.
     ///
     /// # Errors
@@ -264,13 +301,15 @@ impl RedisStore {
             ));
         }
         let settings = connection_config_for(&config);
-        let client = Builder::from_config(config)
+        let reader = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
             .with_connection_config(settings)
             .build()?;
-        // The connection task runs detached; the client reconnects on its own.
-        drop(client.connect());
-        Ok(Self::new(client))
+        let writer = reader.clone_new();
+        // The connection tasks run detached; the clients reconnect on their own.
+        drop(reader.connect());
+        drop(writer.connect());
+        Ok(Self::split(reader, writer))
     }
 
     /// Runs `script`, one of the writes under a lease: `value` at `key` (expiring after `ttl`) if the lease at
@@ -311,8 +350,14 @@ impl RedisStore {
         self.clients.iter().map(|c| (**c).clone()).collect()
     }
 
+    /// The client the next command other than a `GET` goes to.
     fn client(&self) -> &fred::clients::WithOptions<Client> {
-        &self.clients[self.client_index()]
+        let index = if self.readers < self.clients.len() {
+            self.readers
+        } else {
+            self.client_index()
+        };
+        &self.clients[index]
     }
 
     /// [`Store::mark_stale`] of one key: its head read, its windows moved, and written back only if they are
@@ -335,9 +380,34 @@ impl RedisStore {
 
     /// [`Store::get`], unboxed: the cache's own reads hold this handle as it is.
     pub(crate) fn read(&self, key: &str) -> Housed<'_> {
-        let index = self.client_index();
+        let index = if self.readers == 1 {
+            0
+        } else {
+            self.client_index()
+        };
         self.reads
             .read((self.clients.clone(), index, Key::from(key)))
+    }
+
+    /// Whether the `GET`s go on connections of their own, apart from every other command.
+    pub(crate) fn writes_apart(&self) -> bool {
+        self.readers < self.clients.len()
+    }
+
+    /// [`Store::reconnect`] after calls kept timing out: every client when `GET`s did (a link that holds reads
+    /// holds the rest too: a half-open connection, a black hole), only those that send the rest when only they
+    /// did (a write held in Redis: writes paused, a script running), so that hits, answered on connections of
+    /// their own, are not held up while those are made again.
+    pub(crate) async fn reconnect_side(&self, reads: bool) -> Result<(), StoreError> {
+        let side = match self.clients.get(self.readers..) {
+            Some(writers) if !reads && !writers.is_empty() => writers,
+            _ => &self.clients[..],
+        };
+        tracing::info!(
+            clients = side.len(),
+            "cache store failing: reconnecting its clients"
+        );
+        force_reconnection(side).await
     }
 
     /// The index of the client the next command goes to: each in turn.
@@ -609,6 +679,16 @@ pub(super) fn is_refusal(error: &fred::error::Error) -> bool {
         .split_whitespace()
         .next()
         .is_some_and(|code| code.len() > 1 && code.bytes().all(|b| b.is_ascii_uppercase()))
+}
+
+/// Has each of `clients` make its connections again.
+async fn force_reconnection(
+    clients: &[fred::clients::WithOptions<Client>],
+) -> Result<(), StoreError> {
+    for client in clients {
+        client.force_reconnection().await.map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn millis(ttl: Duration) -> i64 {
@@ -1026,10 +1106,7 @@ impl Store for RedisStore {
     fn reconnect(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             tracing::info!("cache store failing: reconnecting its clients");
-            for client in self.clients.iter() {
-                client.force_reconnection().await.map_err(backend)?;
-            }
-            Ok(())
+            force_reconnection(&self.clients).await
         })
     }
 
