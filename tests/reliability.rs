@@ -957,7 +957,6 @@ async fn a_redis_loading_its_snapshot_after_a_restart_fails_no_request_then_hits
         .unwrap();
     let service = tower::Layer::layer(&layer, origin.service());
     let near_service = tower::Layer::layer(&near, origin.service());
-    let kept = || post(r#"{"q":"kept"}"#);
     let first = call(&service, kept()).await;
     assert!(matches!(
         outcome(&first),
@@ -1033,18 +1032,30 @@ async fn a_redis_loading_its_snapshot_after_a_restart_fails_no_request_then_hits
     assert!(refused.is_empty(), "{refused:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_script_running_past_the_busy_threshold_fails_no_request_and_hits_resume_once_killed() {
-    let server = RedisServer::start_with(&["--busy-reply-threshold", "100"]);
+/// The request whose answer the fault tests below keep.
+fn kept() -> Request<Full<Bytes>> {
+    post(r#"{"q":"kept"}"#)
+}
+
+/// A layer over `server` (store timeout 50 ms) and the origin behind it, with the answer to [`kept`] stored and
+/// hit: that answer.
+async fn with_kept_entry(server: &RedisServer) -> (RedisCacheLayer, Arc<Origin>, Bytes) {
     let origin = Origin::new();
     let layer = layer_over(RedisStore::connect(&server.url()).await.unwrap())
         .store_timeout(Duration::from_millis(50))
         .build()
         .unwrap();
     let service = tower::Layer::layer(&layer, origin.service());
-    let kept = || post(r#"{"q":"kept"}"#);
     let stored = body(call(&service, kept()).await).await;
     assert_eq!(until_hit(&service, kept).await, stored);
+    (layer, origin, stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_running_past_the_busy_threshold_fails_no_request_and_hits_resume_once_killed() {
+    let server = RedisServer::start_with(&["--busy-reply-threshold", "100"]);
+    let (layer, origin, stored) = with_kept_entry(&server).await;
+    let service = tower::Layer::layer(&layer, origin.service());
 
     // Another program's script that never ends: Redis holds every command for the threshold, then answers
     // `BUSY` to all but `SCRIPT KILL` and `SHUTDOWN`.
@@ -1092,15 +1103,8 @@ async fn a_script_running_past_the_busy_threshold_fails_no_request_and_hits_resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_paused_leave_hits_going_and_caching_resumes_when_they_are_let_go() {
     let server = RedisServer::start();
-    let origin = Origin::new();
-    let layer = layer_over(RedisStore::connect(&server.url()).await.unwrap())
-        .store_timeout(Duration::from_millis(50))
-        .build()
-        .unwrap();
+    let (layer, origin, stored) = with_kept_entry(&server).await;
     let service = tower::Layer::layer(&layer, origin.service());
-    let kept = || post(r#"{"q":"kept"}"#);
-    let stored = body(call(&service, kept()).await).await;
-    assert_eq!(until_hit(&service, kept).await, stored);
 
     // Writes paused, as `FAILOVER` and `CLUSTER FAILOVER` pause them on the primary they leave (for long enough
     // here that the test lifts the pause itself).
