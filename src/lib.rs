@@ -164,10 +164,10 @@
 //! an alert on it finds a host whose clock is off.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
-// The docs are written for the full feature set, as docs.rs builds them: in a build without `memory` or
-// `compression`, a link to an item of the missing feature has nothing to point at and renders as plain text.
+// The docs are written for the full feature set, as docs.rs builds them: in a build without some feature, a link
+// to an item of the missing feature has nothing to point at and renders as plain text.
 #![cfg_attr(
-    not(all(feature = "memory", feature = "compression")),
+    not(feature = "full"),
     allow(rustdoc::broken_intra_doc_links, rustdoc::private_intra_doc_links)
 )]
 #![cfg_attr(
