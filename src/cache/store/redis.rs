@@ -685,8 +685,11 @@ pub(super) fn is_refusal(error: &fred::error::Error) -> bool {
 async fn force_reconnection(
     clients: &[fred::clients::WithOptions<Client>],
 ) -> Result<(), StoreError> {
-    for client in clients {
-        client.force_reconnection().await.map_err(backend)?;
+    // All at once: a reader made again while the writer still waits its turn would send misses' writes to a
+    // stuck connection meanwhile.
+    let reconnects = clients.iter().map(|client| client.force_reconnection());
+    for reconnected in futures_util::future::join_all(reconnects).await {
+        reconnected.map_err(backend)?;
     }
     Ok(())
 }
