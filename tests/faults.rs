@@ -1,7 +1,7 @@
 //! Network faults between the layer and a real redis-server, made by a TCP proxy switched while requests flow:
-//! slow replies on either side of the store timeout, a black hole, resets, a half-open link, an address moved to
-//! another server under open connections. No request fails, each pays at most one store timeout, and caching
-//! resumes once the link is healthy again.
+//! slow replies on either side of the store timeout, a black hole, resets, a half-open link, replies that are not
+//! Redis's protocol, an address moved to another server under open connections. No request fails, each pays at
+//! most one store timeout, and caching resumes once the link is healthy again.
 
 mod support;
 
@@ -197,6 +197,48 @@ async fn reset_connections_never_fail_a_request_and_caching_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_that_are_not_resp_fail_no_request_and_never_answer_one() {
+    let rig = rig().await;
+    let service = tower::Layer::layer(&rig.layer, rig.origin.service());
+    let kept = r#"{"q":"kept"}"#;
+    let stored = support::calls::body(call(&service, post(kept)).await).await;
+    assert_eq!(
+        outcome(&call(&service, post(kept)).await),
+        CacheOutcome::Hit
+    );
+    let calls = rig.origin.calls();
+
+    // Every reply now starts with a byte no RESP frame starts with: the client drops the connection at the
+    // first, and reconnects into the same.
+    rig.proxy.set(Mode::Garble);
+    let took = burst(&rig, "garbled").await;
+    assert_store_cost_bounded(&rig, took, true);
+    // The stored entry is not read through the fault: the origin answers it.
+    let during = call(&service, post(kept)).await;
+    assert!(
+        matches!(outcome(&during), CacheOutcome::Miss { .. }),
+        "{}",
+        cache_status(&during)
+    );
+    assert_eq!(
+        rig.origin.calls(),
+        calls + 31,
+        "the burst's 30 requests (none stored) and the kept one"
+    );
+    let stats = rig.layer.handle().stats();
+    assert_eq!(
+        (stats.hits, stats.decode_errors),
+        (1, 0),
+        "nothing read through the fault: {stats:?}"
+    );
+
+    caching_resumes(&rig).await;
+    let after = call(&service, post(kept)).await;
+    assert_eq!(outcome(&after), CacheOutcome::Hit);
+    assert_eq!(support::calls::body(after).await, stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_switched_on_while_requests_flow_fails_none() {
     let rig = rig().await;
     let service = tower::Layer::layer(&rig.layer, rig.origin.service());
@@ -205,12 +247,13 @@ async fn a_fault_switched_on_while_requests_flow_fails_none() {
         Mode::BlackHole,
         Mode::Reset,
         Mode::HalfOpen,
+        Mode::Garble,
         Mode::Pass,
     ]
     .into_iter()
     .cycle();
     let mut tasks = Vec::new();
-    for i in 0..200 {
+    for i in 0..240 {
         if i % 20 == 0 {
             rig.proxy.set(modes.next().unwrap());
         }

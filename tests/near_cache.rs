@@ -9,7 +9,7 @@ use std::time::Duration;
 use support::calls::{
     Cached, Reply, body, cache_status, call, jump, outcome, post, post_bytes, wait_until,
 };
-use support::proxy::Proxy;
+use support::proxy::{Mode, Proxy};
 use support::{Origin, RedisCluster, RedisServer, fred_client};
 use tower_redis_cache::cache::RedisCacheLayerBuilder;
 use tower_redis_cache::{CacheOutcome, RedisCache, RedisCacheLayer, RedisStore};
@@ -283,6 +283,46 @@ async fn a_redis_restart_empties_the_near_cache_and_caching_resumes() {
     server.restart();
     let back = until_near(&service, query).await;
     assert_eq!(outcome(&back), CacheOutcome::Hit);
+}
+
+/// A's replies arrive garbled (bytes that are not RESP) while B writes a key A holds near: A never answers the
+/// old value, whether the invalidation was lost in the garble or not, and once the link is clean it answers B's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_link_empties_the_near_cache_and_no_write_is_missed() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let origin = Origin::new();
+    let a = near_layer(&proxy.url())
+        .await
+        .store_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let b = near_layer(&server.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let query = r#"{"q":"garbled"}"#;
+    call(&service_a, post(query)).await;
+    let near = until_near(&service_a, query).await;
+    assert_eq!(&body(near).await[..], br#"{"n":1,"echo":{"q":"garbled"}}"#);
+    let flushes = a.handle().stats().near_flushes_connection;
+
+    proxy.set(Mode::Garble);
+    call(&service_b, revalidate(query)).await;
+    wait_until("A's tracking connection was dropped", || {
+        a.handle().stats().near_flushes_connection > flushes
+    })
+    .await;
+    for _ in 0..10 {
+        let response = call(&service_a, post(query)).await;
+        assert!(!is_near(&response), "{}", cache_status(&response));
+        assert_ne!(
+            &body(response).await[..],
+            br#"{"n":1,"echo":{"q":"garbled"}}"#
+        );
+    }
+
+    proxy.set(Mode::Pass);
+    let back = until_near(&service_a, query).await;
+    assert_eq!(&body(back).await[..], br#"{"n":2,"echo":{"q":"garbled"}}"#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! A fault proxy between a client and a real Redis: it passes bytes both ways, and can be switched while
 //! traffic flows to delay every reply, black-hole everything, reset every connection, leave connections
-//! half-open, or hold the replies of one connection until released.
+//! half-open, garble every reply, or hold the replies of one connection until released.
 //!
 //! The faults keep to what TCP can do: a black hole delays bytes (they arrive, in order, once the path is back,
 //! or never if the connection is given up first); a half-open connection is one whose peer is gone, so it never
@@ -29,6 +29,9 @@ pub enum Mode {
     /// The open connections lose their peer: they stay open, swallow what is sent and never answer again,
     /// even after the mode changes. New connections are served as usual.
     HalfOpen,
+    /// Every reply chunk arrives with its first byte replaced by one that starts no RESP frame, as from a
+    /// server that is not Redis, or a middlebox that rewrites what passes.
+    Garble,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +221,10 @@ async fn pipe(client: TcpStream, server: TcpStream, index: usize, state: watch::
                 Mode::Delay(delay) => tokio::time::sleep_until(at + delay).await,
                 Mode::Reset => break,
                 _ => {}
+            }
+            let mut chunk = chunk;
+            if let (Mode::Garble, Some(first)) = (now.mode, chunk.first_mut()) {
+                *first = b'@';
             }
             if client_write.write_all(&chunk).await.is_err() {
                 break;
