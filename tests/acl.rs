@@ -8,7 +8,7 @@ mod support;
 use http::{HeaderName, Method, Request, StatusCode};
 use std::sync::Mutex;
 use std::time::Duration;
-use support::calls::{Reply, cache_status, call, outcome, post};
+use support::calls::{Reply, cache_status, call, outcome, post, wait_until};
 use support::logs::warnings;
 use support::{Origin, RedisCluster, RedisServer};
 use tower_redis_cache::error::StoreError;
@@ -422,6 +422,7 @@ async fn a_purge_the_user_may_not_scan_for_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_changed_under_the_cache_fails_no_request_and_caching_resumes_once_it_matches() {
+    let warnings = warnings();
     let server = RedisServer::start();
     set_user(&server, &readme_rules());
     let origin = Origin::new();
@@ -461,6 +462,16 @@ async fn a_password_changed_under_the_cache_fails_no_request_and_caching_resumes
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(from_origin, 20);
+    // The operator is told why, by Redis's own words, with the server's address.
+    let address = format!("server=\"127.0.0.1:{}\"", server.port());
+    wait_until("the refusal was told", || {
+        warnings.lock().unwrap().iter().any(|warning| {
+            warning.contains("cannot reach Redis")
+                && warning.contains("WRONGPASS")
+                && warning.contains(&address)
+        })
+    })
+    .await;
 
     // The password matches again: the clients log in on their next attempt, and hits resume.
     server.command(&[

@@ -917,6 +917,75 @@ async fn a_redis_that_may_evict_a_tag_set_is_told_of_once() {
     );
 }
 
+/// A loopback port where something other than Redis listens: it answers every connection with an HTTP
+/// server's refusal, and keeps it open until the client closes it.
+async fn not_redis() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut connection, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let refusal = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+                let _ = connection.write_all(refusal).await;
+                let mut buf = [0u8; 1024];
+                while connection.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_naming_something_other_than_redis_is_told_with_what_to_check() {
+    let warnings = support::logs::warnings();
+    let port = not_redis().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    // A store that connects first says where it went and what to check.
+    let error = RedisStore::connect(&url).await.expect_err("refused");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("cannot connect to 127.0.0.1:{port}: "))
+            && message.contains("is this a Redis port? A TLS port needs rediss://"),
+        "{message}"
+    );
+
+    // One that connects in the background answers every request from the origin, and tells the operator why
+    // once, however often it tries again (every 100 ms).
+    let layer = layer_over(RedisStore::connect_lazy(&url).unwrap())
+        .build()
+        .unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let server = format!("server=\"127.0.0.1:{port}\"");
+    let told = || {
+        warnings
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|warning| warning.contains("cannot reach Redis") && warning.contains(&server))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    for q in 0..5 {
+        let response = call(&service, post(&format!(r#"{{"q":{q}}}"#))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    wait_until("the cause was told", || !told().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    for q in 0..5 {
+        let response = call(&service, post(&format!(r#"{{"q":{q}}}"#))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(origin.calls(), 10);
+    let told = told();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(
+        told[0].contains("does not speak Redis's protocol (RESP): is this a Redis port?"),
+        "{told:?}"
+    );
+}
+
 /// Sends `request()` until the cache answers it from Redis (a bounded poll, for caching to resume); returns that
 /// answer's body.
 async fn until_hit<S: support::calls::Cached>(

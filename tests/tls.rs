@@ -223,13 +223,36 @@ async fn the_layer_caches_through_rediss_trusting_the_tests_ca() {
     // The entry (and its URI's tag set, and the near cache's canary) went over TLS into this server: its plain
     // port shows them.
     assert_eq!(server.command(&[b"DBSIZE"]), b":3\r\n");
-    // And the TLS port really is TLS: fred speaking plain RESP to it gets no answer it accepts.
+    // And the TLS port really is TLS: fred speaking plain RESP to it gets no answer it accepts, and the error
+    // says what to check.
     let plain = Config::from_url(&format!("redis://127.0.0.1:{tls_port}")).unwrap();
-    let refused =
-        tokio::time::timeout(Duration::from_secs(10), RedisStore::connect_with(plain)).await;
+    let error = refusal(RedisStore::connect_with(plain)).await;
+    assert!(error.contains("if it serves TLS, use rediss://"), "{error}");
+}
+
+/// The error `connecting` a store ends with, which it must within 10 s.
+async fn refusal(
+    connecting: impl std::future::Future<Output = Result<RedisStore, fred::error::Error>>,
+) -> String {
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Err(error)) => error.to_string(),
+        Ok(Ok(_)) => panic!("connected"),
+        Err(_) => panic!("neither connected nor failed within 10 s"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_plain_port_fails_saying_what_to_check() {
+    let ca = TestCa::make();
+    let (server, _) = tls_server(&ca);
+    let mut config = Config::from_url(&format!("redis://127.0.0.1:{}", server.port())).unwrap();
+    config.tls = Some(ca.connector().into());
+    // Redis reads the handshake as the start of a command and waits for the rest; the connect timeout ends it.
+    let error = refusal(RedisStore::connect_with(config)).await;
     assert!(
-        !matches!(refused, Ok(Ok(_))),
-        "plain text to the TLS port connected"
+        error.contains(&format!("cannot connect to 127.0.0.1:{}: ", server.port()))
+            && error.contains("if the port serves plain text, use redis://"),
+        "{error}"
     );
 }
 
@@ -238,22 +261,14 @@ async fn a_server_the_roots_cannot_verify_is_refused() {
     let ca = TestCa::make();
     let (_server, tls_port) = tls_server(&ca);
     // `rediss://` alone trusts the system roots, which never signed the test CA's certificate.
-    let connected = tokio::time::timeout(
-        Duration::from_secs(10),
-        RedisStore::connect(&format!("rediss://127.0.0.1:{tls_port}")),
-    )
+    let error = refusal(RedisStore::connect(&format!(
+        "rediss://127.0.0.1:{tls_port}"
+    )))
     .await;
-    match connected {
-        Ok(Err(error)) => assert!(
-            error
-                .to_string()
-                .to_ascii_lowercase()
-                .contains("certificate"),
-            "{error}"
-        ),
-        Ok(Ok(_)) => panic!("connected to a server it cannot verify"),
-        Err(_) => panic!("neither connected nor failed within 10 s"),
-    }
+    assert!(
+        error.to_ascii_lowercase().contains("certificate"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

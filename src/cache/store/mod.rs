@@ -38,6 +38,8 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 #[cfg(feature = "redis")]
+mod diagnosis;
+#[cfg(feature = "redis")]
 mod homes;
 #[cfg(feature = "memory")]
 mod memory;

@@ -1,5 +1,6 @@
 //! [`RedisStore`]: entries in Redis through fred (standalone, Sentinel or Cluster; a `Client` or a `Pool`).
 
+use super::diagnosis;
 use super::homes::{self, Homes};
 use super::sentinel::{Following, Primary};
 use super::{Store, StoreFuture};
@@ -28,15 +29,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// use). The cache gives the writes circuit breakers of their own too (per node on a Cluster), so that hits go on
 /// while writes fail. A store over your own client ([`new`](Self::new)) or pool sends everything through it.
 ///
-/// Commands are sent *fail fast*: while a connection is known to be down they error at once instead of queueing
-/// for the reconnect, so the cache falls back to the inner service without waiting. A command already written
-/// when the connection dies is bounded by the cache's store timeout, and the circuit breaker stops further
-/// ones. When its calls keep timing out (a black-holed or half-open link, which would otherwise hold every later
-/// command behind replies that never come), the breaker has the store remake its connections. On a Cluster,
-/// where that is done only when every node is failing, the clients [`connect`](Self::connect) builds also take a
-/// connection whose oldest command has waited a second for its reply for dead, and reconnect it; give Cluster
-/// clients you build yourself the same (`UnresponsiveConfig`). Keys of one entry and its lease share a Cluster
-/// hash slot, so no command crosses slots; `purge` scans every primary of a cluster.
+/// Commands are sent *fail fast*: while a connection is known to be down they error at once instead of queueing for
+/// the reconnect, so the cache falls back to the inner service without waiting. The clients a store makes itself
+/// log why they cannot connect or lost their connection (fred's error, the server's address, and for the usual
+/// mistakes what to check: a port that is not Redis's, plain text sent to a TLS port or TLS to a plain one), each
+/// cause at `warn` once a minute; for your own client, fred's `on_error` tells the same. A command already written
+/// when the connection dies is bounded by the cache's store timeout, and the circuit breaker stops further ones.
+/// When its calls keep timing out (a black-holed or half-open link, which would otherwise hold every later command
+/// behind replies that never come), the breaker has the store remake its connections. On a Cluster, where that is
+/// done only when every node is failing, the clients [`connect`](Self::connect) builds also take a connection whose
+/// oldest command has waited a second for its reply for dead, and reconnect it; give Cluster clients you build
+/// yourself the same (`UnresponsiveConfig`). Keys of one entry and its lease share a Cluster hash slot, so no
+/// command crosses slots; `purge` scans every primary of a cluster.
 ///
 /// Behind Sentinel, a store built inside a Tokio runtime also keeps one connection to a sentinel, subscribed to
 /// its announcements of a new primary (`+switch-master`) and asking it where the primary is every second: after a
@@ -222,6 +226,7 @@ impl RedisStore {
     /// everything else (see [`RedisStore`]; each: constant 100 ms between attempts, forever; `TCP_NODELAY`;
     /// keepalive probes after 30 s of silence; a connection that keeps timing out is made again, by the cache's
     /// breaker or, on a Cluster, when it has not replied for a second) and waits for their first connections.
+    /// Their errors connecting again later are logged (see [`RedisStore`]).
     ///
     /// `rediss://` (and `rediss-cluster://`, `rediss-sentinel://`) connect over TLS, verifying the server
     /// against the system's roots (or `SSL_CERT_FILE` / `SSL_CERT_DIR`) with the rustls provider the crate docs'
@@ -239,7 +244,9 @@ impl RedisStore {
     ///
     /// An invalid URL, one whose scheme is none of those above (fred would take any other for `redis://`), a TLS
     /// URL without the `redis-tls` feature, a Unix socket URL on a system without Unix sockets, or no connection
-    /// on the first attempt.
+    /// on the first attempt: that error says where it was going (never with the credentials) and, when its cause
+    /// reads as a usual mistake, what to check (`... (what answered does not speak Redis's protocol (RESP): is
+    /// this a Redis port? A TLS port needs rediss://)`).
     pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
         Self::connect_with(parse_url(url)?).await
     }
@@ -253,32 +260,39 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// An invalid configuration, or no connection on the first attempt.
+    /// An invalid configuration, or no connection on the first attempt (said as [`connect`](Self::connect) says
+    /// it).
     pub async fn connect_with(config: Config) -> Result<Self, fred::error::Error> {
+        let (place, tls) = (diagnosis::place(&config), diagnosis::uses_tls(&config));
         let settings = connection_config_for(&config);
         let reader = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
             .with_connection_config(settings)
             .build()?;
         let writer = reader.clone_new();
-        match futures_util::future::join(reader.init(), writer.init()).await {
-            (Ok(_), Ok(_)) => Ok(Self::split(reader, writer)),
+        let failed = match futures_util::future::join(reader.init(), writer.init()).await {
+            (Ok(_), Ok(_)) => {
+                diagnosis::watch(&[&reader, &writer], &place, tls);
+                return Ok(Self::split(reader, writer));
+            }
             // The one that connected is not left reconnecting forever for a store never made.
             (Err(error), Ok(_)) => {
                 let _ = writer.quit().await;
-                Err(error)
+                error
             }
             (Ok(_), Err(error)) => {
                 let _ = reader.quit().await;
-                Err(error)
+                error
             }
-            (Err(error), Err(_)) => Err(error),
-        }
+            (Err(error), Err(_)) => error,
+        };
+        Err(diagnosis::explain(failed, &place, tls))
     }
 
     /// Like [`connect`](Self::connect), but returns at once: the clients connect (and reconnect) in the
     /// background, and until they are connected every store call fails fast, so requests go to the inner service.
-    /// Must be called inside a Tokio runtime.
+    /// Why they cannot connect is logged, from the first attempt (see [`RedisStore`]). Must be called inside a
+    /// Tokio runtime.
     ///
     /// # Errors
     ///
@@ -300,12 +314,15 @@ impl RedisStore {
                 "RedisStore::connect_lazy needs a Tokio runtime",
             ));
         }
+        let (place, tls) = (diagnosis::place(&config), diagnosis::uses_tls(&config));
         let settings = connection_config_for(&config);
         let reader = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
             .with_connection_config(settings)
             .build()?;
         let writer = reader.clone_new();
+        // Watched before they connect, so that the first failure is told too.
+        diagnosis::watch(&[&reader, &writer], &place, tls);
         // The connection tasks run detached; the clients reconnect on their own.
         drop(reader.connect());
         drop(writer.connect());

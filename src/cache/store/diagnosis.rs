@@ -1,0 +1,252 @@
+//! Why a store cannot reach Redis, told to the operator.
+//!
+//! fred reconnects quietly: while a store's Redis cannot be reached (a wrong port, a wrong password, plain text
+//! sent to a TLS port, a server that is down), every store call fails with "not connected" or "canceled", which
+//! says nothing of the cause, and the cache answers from the origin. So the clients a store makes itself are
+//! watched: each attempt to connect that fails, and each connection lost, is logged with fred's cause and, where
+//! the cause reads as a common mistake, what to check ([`hint`]); each cause at `warn` at most once a minute per
+//! store, at `debug` otherwise. [`explain`] says the same in the error a first connection returns.
+
+use fred::clients::Client;
+use fred::error::{Error, ErrorKind};
+use fred::interfaces::EventInterface;
+use fred::prelude::Config;
+use fred::types::config::{Server, ServerConfig};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+/// How often a store's connection errors are logged at `warn`; the rest are logged at `debug`.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// What to check, when an error connecting (`tls`: over TLS) reads as a common mistake.
+pub(crate) fn hint(error: &Error, tls: bool) -> Option<&'static str> {
+    let details = error.details();
+    match error.kind() {
+        ErrorKind::Protocol if details.contains("Decode") && !tls => Some(
+            "what answered does not speak Redis's protocol (RESP): is this a Redis port? A TLS port needs rediss://",
+        ),
+        ErrorKind::Protocol if details.contains("Decode") => {
+            Some("what answered does not speak Redis's protocol (RESP): is this a Redis port?")
+        }
+        // Redis's TLS port closes a connection that sends it plain text, with a reset.
+        ErrorKind::IO if !tls && details.contains("ConnectionReset") => Some(
+            "the server closed the connection without a word, as a TLS port does to plain text: if it serves \
+             TLS, use rediss://",
+        ),
+        // A plain port takes a TLS handshake for the start of a command, and waits for the rest of it.
+        ErrorKind::Timeout if tls => Some(
+            "no answer to the TLS handshake or what followed it: if the port serves plain text, use redis://",
+        ),
+        _ => None,
+    }
+}
+
+/// Whether `config` connects over TLS.
+pub(crate) fn uses_tls(config: &Config) -> bool {
+    #[cfg(feature = "redis-tls")]
+    let tls = config.tls.is_some();
+    #[cfg(not(feature = "redis-tls"))]
+    let tls = {
+        let _ = config;
+        false
+    };
+    tls
+}
+
+/// Where `config` connects: `host:port`, a socket's path, a Cluster's or the sentinels' listed nodes. Never
+/// its credentials.
+pub(crate) fn place(config: &Config) -> String {
+    let list = |hosts: &[Server]| {
+        let mut list = String::new();
+        for (i, host) in hosts.iter().enumerate() {
+            let _ = write!(list, "{}{host}", if i == 0 { "" } else { ", " });
+        }
+        list
+    };
+    match &config.server {
+        ServerConfig::Centralized { server } => server.to_string(),
+        ServerConfig::Clustered { hosts, .. } => format!("the Cluster at {}", list(hosts)),
+        ServerConfig::Sentinel {
+            hosts,
+            service_name,
+            ..
+        } => format!("`{service_name}` through the sentinels at {}", list(hosts)),
+        #[cfg(unix)]
+        ServerConfig::Unix { path } => path.display().to_string(),
+    }
+}
+
+/// `error` and its [`hint`], if any, in one line.
+fn described(error: &Error, tls: bool) -> String {
+    match hint(error, tls) {
+        Some(hint) => format!("{error} ({hint})"),
+        None => error.to_string(),
+    }
+}
+
+/// The error of a first connection to `place` (see [`place`]) failing with `error`: of the same kind, saying
+/// where the connection was going and, where it reads as a common mistake, what to check.
+pub(crate) fn explain(error: Error, place: &str, tls: bool) -> Error {
+    let message = match hint(&error, tls) {
+        Some(hint) => format!("cannot connect to {place}: {} ({hint})", error.details()),
+        None => format!("cannot connect to {place}: {}", error.details()),
+    };
+    Error::new(error.kind().clone(), message)
+}
+
+/// Logs the connection errors of `clients`, a store's own, until they quit: each cause at `warn` once a
+/// [`WARN_EVERY`] for all of them together (at most [`CAUSES_TOLD`] causes), at `debug` otherwise. A canceled
+/// command is no cause (it follows a connection closed, whose cause is logged), so it is logged at `debug` only.
+/// Nothing outside a Tokio runtime.
+pub(crate) fn watch(clients: &[&Client], place: &str, tls: bool) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let told = Arc::new(Mutex::new(Told {
+        since: Instant::now(),
+        causes: Vec::new(),
+    }));
+    for client in clients {
+        let mut errors = client.error_rx();
+        let told = told.clone();
+        let place = place.to_owned();
+        runtime.spawn(async move {
+            loop {
+                match errors.recv().await {
+                    Ok((error, server)) => report(&error, server.as_ref(), &place, tls, &told),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+}
+
+/// How many causes are logged at `warn` within one [`WARN_EVERY`].
+const CAUSES_TOLD: usize = 4;
+
+/// The causes a store's watch logged at `warn` since `since`.
+struct Told {
+    since: Instant,
+    causes: Vec<String>,
+}
+
+impl Told {
+    /// Whether `cause` is to be logged at `warn` now (and is then counted as told).
+    fn due(&mut self, cause: &str) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.since) >= WARN_EVERY {
+            self.since = now;
+            self.causes.clear();
+        }
+        let due = self.causes.len() < CAUSES_TOLD && !self.causes.iter().any(|c| c == cause);
+        if due {
+            self.causes.push(cause.to_owned());
+        }
+        due
+    }
+}
+
+/// Logs one connection error of a store's clients (see [`watch`]). fred names the `server` of a connection it
+/// lost, and none for an attempt to connect that failed: only the latter gets a [`hint`] (a connection that
+/// worked was no mistake of address or scheme).
+fn report(error: &Error, server: Option<&Server>, place: &str, tls: bool, told: &Mutex<Told>) {
+    let cause = match server {
+        Some(_) => error.to_string(),
+        None => described(error, tls),
+    };
+    let warn = !matches!(error.kind(), ErrorKind::Canceled)
+        && told
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .due(&cause);
+    match server {
+        Some(server) if warn => tracing::warn!(
+            %server,
+            error = %cause,
+            "lost a connection to Redis; the store connects again on its own, and requests go to the inner \
+             service meanwhile (the same cause again within a minute is logged at debug)"
+        ),
+        None if warn => tracing::warn!(
+            server = place,
+            error = %cause,
+            "cannot reach Redis; the store connects again on its own, and requests go to the inner service \
+             meanwhile (the same cause again within a minute is logged at debug)"
+        ),
+        Some(server) => tracing::debug!(%server, error = %cause, "lost a connection to Redis"),
+        None => tracing::debug!(server = place, error = %cause, "cannot reach Redis"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_place_names_where_and_never_the_credentials() {
+        let place = |url: &str| place(&Config::from_url(url).unwrap());
+        assert_eq!(
+            place("redis://cache:s3cret@10.0.0.7:6380/2"),
+            "10.0.0.7:6380"
+        );
+        // In fred's order.
+        assert_eq!(
+            place("redis-cluster://cache:s3cret@a:7000?node=b:7001"),
+            "the Cluster at b:7001, a:7000"
+        );
+        let sentinel = place("redis-sentinel://cache:s3cret@s1:26379/0?sentinelServiceName=cache");
+        assert_eq!(sentinel, "`cache` through the sentinels at s1:26379");
+    }
+
+    #[test]
+    fn hints_name_the_likely_mistake_and_only_then() {
+        let error = |kind, details: &'static str| Error::new(kind, details);
+        let not_resp = error(
+            ErrorKind::Protocol,
+            "Decode Error: frame_type: Invalid frame type.",
+        );
+        assert!(hint(&not_resp, false).is_some_and(|h| h.ends_with("A TLS port needs rediss://")));
+        assert!(hint(&not_resp, true).is_some_and(|h| h.ends_with("is this a Redis port?")));
+        let reset = error(
+            ErrorKind::IO,
+            "Os { code: 104, kind: ConnectionReset, message: \"...\" }",
+        );
+        assert!(hint(&reset, false).is_some_and(|h| h.ends_with("use rediss://")));
+        assert_eq!(hint(&reset, true), None);
+        let timeout = error(ErrorKind::Timeout, "Request timed out.");
+        assert!(hint(&timeout, true).is_some_and(|h| h.ends_with("use redis://")));
+        assert_eq!(
+            hint(&timeout, false),
+            None,
+            "a slow or unreachable server: no guess"
+        );
+        let refused = error(ErrorKind::Auth, "WRONGPASS invalid username-password pair");
+        assert_eq!(hint(&refused, false), None, "Redis's own words say it");
+
+        let explained = explain(not_resp, "10.0.0.7:6380", false);
+        assert_eq!(*explained.kind(), ErrorKind::Protocol);
+        assert_eq!(
+            explained.details(),
+            "cannot connect to 10.0.0.7:6380: Decode Error: frame_type: Invalid frame type. (what answered does \
+             not speak Redis's protocol (RESP): is this a Redis port? A TLS port needs rediss://)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_cause_is_told_once_a_minute_and_a_few_at_most() {
+        let mut told = Told {
+            since: Instant::now(),
+            causes: Vec::new(),
+        };
+        assert!(told.due("refused"));
+        assert!(!told.due("refused"), "the same cause within the minute");
+        assert!(told.due("WRONGPASS"), "another cause");
+        assert!(told.due("c") && told.due("d"));
+        assert!(!told.due("e"), "no more than four a minute");
+        tokio::time::advance(WARN_EVERY).await;
+        assert!(told.due("refused"), "a minute later");
+    }
+}
