@@ -9,6 +9,7 @@ use http_body_util::Full;
 use proptest::prelude::*;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::calls::{body, cache_status, call, outcome, post, wait_until};
 use support::{Origin, RedisCluster, RedisServer, bulk_payload, fred_client};
@@ -918,13 +919,17 @@ async fn a_redis_that_may_evict_a_tag_set_is_told_of_once() {
 }
 
 /// A loopback port where something other than Redis listens: it answers every connection with an HTTP
-/// server's refusal, and keeps it open until the client closes it.
-async fn not_redis() -> u16 {
+/// server's refusal, and keeps it open until the client closes it. Returns the port and how many connections
+/// it accepted.
+async fn not_redis() -> (u16, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
     tokio::spawn(async move {
         while let Ok((mut connection, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let refusal = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
                 let _ = connection.write_all(refusal).await;
@@ -933,13 +938,13 @@ async fn not_redis() -> u16 {
             });
         }
     });
-    port
+    (port, accepted)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_naming_something_other_than_redis_is_told_with_what_to_check() {
     let warnings = support::logs::warnings();
-    let port = not_redis().await;
+    let (port, _) = not_redis().await;
     let url = format!("redis://127.0.0.1:{port}");
     // A store that connects first says where it went and what to check.
     let error = RedisStore::connect(&url).await.expect_err("refused");
@@ -984,6 +989,34 @@ async fn a_url_naming_something_other_than_redis_is_told_with_what_to_check() {
         told[0].contains("does not speak Redis's protocol (RESP): is this a Redis port?"),
         "{told:?}"
     );
+}
+
+/// A store connecting in the background while its Redis is not up yet (a process started before its Redis, or
+/// during a Redis restart) keeps trying, and caches once Redis is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_store_made_before_its_redis_is_up_caches_once_it_is() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let layer = layer_over(RedisStore::connect_lazy(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let query = || post(r#"{"q":"early"}"#);
+    for _ in 0..3 {
+        let response = call(&service, query()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            matches!(outcome(&response), CacheOutcome::Miss { stored: false, .. }),
+            "{}",
+            cache_status(&response)
+        );
+    }
+    // Longer than fred's first attempts: a client that gave up after its first would never connect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.restart();
+    until_hit(&service, query).await;
+    assert!(layer.handle().stats().stores >= 1);
 }
 
 /// Sends `request()` until the cache answers it from Redis (a bounded poll, for caching to resume); returns that

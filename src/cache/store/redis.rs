@@ -290,9 +290,9 @@ impl RedisStore {
     }
 
     /// Like [`connect`](Self::connect), but returns at once: the clients connect (and reconnect) in the
-    /// background, and until they are connected every store call fails fast, so requests go to the inner service.
-    /// Why they cannot connect is logged, from the first attempt (see [`RedisStore`]). Must be called inside a
-    /// Tokio runtime.
+    /// background, every 100 ms until Redis answers however long it takes to come up, and until they are
+    /// connected every store call fails fast, so requests go to the inner service. Why they cannot connect is
+    /// logged, from the first attempt (see [`RedisStore`]). Must be called inside a Tokio runtime.
     ///
     /// # Errors
     ///
@@ -307,7 +307,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// An invalid configuration, or no Tokio runtime.
-    pub fn connect_lazy_with(config: Config) -> Result<Self, fred::error::Error> {
+    pub fn connect_lazy_with(mut config: Config) -> Result<Self, fred::error::Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(fred::error::Error::new(
                 fred::error::ErrorKind::Config,
@@ -316,6 +316,9 @@ impl RedisStore {
         }
         let (place, tls) = (diagnosis::place(&config), diagnosis::uses_tls(&config));
         let settings = connection_config_for(&config);
+        // fred gives up on a client whose first connection fails (`fail_fast`, its default): a store made while
+        // its Redis was out of reach would never cache. The reconnect policy applies to the first one too.
+        config.fail_fast = false;
         let reader = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
             .with_connection_config(settings)
