@@ -1019,6 +1019,50 @@ async fn a_lazy_store_made_before_its_redis_is_up_caches_once_it_is() {
     assert!(layer.handle().stats().stores >= 1);
 }
 
+/// The clients a store made itself quit with it: neither a connection nor a reconnect loop outlives the last
+/// clone of the store (the layer's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_leaves_no_connection_nor_retries_behind() {
+    let server = RedisServer::start();
+    // The server's clients but the harness's own (each runs one command and closes).
+    let others = |server: &RedisServer| {
+        String::from_utf8_lossy(&server.command(&[b"CLIENT", b"LIST"]))
+            .lines()
+            .filter(|client| client.starts_with("id=") && !client.contains(" cmd=client|list "))
+            .count()
+    };
+    let layer = layer_over(RedisStore::connect(&server.url()).await.unwrap())
+        .build()
+        .unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    call(&service, post(r#"{"q":"kept"}"#)).await;
+    assert_eq!(
+        outcome(&call(&service, post(r#"{"q":"kept"}"#)).await),
+        CacheOutcome::Hit
+    );
+    assert_eq!(others(&server), 2, "the store's reader and writer");
+    drop((service, layer));
+    wait_until("the store's connections closed", || others(&server) == 0).await;
+
+    // Out of reach, a store tries to connect every 100 ms, until it is dropped.
+    let (port, accepted) = not_redis().await;
+    let store = RedisStore::connect_lazy(&format!("redis://127.0.0.1:{port}")).unwrap();
+    wait_until("it tried a few times", || {
+        accepted.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = accepted.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        after,
+        "no attempt once dropped"
+    );
+}
+
 /// Sends `request()` until the cache answers it from Redis (a bounded poll, for caching to resume); returns that
 /// answer's body.
 async fn until_hit<S: support::calls::Cached>(

@@ -49,6 +49,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// fleet never read and write different primaries for long. The watch ends when the last clone of the store is
 /// dropped.
 ///
+/// The clients [`connect`](Self::connect) and [`connect_lazy`](Self::connect_lazy) make quit when the last clone
+/// of the store is dropped (inside a Tokio runtime), closing their connections, or ending their attempts while
+/// Redis is out of reach.
+///
 /// Tag sets (the keys of a tag's entries, for
 /// [`CacheHandle::invalidate_tag`](crate::cache::CacheHandle::invalidate_tag)) carry no TTL, so that a Redis
 /// evicting only keys with one (`maxmemory-policy volatile-lru`, `volatile-lfu`, ...: the usual policy of managed
@@ -87,6 +91,28 @@ pub struct RedisStore {
     following: Option<std::sync::Arc<Following>>,
     /// Whether the server's eviction policy was looked at (at the first tag recorded).
     policy_read: std::sync::Arc<AtomicBool>,
+    /// The clients the store made itself, which quit when its last clone is dropped; `None` for the caller's.
+    _owned: Option<std::sync::Arc<Owned>>,
+}
+
+/// The clients a store made itself ([`RedisStore::connect`], [`RedisStore::connect_lazy`]). When the last clone
+/// of the store is dropped they quit: otherwise fred's connection tasks would outlive it, each holding a
+/// connection to Redis, or, while Redis is out of reach, trying to connect every 100 ms for as long as the
+/// process lives.
+struct Owned(Vec<Client>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // Outside a runtime there is nothing to stop: the tasks ended with theirs.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for client in self.0.drain(..) {
+            runtime.spawn(async move {
+                let _ = client.quit().await;
+            });
+        }
+    }
 }
 
 /// The store's clients (one per connection of a `Pool`), each sending commands fail fast.
@@ -194,8 +220,10 @@ impl RedisStore {
     /// the same connection waits for it, be it a large entry being stored, a script, or a write held while
     /// writes are paused (`CLIENT PAUSE WRITE`, which `FAILOVER` and a Cluster's manual failover use).
     fn split(reader: Client, writer: Client) -> Self {
+        let owned = Owned(vec![reader.clone(), writer.clone()]);
         let mut store = Self::from_clients(vec![reader, writer]);
         store.readers = 1;
+        store._owned = Some(std::sync::Arc::new(owned));
         store
     }
 
@@ -219,6 +247,7 @@ impl RedisStore {
             routes,
             following,
             policy_read: std::sync::Arc::default(),
+            _owned: None,
         }
     }
 
