@@ -793,8 +793,8 @@ fn micros(duration: Duration) -> i64 {
 /// of silence keeps the path's state alive, at a few bytes a connection.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
-/// How the store's own connections are set up: a 2 s connect timeout, enough write attempts for a redirected
-/// command, `TCP_NODELAY`, and keepalive probes after [`KEEPALIVE_IDLE`].
+/// How the store's own connections are set up: a 2 s connect timeout (the handshake's commands too), enough write
+/// attempts for a redirected command, `TCP_NODELAY`, and keepalive probes after [`KEEPALIVE_IDLE`].
 ///
 /// fred counts every write of a command as an attempt, redirections included, and gives up after
 /// `max_command_attempts` (3 by default): during a Cluster reshard a `GET` sent on a stale slot map (`MOVED`)
@@ -803,6 +803,10 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// the store timeout still bounds how long a request waits for it.
 pub(crate) fn connection_config(config: &mut fred::types::config::ConnectionConfig) {
     config.connection_timeout = Duration::from_secs(2);
+    // The handshake (`HELLO`, `AUTH`, `SELECT`) and `CLUSTER SLOTS` are bounded as the connection is: with fred's
+    // 10 s, a server that accepts and never answers (stopped, or not Redis) held a `connect` 10 s, and each
+    // attempt of a store connecting in the background as long.
+    config.internal_command_timeout = Duration::from_secs(2);
     config.max_command_attempts = config.max_redirections + 1;
     // Each command goes out when written: with Nagle's algorithm (fred's default), a command written while an
     // earlier one is unacknowledged is held until the acknowledgement, which comes with the reply: up to a round
@@ -1512,6 +1516,10 @@ mod tests {
             let settings = store.clients[0].connection_config().clone();
             assert_eq!(settings.tcp.nodelay, Some(true), "{url}");
             assert!(settings.tcp.keepalive.is_some(), "{url}");
+            assert!(
+                settings.internal_command_timeout <= settings.connection_timeout,
+                "a handshake left unanswered is bounded as the connection is: {url}"
+            );
         }
     }
 
