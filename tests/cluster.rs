@@ -554,3 +554,35 @@ async fn writes_paused_on_every_primary_leave_every_shards_hits_going() {
     }
     assert!(until_hit(&service, 100).await, "misses are stored again");
 }
+
+/// A URL of one server naming a node of a Cluster: through it, every key another node serves would be refused
+/// (`MOVED`) and answered by the origin. `connect` refuses it, saying what to use; a store connecting in the
+/// background says so at `warn`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_url_naming_a_cluster_node_is_refused_saying_what_to_use() {
+    let warnings = support::logs::warnings();
+    let cluster = RedisCluster::start();
+    let node = &cluster.nodes()[0];
+    let error = RedisStore::connect(&node.url())
+        .await
+        .expect_err("a cluster node through a plain URL");
+    assert_eq!(*error.kind(), fred::error::ErrorKind::Config);
+    let said = error.to_string();
+    assert!(
+        said.contains(&format!(
+            "127.0.0.1:{} is a node of a Redis Cluster",
+            node.port()
+        )) && said.contains("connect with a redis-cluster:// URL"),
+        "{said}"
+    );
+
+    let _lazy = RedisStore::connect_lazy(&node.url()).unwrap();
+    let server = format!("server=\"127.0.0.1:{}\"", node.port());
+    support::calls::wait_until("the lazy store told", || {
+        warnings.lock().unwrap().iter().any(|warning| {
+            warning.contains("is a node of a Redis Cluster") && warning.contains(&server)
+        })
+    })
+    .await;
+    assert!(RedisStore::connect(&cluster.url()).await.is_ok());
+}

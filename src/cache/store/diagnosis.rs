@@ -8,9 +8,10 @@
 //! store, at `debug` otherwise. [`explain`] says the same in the error a first connection returns.
 
 use fred::clients::Client;
+use fred::cmd;
 use fred::error::{Error, ErrorKind};
-use fred::interfaces::EventInterface;
-use fred::prelude::Config;
+use fred::interfaces::{ClientLike, EventInterface};
+use fred::prelude::{Config, Value};
 use fred::types::config::{Server, ServerConfig};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -77,6 +78,50 @@ pub(crate) fn place(config: &Config) -> String {
         #[cfg(unix)]
         ServerConfig::Unix { path } => path.display().to_string(),
     }
+}
+
+/// Whether `config` names one server, whose clients send every key to it: not a Cluster, nor Sentinel.
+pub(crate) fn one_server(config: &Config) -> bool {
+    !matches!(
+        config.server,
+        ServerConfig::Clustered { .. } | ServerConfig::Sentinel { .. }
+    )
+}
+
+/// Whether the server `client` is connected to is a node of a Redis Cluster (`INFO cluster` says
+/// `cluster_enabled:1`). False when it cannot tell (`INFO` refused or failed): nothing is said then.
+pub(crate) async fn is_cluster_node(client: &Client) -> bool {
+    let info: Result<String, _> = client
+        .custom(cmd!("INFO"), vec![Value::from_static_str("cluster")])
+        .await;
+    info.is_ok_and(|info| {
+        info.lines()
+            .any(|line| line.trim_end() == "cluster_enabled:1")
+    })
+}
+
+/// What is wrong with a configuration of one server that names a node of a Redis Cluster (at `place`).
+const CLUSTER_NODE: &str = "is a node of a Redis Cluster (cluster_enabled:1): connect with a redis-cluster:// \
+     URL (or fred's ServerConfig::Clustered); through a connection to one node, every key another node serves \
+     is refused (MOVED) and answered by the inner service";
+
+/// The error of a store configured for one server that reached a node of a Redis Cluster at `place`.
+pub(crate) fn cluster_node(place: &str) -> Error {
+    Error::new(ErrorKind::Config, format!("{place} {CLUSTER_NODE}"))
+}
+
+/// Once `client` (a lazily connected store's, configured for one server at `place`) is connected, checks that
+/// its server is not a node of a Redis Cluster, and says so at `warn` if it is. Ends when the client quits.
+pub(crate) fn check_not_cluster_node(client: &Client, place: &str) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (client, place) = (client.clone(), place.to_owned());
+    runtime.spawn(async move {
+        if client.wait_for_connect().await.is_ok() && is_cluster_node(&client).await {
+            tracing::warn!(server = place, "cache store: {place} {CLUSTER_NODE}");
+        }
+    });
 }
 
 /// `error` and its [`hint`], if any, in one line.

@@ -275,7 +275,10 @@ impl RedisStore {
     /// URL without the `redis-tls` feature, a Unix socket URL on a system without Unix sockets, or no connection
     /// on the first attempt: that error says where it was going (never with the credentials) and, when its cause
     /// reads as a usual mistake, what to check (`... (what answered does not speak Redis's protocol (RESP): is
-    /// this a Redis port? A TLS port needs rediss://)`).
+    /// this a Redis port? A TLS port needs rediss://)`). A URL of one server that reaches a node of a Redis
+    /// Cluster is refused too (a `Config` error saying to use `redis-cluster://`): through it, every key another
+    /// node serves would be refused by Redis (`MOVED`). [`connect_lazy`](Self::connect_lazy) says that at `warn`
+    /// once connected.
     pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
         Self::connect_with(parse_url(url)?).await
     }
@@ -293,6 +296,7 @@ impl RedisStore {
     /// it).
     pub async fn connect_with(config: Config) -> Result<Self, fred::error::Error> {
         let (place, tls) = (diagnosis::place(&config), diagnosis::uses_tls(&config));
+        let one_server = diagnosis::one_server(&config);
         let settings = connection_config_for(&config);
         let reader = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_constant(0, 100))
@@ -300,6 +304,10 @@ impl RedisStore {
             .build()?;
         let writer = reader.clone_new();
         let failed = match futures_util::future::join(reader.init(), writer.init()).await {
+            (Ok(_), Ok(_)) if one_server && diagnosis::is_cluster_node(&reader).await => {
+                let _ = futures_util::future::join(reader.quit(), writer.quit()).await;
+                return Err(diagnosis::cluster_node(&place));
+            }
             (Ok(_), Ok(_)) => {
                 diagnosis::watch(&[&reader, &writer], &place, tls);
                 return Ok(Self::split(reader, writer));
@@ -344,6 +352,7 @@ impl RedisStore {
             ));
         }
         let (place, tls) = (diagnosis::place(&config), diagnosis::uses_tls(&config));
+        let one_server = diagnosis::one_server(&config);
         let settings = connection_config_for(&config);
         // fred gives up on a client whose first connection fails (`fail_fast`, its default): a store made while
         // its Redis was out of reach would never cache. The reconnect policy applies to the first one too.
@@ -355,6 +364,9 @@ impl RedisStore {
         let writer = reader.clone_new();
         // Watched before they connect, so that the first failure is told too.
         diagnosis::watch(&[&reader, &writer], &place, tls);
+        if one_server {
+            diagnosis::check_not_cluster_node(&reader, &place);
+        }
         // The connection tasks run detached; the clients reconnect on their own.
         drop(reader.connect());
         drop(writer.connect());
