@@ -238,6 +238,29 @@ async fn replies_that_are_not_resp_fail_no_request_and_never_answer_one() {
     assert_eq!(support::calls::body(after).await, stored);
 }
 
+/// The open connections lose their login (`NOAUTH` on every command), as behind a managed Redis's proxy whose
+/// node was replaced: a refusal, which no timeout or breaker notices, yet one a new connection cures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_lose_their_login_are_made_again_and_caching_resumes() {
+    let rig = rig().await;
+    let service = tower::Layer::layer(&rig.layer, rig.origin.service());
+    let kept = r#"{"q":"kept"}"#;
+    let stored = support::calls::body(call(&service, post(kept)).await).await;
+    let connections = rig.proxy.connections();
+
+    rig.proxy.set(Mode::NoAuth);
+    burst(&rig, "noauth").await;
+    // New connections log in as usual; the open ones never will.
+    caching_resumes_while(&rig, Mode::NoAuth).await;
+    assert!(
+        rig.proxy.connections() > connections,
+        "the store connected again"
+    );
+    let after = call(&service, post(kept)).await;
+    assert_eq!(outcome(&after), CacheOutcome::Hit);
+    assert_eq!(support::calls::body(after).await, stored);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_switched_on_while_requests_flow_fails_none() {
     let rig = rig().await;
@@ -248,12 +271,13 @@ async fn a_fault_switched_on_while_requests_flow_fails_none() {
         Mode::Reset,
         Mode::HalfOpen,
         Mode::Garble,
+        Mode::NoAuth,
         Mode::Pass,
     ]
     .into_iter()
     .cycle();
     let mut tasks = Vec::new();
-    for i in 0..240 {
+    for i in 0..280 {
         if i % 20 == 0 {
             rig.proxy.set(modes.next().unwrap());
         }

@@ -843,3 +843,45 @@ async fn tracking_connections_closed_on_a_cluster_are_armed_again() {
         until_only(&service_b, query, &written).await;
     }
 }
+
+/// A's connections lose their login and their server (`NOAUTH` on every command, no push arrives), as behind a
+/// managed Redis's proxy whose node was replaced, while B writes a key A holds near: A never answers the old
+/// value, and once its connections are made again (they log in anew), its near cache answers B's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_lose_their_login_are_made_again_and_the_near_cache_misses_no_write() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let origin = Origin::new();
+    let a = RedisCacheLayer::builder(RedisStore::connect(&proxy.url()).await.unwrap())
+        .namespace("near")
+        .methods([Method::GET, Method::POST])
+        .store_timeout(Duration::from_millis(200))
+        .near_cache(16 << 20)
+        .build()
+        .unwrap();
+    let b = near_layer(&server.url()).await.build().unwrap();
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
+    let query = r#"{"q":"noauth"}"#;
+    call(&service_a, post(query)).await;
+    until_near(&service_a, query).await;
+    let flushes = a.handle().stats().near_flushes_connection;
+
+    proxy.set(Mode::NoAuth);
+    call(&service_b, revalidate(query)).await;
+    // Until its next probe, A's tracking connection cannot tell it lost its server (no push arrives, as when
+    // Redis is paused); the probe is refused, and the connection made again empties the near cache as it arms.
+    wait_until("A's tracking connection was made again", || {
+        a.handle().stats().near_flushes_connection > flushes
+    })
+    .await;
+    // New connections log in as usual (the mode holds only for those open at the switch).
+    let back = until_near(&service_a, query).await;
+    assert_eq!(&body(back).await[..], br#"{"n":2,"echo":{"q":"noauth"}}"#);
+    for _ in 0..10 {
+        let response = call(&service_a, post(query)).await;
+        assert_eq!(
+            &body(response).await[..],
+            br#"{"n":2,"echo":{"q":"noauth"}}"#
+        );
+    }
+}

@@ -1,10 +1,11 @@
 //! A fault proxy between a client and a real Redis: it passes bytes both ways, and can be switched while
 //! traffic flows to delay every reply, black-hole everything, reset every connection, leave connections
-//! half-open, garble every reply, or hold the replies of one connection until released.
+//! half-open, garble every reply, answer `NOAUTH` on open connections, or hold the replies of one connection
+//! until released.
 //!
-//! The faults keep to what TCP can do: a black hole delays bytes (they arrive, in order, once the path is back,
-//! or never if the connection is given up first); a half-open connection is one whose peer is gone, so it never
-//! answers again, whatever the mode later.
+//! The link's faults keep to what TCP can do: a black hole delays bytes (they arrive, in order, once the path is
+//! back, or never if the connection is given up first); a half-open connection is one whose peer is gone, so it
+//! never answers again, whatever the mode later.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -29,9 +30,13 @@ pub enum Mode {
     /// The open connections lose their peer: they stay open, swallow what is sent and never answer again,
     /// even after the mode changes. New connections are served as usual.
     HalfOpen,
-    /// Every reply chunk arrives with its first byte replaced by one that starts no RESP frame, as from a
-    /// server that is not Redis, or a middlebox that rewrites what passes.
+    /// Every reply chunk arrives with its first byte replaced by one that starts no RESP frame (`@`), as from a
+    /// server that is not Redis, or a middlebox that rewrites what passes. Requests pass unchanged.
     Garble,
+    /// The open connections lose their login and their server: the proxy answers each of their commands
+    /// `-NOAUTH` itself, and passes nothing the server sends them, even after the mode changes, as a managed
+    /// Redis's proxy does once the node behind it was replaced. New connections are served as usual.
+    NoAuth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +148,58 @@ fn zero_linger(stream: &TcpStream) {
     let _ = stream.set_linger(Some(Duration::ZERO));
 }
 
+/// A flag set when the proxy switches to `mode` while the connection is open (a connection made while the mode
+/// already holds is spared until the next switch to it); it stays set whatever the mode later.
+fn lost_at(state: &watch::Receiver<State>, mode: Mode) -> Arc<std::sync::atomic::AtomicBool> {
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn({
+        let lost = lost.clone();
+        let mut state = state.clone();
+        async move {
+            if state.borrow().mode == mode && state.wait_for(|s| s.mode != mode).await.is_err() {
+                return;
+            }
+            if state.wait_for(|s| s.mode == mode).await.is_ok() {
+                lost.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    lost
+}
+
+/// Takes the whole RESP commands (arrays of bulk strings, as clients send them) from the front of `pending` and
+/// returns how many there were; an incomplete one stays.
+fn whole_commands(pending: &mut Vec<u8>) -> usize {
+    /// The number on the line at `at` after its type byte, and where the next line starts.
+    fn line(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+        let end = at + bytes.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        let number = std::str::from_utf8(bytes.get(at + 1..end)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        Some((number, end + 2))
+    }
+    /// Where the command starting at `at` ends, if all of it is there.
+    fn command(bytes: &[u8], at: usize) -> Option<usize> {
+        let (count, mut next) = line(bytes, at)?;
+        for _ in 0..count {
+            let (len, data) = line(bytes, next)?;
+            next = data + len + 2;
+            if next > bytes.len() {
+                return None;
+            }
+        }
+        Some(next)
+    }
+    let (mut commands, mut at) = (0, 0);
+    while let Some(end) = command(pending, at) {
+        commands += 1;
+        at = end;
+    }
+    pending.drain(..at);
+    commands
+}
+
 /// Copies bytes both ways as the proxy's state says, until either side closes or the mode resets it. The
 /// client's side always closes with a reset (RST), as a dead link or a killed peer does.
 async fn pipe(client: TcpStream, server: TcpStream, index: usize, state: watch::Receiver<State>) {
@@ -153,31 +210,36 @@ async fn pipe(client: TcpStream, server: TcpStream, index: usize, state: watch::
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     // Set once the connection has gone half-open: from then on it swallows everything, both ways.
-    let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn({
-        let dead = dead.clone();
-        let mut state = state.clone();
-        async move {
-            // A connection made while the mode is half-open has a live peer: it dies at the next switch to it.
-            if state.borrow().mode == Mode::HalfOpen
-                && state.wait_for(|s| s.mode != Mode::HalfOpen).await.is_err()
-            {
-                return;
-            }
-            if state.wait_for(|s| s.mode == Mode::HalfOpen).await.is_ok() {
-                dead.store(true, Ordering::SeqCst);
-            }
-        }
-    });
+    let dead = lost_at(&state, Mode::HalfOpen);
+    // Set once the connection has lost its login: from then on the proxy answers its commands itself.
+    let deauthed = lost_at(&state, Mode::NoAuth);
+    // A connection that lost its login lost its server too (its state: a subscription, client tracking): nothing
+    // the server sends it arrives.
+    let replaced = deauthed.clone();
+    // Replies are read as they arrive, each with its arrival time, so that a delay is a link's latency: every
+    // chunk passes `delay` after it arrived, however many arrived meanwhile.
+    let (arrivals, mut arrived) = tokio::sync::mpsc::unbounded_channel();
     let mut up_state = state.clone();
     let up_dead = dead.clone();
+    let refusals = arrivals.clone();
     let upstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
+        // What a deauthed connection sent that does not end a command yet.
+        let mut pending = Vec::new();
         while let Ok(n) = client_read.read(&mut buf).await {
             if n == 0 {
                 break;
             }
             if up_dead.load(Ordering::SeqCst) {
+                continue;
+            }
+            if deauthed.load(Ordering::SeqCst) {
+                pending.extend_from_slice(&buf[..n]);
+                let commands = whole_commands(&mut pending);
+                let reply = b"-NOAUTH Authentication required.\r\n".repeat(commands);
+                if refusals.send((Instant::now(), reply)).is_err() {
+                    break;
+                }
                 continue;
             }
             // A black hole holds the bytes until the path is back.
@@ -193,13 +255,16 @@ async fn pipe(client: TcpStream, server: TcpStream, index: usize, state: watch::
             }
         }
     };
-    // Replies are read as they arrive, each with its arrival time, so that a delay is a link's latency: every
-    // chunk passes `delay` after it arrived, however many arrived meanwhile.
-    let (arrivals, mut arrived) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n) = server_read.read(&mut buf).await {
-            if n == 0 || arrivals.send((Instant::now(), buf[..n].to_vec())).is_err() {
+            if n == 0 {
+                break;
+            }
+            if replaced.load(Ordering::SeqCst) {
+                continue;
+            }
+            if arrivals.send((Instant::now(), buf[..n].to_vec())).is_err() {
                 break;
             }
         }

@@ -199,13 +199,14 @@ impl Routes {
 }
 
 impl RedisStore {
-    /// Wraps a connected (or connecting) fred client, with its own settings. Build it with
-    /// `tcp.nodelay = Some(true)`, as [`connect`](Self::connect) does: with fred's default (Nagle's algorithm
-    /// on), a command written while an earlier one is unacknowledged is held until the acknowledgement, which
-    /// comes with the reply: up to a round trip before it is sent. [`connect`](Self::connect) also sets
-    /// `tcp.keepalive` (probes after 30 s of silence), so that a NAT or load balancer that forgets quiet
-    /// connections keeps its own. This one client sends every command: a hit can wait behind a write (see
-    /// [`RedisStore`]).
+    /// Wraps a connected (or connecting) fred client, with its own settings. Build it with `reconnect_on_auth_error
+    /// = true`, as [`connect`](Self::connect) does (a connection that loses its login, as behind a managed Redis's
+    /// proxy whose node was replaced, is otherwise refused for as long as it lives), and with `tcp.nodelay =
+    /// Some(true)`, as [`connect`](Self::connect) does too: with fred's default (Nagle's algorithm on), a command
+    /// written while an earlier one is unacknowledged is held until the acknowledgement, which comes with the
+    /// reply: up to a round trip before it is sent. [`connect`](Self::connect) also sets `tcp.keepalive` (probes
+    /// after 30 s of silence), so that a NAT or load balancer that forgets quiet connections keeps its own. This
+    /// one client sends every command: a hit can wait behind a write (see [`RedisStore`]).
     pub fn new(client: Client) -> Self {
         Self::from_clients(vec![client])
     }
@@ -806,7 +807,8 @@ fn micros(duration: Duration) -> i64 {
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// How the store's own connections are set up: a 2 s connect timeout (the handshake's commands too), enough write
-/// attempts for a redirected command, `TCP_NODELAY`, and keepalive probes after [`KEEPALIVE_IDLE`].
+/// attempts for a redirected command, a new connection when one loses its login, `TCP_NODELAY`, and keepalive
+/// probes after [`KEEPALIVE_IDLE`].
 ///
 /// fred counts every write of a command as an attempt, redirections included, and gives up after
 /// `max_command_attempts` (3 by default): during a Cluster reshard a `GET` sent on a stale slot map (`MOVED`)
@@ -819,6 +821,10 @@ pub(crate) fn connection_config(config: &mut fred::types::config::ConnectionConf
     // 10 s, a server that accepts and never answers (stopped, or not Redis) held a `connect` 10 s, and each
     // attempt of a store connecting in the background as long.
     config.internal_command_timeout = Duration::from_secs(2);
+    // A connection that loses its login (`NOAUTH` on a command, as behind a managed Redis's proxy once the node
+    // behind it was replaced) is made again, and logs in again: left alone, every command on it is refused for
+    // as long as it lives, which no timeout or breaker notices.
+    config.reconnect_on_auth_error = true;
     config.max_command_attempts = config.max_redirections + 1;
     // Each command goes out when written: with Nagle's algorithm (fred's default), a command written while an
     // earlier one is unacknowledged is held until the acknowledgement, which comes with the reply: up to a round
@@ -1532,6 +1538,7 @@ mod tests {
                 settings.internal_command_timeout <= settings.connection_timeout,
                 "a handshake left unanswered is bounded as the connection is: {url}"
             );
+            assert!(settings.reconnect_on_auth_error, "{url}");
         }
     }
 
