@@ -451,3 +451,40 @@ async fn the_sentinel_watch_ends_with_the_store() {
     drop(copy);
     support::calls::wait_until("the watch ended", || watches() == 0).await;
 }
+
+/// Three usual mistakes with Sentinel, each refused at connect saying what to check: a service name the sentinels
+/// do not monitor, a Sentinel URL naming Redis itself, and a `redis://` URL naming a sentinel (which would
+/// connect, then refuse every command the cache sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_mistakes_are_refused_at_connect_saying_what_to_check() {
+    let (primary, _replica, sentinel, _) = monitored().await;
+    let refusal =
+        |url: String| async move { RedisStore::connect(&url).await.expect_err(&url).to_string() };
+    let misnamed = refusal(format!(
+        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cahce",
+        sentinel.port()
+    ))
+    .await;
+    assert!(
+        misnamed.contains("`cahce` through the sentinels")
+            && misnamed.contains("the name the sentinels monitor it as (sentinelServiceName)?"),
+        "{misnamed}"
+    );
+    let no_sentinel = refusal(format!(
+        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=cache",
+        primary.port()
+    ))
+    .await;
+    assert!(
+        no_sentinel.contains("is this a sentinel's port? For Redis itself, use redis://"),
+        "{no_sentinel}"
+    );
+    let sentinel_as_redis = refusal(format!("redis://127.0.0.1:{}", sentinel.port())).await;
+    assert!(
+        sentinel_as_redis.contains(&format!(
+            "127.0.0.1:{} is a Redis Sentinel",
+            sentinel.port()
+        )) && sentinel_as_redis.contains("connect with a redis-sentinel://"),
+        "{sentinel_as_redis}"
+    );
+}

@@ -41,6 +41,19 @@ pub(crate) fn hint(error: &Error, tls: bool) -> Option<&'static str> {
         ErrorKind::Timeout if tls => Some(
             "no answer to the TLS handshake or what followed it: if the port serves plain text, use redis://",
         ),
+        ErrorKind::Sentinel if details.contains("Missing primary address") => Some(
+            "the sentinel names no primary by that name: is it the name the sentinels monitor it as \
+             (sentinelServiceName)?",
+        ),
+        ErrorKind::Sentinel
+            if details
+                .to_ascii_lowercase()
+                .contains("unknown command 'sentinel'") =>
+        {
+            Some(
+                "the server is no sentinel: is this a sentinel's port? For Redis itself, use redis://",
+            )
+        }
         _ => None,
     }
 }
@@ -88,38 +101,69 @@ pub(crate) fn one_server(config: &Config) -> bool {
     )
 }
 
-/// Whether the server `client` is connected to is a node of a Redis Cluster (`INFO cluster` says
-/// `cluster_enabled:1`). False when it cannot tell (`INFO` refused or failed): nothing is said then.
-pub(crate) async fn is_cluster_node(client: &Client) -> bool {
-    let info: Result<String, _> = client
-        .custom(cmd!("INFO"), vec![Value::from_static_str("cluster")])
-        .await;
-    info.is_ok_and(|info| {
-        info.lines()
-            .any(|line| line.trim_end() == "cluster_enabled:1")
-    })
+/// What a server a store was configured to use as one server turned out to be, when that is no server to store in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Misplaced {
+    /// A node of a Redis Cluster (`cluster_enabled:1`): every key another node serves is refused (`MOVED`).
+    ClusterNode,
+    /// A Redis Sentinel (`redis_mode:sentinel`): it stores nothing, and refuses every command the cache sends.
+    Sentinel,
 }
 
-/// What is wrong with a configuration of one server that names a node of a Redis Cluster (at `place`).
-const CLUSTER_NODE: &str = "is a node of a Redis Cluster (cluster_enabled:1): connect with a redis-cluster:// \
-     URL (or fred's ServerConfig::Clustered); through a connection to one node, every key another node serves \
-     is refused (MOVED) and answered by the inner service";
+impl Misplaced {
+    /// What a server's `INFO` says it is, when that is no server to store in.
+    fn of(info: &str) -> Option<Self> {
+        info.lines().find_map(|line| match line.trim_end() {
+            "cluster_enabled:1" => Some(Misplaced::ClusterNode),
+            "redis_mode:sentinel" => Some(Misplaced::Sentinel),
+            _ => None,
+        })
+    }
 
-/// The error of a store configured for one server that reached a node of a Redis Cluster at `place`.
-pub(crate) fn cluster_node(place: &str) -> Error {
-    Error::new(ErrorKind::Config, format!("{place} {CLUSTER_NODE}"))
+    /// What is wrong, and what to use instead.
+    fn says(self) -> &'static str {
+        match self {
+            Misplaced::ClusterNode => {
+                "is a node of a Redis Cluster (cluster_enabled:1): connect with a redis-cluster:// URL (or fred's \
+                 ServerConfig::Clustered); through a connection to one node, every key another node serves is \
+                 refused (MOVED) and answered by the inner service"
+            }
+            Misplaced::Sentinel => {
+                "is a Redis Sentinel (redis_mode:sentinel), which stores nothing: connect with a \
+                 redis-sentinel://host:port/0?sentinelServiceName=<primary's name> URL, or to the primary itself"
+            }
+        }
+    }
+}
+
+/// What the server `client` is connected to turned out to be, from its `INFO`, when that is no server to store
+/// in; `None` also when it cannot tell (`INFO` refused or failed): nothing is said then.
+pub(crate) async fn misplaced(client: &Client) -> Option<Misplaced> {
+    let info: String = client
+        .custom(cmd!("INFO"), Vec::<Value>::new())
+        .await
+        .ok()?;
+    Misplaced::of(&info)
+}
+
+/// The error of a store configured for one server that reached a `misplaced` one at `place`.
+pub(crate) fn misplaced_error(place: &str, misplaced: Misplaced) -> Error {
+    Error::new(ErrorKind::Config, format!("{place} {}", misplaced.says()))
 }
 
 /// Once `client` (a lazily connected store's, configured for one server at `place`) is connected, checks that
-/// its server is not a node of a Redis Cluster, and says so at `warn` if it is. Ends when the client quits.
-pub(crate) fn check_not_cluster_node(client: &Client, place: &str) {
+/// its server is one to store in, and says so at `warn` if it is not. Ends when the client quits.
+pub(crate) fn check_placed(client: &Client, place: &str) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     let (client, place) = (client.clone(), place.to_owned());
     runtime.spawn(async move {
-        if client.wait_for_connect().await.is_ok() && is_cluster_node(&client).await {
-            tracing::warn!(server = place, "cache store: {place} {CLUSTER_NODE}");
+        if client.wait_for_connect().await.is_err() {
+            return;
+        }
+        if let Some(misplaced) = misplaced(&client).await {
+            tracing::warn!(server = place, "cache store: {place} {}", misplaced.says());
         }
     });
 }
@@ -278,6 +322,51 @@ mod tests {
             "cannot connect to 10.0.0.7:6380: Decode Error: frame_type: Invalid frame type. (what answered does \
              not speak Redis's protocol (RESP): is this a Redis port? A TLS port needs rediss://)"
         );
+    }
+
+    #[test]
+    fn a_cluster_node_or_a_sentinel_is_no_server_to_store_in() {
+        let info = |lines: &[&str]| {
+            format!(
+                "# Server\r\nredis_version:7.0.15\r\n{}\r\n",
+                lines.join("\r\n")
+            )
+        };
+        assert_eq!(
+            Misplaced::of(&info(&["redis_mode:standalone", "cluster_enabled:0"])),
+            None
+        );
+        assert_eq!(
+            Misplaced::of(&info(&[
+                "redis_mode:cluster",
+                "# Cluster",
+                "cluster_enabled:1"
+            ])),
+            Some(Misplaced::ClusterNode)
+        );
+        assert_eq!(
+            Misplaced::of(&info(&[
+                "redis_mode:sentinel",
+                "# Sentinel",
+                "sentinel_masters:1"
+            ])),
+            Some(Misplaced::Sentinel)
+        );
+        assert_eq!(Misplaced::of("garbage"), None);
+    }
+
+    #[test]
+    fn sentinel_errors_name_the_likely_mistake() {
+        let missing = Error::new(
+            ErrorKind::Sentinel,
+            "Missing primary address in response from sentinel node.",
+        );
+        assert!(hint(&missing, false).is_some_and(|h| h.contains("sentinelServiceName")));
+        let redis = Error::new(
+            ErrorKind::Sentinel,
+            "ERR unknown command 'SENTINEL', with args beginning with: 'GET-MASTER-ADDR-BY-NAME' 'cache' ",
+        );
+        assert!(hint(&redis, false).is_some_and(|h| h.ends_with("For Redis itself, use redis://")));
     }
 
     #[tokio::test(start_paused = true)]

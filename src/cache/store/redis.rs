@@ -277,9 +277,9 @@ impl RedisStore {
     /// on the first attempt: that error says where it was going (never with the credentials) and, when its cause
     /// reads as a usual mistake, what to check (`... (what answered does not speak Redis's protocol (RESP): is
     /// this a Redis port? A TLS port needs rediss://)`). A URL of one server that reaches a node of a Redis
-    /// Cluster is refused too (a `Config` error saying to use `redis-cluster://`): through it, every key another
-    /// node serves would be refused by Redis (`MOVED`). [`connect_lazy`](Self::connect_lazy) says that at `warn`
-    /// once connected.
+    /// Cluster or a sentinel is refused too (a `Config` error saying to use `redis-cluster://` or
+    /// `redis-sentinel://`): through it, every key another node serves would be refused by Redis (`MOVED`), or
+    /// every command by the sentinel. [`connect_lazy`](Self::connect_lazy) says that at `warn` once connected.
     pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
         Self::connect_with(parse_url(url)?).await
     }
@@ -305,11 +305,16 @@ impl RedisStore {
             .build()?;
         let writer = reader.clone_new();
         let failed = match futures_util::future::join(reader.init(), writer.init()).await {
-            (Ok(_), Ok(_)) if one_server && diagnosis::is_cluster_node(&reader).await => {
-                let _ = futures_util::future::join(reader.quit(), writer.quit()).await;
-                return Err(diagnosis::cluster_node(&place));
-            }
             (Ok(_), Ok(_)) => {
+                let misplaced = if one_server {
+                    diagnosis::misplaced(&reader).await
+                } else {
+                    None
+                };
+                if let Some(misplaced) = misplaced {
+                    let _ = futures_util::future::join(reader.quit(), writer.quit()).await;
+                    return Err(diagnosis::misplaced_error(&place, misplaced));
+                }
                 diagnosis::watch(&[&reader, &writer], &place, tls);
                 return Ok(Self::split(reader, writer));
             }
@@ -366,7 +371,7 @@ impl RedisStore {
         // Watched before they connect, so that the first failure is told too.
         diagnosis::watch(&[&reader, &writer], &place, tls);
         if one_server {
-            diagnosis::check_not_cluster_node(&reader, &place);
+            diagnosis::check_placed(&reader, &place);
         }
         // The connection tasks run detached; the clients reconnect on their own.
         drop(reader.connect());
