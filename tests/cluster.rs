@@ -557,9 +557,9 @@ async fn writes_paused_on_every_primary_leave_every_shards_hits_going() {
 
 /// A URL of one server naming a node of a Cluster: through it, every key another node serves would be refused
 /// (`MOVED`) and answered by the origin. `connect` refuses it, saying what to use; a store connecting in the
-/// background says so at `warn`.
+/// background says so at `warn`. A Cluster URL naming one server is refused, saying what to use too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_url_naming_a_cluster_node_is_refused_saying_what_to_use() {
+async fn a_url_of_the_wrong_kind_for_a_cluster_node_or_a_server_says_what_to_use() {
     let warnings = support::logs::warnings();
     let cluster = RedisCluster::start();
     let node = &cluster.nodes()[0];
@@ -585,4 +585,10 @@ async fn a_plain_url_naming_a_cluster_node_is_refused_saying_what_to_use() {
     })
     .await;
     assert!(RedisStore::connect(&cluster.url()).await.is_ok());
+
+    // The other way round: a Cluster URL naming a server that is none.
+    let standalone = support::RedisServer::start();
+    let url = standalone.url().replacen("redis://", "redis-cluster://", 1);
+    let said = RedisStore::connect(&url).await.expect_err(&url).to_string();
+    assert!(said.contains("for one server, use redis://"), "{said}");
 }

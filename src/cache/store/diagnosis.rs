@@ -41,6 +41,9 @@ pub(crate) fn hint(error: &Error, tls: bool) -> Option<&'static str> {
         ErrorKind::Timeout if tls => Some(
             "no answer to the TLS handshake or what followed it: if the port serves plain text, use redis://",
         ),
+        ErrorKind::Config if details.contains("cluster support disabled") => {
+            Some("the server is no node of a Redis Cluster: for one server, use redis://")
+        }
         ErrorKind::Sentinel if details.contains("Missing primary address") => Some(
             "the sentinel names no primary by that name: is it the name the sentinels monitor it as \
              (sentinelServiceName)?",
@@ -367,6 +370,13 @@ mod tests {
             "ERR unknown command 'SENTINEL', with args beginning with: 'GET-MASTER-ADDR-BY-NAME' 'cache' ",
         );
         assert!(hint(&redis, false).is_some_and(|h| h.ends_with("For Redis itself, use redis://")));
+        let standalone = Error::new(
+            ErrorKind::Config,
+            "ERR This instance has cluster support disabled",
+        );
+        assert!(
+            hint(&standalone, false).is_some_and(|h| h.ends_with("for one server, use redis://"))
+        );
     }
 
     #[tokio::test(start_paused = true)]
