@@ -200,10 +200,9 @@ async fn reset_connections_never_fail_a_request_and_caching_resumes() {
 async fn replies_that_are_not_resp_fail_no_request_and_never_answer_one() {
     let rig = rig().await;
     let service = tower::Layer::layer(&rig.layer, rig.origin.service());
-    let kept = r#"{"q":"kept"}"#;
-    let stored = support::calls::body(call(&service, post(kept)).await).await;
+    let stored = keep(&rig).await;
     assert_eq!(
-        outcome(&call(&service, post(kept)).await),
+        outcome(&call(&service, post(KEPT)).await),
         CacheOutcome::Hit
     );
     let calls = rig.origin.calls();
@@ -214,7 +213,7 @@ async fn replies_that_are_not_resp_fail_no_request_and_never_answer_one() {
     let took = burst(&rig, "garbled").await;
     assert_store_cost_bounded(&rig, took, true);
     // The stored entry is not read through the fault: the origin answers it.
-    let during = call(&service, post(kept)).await;
+    let during = call(&service, post(KEPT)).await;
     assert!(
         matches!(outcome(&during), CacheOutcome::Miss { .. }),
         "{}",
@@ -233,19 +232,33 @@ async fn replies_that_are_not_resp_fail_no_request_and_never_answer_one() {
     );
 
     caching_resumes(&rig).await;
-    let after = call(&service, post(kept)).await;
+    kept_is_hit(&rig, &stored).await;
+}
+
+/// The request of the entry the faults below must leave intact.
+const KEPT: &str = r#"{"q":"kept"}"#;
+
+/// Stores [`KEPT`]'s entry; returns its body.
+async fn keep(rig: &Rig) -> bytes::Bytes {
+    let service = tower::Layer::layer(&rig.layer, rig.origin.service());
+    support::calls::body(call(&service, post(KEPT)).await).await
+}
+
+/// [`KEPT`]'s entry is a hit, with the body it was stored with.
+async fn kept_is_hit(rig: &Rig, stored: &bytes::Bytes) {
+    let service = tower::Layer::layer(&rig.layer, rig.origin.service());
+    let after = call(&service, post(KEPT)).await;
     assert_eq!(outcome(&after), CacheOutcome::Hit);
-    assert_eq!(support::calls::body(after).await, stored);
+    assert_eq!(&support::calls::body(after).await, stored);
 }
 
 /// The open connections lose their login (`NOAUTH` on every command), as behind a managed Redis's proxy whose
-/// node was replaced: a refusal, which no timeout or breaker notices, yet one a new connection cures.
+/// node was replaced: an error no timeout marks as a stuck link, so the breaker opens but never has the
+/// connections remade, yet one a new connection cures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_lose_their_login_are_made_again_and_caching_resumes() {
     let rig = rig().await;
-    let service = tower::Layer::layer(&rig.layer, rig.origin.service());
-    let kept = r#"{"q":"kept"}"#;
-    let stored = support::calls::body(call(&service, post(kept)).await).await;
+    let stored = keep(&rig).await;
     let connections = rig.proxy.connections();
 
     rig.proxy.set(Mode::NoAuth);
@@ -256,9 +269,7 @@ async fn connections_that_lose_their_login_are_made_again_and_caching_resumes() 
         rig.proxy.connections() > connections,
         "the store connected again"
     );
-    let after = call(&service, post(kept)).await;
-    assert_eq!(outcome(&after), CacheOutcome::Hit);
-    assert_eq!(support::calls::body(after).await, stored);
+    kept_is_hit(&rig, &stored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

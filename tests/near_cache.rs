@@ -5,6 +5,7 @@ mod support;
 
 use http::{Method, Request};
 use http_body_util::Full;
+use std::sync::Arc;
 use std::time::Duration;
 use support::calls::{
     Cached, Reply, body, cache_status, call, jump, outcome, post, post_bytes, wait_until,
@@ -285,25 +286,46 @@ async fn a_redis_restart_empties_the_near_cache_and_caching_resumes() {
     assert_eq!(outcome(&back), CacheOutcome::Hit);
 }
 
+/// Two processes on one Redis, A's store and tracking connections through a fault proxy (a store of the crate's
+/// own clients, `RedisStore::connect`, with its connection settings; calls timing out after 200 ms): the server,
+/// the proxy, the origin, A and B. A holds `query`'s first answer in its near cache; returns also how many times
+/// its near cache was emptied for a connection so far.
+async fn a_through_a_proxy(
+    query: &str,
+) -> (
+    RedisServer,
+    Proxy,
+    Arc<Origin>,
+    RedisCacheLayer,
+    RedisCacheLayer,
+    u64,
+) {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let origin = Origin::new();
+    let a = RedisCacheLayer::builder(RedisStore::connect(&proxy.url()).await.unwrap())
+        .namespace("near")
+        .methods([Method::GET, Method::POST])
+        .store_timeout(Duration::from_millis(200))
+        .near_cache(16 << 20)
+        .build()
+        .unwrap();
+    let b = near_layer(&server.url()).await.build().unwrap();
+    let service_a = cached(&a, origin.service());
+    call(&service_a, post(query)).await;
+    let near = until_near(&service_a, query).await;
+    assert!(body(near).await.starts_with(br#"{"n":1,"#));
+    let flushes = a.handle().stats().near_flushes_connection;
+    (server, proxy, origin, a, b, flushes)
+}
+
 /// A's replies arrive garbled (bytes that are not RESP) while B writes a key A holds near: A never answers the
 /// old value, whether the invalidation was lost in the garble or not, and once the link is clean it answers B's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbled_link_empties_the_near_cache_and_no_write_is_missed() {
-    let server = RedisServer::start();
-    let proxy = Proxy::start(server.port()).await;
-    let origin = Origin::new();
-    let a = near_layer(&proxy.url())
-        .await
-        .store_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let b = near_layer(&server.url()).await.build().unwrap();
-    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
     let query = r#"{"q":"garbled"}"#;
-    call(&service_a, post(query)).await;
-    let near = until_near(&service_a, query).await;
-    assert_eq!(&body(near).await[..], br#"{"n":1,"echo":{"q":"garbled"}}"#);
-    let flushes = a.handle().stats().near_flushes_connection;
+    let (_server, proxy, origin, a, b, flushes) = a_through_a_proxy(query).await;
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
 
     proxy.set(Mode::Garble);
     call(&service_b, revalidate(query)).await;
@@ -540,7 +562,6 @@ async fn the_near_cache_answers_a_compressed_entry_with_its_whole_body() {
 
 #[tokio::test]
 async fn a_shared_redis_store_keeps_a_near_cache_and_a_memory_store_does_not() {
-    use std::sync::Arc;
     use tower_redis_cache::{MemoryStore, Store};
     let server = RedisServer::start();
     let redis = || async { RedisStore::new(fred_client(&server.url()).await) };
@@ -849,22 +870,9 @@ async fn tracking_connections_closed_on_a_cluster_are_armed_again() {
 /// value, and once its connections are made again (they log in anew), its near cache answers B's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_lose_their_login_are_made_again_and_the_near_cache_misses_no_write() {
-    let server = RedisServer::start();
-    let proxy = Proxy::start(server.port()).await;
-    let origin = Origin::new();
-    let a = RedisCacheLayer::builder(RedisStore::connect(&proxy.url()).await.unwrap())
-        .namespace("near")
-        .methods([Method::GET, Method::POST])
-        .store_timeout(Duration::from_millis(200))
-        .near_cache(16 << 20)
-        .build()
-        .unwrap();
-    let b = near_layer(&server.url()).await.build().unwrap();
-    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
     let query = r#"{"q":"noauth"}"#;
-    call(&service_a, post(query)).await;
-    until_near(&service_a, query).await;
-    let flushes = a.handle().stats().near_flushes_connection;
+    let (_server, proxy, origin, a, b, flushes) = a_through_a_proxy(query).await;
+    let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
 
     proxy.set(Mode::NoAuth);
     call(&service_b, revalidate(query)).await;
