@@ -991,6 +991,37 @@ async fn a_url_naming_something_other_than_redis_is_told_with_what_to_check() {
     );
 }
 
+/// A URL naming a replica connects (during a failover an address may name one for a moment: the first refused
+/// write has the store connect again, and follow it), and says at `warn` that no miss will be stored through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_naming_a_replica_connects_and_says_no_miss_will_be_stored() {
+    let warnings = support::logs::warnings();
+    let (_primary, replica) = RedisServer::start_pair().await;
+    let store = RedisStore::connect(&replica.url())
+        .await
+        .expect("a replica is not refused");
+    let server = format!("server=\"127.0.0.1:{}\"", replica.port());
+    let told = warnings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|warning| {
+            warning.contains("is a replica (role:slave)") && warning.contains(&server)
+        })
+        .count();
+    assert_eq!(told, 1);
+    let layer = layer_over(store).build().unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let response = call(&service, post(r#"{"q":"replica"}"#)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        matches!(outcome(&response), CacheOutcome::Miss { stored: false, .. }),
+        "{}",
+        cache_status(&response)
+    );
+}
+
 /// A store connecting in the background while its Redis is not up yet (a process started before its Redis, or
 /// during a Redis restart) keeps trying, and caches once Redis is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

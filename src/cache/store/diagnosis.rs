@@ -6,6 +6,10 @@
 //! watched: each attempt to connect that fails, and each connection lost, is logged with fred's cause and, where
 //! the cause reads as a common mistake, what to check ([`hint`]); each cause at `warn` at most once a minute per
 //! store, at `debug` otherwise. [`explain`] says the same in the error a first connection returns.
+//!
+//! A store configured for one server also reads its `INFO` once connected ([`misplaced`]): a node of a Redis
+//! Cluster or a sentinel, through which nothing could be stored, is refused by `connect` (a lazily connected store
+//! says so at `warn`), and a replica, which refuses every write, is said at `warn`.
 
 use fred::clients::Client;
 use fred::cmd;
@@ -111,16 +115,31 @@ pub(crate) enum Misplaced {
     ClusterNode,
     /// A Redis Sentinel (`redis_mode:sentinel`): it stores nothing, and refuses every command the cache sends.
     Sentinel,
+    /// A replica (`role:slave`): it refuses every write (`READONLY`), so no miss is stored. Not refused: an
+    /// address that names a replica for a moment, during a failover, is followed to the new primary as soon as a
+    /// write is refused (the store connects again).
+    Replica,
 }
 
 impl Misplaced {
-    /// What a server's `INFO` says it is, when that is no server to store in.
+    /// What a server's `INFO` says it is, when that is no server to store in: a sentinel, else a Cluster node
+    /// (a Cluster's replica too), else a replica.
     fn of(info: &str) -> Option<Self> {
-        info.lines().find_map(|line| match line.trim_end() {
-            "cluster_enabled:1" => Some(Misplaced::ClusterNode),
-            "redis_mode:sentinel" => Some(Misplaced::Sentinel),
-            _ => None,
-        })
+        let says = |what: &str| info.lines().any(|line| line.trim_end() == what);
+        if says("redis_mode:sentinel") {
+            Some(Misplaced::Sentinel)
+        } else if says("cluster_enabled:1") {
+            Some(Misplaced::ClusterNode)
+        } else if says("role:slave") {
+            Some(Misplaced::Replica)
+        } else {
+            None
+        }
+    }
+
+    /// Whether `connect` refuses it: a server through which nothing could ever be stored.
+    pub(crate) fn refused(self) -> bool {
+        !matches!(self, Misplaced::Replica)
     }
 
     /// What is wrong, and what to use instead.
@@ -134,6 +153,10 @@ impl Misplaced {
             Misplaced::Sentinel => {
                 "is a Redis Sentinel (redis_mode:sentinel), which stores nothing: connect with a \
                  redis-sentinel://host:port/0?sentinelServiceName=<primary's name> URL, or to the primary itself"
+            }
+            Misplaced::Replica => {
+                "is a replica (role:slave), which refuses every write (READONLY), so no miss is stored: connect \
+                 to the primary, or through Sentinel"
             }
         }
     }
@@ -154,6 +177,11 @@ pub(crate) fn misplaced_error(place: &str, misplaced: Misplaced) -> Error {
     Error::new(ErrorKind::Config, format!("{place} {}", misplaced.says()))
 }
 
+/// Says at `warn` that the server at `place` is `misplaced`, for a store that goes on with it.
+pub(crate) fn warn_misplaced(place: &str, misplaced: Misplaced) {
+    tracing::warn!(server = place, "cache store: {place} {}", misplaced.says());
+}
+
 /// Once `client` (a lazily connected store's, configured for one server at `place`) is connected, checks that
 /// its server is one to store in, and says so at `warn` if it is not. Ends when the client quits.
 pub(crate) fn check_placed(client: &Client, place: &str) {
@@ -166,7 +194,7 @@ pub(crate) fn check_placed(client: &Client, place: &str) {
             return;
         }
         if let Some(misplaced) = misplaced(&client).await {
-            tracing::warn!(server = place, "cache store: {place} {}", misplaced.says());
+            warn_misplaced(&place, misplaced);
         }
     });
 }
@@ -354,6 +382,29 @@ mod tests {
                 "sentinel_masters:1"
             ])),
             Some(Misplaced::Sentinel)
+        );
+        assert_eq!(
+            Misplaced::of(&info(&[
+                "redis_mode:standalone",
+                "# Replication",
+                "role:slave"
+            ])),
+            Some(Misplaced::Replica)
+        );
+        assert_eq!(
+            Misplaced::of(&info(&[
+                "redis_mode:cluster",
+                "# Replication",
+                "role:slave",
+                "cluster_enabled:1"
+            ])),
+            Some(Misplaced::ClusterNode),
+            "a Cluster's replica is a Cluster node first"
+        );
+        assert!(
+            !Misplaced::Replica.refused()
+                && Misplaced::ClusterNode.refused()
+                && Misplaced::Sentinel.refused()
         );
         assert_eq!(Misplaced::of("garbage"), None);
     }

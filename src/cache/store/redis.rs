@@ -279,7 +279,10 @@ impl RedisStore {
     /// this a Redis port? A TLS port needs rediss://)`). A URL of one server that reaches a node of a Redis
     /// Cluster or a sentinel is refused too (a `Config` error saying to use `redis-cluster://` or
     /// `redis-sentinel://`): through it, every key another node serves would be refused by Redis (`MOVED`), or
-    /// every command by the sentinel. [`connect_lazy`](Self::connect_lazy) says that at `warn` once connected.
+    /// every command by the sentinel. One that reaches a replica is said at `warn` (it refuses every write, so no
+    /// miss is stored), not refused: an address naming a replica for a moment, during a failover, is followed to
+    /// the new primary at the first refused write. [`connect_lazy`](Self::connect_lazy) says all that at `warn`
+    /// once connected.
     pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
         Self::connect_with(parse_url(url)?).await
     }
@@ -311,9 +314,13 @@ impl RedisStore {
                 } else {
                     None
                 };
-                if let Some(misplaced) = misplaced {
-                    let _ = futures_util::future::join(reader.quit(), writer.quit()).await;
-                    return Err(diagnosis::misplaced_error(&place, misplaced));
+                match misplaced {
+                    Some(misplaced) if misplaced.refused() => {
+                        let _ = futures_util::future::join(reader.quit(), writer.quit()).await;
+                        return Err(diagnosis::misplaced_error(&place, misplaced));
+                    }
+                    Some(misplaced) => diagnosis::warn_misplaced(&place, misplaced),
+                    None => {}
                 }
                 diagnosis::watch(&[&reader, &writer], &place, tls);
                 return Ok(Self::split(reader, writer));
