@@ -17,7 +17,6 @@ use fred::error::{Error, ErrorKind};
 use fred::interfaces::{ClientLike, EventInterface};
 use fred::prelude::{Config, Value};
 use fred::types::config::{Server, ServerConfig};
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -81,11 +80,8 @@ pub(crate) fn uses_tls(config: &Config) -> bool {
 /// its credentials.
 pub(crate) fn place(config: &Config) -> String {
     let list = |hosts: &[Server]| {
-        let mut list = String::new();
-        for (i, host) in hosts.iter().enumerate() {
-            let _ = write!(list, "{}{host}", if i == 0 { "" } else { ", " });
-        }
-        list
+        let hosts: Vec<String> = hosts.iter().map(Server::to_string).collect();
+        hosts.join(", ")
     };
     match &config.server {
         ServerConfig::Centralized { server } => server.to_string(),
@@ -283,21 +279,19 @@ fn report(error: &Error, server: Option<&Server>, place: &str, tls: bool, told: 
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .due(&cause);
-    match server {
-        Some(server) if warn => tracing::warn!(
-            %server,
+    let (at, what) = match server {
+        Some(server) => (server.to_string(), "lost a connection to Redis"),
+        None => (place.to_owned(), "cannot reach Redis"),
+    };
+    if warn {
+        tracing::warn!(
+            server = at,
             error = %cause,
-            "lost a connection to Redis; the store connects again on its own, and requests go to the inner \
-             service meanwhile (the same cause again within a minute is logged at debug)"
-        ),
-        None if warn => tracing::warn!(
-            server = place,
-            error = %cause,
-            "cannot reach Redis; the store connects again on its own, and requests go to the inner service \
-             meanwhile (the same cause again within a minute is logged at debug)"
-        ),
-        Some(server) => tracing::debug!(%server, error = %cause, "lost a connection to Redis"),
-        None => tracing::debug!(server = place, error = %cause, "cannot reach Redis"),
+            "{what}; the store connects again on its own, and requests go to the inner service meanwhile (the \
+             same cause again within a minute is logged at debug)"
+        );
+    } else {
+        tracing::debug!(server = at, error = %cause, "{what}");
     }
 }
 
