@@ -1323,3 +1323,43 @@ async fn writes_paused_leave_hits_going_and_caching_resumes_when_they_are_let_go
         until_hit(&service, || post(&format!(r#"{{"q":{i}}}"#))).await;
     }
 }
+
+/// A fred client without a reconnect policy (fred's default, as its README builds one) is said at `warn`, and a
+/// stalled Redis no longer ends it: a store whose calls keep timing out is asked to reconnect, and fred's
+/// reconnect ends the connection task of a client without a policy, for good (its commands then wait for a task
+/// that never comes, and it still says it is connected). Such a client is now left as it is, and caching resumes
+/// with Redis (it never did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_does_not_end_a_client_without_a_reconnect_policy() {
+    use fred::interfaces::ClientLike;
+    let warnings = support::logs::warnings();
+    let server = RedisServer::start();
+    let config = fred::types::config::Config::from_url(&server.url()).unwrap();
+    let client = fred::clients::Client::new(config, None, None, None);
+    client.init().await.unwrap();
+    let store = RedisStore::new(client);
+    let told = warnings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|warning| warning.contains("has no reconnect policy"))
+        .count();
+    assert!(told >= 1);
+    let layer = layer_over(store)
+        .store_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    let query = || post(r#"{"q":"stalled"}"#);
+    until_hit(&service, query).await;
+    server.pause();
+    // Timeouts: the breaker asks the store to reconnect.
+    for _ in 0..4 {
+        let response = call(&service, query()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_ne!(outcome(&response), CacheOutcome::Hit);
+    }
+    server.resume();
+    until_hit(&service, query).await;
+}

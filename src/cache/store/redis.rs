@@ -207,13 +207,32 @@ impl RedisStore {
     /// reply: up to a round trip before it is sent. [`connect`](Self::connect) also sets `tcp.keepalive` (probes
     /// after 30 s of silence), so that a NAT or load balancer that forgets quiet connections keeps its own. This
     /// one client sends every command: a hit can wait behind a write (see [`RedisStore`]).
+    ///
+    /// Build it with a reconnect policy (`Builder::set_policy`; [`connect`](Self::connect)'s clients try every
+    /// 100 ms, forever). fred gives a client without one (its default) up at its first lost connection, a Redis
+    /// restart or failover: its connection task ends, its commands wait for one that never comes, and the cache
+    /// stores and answers nothing again until the process restarts. The store says so at `warn` when given such
+    /// a client, and never has it reconnect: fred would end its connection task for want of a policy.
     pub fn new(client: Client) -> Self {
-        Self::from_clients(vec![client])
+        Self::over(vec![client])
     }
 
-    /// Wraps a fred pool; commands go round-robin over its clients.
+    /// Wraps a fred pool; commands go round-robin over its clients. Build it with a reconnect policy, as
+    /// [`new`](Self::new) says.
     pub fn from_pool(pool: Pool) -> Self {
-        Self::from_clients(pool.clients().to_vec())
+        Self::over(pool.clients().to_vec())
+    }
+
+    /// A store over the caller's `clients`.
+    fn over(clients: Vec<Client>) -> Self {
+        if clients.iter().any(gives_up) {
+            tracing::warn!(
+                "the cache store's fred client has no reconnect policy (or its attempts are spent): fred gives it \
+                 up at its first lost connection (a Redis restart, a failover), after which the cache stores and \
+                 answers nothing; build it with one (`Builder::set_policy`), as `RedisStore::connect` does"
+            );
+        }
+        Self::from_clients(clients)
     }
 
     /// A store whose `GET`s go to `reader` and every other command to `writer`, each its own connection (one
@@ -761,11 +780,25 @@ async fn force_reconnection(
 ) -> Result<(), StoreError> {
     // All at once: a reader made again while the writer still waits its turn would send misses' writes to a
     // stuck connection meanwhile.
-    let reconnects = clients.iter().map(|client| client.force_reconnection());
+    let reconnects = clients.iter().map(|client| async move {
+        // fred reconnects by the client's policy: without one it ends the connection task instead, for good.
+        if gives_up(client) {
+            return Ok(());
+        }
+        client.force_reconnection().await
+    });
     for reconnected in futures_util::future::join_all(reconnects).await {
         reconnected.map_err(backend)?;
     }
     Ok(())
+}
+
+/// Whether fred gives `client` up at a lost connection, and when asked to reconnect: no reconnect policy, or one
+/// whose attempts have run out (its connection task ends, and its commands then wait, unanswered, for another).
+pub(crate) fn gives_up(client: &impl ClientLike) -> bool {
+    client.client_reconnect_policy().is_none_or(|policy| {
+        policy.max_attempts() != 0 && policy.attempts() >= policy.max_attempts()
+    })
 }
 
 fn millis(ttl: Duration) -> i64 {
@@ -1409,6 +1442,27 @@ fn zscan_page(reply: Value) -> Option<(Vec<String>, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_gives_up_without_a_reconnect_policy_only() {
+        let client = |policy: Option<ReconnectPolicy>| {
+            let mut builder = Builder::from_config(Config::default());
+            if let Some(policy) = policy {
+                builder.set_policy(policy);
+            }
+            builder.build().map(|client| gives_up(&client)).ok()
+        };
+        assert_eq!(client(None), Some(true));
+        assert_eq!(
+            client(Some(ReconnectPolicy::new_constant(0, 100))),
+            Some(false)
+        );
+        // Three attempts left: not yet.
+        assert_eq!(
+            client(Some(ReconnectPolicy::new_constant(3, 100))),
+            Some(false)
+        );
+    }
 
     #[test]
     fn numbers_past_32_bits_are_sent_as_digits_and_long_expiries_in_seconds() {

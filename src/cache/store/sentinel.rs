@@ -335,6 +335,8 @@ impl Watch {
             .store
             .iter()
             .filter(|client| primary.strays(client))
+            // fred would end its connection task for want of a policy (`RedisStore::new` warned of it).
+            .filter(|client| !super::redis::gives_up(*client))
             .collect();
         if !strays.is_empty() {
             tracing::info!(
