@@ -32,10 +32,22 @@ async fn rig() -> Rig {
 async fn rig_with(failures: u32, timeout: Duration) -> Rig {
     let server = RedisServer::start();
     let proxy = Proxy::start(server.port()).await;
+    let store = RedisStore::connect(&proxy.url()).await.unwrap();
+    rig_over(server, proxy, store, failures, timeout)
+}
+
+/// A rig over `store`, which reaches `server` through `proxy`.
+fn rig_over(
+    server: RedisServer,
+    proxy: Proxy,
+    store: RedisStore,
+    failures: u32,
+    timeout: Duration,
+) -> Rig {
     let origin = Origin::new();
     // The origin takes a while, as the APIs this cache protects do.
     origin.set_delay(Duration::from_millis(20));
-    let layer = RedisCacheLayer::builder(RedisStore::connect(&proxy.url()).await.unwrap())
+    let layer = RedisCacheLayer::builder(store)
         .namespace("faults")
         .methods([http::Method::GET, http::Method::POST])
         .store_timeout(timeout)
@@ -269,6 +281,35 @@ async fn connections_that_lose_their_login_are_made_again_and_caching_resumes() 
         rig.proxy.connections() > connections,
         "the store connected again"
     );
+    kept_is_hit(&rig, &stored).await;
+}
+
+/// The same over the caller's own fred client, built with a reconnect policy but without fred's
+/// `reconnect_on_auth_error`: `NOAUTH` reaches the cache as a failed call, and has the store reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_client_that_loses_its_login_is_made_to_connect_again() {
+    use fred::prelude::{Builder, Config, ReconnectPolicy};
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let client = Builder::from_config(Config::from_url(&proxy.url()).unwrap())
+        .set_policy(ReconnectPolicy::new_constant(0, 100))
+        .build()
+        .unwrap();
+    fred::interfaces::ClientLike::init(&client).await.unwrap();
+    let rig = rig_over(
+        server,
+        proxy,
+        RedisStore::new(client),
+        BREAKER_FAILURES,
+        STORE_TIMEOUT,
+    );
+    let stored = keep(&rig).await;
+    let connections = rig.proxy.connections();
+
+    rig.proxy.set(Mode::NoAuth);
+    burst(&rig, "noauth").await;
+    caching_resumes_while(&rig, Mode::NoAuth).await;
+    assert!(rig.proxy.connections() > connections);
     kept_is_hit(&rig, &stored).await;
 }
 

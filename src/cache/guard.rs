@@ -419,8 +419,12 @@ impl GuardedStore {
         // notices. Have them made again, without holding this request, and not more than once in
         // RECONNECT_EVERY (a refused connection is the client's own reconnect policy's to handle). Not for one
         // node of a cluster: remaking every connection would cost the healthy nodes too, and the client retires
-        // an unresponsive connection of its own (`RedisStore` sets that up).
-        if (in_doubt || again) && timeout && !per_node && breaker.may_reconnect() {
+        // an unresponsive connection of its own (`RedisStore` sets that up). So too when the call failed in a way
+        // only a new connection cures (`NOAUTH` on a caller's client that does not take it for a lost connection).
+        if (((in_doubt || again) && timeout) || self.store.reconnect_cures(error))
+            && !per_node
+            && breaker.may_reconnect()
+        {
             self.remake_connections(what);
         }
         bump(&self.counters.store_errors);

@@ -256,12 +256,14 @@ pub trait Store: std::any::Any + Send + Sync {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    /// Whether [`reconnect`](Self::reconnect) cures `refusal`, a [`StoreError::Refused`]: on Redis, `READONLY`
-    /// from a primary demoted to a replica under an open connection (a failover that moves an address, as
-    /// managed Redis services do, leaves connections to the old primary open), which a new connection to the
-    /// address avoids. The cache then has the store reconnect, at most once every few seconds. Default: none.
-    fn reconnect_cures(&self, refusal: &StoreError) -> bool {
-        let _ = refusal;
+    /// Whether [`reconnect`](Self::reconnect) cures `error`, what a call failed with or was refused by: on Redis,
+    /// `READONLY` from a primary demoted to a replica under an open connection (a failover that moves an address,
+    /// as managed Redis services do, leaves connections to the old primary open), which a new connection to the
+    /// address avoids, and `NOAUTH` on a connection that lost its login (behind a managed Redis's proxy whose node
+    /// was replaced), which a new connection logs in again. The cache then has the store reconnect, at most once
+    /// every few seconds. Default: none.
+    fn reconnect_cures(&self, error: &StoreError) -> bool {
+        let _ = error;
         false
     }
 
@@ -389,8 +391,8 @@ impl<T: Store + ?Sized> Store for std::sync::Arc<T> {
         (**self).reconnect()
     }
 
-    fn reconnect_cures(&self, refusal: &StoreError) -> bool {
-        (**self).reconnect_cures(refusal)
+    fn reconnect_cures(&self, error: &StoreError) -> bool {
+        (**self).reconnect_cures(error)
     }
 
     fn mark_stale<'a>(&'a self, keys: &'a [&'a str], at: u64) -> StoreFuture<'a, u64> {

@@ -201,7 +201,8 @@ impl Routes {
 impl RedisStore {
     /// Wraps a connected (or connecting) fred client, with its own settings. Build it with `reconnect_on_auth_error
     /// = true`, as [`connect`](Self::connect) does (a connection that loses its login, as behind a managed Redis's
-    /// proxy whose node was replaced, is otherwise refused for as long as it lives), and with `tcp.nodelay =
+    /// proxy whose node was replaced, is then made again at its first `NOAUTH`; without it, only once the cache
+    /// has the store reconnect, within seconds), and with `tcp.nodelay =
     /// Some(true)`, as [`connect`](Self::connect) does too: with fred's default (Nagle's algorithm on), a command
     /// written while an earlier one is unacknowledged is held until the acknowledgement, which comes with the
     /// reply: up to a round trip before it is sent. [`connect`](Self::connect) also sets `tcp.keepalive` (probes
@@ -1200,8 +1201,8 @@ impl Store for RedisStore {
         })
     }
 
-    fn reconnect_cures(&self, refusal: &StoreError) -> bool {
-        is_demoted(refusal)
+    fn reconnect_cures(&self, error: &StoreError) -> bool {
+        is_demoted(error) || lost_login(error)
     }
 
     fn server_time(&self) -> StoreFuture<'_, Option<SystemTime>> {
@@ -1398,6 +1399,16 @@ fn is_demoted(refusal: &StoreError) -> bool {
         if error
             .downcast_ref::<fred::error::Error>()
             .is_some_and(is_replica_reply))
+}
+
+/// Whether `error` is `NOAUTH` on a connection that was logged in: behind a managed Redis's proxy whose node was
+/// replaced, every command on it is refused so for as long as it lives. fred's `reconnect_on_auth_error` takes it
+/// for a lost connection (the store's own clients set it); on a caller's client without it, it reaches the cache.
+fn lost_login(error: &StoreError) -> bool {
+    matches!(error, StoreError::Backend(error)
+        if error
+            .downcast_ref::<fred::error::Error>()
+            .is_some_and(|error| error.details().starts_with("NOAUTH")))
 }
 
 /// Whether `error` is a replica's refusal of a write (`READONLY ...`).
