@@ -781,22 +781,25 @@ async fn force_reconnection(
 ) -> Result<(), StoreError> {
     // All at once: a reader made again while the writer still waits its turn would send misses' writes to a
     // stuck connection meanwhile.
-    let reconnects = clients.iter().map(|client| async move {
-        // fred reconnects by the client's policy: without one it ends the connection task instead, for good.
-        if gives_up(client) {
-            return Ok(());
-        }
-        client.force_reconnection().await
-    });
+    let reconnects = clients.iter().map(reconnect);
     for reconnected in futures_util::future::join_all(reconnects).await {
         reconnected.map_err(backend)?;
     }
     Ok(())
 }
 
+/// Has `client` make its connections again, unless fred would end it instead: fred reconnects by the client's
+/// policy, and without one ends the connection task, for good.
+pub(crate) async fn reconnect(client: &impl ClientLike) -> Result<(), fred::error::Error> {
+    if gives_up(client) {
+        return Ok(());
+    }
+    client.force_reconnection().await
+}
+
 /// Whether fred gives `client` up at a lost connection, and when asked to reconnect: no reconnect policy, or one
 /// whose attempts have run out (its connection task ends, and its commands then wait, unanswered, for another).
-pub(crate) fn gives_up(client: &impl ClientLike) -> bool {
+fn gives_up(client: &impl ClientLike) -> bool {
     client.client_reconnect_policy().is_none_or(|policy| {
         policy.max_attempts() != 0 && policy.attempts() >= policy.max_attempts()
     })

@@ -335,8 +335,6 @@ impl Watch {
             .store
             .iter()
             .filter(|client| primary.strays(client))
-            // fred would end its connection task for want of a policy (`RedisStore::new` warned of it).
-            .filter(|client| !super::redis::gives_up(*client))
             .collect();
         if !strays.is_empty() {
             tracing::info!(
@@ -348,7 +346,8 @@ impl Watch {
         // Told every time, so that tracking checks where it is connected too.
         self.tell.send_replace(Some(primary));
         futures_util::future::join_all(strays.into_iter().map(|client| async move {
-            if let Err(error) = in_time(client.force_reconnection()).await {
+            // Not a client without a reconnect policy, which fred would end (`RedisStore::new` warned of it).
+            if let Err(error) = in_time(super::redis::reconnect(client)).await {
                 tracing::debug!(%error, "cache store: reconnecting to the new primary failed");
             }
         }))
