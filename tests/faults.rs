@@ -44,6 +44,18 @@ fn rig_over(
     failures: u32,
     timeout: Duration,
 ) -> Rig {
+    rig_cooling_over(server, proxy, store, failures, timeout, BREAKER_COOLDOWN)
+}
+
+/// [`rig_over`], with a breaker that waits `cooldown` before it probes.
+fn rig_cooling_over(
+    server: RedisServer,
+    proxy: Proxy,
+    store: RedisStore,
+    failures: u32,
+    timeout: Duration,
+    cooldown: Duration,
+) -> Rig {
     let origin = Origin::new();
     // The origin takes a while, as the APIs this cache protects do.
     origin.set_delay(Duration::from_millis(20));
@@ -51,7 +63,7 @@ fn rig_over(
         .namespace("faults")
         .methods([http::Method::GET, http::Method::POST])
         .store_timeout(timeout)
-        .circuit_breaker(failures, BREAKER_COOLDOWN)
+        .circuit_breaker(failures, cooldown)
         .build()
         .unwrap();
     Rig {
@@ -204,6 +216,23 @@ async fn reset_connections_never_fail_a_request_and_caching_resumes() {
     burst(&rig, "reset").await;
     let stats = rig.layer.handle().stats();
     assert!(stats.store_errors + stats.store_skipped >= 30, "{stats:?}");
+    assert_eq!(stats.hits, 0, "{stats:?}");
+    caching_resumes(&rig).await;
+}
+
+/// Connections reset open the breaker (every call in flight fails together); once the store has connected again,
+/// caching resumes without waiting out the breaker's cooldown, an hour here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_resumes_once_the_store_connects_again_not_a_cooldown_later() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.port()).await;
+    let store = RedisStore::connect(&proxy.url()).await.unwrap();
+    let hour = Duration::from_secs(3600);
+    let rig = rig_cooling_over(server, proxy, store, BREAKER_FAILURES, STORE_TIMEOUT, hour);
+    rig.proxy.set(Mode::Reset);
+    burst(&rig, "reset").await;
+    let stats = rig.layer.handle().stats();
+    assert!(stats.store_skipped > 0, "the breaker opened: {stats:?}");
     assert_eq!(stats.hits, 0, "{stats:?}");
     caching_resumes(&rig).await;
 }

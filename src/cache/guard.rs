@@ -18,6 +18,14 @@ use tokio::time::Instant;
 /// whenever more than a third of recent calls fail: a run of failures, or a store that fails every other call.
 /// At `threshold` failures' worth it opens; after `cooldown` one call probes, and a success closes it. A
 /// score not touched for [`WINDOW_MS`] starts again from zero: only recent calls count.
+///
+/// An open breaker also lets one call probe at once, without waiting out the cooldown, for each connection the
+/// store makes while it is open: a connection lost and made again (a Redis restart, a connection closed by a proxy
+/// or `CLIENT KILL`) fails every call in flight together, which opens the breaker, and caching then resumes as
+/// soon as the store is back rather than a whole cooldown later. A store that keeps connecting and failing costs
+/// at most a call per connection it makes, which its reconnect policy spaces. The count of connections made is
+/// the caller's to give, to [`allow`](Self::allow) and [`failure`](Self::failure), read only while the breaker is
+/// open or opening.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     threshold: u32,
@@ -33,6 +41,9 @@ pub(crate) struct Breaker {
     reconnected: AtomicU64,
     /// The last call ended in a timeout, and none has succeeded since.
     timed_out: AtomicBool,
+    /// How many connections the store had made when the breaker opened, or when the last connection it made
+    /// since let a call probe.
+    connections: AtomicU64,
 }
 
 /// How often at most a store whose calls time out is asked to make its connections again.
@@ -52,6 +63,7 @@ impl Breaker {
             open_until: AtomicU64::new(0),
             reconnected: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
         }
     }
 
@@ -60,14 +72,23 @@ impl Breaker {
         u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// Whether a call may go to the store now.
-    pub(crate) fn allow(&self) -> bool {
+    /// Whether a call may go to the store now; `made`: how many connections the store has made so far.
+    #[inline]
+    pub(crate) fn allow(&self, made: impl FnOnce() -> u64) -> bool {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
             return true;
         }
+        self.probe(until, made)
+    }
+
+    /// Whether a call may probe the open breaker now (open until `until`): its cooldown is over, or the store has
+    /// made a connection since it opened. Out of line: a closed breaker never takes it.
+    #[cold]
+    #[inline(never)]
+    fn probe(&self, until: u64, made: impl FnOnce() -> u64) -> bool {
         let now = self.now_ms();
-        if now < until {
+        if now < until && !self.connected_since_opening(made) {
             return false;
         }
         // Half-open: exactly one caller wins the right to probe; the rest wait out another cooldown.
@@ -79,6 +100,18 @@ impl Breaker {
                 Ordering::Acquire,
             )
             .is_ok()
+    }
+
+    /// Whether the store has made a connection since the breaker opened, or since the last one let a call probe
+    /// (and, if so, that this one is now spent).
+    fn connected_since_opening(&self, made: impl FnOnce() -> u64) -> bool {
+        let seen = self.connections.load(Ordering::Acquire);
+        let made = made();
+        made > seen
+            && self
+                .connections
+                .compare_exchange(seen, made, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     pub(crate) fn success(&self) {
@@ -100,8 +133,9 @@ impl Breaker {
     }
 
     /// Counts a failure; returns whether the store is now in doubt: this failure opened the breaker, or it
-    /// was a probe of an open one that failed.
-    pub(crate) fn failure(&self) -> bool {
+    /// was a probe of an open one that failed. `made`: how many connections the store has made so far, read
+    /// only when this failure opens the breaker.
+    pub(crate) fn failure(&self, made: impl FnOnce() -> u64) -> bool {
         if self.open_until.load(Ordering::Acquire) != 0 {
             return true;
         }
@@ -114,6 +148,7 @@ impl Breaker {
             return false;
         }
         self.score.store(0, Ordering::Relaxed);
+        self.connections.store(made(), Ordering::Release);
         self.open_until
             .store(now.saturating_add(self.cooldown_ms), Ordering::Release);
         true
@@ -344,7 +379,7 @@ impl GuardedStore {
         F: Future<Output = Result<T, StoreError>> + Unpin,
     {
         let (breaker, per_node) = self.breaker(what, key);
-        if !breaker.allow() {
+        if !breaker.allow(|| self.connections_made()) {
             bump(&self.counters.store_skipped);
             return Err(StoreError::Unavailable);
         }
@@ -369,6 +404,17 @@ impl GuardedStore {
             Err(error) => self.failed(breaker, per_node, what, error),
         }
         result
+    }
+
+    /// How many connections the store has made so far (first ones included), for the breakers, which probe at
+    /// once when it made one since they opened: a [`RedisStore`](crate::RedisStore)'s count; 0 for another
+    /// store, whose open breakers probe after their cooldown only.
+    fn connections_made(&self) -> u64 {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return redis.connections_made();
+        }
+        0
     }
 
     /// Has the store make its connections again, in the background, after calls of operation `what` kept
@@ -411,7 +457,7 @@ impl GuardedStore {
             }
             return;
         }
-        let in_doubt = breaker.failure();
+        let in_doubt = breaker.failure(|| self.connections_made());
         let timeout = matches!(error, StoreError::Timeout);
         let again = timeout && breaker.timed_out_again();
         // The store keeps timing out (it opened the breaker, or timed out twice with no success between): its
@@ -460,19 +506,44 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn breaker_opens_after_threshold_and_probes_after_cooldown() {
         let b = Breaker::new(3, Duration::from_secs(1));
-        assert!(b.allow());
-        assert!(!b.failure());
-        assert!(!b.failure());
-        assert!(b.allow(), "two failures stay under the threshold");
-        assert!(b.failure(), "the third opens it");
+        assert!(b.allow(|| 0));
+        assert!(!b.failure(|| 0));
+        assert!(!b.failure(|| 0));
+        assert!(b.allow(|| 0), "two failures stay under the threshold");
+        assert!(b.failure(|| 0), "the third opens it");
         assert!(b.is_open());
-        assert!(!b.allow());
+        assert!(!b.allow(|| 0));
         tokio::time::advance(Duration::from_millis(1001)).await;
-        assert!(b.allow(), "one probe after the cooldown");
-        assert!(!b.allow(), "only one");
+        assert!(b.allow(|| 0), "one probe after the cooldown");
+        assert!(!b.allow(|| 0), "only one");
         b.success();
         assert!(!b.is_open());
-        assert!(b.allow());
+        assert!(b.allow(|| 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_probes_once_for_each_connection_made_while_it_is_open() {
+        let b = Breaker::new(2, Duration::from_secs(60));
+        assert!(!b.failure(|| 5));
+        assert!(b.failure(|| 5), "the second opens it, 5 connections made");
+        assert!(!b.allow(|| 5), "no connection made since");
+        assert!(b.allow(|| 6), "one made: a probe at once");
+        assert!(!b.allow(|| 6), "only one");
+        assert!(b.failure(|| 6), "the probe failed: still open");
+        assert!(!b.allow(|| 6));
+        assert!(b.allow(|| 8), "two more made: one probe");
+        assert!(!b.allow(|| 8));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(b.allow(|| 8), "the cooldown's probe");
+        b.success();
+        assert!(b.allow(|| 8), "closed");
+        // Opened again: the count is read anew, so connections made before do not count.
+        assert!(!b.failure(|| 8));
+        assert!(b.failure(|| 9));
+        assert!(!b.allow(|| 9));
+        assert!(b.allow(|| 10));
+        b.success();
+        assert!(!b.is_open());
     }
 
     #[tokio::test(start_paused = true)]
@@ -481,7 +552,7 @@ mod tests {
         let mut opened = false;
         for _ in 0..10 {
             b.success();
-            opened |= b.failure();
+            opened |= b.failure(|| 0);
         }
         assert!(opened, "half the calls failing opens it");
         // Few failures among many successes do not.
@@ -490,12 +561,12 @@ mod tests {
             for _ in 0..4 {
                 b.success();
             }
-            assert!(!b.failure(), "one failure in five stays closed");
+            assert!(!b.failure(|| 0), "one failure in five stays closed");
         }
         // Failures spread out in time do not add up.
         let b = Breaker::new(3, Duration::from_secs(1));
         for _ in 0..10 {
-            assert!(!b.failure());
+            assert!(!b.failure(|| 0));
             tokio::time::advance(Duration::from_millis(WINDOW_MS + 1)).await;
         }
         assert!(!b.is_open());

@@ -1368,9 +1368,13 @@ impl RedisCacheLayerBuilder {
 
     /// Once `failures` store failures have piled up (a failure counts two, a success takes one off, and only
     /// the last 10 s count, so a run of failures or more than a third of calls failing both get there), skip the
-    /// store for `cooldown`, then let one call probe; a success closes it again. When calls time out, opening
-    /// and a failed probe also have the store make its connections again ([`Store::reconnect`], at most every
-    /// 5 s). Default: 5 failures, 1 s.
+    /// store for `cooldown`, then let one call probe; a success closes it again. Over a
+    /// [`RedisStore`](crate::RedisStore), each connection its clients make while the breaker is open also lets
+    /// one call probe at once: a connection lost and made again (a Redis restart, a connection closed by a proxy
+    /// or `CLIENT KILL`) fails every call in flight together, which opens the breaker, and caching resumes as soon
+    /// as the store is back rather than a cooldown later. When calls time out, opening and a failed probe also
+    /// have the store make its connections again ([`Store::reconnect`], at most every 5 s). Default: 5 failures,
+    /// 1 s.
     pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = failures;
         self.breaker_cooldown = cooldown;

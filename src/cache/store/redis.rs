@@ -9,7 +9,7 @@ use crate::cache::entry::{WINDOWS_AT, WINDOWS_LEN, staled_windows};
 use crate::error::StoreError;
 use bytes::Bytes;
 use fred::cmd;
-use fred::interfaces::ClusterInterface;
+use fred::interfaces::{ClusterInterface, EventInterface};
 use fred::prelude::{
     Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Options, Pool,
     ReconnectPolicy, SetOptions, Value,
@@ -34,7 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// log why they cannot connect or lost their connection (fred's error, the server's address, and for the usual
 /// mistakes what to check: a port that is not Redis's, plain text sent to a TLS port or TLS to a plain one), each
 /// cause at `warn` once a minute; for your own client, fred's `on_error` tells the same. A command already written
-/// when the connection dies is bounded by the cache's store timeout, and the circuit breaker stops further ones.
+/// when the connection dies is bounded by the cache's store timeout, and the circuit breaker stops further ones;
+/// once a client has connected again, the breaker lets a call through at once rather than after its cooldown.
 /// When its calls keep timing out (a black-holed or half-open link, which would otherwise hold every later command
 /// behind replies that never come), the breaker has the store remake its connections. On a Cluster, where that is
 /// done only when every node is failing, the clients [`connect`](Self::connect) builds also take a connection whose
@@ -93,6 +94,65 @@ pub struct RedisStore {
     policy_read: std::sync::Arc<AtomicBool>,
     /// The clients the store made itself, which quit when its last clone is dropped; `None` for the caller's.
     _owned: Option<std::sync::Arc<Owned>>,
+    /// How many connections the clients have made.
+    connections: std::sync::Arc<Connections>,
+}
+
+/// How many connections a store's clients have made, counted from fred's notice of each (`reconnect_rx`, sent
+/// once a connection is made and set up, first ones included) when asked, which is while a circuit breaker of the
+/// cache is open or opening: it probes at once when a connection was made since it opened. No task reads them:
+/// they wait in fred's channels, which keep the last few, until asked.
+struct Connections {
+    made: AtomicU64,
+    /// Each client, with its notices.
+    notices: std::sync::Mutex<
+        Vec<(
+            Client,
+            tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+        )>,
+    >,
+}
+
+impl Connections {
+    fn of(clients: &[Client]) -> Self {
+        Connections {
+            made: AtomicU64::new(0),
+            notices: std::sync::Mutex::new(
+                clients
+                    .iter()
+                    .map(|c| (c.clone(), c.reconnect_rx()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The connections made so far that it has read of. Reads the notices unless another caller is reading them
+    /// (it counts them then), and only those of a client that says it is connected: fred sends its notice before
+    /// it has resent the commands left from the connection lost and says so, and until then it fails a command
+    /// sent fail fast, as the store's are, which would spend a breaker's probe for nothing.
+    fn made(&self) -> u64 {
+        use tokio::sync::broadcast::error::TryRecvError;
+        if let Ok(mut notices) = self.notices.try_lock() {
+            let mut new = 0u64;
+            for (client, notice) in notices.iter_mut() {
+                if client.state() != fred::types::ClientState::Connected {
+                    continue;
+                }
+                loop {
+                    match notice.try_recv() {
+                        Ok(_) => new = new.saturating_add(1),
+                        // Notices fred dropped for want of room were connections made all the same.
+                        Err(TryRecvError::Lagged(missed)) => new = new.saturating_add(missed),
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    }
+                }
+            }
+            if new > 0 {
+                self.made.fetch_add(new, Ordering::AcqRel);
+            }
+        }
+        self.made.load(Ordering::Acquire)
+    }
 }
 
 /// The clients a store made itself ([`RedisStore::connect`], [`RedisStore::connect_lazy`]). When the last clone
@@ -258,6 +318,7 @@ impl RedisStore {
             .is_some_and(|c| c.is_clustered())
             .then(|| Arc::new(Routes::new()));
         let following = super::sentinel::follow(&clients).map(std::sync::Arc::new);
+        let connections = std::sync::Arc::new(Connections::of(&clients));
         let clients: Vec<_> = clients.iter().map(|c| c.with_options(&options)).collect();
         let homes = Homes::new(|(clients, index, key)| get_on(clients, index, key));
         RedisStore {
@@ -269,6 +330,7 @@ impl RedisStore {
             following,
             policy_read: std::sync::Arc::default(),
             _owned: None,
+            connections,
         }
     }
 
@@ -442,6 +504,11 @@ impl RedisStore {
             return Vec::new();
         }
         self.clients.iter().map(|c| (**c).clone()).collect()
+    }
+
+    /// How many connections the store's clients have made so far, first ones included (see [`Connections`]).
+    pub(crate) fn connections_made(&self) -> u64 {
+        self.connections.made()
     }
 
     /// The client the next command other than a `GET` goes to.
