@@ -32,15 +32,24 @@ fn on_node(layer: &RedisCacheLayer, i: usize, ranges: &[(u16, u16)]) -> bool {
         .any(|(start, end)| (*start..=*end).contains(&slot))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_unresponsive_shard_of_three_costs_only_its_own_keys() {
-    // Without full coverage required, the two healthy shards keep serving while the third is down.
+/// Three primaries without replicas that do not require full coverage (so the shards that answer keep serving
+/// while one is down), an origin, and a layer over them whose breakers open after three failures for a second.
+async fn three_shards() -> (
+    RedisCluster,
+    std::sync::Arc<support::Origin>,
+    RedisCacheLayer,
+) {
     let cluster = RedisCluster::start_with(0, 2000, &["--cluster-require-full-coverage", "no"]);
-    let origin = support::Origin::new();
     let layer = layer_over(RedisStore::connect(&cluster.url()).await.unwrap())
         .circuit_breaker(3, Duration::from_secs(1))
         .build()
         .unwrap();
+    (cluster, support::Origin::new(), layer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unresponsive_shard_of_three_costs_only_its_own_keys() {
+    let (cluster, origin, layer) = three_shards().await;
     let service = tower::Layer::layer(&layer, origin.service());
     let handle = layer.handle();
     for i in 0..30 {
@@ -87,6 +96,94 @@ async fn one_unresponsive_shard_of_three_costs_only_its_own_keys() {
     }
     assert!(resumed, "caching resumed on the shard");
     assert!(!handle.store_unavailable());
+}
+
+/// A primary killed with no replica to take its slots over: fred's cluster client connects to every primary or
+/// to none, so it sends nothing while one is gone, and every key went to the origin. The keys of the other two
+/// shards are still answered from the cache (on connections to their own primaries), only the lost shard's go to
+/// the origin, and once it is back, its keys are cached again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_gone_with_no_replica_costs_only_its_own_keys() {
+    let (mut cluster, origin, layer) = three_shards().await;
+    let service = tower::Layer::layer(&layer, origin.service());
+    for i in 0..30 {
+        call(&service, post(&query(i))).await;
+    }
+    let gone = cluster.slots_of(2);
+    let (down, up): (Vec<usize>, Vec<usize>) = (0..30).partition(|i| on_node(&layer, *i, &gone));
+    assert!(!down.is_empty() && up.len() >= 10, "{down:?} {up:?}");
+    // The connections that a shard staying up serves, by id, with their last command.
+    let connections = |cluster: &RedisCluster| -> Vec<(String, String)> {
+        let list = String::from_utf8_lossy(&cluster.nodes()[0].command(&[b"CLIENT", b"LIST"]))
+            .into_owned();
+        let field = |line: &str, name: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        list.lines()
+            .map(|line| (field(line, "id="), field(line, "cmd=")))
+            .collect()
+    };
+    let before: Vec<String> = connections(&cluster)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+
+    cluster.node_mut(2).kill();
+    // The calls right after the kill may fail while fred's client finds the primary gone; then every key of the
+    // two other shards is a hit again ...
+    for u in &up {
+        assert!(
+            until_hit(&service, *u).await,
+            "key {u}, on a shard that answers"
+        );
+    }
+    // ... and stays one, while the lost shard's keys are answered by the origin.
+    let calls = origin.calls();
+    for round in 0..3 {
+        for (u, d) in up.iter().zip(down.iter().cycle()) {
+            let reply = call(&service, post(&query(*u))).await;
+            assert_eq!(outcome(&reply), CacheOutcome::Hit, "round {round}: key {u}");
+            let reply = call(&service, post(&query(*d))).await;
+            assert_eq!(reply.status(), StatusCode::OK);
+        }
+    }
+    assert_eq!(
+        origin.calls() - calls,
+        3 * up.len(),
+        "only the lost shard's keys"
+    );
+    // The keys of this shard went through a connection of their own to its primary (not the cluster client's
+    // view of the Cluster, `cluster|slots`, nor the command listing them, `client|list`).
+    let own: Vec<String> = connections(&cluster)
+        .into_iter()
+        .filter(|(id, cmd)| {
+            !before.contains(id) && !cmd.starts_with("cluster") && !cmd.starts_with("client")
+        })
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!own.is_empty(), "{:?}", connections(&cluster));
+
+    // Back (empty): its keys are stored and answered from the cache again.
+    cluster.node_mut(2).restart();
+    for d in &down {
+        assert!(until_hit(&service, *d).await, "key {d}, on the shard back");
+    }
+    // The cluster client sends everything again: the primaries' own connections are closed.
+    support::calls::wait_until("the primaries' own connections closed", || {
+        connections(&cluster)
+            .iter()
+            .all(|(id, _)| !own.contains(id))
+    })
+    .await;
+    for u in &up {
+        assert_eq!(
+            outcome(&call(&service, post(&query(*u))).await),
+            CacheOutcome::Hit
+        );
+    }
 }
 
 /// Runs `rounds` passes over queries `0..n` from two tasks, returning every status seen that was not 200.

@@ -362,7 +362,10 @@ impl GuardedStore {
         self.call("get", key, move |store| {
             #[cfg(feature = "redis")]
             if let Some(redis) = &self.redis {
-                return Read::Housed(redis.read(key));
+                return match redis.read_on_shard(key) {
+                    Some(read) => Read::Boxed(read),
+                    None => Read::Housed(redis.read(key)),
+                };
             }
             Read::Boxed(store.get(key))
         })

@@ -48,6 +48,8 @@ mod redis;
 #[cfg(feature = "redis")]
 mod sentinel;
 #[cfg(feature = "redis")]
+mod shards;
+#[cfg(feature = "redis")]
 mod tracking;
 
 #[cfg(feature = "memory")]

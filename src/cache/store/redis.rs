@@ -3,6 +3,7 @@
 use super::diagnosis;
 use super::homes::{self, Homes};
 use super::sentinel::{Following, Primary};
+use super::shards::Shards;
 use super::{Store, StoreFuture};
 use crate::atomic::AtomicU64;
 use crate::cache::entry::{WINDOWS_AT, WINDOWS_LEN, staled_windows};
@@ -40,8 +41,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// behind replies that never come), the breaker has the store remake its connections. On a Cluster, where that is
 /// done only when every node is failing, the clients [`connect`](Self::connect) builds also take a connection whose
 /// oldest command has waited a second for its reply for dead, and reconnect it; give Cluster clients you build
-/// yourself the same (`UnresponsiveConfig`). Keys of one entry and its lease share a Cluster hash slot, so no
-/// command crosses slots; `purge` scans every primary of a cluster.
+/// yourself the same (`UnresponsiveConfig`). fred's cluster client connects to every primary or to none: while a
+/// primary is gone (until a replica takes its slots, or for good without one) it sends nothing to any node, so
+/// meanwhile the store sends each command on a key to a connection of its own to the key's primary, and only the
+/// lost shard's keys go to the origin. Keys of one entry and its lease share a Cluster hash slot, so no command
+/// crosses slots; `purge` scans every primary of a cluster.
 ///
 /// Behind Sentinel, a store built inside a Tokio runtime also keeps one connection to a sentinel, subscribed to
 /// its announcements of a new primary (`+switch-master`) and asking it where the primary is every second: after a
@@ -96,13 +100,16 @@ pub struct RedisStore {
     _owned: Option<std::sync::Arc<Owned>>,
     /// How many connections the clients have made.
     connections: std::sync::Arc<Connections>,
+    /// On a Cluster, a client per primary for the keys of those that answer while the cluster clients cannot
+    /// send (see [`Shards`]); `None` otherwise.
+    shards: Option<std::sync::Arc<Shards>>,
 }
 
 /// How many connections a store's clients have made, counted from fred's notice of each (`reconnect_rx`, sent
 /// once a connection is made and set up, first ones included) when asked, which is while a circuit breaker of the
 /// cache is open or opening: it probes at once when a connection was made since it opened. No task reads them:
 /// they wait in fred's channels, which keep the last few, until asked.
-struct Connections {
+pub(crate) struct Connections {
     made: AtomicU64,
     /// Each client, with its notices.
     notices: std::sync::Mutex<
@@ -114,7 +121,7 @@ struct Connections {
 }
 
 impl Connections {
-    fn of(clients: &[Client]) -> Self {
+    pub(crate) fn of(clients: &[Client]) -> Self {
         Connections {
             made: AtomicU64::new(0),
             notices: std::sync::Mutex::new(
@@ -124,6 +131,23 @@ impl Connections {
                     .collect(),
             ),
         }
+    }
+
+    /// Stops counting the connections `client` makes.
+    pub(crate) fn remove(&self, client: &Client) {
+        self.notices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(counted, _)| counted.id() != client.id());
+    }
+
+    /// Counts the connections `client` makes from now on too.
+    pub(crate) fn add(&self, client: &Client) {
+        let notices = client.reconnect_rx();
+        self.notices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((client.clone(), notices));
     }
 
     /// The connections made so far that it has read of. Reads the notices unless another caller is reading them
@@ -319,6 +343,9 @@ impl RedisStore {
             .then(|| Arc::new(Routes::new()));
         let following = super::sentinel::follow(&clients).map(std::sync::Arc::new);
         let connections = std::sync::Arc::new(Connections::of(&clients));
+        let shards = routes
+            .is_some()
+            .then(|| std::sync::Arc::new(Shards::new(connections.clone(), options.clone())));
         let clients: Vec<_> = clients.iter().map(|c| c.with_options(&options)).collect();
         let homes = Homes::new(|(clients, index, key)| get_on(clients, index, key));
         RedisStore {
@@ -331,6 +358,7 @@ impl RedisStore {
             policy_read: std::sync::Arc::default(),
             _owned: None,
             connections,
+            shards,
         }
     }
 
@@ -485,7 +513,7 @@ impl RedisStore {
             Value::Bytes(value),
             integer(millis(ttl)),
         ];
-        Ok(run_script(self.client(), script, keys, args).await? == 1)
+        Ok(run_script(&self.client_for(key), script, keys, args).await? == 1)
     }
 
     /// The configuration of the store's (first) client: where Redis is and how to reach it.
@@ -525,7 +553,7 @@ impl RedisStore {
     /// still what was read (a fill since then wrote an answer from after the call). Whether it changed.
     async fn mark_one_stale(&self, key: &str, at: u64) -> Result<bool, StoreError> {
         let end = WINDOWS_AT + WINDOWS_LEN;
-        let client = self.client();
+        let client = self.client_for(key);
         let head: Bytes = client.getrange(key, 0, end - 1).await.map_err(backend)?;
         let Some(windows) = staled_windows(&head, at) else {
             return Ok(false);
@@ -536,7 +564,7 @@ impl RedisStore {
             Value::Bytes(head.slice(WINDOWS_AT..end)),
             Value::Bytes(Bytes::copy_from_slice(&windows)),
         ];
-        Ok(run_script(client, &SET_RANGE_IF, vec![Key::from(key)], args).await? == 1)
+        Ok(run_script(&client, &SET_RANGE_IF, vec![Key::from(key)], args).await? == 1)
     }
 
     /// [`Store::get`], unboxed: the cache's own reads hold this handle as it is.
@@ -548,6 +576,38 @@ impl RedisStore {
         };
         self.reads
             .read((self.clients.clone(), index, Key::from(key)))
+    }
+
+    /// The `GET` of `key` on the client of its primary, when the store's Cluster client cannot send now (see
+    /// [`Shards`]); `None` otherwise, and always for one server or Sentinel.
+    pub(crate) fn read_on_shard<'a>(&self, key: &'a str) -> Option<StoreFuture<'a, Option<Bytes>>> {
+        let shards = self.shards.as_ref()?;
+        let client = shards.for_key(&self.clients, self.clients.first()?, key.as_bytes())?;
+        Some(Box::pin(
+            async move { client.get(key).await.map_err(backend) },
+        ))
+    }
+
+    /// The client a command on `key` other than a `GET` goes to: the store's, or on a Cluster whose client
+    /// cannot send now, the client of the key's primary (see [`Shards`]).
+    fn client_for(&self, key: &str) -> std::borrow::Cow<'_, fred::clients::WithOptions<Client>> {
+        let client = self.client();
+        match &self.shards {
+            Some(shards) => shards
+                .for_key(&self.clients, client, key.as_bytes())
+                .map_or(std::borrow::Cow::Borrowed(client), std::borrow::Cow::Owned),
+            None => std::borrow::Cow::Borrowed(client),
+        }
+    }
+
+    /// `script` on the one key `key`, sent by [`client_for`](Self::client_for) it.
+    async fn run_script_on(
+        &self,
+        script: &Script,
+        key: &str,
+        args: Vec<Value>,
+    ) -> Result<i64, StoreError> {
+        run_script(&self.client_for(key), script, vec![Key::from(key)], args).await
     }
 
     /// Whether the `GET`s go on connections of their own, apart from every other command.
@@ -1101,12 +1161,15 @@ impl Store for RedisStore {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        if let Some(read) = self.read_on_shard(key) {
+            return read;
+        }
         Box::pin(self.read(key))
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            self.client()
+            self.client_for(key)
                 .set::<(), _, _>(key, Value::Bytes(value), Some(expiry(ttl)), None, false)
                 .await
                 .map_err(backend)
@@ -1143,7 +1206,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let reply: Option<String> = self
-                .client()
+                .client_for(key)
                 .set(key, token, Some(expiry(ttl)), Some(SetOptions::NX), false)
                 .await
                 .map_err(backend)?;
@@ -1159,8 +1222,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let args = vec![Value::from(token), integer(millis(ttl))];
-            let done: i64 =
-                run_script(self.client(), &EXTEND_LEASE, vec![Key::from(key)], args).await?;
+            let done = self.run_script_on(&EXTEND_LEASE, key, args).await?;
             Ok(done == 1)
         })
     }
@@ -1168,8 +1230,7 @@ impl Store for RedisStore {
     fn release_lease<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let args = vec![Value::from(token)];
-            let done: i64 =
-                run_script(self.client(), &RELEASE_LEASE, vec![Key::from(key)], args).await?;
+            let done = self.run_script_on(&RELEASE_LEASE, key, args).await?;
             Ok(done == 1)
         })
     }
@@ -1183,7 +1244,11 @@ impl Store for RedisStore {
             if client.is_clustered() {
                 // One key per command, since keys of different entries live in different slots; sent at once
                 // (fred pipelines them to each node), so a tag of a thousand entries costs no thousand trips.
-                let unlinks = keys.iter().map(|key| client.unlink::<u64, _>(*key));
+                // Each to its primary's own client while the cluster client cannot send (see `Shards`).
+                let unlinks = keys.iter().map(|key| {
+                    let client = self.client_for(key);
+                    async move { client.unlink::<u64, _>(*key).await }
+                });
                 let mut removed = 0;
                 for unlinked in futures_util::future::join_all(unlinks).await {
                     removed += unlinked.map_err(backend)?;
@@ -1226,7 +1291,7 @@ impl Store for RedisStore {
                 integer(millis(lifetime)),
                 Value::from(since.to_string()),
             ];
-            let recorded = run_script(self.client(), &TAG, keys, args).await? == 1;
+            let recorded = run_script(&self.client_for(tag), &TAG, keys, args).await? == 1;
             if !self.policy_read.swap(true, Ordering::Relaxed) {
                 // On a task of its own: this call is bounded by the store timeout, and the fill waits for it.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -1241,7 +1306,8 @@ impl Store for RedisStore {
     fn mark_invalidated<'a>(&'a self, tag: &'a str, at: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let args = vec![Value::from(at.to_string())];
-            run_script(self.client(), &MARK, vec![Key::from(marked(tag))], args).await?;
+            let key = marked(tag);
+            self.run_script_on(&MARK, &key, args).await?;
             Ok(())
         })
     }
@@ -1249,7 +1315,7 @@ impl Store for RedisStore {
     fn tag_clock<'a>(&'a self, key: &'a str, advance: bool) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             let args = vec![Value::from(i64::from(advance))];
-            let reading = run_script(self.client(), &CLOCK, vec![Key::from(key)], args).await?;
+            let reading = self.run_script_on(&CLOCK, key, args).await?;
             u64::try_from(reading).map_err(|_| StoreError::backend("negative tag clock"))
         })
     }
@@ -1263,7 +1329,7 @@ impl Store for RedisStore {
                 Value::from(TAG_PAGE),
             ];
             let reply: Value = self
-                .client()
+                .client_for(tag)
                 .custom(cmd!("ZSCAN", hash: ClusterHash::FirstKey), args)
                 .await
                 .map_err(backend)?;
