@@ -187,15 +187,20 @@ struct Owned(Vec<Client>);
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        // Outside a runtime there is nothing to stop: the tasks ended with theirs.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         for client in self.0.drain(..) {
-            runtime.spawn(async move {
-                let _ = client.quit().await;
-            });
+            quit_in_background(client);
         }
+    }
+}
+
+/// Has `client` quit, on a task of its own; outside a Tokio runtime there is nothing to stop (its connection task
+/// ended with the runtime). Give it the plain client: a `QUIT` sent fail fast is cancelled, as fred marks the
+/// client disconnecting first, and leaves the connection open.
+pub(crate) fn quit_in_background(client: Client) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = client.quit().await;
+        });
     }
 }
 

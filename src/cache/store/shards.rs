@@ -16,7 +16,7 @@
 //! The primaries' clients quit once every cluster client of the store is connected again (and with the store), so
 //! that none is left trying to reach an address the Cluster no longer uses.
 
-use super::redis::Connections;
+use super::redis::{Connections, quit_in_background};
 use fred::clients::{Client, WithOptions};
 use fred::interfaces::{ClientLike, ClusterInterface};
 use fred::prelude::{Builder, Options, ReconnectPolicy};
@@ -99,20 +99,8 @@ impl Shards {
         );
         for (_, client) in clients.drain() {
             self.connections.remove(&client);
-            quit(client);
+            quit_in_background(Client::clone(&client));
         }
-    }
-}
-
-/// Has `client` quit, on a task of its own (nothing outside a Tokio runtime, where its task ended with it). As the
-/// plain client: a `QUIT` sent fail fast is cancelled, as the client is disconnecting by then, and leaves the
-/// connection open.
-fn quit(client: WithOptions<Client>) {
-    let client = Client::clone(&client);
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let _ = client.quit().await;
-        });
     }
 }
 
@@ -123,7 +111,7 @@ impl Drop for Shards {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
         for (_, client) in clients.drain() {
-            quit(client);
+            quit_in_background(Client::clone(&client));
         }
     }
 }
