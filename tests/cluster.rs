@@ -112,20 +112,6 @@ async fn a_primary_gone_with_no_replica_costs_only_its_own_keys() {
     let gone = cluster.slots_of(2);
     let (down, up): (Vec<usize>, Vec<usize>) = (0..30).partition(|i| on_node(&layer, *i, &gone));
     assert!(!down.is_empty() && up.len() >= 10, "{down:?} {up:?}");
-    // The connections that a shard staying up serves, by id, with their last command.
-    let connections = |cluster: &RedisCluster| -> Vec<(String, String)> {
-        let list = String::from_utf8_lossy(&cluster.nodes()[0].command(&[b"CLIENT", b"LIST"]))
-            .into_owned();
-        let field = |line: &str, name: &str| {
-            line.split(' ')
-                .find_map(|f| f.strip_prefix(name))
-                .unwrap_or_default()
-                .to_owned()
-        };
-        list.lines()
-            .map(|line| (field(line, "id="), field(line, "cmd=")))
-            .collect()
-    };
     let before: Vec<String> = connections(&cluster)
         .into_iter()
         .map(|(id, _)| id)
@@ -184,6 +170,102 @@ async fn a_primary_gone_with_no_replica_costs_only_its_own_keys() {
             CacheOutcome::Hit
         );
     }
+}
+
+/// The connections that node 0 (a shard staying up) serves, by id, with their last command.
+fn connections(cluster: &RedisCluster) -> Vec<(String, String)> {
+    let list =
+        String::from_utf8_lossy(&cluster.nodes()[0].command(&[b"CLIENT", b"LIST"])).into_owned();
+    let field = |line: &str, name: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    list.lines()
+        .map(|line| (field(line, "id="), field(line, "cmd=")))
+        .collect()
+}
+
+/// A purge while a primary is gone (and fred's cluster client, which connects to all or none, cannot send)
+/// removes every key of the primaries that answer, through their own connections, and says which one it missed,
+/// so that the caller can purge again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_while_a_primary_is_gone_clears_the_others_and_names_the_one_it_missed() {
+    let (mut cluster, origin, layer) = three_shards().await;
+    let service = tower::Layer::layer(&layer, origin.service());
+    let handle = layer.handle();
+    for i in 0..30 {
+        call(&service, post(&query(i))).await;
+    }
+    let gone = cluster.slots_of(2);
+    let (down, up): (Vec<usize>, Vec<usize>) = (0..30).partition(|i| on_node(&layer, *i, &gone));
+    assert!(!down.is_empty() && up.len() >= 10, "{down:?} {up:?}");
+    let keys_on = |cluster: &RedisCluster, node: usize| {
+        let reply = cluster.nodes()[node].command(&[b"DBSIZE"]);
+        String::from_utf8_lossy(&reply)
+            .trim()
+            .trim_start_matches(':')
+            .parse::<u64>()
+            .unwrap()
+    };
+    let stored = keys_on(&cluster, 0) + keys_on(&cluster, 1);
+    assert!(stored >= up.len() as u64, "{stored}");
+    let before: Vec<String> = connections(&cluster)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+
+    let port = cluster.nodes()[2].port();
+    cluster.node_mut(2).kill();
+    // Once the keys of the shards that answer are hits through connections of their own, fred's client has found
+    // the primary gone and sends nothing.
+    for u in &up {
+        assert!(until_hit(&service, *u).await, "key {u}");
+    }
+    support::calls::wait_until("a connection of the store's own to node 0", || {
+        connections(&cluster).iter().any(|(id, cmd)| {
+            !before.contains(id) && !cmd.starts_with("cluster") && !cmd.starts_with("client")
+        })
+    })
+    .await;
+
+    let error = handle.purge().await.unwrap_err().to_string();
+    assert!(
+        error.contains("done on 2 of 3 Cluster primaries"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(":{port}:")),
+        "the primary missed, named: {error}"
+    );
+    assert!(
+        !error.contains(&format!(":{}:", cluster.nodes()[0].port())),
+        "{error}"
+    );
+    assert_eq!(keys_on(&cluster, 0) + keys_on(&cluster, 1), 0);
+    let calls = origin.calls();
+    for u in &up {
+        assert_ne!(
+            outcome(&call(&service, post(&query(*u))).await),
+            CacheOutcome::Hit,
+            "key {u}"
+        );
+    }
+    assert_eq!(origin.calls() - calls, up.len());
+
+    // Back: a purge that reaches every primary, once fred's client connects again.
+    cluster.node_mut(2).restart();
+    let mut purged = Err(String::new());
+    for _ in 0..300 {
+        purged = handle.purge().await.map_err(|e| e.to_string());
+        if purged.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(purged.is_ok(), "{purged:?}");
+    assert_eq!((0..3).map(|node| keys_on(&cluster, node)).sum::<u64>(), 0);
 }
 
 /// Runs `rounds` passes over queries `0..n` from two tasks, returning every status seen that was not 200.

@@ -370,7 +370,9 @@ impl CacheHandle {
     ///
     /// # Errors
     ///
-    /// The store's error; the circuit breaker and store timeout do not apply here.
+    /// The store's error; the circuit breaker and store timeout do not apply here. On a Redis Cluster, every
+    /// primary is purged that answers: the error names those that did not (a primary gone, for one), and says
+    /// how many keys the others removed; purge again once they are back.
     pub async fn purge(&self) -> Result<u64, StoreError> {
         let prefix = self.engine.keys.namespace_prefix();
         self.engine.forget_all();
@@ -388,7 +390,8 @@ impl CacheHandle {
     ///
     /// # Errors
     ///
-    /// The store's error; the circuit breaker and store timeout do not apply here.
+    /// The store's error; the circuit breaker and store timeout do not apply here. On a Redis Cluster, as for
+    /// [`purge`](Self::purge): every primary that answers is swept, and the error names the others.
     pub async fn sweep_tags(&self) -> Result<u64, StoreError> {
         let prefix = self.engine.keys.namespace_prefix();
         let removed = self.engine.store.store.sweep_tags(&prefix).await?;

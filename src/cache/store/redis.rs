@@ -45,7 +45,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// primary is gone (until a replica takes its slots, or for good without one) it sends nothing to any node, so
 /// meanwhile the store sends each command on a key to a connection of its own to the key's primary, and only the
 /// lost shard's keys go to the origin. Keys of one entry and its lease share a Cluster hash slot, so no command
-/// crosses slots; `purge` scans every primary of a cluster.
+/// crosses slots; `purge` scans every primary of a cluster (through those connections while a primary is gone),
+/// goes on past one that fails, and then names it in its error.
 ///
 /// Behind Sentinel, a store built inside a Tokio runtime also keeps one connection to a sentinel, subscribed to
 /// its announcements of a new primary (`+switch-master`) and asking it where the primary is every second: after a
@@ -1374,22 +1375,26 @@ impl Store for RedisStore {
     fn purge_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             // Leases first: a fill still running when its lease goes is not stored (`set_if_leased`), so none can
-            // put back an entry this purge has already removed.
-            let leases = format!("{}{}", glob_escape(prefix), crate::cache::key::LEASE_SUFFIX);
-            let removed = unlink_matching(self.client(), leases).await?;
-            Ok(removed + unlink_matching(self.client(), glob_escape(prefix)).await?)
+            // put back an entry this purge has already removed. A lease and its entry share a slot, so a primary
+            // at a time.
+            let leases = &format!("{}{}", glob_escape(prefix), crate::cache::key::LEASE_SUFFIX);
+            let entries = &glob_escape(prefix);
+            self.on_every_primary("purge", "keys removed", |primary| async move {
+                let removed = unlink_matching(&primary, leases).await?;
+                Ok(removed + unlink_matching(&primary, entries).await?)
+            })
+            .await
         })
     }
 
     fn sweep_tags<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             // Every tag set, `<prefix>tag:{<digest>}`, and every mark, `...}:invalidated`: one `SCAN`.
-            let pattern = glob_escape(&format!("{prefix}tag:{{"));
-            let client = self.client();
-            let mark_for = integer(micros(MARK_FOR));
-            for_each_page(client, &pattern, None, |keys| {
-                let mark_for = mark_for.clone();
-                async move {
+            let pattern = &glob_escape(&format!("{prefix}tag:{{"));
+            let mark_for = &integer(micros(MARK_FOR));
+            self.on_every_primary("tag sweep", "tag sets removed", |primary| async move {
+                let client = &primary.keys;
+                for_each_page(&primary, pattern, |keys| async move {
                     // A script per key (each in its own slot on a Cluster), sent at once, as `remove` unlinks.
                     let sweeps = keys.into_iter().filter_map(|key| {
                         let name = key.as_str()?;
@@ -1412,21 +1417,115 @@ impl Store for RedisStore {
                         gone += swept?;
                     }
                     Ok(gone)
-                }
+                })
+                .await
             })
             .await
         })
     }
 }
 
-/// Removes every key matching the `SCAN` glob `pattern`, on every primary of a Cluster (`UNLINK`, 500 keys a
-/// command, one key a command on a Cluster, whose keys live in different slots); returns how many were removed.
-async fn unlink_matching(
-    client: &fred::clients::WithOptions<Client>,
-    pattern: String,
-) -> Result<u64, StoreError> {
-    let clustered = client.is_clustered();
-    for_each_page(client, &pattern, None, |keys| async move {
+/// A primary a `SCAN` of every key visits (the one server outside a Cluster), with the clients that reach it.
+struct ScanTarget {
+    /// Where it is, on a Cluster.
+    server: Option<fred::types::config::Server>,
+    /// The client its `SCAN`s go to (routed to it alone).
+    scan: fred::clients::WithOptions<Client>,
+    /// The client the commands on its keys go to.
+    keys: fred::clients::WithOptions<Client>,
+    /// Whether it is a Cluster's, whose keys live in different slots: one key a command.
+    clustered: bool,
+}
+
+impl RedisStore {
+    /// Runs `each` on every primary (on a Cluster, as fred's last view of it lists them; while the cluster client
+    /// cannot send, through the primaries' own clients, as the commands on single keys do: see [`Shards`]), going on
+    /// past one that fails. Returns the sum of what it returned, or, when it failed on any, an error that names
+    /// each of those, how many answered and the sum over them (`done`: what the sum counts).
+    async fn on_every_primary<F>(
+        &self,
+        what: &str,
+        done: &str,
+        mut each: impl FnMut(ScanTarget) -> F,
+    ) -> Result<u64, StoreError>
+    where
+        F: Future<Output = Result<u64, StoreError>>,
+    {
+        let client = self.client();
+        if !client.is_clustered() {
+            let primary = ScanTarget {
+                server: None,
+                scan: client.clone(),
+                keys: client.clone(),
+                clustered: false,
+            };
+            return each(primary).await;
+        }
+        let servers = client
+            .cached_cluster_state()
+            .map(|state| state.unique_primary_nodes())
+            .unwrap_or_default();
+        // None while fred reads the Cluster's slots again: done on none of them, not on all.
+        if servers.is_empty() {
+            return Err(StoreError::backend(format!(
+                "{what}: no Cluster primaries known yet"
+            )));
+        }
+        let (mut total, mut failed) = (0u64, Vec::new());
+        for server in &servers {
+            let own = self
+                .shards
+                .as_ref()
+                .and_then(|shards| shards.for_primary(&self.clients, client, server));
+            let primary = match own {
+                Some(own) => ScanTarget {
+                    server: None,
+                    scan: own.clone(),
+                    keys: own,
+                    clustered: true,
+                },
+                None => ScanTarget {
+                    server: Some(server.clone()),
+                    scan: client.clone(),
+                    keys: client.clone(),
+                    clustered: true,
+                },
+            };
+            match each(primary).await {
+                Ok(n) => total += n,
+                Err(error) => failed.push((server, error)),
+            }
+        }
+        if failed.is_empty() {
+            return Ok(total);
+        }
+        let refused = failed
+            .iter()
+            .all(|(_, e)| matches!(e, StoreError::Refused(_)));
+        let failures: Vec<String> = failed
+            .iter()
+            .map(|(server, e)| format!("{server}: {e}"))
+            .collect();
+        let message = format!(
+            "{what} done on {} of {} Cluster primaries ({total} {done} there), failed on {}",
+            servers.len() - failed.len(),
+            servers.len(),
+            failures.join("; ")
+        );
+        Err(if refused {
+            StoreError::Refused(message.into())
+        } else {
+            StoreError::backend(message)
+        })
+    }
+}
+
+/// Removes every key of `primary` matching the `SCAN` glob `pattern` (`UNLINK`, 500 keys a command, one key a
+/// command on a Cluster, whose keys live in different slots); returns how many were removed.
+async fn unlink_matching(primary: &ScanTarget, pattern: &str) -> Result<u64, StoreError> {
+    let client = &primary.keys;
+    let clustered = primary.clustered;
+    for_each_page(primary, pattern, |keys| async move {
         if clustered {
             let mut removed = 0;
             for key in keys {
@@ -1442,59 +1541,44 @@ async fn unlink_matching(
     .await
 }
 
-/// Runs `each` on every page of the keys matching the `SCAN` glob `pattern` (and of the type `kind`, if given),
-/// on every primary of a Cluster; returns the sum of what it returned.
+/// Runs `each` on every page of the keys of `primary` matching the `SCAN` glob `pattern`; returns the sum of
+/// what it returned.
 ///
 /// Its own `SCAN` loop, not fred's scan streams: those take an error reply (`NOPERM` for a user without
 /// `+scan`) for an unreadable one, and the caller would learn nothing of why the purge failed.
 async fn for_each_page<F>(
-    client: &fred::clients::WithOptions<Client>,
+    primary: &ScanTarget,
     pattern: &str,
-    kind: Option<&'static str>,
     mut each: impl FnMut(Vec<Key>) -> F,
 ) -> Result<u64, StoreError>
 where
     F: Future<Output = Result<u64, StoreError>>,
 {
-    let nodes: Vec<Option<fred::types::config::Server>> = if client.is_clustered() {
-        let state = client
-            .cached_cluster_state()
-            .ok_or_else(|| StoreError::backend("no cluster state yet"))?;
-        state.unique_primary_nodes().into_iter().map(Some).collect()
-    } else {
-        vec![None]
-    };
+    let mut options = primary.scan.options().clone();
+    options.cluster_node.clone_from(&primary.server);
+    let scanning = (*primary.scan).with_options(&options);
     let mut total = 0u64;
-    for node in nodes {
-        let mut options = client.options().clone();
-        options.cluster_node = node;
-        let scanning = (**client).with_options(&options);
-        let mut cursor = String::from("0");
-        loop {
-            let mut args = vec![
-                Value::from(cursor),
-                Value::from_static_str("MATCH"),
-                Value::from(pattern),
-                Value::from_static_str("COUNT"),
-                Value::from(500),
-            ];
-            if let Some(kind) = kind {
-                args.extend([Value::from_static_str("TYPE"), Value::from_static_str(kind)]);
-            }
-            let reply: Value = scanning
-                .custom(cmd!("SCAN", hash: ClusterHash::Random), args)
-                .await
-                .map_err(backend)?;
-            let (next, keys) =
-                scan_page(reply).ok_or_else(|| StoreError::backend("unreadable SCAN reply"))?;
-            total += each(keys).await?;
-            if next == "0" {
-                break;
-            }
-            cursor = next;
+    let mut cursor = String::from("0");
+    loop {
+        let args = vec![
+            Value::from(cursor),
+            Value::from_static_str("MATCH"),
+            Value::from(pattern),
+            Value::from_static_str("COUNT"),
+            Value::from(500),
+        ];
+        let reply: Value = scanning
+            .custom(cmd!("SCAN", hash: ClusterHash::Random), args)
+            .await
+            .map_err(backend)?;
+        let (next, keys) =
+            scan_page(reply).ok_or_else(|| StoreError::backend("unreadable SCAN reply"))?;
+        total += each(keys).await?;
+        if next == "0" {
+            return Ok(total);
         }
+        cursor = next;
     }
-    Ok(total)
 }
 
 /// A `TIME` reply: seconds and microseconds since the Unix epoch, each as a string (or, to be lenient, a number).

@@ -57,16 +57,42 @@ impl Shards {
         cluster: &Client,
         key: &[u8],
     ) -> Option<WithOptions<Client>> {
-        if cluster.state() == ClientState::Connected {
-            if self.any.load(Ordering::Relaxed)
-                && all.iter().all(|c| c.state() == ClientState::Connected)
-            {
-                self.retire();
-            }
+        if self.sends(all, cluster) {
             return None;
         }
         let slot = fred::util::redis_keyslot(key);
         let server = cluster.cached_cluster_state()?.get_server(slot)?.clone();
+        self.client_of(cluster, server)
+    }
+
+    /// The client of the primary at `server`, when `cluster` cannot send now; as [`for_key`](Self::for_key).
+    pub(crate) fn for_primary<C: std::ops::Deref<Target = Client>>(
+        &self,
+        all: &[C],
+        cluster: &Client,
+        server: &Server,
+    ) -> Option<WithOptions<Client>> {
+        if self.sends(all, cluster) {
+            return None;
+        }
+        self.client_of(cluster, server.clone())
+    }
+
+    /// Whether `cluster` can send now; when it and every one of `all` can, the primaries' clients quit.
+    fn sends<C: std::ops::Deref<Target = Client>>(&self, all: &[C], cluster: &Client) -> bool {
+        if cluster.state() != ClientState::Connected {
+            return false;
+        }
+        if self.any.load(Ordering::Relaxed)
+            && all.iter().all(|c| c.state() == ClientState::Connected)
+        {
+            self.retire();
+        }
+        true
+    }
+
+    /// The client of the primary at `server`, made (and set connecting) if there is none yet.
+    fn client_of(&self, cluster: &Client, server: Server) -> Option<WithOptions<Client>> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(&server) {
             return Some(client.clone());
