@@ -1,5 +1,5 @@
 //! An axum server whose expensive `POST /query` sits behind `RedisCacheLayer` (keyed by its JSON body), next
-//! to an uncached `GET /stats`.
+//! to an uncached `GET /stats` (the handler's calls and the cache's counts).
 //!
 //! ```sh
 //! cargo run --example axum_server
@@ -36,11 +36,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tower::ServiceBuilder;
+use tower_redis_cache::cache::CacheHandle;
 use tower_redis_cache::error::BoxError;
 use tower_redis_cache::{MemoryStore, RedisCacheLayer, RedisStore};
 
 #[derive(Clone)]
 struct AppState {
+    handle: CacheHandle,
     calls: Arc<AtomicU64>,
     delay: Duration,
 }
@@ -60,8 +62,20 @@ async fn query(State(state): State<AppState>, Json(input): Json<Value>) -> Json<
     Json(json!({ "calls": calls, "echo": input }))
 }
 
+/// How often the handler ran, and what the cache did: the near cache's hits among all hits, while it answers.
 async fn stats(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "calls": state.calls.load(Ordering::SeqCst) }))
+    let cache = state.handle.stats();
+    Json(json!({
+        "calls": state.calls.load(Ordering::SeqCst),
+        "hits": cache.hits,
+        "near_hits": cache.near_hits,
+        "stale_hits": cache.stale_hits,
+        "misses": cache.misses,
+        "coalesced": cache.coalesced,
+        "stores": cache.stores,
+        "store_errors": cache.store_errors,
+        "near_cache_live": state.handle.near_cache_live(),
+    }))
 }
 
 #[tokio::main]
@@ -88,6 +102,7 @@ async fn main() -> Result<(), BoxError> {
     let handle = cache.handle();
 
     let state = AppState {
+        handle: handle.clone(),
         calls: Arc::new(AtomicU64::new(0)),
         delay,
     };
