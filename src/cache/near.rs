@@ -748,9 +748,13 @@ mod tests {
     }
 
     fn near() -> Near {
+        near_of(1 << 20)
+    }
+
+    fn near_of(bound: u64) -> Near {
         Near::new(
             "ns:v1:".to_owned(),
-            1 << 20,
+            bound,
             Duration::from_secs(60),
             Arc::new(Untracked),
             Arc::new(Counters::new("ns")),
@@ -758,8 +762,9 @@ mod tests {
         )
     }
 
-    fn fill(near: &Near, key: &[u8; 32], body: &'static str, now: u64) {
-        let entry = Entry {
+    /// An entry of `body`, stored at `now` and fresh for 30 s.
+    fn entry_of(body: bytes::Bytes, now: u64) -> Entry {
+        Entry {
             stored_at: now,
             fresh_until: now + 30_000,
             stale_until: now + 30_000,
@@ -767,8 +772,12 @@ mod tests {
             vary: None,
             status: http::StatusCode::OK,
             headers: HeaderMap::new(),
-            body: bytes::Bytes::from_static(body.as_bytes()),
-        };
+            body,
+        }
+    }
+
+    fn fill(near: &Near, key: &[u8; 32], body: &'static str, now: u64) {
+        let entry = entry_of(bytes::Bytes::from_static(body.as_bytes()), now);
         let fill = near.begin_fill(key, now).expect("the near cache is armed");
         near.complete_fill(key, fill, &entry, now);
     }
@@ -823,14 +832,7 @@ mod tests {
     #[test]
     fn its_weight_is_what_its_slots_weigh_through_fills_and_invalidations() {
         let bound = 512 * 1024;
-        let near = Near::new(
-            "ns:v1:".to_owned(),
-            bound,
-            Duration::from_secs(60),
-            Arc::new(Untracked),
-            Arc::new(Counters::new("ns")),
-            Arc::new(Clock::new()),
-        );
+        let near = near_of(bound);
         near.arm();
         let now = near.clock.now_ms();
         let bodies: Vec<bytes::Bytes> = (0..7).map(|i| vec![b'x'; 800 + 100 * i].into()).collect();
@@ -838,16 +840,7 @@ mod tests {
             // About 1 MiB of entries, twice the bound.
             for k in 0..1000u32 {
                 let key: [u8; 32] = Sha256::digest(k.to_be_bytes()).into();
-                let entry = Entry {
-                    stored_at: now,
-                    fresh_until: now + 30_000,
-                    stale_until: now + 30_000,
-                    stale_if_error_until: now + 30_000,
-                    vary: None,
-                    status: http::StatusCode::OK,
-                    headers: HeaderMap::new(),
-                    body: bodies[k as usize % 7].clone(),
-                };
+                let entry = entry_of(bodies[k as usize % 7].clone(), now);
                 let fill = near.begin_fill(&key, now).expect("armed");
                 near.cache.run_pending_tasks();
                 near.complete_fill(&key, fill, &entry, now);
