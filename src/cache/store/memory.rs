@@ -140,7 +140,7 @@ impl moka::Expiry<String, Stored> for PerEntryTtl {
 /// ```
 /// use tower_redis_cache::MemoryStore;
 ///
-/// let store = MemoryStore::new(64 * 1024 * 1024); // at most 64 MiB of keys and values
+/// let store = MemoryStore::new(64 * 1024 * 1024); // about 64 MiB at the most, bookkeeping included
 /// # let _ = store;
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
