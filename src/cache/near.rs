@@ -50,8 +50,20 @@ pub(crate) const LIVENESS: Duration = Duration::from_secs(1);
 /// below this; the bound only stops a lost placeholder from taking memory for good).
 const PLACEHOLDER_TTL: Duration = Duration::from_secs(10);
 
-/// What a placeholder costs the near cache: its key and slot.
-const PLACEHOLDER_WEIGHT: u32 = 64;
+/// What a slot costs the near cache beside what it holds: moka's bookkeeping for it (its entry, hash table
+/// slot, queue and timer nodes) and its key. Measured on x86_64 (heap bytes of 100,000 slots): about 320 bytes.
+/// A placeholder weighs this alone.
+const SLOT_OVERHEAD: usize = 320;
+
+/// What an entry costs beside its slot, its headers and its bytes: the `Arc<Entry>` (about 170 bytes), its
+/// header map's fixed part and the handle its body and header values share, with the allocator's own cost.
+const ENTRY_OVERHEAD: usize = 288;
+
+/// What each header of an entry's map costs beside its bytes: its bucket (104 bytes on x86_64).
+const HEADER_BUCKET: usize = 104;
+
+/// What each slot of an entry's header map's index table costs, used or not (4 bytes, at 3 slots usable of 4).
+const HEADER_INDEX: usize = 6;
 
 /// The tracking side of a store: runs for as long as the near cache it feeds is alive.
 pub(crate) trait Tracking: Send + Sync + 'static {
@@ -87,7 +99,7 @@ impl Slot {
     /// What the slot costs the near cache.
     fn weight(&self) -> u32 {
         match self {
-            Slot::Filling { .. } => PLACEHOLDER_WEIGHT,
+            Slot::Filling { .. } => SLOT_OVERHEAD as u32,
             Slot::Ready { weight, .. } => *weight,
         }
     }
@@ -553,12 +565,12 @@ impl Near {
             return;
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        let weight = entry_weight(entry);
         let Some(mut entry) = detached(entry) else {
             self.abandon_fill(key, fill);
             return;
         };
         reserve_answer_headers(&mut entry.headers);
+        let weight = entry_weight(&entry);
         let entry = Arc::new(entry);
         let filled = {
             let _key = self.lock(key);
@@ -747,17 +759,30 @@ fn reserve_answer_headers(headers: &mut HeaderMap) {
     // A map grows on any insert once it is full, even one that replaces a value: keep one slot spare. (Should
     // this fail, the answer merely allocates when it sets the two.)
     let _ = headers.try_reserve(1);
+    // A clone keeps the index table, with its spare slot, but holds its headers in no more room than they take,
+    // where the map grown by the inserts above may hold up to twice that (104 bytes a header).
+    *headers = headers.clone();
 }
 
-/// What an entry costs the near cache: its key, body, headers and a little framing.
+/// What an entry costs the near cache, as it is kept ([`detached`], with the answer's headers in its map): its
+/// slot, the entry, its header map's buckets and index table, and the bytes of its body and headers (16 more a
+/// header, which cover a custom name's own allocation). Measured against the resident memory of 100,000
+/// entries of 0 to 10 headers and bodies of 0 to 4 KiB: within 5 %.
 fn entry_weight(entry: &Entry) -> u32 {
     let headers: usize = entry
         .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 16)
         .sum();
-    u32::try_from(PLACEHOLDER_WEIGHT as usize + entry.body.len() + headers + 128)
-        .unwrap_or(u32::MAX)
+    let map = (entry.headers.len().saturating_mul(HEADER_BUCKET))
+        .saturating_add(entry.headers.capacity().saturating_mul(HEADER_INDEX));
+    u32::try_from(
+        (SLOT_OVERHEAD + ENTRY_OVERHEAD)
+            .saturating_add(map)
+            .saturating_add(headers)
+            .saturating_add(entry.body.len()),
+    )
+    .unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
