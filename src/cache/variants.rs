@@ -27,7 +27,7 @@
 
 use super::key::{variant_key, vary_digest_with, vary_names};
 use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_ENCODING, CONTENT_TYPE, VARY};
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -76,7 +76,12 @@ impl Learned {
             CONTENT_TYPE,
         ] {
             for value in response.get_all(&name) {
-                fields.append(name.clone(), value.clone());
+                // A copy: the answer's values may be slices of a client's read buffer (fred's replies, hyper's
+                // parsed heads), which a clone would keep whole for as long as this is remembered. (The bytes
+                // of a value are a value: the clone is there only so that no field is ever dropped.)
+                let copy =
+                    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+                fields.append(name.clone(), copy);
             }
         }
         let held = Held {
@@ -183,6 +188,32 @@ mod tests {
         let de = headers(&[("accept-language", "de")]);
         assert_eq!(variants.variant_of(&[2; 32], &de), None);
         assert!(variants.variant_of(&[1; 32], &de).is_some());
+    }
+
+    /// What a process remembers of an answer is its own copy: none of it lies in the buffer the answer was read
+    /// from (a client's, which many replies share), and it tells the variants apart as the answer did.
+    #[test]
+    fn what_is_learned_keeps_no_slice_of_the_answer_read() {
+        let read = bytes::Bytes::from(b"Accept-Language, Origin*text/plain".repeat(1000));
+        let slice = |range| HeaderValue::from_maybe_shared(read.slice(range)).unwrap();
+        let mut response = HeaderMap::new();
+        response.append(VARY, slice(0..23));
+        response.append(ACCESS_CONTROL_ALLOW_ORIGIN, slice(23..24));
+        response.append(CONTENT_TYPE, slice(24..34));
+        let learned = Learned::new(learnable(&response, &[]).unwrap(), &response, None);
+        let fields = &learned.held.fields;
+        assert_eq!(fields, &response);
+        let within = |value: &HeaderValue| read.as_ptr_range().contains(&value.as_bytes().as_ptr());
+        assert!(
+            !fields.values().any(within),
+            "a slice of the read buffer is kept"
+        );
+        let de = headers(&[("accept-language", "de")]);
+        let en = headers(&[("accept-language", "en")]);
+        assert_ne!(
+            learned.own_variant(&[1; 32], &de),
+            learned.own_variant(&[1; 32], &en)
+        );
     }
 
     #[test]
