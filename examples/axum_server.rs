@@ -75,6 +75,8 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
         "stores": cache.stores,
         "store_errors": cache.store_errors,
         "near_cache_live": state.handle.near_cache_live(),
+        "near_cache_bytes": cache.near_bytes,
+        "near_cache_entries": cache.near_entries,
     }))
 }
 

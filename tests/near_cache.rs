@@ -95,6 +95,62 @@ async fn a_write_by_one_process_is_never_answered_by_the_others_near_cache() {
     assert_eq!(origin.calls(), 2);
 }
 
+/// The stats say what the near cache holds, counting each entry at more than its body, and however many keys
+/// are read, what it holds stays within its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_stats_say_what_it_holds_and_it_holds_no_more_than_its_bound() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let bound = 64 * 1024;
+    let layer = near_layer(&server.url())
+        .await
+        .near_cache(bound)
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let stats = || layer.handle().stats();
+    let pad = "x".repeat(2000);
+    let query = |i: usize| format!(r#"{{"q":{i},"pad":"{pad}"}}"#);
+    assert_eq!((stats().near_bytes, stats().near_entries), (0, 0));
+
+    let first = until_near(&service, &query(0)).await;
+    let body_len = body(first).await.len() as u64;
+    assert!(body_len > 2000);
+    let one = stats();
+    assert_eq!(one.near_entries, 1);
+    assert!(
+        one.near_bytes > body_len + 600,
+        "{} counted for a body of {body_len}",
+        one.near_bytes
+    );
+
+    for i in 1..100 {
+        call(&service, post(&query(i))).await;
+        call(&service, post(&query(i))).await;
+        let now = stats();
+        assert!(
+            now.near_bytes <= bound,
+            "{} held at key {i}",
+            now.near_bytes
+        );
+    }
+    let full = stats();
+    // Most keys were read back and kept (a fill is discarded when the push for the key's own write lands after
+    // the read began).
+    assert!(
+        full.near_fills > 50,
+        "{} fills, {} discarded",
+        full.near_fills,
+        full.near_fills_discarded
+    );
+    assert!(
+        full.near_entries >= 5 && full.near_entries < 100,
+        "{} entries",
+        full.near_entries
+    );
+    assert!(full.near_bytes >= full.near_entries * one.near_bytes * 9 / 10);
+}
+
 /// A process reaching Redis through its Unix socket keeps its near cache coherent as one over TCP does: client
 /// tracking's invalidations come down the socket.
 #[cfg(unix)]

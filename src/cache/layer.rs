@@ -113,6 +113,9 @@ impl CacheHandle {
     pub fn stats(&self) -> CacheStats {
         let mut stats = self.engine.counters.snapshot();
         stats.in_flight_bytes = self.engine.budget.in_use() as u64;
+        if let Some(near) = &self.engine.near {
+            (stats.near_bytes, stats.near_entries) = near.usage();
+        }
         stats
     }
 

@@ -539,6 +539,14 @@ impl Near {
         }
     }
 
+    /// What the near cache holds, in bytes as its bound counts them, and in entries (placeholders included).
+    /// moka counts both as its housekeeping applies the changes made since it last ran: this runs it first (an
+    /// eviction it makes is one the next write would have made).
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.weighted_size(), self.cache.entry_count())
+    }
+
     /// Installs a placeholder for a read of `key` from the store; `None` while the near cache may not answer.
     pub(crate) fn begin_fill(&self, key: &[u8; 32], now: u64) -> Option<Fill> {
         if !self.live(now) {

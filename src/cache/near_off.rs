@@ -68,6 +68,10 @@ impl Near {
         match *self {}
     }
 
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        match *self {}
+    }
+
     pub(crate) fn begin_fill(&self, _key: &[u8; 32], _now: u64) -> Option<Fill> {
         match *self {}
     }

@@ -385,6 +385,8 @@ impl Counters {
             stored_bytes: self.stored_bytes.get(),
             compression_saved_bytes: self.compression_saved_bytes.get(),
             in_flight_bytes: 0,
+            near_bytes: 0,
+            near_entries: 0,
         }
     }
 }
@@ -511,6 +513,14 @@ pub struct CacheStats {
     /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
     /// `max_in_flight_bytes`.
     pub in_flight_bytes: u64,
+    /// What the near cache holds right now, in the bytes its bound counts (bodies, headers and each entry's
+    /// bookkeeping; see [`near_cache`](super::RedisCacheLayerBuilder::near_cache)): a gauge, within the bound
+    /// ([`CacheHandle::stats`](super::CacheHandle::stats) first runs the housekeeping that evicts down to it).
+    /// 0 without a near cache.
+    pub near_bytes: u64,
+    /// How many entries the near cache holds right now (a gauge, as `near_bytes` is), reads in flight to fill
+    /// it included.
+    pub near_entries: u64,
 }
 
 impl CacheStats {
