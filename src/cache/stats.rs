@@ -132,12 +132,12 @@ pub(crate) fn record_store_call(
 ) {
     // A `GET` (every hit from the store makes one) through the keys built once with the counters; the others,
     // rarer, through the macro, which builds its labels at every call.
-    let built = STORE_OUTCOMES
-        .iter()
-        .position(|known| *known == outcome)
-        .and_then(|index| counters.store_get_keys.get(index))
-        .filter(|_| operation == "get");
-    if let Some(key) = built {
+    if operation == "get"
+        && let Some(key) = STORE_OUTCOMES
+            .iter()
+            .position(|known| *known == outcome)
+            .and_then(|index| counters.store_get_keys.get(index))
+    {
         metrics::with_recorder(|recorder| recorder.register_histogram(key, &METADATA))
             .record(took.as_secs_f64());
         return;
