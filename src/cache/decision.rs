@@ -36,7 +36,7 @@
 //!   that is a live stream ([`is_live_stream`]: an event stream, gRPC, ...) is passed on from its head as it
 //!   arrives, neither stored nor shared: held whole, one that never ends would never answer.
 
-use super::directives::{Directives, split_directives};
+use super::directives::{Directives, delta_seconds, split_directives};
 use super::freshness::{Windows, http_date};
 use super::key::{default_ports, normal_authority};
 use super::status::{BypassReason, NotStored};
@@ -763,15 +763,6 @@ fn directives_with_arguments(value: &HeaderValue) -> impl Iterator<Item = (&str,
 
 /// `max-stale` without a value: any staleness.
 pub(crate) const ANY_STALENESS: u32 = u32::MAX;
-
-/// A `delta-seconds` argument (RFC 9111 §1.2.2): digits, a value too large for a `u32` taken as the largest
-/// one. `None` for anything else, and the directive is then ignored.
-fn delta_seconds(argument: &str) -> Option<u32> {
-    if argument.is_empty() || !argument.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(argument.parse().unwrap_or(u32::MAX))
-}
 
 /// What the store holds for the request, as far as the decision is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -69,6 +69,10 @@ impl<'a> Directives<'a> {
 
 /// The directives of one `Cache-Control` (or `Pragma`) field value, each with its argument (quotes removed). A
 /// comma inside a quoted argument (`no-cache="Set-Cookie, X-Id"`) does not end its directive.
+///
+/// No white space may stand by a directive's `=` (RFC 9111 §5.2: `token "=" ( token / quoted-string )`): a
+/// directive written so (`max-age =60`, `max-age= 60`) keeps its name, which is all a `no-store` or a `private`
+/// needs, but its argument is empty, which no directive that takes one accepts.
 pub(crate) fn split_directives(value: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
     let mut rest = Some(value);
     std::iter::from_fn(move || {
@@ -79,11 +83,26 @@ pub(crate) fn split_directives(value: &str) -> impl Iterator<Item = (&str, Optio
         };
         rest = next;
         let (name, argument) = match directive.split_once('=') {
-            Some((name, argument)) => (name, Some(argument.trim().trim_matches('"'))),
+            Some((name, argument))
+                if name.ends_with([' ', '\t']) || argument.starts_with([' ', '\t']) =>
+            {
+                (name, Some(""))
+            }
+            Some((name, argument)) => (name, Some(argument.trim_end().trim_matches('"'))),
             None => (directive, None),
         };
         Some((name.trim(), argument))
     })
+}
+
+/// A `delta-seconds` argument (RFC 9111 §1.2.2): digits, a value too large for a `u32` taken as the largest
+/// one (the spec's "greatest positive integer it can conveniently represent"). `None` for anything else (a sign, a
+/// fraction, letters, white space, nothing), and the directive is then ignored.
+pub(crate) fn delta_seconds(argument: &str) -> Option<u32> {
+    if argument.is_empty() || !argument.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(argument.parse().unwrap_or(u32::MAX))
 }
 
 /// Where the first directive of `text` ends: the first comma outside a quoted string (RFC 9110 §5.6.4, `\`
@@ -185,6 +204,18 @@ mod tests {
                 ("private", None),
                 ("", None),
             ]
+        );
+        let spaced: Vec<_> =
+            split_directives(r#"max-age =5, s-maxage= 5, private ="x", max-age=5 "#).collect();
+        assert_eq!(
+            spaced,
+            [
+                ("max-age", Some("")),
+                ("s-maxage", Some("")),
+                ("private", Some("")),
+                ("max-age", Some("5")),
+            ],
+            "white space by the `=` empties the argument, never the name"
         );
         let plain: Vec<_> = split_directives("no-store").collect();
         assert_eq!(plain, [("no-store", None)]);

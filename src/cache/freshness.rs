@@ -41,7 +41,7 @@
 //! # let _ = (layer, request); Ok(()) }
 //! ```
 
-use super::directives::Directives;
+use super::directives::{Directives, delta_seconds};
 use http::header::{AGE, CONTENT_LENGTH, DATE, ETAG, EXPIRES, LAST_MODIFIED};
 use http::{HeaderMap, HeaderName, HeaderValue, request};
 use std::sync::Arc;
@@ -170,17 +170,21 @@ impl OriginSays {
         let (mut s_maxage, mut max_age) = (None, None);
         let directives = Directives::of(headers, targets);
         directives.for_each(|name, argument| {
+            // A directive whose argument is no `delta-seconds` is ignored; a repeated one, the shortest counts
+            // (RFC 9111 §4.2.1 allows the first, or none at all: the shortest is never longer than the first).
             let seconds = argument
-                .and_then(|a| a.parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(delta_seconds)
+                .map(|seconds| Duration::from_secs(seconds.into()));
+            let shortest =
+                |held: Option<Duration>| seconds.map(|n| held.map_or(n, |m| m.min(n))).or(held);
             match name.to_ascii_lowercase().as_str() {
                 "s-maxage" => {
-                    s_maxage = seconds.or(s_maxage);
+                    s_maxage = shortest(s_maxage);
                     says.must_revalidate = true;
                 }
-                "max-age" => max_age = seconds.or(max_age),
-                "stale-while-revalidate" => says.stale_for = seconds,
-                "stale-if-error" => says.stale_if_error_for = seconds,
+                "max-age" => max_age = shortest(max_age),
+                "stale-while-revalidate" => says.stale_for = shortest(says.stale_for),
+                "stale-if-error" => says.stale_if_error_for = shortest(says.stale_if_error_for),
                 "no-cache" => says.no_cache = true,
                 "must-revalidate" | "proxy-revalidate" => says.must_revalidate = true,
                 _ => {}
@@ -458,8 +462,38 @@ mod tests {
         );
         assert_eq!(
             huge.windows(DEFAULTS, CAP),
-            DEFAULTS,
-            "unparseable is unsaid"
+            Windows {
+                fresh_for: CAP.fresh_for,
+                ..DEFAULTS
+            },
+            "a number too large to read is the largest one (RFC 9111 §1.2.2), so the cap"
+        );
+        for unsaid in [
+            "max-age=+60",
+            "max-age=-60",
+            "max-age=6.0",
+            "max-age =60",
+            "max-age= 60",
+            "max-age",
+        ] {
+            let says = OriginSays::read(&head(&[("cache-control", unsaid)]), &[], 0);
+            assert_eq!(says.windows(DEFAULTS, CAP), DEFAULTS, "{unsaid}: ignored");
+        }
+        let repeated = OriginSays::read(
+            &head(&[
+                ("cache-control", "max-age=600, stale-if-error=5, max-age=9"),
+                (
+                    "cache-control",
+                    "max-age=60, stale-if-error=50, stale-while-revalidate=x",
+                ),
+            ]),
+            &[],
+            0,
+        );
+        assert_eq!(
+            repeated.windows(DEFAULTS, CAP),
+            secs(9, 60, 5),
+            "a repeated directive: the shortest counts, a malformed one none"
         );
     }
 
