@@ -94,6 +94,8 @@ pub enum Setting {
     FleetWait,
     /// `uncacheable_for`.
     UncacheableFor,
+    /// `keep_for`.
+    KeepFor,
     /// `tag_sweep_every`.
     TagSweepEvery,
     /// `max_in_flight_bytes`.
@@ -161,6 +163,7 @@ impl Setting {
             Setting::CoalescedWait => "coalesced_wait",
             Setting::FleetWait => "fleet_wait",
             Setting::UncacheableFor => "uncacheable_for",
+            Setting::KeepFor => "keep_for",
             Setting::TagSweepEvery => "tag_sweep_every",
             Setting::MaxInFlightBytes => "max_in_flight_bytes",
             Setting::CacheableStatuses => "cacheable_statuses",

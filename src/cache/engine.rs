@@ -456,6 +456,8 @@ pub(crate) struct Policy {
     pub(crate) fleet_wait: Duration,
     /// How long a key whose answer was not stored keeps a marker saying so (see [`Unstored`]); zero: never.
     pub(crate) uncacheable_for: Duration,
+    /// How long past its last window an entry with a validator is kept, for revalidation only.
+    pub(crate) keep_for: Duration,
     /// How often one process of the fleet sweeps the namespace's tag sets; `None`: never on its own.
     pub(crate) tag_sweep_every: Option<Duration>,
     /// The most background refreshes running at once in this layer.
@@ -498,6 +500,7 @@ impl std::fmt::Debug for Policy {
             .field("refresh_timeout", &self.refresh_timeout)
             .field("fleet_wait", &self.fleet_wait)
             .field("uncacheable_for", &self.uncacheable_for)
+            .field("keep_for", &self.keep_for)
             .field("tag_sweep_every", &self.tag_sweep_every)
             .field("max_refreshes", &self.max_refreshes)
             .field("coalesced_wait", &self.coalesced_wait)
@@ -1870,7 +1873,7 @@ impl Engine {
             headers,
             body: response.body.clone(),
         };
-        let ttl = Duration::from_millis(entry.store_ttl_ms(now));
+        let ttl = Duration::from_millis(entry.store_ttl_ms(now, millis(self.policy.keep_for)));
         if ttl.is_zero() {
             return Written::Expired;
         }

@@ -84,12 +84,25 @@ impl Entry {
         now.saturating_sub(self.stored_at) / 1000
     }
 
-    /// Milliseconds the store should keep it: until the end of the last window.
-    pub(crate) fn store_ttl_ms(&self, now: u64) -> u64 {
-        self.stale_until
+    /// Milliseconds the store should keep it: until the end of the last window, and `keep_ms` more when it has
+    /// a validator, with which it can still be revalidated ([`keep_for`](super::RedisCacheLayerBuilder::keep_for)).
+    pub(crate) fn store_ttl_ms(&self, now: u64, keep_ms: u64) -> u64 {
+        let last = self
+            .stale_until
             .max(self.stale_if_error_until)
-            .max(self.fresh_until)
-            .saturating_sub(now)
+            .max(self.fresh_until);
+        let kept = if self.has_validator() {
+            last.saturating_add(keep_ms)
+        } else {
+            last
+        };
+        kept.saturating_sub(now)
+    }
+
+    /// Whether the origin can be asked whether the entry is still current: it has an `ETag` or a
+    /// `Last-Modified`.
+    pub(crate) fn has_validator(&self) -> bool {
+        self.headers.contains_key(header::ETAG) || self.headers.contains_key(header::LAST_MODIFIED)
     }
 
     /// Encodes the entry for `digest`, its body raw.
@@ -650,7 +663,24 @@ mod tests {
         assert_eq!(e.ttl_secs(1_011_000), -1);
         assert_eq!(e.ttl_secs(1_011_001), -2);
         assert_eq!(e.age_secs(1_012_500), 12);
-        assert_eq!(e.store_ttl_ms(1_000_000), 100_000);
+        assert_eq!(e.store_ttl_ms(1_000_000, 5_000), 100_000);
+        // An entry the origin can be asked about is kept that much longer, for revalidation.
+        let mut validated = e.clone();
+        validated
+            .headers
+            .insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        assert_eq!(validated.store_ttl_ms(1_000_000, 5_000), 105_000);
+        validated.headers.remove(header::ETAG);
+        validated.headers.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert_eq!(validated.store_ttl_ms(1_000_000, 5_000), 105_000);
+        assert_eq!(
+            validated.store_ttl_ms(1_200_000, 5_000),
+            0,
+            "gone when its keep is over"
+        );
         // Timestamps forged near the ends of the range, read at either end of time.
         let forged = Entry {
             stored_at: u64::MAX,
@@ -662,7 +692,7 @@ mod tests {
         assert_eq!(forged.ttl_secs(0), (u64::MAX / 1000) as i64);
         assert_eq!(forged.ttl_secs(u64::MAX), -1);
         assert_eq!(forged.age_secs(0), 0);
-        assert_eq!(forged.store_ttl_ms(0), u64::MAX);
+        assert_eq!(forged.store_ttl_ms(0, u64::MAX), u64::MAX);
         let past = Entry {
             stored_at: 0,
             fresh_until: 0,

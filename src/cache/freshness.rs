@@ -229,9 +229,11 @@ impl OriginSays {
             ),
         };
         if self.no_cache {
-            // Stored for its validators, but every use asks the origin first.
+            // Never answered without asking the origin first, not even for a failing one (RFC 9111 §5.2.2.4):
+            // stored for its validators only (`keep_for`).
             windows.fresh_for = Duration::ZERO;
             windows.stale_for = Duration::ZERO;
+            windows.stale_if_error_for = Duration::ZERO;
         }
         if self.must_revalidate {
             windows.stale_for = Duration::ZERO;
@@ -399,7 +401,11 @@ mod tests {
             windows(&[("cache-control", "max-age=10"), ("age", "4")]),
             secs(6, 60, 300)
         );
-        assert_eq!(windows(&[("cache-control", "no-cache")]), secs(0, 0, 300));
+        // Never answered unasked, not even for a failing origin: stored for its validators only (`keep_for`).
+        assert_eq!(
+            windows(&[("cache-control", "no-cache, stale-if-error=60")]),
+            secs(0, 0, 0)
+        );
         assert_eq!(windows(&[("cache-control", "max-age=junk")]), DEFAULTS);
     }
 
@@ -416,7 +422,7 @@ mod tests {
              &[("expires", "0"), ("cdn-cache-control", "stale-if-error=30")], secs(60, 60, 30)),
             ("Age still counts",
              &[("cdn-cache-control", "s-maxage=600"), ("age", "100")], secs(500, 0, 0)),
-            ("its no-cache holds", &[("cache-control", "max-age=600"), ("cdn-cache-control", "no-cache")], secs(0, 0, 300)),
+            ("its no-cache holds", &[("cache-control", "max-age=600"), ("cdn-cache-control", "no-cache")], secs(0, 0, 0)),
             ("an invalid one leaves Cache-Control and Expires",
              &[("cache-control", "stale-if-error=9"), ("expires", "0"), ("cdn-cache-control", "max-age=600;")],
              secs(0, 60, 9)),

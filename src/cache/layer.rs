@@ -512,6 +512,7 @@ pub struct RedisCacheLayerBuilder {
     tracking: Option<Arc<dyn Tracking>>,
     fleet_wait: Duration,
     uncacheable_for: Duration,
+    keep_for: Duration,
     tag_sweep_every: Option<Duration>,
     max_refreshes: usize,
     coalesced_wait: Duration,
@@ -573,6 +574,7 @@ impl fmt::Debug for RedisCacheLayerBuilder {
             .field("near_cache_max_ttl", &self.near_max_ttl)
             .field("fleet_wait", &self.fleet_wait)
             .field("uncacheable_for", &self.uncacheable_for)
+            .field("keep_for", &self.keep_for)
             .field("tag_sweep_every", &self.tag_sweep_every)
             .field("max_background_refreshes", &self.max_refreshes)
             .field("coalesced_wait", &self.coalesced_wait)
@@ -833,6 +835,7 @@ impl RedisCacheLayerBuilder {
             tracking: None,
             fleet_wait: Duration::from_secs(5),
             uncacheable_for: Duration::from_secs(60),
+            keep_for: Duration::from_secs(600),
             tag_sweep_every: Some(super::tags::SWEEP_EVERY),
             max_refreshes: 32,
             coalesced_wait: Duration::from_secs(30),
@@ -1673,6 +1676,19 @@ impl RedisCacheLayerBuilder {
         self
     }
 
+    /// How long past its last window an entry that has a validator (`ETag` or `Last-Modified`) is kept, for
+    /// revalidation only (Varnish's `keep`): a request for it then goes to the origin with `If-None-Match` /
+    /// `If-Modified-Since`, and a `304` answers with the stored body, renewing the entry's windows and
+    /// headers, without the body crossing the network again (`fwd-status=304`, counted in `revalidated`). A
+    /// kept entry never answers without that `304`: not stale, not for a failing origin, not for
+    /// `only-if-cached`. This is also how an answer that may not be reused unasked (`Cache-Control: no-cache`,
+    /// `max-age=0`) is stored: for its validators, asked about at every use. Default: 10 minutes; zero turns it
+    /// off, and an entry then goes at the end of its last window.
+    pub fn keep_for(mut self, keep: Duration) -> Self {
+        self.keep_for = keep;
+        self
+    }
+
     /// The most background refreshes one layer runs at once. A stale hit arriving while this many run is still
     /// served stale at once, without starting a refresh (counted in `refreshes_deferred`); a later stale hit of
     /// that key starts it. This keeps a burst of entries going stale together (after a deploy, after an
@@ -1857,6 +1873,7 @@ impl RedisCacheLayerBuilder {
             (Setting::NearCacheMaxTtl, self.near_max_ttl),
             (Setting::FleetWait, self.fleet_wait),
             (Setting::UncacheableFor, self.uncacheable_for),
+            (Setting::KeepFor, self.keep_for),
             (Setting::CoalescedWait, self.coalesced_wait),
         ] {
             if window > MAX_WINDOW {
@@ -2075,6 +2092,7 @@ impl RedisCacheLayerBuilder {
             refresh_timeout: self.refresh_timeout,
             fleet_wait: self.fleet_wait,
             uncacheable_for: self.uncacheable_for,
+            keep_for: self.keep_for,
             tag_sweep_every: self.tag_sweep_every,
             max_refreshes: self.max_refreshes,
             coalesced_wait: self.coalesced_wait,
