@@ -1044,6 +1044,11 @@ impl RedisCacheLayerBuilder {
     }
 
     /// How long a stored response is fresh (answered with no inner call). Default: 60 s.
+    ///
+    /// These three are the windows of an answer whose origin does not say (see
+    /// [`origin_freshness`](Self::origin_freshness)). All three at zero make an HTTP cache that stores only
+    /// what the origin (or [`windows_for`](Self::windows_for), [`windows_for_status`](Self::windows_for_status))
+    /// says to keep.
     pub fn fresh_for(mut self, fresh_for: Duration) -> Self {
         self.fresh_for = fresh_for;
         self
@@ -1746,8 +1751,9 @@ impl RedisCacheLayerBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero, a
-    /// `refresh_ahead` fraction not from 0 to below 1, a window or lease over 10 years, a zero store or refresh
+    /// [`ConfigError`] naming the setting: an empty or ill-formed namespace, all windows zero while nothing else
+    /// (the origin, a route, a status) sets any, a `refresh_ahead` fraction not from 0 to below 1, a window,
+    /// lease or `keep_for` over 10 years, a zero store or refresh
     /// timeout, a zero breaker threshold, a body cap over 4 GiB, zero `max_background_refreshes` or
     /// `coalesced_wait`, a zero or over-10-year `tag_sweep_every`, `max_in_flight_bytes` below the body cap,
     /// `206` or `304` among the cacheable statuses, a status given
@@ -1914,10 +1920,17 @@ impl RedisCacheLayerBuilder {
                 ),
             ));
         }
-        if Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for).is_zero() {
+        // With every window zero, only the origin's headers, a route's windows or a status's keep anything: an
+        // HTTP cache that never guesses freshness. Without any of the three, nothing would ever be stored.
+        if Windows::new(self.fresh_for, self.stale_for, self.stale_if_error_for).is_zero()
+            && !self.origin_freshness
+            && self.windows_for.is_none()
+            && self.status_windows.is_empty()
+        {
             return Err(ConfigError::new(
                 Setting::Windows,
-                "fresh_for, stale_for and stale_if_error_for are all zero",
+                "fresh_for, stale_for and stale_if_error_for are all zero, and neither the origin's headers \
+                 (origin_freshness), a route (windows_for) nor a status (windows_for_status) sets any",
             ));
         }
         let refuse = |setting, why: &str| Err(ConfigError::new(setting, why));
@@ -2126,6 +2139,39 @@ mod tests {
 
     /// Every setting `build` rejects, each with an error that names it.
     #[test]
+    fn zero_windows_build_when_something_else_sets_them() {
+        let zero = || {
+            builder()
+                .fresh_for(Duration::ZERO)
+                .stale_for(Duration::ZERO)
+                .stale_if_error_for(Duration::ZERO)
+        };
+        let minute = Duration::from_secs(60);
+        let kept = Windows::new(minute, Duration::ZERO, Duration::ZERO);
+        assert!(
+            zero().build().is_ok(),
+            "the origin's headers (on by default)"
+        );
+        let quiet = || zero().origin_freshness(false);
+        assert!(
+            quiet().windows_for(move |_| Some(kept)).build().is_ok(),
+            "a route"
+        );
+        assert!(
+            quiet()
+                .windows_for_status(StatusCode::OK, kept)
+                .build()
+                .is_ok(),
+            "a status"
+        );
+        assert_eq!(
+            quiet().build().unwrap_err().setting(),
+            Setting::Windows,
+            "nothing"
+        );
+    }
+
+    #[test]
     fn build_rejects_each_unusable_setting_by_name() {
         let cases: Vec<(RedisCacheLayerBuilder, Setting)> = vec![
             (builder().namespace("has space"), Setting::Namespace),
@@ -2138,10 +2184,12 @@ mod tests {
                 builder()
                     .fresh_for(Duration::ZERO)
                     .stale_for(Duration::ZERO)
-                    .stale_if_error_for(Duration::ZERO),
+                    .stale_if_error_for(Duration::ZERO)
+                    .origin_freshness(false),
                 Setting::Windows,
             ),
             (builder().fresh_for(Duration::MAX), Setting::FreshFor),
+            (builder().keep_for(Duration::MAX), Setting::KeepFor),
             (builder().stale_for(Duration::MAX), Setting::StaleFor),
             (
                 builder().stale_if_error_for(Duration::MAX),
