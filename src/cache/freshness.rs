@@ -14,7 +14,13 @@
 //!
 //! An entry with an `ETag` or `Last-Modified` is refreshed with `If-None-Match` / `If-Modified-Since`: a `304`
 //! renews its windows and headers without the body crossing the network again (`fwd-status=304`, counted in
-//! `revalidated`), and the caller gets the whole stored response.
+//! `revalidated`), and the caller gets the whole stored response. Such an entry is kept
+//! [`keep_for`](super::RedisCacheLayerBuilder::keep_for) past its last window (10 minutes by default), for that
+//! alone: a request then asks the origin, conditionally, and is never answered from it unasked.
+//!
+//! With every window of the layer at zero, only what the origin says keeps a response: the layer is then an
+//! HTTP cache that never guesses freshness, as RFC 9111 describes one. `tests/conformance.rs` holds it to the
+//! scenarios of the HTTP caching test suite (<https://cache-tests.fyi>).
 //!
 //! # Example
 //!
