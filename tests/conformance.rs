@@ -1561,6 +1561,32 @@ async fn update_on_304() {
             step().expect(Cached).expect_body("abcde"),
         ],
     ));
+    // A cookie a `304` sets is its requester's, as a `200`'s would be: passed on to it, and that answer is
+    // neither stored nor shared.
+    scenarios.push((
+        "304-etag-update-response-Set-Cookie",
+        vec![
+            step()
+                .resp("Cache-Control", "max-age=1")
+                .resp("ETag", "\"v1\"")
+                .pause(),
+            step()
+                .resp("Cache-Control", "max-age=3600")
+                .resp("ETag", "\"v1\"")
+                .resp("Set-Cookie", "a=c")
+                .expect(EtagValidated)
+                .has("set-cookie", "a=c")
+                .pause(),
+            // Neither stored nor shared: the next request asks again, and its answer sets no cookie.
+            step()
+                .resp("Cache-Control", "max-age=3600")
+                .resp("ETag", "\"v1\"")
+                .expect(EtagValidated)
+                .lacks("set-cookie")
+                .pause(),
+            step().expect(Cached).lacks("set-cookie"),
+        ],
+    ));
     scenarios.push((
         "304-lm-use-stored-Test-Header",
         vec![

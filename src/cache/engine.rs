@@ -1741,6 +1741,13 @@ impl Engine {
         if let Some(fresh) = storable_headers(&response.headers) {
             merge_headers(&mut headers, fresh);
         }
+        // A cookie the `304` sets is its requester's, as a `200`'s would be: passed on to it, so the renewed
+        // answer is then neither stored nor shared (the entry stays as it was, and is asked about again).
+        for name in [SET_COOKIE, HeaderName::from_static("set-cookie2")] {
+            for cookie in response.headers.get_all(&name) {
+                headers.append(name.clone(), cookie.clone());
+            }
+        }
         Buffered {
             status: stored.status,
             origin_status: response.status,
