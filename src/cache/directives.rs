@@ -38,8 +38,10 @@ impl<'a> Directives<'a> {
 
     /// Calls `each` with every directive's name and argument (quotes removed; `None` without one). A
     /// `Cache-Control` value that cannot be read counts as `no-store`, since it may say so; a targeted member
-    /// whose value is Boolean false is absent, and one whose value no directive takes (an inner list, a byte
-    /// sequence) has an empty argument, which no directive accepts.
+    /// whose value is Boolean false is absent, and one whose value no directive takes (a String, an inner list,
+    /// a byte sequence) has an empty argument, which no directive accepts: a duration there is an Integer, and
+    /// a value of another type is not consumed (RFC 9213 §2.1), where `Cache-Control` takes `max-age="60"` as
+    /// well as `max-age=60` (RFC 9111 §5.2).
     pub(crate) fn for_each(&self, mut each: impl FnMut(&str, Option<&str>)) {
         match self {
             Directives::CacheControl(headers) => {
@@ -58,8 +60,8 @@ impl<'a> Directives<'a> {
                     match value {
                         Value::Bool(false) => {}
                         Value::Bool(true) => each(name, None),
-                        Value::Bare(text) | Value::String(text) => each(name, Some(text)),
-                        Value::Other => each(name, Some("")),
+                        Value::Bare(text) => each(name, Some(text)),
+                        Value::String(_) | Value::Other => each(name, Some("")),
                     }
                 }
             }
@@ -177,6 +179,8 @@ mod tests {
              &["no-cache"], true),
             ("false is absent, lists take nothing",
              &[("cdn-cache-control", "no-store=?0, max-age=(1 2), s-maxage=3")], &["max-age=", "s-maxage=3"], false),
+            ("a string is no integer",
+             &[("cdn-cache-control", "max-age=\"60\", private=\"x\"")], &["max-age=", "private="], false),
         ];
         for (case, pairs, expected, cache_control) in cases {
             let headers = head(pairs);
