@@ -2124,3 +2124,81 @@ async fn cdn_cache_control() {
     )
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn stale_extensions() {
+    use Answered::*;
+    let swr = "max-age=0, stale-while-revalidate=3600";
+    check(vec![
+        (
+            "stale-while-revalidate",
+            vec![
+                step().resp("Cache-Control", swr).resp("ETag", "\"abc\""),
+                // Answered stale at once, with what is stored; the refresh behind it stores the new answer.
+                step()
+                    .resp("Cache-Control", "max-age=3600")
+                    .resp("ETag", "\"def\"")
+                    .expect(Cached)
+                    .has("cache-control", swr)
+                    .has("etag", "\"abc\"")
+                    .pause(),
+                step()
+                    .expect(Cached)
+                    .has("cache-control", "max-age=3600")
+                    .has("etag", "\"def\""),
+            ],
+        ),
+        (
+            "stale-if-error-cc-response",
+            vec![
+                step().resp("Cache-Control", "max-age=0, stale-if-error=3600"),
+                step().status(500).expect(Cached).expect_status(200),
+            ],
+        ),
+        (
+            "stale-if-error-cc-response-expired",
+            vec![
+                step()
+                    .resp("Cache-Control", "max-age=0, stale-if-error=1")
+                    .pause(),
+                step().status(500).expect(NotCached).expect_status(500),
+            ],
+        ),
+        // Kept past its windows for its validator, and still never answered for a failing origin.
+        (
+            "stale-if-error-cc-response-expired-kept",
+            vec![
+                step()
+                    .resp("Cache-Control", "max-age=0, stale-if-error=1")
+                    .resp("ETag", "\"abc\"")
+                    .pause(),
+                step().status(500).expect(EtagValidated).expect_status(500),
+            ],
+        ),
+        // A check in the suite: a request's own `stale-if-error` (RFC 5861 §4) is not read here; what the
+        // origin and the layer's windows allow is what answers for a failing origin.
+        (
+            "stale-if-error-cc-request",
+            vec![
+                step().resp("Cache-Control", "max-age=0"),
+                step()
+                    .req("Cache-Control", "stale-if-error=3600")
+                    .status(500)
+                    .expect(NotCached)
+                    .expect_status(500),
+            ],
+        ),
+        (
+            "stale-if-error-cc-request-expired",
+            vec![
+                step().resp("Cache-Control", "max-age=0").pause(),
+                step()
+                    .req("Cache-Control", "stale-if-error=1")
+                    .status(500)
+                    .expect(NotCached)
+                    .expect_status(500),
+            ],
+        ),
+    ])
+    .await;
+}
