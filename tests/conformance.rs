@@ -8,10 +8,12 @@
 //! from the suite's descriptions, not copied from it. Where this crate answers otherwise than the suite's
 //! optional or informational ("check") tests expect, the scenario says what it does and why.
 //!
-//! The store is the in-process `MemoryStore`, whose entries the layer decides about as it does Redis's, and time
-//! is Tokio's, paused: a scenario's pauses take no time.
+//! Every scenario runs twice: over the in-process `MemoryStore`, and over a real `redis-server` the test starts
+//! (a namespace of the scenario's own). A scenario's pauses move Tokio's clock, and so the cache's, at once.
 
 #![allow(missing_docs)]
+
+mod support;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -19,10 +21,13 @@ use http_body_util::{BodyExt, Full};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use support::calls::jump;
+use support::{RedisServer, fred_client};
 use tower::{Layer, ServiceExt};
+use tower_redis_cache::cache::store::Store;
 use tower_redis_cache::cache::{RedisCacheLayerBuilder, Windows};
 use tower_redis_cache::error::BoxError;
-use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
+use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RedisStore, RequestBody};
 
 /// A `Last-Modified` that stays the same from one answer to the next, as an unchanged resource's does.
 const LAST_MODIFIED: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
@@ -252,14 +257,10 @@ impl Origin {
     }
 }
 
-/// The layer under test: nothing kept but what the origin says to keep, for up to a year.
-fn layer() -> RedisCacheLayer {
-    builder().build().unwrap()
-}
-
-fn builder() -> RedisCacheLayerBuilder {
+/// The layer under test, over `store`: nothing kept but what the origin says to keep, for up to a year.
+fn builder(store: impl Store) -> RedisCacheLayerBuilder {
     let year = Duration::from_secs(365 * 86_400);
-    RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+    RedisCacheLayer::builder(store)
         .fresh_for(Duration::ZERO)
         .stale_for(Duration::ZERO)
         .stale_if_error_for(Duration::ZERO)
@@ -269,7 +270,7 @@ fn builder() -> RedisCacheLayerBuilder {
 }
 
 /// Runs `steps` against a fresh layer and origin; returns what failed, one line each.
-async fn run(layer: RedisCacheLayer, id: &str, steps: &[Step]) -> Vec<String> {
+async fn run(layer: &RedisCacheLayer, id: &str, steps: &[Step]) -> Vec<String> {
     let origin = Arc::new(Origin {
         state: Mutex::new(OriginState::default()),
         in_flight: AtomicBool::new(false),
@@ -281,7 +282,7 @@ async fn run(layer: RedisCacheLayer, id: &str, steps: &[Step]) -> Vec<String> {
             async move { answer }
         })
     };
-    let service = layer.layer(inner);
+    let service = layer.layer(inner.clone());
     let wall = SystemTime::now();
     let start = tokio::time::Instant::now();
     let at = |seconds: i64| {
@@ -352,7 +353,7 @@ async fn run(layer: RedisCacheLayer, id: &str, steps: &[Step]) -> Vec<String> {
                 ));
             }
             if step.pause {
-                tokio::time::advance(PAUSE).await;
+                jump(PAUSE).await;
             }
             continue;
         };
@@ -360,10 +361,7 @@ async fn run(layer: RedisCacheLayer, id: &str, steps: &[Step]) -> Vec<String> {
         let outcome = CacheOutcome::of(&response);
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        // Let a background refresh, if any, run out before the next step.
-        for _ in 0..8 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        settle(&origin, layer, seen_before, outcome).await;
         let (answered, sent) = {
             let state = origin.state.lock().unwrap();
             let asked: Vec<_> = state.seen[seen_before..]
@@ -466,24 +464,85 @@ async fn run(layer: RedisCacheLayer, id: &str, steps: &[Step]) -> Vec<String> {
             failures.push(format!("{what}: body {body:?}, expected {expected:?}"));
         }
         if step.pause {
-            tokio::time::advance(PAUSE).await;
+            jump(PAUSE).await;
         }
     }
     failures
 }
 
-/// Runs every scenario, printing each one's result, and fails with the list of those that failed.
-async fn check(scenarios: Vec<(&str, Vec<Step>)>) {
-    check_with(layer, scenarios).await;
+/// Waits until what a step set going behind its answer (a stale answer's refresh, a range's fill) is done: the
+/// origin asked, if the answer started a refresh, and then neither the origin nor the store hearing of anything
+/// new for a while. Real time: over Redis that work is real I/O.
+async fn settle(
+    origin: &Origin,
+    layer: &RedisCacheLayer,
+    seen_before: usize,
+    outcome: Option<CacheOutcome>,
+) {
+    let refreshing = outcome == Some(CacheOutcome::Stale { refreshing: true });
+    let now = || {
+        let stats = layer.handle().stats();
+        let seen = origin.state.lock().unwrap().seen.len();
+        (
+            seen,
+            stats.stores,
+            stats.not_stored,
+            stats.refreshes_failed,
+            stats.stores_fenced,
+        )
+    };
+    let (mut last, mut quiet) = (now(), 0);
+    for _ in 0..2000 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let current = now();
+        let asked = !refreshing || current.0 > seen_before;
+        quiet = if current == last && asked {
+            quiet + 1
+        } else {
+            0
+        };
+        last = current;
+        if quiet == 5 {
+            return;
+        }
+    }
 }
 
-/// [`check`], each scenario through a layer `layer` makes.
-async fn check_with(layer: impl Fn() -> RedisCacheLayer, scenarios: Vec<(&str, Vec<Step>)>) {
+/// Runs every scenario over both stores, printing each one's result, and fails with the list of those that
+/// failed.
+async fn check(scenarios: Vec<(&str, Vec<Step>)>) {
+    check_with(|builder| builder, scenarios).await;
+}
+
+/// [`check`], each scenario's layer built from what `configure` makes of [`builder`]'s.
+async fn check_with(
+    configure: impl Fn(RedisCacheLayerBuilder) -> RedisCacheLayerBuilder,
+    scenarios: Vec<(&str, Vec<Step>)>,
+) {
+    let server = RedisServer::start();
+    let redis = RedisStore::new(fred_client(&server.url()).await);
     let mut failed = Vec::new();
     for (id, steps) in &scenarios {
-        let failures = run(layer(), id, steps).await;
-        eprintln!("{} {id}", if failures.is_empty() { "pass" } else { "FAIL" });
-        failed.extend(failures);
+        let namespace: String = id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        for (store, builder) in [
+            ("memory", builder(MemoryStore::new(1 << 20))),
+            ("redis", builder(redis.clone()).namespace(namespace)),
+        ] {
+            let layer = configure(builder).build().unwrap();
+            let failures = run(&layer, id, steps).await;
+            eprintln!(
+                "{} {id} ({store})",
+                if failures.is_empty() { "pass" } else { "FAIL" }
+            );
+            failed.extend(
+                failures
+                    .into_iter()
+                    .map(|failure| format!("{store}: {failure}")),
+            );
+        }
     }
     assert!(
         failed.is_empty(),
@@ -504,7 +563,7 @@ fn after_pause(id: &'static str, cache_control: &str, then: Answered) -> (&'stat
     )
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn cache_control_freshness() {
     use Answered::*;
     check(vec![
@@ -661,7 +720,7 @@ fn become_stale() -> Step {
         .pause()
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn cache_control_response_directives() {
     use Answered::*;
     let no_store_fresh = || {
@@ -794,7 +853,7 @@ async fn cache_control_response_directives() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn storing_headers() {
     use Answered::*;
     let stored = |id: &'static str, name: &str, value: &str, then: Answered| {
@@ -900,7 +959,7 @@ async fn storing_headers() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn vary() {
     use Answered::*;
     let varied = |vary: &str| {
@@ -1058,7 +1117,7 @@ async fn vary() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn age_and_expires() {
     use Answered::*;
     let aged = |id: &'static str, ages: &[&str], then: Answered| {
@@ -1114,7 +1173,7 @@ async fn age_and_expires() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn request_directives() {
     use Answered::*;
     check(vec![
@@ -1263,7 +1322,7 @@ async fn request_directives() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn serving_stale() {
     use Answered::*;
     let after_stale = |id: &'static str, cache_control: &str, then: Answered| {
@@ -1342,7 +1401,7 @@ async fn serving_stale() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn status_codes() {
     use Answered::*;
     let mut scenarios = Vec::new();
@@ -1374,7 +1433,7 @@ async fn status_codes() {
     check(scenarios).await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn invalidation() {
     use Answered::*;
     let mut scenarios = Vec::new();
@@ -1429,7 +1488,7 @@ async fn invalidation() {
     check(scenarios).await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn authorization() {
     use Answered::*;
     let with_auth = |cache_control: &str| {
@@ -1473,7 +1532,7 @@ async fn authorization() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn update_on_304() {
     use Answered::*;
     let mut scenarios = Vec::new();
@@ -1616,7 +1675,7 @@ async fn update_on_304() {
     check(scenarios).await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn conditional_requests() {
     use Answered::*;
     let tagged = |etag: &str| fresh().resp("ETag", etag);
@@ -1733,7 +1792,7 @@ async fn conditional_requests() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn other_requirements() {
     use Answered::*;
     let month = 30 * 24 * 60 * 60;
@@ -1819,7 +1878,7 @@ async fn other_requirements() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn partial_content() {
     use Answered::*;
     let whole = |body: &'static str| step().resp("Cache-Control", "max-age=3600").body(body);
@@ -1866,7 +1925,7 @@ async fn partial_content() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn vary_parsing() {
     use Answered::*;
     let mut scenarios = Vec::new();
@@ -1897,7 +1956,7 @@ async fn vary_parsing() {
     check(scenarios).await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn conditional_last_modified() {
     use Answered::*;
     let stored = |lifetime: &str| {
@@ -1996,14 +2055,11 @@ fn rfc850(date: &str) -> String {
     )
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn cdn_cache_control() {
     use Answered::*;
-    let cdn = || {
-        builder()
-            .targeted_cache_control([HeaderName::from_static("cdn-cache-control")])
-            .build()
-            .unwrap()
+    let cdn = |builder: RedisCacheLayerBuilder| {
+        builder.targeted_cache_control([HeaderName::from_static("cdn-cache-control")])
     };
     let said = |id: &'static str, fields: &[(&str, &str)], then: Answered| {
         let mut first = step().date("Date", 0);
@@ -2044,7 +2100,7 @@ async fn cdn_cache_control() {
     check_with(cdn, scenarios).await;
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn stale_extensions() {
     use Answered::*;
     let swr = "max-age=0, stale-while-revalidate=3600";
