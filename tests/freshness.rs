@@ -504,6 +504,64 @@ async fn a_refresh_answered_304_renews_the_entry_without_its_body() {
     assert_eq!(layer.handle().stats().revalidated, 2);
 }
 
+/// Redis keeps an entry with a validator `keep_for` past its last window, and one without none: past its
+/// windows, the first is asked about with its `ETag` and renewed by a `304`, its body never sent again.
+#[tokio::test]
+async fn an_entry_with_a_validator_is_kept_past_its_windows_for_revalidation() {
+    let server = RedisServer::start();
+    let server = &server;
+    let minute = |keep: u64| async move {
+        layer(server)
+            .await
+            .origin_freshness(false)
+            .fresh_for(Duration::from_secs(60))
+            .stale_for(Duration::ZERO)
+            .stale_if_error_for(Duration::ZERO)
+            .keep_for(Duration::from_secs(keep))
+            .build()
+            .unwrap()
+    };
+    let (kept, unkept) = (minute(600).await, minute(0).await);
+    let tagged = Origin::new();
+    tagged.set_etag("\"v1\"");
+    let plain = Origin::new();
+    let service = cached(&kept, tagged.service());
+    call(&service, get("/tagged")).await;
+    call(&cached(&kept, plain.service()), get("/plain")).await;
+    call(&cached(&unkept, tagged.service()), get("/unkept")).await;
+    let within = |ms: u64, expected: u64| ms <= expected && ms > expected - 5_000;
+    let ttl = stored_for_ms(server, &kept, "/tagged");
+    assert!(
+        within(ttl, 660_000),
+        "a minute of freshness and ten kept: {ttl} ms"
+    );
+    let ttl = stored_for_ms(server, &kept, "/plain");
+    assert!(within(ttl, 60_000), "no validator, nothing kept: {ttl} ms");
+    let ttl = stored_for_ms(server, &unkept, "/unkept");
+    assert!(within(ttl, 60_000), "keep_for(0): {ttl} ms");
+
+    jump(Duration::from_secs(61)).await;
+    let bytes = tagged.body_bytes();
+    let renewed = call(&service, get("/tagged")).await;
+    assert_eq!(
+        cache_status(&renewed),
+        "tower-redis-cache; fwd=uri-miss; fwd-status=304; stored"
+    );
+    assert_eq!(renewed.status(), StatusCode::OK);
+    assert!(
+        !body(renewed).await.is_empty(),
+        "the caller gets the stored body"
+    );
+    assert_eq!(tagged.body_bytes(), bytes, "the 304 carried none");
+    assert_eq!(kept.handle().stats().revalidated, 1);
+    let again = call(&service, get("/tagged")).await;
+    assert_eq!(
+        outcome(&again),
+        CacheOutcome::Hit,
+        "fresh for another minute"
+    );
+}
+
 #[tokio::test]
 async fn a_changed_etag_replaces_the_entry() {
     let server = RedisServer::start();
