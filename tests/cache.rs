@@ -1794,15 +1794,14 @@ fn rpc_answers(
     use http_body_util::BodyExt;
     move |n, request| {
         Box::pin(async move {
-            // The first answer is still current.
+            // The first answer is still current: asked with its tag, a `POST` is refused, as RFC 9110 §13.1.2
+            // has a server answer a precondition on a method that is not safe.
             if request
                 .headers()
                 .get("if-none-match")
                 .is_some_and(|tag| tag == "\"1\"")
             {
-                let response = http::Response::builder()
-                    .status(304)
-                    .header("etag", "\"1\"");
+                let response = http::Response::builder().status(412);
                 return Ok(response.body(Full::default())?);
             }
             let body = request.into_body().collect().await?.to_bytes();
@@ -2010,19 +2009,21 @@ async fn a_hit_carries_the_echoed_member_of_its_own_request() {
         assert_eq!(std::str::from_utf8(&bytes).unwrap(), expected);
         assert_eq!(length, bytes.len().to_string());
     }
-    // Revalidated: the origin's `304` confirms the stored answer, which carries the request's own `id` too.
-    let mut revalidate = chain_id("5");
-    revalidate
+    // Asked again: a `POST` carries no validators (on it, `If-None-Match` is a precondition a server answers
+    // with `412`, RFC 9110 §13.1.2), so the origin answers whole; its answer, stored, carries the request's own
+    // `id`, as a hit of it does.
+    let mut again = chain_id("5");
+    again
         .headers_mut()
         .insert("cache-control", "no-cache".parse().unwrap());
-    let confirmed = call(&service, revalidate).await;
+    let renewed = call(&service, again).await;
     assert_eq!(
-        cache_status(&confirmed),
-        "tower-redis-cache; fwd=request; fwd-status=304; stored"
+        cache_status(&renewed),
+        "tower-redis-cache; fwd=request; fwd-status=200; stored"
     );
     assert_eq!(
-        &body(confirmed).await[..],
-        br#"{"id":5,"jsonrpc":"2.0","result":"0x1"}"#
+        &body(renewed).await[..],
+        br#"{"id":5,"jsonrpc":"2.0","result":"0x2"}"#
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
@@ -2039,7 +2040,7 @@ async fn a_hit_carries_the_echoed_member_of_its_own_request() {
     let near = near.expect("the near cache never answered");
     assert_eq!(
         &body(near).await[..],
-        br#"{"id":"near","jsonrpc":"2.0","result":"0x1"}"#
+        br#"{"id":"near","jsonrpc":"2.0","result":"0x2"}"#
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 

@@ -241,6 +241,13 @@ impl Origin {
                     .zip(date(modified))
                     .is_some_and(|(since, modified)| modified <= since)
             });
+        // As RFC 9110 §13.1.2 has a server answer `If-None-Match` on a method that is not safe: by refusing it.
+        let safe = matches!(request.method().as_str(), "GET" | "HEAD" | "QUERY");
+        if matches_etag && !safe {
+            let mut refused = Response::new(Full::default());
+            *refused.status_mut() = StatusCode::PRECONDITION_FAILED;
+            return Ok(refused);
+        }
         let validated = state.status == 200 && (matches_etag || (etag.is_none() && not_modified));
         let mut response = Response::new(if validated {
             Full::default()
@@ -2175,5 +2182,40 @@ async fn stale_extensions() {
             ],
         ),
     ])
+    .await;
+}
+
+#[tokio::test]
+async fn cached_post_queries() {
+    use Answered::*;
+    let post = |builder: RedisCacheLayerBuilder| {
+        builder
+            .methods([Method::GET, Method::HEAD, Method::POST])
+            .origin_freshness_for_post(true)
+    };
+    let tagged = || {
+        step()
+            .method("POST")
+            .resp("Cache-Control", "max-age=1")
+            .resp("ETag", "\"v1\"")
+    };
+    check_with(
+        post,
+        vec![
+            (
+                "post-query-fresh",
+                vec![tagged(), step().method("POST").expect(Cached)],
+            ),
+            // Past its windows, a query is asked again without the stored `ETag`: on a `POST`, `If-None-Match`
+            // is a precondition, which the origin refuses with `412` while the representation is unchanged.
+            (
+                "post-query-stale",
+                vec![
+                    tagged().pause(),
+                    tagged().expect(NotCached).expect_status(200),
+                ],
+            ),
+        ],
+    )
     .await;
 }

@@ -1388,7 +1388,7 @@ impl Engine {
                         tracing::debug!(key = key.short(), outcome = "miss", "cache decision");
                         let validators = current
                             .as_ref()
-                            .map(|stored| validators(&stored.headers))
+                            .map(|stored| validators(&origin.parts().method, &stored.headers))
                             .unwrap_or_default();
                         let asked = !validators.is_empty();
                         let timer = OriginTimer::start();

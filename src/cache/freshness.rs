@@ -47,9 +47,10 @@
 //! # let _ = (layer, request); Ok(()) }
 //! ```
 
+use super::decision::is_safe;
 use super::directives::{Directives, delta_seconds};
 use http::header::{AGE, CONTENT_LENGTH, DATE, ETAG, EXPIRES, LAST_MODIFIED};
-use http::{HeaderMap, HeaderName, HeaderValue, request};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, request};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -269,9 +270,15 @@ pub(crate) fn http_date(value: &HeaderValue) -> Option<SystemTime> {
 }
 
 /// The request headers that ask the origin whether a stored response is still current: `If-None-Match` from
-/// its `ETag`, `If-Modified-Since` from its `Last-Modified`. Empty when it has neither.
-pub(crate) fn validators(stored: &HeaderMap) -> HeaderMap {
+/// its `ETag`, `If-Modified-Since` from its `Last-Modified`. Empty when it has neither, and for a request
+/// whose method is not safe (a cached `POST` query): there `If-None-Match` is a precondition on the method
+/// itself, which a server that still holds that representation must refuse with `412`, never confirm with a
+/// `304` (RFC 9110 §13.1.2), and `If-Modified-Since` is ignored.
+pub(crate) fn validators(method: &Method, stored: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
+    if !is_safe(method) {
+        return out;
+    }
     if let Some(etag) = stored.get(ETAG) {
         out.insert(http::header::IF_NONE_MATCH, etag.clone());
     }
@@ -518,10 +525,20 @@ mod tests {
             ("content-length", "12"),
             ("x-old", "1"),
         ]);
-        let asks = validators(&stored);
-        assert_eq!(asks["if-none-match"], "\"v1\"");
-        assert_eq!(asks["if-modified-since"], "Tue, 15 Nov 1994 08:12:31 GMT");
-        assert!(validators(&head(&[])).is_empty());
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::from_bytes(b"QUERY").unwrap(),
+        ] {
+            let asks = validators(&method, &stored);
+            assert_eq!(asks["if-none-match"], "\"v1\"", "{method}");
+            assert_eq!(asks["if-modified-since"], "Tue, 15 Nov 1994 08:12:31 GMT");
+        }
+        assert!(validators(&Method::GET, &head(&[])).is_empty());
+        assert!(
+            validators(&Method::POST, &stored).is_empty(),
+            "a POST's If-None-Match would ask the server to refuse it"
+        );
 
         let mut merged = stored.clone();
         merge_headers(

@@ -194,7 +194,7 @@ impl Engine {
         let (uri, headers) = (fetch.parts().uri.clone(), fetch.parts().headers.clone());
         let validators = current
             .as_ref()
-            .map(|entry| validators(&entry.headers))
+            .map(|entry| validators(&fetch.parts().method, &entry.headers))
             .unwrap_or_default();
         let asked = !validators.is_empty();
         let mut lease = Some(lease);
