@@ -10,10 +10,6 @@ use std::sync::atomic::Ordering;
 #[derive(Debug)]
 pub(crate) struct Counter {
     value: AtomicU64,
-    #[cfg(feature = "metrics")]
-    name: &'static str,
-    #[cfg(feature = "metrics")]
-    namespace: Arc<str>,
     /// `name{namespace}`, built once: the `counter!` macro would build its labels again at every count, an
     /// allocation on every hit.
     #[cfg(feature = "metrics")]
@@ -26,10 +22,6 @@ impl Counter {
         let _ = (name, namespace);
         Counter {
             value: AtomicU64::new(0),
-            #[cfg(feature = "metrics")]
-            name,
-            #[cfg(feature = "metrics")]
-            namespace: namespace.clone(),
             #[cfg(feature = "metrics")]
             key: metrics::Key::from_parts(
                 name,
@@ -51,12 +43,9 @@ pub(crate) fn bump(counter: &Counter) {
 /// Counts a request that bypassed the cache for `reason`: in `bypasses`, and by reason (with the `metrics`
 /// feature, as the `reason` label of `tower_redis_cache_bypasses_total`).
 pub(crate) fn bump_bypass(counters: &Counters, reason: BypassReason) {
-    bump_for(
-        &counters.bypasses,
-        &counters.bypass_reasons,
-        reason.index(),
-        reason.as_str(),
-    );
+    bump_for(&counters.bypasses, &counters.bypass_reasons, reason.index());
+    #[cfg(feature = "metrics")]
+    export(counters.bypass_keys.get(reason.index()));
 }
 
 /// Counts a miss whose answer was not stored for `reason`: in `not_stored`, and by reason (with the `metrics`
@@ -66,25 +55,44 @@ pub(crate) fn bump_not_stored(counters: &Counters, reason: NotStored) {
         &counters.not_stored,
         &counters.not_stored_reasons,
         reason.index(),
-        reason.as_str(),
     );
+    #[cfg(feature = "metrics")]
+    export(counters.not_stored_keys.get(reason.index()));
 }
 
-/// Counts one event in `total` and in `by_reason[index]`, exported with its `reason` label.
-fn bump_for(total: &Counter, by_reason: &[AtomicU64], index: usize, reason: &'static str) {
+/// Counts one event in `total` and in `by_reason[index]` (exported by reason only, by the caller).
+fn bump_for(total: &Counter, by_reason: &[AtomicU64], index: usize) {
     total.value.fetch_add(1, Ordering::Relaxed);
     if let Some(count) = by_reason.get(index) {
         count.fetch_add(1, Ordering::Relaxed);
     }
-    #[cfg(feature = "metrics")]
-    metrics::counter!(
-        total.name,
-        "namespace" => total.namespace.clone(),
-        "reason" => reason
-    )
-    .increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = reason;
+}
+
+/// Counts one event under `key` (a total's, by one reason) with whichever recorder is installed now.
+#[cfg(feature = "metrics")]
+fn export(key: Option<&metrics::Key>) {
+    if let Some(key) = key {
+        metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+    }
+}
+
+/// The keys of `name{namespace, reason}`, one per reason in the order given, built once: the `counter!` macro
+/// would build its labels again at every count, an allocation on every bypass.
+#[cfg(feature = "metrics")]
+fn reason_keys<const N: usize>(
+    name: &'static str,
+    namespace: &Arc<str>,
+    reasons: [&'static str; N],
+) -> [metrics::Key; N] {
+    reasons.map(|reason| {
+        metrics::Key::from_parts(
+            name,
+            vec![
+                metrics::Label::new("namespace", namespace.clone()),
+                metrics::Label::from_static_parts("reason", reason),
+            ],
+        )
+    })
 }
 
 /// Counts `n` (events, or units such as milliseconds).
@@ -243,9 +251,15 @@ pub(crate) struct Counters {
     pub(crate) bypasses: Counter,
     /// `bypasses`, by [`BypassReason::index`].
     pub(crate) bypass_reasons: [AtomicU64; BypassReason::ALL.len()],
+    /// `bypasses`' keys by reason, in the same order.
+    #[cfg(feature = "metrics")]
+    bypass_keys: [metrics::Key; BypassReason::ALL.len()],
     pub(crate) not_stored: Counter,
     /// `not_stored`, by [`NotStored::index`].
     pub(crate) not_stored_reasons: [AtomicU64; NotStored::ALL.len()],
+    /// `not_stored`'s keys by reason, in the same order.
+    #[cfg(feature = "metrics")]
+    not_stored_keys: [metrics::Key; NotStored::ALL.len()],
     pub(crate) stale_if_error: Counter,
     pub(crate) refreshes_started: Counter,
     pub(crate) refreshes_failed: Counter,
@@ -298,8 +312,20 @@ impl Counters {
             coalesced: Counter::new("tower_redis_cache_coalesced_total", &namespace),
             bypasses: Counter::new("tower_redis_cache_bypasses_total", &namespace),
             bypass_reasons: std::array::from_fn(|_| AtomicU64::new(0)),
+            #[cfg(feature = "metrics")]
+            bypass_keys: reason_keys(
+                "tower_redis_cache_bypasses_total",
+                &namespace,
+                BypassReason::ALL.map(|reason| reason.as_str()),
+            ),
             not_stored: Counter::new("tower_redis_cache_not_stored_total", &namespace),
             not_stored_reasons: std::array::from_fn(|_| AtomicU64::new(0)),
+            #[cfg(feature = "metrics")]
+            not_stored_keys: reason_keys(
+                "tower_redis_cache_not_stored_total",
+                &namespace,
+                NotStored::ALL.map(|reason| reason.as_str()),
+            ),
             stale_if_error: Counter::new("tower_redis_cache_stale_if_error_total", &namespace),
             refreshes_started: Counter::new(
                 "tower_redis_cache_refreshes_started_total",
