@@ -1689,6 +1689,11 @@ impl RedisCacheLayerBuilder {
     /// `only-if-cached`. This is also how an answer that may not be reused unasked (`Cache-Control: no-cache`,
     /// `max-age=0`) is stored: for its validators, asked about at every use. Default: 10 minutes; zero turns it
     /// off, and an entry then goes at the end of its last window.
+    ///
+    /// Redis holds such entries that much longer: with the default windows (the last ends 6 minutes after a
+    /// fill), an entry with a validator that is not asked for again lives 16 minutes instead of 6. Under
+    /// `maxmemory` with a `volatile-*` or `allkeys-*` policy they are evicted like any other; size Redis for
+    /// them, or keep them for less.
     pub fn keep_for(mut self, keep: Duration) -> Self {
         self.keep_for = keep;
         self
