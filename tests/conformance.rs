@@ -289,7 +289,7 @@ async fn run(layer: &RedisCacheLayer, id: &str, steps: &[Step]) -> Vec<String> {
             async move { answer }
         })
     };
-    let service = layer.layer(inner.clone());
+    let service = layer.layer(inner);
     let wall = SystemTime::now();
     let start = tokio::time::Instant::now();
     let at = |seconds: i64| {
