@@ -2142,7 +2142,7 @@ mod tests {
         RedisCacheLayer::builder(MemoryStore::new(1 << 20))
     }
 
-    /// Every setting `build` rejects, each with an error that names it.
+    /// Every layer window at zero builds while the origin, a route or a status can still set one.
     #[test]
     fn zero_windows_build_when_something_else_sets_them() {
         let zero = || {
@@ -2176,6 +2176,7 @@ mod tests {
         );
     }
 
+    /// Every setting `build` rejects, each with an error that names it.
     #[test]
     fn build_rejects_each_unusable_setting_by_name() {
         let cases: Vec<(RedisCacheLayerBuilder, Setting)> = vec![
