@@ -1084,7 +1084,18 @@ async fn a_dropped_store_leaves_no_connection_nor_retries_behind() {
     })
     .await;
     drop(store);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The clients quit on a task of their own, behind the attempt under way: the attempts stop within a few
+    // reconnect delays (a bounded poll for half a second without one, where they come every 100 ms; it once took
+    // more than the 300 ms this waited before), and none follows.
+    let mut last = (accepted.load(Ordering::SeqCst), tokio::time::Instant::now());
+    wait_until("the attempts stopped", || {
+        let now = accepted.load(Ordering::SeqCst);
+        if now != last.0 {
+            last = (now, tokio::time::Instant::now());
+        }
+        last.1.elapsed() >= Duration::from_millis(500)
+    })
+    .await;
     let after = accepted.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
