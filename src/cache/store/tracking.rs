@@ -24,6 +24,7 @@ use fred::interfaces::{
     ClientInterface, ClientLike, ClusterInterface, EventInterface, KeysInterface,
 };
 use fred::prelude::{Builder, Config, ReconnectPolicy, SetOptions, Value};
+use fred::types::client::Invalidation;
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::Server;
 use fred::types::{ClusterStateChange, RespVersion};
@@ -83,13 +84,7 @@ async fn run(
     near: Weak<Near>,
 ) {
     config.version = RespVersion::RESP3;
-    let client = match Builder::from_config(config)
-        .set_policy(ReconnectPolicy::new_constant(0, 100))
-        .with_connection_config(super::redis::watched_connection_config)
-        // A lagging receiver has missed invalidations and must empty the near cache: make that rare.
-        .with_performance_config(|p| p.broadcast_channel_capacity = 4096)
-        .build()
-    {
+    let client = match tracking_client(config) {
         Ok(client) => client,
         Err(error) => {
             tracing::warn!(%error, "near cache: no tracking client; the near cache stays off");
@@ -211,19 +206,7 @@ async fn run(
                 message = invalidations.recv() => {
                     let Some(near) = near.upgrade() else { break 'arming };
                     match message {
-                        Ok(invalidation) => {
-                            if invalidation.keys.is_empty() {
-                                near.flush(FlushCause::Server);
-                            }
-                            for key in &invalidation.keys {
-                                match key.as_str() {
-                                    Some(key) if key.starts_with(&canary) => near.flush(FlushCause::Server),
-                                    Some(key) => near.invalidate([key]),
-                                    // Not one of ours (our keys are UTF-8): nothing to drop.
-                                    None => {}
-                                }
-                            }
-                        }
+                        Ok(invalidation) => hear(&near, &invalidation, &canary),
                         // Invalidations were missed: nothing kept before now can be trusted.
                         Err(RecvError::Lagged(_)) => near.flush(FlushCause::Connection),
                         Err(RecvError::Closed) => continue 'arming,
@@ -267,6 +250,31 @@ async fn run(
         }
     }
     let _ = client.quit().await;
+}
+
+/// The tracking client of `config`: RESP3, reconnecting every 100 ms, its connection probed.
+fn tracking_client(config: Config) -> fred::prelude::FredResult<Client> {
+    Builder::from_config(config)
+        .set_policy(ReconnectPolicy::new_constant(0, 100))
+        .with_connection_config(super::redis::watched_connection_config)
+        // A lagging receiver has missed invalidations and must empty the near cache: make that rare.
+        .with_performance_config(|p| p.broadcast_channel_capacity = 4096)
+        .build()
+}
+
+/// Drops from `near` what `invalidation` names; a canary's (or none: a flush) empties it.
+fn hear(near: &Near, invalidation: &Invalidation, canary: &str) {
+    if invalidation.keys.is_empty() {
+        near.flush(FlushCause::Server);
+    }
+    for key in &invalidation.keys {
+        match key.as_str() {
+            Some(key) if key.starts_with(canary) => near.flush(FlushCause::Server),
+            Some(key) => near.invalidate([key]),
+            // Not one of ours (our keys are UTF-8): nothing to drop.
+            None => {}
+        }
+    }
 }
 
 /// Switches tracking on at every primary and plants a canary on each; returns the canaries and, on a
