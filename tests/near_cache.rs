@@ -717,6 +717,116 @@ async fn a_key_moved_to_a_primary_that_joined_the_cluster_stays_coherent() {
     assert!(b.handle().stats().near_hits > 0);
 }
 
+/// A Cluster that lost a primary with no replica to take its slots over: fred's cluster client connects to every
+/// primary or to none, so tracking goes on at the two that answer, on connections of their own. Their keys are
+/// answered from the near cache again, and stay so, a write to them still heard at once; the lost shard's keys go
+/// to the origin. Once the primary is back, its keys are near hits too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_lost_a_primary_keeps_the_others_keys_in_the_near_cache_and_coherent() {
+    let mut cluster = RedisCluster::start_with(0, 2000, &["--cluster-require-full-coverage", "no"]);
+    let origin = Origin::new();
+    let layer = RedisCacheLayer::builder(RedisStore::connect(&cluster.url()).await.unwrap())
+        .namespace("near")
+        .methods([Method::POST])
+        .store_timeout(Duration::from_millis(100))
+        .circuit_breaker(3, Duration::from_secs(1))
+        .near_cache(16 << 20)
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    let shards: Vec<Vec<(u16, u16)>> = (0..3).map(|i| cluster.slots_of(i)).collect();
+    let shard_of = |query: &str| {
+        let slot = slot_of(&layer, query);
+        shards
+            .iter()
+            .position(|ranges| {
+                ranges
+                    .iter()
+                    .any(|(start, end)| (*start..=*end).contains(&slot))
+            })
+            .unwrap()
+    };
+    let queries: Vec<String> = (0..24).map(|i| format!(r#"{{"lost":{i}}}"#)).collect();
+    let (down, up): (Vec<&String>, Vec<&String>) =
+        queries.iter().partition(|query| shard_of(query) == 2);
+    assert!(down.len() >= 3 && up.len() >= 10, "{down:?} {up:?}");
+    for query in &queries {
+        until_near(&service, query).await;
+    }
+
+    cluster.node_mut(2).kill();
+    // Not live for every key once the loss is seen (within a second: until then the near cache answers, as it
+    // would through any lapse of a second) ...
+    wait_until("tracking lost a primary", || {
+        !layer.handle().near_cache_live()
+    })
+    .await;
+    // ... but for the other shards' keys.
+    for query in &up {
+        until_near(&service, query).await;
+    }
+    let (calls, near_hits) = (origin.calls(), layer.handle().stats().near_hits);
+    for round in 0..3 {
+        for query in &up {
+            let response = call(&service, post(query)).await;
+            assert!(is_near(&response), "round {round}: {query}");
+        }
+        for query in &down {
+            let response = call(&service, post(query)).await;
+            assert_eq!(response.status(), http::StatusCode::OK);
+            assert!(!is_near(&response), "{query}, on the lost shard");
+        }
+    }
+    assert_eq!(
+        origin.calls() - calls,
+        3 * down.len(),
+        "only the lost shard's keys"
+    );
+    assert_eq!(
+        layer.handle().stats().near_hits - near_hits,
+        3 * up.len() as u64
+    );
+    assert!(!layer.handle().near_cache_live());
+
+    // Another process's write to one of them (its entry removed on its primary) drops the near copy at once.
+    let written = up[0];
+    let key = layer.handle().key_for(&post_bytes(written));
+    let before = layer.handle().stats().near_invalidations;
+    cluster.nodes()[shard_of(written)].command(&[b"DEL", key.as_str().as_bytes()]);
+    wait_until("the write heard", || {
+        layer.handle().stats().near_invalidations > before
+    })
+    .await;
+    let calls = origin.calls();
+    let response = call(&service, post(written)).await;
+    assert!(matches!(outcome(&response), CacheOutcome::Miss { .. }));
+    assert_eq!(origin.calls(), calls + 1);
+    // So does a flush of one of those primaries (seen by its canary's absence), and the rest still answer.
+    let flushed = up[1];
+    until_near(&service, flushed).await;
+    let flushes = layer.handle().stats().near_flushes_server;
+    cluster.nodes()[shard_of(flushed)].command(&[b"FLUSHALL"]);
+    wait_until("the flush seen", || {
+        layer.handle().stats().near_flushes_server > flushes
+    })
+    .await;
+    let response = call(&service, post(flushed)).await;
+    assert!(matches!(outcome(&response), CacheOutcome::Miss { .. }));
+    for query in &up {
+        until_near(&service, query).await;
+    }
+
+    // Back (empty): every key is answered from the near cache again, the lost shard's too.
+    cluster.node_mut(2).restart();
+    for query in &queries {
+        until_near(&service, query).await;
+    }
+    wait_until("tracking on at every primary", || {
+        layer.handle().near_cache_live()
+    })
+    .await;
+}
+
 /// The hash slot of the entry `layer` keeps for `query`.
 fn slot_of(layer: &RedisCacheLayer, query: &str) -> u16 {
     fred::util::redis_keyslot(

@@ -407,7 +407,8 @@ impl CacheHandle {
     /// within the last second. `false` without a near cache, before the first request starts it, and while it is
     /// off: after a doubt (a lost connection, a failover, a node joining a Cluster) until tracking is on again,
     /// or while Redis refuses tracking (logged at `warn`). Requests are answered either way, hits from Redis; a
-    /// health check can report the difference.
+    /// health check can report the difference. While a Cluster primary is out of reach, the near cache answers
+    /// the keys of the other primaries' slots, and this says `false`: not every key.
     pub fn near_cache_live(&self) -> bool {
         self.engine
             .near
@@ -1737,7 +1738,8 @@ impl RedisCacheLayerBuilder {
     /// invalidations, a topology change, a `FLUSHALL`) empties it. Only fresh entries are kept, for at most
     /// their freshness and [`near_cache_max_ttl`](Self::near_cache_max_ttl); stale ones are read from Redis so
     /// that their refresh stays one per fleet. On a Cluster, tracking is on at every primary the store reads
-    /// from (a node that joined, a promoted replica) before the near cache keeps what was read there.
+    /// from (a node that joined, a promoted replica) before the near cache keeps what was read there; while a
+    /// primary is out of reach, the near cache answers the keys of the others, each on a connection of its own.
     /// [`CacheHandle::near_cache_live`](super::CacheHandle::near_cache_live) says whether it answers now.
     ///
     /// Needs a [`RedisStore`](super::RedisStore) (`build` refuses another store) on Redis 6 or newer.

@@ -7,7 +7,10 @@
 //!
 //! - **Liveness**: the tracking side calls [`Near::arm`] once tracking is on and [`Near::pong`] after every
 //!   successful probe; the near cache answers only within [`LIVENESS`] of the last one, so a process cut off
-//!   from Redis stops answering from memory within about a second.
+//!   from Redis stops answering from memory within about a second. On a Cluster that lost a primary, tracking
+//!   can be on at the others only: it calls [`Near::arm_partly`] with the hash slots each of those serves, and
+//!   [`Near::pong_primary`] after each one's probe, and the near cache answers the keys of those slots alone,
+//!   each within [`LIVENESS`] of its own primary's last probe.
 //! - **Flushes**: connection loss, reconnects, a lagging invalidation channel, a topology change or a server
 //!   flush bump the *epoch* and empty the cache; nothing filled under an older epoch answers.
 //! - **The fill race**: a read from the store installs a placeholder with a unique token first; an invalidation
@@ -39,7 +42,7 @@ use moka::sync::Cache;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -120,6 +123,10 @@ pub(crate) struct Near {
     tokens: AtomicU64,
     /// Unix ms until which the near cache may answer; 0 while tracking is not confirmed.
     live_until: AtomicU64,
+    /// While tracking is on at some of a Cluster's primaries only, the slots it answers ([`Near::arm_partly`]).
+    partly: RwLock<Option<Arc<Partly>>>,
+    /// Whether `partly` holds any: read before its lock, on a look-up while the near cache is not live.
+    partly_armed: AtomicBool,
     started: AtomicBool,
     /// The key prefix tracking covers (`<namespace>:v1:`).
     prefix: String,
@@ -399,6 +406,8 @@ impl Near {
             epoch: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             live_until: AtomicU64::new(0),
+            partly: RwLock::new(None),
+            partly_armed: AtomicBool::new(false),
             started: AtomicBool::new(false),
             prefix,
             tracking,
@@ -471,6 +480,18 @@ impl Near {
         now < self.live_until.load(Ordering::Acquire)
     }
 
+    /// Whether the near cache may answer for `key` at `now`: it is live, or tracking is on at the primary that
+    /// serves the key's slot ([`Near::arm_partly`]) and it answered a probe within [`LIVENESS`].
+    fn live_for(&self, key: &[u8; 32], now: u64) -> bool {
+        self.live(now) || (self.partly_armed.load(Ordering::Acquire) && self.partly_live(key, now))
+    }
+
+    #[cold]
+    fn partly_live(&self, key: &[u8; 32], now: u64) -> bool {
+        let partly = self.partly.read().unwrap_or_else(PoisonError::into_inner);
+        partly.as_ref().is_some_and(|partly| partly.live(key, now))
+    }
+
     /// Whether the near cache may answer now.
     pub(crate) fn answering(&self) -> bool {
         self.live(self.clock.now_ms())
@@ -488,7 +509,7 @@ impl Near {
         now: u64,
         answer: impl FnOnce(&Entry, Renders<'_>) -> Option<T>,
     ) -> Option<T> {
-        if !self.live(now) {
+        if !self.live_for(key, now) {
             return None;
         }
         // Read before the cache, so that a change made after this read is seen by the next one.
@@ -549,7 +570,7 @@ impl Near {
 
     /// Installs a placeholder for a read of `key` from the store; `None` while the near cache may not answer.
     pub(crate) fn begin_fill(&self, key: &[u8; 32], now: u64) -> Option<Fill> {
-        if !self.live(now) {
+        if !self.live_for(key, now) {
             return None;
         }
         let fill = Fill {
@@ -710,12 +731,78 @@ impl Near {
         self.live_until.store(until, Ordering::Release);
     }
 
+    /// Tracking is (again) on at some of a Cluster's primaries only, the others out of reach: start answering the
+    /// keys of the slots those serve, from a clean slate. `owners` gives each of the 16,384 hash slots the index
+    /// of its primary among `primaries` (those tracking is on at), or `None`; each primary answers once
+    /// [`pong_primary`](Self::pong_primary) says its probe succeeded.
+    pub(crate) fn arm_partly(&self, owners: Vec<Option<u16>>, primaries: usize) -> Arc<Partly> {
+        let partly = Arc::new(Partly {
+            owners,
+            live_until: (0..primaries).map(|_| AtomicU64::new(0)).collect(),
+        });
+        // Installed before the flush: a fill begun earlier belongs to the epoch the flush ends.
+        *self.partly.write().unwrap_or_else(PoisonError::into_inner) = Some(partly.clone());
+        self.partly_armed.store(true, Ordering::Release);
+        self.flush(FlushCause::Connection);
+        partly
+    }
+
+    /// The probe of primary `index` of `partly` (see [`arm_partly`](Self::arm_partly)) succeeded just now.
+    pub(crate) fn pong_primary(&self, partly: &Partly, index: usize) {
+        if let Some(live_until) = partly.live_until.get(index) {
+            let until = self
+                .clock
+                .now_ms()
+                .saturating_add(LIVENESS.as_millis() as u64);
+            live_until.store(until, Ordering::Release);
+        }
+    }
+
     /// Tracking is off or in doubt: stop answering and forget everything.
     pub(crate) fn disarm(&self) {
-        if self.live_until.swap(0, Ordering::AcqRel) != 0 {
+        let partly = self.partly_armed.swap(false, Ordering::AcqRel)
+            && self
+                .partly
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .is_some();
+        if self.live_until.swap(0, Ordering::AcqRel) != 0 || partly {
             self.flush(FlushCause::Connection);
         }
     }
+}
+
+/// Where tracking is on while it is on at some of a Cluster's primaries only ([`Near::arm_partly`]).
+pub(crate) struct Partly {
+    /// For each hash slot, the index of its primary in `live_until`, if tracking is on there.
+    owners: Vec<Option<u16>>,
+    /// For each primary tracking is on at, the unix ms until which its slots' keys may be answered.
+    live_until: Box<[AtomicU64]>,
+}
+
+impl Partly {
+    /// Whether the key of the digest `key` is in a slot whose primary answered a probe within [`LIVENESS`].
+    fn live(&self, key: &[u8; 32], now: u64) -> bool {
+        self.owners
+            .get(usize::from(hash_slot(key)))
+            .copied()
+            .flatten()
+            .and_then(|index| self.live_until.get(usize::from(index)))
+            .is_some_and(|until| now < until.load(Ordering::Acquire))
+    }
+}
+
+/// The Cluster hash slot of the store key of the digest `key`: its hash tag is the digest in lowercase hex
+/// (see [`parse_key`]).
+pub(crate) fn hash_slot(key: &[u8; 32]) -> u16 {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 64];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(key) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    fred::util::redis_keyslot(&hex)
 }
 
 /// `entry` in memory of its own: its header values and body copied into one buffer, of exactly their length.
@@ -862,6 +949,60 @@ mod tests {
 
     fn body(near: &Near, key: &[u8; 32], now: u64) -> Option<bytes::Bytes> {
         near.with_entry(key, now, |entry, _| Some(entry.body.clone()))
+    }
+
+    /// Armed at some of a Cluster's primaries only, the near cache fills and answers the keys of their slots, each
+    /// while its primary's last probe is recent, and no other key; disarmed, none.
+    #[test]
+    fn armed_partly_it_answers_the_keys_of_the_primaries_it_hears_only() {
+        let near = near();
+        let keys: Vec<[u8; 32]> = (0u8..64).map(|i| Sha256::digest([i]).into()).collect();
+        let owned = keys[0];
+        let other = *keys
+            .iter()
+            .find(|key| hash_slot(key) != hash_slot(&owned))
+            .unwrap();
+        let mut owners = vec![None; 16_384];
+        owners[usize::from(hash_slot(&owned))] = Some(0);
+        let partly = near.arm_partly(owners, 1);
+        let now = near.clock.now_ms();
+        assert!(
+            near.begin_fill(&owned, now).is_none(),
+            "before its primary's first probe"
+        );
+        near.pong_primary(&partly, 0);
+        let now = near.clock.now_ms();
+        assert!(
+            near.begin_fill(&other, now).is_none(),
+            "a slot of no primary heard"
+        );
+        fill(&near, &owned, "owned", now);
+        assert_eq!(body(&near, &owned, now).as_deref(), Some(&b"owned"[..]));
+        assert!(!near.answering(), "not for every key");
+        let later = now + LIVENESS.as_millis() as u64;
+        assert_eq!(
+            body(&near, &owned, later),
+            None,
+            "its primary's probe a second old"
+        );
+        near.disarm();
+        assert_eq!(body(&near, &owned, now), None);
+        assert!(near.begin_fill(&owned, now).is_none());
+    }
+
+    /// The slot of a digest is that of the store key it is kept under.
+    #[test]
+    fn a_digest_is_in_the_hash_slot_of_its_store_key() {
+        for i in 0u8..=255 {
+            let digest: [u8; 32] = Sha256::digest([i]).into();
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            let key = format!("ns:v1:{{{hex}}}");
+            assert_eq!(parse_key("ns:v1:", &key), Some(digest));
+            assert_eq!(
+                hash_slot(&digest),
+                fred::util::redis_keyslot(key.as_bytes())
+            );
+        }
     }
 
     /// A thread's front answers a key's repeated reads, and stops the moment anything changes the cache:

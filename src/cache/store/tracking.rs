@@ -14,10 +14,18 @@
 //! near cache keeps what it read; their cluster-change events, and every probe, compare the primaries they
 //! know with those tracked, and any new one re-arms tracking (reading the cluster afresh) before the near
 //! cache answers again.
+//!
+//! fred's cluster client connects to every primary or to none, so while one primary is out of reach (killed, its
+//! host down, and no replica promoted yet, or none to promote) the tracking connection sends nothing. Tracking then
+//! goes on a connection of its own to each primary that answers, and the near cache answers the keys of the slots
+//! those serve (in the store's view of the Cluster, which reads them from there too), each primary within
+//! [`LIVENESS`](crate::cache::near::LIVENESS) of its own probe: a Cluster that lost a shard keeps the others' near
+//! hits. Any doubt (a probe that fails, a connection made again, another view of the Cluster) ends it, and
+//! once the cluster client connects again tracking rides it as before, from an empty near cache.
 
 use super::redis::RedisStore;
 use super::sentinel::Primary;
-use crate::cache::near::{FlushCause, Near, Tracking};
+use crate::cache::near::{FlushCause, Near, Partly, Tracking};
 use fred::clients::Client;
 use fred::interfaces::TrackingInterface;
 use fred::interfaces::{
@@ -27,7 +35,8 @@ use fred::prelude::{Builder, Config, ReconnectPolicy, SetOptions, Value};
 use fred::types::client::Invalidation;
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::Server;
-use fred::types::{ClusterStateChange, RespVersion};
+use fred::types::config::ServerConfig;
+use fred::types::{ClientState, ClusterStateChange, RespVersion};
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -169,6 +178,19 @@ async fn run(
             }
             failed => {
                 tracing::debug!(?failed, "near cache: tracking not armed yet; retrying");
+                // A Cluster's tracking client that cannot connect (a primary out of reach): track the others.
+                if !store.is_empty() && client.state() != ClientState::Connected {
+                    let Some(alive) = near.upgrade() else { break };
+                    if let Some(partly) =
+                        arm_partly(&client, &store, &prefix, &canary, &alive).await
+                    {
+                        drop(alive);
+                        partly
+                            .run(&client, &store, &mut store_changes, &near, &canary)
+                            .await;
+                        continue;
+                    }
+                }
                 tokio::time::sleep(PROBE_EVERY).await;
                 continue;
             }
@@ -275,6 +297,240 @@ fn hear(near: &Near, invalidation: &Invalidation, canary: &str) {
             None => {}
         }
     }
+}
+
+/// Tracking on connections of its own to the primaries of a Cluster that answer, while the cluster client
+/// cannot connect (see the module docs).
+struct Partial {
+    /// Each primary's connection, with its canary; their order is that of the near cache's `partly`.
+    primaries: Vec<(Client, String)>,
+    /// Each connection's invalidations, subscribed to before it connected, so that none is missed.
+    invalidations: Vec<Receiver<Invalidation>>,
+    /// Each connection's reconnections, since tracking went on there.
+    reconnects: Vec<Receiver<Server>>,
+    partly: Arc<Partly>,
+    /// The store's views of the Cluster when tracking went on: the slots the near cache answers follow them.
+    views: Vec<Vec<(u16, u16, Server)>>,
+}
+
+/// One primary's connection, with tracking on, its canary, and its receivers (see [`Partial`]).
+type Armed = (
+    Server,
+    Client,
+    String,
+    Receiver<Invalidation>,
+    Receiver<Server>,
+);
+
+/// Switches tracking on at each primary of the store's view of the Cluster that answers, on a connection of its
+/// own (made with `client`'s settings), plants a canary on each, and has `near` answer the keys of their slots;
+/// `None` when none answers, or no slot is served by one of them in the view of every store client.
+async fn arm_partly(
+    client: &Client,
+    store: &[Client],
+    prefix: &str,
+    canary: &str,
+    near: &Near,
+) -> Option<Partial> {
+    let state = store.first()?.cached_cluster_state()?;
+    let views = views(store)?;
+    let primaries = state.unique_primary_nodes();
+    let armed = futures_util::future::join_all(
+        primaries
+            .iter()
+            .map(|primary| arm_primary(client, &state, primary, prefix, canary)),
+    )
+    .await;
+    let armed: Vec<Armed> = armed.into_iter().flatten().collect();
+    let owners = owners(&views, &armed);
+    if owners.iter().all(Option::is_none) {
+        for (_, tracker, ..) in armed {
+            super::redis::quit_in_background(tracker);
+        }
+        return None;
+    }
+    tracing::debug!(
+        primaries = armed.len(),
+        of = primaries.len(),
+        "near cache: the cluster client cannot connect; tracking is on at the primaries that answer"
+    );
+    let partly = near.arm_partly(owners, armed.len());
+    for index in 0..armed.len() {
+        near.pong_primary(&partly, index);
+    }
+    let mut partial = Partial {
+        primaries: Vec::new(),
+        invalidations: Vec::new(),
+        reconnects: Vec::new(),
+        partly,
+        views,
+    };
+    for (_, tracker, canary, invalidations, reconnects) in armed {
+        partial.primaries.push((tracker, canary));
+        partial.invalidations.push(invalidations);
+        partial.reconnects.push(reconnects);
+    }
+    Some(partial)
+}
+
+/// Switches tracking on at `primary` on a connection of its own (made with `client`'s settings) and plants its
+/// canary there; `None` if that takes more than a second.
+async fn arm_primary(
+    client: &Client,
+    state: &ClusterRouting,
+    primary: &Server,
+    prefix: &str,
+    canary: &str,
+) -> Option<Armed> {
+    let canary = canary_on(state, primary, canary).ok()?;
+    let mut config = client.client_config();
+    config.server = ServerConfig::Centralized {
+        server: primary.clone(),
+    };
+    let tracker = tracking_client(config).ok()?;
+    let (invalidations, mut reconnects) = (tracker.invalidation_rx(), tracker.reconnect_rx());
+    drop(tracker.connect());
+    let armed = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tracker.wait_for_connect().await;
+        track(&tracker, prefix).await?;
+        plant(&tracker, std::slice::from_ref(&canary)).await
+    })
+    .await;
+    if !matches!(armed, Ok(Ok(()))) {
+        super::redis::quit_in_background(tracker);
+        return None;
+    }
+    // Its first connection (fred tells each one, the first too) is settled.
+    while reconnects.try_recv().is_ok() {}
+    Some((primary.clone(), tracker, canary, invalidations, reconnects))
+}
+
+/// Each hash slot's primary among `armed`, when every view of `views` reads the slot from it.
+fn owners(views: &[Vec<(u16, u16, Server)>], armed: &[Armed]) -> Vec<Option<u16>> {
+    let mut owners = vec![None; usize::from(SLOTS)];
+    for (start, end, server) in views.first().into_iter().flatten() {
+        let index = armed
+            .iter()
+            .position(|(primary, ..)| primary == server)
+            .and_then(|i| u16::try_from(i).ok());
+        for owner in owners
+            .iter_mut()
+            .take(usize::from(*end) + 1)
+            .skip(usize::from(*start))
+        {
+            *owner = index;
+        }
+    }
+    for (start, end, server) in views.iter().skip(1).flatten() {
+        for owner in owners
+            .iter_mut()
+            .take(usize::from(*end) + 1)
+            .skip(usize::from(*start))
+        {
+            let theirs = owner.and_then(|i| armed.get(usize::from(i)));
+            if theirs.is_some_and(|(primary, ..)| primary != server) {
+                *owner = None;
+            }
+        }
+    }
+    owners
+}
+
+/// How many hash slots a Cluster has.
+const SLOTS: u16 = 16_384;
+
+/// Each store client's view of the Cluster, as slot ranges and their primaries; `None` while one has none.
+fn views(store: &[Client]) -> Option<Vec<Vec<(u16, u16, Server)>>> {
+    store
+        .iter()
+        .map(|client| {
+            let state = client.cached_cluster_state()?;
+            let mut ranges: Vec<_> = state
+                .slots()
+                .iter()
+                .map(|range| (range.start, range.end, range.primary.clone()))
+                .collect();
+            ranges.sort_unstable_by_key(|range| range.0);
+            Some(ranges)
+        })
+        .collect()
+}
+
+impl Partial {
+    /// Hears each primary's invalidations and probes it, for as long as nothing casts doubt on them and the
+    /// cluster client `client` cannot connect; then has each primary's connection quit.
+    async fn run(
+        mut self,
+        client: &Client,
+        store: &[Client],
+        store_changes: &mut Vec<Receiver<Vec<ClusterStateChange>>>,
+        near: &Weak<Near>,
+        canary: &str,
+    ) {
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = any_message(&mut self.invalidations) => {
+                    let Some(near) = near.upgrade() else { break };
+                    match message {
+                        Ok(invalidation) => hear(&near, &invalidation, canary),
+                        // Missed invalidations, or a connection gone: start again.
+                        Err(_) => break,
+                    }
+                }
+                _ = any_message(&mut self.reconnects) => break,
+                () = any_change(store_changes) => {
+                    if views(store).as_ref() != Some(&self.views) {
+                        break;
+                    }
+                }
+                _ = probe.tick() => {
+                    let Some(near) = near.upgrade() else { break };
+                    // Connected to every primary again (or the Cluster changed): track them all as before.
+                    if client.state() == ClientState::Connected || views(store).as_ref() != Some(&self.views) {
+                        break;
+                    }
+                    if !self.probe(&near).await {
+                        break;
+                    }
+                }
+            }
+        }
+        for (tracker, _) in self.primaries {
+            super::redis::quit_in_background(tracker);
+        }
+    }
+
+    /// Probes each primary's connection (its canary still there); `false` at the first that fails.
+    async fn probe(&self, near: &Near) -> bool {
+        for (index, (tracker, canary)) in self.primaries.iter().enumerate() {
+            let canaries = std::slice::from_ref(canary);
+            match tokio::time::timeout(PROBE_TIMEOUT, canaries_present(tracker, canaries)).await {
+                Ok(Ok(true)) => {}
+                // Flushed: start again from an empty near cache, the canaries planted anew.
+                Ok(Ok(false)) => {
+                    near.flush(FlushCause::Server);
+                    if plant(tracker, canaries).await.is_err() {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+            near.pong_primary(&self.partly, index);
+        }
+        true
+    }
+}
+
+/// The next message of any of `receivers` (or the error of the first that lagged or closed); never, without any.
+async fn any_message<T: Clone>(receivers: &mut [Receiver<T>]) -> Result<T, RecvError> {
+    if receivers.is_empty() {
+        return std::future::pending().await;
+    }
+    let (result, ..) =
+        futures_util::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.recv()))).await;
+    result
 }
 
 /// Switches tracking on at every primary and plants a canary on each; returns the canaries and, on a
