@@ -127,7 +127,7 @@ async fn run(
             task = client.connect();
         }
         let armed = tokio::time::timeout(Duration::from_secs(2), async {
-            client.wait_for_connect().await?;
+            connected(&client).await?;
             arm(&client, &prefix, &canary).await
         })
         .await;
@@ -274,6 +274,22 @@ async fn run(
     let _ = client.quit().await;
 }
 
+/// Waits until `client` is connected, or its connection attempt failed: fred's `wait_for_connect`, with the state
+/// also looked at every 10 ms, since fred's looks at it before it subscribes, and so misses a connection made
+/// between the two (it would then wait for the next one, or for its caller's bound).
+async fn connected(client: &Client) -> fred::prelude::FredResult<()> {
+    let polled = async {
+        while client.state() != ClientState::Connected {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    };
+    tokio::select! {
+        waited = client.wait_for_connect() => waited,
+        polled = polled => polled,
+    }
+}
+
 /// The tracking client of `config`: RESP3, reconnecting every 100 ms, its connection probed.
 fn tracking_client(config: Config) -> fred::prelude::FredResult<Client> {
     Builder::from_config(config)
@@ -374,7 +390,7 @@ async fn arm_partly(
 }
 
 /// Switches tracking on at `primary` on a connection of its own (made with `client`'s settings) and plants its
-/// canary there; `None` if that takes more than a second.
+/// canary there; `None` if that fails (the connection refused, a command refused) or takes more than a second.
 async fn arm_primary(
     client: &Client,
     state: &ClusterRouting,
@@ -391,7 +407,7 @@ async fn arm_primary(
     let (invalidations, mut reconnects) = (tracker.invalidation_rx(), tracker.reconnect_rx());
     drop(tracker.connect());
     let armed = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = tracker.wait_for_connect().await;
+        connected(&tracker).await?;
         track(&tracker, prefix).await?;
         plant(&tracker, std::slice::from_ref(&canary)).await
     })
