@@ -706,13 +706,19 @@ fn format_key(namespace: &str, digest: &[u8; 32]) -> String {
     format_in(namespace, "", digest)
 }
 
-/// `<namespace>:v1:<kind>{<hex of digest>}`.
-fn format_in(namespace: &str, kind: &str, digest: &[u8; 32]) -> String {
+/// `digest` in lowercase hex: the hash tag of its store keys.
+pub(crate) fn hex_of(digest: &[u8; 32]) -> [u8; 64] {
     let mut hex = [0u8; 64];
     for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0x0f)];
     }
+    hex
+}
+
+/// `<namespace>:v1:<kind>{<hex of digest>}`.
+fn format_in(namespace: &str, kind: &str, digest: &[u8; 32]) -> String {
+    let hex = hex_of(digest);
     let mut key = String::with_capacity(namespace.len() + kind.len() + 6 + 64);
     key.push_str(namespace);
     key.push_str(":v1:");

@@ -30,7 +30,7 @@ use super::clock::Clock;
 use super::engine::CACHE_STATUS;
 use super::entry::Entry;
 use super::heads::{Rendered, Renders};
-use super::key::{LEASE_SUFFIX, MARK_SUFFIX, parse_key};
+use super::key::{LEASE_SUFFIX, MARK_SUFFIX, hex_of, parse_key};
 use super::stats::{Counters, add, bump};
 use super::status::CACHE_NAME;
 use crate::atomic::AtomicU64;
@@ -796,13 +796,7 @@ impl Partly {
 /// The Cluster hash slot of the store key of the digest `key`: its hash tag is the digest in lowercase hex
 /// (see [`parse_key`]).
 pub(crate) fn hash_slot(key: &[u8; 32]) -> u16 {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = [0u8; 64];
-    for (pair, byte) in hex.chunks_exact_mut(2).zip(key) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
-    }
-    fred::util::redis_keyslot(&hex)
+    fred::util::redis_keyslot(&hex_of(key))
 }
 
 /// `entry` in memory of its own: its header values and body copied into one buffer, of exactly their length.
