@@ -487,7 +487,7 @@ impl Partial {
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                message = any_message(&mut self.invalidations) => {
+                (message, _) = any_message(&mut self.invalidations) => {
                     let Some(near) = near.upgrade() else { break };
                     match message {
                         Ok(invalidation) => hear(&near, &invalidation, canary),
@@ -539,14 +539,15 @@ impl Partial {
     }
 }
 
-/// The next message of any of `receivers` (or the error of the first that lagged or closed); never, without any.
-async fn any_message<T: Clone>(receivers: &mut [Receiver<T>]) -> Result<T, RecvError> {
+/// The next message of any of `receivers` (or the error of the first that lagged or closed), with the index of
+/// its receiver; never, without any.
+async fn any_message<T: Clone>(receivers: &mut [Receiver<T>]) -> (Result<T, RecvError>, usize) {
     if receivers.is_empty() {
         return std::future::pending().await;
     }
-    let (result, ..) =
+    let (result, index, _) =
         futures_util::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.recv()))).await;
-    result
+    (result, index)
 }
 
 /// Switches tracking on at every primary and plants a canary on each; returns the canaries and, on a
@@ -642,17 +643,10 @@ fn uncovered(store: &[Client], tracked: &[Server]) -> bool {
 /// Waits until a store client's view of the cluster changed (or its changes were missed); never, without any.
 async fn any_change(receivers: &mut Vec<Receiver<Vec<ClusterStateChange>>>) {
     loop {
-        if receivers.is_empty() {
-            return std::future::pending().await;
-        }
-        let (result, index, rest) =
-            futures_util::future::select_all(receivers.iter_mut().map(|r| Box::pin(r.recv())))
-                .await;
-        drop(rest);
-        match result {
-            Ok(_) | Err(RecvError::Lagged(_)) => return,
+        match any_message(receivers).await {
+            (Ok(_) | Err(RecvError::Lagged(_)), _) => return,
             // That client is gone: wait on the others.
-            Err(RecvError::Closed) => drop(receivers.swap_remove(index)),
+            (Err(RecvError::Closed), index) => drop(receivers.swap_remove(index)),
         }
     }
 }
