@@ -1784,6 +1784,146 @@ async fn an_entry_in_its_stale_if_error_window_answers_for_a_refused_answer() {
     assert!(body(late).await.ends_with(br#""call":3}]}"#));
 }
 
+/// `bytes` gzipped, as an origin answers a client that sent `Accept-Encoding: gzip`.
+#[cfg(feature = "decompress")]
+fn gzip(bytes: &[u8]) -> bytes::Bytes {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap().into()
+}
+
+/// `answers`, each body sent as `encode` makes it, under `Content-Encoding: gzip`. For [`counted_origin`].
+#[cfg(feature = "decompress")]
+fn gzipped(
+    answers: impl Fn(usize, OriginRequest) -> futures_util::future::BoxFuture<'static, OriginAnswer>
+    + Clone
+    + Send,
+    encode: fn(usize, &[u8]) -> bytes::Bytes,
+) -> impl Fn(usize, OriginRequest) -> futures_util::future::BoxFuture<'static, OriginAnswer> + Clone + Send
+{
+    use http_body_util::BodyExt;
+    move |n, request| {
+        let answer = answers(n, request);
+        Box::pin(async move {
+            let (mut parts, plain) = answer.await?.into_parts();
+            let plain = plain.collect().await?.to_bytes();
+            parts.headers.insert("content-encoding", "gzip".parse()?);
+            Ok(http::Response::from_parts(
+                parts,
+                Full::new(encode(n, &plain)),
+            ))
+        })
+    }
+}
+
+/// [`post`] from a client that takes gzip.
+#[cfg(feature = "decompress")]
+fn post_gzip(query: &str) -> Request<Full<bytes::Bytes>> {
+    let mut request = post(query);
+    request
+        .headers_mut()
+        .insert("accept-encoding", "gzip".parse().unwrap());
+    request
+}
+
+#[cfg(feature = "decompress")]
+#[tokio::test]
+async fn store_when_judges_a_gzipped_answer_decoded_and_the_entry_keeps_it_as_it_came() {
+    let server = RedisServer::start();
+    let (calls, origin) =
+        counted_origin(gzipped(graphql_answers(|n| n == 1), |_, plain| gzip(plain)));
+    let layer = layer_over(redis_store(&server).await)
+        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let query = r#"{"query":"{ items }"}"#;
+
+    // An error inside the `200`, read through its gzip: refused.
+    let refused = call(&service, post_gzip(query)).await;
+    assert_eq!(
+        cache_status(&refused),
+        "tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-refused"
+    );
+    let errors = br#"{"data":{"items":null},"errors":[{"message":"timed out","call":1}]}"#;
+    assert_eq!(body(refused).await, gzip(errors));
+    assert_eq!(layer.handle().stats().not_stored_for(NotStored::Refused), 1);
+
+    // Data: stored, and the hit answers the bytes the origin sent, in their coding.
+    let stored = call(&service, post_gzip(query)).await;
+    assert_eq!(
+        outcome(&stored),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+    let data = gzip(br#"{"data":{"items":[2]}}"#);
+    assert_eq!(body(stored).await, data);
+    let hit = call(&service, post_gzip(query)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(hit.headers()["content-encoding"], "gzip");
+    assert_eq!(body(hit).await, data);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[cfg(feature = "decompress")]
+#[tokio::test(start_paused = true)]
+async fn a_gzipped_answer_that_does_not_decode_within_the_cap_is_passed_on_unjudged_and_unstored() {
+    // The second answer is no gzip at all; the third decodes to more than the 64 KiB cap (from 1 KiB or so).
+    let encode = |n, plain: &[u8]| match n {
+        2 => bytes::Bytes::from_static(b"not gzip"),
+        3 => {
+            let mut big = plain.to_vec();
+            big.extend(std::iter::repeat_n(b' ', 100_000));
+            gzip(&big)
+        }
+        _ => gzip(plain),
+    };
+    let (calls, origin) = counted_origin(gzipped(graphql_answers(|_| false), encode));
+    let judged = Arc::new(AtomicUsize::new(0));
+    let counted = judged.clone();
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .max_body_size(64 << 10)
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::ZERO)
+        .stale_if_error_for(Duration::from_secs(60))
+        .store_when(move |_, _, body| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tower_redis_cache::cache::graphql::is_success(body)
+        })
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let query = r#"{"query":"{ items }"}"#;
+    let first = call(&service, post_gzip(query)).await;
+    assert_eq!(
+        outcome(&first),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+
+    // Neither is judged, nor taken for an error: the entry in its stale-if-error window does not answer for it.
+    for n in [2, 3] {
+        let response = call(&service, post_gzip(query)).await;
+        assert_eq!(
+            cache_status(&response),
+            "tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-undecodable",
+            "answer {n}"
+        );
+        let sent = encode(n, format!(r#"{{"data":{{"items":[{n}]}}}}"#).as_bytes());
+        assert_eq!(body(response).await, sent, "answer {n}");
+    }
+    let stats = layer.handle().stats();
+    assert_eq!(stats.not_stored_for(NotStored::Undecodable), 2);
+    assert_eq!(stats.stale_if_error, 0);
+    assert_eq!(judged.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
 /// What a JSON-RPC server answers its `n`th call: the call's `id`, with `Content-Length` and an `ETag`, or a `304`
 /// when the call holds the first answer's tag; with `coding`, the answer says it is in that `Content-Encoding`.
 /// For [`counted_origin`].

@@ -16,6 +16,7 @@ use super::decision::{
     may_invalidate, not_modified, only_ignored_cookies, part_of, serve_stale_on_error,
     sets_only_ignored_cookies,
 };
+use super::decode::{self, Readable};
 use super::echo::{self, Echoed};
 use super::entry::{Entry, Unstored, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
@@ -149,7 +150,8 @@ pub(super) fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored>
         | NotStored::Trailers
         | NotStored::Stream
         | NotStored::Encoded
-        | NotStored::Unordered => Some(Unstored::Alone),
+        | NotStored::Unordered
+        | NotStored::Undecodable => Some(Unstored::Alone),
         NotStored::Status if is_origin_failure(status) => None,
         NotStored::Status | NotStored::Expired | NotStored::Tags => Some(Unstored::Shared),
         NotStored::Invalidated | NotStored::Refused => None,
@@ -1555,9 +1557,10 @@ impl Engine {
             // Of an answer with a status that is stored (a `404` is no error in a `200`); asked again here, rarely
             // (an entry is in its stale-if-error window): a coalesced caller does not know why the answer it
             // shares was not stored.
-            let refused = result
-                .as_ref()
-                .is_ok_and(|r| self.policy.rules.statuses.contains(&r.status) && self.refuses(r));
+            let refused = result.as_ref().is_ok_and(|r| {
+                self.policy.rules.statuses.contains(&r.status)
+                    && self.refuses(r) == Some(NotStored::Refused)
+            });
             if serve_stale_on_error(status, refused, Some(&entry.stored(true)), now) {
                 bump(&self.counters.stale_if_error);
                 tracing::debug!(outcome = "stale-if-error", "cache decision");
@@ -1713,10 +1716,12 @@ impl Engine {
                 share: false,
                 why: Some(NotStored::Unordered),
             }
-        } else if verdict.store && self.refuses(response) {
+        } else if verdict.store
+            && let Some(why) = self.refuses(response)
+        {
             Verdict {
                 store: false,
-                why: Some(NotStored::Refused),
+                why: Some(why),
                 ..verdict
             }
         } else {
@@ -1724,12 +1729,17 @@ impl Engine {
         }
     }
 
-    /// Whether the layer's [`store_when`](super::RedisCacheLayerBuilder::store_when) refuses `response`.
-    fn refuses(&self, response: &Buffered) -> bool {
-        self.policy
-            .store_when
-            .as_ref()
-            .is_some_and(|when| !when(response.status, &response.headers, &response.body))
+    /// Why the layer's [`store_when`](super::RedisCacheLayerBuilder::store_when) keeps `response` out of the
+    /// store, if it does: it refused it ([`NotStored::Refused`]), or could not be given its body decoded
+    /// ([`NotStored::Undecodable`]).
+    fn refuses(&self, response: &Buffered) -> Option<NotStored> {
+        let when = self.policy.store_when.as_ref()?;
+        match decode::readable(&response.headers, &response.body, self.policy.max_body) {
+            Readable::Body(body) => {
+                (!when(response.status, &response.headers, &body)).then_some(NotStored::Refused)
+            }
+            Readable::Undecodable => Some(NotStored::Undecodable),
+        }
     }
 
     fn confirmed(&self, stored: &Entry, response: Buffered) -> Buffered {

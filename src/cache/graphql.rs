@@ -79,8 +79,9 @@ pub fn is_query(body: &[u8]) -> bool {
 /// an empty list; or a non-empty JSON array (a batch's answer) of such objects.
 ///
 /// Partial data beside `errors` is no success: the next call may get it whole. Neither is a body this cannot
-/// read: another shape, an incremental delivery (`multipart/mixed`), or one still compressed. The body is read
-/// once, without building a tree of its values.
+/// read: another shape, an incremental delivery (`multipart/mixed`), or one still compressed (with feature
+/// `decompress`, `store_when` is given a compressed answer decoded). The body is read once, without building a
+/// tree of its values.
 pub fn is_success(body: &[u8]) -> bool {
     one_or_batch(body, |answer: &Answer| answer.success)
 }

@@ -48,7 +48,8 @@ pub fn only_calls_to(body: &[u8], methods: &[&str]) -> bool {
 
 /// Whether a JSON-RPC response body is a result, not an error: a JSON object with a `result` member (of any
 /// value, `null` included) and no `error` (or a `null` one), or a non-empty JSON array (a batch's answer) of
-/// such objects. A body this cannot read (another shape, one still compressed) is no success.
+/// such objects. A body this cannot read (another shape, one still compressed) is no success: with feature
+/// `decompress`, `store_when` is given a compressed answer decoded.
 pub fn is_success(body: &[u8]) -> bool {
     one_or_batch(body, |reply: &Reply| reply.result && !reply.error)
 }

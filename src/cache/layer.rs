@@ -1247,8 +1247,15 @@ impl RedisCacheLayerBuilder {
     ///
     /// `when` is asked about the answers the other rules would store (and, with an entry inside its
     /// stale-if-error window, about any answer with a [cacheable status](Self::cacheable_statuses)), never on a
-    /// hit; `body` is the body as the origin sent it, within [`max_body_size`](Self::max_body_size) (still
-    /// encoded if its `Content-Encoding` says so).
+    /// hit; `body` is the body as the origin sent it, within [`max_body_size`](Self::max_body_size). An answer
+    /// in a `Content-Encoding` (its client sent `Accept-Encoding`, as tower-http's decompression layer does from
+    /// outside the cache) is given decoded with feature `decompress`: gzip, deflate, br and zstd, and stacks of
+    /// them, to at most `max_body_size` bytes; one that does not decode so (corrupt, cut short, or larger) is not
+    /// asked about and not stored (`detail=response-undecodable`, [`NotStored::Undecodable`](super::NotStored)),
+    /// but goes to its callers as the origin's answer. The entry keeps the bytes as they came, in their coding.
+    /// Without the feature, or in another coding, `when` gets the bytes as they came, which
+    /// [`graphql::is_success`](super::graphql::is_success) and [`jsonrpc::is_success`](super::jsonrpc::is_success)
+    /// never take for a success.
     ///
     /// ```
     /// use http::Method;

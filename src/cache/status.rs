@@ -10,7 +10,7 @@
 //! | stale hit, a refresh already running here or in another process | `tower-redis-cache; hit; ttl=-3` |
 //! | miss | `tower-redis-cache; fwd=uri-miss; fwd-status=200; stored` |
 //! | the request's variant missing, another's stored (the response's `Vary`; each variant is then stored under a key of its own, see [`keep_variants`](super::RedisCacheLayerBuilder::keep_variants)) | `tower-redis-cache; fwd=vary-miss; fwd-status=200; stored` |
-//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-trailers`: ended by trailers, passed on but not stored, `response-stream`: a live stream, passed on as it arrives, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read, `response-refused`: [`store_when`](super::RedisCacheLayerBuilder::store_when) refused it, `response-encoded`: an encoded answer to a query whose [echoed member](super::RedisCacheLayerBuilder::echo_body_field) it cannot carry, `response-unordered`: a batch's answer that does not list the calls' echoed members in their order) |
+//! | miss whose answer was not stored, and why | `tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-private` (`response-no-store`, `response-set-cookie`, `response-vary-star`, `response-status`: not a cacheable status, `response-too-large`, `response-trailers`: ended by trailers, passed on but not stored, `response-stream`: a live stream, passed on as it arrives, `response-expired`: windows that end at once, `invalidated`: an invalidation ran while the origin worked, `tags`: more tags than a fill records, or an answer's tags that cannot be read, `response-refused`: [`store_when`](super::RedisCacheLayerBuilder::store_when) refused it, `response-encoded`: an encoded answer to a query whose [echoed member](super::RedisCacheLayerBuilder::echo_body_field) it cannot carry, `response-unordered`: a batch's answer that does not list the calls' echoed members in their order, `response-undecodable`: an encoded answer `store_when` could not be given decoded) |
 //! | miss answered by another caller's inner call | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed` (and `stored` when that call stored it) |
 //! | miss answered by another process's fill, waited for | `tower-redis-cache; fwd=uri-miss; fwd-status=200; collapsed; detail=fleet` |
 //! | request `Cache-Control: no-cache`, or an entry older than its `max-age` allows | `tower-redis-cache; fwd=request; fwd-status=200; stored` |
@@ -333,11 +333,17 @@ pub enum NotStored {
     /// (JSON-RPC lets a server answer them in any order): another batch's answers would be set place by place
     /// and land at the wrong calls, so it goes to its caller alone.
     Unordered,
+    /// An answer in a `Content-Encoding` (feature `decompress`) that
+    /// [`store_when`](super::RedisCacheLayerBuilder::store_when) could not be given decoded: the stream does not
+    /// decode (corrupt, cut short), or holds more than [`max_body_size`](super::RedisCacheLayerBuilder::max_body_size)
+    /// once decoded. Not judged, so not stored; passed on, and shared with the callers coalesced onto its
+    /// request, as the origin's answer.
+    Undecodable,
 }
 
 impl NotStored {
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [NotStored; 14] = [
+    pub(crate) const ALL: [NotStored; 15] = [
         NotStored::NoStore,
         NotStored::Private,
         NotStored::SetCookie,
@@ -352,6 +358,7 @@ impl NotStored {
         NotStored::Refused,
         NotStored::Encoded,
         NotStored::Unordered,
+        NotStored::Undecodable,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -372,12 +379,14 @@ impl NotStored {
             NotStored::Refused => 11,
             NotStored::Encoded => 12,
             NotStored::Unordered => 13,
+            NotStored::Undecodable => 14,
         }
     }
 
     /// Its `detail` in `Cache-Status`: `response-no-store`, `response-private`, `response-set-cookie`,
     /// `response-vary-star`, `response-status`, `response-too-large`, `response-trailers`, `response-stream`,
-    /// `response-expired`, `invalidated`, `tags`, `response-refused`, `response-encoded`, `response-unordered`.
+    /// `response-expired`, `invalidated`, `tags`, `response-refused`, `response-encoded`, `response-unordered`,
+    /// `response-undecodable`.
     pub fn as_str(self) -> &'static str {
         match self {
             NotStored::NoStore => "response-no-store",
@@ -394,6 +403,7 @@ impl NotStored {
             NotStored::Refused => "response-refused",
             NotStored::Encoded => "response-encoded",
             NotStored::Unordered => "response-unordered",
+            NotStored::Undecodable => "response-undecodable",
         }
     }
 }
