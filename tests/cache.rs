@@ -1793,7 +1793,8 @@ fn gzip(bytes: &[u8]) -> bytes::Bytes {
     encoder.finish().unwrap().into()
 }
 
-/// `answers`, each body sent as `encode` makes it, under `Content-Encoding: gzip`. For [`counted_origin`].
+/// `answers`, each body sent as `encode` makes it, under `Content-Encoding: gzip` (and its `Content-Length`, if
+/// the answer had one). For [`counted_origin`].
 #[cfg(feature = "decompress")]
 fn gzipped(
     answers: impl Fn(usize, OriginRequest) -> futures_util::future::BoxFuture<'static, OriginAnswer>
@@ -1808,11 +1809,12 @@ fn gzipped(
         Box::pin(async move {
             let (mut parts, plain) = answer.await?.into_parts();
             let plain = plain.collect().await?.to_bytes();
+            let encoded = encode(n, &plain);
             parts.headers.insert("content-encoding", "gzip".parse()?);
-            Ok(http::Response::from_parts(
-                parts,
-                Full::new(encode(n, &plain)),
-            ))
+            if parts.headers.contains_key("content-length") {
+                parts.headers.insert("content-length", encoded.len().into());
+            }
+            Ok(http::Response::from_parts(parts, Full::new(encoded)))
         })
     }
 }
@@ -2230,6 +2232,7 @@ async fn coalesced_callers_each_get_their_own_echoed_member() {
 
 #[tokio::test(start_paused = true)]
 async fn an_encoded_answer_to_an_echoing_call_is_neither_stored_nor_shared() {
+    // The answers say gzip and are not: with feature `decompress` too, they stay as they came.
     let (calls, origin) = counted_origin(rpc_answers(Some("gzip")));
     let layer = layer_over(MemoryStore::new(1 << 20))
         .echo_body_field("id")
@@ -2248,6 +2251,63 @@ async fn an_encoded_answer_to_an_echoing_call_is_neither_stored_nor_shared() {
         "each caller made its own call"
     );
     assert_eq!(layer.handle().stats().not_stored_for(NotStored::Encoded), 3);
+}
+
+#[cfg(feature = "decompress")]
+#[tokio::test(start_paused = true)]
+async fn a_gzipped_answer_to_an_echoing_call_is_decoded_then_stored_and_shared() {
+    let (calls, origin) = counted_origin(gzipped(rpc_answers(None), |_, plain| gzip(plain)));
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let check = |id: u64, response: &support::calls::Reply| {
+        assert!(!response.headers().contains_key("content-encoding"), "{id}");
+        assert!(
+            !response.headers().contains_key("etag"),
+            "{id}: the tag named the gzip bytes"
+        );
+    };
+    // Three callers together: one origin call, whose answer each gets decoded, with its own `id`.
+    for (id, response) in rpc_together(&service, "eth_chainId", 1..=3).await {
+        check(id, &response);
+        let length = response.headers()["content-length"].clone();
+        let answer = body(response).await;
+        assert_eq!(length, answer.len().to_string().as_str(), "{id}");
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(
+            answer,
+            serde_json::json!({"jsonrpc": "2.0", "result": "0x1", "id": id})
+        );
+    }
+    let hit = call(
+        &service,
+        rpc(r#"{"jsonrpc":"2.0","method":"eth_chainId","id":9}"#),
+    )
+    .await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    check(9, &hit);
+    assert_eq!(
+        &body(hit).await[..],
+        br#"{"id":9,"jsonrpc":"2.0","result":"0x1"}"#
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A client that takes no answer in no coding gets the origin's as it came, which is then neither stored nor
+    // shared.
+    let mut gzip_only = rpc(r#"{"jsonrpc":"2.0","method":"eth_blockNumber","id":4}"#);
+    gzip_only
+        .headers_mut()
+        .insert("accept-encoding", "gzip, identity;q=0".parse().unwrap());
+    let encoded = call(&service, gzip_only).await;
+    assert!(cache_status(&encoded).ends_with("detail=response-encoded"));
+    assert_eq!(encoded.headers()["content-encoding"], "gzip");
+    assert_eq!(
+        body(encoded).await,
+        gzip(br#"{"id":4,"jsonrpc":"2.0","result":"0x2"}"#)
+    );
+    assert_eq!(layer.handle().stats().not_stored_for(NotStored::Encoded), 1);
 }
 
 /// An echoed member leaves the key, so one that carries credentials would give each caller its own token back in

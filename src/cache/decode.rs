@@ -35,6 +35,40 @@ pub(crate) fn readable<'a>(headers: &HeaderMap, body: &'a [u8], limit: usize) ->
     }
 }
 
+/// Whether a client with these request `headers` takes an answer in no coding (RFC 9110 §12.5.3): unless its
+/// `Accept-Encoding` gives `identity`, or `*` without naming `identity`, a weight of 0.
+pub(crate) fn takes_identity(headers: &HeaderMap) -> bool {
+    let mut identity = None;
+    let mut any = None;
+    for member in headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+    {
+        let mut parts = member.split(|&b| b == b';');
+        let coding = parts.next().unwrap_or_default().trim_ascii();
+        let refused = parts.any(|param| {
+            let param = param.trim_ascii();
+            param.len() > 2 && param[..2].eq_ignore_ascii_case(b"q=") && is_zero(&param[2..])
+        });
+        if coding.eq_ignore_ascii_case(b"identity") {
+            identity = Some(!refused);
+        } else if coding == b"*" {
+            any = Some(!refused);
+        }
+    }
+    identity.or(any).unwrap_or(true)
+}
+
+/// Whether a weight (`qvalue`, RFC 9110 §12.4.2) is 0: `0`, `0.`, `0.0` to `0.000`.
+fn is_zero(qvalue: &[u8]) -> bool {
+    match qvalue.trim_ascii() {
+        [b'0'] => true,
+        [b'0', b'.', zeros @ ..] => zeros.len() <= 3 && zeros.iter().all(|&b| b == b'0'),
+        _ => false,
+    }
+}
+
 #[cfg(feature = "decompress")]
 mod codecs {
     use super::Readable;
@@ -188,6 +222,30 @@ mod tests {
             headers.append(CONTENT_ENCODING, HeaderValue::from_static(coding));
         }
         headers
+    }
+
+    #[test]
+    fn identity_is_taken_unless_a_weight_of_0_refuses_it() {
+        let takes = |fields: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for field in fields {
+                headers.append("accept-encoding", HeaderValue::from_static(field));
+            }
+            takes_identity(&headers)
+        };
+        assert!(takes(&[]));
+        assert!(takes(&["gzip, br"]));
+        assert!(takes(&["gzip;q=1.0, identity; q=0.5, *;q=0"]));
+        assert!(
+            takes(&["*;q=0", "identity"]),
+            "named, identity outweighs `*`"
+        );
+        assert!(takes(&["identity;q=0.001"]));
+        assert!(takes(&["identity;q=00"]), "no qvalue");
+        assert!(!takes(&["gzip, identity;q=0"]));
+        assert!(!takes(&["gzip, IDENTITY ; Q=0.000"]));
+        assert!(!takes(&["gzip", "*;q=0."]));
+        assert!(!takes(&["br;q=1, *;q=0.0"]));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::ops::Range;
 
 /// Fields that describe an answer's exact bytes, which setting a member changes.
-const BYTE_FIELDS: [&str; 4] = ["content-digest", "repr-digest", "digest", "content-md5"];
+pub(crate) const BYTE_FIELDS: [&str; 4] =
+    ["content-digest", "repr-digest", "digest", "content-md5"];
 
 /// Nesting deeper than this is no JSON this reads (as the key's canonicaliser, so hostile input cannot make it
 /// work without end).

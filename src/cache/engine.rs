@@ -42,8 +42,8 @@ use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::{
     AGE, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
-    CONTENT_TYPE, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LOCATION, RANGE, SET_COOKIE,
-    TRANSFER_ENCODING,
+    CONTENT_TYPE, ETAG, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LOCATION, RANGE,
+    SET_COOKIE, TRANSFER_ENCODING,
 };
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version, request,
@@ -1682,9 +1682,50 @@ impl Engine {
             Some(stored) => self.confirmed(stored, response),
             None => response,
         };
+        let response = if facts.echoes {
+            self.decoded_for_echo(response, request_headers)
+        } else {
+            response
+        };
         let verdict = self.judge(facts, &response);
         let vary = vary_digest(&response.headers, request_headers);
         (response, verdict, vary)
+    }
+
+    /// `response` to a query whose body member the layer echoes, in no coding when it came in one that feature
+    /// `decompress` undoes within the cap and the in-flight budget, and the client takes an answer in none
+    /// (RFC 9110 §12.5.3): the member can then be set in it, so it is stored and shared as any other answer,
+    /// where an encoded one is neither ([`NotStored::Encoded`]). Its `ETag` and digests, which name the encoded
+    /// bytes, go with the coding.
+    fn decoded_for_echo(&self, response: Buffered, request_headers: &HeaderMap) -> Buffered {
+        if !is_encoded(&response.headers)
+            || !self.policy.rules.statuses.contains(&response.status)
+            || !decode::takes_identity(request_headers)
+        {
+            return response;
+        }
+        let Readable::Body(Cow::Owned(decoded)) =
+            decode::readable(&response.headers, &response.body, self.policy.max_body)
+        else {
+            return response;
+        };
+        let mut claim = self.budget.claim();
+        if !claim.grow(decoded.len()) {
+            return response;
+        }
+        let mut headers = response.headers;
+        headers.remove(CONTENT_ENCODING);
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(decoded.len()));
+        headers.remove(ETAG);
+        for name in echo::BYTE_FIELDS {
+            headers.remove(name);
+        }
+        Buffered {
+            headers,
+            body: Bytes::from(decoded),
+            claim: Some(Arc::new(claim)),
+            ..response
+        }
     }
 
     /// [`judge`] of `response` to a request with `facts`, by this layer's rules; then, for an answer they would

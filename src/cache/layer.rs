@@ -1001,8 +1001,11 @@ impl RedisCacheLayerBuilder {
     /// sends by default) each call's value is left out: another batch of the same calls, in the same order, is
     /// answered from it, each answer given its own call's `id` place by place; since JSON-RPC lets a server
     /// answer a batch's calls in any order, an answer that does not list them in the request's order is neither
-    /// stored nor shared (`detail=response-unordered`). An answer in a `Content-Encoding`, whose member cannot be
-    /// set, is neither stored nor shared either (`detail=response-encoded`). `build` refuses a member that
+    /// stored nor shared (`detail=response-unordered`). An answer in a `Content-Encoding` is decoded first with
+    /// feature `decompress` (gzip, deflate, br, zstd, to at most [`max_body_size`](Self::max_body_size) bytes),
+    /// then stored, shared and answered in no coding, without the `ETag` and digests that named the encoded
+    /// bytes, unless its request refuses an answer in no coding (`identity;q=0`); one left encoded, whose member
+    /// cannot be set, is neither stored nor shared either (`detail=response-encoded`). `build` refuses a member that
     /// carries credentials ([`CREDENTIAL_PARAMS`]) unless [`Credentials::Partition`] says whom every request
     /// acts for: each request would get its own token back in an answer made for another's.
     ///

@@ -325,8 +325,9 @@ pub enum NotStored {
     /// its request, and replaced by an entry inside its stale-if-error window when there is one.
     Refused,
     /// An answer in a `Content-Encoding` to a query whose body member the answers echo
-    /// ([`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)): the member cannot be set in it, so
-    /// it goes to its caller alone.
+    /// ([`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)), left encoded (without feature
+    /// `decompress`, in a coding it does not undo, or for a request that refuses an answer in none): the member
+    /// cannot be set in it, so it goes to its caller alone.
     Encoded,
     /// A batch's answer that does not list its calls' echoed members
     /// ([`echo_body_field`](super::RedisCacheLayerBuilder::echo_body_field)) in the order of the request's calls
