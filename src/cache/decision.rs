@@ -57,6 +57,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 #[non_exhaustive]
 pub enum Credentials {
     /// Requests with credentials go to the inner service uncached. The default.
+    ///
+    /// Credentials here are those a request carries in its headers: `Authorization`, `Cookie` (but the
+    /// [ignored](super::RedisCacheLayerBuilder::ignore_cookies) ones) and the credential headers. One in the URI
+    /// or the body (`?access_token=`, `?key=`, a presigned URL's signature, `{"api_key": ...}`) is part of the
+    /// key, as the whole URI and body are, so each credential gets entries of its own, as with
+    /// [`InKey`](Self::InKey), and `private` answers are still not stored.
     #[default]
     Bypass,
     /// The values of `Authorization`, `Cookie` and the credential headers are part of the key: each credential
