@@ -152,11 +152,14 @@ mod codecs {
             Coding::Deflate => {
                 read_all(flate2::read::DeflateDecoder::new(input), input.len(), limit)
             }
-            Coding::Brotli => read_all(
-                brotli_decompressor::Decompressor::new(input, 4096),
-                input.len(),
-                limit,
-            ),
+            Coding::Brotli => {
+                use brotli_decompressor::BrotliDecoderParameter::BROTLI_DECODER_PARAM_LARGE_WINDOW;
+                let mut decoder = brotli_decompressor::Decompressor::new(input, 4096);
+                // HTTP's `br` is RFC 7932's format, whose window is at most 16 MiB; the decoder would also take
+                // the large-window variant's, up to 1 GiB.
+                decoder.set_parameter(BROTLI_DECODER_PARAM_LARGE_WINDOW, 0);
+                read_all(decoder, input.len(), limit)
+            }
             Coding::Zstd => zstd(input, limit),
         }
     }
@@ -440,6 +443,36 @@ mod tests {
                 None,
                 "gzip with bytes after it"
             );
+        }
+
+        const CODINGS: [&str; 4] = ["gzip", "deflate", "br", "zstd"];
+
+        proptest::proptest! {
+            #[test]
+            fn any_bytes_in_any_coding_decode_within_the_cap_or_not_at_all(
+                coding in 0..CODINGS.len(),
+                body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+                limit in 0usize..4096,
+            ) {
+                if let Some(decoded) = read(&[CODINGS[coding]], &body, limit) {
+                    proptest::prop_assert!(decoded.len() <= limit);
+                }
+            }
+
+            #[test]
+            fn an_encoded_body_decodes_to_itself_when_it_fits(
+                coding in 0..3usize,
+                body in proptest::collection::vec(0u8..4, 0..4096),
+                limit in 0usize..4096,
+            ) {
+                let (name, encoded) = match coding {
+                    0 => ("gzip", gzip(&body)),
+                    1 => ("deflate", zlib(&body)),
+                    _ => ("zstd", zstd(&body)),
+                };
+                let expected = (body.len() <= limit).then_some(body);
+                proptest::prop_assert_eq!(read(&[name], &encoded, limit), expected);
+            }
         }
 
         #[test]
