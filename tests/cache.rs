@@ -1926,6 +1926,42 @@ async fn a_gzipped_answer_that_does_not_decode_within_the_cap_is_passed_on_unjud
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+#[tokio::test(start_paused = true)]
+async fn store_when_refusing_answers_it_read_encoded_is_warned_of_once() {
+    let warnings = support::logs::warnings();
+    // A coding no build decodes, which names this test's warning among the binary's.
+    let (calls, origin) = counted_origin(|n, _| async move {
+        let response = http::Response::builder()
+            .header("content-encoding", "x-refused-encoded")
+            .body(Full::new(bytes::Bytes::from(format!(
+                "{n}: no JSON to read"
+            ))));
+        Ok(response?)
+    });
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    for query in [r#"{"query":"{ a }"}"#, r#"{"query":"{ b }"}"#] {
+        let refused = call(&service, post(query)).await;
+        assert!(cache_status(&refused).ends_with("detail=response-refused"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let warned: Vec<String> = warnings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|fields| fields.contains("x-refused-encoded"))
+        .cloned()
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("`store_when` refused an answer it read still in its Content-Encoding"),
+        "{warned:?}"
+    );
+}
+
 /// What a JSON-RPC server answers its `n`th call: the call's `id`, with `Content-Length` and an `ETag`, or a `304`
 /// when the call holds the first answer's tag; with `coding`, the answer says it is in that `Content-Encoding`.
 /// For [`counted_origin`].

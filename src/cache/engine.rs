@@ -53,7 +53,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -891,6 +891,8 @@ pub(crate) struct Engine {
     pub(crate) variants: Option<Variants>,
     /// When this process next looks whether the tag sets are due a sweep.
     pub(crate) sweeps: super::tags::Sweeps,
+    /// Whether this layer warned that `store_when` refused an answer it was given still encoded.
+    warned_encoded: AtomicBool,
 }
 
 impl Engine {
@@ -929,6 +931,7 @@ impl Engine {
             background: Background::default(),
             variants,
             sweeps,
+            warned_encoded: AtomicBool::new(false),
         }
     }
 
@@ -1777,10 +1780,39 @@ impl Engine {
         let when = self.policy.store_when.as_ref()?;
         match decode::readable(&response.headers, &response.body, self.policy.max_body) {
             Readable::Body(body) => {
-                (!when(response.status, &response.headers, &body)).then_some(NotStored::Refused)
+                let refused = !when(response.status, &response.headers, &body);
+                if refused && matches!(body, Cow::Borrowed(_)) && is_encoded(&response.headers) {
+                    self.warn_encoded_refusal(&response.headers);
+                }
+                refused.then_some(NotStored::Refused)
             }
             Readable::Undecodable => Some(NotStored::Undecodable),
         }
+    }
+
+    /// Tells the operator, once for the layer, that `store_when` refused an answer it read still in the
+    /// `Content-Encoding` given by `headers`: a predicate that reads JSON refuses every such answer, so the layer
+    /// may store nothing, and only `detail=response-refused` would say so.
+    #[cold]
+    fn warn_encoded_refusal(&self, headers: &HeaderMap) {
+        if self.warned_encoded.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let coding: Vec<&str> = headers
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .map(|value| value.to_str().unwrap_or("(not visible ASCII)"))
+            .collect();
+        let remedy = if cfg!(feature = "decompress") {
+            "the `decompress` feature decodes gzip, deflate, br and zstd, not this coding"
+        } else {
+            "enable tower-redis-cache's `decompress` feature so that it reads gzip, deflate, br and zstd decoded"
+        };
+        tracing::warn!(
+            content_encoding = coding.join(", "),
+            "`store_when` refused an answer it read still in its Content-Encoding, perhaps for that alone: {remedy}; \
+             this is said once"
+        );
     }
 
     fn confirmed(&self, stored: &Entry, response: Buffered) -> Buffered {

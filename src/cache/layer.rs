@@ -1258,7 +1258,7 @@ impl RedisCacheLayerBuilder {
     /// but goes to its callers as the origin's answer. The entry keeps the bytes as they came, in their coding.
     /// Without the feature, or in another coding, `when` gets the bytes as they came, which
     /// [`graphql::is_success`](super::graphql::is_success) and [`jsonrpc::is_success`](super::jsonrpc::is_success)
-    /// never take for a success.
+    /// never take for a success: the first time `when` refuses such an answer, the layer logs a warning.
     ///
     /// ```
     /// use http::Method;
