@@ -1926,6 +1926,35 @@ async fn a_gzipped_answer_that_does_not_decode_within_the_cap_is_passed_on_unjud
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+#[cfg(feature = "decompress")]
+#[tokio::test(start_paused = true)]
+async fn callers_still_share_the_calls_of_a_key_whose_answer_did_not_decode() {
+    let not_gzip = |_, _: &[u8]| bytes::Bytes::from_static(b"not gzip");
+    let (calls, origin) = counted_origin(gzipped(graphql_answers(|_| false), not_gzip));
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let query = r#"{"query":"{ items }"}"#;
+    let first = call(&service, post_gzip(query)).await;
+    assert!(cache_status(&first).ends_with("detail=response-undecodable"));
+
+    // The key's marker sends misses to the origin without waiting on the fleet, but callers in one process still
+    // share one call, as the origin's answer is anyone's.
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { body(call(&service, post_gzip(query)).await).await })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(&caller.await.unwrap()[..], b"not gzip");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(layer.handle().stats().uncacheable_misses, 3, "each found the marker");
+}
+
 #[tokio::test(start_paused = true)]
 async fn store_when_refusing_answers_it_read_encoded_is_warned_of_once() {
     let warnings = support::logs::warnings();

@@ -150,10 +150,13 @@ pub(super) fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored>
         | NotStored::Trailers
         | NotStored::Stream
         | NotStored::Encoded
-        | NotStored::Unordered
-        | NotStored::Undecodable => Some(Unstored::Alone),
+        | NotStored::Unordered => Some(Unstored::Alone),
         NotStored::Status if is_origin_failure(status) => None,
-        NotStored::Status | NotStored::Expired | NotStored::Tags => Some(Unstored::Shared),
+        // Shared with coalesced callers, as the origin's answer, but not stored: one that does not decode is
+        // likely to be followed by another.
+        NotStored::Status | NotStored::Expired | NotStored::Tags | NotStored::Undecodable => {
+            Some(Unstored::Shared)
+        }
         NotStored::Invalidated | NotStored::Refused => None,
     }
 }
