@@ -1952,7 +1952,11 @@ async fn callers_still_share_the_calls_of_a_key_whose_answer_did_not_decode() {
         assert_eq!(&caller.await.unwrap()[..], b"not gzip");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(layer.handle().stats().uncacheable_misses, 3, "each found the marker");
+    assert_eq!(
+        layer.handle().stats().uncacheable_misses,
+        3,
+        "each found the marker"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,8 +4,9 @@
 //! An origin answers in a `Content-Encoding` when its client asked for one (`Accept-Encoding`, as tower-http's
 //! decompression layer sends it from outside the cache, so that entries stay compressed). A predicate that reads
 //! JSON ([`graphql::is_success`](super::graphql::is_success)) would find none in the encoded bytes and refuse
-//! every such answer, so nothing would ever be stored. The entry keeps the encoded bytes either way; only the
-//! predicate's view is decoded, on a miss, never on a hit.
+//! every such answer, so nothing would ever be stored. The entry keeps the encoded bytes: only the predicate's
+//! view is decoded, on a miss, never on a hit. (An answer to a call whose member the answers echo is decoded
+//! itself, so that the member can be set in it: `Engine::decoded_for_echo`.)
 
 use http::HeaderMap;
 use std::borrow::Cow;
@@ -145,13 +146,11 @@ mod codecs {
         match coding {
             Coding::Gzip => read_all(flate2::read::MultiGzDecoder::new(input), input.len(), limit),
             // RFC 9110's `deflate` is the zlib format (RFC 1950); some servers send a raw deflate stream (RFC 1951)
-            // under that name, which every browser reads too.
-            Coding::Deflate if is_zlib(input) => {
-                read_all(flate2::read::ZlibDecoder::new(input), input.len(), limit)
-            }
-            Coding::Deflate => {
-                read_all(flate2::read::DeflateDecoder::new(input), input.len(), limit)
-            }
+            // under that name, which browsers read too: the one tried when the other does not decode.
+            Coding::Deflate => is_zlib(input)
+                .then(|| read_all(flate2::read::ZlibDecoder::new(input), input.len(), limit))
+                .flatten()
+                .or_else(|| read_all(flate2::read::DeflateDecoder::new(input), input.len(), limit)),
             Coding::Brotli => {
                 use brotli_decompressor::BrotliDecoderParameter::BROTLI_DECODER_PARAM_LARGE_WINDOW;
                 let mut decoder = brotli_decompressor::Decompressor::new(input, 4096);
@@ -166,7 +165,7 @@ mod codecs {
 
     /// Whether `input` opens with a zlib header (RFC 1950 §2.2): method 8 (deflate), a window of at most 32 KiB,
     /// and a check that makes the first two bytes a multiple of 31.
-    fn is_zlib(input: &[u8]) -> bool {
+    pub(super) fn is_zlib(input: &[u8]) -> bool {
         match input {
             [cmf, flg, ..] => {
                 cmf & 0x0f == 8
@@ -348,6 +347,24 @@ mod tests {
             );
             assert_eq!(read(&["zstd"], &zstd(JSON), 1 << 20).as_deref(), Some(JSON));
             assert_eq!(read(&["br"], &BROTLI_PAD, 1 << 20), Some(pad()));
+        }
+
+        #[test]
+        fn a_raw_deflate_stream_that_opens_as_zlib_does_is_read_raw() {
+            // A stored block of 29 bytes, not the last, whose unused header bit is set: the first two bytes,
+            // 0x08 0x1d, pass the zlib header's checks; then an empty last block.
+            let json = br#"{"data": {"items": [1, 234]}}"#;
+            let stream = [
+                &[0x08, 0x1d, 0x00, 0xe2, 0xff][..],
+                json,
+                &[0x01, 0x00, 0x00, 0xff, 0xff],
+            ]
+            .concat();
+            assert!(codecs::is_zlib(&stream));
+            assert_eq!(
+                read(&["deflate"], &stream, 1 << 20).as_deref(),
+                Some(&json[..])
+            );
         }
 
         #[test]
