@@ -1005,9 +1005,9 @@ impl RedisCacheLayerBuilder {
     /// feature `decompress` (gzip, deflate, br, zstd, to at most [`max_body_size`](Self::max_body_size) bytes),
     /// then stored, shared and answered in no coding, without the `ETag` and digests that named the encoded
     /// bytes, unless its request refuses an answer in no coding (`identity;q=0`); one left encoded, whose member
-    /// cannot be set, is neither stored nor shared either (`detail=response-encoded`). `build` refuses a member that
-    /// carries credentials ([`CREDENTIAL_PARAMS`]) unless [`Credentials::Partition`] says whom every request
-    /// acts for: each request would get its own token back in an answer made for another's.
+    /// cannot be set, is neither stored nor shared either (`detail=response-encoded`). `build` refuses a member
+    /// that carries credentials ([`CREDENTIAL_PARAMS`]) unless [`Credentials::Partition`] says whom every
+    /// request acts for: each request would get its own token back in an answer made for another's.
     ///
     /// ```
     /// use http::Method;
