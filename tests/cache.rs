@@ -2379,6 +2379,72 @@ async fn a_gzipped_answer_to_an_echoing_call_is_decoded_then_stored_and_shared()
     assert_eq!(layer.handle().stats().not_stored_for(NotStored::Encoded), 1);
 }
 
+#[cfg(feature = "decompress")]
+#[tokio::test(start_paused = true)]
+async fn a_304_that_names_a_coding_keeps_an_echoing_calls_decoded_entry_as_it_is() {
+    use http_body_util::BodyExt;
+    const MODIFIED: &str = "Tue, 15 Nov 1994 08:12:31 GMT";
+    // Answers in gzip, with a validator; a `304` to it that repeats the coding, as some servers do.
+    let (calls, origin) = counted_origin(|_, request: OriginRequest| async move {
+        let answer = http::Response::builder()
+            .header("content-encoding", "gzip")
+            .header("last-modified", MODIFIED);
+        if request.headers().contains_key("if-modified-since") {
+            return Ok(answer.status(304).body(Full::default())?);
+        }
+        let call: serde_json::Value =
+            serde_json::from_slice(&request.into_body().collect().await?.to_bytes())?;
+        let json = serde_json::json!({"jsonrpc": "2.0", "result": "0x1", "id": call["id"]});
+        Ok(answer
+            .header("content-type", "application/json")
+            .body(Full::new(gzip(json.to_string().as_bytes())))?)
+    });
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .methods([Method::from_bytes(b"QUERY").unwrap()])
+        .fresh_for(Duration::from_secs(1))
+        .stale_for(Duration::ZERO)
+        .stale_if_error_for(Duration::ZERO)
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let query = |id: u64| {
+        Request::builder()
+            .method("QUERY")
+            .uri("https://node.example/")
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(format!(
+                r#"{{"jsonrpc":"2.0","method":"eth_chainId","id":{id}}}"#
+            ))))
+            .unwrap()
+    };
+    let answer = |id: u64| format!(r#"{{"id":{id},"jsonrpc":"2.0","result":"0x1"}}"#);
+    let first = call(&service, query(1)).await;
+    assert!(
+        cache_status(&first).ends_with("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    assert_eq!(body(first).await, answer(1));
+
+    // Past its freshness the entry, kept for its validator, is asked about: the `304` renews it, and its coding
+    // does not label the decoded body.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let renewed = call(&service, query(2)).await;
+    assert!(
+        cache_status(&renewed).contains("fwd-status=304"),
+        "{}",
+        cache_status(&renewed)
+    );
+    assert!(!renewed.headers().contains_key("content-encoding"));
+    assert_eq!(body(renewed).await, answer(2));
+    let hit = call(&service, query(3)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert!(!hit.headers().contains_key("content-encoding"));
+    assert_eq!(body(hit).await, answer(3));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 /// An echoed member leaves the key, so one that carries credentials would give each caller its own token back in
 /// an answer made for another's: refused, unless a partition says whom every request acts for.
 #[test]

@@ -49,7 +49,7 @@
 
 use super::decision::is_safe;
 use super::directives::{Directives, delta_seconds};
-use http::header::{AGE, CONTENT_LENGTH, DATE, ETAG, EXPIRES, LAST_MODIFIED};
+use http::header::{AGE, CONTENT_ENCODING, CONTENT_LENGTH, DATE, ETAG, EXPIRES, LAST_MODIFIED};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, request};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -289,13 +289,15 @@ pub(crate) fn validators(method: &Method, stored: &HeaderMap) -> HeaderMap {
 }
 
 /// The stored headers updated from a `304` (RFC 9111 §4.3.4): every field the `304` carries replaces the
-/// stored one, but `Content-Length` (the stored body is kept). `fresh` is already filtered for storage.
+/// stored one, but `Content-Length` and `Content-Encoding`, which describe the stored body, kept as it is (RFC
+/// 9111 §3.2: a cache that stored the body decoded, as this one does for an echoing call's answer, keeps its
+/// coding out of such updates). `fresh` is already filtered for storage.
 pub(crate) fn merge_headers(stored: &mut HeaderMap, fresh: HeaderMap) {
     let mut current = None;
     for (name, value) in fresh {
         let name = match name {
             Some(name) => {
-                if name == CONTENT_LENGTH {
+                if name == CONTENT_LENGTH || name == CONTENT_ENCODING {
                     current = None;
                     continue;
                 }
@@ -547,6 +549,7 @@ mod tests {
                 ("etag", "\"v1\""),
                 ("cache-control", "max-age=9"),
                 ("content-length", "0"),
+                ("content-encoding", "gzip"),
                 ("x-new", "a"),
                 ("x-new", "b"),
             ]),
@@ -554,6 +557,10 @@ mod tests {
         assert_eq!(
             merged["content-length"], "12",
             "the stored body's length stays"
+        );
+        assert!(
+            !merged.contains_key("content-encoding"),
+            "the stored body is in no coding"
         );
         assert_eq!(merged["cache-control"], "max-age=9");
         assert_eq!(merged["x-old"], "1");
