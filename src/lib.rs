@@ -133,6 +133,7 @@
 //! | `reqwest` | no | `reqwest::ReqwestService` and `reqwest::CacheMiddleware` (reqwest 0.13, reqwest-middleware 0.5) |
 //! | `metrics` | no | counters through the `metrics` facade |
 //! | `compression` | no | stored bodies LZ4-compressed ([`compress_above`](cache::RedisCacheLayerBuilder::compress_above); lz4_flex, pure Rust) |
+//! | `decompress` | no | answers in gzip, deflate, br or zstd read decoded by [`store_when`](cache::RedisCacheLayerBuilder::store_when) and shared decoded by [`echo_body_field`](cache::RedisCacheLayerBuilder::echo_body_field) (flate2, brotli-decompressor, ruzstd; pure Rust) |
 //! | `full` | no | everything |
 //!
 //! # TLS
