@@ -1873,7 +1873,7 @@ async fn store_when_judges_a_gzipped_answer_decoded_and_the_entry_keeps_it_as_it
 #[cfg(feature = "decompress")]
 #[tokio::test(start_paused = true)]
 async fn a_gzipped_answer_that_does_not_decode_within_the_cap_is_passed_on_unjudged_and_unstored() {
-    // The second answer is no gzip at all; the third decodes to more than the 64 KiB cap (from 1 KiB or so).
+    // The second answer is no gzip at all; the third decodes to more than the 64 KiB cap (from 150 bytes or so).
     let encode = |n, plain: &[u8]| match n {
         2 => bytes::Bytes::from_static(b"not gzip"),
         3 => {
