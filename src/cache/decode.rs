@@ -36,57 +36,13 @@ pub(crate) fn readable<'a>(headers: &HeaderMap, body: &'a [u8], limit: usize) ->
     }
 }
 
-/// Whether a client with these request `headers` takes an answer in no coding (RFC 9110 §12.5.3): unless its
-/// `Accept-Encoding` gives `identity`, or `*` without naming `identity`, a weight of 0.
-pub(crate) fn takes_identity(headers: &HeaderMap) -> bool {
-    let mut identity = None;
-    let mut any = None;
-    for member in headers
-        .get_all(http::header::ACCEPT_ENCODING)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-    {
-        let mut parts = member.split(|&b| b == b';');
-        let coding = parts.next().unwrap_or_default().trim_ascii();
-        let refused = parts.any(|param| {
-            let param = param.trim_ascii();
-            param.len() > 2 && param[..2].eq_ignore_ascii_case(b"q=") && is_zero(&param[2..])
-        });
-        if coding.eq_ignore_ascii_case(b"identity") {
-            identity = Some(!refused);
-        } else if coding == b"*" {
-            any = Some(!refused);
-        }
-    }
-    identity.or(any).unwrap_or(true)
-}
-
-/// Whether a weight (`qvalue`, RFC 9110 §12.4.2) is 0: `0`, `0.`, `0.0` to `0.000`.
-fn is_zero(qvalue: &[u8]) -> bool {
-    match qvalue.trim_ascii() {
-        [b'0'] => true,
-        [b'0', b'.', zeros @ ..] => zeros.len() <= 3 && zeros.iter().all(|&b| b == b'0'),
-        _ => false,
-    }
-}
-
 #[cfg(feature = "decompress")]
 mod codecs {
     use super::Readable;
+    use crate::cache::key::content_codings;
     use http::HeaderMap;
-    use http::header::CONTENT_ENCODING;
     use std::borrow::Cow;
     use std::io::Read;
-
-    /// The codings an answer's `Content-Encoding` fields list, in the order they were applied, `identity` left out.
-    pub(super) fn codings(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-        headers
-            .get_all(CONTENT_ENCODING)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
-    }
 
     /// More codings than this on one answer are not undone: no server stacks them so, and each pass costs.
     const MAX_CODINGS: usize = 3;
@@ -101,15 +57,14 @@ mod codecs {
     }
 
     impl Coding {
-        /// The coding a `Content-Encoding` token names (RFC 9110 §8.4.1, `x-gzip` as gzip), if this build undoes
-        /// it.
-        fn named(token: &[u8]) -> Option<Coding> {
+        /// The coding a `Content-Encoding` token names (RFC 9110 §8.4.1; [`content_codings`] reads `x-gzip` as
+        /// `gzip`), if this build undoes it.
+        fn named(token: &str) -> Option<Coding> {
             [
-                (&b"gzip"[..], Coding::Gzip),
-                (b"x-gzip", Coding::Gzip),
-                (b"deflate", Coding::Deflate),
-                (b"br", Coding::Brotli),
-                (b"zstd", Coding::Zstd),
+                ("gzip", Coding::Gzip),
+                ("deflate", Coding::Deflate),
+                ("br", Coding::Brotli),
+                ("zstd", Coding::Zstd),
             ]
             .into_iter()
             .find_map(|(name, coding)| token.eq_ignore_ascii_case(name).then_some(coding))
@@ -119,7 +74,7 @@ mod codecs {
     pub(super) fn readable<'a>(headers: &HeaderMap, body: &'a [u8], limit: usize) -> Readable<'a> {
         let mut applied = [Coding::Gzip; MAX_CODINGS];
         let mut count = 0;
-        for token in codings(headers) {
+        for token in content_codings(headers) {
             let Some(coding) = Coding::named(token) else {
                 // Not one to undo here: the predicate gets the bytes as they came, as without the feature.
                 return Readable::Body(Cow::Borrowed(body));
@@ -227,30 +182,6 @@ mod tests {
     }
 
     #[test]
-    fn identity_is_taken_unless_a_weight_of_0_refuses_it() {
-        let takes = |fields: &[&'static str]| {
-            let mut headers = HeaderMap::new();
-            for field in fields {
-                headers.append("accept-encoding", HeaderValue::from_static(field));
-            }
-            takes_identity(&headers)
-        };
-        assert!(takes(&[]));
-        assert!(takes(&["gzip, br"]));
-        assert!(takes(&["gzip;q=1.0, identity; q=0.5, *;q=0"]));
-        assert!(
-            takes(&["*;q=0", "identity"]),
-            "named, identity outweighs `*`"
-        );
-        assert!(takes(&["identity;q=0.001"]));
-        assert!(takes(&["identity;q=00"]), "no qvalue");
-        assert!(!takes(&["gzip, identity;q=0"]));
-        assert!(!takes(&["gzip, IDENTITY ; Q=0.000"]));
-        assert!(!takes(&["gzip", "*;q=0."]));
-        assert!(!takes(&["br;q=1, *;q=0.0"]));
-    }
-
-    #[test]
     fn a_body_in_no_coding_is_read_as_it_came() {
         for codings in [&[][..], &["identity"]] {
             let read = readable(&headers(codings), b"{\"data\": 1}", 4);
@@ -321,13 +252,6 @@ mod tests {
                 Readable::Body(bytes) => Some(bytes.into_owned()),
                 Readable::Undecodable => None,
             }
-        }
-
-        #[test]
-        fn codings_are_read_from_every_field_and_list_in_order_identity_left_out() {
-            let headers = headers(&["gzip, identity", " ,br", "IDENTITY", "x-custom "]);
-            let found: Vec<&[u8]> = super::codecs::codings(&headers).collect();
-            assert_eq!(found, [&b"gzip"[..], b"br", b"x-custom"]);
         }
 
         #[test]

@@ -26,8 +26,8 @@ use super::freshness::{
 use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
 use super::key::{
-    CacheKey, KeyConfig, WEB_DEFAULT_PORTS, default_ports, foreign_host, learnable,
-    normal_authority, port_colon, short_hex, variant_key, vary_digest,
+    CacheKey, KeyConfig, WEB_DEFAULT_PORTS, accepts_coding, content_encoded, default_ports,
+    foreign_host, learnable, normal_authority, port_colon, short_hex, variant_key, vary_digest,
 };
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
@@ -126,14 +126,6 @@ enum Storing {
     Stored,
     /// Not stored; why, when the answer itself was the reason.
     Not(Option<NotStored>),
-}
-
-/// Whether an answer's body is in a `Content-Encoding` other than `identity`.
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .any(|coding| !coding.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 /// The marker an answer not stored for `why` leaves in its entry's place: none after an origin failure (a
@@ -1704,9 +1696,10 @@ impl Engine {
     /// where an encoded one is neither ([`NotStored::Encoded`]). Its `ETag` and digests, which name the encoded
     /// bytes, go with the coding.
     fn decoded_for_echo(&self, response: Buffered, request_headers: &HeaderMap) -> Buffered {
-        if !is_encoded(&response.headers)
+        if !content_encoded(&response.headers)
             || !self.policy.rules.statuses.contains(&response.status)
-            || !decode::takes_identity(request_headers)
+            // A response that names no coding is one in `identity`.
+            || !accepts_coding(request_headers, &HeaderMap::new())
         {
             return response;
         }
@@ -1746,7 +1739,7 @@ impl Engine {
                 .response_facts(response.status, &response.headers),
         );
         let echo = self.policy.echo.as_deref().unwrap_or_default();
-        if verdict.share && facts.echoes && is_encoded(&response.headers) {
+        if verdict.share && facts.echoes && content_encoded(&response.headers) {
             // Another request's answer would carry this request's value of the member.
             Verdict {
                 store: false,
@@ -1784,7 +1777,8 @@ impl Engine {
         match decode::readable(&response.headers, &response.body, self.policy.max_body) {
             Readable::Body(body) => {
                 let refused = !when(response.status, &response.headers, &body);
-                if refused && matches!(body, Cow::Borrowed(_)) && is_encoded(&response.headers) {
+                if refused && matches!(body, Cow::Borrowed(_)) && content_encoded(&response.headers)
+                {
                     self.warn_encoded_refusal(&response.headers);
                 }
                 refused.then_some(NotStored::Refused)

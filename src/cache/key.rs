@@ -1502,17 +1502,23 @@ pub(crate) fn accepts_coding(request: &HeaderMap, response: &HeaderMap) -> bool 
     if !request.contains_key(header::ACCEPT_ENCODING) {
         return !content_encoded(response);
     }
-    let mut codings = response
+    let mut codings = content_codings(response).peekable();
+    if codings.peek().is_none() {
+        return acceptable("identity");
+    }
+    codings.all(acceptable)
+}
+
+/// The content codings `response`'s `Content-Encoding` fields name, in the order they were applied, `identity`
+/// left out; `x-gzip` as `gzip`, `x-compress` as `compress`. A field that is not visible ASCII names `"\0"`, a
+/// coding no one accepts or decodes.
+pub(crate) fn content_codings(response: &HeaderMap) -> impl Iterator<Item = &str> {
+    response
         .get_all(header::CONTENT_ENCODING)
         .iter()
         .flat_map(|value| value.to_str().unwrap_or("\0").split(','))
         .map(|coding| canonical_coding(coding.trim()))
         .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
-        .peekable();
-    if codings.peek().is_none() {
-        return acceptable("identity");
-    }
-    codings.all(acceptable)
 }
 
 /// Whether a request with the `Accept` of `request` accepts the media type of `response`'s `Content-Type` (RFC 9110
@@ -2442,6 +2448,39 @@ mod tests {
         assert_eq!(vary_digest(&said, &a), vary_digest(&one, &a));
         assert_eq!(vary_names(&grant("*")), None);
         assert_eq!(vary_digest(&grant("*"), &a), None);
+    }
+
+    #[test]
+    fn content_codings_are_read_from_every_field_in_order_identity_left_out() {
+        let mut response = HeaderMap::new();
+        for field in ["x-gzip, identity", " ,br", "IDENTITY", "x-custom "] {
+            response.append(header::CONTENT_ENCODING, HeaderValue::from_static(field));
+        }
+        let found: Vec<&str> = content_codings(&response).collect();
+        assert_eq!(found, ["gzip", "br", "x-custom"]);
+    }
+
+    #[test]
+    fn identity_is_accepted_unless_a_weight_of_0_refuses_it() {
+        let takes = |fields: &[&'static str]| {
+            let mut request = HeaderMap::new();
+            for field in fields {
+                request.append(header::ACCEPT_ENCODING, HeaderValue::from_static(field));
+            }
+            accepts_coding(&request, &HeaderMap::new())
+        };
+        assert!(takes(&[]));
+        assert!(takes(&["gzip, br"]));
+        assert!(takes(&["gzip;q=1.0, identity; q=0.5, *;q=0"]));
+        assert!(
+            takes(&["*;q=0", "identity"]),
+            "named, identity outweighs `*`"
+        );
+        assert!(takes(&["identity;q=0.001"]));
+        assert!(!takes(&["gzip, identity;q=0"]));
+        assert!(!takes(&["gzip, IDENTITY ; Q=0.000"]));
+        assert!(!takes(&["gzip", "*;q=0."]));
+        assert!(!takes(&["br;q=1, *;q=0.0"]));
     }
 
     #[test]
