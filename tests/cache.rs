@@ -1608,6 +1608,13 @@ where
     (calls, service)
 }
 
+/// [`layer_over`] `store`, storing only GraphQL answers without errors (`store_when(graphql::is_success)`).
+fn graphql_layer(
+    store: impl tower_redis_cache::Store,
+) -> tower_redis_cache::cache::RedisCacheLayerBuilder {
+    layer_over(store).store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
+}
+
 /// What a GraphQL server answers its `n`th call: an error inside a `200` (as a resolver that timed out gives)
 /// when `fails(n)`, data otherwise; each answer says which call it was. For [`counted_origin`].
 fn graphql_answers(
@@ -1633,10 +1640,7 @@ fn graphql_answers(
 async fn an_answer_store_when_refuses_is_answered_unstored_and_the_next_call_asks_again() {
     let server = RedisServer::start();
     let (calls, origin) = counted_origin(graphql_answers(|n| n == 1));
-    let layer = layer_over(redis_store(&server).await)
-        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
-        .build()
-        .unwrap();
+    let layer = graphql_layer(redis_store(&server).await).build().unwrap();
     let service = layer.layer_service(origin);
     let handle = layer.handle();
     let query = r#"{"query":"{ items }"}"#;
@@ -1685,10 +1689,7 @@ async fn an_answer_store_when_refuses_is_answered_unstored_and_the_next_call_ask
 #[tokio::test(start_paused = true)]
 async fn callers_coalesced_onto_a_refused_answer_share_it() {
     let (calls, origin) = counted_origin(graphql_answers(|n| n == 1));
-    let layer = layer_over(MemoryStore::new(1 << 20))
-        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
-        .build()
-        .unwrap();
+    let layer = graphql_layer(MemoryStore::new(1 << 20)).build().unwrap();
     let service = layer.layer_service(origin);
     let query = r#"{"query":"{ items }"}"#;
     let callers: Vec<_> = (0..5)
@@ -1731,11 +1732,10 @@ async fn callers_coalesced_onto_a_refused_answer_share_it() {
 #[tokio::test(start_paused = true)]
 async fn an_entry_in_its_stale_if_error_window_answers_for_a_refused_answer() {
     let (calls, origin) = counted_origin(graphql_answers(|n| n > 1));
-    let layer = layer_over(MemoryStore::new(1 << 20))
+    let layer = graphql_layer(MemoryStore::new(1 << 20))
         .fresh_for(Duration::ZERO)
         .stale_for(Duration::ZERO)
         .stale_if_error_for(Duration::from_secs(60))
-        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
         .build()
         .unwrap();
     let service = layer.layer_service(origin);
@@ -1835,10 +1835,7 @@ async fn store_when_judges_a_gzipped_answer_decoded_and_the_entry_keeps_it_as_it
     let server = RedisServer::start();
     let (calls, origin) =
         counted_origin(gzipped(graphql_answers(|n| n == 1), |_, plain| gzip(plain)));
-    let layer = layer_over(redis_store(&server).await)
-        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
-        .build()
-        .unwrap();
+    let layer = graphql_layer(redis_store(&server).await).build().unwrap();
     let service = layer.layer_service(origin);
     let query = r#"{"query":"{ items }"}"#;
 
@@ -1931,10 +1928,7 @@ async fn a_gzipped_answer_that_does_not_decode_within_the_cap_is_passed_on_unjud
 async fn callers_still_share_the_calls_of_a_key_whose_answer_did_not_decode() {
     let not_gzip = |_, _: &[u8]| bytes::Bytes::from_static(b"not gzip");
     let (calls, origin) = counted_origin(gzipped(graphql_answers(|_| false), not_gzip));
-    let layer = layer_over(MemoryStore::new(1 << 20))
-        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
-        .build()
-        .unwrap();
+    let layer = graphql_layer(MemoryStore::new(1 << 20)).build().unwrap();
     let service = layer.layer_service(origin);
     let query = r#"{"query":"{ items }"}"#;
     let first = call(&service, post_gzip(query)).await;
@@ -1971,10 +1965,7 @@ async fn store_when_refusing_answers_it_read_encoded_is_warned_of_once() {
             ))));
         Ok(response?)
     });
-    let layer = layer_over(MemoryStore::new(1 << 20))
-        .store_when(|_, _, body| tower_redis_cache::cache::graphql::is_success(body))
-        .build()
-        .unwrap();
+    let layer = graphql_layer(MemoryStore::new(1 << 20)).build().unwrap();
     let service = layer.layer_service(origin);
     for query in [r#"{"query":"{ a }"}"#, r#"{"query":"{ b }"}"#] {
         let refused = call(&service, post(query)).await;
