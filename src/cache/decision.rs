@@ -148,6 +148,9 @@ pub(crate) struct RequestFacts {
     pub(crate) too_large: bool,
     /// The body ended with trailers (found while reading it).
     pub(crate) trailers: bool,
+    /// The body is in codings the layer undoes, and they did not undo within the cap (see
+    /// [`Content`](super::decode::Content)): what it asks cannot be read.
+    pub(crate) undecodable: bool,
     /// `Upgrade`: the client asks to switch protocols (a WebSocket handshake), which no stored answer does.
     pub(crate) upgrade: bool,
     /// `Accept` names `text/event-stream`: the client subscribes to a live stream (an `EventSource`), which no
@@ -1234,6 +1237,8 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Some(BypassReason::RequestTooLarge)
     } else if request.trailers {
         Some(BypassReason::RequestTrailers)
+    } else if request.undecodable {
+        Some(BypassReason::RequestUndecodable)
     } else {
         None
     };
@@ -2533,6 +2538,8 @@ mod tests {
             ("upgrade", &shared, with(|f| { f.upgrade = true; f.get = true; f.get_or_head = true }), fresh, 1_000, Action::Bypass(BypassReason::Upgrade)),
             ("event stream", &shared, with(|f| { f.event_stream = true; f.no_cache = true; f.get = true; f.get_or_head = true }), fresh, 1_000, Action::Bypass(BypassReason::EventStream)),
             ("trailers, too large", &shared, with(|f| { f.trailers = true; f.too_large = true }), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
+            ("undecodable", &shared, with(|f| f.undecodable = true), fresh, 1_000, Action::Bypass(BypassReason::RequestUndecodable)),
+            ("undecodable, only-if-cached", &shared, with(|f| { f.undecodable = true; f.only_if_cached = true }), fresh, 1_000, Action::OnlyIfCachedMiss),
             ("not read yet", &shared, plain(), Lookup::NotRead, 1_000, Action::Read),
             ("no-cache skips the read", &shared, with(|f| f.no_cache = true), Lookup::NotRead, 1_000, forward(Fwd::Request, true, false)),
             ("no-cache ignores a fresh entry", &shared, with(|f| f.no_cache = true), fresh, 1_000, forward(Fwd::Request, true, false)),
@@ -2825,6 +2832,8 @@ mod tests {
             ),
             (r.too_large, BypassReason::RequestTooLarge),
             (r.trailers, BypassReason::RequestTrailers),
+            // What it asks cannot be read.
+            (r.undecodable, BypassReason::RequestUndecodable),
         ];
         if let Some((_, reason)) = reasons.iter().find(|(applies, _)| *applies) {
             return Action::Bypass(*reason);
@@ -2899,7 +2908,7 @@ mod tests {
             prop::array::uniform8(any::<bool>()),
             prop::array::uniform8(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
-            (any::<bool>(), any::<bool>(), any::<bool>()),
+            (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
         )
             .prop_map(
                 |(
@@ -2915,7 +2924,7 @@ mod tests {
                         upgrade,
                     ],
                     (max_age, min_fresh, max_stale),
-                    (event_stream, not_a_query, unnamed_credential),
+                    (event_stream, not_a_query, unnamed_credential, undecodable),
                 )| RequestFacts {
                     method_cacheable: b[0],
                     no_store: b[1],
@@ -2926,6 +2935,7 @@ mod tests {
                     preconditions: b[6],
                     too_large: b[7],
                     trailers,
+                    undecodable,
                     upgrade,
                     event_stream,
                     not_a_query,

@@ -19,7 +19,7 @@
 //! | stale-if-error in place of an answer [`store_when`](super::RedisCacheLayerBuilder::store_when) refused | `tower-redis-cache; fwd=stale; fwd-status=200; ttl=-40; detail=response-refused` |
 //! | method not cached | `tower-redis-cache; fwd=method; detail=method` (`not-a-query`: a body [`query_when`](super::RedisCacheLayerBuilder::query_when) refused) |
 //! | request `Cache-Control: no-store` | `tower-redis-cache; fwd=request; detail=no-store` |
-//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `request-trailers`, `upgrade`, `event-stream`, `skipped`, `partition`) |
+//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `request-trailers`, `request-undecodable`, `upgrade`, `event-stream`, `skipped`, `partition`) |
 //! | store failed or skipped | `...; detail=store-error` / `...; detail=store-unavailable` |
 //! | request `Cache-Control: only-if-cached`, nothing stored may answer: `504`, the inner service not called | `tower-redis-cache; detail=only-if-cached` |
 //!
@@ -168,6 +168,10 @@ pub enum BypassReason {
     /// The request body ended with trailers, which a key does not hold: the request goes to the inner service
     /// as it came, trailers and all.
     RequestTrailers,
+    /// The request body is in a `Content-Encoding` the layer undoes (feature `decompress`), and it did not undo
+    /// within the configured maximum: corrupt, cut short, or larger than the maximum once decoded. What it asks
+    /// cannot be read, so it goes to the inner service as it came.
+    RequestUndecodable,
     /// The request asked to switch protocols (`Upgrade`, a WebSocket handshake): only the origin can answer
     /// that.
     Upgrade,
@@ -194,6 +198,7 @@ impl BypassReason {
             BypassReason::Conditional => "conditional",
             BypassReason::RequestTooLarge => "request-too-large",
             BypassReason::RequestTrailers => "request-trailers",
+            BypassReason::RequestUndecodable => "request-undecodable",
             BypassReason::Upgrade => "upgrade",
             BypassReason::EventStream => "event-stream",
             BypassReason::Skipped => "skipped",
@@ -202,7 +207,7 @@ impl BypassReason {
     }
 
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [BypassReason; 13] = [
+    pub(crate) const ALL: [BypassReason; 14] = [
         BypassReason::Method,
         BypassReason::NoStore,
         BypassReason::Authorization,
@@ -216,6 +221,7 @@ impl BypassReason {
         BypassReason::Upgrade,
         BypassReason::EventStream,
         BypassReason::NotAQuery,
+        BypassReason::RequestUndecodable,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -235,6 +241,7 @@ impl BypassReason {
             BypassReason::Upgrade => 10,
             BypassReason::EventStream => 11,
             BypassReason::NotAQuery => 12,
+            BypassReason::RequestUndecodable => 13,
         }
     }
 
