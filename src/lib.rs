@@ -133,7 +133,7 @@
 //! | `reqwest` | no | `reqwest::ReqwestService` and `reqwest::CacheMiddleware` (reqwest 0.13, reqwest-middleware 0.5) |
 //! | `metrics` | no | counters through the `metrics` facade |
 //! | `compression` | no | stored bodies LZ4-compressed ([`compress_above`](cache::RedisCacheLayerBuilder::compress_above); lz4_flex, pure Rust) |
-//! | `decompress` | no | answers in gzip, deflate, br or zstd read decoded by [`store_when`](cache::RedisCacheLayerBuilder::store_when) and shared decoded by [`echo_body_field`](cache::RedisCacheLayerBuilder::echo_body_field) (flate2, brotli-decompressor, ruzstd; pure Rust) |
+//! | `decompress` | no | answers in gzip, deflate, br or zstd read decoded by [`store_when`](cache::RedisCacheLayerBuilder::store_when) and shared decoded by [`echo_body_field`](cache::RedisCacheLayerBuilder::echo_body_field); request bodies in them read decoded by [`query_when`](cache::RedisCacheLayerBuilder::query_when), keyed by their content and echoed (flate2, brotli-decompressor, ruzstd; pure Rust) |
 //! | `full` | no | everything |
 //!
 //! # TLS

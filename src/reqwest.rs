@@ -38,6 +38,7 @@ use crate::body::RequestBody;
 use crate::cache::RedisCacheLayer;
 use crate::cache::ResponseBody;
 use crate::cache::decision::Action;
+use crate::cache::decode::Content;
 use crate::cache::engine::{
     Engine, Fetch, FetchFuture, Finish, Holding, NearProbe, Origin, Steps, buffer_response,
     with_validators,
@@ -183,9 +184,19 @@ impl Middleware for CacheMiddleware {
         };
         let (mut facts, head, partition) = engine.policy.read_head(&mut parts);
         facts.too_large |= bytes.is_none_or(|b| b.len() > max);
-        if let Some(bytes) = bytes.filter(|_| !facts.too_large) {
-            engine.policy.screens_body(&mut facts, &parts, bytes);
-        }
+        let content = match bytes.filter(|_| !facts.too_large) {
+            Some(bytes) => {
+                let content = engine.policy.content(&mut facts, &parts.headers, bytes);
+                // A body in codings that do not undo asks what cannot be read: bypassed unread.
+                if !facts.undecodable {
+                    engine
+                        .policy
+                        .screens_body(&mut facts, &parts, content.read(bytes));
+                }
+                content
+            }
+            None => Content::AsSent,
+        };
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
             // The request goes on untouched: a `HEAD` as a `HEAD`.
@@ -212,16 +223,18 @@ impl Middleware for CacheMiddleware {
         let url = request.url().clone();
         // What the answer needs on its way back: the client's own `If-None-Match` / `If-Modified-Since` are
         // evaluated on it, not forwarded.
-        let echoed = engine.policy.echoed(&mut facts, &body);
+        let echoed = engine.policy.echoed(&mut facts, content.read_bytes(&body));
         let finishing =
             Steps::of(&facts, head).map(|steps| Finish::new(steps, &parts.headers, echoed));
         if head {
             *request.method_mut() = http::Method::GET;
         }
+        let keyed = content.keyed(&body);
         let key =
             engine
                 .keys
-                .key_of(engine.digest_of(&parts, &mut facts, partition.as_deref(), &body));
+                .key_of(engine.digest_of(&parts, &mut facts, partition.as_deref(), keyed));
+        drop(content);
         let origin = ChainOrigin {
             next,
             extensions: extensions.clone(),

@@ -2436,6 +2436,297 @@ async fn a_304_that_names_a_coding_keeps_an_echoing_calls_decoded_entry_as_it_is
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// A JSON `POST` of `json` to [`post`]'s URL, gzipped at `level`, as a client that compresses its request bodies
+/// sends it (Elasticsearch's and OpenSearch's can).
+#[cfg(feature = "decompress")]
+fn post_gzipped(json: &str, level: u32) -> Request<Full<bytes::Bytes>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    encoder.write_all(json.as_bytes()).unwrap();
+    let (parts, _) = post(json).into_parts();
+    let mut request = Request::from_parts(parts, Full::new(encoder.finish().unwrap().into()));
+    request
+        .headers_mut()
+        .insert("content-encoding", "gzip".parse().unwrap());
+    request
+}
+
+/// The body of a request built by [`post_gzipped`] or [`post`], as it was sent.
+#[cfg(feature = "decompress")]
+async fn sent_body(request: Request<Full<bytes::Bytes>>) -> bytes::Bytes {
+    use http_body_util::BodyExt;
+    request.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// What [`recording_origin`] keeps of each request: its `Content-Encoding` and body.
+#[cfg(feature = "decompress")]
+type Sent = Arc<std::sync::Mutex<Vec<(Option<String>, bytes::Bytes)>>>;
+
+/// An origin that answers each call with the call's number, and keeps what it was sent. For [`counted_origin`].
+#[cfg(feature = "decompress")]
+fn recording_origin(
+    sent: Sent,
+) -> impl Fn(usize, OriginRequest) -> futures_util::future::BoxFuture<'static, OriginAnswer> + Clone + Send
+{
+    use http_body_util::BodyExt;
+    move |n, request| {
+        let sent = sent.clone();
+        Box::pin(async move {
+            let coding = request
+                .headers()
+                .get("content-encoding")
+                .map(|value| value.to_str().unwrap().to_owned());
+            let body = request.into_body().collect().await?.to_bytes();
+            sent.lock().unwrap().push((coding, body));
+            Ok(http::Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(format!(r#"{{"data":{{"call":{n}}}}}"#).into()))?)
+        })
+    }
+}
+
+#[cfg(feature = "decompress")]
+#[tokio::test]
+async fn a_gzipped_graphql_query_is_read_and_keyed_decoded_and_sent_as_it_came() {
+    use tower_redis_cache::cache::graphql;
+    let server = RedisServer::start();
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (calls, origin) = counted_origin(recording_origin(sent.clone()));
+    let layer = layer_over(redis_store(&server).await)
+        .query_when(|_, body| graphql::is_query(body))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let page = || {
+        Request::get("https://api.example.com/api/v2/query")
+            .body(Full::default())
+            .unwrap()
+    };
+    call(&service, page()).await;
+    assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
+
+    // The query is read decoded: `query_when` finds a query, and the origin is sent the gzip bytes as they came.
+    let query =
+        r#"{"query":"query Items($n: Int) { items(first: $n) { id } }","variables":{"n":2}}"#;
+    let first = call(&service, post_gzipped(query, 1)).await;
+    assert_eq!(
+        cache_status(&first),
+        "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored"
+    );
+    assert_eq!(body(first).await, r#"{"data":{"call":2}}"#);
+    let expected = (
+        Some("gzip".to_owned()),
+        sent_body(post_gzipped(query, 1)).await,
+    );
+    assert_eq!(sent.lock().unwrap()[1], expected);
+    // Keyed by its JSON, canonical: the same query, its members in another order and compressed otherwise, is
+    // a hit.
+    let reordered =
+        r#"{"variables": {"n": 2}, "query": "query Items($n: Int) { items(first: $n) { id } }"}"#;
+    let again = post_gzipped(reordered, 9);
+    assert_ne!(
+        sent_body(again).await,
+        sent_body(post_gzipped(query, 1)).await
+    );
+    let hit = call(&service, post_gzipped(reordered, 9)).await;
+    assert_eq!(outcome(&hit), CacheOutcome::Hit);
+    assert_eq!(body(hit).await, r#"{"data":{"call":2}}"#);
+    // A query is no write: the URI's entries stay, also after one bypassed for its credentials (its body read
+    // all the same, to tell).
+    assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
+    let mut authorized = post_gzipped(query, 1);
+    authorized
+        .headers_mut()
+        .insert("authorization", "Bearer a".parse().unwrap());
+    assert_eq!(
+        cache_status(&call(&service, authorized).await),
+        "tower-redis-cache; fwd=bypass; detail=authorization"
+    );
+    assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // The same query in no coding is another request, with an entry of its own.
+    let plain = call(&service, post(query)).await;
+    assert!(matches!(outcome(&plain), CacheOutcome::Miss { .. }));
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+    // A gzipped mutation is read as one: sent on, and once it succeeds the URI's entries are gone.
+    let mutation = call(
+        &service,
+        post_gzipped(r#"{"query":"mutation { add { id } }"}"#, 6),
+    )
+    .await;
+    assert_eq!(
+        cache_status(&mutation),
+        "tower-redis-cache; fwd=method; detail=not-a-query"
+    );
+    assert!(matches!(
+        outcome(&call(&service, page()).await),
+        CacheOutcome::Miss { .. }
+    ));
+    assert!(matches!(
+        outcome(&call(&service, post_gzipped(query, 1)).await),
+        CacheOutcome::Miss { .. }
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
+}
+
+/// A body streamed as a server's request body is, arriving after the head: the layer has to wait for it.
+#[cfg(feature = "decompress")]
+async fn streamed(
+    request: Request<Full<bytes::Bytes>>,
+) -> Request<
+    impl http_body::Body<Data = bytes::Bytes, Error = std::convert::Infallible> + Send + 'static,
+> {
+    let (parts, body) = request.into_parts();
+    let bytes = sent_body(Request::new(body)).await;
+    let stream = futures_util::stream::once(async move {
+        tokio::task::yield_now().await;
+        Ok(http_body::Frame::data(bytes))
+    });
+    Request::from_parts(parts, http_body_util::StreamBody::new(stream))
+}
+
+#[cfg(feature = "decompress")]
+#[tokio::test(start_paused = true)]
+async fn a_gzipped_query_streamed_after_its_head_is_read_decoded_too() {
+    use tower_redis_cache::cache::graphql;
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (calls, origin) = counted_origin(recording_origin(sent.clone()));
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .max_body_size(64 * 1024)
+        .query_when(|_, body| graphql::is_query(body))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let query = r#"{"query":"{ items { id } }"}"#;
+    let cut = || async {
+        let (parts, body) = post_gzipped(query, 6).into_parts();
+        let whole = sent_body(Request::new(body)).await;
+        Request::from_parts(parts, Full::new(whole.slice(..whole.len() - 4)))
+    };
+    let mut statuses = Vec::new();
+    let mut expected = Vec::new();
+    for (request, asked) in [
+        (post_gzipped(query, 1), true),
+        (post_gzipped(query, 9), false),
+        (cut().await, true),
+    ] {
+        if asked {
+            expected.push((Some("gzip".to_owned()), sent_body(request.clone()).await));
+        }
+        let answer = service
+            .clone()
+            .oneshot(streamed(request).await)
+            .await
+            .unwrap();
+        statuses.push(cache_status(&answer));
+    }
+    // The origin gets each body it is asked with whole, as it came.
+    assert_eq!(*sent.lock().unwrap(), expected);
+    assert_eq!(
+        statuses,
+        [
+            "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored",
+            "tower-redis-cache; hit; ttl=60",
+            "tower-redis-cache; fwd=bypass; detail=request-undecodable",
+        ]
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[cfg(feature = "decompress")]
+#[tokio::test(start_paused = true)]
+async fn a_request_body_that_does_not_decode_within_the_cap_goes_to_the_origin_as_it_came() {
+    use tower_redis_cache::cache::BypassReason;
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (calls, origin) = counted_origin(recording_origin(sent.clone()));
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .max_body_size(64 * 1024)
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    // A stream cut short, and one that holds more than the cap once decoded (100 KB of JSON in 200-odd bytes).
+    let cut = || {
+        let (parts, whole) = post_gzipped(r#"{"q":"cut"}"#, 6).into_parts();
+        async move {
+            let whole = sent_body(Request::from_parts(parts.clone(), whole)).await;
+            Request::from_parts(parts, Full::new(whole.slice(..whole.len() - 4)))
+        }
+    };
+    let large = format!(r#"{{"q":"{}"}}"#, "a".repeat(100_000));
+    for request in [cut().await, cut().await, post_gzipped(&large, 6)] {
+        let expected = sent_body(request.clone()).await;
+        assert!(expected.len() < 64 * 1024);
+        let answer = call(&service, request).await;
+        assert_eq!(
+            cache_status(&answer),
+            "tower-redis-cache; fwd=bypass; detail=request-undecodable"
+        );
+        let last = sent.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last, (Some("gzip".to_owned()), expected));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Nothing stored may answer it: refused, the origin not called.
+    let mut only_cached = cut().await;
+    only_cached
+        .headers_mut()
+        .insert("cache-control", "only-if-cached".parse().unwrap());
+    let refused = call(&service, only_cached).await;
+    assert_eq!(refused.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let stats = layer.handle().stats();
+    assert_eq!(stats.bypasses_for(BypassReason::RequestUndecodable), 3);
+}
+
+#[cfg(feature = "decompress")]
+#[tokio::test(start_paused = true)]
+async fn gzipped_json_rpc_calls_share_an_entry_each_answered_with_its_own_id() {
+    use http_body_util::BodyExt;
+    use tower_redis_cache::cache::jsonrpc;
+    // A node that reads gzipped calls, as one behind a decompressing proxy does.
+    let (calls, origin) = counted_origin(|n, request: OriginRequest| async move {
+        let gzipped = request.into_body().collect().await?.to_bytes();
+        let call: serde_json::Value =
+            serde_json::from_reader(flate2::read::GzDecoder::new(&gzipped[..]))?;
+        let answer =
+            serde_json::json!({"jsonrpc": "2.0", "result": format!("0x{n}"), "id": call["id"]});
+        Ok(http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(answer.to_string().into()))?)
+    });
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .query_when(|_, body| jsonrpc::only_calls_to(body, &["eth_chainId"]))
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    let rpc = |id: u64| {
+        let json = format!(r#"{{"jsonrpc":"2.0","method":"eth_chainId","id":{id}}}"#);
+        let (parts, body) = post_gzipped(&json, 6).into_parts();
+        let mut request = Request::from_parts(parts, body);
+        *request.uri_mut() = "https://node.example/".parse().unwrap();
+        request
+    };
+    for id in [1, 2, 3] {
+        let answer = call(&service, rpc(id)).await;
+        assert_eq!(outcome(&answer) == CacheOutcome::Hit, id > 1, "{id}");
+        let answer: serde_json::Value = serde_json::from_slice(&body(answer).await).unwrap();
+        assert_eq!(answer["id"], id);
+        assert_eq!(answer["result"], "0x1");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The handle keys a gzipped call as the layer does: removing another call's entry removes this one.
+    let (parts, gzipped) = rpc(4).into_parts();
+    let gzipped = Request::from_parts(parts, sent_body(Request::new(gzipped)).await);
+    assert!(layer.handle().invalidate(&gzipped).await.unwrap());
+    assert!(matches!(
+        outcome(&call(&service, rpc(5)).await),
+        CacheOutcome::Miss { .. }
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 /// An echoed member leaves the key, so one that carries credentials would give each caller its own token back in
 /// an answer made for another's: refused, unless a partition says whom every request acts for.
 #[test]

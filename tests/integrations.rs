@@ -782,6 +782,88 @@ async fn reqwest_middleware_answers_each_json_rpc_call_with_its_own_id() {
     assert_eq!(calls.load(Ordering::SeqCst), 5);
 }
 
+#[cfg(feature = "decompress")]
+#[tokio::test]
+async fn reqwest_middleware_reads_a_gzipped_json_rpc_call_decoded() {
+    use std::io::Write;
+    use tower_redis_cache::cache::jsonrpc;
+    // A node that reads gzipped calls, and says what it was sent.
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let node = Router::new().route(
+        "/",
+        post(move |headers: HeaderMap, gzipped: Bytes| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let call: Value = serde_json::from_reader(flate2::read::GzDecoder::new(&gzipped[..]))
+                .unwrap_or_default();
+            let answer = json!({
+                "jsonrpc": "2.0",
+                "result": format!("0x{n}"),
+                "id": call["id"],
+                "sent": headers["content-encoding"].to_str().unwrap(),
+            });
+            async move { Json(answer) }
+        }),
+    );
+    let url = format!("http://{}/", serve(node).await);
+    let plain = reqwest::Client::new();
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .methods([Method::POST])
+        .query_when(|_, body| jsonrpc::only_calls_to(body, &["eth_chainId"]))
+        .echo_body_field("id")
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain))
+        .build();
+    let send = |method: &str, id: u64| {
+        let json = format!(r#"{{"jsonrpc":"2.0","method":"{method}","id":{id}}}"#);
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(json.as_bytes()).unwrap();
+        let mut gzipped = encoder.finish().unwrap();
+        // Method `cut`: the stream cut short.
+        if method == "cut" {
+            gzipped.truncate(gzipped.len() - 4);
+        }
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(gzipped);
+        async move {
+            let response = request.send().await.unwrap();
+            let outcome = CacheOutcome::from_headers(response.headers()).unwrap();
+            let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+            (outcome, answer)
+        }
+    };
+    // Read decoded: a query, keyed without its `id`, each answer with its own.
+    for id in [1, 2, 3] {
+        let (outcome, answer) = send("eth_chainId", id).await;
+        assert_eq!(outcome == CacheOutcome::Hit, id > 1, "{outcome:?}");
+        assert_eq!(
+            answer,
+            json!({"jsonrpc": "2.0", "result": "0x1", "id": id, "sent": "gzip"})
+        );
+    }
+    // A write reaches the node every time.
+    for id in [4, 5] {
+        let (outcome, answer) = send("eth_sendRawTransaction", id).await;
+        assert_eq!(
+            outcome,
+            CacheOutcome::Bypass(tower_redis_cache::cache::BypassReason::NotAQuery)
+        );
+        assert_eq!(answer["id"], id);
+    }
+    // One that does not decode goes as it came.
+    let (outcome, _) = send("cut", 6).await;
+    assert_eq!(
+        outcome,
+        CacheOutcome::Bypass(tower_redis_cache::cache::BypassReason::RequestUndecodable)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
 #[test]
 fn the_assembled_client_and_its_futures_are_send_sync_and_clone() {
     use tower_redis_cache::genesys::{GenesysClient, GenesysError, GenesysService};

@@ -1,5 +1,6 @@
-//! An answer's body as [`store_when`](super::RedisCacheLayerBuilder::store_when) reads it: with feature
-//! `decompress`, its `Content-Encoding` undone (gzip, deflate, br, zstd), within the layer's body cap.
+//! A body as the layer reads it, with feature `decompress` its `Content-Encoding` undone (gzip, deflate, br,
+//! zstd) within the layer's body cap: an answer's, as [`store_when`](super::RedisCacheLayerBuilder::store_when)
+//! judges it ([`readable`]), and a request's, as the layer screens, keys and echoes it ([`Content`]).
 //!
 //! An origin answers in a `Content-Encoding` when its client asked for one (`Accept-Encoding`, as tower-http's
 //! decompression layer sends it from outside the cache, so that entries stay compressed). A predicate that reads
@@ -7,8 +8,16 @@
 //! every such answer, so nothing would ever be stored. The entry keeps the encoded bytes: only the predicate's
 //! view is decoded, on a miss, never on a hit. (An answer to a call whose member the answers echo is decoded
 //! itself, so that the member can be set in it: `Engine::decoded_for_echo`.)
+//!
+//! A client may compress its request body too (Elasticsearch's and OpenSearch's clients can gzip theirs). The
+//! origin is sent the bytes as they came; the layer reads them decoded, so that
+//! [`query_when`](super::RedisCacheLayerBuilder::query_when) and the `_method` screen see the query, the key
+//! holds its canonical JSON, and the echoed member is found.
 
+use super::key::KeyedBody;
+use bytes::Bytes;
 use http::HeaderMap;
+use http::header::CONTENT_ENCODING;
 use std::borrow::Cow;
 
 /// What `store_when` is given of an answer's body.
@@ -33,6 +42,67 @@ pub(crate) fn readable<'a>(headers: &HeaderMap, body: &'a [u8], limit: usize) ->
     {
         let _ = (headers, limit);
         Readable::Body(Cow::Borrowed(body))
+    }
+}
+
+/// A request's body as the layer reads it: to screen it (`query_when`, the `_method` screen), key it and find its
+/// echoed member. The origin is sent the body as it came, whatever this says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Content {
+    /// In no coding, or in one this build does not undo: read as it came.
+    AsSent,
+    /// Undone from the codings its `Content-Encoding` names.
+    #[cfg_attr(not(feature = "decompress"), allow(dead_code))]
+    Decoded(Bytes),
+    /// In codings this build undoes, but they do not undo within the cap (a corrupt or cut stream, or more than
+    /// the cap once undone): the layer cannot tell what it asks, so the request is not the cache's.
+    #[cfg_attr(not(feature = "decompress"), allow(dead_code))]
+    Undecodable,
+}
+
+impl Content {
+    /// The content of a request `body` whose head has `headers`, decoded to at most `limit` bytes. A body in no
+    /// coding (nearly every one) costs one look-up of `Content-Encoding`.
+    #[inline]
+    pub(crate) fn of(headers: &HeaderMap, body: &[u8], limit: usize) -> Content {
+        if body.is_empty() || !headers.contains_key(CONTENT_ENCODING) {
+            return Content::AsSent;
+        }
+        match readable(headers, body, limit) {
+            Readable::Body(Cow::Borrowed(_)) => Content::AsSent,
+            Readable::Body(Cow::Owned(decoded)) => Content::Decoded(Bytes::from(decoded)),
+            Readable::Undecodable => Content::Undecodable,
+        }
+    }
+
+    /// The bytes to read: the decoded ones, else `sent`, the body as it came.
+    #[inline]
+    pub(crate) fn read<'a>(&'a self, sent: &'a [u8]) -> &'a [u8] {
+        match self {
+            Content::Decoded(decoded) => decoded,
+            Content::AsSent | Content::Undecodable => sent,
+        }
+    }
+
+    /// [`read`](Self::read), for a body held as [`Bytes`] (whose parts an echoed member is taken as).
+    #[inline]
+    pub(crate) fn read_bytes<'a>(&'a self, sent: &'a Bytes) -> &'a Bytes {
+        match self {
+            Content::Decoded(decoded) => decoded,
+            Content::AsSent | Content::Undecodable => sent,
+        }
+    }
+
+    /// The body as its key holds it, given `sent`, the body as it came.
+    #[inline]
+    pub(crate) fn keyed<'a>(&'a self, sent: &'a [u8]) -> KeyedBody<'a> {
+        match self {
+            Content::Decoded(decoded) => KeyedBody {
+                bytes: decoded,
+                decoded: true,
+            },
+            Content::AsSent | Content::Undecodable => KeyedBody::sent(sent),
+        }
     }
 }
 
@@ -198,6 +268,23 @@ mod tests {
     fn without_the_feature_an_encoded_body_is_read_as_it_came() {
         let read = readable(&headers(&["gzip"]), b"\x1f\x8b", 100);
         assert_eq!(read, Readable::Body(Cow::Borrowed(&b"\x1f\x8b"[..])));
+        assert_eq!(
+            Content::of(&headers(&["gzip"]), b"\x1f\x8b", 100),
+            Content::AsSent
+        );
+    }
+
+    #[test]
+    fn a_request_body_in_no_coding_is_read_and_keyed_as_it_came() {
+        let sent = Bytes::from_static(b"{\"query\": 1}");
+        for codings in [&[][..], &["identity"], &["compress"]] {
+            let content = Content::of(&headers(codings), &sent, 4);
+            assert_eq!(content, Content::AsSent, "{codings:?}");
+            assert_eq!(content.read(&sent), &sent[..]);
+            assert!(!content.keyed(&sent).decoded);
+        }
+        // An empty body holds nothing to decode, whatever its head says.
+        assert_eq!(Content::of(&headers(&["gzip"]), b"", 4), Content::AsSent);
     }
 
     #[cfg(feature = "decompress")]
@@ -251,6 +338,25 @@ mod tests {
             match readable(&headers(codings), body, limit) {
                 Readable::Body(bytes) => Some(bytes.into_owned()),
                 Readable::Undecodable => None,
+            }
+        }
+
+        #[test]
+        fn a_request_body_is_read_and_keyed_decoded_within_the_cap_or_not_at_all() {
+            let sent = Bytes::from(gzip(JSON));
+            let content = Content::of(&headers(&["gzip"]), &sent, JSON.len());
+            assert_eq!(content, Content::Decoded(Bytes::from_static(JSON)));
+            assert_eq!(content.read(&sent), JSON);
+            assert_eq!(&content.read_bytes(&sent)[..], JSON);
+            let keyed = content.keyed(&sent);
+            assert_eq!((keyed.bytes, keyed.decoded), (JSON, true));
+            // A byte over the cap, or a stream cut short: what it asks cannot be read, and is keyed as it came.
+            let cut = Bytes::copy_from_slice(&sent[..sent.len() - 4]);
+            for (body, limit) in [(&sent, JSON.len() - 1), (&cut, 1 << 20)] {
+                let content = Content::of(&headers(&["gzip"]), body, limit);
+                assert_eq!(content, Content::Undecodable, "{limit}");
+                assert_eq!(content.read(body), &body[..]);
+                assert!(!content.keyed(body).decoded);
             }
         }
 

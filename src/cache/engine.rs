@@ -16,7 +16,7 @@ use super::decision::{
     may_invalidate, not_modified, only_ignored_cookies, part_of, serve_stale_on_error,
     sets_only_ignored_cookies,
 };
-use super::decode::{self, Readable};
+use super::decode::{self, Content, Readable};
 use super::echo::{self, Echoed};
 use super::entry::{Entry, Unstored, storable_headers};
 use super::fleet::{Lease, LeaseGuard, Turn};
@@ -26,8 +26,9 @@ use super::freshness::{
 use super::guard::GuardedStore;
 use super::heads::{self, Kept, Renders};
 use super::key::{
-    CacheKey, KeyConfig, WEB_DEFAULT_PORTS, accepts_coding, content_encoded, default_ports,
-    foreign_host, learnable, normal_authority, port_colon, short_hex, variant_key, vary_digest,
+    CacheKey, KeyConfig, KeyedBody, WEB_DEFAULT_PORTS, accepts_coding, content_encoded,
+    default_ports, foreign_host, learnable, normal_authority, port_colon, short_hex, variant_key,
+    vary_digest,
 };
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
@@ -627,6 +628,21 @@ impl Policy {
         Some(echoed)
     }
 
+    /// What the layer reads of a request's whole `body` (see [`Content`]): with feature `decompress`, its
+    /// `Content-Encoding` undone within the cap. One that does not undo so is noted in `facts`
+    /// (`undecodable`): the request is then no query the layer can read, and goes to the origin as it came.
+    #[inline]
+    pub(crate) fn content(
+        &self,
+        facts: &mut RequestFacts,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Content {
+        let content = Content::of(headers, body, self.max_body);
+        facts.undecodable = content == Content::Undecodable;
+        content
+    }
+
     /// A request's own partition: `None` without [`partition_by`](super::RedisCacheLayerBuilder::partition_by),
     /// or when it names none.
     #[inline]
@@ -930,8 +946,8 @@ impl Engine {
         }
     }
 
-    /// The digest of the key the request with `parts`, `facts`, its own `partition` and its whole `body` is
-    /// stored under: its primary key's, or, once this process learned that the answers to that key vary on
+    /// The digest of the key the request with `parts`, `facts`, its own `partition` and its whole `body` (as
+    /// [`Policy::content`] reads it) is stored under: its primary key's, or, once this process learned that the answers to that key vary on
     /// request headers (see [`variants`](super::variants)), its variant's (and `facts.variant` is set).
     #[inline]
     pub(crate) fn digest_of(
@@ -939,7 +955,7 @@ impl Engine {
         parts: &request::Parts,
         facts: &mut RequestFacts,
         partition: Option<&[u8]>,
-        body: &[u8],
+        body: KeyedBody<'_>,
     ) -> [u8; 32] {
         let digest = self.keys.digest_with(
             &parts.method,
@@ -2194,7 +2210,13 @@ impl Engine {
         for uri in uris {
             for (uri, headers) in spellings(uri, headers) {
                 for method in [Method::GET, Method::HEAD] {
-                    keys.push(self.keys.key_in(&method, &uri, &headers, partition, &[]));
+                    keys.push(self.keys.key_in(
+                        &method,
+                        &uri,
+                        &headers,
+                        partition,
+                        KeyedBody::sent(b""),
+                    ));
                 }
             }
         }

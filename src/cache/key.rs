@@ -8,7 +8,8 @@
 //! (tenant identity) and, in a layer with `partition_by`, the request's own, the request headers of [`IMPLIED_VARY`]
 //! (what a proxy forwards of the client's request, `X-Forwarded-Host`, `Forwarded`, ..., the client's address left out;
 //! `Prefer`; API versions; account selectors), and the body with its `Content-Type` and `Content-Encoding` (a coded
-//! body is another body). A JSON body (`application/json` or `*/*+json`) is hashed in canonical form: object members
+//! body is another body than the same content in no coding; with feature `decompress`, one in codings the build
+//! undoes is hashed decoded, after a marker, so that two compressions of one content share a key). A JSON body (`application/json` or `*/*+json`) is hashed in canonical form: object members
 //! sorted by key at every level, array order kept, no insignificant whitespace, strings written with the fewest escapes
 //! (`"\u0061"` is `"a"`), numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an
 //! object with a key twice (after escapes are decoded: such a body means what its parser makes of it), or any other
@@ -94,6 +95,24 @@ impl fmt::Debug for CacheKey {
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.key)
+    }
+}
+
+/// A request body as its key holds it: the bytes, and whether they were decoded from the codings its
+/// `Content-Encoding` names (see [`Content`](super::decode::Content)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyedBody<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) decoded: bool,
+}
+
+impl<'a> KeyedBody<'a> {
+    /// A body keyed as it came.
+    pub(crate) fn sent(bytes: &'a [u8]) -> Self {
+        KeyedBody {
+            bytes,
+            decoded: false,
+        }
     }
 }
 
@@ -190,7 +209,7 @@ impl KeyConfig {
         headers: &HeaderMap,
         body: &[u8],
     ) -> CacheKey {
-        self.key_in(method, uri, headers, None, body)
+        self.key_in(method, uri, headers, None, KeyedBody::sent(body))
     }
 
     /// Computes the key of a request from its parts, its own partition (see
@@ -202,7 +221,7 @@ impl KeyConfig {
         uri: &Uri,
         headers: &HeaderMap,
         partition: Option<&[u8]>,
-        body: &[u8],
+        body: KeyedBody<'_>,
     ) -> CacheKey {
         self.key_of(self.digest(method, uri, headers, partition, body))
     }
@@ -234,7 +253,7 @@ impl KeyConfig {
         uri: &Uri,
         headers: &HeaderMap,
         partition: Option<&[u8]>,
-        body: &[u8],
+        body: KeyedBody<'_>,
     ) -> [u8; 32] {
         self.digest_with(
             method,
@@ -256,7 +275,7 @@ impl KeyConfig {
         headers: &HeaderMap,
         implied: bool,
         partition: Option<&[u8]>,
-        body: &[u8],
+        body: KeyedBody<'_>,
     ) -> [u8; 32] {
         debug_assert_eq!(implied, holds_implied(uri, headers));
         memo::digest(
@@ -301,14 +320,15 @@ impl KeyConfig {
                     });
                 }
                 f.field(content_type(headers));
-                if !body.is_empty() {
+                if !body.bytes.is_empty() {
                     let codings = headers.get_all(header::CONTENT_ENCODING);
-                    f.count(codings.iter().count());
+                    // Decoded or not: the same bytes may be either (one content, and its compression).
+                    f.count(codings.iter().count() << 1 | usize::from(body.decoded));
                     for coding in codings {
                         f.field(coding.as_bytes());
                     }
                 }
-                f.field(body);
+                f.field(body.bytes);
             },
             || self.hash_request(method, uri, headers, implied, partition, body),
         )
@@ -324,7 +344,7 @@ impl KeyConfig {
         headers: &HeaderMap,
         implied: bool,
         partition: Option<&[u8]>,
-        body: &[u8],
+        body: KeyedBody<'_>,
     ) -> [u8; 32] {
         let mut h = Sha256::new();
         field(&mut h, b"tower-redis-cache/key/v3");
@@ -896,7 +916,11 @@ fn query_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(name, _)| name)
 }
 
-fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8], ignored: &[Pointer]) {
+fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: KeyedBody<'_>, ignored: &[Pointer]) {
+    let KeyedBody {
+        bytes: body,
+        decoded,
+    } = body;
     if body.is_empty() {
         h.update([2u8]);
         return;
@@ -908,6 +932,11 @@ fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: &[u8], ignored: &[Pointe
     for coding in headers.get_all(header::CONTENT_ENCODING) {
         h.update([4u8]);
         field(h, coding.as_bytes());
+    }
+    // A body decoded from those codings, after a marker byte of its own: the bytes of one body sent compressed
+    // are never taken for another that decodes to them (a build without `decompress` keys them as they came).
+    if decoded {
+        h.update([6u8]);
     }
     if is_json(headers) {
         let canonical = CANONICAL.with(|cell| {
@@ -2018,6 +2047,33 @@ mod tests {
         assert_eq!(key(Some("gzip"), b""), key(None, b""));
     }
 
+    /// A body decoded from its codings is keyed by what it holds, its JSON canonical, after a marker of its own:
+    /// two compressions of one query share a key, which neither the same content in no coding nor a body sent
+    /// compressed whose bytes are that content has.
+    #[test]
+    fn a_decoded_body_is_keyed_by_its_content_apart_from_bytes_as_sent() {
+        let keys = KeyConfig::new("ns".into(), Vec::new(), vec![]);
+        let uri: Uri = "https://api.example.com/q".parse().unwrap();
+        let mut gzip = json_headers();
+        gzip.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let key = |headers: &HeaderMap, bytes: &[u8], decoded| {
+            let body = KeyedBody { bytes, decoded };
+            let first = keys.key_in(&Method::POST, &uri, headers, None, body);
+            // Again, from the digest memo, which must tell them apart too.
+            assert_eq!(keys.key_in(&Method::POST, &uri, headers, None, body), first);
+            first
+        };
+        let decoded = key(&gzip, br#"{"a":1,"b":[2]}"#, true);
+        assert_eq!(key(&gzip, br#"{ "b": [2], "a": 1 }"#, true), decoded);
+        assert_ne!(key(&gzip, br#"{"a":1,"b":[3]}"#, true), decoded);
+        assert_ne!(key(&gzip, br#"{"a":1,"b":[2]}"#, false), decoded);
+        assert_ne!(key(&json_headers(), br#"{"a":1,"b":[2]}"#, false), decoded);
+        // Not JSON: the decoded bytes, after the same marker.
+        let mut text = HeaderMap::new();
+        text.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_ne!(key(&text, b"payload", true), key(&text, b"payload", false));
+    }
+
     fn canon(s: &str) -> Option<String> {
         let mut out = Vec::new();
         canonicalize_json(s.as_bytes(), &mut out).ok()?;
@@ -2685,18 +2741,24 @@ mod tests {
                 for (uri, headers, body) in &requests {
                     for method in [Method::GET, Method::POST] {
                         for partition in [None, Some(&b""[..]), Some(&b"tenant"[..])] {
-                            assert_eq!(
-                                config.digest(&method, uri, headers, partition, body),
-                                config.hash_request(
-                                    &method,
-                                    uri,
-                                    headers,
-                                    holds_implied(uri, headers),
-                                    partition,
-                                    body
-                                ),
-                                "{method} {uri} {headers:?} {partition:?}"
-                            );
+                            for decoded in [false, true] {
+                                let body = KeyedBody {
+                                    bytes: body,
+                                    decoded,
+                                };
+                                assert_eq!(
+                                    config.digest(&method, uri, headers, partition, body),
+                                    config.hash_request(
+                                        &method,
+                                        uri,
+                                        headers,
+                                        holds_implied(uri, headers),
+                                        partition,
+                                        body
+                                    ),
+                                    "{method} {uri} {headers:?} {partition:?} {decoded}"
+                                );
+                            }
                         }
                     }
                 }
@@ -2731,11 +2793,18 @@ mod tests {
             for (name, value) in fields {
                 headers.append(*name, HeaderValue::from_static(value));
             }
-            let computed = keys.hash_request(&Method::GET, &uri, &headers, false, None, b"");
+            let computed = keys.hash_request(
+                &Method::GET,
+                &uri,
+                &headers,
+                false,
+                None,
+                KeyedBody::sent(b""),
+            );
             // Twice: the second from the memo.
             for _ in 0..2 {
                 assert_eq!(
-                    keys.digest(&Method::GET, &uri, &headers, None, b""),
+                    keys.digest(&Method::GET, &uri, &headers, None, KeyedBody::sent(b"")),
                     computed
                 );
             }
@@ -2747,7 +2816,7 @@ mod tests {
         swapped.append("cookie", HeaderValue::from_static("s=a"));
         swapped.append("x-api-key", HeaderValue::from_static("a"));
         assert_eq!(
-            keys.digest(&Method::GET, &uri, &swapped, None, b""),
+            keys.digest(&Method::GET, &uri, &swapped, None, KeyedBody::sent(b"")),
             digests[7]
         );
     }
@@ -2931,7 +3000,9 @@ mod tests {
         let tenant_b = KeyConfig::new(c.namespace.clone(), b"tenant-b".to_vec(), c.vary.clone());
         assert_ne!(base, tenant_b.key(&Method::GET, &uri, &h, b""));
         // A request's own partition: none, an empty one and another are three keys; the same one, one key.
-        let own = |partition: Option<&[u8]>| c.key_in(&Method::GET, &uri, &h, partition, b"");
+        let own = |partition: Option<&[u8]>| {
+            c.key_in(&Method::GET, &uri, &h, partition, KeyedBody::sent(b""))
+        };
         assert_eq!(base, own(None));
         let keys = [own(Some(b"")), own(Some(b"a")), own(Some(b"b"))];
         assert!(keys.iter().all(|key| *key != base));
@@ -2939,8 +3010,8 @@ mod tests {
         assert_eq!(keys[1], own(Some(b"a")));
         // Nor does it run into the body: partition "x" with no body is not the body "x".
         assert_ne!(
-            c.key_in(&Method::POST, &uri, &h, Some(b"x"), b""),
-            c.key_in(&Method::POST, &uri, &h, Some(b""), b"x")
+            c.key_in(&Method::POST, &uri, &h, Some(b"x"), KeyedBody::sent(b"")),
+            c.key_in(&Method::POST, &uri, &h, Some(b""), KeyedBody::sent(b"x"))
         );
         // Length prefixes keep adjacent fields apart: "/p" + "a=1" is not "/pa" + "=1".
         assert_ne!(

@@ -2,6 +2,7 @@
 
 use super::RedisCache;
 use super::decision::{Credentials, HeaderKinds, Rules, default_statuses, holds_a_session};
+use super::decode::Content;
 use super::engine::{
     Engine, NearConfig, PartitionFn, Policy, PostPredicate, QueryPredicate, StorePredicate, UriTags,
 };
@@ -146,12 +147,14 @@ impl CacheHandle {
             Some(_) => policy.partition_of(&head_of(request)),
             None => None,
         };
+        let body = request.body().as_ref();
+        let content = Content::of(request.headers(), body, policy.max_body);
         self.engine.keys.key_in(
             policy.keyed_method(request.method()),
             request.uri(),
             request.headers(),
             partition.as_deref(),
-            request.body().as_ref(),
+            content.keyed(body),
         )
     }
 
@@ -1005,7 +1008,9 @@ impl RedisCacheLayerBuilder {
     /// feature `decompress` (gzip, deflate, br, zstd, to at most [`max_body_size`](Self::max_body_size) bytes),
     /// then stored, shared and answered in no coding, without the `ETag` and digests that named the encoded
     /// bytes, unless its request refuses an answer in no coding (`identity;q=0`); one left encoded, whose member
-    /// cannot be set, is neither stored nor shared either (`detail=response-encoded`). `build` refuses a member
+    /// cannot be set, is neither stored nor shared either (`detail=response-encoded`). A request body in a
+    /// `Content-Encoding` is read decoded with that feature (see [`query_when`](Self::query_when)), so that its
+    /// member is found there too; without it, such a body shares no entry. `build` refuses a member
     /// that carries credentials ([`CREDENTIAL_PARAMS`]) unless [`Credentials::Partition`] says whom every
     /// request acts for: each request would get its own token back in an answer made for another's.
     ///
@@ -1208,6 +1213,16 @@ impl RedisCacheLayerBuilder {
     /// ([`invalidate_on_unsafe`](Self::invalidate_on_unsafe)). `body` is the request's whole body, within
     /// [`max_body_size`](Self::max_body_size), before canonicalisation; `when` runs once per such request, after
     /// the `_method` checks, and also for one bypassed for its credentials, so that its writes remove entries too.
+    ///
+    /// A body in a `Content-Encoding` (a client that compresses its queries, as Elasticsearch's and OpenSearch's
+    /// can) is given decoded with feature `decompress`: gzip, deflate, br and zstd, and stacks of them, to at most
+    /// `max_body_size` bytes. The key then holds what it decodes to (its JSON canonical, after a marker that keeps
+    /// it apart from any body keyed as it came), so two compressions of one query share an entry; the same query
+    /// in no coding keeps one of its own. The origin is sent the bytes as they came. One that does not decode so
+    /// (corrupt, cut short, or larger) bypasses the cache as it came (`detail=request-undecodable`,
+    /// [`BypassReason::RequestUndecodable`](super::BypassReason)); bypassed for its credentials, it is given to
+    /// `when` as it came. Without the feature, or in another coding, `when` gets the bytes as they came, in which
+    /// a predicate that reads JSON finds no query.
     ///
     /// ```
     /// use http::Method;

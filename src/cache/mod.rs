@@ -206,7 +206,7 @@ mod clock;
 mod coalesce;
 mod deadline;
 pub(crate) mod decision;
-mod decode;
+pub(crate) mod decode;
 mod directives;
 mod echo;
 pub(crate) mod engine;

@@ -137,8 +137,14 @@ where
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
         match take_ready(body, max) {
             Ok(Ready::Complete(bytes)) => {
-                // A form or JSON body may tunnel a write through a `_method` parameter.
-                if engine.policy.screens_body(&mut facts, &parts, &bytes) {
+                let content = engine.policy.content(&mut facts, &parts.headers, &bytes);
+                // A body in codings that do not undo asks what cannot be read; a form or JSON body may tunnel a
+                // write through a `_method` parameter.
+                if facts.undecodable
+                    || engine
+                        .policy
+                        .screens_body(&mut facts, &parts, content.read_bytes(&bytes))
+                {
                     let Some(reason) = engine
                         .policy
                         .bypass_after_body(&facts, BypassReason::Method)
@@ -150,8 +156,9 @@ where
                     let (engine, inner) = (engine.clone(), self.inner.clone());
                     return respond_in(span, bypass(engine, inner, request, reason, stale));
                 }
-                let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
-                let echoed = engine.policy.echoed(&mut facts, &bytes);
+                let body = content.keyed(&bytes);
+                let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), body);
+                let echoed = engine.policy.echoed(&mut facts, content.read_bytes(&bytes));
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
                 let near = {
                     let _in_span = span.enter();
@@ -192,13 +199,21 @@ where
                 let (engine, inner) = (engine.clone(), self.inner.clone());
                 let buffered = async move {
                     let read = match finish(prefix, rest, max).await? {
-                        // A form or JSON body may tunnel a write through a `_method` parameter.
-                        Capped::Whole(bytes)
-                            if engine.policy.screens_body(&mut facts, &parts, &bytes) =>
-                        {
-                            Err((RequestBody::full(bytes), BypassReason::Method))
+                        Capped::Whole(bytes) => {
+                            let content = engine.policy.content(&mut facts, &parts.headers, &bytes);
+                            // As for a body read at once, above.
+                            if facts.undecodable
+                                || engine.policy.screens_body(
+                                    &mut facts,
+                                    &parts,
+                                    content.read_bytes(&bytes),
+                                )
+                            {
+                                Err((RequestBody::full(bytes), BypassReason::Method))
+                            } else {
+                                Ok((bytes, content))
+                            }
                         }
-                        Capped::Whole(bytes) => Ok(bytes),
                         // Found to be larger while reading: the request goes on with what was read chained
                         // with the rest of its stream, never held whole.
                         Capped::TooLarge(body) => {
@@ -212,8 +227,8 @@ where
                             Err((body, BypassReason::RequestTrailers))
                         }
                     };
-                    let bytes = match read {
-                        Ok(bytes) => bytes,
+                    let (bytes, content) = match read {
+                        Ok(read) => read,
                         Err((body, fallback)) => {
                             let Some(reason) = engine.policy.bypass_after_body(&facts, fallback)
                             else {
@@ -230,9 +245,11 @@ where
                         }
                     };
                     let span = tracing::Span::current();
-                    let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), &bytes);
+                    let body = content.keyed(&bytes);
+                    let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), body);
                     let probe = NearProbe::Unasked;
-                    let echoed = engine.policy.echoed(&mut facts, &bytes);
+                    let echoed = engine.policy.echoed(&mut facts, content.read_bytes(&bytes));
+                    drop(content);
                     let finishing = Steps::of(&facts, head)
                         .map(|steps| Finish::new(steps, &parts.headers, echoed));
                     let answer = keyed(
@@ -376,13 +393,21 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    // Read as a cached request's body is; one in codings that do not undo is screened as it came (an origin
+    // that reads it may act on it: a write is assumed where the layer's `query_when` refuses it).
+    let mut screen = |bytes: &Bytes| {
+        let content = engine.policy.content(&mut facts, &parts.headers, bytes);
+        engine
+            .policy
+            .screens_body(&mut facts, &parts, content.read(bytes));
+    };
     let body = match read_capped(body, engine.policy.max_body).await? {
         Capped::Whole(bytes) => {
-            engine.policy.screens_body(&mut facts, &parts, &bytes);
+            screen(&bytes);
             RequestBody::full(bytes)
         }
         Capped::Trailed { body, trailers } => {
-            engine.policy.screens_body(&mut facts, &parts, &body);
+            screen(&body);
             RequestBody::trailed(body, trailers)
         }
         Capped::TooLarge(body) => body,
