@@ -223,7 +223,7 @@ impl Middleware for CacheMiddleware {
         let url = request.url().clone();
         // What the answer needs on its way back: the client's own `If-None-Match` / `If-Modified-Since` are
         // evaluated on it, not forwarded.
-        let echoed = engine.policy.echoed(&mut facts, content.read_bytes(&body));
+        let echoed = engine.policy.echoed(&mut facts, &content, &body);
         let finishing =
             Steps::of(&facts, head).map(|steps| Finish::new(steps, &parts.headers, echoed));
         if head {

@@ -84,15 +84,6 @@ impl Content {
         }
     }
 
-    /// [`read`](Self::read), for a body held as [`Bytes`] (whose parts an echoed member is taken as).
-    #[inline]
-    pub(crate) fn read_bytes<'a>(&'a self, sent: &'a Bytes) -> &'a Bytes {
-        match self {
-            Content::Decoded(decoded) => decoded,
-            Content::AsSent | Content::Undecodable => sent,
-        }
-    }
-
     /// The body as its key holds it, given `sent`, the body as it came.
     #[inline]
     pub(crate) fn keyed<'a>(&'a self, sent: &'a [u8]) -> KeyedBody<'a> {
@@ -347,7 +338,6 @@ mod tests {
             let content = Content::of(&headers(&["gzip"]), &sent, JSON.len());
             assert_eq!(content, Content::Decoded(Bytes::from_static(JSON)));
             assert_eq!(content.read(&sent), JSON);
-            assert_eq!(&content.read_bytes(&sent)[..], JSON);
             let keyed = content.keyed(&sent);
             assert_eq!((keyed.bytes, keyed.decoded), (JSON, true));
             // A byte over the cap, or a stream cut short: what it asks cannot be read, and is keyed as it came.

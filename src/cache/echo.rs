@@ -27,15 +27,22 @@ pub(crate) enum Echoed {
 }
 
 impl Echoed {
-    /// The values of the member `name` in the request `body`, when it has any.
+    /// The values of the member `name` in the request `body`, when it has any: parts of `body`.
     pub(crate) fn of(body: &Bytes, name: &str) -> Option<Echoed> {
+        Self::taken(body, name, |value| body.slice(value))
+    }
+
+    /// [`of`](Self::of), the values copied out of `body`, which they then do not keep whole for as long as the
+    /// request lasts (a body decoded from its `Content-Encoding`, which the origin is not sent).
+    pub(crate) fn copied(body: &[u8], name: &str) -> Option<Echoed> {
+        Self::taken(body, name, |value| Bytes::copy_from_slice(&body[value]))
+    }
+
+    fn taken(body: &[u8], name: &str, take: impl Fn(Range<usize>) -> Bytes) -> Option<Echoed> {
         match places(body, name)? {
-            Places::One(value) => Some(Echoed::One(body.slice(value))),
+            Places::One(value) => Some(Echoed::One(take(value))),
             Places::Batch(values) => Some(Echoed::Batch(
-                values
-                    .into_iter()
-                    .map(|value| value.map(|value| body.slice(value)))
-                    .collect(),
+                values.into_iter().map(|value| value.map(&take)).collect(),
             )),
         }
     }
@@ -362,6 +369,26 @@ impl Scan<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn values_copied_out_of_a_body_are_its_own_and_hold_none_of_it() {
+        for json in [
+            &br#"{"id": 7}"#[..],
+            br#"[{"id": 1}, {"x": 2}, {"id": "a"}]"#,
+        ] {
+            let body = Bytes::copy_from_slice(json);
+            let (parts, copies) = (Echoed::of(&body, "id"), Echoed::copied(&body, "id"));
+            assert_eq!(format!("{parts:?}"), format!("{copies:?}"));
+            let values = match copies {
+                Some(Echoed::One(value)) => vec![value],
+                Some(Echoed::Batch(values)) => values.into_iter().flatten().collect(),
+                None => panic!("no value"),
+            };
+            for value in values {
+                assert!(!body.as_ptr_range().contains(&value.as_ptr()), "{value:?}");
+            }
+        }
+    }
 
     #[test]
     fn finds_the_value_of_a_top_level_member_as_written() {

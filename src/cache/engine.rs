@@ -617,12 +617,22 @@ impl Policy {
             .bounded()
     }
 
-    /// The values, as written, of the member of the request `body` that answers echo, when the layer echoes one
+    /// The values, as written, of the member of a request body that answers echo, when the layer echoes one
     /// and the body is a JSON object holding it, or a batch some of whose calls do; noted in the request's
-    /// `facts` (`echoes`, `echo_order`).
+    /// `facts` (`echoes`, `echo_order`). Read in its `content` ([`Policy::content`]), given `sent`, the body as
+    /// it came.
     #[inline]
-    pub(crate) fn echoed(&self, facts: &mut RequestFacts, body: &Bytes) -> Option<Echoed> {
-        let echoed = Echoed::of(body, self.echo.as_deref()?)?;
+    pub(crate) fn echoed(
+        &self,
+        facts: &mut RequestFacts,
+        content: &Content,
+        sent: &Bytes,
+    ) -> Option<Echoed> {
+        let name = self.echo.as_deref()?;
+        let echoed = match content {
+            Content::Decoded(decoded) => Echoed::copied(decoded, name),
+            Content::AsSent | Content::Undecodable => Echoed::of(sent, name),
+        }?;
         facts.echoes = true;
         facts.echo_order = echoed.order();
         Some(echoed)

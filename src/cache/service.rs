@@ -143,7 +143,7 @@ where
                 if facts.undecodable
                     || engine
                         .policy
-                        .screens_body(&mut facts, &parts, content.read_bytes(&bytes))
+                        .screens_body(&mut facts, &parts, content.read(&bytes))
                 {
                     let Some(reason) = engine
                         .policy
@@ -158,7 +158,7 @@ where
                 }
                 let body = content.keyed(&bytes);
                 let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), body);
-                let echoed = engine.policy.echoed(&mut facts, content.read_bytes(&bytes));
+                let echoed = engine.policy.echoed(&mut facts, &content, &bytes);
                 // A near-cache hit is answered here: its future holds the response, nothing to allocate.
                 let near = {
                     let _in_span = span.enter();
@@ -206,7 +206,7 @@ where
                                 || engine.policy.screens_body(
                                     &mut facts,
                                     &parts,
-                                    content.read_bytes(&bytes),
+                                    content.read(&bytes),
                                 )
                             {
                                 Err((RequestBody::full(bytes), BypassReason::Method))
@@ -248,7 +248,7 @@ where
                     let body = content.keyed(&bytes);
                     let digest = engine.digest_of(&parts, &mut facts, partition.as_deref(), body);
                     let probe = NearProbe::Unasked;
-                    let echoed = engine.policy.echoed(&mut facts, content.read_bytes(&bytes));
+                    let echoed = engine.policy.echoed(&mut facts, &content, &bytes);
                     drop(content);
                     let finishing = Steps::of(&facts, head)
                         .map(|steps| Finish::new(steps, &parts.headers, echoed));
