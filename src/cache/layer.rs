@@ -1350,7 +1350,10 @@ impl RedisCacheLayerBuilder {
 
     /// The largest request or response body the cache buffers. A larger request bypasses the cache (a body
     /// found larger while being read goes on as what was read chained with the rest of its stream, never held
-    /// whole); a larger response is streamed through unstored. Default: 1 MiB.
+    /// whole); a larger response is streamed through unstored. Default: 1 MiB. With feature `decompress`, a body
+    /// in a `Content-Encoding` is read decoded to at most this many bytes too: a request whose body holds more
+    /// bypasses (`detail=request-undecodable`), and an answer that [`store_when`](Self::store_when) would judge
+    /// is not stored (`detail=response-undecodable`).
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
