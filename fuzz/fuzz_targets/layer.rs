@@ -1,5 +1,5 @@
-//! The cache layer, driven by arbitrary requests, origin answers, stored bytes and handle calls, on paused
-//! Tokio time over an in-process store.
+//! The cache layer, driven by arbitrary requests (their bodies as they came, or gzipped), origin answers, stored
+//! bytes and handle calls, on paused Tokio time over an in-process store.
 //!
 //! Besides "no panic, no hang", every response is checked. It carries a `CacheOutcome`. It keeps the shared-cache
 //! rule: the origin copies the `Authorization` and tenant it was sent into the answer's headers, so an answer the
@@ -200,6 +200,9 @@ struct RequestSpec {
     /// A `Cookie` field besides any among `headers`.
     cookies: Option<Cookies>,
     body: FuzzBody,
+    /// The body is sent gzipped, under `Content-Encoding: gzip`, as a client that compresses its requests sends
+    /// it (the layer reads it decoded; the fuzzer would seldom write a gzip stream itself).
+    gzip: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -312,12 +315,23 @@ struct Frames {
 
 impl Frames {
     fn new(spec: &FuzzBody) -> Self {
-        let mut frames: VecDeque<_> = spec
-            .chunks
-            .iter()
-            .map(|c| Frame::data(Bytes::copy_from_slice(c)))
-            .collect();
-        let len: usize = spec.chunks.iter().map(Vec::len).sum();
+        Self::of(
+            spec,
+            spec.chunks
+                .iter()
+                .map(|c| Bytes::copy_from_slice(c))
+                .collect(),
+        )
+    }
+
+    /// The body of `spec` in one frame of its chunks gzipped.
+    fn gzipped(spec: &FuzzBody) -> Self {
+        Self::of(spec, vec![Bytes::from(gzip(&spec.chunks.concat()))])
+    }
+
+    fn of(spec: &FuzzBody, chunks: Vec<Bytes>) -> Self {
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        let mut frames: VecDeque<_> = chunks.into_iter().map(Frame::data).collect();
         if let Some(trailers) = &spec.trailers {
             frames.push_back(Frame::trailers(header_map(trailers)));
         }
@@ -350,6 +364,15 @@ impl Body for Frames {
     }
 }
 
+/// `bytes` gzipped.
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing to a `Vec` does not fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
 fn request(spec: &RequestSpec) -> Option<Request<Frames>> {
     let base = URIS[spec.uri as usize % URIS.len()];
     let uri = match &spec.query {
@@ -358,12 +381,19 @@ fn request(spec: &RequestSpec) -> Option<Request<Frames>> {
     };
     let method =
         Method::from_bytes(METHODS[spec.method as usize % METHODS.len()].as_bytes()).ok()?;
-    let mut request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Frames::new(&spec.body))
-        .ok()?;
+    let body = if spec.gzip {
+        Frames::gzipped(&spec.body)
+    } else {
+        Frames::new(&spec.body)
+    };
+    let mut request = Request::builder().method(method).uri(uri).body(body).ok()?;
     *request.headers_mut() = header_map(&spec.headers);
+    if spec.gzip {
+        request.headers_mut().append(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_static("gzip"),
+        );
+    }
     if let Some(cookies) = spec.cookies.as_ref().and_then(cookie_field) {
         request.headers_mut().append(http::header::COOKIE, cookies);
     }
@@ -373,7 +403,9 @@ fn request(spec: &RequestSpec) -> Option<Request<Frames>> {
 /// The same request with the body whole, for the handle's calls that take one.
 fn request_bytes(spec: &RequestSpec) -> Option<Request<Vec<u8>>> {
     let (parts, _) = request(spec)?.into_parts();
-    Some(Request::from_parts(parts, spec.body.chunks.concat()))
+    let body = spec.body.chunks.concat();
+    let body = if spec.gzip { gzip(&body) } else { body };
+    Some(Request::from_parts(parts, body))
 }
 
 /// Who a request is, as the origin copies it into its answer and the check compares it: every `Authorization`
