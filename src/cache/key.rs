@@ -320,7 +320,7 @@ impl KeyConfig {
                     });
                 }
                 f.field(content_type(headers));
-                if !body.bytes.is_empty() {
+                if !body.bytes.is_empty() || body.decoded {
                     let codings = headers.get_all(header::CONTENT_ENCODING);
                     // Decoded or not: the same bytes may be either (one content, and its compression).
                     f.count(codings.iter().count() << 1 | usize::from(body.decoded));
@@ -921,7 +921,8 @@ fn hash_body(h: &mut Sha256, headers: &HeaderMap, body: KeyedBody<'_>, ignored: 
         bytes: body,
         decoded,
     } = body;
-    if body.is_empty() {
+    // (A body that decodes to nothing was sent as something: it keys as a decoded body.)
+    if body.is_empty() && !decoded {
         h.update([2u8]);
         return;
     }
@@ -2072,6 +2073,9 @@ mod tests {
         let mut text = HeaderMap::new();
         text.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         assert_ne!(key(&text, b"payload", true), key(&text, b"payload", false));
+        // A body that decodes to nothing was sent as something: no body at all is another request.
+        assert_ne!(key(&text, b"", true), key(&text, b"", false));
+        assert_ne!(key(&text, b"", true), key(&HeaderMap::new(), b"", false));
     }
 
     fn canon(s: &str) -> Option<String> {
