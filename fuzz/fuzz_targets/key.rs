@@ -4,8 +4,9 @@
 //! and its body is a JSON tree written in several ways (whitespace, escapes, member order), or raw bytes. Two
 //! requests the layer gives one key must be one request to a server: the same values for each decoded
 //! parameter name, in their order, and the same JSON (members compared as a map, numbers as written, strings as
-//! decoded) or the same bytes. And two spellings of one JSON body with one query must share a key, as the crate
-//! promises (`{"b":2,"a":1}` is `{"a":1,"b":2}`).
+//! decoded) or the same bytes, sent gzipped (`Content-Encoding: gzip`, which the layer reads decoded) or not,
+//! both. And two spellings of one JSON body with one query must share a key, as the crate promises
+//! (`{"b":2,"a":1}` is `{"a":1,"b":2}`), gzipped as well.
 
 #![no_main]
 
@@ -84,6 +85,8 @@ enum Body {
 struct Side {
     query: Vec<Param>,
     body: Body,
+    /// The body is sent gzipped.
+    gzip: bool,
 }
 
 /// The second request: any, or the first's parameters moved around and spelled anew (where a sort could go
@@ -96,6 +99,8 @@ enum Other {
         reverse: bool,
         spellings: Vec<(u8, u8)>,
         body: Option<Body>,
+        /// Sent gzipped or not, as the first is unless this says.
+        gzip: Option<bool>,
     },
 }
 
@@ -273,7 +278,7 @@ fn body_bytes(body: &Body) -> (Vec<u8>, bool) {
     }
 }
 
-fn request(query: &str, body: Vec<u8>, json: bool) -> Option<Request<Vec<u8>>> {
+fn request(query: &str, body: Vec<u8>, json: bool, gzip: bool) -> Option<Request<Vec<u8>>> {
     let uri = if query.is_empty() {
         "http://api.test/q".to_owned()
     } else {
@@ -283,7 +288,15 @@ fn request(query: &str, body: Vec<u8>, json: bool) -> Option<Request<Vec<u8>>> {
     if json {
         r = r.header("content-type", "application/json");
     }
-    r.body(body).ok()
+    if !gzip {
+        return r.body(body).ok();
+    }
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(&body).ok()?;
+    r.header("content-encoding", "gzip")
+        .body(encoder.finish().ok()?)
+        .ok()
 }
 
 fuzz_target!(|input: Input| {
@@ -301,6 +314,7 @@ fuzz_target!(|input: Input| {
             reverse,
             spellings,
             body,
+            gzip,
         } => {
             let mut query = input.a.query.clone();
             if reverse {
@@ -319,16 +333,25 @@ fuzz_target!(|input: Input| {
                 Body::Json(j, style) => Body::Json(j.clone(), style.clone()),
                 Body::Raw(bytes) => Body::Raw(bytes.clone()),
             });
-            Side { query, body }
+            let gzip = gzip.unwrap_or(input.a.gzip);
+            Side { query, body, gzip }
         }
     };
     let (qa, qb) = (query(&input.a.query), query(&b.query));
     let ((ba, ja), (bb, jb)) = (body_bytes(&input.a.body), body_bytes(&b.body));
-    let (Some(ra), Some(rb)) = (request(&qa, ba.clone(), ja), request(&qb, bb.clone(), jb)) else {
+    let (za, zb) = (input.a.gzip, b.gzip);
+    let (Some(ra), Some(rb)) = (
+        request(&qa, ba.clone(), ja, za),
+        request(&qb, bb.clone(), jb, zb),
+    ) else {
         return;
     };
     let (ka, kb) = (handle.key_for(&ra), handle.key_for(&rb));
     if ka == kb {
+        assert_eq!(
+            za, zb,
+            "one key for a body sent gzipped and one sent as it is"
+        );
         assert_eq!(
             meaning(&qa),
             meaning(&qb),
@@ -354,7 +377,7 @@ fuzz_target!(|input: Input| {
     {
         let mut other = String::new();
         write_json(&mut other, j, style, 0);
-        if let Some(r) = request(&qa, other.clone().into_bytes(), true) {
+        if let Some(r) = request(&qa, other.clone().into_bytes(), true, za) {
             assert!(
                 handle.key_for(&r) == ka,
                 "two keys for one JSON body: {:?} and {other:?}",
