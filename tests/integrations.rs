@@ -712,6 +712,14 @@ async fn reqwest_middleware_names_the_partition_from_the_calls_extensions() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+/// Sends `request`: its answer's cache outcome and JSON body.
+async fn outcome_and_json(request: reqwest_middleware::RequestBuilder) -> (CacheOutcome, Value) {
+    let response = request.send().await.unwrap();
+    let outcome = CacheOutcome::from_headers(response.headers()).unwrap();
+    let answer = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    (outcome, answer)
+}
+
 #[tokio::test]
 async fn reqwest_middleware_answers_each_json_rpc_call_with_its_own_id() {
     use tower_redis_cache::cache::jsonrpc;
@@ -751,12 +759,7 @@ async fn reqwest_middleware_answers_each_json_rpc_call_with_its_own_id() {
             .body(format!(
                 r#"{{"jsonrpc":"2.0","method":"{method}","id":{id}}}"#
             ));
-        async move {
-            let response = request.send().await.unwrap();
-            let outcome = CacheOutcome::from_headers(response.headers()).unwrap();
-            let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-            (outcome, answer)
-        }
+        outcome_and_json(request)
     };
     for id in [1, 2, 3] {
         let (outcome, answer) = send("eth_chainId", id).await;
@@ -830,12 +833,7 @@ async fn reqwest_middleware_reads_a_gzipped_json_rpc_call_decoded() {
             .header("content-type", "application/json")
             .header("content-encoding", "gzip")
             .body(gzipped);
-        async move {
-            let response = request.send().await.unwrap();
-            let outcome = CacheOutcome::from_headers(response.headers()).unwrap();
-            let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-            (outcome, answer)
-        }
+        outcome_and_json(request)
     };
     // Read decoded: a query, keyed without its `id`, each answer with its own.
     for id in [1, 2, 3] {
