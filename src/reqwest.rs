@@ -191,7 +191,7 @@ impl Middleware for CacheMiddleware {
                 if !facts.undecodable {
                     engine
                         .policy
-                        .screens_body(&mut facts, &parts, content.read(bytes));
+                        .screens_body(&mut facts, &parts, &content, bytes);
                 }
                 content
             }

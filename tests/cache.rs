@@ -1986,6 +1986,49 @@ async fn store_when_refusing_answers_it_read_encoded_is_warned_of_once() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn query_when_refusing_bodies_it_read_encoded_is_warned_of_once() {
+    use tower_redis_cache::cache::graphql;
+    let warnings = support::logs::warnings();
+    let (calls, origin) = counted_origin(|_, _| async move {
+        Ok(http::Response::new(Full::new(bytes::Bytes::from_static(
+            b"{}",
+        ))))
+    });
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .query_when(|_, body| graphql::is_query(body))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    // In a coding no build decodes, which names this test's warning among the binary's: each taken for a write.
+    for n in 0..2 {
+        let (parts, _) = post("").into_parts();
+        let mut encoded = Request::from_parts(parts, Full::new(format!("\x1f{n}").into()));
+        encoded
+            .headers_mut()
+            .insert("content-encoding", "x-query-encoded".parse().unwrap());
+        let refused = call(&service, encoded).await;
+        assert_eq!(
+            cache_status(&refused),
+            "tower-redis-cache; fwd=method; detail=not-a-query"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let warned: Vec<String> = warnings
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|fields| fields.contains("x-query-encoded"))
+        .cloned()
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0]
+            .contains("`query_when` refused a request body it read still in its Content-Encoding"),
+        "{warned:?}"
+    );
+}
+
 /// What a JSON-RPC server answers its `n`th call: the call's `id`, with `Content-Length` and an `ETag`, or a `304`
 /// when the call holds the first answer's tag; with `coding`, the answer says it is in that `Content-Encoding`.
 /// For [`counted_origin`].

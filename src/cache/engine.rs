@@ -464,6 +464,8 @@ pub(crate) struct Policy {
     pub(crate) coalesced_wait: Duration,
     /// The most response bytes misses and refreshes in flight may hold.
     pub(crate) max_in_flight_bytes: usize,
+    /// Whether `query_when`'s refusal of a body read still in its `Content-Encoding` was told.
+    pub(crate) warned_encoded_query: AtomicBool,
 }
 
 impl std::fmt::Debug for Policy {
@@ -740,14 +742,17 @@ impl Policy {
     /// Whether the body of a request with `facts` that this layer would key by its body shows it is no query
     /// after all: it tunnels a method through a `_method` parameter ([`tunnels`](Self::tunnels)), or the
     /// layer's [`query_when`](super::RedisCacheLayerBuilder::query_when) refuses it. Then its facts say so (a
-    /// refused `POST` is a write), and it is screened again.
+    /// refused `POST` is a write), and it is screened again. Read in its `content` ([`Policy::content`]), given
+    /// `sent`, the body as it came.
     #[inline]
     pub(crate) fn screens_body(
         &self,
         facts: &mut RequestFacts,
         parts: &request::Parts,
-        body: &[u8],
+        content: &Content,
+        sent: &[u8],
     ) -> bool {
+        let body = content.read(sent);
         if self.tunnels(facts, &parts.headers, body) {
             return true;
         }
@@ -757,6 +762,13 @@ impl Policy {
             {
                 facts.method_cacheable = false;
                 facts.not_a_query = true;
+                if *content == Content::AsSent && content_encoded(&parts.headers) {
+                    warn_encoded_refusal(
+                        &self.warned_encoded_query,
+                        "`query_when` refused a request body",
+                        &parts.headers,
+                    );
+                }
                 true
             }
             _ => false,
@@ -1805,37 +1817,16 @@ impl Engine {
                 let refused = !when(response.status, &response.headers, &body);
                 if refused && matches!(body, Cow::Borrowed(_)) && content_encoded(&response.headers)
                 {
-                    self.warn_encoded_refusal(&response.headers);
+                    warn_encoded_refusal(
+                        &self.warned_encoded,
+                        "`store_when` refused an answer",
+                        &response.headers,
+                    );
                 }
                 refused.then_some(NotStored::Refused)
             }
             Readable::Undecodable => Some(NotStored::Undecodable),
         }
-    }
-
-    /// Tells the operator, once for the layer, that `store_when` refused an answer it read still in the
-    /// `Content-Encoding` given by `headers`: a predicate that reads JSON refuses every such answer, so the layer
-    /// may store nothing, and only `detail=response-refused` would say so.
-    #[cold]
-    fn warn_encoded_refusal(&self, headers: &HeaderMap) {
-        if self.warned_encoded.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let coding: Vec<&str> = headers
-            .get_all(CONTENT_ENCODING)
-            .iter()
-            .map(|value| value.to_str().unwrap_or("(not visible ASCII)"))
-            .collect();
-        let remedy = if cfg!(feature = "decompress") {
-            "the `decompress` feature decodes gzip, deflate, br and zstd, not this coding"
-        } else {
-            "enable tower-redis-cache's `decompress` feature so that it reads gzip, deflate, br and zstd decoded"
-        };
-        tracing::warn!(
-            content_encoding = coding.join(", "),
-            "`store_when` refused an answer it read still in its Content-Encoding, perhaps for that alone: {remedy}; \
-             this is said once"
-        );
     }
 
     fn confirmed(&self, stored: &Entry, response: Buffered) -> Buffered {
@@ -2819,6 +2810,31 @@ fn host_spellings(authority: &str, defaults: &[&str]) -> Vec<String> {
         .collect();
     hosts.insert(0, bare);
     hosts
+}
+
+/// Tells the operator, once for the layer (`warned` says whether it was), that a predicate `refused` (what, and
+/// what it refused) a body it read still in the `Content-Encoding` given by `headers`: a predicate that reads
+/// JSON refuses every such body, so the layer may store nothing (`store_when`), or take every query for a write
+/// (`query_when`), and only each answer's `detail` would say so.
+#[cold]
+fn warn_encoded_refusal(warned: &AtomicBool, refused: &str, headers: &HeaderMap) {
+    if warned.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let coding: Vec<&str> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .map(|value| value.to_str().unwrap_or("(not visible ASCII)"))
+        .collect();
+    let remedy = if cfg!(feature = "decompress") {
+        "the `decompress` feature decodes gzip, deflate, br and zstd, not this coding"
+    } else {
+        "enable tower-redis-cache's `decompress` feature so that it reads gzip, deflate, br and zstd decoded"
+    };
+    tracing::warn!(
+        content_encoding = coding.join(", "),
+        "{refused} it read still in its Content-Encoding, perhaps for that alone: {remedy}; this is said once"
+    );
 }
 
 #[cfg(test)]

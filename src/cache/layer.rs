@@ -18,6 +18,7 @@ use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderName, Method, Request, StatusCode, request};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tower_layer::Layer;
 
@@ -1222,7 +1223,8 @@ impl RedisCacheLayerBuilder {
     /// (corrupt, cut short, or larger) bypasses the cache as it came (`detail=request-undecodable`,
     /// [`BypassReason::RequestUndecodable`](super::BypassReason)); bypassed for its credentials, it is given to
     /// `when` as it came. Without the feature, or in another coding, `when` gets the bytes as they came, in which
-    /// a predicate that reads JSON finds no query.
+    /// a predicate that reads JSON finds no query: the first time `when` refuses such a body, the layer logs a
+    /// warning naming the coding.
     ///
     /// ```
     /// use http::Method;
@@ -2145,6 +2147,7 @@ impl RedisCacheLayerBuilder {
             max_refreshes: self.max_refreshes,
             coalesced_wait: self.coalesced_wait,
             max_in_flight_bytes: self.max_in_flight_bytes,
+            warned_encoded_query: AtomicBool::new(false),
         };
         let keys = KeyConfig::new(self.namespace, self.partition, vary)
             .with_credentials_from(user_vary)

@@ -143,7 +143,7 @@ where
                 if facts.undecodable
                     || engine
                         .policy
-                        .screens_body(&mut facts, &parts, content.read(&bytes))
+                        .screens_body(&mut facts, &parts, &content, &bytes)
                 {
                     let Some(reason) = engine
                         .policy
@@ -203,11 +203,9 @@ where
                             let content = engine.policy.content(&mut facts, &parts.headers, &bytes);
                             // As for a body read at once, above.
                             if facts.undecodable
-                                || engine.policy.screens_body(
-                                    &mut facts,
-                                    &parts,
-                                    content.read(&bytes),
-                                )
+                                || engine
+                                    .policy
+                                    .screens_body(&mut facts, &parts, &content, &bytes)
                             {
                                 Err((RequestBody::full(bytes), BypassReason::Method))
                             } else {
@@ -399,7 +397,7 @@ where
         let content = engine.policy.content(&mut facts, &parts.headers, bytes);
         engine
             .policy
-            .screens_body(&mut facts, &parts, content.read(bytes));
+            .screens_body(&mut facts, &parts, &content, bytes);
     };
     let body = match read_capped(body, engine.policy.max_body).await? {
         Capped::Whole(bytes) => {
