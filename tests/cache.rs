@@ -2575,23 +2575,27 @@ async fn a_gzipped_graphql_query_is_read_and_keyed_decoded_and_sent_as_it_came()
     assert_eq!(outcome(&hit), CacheOutcome::Hit);
     assert_eq!(body(hit).await, r#"{"data":{"call":2}}"#);
     // A query is no write: the URI's entries stay, also after one bypassed for its credentials (its body read
-    // all the same, to tell).
+    // all the same, to tell), and after one whose body does not decode, which is not read, as one over the cap.
     assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
-    let mut authorized = post_gzipped(query, 1);
-    authorized
-        .headers_mut()
-        .insert("authorization", "Bearer a".parse().unwrap());
-    assert_eq!(
-        cache_status(&call(&service, authorized).await),
-        "tower-redis-cache; fwd=bypass; detail=authorization"
-    );
-    assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let whole = sent_body(post_gzipped(query, 1)).await;
+    for sent in [whole.clone(), whole.slice(..whole.len() - 4)] {
+        let (mut parts, _) = post_gzipped(query, 1).into_parts();
+        parts
+            .headers
+            .insert("authorization", "Bearer a".parse().unwrap());
+        let authorized = Request::from_parts(parts, Full::new(sent));
+        assert_eq!(
+            cache_status(&call(&service, authorized).await),
+            "tower-redis-cache; fwd=bypass; detail=authorization"
+        );
+        assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
 
     // The same query in no coding is another request, with an entry of its own.
     let plain = call(&service, post(query)).await;
     assert!(matches!(outcome(&plain), CacheOutcome::Miss { .. }));
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
 
     // A gzipped mutation is read as one: sent on, and once it succeeds the URI's entries are gone.
     let mutation = call(
@@ -2611,7 +2615,7 @@ async fn a_gzipped_graphql_query_is_read_and_keyed_decoded_and_sent_as_it_came()
         outcome(&call(&service, post_gzipped(query, 1)).await),
         CacheOutcome::Miss { .. }
     ));
-    assert_eq!(calls.load(Ordering::SeqCst), 7);
+    assert_eq!(calls.load(Ordering::SeqCst), 8);
 }
 
 /// A body streamed as a server's request body is, arriving after the head: the layer has to wait for it.

@@ -1221,10 +1221,9 @@ impl RedisCacheLayerBuilder {
     /// it apart from any body keyed as it came), so two compressions of one query share an entry; the same query
     /// in no coding keeps one of its own. The origin is sent the bytes as they came. One that does not decode so
     /// (corrupt, cut short, or larger) bypasses the cache as it came (`detail=request-undecodable`,
-    /// [`BypassReason::RequestUndecodable`](super::BypassReason)); bypassed for its credentials, it is given to
-    /// `when` as it came. Without the feature, or in another coding, `when` gets the bytes as they came, in which
-    /// a predicate that reads JSON finds no query: the first time `when` refuses such a body, the layer logs a
-    /// warning naming the coding.
+    /// [`BypassReason::RequestUndecodable`](super::BypassReason)), unread, as a body over the cap does. Without
+    /// the feature, or in another coding, `when` gets the bytes as they came, in which a predicate that reads
+    /// JSON finds no query: the first time `when` refuses such a body, the layer logs a warning naming the coding.
     ///
     /// ```
     /// use http::Method;

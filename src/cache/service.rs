@@ -391,13 +391,15 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    // Read as a cached request's body is; one in codings that do not undo is screened as it came (an origin
-    // that reads it may act on it: a write is assumed where the layer's `query_when` refuses it).
+    // Read as a cached request's body is; one in codings that do not undo within the cap is not read, as one
+    // over the cap is not.
     let mut screen = |bytes: &Bytes| {
         let content = engine.policy.content(&mut facts, &parts.headers, bytes);
-        engine
-            .policy
-            .screens_body(&mut facts, &parts, &content, bytes);
+        if !facts.undecodable {
+            engine
+                .policy
+                .screens_body(&mut facts, &parts, &content, bytes);
+        }
     };
     let body = match read_capped(body, engine.policy.max_body).await? {
         Capped::Whole(bytes) => {
