@@ -969,8 +969,9 @@ impl Engine {
     }
 
     /// The digest of the key the request with `parts`, `facts`, its own `partition` and its whole `body` (as
-    /// [`Policy::content`] reads it) is stored under: its primary key's, or, once this process learned that the answers to that key vary on
-    /// request headers (see [`variants`](super::variants)), its variant's (and `facts.variant` is set).
+    /// [`Policy::content`] reads it) is stored under: its primary key's, or, once this process learned that the
+    /// answers to that key vary on request headers (see [`variants`](super::variants)), its variant's (and
+    /// `facts.variant` is set).
     #[inline]
     pub(crate) fn digest_of(
         &self,
@@ -2812,10 +2813,10 @@ fn host_spellings(authority: &str, defaults: &[&str]) -> Vec<String> {
     hosts
 }
 
-/// Tells the operator, once for the layer (`warned` says whether it was), that a predicate `refused` (what, and
-/// what it refused) a body it read still in the `Content-Encoding` given by `headers`: a predicate that reads
-/// JSON refuses every such body, so the layer may store nothing (`store_when`), or take every query for a write
-/// (`query_when`), and only each answer's `detail` would say so.
+/// Tells the operator, once for the layer (`warned` notes that it was told), of `refused`, a predicate's refusal
+/// of an answer or a request body it read still in the `Content-Encoding` given by `headers`: a predicate that
+/// reads JSON refuses every such body, so the layer may store nothing (`store_when`), or take every query for a
+/// write (`query_when`), and only each answer's `detail` would say so.
 #[cold]
 fn warn_encoded_refusal(warned: &AtomicBool, refused: &str, headers: &HeaderMap) {
     if warned.swap(true, Ordering::Relaxed) {

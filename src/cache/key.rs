@@ -9,11 +9,12 @@
 //! (what a proxy forwards of the client's request, `X-Forwarded-Host`, `Forwarded`, ..., the client's address left out;
 //! `Prefer`; API versions; account selectors), and the body with its `Content-Type` and `Content-Encoding` (a coded
 //! body is another body than the same content in no coding; with feature `decompress`, one in codings the build
-//! undoes is hashed decoded, after a marker, so that two compressions of one content share a key). A JSON body (`application/json` or `*/*+json`) is hashed in canonical form: object members
-//! sorted by key at every level, array order kept, no insignificant whitespace, strings written with the fewest escapes
-//! (`"\u0061"` is `"a"`), numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an
-//! object with a key twice (after escapes are decoded: such a body means what its parser makes of it), or any other
-//! content type hashes the raw bytes. Members a layer ignores (JSON Pointers, see
+//! undoes is hashed decoded, after a marker, so that two compressions of one content share a key). A JSON body
+//! (`application/json` or `*/*+json`) is hashed in canonical form: object members sorted by key at every level,
+//! array order kept, no insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`),
+//! numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice
+//! (after escapes are decoded: such a body means what its parser makes of it), or any other content type hashes the
+//! raw bytes. Members a layer ignores (JSON Pointers, see
 //! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
 
 use super::decision::NameTable;
