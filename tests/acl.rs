@@ -297,13 +297,7 @@ async fn a_sentinel_user_that_may_not_subscribe_gets_redis_hits_and_one_warning(
         .find(|(denied, _)| denied == "subscribe")
         .map(|(_, count)| count);
     assert_eq!(subscribes, Some(1));
-    let told: Vec<String> = warnings
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|warning| warning.contains("refused to announce new primaries"))
-        .cloned()
-        .collect();
+    let told = support::logs::containing(&warnings, "refused to announce new primaries");
     assert_eq!(told.len(), 1, "{told:?}");
     assert!(
         told[0].contains("NOPERM") && told[0].contains("asking it every second"),
@@ -357,13 +351,7 @@ fn told_once_and_retried(
         .find(|(denied, _)| denied == command)
         .map_or(0, |(_, count)| count);
     assert!(attempts >= 2, "`{command}` was asked for {attempts} times");
-    let refused: Vec<String> = warnings
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|warning| warning.contains(saying))
-        .cloned()
-        .collect();
+    let refused = support::logs::containing(warnings, saying);
     assert_eq!(
         refused.len(),
         1,

@@ -1972,13 +1972,7 @@ async fn store_when_refusing_answers_it_read_encoded_is_warned_of_once() {
         assert!(cache_status(&refused).ends_with("detail=response-refused"));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    let warned: Vec<String> = warnings
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|fields| fields.contains("x-refused-encoded"))
-        .cloned()
-        .collect();
+    let warned = support::logs::containing(&warnings, "x-refused-encoded");
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(
         warned[0].contains("`store_when` refused an answer it read still in its Content-Encoding"),
@@ -2014,13 +2008,7 @@ async fn query_when_refusing_bodies_it_read_encoded_is_warned_of_once() {
         );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    let warned: Vec<String> = warnings
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|fields| fields.contains("x-query-encoded"))
-        .cloned()
-        .collect();
+    let warned = support::logs::containing(&warnings, "x-query-encoded");
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(
         warned[0]

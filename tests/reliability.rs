@@ -1210,13 +1210,7 @@ async fn a_redis_loading_its_snapshot_after_a_restart_fails_no_request_then_hits
         "{:?}",
         near.handle().stats()
     );
-    let refused: Vec<String> = warnings
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|warning| warning.contains("refused client tracking"))
-        .cloned()
-        .collect();
+    let refused = support::logs::containing(&warnings, "refused client tracking");
     assert!(refused.is_empty(), "{refused:?}");
 }
 

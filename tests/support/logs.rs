@@ -19,6 +19,16 @@ pub fn warnings() -> Arc<Mutex<Vec<String>>> {
         .clone()
 }
 
+/// The fields of the `warn` events among `warnings` that contain `text`.
+pub fn containing(warnings: &Mutex<Vec<String>>, text: &str) -> Vec<String> {
+    let warnings = warnings.lock().unwrap();
+    warnings
+        .iter()
+        .filter(|fields| fields.contains(text))
+        .cloned()
+        .collect()
+}
+
 struct Warnings(Arc<Mutex<Vec<String>>>);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
