@@ -121,11 +121,12 @@ impl CacheHandle {
         stats
     }
 
-    /// The key the cache uses for `request` (its body as bytes): for a `HEAD`, its `GET`'s while
+    /// The key the cache uses for `request` (its body as bytes, as it is sent: one in a `Content-Encoding` is
+    /// keyed decoded with feature `decompress`, as the layer keys it): for a `HEAD`, its `GET`'s while
     /// [`head_from_get`](RedisCacheLayerBuilder::head_from_get) applies. With
     /// [`partition_by`](RedisCacheLayerBuilder::partition_by), in `request`'s partition, named from its
     /// headers and extensions as for a request through the layer; a request it names no partition for is never
-    /// stored, and its key holds nothing.
+    /// stored, and its key holds nothing (nor does the key of one whose body does not decode within the cap).
     ///
     /// Once this process learned that the answers to that key vary on request headers
     /// ([`keep_variants`](RedisCacheLayerBuilder::keep_variants)), the key of `request`'s variant.
