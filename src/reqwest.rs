@@ -199,6 +199,8 @@ impl Middleware for CacheMiddleware {
         };
         let action = engine.policy.screen(&facts);
         if let Action::Bypass(reason) = action {
+            // A decoded body is read: it is not held while the request goes on.
+            drop(content);
             // The request goes on untouched: a `HEAD` as a `HEAD`.
             if head {
                 parts.method = http::Method::HEAD;
