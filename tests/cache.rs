@@ -2379,11 +2379,26 @@ async fn a_gzipped_answer_to_an_echoing_call_is_decoded_then_stored_and_shared()
     .await;
     assert_eq!(outcome(&hit), CacheOutcome::Hit);
     check(9, &hit);
+    // The origin chose gzip by the request's `Accept-Encoding`, though it named none in `Vary`: the entry says so.
+    assert_eq!(hit.headers()["vary"], "accept-encoding");
     assert_eq!(
         &body(hit).await[..],
         br#"{"id":9,"jsonrpc":"2.0","result":"0x1"}"#
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // So a client that takes no answer in no coding is not given that entry: the origin answers it, in gzip.
+    let mut refusing = rpc(r#"{"jsonrpc":"2.0","method":"eth_chainId","id":10}"#);
+    refusing
+        .headers_mut()
+        .insert("accept-encoding", "gzip, identity;q=0".parse().unwrap());
+    let refusing = call(&service, refusing).await;
+    assert!(
+        matches!(outcome(&refusing), CacheOutcome::Miss { .. }),
+        "{}",
+        cache_status(&refusing)
+    );
+    assert_eq!(refusing.headers()["content-encoding"], "gzip");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 
     // A client that takes no answer in no coding gets the origin's as it came, which is then neither stored nor
     // shared.
@@ -2396,9 +2411,9 @@ async fn a_gzipped_answer_to_an_echoing_call_is_decoded_then_stored_and_shared()
     assert_eq!(encoded.headers()["content-encoding"], "gzip");
     assert_eq!(
         body(encoded).await,
-        gzip(br#"{"id":4,"jsonrpc":"2.0","result":"0x2"}"#)
+        gzip(br#"{"id":4,"jsonrpc":"2.0","result":"0x3"}"#)
     );
-    assert_eq!(layer.handle().stats().not_stored_for(NotStored::Encoded), 1);
+    assert_eq!(layer.handle().stats().not_stored_for(NotStored::Encoded), 2);
 }
 
 #[cfg(feature = "decompress")]

@@ -28,7 +28,7 @@ use super::heads::{self, Kept, Renders};
 use super::key::{
     CacheKey, KeyConfig, KeyedBody, WEB_DEFAULT_PORTS, accepts_coding, content_encoded,
     default_ports, foreign_host, learnable, normal_authority, port_colon, short_hex, variant_key,
-    vary_digest,
+    vary_digest, vary_names,
 };
 use super::near::{Fill, FlushCause, Near, Tracking};
 use super::refresh::Refreshes;
@@ -42,9 +42,9 @@ use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
 use http::header::{
-    AGE, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
-    CONTENT_TYPE, ETAG, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LOCATION, RANGE,
-    SET_COOKIE, TRANSFER_ENCODING,
+    ACCEPT_ENCODING, AGE, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_LOCATION,
+    CONTENT_RANGE, CONTENT_TYPE, ETAG, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LOCATION,
+    RANGE, SET_COOKIE, TRANSFER_ENCODING, VARY,
 };
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version, request,
@@ -1733,7 +1733,8 @@ impl Engine {
     /// `decompress` undoes within the cap and the in-flight budget, and the client takes an answer in none
     /// (RFC 9110 §12.5.3): the member can then be set in it, so it is stored and shared as any other answer,
     /// where an encoded one is neither ([`NotStored::Encoded`]). Its `ETag` and digests, which name the encoded
-    /// bytes, go with the coding.
+    /// bytes, go with the coding. Its `Vary` names `Accept-Encoding` (the origin chose the coding by it, whether or
+    /// not it said so): a request that takes no answer in no coding is another variant, which the origin answers.
     fn decoded_for_echo(&self, response: Buffered, request_headers: &HeaderMap) -> Buffered {
         if !content_encoded(&response.headers)
             || !self.policy.rules.statuses.contains(&response.status)
@@ -1753,6 +1754,9 @@ impl Engine {
         }
         let mut headers = response.headers;
         headers.remove(CONTENT_ENCODING);
+        if !vary_names(&headers).is_some_and(|names| names.contains(&ACCEPT_ENCODING)) {
+            headers.append(VARY, HeaderValue::from_static("accept-encoding"));
+        }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(decoded.len()));
         headers.remove(ETAG);
         for name in echo::BYTE_FIELDS {

@@ -1009,7 +1009,8 @@ impl RedisCacheLayerBuilder {
     /// stored nor shared (`detail=response-unordered`). An answer in a `Content-Encoding` is decoded first with
     /// feature `decompress` (gzip, deflate, br, zstd, to at most [`max_body_size`](Self::max_body_size) bytes),
     /// then stored, shared and answered in no coding, without the `ETag` and digests that named the encoded
-    /// bytes, unless its request refuses an answer in no coding (`identity;q=0`); one left encoded, whose member
+    /// bytes and with `Vary: Accept-Encoding` (so a request that refuses an answer in no coding is never given
+    /// it), unless its request refuses an answer in no coding (`identity;q=0`); one left encoded, whose member
     /// cannot be set, is neither stored nor shared either (`detail=response-encoded`). A request body in a
     /// `Content-Encoding` is read decoded with that feature (see [`query_when`](Self::query_when)), so that its
     /// member is found there too; without it, such a body shares no entry. `build` refuses a member
