@@ -474,10 +474,51 @@ fn head_of<T>(request: &Request<T>) -> request::Parts {
 }
 
 /// Builds a [`RedisCacheLayer`]; every setter states its default. Validation happens in
-/// [`build`](Self::build).
+/// [`build`](Self::build), which refuses a setting that cannot work with a [`ConfigError`] whose
+/// [`setting`](ConfigError::setting) names it.
 ///
 /// A clone shares the store: layers built from both use one connection, with their own counters and
 /// in-flight maps.
+///
+/// # Settings at a glance
+///
+/// | setting | default | meaning |
+/// |---|---|---|
+/// | [`namespace`](Self::namespace) | `http-cache` | key prefix, so several caches share one Redis; `purge()` one you retire (its tag sets have no TTL) |
+/// | [`partition`](Self::partition), [`partition_by`](Self::partition_by) | none | tenant in every key: fixed (Genesys: API base, client id), or per request (none: bypass) |
+/// | [`fresh_for`](Self::fresh_for) / [`stale_for`](Self::stale_for) / [`stale_if_error_for`](Self::stale_if_error_for) | 60 s / 60 s / 300 s | answered fresh; then stale while one refresh runs; then only if the origin fails |
+/// | [`keep_for`](Self::keep_for) | 10 min | past its windows, an entry with an `ETag` or `Last-Modified` is kept for revalidation only: the next request asks the origin conditionally, and a `304` answers from the stored body (Redis holds such entries that much longer) |
+/// | [`refresh_ahead`](Self::refresh_ahead) | off | a hit late in freshness (`0.2`: last fifth) refreshes it, so hot keys never go stale |
+/// | [`windows_for`](Self::windows_for), [`windows_for_status`](Self::windows_for_status), [`CacheOverride`](super::CacheOverride) | none | windows per route, per answer status (a `404` for seconds), or per request (an extension) |
+/// | [`origin_freshness`](Self::origin_freshness) | on, capped at a day | honour the origin's `Cache-Control` / `Expires` for `GET`/`HEAD`; with every window at zero, only what it says is kept (RFC 9111's shared cache) |
+/// | [`origin_freshness_for_post`](Self::origin_freshness_for_post), [`origin_freshness_cap`](Self::origin_freshness_cap) | off, a day | the origin's freshness for `POST` and `QUERY` too; the longest windows its headers may set |
+/// | [`respect_response_cache_control`](Self::respect_response_cache_control) | on | honour `no-store`/`private`; off, with a `partition` and `origin_freshness` off, for an API marking all `no-store` |
+/// | [`respect_request_cache_control`](Self::respect_request_cache_control) | on | honour the request's `Cache-Control` / `Pragma` (`no-cache`, `max-age`, ...); off in front of a server, so a client's reload or `no-cache` cannot send every request to the origin |
+/// | [`targeted_cache_control`](Self::targeted_cache_control) | none | fields such as `CDN-Cache-Control` (RFC 9213) that speak to this cache in place of `Cache-Control` and `Expires`: `no-store` for browsers, `max-age=60` here |
+/// | [`methods`](Self::methods), [`cache_post_when`](Self::cache_post_when) | `GET`, `HEAD`, `QUERY` | what is cached; `POST` by opt-in, keyed by its body |
+/// | [`cacheable_statuses`](Self::cacheable_statuses) | `200`, `203`, `204` | the statuses stored (never `206` or `304`) |
+/// | [`store_when`](Self::store_when) | every answer | from its status, headers and body, whether an answer is stored: not an API's error inside a `200` (GraphQL: `graphql::is_success`; JSON-RPC: `jsonrpc::is_success`), which counts as a failing origin's (stale-if-error); with feature `decompress`, a gzip, deflate, br or zstd body is judged decoded |
+/// | [`query_when`](Self::query_when) | every body a query | from its body, whether a cached `POST` or `QUERY` is a query (GraphQL: `graphql::is_query`; JSON-RPC: `jsonrpc::only_calls_to`); a `POST` it refuses is a write; with feature `decompress`, a gzip, deflate, br or zstd body is read decoded (and keyed by its content), and one that does not decode bypasses |
+/// | [`head_from_get`](Self::head_from_get) | on | a `HEAD` reads the entry of its `GET` (a miss asks the origin for the `GET`) |
+/// | [`invalidate_on_unsafe`](Self::invalidate_on_unsafe) | on | a successful unsafe request removes its URI's `GET`/`HEAD` entries |
+/// | [`tags`](Self::tags), [`tags_from_header`](Self::tags_from_header) | none | tags by request or by answer; `invalidate_tag`, or a write with the tag, drops them |
+/// | [`tag_sweep_every`](Self::tag_sweep_every) | 1 h | how often one process of the fleet drops the tag sets whose entries all expired; `None`: only when you call `sweep_tags()` |
+/// | [`cache_groups`](Self::cache_groups) | off | HTTP Cache Groups (RFC 9875): an answer's `Cache-Groups` puts it in groups of its origin; a write answered with `Cache-Group-Invalidation` drops them |
+/// | [`credentials`](Self::credentials), [`credential_headers`](Self::credential_headers) | `Bypass`; `X-Api-Key`, `X-Forwarded-User`, `X-Forwarded-Client-Cert` and 56 more | requests with `Authorization`, `Cookie` or a credential header: bypass, key by them (`InKey`), or by partition; a header named like a credential or a user's or tenant's that no list names (`X-Shopify-Access-Token`, `X-User-Id`, `X-Tenant-Id`) bypasses but under a partition or in `vary_headers` |
+/// | [`vary_headers`](Self::vary_headers) | none | request headers in the key, whether or not answers name them in `Vary` |
+/// | [`keep_variants`](Self::keep_variants) | on | an entry per variant of answers that vary (`Vary: Accept-Language`, `Origin`), learned from the stored answer; off: one per key |
+/// | [`ignore_query_params`](Self::ignore_query_params), [`ignore_body_fields`](Self::ignore_body_fields) | none | query parameters (`utm_*`) and JSON members (`/requestId`) left out of the key; never a credential (`access_token`, `key`, `X-Amz-Signature`, ...) but under a partition |
+/// | [`echo_body_field`](Self::echo_body_field) | none | a JSON request member that answers repeat (JSON-RPC's `id`): its value leaves the key, and every answer carries the request's own; never a credential but under a partition; a compressed answer is shared decoded with feature `decompress`, else not at all |
+/// | [`ignore_cookies`](Self::ignore_cookies) | none | cookies that are no credential and no user's state (`_ga`, `_ga_*`, Cloudflare's `__cf_bm`): a request sending only those is cached as one sending none, an answer setting only those is stored without them; never a session's or a token's (`PHPSESSID`, `_myapp_session`, `remember_token`) |
+/// | [`max_body_size`](Self::max_body_size) | 1 MiB | larger requests and responses stream through uncached |
+/// | `compress_above` | off | bodies over this size stored LZ4-compressed (feature `compression`) |
+/// | [`store_timeout`](Self::store_timeout) | 50 ms | the longest a Redis call may delay a request |
+/// | [`refresh_lease_for`](Self::refresh_lease_for), [`refresh_timeout`](Self::refresh_timeout) | 10 s, 5 min | how long one process holds a key's origin call for the fleet; the longest a background refresh may run |
+/// | [`circuit_breaker`](Self::circuit_breaker) | 5 failures, 1 s | skip Redis after a run (or rate) of failures; probe after the cooldown, or at once when the store connects again |
+/// | [`fleet_wait`](Self::fleet_wait) | 5 s | how long a miss waits for another process's fill |
+/// | [`uncacheable_for`](Self::uncacheable_for) | 60 s | remember a key whose answer could not be stored: its misses stop queueing |
+/// | [`near_cache`](Self::near_cache), [`near_cache_max_ttl`](Self::near_cache_max_ttl) | off, 60 s | bytes of fresh entries kept in the process |
+/// | [`max_background_refreshes`](Self::max_background_refreshes), [`coalesced_wait`](Self::coalesced_wait), [`max_in_flight_bytes`](Self::max_in_flight_bytes) | 32, 30 s, 64 MiB | bounds under bursts |
 #[derive(Clone)]
 #[must_use]
 pub struct RedisCacheLayerBuilder {
