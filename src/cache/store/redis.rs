@@ -66,8 +66,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// `allkeys-*` it may: the store says so once at `warn`, after the first tag it records.
 ///
 /// It can log in as a Redis user allowed only its namespace's keys (`~<namespace>:v1:*`) and the commands the
-/// README's "A Redis user of its own" lists (`ACL SETUSER` lines for one server, a Cluster and Sentinel). A
-/// command the user may not run fails no request: it is a refusal, as a full Redis's `OOM` is.
+/// README's "A Redis user of its own" lists (`ACL SETUSER` lines for one server, a Cluster and Sentinel). What
+/// each command is for:
+///
+/// - `GET`, `SET`: hits, fills and leases;
+/// - `EVAL`, `EVALSHA`: writes under a lease, tags and the tag clock; Redis checks what each script runs too:
+///   `DEL`, `PEXPIRE`, `TIME`, `ZADD`, `ZSCORE`, `ZREMRANGEBYSCORE`, `EXISTS`;
+/// - `TIME`: the server's clock, which a process whose own clock is off times entries by;
+/// - `GETRANGE`, and `SETRANGE` in a script: the soft purges (`mark_stale`, ...) move an entry's windows in place;
+/// - `UNLINK`, `SCAN`, `ZSCAN`: invalidation, `purge()` and the hourly sweep of tag sets and removal marks;
+/// - `CLIENT TRACKING`, `EXISTS`: the near cache;
+/// - `CLIENT ID`, `INFO`: the client asks them on each connection;
+/// - on a Cluster, `CLUSTER SLOTS`, `CLUSTER INFO`: the client reads the topology;
+/// - behind Sentinel, `ROLE` on each server (the client asks whether it is the primary), and on the sentinels,
+///   which the client logs in to as to Redis, `SENTINEL GET-MASTER-ADDR-BY-NAME`, `SENTINEL SENTINELS`: where the
+///   primary is, and which sentinels watch it; `SUBSCRIBE` to `+switch-master`: a failover is followed at once,
+///   even when the old primary lives on (without it, the store asks a sentinel every second instead, and says so
+///   once at `warn`).
+///
+/// A command the user may not run fails no request: it is a refusal, as a full Redis's `OOM` is. What needs it
+/// stops (a miss is not stored, `detail=store-error`; the near cache stays off and logs a warning saying why), and
+/// Redis hits go on.
 ///
 /// ```no_run
 /// use tower_redis_cache::RedisStore;
