@@ -7,7 +7,7 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench hit_path
 //! ```
 //!
-//! When it ends it prints the medians this run measured (from criterion's `estimates.json`) as the README's
+//! When it ends it prints the medians this run measured (from criterion's `estimates.json`) as BENCHMARKS.md's
 //! tables, with the ratios the targets are set on.
 //!
 //! Groups: `hit_path/{bare_fred_get,layer_redis,layer_near,layer_memory,layer_memory_variants,key}/{256,4096,
@@ -1207,7 +1207,7 @@ fn invalidation_latency() -> (Duration, Duration, usize) {
     })
 }
 
-/// Prints the medians this run wrote (criterion's `estimates.json`) as the README's tables, with the ratios the
+/// Prints the medians this run wrote (criterion's `estimates.json`) as BENCHMARKS.md's tables, with the ratios the
 /// targets are set on. Ids the run did not measure (filtered out, or `--test`) print as `-`.
 fn report(started: SystemTime) {
     let home = criterion_home();
