@@ -2512,7 +2512,6 @@ fn post_gzip_stream(json: &str, level: u32, cut: usize) -> Request<Full<bytes::B
 }
 
 /// The body of a request built by [`post_gzipped`] or [`post`], as it was sent.
-#[cfg(feature = "decompress")]
 async fn sent_body(request: Request<Full<bytes::Bytes>>) -> bytes::Bytes {
     use http_body_util::BodyExt;
     request.into_body().collect().await.unwrap().to_bytes()
@@ -2557,11 +2556,6 @@ async fn a_gzipped_graphql_query_is_read_and_keyed_decoded_and_sent_as_it_came()
         .build()
         .unwrap();
     let service = layer.layer_service(origin);
-    let page = || {
-        Request::get("https://api.example.com/api/v2/query")
-            .body(Full::default())
-            .unwrap()
-    };
     call(&service, page()).await;
     assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
 
@@ -2592,24 +2586,23 @@ async fn a_gzipped_graphql_query_is_read_and_keyed_decoded_and_sent_as_it_came()
     assert_eq!(outcome(&hit), CacheOutcome::Hit);
     assert_eq!(body(hit).await, r#"{"data":{"call":2}}"#);
     // A query is no write: the URI's entries stay, also after one bypassed for its credentials (its body read
-    // all the same, to tell), and after one whose body does not decode, which is not read, as one over the cap.
+    // all the same, to tell; one that does not decode counts as a write: see below).
     assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
-    for mut authorized in [post_gzipped(query, 1), post_gzip_cut(query)] {
-        authorized
-            .headers_mut()
-            .insert("authorization", "Bearer a".parse().unwrap());
-        assert_eq!(
-            cache_status(&call(&service, authorized).await),
-            "tower-redis-cache; fwd=bypass; detail=authorization"
-        );
-        assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
-    }
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    let mut authorized = post_gzipped(query, 1);
+    authorized
+        .headers_mut()
+        .insert("authorization", "Bearer a".parse().unwrap());
+    assert_eq!(
+        cache_status(&call(&service, authorized).await),
+        "tower-redis-cache; fwd=bypass; detail=authorization"
+    );
+    assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 
     // The same query in no coding is another request, with an entry of its own.
     let plain = call(&service, post(query)).await;
     assert!(matches!(outcome(&plain), CacheOutcome::Miss { .. }));
-    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
 
     // A gzipped mutation is read as one: sent on, and once it succeeds the URI's entries are gone.
     let mutation = call(
@@ -2629,11 +2622,10 @@ async fn a_gzipped_graphql_query_is_read_and_keyed_decoded_and_sent_as_it_came()
         outcome(&call(&service, post_gzipped(query, 1)).await),
         CacheOutcome::Miss { .. }
     ));
-    assert_eq!(calls.load(Ordering::SeqCst), 8);
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
 }
 
 /// A body streamed as a server's request body is, arriving after the head: the layer has to wait for it.
-#[cfg(feature = "decompress")]
 async fn streamed(
     request: Request<Full<bytes::Bytes>>,
 ) -> Request<
@@ -2727,6 +2719,198 @@ async fn a_request_body_that_does_not_decode_within_the_cap_goes_to_the_origin_a
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     let stats = layer.handle().stats();
     assert_eq!(stats.bypasses_for(BypassReason::RequestUndecodable), 3);
+}
+
+/// A `GET` of the URI [`post`] sends its queries to.
+fn page() -> Request<Full<bytes::Bytes>> {
+    Request::get("https://api.example.com/api/v2/query")
+        .body(Full::default())
+        .unwrap()
+}
+
+/// A layer over `server` in `namespace` that caches `POST` queries of at most 1 KiB, telling GraphQL queries from
+/// mutations when `read_queries` (else every body is a query); its service over an origin that answers `500` to a
+/// request with `x-fail`, and the origin's calls.
+async fn screening_layer(
+    server: &RedisServer,
+    namespace: &str,
+    read_queries: bool,
+) -> (
+    RedisCacheLayer,
+    Arc<AtomicUsize>,
+    tower_redis_cache::RedisCache<
+        impl tower::Service<
+            OriginRequest,
+            Response = http::Response<Full<bytes::Bytes>>,
+            Error = tower_redis_cache::error::BoxError,
+            Future = impl Send,
+        > + Clone
+        + Send
+        + 'static,
+    >,
+) {
+    use tower_redis_cache::cache::graphql;
+    let (calls, origin) = counted_origin(|n, request: OriginRequest| async move {
+        let status = if request.headers().contains_key("x-fail") {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        };
+        Ok(http::Response::builder()
+            .status(status)
+            .body(Full::new(format!(r#"{{"data":{{"call":{n}}}}}"#).into()))?)
+    });
+    let mut builder = layer_over(redis_store(server).await)
+        .namespace(namespace)
+        .max_body_size(1024);
+    if read_queries {
+        builder = builder.query_when(|_, body| graphql::is_query(body));
+    }
+    let layer = builder.build().unwrap();
+    let service = layer.layer_service(origin);
+    (layer, calls, service)
+}
+
+/// Whether the URI's page and a small query at it are both hits; then both are cached, whatever they were.
+async fn both_cached(service: &impl support::calls::Cached) -> [bool; 2] {
+    let query = || post(r#"{"query":"{ items { id } }"}"#);
+    let hits = [
+        outcome(&call(service, page()).await) == CacheOutcome::Hit,
+        outcome(&call(service, query()).await) == CacheOutcome::Hit,
+    ];
+    assert_eq!(outcome(&call(service, page()).await), CacheOutcome::Hit);
+    assert_eq!(outcome(&call(service, query()).await), CacheOutcome::Hit);
+    hits
+}
+
+/// A GraphQL mutation over the cap: an upload, its file inline.
+fn large_mutation() -> Request<Full<bytes::Bytes>> {
+    let upload = format!(
+        r#"{{"query":"mutation Upload($f: String) {{ upload(file: $f) {{ id }} }}","variables":{{"f":"{}"}}}}"#,
+        "a".repeat(4096)
+    );
+    post(&upload)
+}
+
+#[tokio::test]
+async fn a_query_body_over_the_cap_counts_as_a_write_under_query_when() {
+    let warnings = support::logs::warnings();
+    let server = RedisServer::start();
+    let (_layer, calls, service) = screening_layer(&server, "unread-write", true).await;
+    assert_eq!(both_cached(&service).await, [false, false]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Over the cap, `query_when` cannot read it: once it succeeds, the URI's page and queries are gone. With its
+    // `Content-Length` (refused at its head), whole without one, and streamed after its head.
+    let mut with_length = large_mutation();
+    let length = http_body::Body::size_hint(with_length.body())
+        .exact()
+        .unwrap();
+    with_length
+        .headers_mut()
+        .insert("content-length", length.to_string().parse().unwrap());
+    assert_eq!(
+        cache_status(&call(&service, with_length).await),
+        "tower-redis-cache; fwd=bypass; detail=request-too-large"
+    );
+    assert_eq!(both_cached(&service).await, [false, false]);
+    assert_eq!(
+        cache_status(&call(&service, large_mutation()).await),
+        "tower-redis-cache; fwd=bypass; detail=request-too-large"
+    );
+    assert_eq!(both_cached(&service).await, [false, false]);
+    let answer = service
+        .clone()
+        .oneshot(streamed(large_mutation()).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache_status(&answer),
+        "tower-redis-cache; fwd=bypass; detail=request-too-large"
+    );
+    assert_eq!(both_cached(&service).await, [false, false]);
+    // Bypassed for its credentials, its body read to tell, and found over the cap while reading.
+    let mut authorized = streamed(large_mutation()).await;
+    authorized
+        .headers_mut()
+        .insert("authorization", "Bearer a".parse().unwrap());
+    let answer = service.clone().oneshot(authorized).await.unwrap();
+    assert_eq!(
+        cache_status(&answer),
+        "tower-redis-cache; fwd=bypass; detail=authorization"
+    );
+    assert_eq!(both_cached(&service).await, [false, false]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2 + 4 * 3);
+
+    // One that fails changed nothing: the entries stay.
+    let mut failing = large_mutation();
+    failing.headers_mut().insert("x-fail", "1".parse().unwrap());
+    assert_eq!(
+        call(&service, failing).await.status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(both_cached(&service).await, [true, true]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2 + 4 * 3 + 1);
+    // Said once, naming the layer's namespace.
+    let warned = support::logs::containing(&warnings, r#"namespace="unread-write""#);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("counted as a write"), "{warned:?}");
+}
+
+#[tokio::test]
+async fn a_query_body_over_the_cap_is_no_write_without_query_when() {
+    let server = RedisServer::start();
+    let (_layer, calls, service) = screening_layer(&server, "every-body-a-query", false).await;
+    assert_eq!(both_cached(&service).await, [false, false]);
+    // Without `query_when`, and a JSON body that tunnels no method, every body is a query, however large.
+    let mut bodies = vec![large_mutation()];
+    let mut authorized = large_mutation();
+    authorized
+        .headers_mut()
+        .insert("authorization", "Bearer a".parse().unwrap());
+    bodies.push(authorized);
+    for request in bodies {
+        assert_eq!(call(&service, request).await.status(), StatusCode::OK);
+        assert_eq!(both_cached(&service).await, [true, true]);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2 + 2);
+}
+
+#[cfg(feature = "decompress")]
+#[tokio::test]
+async fn a_query_body_that_does_not_decode_counts_as_a_write_under_query_when() {
+    let server = RedisServer::start();
+    let (_layer, calls, service) = screening_layer(&server, "undecodable-write", true).await;
+    assert_eq!(both_cached(&service).await, [false, false]);
+    let query = r#"{"query":"{ items { id } }"}"#;
+    // Read to tell, whole or bypassed for its credentials: a body cut short cannot be, so it counts as a write.
+    let mut authorized = post_gzip_cut(query);
+    authorized
+        .headers_mut()
+        .insert("authorization", "Bearer a".parse().unwrap());
+    for (request, status) in [
+        (
+            post_gzip_cut(query),
+            "tower-redis-cache; fwd=bypass; detail=request-undecodable",
+        ),
+        (
+            authorized,
+            "tower-redis-cache; fwd=bypass; detail=authorization",
+        ),
+    ] {
+        assert_eq!(cache_status(&call(&service, request).await), status);
+        assert_eq!(both_cached(&service).await, [false, false]);
+    }
+    // One that decodes is read: a query, which changes nothing.
+    assert_eq!(
+        outcome(&call(&service, post_gzipped(query, 6)).await),
+        CacheOutcome::Miss {
+            stored: true,
+            collapsed: false
+        }
+    );
+    assert_eq!(both_cached(&service).await, [true, true]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2 + 2 * 3 + 1);
 }
 
 #[cfg(feature = "decompress")]

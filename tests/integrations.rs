@@ -853,13 +853,24 @@ async fn reqwest_middleware_reads_a_gzipped_json_rpc_call_decoded() {
         );
         assert_eq!(answer["id"], id);
     }
-    // One that does not decode goes as it came.
-    let (outcome, _) = send("cut", 6).await;
+    // The writes dropped the query's entry: asked again, it is stored again.
+    for id in [6, 7] {
+        let (outcome, _) = send("eth_chainId", id).await;
+        assert_eq!(outcome == CacheOutcome::Hit, id > 6, "{outcome:?}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    // One that does not decode goes as it came, and since `query_when` cannot tell, counts as a write: once it
+    // succeeds, the query is asked again.
+    let (outcome, _) = send("cut", 8).await;
     assert_eq!(
         outcome,
         CacheOutcome::Bypass(tower_redis_cache::cache::BypassReason::RequestUndecodable)
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    let (outcome, answer) = send("eth_chainId", 9).await;
+    assert!(matches!(outcome, CacheOutcome::Miss { .. }), "{outcome:?}");
+    assert_eq!(answer["result"], "0x6");
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
 }
 
 #[test]

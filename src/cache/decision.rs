@@ -151,6 +151,10 @@ pub(crate) struct RequestFacts {
     /// The body is in codings the layer undoes, and they did not undo within the cap (see
     /// [`Content`](super::decode::Content)): what it asks cannot be read.
     pub(crate) undecodable: bool,
+    /// The method is a query this layer keys by its body (`query_method`), and the layer's
+    /// [`query_when`](super::RedisCacheLayerBuilder::query_when) judges by the body whether it is one: a body it
+    /// cannot read counts as a write ([`unread_write`]).
+    pub(crate) query_judged: bool,
     /// `Upgrade`: the client asks to switch protocols (a WebSocket handshake), which no stored answer does.
     pub(crate) upgrade: bool,
     /// `Accept` names `text/event-stream`: the client subscribes to a live stream (an `EventSource`), which no
@@ -906,9 +910,22 @@ impl Fwd {
 
 /// Whether a request may make entries of its target URI stale (RFC 9111 §4.4), so that the cache keys them
 /// before the request goes on: its method is unsafe, and not one this layer caches (a `POST` the layer was told
-/// to cache is a query to it, which changes nothing). [`invalidates`] says whether its answer does.
+/// to cache is a query to it, which changes nothing), or [`unread_write`] says it may be a write all the same.
+/// [`invalidates`] says whether its answer does.
 pub(crate) fn may_invalidate(rules: &Rules, request: &RequestFacts) -> bool {
-    rules.invalidate_on_unsafe && request.unsafe_method && !request.method_cacheable
+    rules.invalidate_on_unsafe
+        && request.unsafe_method
+        && (!request.method_cacheable || unread_write(request))
+}
+
+/// Whether a request the layer would take for a query is counted as a write because its body, which the layer's
+/// `query_when` would have judged ([`RequestFacts::query_judged`]), was not read: over the cap, or in codings
+/// that do not undo within it. Unsure, the cache takes it for a write: a write taken for a query leaves the
+/// entries it changed to answer its caller's next read, where a query taken for a write costs their refill.
+/// (Without `query_when` the layer was told that every body is a query; a `_method` parameter that an unread
+/// body might tunnel is not guessed at.)
+pub(crate) fn unread_write(request: &RequestFacts) -> bool {
+    request.method_cacheable && request.query_judged && (request.too_large || request.undecodable)
 }
 
 /// Whether the answer to a request [`may_invalidate`] accepted makes the entries of its target URI stale: any
@@ -2063,6 +2080,35 @@ mod tests {
             !may_invalidate(&on, &cached_post),
             "a query the layer caches"
         );
+        // A body `query_when` would judge, unread: counted as a write.
+        let screened = RequestFacts {
+            query_judged: true,
+            ..cached_post
+        };
+        assert!(!may_invalidate(&on, &screened), "read, and a query");
+        for unread in [
+            RequestFacts {
+                too_large: true,
+                ..screened
+            },
+            RequestFacts {
+                undecodable: true,
+                ..screened
+            },
+        ] {
+            assert!(may_invalidate(&on, &unread), "{unread:?}");
+            assert!(!may_invalidate(&off, &unread), "{unread:?}");
+            let every_body_a_query = RequestFacts {
+                query_judged: false,
+                ..unread
+            };
+            assert!(!may_invalidate(&on, &every_body_a_query), "{unread:?}");
+            let safe = RequestFacts {
+                unsafe_method: false,
+                ..unread
+            };
+            assert!(!may_invalidate(&on, &safe), "a `QUERY`: {unread:?}");
+        }
         assert!(
             !may_invalidate(&on, &RequestFacts::default()),
             "a safe method"

@@ -14,7 +14,7 @@ use super::decision::{
     Action, Forward, Fwd, HeaderKinds, Lookup, Part, RequestFacts, ResponseFacts, Rules, Verdict,
     also_stale, decide, invalidates, is_live_stream, is_origin_failure, is_safe, judge,
     may_invalidate, not_modified, only_ignored_cookies, part_of, serve_stale_on_error,
-    sets_only_ignored_cookies,
+    sets_only_ignored_cookies, unread_write,
 };
 use super::decode::{self, Content, Readable};
 use super::echo::{self, Echoed};
@@ -466,6 +466,8 @@ pub(crate) struct Policy {
     pub(crate) max_in_flight_bytes: usize,
     /// Whether `query_when`'s refusal of a body read still in its `Content-Encoding` was told.
     pub(crate) warned_encoded_query: AtomicBool,
+    /// Whether a query counted as a write for its unread body ([`unread_write`]) was told.
+    pub(crate) warned_unread_write: AtomicBool,
 }
 
 impl std::fmt::Debug for Policy {
@@ -712,6 +714,7 @@ impl Policy {
         facts.get_or_head = parts.method == Method::GET || parts.method == Method::HEAD;
         facts.get = parts.method == Method::GET;
         facts.query_method = cacheable && !facts.get_or_head;
+        facts.query_judged = facts.query_method && self.query_when.is_some();
         // Frameworks differ in which they read first, the header or the parameter: whichever names a write
         // makes the request one.
         if facts.query_method
@@ -786,7 +789,7 @@ impl Policy {
             && !facts.too_large
             && !facts.upgrade
             && !facts.tunnels_a_write()
-            && (tunnel::readable(headers) || self.query_when.is_some())
+            && (facts.query_judged || tunnel::readable(headers))
     }
 
     /// The decision for a request whose entry was not read yet: a bypass, [`Action::Read`], or a forward.
@@ -2116,7 +2119,29 @@ impl Engine {
         facts: &RequestFacts,
         partition: Option<Vec<u8>>,
     ) -> Option<StaleTargets> {
-        may_invalidate(&self.policy.rules, facts).then(|| StaleTargets {
+        if !may_invalidate(&self.policy.rules, facts) {
+            return None;
+        }
+        if unread_write(facts)
+            && !self
+                .policy
+                .warned_unread_write
+                .swap(true, Ordering::Relaxed)
+        {
+            let unread = if facts.too_large {
+                "was over `max_body_size`"
+            } else {
+                "did not decode within `max_body_size`"
+            };
+            tracing::warn!(
+                namespace = self.keys.namespace,
+                method = %parts.method,
+                "a request body for `query_when` to judge {unread}, so it was not read: counted as a write, its \
+                 success removes its URI's entries and the queries sent to it; raise `max_body_size` if queries \
+                 this large are usual; this is said once"
+            );
+        }
+        Some(StaleTargets {
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
             tag_sets: self.tag_sets(parts),

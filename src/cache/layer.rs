@@ -498,7 +498,7 @@ fn head_of<T>(request: &Request<T>) -> request::Parts {
 /// | [`methods`](Self::methods), [`cache_post_when`](Self::cache_post_when) | `GET`, `HEAD`, `QUERY` | what is cached; `POST` by opt-in, keyed by its body |
 /// | [`cacheable_statuses`](Self::cacheable_statuses) | `200`, `203`, `204` | the statuses stored (never `206` or `304`) |
 /// | [`store_when`](Self::store_when) | every answer | from its status, headers and body, whether an answer is stored: not an API's error inside a `200` (GraphQL: `graphql::is_success`; JSON-RPC: `jsonrpc::is_success`), which counts as a failing origin's (stale-if-error); with feature `decompress`, a gzip, deflate, br or zstd body is judged decoded |
-/// | [`query_when`](Self::query_when) | every body a query | from its body, whether a cached `POST` or `QUERY` is a query (GraphQL: `graphql::is_query`; JSON-RPC: `jsonrpc::only_calls_to`); a `POST` it refuses is a write; with feature `decompress`, a gzip, deflate, br or zstd body is read decoded (and keyed by its content), and one that does not decode bypasses |
+/// | [`query_when`](Self::query_when) | every body a query | from its body, whether a cached `POST` or `QUERY` is a query (GraphQL: `graphql::is_query`; JSON-RPC: `jsonrpc::only_calls_to`); a `POST` it refuses, or whose body it cannot read (over `max_body_size`), is a write; with feature `decompress`, a gzip, deflate, br or zstd body is read decoded (and keyed by its content), and one that does not decode bypasses, a write too |
 /// | [`head_from_get`](Self::head_from_get) | on | a `HEAD` reads the entry of its `GET` (a miss asks the origin for the `GET`) |
 /// | [`invalidate_on_unsafe`](Self::invalidate_on_unsafe) | on | a successful unsafe request removes its URI's `GET`/`HEAD` entries |
 /// | [`tags`](Self::tags), [`tags_from_header`](Self::tags_from_header) | none | tags by request or by answer; `invalidate_tag`, or a write with the tag, drops them |
@@ -1252,11 +1252,18 @@ impl RedisCacheLayerBuilder {
     ///
     /// For an API whose queries and writes share one route: a GraphQL `mutation` and a `query` are both a
     /// `POST /graphql` (give it [`graphql::is_query`](super::graphql::is_query)); a JSON-RPC call that sends a
-    /// transaction and one that reads a balance are both a `POST /`. A request `when` refuses goes to the origin uncached (`fwd=method`), and a refused `POST`
-    /// counts as the write it is: when it succeeds, the entries of its URI go, the queries sent to it included
-    /// ([`invalidate_on_unsafe`](Self::invalidate_on_unsafe)). `body` is the request's whole body, within
-    /// [`max_body_size`](Self::max_body_size), before canonicalisation; `when` runs once per such request, after
-    /// the `_method` checks, and also for one bypassed for its credentials, so that its writes remove entries too.
+    /// transaction and one that reads a balance are both a `POST /`. A request `when` refuses goes to the origin
+    /// uncached (`fwd=method`), and a refused `POST` counts as the write it is: when it succeeds, the entries of
+    /// its URI go, the queries sent to it included ([`invalidate_on_unsafe`](Self::invalidate_on_unsafe)). `body`
+    /// is the request's whole body, within [`max_body_size`](Self::max_body_size), before canonicalisation; `when`
+    /// runs once per such request, after the `_method` checks, and also for one bypassed for its credentials, so
+    /// that its writes remove entries too.
+    ///
+    /// A `POST` whose body `when` cannot be given (over `max_body_size`, or in a coding that does not undo within
+    /// it, below) goes to the origin uncached and counts as a write: `when` cannot tell, and a write taken for a
+    /// query would leave what it changed in the cache, where a query taken for a write costs a refill. A GraphQL
+    /// upload is such a write. Keep `max_body_size` above the largest query; the first such body is logged at
+    /// `warn`.
     ///
     /// A body in a `Content-Encoding` (a client that compresses its queries, as Elasticsearch's and OpenSearch's
     /// can) is given decoded with feature `decompress`: gzip, deflate, br and zstd, and stacks of them, to at most
@@ -1397,7 +1404,8 @@ impl RedisCacheLayerBuilder {
     /// whole); a larger response is streamed through unstored. Default: 1 MiB. With feature `decompress`, a body
     /// in a `Content-Encoding` is read decoded to at most this many bytes too: a request whose body holds more
     /// bypasses (`detail=request-undecodable`), and an answer that [`store_when`](Self::store_when) would judge
-    /// is not stored (`detail=response-undecodable`).
+    /// is not stored (`detail=response-undecodable`). Under [`query_when`](Self::query_when), a `POST` whose body
+    /// it cannot read so counts as a write.
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -2190,6 +2198,7 @@ impl RedisCacheLayerBuilder {
             coalesced_wait: self.coalesced_wait,
             max_in_flight_bytes: self.max_in_flight_bytes,
             warned_encoded_query: AtomicBool::new(false),
+            warned_unread_write: AtomicBool::new(false),
         };
         let keys = KeyConfig::new(self.namespace, self.partition, vary)
             .with_credentials_from(user_vary)

@@ -235,8 +235,9 @@ where
                             if head {
                                 parts.method = Method::HEAD;
                             }
-                            // Stale targets only for a tunnelled write: any other request here has a method
-                            // the layer caches, a query, which makes nothing stale.
+                            // Stale targets only for a write its body showed (a tunnelled method, a body
+                            // `query_when` refused) or may hide from `query_when`, unread: any other request
+                            // here has a method the layer caches, a query, which makes nothing stale.
                             let stale = engine.stale_targets(&parts, &facts, partition);
                             let request = Request::from_parts(parts, body);
                             return bypass(engine, inner, request, reason, stale).await;
@@ -372,9 +373,11 @@ where
 
 /// [`bypass`] for a query whose body may tunnel a write ([`Policy::reads_bypassed_body`]): the body is read
 /// first, within the cap, and the request removes entries if it names one. A body over the cap goes on as the
-/// part read chained with the rest, unread.
+/// part read chained with the rest, unread, and counts as a write if `query_when` would have judged it (see
+/// [`unread_write`]).
 ///
 /// [`Policy::reads_bypassed_body`]: super::engine::Policy::reads_bypassed_body
+/// [`unread_write`]: super::decision::unread_write
 async fn bypass_read<S, B, R>(
     engine: Arc<Engine>,
     inner: S,
@@ -410,7 +413,11 @@ where
             screen(&body);
             RequestBody::trailed(body, trailers)
         }
-        Capped::TooLarge(body) => body,
+        // Unread: counted as a write if `query_when` would have judged it (`unread_write`).
+        Capped::TooLarge(body) => {
+            facts.too_large = true;
+            body
+        }
     };
     let stale = engine.stale_targets(&parts, &facts, partition);
     bypass(
