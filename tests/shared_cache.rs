@@ -2262,6 +2262,50 @@ async fn trailers_reach_the_other_side_and_what_they_end_is_never_stored() {
     assert_eq!(stored_keys(&server), 0);
 }
 
+#[tokio::test]
+async fn a_body_ended_by_trailers_is_read_for_a_write_it_shows() {
+    let server = RedisServer::start();
+    let layer = layer(&server)
+        .await
+        .methods([Method::GET, Method::POST])
+        .query_when(|_, body| tower_redis_cache::cache::graphql::is_query(body))
+        .build()
+        .unwrap();
+    let origin = Origin::new();
+    let service = cached(&layer, origin.service());
+    let page = || get("http://api.test/graphql", &[]);
+    let send = |data: &'static str| {
+        let request = Request::post("http://api.test/graphql")
+            .header("content-type", "application/json")
+            .body(with_trailers(data, "1"))
+            .unwrap();
+        service.clone().oneshot(request)
+    };
+    call(&service, page()).await;
+    assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
+
+    // A query ended by trailers goes to the origin unkeyed, and changes nothing.
+    let query = send(r#"{"query":"{ items { id } }"}"#).await.unwrap();
+    assert_eq!(
+        cache_status(&query),
+        "tower-redis-cache; fwd=bypass; detail=request-trailers"
+    );
+    assert_eq!(outcome(&call(&service, page()).await), CacheOutcome::Hit);
+    // A mutation so ended is read as one: once it succeeds, the URI's entries are gone.
+    let mutation = send(r#"{"query":"mutation { add { id } }"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache_status(&mutation),
+        "tower-redis-cache; fwd=method; detail=not-a-query"
+    );
+    assert!(matches!(
+        outcome(&call(&service, page()).await),
+        CacheOutcome::Miss { .. }
+    ));
+    assert_eq!(origin.calls(), 4);
+}
+
 fn request(method: &str, uri: &str) -> Request<Full<Bytes>> {
     Request::builder()
         .method(method)

@@ -778,6 +778,22 @@ impl Policy {
         }
     }
 
+    /// Reads the whole `body` of a request that goes to the origin unkeyed (bypassed, or ended by trailers) for
+    /// a write it may show ([`screens_body`](Self::screens_body)), as a cached request's body is read: in its
+    /// content, and not at all when its codings do not undo within the cap (noted in `facts`), as a body over the
+    /// cap is not.
+    pub(crate) fn screens_unkeyed(
+        &self,
+        facts: &mut RequestFacts,
+        parts: &request::Parts,
+        body: &[u8],
+    ) {
+        let content = self.content(facts, &parts.headers, body);
+        if !facts.undecodable {
+            self.screens_body(facts, parts, &content, body);
+        }
+    }
+
     /// Whether a request with `facts` and `headers` that goes to the origin unkeyed (bypassed: for its
     /// credentials, say) has its body read, within the cap, before it goes: the body of a query this layer
     /// would key by it may show a write ([`screens_body`](Self::screens_body)), whose success must remove

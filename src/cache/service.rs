@@ -218,9 +218,11 @@ where
                             facts.too_large = true;
                             Err((body, BypassReason::RequestTooLarge))
                         }
-                        // Found to end with trailers, which no key holds: it goes on whole, trailers and all.
+                        // Found to end with trailers, which no key holds: it goes on whole, trailers and all,
+                        // read first for a write it may show, as a bypassed query's body is.
                         Capped::Trailed { body, trailers } => {
                             facts.trailers = true;
+                            engine.policy.screens_unkeyed(&mut facts, &parts, &body);
                             let body = RequestBody::trailed(body, trailers);
                             Err((body, BypassReason::RequestTrailers))
                         }
@@ -394,23 +396,13 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    // Read as a cached request's body is; one in codings that do not undo within the cap is not read, as one
-    // over the cap is not.
-    let mut screen = |bytes: &Bytes| {
-        let content = engine.policy.content(&mut facts, &parts.headers, bytes);
-        if !facts.undecodable {
-            engine
-                .policy
-                .screens_body(&mut facts, &parts, &content, bytes);
-        }
-    };
     let body = match read_capped(body, engine.policy.max_body).await? {
         Capped::Whole(bytes) => {
-            screen(&bytes);
+            engine.policy.screens_unkeyed(&mut facts, &parts, &bytes);
             RequestBody::full(bytes)
         }
         Capped::Trailed { body, trailers } => {
-            screen(&body);
+            engine.policy.screens_unkeyed(&mut facts, &parts, &body);
             RequestBody::trailed(body, trailers)
         }
         // Unread: counted as a write if `query_when` would have judged it (`unread_write`).
