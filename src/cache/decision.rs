@@ -88,6 +88,9 @@ pub(crate) struct Rules {
     pub(crate) targeted: Vec<HeaderName>,
     /// Whether a successful unsafe request drops the entries of its target URI (RFC 9111 §4.4).
     pub(crate) invalidate_on_unsafe: bool,
+    /// Whether the layer's [`query_when`](super::RedisCacheLayerBuilder::query_when) judges by its body whether a
+    /// request it keys by its body is a query: then a body it cannot read counts as a write ([`unread_write`]).
+    pub(crate) queries_judged: bool,
     /// How much of an entry's fresh lifetime, in thousandths, is left when a hit starts its refresh ahead of
     /// expiry ([`Stored::refresh_at`]); 0: none is.
     pub(crate) refresh_ahead: u16,
@@ -151,10 +154,6 @@ pub(crate) struct RequestFacts {
     /// The body is in codings the layer undoes, and they did not undo within the cap (see
     /// [`Content`](super::decode::Content)): what it asks cannot be read.
     pub(crate) undecodable: bool,
-    /// The method is a query this layer keys by its body (`query_method`), and the layer's
-    /// [`query_when`](super::RedisCacheLayerBuilder::query_when) judges by the body whether it is one: a body it
-    /// cannot read counts as a write ([`unread_write`]).
-    pub(crate) query_judged: bool,
     /// `Upgrade`: the client asks to switch protocols (a WebSocket handshake), which no stored answer does.
     pub(crate) upgrade: bool,
     /// `Accept` names `text/event-stream`: the client subscribes to a live stream (an `EventSource`), which no
@@ -915,17 +914,20 @@ impl Fwd {
 pub(crate) fn may_invalidate(rules: &Rules, request: &RequestFacts) -> bool {
     rules.invalidate_on_unsafe
         && request.unsafe_method
-        && (!request.method_cacheable || unread_write(request))
+        && (!request.method_cacheable || unread_write(rules, request))
 }
 
 /// Whether a request the layer would take for a query is counted as a write because its body, which the layer's
-/// `query_when` would have judged ([`RequestFacts::query_judged`]), was not read: over the cap, or in codings
-/// that do not undo within it. Unsure, the cache takes it for a write: a write taken for a query leaves the
-/// entries it changed to answer its caller's next read, where a query taken for a write costs their refill.
-/// (Without `query_when` the layer was told that every body is a query; a `_method` parameter that an unread
-/// body might tunnel is not guessed at.)
-pub(crate) fn unread_write(request: &RequestFacts) -> bool {
-    request.method_cacheable && request.query_judged && (request.too_large || request.undecodable)
+/// `query_when` would have judged ([`Rules::queries_judged`]), was not read: over the cap, or in codings that do
+/// not undo within it. Unsure, the cache takes it for a write: a write taken for a query leaves the entries it
+/// changed to answer its caller's next read, where a query taken for a write costs their refill. (Without
+/// `query_when` the layer was told that every body is a query; a `_method` parameter that an unread body might
+/// tunnel is not guessed at.)
+pub(crate) fn unread_write(rules: &Rules, request: &RequestFacts) -> bool {
+    rules.queries_judged
+        && request.query_method
+        && request.method_cacheable
+        && (request.too_large || request.undecodable)
 }
 
 /// Whether the answer to a request [`may_invalidate`] accepted makes the entries of its target URI stale: any
@@ -1482,6 +1484,7 @@ mod tests {
             respect_response_cache_control: true,
             targeted: Vec::new(),
             invalidate_on_unsafe: true,
+            queries_judged: false,
             refresh_ahead: 0,
         }
     }
@@ -2080,34 +2083,41 @@ mod tests {
             !may_invalidate(&on, &cached_post),
             "a query the layer caches"
         );
-        // A body `query_when` would judge, unread: counted as a write.
-        let screened = RequestFacts {
-            query_judged: true,
+        // Under `query_when`, a query's body unread: counted as a write.
+        let judged = Rules {
+            queries_judged: true,
+            ..rules(Credentials::Bypass)
+        };
+        let query = RequestFacts {
+            query_method: true,
             ..cached_post
         };
-        assert!(!may_invalidate(&on, &screened), "read, and a query");
+        assert!(!may_invalidate(&judged, &query), "read, and a query");
         for unread in [
             RequestFacts {
                 too_large: true,
-                ..screened
+                ..query
             },
             RequestFacts {
                 undecodable: true,
-                ..screened
+                ..query
             },
         ] {
-            assert!(may_invalidate(&on, &unread), "{unread:?}");
-            assert!(!may_invalidate(&off, &unread), "{unread:?}");
-            let every_body_a_query = RequestFacts {
-                query_judged: false,
-                ..unread
+            assert!(may_invalidate(&judged, &unread), "{unread:?}");
+            assert!(
+                !may_invalidate(&on, &unread),
+                "every body a query: {unread:?}"
+            );
+            let off = Rules {
+                invalidate_on_unsafe: false,
+                ..judged.clone()
             };
-            assert!(!may_invalidate(&on, &every_body_a_query), "{unread:?}");
+            assert!(!may_invalidate(&off, &unread), "{unread:?}");
             let safe = RequestFacts {
                 unsafe_method: false,
                 ..unread
             };
-            assert!(!may_invalidate(&on, &safe), "a `QUERY`: {unread:?}");
+            assert!(!may_invalidate(&judged, &safe), "a `QUERY`: {unread:?}");
         }
         assert!(
             !may_invalidate(&on, &RequestFacts::default()),

@@ -714,7 +714,6 @@ impl Policy {
         facts.get_or_head = parts.method == Method::GET || parts.method == Method::HEAD;
         facts.get = parts.method == Method::GET;
         facts.query_method = cacheable && !facts.get_or_head;
-        facts.query_judged = facts.query_method && self.query_when.is_some();
         // Frameworks differ in which they read first, the header or the parameter: whichever names a write
         // makes the request one.
         if facts.query_method
@@ -805,7 +804,7 @@ impl Policy {
             && !facts.too_large
             && !facts.upgrade
             && !facts.tunnels_a_write()
-            && (facts.query_judged || tunnel::readable(headers))
+            && (self.query_when.is_some() || tunnel::readable(headers))
     }
 
     /// The decision for a request whose entry was not read yet: a bypass, [`Action::Read`], or a forward.
@@ -2138,7 +2137,7 @@ impl Engine {
         if !may_invalidate(&self.policy.rules, facts) {
             return None;
         }
-        if unread_write(facts)
+        if unread_write(&self.policy.rules, facts)
             && !self
                 .policy
                 .warned_unread_write

@@ -2144,6 +2144,7 @@ impl RedisCacheLayerBuilder {
             }
         }
         let header_kinds = HeaderKinds::new(&self.credential_headers, &vary[..user_vary]);
+        let queries_judged = self.query_when.is_some();
         let policy = Policy {
             // Request headers in the key, or bodies: a URI may have entries its writes cannot name, which they
             // reach through its tag.
@@ -2186,6 +2187,7 @@ impl RedisCacheLayerBuilder {
                 respect_response_cache_control: self.respect_response_cache_control,
                 targeted: self.targeted,
                 invalidate_on_unsafe: self.invalidate_on_unsafe,
+                queries_judged,
                 refresh_ahead: permille(self.refresh_ahead),
             },
             lease_for: self.lease_for,
