@@ -1576,21 +1576,34 @@ async fn a_full_tag_table_costs_the_new_fills_not_the_hits() {
 type OriginRequest = Request<tower_redis_cache::RequestBody>;
 type OriginAnswer = Result<http::Response<Full<bytes::Bytes>>, tower_redis_cache::error::BoxError>;
 
-/// An origin that counts its calls and answers the `n`th (from 1) with `answer(n, request)`, after 10 ms: with
-/// Tokio's time paused, callers arriving together find the call running.
-fn counted_origin<F, A>(
-    answer: F,
-) -> (
-    Arc<AtomicUsize>,
-    impl tower::Service<
+/// An origin as [`counted_origin`] makes it: a service a cache layer wraps, cloned for each call.
+trait CountedOrigin:
+    tower::Service<
         OriginRequest,
         Response = http::Response<Full<bytes::Bytes>>,
         Error = tower_redis_cache::error::BoxError,
-        Future = impl Send,
+        Future: Send,
     > + Clone
     + Send
-    + 'static,
-)
+    + 'static
+{
+}
+
+impl<S> CountedOrigin for S where
+    S: tower::Service<
+            OriginRequest,
+            Response = http::Response<Full<bytes::Bytes>>,
+            Error = tower_redis_cache::error::BoxError,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// An origin that counts its calls and answers the `n`th (from 1) with `answer(n, request)`, after 10 ms: with
+/// Tokio's time paused, callers arriving together find the call running.
+fn counted_origin<F, A>(answer: F) -> (Arc<AtomicUsize>, impl CountedOrigin)
 where
     F: Fn(usize, OriginRequest) -> A + Clone + Send + 'static,
     A: std::future::Future<Output = OriginAnswer> + Send,
@@ -2738,16 +2751,7 @@ async fn screening_layer(
 ) -> (
     RedisCacheLayer,
     Arc<AtomicUsize>,
-    tower_redis_cache::RedisCache<
-        impl tower::Service<
-            OriginRequest,
-            Response = http::Response<Full<bytes::Bytes>>,
-            Error = tower_redis_cache::error::BoxError,
-            Future = impl Send,
-        > + Clone
-        + Send
-        + 'static,
-    >,
+    tower_redis_cache::RedisCache<impl CountedOrigin>,
 ) {
     use tower_redis_cache::cache::graphql;
     let (calls, origin) = counted_origin(|n, request: OriginRequest| async move {
