@@ -7,6 +7,10 @@
 //!   layer. A miss goes down the rest of the middleware chain; a background refresh of a stale entry goes
 //!   through the middleware's own client (the chain's `Next` cannot outlive the request).
 //!
+//! The middleware reads a request's body only when reqwest holds it as bytes: one sent as a stream
+//! (`Body::wrap_stream`) goes on unread and uncached (`detail=request-too-large`), and under
+//! [`query_when`](crate::cache::RedisCacheLayerBuilder::query_when), which cannot judge it, counts as a write.
+//!
 //! # Example
 //!
 //! ```

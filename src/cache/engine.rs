@@ -2144,7 +2144,7 @@ impl Engine {
                 .swap(true, Ordering::Relaxed)
         {
             let unread = if facts.too_large {
-                "was over `max_body_size`"
+                "was over `max_body_size` (or, through the reqwest middleware, a stream)"
             } else {
                 "did not decode within `max_body_size`"
             };
