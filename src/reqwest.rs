@@ -215,12 +215,14 @@ impl Middleware for CacheMiddleware {
             let called = next.run(request, extensions).await;
             let answered = called.as_ref().ok().map(::reqwest::Response::status);
             timer.stop(&engine.counters, OriginCall::Bypass, answered);
-            let mut response = called?;
             if let Some(stale) = stale {
-                engine
-                    .invalidate(stale, response.status(), response.headers())
-                    .await;
+                let answer = called
+                    .as_ref()
+                    .ok()
+                    .map(|response| (response.status(), response.headers()));
+                engine.invalidate(stale, answer).await;
             }
+            let mut response = called?;
             crate::cache::engine::add_cache_status(response.headers_mut(), status.header_value());
             response.extensions_mut().insert(status.outcome);
             return Ok(response);

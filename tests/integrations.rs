@@ -785,6 +785,45 @@ async fn reqwest_middleware_answers_each_json_rpc_call_with_its_own_id() {
     assert_eq!(calls.load(Ordering::SeqCst), 5);
 }
 
+#[tokio::test]
+async fn reqwest_middleware_drops_the_entries_of_a_write_whose_answer_never_came() {
+    // A node whose item counts its reads, and whose `DELETE` is never answered (it may have deleted the item).
+    let reads = Arc::new(AtomicU64::new(0));
+    let counter = reads.clone();
+    let node = Router::new().route(
+        "/item",
+        get(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Json(json!({"version": n})) }
+        })
+        .delete(std::future::pending::<StatusCode>),
+    );
+    let url = format!("http://{}/item", serve(node).await);
+    let plain = reqwest::Client::new();
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain))
+        .build();
+    for hit in [false, true] {
+        let (outcome, answer) = outcome_and_json(client.get(&url)).await;
+        assert_eq!(outcome == CacheOutcome::Hit, hit, "{outcome:?}");
+        assert_eq!(answer, json!({"version": 1}));
+    }
+    // The client gives up on the write: the error reaches the caller, and the item's entry is gone.
+    let gave_up = client
+        .delete(&url)
+        .timeout(std::time::Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    let (outcome, answer) = outcome_and_json(client.get(&url)).await;
+    assert!(matches!(outcome, CacheOutcome::Miss { .. }), "{outcome:?}");
+    assert_eq!(answer, json!({"version": 2}));
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+}
+
 #[cfg(feature = "decompress")]
 #[tokio::test]
 async fn reqwest_middleware_reads_a_gzipped_json_rpc_call_decoded() {

@@ -930,11 +930,13 @@ pub(crate) fn unread_write(rules: &Rules, request: &RequestFacts) -> bool {
         && (request.too_large || request.undecodable)
 }
 
-/// Whether the answer to a request [`may_invalidate`] accepted makes the entries of its target URI stale: any
-/// status below 400 (RFC 9111 §4.4: "a non-error status code"). An error changed nothing, as far as the cache
-/// can tell, so the entries stay.
-pub(crate) fn invalidates(status: StatusCode) -> bool {
-    status.as_u16() < 400
+/// Whether what a request [`may_invalidate`] accepted was `answered` makes the entries of its target URI stale:
+/// any status below 400 (RFC 9111 §4.4: "a non-error status code"), and no answer at all (`None`: a transport
+/// error, a timeout), which leaves the outcome unknown: the origin may have made the change before the connection
+/// failed, and a refill costs less than answering the writer's next read with what it replaced. An error status is
+/// the origin's word that it changed nothing, so the entries stay.
+pub(crate) fn invalidates(answered: Option<StatusCode>) -> bool {
+    answered.is_none_or(|status| status.as_u16() < 400)
 }
 
 /// The other URI an answer to an unsafe request names, in its `Location` or `Content-Location` field (`named`),
@@ -2124,11 +2126,12 @@ mod tests {
             "a safe method"
         );
         for code in [200, 201, 202, 204, 301, 303, 307, 399] {
-            assert!(invalidates(StatusCode::from_u16(code).unwrap()), "{code}");
+            assert!(invalidates(StatusCode::from_u16(code).ok()), "{code}");
         }
         for code in [400, 404, 409, 412, 429, 500, 503, 599] {
-            assert!(!invalidates(StatusCode::from_u16(code).unwrap()), "{code}");
+            assert!(!invalidates(StatusCode::from_u16(code).ok()), "{code}");
         }
+        assert!(invalidates(None), "no answer: the outcome unknown");
     }
 
     fn plain() -> RequestFacts {

@@ -2164,24 +2164,26 @@ impl Engine {
         })
     }
 
-    /// Removes the entries of `targets` if `status`, the answer to the request that named them, says it
-    /// succeeded (see [`invalidates`]), with those of the URIs of its own origin that the answer's `headers` name
-    /// in `Location` and `Content-Location` (see [`also_stale`]): from this process's near cache, then from the
-    /// store, which tells every other process. A store call like the others, under the breaker and the timeout;
-    /// a failure is counted and logged, never the request's, and the entries then live out their windows.
+    /// Removes the entries of `targets` if what the request that named them was `answered` (its status and headers,
+    /// or `None`: no answer) says it may have changed them (see [`invalidates`]), with those of the URIs of its own
+    /// origin that the answer's headers name in `Location` and `Content-Location` (see [`also_stale`]): from this
+    /// process's near cache, then from the store, which tells every other process. A store call like the others,
+    /// under the breaker and the timeout; a failure is counted and logged, never the request's, and the entries
+    /// then live out their windows.
     ///
     /// The request's response waits for the removal, so that its caller's next read does not find what its
     /// write replaced. The removal runs on a task of its own: a caller that stops waiting does not stop it, since
-    /// the origin has already made the change.
+    /// the origin has made the change (or may have).
     pub(crate) async fn invalidate(
         self: &Arc<Self>,
         targets: StaleTargets,
-        status: StatusCode,
-        headers: &HeaderMap,
+        answered: Option<(StatusCode, &HeaderMap)>,
     ) {
-        if !invalidates(status) {
+        if !invalidates(answered.map(|(status, _)| status)) {
             return;
         }
+        let none = HeaderMap::new();
+        let headers = answered.map_or(&none, |(_, headers)| headers);
         let host = targets.headers.get(HOST);
         let mut uris = vec![targets.uri.clone()];
         // A method tunnelled through the query acts on the URI without it.

@@ -361,12 +361,14 @@ where
     let called = call_ready(&mut inner, request).await;
     let answered = called.as_ref().ok().map(Response::status);
     timer.stop(&engine.counters, OriginCall::Bypass, answered);
-    let response = called?;
     if let Some(stale) = stale {
-        engine
-            .invalidate(stale, response.status(), response.headers())
-            .await;
+        let answer = called
+            .as_ref()
+            .ok()
+            .map(|response| (response.status(), response.headers()));
+        engine.invalidate(stale, answer).await;
     }
+    let response = called?;
     let (parts, body) = response.into_parts();
     let mut response = Response::from_parts(parts, ResponseBody::streaming(body));
     decorate(&mut response, &status);
