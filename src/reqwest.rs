@@ -189,16 +189,8 @@ impl Middleware for CacheMiddleware {
         let (mut facts, head, partition) = engine.policy.read_head(&mut parts);
         facts.too_large |= bytes.is_none_or(|b| b.len() > max);
         let content = match bytes.filter(|_| !facts.too_large) {
-            Some(bytes) => {
-                let content = engine.policy.content(&mut facts, &parts.headers, bytes);
-                // A body in codings that do not undo asks what cannot be read: bypassed unread.
-                if !facts.undecodable {
-                    engine
-                        .policy
-                        .screens_body(&mut facts, &parts, &content, bytes);
-                }
-                content
-            }
+            // A body in codings that do not undo asks what cannot be read: bypassed unread.
+            Some(bytes) => engine.policy.read_body(&mut facts, &parts, bytes).0,
             None => Content::AsSent,
         };
         let action = engine.policy.screen(&facts);

@@ -777,20 +777,21 @@ impl Policy {
         }
     }
 
-    /// Reads the whole `body` of a request that goes to the origin unkeyed (bypassed, or ended by trailers) for
-    /// a write it may show ([`screens_body`](Self::screens_body)), as a cached request's body is read: in its
-    /// content, and not at all when its codings do not undo within the cap (noted in `facts`), as a body over the
-    /// cap is not.
-    pub(crate) fn screens_unkeyed(
+    /// Reads a request's whole `body`, as every path that has one does (keyed or not, through the service or the
+    /// middleware): its [`content`](Self::content), and in it a write it may show
+    /// ([`screens_body`](Self::screens_body)), unless its codings do not undo within the cap (noted in `facts`),
+    /// when it is not read, as a body over the cap is not. Returns the content, and whether the body showed that
+    /// the request is no query this layer keys: undecodable, or screened out.
+    #[inline]
+    pub(crate) fn read_body(
         &self,
         facts: &mut RequestFacts,
         parts: &request::Parts,
         body: &[u8],
-    ) {
+    ) -> (Content, bool) {
         let content = self.content(facts, &parts.headers, body);
-        if !facts.undecodable {
-            self.screens_body(facts, parts, &content, body);
-        }
+        let unkeyed = facts.undecodable || self.screens_body(facts, parts, &content, body);
+        (content, unkeyed)
     }
 
     /// Whether a request with `facts` and `headers` that goes to the origin unkeyed (bypassed: for its

@@ -137,14 +137,10 @@ where
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
         match take_ready(body, max) {
             Ok(Ready::Complete(bytes)) => {
-                let content = engine.policy.content(&mut facts, &parts.headers, &bytes);
                 // A body in codings that do not undo asks what cannot be read; a form or JSON body may tunnel a
                 // write through a `_method` parameter.
-                if facts.undecodable
-                    || engine
-                        .policy
-                        .screens_body(&mut facts, &parts, &content, &bytes)
-                {
+                let (content, unkeyed) = engine.policy.read_body(&mut facts, &parts, &bytes);
+                if unkeyed {
                     let Some(reason) = engine
                         .policy
                         .bypass_after_body(&facts, BypassReason::Method)
@@ -200,13 +196,10 @@ where
                 let buffered = async move {
                     let read = match finish(prefix, rest, max).await? {
                         Capped::Whole(bytes) => {
-                            let content = engine.policy.content(&mut facts, &parts.headers, &bytes);
                             // As for a body read at once, above.
-                            if facts.undecodable
-                                || engine
-                                    .policy
-                                    .screens_body(&mut facts, &parts, &content, &bytes)
-                            {
+                            let (content, unkeyed) =
+                                engine.policy.read_body(&mut facts, &parts, &bytes);
+                            if unkeyed {
                                 Err((RequestBody::full(bytes), BypassReason::Method))
                             } else {
                                 Ok((bytes, content))
@@ -222,7 +215,7 @@ where
                         // read first for a write it may show, as a bypassed query's body is.
                         Capped::Trailed { body, trailers } => {
                             facts.trailers = true;
-                            engine.policy.screens_unkeyed(&mut facts, &parts, &body);
+                            engine.policy.read_body(&mut facts, &parts, &body);
                             let body = RequestBody::trailed(body, trailers);
                             Err((body, BypassReason::RequestTrailers))
                         }
@@ -400,11 +393,11 @@ where
 {
     let body = match read_capped(body, engine.policy.max_body).await? {
         Capped::Whole(bytes) => {
-            engine.policy.screens_unkeyed(&mut facts, &parts, &bytes);
+            engine.policy.read_body(&mut facts, &parts, &bytes);
             RequestBody::full(bytes)
         }
         Capped::Trailed { body, trailers } => {
-            engine.policy.screens_unkeyed(&mut facts, &parts, &body);
+            engine.policy.read_body(&mut facts, &parts, &body);
             RequestBody::trailed(body, trailers)
         }
         // Unread: counted as a write if `query_when` would have judged it (`unread_write`).
