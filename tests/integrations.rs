@@ -53,7 +53,7 @@ async fn serve(app: Router) -> std::net::SocketAddr {
 async fn post_json(
     client: &reqwest_middleware::ClientWithMiddleware,
     url: &str,
-    body: &'static str,
+    body: impl Into<reqwest::Body>,
 ) -> reqwest::Response {
     client
         .post(url)
@@ -1284,34 +1284,61 @@ async fn reqwest_middleware_caches_graphql_queries_and_lets_mutations_through_as
     let client = reqwest_middleware::ClientBuilder::new(plain.clone())
         .with(CacheMiddleware::new(&layer, plain))
         .build();
-    let send = |body: &'static str| {
-        let request = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body);
-        async move {
-            let response = request.send().await.unwrap();
-            let status = response.headers()["cache-status"]
-                .to_str()
-                .unwrap()
-                .to_owned();
-            let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-            (status, answer["call"].as_u64().unwrap())
-        }
-    };
+    let send = |body: reqwest::Body| status_and_call(&client, &url, body);
     const QUERY: &str = r#"{"query": "{ items { id } }"}"#;
     const MUTATION: &str = r#"{"query": "mutation { add(id: 1) { id } }"}"#;
-    assert_eq!(send(QUERY).await.1, 1);
-    assert_eq!(send(QUERY).await.1, 1, "a hit");
+    assert_eq!(send(QUERY.into()).await.1, 1);
+    assert_eq!(send(QUERY.into()).await.1, 1, "a hit");
     for n in [2, 4] {
-        let (status, call) = send(MUTATION).await;
+        let (status, call) = send(MUTATION.into()).await;
         assert_eq!(status, "tower-redis-cache; fwd=method; detail=not-a-query");
         assert_eq!(call, n, "every mutation reaches the origin");
         // Its success removed the query's entry: the next query asks again, the one after hits.
-        assert_eq!(send(QUERY).await.1, n + 1);
-        assert_eq!(send(QUERY).await.1, n + 1);
+        assert_eq!(send(QUERY.into()).await.1, n + 1);
+        assert_eq!(send(QUERY.into()).await.1, n + 1);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 5);
+    // A body sent as a stream, which the middleware cannot read without consuming it, goes on unread; as
+    // `query_when` cannot judge it, it counts as a write, and its success removes the query's entry.
+    let streamed = reqwest::Body::wrap(Full::new(Bytes::from_static(MUTATION.as_bytes())));
+    let (status, call) = send(streamed).await;
+    assert_eq!(
+        status,
+        "tower-redis-cache; fwd=bypass; detail=request-too-large"
+    );
+    assert_eq!(call, 6);
+    assert_eq!(send(QUERY.into()).await.1, 7);
+    assert_eq!(send(QUERY.into()).await.1, 7, "a hit");
+
+    // Without `query_when` every body is a query by the user's word: a streamed one, unread, leaves the entry.
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .methods([Method::POST])
+        .build()
+        .unwrap();
+    let plain = reqwest::Client::new();
+    let client = reqwest_middleware::ClientBuilder::new(plain.clone())
+        .with(CacheMiddleware::new(&layer, plain))
+        .build();
+    let send = |body: reqwest::Body| status_and_call(&client, &url, body);
+    assert_eq!(send(QUERY.into()).await.1, 8);
+    let streamed = reqwest::Body::wrap(Full::new(Bytes::from_static(MUTATION.as_bytes())));
+    assert_eq!(send(streamed).await.1, 9);
+    assert_eq!(send(QUERY.into()).await.1, 8, "a hit");
+}
+
+/// [`post_json`]: the answer's `Cache-Status`, and its `call` member.
+async fn status_and_call(
+    client: &reqwest_middleware::ClientWithMiddleware,
+    url: &str,
+    body: reqwest::Body,
+) -> (String, u64) {
+    let response = post_json(client, url, body).await;
+    let status = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let answer: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    (status, answer["call"].as_u64().unwrap())
 }
 
 /// A CORS API: it grants the page's `Origin` and says `Vary: Origin`, as tower-http's `CorsLayer` does.
