@@ -2395,6 +2395,27 @@ async fn a_write_whose_answer_never_came_removes_the_entries_of_its_target_uri()
     let other = call(&service, get(OTHER_ITEM, &[])).await;
     assert_eq!(outcome(&other), CacheOutcome::Hit);
     assert_eq!(layer.handle().stats().unsafe_invalidations, 1);
+
+    // A gateway in front of the origin that got no answer from it says so in a status: the same.
+    for (n, status) in [
+        (2, StatusCode::BAD_GATEWAY),
+        (3, StatusCode::GATEWAY_TIMEOUT),
+    ] {
+        let again = call(&service, get(ITEM, &[])).await;
+        assert_eq!(outcome(&again), CacheOutcome::Hit, "{status}");
+        origin.fail_with(status);
+        let gateway = call(&service, request("DELETE", ITEM)).await;
+        assert_eq!(gateway.status(), status);
+        origin.heal();
+        let calls = origin.calls();
+        let after = call(&service, get(ITEM, &[])).await;
+        assert!(
+            matches!(outcome(&after), CacheOutcome::Miss { .. }),
+            "{status}"
+        );
+        assert_eq!(origin.calls(), calls + 1);
+        assert_eq!(layer.handle().stats().unsafe_invalidations, n);
+    }
 }
 
 #[tokio::test]

@@ -931,13 +931,23 @@ pub(crate) fn unread_write(rules: &Rules, request: &RequestFacts) -> bool {
 }
 
 /// Whether what a request [`may_invalidate`] accepted was `answered` makes the entries of its target URI stale:
-/// any status below 400 (RFC 9111 §4.4: "a non-error status code"), and no answer at all (`None`: a transport
-/// error, a timeout), which leaves the outcome unknown: the origin may have made the change before the connection
-/// failed, and a refill costs less than answering the writer's next read with what it replaced. An error status is
-/// the origin's word that it changed nothing, so the entries stay.
+/// any status below 400 (RFC 9111 §4.4: "a non-error status code"), and no answer from the origin at all, which
+/// leaves the outcome unknown: the origin may have made the change before the connection failed, and a refill costs
+/// less than answering the writer's next read with what it replaced. That is `None` (a transport error, a
+/// timeout below the cache) and a gateway's word that the origin's answer never reached it
+/// ([`NO_ANSWER_FROM_ORIGIN`]). Any other error status is the origin's word that it changed nothing, so the
+/// entries stay.
 pub(crate) fn invalidates(answered: Option<StatusCode>) -> bool {
-    answered.is_none_or(|status| status.as_u16() < 400)
+    answered.is_none_or(|status| {
+        status.as_u16() < 400 || NO_ANSWER_FROM_ORIGIN.contains(&status.as_u16())
+    })
 }
+
+/// The statuses a gateway between the cache and the origin answers with when the origin's answer never reached
+/// it, possibly after the request did: `502 Bad Gateway` (a connection refused, or reset mid-answer), `504
+/// Gateway Timeout`, and Cloudflare's `520` (an empty or unreadable answer) and `524` (none in time, the
+/// connection made).
+pub(crate) const NO_ANSWER_FROM_ORIGIN: [u16; 4] = [502, 504, 520, 524];
 
 /// The other URI an answer to an unsafe request names, in its `Location` or `Content-Location` field (`named`),
 /// whose entries that answer also makes stale (RFC 9111 §4.4, which allows it), resolved against the request's
@@ -2128,10 +2138,14 @@ mod tests {
         for code in [200, 201, 202, 204, 301, 303, 307, 399] {
             assert!(invalidates(StatusCode::from_u16(code).ok()), "{code}");
         }
-        for code in [400, 404, 409, 412, 429, 500, 503, 599] {
+        for code in [400, 404, 409, 412, 429, 500, 501, 503, 521, 522, 523, 599] {
             assert!(!invalidates(StatusCode::from_u16(code).ok()), "{code}");
         }
         assert!(invalidates(None), "no answer: the outcome unknown");
+        for code in [502, 504, 520, 524] {
+            let gateway = StatusCode::from_u16(code).ok();
+            assert!(invalidates(gateway), "{code}: no answer from the origin");
+        }
     }
 
     fn plain() -> RequestFacts {

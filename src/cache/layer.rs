@@ -500,7 +500,7 @@ fn head_of<T>(request: &Request<T>) -> request::Parts {
 /// | [`store_when`](Self::store_when) | every answer | from its status, headers and body, whether an answer is stored: not an API's error inside a `200` (GraphQL: `graphql::is_success`; JSON-RPC: `jsonrpc::is_success`), which counts as a failing origin's (stale-if-error); with feature `decompress`, a gzip, deflate, br or zstd body is judged decoded |
 /// | [`query_when`](Self::query_when) | every body a query | from its body, whether a cached `POST` or `QUERY` is a query (GraphQL: `graphql::is_query`; JSON-RPC: `jsonrpc::only_calls_to`); a `POST` it refuses, or whose body it cannot read (over `max_body_size`), is a write; with feature `decompress`, a gzip, deflate, br or zstd body is read decoded (and keyed by its content), and one that does not decode bypasses, a write too |
 /// | [`head_from_get`](Self::head_from_get) | on | a `HEAD` reads the entry of its `GET` (a miss asks the origin for the `GET`) |
-/// | [`invalidate_on_unsafe`](Self::invalidate_on_unsafe) | on | an unsafe request that succeeds, or is never answered (a transport error), removes its URI's `GET`/`HEAD` entries |
+/// | [`invalidate_on_unsafe`](Self::invalidate_on_unsafe) | on | an unsafe request that succeeds, or that the origin never answers (a transport error, a gateway's `502`/`504`), removes its URI's `GET`/`HEAD` entries |
 /// | [`tags`](Self::tags), [`tags_from_header`](Self::tags_from_header) | none | tags by request or by answer; `invalidate_tag`, or a write with the tag, drops them |
 /// | [`tag_sweep_every`](Self::tag_sweep_every) | 1 h | how often one process of the fleet drops the tag sets whose entries all expired; `None`: only when you call `sweep_tags()` |
 /// | [`cache_groups`](Self::cache_groups) | off | HTTP Cache Groups (RFC 9875): an answer's `Cache-Groups` puts it in groups of its origin; a write answered with `Cache-Group-Invalidation` drops them |
@@ -1578,17 +1578,18 @@ impl RedisCacheLayerBuilder {
 
     /// Drop what the cache holds for a URI when an unsafe request to it succeeds (RFC 9111 §4.4): a `PUT`, `PATCH`,
     /// `DELETE`, a `POST` the layer does not cache, or any method not known to be safe, answered with a status
-    /// below 400, or not answered at all (a transport error or a timeout, after which the origin may have made the
-    /// change: the caller gets the error), removes the entries a `GET` and a `HEAD` of that URI with the request's
-    /// headers would use, and those of the URIs of the same origin its answer names in `Location` or
-    /// `Content-Location` (absolute URIs and absolute paths), in Redis (so in every process, near caches included)
-    /// before the response is returned. Every response stored for those URIs goes, whoever stored it, where the
-    /// keys alone cannot name it: when the key holds request headers ([`vary_headers`](Self::vary_headers),
-    /// [`Credentials::InKey`], or the values of those an answer varies on: [`keep_variants`](Self::keep_variants)),
-    /// every variant; and the entries of the queries sent to those URIs (`QUERY`, a cached `POST`), keyed by their
-    /// bodies. Such fills record their key under their URI's own tag (one more store call per fill, beside the
-    /// key's lease, and a small set per URI in the store), and a write walks it; a [`Store`] that does not [keep
-    /// tags](Store::keeps_tags) reaches only the `GET` and `HEAD` entries the request's own headers key.
+    /// below 400, or not answered by the origin at all (a transport error or a timeout, or a gateway's `502` or
+    /// `504`, and Cloudflare's `520` or `524`, after any of which the origin may have made the change: the caller
+    /// gets the error), removes the entries a `GET` and a `HEAD` of that URI with the request's headers would use,
+    /// and those of the URIs of the same origin its answer names in `Location` or `Content-Location` (absolute URIs
+    /// and absolute paths), in Redis (so in every process, near caches included) before the response is returned.
+    /// Every response stored for those URIs goes, whoever stored it, where the keys alone cannot name it: when the
+    /// key holds request headers ([`vary_headers`](Self::vary_headers), [`Credentials::InKey`], or the values of
+    /// those an answer varies on: [`keep_variants`](Self::keep_variants)), every variant; and the entries of the
+    /// queries sent to those URIs (`QUERY`, a cached `POST`), keyed by their bodies. Such fills record their key
+    /// under their URI's own tag (one more store call per fill, beside the key's lease, and a small set per URI in
+    /// the store), and a write walks it; a [`Store`] that does not [keep tags](Store::keeps_tags) reaches only the
+    /// `GET` and `HEAD` entries the request's own headers key.
     /// [`CacheHandle::invalidate_uri`](super::CacheHandle::invalidate_uri) removes the same for a change the cache
     /// did not see. The removal is a store call like the others, under the timeout and the breaker; if it fails,
     /// the entries live out their windows. Default: true.
