@@ -13,6 +13,12 @@
 //! An answer whose `Vary` names request headers (but the ones the cache itself evaluates or rewrites) reaches
 //! only requests with the same values of them, as RFC 9111 §4.1 compares them. The origin's copies are headers
 //! of the entries, so these checks, too, stop once the run changes what the store reads back.
+//!
+//! And a writer reads its own writes: the origin numbers its calls on its answers, and a request sent after a write
+//! to its resource finished (a `PUT`, `PATCH`, `DELETE`, or a `POST` the layer does not cache or its `query_when`
+//! would refuse, answered below `400`, or not by the origin, with `invalidate_on_unsafe` on) is answered with what
+//! the origin sent after it took the write: never an entry filled before (of a `GET`, a `HEAD` or a query), whether
+//! by a miss, a refresh or a revalidation still running.
 
 #![no_main]
 
@@ -22,11 +28,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -106,6 +112,9 @@ const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "QUERY", "PUT", "PATCH", "DELETE", "OPTIONS",
 ];
 
+/// The writes [`Op::Rewrite`] sends, as indexes of [`METHODS`]: `PUT`, `PATCH`, `DELETE`, `POST`.
+const WRITES: &[u8] = &[4, 5, 6, 2];
+
 /// The headers the origin copies from the request it was sent.
 const ECHO_AUTH: &str = "x-fuzz-echo-auth";
 const ECHO_TENANT: &str = "x-fuzz-echo-tenant";
@@ -114,14 +123,21 @@ const ECHO_COOKIES: &str = "x-fuzz-echo-cookies";
 const ECHO_VARY: &str = "x-fuzz-echo-vary";
 /// Set by the origin on an answer (not a `304`) that sets a cookie the layer does not ignore.
 const SETS_COOKIE: &str = "x-fuzz-sets-cookie";
+/// The origin's count of the calls it has taken, this one included, on every answer it gives: a request sent
+/// after a write to its resource must be answered with a count above the write's.
+const CALL: &str = "x-fuzz-call";
 
-#[derive(Arbitrary, Debug)]
+/// On a write whose effect the checks follow: its number, by which the origin says when it took it.
+#[derive(Clone, Copy)]
+struct Followed(u64);
+
+#[derive(Arbitrary, Clone, Debug)]
 enum Name {
     Known(u8),
     Other(String),
 }
 
-#[derive(Arbitrary, Debug)]
+#[derive(Arbitrary, Clone, Debug)]
 struct Header {
     name: Name,
     value: Vec<u8>,
@@ -177,21 +193,21 @@ fn cookie_field(cookies: &Cookies) -> Option<HeaderValue> {
 }
 
 /// A body as frames: data chunks, then trailers if any; `hint` is what `size_hint` says (true or not).
-#[derive(Arbitrary, Debug)]
+#[derive(Arbitrary, Clone, Debug)]
 struct FuzzBody {
     chunks: Vec<Vec<u8>>,
     trailers: Option<Vec<Header>>,
     hint: Hint,
 }
 
-#[derive(Arbitrary, Debug)]
+#[derive(Arbitrary, Clone, Debug)]
 enum Hint {
     None,
     Exact,
     Wrong(u16),
 }
 
-#[derive(Arbitrary, Debug)]
+#[derive(Arbitrary, Clone, Debug)]
 struct RequestSpec {
     method: u8,
     uri: u8,
@@ -218,6 +234,9 @@ struct Answer {
     fail: bool,
     /// `set_cookies` are `Set-Cookie2` fields (RFC 2965, obsolete) instead.
     set_cookie2: bool,
+    /// How long the origin takes to answer (milliseconds, below about a minute): a fill or refresh still
+    /// running as other requests come.
+    delay: u16,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -226,6 +245,18 @@ enum Op {
     Send(RequestSpec),
     /// Two requests at once (coalescing, a refresh racing a request).
     Together(RequestSpec, RequestSpec),
+    /// A request as a `GET` without a body (or, `query`, as a `POST` with its body), then as a write (`write`
+    /// indexes [`WRITES`]; the origin gives it `answer` if any, before the queued ones), then as the read again: a
+    /// write aimed at an entry, which separate requests seldom make. With `racing`, the first read and the write
+    /// go together, and the origin takes that many milliseconds over the first call it takes (the read's miss or
+    /// refresh, if it makes one), so that the write lands while it runs.
+    Rewrite {
+        spec: RequestSpec,
+        write: u8,
+        answer: Option<Answer>,
+        query: bool,
+        racing: Option<u16>,
+    },
     /// Queues an answer for the origin.
     Queue(Answer),
     /// Lets time pass (milliseconds).
@@ -727,7 +758,7 @@ fn layer(config: &Config, store: Arc<Mangling>) -> Option<RedisCacheLayer> {
         }
         2 => {
             b = b
-                .query_when(|_, body| jsonrpc::only_calls_to(body, &["eth_call", "eth_chainId"]))
+                .query_when(|_, body| jsonrpc::only_calls_to(body, RPC_READS))
                 .store_when(|_, _, body| jsonrpc::is_success(body));
         }
         _ => {}
@@ -760,6 +791,21 @@ fn layer(config: &Config, store: Arc<Mangling>) -> Option<RedisCacheLayer> {
     b.build().ok()
 }
 
+/// Which bodies of a cached `POST` the run's `query_when` takes for queries.
+#[derive(Clone, Copy, Default)]
+enum Queries {
+    /// No `query_when`: every one.
+    #[default]
+    All,
+    /// GraphQL queries (`graphql::is_query`).
+    GraphQl,
+    /// JSON-RPC calls only to [`RPC_READS`].
+    JsonRpc,
+}
+
+/// The JSON-RPC methods the runs that judge JSON-RPC calls take for reads.
+const RPC_READS: &[&str] = &["eth_call", "eth_chainId"];
+
 /// What the origin and the checks share in one run.
 #[derive(Default)]
 struct Run {
@@ -778,6 +824,88 @@ struct Run {
     echoes: bool,
     /// The layer ignores `_ga` and `_ga_*` cookies.
     ignores_cookies: bool,
+    /// The layer caches `POST` and `QUERY` (else a `POST` is a write).
+    caches_post: bool,
+    /// Which bodies of a cached `POST` are queries.
+    queries: Queries,
+    /// Writes remove their URI's entries (`invalidate_on_unsafe`): the checks follow them.
+    follows_writes: bool,
+    /// The calls the origin has taken.
+    calls: AtomicU64,
+    /// The number the next followed write gets.
+    next_write: AtomicU64,
+    /// For each followed write the origin took, its count of calls when it took it.
+    took: Mutex<HashMap<u64, u64>>,
+    /// For each resource (see [`resource`]), the origin's count of calls when it took the last write to it that
+    /// succeeded or went unanswered: what every request sent afterwards must be answered with more than.
+    written: Mutex<HashMap<String, u64>>,
+}
+
+/// Whether a request is a write to its target URI, as the origin reads it: a `PUT`, `PATCH` or `DELETE`; a `POST`
+/// where the layer does not cache it, or where the run's `query_when` is set and `body` (as sent, before any
+/// gzip) is not a query by it. (A request that tunnels a method may be one as well: not followed.)
+fn is_write(method: &Method, body: &[u8], run: &Run) -> bool {
+    if *method != Method::POST || !run.caches_post {
+        return matches!(
+            *method,
+            Method::PUT | Method::PATCH | Method::DELETE | Method::POST
+        );
+    }
+    match run.queries {
+        Queries::All => false,
+        Queries::GraphQl => !graphql::is_query(body),
+        Queries::JsonRpc => !jsonrpc::only_calls_to(body, RPC_READS),
+    }
+}
+
+/// What a request reads or writes as the checks follow writes: its URI as written, with the fields that may name
+/// another authority (`Host`, `Forwarded`, `X-Forwarded-Host`) and, where the layer keys by a tenant, the tenant.
+/// Spellings of one URI are different resources here, though the layer takes them for one: the checks are the
+/// weaker, not wrong.
+fn resource(request: &Request<Frames>, partitioned: bool) -> String {
+    let mut out = request.uri().to_string();
+    for name in ["host", "forwarded", "x-forwarded-host"] {
+        out.push(' ');
+        for v in request.headers().get_all(name) {
+            push_hex(&mut out, v.as_bytes(), true);
+        }
+    }
+    if partitioned {
+        out.push(' ');
+        out.push_str(
+            identity(request.headers(), "x-tenant")
+                .to_str()
+                .unwrap_or("?"),
+        );
+    }
+    out
+}
+
+impl Answer {
+    /// The origin's plain `200` (what it gives with no answer queued), taking `delay` milliseconds.
+    fn slow(delay: u16) -> Self {
+        Answer {
+            status: 200,
+            headers: Vec::new(),
+            set_cookies: Vec::new(),
+            vary: Vec::new(),
+            body: FuzzBody::plain(),
+            fail: false,
+            set_cookie2: false,
+            delay,
+        }
+    }
+}
+
+impl FuzzBody {
+    /// `{}`, with its exact size.
+    fn plain() -> Self {
+        FuzzBody {
+            chunks: vec![b"{}".to_vec()],
+            trailers: None,
+            hint: Hint::Exact,
+        }
+    }
 }
 
 /// The origin: the next queued answer (or a plain `200`), with the request's credential, tenant and other
@@ -789,15 +917,20 @@ async fn origin(
     let (parts, body) = request.into_parts();
     // Read the request's body as an origin would; its error is the origin's.
     body.collect().await?;
+    let call = run.calls.fetch_add(1, Ordering::Relaxed) + 1;
+    if let (Some(Followed(write)), Ok(mut took)) =
+        (parts.extensions.get::<Followed>(), run.took.lock())
+    {
+        took.insert(*write, call);
+    }
     let answer = run.queue.lock().ok().and_then(|mut q| q.pop_front());
+    if let Some(a) = &answer {
+        tokio::time::sleep(Duration::from_millis(u64::from(a.delay))).await;
+    }
     let body = match &answer {
         Some(a) if a.fail => return Err("the origin failed".into()),
         Some(a) => &a.body,
-        None => &FuzzBody {
-            chunks: vec![b"{}".to_vec()],
-            trailers: None,
-            hint: Hint::Exact,
-        },
+        None => &FuzzBody::plain(),
     };
     if let Ok(mut bodies) = run.bodies.lock() {
         bodies.insert(body.chunks.concat());
@@ -832,6 +965,7 @@ async fn origin(
     }
     let cookies = other_cookies(&parts.headers, run.ignores_cookies);
     response.headers_mut().insert(ECHO_COOKIES, cookies);
+    response.headers_mut().insert(CALL, HeaderValue::from(call));
     let listed = vary_listed(response.headers());
     let vary = vary_echo(listed.iter().map(String::as_str), &parts.headers);
     if let Ok(vary) = HeaderValue::from_str(&vary) {
@@ -852,10 +986,40 @@ async fn send<S>(service: S, run: &Run, spec: &RequestSpec)
 where
     S: tower::Service<Request<Frames>, Response = Response<ResponseBody<Frames>>, Error = BoxError>,
 {
-    let Some(request) = request(spec) else { return };
+    let Some(mut request) = request(spec) else {
+        return;
+    };
     let sent = request.headers().clone();
     let get = request.method() == Method::GET;
-    let Ok(response) = service.oneshot(request).await else {
+    let resource = resource(&request, run.partitioned);
+    let writes = is_write(request.method(), &spec.body.chunks.concat(), run);
+    let followed = (run.follows_writes && writes).then(|| {
+        let write = run.next_write.fetch_add(1, Ordering::Relaxed);
+        request.extensions_mut().insert(Followed(write));
+        write
+    });
+    // The last write to the resource that finished before this request was sent.
+    let written = run
+        .written
+        .lock()
+        .ok()
+        .and_then(|w| w.get(&resource).copied())
+        .unwrap_or(0);
+    let result = service.oneshot(request).await;
+    if let Some(write) = followed {
+        // An error status is the origin's word that nothing changed; no answer (a transport error, or a gateway's
+        // status saying the origin gave none) leaves the change possible.
+        let changed = result.as_ref().map_or(true, |response| {
+            let status = response.status().as_u16();
+            status < 400 || [502, 504, 520, 524].contains(&status)
+        });
+        let took = run.took.lock().ok().and_then(|mut t| t.remove(&write));
+        if let (true, Some(call), Ok(mut written)) = (changed, took, run.written.lock()) {
+            let last = written.entry(resource).or_default();
+            *last = (*last).max(call);
+        }
+    }
+    let Ok(response) = result else {
         return;
     };
     let Some(outcome) = CacheOutcome::of(&response) else {
@@ -909,6 +1073,19 @@ where
             echoed,
             vary_echo(names, &sent),
             "an answer fetched for other values of what it varies on ({outcome:?}): {response:?}"
+        );
+    }
+    // A request sent after a write to its resource is answered with what the origin sent after the write (one the
+    // origin answers itself is, by its count).
+    let call = response
+        .headers()
+        .get(CALL)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let (true, Some(call)) = (echoes, call) {
+        assert!(
+            call > written,
+            "answered with what the origin sent before a write that finished first (call {call}, \
+             the write's {written}; {outcome:?}): {response:?}"
         );
     }
     let from_entry = matches!(
@@ -969,6 +1146,13 @@ fuzz_target!(|input: Input| {
             bypasses_credentials: input.config.credentials.is_multiple_of(3),
             echoes: input.config.echo_id,
             ignores_cookies: input.config.ignore_cookies,
+            caches_post: input.config.post,
+            queries: match input.config.predicates % 3 {
+                1 => Queries::GraphQl,
+                2 => Queries::JsonRpc,
+                _ => Queries::All,
+            },
+            follows_writes: input.config.invalidate_on_unsafe,
             ..Run::default()
         });
         let service = {
@@ -983,6 +1167,55 @@ fuzz_target!(|input: Input| {
                         send(service.clone(), &run, &a),
                         send(service.clone(), &run, &b)
                     );
+                }
+                Op::Rewrite {
+                    spec,
+                    write,
+                    answer,
+                    query,
+                    racing,
+                } => {
+                    let read = if query {
+                        RequestSpec {
+                            method: 2,
+                            ..spec.clone()
+                        }
+                    } else {
+                        RequestSpec {
+                            method: 0,
+                            body: FuzzBody {
+                                chunks: Vec::new(),
+                                trailers: None,
+                                hint: Hint::Exact,
+                            },
+                            gzip: false,
+                            ..spec.clone()
+                        }
+                    };
+                    let write = RequestSpec {
+                        method: WRITES[write as usize % WRITES.len()],
+                        ..spec
+                    };
+                    let Some(delay) = racing else {
+                        send(service.clone(), &run, &read).await;
+                        if let (Some(answer), Ok(mut q)) = (answer, run.queue.lock()) {
+                            q.push_front(answer);
+                        }
+                        send(service.clone(), &run, &write).await;
+                        send(service.clone(), &run, &read).await;
+                        continue;
+                    };
+                    if let Ok(mut q) = run.queue.lock() {
+                        if let Some(answer) = answer {
+                            q.push_front(answer);
+                        }
+                        q.push_front(Answer::slow(delay));
+                    }
+                    tokio::join!(
+                        send(service.clone(), &run, &read),
+                        send(service.clone(), &run, &write)
+                    );
+                    send(service.clone(), &run, &read).await;
                 }
                 Op::Queue(answer) => {
                     if let Ok(mut q) = run.queue.lock() {
