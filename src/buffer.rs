@@ -47,8 +47,8 @@ where
 }
 
 /// Reads the borrowed `body`, whose first `prefix` bytes were already read, until it ends or passes `max` bytes in
-/// all; `admit` is asked before each chunk read is held, and a chunk it refuses ends the reading as if the body
-/// were over the cap (that chunk goes on as the end of the prefix).
+/// all; `admit` is asked before the prefix and each chunk read is held, and one it refuses ends the reading as if
+/// the body were over the cap (it goes on as the end of the prefix).
 pub(crate) async fn collect_within<T>(
     prefix: Bytes,
     mut body: Pin<&mut T>,
@@ -60,10 +60,10 @@ where
     T::Error: Into<BoxError>,
 {
     let mut len = prefix.len();
+    let mut admitted = len == 0 || len > max || admit(len);
     let mut first: Option<Bytes> = (!prefix.is_empty()).then_some(prefix);
     let mut rest: Option<BytesMut> = None;
     let mut trailers: Option<HeaderMap> = None;
-    let mut admitted = true;
     // The cap is checked before each read, so a prefix already over it is not read further either.
     while len <= max && admitted {
         let Some(frame) = body.frame().await else {
@@ -210,12 +210,17 @@ pub(crate) enum Capped {
     Whole(Bytes),
     /// The whole body, within the cap, and the trailers that ended it.
     Trailed { body: Bytes, trailers: HeaderMap },
-    /// Over the cap: the prefix read so far chained with the unread rest, to be sent once.
+    /// Over the cap, or refused by `admit`: the prefix read so far chained with the unread rest, to be sent once.
     TooLarge(RequestBody),
 }
 
-/// Reads `body`, up to `max` bytes: what it holds already without waiting ([`take_ready`]), then the rest.
-pub(crate) async fn read_capped<B>(body: B, max: usize) -> Result<Capped, BoxError>
+/// Reads `body`, up to `max` bytes: what it holds already without waiting ([`take_ready`]), then the rest as
+/// [`finish`] does, `admit` asked before each part of it is held.
+pub(crate) async fn read_capped<B>(
+    body: B,
+    max: usize,
+    admit: impl FnMut(usize) -> bool,
+) -> Result<Capped, BoxError>
 where
     B: Body + Send + 'static,
     B::Data: Send,
@@ -223,18 +228,20 @@ where
 {
     match take_ready(body, max)? {
         Ready::Complete(bytes) => Ok(Capped::Whole(bytes)),
-        Ready::Partial { prefix, rest } => finish(prefix, rest, max).await,
+        Ready::Partial { prefix, rest } => finish(prefix, rest, max, admit).await,
     }
 }
 
-/// Reads the rest of a [`Ready::Partial`] body, up to `max` bytes in all.
+/// Reads the rest of a [`Ready::Partial`] body, up to `max` bytes in all; `admit` is asked before the prefix
+/// and each chunk read is held, and one it refuses ends the reading as the cap does ([`Capped::TooLarge`]).
 pub(crate) async fn finish(
     prefix: Bytes,
     rest: RequestBody,
     max: usize,
+    admit: impl FnMut(usize) -> bool,
 ) -> Result<Capped, BoxError> {
     let mut rest = Box::pin(rest);
-    match collect_within(prefix, rest.as_mut(), max, |_| true).await? {
+    match collect_within(prefix, rest.as_mut(), max, admit).await? {
         Collected::Complete(bytes) => Ok(Capped::Whole(bytes)),
         Collected::Trailed { body, trailers } => Ok(Capped::Trailed { body, trailers }),
         Collected::TooLarge(prefix) => Ok(Capped::TooLarge(Pin::into_inner(rest).prepend(prefix))),
@@ -289,7 +296,7 @@ where
             RequestBody::new(body),
         )));
     }
-    Ok(match read_capped(body, max).await? {
+    Ok(match read_capped(body, max, |_| true).await? {
         Capped::Whole(bytes) => Buffered::Replayable {
             parts,
             body: Replay {
@@ -431,7 +438,7 @@ mod tests {
             panic!("a streamed body is not whole after one frame");
         };
         assert_eq!(&prefix[..], b"ab");
-        let Capped::Whole(bytes) = finish(prefix, rest, 8).await.unwrap() else {
+        let Capped::Whole(bytes) = finish(prefix, rest, 8, |_| true).await.unwrap() else {
             panic!("within the cap");
         };
         assert_eq!(&bytes[..], b"abcde");
@@ -444,11 +451,41 @@ mod tests {
             let Ok(Ready::Partial { prefix, rest }) = take_ready(body, 8) else {
                 panic!("over the cap");
             };
-            let Capped::TooLarge(body) = finish(prefix, rest, 8).await.unwrap() else {
+            let Capped::TooLarge(body) = finish(prefix, rest, 8, |_| true).await.unwrap() else {
                 panic!("over the cap");
             };
             assert_eq!(&all(body).await[..], b"123456789");
         }
+    }
+
+    #[tokio::test]
+    async fn a_part_admit_refuses_ends_the_reading_and_loses_nothing() {
+        // Refused at the prefix, or at a later chunk: either way the body goes on whole, unread from there.
+        for refuse_at in [2, 4] {
+            let Ok(Ready::Partial { prefix, rest }) = take_ready(chunks(&["ab", "cd", "e"]), 8)
+            else {
+                panic!("a streamed body is not whole after one frame");
+            };
+            let mut asked = Vec::new();
+            let admit = |n| {
+                asked.push(n);
+                asked.iter().sum::<usize>() < refuse_at
+            };
+            let Capped::TooLarge(body) = finish(prefix, rest, 8, admit).await.unwrap() else {
+                panic!("refused at {refuse_at}");
+            };
+            assert_eq!(asked, [2, 2][..refuse_at / 2], "asked per part held");
+            assert_eq!(&all(body).await[..], b"abcde");
+        }
+        // A body past the cap does not ask.
+        let Ok(Ready::Partial { prefix, rest }) = take_ready(chunks(&["123456789", "0"]), 8) else {
+            panic!("over the cap");
+        };
+        let never = |_| unreachable!("a prefix over the cap is not held");
+        let Capped::TooLarge(body) = finish(prefix, rest, 8, never).await.unwrap() else {
+            panic!("over the cap");
+        };
+        assert_eq!(&all(body).await[..], b"1234567890");
     }
 
     #[tokio::test]
@@ -459,7 +496,7 @@ mod tests {
             panic!("nothing has arrived");
         };
         assert!(prefix.is_empty());
-        let reader = tokio::spawn(finish(prefix, rest, 8));
+        let reader = tokio::spawn(finish(prefix, rest, 8, |_| true));
         tx.send(Ok(Frame::data(Bytes::from_static(b"late"))))
             .await
             .unwrap();

@@ -15,6 +15,7 @@ use support::Origin;
 use support::calls::{call, outcome, post, wait_until};
 use tokio::sync::watch;
 use tower::{Layer, ServiceExt};
+use tower_redis_cache::cache::BypassReason;
 use tower_redis_cache::error::BoxError;
 use tower_redis_cache::{CacheOutcome, MemoryStore, RedisCacheLayer, RequestBody};
 
@@ -261,4 +262,197 @@ async fn an_answer_its_head_rules_out_storing_goes_on_as_it_arrives() {
             "{field}"
         );
     }
+}
+
+/// The outcome of a miss that was, or was not, stored.
+fn miss(stored: bool) -> Option<CacheOutcome> {
+    Some(CacheOutcome::Miss {
+        collapsed: false,
+        stored,
+    })
+}
+
+/// A query of about `len` bytes: `{"key":<i>,"pad":"xx..."}`.
+fn padded(i: usize, len: usize) -> Bytes {
+    let head = format!(r#"{{"key":{i},"pad":""#);
+    let pad = "x".repeat(len.saturating_sub(head.len() + 2));
+    Bytes::from(format!("{head}{pad}\"}}"))
+}
+
+/// A request of `body`, as a client streams it: in two chunks.
+fn streamed(body: &Bytes) -> Request<UnsyncBoxBody<Bytes, BoxError>> {
+    let (first, second) = (body.slice(..body.len() / 2), body.slice(body.len() / 2..));
+    let frames = futures_util::stream::iter([first, second].map(|b| Ok(Frame::data(b))));
+    let (parts, _) = query(0).into_parts();
+    Request::from_parts(parts, StreamBody::new(frames).boxed_unsync())
+}
+
+/// An origin that keeps the bodies it is sent and answers each with a short JSON, holding a call whose body
+/// holds `"key":<held>` until the gate opens.
+fn keeping_origin(
+    held: usize,
+    gate: watch::Receiver<bool>,
+    received: Arc<std::sync::Mutex<Vec<Bytes>>>,
+) -> impl tower::Service<
+    Request<RequestBody>,
+    Response = Response<Full<Bytes>>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let held = format!(r#""key":{held},"#);
+    tower::service_fn(move |request: Request<RequestBody>| {
+        let (held, mut gate, received) = (held.clone(), gate.clone(), received.clone());
+        async move {
+            let body = request.into_body().collect().await?.to_bytes();
+            let n = {
+                let mut received = received.lock().unwrap();
+                // A copy: the bytes the layer sent hold its budget while they live.
+                received.push(Bytes::copy_from_slice(&body));
+                received.len()
+            };
+            if body.windows(held.len()).any(|w| w == held.as_bytes()) {
+                gate.wait_for(|open| *open).await?;
+            }
+            Ok::<_, BoxError>(Response::new(Full::new(Bytes::from(format!(
+                r#"{{"n":{n}}}"#
+            )))))
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_read_from_a_stream_hold_the_in_flight_budget() {
+    const KIB_40: usize = 40 * 1024;
+    let (open, gate) = watch::channel(false);
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let layer = builder()
+        .max_body_size(64 * 1024)
+        .max_in_flight_bytes(64 * 1024)
+        .build()
+        .unwrap();
+    let stats = || layer.handle().stats();
+    let service = layer.layer(keeping_origin(1, gate, received.clone()));
+
+    // A's 40 KiB, read from its stream to key it, are held while the origin works on A.
+    let a_body = padded(1, KIB_40);
+    let first = tokio::spawn(service.clone().oneshot(streamed(&a_body)));
+    wait_until("the origin holds A", || received.lock().unwrap().len() == 1).await;
+    assert_eq!(
+        received.lock().unwrap()[0],
+        a_body,
+        "A reached the origin whole"
+    );
+    assert_eq!(stats().in_flight_bytes, a_body.len() as u64);
+
+    // B's would pass the budget: B goes to the origin unkeyed, its body whole, as far as read chained with the
+    // rest, and the layer holds none of it.
+    let b_body = padded(2, KIB_40);
+    let second = service.clone().oneshot(streamed(&b_body)).await.unwrap();
+    assert_eq!(
+        second.headers()["cache-status"],
+        "tower-redis-cache; fwd=bypass; detail=request-over-budget"
+    );
+    assert_eq!(
+        CacheOutcome::of(&second),
+        Some(CacheOutcome::Bypass(BypassReason::RequestOverBudget))
+    );
+    assert_eq!(
+        received.lock().unwrap()[1],
+        b_body,
+        "B reached the origin whole"
+    );
+    assert_eq!(stats().over_memory_budget, 1);
+    assert_eq!(stats().bypasses_for(BypassReason::RequestOverBudget), 1);
+    assert_eq!(
+        stats().in_flight_bytes,
+        a_body.len() as u64,
+        "B holds none of it"
+    );
+
+    // A body that was whole when its request came is not the layer's to read, so not counted: C is cached.
+    let c = Request::from_parts(query(3).into_parts().0, Full::new(padded(3, KIB_40)));
+    let third = service.clone().oneshot(c).await.unwrap();
+    assert_eq!(CacheOutcome::of(&third), miss(true));
+
+    // A is answered and stored; its bytes are given back once nothing holds them.
+    open.send_replace(true);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(CacheOutcome::of(&first), miss(true));
+    drop(first);
+    wait_until("A's bytes given back", || stats().in_flight_bytes == 0).await;
+
+    // Not too large, only too many at once: B is keyed on its next try, then a hit.
+    let again = service.clone().oneshot(streamed(&b_body)).await.unwrap();
+    assert_eq!(CacheOutcome::of(&again), miss(true));
+    let hit = service.oneshot(streamed(&b_body)).await.unwrap();
+    assert_eq!(CacheOutcome::of(&hit), Some(CacheOutcome::Hit));
+    assert_eq!(received.lock().unwrap().len(), 4, "A, B bypassed, C, B");
+    assert_eq!(stats().stores, 3);
+    assert_eq!(stats().over_memory_budget, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_query_when_a_body_past_the_in_flight_budget_counts_as_a_write() {
+    const KIB_40: usize = 40 * 1024;
+    let warnings = support::logs::warnings();
+    let (open, gate) = watch::channel(false);
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let layer = builder()
+        .max_body_size(64 * 1024)
+        .max_in_flight_bytes(64 * 1024)
+        .query_when(|_, body| body.starts_with(br#"{"key""#))
+        .build()
+        .unwrap();
+    let stats = || layer.handle().stats();
+    let service = layer.layer(keeping_origin(1, gate, received.clone()));
+    let cached = |service| async move {
+        let reply = call(&service, query(9)).await;
+        outcome(&reply)
+    };
+    assert!(matches!(
+        cached(service.clone()).await,
+        CacheOutcome::Miss { stored: true, .. }
+    ));
+    assert_eq!(cached(service.clone()).await, CacheOutcome::Hit);
+
+    // A holds 40 KiB of the budget at the origin.
+    let first = tokio::spawn(service.clone().oneshot(streamed(&padded(1, KIB_40))));
+    wait_until("the origin holds A", || received.lock().unwrap().len() == 2).await;
+
+    // B, and then D (bypassed for its credentials, its body read for a write it may show), come past the budget:
+    // neither is read, so `query_when` cannot say it is a query, and each one's success removes the URI's
+    // entries, as a write's would.
+    for (i, credentials) in [(2, None), (4, Some("Bearer d"))] {
+        let mut request = streamed(&padded(i, KIB_40));
+        if let Some(credentials) = credentials {
+            request
+                .headers_mut()
+                .insert("authorization", credentials.parse().unwrap());
+        }
+        let reply = service.clone().oneshot(request).await.unwrap();
+        let reason = match credentials {
+            None => BypassReason::RequestOverBudget,
+            Some(_) => BypassReason::Authorization,
+        };
+        assert_eq!(CacheOutcome::of(&reply), Some(CacheOutcome::Bypass(reason)));
+        assert!(
+            matches!(
+                cached(service.clone()).await,
+                CacheOutcome::Miss { stored: true, .. }
+            ),
+            "the query's entry went with the write: {reason:?}"
+        );
+        assert_eq!(cached(service.clone()).await, CacheOutcome::Hit);
+    }
+    assert_eq!(stats().over_memory_budget, 2);
+    assert_eq!(stats().unsafe_invalidations, 2);
+    let told = support::logs::containing(&warnings, "filled `max_in_flight_bytes`");
+    assert_eq!(told.len(), 1, "{told:?}");
+
+    // A was at the origin while the writes ran: its answer may predate them, so it is not stored.
+    open.send_replace(true);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(CacheOutcome::of(&first), miss(false));
 }

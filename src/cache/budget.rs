@@ -1,8 +1,10 @@
-//! The bound on bytes of origin responses held by in-flight misses and refreshes: each response is read into
-//! memory only as far as a layer-wide budget allows, and a response that would pass it is streamed through to
-//! its caller instead, unstored.
+//! The bound on the body bytes the layer reads into memory for requests in flight: each origin response a miss
+//! or refresh reads, and each request body it reads from a stream to key it, is held only as far as a layer-wide
+//! budget allows. A response that would pass it is streamed through to its caller instead, unstored; a request,
+//! to the origin, unkeyed.
 
 use super::stats::{Counters, bump};
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +35,7 @@ impl ByteBudget {
         Claim {
             budget: Arc::clone(self),
             bytes: 0,
+            refused: false,
         }
     }
 }
@@ -46,10 +49,11 @@ impl fmt::Debug for ByteBudget {
     }
 }
 
-/// Bytes one response holds of the budget.
+/// Bytes one body holds of the budget.
 pub(crate) struct Claim {
     budget: Arc<ByteBudget>,
     bytes: usize,
+    refused: bool,
 }
 
 impl Claim {
@@ -60,6 +64,7 @@ impl Claim {
         loop {
             let Some(next) = used.checked_add(n).filter(|next| *next <= budget.limit) else {
                 bump(&budget.counters.over_memory_budget);
+                self.refused = true;
                 return false;
             };
             match budget
@@ -73,6 +78,36 @@ impl Claim {
                 Err(now) => used = now,
             }
         }
+    }
+
+    /// Whether a [`grow`](Self::grow) was refused.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// `bytes`, holding this claim until the last of their clones is dropped: a request body goes to the origin,
+    /// into a refresh and to the tasks that outlive its caller, and the budget is given back when no one holds it
+    /// any more, however long that is.
+    pub(crate) fn hold(self, bytes: Bytes) -> Bytes {
+        if self.bytes == 0 {
+            return bytes;
+        }
+        Bytes::from_owner(Held {
+            bytes,
+            _claim: self,
+        })
+    }
+}
+
+/// Bytes and the claim that counts them.
+struct Held {
+    bytes: Bytes,
+    _claim: Claim,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -109,5 +144,25 @@ mod tests {
         drop(b);
         assert_eq!(budget.in_use(), 0);
         assert!(!budget.claim().grow(usize::MAX), "no overflow");
+    }
+
+    #[test]
+    fn held_bytes_give_back_their_claim_when_the_last_clone_goes() {
+        let budget = ByteBudget::new(100, Arc::new(Counters::new("t")));
+        let mut claim = budget.claim();
+        assert!(claim.grow(5));
+        assert!(!claim.refused());
+        let held = claim.hold(Bytes::from_static(b"query"));
+        let (clone, slice) = (held.clone(), held.slice(1..3));
+        assert_eq!((&held[..], &slice[..]), (&b"query"[..], &b"ue"[..]));
+        drop(held);
+        drop(clone);
+        assert_eq!(budget.in_use(), 5, "a slice still holds the bytes");
+        drop(slice);
+        assert_eq!(budget.in_use(), 0);
+
+        let mut refused = budget.claim();
+        assert!(!refused.grow(101));
+        assert!(refused.refused());
     }
 }

@@ -149,6 +149,9 @@ pub(crate) struct RequestFacts {
     pub(crate) get_or_head: bool,
     /// The body is over the layer's cap (by `Content-Length`, or found while reading it).
     pub(crate) too_large: bool,
+    /// The body came as a stream, and reading it would have passed the layer's in-flight budget: it goes on as
+    /// far as it was read chained with the rest, unread.
+    pub(crate) over_budget: bool,
     /// The body ended with trailers (found while reading it).
     pub(crate) trailers: bool,
     /// The body is in codings the layer undoes, and they did not undo within the cap (see
@@ -918,8 +921,8 @@ pub(crate) fn may_invalidate(rules: &Rules, request: &RequestFacts) -> bool {
 }
 
 /// Whether a request the layer would take for a query is counted as a write because its body, which the layer's
-/// `query_when` would have judged ([`Rules::queries_judged`]), was not read: over the cap, or in codings that do
-/// not undo within it. Unsure, the cache takes it for a write: a write taken for a query leaves the entries it
+/// `query_when` would have judged ([`Rules::queries_judged`]), was not read: over the cap, past the in-flight
+/// budget, or in codings that do not undo within the cap. Unsure, the cache takes it for a write: a write taken for a query leaves the entries it
 /// changed to answer its caller's next read, where a query taken for a write costs their refill. (Without
 /// `query_when` the layer was told that every body is a query; a `_method` parameter that an unread body might
 /// tunnel is not guessed at.)
@@ -927,7 +930,7 @@ pub(crate) fn unread_write(rules: &Rules, request: &RequestFacts) -> bool {
     rules.queries_judged
         && request.query_method
         && request.method_cacheable
-        && (request.too_large || request.undecodable)
+        && (request.too_large || request.over_budget || request.undecodable)
 }
 
 /// Whether what a request [`may_invalidate`] accepted was `answered` makes the entries of its target URI stale:
@@ -1266,6 +1269,8 @@ fn decide_for_origin(rules: &Rules, request: &RequestFacts, lookup: Lookup, now:
         Some(BypassReason::Conditional)
     } else if request.too_large {
         Some(BypassReason::RequestTooLarge)
+    } else if request.over_budget {
+        Some(BypassReason::RequestOverBudget)
     } else if request.trailers {
         Some(BypassReason::RequestTrailers)
     } else if request.undecodable {
@@ -2111,6 +2116,10 @@ mod tests {
                 ..query
             },
             RequestFacts {
+                over_budget: true,
+                ..query
+            },
+            RequestFacts {
                 undecodable: true,
                 ..query
             },
@@ -2607,6 +2616,8 @@ mod tests {
             ("validators of a GET, absent", &shared, with(|f| { f.validators = true; f.get_or_head = true }), Lookup::Absent, 1_000, forward(Fwd::UriMiss, true, false)),
             ("validators of a POST", &shared, with(|f| f.validators = true), fresh, 1_000, Action::Bypass(BypassReason::Conditional)),
             ("too large", &shared, with(|f| f.too_large = true), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestTooLarge)),
+            ("over budget", &shared, with(|f| f.over_budget = true), Lookup::NotRead, 1_000, Action::Bypass(BypassReason::RequestOverBudget)),
+            ("over budget, only-if-cached", &shared, with(|f| { f.over_budget = true; f.only_if_cached = true }), fresh, 1_000, Action::OnlyIfCachedMiss),
             ("trailers", &shared, with(|f| f.trailers = true), fresh, 1_000, Action::Bypass(BypassReason::RequestTrailers)),
             ("upgrade", &shared, with(|f| { f.upgrade = true; f.get = true; f.get_or_head = true }), fresh, 1_000, Action::Bypass(BypassReason::Upgrade)),
             ("event stream", &shared, with(|f| { f.event_stream = true; f.no_cache = true; f.get = true; f.get_or_head = true }), fresh, 1_000, Action::Bypass(BypassReason::EventStream)),
@@ -2904,6 +2915,7 @@ mod tests {
                 BypassReason::Conditional,
             ),
             (r.too_large, BypassReason::RequestTooLarge),
+            (r.over_budget, BypassReason::RequestOverBudget),
             (r.trailers, BypassReason::RequestTrailers),
             // What it asks cannot be read.
             (r.undecodable, BypassReason::RequestUndecodable),
@@ -2981,7 +2993,13 @@ mod tests {
             prop::array::uniform8(any::<bool>()),
             prop::array::uniform8(any::<bool>()),
             (arb_seconds(), arb_seconds(), arb_seconds()),
-            (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+            ),
         )
             .prop_map(
                 |(
@@ -2997,7 +3015,7 @@ mod tests {
                         upgrade,
                     ],
                     (max_age, min_fresh, max_stale),
-                    (event_stream, not_a_query, unnamed_credential, undecodable),
+                    (event_stream, not_a_query, unnamed_credential, undecodable, over_budget),
                 )| RequestFacts {
                     method_cacheable: b[0],
                     no_store: b[1],
@@ -3007,6 +3025,7 @@ mod tests {
                     range: b[5],
                     preconditions: b[6],
                     too_large: b[7],
+                    over_budget,
                     trailers,
                     undecodable,
                     upgrade,

@@ -462,7 +462,8 @@ pub(crate) struct Policy {
     pub(crate) max_refreshes: usize,
     /// How long a caller waits for another caller's inner call to the same key before making its own.
     pub(crate) coalesced_wait: Duration,
-    /// The most response bytes misses and refreshes in flight may hold.
+    /// The most body bytes the requests in flight may hold: the responses misses and refreshes read, and the
+    /// request bodies read from a stream to key them.
     pub(crate) max_in_flight_bytes: usize,
     /// Whether `query_when`'s refusal of a body read still in its `Content-Encoding` was told.
     pub(crate) warned_encoded_query: AtomicBool,
@@ -2144,17 +2145,27 @@ impl Engine {
                 .warned_unread_write
                 .swap(true, Ordering::Relaxed)
         {
-            let unread = if facts.too_large {
-                "was over `max_body_size` (or, through the reqwest middleware, a stream)"
+            let (unread, raise) = if facts.too_large {
+                (
+                    "was over `max_body_size` (or, through the reqwest middleware, a stream)",
+                    "`max_body_size` if queries this large are usual",
+                )
+            } else if facts.over_budget {
+                (
+                    "came as a stream while the bodies held for requests in flight filled `max_in_flight_bytes`",
+                    "`max_in_flight_bytes` if this is usual",
+                )
             } else {
-                "did not decode within `max_body_size`"
+                (
+                    "did not decode within `max_body_size`",
+                    "`max_body_size` if queries this large are usual",
+                )
             };
             tracing::warn!(
                 namespace = self.keys.namespace,
                 method = %parts.method,
                 "a request body for `query_when` to judge {unread}, so it was not read: counted as a write, its \
-                 success removes its URI's entries and the queries sent to it; raise `max_body_size` if queries \
-                 this large are usual; this is said once"
+                 success removes its URI's entries and the queries sent to it; raise {raise}; this is said once"
             );
         }
         Some(StaleTargets {

@@ -1799,10 +1799,15 @@ impl RedisCacheLayerBuilder {
         self
     }
 
-    /// The most response bytes the misses and refreshes in flight may hold in memory together, across all
-    /// services of the layer. A response read while the others already hold this much is streamed through to
-    /// its caller unstored, like one over [`max_body_size`](Self::max_body_size) (counted in
-    /// `over_memory_budget`); `CacheStats::in_flight_bytes` shows what is held. Default: 64 MiB.
+    /// The most body bytes the requests in flight may hold in memory together, across all services of the layer:
+    /// the responses misses and refreshes read, and the request bodies the layer reads from a stream to key them
+    /// (held until no origin call or refresh uses them; a body that was already whole when the request came, as a
+    /// client's usually is, is not read by the layer and not counted). A response read while the others already
+    /// hold this much is streamed through to its caller unstored, like one over
+    /// [`max_body_size`](Self::max_body_size); a request body goes to the origin unkeyed as far as it was read,
+    /// chained with the rest (`detail=request-over-budget`, and under [`query_when`](Self::query_when) counted as a
+    /// write, since it went unread). Both are counted in `over_memory_budget`; `CacheStats::in_flight_bytes`
+    /// shows what is held. Default: 64 MiB.
     pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
         self.max_in_flight_bytes = bytes;
         self

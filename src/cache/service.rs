@@ -194,8 +194,13 @@ where
             Ok(Ready::Partial { prefix, rest }) => {
                 let (engine, inner) = (engine.clone(), self.inner.clone());
                 let buffered = async move {
-                    let read = match finish(prefix, rest, max).await? {
+                    // What is read from the stream is held within the in-flight budget, for as long as the
+                    // bytes live (the origin call, a refresh).
+                    let mut claim = engine.budget.claim();
+                    let capped = finish(prefix, rest, max, |n| claim.grow(n)).await?;
+                    let read = match capped {
                         Capped::Whole(bytes) => {
+                            let bytes = claim.hold(bytes);
                             // As for a body read at once, above.
                             let (content, unkeyed) =
                                 engine.policy.read_body(&mut facts, &parts, &bytes);
@@ -205,8 +210,12 @@ where
                                 Ok((bytes, content))
                             }
                         }
-                        // Found to be larger while reading: the request goes on with what was read chained
-                        // with the rest of its stream, never held whole.
+                        // Found to be larger while reading, or past the budget: the request goes on with what
+                        // was read chained with the rest of its stream, never held whole.
+                        Capped::TooLarge(body) if claim.refused() => {
+                            facts.over_budget = true;
+                            Err((body, BypassReason::RequestOverBudget))
+                        }
                         Capped::TooLarge(body) => {
                             facts.too_large = true;
                             Err((body, BypassReason::RequestTooLarge))
@@ -214,6 +223,7 @@ where
                         // Found to end with trailers, which no key holds: it goes on whole, trailers and all,
                         // read first for a write it may show, as a bypassed query's body is.
                         Capped::Trailed { body, trailers } => {
+                            let body = claim.hold(body);
                             facts.trailers = true;
                             engine.policy.read_body(&mut facts, &parts, &body);
                             let body = RequestBody::trailed(body, trailers);
@@ -391,18 +401,24 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let body = match read_capped(body, engine.policy.max_body).await? {
+    // Held within the in-flight budget while its bytes live, as a keyed request's body is.
+    let mut claim = engine.budget.claim();
+    let capped = read_capped(body, engine.policy.max_body, |n| claim.grow(n)).await?;
+    let body = match capped {
         Capped::Whole(bytes) => {
+            let bytes = claim.hold(bytes);
             engine.policy.read_body(&mut facts, &parts, &bytes);
             RequestBody::full(bytes)
         }
         Capped::Trailed { body, trailers } => {
+            let body = claim.hold(body);
             engine.policy.read_body(&mut facts, &parts, &body);
             RequestBody::trailed(body, trailers)
         }
         // Unread: counted as a write if `query_when` would have judged it (`unread_write`).
         Capped::TooLarge(body) => {
-            facts.too_large = true;
+            facts.too_large = !claim.refused();
+            facts.over_budget = claim.refused();
             body
         }
     };

@@ -547,8 +547,9 @@ pub struct CacheStats {
     /// Callers that waited `coalesced_wait` for another caller's inner call to the same key and then made
     /// their own.
     pub coalesce_timeouts: u64,
-    /// Origin responses streamed through unstored because the responses misses and refreshes were reading
-    /// already held `max_in_flight_bytes`.
+    /// Bodies the layer did not read whole because those it held for requests in flight already filled
+    /// `max_in_flight_bytes`: origin responses streamed through to their callers unstored, and request bodies
+    /// arriving as a stream that went to the origin unkeyed (`Cache-Status: ...; detail=request-over-budget`).
     pub over_memory_budget: u64,
     /// Successful unsafe requests (`PUT`, `DELETE`, an uncached `POST`, ...) whose target URI's entries were
     /// removed (RFC 9111 §4.4; see `invalidate_on_unsafe`).
@@ -588,8 +589,8 @@ pub struct CacheStats {
     /// [`stored_bytes`](Self::stored_bytes) would have taken uncompressed, less what they took (see
     /// [`compress_above`](super::RedisCacheLayerBuilder::compress_above), feature `compression`).
     pub compression_saved_bytes: u64,
-    /// Response bytes held right now by misses and refreshes in flight (a gauge, not a count), at most
-    /// `max_in_flight_bytes`.
+    /// Body bytes held right now for requests in flight (a gauge, not a count), at most `max_in_flight_bytes`:
+    /// the responses misses and refreshes read, and the request bodies read from a stream to key them.
     pub in_flight_bytes: u64,
     /// What the near cache holds right now, in the bytes its bound counts (bodies, headers and each entry's
     /// bookkeeping; see [`near_cache`](super::RedisCacheLayerBuilder::near_cache)): a gauge, within the bound

@@ -19,7 +19,7 @@
 //! | stale-if-error in place of an answer [`store_when`](super::RedisCacheLayerBuilder::store_when) refused | `tower-redis-cache; fwd=stale; fwd-status=200; ttl=-40; detail=response-refused` |
 //! | method not cached | `tower-redis-cache; fwd=method; detail=method` (`not-a-query`: a body [`query_when`](super::RedisCacheLayerBuilder::query_when) refused) |
 //! | request `Cache-Control: no-store` | `tower-redis-cache; fwd=request; detail=no-store` |
-//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `request-trailers`, `request-undecodable`, `upgrade`, `event-stream`, `skipped`, `partition`) |
+//! | other bypasses | `tower-redis-cache; fwd=bypass; detail=authorization` (`cookie`, `range`, `conditional`, `request-too-large`, `request-over-budget`, `request-trailers`, `request-undecodable`, `upgrade`, `event-stream`, `skipped`, `partition`) |
 //! | store failed or skipped | `...; detail=store-error` / `...; detail=store-unavailable` |
 //! | request `Cache-Control: only-if-cached`, nothing stored may answer: `504`, the inner service not called | `tower-redis-cache; detail=only-if-cached` |
 //!
@@ -165,6 +165,12 @@ pub enum BypassReason {
     Conditional,
     /// The request body is larger than the configured maximum.
     RequestTooLarge,
+    /// The request body came as a stream, and the bodies the layer was already holding for requests in flight
+    /// left no room for it in
+    /// [`max_in_flight_bytes`](super::RedisCacheLayerBuilder::max_in_flight_bytes): it goes to the inner service
+    /// as far as it was read chained with the rest, unread (counted in `over_memory_budget`). Not too large for
+    /// the cache, only for the moment.
+    RequestOverBudget,
     /// The request body ended with trailers, which a key does not hold: the request goes to the inner service
     /// as it came, trailers and all.
     RequestTrailers,
@@ -199,6 +205,7 @@ impl BypassReason {
             BypassReason::RequestTooLarge => "request-too-large",
             BypassReason::RequestTrailers => "request-trailers",
             BypassReason::RequestUndecodable => "request-undecodable",
+            BypassReason::RequestOverBudget => "request-over-budget",
             BypassReason::Upgrade => "upgrade",
             BypassReason::EventStream => "event-stream",
             BypassReason::Skipped => "skipped",
@@ -207,7 +214,7 @@ impl BypassReason {
     }
 
     /// Every reason, each at its [`index`](Self::index).
-    pub(crate) const ALL: [BypassReason; 14] = [
+    pub(crate) const ALL: [BypassReason; 15] = [
         BypassReason::Method,
         BypassReason::NoStore,
         BypassReason::Authorization,
@@ -222,6 +229,7 @@ impl BypassReason {
         BypassReason::EventStream,
         BypassReason::NotAQuery,
         BypassReason::RequestUndecodable,
+        BypassReason::RequestOverBudget,
     ];
 
     /// Where the reason stands in [`ALL`](Self::ALL) (and in the per-reason counts).
@@ -242,6 +250,7 @@ impl BypassReason {
             BypassReason::EventStream => 11,
             BypassReason::NotAQuery => 12,
             BypassReason::RequestUndecodable => 13,
+            BypassReason::RequestOverBudget => 14,
         }
     }
 
@@ -861,6 +870,10 @@ mod tests {
             (
                 BypassReason::RequestTooLarge,
                 "fwd=bypass; detail=request-too-large",
+            ),
+            (
+                BypassReason::RequestOverBudget,
+                "fwd=bypass; detail=request-over-budget",
             ),
             (BypassReason::Skipped, "fwd=bypass; detail=skipped"),
             (BypassReason::Partition, "fwd=bypass; detail=partition"),
