@@ -302,6 +302,9 @@ struct Config {
     tags_by_path: bool,
     compress_above: Option<u16>,
     max_body_size: Option<u16>,
+    /// With `max_body_size`, the in-flight budget (at least the cap), so that racing requests and answers find it
+    /// full.
+    in_flight: Option<u16>,
     predicates: u8,
     echo_id: bool,
     ignore_fields: bool,
@@ -749,6 +752,9 @@ fn layer(config: &Config, store: Arc<Mangling>) -> Option<RedisCacheLayer> {
     }
     if let Some(n) = config.max_body_size {
         b = b.max_body_size(usize::from(n));
+        if let Some(budget) = config.in_flight {
+            b = b.max_in_flight_bytes(usize::from(budget.max(n)));
+        }
     }
     match config.predicates % 3 {
         1 => {
