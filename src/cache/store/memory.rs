@@ -17,7 +17,7 @@ struct Stored {
     value: Bytes,
     ttl: Duration,
     /// When the value expires by Tokio's clock (paused and advanced in tests); moka's own expiry, by the wall
-    /// clock, reclaims the memory.
+    /// clock and [`RECLAIM_GRACE`] later, reclaims the memory.
     expires_at: tokio::time::Instant,
 }
 
@@ -109,6 +109,14 @@ const BYTES_PER_MEMBER: u64 = 256;
 /// A stand-in for "never" that `Instant` arithmetic cannot overflow (about 30 years, as Tokio's own).
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
+/// How long after its TTL moka reclaims a value. A value lives by Tokio's clock, which a test pauses while the
+/// wall clock runs on: reclaimed at its TTL by the wall, a short-lived value (a 1 ms lease) would vanish before
+/// it expired as the test sees time, whenever the machine was slow enough between two steps. Every read checks
+/// Tokio's clock, so the grace changes what lives nowhere; expired values take their share of the bound until
+/// reclaimed, as long as this at most.
+const RECLAIM_GRACE: Duration = Duration::from_secs(5);
+
+/// moka's expiry of a value: its TTL and [`RECLAIM_GRACE`].
 struct PerEntryTtl;
 
 impl moka::Expiry<String, Stored> for PerEntryTtl {
@@ -118,7 +126,7 @@ impl moka::Expiry<String, Stored> for PerEntryTtl {
         value: &Stored,
         _now: std::time::Instant,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.ttl.saturating_add(RECLAIM_GRACE))
     }
 
     fn expire_after_update(
@@ -128,7 +136,7 @@ impl moka::Expiry<String, Stored> for PerEntryTtl {
         _now: std::time::Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.ttl.saturating_add(RECLAIM_GRACE))
     }
 }
 
@@ -573,6 +581,40 @@ mod tests {
             let held = held(&store);
             assert_eq!(store.cache.weighted_size(), held, "round {round}");
         }
+    }
+
+    /// A value lives by Tokio's clock: a test that pauses it keeps a short-lived value (a lease) while the wall
+    /// clock runs past its TTL, and moka reclaims the memory only later.
+    #[tokio::test(start_paused = true)]
+    async fn values_live_by_tokios_clock_while_the_wall_clock_runs_on() {
+        let store = MemoryStore::new(1 << 20);
+        let ttl = Duration::from_millis(1);
+        assert!(store.try_lease("lease", "t1", ttl).await.unwrap());
+        store
+            .set("key", Bytes::from_static(b"v"), ttl)
+            .await
+            .unwrap();
+        // The machine is slow between two steps of a test: 20 ms pass by the wall, none by Tokio.
+        std::thread::sleep(Duration::from_millis(20));
+        store.cache.run_pending_tasks();
+        assert_eq!(store.get("key").await.unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(
+            store
+                .set_if_leased("key", Bytes::from_static(b"w"), ttl, "lease", "t1")
+                .await
+                .unwrap(),
+            "the lease still holds"
+        );
+        tokio::time::advance(ttl).await;
+        assert_eq!(
+            store.get("key").await.unwrap(),
+            None,
+            "expired by Tokio's clock"
+        );
+        assert!(
+            store.try_lease("lease", "t2", ttl).await.unwrap(),
+            "free again"
+        );
     }
 
     #[tokio::test(start_paused = true)]
