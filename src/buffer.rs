@@ -47,8 +47,13 @@ where
 }
 
 /// Reads the borrowed `body`, whose first `prefix` bytes were already read, until it ends or passes `max` bytes in
-/// all; `admit` is asked before the prefix and each chunk read is held, and one it refuses ends the reading as if
-/// the body were over the cap (it goes on as the end of the prefix).
+/// all; `admit` is asked for more bytes before the prefix and each chunk read is held, and a refusal ends the
+/// reading as if the body were over the cap (the part it refused goes on as the end of the prefix).
+///
+/// Chunks are joined in one buffer made, once a second chunk comes, the size the body says it has in all (a
+/// `Content-Length`'s: hyper's size hint counts down what is left), within the cap, rather than one doubled as
+/// they come (a copy at each step, and up to twice the bytes read). That size is what `admit` is asked for then,
+/// so a body that declares more than it sends (a client that stalls) holds no memory the budget does not count.
 pub(crate) async fn collect_within<T>(
     prefix: Bytes,
     mut body: Pin<&mut T>,
@@ -61,6 +66,8 @@ where
 {
     let mut len = prefix.len();
     let mut admitted = len == 0 || len > max || admit(len);
+    // What `admit` granted: the bytes held, or the buffer made for the rest.
+    let mut granted = len;
     let mut first: Option<Bytes> = (!prefix.is_empty()).then_some(prefix);
     let mut rest: Option<BytesMut> = None;
     let mut trailers: Option<HeaderMap> = None;
@@ -96,11 +103,21 @@ where
             continue;
         }
         len += chunk.len();
-        admitted = len > max || admit(chunk.len());
+        let joining = first.is_some() && rest.is_none();
+        let wanted = if joining {
+            let left = body.size_hint().exact().unwrap_or(0);
+            let left = usize::try_from(left).unwrap_or(usize::MAX);
+            len.saturating_add(left).min(max).max(len)
+        } else {
+            len
+        };
+        admitted = len > max || wanted <= granted || admit(wanted - granted);
+        let size = if admitted { wanted } else { len };
+        granted = granted.max(size);
         match (&mut first, &mut rest) {
             (None, _) => first = Some(chunk),
             (Some(head), None) => {
-                let mut buf = BytesMut::with_capacity(head.len() + chunk.len());
+                let mut buf = BytesMut::with_capacity(size);
                 buf.extend_from_slice(head);
                 buf.extend_from_slice(&chunk);
                 rest = Some(buf);
@@ -332,6 +349,7 @@ mod tests {
     use super::*;
     use http_body::Frame;
     use http_body_util::{Full, StreamBody};
+    use std::pin::pin;
 
     fn chunks(
         parts: &[&'static str],
@@ -486,6 +504,75 @@ mod tests {
             panic!("over the cap");
         };
         assert_eq!(&all(body).await[..], b"1234567890");
+    }
+
+    /// Frames with the exact size hint of what is left, as a body with a `Content-Length` gives it.
+    struct Hinted(std::collections::VecDeque<Bytes>);
+
+    impl Body for Hinted {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|data| Ok(Frame::data(data))))
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_are_joined_in_one_buffer_of_the_size_the_body_gives() {
+        let frames = |n: usize| (0..n).map(|_| Bytes::from(vec![b'x'; 1000])).collect();
+        let capacity = |collected| {
+            let Collected::Complete(bytes) = collected else {
+                panic!("within the cap");
+            };
+            bytes.try_into_mut().expect("unshared").capacity()
+        };
+        let hinted = pin!(Hinted(frames(9)));
+        let read = collect_within(Bytes::new(), hinted, 10_000, |_| true).await;
+        assert_eq!(
+            capacity(read.unwrap()),
+            9000,
+            "one buffer of the body's size"
+        );
+        // A hint past the cap sizes the buffer to the cap, no more.
+        let hinted = pin!(Hinted(frames(9)));
+        let read = collect_within(Bytes::new(), hinted, 8_999, |_| true)
+            .await
+            .unwrap();
+        assert!(matches!(read, Collected::TooLarge(ref prefix) if prefix.len() == 9000));
+        // The declared size is asked for when the buffer is made, and nothing more after.
+        let mut asked = Vec::new();
+        let hinted = pin!(Hinted(frames(9)));
+        let admit = |n| {
+            asked.push(n);
+            true
+        };
+        let read = collect_within(Bytes::new(), hinted, 10_000, admit).await;
+        assert_eq!(capacity(read.unwrap()), 9000);
+        assert_eq!(asked, [1000, 8000]);
+        // A body that declares more than `admit` grants is not read further, and no larger buffer is made.
+        let hinted = pin!(Hinted(frames(9)));
+        let read = collect_within(Bytes::new(), hinted, 10_000, |n| n <= 1000).await;
+        let Collected::TooLarge(prefix) = read.unwrap() else {
+            panic!("refused");
+        };
+        assert_eq!(prefix.len(), 2000);
+        assert_eq!(prefix.try_into_mut().expect("unshared").capacity(), 2000);
+        // Without a hint, chunks are joined as they come.
+        let unhinted = pin!(StreamBody::new(futures_util::stream::iter(
+            frames(9)
+                .into_iter()
+                .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)))
+        )));
+        let read = collect_within(Bytes::new(), unhinted, 10_000, |_| true).await;
+        assert!(capacity(read.unwrap()) >= 9000);
     }
 
     #[tokio::test]
