@@ -33,7 +33,6 @@ use crate::error::BoxError;
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use std::any::Any;
 use std::fmt;
@@ -101,13 +100,10 @@ impl RequestBody {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let rest = rest
-            .map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
-            .map_err(Into::into);
         RequestBody {
             kind: Kind::Chained {
                 prefix: (!prefix.is_empty()).then_some(prefix),
-                rest: UnsyncBoxBody::new(rest),
+                rest: UnsyncBoxBody::new(AsBytes { inner: rest }),
             },
         }
     }
@@ -172,6 +168,46 @@ impl Trailed {
     /// The bytes not yet read.
     pub(crate) fn data_len(&self) -> usize {
         self.data.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `inner` with its data as `Bytes`, every byte kept: so its size hint and its end are still its own (a
+    /// `Content-Length`'s count of what is left, by which a reader sizes its buffer and a client its framing),
+    /// where `BodyExt::map_frame`, which may change sizes, would give neither.
+    struct AsBytes<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> Body for AsBytes<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx).map(|frame| {
+            frame.map(|frame| {
+                frame
+                    .map(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
+                    .map_err(Into::into)
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -296,7 +332,7 @@ impl Body for RequestBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{Full, StreamBody};
+    use http_body_util::{BodyExt, Full, StreamBody};
 
     #[tokio::test]
     async fn a_chained_body_yields_its_prefix_then_the_rest() {
@@ -307,6 +343,19 @@ mod tests {
         );
         assert_eq!(body.size_hint().lower(), 2);
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_wrapped_body_keeps_its_size_hint_and_its_end() {
+        // A `Full` of 5 bytes stands for a body with a `Content-Length`: its hint is exact.
+        let body = RequestBody::new(Full::new(Bytes::from_static(b"12345")));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        let body = RequestBody::chained(Bytes::from_static(b"ab"), Full::new(Bytes::from("cde")));
+        assert_eq!(body.size_hint().exact(), Some(5), "the prefix and the rest");
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcde");
+        let ended = RequestBody::new(http_body_util::Empty::<Bytes>::new());
+        assert!(ended.is_end_stream());
     }
 
     #[tokio::test]

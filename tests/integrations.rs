@@ -1420,3 +1420,56 @@ async fn pages_on_two_origins_hit_their_own_cors_answers_over_the_wire_and_throu
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(uncached_calls.load(Ordering::SeqCst), 2);
 }
+
+/// An upload to an axum server behind the cache, from a client that declares its length (`Content-Length`) and
+/// sends it in parts: once a second part comes, the cache makes the buffer for all of it and claims that much of
+/// its in-flight budget, so a client that stalls holds no memory the budget does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_to_an_axum_server_claims_the_length_it_declares_from_the_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const DECLARED: usize = 40 * 1024;
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .methods([Method::POST])
+        .max_body_size(64 * 1024)
+        .max_in_flight_bytes(64 * 1024)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let cache = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, error.to_string())
+        }))
+        .layer(layer);
+    let app = Router::new()
+        .route(
+            "/query",
+            post(|body: Bytes| async move { body.len().to_string() }),
+        )
+        .layer(cache);
+    let addr = serve(app).await;
+    let held = || handle.stats().in_flight_bytes;
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /query HTTP/1.1\r\nhost: api.test\r\ncontent-length: {DECLARED}\r\nconnection: close\r\n\r\n"
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&[b'x'; 2048]).await.unwrap();
+    // Read before the second part is sent, so that the two arrive apart.
+    support::calls::wait_until("the first part read", || held() > 0).await;
+    client.write_all(&[b'y'; 2048]).await.unwrap();
+    support::calls::wait_until("the declared length claimed", || held() == DECLARED as u64).await;
+
+    client.write_all(&[b'z'; DECLARED - 4096]).await.unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer
+            .contains("cache-status: tower-redis-cache; fwd=uri-miss; fwd-status=200; stored\r\n"),
+        "{answer}"
+    );
+    assert!(answer.ends_with(&format!("\r\n\r\n{DECLARED}")), "{answer}");
+    support::calls::wait_until("the claim given back", || held() == 0).await;
+    assert_eq!(handle.stats().over_memory_budget, 0);
+}
