@@ -425,7 +425,9 @@ async fn fleet_wait_zero_turns_collapsing_off() {
     assert_eq!(total(&processes, |s| s.fleet_waits), 0);
 }
 
-/// Two misses in each of two processes, sent while the origin is held; their answers once it lets go.
+/// Two misses in each of two processes of a key with a marker, sent while the origin is held; their answers once
+/// it lets go, after all four have joined their process's call or made their own (each counts as it does so in
+/// `uncacheable_misses`): on a loaded machine a spawned call can start late, after the others were answered.
 async fn burst<S>(
     processes: &[(RedisCacheLayer, S)],
     origin: &std::sync::Arc<Origin>,
@@ -437,6 +439,7 @@ where
     <S as tower::Service<Request<Full<Bytes>>>>::Future: Send,
 {
     let before = origin.calls();
+    let joined = total(processes, |s| s.uncacheable_misses);
     origin.close();
     let tasks: Vec<_> = (0..4)
         .map(|i| {
@@ -447,9 +450,13 @@ where
             })
         })
         .collect();
-    wait_until("the calls that need not wait reach the origin", || {
-        origin.calls() == before + reaching
-    })
+    wait_until(
+        "every call joined, and those that need not wait reach the origin",
+        || {
+            total(processes, |s| s.uncacheable_misses) == joined + 4
+                && origin.calls() == before + reaching
+        },
+    )
     .await;
     origin.open();
     let mut answers = Vec::new();
