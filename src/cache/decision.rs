@@ -922,10 +922,10 @@ pub(crate) fn may_invalidate(rules: &Rules, request: &RequestFacts) -> bool {
 
 /// Whether a request the layer would take for a query is counted as a write because its body, which the layer's
 /// `query_when` would have judged ([`Rules::queries_judged`]), was not read: over the cap, past the in-flight
-/// budget, or in codings that do not undo within the cap. Unsure, the cache takes it for a write: a write taken for a query leaves the entries it
-/// changed to answer its caller's next read, where a query taken for a write costs their refill. (Without
-/// `query_when` the layer was told that every body is a query; a `_method` parameter that an unread body might
-/// tunnel is not guessed at.)
+/// budget, or in codings that do not undo within the cap. Unsure, the cache takes it for a write: a write taken for
+/// a query leaves the entries it changed to answer its caller's next read, where a query taken for a write costs
+/// their refill. (Without `query_when` the layer was told that every body is a query; a `_method` parameter that an
+/// unread body might tunnel is not guessed at.)
 pub(crate) fn unread_write(rules: &Rules, request: &RequestFacts) -> bool {
     rules.queries_judged
         && request.query_method
