@@ -52,8 +52,10 @@ where
 ///
 /// Chunks are joined in one buffer made, once a second chunk comes, the size the body says it has in all (a
 /// `Content-Length`'s: hyper's size hint counts down what is left), within the cap, rather than one doubled as
-/// they come (a copy at each step, and up to twice the bytes read). That size is what `admit` is asked for then,
-/// so a body that declares more than it sends (a client that stalls) holds no memory the budget does not count.
+/// they come (a copy at each step, and up to twice the bytes read). A body that says nothing (chunked) has its
+/// buffer doubled as it fills, within the cap. `admit` is asked for the buffer's capacity, not the bytes in it:
+/// a body that declares more than it sends (a client that stalls) or one that just passed a doubling holds no
+/// memory the budget does not count.
 pub(crate) async fn collect_within<T>(
     prefix: Bytes,
     mut body: Pin<&mut T>,
@@ -103,13 +105,17 @@ where
             continue;
         }
         len += chunk.len();
-        let joining = first.is_some() && rest.is_none();
-        let wanted = if joining {
-            let left = body.size_hint().exact().unwrap_or(0);
-            let left = usize::try_from(left).unwrap_or(usize::MAX);
-            len.saturating_add(left).min(max).max(len)
-        } else {
-            len
+        // What the bytes read take once this chunk is in: the chunk itself, a buffer made for the whole body,
+        // or the buffer as it is or grown (doubled, within the cap) if the chunk does not fit.
+        let wanted = match (&first, &rest) {
+            (None, _) => len,
+            (Some(_), None) => {
+                let left = body.size_hint().exact().unwrap_or(0);
+                let left = usize::try_from(left).unwrap_or(usize::MAX);
+                len.saturating_add(left).min(max).max(len)
+            }
+            (Some(_), Some(buf)) if buf.capacity() >= len => buf.capacity(),
+            (Some(_), Some(buf)) => buf.capacity().saturating_mul(2).min(max).max(len),
         };
         admitted = len > max || wanted <= granted || admit(wanted - granted);
         let size = if admitted { wanted } else { len };
@@ -122,7 +128,15 @@ where
                 buf.extend_from_slice(&chunk);
                 rest = Some(buf);
             }
-            (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
+            (Some(_), Some(buf)) => {
+                // Grown here rather than by `extend_from_slice`, whose doubling would not keep to `size`.
+                if buf.capacity() < len {
+                    let mut grown = BytesMut::with_capacity(size);
+                    grown.extend_from_slice(buf);
+                    *buf = grown;
+                }
+                buf.extend_from_slice(&chunk);
+            }
         }
     }
     Ok(Collected::TooLarge(joined(first, rest)))
@@ -565,14 +579,33 @@ mod tests {
         };
         assert_eq!(prefix.len(), 2000);
         assert_eq!(prefix.try_into_mut().expect("unshared").capacity(), 2000);
-        // Without a hint, chunks are joined as they come.
-        let unhinted = pin!(StreamBody::new(futures_util::stream::iter(
-            frames(9)
-                .into_iter()
-                .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)))
-        )));
-        let read = collect_within(Bytes::new(), unhinted, 10_000, |_| true).await;
-        assert!(capacity(read.unwrap()) >= 9000);
+        // Without a hint, the buffer doubles within the cap, and each step of it is asked for as it is made.
+        let unhinted = || {
+            Box::pin(StreamBody::new(futures_util::stream::iter(
+                frames(9)
+                    .into_iter()
+                    .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
+            )))
+        };
+        let mut asked = Vec::new();
+        let admit = |n| {
+            asked.push(n);
+            true
+        };
+        let read = collect_within(Bytes::new(), unhinted().as_mut(), 10_000, admit).await;
+        assert_eq!(capacity(read.unwrap()), 10_000);
+        assert_eq!(
+            asked,
+            [1000, 1000, 2000, 4000, 2000],
+            "the buffer's steps: 2,000 to 10,000"
+        );
+        // A refused step ends the reading with the buffer grown to what was read, no more.
+        let read = collect_within(Bytes::new(), unhinted().as_mut(), 10_000, |n| n < 4000).await;
+        let Collected::TooLarge(prefix) = read.unwrap() else {
+            panic!("refused");
+        };
+        assert_eq!(prefix.len(), 5000);
+        assert_eq!(prefix.try_into_mut().expect("unshared").capacity(), 5000);
     }
 
     #[tokio::test]

@@ -222,14 +222,17 @@ async fn request_bodies_are_held_only_within_the_layers_bounds() {
         received.load(Ordering::SeqCst) > QUERIES as u64 * query_bytes,
         "the origin got every query whole"
     );
-    // All were at the origin at once: no more than the budget holds were keyed.
+    // All were at the origin at once: no more than the budget holds were keyed, each counted by its buffer (no
+    // `Content-Length`, so doubled as it filled: 1 MiB, the cap), not by its 960 KiB.
     assert!(
-        held > 0 && held <= BUDGET as u64 / query_bytes,
+        held > 0 && held <= BUDGET as u64 / (1 << 20),
         "{held} of {QUERIES} held"
     );
-    assert_eq!(
-        cache.handle().stats().over_memory_budget,
-        QUERIES as u64 - held
+    // Each query past the budget is counted; so may be the answers of those held, which fill it to the byte.
+    let over = cache.handle().stats().over_memory_budget;
+    assert!(
+        over >= QUERIES as u64 - held,
+        "{over} counted over the budget"
     );
     eprintln!(
         "{QUERIES} queries of {} KiB at once: peak resident size grew {} KiB, {held} of them held",
