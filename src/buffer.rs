@@ -6,6 +6,7 @@
 //! stream, so the request reaches the origin intact while at most `cap` bytes of it were ever held.
 
 use crate::body::{RequestBody, try_downcast};
+use crate::budget::ByteBudget;
 use crate::error::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::poll_fn;
@@ -13,6 +14,7 @@ use http::{HeaderMap, Request, request};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use tower_service::Service;
 
@@ -283,9 +285,12 @@ pub(crate) async fn finish(
 pub(crate) enum Buffered {
     /// The head and the whole body, within the cap: rebuild the request with [`Buffered::rebuild`].
     Replayable { parts: request::Parts, body: Replay },
-    /// Over the cap (by `Content-Length`, or found while reading): the request, its body streamed on, to send
-    /// once.
-    Once(Request<RequestBody>),
+    /// Over the cap (by `Content-Length`, or found while reading), or past the in-flight budget
+    /// (`over_budget`): the request, its body streamed on, to send once.
+    Once {
+        request: Request<RequestBody>,
+        over_budget: bool,
+    },
 }
 
 /// A request body read whole, to send as often as needed: its bytes and the trailers that ended it, if any.
@@ -312,9 +317,18 @@ impl Buffered {
 }
 
 /// Reads a request body of at most `max` bytes so the request can be replayed. A request announcing more with
-/// `Content-Length` is not read at all; one found to be larger while reading goes on as the prefix read so far
-/// chained with the rest of its stream. Either way nothing is lost, and at most `max` bytes are held.
-pub(crate) async fn buffer_request<B>(request: Request<B>, max: usize) -> Result<Buffered, BoxError>
+/// `Content-Length` is not read at all; one found to be larger while reading, or that `budget` has no room for,
+/// goes on as the prefix read so far chained with the rest of its stream. Either way nothing is lost, and at most
+/// `max` bytes are held.
+///
+/// What is read from a stream holds its share of `budget` until the last copy of the bytes is gone (every
+/// attempt sent); a body already whole when the request came (a `Full`, a [`RequestBody`] of bytes) is not
+/// read, and not counted: its caller holds it anyway.
+pub(crate) async fn buffer_request<B>(
+    request: Request<B>,
+    max: usize,
+    budget: &Arc<ByteBudget>,
+) -> Result<Buffered, BoxError>
 where
     B: Body + Send + 'static,
     B::Data: Send,
@@ -322,27 +336,29 @@ where
 {
     let (parts, body) = request.into_parts();
     if content_length(&parts.headers).is_some_and(|n| n > max as u64) {
-        return Ok(Buffered::Once(Request::from_parts(
-            parts,
-            RequestBody::new(body),
-        )));
+        return Ok(Buffered::Once {
+            request: Request::from_parts(parts, RequestBody::new(body)),
+            over_budget: false,
+        });
     }
-    Ok(match read_capped(body, max, |_| true).await? {
-        Capped::Whole(bytes) => Buffered::Replayable {
-            parts,
-            body: Replay {
-                bytes,
-                trailers: None,
-            },
+    let mut claim = budget.claim();
+    let capped = read_capped(body, max, |n| claim.grow(n)).await?;
+    let (bytes, trailers) = match capped {
+        Capped::Whole(bytes) => (bytes, None),
+        Capped::Trailed { body, trailers } => (body, Some(trailers)),
+        Capped::TooLarge(body) => {
+            return Ok(Buffered::Once {
+                request: Request::from_parts(parts, body),
+                over_budget: claim.refused(),
+            });
+        }
+    };
+    Ok(Buffered::Replayable {
+        parts,
+        body: Replay {
+            bytes: claim.hold(bytes),
+            trailers,
         },
-        Capped::Trailed { body, trailers } => Buffered::Replayable {
-            parts,
-            body: Replay {
-                bytes: body,
-                trailers: Some(trailers),
-            },
-        },
-        Capped::TooLarge(body) => Buffered::Once(Request::from_parts(parts, body)),
     })
 }
 
@@ -379,6 +395,10 @@ mod tests {
         body.collect().await.unwrap().to_bytes()
     }
 
+    fn unbounded() -> Arc<ByteBudget> {
+        ByteBudget::new(usize::MAX, || {})
+    }
+
     #[tokio::test]
     async fn collects_within_the_cap_and_stops_past_it() {
         let Collected::Complete(whole) =
@@ -405,7 +425,9 @@ mod tests {
         let request = Request::post("/q")
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap();
-        let Buffered::Replayable { parts, body } = buffer_request(request, 8).await.unwrap() else {
+        let Buffered::Replayable { parts, body } =
+            buffer_request(request, 8, &unbounded()).await.unwrap()
+        else {
             panic!("within the cap");
         };
         let again = Buffered::rebuild(&parts, &body);
@@ -416,7 +438,9 @@ mod tests {
             .header("content-length", "9")
             .body(Full::new(Bytes::from_static(b"123456789")))
             .unwrap();
-        let Buffered::Once(request) = buffer_request(announced, 8).await.unwrap() else {
+        let Buffered::Once { request, .. } =
+            buffer_request(announced, 8, &unbounded()).await.unwrap()
+        else {
             panic!("over the cap by content-length");
         };
         assert_eq!(&all(request.into_body()).await[..], b"123456789");
@@ -424,10 +448,49 @@ mod tests {
         let chunked = Request::post("/q")
             .body(chunks(&["12345", "6789", "abc"]))
             .unwrap();
-        let Buffered::Once(request) = buffer_request(chunked, 8).await.unwrap() else {
+        let Buffered::Once { request, .. } =
+            buffer_request(chunked, 8, &unbounded()).await.unwrap()
+        else {
             panic!("over the cap while reading");
         };
         assert_eq!(&all(request.into_body()).await[..], b"123456789abc");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_buffered_for_replay_holds_the_budget_while_any_copy_lives() {
+        let budget = ByteBudget::new(6, || {});
+        let request = Request::post("/q").body(chunks(&["ab", "cd"])).unwrap();
+        let Buffered::Replayable { parts, body } =
+            buffer_request(request, 8, &budget).await.unwrap()
+        else {
+            panic!("within the cap and the budget");
+        };
+        assert_eq!(budget.in_use(), 4);
+        let sent = Buffered::rebuild(&parts, &body);
+        drop(body);
+        assert_eq!(budget.in_use(), 4, "an attempt still holds the bytes");
+
+        // The budget has 2 bytes left: the next body is sent once, whole, as one over the cap.
+        let request = Request::post("/q").body(chunks(&["ef", "gh"])).unwrap();
+        let Buffered::Once {
+            request,
+            over_budget: true,
+        } = buffer_request(request, 8, &budget).await.unwrap()
+        else {
+            panic!("past the budget");
+        };
+        assert_eq!(&all(request.into_body()).await[..], b"efgh");
+        // A body whole when the request came is not read, so not counted.
+        let request = Request::post("/q")
+            .body(Full::new(Bytes::from_static(b"ijklmn")))
+            .unwrap();
+        assert!(matches!(
+            buffer_request(request, 8, &budget).await.unwrap(),
+            Buffered::Replayable { .. }
+        ));
+        assert_eq!(budget.in_use(), 4);
+        assert_eq!(&all(sent.into_body()).await[..], b"abcd");
+        assert_eq!(budget.in_use(), 0, "given back with the last copy");
     }
 
     #[tokio::test]
@@ -437,7 +500,9 @@ mod tests {
             Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(&[7u8; 1024])))
         }));
         let request = Request::post("/upload").body(endless).unwrap();
-        let Buffered::Once(request) = buffer_request(request, 4096).await.unwrap() else {
+        let Buffered::Once { request, .. } =
+            buffer_request(request, 4096, &unbounded()).await.unwrap()
+        else {
             panic!("over the cap");
         };
         let mut body = request.into_body();
@@ -661,7 +726,8 @@ mod tests {
             let request = Request::post("/q")
                 .body(trailed(parts, &[("x-sum", "1"), ("x-sum", "2")]))
                 .unwrap();
-            let Buffered::Replayable { parts, body } = buffer_request(request, 8).await.unwrap()
+            let Buffered::Replayable { parts, body } =
+                buffer_request(request, 8, &unbounded()).await.unwrap()
             else {
                 panic!("within the cap");
             };

@@ -179,6 +179,7 @@
 mod atomic;
 pub mod auth;
 pub mod body;
+mod budget;
 mod buffer;
 pub mod cache;
 pub mod error;

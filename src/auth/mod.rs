@@ -58,8 +58,9 @@
 //! A `401` from the inner service invalidates the token that request carried (not a newer one another
 //! caller already fetched), gets a new token (one fetch, however many requests saw the `401`), and replays
 //! the request once with its buffered body. A second `401` is returned to the caller. A request whose body is
-//! over [`max_body_size`](AuthLayerBuilder::max_body_size) cannot be replayed: its `401` is returned as is,
-//! and still invalidates the token, so the next request fetches a new one.
+//! over [`max_body_size`](AuthLayerBuilder::max_body_size), or past what the calls in flight may hold together
+//! ([`max_in_flight_bytes`](AuthLayerBuilder::max_in_flight_bytes)), cannot be replayed: its `401` is returned
+//! as is, and still invalidates the token, so the next request fetches a new one.
 //!
 //! # Errors
 //!
@@ -80,6 +81,7 @@ pub use self::token::{Secret, Token, TokenFuture, TokenSource};
 use self::future::ResponseFuture;
 use self::token::{Timing, TokenCache};
 use crate::body::RequestBody;
+use crate::budget::ByteBudget;
 use crate::buffer::{Buffered, buffer_request, call_ready};
 use crate::error::BoxError;
 use http::header::AUTHORIZATION;
@@ -98,6 +100,7 @@ use tower_service::Service;
 pub struct AuthLayer {
     tokens: Arc<TokenCache>,
     max_body: usize,
+    bodies: Arc<ByteBudget>,
 }
 
 impl AuthLayer {
@@ -117,6 +120,7 @@ impl AuthLayer {
                 retry_after_cap: Duration::from_secs(180),
             },
             max_body: 1024 * 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
         }
     }
 
@@ -137,6 +141,7 @@ pub struct AuthLayerBuilder {
     source: Arc<dyn TokenSource>,
     timing: Timing,
     max_body: usize,
+    max_in_flight_bytes: usize,
 }
 
 impl fmt::Debug for AuthLayerBuilder {
@@ -144,6 +149,7 @@ impl fmt::Debug for AuthLayerBuilder {
         f.debug_struct("AuthLayerBuilder")
             .field("timing", &self.timing)
             .field("max_body", &self.max_body)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -186,11 +192,23 @@ impl AuthLayerBuilder {
         self
     }
 
+    /// The most request body bytes the calls in flight may hold for a replay together, across all services of the
+    /// layer: each body the layer reads from a stream (a hyper server's upload, a chunked `POST`) is held until
+    /// its call ends. A body read while the others already hold this much is sent once, as one over
+    /// [`max_body_size`](Self::max_body_size) is: its `401` is returned as is. A body that was already whole when
+    /// the request came, as a client's usually is, is not read by the layer and not counted: its caller holds it
+    /// anyway. Below `max_body_size`, a body larger than this is never held. Default: 64 MiB.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
+        self
+    }
+
     /// Builds the layer (nothing to validate).
     pub fn build(self) -> AuthLayer {
         AuthLayer {
             tokens: Arc::new(TokenCache::new(self.source, self.timing)),
             max_body: self.max_body,
+            bodies: ByteBudget::new(self.max_in_flight_bytes, || {}),
         }
     }
 }
@@ -200,6 +218,7 @@ impl fmt::Debug for AuthLayer {
         f.debug_struct("AuthLayer")
             .field("token_fetches", &self.tokens.fetches())
             .field("max_body", &self.max_body)
+            .field("bodies", &self.bodies)
             .finish_non_exhaustive()
     }
 }
@@ -212,6 +231,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             tokens: self.tokens.clone(),
             max_body: self.max_body,
+            bodies: self.bodies.clone(),
         }
     }
 }
@@ -222,6 +242,7 @@ pub struct Auth<S> {
     inner: S,
     tokens: Arc<TokenCache>,
     max_body: usize,
+    bodies: Arc<ByteBudget>,
 }
 
 impl<S> Auth<S> {
@@ -274,6 +295,7 @@ where
             inner,
             self.tokens.clone(),
             self.max_body,
+            self.bodies.clone(),
             request,
         )))
     }
@@ -283,6 +305,7 @@ async fn run<S, B, R>(
     mut inner: S,
     tokens: Arc<TokenCache>,
     max_body: usize,
+    bodies: Arc<ByteBudget>,
     request: Request<B>,
 ) -> Result<Response<R>, BoxError>
 where
@@ -292,10 +315,13 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let buffered = buffer_request(request, max_body).await?;
+    let buffered = buffer_request(request, max_body, &bodies).await?;
     let token = tokens.get().await?;
     let (parts, body) = match buffered {
-        Buffered::Once(mut request) => {
+        Buffered::Once {
+            mut request,
+            over_budget,
+        } => {
             request
                 .headers_mut()
                 .insert(AUTHORIZATION, token.header.clone());
@@ -304,6 +330,10 @@ where
             if response.status() == StatusCode::UNAUTHORIZED {
                 // Not replayable, but the token is still bad: the next request gets a new one.
                 tokens.invalidate(token.generation);
+                tracing::debug!(
+                    over_budget,
+                    "401 from the API for a request whose body was not held: not replayed"
+                );
             }
             return Ok(response);
         }

@@ -7,7 +7,6 @@
 
 use super::background::Background;
 use super::body::{ResponseBody, Streamed};
-use super::budget::{ByteBudget, Claim};
 use super::clock::Clock;
 use super::coalesce::{Coalescer, Role};
 use super::decision::{
@@ -38,6 +37,7 @@ use super::tags::{Purge, TagsFn};
 use super::tunnel;
 use super::variants::{Learned, Variants};
 use crate::atomic::AtomicU64;
+use crate::budget::{ByteBudget, Claim};
 use crate::buffer::{Collected, collect_within, content_length};
 use crate::error::{BoxError, SharedError, StoreError};
 use bytes::Bytes;
@@ -971,7 +971,10 @@ impl Engine {
         let variants = policy.keep_variants.then(Variants::default);
         let sweeps = super::tags::Sweeps::new(policy.tag_sweep_every);
         Engine {
-            budget: ByteBudget::new(policy.max_in_flight_bytes, counters.clone()),
+            budget: ByteBudget::new(policy.max_in_flight_bytes, {
+                let counters = counters.clone();
+                move || bump(&counters.over_memory_budget)
+            }),
             counters,
             policy,
             keys,

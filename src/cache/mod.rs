@@ -201,7 +201,6 @@
 mod background;
 mod batch;
 mod body;
-pub(crate) mod budget;
 mod clock;
 mod coalesce;
 mod deadline;

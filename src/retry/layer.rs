@@ -4,6 +4,7 @@ use super::Retry;
 use super::backoff::Backoff;
 use super::budget::RetryBudget;
 use super::policy::{Classify, DefaultClassifier};
+use crate::budget::ByteBudget;
 use crate::error::{ConfigError, Setting};
 use http::HeaderName;
 use std::fmt;
@@ -27,6 +28,8 @@ pub(crate) struct Config {
     pub(crate) retry_non_idempotent: bool,
     pub(crate) idempotency_keys: Vec<HeaderName>,
     pub(crate) max_body: usize,
+    /// The request bodies held for replay, by all services of the layer together.
+    pub(crate) bodies: Arc<ByteBudget>,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) classifier: Arc<dyn Classify>,
     pub(crate) jitter_seed: Option<u64>,
@@ -43,6 +46,7 @@ impl fmt::Debug for Config {
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("idempotency_keys", &self.idempotency_keys)
             .field("max_body", &self.max_body)
+            .field("bodies", &self.bodies)
             .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
@@ -66,6 +70,7 @@ impl RetryLayer {
             retry_non_idempotent: false,
             idempotency_keys: vec![HeaderName::from_static("idempotency-key")],
             max_body: 1024 * 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             budget: Some(RetryBudget::default()),
             classifier: Arc::new(DefaultClassifier),
             jitter_seed: None,
@@ -110,6 +115,7 @@ pub struct RetryLayerBuilder {
     retry_non_idempotent: bool,
     idempotency_keys: Vec<HeaderName>,
     max_body: usize,
+    max_in_flight_bytes: usize,
     budget: Option<RetryBudget>,
     classifier: Arc<dyn Classify>,
     jitter_seed: Option<u64>,
@@ -126,6 +132,7 @@ impl fmt::Debug for RetryLayerBuilder {
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("idempotency_keys", &self.idempotency_keys)
             .field("max_body", &self.max_body)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
@@ -195,6 +202,19 @@ impl RetryLayerBuilder {
         self
     }
 
+    /// The most request body bytes the calls in flight may hold for replay together, across all services of the
+    /// layer: each body the layer reads from a stream (a hyper server's upload, a chunked `POST`) is held until
+    /// its call ends. A body read while the others already hold this much is sent once and not retried, as one
+    /// over [`max_body_size`](Self::max_body_size) is ([`GaveUp::OverMemoryBudget`] if its answer was
+    /// retryable). A body that was already whole when the request came, as a client's usually is, is not read by
+    /// the layer and not counted: its caller holds it anyway. Default: 64 MiB.
+    ///
+    /// [`GaveUp::OverMemoryBudget`]: super::GaveUp::OverMemoryBudget
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes;
+        self
+    }
+
     /// The retry budget, shared by every service this layer builds. Default: [`RetryBudget::default`] (20 in a
     /// burst, then one per five completed requests).
     pub fn budget(mut self, budget: RetryBudget) -> Self {
@@ -227,7 +247,8 @@ impl RetryLayerBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `max_attempts` is zero or `max_delay` is shorter than `base_delay`.
+    /// [`ConfigError`] when `max_attempts` is zero, `max_delay` is shorter than `base_delay`, or
+    /// `max_in_flight_bytes` is below `max_body_size`.
     pub fn build(self) -> Result<RetryLayer, ConfigError> {
         if self.max_attempts == 0 {
             return Err(ConfigError::new(
@@ -239,6 +260,12 @@ impl RetryLayerBuilder {
             return Err(ConfigError::new(
                 Setting::MaxDelay,
                 "must not be shorter than base_delay",
+            ));
+        }
+        if self.max_in_flight_bytes < self.max_body {
+            return Err(ConfigError::new(
+                Setting::MaxInFlightBytes,
+                "must not be below max_body_size (one body it allows would not fit)",
             ));
         }
         Ok(RetryLayer {
@@ -258,6 +285,7 @@ impl RetryLayerBuilder {
             retry_non_idempotent: self.retry_non_idempotent,
             idempotency_keys: self.idempotency_keys,
             max_body: self.max_body,
+            bodies: ByteBudget::new(self.max_in_flight_bytes, || {}),
             budget: self.budget,
             classifier: self.classifier,
             jitter_seed: self.jitter_seed,

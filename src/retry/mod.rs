@@ -69,8 +69,9 @@
 //!   [`deadline`](RetryLayerBuilder::deadline) (no retry is scheduled past it) and a shared [`RetryBudget`].
 //! - **Bodies**: the request body is buffered once, up to
 //!   [`max_body_size`](RetryLayerBuilder::max_body_size), and replayed byte for byte, with the trailers that
-//!   ended it; a larger body is sent
-//!   once, not retried: what was read goes on chained with the rest of its stream, never held whole. The
+//!   ended it; a larger body is sent once, not retried: what was read goes on chained with the rest of its
+//!   stream, never held whole. The bodies held for replay together stay within
+//!   [`max_in_flight_bytes`](RetryLayerBuilder::max_in_flight_bytes); one past it is sent once too. The
 //!   wrapped service receives a [`RequestBody`] either way.
 //! - **Ending**: never a loop. The last response is returned with a [`RetryOutcome`] extension (attempts, and
 //!   why retrying stopped); an inner error comes back as a [`RetryError`] with the same
@@ -158,6 +159,9 @@ pub enum GaveUp {
     NotIdempotent,
     /// The request body was over `max_body_size`, so it could not be replayed.
     BodyTooLarge,
+    /// The request body could not be held for replay: the bodies of the calls in flight held
+    /// `max_in_flight_bytes` already.
+    OverMemoryBudget,
 }
 
 impl GaveUp {
@@ -170,6 +174,7 @@ impl GaveUp {
             GaveUp::RetryAfterTooLong => "retry-after over the cap",
             GaveUp::NotIdempotent => "method not idempotent",
             GaveUp::BodyTooLarge => "body too large to replay",
+            GaveUp::OverMemoryBudget => "no room to hold the body for replay",
         }
     }
 }
@@ -268,12 +273,19 @@ where
             .idempotency_keys
             .iter()
             .any(|name| request.headers().contains_key(name));
-    let (parts, body) = match buffer_request(request, config.max_body).await? {
+    let (parts, body) = match buffer_request(request, config.max_body, &config.bodies).await? {
         Buffered::Replayable { parts, body } => (parts, body),
-        Buffered::Once(request) => {
+        Buffered::Once {
+            request,
+            over_budget,
+        } => {
             let result = inner.call(request).await.map_err(Into::into);
             let gave_up =
-                (judge(&config, &result).class == Class::Retry).then_some(GaveUp::BodyTooLarge);
+                (judge(&config, &result).class == Class::Retry).then_some(if over_budget {
+                    GaveUp::OverMemoryBudget
+                } else {
+                    GaveUp::BodyTooLarge
+                });
             return finish(&config, result, 1, gave_up);
         }
     };

@@ -1,9 +1,10 @@
-//! The bound on the body bytes the layer reads into memory for requests in flight: each origin response a miss
-//! or refresh reads, and each request body it reads from a stream to key it, is held only as far as a layer-wide
-//! budget allows. A response that would pass it is streamed through to its caller instead, unstored; a request,
-//! to the origin, unkeyed.
+//! A bound on the body bytes a layer reads into memory for the requests in flight, across all its services.
+//!
+//! The cache holds each origin response a miss or refresh reads, and each request body it reads from a stream
+//! to key it, only as far as its budget allows: a response that would pass it is streamed through to its caller
+//! unstored, a request goes to the origin unkeyed. The retry and auth layers hold the request bodies they read
+//! for replay within one the same way: a body past it goes on once, as one over their cap does.
 
-use super::stats::{Counters, bump};
 use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
@@ -13,15 +14,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) struct ByteBudget {
     used: AtomicUsize,
     limit: usize,
-    counters: Arc<Counters>,
+    /// Called at each refusal: the cache counts them in its stats.
+    on_refusal: Box<dyn Fn() + Send + Sync>,
 }
 
 impl ByteBudget {
-    pub(crate) fn new(limit: usize, counters: Arc<Counters>) -> Arc<Self> {
+    /// A budget of `limit` bytes that calls `on_refusal` each time it refuses a claim more.
+    pub(crate) fn new(limit: usize, on_refusal: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
         Arc::new(ByteBudget {
             used: AtomicUsize::new(0),
             limit,
-            counters,
+            on_refusal: Box::new(on_refusal),
         })
     }
 
@@ -30,7 +33,7 @@ impl ByteBudget {
         self.used.load(Ordering::Acquire)
     }
 
-    /// A claim on no bytes yet, grown as a response is read and given back when dropped.
+    /// A claim on no bytes yet, grown as a body is read and given back when dropped.
     pub(crate) fn claim(self: &Arc<Self>) -> Claim {
         Claim {
             budget: Arc::clone(self),
@@ -63,7 +66,7 @@ impl Claim {
         let mut used = budget.used.load(Ordering::Acquire);
         loop {
             let Some(next) = used.checked_add(n).filter(|next| *next <= budget.limit) else {
-                bump(&budget.counters.over_memory_budget);
+                (budget.on_refusal)();
                 self.refused = true;
                 return false;
             };
@@ -86,8 +89,8 @@ impl Claim {
     }
 
     /// `bytes`, holding this claim until the last of their clones is dropped: a request body goes to the origin,
-    /// into a refresh and to the tasks that outlive its caller, and the budget is given back when no one holds it
-    /// any more, however long that is.
+    /// into a refresh, into each attempt of a retry and to the tasks that outlive its caller, and the budget is
+    /// given back when no one holds it any more, however long that is.
     pub(crate) fn hold(self, bytes: Bytes) -> Bytes {
         if self.bytes == 0 {
             return bytes;
@@ -129,8 +132,11 @@ mod tests {
 
     #[test]
     fn claims_share_the_limit_and_give_back_on_drop() {
-        let counters = Arc::new(Counters::new("t"));
-        let budget = ByteBudget::new(100, counters.clone());
+        let refusals = Arc::new(AtomicUsize::new(0));
+        let counted = refusals.clone();
+        let budget = ByteBudget::new(100, move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
         let mut a = budget.claim();
         let mut b = budget.claim();
         assert!(a.grow(60));
@@ -138,7 +144,7 @@ mod tests {
         assert!(b.grow(40));
         assert_eq!(budget.in_use(), 100);
         assert!(!a.grow(1));
-        assert_eq!(counters.snapshot().over_memory_budget, 2);
+        assert_eq!(refusals.load(Ordering::Relaxed), 2);
         drop(a);
         assert_eq!(budget.in_use(), 40);
         drop(b);
@@ -148,7 +154,7 @@ mod tests {
 
     #[test]
     fn held_bytes_give_back_their_claim_when_the_last_clone_goes() {
-        let budget = ByteBudget::new(100, Arc::new(Counters::new("t")));
+        let budget = ByteBudget::new(100, || {});
         let mut claim = budget.claim();
         assert!(claim.grow(5));
         assert!(!claim.refused());
