@@ -1089,6 +1089,25 @@ async fn a_head_whose_get_answer_is_passed_on_still_says_how_long_the_body_is() 
     assert!(body(head).await.is_empty());
 }
 
+/// A `HEAD` with a body the layer cannot read (gzip that does not inflate) goes to the origin as the `HEAD` it is,
+/// not as the `GET` it would have been keyed as.
+#[cfg(feature = "decompress")]
+#[tokio::test]
+async fn a_head_whose_body_cannot_be_read_goes_on_as_a_head() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let layer = heads_layer(&server).await.build().unwrap();
+    let service = layer.layer_service(origin.service());
+    let mut request = item(Method::HEAD, &[("content-encoding", "gzip")]);
+    *request.body_mut() = Full::new(bytes::Bytes::from_static(b"not gzip"));
+    let unread = call(&service, request).await;
+    assert_eq!(
+        cache_status(&unread),
+        "tower-redis-cache; fwd=bypass; detail=request-undecodable"
+    );
+    assert_eq!(origin.methods(), [Method::HEAD]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_and_a_get_arriving_together_make_one_origin_call() {
     let server = RedisServer::start();

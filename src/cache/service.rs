@@ -147,6 +147,9 @@ where
                     else {
                         return ResponseFuture::ready(Ok(engine.only_if_cached_miss()));
                     };
+                    if head {
+                        parts.method = Method::HEAD;
+                    }
                     let stale = engine.stale_targets(&parts, &facts, partition);
                     let request = Request::from_parts(parts, RequestBody::full(bytes));
                     let (engine, inner) = (engine.clone(), self.inner.clone());
