@@ -154,8 +154,12 @@ fn joined(first: Option<Bytes>, rest: Option<BytesMut>) -> Bytes {
 
 /// A request body as far as it could be read without waiting.
 pub(crate) enum Ready {
-    /// The whole body, within the cap.
+    /// The whole body, within the cap, as its caller made it (empty, a `Full`, a [`RequestBody`] of bytes): the
+    /// caller holds these bytes anyway.
     Complete(Bytes),
+    /// The whole body, within the cap, read in one frame from a stream whose bytes had all arrived (a hyper
+    /// body, say): bytes the reader now holds, to count as one read in parts is.
+    Arrived(Bytes),
     /// More may follow (or the cap was passed): `prefix` was read, `rest` is still to read (with [`finish`]).
     Partial { prefix: Bytes, rest: RequestBody },
 }
@@ -208,8 +212,10 @@ where
         },
         Poll::Pending => Bytes::new(),
     };
-    if body.is_end_stream() && prefix.len() <= max {
+    if body.is_end_stream() && prefix.is_empty() {
         Ok(Ready::Complete(prefix))
+    } else if body.is_end_stream() && prefix.len() <= max {
+        Ok(Ready::Arrived(prefix))
     } else {
         Ok(Ready::Partial { prefix, rest: body })
     }
@@ -248,11 +254,12 @@ pub(crate) enum Capped {
 }
 
 /// Reads `body`, up to `max` bytes: what it holds already without waiting ([`take_ready`]), then the rest as
-/// [`finish`] does, `admit` asked before each part of it is held.
+/// [`finish`] does, `admit` asked before each part read from a stream is held (a body whole as its caller made
+/// it is not read, so not asked for).
 pub(crate) async fn read_capped<B>(
     body: B,
     max: usize,
-    admit: impl FnMut(usize) -> bool,
+    mut admit: impl FnMut(usize) -> bool,
 ) -> Result<Capped, BoxError>
 where
     B: Body + Send + 'static,
@@ -261,6 +268,8 @@ where
 {
     match take_ready(body, max)? {
         Ready::Complete(bytes) => Ok(Capped::Whole(bytes)),
+        Ready::Arrived(bytes) if admit(bytes.len()) => Ok(Capped::Whole(bytes)),
+        Ready::Arrived(bytes) => Ok(Capped::TooLarge(RequestBody::from(bytes))),
         Ready::Partial { prefix, rest } => finish(prefix, rest, max, admit).await,
     }
 }
@@ -322,8 +331,8 @@ impl Buffered {
 /// `max` bytes are held.
 ///
 /// What is read from a stream holds its share of `budget` until the last copy of the bytes is gone (every
-/// attempt sent); a body already whole when the request came (a `Full`, a [`RequestBody`] of bytes) is not
-/// read, and not counted: its caller holds it anyway.
+/// attempt sent); a body its caller made whole (a `Full`, a [`RequestBody`] of bytes) is not read, and not
+/// counted: its caller holds it anyway.
 pub(crate) async fn buffer_request<B>(
     request: Request<B>,
     max: usize,
@@ -480,7 +489,7 @@ mod tests {
             panic!("past the budget");
         };
         assert_eq!(&all(request.into_body()).await[..], b"efgh");
-        // A body whole when the request came is not read, so not counted.
+        // A body its caller made whole is not read, so not counted.
         let request = Request::post("/q")
             .body(Full::new(Bytes::from_static(b"ijklmn")))
             .unwrap();
@@ -529,6 +538,33 @@ mod tests {
             panic!("an empty body is whole at once");
         };
         assert!(empty.is_empty());
+
+        // A body of another kind that is whole at the first poll (a hyper body whose bytes have all arrived) is
+        // read, and asked for, once.
+        let foreign = || http_body_util::combinators::BoxBody::new(Full::new(Bytes::from("{}")));
+        let Ok(Ready::Arrived(bytes)) = take_ready(foreign(), 8) else {
+            panic!("read from a body of another kind");
+        };
+        assert_eq!(&bytes[..], b"{}");
+        let mut asked = Vec::new();
+        let Capped::Whole(bytes) = read_capped(foreign(), 8, |n| {
+            asked.push(n);
+            true
+        })
+        .await
+        .unwrap() else {
+            panic!("admitted");
+        };
+        assert_eq!((&bytes[..], &asked[..]), (&b"{}"[..], &[2][..]));
+        let Capped::TooLarge(refused) = read_capped(foreign(), 8, |_| false).await.unwrap() else {
+            panic!("refused");
+        };
+        assert_eq!(&all(refused).await[..], b"{}");
+        let never = |_| unreachable!("a body its caller made whole is not read");
+        assert!(matches!(
+            read_capped(Full::new(Bytes::from("{}")), 8, never).await,
+            Ok(Capped::Whole(_))
+        ));
 
         // Several frames: the first is kept, the rest read afterwards, nothing lost.
         let Ok(Ready::Partial { prefix, rest }) = take_ready(chunks(&["ab", "cd", "e"]), 8) else {

@@ -1473,3 +1473,95 @@ async fn an_upload_to_an_axum_server_claims_the_length_it_declares_from_the_budg
     support::calls::wait_until("the claim given back", || held() == 0).await;
     assert_eq!(handle.stats().over_memory_budget, 0);
 }
+
+/// Sends `POST path` with a body of `len` bytes of `fill`, head and body in one write (so hyper has the whole body
+/// when the cache first polls it), and returns the connection to read the answer from.
+async fn post_at_once(
+    addr: std::net::SocketAddr,
+    path: &str,
+    fill: u8,
+    len: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nhost: api.test\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    request.resize(request.len() + len, fill);
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(&request).await.unwrap();
+    client
+}
+
+/// All the server wrote on `connection` until it closed it: head and body.
+async fn answer_of(mut connection: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = String::new();
+    connection.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// A query whose whole body hyper has read by the time the cache first polls it (axum calls the layer after
+/// that): the cache holds those bytes through the origin call, so it claims them from its in-flight budget as it
+/// does a body read in parts, and one past the budget goes on unkeyed.
+#[tokio::test]
+async fn a_body_that_arrived_whole_is_held_within_the_budget_too() {
+    const LEN: usize = 4000;
+    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
+        .methods([Method::POST])
+        .max_body_size(LEN)
+        .max_in_flight_bytes(LEN + LEN / 2)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let cache = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, error.to_string())
+        }))
+        .layer(layer);
+    // `/held` answers once the gate opens; `/query` at once.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = Router::new()
+        .route(
+            "/held",
+            post({
+                let gate = gate.clone();
+                move |body: Bytes| async move {
+                    let _ = gate.acquire().await;
+                    body.len().to_string()
+                }
+            }),
+        )
+        .route(
+            "/query",
+            post(|body: Bytes| async move { body.len().to_string() }),
+        )
+        .layer(cache);
+    let addr = serve(app).await;
+    let held = || handle.stats().in_flight_bytes;
+
+    let first = post_at_once(addr, "/held", b'x', LEN).await;
+    support::calls::wait_until("the first body held", || held() == LEN as u64).await;
+    // The budget has half a body left: the next goes to the origin unkeyed.
+    let answer = answer_of(post_at_once(addr, "/query", b'y', LEN).await).await;
+    assert!(
+        answer.contains(
+            "cache-status: tower-redis-cache; fwd=bypass; detail=request-over-budget\r\n"
+        ),
+        "{answer}"
+    );
+    assert!(answer.ends_with(&format!("\r\n\r\n{LEN}")), "{answer}");
+    assert_eq!(handle.stats().over_memory_budget, 1);
+
+    gate.add_permits(1);
+    let answer = answer_of(first).await;
+    assert!(answer.contains("; stored\r\n"), "{answer}");
+    support::calls::wait_until("the claim given back", || held() == 0).await;
+    // With the budget free again, the same query is keyed and stored.
+    let answer = answer_of(post_at_once(addr, "/query", b'y', LEN).await).await;
+    assert!(
+        answer
+            .contains("cache-status: tower-redis-cache; fwd=uri-miss; fwd-status=200; stored\r\n"),
+        "{answer}"
+    );
+}

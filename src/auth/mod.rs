@@ -195,9 +195,9 @@ impl AuthLayerBuilder {
     /// The most request body bytes the calls in flight may hold for a replay together, across all services of the
     /// layer: each body the layer reads from a stream (a hyper server's upload, a chunked `POST`) is held until
     /// its call ends. A body read while the others already hold this much is sent once, as one over
-    /// [`max_body_size`](Self::max_body_size) is: its `401` is returned as is. A body that was already whole when
-    /// the request came, as a client's usually is, is not read by the layer and not counted: its caller holds it
-    /// anyway. Below `max_body_size`, a body larger than this is never held. Default: 64 MiB.
+    /// [`max_body_size`](Self::max_body_size) is: its `401` is returned as is. A body its caller made whole (a
+    /// `Full`, a [`RequestBody`] of bytes), as a client's usually is, is not read by the layer and not counted: its
+    /// caller holds it anyway. Below `max_body_size`, a body larger than this is never held. Default: 64 MiB.
     pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
         self.max_in_flight_bytes = bytes;
         self

@@ -135,8 +135,26 @@ where
         let max = engine.policy.max_body;
         // The work before the store look-up is synchronous whenever the body is already whole (the common
         // case), so it runs here and the future holds only the look-up: less to allocate and carry per hit.
-        match take_ready(body, max) {
-            Ok(Ready::Complete(bytes)) => {
+        // A body read from a stream, if at once, is held within the in-flight budget while its bytes live, as one
+        // read in parts is; one the budget has no room for takes the way of those, with its claim refused.
+        let mut ready = take_ready(body, max);
+        let mut refused = None;
+        if let Ok(Ready::Arrived(bytes)) = &mut ready {
+            let bytes = std::mem::take(bytes);
+            let mut claim = engine.budget.claim();
+            ready = Ok(if claim.grow(bytes.len()) {
+                Ready::Complete(claim.hold(bytes))
+            } else {
+                refused = Some(claim);
+                Ready::Partial {
+                    prefix: bytes,
+                    rest: RequestBody::empty(),
+                }
+            });
+        }
+        match ready {
+            // (`Arrived` was claimed above, and comes here as `Complete`.)
+            Ok(Ready::Complete(bytes) | Ready::Arrived(bytes)) => {
                 // A body in codings that do not undo asks what cannot be read; a form or JSON body may tunnel a
                 // write through a `_method` parameter.
                 let (content, unkeyed) = engine.policy.read_body(&mut facts, &parts, &bytes);
@@ -199,8 +217,9 @@ where
                 let buffered = async move {
                     // What is read from the stream is held within the in-flight budget, for as long as the
                     // bytes live (the origin call, a refresh).
-                    let mut claim = engine.budget.claim();
-                    let capped = finish(prefix, rest, max, |n| claim.grow(n)).await?;
+                    let mut claim = refused.unwrap_or_else(|| engine.budget.claim());
+                    let capped =
+                        finish(prefix, rest, max, |n| !claim.refused() && claim.grow(n)).await?;
                     let read = match capped {
                         Capped::Whole(bytes) => {
                             let bytes = claim.hold(bytes);

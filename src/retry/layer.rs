@@ -206,8 +206,8 @@ impl RetryLayerBuilder {
     /// layer: each body the layer reads from a stream (a hyper server's upload, a chunked `POST`) is held until
     /// its call ends. A body read while the others already hold this much is sent once and not retried, as one
     /// over [`max_body_size`](Self::max_body_size) is ([`GaveUp::OverMemoryBudget`] if its answer was
-    /// retryable). A body that was already whole when the request came, as a client's usually is, is not read by
-    /// the layer and not counted: its caller holds it anyway. Default: 64 MiB.
+    /// retryable). A body its caller made whole (a `Full`, a [`RequestBody`](crate::RequestBody) of bytes), as a
+    /// client's usually is, is not read by the layer and not counted: its caller holds it anyway. Default: 64 MiB.
     ///
     /// [`GaveUp::OverMemoryBudget`]: super::GaveUp::OverMemoryBudget
     pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
