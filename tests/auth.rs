@@ -14,6 +14,9 @@ use tower_redis_cache::auth::error::TokenError;
 use tower_redis_cache::auth::{AuthLayer, ClientCredentials, TokenSource};
 use tower_redis_cache::error::{BoxError, Setting};
 
+mod replay;
+use replay::{Gated, streamed_put};
+
 const CLIENT_ID: &str = "3f1c-client";
 const SECRET: &str = "s3cr3t-Value-0123456789";
 
@@ -688,54 +691,10 @@ async fn a_401_on_a_request_too_large_to_replay_still_invalidates_the_token() {
     assert_eq!(used, ["tok-1", "tok-1", "tok-2"]);
 }
 
-/// A `PUT` whose body comes as a stream of `parts`, as a server's upload does.
-fn streamed_put(
-    path: &str,
-    parts: &[&'static str],
-) -> Request<impl http_body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static> {
-    let frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = parts
-        .iter()
-        .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
-        .collect();
-    Request::put(format!("http://api.test{path}"))
-        .body(http_body_util::StreamBody::new(futures_util::stream::iter(
-            frames,
-        )))
-        .unwrap()
-}
-
 #[tokio::test(start_paused = true)]
 async fn streamed_bodies_are_held_for_a_replay_only_within_the_in_flight_budget() {
-    // Every first call of a path is refused with a 401; `/a`'s waits for the gate first, holding its body.
     let tokens = TokenEndpoint::new(TokenAnswer::Issue(3600));
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let api = {
-        let (gate, seen) = (gate.clone(), seen.clone());
-        service_fn(move |request: Request<RequestBody>| {
-            let (gate, seen) = (gate.clone(), seen.clone());
-            async move {
-                let path = request.uri().path().to_owned();
-                let body = request.into_body().collect().await?.to_bytes();
-                let first = {
-                    let mut seen = seen.lock().unwrap();
-                    let first = !seen.iter().any(|(p, _)| *p == path);
-                    // A copy: the bytes sent hold their share of the budget for as long as they live.
-                    seen.push((path.clone(), body.to_vec()));
-                    first
-                };
-                if first && path == "/a" {
-                    let _ = gate.acquire().await?;
-                }
-                let status = if first { 401 } else { 200 };
-                Ok::<_, BoxError>(
-                    Response::builder()
-                        .status(status)
-                        .body(Full::new(Bytes::new()))?,
-                )
-            }
-        })
-    };
+    let origin = Gated::new();
     let client = ServiceBuilder::new()
         .layer(
             AuthLayer::builder(tokens.source())
@@ -743,16 +702,13 @@ async fn streamed_bodies_are_held_for_a_replay_only_within_the_in_flight_budget(
                 .max_in_flight_bytes(8)
                 .build(),
         )
-        .service(api);
+        .service(origin.origin(401));
     let a = tokio::spawn(
         client
             .clone()
             .oneshot(streamed_put("/a", &["abcd", "efgh"])),
     );
-    // Paused time: each sleep lets the token fetch, if any, and the call run until `/a` is at the gate.
-    while seen.lock().unwrap().is_empty() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    origin.reached().await;
     // `/a` holds all 8 bytes: `/b`'s body goes on once, whole, and its 401 is returned as is.
     let b = client
         .clone()
@@ -761,7 +717,7 @@ async fn streamed_bodies_are_held_for_a_replay_only_within_the_in_flight_budget(
         .unwrap();
     assert_eq!(b.status(), StatusCode::UNAUTHORIZED);
 
-    gate.add_permits(1);
+    origin.open();
     let a = a.await.unwrap().unwrap();
     assert_eq!(a.status(), StatusCode::OK);
     // `/a` is done and gave its bytes back: the same body as `/b`'s is held and replayed now.
@@ -770,16 +726,9 @@ async fn streamed_bodies_are_held_for_a_replay_only_within_the_in_flight_budget(
         .await
         .unwrap();
     assert_eq!(d.status(), StatusCode::OK);
-    let bodies = |path: &str| {
-        let seen = seen.lock().unwrap();
-        seen.iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, body)| body.clone())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(bodies("/a"), [&b"abcdefgh"[..]; 2]);
-    assert_eq!(bodies("/b"), [&b"ijkl"[..]]);
-    assert_eq!(bodies("/d"), [&b"ijkl"[..]; 2]);
+    assert_eq!(origin.bodies("/a"), [&b"abcdefgh"[..]; 2]);
+    assert_eq!(origin.bodies("/b"), [&b"ijkl"[..]]);
+    assert_eq!(origin.bodies("/d"), [&b"ijkl"[..]; 2]);
 }
 
 #[test]

@@ -1421,17 +1421,17 @@ async fn pages_on_two_origins_hit_their_own_cors_answers_over_the_wire_and_throu
     assert_eq!(uncached_calls.load(Ordering::SeqCst), 2);
 }
 
-/// An upload to an axum server behind the cache, from a client that declares its length (`Content-Length`) and
-/// sends it in parts: once a second part comes, the cache makes the buffer for all of it and claims that much of
-/// its in-flight budget, so a client that stalls holds no memory the budget does not count.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_to_an_axum_server_claims_the_length_it_declares_from_the_budget() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const DECLARED: usize = 40 * 1024;
+/// Serves `routes` behind a cache of `POST`s with a body cap of `max_body` and an in-flight budget of `budget`;
+/// returns the server's address and the cache's handle.
+async fn serve_cached_posts(
+    routes: Router,
+    max_body: usize,
+    budget: usize,
+) -> (std::net::SocketAddr, tower_redis_cache::CacheHandle) {
     let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
         .methods([Method::POST])
-        .max_body_size(64 * 1024)
-        .max_in_flight_bytes(64 * 1024)
+        .max_body_size(max_body)
+        .max_in_flight_bytes(budget)
         .build()
         .unwrap();
     let handle = layer.handle();
@@ -1440,13 +1440,21 @@ async fn an_upload_to_an_axum_server_claims_the_length_it_declares_from_the_budg
             (StatusCode::BAD_GATEWAY, error.to_string())
         }))
         .layer(layer);
-    let app = Router::new()
-        .route(
-            "/query",
-            post(|body: Bytes| async move { body.len().to_string() }),
-        )
-        .layer(cache);
-    let addr = serve(app).await;
+    (serve(routes.layer(cache)).await, handle)
+}
+
+/// An upload to an axum server behind the cache, from a client that declares its length (`Content-Length`) and
+/// sends it in parts: once a second part comes, the cache makes the buffer for all of it and claims that much of
+/// its in-flight budget, so a client that stalls holds no memory the budget does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_to_an_axum_server_claims_the_length_it_declares_from_the_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const DECLARED: usize = 40 * 1024;
+    let app = Router::new().route(
+        "/query",
+        post(|body: Bytes| async move { body.len().to_string() }),
+    );
+    let (addr, handle) = serve_cached_posts(app, 64 * 1024, 64 * 1024).await;
     let held = || handle.stats().in_flight_bytes;
 
     let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -1507,18 +1515,6 @@ async fn answer_of(mut connection: tokio::net::TcpStream) -> String {
 #[tokio::test]
 async fn a_body_that_arrived_whole_is_held_within_the_budget_too() {
     const LEN: usize = 4000;
-    let layer = RedisCacheLayer::builder(MemoryStore::new(1 << 20))
-        .methods([Method::POST])
-        .max_body_size(LEN)
-        .max_in_flight_bytes(LEN + LEN / 2)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let cache = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|error: BoxError| async move {
-            (StatusCode::BAD_GATEWAY, error.to_string())
-        }))
-        .layer(layer);
     // `/held` answers once the gate opens; `/query` at once.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let app = Router::new()
@@ -1535,9 +1531,9 @@ async fn a_body_that_arrived_whole_is_held_within_the_budget_too() {
         .route(
             "/query",
             post(|body: Bytes| async move { body.len().to_string() }),
-        )
-        .layer(cache);
-    let addr = serve(app).await;
+        );
+    // The budget holds one body and a half.
+    let (addr, handle) = serve_cached_posts(app, LEN, LEN + LEN / 2).await;
     let held = || handle.stats().in_flight_bytes;
 
     let first = post_at_once(addr, "/held", b'x', LEN).await;

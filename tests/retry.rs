@@ -18,6 +18,9 @@ use tower_redis_cache::retry::Retry;
 use tower_redis_cache::retry::error::RetryError;
 use tower_redis_cache::retry::{GaveUp, RetryBudget, RetryLayer, RetryLayerBuilder, RetryOutcome};
 
+mod replay;
+use replay::{Gated, streamed_put};
+
 /// What the scripted origin answers.
 #[derive(Clone)]
 enum Answer {
@@ -552,59 +555,17 @@ async fn body_over_the_cap_is_sent_once() {
     );
 }
 
-/// A `PUT` whose body comes as a stream of `parts`, as a server's upload does.
-fn streamed_put(path: &str, parts: &[&'static str]) -> Request<Body> {
-    let frames: Vec<Result<Bytes, std::io::Error>> = parts
-        .iter()
-        .map(|p| Ok(Bytes::from_static(p.as_bytes())))
-        .collect();
-    Request::put(format!("https://api.example{path}"))
-        .body(Body::from_stream(futures_util::stream::iter(frames)))
-        .unwrap()
-}
-
 #[tokio::test(start_paused = true)]
 async fn streamed_bodies_are_held_for_replay_only_within_the_in_flight_budget() {
-    // Every first call of a path answers 503; `/a`'s waits for the gate first, holding its body for replay.
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let origin = {
-        let (gate, seen) = (gate.clone(), seen.clone());
-        service_fn(move |request: Request<RequestBody>| {
-            let (gate, seen) = (gate.clone(), seen.clone());
-            async move {
-                let path = request.uri().path().to_owned();
-                let body = request.into_body().collect().await?.to_bytes();
-                let first = {
-                    let mut seen = seen.lock().unwrap();
-                    let first = !seen.iter().any(|(p, _)| *p == path);
-                    // A copy: the bytes sent hold their share of the budget for as long as they live.
-                    seen.push((path.clone(), body.to_vec()));
-                    first
-                };
-                if first && path == "/a" {
-                    let _ = gate.acquire().await?;
-                }
-                let code = if first { 503 } else { 200 };
-                Ok::<_, BoxError>(
-                    Response::builder()
-                        .status(code)
-                        .body(Full::new(Bytes::new()))?,
-                )
-            }
-        })
-    };
+    let origin = Gated::new();
     let retry = layer()
         .max_body_size(8)
         .max_in_flight_bytes(8)
         .build()
         .unwrap()
-        .layer(origin);
+        .layer(origin.origin(503));
     let a = tokio::spawn(retry.clone().oneshot(streamed_put("/a", &["abcd", "efgh"])));
-    // Paused time: each sleep lets the token fetch, if any, and the call run until `/a` is at the gate.
-    while seen.lock().unwrap().is_empty() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    origin.reached().await;
     // `/a` holds all 8 bytes: `/b`'s body goes on once, whole, and its 503 is not retried.
     let b = retry
         .clone()
@@ -620,7 +581,7 @@ async fn streamed_bodies_are_held_for_replay_only_within_the_in_flight_budget() 
     let c = retry.clone().oneshot(whole).await.unwrap();
     assert_eq!((c.status(), outcome(&c)), (StatusCode::OK, (2, None)));
 
-    gate.add_permits(1);
+    origin.open();
     let a = a.await.unwrap().unwrap();
     assert_eq!((a.status(), outcome(&a)), (StatusCode::OK, (2, None)));
     // `/a` is done and gave its bytes back: the same body as `/b`'s is held and replayed now.
@@ -629,16 +590,9 @@ async fn streamed_bodies_are_held_for_replay_only_within_the_in_flight_budget() 
         .await
         .unwrap();
     assert_eq!((d.status(), outcome(&d)), (StatusCode::OK, (2, None)));
-    let bodies = |path: &str| {
-        let seen = seen.lock().unwrap();
-        seen.iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, body)| body.clone())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(bodies("/a"), [&b"abcdefgh"[..]; 2]);
-    assert_eq!(bodies("/b"), [&b"ijkl"[..]]);
-    assert_eq!(bodies("/d"), [&b"ijkl"[..]; 2]);
+    assert_eq!(origin.bodies("/a"), [&b"abcdefgh"[..]; 2]);
+    assert_eq!(origin.bodies("/b"), [&b"ijkl"[..]]);
+    assert_eq!(origin.bodies("/d"), [&b"ijkl"[..]; 2]);
 }
 
 #[tokio::test(start_paused = true)]
