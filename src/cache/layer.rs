@@ -1803,10 +1803,10 @@ impl RedisCacheLayerBuilder {
     /// the responses misses and refreshes read, and the request bodies the layer reads from a stream to key them,
     /// in one part or many (held until no origin call or refresh uses them; a body its caller made whole, a
     /// `Full` or a [`RequestBody`](crate::RequestBody) of bytes, as a client's usually is, is not read by the
-    /// layer and not counted). A body counts as the buffer it is joined in:
-    /// one with a `Content-Length` is read into a buffer of that size, a chunked one into a buffer doubled as it
-    /// fills (up to [`max_body_size`](Self::max_body_size)). A response read while the others already
-    /// hold this much is streamed through to its caller unstored, like one over
+    /// layer and not counted). A body counts as the buffer it is joined in: one with a `Content-Length` is read
+    /// into a buffer of that size, a chunked one into a buffer doubled as it fills (up to
+    /// [`max_body_size`](Self::max_body_size)). A response read while the others already hold this much is
+    /// streamed through to its caller unstored, like one over
     /// [`max_body_size`](Self::max_body_size); a request body goes to the origin unkeyed as far as it was read,
     /// chained with the rest (`detail=request-over-budget`, and under [`query_when`](Self::query_when) counted as a
     /// write, since it went unread). Both are counted in `over_memory_budget`; `CacheStats::in_flight_bytes`
