@@ -2,20 +2,27 @@
 //! answers (statuses, `Retry-After` and rate-limit headers, token bodies), on paused Tokio time.
 //!
 //! Besides "no panic, no hang", it checks what the layers promise: a request reaches the API at most twice per
-//! attempt (an attempt, and one replay after a `401`), and neither the client secret nor any token the endpoint
-//! handed out appears in an error or in the Debug output of the layers.
+//! attempt (an attempt, and one replay after a `401`), every time with its whole body byte for byte (a body its
+//! caller made whole, or one streamed in arbitrary parts past small body caps and replay budgets), no body is held
+//! for a replay once every call has ended, and neither the client secret nor any token the endpoint handed out
+//! appears in an error or in the Debug output of the layers.
 
 #![no_main]
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Either, Full};
 use libfuzzer_sys::fuzz_target;
 use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 use tower_redis_cache::auth::{AuthLayer, ClientCredentials};
 use tower_redis_cache::error::BoxError;
@@ -80,13 +87,16 @@ struct TokenAnswer {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    /// A request: `GET`, or a `POST` (retried only where it is safe).
+    /// A request: `GET`, or a `POST` (retried only where it is safe), its body whole or streamed in these parts.
     Send {
         post: bool,
         idempotency_key: bool,
+        streamed: Option<Vec<Vec<u8>>>,
     },
-    /// Two at once: they share one token fetch.
-    Together,
+    /// Two at once: they share one token fetch, and hold their bodies (streamed in these parts) together.
+    Together {
+        streamed: Option<Vec<Vec<u8>>>,
+    },
     Wait(u32),
 }
 
@@ -98,6 +108,10 @@ struct Input {
     deadline_s: u16,
     cap_s: u16,
     budget: bool,
+    /// Each layer's body cap, and the replay budget over it (retry's may not be below its cap; auth's may).
+    bodies: Option<(u16, u16, u16)>,
+    /// Auth around retry rather than retry around auth: then auth reads the bodies as they come.
+    auth_outside: bool,
     skew_s: u16,
     api: Vec<Answer>,
     tokens: Vec<TokenAnswer>,
@@ -130,6 +144,33 @@ fn no_secret(what: &str, text: &str) {
         !text.contains(SECRET) && !text.contains(TOKEN),
         "{what} shows a secret: {text}"
     );
+}
+
+/// A body streamed in parts, as a server's upload comes: no size hint, ended with its last part.
+struct Parts(VecDeque<Bytes>);
+
+impl Body for Parts {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|part| Ok(Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A body's length and FNV-1a hash, which the API checks each copy it gets against.
+fn sum(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{}:{hash:x}", bytes.len())
 }
 
 fn has(bytes: &[u8], needle: &[u8]) -> bool {
@@ -212,9 +253,14 @@ fuzz_target!(|input: Input| {
         else {
             return;
         };
-        let auth = AuthLayer::builder(source)
-            .skew(Duration::from_secs(u64::from(input.skew_s % 7200)))
-            .build();
+        let mut auth =
+            AuthLayer::builder(source).skew(Duration::from_secs(u64::from(input.skew_s % 7200)));
+        if let Some((cap, _, budget)) = input.bodies {
+            auth = auth
+                .max_body_size(usize::from(cap))
+                .max_in_flight_bytes(usize::from(budget));
+        }
+        let auth = auth.build();
         let mut retry = RetryLayer::builder()
             .max_attempts(u32::from(input.max_attempts % 8).max(1))
             .base_delay(Duration::from_millis(u64::from(input.base_ms)))
@@ -224,6 +270,11 @@ fuzz_target!(|input: Input| {
             .jitter_seed(7);
         if !input.budget {
             retry = retry.no_budget();
+        }
+        if let Some((cap, over, _)) = input.bodies {
+            retry = retry
+                .max_body_size(usize::from(cap))
+                .max_in_flight_bytes(usize::from(cap) + usize::from(over));
         }
         let Ok(retry) = retry.build() else { return };
         let attempts = u32::from(input.max_attempts % 8).max(1);
@@ -242,7 +293,13 @@ fuzz_target!(|input: Input| {
                         .and_then(|v| v.to_str().ok())
                         .is_some_and(|v| v.starts_with("Bearer "));
                     assert!(bearer, "a request reached the API without its token");
-                    request.into_body().collect().await?;
+                    let expected = request.headers().get("x-sum").cloned();
+                    let body = request.into_body().collect().await?.to_bytes();
+                    assert_eq!(
+                        expected.as_ref().and_then(|v| v.to_str().ok()),
+                        Some(sum(&body).as_str()),
+                        "a body reached the API altered"
+                    );
                     match next {
                         Some(a) if a.fail => Err::<_, BoxError>("connection reset".into()),
                         Some(a) => Ok(answer(a.status, &a.headers, a.body)),
@@ -251,26 +308,46 @@ fuzz_target!(|input: Input| {
                 }
             })
         };
-        let service = retry.layer(auth.layer(origin));
+        type Sent = Request<Either<Full<Bytes>, Parts>>;
+        let (service, debug): (BoxCloneService<Sent, Response<Full<Bytes>>, BoxError>, _) =
+            if input.auth_outside {
+                let service = auth.layer(retry.layer(origin));
+                let debug = format!("{service:?}");
+                (BoxCloneService::new(service), debug)
+            } else {
+                let service = retry.layer(auth.layer(origin));
+                let debug = format!("{service:?}");
+                (BoxCloneService::new(service), debug)
+            };
         let no_secret = move |what: &str, text: &str| {
             if check_secrets {
                 no_secret(what, text);
             }
         };
-        no_secret("the services' Debug", &format!("{service:?}"));
+        no_secret("the services' Debug", &debug);
 
-        let send = |post: bool, key: bool, alone: bool| {
+        let send = |post: bool, key: bool, streamed: Option<Vec<Vec<u8>>>, alone: bool| {
             let service = service.clone();
             let calls = calls.clone();
             async move {
                 let before = calls.load(Ordering::Relaxed);
+                let streamed: Option<Vec<Bytes>> =
+                    streamed.map(|parts| parts.into_iter().take(64).map(Bytes::from).collect());
+                let whole = streamed
+                    .as_ref()
+                    .map_or(b"{\"a\":1}".to_vec(), |parts| parts.concat());
                 let mut request = Request::builder()
                     .method(if post { "POST" } else { "GET" })
-                    .uri("https://api.test/things");
+                    .uri("https://api.test/things")
+                    .header("x-sum", sum(&whole));
                 if key {
                     request = request.header("idempotency-key", "k1");
                 }
-                let Ok(request) = request.body(Full::new(Bytes::from_static(b"{\"a\":1}"))) else {
+                let body = match streamed {
+                    None => Either::Left(Full::new(Bytes::from(whole))),
+                    Some(parts) => Either::Right(Parts(parts.into())),
+                };
+                let Ok(request) = request.body(body) else {
                     return;
                 };
                 match service.oneshot(request).await {
@@ -300,12 +377,26 @@ fuzz_target!(|input: Input| {
                 Op::Send {
                     post,
                     idempotency_key,
-                } => send(post, idempotency_key, true).await,
-                Op::Together => {
-                    tokio::join!(send(false, false, false), send(true, false, false));
+                    streamed,
+                } => send(post, idempotency_key, streamed, true).await,
+                Op::Together { streamed } => {
+                    tokio::join!(
+                        send(false, false, streamed.clone(), false),
+                        send(true, false, streamed, false)
+                    );
                 }
                 Op::Wait(ms) => tokio::time::sleep(Duration::from_millis(u64::from(ms))).await,
             }
+        }
+        // Every call has ended: no body is held for a replay any more.
+        for (what, layer) in [
+            ("retry", format!("{retry:?}")),
+            ("auth", format!("{auth:?}")),
+        ] {
+            assert!(
+                layer.contains("ByteBudget { used: 0,"),
+                "{what} still holds bodies: {layer}"
+            );
         }
     });
 });
