@@ -1094,9 +1094,8 @@ async fn a_dropped_store_leaves_no_connection_nor_retries_behind() {
     })
     .await;
     drop(store);
-    // The clients quit on a task of their own, behind the attempt under way: the attempts stop within a few
-    // reconnect delays (a bounded poll for half a second without one, where they come every 100 ms; it once took
-    // more than the 300 ms this waited before), and none follows.
+    // The clients are stopped on a task of their own, given a second to quit: the attempts stop (a bounded poll
+    // for half a second without one, where they come every 100 ms), and none follows.
     let mut last = (accepted.load(Ordering::SeqCst), tokio::time::Instant::now());
     wait_until("the attempts stopped", || {
         let now = accepted.load(Ordering::SeqCst);
@@ -1108,6 +1107,67 @@ async fn a_dropped_store_leaves_no_connection_nor_retries_behind() {
     .await;
     let after = accepted.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        after,
+        "no attempt once dropped"
+    );
+}
+
+/// A loopback port where something accepts connections and never answers, as a stopped Redis or a black hole
+/// behind a proxy: a client's attempt waits out its connect timeout there. Returns the port, how many connections
+/// it accepted and how many of them are open (until the client closes one).
+async fn silent() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (counted, opened) = (accepted.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((mut connection, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            opened.fetch_add(1, Ordering::SeqCst);
+            let opened = opened.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while connection.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                opened.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (port, accepted, open)
+}
+
+/// A layer and its store dropped while their clients are connecting stop them, though each is in the middle of an
+/// attempt (their Redis accepts and never answers, so every attempt waits out the 2 s connect timeout): fred 10.1
+/// reads no `QUIT` until it is connected, and hears the close its `quit` announces only between attempts. Nothing
+/// they started outlives them: no connection (the store's two, the near cache's tracking one), no further attempt,
+/// no task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_dropped_while_connecting_leaves_nothing_behind() {
+    let (port, accepted, open) = silent().await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks = metrics.num_alive_tasks();
+    let store = RedisStore::connect_lazy(&format!("redis://127.0.0.1:{port}")).unwrap();
+    let layer = layer_over(store).near_cache(1 << 20).build().unwrap();
+    let origin = Origin::new();
+    let service = tower::Layer::layer(&layer, origin.service());
+    // The first request starts the near cache's tracking; the origin answers it.
+    let response = call(&service, post(r#"{"q":"early"}"#)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    wait_until("the three clients are connecting", || {
+        open.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    drop((service, layer, response));
+    wait_until("every task the cache started ended", || {
+        metrics.num_alive_tasks() == tasks
+    })
+    .await;
+    assert_eq!(open.load(Ordering::SeqCst), 0, "their connections closed");
+    let after = accepted.load(Ordering::SeqCst);
+    // Longer than an attempt and the pause before the next (2 s, then 100 ms).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         after,

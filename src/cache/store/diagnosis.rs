@@ -179,20 +179,19 @@ pub(crate) fn warn_misplaced(place: &str, misplaced: Misplaced) {
 }
 
 /// Once `client` (a lazily connected store's, configured for one server at `place`) is connected, checks that
-/// its server is one to store in, and says so at `warn` if it is not. Ends when the client quits.
-pub(crate) fn check_placed(client: &Client, place: &str) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
+/// its server is one to store in, and says so at `warn` if it is not: on a task, returned so that the store can
+/// end it with its clients (a client that never connects is waited for forever). `None` outside a Tokio runtime.
+pub(crate) fn check_placed(client: &Client, place: &str) -> Option<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
     let (client, place) = (client.clone(), place.to_owned());
-    runtime.spawn(async move {
+    Some(runtime.spawn(async move {
         if client.wait_for_connect().await.is_err() {
             return;
         }
         if let Some(misplaced) = misplaced(&client).await {
             warn_misplaced(&place, misplaced);
         }
-    });
+    }))
 }
 
 /// `error` and its [`hint`], if any, in one line.

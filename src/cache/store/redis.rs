@@ -15,7 +15,7 @@ use fred::prelude::{
     Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface, Options, Pool,
     ReconnectPolicy, SetOptions, Value,
 };
-use fred::types::{ClusterHash, Key};
+use fred::types::{ClusterHash, ConnectHandle, Key};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -116,7 +116,7 @@ pub struct RedisStore {
     following: Option<std::sync::Arc<Following>>,
     /// Whether the server's eviction policy was looked at (at the first tag recorded).
     policy_read: std::sync::Arc<AtomicBool>,
-    /// The clients the store made itself, which quit when its last clone is dropped; `None` for the caller's.
+    /// The clients the store made itself, stopped when its last clone is dropped; `None` for the caller's.
     _owned: Option<std::sync::Arc<Owned>>,
     /// How many connections the clients have made.
     connections: std::sync::Arc<Connections>,
@@ -199,28 +199,48 @@ impl Connections {
     }
 }
 
-/// The clients a store made itself ([`RedisStore::connect`], [`RedisStore::connect_lazy`]). When the last clone
-/// of the store is dropped they quit: otherwise fred's connection tasks would outlive it, each holding a
-/// connection to Redis, or, while Redis is out of reach, trying to connect every 100 ms for as long as the
-/// process lives.
-struct Owned(Vec<Client>);
+/// The clients a store made itself ([`RedisStore::connect`], [`RedisStore::connect_lazy`]), with their connection
+/// tasks. When the last clone of the store is dropped they are stopped: otherwise fred's connection tasks would
+/// outlive it, each holding a connection to Redis, or, while Redis is out of reach, trying to connect every 100 ms
+/// for as long as the process lives.
+struct Owned {
+    clients: Vec<(Client, ConnectHandle)>,
+    /// Tasks that wait on the clients (the check of a lazily connected store's server, which waits for a first
+    /// connection that may never come): ended with them.
+    helpers: Vec<tokio::task::JoinHandle<()>>,
+}
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        for client in self.0.drain(..) {
-            quit_in_background(client);
+        for helper in self.helpers.drain(..) {
+            helper.abort();
+        }
+        for (client, task) in self.clients.drain(..) {
+            stop_in_background(client, task);
         }
     }
 }
 
-/// Has `client` quit, on a task of its own; outside a Tokio runtime there is nothing to stop (its connection task
-/// ended with the runtime). Give it the plain client: a `QUIT` sent fail fast is cancelled, as fred marks the
-/// client disconnecting first, and leaves the connection open.
-pub(crate) fn quit_in_background(client: Client) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let _ = client.quit().await;
-        });
+/// How long a client that is let go has to send `QUIT` before its connection task is ended.
+const QUIT_WAIT: Duration = Duration::from_secs(1);
+
+/// Has `client` quit and its connection task `task` end. fred 10.1's `quit` alone does not always end it: while the
+/// task is connecting (a first connection, or again after losing one) it reads no command, so the `QUIT` waits in
+/// its queue, and `quit` for its answer, until a connection is made; and the close `quit` announces is heard only
+/// in the pause between two attempts, so one announced during an attempt goes unheard and the task goes on trying
+/// every 100 ms for as long as the process lives. So the task is ended (aborted, which closes its connections)
+/// once `QUIT` is sent, or after [`QUIT_WAIT`] without. Give it the plain client: a `QUIT` sent fail fast is
+/// cancelled, as fred marks the client disconnecting first, and leaves the connection open.
+pub(crate) async fn stop(client: Client, task: ConnectHandle) {
+    let _ = tokio::time::timeout(QUIT_WAIT, client.quit()).await;
+    task.abort();
+}
+
+/// [`stop`], on a task of its own; outside a Tokio runtime the task is ended at once (it cannot run there anyway).
+pub(crate) fn stop_in_background(client: Client, task: ConnectHandle) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(stop(client, task))),
+        Err(_) => task.abort(),
     }
 }
 
@@ -349,8 +369,16 @@ impl RedisStore {
     /// per node on a Cluster): Redis answers a connection's commands in order, so a hit sent behind a write on
     /// the same connection waits for it, be it a large entry being stored, a script, or a write held while
     /// writes are paused (`CLIENT PAUSE WRITE`, which `FAILOVER` and a Cluster's manual failover use).
-    fn split(reader: Client, writer: Client) -> Self {
-        let owned = Owned(vec![reader.clone(), writer.clone()]);
+    /// `tasks` are their connection tasks, `helpers` tasks that wait on them (see [`Owned`]).
+    fn split(
+        (reader, writer): (Client, Client),
+        tasks: (ConnectHandle, ConnectHandle),
+        helpers: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Self {
+        let owned = Owned {
+            clients: vec![(reader.clone(), tasks.0), (writer.clone(), tasks.1)],
+            helpers,
+        };
         let mut store = Self::from_clients(vec![reader, writer]);
         store.readers = 1;
         store._owned = Some(std::sync::Arc::new(owned));
@@ -443,7 +471,7 @@ impl RedisStore {
             .build()?;
         let writer = reader.clone_new();
         let failed = match futures_util::future::join(reader.init(), writer.init()).await {
-            (Ok(_), Ok(_)) => {
+            (Ok(read), Ok(write)) => {
                 let misplaced = if one_server {
                     diagnosis::misplaced(&reader).await
                 } else {
@@ -451,22 +479,22 @@ impl RedisStore {
                 };
                 match misplaced {
                     Some(misplaced) if misplaced.refused() => {
-                        let _ = futures_util::future::join(reader.quit(), writer.quit()).await;
+                        futures_util::future::join(stop(reader, read), stop(writer, write)).await;
                         return Err(diagnosis::misplaced_error(&place, misplaced));
                     }
                     Some(misplaced) => diagnosis::warn_misplaced(&place, misplaced),
                     None => {}
                 }
                 diagnosis::watch(&[&reader, &writer], &place, tls);
-                return Ok(Self::split(reader, writer));
+                return Ok(Self::split((reader, writer), (read, write), Vec::new()));
             }
             // The one that connected is not left reconnecting forever for a store never made.
-            (Err(error), Ok(_)) => {
-                let _ = writer.quit().await;
+            (Err(error), Ok(write)) => {
+                stop(writer, write).await;
                 error
             }
-            (Ok(_), Err(error)) => {
-                let _ = reader.quit().await;
+            (Ok(read), Err(error)) => {
+                stop(reader, read).await;
                 error
             }
             (Err(error), Err(_)) => error,
@@ -512,13 +540,16 @@ impl RedisStore {
         let writer = reader.clone_new();
         // Watched before they connect, so that the first failure is told too.
         diagnosis::watch(&[&reader, &writer], &place, tls);
-        if one_server {
-            diagnosis::check_placed(&reader, &place);
-        }
-        // The connection tasks run detached; the clients reconnect on their own.
-        drop(reader.connect());
-        drop(writer.connect());
-        Ok(Self::split(reader, writer))
+        let helpers = if one_server {
+            diagnosis::check_placed(&reader, &place)
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // The clients reconnect on their own, until the store is dropped.
+        let tasks = (reader.connect(), writer.connect());
+        Ok(Self::split((reader, writer), tasks, helpers))
     }
 
     /// Runs `script`, one of the writes under a lease: `value` at `key` (expiring after `ttl`) if the lease at

@@ -204,7 +204,7 @@ impl Watch {
             let result = self
                 .watch(&client, &mut task, &mut listened, refused.as_ref())
                 .await;
-            let _ = client.quit().await;
+            super::redis::stop(client, task).await;
             match result {
                 // The refusal of `SUBSCRIBE` or of the question: asked again without subscribing, on a connection
                 // of its own (the refused one may still hold the question's late answer). If the question then

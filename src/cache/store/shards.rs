@@ -16,19 +16,19 @@
 //! The primaries' clients quit once every cluster client of the store is connected again (and with the store), so
 //! that none is left trying to reach an address the Cluster no longer uses.
 
-use super::redis::{Connections, quit_in_background};
+use super::redis::{Connections, stop_in_background};
 use fred::clients::{Client, WithOptions};
 use fred::interfaces::{ClientLike, ClusterInterface};
 use fred::prelude::{Builder, Options, ReconnectPolicy};
-use fred::types::ClientState;
 use fred::types::config::{Server, ServerConfig};
+use fred::types::{ClientState, ConnectHandle};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// The clients of a Cluster's primaries, by address, made as they are needed.
+/// The clients of a Cluster's primaries, by address, made as they are needed, each with its connection task.
 pub(crate) struct Shards {
-    clients: Mutex<HashMap<Server, WithOptions<Client>>>,
+    clients: Mutex<HashMap<Server, (WithOptions<Client>, ConnectHandle)>>,
     /// Whether `clients` holds any: read before taking the lock, on every command of a connected Cluster.
     any: AtomicBool,
     /// The store's count of connections made, which each client made here joins.
@@ -94,7 +94,7 @@ impl Shards {
     /// The client of the primary at `server`, made (and set connecting) if there is none yet.
     fn client_of(&self, cluster: &Client, server: Server) -> Option<WithOptions<Client>> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(client) = clients.get(&server) {
+        if let Some((client, _)) = clients.get(&server) {
             return Some(client.clone());
         }
         tokio::runtime::Handle::try_current().ok()?;
@@ -105,14 +105,14 @@ impl Shards {
             server = %server,
             "cache store: the cluster client cannot send; reaching this primary on a connection of its own"
         );
-        drop(client.connect());
+        let task = client.connect();
         let client = client.with_options(&self.options);
-        clients.insert(server, client.clone());
+        clients.insert(server, (client.clone(), task));
         self.any.store(true, Ordering::Relaxed);
         Some(client)
     }
 
-    /// Has every primary's client quit, and stops counting their connections.
+    /// Stops every primary's client, and stops counting their connections.
     fn retire(&self) {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         self.any.store(false, Ordering::Relaxed);
@@ -123,9 +123,9 @@ impl Shards {
             clients = clients.len(),
             "cache store: the cluster clients are connected again; the primaries' own clients quit"
         );
-        for (_, client) in clients.drain() {
+        for (_, (client, task)) in clients.drain() {
             self.connections.remove(&client);
-            quit_in_background(Client::clone(&client));
+            stop_in_background(Client::clone(&client), task);
         }
     }
 }
@@ -136,8 +136,8 @@ impl Drop for Shards {
             .clients
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        for (_, client) in clients.drain() {
-            quit_in_background(Client::clone(&client));
+        for (_, (client, task)) in clients.drain() {
+            stop_in_background(Client::clone(&client), task);
         }
     }
 }

@@ -23,7 +23,7 @@
 //! hits. Any doubt (a probe that fails, a connection made again, another view of the Cluster) ends it, and
 //! once the cluster client connects again tracking rides it as before, from an empty near cache.
 
-use super::redis::RedisStore;
+use super::redis::{RedisStore, stop, stop_in_background};
 use super::sentinel::Primary;
 use crate::cache::near::{FlushCause, Near, Partly, Tracking};
 use fred::clients::Client;
@@ -36,7 +36,7 @@ use fred::types::client::Invalidation;
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::Server;
 use fred::types::config::ServerConfig;
-use fred::types::{ClientState, ClusterStateChange, RespVersion};
+use fred::types::{ClientState, ClusterStateChange, ConnectHandle, RespVersion};
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -271,7 +271,7 @@ async fn run(
             }
         }
     }
-    let _ = client.quit().await;
+    stop(client, task).await;
 }
 
 /// Waits until `client` is connected, or its connection attempt failed: fred's `wait_for_connect`, with the state
@@ -320,6 +320,8 @@ fn hear(near: &Near, invalidation: &Invalidation, canary: &str) {
 struct Partial {
     /// Each primary's connection, with its canary; their order is that of the near cache's `partly`.
     primaries: Vec<(Client, String)>,
+    /// Their connection tasks, in the same order.
+    tasks: Vec<ConnectHandle>,
     /// Each connection's invalidations, subscribed to before it connected, so that none is missed.
     invalidations: Vec<Receiver<Invalidation>>,
     /// Each connection's reconnections, since tracking went on there.
@@ -329,10 +331,12 @@ struct Partial {
     views: Vec<Vec<(u16, u16, Server)>>,
 }
 
-/// One primary's connection, with tracking on, its canary, and its receivers (see [`Partial`]).
+/// One primary's connection, with tracking on, its connection task, its canary, and its receivers (see
+/// [`Partial`]).
 type Armed = (
     Server,
     Client,
+    ConnectHandle,
     String,
     Receiver<Invalidation>,
     Receiver<Server>,
@@ -360,8 +364,8 @@ async fn arm_partly(
     let armed: Vec<Armed> = armed.into_iter().flatten().collect();
     let owners = owners(&views, &armed);
     if owners.iter().all(Option::is_none) {
-        for (_, tracker, ..) in armed {
-            super::redis::quit_in_background(tracker);
+        for (_, tracker, task, ..) in armed {
+            stop_in_background(tracker, task);
         }
         return None;
     }
@@ -376,13 +380,15 @@ async fn arm_partly(
     }
     let mut partial = Partial {
         primaries: Vec::new(),
+        tasks: Vec::new(),
         invalidations: Vec::new(),
         reconnects: Vec::new(),
         partly,
         views,
     };
-    for (_, tracker, canary, invalidations, reconnects) in armed {
+    for (_, tracker, task, canary, invalidations, reconnects) in armed {
         partial.primaries.push((tracker, canary));
+        partial.tasks.push(task);
         partial.invalidations.push(invalidations);
         partial.reconnects.push(reconnects);
     }
@@ -405,7 +411,7 @@ async fn arm_primary(
     };
     let tracker = tracking_client(config).ok()?;
     let (invalidations, mut reconnects) = (tracker.invalidation_rx(), tracker.reconnect_rx());
-    drop(tracker.connect());
+    let task = tracker.connect();
     let armed = tokio::time::timeout(Duration::from_secs(1), async {
         connected(&tracker).await?;
         track(&tracker, prefix).await?;
@@ -413,12 +419,19 @@ async fn arm_primary(
     })
     .await;
     if !matches!(armed, Ok(Ok(()))) {
-        super::redis::quit_in_background(tracker);
+        stop_in_background(tracker, task);
         return None;
     }
     // Its first connection (fred tells each one, the first too) is settled.
     while reconnects.try_recv().is_ok() {}
-    Some((primary.clone(), tracker, canary, invalidations, reconnects))
+    Some((
+        primary.clone(),
+        tracker,
+        task,
+        canary,
+        invalidations,
+        reconnects,
+    ))
 }
 
 /// Each hash slot's primary among `armed`, when every view of `views` reads the slot from it.
@@ -474,7 +487,7 @@ fn views(store: &[Client]) -> Option<Vec<Vec<(u16, u16, Server)>>> {
 
 impl Partial {
     /// Hears each primary's invalidations and probes it, for as long as nothing casts doubt on them and the
-    /// cluster client `client` cannot connect; then has each primary's connection quit.
+    /// cluster client `client` cannot connect; then stops each primary's connection.
     async fn run(
         mut self,
         client: &Client,
@@ -513,8 +526,8 @@ impl Partial {
                 }
             }
         }
-        for (tracker, _) in self.primaries {
-            super::redis::quit_in_background(tracker);
+        for ((tracker, _), task) in self.primaries.into_iter().zip(self.tasks) {
+            stop_in_background(tracker, task);
         }
     }
 
