@@ -1,20 +1,20 @@
 //! Request -> [`CacheKey`]: SHA-256 over length-prefixed request fields, with JSON bodies canonicalised.
 //!
-//! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme, authority
-//! (from the URI, else the `Host` header; its host in lowercase, without the scheme's default port), path, the query
-//! pairs sorted by name (pairs of one name keep their order: `?sort=name&sort=date` is not `?sort=date&sort=name`, and
-//! neither are `?a=1&%61=2` and `?%61=2&a=1`, nor `?A=1&a=2` and `?a=2&A=1`, which some server reads as one name; a
-//! query holding a `;` keeps its order; pairs the layer ignores left out), the configured vary headers, the partition
-//! (tenant identity) and, in a layer with `partition_by`, the request's own, the request headers of [`IMPLIED_VARY`]
-//! (what a proxy forwards of the client's request, `X-Forwarded-Host`, `Forwarded`, ..., the client's address left out;
-//! `Prefer`; API versions; account selectors), and the body with its `Content-Type` and `Content-Encoding` (a coded
-//! body is another body than the same content in no coding; with feature `decompress`, one in codings the build
-//! undoes is hashed decoded, after a marker, so that two compressions of one content share a key). A JSON body
-//! (`application/json` or `*/*+json`) is hashed in canonical form: object members sorted by key at every level,
-//! array order kept, no insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`),
+//! The digest covers, each length-prefixed so no two fields can run into each other: the method, scheme (in lowercase),
+//! authority (from the URI, else the `Host` header; its host in lowercase, without the scheme's default port), path,
+//! the query pairs sorted by name (pairs of one name keep their order: `?sort=name&sort=date` is not
+//! `?sort=date&sort=name`, and neither are `?a=1&%61=2` and `?%61=2&a=1`, nor `?A=1&a=2` and `?a=2&A=1`, which some
+//! server reads as one name; a query holding a `;` keeps its order; pairs the layer ignores left out), the configured
+//! vary headers, the partition (tenant identity) and, in a layer with `partition_by`, the request's own, the request
+//! headers of [`IMPLIED_VARY`] (what a proxy forwards of the client's request, `X-Forwarded-Host`, `Forwarded`, ...,
+//! the client's address left out; `Prefer`; API versions; account selectors), and the body with its `Content-Type` and
+//! `Content-Encoding` (a coded body is another body than the same content in no coding; with feature `decompress`, one
+//! in codings the build undoes is hashed decoded, after a marker, so that two compressions of one content share a key).
+//! A JSON body (`application/json` or `*/*+json`) is hashed in canonical form: object members sorted by key at every
+//! level, array order kept, no insignificant whitespace, strings written with the fewest escapes (`"\u0061"` is `"a"`),
 //! numbers kept exactly as written (so `1e400` and `1e401` never collide). Invalid JSON, an object with a key twice
-//! (after escapes are decoded: such a body means what its parser makes of it), or any other content type hashes the
-//! raw bytes. Members a layer ignores (JSON Pointers, see
+//! (after escapes are decoded: such a body means what its parser makes of it), or any other content type hashes the raw
+//! bytes. Members a layer ignores (JSON Pointers, see
 //! [`ignore_body_fields`](super::RedisCacheLayerBuilder::ignore_body_fields)) are left out of the canonical form.
 
 use super::decision::NameTable;
@@ -350,9 +350,13 @@ impl KeyConfig {
         let mut h = Sha256::new();
         field(&mut h, b"tower-redis-cache/key/v3");
         field(&mut h, method.as_str().as_bytes());
-        field(&mut h, uri.scheme_str().unwrap_or("").as_bytes());
+        // A scheme is case-insensitive (RFC 3986 §3.1), but `http` keeps the spelling of one it has no name for
+        // (`WS`), and before 1.6 that of an `HTTP` given to `Uri::builder`: hashed in lowercase, as nearly every
+        // request spells it already, so that `WS://` and `ws://` share a key whichever version built them.
+        let scheme = uri.scheme_str();
+        field(&mut h, &lowercase(scheme.unwrap_or("").as_bytes()));
         // One origin's spellings share a key; an authority already so (nearly all) hashes as it always did.
-        let ports = default_ports(uri.scheme_str());
+        let ports = default_ports(scheme);
         field(&mut h, &normal_authority(authority(uri, headers), ports));
         field(&mut h, uri.path().as_bytes());
         hash_query(&mut h, uri.query(), &self.ignored_query);
@@ -559,6 +563,15 @@ pub(crate) fn normal_authority<'a>(authority: &'a [u8], defaults: &[&str]) -> Co
         Cow::Owned(lower)
     } else {
         Cow::Borrowed(kept)
+    }
+}
+
+/// `bytes` in ASCII lowercase, borrowed when they are already.
+fn lowercase(bytes: &[u8]) -> Cow<'_, [u8]> {
+    if bytes.iter().any(u8::is_ascii_uppercase) {
+        Cow::Owned(bytes.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(bytes)
     }
 }
 
@@ -3117,6 +3130,12 @@ mod tests {
         let http = key("http://api.example/p", None);
         assert_eq!(key("http://api.example:80/p", None), http);
         assert_ne!(key("http://api.example:443/p", None), http);
+        assert_eq!(key("HTTP://api.example/p", None), http);
+        // A scheme `http` keeps as spelled: its case makes no difference either.
+        let ws = key("ws://api.example/p", None);
+        assert_eq!(key("WS://api.example/p", None), ws);
+        assert_eq!(key("Ws://API.example/p", None), ws);
+        assert_ne!(ws, http);
         // Without a scheme, which port is the default is unknown: `Host: h:443` keeps a key of its own (an
         // answer echoing the port must not reach `Host: h`). Case still makes no difference.
         let host = key("/p", Some("api.example"));
