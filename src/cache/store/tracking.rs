@@ -318,10 +318,9 @@ fn hear(near: &Near, invalidation: &Invalidation, canary: &str) {
 /// Tracking on connections of its own to the primaries of a Cluster that answer, while the cluster client
 /// cannot connect (see the module docs).
 struct Partial {
-    /// Each primary's connection, with its canary; their order is that of the near cache's `partly`.
-    primaries: Vec<(Client, String)>,
-    /// Their connection tasks, in the same order.
-    tasks: Vec<ConnectHandle>,
+    /// Each primary's connection, with its connection task and its canary; their order is that of the near
+    /// cache's `partly`.
+    primaries: Vec<(Client, ConnectHandle, String)>,
     /// Each connection's invalidations, subscribed to before it connected, so that none is missed.
     invalidations: Vec<Receiver<Invalidation>>,
     /// Each connection's reconnections, since tracking went on there.
@@ -380,15 +379,13 @@ async fn arm_partly(
     }
     let mut partial = Partial {
         primaries: Vec::new(),
-        tasks: Vec::new(),
         invalidations: Vec::new(),
         reconnects: Vec::new(),
         partly,
         views,
     };
     for (_, tracker, task, canary, invalidations, reconnects) in armed {
-        partial.primaries.push((tracker, canary));
-        partial.tasks.push(task);
+        partial.primaries.push((tracker, task, canary));
         partial.invalidations.push(invalidations);
         partial.reconnects.push(reconnects);
     }
@@ -526,14 +523,14 @@ impl Partial {
                 }
             }
         }
-        for ((tracker, _), task) in self.primaries.into_iter().zip(self.tasks) {
+        for (tracker, task, _) in self.primaries {
             stop_in_background(tracker, task);
         }
     }
 
     /// Probes each primary's connection (its canary still there); `false` at the first that fails.
     async fn probe(&self, near: &Near) -> bool {
-        for (index, (tracker, canary)) in self.primaries.iter().enumerate() {
+        for (index, (tracker, _, canary)) in self.primaries.iter().enumerate() {
             let canaries = std::slice::from_ref(canary);
             match tokio::time::timeout(PROBE_TIMEOUT, canaries_present(tracker, canaries)).await {
                 Ok(Ok(true)) => {}
