@@ -421,6 +421,14 @@ mod tests {
             windows(&[("cache-control", "no-cache, stale-if-error=60")]),
             secs(0, 0, 0)
         );
+        // One that names fields counts as a plain one (see `respect_response_cache_control`).
+        assert_eq!(
+            windows(&[(
+                "cache-control",
+                "max-age=600, no-cache=\"set-cookie, x-user\""
+            )]),
+            secs(0, 0, 0)
+        );
         assert_eq!(windows(&[("cache-control", "max-age=junk")]), DEFAULTS);
     }
 

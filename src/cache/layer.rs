@@ -1483,6 +1483,11 @@ impl RedisCacheLayerBuilder {
     /// responses these are. Such an API usually also says `no-cache`, `must-revalidate` or `Expires: 0`: turn
     /// [`origin_freshness`](Self::origin_freshness) off too, so the layer's windows apply (the Genesys client
     /// does both). `Set-Cookie` (and `Set-Cookie2`) responses are never stored either way.
+    ///
+    /// A `private` or `no-cache` that names fields (`private="X-User"`, `no-cache="Set-Cookie"`) counts as the
+    /// plain directive: RFC 9111 (§5.2.2.4, §5.2.2.7) would let a shared cache keep the rest of the response
+    /// without those fields, but an origin that names one field may have put more of its user in the body, and most
+    /// caches read the directives so too.
     pub fn respect_response_cache_control(mut self, respect: bool) -> Self {
         self.respect_response_cache_control = respect;
         self
