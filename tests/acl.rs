@@ -6,7 +6,6 @@
 mod support;
 
 use http::{HeaderName, Method, Request, StatusCode};
-use std::sync::Mutex;
 use std::time::Duration;
 use support::calls::{Reply, cache_status, call, outcome, post, wait_until};
 use support::logs::warnings;
@@ -341,7 +340,7 @@ async fn a_user_without_scripts_gets_every_answer_from_the_origin() {
 /// Asserts that what needed `command` was refused (`NOPERM`) more than once on `server`, and said so at `warn`
 /// (a message holding `saying`) once, not on every attempt.
 fn told_once_and_retried(
-    warnings: &Mutex<Vec<String>>,
+    warnings: &support::logs::Warnings,
     saying: &str,
     server: &RedisServer,
     command: &str,
@@ -453,7 +452,7 @@ async fn a_password_changed_under_the_cache_fails_no_request_and_caching_resumes
     // The operator is told why, by Redis's own words, with the server's address.
     let address = format!("server=\"127.0.0.1:{}\"", server.port());
     wait_until("the refusal was told", || {
-        warnings.lock().unwrap().iter().any(|warning| {
+        warnings.all().iter().any(|warning| {
             warning.contains("cannot reach Redis")
                 && warning.contains("WRONGPASS")
                 && warning.contains(&address)

@@ -68,7 +68,7 @@ async fn skewed_writer() {
         CacheOutcome::Hit
     );
     println!("store_ahead_ms={ahead}");
-    for warning in warnings.lock().unwrap().iter() {
+    for warning in warnings.all() {
         println!("warning={warning}");
     }
 }
@@ -87,7 +87,7 @@ fn run_writer(url: &str, offset: &str) -> (i64, Vec<String>) {
             .arg("-f")
             .arg(offset)
             .arg(std::env::current_exe().unwrap())
-            .args(support::child::args("skewed_writer"))
+            .args(support::child::args(module_path!(), "skewed_writer"))
             .env(WRITER_REDIS, url)
             // Only the wall clock is off, as on a machine whose clock is set wrong.
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1"),

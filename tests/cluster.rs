@@ -758,7 +758,7 @@ async fn a_url_of_the_wrong_kind_for_a_cluster_node_or_a_server_says_what_to_use
     let _lazy = RedisStore::connect_lazy(&node.url()).unwrap();
     let server = format!("server=\"127.0.0.1:{}\"", node.port());
     support::calls::wait_until("the lazy store told", || {
-        warnings.lock().unwrap().iter().any(|warning| {
+        warnings.all().iter().any(|warning| {
             warning.contains("is a node of a Redis Cluster") && warning.contains(&server)
         })
     })

@@ -86,7 +86,7 @@ async fn listing_pages_once_then_hits_in_this_and_another_process() {
     // connection, its own token cache, the same Redis and emulator.
     let tokens_before = emulator.requests(Endpoint::Token);
     let stdout = support::child::run(
-        support::child::command("second_process_lists_actions")
+        support::child::command(module_path!(), "second_process_lists_actions")
             .env("SECOND_PROCESS_API", emulator.base_url())
             .env("SECOND_PROCESS_REDIS", redis.url())
             .env(
@@ -1557,7 +1557,7 @@ async fn the_environments_proxy_is_used_but_for_no_proxy_hosts_and_this_machine(
             2,
         ),
     ] {
-        let mut child = support::child::command("environment_proxy_child");
+        let mut child = support::child::command(module_path!(), "environment_proxy_child");
         child.env("CHILD_BASE", base).env(
             "CHILD_CLIENT",
             format!("{}:{}", emulator.client_id(), emulator.client_secret()),

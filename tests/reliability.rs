@@ -891,11 +891,9 @@ async fn a_redis_that_may_evict_a_tag_set_is_told_of_once() {
     let warnings = support::logs::warnings();
     let told = || {
         warnings
-            .lock()
-            .unwrap()
-            .iter()
+            .all()
+            .into_iter()
             .filter(|warning| warning.contains("evicts keys without a TTL"))
-            .cloned()
             .collect::<Vec<_>>()
     };
     for policy in ["volatile-lru", "allkeys-lru", "allkeys-lfu"] {
@@ -975,11 +973,9 @@ async fn a_url_naming_something_other_than_redis_is_told_with_what_to_check() {
     let server = format!("server=\"127.0.0.1:{port}\"");
     let told = || {
         warnings
-            .lock()
-            .unwrap()
-            .iter()
+            .all()
+            .into_iter()
             .filter(|warning| warning.contains("cannot reach Redis") && warning.contains(&server))
-            .cloned()
             .collect::<Vec<_>>()
     };
     for q in 0..5 {
@@ -1012,9 +1008,8 @@ async fn a_url_naming_a_replica_connects_and_says_no_miss_will_be_stored() {
         .expect("a replica is not refused");
     let server = format!("server=\"127.0.0.1:{}\"", replica.port());
     let told = warnings
-        .lock()
-        .unwrap()
-        .iter()
+        .all()
+        .into_iter()
         .filter(|warning| {
             warning.contains("is a replica (role:slave)") && warning.contains(&server)
         })
@@ -1414,9 +1409,8 @@ async fn a_stalled_redis_does_not_end_a_client_without_a_reconnect_policy() {
     client.init().await.unwrap();
     let store = RedisStore::new(client);
     let told = warnings
-        .lock()
-        .unwrap()
-        .iter()
+        .all()
+        .into_iter()
         .filter(|warning| warning.contains("has no reconnect policy"))
         .count();
     assert!(told >= 1);

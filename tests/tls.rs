@@ -330,7 +330,7 @@ async fn handshakes_use_the_installed_provider_or_else_ring() {
     let (server, tls_port) = tls_server(&ca);
     for install in ["counting", "none"] {
         let stdout = support::child::run(
-            support::child::command("handshakes_in_a_child_process")
+            support::child::command(module_path!(), "handshakes_in_a_child_process")
                 .env("CHILD_TLS_PORT", tls_port.to_string())
                 .env("CHILD_PROVIDER", install)
                 // `rediss://` alone trusts the system's roots, or this file's: the test CA.

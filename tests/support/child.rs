@@ -3,15 +3,24 @@
 
 use std::process::Command;
 
-/// The arguments that run only the ignored test `name` of this test binary, its output shown.
-pub fn args(name: &str) -> [&str; 4] {
-    ["--exact", name, "--ignored", "--nocapture"]
+/// The arguments that run only the ignored test `name` of the module `module` (its `module_path!()`) of this test
+/// binary, its output shown.
+pub fn args(module: &str, name: &str) -> Vec<String> {
+    // The harness names a test by its path within the crate: the crate's own name is not part of it.
+    let test = match module.split_once("::") {
+        Some((_, within)) => format!("{within}::{name}"),
+        None => name.to_owned(),
+    };
+    ["--exact", &test, "--ignored", "--nocapture"]
+        .map(str::to_owned)
+        .to_vec()
 }
 
-/// A command running only the ignored test `name` of this test binary; add its environment, then [`run`] it.
-pub fn command(name: &str) -> Command {
+/// A command running only the ignored test `name` of the module `module` (its `module_path!()`) of this test
+/// binary; add its environment, then [`run`] it.
+pub fn command(module: &str, name: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
-    command.args(args(name));
+    command.args(args(module, name));
     command
 }
 
