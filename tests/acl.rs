@@ -3,7 +3,7 @@
 //! server, on a Cluster and behind Sentinel. A user missing some of them still gets every answer, and so does
 //! one whose password changed under the cache, which resumes caching once it matches again.
 
-mod support;
+use crate::support;
 
 use http::{HeaderName, Method, Request, StatusCode};
 use std::time::Duration;

@@ -14,7 +14,7 @@ use tower_redis_cache::auth::error::TokenError;
 use tower_redis_cache::auth::{AuthLayer, ClientCredentials, TokenSource};
 use tower_redis_cache::error::{BoxError, Setting};
 
-mod replay;
+use crate::replay;
 use replay::{Gated, streamed_put};
 
 const CLIENT_ID: &str = "3f1c-client";

@@ -1,7 +1,7 @@
 //! The cache's bounds under load: a cap on background refreshes, a deadline for coalesced waiters, and a
 //! budget for the response bytes misses and refreshes hold in memory.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};

@@ -1,6 +1,6 @@
 //! RedisCacheLayer against real redis-server processes.
 
-mod support;
+use crate::support;
 
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;

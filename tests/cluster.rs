@@ -3,7 +3,7 @@
 //! `redis-cli --cluster reshard` while requests flow (`MOVED`/`ASK`); and invalidation reaching entries on every
 //! shard.
 
-mod support;
+use crate::support;
 
 use http::{Method, StatusCode};
 use std::time::Duration;

@@ -13,7 +13,7 @@
 
 #![allow(missing_docs)]
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};

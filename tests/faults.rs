@@ -3,7 +3,7 @@
 //! Redis's protocol, an address moved to another server under open connections. No request fails, each pays at
 //! most one store timeout, and caching resumes once the link is healthy again.
 
-mod support;
+use crate::support;
 
 use http::StatusCode;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! One origin call per key for the whole fleet, against a real redis-server: layers with clients of their own
 //! stand for processes; fenced leases keep one fill and one refresh per key among them.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Method, Request};

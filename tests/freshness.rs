@@ -2,7 +2,7 @@
 //! `Cache-Control`, capped, and conditional refreshes. The clock jumps (Tokio time paused, advanced, resumed)
 //! while Redis runs in real time.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};

@@ -1,6 +1,6 @@
 //! The Genesys client against the emulator over real HTTP, with real redis-server processes.
 
-mod support;
+use crate::support;
 
 use futures_util::TryStreamExt;
 use http::StatusCode;

@@ -1,6 +1,6 @@
 //! The test harness itself: real redis-server processes that start, answer, die and come back.
 
-mod support;
+use crate::support;
 
 use fred::prelude::{KeysInterface, Value};
 use std::time::Duration;

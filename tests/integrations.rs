@@ -1,7 +1,7 @@
 //! The layers in the ecosystem: axum routers, reqwest-middleware (both directions, sharing entries through one
 //! Redis), tracing spans, the metrics facade, and the Send/Sync guarantees of the assembled client.
 
-mod support;
+use crate::support;
 
 use axum::body::Body as AxumBody;
 use axum::error_handling::HandleErrorLayer;

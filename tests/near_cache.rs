@@ -1,7 +1,7 @@
 //! The near cache against real redis-server processes: two layers with clients of their own stand for two
 //! processes, and every way a key can change elsewhere must reach the other's near cache.
 
-mod support;
+use crate::support;
 
 use http::{Method, Request};
 use http_body_util::Full;

@@ -1,7 +1,7 @@
 //! Reliability and scale-out against real redis-server processes: Redis Cluster, Redis killed, paused and full,
 //! the origin down, a fleet of clients sharing one cache, hostile input, and tenant isolation.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};

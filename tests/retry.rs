@@ -18,7 +18,7 @@ use tower_redis_cache::retry::Retry;
 use tower_redis_cache::retry::error::RetryError;
 use tower_redis_cache::retry::{GaveUp, RetryBudget, RetryLayer, RetryLayerBuilder, RetryOutcome};
 
-mod replay;
+use crate::replay;
 use replay::{Gated, streamed_put};
 
 /// What the scripted origin answers.

@@ -3,7 +3,7 @@
 //! `redis-sentinel://` URL, no request fails, and caching resumes. Near caches follow too: their tracking is
 //! on at the new primary, so a write there reaches them.
 
-mod support;
+use crate::support;
 
 use http::{Method, StatusCode};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! never forwarded), `Vary` is honoured, keys keep meaning apart, writes are never undone by older answers, and
 //! bodies over the cap are never held whole.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
@@ -2466,7 +2466,7 @@ async fn failed_safe_or_cached_requests_leave_the_entries_of_their_target_uri() 
     assert_eq!(layer.handle().stats().unsafe_invalidations, 0);
 
     // Turned off, a successful PUT leaves them too.
-    let keeping = crate::layer(&server)
+    let keeping = self::layer(&server)
         .await
         .invalidate_on_unsafe(false)
         .build()

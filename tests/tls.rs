@@ -2,7 +2,7 @@
 //! for the test. The layer caches through `rediss://` trusting that CA, and refuses a server it cannot verify. The
 //! store's and the Genesys client's handshakes use the rustls provider the application installed, else ring.
 
-mod support;
+use crate::support;
 
 use fred::prelude::{Config, TlsConnector};
 use fred::rustls;
