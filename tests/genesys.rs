@@ -11,8 +11,8 @@ use tower_redis_cache::cache::{BypassReason, Windows};
 use tower_redis_cache::error::Setting;
 use tower_redis_cache::genesys::emulator::{Emulator, Endpoint, Fault};
 use tower_redis_cache::genesys::{
-    ActionDetails, ActionQuery, ActionUpdate, CursorQuery, GenesysClient, GenesysClientBuilder,
-    GenesysError,
+    ActionContract, ActionDetails, ActionQuery, ActionUpdate, CategoryQuery, CursorQuery,
+    GenesysClient, GenesysClientBuilder, GenesysError, NewAction, SortOrder,
 };
 use tower_redis_cache::{CacheOutcome, RedisStore, RetryLayer};
 
@@ -880,6 +880,125 @@ async fn an_update_or_delete_sent_through_the_client_drops_what_it_makes_stale_e
         client.delete_action(changed).await.unwrap_err().status(),
         Some(StatusCode::NOT_FOUND)
     );
+}
+
+/// The names of the categories `client` lists, all pages read.
+async fn category_names(client: &GenesysClient, query: &CategoryQuery) -> Vec<String> {
+    let categories = client.list_all_categories(query).await.unwrap();
+    categories.into_iter().map(|c| c.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_action_is_in_every_processs_next_listing_and_runs() {
+    let emulator = Emulator::start().await.unwrap();
+    let redis = RedisServer::start();
+    let (client, other) = (
+        redis_client(&emulator, &redis).await,
+        redis_client(&emulator, &redis).await,
+    );
+    let shipping = || ActionQuery::new().category("Shipping");
+    let all = CategoryQuery::new();
+    // Listed by one process, answered from the cache in the other.
+    for reader in [&client, &other] {
+        assert_eq!(
+            category_names(reader, &all).await,
+            ["CRM", "Helpdesk", "Orders"]
+        );
+        assert!(
+            reader
+                .list_all_actions(&shipping())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(emulator.requests(Endpoint::ListCategories), 1);
+    assert_eq!(emulator.requests(Endpoint::ListActions), 1);
+
+    // One the API refuses (no contract, no config) is a typed error and drops nothing.
+    let incomplete = NewAction::new("i-1", "order_status", "Shipping");
+    let refused = client.create_action(&incomplete).await.unwrap_err();
+    assert_eq!(refused.status(), Some(StatusCode::BAD_REQUEST), "{refused}");
+    assert_eq!(refused.code(), Some("bad.request"));
+    category_names(&other, &all).await;
+    other.list_all_actions(&shipping()).await.unwrap();
+    assert_eq!(emulator.requests(Endpoint::ListCategories), 1);
+    assert_eq!(emulator.requests(Endpoint::ListActions), 1);
+
+    // One it accepts: the other process's next listings show it, and it runs.
+    let template = action_requiring_an_order_id();
+    let contract: ActionContract = serde_json::from_value(template["contract"].clone()).unwrap();
+    let new = incomplete
+        .contract(contract.clone())
+        .config(template["config"].clone());
+    let created = client.create_action(&new).await.unwrap();
+    assert!(created.id.starts_with("custom_-_"), "{}", created.id);
+    assert_eq!(
+        (
+            created.name.as_str(),
+            created.category.as_deref(),
+            created.version
+        ),
+        ("order_status", Some("Shipping"), Some(1))
+    );
+    assert_eq!(created.contract.as_ref(), Some(&contract));
+    assert_eq!(emulator.requests(Endpoint::CreateAction), 2);
+    assert_eq!(
+        category_names(&other, &all).await,
+        ["CRM", "Helpdesk", "Orders", "Shipping"]
+    );
+    let listed = other.list_all_actions(&shipping()).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        [created.id.as_str()]
+    );
+    assert_eq!(emulator.requests(Endpoint::ListCategories), 2);
+    assert_eq!(emulator.requests(Endpoint::ListActions), 2);
+    let missing = other
+        .execute_action(&created.id, &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.status(), Some(StatusCode::BAD_REQUEST), "{missing}");
+    let output = other
+        .execute_action(&created.id, &json!({"orderId": "A-17"}))
+        .await
+        .unwrap();
+    assert_eq!(output.value["action"], "order_status");
+    assert_eq!(output.value["input"]["orderId"], "A-17");
+}
+
+#[tokio::test]
+async fn categories_are_listed_page_by_page_in_order_and_filtered() {
+    let mut actions = vec![action_requiring_an_order_id()];
+    actions[0]["secure"] = json!(true);
+    for (n, category) in ["CRM", "Helpdesk", "CRM", "Billing"]
+        .into_iter()
+        .enumerate()
+    {
+        actions.push(
+            json!({"id": format!("a-{n}"), "name": format!("lookup_{n}"), "category": category}),
+        );
+    }
+    let emulator = Emulator::builder().actions(actions).start().await.unwrap();
+    let client = builder(&emulator).build().unwrap();
+
+    let two_a_page = CategoryQuery::new().page_size(2);
+    let names = category_names(&client, &two_a_page).await;
+    assert_eq!(names, ["Billing", "CRM", "Helpdesk", "Orders"]);
+    assert_eq!(emulator.requests(Endpoint::ListCategories), 2);
+    let descending = two_a_page.clone().sort_order(SortOrder::Desc);
+    assert_eq!(
+        category_names(&client, &descending).await,
+        ["Orders", "Helpdesk", "CRM", "Billing"]
+    );
+    assert_eq!(
+        category_names(&client, &CategoryQuery::new().secure(true)).await,
+        ["Orders"]
+    );
+    assert_eq!(emulator.requests(Endpoint::ListCategories), 5);
+    // Read again: every page from the cache.
+    assert_eq!(category_names(&client, &two_a_page).await, names);
+    assert_eq!(emulator.requests(Endpoint::ListCategories), 5);
 }
 
 #[cfg(feature = "compression")]

@@ -1,8 +1,9 @@
-//! Data Actions: list (paged), get, and execute, plus the generic cursor listing.
+//! Data Actions: list (paged), their categories, get, create, update, delete, execute and test, plus the generic
+//! cursor listing.
 
 use super::client::{Fetched, GenesysClient};
 use super::error::GenesysError;
-use super::model::{Action, ActionTest, ActionUpdate, Page};
+use super::model::{Action, ActionCategory, ActionTest, ActionUpdate, NewAction, Page};
 use super::paginate::{CursorPage, CursorQuery, cursors, page_numbers};
 use crate::cache::{CacheOverride, Windows};
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -13,6 +14,9 @@ use serde_json::Value;
 
 /// The Data Actions listing path.
 pub(crate) const ACTIONS: &str = "/api/v2/integrations/actions";
+
+/// The Data Action categories listing path.
+pub(crate) const CATEGORIES: &str = "/api/v2/integrations/actions/categories";
 
 /// Sort direction of a listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,44 +143,116 @@ impl ActionQuery {
 
     /// The query string, in a fixed order (so equal queries make equal cache keys), without `pageNumber`.
     pub fn to_query_string(&self) -> String {
-        let mut out = String::new();
-        let mut put = |key: &str, value: &str| {
-            if !out.is_empty() {
-                out.push('&');
-            }
-            out.push_str(key);
-            out.push('=');
-            out.push_str(&encode(value));
-        };
-        if let Some(size) = self.page_size {
-            put("pageSize", &size.to_string());
+        let mut out = QueryString::default();
+        out.number("pageSize", self.page_size);
+        out.text("name", self.name.as_deref());
+        out.text("category", self.category.as_deref());
+        out.text("sortBy", self.sort_by.as_deref());
+        out.order(self.sort_order);
+        out.flag("secure", self.secure);
+        out.flag("includeAuthActions", self.include_auth_actions);
+        out.0
+    }
+}
+
+/// Filters and paging of `GET /api/v2/integrations/actions/categories`. Unset fields are left to the API's
+/// defaults (page size 25).
+///
+/// ```
+/// use tower_redis_cache::genesys::{CategoryQuery, SortOrder};
+///
+/// let query = CategoryQuery::new().secure(false).sort_order(SortOrder::Desc).page_size(100);
+/// assert_eq!(query.to_query_string(), "pageSize=100&sortOrder=DESC&secure=false");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct CategoryQuery {
+    sort_by: Option<String>,
+    sort_order: Option<SortOrder>,
+    page_size: Option<u32>,
+    secure: Option<bool>,
+}
+
+impl CategoryQuery {
+    /// No filters.
+    pub fn new() -> Self {
+        CategoryQuery::default()
+    }
+
+    /// The field to sort by (`sortBy`), e.g. `name`.
+    pub fn sort_by(mut self, field: impl Into<String>) -> Self {
+        self.sort_by = Some(field.into());
+        self
+    }
+
+    /// The direction (`sortOrder`).
+    pub fn sort_order(mut self, order: SortOrder) -> Self {
+        self.sort_order = Some(order);
+        self
+    }
+
+    /// Items per page (`pageSize`; the API's default is 25).
+    pub fn page_size(mut self, size: u32) -> Self {
+        self.page_size = Some(size);
+        self
+    }
+
+    /// Only the categories of secure actions, or only those of the others (`secure`).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = Some(secure);
+        self
+    }
+
+    /// The query string, in a fixed order (so equal queries make equal cache keys), without `pageNumber`.
+    pub fn to_query_string(&self) -> String {
+        let mut out = QueryString::default();
+        out.number("pageSize", self.page_size);
+        out.text("sortBy", self.sort_by.as_deref());
+        out.order(self.sort_order);
+        out.flag("secure", self.secure);
+        out.0
+    }
+}
+
+/// A query string in the making: `key=value` pairs joined by `&`, each value percent-encoded; a field left unset
+/// is left out.
+#[derive(Default)]
+struct QueryString(String);
+
+impl QueryString {
+    fn text(&mut self, key: &str, value: Option<&str>) {
+        let Some(value) = value else { return };
+        if !self.0.is_empty() {
+            self.0.push('&');
         }
-        if let Some(name) = &self.name {
-            put("name", name);
-        }
-        if let Some(category) = &self.category {
-            put("category", category);
-        }
-        if let Some(field) = &self.sort_by {
-            put("sortBy", field);
-        }
-        if let Some(order) = self.sort_order {
-            put(
-                "sortOrder",
-                if order == SortOrder::Asc {
-                    "ASC"
-                } else {
-                    "DESC"
-                },
-            );
-        }
-        if let Some(secure) = self.secure {
-            put("secure", if secure { "true" } else { "false" });
-        }
-        if let Some(include) = self.include_auth_actions {
-            put("includeAuthActions", if include { "true" } else { "false" });
-        }
-        out
+        self.0.push_str(key);
+        self.0.push('=');
+        self.0.push_str(&encode(value));
+    }
+
+    fn number(&mut self, key: &str, value: Option<u32>) {
+        self.text(key, value.map(|n| n.to_string()).as_deref());
+    }
+
+    fn flag(&mut self, key: &str, value: Option<bool>) {
+        self.text(key, value.map(|on| if on { "true" } else { "false" }));
+    }
+
+    fn order(&mut self, order: Option<SortOrder>) {
+        let order = order.map(|order| match order {
+            SortOrder::Asc => "ASC",
+            SortOrder::Desc => "DESC",
+        });
+        self.text("sortOrder", order);
+    }
+}
+
+/// `path`, with `query` (percent-encoded already) after a `?` unless it is empty.
+fn with_query(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
     }
 }
 
@@ -228,12 +304,7 @@ impl GenesysClient {
         &self,
         query: &ActionQuery,
     ) -> impl Stream<Item = Result<Fetched<Page<Action>>, GenesysError>> + Send + 'static {
-        let query = query.to_query_string();
-        let path = if query.is_empty() {
-            ACTIONS.to_owned()
-        } else {
-            format!("{ACTIONS}?{query}")
-        };
+        let path = with_query(ACTIONS, &query.to_query_string());
         let executions = self.inner.executions.clone();
         page_numbers(self.clone(), path).inspect_ok(move |page: &Fetched<Page<Action>>| {
             for action in &page.value.entities {
@@ -249,6 +320,45 @@ impl GenesysClient {
     /// The first page's [`GenesysError`]; a repeated page or more pages than the limit.
     pub async fn list_all_actions(&self, query: &ActionQuery) -> Result<Vec<Action>, GenesysError> {
         self.list_actions(query).try_collect().await
+    }
+
+    /// The categories of Data Actions (`GET /api/v2/integrations/actions/categories`), following `pageNumber`
+    /// page by page as the stream is read. Cached as the action listings are
+    /// ([`listing_windows`](super::GenesysClientBuilder::listing_windows)), and dropped with them when an action
+    /// is created, changed or deleted.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tower_redis_cache::genesys::GenesysClient) -> Result<(), tower_redis_cache::genesys::GenesysError> {
+    /// use tower_redis_cache::genesys::{ActionQuery, CategoryQuery};
+    ///
+    /// for category in client.list_all_categories(&CategoryQuery::new()).await? {
+    ///     let actions = client.list_all_actions(&ActionQuery::new().category(&category.name)).await?;
+    ///     println!("{}: {} actions", category.name, actions.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn list_categories(
+        &self,
+        query: &CategoryQuery,
+    ) -> impl Stream<Item = Result<ActionCategory, GenesysError>> + Send + 'static {
+        let path = with_query(CATEGORIES, &query.to_query_string());
+        page_numbers(self.clone(), path)
+            .map_ok(|page: Fetched<Page<ActionCategory>>| {
+                futures_util::stream::iter(page.value.entities.into_iter().map(Ok))
+            })
+            .try_flatten()
+    }
+
+    /// Every category matching `query`, all pages read.
+    ///
+    /// # Errors
+    ///
+    /// As for [`list_all_actions`](Self::list_all_actions).
+    pub async fn list_all_categories(
+        &self,
+        query: &CategoryQuery,
+    ) -> Result<Vec<ActionCategory>, GenesysError> {
+        self.list_categories(query).try_collect().await
     }
 
     /// One Data Action, `GET /api/v2/integrations/actions/{id}`.
@@ -297,6 +407,45 @@ impl GenesysClient {
         let action: Fetched<Action> = self.send_json(Method::GET, &path, None).await?;
         self.inner.executions.learn(&action);
         Ok(action)
+    }
+
+    /// Creates a Data Action, `POST /api/v2/integrations/actions`, and returns it as the API made it (its id,
+    /// version 1).
+    ///
+    /// Once the API accepts it, the cached listings (of actions and of categories) are gone, in every process
+    /// sharing the cache, so the next listing shows it. Sent once: retried only when it cannot have reached the
+    /// API (a rate limit, a connection never made), since a second send would make a second action.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: tower_redis_cache::genesys::GenesysClient) -> Result<(), tower_redis_cache::genesys::GenesysError> {
+    /// use serde_json::json;
+    /// use tower_redis_cache::genesys::{ActionContract, NewAction};
+    ///
+    /// let contract = ActionContract::new(
+    ///     json!({"type": "object", "required": ["orderId"], "properties": {"orderId": {"type": "string"}}}),
+    ///     json!({"type": "object", "properties": {"status": {"type": "string"}}}),
+    /// );
+    /// let config = json!({
+    ///     "request": {"requestUrlTemplate": "https://orders.example/${input.orderId}", "requestType": "GET",
+    ///                 "headers": {}, "requestTemplate": "${input.rawRequest}"},
+    ///     "response": {"translationMap": {}, "translationMapDefaults": {}, "successTemplate": "${rawResult}"}
+    /// });
+    /// let new = NewAction::new("integration-id", "order_status", "Orders").contract(contract).config(config);
+    /// let created = client.create_action(&new).await?;
+    /// let output = client.execute_action(&created.id, &json!({"orderId": "A-17"})).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A `400` ([`GenesysError::status`]) when the API refuses `action` (a field missing or malformed), and the
+    /// other failures of any call.
+    pub async fn create_action(&self, action: &NewAction) -> Result<Fetched<Action>, GenesysError> {
+        let body =
+            serde_json::to_value(action).map_err(|e| GenesysError::request(e.to_string()))?;
+        let created: Fetched<Action> = self.send_json(Method::POST, ACTIONS, Some(&body)).await?;
+        self.inner.executions.learn(&created);
+        Ok(created)
     }
 
     /// Changes a Data Action, `PATCH /api/v2/integrations/actions/{id}`, and returns it as it is now (its

@@ -733,7 +733,8 @@ impl GenesysClientBuilder {
         self
     }
 
-    /// The windows of listings (the Data Action pages, and `.../query` searches), instead of the client's.
+    /// The windows of listings (the pages of Data Actions and of their categories, and `.../query` searches),
+    /// instead of the client's.
     /// Default: the client's.
     pub fn listing_windows(mut self, windows: Windows) -> Self {
         self.listing_windows = Some(windows);
@@ -959,19 +960,19 @@ impl GenesysClientBuilder {
 }
 
 /// The windows of a request by its route: a Data Action's own (`.../actions/{id}/execute`, the id as the
-/// client encodes it), or the listings' (`.../actions` pages and `.../query` searches).
+/// client encodes it), or the listings' (`.../actions` and `.../actions/categories` pages, `.../query` searches).
 fn windows_by_route(
     prefix: Arc<str>,
     actions: HashMap<String, Windows>,
     listings: Option<Windows>,
 ) -> impl Fn(&http::request::Parts) -> Option<Windows> + Send + Sync + 'static {
-    use super::actions::ACTIONS;
+    use super::actions::{ACTIONS, CATEGORIES};
     move |parts| {
         let path = api_path(&prefix, parts.uri.path())?;
         if let Some(id) = executed_action(path) {
             return actions.get(id).copied();
         }
-        if path == ACTIONS || path.ends_with("/query") {
+        if path == ACTIONS || path == CATEGORIES || path.ends_with("/query") {
             return listings;
         }
         None
@@ -1131,6 +1132,44 @@ mod tests {
                 Vec::<String>::new(),
                 "{outside}"
             );
+        }
+    }
+
+    #[test]
+    fn listings_take_the_listing_windows_and_executions_their_actions() {
+        let minute = std::time::Duration::from_secs(60);
+        let listing = Windows::new(minute, minute, minute);
+        let own = Windows::new(2 * minute, minute, minute);
+        let actions = HashMap::from([("custom_-_1".to_owned(), own)]);
+        let windows = windows_by_route("/genesys".into(), actions, Some(listing));
+        let of = |method: Method, path: &str| {
+            let (parts, ()) = Request::builder()
+                .method(method)
+                .uri(format!("https://proxy.example/genesys{path}?pageSize=25"))
+                .body(())
+                .unwrap()
+                .into_parts();
+            windows(&parts)
+        };
+        let actions = "/api/v2/integrations/actions";
+        for (method, path, expected) in [
+            (Method::GET, actions.to_owned(), Some(listing)),
+            (Method::GET, format!("{actions}/categories"), Some(listing)),
+            (
+                Method::POST,
+                "/api/v2/taskmanagement/workitems/query".to_owned(),
+                Some(listing),
+            ),
+            (
+                Method::POST,
+                format!("{actions}/custom_-_1/execute"),
+                Some(own),
+            ),
+            (Method::POST, format!("{actions}/custom_-_2/execute"), None),
+            (Method::GET, format!("{actions}/custom_-_1"), None),
+            (Method::GET, format!("{actions}/drafts"), None),
+        ] {
+            assert_eq!(of(method.clone(), &path), expected, "{method} {path}");
         }
     }
 

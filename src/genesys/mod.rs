@@ -1,5 +1,6 @@
-//! A Genesys Cloud client assembled from this crate's layers: Data Actions (list, get, with their contract and
-//! config when asked, execute, test, update, delete), page-number and cursor pagination, and typed errors, over
+//! A Genesys Cloud client assembled from this crate's layers: Data Actions (list, list their categories, get,
+//! with their contract and config when asked, execute, test, create, update, delete), page-number and cursor
+//! pagination, and typed errors, over
 //! `RedisCacheLayer -> RetryLayer -> AuthLayer -> per-attempt timeout -> hyper-util (rustls, HTTP/1.1 + HTTP/2)`.
 //!
 //! The cache sits outermost, so a hit costs no token and no network; its partition is the API base plus the
@@ -104,12 +105,12 @@ mod paginate;
 mod proxy;
 mod region;
 
-pub use self::actions::{ActionDetails, ActionQuery, SortOrder};
+pub use self::actions::{ActionDetails, ActionQuery, CategoryQuery, SortOrder};
 pub use self::client::{Fetched, GenesysBody, GenesysClient, GenesysClientBuilder, GenesysService};
 pub use self::error::GenesysError;
 pub use self::model::{
-    Action, ActionContract, ActionTest, ActionUpdate, ContractInput, ContractOutput, ErrorBody,
-    Page, TestStep,
+    Action, ActionCategory, ActionContract, ActionTest, ActionUpdate, ContractInput,
+    ContractOutput, ErrorBody, NewAction, Page, TestStep,
 };
 pub use self::paginate::{CursorPage, CursorQuery, CursorStyle};
 pub use self::region::{Region, UnknownRegion};

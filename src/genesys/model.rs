@@ -100,6 +100,100 @@ impl ActionUpdate {
     }
 }
 
+/// A new Data Action, for [`GenesysClient::create_action`](super::GenesysClient::create_action)
+/// (`POST /api/v2/integrations/actions`): the integration it belongs to, its name and category, and what the API
+/// requires besides: its [`contract`](Self::contract) and its [`config`](Self::config) (the request and response
+/// templates). The API refuses one without them: a [`GenesysError`](super::GenesysError) with status `400` and
+/// code `bad.request`.
+///
+/// ```
+/// use serde_json::json;
+/// use tower_redis_cache::genesys::{ActionContract, NewAction};
+///
+/// let input = json!({"type": "object", "required": ["orderId"], "properties": {"orderId": {"type": "string"}}});
+/// let output = json!({"type": "object", "properties": {"status": {"type": "string"}}});
+/// let new = NewAction::new("integration-id", "order_status", "Orders")
+///     .contract(ActionContract::new(input, output))
+///     .config(json!({
+///         "request": {"requestUrlTemplate": "https://orders.example/${input.orderId}", "requestType": "GET"},
+///         "response": {"translationMap": {}, "successTemplate": "${rawResult}"}
+///     }));
+/// let body = serde_json::to_value(&new)?;
+/// assert_eq!(body["integrationId"], "integration-id");
+/// assert_eq!(body["contract"]["input"]["inputSchema"]["required"], json!(["orderId"]));
+/// assert!(body.get("secure").is_none());
+/// # Ok::<_, serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewAction {
+    integration_id: String,
+    name: String,
+    category: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contract: Option<ActionContract>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secure: Option<bool>,
+}
+
+impl NewAction {
+    /// An action of the integration `integration_id`, named `name`, in `category` (usually the integration's
+    /// name), without its contract and config yet.
+    pub fn new(
+        integration_id: impl Into<String>,
+        name: impl Into<String>,
+        category: impl Into<String>,
+    ) -> Self {
+        NewAction {
+            integration_id: integration_id.into(),
+            name: name.into(),
+            category: category.into(),
+            contract: None,
+            config: None,
+            secure: None,
+        }
+    }
+
+    /// Its contract: the JSON Schemas of its input and of its output.
+    #[must_use]
+    pub fn contract(mut self, contract: ActionContract) -> Self {
+        self.contract = Some(contract);
+        self
+    }
+
+    /// Its config: `{request, response}`, the templates that make its HTTP request and read the answer.
+    #[must_use]
+    pub fn config(mut self, config: Value) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Whether its input and output are secure: kept out of Genesys's logs, and out of this client's cache
+    /// unless chosen ([`cache_secure_actions`](super::GenesysClientBuilder::cache_secure_actions)). The API's
+    /// default is not.
+    #[must_use]
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = Some(secure);
+        self
+    }
+}
+
+/// A category of Data Actions (`GET /api/v2/integrations/actions/categories`), read with
+/// [`GenesysClient::list_categories`](super::GenesysClient::list_categories).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ActionCategory {
+    /// Its name, what [`Action::category`] holds.
+    #[serde(default)]
+    pub name: String,
+    /// Every other field.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
 /// A page of a page-number listing: `{entities, pageSize, pageNumber, total, pageCount, firstUri, nextUri,
 /// previousUri, lastUri, selfUri}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +275,23 @@ pub struct ActionContract {
     /// `output`: `{successSchema}`.
     #[serde(default)]
     pub output: ContractOutput,
+}
+
+impl ActionContract {
+    /// A contract whose input must satisfy the JSON Schema `input_schema` and whose output follows
+    /// `success_schema`, for [`NewAction::contract`].
+    pub fn new(input_schema: Value, success_schema: Value) -> Self {
+        ActionContract {
+            input: ContractInput {
+                input_schema,
+                other: Map::new(),
+            },
+            output: ContractOutput {
+                success_schema,
+                other: Map::new(),
+            },
+        }
+    }
 }
 
 /// The input half of an [`ActionContract`].

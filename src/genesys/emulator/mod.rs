@@ -2,13 +2,16 @@
 //! for tests, examples, benchmarks, and trying the crate without an org.
 //!
 //! It serves `POST /oauth/token` (client-credentials, Basic auth checked, OAuth error bodies),
-//! `GET /api/v2/integrations/actions` (the real query parameters and page envelope), `GET .../actions/{id}`
+//! `GET /api/v2/integrations/actions` (the real query parameters and page envelope),
+//! `GET .../actions/categories` (the categories its actions are in, paged alike), `GET .../actions/{id}`
 //! (its `contract` with `expand=contract`, its `config` with `includeConfig=true`, as the API does),
+//! `POST .../actions` (a new action, version 1, with an id of its own; a `400` without a name, category,
+//! integration id, config or contract),
 //! `POST .../actions/{id}/execute` (with a configurable latency: the expensive call; its output names the
 //! action's version; an input missing a member the contract's input schema lists in `required` is a `400`),
 //! `POST .../actions/{id}/test` (the same run, answered step by step: where it failed, or every step and the
-//! output; the steps are the emulator's own, where the real API names those of the action's kind), `PATCH .../actions/{id}` (the action's `version` required: `409 conflict` when it is not
-//! the current one), `DELETE .../actions/{id}` (`204`), and the cursor listing
+//! output; the steps are the emulator's own, where the real API names those of the action's kind),
+//! `PATCH .../actions/{id}` (the action's `version` required: `409 conflict` when it is not the current one), `DELETE .../actions/{id}` (`204`), and the cursor listing
 //! `POST /api/v2/taskmanagement/workitems/query`. API calls need a bearer token it issued (else `401
 //! bad.credentials`), are rate limited per token (default 300 a minute, answered with the real `429` body and
 //! `Retry-After`), and every response carries `ININ-Correlation-Id` and, as the real API's do, `Cache-Control:

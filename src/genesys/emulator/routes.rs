@@ -71,10 +71,12 @@ fn classify(method: &Method, path: &str) -> Endpoint {
     match (method, path, rest) {
         (&Method::POST, "/oauth/token", _) => Endpoint::Token,
         (&Method::GET, _, Some("" | "/")) => Endpoint::ListActions,
+        (&Method::POST, _, Some("" | "/")) => Endpoint::CreateAction,
         (&Method::POST, WORKITEMS_QUERY, _) => Endpoint::QueryWorkitems,
-        (_, _, Some(rest)) => {
+        (_, _, Some(rest)) if rest.starts_with('/') => {
             let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
             match (method, segments.as_slice()) {
+                (&Method::GET, ["categories"]) => Endpoint::ListCategories,
                 (&Method::GET, [id]) if !id.is_empty() => Endpoint::GetAction,
                 (&Method::POST, [id, "execute"]) if !id.is_empty() => Endpoint::ExecuteAction,
                 (&Method::POST, [id, "test"]) if !id.is_empty() => Endpoint::TestAction,
@@ -266,6 +268,8 @@ async fn api(
     };
     match endpoint {
         Endpoint::ListActions => list_actions(shared, parts, correlation),
+        Endpoint::ListCategories => list_categories(shared, parts, correlation),
+        Endpoint::CreateAction => create_action(shared, body, correlation),
         Endpoint::GetAction => get_action(shared, parts, correlation),
         Endpoint::ExecuteAction => {
             execute(shared, parts.uri.path(), body, latency, correlation).await
@@ -282,70 +286,45 @@ async fn api(
     }
 }
 
-fn list_actions(shared: &Shared, parts: &Parts, correlation: &str) -> Reply {
-    let query = parse_query(parts.uri.query().unwrap_or_default());
+/// The `pageSize` (default 25, at most 500) and `pageNumber` (default 1) of a page-number listing, or the `400`
+/// the API answers for others.
+fn paging(query: &HashMap<String, String>, correlation: &str) -> Result<(u64, u64), Reply> {
     let number = |key: &str, default: u64| -> Option<u64> {
         query.get(key).map_or(Some(default), |v| v.parse().ok())
     };
     let (Some(page_size), Some(page_number)) = (number("pageSize", 25), number("pageNumber", 1))
     else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "pageSize and pageNumber must be numbers",
             correlation,
-        );
+        ));
     };
     if !(1..=500).contains(&page_size) || page_number < 1 {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "pageSize must be 1 to 500 and pageNumber at least 1",
             correlation,
-        );
+        ));
     }
-    let data = shared.data();
-    let page_number = if data.repeat_pages { 1 } else { page_number };
-    let name = query.get("name").map(|n| n.to_lowercase());
-    let category = query.get("category").map(|c| c.to_lowercase());
-    let secure = query.get("secure").map(|s| s == "true");
-    let mut matching: Vec<&Value> = data
-        .actions
-        .iter()
-        .filter(|a| {
-            name.as_ref()
-                .is_none_or(|n| field(a, "name").to_lowercase().contains(n))
-        })
-        .filter(|a| {
-            category
-                .as_ref()
-                .is_none_or(|c| field(a, "category").to_lowercase() == *c)
-        })
-        .filter(|a| secure.is_none_or(|s| a.get("secure").and_then(Value::as_bool) == Some(s)))
-        .collect();
-    let sort_by = query.get("sortBy").map_or("name", String::as_str);
-    let sort_key = if sort_by == "category" {
-        "category"
-    } else {
-        "name"
-    };
-    matching.sort_by(|a, b| {
-        field(a, sort_key)
-            .cmp(field(b, sort_key))
-            .then(field(a, "name").cmp(field(b, "name")))
-    });
-    if query
-        .get("sortOrder")
-        .is_some_and(|o| o.eq_ignore_ascii_case("desc"))
-    {
-        matching.reverse();
-    }
-    let total = matching.len() as u64;
+    Ok((page_size, page_number))
+}
+
+/// Page `page_number` of `items` (in listing order), in the API's page envelope, its links to `path` with the
+/// listing's `query` (page number replaced).
+fn page_reply(
+    path: &str,
+    query: &HashMap<String, String>,
+    items: Vec<Value>,
+    (page_size, page_number): (u64, u64),
+) -> Reply {
+    let total = items.len() as u64;
     let page_count = total.div_ceil(page_size);
     let start = usize::try_from((page_number - 1).saturating_mul(page_size)).unwrap_or(usize::MAX);
-    let entities: Vec<Value> = matching
+    let entities: Vec<Value> = items
         .into_iter()
         .skip(start)
-        .take(page_size as usize)
-        .map(|action| shown(action, false, false))
+        .take(usize::try_from(page_size).unwrap_or(usize::MAX))
         .collect();
     let uri = |n: u64| {
         let mut rest: Vec<(String, String)> = query
@@ -354,7 +333,7 @@ fn list_actions(shared: &Shared, parts: &Parts, correlation: &str) -> Reply {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         rest.sort();
-        let mut out = format!("{ACTIONS}?pageNumber={n}");
+        let mut out = format!("{path}?pageNumber={n}");
         for (k, v) in rest {
             out.push_str(&format!("&{k}={}", crate::genesys::actions::encode(&v)));
         }
@@ -386,6 +365,151 @@ fn list_actions(shared: &Shared, parts: &Parts, correlation: &str) -> Reply {
         map.retain(|_, v| !v.is_null());
     }
     json_reply(StatusCode::OK, &page)
+}
+
+/// Whether `sortOrder` asks for descending order.
+fn descending(query: &HashMap<String, String>) -> bool {
+    query
+        .get("sortOrder")
+        .is_some_and(|o| o.eq_ignore_ascii_case("desc"))
+}
+
+fn list_actions(shared: &Shared, parts: &Parts, correlation: &str) -> Reply {
+    let query = parse_query(parts.uri.query().unwrap_or_default());
+    let (page_size, page_number) = match paging(&query, correlation) {
+        Ok(paging) => paging,
+        Err(reply) => return reply,
+    };
+    let data = shared.data();
+    let page_number = if data.repeat_pages { 1 } else { page_number };
+    let name = query.get("name").map(|n| n.to_lowercase());
+    let category = query.get("category").map(|c| c.to_lowercase());
+    let secure = query.get("secure").map(|s| s == "true");
+    let mut matching: Vec<&Value> = data
+        .actions
+        .iter()
+        .filter(|a| {
+            name.as_ref()
+                .is_none_or(|n| field(a, "name").to_lowercase().contains(n))
+        })
+        .filter(|a| {
+            category
+                .as_ref()
+                .is_none_or(|c| field(a, "category").to_lowercase() == *c)
+        })
+        .filter(|a| secure.is_none_or(|s| a.get("secure").and_then(Value::as_bool) == Some(s)))
+        .collect();
+    let sort_by = query.get("sortBy").map_or("name", String::as_str);
+    let sort_key = if sort_by == "category" {
+        "category"
+    } else {
+        "name"
+    };
+    matching.sort_by(|a, b| {
+        field(a, sort_key)
+            .cmp(field(b, sort_key))
+            .then(field(a, "name").cmp(field(b, "name")))
+    });
+    if descending(&query) {
+        matching.reverse();
+    }
+    let items = matching
+        .into_iter()
+        .map(|action| shown(action, false, false))
+        .collect();
+    page_reply(ACTIONS, &query, items, (page_size, page_number))
+}
+
+/// `GET .../actions/categories`: the categories of the actions (of the secure ones, or of the others, with
+/// `secure`), by name, paged as the actions are.
+fn list_categories(shared: &Shared, parts: &Parts, correlation: &str) -> Reply {
+    let query = parse_query(parts.uri.query().unwrap_or_default());
+    let paging = match paging(&query, correlation) {
+        Ok(paging) => paging,
+        Err(reply) => return reply,
+    };
+    let secure = query.get("secure").map(|s| s == "true");
+    let data = shared.data();
+    let mut names: Vec<&str> = data
+        .actions
+        .iter()
+        .filter(|a| secure.is_none_or(|s| a.get("secure").and_then(Value::as_bool) == Some(s)))
+        .map(|a| field(a, "category"))
+        .filter(|name| !name.is_empty())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if descending(&query) {
+        names.reverse();
+    }
+    let items = names
+        .into_iter()
+        .map(|name| json!({"name": name}))
+        .collect();
+    page_reply(&format!("{ACTIONS}/categories"), &query, items, paging)
+}
+
+/// `POST .../actions`: `{name, category, integrationId, config, contract, secure}`, all but `secure` required.
+/// The new action has an id of the emulator's making (`custom_-_` and a UUID, as the API's custom actions do)
+/// and version 1; the answer is the action, its contract and config included.
+fn create_action(shared: &Shared, body: &[u8], correlation: &str) -> Reply {
+    let Ok(Value::Object(new)) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The action must be a JSON object",
+            correlation,
+        );
+    };
+    let text = |key: &str| {
+        new.get(key)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    let schema = |pointer: &str| {
+        new.get("contract")
+            .and_then(|c| c.pointer(pointer))
+            .is_some_and(Value::is_object)
+    };
+    let (Some(name), Some(category), Some(integration)) =
+        (text("name"), text("category"), text("integrationId"))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name, category and integrationId are required",
+            correlation,
+        );
+    };
+    if !new.get("config").is_some_and(Value::is_object)
+        || !schema("/input/inputSchema")
+        || !schema("/output/successSchema")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "config and contract (input.inputSchema, output.successSchema) are required",
+            correlation,
+        );
+    }
+    let Some(secure) = new.get("secure").map_or(Some(false), Value::as_bool) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "secure must be true or false",
+            correlation,
+        );
+    };
+    let id = format!("custom_-_{}", correlation_id());
+    let action = json!({
+        "id": id,
+        "name": name,
+        "category": category,
+        "integrationId": integration,
+        "secure": secure,
+        "version": 1,
+        "contract": new.get("contract"),
+        "config": new.get("config"),
+        "selfUri": format!("{ACTIONS}/{id}"),
+    });
+    shared.data().actions.push(action.clone());
+    json_reply(StatusCode::OK, &action)
 }
 
 fn action_id(path: &str) -> String {

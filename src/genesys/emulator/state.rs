@@ -16,6 +16,10 @@ pub enum Endpoint {
     Token,
     /// `GET /api/v2/integrations/actions`.
     ListActions,
+    /// `GET /api/v2/integrations/actions/categories`.
+    ListCategories,
+    /// `POST /api/v2/integrations/actions`.
+    CreateAction,
     /// `GET /api/v2/integrations/actions/{id}`.
     GetAction,
     /// `POST /api/v2/integrations/actions/{id}/execute`.
@@ -33,9 +37,11 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 9] = [
+    pub(crate) const ALL: [Endpoint; 11] = [
         Endpoint::Token,
         Endpoint::ListActions,
+        Endpoint::ListCategories,
+        Endpoint::CreateAction,
         Endpoint::GetAction,
         Endpoint::ExecuteAction,
         Endpoint::TestAction,
