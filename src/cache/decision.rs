@@ -1950,6 +1950,27 @@ mod tests {
                 "{fields:?}"
             );
         }
+        // The date's shape, token by token: a weekday of letters, a day of one or two digits, a month of three
+        // letters, a year of two or four digits, a time of three fields, a zone of letters.
+        assert!(is_expires_date(" Expires=Wed, 09 Jun 2021 10:18:14 GMT"));
+        assert!(is_expires_date("expires=Friday, 4-Dec-26 1:2:3 UTC"));
+        for odd in [
+            "Expires=W3d, 09 Jun 2021 10:18:14 GMT",
+            "Expires=We, 09 Jun 2021 10:18:14 GMT",
+            "Expires=Wed, 9a Jun 2021 10:18:14 GMT",
+            "Expires=Wed, 091 Jun 2021 10:18:14 GMT",
+            "Expires=Wed, 09 J1n 2021 10:18:14 GMT",
+            "Expires=Wed, 09 Jun 2o21 10:18:14 GMT",
+            "Expires=Wed, 09 Jun 202 10:18:14 GMT",
+            "Expires=Wed, 09 Jun 2021 10:18 GMT",
+            "Expires=Wed, 09 Jun 2021 10:1a:14 GMT",
+            "Expires=Wed, 09 Jun 2021 10:18:14 G1T",
+            "Expires=Wed, 09 Jun 2021 10:18:14",
+            "Max-Age=Wed, 09 Jun 2021 10:18:14 GMT",
+            "Expires",
+        ] {
+            assert!(!is_expires_date(odd), "{odd}");
+        }
         let mut unreadable = head(&[("set-cookie", "__cf_bm=x")]);
         unreadable.append(
             SET_COOKIE,
@@ -2207,6 +2228,7 @@ mod tests {
             ("starting at the end", vec![("range", "bytes=10-")], ok, vec![], 10, Part::Unsatisfiable),
             ("a suffix of nothing", vec![("range", "bytes=-0")], ok, vec![], 10, Part::Unsatisfiable),
             ("of an empty body", vec![("range", "bytes=0-0")], ok, vec![], 0, Part::Unsatisfiable),
+            ("the last bytes of an empty body", vec![("range", "bytes=-5")], ok, vec![], 0, Part::Unsatisfiable),
             ("two ranges", vec![("range", "bytes=0-1,4-5")], ok, vec![], 10, Part::Whole),
             ("two fields", vec![("range", "bytes=0-1"), ("range", "bytes=0-1")], ok, vec![], 10, Part::Whole),
             ("last before first", vec![("range", "bytes=5-4")], ok, vec![], 10, Part::Whole),
@@ -2261,6 +2283,7 @@ mod tests {
             ("an unquoted tag", vec![("if-none-match", "a")], ok, vec![("etag", "a")], false),
             ("junk after a matching tag", vec![("if-none-match", "\"a\" x")], ok, vec![("etag", "\"a\"")], false),
             ("an unreadable field beside a match", vec![("if-none-match", "\"a\""), ("if-none-match", "x")], ok, vec![("etag", "\"a\"")], false),
+            ("a field of empty elements beside a match", vec![("if-none-match", " , ,"), ("if-none-match", "\"a\"")], ok, vec![("etag", "\"a\"")], false),
             ("a space inside the tag", vec![("if-none-match", "\"a b\"")], ok, vec![("etag", "\"a b\"")], false),
             ("an error answer", vec![("if-none-match", "\"a\"")], StatusCode::NOT_FOUND, vec![("etag", "\"a\"")], false),
             ("a partial answer", vec![("if-none-match", "*")], StatusCode::PARTIAL_CONTENT, vec![], false),
@@ -2564,6 +2587,8 @@ mod tests {
     #[test]
     fn the_decision_table() {
         let fresh = entry(2_000, 3_000, 5_000);
+        // Stale for a long while after its freshness: `max-stale` ends its use first.
+        let long_stale = entry(2_000, 10_000, 10_000);
         let other_variant = Lookup::Found(Stored {
             vary_matches: false,
             ..match fresh {
@@ -2650,6 +2675,8 @@ mod tests {
             ("max-age: too old, refreshed", &shared, with(|f| { f.max_age = Some(0); }), fresh, 1_000, forward(Fwd::Request, true, false)),
             ("max-age: never stale", &shared, with(|f| { f.max_age = Some(10); }), fresh, 2_000, forward(Fwd::Request, true, false)),
             ("max-age, max-stale=1: 0.5 s stale", &shared, with(|f| { f.max_age = Some(10); f.max_stale = Some(1); }), fresh, 2_500, Action::ServeStale),
+            ("max-age, max-stale=1: 1.5 s stale", &shared, with(|f| { f.max_age = Some(10); f.max_stale = Some(1); }), long_stale, 3_500, forward(Fwd::Request, true, false)),
+            ("max-age, max-stale=2: 1.5 s stale", &shared, with(|f| { f.max_age = Some(10); f.max_stale = Some(2); }), long_stale, 3_500, Action::ServeStale),
             ("max-age, max-stale=0: stale", &shared, with(|f| { f.max_age = Some(10); f.max_stale = Some(0); }), fresh, 2_001, forward(Fwd::Request, true, false)),
             ("max-age, max-stale: any", &shared, with(|f| { f.max_age = Some(10); f.max_stale = Some(ANY_STALENESS); }), fresh, 2_999, Action::ServeStale),
             ("min-fresh: enough left", &shared, with(|f| { f.min_fresh = Some(1); }), fresh, 1_000, Action::ServeFresh),
@@ -2791,6 +2818,29 @@ mod tests {
         assert_eq!(
             judge(&lax, &plain(), &ok(&[("set-cookie", "s=1")])),
             neither(SetCookie)
+        );
+    }
+
+    #[test]
+    fn a_refresh_ahead_is_timed_to_the_millisecond_of_any_lifetime() {
+        let stored = |stored_at, fresh_until| Stored {
+            stored_at,
+            fresh_until,
+            stale_until: fresh_until,
+            stale_if_error_until: fresh_until,
+            vary_matches: true,
+        };
+        // 1,999 ms of freshness: half of it ahead is 999 ms (rounded down), a tenth 199, all of it 1,999.
+        assert_eq!(stored(1_000, 2_999).refresh_at(500), 2_000);
+        assert_eq!(stored(1_000, 2_999).refresh_at(100), 2_800);
+        assert_eq!(stored(1_000, 2_999).refresh_at(1000), 1_000);
+        assert_eq!(stored(1_000, 2_999).refresh_at(0), 2_999);
+        // More than all of it is all of it; a lifetime of every millisecond there is does not overflow.
+        assert_eq!(stored(0, 2_999).refresh_at(1500), 0);
+        assert_eq!(stored(0, u64::MAX).refresh_at(1000), 0);
+        assert_eq!(
+            stored(0, u64::MAX).refresh_at(1),
+            u64::MAX - u64::MAX / 1000
         );
     }
 
