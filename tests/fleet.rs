@@ -9,6 +9,7 @@ use http_body_util::Full;
 use std::time::Duration;
 use support::calls::{Cached, Reply, body, cache_status, call, outcome, post, wait_until};
 use support::{Origin, RedisServer, fred_client};
+use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tower_redis_cache::cache::RedisCacheLayerBuilder;
 use tower_redis_cache::{CacheOutcome, CacheStats, RedisCache, RedisCacheLayer, RedisStore, Store};
@@ -131,6 +132,33 @@ async fn forty_staggered_requests_make_one_origin_call() {
     assert_eq!(origin.calls(), 1);
 }
 
+/// Process A's `leader` request reaches the closed origin, then process B's `waiter` (for the same key) waits on
+/// A's fill; then the origin opens. Their answers, as they come.
+async fn lead_and_wait<S: Cached + Send + Sync + 'static>(
+    a: &(RedisCacheLayer, S),
+    b: &(RedisCacheLayer, S),
+    origin: &Origin,
+    leader: Request<Full<Bytes>>,
+    waiter: Request<Full<Bytes>>,
+) -> (JoinHandle<Reply>, JoinHandle<Reply>)
+where
+    S::Future: Send,
+{
+    origin.close();
+    let leader = tokio::spawn({
+        let service = a.1.clone();
+        async move { call(&service, leader).await }
+    });
+    wait_until("A reached the origin", || origin.calls() == 1).await;
+    let waiter = tokio::spawn({
+        let service = b.1.clone();
+        async move { call(&service, waiter).await }
+    });
+    wait_until("B waits on A", || b.0.handle().stats().fleet_waits == 1).await;
+    origin.open();
+    (leader, waiter)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_process_answers_once_the_entry_is_written_and_without_waiting_out_its_deadline()
 {
@@ -138,19 +166,9 @@ async fn a_waiting_process_answers_once_the_entry_is_written_and_without_waiting
     let origin = Origin::new();
     let configure = |b: RedisCacheLayerBuilder| b.fleet_wait(Duration::from_secs(60));
     let processes = four(&server, &origin, configure).await;
+    let query = || post(r#"{"q":"wake"}"#);
     let (a, b) = (&processes[0], &processes[1]);
-    origin.close();
-    let leader = tokio::spawn({
-        let service = a.1.clone();
-        async move { body(call(&service, post(r#"{"q":"wake"}"#)).await).await }
-    });
-    wait_until("A reached the origin", || origin.calls() == 1).await;
-    let waiter = tokio::spawn({
-        let service = b.1.clone();
-        async move { call(&service, post(r#"{"q":"wake"}"#)).await }
-    });
-    wait_until("B waits on A", || b.0.handle().stats().fleet_waits == 1).await;
-    origin.open();
+    let (leader, waiter) = lead_and_wait(a, b, &origin, query(), query()).await;
     // Far inside B's 60 s deadline: a liveness guard, not a timing claim (the bench measures the wake-up).
     let answered: Reply = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
@@ -167,8 +185,38 @@ async fn a_waiting_process_answers_once_the_entry_is_written_and_without_waiting
             stored: false
         }
     );
-    assert_eq!(&body(answered).await[..], &leader.await.unwrap()[..]);
+    let led = body(leader.await.unwrap()).await;
+    assert_eq!(&body(answered).await[..], &led[..]);
     assert_eq!(origin.calls(), 1);
+    assert_eq!(b.0.handle().stats().fleet_takeovers, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_request_wants_more_freshness_than_the_fill_gives_calls_the_origin_itself() {
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    let configure = |b: RedisCacheLayerBuilder| b.fleet_wait(Duration::from_secs(60));
+    let processes = four(&server, &origin, configure).await;
+    // B asks for two minutes of freshness left; A's fill is fresh for the default minute.
+    let query = || post(r#"{"q":"min-fresh"}"#);
+    let mut demanding = query();
+    demanding
+        .headers_mut()
+        .insert("cache-control", "min-fresh=120".parse().unwrap());
+    let (a, b) = (&processes[0], &processes[1]);
+    let (leader, waiter) = lead_and_wait(a, b, &origin, query(), demanding).await;
+    assert_eq!(
+        cache_status(&leader.await.unwrap()),
+        "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored"
+    );
+    // A's entry does not answer B: B takes the lease A let go and asks the origin.
+    let answered = waiter.await.unwrap();
+    assert_eq!(
+        cache_status(&answered),
+        "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored"
+    );
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(b.0.handle().stats().fleet_takeovers, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

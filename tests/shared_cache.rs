@@ -413,7 +413,7 @@ async fn a_tunnelled_method_is_never_cached_and_a_tunnelled_write_removes_what_a
         bool,
         &'static str,
     );
-    let tunnelling: [Row; 9] = [
+    let tunnelling: [Row; 11] = [
         (
             "/items?_method=GET",
             &[],
@@ -467,6 +467,23 @@ async fn a_tunnelled_method_is_never_cached_and_a_tunnelled_write_removes_what_a
             &[("x-http-method-override", "GET")],
             JSON,
             r#"{"_method":"DELETE"}"#,
+            false,
+            TUNNELLED,
+        ),
+        // A write named first stays one whatever a later tunnel names.
+        (
+            "/items?_method=DELETE",
+            &[],
+            JSON,
+            r#"{"_method":"GET"}"#,
+            false,
+            TUNNELLED,
+        ),
+        (
+            "/items?_method=GET",
+            &[("x-http-method-override", "DELETE")],
+            JSON,
+            r#"{"q":1}"#,
             false,
             TUNNELLED,
         ),
