@@ -37,9 +37,17 @@ impl<S> Cached for S where
 {
 }
 
-/// Calls a clone of `service`, expecting success.
+/// How long [`call`] waits for an answer before it calls the test hung: a liveness guard, not a timing claim, so
+/// that a cache which never answers fails its test instead of stopping the run. Under paused time with nothing left
+/// to run, the clock jumps straight to it.
+pub const CALL_BOUND: Duration = Duration::from_secs(60);
+
+/// Calls a clone of `service`, expecting success within [`CALL_BOUND`].
 pub async fn call<S: Cached>(service: &S, request: Request<Full<Bytes>>) -> Reply {
-    service.clone().oneshot(request).await.unwrap()
+    match tokio::time::timeout(CALL_BOUND, service.clone().oneshot(request)).await {
+        Ok(reply) => reply.unwrap(),
+        Err(_) => panic!("the call was not answered within {CALL_BOUND:?}: it hangs"),
+    }
 }
 
 /// The reply's cache outcome.
