@@ -1998,6 +1998,110 @@ mod tests {
         );
     }
 
+    /// Keys of requests that take each of a key's optional parts, pinned: a vary header, credentials, a
+    /// request's own partition, a forwarding header (implied vary), an encoded body, ignored members.
+    #[test]
+    fn keys_of_every_part_are_stable() {
+        let vary = ["accept-language", "authorization"].map(HeaderName::from_static);
+        let keys = KeyConfig::new("ns".into(), b"tenant".to_vec(), vary.to_vec())
+            .with_credentials_from(1)
+            .ignoring_query(vec!["utm_*".into()])
+            .ignoring_body(vec![Pointer::parse("/trace").unwrap()]);
+        let uri: Uri = "https://api.example.com/q?b=2&a=1&utm_source=x"
+            .parse()
+            .unwrap();
+        let json = |more: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            for (name, value) in more {
+                headers.append(*name, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        let body = KeyedBody::sent(br#"{"b":2,"a":1,"trace":"t"}"#);
+        let cases: [(HeaderMap, Option<&[u8]>, KeyedBody<'_>, &str); 6] = [
+            (
+                json(&[]),
+                None,
+                body,
+                "ns:v1:{b2f55af7017bf6a1c40114267adaaed540807f8abf11dde558402b0410eba712}",
+            ),
+            (
+                json(&[("accept-language", "de")]),
+                None,
+                body,
+                "ns:v1:{49dd13017c3d78bc36c0ce118e57f0d9ea1da849b3ff3852bd7f4224d564cb7d}",
+            ),
+            (
+                json(&[("authorization", "Bearer a")]),
+                None,
+                body,
+                "ns:v1:{3efb9ce9309605afca265a5711c4f58adae40dbe74eed6ff948ec42a071f05c5}",
+            ),
+            (
+                json(&[]),
+                Some(b"user-1"),
+                body,
+                "ns:v1:{b727038efc3f3ddd4f8620df905c45a1bcc6fc1e1c4c82d5b005e1ff129097cc}",
+            ),
+            (
+                json(&[("x-forwarded-proto", "http")]),
+                None,
+                body,
+                "ns:v1:{11d16101f5ecb92bb254c8aa6f0b5d56230ca1e295f480b67a82e6011e296149}",
+            ),
+            (
+                json(&[("content-encoding", "gzip")]),
+                None,
+                KeyedBody {
+                    decoded: true,
+                    ..body
+                },
+                "ns:v1:{c98de3e17a46d4b88862bae4be7b1c89353b9193f870c0a5be33ba903928817c}",
+            ),
+        ];
+        for (headers, partition, body, pinned) in cases {
+            let key = keys.key_in(&Method::POST, &uri, &headers, partition, body);
+            assert_eq!(key.as_str(), pinned, "{headers:?} {partition:?}");
+        }
+    }
+
+    /// The keys of tag sets, cache groups and the namespace's own records, pinned: after a change to any, a
+    /// write would no longer find the entries stored before it, and those would be served until they expire.
+    #[test]
+    fn tag_keys_are_stable() {
+        let keys = config();
+        let mut host = HeaderMap::new();
+        host.insert(header::HOST, HeaderValue::from_static("api.example.com"));
+        let path: Uri = "/p?b=2&a=1".parse().unwrap();
+        for (key, pinned) in [
+            (
+                keys.tag_key("orders"),
+                "test:v1:tag:{bb0315a4051ad5fc659eb045705d2bbcf08b5e26b66d84ca72c742fa89492f0a}",
+            ),
+            (
+                keys.uri_tag_key(&path, &host, None),
+                "test:v1:tag:{2fa870f2b1d9965e34147edc4afcfbb336310bdbde747eba6531670d5c3e88db}",
+            ),
+            (
+                keys.uri_tag_key(&path, &host, Some(b"user-1")),
+                "test:v1:tag:{9e4156c855d0e18ea5b88e2c95ac5374a9c9a9cd3d5f5ef8e22037049966cb2f}",
+            ),
+            (
+                keys.group_key(b"api.example.com", "g"),
+                "test:v1:tag:{d14e470ec28686fbb432d1528cbd2b2500cfe6cae6f4c693edd91b845a127bf9}",
+            ),
+            (keys.sweep_lease_key(), "test:v1:tag-sweep"),
+            (keys.tag_clock_key(), "test:v1:tag-clock"),
+            (keys.namespace_prefix(), "test:v1:"),
+        ] {
+            assert_eq!(key, pinned);
+        }
+    }
+
     /// The digests of a variant, pinned: stored entries hold the first, and variant keys are the second, so a
     /// change to either would make every stored variant miss.
     #[test]
@@ -2154,6 +2258,10 @@ mod tests {
         }
         let deep = "[".repeat(10_000);
         assert!(canon(&deep).is_none());
+        // Values nested `MAX_DEPTH` deep are JSON; one level more is not.
+        let nested = |depth: usize| format!("{}0{}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(canon(&nested(MAX_DEPTH)), Some(nested(MAX_DEPTH)));
+        assert!(canon(&nested(MAX_DEPTH + 1)).is_none());
     }
 
     #[test]
@@ -2201,8 +2309,17 @@ mod tests {
         assert!(s.ends_with('}'));
         assert_eq!(s.len(), "test:v1:{".len() + 64 + 1);
         assert_eq!(key.lease_key(), format!("{s}:lease"));
-        assert_eq!(key.short().len(), 8);
-        assert!(s.contains(key.short()));
+        assert_eq!(key.short(), &s["test:v1:{".len()..][..8]);
+        // What traces give before a key is formatted.
+        assert_eq!(short_hex(key.digest()).as_str(), key.short());
+        let mut digest = [0u8; 32];
+        digest[..4].copy_from_slice(&[0x0f, 0xf0, 0x9a, 0x5b]);
+        assert_eq!(short_hex(&digest).as_str(), "0ff09a5b");
+        assert_eq!(key.to_string(), s);
+        assert_eq!(format!("{key:?}"), format!("CacheKey({s:?})"));
+        // Read back from a tag set's members: its own namespace's entries only.
+        assert_eq!(CacheKey::parse("test:v1:", s), Some(key.clone()));
+        assert_eq!(CacheKey::parse("other:v1:", s), None);
     }
 
     #[test]
@@ -2308,6 +2425,21 @@ mod tests {
             "\"\u{e9}/\\\"\\n\\u0001\""
         );
         assert_eq!(canon(r#""\ud83d\ude00""#).unwrap(), "\"\u{1F600}\"");
+        // Every short escape: kept short, but `/`, which needs none; the same characters written as `\u` escapes
+        // mean the same.
+        let short = r#""\"\\\/\b\f\n\r\t""#;
+        assert_eq!(canon(short).unwrap(), r#""\"\\/\b\f\n\r\t""#);
+        assert_eq!(
+            canon(r#""\u0022\u005c\u002f\u0008\u000c\u000a\u000d\u0009""#),
+            canon(short)
+        );
+        // From the space on (DEL too: JSON escapes only what is below it), characters are written as they are.
+        assert_eq!(canon(r#""\u0020~\u007f""#).unwrap(), "\" ~\u{7f}\"");
+        // An escaped quote or backslash ends no string.
+        assert_eq!(
+            canon(r#"{"b":"\"","a":"\\"}"#).unwrap(),
+            r#"{"a":"\\","b":"\""}"#
+        );
         assert!(canon(r#""\ud83d""#).is_none(), "a lone surrogate");
         assert!(canon(r#""\ude00x""#).is_none(), "a lone low surrogate");
         // Escaped keys sort by what they decode to.
@@ -2703,16 +2835,25 @@ mod tests {
     }
 
     /// The memo gives every request the digest its own hash gives, the second time as the first, across
-    /// settings that differ only in their partition.
+    /// settings that differ only in their partition, settings derived from others, and settings whose ids differ
+    /// only in the bit the memo keeps beside an id.
     #[test]
     fn memoised_digests_are_the_computed_ones() {
         let a = config();
         let b = KeyConfig::new(a.namespace.clone(), b"tenant-b".to_vec(), a.vary.clone());
-        // The settings of `a`, ignoring `b` (a query parameter and a body member): a request keyed through
-        // both must never take the other's digest.
-        let c = config()
-            .ignoring_query(vec!["b".into()])
-            .ignoring_body(vec![Pointer::parse("/b").unwrap()]);
+        // The settings of `a`, ignoring `b` (a query parameter, a body member): a request keyed through either
+        // must never take the digest `a` gave it.
+        let c = a.clone().ignoring_query(vec!["b".into()]);
+        let d = a.clone().ignoring_body(vec![Pointer::parse("/b").unwrap()]);
+        let neighbour = 1 << 40;
+        let e = KeyConfig {
+            id: neighbour,
+            ..a.clone()
+        };
+        let f = KeyConfig {
+            id: neighbour + 1,
+            ..b.clone()
+        };
         let mut requests = Vec::new();
         for uri in [
             "http://h/p?a=1",
@@ -2755,15 +2896,16 @@ mod tests {
             }
         }
         for _ in 0..2 {
-            for config in [&a, &b, &c] {
-                for (uri, headers, body) in &requests {
-                    for method in [Method::GET, Method::POST] {
-                        for partition in [None, Some(&b""[..]), Some(&b"tenant"[..])] {
-                            for decoded in [false, true] {
-                                let body = KeyedBody {
-                                    bytes: body,
-                                    decoded,
-                                };
+            // Each request through every settings in turn, while the memo holds what the others left.
+            for (uri, headers, body) in &requests {
+                for method in [Method::GET, Method::POST] {
+                    for partition in [None, Some(&b""[..]), Some(&b"tenant"[..])] {
+                        for decoded in [false, true] {
+                            let body = KeyedBody {
+                                bytes: body,
+                                decoded,
+                            };
+                            for config in [&a, &b, &c, &d, &e, &f] {
                                 assert_eq!(
                                     config.digest(&method, uri, headers, partition, body),
                                     config.hash_request(
@@ -2794,11 +2936,13 @@ mod tests {
         let keys = KeyConfig::new("ns".into(), Vec::new(), vary).with_credentials_from(1);
         let uri: Uri = "http://h/p".parse().unwrap();
         let mut digests = Vec::new();
-        let cases: [&[(&'static str, &'static str)]; 10] = [
+        let cases: [&[(&'static str, &'static str)]; 11] = [
             &[],
             &[("accept-language", "de")],
             &[("authorization", "Bearer a")],
             &[("authorization", "Bearer b")],
+            // One value in another credential header: another user.
+            &[("x-api-key", "Bearer a")],
             &[("cookie", "s=a")],
             &[("x-api-key", "a")],
             &[("x-api-key", "b")],
@@ -2835,7 +2979,7 @@ mod tests {
         swapped.append("x-api-key", HeaderValue::from_static("a"));
         assert_eq!(
             keys.digest(&Method::GET, &uri, &swapped, None, KeyedBody::sent(b"")),
-            digests[7]
+            digests[8]
         );
     }
 
@@ -2973,6 +3117,16 @@ mod tests {
         ] {
             assert_ne!(key(&ignoring, body), base, "{body}");
         }
+        // Nor does a named pointer lead into the elements of an array, at the top or deeper.
+        for (a, b) in [
+            (r#"[{"traceId":"a"}]"#, r#"[{"traceId":"b"}]"#),
+            (
+                r#"{"meta":[{"traceId":"a"}]}"#,
+                r#"{"meta":[{"traceId":"b"}]}"#,
+            ),
+        ] {
+            assert_ne!(key(&ignoring, a), key(&ignoring, b), "{a}");
+        }
         // A body that is not JSON is keyed whole; the members are still parsed, so an ignored one holding
         // invalid JSON makes the whole body raw too.
         assert_ne!(
@@ -3060,6 +3214,10 @@ mod tests {
             let one = key(&[(name, "a")]);
             assert!(!seen.contains(&one), "{name}");
             seen.push(one.clone());
+            // Only `Forwarded` leaves a `for` out: another header's value counts whole.
+            if name != "forwarded" {
+                assert_ne!(key(&[(name, "for=a")]), plain, "{name}");
+            }
             assert_ne!(key(&[(name, "b")]), one, "{name}");
             // Every field counts, in order.
             assert_ne!(key(&[(name, "a"), (name, "b")]), one, "{name}");
@@ -3069,6 +3227,12 @@ mod tests {
                 "{name}"
             );
         }
+        // Other headers do not make a request one that holds any (whose hash looks for them).
+        let mut other = HeaderMap::new();
+        other.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(!holds_implied(&uri, &other));
+        other.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(holds_implied(&uri, &other));
         // The order of the headers does not.
         assert_eq!(
             key(&[("x-forwarded-host", "a"), ("x-forwarded-proto", "https")]),
@@ -3136,6 +3300,9 @@ mod tests {
         assert_eq!(key("WS://api.example/p", None), ws);
         assert_eq!(key("Ws://API.example/p", None), ws);
         assert_ne!(ws, http);
+        // Another scheme's default port is not known here either: kept.
+        assert_ne!(key("ws://api.example:443/p", None), ws);
+        assert_ne!(key("ws://api.example:80/p", None), ws);
         // Without a scheme, which port is the default is unknown: `Host: h:443` keeps a key of its own (an
         // answer echoing the port must not reach `Host: h`). Case still makes no difference.
         let host = key("/p", Some("api.example"));
@@ -3198,10 +3365,43 @@ mod tests {
             ("application/vnd.api+json", true),
             ("text/plain", false),
             ("application/jsonx", false),
+            // A suffix alone names no type.
+            ("+json", false),
         ] {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
             assert_eq!(is_json(&h), json, "{ct}");
         }
+    }
+
+    /// The thread's canonicalising buffers are kept for the next body, but not once one grew them past 64 KiB:
+    /// after a huge body a thread holds on to none of it.
+    #[test]
+    fn canonicalising_buffers_are_kept_only_while_small() {
+        let c = config();
+        let uri: Uri = "http://h/p".parse().unwrap();
+        let kept = || {
+            CANONICAL.with(|cell| {
+                let buffers = cell.take();
+                let capacity = buffers.out.capacity();
+                cell.set(buffers);
+                capacity
+            })
+        };
+        let body = |len: usize| format!(r#"{{"a":"{}"}}"#, "x".repeat(len));
+        c.key(
+            &Method::POST,
+            &uri,
+            &json_headers(),
+            body(16 * 1024).as_bytes(),
+        );
+        assert!(kept() >= 16 * 1024, "kept: {}", kept());
+        c.key(
+            &Method::POST,
+            &uri,
+            &json_headers(),
+            body(100 * 1024).as_bytes(),
+        );
+        assert_eq!(kept(), 0);
     }
 
     #[test]
