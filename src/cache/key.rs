@@ -2836,7 +2836,7 @@ mod tests {
 
     /// The memo gives every request the digest its own hash gives, the second time as the first, across
     /// settings that differ only in their partition, settings derived from others, and settings whose ids differ
-    /// only in the bit the memo keeps beside an id.
+    /// only in their lowest bit (the memo shifts an id to make room for a bit of its own).
     #[test]
     fn memoised_digests_are_the_computed_ones() {
         let a = config();
