@@ -2713,6 +2713,7 @@ mod tests {
             (Some("text/plain"), &["text/*;q=0, text/html"], false),
             (Some("text/plain"), &["*/*, text/*;q=0"], false),
             (Some("application/json"), &["*/*;q=0, application/json;q=0.5"], true),
+            (Some("text/plain"), &["*/*;q=0, text/*"], true),
             (Some("application/json"), &["application/json;q=0"], false),
             (Some("application/json"), &["application/json; q=0.000"], false),
             (Some("application/json"), &["application/json;q=x"], false),
@@ -2720,6 +2721,7 @@ mod tests {
             (Some("application/json"), &["application/json;q=1.0"], true),
             // Listed twice at one specificity: both must accept.
             (Some("application/json"), &["application/json, application/json;q=0"], false),
+            (Some("application/json"), &["application/json;q=0, application/json"], false),
             // A range's parameters must be the answer's; what follows `q` is none of them.
             (Some("text/html; level=1"), &["text/html;level=1, text/html;q=0"], true),
             (Some("text/html; level=2"), &["text/html;level=1, text/html;q=0"], false),
@@ -2730,12 +2732,16 @@ mod tests {
             (Some("application/json"), &["application/json; charset=utf-8"], true),
             // Nothing that reads as a range: any type is accepted; one range among noise counts.
             (Some("application/json"), &[""], true),
+            (Some("application/json"), &[";q=0"], true),
+            (Some("application/json"), &["/json, application/, text html/plain"], true),
             (Some("application/json"), &["json, */json"], true),
             (Some("application/json"), &["json, text/html"], false),
             // An answer without a type that reads as one is accepted by any request.
             (None, &["application/json"], true),
             (Some("json"), &["application/json"], true),
             (Some("*/*"), &["application/json"], true),
+            (Some("text/*"), &["application/json"], true),
+            (Some("*/json"), &["application/json"], true),
         ];
         for (content_type, accept, expected) in table {
             let mut response = HeaderMap::new();
