@@ -474,6 +474,27 @@ mod tests {
             secs(7, 60, 300),
             "max-age wins over Expires"
         );
+        // Without a `Date`, from the cache's clock (`windows` reads at 2023-11-14 22:13:20 UTC).
+        assert_eq!(
+            windows(&[("expires", "Tue, 14 Nov 2023 22:14:20 GMT")]),
+            secs(60, 60, 300)
+        );
+    }
+
+    #[test]
+    fn a_calls_own_windows_keep_only_what_the_origin_forbids() {
+        let own = |value| {
+            OriginSays::read(&head(&[("cache-control", value)]), &[], 0)
+                .directives_only()
+                .windows(DEFAULTS, CAP)
+        };
+        assert_eq!(
+            own("max-age=5, stale-while-revalidate=30, stale-if-error=40"),
+            DEFAULTS,
+            "the origin's durations give way to the call's"
+        );
+        assert_eq!(own("max-age=5, must-revalidate"), secs(60, 0, 0));
+        assert_eq!(own("max-age=5, no-cache"), secs(0, 0, 0));
     }
 
     #[test]

@@ -2415,6 +2415,16 @@ mod tests {
             );
         }
         assert!(builder().build().is_ok(), "the defaults build");
+        let ten_years = Windows::new(MAX_WINDOW, MAX_WINDOW, MAX_WINDOW);
+        assert!(
+            builder()
+                .origin_freshness_cap(ten_years)
+                .cacheable_statuses([StatusCode::OK, StatusCode::NOT_FOUND])
+                .windows_for_status(StatusCode::NOT_FOUND, ten_years)
+                .build()
+                .is_ok(),
+            "windows of the longest allowed build"
+        );
         assert_eq!(
             format!("{:?}", RedisCacheLayer::new(MemoryStore::new(1 << 20))),
             format!("{:?}", builder().build().unwrap()),
