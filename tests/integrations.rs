@@ -1188,6 +1188,50 @@ async fn a_post_through_reqwest_is_retried_when_its_connection_is_refused() {
     );
 }
 
+/// A connection reqwest could not make for any cause, not only a refusal (a name that does not resolve, a TLS
+/// handshake, a connect timeout), was never sent: a `POST` that met one is sent again. Here the name does not
+/// resolve, through a resolver that knows none, so no `io::Error` the retry layer knows is in the error's chain:
+/// only the client's own connect errors tell (reqwest's, and hyper-util's under it).
+#[tokio::test]
+async fn a_post_through_reqwest_is_retried_when_its_host_does_not_resolve() {
+    /// Resolves no name, counting the names it was asked.
+    struct NoSuchHost(Arc<AtomicU64>);
+    impl reqwest::dns::Resolve for NoSuchHost {
+        fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err("no such host".into()) })
+        }
+    }
+    let asked = Arc::new(AtomicU64::new(0));
+    let reqwest = reqwest::Client::builder()
+        .dns_resolver(NoSuchHost(asked.clone()))
+        .build()
+        .unwrap();
+    let retry = tower_redis_cache::RetryLayer::builder()
+        .base_delay(std::time::Duration::from_millis(1))
+        .max_attempts(3)
+        .no_budget()
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(retry)
+        .service(ReqwestService::new(reqwest));
+    let order = Request::post("http://orders.example/orders")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"sku":1}"#)))
+        .unwrap();
+    let error = client.oneshot(order).await.unwrap_err();
+    let error = error
+        .downcast_ref::<tower_redis_cache::retry::error::RetryError>()
+        .expect("a RetryError");
+    assert_eq!(
+        (error.attempts(), error.gave_up()),
+        (3, Some(tower_redis_cache::retry::GaveUp::MaxAttempts)),
+        "{error}"
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 3, "one look-up an attempt");
+}
+
 /// An axum app whose `/events` answers each subscriber an event stream (`hello <n>` for its `n`th call) that
 /// stays open, behind `layer` over the whole router, on a real loopback port.
 async fn event_stream_app(layer: RedisCacheLayer, calls: Arc<AtomicU64>) -> String {

@@ -125,6 +125,16 @@ mod tests {
     }
 
     #[test]
+    fn debug_counts_retries_not_thousandths() {
+        let budget = RetryBudget::new(2, 0.25);
+        assert!(budget.try_withdraw());
+        assert_eq!(
+            format!("{budget:?}"),
+            "RetryBudget { available: 1.0, capacity: 2, refund: 0.25 }"
+        );
+    }
+
+    #[test]
     fn odd_refunds_are_clamped() {
         assert_eq!(RetryBudget::new(1, f64::NAN).bucket.refund, 0);
         assert_eq!(RetryBudget::new(1, -3.0).bucket.refund, 0);

@@ -191,6 +191,12 @@ mod tests {
     }
 
     #[test]
+    fn a_classifier_closure_debugs_as_what_it_is() {
+        let classify = classify_fn(|_, _| Class::Done);
+        assert_eq!(format!("{classify:?}"), "ClassifyFn { .. }");
+    }
+
+    #[test]
     fn only_a_connection_never_made_is_never_sent() {
         use std::io::{Error as IoError, ErrorKind};
         /// A client's error around its cause, as hyper-util's and reqwest's are.

@@ -287,6 +287,8 @@ mod tests {
             ("GitHub: on a 429", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &in_90s)], Some(s(90))),
             ("a unix time past", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &past)], Some(Duration::ZERO)),
             ("delta-seconds", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "30")], Some(s(30))),
+            ("the longest delta-seconds", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "999999999")], Some(s(999_999_999))),
+            ("the first unix time (2001)", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1000000000")], Some(Duration::ZERO)),
             ("a unix time with a fraction", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &in_90_5s)], Some(ms(90_500))),
             ("a unix time in milliseconds", limited, vec![("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &in_90s_ms)], Some(ms(90_250))),
             ("some left: another quota ran out", limited, vec![("x-ratelimit-remaining", "12"), ("x-ratelimit-reset", &in_90s)], None),
