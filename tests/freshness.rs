@@ -446,6 +446,64 @@ async fn windows_a_hook_or_a_call_asks_for_are_cut_to_ten_years() {
     );
 }
 
+/// The bulk strings of a RESP reply, in order: the one it is, or those of the array it is.
+fn bulk_strings(reply: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(reply);
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    lines
+        .windows(2)
+        .filter(|pair| pair[0].starts_with('$'))
+        .map(|pair| pair[1].to_owned())
+        .collect()
+}
+
+/// A tag must find an entry for as long as the entry may answer: a tag set holds each member until the longest
+/// windows any answer to its request may get, its status's among them. Here a `404` is kept a week, longer than
+/// the layer's own windows and the origin cap's day: its member must outlive the week.
+#[tokio::test]
+async fn a_tag_holds_an_entry_as_long_as_the_windows_of_its_status() {
+    const WEEK: u64 = 7 * 86_400;
+    let server = RedisServer::start();
+    let layer = layer(&server)
+        .await
+        .cacheable_statuses([StatusCode::OK, StatusCode::NOT_FOUND])
+        .windows_for_status(StatusCode::NOT_FOUND, secs(WEEK, 0, 0))
+        .tags(|_| vec!["all".into()])
+        .build()
+        .unwrap();
+    let origin = tower::service_fn(|_: Request<RequestBody>| async {
+        Ok::<_, BoxError>(
+            Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(Full::new(Bytes::from_static(b"no such item")))?,
+        )
+    });
+    let service = cached(&layer, origin);
+    assert!(is_miss(&call(&service, get("/items/9")).await));
+    let kept = stored_for_ms(&server, &layer, "/items/9");
+    assert!(
+        kept > (WEEK - 60) * 1000 && kept <= WEEK * 1000,
+        "the entry is kept the week: {kept} ms"
+    );
+    let now: u64 = bulk_strings(&server.command(&[b"TIME"]))[0]
+        .parse()
+        .unwrap();
+    let sets = bulk_strings(&server.command(&[b"KEYS", b"fresh:v1:tag:*"]));
+    assert!(!sets.is_empty(), "the answer is tagged");
+    for set in sets {
+        let held =
+            bulk_strings(&server.command(&[b"ZRANGE", set.as_bytes(), b"0", b"-1", b"WITHSCORES"]));
+        let [_, until] = held.as_slice() else {
+            panic!("one member in {set}: {held:?}");
+        };
+        let until: f64 = until.parse().unwrap();
+        assert!(
+            until / 1000.0 > (now + WEEK) as f64,
+            "{set} holds its member until {until} ms, {now} s now"
+        );
+    }
+}
+
 /// An origin whose answers are fresh for a second and stale for a minute after, tagged `etag` if any.
 fn second_fresh(etag: Option<&'static str>) -> Arc<Origin> {
     let origin = Origin::new();
