@@ -1156,14 +1156,12 @@ fn counters_reach_the_metrics_facade() {
     );
 }
 
-/// Through reqwest, a refused connection is known for one as well: a `POST` that never reached the server is
-/// sent again, as over hyper-util.
-#[tokio::test]
-async fn a_post_through_reqwest_is_retried_when_its_connection_is_refused() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+/// Sends an order (`POST`) to `url` through `reqwest` under a retry layer allowing three attempts, which it must
+/// fail: how many were made, and why the layer gave up.
+async fn failed_order(
+    reqwest: reqwest::Client,
+    url: &str,
+) -> (u32, Option<tower_redis_cache::retry::GaveUp>) {
     let retry = tower_redis_cache::RetryLayer::builder()
         .base_delay(std::time::Duration::from_millis(1))
         .max_attempts(3)
@@ -1172,8 +1170,8 @@ async fn a_post_through_reqwest_is_retried_when_its_connection_is_refused() {
         .unwrap();
     let client = ServiceBuilder::new()
         .layer(retry)
-        .service(ReqwestService::new(reqwest::Client::new()));
-    let order = Request::post(format!("http://{closed}/orders"))
+        .service(ReqwestService::new(reqwest));
+    let order = Request::post(url)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(br#"{"sku":1}"#)))
         .unwrap();
@@ -1181,10 +1179,20 @@ async fn a_post_through_reqwest_is_retried_when_its_connection_is_refused() {
     let error = error
         .downcast_ref::<tower_redis_cache::retry::error::RetryError>()
         .expect("a RetryError");
+    (error.attempts(), error.gave_up())
+}
+
+/// Through reqwest, a refused connection is known for one as well: a `POST` that never reached the server is
+/// sent again, as over hyper-util.
+#[tokio::test]
+async fn a_post_through_reqwest_is_retried_when_its_connection_is_refused() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     assert_eq!(
-        (error.attempts(), error.gave_up()),
-        (3, Some(tower_redis_cache::retry::GaveUp::MaxAttempts)),
-        "{error}"
+        failed_order(reqwest::Client::new(), &format!("http://{closed}/orders")).await,
+        (3, Some(tower_redis_cache::retry::GaveUp::MaxAttempts))
     );
 }
 
@@ -1207,27 +1215,9 @@ async fn a_post_through_reqwest_is_retried_when_its_host_does_not_resolve() {
         .dns_resolver(NoSuchHost(asked.clone()))
         .build()
         .unwrap();
-    let retry = tower_redis_cache::RetryLayer::builder()
-        .base_delay(std::time::Duration::from_millis(1))
-        .max_attempts(3)
-        .no_budget()
-        .build()
-        .unwrap();
-    let client = ServiceBuilder::new()
-        .layer(retry)
-        .service(ReqwestService::new(reqwest));
-    let order = Request::post("http://orders.example/orders")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"sku":1}"#)))
-        .unwrap();
-    let error = client.oneshot(order).await.unwrap_err();
-    let error = error
-        .downcast_ref::<tower_redis_cache::retry::error::RetryError>()
-        .expect("a RetryError");
     assert_eq!(
-        (error.attempts(), error.gave_up()),
-        (3, Some(tower_redis_cache::retry::GaveUp::MaxAttempts)),
-        "{error}"
+        failed_order(reqwest, "http://orders.example/orders").await,
+        (3, Some(tower_redis_cache::retry::GaveUp::MaxAttempts))
     );
     assert_eq!(asked.load(Ordering::SeqCst), 3, "one look-up an attempt");
 }
