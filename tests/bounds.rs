@@ -456,3 +456,37 @@ async fn under_query_when_a_body_past_the_in_flight_budget_counts_as_a_write() {
     let first = first.await.unwrap().unwrap();
     assert_eq!(CacheOutcome::of(&first), miss(false));
 }
+
+#[tokio::test]
+async fn an_answer_with_more_header_values_than_a_map_has_slots_is_stored_whole() {
+    // `http` gives a map at most 24,576 slots for names; values of one name are held apart, without that cap,
+    // so an answer can carry more, and the entry's count (a `u16`) can say up to 65,535: with the origin's
+    // `content-type`, 65,534 rows.
+    for (rows, stored) in [(30_000, true), (65_534, true), (65_535, false)] {
+        let origin = Origin::new();
+        for i in 0..rows {
+            origin.add_header_value("x-row", http::HeaderValue::from(i));
+        }
+        let service = builder().build().unwrap().layer(origin.service());
+        let first = call(&service, query(0)).await;
+        assert_eq!(Some(outcome(&first)), miss(stored), "{rows} values");
+        assert_eq!(
+            first.headers().get_all("x-row").iter().count(),
+            rows as usize
+        );
+        let second = call(&service, query(0)).await;
+        let values: Vec<_> = second.headers().get_all("x-row").iter().collect();
+        assert_eq!(values.len(), rows as usize, "{rows} values");
+        assert_eq!(
+            values.last().map(|v| v.as_bytes().to_vec()),
+            Some((rows - 1).to_string().into_bytes())
+        );
+        let (expected, calls_made) = if stored {
+            (CacheOutcome::Hit, 1)
+        } else {
+            (miss(false).unwrap(), 2)
+        };
+        assert_eq!(outcome(&second), expected, "{rows} values");
+        assert_eq!(origin.calls(), calls_made, "{rows} values");
+    }
+}

@@ -440,7 +440,9 @@ pub(crate) fn storable_headers(headers: &HeaderMap) -> Option<HeaderMap> {
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(|name| name.trim_ascii().to_ascii_lowercase())
         .collect();
-    let mut kept = HeaderMap::with_capacity(headers.len());
+    // Room for each name, not each value: `http` caps a map's slots (`with_capacity` panics past 24,576), and a
+    // response can carry more values than that, one name repeated. The capacity is a hint: never a reason to fail.
+    let mut kept = HeaderMap::try_with_capacity(headers.keys_len()).unwrap_or_default();
     for (name, value) in headers {
         if never_stored(name)
             || connection_listed
@@ -733,6 +735,18 @@ mod tests {
         );
         let kept = storable_headers(&h).unwrap();
         assert!(!kept.contains_key("x-hop"));
+    }
+
+    #[test]
+    fn headers_are_stored_up_to_as_many_as_their_count_can_say() {
+        // The count is a `u16`: 65,535 values frame, one more would not (the response then passes uncached).
+        let mut h = HeaderMap::new();
+        for i in 0..u32::from(u16::MAX) {
+            h.append("x-row", HeaderValue::from(i));
+        }
+        assert_eq!(storable_headers(&h).map(|kept| kept.len()), Some(65_535));
+        h.append("x-row", HeaderValue::from_static("over"));
+        assert_eq!(storable_headers(&h), None);
     }
 
     proptest! {

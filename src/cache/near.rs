@@ -804,8 +804,9 @@ pub(crate) fn hash_slot(key: &[u8; 32]) -> u16 {
 /// What the store read is a view into its client's read buffer (fred's replies are slices of the connection's
 /// buffer, several replies to one allocation of 8 KiB or more), which would stay whole for as long as the near
 /// cache keeps any slice of it: measured, one reply of 300 bytes kept in 30 held 8 KiB, 27 times its size.
-/// `None` only if the map cannot take the headers or a value copied no longer parses (neither can happen: they
-/// are the headers and bytes of a map that held them).
+/// `None` if the map cannot take the headers (more values than `http` gives a map slots, some 24,500 of one
+/// name repeated: such an entry is then read from the store on each hit) or a value copied no longer parses
+/// (which cannot happen: they are the bytes of a map that held them).
 fn detached(entry: &Entry) -> Option<Entry> {
     let len = entry
         .headers
