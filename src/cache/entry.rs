@@ -535,6 +535,21 @@ mod tests {
         assert_eq!(staled_windows(&Unstored::Alone.encode(&digest), 0), None);
         assert_eq!(staled_windows(b"{\"not\":\"ours\"}", 0), None);
         assert_eq!(staled_windows(&bytes[..WINDOWS_AT + 16], 1_004_000), None);
+        // An entry's bytes of a version this crate does not write, or under another magic, are no entry either.
+        for (at, byte) in [
+            (4, 1),
+            (4, VERSION_UNSTORED),
+            (4, VERSION_LZ4 + 2),
+            (0, b'{'),
+        ] {
+            let mut other = bytes.to_vec();
+            other[at] = byte;
+            assert_eq!(
+                staled_windows(&other, 1_004_000),
+                None,
+                "byte {at} = {byte}"
+            );
+        }
     }
 
     /// The body cap the decoder is given.
@@ -588,6 +603,7 @@ mod tests {
             .map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER)
             .sum();
         assert_eq!(e.encode(&[0; 32]).len(), FIXED_OVERHEAD + headers + 10);
+        assert_eq!(e.encoded_len(), FIXED_OVERHEAD + headers + 10);
         assert_eq!(FIXED_OVERHEAD, 78);
         let varied = Entry {
             vary: Some([3; 32]),
@@ -595,6 +611,8 @@ mod tests {
         };
         let bytes = varied.encode(&[0; 32]);
         assert_eq!(bytes.len(), FIXED_OVERHEAD + VARY_DIGEST + headers + 10);
+        // What the compression counts save against: the length raw, vary digest and all.
+        assert_eq!(varied.encoded_len(), bytes.len());
         assert_eq!(
             Entry::decode(&bytes, &[0; 32], MAX_BODY).unwrap().vary,
             Some([3; 32])
@@ -618,6 +636,13 @@ mod tests {
         let mut unknown = Unstored::Alone.encode(&digest).to_vec();
         unknown[37] = 9;
         assert_eq!(Unstored::read(&unknown, &digest), None);
+        // Each part must hold on its own: a marker's bytes with one more after them, or under another magic.
+        let mut longer = Unstored::Alone.encode(&digest).to_vec();
+        longer.push(0);
+        assert_eq!(Unstored::read(&longer, &digest), None);
+        let mut foreign = Unstored::Alone.encode(&digest).to_vec();
+        foreign[0] = b'{';
+        assert_eq!(Unstored::read(&foreign, &digest), None);
         assert_eq!(Unstored::read(&entry(b"x").encode(&digest), &digest), None);
     }
 
@@ -749,6 +774,19 @@ mod tests {
         assert_eq!(storable_headers(&h), None);
     }
 
+    /// Without the feature, a compressed entry (version 3) is another version: a miss, never its block for a body.
+    #[test]
+    #[cfg(not(feature = "compression"))]
+    fn a_compressed_entry_is_another_version_without_the_feature() {
+        let digest = [4u8; 32];
+        let mut v = entry(b"body").encode(&digest).to_vec();
+        v[4] = VERSION_LZ4;
+        assert_eq!(
+            Entry::decode(&Bytes::from(v), &digest, MAX_BODY).unwrap_err(),
+            DecodeError::Version
+        );
+    }
+
     proptest! {
         #[test]
         fn decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
@@ -854,20 +892,23 @@ mod tests {
             );
         }
 
-        #[test]
-        fn bodies_that_do_not_shrink_or_are_already_encoded_are_stored_raw() {
-            let digest = [4u8; 32];
-            // Noise (xorshift): LZ4 cannot shrink it by an eighth.
+        /// `len` bytes of noise (xorshift): LZ4 cannot shrink it by an eighth.
+        fn noise(len: usize) -> Vec<u8> {
             let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-            let noise: Vec<u8> = (0..8192)
+            (0..len)
                 .map(|_| {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
                     x as u8
                 })
-                .collect();
-            let e = with_body(noise);
+                .collect()
+        }
+
+        #[test]
+        fn bodies_that_do_not_shrink_or_are_already_encoded_are_stored_raw() {
+            let digest = [4u8; 32];
+            let e = with_body(noise(8192));
             assert_eq!(e.encode_with(&digest, Some(0)), e.encode(&digest));
             let mut gzipped = with_body(json_rows(1000));
             gzipped
@@ -879,6 +920,45 @@ mod tests {
                 HeaderValue::from_static("Identity"),
             );
             assert_eq!(gzipped.encode_with(&digest, Some(0))[4], VERSION_LZ4);
+        }
+
+        #[test]
+        fn a_body_is_stored_compressed_when_its_block_and_length_take_at_most_seven_eighths() {
+            let digest = [4u8; 32];
+            // Noise, then zeros: LZ4 copies the noise and folds the zeros, so a body with more zeros saves more.
+            // The stored field is the block and the raw length's 4 bytes; the body's length less an eighth of it
+            // (rounded down) is the most it may take.
+            let body = |zeros: usize| {
+                let mut body = noise(4096);
+                body.resize(4096 + zeros, 0);
+                body
+            };
+            let over = |zeros: usize| {
+                let body = body(zeros);
+                let mut block = vec![0; lz4_flex::block::get_maximum_output_size(body.len())];
+                let len = lz4_flex::block::compress_into(&body, &mut block).unwrap();
+                (len + 4) as i64 - (body.len() - body.len() / 8) as i64
+            };
+            let exact = (0..2048).find(|&zeros| over(zeros) == 0).unwrap();
+            let short = (0..2048).find(|&zeros| over(zeros) == 1).unwrap();
+            let e = with_body(body(exact));
+            let stored = e.encode_with(&digest, Some(0));
+            assert_eq!(stored[4], VERSION_LZ4);
+            assert_eq!(
+                stored.len(),
+                e.encoded_len() - e.body.len() / 8,
+                "{exact} zeros"
+            );
+            assert_eq!(
+                Entry::decode(&stored, &digest, MAX_BODY).unwrap().body,
+                e.body
+            );
+            let e = with_body(body(short));
+            assert_eq!(
+                e.encode_with(&digest, Some(0)),
+                e.encode(&digest),
+                "{short} zeros"
+            );
         }
 
         #[test]
