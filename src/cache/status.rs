@@ -716,6 +716,13 @@ mod tests {
         let mut short = HeaderText::default();
         short.push_str("ab");
         assert!(short.split_values(3).is_none());
+        // Split at its end, the second value is empty (a field value may be).
+        let mut whole = HeaderText::default();
+        whole.push_str("ab");
+        assert_eq!(
+            whole.split_values(2),
+            Some((HeaderValue::from_static("ab"), HeaderValue::from_static("")))
+        );
     }
 
     #[test]
@@ -1045,6 +1052,57 @@ mod tests {
                 stored: true
             })
         );
+        let hit = response_with(&["tower-redis-cache; hit=?1; ttl=3"]);
+        assert_eq!(CacheOutcome::of(&hit), Some(CacheOutcome::Hit));
+        let not_hit = response_with(&["tower-redis-cache; hit=?0; fwd=uri-miss"]);
+        assert_eq!(
+            CacheOutcome::of(&not_hit),
+            Some(CacheOutcome::Miss {
+                collapsed: false,
+                stored: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_quoted_string_hides_what_looks_like_a_member_of_this_crate() {
+        // Each value: this crate's member, then another cache's whose quoted `detail` holds a comma and what
+        // would read as this crate's hit, were the comma taken for a member's end.
+        for value in [
+            r#"tower-redis-cache; fwd=bypass; detail=cookie, edge; detail="x, tower-redis-cache; hit; ttl=1;""#,
+            // An escaped quote does not end the string.
+            r#"tower-redis-cache; fwd=bypass; detail=cookie, edge; detail="say \", tower-redis-cache; hit; ttl=1; \"""#,
+        ] {
+            assert_eq!(
+                CacheOutcome::of(&response_with(&[value])),
+                Some(CacheOutcome::Bypass(BypassReason::Cookie)),
+                "{value}"
+            );
+        }
+        // Outside a quoted string a backslash is a byte like any other: the comma after it still ends a member.
+        let stray = response_with(&[r"edge; detail=x\, tower-redis-cache; hit; ttl=2"]);
+        assert_eq!(CacheOutcome::of(&stray), Some(CacheOutcome::Hit));
+    }
+
+    #[test]
+    fn every_outcome_has_its_name_and_says_whether_its_body_came_from_the_store() {
+        for (outcome, name, cached) in [
+            (CacheOutcome::Hit, "hit", true),
+            (CacheOutcome::Stale { refreshing: false }, "stale", true),
+            (CacheOutcome::StaleIfError, "stale-if-error", true),
+            (
+                CacheOutcome::Miss {
+                    collapsed: true,
+                    stored: true,
+                },
+                "miss",
+                false,
+            ),
+            (CacheOutcome::Bypass(BypassReason::Cookie), "bypass", false),
+            (CacheOutcome::OnlyIfCachedMiss, "only-if-cached-miss", false),
+        ] {
+            assert_eq!((outcome.as_str(), outcome.is_cached()), (name, cached));
+        }
     }
 
     #[test]
