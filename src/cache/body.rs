@@ -187,4 +187,66 @@ mod tests {
         let full: ResponseBody<Full<Bytes>> = ResponseBody::full(Bytes::from_static(b"x"));
         assert_eq!(full.size_hint().exact(), Some(1));
     }
+
+    #[tokio::test]
+    async fn a_body_says_when_it_has_ended_and_how_long_it_is_when_that_is_known() {
+        // Whole bytes: their length, and ended once read (or at once, when there are none).
+        let mut full: ResponseBody<Full<Bytes>> = ResponseBody::full(Bytes::from_static(b"abc"));
+        assert_eq!((full.exact_len(), full.is_end_stream()), (Some(3), false));
+        assert!(full.frame().await.is_some());
+        assert_eq!((full.exact_len(), full.is_end_stream()), (Some(0), true));
+        let empty: ResponseBody<Full<Bytes>> = ResponseBody::full(Bytes::new());
+        assert_eq!((empty.exact_len(), empty.is_end_stream()), (Some(0), true));
+
+        // Streamed: what was read, then the rest; ended when both are sent.
+        let mut streamed: ResponseBody<Full<Bytes>> = ResponseBody::streamed(
+            Streamed::boxed(Full::new(Bytes::from_static(b"tail"))),
+            Bytes::from_static(b"head-"),
+        );
+        assert_eq!(
+            (streamed.exact_len(), streamed.is_end_stream()),
+            (Some(9), false)
+        );
+        assert!(streamed.frame().await.is_some());
+        assert_eq!(
+            (streamed.exact_len(), streamed.is_end_stream()),
+            (Some(4), false)
+        );
+        assert!(streamed.frame().await.is_some());
+        assert_eq!(
+            (streamed.exact_len(), streamed.is_end_stream()),
+            (Some(0), true)
+        );
+        // All of it read already: the prefix is still to send.
+        let read: ResponseBody<Full<Bytes>> = ResponseBody::streamed(
+            Streamed::boxed(Full::new(Bytes::new())),
+            Bytes::from_static(b"all"),
+        );
+        assert_eq!((read.exact_len(), read.is_end_stream()), (Some(3), false));
+        // A stream that does not say its length, and an answer with trailers: no length told before.
+        let unsaid: ResponseBody<_> = ResponseBody::streaming(http_body_util::StreamBody::new(
+            futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x")))]),
+        ));
+        assert_eq!((unsaid.exact_len(), unsaid.is_end_stream()), (None, false));
+        let trailed: ResponseBody<Full<Bytes>> =
+            ResponseBody::trailed(Bytes::from_static(b"abc"), HeaderMap::new());
+        assert_eq!(
+            (trailed.exact_len(), trailed.is_end_stream()),
+            (None, false)
+        );
+    }
+
+    #[test]
+    fn debug_says_the_kind_and_the_length_it_holds() {
+        let full: ResponseBody<Full<Bytes>> = ResponseBody::full(Bytes::from_static(b"abc"));
+        assert_eq!(format!("{full:?}"), "ResponseBody::Full { len: 3 }");
+        let streamed: ResponseBody<Full<Bytes>> = ResponseBody::streaming(Full::new(Bytes::new()));
+        assert_eq!(format!("{streamed:?}"), "ResponseBody::Streaming { .. }");
+        let trailed: ResponseBody<Full<Bytes>> =
+            ResponseBody::trailed(Bytes::from_static(b"ab"), HeaderMap::new());
+        assert_eq!(
+            format!("{trailed:?}"),
+            "ResponseBody::Trailed { len: 2, .. }"
+        );
+    }
 }
