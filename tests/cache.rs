@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use support::calls::{body, cache_status, call, outcome, post, post_bytes, wait_until};
 use support::proxy::{Mode, Proxy};
+use support::store::CountingStore;
 use support::{Origin, RedisServer, bulk_payload, fred_client};
 use tower::ServiceExt;
 use tower_redis_cache::cache::NotStored;
@@ -741,6 +742,40 @@ async fn a_cancelled_leader_does_not_strand_its_waiters() {
         .expect("the waiter finished")
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_caller_whose_look_up_missed_before_another_call_stored_takes_that_entry() {
+    let origin = Origin::new();
+    let (store, reads, release) = CountingStore::holding_first(MemoryStore::new(1 << 20));
+    let service = layer_over(store)
+        .build()
+        .unwrap()
+        .layer_service(origin.service());
+    // The first caller's look-up finds nothing, and is held before the caller joins the key's call.
+    let first = tokio::spawn({
+        let service = service.clone();
+        async move { call(&service, post(r#"{"q":"race"}"#)).await }
+    });
+    wait_until("the first look-up is done", || {
+        reads.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Meanwhile a second caller misses, calls the origin and stores; its call is over when the first joins.
+    let second = call(&service, post(r#"{"q":"race"}"#)).await;
+    assert_eq!(
+        outcome(&second),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+    release.notify_one();
+    // A call for the key finished since the first caller's look-up: it looks again, and the entry answers.
+    let first = first.await.unwrap();
+    assert_eq!(outcome(&first), CacheOutcome::Hit);
+    assert_eq!(body(first).await, body(second).await);
+    assert_eq!(origin.calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
-//! A store wrapper that counts finished reads, so a test knows when concurrent callers are past their look-up
-//! (and so have joined the in-flight call for their key).
+//! Store wrappers: one that counts finished reads, so a test knows when concurrent callers are past their
+//! look-up (and so have joined the in-flight call for their key), and can hold the first read's answer; others
+//! that journal the calls, or make a lease arrive late.
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use tower_redis_cache::cache::store::StoreFuture;
 pub struct CountingStore<S> {
     inner: S,
     gets: Arc<AtomicUsize>,
+    /// When set, the first `get` holds what it read (counted) until this is notified.
+    hold_first: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<S> CountingStore<S> {
@@ -22,9 +25,19 @@ impl<S> CountingStore<S> {
             CountingStore {
                 inner,
                 gets: gets.clone(),
+                hold_first: None,
             },
             gets,
         )
+    }
+
+    /// Wraps `inner`, its first `get` answering what it read only once the returned `Notify` is notified (the
+    /// count says when that read is done); later ones answer at once.
+    pub fn holding_first(inner: S) -> (Self, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+        let (mut store, gets) = Self::new(inner);
+        let release = Arc::new(tokio::sync::Notify::new());
+        store.hold_first = Some(release.clone());
+        (store, gets, release)
     }
 }
 
@@ -32,7 +45,10 @@ impl<S: Store> Store for CountingStore<S> {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         Box::pin(async move {
             let value = self.inner.get(key).await;
-            self.gets.fetch_add(1, Ordering::SeqCst);
+            let before = self.gets.fetch_add(1, Ordering::SeqCst);
+            if let (0, Some(release)) = (before, &self.hold_first) {
+                release.notified().await;
+            }
             value
         })
     }
