@@ -452,7 +452,44 @@ mod tests {
             let heads = heads.borrow();
             assert_eq!(heads.slots.len(), SLOTS);
             assert!(heads.slots.iter().all(|s| s.raw.len() <= MAX_HEAD));
+            // Taken round robin: the last `SLOTS` digests are the ones kept, each with its head.
+            let mut kept: Vec<u8> = heads
+                .slots
+                .iter()
+                .filter(|s| s.head.is_some())
+                .map(|s| s.digest[0])
+                .collect();
+            kept.sort_unstable();
+            let last: Vec<u8> = (SLOTS as u8 * 2..SLOTS as u8 * 3).collect();
+            assert_eq!(kept, last);
         });
+        // A head of `MAX_HEAD` bytes is kept, one of a byte more is not.
+        let padded = |len: usize| {
+            let mut e = entry(5_000, 2, b"x");
+            e.headers
+                .insert("x-pad", HeaderValue::from_str(&"p".repeat(len)).unwrap());
+            e
+        };
+        let (_, unpadded) =
+            Entry::decode_head(&padded(0).encode(&digest), &digest, MAX_BODY).unwrap();
+        for (len, keeps) in [(MAX_HEAD, true), (MAX_HEAD + 1, false)] {
+            let e = padded(len - unpadded);
+            let digest = [if keeps { 0xaa } else { 0xbb }; 32];
+            for read in 1..=3 {
+                let bytes = e.encode(&digest);
+                assert_eq!(
+                    Entry::decode_head(&bytes, &digest, MAX_BODY).unwrap().1,
+                    len
+                );
+                let decoded = decode(&bytes, &digest, MAX_BODY).unwrap();
+                same(&decoded, &e);
+                assert_eq!(
+                    from_memo(&decoded, &bytes),
+                    keeps && read == 3,
+                    "{len} bytes, read {read}"
+                );
+            }
+        }
     }
 
     /// An answer's headers are made once per `ttl` and `age`, and made again when either changes.
