@@ -370,6 +370,24 @@ mod tests {
         }
 
         #[test]
+        fn a_zlib_header_is_told_by_its_method_window_and_check() {
+            // RFC 1950 §2.2: method 8, a window of at most 2^15 (CINFO 7), and CMF·256 + FLG a multiple of 31.
+            for (header, zlib) in [
+                ([0x78, 0x9c], true),
+                ([0x78, 0x01], true),
+                ([0x78, 0xda], true),
+                ([0x08, 0x1d], true),
+                ([0x79, 0x18], false),
+                ([0x88, 0x1c], false),
+                ([0x78, 0x9d], false),
+            ] {
+                assert_eq!(codecs::is_zlib(&header), zlib, "{header:02x?}");
+            }
+            assert!(!codecs::is_zlib(&[0x78]));
+            assert!(!codecs::is_zlib(&[]));
+        }
+
+        #[test]
         fn a_raw_deflate_stream_that_opens_as_zlib_does_is_read_raw() {
             // A stored block of 29 bytes, not the last, whose unused header bit is set: the first two bytes,
             // 0x08 0x1d, pass the zlib header's checks; then an empty last block.
