@@ -422,6 +422,25 @@ mod tests {
         ] {
             assert_eq!(value(none, "id"), None, "{none}");
         }
+        // Empty containers skipped before the member, and the literals, skipped or read as its value.
+        assert_eq!(
+            value(r#"{"a": {}, "b": [ ], "id": 1}"#, "id").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            value(r#"{"ok": true, "id": 1}"#, "id").as_deref(),
+            Some("1")
+        );
+        assert_eq!(value(r#"{"id": false}"#, "id").as_deref(), Some("false"));
+        // Values nest `MAX_DEPTH` deep, and no deeper.
+        let nested =
+            |depth: usize| format!(r#"{{"id": {}1{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let deepest = nested(MAX_DEPTH);
+        assert_eq!(
+            value(&deepest, "id").map(|v| v.len()),
+            Some(2 * MAX_DEPTH + 1)
+        );
+        assert_eq!(value(&nested(MAX_DEPTH + 1), "id"), None);
     }
 
     fn answer(json: &'static str) -> Response<ResponseBody<http_body_util::Empty<Bytes>>> {
