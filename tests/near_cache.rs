@@ -491,6 +491,26 @@ async fn a_near_cache_over_a_pool_hears_the_other_process_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_with_more_header_values_than_a_map_has_slots_is_kept_near() {
+    // One name repeated past the 24,576 slots `http` gives a map: the near copy is sized by names, not values.
+    let server = RedisServer::start();
+    let origin = Origin::new();
+    for i in 0..30_000 {
+        origin.add_header_value("x-row", http::HeaderValue::from(i));
+    }
+    let layer = near_layer(&server.url()).await.build().unwrap();
+    let service = cached(&layer, origin.service());
+    let near = until_near(&service, r#"{"q":"rows"}"#).await;
+    let rows = near.headers().get_all("x-row");
+    assert_eq!(rows.iter().count(), 30_000);
+    assert_eq!(
+        rows.iter().next_back().map(|v| v.as_bytes()),
+        Some(&b"29999"[..])
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_near_hit_answers_a_clients_own_validators_too() {
     let server = RedisServer::start();
     let origin = Origin::new();

@@ -804,9 +804,8 @@ pub(crate) fn hash_slot(key: &[u8; 32]) -> u16 {
 /// What the store read is a view into its client's read buffer (fred's replies are slices of the connection's
 /// buffer, several replies to one allocation of 8 KiB or more), which would stay whole for as long as the near
 /// cache keeps any slice of it: measured, one reply of 300 bytes kept in 30 held 8 KiB, 27 times its size.
-/// `None` if the map cannot take the headers (more values than `http` gives a map slots, some 24,500 of one
-/// name repeated: such an entry is then read from the store on each hit) or a value copied no longer parses
-/// (which cannot happen: they are the bytes of a map that held them).
+/// `None` only if the map cannot take the headers or a value copied no longer parses (neither can happen short of
+/// a map at `http`'s limit of names: they are the names and bytes of a map that held them).
 fn detached(entry: &Entry) -> Option<Entry> {
     let len = entry
         .headers
@@ -819,8 +818,9 @@ fn detached(entry: &Entry) -> Option<Entry> {
     }
     buffer.extend_from_slice(&entry.body);
     let buffer = buffer.freeze();
-    // Room for the answer's two headers and the spare slot (`reserve_answer_headers`).
-    let mut headers = HeaderMap::try_with_capacity(entry.headers.len() + 3).ok()?;
+    // Room for each name (a name's further values are held apart), the answer's two headers and the spare slot
+    // (`reserve_answer_headers`): sized by values, a map of one name repeated could not be made.
+    let mut headers = HeaderMap::try_with_capacity(entry.headers.keys_len() + 3).ok()?;
     let mut at = 0;
     for (name, value) in &entry.headers {
         let end = at + value.len();
