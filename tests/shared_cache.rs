@@ -2840,6 +2840,70 @@ async fn no_invalidation_in_another_process_is_undone_by_a_fill_that_predates_it
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_invalidation_in_another_process_is_undone_by_a_refresh_that_predates_it() {
+    // As for a fill, for the background refresh of a stale entry: it holds the key's lease (removed with the
+    // entry by a removal of its URI or its request's tag, and by a purge) and read the tag clock when it took
+    // it (which a removal of its answer's tag moves on).
+    for way in ["invalidate", "tag", "answer's tag", "purge"] {
+        let server = RedisServer::start();
+        // The second `GET` is the refresh; it reads version 1 and is slow to come back.
+        let origin = Versioned::holding(1);
+        let tagged = || async {
+            layer(&server)
+                .await
+                .tags(item_tags)
+                .tags_from_header(http::HeaderName::from_static("cache-tag"))
+                .fresh_for(Duration::ZERO)
+                .stale_for(Duration::from_secs(60))
+                .build()
+                .unwrap()
+        };
+        let (layer_a, layer_b) = (tagged().await, tagged().await);
+        let a = cached(&layer_a, origin.service());
+        let item = || request("GET", ITEM).map(|_| Full::default());
+        call(&a, item()).await;
+        let stale = call(&a, item()).await;
+        assert_eq!(
+            outcome(&stale),
+            CacheOutcome::Stale { refreshing: true },
+            "{way}"
+        );
+        origin.read.subscribe().wait_for(|n| *n == 1).await.unwrap();
+
+        origin.version.fetch_add(1, Ordering::SeqCst);
+        let handle = layer_b.handle();
+        let removed = match way {
+            "invalidate" => {
+                let read = request("GET", ITEM).map(|_| Bytes::new());
+                u64::from(handle.invalidate(&read).await.unwrap())
+            }
+            "tag" => handle.invalidate_tag("items").await.unwrap(),
+            "answer's tag" => handle.invalidate_tag("item-versions").await.unwrap(),
+            _ => handle.purge().await.unwrap(),
+        };
+        assert!(removed >= 1, "{way}: the stale entry went");
+        origin.release.send_replace(true);
+        wait_until("the refresh fenced off", || {
+            layer_a.handle().stats().stores_fenced == 1
+        })
+        .await;
+        let stats = layer_a.handle().stats();
+        assert_eq!(
+            (
+                stats.stores,
+                stats.refreshes_started,
+                stats.refreshes_failed
+            ),
+            (1, 1, 0),
+            "{way}"
+        );
+
+        // The refresh's version 1 did not come back in the entry's place.
+        assert_stored_v2(call(&a, item()).await, way).await;
+    }
+}
+
 #[tokio::test]
 async fn a_write_also_drops_the_entries_of_the_uris_its_answer_names_on_its_own_origin() {
     // RFC 9111 §4.4 lets a cache drop what `Location` and `Content-Location` name, and forbids it across origins.
