@@ -124,8 +124,14 @@ fn is_near(response: &Reply) -> bool {
     cache_status(response).ends_with("; detail=near")
 }
 
-fn is_stored_miss(response: &Reply) -> bool {
-    matches!(outcome(response), CacheOutcome::Miss { stored: true, .. })
+/// Panics, saying what the cache answered instead, unless `response` is a miss whose answer was stored.
+#[track_caller]
+fn assert_stored_miss(response: &Reply) {
+    assert!(
+        matches!(outcome(response), CacheOutcome::Miss { stored: true, .. }),
+        "a stored miss, not `{}`",
+        cache_status(response)
+    );
 }
 
 /// Two processes (layers with clients of their own) as the user `url` names, through every feature that calls
@@ -138,7 +144,7 @@ async fn every_feature(url: &str) {
     let (service_a, service_b) = (cached(&a, origin.service()), cached(&b, origin.service()));
 
     // Stored by one process; a hit in the other, from Redis and then from its near cache.
-    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await));
+    assert_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await);
     let from_redis = call(&service_b, post(r#"{"q":1}"#)).await;
     assert_eq!(outcome(&from_redis), CacheOutcome::Hit);
     let mut near = false;
@@ -170,7 +176,7 @@ async fn every_feature(url: &str) {
     let failed = call(&service_a, post(r#"{"q":3}"#)).await;
     assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
     origin.heal();
-    assert!(is_stored_miss(&call(&service_b, post(r#"{"q":3}"#)).await));
+    assert_stored_miss(&call(&service_b, post(r#"{"q":3}"#)).await);
 
     // A request's tag makes its entries stale everywhere (a soft purge), then removes them.
     assert!(b.handle().mark_tag_stale("reports").await.unwrap() >= 1);
@@ -179,15 +185,15 @@ async fn every_feature(url: &str) {
         CacheOutcome::Stale { .. }
     ));
     assert!(a.handle().invalidate_tag("reports").await.unwrap() >= 3);
-    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await));
+    assert_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await);
 
     // An answer's own tags (each fill reads the tag clock), and its cache group.
     origin.add_header("cache-tag", "order-17");
     origin.add_header("cache-groups", "\"orders\"");
-    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":4}"#)).await));
+    assert_stored_miss(&call(&service_a, post(r#"{"q":4}"#)).await);
     origin.clear_headers();
     assert_eq!(a.handle().invalidate_tag("order-17").await.unwrap(), 1);
-    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":4}"#)).await));
+    assert_stored_miss(&call(&service_a, post(r#"{"q":4}"#)).await);
     // The sweep of tag sets (every set still holds a live member).
     assert_eq!(a.handle().sweep_tags().await.unwrap(), 0);
     assert_eq!(
@@ -203,10 +209,10 @@ async fn every_feature(url: &str) {
         .body(())
         .unwrap();
     assert_eq!(b.handle().invalidate_uri(&uri).await.unwrap(), 1);
-    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await));
-    assert!(is_stored_miss(&call(&service_a, post(r#"{"q":5}"#)).await));
+    assert_stored_miss(&call(&service_a, post(r#"{"q":1}"#)).await);
+    assert_stored_miss(&call(&service_a, post(r#"{"q":5}"#)).await);
     assert!(a.handle().purge().await.unwrap() >= 1);
-    assert!(is_stored_miss(&call(&service_b, post(r#"{"q":5}"#)).await));
+    assert_stored_miss(&call(&service_b, post(r#"{"q":5}"#)).await);
 
     for layer in [&a, &b] {
         let stats = layer.handle().stats();
@@ -279,9 +285,7 @@ async fn a_sentinel_user_that_may_not_subscribe_gets_redis_hits_and_one_warning(
     let origin = Origin::new();
     let layer = layer_for(&url_with_user(&url)).await;
     let service = cached(&layer, origin.service());
-    assert!(is_stored_miss(
-        &call(&service, post(r#"{"q":"sentinel"}"#)).await
-    ));
+    assert_stored_miss(&call(&service, post(r#"{"q":"sentinel"}"#)).await);
     // Long enough for the watch to ask the sentinel where the primary is more than once.
     for _ in 0..150 {
         let response = call(&service, post(r#"{"q":"sentinel"}"#)).await;
@@ -367,9 +371,7 @@ async fn a_user_without_tracking_gets_redis_hits_and_a_warning() {
     let origin = Origin::new();
     let layer = layer_for(&url_with_user(&server.url())).await;
     let service = cached(&layer, origin.service());
-    assert!(is_stored_miss(
-        &call(&service, post(r#"{"q":"far"}"#)).await
-    ));
+    assert_stored_miss(&call(&service, post(r#"{"q":"far"}"#)).await);
     // Long enough for several attempts to switch tracking on (one every 250 ms).
     for _ in 0..100 {
         let response = call(&service, post(r#"{"q":"far"}"#)).await;
@@ -394,9 +396,7 @@ async fn a_purge_the_user_may_not_scan_for_says_so() {
     let origin = Origin::new();
     let layer = layer_for(&url_with_user(&server.url())).await;
     let service = cached(&layer, origin.service());
-    assert!(is_stored_miss(
-        &call(&service, post(r#"{"q":"kept"}"#)).await
-    ));
+    assert_stored_miss(&call(&service, post(r#"{"q":"kept"}"#)).await);
     let error = layer.handle().purge().await.unwrap_err();
     assert!(matches!(error, StoreError::Refused(_)), "{error:?}");
     assert!(error.to_string().contains("NOPERM"), "{error}");
@@ -416,7 +416,7 @@ async fn a_password_changed_under_the_cache_fails_no_request_and_caching_resumes
     let layer = layer_for(&url_with_user(&server.url())).await;
     let service = cached(&layer, origin.service());
     let query = r#"{"q":"rotated"}"#;
-    assert!(is_stored_miss(&call(&service, post(query)).await));
+    assert_stored_miss(&call(&service, post(query)).await);
     assert_eq!(
         outcome(&call(&service, post(query)).await),
         CacheOutcome::Hit
