@@ -986,7 +986,9 @@ async fn a_tag_made_stale_is_answered_stale_while_one_refresh_runs(
     let stale = call(&service, get("/items/1")).await;
     assert_eq!(outcome(&stale), CacheOutcome::Stale { refreshing: true });
     assert_eq!(answer_number(stale).await, 1, "the entry, answered at once");
-    wait_until("the one refresh", || origin.calls() == 2).await;
+    // Stored, not only asked: until the refresh's write lands, a read still finds the entry stale.
+    wait_until("the one refresh stored", || handle.stats().stores == 2).await;
+    assert_eq!(origin.calls(), 2);
     let refreshed = call(&service, get("/items/1")).await;
     assert_eq!(outcome(&refreshed), CacheOutcome::Hit);
     assert_eq!(answer_number(refreshed).await, 2);
@@ -1134,7 +1136,11 @@ async fn a_uri_or_a_group_made_stale_answers_stale_in_every_variant_and_query() 
             CacheOutcome::Stale { refreshing: true }
         );
     }
-    wait_until("the three refreshes", || origin.calls() == 6).await;
+    wait_until("the three refreshes stored", || {
+        layer.handle().stats().stores == 6
+    })
+    .await;
+    assert_eq!(origin.calls(), 6);
 
     // The refreshed answers are in the origin's group: made stale by it, as its own write's answer would remove.
     assert_eq!(
