@@ -1073,6 +1073,15 @@ mod tests {
                 .filter(|(name, _)| *name != AGE && *name != CACHE_STATUS)
                 .map(|(name, v)| (name.clone(), v.clone(), v.is_sensitive()))
                 .collect();
+            let answers = (kept.headers.get(AGE), kept.headers.get(CACHE_STATUS));
+            assert_eq!(
+                answers,
+                (
+                    Some(&HeaderValue::from_static("0")),
+                    Some(&HeaderValue::from_static(CACHE_NAME))
+                ),
+                "room for the answer's two headers"
+            );
             Some((pinned, headers, kept.body.clone()))
         });
         let (pinned, headers, body) = kept.expect("kept and answered");
@@ -1190,5 +1199,201 @@ mod tests {
             key[..8].copy_from_slice(&(i << 24).to_le_bytes());
             key
         }));
+    }
+
+    /// Where `near` answered `key` from at `now`: the address of the body it answered with (a thread's front
+    /// answers with a copy of its own; the cache with the entry it keeps, whose address no other allocation can
+    /// take while it lives).
+    fn answered_at(near: &Near, key: &[u8; 32], now: u64) -> Option<usize> {
+        near.with_entry(key, now, |entry, _| Some(entry.body.as_ptr() as usize))
+    }
+
+    /// A thread's front holds the eight entries it answered last, each in its own slot, one near cache's apart
+    /// from another's of the same key; a change sends each read back to the cache, which puts the entry in the
+    /// slot it had.
+    #[test]
+    fn a_threads_front_answers_its_eight_latest_entries() {
+        let (a, b) = (near(), near());
+        a.arm();
+        b.arm();
+        let now = a.clock.now_ms();
+        let keys: Vec<[u8; 32]> = (0u8..8).map(|i| [i; 32]).collect();
+        for key in &keys {
+            fill(&a, key, "a", now);
+        }
+        fill(&b, &keys[3], "b", now);
+        // First reads: from the cache, each then taken into the front.
+        let cached: Vec<usize> = keys
+            .iter()
+            .map(|k| answered_at(&a, k, now).unwrap())
+            .collect();
+        let fronted = |near: &Near, i: usize| {
+            let at = answered_at(near, &keys[i], now).expect("answered");
+            at != cached[i]
+        };
+        assert!((0..8).all(|i| fronted(&a, i)), "all eight from the front");
+        // A change: every read goes to the cache once, and each entry goes back in the slot it had.
+        a.remove(&keys[7]);
+        assert_eq!(answered_at(&a, &keys[7], now), None);
+        for i in 0..7 {
+            assert!(
+                !fronted(&a, i),
+                "key {i} read from the cache after a change"
+            );
+        }
+        assert!((0..7).all(|i| fronted(&a, i)), "each in its own slot again");
+        // A lease's push changes no entry: the front still answers.
+        a.invalidate([format!("ns:v1:{{{}}}:lease", "03".repeat(32)).as_str()]);
+        assert!((0..7).all(|i| fronted(&a, i)), "after a lease's push");
+        // B's entry of key 3 takes the next slot in turn (key 0's), not A's entry of the same key.
+        assert!(answered_at(&b, &keys[3], now).is_some());
+        assert!(fronted(&a, 3), "A's key 3 kept its slot");
+        assert!(!fronted(&a, 0), "A's key 0 gave its slot up");
+    }
+
+    /// The front takes no entry heavier than a 64th of the near cache's bound, nor than 128 KiB: its copies are
+    /// memory beyond the bound.
+    #[test]
+    fn the_front_takes_no_heavy_entry() {
+        for (bound, light, heavy) in [
+            (1 << 20, 12 << 10, 20 << 10),
+            (64 << 20, 100 << 10, 130 << 10),
+        ] {
+            let near = near_of(bound);
+            near.arm();
+            let now = near.clock.now_ms();
+            for (size, front) in [(light, true), (heavy, false)] {
+                let key = [u8::from(front); 32];
+                let fill = near.begin_fill(&key, now).expect("armed");
+                near.complete_fill(&key, fill, &entry_of(vec![b'w'; size].into(), now), now);
+                let cached = answered_at(&near, &key, now).expect("kept");
+                let again = answered_at(&near, &key, now).expect("kept");
+                assert_eq!(again != cached, front, "{size} bytes in a cache of {bound}");
+            }
+        }
+    }
+
+    /// An entry answers until its freshness ends, and only while the near cache is live: from the front and from
+    /// the cache alike.
+    #[test]
+    fn nothing_answers_past_its_freshness_or_the_liveness() {
+        let near = near();
+        near.arm();
+        let now = near.clock.now_ms();
+        let live_until = near.live_until.load(Ordering::Acquire);
+        let key = [4u8; 32];
+        let mut entry = entry_of(bytes::Bytes::from_static(b"short"), now);
+        entry.fresh_until = now + 100;
+        let read = near.begin_fill(&key, now).expect("armed");
+        near.complete_fill(&key, read, &entry, now);
+        for at in [now, now, now + 99] {
+            assert_eq!(
+                body(&near, &key, at).as_deref(),
+                Some(&b"short"[..]),
+                "{at}"
+            );
+        }
+        assert_eq!(body(&near, &key, now + 100), None, "from the front");
+        assert_eq!(body(&near, &key, now + 100), None, "from the cache");
+
+        let other = [5u8; 32];
+        fill(&near, &other, "long", now);
+        assert!(body(&near, &other, live_until - 1).is_some());
+        assert_eq!(
+            body(&near, &other, live_until),
+            None,
+            "a probe's liveness ended"
+        );
+        assert!(format!("{near:?}").contains("max_ttl_ms: 60000"));
+    }
+
+    /// A read's value is kept only while its placeholder is still in place: not after an invalidation, a removal,
+    /// a flush, or a later read's fill; an abandoned read takes its placeholder away, and only its own.
+    #[test]
+    fn a_fill_that_anything_overtook_is_discarded() {
+        let near = near();
+        near.arm();
+        let now = near.clock.now_ms();
+        let key = [3u8; 32];
+        let name = format!("ns:v1:{{{}}}", "03".repeat(32));
+        let entry = |body: &'static str| entry_of(bytes::Bytes::from_static(body.as_bytes()), now);
+        let overtaken: [&dyn Fn(); 3] = [
+            &|| near.invalidate([name.as_str()]),
+            &|| near.remove(&key),
+            &|| near.flush(FlushCause::Server),
+        ];
+        for overtake in overtaken {
+            let fill = near.begin_fill(&key, now).expect("armed");
+            overtake();
+            near.complete_fill(&key, fill, &entry("old"), now);
+            assert_eq!(body(&near, &key, now), None);
+        }
+        // Two reads in flight: the first to arrive is the later one's, and the earlier one's value is not kept.
+        let (earlier, later) = (near.begin_fill(&key, now), near.begin_fill(&key, now));
+        near.complete_fill(&key, later.expect("armed"), &entry("new"), now);
+        near.complete_fill(&key, earlier.expect("armed"), &entry("old"), now);
+        assert_eq!(body(&near, &key, now).as_deref(), Some(&b"new"[..]));
+        assert_eq!(near.counters.near_fills.get(), 1);
+        assert_eq!(near.counters.near_fills_discarded.get(), 4);
+        let (bytes, entries) = near.usage();
+        assert_eq!(entries, 1);
+        assert!(bytes > (SLOT_OVERHEAD + ENTRY_OVERHEAD) as u64, "{bytes}");
+
+        let stale = near.begin_fill(&key, now).expect("armed");
+        let fresh = near.begin_fill(&key, now).expect("armed");
+        near.abandon_fill(&key, stale);
+        assert_eq!(near.usage().1, 1, "not another read's placeholder");
+        near.abandon_fill(&key, fresh);
+        assert_eq!(near.usage(), (0, 0));
+    }
+
+    /// Byte strings (no near-cache key writes one) hash word by word, every byte counted.
+    #[test]
+    fn byte_strings_hash_by_every_byte() {
+        let hasher = DigestKeys::new();
+        let hashes: std::collections::HashSet<u64> = (0..4096u32)
+            .map(|i| hasher.hash_one(format!("{i:09}").as_bytes()))
+            .collect();
+        assert_eq!(hashes.len(), 4096);
+    }
+
+    /// Disarmed, the near cache empties once (counted as a connection's flush), however often it is told.
+    #[test]
+    fn disarming_empties_it_once() {
+        let near = near();
+        near.arm();
+        assert_eq!(near.counters.near_flushes_connection.get(), 1, "arming");
+        near.disarm();
+        near.disarm();
+        assert_eq!(near.counters.near_flushes_connection.get(), 2);
+        let partly = near.arm_partly(vec![Some(0); 16_384], 1);
+        near.pong_primary(&partly, 0);
+        assert_eq!(near.counters.near_flushes_connection.get(), 3);
+        near.disarm();
+        near.disarm();
+        assert_eq!(near.counters.near_flushes_connection.get(), 4);
+        assert!(
+            near.partly.read().unwrap().is_none(),
+            "the slots' owners dropped"
+        );
+    }
+
+    /// An entry weighs its slot and its own overhead, a bucket and the name's and value's bytes (and 16) for each
+    /// header, the index table's slots, and its body.
+    #[test]
+    fn an_entry_weighs_what_its_parts_cost() {
+        let mut entry = entry_of(vec![0u8; 1000].into(), 0);
+        entry
+            .headers
+            .insert("x-one", HeaderValue::from_static("abc"));
+        reserve_answer_headers(&mut entry.headers);
+        let bytes = ("x-one".len() + 3 + 16)
+            + ("age".len() + 1 + 16)
+            + ("cache-status".len() + CACHE_NAME.len() + 16);
+        let map = 3 * HEADER_BUCKET + entry.headers.capacity() * HEADER_INDEX;
+        assert_eq!(
+            entry_weight(&entry) as usize,
+            SLOT_OVERHEAD + ENTRY_OVERHEAD + map + bytes + 1000
+        );
     }
 }
