@@ -936,8 +936,8 @@ mod tests {
         }
     }
 
-    fn fill(near: &Near, key: &[u8; 32], body: &'static str, now: u64) {
-        let entry = entry_of(bytes::Bytes::from_static(body.as_bytes()), now);
+    fn fill(near: &Near, key: &[u8; 32], body: impl Into<bytes::Bytes>, now: u64) {
+        let entry = entry_of(body.into(), now);
         let fill = near.begin_fill(key, now).expect("the near cache is armed");
         near.complete_fill(key, fill, &entry, now);
     }
@@ -1205,7 +1205,7 @@ mod tests {
     /// answers with a copy of its own; the cache with the entry it keeps, whose address no other allocation can
     /// take while it lives).
     fn answered_at(near: &Near, key: &[u8; 32], now: u64) -> Option<usize> {
-        near.with_entry(key, now, |entry, _| Some(entry.body.as_ptr() as usize))
+        body(near, key, now).map(|body| body.as_ptr() as usize)
     }
 
     /// A thread's front holds the eight entries it answered last, each in its own slot, one near cache's apart
@@ -1264,8 +1264,7 @@ mod tests {
             let now = near.clock.now_ms();
             for (size, front) in [(light, true), (heavy, false)] {
                 let key = [u8::from(front); 32];
-                let fill = near.begin_fill(&key, now).expect("armed");
-                near.complete_fill(&key, fill, &entry_of(vec![b'w'; size].into(), now), now);
+                fill(&near, &key, vec![b'w'; size], now);
                 let cached = answered_at(&near, &key, now).expect("kept");
                 let again = answered_at(&near, &key, now).expect("kept");
                 assert_eq!(again != cached, front, "{size} bytes in a cache of {bound}");
