@@ -237,13 +237,18 @@ impl std::hash::BuildHasher for DigestKeys {
     }
 }
 
-/// The hasher of [`DigestKeys`]: a multiply and a fold, so that every bit of the word reaches the low bits.
+/// The hasher of [`DigestKeys`]: SplitMix64's finalizer over the seeded word (three folds, two multiplies),
+/// so that every bit of the word reaches every bit of the hash. (One multiply and fold is not enough: a
+/// multiply carries only upward, so words agreeing on their low 38 bits agreed on the hash's low six whatever
+/// the seed.)
 struct DigestKeyHasher(u64);
 
 impl DigestKeyHasher {
     fn mix(&mut self, word: u64) {
-        let h = (self.0 ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 = h ^ (h >> 32);
+        let mut h = self.0 ^ word;
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.0 = h ^ (h >> 31);
     }
 }
 
@@ -883,18 +888,24 @@ mod tests {
 
     /// Spreads `keys` over 64 buckets by the hash's low bits (where moka's shards and buckets look), asserting
     /// that no two hashes collide in full and that the spread is as even as random numbers would give.
+    /// Asserts that 64,000 keys spread evenly over 64 buckets taken from the hash's low six bits, and over 64
+    /// taken from its high six (a table may index by either end).
     fn assert_spread(keys: impl Iterator<Item = [u8; 32]>) {
         let hasher = DigestKeys::new();
-        let mut buckets = [0u32; 64];
+        let mut low = [0u32; 64];
+        let mut high = [0u32; 64];
         let mut seen = std::collections::HashSet::new();
         for key in keys {
             let hash = hasher.hash_one(NearKey(key));
             assert!(seen.insert(hash), "a full collision");
-            buckets[(hash & 63) as usize] += 1;
+            low[(hash & 63) as usize] += 1;
+            high[(hash >> 58) as usize] += 1;
         }
-        // 1,000 expected in each; a uniform spread stays within a few standard deviations (about 31).
-        for count in buckets {
-            assert!((850..1150).contains(&count), "{buckets:?}");
+        assert_eq!(seen.len(), 64_000);
+        // 1,000 expected in each, with a standard deviation of about 31: a uniform spread leaves this range
+        // (over six of them) about once in ten million runs of the tests' 640 buckets.
+        for count in low.iter().chain(&high) {
+            assert!((800..1200).contains(count), "low {low:?}, high {high:?}");
         }
     }
 
@@ -1190,15 +1201,21 @@ mod tests {
         assert!(woken(&[], true));
     }
 
-    /// Digests chosen to agree on their low 24 bits (as a client trying many requests could make them) still
-    /// spread: the seed and the fold bring the other bits down.
+    /// Digests chosen to agree on many of their hashed bits (as a client trying many requests could make
+    /// them) still spread, whichever bits they share: the low ones (the fold brings the others down), the
+    /// high ones (the multiply carries the others up), or all but a few in the middle.
     #[test]
     fn chosen_digests_still_spread() {
-        assert_spread((0..64_000u64).map(|i| {
-            let mut key = [0u8; 32];
-            key[..8].copy_from_slice(&(i << 24).to_le_bytes());
-            key
-        }));
+        let keys = |shift: u32| {
+            (0..64_000u64).map(move |i| {
+                let mut key = [0u8; 32];
+                key[..8].copy_from_slice(&(i << shift).to_le_bytes());
+                key
+            })
+        };
+        for shift in [0, 24, 40, 48] {
+            assert_spread(keys(shift));
+        }
     }
 
     /// Where `near` answered `key` from at `now`: the address of the body it answered with (a thread's front
