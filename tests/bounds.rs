@@ -490,3 +490,72 @@ async fn an_answer_with_more_header_values_than_a_map_has_slots_is_stored_whole(
         assert_eq!(origin.calls(), calls_made, "{rows} values");
     }
 }
+
+/// An answer whose `Content-Length` passes `max_body_size` goes on as it arrives, as a head that rules out
+/// storing does (the layer would never hold it whole); one of exactly the cap is read whole and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_judged_too_large_by_its_length_past_the_cap_only() {
+    const CAP: usize = 1024;
+    let (open, gate) = watch::channel(false);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = builder().max_body_size(CAP).build().unwrap();
+    let stats = || layer.handle().stats();
+    let origin = {
+        let calls = calls.clone();
+        tower::service_fn(move |request: Request<RequestBody>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let gate = gate.clone();
+            async move {
+                let asked = request.into_body().collect().await?.to_bytes();
+                let digits: String = asked
+                    .iter()
+                    .filter(|b| b.is_ascii_digit())
+                    .map(|&b| b as char)
+                    .collect();
+                let len: usize = digits.parse()?;
+                // `len` bytes: the first 100 at once, the rest when the gate opens.
+                let body = gated(
+                    Bytes::from(vec![b'x'; 100]),
+                    Vec::leak(vec![b'y'; len - 100]),
+                    gate,
+                );
+                let mut response = Response::new(body);
+                response
+                    .headers_mut()
+                    .insert("content-length", http::HeaderValue::from(len));
+                Ok::<_, BoxError>(response)
+            }
+        })
+    };
+    let service = layer.layer(origin);
+    // The origin answers `{"len":n}` with n bytes.
+    let asking = |n: usize| post(&format!(r#"{{"len":{n}}}"#));
+
+    let guard = Duration::from_secs(30);
+    let response = tokio::time::timeout(guard, service.clone().oneshot(asking(CAP + 1)))
+        .await
+        .expect("the head arrives while the origin holds the rest")
+        .unwrap();
+    assert_eq!(
+        response.headers()["cache-status"],
+        "tower-redis-cache; fwd=uri-miss; fwd-status=200; detail=response-too-large"
+    );
+    assert_eq!(stats().in_flight_bytes, 0);
+    open.send_replace(true);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), CAP + 1);
+
+    let at_cap = service.clone().oneshot(asking(CAP)).await.unwrap();
+    assert_eq!(CacheOutcome::of(&at_cap), miss(true));
+    assert_eq!(
+        at_cap.into_body().collect().await.unwrap().to_bytes().len(),
+        CAP
+    );
+    let hit = service.oneshot(asking(CAP)).await.unwrap();
+    assert_eq!(CacheOutcome::of(&hit), Some(CacheOutcome::Hit));
+    assert_eq!(
+        hit.into_body().collect().await.unwrap().to_bytes().len(),
+        CAP
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
