@@ -14,8 +14,10 @@ use support::{Origin, RedisServer, bulk_payload, fred_client};
 use tower::ServiceExt;
 use tower_redis_cache::cache::NotStored;
 use tower_redis_cache::cache::store::StoreFuture;
+use tower_redis_cache::error::BoxError;
 use tower_redis_cache::{
     CacheHandle, CacheOutcome, ENTRY_OVERHEAD, MemoryStore, RedisCacheLayer, RedisStore,
+    RequestBody,
 };
 
 async fn redis_store(server: &RedisServer) -> RedisStore {
@@ -963,6 +965,58 @@ async fn stale_if_error_serves_the_entry_when_the_origin_fails() {
     let response = call(&service, post(r#"{"q":"sie"}"#)).await;
     assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
     assert_eq!(layer.handle().stats().stale_if_error, 3);
+}
+
+/// A failing answer whose head rules out storing and sharing it (`no-store`, `Set-Cookie`) is still an origin
+/// failure: read whole rather than passed on as it arrives, so the entry in its stale-if-error window answers
+/// in its place.
+#[tokio::test]
+async fn stale_if_error_answers_for_a_failure_whose_head_rules_out_storing() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let calls = calls.clone();
+        tower::service_fn(move |_request: Request<RequestBody>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let response = match n {
+                0 => http::Response::new(Full::new(bytes::Bytes::from_static(b"kept"))),
+                1 => http::Response::builder()
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .header("cache-control", "no-store")
+                    .body(Full::new(bytes::Bytes::from_static(b"down")))
+                    .unwrap(),
+                _ => http::Response::builder()
+                    .status(StatusCode::BAD_GATEWAY)
+                    .header("set-cookie", "route=b")
+                    .body(Full::new(bytes::Bytes::from_static(b"down")))
+                    .unwrap(),
+            };
+            async move { Ok::<_, BoxError>(response) }
+        })
+    };
+    let layer = layer_over(MemoryStore::new(1 << 20))
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::ZERO)
+        .stale_if_error_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = layer.layer_service(origin);
+    call(&service, post(r#"{"q":"sie"}"#)).await;
+    for failure in [503, 502] {
+        let response = call(&service, post(r#"{"q":"sie"}"#)).await;
+        let status = cache_status(&response);
+        assert_eq!(outcome(&response), CacheOutcome::StaleIfError, "{status}");
+        assert!(
+            status.starts_with(&format!(
+                "tower-redis-cache; fwd=stale; fwd-status={failure}; ttl="
+            )),
+            "{status}"
+        );
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(!response.headers().contains_key("set-cookie"));
+        assert_eq!(&body(response).await[..], b"kept");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(layer.handle().stats().stale_if_error, 2);
 }
 
 #[tokio::test]
