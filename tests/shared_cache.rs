@@ -3721,6 +3721,8 @@ async fn over_a_store_without_tags_a_write_removes_the_variant_its_headers_key()
     write_with(&service, "PUT", &[de]).await;
     assert!(is_stored_miss(read_with(&service, ITEM, &[de]).await));
     assert_eq!(read_with(&service, ITEM, &[en]).await, CacheOutcome::Hit);
+    // The write asked the store for no URI tag (which it would refuse).
+    assert_eq!(layer.handle().stats().store_errors, 0);
 }
 
 #[tokio::test]
