@@ -559,3 +559,56 @@ async fn an_answer_is_judged_too_large_by_its_length_past_the_cap_only() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// A request that goes to the origin unkeyed (for its credentials) has its body read before it goes only where
+/// the body could show a write whose success removes entries: where writes remove nothing, or no rule reads
+/// such a body, it streams through as it comes, and the origin is called before the client has sent it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bypassed_body_streams_through_unless_it_could_show_a_write() {
+    let cases = [
+        (
+            "writes remove nothing",
+            builder()
+                .query_when(|_, _| true)
+                .invalidate_on_unsafe(false),
+            "application/json",
+        ),
+        (
+            "no rule reads the body",
+            builder(),
+            "application/octet-stream",
+        ),
+    ];
+    for (case, builder, content_type) in cases {
+        let (open, gate) = watch::channel(false);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let layer = builder.build().unwrap();
+        let origin = {
+            let calls = calls.clone();
+            tower::service_fn(move |request: Request<RequestBody>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    Ok::<_, BoxError>(Response::new(Full::new(body)))
+                }
+            })
+        };
+        let service = layer.layer(origin);
+        let request = Request::post("https://api.example.com/api/v2/query")
+            .header("authorization", "Bearer a")
+            .header("content-type", content_type)
+            .body(gated(Bytes::from_static(b"{\"a\":"), b"1}", gate))
+            .unwrap();
+        let pending = tokio::spawn(service.oneshot(request));
+        wait_until(case, || calls.load(Ordering::SeqCst) == 1).await;
+        open.send_replace(true);
+        let response = pending.await.unwrap().unwrap();
+        assert_eq!(
+            response.headers()["cache-status"],
+            "tower-redis-cache; fwd=bypass; detail=authorization",
+            "{case}"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "{\"a\":1}", "{case}");
+    }
+}
