@@ -2077,22 +2077,37 @@ async fn callers_still_share_the_calls_of_a_key_whose_answer_did_not_decode() {
 #[tokio::test(start_paused = true)]
 async fn store_when_refusing_answers_it_read_encoded_is_warned_of_once() {
     let warnings = support::logs::warnings();
-    // A coding no build decodes, which names this test's warning among the binary's.
+    // First a plain answer it refuses, then an answer in a coding no build decodes that it stores anyway (its
+    // bytes happen to read as JSON): neither is warned of, which would leave no warning for those after, in
+    // a coding whose name picks this test's warning out of the binary's.
     let (calls, origin) = counted_origin(|n, _| async move {
-        let response = http::Response::builder()
-            .header("content-encoding", "x-refused-encoded")
-            .body(Full::new(bytes::Bytes::from(format!(
-                "{n}: no JSON to read"
-            ))));
-        Ok(response?)
+        let (coding, body) = match n {
+            1 => (None, format!("{n}: no JSON to read")),
+            2 => (Some("x-stored-encoded"), r#"{"data":{"a":1}}"#.to_owned()),
+            _ => (Some("x-refused-encoded"), format!("{n}: no JSON to read")),
+        };
+        let mut response = http::Response::builder();
+        if let Some(coding) = coding {
+            response = response.header("content-encoding", coding);
+        }
+        Ok(response.body(Full::new(bytes::Bytes::from(body)))?)
     });
     let layer = graphql_layer(MemoryStore::new(1 << 20)).build().unwrap();
     let service = layer.layer_service(origin);
+    let plain = call(&service, post(r#"{"query":"{ plain }"}"#)).await;
+    assert!(cache_status(&plain).ends_with("detail=response-refused"));
+    let stored = call(&service, post(r#"{"query":"{ stored }"}"#)).await;
+    assert!(
+        cache_status(&stored).ends_with("; stored"),
+        "{}",
+        cache_status(&stored)
+    );
     for query in [r#"{"query":"{ a }"}"#, r#"{"query":"{ b }"}"#] {
         let refused = call(&service, post(query)).await;
         assert!(cache_status(&refused).ends_with("detail=response-refused"));
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert!(support::logs::containing(&warnings, "x-stored-encoded").is_empty());
     let warned = support::logs::containing(&warnings, "x-refused-encoded");
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(
