@@ -14,10 +14,8 @@ use support::{Origin, RedisServer, bulk_payload, fred_client};
 use tower::ServiceExt;
 use tower_redis_cache::cache::NotStored;
 use tower_redis_cache::cache::store::StoreFuture;
-use tower_redis_cache::error::BoxError;
 use tower_redis_cache::{
     CacheHandle, CacheOutcome, ENTRY_OVERHEAD, MemoryStore, RedisCacheLayer, RedisStore,
-    RequestBody,
 };
 
 async fn redis_store(server: &RedisServer) -> RedisStore {
@@ -33,6 +31,16 @@ fn layer_over(
         // Generous, so a loaded CI machine never turns a slow store call into a miss; the fault tests that
         // are about the timeout set their own.
         .store_timeout(Duration::from_secs(2))
+}
+
+/// `builder` with entries that are stale at once and answer for 60 s of origin failures (stale-if-error).
+fn stale_if_error_only(
+    builder: tower_redis_cache::cache::RedisCacheLayerBuilder,
+) -> tower_redis_cache::cache::RedisCacheLayerBuilder {
+    builder
+        .fresh_for(Duration::ZERO)
+        .stale_for(Duration::ZERO)
+        .stale_if_error_for(Duration::from_secs(60))
 }
 
 /// Two layers over `server` with connections of their own, as two processes have, set up alike by `configure`.
@@ -927,10 +935,7 @@ async fn stacked_layers_each_add_a_member_and_the_outer_one_is_read() {
 #[tokio::test]
 async fn stale_if_error_serves_the_entry_when_the_origin_fails() {
     let origin = Origin::new();
-    let layer = layer_over(MemoryStore::new(1 << 20))
-        .fresh_for(Duration::ZERO)
-        .stale_for(Duration::ZERO)
-        .stale_if_error_for(Duration::from_secs(60))
+    let layer = stale_if_error_only(layer_over(MemoryStore::new(1 << 20)))
         .build()
         .unwrap();
     let service = layer.layer_service(origin.service());
@@ -970,33 +975,20 @@ async fn stale_if_error_serves_the_entry_when_the_origin_fails() {
 /// A failing answer whose head rules out storing and sharing it (`no-store`, `Set-Cookie`) is still an origin
 /// failure: read whole rather than passed on as it arrives, so the entry in its stale-if-error window answers
 /// in its place.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_if_error_answers_for_a_failure_whose_head_rules_out_storing() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let origin = {
-        let calls = calls.clone();
-        tower::service_fn(move |_request: Request<RequestBody>| {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            let response = match n {
-                0 => http::Response::new(Full::new(bytes::Bytes::from_static(b"kept"))),
-                1 => http::Response::builder()
-                    .status(StatusCode::SERVICE_UNAVAILABLE)
-                    .header("cache-control", "no-store")
-                    .body(Full::new(bytes::Bytes::from_static(b"down")))
-                    .unwrap(),
-                _ => http::Response::builder()
-                    .status(StatusCode::BAD_GATEWAY)
-                    .header("set-cookie", "route=b")
-                    .body(Full::new(bytes::Bytes::from_static(b"down")))
-                    .unwrap(),
-            };
-            async move { Ok::<_, BoxError>(response) }
-        })
-    };
-    let layer = layer_over(MemoryStore::new(1 << 20))
-        .fresh_for(Duration::ZERO)
-        .stale_for(Duration::ZERO)
-        .stale_if_error_for(Duration::from_secs(60))
+    let (calls, origin) = counted_origin(|n, _| async move {
+        let (status, field, value) = match n {
+            1 => return Ok(http::Response::new(Full::new("kept".into()))),
+            2 => (StatusCode::SERVICE_UNAVAILABLE, "cache-control", "no-store"),
+            _ => (StatusCode::BAD_GATEWAY, "set-cookie", "route=b"),
+        };
+        let response = http::Response::builder()
+            .status(status)
+            .header(field, value);
+        Ok(response.body(Full::new("down".into()))?)
+    });
+    let layer = stale_if_error_only(layer_over(MemoryStore::new(1 << 20)))
         .build()
         .unwrap();
     let service = layer.layer_service(origin);
@@ -1853,10 +1845,7 @@ async fn callers_coalesced_onto_a_refused_answer_share_it() {
 #[tokio::test(start_paused = true)]
 async fn an_entry_in_its_stale_if_error_window_answers_for_a_refused_answer() {
     let (calls, origin) = counted_origin(graphql_answers(|n| n > 1));
-    let layer = graphql_layer(MemoryStore::new(1 << 20))
-        .fresh_for(Duration::ZERO)
-        .stale_for(Duration::ZERO)
-        .stale_if_error_for(Duration::from_secs(60))
+    let layer = stale_if_error_only(graphql_layer(MemoryStore::new(1 << 20)))
         .build()
         .unwrap();
     let service = layer.layer_service(origin);
@@ -2004,11 +1993,8 @@ async fn a_gzipped_answer_that_does_not_decode_within_the_cap_is_passed_on_unjud
     let (calls, origin) = counted_origin(gzipped(graphql_answers(|_| false), encode));
     let judged = Arc::new(AtomicUsize::new(0));
     let counted = judged.clone();
-    let layer = layer_over(MemoryStore::new(1 << 20))
+    let layer = stale_if_error_only(layer_over(MemoryStore::new(1 << 20)))
         .max_body_size(64 << 10)
-        .fresh_for(Duration::ZERO)
-        .stale_for(Duration::ZERO)
-        .stale_if_error_for(Duration::from_secs(60))
         .store_when(move |_, _, body| {
             counted.fetch_add(1, Ordering::SeqCst);
             tower_redis_cache::cache::graphql::is_success(body)
