@@ -507,12 +507,8 @@ async fn an_answer_is_judged_too_large_by_its_length_past_the_cap_only() {
             let gate = gate.clone();
             async move {
                 let asked = request.into_body().collect().await?.to_bytes();
-                let digits: String = asked
-                    .iter()
-                    .filter(|b| b.is_ascii_digit())
-                    .map(|&b| b as char)
-                    .collect();
-                let len: usize = digits.parse()?;
+                let asked: serde_json::Value = serde_json::from_slice(&asked)?;
+                let len = asked["len"].as_u64().ok_or("no length asked")? as usize;
                 // `len` bytes: the first 100 at once, the rest when the gate opens.
                 let body = gated(
                     Bytes::from(vec![b'x'; 100]),

@@ -886,10 +886,9 @@ mod tests {
     use sha2::{Digest, Sha256};
     use std::hash::BuildHasher;
 
-    /// Spreads `keys` over 64 buckets by the hash's low bits (where moka's shards and buckets look), asserting
-    /// that no two hashes collide in full and that the spread is as even as random numbers would give.
-    /// Asserts that 64,000 keys spread evenly over 64 buckets taken from the hash's low six bits, and over 64
-    /// taken from its high six (a table may index by either end).
+    /// Spreads 64,000 `keys` over 64 buckets by the hash's low six bits (where moka's shards and buckets look)
+    /// and over 64 by its high six (where another table may look), asserting that no two hashes collide in full
+    /// and that both spreads are as even as random numbers would give.
     fn assert_spread(keys: impl Iterator<Item = [u8; 32]>) {
         let hasher = DigestKeys::new();
         let mut low = [0u32; 64];
