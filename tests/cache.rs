@@ -2315,6 +2315,41 @@ where
     answers
 }
 
+/// A gzipped answer decoded for an echoing call holds the in-flight budget for its decoded bytes while its fill is
+/// written, not for the gzip it came in (which the decoded copy replaced), and gives it back once written.
+#[cfg(feature = "decompress")]
+#[tokio::test(start_paused = true)]
+async fn a_decoded_answer_holds_the_budget_for_its_decoded_bytes_while_it_is_written() {
+    let (_, origin) = counted_origin(gzipped(rpc_answers(None), |_, plain| gzip(plain)));
+    let (store, journal, open) =
+        support::store::JournalStore::holding_writes(MemoryStore::new(1 << 20));
+    let layer = layer_over(store).echo_body_field("id").build().unwrap();
+    let service = layer.layer_service(origin);
+    let pending = {
+        let service = service.clone();
+        let request = rpc(r#"{"jsonrpc":"2.0","method":"eth_chainId","id":1}"#);
+        tokio::spawn(async move { call(&service, request).await })
+    };
+    wait_until("the fill is written", || {
+        journal.events().contains(&"set+release>")
+    })
+    .await;
+    let decoded = serde_json::json!({"jsonrpc": "2.0", "result": "0x1", "id": 1}).to_string();
+    assert_ne!(gzip(decoded.as_bytes()).len(), decoded.len());
+    assert_eq!(layer.handle().stats().in_flight_bytes, decoded.len() as u64);
+    open.send_replace(true);
+    let answer = pending.await.unwrap();
+    assert_eq!(
+        outcome(&answer),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+    assert_eq!(body(answer).await, decoded.as_bytes());
+    assert_eq!(layer.handle().stats().in_flight_bytes, 0);
+}
+
 fn rpc(body: &str) -> Request<Full<bytes::Bytes>> {
     Request::post("https://node.example/")
         .header("content-type", "application/json")

@@ -95,6 +95,8 @@ impl<S: Store> Store for CountingStore<S> {
 pub struct JournalStore<S> {
     inner: S,
     journal: Arc<std::sync::Mutex<Vec<&'static str>>>,
+    /// When set, a `set_if_leased_and_release` (a fill's write) waits until it holds `true`.
+    writes: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What a [`JournalStore`] wrote down so far.
@@ -116,9 +118,19 @@ impl<S> JournalStore<S> {
             JournalStore {
                 inner,
                 journal: journal.clone(),
+                writes: None,
             },
             Journal(journal),
         )
+    }
+
+    /// Wraps `inner` as [`new`](Self::new) does, its fills' writes (journaled when they start) going on only
+    /// once the returned sender sends `true`.
+    pub fn holding_writes(inner: S) -> (Self, Journal, tokio::sync::watch::Sender<bool>) {
+        let (mut store, journal) = Self::new(inner);
+        let (open, writes) = tokio::sync::watch::channel(false);
+        store.writes = Some(writes);
+        (store, journal, open)
     }
 
     fn around<'a, T: Send + 'a>(
@@ -167,8 +179,16 @@ impl<S: Store> Store for JournalStore<S> {
         token: &'a str,
     ) -> StoreFuture<'a, bool> {
         self.journal.lock().unwrap().push("set+release>");
-        self.inner
-            .set_if_leased_and_release(key, value, ttl, lease, token)
+        let write = self
+            .inner
+            .set_if_leased_and_release(key, value, ttl, lease, token);
+        let mut writes = self.writes.clone();
+        Box::pin(async move {
+            if let Some(writes) = &mut writes {
+                let _ = writes.wait_for(|open| *open).await;
+            }
+            write.await
+        })
     }
 
     fn try_lease<'a>(
