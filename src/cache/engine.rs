@@ -1667,7 +1667,9 @@ impl Engine {
         status.fwd_status = Some(response.status().as_u16());
         status.fwd = forward.why;
         status.store = health;
-        if let Some(why) = why {
+        // As for an answer read whole (see `forward`): the answer's own reason when the store was well; a store
+        // that failed or was skipped says so in its own detail, and is counted there.
+        if let Some(why) = why.filter(|_| forward.store && health == StoreHealth::Ok) {
             bump_not_stored(&self.counters, why);
             status.not_stored = Some(why);
         }

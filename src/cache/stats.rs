@@ -485,7 +485,8 @@ pub struct CacheStats {
     pub bypasses: u64,
     bypasses_by_reason: [u64; BypassReason::ALL.len()],
     /// Misses whose answer the origin gave but the cache did not store, for a reason of the answer's own
-    /// ([`not_stored_for`](Self::not_stored_for) counts them by reason).
+    /// ([`not_stored_for`](Self::not_stored_for) counts them by reason). Not those the store failed or skipped
+    /// ([`store_errors`](Self::store_errors), [`store_skipped`](Self::store_skipped)): each miss says one reason.
     pub not_stored: u64,
     not_stored_by_reason: [u64; NotStored::ALL.len()],
     /// Stored entries served because the inner service failed.
