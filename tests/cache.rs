@@ -623,6 +623,61 @@ async fn redis_killed_then_restarted_never_fails_a_request() {
     );
 }
 
+/// An answer a failing store did not take says so, and is not counted under a reason of its own as well,
+/// whether it was passed on as it came (`private`) or read whole first (`store_when` refused it):
+/// `not_stored_for` counts the answers whose `Cache-Status` names that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_a_failing_store_did_not_take_is_not_counted_for_its_own_reason() {
+    for (reason, detail) in [
+        (NotStored::Private, "response-private"),
+        (NotStored::Refused, "response-refused"),
+    ] {
+        let mut server = RedisServer::start();
+        let (store, late) = support::store::LateLeaseStore::new(
+            redis_store(&server).await,
+            Duration::from_millis(300),
+        );
+        let origin = Origin::new();
+        let builder = layer_over(store).store_timeout(Duration::from_millis(100));
+        let layer = if reason == NotStored::Private {
+            origin.add_header("cache-control", "private");
+            builder.build().unwrap()
+        } else {
+            builder.store_when(|_, _, _| false).build().unwrap()
+        };
+        let service = layer.layer_service(origin.service());
+        // With the store well, the answer's own reason: said and counted.
+        let unstored = call(&service, post(r#"{"q":"well"}"#)).await;
+        assert!(
+            cache_status(&unstored).ends_with(&format!("; detail={detail}")),
+            "{}",
+            cache_status(&unstored)
+        );
+        assert_eq!(layer.handle().stats().not_stored_for(reason), 1);
+        // The key's lease fails after a read that worked; then the read itself fails, Redis gone. The store's
+        // trouble is the news either way.
+        late.arm();
+        let lease_failed = call(&service, post(r#"{"q":"lease"}"#)).await;
+        server.kill();
+        let read_failed = call(&service, post(r#"{"q":"read"}"#)).await;
+        for reply in [lease_failed, read_failed] {
+            assert!(
+                cache_status(&reply).contains("; detail=store-"),
+                "{reason:?}: {}",
+                cache_status(&reply)
+            );
+            assert!(matches!(
+                outcome(&reply),
+                CacheOutcome::Miss { stored: false, .. }
+            ));
+        }
+        let stats = layer.handle().stats();
+        assert_eq!(origin.calls(), 3, "{reason:?}");
+        assert_eq!(stats.not_stored, 1, "{reason:?}: {stats:?}");
+        assert_eq!(stats.not_stored_for(reason), 1, "{reason:?}: {stats:?}");
+    }
+}
+
 #[tokio::test]
 async fn garbage_at_a_key_is_a_miss_and_gets_overwritten() {
     let server = RedisServer::start();
@@ -752,6 +807,53 @@ async fn a_cancelled_leader_does_not_strand_its_waiters() {
         .expect("the waiter finished")
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_coalesced_caller_of_another_variant_asks_the_origin_itself() {
+    let origin = Origin::new();
+    origin.add_header("vary", "Accept-Language");
+    let layer = layer_over(MemoryStore::new(1 << 20)).build().unwrap();
+    let service = layer.layer_service(origin.service());
+    let ask = |lang: &'static str| {
+        let service = service.clone();
+        let mut request = post(r#"{"q":"greeting"}"#);
+        request
+            .headers_mut()
+            .insert("accept-language", http::HeaderValue::from_static(lang));
+        tokio::spawn(async move { call(&service, request).await })
+    };
+    // Nothing is stored yet, so nothing says the answer varies: both callers join the key's one call.
+    origin.close();
+    let leader = ask("en");
+    wait_until("the leader reached the origin", || origin.calls() == 1).await;
+    let other = ask("it");
+    let_others_run().await;
+    assert_eq!(origin.calls(), 1, "the second caller waits on the first");
+    origin.open();
+    let leader = leader.await.unwrap();
+    assert_eq!(
+        outcome(&leader),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: true
+        }
+    );
+    // The leader's answer varies on a header the second caller sent another value of: it is not this caller's.
+    let other = other.await.unwrap();
+    assert_eq!(
+        outcome(&other),
+        CacheOutcome::Miss {
+            collapsed: false,
+            stored: false
+        }
+    );
+    assert_eq!(
+        &body(other).await[..],
+        br#"{"n":2,"echo":{"q":"greeting"}}"#
+    );
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(layer.handle().stats().coalesced, 0);
 }
 
 #[tokio::test]
