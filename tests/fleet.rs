@@ -467,10 +467,21 @@ async fn fleet_wait_zero_turns_collapsing_off() {
         .collect();
     wait_until("each process called the origin", || origin.calls() == 4).await;
     origin.open();
+    let mut stored = 0;
     for task in tasks {
-        task.await.unwrap();
+        let reply = task.await.unwrap();
+        // The lease's holder stores; the others, without it, say nothing more of why they did not.
+        match outcome(&reply) {
+            CacheOutcome::Miss { stored: true, .. } => stored += 1,
+            _ => assert_eq!(
+                cache_status(&reply),
+                "tower-redis-cache; fwd=uri-miss; fwd-status=200"
+            ),
+        }
     }
+    assert_eq!(stored, 1);
     assert_eq!(total(&processes, |s| s.fleet_waits), 0);
+    assert_eq!(total(&processes, |s| s.not_stored), 0);
 }
 
 /// Two misses in each of two processes of a key with a marker, sent while the origin is held; their answers once
