@@ -1023,6 +1023,41 @@ async fn a_tag_made_stale_in_memory_is_answered_stale_while_one_refresh_runs() {
     a_tag_made_stale_is_answered_stale_while_one_refresh_runs(store).await;
 }
 
+/// An entry kept past its windows for revalidation (it has an `ETag`) is named by its request's tags all that
+/// time, though they were recorded for the windows: its fill records them again for as long as it is kept.
+#[tokio::test(start_paused = true)]
+async fn an_entry_kept_for_revalidation_is_still_removed_by_its_tag() {
+    let origin = Origin::new();
+    origin.set_etag("\"v1\"");
+    let layer = RedisCacheLayer::builder(tower_redis_cache::MemoryStore::new(1 << 20))
+        .namespace("kept")
+        .tags(|_| vec!["items".to_owned()])
+        .origin_freshness(false)
+        .fresh_for(Duration::from_secs(60))
+        .stale_for(Duration::ZERO)
+        .stale_if_error_for(Duration::ZERO)
+        .keep_for(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let service = cached(&layer, origin.service());
+    assert_eq!(
+        answer_number(call(&service, get("/items/1")).await).await,
+        1
+    );
+    // Past its minute and a lease's time more (what the request's tags were first recorded for): kept for
+    // revalidation only, for six minutes yet.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(layer.handle().invalidate_tag("items").await.unwrap(), 1);
+    // Gone: the next request asks without the entry's validator, and stores a whole answer.
+    let replaced = call(&service, get("/items/1")).await;
+    assert_eq!(
+        cache_status(&replaced),
+        "tower-redis-cache; fwd=uri-miss; fwd-status=200; stored"
+    );
+    assert_eq!(answer_number(replaced).await, 2);
+    assert_eq!(layer.handle().stats().revalidated, 0);
+}
+
 #[tokio::test]
 async fn a_request_made_stale_keeps_its_ttl_and_another_processs_near_cache_hears_of_it() {
     let server = RedisServer::start();
