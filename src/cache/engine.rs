@@ -154,6 +154,12 @@ pub(super) fn marker_for(why: NotStored, status: StatusCode) -> Option<Unstored>
     }
 }
 
+/// Whether the store may take a miss's answer: it neither failed this request (its read or the key's lease)
+/// nor was skipped. When it was not, the store's trouble is the reason the answer was not stored.
+fn store_well(forward: Forward, health: StoreHealth) -> bool {
+    forward.store && health == StoreHealth::Ok
+}
+
 /// What a request's store read found, for [`Engine::forward`].
 struct Read {
     /// The entry, when one decoded.
@@ -1474,10 +1480,7 @@ impl Engine {
                                 );
                                 // A store that just failed this request's read is not asked to write: a
                                 // request pays at most one store timeout.
-                                let written = if forward.store
-                                    && health == StoreHealth::Ok
-                                    && verdict.store
-                                {
+                                let written = if store_well(forward, health) && verdict.store {
                                     let parts = origin.parts();
                                     let request = (&parts.uri, &parts.headers);
                                     self.write(&key, &response, vary, &facts, request, &mut lease)
@@ -1489,9 +1492,7 @@ impl Engine {
                                     Written::Stored => Storing::Stored,
                                     // Why, when the answer itself is the reason; a store that failed or was
                                     // skipped says so in its own detail.
-                                    _ if !(forward.store && health == StoreHealth::Ok) => {
-                                        Storing::Not(None)
-                                    }
+                                    _ if !store_well(forward, health) => Storing::Not(None),
                                     _ if !verdict.store => Storing::Not(verdict.why),
                                     written @ (Written::Expired
                                     | Written::Fenced
@@ -1669,7 +1670,7 @@ impl Engine {
         status.store = health;
         // As for an answer read whole (see `forward`): the answer's own reason when the store was well; a store
         // that failed or was skipped says so in its own detail, and is counted there.
-        if let Some(why) = why.filter(|_| forward.store && health == StoreHealth::Ok) {
+        if let Some(why) = why.filter(|_| store_well(forward, health)) {
             bump_not_stored(&self.counters, why);
             status.not_stored = Some(why);
         }
